@@ -1,0 +1,612 @@
+"""Datasets with per-example side information, and the label / input corruptions of the papers.
+
+One entry point, `load(name, ...)`, returns a `Dataset` of two NumPy `Split`s (train, test). Every
+example carries a stable id, its original label, its training label and a `corrupted` mask, so that
+memorisation (accuracy on corrupted examples against their *noisy* labels) and generalisation
+(test accuracy, accuracy on pristine examples) can be measured from the arrays alone.
+
+**Why arrays.** The papers' experiments train small models on datasets that fit in memory, need the
+per-example side information aligned with the inputs, and select subsets (easy / hard, corrupted /
+pristine) by boolean masks. NumPy arrays make all of this a one-liner (`split.subset(mask)`) and
+work with `model.fit(x, y)` directly. Batching, shuffling and `tf.data` pipelines are left to the
+caller (`as_tf_dataset(split)` is a convenience). Datasets too large for memory (full ImageNet)
+use `stream(...)` instead, which yields a `tf.data.Dataset` example by example.
+
+| name            | source                       | train / test      | input_shape   | classes | x values            |
+|-----------------|------------------------------|-------------------|---------------|---------|---------------------|
+| `mnist1d`       | generated here (`mnist1d`)   | 4,000 / 1,000     | (40,)         | 10      | as generated (≈N(0,1)) |
+| `mnist`         | tfds                         | 60,000 / 10,000   | (28, 28, 1)   | 10      | [0, 1]              |
+| `fashion_mnist` | tfds                         | 60,000 / 10,000   | (28, 28, 1)   | 10      | [0, 1]              |
+| `cifar10`       | tfds                         | 50,000 / 10,000   | (32, 32, 3)   | 10      | [0, 1]              |
+| `cifar100`      | tfds                         | 50,000 / 10,000   | (32, 32, 3)   | 100     | [0, 1]              |
+| `imagenet2012`  | tfds (manual download)       | 1,281,167 / 50,000 (validation) | (S, S, 3), S = `image_size` = 224 | 1000 | [0, 1] |
+
+`mnist1d` is generated on this machine by the `mnist1d` package's own generator with its default
+arguments (never its download path) and cached as `.npz` in `$CGH_TF_CACHE` (default
+`~/.cache/cgh_tf`), or in `data_dir` when given. tfds datasets are read with `download=False`: this
+package never downloads; when data is missing the error says where it looked and how to build it.
+
+**ImageNet does not fit in memory as arrays** (1.28 M × 224 × 224 × 3 float32 ≈ 770 GB). `load(
+"imagenet2012")` therefore requires explicit `max_train` and `max_test` (the first examples of each
+split in file order); for the full dataset use `stream("imagenet2012", "train", ...)`.
+Images are resized so that the shorter side is `image_size`, then centre-cropped to a square.
+
+**Label corruption** (`corrupt_labels`, `label_noise=p`, `noise_kind=kind`): exactly
+round(p · n) training examples are selected (round half up); `corrupted` marks labels that actually
+changed. Test labels are never corrupted.
+
+| kind        | new label of a selected example                     | every selected example changes? |
+|-------------|-----------------------------------------------------|---------------------------------|
+| `"uniform"` | uniform over all classes (authors' ImageNet code; p = 1 is Zhang et al.'s random labels) | no (prob. 1/K it keeps it) |
+| `"other"`   | uniform over the K − 1 other classes                | yes                             |
+| `"permute"` | a random permutation of the selected labels (ICLR 2020 MNIST code) | no, label multiset kept |
+
+**Input corruption** (`corrupt_inputs`, `input_corruption=kind`, Zhang et al. 2017). "Positions" are
+the feature positions of one example: all entries for rank-1 / rank-2 inputs, the spatial positions
+(channels kept together) for rank-3 (H, W, C) images.
+
+| kind                | definition                                               | train and test                     |
+|---------------------|----------------------------------------------------------|------------------------------------|
+| `"shuffled_pixels"` | one fixed permutation of the positions for all examples  | the *same* permutation on both     |
+| `"random_pixels"`   | an independent permutation per example                   | both, independent permutations     |
+| `"gaussian"`        | x replaced by N(mean, std²), mean/std of the train inputs | both, test drawn with the train mean/std |
+
+All randomness comes from `seed` (NumPy `default_rng`): the same seed gives the same dataset.
+
+| function                                   | returns                                                  |
+|--------------------------------------------|----------------------------------------------------------|
+| `load(name, ...)`                          | `Dataset` of NumPy `Split`s (the entry point)            |
+| `from_arrays(x_train, y_train, x_test, y_test, ...)` | the same for user arrays                       |
+| `corrupt_labels(labels, fraction, num_classes, seed, kind)` | `(new_labels, corrupted)`              |
+| `corrupt_inputs(x, kind, seed, mean, std)` | corrupted inputs                                         |
+| `easy_hard_datasets(dataset, easy, ...)`   | `(easy, hard)` Datasets for the 2003.07422 experiment    |
+| `stream(name, split, ...)`                 | unbatched `tf.data.Dataset` (for full ImageNet)          |
+| `as_tf_dataset(split, with_side_info)`     | unbatched `tf.data.Dataset` of an in-memory Split        |
+| `describe(dataset)`                        | dict of summary numbers for logs                         |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import tempfile
+from typing import Any
+
+import numpy as np
+
+DATASETS = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
+TFDS_DATASETS = DATASETS[1:]
+LABEL_NOISE_KINDS = ("uniform", "other", "permute")
+INPUT_CORRUPTIONS = ("shuffled_pixels", "random_pixels", "gaussian")
+CACHE_ENV_VAR = "CGH_TF_CACHE"
+
+_MNIST1D_SHAPES = {"x": (4000, 40), "y": (4000,), "x_test": (1000, 40), "y_test": (1000,)}
+_MNIST1D_CACHE_FILE = "mnist1d_default_v1.npz"
+_TFDS_SPLITS = {  # name -> (train split, test split, number of classes)
+    "mnist": ("train", "test", 10),
+    "fashion_mnist": ("train", "test", 10),
+    "cifar10": ("train", "test", 10),
+    "cifar100": ("train", "test", 100),
+    "imagenet2012": ("train", "validation", 1000),
+}
+_READ_BATCH = 1024
+
+
+class DatasetNotAvailableError(FileNotFoundError):
+    """A tfds dataset is not prepared in the data directory (this package never downloads)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Containers
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays: no element-wise ==
+class Split:
+    """One split; every array has leading dimension n.
+
+    Attributes:
+      x: [n, *input_shape] float32 inputs.
+      y: [n] int32 training label (possibly corrupted).
+      original_y: [n] int32 label before corruption.
+      corrupted: [n] bool, True where y != original_y.
+      example_id: [n] int64 stable id = index in the source split (never reshuffled).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    original_y: np.ndarray
+    corrupted: np.ndarray
+    example_id: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.x)
+        for field in ("y", "original_y", "corrupted", "example_id"):
+            value = getattr(self, field)
+            if value.shape != (n,):
+                raise ValueError(f"Split.{field} must have shape ({n},) to match x, got {value.shape}")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, mask_or_indices) -> "Split":
+        """Examples selected by a boolean mask of length n or by integer indices (ids are kept)."""
+        selector = np.asarray(mask_or_indices)
+        if selector.dtype == bool:
+            if selector.shape != (len(self),):
+                raise ValueError(f"boolean mask must have shape ({len(self)},), got {selector.shape}")
+            selector = np.flatnonzero(selector)
+        elif selector.size == 0:
+            selector = selector.astype(np.int64)
+        elif not np.issubdtype(selector.dtype, np.integer):
+            raise TypeError(f"subset takes a boolean mask or integer indices, got dtype {selector.dtype}")
+        return Split(*(getattr(self, f.name)[selector] for f in dataclasses.fields(self)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train / test pair. `test` labels are never corrupted.
+
+    Attributes:
+      name: dataset name (one of DATASETS, or the name given to `from_arrays`).
+      train, test: the splits.
+      num_classes: K; labels are in [0, K).
+      input_shape: shape of one example, e.g. (40,) for mnist1d, (32, 32, 3) for cifar10.
+      corruption: the corruption settings used (label_noise, noise_kind, input_corruption, seed).
+    """
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple
+    corruption: dict = dataclasses.field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+def _check_choice(value, allowed, what):
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(repr, allowed))}")
+
+
+def _check_fraction(fraction):
+    if not np.isscalar(fraction) or not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"label noise fraction must be a number in [0, 1], got {fraction!r}")
+    return float(fraction)
+
+
+def _check_labels(labels, num_classes, what="labels") -> np.ndarray:
+    """Returns labels as int64 [n] after checking they are class indices in [0, num_classes)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D array of class indices, got shape {labels.shape}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"{what} must have an integer dtype, got {labels.dtype}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise ValueError(f"{what} contain {int(bad[0])}, outside the allowed range "
+                         f"[0, {num_classes}) (num_classes={num_classes})")
+    return labels.astype(np.int64)
+
+
+def _check_limit(value, what):
+    if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
+        raise ValueError(f"{what} must be None or a non-negative int, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Corruptions
+# --------------------------------------------------------------------------------------------
+
+def corrupt_labels(labels, fraction, num_classes, seed=0, kind="uniform"):
+    """Gives exactly round(fraction · n) randomly selected examples a new label.
+
+    Args:
+      labels: [n] integer class indices in [0, num_classes).
+      fraction: p in [0, 1]; the number selected is floor(p · n + 0.5).
+      num_classes: K.
+      seed: seed of `np.random.default_rng`.
+      kind: "uniform" (new label uniform over all K classes), "other" (uniform over the K − 1
+        other classes) or "permute" (the selected labels are randomly permuted among themselves).
+
+    Returns:
+      (new_labels [n] int32, corrupted [n] bool), corrupted = new_labels != labels.
+    """
+    _check_choice(kind, LABEL_NOISE_KINDS, "label noise kind")
+    fraction = _check_fraction(fraction)
+    labels = _check_labels(labels, num_classes)
+    num_selected = int(np.floor(fraction * len(labels) + 0.5))
+    if kind == "other" and num_classes < 2 and num_selected:
+        raise ValueError("kind='other' needs num_classes >= 2")
+    rng = np.random.default_rng(seed)
+    selected = rng.choice(len(labels), size=num_selected, replace=False)
+    new_labels = labels.copy()
+    if kind == "uniform":
+        new_labels[selected] = rng.integers(0, num_classes, size=num_selected)
+    elif kind == "other":
+        shift = rng.integers(1, num_classes, size=num_selected)
+        new_labels[selected] = (labels[selected] + shift) % num_classes
+    else:  # permute
+        new_labels[selected] = labels[selected][rng.permutation(num_selected)]
+    return new_labels.astype(np.int32), new_labels != labels
+
+
+def _position_shape(example_shape):
+    """Shape of the permuted positions: spatial dims for (H, W, C), everything otherwise."""
+    return example_shape[:-1] if len(example_shape) == 3 else example_shape
+
+
+def corrupt_inputs(x, kind, seed=0, mean=None, std=None) -> np.ndarray:
+    """Zhang et al. (2017) input corruptions of a batch of examples.
+
+    Args:
+      x: [n, *input_shape] inputs. For rank-3 examples (H, W, C) the H·W spatial positions are
+        permuted with their channels kept together; otherwise all entries are permuted.
+      kind: "shuffled_pixels" (one permutation, from `seed`, for every example), "random_pixels"
+        (an independent permutation per example) or "gaussian" (x replaced by i.i.d. normal noise).
+      seed: anything `np.random.default_rng` accepts (int or sequence of ints).
+      mean, std: parameters of the Gaussian (scalars or arrays broadcastable to one example);
+        default: the scalar mean and standard deviation of `x`. Ignored by the permutations.
+
+    Returns:
+      float32 array of x's shape.
+    """
+    _check_choice(kind, INPUT_CORRUPTIONS, "input corruption")
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape [n, *input_shape] with rank >= 2, got {x.shape}")
+    rng = np.random.default_rng(seed)
+    n, example_shape = x.shape[0], x.shape[1:]
+    if kind == "gaussian":
+        mean = float(x.mean()) if mean is None else np.asarray(mean, np.float32)
+        std = float(x.std()) if std is None else np.asarray(std, np.float32)
+        return (mean + std * rng.standard_normal(x.shape)).astype(np.float32)
+    positions = _position_shape(example_shape)
+    num_positions = int(np.prod(positions))
+    flat = x.reshape(n, num_positions, -1)  # [n, positions, channels]
+    if kind == "shuffled_pixels":
+        out = flat[:, rng.permutation(num_positions)]
+    else:  # random_pixels
+        order = np.argsort(rng.random((n, num_positions)), axis=1)
+        out = np.take_along_axis(flat, order[:, :, None], axis=1)
+    return out.reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Assembling a Dataset from arrays
+# --------------------------------------------------------------------------------------------
+
+def _pristine_split(x, y) -> Split:
+    y = y.astype(np.int32)
+    return Split(x=x, y=y, original_y=y.copy(), corrupted=np.zeros(len(y), bool),
+                 example_id=np.arange(len(y), dtype=np.int64))
+
+
+def _assemble(name, x_train, y_train, x_test, y_test, num_classes, *, label_noise, noise_kind,
+              input_corruption, seed) -> Dataset:
+    """Validated arrays -> Dataset with the requested corruptions applied."""
+    if input_corruption is not None:
+        _check_choice(input_corruption, INPUT_CORRUPTIONS, "input corruption")
+        mean, std = float(x_train.mean()), float(x_train.std())
+        x_train = corrupt_inputs(x_train, input_corruption, seed=seed, mean=mean, std=std)
+        # Same seed for shuffled_pixels gives the same permutation; the others get a fresh stream.
+        test_seed = seed if input_corruption == "shuffled_pixels" else (seed, 1)
+        x_test = corrupt_inputs(x_test, input_corruption, seed=test_seed, mean=mean, std=std)
+    train = _pristine_split(x_train, y_train)
+    new_y, corrupted = corrupt_labels(y_train, label_noise, num_classes, seed=seed, kind=noise_kind)
+    train = dataclasses.replace(train, y=new_y, corrupted=corrupted)
+    corruption = dict(label_noise=float(label_noise), noise_kind=noise_kind,
+                      input_corruption=input_corruption, seed=seed)
+    return Dataset(name=name, train=train, test=_pristine_split(x_test, y_test),
+                   num_classes=int(num_classes), input_shape=tuple(x_train.shape[1:]),
+                   corruption=corruption)
+
+
+def from_arrays(x_train, y_train, x_test, y_test, *, num_classes=None, name="arrays",
+                label_noise=0.0, noise_kind="uniform", input_corruption=None, seed=0) -> Dataset:
+    """A Dataset from user arrays (inputs are cast to float32, not rescaled).
+
+    Args:
+      x_train, x_test: [n, *input_shape] and [m, *input_shape] inputs (same input_shape).
+      y_train, y_test: [n] and [m] integer class indices.
+      num_classes: K; default max label + 1.
+      label_noise, noise_kind, input_corruption, seed: as in `load`.
+    """
+    _check_choice(noise_kind, LABEL_NOISE_KINDS, "label noise kind")
+    _check_fraction(label_noise)
+    x_train, x_test = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
+    if x_train.ndim < 2 or x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(f"x_train and x_test must be [n, *input_shape] with the same input_shape, "
+                         f"got {x_train.shape} and {x_test.shape}")
+    for x, y, what in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+        if np.ndim(y) != 1 or len(y) != len(x):
+            raise ValueError(f"y_{what} must have shape ({len(x)},) to match x_{what}, "
+                             f"got {np.shape(y)}")
+    if num_classes is None:
+        num_classes = int(max(np.max(y_train, initial=0), np.max(y_test, initial=0))) + 1
+    y_train = _check_labels(y_train, num_classes, "y_train")
+    y_test = _check_labels(y_test, num_classes, "y_test")
+    return _assemble(name, x_train, y_train, x_test, y_test, num_classes,
+                     label_noise=label_noise, noise_kind=noise_kind,
+                     input_corruption=input_corruption, seed=seed)
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST-1D (generated locally, cached)
+# --------------------------------------------------------------------------------------------
+
+def cache_dir() -> str:
+    """`$CGH_TF_CACHE` if set, else `~/.cache/cgh_tf`."""
+    return os.environ.get(CACHE_ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "cgh_tf")
+
+
+def _generate_mnist1d() -> dict:
+    """Runs mnist1d's own generator with default arguments; restores the global RNG states it seeds."""
+    from mnist1d.data import get_dataset_args, make_dataset
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        raw = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    return {"x": raw["x"].astype(np.float32), "y": raw["y"].astype(np.int64),
+            "x_test": raw["x_test"].astype(np.float32), "y_test": raw["y_test"].astype(np.int64)}
+
+
+def _valid_mnist1d(arrays) -> bool:
+    return all(k in arrays and tuple(arrays[k].shape) == s for k, s in _MNIST1D_SHAPES.items())
+
+
+def _atomic_save_npz(path, arrays):
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _mnist1d_arrays(directory=None) -> dict:
+    """MNIST-1D arrays from the cache, generating (and caching) them on first use."""
+    path = os.path.join(directory or cache_dir(), _MNIST1D_CACHE_FILE)
+    if os.path.exists(path):
+        try:
+            with np.load(path) as cached:
+                arrays = {k: cached[k] for k in cached.files}
+            if _valid_mnist1d(arrays):
+                return arrays
+        except (OSError, ValueError):
+            pass  # unreadable cache: regenerate below
+    arrays = _generate_mnist1d()
+    if not _valid_mnist1d(arrays):
+        raise RuntimeError(f"mnist1d generator returned unexpected shapes "
+                           f"{ {k: v.shape for k, v in arrays.items()} }, expected {_MNIST1D_SHAPES}")
+    _atomic_save_npz(path, arrays)
+    return arrays
+
+
+# --------------------------------------------------------------------------------------------
+# tfds
+# --------------------------------------------------------------------------------------------
+
+def _missing_data_message(name, data_dir) -> str:
+    import tensorflow_datasets as tfds
+    where = data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR
+    target = f" --data_dir={data_dir}" if data_dir else ""
+    how = (f"On a machine with internet run `tfds build {name}{target}` (or "
+           f"`tfds.builder({name!r}, data_dir=...).download_and_prepare()`), copy the prepared "
+           f"directory here, or pass data_dir= pointing to a directory that contains {name}/.")
+    if name == "imagenet2012":
+        how = ("ImageNet needs a manual download: get ILSVRC2012_img_train.tar and "
+               "ILSVRC2012_img_val.tar from image-net.org, put them in "
+               f"{os.path.join(str(where), 'downloads', 'manual')}, then " + how[0].lower() + how[1:])
+    return (f"Dataset {name!r} is not prepared in the TFDS data directory {where!r} "
+            f"(cgh_tf never downloads). {how}")
+
+
+def _load_tfds(name, split, data_dir, **kwargs):
+    """`tfds.load(..., download=False)` with an actionable error when the data is missing."""
+    import tensorflow_datasets as tfds
+    try:
+        return tfds.load(name, split=split, data_dir=data_dir, download=False,
+                         shuffle_files=False, **kwargs)
+    except (AssertionError, FileNotFoundError) as error:  # tfds raises AssertionError
+        raise DatasetNotAvailableError(_missing_data_message(name, data_dir)) from error
+
+
+def _image_to_float(image, image_size):
+    """uint8 [H, W, C] -> float32 in [0, 1]; if image_size: shorter side -> image_size, centre crop."""
+    import tensorflow as tf
+    if image_size is None:
+        return tf.cast(image, tf.float32) / 255.0
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw = tf.cast(tf.math.ceil(hw * (image_size / tf.reduce_min(hw))), tf.int32)
+    resized = tf.image.resize(image, tf.maximum(new_hw, image_size), antialias=True)
+    cropped = tf.image.resize_with_crop_or_pad(resized, image_size, image_size)
+    return tf.clip_by_value(cropped / 255.0, 0.0, 1.0)
+
+
+def _tfds_split_arrays(name, split, data_dir, limit, image_size):
+    """The first `limit` examples (file order) of a tfds split as (x float32, y int64) arrays."""
+    import tensorflow_datasets as tfds
+    ds = _load_tfds(name, split, data_dir, as_supervised=True)
+    if limit is not None:
+        ds = ds.take(limit)
+    size = image_size if name == "imagenet2012" else None
+    ds = ds.map(lambda image, label: (_image_to_float(image, size), label)).batch(_READ_BATCH)
+    xs, ys = [], []
+    for x, y in tfds.as_numpy(ds):
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise ValueError(f"{name} split {split!r} is empty (limit={limit})")
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+def load(name="mnist1d", *, data_dir=None, label_noise=0.0, noise_kind="uniform",
+         input_corruption=None, seed=0, max_train=None, max_test=None,
+         image_size=224) -> Dataset:
+    """Loads a dataset as NumPy arrays with optional label / input corruption.
+
+    Args:
+      name: one of DATASETS (see the module table).
+      data_dir: tfds data directory (default: tfds' own, `$TFDS_DATA_DIR` or ~/tensorflow_datasets);
+        for mnist1d the cache directory (default `$CGH_TF_CACHE` or ~/.cache/cgh_tf).
+      label_noise: fraction p in [0, 1] of training labels to corrupt.
+      noise_kind: "uniform", "other" or "permute" (see `corrupt_labels`).
+      input_corruption: None, "shuffled_pixels", "random_pixels" or "gaussian".
+      seed: seed of every corruption.
+      max_train, max_test: keep only the first examples of each split (ids stay 0..k-1);
+        required for imagenet2012.
+      image_size: side S of the square imagenet2012 images (ignored by the other datasets).
+
+    Raises:
+      ValueError: unknown name / kind, fraction outside [0, 1], missing imagenet2012 limits.
+      DatasetNotAvailableError (a FileNotFoundError): tfds data not prepared in data_dir.
+    """
+    _check_choice(name, DATASETS, "dataset")
+    _check_choice(noise_kind, LABEL_NOISE_KINDS, "label noise kind")
+    _check_fraction(label_noise)
+    if input_corruption is not None:
+        _check_choice(input_corruption, INPUT_CORRUPTIONS, "input corruption")
+    _check_limit(max_train, "max_train")
+    _check_limit(max_test, "max_test")
+    if name == "imagenet2012" and (max_train is None or max_test is None):
+        raise ValueError("imagenet2012 does not fit in memory as arrays (~770 GB at 224x224): pass "
+                         "max_train= and max_test=, or use cgh_tf.data.stream('imagenet2012', ...)")
+    if name == "mnist1d":
+        arrays = _mnist1d_arrays(data_dir)
+        x_train, y_train = arrays["x"][:max_train], arrays["y"][:max_train]
+        x_test, y_test = arrays["x_test"][:max_test], arrays["y_test"][:max_test]
+        num_classes = 10
+    else:
+        train_split, test_split, num_classes = _TFDS_SPLITS[name]
+        x_train, y_train = _tfds_split_arrays(name, train_split, data_dir, max_train, image_size)
+        x_test, y_test = _tfds_split_arrays(name, test_split, data_dir, max_test, image_size)
+    y_train = _check_labels(y_train, num_classes, f"{name} train labels")
+    y_test = _check_labels(y_test, num_classes, f"{name} test labels")
+    return _assemble(name, x_train, y_train, x_test, y_test, num_classes, label_noise=label_noise,
+                     noise_kind=noise_kind, input_corruption=input_corruption, seed=seed)
+
+
+def _read_labels(name, split, data_dir, limit) -> np.ndarray:
+    """All labels of a tfds split in file order, without decoding the images."""
+    import tensorflow_datasets as tfds
+    ds = _load_tfds(name, split, data_dir, decoders={"image": tfds.decode.SkipDecoding()})
+    if limit is not None:
+        ds = ds.take(limit)
+    labels = [batch for batch in tfds.as_numpy(ds.map(lambda e: e["label"]).batch(8192))]
+    return np.concatenate(labels) if labels else np.zeros([0], np.int64)
+
+
+def stream(name, split="train", *, data_dir=None, image_size=224, label_noise=0.0,
+           noise_kind="uniform", seed=0, limit=None, as_supervised=True):
+    """A tfds split as an unbatched `tf.data.Dataset`, for data that does not fit in memory.
+
+    Examples come in file order; `example_id` is the position in that order (stable). The caller
+    adds `.shuffle(...)`, `.batch(...)`, `.prefetch(...)`. Label noise (train split only) first reads
+    all labels once without decoding images, then applies `corrupt_labels` (same result as `load`).
+    Input corruptions are not supported here.
+
+    Returns:
+      elements `(x, y)` if as_supervised, else dicts with keys x, y, original_y, corrupted,
+      example_id. x: float32 in [0, 1] (imagenet2012: [image_size, image_size, 3]); y: int32.
+    """
+    import tensorflow as tf
+    if name not in TFDS_DATASETS:
+        raise ValueError(f"stream() reads tfds datasets {', '.join(map(repr, TFDS_DATASETS))}; "
+                         f"got {name!r} (use load() / as_tf_dataset() for in-memory data)")
+    _check_choice(noise_kind, LABEL_NOISE_KINDS, "label noise kind")
+    label_noise = _check_fraction(label_noise)
+    _check_limit(limit, "limit")
+    num_classes = _TFDS_SPLITS[name][2]
+    if label_noise and split != _TFDS_SPLITS[name][0]:
+        raise ValueError(f"label noise applies to the train split only, got split={split!r}")
+    ds = _load_tfds(name, split, data_dir, as_supervised=True)
+    if limit is not None:
+        ds = ds.take(limit)
+    size = image_size if name == "imagenet2012" else None
+    noisy = None
+    if label_noise:
+        labels = _read_labels(name, split, data_dir, limit)
+        noisy = tf.constant(corrupt_labels(labels, label_noise, num_classes, seed, noise_kind)[0])
+
+    def to_example(index, image_label):
+        image, label = image_label
+        original = tf.cast(label, tf.int32)
+        y = original if noisy is None else tf.gather(noisy, index)
+        return {"x": _image_to_float(image, size), "y": y, "original_y": original,
+                "corrupted": tf.not_equal(y, original), "example_id": index}
+
+    ds = ds.enumerate().map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda e: (e["x"], e["y"])) if as_supervised else ds
+
+
+def as_tf_dataset(split: Split, with_side_info=False):
+    """An unbatched `tf.data.Dataset` of (x, y), or of dicts with all Split fields if with_side_info."""
+    import tensorflow as tf
+    if with_side_info:
+        fields = {f.name: getattr(split, f.name) for f in dataclasses.fields(split)}
+        return tf.data.Dataset.from_tensor_slices(fields)
+    return tf.data.Dataset.from_tensor_slices((split.x, split.y))
+
+
+def _uncorrupted(split: Split) -> Split:
+    return dataclasses.replace(split, y=split.original_y.copy(), corrupted=np.zeros(len(split), bool))
+
+
+def easy_hard_datasets(dataset: Dataset, easy, *, test_fraction=0.5, seed=0):
+    """Splits `dataset.train` into an "easy" and a "hard" Dataset, each with its own train / test.
+
+    2003.07422: train briefly, call the examples classified correctly "easy" and the rest "hard",
+    then train from scratch on each and compare generalisation among themselves. Each part is
+    shuffled with `seed` and its first round(test_fraction · size) examples become its test split
+    (test_fraction = 0.5 is this package's default choice). `example_id`s keep referring to the
+    original train split; test splits get their original (uncorrupted) labels.
+
+    Args:
+      dataset: the source Dataset (only its train split is used).
+      easy: [n_train] bool mask, True for easy examples.
+
+    Returns:
+      (easy_dataset, hard_dataset), named f"{dataset.name}_easy" / f"{dataset.name}_hard".
+    """
+    easy = np.asarray(easy)
+    if easy.dtype != bool or easy.shape != (len(dataset.train),):
+        raise ValueError(f"easy must be a bool mask of shape ({len(dataset.train)},), "
+                         f"got dtype {easy.dtype} and shape {easy.shape}")
+    if not 0.0 <= float(test_fraction) <= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction!r}")
+    rng = np.random.default_rng(seed)
+    parts = []
+    for mask, suffix in ((easy, "easy"), (~easy, "hard")):
+        order = rng.permutation(np.flatnonzero(mask))
+        num_test = int(np.floor(test_fraction * len(order) + 0.5))
+        parts.append(Dataset(
+            name=f"{dataset.name}_{suffix}",
+            train=dataset.train.subset(np.sort(order[num_test:])),
+            test=_uncorrupted(dataset.train.subset(np.sort(order[:num_test]))),
+            num_classes=dataset.num_classes, input_shape=dataset.input_shape,
+            corruption=dict(dataset.corruption)))
+    return tuple(parts)
+
+
+def describe(dataset: Dataset) -> dict[str, Any]:
+    """Summary numbers of a Dataset (sizes, classes, shape, corrupted count) for logs."""
+    return {"name": dataset.name, "train": len(dataset.train), "test": len(dataset.test),
+            "num_classes": dataset.num_classes, "input_shape": dataset.input_shape,
+            "corrupted": int(dataset.train.corrupted.sum()), **dataset.corruption}

@@ -1,0 +1,165 @@
+"""Cross-replica plumbing for the robust optimizers (M3, RM3, RA3) under `tf.distribute`.
+
+A median does not commute with a sum, so the robust optimizers cannot let each replica reduce its
+own gradient: they first **sum the replica contributions** (Keras already scales each replica's loss
+by 1 / num_replicas, so the SUM is the global mean gradient), then every replica computes the *same*
+median from the same numbers and applies the same update to its copy of the variables.
+
+| step                               | context          | helper                          | communicated per step            |
+|------------------------------------|------------------|---------------------------------|----------------------------------|
+| sum mini-batch gradients (RM3, RA3, M3 consecutive) | replica | `all_reduce_sum`          | one all-reduce of P values       |
+| sum group rows (M3 in one batch)   | replica          | `all_reduce_stacked_sum`        | one all-reduce of k * P values   |
+| "is the update finite / due?"      | cross-replica    | `in_cross_replica` (merge_call) | none (a barrier, no tensor)      |
+| store into history buffers         | each replica     | `for_each_replica`              | none (local copies, identical)   |
+| inner optimizer's update           | each replica     | `for_each_replica`              | none: its all-reduce is disabled |
+
+P = number of trainable parameters, k = `groups`. In bytes: 4 P (float32) per step for RM3 / RA3 /
+consecutive M3 -- the same as plain data-parallel SGD -- and 4 k P per step for M3 in one batch
+(a ring all-reduce moves about 2 (R - 1) / R times that per replica). When R is a multiple of k the
+replicas could themselves be the groups (one all-gather instead); that variant is not implemented.
+
+How the same code runs on every strategy:
+* `MirroredStrategy`, `MultiWorkerMirroredStrategy` (one or many hosts, CPU/GPU): the optimizer
+  update is reached through `merge_call`; the `tf.cond`s that skip non-finite or not-yet-due updates
+  run in cross-replica context and the branches use `call_for_each_replica` (the pattern of
+  `keras.optimizers.LossScaleOptimizer._tf_apply`, since a `cond` in replica context must not
+  contain a `merge_call`). The all-reduces are collective ops (NCCL / ring), which are the only
+  traffic; the merge_call itself moves no tensors.
+* `TPUStrategy`, and Mirrored under XLA on GPUs: strategies that can run without merge_call get
+  the same function called directly in replica context (`strategy_supports_no_merge_call()`); the
+  `cond`s are then per replica and agree because their inputs were all-reduced.
+* Default (no) strategy: no communication, the same code path as "no merge_call".
+
+Variables of the robust optimizers (history buffers, counters) use aggregation "none" and are
+written with identical values on every replica, so all copies stay equal without communication.
+
+Private Keras API used: `keras.src.backend.tensorflow.optimizer.TFOptimizer._all_reduce_sum_gradients`
+(present in Keras 3.0 - 3.15, verified on 3.15.1; pinned by tests/test_optimizers_distribute.py).
+`disable_all_reduce` replaces it on the *inner* optimizer instance so the already summed gradient
+is not summed a second time.
+"""
+
+import tensorflow as tf
+
+ALL_REDUCE_HOOK = "_all_reduce_sum_gradients"
+
+
+def _identity_grads_and_vars(grads_and_vars):
+    """Replacement for `TFOptimizer._all_reduce_sum_gradients`: gradients are already reduced."""
+    return list(grads_and_vars)
+
+
+def disable_all_reduce(optimizer):
+    """Stop a Keras TF optimizer from all-reducing the gradients handed to `apply` (in place).
+
+    Raises:
+        TypeError: if the optimizer has no `_all_reduce_sum_gradients` (Keras changed its private
+            API; see the module docstring for the supported range).
+    """
+    if not callable(getattr(type(optimizer), ALL_REDUCE_HOOK, None)):
+        raise TypeError(
+            f"{type(optimizer).__name__} has no method `{ALL_REDUCE_HOOK}`; this Keras version "
+            f"({_keras_version()}) is not supported by cgh_tf's robust optimizers under "
+            "tf.distribute (known to work: Keras 3.0 - 3.15 with the TensorFlow backend)."
+        )
+    setattr(optimizer, ALL_REDUCE_HOOK, _identity_grads_and_vars)
+
+
+def _keras_version():
+    import keras
+
+    return keras.__version__
+
+
+def num_replicas_in_sync():
+    """Number of replicas of the current strategy (1 without a strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _require_replica_context(what):
+    if tf.distribute.in_cross_replica_context():
+        raise ValueError(f"{what} must be called in a replica context (e.g. inside strategy.run).")
+
+
+def all_reduce_sum(tensors):
+    """SUM-all-reduce a list of tensors (None entries pass through) across replicas.
+
+    Called in replica context; without a strategy or with one replica the tensors are returned
+    unchanged. One collective for the whole list (TF packs the list).
+
+    Args:
+        tensors: list of dense tensors or None.
+
+    Returns:
+        List of the same structure with every tensor replaced by its sum over replicas.
+    """
+    _require_replica_context("all_reduce_sum")
+    tensors = list(tensors)
+    present = [t for t in tensors if t is not None]
+    if num_replicas_in_sync() == 1 or not present:
+        return tensors
+    reduced = iter(tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, present))
+    return [None if t is None else next(reduced) for t in tensors]
+
+
+def all_reduce_stacked_sum(stacked):
+    """SUM-all-reduce per-variable stacks `[k, *var.shape]` with exactly one all-reduce.
+
+    The stacks are flattened into one `[k, P]` tensor (P = total parameter count), reduced with a
+    single collective and split back. None entries pass through.
+
+    Args:
+        stacked: list (one per variable) of tensors `[k, *shape_i]` of one dtype, or None.
+
+    Returns:
+        List with the same shapes, each summed over replicas.
+    """
+    _require_replica_context("all_reduce_stacked_sum")
+    stacked = list(stacked)
+    present = [t for t in stacked if t is not None]
+    if num_replicas_in_sync() == 1 or not present:
+        return stacked
+    k = present[0].shape[0]
+    if not all(t.shape.is_fully_defined() for t in present):
+        raise ValueError("all_reduce_stacked_sum needs statically shaped gradients.")
+    sizes = [t.shape[1:].num_elements() for t in present]
+    flat = tf.concat([tf.reshape(t, [k, -1]) for t in present], axis=1)
+    flat = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, flat)
+    pieces = iter(tf.reshape(p, t.shape) for p, t in zip(tf.split(flat, sizes, axis=1), present))
+    return [None if t is None else next(pieces) for t in stacked]
+
+
+def in_cross_replica(fn, *args):
+    """Run `fn(*args)` where conditional optimizer updates are allowed.
+
+    With a strategy that needs merge_call (Mirrored, MultiWorkerMirrored on CPU/GPU) `fn` runs in
+    cross-replica context via `merge_call` and tensor arguments arrive as per-replica values; with
+    no strategy or a strategy that supports no merge_call, `fn` simply runs here.
+    Must be called in replica context.
+    """
+    _require_replica_context("An optimizer's apply")
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        return fn(*args)
+    return tf.distribute.get_replica_context().merge_call(lambda _, *a: fn(*a), args=args)
+
+
+def _in_real_cross_replica_context():
+    return tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context()
+
+
+def for_each_replica(fn, *args):
+    """Call `fn(*args)` once per replica (from cross-replica context) or just once (elsewhere).
+
+    Returns the per-replica result object in cross-replica context, else `fn`'s result.
+    """
+    if _in_real_cross_replica_context():
+        strategy = tf.distribute.get_strategy()
+        return strategy.extended.call_for_each_replica(fn, args=args)
+    return fn(*args)
+
+
+def first_replica_value(value):
+    """The first replica's component of a per-replica value (the value itself otherwise)."""
+    if _in_real_cross_replica_context():
+        return tf.distribute.get_strategy().experimental_local_results(value)[0]
+    return value

@@ -1,0 +1,177 @@
+"""Robust reductions of stacked gradients: medians and winsorized means (pure TensorFlow math).
+
+Every function reduces a tensor `values` of shape `[k, *shape]` (k candidates per coordinate, e.g.
+k group-mean gradients or k per-example gradients) along `axis` (default 0) to one tensor of the
+remaining shape, coordinate by coordinate. `k` must be known statically (it always is: it is the
+number of groups, the window length or the batch size).
+
+| function                                  | result per coordinate                         | NumPy twin                                     |
+|-------------------------------------------|-----------------------------------------------|------------------------------------------------|
+| `median3(a, b, c)`                        | median of three, 4 min/max ops, branch-free   | `np.median(np.stack([a, b, c]), 0)`            |
+| `median(values, axis=0)`                  | median; even k: mean of the two middle values | `np.median(values, axis)`                      |
+| `median_of(list)`, `fused_median_of(list)`| median of k same-shaped tensors (fused: XLA)  | `np.median(np.stack(list), 0)`                 |
+| `mean(values, axis=0)`                    | arithmetic mean (RA3, the control)            | `np.mean(values, axis)`                        |
+| `percentile_nearest(values, q, axis=0)`   | q-th percentile, nearest rank                 | `np.percentile(values, q, axis, method="nearest")` |
+| `winsorized_mean(values, pct, axis=0)`    | mean after clipping to the pct-th and         | clip to the two percentiles above, then mean   |
+|                                           | (100 - pct)-th percentile (ICLR 2020)         |                                                |
+
+No Keras import: these are used inside optimizers and train steps, eagerly, in `tf.function` and
+under XLA. Inputs must be finite (callers skip non-finite gradients; see `cgh_tf.optimizers`).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+
+def median3(a, b, c):
+    """Coordinate-wise median of three tensors of the same shape and dtype.
+
+    med(a, b, c) = max(min(a, b), min(max(a, b), c)): exact (returns one of the inputs), no sort,
+    no branches, so it vectorises and compiles with XLA.
+    """
+    return tf.maximum(tf.minimum(a, b), tf.minimum(tf.maximum(a, b), c))
+
+
+def _static_size(values, axis):
+    size = values.shape[axis]
+    if size is None:
+        raise ValueError(
+            f"The reduced axis {axis} of a tensor of shape {values.shape} must have a static "
+            "size (the number of groups / window / batch size)."
+        )
+    return int(size)
+
+
+def _sorted_along(values, axis):
+    return tf.sort(values, axis=axis)
+
+
+def median(values, axis=0):
+    """Coordinate-wise median of `values` along `axis`, exactly as `np.median`.
+
+    Args:
+        values: float tensor `[..., k, ...]` with k (the size of `axis`) static and >= 1.
+        axis: the axis holding the k candidates.
+
+    Returns:
+        Tensor with `axis` removed. k = 3 uses `median3` (min/max only); k = 2 is the mean of the
+        two; other k sort along `axis` and take the middle value (odd k) or the mean of the two
+        middle values (even k).
+    """
+    values = tf.convert_to_tensor(values)
+    k = _static_size(values, axis)
+    if k == 1:
+        return tf.squeeze(values, axis=axis)
+    if k == 3:
+        a, b, c = tf.unstack(values, num=3, axis=axis)
+        return median3(a, b, c)
+    if k == 2:
+        a, b = tf.unstack(values, num=2, axis=axis)
+        return (a + b) / 2
+    ordered = _sorted_along(values, axis)
+    middle = tf.gather(ordered, k // 2, axis=axis)
+    if k % 2 == 1:
+        return middle
+    lower = tf.gather(ordered, k // 2 - 1, axis=axis)
+    return (lower + middle) / 2
+
+
+def median_of(tensors):
+    """Median of a Python list of k same-shaped tensors (k static), without stacking for k <= 3."""
+    tensors = list(tensors)
+    if len(tensors) == 1:
+        return tensors[0]
+    if len(tensors) == 2:
+        return (tensors[0] + tensors[1]) / 2
+    if len(tensors) == 3:
+        return median3(*tensors)
+    return median(tf.stack(tensors), axis=0)
+
+
+@tf.function(jit_compile=True)
+def fused_median_of(tensors):
+    """`median_of` compiled with XLA: one fused pass over the k inputs instead of 4 kernels.
+
+    Used by the optimizers on the hot path; inside an XLA-compiled train step it is inlined.
+    """
+    return median_of(tensors)
+
+
+def mean(values, axis=0):
+    """Coordinate-wise arithmetic mean along `axis` (the RA3 control)."""
+    return tf.reduce_mean(values, axis=axis)
+
+
+def mean_of(tensors):
+    """Mean of a Python list of same-shaped tensors."""
+    tensors = list(tensors)
+    return tf.add_n(tensors) / len(tensors)
+
+
+def _nearest_ranks(k, qs):
+    """0-based ranks (in sorted order) that `np.percentile(..., method="nearest")` returns.
+
+    Computed by NumPy itself on the ranks 0..k-1, so rounding (half to even) matches exactly.
+    """
+    ranks = np.percentile(np.arange(k, dtype=np.float64), qs, method="nearest")
+    return [int(r) for r in np.atleast_1d(ranks)]
+
+
+def _check_percentiles(qs):
+    for q in qs:
+        if not 0.0 <= q <= 100.0:
+            raise ValueError(f"Percentiles must be in [0, 100]; got {q}.")
+
+
+def percentile_nearest(values, q, axis=0):
+    """Coordinate-wise q-th percentile(s) of `values` along `axis` with the nearest-rank rule.
+
+    Identical to `np.percentile(values, q, axis=axis, method="nearest")`.
+
+    Args:
+        values: tensor `[..., k, ...]`, k static.
+        q: a number in [0, 100] or a list of them.
+        axis: axis holding the k candidates.
+
+    Returns:
+        For scalar q: tensor with `axis` removed. For a list of n percentiles: tensor `[n, ...]`
+        (percentiles first, as NumPy).
+    """
+    values = tf.convert_to_tensor(values)
+    k = _static_size(values, axis)
+    scalar = np.ndim(q) == 0
+    qs = [float(x) for x in np.atleast_1d(q)]
+    _check_percentiles(qs)
+    ordered = _sorted_along(values, axis)
+    picked = [tf.gather(ordered, r, axis=axis) for r in _nearest_ranks(k, qs)]
+    return picked[0] if scalar else tf.stack(picked)
+
+
+def winsorized_mean(values, pct, axis=0):
+    """Coordinate-wise winsorized mean (ICLR 2020 "winsorized gradient descent").
+
+    For each coordinate the k values along `axis` are clipped to their `pct`-th and
+    `(100 - pct)`-th percentile (nearest rank, as
+    `np.percentile(values, [pct, 100 - pct], axis, method="nearest")`) and then averaged.
+    `pct = 0` is the plain mean.
+
+    Args:
+        values: float tensor `[..., k, ...]` (e.g. k per-example gradients), k static.
+        pct: percentage clipped on each side, in [0, 50).
+        axis: axis holding the k values.
+
+    Returns:
+        Tensor with `axis` removed.
+
+    Raises:
+        ValueError: if pct is outside [0, 50).
+    """
+    if not 0.0 <= float(pct) < 50.0:
+        raise ValueError(f"`pct` must be in [0, 50) (percent clipped on each side); got {pct}.")
+    values = tf.convert_to_tensor(values)
+    if float(pct) == 0.0:
+        return tf.reduce_mean(values, axis=axis)
+    bounds = percentile_nearest(values, [float(pct), 100.0 - float(pct)], axis=axis)
+    lower = tf.expand_dims(bounds[0], axis)
+    upper = tf.expand_dims(bounds[1], axis)
+    return tf.reduce_mean(tf.clip_by_value(values, lower, upper), axis=axis)

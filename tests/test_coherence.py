@@ -1,0 +1,180 @@
+"""Coherence statistics: α, α⊥, m-coherence, per layer, streaming and f^p / f^c.
+
+References: the DESIGN.md §1 definitions evaluated in float64 NumPy on closed-form softmax-regression
+per-example gradients g_i = (x_i ⊗ (p_i − e_{y_i}), p_i − e_{y_i}).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from cgh_tf import coherence
+
+SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(previous[0])
+    keras.config.set_dtype_policy(previous[1])
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def reference_gradients(x, y, kernel, bias):
+    """Per-example gradients as flat blocks: [kernel [m, i*o], bias [m, o]]."""
+    delta = softmax(x @ kernel + bias) - np.eye(kernel.shape[1])[y]
+    return [np.einsum("mi,mo->mio", x, delta).reshape(len(x), -1), delta]
+
+
+def reference_stats(blocks):
+    """(α, m-coherence, ‖S‖², Q) from per-example gradient blocks [m, n_b] (DESIGN.md §1)."""
+    g = np.concatenate(blocks, axis=1)
+    m = len(g)
+    s2, q = np.sum(g.sum(0) ** 2), np.sum(g ** 2)
+    return s2 / (m * q), s2 / q, s2, q
+
+
+def softmax_regression(inputs=4, classes=3, use_bias=True, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((inputs,)), keras.layers.Dense(classes, use_bias=use_bias, name="out")])
+    if use_bias:
+        model.layers[0].bias.assign(np.random.default_rng(seed).normal(size=classes))
+    model.compile(loss=SCCE)
+    return model
+
+
+def data(m=10, inputs=4, classes=3, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(m, inputs)), rng.integers(0, classes, m)
+
+
+def test_stats_from_sums_definitions():
+    stats = coherence.stats_from_sums(sq_norm_of_sum=6.0, sum_of_sq_norms=4.0, m=3)
+    assert stats.m_coherence == pytest.approx(1.5)
+    assert stats.alpha == pytest.approx(0.5)
+    assert stats.alpha_perp == pytest.approx(1 / 3)
+    assert stats.gradient_diversity == pytest.approx(1 / 1.5)
+    assert math.isnan(coherence.stats_from_sums(0.0, 0.0, 3).m_coherence)
+    with pytest.raises(ValueError, match="Empty"):
+        coherence.stats_from_sums(1.0, 1.0, 0)
+    with pytest.raises(ValueError, match="non-negative"):
+        coherence.stats_from_sums(-1.0, 1.0, 2)
+
+
+def test_measure_matches_numpy_reference():
+    model = softmax_regression()
+    x, y = data()
+    alpha, r, s2, q = reference_stats(reference_gradients(x, y, *[v.numpy() for v in model.trainable_variables]))
+    stats = coherence.measure(model, x, y)
+    assert stats.m == 10
+    assert stats.alpha == pytest.approx(alpha, rel=1e-10)
+    assert stats.m_coherence == pytest.approx(r, rel=1e-10)
+    assert stats.sq_norm_of_sum == pytest.approx(s2, rel=1e-10)
+    assert stats.sum_of_sq_norms == pytest.approx(q, rel=1e-10)
+    assert stats.alpha_perp == pytest.approx(0.1)
+    assert stats.per_layer == {}
+
+
+def test_identical_examples_give_m_coherence_m():
+    model = softmax_regression()
+    x, y = data(m=1)
+    stats = coherence.measure(model, np.repeat(x, 7, 0), np.repeat(y, 7, 0))
+    assert stats.m_coherence == pytest.approx(7, rel=1e-12)
+    assert stats.alpha == pytest.approx(1, rel=1e-12)
+
+
+def test_orthogonal_gradients_give_m_coherence_one():
+    # No bias and one-hot inputs: g_i = e_i ⊗ (p_i − e_{y_i}), so ⟨g_i, g_j⟩ = (e_i·e_j)(...) = 0, i ≠ j.
+    model = softmax_regression(inputs=5, use_bias=False)
+    x, y = np.eye(5), np.array([0, 1, 2, 0, 1])
+    stats = coherence.measure(model, x, y)
+    assert stats.m_coherence == pytest.approx(1, rel=1e-12)
+    assert stats.alpha == pytest.approx(stats.alpha_perp, rel=1e-12)
+
+
+def test_streamed_equals_one_shot_and_dataset_equals_arrays():
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="tanh", name="hidden"),
+                              keras.layers.Dense(3, name="out")])
+    model.compile(loss=SCCE)
+    x, y = data(m=11)
+    one_shot = coherence.measure(model, x, y, batch_size=11, per_layer=True)
+    streamed = coherence.measure(model, x, y, batch_size=3, per_layer=True)
+    dataset = coherence.measure(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(4), per_layer=True)
+    for other in (streamed, dataset):
+        assert other.m == 11
+        assert other.m_coherence == pytest.approx(one_shot.m_coherence, rel=1e-10)
+        for name in ("hidden", "out"):
+            assert other.per_layer[name].alpha == pytest.approx(one_shot.per_layer[name].alpha, rel=1e-10)
+
+
+def test_per_layer_values_match_reference_and_combine_to_whole():
+    model = softmax_regression()
+    x, y = data()
+    kernel_block, bias_block = reference_gradients(x, y, *[v.numpy() for v in model.trainable_variables])
+    # Partition into two blocks by hand: kernel and bias, via an accumulator with explicit names.
+    accumulator = coherence.StreamingCoherence(model.trainable_variables, ["kernel", "bias"])
+    sums = coherence.per_example.gradients_and_sq_norms(model, tf.constant(x), tf.constant(y))
+    accumulator.update(sums.grad_sum, sums.sq_norms)
+    stats = accumulator.result(per_layer=True)
+    for name, block in (("kernel", kernel_block), ("bias", bias_block)):
+        alpha, r, _, _ = reference_stats([block])
+        assert stats.per_layer[name].alpha == pytest.approx(alpha, rel=1e-10)
+        assert stats.per_layer[name].m_coherence == pytest.approx(r, rel=1e-10)
+    combined = sum(b.sum_of_sq_norms / stats.sum_of_sq_norms * b.alpha for b in stats.per_layer.values())
+    assert combined == pytest.approx(stats.alpha, rel=1e-12)
+    assert stats.alpha == pytest.approx(reference_stats([kernel_block, bias_block])[0], rel=1e-10)
+
+
+def test_per_layer_names_from_model():
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="relu", name="hidden"),
+                              keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(3, name="out")])
+    model.compile(loss=SCCE)
+    stats = coherence.measure(model, *data(), per_layer=True)
+    assert set(stats.per_layer) == {"hidden", "bn", "out"}
+    assert sum(b.sq_norm_of_sum for b in stats.per_layer.values()) == pytest.approx(stats.sq_norm_of_sum, rel=1e-10)
+    assert sum(b.sum_of_sq_norms for b in stats.per_layer.values()) == pytest.approx(stats.sum_of_sq_norms, rel=1e-10)
+
+
+def test_loss_reduction_fractions_match_reference():
+    model = softmax_regression()
+    x, y = data(m=12)
+    pristine = np.arange(12) % 3 != 0
+    blocks = reference_gradients(x, y, *[v.numpy() for v in model.trainable_variables])
+    g_all = np.concatenate(blocks, axis=1)
+    g, g_p = g_all.sum(0), g_all[pristine].sum(0)
+    f_p, f_c = coherence.loss_reduction_fractions(model, x, y, pristine, batch_size=5)
+    assert f_p == pytest.approx(g @ g_p / (g @ g), rel=1e-10)
+    assert f_p + f_c == pytest.approx(1.0, abs=1e-12)
+    assert coherence.loss_reduction_fractions(model, x, y, np.ones(12, bool))[0] == pytest.approx(1.0)
+
+
+def test_errors():
+    model = softmax_regression()
+    x, y = data()
+    with pytest.raises(ValueError, match="Empty"):
+        coherence.measure(model, x[:0], y[:0])
+    with pytest.raises(ValueError, match="must match"):
+        coherence.measure(model, x, y[:4])
+    with pytest.raises(ValueError, match="per example"):
+        coherence.measure(model, x, y, loss=lambda t, p: tf.reduce_mean(p))
+    with pytest.raises(ValueError, match="not compiled"):
+        coherence.measure(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), x, y)
+    with pytest.raises(ValueError, match="pristine_mask"):
+        coherence.loss_reduction_fractions(model, x, y, np.arange(10))
+    with pytest.raises(ValueError, match="must match"):
+        coherence.loss_reduction_fractions(model, x, y, np.ones(4, bool))
+    with pytest.raises(ValueError, match="Empty"):
+        coherence.StreamingCoherence.for_model(model).result()

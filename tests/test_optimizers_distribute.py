@@ -1,0 +1,217 @@
+"""M3 / RM3 under tf.distribute.MirroredStrategy on 2 and 3 virtual CPUs equal one device.
+
+tests/conftest.py creates 3 logical CPU devices before TensorFlow starts. The single-device run
+is the reference; it is itself checked against NumPy in tests/test_optimizers.py. float64
+everywhere, so "equal" means equal up to the summation order of the all-reduce (~1e-15).
+"""
+
+import inspect
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+from keras.src.backend.tensorflow.optimizer import TFOptimizer
+
+from cgh_tf import distribute
+from cgh_tf.optimizers import M3, RM3
+
+DIM, CLASSES, LR = 4, 3, 0.5
+GLOBAL_BATCH = 12  # divisible by 2 and 3 replicas: equal shards, so SUM of replica means = mean
+NUM_BATCHES = 7
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+
+
+def loss_fn():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64")
+
+
+def data():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(NUM_BATCHES * GLOBAL_BATCH, DIM))
+    y = rng.integers(0, CLASSES, size=len(x))
+    return x, y
+
+
+def initial_weights():
+    rng = np.random.default_rng(4)
+    return [rng.normal(size=(DIM, CLASSES)) * 0.5, rng.normal(size=CLASSES) * 0.1]
+
+
+def make_model():
+    model = keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(CLASSES)])
+    model.set_weights(initial_weights())
+    return model
+
+
+def make_optimizer(cls, size):
+    return cls(keras.optimizers.SGD(LR, momentum=0.75), size)
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.trajectory = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.trajectory.append([np.array(w) for w in self.model.get_weights()])
+
+
+def fit(cls, size, strategy=None):
+    x, y = data()
+    scope = strategy.scope() if strategy else tf.distribute.get_strategy().scope()
+    with scope:
+        model = make_model()
+        model.compile(optimizer=make_optimizer(cls, size), loss=loss_fn(), jit_compile=False)
+    recorder = Recorder()
+    model.fit(x, y, batch_size=GLOBAL_BATCH, shuffle=False, verbose=0, callbacks=[recorder])
+    return recorder.trajectory, model
+
+
+_strategies = {}
+
+
+def mirrored(replicas):
+    """One MirroredStrategy per replica count. Reduction goes through one device: CPU collectives
+    of strategies with different device counts in one process collide on their group keys."""
+    if replicas not in _strategies:
+        _strategies[replicas] = tf.distribute.MirroredStrategy(
+            [f"/cpu:{i}" for i in range(replicas)],
+            cross_device_ops=tf.distribute.ReductionToOneDevice(),
+        )
+    return _strategies[replicas]
+
+
+def assert_replicas_agree(strategy, model, optimizer=None):
+    optimizer = optimizer or model.optimizer
+    for variable in model.weights + optimizer.variables:
+        copies = strategy.experimental_local_results(variable.value)
+        for copy in copies[1:]:
+            np.testing.assert_array_equal(copy.numpy(), copies[0].numpy(), err_msg=variable.path)
+
+
+_single_device = {}
+
+
+def single_device(cls, size):
+    if (cls, size) not in _single_device:
+        _single_device[(cls, size)] = fit(cls, size)[0]
+    return _single_device[(cls, size)]
+
+
+# R = 3 is a multiple of groups = 3, R = 2 is not.
+@pytest.mark.parametrize("replicas", [2, 3])
+@pytest.mark.parametrize("cls", [M3, RM3])
+def test_mirrored_fit_equals_single_device(cls, replicas):
+    strategy = mirrored(replicas)
+    got, model = fit(cls, 3, strategy)
+    want = single_device(cls, 3)
+    # Keras scales each replica's loss by ops.cast(1 / R, float64), which rounds 1 / R through
+    # float32: exact for R = 2, off by ~3e-8 relative per step for R = 3 (plain SGD has the same offset).
+    rtol = 1e-12 if replicas == 2 else 1e-6
+    assert len(got) == len(want) == NUM_BATCHES
+    for step, (g, w) in enumerate(zip(got, want)):
+        for a, b in zip(g, w):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol / 100, err_msg=f"step {step}")
+    assert int(model.optimizer.iterations.numpy()) == (2 if cls is M3 else NUM_BATCHES - 2)
+    assert_replicas_agree(strategy, model)
+
+
+def _group_rows(model, x, y, groups, scale):
+    """Rows [groups, *shape]: sum of per-example losses of each group's part of x, times `scale`."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum",
+                                                      dtype="float64")
+    rows = []
+    for xg, yg in zip(tf.split(x, groups), tf.split(y, groups)):
+        with tf.GradientTape() as tape:
+            value = loss(yg, model(xg)) * scale
+        rows.append(tape.gradient(value, model.trainable_variables))
+    return [tf.stack(parts) for parts in zip(*rows)]
+
+
+def test_apply_group_gradients_sums_replica_contributions():
+    groups, replicas, group_size, updates = 3, 2, 4, 3
+    x, y = data()
+    x, y = x[:updates * groups * group_size], y[:updates * groups * group_size]
+
+    reference = make_model()
+    ref_opt = make_optimizer(M3, groups)
+    want = []
+    for u in range(updates):
+        sl = slice(u * groups * group_size, (u + 1) * groups * group_size)
+        rows = _group_rows(reference, tf.constant(x[sl]), tf.constant(y[sl]), groups, 1 / group_size)
+        ref_opt.apply_group_gradients(rows, reference.trainable_variables)
+        want.append(reference.get_weights())
+
+    strategy = mirrored(replicas)
+    with strategy.scope():
+        model = make_model()
+        optimizer = make_optimizer(M3, groups)
+        optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def step(shards_x, shards_y):
+        def replica_fn(xr, yr):
+            # Each replica holds half of every group; its contribution is (its sum) / group_size.
+            rows = _group_rows(model, xr, yr, groups, 1 / group_size)
+            optimizer.apply_group_gradients(rows, model.trainable_variables)
+
+        strategy.run(replica_fn, args=(shards_x, shards_y))
+
+    for u in range(updates):
+        sl = slice(u * groups * group_size, (u + 1) * groups * group_size)
+        xs = x[sl].reshape(groups, replicas, group_size // replicas, DIM)
+        ys = y[sl].reshape(groups, replicas, group_size // replicas)
+        per_replica = lambda a, ctx: tf.constant(  # noqa: E731
+            a[:, ctx.replica_id_in_sync_group].reshape((-1,) + a.shape[3:]))
+        shards_x = strategy.experimental_distribute_values_from_function(lambda c: per_replica(xs, c))
+        shards_y = strategy.experimental_distribute_values_from_function(lambda c: per_replica(ys, c))
+        step(shards_x, shards_y)
+        for a, b in zip(model.get_weights(), want[u]):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=f"update {u}")
+    assert int(optimizer.iterations.numpy()) == updates
+    assert_replicas_agree(strategy, model, optimizer)
+
+
+def test_private_keras_all_reduce_hook_exists_and_is_disabled_on_inner():
+    # Pins the private Keras API that cgh_tf.distribute relies on (Keras 3.0 - 3.15).
+    assert callable(getattr(TFOptimizer, "_all_reduce_sum_gradients", None))
+    assert "_all_reduce_sum_gradients" in inspect.getsource(TFOptimizer._backend_update_step)
+    inner = keras.optimizers.SGD(0.1)
+    M3(inner)
+    grads_and_vars = [(tf.constant(1.0), "v")]
+    assert inner._all_reduce_sum_gradients(grads_and_vars) == grads_and_vars
+    other = keras.optimizers.SGD(0.1)  # untouched instances keep the Keras method
+    assert other._all_reduce_sum_gradients.__func__ is TFOptimizer._all_reduce_sum_gradients
+
+
+def test_disable_all_reduce_rejects_unknown_optimizer_type():
+    with pytest.raises(TypeError, match="_all_reduce_sum_gradients"):
+        distribute.disable_all_reduce(object())
+
+
+def test_all_reduce_stacked_sum_is_one_collective_sum():
+    strategy = mirrored(3)
+
+    @tf.function
+    def run():
+        def replica_fn():
+            r = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.float64)
+            return distribute.all_reduce_stacked_sum([tf.fill([2, 3], r), None, tf.fill([2], 10 * r)])
+
+        return strategy.run(replica_fn)
+
+    a, none, b = run()
+    assert none is None
+    for local in strategy.experimental_local_results(a):
+        np.testing.assert_array_equal(local.numpy(), np.full([2, 3], 3.0))
+    for local in strategy.experimental_local_results(b):
+        np.testing.assert_array_equal(local.numpy(), np.full([2], 30.0))

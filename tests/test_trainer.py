@@ -1,0 +1,300 @@
+"""End-to-end tests of `python -m trainers.train` (subprocesses) and of its builders (in process).
+
+One reference run (module fixture) on a tiny config is shared by the read-back tests; a second
+identical run checks byte-identical results; a third is killed with SIGKILL after its first
+checkpoint and restarted, and must end byte-identical too. The tiny config uses RM3 around SGD with
+momentum and a step decay, so resuming must restore the wrapper's gradient history, the momentum
+and the schedule.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import default
+from trainers import builders
+from trainers import io
+from trainers import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_EPOCHS = 10
+TINY_FLAGS = [
+    "--config=configs/default.py", "--config.max_train=500", "--config.max_test=200",
+    f"--config.num_epochs={NUM_EPOCHS}", "--config.model.kwargs.width=32", "--config.batch_size=32",
+    "--config.optimizer.name=rm3", "--config.optimizer.momentum=0.9", "--config.learning_rate=0.05",
+    "--config.lr_schedule.name=step", "--config.lr_schedule.decay_epochs=(5,)",
+    "--config.eval_batch_size=128", "--noprogress",
+]
+
+
+def _command(workdir, extra=()):
+    return [sys.executable, "-m", "trainers.train", *TINY_FLAGS, *extra, f"--workdir={workdir}"]
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+
+
+def _start(workdir, extra=()):
+    return subprocess.Popen(_command(workdir, extra), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process):
+    """Wait for a `_start`ed run; returns `(returncode, stderr)`."""
+    _, stderr = process.communicate(timeout=300)
+    return process.returncode, stderr
+
+
+def _run(workdir, extra=()):
+    return _finish(_start(workdir, extra))
+
+
+def _read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three runs started together (TF start-up overlaps): reference, its repeat, a bad config.
+
+    Returns `{name: (workdir, returncode, stderr)}`.
+    """
+    root = tmp_path_factory.mktemp("runs")
+    plans = {"reference": (), "repeat": (), "bad": ("--config.optimizer.momentum=1.5",),
+             "killed": ()}
+    started = {name: _start(str(root / name), extra) for name, extra in plans.items()}
+    _kill_after_first_checkpoint(started["killed"], str(root / "killed"))
+    return {name: (str(root / name), *_finish(process)) for name, process in started.items()}
+
+
+def _kill_after_first_checkpoint(process, workdir):
+    deadline = time.time() + 240
+    while not io.list_checkpoints(workdir) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def reference(runs):
+    """Workdir of one complete tiny run."""
+    workdir, returncode, stderr = runs["reference"]
+    assert returncode == 0, stderr[-3000:]
+    return workdir
+
+
+def _results(workdir):
+    with open(os.path.join(workdir, io.RESULTS_FILE)) as f:
+        return json.load(f)
+
+
+def _scalars(directory):
+    """`{tag: {step: value}}` from all event files in `directory`."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return found
+
+
+def test_workdir_holds_all_outputs(reference):
+    names = set(os.listdir(reference))
+    assert {"results.json", "timings.json", "curves.png", "checkpoints", "tensorboard"} <= names
+    assert [e for e, _ in io.list_checkpoints(reference)] == [NUM_EPOCHS]  # keep_checkpoints=1
+    assert _read_bytes(os.path.join(reference, "curves.png"))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not glob.glob(os.path.join(reference, "**", ".*tmp-*"), recursive=True)
+    assert "seconds" not in json.dumps(_results(reference))  # wall-clock only in timings.json
+
+
+def test_tensorboard_has_every_curve_for_every_epoch(reference):
+    history = _results(reference)["history"]
+    train_scalars = _scalars(os.path.join(reference, "tensorboard", "train"))
+    test_scalars = _scalars(os.path.join(reference, "tensorboard", "validation"))
+    expected = [
+        (train_scalars, "epoch_loss", "loss"), (train_scalars, "epoch_accuracy", "accuracy"),
+        (train_scalars, "epoch_pristine_accuracy", "pristine_accuracy"),
+        (train_scalars, "epoch_corrupted_accuracy", "corrupted_accuracy"),
+        (train_scalars, "epoch_learning_rate", "learning_rate"),
+        (test_scalars, "epoch_loss", "val_loss"), (test_scalars, "epoch_accuracy", "val_accuracy"),
+    ]
+    for scalars, tag, key in expected:
+        assert sorted(scalars[tag]) == list(range(NUM_EPOCHS)), tag
+        logged = [scalars[tag][step] for step in range(NUM_EPOCHS)]
+        np.testing.assert_allclose(logged, history[key], rtol=1e-6, err_msg=tag)
+
+
+def test_results_match_a_recomputation_from_the_checkpoint(reference):
+    results = _results(reference)
+    config = ml_collections.ConfigDict(results["config"])
+    data = builders.load_data(config)
+    assert results["dataset"]["num_train"] == len(data.train) == 500
+    assert results["dataset"]["num_train_corrupted"] == int(data.train.corrupted.sum()) > 0
+    assert results["epochs_completed"] == NUM_EPOCHS
+    assert all(len(v) == NUM_EPOCHS for v in results["history"].values())
+    assert results["history"]["learning_rate"] == pytest.approx([0.05] * 5 + [0.005] * 5)
+
+    model = builders.build_model(config, data.input_shape, data.num_classes)
+    optimizer = builders.build_optimizer(config, builders.build_schedule(config))
+    builders.compile_model(model, optimizer)
+    io.restore_checkpoint(io.checkpoint_path(reference, NUM_EPOCHS), model, optimizer)
+
+    def accuracy(split, mask):
+        logits = model.predict(split.x[mask], verbose=0)
+        return np.mean(np.argmax(logits, axis=1) == split.y[mask])
+
+    def mean_cross_entropy(split):
+        logits = model.predict(split.x, verbose=0).astype(np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return -np.mean(log_p[np.arange(len(split)), split.y])
+
+    corrupted = data.train.corrupted
+    final = results["final"]
+    assert final["pristine_train_accuracy"] == pytest.approx(accuracy(data.train, ~corrupted),
+                                                             abs=1e-9)
+    assert final["corrupted_train_accuracy"] == pytest.approx(accuracy(data.train, corrupted),
+                                                              abs=1e-9)
+    all_test = np.ones(len(data.test), bool)
+    assert final["test_accuracy"] == pytest.approx(accuracy(data.test, all_test), abs=1e-6)
+    assert final["test_loss"] == pytest.approx(mean_cross_entropy(data.test), rel=1e-4)
+    assert final["pristine_train_accuracy"] == results["history"]["pristine_accuracy"][-1]
+
+
+def test_same_command_twice_gives_byte_identical_results(reference, runs):
+    workdir, returncode, stderr = runs["repeat"]
+    assert returncode == 0, stderr[-3000:]
+    assert _read_bytes(os.path.join(workdir, "results.json")) == \
+        _read_bytes(os.path.join(reference, "results.json"))
+
+
+def test_resume_after_sigkill_gives_byte_identical_results(reference, runs):
+    workdir, returncode, _ = runs["killed"]
+    assert returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_after = io.list_checkpoints(workdir)[-1][0]
+    assert 1 <= killed_after < NUM_EPOCHS
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+    returncode, stderr = _run(workdir)
+    assert returncode == 0, stderr[-3000:]
+    assert "resumed from" in stderr
+    assert _read_bytes(os.path.join(workdir, "results.json")) == \
+        _read_bytes(os.path.join(reference, "results.json"))
+    scalars = _scalars(os.path.join(workdir, "tensorboard", "train"))
+    assert sorted(scalars["epoch_corrupted_accuracy"]) == list(range(NUM_EPOCHS))
+
+
+def test_bad_config_exits_with_a_message_and_writes_nothing(runs):
+    workdir, returncode, stderr = runs["bad"]
+    assert returncode != 0
+    assert "optimizer.momentum=1.5 must be in [0, 1)" in stderr
+    assert "Traceback" not in stderr
+    assert not os.path.exists(workdir)
+
+
+def _tiny_config(**overrides):
+    """The default config shrunk to 100 examples and 1 epoch, with `{"a.b": value}` overrides."""
+    config = default.get_config()
+    config.max_train, config.max_test, config.num_epochs = 100, 50, 1
+    config.model.kwargs.width = 8
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"dataset": "nope"}, "dataset='nope' is unknown"),
+    ({"model.name": "nope"}, "unknown model 'nope'"),
+    ({"optimizer.name": "nope"}, "Unknown optimizer 'nope'"),
+    ({"num_epochs": 0}, "num_epochs=0 must be a positive int"),
+    ({"label_noise": 1.5}, "label_noise=1.5 must be a fraction in [0, 1]"),
+    ({"learning_rate": -0.1}, "learning_rate=-0.1 must be a positive number"),
+    ({"lr_schedule.decay_epochs": (5, 3)}, "decay_epochs=(5, 3) must be strictly increasing"),
+    ({"lr_schedule.name": "cosine"}, "lr_schedule.name='cosine' is unknown"),
+    ({"noise_kind": "flip"}, "noise_kind='flip' is unknown"),
+])
+def test_config_errors_name_the_field_and_write_nothing(tmp_path, overrides, message):
+    workdir = tmp_path / "never"
+    with pytest.raises(builders.ConfigError) as error:
+        train.train_and_evaluate(_tiny_config(**overrides), str(workdir), progress=False)
+    assert message in str(error.value)
+    assert not workdir.exists()
+
+
+def test_workdir_of_another_config_is_refused_untouched(reference):
+    def snapshot():
+        paths = glob.glob(os.path.join(reference, "**"), recursive=True)
+        return {p: (os.path.getmtime(p), os.path.getsize(p)) for p in paths}
+
+    before = snapshot()
+    with pytest.raises(builders.ConfigError, match="different config"):
+        train.train_and_evaluate(_tiny_config(), reference, progress=False)
+    assert snapshot() == before
+
+
+def test_epoch_order_is_a_seeded_permutation_per_epoch():
+    first = builders.epoch_order(1000, seed=3, epoch=0)
+    assert sorted(first) == list(range(1000))
+    np.testing.assert_array_equal(first, builders.epoch_order(1000, seed=3, epoch=0))
+    assert not np.array_equal(first, builders.epoch_order(1000, seed=3, epoch=1))
+    assert not np.array_equal(first, builders.epoch_order(1000, seed=4, epoch=0))
+
+
+def test_train_dataset_visits_each_epoch_in_its_order_without_straddling():
+    x = np.arange(10, dtype=np.float32)[:, None] * 10
+    y = np.arange(10, dtype=np.int32)
+    batches = list(builders.train_dataset(x, y, batch_size=4, seed=1, first_epoch=2, num_epochs=4))
+    assert [len(b[1]) for b in batches] == [4, 4, 2, 4, 4, 2]
+    for epoch, chunk in ((2, batches[:3]), (3, batches[3:])):
+        labels = np.concatenate([b[1].numpy() for b in chunk])
+        np.testing.assert_array_equal(labels, builders.epoch_order(10, seed=1, epoch=epoch))
+        np.testing.assert_array_equal(np.concatenate([b[0].numpy()[:, 0] for b in chunk]),
+                                      labels * 10)
+    assert builders.steps_per_epoch(10, 4, drop_remainder=False) == 3
+    assert builders.steps_per_epoch(10, 4, drop_remainder=True) == 2
+
+
+def test_step_schedule_follows_the_epoch_variable():
+    schedule = builders.EpochStepDecay(0.1, decay_epochs=(30, 60), decay_factor=0.1)
+    for epoch, expected in ((0, 0.1), (29, 0.1), (30, 0.01), (59, 0.01), (60, 0.001), (89, 0.001)):
+        schedule.set_epoch(epoch)
+        assert float(schedule(tf.constant(12345))) == pytest.approx(expected, rel=1e-6)
+        assert schedule.value_at(epoch) == pytest.approx(expected, rel=1e-12)
+    assert float(builders.EpochStepDecay(0.3)(0)) == pytest.approx(0.3)
+
+
+def test_demo_arms_table_and_workdir_safety(tmp_path):
+    from trainers import demo
+
+    assert demo.parse_arms("sgd, rm3") == ["sgd", "rm3"]
+    with pytest.raises(ValueError, match="allowed: sgd, m3, rm3"):
+        demo.parse_arms("sgd,adamw")
+    previous = tmp_path / "sgd"
+    (previous / "checkpoints").mkdir(parents=True)
+    (previous / "results.json").write_text("{}")
+    demo.clear_arm_dir(str(previous))
+    assert not previous.exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("")
+    with pytest.raises(ValueError, match="not a trainer workdir"):
+        demo.clear_arm_dir(str(foreign))
+    assert (foreign / "thesis.tex").exists()
+    final = {"pristine_train_accuracy": 0.91, "corrupted_train_accuracy": 0.25,
+             "test_accuracy": 0.5}
+    table = demo.format_table("/w", {"sgd": {"final": final}}).splitlines()
+    assert table[2].split() == ["sgd", "0.910", "0.250", "0.500", "/w/sgd/curves.png"]

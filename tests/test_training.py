@@ -1,0 +1,197 @@
+"""cgh_tf.Model: in-batch M3, winsorized GD and per-step coherence, against float64 NumPy."""
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+import cgh_tf
+import reference
+
+D, C = 5, 4
+LR = 0.5
+
+
+@pytest.fixture(autouse=True)
+def float64_keras():
+    """Keras casts compiled losses to floatx; float64 makes 1e-12 comparisons meaningful."""
+    keras.config.set_floatx("float64")
+    yield
+    keras.config.set_floatx("float32")
+
+
+def softmax_regression(model_class, w0, b0):
+    """Float64 softmax regression (Dense on [d] inputs) with the given initial weights."""
+    inputs = keras.Input((D,), dtype="float64")
+    outputs = keras.layers.Dense(C, dtype="float64", name="dense")(inputs)
+    model = model_class(inputs, outputs)
+    model.get_layer("dense").set_weights([w0, b0])
+    return model
+
+
+def loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64")
+
+
+def reference_m3(x, y, w0, b0, batch, groups, steps, lr=LR):
+    """Weights after each M3 step: median of `groups` contiguous group means of a batch."""
+    w, b = w0.copy(), b0.copy()
+    history = []
+    for step in range(steps):
+        xb, yb = x[step * batch:(step + 1) * batch], y[step * batch:(step + 1) * batch]
+        means = [reference.mean_gradient(w, b, xg, yg)
+                 for xg, yg in zip(np.split(xb, groups), np.split(yb, groups))]
+        w = w - lr * np.median(np.stack([g[0] for g in means]), axis=0)
+        b = b - lr * np.median(np.stack([g[1] for g in means]), axis=0)
+        history.append((w.copy(), b.copy()))
+    return history
+
+
+@pytest.mark.parametrize("groups", [3, 5])
+def test_in_batch_m3_matches_reference_and_consecutive_mode(groups):
+    x, y, w0, b0 = reference.problem(m=groups * 8 * 3)
+    batch = groups * 8
+    expected = reference_m3(x, y, w0, b0, batch, groups, steps=3)
+
+    in_batch = softmax_regression(cgh_tf.Model, w0, b0)
+    in_batch.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(LR), groups=groups), loss=loss())
+    in_batch.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+
+    consecutive = softmax_regression(keras.Model, w0, b0)
+    consecutive.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(LR), groups=groups), loss=loss())
+    consecutive.fit(x, y, batch_size=batch // groups, epochs=1, shuffle=False, verbose=0)
+
+    w_expected, b_expected = expected[-1]
+    for model in (in_batch, consecutive):
+        w, b = model.get_layer("dense").get_weights()
+        np.testing.assert_allclose(w, w_expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(b, b_expected, rtol=1e-12, atol=1e-12)
+    assert int(in_batch.optimizer.iterations.numpy()) == 3
+
+
+def test_in_batch_m3_rejects_batch_not_divisible_into_groups():
+    x, y, w0, b0 = reference.problem(m=20)
+    model = softmax_regression(cgh_tf.Model, w0, b0)
+    model.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(LR), groups=3), loss=loss())
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
+                       match="groups=3 needs a batch size divisible by 3"):
+        model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_in_batch_m3_distributed_equals_one_device(replicas):
+    groups, batch = 3, 12
+    x, y, w0, b0 = reference.problem(m=batch * 3)
+    expected = reference_m3(x, y, w0, b0, batch, groups, steps=3)
+    strategy = tf.distribute.MirroredStrategy(
+        [f"/cpu:{i}" for i in range(replicas)],
+        cross_device_ops=tf.distribute.ReductionToOneDevice())
+    with strategy.scope():
+        model = softmax_regression(cgh_tf.Model, w0, b0)
+        model.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(LR), groups=groups), loss=loss())
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    model.fit(dataset, epochs=1, verbose=0)
+    w, b = model.get_layer("dense").get_weights()
+    np.testing.assert_allclose(w, expected[-1][0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(b, expected[-1][1], rtol=1e-12, atol=1e-12)
+
+
+def reference_batch_coherence(x, y, w0, b0, batch, steps, lr=LR):
+    """(m-coherence, alpha) of each batch's per-example gradients along plain SGD."""
+    w, b = w0.copy(), b0.copy()
+    values = []
+    for step in range(steps):
+        xb, yb = x[step * batch:(step + 1) * batch], y[step * batch:(step + 1) * batch]
+        gw, gb = reference.per_example_gradients(w, b, xb, yb)
+        flat = np.concatenate([gw.reshape(len(xb), -1), gb], axis=1)
+        r = reference.m_coherence(flat)
+        values.append((r, r / len(xb),
+                       reference.m_coherence(gw.reshape(len(xb), -1))))
+        w, b = w - lr * gw.mean(0), b - lr * gb.mean(0)
+    return values, (w, b)
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_coherence_metrics_every_n_steps_match_reference(every):
+    batch, steps = 10, 4
+    x, y, w0, b0 = reference.problem(m=batch * steps)
+    values, (w_expected, _) = reference_batch_coherence(x, y, w0, b0, batch, steps)
+    model = softmax_regression(cgh_tf.Model, w0, b0)
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=loss(), coherence_every=every)
+    history = model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    measured = values[::every]
+    np.testing.assert_allclose(history.history["m_coherence"][0],
+                               np.mean([v[0] for v in measured]), rtol=1e-6)
+    np.testing.assert_allclose(history.history["alpha"][0],
+                               np.mean([v[1] for v in measured]), rtol=1e-6)
+    # The shared backward pass still takes exact SGD steps.
+    np.testing.assert_allclose(model.get_layer("dense").get_weights()[0], w_expected,
+                               rtol=1e-12, atol=1e-12)
+    assert "m_coherence" not in model.evaluate(x, y, verbose=0, return_dict=True)
+
+
+def test_coherence_per_layer_and_with_m3():
+    batch = 12
+    x, y, w0, b0 = reference.problem(m=batch)
+    model = softmax_regression(cgh_tf.Model, w0, b0)
+    model.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(LR), groups=3), loss=loss(),
+                  coherence_every=1, coherence_per_layer=True)
+    history = model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    gw, gb = reference.per_example_gradients(w0, b0, x, y)
+    flat = np.concatenate([gw.reshape(batch, -1), gb], axis=1)
+    np.testing.assert_allclose(history.history["m_coherence"][0],
+                               reference.m_coherence(flat), rtol=1e-6)
+    np.testing.assert_allclose(history.history["m_coherence/dense"][0],
+                               reference.m_coherence(flat), rtol=1e-6)
+
+
+@pytest.mark.parametrize("pct", [0.0, 10.0])
+def test_winsorized_gradient_descent_matches_numpy(pct):
+    batch, steps = 20, 2
+    x, y, w0, b0 = reference.problem(m=batch * steps)
+    w, b = w0.copy(), b0.copy()
+    for step in range(steps):
+        gw, gb = reference.per_example_gradients(w, b, x[step * batch:(step + 1) * batch],
+                                                 y[step * batch:(step + 1) * batch])
+        w = w - LR * winsorized_mean(gw, pct)
+        b = b - LR * winsorized_mean(gb, pct)
+    model = softmax_regression(cgh_tf.Model, w0, b0)
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=loss(), aggregation="winsorize",
+                  winsorize_pct=pct)
+    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(model.get_layer("dense").get_weights()[0], w, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.get_layer("dense").get_weights()[1], b, rtol=1e-10, atol=1e-12)
+
+
+def winsorized_mean(values, pct):
+    low, high = np.percentile(values, [pct, 100 - pct], axis=0, method="nearest")
+    return np.clip(values, low, high).mean(axis=0)
+
+
+def test_compile_options_are_validated():
+    x, y, w0, b0 = reference.problem(m=10)
+    model = softmax_regression(cgh_tf.Model, w0, b0)
+    with pytest.raises(ValueError, match="Unknown aggregation 'median'"):
+        model.compile(optimizer="sgd", loss=loss(), aggregation="median")
+    with pytest.raises(ValueError, match="coherence_every"):
+        model.compile(optimizer="sgd", loss=loss(), coherence_every=-1)
+    with pytest.raises(ValueError, match="winsorize"):
+        model.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(LR)), loss=loss(),
+                      aggregation="winsorize", winsorize_pct=2)
+
+
+def test_save_and_load_keeps_compile_options(tmp_path):
+    x, y, w0, b0 = reference.problem(m=24)
+    model = softmax_regression(cgh_tf.Model, w0, b0)
+    model.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(LR), groups=3), loss=loss(),
+                  coherence_every=3)
+    model.fit(x[:12], y[:12], batch_size=12, epochs=1, shuffle=False, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, cgh_tf.Model)
+    assert loaded._cgh_options.coherence_every == 3
+    for m in (model, loaded):
+        m.fit(x[12:], y[12:], batch_size=12, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
