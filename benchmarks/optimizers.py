@@ -10,6 +10,8 @@ float32, one process, the same pre-built batches for every optimizer:
 | sgd ms      | median time of one train step (forward, backward, update) with plain SGD    |        |
 | RM3 / SGD   | RM3(SGD) step time / SGD step time                                          | <= 1.05 |
 | M3 / SGD    | M3(SGD, groups=3) in consecutive mode, time per *batch* / SGD time per batch | <= 1.10 |
+| M3 in-batch | `cgh_tf.Model` train step with M3 on a batch of 3 x 128 (3 groups of 128),  | <= 1.10 |
+|  / SGD      | divided by 3 SGD steps on the same 384 examples (Keras `train_step`s both)  |        |
 
 Every optimizer's `tf.function` is traced and run before timing (warm-up excluded). Each repeat
 times `--steps` steps of every optimizer in interleaved order (SGD, RM3, M3, SGD, ...) so that
@@ -29,6 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import cgh_tf  # noqa: E402
 from cgh_tf.optimizers import M3, RM3  # noqa: E402
 
 BATCH = 128
@@ -91,6 +94,39 @@ def make_step(build_model, make_optimizer, jit):
     return step
 
 
+def make_keras_train_step(build_model, model_class, make_optimizer, jit):
+    """`model.train_step` of a compiled `model_class` copy of the model, as one tf.function."""
+    keras.utils.set_random_seed(0)
+    base = build_model()
+    model = model_class(base.inputs, base.outputs)
+    model.compile(optimizer=make_optimizer(),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.optimizer.build(model.trainable_variables)
+    if hasattr(model, "_cgh_state"):
+        model.make_train_function()
+
+    @tf.function(jit_compile=jit)
+    def step(x, y):
+        return model.train_step((x, y))["loss"]
+
+    return step
+
+
+def in_batch_ratio(build_model, input_shape, jit, repeats, steps):
+    """(M3 in cgh_tf.Model on 3B examples) / (3 Keras SGD steps of B examples), median of repeats."""
+    batches = make_batches(input_shape, steps)
+    triples = [(tf.concat([x for x, _ in batches[i:i + 3]], 0),
+                tf.concat([y for _, y in batches[i:i + 3]], 0)) for i in range(0, steps, 3)]
+    sgd = make_keras_train_step(build_model, keras.Model, OPTIMIZERS["sgd"], jit)
+    m3 = make_keras_train_step(build_model, cgh_tf.Model, OPTIMIZERS["m3"], jit)
+    time_steps(sgd, batches[:3])
+    time_steps(m3, triples[:1])
+    ratios = []
+    for _ in range(repeats):
+        ratios.append(time_steps(m3, triples) / (3 * time_steps(sgd, batches)))
+    return statistics.median(ratios)
+
+
 def time_steps(step, batches):
     start = time.perf_counter()
     for x, y in batches:
@@ -123,14 +159,16 @@ def main(argv=None):
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"TF {tf.__version__}, Keras {keras.__version__}, batch {BATCH}, "
           f"median of {args.repeats} x {args.steps} steps")
-    header = f"| {'model':24} | jit | sgd ms | RM3 / SGD | M3 / SGD |"
+    header = f"| {'model':24} | jit | sgd ms | RM3 / SGD | M3 / SGD | M3 in-batch / SGD |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for label, build_model, shape in models:
         for jit in jits:
             t = benchmark(build_model, shape, jit, args.repeats, args.steps)
+            in_batch = in_batch_ratio(build_model, shape, jit, args.repeats, args.steps)
             print(f"| {label:24} | {'on ' if jit else 'off'} | {t['sgd'] * 1e3:6.2f} | "
-                  f"{t['rm3'] / t['sgd']:9.3f} | {t['m3'] / t['sgd']:8.3f} |", flush=True)
+                  f"{t['rm3'] / t['sgd']:9.3f} | {t['m3'] / t['sgd']:8.3f} | "
+                  f"{in_batch:17.3f} |", flush=True)
 
 
 if __name__ == "__main__":

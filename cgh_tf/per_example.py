@@ -175,12 +175,17 @@ def per_example_gradients(model, x, y, loss=None, training=False, chunk_size=Non
 
     x: array / tensor [m, ...] (or a nest of them); y: [m, ...].
     chunk_size: examples per vectorized_map call; default keeps ≈ 2**25 gradient elements at once.
+      Called inside a `tf.function` (e.g. a train step), the whole batch is one call.
     Returns a list aligned with `model.trainable_variables`, each a [m, *var.shape] tensor.
     """
     x, y = _to_tensors(x, y)
     loss_fn = per_example_loss_fn(model, loss)
     variables = list(model.trainable_variables)
     m = y.shape[0]
+    if m is None or tf.inside_function():
+        # Inside a traced train step (batch size possibly unknown): one vectorized_map over the
+        # batch; the caller's batch size bounds the memory.
+        return _vmap_gradients(model, x, y, loss_fn, variables, training)
     if chunk_size is None:
         num_params = max(1, sum(v.shape.num_elements() for v in variables))
         chunk_size = max(1, _DEFAULT_CHUNK_ELEMENTS // num_params)

@@ -117,6 +117,27 @@ def _coherence_from_sums(sq_norm_of_sum, sum_of_sq_norms, m):
     return r, tf.math.divide_no_nan(r, m)
 
 
+def _unscale_and_update_loss_scale(loss_scaler, grads):
+    """Mixed precision: unscale gradients of a scaled loss and update the dynamic loss scale.
+
+    Mirrors `keras.optimizers.LossScaleOptimizer` for a caller that hands the gradients to its
+    inner optimizer itself: on a non-finite gradient the scale halves (the M3 wrapper then skips the
+    update and counts it), after `dynamic_growth_steps` finite steps it doubles.
+    Returns the unscaled gradients (None stays None).
+    """
+    scale = tf.convert_to_tensor(loss_scaler.dynamic_scale)
+    grads = [None if g is None else g / tf.cast(scale, g.dtype) for g in grads]
+    finite = loss_scaler.check_finite(grads)
+    grow = tf.logical_and(finite, tf.equal(loss_scaler.step_counter,
+                                           loss_scaler.dynamic_growth_steps - 1))
+    counter = tf.convert_to_tensor(loss_scaler.step_counter)
+    zero = tf.zeros_like(counter)
+    loss_scaler.step_counter.assign(tf.where(finite, tf.where(grow, zero, counter + 1), zero))
+    loss_scaler.dynamic_scale.assign(
+        tf.where(grow, scale * 2.0, tf.where(finite, scale, scale * 0.5)))
+    return grads
+
+
 def _regularization_gradients(model):
     """(regularization loss, [variables] its gradients, None where it does not depend on a variable).
 
@@ -174,7 +195,13 @@ class Model(keras.Model):
         self._cgh_state = _TrainState()
 
     def make_train_function(self, force=False):
-        """Keras hook, called once the model is built: creates the per-layer coherence trackers."""
+        """Keras hook, called eagerly once the model is built, before tracing the train step.
+
+        Builds the optimizer (the in-batch M3 step reads a LossScaleOptimizer's variables without
+        calling its `apply`, which would build it) and the per-layer coherence trackers.
+        """
+        if self.optimizer is not None and not self.optimizer.built and self.built:
+            self.optimizer.build(self.trainable_variables)
         if self._cgh_options.coherence_per_layer:
             self._cgh_state.add_layer_trackers(per_example.variable_layer_names(self))
         return super().make_train_function(force=force)
@@ -235,16 +262,21 @@ class Model(keras.Model):
     # ---- in-batch M3
     def _m3_train_step(self, x, y, sample_weight):
         m3 = self._m3_optimizer()
-        if m3 is not self.optimizer:
+        loss_scaler = self.optimizer if m3 is not self.optimizer else None
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if loss_scaler is not None and replicas > 1:
             raise ValueError(
-                "In-batch M3 in cgh_tf.Model does not support mixed precision loss scaling yet; "
-                "use a plain keras.Model (consecutive-batch M3 works under mixed_float16)."
+                "In-batch M3 in cgh_tf.Model under mixed precision supports one replica only; "
+                "under tf.distribute use a plain keras.Model (consecutive-batch M3), which works "
+                "with loss scaling."
             )
         x = self._check_batch_divisible(x, m3.groups)
-        if self.distribute_strategy.num_replicas_in_sync > 1:
+        if replicas > 1:
             group_grads, y_pred, loss = self._replica_group_gradients(x, y, sample_weight, m3.groups)
         else:
             group_grads, y_pred, loss = self._sliced_group_gradients(x, y, sample_weight, m3.groups)
+        if loss_scaler is not None:
+            group_grads = _unscale_and_update_loss_scale(loss_scaler, group_grads)
         m3.apply_group_gradients(group_grads, self.trainable_variables)
         return self._update_loss_and_metrics(loss, x, y, y_pred, sample_weight)
 
@@ -284,7 +316,8 @@ class Model(keras.Model):
                 y_pred = self(xj, training=True)
                 loss = self._compute_loss(x=xj, y=yj, y_pred=y_pred, sample_weight=swj,
                                           training=True)
-            grads.append(tape.gradient(loss, self.trainable_variables))
+                scaled_loss = self.optimizer.scale_loss(loss)
+            grads.append(tape.gradient(scaled_loss, self.trainable_variables))
             preds.append(y_pred)
             losses.append(loss)
         y_pred = tf.nest.map_structure(lambda *p: tf.concat(p, axis=0), *preds)

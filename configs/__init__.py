@@ -7,6 +7,10 @@
 | `rm3.py`               | as default              | as default        | RM3 (running median of 3) around SGD| 60     |
 | `cifar10_resnet18.py`  | CIFAR-10 (none)         | ResNet-18 (CIFAR) | SGD 0.1, mom. 0.9, wd 5e-4, batch 128, ×0.1 @ 100, 150 | 200 |
 | `imagenet_resnet50.py` | ImageNet 2012 (none)    | ResNet-50         | SGD 0.1, mom. 0.9, wd 1e-4, batch 256, ×0.1 @ 30, 60   | 90  |
+| `real_vs_random.py`    | MNIST-1D (0 % or 100 %) | as default        | SGD; coherence monitor on fixed samples | see file |
+| `winsorize.py`         | MNIST-1D (as default)   | MLP 3 x 256       | winsorized SGD, batch 100, c ∈ {0, 1, 2, 4, 8} | see file |
+| `easy_hard.py`         | MNIST-1D                | as default        | probe run, then easy / hard from scratch | see file |
+| `imagenet_easy_hard.py`| ImageNet 2012           | ResNet-18         | 2 probe epochs, then easy / hard (build-tested only) | see file |
 
 `default.py` takes about 40 s on 2 busy CPU cores (all training examples memorised by epoch 40).
 Every config is a function `get_config()`; run one with

@@ -19,6 +19,9 @@ Fields (every one can be overridden by flag, e.g. `--config.optimizer.name=rm3`)
 | `eval_batch_size`            | batch size of test evaluation and of the pristine/corrupted accuracies   |
 | `seed`                       | seeds weights, label noise and the per-epoch data order                  |
 | `keep_checkpoints`           | how many per-epoch checkpoints to keep in `WORKDIR/checkpoints`          |
+| `mode`, `coherence.*`,       | the measurement features, all off here: batch m-coherence, coherence      |
+| `optimizer.aggregation`, ... | monitor, winsorized GD, learning times, easy / hard (table in            |
+|                              | `trainers/builders.py`)                                                  |
 """
 
 import ml_collections
@@ -63,4 +66,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 1000
     config.seed = 0
     config.keep_checkpoints = 1
+
+    config.mode = "train"
+    config.coherence = ml_collections.ConfigDict()
+    config.coherence.every = 0
+    config.coherence.per_layer = False
+    config.coherence.training = False
+    config.coherence.monitor_samples = 0
+    config.optimizer.aggregation = "mean"
+    config.optimizer.winsorize_pct = 0.0
+    config.optimizer.m3_in_batch = False
+    config.learning_times = ml_collections.ConfigDict()
+    config.learning_times.every_steps = 0
+    config.easy_hard = ml_collections.ConfigDict()
+    config.easy_hard.probe_epochs = 2
+    config.easy_hard.learning_times_csv = config_dict.placeholder(str)
+    config.easy_hard.test_fraction = 0.5
+    config.easy_hard.part = ""
     return config

@@ -111,13 +111,14 @@ def reference_batch_coherence(x, y, w0, b0, batch, steps, lr=LR):
     return values, (w, b)
 
 
-@pytest.mark.parametrize("every", [1, 2])
-def test_coherence_metrics_every_n_steps_match_reference(every):
+@pytest.mark.parametrize("every,jit_compile", [(1, False), (2, False), (2, True)])
+def test_coherence_metrics_every_n_steps_match_reference(every, jit_compile):
     batch, steps = 10, 4
     x, y, w0, b0 = reference.problem(m=batch * steps)
     values, (w_expected, _) = reference_batch_coherence(x, y, w0, b0, batch, steps)
     model = softmax_regression(cgh_tf.Model, w0, b0)
-    model.compile(optimizer=keras.optimizers.SGD(LR), loss=loss(), coherence_every=every)
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=loss(), coherence_every=every,
+                  jit_compile=jit_compile)
     history = model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
     measured = values[::every]
     np.testing.assert_allclose(history.history["m_coherence"][0],
@@ -195,3 +196,46 @@ def test_save_and_load_keeps_compile_options(tmp_path):
         m.fit(x[12:], y[12:], batch_size=12, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_coherence_metric_under_distribution_equals_one_device():
+    batch = 12
+    x, y, w0, b0 = reference.problem(m=batch * 2)
+    values, _ = reference_batch_coherence(x, y, w0, b0, batch, steps=2)
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+    with strategy.scope():
+        model = softmax_regression(cgh_tf.Model, w0, b0)
+        model.compile(optimizer=keras.optimizers.SGD(LR), loss=loss(), coherence_every=1)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    history = model.fit(dataset, epochs=1, verbose=0)
+    np.testing.assert_allclose(history.history["m_coherence"][0],
+                               np.mean([v[0] for v in values]), rtol=1e-6)
+    np.testing.assert_allclose(history.history["alpha"][0],
+                               np.mean([v[1] for v in values]), rtol=1e-6)
+
+
+def test_in_batch_m3_under_mixed_precision_matches_consecutive_mode():
+    groups, batch = 3, 24
+    x, y, w0, b0 = reference.problem(m=batch * 2)
+    x, w0, b0 = x.astype("float32"), w0.astype("float32"), b0.astype("float32")
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        models = []
+        for model_class, batch_size in ((cgh_tf.Model, batch), (keras.Model, batch // groups)):
+            inputs = keras.Input((D,))
+            model = model_class(inputs, keras.layers.Dense(C, name="dense")(inputs))
+            model.get_layer("dense").set_weights([w0, b0])
+            model.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(LR), groups=groups),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+            model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+            models.append(model)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    expected = reference_m3(x.astype("float64"), y, w0.astype("float64"), b0.astype("float64"),
+                            batch, groups, steps=2)[-1][0]
+    in_batch, consecutive = (m.get_layer("dense").get_weights()[0] for m in models)
+    np.testing.assert_allclose(in_batch, consecutive, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(in_batch, expected, rtol=1e-2, atol=1e-3)  # float16 forward pass

@@ -217,9 +217,6 @@ def _validate_features(config, need):
     need(aggregation == "winsorize" or not (_is_number(pct) and pct > 0),
          f"optimizer.winsorize_pct={pct!r} has no effect with optimizer.aggregation={aggregation!r}; "
          f"set optimizer.aggregation='winsorize' or winsorize_pct=0")
-    need(aggregation != "winsorize" or config.drop_remainder is True,
-         "optimizer.aggregation='winsorize' needs drop_remainder=True: its per-example gradients "
-         "need a static batch size (cgh_tf.per_example.per_example_gradients)")
     if is_m3(config):
         in_batch = setting(config, "optimizer.m3_in_batch")
         need(in_batch or (setting(config, "coherence.every") == 0 and aggregation == "mean"),

@@ -1,0 +1,469 @@
+"""Trainer features: batch coherence, coherence monitor, f^p / f^c, winsorized GD, learning times,
+easy / hard, and their config errors.
+
+Two subprocess runs of `python -m trainers.train` (module fixture, started together): a tiny
+`configs/real_vs_random.py` run with 50 % label noise and every measurement on, and a tiny
+`configs/easy_hard.py` run. Their outputs are checked against independent recomputations from the
+final checkpoints (per-example gradients by one GradientTape per example, float64 NumPy sums).
+In-process runs check resume (no duplicated CSV rows, byte-identical outputs) and winsorized GD.
+"""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cgh_tf
+from configs import default, easy_hard, imagenet_easy_hard, m3, real_vs_random, winsorize
+from trainers import builders
+from trainers import io
+from trainers import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+M = 32            # monitor sample size
+EPOCHS = 2
+BATCH = 50        # 300 / 50 = 6 steps per epoch
+LT_EVERY = 4      # learning-times evaluations at steps 0, 4, 8, 12 (and the end: 12)
+FEATURE_FLAGS = [
+    "--config=configs/real_vs_random.py", "--config.max_train=300", "--config.max_test=100",
+    f"--config.num_epochs={EPOCHS}", "--config.label_noise=0.5", "--config.model.kwargs.width=16",
+    f"--config.batch_size={BATCH}", "--config.eval_batch_size=64",
+    f"--config.coherence.monitor_samples={M}", f"--config.learning_times.every_steps={LT_EVERY}",
+    "--noprogress",
+]
+EASY_HARD_FLAGS = [
+    "--config=configs/easy_hard.py", "--config.max_train=300", "--config.max_test=100",
+    f"--config.num_epochs={EPOCHS}", "--config.easy_hard.probe_epochs=1",
+    "--config.model.kwargs.width=16", "--noprogress",
+]
+
+
+def _start(flags, workdir):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    return subprocess.Popen([sys.executable, "-m", "trainers.train", *flags,
+                             f"--workdir={workdir}"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """`{name: workdir}` of the two subprocess runs (asserting they succeeded)."""
+    root = tmp_path_factory.mktemp("feature_runs")
+    plans = {"features": FEATURE_FLAGS, "easy_hard": EASY_HARD_FLAGS}
+    started = {name: _start(flags, str(root / name)) for name, flags in plans.items()}
+    workdirs = {}
+    for name, process in started.items():
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+        workdirs[name] = str(root / name)
+    return workdirs
+
+
+def _results(workdir):
+    with open(os.path.join(workdir, io.RESULTS_FILE)) as f:
+        return json.load(f)
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _scalars(directory):
+    """`{tag: {step: value}}` of the scalar summaries of the event files in `directory`."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    found.setdefault(value.tag, {})[event.step] = float(
+                        tf.make_ndarray(value.tensor))
+    return found
+
+
+def _tags(directory):
+    tags = set()
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def _final_model(workdir):
+    """(config, data, model at the final checkpoint) of a finished trainer workdir."""
+    results = _results(workdir)
+    config = ml_collections.ConfigDict(results["config"])
+    data = builders.load_data(config)
+    model = builders.build_model(config, data.input_shape, data.num_classes)
+    optimizer = builders.build_optimizer(config, builders.build_schedule(config))
+    builders.compile_model(model, optimizer, config)
+    io.restore_checkpoint(io.checkpoint_path(workdir, results["epochs_completed"]), model, optimizer)
+    return config, data, model
+
+
+def _per_example_gradients(model, x, y):
+    """`[m, P]` float64 per-example gradients (one tape per example) and the layer of each column."""
+    rows = []
+    for xi, yi in zip(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(xi[None], training=False)
+            loss = -tf.nn.log_softmax(logits)[0, int(yi)]
+        grads = tape.gradient(loss, model.trainable_variables)
+        rows.append(np.concatenate([np.ravel(g.numpy()).astype(np.float64) for g in grads]))
+    layers = np.concatenate([[v.path.split("/")[0]] * int(np.prod(v.shape))
+                             for v in model.trainable_variables])
+    return np.stack(rows), layers
+
+
+def _m_coherence(grads):
+    """‖Σ g_i‖² / Σ ‖g_i‖² (DESIGN.md §1) of rows g_i, in float64."""
+    return float(np.sum(grads.sum(axis=0) ** 2) / np.sum(grads ** 2))
+
+
+# ---------------------------------------------------------------------------- batch coherence
+
+def test_batch_coherence_is_logged_per_epoch_in_results_and_tensorboard(runs):
+    history = _results(runs["features"])["history"]
+    scalars = _scalars(os.path.join(runs["features"], "tensorboard", "train"))
+    keys = ["m_coherence", "alpha", "m_coherence/dense_0", "m_coherence/dense_1",
+            "m_coherence/logits"]
+    for key in keys:
+        assert len(history[key]) == EPOCHS and all(np.isfinite(history[key])), key
+        assert sorted(scalars[f"epoch_{key}"]) == list(range(EPOCHS)), key
+        np.testing.assert_allclose([scalars[f"epoch_{key}"][e] for e in range(EPOCHS)],
+                                   history[key], rtol=1e-6, err_msg=key)
+    # Every batch has m = 50 examples, so the epoch means obey alpha = m-coherence / m.
+    np.testing.assert_allclose(np.array(history["alpha"]) * BATCH, history["m_coherence"],
+                               rtol=1e-5)
+    assert all(0 < r < BATCH for r in history["m_coherence"])
+
+
+# --------------------------------------------------------------------------- coherence monitor
+
+def test_monitor_csv_has_every_sample_and_layer_once_per_epoch(runs):
+    rows = _csv_rows(os.path.join(runs["features"], builders.COHERENCE_CSV))
+    keys = [(int(r["epoch"]), r["sample"], r["layer"]) for r in rows]
+    expected = [(e, s, layer) for e in range(EPOCHS)
+                for s in ("train", "test", "pristine", "corrupted")
+                for layer in ("", "dense_0", "dense_1", "logits")]
+    assert keys == expected
+    assert {int(r["m"]) for r in rows} == {M}
+    assert {(int(r["epoch"]), int(r["step"])) for r in rows} == {(0, 6), (1, 12)}
+    history = _results(runs["features"])["history"]
+    for r in rows:
+        name = f"coherence/{r['sample']}/" + (f"{r['layer']}/" if r["layer"] else "") + \
+            "m_coherence"
+        assert history[name][int(r["epoch"])] == pytest.approx(float(r["m_coherence"]),
+                                                               rel=1e-12)
+    scalars = _scalars(os.path.join(runs["features"], "tensorboard", "train"))
+    assert sorted(scalars["epoch_coherence/test/m_coherence"]) == list(range(EPOCHS))
+
+
+def test_monitor_values_equal_a_recomputation_on_the_final_checkpoint(runs):
+    config, data, model = _final_model(runs["features"])
+    samples = builders.monitor_samples(data, M, config.seed)
+    assert {n: len(s) for n, s in samples.items()} == dict.fromkeys(
+        ("train", "test", "pristine", "corrupted"), M)
+    assert not samples["pristine"].corrupted.any() and samples["corrupted"].corrupted.all()
+    rows = {(r["sample"], r["layer"]): r
+            for r in _csv_rows(os.path.join(runs["features"], builders.COHERENCE_CSV))
+            if int(r["epoch"]) == EPOCHS - 1}
+    for name in ("test", "corrupted"):
+        grads, layers = _per_example_gradients(model, samples[name].x, samples[name].y)
+        logged = rows[(name, "")]
+        assert float(logged["m_coherence"]) == pytest.approx(_m_coherence(grads), rel=1e-4)
+        assert float(logged["alpha"]) == pytest.approx(_m_coherence(grads) / M, rel=1e-4)
+        for layer in ("dense_0", "logits"):
+            assert float(rows[(name, layer)]["m_coherence"]) == pytest.approx(
+                _m_coherence(grads[:, layers == layer]), rel=1e-4)
+
+
+def test_loss_reduction_fractions_equal_their_definition(runs):
+    history = _results(runs["features"])["history"]
+    np.testing.assert_allclose(np.add(history["f_pristine"], history["f_corrupt"]), 1.0,
+                               atol=1e-12)
+    config, data, model = _final_model(runs["features"])
+    sample = builders.monitor_samples(data, M, config.seed)["train"]
+    grads, _ = _per_example_gradients(model, sample.x, sample.y)
+    g_p, g_c = grads[~sample.corrupted].sum(axis=0), grads[sample.corrupted].sum(axis=0)
+    g = g_p + g_c
+    assert 0 < sample.corrupted.sum() < M
+    assert history["f_pristine"][-1] == pytest.approx(g @ g_p / (g @ g), rel=1e-4, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------ learning times
+
+def test_learning_times_csv_is_consistent_with_the_final_model(runs):
+    config, data, model = _final_model(runs["features"])
+    rows = _csv_rows(os.path.join(runs["features"], builders.LEARNING_TIMES_CSV))
+    column = {k: np.array([int(r[k]) for r in rows]) for k in rows[0]}
+    np.testing.assert_array_equal(column["example_id"], data.train.example_id)
+    np.testing.assert_array_equal(column["label"], data.train.y)
+    np.testing.assert_array_equal(column["corrupted"].astype(bool), data.train.corrupted)
+    predicted = np.argmax(model.predict(data.train.x, verbose=0), axis=1)
+    np.testing.assert_array_equal(column["last_prediction"], predicted)  # evaluated at train end
+    correct = predicted == data.train.y
+    np.testing.assert_array_equal(column["stable_since_step"] >= 0, correct)
+    first, stable = column["first_correct_step"], column["stable_since_step"]
+    grid = set(range(0, EPOCHS * 6 + 1, LT_EVERY))
+    assert set(first[first >= 0]) <= grid and set(stable[stable >= 0]) <= grid
+    assert np.all(first[stable >= 0] <= stable[stable >= 0])
+    assert np.all(first[correct] >= 0)
+    tags = _tags(os.path.join(runs["features"], "tensorboard", "learning_times"))
+    assert {"learning_times/pristine/first_correct_step",
+            "learning_times/corrupted/fraction_correct"} <= tags
+
+
+def test_easy_mask_from_a_learning_times_csv(runs, tmp_path):
+    config, data, _ = _final_model(runs["features"])
+    path = os.path.join(runs["features"], builders.LEARNING_TIMES_CSV)
+    rows = _csv_rows(path)
+    expected = np.array([r["last_prediction"] == r["label"] for r in rows])
+    np.testing.assert_array_equal(builders.easy_mask_from_csv(path, data.train), expected)
+    partial = tmp_path / "partial.csv"
+    with open(path) as f:
+        partial.write_text("".join(f.readlines()[:-5]))
+    with pytest.raises(builders.ConfigError, match="no rows for 5 training examples"):
+        builders.easy_mask_from_csv(str(partial), data.train)
+
+
+# --------------------------------------------------------------------------------- easy / hard
+
+def test_easy_hard_run_trains_on_disjoint_parts(runs):
+    workdir = runs["easy_hard"]
+    results = _results(workdir)
+    split = _csv_rows(os.path.join(workdir, train.EASY_HARD_SPLIT_CSV))
+    ids = {(part, role): {int(r["example_id"]) for r in split
+                          if (r["part"], r["role"]) == (part, role)}
+           for part in ("easy", "hard") for role in ("train", "test")}
+    everything = [i for group in ids.values() for i in group]
+    assert sorted(everything) == list(range(300))  # disjoint and complete
+    for part in ("easy", "hard"):
+        sub = _results(os.path.join(workdir, part))
+        assert sub["dataset"]["num_train"] == len(ids[(part, "train")]) == \
+            results[part]["num_train"] > 0
+        assert sub["dataset"]["num_test"] == len(ids[(part, "test")]) == \
+            results[part]["num_test"] > 0
+        assert sub["dataset"]["name"] == f"mnist1d_{part}"
+        assert sub["epochs_completed"] == EPOCHS
+        assert results["final"][f"{part}_test_accuracy"] == sub["final"]["test_accuracy"]
+        assert abs(len(ids[(part, "train")]) - len(ids[(part, "test")])) <= 1  # test_fraction 0.5
+
+    # Easy = classified correctly by the probe's final checkpoint (clean labels).
+    _, data, probe = _final_model(os.path.join(workdir, "probe"))
+    correct = np.argmax(probe.predict(data.train.x, verbose=0), axis=1) == data.train.y
+    easy_ids = set(data.train.example_id[correct].tolist())
+    assert easy_ids == ids[("easy", "train")] | ids[("easy", "test")]
+    assert results["dataset"]["num_easy"] == len(easy_ids)
+    assert results["probe"]["pristine_train_accuracy"] == pytest.approx(len(easy_ids) / 300)
+
+
+def test_easy_hard_from_a_learning_times_csv_skips_the_probe(runs, tmp_path):
+    path = os.path.join(runs["features"], builders.LEARNING_TIMES_CSV)  # same data, noise, seed
+    easy = [r["last_prediction"] == r["label"] for r in _csv_rows(path)]
+    config = _tiny(easy_hard, **{"num_epochs": 1, "label_noise": 0.5,
+                                 "easy_hard.learning_times_csv": path})
+    results = train.train_and_evaluate(config, str(tmp_path / "eh"), progress=False)
+    assert results["easy_defined_by"] == f"learning_times_csv:{path}"
+    assert results["probe"] is None and not (tmp_path / "eh" / "probe").exists()
+    assert results["dataset"]["num_easy"] == sum(easy)
+    assert results["easy"]["num_train"] + results["easy"]["num_test"] == sum(easy)
+    clean = _tiny(easy_hard, **{"easy_hard.learning_times_csv": path})  # other labels
+    with pytest.raises(builders.ConfigError, match="labels differ from the training labels"):
+        train.train_and_evaluate(clean, str(tmp_path / "clean"), progress=False)
+
+
+# -------------------------------------------------------------------------- in-process helpers
+
+def _tiny(base=real_vs_random, **overrides):
+    """A tiny version of a config module's config, with `{"a.b": value}` overrides."""
+    config = builders.add_feature_fields(base.get_config())
+    config.max_train, config.max_test, config.num_epochs = 300, 64, EPOCHS
+    config.model.kwargs.width = 8
+    config.eval_batch_size = 64
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _checkpoint_weights(workdir, epoch):
+    with np.load(io.checkpoint_path(workdir, epoch)) as f:
+        return [f[k] for k in sorted(k for k in f.files if k.startswith("model/"))]
+
+
+# ----------------------------------------------------------------------------------- resume
+
+def test_resume_keeps_monitor_learning_times_and_step_counter_identical(tmp_path):
+    # 300 / 60 = 5 steps per epoch and coherence every 2 steps: a resumed run that restarted the
+    # step counter at 0 would measure other batches (5, 7, 9 instead of 6, 8).
+    config = _tiny(**{"batch_size": 60, "coherence.every": 2, "coherence.per_layer": False,
+                      "label_noise": 0.5, "coherence.monitor_samples": 16,
+                      "learning_times.every_steps": 3})
+    whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
+    train.train_and_evaluate(config, whole, progress=False)
+
+    first = ml_collections.ConfigDict(config.to_dict())
+    first.num_epochs = 1
+    train.train_and_evaluate(first, resumed, progress=False)
+    coherence_csv = os.path.join(resumed, builders.COHERENCE_CSV)
+    with open(coherence_csv, "a") as f:  # what a kill after the monitor, before the checkpoint leaves
+        f.write("1,10,test,,16,0.5,0.0625,8.0\n1,10,tr")
+    train.train_and_evaluate(config, resumed, progress=False)
+
+    for name in (io.RESULTS_FILE, builders.COHERENCE_CSV, builders.LEARNING_TIMES_CSV):
+        assert _read(os.path.join(resumed, name)) == _read(os.path.join(whole, name)), name
+    assert len(_results(whole)["history"]["m_coherence"]) == EPOCHS
+    states = sorted(os.path.basename(p) for p in
+                    glob.glob(os.path.join(resumed, "checkpoints", "learning-times-*.npz")))
+    assert states == ["learning-times-0001.npz", "learning-times-0002.npz"]
+
+
+def test_truncate_csv_epochs_drops_later_epochs_and_cut_lines(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("step,epoch,v\n0,0,a\n1,0,b\n2,1,c\n3,2,d\n4,2,")
+    builders.truncate_csv_epochs(str(path), 2)
+    assert path.read_text() == "step,epoch,v\n0,0,a\n1,0,b\n2,1,c\n"
+    builders.truncate_csv_epochs(str(path), 0)
+    assert path.read_text() == "step,epoch,v\n"
+    builders.truncate_csv_epochs(str(tmp_path / "absent.csv"), 0)  # no-op
+
+
+# ----------------------------------------------------------------------------- winsorized GD
+
+def _winsorize_config(**overrides):
+    base = {"max_train": 200, "num_epochs": 1, "batch_size": 50, "label_noise": 0.5}
+    return _tiny(winsorize, **{**base, **overrides})
+
+
+def test_winsorize_with_c0_gives_the_weights_of_plain_sgd(tmp_path):
+    winsorized = _winsorize_config(**{"optimizer.winsorize_pct": 0.0})
+    plain = _winsorize_config(**{"optimizer.aggregation": "mean", "optimizer.winsorize_pct": 0.0})
+    clipped = _winsorize_config(**{"optimizer.winsorize_pct": 8.0})
+    for name, config in (("c0", winsorized), ("sgd", plain), ("c8", clipped)):
+        train.train_and_evaluate(config, str(tmp_path / name), progress=False)
+    c0, sgd, c8 = (_checkpoint_weights(str(tmp_path / n), 1) for n in ("c0", "sgd", "c8"))
+    for a, b in zip(c0, sgd):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(c8, sgd)) > 1e-4
+    assert all(np.all(np.isfinite(w)) for w in c8)
+
+
+def test_one_winsorized_step_equals_a_numpy_reference(tmp_path):
+    """One step (50 examples, c = 4: 2 clipped per side) against per-example gradients in NumPy."""
+    pct, lr = 4.0, 0.1
+    config = _winsorize_config(**{"max_train": 50, "optimizer.winsorize_pct": pct,
+                                  "learning_rate": lr})
+    experiment = train.prepare(config, str(tmp_path / "run"))  # writes nothing
+    model, data = experiment.model, experiment.data
+    initial = model.get_weights()
+    order = builders.epoch_order(len(data.train), config.seed, 0)
+    grads, _ = _per_example_gradients(model, data.train.x[order], data.train.y[order])
+    low, high = np.percentile(grads, [pct, 100 - pct], axis=0, method="nearest")
+    update = np.clip(grads, low, high).mean(axis=0)
+    expected = np.concatenate([w.ravel() for w in initial]) - lr * update
+
+    train.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+    trained = np.concatenate([w.ravel() for w in _checkpoint_weights(str(tmp_path / "run"), 1)])
+    np.testing.assert_allclose(trained, expected, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(update, grads.mean(axis=0), atol=1e-6)  # clipping changed the step
+
+
+# ------------------------------------------------------------------------------ config errors
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optimizer.aggregation": "median"}, "optimizer.aggregation='median' is unknown; allowed: "
+                                          "mean, winsorize"),
+    ({"optimizer.winsorize_pct": 50.0}, "optimizer.winsorize_pct=50.0 must be a percentage in "
+                                        "[0, 50)"),
+    ({"optimizer.winsorize_pct": -1.0}, "optimizer.winsorize_pct=-1.0 must be a percentage"),
+    ({"optimizer.aggregation": "mean"}, "winsorize_pct=2.0 has no effect with "
+                                        "optimizer.aggregation='mean'"),
+    ({"coherence.every": -1}, "coherence.every=-1 must be an int >= 0"),
+    ({"mode": "sweep"}, "mode='sweep' is unknown; allowed: train, easy_hard"),
+    ({"optimizer.name": "m3", "optimizer.aggregation": "mean", "optimizer.winsorize_pct": 0.0,
+      "coherence.every": 1}, "set optimizer.m3_in_batch=True"),
+    ({"optimizer.name": "m3", "optimizer.aggregation": "mean", "optimizer.winsorize_pct": 0.0,
+      "optimizer.m3_in_batch": True}, "batch_size=100 divisible by the 3 M3 groups"),
+    ({"easy_hard.probe_epochs": 0}, "easy_hard.probe_epochs=0 must be a positive int"),
+    ({"mode": "easy_hard", "easy_hard.learning_times_csv": "/nonexistent.csv"},
+     "easy_hard.learning_times_csv='/nonexistent.csv' is not a file"),
+    ({"coherence.monitor_samples": 500}, "coherence.monitor_samples=500 but the train examples "
+                                         "number only 300"),
+])
+def test_feature_config_errors_are_reported_before_training(tmp_path, overrides, message):
+    workdir = tmp_path / "never"
+    config = _tiny(winsorize, **overrides)
+    with pytest.raises(builders.ConfigError) as error:
+        train.train_and_evaluate(config, str(workdir), progress=False)
+    assert message in str(error.value)
+    assert not workdir.exists()
+
+
+# ------------------------------------------------------------------------------------ configs
+
+def test_feature_defaults_keep_the_plain_trainer():
+    config = default.get_config()  # has no feature fields
+    builders.validate(config)
+    assert builders.setting(config, "coherence.every") == 0
+    assert builders.setting(config, "optimizer.aggregation") == "mean"
+    assert builders.cgh_compile_options(config) == {
+        "coherence_every": 0, "coherence_per_layer": False, "coherence_training": False,
+        "aggregation": "mean", "winsorize_pct": 0.0}
+    with_fields = builders.add_feature_fields(default.get_config())
+    assert all(builders.setting(with_fields, k) == v for k, v in builders.FEATURE_DEFAULTS.items())
+    assert isinstance(builders.build_model(config, (40,), 10), cgh_tf.Model)
+    # M3 over consecutive batches (the authors' realisation) stays a plain keras.Model.
+    m3_model = builders.build_model(m3.get_config(), (40,), 10)
+    assert isinstance(m3_model, keras.Model) and not isinstance(m3_model, cgh_tf.Model)
+    in_batch = builders.add_feature_fields(m3.get_config())
+    in_batch.optimizer.m3_in_batch, in_batch.batch_size = True, 66
+    builders.validate(in_batch)
+    assert isinstance(builders.build_model(in_batch, (40,), 10), cgh_tf.Model)
+
+
+@pytest.mark.parametrize("module", [real_vs_random, winsorize, easy_hard, imagenet_easy_hard])
+def test_new_configs_validate(module):
+    builders.validate(module.get_config())
+
+
+def test_sweeps_list_the_arms():
+    assert tuple(winsorize.get_config().sweep["values"]) == (0.0, 1.0, 2.0, 4.0, 8.0)
+    assert winsorize.get_config().sweep["field"] == "optimizer.winsorize_pct"
+    config = winsorize.get_config()
+    assert config.optimizer.winsorize_pct == 2.0 and config.batch_size == 100
+    assert config.model.kwargs.depth == 3 and config.model.kwargs.width == 256
+    assert tuple(real_vs_random.get_config().sweep["values"]) == (0.0, 1.0)
+
+
+def test_imagenet_easy_hard_builds_resnet18_and_its_optimizer():
+    config = imagenet_easy_hard.get_config()
+    assert config.mode == "easy_hard" and config.easy_hard.probe_epochs == 2
+    input_shape, num_classes = builders.dataset_spec(config.dataset)
+    model = builders.build_model(config, input_shape, num_classes)
+    optimizer = builders.build_optimizer(config, builders.build_schedule(config))
+    builders.compile_model(model, optimizer, config)
+    assert isinstance(model, cgh_tf.Model)
+    assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 1000)
+    assert 11.0 < model.count_params() / 1e6 < 12.5
+    assert isinstance(optimizer, keras.optimizers.SGD)
+    assert float(optimizer.momentum) == pytest.approx(0.9)
+    probe = builders.part_config(config, "probe", num_epochs=config.easy_hard.probe_epochs)
+    assert probe.mode == "train" and probe.num_epochs == 2 and probe.easy_hard.part == "probe"
+    builders.validate(probe)
