@@ -108,13 +108,14 @@ def mean_of(tensors):
     return tf.add_n(tensors) / len(tensors)
 
 
-def _nearest_ranks(k, qs):
-    """0-based ranks (in sorted order) that `np.percentile(..., method="nearest")` returns.
+def _nearest_rank(k, q):
+    """0-based rank (ascending) that `np.percentile(..., q, method="nearest")` picks among k values.
 
-    Computed by NumPy itself on the ranks 0..k-1, so rounding (half to even) matches exactly.
+    NumPy rounds the virtual index (k - 1) * q / 100 half to even; `tf.round` does the same, in
+    float64 as NumPy. k: int32 scalar tensor (may be dynamic); q: Python float in [0, 100].
     """
-    ranks = np.percentile(np.arange(k, dtype=np.float64), qs, method="nearest")
-    return [int(r) for r in np.atleast_1d(ranks)]
+    index = tf.cast(k - 1, tf.float64) * (q / 100.0)
+    return tf.cast(tf.round(index), tf.int32)
 
 
 def _check_percentiles(qs):
@@ -123,13 +124,28 @@ def _check_percentiles(qs):
             raise ValueError(f"Percentiles must be in [0, 100]; got {q}.")
 
 
+def _order_statistic(last, rank, k):
+    """The `rank`-th smallest (0-based) of the k values on the last axis of `last`: [..., k] -> [...].
+
+    Uses `top_k` from whichever end is nearer, so the c-th percentile costs O(k log c) per
+    coordinate instead of a full sort.
+    """
+    def from_bottom():
+        return -tf.math.top_k(-last, rank + 1, sorted=True).values[..., -1]
+
+    def from_top():
+        return tf.math.top_k(last, k - rank, sorted=True).values[..., -1]
+
+    return tf.cond(2 * rank < k, from_bottom, from_top)
+
+
 def percentile_nearest(values, q, axis=0):
     """Coordinate-wise q-th percentile(s) of `values` along `axis` with the nearest-rank rule.
 
     Identical to `np.percentile(values, q, axis=axis, method="nearest")`.
 
     Args:
-        values: tensor `[..., k, ...]`, k static.
+        values: tensor `[..., k, ...]`; k may be unknown while tracing (e.g. a last partial batch).
         q: a number in [0, 100] or a list of them.
         axis: axis holding the k candidates.
 
@@ -138,12 +154,13 @@ def percentile_nearest(values, q, axis=0):
         (percentiles first, as NumPy).
     """
     values = tf.convert_to_tensor(values)
-    k = _static_size(values, axis)
     scalar = np.ndim(q) == 0
     qs = [float(x) for x in np.atleast_1d(q)]
     _check_percentiles(qs)
-    ordered = _sorted_along(values, axis)
-    picked = [tf.gather(ordered, r, axis=axis) for r in _nearest_ranks(k, qs)]
+    axis = axis % values.shape.rank
+    last = tf.experimental.numpy.moveaxis(values, axis, -1)
+    k = tf.shape(last)[-1]
+    picked = [_order_statistic(last, _nearest_rank(k, q), k) for q in qs]
     return picked[0] if scalar else tf.stack(picked)
 
 
@@ -156,8 +173,11 @@ def winsorized_mean(values, pct, axis=0):
     `pct = 0` is the plain mean.
 
     Args:
-        values: float tensor `[..., k, ...]` (e.g. k per-example gradients), k static.
-        pct: percentage clipped on each side, in [0, 50).
+        values: float tensor `[..., k, ...]` (e.g. k per-example gradients); k may be dynamic.
+        pct: percentage clipped on each side, in [0, 50). At k = 100 exactly `pct` values are
+            clipped on each side; at other k the bounds are the values of nearest rank
+            round((k - 1) * pct / 100) and its mirror, so round((k - 1) * pct / 100) values
+            (ties aside) are clipped on each side.
         axis: axis holding the k values.
 
     Returns:

@@ -244,7 +244,7 @@ class Model(keras.Model):
         elif opts.aggregation == "winsorize":
             self._maybe_measure_coherence(x, y)
             logs = self._winsorized_train_step(x, y, sample_weight)
-        elif opts.coherence_every and self._can_share_backward_pass(sample_weight):
+        elif opts.coherence_every == 1 and self._can_share_backward_pass(sample_weight):
             logs = self._plain_step_with_shared_coherence(x, y)
         else:
             self._maybe_measure_coherence(x, y)
@@ -401,34 +401,26 @@ class Model(keras.Model):
         return tf.equal(self._cgh_state.step % self._cgh_options.coherence_every, 0)
 
     def _plain_step_with_shared_coherence(self, x, y):
-        """Plain SGD step whose gradients come from the fast per-example-norm pass on measured steps."""
+        """coherence_every=1: a plain step whose update gradient comes from the fast pass itself.
+
+        One forward and one backward pass give Σ_i g_i (→ the mean gradient) and the per-example
+        squared norms. (For N > 1 a separate pass on the measured steps is cheaper on average than
+        a `tf.cond` between two step bodies, which blocks graph optimisations on every step.)
+        """
         variables = self.trainable_variables
-        loss_fn = per_example.per_example_loss_fn(self)
-        training = self._cgh_options.coherence_training
-
-        def measured():
-            sums = per_example.gradients_and_sq_norms(self, x, y, loss_fn, training=training)
-            return (tf.cast(sums.losses, tf.float32), _zeros_for_none(sums.grad_sum, variables),
-                    tf.cast(sums.sq_norms, tf.float32), sums.predictions)
-
-        def unmeasured():
-            with tf.GradientTape() as tape:
-                y_pred = self(x, training=training)
-                losses = tf.cast(loss_fn(y, y_pred), tf.float32)
-                total = tf.reduce_sum(losses)
-            grad_sum = _zeros_for_none(tape.gradient(total, variables), variables)
-            sq_norms = tf.zeros([tf.shape(losses)[0], len(variables)], tf.float32)
-            return losses, grad_sum, sq_norms, y_pred
-
-        losses, grad_sum, sq_norms, y_pred = tf.cond(self._should_measure(), measured, unmeasured)
+        sums = per_example.gradients_and_sq_norms(
+            self, x, y, per_example.per_example_loss_fn(self),
+            training=self._cgh_options.coherence_training)
+        losses = tf.cast(sums.losses, tf.float32)
+        grad_sum = _zeros_for_none(sums.grad_sum, variables)
         m = tf.cast(tf.shape(losses)[0], tf.float32)
         regularization, regularization_grads = _regularization_gradients(self)
         grads = _add_regularization([g / tf.cast(m, g.dtype) for g in grad_sum],
                                     regularization_grads)
         self.optimizer.apply(grads, variables)
-        self._record_coherence(grad_sum, sq_norms, m, self._should_measure())
+        self._record_coherence(grad_sum, sums.sq_norms, m, tf.constant(True))
         loss = tf.reduce_mean(losses) + regularization
-        return self._update_loss_and_metrics(loss, x, y, y_pred, None)
+        return self._update_loss_and_metrics(loss, x, y, sums.predictions, None)
 
     def _maybe_measure_coherence(self, x, y):
         """Separate fast-path pass on measured steps (used when the update cannot share it)."""

@@ -130,3 +130,15 @@ def test_fused_median_of_matches_numpy(k):
     values = _rng(k).normal(size=(k, 6, 2))
     got = robust.fused_median_of([tf.constant(v) for v in values]).numpy()
     np.testing.assert_allclose(got, np.median(values, axis=0), atol=1e-15)
+
+
+def test_winsorized_mean_with_batch_size_unknown_while_tracing():
+    """A last partial batch: k is only known at run time; ranks must still match NumPy."""
+    rng = np.random.default_rng(7)
+    f = tf.function(lambda v: robust.winsorized_mean(v, 10.0, axis=0),
+                    input_signature=[tf.TensorSpec([None, 4], tf.float64)])
+    for k in (5, 21, 37, 100):
+        values = rng.normal(size=(k, 4))
+        low, high = np.percentile(values, [10.0, 90.0], axis=0, method="nearest")
+        np.testing.assert_allclose(f(values).numpy(), np.clip(values, low, high).mean(axis=0),
+                                   rtol=1e-12)
