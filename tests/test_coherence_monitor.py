@@ -25,13 +25,8 @@ INPUTS, CLASSES = 4, 3
 
 
 @pytest.fixture(autouse=True)
-def float64():
-    previous = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(previous[0])
-    keras.config.set_dtype_policy(previous[1])
+def float64(float64_keras):
+    """Every test here runs in float64 Keras (see conftest)."""
 
 
 def softmax_regression(hidden=None, seed=0):

@@ -13,11 +13,8 @@ LR = 0.5
 
 
 @pytest.fixture(autouse=True)
-def float64_keras():
-    """Keras casts compiled losses to floatx; float64 makes 1e-12 comparisons meaningful."""
-    keras.config.set_floatx("float64")
-    yield
-    keras.config.set_floatx("float32")
+def float64(float64_keras):
+    """Every test here runs in float64 Keras (see conftest)."""
 
 
 def softmax_regression(model_class, w0, b0):
@@ -221,7 +218,7 @@ def test_in_batch_m3_under_mixed_precision_matches_consecutive_mode():
     x, w0, b0 = x.astype("float32"), w0.astype("float32"), b0.astype("float32")
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("mixed_float16")
-    try:
+    try:  # (the float64 fixture restores floatx and the policy afterwards)
         models = []
         for model_class, batch_size in ((cgh_tf.Model, batch), (keras.Model, batch // groups)):
             inputs = keras.Input((D,))
