@@ -63,25 +63,50 @@ class TrainOptions:
 
 
 class _TrainState:
-    """Step counter and coherence trackers, kept out of Keras' attribute tracking.
+    """Step counter and the running means of the coherence metrics.
 
-    They are not in `model.metrics`, so `evaluate` does not report them.
+    The metrics are kept as one vector of sums and one count (a handful of ops per step instead of
+    a Keras `Mean` per metric, which costs milliseconds of op overhead on a CPU), outside Keras'
+    attribute tracking: they are not in `model.metrics`, so `evaluate` does not report them.
     """
 
-    def __init__(self):
-        self.step = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="cgh_train_step",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
-        self.trackers = {"m_coherence": keras.metrics.Mean(name="m_coherence"),
-                         "alpha": keras.metrics.Mean(name="alpha")}
+    def __init__(self, strategy):
+        self._strategy = strategy
+        with strategy.scope():
+            self.step = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="cgh_train_step",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+        self._set_keys(["m_coherence", "alpha"])
 
-    def add_layer_trackers(self, layer_names):
-        """Adds a `m_coherence/<layer>` Mean for every name not tracked yet."""
-        for name in layer_names:
-            key = f"m_coherence/{name}"
-            if key not in self.trackers:
-                self.trackers[key] = keras.metrics.Mean(name=key)
+    def _set_keys(self, keys):
+        self.keys = list(keys)
+        with self._strategy.scope():
+            self.sums = tf.Variable(tf.zeros([len(self.keys)]), trainable=False,
+                                    name="cgh_coherence_sums",
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.count = tf.Variable(0.0, trainable=False, name="cgh_coherence_count",
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def add_layer_keys(self, layer_names):
+        """Adds `m_coherence/<layer>` for every layer name (before the train step is traced)."""
+        keys = ["m_coherence", "alpha"] + [f"m_coherence/{name}" for name in layer_names]
+        if keys != self.keys:
+            self._set_keys(keys)
+
+    def update(self, values, weight):
+        """Adds `weight` × values ([len(keys)] float32) to the sums and `weight` to the count."""
+        self.sums.assign_add(values * weight)
+        self.count.assign_add(weight)
+
+    def results(self):
+        """{key: mean over the measured steps since the last reset} (0 before any measurement)."""
+        means = tf.math.divide_no_nan(tf.convert_to_tensor(self.sums), self.count)
+        return dict(zip(self.keys, tf.unstack(means, num=len(self.keys))))
+
+    def reset(self):
+        self.sums.assign(tf.zeros_like(self.sums))
+        self.count.assign(0.0)
 
 
 def _split_into_groups(structure, groups):
@@ -192,18 +217,18 @@ class Model(keras.Model):
         )
         super().compile(*args, **kwargs)
         self._check_option_combinations()
-        self._cgh_state = _TrainState()
+        self._cgh_state = _TrainState(self.distribute_strategy)
 
     def make_train_function(self, force=False):
         """Keras hook, called eagerly once the model is built, before tracing the train step.
 
         Builds the optimizer (the in-batch M3 step reads a LossScaleOptimizer's variables without
-        calling its `apply`, which would build it) and the per-layer coherence trackers.
+        calling its `apply`, which would build it) and the per-layer coherence sums.
         """
         if self.optimizer is not None and not self.optimizer.built and self.built:
             self.optimizer.build(self.trainable_variables)
         if self._cgh_options.coherence_per_layer:
-            self._cgh_state.add_layer_trackers(per_example.variable_layer_names(self))
+            self._cgh_state.add_layer_keys(dict.fromkeys(per_example.variable_layer_names(self)))
         return super().make_train_function(force=force)
 
     def _check_option_combinations(self):
@@ -230,8 +255,8 @@ class Model(keras.Model):
 
     def reset_metrics(self):
         super().reset_metrics()
-        for tracker in getattr(self, "_cgh_state", _EmptyState).trackers.values():
-            tracker.reset_state()
+        if getattr(self, "_cgh_state", None) is not None:
+            self._cgh_state.reset()
 
     # -------------------------------------------------------------------------------- train step
     def train_step(self, data):
@@ -445,13 +470,13 @@ class Model(keras.Model):
         self._record_coherence(grad_sum, sq_norms, m, measure)
 
     def _record_coherence(self, grad_sum, sq_norms, m, measured):
-        """Updates the coherence trackers from S (per variable), per-example squared norms, m.
+        """Adds the batch's coherence to the running means, from S, per-example squared norms, m.
 
         Args:
           grad_sum: [variables] tensors S_v = Σ_i g_i restricted to variable v.
           sq_norms: [m, variables] float32, ‖g_i restricted to v‖².
           m: number of examples (float32 scalar).
-          measured: bool scalar; trackers are only updated when True.
+          measured: bool scalar; the running means only count measured steps.
 
         Under tf.distribute S, Q and m are summed over replicas first, so the values equal the
         one-device values on the same global batch.
@@ -463,30 +488,27 @@ class Model(keras.Model):
             grad_sum, sum_of_sq_norms, m = context.all_reduce(
                 tf.distribute.ReduceOp.SUM, [grad_sum, sum_of_sq_norms, m])
         sq_norm_of_sum = tf.stack([tf.reduce_sum(tf.square(g)) for g in grad_sum])
-        weight = tf.cast(measured, tf.float32)
         r, alpha = _coherence_from_sums(tf.reduce_sum(sq_norm_of_sum),
                                         tf.reduce_sum(sum_of_sq_norms), m)
-        trackers = self._cgh_state.trackers
-        trackers["m_coherence"].update_state(r, sample_weight=weight)
-        trackers["alpha"].update_state(alpha, sample_weight=weight)
+        values = [r, alpha]
         if self._cgh_options.coherence_per_layer:
-            self._record_layer_coherence(sq_norm_of_sum, sum_of_sq_norms, m, weight)
+            values += self._layer_coherence(sq_norm_of_sum, sum_of_sq_norms, m)
+        self._cgh_state.update(tf.stack(values), tf.cast(measured, tf.float32))
 
-    def _record_layer_coherence(self, sq_norm_of_sum, sum_of_sq_norms, m, weight):
-        """Per layer: the variables of a layer form one block (its ‖S_b‖² and Q_b are block sums,
-        because the blocks partition the coordinates)."""
+    def _layer_coherence(self, sq_norm_of_sum, sum_of_sq_norms, m):
+        """Per-layer m-coherence, in the order of `_TrainState.keys`: the variables of a layer form
+        one block (its ‖S_b‖² and Q_b are block sums, because the blocks partition the coordinates).
+        """
         blocks = per_example.variable_layer_names(self)
+        values = []
         for name in dict.fromkeys(blocks):
             index = [i for i, block in enumerate(blocks) if block == name]
             r, _ = _coherence_from_sums(tf.reduce_sum(tf.gather(sq_norm_of_sum, index)),
                                         tf.reduce_sum(tf.gather(sum_of_sq_norms, index)), m)
-            self._cgh_state.trackers[f"m_coherence/{name}"].update_state(r, sample_weight=weight)
+            values.append(r)
+        return values
 
     def _coherence_results(self):
         if not self._cgh_options.coherence_every:
             return {}
-        return {name: tracker.result() for name, tracker in self._cgh_state.trackers.items()}
-
-
-class _EmptyState:
-    trackers = {}
+        return self._cgh_state.results()

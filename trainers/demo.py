@@ -68,22 +68,6 @@ def demo_experiment(arms=DEFAULT_ARMS, epochs=DEMO_EPOCHS, overrides=None):
                              noise_levels=(DEMO_NOISE,), methods=tuple(arms), winsorize_pcts=())
 
 
-def format_table(workdir: str, results: dict) -> str:
-    """Fixed-width table: arm, pristine / corrupted training accuracy, test accuracy, PNG path.
-
-    results: `{arm sub-directory: results.json dict}`.
-    """
-    header = f"{'arm':<6} {'pristine train':>14} {'corrupted train':>15} {'test':>6}  curves"
-    lines = [header, "-" * len(header)]
-    for name, result in results.items():
-        final = result["final"]
-        corrupted = final["corrupted_train_accuracy"]
-        lines.append(f"{name:<6} {final['pristine_train_accuracy']:>14.3f} "
-                     f"{'n/a' if corrupted is None else format(corrupted, '.3f'):>15} "
-                     f"{final['test_accuracy']:>6.3f}  {os.path.join(workdir, name, io.PLOT_FILE)}")
-    return "\n".join(lines)
-
-
 def run_demo(workdir: str, arms=DEFAULT_ARMS, epochs=DEMO_EPOCHS, fresh=False, overrides=None,
              command="python -m trainers.demo", echo=print) -> dict:
     """Train the demo's arms into `workdir` (reusing finished ones unless `fresh`); return the summary."""
