@@ -22,7 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m benchmarks.optimizers
-	$(PY) -m benchmarks.coherence
+	$(PY) benchmarks/coherence.py
+	$(PY) -m benchmarks.keras_steps
 
 clean:
 	rm -rf workdirs .pytest_cache

@@ -109,6 +109,20 @@ class _TrainState:
         self.count.assign(0.0)
 
 
+def _check_array_batches(num_examples, batch_size, groups):
+    """Raises ValueError unless every batch of `num_examples` split by `batch_size` divides into
+    `groups` equal groups (the last, partial batch included)."""
+    last = num_examples % batch_size
+    for size in (batch_size, last):
+        if size and size % groups:
+            raise ValueError(
+                f"M3 with groups={groups} needs every batch to split into {groups} equal groups, "
+                f"but {num_examples} examples in batches of {batch_size} give a batch of {size}. "
+                f"Use a batch size and a number of examples that are multiples of {groups} (e.g. "
+                f"batch_size={batch_size - batch_size % groups or groups}), or a tf.data pipeline "
+                "with drop_remainder=True.")
+
+
 def _split_into_groups(structure, groups):
     """Splits every tensor of a nested structure into `groups` contiguous parts along axis 0."""
     if structure is None:
@@ -238,6 +252,19 @@ class Model(keras.Model):
                 "aggregation='winsorize' and an M3 optimizer are two different aggregators of the "
                 "same batch; use one of them (wrap a plain optimizer for winsorized GD)."
             )
+
+    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        """`keras.Model.fit`; with in-batch M3 and array inputs, checks the batch sizes first.
+
+        Every batch, the last partial one included, must split into `groups` equal groups; the
+        check runs before any training so a bad setting fails at once with a clear message.
+        """
+        m3 = self._m3_optimizer() if getattr(self, "compiled", False) else None
+        if m3 is not None and x is not None and not isinstance(x, tf.data.Dataset):
+            first = tf.nest.flatten(x)[0]
+            if hasattr(first, "shape") and first.shape[0] is not None:
+                _check_array_batches(int(first.shape[0]), batch_size or 32, m3.groups)
+        return super().fit(x, y, batch_size, *args, **kwargs)
 
     def get_compile_config(self):
         config = super().get_compile_config()

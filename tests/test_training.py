@@ -66,13 +66,26 @@ def test_in_batch_m3_matches_reference_and_consecutive_mode(groups):
     assert int(in_batch.optimizer.iterations.numpy()) == 3
 
 
-def test_in_batch_m3_rejects_batch_not_divisible_into_groups():
+@pytest.mark.parametrize("m,batch_size,bad", [(20, 10, 10), (26, 12, 2)])
+def test_in_batch_m3_rejects_batches_not_divisible_into_groups(m, batch_size, bad):
+    x, y, w0, b0 = reference.problem(m=m)
+    model = softmax_regression(cgh_tf.Model, w0, b0)
+    model.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(LR), groups=3), loss=loss())
+    with pytest.raises(ValueError, match=f"groups=3 needs every batch to split into 3 equal "
+                                         f"groups, but {m} examples in batches of {batch_size} "
+                                         f"give a batch of {bad}"):
+        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+    np.testing.assert_array_equal(model.get_layer("dense").get_weights()[0], w0)  # untouched
+
+
+def test_in_batch_m3_rejects_a_dataset_batch_not_divisible_into_groups():
     x, y, w0, b0 = reference.problem(m=20)
     model = softmax_regression(cgh_tf.Model, w0, b0)
     model.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(LR), groups=3), loss=loss())
-    with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
-                       match="groups=3 needs a batch size divisible by 3"):
-        model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(10, drop_remainder=True)
+    with pytest.raises(ValueError, match="groups=3 needs a batch size divisible by 3; got a "
+                                         "batch of size 10"):
+        model.fit(dataset, epochs=1, verbose=0)
 
 
 @pytest.mark.parametrize("replicas", [2, 3])
