@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.coherence.per_layer = False
     config.coherence.training = False
     config.coherence.monitor_samples = 0
+    config.coherence.monitor_every_steps = 0
     config.optimizer.aggregation = "mean"
     config.optimizer.winsorize_pct = 0.0
     config.optimizer.m3_in_batch = False

@@ -8,6 +8,7 @@ MNIST-1D, MLP 2 × 256, plain SGD lr 0.2, batch 64, 100 epochs, with every coher
 | `coherence.every`             | 1     | m-coherence / alpha of every training batch (`m_coherence`, `alpha`) |
 | `coherence.per_layer`         | True  | also per layer, batch and monitor                              |
 | `coherence.monitor_samples`   | 256   | fixed samples train / test / pristine (/ corrupted) of m = 256 |
+| `coherence.monitor_every_steps` | 9   | the monitor also at step 0 and every 9 batches (7 per epoch of 63 batches; `step_history`) |
 | `learning_times.every_steps`  | 20    | per-example learning times every 20 batches                   |
 | `sweep`                       | `label_noise` ∈ (0.0, 1.0) | the two arms: real, random labels        |
 
@@ -36,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.coherence.every = 1
     config.coherence.per_layer = True
     config.coherence.monitor_samples = 256
+    config.coherence.monitor_every_steps = 9
     config.learning_times.every_steps = 20
     config.sweep = ml_collections.ConfigDict({"field": "label_noise", "values": (0.0, 1.0)})
     return config

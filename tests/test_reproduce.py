@@ -136,22 +136,29 @@ def test_memorisation_tiny_files_numbers_and_skip_on_rerun(tmp_path):
 
 
 def test_loss_fractions_two_seeds_mean_and_sd_match_arm_results(tmp_path):
+    # 300 examples / batch 64 = 5 steps per epoch; measurements at steps 0, 2, 4 and 5 (epoch end).
     experiment = experiments.build("loss_fractions", seeds=2, overrides=TINY,
-                                   noise_levels=(0.5,), monitor_samples=16)
+                                   noise_levels=(0.5,), monitor_samples=16, monitor_every_steps=2)
     _run(experiment, tmp_path)
-    _assert_png(tmp_path / "loss_fractions.png")
+    for figure in ("loss_fractions.png", "loss_fractions_vs_step.png"):
+        _assert_png(tmp_path / figure)
     _, table = _table(tmp_path)
     row = table[("SGD, 50% noise",)]
     results = _arm_results(tmp_path, "noise50/sgd")
     assert len(results) == 2 and row["seeds"] == "2"
+    assert all(r["step_history"]["step"] == [0, 2, 4, 5] for r in results)
     f_p = [r["history"]["f_pristine"] for r in results]
-    assert row["f^p (epoch 1)"] == _cell([f[0] for f in f_p], ".3f")
-    assert row["f^p (min over epochs)"] == _cell([min(f) for f in f_p], ".3f")
+    f_p_steps = [r["step_history"]["f_pristine"] for r in results]
+    assert row["f^p (first measurement, step 0)"] == _cell([f[0] for f in f_p_steps], ".3f")
+    assert row["f^p (after 2 steps)"] == _cell([f[1] for f in f_p_steps], ".3f")
+    assert row["f^p (min over measurements)"] == _cell([min(f) for f in f_p_steps], ".3f")
     assert row["f^p (last)"] == _cell([f[-1] for f in f_p], ".3f")
     assert " ± " in row["f^p (last)"]
-    for r in results:  # f^c = 1 - f^p as logged by the trainer
-        np.testing.assert_allclose(np.add(r["history"]["f_pristine"], r["history"]["f_corrupt"]),
-                                   1.0, atol=1e-9)
+    for r in results:  # f^c = 1 - f^p as logged by the trainer; the epoch end is the last step
+        for series in ("history", "step_history"):
+            np.testing.assert_allclose(np.add(r[series]["f_pristine"], r[series]["f_corrupt"]),
+                                       1.0, atol=1e-9)
+        assert r["step_history"]["f_pristine"][-1] == r["history"]["f_pristine"][-1]
     summary = _json(tmp_path / "results.json")
     stats = summary["groups"]["noise50/sgd"]["metrics"]["fp_last"]
     assert stats["n"] == 2
@@ -177,6 +184,13 @@ def test_real_vs_random_coherence_curves_and_per_layer_figure(tmp_path):
         assert row["m-coh. test sample (last)"] == _cell(
             [history["coherence/test/m_coherence"][-1]], ".2f")
         assert 0 < history["coherence/train/m_coherence"][-1] <= 8  # r in [0, m], m = 8
+        steps = result["step_history"]  # every 9 steps; 5 steps: step 0 and the epoch end
+        assert steps["step"] == [0, 5]
+        assert row["m-coh. train sample (first measurement, step 0)"] == _cell(
+            [steps["coherence/train/m_coherence"][0]], ".2f")
+        assert row["m-coh. train (after 9 steps)"] == "n/a"
+        assert row["step of that max"] == _cell(
+            [float(steps["step"][int(np.argmax(steps["coherence/train/m_coherence"]))])], ".0f")
     columns = report.expand_columns(experiment.figures[2].columns, {"r": result})
     assert [key for key, _ in columns] == [f"coherence/train/{layer}/m_coherence"
                                            for layer in ("dense_0", "dense_1", "logits")]
@@ -283,6 +297,11 @@ def test_metric_values_and_update_counts_by_hand():
         assert value == pytest.approx(expected, rel=1e-15)
     assert experiments.metric_value(result, Metric("x", "x", ("history", "absent", "last"))) is None
     assert experiments.metric_value(result, Metric("x", "x", ("final", "test_accuracy"))) == 0.5
+    result["step_history"] = {"step": [0, 9, 18, 20], "f": [0.5, 0.9, None, 0.7]}
+    assert experiments.metric_value(result, Metric("x", "x", ("step_history", "f", "min"))) == 0.5
+    assert experiments.metric_value(result, Metric("x", "x", ("step_at", "f", 9))) == 0.9
+    assert experiments.metric_value(result, Metric("x", "x", ("step_at", "f", 18))) is None
+    assert experiments.metric_value(result, Metric("x", "x", ("step_of_max", "f"))) == 9.0
 
 
 def test_bad_names_and_overrides_raise_clear_errors():

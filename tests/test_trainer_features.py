@@ -37,7 +37,7 @@ FEATURE_FLAGS = [
     f"--config.num_epochs={EPOCHS}", "--config.label_noise=0.5", "--config.model.kwargs.width=16",
     f"--config.batch_size={BATCH}", "--config.eval_batch_size=64",
     f"--config.coherence.monitor_samples={M}", f"--config.learning_times.every_steps={LT_EVERY}",
-    "--noprogress",
+    "--config.coherence.monitor_every_steps=0", "--noprogress",
 ]
 EASY_HARD_FLAGS = [
     "--config=configs/easy_hard.py", "--config.max_train=300", "--config.max_test=100",
@@ -333,6 +333,74 @@ def test_resume_keeps_monitor_learning_times_and_step_counter_identical(tmp_path
     states = sorted(os.path.basename(p) for p in
                     glob.glob(os.path.join(resumed, "checkpoints", "learning-times-*.npz")))
     assert states == ["learning-times-0001.npz", "learning-times-0002.npz"]
+
+
+def _step_reference(model, sample):
+    """float64 reference (m-coherence, f^p) of one mixed training sample at the model's weights."""
+    grads, _ = _per_example_gradients(model, sample.x, sample.y)
+    g_p, g_c = grads[~sample.corrupted].sum(axis=0), grads[sample.corrupted].sum(axis=0)
+    g = g_p + g_c
+    return _m_coherence(grads), float(g @ g_p / (g @ g))
+
+
+def test_monitor_every_steps_series_is_resume_safe_and_matches_references(tmp_path):
+    # 300 / 60 = 5 steps per epoch, measurements every 2 steps: step 0 (initial weights), 2, 4,
+    # 5 (end of epoch 1), 6, 8, 10 (= end of epoch 2: measured once, not twice).
+    config = _tiny(**{"batch_size": 60, "coherence.every": 0, "coherence.per_layer": False,
+                      "label_noise": 0.5, "coherence.monitor_samples": 16,
+                      "coherence.monitor_every_steps": 2, "learning_times.every_steps": 0})
+    whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
+    initial = train.prepare(config, str(tmp_path / "unused")).model  # writes nothing
+    train.train_and_evaluate(config, whole, progress=False)
+
+    first = ml_collections.ConfigDict(config.to_dict())
+    first.num_epochs = 1
+    train.train_and_evaluate(first, resumed, progress=False)
+    coherence_csv = os.path.join(resumed, builders.COHERENCE_CSV)
+    with open(coherence_csv, "a") as f:  # a kill after a step measurement of epoch 2
+        f.write("1,6,train,,16,0.5,0.0625,8.0\n1,6,te")
+    train.train_and_evaluate(config, resumed, progress=False)
+    for name in (io.RESULTS_FILE, builders.COHERENCE_CSV):
+        assert _read(os.path.join(resumed, name)) == _read(os.path.join(whole, name)), name
+
+    results = _results(whole)
+    steps = results["step_history"]
+    assert steps["step"] == [0, 2, 4, 5, 6, 8, 10]
+    assert steps["epoch"] == [0, 0, 0, 0, 1, 1, 1]
+    rows = [r for r in _csv_rows(os.path.join(whole, builders.COHERENCE_CSV))
+            if r["sample"] == "train"]
+    assert [(int(r["epoch"]), int(r["step"])) for r in rows] == list(zip(steps["epoch"],
+                                                                         steps["step"]))
+    coherence_key = "coherence/train/m_coherence"
+    assert [float(r["m_coherence"]) for r in rows] == pytest.approx(steps[coherence_key],
+                                                                    rel=1e-12)
+    # Epoch ends: the per-epoch history holds the same measurements as the step series.
+    history = results["history"]
+    for key in (coherence_key, "f_pristine", "loss"):
+        assert [steps[key][3], steps[key][6]] == pytest.approx(history[key], rel=1e-12), key
+    assert steps["loss"][0] is None and all(v > 0 for v in steps["loss"][1:])
+    np.testing.assert_allclose(np.add(steps["f_pristine"], steps["f_corrupt"]), 1.0, atol=1e-12)
+    # Step 0 and the last step against float64 per-example references.
+    _, data, final = _final_model(whole)
+    sample = builders.monitor_samples(data, 16, config.seed)["train"]
+    assert 0 < sample.corrupted.sum() < 16
+    for index, model in ((0, initial), (-1, final)):
+        coherence, f_p = _step_reference(model, sample)
+        assert steps[coherence_key][index] == pytest.approx(coherence, rel=1e-4)
+        assert steps["f_pristine"][index] == pytest.approx(f_p, rel=1e-4, abs=1e-5)
+    # TensorBoard: every measurement at its global step.
+    scalars = _scalars(os.path.join(whole, "tensorboard", builders.STEP_TENSORBOARD_RUN))
+    assert scalars[coherence_key] == pytest.approx(dict(zip(steps["step"], steps[coherence_key])))
+    assert sorted(scalars["loss"]) == steps["step"][1:]
+
+
+def test_monitor_every_steps_needs_the_monitor():
+    config = _tiny(**{"coherence.monitor_samples": 0, "coherence.monitor_every_steps": 5})
+    with pytest.raises(builders.ConfigError, match="coherence.monitor_every_steps=5 has no effect"):
+        builders.validate(config)
+    config = _tiny(**{"coherence.monitor_every_steps": -1})
+    with pytest.raises(builders.ConfigError, match="must be an int >= 0"):
+        builders.validate(config)
 
 
 def test_truncate_csv_epochs_drops_later_epochs_and_cut_lines(tmp_path):

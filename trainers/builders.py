@@ -28,6 +28,7 @@ Feature fields (absent fields take these defaults, which keep the plain trainer'
 | `coherence.per_layer`          | False     | also `m_coherence/<layer>` (batch) and per-layer monitor values  |
 | `coherence.training`           | False     | per-example gradients in training mode (default inference mode)  |
 | `coherence.monitor_samples`    | 0         | m of the fixed monitor samples train/test/pristine/corrupted (0 = off) |
+| `coherence.monitor_every_steps`| 0         | monitor and f^p / f^c also every N batches, at step 0 and every epoch end (`step_history` of results.json; 0 = epoch ends only) |
 | `optimizer.aggregation`        | "mean"    | "mean" or "winsorize" (coordinate-wise, `cgh_tf.Model`)          |
 | `optimizer.winsorize_pct`      | 0.0       | c in [0, 50): percent clipped on each side of the batch          |
 | `optimizer.m3_in_batch`        | False     | M3 groups: False = k consecutive batches (authors' code, plain `keras.Model`), True = k contiguous parts of one batch (`cgh_tf.Model`, batch % k == 0) |
@@ -69,6 +70,7 @@ FEATURE_DEFAULTS = {
     "coherence.per_layer": False,
     "coherence.training": False,
     "coherence.monitor_samples": 0,
+    "coherence.monitor_every_steps": 0,
     "optimizer.aggregation": "mean",
     "optimizer.winsorize_pct": 0.0,
     "optimizer.m3_in_batch": False,
@@ -202,9 +204,14 @@ def uses_cgh_model(config) -> bool:
 def _validate_features(config, need):
     mode = setting(config, "mode")
     need(mode in MODES, f"mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
-    for field in ("coherence.every", "coherence.monitor_samples", "learning_times.every_steps"):
+    for field in ("coherence.every", "coherence.monitor_samples", "coherence.monitor_every_steps",
+                  "learning_times.every_steps"):
         value = setting(config, field)
         need(_is_int(value, minimum=0), f"{field}={value!r} must be an int >= 0 (0 = off)")
+    every_steps = setting(config, "coherence.monitor_every_steps")
+    need(not (_is_int(every_steps, 1) and setting(config, "coherence.monitor_samples") == 0),
+         f"coherence.monitor_every_steps={every_steps!r} has no effect without the monitor; set "
+         f"coherence.monitor_samples > 0 or coherence.monitor_every_steps=0")
     for field in ("coherence.per_layer", "coherence.training", "optimizer.m3_in_batch"):
         value = setting(config, field)
         need(isinstance(value, bool), f"{field}={value!r} must be True or False")
@@ -433,15 +440,17 @@ def memorisation_subsets(train_split) -> dict:
 #
 # | file (in the workdir)                     | written                | content                     |
 # |-------------------------------------------|------------------------|-----------------------------|
-# | `coherence.csv`                           | every epoch (appended) | `CoherenceMonitor` rows     |
+# | `coherence.csv`                           | every epoch / N steps (appended) | `CoherenceMonitor` rows |
 # | `learning_times.csv`                      | at train end (atomic)  | `LearningTimes` rows        |
 # | `checkpoints/learning-times-NNNN.npz`     | every epoch (atomic)   | LearningTimes state to resume |
 # | `tensorboard/learning_times`              | at every evaluation    | histograms / fractions      |
+# | `tensorboard/steps`                       | every N steps          | `StepMeasurements` scalars  |
 #
 # The monitor's values go into the epoch logs (TensorBoard `train` run, History, results.json).
 # ------------------------------------------------------------------------------------------------
 
 COHERENCE_CSV = "coherence.csv"
+STEP_TENSORBOARD_RUN = "steps"  # TensorBoard run of StepMeasurements (scalars at the global step)
 LEARNING_TIMES_CSV = "learning_times.csv"
 _MONITOR_SEED_SALT = 20_081_217  # separates the monitor's sample choice from other uses of the seed
 
@@ -483,13 +492,96 @@ class LossReductionFractions(keras.callbacks.Callback):
         self.split, self.batch_size, self.training = split, int(batch_size), bool(training)
 
     def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.measure())
+
+    def measure(self) -> dict:
+        """`{"f_pristine": f^p, "f_corrupt": f^c}` (Python floats) at the current weights."""
         from cgh_tf import coherence
 
         f_p, f_c = coherence.loss_reduction_fractions(
             self.model, self.split.x, self.split.y, ~np.asarray(self.split.corrupted, bool),
             batch_size=self.batch_size, training=self.training)
+        return {"f_pristine": float(f_p), "f_corrupt": float(f_c)}
+
+
+STEP_ONLY_KEYS = ("step", "epoch", "loss", "accuracy")  # step rows' keys not put into epoch logs
+
+
+class StepMeasurements(keras.callbacks.Callback):
+    """Drives a `CoherenceMonitor` (and `LossReductionFractions`) every N batches and at epoch ends.
+
+    Measures at step 0 (train begin of a fresh run), after every `every_steps`-th batch (steps =
+    batches seen, counted over the whole run) and at every epoch end (reusing the measurement of
+    the epoch's last batch when that step was just measured). Every measurement
+
+    | goes to                          | content                                                        |
+    |----------------------------------|----------------------------------------------------------------|
+    | `rows` (a list shared with the checkpoint state; `step_history` of results.json) | `{"step", "epoch" (0-based, in progress), "loss", "accuracy" (running means over the epoch's batches so far, training mode; None at step 0), "coherence/<sample>/...", "f_pristine", "f_corrupt"}` |
+    | `coherence.csv` (the monitor's)  | its rows, column `epoch` as above, so `truncate_csv_epochs` works |
+    | TensorBoard `log_dir`            | every value of the row (except step / epoch) at the global step |
+    | epoch logs (epoch ends only)     | the same keys as the per-epoch monitor, so `history` is unchanged |
+
+    Deterministic (no wall-clock); resume with `steps_seen = epochs done x steps per epoch` and the
+    rows of the checkpoint, which end with that epoch's end measurement.
+    """
+
+    def __init__(self, monitor, fractions, every_steps: int, log_dir=None, steps_seen: int = 0,
+                 rows=None):
+        super().__init__()
+        if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
+            raise ValueError(f"every_steps must be a positive int, got {every_steps!r}")
+        self.monitor, self.fractions, self.every_steps = monitor, fractions, every_steps
+        self.log_dir, self.steps_seen = log_dir, int(steps_seen)
+        self.rows = [] if rows is None else rows
+        self._epoch, self._writer = 0, None
+
+    def set_model(self, model):
+        super().set_model(model)
+        for callback in (self.monitor, self.fractions):
+            if callback is not None:
+                callback.set_model(model)
+
+    def on_train_begin(self, logs=None):
+        if self.log_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        if self.steps_seen == 0 and not self.rows:
+            self._measure(loss=None, accuracy=None)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps_seen += 1
+        if self.steps_seen % self.every_steps == 0:
+            self._measure(loss=(logs or {}).get("loss"), accuracy=(logs or {}).get("accuracy"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.rows or self.rows[-1]["step"] != self.steps_seen:
+            self._measure(loss=(logs or {}).get("loss"), accuracy=(logs or {}).get("accuracy"))
         if logs is not None:
-            logs.update({"f_pristine": float(f_p), "f_corrupt": float(f_c)})
+            logs.update({k: v for k, v in self.rows[-1].items()
+                         if k not in STEP_ONLY_KEYS})
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _measure(self, loss, accuracy=None):
+        step = self.steps_seen
+        values = self.monitor.record(epoch=self._epoch, step=step, summary_step=step)
+        if self.fractions is not None:
+            values.update(self.fractions.measure())
+        row = {"step": step, "epoch": self._epoch, **values}
+        for key, value in (("loss", loss), ("accuracy", accuracy)):
+            row[key] = None if value is None else float(value)
+        self.rows.append(row)
+        if self._writer is not None:
+            with self._writer.as_default():
+                for tag, value in row.items():
+                    if tag not in ("step", "epoch") and value is not None:
+                        tf.summary.scalar(tag, value, step=step)
+            self._writer.flush()
 
 
 def truncate_csv_epochs(path: str, first_epoch: int) -> None:
@@ -579,11 +671,14 @@ class ResumableLearningTimes(keras.callbacks.Callback):
             lt.steps_seen = int(f["steps_seen"])
 
 
-def feature_callbacks(config, data, workdir: str, first_epoch: int, steps: int) -> list:
+def feature_callbacks(config, data, workdir: str, first_epoch: int, steps: int,
+                      step_history: list = None) -> list:
     """Callbacks of the feature fields, in order; each adds its values to the epoch logs.
 
     `first_epoch` > 0 means a resume: the monitor CSV is truncated to the epochs before it, the
     monitor's step count and the learning times' state are restored. `steps`: batches per epoch.
+    `step_history`: the list the per-step measurements (`coherence.monitor_every_steps > 0`,
+    `StepMeasurements.rows`) are appended to — the rows of the checkpoint resumed from.
     """
     from cgh_tf import callbacks
 
@@ -598,10 +693,18 @@ def feature_callbacks(config, data, workdir: str, first_epoch: int, steps: int) 
             per_layer=setting(config, "coherence.per_layer"), batch_size=config.eval_batch_size,
             csv_path=csv_path, training=setting(config, "coherence.training"))
         monitor.steps_seen = first_epoch * steps
-        result.append(monitor)
+        fractions = None
         if config.label_noise > 0 and "corrupted" in samples:
-            result.append(LossReductionFractions(samples["train"], config.eval_batch_size,
-                                                 training=setting(config, "coherence.training")))
+            fractions = LossReductionFractions(samples["train"], config.eval_batch_size,
+                                               training=setting(config, "coherence.training"))
+        every_steps = setting(config, "coherence.monitor_every_steps")
+        if every_steps:
+            result.append(StepMeasurements(
+                monitor, fractions, int(every_steps),
+                log_dir=os.path.join(workdir, "tensorboard", STEP_TENSORBOARD_RUN),
+                steps_seen=first_epoch * steps, rows=step_history))
+        else:
+            result += [c for c in (monitor, fractions) if c is not None]
     every_steps = setting(config, "learning_times.every_steps")
     if every_steps:
         times = ResumableLearningTimes(workdir, data.train, every_steps, config.eval_batch_size,

@@ -7,8 +7,8 @@ sub-workdir — together with the `Metric`s of its `results.md` table and the `F
 | name             | paper (figure)                    | arms (per seed)                                                 |
 |------------------|-----------------------------------|-----------------------------------------------------------------|
 | `real_vs_random` | 2203.10036 Fig. 3; 2008.01217     | real labels vs 100 % random labels (`configs/real_vs_random.py`): |
-|                  |                                   | m-coherence of fixed train / test samples (same m) every epoch, |
-|                  |                                   | whole model and per layer                                        |
+|                  |                                   | m-coherence of fixed train / test samples (same m) at step 0,   |
+|                  |                                   | every 9 steps and every epoch, whole model and per layer         |
 | `memorisation`   | 2003.07422; 2002.10657 (winsor.)  | SGD, M3, RM3, RA3 and the update-count control `sgd_x3` (plain SGD, |
 |                  |                                   | batch x 3 = M3's number of updates) at 0 / 25 / 50 % label noise;  |
 |                  |                                   | winsorized SGD at 50 % noise (small scale: c = 2, 8 % on the first |
@@ -16,9 +16,14 @@ sub-workdir — together with the `Metric`s of its `results.md` table and the `F
 | `easy_hard`      | 2003.07422                        | `configs/easy_hard.py`: probe run, easy / hard split, a run on each |
 |                  |                                   | part tested on its own held-out half                             |
 | `loss_fractions` | 2002.10657 (ICLR 2020)            | SGD at 25 % and 50 % noise; f^p / f^c of a fixed training sample |
-|                  |                                   | and m-coherence of pristine / corrupted samples, every epoch     |
+|                  |                                   | and m-coherence of pristine / corrupted samples, at step 0,      |
+|                  |                                   | every 21 steps (3 per epoch of 63 batches) and every epoch       |
 
 Default seeds: 2 (real_vs_random, loss_fractions), 3 (easy_hard), 1 (memorisation: 19 arms).
+
+Step measurements (`coherence.monitor_every_steps`, `builders.StepMeasurements`) go to the
+`step_history` of each arm's results.json; the table cells "step 0" / "after N steps" and the
+`*_vs_step.png` figures read it, the "(last)" cells the per-epoch `history`.
 
 Scales (`--scale`): `small` = the embedded MNIST-1D with the MLP of `configs/default.py`, epochs
 cut to fit < 10 minutes per experiment on 2 CPU cores (`SMALL_SCALE`, `SMALL_SCALE_ARGS`);
@@ -47,6 +52,7 @@ import ml_collections
 
 SCALES = ("small", "cifar10", "imagenet")
 REDUCERS = ("first", "last", "max", "min", "mean")
+SERIES = ("history", "step_history")  # per-epoch logs / per-step measurements of results.json
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,6 +87,10 @@ class Metric:
 
     source: ("final", key)            -> results["final"][key]
             ("history", key, reducer) -> reducer over results["history"][key] (None entries dropped)
+            ("step_history", key, reducer) -> the same over results["step_history"][key] (the
+                                         measurements every `coherence.monitor_every_steps` batches)
+            ("step_at", key, step)    -> results["step_history"][key] at step `step` (None if absent)
+            ("step_of_max", key)      -> the step at which results["step_history"][key] is largest
             ("dataset", key)          -> results["dataset"][key] (e.g. "num_train")
             ("updates",)              -> number of optimizer updates the arm made (`count_updates`)
     """
@@ -97,7 +107,8 @@ class Figure:
 
     columns: ((history key, y label), ...); a key with one `*` (e.g. "coherence/train/*/m_coherence")
     becomes one column per matching history key (per layer). x: "epoch" or a history key (e.g.
-    "loss") whose seed-mean is the x coordinate. groups: the arm groups drawn (None: all).
+    "loss", "step") whose seed-mean is the x coordinate. groups: the arm groups drawn (None: all).
+    series: "history" (one point per epoch) or "step_history" (one per step measurement).
     """
 
     file: str
@@ -108,6 +119,7 @@ class Figure:
     x_label: str = "epoch"
     ylim: tuple = None
     log_y: bool = False
+    series: str = "history"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,13 +173,21 @@ def metric_value(result: dict, metric: Metric):
         return float(result["dataset"][metric.source[1]])
     if kind == "updates":
         return float(count_updates(result))
-    if kind == "history":
+    if kind in SERIES:
         _, key, reducer = metric.source
-        values = [float(v) for v in result["history"].get(key, []) if v is not None]
+        values = [float(v) for v in result.get(kind, {}).get(key, []) if v is not None]
         if not values:
             return None
         return {"first": values[0], "last": values[-1], "max": max(values), "min": min(values),
                 "mean": math.fsum(values) / len(values)}[reducer]
+    if kind in ("step_at", "step_of_max"):
+        series = result.get("step_history", {})
+        pairs = [(s, float(v)) for s, v in zip(series.get("step", []),
+                                                series.get(metric.source[1], []))
+                 if v is not None]
+        if kind == "step_at":
+            return next((v for s, v in pairs if s == metric.source[2]), None)
+        return float(max(pairs, key=lambda p: p[1])[0]) if pairs else None
     raise ValueError(f"metric {metric.name}: unknown source {metric.source!r}")
 
 
@@ -417,11 +437,22 @@ def real_vs_random(base, seeds, noise_levels=None) -> Experiment:
         label = {0.0: "real labels", 1.0: "random labels"}.get(noise, f"{noise:.0%} random labels")
         for seed in seeds:
             arms.append(Arm(name, label, "", seed, _with(base, label_noise=noise, seed=seed)))
+    every = base.coherence.monitor_every_steps
+    coherence_series = "step_history" if every else "history"
+    coherence_key = "coherence/train/m_coherence"
     metrics = (
-        Metric("coh_train_first", "m-coh. train sample (epoch 1)",
-               ("history", "coherence/train/m_coherence", "first"), ".2f"),
-        Metric("coh_train_max", "m-coh. train (max)",
-               ("history", "coherence/train/m_coherence", "max"), ".2f"),
+        Metric("coh_train_first", "m-coh. train sample (first measurement"
+               + (", step 0)" if every else ", epoch 1)"), (coherence_series, coherence_key,
+                                                             "first"), ".2f"),
+    ) + ((
+        Metric("coh_train_early", f"m-coh. train (after {every} steps)",
+               ("step_at", coherence_key, every), ".2f"),
+        Metric("coh_train_max", f"m-coh. train (max over steps, every {every})",
+               ("step_history", coherence_key, "max"), ".2f"),
+        Metric("coh_train_argmax", "step of that max", ("step_of_max", coherence_key), ".0f"),
+    ) if every else (
+        Metric("coh_train_max", "m-coh. train (max)", ("history", coherence_key, "max"), ".2f"),
+    )) + (
         Metric("coh_train_last", "m-coh. train (last)",
                ("history", "coherence/train/m_coherence", "last"), ".2f"),
         Metric("coh_test_last", "m-coh. test sample (last)",
@@ -441,32 +472,55 @@ def real_vs_random(base, seeds, noise_levels=None) -> Experiment:
         Figure("coherence_per_layer.png", "m-coherence per layer, train sample",
                (("coherence/train/*/m_coherence", "m-coherence"),)),
     )
+    if every:
+        step_columns = columns[:2] + (("accuracy", "train accuracy (running, in the epoch)"),)
+        figures = (
+            Figure("coherence_vs_step.png", f"m-coherence every {every} steps (2203.10036 Fig. 3)",
+                   step_columns, x="step", x_label="step (batches seen)", series="step_history"),
+            Figure("coherence_vs_loss.png", "m-coherence against training loss", columns[:2],
+                   x="loss", x_label="training loss (running mean of the epoch so far)",
+                   series="step_history"),
+            Figure("coherence_per_layer.png", "m-coherence per layer, train sample",
+                   (("coherence/train/*/m_coherence", "m-coherence"),), x="step",
+                   x_label="step (batches seen)", series="step_history"),
+            figures[0],
+        )
     description = (
         f"m-coherence (‖Σ g_i‖² / Σ ‖g_i‖²: 1 = orthogonal, m = identical) of the per-example "
         f"gradients of a fixed training sample and a fixed test sample of m = {m} examples each "
-        f"(inference mode, training labels for the training sample), after every epoch, for real "
-        f"labels and for 100 % random labels (uniform over all classes, so ~10 % stay correct). "
-        f"Same m for both arms.")
+        f"(inference mode, training labels for the training sample), "
+        + (f"before training, every {every} steps (batches) and after every epoch" if every
+           else "after every epoch")
+        + f", for real labels and for 100 % random labels (uniform over all classes, so ~10 % "
+        f"stay correct). Same m for both arms.")
     return Experiment("real_vs_random", "Real vs random labels: m-coherence", description,
                       tuple(arms), metrics, figures)
 
 
-def loss_fractions(base, seeds, noise_levels=(0.25, 0.5), monitor_samples=256) -> Experiment:
-    """Experiment 4: pristine / corrupt shares f^p, f^c of the loss reduction, per epoch.
+def loss_fractions(base, seeds, noise_levels=(0.25, 0.5), monitor_samples=256,
+                   monitor_every_steps=21) -> Experiment:
+    """Experiment 4: pristine / corrupt shares f^p, f^c of the loss reduction, during training.
 
     f^p, f^c are measured on the fixed training sample of the coherence monitor (m =
-    `monitor_samples` examples, mixed pristine / corrupted as the training set).
+    `monitor_samples` examples, mixed pristine / corrupted as the training set) before training,
+    every `monitor_every_steps` batches and at every epoch end (0: epoch ends only).
     """
+    every = int(monitor_every_steps)
     arms = []
     for noise in noise_levels:
         for seed in seeds:
             config = _with(base, label_noise=noise, seed=seed,
-                           coherence__monitor_samples=monitor_samples)
+                           coherence__monitor_samples=monitor_samples,
+                           coherence__monitor_every_steps=every)
             arms.append(Arm(f"{_noise_group(noise)}/sgd", f"SGD, {noise:.0%} noise", "", seed,
                             config))
+    series = "step_history" if every else "history"
     metrics = (
-        Metric("fp_first", "f^p (epoch 1)", ("history", "f_pristine", "first")),
-        Metric("fp_min", "f^p (min over epochs)", ("history", "f_pristine", "min")),
+        Metric("fp_first", "f^p (first measurement" + (", step 0)" if every else ", epoch 1)"),
+               (series, "f_pristine", "first")),
+    ) + ((Metric("fp_early", f"f^p (after {every} steps)", ("step_at", "f_pristine", every)),)
+         if every else ()) + (
+        Metric("fp_min", "f^p (min over measurements)", (series, "f_pristine", "min")),
         Metric("fp_last", "f^p (last)", ("history", "f_pristine", "last")),
         Metric("corrupted", "corrupted train acc (vs noisy label)",
                ("final", "corrupted_train_accuracy")),
@@ -477,10 +531,22 @@ def loss_fractions(base, seeds, noise_levels=(0.25, 0.5), monitor_samples=256) -
                        ("coherence/pristine/m_coherence", f"m-coherence, pristine sample"),
                        ("coherence/corrupted/m_coherence", f"m-coherence, corrupted sample"),
                        ("corrupted_accuracy", "corrupted train accuracy (vs noisy label)"))),)
+    if every:
+        figures = (Figure("loss_fractions_vs_step.png",
+                          f"Loss-reduction fractions every {every} steps (2002.10657)",
+                          (("f_pristine", "f^p (pristine share of the loss reduction)"),
+                           ("coherence/pristine/m_coherence", "m-coherence, pristine sample"),
+                           ("coherence/corrupted/m_coherence", "m-coherence, corrupted sample"),
+                           ("loss", "training loss (running mean of the epoch so far)")),
+                          x="step", x_label="step (batches seen)", series="step_history"),
+                   ) + figures
     description = (
         f"f^p = ⟨g, g^p⟩ / ⟨g, g⟩ and f^c = 1 − f^p, with g^p / g^c the summed gradients of the "
         f"pristine / corrupted examples of a fixed training sample of m = {monitor_samples} "
-        f"(g = g^p + g^c), after every epoch; plus the m-coherence of fixed pristine and corrupted "
+        f"(g = g^p + g^c), "
+        + (f"before training, every {every} steps and after every epoch" if every
+           else "after every epoch")
+        + f"; plus the m-coherence of fixed pristine and corrupted "
         f"samples (m = {monitor_samples} each). With noise p a gradient-blind split would give "
         f"f^p ≈ 1 − p.")
     return Experiment("loss_fractions", "Pristine vs corrupt loss-reduction fractions",

@@ -5,7 +5,7 @@ r"""Aggregate the arms of an experiment over seeds: `results.json`, `results.md`
 | `aggregate(experiment, results)`           | dict (the experiment's `results.json`): per arm group, per metric the per-seed values, mean, sample sd, n |
 | `markdown(experiment, summary, command)`   | str: the `results.md` text (table + figure links)             |
 | `format_cell(stats, fmt)`                  | str: one table cell, "mean ± sd" (n ≥ 2), "mean" (n = 1), "n/a" |
-| `curves(results, key)`                     | `(mean [E], low [E], high [E])` over seeds of a history key    |
+| `curves(results, key, series)`             | `(mean [E], low [E], high [E])` over seeds of a `history` (or `step_history`) key |
 | `plot(path, experiment, figure, results)`  | writes one PNG (grid: a row per panel, a column per curve)    |
 | `write_all(workdir, experiment, results, command)` | writes all of the above into `workdir`, returns the summary |
 
@@ -117,22 +117,25 @@ def parse_markdown_table(text: str) -> list:
 # Figures
 # ----------------------------------------------------------------------------------------------
 
-def _history_array(result: dict, key: str):
-    """`[epochs]` float array of history `key` (None entries -> NaN), or None if the key is absent."""
-    values = result["history"].get(key)
+def _history_array(result: dict, key: str, series: str = "history"):
+    """`[points]` float array of `result[series][key]` (None -> NaN), or None if the key is absent.
+
+    series: "history" (one point per epoch) or "step_history" (one per step measurement).
+    """
+    values = result.get(series, {}).get(key)
     if values is None:
         return None
     return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
-def curves(results: list, key: str) -> tuple:
-    """`(mean, low, high)`, each `[epochs]`, of history `key` over the seeds' results (NaN-aware).
+def curves(results: list, key: str, series: str = "history") -> tuple:
+    """`(mean, low, high)`, each `[points]`, of `series` `key` over the seeds' results (NaN-aware).
 
     low / high are the minimum / maximum over seeds (the band drawn in the figures); seeds
     lacking the key are left out, and the curves end at the shortest seed's last epoch. Empty
     arrays if no seed has the key.
     """
-    arrays = [a for a in (_history_array(r, key) for r in results) if a is not None]
+    arrays = [a for a in (_history_array(r, key, series) for r in results) if a is not None]
     if not arrays:
         empty = np.zeros(0)
         return empty, empty, empty
@@ -143,9 +146,9 @@ def curves(results: list, key: str) -> tuple:
         return np.nanmean(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
 
 
-def expand_columns(columns, results: dict) -> list:
-    """Columns with a `*` key replaced by one column per matching history key (sorted)."""
-    keys = sorted({k for r in results.values() for k in r["history"]})
+def expand_columns(columns, results: dict, series: str = "history") -> list:
+    """Columns with a `*` key replaced by one column per matching `series` key (sorted)."""
+    keys = sorted({k for r in results.values() for k in r.get(series, {})})
     expanded = []
     for key, label in columns:
         if "*" not in key:
@@ -178,7 +181,7 @@ def plot(path: str, experiment, figure, results: dict) -> None:
     arms_of = {g: [a for a in experiment.arms if a.group == g] for g in groups}
     panels = list(dict.fromkeys(arms_of[g][0].panel for g in groups))
     columns = expand_columns(figure.columns, {a.path: results[a.path]
-                                              for g in groups for a in arms_of[g]})
+                                              for g in groups for a in arms_of[g]}, figure.series)
     if not columns:
         columns = [(figure.columns[0][0], figure.columns[0][1])]
     colors = _colors(experiment)
@@ -220,20 +223,21 @@ def _draw_panel(ax, figure, key, groups, arms_of, results, colors) -> bool:
     drawn = False
     for group in groups:
         arm_results = [results[a.path] for a in arms_of[group]]
-        mean, low, high = curves(arm_results, key)
+        mean, low, high = curves(arm_results, key, figure.series)
         if mean.size == 0 or np.all(np.isnan(mean)):
             continue
         label, color = arms_of[group][0].label, colors[arms_of[group][0].label]
         if figure.x == "epoch":
             x = np.arange(1, len(mean) + 1)
         else:
-            x = curves(arm_results, figure.x)[0]
+            x = curves(arm_results, figure.x, figure.series)[0]
             if x.size == 0:
                 continue
-            mean, x = mean[:len(x)], x[:len(mean)]
+            mean, low, high, x = mean[:len(x)], low[:len(x)], high[:len(x)], x[:len(mean)]
+        along_time = figure.x in ("epoch", "step")
         ax.plot(x, mean, color=color, label=label, linestyle=arms_of[group][0].linestyle,
-                marker="" if figure.x == "epoch" else ".")
-        if len(arm_results) > 1 and figure.x == "epoch":
+                marker="" if along_time else ".", markersize=3)
+        if len(arm_results) > 1 and along_time:
             ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
         if figure.log_y and np.nanmin(low) > 0:
             ax.set_yscale("log")

@@ -20,6 +20,7 @@ TensorBoard scalars (one point per epoch, `WORKDIR/tensorboard`):
 | `train`      | `epoch_coherence/<sample>/m_coherence`, `.../alpha`, `.../<layer>/m_coherence` | fixed monitor samples train / test / pristine / corrupted at epoch end (`coherence.monitor_samples > 0`; also `coherence.csv`) |
 | `train`      | `epoch_f_pristine`, `epoch_f_corrupt` | loss-reduction fractions of the monitor's training sample (label noise > 0) |
 | `learning_times` | `learning_times/<group>/first_correct_step` (histogram), `.../fraction_correct` | per-example learning times (`learning_times.every_steps > 0`; also `learning_times.csv`) |
+| `steps`      | `loss`, `coherence/<sample>/...`, `f_pristine`, `f_corrupt` | at step 0, every `coherence.monitor_every_steps` batches and every epoch end, x = global step (`step_history` of results.json) |
 
 Every value of the epoch logs is also in `results.json` (`history`). The feature fields and their
 defaults are listed in `trainers/builders.py`; `mode = "easy_hard"` runs `train_easy_hard`
@@ -144,13 +145,16 @@ class _FlushingTensorBoard(keras.callbacks.TensorBoard):
 class _Checkpointer(keras.callbacks.Callback):
     """Appends the epoch's logs to the history and writes a checkpoint; logs one line with absl."""
 
-    def __init__(self, workdir, config, history, keep):
+    def __init__(self, workdir, config, history, keep, step_history=None):
         super().__init__()
         self.workdir, self.config, self.history, self.keep = workdir, config, history, keep
+        self.step_history = step_history
 
     def on_epoch_end(self, epoch, logs=None):
         self.history.append({k: float(v) for k, v in (logs or {}).items()})
         state = {"epoch": epoch + 1, "history": self.history, "config": self.config.to_dict()}
+        if self.step_history is not None:
+            state["step_history"] = self.step_history
         io.save_checkpoint(self.workdir, self.model, self.model.optimizer, state, self.keep)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(self.history[-1].items()))
         logging.info("epoch %d/%d: %s", epoch + 1, self.config.num_epochs, shown)
@@ -175,22 +179,26 @@ def _train(config, workdir, progress, data=None):
     model, data = experiment.model, experiment.data
     steps = builders.steps_per_epoch(len(data.train), config.batch_size, config.drop_remainder)
     history, first_epoch = [], 0
+    step_history = [] if builders.setting(config, "coherence.monitor_every_steps") else None
     if experiment.checkpoint:
         state = io.restore_checkpoint(experiment.checkpoint, model, model.optimizer)
         history, first_epoch = state["history"], state["epoch"]
+        if step_history is not None:
+            step_history = state.get("step_history", [])
         _restore_step_counter(model, first_epoch * steps)
         logging.info("resumed from %s after epoch %d", experiment.checkpoint, first_epoch)
     feature_callbacks = []
     if first_epoch < config.num_epochs:
-        feature_callbacks = builders.feature_callbacks(config, data, workdir, first_epoch, steps)
+        feature_callbacks = builders.feature_callbacks(config, data, workdir, first_epoch, steps,
+                                                       step_history)
     os.makedirs(workdir, exist_ok=True)
     setup_seconds = time.time() - started
 
     if first_epoch < config.num_epochs:
-        _fit(experiment, workdir, history, first_epoch, progress, feature_callbacks)
+        _fit(experiment, workdir, history, first_epoch, progress, feature_callbacks, step_history)
     trained_seconds = time.time() - started - setup_seconds
 
-    results = make_results(config, data, history)
+    results = make_results(config, data, history, step_history)
     io.write_json(os.path.join(workdir, io.RESULTS_FILE), results)
     io.plot_curves(os.path.join(workdir, io.PLOT_FILE), history,
                    title=f"{config.dataset}, {config.label_noise:.0%} label noise, "
@@ -214,7 +222,8 @@ def _restore_step_counter(model, steps_done):
         state.step.assign(steps_done)
 
 
-def _fit(experiment, workdir, history, first_epoch, progress, feature_callbacks=()):
+def _fit(experiment, workdir, history, first_epoch, progress, feature_callbacks=(),
+         step_history=None):
     config, data, model = experiment.config, experiment.data, experiment.model
     steps = builders.steps_per_epoch(len(data.train), config.batch_size, config.drop_remainder)
     train = builders.train_dataset(
@@ -228,7 +237,7 @@ def _fit(experiment, workdir, history, first_epoch, progress, feature_callbacks=
         *feature_callbacks,
         _FlushingTensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False,
                              write_steps_per_second=False),
-        _Checkpointer(workdir, config, history, config.keep_checkpoints),
+        _Checkpointer(workdir, config, history, config.keep_checkpoints, step_history),
     ]
     model.fit(train, epochs=config.num_epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
               validation_data=(data.test.x, data.test.y),
@@ -236,10 +245,14 @@ def _fit(experiment, workdir, history, first_epoch, progress, feature_callbacks=
               shuffle=False, verbose=1 if progress else 2)
 
 
-def make_results(config, data, history: list) -> dict:
-    """The content of `results.json`: config, dataset sizes, per-epoch history, final figures."""
+def make_results(config, data, history: list, step_history: list = None) -> dict:
+    """The content of `results.json`: config, dataset sizes, per-epoch history, final figures.
+
+    With `coherence.monitor_every_steps > 0` also `step_history`: `{key: [value per measurement]}`
+    of the per-step rows (`builders.StepMeasurements`: step, epoch, loss, monitor values, f^p, f^c).
+    """
     last = history[-1] if history else {}
-    return {
+    results = {
         "config": io.json_roundtrip(config.to_dict()),
         "dataset": {
             "name": data.name,
@@ -260,6 +273,9 @@ def make_results(config, data, history: list) -> dict:
             "test_accuracy": last.get("val_accuracy"),
         },
     }
+    if step_history is not None:
+        results["step_history"] = io.history_columns(step_history)
+    return results
 
 
 EASY_HARD_SPLIT_CSV = "easy_hard_split.csv"
