@@ -21,6 +21,7 @@ exact path of `cgh_tf.per_example` (one backward pass, never O(m · parameters) 
 
 import dataclasses
 import math
+import weakref
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -218,17 +219,19 @@ def _flat_dot(a, b):
     return sum(float(tf.reduce_sum(tf.cast(u, tf.float64) * tf.cast(v, tf.float64))) for u, v in zip(a, b))
 
 
-def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=None, training=False):
-    """(f^p, f^c): the shares of the first-order loss reduction due to pristine / corrupt examples.
+_SUBSET_GRADIENT_FNS = weakref.WeakKeyDictionary()  # model -> {(id(loss), training): (loss, fn)}
 
-    g^p, g^c = Σ of per-example gradients over pristine / corrupt examples, g = g^p + g^c;
-    f^p = ⟨g, g^p⟩ / ⟨g, g⟩, f^c = 1 − f^p (NaN if g = 0). Needs no per-example gradients: two
-    gradients of masked loss sums per batch.
-    pristine_mask: [m] booleans (True = pristine) aligned with x and y.
+
+def _subset_gradients_fn(model, loss, training):
+    """A compiled `(x, y, pristine mask) -> (g^p, g^c)` for the model, built once and cached.
+
+    Measuring f^p every few steps must not retrace (and rebuild) a tf.function on every call.
     """
-    mask = np.asarray(pristine_mask)
-    if mask.ndim != 1 or not (mask.dtype == bool or np.isin(mask, (0, 1)).all()):
-        raise ValueError("pristine_mask must be a 1-D array of booleans (True = pristine example).")
+    cache = _SUBSET_GRADIENT_FNS.setdefault(model, {})
+    resolved = loss if loss is not None else getattr(model, "loss", None)  # re-compiling changes it
+    key = (id(resolved), training)
+    if key in cache and cache[key][0] is resolved:
+        return cache[key][1]
     loss_fn = per_example.per_example_loss_fn(model, loss)
     variables = list(model.trainable_variables)
 
@@ -242,6 +245,23 @@ def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=N
         g_c = tape.gradient(corrupt, variables, unconnected_gradients="zero")
         return [tf.convert_to_tensor(g) for g in g_p], [tf.convert_to_tensor(g) for g in g_c]
 
+    cache[key] = (resolved, subset_gradients)
+    return subset_gradients
+
+
+def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=None, training=False):
+    """(f^p, f^c): the shares of the first-order loss reduction due to pristine / corrupt examples.
+
+    g^p, g^c = Σ of per-example gradients over pristine / corrupt examples, g = g^p + g^c;
+    f^p = ⟨g, g^p⟩ / ⟨g, g⟩, f^c = 1 − f^p (NaN if g = 0). Needs no per-example gradients: two
+    gradients of masked loss sums per batch.
+    pristine_mask: [m] booleans (True = pristine) aligned with x and y.
+    """
+    mask = np.asarray(pristine_mask)
+    if mask.ndim != 1 or not (mask.dtype == bool or np.isin(mask, (0, 1)).all()):
+        raise ValueError("pristine_mask must be a 1-D array of booleans (True = pristine example).")
+    variables = list(model.trainable_variables)
+    subset_gradients = _subset_gradients_fn(model, loss, training)
     sum_p = [np.zeros(v.shape) for v in variables]
     sum_c = [np.zeros(v.shape) for v in variables]
     for xb, yb, mb in _batches(x, y, batch_size, extra=mask.astype(bool)):

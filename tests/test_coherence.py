@@ -156,6 +156,17 @@ def test_loss_reduction_fractions_match_reference():
     assert coherence.loss_reduction_fractions(model, x, y, np.ones(12, bool))[0] == pytest.approx(1.0)
 
 
+def test_loss_reduction_fractions_reuse_one_compiled_function():
+    """Measured every few steps, f^p must not rebuild its tf.function on every call."""
+    model = softmax_regression()
+    x, y = data(m=12)
+    pristine = np.arange(12) % 3 != 0
+    for _ in range(3):
+        coherence.loss_reduction_fractions(model, x, y, pristine, batch_size=6)
+    compiled = coherence._subset_gradients_fn(model, None, False)
+    assert compiled.experimental_get_tracing_count() == 1
+
+
 def test_errors():
     model = softmax_regression()
     x, y = data()
