@@ -606,6 +606,69 @@ def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False) -> Gradien
     return GradientSums(losses, grad_sum, sq_norms, y_pred)
 
 
+# Per-example gradients of one reduced block: examples × coordinates, in float32 elements.
+REDUCE_BLOCK_ELEMENTS = 1 << 22
+
+
+@tf.autograph.experimental.do_not_convert
+def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=False,
+                                  block_elements=REDUCE_BLOCK_ELEMENTS):
+    """A coordinate-wise reduction over the examples of the per-example gradients of every
+    trainable variable, never materialising more than a block of them.
+
+    Dense kernels and biases come from the layer input a and output gradient b of a single backward
+    pass (kernel: g_i = Σ_t a_{i,t} ⊗ b_{i,t}; bias: Σ_t b_{i,t}); a kernel's per-example gradients
+    are built and reduced a few output columns at a time, at most about `block_elements` values
+    (m × fan_in × columns) per block. Every other variable comes from `tf.vectorized_map` restricted
+    to those variables, materialised whole. Valid where examples are independent (as the fast path:
+    inference mode, or no layer that mixes the batch).
+
+    Args:
+      reduce: `reduce(g, axis)` with g [..., m, ...] holding the examples on `axis`, returning g
+        without that axis; it must treat every coordinate on its own (e.g.
+        `lambda g, axis: robust.winsorized_mean(g, 2.0, axis)`). Kernel blocks arrive as
+        [fan_in, columns, m] (axis=-1: the layout top_k reads without a transpose); the rest as
+        [m, *var.shape] (axis=0).
+      block_elements: bound on m × fan_in × columns per kernel block (memory, in elements).
+    Returns:
+      A list aligned with `model.trainable_variables` (None where the loss does not depend on it).
+    """
+    loss_fn = per_example_loss_fn(model, loss_fn)
+    variables = list(model.trainable_variables)
+    dense = [layer for layer, rule in supported_layers(model) if rule is _DenseRule]
+    with instrumented([(layer, _DenseRule) for layer in dense]) as records:
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(loss_fn(y, model(x, training=training)))
+    calls = [(layer, call) for layer in dense for call in records[id(layer)]]
+    output_grads = tape.gradient(total, [call.z for _, call in calls])
+    reduced = {}
+    for layer in dense:
+        mine = [(c, g) for (owner, c), g in zip(calls, output_grads) if owner is layer]
+        if mine:
+            reduced.update(_reduced_dense_gradients(layer, mine, reduce, block_elements))
+    rest = [v for v in variables if id(v) not in reduced]
+    for v, g in zip(rest, _vmap_gradients(model, x, y, loss_fn, rest, training)):
+        reduced[id(v)] = reduce(g, 0)
+    return [reduced.get(id(v)) for v in variables]
+
+
+def _reduced_dense_gradients(layer, calls_and_grads, reduce, block_elements):
+    """{id(var): reduced per-example gradients} for a Dense layer's kernel and bias."""
+    fan_in, fan_out = layer.kernel.shape
+    a = _concat_positions([_by_examples(c.inputs, fan_in) for c, _ in calls_and_grads])
+    b = _concat_positions([_by_examples(tf.zeros_like(c.z) if g is None else g, fan_out)
+                           for c, g in calls_and_grads])
+    dtype = layer.kernel.dtype
+    examples = a.shape[0] or 256  # a dynamic batch is budgeted as 256 examples
+    columns = max(1, block_elements // (examples * fan_in))
+    blocks = [reduce(tf.cast(tf.einsum("mti,mto->iom", a, b[..., lo:lo + columns]), dtype), -1)
+              for lo in range(0, fan_out, columns)]
+    out = {id(layer.kernel): blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)}
+    if layer.bias is not None:
+        out[id(layer.bias)] = reduce(tf.cast(tf.reduce_sum(b, axis=1), dtype), 0)
+    return out
+
+
 def _dense(gradient):
     if isinstance(gradient, tf.IndexedSlices):
         return tf.convert_to_tensor(gradient)

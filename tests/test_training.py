@@ -141,6 +141,49 @@ def test_coherence_metrics_every_n_steps_match_reference(every, jit_compile):
     assert "m_coherence" not in model.evaluate(x, y, verbose=0, return_dict=True)
 
 
+class _CountingIdentity(keras.layers.Layer):
+    """Counts how often the graph of the train step calls the model (traces of `call`)."""
+
+    calls = 0
+
+    def call(self, inputs):
+        _CountingIdentity.calls += 1
+        return inputs
+
+
+@pytest.mark.parametrize("middle,passes", [
+    (lambda: keras.layers.Dense(4, activation="relu"), 1),  # Dense takes `training`, ignores it
+    (lambda: keras.layers.Dropout(0.5), 2),
+    (lambda: keras.layers.GaussianNoise(0.1), 2),
+])
+def test_coherence_every_step_shares_the_update_pass_unless_layers_depend_on_mode(middle, passes):
+    """coherence_every=1 costs one forward/backward pass when the model computes the same in
+    training and inference mode, two otherwise (the update must see dropout / batch statistics)."""
+    inputs = keras.Input((5,))
+    h = _CountingIdentity()(middle()(inputs))
+    model = cgh_tf.Model(inputs, keras.layers.Dense(3)(h))
+    model.compile(optimizer="sgd", loss=loss(), coherence_every=1)
+    x, y = np.random.default_rng(0).normal(size=(8, 5)), np.arange(8) % 3
+    _CountingIdentity.calls = 0
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert _CountingIdentity.calls == passes
+
+
+def test_mode_dependence_of_keras_layers():
+    from cgh_tf.training import _depends_on_training
+    L = keras.layers
+    assert not any(_depends_on_training(layer) for layer in (
+        L.Dense(2), L.EinsumDense("ab,bc->ac", 2), L.Conv2D(2, 3), L.LayerNormalization()))
+    assert all(_depends_on_training(layer) for layer in (
+        L.Dropout(0.1), L.BatchNormalization(), L.GaussianNoise(0.1)))
+
+    class NoisyDense(L.Dense):  # a subclass that overrides call is not trusted
+        def call(self, inputs, training=None):
+            return super().call(inputs) + (1.0 if training else 0.0)
+
+    assert _depends_on_training(NoisyDense(2))
+
+
 def test_coherence_per_layer_and_with_m3():
     batch = 12
     x, y, w0, b0 = reference.problem(m=batch)
