@@ -19,7 +19,7 @@ sub-workdir — together with the `Metric`s of its `results.md` table and the `F
 |                  |                                   | and m-coherence of pristine / corrupted samples, at step 0,      |
 |                  |                                   | every 21 steps (3 per epoch of 63 batches) and every epoch       |
 
-Default seeds: 2 (real_vs_random, loss_fractions), 3 (easy_hard), 1 (memorisation: 19 arms).
+Default seeds: 2 (real_vs_random, loss_fractions; memorisation: 19 arms × 2 ≈ 7 min), 3 (easy_hard).
 
 Step measurements (`coherence.monitor_every_steps`, `builders.StepMeasurements`) go to the
 `step_history` of each arm's results.json; the table cells "step 0" / "after N steps" and the
@@ -390,7 +390,7 @@ def memorisation(base, seeds, noise_levels=(0.0, 0.25, 0.5),
         "last partial batch of each epoch (static batch size).")
     if winsorize_max_train and winsor_arms:
         description += (f" The winsorization rows use only the first {winsorize_max_train} "
-                        f"training examples (per-example gradients cost ~30x a plain step here), "
+                        f"training examples (a winsorized step costs ~50x a plain one here), "
                         f"with their own c = 0 row on that subset.")
     return Experiment("memorisation", "Memorisation under label noise", description,
                       tuple(arms), MEMORISATION_METRICS, tuple(figures))
@@ -589,7 +589,7 @@ def easy_hard(base, seeds) -> Experiment:
 # name -> (builder, default number of seeds)
 EXPERIMENTS = {
     "real_vs_random": (real_vs_random, 2),
-    "memorisation": (memorisation, 1),
+    "memorisation": (memorisation, 2),
     "easy_hard": (easy_hard, 3),
     "loss_fractions": (loss_fractions, 2),
 }
