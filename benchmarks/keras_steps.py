@@ -12,8 +12,9 @@ the level before the step, sampled every 2 ms (CPU; approximate).
 | plain              | `keras.Model`, SGD                                           |        |
 | coherence_every=1  | `cgh_tf.Model`, SGD, m-coherence and alpha of every batch    | ≤ 1.25 |
 | winsorize c=2      | `cgh_tf.Model`, SGD, `aggregation="winsorize"` (per-example   |        |
-|                    | gradients of Dense kernels built and winsorized in blocks of |        |
-|                    | ≤ 4M values from a ⊗ b; other variables by vectorized_map)   |        |
+|                    | gradients of Dense kernels from a ⊗ b: fused XLA sorting     |        |
+|                    | network (static batch, small c), else top_k on blocks of ≤ 4M |        |
+|                    | values; other variables by vectorized_map)                   |        |
 
 Models: MLP 784-512-512-10 and a small CNN (28x28x1: conv3x3(32), conv3x3(64), maxpool, dense 128,
 dense 10) at batch 128; the ICLR 2020 winsorization MLP (3 x 256 on MNIST-1D's 40 inputs) and a

@@ -612,7 +612,7 @@ REDUCE_BLOCK_ELEMENTS = 1 << 22
 
 @tf.autograph.experimental.do_not_convert
 def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=False,
-                                  block_elements=REDUCE_BLOCK_ELEMENTS):
+                                  block_elements=REDUCE_BLOCK_ELEMENTS, reduce_outer=None):
     """A coordinate-wise reduction over the examples of the per-example gradients of every
     trainable variable, never materialising more than a block of them.
 
@@ -630,6 +630,10 @@ def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=Fa
         [fan_in, columns, m] (axis=-1: the layout top_k reads without a transpose); the rest as
         [m, *var.shape] (axis=0).
       block_elements: bound on m × fan_in × columns per kernel block (memory, in elements).
+      reduce_outer: optional `reduce_outer(a, b)`, a [m, fan_in], b [m, fan_out] -> the same
+        reduction of the outer products a_i ⊗ b_i as [fan_in, fan_out], or None where it does not
+        apply (e.g. `robust.winsorized_mean_of_outer_products`); tried first for Dense layers
+        applied once per example (no sequence axis).
     Returns:
       A list aligned with `model.trainable_variables` (None where the loss does not depend on it).
     """
@@ -645,28 +649,44 @@ def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=Fa
     for layer in dense:
         mine = [(c, g) for (owner, c), g in zip(calls, output_grads) if owner is layer]
         if mine:
-            reduced.update(_reduced_dense_gradients(layer, mine, reduce, block_elements))
+            reduced.update(_reduced_dense_gradients(layer, mine, reduce, block_elements,
+                                                         reduce_outer))
     rest = [v for v in variables if id(v) not in reduced]
     for v, g in zip(rest, _vmap_gradients(model, x, y, loss_fn, rest, training)):
         reduced[id(v)] = reduce(g, 0)
     return [reduced.get(id(v)) for v in variables]
 
 
-def _reduced_dense_gradients(layer, calls_and_grads, reduce, block_elements):
+def _reduced_dense_gradients(layer, calls_and_grads, reduce, block_elements, reduce_outer=None):
     """{id(var): reduced per-example gradients} for a Dense layer's kernel and bias."""
     fan_in, fan_out = layer.kernel.shape
-    a = _concat_positions([_by_examples(c.inputs, fan_in) for c, _ in calls_and_grads])
-    b = _concat_positions([_by_examples(tf.zeros_like(c.z) if g is None else g, fan_out)
-                           for c, g in calls_and_grads])
     dtype = layer.kernel.dtype
+    a = tf.cast(_concat_positions([_by_examples(c.inputs, fan_in) for c, _ in calls_and_grads]),
+                dtype)
+    b = tf.cast(_concat_positions([_by_examples(tf.zeros_like(c.z) if g is None else g, fan_out)
+                                   for c, g in calls_and_grads]), dtype)
+    kernel = None
+    if reduce_outer is not None and a.shape[1] == 1:
+        kernel = reduce_outer(a[:, 0], b[:, 0])
+    if kernel is None:
+        kernel = _reduced_kernel_in_blocks(a, b, reduce, block_elements)
+    out = {id(layer.kernel): kernel}
+    if layer.bias is not None:
+        out[id(layer.bias)] = reduce(tf.reduce_sum(b, axis=1), 0)
+    return out
+
+
+def _reduced_kernel_in_blocks(a, b, reduce, block_elements):
+    """`reduce` of the per-example kernel gradients Σ_t a_t ⊗ b_t, a few output columns at a time.
+
+    a: [m, T, fan_in], b: [m, T, fan_out] -> [fan_in, fan_out].
+    """
+    fan_in, fan_out = a.shape[-1], b.shape[-1]
     examples = a.shape[0] or 256  # a dynamic batch is budgeted as 256 examples
     columns = max(1, block_elements // (examples * fan_in))
-    blocks = [reduce(tf.cast(tf.einsum("mti,mto->iom", a, b[..., lo:lo + columns]), dtype), -1)
+    blocks = [reduce(tf.einsum("mti,mto->iom", a, b[..., lo:lo + columns]), -1)
               for lo in range(0, fan_out, columns)]
-    out = {id(layer.kernel): blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)}
-    if layer.bias is not None:
-        out[id(layer.bias)] = reduce(tf.cast(tf.reduce_sum(b, axis=1), dtype), 0)
-    return out
+    return blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)
 
 
 def _dense(gradient):

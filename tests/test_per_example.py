@@ -293,8 +293,12 @@ def test_reduced_per_example_gradients_equal_vectorized_map(kind):
     reference = per_example.per_example_gradients(model, x, y)
     for (reduce, np_reduce), block in itertools.product(
             ((tf.reduce_max, np.max), (tf.reduce_min, np.min)),
-            (1, 7 * 12 * 2, per_example.REDUCE_BLOCK_ELEMENTS)):  # 1, ≤ 2 columns, all at once
-        got = per_example.reduced_per_example_gradients(model, x, y, reduce, block_elements=block)
+            (1, 7 * 12 * 2, per_example.REDUCE_BLOCK_ELEMENTS, "outer")):  # 1, ≤ 2 columns, all
+        outer = None
+        if block == "outer":  # kernels of Dense layers applied once per example via reduce_outer
+            block, outer = 1, lambda a, b, r=reduce: r(tf.einsum("mi,mo->mio", a, b), 0)
+        got = per_example.reduced_per_example_gradients(model, x, y, reduce, block_elements=block,
+                                                        reduce_outer=outer)
         for g, want in zip(got, reference):
             np.testing.assert_allclose(g.numpy(), np_reduce(want.numpy(), axis=0),
                                        rtol=1e-10, atol=1e-13)

@@ -142,3 +142,42 @@ def test_winsorized_mean_with_batch_size_unknown_while_tracing():
         low, high = np.percentile(values, [10.0, 90.0], axis=0, method="nearest")
         np.testing.assert_allclose(f(values).numpy(), np.clip(values, low, high).mean(axis=0),
                                    rtol=1e-12)
+
+
+@pytest.mark.parametrize("m,pct", [(1, 10), (5, 0), (10, 10), (20, 25), (64, 8), (100, 2), (7, 49)])
+def test_winsorized_mean_of_outer_products_matches_numpy(m, pct):
+    rng = _rng(m)
+    a, b = rng.normal(size=(m, 6)), rng.normal(size=(m, 4))
+    got = robust.winsorized_mean_of_outer_products(tf.constant(a), tf.constant(b), pct)
+    products = np.einsum("mi,mo->mio", a, b)
+    np.testing.assert_allclose(got.numpy(), _winsorized_reference(products, pct),
+                               rtol=1e-13, atol=1e-15)
+
+
+def test_winsorized_mean_of_outer_products_with_ties():
+    rng = _rng(3)
+    a = rng.integers(-1, 2, size=(12, 3)).astype(np.float64)
+    a[6:] = a[:6]  # every product appears at least twice
+    b = np.ones((12, 2))
+    got = robust.winsorized_mean_of_outer_products(tf.constant(a), tf.constant(b), 20)
+    np.testing.assert_allclose(got.numpy(),
+                               _winsorized_reference(np.einsum("mi,mo->mio", a, b), 20),
+                               rtol=1e-13, atol=1e-15)
+
+
+def test_winsorized_mean_of_outer_products_declines_when_it_does_not_apply():
+    too_large = robust.MAX_NETWORK_SIZE  # m × (values kept per side, both sides) > the limit
+    assert robust.winsorized_mean_of_outer_products(
+        tf.zeros([too_large, 2]), tf.zeros([too_large, 2]), 10) is None
+    results = []  # batch size unknown while tracing
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2]), tf.TensorSpec([None, 2])])
+    def traced(a, b):
+        results.append(robust.winsorized_mean_of_outer_products(a, b, 10))
+        return a
+
+    traced(tf.zeros([4, 2]), tf.zeros([4, 2]))
+    assert results == [None]
+    with pytest.raises(ValueError, match=r"\[0, 50\)"):
+        robust.winsorized_mean_of_outer_products(tf.zeros([4, 2]), tf.zeros([4, 2]), 50)
+

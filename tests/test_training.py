@@ -200,7 +200,10 @@ def test_coherence_per_layer_and_with_m3():
 
 
 @pytest.mark.parametrize("pct", [0.0, 10.0])
-def test_winsorized_gradient_descent_matches_numpy(pct):
+@pytest.mark.parametrize("kernel_path", ["xla_network", "blocks"])
+def test_winsorized_gradient_descent_matches_numpy(pct, kernel_path, monkeypatch):
+    if kernel_path == "blocks":  # no sorting network: top_k on materialised column blocks
+        monkeypatch.setattr(cgh_tf.robust, "MAX_NETWORK_SIZE", 0)
     batch, steps = 20, 2
     x, y, w0, b0 = reference.problem(m=batch * steps)
     w, b = w0.copy(), b0.copy()
@@ -212,7 +215,12 @@ def test_winsorized_gradient_descent_matches_numpy(pct):
     model = softmax_regression(cgh_tf.Model, w0, b0)
     model.compile(optimizer=keras.optimizers.SGD(LR), loss=loss(), aggregation="winsorize",
                   winsorize_pct=pct)
-    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    traces = cgh_tf.robust._outer_products_network.experimental_get_tracing_count()
+    # drop_remainder: a batch size known while tracing, which the XLA network needs
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True),
+              epochs=1, shuffle=False, verbose=0)
+    network_used = cgh_tf.robust._outer_products_network.experimental_get_tracing_count() > traces
+    assert network_used == (kernel_path == "xla_network" and pct > 0)
     np.testing.assert_allclose(model.get_layer("dense").get_weights()[0], w, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(model.get_layer("dense").get_weights()[1], b, rtol=1e-10, atol=1e-12)
 
