@@ -24,6 +24,7 @@ import tensorflow as tf
 import cgh_tf
 from configs import default, easy_hard, imagenet_easy_hard, m3, real_vs_random, winsorize
 from trainers import builders
+from trainers import experiments
 from trainers import io
 from trainers import train
 
@@ -289,13 +290,7 @@ def _tiny(base=real_vs_random, **overrides):
     config.max_train, config.max_test, config.num_epochs = 300, 64, EPOCHS
     config.model.kwargs.width = 8
     config.eval_batch_size = 64
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return experiments.apply_overrides(config, overrides)
 
 
 def _read(path):
