@@ -113,11 +113,19 @@ def mean_of(tensors):
 def _nearest_rank(k, q):
     """0-based rank (ascending) that `np.percentile(..., q, method="nearest")` picks among k values.
 
-    NumPy rounds the virtual index (k - 1) * q / 100 half to even; `tf.round` does the same, in
-    float64 as NumPy. k: int32 scalar tensor (may be dynamic); q: Python float in [0, 100].
+    NumPy rounds the virtual index (k - 1) * q / 100 half to even; `np.round` and `tf.round` do the
+    same, in float64 as NumPy. k: a Python int (-> int) or an int32 scalar tensor, possibly dynamic
+    (-> int32 tensor); q: Python float in [0, 100].
     """
+    if isinstance(k, int):
+        return int(np.round((k - 1) * (q / 100.0)))
     index = tf.cast(k - 1, tf.float64) * (q / 100.0)
     return tf.cast(tf.round(index), tf.int32)
+
+
+def _check_winsorize_pct(pct):
+    if not 0.0 <= float(pct) < 50.0:
+        raise ValueError(f"`pct` must be in [0, 50) (percent clipped on each side); got {pct}.")
 
 
 def _check_percentiles(qs):
@@ -188,8 +196,7 @@ def winsorized_mean(values, pct, axis=0):
     Raises:
         ValueError: if pct is outside [0, 50).
     """
-    if not 0.0 <= float(pct) < 50.0:
-        raise ValueError(f"`pct` must be in [0, 50) (percent clipped on each side); got {pct}.")
+    _check_winsorize_pct(pct)
     values = tf.convert_to_tensor(values)
     if float(pct) == 0.0:
         return tf.reduce_mean(values, axis=axis)
@@ -222,15 +229,13 @@ def winsorized_mean_of_outer_products(a, b, pct):
         [p, q], or None when m is not static or m × (values kept) exceeds `MAX_NETWORK_SIZE`
         (callers then use `winsorized_mean` on blocks of the materialised products).
     """
-    if not 0.0 <= float(pct) < 50.0:
-        raise ValueError(f"`pct` must be in [0, 50) (percent clipped on each side); got {pct}.")
+    _check_winsorize_pct(pct)
     m = a.shape[0]
     if m is None:
         return None
     if float(pct) == 0.0:
         return tf.matmul(a, b, transpose_a=True) / m
-    low = int(np.round((m - 1) * (float(pct) / 100.0)))
-    high = int(np.round((m - 1) * ((100.0 - float(pct)) / 100.0)))
+    low, high = _nearest_rank(m, float(pct)), _nearest_rank(m, 100.0 - float(pct))
     if m * (low + 1 + m - high) > MAX_NETWORK_SIZE:
         return None
     return _outer_products_network(a, b, low, high)
