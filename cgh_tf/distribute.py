@@ -8,13 +8,13 @@ median from the same numbers and applies the same update to its copy of the vari
 | step                               | context          | helper                          | communicated per step            |
 |------------------------------------|------------------|---------------------------------|----------------------------------|
 | sum mini-batch gradients (RM3, RA3, M3 consecutive) | replica | `all_reduce_sum`          | one all-reduce of P values       |
-| sum group rows (M3 in one batch)   | replica          | `all_reduce_stacked_sum`        | one all-reduce of k * P values   |
+| sum group rows (M3 in one batch, `cgh_tf.Model`) | replica | `all_reduce_stacked_sum` | one all-reduce of k * P values, then Keras' own of P |
 | "is the update finite / due?"      | cross-replica    | `in_cross_replica` (merge_call) | none (a barrier, no tensor)      |
 | store into history buffers         | each replica     | `for_each_replica`              | none (local copies, identical)   |
 | inner optimizer's update           | each replica     | `for_each_replica`              | none: its all-reduce is disabled |
 
 P = number of trainable parameters, k = `groups`. In bytes: 4 P (float32) per step for RM3 / RA3 /
-consecutive M3 -- the same as plain data-parallel SGD -- and 4 k P per step for M3 in one batch
+consecutive M3 -- the same as plain data-parallel SGD -- and 4 (k + 1) P per step for M3 in one batch
 (a ring all-reduce moves about 2 (R - 1) / R times that per replica). When R is a multiple of k the
 replicas could themselves be the groups (one all-gather instead); that variant is not implemented.
 
@@ -33,42 +33,19 @@ How the same code runs on every strategy:
 Variables of the robust optimizers (history buffers, counters) use aggregation "none" and are
 written with identical values on every replica, so all copies stay equal without communication.
 
-Private Keras API used: `keras.src.backend.tensorflow.optimizer.TFOptimizer._all_reduce_sum_gradients`
-(present in Keras 3.0 - 3.15, verified on 3.15.1; pinned by tests/test_optimizers_distribute.py).
-`disable_all_reduce` replaces it on the *inner* optimizer instance so the already summed gradient
-is not summed a second time.
+Private API used (all through `cgh_tf.keras_internals`, each checked and pinned by
+tests/test_keras_internals.py): `TFOptimizer._all_reduce_sum_gradients`, replaced on the *inner*
+optimizer of a wrapper when the wrapper is built (`keras_internals.disable_all_reduce`), so that
+the already summed gradient is not summed a second time; and
+`tf.__internal__.distribute.strategy_supports_no_merge_call`. The public alternative to the hook
+(hand the inner optimizer median / R and let it all-reduce) moves 2 P values per step instead of P.
+In-batch M3 (`cgh_tf.Model`) uses that public form: its optimizer is an ordinary Keras optimizer,
+so it moves (k + 1) P values per step (k P for the group rows, P for Keras' own all-reduce).
 """
 
 import tensorflow as tf
 
-ALL_REDUCE_HOOK = "_all_reduce_sum_gradients"
-
-
-def _identity_grads_and_vars(grads_and_vars):
-    """Replacement for `TFOptimizer._all_reduce_sum_gradients`: gradients are already reduced."""
-    return list(grads_and_vars)
-
-
-def disable_all_reduce(optimizer):
-    """Stop a Keras TF optimizer from all-reducing the gradients handed to `apply` (in place).
-
-    Raises:
-        TypeError: if the optimizer has no `_all_reduce_sum_gradients` (Keras changed its private
-            API; see the module docstring for the supported range).
-    """
-    if not callable(getattr(type(optimizer), ALL_REDUCE_HOOK, None)):
-        raise TypeError(
-            f"{type(optimizer).__name__} has no method `{ALL_REDUCE_HOOK}`; this Keras version "
-            f"({_keras_version()}) is not supported by cgh_tf's robust optimizers under "
-            "tf.distribute (known to work: Keras 3.0 - 3.15 with the TensorFlow backend)."
-        )
-    setattr(optimizer, ALL_REDUCE_HOOK, _identity_grads_and_vars)
-
-
-def _keras_version():
-    import keras
-
-    return keras.__version__
+from cgh_tf import keras_internals
 
 
 def num_replicas_in_sync():
@@ -138,7 +115,7 @@ def in_cross_replica(fn, *args):
     Must be called in replica context.
     """
     _require_replica_context("An optimizer's apply")
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+    if keras_internals.strategy_supports_no_merge_call():
         return fn(*args)
     return tf.distribute.get_replica_context().merge_call(lambda _, *a: fn(*a), args=args)
 

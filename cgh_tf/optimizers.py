@@ -6,8 +6,9 @@ average of several gradients instead of the current mini-batch gradient:
 | class                          | inner optimizer receives, per applied update                   | state (per variable)       |
 |--------------------------------|-----------------------------------------------------------------|----------------------------|
 | `M3(opt, groups=k)`            | coordinate-wise median of k group-mean gradients taken at the    | k - 1 gradient buffers     |
-|                                | same weights (consecutive mini-batches in plain `fit`, or one    |                            |
-|                                | batch split into k groups via `apply_group_gradients`)           |                            |
+|                                | same weights: k consecutive mini-batches in `keras.Model`; in    | (none in `cgh_tf.Model`)   |
+|                                | `cgh_tf.Model`, k contiguous groups of each batch (`compile`     |                            |
+|                                | turns it into `aggregators.MedianOfMeans(k)` over `opt`)         |                            |
 | `RM3(opt, window=k)`           | median of the current and the previous k - 1 mini-batch grads    | k - 1 gradient buffers     |
 | `RA3(opt, window=k)`           | mean of the same k gradients (control: stale but not robust)     | k - 1 gradient buffers     |
 
@@ -47,14 +48,15 @@ Factory for trainers: `build(name, learning_rate, ...)` with names `sgd`, `adam`
 `ra3` and `m<k>` / `rm<k>` / `ra<k>` (e.g. `m5` = M3 with 5 groups).
 """
 
+import numbers
 import re
 
 import keras
 import tensorflow as tf
-from keras.src.optimizers.loss_scale_optimizer import LossScaleOptimizer
-from keras.src.saving import serialization_lib
 
-from cgh_tf import distribute, robust
+from cgh_tf import aggregators, distribute, keras_internals, robust
+
+LossScaleOptimizer = keras.optimizers.LossScaleOptimizer
 
 _PACKAGE = "cgh_tf"
 
@@ -73,14 +75,8 @@ def _check_inner(optimizer):
         )
 
 
-def _check_count(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise ValueError(f"`{name}` must be an int >= 2; got {value!r}.")
-    return value
-
-
 def _check_l2(l2):
-    if isinstance(l2, bool) or not isinstance(l2, (int, float)) or l2 < 0:
+    if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or l2 < 0:
         raise ValueError(f"`l2` must be a float >= 0; got {l2!r}.")
     return float(l2)
 
@@ -117,6 +113,7 @@ class RobustAverage(keras.optimizers.Optimizer):
     """
 
     _size_name = "size"
+    _median = True  # k = 2 warns: the median of two values is their mean
 
     def __init__(self, optimizer, size, l2=0.0, name=None, **kwargs):
         if kwargs:
@@ -125,7 +122,8 @@ class RobustAverage(keras.optimizers.Optimizer):
                 "inner optimizer instead."
             )
         _check_inner(optimizer)
-        size = _check_count(self._size_name, size)
+        size = aggregators.check_count(
+            self._size_name, size, "the median of 2 values is their mean" if self._median else None)
         l2 = _check_l2(l2)
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
@@ -135,12 +133,15 @@ class RobustAverage(keras.optimizers.Optimizer):
         # the scaled gradients first); keras' LossScaleOptimizer resets it on us when it wraps us.
         self.loss_scale_factor = optimizer.loss_scale_factor
         optimizer.loss_scale_factor = None
-        distribute.disable_all_reduce(optimizer)
 
     # ----------------------------------------------------------------- state
     def build(self, var_list):
         """Create the history buffers and counters, then build the inner optimizer."""
         var_list = list(var_list)
+        # The wrapper all-reduces the gradients itself (cgh_tf.distribute); its inner optimizer
+        # must not do it a second time. Done here, not in __init__, so that cgh_tf.Model can use
+        # the inner optimizer of an M3 on its own (in-batch M3) with Keras' ordinary all-reduce.
+        keras_internals.disable_all_reduce(self.inner_optimizer)
         # history[i][j]: slot j of variable i. Separate dense variables (no [k-1, ...] tensor
         # written by scatter): a scatter would switch TF's variable into copy-on-read mode.
         self.history = [
@@ -159,7 +160,7 @@ class RobustAverage(keras.optimizers.Optimizer):
     def _add_history(self, variable, slot):
         name = f"{variable.path.replace('/', '_')}_history{slot}"
         value = variable.value if isinstance(variable, keras.Variable) else variable
-        with self._distribution_strategy.extended.colocate_vars_with(value):
+        with keras_internals.optimizer_strategy(self).extended.colocate_vars_with(value):
             return self.add_variable(
                 shape=tuple(variable.shape),
                 dtype=variable.dtype,
@@ -170,7 +171,7 @@ class RobustAverage(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return keras_internals.optimizer_own_variables(self) + self.inner_optimizer.variables
 
     @property
     def iterations(self):
@@ -230,7 +231,7 @@ class RobustAverage(keras.optimizers.Optimizer):
             raise ValueError(
                 f"Got {len(list(grads))} gradients for {len(trainable_variables)} variables."
             )
-        self._check_variables_are_known(trainable_variables)
+        keras_internals.check_variables_are_known(self, trainable_variables)
         return trainable_variables
 
     def _prepare(self, grads, variables):
@@ -298,7 +299,7 @@ class RobustAverage(keras.optimizers.Optimizer):
     def get_config(self):
         return {
             "name": self.name,
-            "optimizer": serialization_lib.serialize_keras_object(self.inner_optimizer),
+            "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
             self._size_name: self.size,
             "l2": self.l2,
             "loss_scale_factor": self.loss_scale_factor,
@@ -307,7 +308,7 @@ class RobustAverage(keras.optimizers.Optimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        inner = serialization_lib.deserialize_keras_object(
+        inner = keras.saving.deserialize_keras_object(
             config.pop("optimizer"), custom_objects=custom_objects
         )
         loss_scale_factor = config.pop("loss_scale_factor", None)
@@ -327,8 +328,9 @@ class M3(RobustAverage):
       coordinate-wise median of the `groups` buffered gradients. In between the weights do not
       move, so all groups are evaluated at the same weights. `iterations` (and therefore any
       learning-rate schedule) advances once per `groups` batches.
-    * **One batch split into groups**: `apply_group_gradients(group_grads, variables)` with
-      row j = mean gradient of group j (used by `cgh_tf.Model.train_step`).
+    * **One batch split into groups** (`cgh_tf.Model`): `compile` turns this M3 into the
+      aggregator `cgh_tf.aggregators.MedianOfMeans(groups, l2)` over the inner optimizer; the M3
+      object itself is then not used (no history buffers are created).
 
     Args:
         optimizer: inner Keras optimizer instance (SGD, SGD with momentum, Adam, ...).
@@ -360,62 +362,12 @@ class M3(RobustAverage):
     def _reduce(self, tensors):
         return robust.fused_median_of(tensors)
 
-    def apply_group_gradients(self, group_grads, trainable_variables=None):
-        """Apply the median of `groups` group gradients in one call (M3 within one batch).
-
-        Args:
-            group_grads: list, one entry per variable: a tensor `[groups, *var.shape]` whose row j
-                is the mean gradient of group j at the current weights, or None (no gradient;
-                the variable is left alone). Under tf.distribute each replica passes its
-                *contribution*: rows scaled so that their SUM over replicas is the group mean
-                (e.g. the sum over its examples of group j divided by the global group size).
-                The rows are summed over replicas with a single all-reduce before the median.
-            trainable_variables: the variables (required on the first call, which builds).
-
-        Consecutive-mode history and `accepted_steps` are not touched. A non-finite row skips the
-        update and increments `nonfinite_steps`.
-        """
-        trainable_variables = self._resolve_variables(group_grads, trainable_variables)
-        rows = self._prepare_rows(group_grads, trainable_variables)
-        reduced = [None if r is None else robust.median(r, axis=0) for r in rows]
-        distribute.in_cross_replica(self._guarded_apply, rows, reduced, trainable_variables)
-
-    def _prepare_rows(self, group_grads, variables):
-        rows = []
-        for r, v in zip(group_grads, variables):
-            if r is None:
-                rows.append(None)
-                continue
-            r = tf.cast(_densify(r), v.dtype)
-            if r.shape.rank != len(v.shape) + 1 or r.shape[0] != self.size:
-                raise ValueError(
-                    f"Group gradients for variable {v.path} of shape {tuple(v.shape)} must have "
-                    f"shape {(self.size,) + tuple(v.shape)} (groups first); got {tuple(r.shape)}."
-                )
-            if self.loss_scale_factor is not None:
-                r = r / self.loss_scale_factor
-            rows.append(r)
-        rows = distribute.all_reduce_stacked_sum(rows)
-        if self.l2:
-            rows = [
-                None if r is None else r + tf.constant(self.l2, r.dtype) * tf.convert_to_tensor(v)[None]
-                for r, v in zip(rows, variables)
-            ]
-        return rows
-
-    def _guarded_apply(self, rows, reduced, variables):
-        finite = distribute.first_replica_value(distribute.for_each_replica(_all_finite, rows))
-        tf.cond(
-            finite,
-            lambda: distribute.for_each_replica(self.inner_optimizer.apply, reduced, variables),
-            self._count_nonfinite,
-        )
-
 
 class _RunningAverage(RobustAverage):
     """Running reduction over the current and the previous `window - 1` mini-batch gradients."""
 
     _size_name = "window"
+    _median = True
 
     def __init__(self, optimizer, window=3, l2=0.0, name=None, **kwargs):
         super().__init__(optimizer, size=window, l2=l2, name=name, **kwargs)
@@ -460,6 +412,8 @@ class RA3(_RunningAverage):
     Same timeline, state and arguments as `RM3` with the median replaced by the mean, so it
     isolates "robust" from "stale" gradients.
     """
+
+    _median = False
 
     def _reduce(self, tensors):
         return robust.mean_of(tensors)

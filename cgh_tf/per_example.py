@@ -1,45 +1,41 @@
 """Per-example losses, gradients and squared gradient norms.
 
-Notation: m examples, per-example loss ℓ_i, per-example gradient g_i = ∇_w ℓ_i (DESIGN.md §1).
+Notation: m examples, per-example loss ℓ_i, per-example gradient g_i = ∇_w ℓ_i (docs/design.md §1).
 
-Two ways to get per-example information:
+| function | returns | cost |
+|---|---|---|
+| `gradients_and_sq_norms` (the fast exact path) | Σ_i g_i per variable and ‖g_{i,v}‖² [m, V] | one forward, one backward pass (+ the fallback for layers without a rule) |
+| `per_example_gradients` | every g_i, [m, *v.shape] per variable | the exact fallback for every variable, chunked over examples |
+| `reduced_per_example_gradients` | a coordinate-wise reduction over examples (winsorized mean) | Dense kernels in column blocks, the rest by the fallback |
+| `explain` | which way each layer is handled, and why | a trace on a sample batch (optional) |
 
-* `per_example_gradients` materialises every g_i (one `[m, *var.shape]` tensor per trainable
-  variable) with `tf.vectorized_map`, chunked over examples so memory stays bounded.
-* `gradients_and_sq_norms` (the **fast exact path**, DESIGN.md §3) returns Σ_i g_i and the
-  per-example squared norms ‖g_i‖² per variable from **one** forward and **one** backward pass,
-  without materialising g_i. Supported layers are temporarily instrumented: their `call` records
-  the layer input `a` and the pre-activation output `z` (z = conv/matmul(a) + bias, activation
-  after), and the single `tape.gradient` returns both the parameter gradients and b = ∂(Σ_i ℓ_i)/∂z.
-  Because examples are independent in inference mode, b_i is example i's output gradient.
-
-Layer rules of the fast path (exact `keras.layers` types whose `call` is not overridden; m examples,
-T positions per example, "·" dot product over features):
-
-| layer | recorded | ‖∇ kernel ℓ_i‖² | ‖∇ bias ℓ_i‖² | Σ_i g_i from |
-|---|---|---|---|---|
-| Dense (input [m, ..., i]) | a [m,T,i], b [m,T,o] | T=1: ‖a‖²‖b‖²; else Σ_{s,t}(a_s·a_t)(b_s·b_t) or ‖Σ_t a_t b_tᵀ‖² (cheaper by cost) | ‖Σ_t b_t‖² | tape |
-| Conv1D / Conv2D (channels_last, groups=1; dilation and the Gram form need a static spatial shape) | patches P [m,L,K] (im2col, from one strided slice per kernel offset), b [m,L,o] | Σ_{p,q}(P_p·P_q)(b_p·b_q) or ‖G_i‖² with G_i = P_iᵀ b_i materialised per example (TF's filter-gradient kernel per example; with dilation one batched matmul per offset) (cheaper by cost) | ‖Σ_p b_p‖² | Σ_i G_i (materialised; the tape skips the filter gradient), or tape (Gram) |
-| Embedding | ids [m,T], b [m,T,d] | Σ_{s,t}[id_s = id_t](b_s·b_t) | – | tape (densified) |
-| LayerNormalization | x̂ [m,...] (normalised input), b | γ: ‖Σ_pos b ⊙ x̂‖² | β: ‖Σ_pos b‖² | tape |
-| any other layer with trainable weights, LoRA / quantized layers, weights shared between layers | – | `tf.vectorized_map` of the per-example gradient, only for that layer's variables | same | tape |
-
-Cost model for the "or" cells (per example): Gram form T²·(i+o) multiply-adds and T² memory;
-materialised form T·i·o multiply-adds and i·o memory. The cheaper is chosen per layer at trace time.
-A layer called several times (shared layer) is handled by concatenating its calls along T.
+The fast path instruments every layer that a rule of `cgh_tf.layer_rules` matches: while the model
+runs, the rule records what it needs (layer input, pre-activation output z, ...) and reads the
+layer's weights as watched stop-gradient copies. The single `tape.gradient` then returns b = ∂(Σ_i
+ℓ_i)/∂z, each weight copy's gradient (the layer's share of Σ_i g_i) and the gradient of each variable
+itself, which is None exactly when nothing outside the rule uses the variable. A variable whose own
+gradient is not None (tied embeddings, a kernel read by another layer or a closure), read by two
+layers, or a layer called on a tensor without the example axis, takes the exact fallback instead,
+found structurally while tracing, with a warning once per layer. Because examples are independent
+in inference mode, b_i is example i's output gradient and the rule's norms are exact.
 
 Valid in inference mode (`training=False`, the default), where examples do not interact; with
 `training=True` and layers that mix examples (BatchNormalization in training mode) the "per-example"
-gradients of the fast path are those of ℓ_i *within the batch*. Regularisation losses
-(`model.losses`) are not part of ℓ_i and are not included.
+gradients are those of ℓ_i *within the batch*. Regularisation losses (`model.losses`) are not part
+of ℓ_i and are not included.
 """
 
 import contextlib
 import dataclasses
+import warnings
+import weakref
 from typing import Callable, List, NamedTuple, Optional
 
 import keras
 import tensorflow as tf
+
+from cgh_tf import exact_fallback, keras_internals, layer_rules
+from cgh_tf.layer_rules.base import by_examples, concat_positions
 
 _PER_EXAMPLE_MARK = "_cgh_per_example_loss"
 _DEFAULT_CHUNK_ELEMENTS = 2**25  # per-example gradient elements held at once (~128 MB float32)
@@ -91,8 +87,9 @@ def per_example_loss_fn(model, loss=None) -> Callable:
         )
     if isinstance(loss, str):
         loss = keras.losses.get(loss)
+    loss_dtype = None
     if isinstance(loss, keras.losses.Loss):
-        loss_call = loss.call
+        loss_call, loss_dtype = loss.call, loss.dtype
     elif callable(loss):
         loss_call = loss
     else:
@@ -102,6 +99,8 @@ def per_example_loss_fn(model, loss=None) -> Callable:
 
     def per_example_losses(y_true, y_pred):
         y_pred = tf.convert_to_tensor(y_pred)
+        if loss_dtype is not None and y_pred.dtype in (tf.float16, tf.bfloat16):
+            y_pred = tf.cast(y_pred, loss_dtype)  # as keras.losses.Loss.__call__ (mixed precision)
         y_true = tf.convert_to_tensor(y_true)
         if y_true.dtype.is_floating and y_pred.dtype.is_floating and y_true.dtype != y_pred.dtype:
             y_true = tf.cast(y_true, y_pred.dtype)
@@ -126,37 +125,7 @@ def per_example_loss_fn(model, loss=None) -> Callable:
 
 
 # ----------------------------------------------------------------------------------------------
-# Materialised per-example gradients (vectorized_map)
-
-
-def _expand(structure):
-    return tf.nest.map_structure(lambda t: tf.expand_dims(t, 0), structure)
-
-
-def _num_examples(x):
-    """Static or dynamic number of examples (first axis of the first tensor in x)."""
-    first = tf.nest.flatten(x)[0]
-    return first.shape[0] if first.shape[0] is not None else tf.shape(first)[0]
-
-
-@tf.autograph.experimental.do_not_convert
-def _vmap_gradients(model, x, y, loss_fn, variables, training=False):
-    """[m, *v.shape] per-example gradients of `variables` (zeros where unconnected). Traceable."""
-    if not variables:
-        return []
-
-    def one_example(example):
-        xi, yi = example
-        with tf.GradientTape() as tape:
-            y_pred = model(_expand(xi), training=training)
-            loss_value = tf.reduce_sum(loss_fn(_expand(yi), y_pred))
-        grads = tape.gradient(loss_value, variables)
-        return [
-            tf.zeros(v.shape, v.dtype) if g is None else tf.convert_to_tensor(g)
-            for g, v in zip(grads, variables)
-        ]
-
-    return tf.vectorized_map(one_example, (x, y))
+# Materialised per-example gradients (the exact fallback for every variable)
 
 
 def _to_tensors(x, y):
@@ -174,25 +143,26 @@ def per_example_gradients(model, x, y, loss=None, training=False, chunk_size=Non
     """Per-example gradients g_i of the per-example loss w.r.t. `model.trainable_variables`.
 
     x: array / tensor [m, ...] (or a nest of them); y: [m, ...].
-    chunk_size: examples per vectorized_map call; default keeps ≈ 2**25 gradient elements at once.
-      Called inside a `tf.function` (e.g. a train step), the whole batch is one call.
+    chunk_size: examples per call of the exact fallback (`cgh_tf.exact_fallback`); the default
+      keeps ≈ 2**25 gradient elements at once. Inside a `tf.function` the whole batch is one call.
     Returns a list aligned with `model.trainable_variables`, each a [m, *var.shape] tensor.
     """
     x, y = _to_tensors(x, y)
     loss_fn = per_example_loss_fn(model, loss)
+    ensure_built(model, x)
     variables = list(model.trainable_variables)
     m = y.shape[0]
     if m is None or tf.inside_function():
-        # Inside a traced train step (batch size possibly unknown): one vectorized_map over the
+        # Inside a traced train step (batch size possibly unknown): one fallback call over the
         # batch; the caller's batch size bounds the memory.
-        return _vmap_gradients(model, x, y, loss_fn, variables, training)
+        return exact_fallback.per_example_gradients(model, x, y, loss_fn, variables, training)
     if chunk_size is None:
         num_params = max(1, sum(v.shape.num_elements() for v in variables))
         chunk_size = max(1, _DEFAULT_CHUNK_ELEMENTS // num_params)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}.")
     compute = tf.function(
-        lambda xc, yc: _vmap_gradients(model, xc, yc, loss_fn, variables, training)
+        lambda xc, yc: exact_fallback.per_example_gradients(model, xc, yc, loss_fn, variables, training)
     )
     chunks = []
     for start in range(0, m, chunk_size):
@@ -202,329 +172,134 @@ def per_example_gradients(model, x, y, loss=None, training=False, chunk_size=Non
 
 
 # ----------------------------------------------------------------------------------------------
-# Fast path: layer rules
+# Fast path: which layer takes which rule
 
 
-@dataclasses.dataclass
-class _Call:
-    """One recorded call of an instrumented layer: rule-specific input and pre-activation output."""
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """How the per-example squared norms of one layer's own variables are computed.
 
-    inputs: tf.Tensor
-    z: tf.Tensor
-    extra: dict = dataclasses.field(default_factory=dict)
-
-
-def _by_examples(t, features):
-    """Reshape [m, ..., features] to [m, T, features] (T static when the input shape allows)."""
-    positions = t.shape[1:-1].num_elements()
-    return tf.reshape(t, tf.stack([tf.shape(t)[0], -1 if positions is None else positions, features]))
-
-
-def _concat_positions(tensors):
-    return tensors[0] if len(tensors) == 1 else tf.concat(tensors, axis=1)
-
-
-def _sum_sq(t):
-    """Per-example sum of squares over all non-example axes: [m, ...] -> [m]."""
-    return tf.reduce_sum(tf.square(t), axis=list(range(1, t.shape.rank)))
-
-
-def _gram_sq_norm(a, b):
-    """Σ_{s,t} (a_s·a_t)(b_s·b_t) for a [m,T,i], b [m,T,o] -> [m]."""
-    return tf.reduce_sum(tf.matmul(a, a, transpose_b=True) * tf.matmul(b, b, transpose_b=True), [1, 2])
-
-
-def _prefer_gram(positions, fan_in, fan_out):
-    """True if the Gram form T²(i+o) is cheaper than materialising T·i·o (unknown T: Gram)."""
-    if positions is None:
-        return True
-    return positions * (fan_in + fan_out) <= fan_in * fan_out
-
-
-def _unmodified(layer, cls):
-    return isinstance(layer, cls) and type(layer).call is cls.call
-
-
-def _plain(layer):
-    return not getattr(layer, "lora_enabled", False) and getattr(layer, "quantization_mode", None) is None
-
-
-class _DenseRule:
-    """Dense: z = a W + c."""
-
-    @staticmethod
-    def matches(layer):
-        return _unmodified(layer, keras.layers.Dense) and _plain(layer)
-
-    @staticmethod
-    def call(layer, inputs, record):
-        z = keras.ops.matmul(inputs, layer.kernel)
-        if layer.bias is not None:
-            z = keras.ops.add(z, layer.bias)
-        record(_Call(inputs, z))
-        return layer.activation(z) if layer.activation is not None else z
-
-    @staticmethod
-    def supplies_grad_sum(layer, calls):
-        return set()
-
-    @staticmethod
-    def statistics(layer, calls, output_grads):
-        fan_in, fan_out = layer.kernel.shape
-        a = _concat_positions([_by_examples(c.inputs, fan_in) for c in calls])
-        b = _concat_positions([_by_examples(g, fan_out) for g in output_grads])
-        positions = a.shape[1]
-        if positions == 1:
-            kernel_sq = _sum_sq(a) * _sum_sq(b)
-        elif _prefer_gram(positions, fan_in, fan_out):
-            kernel_sq = _gram_sq_norm(a, b)
-        else:
-            kernel_sq = _sum_sq(tf.einsum("mti,mto->mio", a, b))
-        out = {id(layer.kernel): (kernel_sq, None)}
-        if layer.bias is not None:
-            out[id(layer.bias)] = (_sum_sq(tf.reduce_sum(b, axis=1)), None)
-        return out
-
-
-class _ConvRule:
-    """Conv1D / Conv2D (channels_last, groups=1): z = conv(a, W) + c, via im2col patches."""
-
-    @staticmethod
-    def matches(layer):
-        conv = _unmodified(layer, keras.layers.Conv1D) or _unmodified(layer, keras.layers.Conv2D)
-        return (
-            conv and _plain(layer) and layer.data_format == "channels_last"
-            and getattr(layer, "groups", 1) == 1
-        )
-
-    @staticmethod
-    def call(layer, inputs, record):
-        padding = layer.padding
-        if padding == "causal":
-            inputs = keras.ops.pad(inputs, layer._compute_causal_padding())
-            padding = "valid"
-        z = keras.ops.conv(
-            inputs, layer.kernel, strides=list(layer.strides), padding=padding,
-            dilation_rate=layer.dilation_rate, data_format=layer.data_format,
-        )
-        if layer.use_bias:
-            z = keras.ops.add(z, keras.ops.reshape(layer.bias, (1,) * (layer.rank + 1) + (layer.filters,)))
-        record(_Call(inputs, z, {"padding": padding}))
-        return layer.activation(z) if layer.activation is not None else z
-
-    @staticmethod
-    def _shifted_inputs(layer, call):
-        """One [m, L, in_channels] slice of the input per kernel offset (row-major kernel order).
-
-        Slice k holds, for every output position, the input pixel that kernel offset k multiplies,
-        so concatenating them along channels gives the im2col patches [m, L, K]."""
-        inputs = call.inputs
-        kernel, strides, rates = list(layer.kernel_size), list(layer.strides), list(layer.dilation_rate)
-        if layer.rank == 1:
-            inputs = tf.expand_dims(inputs, 1)
-            kernel, strides, rates = [1] + kernel, [1] + strides, [1] + rates
-        out_sizes = list(call.z.shape[1:-1]) if layer.rank == 2 else [1, call.z.shape[1]]
-        in_sizes = list(inputs.shape[1:3])
-        if None in out_sizes or None in in_sizes:
-            raise ValueError("Conv fast rule needs static spatial shapes.")
-        if call.extra["padding"] == "same":
-            paddings = [[0, 0]]
-            for size, out, k, s, d in zip(in_sizes, out_sizes, kernel, strides, rates):
-                total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-                paddings.append([total // 2, total - total // 2])
-            inputs = tf.pad(inputs, paddings + [[0, 0]])
-        slices = []
-        for i in range(kernel[0]):
-            for j in range(kernel[1]):
-                piece = inputs[
-                    :,
-                    i * rates[0]: i * rates[0] + (out_sizes[0] - 1) * strides[0] + 1: strides[0],
-                    j * rates[1]: j * rates[1] + (out_sizes[1] - 1) * strides[1] + 1: strides[1],
-                ]
-                slices.append(_by_examples(piece, piece.shape[-1]))
-        return slices
-
-    @staticmethod
-    def _use_gram(layer, calls):
-        sizes = [c.z.shape[1:-1].num_elements() for c in calls]
-        if None in sizes:  # unknown spatial size: materialise (needs no static shape)
-            return False
-        return _prefer_gram(sum(sizes), layer.kernel.shape[:-1].num_elements(), layer.filters)
-
-    @classmethod
-    def supplies_grad_sum(cls, layer, calls):
-        return set() if not calls or cls._use_gram(layer, calls) else {id(layer.kernel)}
-
-    @staticmethod
-    def _per_example_kernel_grads(layer, call, output_grad):
-        """[m, *kernel.shape] per-example kernel gradients G_i of one call.
-
-        Without dilation: TF's own filter-gradient kernel on each example (a while loop of batch-1
-        Conv2DBackpropFilter, as fast as the batch filter gradient). With dilation: one batched
-        matmul per kernel offset, G_i[offset] = Σ_p a_i[p + offset] ⊗ b_i[p]."""
-        kernel_shape = layer.kernel.shape
-        if all(d == 1 for d in layer.dilation_rate):
-            inputs, grads = call.inputs, output_grad
-            strides = [1, *layer.strides, 1]
-            filter_shape = list(kernel_shape)
-            if layer.rank == 1:
-                inputs, grads = tf.expand_dims(inputs, 1), tf.expand_dims(grads, 1)
-                strides, filter_shape = [1, 1, *layer.strides, 1], [1, *filter_shape]
-
-            def one_example(example):
-                return tf.raw_ops.Conv2DBackpropFilter(
-                    input=example[0][None], filter_sizes=filter_shape, out_backprop=example[1][None],
-                    strides=strides, padding=call.extra["padding"].upper(),
-                )
-
-            per_example = tf.map_fn(
-                one_example, (inputs, tf.cast(grads, inputs.dtype)),
-                fn_output_signature=inputs.dtype, parallel_iterations=16,
-            )
-            return tf.reshape(per_example, tf.concat([tf.shape(per_example)[:1], kernel_shape], 0))
-        b = _by_examples(output_grad, layer.filters)
-        pieces = _ConvRule._shifted_inputs(layer, call)
-        per_offset = [tf.matmul(piece, b, transpose_a=True) for piece in pieces]  # [m, in, out] each
-        per_example = tf.stack(per_offset, axis=1)
-        return tf.reshape(per_example, tf.concat([tf.shape(per_example)[:1], kernel_shape], 0))
-
-    @classmethod
-    def statistics(cls, layer, calls, output_grads):
-        b = _concat_positions([_by_examples(g, layer.filters) for g in output_grads])
-        if cls._use_gram(layer, calls):
-            patches = _concat_positions([tf.concat(cls._shifted_inputs(layer, c), axis=-1) for c in calls])
-            out = {id(layer.kernel): (_gram_sq_norm(patches, b), None)}
-        else:
-            per_example = 0.0
-            for call, g in zip(calls, output_grads):
-                per_example += cls._per_example_kernel_grads(layer, call, g)
-            grad_sum = tf.reduce_sum(per_example, axis=0)
-            out = {id(layer.kernel): (_sum_sq(per_example), grad_sum)}
-        if layer.use_bias:
-            out[id(layer.bias)] = (_sum_sq(tf.reduce_sum(b, axis=1)), None)
-        return out
-
-
-class _EmbeddingRule:
-    """Embedding: z_t = E[id_t]."""
-
-    @staticmethod
-    def matches(layer):
-        return _unmodified(layer, keras.layers.Embedding) and _plain(layer)
-
-    @staticmethod
-    def call(layer, inputs, record):
-        if inputs.dtype != "int32" and inputs.dtype != "int64":
-            inputs = keras.ops.cast(inputs, "int32")
-        z = keras.ops.take(layer.embeddings, inputs, axis=0)
-        record(_Call(inputs, z))
-        return keras.ops.cast(z, dtype=layer.compute_dtype)
-
-    @staticmethod
-    def supplies_grad_sum(layer, calls):
-        return set()
-
-    @staticmethod
-    def statistics(layer, calls, output_grads):
-        dim = layer.embeddings.shape[-1]
-        ids = _concat_positions([tf.reshape(c.inputs, tf.stack([tf.shape(c.inputs)[0], -1])) for c in calls])
-        b = _concat_positions([_by_examples(g, dim) for g in output_grads])
-        same_id = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), b.dtype)
-        gram = tf.matmul(b, b, transpose_b=True)
-        return {id(layer.embeddings): (tf.reduce_sum(same_id * gram, axis=[1, 2]), None)}
-
-
-class _LayerNormRule:
-    """LayerNormalization: z = γ ⊙ x̂ + β with x̂ the normalised input."""
-
-    @staticmethod
-    def matches(layer):
-        return _unmodified(layer, keras.layers.LayerNormalization)
-
-    @staticmethod
-    def _broadcast(layer, param, ndims):
-        shape = [1] * ndims
-        for axis in layer.axis:
-            shape[axis % ndims] = param.shape[layer.axis.index(axis)]
-        return keras.ops.reshape(keras.ops.cast(param, layer.compute_dtype), shape)
-
-    @classmethod
-    def call(cls, layer, inputs, record):
-        normalised = keras.ops.layer_normalization(
-            inputs, None, None, layer.axis, layer.epsilon, rms_scaling=layer.rms_scaling
-        )
-        z = normalised
-        ndims = len(normalised.shape)
-        if layer.gamma is not None:
-            z = z * cls._broadcast(layer, layer.gamma, ndims)
-        if layer.beta is not None and not layer.rms_scaling:
-            z = z + cls._broadcast(layer, layer.beta, ndims)
-        record(_Call(normalised, z))
-        return keras.ops.cast(z, layer.compute_dtype)
-
-    @staticmethod
-    def supplies_grad_sum(layer, calls):
-        return set()
-
-    @staticmethod
-    def statistics(layer, calls, output_grads):
-        gamma_sq = beta_sq = 0.0
-        for call, b in zip(calls, output_grads):
-            ndims = b.shape.rank
-            kept = {axis % ndims for axis in layer.axis}
-            summed = [axis for axis in range(1, ndims) if axis not in kept]
-            gamma_sq += tf.reduce_sum(b * tf.cast(call.inputs, b.dtype), axis=summed)
-            beta_sq += tf.reduce_sum(b, axis=summed)
-        out = {}
-        if layer.gamma is not None:
-            out[id(layer.gamma)] = (_sum_sq(gamma_sq), None)
-        if layer.beta is not None:
-            out[id(layer.beta)] = (_sum_sq(beta_sq), None)
-        return out
-
-
-_RULES = (_DenseRule, _ConvRule, _EmbeddingRule, _LayerNormRule)
-
-
-def _rule_for(layer):
-    for rule in _RULES:
-        if rule.matches(layer):
-            return rule
-    return None
-
-
-def _all_layers(model):
-    if hasattr(model, "_flatten_layers"):
-        return model._flatten_layers(include_self=True, recursive=True)
-    return [model]
-
-
-def supported_layers(model):
-    """[(layer, rule)] for the layers of `model` that the fast path handles (see module table).
-
-    Layers whose trainable variables are also used by another layer (tied weights) are excluded.
+    path: "outer/inner" layer path; rule: the `layer_rules` rule name, or "exact fallback";
+    reason: why the fallback (empty for a rule); variables: number of the layer's own trainable
+    variables.
     """
-    layers = _all_layers(model)
-    leaf_owners = {}
-    for layer in layers:
-        if not getattr(layer, "_layers", None):
-            for v in layer.trainable_weights:
-                leaf_owners[id(v)] = leaf_owners.get(id(v), 0) + 1
-    supported = []
-    for layer in layers:
-        rule = _rule_for(layer)
-        if rule and layer.trainable_weights and all(
-            leaf_owners.get(id(v), 0) == 1 for v in layer.trainable_weights
-        ):
-            supported.append((layer, rule))
-    return supported
+
+    path: str
+    layer_class: str
+    rule: str
+    variables: int
+    reason: str = ""
+
+
+class Explanation(list):
+    """A list of `LayerPlan`, printed as a table."""
+
+    def __str__(self):
+        rows = [("layer", "class", "per-example norms", "variables", "why")]
+        rows += [(p.path, p.layer_class, p.rule, str(p.variables), p.reason) for p in self]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+FALLBACK = "exact fallback"
+_NO_RULE = "no fast rule for this layer class (or its call is overridden, LoRA, quantized)"
+_SHARED = "its variables are also used outside the layer (tied or shared weights)"
+_NOT_PER_EXAMPLE = "it was called on a tensor without the example axis"
+
+_FINDINGS = weakref.WeakKeyDictionary()  # model -> {layer path: reason found while tracing}
+_WARNED = weakref.WeakKeyDictionary()  # model -> {layer paths warned about}
+
+
+def _layer_paths(model):
+    """{id(layer): "outer/inner" path} for every layer below `model` (first path wins)."""
+    paths = {}
+
+    def visit(layer, path):
+        if id(layer) in paths:
+            return
+        paths[id(layer)] = path
+        for child in keras_internals.child_layers(layer):
+            visit(child, f"{path}/{child.name}" if path else child.name)
+
+    for child in keras_internals.child_layers(model):
+        visit(child, child.name)
+    return paths
+
+
+def _own_variables(layer):
+    """The trainable variables of `layer` not owned by one of its sublayers."""
+    inner = {id(v) for child in keras_internals.child_layers(layer) for v in child.trainable_weights}
+    return [v for v in layer.trainable_weights if id(v) not in inner]
+
+
+def _rule_layers(model):
+    """[(layer, rule)] for every layer that a rule matches and that has trainable variables."""
+    chosen = []
+    for layer in keras_internals.flatten_layers(model, include_self=False):
+        rule = layer_rules.rule_for(layer)
+        if rule is not None and layer.trainable_weights:
+            chosen.append((layer, rule))
+    return chosen
+
+
+def explain(model, x=None, y=None, loss=None, training=False) -> Explanation:
+    """Which way each layer's per-example squared gradient norms are computed.
+
+    One row per layer owning trainable variables: its fast rule (`cgh_tf.layer_rules`) or the exact
+    fallback, and why. With a sample batch `x, y` (a few examples suffice), the engine is traced
+    (not run) on it, which also finds variables used outside their layer (tied weights), since that
+    is only visible in the computation. Unbuilt models are built on `x`.
+    """
+    if x is not None:
+        x, y = _to_tensors(x, y)
+        ensure_built(model, x)
+        loss_fn = per_example_loss_fn(model, loss)
+        trace = tf.function(lambda xb, yb: gradients_and_sq_norms(model, xb, yb, loss_fn, training).sq_norms)
+        trace.get_concrete_function(x, y)
+    elif not model.built:
+        raise ValueError("explain(model) needs a built model, or a sample batch x, y to build it on.")
+    paths = _layer_paths(model)
+    ruled = {id(layer): rule for layer, rule in _rule_layers(model)}
+    findings = _FINDINGS.get(model, {})
+    plans = Explanation()
+    for layer in keras_internals.flatten_layers(model, include_self=False):
+        own = _own_variables(layer)
+        if not own:
+            continue
+        path = paths.get(id(layer), layer.name)
+        rule = ruled.get(id(layer))
+        reason = findings.get(path, "" if rule is not None else _NO_RULE)
+        name = rule.name if rule is not None and not reason else FALLBACK
+        plans.append(LayerPlan(path, type(layer).__name__, name, len(own), reason))
+    return plans
+
+
+def _note_fallback(model, paths, layer, reason):
+    """Records (for `explain`) and warns once per model and layer that `layer` takes the fallback."""
+    path = paths.get(id(layer), layer.name)
+    _FINDINGS.setdefault(model, {})[path] = reason
+    warned = _WARNED.setdefault(model, set())
+    if path not in warned:
+        warned.add(path)
+        warnings.warn(
+            f"cgh_tf: per-example gradient norms of layer '{path}' ({type(layer).__name__}) take "
+            f"the exact fallback because {reason}: one backward pass per example for its "
+            f"{len(layer.trainable_weights)} variable(s) instead of one for the batch. "
+            "`cgh_tf.per_example.explain(model, x, y)` lists every layer's path.", stacklevel=3)
+
+
+def ensure_built(model, x):
+    """Builds an unbuilt model by calling it on `x`, as Keras' own first call does (inside a
+    traced train step too, where Keras creates the variables on the first trace)."""
+    if not model.built or not model.trainable_variables:
+        model(x, training=False)
 
 
 @contextlib.contextmanager
-def instrumented(layers_and_rules):
-    """Temporarily replaces `call` of each supported layer by its recording version.
+def instrumented(tape, layers_and_rules):
+    """Temporarily replaces `call` of each layer by its rule's recording version.
 
-    Yields {id(layer): [ _Call, ... ]}, filled as the layers are called.
+    Yields {id(layer): [LayerCall, ...]}, filled as the layers are called under `tape`.
     """
     records = {id(layer): [] for layer, _ in layers_and_rules}
     previous = {}
@@ -533,7 +308,10 @@ def instrumented(layers_and_rules):
             previous[id(layer)] = layer.__dict__.get("call")
 
             def recording_call(inputs, *args, _layer=layer, _rule=rule, **kwargs):
-                return _rule.call(_layer, inputs, records[id(_layer)].append)
+                ctx = layer_rules.CallContext(tape, _layer)
+                outputs = _rule.call(_layer, inputs, ctx, *args, **kwargs)
+                records[id(_layer)].append(ctx.record)
+                return outputs
 
             object.__setattr__(layer, "call", recording_call)
         yield records
@@ -550,60 +328,147 @@ def _result_dtype(variables):
     return tf.float64 if any(tf.as_dtype(v.dtype) == tf.float64 for v in variables) else tf.float32
 
 
+def _same_examples(tensor, m):
+    """False when `tensor`'s first axis is statically known and differs from the m examples."""
+    first = tensor.shape[0] if tensor.shape.rank else None
+    return first is None or m is None or first == m
+
+
+class _Pass(NamedTuple):
+    """The forward and backward pass of the fast path, before the rules' statistics."""
+
+    losses: tf.Tensor
+    predictions: object
+    records: dict          # id(layer) -> [LayerCall]
+    output_grads: list     # aligned with the flattened outputs of `records`
+    weight_grads: dict     # id(weight value tensor) -> tape gradient
+    variable_grads: dict   # id(variable) -> tape gradient (None: unused outside the rules)
+
+
+def _forward_backward(model, x, y, loss_fn, training, layers_and_rules, sample_weight):
+    variables = list(model.trainable_variables)
+    with tf.GradientTape() as tape:
+        with instrumented(tape, layers_and_rules) as records:
+            y_pred = model(x, training=training)
+        losses = loss_fn(y, y_pred)
+        if sample_weight is not None:
+            losses = losses * _example_weights(sample_weight, losses.dtype)
+        total = tf.reduce_sum(losses)
+    calls = [c for layer, _ in layers_and_rules for c in records[id(layer)]]
+    outputs = [z for c in calls for z in c.outputs]
+    watched = [value for c in calls for _, value, tape_sum in c.weights.values() if tape_sum]
+    grads = tape.gradient(total, outputs + watched + variables)
+    n_out, n_w = len(outputs), len(watched)
+    output_grads = [tf.zeros_like(z) if g is None else g for z, g in zip(outputs, grads[:n_out])]
+    return _Pass(losses, y_pred, records, output_grads,
+                 {id(w): g for w, g in zip(watched, grads[n_out:n_out + n_w])},
+                 {id(v): g for v, g in zip(variables, grads[n_out + n_w:])})
+
+
+def _fallback_reason(layer, calls, p, readers, m):
+    """Why `layer`'s rule cannot be trusted on this trace, or "" (all checks are structural)."""
+    for call in calls:
+        if not all(_same_examples(z, m) for z in call.outputs):
+            return _NOT_PER_EXAMPLE
+        for var_id in call.weights:
+            if p.variable_grads.get(var_id) is not None or readers[var_id] != {id(layer)}:
+                return _SHARED
+    return ""
+
+
+def _example_weights(sample_weight, dtype):
+    """Per-example weights [m] of a Keras `sample_weight` ([m] or [m, 1])."""
+    return tf.reshape(tf.cast(sample_weight, dtype), [-1])
+
+
 @tf.autograph.experimental.do_not_convert
-def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False) -> GradientSums:
+def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False,
+                           sample_weight=None) -> GradientSums:
     """Σ_i g_i and per-example squared norms ‖g_{i,v}‖² per variable, from one backward pass.
 
-    Traceable (use inside `tf.function`, also with `jit_compile=True`). Layers without a rule
-    (module table) are handled by `tf.vectorized_map` for their variables only.
+    Traceable (use inside `tf.function`, also with `jit_compile=True`). Layers with a rule in
+    `cgh_tf.layer_rules` take it; every other variable, and the variables of a ruled layer that
+    are also used outside it (found while tracing: see `layer_rules.base`), take the exact
+    fallback for their variables only, with a warning once per layer (`explain` lists them).
     x: model input for m examples; y: [m, ...] targets; loss_fn: as `per_example_loss_fn`'s `loss`.
-    Returns `GradientSums(losses [m], grad_sum [per variable or None], sq_norms [m, V],
+    sample_weight: optional [m] weights w_i: the per-example loss is then w_i ℓ_i and its gradient
+      w_i g_i (as in a Keras train step with sample weights).
+    Returns `GradientSums(losses [m] (weighted), grad_sum [per variable or None], sq_norms [m, V],
     predictions)`.
     """
     loss_fn = per_example_loss_fn(model, loss_fn)
+    ensure_built(model, x)
     variables = list(model.trainable_variables)
-    layers_and_rules = supported_layers(model)
-    with instrumented(layers_and_rules) as records:
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=training)
-            losses = loss_fn(y, y_pred)
-            total = tf.reduce_sum(losses)
+    if not variables:
+        raise ValueError(
+            f"The model {model.name!r} has no trainable variables (is it built? call it on a batch "
+            "or give it a keras.Input); per-example gradients need at least one.")
+    layers_and_rules = _rule_layers(model)
+    p = _forward_backward(model, x, y, loss_fn, training, layers_and_rules, sample_weight)
+    m = p.losses.shape[0]
 
-    covered, supplied, z_targets = set(), set(), []
-    for layer, rule in layers_and_rules:
-        calls = records[id(layer)]
-        covered.update(id(v) for v in layer.trainable_weights)
-        supplied |= rule.supplies_grad_sum(layer, calls)
-        z_targets.extend(call.z for call in calls)
-    tape_variables = [v for v in variables if id(v) not in supplied]
-    grads = tape.gradient(total, z_targets + tape_variables)
-    z_grads, variable_grads = grads[: len(z_targets)], grads[len(z_targets):]
-
+    readers = {}
+    for layer, _ in layers_and_rules:
+        for call in p.records[id(layer)]:
+            for var_id in call.weights:
+                readers.setdefault(var_id, set()).add(id(layer))
+    grad_sum_of = {id(v): p.variable_grads[id(v)] for v in variables}
+    sq_norm_of = {}
     dtype = _result_dtype(variables)
-    sq_norm_of, grad_sum_of = {}, {id(v): g for v, g in zip(tape_variables, variable_grads)}
-    position = 0
+    paths = None
+    outputs = iter(p.output_grads)
     for layer, rule in layers_and_rules:
-        calls = records[id(layer)]
+        calls = p.records[id(layer)]
+        for call in calls:
+            call.output_grads = [next(outputs) for _ in call.outputs]
+        for call in calls:  # the layer's own contributions to Σ_i g_i
+            for var_id, (var, value, tape_sum) in call.weights.items():
+                if tape_sum:
+                    grad_sum_of[var_id] = _add(grad_sum_of[var_id], p.weight_grads[id(value)], var)
         if not calls:
             continue
-        output_grads = [
-            tf.zeros_like(c.z) if g is None else g for c, g in zip(calls, z_grads[position:])
-        ]
-        position += len(calls)
-        for var_id, (sq_norm, grad_sum) in rule.statistics(layer, calls, output_grads).items():
-            if sq_norm is not None:
-                sq_norm_of[var_id] = tf.cast(sq_norm, dtype)
-            if grad_sum is not None:
-                grad_sum_of[var_id] = grad_sum
-
-    fallback = [v for v in variables if id(v) not in covered]
-    for v, per_example in zip(fallback, _vmap_gradients(model, x, y, loss_fn, fallback, training)):
+        reason = _fallback_reason(layer, calls, p, readers, m)
+        statistics = rule.statistics(layer, calls)
+        for var_id, stat in statistics.items():
+            if stat.grad_sum is not None:
+                var = calls[0].weights[var_id][0]
+                grad_sum_of[var_id] = _add(grad_sum_of[var_id], stat.grad_sum, var)
+            if not reason:
+                sq_norm_of[var_id] = tf.cast(stat.sq_norms, dtype)
+        if reason:
+            paths = paths or _layer_paths(model)
+            _note_fallback(model, paths, layer, reason)
+    unruled = {id(v) for v in variables} - set(sq_norm_of)
+    if unruled:
+        paths = paths or _layer_paths(model)
+        for layer in keras_internals.flatten_layers(model, include_self=True):
+            if any(id(v) in unruled for v in _own_variables(layer)) and layer is not model:
+                if paths.get(id(layer), layer.name) not in _FINDINGS.get(model, {}):
+                    _note_fallback(model, paths, layer, _NO_RULE)
+    fallback = [v for v in variables if id(v) in unruled]
+    fallback_grads = exact_fallback.per_example_gradients(model, x, y, loss_fn, fallback, training)
+    weight_sq = None if sample_weight is None else tf.square(_example_weights(sample_weight, dtype))
+    for v, per_example in zip(fallback, fallback_grads):
         sq_norm_of[id(v)] = tf.cast(_sum_sq(per_example), dtype)
+        if weight_sq is not None:
+            sq_norm_of[id(v)] *= weight_sq
 
-    zeros = tf.zeros_like(losses, dtype=dtype)
-    sq_norms = tf.stack([sq_norm_of.get(id(v), zeros) for v in variables], axis=1)
+    sq_norms = tf.stack([sq_norm_of[id(v)] for v in variables], axis=1)
     grad_sum = [_dense(grad_sum_of.get(id(v))) for v in variables]
-    return GradientSums(losses, grad_sum, sq_norms, y_pred)
+    return GradientSums(p.losses, grad_sum, sq_norms, p.predictions)
+
+
+def _add(total, gradient, variable):
+    """total + gradient (None = zero), densified and cast to the variable's dtype."""
+    if gradient is None:
+        return total
+    gradient = tf.cast(_dense(gradient), variable.dtype)
+    return gradient if total is None else _dense(total) + gradient
+
+
+def _sum_sq(t):
+    """Per-example sum of squares over all non-example axes: [m, ...] -> [m]."""
+    return tf.reduce_sum(tf.square(t), axis=list(range(1, t.shape.rank)))
 
 
 # Per-example gradients of one reduced block: examples × coordinates, in float32 elements.
@@ -612,14 +477,15 @@ REDUCE_BLOCK_ELEMENTS = 1 << 22
 
 @tf.autograph.experimental.do_not_convert
 def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=False,
-                                  block_elements=REDUCE_BLOCK_ELEMENTS, reduce_outer=None):
+                                  block_elements=REDUCE_BLOCK_ELEMENTS, reduce_outer=None,
+                                  with_sums=False):
     """A coordinate-wise reduction over the examples of the per-example gradients of every
     trainable variable, never materialising more than a block of them.
 
     Dense kernels and biases come from the layer input a and output gradient b of a single backward
     pass (kernel: g_i = Σ_t a_{i,t} ⊗ b_{i,t}; bias: Σ_t b_{i,t}); a kernel's per-example gradients
     are built and reduced a few output columns at a time, at most about `block_elements` values
-    (m × fan_in × columns) per block. Every other variable comes from `tf.vectorized_map` restricted
+    (m × fan_in × columns) per block. Every other variable comes from the exact fallback restricted
     to those variables, materialised whole. Valid where examples are independent (as the fast path:
     inference mode, or no layer that mixes the batch).
 
@@ -634,37 +500,57 @@ def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=Fa
         reduction of the outer products a_i ⊗ b_i as [fan_in, fan_out], or None where it does not
         apply (e.g. `robust.winsorized_mean_of_outer_products`); tried first for Dense layers
         applied once per example (no sequence axis).
+      with_sums: also return the `GradientSums` of the same pass (Σ_i g_i, per-example squared
+        norms, per-example losses, predictions), so the coherence metrics need no pass of their own.
     Returns:
-      A list aligned with `model.trainable_variables` (None where the loss does not depend on it).
+      A list aligned with `model.trainable_variables` (None where the loss does not depend on it);
+      with `with_sums`, the pair (that list, `GradientSums`).
     """
     loss_fn = per_example_loss_fn(model, loss_fn)
     variables = list(model.trainable_variables)
-    dense = [layer for layer, rule in supported_layers(model) if rule is _DenseRule]
-    with instrumented([(layer, _DenseRule) for layer in dense]) as records:
-        with tf.GradientTape() as tape:
-            total = tf.reduce_sum(loss_fn(y, model(x, training=training)))
-    calls = [(layer, call) for layer in dense for call in records[id(layer)]]
-    output_grads = tape.gradient(total, [call.z for _, call in calls])
-    reduced = {}
-    for layer in dense:
+    dense = [(layer, rule) for layer, rule in _rule_layers(model) if rule is layer_rules.DenseRule]
+    with tf.GradientTape() as tape:
+        with instrumented(tape, dense) as records:
+            y_pred = model(x, training=training)
+        losses = loss_fn(y, y_pred)
+        total = tf.reduce_sum(losses)
+    calls = [(layer, call) for layer, _ in dense for call in records[id(layer)]]
+    grads = tape.gradient(total, [call.outputs[0] for _, call in calls] + variables)
+    output_grads, variable_grads = grads[:len(calls)], grads[len(calls):]
+    shared = {id(v) for v, g in zip(variables, variable_grads) if g is not None}
+    reduced, sums = {}, {} if with_sums else None
+    for layer, _ in dense:
         mine = [(c, g) for (owner, c), g in zip(calls, output_grads) if owner is layer]
-        if mine:
+        if mine and not any(id(v) in shared for v in layer.trainable_weights):
             reduced.update(_reduced_dense_gradients(layer, mine, reduce, block_elements,
-                                                         reduce_outer))
+                                                    reduce_outer, sums))
     rest = [v for v in variables if id(v) not in reduced]
-    for v, g in zip(rest, _vmap_gradients(model, x, y, loss_fn, rest, training)):
+    for v, g in zip(rest, exact_fallback.per_example_gradients(model, x, y, loss_fn, rest, training)):
         reduced[id(v)] = reduce(g, 0)
-    return [reduced.get(id(v)) for v in variables]
+        if with_sums:
+            sums[id(v)] = (tf.reduce_sum(g, axis=0), _sum_sq(g))
+    result = [reduced.get(id(v)) for v in variables]
+    if not with_sums:
+        return result
+    dtype = _result_dtype(variables)
+    sq_norms = tf.stack([tf.cast(sums[id(v)][1], dtype) for v in variables], axis=1)
+    grad_sum = [tf.cast(sums[id(v)][0], v.dtype) for v in variables]
+    return result, GradientSums(losses, grad_sum, sq_norms, y_pred)
 
 
-def _reduced_dense_gradients(layer, calls_and_grads, reduce, block_elements, reduce_outer=None):
-    """{id(var): reduced per-example gradients} for a Dense layer's kernel and bias."""
+def _reduced_dense_gradients(layer, calls_and_grads, reduce, block_elements, reduce_outer=None,
+                             sums=None):
+    """{id(var): reduced per-example gradients} for a Dense layer's kernel and bias.
+
+    With a dict `sums`, also stores {id(var): (Σ_i g_i, [m] ‖g_i‖²)} for kernel and bias (from the
+    same a and b: ‖Σ_t a_t ⊗ b_t‖² = Σ_{s,t} (a_s·a_t)(b_s·b_t)).
+    """
     fan_in, fan_out = layer.kernel.shape
     dtype = layer.kernel.dtype
-    a = tf.cast(_concat_positions([_by_examples(c.inputs, fan_in) for c, _ in calls_and_grads]),
+    a = tf.cast(concat_positions([by_examples(c["inputs"], fan_in) for c, _ in calls_and_grads]),
                 dtype)
-    b = tf.cast(_concat_positions([_by_examples(tf.zeros_like(c.z) if g is None else g, fan_out)
-                                   for c, g in calls_and_grads]), dtype)
+    b = tf.cast(concat_positions([by_examples(tf.zeros_like(c.outputs[0]) if g is None else g,
+                                              fan_out) for c, g in calls_and_grads]), dtype)
     kernel = None
     if reduce_outer is not None and a.shape[1] == 1:
         kernel = reduce_outer(a[:, 0], b[:, 0])
@@ -673,6 +559,16 @@ def _reduced_dense_gradients(layer, calls_and_grads, reduce, block_elements, red
     out = {id(layer.kernel): kernel}
     if layer.bias is not None:
         out[id(layer.bias)] = reduce(tf.reduce_sum(b, axis=1), 0)
+    if sums is not None:
+        if a.shape[1] == 1:
+            kernel_sq = tf.reduce_sum(tf.square(a[:, 0]), 1) * tf.reduce_sum(tf.square(b[:, 0]), 1)
+        else:
+            kernel_sq = tf.reduce_sum(tf.einsum("msi,mti->mst", a, a)
+                                      * tf.einsum("mso,mto->mst", b, b), axis=[1, 2])
+        sums[id(layer.kernel)] = (tf.einsum("mti,mto->io", a, b), kernel_sq)
+        if layer.bias is not None:
+            bias = tf.reduce_sum(b, axis=1)
+            sums[id(layer.bias)] = (tf.reduce_sum(bias, axis=0), _sum_sq(bias))
     return out
 
 
@@ -702,17 +598,20 @@ def _dense(gradient):
 def variable_layer_names(model) -> List[str]:
     """Name of the layer owning each trainable variable, aligned with `model.trainable_variables`.
 
-    Nested models and layers give a path, e.g. "encoder/dense_1"; the deepest owning layer wins.
-    Variables created by the model itself are named after the model.
+    Nested models and layers give a path, e.g. "encoder/dense_1": the owner is the innermost layer
+    holding the variable itself (not through a sublayer). A variable reachable from several layers
+    (tied weights: a head holding the Embedding layer or its matrix) belongs to the first one met in
+    the model's layer order, usually the layer that created it. Variables created by the model
+    itself are named after the model.
     """
     owner = {}
 
     def visit(layer, path):
-        for v in layer.trainable_weights:
-            owner[id(v)] = path
-        for child in getattr(layer, "_layers", []) or []:
+        for v in _own_variables(layer):
+            owner.setdefault(id(v), path)
+        for child in keras_internals.child_layers(layer):
             visit(child, f"{path}/{child.name}" if path else child.name)
 
-    for child in getattr(model, "_layers", []) or []:
+    for child in keras_internals.child_layers(model):
         visit(child, child.name)
     return [owner.get(id(v), model.name) for v in model.trainable_variables]

@@ -1,40 +1,66 @@
 """`cgh_tf.Model`: a `keras.Model` whose `train_step` knows the Coherent Gradients tricks.
 
 Use it exactly like `keras.Model` (functional: `cgh_tf.Model(inputs, outputs)`; subclassed:
-`class Net(cgh_tf.Model)`), and choose what the train step does in `compile`:
+`class Net(cgh_tf.Model)`, before or after the functional form was used), and choose what the train
+step does in `compile`:
 
-| compile option                       | what one `train_step` does                              | cost vs. plain step        |
-|--------------------------------------|---------------------------------------------------------|----------------------------|
-| `optimizer=cgh_tf.M3(opt, groups=k)` | splits the batch into k contiguous groups, hands the     | ≈ 1 (same examples)        |
-|                                      | median of the k group-mean gradients to `opt`           |                            |
-| `aggregation="winsorize"`,           | coordinate-wise winsorized mean of the per-example       | 2-6× with a static batch   |
-| `winsorize_pct=c`                    | gradients (clip to the c-th / (100-c)-th percentile)     | size and small c (XLA      |
-|                                      |                                                         | network), else 14-180×     |
-| `coherence_every=N`                  | every N steps: m-coherence and alpha of the training     | fast path: one backward    |
-|                                      | batch as metrics `m_coherence`, `alpha`                  | pass, norms from the tape  |
-| `coherence_per_layer=True`           | also `m_coherence/<layer>` for every layer with weights  | same pass                  |
-| anything else                        | the plain Keras step (RM3 / RA3 / any optimizer)          | 1                          |
+| compile option                          | what one `train_step` does                            | cost vs. plain step       |
+|-----------------------------------------|-------------------------------------------------------|---------------------------|
+| `optimizer=cgh_tf.M3(opt, groups=k)`    | = `optimizer=opt, aggregation=MedianOfMeans(k)`: the  | ≈ 1 (same examples)       |
+|                                         | median of the mean gradients of k contiguous groups   |                           |
+| `aggregation="winsorize"`,              | coordinate-wise winsorized mean of the per-example    | 2-6× with a static batch  |
+| `winsorize_pct=c`                       | gradients (clip to the c-th / (100-c)-th percentile)  | (XLA network), else more  |
+| `aggregation=<cgh_tf.aggregators.X>`    | any aggregator of `cgh_tf.aggregators`                |                           |
+| `coherence_every=N`                     | every N steps: m-coherence and alpha of the training  | N = 1: the aggregator's   |
+|                                         | batch as metrics `m_coherence`, `alpha`               | own pass (shared)         |
+| `coherence_per_layer=True`              | also `m_coherence/<layer>` for every layer with weights | same pass               |
+| anything else                           | the plain Keras step (RM3 / RA3 / any optimizer)      | 1                         |
 
-Coherence metrics are `keras.metrics.Mean`s updated only on measured steps, so the progress bar and
-`History` show the mean over the measured steps of the epoch; they are not shown by `evaluate`.
+One path (docs/design.md §5): batch → gradient source → aggregator → `optimizer.apply`.
 
-With M3 in a plain `keras.Model`, consecutive batches are the groups instead (the authors'
-realisation); both give the same weights on the same examples (see `cgh_tf.optimizers`).
+| aggregator needs        | source                                                   | with `coherence_every=1` (shared pass)      |
+|-------------------------|----------------------------------------------------------|---------------------------------------------|
+| k group means (k ≥ 1)   | one device: k forward/backward passes on the k slices;   | the per-example engine on each slice: its   |
+|                         | R replicas, k > 1: one pass, k masked gradients, one     | Σ_i g_i is the group's row, its squared     |
+|                         | all-reduce of the stacked rows                           | norms of all slices give Q                  |
+| per-example gradients   | `per_example.reduced_per_example_gradients` (one device) | the same pass returns S and the norms       |
 
-Under `tf.distribute` with R replicas, the in-batch M3 step assigns each example of the *global* batch
-to its contiguous group, each replica computes its contribution to every group mean (k backward passes
-of its shard), and `M3.apply_group_gradients` all-reduces the stacked `[k, ...]` contributions once.
-On one device the batch is sliced instead (k backward passes of B/k examples each).
+The pass is shared unless the model computes differently in training and inference mode
+(Dropout, BatchNorm, noise: the update needs `training=True`, coherence is taken with
+`training=False`, so two passes are unavoidable), sample weights are given, or there are several
+replicas; then (and for N > 1) coherence is a separate pass on the measured steps.
+
+Mixed precision goes through the public LossScaleOptimizer API only: every source differentiates
+`optimizer.scale_loss(loss)`, the aggregate (aggregators are positively homogeneous) goes to
+`optimizer.apply`, which unscales, skips non-finite steps and adjusts the scale.
+
+Coherence metrics behave like `keras.metrics.Mean`s updated only on measured steps, so the progress
+bar and `History` show the mean over the measured steps of the epoch so far; they are not shown by
+`evaluate`. Where nothing was measured (an epoch, or the start of one, without a step with
+`step % N == 0`; the step counter starts at 0 and runs on across epochs) the value is NaN, never 0 —
+0 is a real m-coherence (gradients that cancel). A measured batch whose per-example gradients are all
+zero (Q = 0) has no m-coherence either: it contributes NaN, as in `cgh_tf.coherence.stats_from_sums`,
+and the epoch mean is then NaN too. Keras' `CSVLogger` writes these values as `nan`; the trainer
+(`trainers/train.py`) writes no value instead (null in `results.json`, no TensorBoard scalar).
+
+Groups: example i of a batch of n belongs to group ⌊i·k/n⌋ (contiguous, sizes differ by at most
+one). `fit` requires every batch whose size is known before training (arrays, `validation_split`,
+a `tf.data` batch size from the element spec or the first element) to split into k equal groups
+and says so in one line otherwise; a batch size known only while running (e.g. the last partial
+batch of a `tf.data` pipeline without `drop_remainder`) is split by the rule above.
 """
 
 import dataclasses
+import inspect
+import math
+import numbers
+import warnings
+from typing import NamedTuple, Optional
 
 import keras
 import tensorflow as tf
 
-from cgh_tf import optimizers, per_example, robust
-
-AGGREGATIONS = ("mean", "winsorize")
+from cgh_tf import aggregators, distribute, keras_internals, optimizers, per_example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,23 +70,23 @@ class TrainOptions:
     coherence_every: int = 0
     coherence_per_layer: bool = False
     coherence_training: bool = False
-    aggregation: str = "mean"
-    winsorize_pct: float = 0.0
+    aggregator: aggregators.Aggregator = dataclasses.field(default_factory=aggregators.Mean)
 
     def __post_init__(self):
-        if not isinstance(self.coherence_every, int) or self.coherence_every < 0:
-            raise ValueError(
-                f"coherence_every must be an int >= 0 (0 = off), got {self.coherence_every!r}."
-            )
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"Unknown aggregation {self.aggregation!r}; valid: {', '.join(AGGREGATIONS)}."
-            )
-        if not 0.0 <= self.winsorize_pct < 50.0:
-            raise ValueError(
-                f"winsorize_pct must be in [0, 50) (percent clipped on each side), "
-                f"got {self.winsorize_pct!r}."
-            )
+        every = self.coherence_every
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:
+            raise ValueError(f"coherence_every must be an int >= 0 (0 = off), got {every!r}.")
+        object.__setattr__(self, "coherence_every", int(every))
+        for name in ("coherence_per_layer", "coherence_training"):
+            if getattr(self, name) and not self.coherence_every:
+                raise ValueError(f"{name}=True has no effect without coherence_every >= 1; set "
+                                 "coherence_every (e.g. 1) or remove it.")
+
+    def to_config(self):
+        return {"coherence_every": self.coherence_every,
+                "coherence_per_layer": self.coherence_per_layer,
+                "coherence_training": self.coherence_training,
+                "aggregation": keras.saving.serialize_keras_object(self.aggregator)}
 
 
 class _TrainState:
@@ -96,13 +122,20 @@ class _TrainState:
             self._set_keys(keys)
 
     def update(self, values, weight):
-        """Adds `weight` × values ([len(keys)] float32) to the sums and `weight` to the count."""
-        self.sums.assign_add(values * weight)
+        """Adds `weight` × values ([len(keys)] float32) to the sums and `weight` to the count.
+
+        `weight` is 1.0 on a measured step, 0.0 otherwise; the values of an unmeasured step are
+        ignored (they may be NaN), those of a measured step are added as they are (NaN included).
+        """
+        self.sums.assign_add(tf.where(weight > 0, values * weight, tf.zeros_like(values)))
         self.count.assign_add(weight)
 
     def results(self):
-        """{key: mean over the measured steps since the last reset} (0 before any measurement)."""
-        means = tf.math.divide_no_nan(tf.convert_to_tensor(self.sums), self.count)
+        """{key: mean over the measured steps since the last reset}; NaN before any measurement."""
+        sums = tf.convert_to_tensor(self.sums)
+        count = tf.convert_to_tensor(self.count)
+        means = tf.where(count > 0, sums / tf.maximum(count, 1.0),
+                         tf.fill(tf.shape(sums), float("nan")))
         return dict(zip(self.keys, tf.unstack(means, num=len(self.keys))))
 
     def reset(self):
@@ -110,7 +143,31 @@ class _TrainState:
         self.count.assign(0.0)
 
 
-def _check_array_batches(num_examples, batch_size, groups):
+
+
+# ------------------------------------------------------------------------------ batch checks
+def _group_sizes(n, groups):
+    """Sizes of the k groups of a batch of n: example i is in group ⌊i·k/n⌋ (n static int or
+    a scalar int tensor). Group j starts at ⌈j·n/k⌉."""
+    if isinstance(n, int):
+        starts = [(j * n + groups - 1) // groups for j in range(groups + 1)]
+        return [b - a for a, b in zip(starts, starts[1:])]
+    starts = (tf.range(groups + 1) * n + groups - 1) // groups
+    return starts[1:] - starts[:-1]
+
+
+def _split_into_groups(structure, groups):
+    """Splits every tensor of a nested structure into `groups` contiguous parts along axis 0."""
+    if structure is None:
+        return [None] * groups
+    first = tf.nest.flatten(structure)[0]
+    n = first.shape[0] if first.shape[0] is not None else tf.shape(first)[0]
+    sizes = _group_sizes(n, groups)
+    parts = [tf.split(t, sizes, axis=0, num=groups) for t in tf.nest.flatten(structure)]
+    return [tf.nest.pack_sequence_as(structure, [p[j] for p in parts]) for j in range(groups)]
+
+
+def _check_array_batches(num_examples, batch_size, groups, where=""):
     """Raises ValueError unless every batch of `num_examples` split by `batch_size` divides into
     `groups` equal groups (the last, partial batch included)."""
     last = num_examples % batch_size
@@ -118,44 +175,54 @@ def _check_array_batches(num_examples, batch_size, groups):
         if size and size % groups:
             raise ValueError(
                 f"M3 with groups={groups} needs every batch to split into {groups} equal groups, "
-                f"but {num_examples} examples in batches of {batch_size} give a batch of {size}. "
-                f"Use a batch size and a number of examples that are multiples of {groups} (e.g. "
-                f"batch_size={batch_size - batch_size % groups or groups}), or a tf.data pipeline "
-                "with drop_remainder=True.")
+                f"but {num_examples} examples{where} in batches of {batch_size} give a batch of "
+                f"{size}; use a batch size and a number of examples that are multiples of "
+                f"{groups} (e.g. batch_size={batch_size - batch_size % groups or groups}), or a "
+                "tf.data pipeline with drop_remainder=True.")
 
 
-def _split_into_groups(structure, groups):
-    """Splits every tensor of a nested structure into `groups` contiguous parts along axis 0."""
-    if structure is None:
-        return [None] * groups
-    parts = [tf.split(t, groups, axis=0) for t in tf.nest.flatten(structure)]
-    return [tf.nest.pack_sequence_as(structure, [p[j] for p in parts]) for j in range(groups)]
+def _check_dataset_batches(dataset, groups, replicas):
+    """Checks the batch size of a tf.data.Dataset of batches: from the element spec if static,
+    else from the first element. (A later partial batch is split by the group rule.)"""
+    spec = tf.nest.flatten(dataset.element_spec)[0]
+    size = spec.shape[0] if spec.shape.rank else None
+    if size is None:
+        first = next(iter(dataset))
+        size = int(tf.shape(tf.nest.flatten(first)[0])[0])
+    if (size * replicas) % groups:
+        raise ValueError(
+            f"M3 with groups={groups} needs a batch size divisible by {groups}; got a batch of "
+            f"size {size * replicas} from the dataset; batch it by a multiple of {groups}.")
 
 
-def _stack_group_gradients(group_grads):
-    """[groups][variables] gradients -> [variables] tensors of shape [groups, *var.shape] (or None)."""
-    stacked = []
-    for per_variable in zip(*group_grads):
-        if any(g is None for g in per_variable):
-            stacked.append(None)
-        else:
-            stacked.append(tf.stack([tf.convert_to_tensor(g) for g in per_variable]))
-    return stacked
-
-
+# ------------------------------------------------------------------------------ helpers
 def _depends_on_training(layer) -> bool:
-    """Whether `layer` may compute differently in training and inference mode.
+    """Whether `layer` itself may compute differently in training and inference mode.
 
     True for every layer whose `call` takes `training` (Dropout, BatchNormalization, noise layers,
-    user layers), except Keras' own `Dense` / `EinsumDense` calls, which take it only for float8
-    quantization.
+    user layers), read from the public signature of `call` (as Keras does itself), except Keras'
+    own calls that only pass `training` on to sublayers, which are checked on their own: functional
+    and Sequential models, MultiHeadAttention and GroupQueryAttention (their only mode-dependent
+    part is a Dropout sublayer); Dense / EinsumDense (float8 quantization only); and a Dropout with
+    rate 0, which is the identity in both modes.
     """
-    if not getattr(layer, "_call_has_training_arg", False):
+    if "training" not in inspect.signature(layer.call).parameters:
         return False
     for base in (keras.layers.Dense, keras.layers.EinsumDense):
-        if isinstance(layer, base) and type(layer).call is base.call:
+        if _keras_call(layer, base):
             return getattr(layer, "quantization_mode", None) == "float8"
-    return True
+    if _keras_call(layer, keras.layers.Dropout):
+        return layer.rate > 0
+    return not any(_keras_call(layer, base) for base in _PASS_TRAINING_ON)
+
+
+_PASS_TRAINING_ON = (keras_internals.Functional, keras.Sequential,
+                     keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
+
+
+def _keras_call(layer, base):
+    """`layer` is a `base` running Keras' own `base.call` (not overridden)."""
+    return isinstance(layer, base) and type(layer).call is base.call
 
 
 def _zeros_for_none(grads, variables):
@@ -164,53 +231,15 @@ def _zeros_for_none(grads, variables):
 
 
 def _coherence_from_sums(sq_norm_of_sum, sum_of_sq_norms, m):
-    """(m-coherence, alpha) = (‖S‖²/Q, ‖S‖²/(m·Q)); 0 where Q = 0 (an unmeasured step).
+    """(m-coherence, alpha) = (‖S‖²/Q, ‖S‖²/(m·Q)); NaN where Q = 0 (undefined; also every
+    unmeasured step, whose values `_TrainState.update` ignores).
 
-    The same formulas as `cgh_tf.coherence.stats_from_sums`, but NaN-free for the metric update.
+    The same formulas as `cgh_tf.coherence.stats_from_sums`.
     """
-    r = tf.math.divide_no_nan(sq_norm_of_sum, sum_of_sq_norms)
-    return r, tf.math.divide_no_nan(r, m)
-
-
-def _unscale_and_update_loss_scale(loss_scaler, grads):
-    """Mixed precision: unscale gradients of a scaled loss and update the dynamic loss scale.
-
-    Mirrors `keras.optimizers.LossScaleOptimizer` for a caller that hands the gradients to its
-    inner optimizer itself: on a non-finite gradient the scale halves (the M3 wrapper then skips the
-    update and counts it), after `dynamic_growth_steps` finite steps it doubles.
-    Returns the unscaled gradients (None stays None).
-    """
-    scale = tf.convert_to_tensor(loss_scaler.dynamic_scale)
-    grads = [None if g is None else g / tf.cast(scale, g.dtype) for g in grads]
-    finite = loss_scaler.check_finite(grads)
-    grow = tf.logical_and(finite, tf.equal(loss_scaler.step_counter,
-                                           loss_scaler.dynamic_growth_steps - 1))
-    counter = tf.convert_to_tensor(loss_scaler.step_counter)
-    zero = tf.zeros_like(counter)
-    loss_scaler.step_counter.assign(tf.where(finite, tf.where(grow, zero, counter + 1), zero))
-    loss_scaler.dynamic_scale.assign(
-        tf.where(grow, scale * 2.0, tf.where(finite, scale, scale * 0.5)))
-    return grads
-
-
-def _regularization_gradients(model):
-    """(regularization loss, [variables] its gradients, None where it does not depend on a variable).
-
-    `model.losses` (weight regularizers, `add_loss`) is read inside the tape because Keras computes
-    weight-regularization losses from the variables when the property is read.
-    """
-    variables = model.trainable_variables
-    if not model.losses:
-        return tf.constant(0.0), [None] * len(variables)
-    with tf.GradientTape() as tape:
-        regularization = _regularization_loss(model)
-    return regularization, tape.gradient(regularization, variables)
-
-
-def _add_regularization(grads, regularization_grads):
-    """g + r per variable, treating None as zero (None + None stays None)."""
-    return [g if r is None else (tf.cast(r, g.dtype) if g is None else g + tf.cast(r, g.dtype))
-            for g, r in zip(grads, regularization_grads)]
+    r = tf.where(sum_of_sq_norms > 0,
+                 sq_norm_of_sum / tf.where(sum_of_sq_norms > 0, sum_of_sq_norms, 1.0),
+                 float("nan"))
+    return r, r / m
 
 
 def _regularization_loss(model):
@@ -219,41 +248,68 @@ def _regularization_loss(model):
     return tf.add_n([tf.cast(l, tf.float32) for l in losses]) if losses else tf.constant(0.0)
 
 
+def _add(grads, extra):
+    """g + e per variable, treating None as zero (None + None stays None)."""
+    return [g if e is None else (e if g is None else g + tf.cast(e, g.dtype))
+            for g, e in zip(grads, extra)]
+
+
+class _Source(NamedTuple):
+    """What a gradient source returns for one batch."""
+
+    rows: Optional[list]      # group sources: per variable [k, *shape] group means (or None)
+    reduced: Optional[list]   # per-example sources: the aggregate itself
+    loss: tf.Tensor           # the mean loss of the batch (regularisation included), unscaled
+    y_pred: object            # predictions for the metrics
+    sums: Optional[tuple]     # shared pass: (S per variable, sq_norms [m, V], m) else None
+    regularized: bool         # True if rows / reduced already include the regularisation
+
+
 @keras.saving.register_keras_serializable(package="cgh_tf")
 class Model(keras.Model):
-    """`keras.Model` with in-batch M3, winsorized gradient descent and per-step coherence metrics.
+    """`keras.Model` with in-batch aggregators (M3, winsorized GD, ...) and per-step coherence.
 
     See the module docstring for the table of `compile` options. Everything else is Keras.
     """
 
+    def __new__(cls, *args, **kwargs):
+        # Keras makes `Model(inputs, outputs)` functional by rewriting the *class's* bases to
+        # Functional, which would break every later `class Net(cgh_tf.Model)`. The functional
+        # form gets its own class instead, and cgh_tf.Model's bases are never touched.
+        if cls is Model and _is_functional_call(args, kwargs):
+            return super().__new__(FunctionalModel)
+        return super().__new__(cls, *args, **kwargs)
+
     # ----------------------------------------------------------------------------------- compile
-    def compile(self, *args, coherence_every=0, coherence_per_layer=False,
+    def compile(self, optimizer="rmsprop", *args, coherence_every=0, coherence_per_layer=False,
                 coherence_training=False, aggregation="mean", winsorize_pct=0.0, **kwargs):
         """`keras.Model.compile` plus the options of the module table.
 
         Args:
+          optimizer: any Keras optimizer or wrapper. An `M3` here means its groups are contiguous
+            groups of each batch: it is replaced by its inner optimizer and the aggregator
+            `MedianOfMeans(groups, l2)` (in a plain `keras.Model` they are consecutive batches).
           coherence_every: measure the training batch's m-coherence every N train steps (0 = off).
-          coherence_per_layer: also report `m_coherence/<layer name>`.
+          coherence_per_layer: also report `m_coherence/<layer name>` (needs coherence_every).
           coherence_training: take the per-example gradients in training mode (Dropout active,
             BatchNorm with batch statistics, which couples the examples of a batch); default
-            inference mode, as in DESIGN.md.
-          aggregation: "mean" (Keras) or "winsorize" (coordinate-wise winsorized mean of the
-            per-example gradients, `winsorize_pct` in [0, 50)).
+            inference mode, as in docs/design.md (needs coherence_every).
+          aggregation: "mean" (Keras), "winsorize" (with `winsorize_pct` in [0, 50)), or an
+            instance of `cgh_tf.aggregators.Aggregator`.
         """
+        aggregator = aggregators.get(aggregation, winsorize_pct)
+        optimizer, aggregator = _in_batch_m3(optimizer, aggregator)
         self._cgh_options = TrainOptions(
             coherence_every=coherence_every, coherence_per_layer=coherence_per_layer,
-            coherence_training=coherence_training, aggregation=aggregation,
-            winsorize_pct=float(winsorize_pct),
-        )
-        super().compile(*args, **kwargs)
-        self._check_option_combinations()
+            coherence_training=coherence_training, aggregator=aggregator)
+        super().compile(optimizer, *args, **kwargs)
         self._cgh_state = _TrainState(self.distribute_strategy)
 
     def make_train_function(self, force=False):
         """Keras hook, called eagerly once the model is built, before tracing the train step.
 
-        Builds the optimizer (the in-batch M3 step reads a LossScaleOptimizer's variables without
-        calling its `apply`, which would build it) and the per-layer coherence sums.
+        Builds the optimizer (so that `scale_loss` reads the dynamic loss scale variable while
+        tracing) and the per-layer coherence sums.
         """
         if self.optimizer is not None and not self.optimizer.built and self.built:
             self.optimizer.build(self.trainable_variables)
@@ -261,36 +317,65 @@ class Model(keras.Model):
             self._cgh_state.add_layer_keys(dict.fromkeys(per_example.variable_layer_names(self)))
         return super().make_train_function(force=force)
 
-    def _check_option_combinations(self):
-        opts = self._cgh_options
-        if opts.aggregation == "winsorize" and isinstance(self._m3_optimizer(), optimizers.M3):
-            raise ValueError(
-                "aggregation='winsorize' and an M3 optimizer are two different aggregators of the "
-                "same batch; use one of them (wrap a plain optimizer for winsorized GD)."
-            )
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; with a group aggregator, checks the batch sizes before training.
 
-    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
-        """`keras.Model.fit`; with in-batch M3 and array inputs, checks the batch sizes first.
-
-        Every batch, the last partial one included, must split into `groups` equal groups; the
-        check runs before any training so a bad setting fails at once with a clear message.
+        Every batch whose size is known beforehand must split into the aggregator's groups: arrays
+        (the last partial batch and `validation_split` included) and the batches of a
+        `tf.data.Dataset` (element spec, else first element). Fails at once, in one line.
         """
-        m3 = self._m3_optimizer() if getattr(self, "compiled", False) else None
-        if m3 is not None and x is not None and not isinstance(x, tf.data.Dataset):
-            first = tf.nest.flatten(x)[0]
-            if hasattr(first, "shape") and first.shape[0] is not None:
-                _check_array_batches(int(first.shape[0]), batch_size or 32, m3.groups)
-        return super().fit(x, y, batch_size, *args, **kwargs)
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        x = bound.arguments["x"]
+        if getattr(self, "compiled", False) and x is not None:
+            self._check_batches(x, bound.arguments["batch_size"],
+                                bound.arguments["validation_split"] or 0.0)
+        if not self.built and x is not None:
+            self._build_on_first_example(x)
+        return super().fit(*args, **kwargs)
+
+    def _check_batches(self, x, batch_size, validation_split):
+        groups = self._cgh_options.aggregator.groups
+        if groups == 1:
+            return
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if isinstance(x, tf.data.Dataset):
+            _check_dataset_batches(x, groups, replicas)
+            return
+        first = tf.nest.flatten(x)[0]
+        if hasattr(first, "shape") and first.shape and first.shape[0] is not None:
+            n = int(first.shape[0])
+            where = ""
+            if validation_split:
+                n = int(math.floor(n * (1.0 - validation_split)))
+                where = f" (after validation_split={validation_split})"
+            _check_array_batches(n, batch_size or 32, groups, where)
+
+    def _build_on_first_example(self, x):
+        """Builds an unbuilt model (Sequential without Input, subclassed) by calling it on the first
+        example of `x` (arrays or a tf.data.Dataset of (x, y) batches), as Keras' first call would.
+
+        The per-layer coherence metrics are created before the train step is traced, from the
+        layers that own variables, so they need the built model.
+        """
+        if isinstance(x, tf.data.Dataset):
+            first = next(iter(x))
+            x = first[0] if isinstance(first, (tuple, list)) else first
+        elif isinstance(x, (dict, list, tuple)) or hasattr(x, "shape"):
+            x = tf.nest.map_structure(lambda t: t[:1], x)
+        else:
+            return  # a generator or PyDataset: Keras builds it while tracing
+        self(x, training=False)
 
     def get_compile_config(self):
         config = super().get_compile_config()
         if config and hasattr(self, "_cgh_options"):
-            config["cgh_options"] = dataclasses.asdict(self._cgh_options)
+            config["cgh_options"] = self._cgh_options.to_config()
         return config
 
     def compile_from_config(self, config):
         config = dict(config)
-        options = config.pop("cgh_options", {})
+        options = dict(config.pop("cgh_options", {}))
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config, **options)
         if self.built:
@@ -303,108 +388,145 @@ class Model(keras.Model):
 
     # -------------------------------------------------------------------------------- train step
     def train_step(self, data):
-        """One step; coherence (if due) is measured at the weights the gradient is taken at."""
+        """batch → gradient source → aggregator → optimizer.apply; coherence (if due) is measured
+        at the weights the gradient is taken at, from the same pass when it can be shared."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        opts = self._cgh_options
-        if isinstance(self._m3_optimizer(), optimizers.M3):
-            self._maybe_measure_coherence(x, y)
-            logs = self._m3_train_step(x, y, sample_weight)
-        elif opts.aggregation == "winsorize":
-            self._maybe_measure_coherence(x, y)
-            logs = self._winsorized_train_step(x, y, sample_weight)
-        elif opts.coherence_every == 1 and self._can_share_backward_pass(sample_weight):
-            logs = self._plain_step_with_shared_coherence(x, y)
+        aggregator = self._cgh_options.aggregator
+        shared = self._shares_pass(sample_weight)
+        if self._cgh_options.coherence_every and not shared:
+            self._maybe_measure_coherence(x, y, sample_weight)
+        variables = self.trainable_variables
+        if aggregator.per_example:
+            source = self._per_example_source(x, y, sample_weight, aggregator, shared)
+            grads = source.reduced
         else:
-            self._maybe_measure_coherence(x, y)
-            logs = super().train_step(data)
+            source = self._group_source(x, y, sample_weight, aggregator.groups, shared)
+            grads = aggregator(source.rows)
+            if aggregator.groups > 1 and self.distribute_strategy.num_replicas_in_sync > 1:
+                # The rows were all-reduced; Keras' optimizer all-reduces (sums) again.
+                replicas = self.distribute_strategy.num_replicas_in_sync
+                grads = [None if g is None else g / replicas for g in grads]
+        scale = self.optimizer.scale_loss(tf.constant(1.0))
+        if not source.regularized:
+            grads = _add(grads, self._regularization_gradients(scale))
+        if aggregator.l2:
+            grads = _add(grads, [tf.cast(aggregator.l2 * scale, v.dtype) * v for v in variables])
+        self.optimizer.apply(grads, variables)
+        if source.sums is not None:
+            # Under loss scaling a step whose scaled gradients overflowed is skipped by the
+            # LossScaleOptimizer and is not a measurement either (its sums are not finite).
+            grad_sum, sq_norms, m = source.sums
+            valid = tf.logical_or(
+                tf.equal(scale, 1.0),
+                tf.math.is_finite(tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) * 0.0)
+                                            for g in grad_sum] + [tf.reduce_sum(sq_norms)])))
+            self._record_coherence(grad_sum, sq_norms, m, valid)
+        self._update_loss(source.loss, x)
+        logs = self.compute_metrics(x, y, source.y_pred, sample_weight=sample_weight)
         self._cgh_state.step.assign_add(1)
         return {**logs, **self._coherence_results()}
 
-    def _m3_optimizer(self):
-        """The M3 instance driving this model, looking through a LossScaleOptimizer; else None."""
-        opt = getattr(self, "optimizer", None)
-        if isinstance(opt, keras.optimizers.LossScaleOptimizer):
-            opt = opt.inner_optimizer
-        return opt if isinstance(opt, optimizers.M3) else None
+    def _shares_pass(self, sample_weight):
+        """True when the update's pass also gives the coherence sums (see the module docstring)."""
+        opts = self._cgh_options
+        return (opts.coherence_every == 1 and sample_weight is None
+                and self.distribute_strategy.num_replicas_in_sync == 1
+                and (opts.coherence_training or not self._mode_dependent()))
 
-    # ---- in-batch M3
-    def _m3_train_step(self, x, y, sample_weight):
-        m3 = self._m3_optimizer()
-        loss_scaler = self.optimizer if m3 is not self.optimizer else None
-        replicas = self.distribute_strategy.num_replicas_in_sync
-        if loss_scaler is not None and replicas > 1:
-            raise ValueError(
-                "In-batch M3 in cgh_tf.Model under mixed precision supports one replica only; "
-                "under tf.distribute use a plain keras.Model (consecutive-batch M3), which works "
-                "with loss scaling."
-            )
-        x = self._check_batch_divisible(x, m3.groups)
-        if replicas > 1:
-            group_grads, y_pred, loss = self._replica_group_gradients(x, y, sample_weight, m3.groups)
-        else:
-            group_grads, y_pred, loss = self._sliced_group_gradients(x, y, sample_weight, m3.groups)
-        if loss_scaler is not None:
-            group_grads = _unscale_and_update_loss_scale(loss_scaler, group_grads)
-        m3.apply_group_gradients(group_grads, self.trainable_variables)
-        return self._update_loss_and_metrics(loss, x, y, y_pred, sample_weight)
+    def _mode_dependent(self):
+        return any(_depends_on_training(layer)
+                   for layer in keras_internals.flatten_layers(self, include_self=False))
 
-    def _check_batch_divisible(self, x, groups):
-        """Raises (or, for batch sizes unknown while tracing, asserts) global batch % groups == 0.
+    def _scaled_loss_fn(self, sample_weight=None):
+        """Per-example loss × the optimizer's loss scale (1 without loss scaling)."""
+        loss_fn = per_example.per_example_loss_fn(self)
+        optimizer = self.optimizer
 
-        Returns `x`, made to depend on the run-time assertion when one is needed.
-        """
-        replicas = self.distribute_strategy.num_replicas_in_sync
-        message = (f"M3 with groups={groups} needs a batch size divisible by {groups}; got a "
-                   "batch of size {} (the last batch of an epoch counts too: choose a batch size "
-                   f"and a number of examples that are multiples of {groups}, or drop the "
-                   "remainder).")
-        first = tf.nest.flatten(x)[0]
-        static = first.shape[0]
-        if static is not None:
-            if (static * replicas) % groups:
-                raise ValueError(message.format(static * replicas))
-            return x
-        global_batch = tf.shape(first)[0] * replicas
-        check = tf.debugging.assert_equal(
-            global_batch % groups, 0, message=message.format("not a multiple"))
-        with tf.control_dependencies([check]):
-            return tf.nest.map_structure(tf.identity, x)
+        def scaled(y, y_pred):
+            losses = loss_fn(y, y_pred)
+            return optimizer.scale_loss(tf.cast(losses, tf.float32))
+        return scaled
 
-    def _sliced_group_gradients(self, x, y, sample_weight, groups):
-        """One device: `groups` contiguous slices, one forward/backward pass each.
+    def _regularization_gradients(self, scale):
+        """Gradients of scale × (model.losses), None where they do not depend on a variable."""
+        variables = self.trainable_variables
+        if not self.losses:
+            return [None] * len(variables)
+        with tf.GradientTape() as tape:
+            regularization = _regularization_loss(self) * scale
+        return tape.gradient(regularization, variables)
 
-        Returns ([variables] tensors [groups, *var.shape] of group-mean gradients, y_pred of the whole
-        batch, the mean loss).
-        """
+    def _update_loss(self, loss, x):
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        keras_internals.loss_tracker(self).update_state(loss, sample_weight=batch)
+
+    # ---- sources
+    def _group_source(self, x, y, sample_weight, groups, shared):
+        """Rows: per variable [groups, *shape], row j = group j's mean gradient of the scaled loss."""
+        if shared:
+            return self._engine_group_source(x, y, groups)
+        if groups > 1 and self.distribute_strategy.num_replicas_in_sync > 1:
+            return self._replica_group_source(x, y, sample_weight, groups)
         xs, ys = _split_into_groups(x, groups), _split_into_groups(y, groups)
         sws = _split_into_groups(sample_weight, groups)
         grads, preds, losses = [], [], []
         for xj, yj, swj in zip(xs, ys, sws):
             with tf.GradientTape() as tape:
                 y_pred = self(xj, training=True)
-                loss = self._compute_loss(x=xj, y=yj, y_pred=y_pred, sample_weight=swj,
-                                          training=True)
+                loss = self.compute_loss(x=xj, y=yj, y_pred=y_pred, sample_weight=swj,
+                                         training=True)
                 scaled_loss = self.optimizer.scale_loss(loss)
             grads.append(tape.gradient(scaled_loss, self.trainable_variables))
             preds.append(y_pred)
             losses.append(loss)
-        y_pred = tf.nest.map_structure(lambda *p: tf.concat(p, axis=0), *preds)
-        return _stack_group_gradients(grads), y_pred, tf.add_n(losses) / groups
+        if groups > 1:
+            y_pred = tf.nest.map_structure(lambda *p: tf.concat(p, axis=0), *preds)
+        loss = tf.add_n(losses) / groups
+        if self.distribute_strategy.num_replicas_in_sync > 1:  # Keras' per-replica scaling
+            loss = loss * self.distribute_strategy.num_replicas_in_sync
+        return _Source(_stack(grads), None, loss, y_pred, None, regularized=True)
 
-    def _replica_group_gradients(self, x, y, sample_weight, groups):
-        """Under tf.distribute: this replica's contribution to every group-mean gradient.
+    def _engine_group_source(self, x, y, groups):
+        """The per-example engine on each group: one forward/backward pass per group gives the
+        group's Σ_i g_i (its row, × 1/size) and its examples' squared norms (for Q)."""
+        loss_fn = self._scaled_loss_fn()
+        training = self._cgh_options.coherence_training
+        variables = self.trainable_variables
+        scale = self.optimizer.scale_loss(tf.constant(1.0))
+        rows, sq_norms, preds, losses = [], [], [], []
+        grad_sum = [None] * len(variables)
+        for xj, yj in zip(_split_into_groups(x, groups), _split_into_groups(y, groups)):
+            sums = per_example.gradients_and_sq_norms(self, xj, yj, loss_fn, training=training)
+            size = tf.shape(sums.losses)[0]
+            rows.append([None if g is None else g / tf.cast(size, g.dtype) for g in sums.grad_sum])
+            grad_sum = _add(grad_sum, sums.grad_sum)
+            sq_norms.append(tf.cast(sums.sq_norms, tf.float32))
+            preds.append(sums.predictions)
+            losses.append(tf.cast(sums.losses, tf.float32))
+        losses = tf.concat(losses, axis=0) / scale
+        y_pred = preds[0] if groups == 1 else tf.nest.map_structure(
+            lambda *p: tf.concat(p, axis=0), *preds)
+        sq_norms = tf.concat(sq_norms, axis=0)
+        m = tf.cast(tf.shape(losses)[0], tf.float32)
+        loss = tf.reduce_mean(losses) + _regularization_loss(self)
+        sums = (_zeros_for_none(grad_sum, variables), sq_norms, m)
+        return _Source(_stack(rows), None, loss, y_pred, sums, regularized=False)
 
-        Example i of this replica's shard has global index `replica_id * n_local + i` and belongs to
-        group `global index // (global batch / groups)`. Row j of each returned tensor is
-        Σ_{i in shard ∩ group j} w_i ∇ℓ_i / group_size + ∇(regularization) / R, so that the SUM over
-        replicas is the mean gradient of group j, as on one device.
+    def _replica_group_source(self, x, y, sample_weight, groups):
+        """Under tf.distribute: this replica's contribution to every group mean, all-reduced.
+
+        Example i of this replica's shard has global index g = replica_id * n_local + i and
+        belongs to group ⌊g·k/n⌋ of the global batch of n. Row j is
+        Σ_{i in shard ∩ group j} w_i ∇ℓ_i / |group j| + ∇(regularization) / R, so that the SUM
+        over replicas (one all-reduce of the stacked rows) is the mean gradient of group j.
         """
         context = tf.distribute.get_replica_context()
         replicas = self.distribute_strategy.num_replicas_in_sync
         n_local = tf.shape(tf.nest.flatten(x)[0])[0]
-        group_size = n_local * replicas // groups
+        n = n_local * replicas
         global_index = tf.cast(context.replica_id_in_sync_group, tf.int32) * n_local + tf.range(n_local)
-        group_of_example = global_index // group_size
+        group_of_example = global_index * groups // n
+        sizes = tf.cast(_group_sizes(n, groups), tf.float32)
         loss_fn = per_example.per_example_loss_fn(self)
         with tf.GradientTape(persistent=True) as tape:
             y_pred = self(x, training=True)
@@ -413,90 +535,55 @@ class Model(keras.Model):
                 losses *= tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
             regularization = _regularization_loss(self) / replicas
             group_losses = [
-                tf.reduce_sum(tf.where(group_of_example == j, losses, 0.0))
-                / tf.cast(group_size, tf.float32) + regularization
+                self.optimizer.scale_loss(
+                    tf.reduce_sum(tf.where(group_of_example == j, losses, 0.0)) / sizes[j]
+                    + regularization)
                 for j in range(groups)
             ]
         grads = [tape.gradient(loss, self.trainable_variables) for loss in group_losses]
         del tape
-        mean_loss = tf.reduce_sum(losses) / tf.cast(n_local * replicas, tf.float32) + regularization
-        return _stack_group_gradients(grads), y_pred, mean_loss
+        mean_loss = tf.reduce_sum(losses) / tf.cast(n, tf.float32) + regularization
+        rows = distribute.all_reduce_stacked_sum(_stack(grads))
+        return _Source(rows, None, mean_loss, y_pred, None, regularized=True)
 
-    # ---- winsorized gradient descent
-    def _winsorized_train_step(self, x, y, sample_weight):
+    def _per_example_source(self, x, y, sample_weight, aggregator, shared):
         if sample_weight is not None:
-            raise ValueError("aggregation='winsorize' does not support sample weights.")
+            raise ValueError(f"{aggregator!r} (a per-example aggregator) does not support sample "
+                             "weights.")
         if self.distribute_strategy.num_replicas_in_sync > 1:
             raise ValueError(
-                "aggregation='winsorize' needs every per-example gradient of the batch on one "
-                "device; it is not supported under a tf.distribute strategy with several replicas."
-            )
-        pct = self._cgh_options.winsorize_pct
-        variables = self.trainable_variables
-        winsorized = per_example.reduced_per_example_gradients(
-            self, x, y, lambda g, axis: robust.winsorized_mean(g, pct, axis), training=True,
-            reduce_outer=lambda a, b: robust.winsorized_mean_of_outer_products(a, b, pct))
-        _, regularization_grads = _regularization_gradients(self)
-        grads = _add_regularization(winsorized, regularization_grads)
-        self.optimizer.apply(grads, variables)
-        y_pred = self(x, training=True)
-        loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=None, training=True)
-        return self._update_loss_and_metrics(loss, x, y, y_pred, None)
-
-    def _update_loss_and_metrics(self, loss, x, y, y_pred, sample_weight):
-        batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        self._loss_tracker.update_state(loss, sample_weight=batch)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+                f"{aggregator!r} needs every per-example gradient of the batch on one device; it is "
+                "not supported under a tf.distribute strategy with several replicas.")
+        scale = self.optimizer.scale_loss(tf.constant(1.0))
+        training = self._cgh_options.coherence_training if shared else True
+        result = per_example.reduced_per_example_gradients(
+            self, x, y, aggregator.reduce, loss_fn=self._scaled_loss_fn(), training=training,
+            reduce_outer=aggregator.reduce_outer, with_sums=True)
+        reduced, sums = result
+        losses = tf.cast(sums.losses, tf.float32) / scale
+        loss = tf.reduce_mean(losses) + _regularization_loss(self)
+        coherence = None
+        if shared:
+            m = tf.cast(tf.shape(losses)[0], tf.float32)
+            coherence = (_zeros_for_none(sums.grad_sum, self.trainable_variables),
+                         sums.sq_norms, m)
+        return _Source(None, reduced, loss, sums.predictions, coherence, regularized=False)
 
     # ---- coherence of the training batch
-    def _can_share_backward_pass(self, sample_weight):
-        """True when the update gradient can come from the coherence pass itself.
-
-        That pass uses the per-example loss in the coherence mode; it is the update gradient when the
-        forward pass does not depend on `training` (or coherence is taken in training mode), no loss
-        scaling is active, no sample weights are given and there is a single replica.
-        """
-        mode_independent = self._cgh_options.coherence_training or not any(
-            _depends_on_training(layer) for layer in self._flatten_layers(include_self=False))
-        return (mode_independent and sample_weight is None
-                and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-                and self.distribute_strategy.num_replicas_in_sync == 1)
-
     def _should_measure(self):
         return tf.equal(self._cgh_state.step % self._cgh_options.coherence_every, 0)
 
-    def _plain_step_with_shared_coherence(self, x, y):
-        """coherence_every=1: a plain step whose update gradient comes from the fast pass itself.
+    def _maybe_measure_coherence(self, x, y, sample_weight=None):
+        """Separate fast-path pass on measured steps (used when the update cannot share it).
 
-        One forward and one backward pass give Σ_i g_i (→ the mean gradient) and the per-example
-        squared norms. (For N > 1 a separate pass on the measured steps is cheaper on average than
-        a `tf.cond` between two step bodies, which blocks graph optimisations on every step.)
-        """
-        variables = self.trainable_variables
-        sums = per_example.gradients_and_sq_norms(
-            self, x, y, per_example.per_example_loss_fn(self),
-            training=self._cgh_options.coherence_training)
-        losses = tf.cast(sums.losses, tf.float32)
-        grad_sum = _zeros_for_none(sums.grad_sum, variables)
-        m = tf.cast(tf.shape(losses)[0], tf.float32)
-        regularization, regularization_grads = _regularization_gradients(self)
-        grads = _add_regularization([g / tf.cast(m, g.dtype) for g in grad_sum],
-                                    regularization_grads)
-        self.optimizer.apply(grads, variables)
-        self._record_coherence(grad_sum, sums.sq_norms, m, tf.constant(True))
-        loss = tf.reduce_mean(losses) + regularization
-        return self._update_loss_and_metrics(loss, x, y, sums.predictions, None)
-
-    def _maybe_measure_coherence(self, x, y):
-        """Separate fast-path pass on measured steps (used when the update cannot share it)."""
-        if not self._cgh_options.coherence_every:
-            return
+        With sample weights w_i the per-example gradients are those of w_i ℓ_i, i.e. w_i g_i."""
         variables = self.trainable_variables
         loss_fn = per_example.per_example_loss_fn(self)
         training = self._cgh_options.coherence_training
 
         def measured():
-            sums = per_example.gradients_and_sq_norms(self, x, y, loss_fn, training=training)
+            sums = per_example.gradients_and_sq_norms(self, x, y, loss_fn, training=training,
+                                                      sample_weight=sample_weight)
             return _zeros_for_none(sums.grad_sum, variables), tf.cast(sums.sq_norms, tf.float32)
 
         def unmeasured():
@@ -552,3 +639,51 @@ class Model(keras.Model):
         if not self._cgh_options.coherence_every:
             return {}
         return self._cgh_state.results()
+
+
+def _stack(group_grads):
+    """[groups][variables] gradients -> [variables] tensors [groups, *var.shape] (None if any is)."""
+    stacked = []
+    for per_variable in zip(*group_grads):
+        if any(g is None for g in per_variable):
+            stacked.append(None)
+        else:
+            stacked.append(tf.stack([tf.convert_to_tensor(per_example._dense(g))
+                                     for g in per_variable]))
+    return stacked
+
+
+def _in_batch_m3(optimizer, aggregator):
+    """compile(optimizer=M3(opt, groups=k, l2)) on a cgh_tf.Model = (opt, MedianOfMeans(k, l2))."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and isinstance(
+            optimizer.inner_optimizer, optimizers.M3):
+        raise ValueError("Pass cgh_tf.M3(...) itself to cgh_tf.Model.compile; under the "
+                         "'mixed_float16' policy Keras adds the LossScaleOptimizer.")
+    if not isinstance(optimizer, optimizers.M3):
+        return optimizer, aggregator
+    if not isinstance(aggregator, aggregators.Mean):
+        raise ValueError(
+            f"An M3 optimizer and aggregation={aggregator!r} (e.g. winsorize) are two different "
+            "aggregators of the same batch; use one of them (wrap a plain optimizer for "
+            "winsorized GD, or pass aggregation=cgh_tf.aggregators.MedianOfMeans(k)).")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # M3 itself has warned about groups=2 already
+        aggregator = aggregators.MedianOfMeans(optimizer.groups, l2=optimizer.l2)
+    inner = optimizer.inner_optimizer
+    if inner.loss_scale_factor is None:
+        inner.loss_scale_factor = optimizer.loss_scale_factor
+    return inner, aggregator
+
+
+def _is_functional_call(args, kwargs):
+    """Keras' own test (`functional_init_arguments`): Model(inputs, outputs), keywords or not."""
+    return (len(args) == 2 or (len(args) == 1 and "outputs" in kwargs)
+            or ("inputs" in kwargs and "outputs" in kwargs))
+
+
+@keras.saving.register_keras_serializable(package="cgh_tf")
+class FunctionalModel(Model, keras_internals.Functional):
+    """`cgh_tf.Model(inputs, outputs)`: the functional form (see `Model.__new__`)."""
+
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        keras_internals.Functional.__init__(self, inputs, outputs, name=name, **kwargs)

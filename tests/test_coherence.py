@@ -1,6 +1,6 @@
 """Coherence statistics: α, α⊥, m-coherence, per layer, streaming and f^p / f^c.
 
-References: the DESIGN.md §1 definitions evaluated in float64 NumPy on closed-form softmax-regression
+References: the docs/design.md §1 definitions evaluated in float64 NumPy on closed-form softmax-regression
 per-example gradients g_i = (x_i ⊗ (p_i − e_{y_i}), p_i − e_{y_i}).
 """
 
@@ -33,7 +33,7 @@ def reference_gradients(x, y, kernel, bias):
 
 
 def reference_stats(blocks):
-    """(α, m-coherence, ‖S‖², Q) from per-example gradient blocks [m, n_b] (DESIGN.md §1)."""
+    """(α, m-coherence, ‖S‖², Q) from per-example gradient blocks [m, n_b] (docs/design.md §1)."""
     g = np.concatenate(blocks, axis=1)
     m = len(g)
     s2, q = np.sum(g.sum(0) ** 2), np.sum(g ** 2)
@@ -163,8 +163,20 @@ def test_loss_reduction_fractions_reuse_one_compiled_function():
     pristine = np.arange(12) % 3 != 0
     for _ in range(3):
         coherence.loss_reduction_fractions(model, x, y, pristine, batch_size=6)
-    compiled = coherence._subset_gradients_fn(model, None, False)
+    compiled = coherence._cached(model, "fractions", None, False, None)
     assert compiled.experimental_get_tracing_count() == 1
+
+
+def test_measure_compiles_once_per_model_and_batch_shape():
+    """`measure` reuses one tf.function across calls; a smaller last batch retraces once."""
+    model = softmax_regression()
+    x, y = data(m=12)
+    first = coherence.measure(model, x, y, batch_size=6)
+    for _ in range(3):
+        again = coherence.measure(model, x, y, batch_size=5)  # batches of 5, 5 and 2
+    add_batch, _ = coherence._cached(model, "measure", None, False, None)
+    assert add_batch.experimental_get_tracing_count() <= 3
+    assert again.m_coherence == pytest.approx(first.m_coherence, rel=1e-12)
 
 
 def test_errors():

@@ -1,6 +1,6 @@
 """CoherenceMonitor: values, logs, CSV rows and TensorBoard scalars during a real `fit`.
 
-References: `coherence.measure` recomputed at the same weights, and the DESIGN.md §1 definitions in
+References: `coherence.measure` recomputed at the same weights, and the docs/design.md §1 definitions in
 float64 NumPy on closed-form softmax-regression per-example gradients (tests/reference.py):
 g_i = (x_i ⊗ (softmax(z_i) − e_{y_i}), softmax(z_i) − e_{y_i}).
 """
@@ -128,7 +128,7 @@ def test_per_layer_keys_and_values_match_measure(tmp_path):
         assert history.history[f"coherence/a/{layer}/m_coherence"][0] == pytest.approx(stats.m_coherence, rel=1e-12)
     rows = read_csv(csv_path)
     assert [r["layer"] for r in rows] == ["", "hidden", "out"]
-    # α = Σ_b f_b α_b with f_b = Q_b / Q (DESIGN.md §1), from the CSV numbers alone.
+    # α = Σ_b f_b α_b with f_b = Q_b / Q (docs/design.md §1), from the CSV numbers alone.
     whole, layers = monitor.last_stats["a"], monitor.last_stats["a"].per_layer
     combined = sum(s.sum_of_sq_norms / whole.sum_of_sq_norms * s.alpha for s in layers.values())
     assert combined == pytest.approx(float(rows[0]["alpha"]), rel=1e-12)

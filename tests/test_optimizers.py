@@ -2,7 +2,7 @@
 
 Model: logits = x W + b, loss = mean sparse softmax cross-entropy, so for a batch (X, y) of size B
     dW = X^T (softmax(X W + b) - onehot(y)) / B,   db = sum_rows(softmax(X W + b) - onehot(y)) / B.
-The reference applies the DESIGN.md definitions (median of group means, running median / mean)
+The reference applies the docs/design.md definitions (median of group means, running median / mean)
 and Keras' SGD update (momentum m <- mu m - lr g, w <- w + m; decoupled weight decay
 w <- w - lr wd w before the update).
 """
@@ -14,6 +14,7 @@ import keras
 
 from cgh_tf import optimizers
 from cgh_tf.optimizers import M3, RA3, RM3
+from cgh_tf.aggregators import MedianOfMeans
 
 DIM, CLASSES, BATCH, LR = 5, 3, 8, 0.5
 # Keras casts Python-float hyper-parameters (momentum, weight_decay) through float32, so the tests
@@ -147,13 +148,16 @@ def group_gradients(model, x, y, groups):
 
 
 @pytest.mark.parametrize("groups,momentum", [(3, 0.75), (5, 0.0)])
-def test_m3_apply_group_gradients_matches_numpy_and_consecutive(groups, momentum):
+def test_median_of_means_into_the_inner_optimizer_matches_numpy_and_consecutive(groups, momentum):
+    """In-batch M3 (cgh_tf.Model): MedianOfMeans of the group rows, applied by the plain inner
+    optimizer, equals the reference and consecutive-batch M3 (was: M3.apply_group_gradients)."""
     updates = 3
     x, y = make_data(updates * groups)
     model = make_model()
     params = model.get_weights()
-    optimizer = M3(sgd(momentum), groups=groups)
-    step = tf.function(lambda rows: optimizer.apply_group_gradients(rows, model.trainable_variables))
+    inner = sgd(momentum)
+    aggregator = MedianOfMeans(groups)
+    step = tf.function(lambda rows: inner.apply(aggregator(rows), model.trainable_variables))
     in_batch = []
     for big_x, big_y in split(x, y, batch=groups * BATCH):
         step(group_gradients(model, big_x, big_y, groups))
@@ -162,15 +166,7 @@ def test_m3_apply_group_gradients_matches_numpy_and_consecutive(groups, momentum
     assert_trajectories_close(in_batch, want)
     consecutive = fit_trajectory(make_model(), M3(sgd(momentum), groups=groups), x, y)
     assert_trajectories_close(in_batch, consecutive[groups - 1::groups], rtol=1e-14, atol=1e-15)
-    assert int(optimizer.iterations.numpy()) == updates
-
-
-def test_m3_apply_group_gradients_rejects_wrong_shape():
-    model = make_model()
-    optimizer = M3(sgd(), groups=3)
-    rows = [tf.zeros((2, DIM, CLASSES), tf.float64), tf.zeros((3, CLASSES), tf.float64)]
-    with pytest.raises(ValueError, match=r"must have shape \(3, 5, 3\)"):
-        optimizer.apply_group_gradients(rows, model.trainable_variables)
+    assert int(inner.iterations.numpy()) == updates
 
 
 # ----------------------------------------------------------------------------- RM3 / RA3
@@ -254,17 +250,6 @@ def test_nonfinite_gradient_is_skipped_and_counted(cls, kind):
     assert int(optimizer.nonfinite_steps.numpy()) == 1
     assert int(optimizer.accepted_steps.numpy()) == 7
     assert all(np.all(np.isfinite(h.numpy())) for slots in optimizer.history for h in slots)
-
-
-def test_apply_group_gradients_skips_nonfinite_rows():
-    model = make_model()
-    params = model.get_weights()
-    optimizer = M3(sgd(), 3)
-    rows = [tf.ones((3, DIM, CLASSES), tf.float64), tf.ones((3, CLASSES), tf.float64)]
-    rows[1] = tf.tensor_scatter_nd_update(rows[1], [[1, 0]], tf.constant([np.inf], tf.float64))
-    optimizer.apply_group_gradients(rows, model.trainable_variables)
-    assert_trajectories_close([model.get_weights()], [params], rtol=0, atol=0)
-    assert int(optimizer.nonfinite_steps.numpy()) == 1 and int(optimizer.iterations.numpy()) == 0
 
 
 def test_variable_without_gradient_passes_through():
@@ -444,3 +429,29 @@ def test_inner_loss_scale_factor_is_handled_once():
     plain = fit_trajectory(make_model(), M3(sgd(), 3), x, y)
     scaled = fit_trajectory(make_model(), M3(sgd(loss_scale_factor=8.0), 3), x, y)
     assert_trajectories_close(scaled, plain, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("cls,arg", [(M3, "groups"), (RM3, "window"), (RA3, "window")])
+def test_numpy_integers_are_accepted(cls, arg):
+    assert getattr(cls(sgd(), **{arg: np.int64(3)}), arg) == 3
+
+
+@pytest.mark.parametrize("cls,arg,warns", [(M3, "groups", True), (RM3, "window", True),
+                                           (RA3, "window", False)])
+def test_two_warns_for_medians_because_it_is_the_mean(cls, arg, warns):
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cls(sgd(), **{arg: 2})
+    assert any("median of 2 values is their mean" in str(w.message) for w in caught) == warns
+
+
+def test_wrapper_disables_the_inner_all_reduce_when_built_not_before():
+    """The inner optimizer of an unused wrapper (e.g. the M3 that cgh_tf.Model.compile unwraps)
+    keeps Keras' own all-reduce; a built wrapper's inner optimizer does not all-reduce again."""
+    inner = sgd()
+    wrapper = M3(inner)
+    assert "_all_reduce_sum_gradients" not in vars(inner)
+    wrapper.build(make_model().trainable_variables)
+    grads_and_vars = [(tf.constant(1.0), "v")]
+    assert inner._all_reduce_sum_gradients(grads_and_vars) == grads_and_vars

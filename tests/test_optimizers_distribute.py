@@ -5,13 +5,10 @@ is the reference; it is itself checked against NumPy in tests/test_optimizers.py
 everywhere, so "equal" means equal up to the summation order of the all-reduce (~1e-15).
 """
 
-import inspect
-
 import numpy as np
 import pytest
 import tensorflow as tf
 import keras
-from keras.src.backend.tensorflow.optimizer import TFOptimizer
 
 from cgh_tf import distribute
 from cgh_tf.optimizers import M3, RM3
@@ -123,79 +120,6 @@ def test_mirrored_fit_equals_single_device(cls, replicas):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol / 100, err_msg=f"step {step}")
     assert int(model.optimizer.iterations.numpy()) == (2 if cls is M3 else NUM_BATCHES - 2)
     assert_replicas_agree(strategy, model)
-
-
-def _group_rows(model, x, y, groups, scale):
-    """Rows [groups, *shape]: sum of per-example losses of each group's part of x, times `scale`."""
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum",
-                                                      dtype="float64")
-    rows = []
-    for xg, yg in zip(tf.split(x, groups), tf.split(y, groups)):
-        with tf.GradientTape() as tape:
-            value = loss(yg, model(xg)) * scale
-        rows.append(tape.gradient(value, model.trainable_variables))
-    return [tf.stack(parts) for parts in zip(*rows)]
-
-
-def test_apply_group_gradients_sums_replica_contributions():
-    groups, replicas, group_size, updates = 3, 2, 4, 3
-    x, y = data()
-    x, y = x[:updates * groups * group_size], y[:updates * groups * group_size]
-
-    reference = make_model()
-    ref_opt = make_optimizer(M3, groups)
-    want = []
-    for u in range(updates):
-        sl = slice(u * groups * group_size, (u + 1) * groups * group_size)
-        rows = _group_rows(reference, tf.constant(x[sl]), tf.constant(y[sl]), groups, 1 / group_size)
-        ref_opt.apply_group_gradients(rows, reference.trainable_variables)
-        want.append(reference.get_weights())
-
-    strategy = mirrored(replicas)
-    with strategy.scope():
-        model = make_model()
-        optimizer = make_optimizer(M3, groups)
-        optimizer.build(model.trainable_variables)
-
-    @tf.function
-    def step(shards_x, shards_y):
-        def replica_fn(xr, yr):
-            # Each replica holds half of every group; its contribution is (its sum) / group_size.
-            rows = _group_rows(model, xr, yr, groups, 1 / group_size)
-            optimizer.apply_group_gradients(rows, model.trainable_variables)
-
-        strategy.run(replica_fn, args=(shards_x, shards_y))
-
-    for u in range(updates):
-        sl = slice(u * groups * group_size, (u + 1) * groups * group_size)
-        xs = x[sl].reshape(groups, replicas, group_size // replicas, DIM)
-        ys = y[sl].reshape(groups, replicas, group_size // replicas)
-        per_replica = lambda a, ctx: tf.constant(  # noqa: E731
-            a[:, ctx.replica_id_in_sync_group].reshape((-1,) + a.shape[3:]))
-        shards_x = strategy.experimental_distribute_values_from_function(lambda c: per_replica(xs, c))
-        shards_y = strategy.experimental_distribute_values_from_function(lambda c: per_replica(ys, c))
-        step(shards_x, shards_y)
-        for a, b in zip(model.get_weights(), want[u]):
-            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=f"update {u}")
-    assert int(optimizer.iterations.numpy()) == updates
-    assert_replicas_agree(strategy, model, optimizer)
-
-
-def test_private_keras_all_reduce_hook_exists_and_is_disabled_on_inner():
-    # Pins the private Keras API that cgh_tf.distribute relies on (Keras 3.0 - 3.15).
-    assert callable(getattr(TFOptimizer, "_all_reduce_sum_gradients", None))
-    assert "_all_reduce_sum_gradients" in inspect.getsource(TFOptimizer._backend_update_step)
-    inner = keras.optimizers.SGD(0.1)
-    M3(inner)
-    grads_and_vars = [(tf.constant(1.0), "v")]
-    assert inner._all_reduce_sum_gradients(grads_and_vars) == grads_and_vars
-    other = keras.optimizers.SGD(0.1)  # untouched instances keep the Keras method
-    assert other._all_reduce_sum_gradients.__func__ is TFOptimizer._all_reduce_sum_gradients
-
-
-def test_disable_all_reduce_rejects_unknown_optimizer_type():
-    with pytest.raises(TypeError, match="_all_reduce_sum_gradients"):
-        distribute.disable_all_reduce(object())
 
 
 def test_all_reduce_stacked_sum_is_one_collective_sum():

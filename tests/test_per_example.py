@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from cgh_tf import per_example
+from cgh_tf.layer_rules.base import prefer_gram
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 pytestmark = pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`")
@@ -33,6 +34,11 @@ def one_hot(y, classes):
 
 def fast(model, x, y, loss=None):
     return per_example.gradients_and_sq_norms(model, tf.constant(x), tf.constant(y), loss)
+
+
+def fallback_layers(model):
+    """Classes of the layers whose norms take the exact fallback (`per_example.explain`)."""
+    return [p.layer_class for p in per_example.explain(model) if p.rule == per_example.FALLBACK]
 
 
 def sq_norms_of(per_example_grads):
@@ -140,8 +146,7 @@ def test_fast_path_matches_vectorized_map(name):
     model, shape = conv_models()[name]
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(5, *shape)), rng.integers(0, 3, 5)
-    ruled = {type(layer).__name__ for layer, _ in per_example.supported_layers(model)}
-    assert ruled >= {type(layer).__name__ for layer in model.layers if layer.trainable_weights}
+    assert not fallback_layers(model)
     reference = per_example.per_example_gradients(model, x, y)
     sums = fast(model, x, y)
     np.testing.assert_allclose(sums.sq_norms.numpy(), sq_norms_of(reference), rtol=1e-10, atol=1e-14)
@@ -149,15 +154,9 @@ def test_fast_path_matches_vectorized_map(name):
         np.testing.assert_allclose(got.numpy(), want.numpy().sum(0), rtol=1e-10, atol=1e-13)
 
 
-def test_both_conv_and_dense_forms_are_exercised():
-    models = conv_models()
-    assert sorted(models) == sorted(RULED_MODELS)
-    conv_gram = models["conv2d_gram"][0].layers[0]
-    conv_mat = models["conv2d_materialised"][0].layers[0]
-    calls = lambda layer, shape: [per_example._Call(None, tf.zeros(shape))]  # noqa: E731
-    assert per_example._ConvRule._use_gram(conv_gram, calls(conv_gram, (1, 2, 2, 8)))
-    assert not per_example._ConvRule._use_gram(conv_mat, calls(conv_mat, (1, 6, 6, 3)))
-    assert per_example._prefer_gram(2, 5, 4) and not per_example._prefer_gram(7, 5, 4)
+def test_both_dense_forms_are_exercised():
+    assert sorted(conv_models()) == sorted(RULED_MODELS)
+    assert prefer_gram(2, 5, 4) and not prefer_gram(7, 5, 4)
 
 
 def test_embedding_with_repeated_ids_matches_vectorized_map():
@@ -184,9 +183,8 @@ class Scale(keras.layers.Layer):
 
 def test_layers_without_rule_fall_back_to_vectorized_map():
     L = keras.layers
-    model = sequential((5,), [L.Dense(6), L.BatchNormalization(), Scale(), L.Activation("tanh"), L.Dense(3)])
-    ruled = [type(layer).__name__ for layer, _ in per_example.supported_layers(model)]
-    assert ruled == ["Dense", "Dense"]
+    model = sequential((5,), [L.Dense(6), Scale(), L.Activation("tanh"), L.Dense(3)])
+    assert fallback_layers(model) == ["Scale"]
     rng = np.random.default_rng(6)
     x, y = rng.normal(size=(6, 5)), rng.integers(0, 3, 6)
     reference = per_example.per_example_gradients(model, x, y)
@@ -302,3 +300,82 @@ def test_reduced_per_example_gradients_equal_vectorized_map(kind):
         for g, want in zip(got, reference):
             np.testing.assert_allclose(g.numpy(), np_reduce(want.numpy(), axis=0),
                                        rtol=1e-10, atol=1e-13)
+
+
+class TiedOutput(keras.layers.Layer):
+    """logits = h Eᵀ with E the embedding matrix of another layer (tied input / output weights)."""
+
+    def __init__(self, embedding, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = embedding
+
+    def call(self, h):
+        return keras.ops.matmul(h, keras.ops.transpose(self.embedding.embeddings))
+
+
+def tied_language_model(vocabulary=7, width=4, positions=3):
+    keras.utils.set_random_seed(9)
+    ids = keras.Input((positions,), dtype="int32")
+    embedding = keras.layers.Embedding(vocabulary, width, name="embedding")
+    hidden = keras.layers.Dense(width, activation="tanh", name="mix")(embedding(ids))
+    model = keras.Model(ids, TiedOutput(embedding, name="tied")(hidden))
+    model.compile(loss=SCCE)
+    return model
+
+
+def test_tied_embedding_is_found_while_tracing_and_takes_the_exact_fallback():
+    """The Embedding rule would see only the input use of E; the tape proves the second use."""
+    model = tied_language_model()
+    rng = np.random.default_rng(10)
+    x, y = rng.integers(0, 7, size=(5, 3)), rng.integers(0, 7, size=(5, 3))
+    assert [p.rule for p in per_example.explain(model)] == ["embedding", "dense"]  # before a trace
+    with pytest.warns(UserWarning, match="'embedding' .*tied or shared weights"):
+        sums = fast(model, x, y)
+    reference = per_example.per_example_gradients(model, x, y)
+    np.testing.assert_allclose(sums.sq_norms.numpy(), sq_norms_of(reference), rtol=1e-10)
+    for got, want in zip(sums.grad_sum, reference):
+        np.testing.assert_allclose(np.asarray(got), want.numpy().sum(0), rtol=1e-10, atol=1e-13)
+    plans = per_example.explain(model, x, y)
+    assert [(p.path, p.rule) for p in plans] == [("embedding", per_example.FALLBACK), ("mix", "dense")]
+    assert "tied" in str(plans) and "per-example norms" in str(plans)
+
+
+def test_kernel_read_by_another_layer_is_rerouted():
+    """A Dense kernel reused in a closure: its rule is not trusted, the other Dense keeps its rule."""
+    keras.utils.set_random_seed(11)
+    inputs = keras.Input((4,))
+    first = keras.layers.Dense(4, activation="tanh", name="first")
+    hidden = first(inputs)
+    reused = keras.layers.Lambda(lambda h: keras.ops.matmul(h, first.kernel), name="reuse")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(reused))
+    model.compile(loss=SCCE)
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(size=(6, 4)), rng.integers(0, 3, 6)
+    with pytest.warns(UserWarning, match="'first'"):
+        sums = fast(model, x, y)
+    reference = per_example.per_example_gradients(model, x, y)
+    np.testing.assert_allclose(sums.sq_norms.numpy(), sq_norms_of(reference), rtol=1e-10)
+    assert [p.rule for p in per_example.explain(model, x, y)] == [per_example.FALLBACK, "dense"]
+
+
+def test_fallback_warns_once_per_layer():
+    L = keras.layers
+    model = sequential((5,), [L.Dense(6), Scale(name="scale"), L.Dense(3)])
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(4, 5)), rng.integers(0, 3, 4)
+    with pytest.warns(UserWarning, match="'scale' \\(Scale\\).*no fast rule") as caught:
+        fast(model, x, y)
+        fast(model, x[:3], y[:3])
+    assert len([w for w in caught if "cgh_tf" in str(w.message)]) == 1
+
+
+def test_unbuilt_sequential_is_built_on_the_first_batch():
+    keras.utils.set_random_seed(13)
+    model = keras.Sequential([keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(3)])
+    model.compile(loss=SCCE)
+    rng = np.random.default_rng(13)
+    x, y = rng.normal(size=(5, 6)), rng.integers(0, 3, 5)
+    sums = fast(model, x, y)
+    assert model.built
+    reference = per_example.per_example_gradients(model, x, y)
+    np.testing.assert_allclose(sums.sq_norms.numpy(), sq_norms_of(reference), rtol=1e-10)

@@ -125,7 +125,7 @@ def _per_example_gradients(model, x, y):
 
 
 def _m_coherence(grads):
-    """‖Σ g_i‖² / Σ ‖g_i‖² (DESIGN.md §1) of rows g_i, in float64."""
+    """‖Σ g_i‖² / Σ ‖g_i‖² (docs/design.md §1) of rows g_i, in float64."""
     return float(np.sum(grads.sum(axis=0) ** 2) / np.sum(grads ** 2))
 
 

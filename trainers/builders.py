@@ -381,10 +381,11 @@ def compile_model(model, optimizer, config=None) -> None:
 
 def cgh_compile_options(config) -> dict:
     """The `cgh_tf.Model.compile` options of the config (`coherence_every`, `aggregation`, ...)."""
-    return {
-        "coherence_every": int(setting(config, "coherence.every")),
-        "coherence_per_layer": bool(setting(config, "coherence.per_layer")),
-        "coherence_training": bool(setting(config, "coherence.training")),
+    every = int(setting(config, "coherence.every"))
+    return {  # (cgh_tf.Model rejects per_layer / training without coherence_every: ignored here)
+        "coherence_every": every,
+        "coherence_per_layer": bool(setting(config, "coherence.per_layer")) and every > 0,
+        "coherence_training": bool(setting(config, "coherence.training")) and every > 0,
         "aggregation": setting(config, "optimizer.aggregation"),
         "winsorize_pct": float(setting(config, "optimizer.winsorize_pct")),
     }
@@ -519,7 +520,7 @@ class StepMeasurements(keras.callbacks.Callback):
     |----------------------------------|----------------------------------------------------------------|
     | `rows` (a list shared with the checkpoint state; `step_history` of results.json) | `{"step", "epoch" (0-based, in progress), "loss", "accuracy" (running means over the epoch's batches so far, training mode; None at step 0), "coherence/<sample>/...", "f_pristine", "f_corrupt"}` |
     | `coherence.csv` (the monitor's)  | its rows, column `epoch` as above, so `truncate_csv_epochs` works |
-    | TensorBoard `log_dir`            | every value of the row (except step / epoch) at the global step |
+    | TensorBoard `log_dir`            | every value of the row (except step / epoch; None and NaN: no scalar) at the global step |
     | epoch logs (epoch ends only)     | the same keys as the per-epoch monitor, so `history` is unchanged |
 
     Deterministic (no wall-clock); resume with `steps_seen = epochs done x steps per epoch` and the
@@ -579,7 +580,8 @@ class StepMeasurements(keras.callbacks.Callback):
         if self._writer is not None:
             with self._writer.as_default():
                 for tag, value in row.items():
-                    if tag not in ("step", "epoch") and value is not None:
+                    if tag not in ("step", "epoch") and value is not None \
+                            and not math.isnan(value):  # NaN: no value (null in step_history)
                         tf.summary.scalar(tag, value, step=step)
             self._writer.flush()
 

@@ -21,6 +21,9 @@ sub-workdir — together with the `Metric`s of its `results.md` table and the `F
 
 Default seeds: 2 (real_vs_random, loss_fractions; memorisation: 18 arms × 2), 3 (easy_hard).
 
+Beyond the papers: `grokking` and `double_descent` (issue 14) run their own resumable loops and are
+registered in `trainers/beyond.py` (same `trainers.reproduce` command, `--scale=small|full`).
+
 Step measurements (`coherence.monitor_every_steps`, `builders.StepMeasurements`) go to the
 `step_history` of each arm's results.json; the table cells "step 0" / "after N steps" and the
 `*_vs_step.png` figures read it, the "(last)" cells the per-epoch `history`.

@@ -6,7 +6,7 @@
 | `tensorboard/{train,validation}` | by keras TensorBoard  | epoch scalars (see `trainers/train.py`)        |
 | `results.json`                 | at the end              | config, per-epoch history, final figures; no wall-clock values |
 | `timings.json`                 | at the end              | wall-clock seconds of this invocation          |
-| `curves.png`                   | at the end              | loss and accuracy curves (matplotlib Agg)      |
+| `curves.png`                   | at the end              | loss, accuracy and (if measured) batch m-coherence curves (matplotlib Agg) |
 
 A checkpoint is one `.npz` file: arrays `model/00000...` (in `model.weights` order),
 `optimizer/00000...` (in `optimizer_variables(optimizer)` order) and `state`, a JSON string with
@@ -16,6 +16,7 @@ A checkpoint is one `.npz` file: arrays `model/00000...` (in `model.weights` ord
 import contextlib
 import glob
 import json
+import math
 import os
 import re
 import tempfile
@@ -52,8 +53,25 @@ def atomic_open(path: str, mode: str = "w"):
 
 
 def to_json(obj) -> str:
-    """Canonical JSON (sorted keys, 2-space indent, trailing newline): equal objects give equal bytes."""
-    return json.dumps(obj, sort_keys=True, indent=2, allow_nan=True) + "\n"
+    """Canonical JSON (sorted keys, 2-space indent, trailing newline): equal objects give equal bytes.
+
+    A float NaN ("no value", see `trainers/train.py`) is written as `null`, which every JSON reader
+    accepts and which reads back as None.
+    """
+    return json.dumps(_nan_to_none(obj), sort_keys=True, indent=2, allow_nan=True) + "\n"
+
+
+def _nan_to_none(obj):
+    """`obj` with every float NaN (nested in dicts, lists, tuples) replaced by None."""
+    if isinstance(obj, float):  # also np.float64
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, np.floating):
+        return None if np.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
 def json_roundtrip(obj):
@@ -159,7 +177,23 @@ def history_columns(history: list) -> dict:
 
 
 def plot_curves(path: str, history: list, title: str = "") -> None:
-    """Write a PNG with loss (train / test) and accuracy (train, test, pristine, corrupted) per epoch."""
+    """Write `curves_figure(history, title)` as a PNG to `path` (atomically)."""
+    fig = curves_figure(history, title)  # selects the Agg backend before pyplot is imported
+    from matplotlib import pyplot as plt
+
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def curves_figure(history: list, title: str = ""):
+    """Matplotlib figure (Agg) of the per-epoch `history` (list of log dicts, None / NaN = no value).
+
+    Panels: loss (train / test); accuracy (train, test, pristine, corrupted); and, when `m_coherence`
+    has a value in some epoch (`coherence.every > 0`), the m-coherence of the training batches
+    (`m_coherence`, and `m_coherence/<layer>` dashed), one marker per epoch with a measurement
+    (epochs without one are skipped, not drawn as 0). The caller closes the figure.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,26 +201,37 @@ def plot_curves(path: str, history: list, title: str = "") -> None:
 
     columns = history_columns(history)
     epochs = np.arange(1, len(history) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+
+    def values(key):
+        return np.array([np.nan if v is None else v for v in columns[key]], dtype=float)
+
+    # (y label, [(history key, legend label, matplotlib style)], sparse: skip missing epochs)
     panels = [
-        (ax_loss, "loss", [("loss", "train (running)"), ("val_loss", "test")]),
-        (ax_acc, "accuracy", [("accuracy", "train (running)"), ("val_accuracy", "test"),
-                              ("pristine_accuracy", "pristine train (vs training label)"),
-                              ("corrupted_accuracy", "corrupted train (vs training label)")]),
+        ("loss", [("loss", "train (running)", {}), ("val_loss", "test", {})], False),
+        ("accuracy", [("accuracy", "train (running)", {}), ("val_accuracy", "test", {}),
+                      ("pristine_accuracy", "pristine train (vs training label)", {}),
+                      ("corrupted_accuracy", "corrupted train (vs training label)", {})], False),
     ]
-    for ax, ylabel, curves in panels:
-        for key, label in curves:
+    if "m_coherence" in columns and np.isfinite(values("m_coherence")).any():
+        marked = {"marker": "o", "markersize": 3}
+        layers = sorted(k for k in columns if k.startswith("m_coherence/"))
+        panels.append(("m-coherence (training batches)",
+                       [("m_coherence", "whole model", marked)]
+                       + [(k, k[len("m_coherence/"):], {**marked, "linestyle": "--"})
+                          for k in layers], True))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharex=True)
+    for ax, (ylabel, curves, sparse) in zip(axes, panels):
+        for key, label, style in curves:
             if key in columns:
-                values = np.array([np.nan if v is None else v for v in columns[key]], dtype=float)
-                ax.plot(epochs, values, label=label)
+                y = values(key)
+                kept = np.isfinite(y) if sparse else np.ones(len(y), bool)
+                ax.plot(epochs[kept], y[kept], label=label, **style)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    ax_acc.set_ylim(-0.02, 1.02)
+    axes[1].set_ylim(-0.02, 1.02)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    return fig

@@ -5,7 +5,8 @@ r"""Reproduce one experiment of the papers with one command: all arms, all seeds
     python -m trainers.reproduce --experiment=memorisation --workdir=DIR --scale=cifar10 --dry_run
     python -m trainers.reproduce --experiment=easy_hard --workdir=DIR --set=num_epochs=5
 
-Experiments and arms: see `trainers/experiments.py`. Every arm is one `trainers.train` run in its
+Experiments and arms: see `trainers/experiments.py`; `grokking` and `double_descent` (beyond the
+papers, `--scale=small|full`) run their own resumable loops, see `trainers/beyond.py`. Every arm is one `trainers.train` run in its
 own sub-workdir, so an interrupted reproduce run, started again, skips the finished arms and
 resumes the interrupted one from its last epoch checkpoint.
 
@@ -35,6 +36,7 @@ from absl import app, flags, logging
 from trainers import experiments as exp_lib
 from trainers import io
 from trainers import report
+from trainers import beyond  # grokking, double_descent (issue 14): their own loops
 
 TIMINGS_FILE = "timings.json"
 PLAN_FILE = "plan.json"
@@ -161,11 +163,13 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    flags.DEFINE_enum("experiment", None, list(exp_lib.EXPERIMENTS), "Experiment to run.")
+    flags.DEFINE_enum("experiment", None, list(exp_lib.EXPERIMENTS) + list(beyond.EXPERIMENTS),
+                      "Experiment to run.")
     flags.DEFINE_string("workdir", None, "Directory of the experiment (arms in sub-directories).")
     flags.DEFINE_integer("seeds", None, "Number of seeds (default: the experiment's own).",
                          lower_bound=1)
-    flags.DEFINE_enum("scale", "small", list(exp_lib.SCALES), "Dataset / model / hyperparameters.")
+    flags.DEFINE_enum("scale", "small", list(dict.fromkeys(exp_lib.SCALES + beyond.SCALES)),
+                      "Dataset / model / hyperparameters (full: grokking / double_descent only).")
     flags.DEFINE_multi_string("set", [], "FIELD=VALUE for the base config of every arm.")
     flags.DEFINE_boolean("dry_run", False, "Only validate the arms' configs and write plan.json.")
     flags.DEFINE_boolean("progress", False, "Show the Keras progress bar of every arm.")
@@ -177,6 +181,22 @@ def main(argv):
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.experiment in beyond.EXPERIMENTS:
+        if FLAGS.scale not in beyond.SCALES:
+            sys.exit(f"error: --scale={FLAGS.scale} is not available for {FLAGS.experiment}; "
+                     f"allowed: {', '.join(beyond.SCALES)}")
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+        try:
+            summary = beyond.run(FLAGS.experiment, FLAGS.workdir, FLAGS.scale, FLAGS.seeds,
+                                 parse_overrides(FLAGS.set), command_line(sys.argv))
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+        with open(os.path.join(FLAGS.workdir, report.RESULTS_MD)) as f:
+            print(f.read())
+        print("figures: " + ", ".join(os.path.join(FLAGS.workdir, n) for n in summary["figures"]))
+        return
     try:
         experiment = exp_lib.build(FLAGS.experiment, FLAGS.scale, FLAGS.seeds,
                                    parse_overrides(FLAGS.set))

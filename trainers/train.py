@@ -16,15 +16,19 @@ TensorBoard scalars (one point per epoch, `WORKDIR/tensorboard`):
 | `train`      | `epoch_pristine_accuracy`  | inference-mode accuracy on training examples whose label was kept |
 | `train`      | `epoch_corrupted_accuracy` | ... on corrupted examples, against their *noisy* training label (memorisation) |
 | `train`      | `epoch_learning_rate`      | learning rate of the epoch                             |
-| `train`      | `epoch_m_coherence`, `epoch_alpha`, `epoch_m_coherence/<layer>` | mean over the epoch's measured training batches (`coherence.every > 0`) |
+| `train`      | `epoch_m_coherence`, `epoch_alpha`, `epoch_m_coherence/<layer>` | mean over the epoch's measured training batches (`coherence.every > 0`); none for an epoch without one |
 | `train`      | `epoch_coherence/<sample>/m_coherence`, `.../alpha`, `.../<layer>/m_coherence` | fixed monitor samples train / test / pristine / corrupted at epoch end (`coherence.monitor_samples > 0`; also `coherence.csv`) |
 | `train`      | `epoch_f_pristine`, `epoch_f_corrupt` | loss-reduction fractions of the monitor's training sample (label noise > 0) |
 | `learning_times` | `learning_times/<group>/first_correct_step` (histogram), `.../fraction_correct` | per-example learning times (`learning_times.every_steps > 0`; also `learning_times.csv`) |
 | `steps`      | `loss`, `coherence/<sample>/...`, `f_pristine`, `f_corrupt` | at step 0, every `coherence.monitor_every_steps` batches and every epoch end, x = global step (`step_history` of results.json) |
 
-Every value of the epoch logs is also in `results.json` (`history`). The feature fields and their
-defaults are listed in `trainers/builders.py`; `mode = "easy_hard"` runs `train_easy_hard`
-(probe, easy / hard split, one sub-workdir per part).
+Every value of the epoch logs is also in `results.json` (`history`). A NaN value means "no value"
+(`m_coherence` of an epoch without a measured step, when `coherence.every` exceeds the steps per
+epoch; a batch whose per-example gradients all vanish): it gets no TensorBoard scalar, no entry in
+the checkpoint's history, `null` in `results.json`, and `curves.png` skips it (never 0).
+
+The feature fields and their defaults are listed in `trainers/builders.py`; `mode = "easy_hard"`
+runs `train_easy_hard` (probe, easy / hard split, one sub-workdir per part).
 
 The other files of the workdir are described in `trainers/io.py`. A config error (unknown name, bad
 number, a workdir holding a different run) exits with status 1 and a message naming the field,
@@ -32,6 +36,7 @@ before anything is written.
 """
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -133,17 +138,37 @@ class _EpochSchedule(keras.callbacks.Callback):
             logs["learning_rate"] = self.schedule.value_at(epoch)
 
 
+def _is_missing(value) -> bool:
+    """True for an epoch log value that means "no value" (NaN: nothing measured, or undefined)."""
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _measured(logs) -> dict:
+    """The epoch logs without their missing (NaN) values."""
+    return {k: v for k, v in (logs or {}).items() if not _is_missing(v)}
+
+
 class _FlushingTensorBoard(keras.callbacks.TensorBoard):
-    """TensorBoard that flushes its event files every epoch, so a killed run loses no logged epoch."""
+    """TensorBoard that flushes its event files every epoch, so a killed run loses no logged epoch.
+
+    Writes no scalar for a missing (NaN) value of the epoch logs.
+    """
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
+        super().on_epoch_end(epoch, None if logs is None else _measured(logs))
         for writer in self._writers.values():
             writer.flush()
 
 
 class _Checkpointer(keras.callbacks.Callback):
-    """Appends the epoch's logs to the history and writes a checkpoint; logs one line with absl."""
+    """Appends the epoch's logs to the history and writes a checkpoint; logs one line with absl.
+
+    Missing (NaN) values are left out of the history row (`results.json` shows null there); the
+    absl line shows them as nan.
+    """
 
     def __init__(self, workdir, config, history, keep, step_history=None):
         super().__init__()
@@ -151,12 +176,12 @@ class _Checkpointer(keras.callbacks.Callback):
         self.step_history = step_history
 
     def on_epoch_end(self, epoch, logs=None):
-        self.history.append({k: float(v) for k, v in (logs or {}).items()})
+        self.history.append({k: float(v) for k, v in _measured(logs).items()})
         state = {"epoch": epoch + 1, "history": self.history, "config": self.config.to_dict()}
         if self.step_history is not None:
             state["step_history"] = self.step_history
         io.save_checkpoint(self.workdir, self.model, self.model.optimizer, state, self.keep)
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(self.history[-1].items()))
+        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted((logs or {}).items()))
         logging.info("epoch %d/%d: %s", epoch + 1, self.config.num_epochs, shown)
 
 

@@ -1,0 +1,199 @@
+"""In-batch aggregators: how `cgh_tf.Model` turns one batch into the gradient its optimizer gets.
+
+The train step of `cgh_tf.Model` is one path (docs/design.md §5):
+
+    batch -> gradient source -> aggregator -> optimizer.apply (Keras' ordinary apply)
+
+An aggregator is chosen in `compile(aggregation=...)` and says which source it needs:
+
+| aggregator                  | source (`groups`, `per_example`)               | gradient handed to the optimizer                 |
+|-----------------------------|------------------------------------------------|--------------------------------------------------|
+| `Mean()` ("mean")           | 1 group: the batch                             | the mean gradient (plain Keras)                  |
+| `MedianOfMeans(k)`          | k contiguous groups, one mean gradient each    | coordinate-wise median of the k group means (M3) |
+| `Winsorize(c)` ("winsorize")| per-example gradients (one device)             | coordinate-wise winsorized mean, c % per side    |
+
+Adding one: subclass `GroupAggregator` and implement `combine(rows)` (rows: one `[k, *var.shape]`
+tensor per variable, or None; e.g. a trimmed mean, or a geometric median, which sees all
+variables at once), or `PerExampleAggregator` and implement `reduce(values, axis)`. Register it
+with `keras.saving.register_keras_serializable` so that `model.save` keeps it.
+
+Contract every aggregator must meet (the step relies on it):
+* **positively homogeneous**: agg(s·g) = s·agg(g) for s > 0. Under mixed precision the source
+  returns gradients of the *scaled* loss and Keras' LossScaleOptimizer unscales the aggregate.
+* **translation equivariant**: agg(g + c) = agg(g) + c. Regularisation gradients (`model.losses`)
+  and the coupled L2 term `l2 · w` are the same for every group / example, so they are added
+  after the aggregation instead of to every row.
+* **non-finite in, non-finite out**: if any group row is NaN / Inf the aggregate is made
+  non-finite (`GroupAggregator.__call__`), so that the LossScaleOptimizer skips the step and
+  lowers the scale exactly as for a plain mean (a median would otherwise hide one bad group).
+
+Cross-step buffering (M3 over consecutive batches, RM3, RA3) is not an aggregator: it stays in the
+optimizer wrappers of `cgh_tf.optimizers`, which can be combined with any aggregator here.
+"""
+
+import numbers
+import warnings
+
+import keras
+import tensorflow as tf
+
+from cgh_tf import robust
+
+_PACKAGE = "cgh_tf"
+
+
+def check_count(name, value, what="the median of 2 values is their mean"):
+    """`value` as an int >= 2 (NumPy integers accepted); warns for 2 when `what` is given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 2:
+        raise ValueError(f"`{name}` must be an int >= 2; got {value!r}.")
+    value = int(value)
+    if value == 2 and what:
+        warnings.warn(f"`{name}=2`: {what}, so this is not a robust average; use 3 or more.",
+                      UserWarning, stacklevel=3)
+    return value
+
+
+def _check_l2(l2):
+    if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or l2 < 0:
+        raise ValueError(f"`l2` must be a float >= 0; got {l2!r}.")
+    return float(l2)
+
+
+class Aggregator:
+    """Base class. `groups`: contiguous groups the batch is split into (1 = the whole batch);
+    `per_example`: needs every example's gradient on one device; `l2`: coupled L2 coefficient
+    (`l2 · w` added to the aggregate, i.e. to every gradient before aggregating)."""
+
+    groups = 1
+    per_example = False
+
+    def __init__(self, l2=0.0):
+        self.l2 = _check_l2(l2)
+
+    def get_config(self):
+        return {"l2": self.l2}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+
+class GroupAggregator(Aggregator):
+    """Aggregates the mean gradients of `groups` contiguous groups of the batch."""
+
+    def combine(self, rows):
+        """rows: per variable a `[groups, *var.shape]` tensor (row j = group j's mean gradient) or
+        None -> per variable the aggregate (None stays None)."""
+        raise NotImplementedError
+
+    def __call__(self, rows):
+        combined = self.combine(rows)
+        if self.groups == 1:
+            return combined
+        present = [r for r in rows if r is not None]
+        if not present:
+            return combined
+        # sum(r * 0) is 0 when every row is finite, NaN otherwise: one fused reduce per variable.
+        poison = tf.add_n([tf.cast(tf.reduce_sum(r * tf.zeros([], r.dtype)), tf.float32)
+                           for r in present])
+        return [None if c is None else c + tf.cast(poison, c.dtype) for c in combined]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Mean(GroupAggregator):
+    """The plain mean gradient of the batch (Keras' own step)."""
+
+    def combine(self, rows):
+        return [None if r is None else r[0] for r in rows]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MedianOfMeans(GroupAggregator):
+    """M3 within one batch: median of the mean gradients of `groups` contiguous groups.
+
+    `compile(optimizer=cgh_tf.M3(opt, groups=k, l2=λ))` on a `cgh_tf.Model` is
+    `compile(optimizer=opt, aggregation=MedianOfMeans(k, l2=λ))`.
+    """
+
+    def __init__(self, groups=3, l2=0.0):
+        super().__init__(l2)
+        self.groups = check_count("groups", groups)
+
+    def get_config(self):
+        return {"groups": self.groups, "l2": self.l2}
+
+    def combine(self, rows):
+        return [None if r is None else robust.median(r, axis=0) for r in rows]
+
+
+class PerExampleAggregator(Aggregator):
+    """Aggregates the m per-example gradients of the batch coordinate-wise."""
+
+    per_example = True
+
+    def reduce(self, values, axis):
+        """values [..., m, ...] with the examples on `axis` -> the aggregate without that axis."""
+        raise NotImplementedError
+
+    def reduce_outer(self, a, b):
+        """Optional fast form for Dense kernels: the reduction of the outer products a_i ⊗ b_i
+        (a [m, fan_in], b [m, fan_out]) as [fan_in, fan_out], or None to use `reduce`."""
+        return None
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Winsorize(PerExampleAggregator):
+    """Winsorized gradient descent (arXiv 2002.10657): per coordinate, clip the m per-example
+    gradients to their `pct`-th and (100 - pct)-th nearest-rank percentiles, then average."""
+
+    def __init__(self, pct=0.0, l2=0.0):
+        super().__init__(l2)
+        if isinstance(pct, bool) or not isinstance(pct, numbers.Real) or not 0.0 <= pct < 50.0:
+            raise ValueError(f"winsorize_pct must be in [0, 50) (percent clipped on each side), "
+                             f"got {pct!r}.")
+        self.pct = float(pct)
+
+    def get_config(self):
+        return {"pct": self.pct, "l2": self.l2}
+
+    def reduce(self, values, axis):
+        return robust.winsorized_mean(values, self.pct, axis)
+
+    def reduce_outer(self, a, b):
+        return robust.winsorized_mean_of_outer_products(a, b, self.pct)
+
+
+NAMES = ("mean", "winsorize")
+
+
+def get(aggregation, winsorize_pct=0.0):
+    """An `Aggregator` from a compile option: a name of `NAMES`, an instance, or its Keras config.
+
+    Raises ValueError for an unknown name, and for `winsorize_pct` > 0 with anything but
+    "winsorize" (it would be ignored).
+    """
+    if isinstance(aggregation, dict):
+        aggregation = keras.saving.deserialize_keras_object(aggregation)
+    if winsorize_pct and aggregation != "winsorize":
+        raise ValueError(
+            f"winsorize_pct={winsorize_pct!r} only applies to aggregation='winsorize' (got "
+            f"aggregation={aggregation!r}); it would be ignored. Remove it, or use "
+            "aggregation='winsorize' (or cgh_tf.aggregators.Winsorize(pct)).")
+    if isinstance(aggregation, Aggregator):
+        return aggregation
+    if aggregation == "mean":
+        return Mean()
+    if aggregation == "winsorize":
+        return Winsorize(winsorize_pct)
+    raise ValueError(f"Unknown aggregation {aggregation!r}; valid: {', '.join(NAMES)}, or a "
+                     "cgh_tf.aggregators.Aggregator instance.")

@@ -1,0 +1,170 @@
+"""Every access to a private Keras or TensorFlow name, in one place, each checked.
+
+Each function states the assumption it relies on and raises `KerasInternalsError`, naming the
+installed Keras version, when the assumption no longer holds; `tests/test_keras_internals.py` pins
+each one. Nothing here falls back silently to a default.
+"""
+
+import inspect
+
+import keras
+import tensorflow as tf
+
+_MISSING = object()
+
+
+class KerasInternalsError(RuntimeError):
+    """A private Keras / TF name that cgh_tf relies on changed in the installed version."""
+
+
+def _fail(what):
+    raise KerasInternalsError(
+        f"cgh_tf relies on {what}, which Keras {keras.__version__} does not provide; this Keras "
+        "version is not supported by this cgh_tf release (see setup.cfg for the tested range).")
+
+
+def flatten_layers(model, include_self=True):
+    """Every layer reachable from `model`, depth first, including layers held as attributes of
+    other layers (e.g. the projections of MultiHeadAttention), which the public `model.layers` omits.
+
+    Relies on `keras.layers.Layer._flatten_layers(include_self, recursive)`.
+    """
+    method = getattr(type(model), "_flatten_layers", None)
+    if method is None:
+        _fail("Layer._flatten_layers")
+    return list(model._flatten_layers(include_self=include_self, recursive=True))
+
+
+def child_layers(layer):
+    """The layers directly tracked by `layer` (attributes and lists), in creation order.
+
+    Relies on `keras.layers.Layer._layers`, the list Keras' attribute tracker fills.
+    """
+    if not hasattr(layer, "_layers"):
+        _fail("Layer._layers")
+    return list(layer._layers)
+
+
+# ------------------------------------------------------------------------------ models
+def loss_tracker(model):
+    """The `keras.metrics.Mean` behind the "loss" entry of `fit`'s logs.
+
+    Relies on `keras.Model._loss_tracker` (created by `compile`): a custom train step that does
+    not call `Trainer.train_step` must update it for the progress bar and `History` to show the
+    loss. No public accessor exists in Keras 3.
+    """
+    tracker = getattr(model, "_loss_tracker", _MISSING)
+    if tracker is _MISSING:
+        _fail("Model._loss_tracker (the loss Mean that compile creates)")
+    if not isinstance(tracker, keras.metrics.Mean):
+        _fail(f"Model._loss_tracker being a keras.metrics.Mean (got {type(tracker).__name__})")
+    return tracker
+
+
+# -------------------------------------------------------------------------- optimizers
+def optimizer_own_variables(optimizer):
+    """The variables an optimizer created itself (`add_variable`), without those of an inner
+    optimizer. Relies on `keras.optimizers.Optimizer._variables` (a list)."""
+    own = getattr(optimizer, "_variables", _MISSING)
+    if not isinstance(own, list):
+        _fail("Optimizer._variables (the list add_variable appends to)")
+    return own
+
+
+def check_variables_are_known(optimizer, variables):
+    """Keras' own check that `variables` are those the optimizer was built with.
+
+    Relies on `keras.optimizers.Optimizer._check_variables_are_known(variables)`.
+    """
+    method = getattr(optimizer, "_check_variables_are_known", None)
+    if not callable(method):
+        _fail("Optimizer._check_variables_are_known")
+    method(variables)
+
+
+def optimizer_strategy(optimizer):
+    """The tf.distribute strategy an optimizer was created under (its variables are placed by it).
+
+    Relies on `keras.src.backend.tensorflow.optimizer.TFOptimizer._distribution_strategy`.
+    """
+    strategy = getattr(optimizer, "_distribution_strategy", _MISSING)
+    if not isinstance(strategy, tf.distribute.Strategy):
+        _fail("TFOptimizer._distribution_strategy (a tf.distribute.Strategy)")
+    return strategy
+
+
+ALL_REDUCE_HOOK = "_all_reduce_sum_gradients"
+
+
+def _identity_grads_and_vars(grads_and_vars):
+    """Replacement for `TFOptimizer._all_reduce_sum_gradients`: gradients are already reduced."""
+    return list(grads_and_vars)
+
+
+def _check_all_reduce_hook(optimizer_type):
+    """The hook exists on the type and `_backend_update_step` (the only all-reduce of a TF
+    optimizer's `apply`) calls it: if Keras stopped calling it, replacing it would not prevent a
+    second all-reduce of already summed gradients, silently."""
+    if not callable(getattr(optimizer_type, ALL_REDUCE_HOOK, None)):
+        _fail(f"TFOptimizer.{ALL_REDUCE_HOOK} (for {optimizer_type.__name__})")
+    step = getattr(optimizer_type, "_backend_update_step", None)
+    try:
+        source = inspect.getsource(step)
+    except (TypeError, OSError):
+        source = ""
+    if f"self.{ALL_REDUCE_HOOK}(" not in source:
+        _fail(f"TFOptimizer._backend_update_step calling self.{ALL_REDUCE_HOOK}(...)")
+
+
+def disable_all_reduce(optimizer):
+    """Stop a Keras TF optimizer instance from all-reducing the gradients handed to `apply`.
+
+    Used by the robust wrappers, which sum the replicas' gradients themselves before the median
+    (one all-reduce of P values per step). The public alternative -- each replica hands the inner
+    optimizer median / R and lets it all-reduce -- moves 2 P values per step instead of P.
+    """
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(f"disable_all_reduce needs a keras optimizer with `{ALL_REDUCE_HOOK}`; "
+                        f"got {type(optimizer).__name__}.")
+    _check_all_reduce_hook(type(optimizer))
+    setattr(optimizer, ALL_REDUCE_HOOK, _identity_grads_and_vars)
+
+
+# ---------------------------------------------------------------------------- tf.distribute
+def strategy_supports_no_merge_call():
+    """Whether the current strategy runs without merge_call (TPUStrategy, Mirrored + XLA on GPU).
+
+    Relies on `tf.__internal__.distribute.strategy_supports_no_merge_call` (the same test Keras'
+    LossScaleOptimizer makes); no public equivalent exists.
+    """
+    internal = getattr(getattr(tf, "__internal__", None), "distribute", None)
+    fn = getattr(internal, "strategy_supports_no_merge_call", None)
+    if not callable(fn):
+        _fail_tf("tf.__internal__.distribute.strategy_supports_no_merge_call")
+    return fn()
+
+
+def _fail_tf(what):
+    raise KerasInternalsError(
+        f"cgh_tf relies on {what}, which TensorFlow {tf.__version__} (Keras {keras.__version__}) "
+        "does not provide; this version is not supported by this cgh_tf release (see setup.cfg).")
+
+
+# ------------------------------------------------------------------------------ Functional
+def _functional_class():
+    """`keras.src.models.functional.Functional`, the class of `keras.Model(inputs, outputs)`.
+
+    Keras exports no public name for it; it is found as the type of a tiny functional model,
+    checked to be a `keras.Model` subclass that takes `(inputs, outputs)`.
+    """
+    inputs = keras.Input((1,))
+    cls = type(keras.Model(inputs, inputs))
+    if cls is keras.Model or not issubclass(cls, keras.Model) or cls.__name__ != "Functional":
+        _fail(f"keras.Model(inputs, outputs) returning a Functional (got {cls.__name__})")
+    parameters = list(inspect.signature(cls.__init__).parameters)
+    if parameters[1:3] != ["inputs", "outputs"]:
+        _fail(f"Functional.__init__(self, inputs, outputs, ...) (got {parameters})")
+    return cls
+
+
+Functional = _functional_class()

@@ -1,0 +1,51 @@
+"""Grokking on modular arithmetic (`python -m trainers.reproduce --experiment=grokking`).
+
+Base config of every arm of `trainers/grokking.py`; the arms change the fields listed in
+`trainers.grokking.ARMS`. Literature settings: Power et al. 2022 (arXiv 2201.02177): AdamW,
+lr 1e-3, weight decay 1, β2 0.98, batch 512, 30-50 % train; Nanda et al. 2023 (arXiv 2301.05217):
+1-layer transformer, p = 113, 30 % train, full batch, wd 1, lr 1e-3; Liu et al. 2022 "Omnigrok"
+(arXiv 2210.01117): MLPs on one-hot operands grok, faster with weight decay.
+
+Scales (`SCALES`): `small` (default; MLP p = 97, 50 % train, lr 3e-3 to make the jump happen in
+~3k updates; transformer width 64 at 50 %) and `full` (p = 113, 30 % train, lr 1e-3 as Nanda /
+Power, 20k updates, transformer width 128).
+"""
+
+import ml_collections
+
+
+def get_config():
+    return ml_collections.ConfigDict(dict(
+        p=97,                    # modulus
+        operation="add",         # add / subtract / multiply (cgh_tf.modular.OPERATIONS)
+        train_fraction=0.5,      # of the p² pairs
+        data_seed=0,             # train / test split of the pairs (the same for every seed)
+        seed=0,                  # weights and batch order
+        model="mlp",             # mlp (one-hot operands) / transformer (tokens)
+        width=256,
+        depth=1,                 # hidden layers (mlp) / blocks (transformer)
+        heads=4,
+        init_scale=1.0,
+        optimizer="adamw",       # adamw / m3 / rm3 / ra3 (the last three wrap AdamW)
+        learning_rate=3e-3,
+        weight_decay=1.0,        # decoupled (AdamW)
+        beta_2=0.98,
+        batch_size=512,
+        steps=4000,              # optimizer updates
+        log_every=100,           # updates between measurements
+        print_every_logs=10,
+        checkpoint_every=500,
+        coherence_samples=256,   # m of the fixed train and test samples
+    ))
+
+
+SCALES = {
+    "small": {},
+    "full": {"p": 113, "train_fraction": 0.3, "learning_rate": 1e-3, "steps": 20000,
+             "log_every": 200, "checkpoint_every": 1000},
+}
+# Per-scale changes of the transformer arms (on top of the scale's own fields).
+TRANSFORMER = {
+    "small": {"model": "transformer", "width": 64, "steps": 1500, "log_every": 50},
+    "full": {"model": "transformer", "width": 128, "steps": 20000, "log_every": 200},
+}

@@ -1,0 +1,548 @@
+"""Model builders and the brute-force reference for the differential test matrix.
+
+`tests/test_coherence_matrix.py` compares cgh_tf's coherence / per-example-gradient results with
+`reference(case)`, computed here **without cgh_tf**: one `tf.GradientTape` per example (a batch of
+one, `training=False`), gradients accumulated in float64 NumPy. With a batch of one, Keras' own
+loss reduction ("sum_over_batch_size") is the mean over the extra axes (e.g. tokens), which is the
+per-example loss of docs/design.md §1.
+
+Every builder takes `model_cls` (`keras.Model` or `cgh_tf.Model`, called as `model_cls(inputs,
+outputs)`) and returns a `Case`; it is seeded, so two calls give the same weights and data. Build
+under the dtype policy of the test (float64 Keras for the exact comparisons).
+
+| id | architecture | flags |
+|---|---|---|
+| mlp | Dense relu, Dense | trainer |
+| cnn_pool | Conv2D-MaxPool-Conv2D-MaxPool-Flatten-Dense-Dense | trainer |
+| resnet_block_bn | Conv-BN-ReLU-Conv-BN + skip, GAP, Dense (BN with random moving stats) | trainer |
+| conv1d_text | Embedding-Conv1D-GlobalMaxPool1D-Dense | |
+| conv3d | Conv3D-Flatten-Dense | |
+| depthwise_separable_2d / _1d | DepthwiseConv-SeparableConv-Flatten-Dense | |
+| grouped_conv2d | Conv2D(groups=2) | |
+| groupnorm_cnn | Conv2D-GroupNormalization-ReLU | |
+| gru_classifier | Embedding-GRU-Dense (symbolic loop, the Keras default) | |
+| lstm_classifier | float sequence-LSTM(unroll=True)-Dense (the loop costs ~10 s per check) | |
+| transformer_block | Embedding + learned positions, self-attention, LayerNorm, FFN | trainer, subprocess |
+| tied_lm_layer / _variable / _lambda | causal LM, logits = h @ embeddingsᵀ three ways, per-token loss | trainer (_layer) |
+| dense_shared_two_inputs / _sequential | one Dense layer called twice | trainer (_sequential) |
+| kernel_reused_by_other_layer | a custom layer multiplying by another Dense's kernelᵀ | |
+| nested_sequential | a Sequential inside a functional model | |
+| dense_subclass_call / custom_layer_own_weights | Dense subclass overriding call; custom weights | |
+| lora_dense | Dense layers with `enable_lora(2)` | |
+| einsum_* | EinsumDense alone (four equations, bias_axes), MSE loss | subprocess |
+| conv2d_transpose | Conv2DTranspose-Flatten-Dense | |
+| unbuilt_sequential | `keras.Sequential` without `keras.Input` (built by its first call) | |
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+from typing import Callable, Dict, List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers as L
+from keras import ops
+
+M = 8  # examples per sample
+CLASSES = 3
+VOCAB = 11
+SEQUENCE = 6
+SEED = 7
+
+
+@dataclasses.dataclass
+class Case:
+    """A model, a sample of M examples and the loss (a keras.losses.Loss built in the test's dtype)."""
+
+    model: keras.Model
+    x: np.ndarray
+    y: np.ndarray
+    loss: keras.losses.Loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A registered builder; `trainer`: also checked through `cgh_tf.Model.fit`; `isolated`: the
+    name of the subprocess group it runs in (attention / EinsumDense may crash the process)."""
+
+    build: Callable[..., Case]
+    trainer: bool = False
+    isolated: Optional[str] = None
+
+
+ARCHITECTURES: Dict[str, Architecture] = {}
+
+
+def architecture(name, trainer=False, isolated=None):
+    """Registers `fn(model_cls) -> Case` under `name`."""
+
+    def register(fn):
+        ARCHITECTURES[name] = Architecture(fn, trainer, isolated)
+        return fn
+
+    return register
+
+
+def build(name, model_cls=keras.Model) -> Case:
+    """A fresh, seeded `Case` of architecture `name`."""
+    keras.utils.set_random_seed(SEED)
+    return ARCHITECTURES[name].build(model_cls)
+
+
+@contextlib.contextmanager
+def dtype_policy(policy, floatx):
+    """Temporarily sets Keras' dtype policy and floatx (restored on exit)."""
+    previous = keras.config.dtype_policy(), keras.config.floatx()
+    keras.config.set_dtype_policy(policy)
+    keras.config.set_floatx(floatx)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous[0])
+        keras.config.set_floatx(previous[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference (independent of cgh_tf)
+
+
+@dataclasses.dataclass
+class Reference:
+    """Per-example gradients, one float64 array [m, *var.shape] per trainable variable."""
+
+    grads: List[np.ndarray]
+
+    @property
+    def m(self) -> int:
+        return len(self.grads[0])
+
+    def sq_norms(self) -> np.ndarray:
+        """[m, V]: ‖g_{i,v}‖² per example i and variable v."""
+        return np.stack([np.sum(g.reshape(self.m, -1) ** 2, axis=1) for g in self.grads], axis=1)
+
+    def grad_sum(self) -> List[np.ndarray]:
+        """Σ_i g_i per variable."""
+        return [g.sum(axis=0) for g in self.grads]
+
+    def m_coherence(self, indices=None) -> float:
+        """‖Σ_i g_i‖² / Σ_i ‖g_i‖² over the variables `indices` (default: all)."""
+        indices = range(len(self.grads)) if indices is None else indices
+        sq_norm_of_sum = sum(np.sum(self.grad_sum()[j] ** 2) for j in indices)
+        return float(sq_norm_of_sum / np.sum(self.sq_norms()[:, list(indices)]))
+
+    def per_layer_m_coherence(self, names) -> Dict[str, float]:
+        """{layer name: m-coherence of its variables}; `names` aligned with the variables."""
+        groups = {}
+        for j, name in enumerate(names):
+            groups.setdefault(name, []).append(j)
+        return {name: self.m_coherence(indices) for name, indices in groups.items()}
+
+    def weighted(self, weights) -> "Reference":
+        """The per-example gradients of the weighted losses w_i·ℓ_i, i.e. w_i·g_i."""
+        w = np.asarray(weights, np.float64)
+        return Reference([g * w.reshape((-1,) + (1,) * (g.ndim - 1)) for g in self.grads])
+
+
+def _float64(gradient, variable):
+    if gradient is None:  # the loss does not depend on the variable
+        return np.zeros(variable.shape, np.float64)
+    return np.asarray(tf.convert_to_tensor(gradient), np.float64)  # IndexedSlices -> dense
+
+
+def reference(case: Case) -> Reference:
+    """Brute force: one tape per example (batch of 1, training=False), float64 NumPy."""
+    per_example = []
+    for i in range(len(case.y)):
+        with tf.GradientTape() as tape:
+            loss = case.loss(case.y[i:i + 1], case.model(case.x[i:i + 1], training=False))
+        variables = case.model.trainable_variables
+        per_example.append([_float64(g, v) for g, v in zip(tape.gradient(loss, variables), variables)])
+    return Reference([np.stack(g) for g in zip(*per_example)])
+
+
+_MEMO: Dict[tuple, Reference] = {}
+
+
+def memoised_reference(name, case: Case) -> Reference:
+    """`reference(case)`, memoised on the architecture `name` and the bytes of every weight (also
+    non-trainable), input and target: each check builds the seeded architecture afresh, so the
+    checks of one architecture share one reference, and any change of weights misses the memo."""
+    if not case.model.weights:  # unbuilt: reference(case) builds it
+        return reference(case)
+    digest = hashlib.sha256()
+    for array in [*case.model.get_weights(), case.x, case.y]:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    key = (name, digest.hexdigest())
+    if key not in _MEMO:
+        _MEMO[key] = reference(case)
+    return _MEMO[key]
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _rng():
+    return np.random.default_rng(SEED)
+
+
+def _perturb(model, scale=0.3):
+    """Adds noise to every trainable variable (non-zero biases, γ ≠ 1, LoRA B ≠ 0)."""
+    rng = _rng()
+    for v in model.trainable_variables:
+        v.assign(v + rng.normal(scale=scale, size=v.shape).astype(v.dtype))
+
+
+def _inputs_like(inputs, vocab=VOCAB):
+    """M random examples matching a `keras.Input` (integer ids below `vocab`, else normal)."""
+    shape = (M, *inputs.shape[1:])
+    if "int" in str(inputs.dtype):
+        return _rng().integers(0, vocab, shape).astype(np.int32)
+    return _rng().normal(size=shape)
+
+
+def _scce():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _classifier(model_cls, inputs, hidden, after_build=None) -> Case:
+    """A `Dense(CLASSES)` head on `hidden`, random inputs and labels, SCCE on logits.
+
+    after_build: optional `fn(model)` run before the weights are perturbed.
+    """
+    model = model_cls(inputs, L.Dense(CLASSES)(hidden))
+    if after_build is not None:
+        after_build(model)
+    _perturb(model)
+    y = np.random.default_rng(SEED + 1).integers(0, CLASSES, M)
+    return Case(model, _inputs_like(inputs), y, _scce())
+
+
+# ----------------------------------------------------------------------------------------------
+# 1-2: MLP, CNN with pooling
+
+
+@architecture("mlp", trainer=True)
+def mlp(model_cls):
+    inputs = keras.Input((6,))
+    return _classifier(model_cls, inputs, L.Dense(8, activation="relu")(inputs))
+
+
+@architecture("cnn_pool", trainer=True)
+def cnn_pool(model_cls):
+    inputs = keras.Input((12, 12, 1))
+    h = L.MaxPooling2D()(L.Conv2D(4, 3, padding="same", activation="relu")(inputs))
+    h = L.MaxPooling2D()(L.Conv2D(6, 3, padding="same", activation="relu")(h))
+    return _classifier(model_cls, inputs, L.Dense(8, activation="relu")(L.Flatten()(h)))
+
+
+# ----------------------------------------------------------------------------------------------
+# 3: ResNet block with BatchNormalization (inference mode)
+
+
+def _randomise_moving_statistics(model):
+    """Non-trivial BatchNorm moving mean / variance, so inference mode ≠ batch statistics."""
+    rng = _rng()
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            size = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.normal(size=size))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=size))
+
+
+@architecture("resnet_block_bn", trainer=True)
+def resnet_block_bn(model_cls):
+    inputs = keras.Input((6, 6, 4))
+    h = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(inputs)))
+    h = L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(h))
+    h = L.GlobalAveragePooling2D()(L.ReLU()(L.Add()([inputs, h])))
+    return _classifier(model_cls, inputs, h, after_build=_randomise_moving_statistics)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4-8: more convolutions and normalisations
+
+
+@architecture("conv1d_text")
+def conv1d_text(model_cls):
+    inputs = keras.Input((10,), dtype="int32")
+    h = L.Conv1D(5, 3, activation="relu")(L.Embedding(VOCAB, 6)(inputs))
+    return _classifier(model_cls, inputs, L.GlobalMaxPooling1D()(h))
+
+
+@architecture("conv3d")
+def conv3d(model_cls):
+    inputs = keras.Input((4, 4, 4, 2))
+    return _classifier(model_cls, inputs, L.Flatten()(L.Conv3D(3, 2, activation="relu")(inputs)))
+
+
+@architecture("depthwise_separable_2d")
+def depthwise_separable_2d(model_cls):
+    inputs = keras.Input((7, 7, 3))
+    h = L.DepthwiseConv2D(3, depth_multiplier=2, activation="relu")(inputs)
+    h = L.SeparableConv2D(4, 3, depth_multiplier=2, activation="relu")(h)
+    return _classifier(model_cls, inputs, L.Flatten()(h))
+
+
+@architecture("depthwise_separable_1d")
+def depthwise_separable_1d(model_cls):
+    inputs = keras.Input((10, 3))
+    h = L.DepthwiseConv1D(3, depth_multiplier=2, activation="relu")(inputs)
+    h = L.SeparableConv1D(4, 3, depth_multiplier=2, activation="relu")(h)
+    return _classifier(model_cls, inputs, L.Flatten()(h))
+
+
+@architecture("grouped_conv2d")
+def grouped_conv2d(model_cls):
+    inputs = keras.Input((6, 6, 4))
+    return _classifier(model_cls, inputs, L.Flatten()(L.Conv2D(6, 3, groups=2, activation="relu")(inputs)))
+
+
+@architecture("groupnorm_cnn")
+def groupnorm_cnn(model_cls):
+    inputs = keras.Input((6, 6, 2))
+    h = L.ReLU()(L.GroupNormalization(groups=2)(L.Conv2D(4, 3, padding="same")(inputs)))
+    return _classifier(model_cls, inputs, L.Flatten()(h))
+
+
+@architecture("conv2d_transpose")
+def conv2d_transpose(model_cls):
+    inputs = keras.Input((4, 4, 2))
+    h = L.Conv2DTranspose(3, 3, strides=2, activation="relu")(inputs)
+    return _classifier(model_cls, inputs, L.Flatten()(h))
+
+
+# ----------------------------------------------------------------------------------------------
+# 9: recurrent classifiers
+
+
+@architecture("gru_classifier")
+def gru_classifier(model_cls):
+    inputs = keras.Input((SEQUENCE,), dtype="int32")
+    return _classifier(model_cls, inputs, L.GRU(5)(L.Embedding(VOCAB, 4)(inputs)))
+
+
+@architecture("lstm_classifier")
+def lstm_classifier(model_cls):
+    inputs = keras.Input((SEQUENCE, 3))
+    return _classifier(model_cls, inputs, L.LSTM(5, unroll=True)(inputs))
+
+
+# ----------------------------------------------------------------------------------------------
+# 10: Transformer encoder block
+
+
+class LearnedPositions(L.Layer):
+    """Adds a trainable [sequence, features] position table to its input."""
+
+    def build(self, input_shape):
+        self.table = self.add_weight(shape=tuple(input_shape[1:]), initializer="random_normal")
+
+    def call(self, inputs):
+        return inputs + self.table
+
+
+@architecture("transformer_block", trainer=True, isolated="attention")
+def transformer_block(model_cls):
+    inputs = keras.Input((SEQUENCE,), dtype="int32")
+    h = LearnedPositions()(L.Embedding(VOCAB, 8)(inputs))
+    h = L.LayerNormalization()(L.Add()([h, L.MultiHeadAttention(num_heads=2, key_dim=4)(h, h)]))
+    ffn = L.Dense(8)(L.Dense(16, activation="relu")(h))
+    h = L.LayerNormalization()(L.Add()([h, ffn]))
+    return _classifier(model_cls, inputs, L.GlobalAveragePooling1D()(h))
+
+
+# ----------------------------------------------------------------------------------------------
+# 11: causal language model with tied input / output embeddings
+
+
+class TiedLogitsFromLayer(L.Layer):
+    """logits = h @ embedding.embeddingsᵀ, holding the Embedding layer."""
+
+    def __init__(self, embedding, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = embedding
+
+    def call(self, h):
+        return ops.matmul(h, ops.transpose(self.embedding.embeddings))
+
+
+class TiedLogitsFromVariable(L.Layer):
+    """logits = h @ tableᵀ, holding the embedding variable itself."""
+
+    def __init__(self, table, **kwargs):
+        super().__init__(**kwargs)
+        self.table = table
+
+    def call(self, h):
+        return ops.matmul(h, ops.transpose(self.table))
+
+
+def _tied_logits_lambda(embedding):
+    return L.Lambda(lambda h: ops.matmul(h, ops.transpose(embedding.embeddings)))
+
+
+def _tied_lm(model_cls, head) -> Case:
+    """Embedding → causal Conv1D → Dense → head(embedding)(h) logits [m, T, VOCAB]; per-token SCCE
+    on next-token targets [m, T]."""
+    inputs = keras.Input((SEQUENCE,), dtype="int32")
+    embedding = L.Embedding(VOCAB, 6)
+    h = L.Conv1D(6, 3, padding="causal", activation="tanh")(embedding(inputs))
+    h = L.Dense(6, activation="tanh")(h)
+    model = model_cls(inputs, head(embedding)(h))
+    _perturb(model)
+    x = _inputs_like(inputs)
+    y = np.concatenate([x[:, 1:], np.random.default_rng(SEED + 1).integers(0, VOCAB, (M, 1))], axis=1)
+    return Case(model, x, y.astype(np.int32), _scce())
+
+
+@architecture("tied_lm_layer", trainer=True)
+def tied_lm_layer(model_cls):
+    return _tied_lm(model_cls, TiedLogitsFromLayer)
+
+
+@architecture("tied_lm_variable")
+def tied_lm_variable(model_cls):
+    return _tied_lm(model_cls, lambda embedding: TiedLogitsFromVariable(embedding.embeddings))
+
+
+@architecture("tied_lm_lambda")
+def tied_lm_lambda(model_cls):
+    return _tied_lm(model_cls, _tied_logits_lambda)
+
+
+# ----------------------------------------------------------------------------------------------
+# 12-13: shared layers and shared kernels
+
+
+@architecture("dense_shared_two_inputs")
+def dense_shared_two_inputs(model_cls):
+    inputs = keras.Input((6,))
+    shared = L.Dense(6, activation="tanh")
+    h = L.Concatenate()([shared(inputs), shared(L.Dense(6)(inputs))])
+    return _classifier(model_cls, inputs, h)
+
+
+@architecture("dense_shared_sequential", trainer=True)
+def dense_shared_sequential(model_cls):
+    inputs = keras.Input((6,))
+    shared = L.Dense(6, activation="tanh")
+    return _classifier(model_cls, inputs, shared(shared(inputs)))
+
+
+class KernelTransposeProjection(L.Layer):
+    """h @ dense.kernelᵀ: reads another Dense layer's kernel (weights tied across layers)."""
+
+    def __init__(self, dense, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense
+
+    def call(self, h):
+        return ops.tanh(ops.matmul(h, ops.transpose(self.dense.kernel)))
+
+
+@architecture("kernel_reused_by_other_layer")
+def kernel_reused_by_other_layer(model_cls):
+    inputs = keras.Input((5,))
+    encoder = L.Dense(7, activation="tanh")
+    return _classifier(model_cls, inputs, KernelTransposeProjection(encoder)(encoder(inputs)))
+
+
+# ----------------------------------------------------------------------------------------------
+# 14-16: nesting, subclassing, LoRA
+
+
+@architecture("nested_sequential")
+def nested_sequential(model_cls):
+    inputs = keras.Input((6,))
+    inner = keras.Sequential([L.Dense(8, activation="relu"), L.Dense(5, activation="tanh")], name="inner")
+    return _classifier(model_cls, inputs, inner(inputs))
+
+
+class SquaredInputDense(L.Dense):
+    """A Dense layer whose `call` squares its input first (an overridden `call`)."""
+
+    def call(self, inputs):
+        return super().call(ops.square(inputs))
+
+
+class ScaledTanh(L.Layer):
+    """A fully custom layer with its own weights: tanh(x @ w) * scale."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform")
+        self.scale = self.add_weight(shape=(self.units,), initializer="ones")
+
+    def call(self, inputs):
+        return ops.tanh(ops.matmul(inputs, self.w)) * self.scale
+
+
+@architecture("dense_subclass_call")
+def dense_subclass_call(model_cls):
+    inputs = keras.Input((5,))
+    return _classifier(model_cls, inputs, SquaredInputDense(6, activation="tanh")(inputs))
+
+
+@architecture("custom_layer_own_weights")
+def custom_layer_own_weights(model_cls):
+    inputs = keras.Input((5,))
+    return _classifier(model_cls, inputs, ScaledTanh(6)(inputs))
+
+
+def _enable_lora(model):
+    for layer in model.layers:
+        if isinstance(layer, L.Dense):
+            layer.enable_lora(rank=2)
+
+
+@architecture("lora_dense")
+def lora_dense(model_cls):
+    inputs = keras.Input((6,))
+    return _classifier(model_cls, inputs, L.Dense(8, activation="relu")(inputs), after_build=_enable_lora)
+
+
+# ----------------------------------------------------------------------------------------------
+# 17: EinsumDense alone (MSE: the per-example loss averages over all output axes)
+
+EINSUM_EQUATIONS = {  # name: (equation, input shape, output shape, bias_axes)
+    "einsum_ab_bc": ("ab,bc->ac", (5,), (4,), "c"),
+    "einsum_abc_cd": ("abc,cd->abd", (3, 5), (3, 4), "d"),
+    "einsum_abc_cde": ("abc,cde->abde", (3, 5), (3, 2, 4), "de"),
+    "einsum_abcd_cde": ("abcd,cde->abe", (3, 4, 5), (3, 6), "e"),
+}
+
+
+def _einsum_dense(equation, input_shape, output_shape, bias_axes):
+    def builder(model_cls):
+        inputs = keras.Input(input_shape)
+        layer = L.EinsumDense(equation, output_shape, activation="tanh", bias_axes=bias_axes)
+        model = model_cls(inputs, layer(inputs))
+        _perturb(model)
+        y = np.random.default_rng(SEED + 1).normal(size=(M, *output_shape))
+        return Case(model, _inputs_like(inputs), y, keras.losses.MeanSquaredError())
+
+    return builder
+
+
+for _name, _spec in EINSUM_EQUATIONS.items():
+    architecture(_name, isolated="einsum")(_einsum_dense(*_spec))
+
+
+# ----------------------------------------------------------------------------------------------
+# 20: an unbuilt Sequential (no keras.Input): built by its first call, not perturbed
+
+
+@architecture("unbuilt_sequential")
+def unbuilt_sequential(model_cls):
+    model = keras.Sequential([L.Dense(8, activation="relu", bias_initializer="random_normal"),
+                              L.Dense(CLASSES)])
+    x = _rng().normal(size=(M, 6))
+    return Case(model, x, np.random.default_rng(SEED + 1).integers(0, CLASSES, M), _scce())

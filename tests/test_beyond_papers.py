@@ -1,0 +1,165 @@
+"""Issue 14: the grokking and double-descent experiments, tiny versions end to end (< 60 s)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cgh_tf import modular
+from trainers import beyond, double_descent, grokking
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------------
+# cgh_tf.modular
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("operation, fn", [("add", lambda a, b: a + b),
+                                           ("subtract", lambda a, b: a - b),
+                                           ("multiply", lambda a, b: a * b)])
+def test_modular_labels_split_and_encodings(operation, fn):
+    p = 7
+    tokens = modular.make(p, operation, 0.4, seed=3, encoding="tokens")
+    onehot = modular.make(p, operation, 0.4, seed=3, encoding="onehot")
+    n_train = round(0.4 * p * p)
+    assert len(tokens["x_train"]) == n_train and len(tokens["x_test"]) == p * p - n_train
+    pairs = np.concatenate([tokens["pairs_train"], tokens["pairs_test"]])
+    assert len({tuple(q) for q in pairs}) == p * p  # every pair exactly once
+    labels = np.concatenate([tokens["y_train"], tokens["y_test"]])
+    np.testing.assert_array_equal(labels, fn(pairs[:, 0], pairs[:, 1]) % p)
+    a, b = tokens["pairs_train"].T
+    np.testing.assert_array_equal(tokens["x_train"], np.stack([a, p + b, np.full_like(a, 2 * p)], 1))
+    assert tokens["x_train"].max() < modular.vocabulary_size(p)
+    np.testing.assert_array_equal(onehot["x_train"].argmax(1), a)
+    np.testing.assert_array_equal(onehot["x_train"][:, p:].argmax(1), b)
+    assert onehot["x_train"].sum(1).tolist() == [2.0] * n_train
+    np.testing.assert_array_equal(onehot["y_train"], tokens["y_train"])
+    again = modular.make(p, operation, 0.4, seed=3)
+    np.testing.assert_array_equal(again["pairs_train"], tokens["pairs_train"])
+    assert not np.array_equal(modular.make(p, operation, 0.4, seed=4)["pairs_train"],
+                              tokens["pairs_train"])
+
+
+def test_modular_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="operation"):
+        modular.make(7, "divide")
+    with pytest.raises(ValueError, match="train_fraction"):
+        modular.make(7, "add", 1.0)
+    with pytest.raises(ValueError, match="encoding"):
+        modular.make(7, "add", 0.5, encoding="bits")
+
+
+# ----------------------------------------------------------------------------------------------
+# grokking
+# ----------------------------------------------------------------------------------------------
+
+TINY_GROK = {"p": 7, "steps": 6, "log_every": 2, "checkpoint_every": 2, "print_every_logs": 1,
+             "coherence_samples": 8, "batch_size": 8, "width": 16}
+
+
+def test_grokking_arms_cover_the_issue():
+    plan = grokking.arms("small", seeds=2)
+    groups = {g: c for g, _, _, c in plan}
+    assert {c.optimizer for c in groups.values()} == {"adamw", "m3", "rm3", "ra3"}
+    assert {c.model for c in groups.values()} == {"mlp", "transformer"}
+    assert groups["mlp_adamw_wd0"].weight_decay == 0.0 and groups["mlp_adamw"].weight_decay == 1.0
+    assert groups["mlp_adamw_x3"].batch_size == 3 * groups["mlp_m3"].batch_size
+    assert groups["mlp_subtract"].operation == "subtract"
+    assert len(plan) == 2 * len(groups)
+    full = {g: c for g, _, _, c in grokking.arms("full", seeds=1)}
+    assert (full["mlp_adamw"].p, full["mlp_adamw"].train_fraction) == (113, 0.3)
+    with pytest.raises(ValueError, match="scale"):
+        grokking.arms("cifar10")
+
+
+def test_grokking_tiny_end_to_end_with_per_layer_coherence(tmp_path):
+    summary = grokking.reproduce(str(tmp_path), seeds=1, overrides=TINY_GROK, echo=None,
+                                 groups=("transformer_adamw",))
+    for name in ("results.md", "results.json", "grokking_curves.png", "grokking_per_layer.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert set(summary["groups"]) == {"transformer_adamw"}
+    tf_curves = json.loads((tmp_path / "transformer_adamw/seed0/results.json").read_text())
+    curves = tf_curves["curves"]
+    assert curves["step"] == [0, 2, 4, 6]
+    for key in ("train_accuracy", "test_accuracy", "train_loss", "test_loss", "weight_norm",
+                "coherence/train/m_coherence", "coherence/test/alpha",
+                "coherence/train/attn1/query/m_coherence", "coherence/train/embed/m_coherence"):
+        assert len(curves[key]) == 4 and all(v is not None for v in curves[key]), key
+    # finished runs are skipped: same results, no retraining
+    again = grokking.run(grokking.arms("small", 1, TINY_GROK, ("transformer_adamw",))[0][3],
+                         str(tmp_path / "transformer_adamw/seed0"), echo=None)
+    assert again["curves"] == curves
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_grokking_m3_resumes_from_its_checkpoint_to_the_same_curves(tmp_path):
+    """M3's buffers and AdamW's moments are in the checkpoint: a resumed run equals a whole one."""
+    config = grokking.arms("small", 1, {**TINY_GROK, "steps": 8}, ("mlp_m3",))[0][3]
+    reference = grokking.run(config, str(tmp_path / "reference"), echo=None)
+    assert reference["batches_per_update"] == 3
+    assert "coherence/test/hidden1/m_coherence" in reference["curves"]
+
+    def interrupt(line):
+        if "update 6/" in line:  # logged at 6, killed before the checkpoint of step 6
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        grokking.run(config, str(tmp_path / "resumed"), echo=interrupt)
+    assert not (tmp_path / "resumed/results.json").exists()
+    lines = []
+    resumed = grokking.run(config, str(tmp_path / "resumed"), echo=lines.append)
+    assert lines[0].strip().startswith("resumed") and "update 4" in lines[0]
+    for key in ("step", "train_loss", "test_accuracy", "coherence/train/m_coherence",
+                "weight_norm"):
+        np.testing.assert_allclose(resumed["curves"][key], reference["curves"][key], rtol=1e-5,
+                                   err_msg=key)
+
+
+# ----------------------------------------------------------------------------------------------
+# double descent
+# ----------------------------------------------------------------------------------------------
+
+def test_double_descent_tiny_end_to_end(tmp_path):
+    overrides = {"epochs": 2, "log_epochs": (0, 1, 2), "coherence_samples": 16,
+                 "fraction_samples": 32, "batch_size": 512}
+    assert len(double_descent.arms("small", 2)) == 2 * 11  # the small width sweep
+    assert {c.dataset for *_, c in double_descent.arms("full", 1)} == {"mnist1d", "mnist5k"}
+    summary = double_descent.reproduce(str(tmp_path), "small", 1, overrides, command="test",
+                                       echo=None, widths=(4, 32))
+    assert set(summary["groups"]) == {"mnist1d/width0004", "mnist1d/width0032"}
+    for name in ("results.md", "results.json", "double_descent_mnist1d_width.png",
+                 "double_descent_mnist1d_epoch.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    result = json.loads((tmp_path / "mnist1d/width0004/seed0/results.json").read_text())
+    curves = result["curves"]
+    assert curves["epoch"] == [0, 1, 2]
+    assert result["num_corrupted"] == 600  # 15 % of 4000, "other": every one really changed
+    for key in ("test_error", "pristine_accuracy", "corrupted_accuracy", "f_pristine",
+                "coherence/pristine/m_coherence", "coherence/corrupted/m_coherence",
+                "coherence/corrupted/hidden1/m_coherence"):
+        assert all(v is not None for v in curves[key]), key
+    assert 0 < curves["coherence/pristine/m_coherence"][0] <= 16
+    text = (tmp_path / "results.md").read_text()
+    assert "mnist1d/width0032" in text and "f^p" in text
+
+
+def test_reproduce_cli_routes_to_the_experiment_and_checks_the_scale(tmp_path):
+    """`trainers.reproduce` accepts the name, routes it here, and rejects a trainer-only scale.
+
+    (The runs behind it are the in-process tests above; a whole CLI run compiles every arm.)
+    """
+    bad = subprocess.run([sys.executable, "-m", "trainers.reproduce",
+                          "--experiment=double_descent", f"--workdir={tmp_path}",
+                          "--scale=cifar10"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0
+    assert "--scale=cifar10 is not available for double_descent; allowed: small, full" in bad.stderr
+    with pytest.raises(ValueError, match="scale"):
+        beyond.run("grokking", str(tmp_path), scale="imagenet")

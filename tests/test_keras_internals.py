@@ -1,0 +1,101 @@
+"""Pins every private Keras / TF name of cgh_tf.keras_internals: each test fails on a Keras release
+that breaks the assumption, and each accessor raises KerasInternalsError (naming the Keras version)
+instead of falling back to a default."""
+
+import inspect
+import io
+import tokenize
+
+import keras
+import pytest
+import tensorflow as tf
+
+from cgh_tf import keras_internals as ki
+
+
+def test_no_other_module_touches_private_keras_names():
+    """Owned modules reach private Keras / TF names only through keras_internals."""
+    import cgh_tf.distribute, cgh_tf.optimizers, cgh_tf.training, cgh_tf.aggregators
+    for module in (cgh_tf.distribute, cgh_tf.optimizers, cgh_tf.training, cgh_tf.aggregators):
+        source = _code_only(inspect.getsource(module))
+        for name in ("keras.src", "tf.__internal__", "_loss_tracker", "_flatten_layers",
+                     "_call_has_training_arg", "_distribution_strategy", "._variables",
+                     "_check_variables_are_known", "_compute_loss"):
+            assert name not in source.replace("keras_internals .", ""), (module.__name__, name)
+
+
+def _code_only(source):
+    """The source without strings and comments (docstrings may name the internals)."""
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return " ".join(t.string for t in tokens if t.type not in (tokenize.STRING, tokenize.COMMENT))
+
+
+def _model():
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4)(inputs)))
+
+
+def test_flatten_layers_and_child_layers():
+    model = _model()
+    assert len(ki.flatten_layers(model, include_self=False)) == 3
+    assert [type(l).__name__ for l in ki.child_layers(model)] == ["InputLayer", "Dense", "Dense"]
+    with pytest.raises(ki.KerasInternalsError, match=keras.__version__):
+        ki.child_layers(object())
+    with pytest.raises(ki.KerasInternalsError, match="_flatten_layers"):
+        ki.flatten_layers(object())
+
+
+def test_loss_tracker():
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    assert isinstance(ki.loss_tracker(model), keras.metrics.Mean)
+    assert ki.loss_tracker(model) in model.metrics
+    with pytest.raises(ki.KerasInternalsError, match="_loss_tracker"):
+        ki.loss_tracker(object())
+
+
+def test_optimizer_internals():
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    model = _model()
+    optimizer.build(model.trainable_variables)
+    own = ki.optimizer_own_variables(optimizer)
+    assert isinstance(own, list) and len(own) == len(optimizer.variables)
+    assert ki.optimizer_strategy(optimizer) is tf.distribute.get_strategy()
+    ki.check_variables_are_known(optimizer, model.trainable_variables)
+    with pytest.raises(ValueError):
+        ki.check_variables_are_known(optimizer, _model().trainable_variables)
+    for accessor in (ki.optimizer_own_variables, ki.optimizer_strategy):
+        with pytest.raises(ki.KerasInternalsError):
+            accessor(object())
+
+
+def test_all_reduce_hook_is_called_by_the_update_step_and_disabled_per_instance():
+    tf_optimizer = next(c for c in keras.optimizers.SGD.__mro__ if c.__name__ == "TFOptimizer")
+    ki._check_all_reduce_hook(keras.optimizers.SGD)  # the hook exists and is called
+    inner = keras.optimizers.SGD(0.1)
+    ki.disable_all_reduce(inner)
+    grads_and_vars = [(tf.constant(1.0), "v")]
+    assert inner._all_reduce_sum_gradients(grads_and_vars) == grads_and_vars
+    other = keras.optimizers.SGD(0.1)
+    assert other._all_reduce_sum_gradients.__func__ is tf_optimizer._all_reduce_sum_gradients
+    with pytest.raises(TypeError, match="_all_reduce_sum_gradients"):
+        ki.disable_all_reduce(object())
+
+
+def test_all_reduce_hook_check_fails_loudly_if_keras_stops_calling_it():
+    class Renamed(keras.optimizers.SGD):
+        def _backend_update_step(self, grads, trainable_variables, learning_rate):
+            pass  # an update step that no longer calls the hook
+
+    with pytest.raises(ki.KerasInternalsError, match="calling self._all_reduce_sum_gradients"):
+        ki.disable_all_reduce(Renamed(0.1))
+
+
+def test_strategy_supports_no_merge_call():
+    assert ki.strategy_supports_no_merge_call() in (True, False)
+
+
+def test_functional_class():
+    inputs = keras.Input((2,))
+    assert type(keras.Model(inputs, inputs)) is ki.Functional
+    assert issubclass(ki.Functional, keras.Model)

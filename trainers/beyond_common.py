@@ -1,0 +1,120 @@
+"""Shared pieces of the two experiments beyond the papers (`trainers/grokking.py`,
+`trainers/double_descent.py`): resumable runs with tf.train.CheckpointManager, JSON I/O, stats.
+
+A run lives in its own directory:
+
+| path             | content                                                                    |
+|------------------|----------------------------------------------------------------------------|
+| `ckpt/`          | tf.train.CheckpointManager: model, optimizer (incl. M3 / RM3 buffers), step |
+| `curves.json`    | the logged curves up to the last checkpoint (written with each checkpoint)  |
+| `results.json`   | written once at the end: config, curves, summary numbers, `finished: true`  |
+
+Started again, a run with a `results.json` of the same config is skipped; otherwise it restores
+the last checkpoint and the curves logged up to it and continues from that step.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+
+from trainers import io
+
+
+def read_json(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, obj):
+    io.write_json(path, obj)
+
+
+def finished_result(run_dir, config_dict):
+    """The results.json dict of a finished run of exactly `config_dict`, else None."""
+    result = read_json(os.path.join(run_dir, "results.json"))
+    if result and result.get("finished") and result.get("config") == io.json_roundtrip(config_dict):
+        return result
+    return None
+
+
+class Checkpointer:
+    """tf.train.CheckpointManager over (model, optimizer, step) plus the curves as JSON."""
+
+    def __init__(self, run_dir, model, optimizer, max_to_keep=2):
+        import tensorflow as tf
+
+        self.run_dir = run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="run_step")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(run_dir, "ckpt"),
+                                                  max_to_keep=max_to_keep)
+        self.curves_path = os.path.join(run_dir, "curves.json")
+
+    def restore(self, config_dict):
+        """(step, curves) of the last checkpoint of this config, or (0, None)."""
+        saved = read_json(self.curves_path)
+        if (self.manager.latest_checkpoint is None or saved is None
+                or saved.get("config") != io.json_roundtrip(config_dict)):
+            return 0, None
+        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        step = int(self.step.numpy())
+        curves = {k: [v for s, v in zip(saved["curves"]["step"], vals) if s <= step]
+                  for k, vals in saved["curves"].items()}
+        return step, curves
+
+    def save(self, step, curves, config_dict):
+        self.step.assign(step)
+        self.manager.save(checkpoint_number=step)
+        write_json(self.curves_path, {"config": io.json_roundtrip(config_dict), "curves": curves,
+                                      "step": step})
+
+
+def append(curves, row):
+    """Append a dict of scalars to the column dict `curves` (new keys padded with None)."""
+    n = len(curves.get("step", []))
+    for key in row:
+        curves.setdefault(key, [None] * n)
+    for key in curves:
+        value = row.get(key)
+        curves[key].append(None if value is None or (isinstance(value, float) and math.isnan(value))
+                           else float(value))
+
+
+def mean_sd(values):
+    """(mean, sample sd, n) of the non-None values; None for missing."""
+    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not values:
+        return None, None, 0
+    mean = math.fsum(values) / len(values)
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return mean, sd, len(values)
+
+
+def cell(values, fmt=".3f", n_total=None):
+    """'mean ± sd' over seeds (with 'k/n' when some seeds have no value)."""
+    mean, sd, n = mean_sd(values)
+    if mean is None:
+        return "n/a"
+    text = format(mean, fmt) + (f" ± {format(sd, fmt)}" if sd is not None else "")
+    if n_total is not None and n < n_total:
+        text += f" ({n}/{n_total} seeds)"
+    return text
+
+
+def weight_norm(model):
+    return float(math.sqrt(sum(float(np.sum(np.square(v.numpy().astype(np.float64))))
+                               for v in model.trainable_variables)))
+
+
+def coherence_row(prefix, stats):
+    """{prefix/m_coherence, prefix/alpha, prefix/<layer>/m_coherence, ...} of a CoherenceStats."""
+    row = {f"{prefix}/m_coherence": stats.m_coherence, f"{prefix}/alpha": stats.alpha}
+    for layer, layer_stats in stats.per_layer.items():
+        row[f"{prefix}/{layer}/m_coherence"] = layer_stats.m_coherence
+        row[f"{prefix}/{layer}/alpha"] = layer_stats.alpha
+    return row

@@ -1,0 +1,310 @@
+r"""Model-wise and epoch-wise double descent, with the coherence of pristine and corrupted examples.
+
+One run (`run(config, run_dir)`): an MLP (`depth` hidden layers of `width` ReLU units) trained with
+Adam on `cgh_tf.data.load(dataset, label_noise=...)`, no weight decay, for `epochs` epochs. At each
+epoch of `log_epochs` (0 = before training) it logs: test error; train accuracy on the pristine and
+on the corrupted examples (vs their noisy labels: memorisation); training loss; the exact
+m-coherence / α (per layer) of a fixed sample of m pristine and of m corrupted training examples
+(with their training labels); and f^p = ⟨g, g^p⟩/⟨g, g⟩ on a fixed mixed training sample
+(`cgh_tf.coherence.loss_reduction_fractions`). Resumable from a checkpoint at every log epoch
+(`trainers/beyond_common.py`). Batch order: epoch e is the permutation `default_rng([seed, e])`.
+"""
+
+import os
+import time
+
+import numpy as np
+
+from trainers import beyond_common as common
+
+DEFAULT_SEEDS = 2
+
+
+def build_model(config, input_shape, num_classes):
+    import keras
+
+    inputs = keras.Input(input_shape)
+    h = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+    for i in range(int(config.depth)):
+        h = keras.layers.Dense(int(config.width), activation="relu", name=f"hidden{i + 1}")(h)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(h))
+
+
+def _sample(mask, m, seed, salt):
+    idx = np.flatnonzero(mask)
+    return np.sort(np.random.default_rng([int(seed), salt]).choice(idx, size=min(m, len(idx)),
+                                                                   replace=False))
+
+
+def run(config, run_dir, echo=print):
+    echo = echo or (lambda line: None)
+    config_dict = config.to_dict()
+    done = common.finished_result(run_dir, config_dict)
+    if done is not None:
+        return done
+    import keras
+    import tensorflow as tf
+
+    from cgh_tf import coherence, data
+
+    started = time.time()
+    keras.utils.set_random_seed(int(config.seed))
+    ds = data.load(config.dataset, label_noise=float(config.label_noise),
+                   noise_kind=config.noise_kind, seed=int(config.data_seed))
+    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    corrupted = ds.train.corrupted
+    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    model = build_model(config, ds.input_shape, ds.num_classes)
+    optimizer = keras.optimizers.Adam(float(config.learning_rate))
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    m = int(config.coherence_samples)
+    samples = {"pristine": _sample(~corrupted, m, config.data_seed, 1),
+               "corrupted": _sample(corrupted, m, config.data_seed, 2)}
+    mixed = np.sort(np.random.default_rng([int(config.data_seed), 3]).choice(
+        len(x), size=min(int(config.fraction_samples), len(x)), replace=False))
+    n, batch = len(x), int(config.batch_size)
+    xt, yt = tf.constant(x), tf.constant(y)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    num_batches = -(-n // batch)
+
+    @tf.function
+    def train_epoch(perm):  # one call per epoch: the batch loop runs inside the graph
+        for k in tf.range(num_batches):
+            idx = perm[k * batch:(k + 1) * batch]
+            train_step(tf.gather(xt, idx), tf.gather(yt, idx))
+
+    @tf.function(reduce_retracing=True)
+    def predict(xs):
+        return tf.argmax(model(xs, training=False), -1, output_type=tf.int32)
+
+    def log(epoch, curves):
+        pred_train, pred_test = predict(xt).numpy(), predict(tf.constant(x_test)).numpy()
+        logits = model(xt, training=False)
+        row = {"epoch": epoch, "step": epoch,
+               "train_loss": float(loss_fn(yt, logits)),
+               "test_error": float(np.mean(pred_test != y_test)),
+               "pristine_accuracy": float(np.mean(pred_train[~corrupted] == y[~corrupted])),
+               "corrupted_accuracy": float(np.mean(pred_train[corrupted] == y[corrupted])),
+               "corrupted_true_accuracy": float(np.mean(
+                   pred_train[corrupted] == ds.train.original_y[corrupted]))}
+        for name, idx in samples.items():
+            stats = coherence.measure(model, x[idx], y[idx], loss=loss_fn, per_layer=True,
+                                      batch_size=m)
+            row.update(common.coherence_row(f"coherence/{name}", stats))
+        f_p, _ = coherence.loss_reduction_fractions(model, x[mixed], y[mixed], ~corrupted[mixed],
+                                                    loss=loss_fn, batch_size=len(mixed))
+        row["f_pristine"] = f_p
+        row["weight_norm"] = common.weight_norm(model)
+        common.append(curves, row)
+        return row
+
+    ckpt = common.Checkpointer(run_dir, model, optimizer)
+    epoch, curves = ckpt.restore(config_dict)
+    log_epochs = sorted(set(int(e) for e in config.log_epochs if e <= int(config.epochs))
+                        | {int(config.epochs)})
+    if curves is None:
+        epoch, curves = 0, {}
+        if 0 in log_epochs:
+            log(0, curves)
+    while epoch < int(config.epochs):
+        train_epoch(tf.constant(np.random.default_rng([int(config.seed), epoch]).permutation(n)))
+        epoch += 1
+        if epoch in log_epochs:
+            log(epoch, curves)
+            ckpt.save(epoch, curves, config_dict)
+    summary = {key: curves[key][-1] for key in curves if key not in ("epoch", "step")}
+    errors = curves["test_error"]
+    best = int(np.nanargmin(np.array([np.nan if e is None else e for e in errors])))
+    summary["min_test_error"] = errors[best]
+    summary["epoch_of_min_test_error"] = curves["epoch"][best]
+    summary["num_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    result = {"config": common.io.json_roundtrip(config_dict), "curves": curves, "finished": True,
+              "summary": summary, "num_train": n, "num_corrupted": int(corrupted.sum()),
+              "seconds_last_invocation": round(time.time() - started, 1)}
+    common.write_json(os.path.join(run_dir, "results.json"), result)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiment
+# ----------------------------------------------------------------------------------------------
+
+def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, widths=None):
+    """[(group, label, seed, config)]: one group per dataset and width."""
+    from configs import double_descent as dd_config
+    from trainers import experiments as exp_lib
+
+    if scale not in dd_config.SCALES:
+        raise ValueError(f"scale={scale!r} is unknown for double_descent; allowed: "
+                         f"{', '.join(dd_config.SCALES)}")
+    base = exp_lib.apply_overrides(dd_config.get_config(), dd_config.SCALES[scale])
+    base = exp_lib.apply_overrides(base, overrides)
+    out = []
+    for dataset in dd_config.DATASETS[scale] if "dataset" not in (overrides or {}) else (
+            base.dataset,):
+        for width in widths or dd_config.WIDTHS[scale]:
+            for seed in range(seeds):
+                config = exp_lib.apply_overrides(base, {"dataset": dataset, "width": width,
+                                                        "seed": seed})
+                out.append((f"{dataset}/width{width:04d}", f"{dataset}, width {width}", seed,
+                            config))
+    return out
+
+
+TABLE = (  # (summary key, header, format)
+    ("num_params", "parameters", ".0f"),
+    ("test_error", "test error (last epoch)", ".3f"),
+    ("min_test_error", "min test error (any logged epoch)", ".3f"),
+    ("epoch_of_min_test_error", "epoch of that min", ".0f"),
+    ("pristine_accuracy", "pristine train acc", ".3f"),
+    ("corrupted_accuracy", "corrupted train acc (vs noisy label)", ".3f"),
+    ("coherence/pristine/m_coherence", "m-coh. pristine", ".2f"),
+    ("coherence/corrupted/m_coherence", "m-coh. corrupted", ".2f"),
+    ("f_pristine", "f^p", ".3f"),
+)
+
+
+def _by_group(runs):
+    groups = {}
+    for group, label, seed, result in runs:
+        groups.setdefault(group, []).append(result)
+    return groups
+
+
+def report(workdir, runs, command, seconds):
+    groups = _by_group(runs)
+    summary = {"experiment": "double_descent", "command": command, "groups": {},
+               "seconds": seconds}
+    for group, results in groups.items():
+        summary["groups"][group] = {
+            key: dict(zip(("mean", "sd", "n"), common.mean_sd([r["summary"][key] for r in results])),
+                      values=[r["summary"][key] for r in results]) for key, _, _ in TABLE}
+    figures = plot(workdir, runs)
+    summary["figures"] = figures
+    common.write_json(os.path.join(workdir, "results.json"), summary)
+    first = runs[0][3]["config"]
+    lines = ["# Double descent: test error and coherence of pristine / corrupted examples", "",
+             f"Command: `{command}`", "",
+             f"One hidden layer MLP, Adam lr {first['learning_rate']}, batch "
+             f"{first['batch_size']}, {first['epochs']} epochs, {first['label_noise']:.0%} label "
+             f"noise ({first['noise_kind']}). Mean ± sample sd over seeds; m = "
+             f"{first['coherence_samples']} pristine / corrupted examples; f^p on "
+             f"{first['fraction_samples']} mixed training examples. Values at the last epoch "
+             f"unless stated.", ""]
+    lines += ["| run | " + " | ".join(h for _, h, _ in TABLE) + " |",
+              "|---" * (len(TABLE) + 1) + "|"]
+    for group, results in groups.items():
+        lines.append(f"| {group} | " + " | ".join(
+            common.cell([r["summary"][k] for r in results], fmt) for k, _, fmt in TABLE) + " |")
+    trained = {}
+    for g, _, _, r in runs:
+        trained[g] = trained.get(g, 0.0) + r.get("seconds_last_invocation", 0.0)
+    summary["training_seconds"] = trained
+    lines += ["", "Wall-clock seconds per width (sum over seeds, as recorded by each run when it "
+              "finished): " + ", ".join(f"{g} {s:.0f}" for g, s in trained.items())
+              + f"; total {sum(trained.values()):.0f} s.", ""]
+    lines += [f"![{f}]({f})" for f in figures]
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return summary
+
+
+def _series(results, key):
+    arr = np.array([[np.nan if v is None else v for v in r["curves"][key]] for r in results],
+                   dtype=float)
+    return np.nanmean(arr, 0), np.nanmin(arr, 0), np.nanmax(arr, 0)
+
+
+def plot(workdir, runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _by_group(runs)
+    datasets = list(dict.fromkeys(g.split("/")[0] for g in groups))
+    columns = (("test_error", "test error"), ("corrupted_accuracy",
+                                              "corrupted train acc (noisy label)"),
+               ("coherence/pristine/m_coherence", "m-coh. pristine sample"),
+               ("coherence/corrupted/m_coherence", "m-coh. corrupted sample"),
+               ("f_pristine", "f^p"))
+    figures = []
+    for dataset in datasets:
+        names = [g for g in groups if g.startswith(dataset + "/")]
+        widths = [groups[g][0]["config"]["width"] for g in names]
+        # model-wise: last-epoch value vs width
+        fig, axes = plt.subplots(1, len(columns), figsize=(3.3 * len(columns), 2.8))
+        for ax, (key, title) in zip(axes, columns):
+            vals = [[r["summary"][key] for r in groups[g]] for g in names]
+            mean = [np.nanmean([np.nan if v is None else v for v in vs]) for vs in vals]
+            lo = [np.nanmin([np.nan if v is None else v for v in vs]) for vs in vals]
+            hi = [np.nanmax([np.nan if v is None else v for v in vs]) for vs in vals]
+            ax.plot(widths, mean, "o-")
+            ax.fill_between(widths, lo, hi, alpha=0.25)
+            if key == "test_error":
+                best = [np.nanmean([r["summary"]["min_test_error"] for r in groups[g]])
+                        for g in names]
+                ax.plot(widths, best, "s--", ms=3, label="min over epochs")
+                ax.legend(fontsize=7)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("hidden width", fontsize=8)
+            ax.set_title(title, fontsize=9)
+            ax.tick_params(labelsize=7)
+        fig.suptitle(f"Model-wise double descent, {dataset} (last epoch; band: min-max over "
+                     f"seeds)", fontsize=10)
+        fig.tight_layout()
+        name = f"double_descent_{dataset}_width.png"
+        fig.savefig(os.path.join(workdir, name), dpi=90)
+        plt.close(fig)
+        figures.append(name)
+        # epoch-wise: curves per width vs epoch
+        fig, axes = plt.subplots(1, len(columns), figsize=(3.3 * len(columns), 2.8))
+        cmap = plt.get_cmap("viridis")
+        for i, g in enumerate(names):
+            epochs = np.array(groups[g][0]["curves"]["epoch"], dtype=float)
+            for ax, (key, title) in zip(axes, columns):
+                mean, _, _ = _series(groups[g], key)
+                ax.plot(np.maximum(epochs, 0.5), mean, color=cmap(i / max(1, len(names) - 1)),
+                        label=f"w={widths[i]}")
+        for ax, (key, title) in zip(axes, columns):
+            ax.set_xscale("log")
+            ax.set_xlabel("epoch (0 plotted at 0.5)", fontsize=8)
+            ax.set_title(title, fontsize=9)
+            ax.tick_params(labelsize=7)
+        axes[0].legend(fontsize=6, ncol=2)
+        fig.suptitle(f"Epoch-wise curves per width, {dataset} (mean over seeds)", fontsize=10)
+        fig.tight_layout()
+        name = f"double_descent_{dataset}_epoch.png"
+        fig.savefig(os.path.join(workdir, name), dpi=90)
+        plt.close(fig)
+        figures.append(name)
+    return figures
+
+
+def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
+              echo=print, widths=None):
+    echo = echo or (lambda line: None)
+    os.makedirs(workdir, exist_ok=True)
+    runs, seconds = [], {}
+    plan = arms(scale, seeds, overrides, widths)
+    for i, (group, label, seed, config) in enumerate(plan, 1):
+        started = time.time()
+        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)
+        seconds[group] = round(seconds.get(group, 0.0) + time.time() - started, 1)
+        s = result["summary"]
+        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {time.time() - started:.0f} s; test error "
+             f"{s['test_error']:.3f} (min {s['min_test_error']:.3f}) corrupted acc "
+             f"{s['corrupted_accuracy']:.3f} m-coh. pristine "
+             f"{s['coherence/pristine/m_coherence']:.2f} corrupted "
+             f"{s['coherence/corrupted/m_coherence']:.2f} f^p {s['f_pristine']:.3f}")
+        runs.append((group, label, seed, result))
+    return report(workdir, runs, command, seconds)

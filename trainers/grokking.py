@@ -1,0 +1,454 @@
+r"""Grokking on modular arithmetic, with exact per-example coherence logged along the way.
+
+One run (`run(config, run_dir)`) trains a model on `cgh_tf.modular.make(...)` with a custom loop
+(`optimizer.apply`, so plain AdamW, `cgh_tf.M3(AdamW)` and `cgh_tf.RM3(AdamW)` all work) and every
+`log_every` optimizer updates logs: train / test accuracy and loss (whole splits), the m-coherence
+and α of a fixed train sample and a fixed test sample (m = `coherence_samples` each, exact, per
+layer, `cgh_tf.coherence.measure`), and the global weight norm. It checkpoints (model, optimizer,
+step, curves) every `checkpoint_every` updates and resumes from there (`trainers/beyond_common.py`).
+
+Models (`model`):
+* `"mlp"`: one-hot(a) ‖ one-hot(b) → Dense(width, relu) → Dense(width, relu) → Dense(p)
+  (Liu et al. 2022 "Omnigrok" use an MLP on one-hot operands; so does Gromov 2023).
+* `"transformer"`: tokens (a, p+b, "=") → Embedding(2p+1, width) → 1 block: MultiHeadAttention
+  (`heads`, residual) → MLP 4·width (relu, residual) → read the "=" position → Dense(p)
+  (Nanda et al. 2023: 1 layer, no LayerNorm).
+
+Optimizers (`optimizer`): `"adamw"` (lr, weight_decay, β1 0.9, β2 0.98: Power et al. 2022),
+`"m3"` = `cgh_tf.M3(AdamW)` (one update per 3 batches of `batch_size`), `"rm3"` =
+`cgh_tf.RM3(AdamW)` (running median of the last 3 batch gradients), `"ra3"` = `cgh_tf.RA3(AdamW)`
+(running mean of the last 3: RM3's control for stale gradients). `steps` counts optimizer
+*updates* for every arm, so an M3 arm sees 3× the batches; the matched control is AdamW with 3×
+the batch (same examples per update, same updates, mean instead of median).
+
+Batches: epoch e is the permutation `default_rng([seed, e])` of the training set, cut into
+`batch_size` chunks (the last partial one dropped); batch j of the run is a pure function of j, so a
+resumed run sees the same batches.
+"""
+
+import math
+import os
+import time
+
+import numpy as np
+
+from trainers import beyond_common as common
+
+
+def build_model(config, vocab_or_inputs, num_classes):
+    import keras
+
+    init = keras.initializers.VarianceScaling(scale=float(config.init_scale) ** 2,
+                                              mode="fan_in", distribution="truncated_normal",
+                                              seed=int(config.seed))
+    if config.model == "mlp":
+        inputs = keras.Input((vocab_or_inputs,), name="onehot")
+        h = inputs
+        for i in range(int(config.depth)):
+            h = keras.layers.Dense(config.width, activation="relu", kernel_initializer=init,
+                                   name=f"hidden{i + 1}")(h)
+        outputs = keras.layers.Dense(num_classes, kernel_initializer=init, name="out")(h)
+        return keras.Model(inputs, outputs, name="grok_mlp")
+    if config.model == "transformer":
+        d = int(config.width)
+        inputs = keras.Input((3,), dtype="int32", name="tokens")
+        x = keras.layers.Embedding(vocab_or_inputs, d, name="embed",
+                                   embeddings_initializer=keras.initializers.RandomNormal(
+                                       stddev=float(config.init_scale) / math.sqrt(d),
+                                       seed=int(config.seed)))(inputs)
+        for i in range(int(config.depth)):
+            attn = keras.layers.MultiHeadAttention(int(config.heads), d // int(config.heads),
+                                                   kernel_initializer=init, name=f"attn{i + 1}")
+            x = keras.layers.Add(name=f"res_attn{i + 1}")([x, attn(x, x)])
+            h = keras.layers.Dense(4 * d, activation="relu", kernel_initializer=init,
+                                   name=f"mlp_in{i + 1}")(x)
+            h = keras.layers.Dense(d, kernel_initializer=init, name=f"mlp_out{i + 1}")(h)
+            x = keras.layers.Add(name=f"res_mlp{i + 1}")([x, h])
+        last = keras.layers.Flatten(name="flatten")(
+            keras.layers.Cropping1D((2, 0), name="equals_position")(x))
+        outputs = keras.layers.Dense(num_classes, kernel_initializer=init, name="unembed")(last)
+        return keras.Model(inputs, outputs, name="grok_transformer")
+    raise ValueError(f"model={config.model!r} is unknown; allowed: mlp, transformer")
+
+
+def build_optimizer(config):
+    import keras
+
+    import cgh_tf
+
+    def adamw():
+        return keras.optimizers.AdamW(learning_rate=float(config.learning_rate),
+                                      weight_decay=float(config.weight_decay), beta_1=0.9,
+                                      beta_2=float(config.beta_2))
+
+    if config.optimizer == "adamw":
+        return adamw(), 1
+    if config.optimizer == "m3":
+        return cgh_tf.M3(adamw(), groups=3), 3
+    if config.optimizer == "rm3":
+        return cgh_tf.RM3(adamw(), window=3), 1
+    if config.optimizer == "ra3":
+        return cgh_tf.RA3(adamw(), window=3), 1
+    raise ValueError(f"optimizer={config.optimizer!r} is unknown; allowed: adamw, m3, rm3, ra3")
+
+
+def _data(config):
+    from cgh_tf import modular
+
+    encoding = "onehot" if config.model == "mlp" else "tokens"
+    data = modular.make(int(config.p), config.operation, float(config.train_fraction),
+                        seed=int(config.data_seed), encoding=encoding)
+    width = 2 * int(config.p) if encoding == "onehot" else modular.vocabulary_size(int(config.p))
+    return data, width
+
+
+def _monitor_indices(n, m, seed):
+    return np.sort(np.random.default_rng([int(seed), 7]).choice(n, size=min(m, n), replace=False))
+
+
+def run(config, run_dir, echo=print):
+    """Train (or resume, or skip if finished) one grokking run; returns its results dict."""
+    echo = echo or (lambda line: None)
+    config_dict = config.to_dict()
+    done = common.finished_result(run_dir, config_dict)
+    if done is not None:
+        return done
+    import keras
+    import tensorflow as tf
+
+    from cgh_tf import coherence
+
+    started = time.time()
+    keras.utils.set_random_seed(int(config.seed))
+    data, input_width = _data(config)
+    x_train, y_train = data["x_train"], data["y_train"].astype(np.int32)
+    x_test, y_test = data["x_test"], data["y_test"].astype(np.int32)
+    p = data["num_classes"]
+    model = build_model(config, input_width, p)
+    optimizer, batches_per_update = build_optimizer(config)
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    m = int(config.coherence_samples)
+    train_idx = _monitor_indices(len(x_train), m, config.seed)
+    test_idx = _monitor_indices(len(x_test), m, int(config.seed) + 1000)
+    mon = {"train": (x_train[train_idx], y_train[train_idx]),
+           "test": (x_test[test_idx], y_test[test_idx])}
+
+    batch = int(config.batch_size)
+    n = len(x_train)
+    full_batch = batch >= n
+    per_epoch = 1 if full_batch else n // batch
+    x_train_t, y_train_t = tf.constant(x_train), tf.constant(y_train)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    @tf.function(reduce_retracing=True)
+    def evaluate(xs, ys):
+        logits = model(xs, training=False)
+        losses = keras.losses.sparse_categorical_crossentropy(ys, logits, from_logits=True)
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ys), tf.float32)
+        return tf.reduce_mean(losses), tf.reduce_mean(correct)
+
+    perm_cache = {}
+
+    def batch_indices(j):
+        if full_batch:
+            return None
+        epoch, k = divmod(j, per_epoch)
+        if epoch not in perm_cache:
+            perm_cache.clear()
+            perm_cache[epoch] = np.random.default_rng([int(config.seed), epoch]).permutation(n)
+        return perm_cache[epoch][k * batch:(k + 1) * batch]
+
+    def log(step, curves):
+        row = {"step": step}
+        for name, (xs, ys) in (("train", (x_train, y_train)), ("test", (x_test, y_test))):
+            loss, acc = evaluate(tf.constant(xs), tf.constant(ys))
+            row[f"{name}_loss"], row[f"{name}_accuracy"] = float(loss), float(acc)
+        for name, (xs, ys) in mon.items():
+            stats = coherence.measure(model, xs, ys, loss=loss_fn, per_layer=True,
+                                      batch_size=m)
+            row.update(common.coherence_row(f"coherence/{name}", stats))
+        row["weight_norm"] = common.weight_norm(model)
+        common.append(curves, row)
+        return row
+
+    ckpt = common.Checkpointer(run_dir, model, optimizer)
+    step, curves = ckpt.restore(config_dict)
+    if curves is None:
+        step, curves = 0, {}
+        log(0, curves)
+    else:
+        echo(f"  resumed {run_dir} at update {step}")
+    total = int(config.steps)
+    every, ckpt_every = int(config.log_every), int(config.checkpoint_every)
+    while step < total:
+        for g in range(batches_per_update):
+            j = step * batches_per_update + g
+            idx = batch_indices(j)
+            if idx is None:
+                train_step(x_train_t, y_train_t)
+            else:
+                train_step(tf.gather(x_train_t, idx), tf.gather(y_train_t, idx))
+        step += 1
+        if step % every == 0 or step == total:
+            row = log(step, curves)
+            if step % (every * int(config.print_every_logs)) == 0 or step == total:
+                echo(f"  update {step}/{total}: train acc {row['train_accuracy']:.3f} "
+                     f"test acc {row['test_accuracy']:.3f} m-coh train "
+                     f"{row['coherence/train/m_coherence']:.2f} test "
+                     f"{row['coherence/test/m_coherence']:.2f} |w| {row['weight_norm']:.1f}")
+        if step % ckpt_every == 0 or step == total:
+            ckpt.save(step, curves, config_dict)
+    result = {"config": common.io.json_roundtrip(config_dict), "curves": curves, "finished": True,
+              "summary": summarize(curves), "num_train": n, "num_test": len(x_test),
+              "batches_per_update": batches_per_update,
+              "seconds_last_invocation": round(time.time() - started, 1)}
+    common.write_json(os.path.join(run_dir, "results.json"), result)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary numbers of one run
+# ----------------------------------------------------------------------------------------------
+
+def first_step(curves, key, threshold):
+    for s, v in zip(curves["step"], curves[key]):
+        if v is not None and v >= threshold:
+            return s
+    return None
+
+
+def value_at(curves, key, step):
+    if step is None:
+        return None
+    for s, v in zip(curves["step"], curves[key]):
+        if s == step:
+            return v
+    return None
+
+
+def summarize(curves, memorised=0.99, grokked=0.95, onset=0.1):
+    """Milestones of one run and the coherence / weight norm at each of them.
+
+    t_mem: first logged update with train acc ≥ `memorised`; t_onset: first with test acc ≥
+    `onset` (the start of the jump); t_grok: first with test acc ≥ `grokked`. `corr_*`: Pearson
+    correlation, over the logs from t_mem on, between the train (test) sample's m-coherence and
+    the test accuracy.
+    """
+    tr, te = "coherence/train/m_coherence", "coherence/test/m_coherence"
+    t_mem = first_step(curves, "train_accuracy", memorised)
+    t_onset = first_step(curves, "test_accuracy", onset)
+    t_grok = first_step(curves, "test_accuracy", grokked)
+    out = {"t_mem": t_mem, "t_onset": t_onset, "t_grok": t_grok,
+           "test_acc_final": curves["test_accuracy"][-1],
+           "train_acc_final": curves["train_accuracy"][-1]}
+    for name, key in (("train", tr), ("test", te)):
+        out[f"coh_{name}_init"] = curves[key][0]
+        for label, step in (("mem", t_mem), ("onset", t_onset), ("grok", t_grok)):
+            out[f"coh_{name}_at_{label}"] = value_at(curves, key, step)
+        out[f"coh_{name}_final"] = curves[key][-1]
+        pairs = [(c, a) for s, c, a in zip(curves["step"], curves[key], curves["test_accuracy"])
+                 if t_mem is not None and s >= t_mem and c is not None]
+        out[f"corr_{name}"] = (float(np.corrcoef(np.array(pairs).T)[0, 1])
+                               if len(pairs) > 2 and np.std([a for _, a in pairs]) > 0 else None)
+    for label, step in (("init", 0), ("mem", t_mem), ("grok", t_grok)):
+        out[f"wnorm_at_{label}"] = value_at(curves, "weight_norm", step)
+    out["wnorm_final"] = curves["weight_norm"][-1]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiment: arms, report, figures
+# ----------------------------------------------------------------------------------------------
+
+# group -> (label, changes of the base config; "transformer" = the scale's TRANSFORMER fields)
+ARMS = {
+    "mlp_adamw": ("MLP, AdamW wd 1", {}),
+    "mlp_adamw_wd0": ("MLP, AdamW wd 0", {"weight_decay": 0.0}),
+    "mlp_m3": ("MLP, M3(AdamW) wd 1", {"optimizer": "m3"}),
+    "mlp_adamw_x3": ("MLP, AdamW wd 1, batch x3 (M3's examples/update)", {"batch_size": 1536}),
+    "mlp_rm3": ("MLP, RM3(AdamW) wd 1", {"optimizer": "rm3"}),
+    "mlp_ra3": ("MLP, RA3(AdamW) wd 1 (RM3's control: mean of the last 3)", {"optimizer": "ra3"}),
+    "mlp_subtract": ("MLP, AdamW wd 1, a − b", {"operation": "subtract"}),
+    "transformer_adamw": ("Transformer (1 layer), AdamW wd 1", "transformer"),
+}
+DEFAULT_SEEDS = 2
+
+
+def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, groups=None):
+    """[(group, label, seed, config)] of the experiment."""
+    from configs import grokking as grok_config
+    from trainers import experiments as exp_lib
+
+    if scale not in grok_config.SCALES:
+        raise ValueError(f"scale={scale!r} is unknown for grokking; allowed: "
+                         f"{', '.join(grok_config.SCALES)}")
+    base = exp_lib.apply_overrides(grok_config.get_config(), grok_config.SCALES[scale])
+    out = []
+    for group, (label, changes) in ARMS.items():
+        if groups is not None and group not in groups:
+            continue
+        if changes == "transformer":
+            changes = grok_config.TRANSFORMER[scale]
+        config = exp_lib.apply_overrides(base, changes)
+        if scale == "full" and group == "mlp_adamw_x3":
+            config.batch_size = 3 * base.batch_size
+        config = exp_lib.apply_overrides(config, overrides)
+        for seed in range(seeds):
+            c = exp_lib.apply_overrides(config, {"seed": seed})
+            out.append((group, label, seed, c))
+    return out
+
+
+SUMMARY_ROWS = (  # (key of summarize(), header, format)
+    ("t_mem", "t_mem: updates to train acc ≥ 0.99", ".0f"),
+    ("t_onset", "t_onset: updates to test acc ≥ 0.1", ".0f"),
+    ("t_grok", "t_grok: updates to test acc ≥ 0.95", ".0f"),
+    ("test_acc_final", "test acc (last)", ".3f"),
+    ("coh_train_init", "m-coh. train sample, init", ".3f"),
+    ("coh_train_at_mem", "m-coh. train at t_mem", ".3f"),
+    ("coh_train_at_onset", "m-coh. train at t_onset", ".3f"),
+    ("coh_train_at_grok", "m-coh. train at t_grok", ".3f"),
+    ("coh_train_final", "m-coh. train (last)", ".3f"),
+    ("corr_train", "corr(m-coh. train, test acc) after t_mem", ".2f"),
+    ("coh_test_at_mem", "m-coh. test at t_mem", ".3f"),
+    ("coh_test_at_onset", "m-coh. test at t_onset", ".3f"),
+    ("coh_test_at_grok", "m-coh. test at t_grok", ".3f"),
+    ("coh_test_final", "m-coh. test (last)", ".3f"),
+    ("corr_test", "corr(m-coh. test, test acc) after t_mem", ".2f"),
+    ("wnorm_at_mem", "‖w‖ at t_mem", ".1f"),
+    ("wnorm_at_grok", "‖w‖ at t_grok", ".1f"),
+    ("wnorm_final", "‖w‖ (last)", ".1f"),
+)
+
+
+def report(workdir, runs, command, seconds):
+    """Write results.json, results.md and the PNGs; `runs` = [(group, label, seed, result)]."""
+    groups = list(dict.fromkeys(g for g, *_ in runs))
+    labels = {g: l for g, l, *_ in runs}
+    summary = {"experiment": "grokking", "command": command, "groups": {}}
+    for group in groups:
+        results = [r for g, _, _, r in runs if g == group]
+        entry = {"label": labels[group], "seeds": len(results), "metrics": {}}
+        for key, _, _ in SUMMARY_ROWS:
+            values = [summarize(r["curves"])[key] for r in results]  # recomputed: no retraining
+            mean, sd, n = common.mean_sd(values)
+            entry["metrics"][key] = {"values": values, "mean": mean, "sd": sd, "n": n}
+        summary["groups"][group] = entry
+    figures = plot(workdir, runs)
+    summary["figures"] = figures
+    summary["seconds_this_invocation"] = seconds
+    common.write_json(os.path.join(workdir, "results.json"), summary)
+    lines = ["# Grokking: coherence through the test-accuracy jump", "",
+             f"Command: `{command}`", "",
+             "Mean ± sample sd over seeds (a seed that never reaches a threshold is left out "
+             "of that cell, shown as k/n seeds). m-coherence of fixed samples of m = "
+             f"{runs[0][3]['config']['coherence_samples']} train / test examples.", ""]
+    header = "| | " + " | ".join(labels[g] for g in groups) + " |"
+    lines += [header, "|---" * (len(groups) + 1) + "|"]
+    for key, name, fmt in SUMMARY_ROWS:
+        cells = []
+        for group in groups:
+            values = summary["groups"][group]["metrics"][key]["values"]
+            cells.append(common.cell(values, fmt, n_total=len(values)))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    trained = {}
+    for g, _, _, r in runs:
+        trained[g] = trained.get(g, 0.0) + r.get("seconds_last_invocation", 0.0)
+    summary["training_seconds"] = trained
+    lines += ["", "Wall-clock seconds per arm group (sum over seeds, as recorded by each run when "
+              "it finished): " + ", ".join(f"{g} {s:.0f}" for g, s in trained.items())
+              + f"; total {sum(trained.values()):.0f} s.", ""]
+    lines += [f"![{f}]({f})" for f in figures]
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return summary
+
+
+def plot(workdir, runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(g for g, *_ in runs))
+    columns = (("train_accuracy", "train acc"), ("test_accuracy", "test acc"),
+               ("coherence/train/m_coherence", "m-coh. train sample"),
+               ("coherence/test/m_coherence", "m-coh. test sample"),
+               ("weight_norm", "‖w‖"))
+    fig, axes = plt.subplots(len(groups), len(columns), figsize=(3.2 * len(columns),
+                                                                  2.4 * len(groups)),
+                             squeeze=False)
+    for row, group in enumerate(groups):
+        for col, (key, name) in enumerate(columns):
+            ax = axes[row][col]
+            for g, label, seed, r in runs:
+                if g != group:
+                    continue
+                c = r["curves"]
+                ax.plot(c["step"], [np.nan if v is None else v for v in c[key]],
+                        label=f"seed {seed}")
+                t_grok = summarize(c)["t_grok"]
+                if t_grok is not None:
+                    ax.axvline(t_grok, color="k", lw=0.5, ls=":")
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(group, fontsize=8)
+            ax.tick_params(labelsize=7)
+            if row == len(groups) - 1:
+                ax.set_xlabel("optimizer updates", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Grokking: accuracy, m-coherence and weight norm (dotted: t_grok)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(os.path.join(workdir, "grokking_curves.png"), dpi=90)
+    plt.close(fig)
+    # per-layer coherence of the train sample, one panel per group (seed 0)
+    ncols = min(4, len(groups))
+    nrows = -(-len(groups) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    for i, group in enumerate(groups):
+        ax = axes.flat[i]
+        r = next(r for g, _, s, r in runs if g == group)
+        c = r["curves"]
+        for key in sorted(k for k in c if k.startswith("coherence/train/")
+                          and k.endswith("/m_coherence") and k.count("/") >= 3):
+            ax.plot(c["step"], [np.nan if v is None else v for v in c[key]],
+                    label="/".join(key.split("/")[2:-1]))
+        if summarize(c)["t_grok"] is not None:
+            ax.axvline(summarize(c)["t_grok"], color="k", lw=0.5, ls=":")
+        ax.set_title(group, fontsize=8)
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("Per-layer m-coherence of the train sample (first seed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "grokking_per_layer.png"), dpi=90)
+    plt.close(fig)
+    return ["grokking_curves.png", "grokking_per_layer.png"]
+
+
+def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
+              echo=print, groups=None):
+    """Run every arm (skipping finished ones, resuming interrupted ones), then report."""
+    echo = echo or (lambda line: None)
+    os.makedirs(workdir, exist_ok=True)
+    runs, seconds = [], {}
+    plan = arms(scale, seeds, overrides, groups)
+    for i, (group, label, seed, config) in enumerate(plan, 1):
+        started = time.time()
+        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)
+        seconds[group] = seconds.get(group, 0.0) + time.time() - started
+        s = result["summary"]
+        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {time.time() - started:.0f} s; t_mem "
+             f"{s['t_mem']} t_grok {s['t_grok']} test acc {s['test_acc_final']:.3f}")
+        runs.append((group, label, seed, result))
+    return report(workdir, runs, command, {g: round(v, 1) for g, v in seconds.items()})
