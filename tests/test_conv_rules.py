@@ -174,6 +174,7 @@ def test_shared_layer_on_inputs_of_different_sizes(monkeypatch):
     original = conv.kernel_statistic
     monkeypatch.setattr(conv, "kernel_statistic", lambda p, shape: parts.append(p) or original(p, shape))
     monkeypatch.setattr(conv, "_kernel_choice", lambda *args: True)
+    monkeypatch.setattr(conv, "XLA", False)  # (with XLA, static shapes always take transpose_b)
     result = per_example.gradients_and_sq_norms(model, x, y, loss_fn)
 
     def ref():
@@ -202,12 +203,14 @@ def test_one_call_gram_other_materialised(monkeypatch):
     assert_matches(per_example.gradients_and_sq_norms(model, x, y, loss_fn), reference(model, x, y))
 
 
-@pytest.mark.parametrize("chunk_elements", [None, 200])
-def test_unknown_batch_and_length_in_tf_function(monkeypatch, chunk_elements):
+@pytest.mark.parametrize("chunk_elements, layout", [(None, "auto"), (200, "transpose_b")])
+def test_unknown_batch_and_length_in_tf_function(monkeypatch, chunk_elements, layout):
     """input_signature with None batch (and None length for the 1D model): the materialised form
-    runs in a while loop over chunks of examples (several chunks with a tiny budget)."""
+    runs in a while loop over chunks of examples (several chunks with a tiny budget), patches from
+    slices with sizes known only at run time."""
     if chunk_elements is not None:
         monkeypatch.setattr(conv, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(conv, "LAYOUT", layout)
     keras.utils.set_random_seed(0)
     image = build([L.Conv2D(3, 3, strides=2, padding="same"), L.DepthwiseConv2D(3, depth_multiplier=2),
                    L.SeparableConv2D(2, 2), L.Conv2DTranspose(2, 2, strides=2)], (9, 9, 2))

@@ -22,13 +22,15 @@ materialised form. How G_i is materialised (all exact):
 | path | when | how |
 |---|---|---|
 | native | depthwise (one input channel per group, G > 1), or G = 1 with O < K; rank ≤ 2, no dilation, equal strides | TF's depthwise filter gradient on [1, *S, m·C] (the examples folded into the channels: a depthwise conv never mixes channels), b tiled over the C input channels when G = 1 |
-| channels_first | grouped, or G = 1 unless x is clearly larger than b | P [m, G, Kg, L] from one transpose of the input, then P b |
-| transpose_b | G = 1 with x clearly larger than b (e.g. Conv*Transpose, whose x is ∂ℓ/∂z) | P [m, L, K·C] without moving x's channels, then bᵀ P |
+| transpose_b | G = 1 and static shapes; without them, when x is clearly larger than b (e.g. Conv*Transpose, whose x is ∂ℓ/∂z) | P [m, L, K·C] (channels last: one gather with indices computed at trace time, or slices), then bᵀ P |
+| channels_first | grouped; G = 1 with unknown shapes, unless transpose_b | P [m, G, Kg, L] from one transpose of the input and slices, then P b |
 
 Patches never use strided slices (slow in TF): each spatial axis is split into [n/s, s] (phase),
-so that every kernel offset is a unit-stride slice. With static shapes the batched matmuls and
-reductions run as one XLA cluster (`XLA`). Memory is bounded: examples are processed in chunks of
-at most `CHUNK_ELEMENTS` materialised elements (Python loop for a static batch size, while loop
+so that every kernel offset is a unit-stride slice (or, with static shapes, one gather). With
+static shapes the batched matmuls and reductions run as one XLA cluster (`XLA`). Measured
+(benchmarks/conv_rules.py, 2-core x86 CPU): the gather + XLA transpose_b path is the fastest for
+every ungrouped conv tried. Memory is bounded: examples are processed in chunks of at most
+`CHUNK_ELEMENTS` materialised elements (Python loop for a static batch size, while loop
 otherwise).
 
 | layer | kernel | G | patches of | output gradient |
@@ -290,8 +292,9 @@ def _gram(p, b):
 
 # How an ungrouped conv's G_i = P_iᵀ b_i is laid out for the batched matmul (all exact):
 #   "channels_first": P [m, K·C, L] (one transpose of the input) times b [m, L, O];
-#   "transpose_b":    bᵀ [m, O, L] (one transpose of the output gradient) times P [m, L, K·C];
-#   "auto":           channels_first unless the input is clearly larger than the output gradient.
+#   "transpose_b":    bᵀ [m, O, L] times P [m, L, K·C] (channels last, no transpose of the input);
+#   "auto":           transpose_b with static shapes (XLA), else channels_first unless the input
+#                     is clearly larger than the output gradient.
 # Grouped convs take "channels_first"; depthwise ones (one input channel per group) TF's own
 # depthwise filter gradient with the examples folded into the channels (NATIVE_DEPTHWISE).
 LAYOUT = "auto"
@@ -305,6 +308,7 @@ class _Part:
         self.x, self.y = base.full_precision(x), base.full_precision(y)
         self.kernel, self.strides, self.dilation = kernel, strides, dilation
         self.padding, self.groups, self.materialise = padding, groups, materialise
+        self.matmul_layout = self._matmul_layout()  # fixed here: chunks of examples keep it
 
     @property
     def native(self):
@@ -333,11 +337,13 @@ class _Part:
     def _matmul_layout(self):
         if self.groups > 1 or LAYOUT != "auto":
             return "channels_first" if self.groups > 1 else LAYOUT
+        if _use_xla([self.x, self.y]):  # gathered patches and XLA's dot: fastest measured
+            return "transpose_b"
         x_size, y_size = self.x.shape[1:].num_elements(), self.y.shape[1:].num_elements()
         if x_size is None or y_size is None:
             return "channels_first"
-        # Measured on CPU: channels_first unless transposing x costs clearly more than b (the
-        # strided transpose of x costs about twice a plain one), e.g. Conv2DTranspose's x = ∂ℓ/∂z.
+        # Without XLA, measured on CPU: channels_first unless transposing x costs clearly more than
+        # b (the strided transpose of x about twice a plain one), e.g. Conv*Transpose's x = ∂ℓ/∂z.
         strided = max(self.strides) > 1
         return "channels_first" if x_size * (2 if strided else 1) <= 2 * y_size else "transpose_b"
 
@@ -345,7 +351,7 @@ class _Part:
         """Layout of the G_i from `operands`: "native", "gko" or "ok"."""
         if self.native:
             return "native"
-        return "gko" if self._matmul_layout() == "channels_first" else "ok"
+        return "gko" if self.matmul_layout == "channels_first" else "ok"
 
     def grad_shape(self, layout):
         """Shape of Σ_i G_i in `layout` (the kernel's elements, ordered by the layout)."""
@@ -390,7 +396,7 @@ class _Part:
         if self.native:
             return "native", native_depthwise(self.x, self.y, self.kernel, self.strides, self.padding,
                                               tiled=self.native == "tiled"), None
-        if self._matmul_layout() == "channels_first":
+        if self.matmul_layout == "channels_first":
             return "gko", self.patches(), self.outputs()
         rank = len(self.kernel)
         p = patches_channels_last(self.x, _spatial_sizes(self.y, rank), self.kernel, self.strides,
@@ -465,9 +471,10 @@ def _reduce(layouts, materialise, layout, tensors):
 
 # With static shapes, the batched matmuls and reductions of the materialised and Gram forms run as
 # one XLA cluster (TF's depthwise filter gradient and the patches stay outside). Measured on a
-# 2-core x86 CPU: 0.55-0.9× the CPU time of TF's BatchMatMul and reductions for most conv shapes
-# (e.g. the small CNN's), 1.2-1.5× for a few. Not for unknown shapes: XLA would compile again for
-# every new batch size or sequence length.
+# 2-core x86 CPU (benchmarks/conv_rules.py): with the transpose_b layout, XLA's dot and fused
+# reductions cut the statistics' CPU time by a quarter to a half against TF's BatchMatMul for every
+# ungrouped conv tried. Not for unknown shapes: XLA would compile again for every new batch size
+# or sequence length.
 XLA = True
 _reduce_xla = tf.function(_reduce, jit_compile=True, autograph=False)
 
