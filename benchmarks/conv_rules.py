@@ -139,10 +139,10 @@ def steps(model, apply, signature=None):
     return {"plain": plain, "fast": fast}
 
 
-def forms(model, x, y):
+def forms(model, x, y, signature=None):
     """The form each conv kernel took, in model order: Gram, or the materialised path (native,
-    channels_first = cf, transpose_b = bt), recorded from one eager pass on two examples (the
-    choices depend on the shapes per example only)."""
+    channels_first = cf, transpose_b = bt), recorded while tracing the engine once (with
+    `signature`, as the timed step is traced)."""
     seen = []
     original = conv.kernel_statistic
 
@@ -155,7 +155,9 @@ def forms(model, x, y):
 
     conv.kernel_statistic = recording
     try:
-        per_example.gradients_and_sq_norms(model, x[:2], y[:2], LOSS)
+        trace = tf.function(lambda xb, yb: per_example.gradients_and_sq_norms(model, xb, yb, LOSS).sq_norms,
+                            input_signature=signature)
+        trace.get_concrete_function(*(signature or (x, y)))
     finally:
         conv.kernel_statistic = original
     return ",".join(seen)
@@ -217,7 +219,7 @@ def main(argv=None):
             signature = [tf.TensorSpec([None, *x.shape[1:]], x.dtype), tf.TensorSpec([None], y.dtype)]
         wall, cpu, wall_ratio, cpu_ratio = time_interleaved(steps(model, args.apply, signature), x, y,
                                                             args.rounds)
-        print(f"| {name} | {forms(model, x, y)} | {wall['plain'] * 1e3:.1f} | {wall['fast'] * 1e3:.1f} "
+        print(f"| {name} | {forms(model, x, y, signature)} | {wall['plain'] * 1e3:.1f} | {wall['fast'] * 1e3:.1f} "
               f"| {wall_ratio:.2f} | {cpu['plain'] * 1e3:.1f} | {cpu['fast'] * 1e3:.1f} | {cpu_ratio:.2f} |",
               flush=True)
     print(f"# load after: {os.getloadavg()[0]:.2f}")

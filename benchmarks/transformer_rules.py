@@ -34,6 +34,7 @@ import tensorflow as tf  # noqa: E402
 import cgh_tf  # noqa: E402
 from cgh_tf import keras_internals, layer_rules, per_example  # noqa: E402
 from cgh_tf.layer_rules import base, einsum_dense  # noqa: E402
+from benchmarks import keras_steps  # noqa: E402
 
 SEQ, WIDTH, HEADS, VOCAB, BATCH, CLASSES = 64, 128, 4, 1000, 64, 10
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -93,22 +94,6 @@ def norms_step(model, optimizer):
         optimizer.apply([tf.convert_to_tensor(g) / tf.cast(m, g.dtype) for g in r.grad_sum],
                         model.trainable_variables)
         return tf.reduce_mean(r.losses) + 0.0 * coherence
-
-    return step
-
-
-def keras_train_step(model_class, options):
-    keras.utils.set_random_seed(0)
-    block = encoder_block()
-    model = model_class(block.inputs, block.outputs)
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=LOSS, metrics=["accuracy"], **options)
-    model.optimizer.build(model.trainable_variables)
-    if isinstance(model, cgh_tf.Model):
-        model.make_train_function()
-
-    @tf.function
-    def step(x, y):
-        return model.train_step((x, y))["loss"]
 
     return step
 
@@ -246,8 +231,9 @@ def main(argv=None):
         with without_statistics(rule):
             step.get_concrete_function(x, y)
         steps[f"norms without {rule.name} statistics"] = step
-    steps["keras train_step (keras.Model)"] = keras_train_step(keras.Model, {})
-    steps["keras train_step (cgh_tf.Model coherence_every=1)"] = keras_train_step(cgh_tf.Model, {"coherence_every": 1})
+    steps["keras train_step (keras.Model)"] = keras_steps.train_step(encoder_block, keras.Model, {})
+    steps["keras train_step (cgh_tf.Model coherence_every=1)"] = keras_steps.train_step(
+        encoder_block, cgh_tf.Model, {"coherence_every": 1})
 
     result = time_interleaved(steps, x, y, args.rounds)
     print(f"\n{os.getloadavg()[0]:.1f} load average during the run (1 min)")

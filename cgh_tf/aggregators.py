@@ -53,7 +53,8 @@ def check_count(name, value, what="the median of 2 values is their mean"):
     return value
 
 
-def _check_l2(l2):
+def check_l2(l2):
+    """`l2` as a float >= 0 (the coupled L2 coefficient)."""
     if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or l2 < 0:
         raise ValueError(f"`l2` must be a float >= 0; got {l2!r}.")
     return float(l2)
@@ -68,7 +69,7 @@ class Aggregator:
     per_example = False
 
     def __init__(self, l2=0.0):
-        self.l2 = _check_l2(l2)
+        self.l2 = check_l2(l2)
 
     def get_config(self):
         return {"l2": self.l2}
@@ -100,13 +101,8 @@ class GroupAggregator(Aggregator):
         combined = self.combine(rows)
         if self.groups == 1:
             return combined
-        present = [r for r in rows if r is not None]
-        if not present:
-            return combined
-        # sum(r * 0) is 0 when every row is finite, NaN otherwise: one fused reduce per variable.
-        poison = tf.add_n([tf.cast(tf.reduce_sum(r * tf.zeros([], r.dtype)), tf.float32)
-                           for r in present])
-        return [None if c is None else c + tf.cast(poison, c.dtype) for c in combined]
+        marker = robust.nonfinite_marker(rows)
+        return [None if c is None else c + tf.cast(marker, c.dtype) for c in combined]
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

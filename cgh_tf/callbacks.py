@@ -33,7 +33,6 @@ import tensorflow as tf
 
 from cgh_tf import coherence
 from cgh_tf import data as cgh_data
-from cgh_tf import per_example
 
 
 class SubsetAccuracy(keras.callbacks.Callback):
@@ -68,7 +67,7 @@ class SubsetAccuracy(keras.callbacks.Callback):
                 self.subsets[name] = (x, y)
         self.batch_size = batch_size
         self.every = every
-        self._count_fn = None
+        self._count_fn = _PerModel(_count_correct_fn)
 
     def on_epoch_end(self, epoch, logs=None):
         """Add `{name}_accuracy` for every non-empty subset to `logs` (every `every` epochs)."""
@@ -88,23 +87,31 @@ class SubsetAccuracy(keras.callbacks.Callback):
         return correct / len(y)
 
     def _count_correct(self, x, y):
-        if self._count_fn is None:
-            model = self.model
+        return self._count_fn(self.model, x, y)
 
-            @tf.function(reduce_retracing=True)
-            def count_correct(x, y):
-                scores = model(x, training=False)
-                predicted = tf.argmax(scores, axis=-1, output_type=tf.int64)
-                return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(y, tf.int64)), tf.int64))
 
-            self._count_fn = count_correct
-        return self._count_fn(x, y)
+def _count_correct_fn(model):
+    """Compiled `(x, y) -> number of examples whose arg-max class is y`."""
 
-    def set_model(self, model):
-        """Keras hook; a new model invalidates the compiled counting function."""
-        if model is not getattr(self, "_model", None):
-            self._count_fn = None
-        super().set_model(model)
+    @tf.function(reduce_retracing=True)
+    def count_correct(x, y):
+        scores = model(x, training=False)
+        predicted = tf.argmax(scores, axis=-1, output_type=tf.int64)
+        return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(y, tf.int64)), tf.int64))
+
+    return count_correct
+
+
+class _PerModel:
+    """A function compiled for one model by `build(model)`, rebuilt when called with another."""
+
+    def __init__(self, build):
+        self._build, self._model, self._fn = build, None, None
+
+    def __call__(self, model, *args):
+        if model is not self._model:
+            self._model, self._fn = model, self._build(model)
+        return self._fn(*args)
 
 
 def _check_subset(name, pair):
@@ -188,7 +195,6 @@ class CoherenceMonitor(keras.callbacks.Callback):
         self.last_stats = {}
         self._epoch = 0
         self._writer = None
-        self._batch_sums, self._accumulator = None, None
 
     # -- Keras hooks ------------------------------------------------------------------------------
 
@@ -218,41 +224,12 @@ class CoherenceMonitor(keras.callbacks.Callback):
 
     # -- measurement ------------------------------------------------------------------------------
 
-    def set_model(self, model):
-        """Keras hook; a new model invalidates the compiled per-example-gradient function."""
-        if model is not getattr(self, "_model", None):
-            self._batch_sums, self._accumulator = None, None
-        super().set_model(model)
-
     def measure_samples(self) -> dict:
-        """`{sample: coherence.CoherenceStats}` at the current weights (no logging, no files).
-
-        Same numbers as `coherence.measure(model, x, y, loss, batch_size, per_layer, training)`,
-        with the traced function and the accumulator built once per model instead of per call.
-        """
-        if getattr(self, "_batch_sums", None) is None:
-            self._build_measurement()
-        results = {}
-        for name, (x, y) in self.samples.items():
-            self._accumulator.reset()
-            for start in range(0, len(y), self.batch_size):
-                part = slice(start, start + self.batch_size)
-                xb = tf.nest.map_structure(lambda t: t[part], x)
-                self._accumulator.update(*self._batch_sums(xb, y[part]))
-            results[name] = self._accumulator.result(per_layer=self.per_layer)
-        return results
-
-    def _build_measurement(self):
-        model, training = self.model, self.training
-        loss_fn = per_example.per_example_loss_fn(model, self.loss)
-
-        @tf.function(reduce_retracing=True)
-        def batch_sums(x, y):
-            sums = per_example.gradients_and_sq_norms(model, x, y, loss_fn, training=training)
-            return sums.grad_sum, sums.sq_norms
-
-        self._batch_sums = batch_sums
-        self._accumulator = coherence.StreamingCoherence.for_model(model)
+        """`{sample: coherence.CoherenceStats}` at the current weights (no logging, no files):
+        `coherence.measure` of each sample, which compiles once per model, loss and mode."""
+        return {name: coherence.measure(self.model, x, y, loss=self.loss, batch_size=self.batch_size,
+                                        per_layer=self.per_layer, training=self.training)
+                for name, (x, y) in self.samples.items()}
 
     def record(self, epoch, step, summary_step) -> dict:
         """Measures every sample, writes TensorBoard scalars and CSV rows; returns the logs dict."""
@@ -340,15 +317,9 @@ class LearningTimes(keras.callbacks.Callback):
         self.evaluated_steps = []
         self.steps_seen = 0
         self._writer = None
-        self._predict_fn = None
+        self._predict_fn = _PerModel(_predict_classes_fn)
 
     # -- Keras hooks ------------------------------------------------------------------------------
-
-    def set_model(self, model):
-        """Keras hook; a new model invalidates the compiled prediction function."""
-        if model is not getattr(self, "_model", None):
-            self._predict_fn = None
-        super().set_model(model)
 
     def on_train_begin(self, logs=None):
         if self.log_dir is not None and self._writer is None:
@@ -411,19 +382,7 @@ class LearningTimes(keras.callbacks.Callback):
         return np.concatenate(parts).astype(np.int64)
 
     def _predict_batch(self, x):
-        if self._predict_fn is None:
-            model = self.model
-
-            @tf.function(reduce_retracing=True)
-            def predict_classes(x):
-                scores = model(x, training=False)
-                if scores.shape.rank != 2 or scores.shape[-1] == 1:
-                    raise ValueError(f"LearningTimes needs class scores [batch, num_classes] with "
-                                     f"num_classes >= 2; the model outputs shape {scores.shape}.")
-                return tf.argmax(scores, axis=-1, output_type=tf.int64)
-
-            self._predict_fn = predict_classes
-        return self._predict_fn(x)
+        return self._predict_fn(self.model, x)
 
     def _write_summaries(self, step, correct):
         corrupted = np.asarray(self.split.corrupted).astype(bool)
@@ -550,3 +509,17 @@ def _atomic_write_csv(path, columns, rows):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _predict_classes_fn(model):
+    """Compiled `x -> arg-max class`; the model must output [batch, num_classes >= 2] scores."""
+
+    @tf.function(reduce_retracing=True)
+    def predict_classes(x):
+        scores = model(x, training=False)
+        if scores.shape.rank != 2 or scores.shape[-1] == 1:
+            raise ValueError(f"LearningTimes needs class scores [batch, num_classes] with "
+                             f"num_classes >= 2; the model outputs shape {scores.shape}.")
+        return tf.argmax(scores, axis=-1, output_type=tf.int64)
+
+    return predict_classes

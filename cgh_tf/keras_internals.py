@@ -10,9 +10,6 @@ import inspect
 import keras
 import tensorflow as tf
 
-_MISSING = object()
-
-
 class KerasInternalsError(RuntimeError):
     """A private Keras / TF name that cgh_tf relies on changed in the installed version."""
 
@@ -23,15 +20,20 @@ def _fail(what):
         "version is not supported by this cgh_tf release (see setup.cfg for the tested range).")
 
 
+def _private(owner, name, what, fail=None):
+    """`owner.<name>`, or a `KerasInternalsError` naming `what` when it does not exist."""
+    if not hasattr(owner, name):
+        (fail or _fail)(what)
+    return getattr(owner, name)
+
+
 def flatten_layers(model, include_self=True):
     """Every layer reachable from `model`, depth first, including layers held as attributes of
     other layers (e.g. the projections of MultiHeadAttention), which the public `model.layers` omits.
 
     Relies on `keras.layers.Layer._flatten_layers(include_self, recursive)`.
     """
-    method = getattr(type(model), "_flatten_layers", None)
-    if method is None:
-        _fail("Layer._flatten_layers")
+    _private(type(model), "_flatten_layers", "Layer._flatten_layers")
     return list(model._flatten_layers(include_self=include_self, recursive=True))
 
 
@@ -53,9 +55,7 @@ def loss_tracker(model):
     not call `Trainer.train_step` must update it for the progress bar and `History` to show the
     loss. No public accessor exists in Keras 3.
     """
-    tracker = getattr(model, "_loss_tracker", _MISSING)
-    if tracker is _MISSING:
-        _fail("Model._loss_tracker (the loss Mean that compile creates)")
+    tracker = _private(model, "_loss_tracker", "Model._loss_tracker (the loss Mean that compile creates)")
     if not isinstance(tracker, keras.metrics.Mean):
         _fail(f"Model._loss_tracker being a keras.metrics.Mean (got {type(tracker).__name__})")
     return tracker
@@ -65,7 +65,7 @@ def loss_tracker(model):
 def optimizer_own_variables(optimizer):
     """The variables an optimizer created itself (`add_variable`), without those of an inner
     optimizer. Relies on `keras.optimizers.Optimizer._variables` (a list)."""
-    own = getattr(optimizer, "_variables", _MISSING)
+    own = _private(optimizer, "_variables", "Optimizer._variables")
     if not isinstance(own, list):
         _fail("Optimizer._variables (the list add_variable appends to)")
     return own
@@ -76,7 +76,7 @@ def check_variables_are_known(optimizer, variables):
 
     Relies on `keras.optimizers.Optimizer._check_variables_are_known(variables)`.
     """
-    method = getattr(optimizer, "_check_variables_are_known", None)
+    method = _private(optimizer, "_check_variables_are_known", "Optimizer._check_variables_are_known")
     if not callable(method):
         _fail("Optimizer._check_variables_are_known")
     method(variables)
@@ -87,7 +87,7 @@ def optimizer_strategy(optimizer):
 
     Relies on `keras.src.backend.tensorflow.optimizer.TFOptimizer._distribution_strategy`.
     """
-    strategy = getattr(optimizer, "_distribution_strategy", _MISSING)
+    strategy = _private(optimizer, "_distribution_strategy", "TFOptimizer._distribution_strategy")
     if not isinstance(strategy, tf.distribute.Strategy):
         _fail("TFOptimizer._distribution_strategy (a tf.distribute.Strategy)")
     return strategy
@@ -105,9 +105,11 @@ def _check_all_reduce_hook(optimizer_type):
     """The hook exists on the type and `_backend_update_step` (the only all-reduce of a TF
     optimizer's `apply`) calls it: if Keras stopped calling it, replacing it would not prevent a
     second all-reduce of already summed gradients, silently."""
-    if not callable(getattr(optimizer_type, ALL_REDUCE_HOOK, None)):
-        _fail(f"TFOptimizer.{ALL_REDUCE_HOOK} (for {optimizer_type.__name__})")
-    step = getattr(optimizer_type, "_backend_update_step", None)
+    hook = _private(optimizer_type, ALL_REDUCE_HOOK,
+                    f"TFOptimizer.{ALL_REDUCE_HOOK} (for {optimizer_type.__name__})")
+    if not callable(hook):
+        _fail(f"TFOptimizer.{ALL_REDUCE_HOOK} being a method")
+    step = _private(optimizer_type, "_backend_update_step", "TFOptimizer._backend_update_step")
     try:
         source = inspect.getsource(step)
     except (TypeError, OSError):
@@ -137,10 +139,11 @@ def strategy_supports_no_merge_call():
     Relies on `tf.__internal__.distribute.strategy_supports_no_merge_call` (the same test Keras'
     LossScaleOptimizer makes); no public equivalent exists.
     """
-    internal = getattr(getattr(tf, "__internal__", None), "distribute", None)
-    fn = getattr(internal, "strategy_supports_no_merge_call", None)
+    what = "tf.__internal__.distribute.strategy_supports_no_merge_call"
+    internal = _private(_private(tf, "__internal__", what, _fail_tf), "distribute", what, _fail_tf)
+    fn = _private(internal, "strategy_supports_no_merge_call", what, _fail_tf)
     if not callable(fn):
-        _fail_tf("tf.__internal__.distribute.strategy_supports_no_merge_call")
+        _fail_tf(what)
     return fn()
 
 

@@ -48,7 +48,6 @@ Factory for trainers: `build(name, learning_rate, ...)` with names `sgd`, `adam`
 `ra3` and `m<k>` / `rm<k>` / `ra<k>` (e.g. `m5` = M3 with 5 groups).
 """
 
-import numbers
 import re
 
 import keras
@@ -73,22 +72,6 @@ def _check_inner(optimizer):
             "`optimizer` must be a keras.optimizers.Optimizer instance (e.g. "
             f"keras.optimizers.SGD(0.1)); got {type(optimizer).__name__}: {optimizer!r}."
         )
-
-
-def _check_l2(l2):
-    if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or l2 < 0:
-        raise ValueError(f"`l2` must be a float >= 0; got {l2!r}.")
-    return float(l2)
-
-
-def _all_finite(grads):
-    """True iff no gradient has a NaN or Inf entry: sum(g * 0) is 0 exactly then, else NaN.
-
-    One fused multiply-reduce per tensor, about half the cost of reduce_all(is_finite(g)), and
-    unlike sum(g) it cannot overflow.
-    """
-    zeros = [tf.cast(tf.reduce_sum(g * tf.zeros([], g.dtype)), tf.float32) for g in grads if g is not None]
-    return tf.math.is_finite(tf.add_n(zeros)) if zeros else tf.constant(True)
 
 
 def _densify(grad):
@@ -124,7 +107,7 @@ class RobustAverage(keras.optimizers.Optimizer):
         _check_inner(optimizer)
         size = aggregators.check_count(
             self._size_name, size, "the median of 2 values is their mean" if self._median else None)
-        l2 = _check_l2(l2)
+        l2 = aggregators.check_l2(l2)
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
         self.size = size
@@ -256,7 +239,7 @@ class RobustAverage(keras.optimizers.Optimizer):
         Runs in cross-replica context under merge-call strategies (grads are per-replica values
         with identical components) and in replica / default context otherwise.
         """
-        finite = distribute.first_replica_value(distribute.for_each_replica(_all_finite, grads))
+        finite = distribute.first_replica_value(distribute.for_each_replica(robust.all_finite, grads))
 
         def on_finite():
             count = tf.convert_to_tensor(self.accepted_steps)

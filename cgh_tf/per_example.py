@@ -29,13 +29,13 @@ import contextlib
 import dataclasses
 import warnings
 import weakref
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple
 
 import keras
 import tensorflow as tf
 
 from cgh_tf import exact_fallback, keras_internals, layer_rules
-from cgh_tf.layer_rules.base import by_examples, concat_positions
+from cgh_tf.layer_rules.base import by_examples, concat_positions, sum_sq
 
 _PER_EXAMPLE_MARK = "_cgh_per_example_loss"
 _DEFAULT_CHUNK_ELEMENTS = 2**25  # per-example gradient elements held at once (~128 MB float32)
@@ -139,6 +139,14 @@ def _to_tensors(x, y):
     return x, y
 
 
+def _check_loss_on_one_example(model, x, y, loss_fn):
+    """Runs the loss on the first example, eagerly, so that a loss that is not per example fails
+    with its one-line error before any tracing (an exception raised while TF vectorizes a traced
+    function can leave TF's distribution state inconsistent for later calls in the process)."""
+    first = tf.nest.map_structure(lambda t: t[:1], x)
+    loss_fn(y[:1], model(first, training=False))  # inference mode: no BatchNorm update
+
+
 def per_example_gradients(model, x, y, loss=None, training=False, chunk_size=None):
     """Per-example gradients g_i of the per-example loss w.r.t. `model.trainable_variables`.
 
@@ -150,6 +158,8 @@ def per_example_gradients(model, x, y, loss=None, training=False, chunk_size=Non
     x, y = _to_tensors(x, y)
     loss_fn = per_example_loss_fn(model, loss)
     ensure_built(model, x)
+    if not tf.inside_function():
+        _check_loss_on_one_example(model, x, y, loss_fn)
     variables = list(model.trainable_variables)
     m = y.shape[0]
     if m is None or tf.inside_function():
@@ -210,20 +220,26 @@ _FINDINGS = weakref.WeakKeyDictionary()  # model -> {layer path: reason found wh
 _WARNED = weakref.WeakKeyDictionary()  # model -> {layer paths warned about}
 
 
-def _layer_paths(model):
-    """{id(layer): "outer/inner" path} for every layer below `model` (first path wins)."""
-    paths = {}
+def _layers_with_paths(model):
+    """[(layer, "outer/inner" path)] for every layer below `model`, depth first in the model's
+    layer order; a layer reachable twice (a tied head holding another layer) keeps its first path."""
+    found = {}
 
     def visit(layer, path):
-        if id(layer) in paths:
+        if id(layer) in found:
             return
-        paths[id(layer)] = path
+        found[id(layer)] = (layer, path)
         for child in keras_internals.child_layers(layer):
-            visit(child, f"{path}/{child.name}" if path else child.name)
+            visit(child, f"{path}/{child.name}")
 
     for child in keras_internals.child_layers(model):
         visit(child, child.name)
-    return paths
+    return list(found.values())
+
+
+def _layer_paths(model):
+    """{id(layer): path} (see `_layers_with_paths`)."""
+    return {id(layer): path for layer, path in _layers_with_paths(model)}
 
 
 def _own_variables(layer):
@@ -449,7 +465,7 @@ def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False,
     fallback_grads = exact_fallback.per_example_gradients(model, x, y, loss_fn, fallback, training)
     weight_sq = None if sample_weight is None else tf.square(_example_weights(sample_weight, dtype))
     for v, per_example in zip(fallback, fallback_grads):
-        sq_norm_of[id(v)] = tf.cast(_sum_sq(per_example), dtype)
+        sq_norm_of[id(v)] = tf.cast(sum_sq(per_example), dtype)
         if weight_sq is not None:
             sq_norm_of[id(v)] *= weight_sq
 
@@ -464,11 +480,6 @@ def _add(total, gradient, variable):
         return total
     gradient = tf.cast(_dense(gradient), variable.dtype)
     return gradient if total is None else _dense(total) + gradient
-
-
-def _sum_sq(t):
-    """Per-example sum of squares over all non-example axes: [m, ...] -> [m]."""
-    return tf.reduce_sum(tf.square(t), axis=list(range(1, t.shape.rank)))
 
 
 # Per-example gradients of one reduced block: examples × coordinates, in float32 elements.
@@ -528,7 +539,7 @@ def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=Fa
     for v, g in zip(rest, exact_fallback.per_example_gradients(model, x, y, loss_fn, rest, training)):
         reduced[id(v)] = reduce(g, 0)
         if with_sums:
-            sums[id(v)] = (tf.reduce_sum(g, axis=0), _sum_sq(g))
+            sums[id(v)] = (tf.reduce_sum(g, axis=0), sum_sq(g))
     result = [reduced.get(id(v)) for v in variables]
     if not with_sums:
         return result
@@ -568,7 +579,7 @@ def _reduced_dense_gradients(layer, calls_and_grads, reduce, block_elements, red
         sums[id(layer.kernel)] = (tf.einsum("mti,mto->io", a, b), kernel_sq)
         if layer.bias is not None:
             bias = tf.reduce_sum(b, axis=1)
-            sums[id(layer.bias)] = (tf.reduce_sum(bias, axis=0), _sum_sq(bias))
+            sums[id(layer.bias)] = (tf.reduce_sum(bias, axis=0), sum_sq(bias))
     return out
 
 
@@ -605,13 +616,7 @@ def variable_layer_names(model) -> List[str]:
     itself are named after the model.
     """
     owner = {}
-
-    def visit(layer, path):
+    for layer, path in _layers_with_paths(model):
         for v in _own_variables(layer):
             owner.setdefault(id(v), path)
-        for child in keras_internals.child_layers(layer):
-            visit(child, f"{path}/{child.name}" if path else child.name)
-
-    for child in keras_internals.child_layers(model):
-        visit(child, child.name)
     return [owner.get(id(v), model.name) for v in model.trainable_variables]

@@ -60,7 +60,7 @@ from typing import NamedTuple, Optional
 import keras
 import tensorflow as tf
 
-from cgh_tf import aggregators, distribute, keras_internals, optimizers, per_example
+from cgh_tf import aggregators, distribute, keras_internals, optimizers, per_example, robust
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,18 +413,20 @@ class Model(keras.Model):
             grads = _add(grads, [tf.cast(aggregator.l2 * scale, v.dtype) * v for v in variables])
         self.optimizer.apply(grads, variables)
         if source.sums is not None:
-            # Under loss scaling a step whose scaled gradients overflowed is skipped by the
-            # LossScaleOptimizer and is not a measurement either (its sums are not finite).
             grad_sum, sq_norms, m = source.sums
-            valid = tf.logical_or(
-                tf.equal(scale, 1.0),
-                tf.math.is_finite(tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) * 0.0)
-                                            for g in grad_sum] + [tf.reduce_sum(sq_norms)])))
-            self._record_coherence(grad_sum, sq_norms, m, valid)
+            self._record_coherence(grad_sum, sq_norms, m, self._is_measurement(grad_sum, sq_norms))
         self._update_loss(source.loss, x)
         logs = self.compute_metrics(x, y, source.y_pred, sample_weight=sample_weight)
         self._cgh_state.step.assign_add(1)
         return {**logs, **self._coherence_results()}
+
+    def _is_measurement(self, grad_sum, sq_norms):
+        """Under loss scaling a step whose scaled gradients overflowed is skipped by the
+        LossScaleOptimizer and is not a measurement either (its sums are not finite); without
+        loss scaling every shared-pass step is one (decided while tracing: no extra reduction)."""
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return tf.constant(True)
+        return robust.all_finite(list(grad_sum) + [sq_norms])
 
     def _shares_pass(self, sample_weight):
         """True when the update's pass also gives the coherence sums (see the module docstring)."""

@@ -1,7 +1,6 @@
 """cgh_tf.aggregators and the one train step of cgh_tf.Model: interface, shared pass, input checks,
 subclassing, mixed precision through the public LossScaleOptimizer API."""
 
-import warnings
 
 import keras
 import numpy as np

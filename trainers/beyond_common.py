@@ -118,3 +118,20 @@ def coherence_row(prefix, stats):
         row[f"{prefix}/{layer}/m_coherence"] = layer_stats.m_coherence
         row[f"{prefix}/{layer}/alpha"] = layer_stats.alpha
     return row
+
+
+def write_results_md(workdir, lines, runs, figures, summary, per):
+    """Ends a report: the training seconds per group (also into `summary["training_seconds"]`),
+    the figure links, and `results.md` in `workdir`.
+
+    runs: (group, seed, run_dir, result) tuples; per: what a group is, for the sentence."""
+    trained = {}
+    for group, _, _, result in runs:
+        trained[group] = trained.get(group, 0.0) + result.get("seconds_last_invocation", 0.0)
+    summary["training_seconds"] = trained
+    lines = lines + ["", f"Wall-clock seconds per {per} (sum over seeds, as recorded by each run "
+                     "when it finished): " + ", ".join(f"{g} {s:.0f}" for g, s in trained.items())
+                     + f"; total {sum(trained.values()):.0f} s.", ""]
+    lines += [f"![{f}]({f})" for f in figures]
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")

@@ -359,16 +359,7 @@ def report(workdir, runs, command, seconds):
             values = summary["groups"][group]["metrics"][key]["values"]
             cells.append(common.cell(values, fmt, n_total=len(values)))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    trained = {}
-    for g, _, _, r in runs:
-        trained[g] = trained.get(g, 0.0) + r.get("seconds_last_invocation", 0.0)
-    summary["training_seconds"] = trained
-    lines += ["", "Wall-clock seconds per arm group (sum over seeds, as recorded by each run when "
-              "it finished): " + ", ".join(f"{g} {s:.0f}" for g, s in trained.items())
-              + f"; total {sum(trained.values()):.0f} s.", ""]
-    lines += [f"![{f}]({f})" for f in figures]
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    common.write_results_md(workdir, lines, runs, figures, summary, per="arm group")
     return summary
 
 

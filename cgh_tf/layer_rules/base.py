@@ -25,7 +25,6 @@ Shapes: m examples; "positions" T are every axis between the example axis and th
 import dataclasses
 from typing import Dict, List, NamedTuple, Optional
 
-import keras
 import tensorflow as tf
 
 
@@ -80,7 +79,11 @@ class CallContext:
         return value
 
     def output(self, tensor):
-        """Marks `tensor` as one whose loss gradient the statistics need; returns it."""
+        """Marks `tensor` as one whose loss gradient the statistics need; returns it.
+
+        Watched by the tape: when nothing traced feeds it (a first layer, its weights read with
+        tape_sum=False, no bias) the tape would otherwise not connect it and return None."""
+        self._tape.watch(tensor)
         self.record.outputs.append(tensor)
         return tensor
 

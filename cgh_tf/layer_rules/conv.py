@@ -22,12 +22,12 @@ materialised form. How G_i is materialised (all exact):
 | path | when | how |
 |---|---|---|
 | native | depthwise (one input channel per group, G > 1), or G = 1 with O < K; rank ≤ 2, no dilation, equal strides | TF's depthwise filter gradient on [1, *S, m·C] (the examples folded into the channels: a depthwise conv never mixes channels), b tiled over the C input channels when G = 1 |
-| transpose_b | G = 1 and static shapes; without them, when x is clearly larger than b (e.g. Conv*Transpose, whose x is ∂ℓ/∂z) | P [m, L, K·C] (channels last: one gather with indices computed at trace time, or slices), then bᵀ P |
-| channels_first | grouped; G = 1 with unknown shapes, unless transpose_b | P [m, G, Kg, L] from one transpose of the input and slices, then P b |
+| transpose_b | G = 1 and static spatial sizes; without them, when x is clearly larger than b (e.g. Conv*Transpose, whose x is ∂ℓ/∂z) | P [m, L, K·C] (channels last: one gather with indices computed at trace time, or slices), then bᵀ P |
+| channels_first | grouped; G = 1 with unknown spatial sizes, unless transpose_b | P [m, G, Kg, L] from one transpose of the input and slices, then P b |
 
 Patches never use strided slices (slow in TF): each spatial axis is split into [n/s, s] (phase),
-so that every kernel offset is a unit-stride slice (or, with static shapes, one gather). With
-static shapes the batched matmuls and reductions run as one XLA cluster (`XLA`). Measured
+so that every kernel offset is a unit-stride slice (or, with static spatial sizes, one gather).
+With static spatial sizes the batched matmuls and reductions run as one XLA cluster (`XLA`). Measured
 (benchmarks/conv_rules.py, 2-core x86 CPU): the gather + XLA transpose_b path is the fastest for
 every ungrouped conv tried. Memory is bounded: examples are processed in chunks of at most
 `CHUNK_ELEMENTS` materialised elements (Python loop for a static batch size, while loop
@@ -293,7 +293,7 @@ def _gram(p, b):
 # How an ungrouped conv's G_i = P_iᵀ b_i is laid out for the batched matmul (all exact):
 #   "channels_first": P [m, K·C, L] (one transpose of the input) times b [m, L, O];
 #   "transpose_b":    bᵀ [m, O, L] times P [m, L, K·C] (channels last, no transpose of the input);
-#   "auto":           transpose_b with static shapes (XLA), else channels_first unless the input
+#   "auto":           transpose_b with static spatial sizes (XLA), else channels_first unless the input
 #                     is clearly larger than the output gradient.
 # Grouped convs take "channels_first"; depthwise ones (one input channel per group) TF's own
 # depthwise filter gradient with the examples folded into the channels (NATIVE_DEPTHWISE).
@@ -469,18 +469,19 @@ def _reduce(layouts, materialise, layout, tensors):
     return sq_norms, grad_sum
 
 
-# With static shapes, the batched matmuls and reductions of the materialised and Gram forms run as
+# With static spatial sizes, the batched matmuls and reductions of the materialised and Gram forms run as
 # one XLA cluster (TF's depthwise filter gradient and the patches stay outside). Measured on a
 # 2-core x86 CPU (benchmarks/conv_rules.py): with the transpose_b layout, XLA's dot and fused
 # reductions cut the statistics' CPU time by a quarter to a half against TF's BatchMatMul for every
-# ungrouped conv tried. Not for unknown shapes: XLA would compile again for every new batch size
-# or sequence length.
+# ungrouped conv tried. An unknown batch size is fine (XLA compiles once per batch size met, and
+# per chunk size); unknown spatial sizes are not (it would compile for every sequence length).
 XLA = True
 _reduce_xla = tf.function(_reduce, jit_compile=True, autograph=False)
 
 
 def _use_xla(tensors):
-    return XLA and all(t.shape.is_fully_defined() for t in tensors)
+    """XLA for tensors [m, ...] whose shape is static but for m (a few batch sizes in practice)."""
+    return XLA and all(t.shape[1:].is_fully_defined() for t in tensors)
 
 
 # Materialised per-example gradients (and patches) of at most about this many elements at once:
@@ -572,14 +573,24 @@ def _static_out_positions(layer, inputs, padding):
 # Rules
 
 
-def _output(ctx, tensor):
-    """`ctx.output(tensor)`, also watched by the tape: with the kernel read with tape_sum=False
-    (unwatched), no bias and an input the tape does not trace (a first layer), nothing else would
-    connect the output to the tape and its gradient would come back as None."""
-    tape = getattr(ctx, "_tape", None)
-    if tape is not None:
-        tape.watch(tensor)
-    return ctx.output(tensor)
+def _add_bias(layer, z, ctx, channels):
+    """z + the layer's bias (if any), broadcast over the positions of its data format."""
+    if not layer.use_bias:
+        return z
+    return keras.ops.add(z, keras.ops.reshape(ctx.weight(layer.bias), _bias_shape(layer, channels)))
+
+
+def _kernel_and_bias_statistics(layer, calls, groups):
+    """{id: Statistic} of a (grouped or depthwise) conv's kernel and bias from its recorded calls
+    (inputs, padding and the materialise choice kept by `call`, b = output_grads[0])."""
+    grads = [_channels_last(c.output_grads[0], layer.data_format) for c in calls]
+    parts = [_Part(_channels_last(c["inputs"], layer.data_format), g, layer.kernel_size,
+                   layer.strides, layer.dilation_rate, c["padding"], groups, c["materialise"])
+             for c, g in zip(calls, grads)]
+    out = {id(layer.kernel): kernel_statistic(parts, layer.kernel.shape)}
+    if layer.use_bias:
+        out[id(layer.bias)] = bias_statistic(grads, layer.rank)
+    return out
 
 
 class ConvRule(base.LayerRule):
@@ -607,21 +618,13 @@ class ConvRule(base.LayerRule):
         z = keras.ops.conv(inputs, ctx.weight(layer.kernel, tape_sum=not materialise),
                            strides=list(layer.strides), padding=padding,
                            dilation_rate=layer.dilation_rate, data_format=layer.data_format)
-        if layer.use_bias:
-            z = keras.ops.add(z, keras.ops.reshape(ctx.weight(layer.bias), _bias_shape(layer, out_channels)))
+        z = _add_bias(layer, z, ctx, out_channels)
         ctx.keep(inputs=inputs, padding=padding, materialise=materialise)
-        return base.activation(layer, _output(ctx, z))
+        return base.activation(layer, ctx.output(z))
 
     @staticmethod
     def statistics(layer, calls):
-        grads = [_channels_last(c.output_grads[0], layer.data_format) for c in calls]
-        parts = [_Part(_channels_last(c["inputs"], layer.data_format), g, layer.kernel_size,
-                       layer.strides, layer.dilation_rate, c["padding"], layer.groups,
-                       c["materialise"]) for c, g in zip(calls, grads)]
-        out = {id(layer.kernel): kernel_statistic(parts, layer.kernel.shape)}
-        if layer.use_bias:
-            out[id(layer.bias)] = bias_statistic(grads, layer.rank)
-        return out
+        return _kernel_and_bias_statistics(layer, calls, layer.groups)
 
 
 class DepthwiseConvRule(base.LayerRule):
@@ -641,23 +644,13 @@ class DepthwiseConvRule(base.LayerRule):
         z = keras.ops.depthwise_conv(inputs, ctx.weight(layer.kernel, tape_sum=not materialise),
                                      strides=layer.strides, padding=layer.padding,
                                      dilation_rate=layer.dilation_rate, data_format=layer.data_format)
-        if layer.use_bias:
-            z = keras.ops.add(z, keras.ops.reshape(ctx.weight(layer.bias),
-                                                   _bias_shape(layer, channels * multiplier)))
-        ctx.keep(inputs=inputs, materialise=materialise)
-        return base.activation(layer, _output(ctx, z))
+        z = _add_bias(layer, z, ctx, channels * multiplier)
+        ctx.keep(inputs=inputs, padding=layer.padding, materialise=materialise)
+        return base.activation(layer, ctx.output(z))
 
     @staticmethod
     def statistics(layer, calls):
-        channels = layer.kernel.shape[-2]
-        grads = [_channels_last(c.output_grads[0], layer.data_format) for c in calls]
-        parts = [_Part(_channels_last(c["inputs"], layer.data_format), g, layer.kernel_size,
-                       layer.strides, layer.dilation_rate, layer.padding, channels,
-                       c["materialise"]) for c, g in zip(calls, grads)]
-        out = {id(layer.kernel): kernel_statistic(parts, layer.kernel.shape)}
-        if layer.use_bias:
-            out[id(layer.bias)] = bias_statistic(grads, layer.rank)
-        return out
+        return _kernel_and_bias_statistics(layer, calls, groups=layer.kernel.shape[-2])
 
 
 class SeparableConvRule(base.LayerRule):
@@ -681,15 +674,14 @@ class SeparableConvRule(base.LayerRule):
             data_format=layer.data_format)
         pointwise = ctx.weight(layer.pointwise_kernel, tape_sum=not pointwise_materialise)
         # The 1×1 conv of tf.nn.separable_conv2d, on channels_last (CPU has no NCHW conv).
-        z = keras.ops.conv(_channels_last(_output(ctx, d), layer.data_format), pointwise,
+        z = keras.ops.conv(_channels_last(ctx.output(d), layer.data_format), pointwise,
                            strides=1, padding="valid", data_format="channels_last")
         if layer.data_format == "channels_first":
             z = keras.ops.transpose(z, [0, layer.rank + 1, *range(1, layer.rank + 1)])
-        if layer.use_bias:
-            z = keras.ops.add(z, keras.ops.reshape(ctx.weight(layer.bias), _bias_shape(layer, layer.filters)))
+        z = _add_bias(layer, z, ctx, layer.filters)
         ctx.keep(inputs=inputs, depthwise_materialise=depthwise_materialise,
                  pointwise_materialise=pointwise_materialise)
-        return base.activation(layer, _output(ctx, z))
+        return base.activation(layer, ctx.output(z))
 
     @staticmethod
     def statistics(layer, calls):
@@ -728,10 +720,9 @@ class ConvTransposeRule(base.LayerRule):
             inputs, ctx.weight(layer.kernel, tape_sum=not materialise), strides=list(layer.strides),
             padding=layer.padding, output_padding=layer.output_padding,
             dilation_rate=layer.dilation_rate, data_format=layer.data_format)
-        if layer.use_bias:
-            z = keras.ops.add(z, keras.ops.reshape(ctx.weight(layer.bias), _bias_shape(layer, layer.filters)))
+        z = _add_bias(layer, z, ctx, layer.filters)
         ctx.keep(inputs=inputs, materialise=materialise)
-        return base.activation(layer, _output(ctx, z))
+        return base.activation(layer, ctx.output(z))
 
     @staticmethod
     def statistics(layer, calls):
