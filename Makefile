@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(PY) -m trainers.demo --workdir=$(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 tests  # two worker processes (pytest-xdist): ~13 min here
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.transformer_rules
 	$(PY) -m benchmarks.conv_rules
 	$(PY) -m benchmarks.exact_fallback
+	$(PY) -m benchmarks.distribute
+	$(PY) benchmarks/memory.py
 
 clean:
 	rm -rf workdirs .pytest_cache

@@ -75,6 +75,12 @@ def train_step(build_model, model_class, options):
     if options.pop("optimizer", None) == "m3":  # in cgh_tf.Model: median of 3 group means
         optimizer = cgh_tf.M3(optimizer, groups=3)
     model.compile(optimizer=optimizer, loss=LOSS, metrics=["accuracy"], **options)
+    return compiled_train_step(model)
+
+
+def compiled_train_step(model):
+    """`tf.function` (x, y) -> loss running the compiled `model`'s own `train_step`, with the
+    optimizer built first (and cgh_tf.Model's per-layer keys, as `fit` would)."""
     model.optimizer.build(model.trainable_variables)
     if isinstance(model, cgh_tf.Model):
         model.make_train_function()

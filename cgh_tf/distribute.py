@@ -8,15 +8,17 @@ median from the same numbers and applies the same update to its copy of the vari
 | step                               | context          | helper                          | communicated per step            |
 |------------------------------------|------------------|---------------------------------|----------------------------------|
 | sum mini-batch gradients (RM3, RA3, M3 consecutive) | replica | `all_reduce_sum`          | one all-reduce of P values       |
-| sum group rows (M3 in one batch, `cgh_tf.Model`) | replica | `all_reduce_stacked_sum` | one all-reduce of k * P values, then Keras' own of P |
+| group rows (M3 in one batch, `cgh_tf.Model`) | replica | `all_reduce_stacked_sum` or `all_gather_stacked` | one collective (`cgh_tf.replica_groups`), then Keras' own all-reduce of P |
 | "is the update finite / due?"      | cross-replica    | `in_cross_replica` (merge_call) | none (a barrier, no tensor)      |
 | store into history buffers         | each replica     | `for_each_replica`              | none (local copies, identical)   |
 | inner optimizer's update           | each replica     | `for_each_replica`              | none: its all-reduce is disabled |
 
-P = number of trainable parameters, k = `groups`. In bytes: 4 P (float32) per step for RM3 / RA3 /
-consecutive M3 -- the same as plain data-parallel SGD -- and 4 (k + 1) P per step for M3 in one batch
-(a ring all-reduce moves about 2 (R - 1) / R times that per replica). When R is a multiple of k the
-replicas could themselves be the groups (one all-gather instead); that variant is not implemented.
+P = number of trainable parameters, k = `groups`, R replicas, b bytes per value. Ring bytes per
+replica per step: 2 (R−1)/R · P · b for RM3 / RA3 / consecutive M3 -- the same as plain
+data-parallel SGD. M3 in one batch: the replicas' shards are cut into the k groups of the global
+batch (J ≤ ⌈k/R⌉ + 1 backward passes per replica, one when R is a multiple of k) and one collective
+of the partial rows, the cheaper of an all-reduce of [k, P] (2 (R−1)/R · k · P · b) and, for equal
+static shards, an all-gather of [J, P] ((R−1) · J · P · b); see `cgh_tf.replica_groups`.
 
 How the same code runs on every strategy:
 * `MirroredStrategy`, `MultiWorkerMirroredStrategy` (one or many hosts, CPU/GPU): the optimizer
@@ -27,7 +29,10 @@ How the same code runs on every strategy:
   traffic; the merge_call itself moves no tensors.
 * `TPUStrategy`, and Mirrored under XLA on GPUs: strategies that can run without merge_call get
   the same function called directly in replica context (`strategy_supports_no_merge_call()`); the
-  `cond`s are then per replica and agree because their inputs were all-reduced.
+  `cond`s are then per replica and agree because their inputs were all-reduced. No variable they
+  update needs a merge_call: the wrappers' variables, and the inner optimizer's step counter
+  (`keras_internals.make_step_counter_replica_local`), have aggregation "none". Tested on CPUs
+  by forcing that path (tests/test_replica_groups.py).
 * Default (no) strategy: no communication, the same code path as "no merge_call".
 
 Variables of the robust optimizers (history buffers, counters) use aggregation "none" and are
@@ -37,10 +42,11 @@ Private API used (all through `cgh_tf.keras_internals`, each checked and pinned 
 tests/test_keras_internals.py): `TFOptimizer._all_reduce_sum_gradients`, replaced on the *inner*
 optimizer of a wrapper when the wrapper is built (`keras_internals.disable_all_reduce`), so that
 the already summed gradient is not summed a second time; and
-`tf.__internal__.distribute.strategy_supports_no_merge_call`. The public alternative to the hook
-(hand the inner optimizer median / R and let it all-reduce) moves 2 P values per step instead of P.
-In-batch M3 (`cgh_tf.Model`) uses that public form: its optimizer is an ordinary Keras optimizer,
-so it moves (k + 1) P values per step (k P for the group rows, P for Keras' own all-reduce).
+`tf.__internal__.distribute.strategy_supports_no_merge_call`; `keras.Variable._value` (the step
+counter). The public alternative to the hook (hand the inner optimizer median / R and let it
+all-reduce) moves 2 P values per step instead of P. In-batch M3 (`cgh_tf.Model`) uses that public
+form: its optimizer is the user's ordinary Keras optimizer, left as it is, so Keras' own all-reduce
+of the update (P values) follows the rows' collective.
 """
 
 import tensorflow as tf
@@ -92,17 +98,38 @@ def all_reduce_stacked_sum(stacked):
         List with the same shapes, each summed over replicas.
     """
     _require_replica_context("all_reduce_stacked_sum")
+    context = tf.distribute.get_replica_context()
+    return _on_flat_stacks(stacked, lambda flat: context.all_reduce(tf.distribute.ReduceOp.SUM, flat))
+
+
+def all_gather_stacked(stacked):
+    """All-gather per-variable stacks `[J, *var.shape]` along axis 0 with exactly one all-gather.
+
+    Args:
+        stacked: list (one per variable) of tensors `[J, *shape_i]` of one dtype, or None.
+
+    Returns:
+        List of `[R * J, *shape_i]` tensors: replica 0's J rows, then replica 1's, ...
+    """
+    _require_replica_context("all_gather_stacked")
+    context = tf.distribute.get_replica_context()
+    return _on_flat_stacks(stacked, lambda flat: context.all_gather(flat, axis=0))
+
+
+def _on_flat_stacks(stacked, collective):
+    """Applies `collective` to the stacks flattened into one `[rows, P]` tensor, then splits the
+    result (whose row count may differ) back per variable. Without replicas: unchanged."""
     stacked = list(stacked)
     present = [t for t in stacked if t is not None]
     if num_replicas_in_sync() == 1 or not present:
         return stacked
-    k = present[0].shape[0]
     if not all(t.shape.is_fully_defined() for t in present):
-        raise ValueError("all_reduce_stacked_sum needs statically shaped gradients.")
+        raise ValueError("Stacked collectives need statically shaped gradients.")
+    rows = present[0].shape[0]
     sizes = [t.shape[1:].num_elements() for t in present]
-    flat = tf.concat([tf.reshape(t, [k, -1]) for t in present], axis=1)
-    flat = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, flat)
-    pieces = iter(tf.reshape(p, t.shape) for p, t in zip(tf.split(flat, sizes, axis=1), present))
+    flat = collective(tf.concat([tf.reshape(t, [rows, -1]) for t in present], axis=1))
+    pieces = iter(tf.reshape(p, [-1, *t.shape[1:]])
+                  for p, t in zip(tf.split(flat, sizes, axis=1), present))
     return [None if t is None else next(pieces) for t in stacked]
 
 

@@ -93,6 +93,40 @@ def optimizer_strategy(optimizer):
     return strategy
 
 
+def make_step_counter_replica_local(optimizer):
+    """Gives `optimizer.iterations` a TF variable with aggregation NONE (one copy per replica).
+
+    Keras creates the counter with aggregation "only_first_replica", whose update in replica
+    context is a `merge_call`; the robust wrappers (and Keras' own LossScaleOptimizer) update an
+    inner optimizer inside a `tf.cond` (skip non-finite or not-yet-due steps), and on strategies
+    that run without merge_call (TPUStrategy, Mirrored under XLA on GPUs) a merge_call inside
+    control flow fails. With NONE every replica increments its own copy; the copies stay equal
+    because every replica runs the same update on the same all-reduced gradients (as for every
+    variable of the wrappers). The Keras variable object, its value, path, place in
+    `optimizer.variables` and checkpoint key stay the same: only the TF variable behind it changes.
+
+    Relies on `keras.Variable._value`, the TF variable a Keras variable delegates reads, writes and
+    checkpointing to (TensorFlow backend).
+    """
+    counter = optimizer.iterations
+    if not isinstance(counter, keras.Variable):
+        raise ValueError(f"{type(optimizer).__name__}.iterations is not a variable (gradient "
+                         "accumulation?); the robust optimizers need a plain Keras optimizer.")
+    current = _private(counter, "_value", "keras.Variable._value (the TF variable behind it)")
+    if not isinstance(current, tf.Variable):
+        _fail(f"keras.Variable._value being a tf.Variable (got {type(current).__name__})")
+    if current.aggregation == tf.VariableAggregation.NONE:
+        return
+    with tf.init_scope():
+        count = tf.convert_to_tensor(current)
+    with optimizer_strategy(optimizer).scope():
+        replacement = tf.Variable(count, name=current.name.split(":")[0], trainable=False,
+                                  aggregation=tf.VariableAggregation.NONE)
+    counter._value = replacement
+    if counter.value is not replacement:
+        _fail("keras.Variable.value returning keras.Variable._value")
+
+
 ALL_REDUCE_HOOK = "_all_reduce_sum_gradients"
 
 

@@ -72,6 +72,11 @@ def _check_inner(optimizer):
             "`optimizer` must be a keras.optimizers.Optimizer instance (e.g. "
             f"keras.optimizers.SGD(0.1)); got {type(optimizer).__name__}: {optimizer!r}."
         )
+    if optimizer.gradient_accumulation_steps:
+        raise ValueError(
+            "The inner optimizer must not use gradient_accumulation_steps: the wrapper already "
+            "reduces several gradients per update (use a larger batch, or M3's groups / RM3's "
+            "window).")
 
 
 def _densify(grad):
@@ -125,6 +130,9 @@ class RobustAverage(keras.optimizers.Optimizer):
         # must not do it a second time. Done here, not in __init__, so that cgh_tf.Model can use
         # the inner optimizer of an M3 on its own (in-batch M3) with Keras' ordinary all-reduce.
         keras_internals.disable_all_reduce(self.inner_optimizer)
+        # Its step counter is updated inside this wrapper's conditional update: replica-local, so
+        # that no merge_call happens inside control flow (strategies without merge_call).
+        keras_internals.make_step_counter_replica_local(self.inner_optimizer)
         # history[i][j]: slot j of variable i. Separate dense variables (no [k-1, ...] tensor
         # written by scatter): a scatter would switch TF's variable into copy-on-read mode.
         self.history = [
@@ -182,8 +190,9 @@ class RobustAverage(keras.optimizers.Optimizer):
         """Bool tensor: does the `count`-th finite gradient (0-based) trigger an update?"""
         raise NotImplementedError
 
-    def _reduce(self, tensors):
-        """Reduce a list of k same-shaped tensors to one (median or mean)."""
+    def _reduce(self, lists):
+        """Reduce each list of k same-shaped tensors to one (median or mean); one list per
+        variable, reduced together (one XLA launch for the medians)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ apply
@@ -254,11 +263,10 @@ class RobustAverage(keras.optimizers.Optimizer):
 
     def _apply_reduced(self, grads, variables):
         """Replica context: reduce (current gradient + history) and give it to the inner optimizer."""
-        reduced = [
-            None if g is None else self._reduce([g] + [tf.convert_to_tensor(h) for h in slots])
-            for g, slots in zip(grads, self.history)
-        ]
-        self.inner_optimizer.apply(reduced, variables)
+        present = [[g] + [tf.convert_to_tensor(h) for h in slots]
+                   for g, slots in zip(grads, self.history) if g is not None]
+        reduced = iter(self._reduce(present) if present else [])
+        self.inner_optimizer.apply([None if g is None else next(reduced) for g in grads], variables)
 
     def _store(self, grads):
         """Replica context: write the gradient into its history slot and count it."""
@@ -342,8 +350,8 @@ class M3(RobustAverage):
     def _update_due(self, count):
         return tf.equal(count % self.size, self.size - 1)
 
-    def _reduce(self, tensors):
-        return robust.fused_median_of(tensors)
+    def _reduce(self, lists):
+        return robust.fused_medians(lists)
 
 
 class _RunningAverage(RobustAverage):
@@ -384,8 +392,8 @@ class RM3(_RunningAverage):
     Non-finite gradients are skipped and counted in `nonfinite_steps`; they never enter the window.
     """
 
-    def _reduce(self, tensors):
-        return robust.fused_median_of(tensors)
+    def _reduce(self, lists):
+        return robust.fused_medians(lists)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -398,8 +406,8 @@ class RA3(_RunningAverage):
 
     _median = False
 
-    def _reduce(self, tensors):
-        return robust.mean_of(tensors)
+    def _reduce(self, lists):
+        return robust.means(lists)
 
 
 def unwrap(optimizer):

@@ -9,7 +9,7 @@ number of groups, the window length or the batch size).
 |-------------------------------------------|-----------------------------------------------|------------------------------------------------|
 | `median3(a, b, c)`                        | median of three, 4 min/max ops, branch-free   | `np.median(np.stack([a, b, c]), 0)`            |
 | `median(values, axis=0)`                  | median; even k: mean of the two middle values | `np.median(values, axis)`                      |
-| `median_of(list)`, `fused_median_of(list)`| median of k same-shaped tensors (fused: XLA)  | `np.median(np.stack(list), 0)`                 |
+| `median_of(list)`, `fused_medians(lists)` | median of k same-shaped tensors (fused: one XLA launch for all lists) | `np.median(np.stack(list), 0)`                 |
 | `mean(values, axis=0)`                    | arithmetic mean (RA3, the control)            | `np.mean(values, axis)`                        |
 | `percentile_nearest(values, q, axis=0)`   | q-th percentile, nearest rank                 | `np.percentile(values, q, axis, method="nearest")` |
 | `winsorized_mean(values, pct, axis=0)`    | mean after clipping to the pct-th and         | clip to the two percentiles above, then mean   |
@@ -106,13 +106,19 @@ def median_of(tensors):
     return median(tf.stack(tensors), axis=0)
 
 
-@tf.function(jit_compile=True)
-def fused_median_of(tensors):
-    """`median_of` compiled with XLA: one fused pass over the k inputs instead of 4 kernels.
+@tf.function(jit_compile=True, autograph=False)  # no control flow: nothing to convert
+def fused_medians(lists):
+    """`[median_of(tensors) for tensors in lists]` in one XLA computation: one launch for every
+    variable of a model, each median one fused pass over its k inputs instead of 4 kernels.
 
     Used by the optimizers on the hot path; inside an XLA-compiled train step it is inlined.
     """
-    return median_of(tensors)
+    return [median_of(tensors) for tensors in lists]
+
+
+def means(lists):
+    """`[mean_of(tensors) for tensors in lists]` (the RA3 control of `fused_medians`)."""
+    return [mean_of(tensors) for tensors in lists]
 
 
 def mean(values, axis=0):

@@ -21,8 +21,9 @@ One path (docs/design.md §5): batch → gradient source → aggregator → `opt
 | aggregator needs        | source                                                   | with `coherence_every=1` (shared pass)      |
 |-------------------------|----------------------------------------------------------|---------------------------------------------|
 | k group means (k ≥ 1)   | one device: k forward/backward passes on the k slices;   | the per-example engine on each slice: its   |
-|                         | R replicas, k > 1: one pass, k masked gradients, one     | Σ_i g_i is the group's row, its squared     |
-|                         | all-reduce of the stacked rows                           | norms of all slices give Q                  |
+|                         | R replicas, k > 1: the shards cut into the global groups | Σ_i g_i is the group's row, its squared     |
+|                         | (one forward, ≤ ⌈k/R⌉ + 1 backward passes per replica,   | norms of all slices give Q                  |
+|                         | one collective: `cgh_tf.replica_groups`)                 |                                             |
 | per-example gradients   | `per_example.reduced_per_example_gradients` (one device) | the same pass returns S and the norms       |
 
 The pass is shared unless the model computes differently in training and inference mode
@@ -60,7 +61,7 @@ from typing import NamedTuple, Optional
 import keras
 import tensorflow as tf
 
-from cgh_tf import aggregators, distribute, keras_internals, optimizers, per_example, robust
+from cgh_tf import aggregators, keras_internals, optimizers, per_example, replica_groups, robust
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,9 @@ class TrainOptions:
 class _TrainState:
     """Step counter and the running means of the coherence metrics.
 
-    The metrics are kept as one vector of sums and one count (a handful of ops per step instead of
+    Aggregation "none": every replica writes the same values (the coherence sums are all-reduced
+    first), so no update needs a merge_call, also on strategies that run without one. The
+    metrics are kept as one vector of sums and one count (a handful of ops per step instead of
     a Keras `Mean` per metric, which costs milliseconds of op overhead on a CPU), outside Keras'
     attribute tracking: they are not in `model.metrics`, so `evaluate` does not report them.
     """
@@ -102,7 +105,7 @@ class _TrainState:
         with strategy.scope():
             self.step = tf.Variable(
                 0, dtype=tf.int64, trainable=False, name="cgh_train_step",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                aggregation=tf.VariableAggregation.NONE,
             )
         self._set_keys(["m_coherence", "alpha"])
 
@@ -111,9 +114,9 @@ class _TrainState:
         with self._strategy.scope():
             self.sums = tf.Variable(tf.zeros([len(self.keys)]), trainable=False,
                                     name="cgh_coherence_sums",
-                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                                    aggregation=tf.VariableAggregation.NONE)
             self.count = tf.Variable(0.0, trainable=False, name="cgh_coherence_count",
-                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                                     aggregation=tf.VariableAggregation.NONE)
 
     def add_layer_keys(self, layer_names):
         """Adds `m_coherence/<layer>` for every layer name (before the train step is traced)."""
@@ -181,18 +184,18 @@ def _check_array_batches(num_examples, batch_size, groups, where=""):
                 "tf.data pipeline with drop_remainder=True.")
 
 
-def _check_dataset_batches(dataset, groups, replicas):
-    """Checks the batch size of a tf.data.Dataset of batches: from the element spec if static,
-    else from the first element. (A later partial batch is split by the group rule.)"""
+def _check_dataset_batches(dataset, groups):
+    """Checks the (global) batch size of a tf.data.Dataset of batches: from the element spec if
+    static, else from the first element. (A later partial batch is split by the group rule.)"""
     spec = tf.nest.flatten(dataset.element_spec)[0]
     size = spec.shape[0] if spec.shape.rank else None
     if size is None:
         first = next(iter(dataset))
         size = int(tf.shape(tf.nest.flatten(first)[0])[0])
-    if (size * replicas) % groups:
+    if size % groups:
         raise ValueError(
             f"M3 with groups={groups} needs a batch size divisible by {groups}; got a batch of "
-            f"size {size * replicas} from the dataset; batch it by a multiple of {groups}.")
+            f"size {size} from the dataset; batch it by a multiple of {groups}.")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -263,6 +266,7 @@ class _Source(NamedTuple):
     y_pred: object            # predictions for the metrics
     sums: Optional[tuple]     # shared pass: (S per variable, sq_norms [m, V], m) else None
     regularized: bool         # True if rows / reduced already include the regularisation
+    replica_reduced: bool = False  # rows already cover the global batch on every replica
 
 
 @keras.saving.register_keras_serializable(package="cgh_tf")
@@ -313,6 +317,11 @@ class Model(keras.Model):
         """
         if self.optimizer is not None and not self.optimizer.built and self.built:
             self.optimizer.build(self.trainable_variables)
+        if (isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) and self.optimizer.built
+                and self.distribute_strategy.num_replicas_in_sync > 1):
+            # Keras' LossScaleOptimizer updates its inner optimizer inside a tf.cond; its step
+            # counter must then not need a merge_call (strategies that run without one).
+            keras_internals.make_step_counter_replica_local(self.optimizer.inner_optimizer)
         if self._cgh_options.coherence_per_layer:
             self._cgh_state.add_layer_keys(dict.fromkeys(per_example.variable_layer_names(self)))
         return super().make_train_function(force=force)
@@ -338,9 +347,8 @@ class Model(keras.Model):
         groups = self._cgh_options.aggregator.groups
         if groups == 1:
             return
-        replicas = self.distribute_strategy.num_replicas_in_sync
-        if isinstance(x, tf.data.Dataset):
-            _check_dataset_batches(x, groups, replicas)
+        if isinstance(x, tf.data.Dataset):  # its batches are global batches, split by Keras
+            _check_dataset_batches(x, groups)
             return
         first = tf.nest.flatten(x)[0]
         if hasattr(first, "shape") and first.shape and first.shape[0] is not None:
@@ -402,15 +410,14 @@ class Model(keras.Model):
         else:
             source = self._group_source(x, y, sample_weight, aggregator.groups, shared)
             grads = aggregator(source.rows)
-            if aggregator.groups > 1 and self.distribute_strategy.num_replicas_in_sync > 1:
-                # The rows were all-reduced; Keras' optimizer all-reduces (sums) again.
-                replicas = self.distribute_strategy.num_replicas_in_sync
-                grads = [None if g is None else g / replicas for g in grads]
         scale = self.optimizer.scale_loss(tf.constant(1.0))
         if not source.regularized:
             grads = _add(grads, self._regularization_gradients(scale))
         if aggregator.l2:
             grads = _add(grads, [tf.cast(aggregator.l2 * scale, v.dtype) * v for v in variables])
+        if source.replica_reduced:  # every replica holds the update; Keras' optimizer sums them
+            replicas = self.distribute_strategy.num_replicas_in_sync
+            grads = [None if g is None else g / replicas for g in grads]
         self.optimizer.apply(grads, variables)
         if source.sums is not None:
             grad_sum, sq_norms, m = source.sums
@@ -515,38 +522,31 @@ class Model(keras.Model):
         return _Source(_stack(rows), None, loss, y_pred, sums, regularized=False)
 
     def _replica_group_source(self, x, y, sample_weight, groups):
-        """Under tf.distribute: this replica's contribution to every group mean, all-reduced.
+        """Under tf.distribute: the k group means of the *global* batch, on every replica.
 
-        Example i of this replica's shard has global index g = replica_id * n_local + i and
-        belongs to group ⌊g·k/n⌋ of the global batch of n. Row j is
-        Σ_{i in shard ∩ group j} w_i ∇ℓ_i / |group j| + ∇(regularization) / R, so that the SUM
-        over replicas (one all-reduce of the stacked rows) is the mean gradient of group j.
+        One forward pass over this replica's shard and one backward pass per group the shard
+        meets (at most ⌈k/R⌉ + 1; one when R is a multiple of k), then one collective
+        (`cgh_tf.replica_groups`). The loss is this replica's mean, which Keras' loss tracker
+        averages over replicas by shard size.
         """
-        context = tf.distribute.get_replica_context()
         replicas = self.distribute_strategy.num_replicas_in_sync
-        n_local = tf.shape(tf.nest.flatten(x)[0])[0]
-        n = n_local * replicas
-        global_index = tf.cast(context.replica_id_in_sync_group, tf.int32) * n_local + tf.range(n_local)
-        group_of_example = global_index * groups // n
-        sizes = tf.cast(_group_sizes(n, groups), tf.float32)
+        shard_size = tf.nest.flatten(x)[0].shape[0]
+        place = replica_groups.layout(
+            shard_size if shard_size is not None else tf.shape(tf.nest.flatten(x)[0])[0], replicas)
         loss_fn = per_example.per_example_loss_fn(self)
         with tf.GradientTape(persistent=True) as tape:
             y_pred = self(x, training=True)
-            losses = tf.cast(loss_fn(y, y_pred), tf.float32)
+            losses = loss_fn(y, y_pred)
             if sample_weight is not None:
-                losses *= tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
-            regularization = _regularization_loss(self) / replicas
-            group_losses = [
-                self.optimizer.scale_loss(
-                    tf.reduce_sum(tf.where(group_of_example == j, losses, 0.0)) / sizes[j]
-                    + regularization)
-                for j in range(groups)
-            ]
-        grads = [tape.gradient(loss, self.trainable_variables) for loss in group_losses]
+                losses *= tf.cast(tf.reshape(sample_weight, [-1]), losses.dtype)
+            by_group, group_of = replica_groups.group_losses(
+                self.optimizer.scale_loss(losses), place, groups)
+        rows = replica_groups.rows(tape, by_group, group_of, self.trainable_variables, replicas,
+                                   shard_size)
         del tape
-        mean_loss = tf.reduce_sum(losses) / tf.cast(n, tf.float32) + regularization
-        rows = distribute.all_reduce_stacked_sum(_stack(grads))
-        return _Source(rows, None, mean_loss, y_pred, None, regularized=True)
+        mean = tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(place.size, losses.dtype))
+        loss = tf.cast(mean, tf.float32) + _regularization_loss(self)
+        return _Source(rows, None, loss, y_pred, None, regularized=False, replica_reduced=True)
 
     def _per_example_source(self, x, y, sample_weight, aggregator, shared):
         if sample_weight is not None:

@@ -19,6 +19,9 @@ Fields (every one can be overridden by flag, e.g. `--config.optimizer.name=rm3`)
 | `eval_batch_size`            | batch size of test evaluation and of the pristine/corrupted accuracies   |
 | `seed`                       | seeds weights, label noise and the per-epoch data order                  |
 | `keep_checkpoints`           | how many per-epoch checkpoints to keep in `WORKDIR/checkpoints`          |
+| `distribution`               | "none" (one device, Keras `fit`), "mirrored" (all local devices),       |
+|                              | "multi_worker" (cluster from `TF_CONFIG`), "tpu" (TPUClusterResolver);   |
+|                              | global batch = `batch_size`, split over replicas (`trainers/distributed_loop.py`) |
 | `mode`, `coherence.*`,       | the measurement features, all off here: batch m-coherence, coherence      |
 | `optimizer.aggregation`, ... | monitor, winsorized GD, learning times, easy / hard (table in            |
 |                              | `trainers/builders.py`)                                                  |
@@ -66,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 1000
     config.seed = 0
     config.keep_checkpoints = 1
+    config.distribution = "none"
 
     config.mode = "train"
     config.coherence = ml_collections.ConfigDict()

@@ -7,8 +7,10 @@ the epochs of `log_epochs` (test error, pristine / corrupted train accuracy, m-c
 pristine and corrupted training samples, f^p of a fixed mixed training sample), so the same runs
 give the model-wise curve (last epoch vs width) and the epoch-wise curves (per width vs epoch).
 
-Scales (`SCALES`): `small` (default; 11 widths 2..2048, 150 epochs) and `full` (MNIST-1D and
-mnist5k, 13 widths, 1000 epochs).
+Scales (`SCALES`): `small` (default; MNIST-1D, 11 widths 2..2048, 150 epochs; with
+`--set=dataset=mnist5k`: the 4,000 real 28×28 training digits of `mnist5k`, 11 widths 1..1024,
+150 epochs) and `full` (MNIST-1D and mnist5k, 14 / 16 widths, 1000 epochs). Per-dataset settings:
+`WIDTHS`, `DATASET_CHANGES`.
 """
 
 import ml_collections
@@ -33,13 +35,21 @@ def get_config():
     ))
 
 
-WIDTHS = {
-    "small": (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
-    "full": (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024),
+WIDTHS = {  # scale -> dataset -> hidden widths of the sweep
+    "small": {"mnist1d": (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+              "mnist5k": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)},
+    "full": {"mnist1d": (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024),
+             "mnist5k": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024)},
 }
+# The datasets a scale runs by default; `--set=dataset=NAME` runs only NAME (one of WIDTHS[scale]).
 DATASETS = {"small": ("mnist1d",), "full": ("mnist1d", "mnist5k")}
 SCALES = {
     "small": {},
     "full": {"epochs": 1000, "log_epochs": (0, 1, 2, 3, 5, 8, 12, 20, 30, 50, 75, 100, 150, 200,
                                              300, 500, 750, 1000)},
+}
+# Per scale and dataset: changes applied after the scale's and before `--set` overrides.
+DATASET_CHANGES = {
+    "small": {"mnist1d": {}, "mnist5k": {}},
+    "full": {"mnist1d": {}, "mnist5k": {}},
 }

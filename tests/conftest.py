@@ -1,4 +1,4 @@
-"""Test set-up: quiet TensorFlow and three virtual CPU devices for tf.distribute tests.
+"""Test set-up: quiet TensorFlow and six virtual CPU devices for tf.distribute tests.
 
 The logical devices must be configured before TensorFlow initialises its runtime, so this runs at
 collection time, before any test imports a model.
@@ -11,7 +11,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import tensorflow as tf  # noqa: E402
 
-NUM_VIRTUAL_CPUS = 3
+NUM_VIRTUAL_CPUS = 6  # up to 6 replicas (tests/test_replica_groups.py)
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(

@@ -69,11 +69,30 @@ def test_grokking_arms_cover_the_issue():
     assert groups["mlp_adamw_wd0"].weight_decay == 0.0 and groups["mlp_adamw"].weight_decay == 1.0
     assert groups["mlp_adamw_x3"].batch_size == 3 * groups["mlp_m3"].batch_size
     assert groups["mlp_subtract"].operation == "subtract"
+    assert {c.aggregation for c in groups.values()} == {"mean", "winsorize"}
+    wins, control = groups["mlp_winsorize"], groups["mlp_adamw_b128"]
+    assert wins.winsorize_pct > 0 and control.aggregation == "mean"
+    assert {k: v for k, v in wins.items() if k not in ("aggregation", "winsorize_pct")} == \
+        {k: v for k, v in control.items() if k not in ("aggregation", "winsorize_pct")}
+    assert 0.3 <= groups["transformer_adamw"].train_fraction <= 0.5  # the issue's range
     assert len(plan) == 2 * len(groups)
     full = {g: c for g, _, _, c in grokking.arms("full", seeds=1)}
     assert (full["mlp_adamw"].p, full["mlp_adamw"].train_fraction) == (113, 0.3)
+    assert 0.3 <= full["transformer_adamw"].train_fraction <= 0.5
     with pytest.raises(ValueError, match="scale"):
         grokking.arms("cifar10")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"winsorize_pct": 2.0}, "winsorize_pct=2.0 has no effect with aggregation='mean'"),
+    ({"aggregation": "trimmed"}, "aggregation='trimmed' is unknown"),
+    ({"aggregation": "winsorize", "winsorize_pct": 50.0}, "must be a percentage in"),
+    ({"optimizer": "sgd"}, "optimizer='sgd' is unknown"),
+    ({"steps": 0}, "steps=0 must be an int >= 1"),
+])
+def test_grokking_rejects_bad_configs_before_any_run(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        grokking.arms("small", 1, overrides, ("mlp_adamw",))
 
 
 def test_grokking_tiny_end_to_end_with_per_layer_coherence(tmp_path):
@@ -93,6 +112,24 @@ def test_grokking_tiny_end_to_end_with_per_layer_coherence(tmp_path):
     again = grokking.run(grokking.arms("small", 1, TINY_GROK, ("transformer_adamw",))[0][3],
                          str(tmp_path / "transformer_adamw/seed0"), echo=None)
     assert again["curves"] == curves
+
+
+def test_grokking_winsorized_arm_runs_and_is_the_mean_at_c0(tmp_path):
+    """The winsorized-GD path (per-example gradients, cgh_tf.aggregators.Winsorize) at c = 0 is
+    the plain mean: same curves as the AdamW arm; at c > 0 it clips and the curves differ."""
+    tiny = {**TINY_GROK, "batch_size": 8}
+    plain = grokking.run(grokking.arms("small", 1, tiny, ("mlp_adamw",))[0][3],
+                         str(tmp_path / "plain"), echo=None)
+    zero = grokking.arms("small", 1, {**tiny, "winsorize_pct": 0.0}, ("mlp_winsorize",))[0][3]
+    assert zero.aggregation == "winsorize" and zero.batch_size == 8
+    at_zero = grokking.run(zero, str(tmp_path / "c0"), echo=None)
+    for key in ("train_loss", "test_accuracy", "coherence/train/m_coherence", "weight_norm"):
+        np.testing.assert_allclose(at_zero["curves"][key], plain["curves"][key], rtol=1e-4,
+                                   err_msg=key)
+    clipped = grokking.run(grokking.arms("small", 1, {**tiny, "winsorize_pct": 20.0},
+                                         ("mlp_winsorize",))[0][3], str(tmp_path / "c20"),
+                           echo=None)
+    assert clipped["curves"]["weight_norm"][-1] != pytest.approx(plain["curves"]["weight_norm"][-1])
 
 
 class _Interrupt(Exception):
@@ -131,6 +168,9 @@ def test_double_descent_tiny_end_to_end(tmp_path):
                  "fraction_samples": 32, "batch_size": 512}
     assert len(double_descent.arms("small", 2)) == 2 * 11  # the small width sweep
     assert {c.dataset for *_, c in double_descent.arms("full", 1)} == {"mnist1d", "mnist5k"}
+    mnist5k = double_descent.arms("small", 2, {"dataset": "mnist5k"})
+    assert {c.dataset for *_, c in mnist5k} == {"mnist5k"} and len(mnist5k) == 2 * 11
+    assert double_descent.arms("small", 1, {"dataset": "mnist5k", "epochs": 7})[0][3].epochs == 7
     summary = double_descent.reproduce(str(tmp_path), "small", 1, overrides, command="test",
                                        echo=None, widths=(4, 32))
     assert set(summary["groups"]) == {"mnist1d/width0004", "mnist1d/width0032"}
@@ -163,3 +203,28 @@ def test_reproduce_cli_routes_to_the_experiment_and_checks_the_scale(tmp_path):
     assert "--scale=cifar10 is not available for double_descent; allowed: small, full" in bad.stderr
     with pytest.raises(ValueError, match="scale"):
         beyond.run("grokking", str(tmp_path), scale="imagenet")
+
+
+def test_double_descent_mnist5k_tiny_end_to_end(tmp_path):
+    overrides = {"dataset": "mnist5k", "epochs": 1, "coherence_samples": 16,
+                 "fraction_samples": 32, "batch_size": 1000}
+    summary = double_descent.reproduce(str(tmp_path), "small", 1, overrides, command="test",
+                                       echo=None, widths=(4,))
+    assert set(summary["groups"]) == {"mnist5k/width0004"}
+    assert (tmp_path / "double_descent_mnist5k_width.png").stat().st_size > 0
+    result = json.loads((tmp_path / "mnist5k/width0004/seed0/results.json").read_text())
+    assert result["num_train"] == 4000 and result["num_corrupted"] == 600
+    assert result["curves"]["epoch"] == [0, 1]
+    assert result["summary"]["num_params"] == 784 * 4 + 4 + 4 * 10 + 10
+    assert "mnist5k: MLP with 1 hidden layer(s)" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"dataset": "digits"}, "dataset='digits' has no width sweep at scale 'small'"),
+    ({"label_noise": 0.0}, "label_noise=0.0 must be in"),
+    ({"log_epochs": (0, -1)}, "log_epochs=.* must be ints >= 0"),
+    ({"checkpoint_every_logs": 0}, "checkpoint_every_logs=0 must be an int >= 1"),
+])
+def test_double_descent_rejects_bad_configs_before_any_run(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        double_descent.arms("small", 1, overrides)

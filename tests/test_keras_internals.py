@@ -69,6 +69,39 @@ def test_optimizer_internals():
             accessor(object())
 
 
+@pytest.mark.parametrize("built_first", [False, True])
+def test_replica_local_step_counter_keeps_value_order_and_checkpoints(tmp_path, built_first):
+    """The re-created counter has aggregation NONE, replaces the old one at its place in
+    `variables` (Keras' saving relies on the order), and both a TF checkpoint and a Keras save
+    restore it."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = _model()
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+        if built_first:
+            optimizer.build(model.trainable_variables)
+        optimizer.iterations.assign(7)
+        paths = [v.path for v in optimizer.variables]
+        ki.make_step_counter_replica_local(optimizer)
+    assert [v.path for v in optimizer.variables] == paths
+    assert optimizer.iterations.value.aggregation == tf.VariableAggregation.NONE
+    assert int(optimizer.iterations.numpy()) == 7
+    checkpoint = tf.train.Checkpoint(optimizer=optimizer)
+    saved = checkpoint.write(str(tmp_path / "ckpt"))
+    optimizer.iterations.assign(0)
+    checkpoint.read(saved).assert_consumed()
+    assert int(optimizer.iterations.numpy()) == 7
+    if built_first:  # Keras saves an optimizer's variables once it is built
+        model.compile(optimizer=optimizer, loss="mse")
+        model.save(tmp_path / "model.keras")
+        loaded = keras.saving.load_model(tmp_path / "model.keras")
+        assert int(loaded.optimizer.iterations.numpy()) == 7
+    ki.make_step_counter_replica_local(optimizer)  # idempotent
+    assert optimizer.iterations.value.aggregation == tf.VariableAggregation.NONE
+    with pytest.raises(ValueError, match="not a variable"):
+        ki.make_step_counter_replica_local(keras.optimizers.SGD(gradient_accumulation_steps=2))
+
+
 def test_all_reduce_hook_is_called_by_the_update_step_and_disabled_per_instance():
     tf_optimizer = next(c for c in keras.optimizers.SGD.__mro__ if c.__name__ == "TFOptimizer")
     ki._check_all_reduce_hook(keras.optimizers.SGD)  # the hook exists and is called

@@ -383,6 +383,8 @@ def test_rejects_nesting_and_loss_scale_inner():
         RM3(M3(sgd()))
     with pytest.raises(TypeError, match="LossScaleOptimizer"):
         M3(keras.optimizers.LossScaleOptimizer(sgd()))
+    with pytest.raises(ValueError, match="must not use gradient_accumulation_steps"):
+        RM3(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2))
 
 
 @pytest.mark.parametrize("cls,arg", [(M3, "groups"), (RM3, "window"), (RA3, "window")])

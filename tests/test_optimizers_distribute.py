@@ -1,6 +1,6 @@
 """M3 / RM3 under tf.distribute.MirroredStrategy on 2 and 3 virtual CPUs equal one device.
 
-tests/conftest.py creates 3 logical CPU devices before TensorFlow starts. The single-device run
+tests/conftest.py creates 6 logical CPU devices before TensorFlow starts. The single-device run
 is the reference; it is itself checked against NumPy in tests/test_optimizers.py. float64
 everywhere, so "equal" means equal up to the summation order of the all-reduce (~1e-15).
 """

@@ -126,10 +126,14 @@ def test_percentile_rejects_out_of_range():
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])
-def test_fused_median_of_matches_numpy(k):
-    values = _rng(k).normal(size=(k, 6, 2))
-    got = robust.fused_median_of([tf.constant(v) for v in values]).numpy()
-    np.testing.assert_allclose(got, np.median(values, axis=0), atol=1e-15)
+def test_fused_medians_match_numpy_for_every_list(k):
+    """One XLA call for several variables of different shapes, as the optimizers use it."""
+    a, b = _rng(k).normal(size=(k, 6, 2)), _rng(k + 1).normal(size=(k, 3))
+    got = robust.fused_medians([[tf.constant(v) for v in a], [tf.constant(v) for v in b]])
+    np.testing.assert_allclose(got[0].numpy(), np.median(a, axis=0), atol=1e-15)
+    np.testing.assert_allclose(got[1].numpy(), np.median(b, axis=0), atol=1e-15)
+    means = robust.means([[tf.constant(v) for v in a]])
+    np.testing.assert_allclose(means[0].numpy(), np.mean(a, axis=0), atol=1e-15)
 
 
 def test_winsorized_mean_with_batch_size_unknown_while_tracing():

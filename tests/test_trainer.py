@@ -289,3 +289,25 @@ def test_demo_arms_and_workdir_safety(tmp_path):
     with pytest.raises(ValueError, match="not a trainer workdir"):
         demo.clear_arm_dir(str(foreign))
     assert (foreign / "thesis.tex").exists()
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist5k"])
+def test_dataset_specs_match_the_loaded_embedded_datasets(name):
+    data = builders.load_data(_tiny_config(dataset=name, label_noise=0.0))
+    assert builders.dataset_spec(name) == (tuple(data.input_shape), data.num_classes)
+
+
+def test_digits_trains_end_to_end_for_one_epoch(tmp_path):
+    results = train.train_and_evaluate(_tiny_config(dataset="digits"), str(tmp_path / "digits"),
+                                       progress=False)
+    assert results["dataset"]["name"] == "digits"
+    assert results["dataset"]["input_shape"] == [8, 8, 1]
+    assert results["epochs_completed"] == 1
+    assert 0.0 <= results["final"]["test_accuracy"] <= 1.0
+    assert os.path.exists(tmp_path / "digits" / "results.json")
+
+
+def test_distribution_defaults_to_one_device_and_is_resumable():
+    config = default.get_config()
+    assert config.distribution == "none"
+    assert "distribution" in train.RESUMABLE_FIELDS

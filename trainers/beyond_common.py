@@ -41,6 +41,15 @@ def finished_result(run_dir, config_dict):
     return None
 
 
+def finished_or_checked(config, run_dir, check_config):
+    """The results of a finished run of exactly `config` in `run_dir`; else None, after
+    `check_config(config)` has accepted it (raises before any work)."""
+    done = finished_result(run_dir, config.to_dict())
+    if done is None:
+        check_config(config)
+    return done
+
+
 class Checkpointer:
     """tf.train.CheckpointManager over (model, optimizer, step) plus the curves as JSON."""
 

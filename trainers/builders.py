@@ -11,6 +11,7 @@
 | `compile_model(model, opt)`     | compiles with sparse categorical cross-entropy on logits + accuracy |
 | `epoch_order(n, seed, epoch)`   | `[n]` int64 permutation: the training order of one epoch      |
 | `train_dataset(...)`            | `tf.data.Dataset` of `(x, y)` batches for epochs [first, last) |
+| `epoch_index_batches(n, ...)`   | the same batches as int index vectors (sharded by `trainers/distributed_loop.py`) |
 | `memorisation_subsets(split)`   | `{"pristine": (x, y), "corrupted": (x, y)}` with training labels |
 | `setting(config, "a.b")`        | a feature field's value, or its default (`FEATURE_DEFAULTS`) when absent |
 | `add_feature_fields(config)`    | adds the missing feature fields with their defaults (for config files) |
@@ -61,6 +62,7 @@ INNER_OPTIMIZERS = ("sgd", "adam")
 MODES = ("train", "easy_hard")
 AGGREGATIONS = ("mean", "winsorize")
 EASY_HARD_PARTS = ("", "probe", "easy", "hard")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "tpu")  # trainers/distributed_loop.py
 _M3_NAME = re.compile(r"^m\d+$")
 
 # Feature fields and their defaults (module table); a config without them trains as before.
@@ -84,6 +86,8 @@ FEATURE_DEFAULTS = {
 # (input_shape, num_classes) of the datasets cgh_tf.data knows, for building without loading data.
 DATASET_SPECS = {
     "mnist1d": ((40,), 10),
+    "digits": ((8, 8, 1), 10),
+    "mnist5k": ((28, 28, 1), 10),
     "mnist": ((28, 28, 1), 10),
     "fashion_mnist": ((28, 28, 1), 10),
     "cifar10": ((32, 32, 3), 10),
@@ -122,6 +126,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("num_epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
         need(_is_int(config[field], minimum=1), f"{field}={config[field]!r} must be a positive int")
     need(_is_int(config.seed, minimum=0), f"seed={config.seed!r} must be a non-negative int")
+    need(config.get("distribution") in DISTRIBUTIONS,
+         f"distribution={config.get('distribution')!r} is unknown; allowed: "
+         f"{', '.join(DISTRIBUTIONS)}")
     need(isinstance(config.model.name, str) and config.model.name,
          f"model.name={config.model.name!r} must be a model name of cgh_tf.models")
     _validate_optimizer(config.optimizer, need)
@@ -236,6 +243,9 @@ def _validate_features(config, need):
         need(not in_batch or not _is_int(config.batch_size, 1) or config.batch_size % groups == 0,
              f"optimizer.m3_in_batch=True needs batch_size={config.batch_size!r} divisible by the "
              f"{groups} M3 groups")
+    need(mode != "easy_hard" or config.get("distribution") == "none",
+         f"mode='easy_hard' runs on one device; set distribution='none' (got "
+         f"{config.get('distribution')!r})")
     _validate_easy_hard(config, need)
 
 
@@ -419,14 +429,19 @@ def train_dataset(x, y, *, batch_size, seed, first_epoch, num_epochs, drop_remai
     """
     n = len(y)
     x, y = tf.constant(x), tf.constant(y)
+    dataset = epoch_index_batches(n, batch_size=batch_size, seed=seed, first_epoch=first_epoch,
+                                  num_epochs=num_epochs, drop_remainder=drop_remainder)
+    dataset = dataset.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
+    return dataset.prefetch(2)
 
+
+def epoch_index_batches(n, *, batch_size, seed, first_epoch, num_epochs, drop_remainder=False):
+    """`tf.data.Dataset` of int index vectors: the batches of `train_dataset`, as example indices."""
     def batches_of_epoch(epoch):
         order = _epoch_order_tf(n, seed, epoch)
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder)
 
-    dataset = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(batches_of_epoch)
-    dataset = dataset.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
-    return dataset.prefetch(2)
+    return tf.data.Dataset.range(first_epoch, num_epochs).flat_map(batches_of_epoch)
 
 
 def memorisation_subsets(train_split) -> dict:

@@ -1,13 +1,16 @@
 r"""Model-wise and epoch-wise double descent, with the coherence of pristine and corrupted examples.
 
-One run (`run(config, run_dir)`): an MLP (`depth` hidden layers of `width` ReLU units) trained with
-Adam on `cgh_tf.data.load(dataset, label_noise=...)`, no weight decay, for `epochs` epochs. At each
-epoch of `log_epochs` (0 = before training) it logs: test error; train accuracy on the pristine and
-on the corrupted examples (vs their noisy labels: memorisation); training loss; the exact
-m-coherence / α (per layer) of a fixed sample of m pristine and of m corrupted training examples
-(with their training labels); and f^p = ⟨g, g^p⟩/⟨g, g⟩ on a fixed mixed training sample
-(`cgh_tf.coherence.loss_reduction_fractions`). Resumable from a checkpoint at every log epoch
-(`trainers/beyond_common.py`). Batch order: epoch e is the permutation `default_rng([seed, e])`.
+One run (`run(config, run_dir)`): an MLP (`depth` hidden layers of `width` ReLU units; mnist5k's
+28×28 images are flattened to 784 inputs) trained with Adam on `cgh_tf.data.load(dataset,
+label_noise=...)` (MNIST-1D: 40 inputs; mnist5k: 4,000 / 1,000 real digits), no weight decay,
+for `epochs` epochs. At each epoch of `log_epochs` (0 = before training) it logs: test error;
+train accuracy on the pristine and on the corrupted examples (vs their noisy labels:
+memorisation); training loss; the exact m-coherence / α (per layer) of a fixed sample of m
+pristine and of m corrupted training examples (with their training labels); and f^p = ⟨g, g^p⟩ /
+⟨g, g⟩ on a fixed mixed training sample (`cgh_tf.coherence.loss_reduction_fractions`).
+Resumable from a checkpoint written every `checkpoint_every_logs` log epochs
+(`trainers/beyond_common.py`). Batch order: epoch e is the
+permutation `default_rng([seed, e])`.
 """
 
 import os
@@ -37,9 +40,10 @@ def _sample(mask, m, seed, salt):
 
 
 def run(config, run_dir, echo=print):
+    """Train (or resume, or skip if finished) one run; returns its results dict."""
     echo = echo or (lambda line: None)
     config_dict = config.to_dict()
-    done = common.finished_result(run_dir, config_dict)
+    done = common.finished_or_checked(config, run_dir, check_config)
     if done is not None:
         return done
     import keras
@@ -109,8 +113,7 @@ def run(config, run_dir, echo=print):
 
     ckpt = common.Checkpointer(run_dir, model, optimizer)
     epoch, curves = ckpt.restore(config_dict)
-    log_epochs = sorted(set(int(e) for e in config.log_epochs if e <= int(config.epochs))
-                        | {int(config.epochs)})
+    log_epochs = _log_epochs(config)
     if curves is None:
         epoch, curves = 0, {}
         if 0 in log_epochs:
@@ -120,7 +123,9 @@ def run(config, run_dir, echo=print):
         epoch += 1
         if epoch in log_epochs:
             log(epoch, curves)
-            ckpt.save(epoch, curves, config_dict)
+            if (log_epochs.index(epoch) % int(config.checkpoint_every_logs) == 0
+                    or epoch == int(config.epochs)):
+                ckpt.save(epoch, curves, config_dict)
     summary = {key: curves[key][-1] for key in curves if key not in ("epoch", "step")}
     errors = curves["test_error"]
     best = int(np.nanargmin(np.array([np.nan if e is None else e for e in errors])))
@@ -138,25 +143,63 @@ def run(config, run_dir, echo=print):
 # The experiment
 # ----------------------------------------------------------------------------------------------
 
+def check_config(config):
+    """ValueError (one line) for a config a run would fail on or silently misread."""
+    from cgh_tf import data
+
+    def need(ok, message):
+        if not ok:
+            raise ValueError(message)
+
+    need(config.dataset in data.DATASETS, f"dataset={config.dataset!r} is unknown; allowed: "
+         f"{', '.join(data.DATASETS)}")
+    need(isinstance(config.label_noise, (int, float)) and 0 < config.label_noise < 1,
+         f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
+         "pristine and corrupted examples")
+    for field in ("width", "depth", "batch_size", "epochs", "coherence_samples",
+                  "fraction_samples", "checkpoint_every_logs"):
+        need(isinstance(config[field], int) and config[field] >= 1,
+             f"{field}={config[field]!r} must be an int >= 1")
+    need(all(isinstance(e, int) and e >= 0 for e in config.log_epochs),
+         f"log_epochs={tuple(config.log_epochs)!r} must be ints >= 0")
+
+
+def _log_epochs(config):
+    """Sorted epochs to log at: `log_epochs` up to `epochs` (later ones are dropped, so that
+    `--set=epochs=N` needs no new list) plus `epochs` itself."""
+    return sorted({int(e) for e in config.log_epochs if e <= int(config.epochs)}
+                  | {int(config.epochs)})
+
+
 def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, widths=None):
-    """[(group, label, seed, config)]: one group per dataset and width."""
+    """[(group, label, seed, config)]: one group per dataset and width; every config checked.
+
+    Datasets: `DATASETS[scale]`, or only `overrides["dataset"]`; widths: `WIDTHS[scale][dataset]`
+    unless `widths` is given; config = base ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]`
+    ← `overrides`."""
     from configs import double_descent as dd_config
     from trainers import experiments as exp_lib
 
     if scale not in dd_config.SCALES:
         raise ValueError(f"scale={scale!r} is unknown for double_descent; allowed: "
                          f"{', '.join(dd_config.SCALES)}")
-    base = exp_lib.apply_overrides(dd_config.get_config(), dd_config.SCALES[scale])
-    base = exp_lib.apply_overrides(base, overrides)
+    overrides = dict(overrides or {})
+    datasets = ((overrides["dataset"],) if "dataset" in overrides
+                else dd_config.DATASETS[scale])
     out = []
-    for dataset in dd_config.DATASETS[scale] if "dataset" not in (overrides or {}) else (
-            base.dataset,):
-        for width in widths or dd_config.WIDTHS[scale]:
+    for dataset in datasets:
+        if dataset not in dd_config.WIDTHS[scale]:
+            raise ValueError(f"dataset={dataset!r} has no width sweep at scale {scale!r}; "
+                             f"allowed: {', '.join(dd_config.WIDTHS[scale])}")
+        base = exp_lib.apply_overrides(dd_config.get_config(), dd_config.SCALES[scale])
+        base = exp_lib.apply_overrides(base, dd_config.DATASET_CHANGES[scale][dataset])
+        base = exp_lib.apply_overrides(base, {**overrides, "dataset": dataset})
+        for width in widths or dd_config.WIDTHS[scale][dataset]:
+            config = exp_lib.apply_overrides(base, {"width": width})
+            check_config(config)
             for seed in range(seeds):
-                config = exp_lib.apply_overrides(base, {"dataset": dataset, "width": width,
-                                                        "seed": seed})
                 out.append((f"{dataset}/width{width:04d}", f"{dataset}, width {width}", seed,
-                            config))
+                            exp_lib.apply_overrides(config, {"seed": seed})))
     return out
 
 
@@ -191,15 +234,16 @@ def report(workdir, runs, command, seconds):
     figures = plot(workdir, runs)
     summary["figures"] = figures
     common.write_json(os.path.join(workdir, "results.json"), summary)
-    first = runs[0][3]["config"]
     lines = ["# Double descent: test error and coherence of pristine / corrupted examples", "",
-             f"Command: `{command}`", "",
-             f"One hidden layer MLP, Adam lr {first['learning_rate']}, batch "
-             f"{first['batch_size']}, {first['epochs']} epochs, {first['label_noise']:.0%} label "
-             f"noise ({first['noise_kind']}). Mean ± sample sd over seeds; m = "
-             f"{first['coherence_samples']} pristine / corrupted examples; f^p on "
-             f"{first['fraction_samples']} mixed training examples. Values at the last epoch "
-             f"unless stated.", ""]
+             f"Command: `{command}`", ""]
+    for dataset in dict.fromkeys(r["config"]["dataset"] for *_, r in runs):
+        c = next(r["config"] for *_, r in runs if r["config"]["dataset"] == dataset)
+        lines += [f"{dataset}: MLP with {c['depth']} hidden layer(s), Adam lr "
+                  f"{c['learning_rate']}, batch {c['batch_size']}, {c['epochs']} epochs, "
+                  f"{c['label_noise']:.0%} label noise ({c['noise_kind']}); m = "
+                  f"{c['coherence_samples']} pristine / corrupted examples; f^p on "
+                  f"{c['fraction_samples']} mixed training examples.", ""]
+    lines += ["Mean ± sample sd over seeds; values at the last epoch unless stated.", ""]
     lines += ["| run | " + " | ".join(h for _, h, _ in TABLE) + " |",
               "|---" * (len(TABLE) + 1) + "|"]
     for group, results in groups.items():

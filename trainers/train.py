@@ -30,11 +30,16 @@ the checkpoint's history, `null` in `results.json`, and `curves.png` skips it (n
 The feature fields and their defaults are listed in `trainers/builders.py`; `mode = "easy_hard"`
 runs `train_easy_hard` (probe, easy / hard split, one sub-workdir per part).
 
+`distribution` other than "none" trains under a tf.distribute strategy with
+`trainers/distributed_loop.py` instead of Keras `fit` (same callbacks, same `results.json`); in a
+multi-worker cluster only the chief writes the workdir (README "Running on several machines").
+
 The other files of the workdir are described in `trainers/io.py`. A config error (unknown name, bad
 number, a workdir holding a different run) exits with status 1 and a message naming the field,
 before anything is written.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -48,11 +53,13 @@ import tensorflow as tf
 
 from cgh_tf import callbacks as cgh_callbacks
 from trainers import builders
+from trainers import distributed_loop
 from trainers import io
 
 
-# Config fields that may change between an interrupted run and its resumption.
-RESUMABLE_FIELDS = ("num_epochs", "keep_checkpoints")
+# Config fields that may change between an interrupted run and its resumption (a run may resume
+# on other hardware: its numbers then differ from an uninterrupted run's by float rounding only).
+RESUMABLE_FIELDS = ("num_epochs", "keep_checkpoints", "distribution")
 
 
 @dataclasses.dataclass
@@ -63,12 +70,15 @@ class Experiment:
     data: object                  # cgh_tf.data.Dataset
     model: keras.Model            # compiled, optimizer built
     schedule: builders.EpochStepDecay
-    checkpoint: str | None        # newest compatible checkpoint in the workdir, or None
+    checkpoint: str | None        # newest compatible checkpoint (chief only; None: none)
+    strategy: object = None       # tf.distribute strategy (None: one device, Keras fit)
 
 
-def prepare(config, workdir: str, data=None) -> Experiment:
+def prepare(config, workdir: str, data=None, strategy=None) -> Experiment:
     """Validate the config, load data (unless `data` is given), build and compile the model. Writes nothing.
 
+    With a tf.distribute `strategy` the model, optimizer, schedule and metrics are created in its
+    scope, and only the chief looks for a checkpoint in `workdir`.
     Raises `builders.ConfigError` on any bad field or if `workdir` holds a run of another config.
     """
     builders.validate(config)
@@ -77,14 +87,19 @@ def prepare(config, workdir: str, data=None) -> Experiment:
     data = builders.load_data(config) if data is None else data
     builders.steps_per_epoch(len(data.train), config.batch_size, config.drop_remainder)
     _check_m3_batches(config, len(data.train))
+    distributed_loop.check_even_shards(len(data.train), config.batch_size, config.drop_remainder,
+                                       distributed_loop.replicas(strategy))
     if builders.setting(config, "coherence.monitor_samples"):
         builders.monitor_samples(data, builders.setting(config, "coherence.monitor_samples"),
                                  config.seed)  # raises ConfigError if a pool is too small
-    model = builders.build_model(config, data.input_shape, data.num_classes)
-    schedule = builders.build_schedule(config)
-    optimizer = builders.build_optimizer(config, schedule)
-    builders.compile_model(model, optimizer, config)
-    return Experiment(config, data, model, schedule, _compatible_checkpoint(workdir, config))
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = builders.build_model(config, data.input_shape, data.num_classes)
+        schedule = builders.build_schedule(config)
+        optimizer = builders.build_optimizer(config, schedule)
+        builders.compile_model(model, optimizer, config)
+    checkpoint = (_compatible_checkpoint(workdir, config) if distributed_loop.is_chief(strategy)
+                  else None)
+    return Experiment(config, data, model, schedule, checkpoint, strategy)
 
 
 def _check_m3_batches(config, num_train):
@@ -194,14 +209,20 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     builders.validate(config)
     if builders.setting(config, "mode") == "easy_hard":
         return train_easy_hard(config, workdir, progress)
-    return _train(config, workdir, progress)[0]
+    strategy = distributed_loop.build_strategy(config.distribution)
+    return _train(config, workdir, progress, strategy=strategy)[0]
 
 
-def _train(config, workdir, progress, data=None):
-    """`train_and_evaluate` of one run on `data` (None: the config's); returns (results, model)."""
+def _train(config, workdir, progress, data=None, strategy=None):
+    """`train_and_evaluate` of one run on `data` (None: the config's); returns (results, model).
+
+    Under a multi-worker `strategy` only the chief writes `workdir`; the other workers return
+    (None, model).
+    """
     started = time.time()
-    experiment = prepare(config, workdir, data)
+    experiment = prepare(config, workdir, data, strategy)
     model, data = experiment.model, experiment.data
+    chief = distributed_loop.is_chief(strategy)
     steps = builders.steps_per_epoch(len(data.train), config.batch_size, config.drop_remainder)
     history, first_epoch = [], 0
     step_history = [] if builders.setting(config, "coherence.monitor_every_steps") else None
@@ -210,18 +231,27 @@ def _train(config, workdir, progress, data=None):
         history, first_epoch = state["history"], state["epoch"]
         if step_history is not None:
             step_history = state.get("step_history", [])
-        _restore_step_counter(model, first_epoch * steps)
         logging.info("resumed from %s after epoch %d", experiment.checkpoint, first_epoch)
+    if distributed_loop.num_workers(strategy) > 1:  # the chief's checkpoint, on every worker
+        first_epoch = distributed_loop.broadcast_int(strategy, first_epoch)
+        distributed_loop.broadcast_from_chief(
+            strategy, model.weights + io.optimizer_variables(model.optimizer))
+    if first_epoch:
+        _restore_step_counter(model, first_epoch * steps)
     feature_callbacks = []
-    if first_epoch < config.num_epochs:
+    if first_epoch < config.num_epochs and chief:
         feature_callbacks = builders.feature_callbacks(config, data, workdir, first_epoch, steps,
                                                        step_history)
-    os.makedirs(workdir, exist_ok=True)
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
     setup_seconds = time.time() - started
 
     if first_epoch < config.num_epochs:
         _fit(experiment, workdir, history, first_epoch, progress, feature_callbacks, step_history)
     trained_seconds = time.time() - started - setup_seconds
+    if not chief:
+        logging.info("worker done: the chief writes the results")
+        return None, model
 
     results = make_results(config, data, history, step_history)
     io.write_json(os.path.join(workdir, io.RESULTS_FILE), results)
@@ -247,16 +277,14 @@ def _restore_step_counter(model, steps_done):
         state.step.assign(steps_done)
 
 
-def _fit(experiment, workdir, history, first_epoch, progress, feature_callbacks=(),
-         step_history=None):
-    config, data, model = experiment.config, experiment.data, experiment.model
-    steps = builders.steps_per_epoch(len(data.train), config.batch_size, config.drop_remainder)
-    train = builders.train_dataset(
-        data.train.x, data.train.y, batch_size=config.batch_size, seed=config.seed,
-        first_epoch=first_epoch, num_epochs=config.num_epochs,
-        drop_remainder=config.drop_remainder)
-    callbacks = [
-        _EpochSchedule(experiment.schedule),
+def _callbacks(experiment, workdir, history, feature_callbacks, step_history):
+    """The trainer's callbacks, in order (the chief's; other workers only `_EpochSchedule`)."""
+    config, data = experiment.config, experiment.data
+    schedule = _EpochSchedule(experiment.schedule)
+    if not distributed_loop.is_chief(experiment.strategy):
+        return [schedule]  # the only callback that changes training; the chief writes the rest
+    return [
+        schedule,
         cgh_callbacks.SubsetAccuracy(builders.memorisation_subsets(data.train),
                                      batch_size=config.eval_batch_size),
         *feature_callbacks,
@@ -264,10 +292,45 @@ def _fit(experiment, workdir, history, first_epoch, progress, feature_callbacks=
                              write_steps_per_second=False),
         _Checkpointer(workdir, config, history, config.keep_checkpoints, step_history),
     ]
+
+
+def _fit(experiment, workdir, history, first_epoch, progress, feature_callbacks=(),
+         step_history=None):
+    config, data, model = experiment.config, experiment.data, experiment.model
+    callbacks = _callbacks(experiment, workdir, history, feature_callbacks, step_history)
+    if experiment.strategy is not None:
+        _fit_distributed(experiment, first_epoch, progress, callbacks)
+        return
+    steps = builders.steps_per_epoch(len(data.train), config.batch_size, config.drop_remainder)
+    train = builders.train_dataset(
+        data.train.x, data.train.y, batch_size=config.batch_size, seed=config.seed,
+        first_epoch=first_epoch, num_epochs=config.num_epochs,
+        drop_remainder=config.drop_remainder)
     model.fit(train, epochs=config.num_epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
               validation_data=(data.test.x, data.test.y),
               validation_batch_size=config.eval_batch_size, callbacks=callbacks,
               shuffle=False, verbose=1 if progress else 2)
+
+
+def _fit_distributed(experiment, first_epoch, progress, callbacks):
+    """`_fit` under a tf.distribute strategy: `distributed_loop.fit` over the same batches."""
+    config, data, strategy = experiment.config, experiment.data, experiment.strategy
+    n_train, n_test = len(data.train), len(data.test)
+    train = distributed_loop.shard_batches(strategy, lambda: builders.epoch_index_batches(
+        n_train, batch_size=config.batch_size, seed=config.seed, first_epoch=first_epoch,
+        num_epochs=config.num_epochs, drop_remainder=config.drop_remainder),
+        data.train.x, data.train.y)
+    test = distributed_loop.shard_batches(
+        strategy, lambda: tf.data.Dataset.range(n_test).batch(config.eval_batch_size),
+        data.test.x, data.test.y)
+    logging.info("distribution=%s: %d replicas, %d workers", config.distribution,
+                 distributed_loop.replicas(strategy), distributed_loop.num_workers(strategy))
+    verbose = (1 if progress else 2) if distributed_loop.is_chief(strategy) else 0
+    distributed_loop.fit(
+        experiment.model, strategy, train, test, callbacks=callbacks, first_epoch=first_epoch,
+        num_epochs=config.num_epochs,
+        steps=builders.steps_per_epoch(n_train, config.batch_size, config.drop_remainder),
+        test_steps=-(-n_test // config.eval_batch_size), verbose=verbose)
 
 
 def make_results(config, data, history: list, step_history: list = None) -> dict:

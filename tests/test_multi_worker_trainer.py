@@ -1,0 +1,275 @@
+"""`python -m trainers.train` under config field `distribution` (trainers/distributed_loop.py).
+
+Two workers on 127.0.0.1 (`multi_worker`, each its own process and `TF_CONFIG`) must give the
+`results.json` of one process (`none`) on the same config, for SGD, M3 (consecutive batches) and
+RM3; the SGD pair is killed with SIGKILL after the chief's first checkpoint and restarted (the
+chief restores, the other worker gets the state by broadcast). `mirrored` runs in this process,
+over the logical CPUs of `tests/conftest.py` (six). Every subprocess is waited for with a deadline
+and ended by its own handle in a `finally`; the one-process references run here meanwhile.
+"""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from configs import default
+from trainers import experiments
+from trainers import io
+from trainers import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPTIMIZERS = ("sgd", "m3", "rm3")
+DEADLINE_SECONDS = 420
+# The default config shrunk: 500 examples (the last batch of 52 splits into 2 x 26), 2 epochs.
+SHRUNK = {"max_train": 500, "max_test": 230, "num_epochs": 2, "model.kwargs.width": 32,
+          "eval_batch_size": 100}
+FLAGS = ["--config=configs/default.py", *(f"--config.{k}={v}" for k, v in SHRUNK.items()),
+         "--noprogress"]
+# For 6 replicas: batches of 48 = 6 x 8, the last one 18 = 6 x 3.
+MIRRORED = {**SHRUNK, "max_train": 498, "batch_size": 48}
+
+
+def _env(**extra):
+    """A clean environment: nothing inherited but the basics (no TF_CONFIG, no devices)."""
+    kept = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+    return {**kept, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **extra}
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _start_workers(workdir, optimizer):
+    """Two multi_worker processes (worker 0 = chief), same command line and `--workdir`.
+
+    Output goes to files: a pipe could fill up and stall a worker while the test waits for its
+    partner, which would then wait in a collective forever.
+    """
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    command = [sys.executable, "-m", "trainers.train", *FLAGS,
+               f"--config.optimizer.name={optimizer}", "--config.distribution=multi_worker",
+               f"--workdir={workdir}"]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        with open(f"{workdir}.worker{index}.log", "a") as log:
+            process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                       env=_env(TF_CONFIG=json.dumps(tf_config)))
+        process.log_path = log.name
+        processes.append(process)
+    return processes
+
+
+def _wait(processes, deadline):
+    """`[(returncode, output)]`; a process still running at `deadline` is killed (returncode -9)."""
+    finished = []
+    for process in processes:
+        try:
+            process.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        with open(process.log_path) as f:
+            finished.append((process.returncode, f.read()))
+    return finished
+
+
+def _kill_after_first_checkpoint(processes, workdir, deadline):
+    """SIGKILL both workers once the chief has written a checkpoint; returns its epoch (or None)."""
+    while (not io.list_checkpoints(workdir) and time.time() < deadline
+           and all(p.poll() is None for p in processes)):
+        time.sleep(0.005)
+    for process in processes:
+        process.send_signal(signal.SIGKILL)
+    for process in processes:
+        process.wait()
+    checkpoints = io.list_checkpoints(workdir)
+    return checkpoints[-1][0] if checkpoints else None
+
+
+def _in_process(workdir, overrides):
+    config = experiments.apply_overrides(default.get_config(), overrides)
+    return train.train_and_evaluate(config, workdir, progress=False)
+
+
+def _results(workdir):
+    with open(os.path.join(workdir, io.RESULTS_FILE)) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """`{name: (workdir, [(returncode, output) per worker])}`, `"killed_after"`: epochs, and
+    `"none"` / `"mirrored"`: `{name: results}` of the runs in this process."""
+    root = tmp_path_factory.mktemp("distributed")
+    deadline = time.time() + DEADLINE_SECONDS
+    started = {f"{optimizer}-multi_worker": (str(root / f"{optimizer}-multi_worker"), [])
+               for optimizer in OPTIMIZERS}
+    killed = {}
+
+    def kill_and_restart():  # runs while this process trains the references
+        workdir, processes = started["sgd-multi_worker"]
+        killed["after"] = _kill_after_first_checkpoint(processes, workdir, deadline)
+        started["sgd-multi_worker"] = (workdir, _start_workers(workdir, "sgd"))
+
+    try:
+        for optimizer in OPTIMIZERS:
+            workdir, processes = started[f"{optimizer}-multi_worker"]
+            processes += _start_workers(workdir, optimizer)
+        killer = threading.Thread(target=kill_and_restart)
+        killer.start()
+        single = {optimizer: _in_process(str(root / f"{optimizer}-none"),
+                                         {**SHRUNK, "optimizer.name": optimizer})
+                  for optimizer in OPTIMIZERS}
+        mirrored = {distribution: _in_process(str(root / f"mirrored-{distribution}"),
+                                              {**MIRRORED, "distribution": distribution})
+                    for distribution in ("none", "mirrored")}
+        killer.join(max(1.0, deadline - time.time()))
+        finished = {name: (workdir, _wait(processes, deadline))
+                    for name, (workdir, processes) in started.items()}
+        return {**finished, "killed_after": killed.get("after"), "none": single,
+                "mirrored": mirrored, "root": str(root)}
+    finally:
+        for _, processes in started.values():
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+
+def _completed(runs, name):
+    workdir, processes = runs[name]
+    for index, (code, output) in enumerate(processes):
+        assert code == 0, f"{name} worker {index}: {output[-3000:]}"
+    return workdir, [output for _, output in processes]
+
+
+def _assert_same_results(distributed, single):
+    """Equal keys; numbers equal to 1e-6; configs equal except `distribution`."""
+    distributed, single = json.loads(json.dumps(distributed)), json.loads(json.dumps(single))
+    assert (distributed["config"].pop("distribution"), single["config"].pop("distribution")) \
+        in {("multi_worker", "none"), ("mirrored", "none")}
+    assert distributed["config"] == single["config"]
+    assert distributed["dataset"] == single["dataset"]
+    assert distributed["epochs_completed"] == single["epochs_completed"] == 2
+    for section in ("history", "final"):
+        assert distributed[section].keys() == single[section].keys(), section
+        for key, value in single[section].items():
+            assert distributed[section][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_two_workers_give_the_results_of_one_process(runs, optimizer):
+    single_dir = os.path.join(runs["root"], f"{optimizer}-none")
+    workdir, outputs = _completed(runs, f"{optimizer}-multi_worker")
+    assert "distribution=multi_worker: 2 replicas, 2 workers" in outputs[0]
+    _assert_same_results(_results(workdir), _results(single_dir))
+    # The chief wrote what one process writes; the other worker wrote nothing.
+    assert sorted(os.listdir(workdir)) == sorted(os.listdir(single_dir))
+    for run in ("train", "validation"):
+        assert glob.glob(os.path.join(workdir, "tensorboard", run, "events.out.tfevents.*"))
+    assert "worker done: the chief writes the results" in outputs[1]
+
+
+def test_two_workers_resume_after_sigkill(runs):
+    assert runs["killed_after"] == 1, "the chief had no checkpoint, or finished, before the kill"
+    _, outputs = _completed(runs, "sgd-multi_worker")
+    assert "after epoch 1" in outputs[0]  # the chief resumed (and the results equal one process')
+
+
+def test_mirrored_over_the_logical_cpus_gives_the_results_of_one_process(runs):
+    import tensorflow as tf
+
+    from trainers import distributed_loop
+
+    assert distributed_loop.replicas(distributed_loop.build_strategy("mirrored")) == 6 == \
+        len(tf.config.list_logical_devices("CPU"))
+    _assert_same_results(runs["mirrored"]["mirrored"], runs["mirrored"]["none"])
+
+
+# ------------------------------------------------------------------ one-line errors, before data
+
+
+def _tiny_config(**fields):
+    from configs import default
+
+    config = default.get_config()
+    config.max_train, config.max_test, config.num_epochs = 100, 50, 1
+    for name, value in fields.items():
+        config[name] = value
+    return config
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Fails the test if the trainer loads data."""
+    from trainers import builders
+
+    def load_data(config):
+        raise AssertionError("data was loaded before the config error")
+    monkeypatch.setattr(builders, "load_data", load_data)
+
+
+@pytest.mark.parametrize("value", ["gpu", "", None, "Mirrored"])
+def test_bad_distribution_is_one_line_naming_the_field_and_values(tmp_path, no_data, value):
+    from trainers import builders, train
+
+    with pytest.raises(builders.ConfigError) as error:
+        train.train_and_evaluate(_tiny_config(distribution=value), str(tmp_path / "w"), False)
+    problems = [line for line in str(error.value).splitlines() if line.startswith("  - ")]
+    assert problems == [f"  - distribution={value!r} is unknown; allowed: none, mirrored, "
+                        f"multi_worker, tpu"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_tpu_without_a_tpu_is_a_one_line_error(tmp_path, no_data, monkeypatch):
+    from trainers import builders, train
+
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    with pytest.raises(builders.ConfigError) as error:
+        train.train_and_evaluate(_tiny_config(distribution="tpu"), str(tmp_path / "w"), False)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("distribution='tpu': no TPU found by TPUClusterResolver")
+    assert not (tmp_path / "w").exists()
+
+
+def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path, no_data, monkeypatch):
+    from trainers import builders, train
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(builders.ConfigError, match="needs the TF_CONFIG environment variable"):
+        train.train_and_evaluate(_tiny_config(distribution="multi_worker"), str(tmp_path / "w"),
+                                 False)
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(builders.ConfigError, match="TF_CONFIG is not a cluster spec"):
+        train.train_and_evaluate(_tiny_config(distribution="multi_worker"), str(tmp_path / "w"),
+                                 False)
+    assert not (tmp_path / "w").exists()
+
+
+def test_every_batch_must_split_into_equal_shards():
+    from trainers import builders, distributed_loop
+
+    distributed_loop.check_even_shards(500, 64, False, 2)  # last batch 52 = 2 x 26
+    distributed_loop.check_even_shards(501, 64, True, 2)   # the last batch is dropped
+    distributed_loop.check_even_shards(7, 3, False, 1)
+    with pytest.raises(builders.ConfigError, match="give a batch of 53; use a batch_size"):
+        distributed_loop.check_even_shards(501, 64, False, 2)
+    with pytest.raises(builders.ConfigError, match="batch_size=64 give a batch of 64"):
+        distributed_loop.check_even_shards(640, 64, False, 3)
