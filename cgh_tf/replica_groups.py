@@ -172,9 +172,12 @@ def _rows_of_passes(tape, losses_by_group, variables, first, last, start, stop):
     groups = losses_by_group.shape[0]
     targets = [(first + t, first + t <= last) for t in range(start, stop)]
     partial = partial_rows(tape, losses_by_group, variables, targets)
-    owners = tf.minimum(tf.stack([g for g, _ in targets]), groups - 1)
-    return [None if r is None else tf.math.unsorted_segment_sum(r, owners, groups)
-            for r in partial]
+    return _into_groups(partial, tf.minimum(tf.stack([g for g, _ in targets]), groups - 1), groups)
+
+
+def _into_groups(rows, owners, groups):
+    """Per variable [k, *shape]: `rows` [n, *shape] summed into their groups `owners` [n]."""
+    return [None if r is None else tf.math.unsorted_segment_sum(r, owners, groups) for r in rows]
 
 
 def rows_all_gather(tape, losses_by_group, variables, shard_size, replicas):
@@ -188,5 +191,4 @@ def rows_all_gather(tape, losses_by_group, variables, shard_size, replicas):
     targets = [(first + t, first + t <= last) for t in range(passes)]
     gathered = distribute.all_gather_stacked(partial_rows(tape, losses_by_group, variables, targets))
     owners = tf.constant([min(m[0] + t, groups - 1) for m in met for t in range(passes)], tf.int32)
-    return [None if r is None else tf.math.unsorted_segment_sum(r, owners, groups)
-            for r in gathered]
+    return _into_groups(gathered, owners, groups)
