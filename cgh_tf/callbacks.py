@@ -24,13 +24,13 @@ calls `on_train_batch_end` once per k batches, so one step is then k batches.
 import csv
 import io
 import os
-import tempfile
 from typing import Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from cgh_tf import atomic_files
 from cgh_tf import coherence
 from cgh_tf import data as cgh_data
 
@@ -495,20 +495,11 @@ def _append_csv_rows(path, columns, rows):
 
 
 def _atomic_write_csv(path, columns, rows):
-    """Writes a whole CSV to a temp file in the same directory, then `os.replace`s it into place."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(columns)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes a whole CSV atomically (`cgh_tf.atomic_files`)."""
+    with atomic_files.atomic_open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
 
 
 def _predict_classes_fn(model):

@@ -93,10 +93,11 @@ import hashlib
 import importlib.util
 import os
 import random
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from cgh_tf import atomic_files
 
 DATASETS = ("mnist1d", "digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100",
             "imagenet2012")
@@ -379,54 +380,93 @@ def cache_dir() -> str:
     return os.environ.get(CACHE_ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "cgh_tf")
 
 
-def _generate_mnist1d() -> dict:
-    """Runs mnist1d's own generator with default arguments; restores the global RNG states it seeds."""
+def _run_mnist1d_generator(**changes) -> dict:
+    """mnist1d's own `make_dataset` with its default arguments but `changes`; restores the global
+    RNG states it seeds. Float32 inputs, int64 labels."""
     from mnist1d.data import get_dataset_args, make_dataset
+    args = get_dataset_args()
+    for name, value in changes.items():
+        setattr(args, name, value)
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
-        raw = make_dataset(get_dataset_args())
+        raw = make_dataset(args)
     finally:
         np.random.set_state(numpy_state)
         random.setstate(python_state)
-    return {"x": raw["x"].astype(np.float32), "y": raw["y"].astype(np.int64),
-            "x_test": raw["x_test"].astype(np.float32), "y_test": raw["y_test"].astype(np.int64)}
+    return {k: raw[k].astype(np.float32 if k.startswith("x") else np.int64)
+            for k in ("x", "y", "x_test", "y_test") if k in raw and len(raw[k])}
 
 
-def _valid_mnist1d(arrays) -> bool:
-    return all(k in arrays and tuple(arrays[k].shape) == s for k, s in _MNIST1D_SHAPES.items())
+def _generate_mnist1d() -> dict:
+    """The default MNIST-1D set: mnist1d's generator with its default arguments."""
+    return _run_mnist1d_generator()
 
 
 def _atomic_save_npz(path, arrays):
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_files.atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _mnist1d_arrays(directory=None) -> dict:
     """MNIST-1D arrays from the cache, generating (and caching) them on first use."""
-    path = os.path.join(directory or cache_dir(), _MNIST1D_CACHE_FILE)
+    return _cached_arrays(os.path.join(directory or cache_dir(), _MNIST1D_CACHE_FILE),
+                          _MNIST1D_SHAPES, _generate_mnist1d)
+
+
+def _cached_arrays(path, shapes, generate) -> dict:
+    """The arrays cached at `path` if they have `shapes` ({name: shape}); else `generate()`d,
+    checked and cached atomically."""
+    def valid(arrays):
+        return all(k in arrays and tuple(arrays[k].shape) == s for k, s in shapes.items())
+
     if os.path.exists(path):
         try:
             with np.load(path) as cached:
                 arrays = {k: cached[k] for k in cached.files}
-            if _valid_mnist1d(arrays):
+            if valid(arrays):
                 return arrays
         except (OSError, ValueError):
             pass  # unreadable cache: regenerate below
-    arrays = _generate_mnist1d()
-    if not _valid_mnist1d(arrays):
+    arrays = generate()
+    if not valid(arrays):
         raise RuntimeError(f"mnist1d generator returned unexpected shapes "
-                           f"{ {k: v.shape for k, v in arrays.items()} }, expected {_MNIST1D_SHAPES}")
+                           f"{ {k: v.shape for k, v in arrays.items()} }, expected {shapes}")
     _atomic_save_npz(path, arrays)
     return arrays
+
+
+# Larger MNIST-1D training sets (`load("mnist1d", train_size=n)`): mnist1d's own `make_dataset`
+# with its default templates and arguments except `num_samples = n`, `train_split = 1` (all
+# generated examples are training examples) and `seed = _MNIST1D_TRAIN_SEED`. The seed differs from
+# the default set's (42) so that no generated example repeats one of the default set (whose class-0
+# examples a seed-42 run would draw again). Like the default set, a generated set is standardised
+# by its own mean and sd (make_dataset does it); the test set stays the default 1,000 examples.
+_MNIST1D_TRAIN_SEED = 1
+_MNIST1D_TRAIN_CACHE_FILE = "mnist1d_train{n}_seed{seed}_v1.npz"
+
+
+def _check_mnist1d_train_size(train_size):
+    if (isinstance(train_size, bool) or not isinstance(train_size, (int, np.integer))
+            or train_size < 10 or train_size % 10):
+        raise ValueError(f"train_size must be None or a positive int multiple of 10 (mnist1d "
+                         f"generates train_size / 10 examples per class), got {train_size!r}")
+
+
+def _mnist1d_train_arrays(train_size, directory=None) -> dict:
+    """{"x": [n, 40], "y": [n]}: a generated MNIST-1D training set of n = `train_size` examples,
+    from the cache (`mnist1d_train{n}_seed1_v1.npz`); generated and cached atomically on first
+    use."""
+    _check_mnist1d_train_size(train_size)
+    n = int(train_size)
+    path = os.path.join(directory or cache_dir(),
+                        _MNIST1D_TRAIN_CACHE_FILE.format(n=n, seed=_MNIST1D_TRAIN_SEED))
+    return _cached_arrays(path, {"x": (n, 40), "y": (n,)}, lambda: _generate_mnist1d_train(n))
+
+
+def _generate_mnist1d_train(train_size) -> dict:
+    """`train_size` new MNIST-1D training examples (`_MNIST1D_TRAIN_SEED`)."""
+    return _run_mnist1d_generator(num_samples=int(train_size), train_split=1.0,
+                                  seed=_MNIST1D_TRAIN_SEED)
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,7 +649,7 @@ def _tfds_split_arrays(name, split, data_dir, limit, image_size):
 
 def load(name="mnist1d", *, data_dir=None, label_noise=0.0, noise_kind="uniform",
          input_corruption=None, seed=0, max_train=None, max_test=None,
-         image_size=224) -> Dataset:
+         image_size=224, train_size=None) -> Dataset:
     """Loads a dataset as NumPy arrays with optional label / input corruption.
 
     Args:
@@ -624,6 +664,10 @@ def load(name="mnist1d", *, data_dir=None, label_noise=0.0, noise_kind="uniform"
       max_train, max_test: keep only the first examples of each split (ids stay 0..k-1);
         required for imagenet2012.
       image_size: side S of the square imagenet2012 images (ignored by the other datasets).
+      train_size: mnist1d only. None (default): the 4,000 default training examples. An int n
+        (a multiple of 10): a *new* generated training set of n examples (mnist1d's
+        `make_dataset`, default arguments, seed 1, cached in the cache directory; n = 4000 is not
+        the default set); the test set is the default 1,000 examples either way.
 
     Raises:
       ValueError: unknown name / kind, fraction outside [0, 1], missing imagenet2012 limits.
@@ -640,7 +684,18 @@ def load(name="mnist1d", *, data_dir=None, label_noise=0.0, noise_kind="uniform"
     if name == "imagenet2012" and (max_train is None or max_test is None):
         raise ValueError("imagenet2012 does not fit in memory as arrays (~770 GB at 224x224): pass "
                          "max_train= and max_test=, or use cgh_tf.data.stream('imagenet2012', ...)")
-    if name == "mnist1d":
+    if train_size is not None and name != "mnist1d":
+        raise ValueError(f"train_size applies to mnist1d only (a generated training set), got "
+                         f"train_size={train_size!r} for {name!r}; use max_train to subsample")
+    if train_size is not None:
+        _check_mnist1d_train_size(train_size)
+    if name == "mnist1d" and train_size is not None:
+        arrays = dict(_mnist1d_arrays(data_dir))  # the default test set
+        generated = _mnist1d_train_arrays(train_size, data_dir)
+        x_train, y_train = generated["x"][:max_train], generated["y"][:max_train]
+        x_test, y_test = arrays["x_test"][:max_test], arrays["y_test"][:max_test]
+        num_classes = 10
+    elif name == "mnist1d":
         arrays = _mnist1d_arrays(data_dir)
         x_train, y_train = arrays["x"][:max_train], arrays["y"][:max_train]
         x_test, y_test = arrays["x_test"][:max_test], arrays["y_test"][:max_test]

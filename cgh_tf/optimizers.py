@@ -431,6 +431,29 @@ def _inner(inner, learning_rate, momentum, **kw):
     raise ValueError(f"Unknown inner optimizer {inner!r}; valid: 'sgd', 'adam'.")
 
 
+def parse_name(name, groups=3, window=3) -> tuple:
+    """`(kind, k)` of an optimizer name of `build`: kind "sgd" / "adam" (k None), "m" (M3 with k
+    groups), "rm" / "ra" (RM3 / RA3 with window k); `m3` / `rm3` / `ra3` take k from `groups` /
+    `window`. The one parser of the name grammar (the trainers count updates with it).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    key = str(name).lower()
+    if key in ("sgd", "adam"):
+        return key, None
+    match = _SIZED_NAME.match(key)
+    if not match:
+        raise ValueError(
+            f"Unknown optimizer {name!r}; valid: {', '.join(_BASE_NAMES)}, "
+            "or m<k> / rm<k> / ra<k> with an int k >= 2 (e.g. 'm5')."
+        )
+    kind = match.group(1)
+    if key in ("m3", "rm3", "ra3"):
+        return kind, int(groups if kind == "m" else window)
+    return kind, int(match.group(2))
+
+
 def build(name, learning_rate, momentum=0.0, groups=3, window=3, l2=0.0, inner="sgd", **kw):
     """Build an optimizer by name (for trainers and configs).
 
@@ -449,21 +472,9 @@ def build(name, learning_rate, momentum=0.0, groups=3, window=3, l2=0.0, inner="
     Raises:
         ValueError: unknown name (the message lists the valid ones).
     """
-    key = str(name).lower()
-    if key == "sgd":
-        return _inner_only(key, learning_rate, momentum, l2, kw)
-    if key == "adam":
-        return _inner_only(key, learning_rate, momentum, l2, kw)
-    match = _SIZED_NAME.match(key)
-    if not match:
-        raise ValueError(
-            f"Unknown optimizer {name!r}; valid: {', '.join(_BASE_NAMES)}, "
-            "or m<k> / rm<k> / ra<k> with an int k >= 2 (e.g. 'm5')."
-        )
-    kind, digits = match.group(1), int(match.group(2))
-    size = digits
-    if key in ("m3", "rm3", "ra3"):
-        size = groups if kind == "m" else window
+    kind, size = parse_name(name, groups=groups, window=window)
+    if size is None:
+        return _inner_only(kind, learning_rate, momentum, l2, kw)
     wrapped = _inner(inner, learning_rate, momentum, **kw)
     if kind == "m":
         return M3(wrapped, groups=size, l2=l2)

@@ -309,6 +309,14 @@ class Model(keras.Model):
         super().compile(optimizer, *args, **kwargs)
         self._cgh_state = _TrainState(self.distribute_strategy)
 
+    @property
+    def steps_trained(self):
+        """The int64 `tf.Variable` counting train steps (it decides which steps measure
+        coherence with `coherence_every`); None before `compile`. Checkpoint it with the model
+        to resume a run on the same measurement steps (`trainers/run_state.py` does)."""
+        state = getattr(self, "_cgh_state", None)
+        return None if state is None else state.step
+
     def make_train_function(self, force=False):
         """Keras hook, called eagerly once the model is built, before tracing the train step.
 

@@ -22,9 +22,28 @@ Fields (every one can be overridden by flag, e.g. `--config.optimizer.name=rm3`)
 | `distribution`               | "none" (one device, Keras `fit`), "mirrored" (all local devices),       |
 |                              | "multi_worker" (cluster from `TF_CONFIG`), "tpu" (TPUClusterResolver);   |
 |                              | global batch = `batch_size`, split over replicas (`trainers/distributed_loop.py`) |
-| `mode`, `coherence.*`,       | the measurement features, all off here: batch m-coherence, coherence      |
-| `optimizer.aggregation`, ... | monitor, winsorized GD, learning times, easy / hard (table in            |
-|                              | `trainers/builders.py`)                                                  |
+| `mode`, `coherence.*`,       | the measurement features, all off here (the defaults of every config):  |
+| `optimizer.aggregation`, ... | see the feature table below                                             |
+
+Feature fields (optional in a config: `trainers/config_schema.py` fills an absent one with the
+value set in `get_config` below, so a config without them trains as the plain trainer):
+
+| field                          | meaning                                                          |
+|--------------------------------|------------------------------------------------------------------|
+| `mode`                         | "train", or "easy_hard" (probe, split, train on each; `trainers/train.py`) |
+| `coherence.every`              | m-coherence / alpha of the training batch every N steps (0 = off) |
+| `coherence.per_layer`          | also `m_coherence/<layer>` (batch) and per-layer monitor values  |
+| `coherence.training`           | per-example gradients in training mode (default inference mode)  |
+| `coherence.monitor_samples`    | m of the fixed monitor samples train/test/pristine/corrupted (0 = off) |
+| `coherence.monitor_every_steps`| monitor and f^p / f^c also every N batches, at step 0 and every epoch end (`step_history` of results.json; 0 = epoch ends only) |
+| `optimizer.aggregation`        | "mean" or "winsorize" (coordinate-wise, `cgh_tf.Model`)          |
+| `optimizer.winsorize_pct`      | c in [0, 50): percent clipped on each side of the batch          |
+| `optimizer.m3_in_batch`        | M3 groups: False = k consecutive batches (authors' code, plain `keras.Model`), True = k contiguous parts of one batch (`cgh_tf.Model`, batch % k == 0) |
+| `learning_times.every_steps`   | per-example learning times every N batches (0 = off)             |
+| `easy_hard.probe_epochs`       | epochs of the probe run that defines "easy"                      |
+| `easy_hard.learning_times_csv` | take the easy mask from this learning-times CSV instead of a probe |
+| `easy_hard.test_fraction`      | share of each part held out as its own test split                |
+| `easy_hard.part`               | set by the trainer in the sub-runs: "probe", "easy", "hard"      |
 """
 
 import ml_collections

@@ -20,12 +20,11 @@ pass `--config.easy_hard.learning_times_csv=RUN/learning_times.csv` (a run of th
 import ml_collections
 
 from configs import default
-from trainers import builders
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Return the MNIST-1D easy / hard config."""
-    config = builders.add_feature_fields(default.get_config())
+    config = default.get_config()
     config.mode = "easy_hard"
     config.label_noise = 0.0
     config.easy_hard.probe_epochs = 2

@@ -12,12 +12,11 @@ Needs the tfds `imagenet2012` data prepared in `data_dir` (this package never do
 import ml_collections
 
 from configs import imagenet_resnet50
-from trainers import builders
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Return the ImageNet / ResNet-18 easy / hard config."""
-    config = builders.add_feature_fields(imagenet_resnet50.get_config())
+    config = imagenet_resnet50.get_config()
     config.mode = "easy_hard"
     config.model.name = "resnet18_imagenet"
     config.model.kwargs = ml_collections.ConfigDict()

@@ -26,12 +26,11 @@ pristine sample; the corrupted sample and f^p / f^c are logged when p > 0.
 import ml_collections
 
 from configs import default
-from trainers import builders
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Return the real-labels run; `--config.label_noise=1.0` gives the random-labels arm."""
-    config = builders.add_feature_fields(default.get_config())
+    config = default.get_config()
     config.label_noise = 0.0
     config.num_epochs = 100
     config.coherence.every = 1

@@ -31,12 +31,11 @@ compiles it), ≈ 50× for c = 8 at batch 100 (too large for the network: top_k 
 import ml_collections
 
 from configs import default
-from trainers import builders
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Return the winsorized-GD config (c = 2)."""
-    config = builders.add_feature_fields(default.get_config())
+    config = default.get_config()
     config.model.kwargs = ml_collections.ConfigDict({"depth": 3, "width": 256})
     config.learning_rate = 0.1
     config.optimizer.name = "sgd"

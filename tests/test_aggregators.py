@@ -2,6 +2,8 @@
 subclassing, mixed precision through the public LossScaleOptimizer API."""
 
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -168,3 +170,27 @@ def test_save_and_load_keeps_the_aggregator(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert loaded._cgh_options.aggregator == aggregators.Winsorize(10.0)
+
+
+def test_winsorize_says_when_dense_kernels_leave_the_fused_network():
+    """A fast path that cannot cover a case says so: a dynamic batch, or a network too large."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=(8, 2)).astype(np.float32)
+    aggregator = aggregators.Winsorize(20.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3]), tf.TensorSpec([None, 2])])
+    def dynamic(a, b):
+        return aggregator.reduce_outer(a, b)
+
+    with pytest.warns(UserWarning, match="batch size is not known while tracing.*drop_remainder"):
+        assert dynamic.get_concrete_function() is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a static batch that fits: no warning, the fused network
+        fused = aggregator.reduce_outer(tf.constant(a), tf.constant(b))
+    expected = np.mean(np.clip(np.einsum("mi,mo->mio", a, b),
+                               *np.percentile(np.einsum("mi,mo->mio", a, b), [20, 80], axis=0,
+                                              method="nearest")), axis=0)
+    np.testing.assert_allclose(fused.numpy(), expected, rtol=1e-5, atol=1e-6)
+    big = np.ones((200, 3), np.float32), np.ones((200, 2), np.float32)
+    with pytest.warns(UserWarning, match="larger than robust.MAX_NETWORK_SIZE=1024"):
+        assert aggregator.reduce_outer(*map(tf.constant, big)) is None

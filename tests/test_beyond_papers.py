@@ -1,5 +1,6 @@
 """Issue 14: the grokking and double-descent experiments, tiny versions end to end (< 60 s)."""
 
+import glob
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from cgh_tf import modular
 from trainers import beyond, double_descent, grokking
@@ -101,6 +103,7 @@ def test_grokking_tiny_end_to_end_with_per_layer_coherence(tmp_path):
     for name in ("results.md", "results.json", "grokking_curves.png", "grokking_per_layer.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert set(summary["groups"]) == {"transformer_adamw"}
+    assert _hparams_of(tmp_path / "transformer_adamw/seed0") == {"group": "transformer_adamw"}
     tf_curves = json.loads((tmp_path / "transformer_adamw/seed0/results.json").read_text())
     curves = tf_curves["curves"]
     assert curves["step"] == [0, 2, 4, 6]
@@ -188,6 +191,10 @@ def test_double_descent_tiny_end_to_end(tmp_path):
     assert 0 < curves["coherence/pristine/m_coherence"][0] <= 16
     text = (tmp_path / "results.md").read_text()
     assert "mnist1d/width0032" in text and "f^p" in text
+    assert "training_seconds" in json.loads((tmp_path / "results.json").read_text())
+    assert _hparams_of(tmp_path / "mnist1d/width0004/seed0") == {"group": "mnist1d/width0004",
+                                                                 "width": 4}
+    assert glob.glob(str(tmp_path / "events.out.tfevents.*.hparams_config"))
 
 
 def test_reproduce_cli_routes_to_the_experiment_and_checks_the_scale(tmp_path):
@@ -228,3 +235,20 @@ def test_double_descent_mnist5k_tiny_end_to_end(tmp_path):
 def test_double_descent_rejects_bad_configs_before_any_run(overrides, message):
     with pytest.raises(ValueError, match=message):
         double_descent.arms("small", 1, overrides)
+
+
+def _hparams_of(run_dir):
+    """The hyperparameters of the HParams session a run wrote (`trainers/hparams_board.py`)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    found = []
+    for path in glob.glob(str(run_dir / "hparams" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    info = plugin_data_pb2.HParamsPluginData.FromString(
+                        value.metadata.plugin_data.content).session_start_info
+                    found.append({k: getattr(v, v.WhichOneof("kind"))
+                                  for k, v in info.hparams.items()})
+    assert len(found) == 1, found
+    return found[0]

@@ -9,7 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import cgh_tf
-from trainers import builders
+from trainers import config_schema, factories, schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("default", "m3", "rm3", "cifar10_resnet18", "imagenet_resnet50")
@@ -21,12 +21,12 @@ def _config(name):
 
 def _build(config):
     """Model and optimizer of a config on the dataset's known shapes, compiled as the trainer does."""
-    input_shape, num_classes = builders.dataset_spec(config.dataset)
-    model = builders.build_model(config, input_shape, num_classes)
-    schedule = builders.build_schedule(config)
-    optimizer = builders.build_optimizer(config, schedule)
-    builders.compile_model(model, optimizer)
-    return model, optimizer, schedule
+    input_shape, num_classes = factories.dataset_spec(config.dataset)
+    model = factories.build_model(config, input_shape, num_classes)
+    decay = schedule.build_schedule(config)
+    optimizer = factories.build_optimizer(config, decay)
+    factories.compile_model(model, optimizer)
+    return model, optimizer, decay
 
 
 def _inner(optimizer):
@@ -35,7 +35,7 @@ def _inner(optimizer):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_validates(name):
-    builders.validate(_config(name))
+    config_schema.validate(_config(name))
 
 
 @pytest.mark.parametrize("name, wrapper, size_field", [
@@ -96,9 +96,9 @@ def test_flags_override_any_field_and_learning_rate_is_linked():
     assert config.model.kwargs.width == 17
     assert config.max_train == 123
     assert config.optimizer.name == "rm3"
-    builders.validate(config)
+    config_schema.validate(config)
 
 
 def test_dataset_spec_rejects_unknown_names():
-    with pytest.raises(builders.ConfigError, match="unknown; allowed: mnist1d"):
-        builders.dataset_spec("svhn")
+    with pytest.raises(config_schema.ConfigError, match="unknown; allowed: mnist1d"):
+        factories.dataset_spec("svhn")

@@ -1,4 +1,4 @@
-"""`trainers.reproduce` / `experiments` / `report` / `demo`: every experiment at a tiny size.
+"""`trainers.reproduce` / `sweeps` / `report` / `demo`: every experiment at a tiny size.
 
 Each experiment runs for real (in-process `train_and_evaluate`, 1 epoch, a few hundred MNIST-1D
 examples); the tests check the files it writes (PNG, markdown, JSON, TensorBoard), that every
@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from trainers import builders, demo, experiments, report, reproduce
+from trainers import config_schema, demo, report, reproduce, sweep, sweeps
 
 TINY = {"num_epochs": 1, "max_train": 300, "max_test": 100}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -75,7 +75,7 @@ def _run(experiment, workdir):
 # ----------------------------------------------------------------------------------------------
 
 def test_memorisation_tiny_files_numbers_and_skip_on_rerun(tmp_path):
-    experiment = experiments.build("memorisation", seeds=1, overrides=TINY,
+    experiment = sweeps.build("memorisation", seeds=1, overrides=TINY,
                                    noise_levels=(0.0, 0.5), winsorize_pcts=(2.0,),
                                    winsorize_max_train=200)
     groups = experiment.groups()
@@ -89,6 +89,8 @@ def test_memorisation_tiny_files_numbers_and_skip_on_rerun(tmp_path):
         arm_dir = tmp_path / arm.path
         assert glob.glob(str(arm_dir / "tensorboard" / "train" / "events.out.tfevents.*"))
         assert glob.glob(str(arm_dir / "tensorboard" / "validation" / "events.out.tfevents.*"))
+        assert glob.glob(str(arm_dir / "hparams" / "events.out.tfevents.*"))  # HParams session
+    assert glob.glob(str(tmp_path / "events.out.tfevents.*.hparams_config"))
     assert _json(tmp_path / "results.json") == json.loads(json.dumps(summary))
 
     header, table = _table(tmp_path)
@@ -137,7 +139,7 @@ def test_memorisation_tiny_files_numbers_and_skip_on_rerun(tmp_path):
 
 def test_loss_fractions_two_seeds_mean_and_sd_match_arm_results(tmp_path):
     # 300 examples / batch 64 = 5 steps per epoch; measurements at steps 0, 2, 4 and 5 (epoch end).
-    experiment = experiments.build("loss_fractions", seeds=2, overrides=TINY,
+    experiment = sweeps.build("loss_fractions", seeds=2, overrides=TINY,
                                    noise_levels=(0.5,), monitor_samples=16, monitor_every_steps=2)
     _run(experiment, tmp_path)
     for figure in ("loss_fractions.png", "loss_fractions_vs_step.png"):
@@ -167,7 +169,7 @@ def test_loss_fractions_two_seeds_mean_and_sd_match_arm_results(tmp_path):
 
 
 def test_real_vs_random_coherence_curves_and_per_layer_figure(tmp_path):
-    experiment = experiments.build("real_vs_random", seeds=1,
+    experiment = sweeps.build("real_vs_random", seeds=1,
                                    overrides={**TINY, "coherence.monitor_samples": 8,
                                               "learning_times.every_steps": 0})
     assert [a.config.label_noise for a in experiment.arms] == [0.0, 1.0]
@@ -197,7 +199,7 @@ def test_real_vs_random_coherence_curves_and_per_layer_figure(tmp_path):
 
 
 def test_easy_hard_tiny_reads_the_parts_of_each_arm(tmp_path):
-    experiment = experiments.build("easy_hard", seeds=1,
+    experiment = sweeps.build("easy_hard", seeds=1,
                                    overrides={**TINY, "easy_hard.probe_epochs": 1})
     _run(experiment, tmp_path)
     _assert_png(tmp_path / "easy_hard.png")
@@ -239,14 +241,14 @@ def test_demo_runs_the_50_percent_memorisation_arms_and_prints_table(tmp_path):
 ])
 def test_scales_give_valid_configs_with_the_authors_hyperparameters(tmp_path, scale, dataset,
                                                                     model, lr, batch):
-    for name in experiments.EXPERIMENTS:
-        experiment = experiments.build(name, scale=scale, seeds=2)
+    for name in sweeps.EXPERIMENTS:
+        experiment = sweeps.build(name, scale=scale, seeds=2)
         assert len({a.path for a in experiment.arms}) == len(experiment.arms)
         for arm in experiment.arms:
-            builders.validate(arm.config)
+            config_schema.validate(arm.config)
             assert arm.config.dataset == dataset and arm.config.learning_rate == lr
             assert arm.config.model.name == model or name == "easy_hard"
-    memorisation = {a.group: a.config for a in experiments.build("memorisation", scale).arms}
+    memorisation = {a.group: a.config for a in sweeps.build("memorisation", scale).arms}
     decay = 5e-4 if scale == "cifar10" else 1e-4
     m3 = memorisation["noise50/m3"]
     assert (m3.optimizer.momentum, m3.optimizer.l2, m3.optimizer.weight_decay) == (0.0, decay, 0.0)
@@ -256,7 +258,7 @@ def test_scales_give_valid_configs_with_the_authors_hyperparameters(tmp_path, sc
     assert memorisation["noise50/sgd_x3"].batch_size == 3 * batch
     assert memorisation["noise25/rm3"].label_noise == 0.25
     assert sgd.num_epochs == (200 if scale == "cifar10" else 90)
-    plan = _json(reproduce.write_plan(experiments.build("real_vs_random", scale),
+    plan = _json(reproduce.write_plan(sweeps.build("real_vs_random", scale),
                                       str(tmp_path / scale)))
     assert plan["arms"]["random/seed0"]["config"]["label_noise"] == 1.0
     assert plan["arms"]["real/seed0"]["config"]["coherence"]["monitor_samples"] > 0
@@ -282,42 +284,67 @@ def test_metric_values_and_update_counts_by_hand():
                          "optimizer": {"name": "m3", "groups": 3, "window": 3}},
               "dataset": {"num_train": 4000}, "epochs_completed": 30,
               "final": {"test_accuracy": 0.5}, "history": {"f": [0.3, None, 0.1, 0.2]}}
-    assert experiments.count_updates(result) == 63 * 30 // 3  # 630
+    assert report.count_updates(result) == 63 * 30 // 3  # 630
+    result["config"]["optimizer"]["m3_in_batch"] = True  # k groups of one batch: every batch
+    assert report.count_updates(result) == 63 * 30
+    result["config"]["optimizer"]["name"] = "m5"
+    assert report.count_updates(result) == 63 * 30
+    result["config"]["optimizer"]["m3_in_batch"] = False
+    assert report.count_updates(result) == 63 * 30 // 5
+    result["config"]["optimizer"]["name"] = "ra4"
+    assert report.count_updates(result) == 63 * 30 - 3
     result["config"]["optimizer"]["name"] = "rm3"
-    assert experiments.count_updates(result) == 63 * 30 - 2
+    assert report.count_updates(result) == 63 * 30 - 2
     result["config"]["optimizer"]["name"] = "sgd"
     result["config"]["batch_size"] = 192
-    assert experiments.count_updates(result) == 21 * 30  # = M3's 630: the control
+    assert report.count_updates(result) == 21 * 30  # = M3's 630: the control
     result["config"]["drop_remainder"] = True
-    assert experiments.count_updates(result) == 20 * 30
-    Metric = experiments.Metric
+    assert report.count_updates(result) == 20 * 30
+    Metric = sweep.Metric
     for reducer, expected in (("first", 0.3), ("last", 0.2), ("max", 0.3), ("min", 0.1),
                               ("mean", 0.2)):
-        value = experiments.metric_value(result, Metric("x", "x", ("history", "f", reducer)))
+        value = report.metric_value(result, Metric("x", "x", ("history", "f", reducer)))
         assert value == pytest.approx(expected, rel=1e-15)
-    assert experiments.metric_value(result, Metric("x", "x", ("history", "absent", "last"))) is None
-    assert experiments.metric_value(result, Metric("x", "x", ("final", "test_accuracy"))) == 0.5
+    assert report.metric_value(result, Metric("x", "x", ("history", "absent", "last"))) is None
+    assert report.metric_value(result, Metric("x", "x", ("final", "test_accuracy"))) == 0.5
     result["step_history"] = {"step": [0, 9, 18, 20], "f": [0.5, 0.9, None, 0.7]}
-    assert experiments.metric_value(result, Metric("x", "x", ("step_history", "f", "min"))) == 0.5
-    assert experiments.metric_value(result, Metric("x", "x", ("step_at", "f", 9))) == 0.9
-    assert experiments.metric_value(result, Metric("x", "x", ("step_at", "f", 18))) is None
-    assert experiments.metric_value(result, Metric("x", "x", ("step_of_max", "f"))) == 9.0
+    assert report.metric_value(result, Metric("x", "x", ("step_history", "f", "min"))) == 0.5
+    assert report.metric_value(result, Metric("x", "x", ("step_at", "f", 9))) == 0.9
+    assert report.metric_value(result, Metric("x", "x", ("step_at", "f", 18))) is None
+    assert report.metric_value(result, Metric("x", "x", ("step_of_max", "f"))) == 9.0
 
 
 def test_bad_names_and_overrides_raise_clear_errors():
     with pytest.raises(ValueError, match="allowed: real_vs_random, memorisation"):
-        experiments.build("memorization")
+        sweeps.build("memorization")
     with pytest.raises(ValueError, match="scale='tpu' is unknown; allowed: small, cifar10"):
-        experiments.build("memorisation", scale="tpu")
+        sweeps.build("memorisation", scale="tpu")
     with pytest.raises(ValueError, match="seeds=0 must be a positive int"):
-        experiments.build("memorisation", seeds=0)
+        sweeps.build("memorisation", seeds=0)
     with pytest.raises(ValueError, match="no field 'num_epoch'"):
-        experiments.build("memorisation", overrides={"num_epoch": 3})
+        sweeps.build("memorisation", overrides={"num_epoch": 3})
+    with pytest.raises(ValueError) as error:  # ml_collections' TypeError, as one line
+        sweeps.build("memorisation", overrides={"num_epochs": 1.5})
+    assert str(error.value).startswith("override num_epochs=1.5: ") and "\n" not in str(error.value)
     with pytest.raises(ValueError, match="method='adamw' is unknown"):
-        experiments.build("memorisation", methods=("sgd", "adamw"))
+        sweeps.build("memorisation", methods=("sgd", "adamw"))
     assert reproduce.parse_overrides(["num_epochs=5", "lr_schedule.decay_epochs=(3, 6)",
                                       "dataset=mnist", "max_train=None"]) == {
         "num_epochs": 5, "lr_schedule.decay_epochs": (3, 6), "dataset": "mnist",
         "max_train": None}
     with pytest.raises(ValueError, match="must look like FIELD=VALUE"):
         reproduce.parse_overrides(["num_epochs"])
+
+
+def test_demo_pairs_every_robust_arm_with_its_control():
+    experiment = demo.demo_experiment()
+    assert experiment.groups() == ["noise50/sgd", "noise50/m3", "noise50/sgd_x3", "noise50/rm3",
+                                   "noise50/ra3", "noise50/winsor2"]
+    configs = {arm.group: arm.config for arm in experiment.arms}
+    winsorized, sgd = configs["noise50/winsor2"], configs["noise50/sgd"]
+    assert (winsorized.optimizer.aggregation, winsorized.optimizer.winsorize_pct) == ("winsorize",
+                                                                                      2.0)
+    assert winsorized.batch_size == sgd.batch_size and winsorized.optimizer.name == "sgd"
+    assert configs["noise50/sgd_x3"].batch_size == 3 * sgd.batch_size
+    assert {c.num_epochs for c in configs.values()} == {demo.DEMO_EPOCHS}
+    assert demo.parse_arms("winsorized, sgd") == ["winsorized", "sgd"]

@@ -1,4 +1,4 @@
-"""End-to-end tests of `python -m trainers.train` (subprocesses) and of its builders (in process).
+"""End-to-end tests of `python -m trainers.train` (subprocesses) and of its factories (in process).
 
 One reference run (module fixture) on a tiny config is shared by the read-back tests; a second
 identical run checks byte-identical results; a third is killed with SIGKILL after its first
@@ -21,9 +21,10 @@ import pytest
 import tensorflow as tf
 
 from configs import default
-from trainers import builders
-from trainers import experiments
-from trainers import io
+from trainers import config_schema, factories, input_pipeline, schedule
+from trainers import outputs
+from trainers import run_state
+from trainers import single_run
 from trainers import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,21 +68,21 @@ def _read_bytes(path):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three runs started together (TF start-up overlaps): reference, its repeat, a bad config.
+    """Runs started together (TF start-up overlaps): reference, its repeat, two bad configs, a killed one.
 
     Returns `{name: (workdir, returncode, stderr)}`.
     """
     root = tmp_path_factory.mktemp("runs")
     plans = {"reference": (), "repeat": (), "bad": ("--config.optimizer.momentum=1.5",),
-             "killed": ()}
+             "misspelled": ("--config.num_epoch=3",), "killed": ()}
     started = {name: _start(str(root / name), extra) for name, extra in plans.items()}
     _kill_after_first_checkpoint(started["killed"], str(root / "killed"))
     return {name: (str(root / name), *_finish(process)) for name, process in started.items()}
 
 
 def _kill_after_first_checkpoint(process, workdir):
-    deadline = time.time() + 240
-    while not io.list_checkpoints(workdir) and process.poll() is None and time.time() < deadline:
+    deadline = time.time() + 480  # 4 TF processes start together; slow on a busy machine
+    while not run_state.list_checkpoints(workdir) and process.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
 
@@ -95,7 +96,7 @@ def reference(runs):
 
 
 def _results(workdir):
-    with open(os.path.join(workdir, io.RESULTS_FILE)) as f:
+    with open(os.path.join(workdir, outputs.RESULTS_FILE)) as f:
         return json.load(f)
 
 
@@ -112,7 +113,7 @@ def _scalars(directory):
 def test_workdir_holds_all_outputs(reference):
     names = set(os.listdir(reference))
     assert {"results.json", "timings.json", "curves.png", "checkpoints", "tensorboard"} <= names
-    assert [e for e, _ in io.list_checkpoints(reference)] == [NUM_EPOCHS]  # keep_checkpoints=1
+    assert [e for e, _ in run_state.list_checkpoints(reference)] == [NUM_EPOCHS]  # keep_checkpoints=1
     assert _read_bytes(os.path.join(reference, "curves.png"))[:8] == b"\x89PNG\r\n\x1a\n"
     assert not glob.glob(os.path.join(reference, "**", ".*tmp-*"), recursive=True)
     assert "seconds" not in json.dumps(_results(reference))  # wall-clock only in timings.json
@@ -138,17 +139,17 @@ def test_tensorboard_has_every_curve_for_every_epoch(reference):
 def test_results_match_a_recomputation_from_the_checkpoint(reference):
     results = _results(reference)
     config = ml_collections.ConfigDict(results["config"])
-    data = builders.load_data(config)
+    data = factories.load_data(config)
     assert results["dataset"]["num_train"] == len(data.train) == 500
     assert results["dataset"]["num_train_corrupted"] == int(data.train.corrupted.sum()) > 0
     assert results["epochs_completed"] == NUM_EPOCHS
     assert all(len(v) == NUM_EPOCHS for v in results["history"].values())
     assert results["history"]["learning_rate"] == pytest.approx([0.05] * 5 + [0.005] * 5)
 
-    model = builders.build_model(config, data.input_shape, data.num_classes)
-    optimizer = builders.build_optimizer(config, builders.build_schedule(config))
-    builders.compile_model(model, optimizer)
-    io.restore_checkpoint(io.checkpoint_path(reference, NUM_EPOCHS), model, optimizer)
+    model = factories.build_model(config, data.input_shape, data.num_classes)
+    optimizer = factories.build_optimizer(config, schedule.build_schedule(config))
+    factories.compile_model(model, optimizer)
+    run_state.restore_model(run_state.checkpoint_path(reference, NUM_EPOCHS), model)
 
     def accuracy(split, mask):
         logits = model.predict(split.x[mask], verbose=0)
@@ -182,7 +183,7 @@ def test_same_command_twice_gives_byte_identical_results(reference, runs):
 def test_resume_after_sigkill_gives_byte_identical_results(reference, runs):
     workdir, returncode, _ = runs["killed"]
     assert returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_after = io.list_checkpoints(workdir)[-1][0]
+    killed_after = run_state.list_checkpoints(workdir)[-1][0]
     assert killed_after < NUM_EPOCHS, "killed after the last epoch: the resume would train nothing"
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
@@ -195,10 +196,15 @@ def test_resume_after_sigkill_gives_byte_identical_results(reference, runs):
     assert sorted(scalars["epoch_corrupted_accuracy"]) == list(range(NUM_EPOCHS))
 
 
-def test_bad_config_exits_with_a_message_and_writes_nothing(runs):
-    workdir, returncode, stderr = runs["bad"]
-    assert returncode != 0
-    assert "optimizer.momentum=1.5 must be in [0, 1)" in stderr
+@pytest.mark.parametrize("run, message", [
+    ("bad", "error: invalid config: optimizer.momentum=1.5 must be in [0, 1)"),
+    ("misspelled", "error: --config.num_epoch: the config has no field 'num_epoch' Did you mean "
+                   "\"num_epochs\" instead of \"num_epoch\"?"),
+])
+def test_bad_config_exits_with_one_line_and_writes_nothing(runs, run, message):
+    workdir, returncode, stderr = runs[run]
+    assert returncode == 1
+    assert stderr.rstrip().splitlines()[-1] == message
     assert "Traceback" not in stderr
     assert not os.path.exists(workdir)
 
@@ -208,13 +214,13 @@ def _tiny_config(**overrides):
     config = default.get_config()
     config.max_train, config.max_test, config.num_epochs = 100, 50, 1
     config.model.kwargs.width = 8
-    return experiments.apply_overrides(config, overrides)
+    return config_schema.apply_overrides(config, overrides)
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"dataset": "nope"}, "dataset='nope' is unknown"),
-    ({"model.name": "nope"}, "unknown model 'nope'"),
-    ({"optimizer.name": "nope"}, "Unknown optimizer 'nope'"),
+    ({"model.name": "nope"}, "model.name='nope' is unknown; allowed: mlp"),
+    ({"optimizer.name": "nope"}, "optimizer.name='nope' is unknown; allowed: sgd, adam"),
     ({"num_epochs": 0}, "num_epochs=0 must be a positive int"),
     ({"label_noise": 1.5}, "label_noise=1.5 must be a fraction in [0, 1]"),
     ({"learning_rate": -0.1}, "learning_rate=-0.1 must be a positive number"),
@@ -222,12 +228,29 @@ def _tiny_config(**overrides):
     ({"lr_schedule.name": "cosine"}, "lr_schedule.name='cosine' is unknown"),
     ({"noise_kind": "flip"}, "noise_kind='flip' is unknown"),
 ])
-def test_config_errors_name_the_field_and_write_nothing(tmp_path, overrides, message):
+def test_config_errors_name_the_field_and_write_nothing(tmp_path, monkeypatch, overrides, message):
+    def load_data(config):
+        raise AssertionError("data was loaded before the config error")
+
+    monkeypatch.setattr(factories, "load_data", load_data)
     workdir = tmp_path / "never"
-    with pytest.raises(builders.ConfigError) as error:
+    with pytest.raises(config_schema.ConfigError) as error:
         train.train_and_evaluate(_tiny_config(**overrides), str(workdir), progress=False)
-    assert message in str(error.value)
+    assert message in str(error.value) and "\n" not in str(error.value)  # one line
     assert not workdir.exists()
+
+
+def test_a_workdir_that_cannot_be_a_directory_is_one_line_before_any_data(tmp_path, monkeypatch):
+    def load_data(config):
+        raise AssertionError("data was loaded before the workdir error")
+
+    monkeypatch.setattr(factories, "load_data", load_data)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(config_schema.ConfigError) as error:
+        train.train_and_evaluate(_tiny_config(), str(blocker / "run"), progress=False)
+    assert str(error.value) == (f"--workdir={blocker / 'run'}: {blocker} is not a directory; "
+                                f"choose a writable directory")
 
 
 def test_workdir_of_another_config_is_refused_untouched(reference):
@@ -236,40 +259,52 @@ def test_workdir_of_another_config_is_refused_untouched(reference):
         return {p: (os.path.getmtime(p), os.path.getsize(p)) for p in paths}
 
     before = snapshot()
-    with pytest.raises(builders.ConfigError, match="different config"):
+    with pytest.raises(config_schema.ConfigError, match="different config"):
         train.train_and_evaluate(_tiny_config(), reference, progress=False)
     assert snapshot() == before
 
 
+def test_a_workdir_of_the_older_checkpoint_format_is_refused_before_any_data(tmp_path,
+                                                                             monkeypatch):
+    def load_data(config):
+        raise AssertionError("data was loaded before the workdir error")
+
+    monkeypatch.setattr(factories, "load_data", load_data)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch-0001.npz").write_bytes(b"")
+    with pytest.raises(config_schema.ConfigError, match="older cgh_tf trainer.*another workdir"):
+        train.train_and_evaluate(_tiny_config(), str(tmp_path), progress=False)
+
+
 def test_epoch_order_is_a_seeded_permutation_per_epoch():
-    first = builders.epoch_order(1000, seed=3, epoch=0)
+    first = input_pipeline.epoch_order(1000, seed=3, epoch=0)
     assert sorted(first) == list(range(1000))
-    np.testing.assert_array_equal(first, builders.epoch_order(1000, seed=3, epoch=0))
-    assert not np.array_equal(first, builders.epoch_order(1000, seed=3, epoch=1))
-    assert not np.array_equal(first, builders.epoch_order(1000, seed=4, epoch=0))
+    np.testing.assert_array_equal(first, input_pipeline.epoch_order(1000, seed=3, epoch=0))
+    assert not np.array_equal(first, input_pipeline.epoch_order(1000, seed=3, epoch=1))
+    assert not np.array_equal(first, input_pipeline.epoch_order(1000, seed=4, epoch=0))
 
 
 def test_train_dataset_visits_each_epoch_in_its_order_without_straddling():
     x = np.arange(10, dtype=np.float32)[:, None] * 10
     y = np.arange(10, dtype=np.int32)
-    batches = list(builders.train_dataset(x, y, batch_size=4, seed=1, first_epoch=2, num_epochs=4))
+    batches = list(input_pipeline.train_dataset(x, y, batch_size=4, seed=1, first_epoch=2, num_epochs=4))
     assert [len(b[1]) for b in batches] == [4, 4, 2, 4, 4, 2]
     for epoch, chunk in ((2, batches[:3]), (3, batches[3:])):
         labels = np.concatenate([b[1].numpy() for b in chunk])
-        np.testing.assert_array_equal(labels, builders.epoch_order(10, seed=1, epoch=epoch))
+        np.testing.assert_array_equal(labels, input_pipeline.epoch_order(10, seed=1, epoch=epoch))
         np.testing.assert_array_equal(np.concatenate([b[0].numpy()[:, 0] for b in chunk]),
                                       labels * 10)
-    assert builders.steps_per_epoch(10, 4, drop_remainder=False) == 3
-    assert builders.steps_per_epoch(10, 4, drop_remainder=True) == 2
+    assert input_pipeline.steps_per_epoch(10, 4, drop_remainder=False) == 3
+    assert input_pipeline.steps_per_epoch(10, 4, drop_remainder=True) == 2
 
 
 def test_step_schedule_follows_the_epoch_variable():
-    schedule = builders.EpochStepDecay(0.1, decay_epochs=(30, 60), decay_factor=0.1)
+    decay = schedule.EpochStepDecay(0.1, decay_epochs=(30, 60), decay_factor=0.1)
     for epoch, expected in ((0, 0.1), (29, 0.1), (30, 0.01), (59, 0.01), (60, 0.001), (89, 0.001)):
-        schedule.set_epoch(epoch)
-        assert float(schedule(tf.constant(12345))) == pytest.approx(expected, rel=1e-6)
-        assert schedule.value_at(epoch) == pytest.approx(expected, rel=1e-12)
-    assert float(builders.EpochStepDecay(0.3)(0)) == pytest.approx(0.3)
+        decay.set_epoch(epoch)
+        assert float(decay(tf.constant(12345))) == pytest.approx(expected, rel=1e-6)
+        assert decay.value_at(epoch) == pytest.approx(expected, rel=1e-12)
+    assert float(schedule.EpochStepDecay(0.3)(0)) == pytest.approx(0.3)
 
 
 def test_demo_arms_and_workdir_safety(tmp_path):
@@ -293,8 +328,8 @@ def test_demo_arms_and_workdir_safety(tmp_path):
 
 @pytest.mark.parametrize("name", ["digits", "mnist5k"])
 def test_dataset_specs_match_the_loaded_embedded_datasets(name):
-    data = builders.load_data(_tiny_config(dataset=name, label_noise=0.0))
-    assert builders.dataset_spec(name) == (tuple(data.input_shape), data.num_classes)
+    data = factories.load_data(_tiny_config(dataset=name, label_noise=0.0))
+    assert factories.dataset_spec(name) == (tuple(data.input_shape), data.num_classes)
 
 
 def test_digits_trains_end_to_end_for_one_epoch(tmp_path):
@@ -310,4 +345,4 @@ def test_digits_trains_end_to_end_for_one_epoch(tmp_path):
 def test_distribution_defaults_to_one_device_and_is_resumable():
     config = default.get_config()
     assert config.distribution == "none"
-    assert "distribution" in train.RESUMABLE_FIELDS
+    assert "distribution" in single_run.RESUMABLE_FIELDS

@@ -22,10 +22,12 @@ import pytest
 import tensorflow as tf
 
 import cgh_tf
-from configs import default, easy_hard, imagenet_easy_hard, m3, real_vs_random, winsorize
-from trainers import builders
-from trainers import experiments
-from trainers import io
+from configs import default, imagenet_easy_hard, m3, real_vs_random, winsorize
+from configs import easy_hard as easy_hard_config
+from trainers import config_schema, easy_hard, factories, feature_callbacks, input_pipeline, schedule
+from trainers import outputs
+from trainers import run_state
+from trainers import single_run
 from trainers import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +71,7 @@ def runs(tmp_path_factory):
 
 
 def _results(workdir):
-    with open(os.path.join(workdir, io.RESULTS_FILE)) as f:
+    with open(os.path.join(workdir, outputs.RESULTS_FILE)) as f:
         return json.load(f)
 
 
@@ -102,11 +104,11 @@ def _final_model(workdir):
     """(config, data, model at the final checkpoint) of a finished trainer workdir."""
     results = _results(workdir)
     config = ml_collections.ConfigDict(results["config"])
-    data = builders.load_data(config)
-    model = builders.build_model(config, data.input_shape, data.num_classes)
-    optimizer = builders.build_optimizer(config, builders.build_schedule(config))
-    builders.compile_model(model, optimizer, config)
-    io.restore_checkpoint(io.checkpoint_path(workdir, results["epochs_completed"]), model, optimizer)
+    data = factories.load_data(config)
+    model = factories.build_model(config, data.input_shape, data.num_classes)
+    optimizer = factories.build_optimizer(config, schedule.build_schedule(config))
+    factories.compile_model(model, optimizer, config)
+    run_state.restore_model(run_state.checkpoint_path(workdir, results["epochs_completed"]), model)
     return config, data, model
 
 
@@ -150,7 +152,7 @@ def test_batch_coherence_is_logged_per_epoch_in_results_and_tensorboard(runs):
 # --------------------------------------------------------------------------- coherence monitor
 
 def test_monitor_csv_has_every_sample_and_layer_once_per_epoch(runs):
-    rows = _csv_rows(os.path.join(runs["features"], builders.COHERENCE_CSV))
+    rows = _csv_rows(os.path.join(runs["features"], feature_callbacks.COHERENCE_CSV))
     keys = [(int(r["epoch"]), r["sample"], r["layer"]) for r in rows]
     expected = [(e, s, layer) for e in range(EPOCHS)
                 for s in ("train", "test", "pristine", "corrupted")
@@ -170,12 +172,12 @@ def test_monitor_csv_has_every_sample_and_layer_once_per_epoch(runs):
 
 def test_monitor_values_equal_a_recomputation_on_the_final_checkpoint(runs):
     config, data, model = _final_model(runs["features"])
-    samples = builders.monitor_samples(data, M, config.seed)
+    samples = feature_callbacks.monitor_samples(data, M, config.seed)
     assert {n: len(s) for n, s in samples.items()} == dict.fromkeys(
         ("train", "test", "pristine", "corrupted"), M)
     assert not samples["pristine"].corrupted.any() and samples["corrupted"].corrupted.all()
     rows = {(r["sample"], r["layer"]): r
-            for r in _csv_rows(os.path.join(runs["features"], builders.COHERENCE_CSV))
+            for r in _csv_rows(os.path.join(runs["features"], feature_callbacks.COHERENCE_CSV))
             if int(r["epoch"]) == EPOCHS - 1}
     for name in ("test", "corrupted"):
         grads, layers = _per_example_gradients(model, samples[name].x, samples[name].y)
@@ -192,7 +194,7 @@ def test_loss_reduction_fractions_equal_their_definition(runs):
     np.testing.assert_allclose(np.add(history["f_pristine"], history["f_corrupt"]), 1.0,
                                atol=1e-12)
     config, data, model = _final_model(runs["features"])
-    sample = builders.monitor_samples(data, M, config.seed)["train"]
+    sample = feature_callbacks.monitor_samples(data, M, config.seed)["train"]
     grads, _ = _per_example_gradients(model, sample.x, sample.y)
     g_p, g_c = grads[~sample.corrupted].sum(axis=0), grads[sample.corrupted].sum(axis=0)
     g = g_p + g_c
@@ -204,7 +206,7 @@ def test_loss_reduction_fractions_equal_their_definition(runs):
 
 def test_learning_times_csv_is_consistent_with_the_final_model(runs):
     config, data, model = _final_model(runs["features"])
-    rows = _csv_rows(os.path.join(runs["features"], builders.LEARNING_TIMES_CSV))
+    rows = _csv_rows(os.path.join(runs["features"], feature_callbacks.LEARNING_TIMES_CSV))
     column = {k: np.array([int(r[k]) for r in rows]) for k in rows[0]}
     np.testing.assert_array_equal(column["example_id"], data.train.example_id)
     np.testing.assert_array_equal(column["label"], data.train.y)
@@ -225,15 +227,15 @@ def test_learning_times_csv_is_consistent_with_the_final_model(runs):
 
 def test_easy_mask_from_a_learning_times_csv(runs, tmp_path):
     config, data, _ = _final_model(runs["features"])
-    path = os.path.join(runs["features"], builders.LEARNING_TIMES_CSV)
+    path = os.path.join(runs["features"], feature_callbacks.LEARNING_TIMES_CSV)
     rows = _csv_rows(path)
     expected = np.array([r["last_prediction"] == r["label"] for r in rows])
-    np.testing.assert_array_equal(builders.easy_mask_from_csv(path, data.train), expected)
+    np.testing.assert_array_equal(easy_hard.easy_mask_from_csv(path, data.train), expected)
     partial = tmp_path / "partial.csv"
     with open(path) as f:
         partial.write_text("".join(f.readlines()[:-5]))
-    with pytest.raises(builders.ConfigError, match="no rows for 5 training examples"):
-        builders.easy_mask_from_csv(str(partial), data.train)
+    with pytest.raises(config_schema.ConfigError, match="no rows for 5 training examples"):
+        easy_hard.easy_mask_from_csv(str(partial), data.train)
 
 
 # --------------------------------------------------------------------------------- easy / hard
@@ -241,7 +243,7 @@ def test_easy_mask_from_a_learning_times_csv(runs, tmp_path):
 def test_easy_hard_run_trains_on_disjoint_parts(runs):
     workdir = runs["easy_hard"]
     results = _results(workdir)
-    split = _csv_rows(os.path.join(workdir, train.EASY_HARD_SPLIT_CSV))
+    split = _csv_rows(os.path.join(workdir, easy_hard.EASY_HARD_SPLIT_CSV))
     ids = {(part, role): {int(r["example_id"]) for r in split
                           if (r["part"], r["role"]) == (part, role)}
            for part in ("easy", "hard") for role in ("train", "test")}
@@ -268,17 +270,17 @@ def test_easy_hard_run_trains_on_disjoint_parts(runs):
 
 
 def test_easy_hard_from_a_learning_times_csv_skips_the_probe(runs, tmp_path):
-    path = os.path.join(runs["features"], builders.LEARNING_TIMES_CSV)  # same data, noise, seed
+    path = os.path.join(runs["features"], feature_callbacks.LEARNING_TIMES_CSV)  # same data, noise, seed
     easy = [r["last_prediction"] == r["label"] for r in _csv_rows(path)]
-    config = _tiny(easy_hard, **{"num_epochs": 1, "label_noise": 0.5,
+    config = _tiny(easy_hard_config, **{"num_epochs": 1, "label_noise": 0.5,
                                  "easy_hard.learning_times_csv": path})
     results = train.train_and_evaluate(config, str(tmp_path / "eh"), progress=False)
     assert results["easy_defined_by"] == f"learning_times_csv:{path}"
     assert results["probe"] is None and not (tmp_path / "eh" / "probe").exists()
     assert results["dataset"]["num_easy"] == sum(easy)
     assert results["easy"]["num_train"] + results["easy"]["num_test"] == sum(easy)
-    clean = _tiny(easy_hard, **{"easy_hard.learning_times_csv": path})  # other labels
-    with pytest.raises(builders.ConfigError, match="labels differ from the training labels"):
+    clean = _tiny(easy_hard_config, **{"easy_hard.learning_times_csv": path})  # other labels
+    with pytest.raises(config_schema.ConfigError, match="labels differ from the training labels"):
         train.train_and_evaluate(clean, str(tmp_path / "clean"), progress=False)
 
 
@@ -286,11 +288,11 @@ def test_easy_hard_from_a_learning_times_csv_skips_the_probe(runs, tmp_path):
 
 def _tiny(base=real_vs_random, **overrides):
     """A tiny version of a config module's config, with `{"a.b": value}` overrides."""
-    config = builders.add_feature_fields(base.get_config())
+    config = config_schema.add_feature_fields(base.get_config())
     config.max_train, config.max_test, config.num_epochs = 300, 64, EPOCHS
     config.model.kwargs.width = 8
     config.eval_batch_size = 64
-    return experiments.apply_overrides(config, overrides)
+    return config_schema.apply_overrides(config, overrides)
 
 
 def _read(path):
@@ -299,8 +301,9 @@ def _read(path):
 
 
 def _checkpoint_weights(workdir, epoch):
-    with np.load(io.checkpoint_path(workdir, epoch)) as f:
-        return [f[k] for k in sorted(k for k in f.files if k.startswith("model/"))]
+    """The model weights of the run's checkpoint after `epoch` epochs (its last)."""
+    assert _results(workdir)["epochs_completed"] == epoch
+    return _final_model(workdir)[2].get_weights()
 
 
 # ----------------------------------------------------------------------------------- resume
@@ -317,17 +320,16 @@ def test_resume_keeps_monitor_learning_times_and_step_counter_identical(tmp_path
     first = ml_collections.ConfigDict(config.to_dict())
     first.num_epochs = 1
     train.train_and_evaluate(first, resumed, progress=False)
-    coherence_csv = os.path.join(resumed, builders.COHERENCE_CSV)
+    coherence_csv = os.path.join(resumed, feature_callbacks.COHERENCE_CSV)
     with open(coherence_csv, "a") as f:  # what a kill after the monitor, before the checkpoint leaves
         f.write("1,10,test,,16,0.5,0.0625,8.0\n1,10,tr")
     train.train_and_evaluate(config, resumed, progress=False)
 
-    for name in (io.RESULTS_FILE, builders.COHERENCE_CSV, builders.LEARNING_TIMES_CSV):
+    for name in (outputs.RESULTS_FILE, feature_callbacks.COHERENCE_CSV, feature_callbacks.LEARNING_TIMES_CSV):
         assert _read(os.path.join(resumed, name)) == _read(os.path.join(whole, name)), name
     assert len(_results(whole)["history"]["m_coherence"]) == EPOCHS
-    states = sorted(os.path.basename(p) for p in
-                    glob.glob(os.path.join(resumed, "checkpoints", "learning-times-*.npz")))
-    assert states == ["learning-times-0001.npz", "learning-times-0002.npz"]
+    record = run_state.read_record(run_state.list_checkpoints(resumed)[-1][1])
+    assert record["learning_times"]["steps_seen"] == EPOCHS * 5  # the state went into the checkpoint
 
 
 def _step_reference(model, sample):
@@ -345,24 +347,24 @@ def test_monitor_every_steps_series_is_resume_safe_and_matches_references(tmp_pa
                       "label_noise": 0.5, "coherence.monitor_samples": 16,
                       "coherence.monitor_every_steps": 2, "learning_times.every_steps": 0})
     whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
-    initial = train.prepare(config, str(tmp_path / "unused")).model  # writes nothing
+    initial = single_run.prepare(config, str(tmp_path / "unused")).model  # writes nothing
     train.train_and_evaluate(config, whole, progress=False)
 
     first = ml_collections.ConfigDict(config.to_dict())
     first.num_epochs = 1
     train.train_and_evaluate(first, resumed, progress=False)
-    coherence_csv = os.path.join(resumed, builders.COHERENCE_CSV)
+    coherence_csv = os.path.join(resumed, feature_callbacks.COHERENCE_CSV)
     with open(coherence_csv, "a") as f:  # a kill after a step measurement of epoch 2
         f.write("1,6,train,,16,0.5,0.0625,8.0\n1,6,te")
     train.train_and_evaluate(config, resumed, progress=False)
-    for name in (io.RESULTS_FILE, builders.COHERENCE_CSV):
+    for name in (outputs.RESULTS_FILE, feature_callbacks.COHERENCE_CSV):
         assert _read(os.path.join(resumed, name)) == _read(os.path.join(whole, name)), name
 
     results = _results(whole)
     steps = results["step_history"]
     assert steps["step"] == [0, 2, 4, 5, 6, 8, 10]
     assert steps["epoch"] == [0, 0, 0, 0, 1, 1, 1]
-    rows = [r for r in _csv_rows(os.path.join(whole, builders.COHERENCE_CSV))
+    rows = [r for r in _csv_rows(os.path.join(whole, feature_callbacks.COHERENCE_CSV))
             if r["sample"] == "train"]
     assert [(int(r["epoch"]), int(r["step"])) for r in rows] == list(zip(steps["epoch"],
                                                                          steps["step"]))
@@ -377,35 +379,35 @@ def test_monitor_every_steps_series_is_resume_safe_and_matches_references(tmp_pa
     np.testing.assert_allclose(np.add(steps["f_pristine"], steps["f_corrupt"]), 1.0, atol=1e-12)
     # Step 0 and the last step against float64 per-example references.
     _, data, final = _final_model(whole)
-    sample = builders.monitor_samples(data, 16, config.seed)["train"]
+    sample = feature_callbacks.monitor_samples(data, 16, config.seed)["train"]
     assert 0 < sample.corrupted.sum() < 16
     for index, model in ((0, initial), (-1, final)):
         coherence, f_p = _step_reference(model, sample)
         assert steps[coherence_key][index] == pytest.approx(coherence, rel=1e-4)
         assert steps["f_pristine"][index] == pytest.approx(f_p, rel=1e-4, abs=1e-5)
     # TensorBoard: every measurement at its global step.
-    scalars = _scalars(os.path.join(whole, "tensorboard", builders.STEP_TENSORBOARD_RUN))
+    scalars = _scalars(os.path.join(whole, "tensorboard", feature_callbacks.STEP_TENSORBOARD_RUN))
     assert scalars[coherence_key] == pytest.approx(dict(zip(steps["step"], steps[coherence_key])))
     assert sorted(scalars["loss"]) == steps["step"][1:]
 
 
 def test_monitor_every_steps_needs_the_monitor():
     config = _tiny(**{"coherence.monitor_samples": 0, "coherence.monitor_every_steps": 5})
-    with pytest.raises(builders.ConfigError, match="coherence.monitor_every_steps=5 has no effect"):
-        builders.validate(config)
+    with pytest.raises(config_schema.ConfigError, match="coherence.monitor_every_steps=5 has no effect"):
+        config_schema.validate(config)
     config = _tiny(**{"coherence.monitor_every_steps": -1})
-    with pytest.raises(builders.ConfigError, match="must be an int >= 0"):
-        builders.validate(config)
+    with pytest.raises(config_schema.ConfigError, match="must be an int >= 0"):
+        config_schema.validate(config)
 
 
 def test_truncate_csv_epochs_drops_later_epochs_and_cut_lines(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("step,epoch,v\n0,0,a\n1,0,b\n2,1,c\n3,2,d\n4,2,")
-    builders.truncate_csv_epochs(str(path), 2)
+    feature_callbacks.truncate_csv_epochs(str(path), 2)
     assert path.read_text() == "step,epoch,v\n0,0,a\n1,0,b\n2,1,c\n"
-    builders.truncate_csv_epochs(str(path), 0)
+    feature_callbacks.truncate_csv_epochs(str(path), 0)
     assert path.read_text() == "step,epoch,v\n"
-    builders.truncate_csv_epochs(str(tmp_path / "absent.csv"), 0)  # no-op
+    feature_callbacks.truncate_csv_epochs(str(tmp_path / "absent.csv"), 0)  # no-op
 
 
 # ----------------------------------------------------------------------------- winsorized GD
@@ -433,10 +435,10 @@ def test_one_winsorized_step_equals_a_numpy_reference(tmp_path):
     pct, lr = 4.0, 0.1
     config = _winsorize_config(**{"max_train": 50, "optimizer.winsorize_pct": pct,
                                   "learning_rate": lr})
-    experiment = train.prepare(config, str(tmp_path / "run"))  # writes nothing
+    experiment = single_run.prepare(config, str(tmp_path / "run"))  # writes nothing
     model, data = experiment.model, experiment.data
     initial = model.get_weights()
-    order = builders.epoch_order(len(data.train), config.seed, 0)
+    order = input_pipeline.epoch_order(len(data.train), config.seed, 0)
     grads, _ = _per_example_gradients(model, data.train.x[order], data.train.y[order])
     low, high = np.percentile(grads, [pct, 100 - pct], axis=0, method="nearest")
     update = np.clip(grads, low, high).mean(axis=0)
@@ -461,7 +463,12 @@ def test_one_winsorized_step_equals_a_numpy_reference(tmp_path):
     ({"coherence.every": -1}, "coherence.every=-1 must be an int >= 0"),
     ({"mode": "sweep"}, "mode='sweep' is unknown; allowed: train, easy_hard"),
     ({"optimizer.name": "m3", "optimizer.aggregation": "mean", "optimizer.winsorize_pct": 0.0,
-      "coherence.every": 1}, "set optimizer.m3_in_batch=True"),
+      "coherence.every": 1}, "coherence.every=1 with M3 over consecutive batches "
+                             "(optimizer.m3_in_batch=False): the batch coherence needs "
+                             "cgh_tf.Model, where M3 splits one batch into its groups; set "
+                             "optimizer.m3_in_batch=True or coherence.every=0"),
+    ({"optimizer.name": "m3", "optimizer.winsorize_pct": 2.0},
+     "optimizer.aggregation='winsorize' and M3 are two aggregators of the same batch"),
     ({"optimizer.name": "m3", "optimizer.aggregation": "mean", "optimizer.winsorize_pct": 0.0,
       "optimizer.m3_in_batch": True}, "batch_size=100 divisible by the 3 M3 groups"),
     ({"easy_hard.probe_epochs": 0}, "easy_hard.probe_epochs=0 must be a positive int"),
@@ -473,7 +480,7 @@ def test_one_winsorized_step_equals_a_numpy_reference(tmp_path):
 def test_feature_config_errors_are_reported_before_training(tmp_path, overrides, message):
     workdir = tmp_path / "never"
     config = _tiny(winsorize, **overrides)
-    with pytest.raises(builders.ConfigError) as error:
+    with pytest.raises(config_schema.ConfigError) as error:
         train.train_and_evaluate(config, str(workdir), progress=False)
     assert message in str(error.value)
     assert not workdir.exists()
@@ -481,29 +488,50 @@ def test_feature_config_errors_are_reported_before_training(tmp_path, overrides,
 
 # ------------------------------------------------------------------------------------ configs
 
+def _without_feature_fields(config):
+    """`config` with every feature field removed (a config written before they existed)."""
+    plain = config.to_dict()
+    for dotted in config_schema.FEATURE_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = plain
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+    for subtree in ("coherence", "learning_times", "easy_hard"):
+        assert not plain[subtree], subtree  # nothing else lived there
+        del plain[subtree]
+    return ml_collections.ConfigDict(plain)
+
+
 def test_feature_defaults_keep_the_plain_trainer():
-    config = default.get_config()  # has no feature fields
-    builders.validate(config)
-    assert builders.setting(config, "coherence.every") == 0
-    assert builders.setting(config, "optimizer.aggregation") == "mean"
-    assert builders.cgh_compile_options(config) == {
+    config = _without_feature_fields(default.get_config())
+    assert "coherence" not in config and "aggregation" not in config.optimizer
+    config_schema.validate(config)
+    assert config_schema.setting(config, "coherence.every") == 0
+    assert config_schema.setting(config, "optimizer.aggregation") == "mean"
+    assert factories.cgh_compile_options(config) == {
         "coherence_every": 0, "coherence_per_layer": False, "coherence_training": False,
         "aggregation": "mean", "winsorize_pct": 0.0}
-    with_fields = builders.add_feature_fields(default.get_config())
-    assert all(builders.setting(with_fields, k) == v for k, v in builders.FEATURE_DEFAULTS.items())
-    assert isinstance(builders.build_model(config, (40,), 10), cgh_tf.Model)
+    # The defaults are the values of configs/default.py, written there only.
+    with_fields = config_schema.add_feature_fields(config)
+    assert with_fields.to_dict() == default.get_config().to_dict()
+    changed = default.get_config()
+    changed.coherence.every = 7
+    assert config_schema.setting(_without_feature_fields(changed), "coherence.every") == 0
+    assert config_schema.setting(changed, "coherence.every") == 7
+    assert isinstance(factories.build_model(config, (40,), 10), cgh_tf.Model)
     # M3 over consecutive batches (the authors' realisation) stays a plain keras.Model.
-    m3_model = builders.build_model(m3.get_config(), (40,), 10)
+    m3_model = factories.build_model(m3.get_config(), (40,), 10)
     assert isinstance(m3_model, keras.Model) and not isinstance(m3_model, cgh_tf.Model)
-    in_batch = builders.add_feature_fields(m3.get_config())
+    in_batch = config_schema.add_feature_fields(m3.get_config())
     in_batch.optimizer.m3_in_batch, in_batch.batch_size = True, 66
-    builders.validate(in_batch)
-    assert isinstance(builders.build_model(in_batch, (40,), 10), cgh_tf.Model)
+    config_schema.validate(in_batch)
+    assert isinstance(factories.build_model(in_batch, (40,), 10), cgh_tf.Model)
 
 
-@pytest.mark.parametrize("module", [real_vs_random, winsorize, easy_hard, imagenet_easy_hard])
+@pytest.mark.parametrize("module", [real_vs_random, winsorize, easy_hard_config, imagenet_easy_hard])
 def test_new_configs_validate(module):
-    builders.validate(module.get_config())
+    config_schema.validate(module.get_config())
 
 
 def test_sweeps_list_the_arms():
@@ -518,15 +546,15 @@ def test_sweeps_list_the_arms():
 def test_imagenet_easy_hard_builds_resnet18_and_its_optimizer():
     config = imagenet_easy_hard.get_config()
     assert config.mode == "easy_hard" and config.easy_hard.probe_epochs == 2
-    input_shape, num_classes = builders.dataset_spec(config.dataset)
-    model = builders.build_model(config, input_shape, num_classes)
-    optimizer = builders.build_optimizer(config, builders.build_schedule(config))
-    builders.compile_model(model, optimizer, config)
+    input_shape, num_classes = factories.dataset_spec(config.dataset)
+    model = factories.build_model(config, input_shape, num_classes)
+    optimizer = factories.build_optimizer(config, schedule.build_schedule(config))
+    factories.compile_model(model, optimizer, config)
     assert isinstance(model, cgh_tf.Model)
     assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 1000)
     assert 11.0 < model.count_params() / 1e6 < 12.5
     assert isinstance(optimizer, keras.optimizers.SGD)
     assert float(optimizer.momentum) == pytest.approx(0.9)
-    probe = builders.part_config(config, "probe", num_epochs=config.easy_hard.probe_epochs)
+    probe = easy_hard.part_config(config, "probe", num_epochs=config.easy_hard.probe_epochs)
     assert probe.mode == "train" and probe.num_epochs == 2 and probe.easy_hard.part == "probe"
-    builders.validate(probe)
+    config_schema.validate(probe)

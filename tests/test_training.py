@@ -300,3 +300,27 @@ def test_in_batch_m3_under_mixed_precision_matches_consecutive_mode():
     in_batch, consecutive = (m.get_layer("dense").get_weights()[0] for m in models)
     np.testing.assert_allclose(in_batch, consecutive, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(in_batch, expected, rtol=1e-2, atol=1e-3)  # float16 forward pass
+
+
+def test_steps_trained_counts_train_steps_and_survives_a_checkpoint(tmp_path):
+    """The public step counter: None before compile, one per train step, restored by a
+    `tf.train.Checkpoint` of it (what the trainer's resume state saves)."""
+    def build():
+        inputs = keras.Input((3,))
+        model = cgh_tf.Model(inputs, keras.layers.Dense(2)(inputs))
+        return model
+
+    model = build()
+    assert model.steps_trained is None
+    model.compile(optimizer=keras.optimizers.SGD(0.1), coherence_every=2,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    model.fit(x, np.arange(20) % 2, batch_size=4, epochs=1, verbose=0)
+    assert int(model.steps_trained.numpy()) == 5
+    path = tf.train.Checkpoint(steps=model.steps_trained).save(str(tmp_path / "ckpt"))
+    other = build()
+    other.compile(optimizer=keras.optimizers.SGD(0.1), coherence_every=2,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert int(other.steps_trained.numpy()) == 0
+    tf.train.Checkpoint(steps=other.steps_trained).restore(path).assert_consumed()
+    assert int(other.steps_trained.numpy()) == 5

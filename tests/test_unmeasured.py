@@ -29,10 +29,11 @@ import tensorflow as tf
 import cgh_tf
 import reference
 from configs import default
-from trainers import builders
-from trainers import experiments
-from trainers import io
+from trainers import config_schema
+from trainers import outputs
+from trainers import run_state
 from trainers import report
+from trainers import sweep
 from trainers import train
 
 BATCH, STEPS, EPOCHS, EVERY = 10, 4, 5, 10
@@ -128,7 +129,7 @@ def test_measured_batch_with_vanishing_gradients_is_nan(every):
 
 def _config(num_epochs=EPOCHS):
     """MNIST-1D, 200 examples in batches of 50 (4 steps per epoch), batch coherence every 10 steps."""
-    config = builders.add_feature_fields(default.get_config())
+    config = config_schema.add_feature_fields(default.get_config())
     config.max_train, config.max_test, config.num_epochs = 200, 64, num_epochs
     config.batch_size, config.eval_batch_size = 50, 64
     config.model.kwargs.width = 8
@@ -163,7 +164,7 @@ COHERENCE_KEYS = ("m_coherence", "alpha", "m_coherence/dense_0", "m_coherence/de
 
 
 def test_trainer_writes_null_in_results_json(trainer_runs):
-    path = os.path.join(trainer_runs["whole"], io.RESULTS_FILE)
+    path = os.path.join(trainer_runs["whole"], outputs.RESULTS_FILE)
     with open(path) as f:
         text = f.read()
     assert "NaN" not in text
@@ -173,19 +174,19 @@ def test_trainer_writes_null_in_results_json(trainer_runs):
         assert all(v > 0 for v in history[key] if v is not None), key
     assert all(v is not None for v in history["loss"])  # every other key: every epoch
     # The checkpoint's history leaves the missing values out.
-    state = io.read_checkpoint_state(io.checkpoint_path(trainer_runs["whole"], EPOCHS))
+    state = run_state.read_record(run_state.checkpoint_path(trainer_runs["whole"], EPOCHS))
     assert ["m_coherence" in row for row in state["history"]] == MEASURED
 
 
 def test_resumed_run_is_byte_identical(trainer_runs):
-    with open(os.path.join(trainer_runs["whole"], io.RESULTS_FILE), "rb") as f:
+    with open(os.path.join(trainer_runs["whole"], outputs.RESULTS_FILE), "rb") as f:
         whole = f.read()
-    with open(os.path.join(trainer_runs["resumed"], io.RESULTS_FILE), "rb") as f:
+    with open(os.path.join(trainer_runs["resumed"], outputs.RESULTS_FILE), "rb") as f:
         assert f.read() == whole
 
 
 def test_trainer_writes_no_tensorboard_scalar_for_unmeasured_epochs(trainer_runs):
-    with open(os.path.join(trainer_runs["whole"], io.RESULTS_FILE)) as f:
+    with open(os.path.join(trainer_runs["whole"], outputs.RESULTS_FILE)) as f:
         history = json.load(f)["history"]
     scalars = _scalars(os.path.join(trainer_runs["whole"], "tensorboard", "train"))
     measured_epochs = [e for e in range(EPOCHS) if MEASURED[e]]
@@ -197,24 +198,24 @@ def test_trainer_writes_no_tensorboard_scalar_for_unmeasured_epochs(trainer_runs
 
 
 def test_report_helpers_read_the_nulls(trainer_runs):
-    with open(os.path.join(trainer_runs["whole"], io.RESULTS_FILE)) as f:
+    with open(os.path.join(trainer_runs["whole"], outputs.RESULTS_FILE)) as f:
         results = json.load(f)
     values = [v for v in results["history"]["m_coherence"] if v is not None]
     mean, low, high = report.curves([results], "m_coherence")
     assert list(np.isnan(mean)) == [not m for m in MEASURED]
     np.testing.assert_allclose(mean[np.isfinite(mean)], values)
-    metric = experiments.Metric("coh", "m-coh.", ("history", "m_coherence", "mean"), ".2f")
-    assert experiments.metric_value(results, metric) == pytest.approx(np.mean(values))
-    last = experiments.Metric("coh", "m-coh.", ("history", "m_coherence", "last"), ".2f")
-    assert experiments.metric_value(results, last) == values[-1]
+    metric = sweep.Metric("coh", "m-coh.", ("history", "m_coherence", "mean"), ".2f")
+    assert report.metric_value(results, metric) == pytest.approx(np.mean(values))
+    last = sweep.Metric("coh", "m-coh.", ("history", "m_coherence", "last"), ".2f")
+    assert report.metric_value(results, last) == values[-1]
 
 
 def test_curves_png_has_an_m_coherence_panel_with_measured_points_only(trainer_runs):
     workdir = trainer_runs["whole"]
-    with open(os.path.join(workdir, io.PLOT_FILE), "rb") as f:
+    with open(os.path.join(workdir, outputs.PLOT_FILE), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    state = io.read_checkpoint_state(io.checkpoint_path(workdir, EPOCHS))
-    fig = io.curves_figure(state["history"])
+    state = run_state.read_record(run_state.checkpoint_path(workdir, EPOCHS))
+    fig = outputs.curves_figure(state["history"])
     try:
         axes = fig.get_axes()
         assert [ax.get_ylabel() for ax in axes] == ["loss", "accuracy",
@@ -234,7 +235,7 @@ def test_curves_png_has_an_m_coherence_panel_with_measured_points_only(trainer_r
 
 def test_curves_without_coherence_keep_two_panels():
     history = [{"loss": 1.0, "accuracy": 0.5, "m_coherence": None}, {"loss": 0.5, "accuracy": 0.7}]
-    fig = io.curves_figure(history)
+    fig = outputs.curves_figure(history)
     try:
         assert [ax.get_ylabel() for ax in fig.get_axes()] == ["loss", "accuracy"]
     finally:
@@ -243,6 +244,6 @@ def test_curves_without_coherence_keep_two_panels():
 
 
 def test_to_json_writes_nan_as_null():
-    text = io.to_json({"a": [1.0, float("nan"), np.float64("nan"), np.float32("nan")],
+    text = outputs.to_json({"a": [1.0, float("nan"), np.float64("nan"), np.float32("nan")],
                        "b": {"c": (float("nan"),)}})
     assert json.loads(text) == {"a": [1.0, None, None, None], "b": {"c": [None]}}

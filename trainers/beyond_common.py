@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from trainers import io
+from trainers import outputs
 
 
 def read_json(path):
@@ -30,13 +30,14 @@ def read_json(path):
 
 
 def write_json(path, obj):
-    io.write_json(path, obj)
+    outputs.write_json(path, obj)
 
 
 def finished_result(run_dir, config_dict):
     """The results.json dict of a finished run of exactly `config_dict`, else None."""
     result = read_json(os.path.join(run_dir, "results.json"))
-    if result and result.get("finished") and result.get("config") == io.json_roundtrip(config_dict):
+    if (result and result.get("finished")
+            and result.get("config") == outputs.json_roundtrip(config_dict)):
         return result
     return None
 
@@ -68,7 +69,7 @@ class Checkpointer:
         """(step, curves) of the last checkpoint of this config, or (0, None)."""
         saved = read_json(self.curves_path)
         if (self.manager.latest_checkpoint is None or saved is None
-                or saved.get("config") != io.json_roundtrip(config_dict)):
+                or saved.get("config") != outputs.json_roundtrip(config_dict)):
             return 0, None
         self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
         step = int(self.step.numpy())
@@ -79,7 +80,7 @@ class Checkpointer:
     def save(self, step, curves, config_dict):
         self.step.assign(step)
         self.manager.save(checkpoint_number=step)
-        write_json(self.curves_path, {"config": io.json_roundtrip(config_dict), "curves": curves,
+        write_json(self.curves_path, {"config": outputs.json_roundtrip(config_dict), "curves": curves,
                                       "step": step})
 
 

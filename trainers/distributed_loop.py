@@ -15,7 +15,7 @@ with the same logs, so every callback of the single-device trainer works unchang
 
 | concern          | rule                                                                         |
 |------------------|------------------------------------------------------------------------------|
-| data             | global batch b is batch b of the single-device order (`builders.epoch_index_batches`); replica r gets its r-th contiguous shard (`shard_batches`); `check_even_shards` requires R equal shards, because Keras scales each replica's loss by 1/R |
+| data             | global batch b is batch b of the single-device order (`input_pipeline.epoch_index_batches`); replica r gets its r-th contiguous shard (`shard_batches`); `check_even_shards` requires R equal shards, because Keras scales each replica's loss by 1/R |
 | step logs        | `train_step`'s logs, mean over replicas (as Keras' `reduce_per_replica("auto")`) |
 | epoch logs       | the last step's logs with every compiled metric replaced by its value summed over replicas (`model.get_metrics_result()` in cross-replica context: exact, = one device's) |
 | validation       | `test_step` on shards of `eval_batch_size` batches; `val_` logs as `fit` gives them |
@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainers import builders
+from trainers.config_schema import DISTRIBUTIONS, ConfigError
 
 
 def build_strategy(name: str):
@@ -44,14 +44,14 @@ def build_strategy(name: str):
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         return _tpu_strategy()
-    raise builders.ConfigError(f"distribution={name!r} is unknown; allowed: "
-                               f"{', '.join(builders.DISTRIBUTIONS)}")
+    raise ConfigError(f"distribution={name!r} is unknown; allowed: "
+                      f"{', '.join(DISTRIBUTIONS)}")
 
 
 def _check_tf_config():
     text = os.environ.get("TF_CONFIG")
     if not text:
-        raise builders.ConfigError(
+        raise ConfigError(
             "distribution='multi_worker' needs the TF_CONFIG environment variable (cluster and "
             "task of this worker; see README 'Running on several machines')")
     try:
@@ -59,11 +59,11 @@ def _check_tf_config():
         workers, task = spec["cluster"]["worker"], spec["task"]
         ok = task["type"] in ("worker", "chief") and isinstance(task["index"], int)
     except (ValueError, KeyError, TypeError) as error:
-        raise builders.ConfigError(f"TF_CONFIG is not a cluster spec with a task ({error!r}): "
-                                   f"{text[:200]}") from error
+        raise ConfigError(f"TF_CONFIG is not a cluster spec with a task ({error!r}): "
+                          f"{text[:200]}") from error
     if not ok or not workers:
-        raise builders.ConfigError(f"TF_CONFIG needs cluster.worker addresses and task "
-                                   f"{{'type': 'worker', 'index': i}}; got {text[:200]}")
+        raise ConfigError(f"TF_CONFIG needs cluster.worker addresses and task "
+                          f"{{'type': 'worker', 'index': i}}; got {text[:200]}")
 
 
 def _tpu_strategy():
@@ -73,7 +73,7 @@ def _tpu_strategy():
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise builders.ConfigError(
+        raise ConfigError(
             f"distribution='tpu': no TPU found by TPUClusterResolver (set TPU_NAME or run on a "
             f"TPU VM): {first_line}") from error
     return tf.distribute.TPUStrategy(resolver)
@@ -111,7 +111,7 @@ def check_even_shards(num_examples: int, batch_size: int, drop_remainder: bool, 
     last = 0 if drop_remainder else num_examples % batch_size
     for size in (batch_size, last):
         if size % count:
-            raise builders.ConfigError(
+            raise ConfigError(
                 f"distribution over {count} replicas splits every batch into {count} equal shards, "
                 f"but {num_examples} training examples in batches of batch_size={batch_size} give "
                 f"a batch of {size}; use a batch_size (and max_train, or drop_remainder=True) "
@@ -140,6 +140,38 @@ def shard_batches(strategy, index_batches, x, y):
         return batches.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx))).prefetch(2)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def optimizer_variables(optimizer) -> list:
+    """All state variables of `optimizer` and of any Keras optimizer it wraps (deduplicated, stable order).
+
+    Wrappers (M3, RM3, LossScaleOptimizer, ...) may keep the inner optimizer's variables out of their
+    own `.variables`; this walks attributes that are Keras optimizers, in attribute-definition order.
+    """
+    found, seen = [], set()
+
+    def visit(opt, depth=0):
+        if id(opt) in seen or depth > 4:
+            return
+        seen.add(id(opt))
+        for variable in opt.variables:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                found.append(variable)
+        for value in vars(opt).values():
+            if isinstance(value, keras.optimizers.Optimizer):
+                visit(value, depth + 1)
+
+    visit(optimizer)
+    return found
+
+
+def run_variables(model) -> list:
+    """Every variable a worker needs from the chief's checkpoint: the model's weights, the
+    optimizer's variables (wrapped optimizers' too) and `cgh_tf.Model.steps_trained` if present."""
+    steps_trained = getattr(model, "steps_trained", None)
+    return (list(model.weights) + optimizer_variables(model.optimizer)
+            + ([steps_trained] if steps_trained is not None else []))
 
 
 def broadcast_from_chief(strategy, variables) -> None:

@@ -19,6 +19,8 @@ import time
 import numpy as np
 
 from trainers import beyond_common as common
+from trainers import config_schema
+from trainers import hparams_board
 
 DEFAULT_SEEDS = 2
 
@@ -132,7 +134,7 @@ def run(config, run_dir, echo=print):
     summary["min_test_error"] = errors[best]
     summary["epoch_of_min_test_error"] = curves["epoch"][best]
     summary["num_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-    result = {"config": common.io.json_roundtrip(config_dict), "curves": curves, "finished": True,
+    result = {"config": common.outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
               "summary": summary, "num_train": n, "num_corrupted": int(corrupted.sum()),
               "seconds_last_invocation": round(time.time() - started, 1)}
     common.write_json(os.path.join(run_dir, "results.json"), result)
@@ -178,7 +180,6 @@ def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, widths=None):
     unless `widths` is given; config = base ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]`
     ← `overrides`."""
     from configs import double_descent as dd_config
-    from trainers import experiments as exp_lib
 
     if scale not in dd_config.SCALES:
         raise ValueError(f"scale={scale!r} is unknown for double_descent; allowed: "
@@ -191,15 +192,15 @@ def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, widths=None):
         if dataset not in dd_config.WIDTHS[scale]:
             raise ValueError(f"dataset={dataset!r} has no width sweep at scale {scale!r}; "
                              f"allowed: {', '.join(dd_config.WIDTHS[scale])}")
-        base = exp_lib.apply_overrides(dd_config.get_config(), dd_config.SCALES[scale])
-        base = exp_lib.apply_overrides(base, dd_config.DATASET_CHANGES[scale][dataset])
-        base = exp_lib.apply_overrides(base, {**overrides, "dataset": dataset})
+        base = config_schema.apply_overrides(dd_config.get_config(), dd_config.SCALES[scale])
+        base = config_schema.apply_overrides(base, dd_config.DATASET_CHANGES[scale][dataset])
+        base = config_schema.apply_overrides(base, {**overrides, "dataset": dataset})
         for width in widths or dd_config.WIDTHS[scale][dataset]:
-            config = exp_lib.apply_overrides(base, {"width": width})
+            config = config_schema.apply_overrides(base, {"width": width})
             check_config(config)
             for seed in range(seeds):
                 out.append((f"{dataset}/width{width:04d}", f"{dataset}, width {width}", seed,
-                            exp_lib.apply_overrides(config, {"seed": seed})))
+                            config_schema.apply_overrides(config, {"seed": seed})))
     return out
 
 
@@ -233,7 +234,6 @@ def report(workdir, runs, command, seconds):
                       values=[r["summary"][key] for r in results]) for key, _, _ in TABLE}
     figures = plot(workdir, runs)
     summary["figures"] = figures
-    common.write_json(os.path.join(workdir, "results.json"), summary)
     lines = ["# Double descent: test error and coherence of pristine / corrupted examples", "",
              f"Command: `{command}`", ""]
     for dataset in dict.fromkeys(r["config"]["dataset"] for *_, r in runs):
@@ -250,6 +250,10 @@ def report(workdir, runs, command, seconds):
         lines.append(f"| {group} | " + " | ".join(
             common.cell([r["summary"][k] for r in results], fmt) for k, _, fmt in TABLE) + " |")
     common.write_results_md(workdir, lines, runs, figures, summary, per="width")
+    common.write_json(os.path.join(workdir, "results.json"), summary)  # with the seconds
+    hparams_board.write_sweep(workdir, [
+        (os.path.join(workdir, group, f"seed{seed}"), r["config"], {"group": group}, r["summary"],
+         r["curves"]) for group, _, seed, r in runs])
     return summary
 
 
@@ -328,9 +332,9 @@ def plot(workdir, runs):
 def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
               echo=print, widths=None):
     echo = echo or (lambda line: None)
+    plan = arms(scale, seeds, overrides, widths)  # every config checked before the workdir exists
     os.makedirs(workdir, exist_ok=True)
     runs, seconds = [], {}
-    plan = arms(scale, seeds, overrides, widths)
     for i, (group, label, seed, config) in enumerate(plan, 1):
         started = time.time()
         result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)

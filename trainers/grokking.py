@@ -43,6 +43,8 @@ import time
 import numpy as np
 
 from trainers import beyond_common as common
+from trainers import config_schema
+from trainers import hparams_board
 
 
 def build_model(config, vocab_or_inputs, num_classes):
@@ -290,7 +292,7 @@ def run(config, run_dir, echo=print):
                 echo(_progress_line(step, total, row))
         if step % ckpt_every == 0 or step == total:
             ckpt.save(step, curves, config_dict)
-    result = {"config": common.io.json_roundtrip(config_dict), "curves": curves, "finished": True,
+    result = {"config": common.outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
               "summary": summarize(curves), "num_train": n, "num_test": len(x_test),
               "batches_per_update": batches_per_update,
               "seconds_last_invocation": round(time.time() - started, 1)}
@@ -373,25 +375,24 @@ DEFAULT_SEEDS = 2
 def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, groups=None):
     """[(group, label, seed, config)] of the experiment."""
     from configs import grokking as grok_config
-    from trainers import experiments as exp_lib
 
     if scale not in grok_config.SCALES:
         raise ValueError(f"scale={scale!r} is unknown for grokking; allowed: "
                          f"{', '.join(grok_config.SCALES)}")
-    base = exp_lib.apply_overrides(grok_config.get_config(), grok_config.SCALES[scale])
+    base = config_schema.apply_overrides(grok_config.get_config(), grok_config.SCALES[scale])
     out = []
     for group, (label, changes) in ARMS.items():
         if groups is not None and group not in groups:
             continue
         if changes == "transformer":
             changes = grok_config.TRANSFORMER[scale]
-        config = exp_lib.apply_overrides(base, changes)
+        config = config_schema.apply_overrides(base, changes)
         if scale == "full" and group == "mlp_adamw_x3":
             config.batch_size = 3 * base.batch_size
-        config = exp_lib.apply_overrides(config, overrides)
+        config = config_schema.apply_overrides(config, overrides)
         check_config(config)  # every arm, before any training
         for seed in range(seeds):
-            c = exp_lib.apply_overrides(config, {"seed": seed})
+            c = config_schema.apply_overrides(config, {"seed": seed})
             out.append((group, label, seed, c))
     return out
 
@@ -435,7 +436,6 @@ def report(workdir, runs, command, seconds):
     figures = plot(workdir, runs)
     summary["figures"] = figures
     summary["seconds_this_invocation"] = seconds
-    common.write_json(os.path.join(workdir, "results.json"), summary)
     lines = ["# Grokking: coherence through the test-accuracy jump", "",
              f"Command: `{command}`", "",
              "Mean ± sample sd over seeds (a seed that never reaches a threshold is left out "
@@ -450,6 +450,10 @@ def report(workdir, runs, command, seconds):
             cells.append(common.cell(values, fmt, n_total=len(values)))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     common.write_results_md(workdir, lines, runs, figures, summary, per="arm group")
+    common.write_json(os.path.join(workdir, "results.json"), summary)  # with the seconds
+    hparams_board.write_sweep(workdir, [
+        (os.path.join(workdir, group, f"seed{seed}"), r["config"], {"group": group}, r["summary"],
+         r["curves"]) for group, _, seed, r in runs])
     return summary
 
 
@@ -521,9 +525,9 @@ def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, comma
               echo=print, groups=None):
     """Run every arm (skipping finished ones, resuming interrupted ones), then report."""
     echo = echo or (lambda line: None)
+    plan = arms(scale, seeds, overrides, groups)  # every config checked before the workdir exists
     os.makedirs(workdir, exist_ok=True)
     runs, seconds = [], {}
-    plan = arms(scale, seeds, overrides, groups)
     for i, (group, label, seed, config) in enumerate(plan, 1):
         started = time.time()
         result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)

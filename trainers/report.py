@@ -7,7 +7,8 @@ r"""Aggregate the arms of an experiment over seeds: `results.json`, `results.md`
 | `format_cell(stats, fmt)`                  | str: one table cell, "mean ± sd" (n ≥ 2), "mean" (n = 1), "n/a" |
 | `curves(results, key, series)`             | `(mean [E], low [E], high [E])` over seeds of a `history` (or `step_history`) key |
 | `plot(path, experiment, figure, results)`  | writes one PNG (grid: a row per panel, a column per curve)    |
-| `write_all(workdir, experiment, results, command)` | writes all of the above into `workdir`, returns the summary |
+| `write_all(workdir, experiment, results, command)` | writes all of the above and the HParams dashboard (`write_hparams`) into `workdir`, returns the summary |
+| `metric_value(result, metric)` / `count_updates(result)` | one number of an arm's results.json |
 
 `results` is always `{arm.path: that arm's results.json dict}`. Every number of `results.md` is
 `format_cell` of the `mean` / `std` stored in `results.json`, which are computed from the per-arm
@@ -19,10 +20,14 @@ import os
 import re
 import warnings
 
+import ml_collections
 import numpy as np
 
-from trainers import experiments as exp_lib
-from trainers import io
+from cgh_tf.atomic_files import atomic_open
+from trainers import config_schema
+from trainers import hparams_board
+from trainers import outputs
+from trainers.sweep import SERIES, Metric
 
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
@@ -31,6 +36,55 @@ RESULTS_JSON = "results.json"
 # ----------------------------------------------------------------------------------------------
 # Numbers
 # ----------------------------------------------------------------------------------------------
+
+# Reading numbers out of an arm's results.json
+
+def count_updates(result: dict) -> int:
+    """Optimizer updates made by the run of `result` (a results.json dict).
+
+    Batches b = epochs × ceil(n / B) (or floor with drop_remainder). SGD / Adam and in-batch M3
+    (k groups of one batch): b. M3 with k groups over consecutive batches: floor(b / k). RM3 /
+    RA3 with window k: max(0, b − k + 1). (`config_schema.updates_per_batch`.)
+    """
+    config, dataset = ml_collections.ConfigDict(result["config"]), result["dataset"]
+    n, batch = dataset["num_train"], config.batch_size
+    per_epoch = n // batch if config.drop_remainder else -(-n // batch)
+    batches = per_epoch * result["epochs_completed"]
+    kind, k = config_schema.updates_per_batch(config)
+    if kind == "every":
+        return batches
+    if kind == "every_kth":
+        return batches // k
+    return max(0, batches - k + 1)
+
+
+def metric_value(result: dict, metric: Metric):
+    """The value of `metric` in one arm's results.json dict: a float, or None if not available."""
+    kind = metric.source[0]
+    if kind == "final":
+        value = result["final"].get(metric.source[1])
+        return None if value is None else float(value)
+    if kind == "dataset":
+        return float(result["dataset"][metric.source[1]])
+    if kind == "updates":
+        return float(count_updates(result))
+    if kind in SERIES:
+        _, key, reducer = metric.source
+        values = [float(v) for v in result.get(kind, {}).get(key, []) if v is not None]
+        if not values:
+            return None
+        return {"first": values[0], "last": values[-1], "max": max(values), "min": min(values),
+                "mean": math.fsum(values) / len(values)}[reducer]
+    if kind in ("step_at", "step_of_max"):
+        series = result.get("step_history", {})
+        pairs = [(s, float(v)) for s, v in zip(series.get("step", []),
+                                                series.get(metric.source[1], []))
+                 if v is not None]
+        if kind == "step_at":
+            return next((v for s, v in pairs if s == metric.source[2]), None)
+        return float(max(pairs, key=lambda p: p[1])[0]) if pairs else None
+    raise ValueError(f"metric {metric.name}: unknown source {metric.source!r}")
+
 
 def mean_and_std(values: list) -> tuple:
     """(mean, sample sd) of a list of floats; sd None for n < 2, both None for n = 0."""
@@ -50,7 +104,7 @@ def aggregate(experiment, results: dict) -> dict:
         arms = [arm for arm in experiment.arms if arm.group == group]
         metrics = {}
         for metric in experiment.metrics:
-            pairs = [(arm.seed, exp_lib.metric_value(results[arm.path], metric)) for arm in arms]
+            pairs = [(arm.seed, metric_value(results[arm.path], metric)) for arm in arms]
             values = [v for _, v in pairs if v is not None]
             mean, std = mean_and_std(values)
             metrics[metric.name] = {"per_seed": {str(s): v for s, v in pairs}, "mean": mean,
@@ -214,7 +268,7 @@ def plot(path: str, experiment, figure, results: dict) -> None:
     fig.suptitle(f"{figure.title} — line: mean over {len(seeds)} seed(s), band: min–max",
                  fontsize=11)
     fig.tight_layout()
-    with io.atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
 
@@ -253,9 +307,19 @@ def write_all(workdir: str, experiment, results: dict, command: str) -> dict:
     """Write `results.json`, `results.md` and every figure of `experiment` into `workdir`."""
     summary = aggregate(experiment, results)
     summary["command"] = command
-    io.write_json(os.path.join(workdir, RESULTS_JSON), summary)
+    outputs.write_json(os.path.join(workdir, RESULTS_JSON), summary)
     for figure in experiment.figures:
         plot(os.path.join(workdir, figure.file), experiment, figure, results)
-    with io.atomic_open(os.path.join(workdir, RESULTS_MD), "w") as f:
+    with atomic_open(os.path.join(workdir, RESULTS_MD), "w") as f:
         f.write(markdown(experiment, summary, command, results))
+    write_hparams(workdir, experiment, results)
     return summary
+
+
+def write_hparams(workdir: str, experiment, results: dict) -> None:
+    """TensorBoard's HParams dashboard of the sweep: a session per arm (`WORKDIR/<arm>/hparams`)
+    with the config fields that differ between arms and the table's metrics of the arm."""
+    runs = [(os.path.join(workdir, arm.path), results[arm.path]["config"], {"arm": arm.group},
+             {m.name: metric_value(results[arm.path], m) for m in experiment.metrics}, None)
+            for arm in experiment.arms if arm.path in results]
+    hparams_board.write_sweep(workdir, runs)

@@ -5,21 +5,23 @@ r"""Reproduce one experiment of the papers with one command: all arms, all seeds
     python -m trainers.reproduce --experiment=memorisation --workdir=DIR --scale=cifar10 --dry_run
     python -m trainers.reproduce --experiment=easy_hard --workdir=DIR --set=num_epochs=5
 
-Experiments and arms: see `trainers/experiments.py`; `grokking` and `double_descent` (beyond the
-papers, `--scale=small|full`) run their own resumable loops, see `trainers/beyond.py`. Every arm is one `trainers.train` run in its
-own sub-workdir, so an interrupted reproduce run, started again, skips the finished arms and
-resumes the interrupted one from its last epoch checkpoint.
+Experiments and arms: the papers' sweeps in `trainers/sweeps/` (one module per experiment); the
+experiments with their own resumable loops (early_stopping, adversarial_init, depth_width,
+real_vs_random_arch, scale, grokking, double_descent) in `trainers/beyond.py`. Every arm is one
+`trainers.train` run in its own sub-workdir, so an interrupted reproduce run, started again, skips
+the finished arms and resumes the interrupted one from its last epoch checkpoint.
 
 | path (in WORKDIR)            | content                                                          |
 |------------------------------|------------------------------------------------------------------|
-| `<arm>/seed<k>/`             | a trainer workdir (`trainers/io.py`): TensorBoard logs, checkpoints, `results.json`, `curves.png` |
+| `<arm>/seed<k>/`             | a trainer workdir (`trainers/outputs.py`): TensorBoard logs, checkpoints, `results.json`, `curves.png`, `hparams/` (its HParams session) |
 | `results.json`               | per arm group and metric: per-seed values, mean, sample sd, n (`trainers/report.py`) |
 | `results.md`                 | the table of those means ± sd, the command, links to the figures |
 | `*.png`                      | the experiment's figures (mean over seeds, min–max band)         |
 | `timings.json`               | wall-clock seconds per arm of this invocation and in total       |
 | `plan.json` (`--dry_run`)    | the config of every arm, nothing trained                         |
 
-`tensorboard --logdir=WORKDIR` shows every arm side by side. Flags: `--seeds` (number of seeds,
+`tensorboard --logdir=WORKDIR` shows every arm side by side, and each as one row of the HParams
+dashboard (`trainers/hparams_board.py`). Flags: `--seeds` (number of seeds,
 default per experiment), `--scale` (small / cifar10 / imagenet), `--set=FIELD=VALUE` (repeatable;
 sets a field of every arm's base config, e.g. `--set=num_epochs=5 --set=max_train=1000`),
 `--dry_run`, `--progress`.
@@ -33,8 +35,11 @@ import time
 
 from absl import app, flags, logging
 
-from trainers import experiments as exp_lib
-from trainers import io
+from trainers import config_schema
+from trainers import outputs
+from trainers import sweep
+from trainers import sweeps
+from trainers import train
 from trainers import report
 from trainers import beyond  # grokking, double_descent (issue 14): their own loops
 
@@ -53,7 +58,7 @@ def _read_json(path: str):
 
 def _is_finished(result: dict, config) -> bool:
     """True if `result` (a results.json dict) is a complete run of exactly `config`."""
-    if result.get("config") != io.json_roundtrip(config.to_dict()):
+    if result.get("config") != outputs.json_roundtrip(config.to_dict()):
         return False
     if result.get("mode") == "easy_hard":
         return all(result.get(part, {}).get("epochs_completed") == config.num_epochs
@@ -67,12 +72,12 @@ def load_arm_result(experiment, arm_dir: str):
     A sub-run `s` (e.g. the `easy/` workdir of an easy/hard arm) contributes its history keys as
     `"s/<key>"`. None if the arm has no results.json. This dict is what the report aggregates.
     """
-    result = _read_json(os.path.join(arm_dir, io.RESULTS_FILE))
+    result = _read_json(os.path.join(arm_dir, outputs.RESULTS_FILE))
     if result is None or not experiment.sub_runs:
         return result
     history = dict(result.get("history", {}))
     for sub in experiment.sub_runs:
-        sub_result = _read_json(os.path.join(arm_dir, sub, io.RESULTS_FILE))
+        sub_result = _read_json(os.path.join(arm_dir, sub, outputs.RESULTS_FILE))
         for key, values in (sub_result or {}).get("history", {}).items():
             history[f"{sub}/{key}"] = values
     return {**result, "history": history}
@@ -83,10 +88,9 @@ def run_arm(experiment, arm, arm_dir: str, progress: bool = False) -> tuple:
 
     `result` is `load_arm_result` of the arm after training.
     """
-    from trainers import train
 
     started = time.time()
-    previous = _read_json(os.path.join(arm_dir, io.RESULTS_FILE))
+    previous = _read_json(os.path.join(arm_dir, outputs.RESULTS_FILE))
     skipped = previous is not None and _is_finished(previous, arm.config)
     if skipped:
         logging.info("arm %s: finished earlier, reusing %s", arm.path, arm_dir)
@@ -117,22 +121,20 @@ def run(experiment, workdir: str, command: str, progress: bool = False, echo=pri
                  f"{'finished earlier' if skipped else f'{seconds:.0f} s'}; {shown}")
     summary = report.write_all(workdir, experiment, results, command)
     timings_total = {"arms": timings, "total_seconds": round(time.time() - started, 2)}
-    io.write_json(os.path.join(workdir, TIMINGS_FILE), timings_total)
+    outputs.write_json(os.path.join(workdir, TIMINGS_FILE), timings_total)
     return summary
 
 
 def write_plan(experiment, workdir: str) -> str:
     """Validate every arm's config (no data, no training) and write them to `WORKDIR/plan.json`."""
-    from trainers import builders
-
     plan = {}
     for arm in experiment.arms:
-        builders.validate(arm.config)
+        config_schema.validate(arm.config)
         plan[arm.path] = {"label": arm.label, "panel": arm.panel,
-                          "config": io.json_roundtrip(arm.config.to_dict())}
+                          "config": outputs.json_roundtrip(arm.config.to_dict())}
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, PLAN_FILE)
-    io.write_json(path, {"experiment": experiment.name, "arms": plan})
+    outputs.write_json(path, {"experiment": experiment.name, "arms": plan})
     return path
 
 
@@ -163,12 +165,12 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    flags.DEFINE_enum("experiment", None, list(exp_lib.EXPERIMENTS) + list(beyond.EXPERIMENTS),
+    flags.DEFINE_enum("experiment", None, list(sweeps.EXPERIMENTS) + list(beyond.EXPERIMENTS),
                       "Experiment to run.")
     flags.DEFINE_string("workdir", None, "Directory of the experiment (arms in sub-directories).")
     flags.DEFINE_integer("seeds", None, "Number of seeds (default: the experiment's own).",
                          lower_bound=1)
-    flags.DEFINE_enum("scale", "small", list(dict.fromkeys(exp_lib.SCALES + beyond.SCALES)),
+    flags.DEFINE_enum("scale", "small", list(dict.fromkeys(sweep.SCALES + beyond.SCALES)),
                       "Dataset / model / hyperparameters (full: grokking / double_descent only).")
     flags.DEFINE_multi_string("set", [], "FIELD=VALUE for the base config of every arm.")
     flags.DEFINE_boolean("dry_run", False, "Only validate the arms' configs and write plan.json.")
@@ -177,8 +179,6 @@ def _define_flags():
 
 
 def main(argv):
-    from trainers import builders
-
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.experiment in beyond.EXPERIMENTS:
@@ -198,7 +198,7 @@ def main(argv):
         print("figures: " + ", ".join(os.path.join(FLAGS.workdir, n) for n in summary["figures"]))
         return
     try:
-        experiment = exp_lib.build(FLAGS.experiment, FLAGS.scale, FLAGS.seeds,
+        experiment = sweeps.build(FLAGS.experiment, FLAGS.scale, FLAGS.seeds,
                                    parse_overrides(FLAGS.set))
         if FLAGS.dry_run:
             print(f"{len(experiment.arms)} arms validated; configs in "
@@ -208,7 +208,7 @@ def main(argv):
 
         tf.config.experimental.enable_op_determinism()
         summary = run(experiment, FLAGS.workdir, command_line(sys.argv), FLAGS.progress)
-    except (ValueError, builders.ConfigError) as error:
+    except ValueError as error:  # incl. config_schema.ConfigError
         sys.exit(f"error: {error}")
     print()
     with open(os.path.join(FLAGS.workdir, report.RESULTS_MD)) as f:

@@ -1,0 +1,310 @@
+"""The trainer's config schema: allowed values, validation, the feature fields, the optimizer kind.
+
+Every trainer config derives from `configs/default.py`, which holds every field and its default
+(the one place defaults are written; the field table is there). Nothing here reads flags or data.
+
+| function                         | returns                                                        |
+|----------------------------------|----------------------------------------------------------------|
+| `validate(config)`               | None; raises `ConfigError` listing every bad field             |
+| `setting(config, "a.b")`         | a feature field's value, or its default when the config lacks it |
+| `add_feature_fields(config)`     | adds the missing feature fields with their defaults            |
+| `optimizer_kind(config)`         | `(kind, k)` of `optimizer.name` (`cgh_tf.optimizers.parse_name`) |
+| `is_m3` / `m3_groups` / `uses_cgh_model` / `updates_per_batch` | facts of the optimizer name |
+| `check_batches_split(config, n)` | the one check that every batch splits into the in-batch M3 groups |
+| `apply_overrides(config, dict)`  | a copy with `{"a.b": value}` fields set (unknown field: ValueError) |
+
+Feature fields (`FEATURE_FIELDS`): `mode`, `coherence.*`, `optimizer.aggregation`,
+`optimizer.winsorize_pct`, `optimizer.m3_in_batch`, `learning_times.every_steps`, `easy_hard.*`
+(meanings in `configs/default.py`).
+"""
+
+import copy
+import math
+import numbers
+import os
+
+import ml_collections
+
+NOISE_KINDS = ("uniform", "other", "permute")
+INPUT_CORRUPTIONS = ("shuffled_pixels", "random_pixels", "gaussian")
+SCHEDULES = ("constant", "step")
+INNER_OPTIMIZERS = ("sgd", "adam")
+MODES = ("train", "easy_hard")
+AGGREGATIONS = ("mean", "winsorize")
+EASY_HARD_PARTS = ("", "probe", "easy", "hard")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "tpu")  # trainers/distributed_loop.py
+
+# The feature fields: optional in a config (a config without them trains as the plain trainer);
+# their defaults are the values in `configs/default.py`, the one place defaults are written.
+FEATURE_FIELDS = ("mode", "coherence.every", "coherence.per_layer", "coherence.training",
+                  "coherence.monitor_samples", "coherence.monitor_every_steps",
+                  "optimizer.aggregation", "optimizer.winsorize_pct", "optimizer.m3_in_batch",
+                  "learning_times.every_steps", "easy_hard.probe_epochs",
+                  "easy_hard.learning_times_csv", "easy_hard.test_fraction", "easy_hard.part")
+
+
+def feature_defaults() -> dict:
+    """`{dotted field: default}` of the feature fields, read from `configs/default.py`."""
+    from configs import default
+
+    config = default.get_config()
+    return {dotted: _get(config, dotted) for dotted in FEATURE_FIELDS}
+
+
+def _get(config, dotted):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value; raised before any training or writing happens."""
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Check names and numbers of a trainer config; raise `ConfigError` listing all problems."""
+    from cgh_tf import data, models
+
+    problems = []
+
+    def need(ok, message):
+        if not ok:
+            problems.append(message)
+
+    need(config.dataset in data.DATASETS,
+         f"dataset={config.dataset!r} is unknown; allowed: {', '.join(data.DATASETS)}")
+    need(_is_number(config.label_noise) and 0.0 <= config.label_noise <= 1.0,
+         f"label_noise={config.label_noise!r} must be a fraction in [0, 1]")
+    need(config.noise_kind in NOISE_KINDS,
+         f"noise_kind={config.noise_kind!r} is unknown; allowed: {', '.join(NOISE_KINDS)}")
+    need(config.input_corruption is None or config.input_corruption in INPUT_CORRUPTIONS,
+         f"input_corruption={config.input_corruption!r} is unknown; allowed: None, "
+         f"{', '.join(INPUT_CORRUPTIONS)}")
+    for field in ("max_train", "max_test"):
+        value = config[field]
+        need(value is None or _is_int(value, minimum=1),
+             f"{field}={value!r} must be None or a positive int")
+    for field in ("num_epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
+        need(_is_int(config[field], minimum=1), f"{field}={config[field]!r} must be a positive int")
+    need(_is_int(config.seed, minimum=0), f"seed={config.seed!r} must be a non-negative int")
+    need(config.get("distribution") in DISTRIBUTIONS,
+         f"distribution={config.get('distribution')!r} is unknown; allowed: "
+         f"{', '.join(DISTRIBUTIONS)}")
+    need(config.model.name in models.MODELS,
+         f"model.name={config.model.name!r} is unknown; allowed: {', '.join(models.MODELS)}")
+    _validate_optimizer(config.optimizer, need)
+    _validate_schedule(config.lr_schedule, need)
+    _validate_features(config, need)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _validate_optimizer(opt, need):
+    need(isinstance(opt.name, str) and opt.name, f"optimizer.name={opt.name!r} must be a name")
+    need(_is_number(opt.learning_rate) and opt.learning_rate > 0,
+         f"learning_rate={opt.learning_rate!r} must be a positive number")
+    need(_is_number(opt.momentum) and 0.0 <= opt.momentum < 1.0,
+         f"optimizer.momentum={opt.momentum!r} must be in [0, 1)")
+    need(_is_int(opt.groups, minimum=1), f"optimizer.groups={opt.groups!r} must be a positive int")
+    need(_is_int(opt.window, minimum=1), f"optimizer.window={opt.window!r} must be a positive int")
+    need(_is_number(opt.l2) and opt.l2 >= 0, f"optimizer.l2={opt.l2!r} must be >= 0")
+    need(_is_number(opt.weight_decay) and opt.weight_decay >= 0,
+         f"optimizer.weight_decay={opt.weight_decay!r} must be >= 0")
+    need(_known_optimizer_name(opt), f"optimizer.name={opt.name!r} is unknown; allowed: sgd, adam, "
+         f"m3, rm3, ra3, or m<k> / rm<k> / ra<k> (e.g. m5)")
+    need(opt.inner in INNER_OPTIMIZERS,
+         f"optimizer.inner={opt.inner!r} is unknown; allowed: {', '.join(INNER_OPTIMIZERS)}")
+
+
+def _known_optimizer_name(opt) -> bool:
+    from cgh_tf import optimizers
+
+    try:
+        optimizers.parse_name(opt.name)
+    except ValueError:
+        return False
+    return True
+
+
+def _validate_schedule(schedule, need):
+    need(schedule.name in SCHEDULES,
+         f"lr_schedule.name={schedule.name!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+    epochs = schedule.decay_epochs
+    epochs = tuple(epochs) if isinstance(epochs, (tuple, list)) else None
+    need(epochs is not None and all(_is_int(e, minimum=1) for e in epochs)
+         and list(epochs) == sorted(set(epochs)),
+         f"lr_schedule.decay_epochs={schedule.decay_epochs!r} must be strictly increasing "
+         f"positive ints")
+    need(_is_number(schedule.decay_factor) and schedule.decay_factor > 0,
+         f"lr_schedule.decay_factor={schedule.decay_factor!r} must be a positive number")
+
+
+def setting(config, dotted: str):
+    """The value of feature field `dotted` (e.g. "coherence.every"), or its default when absent."""
+    node = config
+    for part in dotted.split("."):
+        if part not in node:
+            return feature_defaults()[dotted]
+        node = node[part]
+    return node
+
+
+def add_feature_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds every missing feature field with its default (so flags can override it); returns config."""
+    from ml_collections import config_dict
+
+    for dotted, default in feature_defaults().items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            if parent not in node:
+                node[parent] = ml_collections.ConfigDict()
+            node = node[parent]
+        if leaf not in node:
+            node[leaf] = config_dict.placeholder(str) if default is None else default
+    return config
+
+
+def optimizer_kind(config) -> tuple:
+    """`(kind, k)` of `optimizer.name` (`cgh_tf.optimizers.parse_name`: "sgd" / "adam" / "m" /
+    "rm" / "ra", with the groups or window k); ConfigError for an unknown name."""
+    from cgh_tf import optimizers
+
+    opt = config.optimizer
+    try:
+        return optimizers.parse_name(opt.name, groups=opt.groups, window=opt.window)
+    except ValueError as error:
+        raise ConfigError(f"optimizer.name={opt.name!r}: {error}") from error
+
+
+def is_m3(config) -> bool:
+    """True if `optimizer.name` is M3 (`m3`, `m5`, ...)."""
+    return optimizer_kind(config)[0] == "m"
+
+
+def m3_groups(config) -> int:
+    """The number of groups k of an M3 optimizer name (`m3` -> `optimizer.groups`, `m5` -> 5)."""
+    return optimizer_kind(config)[1]
+
+
+def updates_per_batch(config) -> tuple:
+    """How the optimizer turns batches into updates: `(kind, k)` with kind "every" (one update
+    per batch: SGD / Adam, and in-batch M3), "every_kth" (M3 over k consecutive batches) or
+    "after_window" (RM3 / RA3: one per batch once k batches were seen)."""
+    kind, k = optimizer_kind(config)
+    if kind in ("sgd", "adam") or (kind == "m" and setting(config, "optimizer.m3_in_batch")):
+        return "every", 1
+    return ("every_kth", k) if kind == "m" else ("after_window", k)
+
+
+def uses_cgh_model(config) -> bool:
+    """`cgh_tf.Model` unless M3 groups are consecutive batches (which needs a plain `keras.Model`)."""
+    return not is_m3(config) or bool(setting(config, "optimizer.m3_in_batch"))
+
+
+def _validate_features(config, need):
+    mode = setting(config, "mode")
+    need(mode in MODES, f"mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
+    for field in ("coherence.every", "coherence.monitor_samples", "coherence.monitor_every_steps",
+                  "learning_times.every_steps"):
+        value = setting(config, field)
+        need(_is_int(value, minimum=0), f"{field}={value!r} must be an int >= 0 (0 = off)")
+    every_steps = setting(config, "coherence.monitor_every_steps")
+    need(not (_is_int(every_steps, 1) and setting(config, "coherence.monitor_samples") == 0),
+         f"coherence.monitor_every_steps={every_steps!r} has no effect without the monitor; set "
+         f"coherence.monitor_samples > 0 or coherence.monitor_every_steps=0")
+    for field in ("coherence.per_layer", "coherence.training", "optimizer.m3_in_batch"):
+        value = setting(config, field)
+        need(isinstance(value, bool), f"{field}={value!r} must be True or False")
+    aggregation = setting(config, "optimizer.aggregation")
+    pct = setting(config, "optimizer.winsorize_pct")
+    need(aggregation in AGGREGATIONS, f"optimizer.aggregation={aggregation!r} is unknown; "
+         f"allowed: {', '.join(AGGREGATIONS)}")
+    need(_is_number(pct) and 0.0 <= pct < 50.0,
+         f"optimizer.winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
+    need(aggregation == "winsorize" or not (_is_number(pct) and pct > 0),
+         f"optimizer.winsorize_pct={pct!r} has no effect with optimizer.aggregation={aggregation!r}; "
+         f"set optimizer.aggregation='winsorize' or winsorize_pct=0")
+    if _known_optimizer_name(config.optimizer) and is_m3(config):
+        in_batch = setting(config, "optimizer.m3_in_batch")
+        every = setting(config, "coherence.every")
+        need(in_batch or every == 0,
+             f"coherence.every={every!r} with M3 over consecutive batches "
+             f"(optimizer.m3_in_batch=False): the batch coherence needs cgh_tf.Model, where M3 "
+             f"splits one batch into its groups; set optimizer.m3_in_batch=True or "
+             f"coherence.every=0")
+        need(aggregation == "mean", f"optimizer.aggregation={aggregation!r} and M3 are two "
+             f"aggregators of the same batch; use one of them")
+        groups = m3_groups(config) if _is_int(config.optimizer.groups, 1) else 1
+        need(not in_batch or not _is_int(config.batch_size, 1) or config.batch_size % groups == 0,
+             f"optimizer.m3_in_batch=True needs batch_size={config.batch_size!r} divisible by the "
+             f"{groups} M3 groups")
+    need(mode != "easy_hard" or config.get("distribution") == "none",
+         f"mode='easy_hard' runs on one device; set distribution='none' (got "
+         f"{config.get('distribution')!r})")
+    _validate_easy_hard(config, need)
+
+
+def _validate_easy_hard(config, need):
+    probe_epochs = setting(config, "easy_hard.probe_epochs")
+    need(_is_int(probe_epochs, minimum=1),
+         f"easy_hard.probe_epochs={probe_epochs!r} must be a positive int")
+    fraction = setting(config, "easy_hard.test_fraction")
+    need(_is_number(fraction) and 0.0 < fraction < 1.0,
+         f"easy_hard.test_fraction={fraction!r} must be in (0, 1)")
+    part = setting(config, "easy_hard.part")
+    need(part in EASY_HARD_PARTS, f"easy_hard.part={part!r} is set by the trainer; allowed: "
+         f"{', '.join(map(repr, EASY_HARD_PARTS))}")
+    path = setting(config, "easy_hard.learning_times_csv")
+    if setting(config, "mode") == "easy_hard" and path is not None:
+        need(isinstance(path, str) and os.path.isfile(path),
+             f"easy_hard.learning_times_csv={path!r} is not a file (a learning_times.csv "
+             f"written by a run with learning_times.every_steps > 0)")
+
+
+def _is_int(value, minimum):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value):
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+
+def check_batches_split(config, num_train: int) -> None:
+    """In-batch M3 needs every batch, the last one of an epoch too, divisible by the groups
+    (ConfigError naming the fields otherwise). No-op for other optimizers."""
+    if not (is_m3(config) and setting(config, "optimizer.m3_in_batch")):
+        return
+    last = num_train % config.batch_size
+    groups = m3_groups(config)
+    if not config.drop_remainder and last % groups:
+        raise ConfigError(
+            f"optimizer.m3_in_batch=True: the last batch of an epoch holds {last} of the "
+            f"{num_train} training examples, not divisible by the {groups} M3 groups; set "
+            f"drop_remainder=True or change batch_size / max_train")
+
+
+def apply_overrides(config, overrides: dict) -> ml_collections.ConfigDict:
+    """A copy of `config` with `{"a.b": value}` fields set; ValueError naming an unknown field.
+
+    The one way the runners set fields (`trainers.reproduce --set=a.b=VALUE` for every arm); a
+    single trainer run takes ml_collections' own `--config.a.b=VALUE` flags."""
+    config = copy.deepcopy(config)
+    for path, value in (overrides or {}).items():
+        *parents, leaf = path.split(".")
+        node = config
+        for part in parents:
+            if part not in node:
+                raise ValueError(f"override {path}={value!r}: the config has no field {part!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"override {path}={value!r}: the config has no field {path!r}; "
+                             f"fields: {', '.join(sorted(node.keys()))}")
+        try:
+            node[leaf] = value
+        except TypeError as error:  # ml_collections' type check: one line, as every config error
+            raise ValueError(f"override {path}={value!r}: {error}") from None
+    return config

@@ -1,0 +1,644 @@
+r"""Early stopping with label noise: does the coherence of training gradients say when to stop?
+
+Claim (Coherent Gradients, arXiv 2002.10657 §6 and 2003.07422): pristine examples' gradients are
+coherent and are fitted first; corrupted examples are memorised later, so stopping before
+memorisation generalises better. This experiment tracks that turn and compares stopping rules.
+
+One run (`run(config, run_dir)`): an MLP (`depth` hidden layers of `width` ReLU units; images are
+flattened) trained with Adam (or plain SGD) on `cgh_tf.data.load(dataset, label_noise=...)`, with
+`validation_fraction` of the *noisy* training set held out (its labels carry the same noise as the
+training labels: that is what a practitioner has). At every log point (step 0, then
+`early_logs_per_epoch` per epoch for `early_epochs` epochs, then every epoch up to `epochs`):
+
+| curve key                          | what                                                      |
+|------------------------------------|-----------------------------------------------------------|
+| `test_accuracy`                    | clean test labels                                         |
+| `validation_accuracy`              | held-out split vs its noisy labels (rule b)               |
+| `validation_clean_accuracy`        | the same split vs its original labels (diagnostic only)   |
+| `pristine_accuracy`                | training part, pristine examples (vs their labels)        |
+| `corrupted_accuracy`               | training part, corrupted examples vs the *noisy* labels   |
+| `train_accuracy`, `train_loss`     | whole training part vs its (noisy) training labels        |
+| `coherence/train/...`              | m-coherence, α (per layer) of a fixed mixed sample of m   |
+|                                    | training examples with their training labels (rule c)     |
+| `coherence/pristine/...`           | the same for m pristine training examples                 |
+| `coherence/corrupted/...`          | the same for m corrupted examples (their noisy labels)    |
+| `f_pristine`                       | f^p = ⟨g, g^p⟩ / ⟨g, g⟩ on the mixed training sample       |
+
+Stopping rules (`RULES`; fixed before any test result was seen; each picks one log point, scored by
+the test accuracy there): `final` (a), `validation` (b: first best noisy-validation accuracy),
+`coherence_drop` (c1: first point where the training sample's m-coherence r_t ≤ `coherence_drop` ·
+max_{s≤t} r_s; uses training inputs and training labels only; if it never fires it picks the last
+point and `coherence_drop_fired` = 0), `coherence_plateau` (c2: first point where r_t ≤ min r +
+`plateau_fraction` · (max r − min r) over the whole run; retrospective, training data only), and
+`oracle` (best test accuracy: an upper bound no rule can beat). Memorisation onset
+(`memorisation_onset`): the first log point after the (first) minimum of the corrupted train
+accuracy at which it is ≥ that minimum + `onset_rise` (uses the corrupted mask: diagnostic only).
+
+Resumable from a checkpoint written every `checkpoint_every_logs` log points
+(`trainers/beyond_common.py`). Batch order: global step s trains on batch s mod S of the
+permutation `default_rng([seed, s // S])` of the training part (S = steps per epoch).
+
+Default dataset: mnist5k (real 28×28 digits): this MLP fits its pristine examples to ~0.9 test
+accuracy within a few epochs and memorises the corrupted ones over the following tens of epochs,
+so test accuracy rises and falls by 7-18 points (25 / 50 % noise). On MNIST-1D the same MLP
+reaches < 0.5 test accuracy and fits pristine and corrupted examples over overlapping periods: the
+turn is smaller (6-9 points) and slower (`--set=dataset=mnist1d`, 100 epochs).
+"""
+
+import math
+import os
+import time
+
+import numpy as np
+
+from trainers import beyond_common as common
+from trainers import config_schema
+
+DEFAULT_SEEDS = 2
+DATASETS = ("mnist5k", "mnist1d", "digits")  # embedded datasets (no download)
+OPTIMIZERS = ("adam", "sgd")
+RULES = ("final", "validation", "coherence_drop", "coherence_plateau", "oracle")
+RULE_NAMES = {"final": "(a) train to the end",
+              "validation": "(b) best noisy-validation accuracy",
+              "coherence_drop": "(c1) train-sample m-coherence ≤ drop × running max",
+              "coherence_plateau": "(c2) train-sample m-coherence reaches its minimum plateau",
+              "oracle": "oracle: best test accuracy (upper bound)"}
+TRAIN_SAMPLE_KEY = "coherence/train/m_coherence"
+
+
+# ----------------------------------------------------------------------------------------------
+# Stopping rules and memorisation onset (pure functions of the logged curves)
+# ----------------------------------------------------------------------------------------------
+
+def _clean(values):
+    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+            for v in values]
+
+
+def first_best(values):
+    """Index of the first maximum (None values skipped); None if there is no value."""
+    vals, best = _clean(values), None
+    for i, v in enumerate(vals):
+        if v is not None and (best is None or v > vals[best]):
+            best = i
+    return best
+
+
+def coherence_drop_index(values, drop):
+    """First index t with values[t] <= drop · max(values[:t+1]) (None values skipped; a running
+    maximum <= 0 never fires); None if it never happens."""
+    running = None
+    for i, v in enumerate(_clean(values)):
+        if v is None:
+            continue
+        running = v if running is None else max(running, v)
+        if running > 0 and v <= drop * running:
+            return i
+    return None
+
+
+def plateau_index(values, fraction):
+    """First index t with values[t] <= min + fraction · (max − min) over all values; None if no
+    value."""
+    vals = _clean(values)
+    present = [v for v in vals if v is not None]
+    if not present:
+        return None
+    lo, hi = min(present), max(present)
+    threshold = lo + fraction * (hi - lo)
+    return next(i for i, v in enumerate(vals) if v is not None and v <= threshold)
+
+
+def onset_index(values, rise):
+    """Memorisation onset: first index after the first minimum of `values` (corrupted train
+    accuracy) at which the value is >= minimum + rise; None if it never rises that much."""
+    vals = _clean(values)
+    present = [(v, i) for i, v in enumerate(vals) if v is not None]
+    if not present:
+        return None
+    low, at = min(present)  # ties: the first index
+    return next((i for i in range(at + 1, len(vals))
+                 if vals[i] is not None and vals[i] >= low + rise), None)
+
+
+def stopping_summary(curves, drop, plateau, rise):
+    """The summary numbers of the rules: for each rule its log index, epoch, step, test accuracy
+    and corrupted train accuracy at the pick; the memorisation onset; the gaps in epochs."""
+    n = len(curves["step"])
+    coh = curves[TRAIN_SAMPLE_KEY]
+    drop_at = coherence_drop_index(coh, drop)
+    picks = {"final": n - 1, "validation": first_best(curves["validation_accuracy"]),
+             "coherence_drop": n - 1 if drop_at is None else drop_at,
+             "coherence_plateau": plateau_index(coh, plateau),
+             "oracle": first_best(curves["test_accuracy"])}
+    out = {"coherence_drop_fired": 0 if drop_at is None else 1}
+    for rule, i in picks.items():
+        for key, name in (("test_accuracy", "test_accuracy"), ("epoch", "epoch"),
+                          ("corrupted_accuracy", "corrupted_accuracy"),
+                          ("pristine_accuracy", "pristine_accuracy")):
+            out[f"{name}/{rule}"] = None if i is None else curves[key][i]
+    onset = onset_index(curves["corrupted_accuracy"], rise)
+    out["epoch/memorisation_onset"] = None if onset is None else curves["epoch"][onset]
+    for rule in ("coherence_drop", "coherence_plateau", "validation", "oracle"):
+        e = out[f"epoch/{rule}"]
+        out[f"gap/{rule}_minus_onset"] = (None if e is None or onset is None
+                                          else e - curves["epoch"][onset])
+    peak = first_best(coh)
+    out["max_m_coherence"] = None if peak is None else coh[peak]
+    out["epoch/max_m_coherence"] = None if peak is None else curves["epoch"][peak]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# One run
+# ----------------------------------------------------------------------------------------------
+
+def build_model(config, input_shape, num_classes):
+    import keras
+
+    inputs = keras.Input(input_shape)
+    h = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+    for i in range(int(config.depth)):
+        h = keras.layers.Dense(int(config.width), activation="relu", name=f"hidden{i + 1}")(h)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(h))
+
+
+def log_steps(config, steps_per_epoch):
+    """Sorted global steps to log at: 0, `early_logs_per_epoch` per epoch (rounded to steps) for
+    the first `early_epochs` epochs, then every epoch up to `epochs`."""
+    epochs, early = int(config.epochs), min(int(config.early_epochs), int(config.epochs))
+    per = int(config.early_logs_per_epoch)
+    steps = {round(k * steps_per_epoch / per) for k in range(early * per + 1)}
+    steps |= {e * steps_per_epoch for e in range(early, epochs + 1)}
+    return sorted(steps)
+
+
+def split_indices(n, validation_fraction, data_seed):
+    """(train, validation) index arrays of a fixed random split of n examples."""
+    perm = np.random.default_rng([int(data_seed), 4]).permutation(n)
+    n_val = int(round(n * float(validation_fraction)))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _sample(idx, m, seed, salt):
+    return np.sort(np.random.default_rng([int(seed), salt]).choice(idx, size=min(m, len(idx)),
+                                                                   replace=False))
+
+
+def run(config, run_dir, echo=print):
+    """Train (or resume, or skip if finished) one run; returns its results dict."""
+    echo = echo or (lambda line: None)
+    config_dict = config.to_dict()
+    done = common.finished_or_checked(config, run_dir, check_config)
+    if done is not None:
+        return done
+    import keras
+    import tensorflow as tf
+
+    from cgh_tf import coherence, data
+    from trainers import hparams_board
+
+    started = time.time()
+    keras.utils.set_random_seed(int(config.seed))
+    ds = data.load(config.dataset, label_noise=float(config.label_noise),
+                   noise_kind=config.noise_kind, seed=int(config.data_seed),
+                   max_train=config.max_train, max_test=config.max_test)
+    x_all, y_all = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    train_idx, val_idx = split_indices(len(x_all), config.validation_fraction, config.data_seed)
+    if len(train_idx) < 2 or len(val_idx) < 1:
+        raise ValueError(f"validation_fraction={config.validation_fraction!r} leaves "
+                         f"{len(train_idx)} training / {len(val_idx)} validation examples")
+    x, y, corrupted = x_all[train_idx], y_all[train_idx], ds.train.corrupted[train_idx]
+    x_val, y_val = x_all[val_idx], y_all[val_idx]
+    y_val_clean = ds.train.original_y[val_idx].astype(np.int32)
+    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    if corrupted.sum() == 0 or corrupted.all():
+        raise ValueError(f"label_noise={config.label_noise!r} leaves no corrupted or no pristine "
+                         "training example")
+    model = build_model(config, ds.input_shape, ds.num_classes)
+    optimizer = (keras.optimizers.Adam(float(config.learning_rate)) if config.optimizer == "adam"
+                 else keras.optimizers.SGD(float(config.learning_rate)))
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    m = int(config.coherence_samples)
+    all_idx = np.arange(len(x))
+    samples = {"train": _sample(all_idx, m, config.data_seed, 1),
+               "pristine": _sample(all_idx[~corrupted], m, config.data_seed, 2),
+               "corrupted": _sample(all_idx[corrupted], m, config.data_seed, 3)}
+    mixed = samples["train"]
+    n, batch = len(x), int(config.batch_size)
+    steps_per_epoch = -(-n // batch)
+    total_steps = int(config.epochs) * steps_per_epoch
+    schedule = log_steps(config, steps_per_epoch)
+    xt, yt = tf.constant(x), tf.constant(y)
+
+    @tf.function(reduce_retracing=True)
+    def train_chunk(flat, starts, sizes):  # the batches between two log points, in one graph
+        for k in tf.range(tf.shape(starts)[0]):
+            idx = flat[starts[k]:starts[k] + sizes[k]]
+            with tf.GradientTape() as tape:
+                loss = loss_fn(tf.gather(yt, idx), model(tf.gather(xt, idx), training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+
+    @tf.function(reduce_retracing=True)
+    def predict(xs):
+        return tf.argmax(model(xs, training=False), -1, output_type=tf.int32)
+
+    permutations = {}
+
+    def batch_indices(step):
+        epoch, k = divmod(step, steps_per_epoch)
+        if epoch not in permutations:
+            permutations.clear()
+            permutations[epoch] = np.random.default_rng([int(config.seed), epoch]).permutation(n)
+        return permutations[epoch][k * batch:(k + 1) * batch]
+
+    def train(start, stop):
+        batches = [batch_indices(s) for s in range(start, stop)]
+        if not batches:
+            return
+        sizes = np.array([len(b) for b in batches], np.int32)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+        train_chunk(tf.constant(np.concatenate(batches).astype(np.int32)), tf.constant(starts),
+                    tf.constant(sizes))
+
+    x_eval = tf.constant(np.concatenate([x, x_val, x_test]))  # one prediction call per log
+
+    def log(step, curves):
+        pred, pred_val, pred_test = np.split(predict(x_eval).numpy(), [n, n + len(x_val)])
+        row = {"step": step, "epoch": step / steps_per_epoch,
+               "train_loss": float(loss_fn(yt, model(xt, training=False))),
+               "train_accuracy": float(np.mean(pred == y)),
+               "test_accuracy": float(np.mean(pred_test == y_test)),
+               "validation_accuracy": float(np.mean(pred_val == y_val)),
+               "validation_clean_accuracy": float(np.mean(pred_val == y_val_clean)),
+               "pristine_accuracy": float(np.mean(pred[~corrupted] == y[~corrupted])),
+               "corrupted_accuracy": float(np.mean(pred[corrupted] == y[corrupted]))}
+        for name, idx in samples.items():
+            stats = coherence.measure(model, x[idx], y[idx], loss=loss_fn, per_layer=True,
+                                      batch_size=m)
+            row.update(common.coherence_row(f"coherence/{name}", stats))
+        f_p, _ = coherence.loss_reduction_fractions(model, x[mixed], y[mixed], ~corrupted[mixed],
+                                                    loss=loss_fn, batch_size=len(mixed))
+        row["f_pristine"] = f_p
+        common.append(curves, row)
+        echo(f"  noise {config.label_noise:.0%} seed {config.seed} epoch {row['epoch']:.2f}: "
+             f"test {row['test_accuracy']:.3f} val {row['validation_accuracy']:.3f} corrupted "
+             f"{row['corrupted_accuracy']:.3f} m-coh. train {row[TRAIN_SAMPLE_KEY]:.2f} "
+             f"α pristine {row['coherence/pristine/alpha']:.4f} corrupted "
+             f"{row['coherence/corrupted/alpha']:.4f} f^p {row['f_pristine']:.3f}")
+        return row
+
+    ckpt = common.Checkpointer(run_dir, model, optimizer)
+    step, curves = ckpt.restore(config_dict)
+    if curves is None:
+        step, curves = 0, {}
+        log(0, curves)
+    else:
+        echo(f"  resumed {run_dir} at step {step}")
+    for i, target in enumerate(schedule):
+        if target <= step:
+            continue
+        train(step, target)
+        step = target
+        log(step, curves)
+        if i % int(config.checkpoint_every_logs) == 0 or step == total_steps:
+            ckpt.save(step, curves, config_dict)
+    summary = stopping_summary(curves, float(config.coherence_drop),
+                               float(config.plateau_fraction), float(config.onset_rise))
+    for key in ("test_accuracy", "pristine_accuracy", "corrupted_accuracy", "train_loss",
+                TRAIN_SAMPLE_KEY, "coherence/pristine/alpha", "coherence/corrupted/alpha",
+                "f_pristine"):
+        summary[f"last/{key}"] = curves[key][-1]
+    result = {"config": common.outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
+              "summary": summary, "num_train": n, "num_validation": int(len(val_idx)),
+              "num_corrupted": int(corrupted.sum()),
+              "num_validation_corrupted": int(ds.train.corrupted[val_idx].sum()),
+              "steps_per_epoch": steps_per_epoch,
+              "seconds_last_invocation": round(time.time() - started, 1)}
+    hparams_board.write_session(os.path.join(run_dir, "tensorboard"), hparams=_hparams(config),
+                                metrics=summary, curves=curves)
+    common.write_json(os.path.join(run_dir, "results.json"), result)
+    return result
+
+
+def _hparams(config):
+    c = config if isinstance(config, dict) else config.to_dict()
+    return {"dataset": c["dataset"], "label_noise": float(c["label_noise"]),
+            "optimizer": c["optimizer"], "width": int(c["width"]), "depth": int(c["depth"]),
+            "learning_rate": float(c["learning_rate"]), "seed": int(c["seed"])}
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiment
+# ----------------------------------------------------------------------------------------------
+
+def check_config(config):
+    """ValueError (one line) for a config a run would fail on or silently misread."""
+    from cgh_tf import data
+
+    def need(ok, message):
+        if not ok:
+            raise ValueError(message)
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    need(config.dataset in DATASETS, f"dataset={config.dataset!r} is unknown; allowed: "
+         f"{', '.join(DATASETS)}")
+    need(config.noise_kind in data.LABEL_NOISE_KINDS, f"noise_kind={config.noise_kind!r} is "
+         f"unknown; allowed: {', '.join(data.LABEL_NOISE_KINDS)}")
+    need(isinstance(config.noise_levels, (tuple, list)) and len(config.noise_levels) >= 1
+         and all(number(p) and 0 < p < 1 for p in config.noise_levels),
+         f"noise_levels={config.noise_levels!r} must be a non-empty tuple of numbers in (0, 1)")
+    need(number(config.label_noise) and 0 < config.label_noise < 1,
+         f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
+         "pristine and corrupted examples")
+    need(config.optimizer in OPTIMIZERS, f"optimizer={config.optimizer!r} is unknown; allowed: "
+         f"{', '.join(OPTIMIZERS)}")
+    need(number(config.learning_rate) and config.learning_rate > 0,
+         f"learning_rate={config.learning_rate!r} must be a number > 0")
+    need(number(config.validation_fraction) and 0 < config.validation_fraction < 1,
+         f"validation_fraction={config.validation_fraction!r} must be in (0, 1)")
+    for field in ("width", "depth", "batch_size", "epochs", "early_logs_per_epoch",
+                  "coherence_samples", "checkpoint_every_logs"):
+        need(isinstance(config[field], int) and not isinstance(config[field], bool)
+             and config[field] >= 1, f"{field}={config[field]!r} must be an int >= 1")
+    need(isinstance(config.early_epochs, int) and config.early_epochs >= 0,
+         f"early_epochs={config.early_epochs!r} must be an int >= 0")
+    for field in ("max_train", "max_test"):
+        need(config[field] is None or (isinstance(config[field], int) and config[field] >= 2),
+             f"{field}={config[field]!r} must be None (all) or an int >= 2")
+    for field in ("coherence_drop", "plateau_fraction", "onset_rise"):
+        need(number(config[field]) and 0 < config[field] < 1,
+             f"{field}={config[field]!r} must be a number in (0, 1)")
+    for field in ("seed", "data_seed"):
+        need(isinstance(config[field], int) and config[field] >= 0,
+             f"{field}={config[field]!r} must be an int >= 0")
+
+
+def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None):
+    """[(group, label, seed, config)]: one group per dataset and noise level; every config checked.
+
+    Datasets: `DATASETS[scale]` of the config module, or only `overrides["dataset"]`; noise levels:
+    `noise_levels`; config = base ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]` ←
+    `overrides`."""
+    from configs import early_stopping as es_config
+
+    if scale not in es_config.SCALES:
+        raise ValueError(f"scale={scale!r} is unknown for early_stopping; allowed: "
+                         f"{', '.join(es_config.SCALES)}")
+    overrides = dict(overrides or {})
+    if "label_noise" in overrides:
+        raise ValueError(f"label_noise={overrides['label_noise']!r} is set per run from "
+                         "noise_levels; set noise_levels=(p,) instead")
+    datasets = (overrides["dataset"],) if "dataset" in overrides else es_config.DATASETS[scale]
+    out = []
+    for dataset in datasets:
+        if dataset not in es_config.DATASET_CHANGES[scale]:
+            raise ValueError(f"dataset={dataset!r} is unknown for early_stopping; allowed: "
+                             f"{', '.join(es_config.DATASET_CHANGES[scale])}")
+        base = config_schema.apply_overrides(es_config.get_config(), es_config.SCALES[scale])
+        base = config_schema.apply_overrides(base, es_config.DATASET_CHANGES[scale][dataset])
+        base = config_schema.apply_overrides(base, {**overrides, "dataset": dataset})
+        check_config(base)
+        for noise in base.noise_levels:
+            config = config_schema.apply_overrides(base, {"label_noise": float(noise)})
+            check_config(config)
+            for seed in range(seeds):
+                out.append((f"{dataset}/noise{round(noise * 100):02d}",
+                            f"{dataset}, {noise:.0%} noise", seed,
+                            config_schema.apply_overrides(config, {"seed": seed})))
+    return out
+
+
+TABLE = (  # (summary key suffix per rule, header, format)
+    ("test_accuracy", "test accuracy at pick", ".3f"),
+    ("epoch", "epoch picked", ".2f"),
+    ("corrupted_accuracy", "corrupted train acc at pick", ".3f"),
+    ("pristine_accuracy", "pristine train acc at pick", ".3f"),
+)
+ONSET_TABLE = (
+    ("epoch/memorisation_onset", "memorisation onset (epoch)", ".2f"),
+    ("epoch/max_m_coherence", "epoch of max train m-coh.", ".2f"),
+    ("max_m_coherence", "max train m-coh.", ".1f"),
+    ("epoch/coherence_drop", "c1 pick (epoch)", ".2f"),
+    ("gap/coherence_drop_minus_onset", "c1 − onset (epochs)", ".2f"),
+    ("epoch/coherence_plateau", "c2 pick (epoch)", ".2f"),
+    ("gap/coherence_plateau_minus_onset", "c2 − onset (epochs)", ".2f"),
+    ("gap/validation_minus_onset", "b − onset (epochs)", ".2f"),
+    ("coherence_drop_fired", "c1 fired (share of seeds)", ".2f"),
+)
+
+
+def _by_group(runs):
+    groups = {}
+    for group, label, seed, result in runs:
+        groups.setdefault(group, []).append(result)
+    return groups
+
+
+def _values(results, key):
+    return [r["summary"].get(key) for r in results]
+
+
+def _mean(results, key):
+    return common.mean_sd(_values(results, key))[0]
+
+
+def _verdict(results):
+    """Computed sentences: does rule c1 find the memorisation onset, and how do the rules score.
+
+    The gap of c1 is averaged over the seeds where it fired (a rule that never fired told
+    nothing); "yes" needs it to fire in every seed within max(1 epoch, 25 % of that seed's onset
+    epoch) of the onset."""
+    n = len(results)
+    fired = [r for r in results if r["summary"]["coherence_drop_fired"] == 1]
+    onset = _mean(results, "epoch/memorisation_onset")
+    gap = _mean(fired, "gap/coherence_drop_minus_onset") if fired else None
+    acc = {rule: _mean(results, f"test_accuracy/{rule}") for rule in RULES}
+    found = sum(v is not None for v in _values(results, "epoch/memorisation_onset"))
+    parts = [f"Memorisation onset found in {found}/{n} seeds (mean epoch "
+             f"{'n/a' if onset is None else format(onset, '.2f')}); rule c1 fired in "
+             f"{len(fired)}/{n} seeds."]
+    if gap is None:
+        parts.append("No c1 gap to compare: **no**.")
+    else:
+        pairs = [(r["summary"]["gap/coherence_drop_minus_onset"],
+                  r["summary"]["epoch/memorisation_onset"]) for r in fired]
+        close = len(fired) == n and all(
+            g is not None and abs(g) <= max(1.0, 0.25 * o) for g, o in pairs)
+        parts.append(f"Where it fired it picked on average {abs(gap):.2f} epochs "
+                     f"{'after' if gap > 0 else 'before'} the onset. Within max(1 epoch, 25 % of "
+                     f"the onset epoch) of the onset in every seed: **{'yes' if close else 'no'}**.")
+    ranked = sorted((rule for rule in RULES if rule != "oracle" and acc[rule] is not None),
+                    key=lambda r: -acc[r])
+    if ranked:
+        parts.append("Mean test accuracy at the pick: " + ", ".join(
+            f"{rule} {acc[rule]:.3f}" for rule in ranked)
+            + (f" (oracle {acc['oracle']:.3f})." if acc["oracle"] is not None else "."))
+    return " ".join(parts)
+
+
+def report(workdir, runs, command, seconds):
+    from trainers import hparams_board
+
+    groups = _by_group(runs)
+    summary = {"experiment": "early_stopping", "command": command, "groups": {},
+               "seconds": seconds}
+    keys = [f"{k}/{rule}" for k, _, _ in TABLE for rule in RULES] + [k for k, _, _ in ONSET_TABLE]
+    for group, results in groups.items():
+        summary["groups"][group] = {
+            key: dict(zip(("mean", "sd", "n"), common.mean_sd(_values(results, key))),
+                      values=_values(results, key)) for key in keys}
+        summary["groups"][group]["verdict"] = _verdict(results)
+    figures = plot(workdir, runs)
+    summary["figures"] = figures
+    hparams_board.write_experiment(workdir, [(_hparams(r["config"]), r["summary"])
+                                             for *_, r in runs])
+    lines = ["# Early stopping under label noise: test accuracy of stopping rules, and coherence",
+             "", f"Command: `{command}`", ""]
+    for dataset in dict.fromkeys(r["config"]["dataset"] for *_, r in runs):
+        r0 = next(r for *_, r in runs if r["config"]["dataset"] == dataset)
+        c = r0["config"]
+        lines += [f"{dataset}: MLP with {c['depth']} hidden layer(s) of {c['width']} ReLU units, "
+                  f"{c['optimizer']} lr {c['learning_rate']}, batch {c['batch_size']}, "
+                  f"{c['epochs']} epochs ({r0['steps_per_epoch']} steps each), label noise "
+                  f"{c['noise_kind']!r} at {', '.join(f'{p:.0%}' for p in c['noise_levels'])}; "
+                  f"{r0['num_train']} training / {r0['num_validation']} validation examples "
+                  f"(the validation split is held out of the noisy training set: its labels carry "
+                  f"the same noise, {r0['num_validation_corrupted']} of them corrupted at "
+                  f"{c['label_noise']:.0%}); log points: {c['early_logs_per_epoch']} per epoch for "
+                  f"{c['early_epochs']} epochs, then every epoch; m = {c['coherence_samples']} "
+                  f"for the fixed mixed training sample (training labels), the pristine and the "
+                  f"corrupted sample; f^p on the mixed sample.", ""]
+    c = runs[0][3]["config"]
+    lines += ["Rules (fixed before any test result was seen): " + "; ".join(
+        f"**{rule}** = {RULE_NAMES[rule]}" for rule in RULES)
+        + f". c1: drop = {c['coherence_drop']}; if it never fires it picks the last point. "
+        f"c2: plateau = min + {c['plateau_fraction']} × (max − min) of the whole run "
+        f"(retrospective). Rules a, c1, c2 use training data only; b uses the noisy validation "
+        f"labels; the oracle uses test labels. Memorisation onset: first log point after the "
+        f"minimum of the corrupted train accuracy (vs noisy labels) where it is ≥ that minimum + "
+        f"{c['onset_rise']} (uses the corrupted mask, which a practitioner does not have).", "",
+        "Mean ± sample sd over seeds.", ""]
+    for group, results in groups.items():
+        lines += [f"## {group} ({len(results)} seeds)", "",
+                  "| rule | " + " | ".join(h for _, h, _ in TABLE) + " |",
+                  "|---" * (len(TABLE) + 1) + "|"]
+        for rule in RULES:
+            lines.append(f"| {RULE_NAMES[rule]} | " + " | ".join(
+                common.cell(_values(results, f"{k}/{rule}"), fmt, len(results))
+                for k, _, fmt in TABLE) + " |")
+        lines += ["", "| " + " | ".join(h for _, h, _ in ONSET_TABLE) + " |",
+                  "|---" * len(ONSET_TABLE) + "|",
+                  "| " + " | ".join(common.cell(_values(results, k), fmt, len(results))
+                                    for k, _, fmt in ONSET_TABLE) + " |", "",
+                  "Does the training-sample coherence tell when memorisation begins? "
+                  + summary["groups"][group]["verdict"], ""]
+    common.write_results_md(workdir, lines, runs, figures, summary, per="noise level")
+    common.write_json(os.path.join(workdir, "results.json"), summary)  # with training_seconds
+    return summary
+
+
+def _series(results, key):
+    arr = np.array([[np.nan if v is None else v for v in r["curves"][key]] for r in results],
+                   dtype=float)
+    return np.nanmean(arr, 0)
+
+
+RULE_STYLE = {"final": ("black", "-"), "validation": ("tab:blue", "--"),
+              "coherence_drop": ("tab:red", "-."), "coherence_plateau": ("tab:purple", ":"),
+              "oracle": ("tab:green", (0, (1, 1)))}
+
+
+def plot(workdir, runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _by_group(runs)
+    datasets = list(dict.fromkeys(g.split("/")[0] for g in groups))
+    figures = []
+    for dataset in datasets:
+        names = [g for g in groups if g.startswith(dataset + "/")]
+        fig, axes = plt.subplots(len(names), 5, figsize=(17, 3.0 * len(names)), squeeze=False)
+        for row, g in zip(axes, names):
+            results = groups[g]
+            epochs = np.array(results[0]["curves"]["epoch"], dtype=float)
+            ax = row[0]
+            ax.plot(epochs, _series(results, "test_accuracy"), label="test")
+            ax.plot(epochs, _series(results, "validation_accuracy"), label="val (noisy labels)")
+            ax.set_title(f"{g}: accuracy", fontsize=9)
+            ax = row[1]
+            ax.plot(epochs, _series(results, "corrupted_accuracy"), color="tab:red",
+                    label="corrupted (noisy label)")
+            ax.plot(epochs, _series(results, "pristine_accuracy"), color="tab:green",
+                    label="pristine")
+            ax.set_title("train accuracy (memorisation)", fontsize=9)
+            ax = row[2]
+            for name, color in (("train", "black"), ("pristine", "tab:green"),
+                                ("corrupted", "tab:red")):
+                ax.plot(epochs, _series(results, f"coherence/{name}/m_coherence"), color=color,
+                        label=f"{name} sample")
+            ax.set_yscale("log")
+            ax.set_title(f"m-coherence (m={results[0]['config']['coherence_samples']})",
+                         fontsize=9)
+            ax = row[3]
+            for name, color in (("pristine", "tab:green"), ("corrupted", "tab:red")):
+                ax.plot(epochs, _series(results, f"coherence/{name}/alpha"), color=color,
+                        label=f"α {name}")
+            ax.set_yscale("log")
+            ax.set_title("α pristine vs corrupted", fontsize=9)
+            ax = row[4]
+            ax.plot(epochs, _series(results, "f_pristine"), color="tab:brown")
+            ax.set_title("f^p (mixed sample)", fontsize=9)
+            for ax in row:
+                for seed_i, r in enumerate(results):
+                    for rule in RULES:
+                        e = r["summary"].get(f"epoch/{rule}")
+                        if e is not None:
+                            color, style = RULE_STYLE[rule]
+                            ax.axvline(e, color=color, linestyle=style, lw=1, alpha=0.7,
+                                       label=rule if seed_i == 0 and ax is row[4] else None)
+                ax.set_xlabel("epoch", fontsize=8)
+                ax.tick_params(labelsize=7)
+            for ax in row[:4]:
+                ax.legend(fontsize=6)
+            row[4].legend(fontsize=6, title="picks (per seed)", title_fontsize=6)
+        fig.suptitle(f"Early stopping, {dataset}: curves = mean over seeds; vertical lines = "
+                     "each seed's pick per rule", fontsize=10)
+        fig.tight_layout()
+        name = f"early_stopping_{dataset}.png"
+        fig.savefig(os.path.join(workdir, name), dpi=80)
+        plt.close(fig)
+        figures.append(name)
+    return figures
+
+
+def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
+              echo=print):
+    echo = echo or (lambda line: None)
+    plan = arms(scale, seeds, overrides)  # every config checked before the workdir exists
+    os.makedirs(workdir, exist_ok=True)
+    runs, seconds = [], {}
+    for i, (group, label, seed, config) in enumerate(plan, 1):
+        started = time.time()
+        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)
+        seconds[group] = round(seconds.get(group, 0.0) + time.time() - started, 1)
+        s = result["summary"]
+
+        def fmt(v, f=".3f"):
+            return "n/a" if v is None else format(v, f)
+
+        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {time.time() - started:.0f} s; test acc "
+             f"final {fmt(s['test_accuracy/final'])} val-pick "
+             f"{fmt(s['test_accuracy/validation'])} c1 {fmt(s['test_accuracy/coherence_drop'])} "
+             f"c2 {fmt(s['test_accuracy/coherence_plateau'])} oracle "
+             f"{fmt(s['test_accuracy/oracle'])}; onset epoch "
+             f"{fmt(s['epoch/memorisation_onset'], '.2f')} c1 epoch "
+             f"{fmt(s['epoch/coherence_drop'], '.2f')}")
+        runs.append((group, label, seed, result))
+    return report(workdir, runs, command, seconds)

@@ -1,0 +1,109 @@
+"""Config -> data, model, optimizer, compiled model (docs/design.md, "Trainers"). Reads no flags.
+
+| function                        | returns                                                        |
+|---------------------------------|----------------------------------------------------------------|
+| `load_data(config)`             | `cgh_tf.data.Dataset`                                          |
+| `dataset_spec(name)`            | `(input_shape, num_classes)` of a known dataset, without loading it |
+| `build_model(config, shape, k)` | `keras.Model` (uncompiled, outputs logits)                     |
+| `build_optimizer(config, lr)`   | Keras optimizer from `cgh_tf.optimizers.build`                 |
+| `compile_model(model, opt)`     | compiles with sparse categorical cross-entropy on logits + accuracy |
+| `cgh_compile_options(config)`   | the `cgh_tf.Model.compile` options of the config               |
+"""
+
+import keras
+
+from trainers.config_schema import ConfigError, setting, uses_cgh_model
+
+# (input_shape, num_classes) of the datasets cgh_tf.data knows, for building without loading data.
+DATASET_SPECS = {
+    "mnist1d": ((40,), 10),
+    "digits": ((8, 8, 1), 10),
+    "mnist5k": ((28, 28, 1), 10),
+    "mnist": ((28, 28, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+    "imagenet2012": ((224, 224, 3), 1000),
+}
+
+
+def load_data(config):
+    """Load the dataset named by the config (labels corrupted as configured); NumPy in memory."""
+    from cgh_tf import data
+
+    try:
+        return data.load(config.dataset, data_dir=config.data_dir, label_noise=config.label_noise,
+                         noise_kind=config.noise_kind, input_corruption=config.input_corruption,
+                         seed=config.seed, max_train=config.max_train, max_test=config.max_test)
+    except (ValueError, TypeError, FileNotFoundError) as error:  # incl. DatasetNotAvailableError
+        raise ConfigError(f"dataset {config.dataset!r}: {error}") from error
+
+
+def dataset_spec(name: str) -> tuple:
+    """`(input_shape, num_classes)` of a known dataset (no data is loaded)."""
+    if name not in DATASET_SPECS:
+        raise ConfigError(f"dataset={name!r} is unknown; allowed: {', '.join(DATASET_SPECS)}")
+    return DATASET_SPECS[name]
+
+
+def build_model(config, input_shape, num_classes) -> keras.Model:
+    """`cgh_tf.models.build(config.model.name, input_shape, num_classes, **config.model.kwargs)`.
+
+    The model is a `cgh_tf.Model` (a `keras.Model` subclass) unless `uses_cgh_model(config)` is
+    False (M3 over consecutive batches, which a plain `keras.Model` realises).
+    """
+    from cgh_tf import models
+    from cgh_tf import training
+
+    kwargs = config.model.kwargs.to_dict() if config.model.get("kwargs") else {}
+    if uses_cgh_model(config):
+        kwargs["model_class"] = training.Model
+    try:
+        return models.build(config.model.name, tuple(input_shape), num_classes, **kwargs)
+    except (ValueError, TypeError) as error:
+        kwargs.pop("model_class", None)
+        raise ConfigError(f"model {config.model.name!r} with kwargs {kwargs}: {error}") from error
+
+
+
+def build_optimizer(config, learning_rate):
+    """`cgh_tf.optimizers.build(...)` with the config's optimizer fields; `learning_rate` a float or schedule."""
+    from cgh_tf import optimizers
+
+    opt = config.optimizer
+    extra = {"weight_decay": opt.weight_decay} if opt.weight_decay else {}
+    try:
+        return optimizers.build(opt.name, learning_rate, momentum=opt.momentum, groups=opt.groups,
+                                window=opt.window, l2=opt.l2, inner=opt.inner, **extra)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"optimizer {opt.name!r}: {error}") from error
+
+
+def compile_model(model, optimizer, config=None) -> None:
+    """Compile for classification from logits: sparse cross-entropy loss, `accuracy` metric; builds the optimizer.
+
+    For a `cgh_tf.Model` the config's `coherence.*` and `optimizer.aggregation` /
+    `winsorize_pct` fields (module table) become its compile options (defaults when `config` is None).
+    """
+    from cgh_tf import training
+
+    options = {}
+    if isinstance(model, training.Model):
+        options = {} if config is None else cgh_compile_options(config)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], **options)
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+
+
+def cgh_compile_options(config) -> dict:
+    """The `cgh_tf.Model.compile` options of the config (`coherence_every`, `aggregation`, ...)."""
+    every = int(setting(config, "coherence.every"))
+    return {  # (cgh_tf.Model rejects per_layer / training without coherence_every: ignored here)
+        "coherence_every": every,
+        "coherence_per_layer": bool(setting(config, "coherence.per_layer")) and every > 0,
+        "coherence_training": bool(setting(config, "coherence.training")) and every > 0,
+        "aggregation": setting(config, "optimizer.aggregation"),
+        "winsorize_pct": float(setting(config, "optimizer.winsorize_pct")),
+    }

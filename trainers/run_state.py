@@ -1,0 +1,103 @@
+"""One resume state per trainer run, saved and restored whole (docs/design.md, "Trainers").
+
+After every epoch the chief writes one `tf.train.Checkpoint` with a `tf.train.CheckpointManager`
+to `WORKDIR/checkpoints/epoch-<E>` (E = epochs completed; the newest `keep_checkpoints` kept):
+
+| object           | what                                                                      |
+|------------------|---------------------------------------------------------------------------|
+| `model`          | the model's variables                                                     |
+| `optimizer`      | its variables and those of the optimizers it wraps (M3 / RM3 buffers, step counters) |
+| `steps_trained`  | `cgh_tf.Model.steps_trained` (coherence every N steps), when the model has one |
+| `schedule_epoch` | the learning-rate schedule's epoch (`trainers/schedule.py`)               |
+| `record`         | JSON: `epoch`, `config`, `history` (per-epoch logs), and the `parts` (e.g. `step_history`, `learning_times`) |
+
+The manager updates its index file (`checkpoints/checkpoint`) last and atomically, so a run killed
+while saving resumes from the checkpoint before. Restoring checks that every saved object found
+its variable (`assert_existing_objects_matched`); a workdir of another model fails loudly.
+"""
+
+import json
+import os
+import re
+
+import tensorflow as tf
+
+CHECKPOINT_DIR = "checkpoints"
+_PREFIX = "epoch"
+_NUMBER = re.compile(rf"^{_PREFIX}-(\d+)$")
+_RECORD_KEY = "record/.ATTRIBUTES/py_state"
+
+
+class _Record(tf.train.experimental.PythonState):
+    """The JSON part of the checkpoint (a dict)."""
+
+    def __init__(self):
+        self.value = {}
+
+    def serialize(self):
+        return json.dumps(self.value, sort_keys=True, allow_nan=False)
+
+    def deserialize(self, string_value):
+        self.value = json.loads(string_value)
+
+
+class RunState:
+    """The checkpoint of one run: `save(epoch, record)` after an epoch, `restore(path)` on resume.
+
+    model: built and compiled (its optimizer built); schedule: a `trainers.schedule.EpochStepDecay`
+    or None; keep: how many checkpoints to keep.
+    """
+
+    def __init__(self, workdir: str, model, schedule=None, keep: int = 1):
+        self.record = _Record()
+        objects = {"model": model, "optimizer": model.optimizer, "record": self.record}
+        steps_trained = getattr(type(model), "steps_trained", None)
+        if steps_trained is not None and model.steps_trained is not None:
+            objects["steps_trained"] = model.steps_trained
+        if schedule is not None:
+            objects["schedule_epoch"] = schedule.epoch
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=int(keep),
+            checkpoint_name=_PREFIX)
+
+    def save(self, epoch: int, record: dict) -> str:
+        """Write the checkpoint of `epoch` completed epochs with the JSON `record`; its path."""
+        self.record.value = record
+        return self.manager.save(checkpoint_number=int(epoch))
+
+    def restore(self, path: str) -> dict:
+        """Load the checkpoint at `path` (a prefix from `list_checkpoints`); its record."""
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        return self.record.value
+
+
+def list_checkpoints(workdir: str) -> list:
+    """`[(epochs completed, path prefix), ...]` of the complete checkpoints, oldest first."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
+    if state is None:
+        return []
+    found = []
+    for path in state.all_model_checkpoint_paths:
+        match = _NUMBER.match(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), os.path.join(directory, os.path.basename(path))))
+    return sorted(found)
+
+
+def checkpoint_path(workdir: str, epoch: int) -> str:
+    """The path prefix of the checkpoint after `epoch` completed epochs."""
+    return os.path.join(workdir, CHECKPOINT_DIR, f"{_PREFIX}-{int(epoch)}")
+
+
+def read_record(path: str) -> dict:
+    """The JSON record of the checkpoint at `path`, without loading any variable."""
+    return json.loads(tf.train.load_checkpoint(path).get_tensor(_RECORD_KEY).decode())
+
+
+def restore_model(path: str, model, schedule=None) -> dict:
+    """Load the checkpoint at `path` into a compiled `model` (its optimizer built) and
+    `schedule`; its record. For reading a finished run's weights."""
+    workdir = os.path.dirname(os.path.dirname(path))
+    return RunState(workdir, model, schedule).restore(path)

@@ -1,0 +1,332 @@
+"""One trainer run of a config with Keras `fit` (or `trainers/distributed_loop.py` under a
+strategy): prepare, resume, train, write the results (docs/design.md, "Trainers").
+
+`run(config, workdir, progress)` is the whole run; `trainers/train.py` is its binary and
+`trainers/easy_hard.py` runs it on each part. The data flow: `config_schema.validate` → data
+(`factories.load_data`) → model, schedule, optimizer (`factories`, `schedule`) → `RunState`
+(`run_state.py`: the one resume state) → callbacks (subset accuracies, `feature_callbacks`,
+TensorBoard, the checkpointer) → `results.json`, `curves.png`, `timings.json` (`outputs.py`).
+"""
+
+import contextlib
+import dataclasses
+import glob
+import math
+import os
+import time
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from cgh_tf import callbacks as cgh_callbacks
+from trainers import config_schema
+from trainers import distributed_loop
+from trainers import factories
+from trainers import feature_callbacks
+from trainers import input_pipeline
+from trainers import outputs
+from trainers import run_state
+from trainers.config_schema import ConfigError, setting
+from trainers.run_state import RunState
+from trainers.schedule import EpochStepDecay, build_schedule
+
+
+# Config fields that may change between an interrupted run and its resumption (a run may resume
+# on other hardware: its numbers then differ from an uninterrupted run's by float rounding only).
+RESUMABLE_FIELDS = ("num_epochs", "keep_checkpoints", "distribution")
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """Everything built from a config before any file is written."""
+
+    config: object
+    data: object                  # cgh_tf.data.Dataset
+    model: keras.Model            # compiled, optimizer built
+    schedule: EpochStepDecay
+    state: RunState               # the run's checkpoint (saved by the chief after every epoch)
+    checkpoint: str | None        # newest compatible checkpoint (chief only; None: none)
+    strategy: object = None       # tf.distribute strategy (None: one device, Keras fit)
+
+
+def prepare(config, workdir: str, data=None, strategy=None) -> PreparedRun:
+    """Validate the config, load data (unless `data` is given), build and compile the model. Writes nothing.
+
+    With a tf.distribute `strategy` the model, optimizer, schedule and metrics are created in its
+    scope, and only the chief looks for a checkpoint in `workdir`.
+    Raises `ConfigError` on any bad field or if `workdir` holds a run of another config.
+    """
+    config_schema.validate(config)
+    checkpoint = (_compatible_checkpoint(workdir, config) if distributed_loop.is_chief(strategy)
+                  else None)  # before any data is loaded
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed)
+    data = factories.load_data(config) if data is None else data
+    input_pipeline.steps_per_epoch(len(data.train), config.batch_size, config.drop_remainder)
+    config_schema.check_batches_split(config, len(data.train))
+    distributed_loop.check_even_shards(len(data.train), config.batch_size, config.drop_remainder,
+                                       distributed_loop.replicas(strategy))
+    if setting(config, "coherence.monitor_samples"):
+        feature_callbacks.monitor_samples(data, setting(config, "coherence.monitor_samples"),
+                                          config.seed)  # raises ConfigError if a pool is too small
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = factories.build_model(config, data.input_shape, data.num_classes)
+        schedule = build_schedule(config)
+        optimizer = factories.build_optimizer(config, schedule)
+        factories.compile_model(model, optimizer, config)
+    state = RunState(workdir, model, schedule, keep=config.keep_checkpoints)
+    return PreparedRun(config, data, model, schedule, state, checkpoint, strategy)
+
+
+def _comparable(config_dict: dict) -> dict:
+    return {k: v for k, v in outputs.json_roundtrip(config_dict).items()
+            if k not in RESUMABLE_FIELDS}
+
+
+def _compatible_checkpoint(workdir: str, config):
+    """Newest checkpoint in `workdir` (None if none); ConfigError if it belongs to another config
+    or is of the format before `trainers/run_state.py` (`checkpoints/epoch-NNNN.npz`)."""
+    if glob.glob(os.path.join(workdir, run_state.CHECKPOINT_DIR, "epoch-*.npz")):
+        raise ConfigError(f"workdir {workdir} holds checkpoints of an older cgh_tf trainer "
+                          f"(epoch-NNNN.npz), which this version cannot resume; use another "
+                          f"workdir")
+    checkpoints = run_state.list_checkpoints(workdir)
+    if not checkpoints:
+        return None
+    epoch, path = checkpoints[-1]
+    saved = _comparable(run_state.read_record(path)["config"])
+    wanted = _comparable(config.to_dict())
+    if saved != wanted:
+        differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        raise ConfigError(
+            f"workdir {workdir} holds a run with a different config (fields {differing} differ); "
+            f"use another workdir")
+    if epoch > config.num_epochs:
+        raise ConfigError(f"workdir {workdir} already holds {epoch} epochs > "
+                          f"num_epochs={config.num_epochs}")
+    return path
+
+
+class _EpochSchedule(keras.callbacks.Callback):
+    """Sets the schedule's epoch at every epoch start and logs `learning_rate`."""
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.schedule.set_epoch(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = self.schedule.value_at(epoch)
+
+
+def _is_missing(value) -> bool:
+    """True for an epoch log value that means "no value" (NaN: nothing measured, or undefined)."""
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _measured(logs) -> dict:
+    """The epoch logs without their missing (NaN) values."""
+    return {k: v for k, v in (logs or {}).items() if not _is_missing(v)}
+
+
+class _EpochScalars(keras.callbacks.Callback):
+    """The epoch logs as TensorBoard scalars, named as Keras' TensorBoard callback names them
+    (`train/epoch_<key>`, and `validation/epoch_<key>` for `val_<key>`), at step = epoch; flushed
+    every epoch, so a killed run loses no logged epoch. No scalar for a missing (NaN) value."""
+
+    def __init__(self, log_dir: str):
+        super().__init__()
+        self.log_dir, self._writers = log_dir, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in _measured(logs).items():
+            run, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            if run not in self._writers:
+                self._writers[run] = tf.summary.create_file_writer(os.path.join(self.log_dir, run))
+            with self._writers[run].as_default():
+                tf.summary.scalar(f"epoch_{name}", float(value), step=epoch)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+class _Checkpointer(keras.callbacks.Callback):
+    """Appends the epoch's logs to the history and saves the run's state; logs one line with absl.
+
+    The record of the checkpoint (`trainers/run_state.py`): epochs completed, config, history,
+    the per-step rows, and `state()` of every callback with a `state_key`. Missing (NaN) values
+    are left out of the history row (`results.json` shows null there); the absl line shows them
+    as nan.
+    """
+
+    def __init__(self, state, config, history, step_history=None, stateful=()):
+        super().__init__()
+        self.state, self.config, self.history = state, config, history
+        self.step_history, self.stateful = step_history, tuple(stateful)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.append({k: float(v) for k, v in _measured(logs).items()})
+        record = {"epoch": epoch + 1, "history": self.history,
+                  "config": outputs.json_roundtrip(self.config.to_dict())}
+        if self.step_history is not None:
+            record["step_history"] = self.step_history
+        for callback in self.stateful:
+            record[callback.state_key] = callback.state()
+        self.state.save(epoch + 1, outputs.json_roundtrip(record))
+        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted((logs or {}).items()))
+        logging.info("epoch %d/%d: %s", epoch + 1, self.config.num_epochs, shown)
+
+
+def run(config, workdir, progress, data=None, strategy=None):
+    """One run of `config` (mode "train") on `data` (None: the config's); returns (results, model).
+
+    Under a multi-worker `strategy` only the chief writes `workdir`; the other workers return
+    (None, model).
+    """
+    started = time.time()
+    prepared = prepare(config, workdir, data, strategy)
+    model, data = prepared.model, prepared.data
+    chief = distributed_loop.is_chief(strategy)
+    steps = input_pipeline.steps_per_epoch(len(data.train), config.batch_size,
+                                           config.drop_remainder)
+    history, first_epoch, resumed = [], 0, {}
+    step_history = [] if setting(config, "coherence.monitor_every_steps") else None
+    if prepared.checkpoint:
+        resumed = prepared.state.restore(prepared.checkpoint)
+        history, first_epoch = resumed["history"], resumed["epoch"]
+        if step_history is not None:
+            step_history = resumed.get("step_history", [])
+        logging.info("resumed from %s after epoch %d", prepared.checkpoint, first_epoch)
+    if distributed_loop.num_workers(strategy) > 1:  # the chief's checkpoint, on every worker
+        first_epoch = distributed_loop.broadcast_int(strategy, first_epoch)
+        distributed_loop.broadcast_from_chief(strategy, distributed_loop.run_variables(model))
+    features = []
+    if first_epoch < config.num_epochs and chief:
+        features = feature_callbacks.feature_callbacks(config, data, workdir, first_epoch, steps,
+                                                       step_history, resumed)
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
+    setup_seconds = time.time() - started
+
+    if first_epoch < config.num_epochs:
+        _fit(prepared, workdir, history, first_epoch, progress, features, step_history)
+    trained_seconds = time.time() - started - setup_seconds
+    if not chief:
+        logging.info("worker done: the chief writes the results")
+        return None, model
+
+    results = make_results(config, data, history, step_history)
+    outputs.write_json(os.path.join(workdir, outputs.RESULTS_FILE), results)
+    outputs.plot_curves(os.path.join(workdir, outputs.PLOT_FILE), history,
+                   title=f"{config.dataset}, {config.label_noise:.0%} label noise, "
+                         f"{config.model.name}, {config.optimizer.name}")
+    epochs_run = config.num_epochs - first_epoch
+    outputs.write_json(os.path.join(workdir, outputs.TIMINGS_FILE), {
+        "setup_seconds": round(setup_seconds, 3),
+        "training_seconds": round(trained_seconds, 3),
+        "epochs_this_invocation": epochs_run,
+        "seconds_per_epoch": round(trained_seconds / epochs_run, 4) if epochs_run else None,
+        "total_seconds": round(time.time() - started, 3),
+    })
+    logging.info("results in %s", os.path.join(workdir, outputs.RESULTS_FILE))
+    return results, model
+
+
+def _callbacks(prepared, workdir, history, features, step_history):
+    """The trainer's callbacks, in order (the chief's; other workers only `_EpochSchedule`)."""
+    config, data = prepared.config, prepared.data
+    schedule = _EpochSchedule(prepared.schedule)
+    if not distributed_loop.is_chief(prepared.strategy):
+        return [schedule]  # the only callback that changes training; the chief writes the rest
+    return [
+        schedule,
+        cgh_callbacks.SubsetAccuracy(input_pipeline.memorisation_subsets(data.train),
+                                     batch_size=config.eval_batch_size),
+        *features,
+        _EpochScalars(os.path.join(workdir, "tensorboard")),
+        _Checkpointer(prepared.state, config, history, step_history,
+                      stateful=[c for c in features if getattr(c, "state_key", None)]),
+    ]
+
+
+def _fit(prepared, workdir, history, first_epoch, progress, features=(), step_history=None):
+    config, data, model = prepared.config, prepared.data, prepared.model
+    callbacks = _callbacks(prepared, workdir, history, features, step_history)
+    if prepared.strategy is not None:
+        _fit_distributed(prepared, first_epoch, progress, callbacks)
+        return
+    steps = input_pipeline.steps_per_epoch(len(data.train), config.batch_size,
+                                           config.drop_remainder)
+    train = input_pipeline.train_dataset(
+        data.train.x, data.train.y, batch_size=config.batch_size, seed=config.seed,
+        first_epoch=first_epoch, num_epochs=config.num_epochs,
+        drop_remainder=config.drop_remainder)
+    model.fit(train, epochs=config.num_epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+              validation_data=(data.test.x, data.test.y),
+              validation_batch_size=config.eval_batch_size, callbacks=callbacks,
+              shuffle=False, verbose=1 if progress else 2)
+
+
+def _fit_distributed(prepared, first_epoch, progress, callbacks):
+    """`_fit` under a tf.distribute strategy: `distributed_loop.fit` over the same batches."""
+    config, data, strategy = prepared.config, prepared.data, prepared.strategy
+    n_train, n_test = len(data.train), len(data.test)
+    train = distributed_loop.shard_batches(strategy, lambda: input_pipeline.epoch_index_batches(
+        n_train, batch_size=config.batch_size, seed=config.seed, first_epoch=first_epoch,
+        num_epochs=config.num_epochs, drop_remainder=config.drop_remainder),
+        data.train.x, data.train.y)
+    test = distributed_loop.shard_batches(
+        strategy, lambda: tf.data.Dataset.range(n_test).batch(config.eval_batch_size),
+        data.test.x, data.test.y)
+    logging.info("distribution=%s: %d replicas, %d workers", config.distribution,
+                 distributed_loop.replicas(strategy), distributed_loop.num_workers(strategy))
+    verbose = (1 if progress else 2) if distributed_loop.is_chief(strategy) else 0
+    distributed_loop.fit(
+        prepared.model, strategy, train, test, callbacks=callbacks, first_epoch=first_epoch,
+        num_epochs=config.num_epochs,
+        steps=input_pipeline.steps_per_epoch(n_train, config.batch_size, config.drop_remainder),
+        test_steps=-(-n_test // config.eval_batch_size), verbose=verbose)
+
+
+def make_results(config, data, history: list, step_history: list = None) -> dict:
+    """The content of `results.json`: config, dataset sizes, per-epoch history, final figures.
+
+    With `coherence.monitor_every_steps > 0` also `step_history`: `{key: [value per measurement]}`
+    of the per-step rows (`feature_callbacks.StepMeasurements`: step, epoch, loss, monitor values, f^p, f^c).
+    """
+    last = history[-1] if history else {}
+    results = {
+        "config": outputs.json_roundtrip(config.to_dict()),
+        "dataset": {
+            "name": data.name,
+            "num_classes": int(data.num_classes),
+            "input_shape": [int(d) for d in data.input_shape],
+            "num_train": len(data.train),
+            "num_train_corrupted": int(data.train.corrupted.sum()),
+            "num_test": len(data.test),
+        },
+        "epochs_completed": len(history),
+        "history": outputs.history_columns(history),
+        "final": {
+            "pristine_train_accuracy": last.get("pristine_accuracy"),
+            "corrupted_train_accuracy": last.get("corrupted_accuracy"),
+            "train_loss": last.get("loss"),
+            "train_accuracy_running": last.get("accuracy"),
+            "test_loss": last.get("val_loss"),
+            "test_accuracy": last.get("val_accuracy"),
+        },
+    }
+    if step_history is not None:
+        results["step_history"] = outputs.history_columns(step_history)
+    return results
