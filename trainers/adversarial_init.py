@@ -286,10 +286,7 @@ def run_phase1(config, phase1_dir, echo=print):
                  "width": int(config.width), "depth": int(config.depth)},
         metrics={k: v for k, v in summary.items() if not isinstance(v, (str, bool))},
         curves=curves)
-    result = {"config": common.outputs.json_roundtrip(p1_dict), "curves": curves, "finished": True,
-              "summary": summary, "seconds_last_invocation": round(time.time() - started, 1)}
-    common.write_json(os.path.join(phase1_dir, "results.json"), result)
-    return result
+    return common.finish(phase1_dir, p1_dict, curves, summary, started)
 
 
 def build_optimizer(config):
@@ -301,11 +298,6 @@ def build_optimizer(config):
     wrap = {"sgd": lambda o: o, "m3": lambda o: cgh_tf.M3(o, groups=3),
             "rm3": lambda o: cgh_tf.RM3(o, window=3), "ra3": lambda o: cgh_tf.RA3(o, window=3)}
     return wrap[config.optimizer](inner), OPTIMIZERS[config.optimizer]
-
-
-def _coherence_sample(n, m, data_seed):
-    return np.sort(np.random.default_rng([int(data_seed), 3]).choice(n, size=min(m, n),
-                                                                     replace=False))
 
 
 def run(config, run_dir, echo=print, phase1_dir=None):
@@ -342,7 +334,7 @@ def run(config, run_dir, echo=print, phase1_dir=None):
     n, batch = len(x), int(config.batch_size)
     xt, yt = tf.constant(x), tf.constant(y)
     xs, ys = tf.constant(x_test), tf.constant(y_test)
-    sample = _coherence_sample(n, int(config.coherence_samples), config.data_seed)
+    sample = common.sample(n, int(config.coherence_samples), config.data_seed, 3)
     train = _train_function(model, optimizer, loss_fn, xt, yt, batch)
     evaluate = _evaluator(model, loss_fn)
     count = _checked_batches(n, batch, per_update, "batch_size")
@@ -392,12 +384,9 @@ def run(config, run_dir, echo=print, phase1_dir=None):
                  "depth": int(config.depth), "learning_rate": float(config.learning_rate),
                  "epochs": total, "seed": int(config.seed)},
         metrics=summary, curves=curves)
-    result = {"config": common.outputs.json_roundtrip(config_dict), "curves": curves,
-              "finished": True, "summary": summary, "num_train": n, "num_test": len(x_test),
-              "phase1": None if phase1 is None else phase1["summary"],
-              "seconds_last_invocation": round(time.time() - started, 1)}
-    common.write_json(os.path.join(run_dir, "results.json"), result)
-    return result
+    return common.finish(run_dir, config_dict, curves, summary, started, num_train=n,
+                         num_test=len(x_test),
+                         phase1=None if phase1 is None else phase1["summary"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,9 +465,7 @@ def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, optimizers=None):
         if dataset not in ai_config.DATASET_CHANGES[scale]:
             raise ValueError(f"dataset={dataset!r} has no settings at scale {scale!r}; "
                              f"allowed: {', '.join(ai_config.DATASET_CHANGES[scale])}")
-        base = config_schema.apply_overrides(ai_config.get_config(), ai_config.SCALES[scale])
-        base = config_schema.apply_overrides(base, ai_config.DATASET_CHANGES[scale][dataset])
-        base = config_schema.apply_overrides(base, {**overrides, "dataset": dataset})
+        base = common.scaled_config(ai_config, scale, dataset, overrides)
         for start in STARTS:
             for name in names:
                 optimizer, factor, label = OPTIMIZER_ARMS[name]

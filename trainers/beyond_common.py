@@ -1,5 +1,15 @@
-"""Shared pieces of the two experiments beyond the papers (`trainers/grokking.py`,
-`trainers/double_descent.py`): resumable runs with tf.train.CheckpointManager, JSON I/O, stats.
+"""Shared pieces of the experiments with their own loops (`trainers/beyond.py` lists them):
+resumable runs with tf.train.CheckpointManager, fixed samples, the plan loop, results files, stats.
+
+| function                      | what                                                           |
+|-------------------------------|----------------------------------------------------------------|
+| `finished_or_checked`         | a finished run's results, or the config checked (before any data) |
+| `Checkpointer`                | model, optimizer, step and curves of a run, restored on restart |
+| `sample(pool, m, seed, salt)` | the sorted indices of a fixed sample                           |
+| `scaled_config`               | an experiment's config at a scale and dataset, with overrides  |
+| `run_plan`                    | every run of a plan, one progress line each                    |
+| `finish`                      | the results.json of a finished run                             |
+| `append`, `mean_sd`, `cell`, `coherence_row`, `write_results_md` | curves, statistics, the report |
 
 A run lives in its own directory:
 
@@ -16,9 +26,11 @@ the last checkpoint and the curves logged up to it and continues from that step.
 import json
 import math
 import os
+import time
 
 import numpy as np
 
+from trainers import config_schema
 from trainers import outputs
 
 
@@ -82,6 +94,54 @@ class Checkpointer:
         self.manager.save(checkpoint_number=step)
         write_json(self.curves_path, {"config": outputs.json_roundtrip(config_dict), "curves": curves,
                                       "step": step})
+
+
+def sample(pool, m, seed, salt):
+    """Sorted indices of min(m, pool size) examples drawn without replacement from `pool` (an int
+    n: range(n); a bool mask; or an index array) by `default_rng([seed, salt])`: a fixed sample,
+    the same for every run with the same (seed, salt)."""
+    pool = np.asarray(pool)
+    idx = (np.flatnonzero(pool) if pool.dtype == bool
+           else np.arange(int(pool)) if pool.ndim == 0 else pool)
+    return np.sort(np.random.default_rng([int(seed), int(salt)]).choice(
+        idx, size=min(int(m), len(idx)), replace=False))
+
+
+def scaled_config(module, scale, dataset, overrides):
+    """`module.get_config()` ← `module.SCALES[scale]` ← `module.DATASET_CHANGES[scale][dataset]`
+    ← `overrides` with `dataset` (each step `config_schema.apply_overrides`)."""
+    config = config_schema.apply_overrides(module.get_config(), module.SCALES[scale])
+    config = config_schema.apply_overrides(config, module.DATASET_CHANGES[scale][dataset])
+    return config_schema.apply_overrides(config, {**(overrides or {}), "dataset": dataset})
+
+
+def run_plan(workdir, plan, run, describe, echo):
+    """Every `(group, label, seed, config)` of `plan` run by `run(config, run_dir, echo=echo)` in
+    `workdir/<group>/seed<seed>` (finished runs are skipped and interrupted ones resume: `run`'s
+    contract), with one progress line each (`describe(summary)`).
+
+    Returns `(runs, seconds)`: `[(group, label, seed, result)]` and the wall-clock seconds of this
+    invocation per group."""
+    os.makedirs(workdir, exist_ok=True)
+    runs, seconds = [], {}
+    for i, (group, label, seed, config) in enumerate(plan, 1):
+        started = time.time()
+        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)
+        took = time.time() - started
+        seconds[group] = round(seconds.get(group, 0.0) + took, 1)
+        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {took:.0f} s; {describe(result['summary'])}")
+        runs.append((group, label, seed, result))
+    return runs, seconds
+
+
+def finish(run_dir, config_dict, curves, summary, started, **extra):
+    """Write and return the results.json of a finished run: config, curves, summary,
+    `finished: true`, the `extra` fields and the seconds since `started`."""
+    result = {"config": outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
+              "summary": summary, **extra,
+              "seconds_last_invocation": round(time.time() - started, 1)}
+    write_json(os.path.join(run_dir, "results.json"), result)
+    return result
 
 
 def append(curves, row):

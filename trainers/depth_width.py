@@ -48,12 +48,6 @@ def build_model(config, input_shape, num_classes):
     return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(h))
 
 
-def coherence_sample(n, m, data_seed):
-    """Sorted indices of the fixed coherence sample: the same for both label kinds and all seeds."""
-    return np.sort(np.random.default_rng([int(data_seed), 1]).choice(n, size=min(int(m), n),
-                                                                      replace=False))
-
-
 def _log_epochs(config):
     """Sorted epochs to log at: `log_epochs` and `coherence_epochs` up to the run's last epoch
     (later ones are dropped, so that `--set=epochs=N` needs no new list) plus the last epoch."""
@@ -111,7 +105,7 @@ def run(config, run_dir, echo=print):
     for variable in optimizer.variables:  # a fresh Adam: step 0, zero moments
         if not variable.path.endswith("learning_rate"):
             variable.assign(tf.zeros_like(variable))
-    sample = coherence_sample(n, config.coherence_samples, config.data_seed)
+    sample = common.sample(n, config.coherence_samples, config.data_seed, 1)
     m = len(sample)
     xt, yt, xs = tf.constant(x), tf.constant(y), tf.constant(x_test)
     num_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
@@ -158,14 +152,10 @@ def run(config, run_dir, echo=print):
                 ckpt.save(epoch, curves, config_dict)
             show(row)
     summary = summarize(curves, num_params)
-    result = {"config": common.outputs.json_roundtrip(config_dict), "curves": curves,
-              "finished": True,
-              "summary": summary, "num_train": n, "coherence_sample": sample.tolist(),
-              "seconds_last_invocation": round(time.time() - started, 1)}
     hparams_board.write_session(os.path.join(run_dir, "tensorboard"), hparams=_hparams(config),
                                 metrics=summary, curves=curves)
-    common.write_json(os.path.join(run_dir, "results.json"), result)
-    return result
+    return common.finish(run_dir, config_dict, curves, summary, started, num_train=n,
+                         coherence_sample=sample.tolist())
 
 
 _TRAINERS = {}  # architecture and batch -> (model, optimizer, loss, train_epoch, evaluate)
@@ -316,9 +306,7 @@ def sweep_config(scale, dataset, overrides):
     sweep fields); a value of the wrong type is a one-line ValueError (`apply_overrides`)."""
     from configs import depth_width as dw_config
 
-    base = config_schema.apply_overrides(dw_config.get_config(), dw_config.SCALES[scale])
-    base = config_schema.apply_overrides(base, dw_config.DATASET_CHANGES[scale][dataset])
-    return config_schema.apply_overrides(base, {**overrides, "dataset": dataset})
+    return common.scaled_config(dw_config, scale, dataset, overrides)
 
 
 def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None):

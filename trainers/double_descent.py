@@ -35,12 +35,6 @@ def build_model(config, input_shape, num_classes):
     return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(h))
 
 
-def _sample(mask, m, seed, salt):
-    idx = np.flatnonzero(mask)
-    return np.sort(np.random.default_rng([int(seed), salt]).choice(idx, size=min(m, len(idx)),
-                                                                   replace=False))
-
-
 def run(config, run_dir, echo=print):
     """Train (or resume, or skip if finished) one run; returns its results dict."""
     echo = echo or (lambda line: None)
@@ -65,10 +59,9 @@ def run(config, run_dir, echo=print):
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     m = int(config.coherence_samples)
-    samples = {"pristine": _sample(~corrupted, m, config.data_seed, 1),
-               "corrupted": _sample(corrupted, m, config.data_seed, 2)}
-    mixed = np.sort(np.random.default_rng([int(config.data_seed), 3]).choice(
-        len(x), size=min(int(config.fraction_samples), len(x)), replace=False))
+    samples = {"pristine": common.sample(~corrupted, m, config.data_seed, 1),
+               "corrupted": common.sample(corrupted, m, config.data_seed, 2)}
+    mixed = common.sample(len(x), int(config.fraction_samples), config.data_seed, 3)
     n, batch = len(x), int(config.batch_size)
     xt, yt = tf.constant(x), tf.constant(y)
 
@@ -134,11 +127,8 @@ def run(config, run_dir, echo=print):
     summary["min_test_error"] = errors[best]
     summary["epoch_of_min_test_error"] = curves["epoch"][best]
     summary["num_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-    result = {"config": common.outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
-              "summary": summary, "num_train": n, "num_corrupted": int(corrupted.sum()),
-              "seconds_last_invocation": round(time.time() - started, 1)}
-    common.write_json(os.path.join(run_dir, "results.json"), result)
-    return result
+    return common.finish(run_dir, config_dict, curves, summary, started, num_train=n,
+                         num_corrupted=int(corrupted.sum()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,9 +182,7 @@ def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, widths=None):
         if dataset not in dd_config.WIDTHS[scale]:
             raise ValueError(f"dataset={dataset!r} has no width sweep at scale {scale!r}; "
                              f"allowed: {', '.join(dd_config.WIDTHS[scale])}")
-        base = config_schema.apply_overrides(dd_config.get_config(), dd_config.SCALES[scale])
-        base = config_schema.apply_overrides(base, dd_config.DATASET_CHANGES[scale][dataset])
-        base = config_schema.apply_overrides(base, {**overrides, "dataset": dataset})
+        base = common.scaled_config(dd_config, scale, dataset, overrides)
         for width in widths or dd_config.WIDTHS[scale][dataset]:
             config = config_schema.apply_overrides(base, {"width": width})
             check_config(config)
@@ -329,21 +317,17 @@ def plot(workdir, runs):
     return figures
 
 
+def _describe(s):
+    """The progress line of a finished run (`common.run_plan`)."""
+    return (f"test error {s['test_error']:.3f} (min {s['min_test_error']:.3f}) corrupted acc "
+            f"{s['corrupted_accuracy']:.3f} m-coh. pristine "
+            f"{s['coherence/pristine/m_coherence']:.2f} corrupted "
+            f"{s['coherence/corrupted/m_coherence']:.2f} f^p {s['f_pristine']:.3f}")
+
+
 def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
               echo=print, widths=None):
     echo = echo or (lambda line: None)
     plan = arms(scale, seeds, overrides, widths)  # every config checked before the workdir exists
-    os.makedirs(workdir, exist_ok=True)
-    runs, seconds = [], {}
-    for i, (group, label, seed, config) in enumerate(plan, 1):
-        started = time.time()
-        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)
-        seconds[group] = round(seconds.get(group, 0.0) + time.time() - started, 1)
-        s = result["summary"]
-        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {time.time() - started:.0f} s; test error "
-             f"{s['test_error']:.3f} (min {s['min_test_error']:.3f}) corrupted acc "
-             f"{s['corrupted_accuracy']:.3f} m-coh. pristine "
-             f"{s['coherence/pristine/m_coherence']:.2f} corrupted "
-             f"{s['coherence/corrupted/m_coherence']:.2f} f^p {s['f_pristine']:.3f}")
-        runs.append((group, label, seed, result))
+    runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
     return report(workdir, runs, command, seconds)

@@ -180,11 +180,6 @@ def split_indices(n, validation_fraction, data_seed):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def _sample(idx, m, seed, salt):
-    return np.sort(np.random.default_rng([int(seed), salt]).choice(idx, size=min(m, len(idx)),
-                                                                   replace=False))
-
-
 def run(config, run_dir, echo=print):
     """Train (or resume, or skip if finished) one run; returns its results dict."""
     echo = echo or (lambda line: None)
@@ -222,9 +217,9 @@ def run(config, run_dir, echo=print):
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     m = int(config.coherence_samples)
     all_idx = np.arange(len(x))
-    samples = {"train": _sample(all_idx, m, config.data_seed, 1),
-               "pristine": _sample(all_idx[~corrupted], m, config.data_seed, 2),
-               "corrupted": _sample(all_idx[corrupted], m, config.data_seed, 3)}
+    samples = {"train": common.sample(all_idx, m, config.data_seed, 1),
+               "pristine": common.sample(all_idx[~corrupted], m, config.data_seed, 2),
+               "corrupted": common.sample(all_idx[corrupted], m, config.data_seed, 3)}
     mixed = samples["train"]
     n, batch = len(x), int(config.batch_size)
     steps_per_epoch = -(-n // batch)
@@ -311,16 +306,12 @@ def run(config, run_dir, echo=print):
                 TRAIN_SAMPLE_KEY, "coherence/pristine/alpha", "coherence/corrupted/alpha",
                 "f_pristine"):
         summary[f"last/{key}"] = curves[key][-1]
-    result = {"config": common.outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
-              "summary": summary, "num_train": n, "num_validation": int(len(val_idx)),
-              "num_corrupted": int(corrupted.sum()),
-              "num_validation_corrupted": int(ds.train.corrupted[val_idx].sum()),
-              "steps_per_epoch": steps_per_epoch,
-              "seconds_last_invocation": round(time.time() - started, 1)}
     hparams_board.write_session(os.path.join(run_dir, "tensorboard"), hparams=_hparams(config),
                                 metrics=summary, curves=curves)
-    common.write_json(os.path.join(run_dir, "results.json"), result)
-    return result
+    return common.finish(run_dir, config_dict, curves, summary, started, num_train=n,
+                         num_validation=int(len(val_idx)), num_corrupted=int(corrupted.sum()),
+                         num_validation_corrupted=int(ds.train.corrupted[val_idx].sum()),
+                         steps_per_epoch=steps_per_epoch)
 
 
 def _hparams(config):
@@ -399,9 +390,7 @@ def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None):
         if dataset not in es_config.DATASET_CHANGES[scale]:
             raise ValueError(f"dataset={dataset!r} is unknown for early_stopping; allowed: "
                              f"{', '.join(es_config.DATASET_CHANGES[scale])}")
-        base = config_schema.apply_overrides(es_config.get_config(), es_config.SCALES[scale])
-        base = config_schema.apply_overrides(base, es_config.DATASET_CHANGES[scale][dataset])
-        base = config_schema.apply_overrides(base, {**overrides, "dataset": dataset})
+        base = common.scaled_config(es_config, scale, dataset, overrides)
         check_config(base)
         for noise in base.noise_levels:
             config = config_schema.apply_overrides(base, {"label_noise": float(noise)})
@@ -618,27 +607,22 @@ def plot(workdir, runs):
     return figures
 
 
+def _describe(s):
+    """The progress line of a finished run (`common.run_plan`)."""
+    def fmt(v, f=".3f"):
+        return "n/a" if v is None else format(v, f)
+
+    return (f"test acc final {fmt(s['test_accuracy/final'])} val-pick "
+            f"{fmt(s['test_accuracy/validation'])} c1 {fmt(s['test_accuracy/coherence_drop'])} "
+            f"c2 {fmt(s['test_accuracy/coherence_plateau'])} oracle "
+            f"{fmt(s['test_accuracy/oracle'])}; onset epoch "
+            f"{fmt(s['epoch/memorisation_onset'], '.2f')} c1 epoch "
+            f"{fmt(s['epoch/coherence_drop'], '.2f')}")
+
+
 def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
               echo=print):
     echo = echo or (lambda line: None)
     plan = arms(scale, seeds, overrides)  # every config checked before the workdir exists
-    os.makedirs(workdir, exist_ok=True)
-    runs, seconds = [], {}
-    for i, (group, label, seed, config) in enumerate(plan, 1):
-        started = time.time()
-        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)
-        seconds[group] = round(seconds.get(group, 0.0) + time.time() - started, 1)
-        s = result["summary"]
-
-        def fmt(v, f=".3f"):
-            return "n/a" if v is None else format(v, f)
-
-        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {time.time() - started:.0f} s; test acc "
-             f"final {fmt(s['test_accuracy/final'])} val-pick "
-             f"{fmt(s['test_accuracy/validation'])} c1 {fmt(s['test_accuracy/coherence_drop'])} "
-             f"c2 {fmt(s['test_accuracy/coherence_plateau'])} oracle "
-             f"{fmt(s['test_accuracy/oracle'])}; onset epoch "
-             f"{fmt(s['epoch/memorisation_onset'], '.2f')} c1 epoch "
-             f"{fmt(s['epoch/coherence_drop'], '.2f')}")
-        runs.append((group, label, seed, result))
+    runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
     return report(workdir, runs, command, seconds)

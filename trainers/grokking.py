@@ -147,10 +147,6 @@ def _data(config):
     return data, width
 
 
-def _monitor_indices(n, m, seed):
-    return np.sort(np.random.default_rng([int(seed), 7]).choice(n, size=min(m, n), replace=False))
-
-
 class Batches:
     """Index tensors of the training batches: batch j is a pure function of (seed, j)."""
 
@@ -262,8 +258,8 @@ def run(config, run_dir, echo=print):
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     m, n = int(config.coherence_samples), len(x_train)
-    train_idx = _monitor_indices(n, m, config.seed)
-    test_idx = _monitor_indices(len(x_test), m, int(config.seed) + 1000)
+    train_idx = common.sample(n, m, config.seed, 7)
+    test_idx = common.sample(len(x_test), m, int(config.seed) + 1000, 7)
     log = _logger(model, loss_fn,
                   {"train": (tf.constant(x_train), tf.constant(y_train)),
                    "test": (tf.constant(x_test), tf.constant(y_test))},
@@ -292,12 +288,8 @@ def run(config, run_dir, echo=print):
                 echo(_progress_line(step, total, row))
         if step % ckpt_every == 0 or step == total:
             ckpt.save(step, curves, config_dict)
-    result = {"config": common.outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
-              "summary": summarize(curves), "num_train": n, "num_test": len(x_test),
-              "batches_per_update": batches_per_update,
-              "seconds_last_invocation": round(time.time() - started, 1)}
-    common.write_json(os.path.join(run_dir, "results.json"), result)
-    return result
+    return common.finish(run_dir, config_dict, curves, summarize(curves), started, num_train=n,
+                         num_test=len(x_test), batches_per_update=batches_per_update)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,19 +513,15 @@ def plot(workdir, runs):
     return ["grokking_curves.png", "grokking_per_layer.png"]
 
 
+def _describe(s):
+    """The progress line of a finished run (`common.run_plan`)."""
+    return f"t_mem {s['t_mem']} t_grok {s['t_grok']} test acc {s['test_acc_final']:.3f}"
+
+
 def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
               echo=print, groups=None):
     """Run every arm (skipping finished ones, resuming interrupted ones), then report."""
     echo = echo or (lambda line: None)
     plan = arms(scale, seeds, overrides, groups)  # every config checked before the workdir exists
-    os.makedirs(workdir, exist_ok=True)
-    runs, seconds = [], {}
-    for i, (group, label, seed, config) in enumerate(plan, 1):
-        started = time.time()
-        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)
-        seconds[group] = seconds.get(group, 0.0) + time.time() - started
-        s = result["summary"]
-        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {time.time() - started:.0f} s; t_mem "
-             f"{s['t_mem']} t_grok {s['t_grok']} test acc {s['test_acc_final']:.3f}")
-        runs.append((group, label, seed, result))
-    return report(workdir, runs, command, {g: round(v, 1) for g, v in seconds.items()})
+    runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
+    return report(workdir, runs, command, seconds)

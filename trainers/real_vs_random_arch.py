@@ -114,10 +114,6 @@ def log_steps(log_epochs, epochs, steps_per_epoch):
     return {s: s / steps_per_epoch for s in sorted(steps)}
 
 
-def _sample(n, m, seed, salt):
-    return np.sort(np.random.default_rng([int(seed), salt]).choice(n, size=m, replace=False))
-
-
 def _hparams(config):
     return {"dataset": config.dataset, "arch": config.arch, "labels": arm_name(config.label_noise),
             "label_noise": float(config.label_noise), "seed": int(config.seed),
@@ -150,8 +146,8 @@ def run(config, run_dir, echo=print):
     if m > len(x) or m > len(x_test):
         raise ValueError(f"coherence_samples={m} exceeds the {len(x)} training / {len(x_test)} "
                          f"test examples of {config.dataset}")
-    train_idx = _sample(len(x), m, config.sample_seed, 1)
-    test_idx = _sample(len(x_test), m, config.sample_seed, 2)
+    train_idx = common.sample(len(x), m, config.sample_seed, 1)
+    test_idx = common.sample(len(x_test), m, config.sample_seed, 2)
     samples = {"train": (x[train_idx], y[train_idx]), "test": (x_test[test_idx], y_test[test_idx])}
     keras.utils.set_random_seed(int(config.seed))
     model = build_model(config, ds.input_shape, ds.num_classes)
@@ -237,15 +233,11 @@ def run(config, run_dir, echo=print):
     summary = run_summary(curves, float(config.early_epoch))
     summary["num_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
     summary["m"] = m
-    result = {"config": common.outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
-              "summary": summary, "num_train": n, "num_test": len(x_test),
-              "num_corrupted": int(ds.train.corrupted.sum()),
-              "steps_per_epoch": steps_per_epoch, "layers": _layers(curves),
-              "seconds_last_invocation": round(time.time() - started, 1)}
     hparams_board.write_session(os.path.join(run_dir, "tensorboard"), _hparams(config),
                                 summary, curves)
-    common.write_json(os.path.join(run_dir, "results.json"), result)
-    return result
+    return common.finish(run_dir, config_dict, curves, summary, started, num_train=n,
+                         num_test=len(x_test), num_corrupted=int(ds.train.corrupted.sum()),
+                         steps_per_epoch=steps_per_epoch, layers=_layers(curves))
 
 
 def _layers(curves):
@@ -451,9 +443,7 @@ def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, archs=None):
         if dataset not in rr_config.DATASET_CHANGES[scale]:
             raise ValueError(f"dataset={dataset!r} is unknown for real_vs_random_arch; allowed: "
                              f"{', '.join(rr_config.DATASET_CHANGES[scale])}")
-        base = config_schema.apply_overrides(rr_config.get_config(), rr_config.SCALES[scale])
-        base = config_schema.apply_overrides(base, rr_config.DATASET_CHANGES[scale][dataset])
-        base = config_schema.apply_overrides(base, {**overrides, "dataset": dataset})
+        base = common.scaled_config(rr_config, scale, dataset, overrides)
         for arch in archs:
             for noise in (0.0, 1.0):
                 config = config_schema.apply_overrides(base, {"arch": arch, "label_noise": noise})
@@ -671,20 +661,16 @@ def plot(workdir, runs):
     return figures
 
 
+def _describe(s):
+    """The progress line of a finished run (`common.run_plan`)."""
+    return (f"m-coh. train init {_fmt(s['train_coh_init'], '.2f')} early "
+            f"{_fmt(s['train_coh_early'], '.2f')} end {_fmt(s['train_coh_end'], '.2f')}; train acc "
+            f"{s['train_accuracy']:.3f} test acc {s['test_accuracy']:.3f}")
+
+
 def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
               echo=print, archs=None):
     echo = echo or (lambda line: None)
     plan = arms(scale, seeds, overrides, archs)  # every config checked before anything is written
-    os.makedirs(workdir, exist_ok=True)
-    runs, seconds = [], {}
-    for i, (group, label, seed, config) in enumerate(plan, 1):
-        started = time.time()
-        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)
-        seconds[group] = round(seconds.get(group, 0.0) + time.time() - started, 1)
-        s = result["summary"]
-        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {time.time() - started:.0f} s; m-coh. train "
-             f"init {_fmt(s['train_coh_init'], '.2f')} early {_fmt(s['train_coh_early'], '.2f')} "
-             f"end {_fmt(s['train_coh_end'], '.2f')}; train acc {s['train_accuracy']:.3f} test "
-             f"acc {s['test_accuracy']:.3f}")
-        runs.append((group, label, seed, result))
+    runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
     return report(workdir, runs, command, seconds)

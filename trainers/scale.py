@@ -308,15 +308,11 @@ def run(config, run_dir, echo=print):
                     or epoch == int(config.epochs)):
                 ckpt.save(epoch, curves, config_dict)
     summary = summarize(curves)
-    result = {"config": common.outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
-              "summary": summary, "num_train": n, "num_test": len(x_test),
-              "num_corrupted": int(corrupted.sum()), "batches_per_update": per_update,
-              "updates_per_epoch": updates_per_epoch,
-              "seconds_last_invocation": round(time.time() - started, 1)}
     hparams_board.write_session(os.path.join(run_dir, "tensorboard"), hparams_of(config_dict),
                                 summary, curves)
-    common.write_json(os.path.join(run_dir, "results.json"), result)
-    return result
+    return common.finish(run_dir, config_dict, curves, summary, started, num_train=n,
+                         num_test=len(x_test), num_corrupted=int(corrupted.sum()),
+                         batches_per_update=per_update, updates_per_epoch=updates_per_epoch)
 
 
 def summarize(curves):
@@ -439,9 +435,7 @@ def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, arm_names=None, siz
         if dataset not in scale_config.SIZES[scale]:
             raise ValueError(f"dataset={dataset!r} has no size sweep at scale {scale!r}; "
                              f"allowed: {', '.join(scale_config.SIZES[scale])}")
-        base = apply_overrides(scale_config.get_config(), scale_config.SCALES[scale])
-        base = apply_overrides(base, scale_config.DATASET_CHANGES[scale][dataset])
-        base = apply_overrides(base, {**overrides, "dataset": dataset})
+        base = common.scaled_config(scale_config, scale, dataset, overrides)
         sweep = (tuple(sizes) if sizes else (overrides["train_size"],)
                  if "train_size" in overrides else scale_config.SIZES[scale][dataset])
         for size in sweep:
@@ -738,21 +732,17 @@ def plot(workdir, runs):
     return figures
 
 
+def _describe(s):
+    """The progress line of a finished run (`common.run_plan`)."""
+    return (f"updates {s['updates']:.0f} corrupted acc {s['corrupted_accuracy']:.3f} pristine "
+            f"{s['pristine_accuracy']:.3f} test {s['test_accuracy']:.3f}")
+
+
 def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
               echo=print, arm_names=None, sizes=None):
     """Run every arm at every size (skipping finished runs, resuming interrupted ones), then
     report. `arm_names` / `sizes`: only these (tests, partial sweeps)."""
     echo = echo or (lambda line: None)
     plan = arms(scale, seeds, overrides, arm_names, sizes)  # every config checked first
-    os.makedirs(workdir, exist_ok=True)
-    runs, seconds = [], {}
-    for i, (group, label, seed, config) in enumerate(plan, 1):
-        started = time.time()
-        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)
-        seconds[group] = round(seconds.get(group, 0.0) + time.time() - started, 1)
-        s = result["summary"]
-        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {time.time() - started:.0f} s; updates "
-             f"{s['updates']:.0f} corrupted acc {s['corrupted_accuracy']:.3f} pristine "
-             f"{s['pristine_accuracy']:.3f} test {s['test_accuracy']:.3f}")
-        runs.append((group, label, seed, result))
+    runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
     return report(workdir, runs, command, seconds)
