@@ -507,13 +507,6 @@ PHASE1_TABLE = (("phase1_epochs", "epochs", ".0f"),
                 ("phase1_wnorm_final", "‖w‖ final", ".1f"))
 
 
-def _by_group(runs):
-    groups = {}
-    for group, label, seed, result in runs:
-        groups.setdefault(group, []).append(result)
-    return groups
-
-
 def report(workdir, runs, command, seconds, phase1_runs=()):
     """results.json, results.md, PNGs and the HParams columns; runs = [(group, label, seed,
     result)], phase1_runs = [(dataset, seed, phase-1 result)]."""
@@ -522,7 +515,7 @@ def report(workdir, runs, command, seconds, phase1_runs=()):
     for *_, r in runs:  # summary numbers recomputed from the curves: no retraining
         r["summary"] = {**r["summary"],
                         **summarize(r["curves"], float(r["config"]["compare_train_acc"]))}
-    groups = _by_group(runs)
+    groups = common.by_group(runs)
     labels = {g: l for g, l, *_ in runs}
     summary = {"experiment": "adversarial_init", "command": command, "groups": {},
                "differences": {}, "phase1": {}, "seconds": seconds}
@@ -594,19 +587,10 @@ def _hparams(config):
             "seed": config["seed"]}
 
 
-def _series(results, key):
-    arr = np.array([[np.nan if v is None else v for v in r["curves"][key]] for r in results],
-                   dtype=float)
-    return np.nanmean(arr, 0), np.nanmin(arr, 0), np.nanmax(arr, 0)
-
-
 def plot(workdir, runs):
-    import matplotlib
+    plt = common.pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = _by_group(runs)
+    groups = common.by_group(runs)
     datasets = list(dict.fromkeys(g.split("/")[0] for g in groups))
     columns = (("test_accuracy", "test acc"), ("train_accuracy", "train acc (real labels)"),
                ("coherence/train/m_coherence", "m-coh. real-label train sample"),
@@ -626,7 +610,7 @@ def plot(workdir, runs):
                 epochs = np.array(groups[group][0]["curves"]["epoch"], dtype=float)
                 for col, (key, title) in enumerate(columns):
                     ax = axes[row][col]
-                    mean, lo, hi = _series(groups[group], key)
+                    mean, lo, hi = common.series(groups[group], key)
                     ax.plot(epochs, mean, "o-", ms=2, color=colors[start], label=start)
                     ax.fill_between(epochs, lo, hi, color=colors[start], alpha=0.2)
                     if row == 0:

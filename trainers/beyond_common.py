@@ -9,7 +9,7 @@ resumable runs with tf.train.CheckpointManager, fixed samples, the plan loop, re
 | `scaled_config`               | an experiment's config at a scale and dataset, with overrides  |
 | `run_plan`                    | every run of a plan, one progress line each                    |
 | `finish`                      | the results.json of a finished run                             |
-| `append`, `mean_sd`, `cell`, `coherence_row`, `write_results_md` | curves, statistics, the report |
+| `append`, `mean_sd`, `cell`, `coherence_row`, `by_group`, `series`, `pyplot`, `write_results_md` | curves, statistics, the report |
 
 A run lives in its own directory:
 
@@ -142,6 +142,32 @@ def finish(run_dir, config_dict, curves, summary, started, **extra):
               "seconds_last_invocation": round(time.time() - started, 1)}
     write_json(os.path.join(run_dir, "results.json"), result)
     return result
+
+
+def by_group(runs):
+    """`{group: [result, ...]}` of `[(group, label, seed, result)]`, groups in plan order."""
+    groups = {}
+    for group, _, _, result in runs:
+        groups.setdefault(group, []).append(result)
+    return groups
+
+
+def series(results, key):
+    """`(mean, min, max)` over runs, per logged point, of curve `key` (None = NaN, skipped)."""
+    arr = np.array([[np.nan if v is None else v for v in r["curves"][key]] for r in results],
+                   dtype=float)
+    with np.errstate(all="ignore"):
+        return np.nanmean(arr, 0), np.nanmin(arr, 0), np.nanmax(arr, 0)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def append(curves, row):

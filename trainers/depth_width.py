@@ -417,13 +417,6 @@ CORRELATED = (  # (summary key, name, sign CGH predicts for its correlation with
 )
 
 
-def _by_group(runs):
-    groups = {}
-    for group, _, _, result in runs:
-        groups.setdefault(group, []).append(result)
-    return groups
-
-
 def _mean(values):
     return common.mean_sd(values)[0]
 
@@ -466,7 +459,7 @@ def report(workdir, runs, command, seconds, sweep_configs, invocations=None):
 
     sweep_configs: {dataset: the config with the sweep fields}; invocations: the reproduce calls
     on this workdir so far (`INVOCATIONS`: wall seconds, load average, runs trained / reused)."""
-    groups = _by_group(runs)
+    groups = common.by_group(runs)
     summary = {"experiment": "depth_width", "command": command, "seconds": seconds,
                "invocations": invocations, "groups": {}, "correlations": {}, "models": {}}
     for group, results in groups.items():
@@ -591,10 +584,7 @@ def _findings(by_model, corr, model_sweeps):
 
 
 def plot(workdir, table, sweep_configs, correlations_):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     figures = []
     style = {"real": ("o-", "C0"), "random": ("s--", "C3")}

@@ -205,15 +205,8 @@ TABLE = (  # (summary key, header, format)
 )
 
 
-def _by_group(runs):
-    groups = {}
-    for group, label, seed, result in runs:
-        groups.setdefault(group, []).append(result)
-    return groups
-
-
 def report(workdir, runs, command, seconds):
-    groups = _by_group(runs)
+    groups = common.by_group(runs)
     summary = {"experiment": "double_descent", "command": command, "groups": {},
                "seconds": seconds}
     for group, results in groups.items():
@@ -245,19 +238,10 @@ def report(workdir, runs, command, seconds):
     return summary
 
 
-def _series(results, key):
-    arr = np.array([[np.nan if v is None else v for v in r["curves"][key]] for r in results],
-                   dtype=float)
-    return np.nanmean(arr, 0), np.nanmin(arr, 0), np.nanmax(arr, 0)
-
-
 def plot(workdir, runs):
-    import matplotlib
+    plt = common.pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = _by_group(runs)
+    groups = common.by_group(runs)
     datasets = list(dict.fromkeys(g.split("/")[0] for g in groups))
     columns = (("test_error", "test error"), ("corrupted_accuracy",
                                               "corrupted train acc (noisy label)"),
@@ -299,7 +283,7 @@ def plot(workdir, runs):
         for i, g in enumerate(names):
             epochs = np.array(groups[g][0]["curves"]["epoch"], dtype=float)
             for ax, (key, title) in zip(axes, columns):
-                mean, _, _ = _series(groups[g], key)
+                mean, _, _ = common.series(groups[g], key)
                 ax.plot(np.maximum(epochs, 0.5), mean, color=cmap(i / max(1, len(names) - 1)),
                         label=f"w={widths[i]}")
         for ax, (key, title) in zip(axes, columns):

@@ -421,13 +421,6 @@ ONSET_TABLE = (
 )
 
 
-def _by_group(runs):
-    groups = {}
-    for group, label, seed, result in runs:
-        groups.setdefault(group, []).append(result)
-    return groups
-
-
 def _values(results, key):
     return [r["summary"].get(key) for r in results]
 
@@ -473,7 +466,7 @@ def _verdict(results):
 def report(workdir, runs, command, seconds):
     from trainers import hparams_board
 
-    groups = _by_group(runs)
+    groups = common.by_group(runs)
     summary = {"experiment": "early_stopping", "command": command, "groups": {},
                "seconds": seconds}
     keys = [f"{k}/{rule}" for k, _, _ in TABLE for rule in RULES] + [k for k, _, _ in ONSET_TABLE]
@@ -531,24 +524,15 @@ def report(workdir, runs, command, seconds):
     return summary
 
 
-def _series(results, key):
-    arr = np.array([[np.nan if v is None else v for v in r["curves"][key]] for r in results],
-                   dtype=float)
-    return np.nanmean(arr, 0)
-
-
 RULE_STYLE = {"final": ("black", "-"), "validation": ("tab:blue", "--"),
               "coherence_drop": ("tab:red", "-."), "coherence_plateau": ("tab:purple", ":"),
               "oracle": ("tab:green", (0, (1, 1)))}
 
 
 def plot(workdir, runs):
-    import matplotlib
+    plt = common.pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = _by_group(runs)
+    groups = common.by_group(runs)
     datasets = list(dict.fromkeys(g.split("/")[0] for g in groups))
     figures = []
     for dataset in datasets:
@@ -558,31 +542,32 @@ def plot(workdir, runs):
             results = groups[g]
             epochs = np.array(results[0]["curves"]["epoch"], dtype=float)
             ax = row[0]
-            ax.plot(epochs, _series(results, "test_accuracy"), label="test")
-            ax.plot(epochs, _series(results, "validation_accuracy"), label="val (noisy labels)")
+            ax.plot(epochs, common.series(results, "test_accuracy")[0], label="test")
+            ax.plot(epochs, common.series(results, "validation_accuracy")[0],
+                    label="val (noisy labels)")
             ax.set_title(f"{g}: accuracy", fontsize=9)
             ax = row[1]
-            ax.plot(epochs, _series(results, "corrupted_accuracy"), color="tab:red",
+            ax.plot(epochs, common.series(results, "corrupted_accuracy")[0], color="tab:red",
                     label="corrupted (noisy label)")
-            ax.plot(epochs, _series(results, "pristine_accuracy"), color="tab:green",
+            ax.plot(epochs, common.series(results, "pristine_accuracy")[0], color="tab:green",
                     label="pristine")
             ax.set_title("train accuracy (memorisation)", fontsize=9)
             ax = row[2]
             for name, color in (("train", "black"), ("pristine", "tab:green"),
                                 ("corrupted", "tab:red")):
-                ax.plot(epochs, _series(results, f"coherence/{name}/m_coherence"), color=color,
-                        label=f"{name} sample")
+                ax.plot(epochs, common.series(results, f"coherence/{name}/m_coherence")[0],
+                        color=color, label=f"{name} sample")
             ax.set_yscale("log")
             ax.set_title(f"m-coherence (m={results[0]['config']['coherence_samples']})",
                          fontsize=9)
             ax = row[3]
             for name, color in (("pristine", "tab:green"), ("corrupted", "tab:red")):
-                ax.plot(epochs, _series(results, f"coherence/{name}/alpha"), color=color,
+                ax.plot(epochs, common.series(results, f"coherence/{name}/alpha")[0], color=color,
                         label=f"α {name}")
             ax.set_yscale("log")
             ax.set_title("α pristine vs corrupted", fontsize=9)
             ax = row[4]
-            ax.plot(epochs, _series(results, "f_pristine"), color="tab:brown")
+            ax.plot(epochs, common.series(results, "f_pristine")[0], color="tab:brown")
             ax.set_title("f^p (mixed sample)", fontsize=9)
             for ax in row:
                 for seed_i, r in enumerate(results):

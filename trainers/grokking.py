@@ -450,10 +450,7 @@ def report(workdir, runs, command, seconds):
 
 
 def plot(workdir, runs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     groups = list(dict.fromkeys(g for g, *_ in runs))
     columns = (("train_accuracy", "train acc"), ("test_accuracy", "test acc"),

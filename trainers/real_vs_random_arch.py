@@ -465,13 +465,6 @@ TABLE = (  # (summary key, header, format) per arm
 )
 
 
-def _by_group(runs):
-    groups = {}
-    for group, _, _, result in runs:
-        groups.setdefault(group, []).append(result)
-    return groups
-
-
 def _fmt(value, fmt):
     return "n/a" if value is None else format(value, fmt)
 
@@ -484,7 +477,7 @@ def _crossing_text(sign, epoch):
 
 
 def report(workdir, runs, command, seconds):
-    groups = _by_group(runs)
+    groups = common.by_group(runs)
     ms = {r["summary"]["m"] for *_, r in runs}
     if len(ms) != 1:
         raise ValueError(f"the arms measured coherence on samples of different m: {sorted(ms)}")
@@ -554,13 +547,6 @@ def _config(result):
     return ml_collections.ConfigDict(result["config"])
 
 
-def _series(results, key):
-    arr = np.array([[np.nan if v is None else v for v in r["curves"][key]] for r in results],
-                   dtype=float)
-    with np.errstate(all="ignore"):
-        return np.nanmean(arr, 0), np.nanmin(arr, 0), np.nanmax(arr, 0)
-
-
 def _x(results):
     """Epochs for a log x axis: epoch 0 is drawn at half the first logged epoch > 0."""
     epochs = np.array(results[0]["curves"]["epoch"], dtype=float)
@@ -569,10 +555,7 @@ def _x(results):
 
 
 def plot(workdir, runs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     def ticks(ax, y=True):
@@ -584,7 +567,7 @@ def plot(workdir, runs):
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
             ax.yaxis.set_minor_formatter(NullFormatter())
 
-    groups = _by_group(runs)
+    groups = common.by_group(runs)
     figures = []
     colors = {"real": "tab:blue", "random": "tab:red"}
     for dataset in dict.fromkeys(g.split("/")[0] for g in groups):
@@ -597,15 +580,15 @@ def plot(workdir, runs):
                 if not results:
                     continue
                 x = _x(results)
-                mean, lo, hi = _series(results, "coherence/train/m_coherence")
+                mean, lo, hi = common.series(results, "coherence/train/m_coherence")
                 top.plot(x, mean, "o-", ms=3, color=colors[arm], label=f"{arm}: train sample")
                 top.fill_between(x, lo, hi, color=colors[arm], alpha=0.2)
-                mean, _, _ = _series(results, "coherence/test/m_coherence")
+                mean, _, _ = common.series(results, "coherence/test/m_coherence")
                 top.plot(x, mean, "--", color=colors[arm], alpha=0.6,
                          label=f"{arm}: test sample (real labels)")
-                mean, _, _ = _series(results, "train_accuracy")
+                mean, _, _ = common.series(results, "train_accuracy")
                 bottom.plot(x, mean, "-", color=colors[arm], label=f"{arm}: train acc")
-                mean, _, _ = _series(results, "test_accuracy")
+                mean, _, _ = common.series(results, "test_accuracy")
                 bottom.plot(x, mean, "--", color=colors[arm], alpha=0.6,
                             label=f"{arm}: test acc")
             top.set_yscale("log")
@@ -640,9 +623,9 @@ def plot(workdir, runs):
                 layers = results[0]["layers"]
                 cmap = plt.get_cmap("viridis")
                 for k, layer in enumerate(layers):
-                    mean, _, _ = _series(results, f"coherence/train/{layer}/m_coherence")
+                    mean, _, _ = common.series(results, f"coherence/train/{layer}/m_coherence")
                     ax.plot(x, mean, color=cmap(k / max(1, len(layers) - 1)), lw=1, label=layer)
-                mean, _, _ = _series(results, "coherence/train/m_coherence")
+                mean, _, _ = common.series(results, "coherence/train/m_coherence")
                 ax.plot(x, mean, "k--", lw=1.5, label="all layers")
                 ax.set_xscale("log")
                 ax.set_yscale("log")

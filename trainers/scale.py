@@ -615,10 +615,7 @@ def _nan(values):
 
 
 def plot(workdir, runs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
 
     from configs import scale as scale_config
 
