@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m benchmarks.optimizers
 	$(PY) benchmarks/coherence.py
+	$(PY) -m benchmarks.coherence_models
 	$(PY) -m benchmarks.keras_steps
 	$(PY) -m benchmarks.transformer_rules
 	$(PY) -m benchmarks.conv_rules

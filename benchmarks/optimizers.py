@@ -12,6 +12,8 @@ float32, one process, the same pre-built batches for every optimizer:
 | M3 / SGD    | M3(SGD, groups=3) in consecutive mode, time per *batch* / SGD time per batch | <= 1.10 |
 | M3 in-batch | `cgh_tf.Model` train step with M3 on a batch of 3 x 128 (3 groups of 128),  | <= 1.10 |
 |  / SGD      | divided by 3 SGD steps on the same 384 examples (Keras `train_step`s both)  |        |
+| floor / SGD | SGD on a fused median of the gradient and two buffers + one buffer copy,    |        |
+|             | no bookkeeping (`make_floor_step`): the arithmetic RM3 cannot avoid         |        |
 
 Every optimizer's `tf.function` is traced and run before timing (warm-up excluded). Each repeat
 times `--steps` steps of every optimizer in interleaved order (SGD, RM3, M3, SGD, ...) so that
@@ -32,6 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import cgh_tf  # noqa: E402
+from cgh_tf import robust  # noqa: E402
 from cgh_tf.optimizers import M3, RA3, RM3  # noqa: E402
 
 BATCH = 128
@@ -97,6 +100,33 @@ def make_step(build_model, make_optimizer, jit):
     return step
 
 
+def make_floor_step(build_model, jit):
+    """The arithmetic RM3 cannot avoid, without its bookkeeping: SGD on the fused median of the
+    gradient and two buffers (`robust.fused_medians`), then the gradient copied into one buffer;
+    no finiteness check, no counters, no conditional update. Its time / SGD is a floor for RM3."""
+    keras.utils.set_random_seed(0)
+    model = build_model()
+    optimizer = keras.optimizers.SGD(LR)
+    optimizer.build(model.trainable_variables)
+    variables = model.trainable_variables
+    buffers = [[tf.Variable(tf.zeros_like(v)) for v in variables] for _ in range(2)]
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(jit_compile=jit)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, variables)
+        medians = robust.fused_medians(
+            [[g, a.read_value(), b.read_value()] for g, a, b in zip(grads, *buffers)])
+        optimizer.apply(medians, variables)
+        for g, a in zip(grads, buffers[0]):
+            a.assign(g)
+        return loss
+
+    return step
+
+
 def make_keras_train_step(build_model, model_class, make_optimizer, jit):
     """`model.train_step` of a compiled `model_class` copy of the model, as one tf.function."""
     keras.utils.set_random_seed(0)
@@ -141,9 +171,10 @@ def time_steps(step, batches):
 def benchmark(build_model, input_shape, jit, repeats, steps):
     batches = make_batches(input_shape, steps)
     steps_by_name = {name: make_step(build_model, make, jit) for name, make in OPTIMIZERS.items()}
+    steps_by_name["floor"] = make_floor_step(build_model, jit)
     for step in steps_by_name.values():  # warm-up: trace, compile, fill RM3's window
         time_steps(step, batches[:6])
-    times = {name: [] for name in OPTIMIZERS}
+    times = {name: [] for name in steps_by_name}
     for _ in range(repeats):
         for name, step in steps_by_name.items():
             times[name].append(time_steps(step, batches))
@@ -163,7 +194,7 @@ def main(argv=None):
           f"TF {tf.__version__}, Keras {keras.__version__}, batch {BATCH}, "
           f"median of {args.repeats} x {args.steps} steps")
     header = (f"| {'model':24} | jit | sgd ms | RM3 / SGD | RA3 / SGD | M3 / SGD "
-              "| M3 in-batch / SGD |")
+              "| M3 in-batch / SGD | floor / SGD |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for label, build_model, shape in models:
@@ -173,7 +204,7 @@ def main(argv=None):
             print(f"| {label:24} | {'on ' if jit else 'off'} | {t['sgd'] * 1e3:6.2f} | "
                   f"{t['rm3'] / t['sgd']:9.3f} | {t['ra3'] / t['sgd']:9.3f} | "
                   f"{t['m3'] / t['sgd']:8.3f} | "
-                  f"{in_batch:17.3f} |", flush=True)
+                  f"{in_batch:17.3f} | {t['floor'] / t['sgd']:11.3f} |", flush=True)
 
 
 if __name__ == "__main__":

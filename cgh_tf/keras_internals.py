@@ -5,6 +5,7 @@ installed Keras version, when the assumption no longer holds; `tests/test_keras_
 each one. Nothing here falls back silently to a default.
 """
 
+import importlib
 import inspect
 
 import keras
@@ -179,6 +180,25 @@ def strategy_supports_no_merge_call():
     if not callable(fn):
         _fail_tf(what)
     return fn()
+
+
+def in_xla_compilation():
+    """Whether the code being traced is compiled by XLA as a whole (inside a
+    `tf.function(jit_compile=True)`, e.g. a Keras train step compiled with `jit_compile=True`,
+    or a function called from one). False eagerly and in ordinary graphs.
+
+    Relies on `tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext` (what TF's own
+    ops use to tell); no public equivalent exists.
+    """
+    what = "tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext"
+    try:
+        module = importlib.import_module("tensorflow.python.ops.control_flow_util")
+    except ImportError:
+        _fail_tf(what)
+    fn = _private(module, "GraphOrParentsInXlaContext", what, _fail_tf)
+    if not callable(fn):
+        _fail_tf(what)
+    return bool(fn(tf.compat.v1.get_default_graph()))
 
 
 def _fail_tf(what):

@@ -410,7 +410,8 @@ class Model(keras.Model):
         aggregator = self._cgh_options.aggregator
         shared = self._shares_pass(sample_weight)
         if self._cgh_options.coherence_every and not shared:
-            self._maybe_measure_coherence(x, y, sample_weight)
+            done = self._maybe_measure_coherence(x, y, sample_weight)
+            x = _after(done, x)  # one pass at a time: peak memory of the larger, not the sum
         variables = self.trainable_variables
         if aggregator.per_example:
             source = self._per_example_source(x, y, sample_weight, aggregator, shared)
@@ -585,6 +586,7 @@ class Model(keras.Model):
 
     def _maybe_measure_coherence(self, x, y, sample_weight=None):
         """Separate fast-path pass on measured steps (used when the update cannot share it).
+        Returns a tensor computed at the end of the pass (for ordering the update's pass after it).
 
         With sample weights w_i the per-example gradients are those of w_i ℓ_i, i.e. w_i g_i."""
         variables = self.trainable_variables
@@ -601,10 +603,15 @@ class Model(keras.Model):
             return ([tf.zeros_like(v) for v in variables],
                     tf.zeros([m, len(variables)], tf.float32))
 
-        measure = self._should_measure()
-        grad_sum, sq_norms = tf.cond(measure, measured, unmeasured)
+        if self._cgh_options.coherence_every == 1:  # every step: no conditional (under XLA on
+            measure = tf.constant(True)              # CPU a conditional pass costs ~4× more)
+            grad_sum, sq_norms = measured()
+        else:
+            measure = self._should_measure()
+            grad_sum, sq_norms = tf.cond(measure, measured, unmeasured)
         m = tf.cast(tf.shape(sq_norms)[0], tf.float32)
         self._record_coherence(grad_sum, sq_norms, m, measure)
+        return sq_norms
 
     def _record_coherence(self, grad_sum, sq_norms, m, measured):
         """Adds the batch's coherence to the running means, from S, per-example squared norms, m.
@@ -649,6 +656,15 @@ class Model(keras.Model):
         if not self._cgh_options.coherence_every:
             return {}
         return self._cgh_state.results()
+
+
+def _after(tensor, structure):
+    """`structure` (nested tensors) behind a control dependency on `tensor`: ops that read the
+    result start only once `tensor` is computed. Without it TF may run the separate coherence pass
+    and the update's pass side by side, holding both passes' activations at once."""
+    with tf.control_dependencies([tensor]):
+        return tf.nest.map_structure(
+            lambda t: tf.identity(t) if isinstance(t, tf.Tensor) else t, structure)
 
 
 def _stack(group_grads):

@@ -162,12 +162,13 @@ def check_per_example(case, reference_of, tolerance):
     cmp.check()
 
 
-def fit_one_batch(name, sample_weight=None):
+def fit_one_batch(name, sample_weight=None, jit_compile=False):
     """(reference at the initial weights, history) of one epoch of one batch with SGD(0) and
     coherence_every=1, on a `cgh_tf.Model` of architecture `name`."""
     case = build(name, cgh_tf.Model)
     ref = memoised_reference(name, case)  # before fit, which moves BatchNorm moving statistics
-    case.model.compile(optimizer=keras.optimizers.SGD(0.0), loss=case.loss, coherence_every=1)
+    case.model.compile(optimizer=keras.optimizers.SGD(0.0), loss=case.loss, coherence_every=1,
+                       jit_compile=jit_compile)
     history = case.model.fit(case.x, case.y, sample_weight=sample_weight, batch_size=len(case.y),
                              epochs=1, shuffle=False, verbose=0)
     return ref, history.history
@@ -322,6 +323,12 @@ def test_batchnorm_case_tells_inference_from_training_mode(float64_keras):
     case = build("resnet_block_bn")
     inference, training = (case.model(case.x, training=mode).numpy() for mode in (False, True))
     assert np.max(np.abs(inference - training)) > 0.1 * np.max(np.abs(inference))
+
+
+def test_trainer_metric_in_a_step_compiled_by_xla(float64_keras):
+    """The BN ResNet block under `jit_compile=True`: the separate inference-mode pass (no
+    conditional at coherence_every=1) and the conv rules' layout for whole-step XLA."""
+    compare_trainer_metrics(*fit_one_batch("resnet_block_bn", jit_compile=True))
 
 
 def test_trainer_metric_with_sample_weights(float64_keras):

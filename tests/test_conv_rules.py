@@ -286,3 +286,31 @@ def test_gram_form_in_chunks(monkeypatch):
 
     norms, grad_sum = run(x, y)
     assert_matches(per_example.GradientSums(None, grad_sum, norms), expected)
+
+
+def test_whole_step_under_xla_takes_channels_first_and_matches(monkeypatch):
+    """Inside a `tf.function(jit_compile=True)` (a Keras step compiled with jit_compile=True) the
+    ungrouped conv takes the channels_first layout (XLA's CPU gather of the patches is slow); the
+    result stays exact. Outside, the same model takes transpose_b (static shapes)."""
+    layouts = []
+    original = conv._Part._matmul_layout
+    monkeypatch.setattr(conv._Part, "_matmul_layout",
+                        lambda self: layouts.append(original(self)) or layouts[-1])
+    monkeypatch.setattr(conv, "_kernel_choice", lambda *args: True)  # materialised form
+    keras.utils.set_random_seed(0)
+    model = build([L.Conv2D(3, 3, strides=2, padding="same", activation="tanh"), L.Conv2D(2, 2)],
+                  (7, 7, 2))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 7, 7, 2)), rng.normal(size=(4, *model.output_shape[1:]))
+    expected = reference(model, x, y)
+    for jit, layout in [(True, "channels_first"), (False, "transpose_b")]:
+        layouts.clear()
+
+        @tf.function(jit_compile=jit)
+        def run(xb, yb):
+            result = per_example.gradients_and_sq_norms(model, xb, yb, loss_fn)
+            return result.sq_norms, result.grad_sum
+
+        norms, grad_sum = run(x, y)
+        assert layouts and set(layouts) == {layout}, (jit, layouts)
+        assert_matches(per_example.GradientSums(None, grad_sum, norms), expected)

@@ -132,3 +132,28 @@ def test_functional_class():
     inputs = keras.Input((2,))
     assert type(keras.Model(inputs, inputs)) is ki.Functional
     assert issubclass(ki.Functional, keras.Model)
+
+
+def test_in_xla_compilation():
+    """True while tracing a jit-compiled function and the functions it calls; False eagerly and
+    in an ordinary tf.function."""
+    seen = {}
+
+    @tf.function
+    def inner(x):
+        seen["inner of jit"] = ki.in_xla_compilation()
+        return x
+
+    @tf.function(jit_compile=True)
+    def compiled(x):
+        seen["jit"] = ki.in_xla_compilation()
+        return inner(x)
+
+    @tf.function
+    def plain(x):
+        seen["plain"] = ki.in_xla_compilation()
+        return x
+
+    compiled(tf.constant(1.0)), plain(tf.constant(1.0))
+    assert seen == {"jit": True, "inner of jit": True, "plain": False}
+    assert ki.in_xla_compilation() is False

@@ -22,8 +22,8 @@ materialised form. How G_i is materialised (all exact):
 | path | when | how |
 |---|---|---|
 | native | depthwise (one input channel per group, G > 1), or G = 1 with O < K; rank ≤ 2, no dilation, equal strides | TF's depthwise filter gradient on [1, *S, m·C] (the examples folded into the channels: a depthwise conv never mixes channels), b tiled over the C input channels when G = 1 |
-| transpose_b | G = 1 and static spatial sizes; without them, when x is clearly larger than b (e.g. Conv*Transpose, whose x is ∂ℓ/∂z) | P [m, L, K·C] (channels last: one gather with indices computed at trace time, or slices), then bᵀ P |
-| channels_first | grouped; G = 1 with unknown spatial sizes, unless transpose_b | P [m, G, Kg, L] from one transpose of the input and slices, then P b |
+| transpose_b | G = 1 and static spatial sizes (unless the whole step is XLA-compiled); without them, when x is clearly larger than b (e.g. Conv*Transpose, whose x is ∂ℓ/∂z) | P [m, L, K·C] (channels last: one gather with indices computed at trace time, or slices), then bᵀ P |
+| channels_first | grouped; G = 1 inside a whole-step XLA compile (`jit_compile=True`: XLA's CPU gather is slow), or with unknown spatial sizes unless transpose_b | P [m, G, Kg, L] from one transpose of the input and slices, then P b |
 
 Patches never use strided slices (slow in TF): each spatial axis is split into [n/s, s] (phase),
 so that every kernel offset is a unit-stride slice (or, with static spatial sizes, one gather).
@@ -59,6 +59,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from cgh_tf import keras_internals
 from cgh_tf.layer_rules import base
 
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -294,7 +295,10 @@ def _gram(p, b):
 #   "channels_first": P [m, K·C, L] (one transpose of the input) times b [m, L, O];
 #   "transpose_b":    bᵀ [m, O, L] times P [m, L, K·C] (channels last, no transpose of the input);
 #   "auto":           transpose_b with static spatial sizes (XLA), else channels_first unless the input
-#                     is clearly larger than the output gradient.
+#                     is clearly larger than the output gradient; channels_first inside a step that
+#                     XLA compiles as a whole (`jit_compile=True`), where XLA's CPU gather of the
+#                     patches is slow (benchmarks/coherence_models.py, XLA on: CNN with pooling 1.11
+#                     vs 1.22 a plain step, BN ResNet block in training mode 1.58 vs 2.03).
 # Grouped convs take "channels_first"; depthwise ones (one input channel per group) TF's own
 # depthwise filter gradient with the examples folded into the channels (NATIVE_DEPTHWISE).
 LAYOUT = "auto"
@@ -337,6 +341,8 @@ class _Part:
     def _matmul_layout(self):
         if self.groups > 1 or LAYOUT != "auto":
             return "channels_first" if self.groups > 1 else LAYOUT
+        if keras_internals.in_xla_compilation():  # XLA's gather of the patches is slow on CPU
+            return "channels_first"
         if _use_xla([self.x, self.y]):  # gathered patches and XLA's dot: fastest measured
             return "transpose_b"
         x_size, y_size = self.x.shape[1:].num_elements(), self.y.shape[1:].num_elements()
@@ -484,9 +490,11 @@ def _use_xla(tensors):
     return XLA and all(t.shape[1:].is_fully_defined() for t in tensors)
 
 
-# Materialised per-example gradients (and patches) of at most about this many elements at once:
-# larger batches are processed in chunks of examples (memory independent of m).
-CHUNK_ELEMENTS = 1 << 26
+# Materialised per-example gradients (and patches) of at most about this many elements at once
+# (32 MB in float32): larger batches are processed in chunks of examples (memory independent of m).
+# Measured (benchmarks/memory.py, BN ResNet block, 28×28×32 convs at batch 128, patches 110 MB
+# each): step extra 298–325 MB with 2^23, 359–361 MB with 2^26 (one chunk), same step time.
+CHUNK_ELEMENTS = 1 << 23
 
 
 def _gram_of_calls(parts):
