@@ -1,6 +1,6 @@
 """What `cgh_tf.Model`'s options cost per Keras train step, relative to a plain Keras step.
 
-Run: `python -m benchmarks.keras_steps [--rounds 10]`.
+Run: `python -m benchmarks.keras_steps [--rounds 10] [--models "MLP 784-512-512-10, b128;..."]`.
 
 Both sides are `model.train_step` of a compiled model (loss tracker and metrics included), wrapped
 in one `tf.function`, on the same batch, timed interleaved (one step of each variant per round, so
@@ -95,7 +95,8 @@ def compiled_train_step(model):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--models", default=";".join(MODELS),
+                        help="semicolon-separated subset (the labels contain commas)")
     args = parser.parse_args(argv)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, "
           f"Keras {keras.__version__}, median of {args.rounds} interleaved rounds")
@@ -105,7 +106,7 @@ def main(argv=None):
     print("|---" * (len(names) + 2) + "|")
     rng = np.random.default_rng(0)
     for label, (build_model, shape, batch) in MODELS.items():
-        if label not in args.models.split(","):
+        if label not in args.models.split(";"):
             continue
         x = tf.constant(rng.normal(size=(batch,) + shape).astype("float32"))
         y = tf.constant(rng.integers(0, 10, size=batch))

@@ -11,6 +11,7 @@ in-batch M3 holds nothing beyond one step's k group gradients").
 |-------------|-------------------------------------------------------------------------------|
 | plain       | `keras.Model`, `SGD(0.01)` (the baseline of every ratio)                      |
 | coherence   | `cgh_tf.Model`, `compile(coherence_every=1)`, SGD                             |
+| coherence_training | the same with `coherence_training=True` (one shared training-mode pass)  |
 | rm3 / ra3   | `keras.Model`, `cgh_tf.RM3(SGD)` / `cgh_tf.RA3(SGD)` (window k = 3)           |
 | m3          | `keras.Model`, `cgh_tf.M3(SGD)`: consecutive batches as the k = 3 groups       |
 | m3_inbatch  | `cgh_tf.Model`, `compile(optimizer=cgh_tf.M3(SGD))`: 3 contiguous groups       |
@@ -93,8 +94,8 @@ ROOT = os.path.dirname(HERE)
 MB = 2 ** 20
 K = 3  # groups of M3, window of RM3 / RA3
 WINSORIZE_PCT = 10.0
-MODES = ("plain", "coherence", "rm3", "ra3", "m3", "m3_inbatch", "winsorize")
-CGH_MODES = ("coherence", "m3_inbatch", "winsorize")  # cgh_tf.Model; the others keras.Model
+MODES = ("plain", "coherence", "coherence_training", "rm3", "ra3", "m3", "m3_inbatch", "winsorize")
+CGH_MODES = ("coherence", "coherence_training", "m3_inbatch", "winsorize")  # cgh_tf.Model; the others keras.Model
 MODEL_NAMES = ("mlp", "cnn", "transformer", "resnet", "tiny")
 BATCH = {"mlp": 128, "cnn": 128, "transformer": 64, "resnet": 128, "tiny": 12}
 LABELS = {"mlp": "MLP 784-512-512-10", "cnn": "CNN 32-pool-64-pool-128-10",
@@ -102,6 +103,7 @@ LABELS = {"mlp": "MLP 784-512-512-10", "cnn": "CNN 32-pool-64-pool-128-10",
           "tiny": "tiny MLP 8-16-10"}
 # Issue 10: coherence vs plain on four models; issue 11: every wrapper vs SGD on MLP and CNN.
 ISSUE10 = [(m, mode) for m in ("mlp", "cnn", "transformer", "resnet") for mode in ("plain", "coherence")]
+ISSUE10 += [("resnet", "coherence_training")]  # mode-dependent: the shared training-mode pass
 ISSUE11 = [(m, mode) for m in ("mlp", "cnn")
            for mode in ("plain", "rm3", "ra3", "m3", "m3_inbatch", "winsorize")]
 CONFIGS = list(dict.fromkeys(ISSUE10 + ISSUE11))
@@ -219,6 +221,7 @@ def make_step(mode, model_name):
                  "m3": lambda: cgh_tf.M3(sgd, groups=K),
                  "m3_inbatch": lambda: cgh_tf.M3(sgd, groups=K)}.get(mode, lambda: sgd)()
     options = {"coherence": {"coherence_every": 1},
+               "coherence_training": {"coherence_every": 1, "coherence_training": True},
                "winsorize": {"aggregation": "winsorize", "winsorize_pct": WINSORIZE_PCT}}.get(mode, {})
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], **options)

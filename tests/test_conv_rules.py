@@ -71,23 +71,26 @@ def assert_fast(model):
     assert all(p.rule != per_example.FALLBACK for p in plans), str(plans)
 
 
-FORMS = {  # name -> (conv._kernel_choice override, LAYOUT, NATIVE_DEPTHWISE, XLA)
-    "auto": (None, "auto", True, True),
-    "gram": (False, "auto", True, False),
-    "channels_first": (True, "channels_first", False, False),
-    "transpose_b": (True, "transpose_b", False, False),
-    "native": (True, "auto", True, False),
+FORMS = {  # name -> (conv._kernel_choice override, LAYOUT, NATIVE_DEPTHWISE, XLA, PER_EXAMPLE_FILTER)
+    "auto": (None, "auto", True, True, True),
+    "gram": (False, "auto", True, False, True),
+    "channels_first": (True, "channels_first", False, False, False),
+    "transpose_b": (True, "transpose_b", False, False, False),
+    "native": (True, "auto", True, False, False),
+    "per_example_filter": (True, "auto", False, False, True),
 }
 
 
 @pytest.fixture
 def form(request, monkeypatch):
-    choice, layout, native, xla = FORMS[request.param]
+    choice, layout, native, xla, per_example_filter = FORMS[request.param]
     if choice is not None:
         monkeypatch.setattr(conv, "_kernel_choice", lambda *args: choice)
     monkeypatch.setattr(conv, "LAYOUT", layout)
     monkeypatch.setattr(conv, "NATIVE_DEPTHWISE", native)
     monkeypatch.setattr(conv, "XLA", xla)
+    monkeypatch.setattr(conv, "PER_EXAMPLE_FILTER", per_example_filter)
+    monkeypatch.setattr(conv, "PER_EXAMPLE_FILTER_MIN_WORK", 0)  # (tiny layers here)
     return request.param
 
 
@@ -175,6 +178,7 @@ def test_shared_layer_on_inputs_of_different_sizes(monkeypatch):
     monkeypatch.setattr(conv, "kernel_statistic", lambda p, shape: parts.append(p) or original(p, shape))
     monkeypatch.setattr(conv, "_kernel_choice", lambda *args: True)
     monkeypatch.setattr(conv, "XLA", False)  # (with XLA, static shapes always take transpose_b)
+    monkeypatch.setattr(conv, "PER_EXAMPLE_FILTER", False)  # (else TF's filter gradient for both)
     result = per_example.gradients_and_sq_norms(model, x, y, loss_fn)
 
     def ref():
@@ -211,6 +215,7 @@ def test_unknown_batch_and_length_in_tf_function(monkeypatch, chunk_elements, la
     if chunk_elements is not None:
         monkeypatch.setattr(conv, "CHUNK_ELEMENTS", chunk_elements)
     monkeypatch.setattr(conv, "LAYOUT", layout)
+    monkeypatch.setattr(conv, "PER_EXAMPLE_FILTER", layout == "auto")
     keras.utils.set_random_seed(0)
     image = build([L.Conv2D(3, 3, strides=2, padding="same"), L.DepthwiseConv2D(3, depth_multiplier=2),
                    L.SeparableConv2D(2, 2), L.Conv2DTranspose(2, 2, strides=2)], (9, 9, 2))
@@ -289,22 +294,25 @@ def test_gram_form_in_chunks(monkeypatch):
 
 
 def test_whole_step_under_xla_takes_channels_first_and_matches(monkeypatch):
-    """Inside a `tf.function(jit_compile=True)` (a Keras step compiled with jit_compile=True) the
-    ungrouped conv takes the channels_first layout (XLA's CPU gather of the patches is slow); the
-    result stays exact. Outside, the same model takes transpose_b (static shapes)."""
-    layouts = []
-    original = conv._Part._matmul_layout
-    monkeypatch.setattr(conv._Part, "_matmul_layout",
-                        lambda self: layouts.append(original(self)) or layouts[-1])
+    """Inside a `tf.function(jit_compile=True)` (a Keras step compiled with jit_compile=True) an
+    ungrouped conv takes the channels_first matmul (XLA's CPU gather of the patches is slow, and
+    XLA would compile the per-example loop); outside, TF's filter gradient per example. Both
+    exact."""
+    paths = []
+    original = conv._Part.operands
+    monkeypatch.setattr(conv._Part, "operands",
+                        lambda self: paths.append(original(self)[0]) or original(self))
     monkeypatch.setattr(conv, "_kernel_choice", lambda *args: True)  # materialised form
+    monkeypatch.setattr(conv, "NATIVE_DEPTHWISE", False)  # (else O < K takes the depthwise path)
+    monkeypatch.setattr(conv, "PER_EXAMPLE_FILTER_MIN_WORK", 0)
     keras.utils.set_random_seed(0)
     model = build([L.Conv2D(3, 3, strides=2, padding="same", activation="tanh"), L.Conv2D(2, 2)],
                   (7, 7, 2))
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(4, 7, 7, 2)), rng.normal(size=(4, *model.output_shape[1:]))
     expected = reference(model, x, y)
-    for jit, layout in [(True, "channels_first"), (False, "transpose_b")]:
-        layouts.clear()
+    for jit, path in [(True, "gko"), (False, "direct")]:
+        paths.clear()
 
         @tf.function(jit_compile=jit)
         def run(xb, yb):
@@ -312,5 +320,5 @@ def test_whole_step_under_xla_takes_channels_first_and_matches(monkeypatch):
             return result.sq_norms, result.grad_sum
 
         norms, grad_sum = run(x, y)
-        assert layouts and set(layouts) == {layout}, (jit, layouts)
+        assert paths and set(paths) == {path}, (jit, paths)
         assert_matches(per_example.GradientSums(None, grad_sum, norms), expected)

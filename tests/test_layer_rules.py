@@ -343,13 +343,15 @@ def test_lora(case):
         "shared_kernel_letter": ((3, 5), lambda: keras.layers.EinsumDense("abc,bcd->abd", (3, 4))),
         "contracted_last": ((3, 5), lambda: keras.layers.EinsumDense("abc,dc->abd", (3, 4), bias_axes="d")),
     }[case]
+    keras.utils.set_random_seed(7)  # the same weights and data whatever the test order
+    draws = np.random.default_rng(7)
     inputs = keras.Input(shape)
     layer = make()
     model = keras.Model(inputs, layer(inputs))
     layer.enable_lora(2)
     for v in (layer.lora_kernel_a, layer.lora_kernel_b):
-        v.assign(rng.normal(size=v.shape))
-    x, y = rng.normal(size=(4,) + shape), rng.normal(size=(4,) + tuple(model.output.shape[1:]))
+        v.assign(draws.normal(size=v.shape))
+    x, y = draws.normal(size=(4,) + shape), draws.normal(size=(4,) + tuple(model.output.shape[1:]))
     assert rules_of(model) == {type(layer).__name__: "lora"}
     # Keras keeps the LoRA factors in float32 under any policy: their reference gradients are
     # float32-rounded, hence rtol 1e-5.

@@ -21,6 +21,7 @@ materialised form. How G_i is materialised (all exact):
 
 | path | when | how |
 |---|---|---|
+| per-example filter gradient | G = 1, rank ≤ 2, no dilation, not native, ≥ 2^22 multiply-adds per example, outside a whole-step XLA compile | TF's own filter gradient on one example at a time (`tf.map_fn`, 16 in flight), x cut to the read extent so the conv is 'VALID' |
 | native | depthwise (one input channel per group, G > 1), or G = 1 with O < K; rank ≤ 2, no dilation, equal strides | TF's depthwise filter gradient on [1, *S, m·C] (the examples folded into the channels: a depthwise conv never mixes channels), b tiled over the C input channels when G = 1 |
 | transpose_b | G = 1 and static spatial sizes (unless the whole step is XLA-compiled); without them, when x is clearly larger than b (e.g. Conv*Transpose, whose x is ∂ℓ/∂z) | P [m, L, K·C] (channels last: one gather with indices computed at trace time, or slices), then bᵀ P |
 | channels_first | grouped; G = 1 inside a whole-step XLA compile (`jit_compile=True`: XLA's CPU gather is slow), or with unknown spatial sizes unless transpose_b | P [m, G, Kg, L] from one transpose of the input and slices, then P b |
@@ -303,6 +304,15 @@ def _gram(p, b):
 # depthwise filter gradient with the examples folded into the channels (NATIVE_DEPTHWISE).
 LAYOUT = "auto"
 NATIVE_DEPTHWISE = True
+# TF's filter gradient per example (`per_example_filter_grads`) for an ungrouped conv whose G_i
+# costs at least this many multiply-adds per example; below, its per-call overhead loses to the
+# patches. Measured (benchmarks/coherence_models.py and keras_steps.py, batch 128, coherence step /
+# plain step, each in its own process): CNN Conv2D(32)-Conv2D(64)-pool (10.6M for the second
+# conv) 1.26–1.31 with patches, 1.11–1.12 with the threshold; CNN with pooling (0.2M and 2.2M)
+# 1.11 with patches, 1.30–1.35 when every conv took the loop, 1.15–1.20 with the threshold;
+# BN ResNet block (7.2M), training-mode pass: 1.40 → 1.05.
+PER_EXAMPLE_FILTER = True
+PER_EXAMPLE_FILTER_MIN_WORK = 1 << 22
 
 
 class _Part:
@@ -331,6 +341,23 @@ class _Part:
             return "tiled"
         return None
 
+    @property
+    def per_example_filter(self):
+        """Whether G_i comes from TF's own filter gradient run on each example (`tf.map_fn`, as in
+        `per_example_filter_grads`): an ungrouped conv of rank ≤ 2 without dilation that is not
+        native, outside a step XLA compiles as a whole (XLA would compile the loop)."""
+        return (PER_EXAMPLE_FILTER and self.groups == 1 and len(self.kernel) <= 2
+                and max(self.dilation) == 1 and not self.native
+                and self._multiply_adds_per_example() >= PER_EXAMPLE_FILTER_MIN_WORK
+                and not keras_internals.in_xla_compilation())
+
+    def _multiply_adds_per_example(self):
+        """L·K·C·O/G of one example's G_i (0 when the spatial sizes are unknown)."""
+        positions = _static_positions(self.y.shape[1:len(self.kernel) + 1])
+        if positions is None:
+            return 0
+        return positions * math.prod(self.kernel) * self.x.shape[-1] * self.y.shape[-1] // self.groups
+
     def patches(self):
         return patches(self.x, _spatial_sizes(self.y, len(self.kernel)), self.kernel, self.strides,
                        self.dilation, self.padding, self.groups)
@@ -357,7 +384,7 @@ class _Part:
         """Layout of the G_i from `operands`: "native", "gko" or "ok"."""
         if self.native:
             return "native"
-        return "gko" if self.matmul_layout == "channels_first" else "ok"
+        return "gko" if self.matmul_layout == "channels_first" or self.per_example_filter else "ok"
 
     def grad_shape(self, layout):
         """Shape of Σ_i G_i in `layout` (the kernel's elements, ordered by the layout)."""
@@ -378,7 +405,7 @@ class _Part:
         y_size = _product(_spatial_sizes(self.y, rank)) * self.y.shape[-1]
         if self.native == "tiled":
             return grad + x_size + y_size * self.x.shape[-1]
-        if self.native:
+        if self.native or self.per_example_filter:
             return grad + x_size + y_size
         positions = _product(_spatial_sizes(self.y, rank))
         return grad + positions * math.prod(self.kernel) * self.x.shape[-1]
@@ -402,6 +429,9 @@ class _Part:
         if self.native:
             return "native", native_depthwise(self.x, self.y, self.kernel, self.strides, self.padding,
                                               tiled=self.native == "tiled"), None
+        if self.per_example_filter:
+            return "direct", per_example_filter_grads(self.x, self.y, self.kernel, self.strides,
+                                                      self.padding), None
         if self.matmul_layout == "channels_first":
             return "gko", self.patches(), self.outputs()
         rank = len(self.kernel)
@@ -413,9 +443,32 @@ class _Part:
 
 
 def _gradients(layout, a, b):
-    if layout == "native":
+    if b is None:  # "native" / "direct": a holds the G_i
         return a
     return tf.matmul(a, b, transpose_a=layout == "ok")
+
+
+def per_example_filter_grads(x, y, kernel, strides, padding):
+    """Per-example kernel gradients [m, 1, K·C, O] (the "gko" layout, G = 1) from TF's own filter
+    gradient, run on one example at a time (`tf.map_fn`, 16 in flight).
+
+    x [m, *S, C], y [m, *L, O], rank 1 or 2, no dilation. x is first cut to exactly the extent the
+    L output positions read (`_fit`, which also applies 'same' padding), so the conv is 'VALID'."""
+    rank = len(kernel)
+    x, _ = _fit(x, _spatial_sizes(y, rank), kernel, strides, (1,) * rank, padding)
+    if rank == 1:
+        x, y = x[:, None], y[:, None]
+        kernel, strides = (1, *kernel), (1, *strides)
+    channels, out_channels = x.shape[-1], y.shape[-1]
+    filter_sizes = [*kernel, channels, out_channels]
+
+    def one_example(pair):
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=pair[0][None], filter_sizes=filter_sizes, out_backprop=pair[1][None],
+            strides=[1, *strides, 1], padding="VALID")
+
+    g = tf.map_fn(one_example, (x, y), fn_output_signature=x.dtype, parallel_iterations=16)
+    return tf.reshape(g, _dims(tf.shape(x)[0], 1, math.prod(kernel) * channels, out_channels))
 
 
 def native_depthwise(x, y, kernel, strides, padding, tiled=False):
@@ -463,7 +516,7 @@ def _reduce(layouts, materialise, layout, tensors):
     examples = 1 if layout == "native" else 0
     per_example, grad_sum = None, None
     for own, flag in zip(layouts, materialise):
-        g = _gradients(own, tensors.pop(0), None if own == "native" else tensors.pop(0))
+        g = _gradients(own, tensors.pop(0), None if own in ("native", "direct") else tensors.pop(0))
         if layout == "gko" and own == "ok":  # calls of different shapes chose different layouts
             g = tf.transpose(g, [0, 2, 1])[:, None]
         per_example = g if per_example is None else per_example + g
