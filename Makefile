@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.optimizers
 	$(PY) benchmarks/coherence.py
 	$(PY) -m benchmarks.coherence_models
+	$(PY) -m benchmarks.measure_calls
 	$(PY) -m benchmarks.keras_steps
 	$(PY) -m benchmarks.transformer_rules
 	$(PY) -m benchmarks.conv_rules
