@@ -103,6 +103,10 @@ class StreamingCoherence:
         self._sums = [tf.Variable(tf.zeros(s, tf.float64), trainable=False) for s in shapes]
         self._sq_norm_sums = tf.Variable(tf.zeros([len(shapes)], tf.float64), trainable=False)
         self._count = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+        # One compiled call each instead of 2V + 2 (reset) and 2V (result) eager ops: on the MLP
+        # of benchmarks/measure_calls.py those ops cost as much as the batch computation itself.
+        self._reset = tf.function(self._assign_zeros, autograph=False)
+        self._sq_norms_of_sums = tf.function(self._squared_norms, autograph=False)
 
     @classmethod
     def for_model(cls, model):
@@ -110,37 +114,59 @@ class StreamingCoherence:
         return cls(model.trainable_variables, per_example.variable_layer_names(model))
 
     def reset(self):
+        self._reset()
+
+    def _assign_zeros(self):
         for s in self._sums:
             s.assign(tf.zeros_like(s))
         self._sq_norm_sums.assign(tf.zeros_like(self._sq_norm_sums))
         self._count.assign(0)
 
-    def update(self, grad_sum, sq_norms):
-        """Adds a batch: grad_sum = list of Σ_i g_i per variable (None = zero); sq_norms [m, V]."""
+    def _squared_norms(self):
+        """[V] float64: ‖S_v‖² of every variable's running sum."""
+        return tf.stack([tf.reduce_sum(tf.square(s)) for s in self._sums] or [tf.zeros([], tf.float64)])
+
+    def update(self, grad_sum, sq_norms, first=False):
+        """Adds a batch: grad_sum = list of Σ_i g_i per variable (None = zero); sq_norms [m, V].
+
+        first: bool (or bool scalar tensor); True replaces everything added before by this batch
+        (a reset and an update in one pass over the sums)."""
         if len(grad_sum) != len(self._sums):
             raise ValueError(f"grad_sum has {len(grad_sum)} entries for {len(self._sums)} variables.")
         sq_norms = tf.cast(sq_norms, tf.float64)
+        first = tf.convert_to_tensor(first, tf.bool)
+
+        def added(variable, value):  # `where`, not a product: a NaN from before must not survive
+            return tf.where(first, value, variable + value)
+
         for total, g in zip(self._sums, grad_sum):
-            if g is not None:
-                total.assign_add(tf.cast(tf.convert_to_tensor(g), tf.float64))
-        self._sq_norm_sums.assign_add(tf.reduce_sum(sq_norms, axis=0))
-        self._count.assign_add(tf.cast(tf.shape(sq_norms)[0], tf.int64))
+            g = tf.zeros_like(total) if g is None else tf.cast(tf.convert_to_tensor(g), tf.float64)
+            total.assign(added(total, g))
+        self._sq_norm_sums.assign(added(self._sq_norm_sums, tf.reduce_sum(sq_norms, axis=0)))
+        self._count.assign(added(self._count, tf.cast(tf.shape(sq_norms)[0], tf.int64)))
 
     @property
     def count(self) -> int:
         return int(self._count.numpy())
 
-    def _stats(self, indices, m):
-        sq_norm_of_sum = sum(float(tf.reduce_sum(tf.square(self._sums[j]))) for j in indices)
-        q = self._sq_norm_sums.numpy()
-        return stats_from_sums(sq_norm_of_sum, float(np.sum(q[list(indices)])), m)
+    @staticmethod
+    def _stats(indices, m, sq_norms_of_sums, sum_of_sq_norms):
+        indices = list(indices)
+        return stats_from_sums(float(np.sum(sq_norms_of_sums[indices])),
+                               float(np.sum(sum_of_sq_norms[indices])), m)
 
-    def result(self, per_layer=False) -> CoherenceStats:
-        """CoherenceStats of everything added so far (per layer on request)."""
+    def result(self, per_layer=False, sq_norms_of_sums=None) -> CoherenceStats:
+        """CoherenceStats of everything added so far (per layer on request).
+
+        sq_norms_of_sums: [V] ‖S_v‖² if the caller computed them already (as `measure`'s compiled
+        batch function does, after its last update), else computed here."""
         m = self.count
         if m == 0:
             raise ValueError("Empty sample: no examples were added to the accumulator.")
-        whole = self._stats(range(len(self._sums)), m)
+        if sq_norms_of_sums is None:
+            sq_norms_of_sums = self._sq_norms_of_sums()
+        sums = (np.asarray(sq_norms_of_sums), self._sq_norm_sums.numpy())
+        whole = self._stats(range(len(self._sums)), m, *sums)
         if not per_layer:
             return whole
         if self.layer_names is None:
@@ -148,7 +174,7 @@ class StreamingCoherence:
         groups = {}
         for j, name in enumerate(self.layer_names):
             groups.setdefault(name, []).append(j)
-        layers = {name: self._stats(indices, m) for name, indices in groups.items()}
+        layers = {name: self._stats(indices, m, *sums) for name, indices in groups.items()}
         return dataclasses.replace(whole, per_layer=layers)
 
 
@@ -209,21 +235,22 @@ def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, train
         raise ValueError("Empty sample: the dataset yielded no examples.")
     per_example.ensure_built(model, first[0])
     add_batch, accumulator = _cached(model, "measure", loss, training, _build_measure)
-    accumulator.reset()
-    add_batch(*first)
+    sq_norms_of_sums = add_batch(*first, tf.constant(True))  # replaces the previous call's sums
     for xb, yb in batches:
-        add_batch(xb, yb)
-    return accumulator.result(per_layer=per_layer)
+        sq_norms_of_sums = add_batch(xb, yb, tf.constant(False))
+    return accumulator.result(per_layer=per_layer, sq_norms_of_sums=sq_norms_of_sums.numpy())
 
 
 def _build_measure(model, loss_fn, training):
-    """(compiled `add_batch(x, y)`, its StreamingCoherence accumulator) for `measure`."""
+    """(compiled `add_batch(x, y, first) -> [V] ‖S_v‖² so far`, its StreamingCoherence
+    accumulator) for `measure`: one launch per batch, no separate reset or read-out."""
     accumulator = StreamingCoherence.for_model(model)
 
     @tf.function(reduce_retracing=True)
-    def add_batch(xb, yb):
+    def add_batch(xb, yb, first):
         sums = per_example.gradients_and_sq_norms(model, xb, yb, loss_fn, training=training)
-        accumulator.update(sums.grad_sum, sums.sq_norms)
+        accumulator.update(sums.grad_sum, sums.sq_norms, first=first)
+        return accumulator._squared_norms()
 
     return add_batch, accumulator
 

@@ -196,3 +196,19 @@ def test_errors():
         coherence.loss_reduction_fractions(model, x, y, np.ones(4, bool))
     with pytest.raises(ValueError, match="Empty"):
         coherence.StreamingCoherence.for_model(model).result()
+
+
+def test_streaming_first_batch_replaces_earlier_sums_even_non_finite():
+    """`update(..., first=True)` is a reset and an update in one pass (what `measure` does on
+    its first batch): nothing from before survives, not even a NaN or an Inf."""
+    acc = coherence.StreamingCoherence([(2,), (1,)])
+    acc.update([tf.constant([np.nan, 1.0]), None], tf.constant([[np.inf, 1.0]]))
+    g = [tf.constant([1.0, 2.0]), tf.constant([3.0])]
+    sq_norms = tf.constant([[1.0, 4.0], [2.0, 5.0]])
+    acc.update(g, sq_norms, first=tf.constant(True))
+    acc.update(g, sq_norms)  # accumulates
+    expected = coherence.stats_from_sums(4 * (1 + 4 + 9), 2 * (1 + 4 + 2 + 5), 4)
+    got = acc.result()
+    assert acc.count == 4
+    assert got.m_coherence == pytest.approx(expected.m_coherence, rel=1e-12)
+    assert got.alpha == pytest.approx(expected.alpha, rel=1e-12)
