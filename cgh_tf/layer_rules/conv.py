@@ -425,7 +425,8 @@ class _Part:
 
     def operands(self):
         """(layout, a, b) with G_i of every example = `_gradients(layout, a, b)`: "gko" [m, G, Kg, Og]
-        = P b, "ok" [m, O, K·C] (G = 1) = bᵀ P, or "native" [K, m, C, M] = a itself."""
+        = P b, "ok" [m, O, K·C] (G = 1) = bᵀ P, or a itself (b None): "native" [K, m, C, M], "direct"
+        [m, 1, K·C, O] (TF's filter gradient per example, already in the "gko" layout)."""
         if self.native:
             return "native", native_depthwise(self.x, self.y, self.kernel, self.strides, self.padding,
                                               tiled=self.native == "tiled"), None
@@ -545,8 +546,9 @@ def _use_xla(tensors):
 
 # Materialised per-example gradients (and patches) of at most about this many elements at once
 # (32 MB in float32): larger batches are processed in chunks of examples (memory independent of m).
-# Measured (benchmarks/memory.py, BN ResNet block, 28×28×32 convs at batch 128, patches 110 MB
-# each): step extra 298–325 MB with 2^23, 359–361 MB with 2^26 (one chunk), same step time.
+# Measured (benchmarks/memory.py, BN ResNet block, 28×28×32 convs at batch 128 on the patch path,
+# patches 110 MB each): step extra 298–325 MB with 2^23, 359–361 MB with 2^26 (one chunk), same
+# step time. (Those convs now take TF's filter gradient per example: 136 MB, a plain step 135.)
 CHUNK_ELEMENTS = 1 << 23
 
 
