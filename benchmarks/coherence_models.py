@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import cgh_tf  # noqa: E402
-from benchmarks import memory  # noqa: E402
+from benchmarks import keras_steps, memory  # noqa: E402
 from benchmarks.coherence import time_interleaved  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -58,15 +58,7 @@ def train_step(model_name, model_class, options, jit):
     base = memory.builder(model_name)()
     model = model_class(base.inputs, base.outputs)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss=LOSS, **options)
-    model.optimizer.build(model.trainable_variables)
-    if isinstance(model, cgh_tf.Model):
-        model.make_train_function()
-
-    @tf.function(jit_compile=jit)
-    def step(x, y):
-        return model.train_step((x, y))["loss"]
-
-    return step
+    return keras_steps.compiled_train_step(model, jit)
 
 
 def variants_for(model_name):

@@ -78,14 +78,14 @@ def train_step(build_model, model_class, options):
     return compiled_train_step(model)
 
 
-def compiled_train_step(model):
+def compiled_train_step(model, jit=False):
     """`tf.function` (x, y) -> loss running the compiled `model`'s own `train_step`, with the
-    optimizer built first (and cgh_tf.Model's per-layer keys, as `fit` would)."""
+    optimizer built first (and cgh_tf.Model's per-layer keys, as `fit` would); jit: XLA."""
     model.optimizer.build(model.trainable_variables)
     if isinstance(model, cgh_tf.Model):
         model.make_train_function()
 
-    @tf.function
+    @tf.function(jit_compile=jit)
     def step(x, y):
         return model.train_step((x, y))["loss"]
 

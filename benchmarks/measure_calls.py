@@ -12,8 +12,6 @@ as benchmarks/coherence_models.py (BN in inference mode, `measure`'s default).
 import argparse
 import os
 import platform
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,6 +21,7 @@ import tensorflow as tf  # noqa: E402
 
 import cgh_tf  # noqa: E402
 from benchmarks import coherence_models, memory  # noqa: E402
+from benchmarks.coherence import time_interleaved  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -44,18 +43,10 @@ def ratio(model_name, rounds):
     keras.utils.set_random_seed(0)
     model = memory.builder(model_name)()
     x, y = coherence_models.batch_for(model_name, np.random.default_rng(0))
-    calls = {"plain": lambda: float(plain_gradient_fn(x, y)),
-             "measure": lambda: cgh_tf.coherence.measure(model, x, y, loss=LOSS).m_coherence}
-    plain_gradient_fn = plain_gradient(model)
-    for call in calls.values():
-        call(), call()
-    times = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    plain, measured = (statistics.median(times[n]) for n in ("plain", "measure"))
+    calls = {"plain": plain_gradient(model),
+             "measure": lambda xb, yb: cgh_tf.coherence.measure(model, xb, yb, loss=LOSS).m_coherence}
+    result = time_interleaved(calls, x, y, rounds)  # two warm-up calls each, then the rounds
+    plain, measured = (result[n][0] for n in ("plain", "measure"))
     return plain * 1e3, measured / plain
 
 

@@ -13,7 +13,7 @@ float32, one process, the same pre-built batches for every optimizer:
 | M3 in-batch | `cgh_tf.Model` train step with M3 on a batch of 3 x 128 (3 groups of 128),  | <= 1.10 |
 |  / SGD      | divided by 3 SGD steps on the same 384 examples (Keras `train_step`s both)  |        |
 | floor / SGD | SGD on a fused median of the gradient and two buffers + one buffer copy,    |        |
-|             | no bookkeeping (`make_floor_step`): the arithmetic RM3 cannot avoid         |        |
+|             | no bookkeeping (`FloorOptimizer`): the arithmetic RM3 cannot avoid         |        |
 
 Every optimizer's `tf.function` is traced and run before timing (warm-up excluded). Each repeat
 times `--steps` steps of every optimizer in interleaved order (SGD, RM3, M3, SGD, ...) so that
@@ -100,31 +100,25 @@ def make_step(build_model, make_optimizer, jit):
     return step
 
 
-def make_floor_step(build_model, jit):
+class FloorOptimizer:
     """The arithmetic RM3 cannot avoid, without its bookkeeping: SGD on the fused median of the
     gradient and two buffers (`robust.fused_medians`), then the gradient copied into one buffer;
-    no finiteness check, no counters, no conditional update. Its time / SGD is a floor for RM3."""
-    keras.utils.set_random_seed(0)
-    model = build_model()
-    optimizer = keras.optimizers.SGD(LR)
-    optimizer.build(model.trainable_variables)
-    variables = model.trainable_variables
-    buffers = [[tf.Variable(tf.zeros_like(v)) for v in variables] for _ in range(2)]
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    no finiteness check, no counters, no conditional update. Its step time / SGD's is a floor for
+    RM3. Has the two methods `make_step` calls."""
 
-    @tf.function(jit_compile=jit)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, variables)
+    def __init__(self):
+        self.sgd = keras.optimizers.SGD(LR)
+
+    def build(self, variables):
+        self.sgd.build(variables)
+        self.buffers = [[tf.Variable(tf.zeros_like(v)) for v in variables] for _ in range(2)]
+
+    def apply(self, grads, variables):
         medians = robust.fused_medians(
-            [[g, a.read_value(), b.read_value()] for g, a, b in zip(grads, *buffers)])
-        optimizer.apply(medians, variables)
-        for g, a in zip(grads, buffers[0]):
+            [[g, a.read_value(), b.read_value()] for g, a, b in zip(grads, *self.buffers)])
+        self.sgd.apply(medians, variables)
+        for g, a in zip(grads, self.buffers[0]):
             a.assign(g)
-        return loss
-
-    return step
 
 
 def make_keras_train_step(build_model, model_class, make_optimizer, jit):
@@ -171,7 +165,7 @@ def time_steps(step, batches):
 def benchmark(build_model, input_shape, jit, repeats, steps):
     batches = make_batches(input_shape, steps)
     steps_by_name = {name: make_step(build_model, make, jit) for name, make in OPTIMIZERS.items()}
-    steps_by_name["floor"] = make_floor_step(build_model, jit)
+    steps_by_name["floor"] = make_step(build_model, FloorOptimizer, jit)
     for step in steps_by_name.values():  # warm-up: trace, compile, fill RM3's window
         time_steps(step, batches[:6])
     times = {name: [] for name in steps_by_name}

@@ -147,14 +147,7 @@ def paired_differences(runs, key):
 # Model, data, loops
 # ----------------------------------------------------------------------------------------------
 
-def build_model(config, input_shape, num_classes):
-    import keras
-
-    inputs = keras.Input(input_shape)
-    h = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
-    for i in range(int(config.depth)):
-        h = keras.layers.Dense(int(config.width), activation="relu", name=f"hidden{i + 1}")(h)
-    return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(h))
+build_model = common.mlp
 
 
 def _initial_model(config, ds):
@@ -397,9 +390,7 @@ def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
 
-    def need(ok, message):
-        if not ok:
-            raise ValueError(message)
+    need = common.require
 
     need(config.dataset in data.DATASETS, f"dataset={config.dataset!r} is unknown; allowed: "
          f"{', '.join(data.DATASETS)}")

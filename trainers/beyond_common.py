@@ -54,6 +54,40 @@ def finished_result(run_dir, config_dict):
     return None
 
 
+def mlp(config, input_shape, num_classes):
+    """The experiments' ReLU MLP: [Flatten →] `config.depth` × Dense(`config.width`) → Dense logits,
+    layers named flatten, hidden1 .. hidden<depth>, out (the per-layer result keys)."""
+    import keras
+
+    inputs = keras.Input(input_shape)
+    h = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+    for i in range(int(config.depth)):
+        h = keras.layers.Dense(int(config.width), activation="relu", name=f"hidden{i + 1}")(h)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(h))
+
+
+def require(ok, message):
+    """ValueError(message) unless ok: the one-line config checks of the experiments' `check_config`."""
+    if not ok:
+        raise ValueError(message)
+
+
+def resumable(train, check_config):
+    """An experiment's public `run(config, run_dir, echo=print)` from its `train(config, run_dir,
+    echo)`: a finished run returns its results, a config that `check_config` rejects raises (one
+    line) before anything is written (`finished_or_checked`), echo=None is silent; otherwise
+    `train` trains the run or resumes it."""
+
+    def run(config, run_dir, echo=print):
+        done = finished_or_checked(config, run_dir, check_config)
+        if done is not None:
+            return done
+        return train(config, run_dir, echo or (lambda line: None))
+
+    run.__doc__ = f"Train (or resume, or skip if finished) one {train.__module__} run; returns its results dict."
+    return run
+
+
 def finished_or_checked(config, run_dir, check_config):
     """The results of a finished run of exactly `config` in `run_dir`; else None, after
     `check_config(config)` has accepted it (raises before any work)."""

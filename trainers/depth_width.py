@@ -38,14 +38,7 @@ DEFAULT_SEEDS = 2
 LABELS = ("real", "random")
 
 
-def build_model(config, input_shape, num_classes):
-    import keras
-
-    inputs = keras.Input(input_shape)
-    h = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
-    for i in range(int(config.depth)):
-        h = keras.layers.Dense(int(config.width), activation="relu", name=f"hidden{i + 1}")(h)
-    return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(h))
+build_model = common.mlp
 
 
 def _log_epochs(config):
@@ -80,13 +73,9 @@ def summarize(curves, num_params):
             "num_params": num_params}
 
 
-def run(config, run_dir, echo=print):
-    """Train (or resume, or skip if finished) one run; returns its results dict."""
-    echo = echo or (lambda line: None)
+def _train(config, run_dir, echo):
+    """The training of one run (`run` below: finished runs and bad configs are handled there)."""
     config_dict = config.to_dict()
-    done = common.finished_or_checked(config, run_dir, check_config)
-    if done is not None:
-        return done
     import keras
     import tensorflow as tf
 
@@ -710,3 +699,6 @@ def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, comma
 
 def _fmt_num(v):
     return "n/a" if v is None else f"{v:.2f}"
+
+
+run = common.resumable(_train, check_config)

@@ -25,23 +25,12 @@ from trainers import hparams_board
 DEFAULT_SEEDS = 2
 
 
-def build_model(config, input_shape, num_classes):
-    import keras
-
-    inputs = keras.Input(input_shape)
-    h = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
-    for i in range(int(config.depth)):
-        h = keras.layers.Dense(int(config.width), activation="relu", name=f"hidden{i + 1}")(h)
-    return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(h))
+build_model = common.mlp
 
 
-def run(config, run_dir, echo=print):
-    """Train (or resume, or skip if finished) one run; returns its results dict."""
-    echo = echo or (lambda line: None)
+def _train(config, run_dir, echo):
+    """The training of one run (`run` below: finished runs and bad configs are handled there)."""
     config_dict = config.to_dict()
-    done = common.finished_or_checked(config, run_dir, check_config)
-    if done is not None:
-        return done
     import keras
     import tensorflow as tf
 
@@ -139,9 +128,7 @@ def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
 
-    def need(ok, message):
-        if not ok:
-            raise ValueError(message)
+    need = common.require
 
     need(config.dataset in data.DATASETS, f"dataset={config.dataset!r} is unknown; allowed: "
          f"{', '.join(data.DATASETS)}")
@@ -315,3 +302,6 @@ def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, comma
     plan = arms(scale, seeds, overrides, widths)  # every config checked before the workdir exists
     runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
     return report(workdir, runs, command, seconds)
+
+
+run = common.resumable(_train, check_config)

@@ -90,9 +90,7 @@ AGGREGATIONS = ("mean", "winsorize")
 
 def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
-    def need(ok, message):
-        if not ok:
-            raise ValueError(message)
+    need = common.require
 
     from cgh_tf import modular
 
@@ -238,13 +236,9 @@ def _progress_line(step, total, row):
             f"{row['coherence/test/m_coherence']:.2f} |w| {row['weight_norm']:.1f}")
 
 
-def run(config, run_dir, echo=print):
-    """Train (or resume, or skip if finished) one grokking run; returns its results dict."""
-    echo = echo or (lambda line: None)
+def _train(config, run_dir, echo):
+    """The training of one run (`run` below: finished runs and bad configs are handled there)."""
     config_dict = config.to_dict()
-    done = common.finished_or_checked(config, run_dir, check_config)
-    if done is not None:
-        return done
     import keras
     import tensorflow as tf
 
@@ -522,3 +516,6 @@ def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, comma
     plan = arms(scale, seeds, overrides, groups)  # every config checked before the workdir exists
     runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
     return report(workdir, runs, command, seconds)
+
+
+run = common.resumable(_train, check_config)

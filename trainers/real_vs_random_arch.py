@@ -122,13 +122,9 @@ def _hparams(config):
             "coherence_samples": int(config.coherence_samples)}
 
 
-def run(config, run_dir, echo=print):
-    """Train (or resume, or skip if finished) one run; returns its results dict."""
-    echo = echo or (lambda line: None)
+def _train(config, run_dir, echo):
+    """The training of one run (`run` below: finished runs and bad configs are handled there)."""
     config_dict = config.to_dict()
-    done = common.finished_or_checked(config, run_dir, check_config)
-    if done is not None:
-        return done
     import keras
     import tensorflow as tf
 
@@ -368,9 +364,7 @@ def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
 
-    def need(ok, message):
-        if not ok:
-            raise ValueError(message)
+    need = common.require
 
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
@@ -657,3 +651,6 @@ def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, comma
     plan = arms(scale, seeds, overrides, archs)  # every config checked before anything is written
     runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
     return report(workdir, runs, command, seconds)
+
+
+run = common.resumable(_train, check_config)

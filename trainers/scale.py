@@ -87,9 +87,7 @@ def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
 
-    def need(ok, message):
-        if not ok:
-            raise ValueError(message)
+    need = common.require
 
     def is_int(value):
         return isinstance(value, int) and not isinstance(value, bool)
@@ -142,14 +140,7 @@ def log_epochs(config):
                   | {int(config.epochs)})
 
 
-def build_model(config, input_shape, num_classes):
-    import keras
-
-    inputs = keras.Input(input_shape)
-    h = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
-    for i in range(int(config.depth)):
-        h = keras.layers.Dense(int(config.width), activation="relu", name=f"hidden{i + 1}")(h)
-    return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(h))
+build_model = common.mlp
 
 
 def build_optimizer(config):
@@ -247,13 +238,9 @@ def hparams_of(config):
             "epochs": c["epochs"], "seed": c["seed"]}
 
 
-def run(config, run_dir, echo=print):
-    """Train (or resume, or skip if finished) one run; returns its results dict."""
-    echo = echo or (lambda line: None)
+def _train(config, run_dir, echo):
+    """The training of one run (`run` below: finished runs and bad configs are handled there)."""
     config_dict = config.to_dict()
-    done = common.finished_or_checked(config, run_dir, check_config)
-    if done is not None:
-        return done
     import keras
     import tensorflow as tf
 
@@ -743,3 +730,6 @@ def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, comma
     plan = arms(scale, seeds, overrides, arm_names, sizes)  # every config checked first
     runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
     return report(workdir, runs, command, seconds)
+
+
+run = common.resumable(_train, check_config)

@@ -322,7 +322,8 @@ class _Part:
         self.x, self.y = base.full_precision(x), base.full_precision(y)
         self.kernel, self.strides, self.dilation = kernel, strides, dilation
         self.padding, self.groups, self.materialise = padding, groups, materialise
-        self.matmul_layout = self._matmul_layout()  # fixed here: chunks of examples keep it
+        self.matmul_layout = self._matmul_layout()  # fixed here: chunks of examples keep them
+        self.per_example_filter = self._per_example_filter()
 
     @property
     def native(self):
@@ -341,8 +342,7 @@ class _Part:
             return "tiled"
         return None
 
-    @property
-    def per_example_filter(self):
+    def _per_example_filter(self):
         """Whether G_i comes from TF's own filter gradient run on each example (`tf.map_fn`, as in
         `per_example_filter_grads`): an ungrouped conv of rank ≤ 2 without dilation that is not
         native, outside a step XLA compiles as a whole (XLA would compile the loop)."""
