@@ -12,11 +12,14 @@ interleaved (one step of each side per round; median over rounds), after two war
 | cnn         | Conv2D(32)-pool-Conv2D(64)-pool-Dense(128)-Dense(10) (benchmarks/optimizers.py) | 128 |
 | transformer | encoder block, sequence 64, width 128, 4 heads, vocabulary 1,000 (benchmarks/transformer_rules.py) | 64 |
 | resnet      | BatchNorm ResNet block on 28×28×1 (benchmarks/memory.py)       | 128   |
+| resnet_frozen | the same with BatchNorm frozen (`trainable=False`, fine-tuning) | 128 |
 
 Target (issue 10): ≤ 1.25 (goal 1.10). The ResNet block computes differently in training and
 inference mode, so its inference-mode metric is a second pass (cgh_tf/training.py); the column
 `coherence_training=True` shows the same model with the metric taken from the update's own
 training-mode pass (BatchNorm with batch statistics; documented in `cgh_tf.Model.compile`).
+With the BatchNorm layers frozen (`resnet_frozen`) both modes compute the same, so the metric
+comes from the update's pass without that option.
 """
 
 import argparse
@@ -34,7 +37,8 @@ from benchmarks import keras_steps, memory  # noqa: E402
 from benchmarks.coherence import time_interleaved  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-SHAPES = {"mlp": (784,), "cnn": (28, 28, 1), "transformer": (64,), "resnet": (28, 28, 1)}
+SHAPES = {"mlp": (784,), "cnn": (28, 28, 1), "transformer": (64,), "resnet": (28, 28, 1),
+          "resnet_frozen": (28, 28, 1)}
 VARIANTS = {
     "plain": (keras.Model, {}),
     "coherence_every=1": (cgh_tf.Model, {"coherence_every": 1}),

@@ -97,9 +97,10 @@ WINSORIZE_PCT = 10.0
 MODES = ("plain", "coherence", "coherence_training", "rm3", "ra3", "m3", "m3_inbatch", "winsorize")
 CGH_MODES = ("coherence", "coherence_training", "m3_inbatch", "winsorize")  # cgh_tf.Model; the others keras.Model
 MODEL_NAMES = ("mlp", "cnn", "transformer", "resnet", "tiny")
-BATCH = {"mlp": 128, "cnn": 128, "transformer": 64, "resnet": 128, "tiny": 12}
+BATCH = {"mlp": 128, "cnn": 128, "transformer": 64, "resnet": 128, "resnet_frozen": 128, "tiny": 12}
 LABELS = {"mlp": "MLP 784-512-512-10", "cnn": "CNN 32-pool-64-pool-128-10",
           "transformer": "Transformer encoder block", "resnet": "BN ResNet block",
+          "resnet_frozen": "BN ResNet block, BN frozen",
           "tiny": "tiny MLP 8-16-10"}
 # Issue 10: coherence vs plain on four models; issue 11: every wrapper vs SGD on MLP and CNN.
 ISSUE10 = [(m, mode) for m in ("mlp", "cnn", "transformer", "resnet") for mode in ("plain", "coherence")]
@@ -180,6 +181,17 @@ def resnet_block():
     return keras.Model(inputs, L.Dense(10)(h), name="resnet_block")
 
 
+def resnet_block_frozen_bn():
+    """The same block with its BatchNorm layers frozen (`trainable=False`), as when fine-tuning:
+    inference mode in both modes, so the coherence metric shares the update's pass."""
+    import keras
+    model = resnet_block()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return model
+
+
 def tiny_mlp():
     import keras
     return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
@@ -190,7 +202,7 @@ def builder(model_name):
     from benchmarks import coherence, optimizers, transformer_rules
     return {"mlp": coherence.mlp, "cnn": optimizers.small_cnn,
             "transformer": transformer_rules.encoder_block, "resnet": resnet_block,
-            "tiny": tiny_mlp}[model_name]
+            "resnet_frozen": resnet_block_frozen_bn, "tiny": tiny_mlp}[model_name]
 
 
 def make_batch(model_name):
@@ -202,7 +214,8 @@ def make_batch(model_name):
         from benchmarks import transformer_rules as t
         x = rng.integers(0, t.VOCAB, size=(m, t.SEQ)).astype("int32")
     else:
-        shape = {"mlp": (784,), "cnn": (28, 28, 1), "resnet": (28, 28, 1), "tiny": (8,)}[model_name]
+        shape = {"mlp": (784,), "cnn": (28, 28, 1), "resnet": (28, 28, 1), "resnet_frozen": (28, 28, 1),
+                 "tiny": (8,)}[model_name]
         x = rng.normal(size=(m,) + shape).astype("float32")
     return tf.constant(x), tf.constant(rng.integers(0, 10, size=m))
 

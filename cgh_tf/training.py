@@ -206,8 +206,10 @@ def _depends_on_training(layer) -> bool:
     user layers), read from the public signature of `call` (as Keras does itself), except Keras'
     own calls that only pass `training` on to sublayers, which are checked on their own: functional
     and Sequential models, MultiHeadAttention and GroupQueryAttention (their only mode-dependent
-    part is a Dropout sublayer); Dense / EinsumDense (float8 quantization only); and a Dropout with
-    rate 0, which is the identity in both modes.
+    part is a Dropout sublayer); Dense / EinsumDense (float8 quantization only); a Dropout with
+    rate 0, which is the identity in both modes; and a frozen BatchNormalization
+    (`trainable=False`), which Keras 3 runs in inference mode in both (documented in its
+    docstring, pinned in tests/test_training.py), as when fine-tuning a pretrained network.
     """
     if "training" not in inspect.signature(layer.call).parameters:
         return False
@@ -216,6 +218,8 @@ def _depends_on_training(layer) -> bool:
             return getattr(layer, "quantization_mode", None) == "float8"
     if _keras_call(layer, keras.layers.Dropout):
         return layer.rate > 0
+    if _keras_call(layer, keras.layers.BatchNormalization):
+        return layer.trainable
     return not any(_keras_call(layer, base) for base in _PASS_TRAINING_ON)
 
 

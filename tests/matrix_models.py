@@ -15,6 +15,7 @@ under the dtype policy of the test (float64 Keras for the exact comparisons).
 | mlp | Dense relu, Dense | trainer |
 | cnn_pool | Conv2D-MaxPool-Conv2D-MaxPool-Flatten-Dense-Dense | trainer |
 | resnet_block_bn | Conv-BN-ReLU-Conv-BN + skip, GAP, Dense (BN with random moving stats) | trainer |
+| resnet_block_frozen_bn | the same with BN frozen (`trainable=False`, fine-tuning) | trainer |
 | conv1d_text | Embedding-Conv1D-GlobalMaxPool1D-Dense | |
 | conv3d | Conv3D-Flatten-Dense | |
 | depthwise_separable_2d / _1d | DepthwiseConv-SeparableConv-Flatten-Dense | |
@@ -261,6 +262,17 @@ def resnet_block_bn(model_cls):
     h = L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(h))
     h = L.GlobalAveragePooling2D()(L.ReLU()(L.Add()([inputs, h])))
     return _classifier(model_cls, inputs, h, after_build=_randomise_moving_statistics)
+
+
+@architecture("resnet_block_frozen_bn", trainer=True)
+def resnet_block_frozen_bn(model_cls):
+    """Fine-tuning: BatchNorm frozen (`trainable=False`, so inference mode in both modes); the
+    trainer metric then comes from the update's own pass (cgh_tf/training.py)."""
+    case = resnet_block_bn(model_cls)
+    for layer in case.model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.trainable = False
+    return case
 
 
 # ----------------------------------------------------------------------------------------------

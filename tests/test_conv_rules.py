@@ -71,19 +71,22 @@ def assert_fast(model):
     assert all(p.rule != per_example.FALLBACK for p in plans), str(plans)
 
 
-FORMS = {  # name -> (conv._kernel_choice override, LAYOUT, NATIVE_DEPTHWISE, XLA, PER_EXAMPLE_FILTER)
-    "auto": (None, "auto", True, True, True),
-    "gram": (False, "auto", True, False, True),
-    "channels_first": (True, "channels_first", False, False, False),
-    "transpose_b": (True, "transpose_b", False, False, False),
-    "native": (True, "auto", True, False, False),
-    "per_example_filter": (True, "auto", False, False, True),
+FORMS = {  # name -> (conv._kernel_choice override, LAYOUT, NATIVE_DEPTHWISE, XLA, PER_EXAMPLE_FILTER,
+    #                 GROUPED_FILTER)
+    "auto": (None, "auto", True, True, True, "xla"),
+    "gram": (False, "auto", True, False, True, "xla"),
+    "channels_first": (True, "channels_first", False, False, False, "xla"),
+    "transpose_b": (True, "transpose_b", False, False, False, "xla"),
+    "native": (True, "auto", True, False, False, "xla"),
+    "per_example_filter": (True, "auto", False, False, True, "xla"),
+    "grouped_filter": (True, "auto", False, False, True, "always"),
 }
 
 
 @pytest.fixture
 def form(request, monkeypatch):
-    choice, layout, native, xla, per_example_filter = FORMS[request.param]
+    choice, layout, native, xla, per_example_filter, grouped_filter = FORMS[request.param]
+    monkeypatch.setattr(conv, "GROUPED_FILTER", grouped_filter)
     if choice is not None:
         monkeypatch.setattr(conv, "_kernel_choice", lambda *args: choice)
     monkeypatch.setattr(conv, "LAYOUT", layout)
@@ -295,25 +298,30 @@ def test_gram_form_in_chunks(monkeypatch):
     assert_matches(per_example.GradientSums(None, grad_sum, norms), expected)
 
 
-def test_whole_step_under_xla_takes_channels_first_and_matches(monkeypatch):
+@pytest.mark.parametrize("min_work,paths_by_jit", [
+    (0, {True: {("direct", "grouped")}, False: {("direct", "map")}}),
+    (1 << 40, {True: {("gko", None)}, False: {("ok", None)}}),
+])
+def test_whole_step_under_xla_takes_its_own_paths_and_matches(monkeypatch, min_work, paths_by_jit):
     """Inside a `tf.function(jit_compile=True)` (a Keras step compiled with jit_compile=True) an
-    ungrouped conv takes the channels_first matmul (XLA's CPU gather of the patches is slow, and
-    XLA would compile the per-example loop); outside, TF's filter gradient per example. Both
+    ungrouped conv takes one grouped XLA convolution for its G_i when it does enough work, else the
+    channels_first matmul (XLA's CPU gather of the patches is slow, and XLA would compile the
+    per-example loop); outside, TF's filter gradient per example, else the gathered patches. All
     exact."""
     paths = []
     original = conv._Part.operands
-    monkeypatch.setattr(conv._Part, "operands",
-                        lambda self: paths.append(original(self)[0]) or original(self))
+    monkeypatch.setattr(conv._Part, "operands", lambda self: paths.append(
+        (original(self)[0], self.per_example_filter)) or original(self))
     monkeypatch.setattr(conv, "_kernel_choice", lambda *args: True)  # materialised form
     monkeypatch.setattr(conv, "NATIVE_DEPTHWISE", False)  # (else O < K takes the depthwise path)
-    monkeypatch.setattr(conv, "PER_EXAMPLE_FILTER_MIN_WORK", 0)
+    monkeypatch.setattr(conv, "PER_EXAMPLE_FILTER_MIN_WORK", min_work)
     keras.utils.set_random_seed(0)
     model = build([L.Conv2D(3, 3, strides=2, padding="same", activation="tanh"), L.Conv2D(2, 2)],
                   (7, 7, 2))
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(4, 7, 7, 2)), rng.normal(size=(4, *model.output_shape[1:]))
     expected = reference(model, x, y)
-    for jit, path in [(True, "gko"), (False, "direct")]:
+    for jit, want in paths_by_jit.items():
         paths.clear()
 
         @tf.function(jit_compile=jit)
@@ -322,5 +330,5 @@ def test_whole_step_under_xla_takes_channels_first_and_matches(monkeypatch):
             return result.sq_norms, result.grad_sum
 
         norms, grad_sum = run(x, y)
-        assert paths and set(paths) == {path}, (jit, paths)
+        assert paths and set(paths) == want, (jit, paths)
         assert_matches(per_example.GradientSums(None, grad_sum, norms), expected)

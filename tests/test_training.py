@@ -155,6 +155,8 @@ class _CountingIdentity(keras.layers.Layer):
     (lambda: keras.layers.Dense(4, activation="relu"), 1),  # Dense takes `training`, ignores it
     (lambda: keras.layers.Dropout(0.5), 2),
     (lambda: keras.layers.GaussianNoise(0.1), 2),
+    (lambda: keras.layers.BatchNormalization(), 2),
+    (lambda: keras.layers.BatchNormalization(trainable=False), 1),  # frozen: inference mode
 ])
 def test_coherence_every_step_shares_the_update_pass_unless_layers_depend_on_mode(middle, passes):
     """coherence_every=1 costs one forward/backward pass when the model computes the same in
@@ -176,12 +178,23 @@ def test_mode_dependence_of_keras_layers():
         L.Dense(2), L.EinsumDense("ab,bc->ac", 2), L.Conv2D(2, 3), L.LayerNormalization()))
     assert all(_depends_on_training(layer) for layer in (
         L.Dropout(0.1), L.BatchNormalization(), L.GaussianNoise(0.1)))
+    assert not _depends_on_training(L.BatchNormalization(trainable=False))
 
     class NoisyDense(L.Dense):  # a subclass that overrides call is not trusted
         def call(self, inputs, training=None):
             return super().call(inputs) + (1.0 if training else 0.0)
 
     assert _depends_on_training(NoisyDense(2))
+
+
+def test_frozen_batchnorm_computes_the_same_in_both_modes():
+    """Pins the Keras 3 behaviour `_depends_on_training` relies on: a BatchNormalization with
+    `trainable=False` uses its moving statistics even when called with `training=True`."""
+    layer = keras.layers.BatchNormalization(trainable=False)
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(16, 4)).astype("float32")
+    inference, training = (layer(x, training=mode).numpy() for mode in (False, True))
+    np.testing.assert_array_equal(training, inference)
+    assert np.max(np.abs(keras.layers.BatchNormalization()(x, training=True) - inference)) > 0.5
 
 
 def test_coherence_per_layer_and_with_m3():

@@ -21,7 +21,7 @@ materialised form. How G_i is materialised (all exact):
 
 | path | when | how |
 |---|---|---|
-| per-example filter gradient | G = 1, rank ≤ 2, no dilation, not native, ≥ 2^22 multiply-adds per example, outside a whole-step XLA compile | TF's own filter gradient on one example at a time (`tf.map_fn`, 16 in flight), x cut to the read extent so the conv is 'VALID' |
+| per-example filter gradient | G = 1, rank ≤ 2, no dilation, not native, ≥ 2^22 multiply-adds per example | TF's own filter gradient on one example at a time (`tf.map_fn`, 16 in flight), x cut to the read extent so the conv is 'VALID'; inside a whole-step XLA compile one XLA convolution with the examples as feature groups instead |
 | native | depthwise (one input channel per group, G > 1), or G = 1 with O < K; rank ≤ 2, no dilation, equal strides | TF's depthwise filter gradient on [1, *S, m·C] (the examples folded into the channels: a depthwise conv never mixes channels), b tiled over the C input channels when G = 1 |
 | transpose_b | G = 1 and static spatial sizes (unless the whole step is XLA-compiled); without them, when x is clearly larger than b (e.g. Conv*Transpose, whose x is ∂ℓ/∂z) | P [m, L, K·C] (channels last: one gather with indices computed at trace time, or slices), then bᵀ P |
 | channels_first | grouped; G = 1 inside a whole-step XLA compile (`jit_compile=True`: XLA's CPU gather is slow), or with unknown spatial sizes unless transpose_b | P [m, G, Kg, L] from one transpose of the input and slices, then P b |
@@ -313,6 +313,15 @@ NATIVE_DEPTHWISE = True
 # BN ResNet block (7.2M), training-mode pass: 1.40 → 1.05.
 PER_EXAMPLE_FILTER = True
 PER_EXAMPLE_FILTER_MIN_WORK = 1 << 22
+# Inside a whole-step XLA compile the same G_i come from one XLA convolution with the examples as
+# feature groups (`grouped_filter_grads`; XLA would compile the loop above, and TF's CPU kernels
+# have no grouped conv, so outside XLA it is its own compiled cluster). Measured
+# (benchmarks/coherence_models.py, XLA on, coherence step / plain step): BN ResNet block (7.2M
+# per conv), training-mode pass 1.58 → 1.38, inference-mode pass 2.37 → 2.26; with the threshold
+# at 2^17 the CNN with pooling would take it too and slow down (1.08 → 1.22). Alone, on a
+# 28×28×32 → 32 conv at batch 128: 88 ms, against 198 ms for the patches from slices.
+# GROUPED_FILTER = "always" takes it outside XLA too (tests run every conv case through it).
+GROUPED_FILTER = "xla"
 
 
 class _Part:
@@ -343,13 +352,16 @@ class _Part:
         return None
 
     def _per_example_filter(self):
-        """Whether G_i comes from TF's own filter gradient run on each example (`tf.map_fn`, as in
-        `per_example_filter_grads`): an ungrouped conv of rank ≤ 2 without dilation that is not
-        native, outside a step XLA compiles as a whole (XLA would compile the loop)."""
-        return (PER_EXAMPLE_FILTER and self.groups == 1 and len(self.kernel) <= 2
+        """How G_i comes from a filter gradient of each example on its own, for an ungrouped conv
+        of rank ≤ 2 without dilation that is not native and does enough work: "map" (TF's own
+        kernel per example, `per_example_filter_grads`), or "grouped" inside a step XLA compiles as
+        a whole (`grouped_filter_grads`: XLA would compile the loop); None otherwise."""
+        if not (PER_EXAMPLE_FILTER and self.groups == 1 and len(self.kernel) <= 2
                 and max(self.dilation) == 1 and not self.native
-                and self._multiply_adds_per_example() >= PER_EXAMPLE_FILTER_MIN_WORK
-                and not keras_internals.in_xla_compilation())
+                and self._multiply_adds_per_example() >= PER_EXAMPLE_FILTER_MIN_WORK):
+            return None
+        grouped = GROUPED_FILTER == "always" or keras_internals.in_xla_compilation()
+        return "grouped" if grouped else "map"
 
     def _multiply_adds_per_example(self):
         """L·K·C·O/G of one example's G_i (0 when the spatial sizes are unknown)."""
@@ -431,8 +443,10 @@ class _Part:
             return "native", native_depthwise(self.x, self.y, self.kernel, self.strides, self.padding,
                                               tiled=self.native == "tiled"), None
         if self.per_example_filter:
-            return "direct", per_example_filter_grads(self.x, self.y, self.kernel, self.strides,
-                                                      self.padding), None
+            filter_grads = {"map": per_example_filter_grads,
+                            "grouped": grouped_filter_grads}[self.per_example_filter]
+            return "direct", filter_grads(self.x, self.y, self.kernel, self.strides,
+                                          self.padding), None
         if self.matmul_layout == "channels_first":
             return "gko", self.patches(), self.outputs()
         rank = len(self.kernel)
@@ -470,6 +484,35 @@ def per_example_filter_grads(x, y, kernel, strides, padding):
 
     g = tf.map_fn(one_example, (x, y), fn_output_signature=x.dtype, parallel_iterations=16)
     return tf.reshape(g, _dims(tf.shape(x)[0], 1, math.prod(kernel) * channels, out_channels))
+
+
+def grouped_filter_grads(x, y, kernel, strides, padding):
+    """The G_i of `per_example_filter_grads` [m, 1, K·C, O] from one convolution, compiled by XLA.
+
+    The filter gradient of example i is a VALID correlation of x_i with y_i (y dilated by the
+    strides). With the channels C as the batch and the examples as m feature groups of one
+    channel each: input [C, *S, m], filter y as [*L, 1, m·O], output [C, *K, m·O]. TF's CPU
+    kernels have no grouped conv, so outside an XLA compile this runs as its own XLA cluster."""
+    rank = len(kernel)
+    out_sizes = _spatial_sizes(y, rank)
+    x, _ = _fit(x, out_sizes, kernel, strides, (1,) * rank, padding)
+    if rank == 1:
+        x, y = x[:, None], y[:, None]
+        kernel, strides, out_sizes = (1, *kernel), (1, *strides), (1, *out_sizes)
+    return _grouped_filter_grads(x, y, tuple(kernel), tuple(strides))
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _grouped_filter_grads(x, y, kernel, strides):
+    """x [m, S1, S2, C] cut to at least the read extent, y [m, L1, L2, O] → [m, 1, K·C, O]."""
+    m, channels, out_channels = tf.shape(x)[0], x.shape[-1], y.shape[-1]
+    positions = tf.shape(y)[1:3]
+    xt = tf.transpose(x, [3, 1, 2, 0])  # [C, S1, S2, m]
+    f = tf.reshape(tf.transpose(y, [1, 2, 0, 3]), tf.concat([positions, [1, m * out_channels]], 0))
+    g = tf.nn.conv2d(xt, f, strides=1, padding="VALID", dilations=list(strides))  # [C, ≥K1, ≥K2, m·O]
+    g = tf.reshape(g[:, :kernel[0], :kernel[1]], [channels, kernel[0], kernel[1], m, out_channels])
+    g = tf.transpose(g, [3, 1, 2, 0, 4])  # [m, K1, K2, C, O]
+    return tf.reshape(g, [m, 1, kernel[0] * kernel[1] * channels, out_channels])
 
 
 def native_depthwise(x, y, kernel, strides, padding, tiled=False):
