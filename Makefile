@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.keras_steps
 	$(PY) -m benchmarks.transformer_rules
 	$(PY) -m benchmarks.conv_rules
+	$(PY) -m benchmarks.filter_grads
 	$(PY) -m benchmarks.exact_fallback
 	$(PY) -m benchmarks.distribute
 	$(PY) benchmarks/memory.py
