@@ -56,6 +56,7 @@ import inspect
 import math
 import numbers
 import warnings
+import weakref
 from typing import NamedTuple, Optional
 
 import keras
@@ -221,6 +222,21 @@ def _depends_on_training(layer) -> bool:
     if _keras_call(layer, keras.layers.BatchNormalization):
         return layer.trainable
     return not any(_keras_call(layer, base) for base in _PASS_TRAINING_ON)
+
+
+_WARNED_SECOND_PASS = weakref.WeakSet()  # models told that their metric takes a second pass
+
+
+def _warn_second_pass(model, layer_names):
+    if model in _WARNED_SECOND_PASS:
+        return
+    _WARNED_SECOND_PASS.add(model)
+    warnings.warn(
+        f"cgh_tf.Model: coherence_every=1 measures in inference mode, and layers {layer_names} "
+        "compute differently in training mode, so every step makes a second forward/backward pass "
+        "for the metric (about 2x a plain step). coherence_training=True measures on the update's "
+        "own training-mode pass instead; a frozen BatchNormalization (trainable=False) needs no "
+        "second pass.", stacklevel=2)
 
 
 _PASS_TRAINING_ON = (keras_internals.Functional, keras.Sequential,
@@ -449,15 +465,19 @@ class Model(keras.Model):
         return robust.all_finite(list(grad_sum) + [sq_norms])
 
     def _shares_pass(self, sample_weight):
-        """True when the update's pass also gives the coherence sums (see the module docstring)."""
+        """True when the update's pass also gives the coherence sums (see the module docstring);
+        says so once per model when only the model's mode-dependent layers prevent it."""
         opts = self._cgh_options
-        return (opts.coherence_every == 1 and sample_weight is None
-                and self.distribute_strategy.num_replicas_in_sync == 1
-                and (opts.coherence_training or not self._mode_dependent()))
-
-    def _mode_dependent(self):
-        return any(_depends_on_training(layer)
-                   for layer in keras_internals.flatten_layers(self, include_self=False))
+        if not (opts.coherence_every == 1 and sample_weight is None
+                and self.distribute_strategy.num_replicas_in_sync == 1):
+            return False
+        if opts.coherence_training:
+            return True
+        dependent = [layer.name for layer in keras_internals.flatten_layers(self, include_self=False)
+                     if _depends_on_training(layer)]
+        if dependent:
+            _warn_second_pass(self, dependent)
+        return not dependent
 
     def _scaled_loss_fn(self, sample_weight=None):
         """Per-example loss × the optimizer's loss scale (1 without loss scaling)."""

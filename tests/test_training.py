@@ -1,5 +1,7 @@
 """cgh_tf.Model: in-batch M3, winsorized GD and per-step coherence, against float64 NumPy."""
 
+import warnings
+
 import numpy as np
 import pytest
 import keras
@@ -185,6 +187,27 @@ def test_mode_dependence_of_keras_layers():
             return super().call(inputs) + (1.0 if training else 0.0)
 
     assert _depends_on_training(NoisyDense(2))
+
+
+@pytest.mark.parametrize("trainable,options,warned", [
+    (True, {}, 1),
+    (True, {"coherence_training": True}, 0),  # the metric is taken on the update's pass
+    (False, {}, 0),  # frozen: one pass
+])
+def test_a_second_pass_for_the_metric_is_announced_once(trainable, options, warned):
+    inputs = keras.Input((5,))
+    h = keras.layers.BatchNormalization(trainable=trainable, name="bn")(inputs)
+    model = cgh_tf.Model(inputs, keras.layers.Dense(3)(h))
+    model.compile(optimizer="sgd", loss=loss(), coherence_every=1, **options)
+    x, y = np.random.default_rng(0).normal(size=(8, 5)), np.arange(8) % 3
+    with pytest.warns() if warned else warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=3, epochs=2, verbose=0)  # a partial last batch, two epochs
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    second_pass = [w for w in caught if "second forward/backward pass" in str(w.message)]
+    assert len(second_pass) == warned
+    if warned:
+        assert "layers ['bn'] compute differently in training mode" in str(second_pass[0].message)
 
 
 def test_frozen_batchnorm_computes_the_same_in_both_modes():
