@@ -35,7 +35,7 @@ import keras
 import tensorflow as tf
 
 from cgh_tf import exact_fallback, keras_internals, layer_rules
-from cgh_tf.layer_rules.base import by_examples, concat_positions, sum_sq
+from cgh_tf.layer_rules.base import by_examples, concat_positions, shared_input_grams, sum_sq
 
 _PER_EXAMPLE_MARK = "_cgh_per_example_loss"
 _DEFAULT_CHUNK_ELEMENTS = 2**25  # per-example gradient elements held at once (~128 MB float32)
@@ -433,27 +433,28 @@ def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False,
     dtype = _result_dtype(variables)
     paths = None
     outputs = iter(p.output_grads)
-    for layer, rule in layers_and_rules:
-        calls = p.records[id(layer)]
-        for call in calls:
-            call.output_grads = [next(outputs) for _ in call.outputs]
-        for call in calls:  # the layer's own contributions to Σ_i g_i
-            for var_id, (var, value, tape_sum) in call.weights.items():
-                if tape_sum:
-                    grad_sum_of[var_id] = _add(grad_sum_of[var_id], p.weight_grads[id(value)], var)
-        if not calls:
-            continue
-        reason = _fallback_reason(layer, calls, p, readers, m)
-        statistics = rule.statistics(layer, calls)
-        for var_id, stat in statistics.items():
-            if stat.grad_sum is not None:
-                var = calls[0].weights[var_id][0]
-                grad_sum_of[var_id] = _add(grad_sum_of[var_id], stat.grad_sum, var)
-            if not reason:
-                sq_norm_of[var_id] = tf.cast(stat.sq_norms, dtype)
-        if reason:
-            paths = paths or _layer_paths(model)
-            _note_fallback(model, paths, layer, reason)
+    with shared_input_grams():  # Q, K and V of self-attention: one Gram of their input
+        for layer, rule in layers_and_rules:
+            calls = p.records[id(layer)]
+            for call in calls:
+                call.output_grads = [next(outputs) for _ in call.outputs]
+            for call in calls:  # the layer's own contributions to Σ_i g_i
+                for var_id, (var, value, tape_sum) in call.weights.items():
+                    if tape_sum:
+                        grad_sum_of[var_id] = _add(grad_sum_of[var_id], p.weight_grads[id(value)], var)
+            if not calls:
+                continue
+            reason = _fallback_reason(layer, calls, p, readers, m)
+            statistics = rule.statistics(layer, calls)
+            for var_id, stat in statistics.items():
+                if stat.grad_sum is not None:
+                    var = calls[0].weights[var_id][0]
+                    grad_sum_of[var_id] = _add(grad_sum_of[var_id], stat.grad_sum, var)
+                if not reason:
+                    sq_norm_of[var_id] = tf.cast(stat.sq_norms, dtype)
+            if reason:
+                paths = paths or _layer_paths(model)
+                _note_fallback(model, paths, layer, reason)
     unruled = {id(v) for v in variables} - set(sq_norm_of)
     if unruled:
         paths = paths or _layer_paths(model)

@@ -170,6 +170,30 @@ def test_transformer_encoder(variant):
     check(model, xs, y, SCCE)
 
 
+def test_self_attention_projections_share_their_input_gram(monkeypatch):
+    """Query, key and value read one input: in the Gram form its Gram matrices are computed once
+    (and once for the output projection's input), and the norms stay exact."""
+    grams, uses = [], []
+    gram, given = base.gram, base.gram_sq_norm_given
+    monkeypatch.setattr(base, "gram", lambda a: grams.append(a) or gram(a))
+    monkeypatch.setattr(base, "gram_sq_norm_given", lambda g, b: uses.append(b) or given(g, b))
+    model = encoder(seq=3, width=16)  # T (i + o) = 3 · 32 ≤ i · o = 256: the Gram form
+    check(model, rng.integers(1, 11, size=(5, 3)), rng.integers(0, 3, size=5), SCCE)
+    assert (len(grams), len(uses)) == (2, 4)
+
+
+def test_shared_input_grams_stay_in_their_graph():
+    """A Gram cached while tracing one tf.function is not reused by another (nor eagerly)."""
+    a, b = tf.constant(rng.normal(size=(3, 2, 8))), tf.constant(rng.normal(size=(3, 2, 8)))
+    key = (a, ("einsum", 1))  # T (i + o) = 32 ≤ i · o = 64: the Gram form
+    want = np.einsum("mti,mto->mio", a.numpy(), b.numpy())
+    with base.shared_input_grams():
+        results = [tf.function(lambda: base.outer_sum_sq_norm(a, b, key))() for _ in range(2)]
+        results.append(base.outer_sum_sq_norm(a, b, key))
+    for got in results:
+        np.testing.assert_allclose(got.numpy(), np.sum(want ** 2, axis=(1, 2)), rtol=1e-10)
+
+
 def test_attention_called_twice_with_unknown_batch_and_length():
     """One MultiHeadAttention layer used twice, traced with unknown batch size and sequence length
     (the Gram form, which needs no static shape)."""

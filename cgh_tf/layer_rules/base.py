@@ -22,7 +22,9 @@ After the backward pass, `rule.statistics(layer, calls)` receives every recorded
 Shapes: m examples; "positions" T are every axis between the example axis and the feature axis.
 """
 
+import contextlib
 import dataclasses
+import threading
 from typing import Dict, List, NamedTuple, Optional
 
 import tensorflow as tf
@@ -157,15 +159,54 @@ def prefer_gram(positions, fan_in, fan_out):
     return positions * (fan_in + fan_out) <= fan_in * fan_out
 
 
-def outer_sum_sq_norm(a, b):
-    """‖Σ_t a_t ⊗ b_t‖² per example, by the cheaper exact form: a [m,T,i], b [m,T,o] -> [m]."""
+@tf.function(jit_compile=True, reduce_retracing=True)
+def gram(a):
+    """Per-example Gram matrices a aᵀ: [m,T,i] -> [m,T,T] (XLA, as in `gram_sq_norm`)."""
+    return tf.matmul(a, a, transpose_b=True)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def gram_sq_norm_given(a_gram, b):
+    """`gram_sq_norm` with the Gram matrices of a given: a_gram [m,T,T], b [m,T,o] -> [m]."""
+    return tf.reduce_sum(a_gram * tf.matmul(b, b, transpose_b=True), [1, 2])
+
+
+_SHARED_GRAMS = threading.local()  # .cache: {key: (input, Gram)} inside `shared_input_grams`
+
+
+@contextlib.contextmanager
+def shared_input_grams():
+    """Inside the block, `outer_sum_sq_norm(a, b, key)` computes the Gram matrices of a once per
+    key and reuses them: the query, key and value projections of self-attention read one input
+    (the engine opens one block around its statistics). Per thread: strategies trace replicas in
+    threads."""
+    previous = getattr(_SHARED_GRAMS, "cache", None)
+    _SHARED_GRAMS.cache = {}
+    try:
+        yield
+    finally:
+        _SHARED_GRAMS.cache = previous
+
+
+def outer_sum_sq_norm(a, b, key=None):
+    """‖Σ_t a_t ⊗ b_t‖² per example, by the cheaper exact form: a [m,T,i], b [m,T,o] -> [m].
+
+    key: (input tensor, hashable) naming how a was made from a layer input (equal keys, equal a),
+    so that inside `shared_input_grams` the Gram form computes a aᵀ once per key; None: unshared."""
     fan_in, fan_out = a.shape[-1], b.shape[-1]
     positions = a.shape[1]
     if positions == 1:
         return sum_sq(a) * sum_sq(b)
-    if prefer_gram(positions, fan_in, fan_out):
+    if not prefer_gram(positions, fan_in, fan_out):
+        return sum_sq(tf.einsum("mti,mto->mio", a, b))
+    cache = getattr(_SHARED_GRAMS, "cache", None)
+    if key is None or cache is None:
         return gram_sq_norm(a, b)
-    return sum_sq(tf.einsum("mti,mto->mio", a, b))
+    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+    name = (id(key[0]), key[1], id(graph))  # a tensor of one graph cannot be used in another
+    if name not in cache:
+        cache[name] = (key[0], graph, gram(a))  # both held: their ids are not reused in the block
+    return gram_sq_norm_given(cache[name][2], b)
 
 
 def activation(layer, z):

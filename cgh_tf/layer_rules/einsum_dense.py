@@ -15,7 +15,10 @@ and the input∩output letters outside the kernel (other than e) are positions T
 are summed in the input first. So per example ‖∇W ℓ_i‖² = Σ_S ‖Σ_T a_t ⊗ b_t‖² with a [m·S, T,
 fan_in], b [m·S, T, fan_out]: the Dense problem, by `base.outer_sum_sq_norm` (Gram form or one
 materialising einsum, the cheaper by cost). Bias (spans the `bias_axes` letters): ‖Σ over the other
-output letters of b‖². Σ_i g_i comes from the tape.
+output letters of b‖². Σ_i g_i comes from the tape. When a is the layer input only reshaped,
+layers reading the same input tensor (the query, key and value projections of self-attention)
+share its Gram matrices within one engine pass (`Problem.key`, `base.shared_input_grams`):
+measured on the Transformer block of benchmarks/transformer_rules.py, 1–4 % of the engine pass.
 
 `kernel_problem` is shared with the LoRA rule (`lora.py`), which rewrites its factors into
 problems of this form.
@@ -112,9 +115,19 @@ def _product(dims):
     return out
 
 
-def kernel_problem(x, b, specs, kernel_shape):
-    """(a [m·S, T, fan_in], b [m·S, T, fan_out], S) of the per-example kernel gradient
-    Σ_T a_t ⊗ b_t per block s; x, b: input and output gradient laid out as specs.inputs / outputs."""
+class Problem(NamedTuple):
+    """The per-example kernel gradient Σ_T a_t ⊗ b_t per block s: a [m·S, T, fan_in], b [m·S, T,
+    fan_out], S blocks; key: how a was made from the layer input, when a is only a reshape of it
+    (`base.outer_sum_sq_norm` shares its Gram matrices), else None."""
+
+    a: tf.Tensor
+    b: tf.Tensor
+    blocks: int
+    key: Optional[tuple]
+
+
+def kernel_problem(x, b, specs, kernel_shape) -> Problem:
+    """The `Problem` of x, b: input and output gradient laid out as specs.inputs / outputs."""
     ins, ker, out, e = specs
     sizes = dict(zip(ker, kernel_shape))
     shared = "".join(c for c in ker if c in ins and c in out)
@@ -122,7 +135,7 @@ def kernel_problem(x, b, specs, kernel_shape):
     free = "".join(c for c in ker if c in out and c not in ins)
     positions = "".join(c for c in ins if c in out and c not in ker and c != e)
     a_spec, b_spec = e + shared + positions + contracted, e + shared + positions + free
-    x, b = base.full_precision(x), base.full_precision(b)
+    raw, (x, b) = x, (base.full_precision(x), base.full_precision(b))
     a = x if ins == a_spec else tf.einsum(f"{ins}->{a_spec}", x)
     g = b if out == b_spec else tf.einsum(f"{out}->{b_spec}", b)
     blocks, fan_in, fan_out = _size(shared, sizes), _size(contracted, sizes), _size(free, sizes)
@@ -130,16 +143,17 @@ def kernel_problem(x, b, specs, kernel_shape):
     axes = range(first, first + len(positions))
     t = _product(_dim(a, i) for i in axes)  # a Python int when every position axis is static
     rows = _dim(a, 0) * blocks if blocks != 1 else _dim(a, 0)
-    return tf.reshape(a, [rows, t, fan_in]), tf.reshape(g, [rows, t, fan_out]), blocks
+    key = (raw, ("einsum", len(positions))) if ins == a_spec and not shared else None
+    return Problem(tf.reshape(a, [rows, t, fan_in]), tf.reshape(g, [rows, t, fan_out]), blocks, key)
 
 
 def problems_sq_norms(problems):
-    """Per-example ‖Σ_T a_t ⊗ b_t‖² summed over the S blocks, for one layer's calls' problems
-    [(a, b, S)] (same S; positions concatenated across calls)."""
-    blocks = problems[0][2]
-    a = base.concat_positions([p[0] for p in problems])
-    g = base.concat_positions([p[1] for p in problems])
-    sq = base.outer_sum_sq_norm(a, g)
+    """Per-example ‖Σ_T a_t ⊗ b_t‖² summed over the S blocks, for one layer's calls' `Problem`s
+    (same S; positions concatenated across calls)."""
+    blocks = problems[0].blocks
+    a = base.concat_positions([p.a for p in problems])
+    g = base.concat_positions([p.b for p in problems])
+    sq = base.outer_sum_sq_norm(a, g, problems[0].key if len(problems) == 1 else None)
     if blocks == 1:
         return sq
     return tf.reduce_sum(tf.reshape(sq, tf.stack([-1, blocks])), axis=1)
