@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.measure_calls
 	$(PY) -m benchmarks.keras_steps
 	$(PY) -m benchmarks.transformer_rules
+	$(PY) -m benchmarks.dense_forms
 	$(PY) -m benchmarks.conv_rules
 	$(PY) -m benchmarks.filter_grads
 	$(PY) -m benchmarks.exact_fallback
