@@ -171,7 +171,7 @@ def gram_sq_norm_given(a_gram, b):
     return tf.reduce_sum(a_gram * tf.matmul(b, b, transpose_b=True), [1, 2])
 
 
-_SHARED_GRAMS = threading.local()  # .cache: {key: (input, Gram)} inside `shared_input_grams`
+_SHARED_GRAMS = threading.local()  # .cache: {key: (input, graph, Gram)} in `shared_input_grams`
 
 
 @contextlib.contextmanager
