@@ -36,6 +36,7 @@ import tensorflow as tf
 
 import cgh_tf
 from cgh_tf import coherence, per_example
+from cgh_tf.layer_rules import conv
 
 import matrix_models
 from matrix_models import ARCHITECTURES, Reference, build, dtype_policy, memoised_reference
@@ -325,10 +326,20 @@ def test_batchnorm_case_tells_inference_from_training_mode(float64_keras):
     assert np.max(np.abs(inference - training)) > 0.1 * np.max(np.abs(inference))
 
 
-def test_trainer_metric_in_a_step_compiled_by_xla(float64_keras):
+@pytest.mark.parametrize("min_work", [None, 0])
+def test_trainer_metric_in_a_step_compiled_by_xla(float64_keras, monkeypatch, min_work):
     """The BN ResNet block under `jit_compile=True`: the separate inference-mode pass (no
-    conditional at coherence_every=1) and the conv rules' layout for whole-step XLA."""
+    conditional at coherence_every=1) and the conv rules' paths for whole-step XLA: patches from
+    slices for these small convs, or (every conv counted as large) the grouped XLA convolution."""
+    paths = []
+    if min_work is not None:
+        monkeypatch.setattr(conv, "PER_EXAMPLE_FILTER_MIN_WORK", min_work)
+        monkeypatch.setattr(conv, "NATIVE_DEPTHWISE", False)  # (else O < K: TF's depthwise kernel)
+        operands = conv._Part.operands
+        monkeypatch.setattr(conv._Part, "operands",
+                            lambda part: paths.append(part.per_example_filter) or operands(part))
     compare_trainer_metrics(*fit_one_batch("resnet_block_bn", jit_compile=True))
+    assert set(paths) == ({"grouped"} if min_work is not None else set())
 
 
 def test_trainer_metric_with_sample_weights(float64_keras):
