@@ -37,23 +37,12 @@ from benchmarks import keras_steps, memory  # noqa: E402
 from benchmarks.coherence import time_interleaved  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-SHAPES = {"mlp": (784,), "cnn": (28, 28, 1), "transformer": (64,), "resnet": (28, 28, 1),
-          "resnet_frozen": (28, 28, 1)}
+MODELS = ("mlp", "cnn", "transformer", "resnet", "resnet_frozen")
 VARIANTS = {
     "plain": (keras.Model, {}),
     "coherence_every=1": (cgh_tf.Model, {"coherence_every": 1}),
     "coherence_training=True": (cgh_tf.Model, {"coherence_every": 1, "coherence_training": True}),
 }
-
-
-def batch_for(model_name, rng):
-    """(x, y) of the model's benchmark batch: token ids for the transformer, else normal floats."""
-    shape, size = SHAPES[model_name], memory.BATCH[model_name]
-    if model_name == "transformer":
-        x = rng.integers(0, 1000, size=(size,) + shape).astype("int32")
-    else:
-        x = rng.normal(size=(size,) + shape).astype("float32")
-    return tf.constant(x), tf.constant(rng.integers(0, 10, size=size))
 
 
 def train_step(model_name, model_class, options, jit):
@@ -74,7 +63,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--jit", default="off,on", help="comma-separated subset of off,on")
-    parser.add_argument("--models", default=",".join(SHAPES), help="comma-separated subset")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     args = parser.parse_args(argv)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, "
           f"Keras {keras.__version__}, median of {args.rounds} interleaved rounds")
@@ -83,7 +72,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for model_name in args.models.split(","):
-        x, y = batch_for(model_name, rng)
+        x, y = memory.make_batch(model_name, rng)
         for jit in args.jit.split(","):
             steps = {v: train_step(model_name, *VARIANTS[v], jit == "on")
                      for v in variants_for(model_name)}

@@ -16,11 +16,10 @@ import platform
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import cgh_tf  # noqa: E402
-from benchmarks import coherence_models, memory  # noqa: E402
+from benchmarks import memory  # noqa: E402
 from benchmarks.coherence import time_interleaved  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -42,7 +41,7 @@ def ratio(model_name, rounds):
     """(plain gradient ms, measure ms / plain) on the model's benchmark batch."""
     keras.utils.set_random_seed(0)
     model = memory.builder(model_name)()
-    x, y = coherence_models.batch_for(model_name, np.random.default_rng(0))
+    x, y = memory.make_batch(model_name)
     calls = {"plain": plain_gradient(model),
              "measure": lambda xb, yb: cgh_tf.coherence.measure(model, xb, yb, loss=LOSS).m_coherence}
     result = time_interleaved(calls, x, y, rounds)  # two warm-up calls each, then the rounds

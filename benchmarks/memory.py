@@ -205,19 +205,23 @@ def builder(model_name):
             "resnet_frozen": resnet_block_frozen_bn, "tiny": tiny_mlp}[model_name]
 
 
-def make_batch(model_name):
+INPUT_SHAPES = {"mlp": (784,), "cnn": (28, 28, 1), "transformer": (64,), "resnet": (28, 28, 1),
+                "resnet_frozen": (28, 28, 1), "tiny": (8,)}  # one example's input
+
+
+def make_batch(model_name, rng=None):
+    """(x, y) of the model's benchmark batch: token ids for the transformer, else normal floats;
+    rng: a NumPy Generator (default: seeded 0)."""
     import numpy as np
     import tensorflow as tf
-    rng = np.random.default_rng(0)
-    m = BATCH[model_name]
+    rng = np.random.default_rng(0) if rng is None else rng
+    size = (BATCH[model_name],) + INPUT_SHAPES[model_name]
     if model_name == "transformer":
         from benchmarks import transformer_rules as t
-        x = rng.integers(0, t.VOCAB, size=(m, t.SEQ)).astype("int32")
+        x = rng.integers(0, t.VOCAB, size=size).astype("int32")
     else:
-        shape = {"mlp": (784,), "cnn": (28, 28, 1), "resnet": (28, 28, 1), "resnet_frozen": (28, 28, 1),
-                 "tiny": (8,)}[model_name]
-        x = rng.normal(size=(m,) + shape).astype("float32")
-    return tf.constant(x), tf.constant(rng.integers(0, 10, size=m))
+        x = rng.normal(size=size).astype("float32")
+    return tf.constant(x), tf.constant(rng.integers(0, 10, size=size[0]))
 
 
 def make_step(mode, model_name):

@@ -421,43 +421,12 @@ def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False,
             "or give it a keras.Input); per-example gradients need at least one.")
     layers_and_rules = _rule_layers(model)
     p = _forward_backward(model, x, y, loss_fn, training, layers_and_rules, sample_weight)
-    m = p.losses.shape[0]
-
-    readers = {}
-    for layer, _ in layers_and_rules:
-        for call in p.records[id(layer)]:
-            for var_id in call.weights:
-                readers.setdefault(var_id, set()).add(id(layer))
     grad_sum_of = {id(v): p.variable_grads[id(v)] for v in variables}
-    sq_norm_of = {}
     dtype = _result_dtype(variables)
-    paths = None
-    outputs = iter(p.output_grads)
-    with shared_input_grams():  # Q, K and V of self-attention: one Gram of their input
-        for layer, rule in layers_and_rules:
-            calls = p.records[id(layer)]
-            for call in calls:
-                call.output_grads = [next(outputs) for _ in call.outputs]
-            for call in calls:  # the layer's own contributions to Σ_i g_i
-                for var_id, (var, value, tape_sum) in call.weights.items():
-                    if tape_sum:
-                        grad_sum_of[var_id] = _add(grad_sum_of[var_id], p.weight_grads[id(value)], var)
-            if not calls:
-                continue
-            reason = _fallback_reason(layer, calls, p, readers, m)
-            statistics = rule.statistics(layer, calls)
-            for var_id, stat in statistics.items():
-                if stat.grad_sum is not None:
-                    var = calls[0].weights[var_id][0]
-                    grad_sum_of[var_id] = _add(grad_sum_of[var_id], stat.grad_sum, var)
-                if not reason:
-                    sq_norm_of[var_id] = tf.cast(stat.sq_norms, dtype)
-            if reason:
-                paths = paths or _layer_paths(model)
-                _note_fallback(model, paths, layer, reason)
+    sq_norm_of = _rule_statistics(model, p, layers_and_rules, grad_sum_of, dtype)
     unruled = {id(v) for v in variables} - set(sq_norm_of)
     if unruled:
-        paths = paths or _layer_paths(model)
+        paths = _layer_paths(model)
         for layer in keras_internals.flatten_layers(model, include_self=True):
             if any(id(v) in unruled for v in _own_variables(layer)) and layer is not model:
                 if paths.get(id(layer), layer.name) not in _FINDINGS.get(model, {}):
@@ -473,6 +442,43 @@ def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False,
     sq_norms = tf.stack([sq_norm_of[id(v)] for v in variables], axis=1)
     grad_sum = [_dense(grad_sum_of.get(id(v))) for v in variables]
     return GradientSums(p.losses, grad_sum, sq_norms, p.predictions)
+
+
+@shared_input_grams()  # Q, K and V of self-attention: one Gram of their input
+def _rule_statistics(model, p, layers_and_rules, grad_sum_of, dtype):
+    """Every ruled layer's statistics from the pass `p`: adds the layer's contributions to Σ_i g_i
+    into `grad_sum_of` ({id(variable): gradient}) and returns {id(variable): squared norms [m]}
+    for the variables whose rule holds; a layer whose rule does not is noted as a fallback."""
+    readers = {}
+    for layer, _ in layers_and_rules:
+        for call in p.records[id(layer)]:
+            for var_id in call.weights:
+                readers.setdefault(var_id, set()).add(id(layer))
+    m = p.losses.shape[0]
+    sq_norm_of, paths = {}, None
+    outputs = iter(p.output_grads)
+    for layer, rule in layers_and_rules:
+        calls = p.records[id(layer)]
+        for call in calls:
+            call.output_grads = [next(outputs) for _ in call.outputs]
+        for call in calls:  # the layer's own contributions to Σ_i g_i
+            for var_id, (var, value, tape_sum) in call.weights.items():
+                if tape_sum:
+                    grad_sum_of[var_id] = _add(grad_sum_of[var_id], p.weight_grads[id(value)], var)
+        if not calls:
+            continue
+        reason = _fallback_reason(layer, calls, p, readers, m)
+        statistics = rule.statistics(layer, calls)
+        for var_id, stat in statistics.items():
+            if stat.grad_sum is not None:
+                var = calls[0].weights[var_id][0]
+                grad_sum_of[var_id] = _add(grad_sum_of[var_id], stat.grad_sum, var)
+            if not reason:
+                sq_norm_of[var_id] = tf.cast(stat.sq_norms, dtype)
+        if reason:
+            paths = paths or _layer_paths(model)
+            _note_fallback(model, paths, layer, reason)
+    return sq_norm_of
 
 
 def _add(total, gradient, variable):

@@ -470,11 +470,7 @@ def per_example_filter_grads(x, y, kernel, strides, padding):
 
     x [m, *S, C], y [m, *L, O], rank 1 or 2, no dilation. x is first cut to exactly the extent the
     L output positions read (`_fit`, which also applies 'same' padding), so the conv is 'VALID'."""
-    rank = len(kernel)
-    x, _ = _fit(x, _spatial_sizes(y, rank), kernel, strides, (1,) * rank, padding)
-    if rank == 1:
-        x, y = x[:, None], y[:, None]
-        kernel, strides = (1, *kernel), (1, *strides)
+    x, y, kernel, strides = _valid_2d(x, y, kernel, strides, padding)
     channels, out_channels = x.shape[-1], y.shape[-1]
     filter_sizes = [*kernel, channels, out_channels]
 
@@ -494,12 +490,17 @@ def grouped_filter_grads(x, y, kernel, strides, padding):
     strides). With the channels C as the batch and the examples as m feature groups of one
     channel each: input [C, *S, m], filter y as [*L, 1, m·O], output [C, *K, m·O]. TF's CPU
     kernels have no grouped conv, so outside an XLA compile this runs as its own XLA cluster."""
+    return _grouped_filter_grads(*_valid_2d(x, y, kernel, strides, padding))
+
+
+def _valid_2d(x, y, kernel, strides, padding):
+    """(x, y, kernel, strides) of a per-example filter gradient as a 'VALID' 2D conv: x cut to the
+    extent the outputs read (`_fit`, which also applies 'same' padding), rank 1 lifted to 2."""
     rank = len(kernel)
     x, _ = _fit(x, _spatial_sizes(y, rank), kernel, strides, (1,) * rank, padding)
     if rank == 1:
-        x, y = x[:, None], y[:, None]
-        kernel, strides = (1, *kernel), (1, *strides)
-    return _grouped_filter_grads(x, y, tuple(kernel), tuple(strides))
+        return x[:, None], y[:, None], (1, *kernel), (1, *strides)
+    return x, y, tuple(kernel), tuple(strides)
 
 
 @tf.function(jit_compile=True, autograph=False)
