@@ -211,11 +211,17 @@ def _fail_tf(what):
 def _functional_class():
     """`keras.src.models.functional.Functional`, the class of `keras.Model(inputs, outputs)`.
 
-    Keras exports no public name for it; it is found as the type of a tiny functional model,
-    checked to be a `keras.Model` subclass that takes `(inputs, outputs)`.
+    Keras exports no public name for it; it is found as the type of a tiny functional model (one
+    `Identity` layer: Keras 3.10-3.13 reject a model whose output is its input; the layer has no
+    weights, so the probe creates no variable and does not start the TF runtime), checked to be a
+    `keras.Model` subclass that takes `(inputs, outputs)`. Any failure of the probe is a
+    `KerasInternalsError`.
     """
-    inputs = keras.Input((1,))
-    cls = type(keras.Model(inputs, inputs))
+    try:
+        inputs = keras.Input((1,))
+        cls = type(keras.Model(inputs, keras.layers.Identity()(inputs)))
+    except Exception as error:  # noqa: BLE001 - whatever Keras raises, the probe failed
+        _fail(f"keras.Model(inputs, outputs) building a functional model ({error!r})")
     if cls is keras.Model or not issubclass(cls, keras.Model) or cls.__name__ != "Functional":
         _fail(f"keras.Model(inputs, outputs) returning a Functional (got {cls.__name__})")
     parameters = list(inspect.signature(cls.__init__).parameters)

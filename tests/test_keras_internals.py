@@ -124,14 +124,31 @@ def test_all_reduce_hook_check_fails_loudly_if_keras_stops_calling_it():
         ki.disable_all_reduce(Renamed(0.1))
 
 
-def test_strategy_supports_no_merge_call():
-    assert ki.strategy_supports_no_merge_call() in (True, False)
+def test_strategy_supports_no_merge_call(monkeypatch):
+    """True outside any strategy (nothing to merge), False for Mirrored on CPUs (which merges);
+    True once the strategy says it runs without merge_call (Mirrored + XLA on GPUs, TPUStrategy)."""
+    assert ki.strategy_supports_no_merge_call() is True
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        assert ki.strategy_supports_no_merge_call() is False
+        monkeypatch.setattr(strategy.extended, "_use_merge_call", lambda: False)
+        assert ki.strategy_supports_no_merge_call() is True
 
 
 def test_functional_class():
     inputs = keras.Input((2,))
-    assert type(keras.Model(inputs, inputs)) is ki.Functional
+    assert type(keras.Model(inputs, keras.layers.Dense(1)(inputs))) is ki.Functional
     assert issubclass(ki.Functional, keras.Model)
+
+
+def test_functional_probe_fails_as_keras_internals_error(monkeypatch):
+    """Whatever Keras raises while the probe builds its model, import sees KerasInternalsError."""
+    def reject(*args, **kwargs):
+        raise ValueError("rejected by this Keras")
+
+    monkeypatch.setattr(keras.layers, "Identity", reject)
+    with pytest.raises(ki.KerasInternalsError, match="rejected by this Keras"):
+        ki._functional_class()
 
 
 def test_in_xla_compilation():

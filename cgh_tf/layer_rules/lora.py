@@ -83,7 +83,7 @@ class LoraRule(base.LayerRule):
     def call(layer, inputs, ctx, training=None):
         lora_a = ctx.weight(layer.lora_kernel_a)
         lora_b = ctx.weight(layer.lora_kernel_b)
-        scale = layer.lora_alpha / layer.lora_rank
+        scale = _lora_scale(layer)
         kernel = keras.ops.cast(
             keras.ops.add(ctx.weight(base_kernel(layer)), scale * keras.ops.matmul(lora_a, lora_b)),
             dtype=layer.compute_dtype)
@@ -100,7 +100,7 @@ class LoraRule(base.LayerRule):
     def statistics(layer, calls):
         """Each call read with its own specs (a Dense layer may see inputs of several ranks)."""
         specs = [_specs(layer, len(c["inputs"].shape)) for c in calls]
-        scale2 = (layer.lora_alpha / layer.lora_rank) ** 2
+        scale2 = _lora_scale(layer) ** 2
         letter_r = ed.fresh_letters("".join(s.inputs + s.kernel + s.outputs for s in specs), 1)
         xs = [base.full_precision(c["inputs"]) for c in calls]
         bs = [base.full_precision(c.output_grads[0]) for c in calls]
@@ -123,3 +123,9 @@ class LoraRule(base.LayerRule):
             bias_axes = getattr(layer, "bias_axes", None) or specs[0].outputs[-1]
             out[id(layer.bias)] = base.Statistic(ed.bias_sq_norms(list(zip(bs, specs)), bias_axes))
         return out
+
+
+def _lora_scale(layer):
+    """s = lora_alpha / lora_rank of Keras' K = W + s · A B (`lora_alpha` exists from Keras 3.10;
+    before, K = W + A B, i.e. lora_alpha = lora_rank)."""
+    return getattr(layer, "lora_alpha", layer.lora_rank) / layer.lora_rank

@@ -55,7 +55,9 @@ class LayerNormRule(base.LayerRule):
 
     @staticmethod
     def matches(layer):
-        return base.unmodified(layer, keras.layers.LayerNormalization)
+        # keras.ops.layer_normalization exists from Keras 3.11; without it the exact path runs.
+        return (base.unmodified(layer, keras.layers.LayerNormalization)
+                and hasattr(keras.ops, "layer_normalization"))
 
     @staticmethod
     def call(layer, inputs, ctx):
@@ -151,7 +153,9 @@ class BatchNormRule(base.LayerRule):
 
     @staticmethod
     def matches(layer):
-        return base.unmodified(layer, keras.layers.BatchNormalization) and not layer.renorm
+        # `renorm` exists from Keras 3.14; a layer without the option never renormalises.
+        return (base.unmodified(layer, keras.layers.BatchNormalization)
+                and not getattr(layer, "renorm", False))
 
     @staticmethod
     def call(layer, inputs, ctx, training=None, mask=None):
@@ -194,7 +198,9 @@ class RMSNormRule(base.LayerRule):
 
     @staticmethod
     def matches(layer):
-        return base.unmodified(layer, keras.layers.RMSNormalization)
+        # RMSNormalization exists from Keras 3.9.
+        rms_normalization = getattr(keras.layers, "RMSNormalization", None)
+        return rms_normalization is not None and base.unmodified(layer, rms_normalization)
 
     @staticmethod
     def call(layer, inputs, ctx):
