@@ -735,5 +735,7 @@ def _is_functional_call(args, kwargs):
 class FunctionalModel(Model, keras_internals.Functional):
     """`cgh_tf.Model(inputs, outputs)`: the functional form (see `Model.__new__`)."""
 
-    def __init__(self, inputs, outputs, name=None, **kwargs):
-        keras_internals.Functional.__init__(self, inputs, outputs, name=name, **kwargs)
+    def __init__(self, *args, **kwargs):
+        # (*args, **kwargs): Keras' Model.from_config revives a class of this signature as
+        # functional whatever the installed Functional.__init__'s own argument list is.
+        keras_internals.Functional.__init__(self, *args, **kwargs)

@@ -7,6 +7,7 @@ import io
 import tokenize
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -149,6 +150,26 @@ def test_functional_probe_fails_as_keras_internals_error(monkeypatch):
     monkeypatch.setattr(keras.layers, "Identity", reject)
     with pytest.raises(ki.KerasInternalsError, match="rejected by this Keras"):
         ki._functional_class()
+
+
+def test_keras_round_trip_does_not_depend_on_functional_init_arguments(monkeypatch, tmp_path):
+    """A `.keras` file of a functional cgh_tf.Model reloads even if Functional.__init__ takes
+    other arguments than Keras 3.15's (inputs, outputs, name)."""
+    import cgh_tf
+
+    original = ki.Functional.__init__
+
+    def init_with_another_argument(self, inputs, outputs, name=None, another=None, **kwargs):
+        original(self, inputs, outputs, name=name, **kwargs)
+
+    monkeypatch.setattr(ki.Functional, "__init__", init_with_another_argument)
+    inputs = keras.Input((3,))
+    model = cgh_tf.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded, cgh_tf.Model)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_in_xla_compilation():
