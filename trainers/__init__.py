@@ -8,3 +8,5 @@
 
 The modules behind them, one concern each, are listed in docs/design.md, section 7.
 """
+
+from . import quiet  # noqa: E402,F401 - first, before any trainer module imports TensorFlow

@@ -185,7 +185,7 @@ class _Checkpointer(keras.callbacks.Callback):
             record[callback.state_key] = callback.state()
         self.state.save(epoch + 1, outputs.json_roundtrip(record))
         shown = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted((logs or {}).items()))
-        logging.info("epoch %d/%d: %s", epoch + 1, self.config.num_epochs, shown)
+        logging.debug("epoch %d/%d: %s", epoch + 1, self.config.num_epochs, shown)  # Keras prints its own line
 
 
 def run(config, workdir, progress, data=None, strategy=None):

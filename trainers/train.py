@@ -87,8 +87,7 @@ def run_or_exit(config, workdir, progress=True) -> dict:
     try:
         return train_and_evaluate(config, workdir, progress=progress)
     except ConfigError as error:
-        logging.error("%s", error)
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {error}")  # one line (absl's logging.error printed it a second time)
 
 
 def _define_flags():

@@ -1,0 +1,93 @@
+"""Quiet by default: what a trainer binary prints, decided before TensorFlow is first imported.
+
+`trainers/__init__.py` imports this module first, so it runs before any trainer module imports
+TensorFlow (TF reads `TF_CPP_MIN_LOG_LEVEL` once, when its C++ runtime loads). It acts only when a
+trainer runs as a program (`python -m trainers.X`, or the `cgh-*` console scripts), never when
+another program (a test, a notebook) imports `trainers`.
+
+Without `--verbosity` / `-v` on the command line, a run prints Keras' own line per epoch (or the
+binary's line per arm) and the results:
+
+| source                       | default                                              | `--verbosity=N` (N >= 0) |
+|------------------------------|------------------------------------------------------|--------------------------|
+| TF C++ log                   | off (`TF_CPP_MIN_LOG_LEVEL=3`: no `failed call to cuInit` on a CPU machine, no `use_unbounded_threadpool`) | TF's default |
+| TF's import banner (oneDNN, `Could not find cuda drivers`, written before absl::InitializeLog, which `TF_CPP_MIN_LOG_LEVEL` does not reach: tensorflow/tensorflow#100442) | held back; shown if the import fails | shown |
+| TensorFlow's Python log records (absl or its `tensorflow` logger) | warnings and errors (no `Sharding callback duration` per checkpoint) | INFO and more (`-v 1`: DEBUG) |
+
+The trainers' own absl INFO lines (arm started, resumed, results written) always show; their
+per-epoch line is DEBUG (`-v 1`), since Keras prints its own. A `TF_CPP_MIN_LOG_LEVEL` already in
+the environment is kept.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+
+from absl import logging as absl_logging
+
+
+QUIET_TF_CPP_LOG_LEVEL = "3"  # TF C++ logs at INFO 0, WARNING 1, ERROR 2; 3 shows none
+
+
+def verbosity_given(argv) -> bool:
+    """Whether `argv` (a command line, program name first) sets absl's `--verbosity` / `-v`."""
+    return any(arg in ("-v", "--verbosity") or arg.startswith(("-v=", "--verbosity="))
+               for arg in argv[1:])
+
+
+def running_as_program(argv) -> bool:
+    """Whether a trainer is the program: `python -m trainers.X` (argv[0] is "-m" while Python
+    imports the package) or a `cgh-*` console script."""
+    program = os.path.basename(argv[0]) if argv else ""
+    return program == "-m" or program.startswith("cgh-")
+
+
+def quiet_by_default(argv) -> bool:
+    """Silence TF's C++ log and absl's INFO unless `argv` asks for `--verbosity`; returns whether
+    it did. Must run before TensorFlow is imported to reach the C++ log."""
+    if verbosity_given(argv):
+        return False
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_TF_CPP_LOG_LEVEL)
+    with stderr_held_back():
+        import tensorflow  # its import banner, held back
+    absl_logging.get_absl_handler().addFilter(WarningsOnlyFrom(os.path.dirname(tensorflow.__file__)))
+    return True
+
+
+class WarningsOnlyFrom(logging.Filter):
+    """Passes a log record unless it is below WARNING and was logged from a file under
+    `directory` (absl's handler prints the records of both absl and TF's `tensorflow` logger)."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = os.path.join(os.path.abspath(directory), "")
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(self.directory)
+
+
+@contextlib.contextmanager
+def stderr_held_back():
+    """File descriptor 2 (C++ libraries write there directly) goes to a temporary file for the
+    block, and is written to the real stderr only if the block raises."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            except BaseException:
+                os.dup2(saved, 2)
+                held.seek(0)
+                os.write(2, held.read())
+                raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+if running_as_program(sys.argv):
+    quiet_by_default(sys.argv)
