@@ -18,7 +18,11 @@ on first use.
 import importlib
 import os
 
-# Quieten TensorFlow's C++ start-up INFO lines unless the user chose a level.
+from cgh_tf import quiet
+
+# The project's programs (trainers, cgh-* scripts) are quiet by default (cgh_tf/quiet.py); for
+# everyone else, TensorFlow's C++ start-up INFO lines are quietened unless the user chose a level.
+quiet.quiet_if_our_program()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 __version__ = "0.1.0"

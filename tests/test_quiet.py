@@ -1,4 +1,4 @@
-"""Quiet by default (trainers/quiet.py): a default trainer run prints Keras' line per epoch and the
+"""Quiet by default (cgh_tf/quiet.py): a default trainer run prints Keras' line per epoch and the
 results, nothing from TensorFlow's C++ runtime; `--verbosity` brings the rest back; a config error
 is one line."""
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from trainers import quiet
+from cgh_tf import quiet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 2
@@ -28,10 +28,14 @@ def test_verbosity_given():
 
 
 def test_running_as_program():
-    assert quiet.running_as_program(["-m", "--workdir=x"])
-    assert quiet.running_as_program(["/venv/bin/cgh-train", "--workdir=x"])
-    assert not quiet.running_as_program(["/venv/bin/pytest", "tests"])
-    assert not quiet.running_as_program([])
+    python = "/venv/bin/python"
+    assert quiet.running_as_program(["-m"], [python, "-m", "trainers.train", "--workdir=x"])
+    assert quiet.running_as_program(["-m"], [python, "-u", "-m", "cgh_tf.trainers.reproduce"])
+    assert quiet.running_as_program(["/venv/bin/cgh-train", "--workdir=x"], [python, "cgh-train"])
+    assert not quiet.running_as_program(["-m"], [python, "-m", "pytest", "tests"])
+    assert not quiet.running_as_program(["-m"], [python, "-m", "my_trainers.train"])
+    assert not quiet.running_as_program(["train.py"], [python, "train.py"])
+    assert not quiet.running_as_program([], [])
 
 
 def test_stderr_held_back_drops_the_output_of_a_block_that_succeeds(capfd):

@@ -9,4 +9,4 @@
 The modules behind them, one concern each, are listed in docs/design.md, section 7.
 """
 
-from . import quiet  # noqa: E402,F401 - first, before any trainer module imports TensorFlow
+import cgh_tf  # noqa: E402,F401 - first: quiet by default (cgh_tf/quiet.py) before TensorFlow loads

@@ -1,9 +1,11 @@
-"""Quiet by default: what a trainer binary prints, decided before TensorFlow is first imported.
+"""Quiet by default: what the trainer programs print, decided before TensorFlow is first imported.
 
-`trainers/__init__.py` imports this module first, so it runs before any trainer module imports
-TensorFlow (TF reads `TF_CPP_MIN_LOG_LEVEL` once, when its C++ runtime loads). It acts only when a
-trainer runs as a program (`python -m trainers.X`, or the `cgh-*` console scripts), never when
-another program (a test, a notebook) imports `trainers`.
+`cgh_tf/__init__.py` runs `quiet_if_our_program()` before it imports TensorFlow, and
+`trainers/__init__.py` imports `cgh_tf` before any trainer module imports TensorFlow (TF reads
+`TF_CPP_MIN_LOG_LEVEL` once, when its C++ runtime loads). It acts only when one of the project's
+programs runs (`python -m trainers.X`, `python -m cgh_tf.trainers.X`, the `cgh-*` console
+scripts), never when another program (a test, a notebook, a user's script) imports `cgh_tf`.
+This module imports no TensorFlow at module level.
 
 Without `--verbosity` / `-v` on the command line, a run prints Keras' own line per epoch (or the
 binary's line per arm) and the results:
@@ -37,11 +39,21 @@ def verbosity_given(argv) -> bool:
                for arg in argv[1:])
 
 
-def running_as_program(argv) -> bool:
-    """Whether a trainer is the program: `python -m trainers.X` (argv[0] is "-m" while Python
-    imports the package) or a `cgh-*` console script."""
+def running_as_program(argv, orig_argv) -> bool:
+    """Whether one of the project's programs runs: `python -m trainers.X` / `cgh_tf.trainers.X`
+    (`orig_argv`, the interpreter's own command line) or a `cgh-*` console script (`argv[0]`)."""
     program = os.path.basename(argv[0]) if argv else ""
-    return program == "-m" or program.startswith("cgh-")
+    if program.startswith("cgh-"):
+        return True
+    modules = [orig_argv[i + 1] for i, arg in enumerate(orig_argv[:-1]) if arg == "-m"]
+    return bool(modules) and modules[0].startswith(("trainers.", "cgh_tf."))
+
+
+def quiet_if_our_program() -> bool:
+    """`quiet_by_default(sys.argv)` when one of the project's programs runs; returns whether it
+    silenced anything."""
+    return (running_as_program(sys.argv, getattr(sys, "orig_argv", []))
+            and quiet_by_default(sys.argv))
 
 
 def quiet_by_default(argv) -> bool:
@@ -87,7 +99,3 @@ def stderr_held_back():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-if running_as_program(sys.argv):
-    quiet_by_default(sys.argv)
