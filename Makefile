@@ -3,21 +3,41 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+NEWEST := .ci/constraints/newest.txt
 DEMO_DIR ?= workdirs/demo
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast test-versions lint docs bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+# The newest supported pair (TF 2.21 + Keras 3.15), held by its constraints file.
+$(STAMP): setup.cfg pyproject.toml $(NEWEST)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c $(NEWEST) -e '.[test]'
 	touch $(STAMP)
+
+$(VENV)/.%-installed: $(STAMP)
+	$(PY) -m pip install --quiet -c $(NEWEST) -e '.[test,$*]'
+	touch $@
 
 demo: $(STAMP)
 	$(PY) -m trainers.demo --workdir=$(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 tests  # two worker processes (pytest-xdist): ~13 min here
+	$(PY) -m pytest -n 2 tests  # everything, two worker processes (pytest-xdist): ~13 min here
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -m "not slow" tests  # without subprocess / end-to-end tests: <= 3 min
+
+# The floor (TF 2.18 + Keras 3.12, Python 3.10: whole suite) and a middle pair (TF 2.20 +
+# Keras 3.13, Python 3.12: core files), each in its own venv under .venvs/ (.ci/versions.sh).
+test-versions:
+	.ci/versions.sh
+
+lint: $(VENV)/.lint-installed
+	$(VENV)/bin/ruff check .
+
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
@@ -35,4 +55,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/memory.py
 
 clean:
-	rm -rf workdirs .pytest_cache
+	rm -rf workdirs .pytest_cache site

@@ -10,11 +10,16 @@ This module imports no TensorFlow at module level.
 Without `--verbosity` / `-v` on the command line, a run prints Keras' own line per epoch (or the
 binary's line per arm) and the results:
 
-| source                       | default                                              | `--verbosity=N` (N >= 0) |
-|------------------------------|------------------------------------------------------|--------------------------|
-| TF C++ log                   | off (`TF_CPP_MIN_LOG_LEVEL=3`: no `failed call to cuInit` on a CPU machine, no `use_unbounded_threadpool`) | TF's default |
-| TF's import banner (oneDNN, `Could not find cuda drivers`, written before absl::InitializeLog, which `TF_CPP_MIN_LOG_LEVEL` does not reach: tensorflow/tensorflow#100442) | held back; shown if the import fails | shown |
-| TensorFlow's Python log records (absl or its `tensorflow` logger) | warnings and errors (no `Sharding callback duration` per checkpoint) | INFO and more (`-v 1`: DEBUG) |
+| source | default | `--verbosity=N` |
+|--------|---------|-----------------|
+| TF's C++ log | off (`TF_CPP_MIN_LOG_LEVEL=3`): no cuInit failure, no `use_unbounded_threadpool` | as TF |
+| TF's import banner (1) | held back; shown if the import fails | shown |
+| TF's Python INFO records (2) | hidden: warnings and errors only | shown (`-v 1`: DEBUG too) |
+
+(1) oneDNN, `Could not find cuda drivers`: written before absl::InitializeLog, which
+`TF_CPP_MIN_LOG_LEVEL` does not reach (tensorflow/tensorflow#100442).
+(2) absl or `tensorflow` logger records from TensorFlow's files, e.g. `Sharding callback
+duration` at every checkpoint.
 
 The trainers' own absl INFO lines (arm started, resumed, results written) always show; their
 per-epoch line is DEBUG (`-v 1`), since Keras prints its own. A `TF_CPP_MIN_LOG_LEVEL` already in

@@ -5,6 +5,7 @@ collection time, before any test imports a model.
 """
 
 import os
+import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -35,3 +36,28 @@ def float64_keras():
     yield
     keras.config.set_floatx(previous[0])
     keras.config.set_dtype_policy(previous[1])
+
+
+# ------------------------------------------------------------------------------ test tiers
+# `slow`: subprocess and end-to-end tests (`make test-fast` = `-m "not slow"`; `make test` runs
+# everything). Marked here, in one place, by file, by test-name pattern and by fixture, so the
+# files other issues are editing need no decorators; a test may also carry `@pytest.mark.slow`.
+SLOW_FILES = {
+    "test_accelerator_check.py", "test_coherence_matrix.py", "test_memory_benchmark.py",
+    "test_multi_worker_trainer.py", "test_trainer.py", "test_trainer_features.py",
+    "test_reproduce.py", "test_hparams_board.py",
+}
+SLOW_NAMES = re.compile(r"end_to_end|tiny|subprocess|_cli_|resumes|demo_runs|import_is_light")
+SLOW_FIXTURES = {"runs", "trainer_runs", "crash_subprocesses"}
+
+
+def is_slow(item) -> bool:
+    """Whether a collected test is a subprocess or end-to-end test (see SLOW_* above)."""
+    return (os.path.basename(str(item.fspath)) in SLOW_FILES or bool(SLOW_NAMES.search(item.name))
+            or bool(SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if is_slow(item):
+            item.add_marker(pytest.mark.slow)

@@ -16,7 +16,10 @@ from cgh_tf import keras_internals as ki
 
 def test_no_other_module_touches_private_keras_names():
     """Owned modules reach private Keras / TF names only through keras_internals."""
-    import cgh_tf.distribute, cgh_tf.optimizers, cgh_tf.training, cgh_tf.aggregators
+    import cgh_tf.aggregators
+    import cgh_tf.distribute
+    import cgh_tf.optimizers
+    import cgh_tf.training
     for module in (cgh_tf.distribute, cgh_tf.optimizers, cgh_tf.training, cgh_tf.aggregators):
         source = _code_only(inspect.getsource(module))
         for name in ("keras.src", "tf.__internal__", "_loss_tracker", "_flatten_layers",

@@ -45,7 +45,7 @@ import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 import tensorflow as tf
 
