@@ -37,7 +37,7 @@ lint: $(VENV)/.lint-installed
 	$(VENV)/bin/ruff check .
 
 docs: $(VENV)/.docs-installed
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
