@@ -42,7 +42,7 @@ from cgh_tf import robust
 _PACKAGE = "cgh_tf"
 
 
-def check_count(name, value, what="the median of 2 values is their mean"):
+def check_count(name: str, value: int, what: str | None = "the median of 2 values is their mean") -> int:
     """`value` as an int >= 2 (NumPy integers accepted); warns for 2 when `what` is given."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 2:
         raise ValueError(f"`{name}` must be an int >= 2; got {value!r}.")
@@ -53,7 +53,7 @@ def check_count(name, value, what="the median of 2 values is their mean"):
     return value
 
 
-def check_l2(l2):
+def check_l2(l2: float) -> float:
     """`l2` as a float >= 0 (the coupled L2 coefficient)."""
     if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or l2 < 0:
         raise ValueError(f"`l2` must be a float >= 0; got {l2!r}.")
@@ -68,14 +68,14 @@ class Aggregator:
     groups = 1
     per_example = False
 
-    def __init__(self, l2=0.0):
+    def __init__(self, l2: float = 0.0):
         self.l2 = check_l2(l2)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"l2": self.l2}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict) -> "Aggregator":
         return cls(**config)
 
     def __repr__(self):
@@ -92,12 +92,12 @@ class Aggregator:
 class GroupAggregator(Aggregator):
     """Aggregates the mean gradients of `groups` contiguous groups of the batch."""
 
-    def combine(self, rows):
+    def combine(self, rows: list[tf.Tensor | None]) -> list[tf.Tensor | None]:
         """rows: per variable a `[groups, *var.shape]` tensor (row j = group j's mean gradient) or
         None -> per variable the aggregate (None stays None)."""
         raise NotImplementedError
 
-    def __call__(self, rows):
+    def __call__(self, rows: list[tf.Tensor | None]) -> list[tf.Tensor | None]:
         combined = self.combine(rows)
         if self.groups == 1:
             return combined
@@ -109,7 +109,7 @@ class GroupAggregator(Aggregator):
 class Mean(GroupAggregator):
     """The plain mean gradient of the batch (Keras' own step)."""
 
-    def combine(self, rows):
+    def combine(self, rows: list[tf.Tensor | None]) -> list[tf.Tensor | None]:
         return [None if r is None else r[0] for r in rows]
 
 
@@ -121,14 +121,14 @@ class MedianOfMeans(GroupAggregator):
     `compile(optimizer=opt, aggregation=MedianOfMeans(k, l2=λ))`.
     """
 
-    def __init__(self, groups=3, l2=0.0):
+    def __init__(self, groups: int = 3, l2: float = 0.0):
         super().__init__(l2)
         self.groups = check_count("groups", groups)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"groups": self.groups, "l2": self.l2}
 
-    def combine(self, rows):
+    def combine(self, rows: list[tf.Tensor | None]) -> list[tf.Tensor | None]:
         return [None if r is None else robust.median(r, axis=0) for r in rows]
 
 
@@ -137,11 +137,11 @@ class PerExampleAggregator(Aggregator):
 
     per_example = True
 
-    def reduce(self, values, axis):
+    def reduce(self, values: tf.Tensor, axis: int) -> tf.Tensor:
         """values [..., m, ...] with the examples on `axis` -> the aggregate without that axis."""
         raise NotImplementedError
 
-    def reduce_outer(self, a, b):
+    def reduce_outer(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
         """Optional fast form for Dense kernels: the reduction of the outer products a_i ⊗ b_i
         (a [m, fan_in], b [m, fan_out]) as [fan_in, fan_out], or None to use `reduce`."""
         return None
@@ -152,20 +152,20 @@ class Winsorize(PerExampleAggregator):
     """Winsorized gradient descent (arXiv 2002.10657): per coordinate, clip the m per-example
     gradients to their `pct`-th and (100 - pct)-th nearest-rank percentiles, then average."""
 
-    def __init__(self, pct, l2=0.0):
+    def __init__(self, pct: float, l2: float = 0.0):
         super().__init__(l2)
         if isinstance(pct, bool) or not isinstance(pct, numbers.Real) or not 0.0 <= pct < 50.0:
             raise ValueError(f"winsorize_pct must be in [0, 50) (percent clipped on each side), "
                              f"got {pct!r}.")
         self.pct = float(pct)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"pct": self.pct, "l2": self.l2}
 
-    def reduce(self, values, axis):
+    def reduce(self, values: tf.Tensor, axis: int) -> tf.Tensor:
         return robust.winsorized_mean(values, self.pct, axis)
 
-    def reduce_outer(self, a, b):
+    def reduce_outer(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
         reduced = robust.winsorized_mean_of_outer_products(a, b, self.pct)
         if reduced is None and self.pct:
             warnings.warn(_SLOW_WINSORIZE.format(reason=_network_refusal(a.shape[0], self.pct)),
@@ -192,7 +192,7 @@ def _network_refusal(m, pct) -> str:
 NAMES = ("mean", "winsorize")
 
 
-def get(aggregation, winsorize_pct=None):
+def get(aggregation: str | Aggregator | dict, winsorize_pct: float | None = None) -> Aggregator:
     """An `Aggregator` from a compile option: a name of `NAMES`, an instance, or its Keras config.
 
     Raises ValueError for an unknown name, for `winsorize_pct` > 0 with anything but

@@ -49,12 +49,15 @@ form: its optimizer is the user's ordinary Keras optimizer, left as it is, so Ke
 of the update (P values) follows the rows' collective.
 """
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import tensorflow as tf
 
 from cgh_tf import keras_internals
 
 
-def num_replicas_in_sync():
+def num_replicas_in_sync() -> int:
     """Number of replicas of the current strategy (1 without a strategy)."""
     return tf.distribute.get_strategy().num_replicas_in_sync
 
@@ -64,7 +67,7 @@ def _require_replica_context(what):
         raise ValueError(f"{what} must be called in a replica context (e.g. inside strategy.run).")
 
 
-def all_reduce_sum(tensors):
+def all_reduce_sum(tensors: Sequence[tf.Tensor | None]) -> list[tf.Tensor | None]:
     """SUM-all-reduce a list of tensors (None entries pass through) across replicas.
 
     Called in replica context; without a strategy or with one replica the tensors are returned
@@ -85,7 +88,7 @@ def all_reduce_sum(tensors):
     return [None if t is None else next(reduced) for t in tensors]
 
 
-def all_reduce_stacked_sum(stacked):
+def all_reduce_stacked_sum(stacked: Sequence[tf.Tensor | None]) -> list[tf.Tensor | None]:
     """SUM-all-reduce per-variable stacks `[k, *var.shape]` with exactly one all-reduce.
 
     The stacks are flattened into one `[k, P]` tensor (P = total parameter count), reduced with a
@@ -102,7 +105,7 @@ def all_reduce_stacked_sum(stacked):
     return _on_flat_stacks(stacked, lambda flat: context.all_reduce(tf.distribute.ReduceOp.SUM, flat))
 
 
-def all_gather_stacked(stacked):
+def all_gather_stacked(stacked: Sequence[tf.Tensor | None]) -> list[tf.Tensor | None]:
     """All-gather per-variable stacks `[J, *var.shape]` along axis 0 with exactly one all-gather.
 
     Args:
@@ -133,7 +136,7 @@ def _on_flat_stacks(stacked, collective):
     return [None if t is None else next(pieces) for t in stacked]
 
 
-def in_cross_replica(fn, *args):
+def in_cross_replica(fn: Callable[..., Any], *args: Any) -> Any:
     """Run `fn(*args)` where conditional optimizer updates are allowed.
 
     With a strategy that needs merge_call (Mirrored, MultiWorkerMirrored on CPU/GPU) `fn` runs in
@@ -151,7 +154,7 @@ def _in_real_cross_replica_context():
     return tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context()
 
 
-def for_each_replica(fn, *args):
+def for_each_replica(fn: Callable[..., Any], *args: Any) -> Any:
     """Call `fn(*args)` once per replica (from cross-replica context) or just once (elsewhere).
 
     Returns the per-replica result object in cross-replica context, else `fn`'s result.
@@ -162,7 +165,7 @@ def for_each_replica(fn, *args):
     return fn(*args)
 
 
-def first_replica_value(value):
+def first_replica_value(value: Any) -> Any:
     """The first replica's component of a per-replica value (the value itself otherwise)."""
     if _in_real_cross_replica_context():
         return tf.distribute.get_strategy().experimental_local_results(value)[0]

@@ -19,8 +19,12 @@ name=...)`, so that `cgh_tf.Model` (a functional `keras.Model` subclass) can be 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import layers
+
+Shape = Sequence[int]  # an example's shape, without the batch axis
 
 
 def _check_shape(input_shape, num_classes):
@@ -36,8 +40,9 @@ def _logits(x, num_classes):
     return layers.Dense(num_classes, name="logits")(x)
 
 
-def mlp(input_shape, num_classes, depth=2, width=256, activation="relu", *,
-        model_class=keras.Model, name="mlp"):
+def mlp(input_shape: Shape, num_classes: int, depth: int = 2, width: int = 256,
+        activation: str = "relu", *, model_class: type[keras.Model] = keras.Model,
+        name: str = "mlp") -> keras.Model:
     """Flatten → `depth` × Dense(width, activation) → Dense(num_classes) logits."""
     input_shape, num_classes = _check_shape(input_shape, num_classes)
     if depth < 0 or width < 1:
@@ -49,8 +54,9 @@ def mlp(input_shape, num_classes, depth=2, width=256, activation="relu", *,
     return model_class(inputs, _logits(x, num_classes), name=name)
 
 
-def small_cnn(input_shape, num_classes, filters=(32, 64), kernel_size=3, dense_width=128,
-              activation="relu", *, model_class=keras.Model, name="small_cnn"):
+def small_cnn(input_shape: Shape, num_classes: int, filters: Sequence[int] = (32, 64),
+              kernel_size: int = 3, dense_width: int = 128, activation: str = "relu", *,
+              model_class: type[keras.Model] = keras.Model, name: str = "small_cnn") -> keras.Model:
     """Conv(+max-pool 2) per entry of `filters` → Flatten → Dense(dense_width) → Dense logits.
 
     Rank-1 inputs [L] (mnist1d) are treated as [L, 1]; rank-2 [L, C] use Conv1D; rank-3
@@ -109,8 +115,9 @@ def _image_shape(input_shape, num_classes, model):
     return input_shape, num_classes
 
 
-def resnet18_cifar(input_shape=(32, 32, 3), num_classes=10, *, model_class=keras.Model,
-                   name="resnet18_cifar"):
+def resnet18_cifar(input_shape: Shape = (32, 32, 3), num_classes: int = 10, *,
+                   model_class: type[keras.Model] = keras.Model,
+                   name: str = "resnet18_cifar") -> keras.Model:
     """CIFAR ResNet-18: 3×3/1 stem (64), no max-pool, 4 stages × 2 basic blocks, GAP, logits."""
     input_shape, num_classes = _image_shape(input_shape, num_classes, "resnet18_cifar")
     inputs = keras.Input(shape=input_shape, name="x")
@@ -118,8 +125,9 @@ def resnet18_cifar(input_shape=(32, 32, 3), num_classes=10, *, model_class=keras
     return model_class(inputs, _resnet18_body(x, num_classes), name=name)
 
 
-def resnet18_imagenet(input_shape=(224, 224, 3), num_classes=1000, *, model_class=keras.Model,
-                      name="resnet18_imagenet"):
+def resnet18_imagenet(input_shape: Shape = (224, 224, 3), num_classes: int = 1000, *,
+                      model_class: type[keras.Model] = keras.Model,
+                      name: str = "resnet18_imagenet") -> keras.Model:
     """ImageNet ResNet-18: 7×7/2 stem (64) + 3×3/2 max-pool, 4 stages × 2 basic blocks, logits."""
     input_shape, num_classes = _image_shape(input_shape, num_classes, "resnet18_imagenet")
     inputs = keras.Input(shape=input_shape, name="x")
@@ -128,8 +136,9 @@ def resnet18_imagenet(input_shape=(224, 224, 3), num_classes=1000, *, model_clas
     return model_class(inputs, _resnet18_body(x, num_classes), name=name)
 
 
-def resnet50_imagenet(input_shape=(224, 224, 3), num_classes=1000, *, model_class=keras.Model,
-                      name="resnet50_imagenet"):
+def resnet50_imagenet(input_shape: Shape = (224, 224, 3), num_classes: int = 1000, *,
+                      model_class: type[keras.Model] = keras.Model,
+                      name: str = "resnet50_imagenet") -> keras.Model:
     """`keras.applications.ResNet50(weights=None)` with a logits head, re-wrapped in model_class."""
     input_shape, num_classes = _image_shape(input_shape, num_classes, "resnet50_imagenet")
     base = keras.applications.ResNet50(weights=None, include_top=True, input_shape=input_shape,
@@ -146,7 +155,7 @@ MODELS = {
 }
 
 
-def build(name, input_shape, num_classes, **kwargs) -> keras.Model:
+def build(name: str, input_shape: Shape, num_classes: int, **kwargs) -> keras.Model:
     """Builds model `name` (a key of MODELS); kwargs go to its builder (e.g. model_class, width)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(map(repr, MODELS))}")

@@ -103,7 +103,8 @@ class RobustAverage(keras.optimizers.Optimizer):
     _size_name = "size"
     _median = True  # k = 2 warns: the median of two values is their mean
 
-    def __init__(self, optimizer, size, l2=0.0, name=None, **kwargs):
+    def __init__(self, optimizer: keras.optimizers.Optimizer, size: int, l2: float = 0.0,
+                 name: str | None = None, **kwargs):
         if kwargs:
             raise ValueError(
                 f"{type(self).__name__} does not take {sorted(kwargs)}; set such options on the "
@@ -287,7 +288,7 @@ class RobustAverage(keras.optimizers.Optimizer):
         self.nonfinite_steps.assign_add(1)
 
     # ------------------------------------------------------------ serialization
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             "name": self.name,
             "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
@@ -336,7 +337,8 @@ class M3(RobustAverage):
 
     _size_name = "groups"
 
-    def __init__(self, optimizer, groups=3, l2=0.0, name=None, **kwargs):
+    def __init__(self, optimizer: keras.optimizers.Optimizer, groups: int = 3, l2: float = 0.0,
+                 name: str | None = None, **kwargs):
         super().__init__(optimizer, size=groups, l2=l2, name=name, **kwargs)
 
     @property
@@ -360,7 +362,8 @@ class _RunningAverage(RobustAverage):
     _size_name = "window"
     _median = True
 
-    def __init__(self, optimizer, window=3, l2=0.0, name=None, **kwargs):
+    def __init__(self, optimizer: keras.optimizers.Optimizer, window: int = 3, l2: float = 0.0,
+                 name: str | None = None, **kwargs):
         super().__init__(optimizer, size=window, l2=l2, name=name, **kwargs)
 
     @property
@@ -410,7 +413,7 @@ class RA3(_RunningAverage):
         return robust.means(lists)
 
 
-def unwrap(optimizer):
+def unwrap(optimizer: keras.optimizers.Optimizer) -> "RobustAverage | None":
     """The `RobustAverage` in `optimizer` (itself, or inside a LossScaleOptimizer), else None."""
     if isinstance(optimizer, LossScaleOptimizer):
         optimizer = optimizer.inner_optimizer
@@ -431,7 +434,7 @@ def _inner(inner, learning_rate, momentum, **kw):
     raise ValueError(f"Unknown inner optimizer {inner!r}; valid: 'sgd', 'adam'.")
 
 
-def parse_name(name, groups=3, window=3) -> tuple:
+def parse_name(name: str, groups: int = 3, window: int = 3) -> tuple[str, int | None]:
     """`(kind, k)` of an optimizer name of `build`: kind "sgd" / "adam" (k None), "m" (M3 with k
     groups), "rm" / "ra" (RM3 / RA3 with window k); `m3` / `rm3` / `ra3` take k from `groups` /
     `window`. The one parser of the name grammar (the trainers count updates with it).
@@ -454,7 +457,8 @@ def parse_name(name, groups=3, window=3) -> tuple:
     return kind, int(match.group(2))
 
 
-def build(name, learning_rate, momentum=0.0, groups=3, window=3, l2=0.0, inner="sgd", **kw):
+def build(name: str, learning_rate: float, momentum: float = 0.0, groups: int = 3, window: int = 3,
+          l2: float = 0.0, inner: str = "sgd", **kw) -> keras.optimizers.Optimizer:
     """Build an optimizer by name (for trainers and configs).
 
     | name              | result                                                              |

@@ -21,11 +21,13 @@ No Keras import: these are used inside optimizers and train steps, eagerly, in `
 under XLA. Inputs must be finite (callers skip non-finite gradients; see `cgh_tf.optimizers`).
 """
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import tensorflow as tf
 
 
-def nonfinite_marker(tensors):
+def nonfinite_marker(tensors: Iterable[tf.Tensor | None]) -> tf.Tensor:
     """float32 scalar: 0 if no tensor (None ignored) has a NaN or Inf entry, else NaN.
 
     sum(t * 0) per tensor: one fused multiply-reduce, about half the cost of
@@ -36,12 +38,12 @@ def nonfinite_marker(tensors):
     return tf.add_n(zeros) if zeros else tf.constant(0.0)
 
 
-def all_finite(tensors):
+def all_finite(tensors: Iterable[tf.Tensor | None]) -> tf.Tensor:
     """Bool scalar: no tensor (None ignored) has a NaN or Inf entry (`nonfinite_marker`)."""
     return tf.math.is_finite(nonfinite_marker(tensors))
 
 
-def median3(a, b, c):
+def median3(a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) -> tf.Tensor:
     """Coordinate-wise median of three tensors of the same shape and dtype.
 
     med(a, b, c) = max(min(a, b), min(max(a, b), c)): exact (returns one of the inputs), no sort,
@@ -64,7 +66,7 @@ def _sorted_along(values, axis):
     return tf.sort(values, axis=axis)
 
 
-def median(values, axis=0):
+def median(values: tf.Tensor, axis: int = 0) -> tf.Tensor:
     """Coordinate-wise median of `values` along `axis`, exactly as `np.median`.
 
     Args:
@@ -94,7 +96,7 @@ def median(values, axis=0):
     return (lower + middle) / 2
 
 
-def median_of(tensors):
+def median_of(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
     """Median of a Python list of k same-shaped tensors (k static), without stacking for k <= 3."""
     tensors = list(tensors)
     if len(tensors) == 1:
@@ -107,7 +109,7 @@ def median_of(tensors):
 
 
 @tf.function(jit_compile=True, autograph=False)  # no control flow: nothing to convert
-def fused_medians(lists):
+def fused_medians(lists: Sequence[Sequence[tf.Tensor]]) -> list[tf.Tensor]:
     """`[median_of(tensors) for tensors in lists]` in one XLA computation: one launch for every
     variable of a model, each median one fused pass over its k inputs instead of 4 kernels.
 
@@ -116,17 +118,17 @@ def fused_medians(lists):
     return [median_of(tensors) for tensors in lists]
 
 
-def means(lists):
+def means(lists: Sequence[Sequence[tf.Tensor]]) -> list[tf.Tensor]:
     """`[mean_of(tensors) for tensors in lists]` (the RA3 control of `fused_medians`)."""
     return [mean_of(tensors) for tensors in lists]
 
 
-def mean(values, axis=0):
+def mean(values: tf.Tensor, axis: int = 0) -> tf.Tensor:
     """Coordinate-wise arithmetic mean along `axis` (the RA3 control)."""
     return tf.reduce_mean(values, axis=axis)
 
 
-def mean_of(tensors):
+def mean_of(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
     """Mean of a Python list of same-shaped tensors."""
     tensors = list(tensors)
     return tf.add_n(tensors) / len(tensors)
@@ -171,7 +173,7 @@ def _order_statistic(last, rank, k):
     return tf.cond(2 * rank < k, from_bottom, from_top)
 
 
-def percentile_nearest(values, q, axis=0):
+def percentile_nearest(values: tf.Tensor, q: float | Sequence[float], axis: int = 0) -> tf.Tensor:
     """Coordinate-wise q-th percentile(s) of `values` along `axis` with the nearest-rank rule.
 
     Identical to `np.percentile(values, q, axis=axis, method="nearest")`.
@@ -196,7 +198,7 @@ def percentile_nearest(values, q, axis=0):
     return picked[0] if scalar else tf.stack(picked)
 
 
-def winsorized_mean(values, pct, axis=0):
+def winsorized_mean(values: tf.Tensor, pct: float, axis: int = 0) -> tf.Tensor:
     """Coordinate-wise winsorized mean (ICLR 2020 "winsorized gradient descent").
 
     For each coordinate the k values along `axis` are clipped to their `pct`-th and
@@ -234,7 +236,7 @@ def winsorized_mean(values, pct, axis=0):
 MAX_NETWORK_SIZE = 1024
 
 
-def winsorized_mean_of_outer_products(a, b, pct):
+def winsorized_mean_of_outer_products(a: tf.Tensor, b: tf.Tensor, pct: float) -> tf.Tensor:
     """Winsorized mean over i of the outer products a_i ⊗ b_i, e.g. the per-example gradients of a
     Dense kernel (a: layer inputs, b: output gradients), without materialising them.
 
