@@ -46,15 +46,17 @@ SLOW_FILES = {
     "test_accelerator_check.py", "test_coherence_matrix.py", "test_memory_benchmark.py",
     "test_multi_worker_trainer.py", "test_trainer.py", "test_trainer_features.py",
     "test_reproduce.py", "test_hparams_board.py",
+    # in-process but end-to-end: fit under MirroredStrategy against one device, ~10-60 s each
+    "test_replica_groups.py", "test_optimizers_distribute.py",
 }
-SLOW_NAMES = re.compile(r"end_to_end|tiny|subprocess|_cli_|resumes|demo_runs|import_is_light")
-SLOW_FIXTURES = {"runs", "trainer_runs", "crash_subprocesses"}
+SLOW_NAMES = re.compile(r"end_to_end|tiny|subprocess|_cli_|resume|demo_runs|import_is_light")
+SLOW_FIXTURES = re.compile(r"^tiny|runs$|subprocesses$")  # whole experiments run by a fixture
 
 
 def is_slow(item) -> bool:
     """Whether a collected test is a subprocess or end-to-end test (see SLOW_* above)."""
     return (os.path.basename(str(item.fspath)) in SLOW_FILES or bool(SLOW_NAMES.search(item.name))
-            or bool(SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))))
+            or any(SLOW_FIXTURES.search(name) for name in getattr(item, "fixturenames", ())))
 
 
 def pytest_collection_modifyitems(config, items):
