@@ -1,0 +1,72 @@
+"""The console scripts of an installed cgh_tf: `cgh-train` and `cgh-reproduce`, from any directory.
+
+| script          | runs                  | example                                                   |
+|-----------------|-----------------------|-----------------------------------------------------------|
+| `cgh-train`     | `trainers/train.py`     | `cgh-train --config=default --workdir=/tmp/run --config.num_epochs=2` |
+| `cgh-reproduce` | `trainers/reproduce.py` | `cgh-reproduce --experiment=memorisation --workdir=/tmp/exp` |
+
+In the wheel, `trainers/` and `configs/` are installed as `cgh_tf.trainers` and `cgh_tf.configs`
+(nothing generic in site-packages). Their modules import each other as `trainers.X` and
+`configs.X`, the repository's layout, so a script first makes those two names refer to the
+installed packages inside its own process (`sys.modules`), then runs the module as `__main__`.
+`--config=NAME` (no path separator, no `.py`) names a shipped config: `--config=default` is
+`configs/default.py` wherever the package is installed; a path works as before.
+"""
+
+import importlib
+import os
+import runpy
+import sys
+
+PACKAGE = __name__.rpartition(".")[0]  # "trainers" in the repository, "cgh_tf.trainers" installed
+CONFIGS = PACKAGE.rpartition(".")[0] + ".configs" if "." in PACKAGE else "configs"
+
+
+def alias_repository_names() -> None:
+    """`trainers` and `configs` refer to this installation's packages in this process (no-op in
+    the repository, where they are those packages)."""
+    for name, package in (("trainers", PACKAGE), ("configs", CONFIGS)):
+        if name != package:
+            sys.modules[name] = importlib.import_module(package)
+
+
+def shipped_config_path(name: str) -> str | None:
+    """The path of shipped config `name` (e.g. "default" -> .../configs/default.py), or None if
+    `name` is a path or names no shipped config."""
+    if os.sep in name or "/" in name or name.endswith(".py"):
+        return None
+    directory = os.path.dirname(importlib.import_module(CONFIGS).__file__)
+    path = os.path.join(directory, f"{name.split(':')[0]}.py")
+    suffix = name[len(name.split(":")[0]):]  # ml_collections' "file.py:argument"
+    return path + suffix if os.path.isfile(path) else None
+
+
+def resolve_config_flags(argv: list[str]) -> list[str]:
+    """`argv` with `--config=NAME` / `--config NAME` of a shipped config replaced by its path."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            path = shipped_config_path(arg[len("--config="):])
+            if path:
+                out[i] = f"--config={path}"
+        elif arg == "--config" and i + 1 < len(out):
+            path = shipped_config_path(out[i + 1])
+            if path:
+                out[i + 1] = path
+    return out
+
+
+def _run(module: str) -> None:
+    alias_repository_names()
+    sys.argv = resolve_config_flags(sys.argv)
+    runpy.run_module(f"trainers.{module}", run_name="__main__", alter_sys=True)
+
+
+def train() -> None:
+    """`cgh-train`: `python -m trainers.train` (flags as documented there)."""
+    _run("train")
+
+
+def reproduce() -> None:
+    """`cgh-reproduce`: `python -m trainers.reproduce` (flags as documented there)."""
+    _run("reproduce")
