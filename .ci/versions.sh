@@ -38,6 +38,10 @@ pair_field() {  # pair_field NAME FIELD_INDEX
 setup_venv() {  # setup_venv NAME -> prints the venv's python
   local name=$1 python venv key
   python=$(pair_field "$name" 1)
+  if ! "$python" -c 'import sys' 2>/dev/null; then
+    echo "[$name] no working interpreter '$python'; set PYTHON310 / PYTHON312 to its path" >&2
+    exit 2
+  fi
   venv=$VENV_ROOT/$name
   key=$(cat ".ci/constraints/$name.txt" setup.cfg <("$python" -VV) | sha256sum | cut -c1-16)
   if [[ ! -f $venv/.installed-$key ]]; then
