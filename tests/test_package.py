@@ -35,12 +35,3 @@ def test_unknown_attribute_gives_a_clear_error():
 
     with pytest.raises(AttributeError, match="no attribute 'M4'"):
         cgh_tf.M4  # noqa: B018
-
-
-def test_quick_start_is_the_two_make_targets():
-    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    assert "make demo" in readme and "make test" in readme
-    makefile = open(os.path.join(REPO, "Makefile"), encoding="utf-8").read()
-    assert "\ndemo:" in makefile and "\ntest:" in makefile
-    ci = open(os.path.join(REPO, ".ci", "run"), encoding="utf-8").read()
-    assert "make test" in ci
