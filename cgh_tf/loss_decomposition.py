@@ -144,6 +144,14 @@ def _num_replicas():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def _replica_scale(dtype):
+    """The factor (≈ 1/replicas) by which Keras scales a mean-reduced loss under tf.distribute,
+    read from Keras' own reduction of a single 1 (it rounds 1/replicas through float32, so
+    dividing by exactly this factor, not multiplying by the replica count, undoes it exactly)."""
+    one = tf.ones([1], dtype)
+    return _GivenValues(one, "sum_over_batch_size", dtype.name)(one, one)
+
+
 class LossDecomposition:
     """`fn(y, y_pred) -> [m]` per-example losses ℓ_i of the module docstring, for a model's compiled
     loss (`loss=None`) or a given loss (a Loss, name, function, or a dict / list with one per output).
@@ -195,14 +203,14 @@ class LossDecomposition:
             weights = self._sample_weight(leaf, sample_weight)
             with tf.GradientTape() as tape:
                 tape.watch(values)
-                reduced = _GivenValues(values, leaf.loss.reduction, leaf.loss.dtype)(
+                reduced = _GivenValues(values, leaf.loss.reduction, values.dtype.name)(
                     y_true, pred, weights)
             coefficient = tape.gradient(reduced, values)
             if coefficient is None:  # Keras returned no dependence on the values (e.g. empty)
                 coefficient = tf.zeros_like(values)
             factor = tf.cast(tf.shape(values)[0], values.dtype)
-            if leaf.loss.reduction in _MEAN_REDUCTIONS:
-                factor *= _num_replicas()  # Keras' scale_loss_for_distribution, taken out
+            if leaf.loss.reduction in _MEAN_REDUCTIONS and _num_replicas() > 1:
+                factor /= _replica_scale(values.dtype)
             if leaf.weight is not None:
                 factor *= leaf.weight
             if scale is not None:
@@ -218,7 +226,8 @@ class LossDecomposition:
             contribution = tf.cast(coefficient, values.dtype) * values
             if contribution.shape.rank > 1:
                 contribution = tf.reduce_sum(contribution, axis=list(range(1, contribution.shape.rank)))
-            contribution = tf.cast(contribution, _loss_dtype())
+            if total is not None and total.dtype != contribution.dtype:
+                total, contribution = tf.cast(total, tf.float64), tf.cast(contribution, tf.float64)
             total = contribution if total is None else total + contribution
         return total
 
@@ -228,15 +237,19 @@ class LossDecomposition:
         return self.per_example(y, y_pred)
 
 
-def _loss_dtype():
-    return tf.float64 if keras.backend.floatx() == "float64" else tf.float32
+def _compute_dtype(loss, y_pred):
+    """The dtype the values are computed in: Keras' `Loss.__call__` converts to the loss dtype
+    (float32 under mixed precision, where ŷ is 16-bit); a float64 ŷ keeps its precision."""
+    pred_dtype = tf.nest.flatten(y_pred)[0].dtype
+    return tf.float64 if pred_dtype == tf.float64 else tf.as_dtype(loss.dtype)
 
 
 def _values(loss, y_true, y_pred):
-    """`loss.call` with `Loss.__call__`'s conversions (both to the loss dtype); checks that the
+    """`loss.call` with `Loss.__call__`'s conversions (both to the compute dtype); checks that the
     values keep the example axis (a scalar couples the examples: not decomposable)."""
-    y_pred = tf.nest.map_structure(lambda t: keras.ops.convert_to_tensor(t, loss.dtype), y_pred)
-    y_true = tf.nest.map_structure(lambda t: keras.ops.convert_to_tensor(t, loss.dtype), y_true)
+    dtype = _compute_dtype(loss, y_pred)
+    y_pred = tf.nest.map_structure(lambda t: keras.ops.convert_to_tensor(t, dtype), y_pred)
+    y_true = tf.nest.map_structure(lambda t: keras.ops.convert_to_tensor(t, dtype), y_true)
     values = tf.convert_to_tensor(loss.call(y_true, y_pred))
     if values.shape.rank == 0:
         raise ValueError(

@@ -428,7 +428,7 @@ class Model(keras.Model):
         at the weights the gradient is taken at, from the same pass when it can be shared."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         aggregator = self._cgh_options.aggregator
-        shared = self._shares_pass(sample_weight)
+        shared = self._shares_pass()
         if self._cgh_options.coherence_every and not shared:
             done = self._maybe_measure_coherence(x, y, sample_weight)
             x = _after(done, x)  # one pass at a time: peak memory of the larger, not the sum
@@ -464,12 +464,11 @@ class Model(keras.Model):
             return tf.constant(True)
         return robust.all_finite(list(grad_sum) + [sq_norms])
 
-    def _shares_pass(self, sample_weight):
+    def _shares_pass(self):
         """True when the update's pass also gives the coherence sums (see the module docstring);
         says so once per model when only the model's mode-dependent layers prevent it."""
         opts = self._cgh_options
-        if not (opts.coherence_every == 1 and sample_weight is None
-                and self.distribute_strategy.num_replicas_in_sync == 1):
+        if not (opts.coherence_every == 1 and self.distribute_strategy.num_replicas_in_sync == 1):
             return False
         if opts.coherence_training:
             return True
@@ -479,15 +478,9 @@ class Model(keras.Model):
             _warn_second_pass(self, dependent)
         return not dependent
 
-    def _scaled_loss_fn(self, sample_weight=None):
-        """Per-example loss × the optimizer's loss scale (1 without loss scaling)."""
-        loss_fn = per_example.per_example_loss_fn(self)
-        optimizer = self.optimizer
-
-        def scaled(y, y_pred):
-            losses = loss_fn(y, y_pred)
-            return optimizer.scale_loss(tf.cast(losses, tf.float32))
-        return scaled
+    def _loss_scale(self):
+        """The optimizer's loss scale (1.0 without loss scaling), a float32 scalar."""
+        return self.optimizer.scale_loss(tf.constant(1.0))
 
     def _regularization_gradients(self, scale):
         """Gradients of scale × (model.losses), None where they do not depend on a variable."""
@@ -506,7 +499,7 @@ class Model(keras.Model):
     def _group_source(self, x, y, sample_weight, groups, shared):
         """Rows: per variable [groups, *shape], row j = group j's mean gradient of the scaled loss."""
         if shared:
-            return self._engine_group_source(x, y, groups)
+            return self._engine_group_source(x, y, sample_weight, groups)
         if groups > 1 and self.distribute_strategy.num_replicas_in_sync > 1:
             return self._replica_group_source(x, y, sample_weight, groups)
         xs, ys = _split_into_groups(x, groups), _split_into_groups(y, groups)
@@ -528,17 +521,21 @@ class Model(keras.Model):
             loss = loss * self.distribute_strategy.num_replicas_in_sync
         return _Source(_stack(grads), None, loss, y_pred, None, regularized=True)
 
-    def _engine_group_source(self, x, y, groups):
+    def _engine_group_source(self, x, y, sample_weight, groups):
         """The per-example engine on each group: one forward/backward pass per group gives the
-        group's Σ_i g_i (its row, × 1/size) and its examples' squared norms (for Q)."""
-        loss_fn = self._scaled_loss_fn()
+        group's Σ_i g_i (its row, × 1/size) and its examples' squared norms (for Q). ℓ_i is the
+        decomposition of the group's Keras loss (the row is the gradient of that loss, as in the
+        separate passes of `_group_source`)."""
+        loss_fn = per_example.per_example_loss_fn(self)
         training = self._cgh_options.coherence_training
         variables = self.trainable_variables
-        scale = self.optimizer.scale_loss(tf.constant(1.0))
+        scale = self._loss_scale()
         rows, sq_norms, preds, losses = [], [], [], []
         grad_sum = [None] * len(variables)
-        for xj, yj in zip(_split_into_groups(x, groups), _split_into_groups(y, groups)):
-            sums = per_example.gradients_and_sq_norms(self, xj, yj, loss_fn, training=training)
+        for xj, yj, swj in zip(_split_into_groups(x, groups), _split_into_groups(y, groups),
+                               _split_into_groups(sample_weight, groups)):
+            sums = per_example.gradients_and_sq_norms(self, xj, yj, loss_fn, training=training,
+                                                      sample_weight=swj, loss_scale=scale)
             size = tf.shape(sums.losses)[0]
             rows.append([None if g is None else g / tf.cast(size, g.dtype) for g in sums.grad_sum])
             grad_sum = _add(grad_sum, sums.grad_sum)
@@ -569,9 +566,7 @@ class Model(keras.Model):
         loss_fn = per_example.per_example_loss_fn(self)
         with tf.GradientTape(persistent=True) as tape:
             y_pred = self(x, training=True)
-            losses = loss_fn(y, y_pred)
-            if sample_weight is not None:
-                losses *= tf.cast(tf.reshape(sample_weight, [-1]), losses.dtype)
+            losses = loss_fn(y, y_pred, sample_weight)
             by_group, group_of = replica_groups.group_losses(
                 self.optimizer.scale_loss(losses), place, groups)
         rows = replica_groups.rows(tape, by_group, group_of, self.trainable_variables, replicas,
@@ -582,18 +577,15 @@ class Model(keras.Model):
         return _Source(rows, None, loss, y_pred, None, regularized=False, replica_reduced=True)
 
     def _per_example_source(self, x, y, sample_weight, aggregator, shared):
-        if sample_weight is not None:
-            raise ValueError(f"{aggregator!r} (a per-example aggregator) does not support sample "
-                             "weights.")
         if self.distribute_strategy.num_replicas_in_sync > 1:
             raise ValueError(
                 f"{aggregator!r} needs every per-example gradient of the batch on one device; it is "
                 "not supported under a tf.distribute strategy with several replicas.")
-        scale = self.optimizer.scale_loss(tf.constant(1.0))
+        scale = self._loss_scale()
         training = self._cgh_options.coherence_training if shared else True
         result = per_example.reduced_per_example_gradients(
-            self, x, y, aggregator.reduce, loss_fn=self._scaled_loss_fn(), training=training,
-            reduce_outer=aggregator.reduce_outer, with_sums=True)
+            self, x, y, aggregator.reduce, training=training, reduce_outer=aggregator.reduce_outer,
+            with_sums=True, sample_weight=sample_weight, loss_scale=scale)
         reduced, sums = result
         losses = tf.cast(sums.losses, tf.float32) / scale
         loss = tf.reduce_mean(losses) + _regularization_loss(self)
