@@ -60,9 +60,13 @@ import weakref
 from typing import NamedTuple, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from cgh_tf import aggregators, keras_internals, optimizers, per_example, replica_groups, robust
+
+
+_STEPS_KEY = "cgh_steps_trained"  # the entry of `steps_trained` in Keras' variable store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,14 +332,34 @@ class Model(keras.Model):
             coherence_training=coherence_training, aggregator=aggregator)
         super().compile(optimizer, *args, **kwargs)
         self._cgh_state = _TrainState(self.distribute_strategy)
+        if getattr(self, "_cgh_restored_step", None) is not None:  # loaded before compile
+            self._cgh_state.step.assign(self._cgh_restored_step)
 
     @property
     def steps_trained(self):
         """The int64 `tf.Variable` counting train steps (it decides which steps measure
-        coherence with `coherence_every`); None before `compile`. Checkpoint it with the model
-        to resume a run on the same measurement steps (`trainers/run_state.py` does)."""
+        coherence with `coherence_every`); None before `compile`. Saved with the model (`.keras`,
+        `save_weights`) and in `trainers/run_state.py`'s checkpoints, so a reloaded run measures
+        on the same steps as an uninterrupted one."""
         state = getattr(self, "_cgh_state", None)
         return None if state is None else state.step
+
+    def save_own_variables(self, store):
+        """Keras' saving hook: the model's own variables, plus `steps_trained` once compiled."""
+        super().save_own_variables(store)
+        if getattr(self, "_cgh_state", None) is not None:
+            store[_STEPS_KEY] = np.asarray(self._cgh_state.step.numpy())
+
+    def load_own_variables(self, store):
+        """Keras' loading hook: restores `steps_trained` (applied by `compile` if the model is
+        compiled later) and hands the other entries to Keras."""
+        keys = list(store.keys())
+        if _STEPS_KEY in keys:
+            self._cgh_restored_step = int(np.asarray(store[_STEPS_KEY]))
+            if getattr(self, "_cgh_state", None) is not None:
+                self._cgh_state.step.assign(self._cgh_restored_step)
+            store = {key: store[key] for key in keys if key != _STEPS_KEY}
+        super().load_own_variables(store)
 
     def make_train_function(self, force=False):
         """Keras hook, called eagerly once the model is built, before tracing the train step.
