@@ -62,7 +62,8 @@ from typing import NamedTuple, Optional
 import keras
 import tensorflow as tf
 
-from cgh_tf import aggregators, keras_internals, optimizers, per_example, replica_groups, robust
+from cgh_tf import (aggregators, keras_internals, mode_dependence, optimizers, per_example,
+                    replica_groups, robust)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,30 +201,6 @@ def _check_dataset_batches(dataset, groups):
 
 
 # ------------------------------------------------------------------------------ helpers
-def _depends_on_training(layer) -> bool:
-    """Whether `layer` itself may compute differently in training and inference mode.
-
-    True for every layer whose `call` takes `training` (Dropout, BatchNormalization, noise layers,
-    user layers), read from the public signature of `call` (as Keras does itself), except Keras'
-    own calls that only pass `training` on to sublayers, which are checked on their own: functional
-    and Sequential models, MultiHeadAttention and GroupQueryAttention (their only mode-dependent
-    part is a Dropout sublayer); Dense / EinsumDense (float8 quantization only); a Dropout with
-    rate 0, which is the identity in both modes; and a frozen BatchNormalization
-    (`trainable=False`), which Keras 3 runs in inference mode in both (documented in its
-    docstring, pinned in tests/test_training.py), as when fine-tuning a pretrained network.
-    """
-    if "training" not in inspect.signature(layer.call).parameters:
-        return False
-    for base in (keras.layers.Dense, keras.layers.EinsumDense):
-        if _keras_call(layer, base):
-            return getattr(layer, "quantization_mode", None) == "float8"
-    if _keras_call(layer, keras.layers.Dropout):
-        return layer.rate > 0
-    if _keras_call(layer, keras.layers.BatchNormalization):
-        return layer.trainable
-    return not any(_keras_call(layer, base) for base in _PASS_TRAINING_ON)
-
-
 _WARNED_SECOND_PASS = weakref.WeakSet()  # models told that their metric takes a second pass
 
 
@@ -237,15 +214,6 @@ def _warn_second_pass(model, layer_names):
         "for the metric (about 2x a plain step). coherence_training=True measures on the update's "
         "own training-mode pass instead; a frozen BatchNormalization (trainable=False) needs no "
         "second pass.", stacklevel=2)
-
-
-_PASS_TRAINING_ON = (keras_internals.Functional, keras.Sequential,
-                     keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
-
-
-def _keras_call(layer, base):
-    """`layer` is a `base` running Keras' own `base.call` (not overridden)."""
-    return isinstance(layer, base) and type(layer).call is base.call
 
 
 def _zeros_for_none(grads, variables):
@@ -473,8 +441,7 @@ class Model(keras.Model):
             return False
         if opts.coherence_training:
             return True
-        dependent = [layer.name for layer in keras_internals.flatten_layers(self, include_self=False)
-                     if _depends_on_training(layer)]
+        dependent = mode_dependence.mode_dependent_layers(self)
         if dependent:
             _warn_second_pass(self, dependent)
         return not dependent
