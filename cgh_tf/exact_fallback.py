@@ -139,11 +139,7 @@ def onednn_enabled() -> bool:
     TensorFlow decides once per process: `TF_ENABLE_ONEDNN_OPTS` if set, else on for Linux x86 CPUs
     with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (off on e.g. AVX2-only CPUs).
     """
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except Exception:  # pragma: no cover - private API moved: assume the unsafe case
-        return True
+    return keras_internals.onednn_enabled()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -318,10 +318,8 @@ def instrumented(tape, layers_and_rules):
     Yields {id(layer): [LayerCall, ...]}, filled as the layers are called under `tape`.
     """
     records = {id(layer): [] for layer, _ in layers_and_rules}
-    previous = {}
-    try:
+    with contextlib.ExitStack() as stack:
         for layer, rule in layers_and_rules:
-            previous[id(layer)] = layer.__dict__.get("call")
 
             def recording_call(inputs, *args, _layer=layer, _rule=rule, **kwargs):
                 ctx = layer_rules.CallContext(tape, _layer)
@@ -329,15 +327,8 @@ def instrumented(tape, layers_and_rules):
                 records[id(_layer)].append(ctx.record)
                 return outputs
 
-            object.__setattr__(layer, "call", recording_call)
+            stack.enter_context(keras_internals.call_replaced(layer, recording_call))
         yield records
-    finally:
-        for layer, _ in layers_and_rules:
-            if id(layer) in previous:
-                if previous[id(layer)] is None:
-                    object.__delattr__(layer, "call")
-                else:
-                    object.__setattr__(layer, "call", previous[id(layer)])
 
 
 def _result_dtype(variables):

@@ -63,7 +63,7 @@ import keras
 import tensorflow as tf
 
 from cgh_tf import (aggregators, keras_internals, mode_dependence, optimizers, per_example,
-                    replica_groups, robust)
+                    precision, replica_groups, robust)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,21 +74,24 @@ class TrainOptions:
     coherence_per_layer: bool = False
     coherence_training: bool = False
     aggregator: aggregators.Aggregator = dataclasses.field(default_factory=aggregators.Mean)
+    coherence_dtype: Optional[str] = None
 
     def __post_init__(self):
         every = self.coherence_every
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:
             raise ValueError(f"coherence_every must be an int >= 0 (0 = off), got {every!r}.")
         object.__setattr__(self, "coherence_every", int(every))
-        for name in ("coherence_per_layer", "coherence_training"):
+        precision.check_coherence_dtype(self.coherence_dtype)
+        for name in ("coherence_per_layer", "coherence_training", "coherence_dtype"):
             if getattr(self, name) and not self.coherence_every:
-                raise ValueError(f"{name}=True has no effect without coherence_every >= 1; set "
-                                 "coherence_every (e.g. 1) or remove it.")
+                raise ValueError(f"{name}={getattr(self, name)!r} has no effect without "
+                                 "coherence_every >= 1; set coherence_every (e.g. 1) or remove it.")
 
     def to_config(self):
         return {"coherence_every": self.coherence_every,
                 "coherence_per_layer": self.coherence_per_layer,
                 "coherence_training": self.coherence_training,
+                "coherence_dtype": self.coherence_dtype,
                 "aggregation": keras.saving.serialize_keras_object(self.aggregator)}
 
 
@@ -268,13 +271,14 @@ class Model(keras.Model):
         # Keras makes `Model(inputs, outputs)` functional by rewriting the *class's* bases to
         # Functional, which would break every later `class Net(cgh_tf.Model)`. The functional
         # form gets its own class instead, and cgh_tf.Model's bases are never touched.
-        if cls is Model and _is_functional_call(args, kwargs):
+        if cls is Model and keras_internals.is_functional_call(args, kwargs):
             return super().__new__(FunctionalModel)
         return super().__new__(cls, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------- compile
     def compile(self, optimizer="rmsprop", *args, coherence_every=0, coherence_per_layer=False,
-                coherence_training=False, aggregation="mean", winsorize_pct=0.0, **kwargs):
+                coherence_training=False, aggregation="mean", winsorize_pct=0.0,
+                coherence_dtype=None, **kwargs):
         """`keras.Model.compile` plus the options of the module table.
 
         Args:
@@ -288,12 +292,16 @@ class Model(keras.Model):
             inference mode, as in docs/design.md (needs coherence_every).
           aggregation: "mean" (Keras), "winsorize" (with `winsorize_pct` in [0, 50)), or an
             instance of `cgh_tf.aggregators.Aggregator`.
+          coherence_dtype: None (the layers' compute dtype) or "float32": under a 16-bit mixed
+            policy, compute the coherence metrics in float32 (a separate pass; `cgh_tf.precision`;
+            without it a one-time warning names the expected error). Needs coherence_every.
         """
         aggregator = aggregators.get(aggregation, winsorize_pct)
         optimizer, aggregator = _in_batch_m3(optimizer, aggregator)
         self._cgh_options = TrainOptions(
             coherence_every=coherence_every, coherence_per_layer=coherence_per_layer,
-            coherence_training=coherence_training, aggregator=aggregator)
+            coherence_training=coherence_training, aggregator=aggregator,
+            coherence_dtype=coherence_dtype)
         super().compile(optimizer, *args, **kwargs)
         self._cgh_state = _TrainState(self.distribute_strategy)
 
@@ -318,6 +326,8 @@ class Model(keras.Model):
             # Keras' LossScaleOptimizer updates its inner optimizer inside a tf.cond; its step
             # counter must then not need a merge_call (strategies that run without one).
             keras_internals.make_step_counter_replica_local(self.optimizer.inner_optimizer)
+        if self.built:
+            precision.check_float32_possible(self, self._cgh_options.coherence_dtype)
         if self._cgh_options.coherence_per_layer:
             self._cgh_state.add_layer_keys(dict.fromkeys(per_example.variable_layer_names(self)))
         return super().make_train_function(force=force)
@@ -434,8 +444,14 @@ class Model(keras.Model):
 
     def _shares_pass(self, sample_weight):
         """True when the update's pass also gives the coherence sums (see the module docstring);
-        says so once per model when only the model's mode-dependent layers prevent it."""
+        says so once per model when only the model's mode-dependent layers prevent it (and once
+        when the metric is computed in 16 bits). Metrics in float32 under a 16-bit policy
+        (coherence_dtype="float32") take their own pass."""
         opts = self._cgh_options
+        if opts.coherence_every:
+            precision.warn_if_16_bit(self, opts.coherence_dtype)
+            if opts.coherence_dtype == "float32" and precision.sixteen_bit_dtype(self):
+                return False
         if not (opts.coherence_every == 1 and sample_weight is None
                 and self.distribute_strategy.num_replicas_in_sync == 1):
             return False
@@ -585,8 +601,9 @@ class Model(keras.Model):
         training = self._cgh_options.coherence_training
 
         def measured():
-            sums = per_example.gradients_and_sq_norms(self, x, y, loss_fn, training=training,
-                                                      sample_weight=sample_weight)
+            with precision.computed_in(self, self._cgh_options.coherence_dtype):
+                sums = per_example.gradients_and_sq_norms(self, x, y, loss_fn, training=training,
+                                                          sample_weight=sample_weight)
             return _zeros_for_none(sums.grad_sum, variables), tf.cast(sums.sq_norms, tf.float32)
 
         def unmeasured():
@@ -665,8 +682,7 @@ def _stack(group_grads):
         if any(g is None for g in per_variable):
             stacked.append(None)
         else:
-            stacked.append(tf.stack([tf.convert_to_tensor(per_example._dense(g))
-                                     for g in per_variable]))
+            stacked.append(tf.stack([tf.convert_to_tensor(g) for g in per_variable]))
     return stacked
 
 
@@ -690,12 +706,6 @@ def _in_batch_m3(optimizer, aggregator):
     if inner.loss_scale_factor is None:
         inner.loss_scale_factor = optimizer.loss_scale_factor
     return inner, aggregator
-
-
-def _is_functional_call(args, kwargs):
-    """Keras' own test (`functional_init_arguments`): Model(inputs, outputs), keywords or not."""
-    return (len(args) == 2 or (len(args) == 1 and "outputs" in kwargs)
-            or ("inputs" in kwargs and "outputs" in kwargs))
 
 
 @keras.saving.register_keras_serializable(package="cgh_tf")
