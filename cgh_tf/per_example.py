@@ -275,7 +275,9 @@ def explain(model, x=None, y=None, loss=None, training=False) -> Explanation:
     elif not model.built:
         raise ValueError("explain(model) needs a built model, or a sample batch x, y to build it on.")
     paths = _layer_paths(model)
-    ruled = {id(layer): rule for layer, rule in _rule_layers(model)}
+    # A rule covers its layer's variables, also those its sublayers own (an RNN's cell).
+    covering = {id(v): (rule, paths.get(id(layer), layer.name))
+                for layer, rule in _rule_layers(model) for v in layer.trainable_weights}
     findings = _FINDINGS.get(model, {})
     plans = Explanation()
     for layer in keras_internals.flatten_layers(model, include_self=False):
@@ -283,8 +285,8 @@ def explain(model, x=None, y=None, loss=None, training=False) -> Explanation:
         if not own:
             continue
         path = paths.get(id(layer), layer.name)
-        rule = ruled.get(id(layer))
-        reason = findings.get(path, "" if rule is not None else _NO_RULE)
+        rule, ruling_path = covering.get(id(own[0]), (None, path))
+        reason = findings.get(path, findings.get(ruling_path, "" if rule is not None else _NO_RULE))
         name = rule.name if rule is not None and not reason else FALLBACK
         plans.append(LayerPlan(path, type(layer).__name__, name, len(own), reason))
     return plans
