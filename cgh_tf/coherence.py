@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import input_checks, per_example
+from cgh_tf import input_checks, per_example, precision
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
 
 _DEFAULT_BATCH_SIZE = 256
@@ -106,7 +106,7 @@ class StreamingCoherence:
         # One compiled call each instead of 2V + 2 (reset) and 2V (result) eager ops: on the MLP
         # of benchmarks/measure_calls.py those ops cost as much as the batch computation itself.
         self._reset = tf.function(self._assign_zeros, autograph=False)
-        self._sq_norms_of_sums = tf.function(self._squared_norms, autograph=False)
+        self._sq_norms_of_sums = tf.function(self.squared_norms_of_sums, autograph=False)
 
     @classmethod
     def for_model(cls, model):
@@ -122,7 +122,7 @@ class StreamingCoherence:
         self._sq_norm_sums.assign(tf.zeros_like(self._sq_norm_sums))
         self._count.assign(0)
 
-    def _squared_norms(self):
+    def squared_norms_of_sums(self):
         """[V] float64: ‖S_v‖² of every variable's running sum."""
         return tf.stack([tf.reduce_sum(tf.square(s)) for s in self._sums] or [tf.zeros([], tf.float64)])
 
@@ -225,7 +225,7 @@ def _batches(x, y, batch_size, extra=None, sample_weight=None):
 
 
 def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, training=False,
-            sample_weight=None) -> CoherenceStats:
+            sample_weight=None, coherence_dtype=None) -> CoherenceStats:
     """α, α⊥ and m-coherence of the per-example gradients of `model` on a sample.
 
     x, y: arrays with m examples (streamed in batches of `batch_size`, default 256; y a dict /
@@ -242,7 +242,11 @@ def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, train
     Memory is O(parameters + batch) whatever m is. The batch computation is compiled once per
     model, loss and mode and reused by later calls (a new batch shape retraces once). An unbuilt
     model is built on the first batch.
+    coherence_dtype: None (the layers' own compute dtype) or "float32": under a 16-bit mixed
+      policy, compute the statistics in float32 (`cgh_tf.precision`; without it a one-time
+      warning names the expected error).
     """
+    precision.check_coherence_dtype(coherence_dtype)
     per_example.per_example_loss_fn(model, loss)  # a missing or undecomposable loss fails first
     batches = input_checks.checked_batches(
         model, loss, x, y, _batches(x, y, batch_size, sample_weight=sample_weight))
@@ -250,14 +254,17 @@ def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, train
     if first is None:
         raise ValueError("Empty sample: the dataset yielded no examples.")
     per_example.ensure_built(model, first[0])
-    add_batch, accumulator = _cached(model, "measure", loss, training, _build_measure)
+    precision.check_float32_possible(model, coherence_dtype)
+    precision.warn_if_16_bit(model, coherence_dtype)
+    add_batch, accumulator = _cached(model, "measure", loss, training, _build_measure,
+                                     coherence_dtype=coherence_dtype)
     sq_norms_of_sums = add_batch(*first, tf.constant(True))  # replaces the previous call's sums
     for xb, yb, wb in batches:
         sq_norms_of_sums = add_batch(xb, yb, wb, tf.constant(False))
     return accumulator.result(per_layer=per_layer, sq_norms_of_sums=sq_norms_of_sums.numpy())
 
 
-def _build_measure(model, loss_fn, training):
+def _build_measure(model, loss_fn, training, coherence_dtype=None):
     """(compiled `add_batch(x, y, sample_weight, first) -> [V] ‖S_v‖² so far`, its
     StreamingCoherence accumulator) for `measure`: one launch per batch, no separate reset or
     read-out."""
@@ -265,10 +272,11 @@ def _build_measure(model, loss_fn, training):
 
     @tf.function(reduce_retracing=True)
     def add_batch(xb, yb, wb, first):
-        sums = per_example.gradients_and_sq_norms(model, xb, yb, loss_fn, training=training,
-                                                  sample_weight=wb)
+        with precision.computed_in(model, coherence_dtype):
+            sums = per_example.gradients_and_sq_norms(model, xb, yb, loss_fn, training=training,
+                                                      sample_weight=wb)
         accumulator.update(sums.grad_sum, sums.sq_norms, first=first)
-        return accumulator._squared_norms()
+        return accumulator.squared_norms_of_sums()
 
     return add_batch, accumulator
 
@@ -280,17 +288,19 @@ def _flat_dot(a, b):
 _COMPILED = weakref.WeakKeyDictionary()  # model -> {(kind, id(loss), training): (loss, built)}
 
 
-def _cached(model, kind, loss, training, build):
-    """`build(model, per-example loss fn, training)`, built once per model, loss and mode.
+def _cached(model, kind, loss, training, build, **options):
+    """`build(model, per-example loss fn, training, **options)`, built once per model, loss, mode
+    and options.
 
     Measuring every few steps must not retrace (and rebuild) a tf.function on every call. The key
     holds the resolved loss object itself, so re-compiling the model with another loss rebuilds.
     """
     cache = _COMPILED.setdefault(model, {})
     resolved = loss if loss is not None else getattr(model, "loss", None)
-    key = (kind, id(resolved), training)
+    key = (kind, id(resolved), training, tuple(sorted(options.items())))
     if key not in cache or cache[key][0] is not resolved:
-        cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training))
+        cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training,
+                                      **options))
     return cache[key][1]
 
 
