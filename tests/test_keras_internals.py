@@ -22,7 +22,7 @@ PACKAGE_DIRS = ("cgh_tf", "trainers")
 PRIVATE_MODULES = ("keras.src", "tensorflow.python", "tf.__internal__", "_pywrap")
 # Dunders every Python object has (not a library's private state).
 PUBLIC_DUNDERS = {"__init__", "__new__", "__name__", "__qualname__", "__doc__", "__class__",
-                  "__module__"}
+                  "__module__", "__call__", "__cause__", "__context__"}
 SELF_ONLY = {"__setattr__", "__delattr__", "__dict__"}  # allowed on the object's own instance
 
 
@@ -59,7 +59,9 @@ def private_uses(source):
                 found.append((tok.start[0], f"{owner}.{text}"))
         if text in ("getattr", "hasattr", "setattr") and after[:1] == ["("]:
             rest = [t.string for t in tokens[i + 2:i + 5]]
-            literal = rest[2][:1] in ("'", '"') and rest[2].strip("\"'").startswith("_")
+            name = rest[2].strip("\"'")
+            literal = (rest[2][:1] in ("'", '"') and name.startswith("_")
+                       and name not in PUBLIC_DUNDERS)
             if rest[0] != "self" and rest[1] == "," and literal:
                 found.append((tok.start[0], f"{text}({rest[0]}, {rest[2]})"))
     code = "".join(t.string for t in tokens if t.type != tokenize.STRING)
