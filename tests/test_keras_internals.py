@@ -267,3 +267,12 @@ def test_in_xla_compilation():
     compiled(tf.constant(1.0)), plain(tf.constant(1.0))
     assert seen == {"jit": True, "inner of jit": True, "plain": False}
     assert ki.in_xla_compilation() is False
+
+
+def test_a_missing_private_function_fails_loudly():
+    """onednn_enabled, in_xla_compilation and is_functional_call read module functions that
+    raise KerasInternalsError, naming what is missing, when a release removes them."""
+    with pytest.raises(ki.KerasInternalsError, match="tensorflow.python.no_such_module.f"):
+        ki._module_function("tensorflow.python.no_such_module", "f", ki._fail_tf)
+    with pytest.raises(ki.KerasInternalsError, match="keras.src.models.model.no_such_function"):
+        ki._module_function("keras.src.models.model", "no_such_function", ki._fail)
