@@ -23,6 +23,7 @@ PRIVATE_MODULES = ("keras.src", "tensorflow.python", "tf.__internal__", "_pywrap
 # Dunders every Python object has (not a library's private state).
 PUBLIC_DUNDERS = {"__init__", "__new__", "__name__", "__qualname__", "__doc__", "__class__",
                   "__module__", "__call__", "__cause__", "__context__"}
+PUBLIC_STDLIB = {"os._exit"}  # documented Python API whose name starts with "_"
 SELF_ONLY = {"__setattr__", "__delattr__", "__dict__"}  # allowed on the object's own instance
 
 
@@ -55,7 +56,8 @@ def private_uses(source):
             if text in SELF_ONLY:
                 if after[:2] != ["(", "self"] and owner != "self":
                     found.append((tok.start[0], f"{owner}.{text}"))
-            elif text not in PUBLIC_DUNDERS and owner not in ("self", "cls"):
+            elif (text not in PUBLIC_DUNDERS and owner not in ("self", "cls")
+                  and f"{owner}.{text}" not in PUBLIC_STDLIB):
                 found.append((tok.start[0], f"{owner}.{text}"))
         if text in ("getattr", "hasattr", "setattr") and after[:1] == ["("]:
             rest = [t.string for t in tokens[i + 2:i + 5]]
