@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import input_checks, per_example
+from cgh_tf import input_checks, per_example, precision
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
 
 _DEFAULT_BATCH_SIZE = 256
@@ -106,7 +106,7 @@ class StreamingCoherence:
         # One compiled call each instead of 2V + 2 (reset) and 2V (result) eager ops: on the MLP
         # of benchmarks/measure_calls.py those ops cost as much as the batch computation itself.
         self._reset = tf.function(self._assign_zeros, autograph=False)
-        self._sq_norms_of_sums = tf.function(self._squared_norms, autograph=False)
+        self._sq_norms_of_sums = tf.function(self.squared_norms_of_sums, autograph=False)
 
     @classmethod
     def for_model(cls, model):
@@ -122,7 +122,7 @@ class StreamingCoherence:
         self._sq_norm_sums.assign(tf.zeros_like(self._sq_norm_sums))
         self._count.assign(0)
 
-    def _squared_norms(self):
+    def squared_norms_of_sums(self):
         """[V] float64: ‖S_v‖² of every variable's running sum."""
         return tf.stack([tf.reduce_sum(tf.square(s)) for s in self._sums] or [tf.zeros([], tf.float64)])
 
@@ -182,27 +182,32 @@ class StreamingCoherence:
 # Batching
 
 
-def _batches(x, y, batch_size, extra=None):
-    """Yields (x, y[, extra]) batches from arrays or a tf.data.Dataset of (x, y) batches."""
+def _batches(x, y, batch_size, extra=None, sample_weight=None):
+    """Yields (x, y, sample weights or None[, extra]) batches from arrays (sample weights and the
+    per-example `extra` aligned with them) or a tf.data.Dataset of (x, y[, sample weights])
+    batches."""
     if isinstance(x, tf.data.Dataset):
         if y is not None or batch_size is not None:
             raise ValueError("With a tf.data.Dataset of (x, y) batches, pass y=None and batch_size=None.")
-        if extra is not None:
-            raise ValueError("Pass the per-example mask as arrays (x, y, mask), not with a Dataset.")
+        if extra is not None or sample_weight is not None:
+            raise ValueError("With a tf.data.Dataset, put the sample weights in its (x, y, sample "
+                             "weights) batches and pass the per-example mask as arrays (x, y, mask).")
         for batch in x:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise ValueError("The dataset must yield (x, y) batches.")
-            yield batch[0], batch[1]
+            if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+                raise ValueError("The dataset must yield (x, y) or (x, y, sample weights) batches.")
+            yield batch[0], batch[1], batch[2] if len(batch) == 3 else None
         return
     if y is None:
         raise ValueError("y is required when x is an array.")
     x = tf.nest.map_structure(np.asarray, x)
-    y = np.asarray(y)
+    y = tf.nest.map_structure(np.asarray, y)
     m = len(tf.nest.flatten(x)[0])
-    if len(y) != m:
-        raise ValueError(f"x has {m} examples but y has {len(y)}; they must match.")
-    if extra is not None and len(extra) != m:
-        raise ValueError(f"x has {m} examples but the mask has {len(extra)}; they must match.")
+    for name, part in (("y", y), ("the mask", extra), ("sample_weight", sample_weight)):
+        if part is not None and len(tf.nest.flatten(part)[0]) != m:
+            raise ValueError(f"x has {m} examples but {name} has {len(tf.nest.flatten(part)[0])}; "
+                             "they must match.")
+    if sample_weight is not None:
+        sample_weight = tf.nest.map_structure(np.asarray, sample_weight)
     if m == 0:
         raise ValueError("Empty sample: x and y have no examples.")
     batch_size = _DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
@@ -210,7 +215,8 @@ def _batches(x, y, batch_size, extra=None):
         raise ValueError(f"batch_size must be a positive integer; got {batch_size}.")
     for start in range(0, m, batch_size):
         part = slice(start, start + batch_size)
-        batch = (tf.nest.map_structure(lambda t: t[part], x), y[part])
+        batch = tf.nest.map_structure(lambda t: None if t is None else t[part],
+                                      (x, y, sample_weight))
         yield batch if extra is None else batch + (extra[part],)
 
 
@@ -218,39 +224,59 @@ def _batches(x, y, batch_size, extra=None):
 # Measurements on a model
 
 
-def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, training=False) -> CoherenceStats:
+def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, training=False,
+            sample_weight=None, coherence_dtype=None) -> CoherenceStats:
     """α, α⊥ and m-coherence of the per-example gradients of `model` on a sample.
 
-    x, y: arrays with m examples (streamed in batches of `batch_size`, default 256), or x a
-      `tf.data.Dataset` of (x, y) batches (then y=None, batch_size=None).
-    loss: Keras loss / name / per-example function, or None for the compiled loss.
+    x, y: arrays with m examples (streamed in batches of `batch_size`, default 256; y a dict /
+      list for several outputs), or x a `tf.data.Dataset` of (x, y) or (x, y, sample weights)
+      batches (then y=None, batch_size=None).
+    loss: Keras loss / name / function (or a dict / list, one per output), or None for the
+      compiled loss (its `loss_weights` included).
+    sample_weight: None, [m] (per example), [m, ...] (e.g. per token) or a dict / list per output.
+    g_i is the gradient of ℓ_i, the decomposition of the loss Keras computes for each batch
+    (`cgh_tf.loss_decomposition`: masks carried by the model's output, weights, reductions), so
+    the batches' losses are those `model.evaluate(x, y, batch_size, sample_weight=...)` averages.
+    With weights w_i, g_i = w_i ∇(unweighted loss of i) and m-coherence = ‖Σ w_i g_i‖² /
+    Σ w_i² ‖g_i‖² (unweighted g_i on the right). Regularisation losses are not part of ℓ_i.
     Memory is O(parameters + batch) whatever m is. The batch computation is compiled once per
     model, loss and mode and reused by later calls (a new batch shape retraces once). An unbuilt
     model is built on the first batch.
+    coherence_dtype: None (the layers' own compute dtype) or "float32": under a 16-bit mixed
+      policy, compute the statistics in float32 (`cgh_tf.precision`; without it a one-time
+      warning names the expected error).
     """
-    per_example.per_example_loss_fn(model, loss)  # a missing or scalar loss fails before any work
-    batches = input_checks.checked_batches(model, loss, x, y, _batches(x, y, batch_size))
+    precision.check_coherence_dtype(coherence_dtype)
+    per_example.per_example_loss_fn(model, loss)  # a missing or undecomposable loss fails first
+    batches = input_checks.checked_batches(
+        model, loss, x, y, _batches(x, y, batch_size, sample_weight=sample_weight))
     first = next(batches, None)
     if first is None:
         raise ValueError("Empty sample: the dataset yielded no examples.")
     per_example.ensure_built(model, first[0])
-    add_batch, accumulator = _cached(model, "measure", loss, training, _build_measure)
+    precision.check_float32_possible(model, coherence_dtype)
+    precision.warn_if_16_bit(model, coherence_dtype)
+    add_batch, accumulator = _cached(model, "measure", loss, training, _build_measure,
+                                     coherence_dtype=coherence_dtype)
     sq_norms_of_sums = add_batch(*first, tf.constant(True))  # replaces the previous call's sums
-    for xb, yb in batches:
-        sq_norms_of_sums = add_batch(xb, yb, tf.constant(False))
+    for xb, yb, wb in batches:
+        sq_norms_of_sums = add_batch(xb, yb, wb, tf.constant(False))
     return accumulator.result(per_layer=per_layer, sq_norms_of_sums=sq_norms_of_sums.numpy())
 
 
-def _build_measure(model, loss_fn, training):
-    """(compiled `add_batch(x, y, first) -> [V] ‖S_v‖² so far`, its StreamingCoherence
-    accumulator) for `measure`: one launch per batch, no separate reset or read-out."""
+def _build_measure(model, loss_fn, training, coherence_dtype=None):
+    """(compiled `add_batch(x, y, sample_weight, first) -> [V] ‖S_v‖² so far`, its
+    StreamingCoherence accumulator) for `measure`: one launch per batch, no separate reset or
+    read-out."""
     accumulator = StreamingCoherence.for_model(model)
 
     @tf.function(reduce_retracing=True)
-    def add_batch(xb, yb, first):
-        sums = per_example.gradients_and_sq_norms(model, xb, yb, loss_fn, training=training)
+    def add_batch(xb, yb, wb, first):
+        with precision.computed_in(model, coherence_dtype):
+            sums = per_example.gradients_and_sq_norms(model, xb, yb, loss_fn, training=training,
+                                                      sample_weight=wb)
         accumulator.update(sums.grad_sum, sums.sq_norms, first=first)
-        return accumulator._squared_norms()
+        return accumulator.squared_norms_of_sums()
 
     return add_batch, accumulator
 
@@ -262,17 +288,19 @@ def _flat_dot(a, b):
 _COMPILED = weakref.WeakKeyDictionary()  # model -> {(kind, id(loss), training): (loss, built)}
 
 
-def _cached(model, kind, loss, training, build):
-    """`build(model, per-example loss fn, training)`, built once per model, loss and mode.
+def _cached(model, kind, loss, training, build, **options):
+    """`build(model, per-example loss fn, training, **options)`, built once per model, loss, mode
+    and options.
 
     Measuring every few steps must not retrace (and rebuild) a tf.function on every call. The key
     holds the resolved loss object itself, so re-compiling the model with another loss rebuilds.
     """
     cache = _COMPILED.setdefault(model, {})
     resolved = loss if loss is not None else getattr(model, "loss", None)
-    key = (kind, id(resolved), training)
+    key = (kind, id(resolved), training, tuple(sorted(options.items())))
     if key not in cache or cache[key][0] is not resolved:
-        cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training))
+        cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training,
+                                      **options))
     return cache[key][1]
 
 
@@ -308,7 +336,7 @@ def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=N
     subset_gradients = _cached(model, "fractions", loss, training, _build_subset_gradients)
     sum_p = [np.zeros(v.shape) for v in variables]
     sum_c = [np.zeros(v.shape) for v in variables]
-    for xb, yb, mb in _batches(x, y, batch_size, extra=mask.astype(bool)):
+    for xb, yb, _, mb in _batches(x, y, batch_size, extra=mask.astype(bool)):
         g_p, g_c = subset_gradients(xb, yb, mb)
         sum_p = [s + g.numpy() for s, g in zip(sum_p, g_p)]
         sum_c = [s + g.numpy() for s, g in zip(sum_c, g_c)]

@@ -27,6 +27,7 @@ the environment is kept.
 """
 
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
@@ -68,8 +69,9 @@ def quiet_by_default(argv) -> bool:
         return False
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_TF_CPP_LOG_LEVEL)
     with stderr_held_back():
-        import tensorflow  # its import banner, held back
-    absl_logging.get_absl_handler().addFilter(WarningsOnlyFrom(os.path.dirname(tensorflow.__file__)))
+        import tensorflow  # noqa: F401 - its import banner, held back
+    tensorflow_directory = importlib.util.find_spec("tensorflow").submodule_search_locations[0]
+    absl_logging.get_absl_handler().addFilter(WarningsOnlyFrom(tensorflow_directory))
     return True
 
 

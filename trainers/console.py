@@ -14,6 +14,7 @@ installed packages inside its own process (`sys.modules`), then runs the module 
 """
 
 import importlib
+import importlib.resources
 import os
 import runpy
 import sys
@@ -35,7 +36,7 @@ def shipped_config_path(name: str) -> str | None:
     `name` is a path or names no shipped config."""
     if os.sep in name or "/" in name or name.endswith(".py"):
         return None
-    directory = os.path.dirname(importlib.import_module(CONFIGS).__file__)
+    directory = os.fspath(importlib.resources.files(CONFIGS))
     path = os.path.join(directory, f"{name.split(':')[0]}.py")
     suffix = name[len(name.split(":")[0]):]  # ml_collections' "file.py:argument"
     return path + suffix if os.path.isfile(path) else None
