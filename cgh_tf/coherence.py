@@ -10,6 +10,7 @@ from two running sums, additive over batches and replicas:
 | α (`alpha`) | ‖S‖² / (m·Q) | [0, 1] |
 | α⊥ (`alpha_perp`) | 1/m, the value of α for pairwise orthogonal gradients | (0, 1] |
 | m-coherence (`m_coherence`) | α/α⊥ = ‖S‖²/Q; 1 = orthogonal, m = identical, < 1 = cancelling | [0, m] |
+| pairwise coherence (`pairwise_coherence`) | (r − 1)/(m − 1) = Σ_{i≠j} g_i·g_j / ((m − 1)·Q): the mean off-diagonal alignment, unbiased across m | [−1/(m−1), 1] |
 | gradient diversity | Q/‖S‖² = 1/m-coherence (Yin et al. 2018) | |
 | per layer b | the same with S_b, Q_b; α = Σ_b f_b α_b with f_b = Q_b/Q | |
 | f^p, f^c | with g = g^p + g^c (sums over pristine / corrupt examples): f^p = ⟨g, g^p⟩/⟨g, g⟩, f^c = 1 − f^p | |
@@ -49,6 +50,16 @@ class CoherenceStats:
     sq_norm_of_sum: float
     sum_of_sq_norms: float
     per_layer: Dict[str, "CoherenceStats"] = dataclasses.field(default_factory=dict)
+
+    @property
+    def pairwise_coherence(self) -> float:
+        """(r − 1)/(m − 1) = Σ_{i≠j} g_i·g_j / ((m − 1)·Q), r = m-coherence: the mean alignment of
+        an example's gradient with another's, the diagonal (i = j) left out. Unlike r it does not
+        grow with m (r ≈ 1 + (m − 1)·α), so compare samples of different sizes, and take ratios
+        between arms, with it (docs/design.md §1). NaN for m = 1 or Q = 0."""
+        if self.m < 2:
+            return math.nan
+        return (self.m_coherence - 1.0) / (self.m - 1)
 
     @property
     def gradient_diversity(self) -> float:

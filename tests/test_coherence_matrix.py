@@ -3,7 +3,7 @@ against a brute-force reference (tests/matrix_models.py: one tape per example, f
 
 | check | cgh_tf call | compared with the reference |
 |---|---|---|
-| measure | `coherence.measure(..., per_layer=True)` | m_coherence, alpha, per_layer[name].m_coherence |
+| measure | `coherence.measure(..., per_layer=True)` | m_coherence, alpha, pairwise_coherence, per_layer[name].m_coherence / .pairwise_coherence |
 | sums | `per_example.gradients_and_sq_norms` | sq_norms [m, V], grad_sum (None = zero) |
 | per_example | `coherence.per_example_gradients` | every [m, *var.shape] |
 | trainer | `cgh_tf.Model.fit`, SGD(0), coherence_every=1 | history "m_coherence", "alpha" |
@@ -130,6 +130,13 @@ def check_measure(case, reference_of, tolerance):
         cmp.fail(f"per_layer names {sorted(stats.per_layer)}, expected {sorted(want)}")
     for name in set(stats.per_layer) & set(want):
         cmp.close(f"per_layer[{name}].m_coherence", stats.per_layer[name].m_coherence, want[name])
+    # scale 1: the statistic lies in [−1/(m−1), 1] and is exactly 0 for orthogonal gradients (e.g.
+    # an embedding's rows of different tokens), so its absolute floor is measured against 1
+    cmp.close("pairwise_coherence", stats.pairwise_coherence, ref.pairwise_coherence(), scale=1.0)
+    pairwise = ref.per_layer(ref.pairwise_coherence, per_example.variable_layer_names(case.model))
+    for name in set(stats.per_layer) & set(pairwise):
+        cmp.close(f"per_layer[{name}].pairwise_coherence", stats.per_layer[name].pairwise_coherence,
+                  pairwise[name], scale=1.0)
     cmp.check()
 
 
