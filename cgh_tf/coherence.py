@@ -21,17 +21,16 @@ exact path of `cgh_tf.per_example` (one backward pass, never O(m · parameters) 
 """
 
 import dataclasses
+import itertools
 import math
 import weakref
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import per_example
+from cgh_tf import per_example, streaming
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
-
-_DEFAULT_BATCH_SIZE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,42 +189,6 @@ class StreamingCoherence:
 
 
 # ----------------------------------------------------------------------------------------------
-# Batching
-
-
-def _batches(x, y, batch_size, extra=None):
-    """Yields (x, y[, extra]) batches from arrays or a tf.data.Dataset of (x, y) batches."""
-    if isinstance(x, tf.data.Dataset):
-        if y is not None or batch_size is not None:
-            raise ValueError("With a tf.data.Dataset of (x, y) batches, pass y=None and batch_size=None.")
-        if extra is not None:
-            raise ValueError("Pass the per-example mask as arrays (x, y, mask), not with a Dataset.")
-        for batch in x:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise ValueError("The dataset must yield (x, y) batches.")
-            yield batch[0], batch[1]
-        return
-    if y is None:
-        raise ValueError("y is required when x is an array.")
-    x = tf.nest.map_structure(np.asarray, x)
-    y = np.asarray(y)
-    m = len(tf.nest.flatten(x)[0])
-    if len(y) != m:
-        raise ValueError(f"x has {m} examples but y has {len(y)}; they must match.")
-    if extra is not None and len(extra) != m:
-        raise ValueError(f"x has {m} examples but the mask has {len(extra)}; they must match.")
-    if m == 0:
-        raise ValueError("Empty sample: x and y have no examples.")
-    batch_size = _DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size}.")
-    for start in range(0, m, batch_size):
-        part = slice(start, start + batch_size)
-        batch = (tf.nest.map_structure(lambda t: t[part], x), y[part])
-        yield batch if extra is None else batch + (extra[part],)
-
-
-# ----------------------------------------------------------------------------------------------
 # Measurements on a model
 
 
@@ -235,35 +198,82 @@ def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, train
     x, y: arrays with m examples (streamed in batches of `batch_size`, default 256), or x a
       `tf.data.Dataset` of (x, y) batches (then y=None, batch_size=None).
     loss: Keras loss / name / per-example function, or None for the compiled loss.
-    Memory is O(parameters + batch) whatever m is. The batch computation is compiled once per
-    model, loss and mode and reused by later calls (a new batch shape retraces once). An unbuilt
-    model is built on the first batch.
+    Memory is O(parameters + batch) whatever m is (plus one block of stacked input batches, see
+    `cgh_tf.streaming`). The batch computation is compiled once per model, loss and mode and
+    reused by later calls; array inputs run as blocks of full batches, each block one compiled
+    call (no host round trip per batch). An unbuilt model is built on the first batch.
     """
+    return streamed_sums(model, x, y, loss, batch_size, training).stats(per_layer)
+
+
+class SampleSums(NamedTuple):
+    """The first pass over a sample: S and Q in `accumulator`, and per example (in sample order)
+    ‖g_i‖² and ℓ_i, float64 [m] each."""
+
+    accumulator: "StreamingCoherence"
+    sq_norms_of_sums: np.ndarray
+    sq_norms: np.ndarray
+    losses: np.ndarray
+
+    def stats(self, per_layer=False) -> CoherenceStats:
+        return self.accumulator.result(per_layer=per_layer, sq_norms_of_sums=self.sq_norms_of_sums)
+
+
+def first_batch(block):
+    """One batch of a `streaming.Block` (the first of a stacked block)."""
+    if not block.stacked:
+        return block.x
+    return tf.nest.map_structure(lambda t: t[0], block.x)
+
+
+def streamed_sums(model, x, y, loss, batch_size, training) -> SampleSums:
+    """S, Q and every example's ‖g_i‖² and loss, streamed through the engine (`measure`)."""
     per_example.per_example_loss_fn(model, loss)  # a missing or scalar loss fails before any work
-    batches = _batches(x, y, batch_size)
-    first = next(batches, None)
+    blocks = streaming.blocks(x, y, batch_size)
+    first = next(blocks, None)
     if first is None:
         raise ValueError("Empty sample: the dataset yielded no examples.")
-    per_example.ensure_built(model, first[0])
-    add_batch, accumulator = _cached(model, "measure", loss, training, _build_measure)
-    sq_norms_of_sums = add_batch(*first, tf.constant(True))  # replaces the previous call's sums
-    for xb, yb in batches:
-        sq_norms_of_sums = add_batch(xb, yb, tf.constant(False))
-    return accumulator.result(per_layer=per_layer, sq_norms_of_sums=sq_norms_of_sums.numpy())
+    per_example.ensure_built(model, first_batch(first))
+    sums = _cached(model, "measure", loss, training, _build_measure)
+    parts = [sums(block, i == 0) for i, block in enumerate(itertools.chain([first], blocks))]
+    return SampleSums(sums.accumulator, parts[-1][0].numpy(),
+                      *(np.concatenate([np.reshape(p[j], [-1]) for p in parts]) for j in (1, 2)))
+
+
+class _BatchSums:
+    """`measure`'s compiled batch computations over one StreamingCoherence accumulator: a call on
+    a `streaming.Block` adds it and returns (‖S_v‖² so far [V], ‖g_i‖² [b], ℓ_i [b]) (float64;
+    [k, B] for a stacked block); `first` replaces everything added before (no separate reset)."""
+
+    def __init__(self, model, loss_fn, training):
+        self.accumulator = StreamingCoherence.for_model(model)
+        self.model, self.loss_fn, self.training = model, loss_fn, training
+        self.single = tf.function(self._add_single, reduce_retracing=True)
+        self.stacked = tf.function(self._add_stacked, reduce_retracing=True)
+
+    def _add(self, xb, yb, first):
+        """Adds one batch; (‖g_i‖² [b], ℓ_i [b]) float64."""
+        sums = per_example.gradients_and_sq_norms(self.model, xb, yb, self.loss_fn,
+                                                  training=self.training)
+        self.accumulator.update(sums.grad_sum, sums.sq_norms, first=first)
+        return (tf.reduce_sum(tf.cast(sums.sq_norms, tf.float64), axis=1),
+                tf.cast(sums.losses, tf.float64))
+
+    def _add_single(self, xb, yb, first):
+        per_example_values = self._add(xb, yb, first)
+        return (self.accumulator._squared_norms(),) + per_example_values  # read after the update
+
+    def _add_stacked(self, xs, ys, first):
+        per_batch = streaming.over_stacked_batches(self._add, xs, ys, first, (tf.float64,) * 2)
+        return (self.accumulator._squared_norms(),) + per_batch  # read after the loop
+
+    def __call__(self, block, first):
+        add = self.stacked if block.stacked else self.single
+        return add(block.x, block.y, tf.constant(first))
 
 
 def _build_measure(model, loss_fn, training):
-    """(compiled `add_batch(x, y, first) -> [V] ‖S_v‖² so far`, its StreamingCoherence
-    accumulator) for `measure`: one launch per batch, no separate reset or read-out."""
-    accumulator = StreamingCoherence.for_model(model)
-
-    @tf.function(reduce_retracing=True)
-    def add_batch(xb, yb, first):
-        sums = per_example.gradients_and_sq_norms(model, xb, yb, loss_fn, training=training)
-        accumulator.update(sums.grad_sum, sums.sq_norms, first=first)
-        return accumulator._squared_norms()
-
-    return add_batch, accumulator
+    return _BatchSums(model, loss_fn, training)
 
 
 def _flat_dot(a, b):
@@ -319,7 +329,7 @@ def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=N
     subset_gradients = _cached(model, "fractions", loss, training, _build_subset_gradients)
     sum_p = [np.zeros(v.shape) for v in variables]
     sum_c = [np.zeros(v.shape) for v in variables]
-    for xb, yb, mb in _batches(x, y, batch_size, extra=mask.astype(bool)):
+    for xb, yb, mb in streaming.batches(x, y, batch_size, extra=mask.astype(bool)):
         g_p, g_c = subset_gradients(xb, yb, mb)
         sum_p = [s + g.numpy() for s, g in zip(sum_p, g_p)]
         sum_c = [s + g.numpy() for s, g in zip(sum_c, g_c)]
