@@ -14,6 +14,7 @@ from two running sums, additive over batches and replicas:
 | gradient diversity | Q/‖S‖² = 1/m-coherence (Yin et al. 2018) | |
 | per layer b | the same with S_b, Q_b; α = Σ_b f_b α_b with f_b = Q_b/Q | |
 | f^p, f^c | with g = g^p + g^c (sums over pristine / corrupt examples): f^p = ⟨g, g^p⟩/⟨g, g⟩, f^c = 1 − f^p | |
+| per-example alignment (`alignment`) | a_i = g_i·(S − g_i)/‖g_i‖² and g_i·S (cgh_tf/alignment.py) | |
 
 Undefined values (all gradients zero, Q = 0) are NaN. Per-example gradients are taken in inference
 mode (`training=False`) unless asked otherwise; the per-example squared norms come from the fast
@@ -339,3 +340,12 @@ def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=N
         return math.nan, math.nan
     f_p = _flat_dot(g, sum_p) / g_sq
     return f_p, 1.0 - f_p
+
+
+def __getattr__(name):
+    """`coherence.alignment` and `coherence.Alignment` live in cgh_tf/alignment.py (which builds on
+    this module, so they are imported on first use, PEP 562)."""
+    if name in ("alignment", "Alignment"):
+        from cgh_tf import alignment as module  # pylint: disable=import-outside-toplevel
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -141,6 +141,11 @@ class Reference:
         gram = flat @ flat.T
         return float((gram.sum() - np.trace(gram)) / ((self.m - 1) * np.trace(gram)))
 
+    def dots_with_sum(self) -> np.ndarray:
+        """[m]: g_i · S, S = Σ_j g_j, from the flattened gradients."""
+        flat = np.concatenate([g.reshape(self.m, -1) for g in self.grads], axis=1)
+        return flat @ flat.sum(axis=0)
+
     def per_layer(self, statistic, names) -> Dict[str, float]:
         """{layer name: `statistic(indices)` of its variables}; `names` aligned with the variables."""
         groups = {}

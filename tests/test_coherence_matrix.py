@@ -6,6 +6,7 @@ against a brute-force reference (tests/matrix_models.py: one tape per example, f
 | measure | `coherence.measure(..., per_layer=True)` | m_coherence, alpha, pairwise_coherence, per_layer[name].m_coherence / .pairwise_coherence |
 | sums | `per_example.gradients_and_sq_norms` | sq_norms [m, V], grad_sum (None = zero) |
 | per_example | `coherence.per_example_gradients` | every [m, *var.shape] |
+| alignment | `coherence.alignment` | g_i·S, ‖g_i‖², a_i = (g_i·S − ‖g_i‖²)/‖g_i‖², m-coherence; the path taken (`EXACT_ALIGNMENT`) |
 | trainer | `cgh_tf.Model.fit`, SGD(0), coherence_every=1 | history "m_coherence", "alpha" |
 
 Tolerances (`Tolerance`): relative 1e-5 on float64 models; the absolute floor of 1e-9 × the largest
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import warnings
 
 import keras
 import numpy as np
@@ -35,6 +37,7 @@ import pytest
 import tensorflow as tf
 
 import cgh_tf
+from cgh_tf import alignment as alignment_module
 from cgh_tf import coherence, per_example
 from cgh_tf.layer_rules import conv
 
@@ -170,6 +173,30 @@ def check_per_example(case, reference_of, tolerance):
     cmp.check()
 
 
+# Architectures whose g_i·S must come from alignment's exact path (forward mode cannot be traced
+# through the GRU's symbolic loop; Keras' grouped Conv2D fails the Σ_i g_i·S = ‖S‖² check).
+EXACT_ALIGNMENT = {"gru_classifier", "grouped_conv2d"}
+
+
+def check_alignment(case, reference_of, tolerance, name=None):
+    """(d) coherence.alignment in batches of 5 (a stacked block and a remainder batch)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="cgh_tf.alignment")
+        got = coherence.alignment(case.model, case.x, case.y, loss=case.loss, batch_size=5)
+    ref = reference_of()
+    cmp = Comparison(tolerance)
+    dots, sq_norms = ref.dots_with_sum(), ref.sq_norms().sum(axis=1)
+    cmp.close("dot_with_sum", got.dot_with_sum, dots)
+    cmp.close("sq_norms", got.sq_norms, sq_norms)
+    cmp.close("alignment", got.alignment, (dots - sq_norms) / sq_norms)
+    cmp.close("stats.m_coherence", got.stats.m_coherence, ref.m_coherence())
+    if name is not None:
+        want = alignment_module.EXACT if name in EXACT_ALIGNMENT else alignment_module.FORWARD_MODE
+        if got.method != want:
+            cmp.fail(f"method {got.method!r}, expected {want!r}")
+    cmp.check()
+
+
 def fit_one_batch(name, sample_weight=None, jit_compile=False):
     """(reference at the initial weights, history) of one epoch of one batch with SGD(0) and
     coherence_every=1, on a `cgh_tf.Model` of architecture `name`."""
@@ -194,7 +221,8 @@ def check_trainer(name):
     compare_trainer_metrics(*fit_one_batch(name))
 
 
-CHECKS = {"measure": check_measure, "sums": check_sums, "per_example": check_per_example}
+CHECKS = {"measure": check_measure, "sums": check_sums, "per_example": check_per_example,
+          "alignment": check_alignment}
 
 
 def run_check(name, check):
@@ -202,7 +230,8 @@ def run_check(name, check):
     if check == "trainer":
         return check_trainer(name)
     case = build(name)
-    CHECKS[check](case, lambda: memoised_reference(name, case), EXACT)
+    extra = {"name": name} if check == "alignment" else {}
+    CHECKS[check](case, lambda: memoised_reference(name, case), EXACT, **extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,6 +347,11 @@ def test_gradients_and_sq_norms(name, float64_keras, isolated):
 @pytest.mark.parametrize("name", ALL)
 def test_per_example_gradients(name, float64_keras, isolated):
     run(name, "per_example", isolated)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_alignment(name, float64_keras, isolated):
+    run(name, "alignment", isolated)
 
 
 @pytest.mark.parametrize("name", TRAINER)
