@@ -315,6 +315,16 @@ def _build_subset_gradients(model, loss_fn, training):
     return subset_gradients
 
 
+def checked_pristine_mask(pristine_mask, m=None) -> np.ndarray:
+    """[m] bool from a 1-D array of booleans or 0/1 (True = pristine), else one ValueError."""
+    mask = np.asarray(pristine_mask)
+    if mask.ndim != 1 or not (mask.dtype == bool or np.isin(mask, (0, 1)).all()):
+        raise ValueError("pristine_mask must be a 1-D array of booleans (True = pristine example).")
+    if m is not None and len(mask) != m:
+        raise ValueError(f"pristine_mask has {len(mask)} entries for {m} examples; they must match.")
+    return mask.astype(bool)
+
+
 def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=None, training=False):
     """(f^p, f^c): the shares of the first-order loss reduction due to pristine / corrupt examples.
 
@@ -323,14 +333,12 @@ def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=N
     gradients of masked loss sums per batch.
     pristine_mask: [m] booleans (True = pristine) aligned with x and y.
     """
-    mask = np.asarray(pristine_mask)
-    if mask.ndim != 1 or not (mask.dtype == bool or np.isin(mask, (0, 1)).all()):
-        raise ValueError("pristine_mask must be a 1-D array of booleans (True = pristine example).")
+    mask = checked_pristine_mask(pristine_mask)
     variables = list(model.trainable_variables)
     subset_gradients = _cached(model, "fractions", loss, training, _build_subset_gradients)
     sum_p = [np.zeros(v.shape) for v in variables]
     sum_c = [np.zeros(v.shape) for v in variables]
-    for xb, yb, mb in streaming.batches(x, y, batch_size, extra=mask.astype(bool)):
+    for xb, yb, mb in streaming.batches(x, y, batch_size, extra=mask):
         g_p, g_c = subset_gradients(xb, yb, mb)
         sum_p = [s + g.numpy() for s, g in zip(sum_p, g_p)]
         sum_c = [s + g.numpy() for s, g in zip(sum_c, g_c)]
