@@ -60,23 +60,24 @@ class Alignment:
     method: str
 
 
-def alignment(model, x, y=None, loss=None, batch_size=None, training=False) -> Alignment:
+def alignment(model, x, y=None, loss=None, batch_size=None, training=False,
+              sample_weight=None) -> Alignment:
     """a_i and g_i · S of every example of a sample, with the sample's coherence statistics.
 
-    x, y: arrays with m examples (streamed in batches of `batch_size`, default 256), or x a
-      `tf.data.Dataset` of (x, y) batches (then y=None, batch_size=None) that yields the same
-      batches each time it is iterated (it is read twice).
-    loss: Keras loss / name / per-example function, or None for the compiled loss.
+    x, y, loss, sample_weight: as `coherence.measure` (ℓ_i the decomposition of Keras' loss of
+      each batch); a `tf.data.Dataset` must yield the same batches each time it is iterated (it
+      is read twice).
     training: the mode the model runs in (inference mode by default, as `measure`).
     """
-    first = coherence.streamed_sums(model, x, y, loss, batch_size, training)
+    first = coherence.streamed_sums(model, x, y, loss, batch_size, training, sample_weight)
+    passes = (model, x, y, loss, batch_size, training, sample_weight)
     stats = first.stats()
     norm = math.sqrt(stats.sq_norm_of_sum)
     if norm == 0:  # S = 0: every g_i · S is 0
         dots, losses, method = np.zeros_like(first.losses), first.losses, FORWARD_MODE
     else:
         tangent = _unit_tangent(model, first.accumulator, norm)
-        dots, losses, method = _dots_with_sum(model, x, y, loss, batch_size, training, tangent)
+        dots, losses, method = _dots_with_sum(passes, tangent)
         dots = dots * norm
         _check_same_examples(model, first.losses, losses)
         if method == FORWARD_MODE and not _sums_to_sq_norm(model, dots, stats.sq_norm_of_sum):
@@ -85,7 +86,7 @@ def alignment(model, x, y=None, loss=None, batch_size=None, training=False) -> A
                 "check Σ_i g_i·S = ‖S‖² (a layer whose forward-mode derivative TF computes wrongly, "
                 "e.g. Keras' grouped Conv2D on CPU); recomputing g_i·S on the exact path (reverse "
                 "over reverse, about twice the cost).", stacklevel=2)
-            dots, _ = _exact_dots(model, x, y, loss, batch_size, training, tangent)
+            dots, _ = _exact_dots(passes, tangent)
             dots, method = dots * norm, EXACT
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.where(first.sq_norms > 0, (dots - first.sq_norms) / first.sq_norms, np.nan)
@@ -121,39 +122,43 @@ def _check_same_examples(model, first_losses, second_losses):
             "must be deterministic in the requested mode (no Dropout with training=True).")
 
 
-def _dots_with_sum(model, x, y, loss, batch_size, training, tangent):
-    """(g_i·S/‖S‖ [m], ℓ_i [m], method): forward mode, or the exact path if it cannot be traced."""
+def _dots_with_sum(passes, tangent):
+    """(g_i·S/‖S‖ [m], ℓ_i [m], method): forward mode, or the exact path if it cannot be traced.
+    passes: (model, x, y, loss, batch_size, training, sample_weight) of `alignment`."""
+    model, _, _, loss, _, training, _ = passes
     forward = coherence._cached(model, "alignment_forward", loss, training, _build_forward)
     try:
-        return (*_stream(forward, x, y, batch_size, tangent, trace_check=True), FORWARD_MODE)
+        return (*_stream(forward, passes, tangent, trace_check=True), FORWARD_MODE)
     except _ForwardModeUntraceable as error:
         warnings.warn(
             f"cgh_tf.alignment: model {model.name!r} cannot be differentiated in forward mode "
             f"({error}); computing g_i·S on the exact path (reverse over reverse, about twice the "
             "cost).", stacklevel=3)
-    return (*_exact_dots(model, x, y, loss, batch_size, training, tangent), EXACT)
+    return (*_exact_dots(passes, tangent), EXACT)
 
 
-def _exact_dots(model, x, y, loss, batch_size, training, tangent):
+def _exact_dots(passes, tangent):
+    model, _, _, loss, _, training, _ = passes
     exact = coherence._cached(model, "alignment_exact", loss, training, _build_exact)
-    return _stream(exact, x, y, batch_size, tangent)
+    return _stream(exact, passes, tangent)
 
 
 class _ForwardModeUntraceable(Exception):
     """Tracing the forward-mode pass raised (the message names the original error)."""
 
 
-def _stream(compiled, x, y, batch_size, tangent, trace_check=False):
+def _stream(compiled, passes, tangent, trace_check=False):
     """(g_i·t [m], ℓ_i [m]) float64 over the sample, t the unit tangent, by `compiled`."""
+    _, x, y, _, batch_size, _, sample_weight = passes
     dots, losses = [], []
-    for block in streaming.blocks(x, y, batch_size):
+    for block in streaming.blocks(x, y, batch_size, sample_weight):
         function = compiled.stacked if block.stacked else compiled.single
         if trace_check:
             try:
-                function.get_concrete_function(block.x, block.y, tangent)
+                function.get_concrete_function(block.x, block.y, block.w, tangent)
             except Exception as error:  # noqa: BLE001 (any trace failure hands over to the exact path)
                 raise _ForwardModeUntraceable(_one_line(error)) from error
-        d, l = function(block.x, block.y, tangent)
+        d, l = function(block.x, block.y, block.w, tangent)
         dots.append(np.reshape(d.numpy(), [-1]))
         losses.append(np.reshape(l.numpy(), [-1]))
     return np.concatenate(dots), np.concatenate(losses)
@@ -165,28 +170,29 @@ def _one_line(error):
 
 
 class _Compiled:
-    """A per-batch `fn(x, y, tangent) -> (g_i·t [b], ℓ_i [b])` (float64), compiled for one batch
-    and for a stacked block of batches (one graph loop)."""
+    """A per-batch `fn(x, y, w, tangent) -> (g_i·t [b], ℓ_i [b])` (float64), compiled for one
+    batch and for a stacked block of batches (one graph loop)."""
 
     def __init__(self, per_batch):
         self.per_batch = per_batch
         self.single = tf.function(per_batch, reduce_retracing=True, autograph=False)
         self.stacked = tf.function(self._stacked, reduce_retracing=True, autograph=False)
 
-    def _stacked(self, xs, ys, tangent):
+    def _stacked(self, xs, ys, ws, tangent):
         return streaming.over_stacked_batches(
-            lambda xb, yb, _: self.per_batch(xb, yb, tangent), xs, ys, False, (tf.float64,) * 2)
+            lambda xb, yb, wb, _: self.per_batch(xb, yb, wb, tangent), (xs, ys, ws), False,
+            (tf.float64,) * 2)
 
 
 def _build_forward(model, loss_fn, training):
     """g_i·t for every example from one forward-mode pass: the JVP of the per-example losses."""
     variables = [v.value for v in model.trainable_variables]  # the tf.Variables behind Keras'
 
-    def per_batch(xb, yb, tangent):
+    def per_batch(xb, yb, wb, tangent):
         if not all(isinstance(v, tf.Variable) for v in variables):
             raise TypeError("a trainable variable's `.value` is not a tf.Variable")
         with tf.autodiff.ForwardAccumulator(variables, tangent) as accumulator:
-            losses = loss_fn(yb, model(xb, training=training))
+            losses = loss_fn(yb, model(xb, training=training), wb)
         dots = accumulator.jvp(losses, unconnected_gradients="zero")
         return tf.cast(dots, tf.float64), tf.cast(losses, tf.float64)
 
@@ -198,10 +204,10 @@ def _build_exact(model, loss_fn, training):
     whose gradient is twice differentiable by TF (also symbolic loops)."""
     variables = list(model.trainable_variables)
 
-    def per_batch(xb, yb, tangent):
+    def per_batch(xb, yb, wb, tangent):
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
-                losses = loss_fn(yb, model(xb, training=training))
+                losses = loss_fn(yb, model(xb, training=training), wb)
                 weights = tf.ones_like(losses)
                 outer.watch(weights)
                 total = tf.reduce_sum(weights * losses)

@@ -30,7 +30,7 @@ from typing import Dict, List, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import per_example, streaming
+from cgh_tf import input_checks, per_example, streaming
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
 
 
@@ -193,18 +193,27 @@ class StreamingCoherence:
 # Measurements on a model
 
 
-def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, training=False) -> CoherenceStats:
+def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, training=False,
+            sample_weight=None) -> CoherenceStats:
     """α, α⊥ and m-coherence of the per-example gradients of `model` on a sample.
 
-    x, y: arrays with m examples (streamed in batches of `batch_size`, default 256), or x a
-      `tf.data.Dataset` of (x, y) batches (then y=None, batch_size=None).
-    loss: Keras loss / name / per-example function, or None for the compiled loss.
+    x, y: arrays with m examples (streamed in batches of `batch_size`, default 256; y a dict /
+      list for several outputs), or x a `tf.data.Dataset` of (x, y) or (x, y, sample weights)
+      batches (then y=None, batch_size=None).
+    loss: Keras loss / name / function (or a dict / list, one per output), or None for the
+      compiled loss (its `loss_weights` included).
+    sample_weight: None, [m] (per example), [m, ...] (e.g. per token) or a dict / list per output.
+    g_i is the gradient of ℓ_i, the decomposition of the loss Keras computes for each batch
+    (`cgh_tf.loss_decomposition`: masks carried by the model's output, weights, reductions), so
+    the batches' losses are those `model.evaluate(x, y, batch_size, sample_weight=...)` averages.
+    With weights w_i, g_i = w_i ∇(unweighted loss of i) and m-coherence = ‖Σ w_i g_i‖² /
+    Σ w_i² ‖g_i‖² (unweighted g_i on the right). Regularisation losses are not part of ℓ_i.
     Memory is O(parameters + batch) whatever m is (plus one block of stacked input batches, see
     `cgh_tf.streaming`). The batch computation is compiled once per model, loss and mode and
     reused by later calls; array inputs run as blocks of full batches, each block one compiled
     call (no host round trip per batch). An unbuilt model is built on the first batch.
     """
-    return streamed_sums(model, x, y, loss, batch_size, training).stats(per_layer)
+    return streamed_sums(model, x, y, loss, batch_size, training, sample_weight).stats(per_layer)
 
 
 class SampleSums(NamedTuple):
@@ -221,21 +230,29 @@ class SampleSums(NamedTuple):
 
 
 def first_batch(block):
-    """One batch of a `streaming.Block` (the first of a stacked block)."""
+    """The model input of one batch of a `streaming.Block` (the first of a stacked block)."""
     if not block.stacked:
         return block.x
     return tf.nest.map_structure(lambda t: t[0], block.x)
 
 
-def streamed_sums(model, x, y, loss, batch_size, training) -> SampleSums:
-    """S, Q and every example's ‖g_i‖² and loss, streamed through the engine (`measure`)."""
-    per_example.per_example_loss_fn(model, loss)  # a missing or scalar loss fails before any work
-    blocks = streaming.blocks(x, y, batch_size)
+def checked_blocks(model, x, y, loss, batch_size, sample_weight=None, where="coherence.measure()"):
+    """(first `streaming.Block`, iterator of the others) of a sample, after its input checks
+    (`cgh_tf.input_checks`; a missing or undecomposable loss fails first); the model built."""
+    per_example.per_example_loss_fn(model, loss)
+    blocks = input_checks.checked_batches(
+        model, loss, x, y, streaming.blocks(x, y, batch_size, sample_weight), where=where)
     first = next(blocks, None)
     if first is None:
         raise ValueError("Empty sample: the dataset yielded no examples.")
     per_example.ensure_built(model, first_batch(first))
-    sums = _cached(model, "measure", loss, training, _build_measure)
+    return first, blocks
+
+
+def streamed_sums(model, x, y, loss, batch_size, training, sample_weight=None) -> SampleSums:
+    """S, Q and every example's ‖g_i‖² and loss, streamed through the engine (`measure`)."""
+    first, blocks = checked_blocks(model, x, y, loss, batch_size, sample_weight)
+    sums = _cached(model, "measure", loss, training, _BatchSums)
     parts = [sums(block, i == 0) for i, block in enumerate(itertools.chain([first], blocks))]
     return SampleSums(sums.accumulator, parts[-1][0].numpy(),
                       *(np.concatenate([np.reshape(p[j], [-1]) for p in parts]) for j in (1, 2)))
@@ -252,29 +269,25 @@ class _BatchSums:
         self.single = tf.function(self._add_single, reduce_retracing=True)
         self.stacked = tf.function(self._add_stacked, reduce_retracing=True)
 
-    def _add(self, xb, yb, first):
+    def _add(self, xb, yb, wb, first):
         """Adds one batch; (‖g_i‖² [b], ℓ_i [b]) float64."""
         sums = per_example.gradients_and_sq_norms(self.model, xb, yb, self.loss_fn,
-                                                  training=self.training)
+                                                  training=self.training, sample_weight=wb)
         self.accumulator.update(sums.grad_sum, sums.sq_norms, first=first)
         return (tf.reduce_sum(tf.cast(sums.sq_norms, tf.float64), axis=1),
                 tf.cast(sums.losses, tf.float64))
 
-    def _add_single(self, xb, yb, first):
-        per_example_values = self._add(xb, yb, first)
+    def _add_single(self, xb, yb, wb, first):
+        per_example_values = self._add(xb, yb, wb, first)
         return (self.accumulator._squared_norms(),) + per_example_values  # read after the update
 
-    def _add_stacked(self, xs, ys, first):
-        per_batch = streaming.over_stacked_batches(self._add, xs, ys, first, (tf.float64,) * 2)
+    def _add_stacked(self, xs, ys, ws, first):
+        per_batch = streaming.over_stacked_batches(self._add, (xs, ys, ws), first, (tf.float64,) * 2)
         return (self.accumulator._squared_norms(),) + per_batch  # read after the loop
 
     def __call__(self, block, first):
         add = self.stacked if block.stacked else self.single
-        return add(block.x, block.y, tf.constant(first))
-
-
-def _build_measure(model, loss_fn, training):
-    return _BatchSums(model, loss_fn, training)
+        return add(block.x, block.y, block.w, tf.constant(first))
 
 
 def _flat_dot(a, b):
@@ -338,7 +351,7 @@ def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=N
     subset_gradients = _cached(model, "fractions", loss, training, _build_subset_gradients)
     sum_p = [np.zeros(v.shape) for v in variables]
     sum_c = [np.zeros(v.shape) for v in variables]
-    for xb, yb, mb in streaming.batches(x, y, batch_size, extra=mask):
+    for xb, yb, _, mb in streaming.batches(x, y, batch_size, extra=mask):
         g_p, g_c = subset_gradients(xb, yb, mb)
         sum_p = [s + g.numpy() for s, g in zip(sum_p, g_p)]
         sum_c = [s + g.numpy() for s, g in zip(sum_c, g_c)]

@@ -313,7 +313,8 @@ def per_example_gradients(model, x, y, loss_fn: Callable, variables: Sequence, t
     """Per-example gradients: a list aligned with `variables`, each a [m, *v.shape] tensor.
 
     model: a Keras model (or any callable `model(x, training=...)`); x: a tensor [m, ...] or a
-      nest of them; y: [m, ...]; loss_fn(y_true, y_pred) -> [m] per-example losses (e.g.
+      nest of them; y: [m, ...] or a nest (e.g. the `loss_decomposition.Targets` of the batch);
+      loss_fn(y, y_pred) -> [m] per-example losses (e.g.
       `cgh_tf.per_example.per_example_loss_fn(model, loss)`); variables: the variables to
       differentiate (zeros where a variable does not affect the loss).
     method: "auto" (the rule in the module docstring), or "vmap", "xla", "loop" to force one.
@@ -325,8 +326,7 @@ def per_example_gradients(model, x, y, loss_fn: Callable, variables: Sequence, t
     variables = list(variables)
     if not variables:
         return []
-    x = tf.nest.map_structure(tf.convert_to_tensor, x)
-    y = tf.convert_to_tensor(y)
+    x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
     if tf.inside_function():
         return list(_build(model, x, y, loss_fn, variables, training, method)(x, y))
     return list(_eager_function(model, loss_fn, variables, training, method)(x, y))

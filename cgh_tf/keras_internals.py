@@ -62,6 +62,31 @@ def loss_tracker(model):
     return tracker
 
 
+def compiled_loss_leaves(model, y=None, y_pred=None):
+    """[(path, keras.losses.Loss, loss weight or None)]: the leaves of the model's compiled loss
+    container, as Keras resolved them (loss names and functions wrapped, dict / list losses and
+    `loss_weights` matched to the outputs). Built on (y, y_pred) first if Keras has not yet.
+
+    Relies on `keras.Model._compile_loss` (a `CompileLoss`), its `build(y_true, y_pred)`, `built`,
+    and `_flat_losses`, a list of (path, loss, weight, name) tuples. No public accessor exists.
+    """
+    container = _private(model, "_compile_loss", "Model._compile_loss (the compiled loss container)")
+    if container is None:
+        raise ValueError("The model has no compiled loss; compile it with `loss=` or pass `loss=`.")
+    if not getattr(container, "built", False):
+        if y is None or y_pred is None:
+            raise ValueError("The compiled loss is not built yet; give a batch (y, y_pred) to build it.")
+        _private(container, "build", "CompileLoss.build(y_true, y_pred)")(y, y_pred)
+    flat = _private(container, "_flat_losses", "CompileLoss._flat_losses")
+    leaves = []
+    for entry in flat:
+        if len(entry) != 4 or not isinstance(entry[1], keras.losses.Loss):
+            _fail("CompileLoss._flat_losses holding (path, Loss, weight, name) tuples")
+        path, loss, weight, _ = entry
+        leaves.append((tuple(path), loss, weight))
+    return leaves
+
+
 # -------------------------------------------------------------------------- optimizers
 def optimizer_own_variables(optimizer):
     """The variables an optimizer created itself (`add_variable`), without those of an inner

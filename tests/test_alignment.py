@@ -67,7 +67,7 @@ def test_exact_path_equals_forward_mode():
     first = coherence.streamed_sums(model, x, y, None, 4, False)
     norm = np.sqrt(first.stats().sq_norm_of_sum)
     tangent = alignment_module._unit_tangent(model, first.accumulator, norm)
-    dots, losses = alignment_module._exact_dots(model, x, y, None, 4, False, tangent)
+    dots, losses = alignment_module._exact_dots((model, x, y, None, 4, False, None), tangent)
     np.testing.assert_allclose(dots * norm, (g @ g.T).sum(axis=1), rtol=1e-10)
     np.testing.assert_allclose(losses, first.losses, rtol=1e-12)
 
@@ -82,8 +82,8 @@ def test_failed_sum_check_hands_over_to_the_exact_path(monkeypatch):
     def doubled(*args):
         compiled = build(*args)
         per_batch = compiled.per_batch
-        return alignment_module._Compiled(lambda xb, yb, t: (2 * per_batch(xb, yb, t)[0],
-                                                             per_batch(xb, yb, t)[1]))
+        return alignment_module._Compiled(lambda xb, yb, wb, t: (2 * per_batch(xb, yb, wb, t)[0],
+                                                                 per_batch(xb, yb, wb, t)[1]))
 
     monkeypatch.setattr(alignment_module, "_build_forward", doubled)
     with pytest.warns(UserWarning, match="fail the check"):

@@ -31,8 +31,8 @@ def test_over_stacked_batches_runs_each_batch_in_order_and_flags_the_first_only(
     @tf.function
     def run(xs, ys, first):
         return streaming.over_stacked_batches(
-            lambda xb, yb, f: (tf.reduce_sum(xb) + yb[0], tf.cast(f, tf.int32)), xs, ys, first,
-            (tf.float32, tf.int32))
+            lambda xb, yb, wb, f: (tf.reduce_sum(xb) + yb[0], tf.cast(f, tf.int32)),
+            (xs, ys, None), first, (tf.float32, tf.int32))
 
     sums, flags = run(tf.reshape(tf.range(12.0), [3, 2, 2]), tf.constant([[1.0, 0], [2, 0], [3, 0]]),
                       tf.constant(True))

@@ -191,7 +191,7 @@ def main(argv):
         try:
             summary = beyond.run(FLAGS.experiment, FLAGS.workdir, FLAGS.scale, FLAGS.seeds,
                                  parse_overrides(FLAGS.set), command_line(sys.argv))
-        except ValueError as error:
+        except (ValueError, *train.RUN_ERRORS) as error:
             sys.exit(f"error: {error}")
         with open(os.path.join(FLAGS.workdir, report.RESULTS_MD)) as f:
             print(f.read())
@@ -208,7 +208,7 @@ def main(argv):
 
         tf.config.experimental.enable_op_determinism()
         summary = run(experiment, FLAGS.workdir, command_line(sys.argv), FLAGS.progress)
-    except ValueError as error:  # incl. config_schema.ConfigError
+    except (ValueError, *train.RUN_ERRORS) as error:  # incl. config_schema.ConfigError
         sys.exit(f"error: {error}")
     print()
     with open(os.path.join(FLAGS.workdir, report.RESULTS_MD)) as f:
