@@ -53,6 +53,17 @@ def test_alignment_matches_the_gram_matrix(batch_size):
     assert weighted == pytest.approx(28 * got.stats.pairwise_coherence, rel=1e-9)
 
 
+def test_sample_weights_scale_each_gradient():
+    """With weights w_i (as measure): g_i = w_i ∇ℓ_i, so g_i·S = w_i ∇ℓ_i · Σ_j w_j ∇ℓ_j."""
+    x, y, _, _ = reference.problem(m=10, d=3, c=3, seed=9)
+    model, g = softmax_regression(x, y, classes=3)
+    w = np.random.default_rng(1).uniform(0.2, 2.0, 10)
+    weighted = g * w[:, None]
+    got = coherence.alignment(model, x, y, batch_size=4, sample_weight=w)
+    np.testing.assert_allclose(got.dot_with_sum, weighted @ weighted.sum(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(got.sq_norms, np.sum(weighted ** 2, axis=1), rtol=1e-10)
+
+
 def test_dataset_input_equals_arrays():
     x, y, _, _ = reference.problem(m=13, d=3, c=3, seed=4)
     model, _ = softmax_regression(x, y, classes=3)
