@@ -30,7 +30,7 @@ from typing import Dict, List, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import input_checks, per_example, streaming
+from cgh_tf import input_checks, per_example, precision, streaming
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
 
 
@@ -117,7 +117,7 @@ class StreamingCoherence:
         # One compiled call each instead of 2V + 2 (reset) and 2V (result) eager ops: on the MLP
         # of benchmarks/measure_calls.py those ops cost as much as the batch computation itself.
         self._reset = tf.function(self._assign_zeros, autograph=False)
-        self._sq_norms_of_sums = tf.function(self._squared_norms, autograph=False)
+        self._sq_norms_of_sums = tf.function(self.squared_norms_of_sums, autograph=False)
 
     @classmethod
     def for_model(cls, model):
@@ -133,7 +133,7 @@ class StreamingCoherence:
         self._sq_norm_sums.assign(tf.zeros_like(self._sq_norm_sums))
         self._count.assign(0)
 
-    def _squared_norms(self):
+    def squared_norms_of_sums(self):
         """[V] float64: ‖S_v‖² of every variable's running sum."""
         return tf.stack([tf.reduce_sum(tf.square(s)) for s in self._sums] or [tf.zeros([], tf.float64)])
 
@@ -194,7 +194,7 @@ class StreamingCoherence:
 
 
 def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, training=False,
-            sample_weight=None) -> CoherenceStats:
+            sample_weight=None, coherence_dtype=None) -> CoherenceStats:
     """α, α⊥ and m-coherence of the per-example gradients of `model` on a sample.
 
     x, y: arrays with m examples (streamed in batches of `batch_size`, default 256; y a dict /
@@ -212,8 +212,12 @@ def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, train
     `cgh_tf.streaming`). The batch computation is compiled once per model, loss and mode and
     reused by later calls; array inputs run as blocks of full batches, each block one compiled
     call (no host round trip per batch). An unbuilt model is built on the first batch.
+    coherence_dtype: None (the layers' own compute dtype) or "float32": under a 16-bit mixed
+      policy, compute the statistics in float32 (`cgh_tf.precision`; without it a one-time
+      warning names the expected error).
     """
-    return streamed_sums(model, x, y, loss, batch_size, training, sample_weight).stats(per_layer)
+    return streamed_sums(model, x, y, loss, batch_size, training, sample_weight,
+                         coherence_dtype).stats(per_layer)
 
 
 class SampleSums(NamedTuple):
@@ -249,10 +253,14 @@ def checked_blocks(model, x, y, loss, batch_size, sample_weight=None, where="coh
     return first, blocks
 
 
-def streamed_sums(model, x, y, loss, batch_size, training, sample_weight=None) -> SampleSums:
+def streamed_sums(model, x, y, loss, batch_size, training, sample_weight=None,
+                  coherence_dtype=None) -> SampleSums:
     """S, Q and every example's ‖g_i‖² and loss, streamed through the engine (`measure`)."""
+    precision.check_coherence_dtype(coherence_dtype)
     first, blocks = checked_blocks(model, x, y, loss, batch_size, sample_weight)
-    sums = _cached(model, "measure", loss, training, _BatchSums)
+    precision.check_float32_possible(model, coherence_dtype)
+    precision.warn_if_16_bit(model, coherence_dtype)
+    sums = _cached(model, "measure", loss, training, _BatchSums, coherence_dtype=coherence_dtype)
     parts = [sums(block, i == 0) for i, block in enumerate(itertools.chain([first], blocks))]
     return SampleSums(sums.accumulator, parts[-1][0].numpy(),
                       *(np.concatenate([np.reshape(p[j], [-1]) for p in parts]) for j in (1, 2)))
@@ -263,27 +271,29 @@ class _BatchSums:
     a `streaming.Block` adds it and returns (‖S_v‖² so far [V], ‖g_i‖² [b], ℓ_i [b]) (float64;
     [k, B] for a stacked block); `first` replaces everything added before (no separate reset)."""
 
-    def __init__(self, model, loss_fn, training):
+    def __init__(self, model, loss_fn, training, coherence_dtype=None):
         self.accumulator = StreamingCoherence.for_model(model)
         self.model, self.loss_fn, self.training = model, loss_fn, training
+        self.coherence_dtype = coherence_dtype
         self.single = tf.function(self._add_single, reduce_retracing=True)
         self.stacked = tf.function(self._add_stacked, reduce_retracing=True)
 
     def _add(self, xb, yb, wb, first):
         """Adds one batch; (‖g_i‖² [b], ℓ_i [b]) float64."""
-        sums = per_example.gradients_and_sq_norms(self.model, xb, yb, self.loss_fn,
-                                                  training=self.training, sample_weight=wb)
+        with precision.computed_in(self.model, self.coherence_dtype):
+            sums = per_example.gradients_and_sq_norms(self.model, xb, yb, self.loss_fn,
+                                                      training=self.training, sample_weight=wb)
         self.accumulator.update(sums.grad_sum, sums.sq_norms, first=first)
         return (tf.reduce_sum(tf.cast(sums.sq_norms, tf.float64), axis=1),
                 tf.cast(sums.losses, tf.float64))
 
     def _add_single(self, xb, yb, wb, first):
         per_example_values = self._add(xb, yb, wb, first)
-        return (self.accumulator._squared_norms(),) + per_example_values  # read after the update
+        return (self.accumulator.squared_norms_of_sums(),) + per_example_values  # read after the update
 
     def _add_stacked(self, xs, ys, ws, first):
         per_batch = streaming.over_stacked_batches(self._add, (xs, ys, ws), first, (tf.float64,) * 2)
-        return (self.accumulator._squared_norms(),) + per_batch  # read after the loop
+        return (self.accumulator.squared_norms_of_sums(),) + per_batch  # read after the loop
 
     def __call__(self, block, first):
         add = self.stacked if block.stacked else self.single
@@ -297,17 +307,19 @@ def _flat_dot(a, b):
 _COMPILED = weakref.WeakKeyDictionary()  # model -> {(kind, id(loss), training): (loss, built)}
 
 
-def _cached(model, kind, loss, training, build):
-    """`build(model, per-example loss fn, training)`, built once per model, loss and mode.
+def _cached(model, kind, loss, training, build, **options):
+    """`build(model, per-example loss fn, training, **options)`, built once per model, loss, mode
+    and options.
 
     Measuring every few steps must not retrace (and rebuild) a tf.function on every call. The key
     holds the resolved loss object itself, so re-compiling the model with another loss rebuilds.
     """
     cache = _COMPILED.setdefault(model, {})
     resolved = loss if loss is not None else getattr(model, "loss", None)
-    key = (kind, id(resolved), training)
+    key = (kind, id(resolved), training, tuple(sorted(options.items())))
     if key not in cache or cache[key][0] is not resolved:
-        cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training))
+        cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training,
+                                      **options))
     return cache[key][1]
 
 

@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
-from cgh_tf import per_example, replica_groups
+from cgh_tf import per_example, precision, replica_groups
 
 
 class Source(NamedTuple):
@@ -201,16 +201,18 @@ def per_example_source(model, x, y, sample_weight, aggregator, training, shared)
     return Source(None, reduced, loss, sums.predictions, coherence, regularized=False)
 
 
-def coherence_sums(model, x, y, sample_weight, training, measure):
+def coherence_sums(model, x, y, sample_weight, training, measure, coherence_dtype=None):
     """The separate coherence pass (when the update cannot share its pass): (S per variable,
     sq_norms [m, V] float32), zeros when `measure` (a bool scalar tensor, or True: no
-    conditional, which under XLA on a CPU costs ~4× more) is false."""
+    conditional, which under XLA on a CPU costs ~4× more) is false. `coherence_dtype`: as in
+    `cgh_tf.precision.computed_in`."""
     variables = model.trainable_variables
     loss_fn = per_example.per_example_loss_fn(model)
 
     def measured():
-        sums = per_example.gradients_and_sq_norms(model, x, y, loss_fn, training=training,
-                                                  sample_weight=sample_weight)
+        with precision.computed_in(model, coherence_dtype):
+            sums = per_example.gradients_and_sq_norms(model, x, y, loss_fn, training=training,
+                                                      sample_weight=sample_weight)
         return zeros_for_none(sums.grad_sum, variables), tf.cast(sums.sq_norms, tf.float32)
 
     def unmeasured():

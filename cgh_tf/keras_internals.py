@@ -5,6 +5,7 @@ installed Keras version, when the assumption no longer holds; `tests/test_keras_
 each one. Nothing here falls back silently to a default.
 """
 
+import contextlib
 import importlib
 import inspect
 
@@ -46,6 +47,33 @@ def child_layers(layer):
     if not hasattr(layer, "_layers"):
         _fail("Layer._layers")
     return list(layer._layers)
+
+
+def call_replaced(layer, call):
+    """Context manager: `layer(...)` runs `call(inputs, *args, **kwargs)` instead of the layer's
+    own `call` inside the block (Keras' `__call__` still does its casting, masking and name
+    scopes around it); the layer is as before afterwards.
+
+    Relies on `keras.layers.Layer.__call__` reaching `call` through the instance (`self.call`),
+    so an instance attribute set past Keras' attribute tracking (`object.__setattr__`) takes
+    precedence over the class's method.
+    """
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(f"call_replaced needs a keras Layer; got {type(layer).__name__}.")
+    return _call_replaced(layer, call)
+
+
+@contextlib.contextmanager
+def _call_replaced(layer, call):
+    previous = vars(layer).get("call")
+    object.__setattr__(layer, "call", call)
+    try:
+        yield
+    finally:
+        if previous is None:
+            object.__delattr__(layer, "call")
+        else:
+            object.__setattr__(layer, "call", previous)
 
 
 # ------------------------------------------------------------------------------ models
@@ -226,6 +254,25 @@ def in_xla_compilation():
     return bool(fn(tf.compat.v1.get_default_graph()))
 
 
+def onednn_enabled():
+    """Whether TensorFlow's oneDNN (MKL) CPU kernels are on in this process (decided once per
+    process: `TF_ENABLE_ONEDNN_OPTS`, else on for Linux x86 CPUs with AVX512_VNNI, AVX512_BF16,
+    AVX_VNNI or AMX).
+
+    Relies on `tensorflow.python.util._pywrap_util_port.IsMklEnabled` (what TF's own tests use);
+    no public equivalent exists.
+    """
+    what = "tensorflow.python.util._pywrap_util_port.IsMklEnabled"
+    try:
+        module = importlib.import_module("tensorflow.python.util._pywrap_util_port")
+    except ImportError:
+        _fail_tf(what)
+    fn = _private(module, "IsMklEnabled", what, _fail_tf)
+    if not callable(fn):
+        _fail_tf(what)
+    return bool(fn())
+
+
 def _fail_tf(what):
     raise KerasInternalsError(
         f"cgh_tf relies on {what}, which TensorFlow {tf.__version__} (Keras {keras.__version__}) "
@@ -250,3 +297,29 @@ def _functional_class():
 
 
 Functional = _functional_class()
+
+
+def _functional_init_arguments():
+    """Keras' own test of `Model(...)` arguments that make a functional model.
+
+    Relies on `keras.src.models.model.functional_init_arguments(args, kwargs)`, which
+    `keras.Model.__new__` uses to turn `Model(inputs, outputs)` into a Functional.
+    """
+    what = "keras.src.models.model.functional_init_arguments"
+    try:
+        module = importlib.import_module("keras.src.models.model")
+    except ImportError:
+        _fail(what)
+    fn = _private(module, "functional_init_arguments", what)
+    if not callable(fn):
+        _fail(what)
+    return fn
+
+
+_FUNCTIONAL_INIT_ARGUMENTS = _functional_init_arguments()
+
+
+def is_functional_call(args, kwargs):
+    """Whether `Model(*args, **kwargs)` is the functional form (inputs and outputs given, by
+    position or keyword), by Keras' own rule."""
+    return bool(_FUNCTIONAL_INIT_ARGUMENTS(args, kwargs))

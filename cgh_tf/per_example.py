@@ -239,7 +239,9 @@ def explain(model, x=None, y=None, loss=None, training=False) -> Explanation:
     elif not model.built:
         raise ValueError("explain(model) needs a built model, or a sample batch x, y to build it on.")
     paths = _layer_paths(model)
-    ruled = {id(layer): rule for layer, rule in _rule_layers(model)}
+    # A rule covers its layer's variables, also those its sublayers own (an RNN's cell).
+    covering = {id(v): (rule, paths.get(id(layer), layer.name))
+                for layer, rule in _rule_layers(model) for v in layer.trainable_weights}
     findings = _FINDINGS.get(model, {})
     plans = Explanation()
     for layer in keras_internals.flatten_layers(model, include_self=False):
@@ -247,8 +249,8 @@ def explain(model, x=None, y=None, loss=None, training=False) -> Explanation:
         if not own:
             continue
         path = paths.get(id(layer), layer.name)
-        rule = ruled.get(id(layer))
-        reason = findings.get(path, "" if rule is not None else _NO_RULE)
+        rule, ruling_path = covering.get(id(own[0]), (None, path))
+        reason = findings.get(path, findings.get(ruling_path, "" if rule is not None else _NO_RULE))
         name = rule.name if rule is not None and not reason else FALLBACK
         plans.append(LayerPlan(path, type(layer).__name__, name, len(own), reason))
     return plans
@@ -282,10 +284,8 @@ def instrumented(tape, layers_and_rules):
     Yields {id(layer): [LayerCall, ...]}, filled as the layers are called under `tape`.
     """
     records = {id(layer): [] for layer, _ in layers_and_rules}
-    previous = {}
-    try:
+    with contextlib.ExitStack() as stack:
         for layer, rule in layers_and_rules:
-            previous[id(layer)] = layer.__dict__.get("call")
 
             def recording_call(inputs, *args, _layer=layer, _rule=rule, **kwargs):
                 ctx = layer_rules.CallContext(tape, _layer)
@@ -293,15 +293,8 @@ def instrumented(tape, layers_and_rules):
                 records[id(_layer)].append(ctx.record)
                 return outputs
 
-            object.__setattr__(layer, "call", recording_call)
+            stack.enter_context(keras_internals.call_replaced(layer, recording_call))
         yield records
-    finally:
-        for layer, _ in layers_and_rules:
-            if id(layer) in previous:
-                if previous[id(layer)] is None:
-                    object.__delattr__(layer, "call")
-                else:
-                    object.__setattr__(layer, "call", previous[id(layer)])
 
 
 def _result_dtype(variables):

@@ -60,13 +60,14 @@ import math
 import numbers
 import warnings
 import weakref
+from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import (aggregators, gradient_sources, keras_internals, optimizers, per_example,
-                    robust)
+from cgh_tf import (aggregators, gradient_sources, keras_internals, mode_dependence, optimizers,
+                    per_example, precision, robust)
 
 
 _STEPS_KEY = "cgh_steps_trained"  # the entry of `steps_trained` in Keras' variable store
@@ -80,21 +81,24 @@ class TrainOptions:
     coherence_per_layer: bool = False
     coherence_training: bool = False
     aggregator: aggregators.Aggregator = dataclasses.field(default_factory=aggregators.Mean)
+    coherence_dtype: Optional[str] = None
 
     def __post_init__(self):
         every = self.coherence_every
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:
             raise ValueError(f"coherence_every must be an int >= 0 (0 = off), got {every!r}.")
         object.__setattr__(self, "coherence_every", int(every))
-        for name in ("coherence_per_layer", "coherence_training"):
+        precision.check_coherence_dtype(self.coherence_dtype)
+        for name in ("coherence_per_layer", "coherence_training", "coherence_dtype"):
             if getattr(self, name) and not self.coherence_every:
-                raise ValueError(f"{name}=True has no effect without coherence_every >= 1; set "
-                                 "coherence_every (e.g. 1) or remove it.")
+                raise ValueError(f"{name}={getattr(self, name)!r} has no effect without "
+                                 "coherence_every >= 1; set coherence_every (e.g. 1) or remove it.")
 
     def to_config(self):
         return {"coherence_every": self.coherence_every,
                 "coherence_per_layer": self.coherence_per_layer,
                 "coherence_training": self.coherence_training,
+                "coherence_dtype": self.coherence_dtype,
                 "aggregation": keras.saving.serialize_keras_object(self.aggregator)}
 
 
@@ -186,30 +190,6 @@ def _check_dataset_batches(dataset, groups):
 
 
 # ------------------------------------------------------------------------------ helpers
-def _depends_on_training(layer) -> bool:
-    """Whether `layer` itself may compute differently in training and inference mode.
-
-    True for every layer whose `call` takes `training` (Dropout, BatchNormalization, noise layers,
-    user layers), read from the public signature of `call` (as Keras does itself), except Keras'
-    own calls that only pass `training` on to sublayers, which are checked on their own: functional
-    and Sequential models, MultiHeadAttention and GroupQueryAttention (their only mode-dependent
-    part is a Dropout sublayer); Dense / EinsumDense (float8 quantization only); a Dropout with
-    rate 0, which is the identity in both modes; and a frozen BatchNormalization
-    (`trainable=False`), which Keras 3 runs in inference mode in both (documented in its
-    docstring, pinned in tests/test_training.py), as when fine-tuning a pretrained network.
-    """
-    if "training" not in inspect.signature(layer.call).parameters:
-        return False
-    for base in (keras.layers.Dense, keras.layers.EinsumDense):
-        if _keras_call(layer, base):
-            return getattr(layer, "quantization_mode", None) == "float8"
-    if _keras_call(layer, keras.layers.Dropout):
-        return layer.rate > 0
-    if _keras_call(layer, keras.layers.BatchNormalization):
-        return layer.trainable
-    return not any(_keras_call(layer, base) for base in _PASS_TRAINING_ON)
-
-
 _WARNED_SECOND_PASS = weakref.WeakSet()  # models told that their metric takes a second pass
 
 
@@ -225,13 +205,6 @@ def _warn_second_pass(model, layer_names):
         "second pass.", stacklevel=2)
 
 
-_PASS_TRAINING_ON = (keras_internals.Functional, keras.Sequential,
-                     keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
-
-
-def _keras_call(layer, base):
-    """`layer` is a `base` running Keras' own `base.call` (not overridden)."""
-    return isinstance(layer, base) and type(layer).call is base.call
 
 
 def _coherence_from_sums(sq_norm_of_sum, sum_of_sq_norms, m):
@@ -257,13 +230,14 @@ class Model(keras.Model):
         # Keras makes `Model(inputs, outputs)` functional by rewriting the *class's* bases to
         # Functional, which would break every later `class Net(cgh_tf.Model)`. The functional
         # form gets its own class instead, and cgh_tf.Model's bases are never touched.
-        if cls is Model and _is_functional_call(args, kwargs):
+        if cls is Model and keras_internals.is_functional_call(args, kwargs):
             return super().__new__(FunctionalModel)
         return super().__new__(cls, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------- compile
     def compile(self, optimizer="rmsprop", *args, coherence_every=0, coherence_per_layer=False,
-                coherence_training=False, aggregation="mean", winsorize_pct=None, **kwargs):
+                coherence_training=False, aggregation="mean", winsorize_pct=None,
+                coherence_dtype=None, **kwargs):
         """`keras.Model.compile` plus the options of the module table.
 
         Args:
@@ -277,12 +251,16 @@ class Model(keras.Model):
             inference mode, as in docs/design.md (needs coherence_every).
           aggregation: "mean" (Keras), "winsorize" (with `winsorize_pct` in [0, 50), required:
             no default c), or an instance of `cgh_tf.aggregators.Aggregator`.
+          coherence_dtype: None (the layers' compute dtype) or "float32": under a 16-bit mixed
+            policy, compute the coherence metrics in float32 (a separate pass; `cgh_tf.precision`;
+            without it a one-time warning names the expected error). Needs coherence_every.
         """
         aggregator = aggregators.get(aggregation, winsorize_pct)
         optimizer, aggregator = _in_batch_m3(optimizer, aggregator)
         self._cgh_options = TrainOptions(
             coherence_every=coherence_every, coherence_per_layer=coherence_per_layer,
-            coherence_training=coherence_training, aggregator=aggregator)
+            coherence_training=coherence_training, aggregator=aggregator,
+            coherence_dtype=coherence_dtype)
         super().compile(optimizer, *args, **kwargs)
         self._cgh_state = _TrainState(self.distribute_strategy)
         if getattr(self, "_cgh_restored_step", None) is not None:  # loaded before compile
@@ -327,6 +305,8 @@ class Model(keras.Model):
             # Keras' LossScaleOptimizer updates its inner optimizer inside a tf.cond; its step
             # counter must then not need a merge_call (strategies that run without one).
             keras_internals.make_step_counter_replica_local(self.optimizer.inner_optimizer)
+        if self.built:
+            precision.check_float32_possible(self, self._cgh_options.coherence_dtype)
         if self._cgh_options.coherence_per_layer:
             self._cgh_state.add_layer_keys(dict.fromkeys(per_example.variable_layer_names(self)))
         return super().make_train_function(force=force)
@@ -453,14 +433,19 @@ class Model(keras.Model):
 
     def _shares_pass(self):
         """True when the update's pass also gives the coherence sums (see the module docstring);
-        says so once per model when only the model's mode-dependent layers prevent it."""
+        says so once per model when only the model's mode-dependent layers prevent it (and once
+        when the metric is computed in 16 bits). Metrics in float32 under a 16-bit policy
+        (coherence_dtype="float32") take their own pass."""
         opts = self._cgh_options
+        if opts.coherence_every:
+            precision.warn_if_16_bit(self, opts.coherence_dtype)
+            if opts.coherence_dtype == "float32" and precision.sixteen_bit_dtype(self):
+                return False
         if not (opts.coherence_every == 1 and self.distribute_strategy.num_replicas_in_sync == 1):
             return False
         if opts.coherence_training:
             return True
-        dependent = [layer.name for layer in keras_internals.flatten_layers(self, include_self=False)
-                     if _depends_on_training(layer)]
+        dependent = mode_dependence.mode_dependent_layers(self)
         if dependent:
             _warn_second_pass(self, dependent)
         return not dependent
@@ -481,7 +466,7 @@ class Model(keras.Model):
         measure = tf.constant(True) if every_step else self._should_measure()
         grad_sum, sq_norms = gradient_sources.coherence_sums(
             self, x, y, sample_weight, self._cgh_options.coherence_training,
-            True if every_step else measure)
+            True if every_step else measure, self._cgh_options.coherence_dtype)
         m = tf.cast(tf.shape(sq_norms)[0], tf.float32)
         self._record_coherence(grad_sum, sq_norms, m, measure)
         return sq_norms
@@ -560,12 +545,6 @@ def _in_batch_m3(optimizer, aggregator):
     if inner.loss_scale_factor is None:
         inner.loss_scale_factor = optimizer.loss_scale_factor
     return inner, aggregator
-
-
-def _is_functional_call(args, kwargs):
-    """Keras' own test (`functional_init_arguments`): Model(inputs, outputs), keywords or not."""
-    return (len(args) == 2 or (len(args) == 1 and "outputs" in kwargs)
-            or ("inputs" in kwargs and "outputs" in kwargs))
 
 
 @keras.saving.register_keras_serializable(package="cgh_tf")

@@ -33,6 +33,10 @@ under the dtype policy of the test (float64 Keras for the exact comparisons).
 | einsum_* | EinsumDense alone (four equations, bias_axes), MSE loss | subprocess |
 | conv2d_transpose | Conv2DTranspose-Flatten-Dense | |
 | unbuilt_sequential | `keras.Sequential` without `keras.Input` (built by its first call) | |
+| time_distributed_conv | TimeDistributed(Conv2D)-Flatten-Dense | trainer |
+| bidirectional_lstm_gru | Bidirectional(LSTM, sequences)-Bidirectional(GRU)-Dense | trainer |
+| convnext_layerscale | DepthwiseConv2D-LayerNorm-Dense(gelu)-Dense-LayerScale (custom weight) + skip | trainer |
+| grouped_query_attention | Embedding, causal GroupQueryAttention (4 query / 2 kv heads), LayerNorm | trainer, subprocess |
 """
 
 import contextlib
@@ -575,3 +579,56 @@ def unbuilt_sequential(model_cls):
                               L.Dense(CLASSES)])
     x = _rng().normal(size=(M, 6))
     return Case(model, x, np.random.default_rng(SEED + 1).integers(0, CLASSES, M), _scce())
+
+
+# ----------------------------------------------------------------------------------------------
+# 21 (issue 21, part B): sequence wrappers, bidirectional RNNs, ConvNeXt with a custom weight
+# layer, grouped-query attention
+
+
+@architecture("time_distributed_conv", trainer=True)
+def time_distributed_conv(model_cls):
+    """TimeDistributed(Conv2D) over 3 frames of 5×5×2, Flatten, head (mode-independent: the
+    trainer's metric shares the update's pass)."""
+    inputs = keras.Input((3, 5, 5, 2))
+    h = L.TimeDistributed(L.Conv2D(2, 3, activation="tanh"))(inputs)
+    return _classifier(model_cls, inputs, L.Flatten()(h))
+
+
+@architecture("bidirectional_lstm_gru", trainer=True)
+def bidirectional_lstm_gru(model_cls):
+    """Bidirectional(LSTM, sequences) -> Bidirectional(GRU) on float sequences (Keras' loops)."""
+    inputs = keras.Input((SEQUENCE, 3))
+    h = L.Bidirectional(L.LSTM(3, return_sequences=True))(inputs)
+    return _classifier(model_cls, inputs, L.Bidirectional(L.GRU(2))(h))
+
+
+class LayerScale(L.Layer):
+    """ConvNeXt's per-channel scale γ ⊙ x, a custom layer owning its weight."""
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, inputs):
+        return inputs * self.gamma
+
+
+@architecture("convnext_layerscale", trainer=True)
+def convnext_layerscale(model_cls):
+    """A ConvNeXt block: depthwise 3×3, LayerNorm, Dense 4× (gelu), Dense, LayerScale, residual."""
+    inputs = keras.Input((5, 5, 4))
+    h = L.LayerNormalization(epsilon=1e-6)(L.DepthwiseConv2D(3, padding="same")(inputs))
+    h = L.Dense(4)(L.Dense(16, activation="gelu")(h))
+    h = L.Add()([inputs, LayerScale()(h)])
+    return _classifier(model_cls, inputs, L.GlobalAveragePooling2D()(h))
+
+
+@architecture("grouped_query_attention", trainer=True, isolated="attention")
+def grouped_query_attention(model_cls):
+    """Causal GroupQueryAttention (4 query / 2 key-value heads) over embeddings, pooled."""
+    inputs = keras.Input((SEQUENCE,), dtype="int32")
+    e = L.Embedding(VOCAB, 8)(inputs)
+    a = L.GroupQueryAttention(2, num_query_heads=4, num_key_value_heads=2)(
+        e, e, use_causal_mask=True)
+    h = L.LayerNormalization()(L.Add()([e, a]))
+    return _classifier(model_cls, inputs, L.GlobalAveragePooling1D()(h))

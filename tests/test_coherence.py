@@ -208,7 +208,7 @@ def test_measure_compiles_once_per_model_and_batch_shape():
     first = coherence.measure(model, x, y, batch_size=6)
     for _ in range(3):
         again = coherence.measure(model, x, y, batch_size=5)  # batches of 5, 5 and 2
-    sums = coherence._cached(model, "measure", None, False, None)
+    sums = coherence._cached(model, "measure", None, False, None, coherence_dtype=None)
     # blocks of stacked full batches: [1, 6] then [2, 5]; single remainder batch: [2]
     assert sums.stacked.experimental_get_tracing_count() <= 2
     assert sums.single.experimental_get_tracing_count() == 1

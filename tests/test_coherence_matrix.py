@@ -408,5 +408,20 @@ def test_mixed_float16(name, check):
         CHECKS[check](case, lambda: memoised_reference(name, float64_twin(name, case)), MIXED)
 
 
+# ----------------------------------------------------------------------------------------------
+# Issue 21, part B: the sequence / wrapper architectures need no second pass for the metric
+
+SHARED_PASS = ["time_distributed_conv", "bidirectional_lstm_gru", "convnext_layerscale",
+               "grouped_query_attention"]
+
+
+@pytest.mark.parametrize("name", SHARED_PASS)
+def test_wrapper_and_rnn_architectures_are_mode_independent(name, float64_keras):
+    """No layer of these computes differently in training mode, so `test_trainer_metric` above
+    checks the metric taken from the update's own pass (cgh_tf.mode_dependence)."""
+    from cgh_tf import mode_dependence
+    assert mode_dependence.mode_dependent_layers(build(name).model) == []
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
