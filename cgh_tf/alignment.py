@@ -28,6 +28,7 @@ training=True), fails with an error instead of a wrong result.
 import dataclasses
 import math
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -60,6 +61,18 @@ class Alignment:
     method: str
 
 
+class _Sample(NamedTuple):
+    """The arguments of `alignment` that both passes read the sample with."""
+
+    model: object
+    x: object
+    y: object
+    loss: object
+    batch_size: object
+    training: bool
+    sample_weight: object
+
+
 def alignment(model, x, y=None, loss=None, batch_size=None, training=False,
               sample_weight=None) -> Alignment:
     """a_i and g_i · S of every example of a sample, with the sample's coherence statistics.
@@ -69,34 +82,39 @@ def alignment(model, x, y=None, loss=None, batch_size=None, training=False,
       is read twice).
     training: the mode the model runs in (inference mode by default, as `measure`).
     """
+    sample = _Sample(model, x, y, loss, batch_size, training, sample_weight)
     first = coherence.streamed_sums(model, x, y, loss, batch_size, training, sample_weight)
-    passes = (model, x, y, loss, batch_size, training, sample_weight)
     stats = first.stats()
-    norm = math.sqrt(stats.sq_norm_of_sum)
-    if norm == 0:  # S = 0: every g_i · S is 0
-        dots, losses, method = np.zeros_like(first.losses), first.losses, FORWARD_MODE
-    else:
-        tangent = _unit_tangent(model, first.accumulator, norm)
-        dots, losses, method = _dots_with_sum(passes, tangent)
-        dots = dots * norm
-        _check_same_examples(model, first.losses, losses)
-        if method == FORWARD_MODE and not _sums_to_sq_norm(model, dots, stats.sq_norm_of_sum):
-            warnings.warn(
-                f"cgh_tf.alignment: the forward-mode derivatives of model {model.name!r} fail the "
-                "check Σ_i g_i·S = ‖S‖² (a layer whose forward-mode derivative TF computes wrongly, "
-                "e.g. Keras' grouped Conv2D on CPU); recomputing g_i·S on the exact path (reverse "
-                "over reverse, about twice the cost).", stacklevel=2)
-            dots, _ = _exact_dots(passes, tangent)
-            dots, method = dots * norm, EXACT
+    dots, method = _dots_with_sum(sample, first, stats.sq_norm_of_sum)
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.where(first.sq_norms > 0, (dots - first.sq_norms) / first.sq_norms, np.nan)
     return Alignment(a, dots, first.sq_norms, first.losses, stats, method)
 
 
+def _dots_with_sum(sample, first, sq_norm_of_sum):
+    """(g_i·S [m], method) after the first pass `first` (`coherence.SampleSums`): forward mode,
+    checked against the first pass's losses and Σ_i g_i·S = ‖S‖², else the exact path."""
+    if sq_norm_of_sum == 0:  # S = 0: every g_i · S is 0
+        return np.zeros_like(first.losses), FORWARD_MODE
+    norm = math.sqrt(sq_norm_of_sum)
+    tangent = _unit_tangent(sample.model, first.accumulator, norm)
+    dots, losses, method = _forward_or_exact(sample, tangent)
+    _check_same_examples(sample.model, first.losses, losses)
+    if method == FORWARD_MODE and not _sums_to_sq_norm(sample.model, dots * norm, sq_norm_of_sum):
+        warnings.warn(
+            f"cgh_tf.alignment: the forward-mode derivatives of model {sample.model.name!r} fail "
+            "the check Σ_i g_i·S = ‖S‖² (a layer whose forward-mode derivative TF computes "
+            "wrongly, e.g. Keras' grouped Conv2D on CPU); recomputing g_i·S on the exact path "
+            "(reverse over reverse, about twice the cost).", stacklevel=3)
+        (dots, _), method = _exact_dots(sample, tangent), EXACT
+    return dots * norm, method
+
+
 def _unit_tangent(model, accumulator, norm):
     """S/‖S‖ per trainable variable, in the variable's dtype (a unit tangent keeps the forward-mode
     values in range in float16 however large m, and so ‖S‖, is)."""
-    return [tf.cast(total / norm, v.dtype) for total, v in zip(accumulator._sums, model.trainable_variables)]
+    return [tf.cast(total / norm, v.dtype)
+            for total, v in zip(accumulator.grad_sums, model.trainable_variables)]
 
 
 def _tolerance(model):
@@ -122,36 +140,35 @@ def _check_same_examples(model, first_losses, second_losses):
             "must be deterministic in the requested mode (no Dropout with training=True).")
 
 
-def _dots_with_sum(passes, tangent):
-    """(g_i·S/‖S‖ [m], ℓ_i [m], method): forward mode, or the exact path if it cannot be traced.
-    passes: (model, x, y, loss, batch_size, training, sample_weight) of `alignment`."""
-    model, _, _, loss, _, training, _ = passes
-    forward = coherence._cached(model, "alignment_forward", loss, training, _build_forward)
+def _forward_or_exact(sample, tangent):
+    """(g_i·t [m], ℓ_i [m], method), t the unit tangent: forward mode, or the exact path if the
+    forward-mode pass cannot be traced."""
+    forward = coherence._cached(sample.model, "alignment_forward", sample.loss, sample.training,
+                                _build_forward)
     try:
-        return (*_stream(forward, passes, tangent, trace_check=True), FORWARD_MODE)
+        return (*_stream(forward, sample, tangent, trace_check=True), FORWARD_MODE)
     except _ForwardModeUntraceable as error:
         warnings.warn(
-            f"cgh_tf.alignment: model {model.name!r} cannot be differentiated in forward mode "
-            f"({error}); computing g_i·S on the exact path (reverse over reverse, about twice the "
-            "cost).", stacklevel=3)
-    return (*_exact_dots(passes, tangent), EXACT)
+            f"cgh_tf.alignment: model {sample.model.name!r} cannot be differentiated in forward "
+            f"mode ({error}); computing g_i·S on the exact path (reverse over reverse, about twice "
+            "the cost).", stacklevel=4)
+    return (*_exact_dots(sample, tangent), EXACT)
 
 
-def _exact_dots(passes, tangent):
-    model, _, _, loss, _, training, _ = passes
-    exact = coherence._cached(model, "alignment_exact", loss, training, _build_exact)
-    return _stream(exact, passes, tangent)
+def _exact_dots(sample, tangent):
+    exact = coherence._cached(sample.model, "alignment_exact", sample.loss, sample.training,
+                              _build_exact)
+    return _stream(exact, sample, tangent)
 
 
 class _ForwardModeUntraceable(Exception):
     """Tracing the forward-mode pass raised (the message names the original error)."""
 
 
-def _stream(compiled, passes, tangent, trace_check=False):
+def _stream(compiled, sample, tangent, trace_check=False):
     """(g_i·t [m], ℓ_i [m]) float64 over the sample, t the unit tangent, by `compiled`."""
-    _, x, y, _, batch_size, _, sample_weight = passes
     dots, losses = [], []
-    for block in streaming.blocks(x, y, batch_size, sample_weight):
+    for block in streaming.blocks(sample.x, sample.y, sample.batch_size, sample.sample_weight):
         function = compiled.stacked if block.stacked else compiled.single
         if trace_check:
             try:

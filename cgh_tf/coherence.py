@@ -157,6 +157,11 @@ class StreamingCoherence:
         self._count.assign(added(self._count, tf.cast(tf.shape(sq_norms)[0], tf.int64)))
 
     @property
+    def grad_sums(self) -> list:
+        """The running S_v per variable (float64 `tf.Variable`s, read-only by convention)."""
+        return list(self._sums)
+
+    @property
     def count(self) -> int:
         return int(self._count.numpy())
 
