@@ -33,7 +33,7 @@ def softmax_regression(x, y, classes=4, seed=0):
     return model, np.concatenate([gw.reshape(len(x), -1), gb], axis=1)
 
 
-@pytest.mark.parametrize("batch_size", [4, 7, 40])  # stacked blocks + remainder; one batch
+@pytest.mark.parametrize("batch_size", [7, 40])  # stacked blocks + remainder; one batch
 def test_alignment_matches_the_gram_matrix(batch_size):
     x, y, _, _ = reference.problem(m=29, d=5, c=4, seed=3)
     model, g = softmax_regression(x, y)
