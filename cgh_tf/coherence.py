@@ -280,8 +280,8 @@ class _BatchSums:
         self.accumulator = StreamingCoherence.for_model(model)
         self.model, self.loss_fn, self.training = model, loss_fn, training
         self.coherence_dtype = coherence_dtype
-        self.single = tf.function(self._add_single, reduce_retracing=True)
-        self.stacked = tf.function(self._add_stacked, reduce_retracing=True)
+        self.single = tf.function(self._add_single, reduce_retracing=True, autograph=False)
+        self.stacked = tf.function(self._add_stacked, reduce_retracing=True, autograph=False)
 
     def _add(self, xb, yb, wb, first):
         """Adds one batch; (‖g_i‖² [b], ℓ_i [b]) float64."""
