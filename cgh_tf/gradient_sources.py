@@ -73,8 +73,7 @@ def stack(group_grads):
         if any(g is None for g in per_variable):
             stacked.append(None)
         else:
-            stacked.append(tf.stack([tf.convert_to_tensor(per_example._dense(g))
-                                     for g in per_variable]))
+            stacked.append(tf.stack([tf.convert_to_tensor(g) for g in per_variable]))
     return stacked
 
 

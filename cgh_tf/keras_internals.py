@@ -243,14 +243,8 @@ def in_xla_compilation():
     Relies on `tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext` (what TF's own
     ops use to tell); no public equivalent exists.
     """
-    what = "tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext"
-    try:
-        module = importlib.import_module("tensorflow.python.ops.control_flow_util")
-    except ImportError:
-        _fail_tf(what)
-    fn = _private(module, "GraphOrParentsInXlaContext", what, _fail_tf)
-    if not callable(fn):
-        _fail_tf(what)
+    fn = _module_function("tensorflow.python.ops.control_flow_util",
+                          "GraphOrParentsInXlaContext", _fail_tf)
     return bool(fn(tf.compat.v1.get_default_graph()))
 
 
@@ -262,15 +256,22 @@ def onednn_enabled():
     Relies on `tensorflow.python.util._pywrap_util_port.IsMklEnabled` (what TF's own tests use);
     no public equivalent exists.
     """
-    what = "tensorflow.python.util._pywrap_util_port.IsMklEnabled"
+    return bool(_module_function("tensorflow.python.util._pywrap_util_port", "IsMklEnabled",
+                                 _fail_tf)())
+
+
+def _module_function(module_path, name, fail):
+    """The function `name` of the private module `module_path`, or `fail(what)` (raising
+    KerasInternalsError) when the module, the name or its being callable is gone."""
+    what = f"{module_path}.{name}"
     try:
-        module = importlib.import_module("tensorflow.python.util._pywrap_util_port")
+        module = importlib.import_module(module_path)
     except ImportError:
-        _fail_tf(what)
-    fn = _private(module, "IsMklEnabled", what, _fail_tf)
+        fail(what)
+    fn = _private(module, name, what, fail)
     if not callable(fn):
-        _fail_tf(what)
-    return bool(fn())
+        fail(what)
+    return fn
 
 
 def _fail_tf(what):
@@ -305,15 +306,7 @@ def _functional_init_arguments():
     Relies on `keras.src.models.model.functional_init_arguments(args, kwargs)`, which
     `keras.Model.__new__` uses to turn `Model(inputs, outputs)` into a Functional.
     """
-    what = "keras.src.models.model.functional_init_arguments"
-    try:
-        module = importlib.import_module("keras.src.models.model")
-    except ImportError:
-        _fail(what)
-    fn = _private(module, "functional_init_arguments", what)
-    if not callable(fn):
-        _fail(what)
-    return fn
+    return _module_function("keras.src.models.model", "functional_init_arguments", _fail)
 
 
 _FUNCTIONAL_INIT_ARGUMENTS = _functional_init_arguments()

@@ -218,9 +218,10 @@ def test_mixed_float16(kind, method):
     got = traced(model, x, y, variables, method)
     assert [g.dtype for g in got] == [tf.float32] * len(variables)
     want = brute_force(model, x, y, variables)
-    for g, w in zip(got, want):  # float16 compute: loose
-        assert np.all(np.isfinite(g.numpy()))
-        assert np.linalg.norm(g.numpy() - w) <= 1e-2 * max(np.linalg.norm(w), 1e-3)
+    largest = max(np.linalg.norm(w) for w in want)
+    for g, w in zip(got, want):  # float16 compute: loose; a gradient that is zero up to rounding
+        assert np.all(np.isfinite(g.numpy()))  # (attention's key bias) against the largest one
+        assert np.linalg.norm(g.numpy() - w) <= 1e-2 * max(np.linalg.norm(w), 1e-2 * largest)
 
 
 def test_bad_method():

@@ -22,7 +22,8 @@ PACKAGE_DIRS = ("cgh_tf", "trainers")
 PRIVATE_MODULES = ("keras.src", "tensorflow.python", "tf.__internal__", "_pywrap")
 # Dunders every Python object has (not a library's private state).
 PUBLIC_DUNDERS = {"__init__", "__new__", "__name__", "__qualname__", "__doc__", "__class__",
-                  "__module__"}
+                  "__module__", "__call__", "__cause__", "__context__"}
+PUBLIC_STDLIB = {"os._exit"}  # documented Python API whose name starts with "_"
 SELF_ONLY = {"__setattr__", "__delattr__", "__dict__"}  # allowed on the object's own instance
 
 
@@ -55,11 +56,14 @@ def private_uses(source):
             if text in SELF_ONLY:
                 if after[:2] != ["(", "self"] and owner != "self":
                     found.append((tok.start[0], f"{owner}.{text}"))
-            elif text not in PUBLIC_DUNDERS and owner not in ("self", "cls"):
+            elif (text not in PUBLIC_DUNDERS and owner not in ("self", "cls")
+                  and f"{owner}.{text}" not in PUBLIC_STDLIB):
                 found.append((tok.start[0], f"{owner}.{text}"))
         if text in ("getattr", "hasattr", "setattr") and after[:1] == ["("]:
             rest = [t.string for t in tokens[i + 2:i + 5]]
-            literal = rest[2][:1] in ("'", '"') and rest[2].strip("\"'").startswith("_")
+            name = rest[2].strip("\"'")
+            literal = (rest[2][:1] in ("'", '"') and name.startswith("_")
+                       and name not in PUBLIC_DUNDERS)
             if rest[0] != "self" and rest[1] == "," and literal:
                 found.append((tok.start[0], f"{text}({rest[0]}, {rest[2]})"))
     code = "".join(t.string for t in tokens if t.type != tokenize.STRING)
@@ -265,3 +269,12 @@ def test_in_xla_compilation():
     compiled(tf.constant(1.0)), plain(tf.constant(1.0))
     assert seen == {"jit": True, "inner of jit": True, "plain": False}
     assert ki.in_xla_compilation() is False
+
+
+def test_a_missing_private_function_fails_loudly():
+    """onednn_enabled, in_xla_compilation and is_functional_call read module functions that
+    raise KerasInternalsError, naming what is missing, when a release removes them."""
+    with pytest.raises(ki.KerasInternalsError, match="tensorflow.python.no_such_module.f"):
+        ki._module_function("tensorflow.python.no_such_module", "f", ki._fail_tf)
+    with pytest.raises(ki.KerasInternalsError, match="keras.src.models.model.no_such_function"):
+        ki._module_function("keras.src.models.model", "no_such_function", ki._fail)

@@ -194,7 +194,8 @@ def test_wrappers_and_rnns_take_a_second_pass_only_for_what_is_inside(shape, mid
     only the batch passes are counted here; its values are tested in test_exact_fallback.py.)"""
     monkeypatch.setattr(cgh_tf.exact_fallback, "per_example_gradients",
                         lambda model, x, y, loss_fn, variables, training=False, **kw: [
-                            tf.zeros([tf.shape(y)[0], *v.shape], v.dtype) for v in variables])
+                            tf.zeros([tf.shape(tf.nest.flatten(x)[0])[0], *v.shape], v.dtype)
+                            for v in variables])
     inputs = keras.Input(shape)
     h = _CountingIdentity()(middle()(inputs))
     model = cgh_tf.Model(inputs, L.Dense(3)(L.Flatten()(h)))

@@ -1,5 +1,5 @@
 """Shared pieces of the experiments with their own loops (`trainers/beyond.py` lists them):
-resumable runs with tf.train.CheckpointManager, fixed samples, the plan loop, results files, stats.
+resumable runs with cgh_tf.checkpoints.CheckpointStore, fixed samples, the plan loop, results files, stats.
 
 | function                      | what                                                           |
 |-------------------------------|----------------------------------------------------------------|
@@ -15,7 +15,7 @@ A run lives in its own directory:
 
 | path             | content                                                                    |
 |------------------|----------------------------------------------------------------------------|
-| `ckpt/`          | tf.train.CheckpointManager: model, optimizer (incl. M3 / RM3 buffers), step |
+| `ckpt/`          | `cgh_tf.checkpoints.CheckpointStore`: model, optimizer (incl. M3 / RM3 buffers), step |
 | `curves.json`    | the logged curves up to the last checkpoint (written with each checkpoint)  |
 | `results.json`   | written once at the end: config, curves, summary numbers, `finished: true`  |
 

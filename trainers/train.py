@@ -58,7 +58,8 @@ from trainers.config_schema import ConfigError, setting
 
 
 # Besides ConfigError, what a run reports as one line and exit status 1 (the binaries catch these).
-RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError)
+RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError,
+              distributed_loop.PeerFailure)
 
 
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
@@ -70,15 +71,18 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     config_schema.validate(config)
     check_workdir(workdir)
     easy = setting(config, "mode") == "easy_hard"
-    strategy = None if easy else distributed_loop.build_strategy(config.distribution)
+    strategy = None if easy else distributed_loop.build_strategy(
+        config.distribution, setting(config, "collective_timeout_seconds"))
     if not distributed_loop.is_chief(strategy):  # writes nothing: no lock
-        return single_run.run(config, workdir, progress, strategy=strategy)[0]
+        with distributed_loop.peers_fail_loudly(strategy):
+            return single_run.run(config, workdir, progress, strategy=strategy)[0]
     if not easy:  # a workdir of another run is refused untouched, before the lock file
         single_run.check_workdir_holds_config(workdir, config)
-    with workdir_lock.hold(workdir, f"trainer ({setting(config, 'mode') or 'train'})"):
+    with workdir_lock.hold(workdir, f"trainer ({setting(config, 'mode')})"):
         if easy:
             return easy_hard.train_easy_hard(config, workdir, progress)
-        return single_run.run(config, workdir, progress, strategy=strategy)[0]
+        with distributed_loop.peers_fail_loudly(strategy):
+            return single_run.run(config, workdir, progress, strategy=strategy)[0]
 
 
 def check_workdir(workdir: str) -> None:
@@ -94,10 +98,15 @@ def check_workdir(workdir: str) -> None:
 
 def run_or_exit(config, workdir, progress=True) -> dict:
     """`train_and_evaluate` with deterministic ops; a `ConfigError`, a busy workdir
-    (`cgh_tf.workdir_lock`) or a failed checkpoint save exits with status 1 and its one line."""
+    (`cgh_tf.workdir_lock`), a failed checkpoint save or a dead or hung peer worker
+    (`distributed_loop.PeerFailure`) exits with status 1 and its one line."""
     tf.config.experimental.enable_op_determinism()
     try:
         return train_and_evaluate(config, workdir, progress=progress)
+    except distributed_loop.PeerFailure as error:
+        logging.error("%s", error)
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        os._exit(1)  # after aborted collectives TF's runtime cannot shut down cleanly (errors at exit)
     except (ConfigError, *RUN_ERRORS) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
