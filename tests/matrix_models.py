@@ -172,12 +172,29 @@ class Reference:
         sq_norm_of_sum = sum(np.sum(self.grad_sum()[j] ** 2) for j in indices)
         return float(sq_norm_of_sum / np.sum(self.sq_norms()[:, list(indices)]))
 
-    def per_layer_m_coherence(self, names) -> Dict[str, float]:
-        """{layer name: m-coherence of its variables}; `names` aligned with the variables."""
+    def pairwise_coherence(self, indices=None) -> float:
+        """Σ_{i≠j} g_i·g_j / ((m − 1) Σ_i ‖g_i‖²) from the Gram matrix of the flattened gradients
+        of the variables `indices` (default: all): the off-diagonal mean, computed directly."""
+        indices = range(len(self.grads)) if indices is None else indices
+        flat = np.concatenate([self.grads[j].reshape(self.m, -1) for j in indices], axis=1)
+        gram = flat @ flat.T
+        return float((gram.sum() - np.trace(gram)) / ((self.m - 1) * np.trace(gram)))
+
+    def dots_with_sum(self) -> np.ndarray:
+        """[m]: g_i · S, S = Σ_j g_j, from the flattened gradients."""
+        flat = np.concatenate([g.reshape(self.m, -1) for g in self.grads], axis=1)
+        return flat @ flat.sum(axis=0)
+
+    def per_layer(self, statistic, names) -> Dict[str, float]:
+        """{layer name: `statistic(indices)` of its variables}; `names` aligned with the variables."""
         groups = {}
         for j, name in enumerate(names):
             groups.setdefault(name, []).append(j)
-        return {name: self.m_coherence(indices) for name, indices in groups.items()}
+        return {name: statistic(indices) for name, indices in groups.items()}
+
+    def per_layer_m_coherence(self, names) -> Dict[str, float]:
+        """{layer name: m-coherence of its variables}; `names` aligned with the variables."""
+        return self.per_layer(self.m_coherence, names)
 
     def weighted(self, weights) -> "Reference":
         """The per-example gradients of the weighted losses w_i·ℓ_i, i.e. w_i·g_i."""

@@ -3,9 +3,10 @@ against a brute-force reference (tests/matrix_models.py: one tape per example, f
 
 | check | cgh_tf call | compared with the reference |
 |---|---|---|
-| measure | `coherence.measure(..., per_layer=True)` | m_coherence, alpha, per_layer[name].m_coherence |
+| measure | `coherence.measure(..., per_layer=True)` | m_coherence, alpha, pairwise_coherence, per_layer[name].m_coherence / .pairwise_coherence |
 | sums | `per_example.gradients_and_sq_norms` | sq_norms [m, V], grad_sum (None = zero) |
 | per_example | `coherence.per_example_gradients` | every [m, *var.shape] |
+| alignment | `coherence.alignment` | g_i·S, ‖g_i‖², a_i = (g_i·S − ‖g_i‖²)/‖g_i‖², m-coherence; the path taken (`EXACT_ALIGNMENT`) |
 | trainer | `cgh_tf.Model.fit`, SGD(0), coherence_every=1 | history "m_coherence", "alpha" |
 | update | `cgh_tf.Model.fit`, one SGD step, each mean aggregator (`UPDATE_OPTIONS`) | weights and loss of `keras.Model.fit` |
 
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import warnings
 
 import keras
 import numpy as np
@@ -41,6 +43,7 @@ import tensorflow as tf
 
 import cgh_tf
 from cgh_tf import aggregators, coherence, exact_fallback, per_example
+from cgh_tf import alignment as alignment_module
 from cgh_tf.layer_rules import conv
 
 import matrix_models
@@ -146,6 +149,13 @@ def check_measure(case, reference_of, tolerance):
         cmp.fail(f"per_layer names {sorted(stats.per_layer)}, expected {sorted(want)}")
     for name in set(stats.per_layer) & set(want):
         cmp.close(f"per_layer[{name}].m_coherence", stats.per_layer[name].m_coherence, want[name])
+    # scale 1: the statistic lies in [−1/(m−1), 1] and is exactly 0 for orthogonal gradients (e.g.
+    # an embedding's rows of different tokens), so its absolute floor is measured against 1
+    cmp.close("pairwise_coherence", stats.pairwise_coherence, ref.pairwise_coherence(), scale=1.0)
+    pairwise = ref.per_layer(ref.pairwise_coherence, per_example.variable_layer_names(case.model))
+    for name in set(stats.per_layer) & set(pairwise):
+        cmp.close(f"per_layer[{name}].pairwise_coherence", stats.per_layer[name].pairwise_coherence,
+                  pairwise[name], scale=1.0)
     cmp.check()
 
 
@@ -178,6 +188,30 @@ def check_per_example(case, reference_of, tolerance):
     scale = _largest(ref.grads)
     for v, got, want in zip(variables, grads, ref.grads):
         cmp.close(f"per_example[{v.path}]", np.asarray(got), want, scale)
+    cmp.check()
+
+
+# Architectures whose g_i·S must come from alignment's exact path (forward mode cannot be traced
+# through the GRU's symbolic loop; Keras' grouped Conv2D fails the Σ_i g_i·S = ‖S‖² check).
+EXACT_ALIGNMENT = {"gru_classifier", "grouped_conv2d"}
+
+
+def check_alignment(case, reference_of, tolerance, name=None):
+    """(d) coherence.alignment in batches of 5 (a stacked block and a remainder batch)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="cgh_tf.alignment")
+        got = coherence.alignment(case.model, case.x, case.y, loss=case.loss, batch_size=5)
+    ref = reference_of()
+    cmp = Comparison(tolerance)
+    dots, sq_norms = ref.dots_with_sum(), ref.sq_norms().sum(axis=1)
+    cmp.close("dot_with_sum", got.dot_with_sum, dots)
+    cmp.close("sq_norms", got.sq_norms, sq_norms)
+    cmp.close("alignment", got.alignment, (dots - sq_norms) / sq_norms)
+    cmp.close("stats.m_coherence", got.stats.m_coherence, ref.m_coherence())
+    if name is not None:
+        want = alignment_module.EXACT if name in EXACT_ALIGNMENT else alignment_module.FORWARD_MODE
+        if got.method != want:
+            cmp.fail(f"method {got.method!r}, expected {want!r}")
     cmp.check()
 
 
@@ -239,7 +273,8 @@ def check_trainer(name):
     compare_trainer_metrics(*fit_one_batch(name))
 
 
-CHECKS = {"measure": check_measure, "sums": check_sums, "per_example": check_per_example}
+CHECKS = {"measure": check_measure, "sums": check_sums, "per_example": check_per_example,
+          "alignment": check_alignment}
 
 
 def run_check(name, check):
@@ -249,7 +284,8 @@ def run_check(name, check):
     if check == "update":
         return check_update(name)
     case = build(name)
-    CHECKS[check](case, lambda: memoised_reference(name, case), EXACT)
+    extra = {"name": name} if check == "alignment" else {}
+    CHECKS[check](case, lambda: memoised_reference(name, case), EXACT, **extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,6 +402,11 @@ def test_gradients_and_sq_norms(name, float64_keras, isolated):
 @pytest.mark.parametrize("name", ALL)
 def test_per_example_gradients(name, float64_keras, isolated):
     run(name, "per_example", isolated)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_alignment(name, float64_keras, isolated):
+    run(name, "alignment", isolated)
 
 
 @pytest.mark.parametrize("name", TRAINER)
