@@ -427,6 +427,8 @@ class Model(keras.Model):
             grad_sum, sq_norms, m = source.sums
             self._record_coherence(grad_sum, sq_norms, m, self._is_measurement(grad_sum, sq_norms))
         self._update_loss(source.loss, x)
+        if not source.regularized:  # the source did not call compute_loss
+            self._update_output_losses(y, source.y_pred, sample_weight)
         logs = self.compute_metrics(x, y, source.y_pred, sample_weight=sample_weight)
         self._cgh_state.step.assign_add(1)
         return {**logs, **self._coherence_results()}
@@ -464,6 +466,14 @@ class Model(keras.Model):
         if dependent:
             _warn_second_pass(self, dependent)
         return not dependent
+
+    def _update_output_losses(self, y, y_pred, sample_weight):
+        """With several outputs, Keras logs each output's loss (e.g. "cls_loss") from Means that
+        its loss container updates when it computes the loss; a per-example source does not call
+        it, so it is called here on the predictions for that side effect (the loss alone, no
+        model pass; its value is discarded, the decomposition's is logged)."""
+        if tf.nest.is_nested(y_pred):
+            self.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
 
     def _update_loss(self, loss, x):
         batch = tf.shape(tf.nest.flatten(x)[0])[0]

@@ -209,17 +209,18 @@ UPDATE_TOLERANCE = Tolerance(rtol=1e-9, floor=1e-12)
 
 def check_update(name):
     """One SGD step of `cgh_tf.Model` with each of `UPDATE_OPTIONS` against `keras.Model`'s step
-    on the same batch, weights and logged loss (float64)."""
+    on the same batch: weights (float64) and every value Keras logs (float32)."""
     expected = build(name)
     expected.model.compile(optimizer=keras.optimizers.SGD(0.1), **expected.compile_args())
-    want_loss = fit_batch(expected).history["loss"][0]
+    want_logs = fit_batch(expected).history  # loss, and each output's loss with several
     want = expected.model.get_weights()
     cmp, logged = Comparison(UPDATE_TOLERANCE), Comparison(FLOAT32_METRIC)  # Keras logs float32
     for options in UPDATE_OPTIONS:
         case = build(name, cgh_tf.Model)
         case.model.compile(optimizer=keras.optimizers.SGD(0.1), **case.compile_args(), **options)
-        got_loss = fit_batch(case).history["loss"][0]
-        logged.close(f"{options} loss", got_loss, want_loss)
+        got_logs = fit_batch(case).history
+        for key, value in want_logs.items():
+            logged.close(f"{options} logged {key}", got_logs[key][0], value[0])
         scale = _largest(want)
         for j, (got, weights) in enumerate(zip(case.model.get_weights(), want)):
             cmp.close(f"{options} weights[{j}]", got, weights, scale)
