@@ -422,7 +422,7 @@ class Model(keras.Model):
         if source.replica_reduced:  # every replica holds the update; Keras' optimizer sums them
             replicas = self.distribute_strategy.num_replicas_in_sync
             grads = [None if g is None else g / replicas for g in grads]
-        self.optimizer.apply(grads, variables)
+        self.optimizer.apply(_after_all(grads), variables)
         if source.sums is not None:
             grad_sum, sq_norms, m = source.sums
             self._record_coherence(grad_sum, sq_norms, m, self._is_measurement(grad_sum, sq_norms))
@@ -548,6 +548,20 @@ def _after(tensor, structure):
     with tf.control_dependencies([tensor]):
         return tf.nest.map_structure(
             lambda t: tf.identity(t) if isinstance(t, tf.Tensor) else t, structure)
+
+
+def _after_all(grads):
+    """`grads` behind a control dependency on all of them: no variable is updated before every
+    gradient is computed. Data dependencies alone let the update of one variable (e.g. a Dense
+    kernel from the update's own tape) run while another gradient is still being computed, and
+    the exact fallback's XLA function, which reads that kernel again for its per-example
+    forward passes, was seen to read it updated (gradients off in proportion to the learning
+    rate, inside Keras' non-XLA train function)."""
+    tensors = [g for g in grads if isinstance(g, tf.Tensor)]
+    if not tensors:
+        return grads
+    with tf.control_dependencies(tensors):
+        return [tf.identity(g) if isinstance(g, tf.Tensor) else g for g in grads]
 
 
 def _in_batch_m3(optimizer, aggregator):
