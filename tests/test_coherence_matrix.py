@@ -174,8 +174,9 @@ def check_per_example(case, reference_of, tolerance):
 
 
 # Architectures whose g_i·S must come from alignment's exact path (forward mode cannot be traced
-# through the GRU's symbolic loop; Keras' grouped Conv2D fails the Σ_i g_i·S = ‖S‖² check).
-EXACT_ALIGNMENT = {"gru_classifier", "grouped_conv2d"}
+# through Keras' GRU symbolic loop, also inside Bidirectional; Keras' grouped Conv2D fails the
+# Σ_i g_i·S = ‖S‖² check).
+EXACT_ALIGNMENT = {"gru_classifier", "bidirectional_lstm_gru", "grouped_conv2d"}
 
 
 def check_alignment(case, reference_of, tolerance, name=None):
