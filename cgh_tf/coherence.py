@@ -321,7 +321,8 @@ def _cached(model, kind, loss, training, build, **options):
     """
     cache = _COMPILED.setdefault(model, {})
     resolved = loss if loss is not None else getattr(model, "loss", None)
-    key = (kind, id(resolved), training, tuple(sorted(options.items())))
+    key = (kind, id(resolved), training,
+           tuple(sorted((k, v) for k, v in options.items() if v is not None)))  # None: default
     if key not in cache or cache[key][0] is not resolved:
         cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training,
                                       **options))

@@ -8,6 +8,11 @@ against a brute-force reference (tests/matrix_models.py: one tape per example, f
 | per_example | `coherence.per_example_gradients` | every [m, *var.shape] |
 | alignment | `coherence.alignment` | g_i·S, ‖g_i‖², a_i = (g_i·S − ‖g_i‖²)/‖g_i‖², m-coherence; the path taken (`EXACT_ALIGNMENT`) |
 | trainer | `cgh_tf.Model.fit`, SGD(0), coherence_every=1 | history "m_coherence", "alpha" |
+| update | `cgh_tf.Model.fit`, one SGD step, each mean aggregator (`UPDATE_OPTIONS`) | weights and loss of `keras.Model.fit` |
+
+The Keras-semantics cases (masks, per-token and class weights, a dict of outputs with loss_weights)
+pass their sample weights / class weights / loss_weights to every call, and their reference is the
+decomposition of Keras' batch loss (`matrix_models._decomposed_loss`).
 
 Tolerances (`Tolerance`): relative 1e-5 on float64 models; the absolute floor of 1e-9 × the largest
 reference magnitude (of sq_norms, or of the whole gradient for per-variable arrays) only forgives
@@ -37,8 +42,8 @@ import pytest
 import tensorflow as tf
 
 import cgh_tf
+from cgh_tf import aggregators, coherence, exact_fallback, per_example
 from cgh_tf import alignment as alignment_module
-from cgh_tf import coherence, per_example
 from cgh_tf.layer_rules import conv
 
 import matrix_models
@@ -46,6 +51,7 @@ from matrix_models import ARCHITECTURES, Reference, build, dtype_policy, memoise
 
 ALL = list(ARCHITECTURES)
 TRAINER = [name for name, arch in ARCHITECTURES.items() if arch.trainer]
+UPDATE = [name for name, arch in ARCHITECTURES.items() if arch.update]
 RESULT_PREFIX = "CGH_MATRIX_RESULT "
 SUBPROCESS_TIMEOUT = 600  # seconds, for a whole group
 
@@ -121,9 +127,19 @@ def _largest(arrays):
 # The checks: cgh_tf first (an unbuilt model must be built by it), then the reference
 
 
+def loss_argument(case):
+    """The `loss=` of the calls: the case's loss, or None (the compiled loss) when it has
+    loss_weights, which only `compile` takes."""
+    if case.loss_weights is None:
+        return case.loss
+    case.model.compile(**case.compile_args())
+    return None
+
+
 def check_measure(case, reference_of, tolerance):
     """(a) measure(per_layer=True) against the reference m-coherence, alpha and per-layer values."""
-    stats = coherence.measure(case.model, case.x, case.y, loss=case.loss, per_layer=True)
+    stats = coherence.measure(case.model, case.x, case.y, loss=loss_argument(case), per_layer=True,
+                              sample_weight=case.weights_of_examples())
     ref = reference_of()
     cmp = Comparison(tolerance)
     cmp.close("m_coherence", stats.m_coherence, ref.m_coherence())
@@ -146,7 +162,8 @@ def check_measure(case, reference_of, tolerance):
 def check_sums(case, reference_of, tolerance):
     """(b) gradients_and_sq_norms: sq_norms [m, V] and grad_sum per variable."""
     sums = per_example.gradients_and_sq_norms(
-        case.model, tf.constant(case.x), tf.constant(case.y), case.loss)
+        case.model, tf.constant(case.x), tf.nest.map_structure(tf.constant, case.y),
+        loss_argument(case), sample_weight=case.weights_of_examples())
     ref = reference_of()
     cmp = Comparison(tolerance)
     variables = case.model.trainable_variables
@@ -161,7 +178,8 @@ def check_sums(case, reference_of, tolerance):
 
 def check_per_example(case, reference_of, tolerance):
     """(c) per_example_gradients: every [m, *var.shape] tensor."""
-    grads = coherence.per_example_gradients(case.model, case.x, case.y, loss=case.loss)
+    grads = coherence.per_example_gradients(case.model, case.x, case.y, loss=loss_argument(case),
+                                            sample_weight=case.weights_of_examples())
     ref = reference_of()
     cmp = Comparison(tolerance)
     variables = case.model.trainable_variables
@@ -203,11 +221,45 @@ def fit_one_batch(name, sample_weight=None, jit_compile=False):
     coherence_every=1, on a `cgh_tf.Model` of architecture `name`."""
     case = build(name, cgh_tf.Model)
     ref = memoised_reference(name, case)  # before fit, which moves BatchNorm moving statistics
-    case.model.compile(optimizer=keras.optimizers.SGD(0.0), loss=case.loss, coherence_every=1,
-                       jit_compile=jit_compile)
-    history = case.model.fit(case.x, case.y, sample_weight=sample_weight, batch_size=len(case.y),
-                             epochs=1, shuffle=False, verbose=0)
+    case.model.compile(optimizer=keras.optimizers.SGD(0.0), **case.compile_args(),
+                       coherence_every=1, jit_compile=jit_compile)
+    history = fit_batch(case, sample_weight)
     return ref, history.history
+
+
+def fit_batch(case, sample_weight=None):
+    """One epoch of the case's M examples as one batch, with its (or the given) sample weights."""
+    weights = case.sample_weight if sample_weight is None else sample_weight
+    return case.model.fit(case.x, case.y, sample_weight=weights,
+                          class_weight=case.class_weight, batch_size=matrix_models.M, epochs=1,
+                          shuffle=False, verbose=0)
+
+
+# Mean aggregators through each gradient source of cgh_tf.Model: the per-example engine sharing
+# its pass with coherence, the per-example aggregator alone and sharing its pass.
+UPDATE_OPTIONS = [{"coherence_every": 1}, {"aggregation": aggregators.Winsorize(0.0)},
+                  {"aggregation": aggregators.Winsorize(0.0), "coherence_every": 1}]
+UPDATE_TOLERANCE = Tolerance(rtol=1e-9, floor=1e-12)
+
+
+def check_update(name):
+    """One SGD step of `cgh_tf.Model` with each of `UPDATE_OPTIONS` against `keras.Model`'s step
+    on the same batch, weights and logged loss (float64)."""
+    expected = build(name)
+    expected.model.compile(optimizer=keras.optimizers.SGD(0.1), **expected.compile_args())
+    want_loss = fit_batch(expected).history["loss"][0]
+    want = expected.model.get_weights()
+    cmp, logged = Comparison(UPDATE_TOLERANCE), Comparison(FLOAT32_METRIC)  # Keras logs float32
+    for options in UPDATE_OPTIONS:
+        case = build(name, cgh_tf.Model)
+        case.model.compile(optimizer=keras.optimizers.SGD(0.1), **case.compile_args(), **options)
+        got_loss = fit_batch(case).history["loss"][0]
+        logged.close(f"{options} loss", got_loss, want_loss)
+        scale = _largest(want)
+        for j, (got, weights) in enumerate(zip(case.model.get_weights(), want)):
+            cmp.close(f"{options} weights[{j}]", got, weights, scale)
+    cmp.failures += logged.failures
+    cmp.check()
 
 
 def compare_trainer_metrics(ref: Reference, history):
@@ -230,6 +282,8 @@ def run_check(name, check):
     """Runs one check of architecture `name` in this process (float64 Keras must be set)."""
     if check == "trainer":
         return check_trainer(name)
+    if check == "update":
+        return check_update(name)
     case = build(name)
     extra = {"name": name} if check == "alignment" else {}
     CHECKS[check](case, lambda: memoised_reference(name, case), EXACT, **extra)
@@ -242,7 +296,8 @@ def run_check(name, check):
 def group_checks(group):
     """[(architecture, check)] run in subprocess `group`, in order."""
     return [(name, check) for name, arch in ARCHITECTURES.items() if arch.isolated == group
-            for check in [*CHECKS, *(["trainer"] if arch.trainer else [])]]
+            for check in [*CHECKS, *(["trainer"] if arch.trainer else []),
+                          *(["update"] if arch.update else [])]]
 
 
 def main(group):
@@ -358,6 +413,23 @@ def test_alignment(name, float64_keras, isolated):
 @pytest.mark.parametrize("name", TRAINER)
 def test_trainer_metric(name, float64_keras, isolated):
     run(name, "trainer", isolated)
+
+
+# Known defect, not of the loss decomposition (main at 554cc0c has it too): with oneDNN on (the
+# default on AVX-512-VNNI CPUs) the exact fallback picks its "xla" formulation for attention, and
+# inside Keras' train function without jit_compile its per-example gradients are wrong (0.1-3 %
+# here), although the same call in a plain tf.function, with jit_compile=True, or with
+# method="vmap" / "loop" is exact. Winsorize on masked_lm_causal (MHA, LayerNorm, Embedding in the
+# fallback) shows it; strict, so the fix turns this into a failure to remove the mark.
+FALLBACK_XLA_DEFECT = {"masked_lm_causal"}
+
+
+@pytest.mark.parametrize("name", UPDATE)
+def test_update_equals_keras(name, float64_keras, isolated, request):
+    if name in FALLBACK_XLA_DEFECT and exact_fallback.onednn_enabled():
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="exact_fallback 'xla' inside Keras' non-XLA train function"))
+    run(name, "update", isolated)
 
 
 def test_batchnorm_case_tells_inference_from_training_mode(float64_keras):

@@ -205,13 +205,13 @@ def test_resume_after_sigkill_gives_byte_identical_results(reference, runs):
                    "\"num_epochs\" instead of \"num_epoch\"?"),
     ("config_path", "error: --config=configs/defualt.py: no such file; give a config file such as "
                     "configs/default.py"),
-    ("config_broken", "error: --config: the config file failed to load: SyntaxError: invalid "
-                      "syntax (broken_config.py, line 1)"),
+    ("config_broken", "error: --config={root}/broken_config.py: the config file failed to load: "
+                      "SyntaxError: invalid syntax (broken_config.py, line 1)"),
 ])
 def test_bad_config_exits_with_one_line_and_writes_nothing(runs, run, message):
     workdir, returncode, stderr = runs[run]
     assert returncode == 1
-    assert stderr.rstrip().splitlines()[-1] == message
+    assert stderr.rstrip().splitlines()[-1] == message.format(root=os.path.dirname(workdir))
     assert "Traceback" not in stderr
     assert not os.path.exists(workdir)
 

@@ -21,7 +21,7 @@ with the same logs, so every callback of the single-device trainer works unchang
 | validation       | `test_step` on shards of `eval_batch_size` batches; `val_` logs as `fit` gives them |
 | chief            | `is_chief`: writes everything; the other workers run the same steps and reads (collectives must match) and only the callbacks that change training |
 | resume           | the chief restores its checkpoint; `broadcast_from_chief` copies its variables and epoch to every worker (no shared filesystem needed) |
-| a worker fails   | a peer that dies stops sending heartbeats: TF aborts the others' collectives (~10-15 s here); one that hangs alive makes them wait at most `collective_timeout_seconds` (`CommunicationOptions`); either way `peers_fail_loudly` turns the abort into `PeerFailure`, one line, exit status 1 |
+| a worker fails   | a peer that dies stops sending heartbeats: TF aborts the others' collectives (~10-15 s here); one that hangs alive makes them wait at most `collective_timeout` (`CommunicationOptions`); either way `peers_fail_loudly` turns the abort into `PeerFailure`, one line, exit status 1 |
 """
 
 import contextlib
@@ -40,10 +40,10 @@ class PeerFailure(RuntimeError):
     """A multi-worker run stopped because another worker died or hung (message: one line)."""
 
 
-def build_strategy(name: str, collective_timeout_seconds: float = None):
+def build_strategy(name: str, collective_timeout: float = None):
     """The strategy of config field `distribution` (None for "none"); ConfigError in one line.
 
-    collective_timeout_seconds: multi_worker only: how long a collective (every training step's
+    collective_timeout: multi_worker only: how long a collective (every training step's
     all-reduce) waits for the other workers before failing (None: forever)."""
     if name == "none":
         return None
@@ -52,7 +52,7 @@ def build_strategy(name: str, collective_timeout_seconds: float = None):
     if name == "multi_worker":
         _check_tf_config()
         options = tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=collective_timeout_seconds)
+            timeout_seconds=collective_timeout)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if name == "tpu":
         return _tpu_strategy()

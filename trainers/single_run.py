@@ -35,7 +35,7 @@ from trainers.schedule import EpochStepDecay, build_schedule
 
 # Config fields that may change between an interrupted run and its resumption (a run may resume
 # on other hardware: its numbers then differ from an uninterrupted run's by float rounding only).
-RESUMABLE_FIELDS = ("num_epochs", "keep_checkpoints", "distribution", "collective_timeout_seconds")
+RESUMABLE_FIELDS = ("num_epochs", "keep_checkpoints", "distribution", "collective_timeout")
 
 
 @dataclasses.dataclass

@@ -72,7 +72,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     check_workdir(workdir)
     easy = setting(config, "mode") == "easy_hard"
     strategy = None if easy else distributed_loop.build_strategy(
-        config.distribution, setting(config, "collective_timeout_seconds"))
+        config.distribution, setting(config, "collective_timeout"))
     if not distributed_loop.is_chief(strategy):  # writes nothing: no lock
         with distributed_loop.peers_fail_loudly(strategy):
             return single_run.run(config, workdir, progress, strategy=strategy)[0]
@@ -128,7 +128,8 @@ def main(argv):
 
 def parse_flags(argv):
     """absl's flag parsing, with a bad `--config.FIELD=VALUE` (unknown field, wrong type) as one
-    line naming the flag and what is allowed (ml_collections raises it as a Python error)."""
+    line naming the flag and what is allowed (ml_collections raises it as a Python error), and a
+    `--config` file that is missing or fails to load as one line naming it."""
     try:
         parsed = app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError, TypeError, ValueError) as error:
@@ -137,26 +138,28 @@ def parse_flags(argv):
         flag = next((a.split("=")[0] for a in argv[1:] if named and a.startswith("--config.")
                      and a.split("=")[0].split(".")[-1] == named.group(1)), "--config")
         sys.exit(f"error: {flag}: {text}")
-    except Exception as error:  # noqa: BLE001 -- the config file's own code failed (SyntaxError, ...)
-        sys.exit(f"error: --config: the config file failed to load: {type(error).__name__}: "
-                 f"{(str(error).splitlines() or [''])[0]}")
-    _check_config_loaded()
+    except Exception as error:  # noqa: BLE001 -- the config file did not load (missing, its code failed)
+        sys.exit(_config_file_error(argv, error))
+    try:
+        getattr(flags.FLAGS.config, "seed", None)  # ml_collections defers a load error to here
+    except OSError as error:
+        sys.exit(_config_file_error(argv, error))
     return parsed
 
 
-def _check_config_loaded():
-    """One line for a `--config` file that did not load (ml_collections defers that error to
-    the first use of the config, as a 60-line traceback)."""
-    try:
-        getattr(flags.FLAGS.config, "seed", None)
-    except OSError as error:
-        filename = config_flags.get_config_filename(flags.FLAGS["config"])
-        path = filename.split(":")[0]
-        cause = error.__cause__ or error
-        reason = ("no such file" if not os.path.isfile(path) else
-                  "it failed to load: " + [l.strip() for l in str(cause).splitlines() if l.strip()][-1])
-        sys.exit(f"error: --config={filename}: {reason}; give a config file such as "
-                 f"configs/default.py")
+def _config_file_error(argv, error) -> str:
+    """One line for a `--config` file that did not load (ml_collections raises it, or defers it
+    to the first use of the config, as a 60-line traceback)."""
+    given = [b if a == "--config" else a.split("=", 1)[1] for a, b in zip(argv, argv[1:] + [""])
+             if a == "--config" or a.startswith("--config=")]
+    path = given[-1] if given else ""
+    if not os.path.isfile(path.split(":")[0]):
+        return f"error: --config={path}: no such file; give a config file such as configs/default.py"
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (f"error: --config={path}: the config file failed to load: {type(error).__name__}: "
+            f"{lines[-1] if lines else ''}")
 
 
 def _one_line(error) -> str:
