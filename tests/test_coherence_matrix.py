@@ -198,10 +198,14 @@ EXACT_ALIGNMENT = {"gru_classifier", "bidirectional_lstm_gru", "grouped_conv2d"}
 
 
 def check_alignment(case, reference_of, tolerance, name=None):
-    """(d) coherence.alignment in batches of 5 (a stacked block and a remainder batch)."""
+    """(d) coherence.alignment in batches of 5 (a stacked block and a remainder batch), or in one
+    batch when the case's loss divides by a count of the whole sample (`divisors`: masked tokens),
+    which makes ℓ_i depend on the batch it is computed in."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="cgh_tf.alignment")
-        got = coherence.alignment(case.model, case.x, case.y, loss=case.loss, batch_size=5)
+        got = coherence.alignment(case.model, case.x, case.y, loss=loss_argument(case),
+                                  batch_size=None if case.divisors else 5,
+                                  sample_weight=case.weights_of_examples())
     ref = reference_of()
     cmp = Comparison(tolerance)
     dots, sq_norms = ref.dots_with_sum(), ref.sq_norms().sum(axis=1)
