@@ -192,14 +192,15 @@ def check_per_example(case, reference_of, tolerance):
 
 
 # Architectures whose g_i·S must come from alignment's exact path (forward mode cannot be traced
-# through the GRU's symbolic loop; Keras' grouped Conv2D fails the Σ_i g_i·S = ‖S‖² check).
-EXACT_ALIGNMENT = {"gru_classifier", "grouped_conv2d", "bidirectional_lstm_gru"}
+# through Keras' GRU symbolic loop, also inside Bidirectional; Keras' grouped Conv2D fails the
+# Σ_i g_i·S = ‖S‖² check).
+EXACT_ALIGNMENT = {"gru_classifier", "bidirectional_lstm_gru", "grouped_conv2d"}
 
 
 def check_alignment(case, reference_of, tolerance, name=None):
-    """(d) coherence.alignment in batches of 5 (a stacked block and a remainder batch); in one
-    batch where the reference's divisors are the whole sample's (masks: Keras divides a batch's
-    loss by its own count of unmasked elements, so ℓ_i depends on the batch it is in)."""
+    """(d) coherence.alignment in batches of 5 (a stacked block and a remainder batch), or in one
+    batch when the case's loss divides by a count of the whole sample (`divisors`: masked tokens),
+    which makes ℓ_i depend on the batch it is computed in."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="cgh_tf.alignment")
         got = coherence.alignment(case.model, case.x, case.y, loss=loss_argument(case),
