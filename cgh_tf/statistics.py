@@ -7,6 +7,7 @@ Everything is float64 NumPy / `math`, no SciPy. Intervals are two-sided at `leve
 | `summarize(values)`                     | `Summary`: mean, sample sd (ddof 1), n of the non-missing values |
 | `paired_difference(arm, control)`       | `PairedDifference`: arm − control paired by seed: mean, sd, Student-t CI, t, d_z |
 | `correlation(x, y)`                     | `Correlation`: Pearson r with its Fisher-z CI               |
+| `linear_fit(x, y, x0)`                  | least squares y = a + b x: slope ± SE, fitted mean at x0 ± SE with its t interval |
 | `t_cdf(t, df)`, `t_quantile(p, df)`     | Student t distribution (regularized incomplete beta; bisection) |
 | `normal_quantile(p)`                    | standard normal quantile                                   |
 | `PairedRule`, `CorrelationRule`         | verdict rules declared before the runs; `.evaluate(...)` → `Verdict` |
@@ -224,6 +225,34 @@ def correlation(x, y, level=0.95) -> Correlation:
     return Correlation(r, n, math.tanh(z - half), math.tanh(z + half), level)
 
 
+def linear_fit(x, y, x0, level=0.95):
+    """Least squares y = a + b·x over the points (x_i, y_i), and the fitted mean at x0.
+
+    Returns a dict: `slope` b and its standard error `slope_se` = s / √Sxx, `intercept`, the
+    fitted value `predicted` at x0 with `predicted_se` = s·√(1/N + (x0 − x̄)² / Sxx) and its
+    `level` Student-t interval `predicted_interval` (N − 2 dof), `dof`, `r2` (None for constant
+    y), `points`. None for fewer than 3 points or fewer than 2 distinct x."""
+    x, v = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 3 or len(np.unique(x)) < 2:
+        return None
+    xm = x.mean()
+    sxx = float(np.sum((x - xm) ** 2))
+    slope = float(np.sum((x - xm) * (v - v.mean())) / sxx)
+    intercept = float(v.mean() - slope * xm)
+    resid = v - (intercept + slope * x)
+    dof = len(x) - 2
+    s2 = float(np.sum(resid ** 2) / dof)
+    pred = intercept + slope * x0
+    se_pred = math.sqrt(s2 * (1.0 / len(x) + (x0 - xm) ** 2 / sxx))
+    sst = float(np.sum((v - v.mean()) ** 2))
+    t = t_quantile(0.5 + level / 2.0, dof)
+    return {"slope": slope, "slope_se": math.sqrt(s2 / sxx), "intercept": intercept,
+            "predicted": pred, "predicted_se": se_pred,
+            "predicted_interval": (pred - t * se_pred, pred + t * se_pred), "dof": dof,
+            "r2": (1.0 - float(np.sum(resid ** 2)) / sst) if sst > 0 else None,
+            "points": len(x)}
+
+
 # ---------------------------------------------------------------------------- verdict rules
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +267,9 @@ class Verdict:
 
 @dataclasses.dataclass(frozen=True)
 class PairedRule:
-    """"effect if the `level` CI of the paired difference arm − control of `metric` excludes 0".
+    """"effect if the `level` CI of the paired difference arm − control of `metric` excludes 0"
+    (with `control_metric`: `metric` of arm − `control_metric` of control, e.g. one arm's pristine
+    vs corrupted coherence).
 
     `prediction` ("higher", "lower" or None) is what the hypothesis predicts for arm − control; the
     verdict says whether a decided effect has that sign. Declared with the experiment, before it
@@ -250,13 +281,16 @@ class PairedRule:
     control: str
     prediction: str = None
     level: float = 0.95
+    control_metric: str = None   # the control's value is this metric (None: `metric`)
 
     def __post_init__(self):
         if self.prediction not in (None, "higher", "lower"):
             raise ValueError(f"prediction={self.prediction!r}; allowed: 'higher', 'lower', None")
 
     def statement(self):
-        return (f"{self.metric}: {self.arm} − {self.control}, effect if the {self.level:.0%} CI "
+        control = (self.control if self.control_metric is None
+                   else f"{self.control} ({self.control_metric})")
+        return (f"{self.metric}: {self.arm} − {control}, effect if the {self.level:.0%} CI "
                 f"({T_METHOD}) excludes 0" + (f"; predicted {self.prediction}"
                                               if self.prediction else ""))
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from cgh_tf import modular
-from trainers import beyond, double_descent, grokking
+from trainers import catalog, double_descent, grokking, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,13 +170,21 @@ def test_double_descent_tiny_end_to_end(tmp_path):
     overrides = {"epochs": 2, "log_epochs": (0, 1, 2), "coherence_samples": 16,
                  "fraction_samples": 32, "batch_size": 512}
     assert len(double_descent.arms("small", 2)) == 2 * 11  # the small width sweep
-    assert {c.dataset for *_, c in double_descent.arms("full", 1)} == {"mnist1d", "mnist5k"}
+    assert {a.config.dataset for a in double_descent.arms("full", 1)} == {"mnist1d", "mnist5k"}
     mnist5k = double_descent.arms("small", 2, {"dataset": "mnist5k"})
-    assert {c.dataset for *_, c in mnist5k} == {"mnist5k"} and len(mnist5k) == 2 * 11
-    assert double_descent.arms("small", 1, {"dataset": "mnist5k", "epochs": 7})[0][3].epochs == 7
-    summary = double_descent.reproduce(str(tmp_path), "small", 1, overrides, command="test",
-                                       echo=None, widths=(4, 32))
+    assert {a.config.dataset for a in mnist5k} == {"mnist5k"} and len(mnist5k) == 2 * 11
+    assert double_descent.arms("small", 1, {"dataset": "mnist5k", "epochs": 7})[0].config.epochs == 7
+    summary = _run(tmp_path, 2, {**overrides, "widths": (4, 32)})
     assert set(summary["groups"]) == {"mnist1d/width0004", "mnist1d/width0032"}
+    # the one results.json schema: per-seed values, their mean / sd, the paired contrast
+    cell = summary["groups"]["mnist1d/width0004"]["metrics"]["test_error"]
+    errors = [json.loads((tmp_path / f"mnist1d/width0004/seed{s}/results.json").read_text())
+              ["summary"]["test_error"] for s in (0, 1)]
+    assert list(cell["per_seed"].values()) == errors and cell["n"] == 2
+    assert cell["mean"] == pytest.approx(np.mean(errors), abs=1e-15)
+    assert cell["sd"] == pytest.approx(np.std(errors, ddof=1), abs=1e-15)
+    contrast = summary["contrasts"][0]
+    assert contrast["method"] == "Student t, paired by seed" and contrast["n"] == 2
     for name in ("results.md", "results.json", "double_descent_mnist1d_width.png",
                  "double_descent_mnist1d_epoch.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -193,7 +201,7 @@ def test_double_descent_tiny_end_to_end(tmp_path):
     assert "mnist1d/width0032" in text and "f^p" in text
     assert "training_seconds" in json.loads((tmp_path / "results.json").read_text())
     assert _hparams_of(tmp_path / "mnist1d/width0004/seed0") == {"group": "mnist1d/width0004",
-                                                                 "width": 4}
+                                                                 "width": 4, "seed": 0}
     assert glob.glob(str(tmp_path / "events.out.tfevents.*.hparams_config"))
 
 
@@ -208,15 +216,14 @@ def test_reproduce_cli_routes_to_the_experiment_and_checks_the_scale(tmp_path):
                          timeout=300)
     assert bad.returncode != 0
     assert "--scale=cifar10 is not available for double_descent; allowed: small, full" in bad.stderr
-    with pytest.raises(ValueError, match="scale"):
-        beyond.run("grokking", str(tmp_path), scale="imagenet")
+    with pytest.raises(ValueError, match="--scale=imagenet is not available for grokking"):
+        catalog.plan("grokking", scale="imagenet")
 
 
 def test_double_descent_mnist5k_tiny_end_to_end(tmp_path):
     overrides = {"dataset": "mnist5k", "epochs": 1, "coherence_samples": 16,
                  "fraction_samples": 32, "batch_size": 1000}
-    summary = double_descent.reproduce(str(tmp_path), "small", 1, overrides, command="test",
-                                       echo=None, widths=(4,))
+    summary = _run(tmp_path, 1, {**overrides, "widths": (4,)})
     assert set(summary["groups"]) == {"mnist5k/width0004"}
     assert (tmp_path / "double_descent_mnist5k_width.png").stat().st_size > 0
     result = json.loads((tmp_path / "mnist5k/width0004/seed0/results.json").read_text())
@@ -235,6 +242,12 @@ def test_double_descent_mnist5k_tiny_end_to_end(tmp_path):
 def test_double_descent_rejects_bad_configs_before_any_run(overrides, message):
     with pytest.raises(ValueError, match=message):
         double_descent.arms("small", 1, overrides)
+
+
+def _run(workdir, seeds, overrides):
+    experiment = double_descent.EXPERIMENT
+    arms = runner.plan(experiment, "small", seeds, overrides)
+    return runner.run(experiment, arms, str(workdir), "test", echo=None)
 
 
 def _hparams_of(run_dir):

@@ -106,3 +106,22 @@ def test_correlation_rule_verdicts():
     decided = rule.evaluate(x, -x + np.sin(x))
     assert decided.decided and "as predicted" in decided.text
     assert not rule.evaluate([1, 2, 3], [3, 1, 2]).decided
+
+
+def test_linear_fit_matches_numpy_polyfit_and_the_standard_errors_by_hand():
+    rng = np.random.default_rng(2)
+    x = np.repeat([1.0, 2.0, 3.0, 4.0], 3)
+    y = 0.3 - 0.2 * x + rng.normal(scale=0.1, size=len(x))
+    fit = st.linear_fit(x, y, x0=10.0)
+    slope, intercept = np.polyfit(x, y, 1)
+    assert fit["slope"] == pytest.approx(slope, rel=1e-12)
+    assert fit["intercept"] == pytest.approx(intercept, rel=1e-12)
+    resid = y - (intercept + slope * x)
+    s2 = resid @ resid / (len(x) - 2)
+    sxx = np.sum((x - x.mean()) ** 2)
+    assert fit["slope_se"] == pytest.approx(math.sqrt(s2 / sxx), rel=1e-12)
+    se = math.sqrt(s2 * (1 / len(x) + (10.0 - x.mean()) ** 2 / sxx))
+    assert fit["predicted_se"] == pytest.approx(se, rel=1e-12)
+    t = 2.2281388519649385   # t_{.975, 10}
+    assert fit["predicted_interval"][1] == pytest.approx(fit["predicted"] + t * se, rel=1e-9)
+    assert st.linear_fit([1, 1, 1], [1, 2, 3], 2) is None and st.linear_fit([1, 2], [1, 2], 3) is None
