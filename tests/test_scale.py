@@ -185,7 +185,7 @@ def test_tiny_end_to_end_writes_everything_and_counts_updates(cache, tmp_path):
         runs = [json.loads((workdir / f"mnist1d/n{n:07d}/{arm}/seed0/results.json").read_text())
                 for arm in ("sgd", "m3")]
         d = by_pair[(f"mnist1d/n{n:07d}/m3", f"mnist1d/n{n:07d}/sgd", "corrupted_accuracy")]
-        assert d["differences"] == [runs[1]["summary"]["corrupted_accuracy"]
+        assert list(d["differences"]) == [runs[1]["summary"]["corrupted_accuracy"]
                                     - runs[0]["summary"]["corrupted_accuracy"]]
         assert d["low"] is None and d["n"] == 1
     # HParams: a session per run and the experiment's column config at the root

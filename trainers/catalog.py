@@ -20,8 +20,8 @@ from . import sweeps
 from .experiment import Arm
 
 DEFAULT_SEEDS = 3
-DECLARED = {"double_descent": ".double_descent", "scale": ".scale"}
-UNPORTED = {"grokking": ".grokking", "early_stopping": ".early_stopping",
+DECLARED = {"double_descent": ".double_descent", "scale": ".scale", "grokking": ".grokking"}
+UNPORTED = {"early_stopping": ".early_stopping",
             "adversarial_init": ".adversarial_init", "depth_width": ".depth_width",
             "real_vs_random_arch": ".real_vs_random_arch"}
 UNPORTED_SCALES = ("small", "full")

@@ -47,8 +47,8 @@ def _train(config, run_dir, echo):
                "corrupted": common.sample(corrupted, m, config.data_seed, 2)}
     mixed = common.sample(len(x), int(config.fraction_samples), config.data_seed, 3)
     xt, yt = tf.constant(x), tf.constant(y)
-    train_epoch, _ = graph_loop.epoch_trainer(model, optimizer, loss_fn, xt, yt,
-                                              int(config.batch_size))
+    train_epoch = graph_loop.epoch_trainer(model, optimizer, loss_fn, xt, yt,
+                                           int(config.batch_size))
 
     @tf.function(reduce_retracing=True)
     def predict(xs):
@@ -187,10 +187,12 @@ def describe(s):
             f"{s['coherence/corrupted/m_coherence']:.2f} f^p {s['f_pristine']:.3f}")
 
 
+run = common.resumable(_train, check_config)
+
 EXPERIMENT = Experiment(
     name="double_descent",
     title="Double descent: test error and coherence of pristine / corrupted examples",
-    arms=arms, run_arm=common.resumable(_train, check_config), columns=COLUMNS, loop="graph",
+    arms=arms, run_arm=run, columns=COLUMNS, loop="graph",
     default_seeds=3,
     contrasts=(("coherence/pristine/m_coherence", "coherence/corrupted/m_coherence"),),
     figures=figures, setting=setting, describe=describe)

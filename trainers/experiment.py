@@ -55,7 +55,7 @@ class Experiment:
         dict is the run's results.json and has a `summary` {key: number}.
     loop: "graph" (`graph_loop.py`, update-level control) or "fit" (Keras `fit`, `single_run.py`).
     columns: the results.md table. comparisons: (arm group, control group) pairs whose every column
-        is differenced paired by seed with a 95 % CI; contrasts: (column, control column) pairs
+        is differenced paired by seed with a 95 % CI (only the `compared` column keys, if given); contrasts: (column, control column) pairs
         differenced within every arm, paired by seed. rules: `cgh_tf.statistics.PairedRule`s whose
         arm / control are groups. comparisons and rules may be functions of the planned arms.
     figures(workdir, runs) -> [file names]; analyses(runs) -> (markdown lines, JSON dict);
@@ -72,6 +72,7 @@ class Experiment:
     scales: tuple = ("small", "full")
     default_seeds: int = 3
     comparisons: tuple = ()
+    compared: tuple = None
     contrasts: tuple = ()
     rules: tuple = ()
     figures: Callable = None

@@ -9,8 +9,11 @@ uninterrupted one.
 | function                              | what                                                    |
 |---------------------------------------|---------------------------------------------------------|
 | `epoch_permutation(seed, epoch, n)`   | int64 [n]: the order of epoch `epoch`                    |
-| `epoch_trainer(...)`                  | `train_epoch(perm)`: one epoch of `optimizer.apply` steps |
-| `run_logged_epochs(...)`              | restore → log 0 → train / log / checkpoint → curves     |
+| `epoch_trainer(...)`                  | `train_epoch(perm)`: one epoch of batches (last partial) |
+| `update_trainer(...)`                 | `train(idx [u, b, B])`: u updates of b batches (M3, winsorize) |
+| `epoch_updates(perm, B, b)`           | the idx of one epoch of whole updates                    |
+| `run_logged(...)`                     | restore → log 0 → advance / log / checkpoint → curves   |
+| `run_logged_epochs(...)`              | the same in epochs of `epoch_trainer`                    |
 """
 
 import numpy as np
@@ -23,54 +26,42 @@ def epoch_permutation(seed, epoch, n):
     return np.random.default_rng([int(seed), int(epoch)]).permutation(int(n))
 
 
-def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, aggregator=None,
-                  drop_remainder=False):
+def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size):
     """`train_epoch(perm)`: one epoch over the training tensors x [n, ...], y [n] in the order of
-    perm (int [n]), as one `tf.function` call.
-
-    drop_remainder False: ceil(n / B) batches (the last one partial), each one `optimizer.apply`
-    of the mean-loss gradient. drop_remainder True (update-level control): ⌊n / U⌋ updates
-    of U = B × per_update examples, each `per_update` `optimizer.apply` calls on consecutive
-    batches of B (an M3 wrapper updates on every per_update-th), with the batch gradient
-    aggregated by `aggregator` (e.g. `cgh_tf.aggregators.Winsorize`) over per-example gradients
-    when given; static batch shapes, the examples after the last whole update skipped. Returns
-    `(train_epoch, optimizer updates per epoch)`.
-    """
+    perm (int [n]) as one `tf.function` call: ceil(n / B) batches (the last one partial), each one
+    `optimizer.apply` of the mean-loss gradient."""
     import tensorflow as tf
 
-    n, batch = int(x.shape[0]), int(batch_size)
-    variables = model.trainable_variables
-    if not drop_remainder:
-        if per_update != 1 or aggregator is not None:
-            raise ValueError("per_update > 1 or an aggregator needs drop_remainder=True (whole "
-                             "updates of static-shape batches)")
-        num_batches = -(-n // batch)
+    n, batch, variables = int(x.shape[0]), int(batch_size), model.trainable_variables
+    num_batches = -(-n // batch)
 
-        @tf.function(reduce_retracing=True)
-        def train_step(xb, yb):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(yb, model(xb, training=True))
-            optimizer.apply(tape.gradient(loss, variables), variables)
-            return loss
+    @tf.function(reduce_retracing=True)
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
 
-        @tf.function
-        def train_epoch(perm):  # one call per epoch: the batch loop runs inside the graph
-            for k in tf.range(num_batches):
-                idx = perm[k * batch:(k + 1) * batch]
-                train_step(tf.gather(x, idx), tf.gather(y, idx))
+    @tf.function
+    def train_epoch(perm):  # one call per epoch: the batch loop runs inside the graph
+        for k in tf.range(num_batches):
+            idx = perm[k * batch:(k + 1) * batch]
+            train_step(tf.gather(x, idx), tf.gather(y, idx))
 
-        return (lambda perm: train_epoch(tf.constant(perm))), num_batches
-    return _update_epoch_trainer(model, optimizer, loss_fn, x, y, batch, per_update, aggregator)
+    return lambda perm: train_epoch(tf.constant(perm))
 
 
-def _update_epoch_trainer(model, optimizer, loss_fn, x, y, batch, per_update, aggregator):
+def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, aggregator=None):
+    """`train(idx)`: for idx int [u, per_update, B] (NumPy), u optimizer updates in one
+    `tf.function` call, each `per_update` `optimizer.apply` calls on the batches idx[k, g] of the
+    training tensors x [n, ...], y [n] (an M3 wrapper updates on every per_update-th call). The
+    batch gradient is the mean-loss gradient, or `aggregator` (e.g. `cgh_tf.aggregators.Winsorize`)
+    over the per-example gradients; batch shapes are static (the winsorizer's XLA network)."""
     import tensorflow as tf
 
     from cgh_tf import per_example
 
-    n, variables = int(x.shape[0]), model.trainable_variables
-    per = batch * per_update
-    updates = n // per
+    variables = model.trainable_variables
 
     def gradients(xb, yb):
         if aggregator is not None:
@@ -81,41 +72,71 @@ def _update_epoch_trainer(model, optimizer, loss_fn, x, y, batch, per_update, ag
             loss = loss_fn(yb, model(xb, training=True))
         return tape.gradient(loss, variables)
 
-    @tf.function(input_signature=[tf.TensorSpec([n], tf.int32)])
-    def train_epoch(perm):
-        for k in tf.range(updates):
+    @tf.function(input_signature=[tf.TensorSpec([None, per_update, batch_size], tf.int32)])
+    def train(idx):
+        for k in tf.range(tf.shape(idx)[0]):
             for g in range(per_update):
-                idx = tf.reshape(perm[k * per + g * batch:k * per + (g + 1) * batch], [batch])
-                optimizer.apply(gradients(tf.gather(x, idx), tf.gather(y, idx)), variables)
+                optimizer.apply(gradients(tf.gather(x, idx[k, g]), tf.gather(y, idx[k, g])),
+                                variables)
 
-    return (lambda perm: train_epoch(tf.constant(perm.astype(np.int32)))), updates
+    return lambda idx: train(tf.constant(np.asarray(idx, dtype=np.int32)))
+
+
+def epoch_updates(perm, batch_size, per_update):
+    """int32 [⌊n / U⌋, per_update, B]: the updates of one epoch in the order perm [n], update k
+    using examples [kU, (k+1)U) with U = B × per_update (the examples after the last whole update
+    are skipped that epoch)."""
+    per = int(batch_size) * int(per_update)
+    updates = len(perm) // per
+    return np.asarray(perm[:updates * per], dtype=np.int32).reshape(updates, per_update,
+                                                                     batch_size)
+
+
+def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, log_points,
+               checkpoint_points, echo=None, unit="epoch"):
+    """The resume skeleton of every custom-loop run, in units the experiment chooses (epochs,
+    updates): restore the newest checkpoint of this config (saying so on `echo`) or log at 0 →
+    `advance(start, stop)` between consecutive stops → `log(stop)` at the `log_points` and a
+    checkpoint (model, optimizer, position, curves) at the `checkpoint_points` and at `total`.
+
+    log(position) -> dict of scalars, appended to the curves. Returns the curves {key: [values]}.
+    A run interrupted anywhere and started again replays from the last checkpoint, so its curves
+    equal an uninterrupted run's when `advance` is a pure function of its positions.
+    """
+    log_points, checkpoint_points = set(log_points), set(checkpoint_points) | {int(total)}
+    ckpt = common.Checkpointer(run_dir, model, optimizer)
+    position, curves = ckpt.restore(config_dict)
+    if curves is None:
+        position, curves = 0, {}
+        if 0 in log_points:
+            common.append(curves, log(0))
+    elif echo:
+        echo(f"  resumed {run_dir} at {unit} {position}")
+    for stop in sorted(p for p in log_points | checkpoint_points if position < p <= int(total)):
+        advance(position, stop)
+        position = stop
+        if stop in log_points:
+            common.append(curves, log(stop))
+        if stop in checkpoint_points:
+            ckpt.save(stop, curves, config_dict)
+    return curves
 
 
 def run_logged_epochs(run_dir, config_dict, model, optimizer, train_epoch, log, *, epochs,
                       log_epochs, checkpoint_every, seed, n, echo=None):
-    """Train epochs 0..epochs−1 with `train_epoch(perm)`, logging after the epochs in `log_epochs`
-    (sorted; 0 = before training) and checkpointing (model, optimizer, epoch, curves) at every
-    `checkpoint_every`-th log and the last; resumes from the newest checkpoint of this config
-    (and says so on `echo`).
+    """`run_logged` in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))` (a function
+    of the permutation: `epoch_trainer`, or `update_trainer` composed with `epoch_updates`); logs after
+    the epochs of `log_epochs` (sorted; 0 = before training), checkpoints at every
+    `checkpoint_every`-th of them and at the last epoch."""
 
-    log(epoch) -> dict of scalars, appended to the curves. Returns the curves {key: [values]}.
-    """
-    ckpt = common.Checkpointer(run_dir, model, optimizer)
-    epoch, curves = ckpt.restore(config_dict)
-    if curves is None:
-        epoch, curves = 0, {}
-        if 0 in log_epochs:
-            common.append(curves, log(0))
-    elif echo:
-        echo(f"  resumed {run_dir} at epoch {epoch}")
-    while epoch < int(epochs):
-        train_epoch(epoch_permutation(seed, epoch, n))
-        epoch += 1
-        if epoch in log_epochs:
-            common.append(curves, log(epoch))
-            if log_epochs.index(epoch) % int(checkpoint_every) == 0 or epoch == int(epochs):
-                ckpt.save(epoch, curves, config_dict)
-    return curves
+    def advance(start, stop):
+        for epoch in range(start, stop):
+            train_epoch(epoch_permutation(seed, epoch, n))
+
+    log_epochs = [e for e in log_epochs if e <= int(epochs)]
+    return run_logged(run_dir, config_dict, model, optimizer, advance, log, total=int(epochs),
+                      log_points=log_epochs, checkpoint_points=log_epochs[::int(checkpoint_every)],
+                      echo=echo)
 
 
 def capped_log_epochs(log_epochs, epochs):

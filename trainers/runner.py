@@ -119,7 +119,8 @@ def tabulate(experiment, runs):
     comparisons = [
         _difference("between arms", a, c, col.key, None, statistics.paired_difference(
             _per_seed(runs, a, col.key), _per_seed(runs, c, col.key)))
-        for a, c in experiment.declared("comparisons", arms) for col in experiment.columns]
+        for a, c in experiment.declared("comparisons", arms) for col in experiment.columns
+        if experiment.compared is None or col.key in experiment.compared]
     contrasts = [
         _difference("within arm", group, group, metric, control_metric,
                     statistics.paired_difference(_per_seed(runs, group, metric),
@@ -138,8 +139,10 @@ def tabulate(experiment, runs):
             "verdicts": verdicts}
 
 
-def _cell(stats, fmt):
-    return statistics.Summary(stats["mean"], stats["sd"], stats["n"]).text(fmt)
+def _cell(stats, fmt, n_total):
+    """"mean ± sd", with "(k/n seeds)" when only k of the arm's n seeds have a value."""
+    text = statistics.Summary(stats["mean"], stats["sd"], stats["n"]).text(fmt)
+    return text + (f" ({stats['n']}/{n_total} seeds)" if 0 < stats["n"] < n_total else "")
 
 
 def _interval(d, fmt):
@@ -160,7 +163,7 @@ def markdown(experiment, summary, command, setting_lines, analysis_lines):
              "|---" * (len(columns) + 2) + "|"]
     for group, entry in summary["groups"].items():
         lines.append(f"| {group} | {len(entry['seeds'])} | " + " | ".join(
-            _cell(entry["metrics"][c.key], c.fmt) for c in columns) + " |")
+            _cell(entry["metrics"][c.key], c.fmt, len(entry["seeds"])) for c in columns) + " |")
     fmts = {c.key: c.fmt for c in columns}
     for title, rows in (("Arm − control, paired by seed", summary["comparisons"]),
                         ("Within each arm, paired by seed", summary["contrasts"])):

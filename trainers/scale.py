@@ -8,7 +8,7 @@ fixed number of epochs, and measures per n how much of the corrupted labels each
 One run: an MLP (`depth` × `width` ReLU) on `train_size` examples of `dataset` (MNIST-1D: a
 generated training set of that size, always the default 1,000 test examples; mnist5k: its first
 n ≤ 4,000 digits), SGD without momentum through `cgh_tf.optimizers.build`, `epochs` epochs in the
-update-level graph loop (`graph_loop.epoch_trainer(drop_remainder=True)`: update k of epoch e
+update-level graph loop (`graph_loop.update_trainer`, `epoch_updates`: update k of epoch e
 uses examples [kU, (k+1)U) of the permutation `default_rng([seed, e])`, U = B × batches per
 update, so M3's update k and SGD ×3's update k see the same 3B examples). At each epoch of
 `log_epochs` it logs, over the whole splits: corrupted-example train accuracy vs the noisy labels
@@ -146,9 +146,9 @@ def _train(config, run_dir, echo):
     optimizer, per_update, aggregator = build_optimizer(config)
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    train_epoch, updates_per_epoch = graph_loop.epoch_trainer(
-        model, optimizer, loss_fn, tf.constant(x), tf.constant(y), batch, per_update, aggregator,
-        drop_remainder=True)
+    train = graph_loop.update_trainer(model, optimizer, loss_fn, tf.constant(x), tf.constant(y),
+                                      batch, per_update, aggregator)
+    updates_per_epoch = n // (batch * per_update)
     predict = graph_loop.predictor(model)
 
     def log(epoch):
@@ -167,7 +167,9 @@ def _train(config, run_dir, echo):
         return row
 
     curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), model, optimizer, train_epoch, log, epochs=config.epochs,
+        run_dir, config.to_dict(), model, optimizer,
+        lambda perm: train(graph_loop.epoch_updates(perm, batch, per_update)), log,
+        epochs=config.epochs,
         log_epochs=graph_loop.capped_log_epochs(config.log_epochs, config.epochs),
         checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=n, echo=echo)
     return common.finish(run_dir, config.to_dict(), curves, summarize(curves), started,
@@ -355,14 +357,17 @@ def describe(s):
             f"{s['pristine_accuracy']:.3f} test {s['test_accuracy']:.3f}")
 
 
+run = common.resumable(_train, check_config)
+
 EXPERIMENT = Experiment(
     name="scale", title="Memorisation suppression vs training-set size (M3, RM3, winsorized GD)",
-    arms=arms, run_arm=common.resumable(_train, check_config), loop="graph",
+    arms=arms, run_arm=run, loop="graph",
     columns=(Column("updates", "updates", ".0f"),
              Column("corrupted_accuracy", "corrupted train acc (noisy label)"),
              Column("corrupted_true_accuracy", "corrupted train acc (true label)"),
              Column("pristine_accuracy", "pristine train acc"),
              Column("test_accuracy", "test acc (last)"),
              Column("best_test_accuracy", "best test acc (logged epochs)")),
-    comparisons=comparisons, rules=rules, analyses=analyses, setting=setting, figures=figures,
+    comparisons=comparisons, compared=("corrupted_accuracy", "pristine_accuracy", "test_accuracy"),
+    rules=rules, analyses=analyses, setting=setting, figures=figures,
     describe=describe)
