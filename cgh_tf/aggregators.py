@@ -152,7 +152,7 @@ class Winsorize(PerExampleAggregator):
     """Winsorized gradient descent (arXiv 2002.10657): per coordinate, clip the m per-example
     gradients to their `pct`-th and (100 - pct)-th nearest-rank percentiles, then average."""
 
-    def __init__(self, pct=0.0, l2=0.0):
+    def __init__(self, pct, l2=0.0):
         super().__init__(l2)
         if isinstance(pct, bool) or not isinstance(pct, numbers.Real) or not 0.0 <= pct < 50.0:
             raise ValueError(f"winsorize_pct must be in [0, 50) (percent clipped on each side), "
@@ -192,11 +192,13 @@ def _network_refusal(m, pct) -> str:
 NAMES = ("mean", "winsorize")
 
 
-def get(aggregation, winsorize_pct=0.0):
+def get(aggregation, winsorize_pct=None):
     """An `Aggregator` from a compile option: a name of `NAMES`, an instance, or its Keras config.
 
-    Raises ValueError for an unknown name, and for `winsorize_pct` > 0 with anything but
-    "winsorize" (it would be ignored).
+    Raises ValueError for an unknown name, for `winsorize_pct` > 0 with anything but
+    "winsorize" (it would be ignored), and for "winsorize" without `winsorize_pct`: there is no
+    default c (an implicit 0 was a plain mean at the cost of the per-example pass, and a non-zero
+    one would be a hidden hyperparameter of the paper's method); 0 must be asked for.
     """
     if isinstance(aggregation, dict):
         aggregation = keras.saving.deserialize_keras_object(aggregation)
@@ -210,6 +212,10 @@ def get(aggregation, winsorize_pct=0.0):
     if aggregation == "mean":
         return Mean()
     if aggregation == "winsorize":
+        if winsorize_pct is None:
+            raise ValueError(
+                "aggregation='winsorize' needs winsorize_pct, the percent clipped on each side, "
+                "in [0, 50) (e.g. winsorize_pct=2.0; 0 is a plain mean computed per example).")
         return Winsorize(winsorize_pct)
     raise ValueError(f"Unknown aggregation {aggregation!r}; valid: {', '.join(NAMES)}, or a "
                      "cgh_tf.aggregators.Aggregator instance.")

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import per_example
+from cgh_tf import input_checks, per_example
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
 
 _DEFAULT_BATCH_SIZE = 256
@@ -229,7 +229,7 @@ def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, train
     model is built on the first batch.
     """
     per_example.per_example_loss_fn(model, loss)  # a missing or scalar loss fails before any work
-    batches = _batches(x, y, batch_size)
+    batches = input_checks.checked_batches(model, loss, x, y, _batches(x, y, batch_size))
     first = next(batches, None)
     if first is None:
         raise ValueError("Empty sample: the dataset yielded no examples.")

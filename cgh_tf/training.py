@@ -306,7 +306,7 @@ class Model(keras.Model):
 
     # ----------------------------------------------------------------------------------- compile
     def compile(self, optimizer="rmsprop", *args, coherence_every=0, coherence_per_layer=False,
-                coherence_training=False, aggregation="mean", winsorize_pct=0.0, **kwargs):
+                coherence_training=False, aggregation="mean", winsorize_pct=None, **kwargs):
         """`keras.Model.compile` plus the options of the module table.
 
         Args:
@@ -318,8 +318,8 @@ class Model(keras.Model):
           coherence_training: take the per-example gradients in training mode (Dropout active,
             BatchNorm with batch statistics, which couples the examples of a batch); default
             inference mode, as in docs/design.md (needs coherence_every).
-          aggregation: "mean" (Keras), "winsorize" (with `winsorize_pct` in [0, 50)), or an
-            instance of `cgh_tf.aggregators.Aggregator`.
+          aggregation: "mean" (Keras), "winsorize" (with `winsorize_pct` in [0, 50), required:
+            no default c), or an instance of `cgh_tf.aggregators.Aggregator`.
         """
         aggregator = aggregators.get(aggregation, winsorize_pct)
         optimizer, aggregator = _in_batch_m3(optimizer, aggregator)

@@ -29,6 +29,15 @@ def test_get_and_validation():
         aggregators.MedianOfMeans(2)
     with pytest.raises(ValueError, match="winsorize_pct=2.0 only applies"):
         aggregators.get("mean", 2.0)
+    # No default c: an implicit 0 was silently a plain mean at the cost of the per-example pass.
+    with pytest.raises(ValueError) as error:
+        aggregators.get("winsorize")
+    assert str(error.value) == ("aggregation='winsorize' needs winsorize_pct, the percent clipped "
+                                "on each side, in [0, 50) (e.g. winsorize_pct=2.0; 0 is a plain "
+                                "mean computed per example).")
+    with pytest.raises(ValueError, match="needs winsorize_pct"):
+        _model().compile(optimizer="sgd", loss=LOSS, aggregation="winsorize")
+    assert aggregators.get("winsorize", 0.0) == aggregators.Winsorize(0.0)
     config = keras.saving.serialize_keras_object(aggregators.MedianOfMeans(5, l2=0.1))
     assert aggregators.get(config) == aggregators.MedianOfMeans(5, l2=0.1)
 
@@ -62,7 +71,7 @@ def _fit(aggregation=None, optimizer=None, every=0, **fit_kwargs):
 
 @pytest.mark.parametrize("make", [
     lambda: dict(optimizer=cgh_tf.M3(keras.optimizers.SGD(0.1), groups=3)),
-    lambda: dict(aggregation="winsorize"),
+    lambda: dict(aggregation=aggregators.get("winsorize", 0.0)),  # c = 0 asked for explicitly
     lambda: dict(aggregation=aggregators.Winsorize(10.0)),
 ])
 def test_coherence_every_step_does_not_change_the_update(make):

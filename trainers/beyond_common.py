@@ -20,25 +20,24 @@ A run lives in its own directory:
 | `results.json`   | written once at the end: config, curves, summary numbers, `finished: true`  |
 
 Started again, a run with a `results.json` of the same config is skipped; otherwise it restores
-the last checkpoint and the curves logged up to it and continues from that step.
+the newest intact checkpoint and the curves logged up to it and continues from that step. A run
+directory holding another config's results or curves is refused in one line (ConfigError), and
+`run_plan` holds the experiment workdir's lock (`cgh_tf/workdir_lock.py`) for its whole life.
 """
 
-import json
 import math
 import os
 import time
 
 import numpy as np
 
+from cgh_tf import checkpoints, workdir_lock
 from trainers import config_schema
 from trainers import outputs
 
 
 def read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return outputs.read_json(path)
 
 
 def write_json(path, obj):
@@ -46,10 +45,11 @@ def write_json(path, obj):
 
 
 def finished_result(run_dir, config_dict):
-    """The results.json dict of a finished run of exactly `config_dict`, else None."""
+    """The results.json dict of a finished run of exactly `config_dict`, else None;
+    ConfigError (one line) if it holds the finished results of another config."""
     result = read_json(os.path.join(run_dir, "results.json"))
-    if (result and result.get("finished")
-            and result.get("config") == outputs.json_roundtrip(config_dict)):
+    if result and result.get("finished"):
+        _require_same_config(run_dir, result.get("config"), config_dict, "the finished results of a run")
         return result
     return None
 
@@ -82,7 +82,8 @@ def resumable(train, check_config):
         done = finished_or_checked(config, run_dir, check_config)
         if done is not None:
             return done
-        return train(config, run_dir, echo or (lambda line: None))
+        with workdir_lock.hold(run_dir, f"run of {train.__module__}"):
+            return train(config, run_dir, echo or (lambda line: None))
 
     run.__doc__ = f"Train (or resume, or skip if finished) one {train.__module__} run; returns its results dict."
     return run
@@ -98,7 +99,8 @@ def finished_or_checked(config, run_dir, check_config):
 
 
 class Checkpointer:
-    """tf.train.CheckpointManager over (model, optimizer, step) plus the curves as JSON."""
+    """(model, optimizer, step) in `cgh_tf.checkpoints.CheckpointStore` `ckpt/ckpt-<step>` plus
+    the curves as JSON; a damaged newest checkpoint is reported and the one before used."""
 
     def __init__(self, run_dir, model, optimizer, max_to_keep=2):
         import tensorflow as tf
@@ -107,17 +109,20 @@ class Checkpointer:
         os.makedirs(run_dir, exist_ok=True)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="run_step")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(run_dir, "ckpt"),
-                                                  max_to_keep=max_to_keep)
+        self.store = checkpoints.CheckpointStore(os.path.join(run_dir, "ckpt"), self.checkpoint,
+                                                 "ckpt", keep=max_to_keep)
         self.curves_path = os.path.join(run_dir, "curves.json")
 
     def restore(self, config_dict):
-        """(step, curves) of the last checkpoint of this config, or (0, None)."""
+        """(step, curves) of the newest intact checkpoint of this config, or (0, None);
+        ConfigError if the run directory holds a run of another config."""
         saved = read_json(self.curves_path)
-        if (self.manager.latest_checkpoint is None or saved is None
-                or saved.get("config") != outputs.json_roundtrip(config_dict)):
+        if saved is not None:
+            _require_same_config(self.run_dir, saved.get("config"), config_dict, "a run")
+        found = self.store.newest_intact()
+        if found is None or saved is None:
             return 0, None
-        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        self.store.restore(found[1])
         step = int(self.step.numpy())
         curves = {k: [v for s, v in zip(saved["curves"]["step"], vals) if s <= step]
                   for k, vals in saved["curves"].items()}
@@ -125,9 +130,20 @@ class Checkpointer:
 
     def save(self, step, curves, config_dict):
         self.step.assign(step)
-        self.manager.save(checkpoint_number=step)
+        self.store.save(step)
         write_json(self.curves_path, {"config": outputs.json_roundtrip(config_dict), "curves": curves,
                                       "step": step})
+
+
+def _require_same_config(run_dir, saved, config_dict, what):
+    """ConfigError (one line) unless the `saved` config dict is `config_dict`."""
+    wanted = outputs.json_roundtrip(config_dict)
+    if saved != wanted:
+        saved = saved if isinstance(saved, dict) else {}
+        differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        raise config_schema.ConfigError(
+            f"{run_dir} holds {what} with a different config (fields {differing} differ); use "
+            f"another workdir")
 
 
 def sample(pool, m, seed, salt):
@@ -157,6 +173,12 @@ def run_plan(workdir, plan, run, describe, echo):
     Returns `(runs, seconds)`: `[(group, label, seed, result)]` and the wall-clock seconds of this
     invocation per group."""
     os.makedirs(workdir, exist_ok=True)
+    with workdir_lock.hold(workdir, "experiment"):
+        return _run_each(workdir, plan, run, describe, echo)
+
+
+def _run_each(workdir, plan, run, describe, echo):
+    """`run_plan`'s loop (under the workdir's lock)."""
     runs, seconds = [], {}
     for i, (group, label, seed, config) in enumerate(plan, 1):
         started = time.time()

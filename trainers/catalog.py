@@ -78,9 +78,12 @@ def execute(name, arms, handle, workdir, overrides, command, progress=False, ech
     if which == "declared":
         return runner.run(handle, arms, workdir, command, echo=echo, progress=progress)
     if which == "sweep":
+        from cgh_tf import workdir_lock
+
         from . import reproduce
 
-        return reproduce.run(handle, workdir, command, progress, echo=echo)
+        with workdir_lock.hold(workdir, f"experiment {name}"):
+            return reproduce.run(handle, workdir, command, progress, echo=echo)
     module, scale, seeds = handle
     return module.reproduce(workdir, scale=scale, seeds=seeds, overrides=overrides,
                             command=command, echo=echo)

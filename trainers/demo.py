@@ -33,7 +33,8 @@ import sys
 
 from absl import app, flags
 
-from trainers import hparams_board, outputs, report, reproduce, run_state, sweeps
+from cgh_tf import workdir_lock
+from trainers import hparams_board, outputs, report, reproduce, run_state, sweeps, train
 from trainers.sweeps import memorisation
 
 WINSORIZED = "winsorized"  # winsorized SGD (c = WINSORIZE_PCT); its matched control is `sgd`
@@ -48,7 +49,8 @@ DEMO_EPOCHS = 30  # memorisation under way, not finished (SGD fits ~all at 60); 
 
 # What a trainer workdir may contain; anything else makes the demo refuse to delete it.
 _WORKDIR_ENTRIES = {run_state.CHECKPOINT_DIR, "tensorboard", hparams_board.SESSION_DIR,
-                    outputs.RESULTS_FILE, outputs.TIMINGS_FILE, outputs.PLOT_FILE}
+                    outputs.RESULTS_FILE, outputs.TIMINGS_FILE, outputs.PLOT_FILE,
+                    workdir_lock.LOCK_FILE}
 
 
 def parse_arms(text: str) -> list:
@@ -61,14 +63,16 @@ def parse_arms(text: str) -> list:
 
 
 def clear_arm_dir(path: str) -> None:
-    """Delete a previous trainer workdir at `path`; refuse (ValueError) if it holds foreign files."""
+    """Delete a previous trainer workdir at `path`; refuse (ValueError) if it holds foreign files,
+    (`workdir_lock.WorkdirBusy`) if a trainer is using it."""
     if not os.path.exists(path):
         return
     foreign = [e for e in os.listdir(path) if e not in _WORKDIR_ENTRIES and ".tmp-" not in e]
     if foreign:
         raise ValueError(f"{path} is not a trainer workdir (it holds {sorted(foreign)}); "
                          f"not deleting it: choose another --workdir")
-    shutil.rmtree(path)
+    with workdir_lock.hold(path, "demo clearing it"):
+        shutil.rmtree(path)
 
 
 def demo_experiment(arms=DEFAULT_ARMS, epochs=DEMO_EPOCHS, overrides=None):
@@ -118,7 +122,7 @@ def main(argv):
         summary = run_demo(FLAGS.workdir, arms, FLAGS.epochs, FLAGS.fresh,
                            command=reproduce.command_line(sys.argv).replace(
                                "trainers.reproduce", "trainers.demo"))
-    except ValueError as error:  # incl. config_schema.ConfigError
+    except (ValueError, *train.RUN_ERRORS) as error:  # incl. config_schema.ConfigError
         sys.exit(f"error: {error}")
     print(summary_text(FLAGS.workdir, summary))
 

@@ -49,6 +49,15 @@ def json_roundtrip(obj):
     return json.loads(to_json(obj))
 
 
+def read_json(path: str):
+    """The JSON content of `path`, or None if there is no such file; ValueError if it is not JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
 def write_json(path: str, obj) -> None:
     """Write `obj` as canonical JSON to `path`, atomically."""
     with atomic_open(path, "w") as f:

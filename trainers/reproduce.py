@@ -194,7 +194,7 @@ def main(argv):
     try:
         summary = reproduce(FLAGS.experiment, FLAGS.workdir, FLAGS.scale, FLAGS.seeds, FLAGS.set,
                             FLAGS.dry_run, FLAGS.progress, command_line(sys.argv))
-    except ValueError as error:  # incl. config_schema.ConfigError
+    except (ValueError, *train.RUN_ERRORS) as error:  # incl. ConfigError, a busy workdir
         sys.exit(f"error: {error}")
     if summary is None:
         return

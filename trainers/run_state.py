@@ -1,6 +1,6 @@
 """One resume state per trainer run, saved and restored whole (docs/design.md, "Trainers").
 
-After every epoch the chief writes one `tf.train.Checkpoint` with a `tf.train.CheckpointManager`
+After every epoch the chief writes one `tf.train.Checkpoint` through `cgh_tf.checkpoints.CheckpointStore`
 to `WORKDIR/checkpoints/epoch-<E>` (E = epochs completed; the newest `keep_checkpoints` kept):
 
 | object           | what                                                                      |
@@ -11,20 +11,21 @@ to `WORKDIR/checkpoints/epoch-<E>` (E = epochs completed; the newest `keep_check
 | `schedule_epoch` | the learning-rate schedule's epoch (`trainers/schedule.py`)               |
 | `record`         | JSON: `epoch`, `config`, `history` (per-epoch logs), and the `parts` (e.g. `step_history`, `learning_times`) |
 
-The manager updates its index file (`checkpoints/checkpoint`) last and atomically, so a run killed
-while saving resumes from the checkpoint before. Restoring checks that every saved object found
-its variable (`assert_existing_objects_matched`); a workdir of another model fails loudly.
+A save is staged and renamed into place (`cgh_tf/checkpoints.py`), so a run killed or out of disk
+while saving resumes from the checkpoint before; resuming verifies checkpoints newest first and
+sets a damaged one aside (`newest_intact`). Restoring checks that every saved object found its
+variable (`assert_existing_objects_matched`); a workdir of another model fails loudly.
 """
 
 import json
 import os
-import re
 
 import tensorflow as tf
 
+from cgh_tf import checkpoints
+
 CHECKPOINT_DIR = "checkpoints"
 _PREFIX = "epoch"
-_NUMBER = re.compile(rf"^{_PREFIX}-(\d+)$")
 _RECORD_KEY = "record/.ATTRIBUTES/py_state"
 
 
@@ -57,33 +58,35 @@ class RunState:
         if schedule is not None:
             objects["schedule_epoch"] = schedule.epoch
         self.checkpoint = tf.train.Checkpoint(**objects)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=int(keep),
-            checkpoint_name=_PREFIX)
+        self.store = _store(workdir, self.checkpoint, keep)
 
     def save(self, epoch: int, record: dict) -> str:
-        """Write the checkpoint of `epoch` completed epochs with the JSON `record`; its path."""
+        """Write the checkpoint of `epoch` completed epochs with the JSON `record`; its path.
+        `checkpoints.CheckpointSaveError` (one line) if it cannot be written."""
         self.record.value = record
-        return self.manager.save(checkpoint_number=int(epoch))
+        return self.store.save(int(epoch))
 
     def restore(self, path: str) -> dict:
-        """Load the checkpoint at `path` (a prefix from `list_checkpoints`); its record."""
-        self.checkpoint.restore(path).assert_existing_objects_matched()
+        """Load the checkpoint at `path` (a prefix from `newest_intact`); its record."""
+        self.store.restore(path)
         return self.record.value
 
 
+def _store(workdir, checkpoint, keep=1):
+    return checkpoints.CheckpointStore(os.path.join(workdir, CHECKPOINT_DIR), checkpoint, _PREFIX,
+                                       keep=keep)
+
+
 def list_checkpoints(workdir: str) -> list:
-    """`[(epochs completed, path prefix), ...]` of the complete checkpoints, oldest first."""
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
-    if state is None:
-        return []
-    found = []
-    for path in state.all_model_checkpoint_paths:
-        match = _NUMBER.match(os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), os.path.join(directory, os.path.basename(path))))
-    return sorted(found)
+    """`[(epochs completed, path prefix), ...]` of the complete checkpoints, oldest first (not
+    verified: `newest_intact` verifies)."""
+    return checkpoints.present(os.path.join(workdir, CHECKPOINT_DIR), _PREFIX)
+
+
+def newest_intact(workdir: str):
+    """`(epochs completed, path prefix)` of the newest checkpoint that reads completely, or None;
+    newer damaged ones are reported in one line each and moved to `checkpoints/damaged/`."""
+    return _store(workdir, None).newest_intact()
 
 
 def checkpoint_path(workdir: str, epoch: int) -> str:

@@ -9,6 +9,9 @@ r"""The one runner of declared experiments (`experiment.Experiment`): plan, dry 
 
 Files in WORKDIR: `<group>/seed<k>/` (one run each: `ckpt/`, `curves.json`, `results.json`),
 `results.json`, `results.md`, the figures, `timings.json`, HParams sessions; `plan.json` (dry run).
+`run` and `write_plan` hold the workdir's lock (`cgh_tf/workdir_lock.py`: one writer per workdir),
+each run its own run directory's; checkpoints go through `cgh_tf/checkpoints.py`
+(`beyond_common.Checkpointer`: atomic save, verified restore).
 
 `results.json` schema: `experiment`, `title`, `command`, `columns` [{key, header, fmt}],
 `groups` {group: {label, panel, seeds, arm_dirs, metrics: {key: {per_seed: {seed: value}, mean,
@@ -21,7 +24,7 @@ sd is the sample sd (ddof 1); intervals are 95 % Student t over the seed-paired 
 import os
 import time
 
-from cgh_tf import statistics
+from cgh_tf import statistics, workdir_lock
 from cgh_tf.atomic_files import atomic_open
 
 from . import hparams_board
@@ -62,9 +65,9 @@ def write_plan(name, arms, workdir):
     """Write every arm's config to `WORKDIR/plan.json` (nothing trained); returns its path."""
     entries = {arm.path: {"label": arm.label, "panel": arm.panel,
                           "config": outputs.json_roundtrip(arm.config.to_dict())} for arm in arms}
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, PLAN_FILE)
-    outputs.write_json(path, {"experiment": name, "arms": entries})
+    with workdir_lock.hold(workdir, f"dry run of {name}"):
+        outputs.write_json(path, {"experiment": name, "arms": entries})
     return path
 
 
@@ -72,8 +75,13 @@ def run(experiment, arms, workdir, command="", echo=print, progress=False):
     """Run every arm into `WORKDIR/<group>/seed<k>` (finished ones are read, interrupted ones
     resume: `experiment.run_arm`'s contract), one line per arm on `echo`; with `progress` the
     runs' own log lines too. Then write the report; returns the results.json dict."""
-    echo = echo or (lambda line: None)
-    os.makedirs(workdir, exist_ok=True)
+    with workdir_lock.hold(workdir, f"experiment {experiment.name}"):
+        return _run_each(experiment, arms, workdir, command, echo or (lambda line: None),
+                         progress)
+
+
+def _run_each(experiment, arms, workdir, command, echo, progress):
+    """`run`'s loop and report (under the workdir's lock)."""
     runs, seconds = [], {}
     for index, arm in enumerate(arms, 1):
         started = time.time()

@@ -79,33 +79,61 @@ def prepare(config, workdir: str, data=None, strategy=None) -> PreparedRun:
     return PreparedRun(config, data, model, schedule, state, checkpoint, strategy)
 
 
-def _comparable(config_dict: dict) -> dict:
-    return {k: v for k, v in outputs.json_roundtrip(config_dict).items()
-            if k not in RESUMABLE_FIELDS}
-
-
 def _compatible_checkpoint(workdir: str, config):
-    """Newest checkpoint in `workdir` (None if none); ConfigError if it belongs to another config
-    or is of the format before `trainers/run_state.py` (`checkpoints/epoch-NNNN.npz`)."""
+    """Newest intact checkpoint in `workdir` (None if none; damaged newer ones are reported and
+    set aside, `run_state.newest_intact`); ConfigError if the workdir holds a run of another
+    config (`check_workdir_holds_config`)."""
+    check_workdir_holds_config(workdir, config)
+    found = run_state.newest_intact(workdir)
+    if found is None:
+        return None
+    epoch, path = found
+    _check_saved(workdir, run_state.read_record(path)["config"], config, "a run", epoch)
+    return path
+
+
+def check_workdir_holds_config(workdir: str, config) -> None:
+    """ConfigError (one line) unless `workdir` is empty or holds a run of `config` (only
+    `RESUMABLE_FIELDS` may differ, and not to fewer epochs than it has); reads, never writes.
+
+    Looked at: the newest checkpoint whose record reads, else a finished `results.json` (which
+    must then be of the same `num_epochs` too: it would be overwritten), and checkpoints of the
+    format before `trainers/run_state.py` (`checkpoints/epoch-NNNN.npz`)."""
     if glob.glob(os.path.join(workdir, run_state.CHECKPOINT_DIR, "epoch-*.npz")):
         raise ConfigError(f"workdir {workdir} holds checkpoints of an older cgh_tf trainer "
                           f"(epoch-NNNN.npz), which this version cannot resume; use another "
                           f"workdir")
-    checkpoints = run_state.list_checkpoints(workdir)
-    if not checkpoints:
-        return None
-    epoch, path = checkpoints[-1]
-    saved = _comparable(run_state.read_record(path)["config"])
-    wanted = _comparable(config.to_dict())
-    if saved != wanted:
-        differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    for epoch, path in reversed(run_state.list_checkpoints(workdir)):
+        try:
+            saved = run_state.read_record(path)["config"]
+        except Exception:  # noqa: BLE001 -- a damaged checkpoint: the next older one says
+            continue
+        _check_saved(workdir, saved, config, "a run", epoch)
+        return
+    try:
+        results = outputs.read_json(os.path.join(workdir, outputs.RESULTS_FILE))
+    except ValueError as error:
+        raise ConfigError(f"workdir {workdir} holds a {outputs.RESULTS_FILE} that is not JSON "
+                          f"({error}); move it away or use another workdir") from None
+    if isinstance(results, dict) and isinstance(results.get("config"), dict):
+        _check_saved(workdir, results["config"], config, "the finished results of a run",
+                     results.get("epochs_completed"), same_epochs=True)
+
+
+def _check_saved(workdir, saved: dict, config, what: str, epoch, same_epochs=False) -> None:
+    """ConfigError unless the `saved` config dict is `config` up to `RESUMABLE_FIELDS` (and
+    `num_epochs` too with `same_epochs`) and `epoch` ≤ num_epochs."""
+    wanted = outputs.json_roundtrip(config.to_dict())
+    keys = [k for k in set(saved) | set(wanted) if k not in RESUMABLE_FIELDS
+            or (same_epochs and k == "num_epochs")]
+    differing = sorted(k for k in keys if saved.get(k) != wanted.get(k))
+    if differing:
         raise ConfigError(
-            f"workdir {workdir} holds a run with a different config (fields {differing} differ); "
-            f"use another workdir")
-    if epoch > config.num_epochs:
+            f"workdir {workdir} holds {what} with a different config (fields {differing} "
+            f"differ); use another workdir")
+    if epoch is not None and epoch > config.num_epochs:
         raise ConfigError(f"workdir {workdir} already holds {epoch} epochs > "
                           f"num_epochs={config.num_epochs}")
-    return path
 
 
 class _EpochSchedule(keras.callbacks.Callback):

@@ -49,11 +49,16 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 import tensorflow as tf
 
+from cgh_tf import checkpoints, workdir_lock
 from trainers import config_schema
 from trainers import distributed_loop
 from trainers import easy_hard
 from trainers import single_run
 from trainers.config_schema import ConfigError, setting
+
+
+# Besides ConfigError, what a run reports as one line and exit status 1 (the binaries catch these).
+RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError)
 
 
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
@@ -64,10 +69,16 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     """
     config_schema.validate(config)
     check_workdir(workdir)
-    if setting(config, "mode") == "easy_hard":
-        return easy_hard.train_easy_hard(config, workdir, progress)
-    strategy = distributed_loop.build_strategy(config.distribution)
-    return single_run.run(config, workdir, progress, strategy=strategy)[0]
+    easy = setting(config, "mode") == "easy_hard"
+    strategy = None if easy else distributed_loop.build_strategy(config.distribution)
+    if not distributed_loop.is_chief(strategy):  # writes nothing: no lock
+        return single_run.run(config, workdir, progress, strategy=strategy)[0]
+    if not easy:  # a workdir of another run is refused untouched, before the lock file
+        single_run.check_workdir_holds_config(workdir, config)
+    with workdir_lock.hold(workdir, f"trainer ({setting(config, 'mode') or 'train'})"):
+        if easy:
+            return easy_hard.train_easy_hard(config, workdir, progress)
+        return single_run.run(config, workdir, progress, strategy=strategy)[0]
 
 
 def check_workdir(workdir: str) -> None:
@@ -82,11 +93,12 @@ def check_workdir(workdir: str) -> None:
 
 
 def run_or_exit(config, workdir, progress=True) -> dict:
-    """`train_and_evaluate` with deterministic ops; a `ConfigError` exits with status 1 and its message."""
+    """`train_and_evaluate` with deterministic ops; a `ConfigError`, a busy workdir
+    (`cgh_tf.workdir_lock`) or a failed checkpoint save exits with status 1 and its one line."""
     tf.config.experimental.enable_op_determinism()
     try:
         return train_and_evaluate(config, workdir, progress=progress)
-    except ConfigError as error:
+    except (ConfigError, *RUN_ERRORS) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
 
@@ -109,13 +121,33 @@ def parse_flags(argv):
     """absl's flag parsing, with a bad `--config.FIELD=VALUE` (unknown field, wrong type) as one
     line naming the flag and what is allowed (ml_collections raises it as a Python error)."""
     try:
-        return app.parse_flags_with_usage(argv)
+        parsed = app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         text = _one_line(error)
         named = re.match(r"the config has no field '?(\w+)", text)
         flag = next((a.split("=")[0] for a in argv[1:] if named and a.startswith("--config.")
                      and a.split("=")[0].split(".")[-1] == named.group(1)), "--config")
         sys.exit(f"error: {flag}: {text}")
+    except Exception as error:  # noqa: BLE001 -- the config file's own code failed (SyntaxError, ...)
+        sys.exit(f"error: --config: the config file failed to load: {type(error).__name__}: "
+                 f"{(str(error).splitlines() or [''])[0]}")
+    _check_config_loaded()
+    return parsed
+
+
+def _check_config_loaded():
+    """One line for a `--config` file that did not load (ml_collections defers that error to
+    the first use of the config, as a 60-line traceback)."""
+    try:
+        getattr(flags.FLAGS.config, "seed", None)
+    except OSError as error:
+        filename = config_flags.get_config_filename(flags.FLAGS["config"])
+        path = filename.split(":")[0]
+        cause = error.__cause__ or error
+        reason = ("no such file" if not os.path.isfile(path) else
+                  "it failed to load: " + [l.strip() for l in str(cause).splitlines() if l.strip()][-1])
+        sys.exit(f"error: --config={filename}: {reason}; give a config file such as "
+                 f"configs/default.py")
 
 
 def _one_line(error) -> str:
