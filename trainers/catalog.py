@@ -20,9 +20,10 @@ from . import sweeps
 from .experiment import Arm
 
 DEFAULT_SEEDS = 3
-DECLARED = {"double_descent": ".double_descent", "scale": ".scale", "grokking": ".grokking"}
+DECLARED = {"double_descent": ".double_descent", "scale": ".scale", "grokking": ".grokking",
+            "depth_width": ".depth_width"}
 UNPORTED = {"early_stopping": ".early_stopping",
-            "adversarial_init": ".adversarial_init", "depth_width": ".depth_width",
+            "adversarial_init": ".adversarial_init",
             "real_vs_random_arch": ".real_vs_random_arch"}
 UNPORTED_SCALES = ("small", "full")
 NAMES = tuple(sweeps.EXPERIMENTS) + tuple(DECLARED) + tuple(UNPORTED)

@@ -21,6 +21,8 @@ class Arm:
     group: arm name shared by all seeds (a relative path, e.g. "noise50/m3"); results are aggregated
         over the seeds of a group. label: legend / table name ("M3"). panel: figure row / table
         section the arm belongs to ("50% noise"). linestyle: matplotlib style of its curves.
+        tags: the axes the arm lies on (e.g. ("width", "depth") for a model in both sweeps), for
+        analyses and figures; not part of the config, so they never change a run.
     """
 
     group: str
@@ -29,6 +31,7 @@ class Arm:
     seed: int
     config: ml_collections.ConfigDict
     linestyle: str = "-"
+    tags: tuple = ()
 
     @property
     def path(self) -> str:
