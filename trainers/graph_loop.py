@@ -9,7 +9,7 @@ uninterrupted one.
 | function                              | what                                                    |
 |---------------------------------------|---------------------------------------------------------|
 | `epoch_permutation(seed, epoch, n)`   | int64 [n]: the order of epoch `epoch`                    |
-| `epoch_trainer(...)`                  | `train_epoch(perm)`: one epoch of batches (last partial) |
+| `epoch_trainer(...)`                  | `train(perm, first, last)`: batches of an epoch (last partial) |
 | `update_trainer(...)`                 | `train(idx [u, b, B])`: u updates of b batches (M3, winsorize) |
 | `epoch_updates(perm, B, b)`           | the idx of one epoch of whole updates                    |
 | `run_logged(...)`                     | restore → log 0 → advance / log / checkpoint → curves   |
@@ -27,8 +27,9 @@ def epoch_permutation(seed, epoch, n):
 
 
 def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size):
-    """`train_epoch(perm)`: one epoch over the training tensors x [n, ...], y [n] in the order of
-    perm (int [n]) as one `tf.function` call: ceil(n / B) batches (the last one partial), each one
+    """`train(perm, first=0, last=None)`: batches first..last−1 (default: the whole epoch) of the
+    epoch in the order perm (int [n]) over the training tensors x [n, ...], y [n], as one
+    `tf.function` call. An epoch has ceil(n / B) batches, the last one partial; each batch is one
     `optimizer.apply` of the mean-loss gradient."""
     import tensorflow as tf
 
@@ -43,12 +44,17 @@ def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size):
         return loss
 
     @tf.function
-    def train_epoch(perm):  # one call per epoch: the batch loop runs inside the graph
-        for k in tf.range(num_batches):
+    def train_range(perm, first, last):  # the batch loop runs inside the graph
+        for k in tf.range(first, last):
             idx = perm[k * batch:(k + 1) * batch]
             train_step(tf.gather(x, idx), tf.gather(y, idx))
 
-    return lambda perm: train_epoch(tf.constant(perm))
+    def train(perm, first=0, last=None):
+        train_range(tf.constant(perm), tf.constant(first, tf.int32),
+                    tf.constant(num_batches if last is None else last, tf.int32))
+
+    train.batches_per_epoch = num_batches
+    return train
 
 
 def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, aggregator=None):
