@@ -21,9 +21,9 @@ from .experiment import Arm
 
 DEFAULT_SEEDS = 3
 DECLARED = {"double_descent": ".double_descent", "scale": ".scale", "grokking": ".grokking",
-            "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch"}
-UNPORTED = {"early_stopping": ".early_stopping",
-            "adversarial_init": ".adversarial_init"}
+            "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch",
+            "early_stopping": ".early_stopping"}
+UNPORTED = {"adversarial_init": ".adversarial_init"}
 UNPORTED_SCALES = ("small", "full")
 NAMES = tuple(sweeps.EXPERIMENTS) + tuple(DECLARED) + tuple(UNPORTED)
 SCALES = tuple(dict.fromkeys(sweep.SCALES + UNPORTED_SCALES))
