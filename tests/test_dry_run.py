@@ -25,7 +25,6 @@ def no_training(monkeypatch):
     monkeypatch.setattr(train, "train_and_evaluate", refuse)
     monkeypatch.setattr(single_run, "run", refuse, raising=False)
     monkeypatch.setattr(beyond_common, "Checkpointer", refuse)
-    monkeypatch.setattr(beyond_common, "run_plan", refuse)
 
 
 @pytest.mark.parametrize("name", catalog.NAMES)

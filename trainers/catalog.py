@@ -4,7 +4,6 @@
 |------------|-----------------------------------------------|-----------------------------|-------------|
 | declared   | `DECLARED`: modules with an `EXPERIMENT` (`experiment.Experiment`) | `runner.plan` | `runner.run` |
 | sweep      | the papers' sweeps (`trainers/sweeps/`, Keras `fit` per arm) | `sweeps.build`, configs validated | `reproduce.run` |
-| unported   | `UNPORTED`: modules with their own `arms` / `reproduce` (issue 23 moves them to declared) | `module.arms` | `module.reproduce` |
 
 `plan` validates every arm of any of them (one-line ValueError, nothing written, nothing trained),
 so `--dry_run` means the same for every experiment. Default seeds: `DEFAULT_SEEDS` (3) unless an
@@ -17,16 +16,13 @@ from . import config_schema
 from . import runner
 from . import sweep
 from . import sweeps
-from .experiment import Arm
 
 DEFAULT_SEEDS = 3
 DECLARED = {"double_descent": ".double_descent", "scale": ".scale", "grokking": ".grokking",
             "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch",
-            "early_stopping": ".early_stopping"}
-UNPORTED = {"adversarial_init": ".adversarial_init"}
-UNPORTED_SCALES = ("small", "full")
-NAMES = tuple(sweeps.EXPERIMENTS) + tuple(DECLARED) + tuple(UNPORTED)
-SCALES = tuple(dict.fromkeys(sweep.SCALES + UNPORTED_SCALES))
+            "early_stopping": ".early_stopping", "adversarial_init": ".adversarial_init"}
+NAMES = tuple(sweeps.EXPERIMENTS) + tuple(DECLARED)
+SCALES = tuple(dict.fromkeys(sweep.SCALES + ("small", "full")))
 
 
 def _module(table, name):
@@ -34,9 +30,8 @@ def _module(table, name):
 
 
 def kind(name):
-    """"declared", "sweep" or "unported"; ValueError for an unknown name."""
-    for label, table in (("declared", DECLARED), ("sweep", sweeps.EXPERIMENTS),
-                         ("unported", UNPORTED)):
+    """"declared" or "sweep"; ValueError for an unknown name."""
+    for label, table in (("declared", DECLARED), ("sweep", sweeps.EXPERIMENTS)):
         if name in table:
             return label
     raise ValueError(f"experiment={name!r} is unknown; allowed: {', '.join(NAMES)}")
@@ -49,41 +44,28 @@ def declared(name):
 
 def plan(name, scale="small", seeds=None, overrides=None):
     """`(arms, handle)`: every arm of experiment `name` with its config checked; `handle` is what
-    `execute` runs (the Experiment, the Sweep, or the unported module)."""
+    `execute` runs (the Experiment or the Sweep)."""
     which = kind(name)
     if seeds is not None:
         runner.check_seeds(seeds)
     if which == "declared":
         experiment = declared(name)
         return runner.plan(experiment, scale, seeds, overrides), experiment
-    if which == "sweep":
-        built = sweeps.build(name, scale, seeds or max(DEFAULT_SEEDS, sweeps.EXPERIMENTS[name][1]),
-                             overrides)
-        for arm in built.arms:
-            config_schema.validate(arm.config)
-        return list(built.arms), built
-    if scale not in UNPORTED_SCALES:
-        raise ValueError(f"--scale={scale} is not available for {name}; allowed: "
-                         f"{', '.join(UNPORTED_SCALES)}")
-    module = _module(UNPORTED, name)
-    seeds = seeds or max(DEFAULT_SEEDS, module.DEFAULT_SEEDS)
-    arms = [Arm(group, label, "", seed, config)
-            for group, label, seed, config in module.arms(scale, seeds, overrides)]
-    return arms, (module, scale, seeds)
+    built = sweeps.build(name, scale, seeds or max(DEFAULT_SEEDS, sweeps.EXPERIMENTS[name][1]),
+                         overrides)
+    for arm in built.arms:
+        config_schema.validate(arm.config)
+    return list(built.arms), built
 
 
-def execute(name, arms, handle, workdir, overrides, command, progress=False, echo=print):
+def execute(name, arms, handle, workdir, command, progress=False, echo=print):
     """Run what `plan` planned; returns the experiment's results.json dict."""
     which = kind(name)
     if which == "declared":
         return runner.run(handle, arms, workdir, command, echo=echo, progress=progress)
-    if which == "sweep":
-        from cgh_tf import workdir_lock
+    from cgh_tf import workdir_lock
 
-        from . import reproduce
+    from . import reproduce
 
-        with workdir_lock.hold(workdir, f"experiment {name}"):
-            return reproduce.run(handle, workdir, command, progress, echo=echo)
-    module, scale, seeds = handle
-    return module.reproduce(workdir, scale=scale, seeds=seeds, overrides=overrides,
-                            command=command, echo=echo)
+    with workdir_lock.hold(workdir, f"experiment {name}"):
+        return reproduce.run(handle, workdir, command, progress, echo=echo)

@@ -345,7 +345,7 @@ def _values(results, key):
 
 
 def _mean(results, key):
-    return common.mean_sd(_values(results, key))[0]
+    return statistics.summarize(_values(results, key)).mean
 
 
 def _verdict(results):

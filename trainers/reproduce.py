@@ -185,7 +185,7 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
-    return catalog.execute(name, arms, handle, workdir, overrides, command, progress, echo=echo)
+    return catalog.execute(name, arms, handle, workdir, command, progress, echo=echo)
 
 
 def main(argv):
