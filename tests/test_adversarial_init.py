@@ -87,7 +87,7 @@ def test_arms_cover_starts_and_optimizers_with_matched_controls():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dataset": "nope"}, "dataset='nope' has no settings at scale 'small'"),
+    ({"dataset": "nope"}, "dataset='nope' is not available for adversarial_init at scale 'small'"),
     ({"start": "fresh"}, "start is set by the arms"),
     ({"optimizer": "adam"}, "optimizer is set by the arms"),
     ({"learning_rate": 0.0}, "learning_rate=0.0 must be a number > 0"),

@@ -184,7 +184,7 @@ def _config(**changes):
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dataset": "digits"}, "dataset='digits' is not available at scale 'small'"),
+    ({"dataset": "digits"}, "dataset='digits' is not available for depth_width at scale 'small'"),
     ({"no_such_field": 1}, "the config has no field 'no_such_field'"),
     ({"width": 8}, "width is set by the sweep"),
     ({"labels": "real"}, "labels is set per arm"),

@@ -124,7 +124,7 @@ def test_arms_cover_both_noise_levels_seeds_and_datasets():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dataset": "cifar10"}, r"dataset='cifar10' is unknown for early_stopping; allowed"),
+    ({"dataset": "cifar10"}, r"dataset='cifar10' is not available for early_stopping at scale"),
     ({"noise_kind": "flip"}, r"noise_kind='flip' is unknown; allowed: uniform, other, permute"),
     ({"noise_levels": (0.25, 1.0)}, r"noise_levels=.* must be a non-empty tuple of numbers"),
     ({"noise_levels": ()}, r"noise_levels=.* must be a non-empty tuple"),

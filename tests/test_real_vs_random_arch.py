@@ -121,7 +121,7 @@ def test_arms_cover_every_architecture_real_and_random_with_the_same_m():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dataset": "digits"}, "dataset='digits' is unknown for real_vs_random_arch; allowed"),
+    ({"dataset": "digits"}, "dataset='digits' is not available for real_vs_random_arch at scale 'small'; allowed"),
     ({"arch": "vgg"}, "arch='vgg' is unknown; allowed: mlp, cnn, resnet"),
     ({"label_noise": 1.0}, "label_noise is set by the arms"),
     ({"seed": 3}, "seed is set by the arms"),

@@ -105,7 +105,7 @@ def test_check_config_rejects_in_one_line(changes, message):
     ({"scale": "huge"}, "--scale=huge is not available for scale"),
     ({"overrides": {"optimizer": "m3"}}, "optimizer is set by each arm"),
     ({"overrides": {"arm": "m3"}}, "arm is set by each arm"),
-    ({"overrides": {"dataset": "digits"}}, "dataset='digits' has no size sweep"),
+    ({"overrides": {"dataset": "digits"}}, "dataset='digits' is not available for scale at scale 'small'"),
     ({"overrides": {"epochs": 0}}, "epochs=0 must be"),
     ({"overrides": {"train_size": 1005}}, "multiple of 10"),
     ({"overrides": {"arms": ("sgd", "adam")}}, "arm 'adam' is unknown"),

@@ -358,12 +358,9 @@ def check_config(config):
 
     need = common.require
 
-    need(config.dataset in data.DATASETS, f"dataset={config.dataset!r} is unknown; allowed: "
-         f"{', '.join(data.DATASETS)}")
-    need(config.start in STARTS, f"start={config.start!r} is unknown; allowed: "
-         f"{', '.join(STARTS)}")
-    need(config.optimizer in OPTIMIZERS, f"optimizer={config.optimizer!r} is unknown; allowed: "
-         f"{', '.join(OPTIMIZERS)}")
+    common.require_one_of(config, "dataset", data.DATASETS)
+    common.require_one_of(config, "start", STARTS)
+    common.require_one_of(config, "optimizer", OPTIMIZERS)
     need(isinstance(config.compare_train_acc, (int, float)) and 0 < config.compare_train_acc <= 1,
          f"compare_train_acc={config.compare_train_acc!r} must be in (0, 1]")
     for field in ("learning_rate", "phase1_learning_rate"):
@@ -413,13 +410,8 @@ def arms(scale="small", seeds=3, overrides=None, optimizers=None):
         if name not in OPTIMIZER_ARMS:
             raise ValueError(f"optimizer arm {name!r} is unknown; allowed: "
                              f"{', '.join(OPTIMIZER_ARMS)}")
-    datasets = (overrides["dataset"],) if "dataset" in overrides else ai_config.DATASETS[scale]
     out = []
-    for dataset in datasets:
-        if dataset not in ai_config.DATASET_CHANGES[scale]:
-            raise ValueError(f"dataset={dataset!r} has no settings at scale {scale!r}; "
-                             f"allowed: {', '.join(ai_config.DATASET_CHANGES[scale])}")
-        base = common.scaled_config(ai_config, scale, dataset, overrides)
+    for dataset, base in common.dataset_bases(ai_config, scale, overrides, "adversarial_init"):
         for start in STARTS:
             for name in names:
                 optimizer, factor, label = OPTIMIZER_ARMS[name]
@@ -500,10 +492,7 @@ def figures(workdir, runs):
         for dataset in dict.fromkeys(a.config.dataset for a, _ in runs)]
 
 
-def describe(s):
-    return (f"test acc {s['test_acc_final']:.3f} train acc {s['train_acc_final']:.3f} m-coh. "
-            f"start {s['coh_start']:.2f} |w| start {s['wnorm_start']:.1f}")
-
+PROGRESS = ("test_acc_final", "train_acc_final", "coh_start", "wnorm_start")
 
 EXPERIMENT = Experiment(
     name="adversarial_init",
@@ -511,4 +500,4 @@ EXPERIMENT = Experiment(
     arms=arms, run_arm=lambda config, run_dir, echo=None: run(
         config, run_dir, echo, phase1_dir=shared_phase1_dir(run_dir)),
     columns=COLUMNS, loop="graph", comparisons=comparisons, compared=COMPARED, rules=rules,
-    analyses=analyses, figures=figures, describe=describe)
+    analyses=analyses, figures=figures, progress=PROGRESS)

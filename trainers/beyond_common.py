@@ -7,9 +7,9 @@ resumable runs, checkpoints, fixed samples, results, the experiments' MLP.
 | `finished_or_checked`         | a finished run's results, or the config checked (before any data) |
 | `Checkpointer`                | model, optimizer, step and curves of a run, restored on restart (`cgh_tf.checkpoints`) |
 | `sample(pool, m, seed, salt)` | the sorted indices of a fixed sample                           |
-| `scaled_config`               | an experiment's config at a scale and dataset, with overrides  |
+| `scaled_config`, `dataset_bases` | an experiment's config at a scale and dataset, with overrides  |
 | `finish`                      | the results.json of a finished run                             |
-| `append`, `coherence_row`, `weight_norm`, `mlp`, `require` | curves, measurements, the model, config checks |
+| `append`, `sample_coherence`, `coherence_row`, `weight_norm`, `mlp`, `require`, `require_one_of` | curves, measurements, the model, config checks |
 
 A run lives in its own directory:
 
@@ -71,6 +71,12 @@ def require(ok, message):
     """ValueError(message) unless ok: the one-line config checks of the experiments' `check_config`."""
     if not ok:
         raise ValueError(message)
+
+
+def require_one_of(config, field, allowed):
+    """ValueError "field=value is unknown; allowed: a, b" unless `config[field]` is in `allowed`."""
+    require(config[field] in allowed, f"{field}={config[field]!r} is unknown; allowed: "
+            f"{', '.join(map(str, allowed))}")
 
 
 def resumable(train, check_config):
@@ -166,6 +172,18 @@ def scaled_config(module, scale, dataset, overrides):
     return config_schema.apply_overrides(config, {**(overrides or {}), "dataset": dataset})
 
 
+def dataset_bases(module, scale, overrides, name):
+    """[(dataset, base config)] of an experiment at `scale`: its datasets `module.DATASETS[scale]`,
+    or only `overrides["dataset"]` (one of `module.DATASET_CHANGES[scale]`, else a one-line
+    ValueError), each with `scaled_config`."""
+    datasets = (overrides["dataset"],) if "dataset" in overrides else module.DATASETS[scale]
+    allowed = module.DATASET_CHANGES[scale]
+    for dataset in datasets:
+        require(dataset in allowed, f"dataset={dataset!r} is not available for {name} at scale "
+                f"{scale!r}; allowed: {', '.join(allowed)}")
+    return [(d, scaled_config(module, scale, d, overrides)) for d in datasets]
+
+
 def finish(run_dir, config_dict, curves, summary, started, **extra):
     """Write and return the results.json of a finished run: config, curves, summary,
     `finished: true`, the `extra` fields and the seconds since `started`."""
@@ -190,6 +208,18 @@ def append(curves, row):
 def weight_norm(model):
     return float(math.sqrt(sum(float(np.sum(np.square(v.numpy().astype(np.float64))))
                                for v in model.trainable_variables)))
+
+
+def sample_coherence(model, samples, loss_fn):
+    """{coherence/<name>/m_coherence, .../alpha, per layer} of the exact per-example coherence
+    (`cgh_tf.coherence.measure`, inference mode) of each fixed sample `{name: (x, y)}`."""
+    from cgh_tf import coherence
+
+    row = {}
+    for name, (xs, ys) in samples.items():
+        stats = coherence.measure(model, xs, ys, loss=loss_fn, per_layer=True, batch_size=len(xs))
+        row.update(coherence_row(f"coherence/{name}", stats))
+    return row
 
 
 def coherence_row(prefix, stats):

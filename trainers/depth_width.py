@@ -187,8 +187,7 @@ def check_config(config):
     allowed = sorted({d for per in dw_config.DATASET_CHANGES.values() for d in per})
     need(config.dataset in allowed, f"dataset={config.dataset!r} is not supported; allowed: "
           f"{', '.join(allowed)}")
-    need(config.labels in LABELS, f"labels={config.labels!r} is unknown; allowed: "
-          f"{', '.join(LABELS)}")
+    common.require_one_of(config, "labels", LABELS)
     for field in ("width", "depth", "batch_size", "epochs", "random_epochs", "coherence_samples",
                   "checkpoint_every_logs"):
         need(is_int(config[field], 1), f"{field}={config[field]!r} must be an int >= 1")
@@ -245,14 +244,6 @@ def group_name(dataset, depth, width, labels):
     return f"{dataset}/d{depth}_w{width:04d}/{labels}"
 
 
-def sweep_config(scale, dataset, overrides):
-    """base ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]` ← `overrides` (with the
-    sweep fields)."""
-    from configs import depth_width as dw_config
-
-    return common.scaled_config(dw_config, scale, dataset, overrides)
-
-
 def arms(scale="small", seeds=3, overrides=None):
     """Per dataset, model of the sweep (tags: the sweeps it belongs to), label kind and seed;
     every config checked before anything is loaded; the sweep fields are removed from the runs'
@@ -268,12 +259,7 @@ def arms(scale="small", seeds=3, overrides=None):
                        if field in ("width", "depth") else f"{field} is set per arm and cannot "
                        "be overridden")
     out = []
-    for dataset in ((overrides["dataset"],) if "dataset" in overrides
-                    else dw_config.DATASETS[scale]):
-        common.require(dataset in dw_config.DATASET_CHANGES[scale], f"dataset={dataset!r} is "
-                       f"not available at scale {scale!r}; allowed: "
-                       f"{', '.join(dw_config.DATASET_CHANGES[scale])}")
-        base = sweep_config(scale, dataset, overrides)
+    for dataset, base in common.dataset_bases(dw_config, scale, overrides, "depth_width"):
         _check_sweep(base)
         run_base = ml_collections.ConfigDict({k: v for k, v in base.items()
                                               if k not in dw_config.SWEEP_FIELDS})
@@ -385,13 +371,9 @@ def figures(workdir, runs):
     return files
 
 
-def describe(s):
-    coh = s["m_coherence_epoch1"]
-    return (f"m-coh. 1 ep. {'n/a' if coh is None else f'{coh:.2f}'}; train acc "
-            f"{s['train_accuracy']:.3f} test acc {s['test_accuracy']:.3f} gap {s['gap']:.3f}")
-
-
 run = common.resumable(_train, check_config)
+
+PROGRESS = ("m_coherence_epoch1", "train_accuracy", "test_accuracy", "gap")
 
 EXPERIMENT = Experiment(
     name="depth_width", title="Depth and width: m-coherence vs generalisation", arms=arms,
@@ -402,4 +384,4 @@ EXPERIMENT = Experiment(
              Column("train_accuracy", "train acc"), Column("test_accuracy", "test acc"),
              Column("gap", "gap (train − test)")),
     comparisons=comparisons, compared=("m_coherence_init", "m_coherence_epoch1"), rules=rules,
-    analyses=analyses, figures=figures, describe=describe)
+    analyses=analyses, figures=figures, progress=PROGRESS)

@@ -63,10 +63,8 @@ def _train(config, run_dir, echo):
                "corrupted_accuracy": float(np.mean(pred_train[corrupted] == y[corrupted])),
                "corrupted_true_accuracy": float(np.mean(
                    pred_train[corrupted] == ds.train.original_y[corrupted]))}
-        for name, idx in samples.items():
-            stats = coherence.measure(model, x[idx], y[idx], loss=loss_fn, per_layer=True,
-                                      batch_size=m)
-            row.update(common.coherence_row(f"coherence/{name}", stats))
+        row.update(common.sample_coherence(
+            model, {name: (x[idx], y[idx]) for name, idx in samples.items()}, loss_fn))
         row["f_pristine"], _ = coherence.loss_reduction_fractions(
             model, x[mixed], y[mixed], ~corrupted[mixed], loss=loss_fn, batch_size=len(mixed))
         row["weight_norm"] = common.weight_norm(model)
@@ -91,8 +89,7 @@ def check_config(config):
     from cgh_tf import data
 
     need = common.require
-    need(config.dataset in data.DATASETS, f"dataset={config.dataset!r} is unknown; allowed: "
-         f"{', '.join(data.DATASETS)}")
+    common.require_one_of(config, "dataset", data.DATASETS)
     need(isinstance(config.label_noise, (int, float)) and 0 < config.label_noise < 1,
          f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
          "pristine and corrupted examples")
@@ -114,14 +111,8 @@ def arms(scale="small", seeds=3, overrides=None, widths=None):
 
     overrides = dict(overrides or {})
     widths = overrides.pop("widths", widths)
-    datasets = ((overrides["dataset"],) if "dataset" in overrides
-                else dd_config.DATASETS[scale])
     out = []
-    for dataset in datasets:
-        if dataset not in dd_config.WIDTHS[scale]:
-            raise ValueError(f"dataset={dataset!r} has no width sweep at scale {scale!r}; "
-                             f"allowed: {', '.join(dd_config.WIDTHS[scale])}")
-        base = common.scaled_config(dd_config, scale, dataset, overrides)
+    for dataset, base in common.dataset_bases(dd_config, scale, overrides, "double_descent"):
         for width in widths or dd_config.WIDTHS[scale][dataset]:
             config = config_schema.apply_overrides(base, {"width": width})
             check_config(config)
@@ -180,14 +171,10 @@ def figures(workdir, runs):
     return files
 
 
-def describe(s):
-    return (f"test error {s['test_error']:.3f} (min {s['min_test_error']:.3f}) corrupted acc "
-            f"{s['corrupted_accuracy']:.3f} m-coh. pristine "
-            f"{s['coherence/pristine/m_coherence']:.2f} corrupted "
-            f"{s['coherence/corrupted/m_coherence']:.2f} f^p {s['f_pristine']:.3f}")
-
-
 run = common.resumable(_train, check_config)
+
+PROGRESS = ("test_error", "min_test_error", "corrupted_accuracy",
+            "coherence/pristine/m_coherence", "coherence/corrupted/m_coherence", "f_pristine")
 
 EXPERIMENT = Experiment(
     name="double_descent",
@@ -195,4 +182,4 @@ EXPERIMENT = Experiment(
     arms=arms, run_arm=run, columns=COLUMNS, loop="graph",
     default_seeds=3,
     contrasts=(("coherence/pristine/m_coherence", "coherence/corrupted/m_coherence"),),
-    figures=figures, setting=setting, describe=describe)
+    figures=figures, setting=setting, progress=PROGRESS)

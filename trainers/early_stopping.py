@@ -217,14 +217,6 @@ def _train(config, run_dir, echo):
     steps_per_epoch = train.batches_per_epoch
     schedule = log_steps(config, steps_per_epoch)
 
-    def advance(step, stop):  # global steps step..stop−1, epoch by epoch
-        while step < stop:
-            epoch, first = divmod(step, steps_per_epoch)
-            last = min(steps_per_epoch, first + stop - step)
-            train(graph_loop.epoch_permutation(config.seed, epoch, n).astype(np.int32), first,
-                  last)
-            step += last - first
-
     @tf.function(reduce_retracing=True)
     def predict(xs):
         return tf.argmax(model(xs, training=False), -1, output_type=tf.int32)
@@ -241,10 +233,8 @@ def _train(config, run_dir, echo):
                "validation_clean_accuracy": float(np.mean(pred_val == y_val_clean)),
                "pristine_accuracy": float(np.mean(pred[~corrupted] == y[~corrupted])),
                "corrupted_accuracy": float(np.mean(pred[corrupted] == y[corrupted]))}
-        for name, idx in samples.items():
-            stats = coherence.measure(model, x[idx], y[idx], loss=loss_fn, per_layer=True,
-                                      batch_size=m)
-            row.update(common.coherence_row(f"coherence/{name}", stats))
+        row.update(common.sample_coherence(
+            model, {name: (x[idx], y[idx]) for name, idx in samples.items()}, loss_fn))
         row["f_pristine"], _ = coherence.loss_reduction_fractions(
             model, x[mixed], y[mixed], ~corrupted[mixed], loss=loss_fn, batch_size=len(mixed))
         if echo:
@@ -254,7 +244,8 @@ def _train(config, run_dir, echo):
         return row
 
     curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer, advance, log, total=schedule[-1],
+        run_dir, config.to_dict(), model, optimizer,
+        graph_loop.step_advancer(train, config.seed, n), log, total=schedule[-1],
         log_points=schedule, checkpoint_points=schedule[::int(config.checkpoint_every_logs)],
         echo=echo, unit="step")
     summary = stopping_summary(curves, float(config.coherence_drop),
@@ -278,18 +269,15 @@ def check_config(config):
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    need(config.dataset in DATASETS, f"dataset={config.dataset!r} is unknown; allowed: "
-         f"{', '.join(DATASETS)}")
-    need(config.noise_kind in data.LABEL_NOISE_KINDS, f"noise_kind={config.noise_kind!r} is "
-         f"unknown; allowed: {', '.join(data.LABEL_NOISE_KINDS)}")
+    common.require_one_of(config, "dataset", DATASETS)
+    common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     need(isinstance(config.noise_levels, (tuple, list)) and len(config.noise_levels) >= 1
          and all(number(p) and 0 < p < 1 for p in config.noise_levels),
          f"noise_levels={config.noise_levels!r} must be a non-empty tuple of numbers in (0, 1)")
     need(number(config.label_noise) and 0 < config.label_noise < 1,
          f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
          "pristine and corrupted examples")
-    need(config.optimizer in OPTIMIZERS, f"optimizer={config.optimizer!r} is unknown; allowed: "
-         f"{', '.join(OPTIMIZERS)}")
+    common.require_one_of(config, "optimizer", OPTIMIZERS)
     need(number(config.learning_rate) and config.learning_rate > 0,
          f"learning_rate={config.learning_rate!r} must be a number > 0")
     need(number(config.validation_fraction) and 0 < config.validation_fraction < 1,
@@ -323,13 +311,8 @@ def arms(scale="small", seeds=3, overrides=None):
     if "label_noise" in overrides:
         raise ValueError(f"label_noise={overrides['label_noise']!r} is set per run from "
                          "noise_levels; set noise_levels=(p,) instead")
-    datasets = (overrides["dataset"],) if "dataset" in overrides else es_config.DATASETS[scale]
     out = []
-    for dataset in datasets:
-        if dataset not in es_config.DATASET_CHANGES[scale]:
-            raise ValueError(f"dataset={dataset!r} is unknown for early_stopping; allowed: "
-                             f"{', '.join(es_config.DATASET_CHANGES[scale])}")
-        base = common.scaled_config(es_config, scale, dataset, overrides)
+    for dataset, base in common.dataset_bases(es_config, scale, overrides, "early_stopping"):
         check_config(base)
         for noise in base.noise_levels:
             config = config_schema.apply_overrides(base, {"label_noise": float(noise)})
@@ -452,20 +435,13 @@ def figures(workdir, runs):
         for dataset in dict.fromkeys(a.config.dataset for a, _ in runs)]
 
 
-def describe(s):
-    def fmt(v, f=".3f"):
-        return "n/a" if v is None else format(v, f)
-
-    return (f"test acc final {fmt(s['test_accuracy/final'])} val-pick "
-            f"{fmt(s['test_accuracy/validation'])} c1 {fmt(s['test_accuracy/coherence_drop'])} "
-            f"oracle {fmt(s['test_accuracy/oracle'])}; onset epoch "
-            f"{fmt(s['epoch/memorisation_onset'], '.2f')}")
-
-
 run = common.resumable(_train, check_config)
+
+PROGRESS = ("test_accuracy/final", "test_accuracy/validation", "test_accuracy/coherence_drop",
+            "epoch/memorisation_onset")
 
 EXPERIMENT = Experiment(
     name="early_stopping",
     title="Early stopping under label noise: test accuracy of stopping rules, and coherence",
     arms=arms, run_arm=run, columns=COLUMNS, loop="graph", contrasts=CONTRASTS, rules=rules,
-    analyses=analyses, setting=setting, figures=figures, describe=describe)
+    analyses=analyses, setting=setting, figures=figures, progress=PROGRESS)

@@ -62,7 +62,8 @@ class Experiment:
         differenced within every arm, paired by seed. rules: `cgh_tf.statistics.PairedRule`s whose
         arm / control are groups. comparisons and rules may be functions of the planned arms.
     figures(workdir, runs) -> [file names]; analyses(runs) -> (markdown lines, JSON dict);
-    setting(runs) -> markdown lines describing the setting; describe(summary) -> progress line.
+    setting(runs) -> markdown lines describing the setting; progress: the column keys shown on
+    each arm's progress line.
     `runs` = [(Arm, result dict)] in plan order.
     """
 
@@ -81,7 +82,7 @@ class Experiment:
     figures: Callable = None
     analyses: Callable = None
     setting: Callable = None
-    describe: Callable = None
+    progress: tuple = ()
 
     def __post_init__(self):
         if self.loop not in ("graph", "fit"):

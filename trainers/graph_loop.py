@@ -10,6 +10,7 @@ uninterrupted one.
 |---------------------------------------|---------------------------------------------------------|
 | `epoch_permutation(seed, epoch, n)`   | int64 [n]: the order of epoch `epoch`                    |
 | `epoch_trainer(...)`                  | `train(perm, first, last)`: batches of an epoch (last partial) |
+| `step_advancer(train, seed, n)`       | `advance(step, stop)` over global steps of an epoch_trainer |
 | `update_trainer(...)`                 | `train(idx [u, b, B])`: u updates of b batches (M3, winsorize) |
 | `epoch_updates(perm, B, b)`           | the idx of one epoch of whole updates                    |
 | `run_logged(...)`                     | restore → log 0 → advance / log / checkpoint → curves   |
@@ -55,6 +56,22 @@ def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size):
 
     train.batches_per_epoch = num_batches
     return train
+
+
+def step_advancer(train, seed, n):
+    """`advance(step, stop)` for `run_logged` in global steps of an `epoch_trainer` `train`: step
+    s is batch s mod S of epoch s // S (S = batches per epoch), epoch e in the order
+    `epoch_permutation(seed, e, n)`; the steps of each epoch run as one call."""
+    per_epoch = train.batches_per_epoch
+
+    def advance(step, stop):
+        while step < stop:
+            epoch, first = divmod(step, per_epoch)
+            last = min(per_epoch, first + stop - step)
+            train(epoch_permutation(seed, epoch, n).astype(np.int32), first, last)
+            step += last - first
+
+    return advance
 
 
 def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, aggregator=None):

@@ -97,15 +97,12 @@ def check_config(config):
 
     from cgh_tf import modular
 
-    need(config.model in MODELS, f"model={config.model!r} is unknown; allowed: {', '.join(MODELS)}")
-    need(config.operation in modular.OPERATIONS, f"operation={config.operation!r} is unknown; "
-         f"allowed: {', '.join(modular.OPERATIONS)}")
+    common.require_one_of(config, "model", MODELS)
+    common.require_one_of(config, "operation", modular.OPERATIONS)
     need(isinstance(config.train_fraction, float) and 0 < config.train_fraction < 1,
          f"train_fraction={config.train_fraction!r} must be a float in (0, 1)")
-    need(config.optimizer in OPTIMIZERS, f"optimizer={config.optimizer!r} is unknown; allowed: "
-         f"{', '.join(OPTIMIZERS)}")
-    need(config.aggregation in AGGREGATIONS, f"aggregation={config.aggregation!r} is unknown; "
-         f"allowed: {', '.join(AGGREGATIONS)}")
+    common.require_one_of(config, "optimizer", OPTIMIZERS)
+    common.require_one_of(config, "aggregation", AGGREGATIONS)
     pct = config.winsorize_pct
     need(isinstance(pct, (int, float)) and 0 <= pct < 50,
          f"winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
@@ -176,8 +173,6 @@ def _logger(model, loss_fn, splits, monitor):
     import keras
     import tensorflow as tf
 
-    from cgh_tf import coherence
-
     @tf.function(reduce_retracing=True)
     def evaluate(xs, ys):
         logits = model(xs, training=False)
@@ -190,10 +185,7 @@ def _logger(model, loss_fn, splits, monitor):
         for name, (xs, ys) in splits.items():
             loss, acc = evaluate(xs, ys)
             row[f"{name}_loss"], row[f"{name}_accuracy"] = float(loss), float(acc)
-        for name, (xs, ys) in monitor.items():
-            stats = coherence.measure(model, xs, ys, loss=loss_fn, per_layer=True,
-                                      batch_size=len(xs))
-            row.update(common.coherence_row(f"coherence/{name}", stats))
+        row.update(common.sample_coherence(model, monitor, loss_fn))
         row["weight_norm"] = common.weight_norm(model)
         return row
     return log
@@ -383,14 +375,12 @@ def figures(workdir, runs):
                                  title="Grokking: accuracy, m-coherence and weight norm")]
 
 
-def describe(s):
-    return f"t_mem {s['t_mem']} t_grok {s['t_grok']} test acc {s['test_acc_final']:.3f}"
-
-
 run = common.resumable(_train, check_config)
+
+PROGRESS = ("t_mem", "t_grok", "test_acc_final")
 
 EXPERIMENT = Experiment(
     name="grokking", title="Grokking: coherence through the test-accuracy jump", arms=arms,
     run_arm=run, columns=COLUMNS, loop="graph", comparisons=comparisons,
     compared=("t_mem", "t_grok", "test_acc_final", "coh_train_final"), rules=rules,
-    figures=figures, describe=describe)
+    figures=figures, progress=PROGRESS)

@@ -160,14 +160,6 @@ def _train(config, run_dir, echo):
 
     points = log_steps(config.log_epochs, int(config.epochs), steps_per_epoch)
 
-    def advance(step, stop):  # updates step..stop−1, epoch by epoch
-        while step < stop:
-            epoch, first = divmod(step, steps_per_epoch)
-            last = min(steps_per_epoch, first + stop - step)
-            train(graph_loop.epoch_permutation(config.seed, epoch, n).astype(np.int32), first,
-                  last)
-            step += last - first
-
     def log(step):
         row = {"step": step, "epoch": points[step]}
         for split, (xs, ys) in (("train", (x, y)), ("test", (x_test, y_test))):
@@ -185,7 +177,8 @@ def _train(config, run_dir, echo):
 
     logged = [s for s in points if s > 0]
     curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer, advance, log, total=max(points),
+        run_dir, config.to_dict(), model, optimizer,
+        graph_loop.step_advancer(train, config.seed, n), log, total=max(points),
         log_points=points, checkpoint_points=logged[int(config.checkpoint_every_logs) - 1::
                                                     int(config.checkpoint_every_logs)],
         echo=echo, unit="update")
@@ -327,12 +320,10 @@ def check_config(config):
 
     need(config.dataset in DATASET_NAMES, f"dataset={config.dataset!r} is unknown for "
          f"real_vs_random_arch; allowed: {', '.join(DATASET_NAMES)}")
-    need(config.arch in ARCH_NAMES, f"arch={config.arch!r} is unknown; allowed: "
-         f"{', '.join(ARCH_NAMES)}")
+    common.require_one_of(config, "arch", ARCH_NAMES)
     need(is_num(config.label_noise) and 0 <= config.label_noise <= 1,
          f"label_noise={config.label_noise!r} must be in [0, 1] (0 real, 1 random labels)")
-    need(config.noise_kind in data.LABEL_NOISE_KINDS, f"noise_kind={config.noise_kind!r} is "
-         f"unknown; allowed: {', '.join(data.LABEL_NOISE_KINDS)}")
+    common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     for field in ("width", "depth", "dense_width", "resnet_blocks", "resnet_stem_stride",
                   "batch_size", "epochs",
                   "coherence_samples", "checkpoint_every_logs"):
@@ -379,14 +370,10 @@ def arms(scale="small", seeds=3, overrides=None, archs=None):
         if field in overrides:
             raise ValueError(f"{field} is set by the arms (label_noise 0 real / 1 random; seed "
                              f"0..seeds-1) and cannot be overridden")
-    datasets = (overrides["dataset"],) if "dataset" in overrides else rr_config.DATASETS[scale]
     archs = (overrides["arch"],) if "arch" in overrides else tuple(archs or rr_config.ARCHS)
     out = []
-    for dataset in datasets:
-        if dataset not in rr_config.DATASET_CHANGES[scale]:
-            raise ValueError(f"dataset={dataset!r} is unknown for real_vs_random_arch; allowed: "
-                             f"{', '.join(rr_config.DATASET_CHANGES[scale])}")
-        base = common.scaled_config(rr_config, scale, dataset, overrides)
+    for dataset, base in common.dataset_bases(rr_config, scale, overrides,
+                                              "real_vs_random_arch"):
         for arch in archs:
             for noise in (0.0, 1.0):
                 config = config_schema.apply_overrides(base, {"arch": arch, "label_noise": noise})
@@ -493,16 +480,13 @@ def figures(workdir, runs):
         for dataset in dict.fromkeys(a.config.dataset for a, _ in runs)]
 
 
-def describe(s):
-    return (f"m-coh. train init {s['train_coh_init']:.2f} early {_fmt(s['train_coh_early'], '.2f')}"
-            f" end {s['train_coh_end']:.2f}; test acc {s['test_accuracy']:.3f}")
-
-
 run = common.resumable(_train, check_config)
+
+PROGRESS = ("train_coh_init", "train_coh_early", "train_coh_end", "test_accuracy")
 
 EXPERIMENT = Experiment(
     name="real_vs_random_arch",
     title="Real vs random labels across architectures: m-coherence (arXiv 2008.01217)",
     arms=arms, run_arm=run, columns=COLUMNS, loop="graph", comparisons=comparisons,
     compared=("train_coh_init", "train_coh_early", "train_coh_end"), rules=rules,
-    analyses=analyses, setting=setting, figures=figures, describe=describe)
+    analyses=analyses, setting=setting, figures=figures, progress=PROGRESS)

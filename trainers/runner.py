@@ -89,10 +89,17 @@ def _run_each(experiment, arms, workdir, command, echo, progress):
                                     echo=echo if progress else None)
         took = time.time() - started
         seconds[arm.group] = round(seconds.get(arm.group, 0.0) + took, 1)
-        described = experiment.describe(result["summary"]) if experiment.describe else ""
-        echo(f"[{index}/{len(arms)}] {arm.path}: {took:.0f} s; {described}")
+        echo(f"[{index}/{len(arms)}] {arm.path}: {took:.0f} s; "
+             + describe(experiment, result["summary"]))
         runs.append((arm, result))
     return write_report(experiment, runs, workdir, command, seconds)
+
+
+def describe(experiment, summary):
+    """The progress line of a finished run: "header value" of the `progress` columns."""
+    shown = [c for c in experiment.columns if c.key in experiment.progress]
+    return ", ".join(f"{c.header} " + ("n/a" if summary.get(c.key) is None
+                                       else format(summary[c.key], c.fmt)) for c in shown)
 
 
 # ---------------------------------------------------------------------------- the report

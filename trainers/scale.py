@@ -81,14 +81,10 @@ def check_config(config):
     need(isinstance(config.label_noise, (int, float)) and 0 < config.label_noise < 1,
          f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
          "pristine and corrupted examples")
-    need(config.noise_kind in data.LABEL_NOISE_KINDS, f"noise_kind={config.noise_kind!r} is "
-         f"unknown; allowed: {', '.join(data.LABEL_NOISE_KINDS)}")
-    need(config.optimizer in OPTIMIZERS, f"optimizer={config.optimizer!r} is unknown; allowed: "
-         f"{', '.join(OPTIMIZERS)}")
-    need(config.aggregation in AGGREGATIONS, f"aggregation={config.aggregation!r} is unknown; "
-         f"allowed: {', '.join(AGGREGATIONS)}")
-    need(config.arm in ARM_SETTINGS, f"arm={config.arm!r} is unknown; allowed: "
-         f"{', '.join(ARM_SETTINGS)}")
+    common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
+    common.require_one_of(config, "optimizer", OPTIMIZERS)
+    common.require_one_of(config, "aggregation", AGGREGATIONS)
+    common.require_one_of(config, "arm", ARM_SETTINGS)
     need((config.optimizer, config.aggregation) == ARM_SETTINGS[config.arm],
          f"arm={config.arm!r} needs optimizer={ARM_SETTINGS[config.arm][0]!r} and "
          f"aggregation={ARM_SETTINGS[config.arm][1]!r}, got {config.optimizer!r} and "
@@ -231,12 +227,7 @@ def arms(scale="small", seeds=3, overrides=None, arm_names=None, sizes=None):
             raise ValueError(f"{field} is set by each arm ({', '.join(ARMS)}); it cannot be "
                              "overridden with --set")
     out = []
-    for dataset in ((overrides["dataset"],) if "dataset" in overrides
-                    else scale_config.DATASETS[scale]):
-        if dataset not in scale_config.SIZES[scale]:
-            raise ValueError(f"dataset={dataset!r} has no size sweep at scale {scale!r}; "
-                             f"allowed: {', '.join(scale_config.SIZES[scale])}")
-        base = common.scaled_config(scale_config, scale, dataset, overrides)
+    for dataset, base in common.dataset_bases(scale_config, scale, overrides, "scale"):
         for size in (tuple(sizes) if sizes else (overrides["train_size"],)
                      if "train_size" in overrides else scale_config.SIZES[scale][dataset]):
             for arm, (label, changes) in ARMS.items():
@@ -352,12 +343,9 @@ def figures(workdir, runs):
     return files
 
 
-def describe(s):
-    return (f"updates {s['updates']:.0f} corrupted acc {s['corrupted_accuracy']:.3f} pristine "
-            f"{s['pristine_accuracy']:.3f} test {s['test_accuracy']:.3f}")
-
-
 run = common.resumable(_train, check_config)
+
+PROGRESS = ("updates", "corrupted_accuracy", "pristine_accuracy", "test_accuracy")
 
 EXPERIMENT = Experiment(
     name="scale", title="Memorisation suppression vs training-set size (M3, RM3, winsorized GD)",
@@ -370,4 +358,4 @@ EXPERIMENT = Experiment(
              Column("best_test_accuracy", "best test acc (logged epochs)")),
     comparisons=comparisons, compared=("corrupted_accuracy", "pristine_accuracy", "test_accuracy"),
     rules=rules, analyses=analyses, setting=setting, figures=figures,
-    describe=describe)
+    progress=PROGRESS)
