@@ -5,8 +5,9 @@
 | `SubsetAccuracy`   | every `every` epochs            | `{name}_accuracy` per subset (top-1, in | —                    |
 |                    |                                 | inference mode, against given labels)   |                      |
 | `CoherenceMonitor` | every `every_epochs` epochs or  | `coherence/<sample>/m_coherence`,       | one row per sample   |
-|                    | every `every_steps` steps       | `.../alpha`, per layer                  | (and layer), append- |
-|                    |                                 | `coherence/<sample>/<layer>/m_coherence`| only, row by row     |
+|                    | every `every_steps` steps       | `.../alpha`, `.../pairwise_coherence`,  | (and layer), append- |
+|                    |                                 | per layer                               | only, row by row     |
+|                    |                                 | `coherence/<sample>/<layer>/m_coherence`|                      |
 | `LearningTimes`    | at step 0, every `every_steps`  | histograms `learning_times/<group>/     | one row per example  |
 |                    | steps and at train end          | first_correct_step`, scalars `.../      | at train end (atomic)|
 |                    |                                 | fraction_correct` (pristine, corrupted) |                      |
@@ -252,6 +253,7 @@ def _coherence_log_values(stats_by_sample) -> dict:
     for name, stats in stats_by_sample.items():
         values[f"coherence/{name}/m_coherence"] = float(stats.m_coherence)
         values[f"coherence/{name}/alpha"] = float(stats.alpha)
+        values[f"coherence/{name}/pairwise_coherence"] = float(stats.pairwise_coherence)
         for layer, layer_stats in stats.per_layer.items():
             values[f"coherence/{name}/{layer}/m_coherence"] = float(layer_stats.m_coherence)
     return values

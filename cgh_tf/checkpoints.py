@@ -33,6 +33,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from cgh_tf import fault_injection
 from cgh_tf.atomic_files import atomic_open
 
 INDEX_FILE = "checkpoint"
@@ -120,27 +121,33 @@ class CheckpointStore:
             os.makedirs(staging)
             self.checkpoint.save_counter  # created now, as `restore` creates it: both match
             written = self.checkpoint.write(os.path.join(staging, os.path.basename(prefix)))
-            self._install(written, prefix)
+            fault_injection.point(f"save-{int(number)}-staged")
+            self._install(written, prefix, int(number))
         except Exception as error:  # noqa: BLE001 -- disk full, permissions, ...: one line
             shutil.rmtree(staging, ignore_errors=True)
             raise CheckpointSaveError(f"saving checkpoint {prefix} failed ({_one_line(error)}); "
                                       f"the earlier checkpoints are intact") from error
         shutil.rmtree(staging, ignore_errors=True)
         self._sync_index()
+        fault_injection.point(f"save-{int(number)}-listed")
         self._rotate(int(number))
         return prefix
 
-    def _install(self, written: str, prefix: str) -> None:
+    def _install(self, written: str, prefix: str, number: int) -> None:
         """Move the staged files of `written` to `prefix`: data files first, the index last."""
         staged = sorted(f for f in os.listdir(os.path.dirname(written))
                         if f.startswith(os.path.basename(written) + "."))
         staged.sort(key=lambda f: f.endswith(".index"))
         for file in staged:
+            if file.endswith(".index"):
+                _fsync_directory(self.directory)
+                fault_injection.point(f"save-{number}-data-installed")
             source = os.path.join(os.path.dirname(written), file)
             with open(source, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(source, prefix + file[len(os.path.basename(written)):])
         _fsync_directory(self.directory)
+        fault_injection.point(f"save-{number}-index-installed")
 
     def _rotate(self, newest: int) -> None:
         older = [(n, p) for n, p in self.present() if n < newest]

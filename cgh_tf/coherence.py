@@ -10,9 +10,11 @@ from two running sums, additive over batches and replicas:
 | α (`alpha`) | ‖S‖² / (m·Q) | [0, 1] |
 | α⊥ (`alpha_perp`) | 1/m, the value of α for pairwise orthogonal gradients | (0, 1] |
 | m-coherence (`m_coherence`) | α/α⊥ = ‖S‖²/Q; 1 = orthogonal, m = identical, < 1 = cancelling | [0, m] |
+| pairwise coherence (`pairwise_coherence`) | (r − 1)/(m − 1) = Σ_{i≠j} g_i·g_j / ((m − 1)·Q): the mean off-diagonal alignment, unbiased across m | [−1/(m−1), 1] |
 | gradient diversity | Q/‖S‖² = 1/m-coherence (Yin et al. 2018) | |
 | per layer b | the same with S_b, Q_b; α = Σ_b f_b α_b with f_b = Q_b/Q | |
 | f^p, f^c | with g = g^p + g^c (sums over pristine / corrupt examples): f^p = ⟨g, g^p⟩/⟨g, g⟩, f^c = 1 − f^p | |
+| per-example alignment (`alignment`) | a_i = g_i·(S − g_i)/‖g_i‖² and g_i·S (cgh_tf/alignment.py) | |
 
 Undefined values (all gradients zero, Q = 0) are NaN. Per-example gradients are taken in inference
 mode (`training=False`) unless asked otherwise; the per-example squared norms come from the fast
@@ -20,17 +22,16 @@ exact path of `cgh_tf.per_example` (one backward pass, never O(m · parameters) 
 """
 
 import dataclasses
+import itertools
 import math
 import weakref
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import input_checks, per_example
+from cgh_tf import input_checks, per_example, precision, streaming
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
-
-_DEFAULT_BATCH_SIZE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,16 @@ class CoherenceStats:
     sq_norm_of_sum: float
     sum_of_sq_norms: float
     per_layer: Dict[str, "CoherenceStats"] = dataclasses.field(default_factory=dict)
+
+    @property
+    def pairwise_coherence(self) -> float:
+        """(r − 1)/(m − 1) = Σ_{i≠j} g_i·g_j / ((m − 1)·Q), r = m-coherence: the mean alignment of
+        an example's gradient with another's, the diagonal (i = j) left out. Unlike r it does not
+        grow with m (r ≈ 1 + (m − 1)·α), so compare samples of different sizes, and take ratios
+        between arms, with it (docs/design.md §1). NaN for m = 1 or Q = 0."""
+        if self.m < 2:
+            return math.nan
+        return (self.m_coherence - 1.0) / (self.m - 1)
 
     @property
     def gradient_diversity(self) -> float:
@@ -106,7 +117,7 @@ class StreamingCoherence:
         # One compiled call each instead of 2V + 2 (reset) and 2V (result) eager ops: on the MLP
         # of benchmarks/measure_calls.py those ops cost as much as the batch computation itself.
         self._reset = tf.function(self._assign_zeros, autograph=False)
-        self._sq_norms_of_sums = tf.function(self._squared_norms, autograph=False)
+        self._sq_norms_of_sums = tf.function(self.squared_norms_of_sums, autograph=False)
 
     @classmethod
     def for_model(cls, model):
@@ -122,7 +133,7 @@ class StreamingCoherence:
         self._sq_norm_sums.assign(tf.zeros_like(self._sq_norm_sums))
         self._count.assign(0)
 
-    def _squared_norms(self):
+    def squared_norms_of_sums(self):
         """[V] float64: ‖S_v‖² of every variable's running sum."""
         return tf.stack([tf.reduce_sum(tf.square(s)) for s in self._sums] or [tf.zeros([], tf.float64)])
 
@@ -144,6 +155,11 @@ class StreamingCoherence:
             total.assign(added(total, g))
         self._sq_norm_sums.assign(added(self._sq_norm_sums, tf.reduce_sum(sq_norms, axis=0)))
         self._count.assign(added(self._count, tf.cast(tf.shape(sq_norms)[0], tf.int64)))
+
+    @property
+    def grad_sums(self) -> list:
+        """The running S_v per variable (float64 `tf.Variable`s, read-only by convention)."""
+        return list(self._sums)
 
     @property
     def count(self) -> int:
@@ -179,80 +195,114 @@ class StreamingCoherence:
 
 
 # ----------------------------------------------------------------------------------------------
-# Batching
-
-
-def _batches(x, y, batch_size, extra=None):
-    """Yields (x, y[, extra]) batches from arrays or a tf.data.Dataset of (x, y) batches."""
-    if isinstance(x, tf.data.Dataset):
-        if y is not None or batch_size is not None:
-            raise ValueError("With a tf.data.Dataset of (x, y) batches, pass y=None and batch_size=None.")
-        if extra is not None:
-            raise ValueError("Pass the per-example mask as arrays (x, y, mask), not with a Dataset.")
-        for batch in x:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise ValueError("The dataset must yield (x, y) batches.")
-            yield batch[0], batch[1]
-        return
-    if y is None:
-        raise ValueError("y is required when x is an array.")
-    x = tf.nest.map_structure(np.asarray, x)
-    y = np.asarray(y)
-    m = len(tf.nest.flatten(x)[0])
-    if len(y) != m:
-        raise ValueError(f"x has {m} examples but y has {len(y)}; they must match.")
-    if extra is not None and len(extra) != m:
-        raise ValueError(f"x has {m} examples but the mask has {len(extra)}; they must match.")
-    if m == 0:
-        raise ValueError("Empty sample: x and y have no examples.")
-    batch_size = _DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size}.")
-    for start in range(0, m, batch_size):
-        part = slice(start, start + batch_size)
-        batch = (tf.nest.map_structure(lambda t: t[part], x), y[part])
-        yield batch if extra is None else batch + (extra[part],)
-
-
-# ----------------------------------------------------------------------------------------------
 # Measurements on a model
 
 
-def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, training=False) -> CoherenceStats:
+def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, training=False,
+            sample_weight=None, coherence_dtype=None) -> CoherenceStats:
     """α, α⊥ and m-coherence of the per-example gradients of `model` on a sample.
 
-    x, y: arrays with m examples (streamed in batches of `batch_size`, default 256), or x a
-      `tf.data.Dataset` of (x, y) batches (then y=None, batch_size=None).
-    loss: Keras loss / name / per-example function, or None for the compiled loss.
-    Memory is O(parameters + batch) whatever m is. The batch computation is compiled once per
-    model, loss and mode and reused by later calls (a new batch shape retraces once). An unbuilt
-    model is built on the first batch.
+    x, y: arrays with m examples (streamed in batches of `batch_size`, default 256; y a dict /
+      list for several outputs), or x a `tf.data.Dataset` of (x, y) or (x, y, sample weights)
+      batches (then y=None, batch_size=None).
+    loss: Keras loss / name / function (or a dict / list, one per output), or None for the
+      compiled loss (its `loss_weights` included).
+    sample_weight: None, [m] (per example), [m, ...] (e.g. per token) or a dict / list per output.
+    g_i is the gradient of ℓ_i, the decomposition of the loss Keras computes for each batch
+    (`cgh_tf.loss_decomposition`: masks carried by the model's output, weights, reductions), so
+    the batches' losses are those `model.evaluate(x, y, batch_size, sample_weight=...)` averages.
+    With weights w_i, g_i = w_i ∇(unweighted loss of i) and m-coherence = ‖Σ w_i g_i‖² /
+    Σ w_i² ‖g_i‖² (unweighted g_i on the right). Regularisation losses are not part of ℓ_i.
+    Memory is O(parameters + batch) whatever m is (plus one block of stacked input batches, see
+    `cgh_tf.streaming`). The batch computation is compiled once per model, loss and mode and
+    reused by later calls; array inputs run as blocks of full batches, each block one compiled
+    call (no host round trip per batch). An unbuilt model is built on the first batch.
+    coherence_dtype: None (the layers' own compute dtype) or "float32": under a 16-bit mixed
+      policy, compute the statistics in float32 (`cgh_tf.precision`; without it a one-time
+      warning names the expected error).
     """
-    per_example.per_example_loss_fn(model, loss)  # a missing or scalar loss fails before any work
-    batches = input_checks.checked_batches(model, loss, x, y, _batches(x, y, batch_size))
-    first = next(batches, None)
+    return streamed_sums(model, x, y, loss, batch_size, training, sample_weight,
+                         coherence_dtype).stats(per_layer)
+
+
+class SampleSums(NamedTuple):
+    """The first pass over a sample: S and Q in `accumulator`, and per example (in sample order)
+    ‖g_i‖² and ℓ_i, float64 [m] each."""
+
+    accumulator: "StreamingCoherence"
+    sq_norms_of_sums: np.ndarray
+    sq_norms: np.ndarray
+    losses: np.ndarray
+
+    def stats(self, per_layer=False) -> CoherenceStats:
+        return self.accumulator.result(per_layer=per_layer, sq_norms_of_sums=self.sq_norms_of_sums)
+
+
+def first_batch(block):
+    """The model input of one batch of a `streaming.Block` (the first of a stacked block)."""
+    if not block.stacked:
+        return block.x
+    return tf.nest.map_structure(lambda t: t[0], block.x)
+
+
+def checked_blocks(model, x, y, loss, batch_size, sample_weight=None, where="coherence.measure()"):
+    """(first `streaming.Block`, iterator of the others) of a sample, after its input checks
+    (`cgh_tf.input_checks`; a missing or undecomposable loss fails first); the model built."""
+    per_example.per_example_loss_fn(model, loss)
+    blocks = input_checks.checked_batches(
+        model, loss, x, y, streaming.blocks(x, y, batch_size, sample_weight), where=where)
+    first = next(blocks, None)
     if first is None:
         raise ValueError("Empty sample: the dataset yielded no examples.")
-    per_example.ensure_built(model, first[0])
-    add_batch, accumulator = _cached(model, "measure", loss, training, _build_measure)
-    sq_norms_of_sums = add_batch(*first, tf.constant(True))  # replaces the previous call's sums
-    for xb, yb in batches:
-        sq_norms_of_sums = add_batch(xb, yb, tf.constant(False))
-    return accumulator.result(per_layer=per_layer, sq_norms_of_sums=sq_norms_of_sums.numpy())
+    per_example.ensure_built(model, first_batch(first))
+    return first, blocks
 
 
-def _build_measure(model, loss_fn, training):
-    """(compiled `add_batch(x, y, first) -> [V] ‖S_v‖² so far`, its StreamingCoherence
-    accumulator) for `measure`: one launch per batch, no separate reset or read-out."""
-    accumulator = StreamingCoherence.for_model(model)
+def streamed_sums(model, x, y, loss, batch_size, training, sample_weight=None,
+                  coherence_dtype=None) -> SampleSums:
+    """S, Q and every example's ‖g_i‖² and loss, streamed through the engine (`measure`)."""
+    precision.check_coherence_dtype(coherence_dtype)
+    first, blocks = checked_blocks(model, x, y, loss, batch_size, sample_weight)
+    precision.check_float32_possible(model, coherence_dtype)
+    precision.warn_if_16_bit(model, coherence_dtype)
+    sums = _cached(model, "measure", loss, training, _BatchSums, coherence_dtype=coherence_dtype)
+    parts = [sums(block, i == 0) for i, block in enumerate(itertools.chain([first], blocks))]
+    return SampleSums(sums.accumulator, parts[-1][0].numpy(),
+                      *(np.concatenate([np.reshape(p[j], [-1]) for p in parts]) for j in (1, 2)))
 
-    @tf.function(reduce_retracing=True)
-    def add_batch(xb, yb, first):
-        sums = per_example.gradients_and_sq_norms(model, xb, yb, loss_fn, training=training)
-        accumulator.update(sums.grad_sum, sums.sq_norms, first=first)
-        return accumulator._squared_norms()
 
-    return add_batch, accumulator
+class _BatchSums:
+    """`measure`'s compiled batch computations over one StreamingCoherence accumulator: a call on
+    a `streaming.Block` adds it and returns (‖S_v‖² so far [V], ‖g_i‖² [b], ℓ_i [b]) (float64;
+    [k, B] for a stacked block); `first` replaces everything added before (no separate reset)."""
+
+    def __init__(self, model, loss_fn, training, coherence_dtype=None):
+        self.accumulator = StreamingCoherence.for_model(model)
+        self.model, self.loss_fn, self.training = model, loss_fn, training
+        self.coherence_dtype = coherence_dtype
+        self.single = tf.function(self._add_single, reduce_retracing=True, autograph=False)
+        self.stacked = tf.function(self._add_stacked, reduce_retracing=True, autograph=False)
+
+    def _add(self, xb, yb, wb, first):
+        """Adds one batch; (‖g_i‖² [b], ℓ_i [b]) float64."""
+        with precision.computed_in(self.model, self.coherence_dtype):
+            sums = per_example.gradients_and_sq_norms(self.model, xb, yb, self.loss_fn,
+                                                      training=self.training, sample_weight=wb)
+        self.accumulator.update(sums.grad_sum, sums.sq_norms, first=first)
+        return (tf.reduce_sum(tf.cast(sums.sq_norms, tf.float64), axis=1),
+                tf.cast(sums.losses, tf.float64))
+
+    def _add_single(self, xb, yb, wb, first):
+        per_example_values = self._add(xb, yb, wb, first)
+        return (self.accumulator.squared_norms_of_sums(),) + per_example_values  # read after the update
+
+    def _add_stacked(self, xs, ys, ws, first):
+        per_batch = streaming.over_stacked_batches(self._add, (xs, ys, ws), first, (tf.float64,) * 2)
+        return (self.accumulator.squared_norms_of_sums(),) + per_batch  # read after the loop
+
+    def __call__(self, block, first):
+        add = self.stacked if block.stacked else self.single
+        return add(block.x, block.y, block.w, tf.constant(first))
 
 
 def _flat_dot(a, b):
@@ -262,17 +312,20 @@ def _flat_dot(a, b):
 _COMPILED = weakref.WeakKeyDictionary()  # model -> {(kind, id(loss), training): (loss, built)}
 
 
-def _cached(model, kind, loss, training, build):
-    """`build(model, per-example loss fn, training)`, built once per model, loss and mode.
+def _cached(model, kind, loss, training, build, **options):
+    """`build(model, per-example loss fn, training, **options)`, built once per model, loss, mode
+    and options.
 
     Measuring every few steps must not retrace (and rebuild) a tf.function on every call. The key
     holds the resolved loss object itself, so re-compiling the model with another loss rebuilds.
     """
     cache = _COMPILED.setdefault(model, {})
     resolved = loss if loss is not None else getattr(model, "loss", None)
-    key = (kind, id(resolved), training)
+    key = (kind, id(resolved), training,
+           tuple(sorted((k, v) for k, v in options.items() if v is not None)))  # None: default
     if key not in cache or cache[key][0] is not resolved:
-        cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training))
+        cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training,
+                                      **options))
     return cache[key][1]
 
 
@@ -293,6 +346,16 @@ def _build_subset_gradients(model, loss_fn, training):
     return subset_gradients
 
 
+def checked_pristine_mask(pristine_mask, m=None) -> np.ndarray:
+    """[m] bool from a 1-D array of booleans or 0/1 (True = pristine), else one ValueError."""
+    mask = np.asarray(pristine_mask)
+    if mask.ndim != 1 or not (mask.dtype == bool or np.isin(mask, (0, 1)).all()):
+        raise ValueError("pristine_mask must be a 1-D array of booleans (True = pristine example).")
+    if m is not None and len(mask) != m:
+        raise ValueError(f"pristine_mask has {len(mask)} entries for {m} examples; they must match.")
+    return mask.astype(bool)
+
+
 def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=None, training=False):
     """(f^p, f^c): the shares of the first-order loss reduction due to pristine / corrupt examples.
 
@@ -301,14 +364,12 @@ def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=N
     gradients of masked loss sums per batch.
     pristine_mask: [m] booleans (True = pristine) aligned with x and y.
     """
-    mask = np.asarray(pristine_mask)
-    if mask.ndim != 1 or not (mask.dtype == bool or np.isin(mask, (0, 1)).all()):
-        raise ValueError("pristine_mask must be a 1-D array of booleans (True = pristine example).")
+    mask = checked_pristine_mask(pristine_mask)
     variables = list(model.trainable_variables)
     subset_gradients = _cached(model, "fractions", loss, training, _build_subset_gradients)
     sum_p = [np.zeros(v.shape) for v in variables]
     sum_c = [np.zeros(v.shape) for v in variables]
-    for xb, yb, mb in _batches(x, y, batch_size, extra=mask.astype(bool)):
+    for xb, yb, _, mb in streaming.batches(x, y, batch_size, extra=mask):
         g_p, g_c = subset_gradients(xb, yb, mb)
         sum_p = [s + g.numpy() for s, g in zip(sum_p, g_p)]
         sum_c = [s + g.numpy() for s, g in zip(sum_c, g_c)]
@@ -318,3 +379,12 @@ def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=N
         return math.nan, math.nan
     f_p = _flat_dot(g, sum_p) / g_sq
     return f_p, 1.0 - f_p
+
+
+def __getattr__(name):
+    """`coherence.alignment` and `coherence.Alignment` live in cgh_tf/alignment.py (which builds on
+    this module, so they are imported on first use, PEP 562)."""
+    if name in ("alignment", "Alignment"):
+        from cgh_tf import alignment as module  # pylint: disable=import-outside-toplevel
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -58,6 +58,13 @@ changed. Test labels are never corrupted.
 | `"uniform"` | uniform over all classes (authors' ImageNet code; p = 1 is Zhang et al.'s random labels) | no (prob. 1/K it keeps it) |
 | `"other"`   | uniform over the K − 1 other classes                | yes                             |
 | `"permute"` | a random permutation of the selected labels (ICLR 2020 MNIST code) | no, label multiset kept |
+| `"pair"`    | the next class, (y + 1) mod K (pair flip: the corrupted set of a class is coherent, one wrong class per true class) | yes (K ≥ 2) |
+| `"isolated"` | its own dummy class K + j, j a random permutation of 0..n_c − 1 (n_c selected): exactly one example per dummy label, the regime of ImageNet at high noise (≈ 0.6 examples per (true, noisy) pair) | yes |
+
+`"isolated"` labels lie in [0, K + n_c): `label_classes(num_classes, fraction, n, kind)` gives that
+count, and `load` / `from_arrays` set `Dataset.num_classes` to it (the model needs one output per
+dummy class; test labels stay in [0, K)). With `"uniform"` only about (1 − 1/K)·p·n labels change
+(`cgh_tf.nulls.changed_fraction`).
 
 **Input corruption** (`corrupt_inputs`, `input_corruption=kind`, Zhang et al. 2017). "Positions" are
 the feature positions of one example: all entries for rank-1 / rank-2 inputs, the spatial positions
@@ -76,6 +83,7 @@ All randomness comes from `seed` (NumPy `default_rng`): the same seed gives the 
 | `load(name, ...)`                          | `Dataset` of NumPy `Split`s (the entry point)            |
 | `from_arrays(x_train, y_train, x_test, y_test, ...)` | the same for user arrays                       |
 | `corrupt_labels(labels, fraction, num_classes, seed, kind)` | `(new_labels, corrupted)`              |
+| `label_classes(num_classes, fraction, n, kind)` | the number of label values after corruption   |
 | `corrupt_inputs(x, kind, seed, mean, std)` | corrupted inputs                                         |
 | `easy_hard_datasets(dataset, easy, ...)`   | `(easy, hard)` Datasets for the 2003.07422 experiment    |
 | `source_rows(name)`                        | file rows of the `digits` / `mnist5k` examples           |
@@ -104,7 +112,7 @@ DATASETS = ("mnist1d", "digits", "mnist5k", "mnist", "fashion_mnist", "cifar10",
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
 PACKAGED_DATASETS = ("digits", "mnist5k")  # read from files inside the packages of the extra below
 PACKAGED_EXTRA = "digits"  # `pip install 'cgh_tf[digits]'`
-LABEL_NOISE_KINDS = ("uniform", "other", "permute")
+LABEL_NOISE_KINDS = ("uniform", "other", "permute", "pair", "isolated")
 INPUT_CORRUPTIONS = ("shuffled_pixels", "random_pixels", "gaussian")
 CACHE_ENV_VAR = "CGH_TF_CACHE"
 
@@ -185,7 +193,8 @@ class Dataset:
     Attributes:
       name: dataset name (one of DATASETS, or the name given to `from_arrays`).
       train, test: the splits.
-      num_classes: K; labels are in [0, K).
+      num_classes: K; labels are in [0, K) (with "isolated" label noise K + the number of
+        corrupted examples: the dummy classes, see `label_classes`).
       input_shape: shape of one example, e.g. (40,) for mnist1d, (32, 32, 3) for cifar10.
       corruption: the corruption settings used (label_noise, noise_kind, input_corruption, seed).
     """
@@ -247,7 +256,9 @@ def corrupt_labels(labels, fraction, num_classes, seed=0, kind="uniform"):
       num_classes: K.
       seed: seed of `np.random.default_rng`.
       kind: "uniform" (new label uniform over all K classes), "other" (uniform over the K − 1
-        other classes) or "permute" (the selected labels are randomly permuted among themselves).
+        other classes), "permute" (the selected labels are randomly permuted among themselves),
+        "pair" ((y + 1) mod K) or "isolated" (each selected example its own dummy class in
+        [K, K + round(fraction · n)), see the module table).
 
     Returns:
       (new_labels [n] int32, corrupted [n] bool), corrupted = new_labels != labels.
@@ -256,8 +267,8 @@ def corrupt_labels(labels, fraction, num_classes, seed=0, kind="uniform"):
     fraction = _check_fraction(fraction)
     labels = _check_labels(labels, num_classes)
     num_selected = int(np.floor(fraction * len(labels) + 0.5))
-    if kind == "other" and num_classes < 2 and num_selected:
-        raise ValueError("kind='other' needs num_classes >= 2")
+    if kind in ("other", "pair") and num_classes < 2 and num_selected:
+        raise ValueError(f"kind={kind!r} needs num_classes >= 2")
     rng = np.random.default_rng(seed)
     selected = rng.choice(len(labels), size=num_selected, replace=False)
     new_labels = labels.copy()
@@ -266,9 +277,22 @@ def corrupt_labels(labels, fraction, num_classes, seed=0, kind="uniform"):
     elif kind == "other":
         shift = rng.integers(1, num_classes, size=num_selected)
         new_labels[selected] = (labels[selected] + shift) % num_classes
+    elif kind == "pair":
+        new_labels[selected] = (labels[selected] + 1) % num_classes
+    elif kind == "isolated":
+        new_labels[selected] = num_classes + rng.permutation(num_selected)
     else:  # permute
         new_labels[selected] = labels[selected][rng.permutation(num_selected)]
     return new_labels.astype(np.int32), new_labels != labels
+
+
+def label_classes(num_classes, fraction, n, kind="uniform") -> int:
+    """The number of label values after `corrupt_labels(labels [n], fraction, num_classes, kind=
+    kind)`: K, or K + round(fraction · n) for "isolated" (one dummy class per corrupted example)."""
+    _check_choice(kind, LABEL_NOISE_KINDS, "label noise kind")
+    if kind != "isolated":
+        return int(num_classes)
+    return int(num_classes) + int(np.floor(_check_fraction(fraction) * n + 0.5))
 
 
 def _position_shape(example_shape):
@@ -337,8 +361,9 @@ def _assemble(name, x_train, y_train, x_test, y_test, num_classes, *, label_nois
     train = dataclasses.replace(train, y=new_y, corrupted=corrupted)
     corruption = dict(label_noise=float(label_noise), noise_kind=noise_kind,
                       input_corruption=input_corruption, seed=seed)
+    classes = label_classes(num_classes, label_noise, len(y_train), noise_kind)
     return Dataset(name=name, train=train, test=_pristine_split(x_test, y_test),
-                   num_classes=int(num_classes), input_shape=tuple(x_train.shape[1:]),
+                   num_classes=classes, input_shape=tuple(x_train.shape[1:]),
                    corruption=corruption)
 
 
@@ -658,7 +683,8 @@ def load(name="mnist1d", *, data_dir=None, label_noise=0.0, noise_kind="uniform"
         for mnist1d the cache directory (default `$CGH_TF_CACHE` or ~/.cache/cgh_tf); ignored by
         digits and mnist5k (read from their installed packages).
       label_noise: fraction p in [0, 1] of training labels to corrupt.
-      noise_kind: "uniform", "other" or "permute" (see `corrupt_labels`).
+      noise_kind: one of LABEL_NOISE_KINDS ("uniform", "other", "permute", "pair", "isolated";
+        see `corrupt_labels`).
       input_corruption: None, "shuffled_pixels", "random_pixels" or "gaussian".
       seed: seed of every corruption (the fixed digits / mnist5k train / test split ignores it).
       max_train, max_test: keep only the first examples of each split (ids stay 0..k-1);

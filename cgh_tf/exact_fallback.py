@@ -100,7 +100,8 @@ ranges over 6 runs, 3 with oneDNN off and 3 forced on; first call in s in parent
 
 In 1 and 2, "vmap" also needs TF's vectorizer to handle the graph (`_vectorizable`, at trace time):
 it raises converting an Embedding that feeds a Keras RNN loop, and a grouped convolution's
-vectorized filter gradient fails when run; both take "loop" instead.
+vectorized filter gradient fails when run; both take "loop" instead. The vectorizer's own ERROR
+logs of that expected failure (many lines per op) are dropped while it tries; nothing else is.
 
 XLA is not used where vmap is safe, although it is sometimes faster per call: it compiles for
 seconds per batch size, cannot lower RNN loops, and gains little outside attention; pass
@@ -108,6 +109,8 @@ seconds per batch size, cannot lower RNN loops, and gains little outside attenti
 chose.
 """
 
+import contextlib
+import logging
 import threading
 import weakref
 from typing import Callable, List, Optional, Sequence
@@ -136,11 +139,7 @@ def onednn_enabled() -> bool:
     TensorFlow decides once per process: `TF_ENABLE_ONEDNN_OPTS` if set, else on for Linux x86 CPUs
     with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (off on e.g. AVX2-only CPUs).
     """
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except Exception:  # pragma: no cover - private API moved: assume the unsafe case
-        return True
+    return keras_internals.onednn_enabled()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,10 +232,33 @@ def _vectorizable(model, vmap, x, y) -> bool:
             getattr(layer, "groups", 1) > 1 for layer in keras_internals.flatten_layers(model)):
         return False
     try:
-        vmap.get_concrete_function(_specs(x), _specs(y))
+        with _vectorizer_errors_unlogged():
+            vmap.get_concrete_function(_specs(x), _specs(y))
     except (TypeError, ValueError, NotImplementedError, tf.errors.OpError):
         return False
     return True
+
+
+class _DropVectorizerErrors(logging.Filter):
+    """Drops the records TF's vectorizer (tensorflow/python/ops/parallel_for) logs at ERROR."""
+
+    def filter(self, record):
+        return not (record.levelno >= logging.ERROR and "parallel_for" in record.pathname)
+
+
+@contextlib.contextmanager
+def _vectorizer_errors_unlogged():
+    """While trying to vectorize: TF's vectorizer logs every op it cannot convert at ERROR (the
+    op, its inputs and stack traces, many lines) and then raises; here that failure is expected
+    (it is how "auto" rules vmap out and takes "loop"), so those records are dropped. Other
+    records of TF's logger pass."""
+    drop = _DropVectorizerErrors()
+    logger = tf.get_logger()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _xla_lowerable(jit, x, y) -> bool:
@@ -313,7 +335,8 @@ def per_example_gradients(model, x, y, loss_fn: Callable, variables: Sequence, t
     """Per-example gradients: a list aligned with `variables`, each a [m, *v.shape] tensor.
 
     model: a Keras model (or any callable `model(x, training=...)`); x: a tensor [m, ...] or a
-      nest of them; y: [m, ...]; loss_fn(y_true, y_pred) -> [m] per-example losses (e.g.
+      nest of them; y: [m, ...] or a nest (e.g. the `loss_decomposition.Targets` of the batch);
+      loss_fn(y, y_pred) -> [m] per-example losses (e.g.
       `cgh_tf.per_example.per_example_loss_fn(model, loss)`); variables: the variables to
       differentiate (zeros where a variable does not affect the loss).
     method: "auto" (the rule in the module docstring), or "vmap", "xla", "loop" to force one.
@@ -325,8 +348,7 @@ def per_example_gradients(model, x, y, loss_fn: Callable, variables: Sequence, t
     variables = list(variables)
     if not variables:
         return []
-    x = tf.nest.map_structure(tf.convert_to_tensor, x)
-    y = tf.convert_to_tensor(y)
+    x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
     if tf.inside_function():
         return list(_build(model, x, y, loss_fn, variables, training, method)(x, y))
     return list(_eager_function(model, loss_fn, variables, training, method)(x, y))

@@ -28,18 +28,19 @@ def checked_batches(model, loss, x, y, batches, where="coherence.measure()"):
 
 def _well_formed(x, y) -> bool:
     """True when `y` and every array of `x` have the same positive number of examples."""
-    if y is None or np.ndim(y) == 0:
+    if y is None or any(np.ndim(v) == 0 for v in tf.nest.flatten(y)):
         return False
-    m = len(y)
-    return m > 0 and all(np.ndim(v) > 0 and len(v) == m for v in tf.nest.flatten(x))
+    m = len(tf.nest.flatten(y)[0])
+    return m > 0 and all(np.ndim(v) > 0 and len(v) == m
+                         for v in tf.nest.flatten(x) + tf.nest.flatten(y))
 
 
 def check_examples(x, y, classes=None, first=0, where="coherence.measure()") -> None:
     """ValueError (one line) if `x` (array or nest of arrays, [m, ...]) or `y` has a NaN / Inf,
     or (`classes` K given) an integer label of `y` is outside [0, K) ([0, 1] for K = 1).
     Example numbers in the message start at `first`."""
-    bad = np.zeros(len(np.asarray(y)), bool)
-    for name, values in [("x", v) for v in tf.nest.flatten(x)] + [("y", y)]:
+    bad = np.zeros(len(tf.nest.flatten(y)[0]), bool)
+    for values in tf.nest.flatten(x) + tf.nest.flatten(y):
         values = np.asarray(values)
         if np.issubdtype(values.dtype, np.inexact):
             bad |= ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
@@ -47,8 +48,10 @@ def check_examples(x, y, classes=None, first=0, where="coherence.measure()") -> 
         raise ValueError(f"{where}: NaN or Inf in {_examples(np.flatnonzero(bad), first)} "
                          f"({bad.sum()} of {len(bad)}); their per-example gradients are not "
                          f"finite: remove or repair them")
-    labels = np.asarray(y)
-    if classes is None or not np.issubdtype(labels.dtype, np.integer):
+    if classes is None or len(tf.nest.flatten(y)) != 1:  # several outputs: no single label range
+        return
+    labels = np.asarray(tf.nest.flatten(y)[0])
+    if not np.issubdtype(labels.dtype, np.integer):
         return
     high = max(int(classes), 2)
     outside = np.flatnonzero((labels.reshape(len(labels), -1) < 0).any(axis=1)
@@ -63,10 +66,11 @@ def check_examples(x, y, classes=None, first=0, where="coherence.measure()") -> 
 
 def _checked_stream(batches, classes, where):
     first = 0
-    for xb, yb in batches:
-        check_examples(tf.nest.map_structure(np.asarray, xb), np.asarray(yb), classes, first, where)
-        first += len(np.asarray(yb))
-        yield xb, yb
+    for batch in batches:  # (x, y, ...): only x and y are checked, the batch is passed on whole
+        xb, yb = tf.nest.map_structure(np.asarray, tuple(batch[:2]))
+        check_examples(xb, yb, classes, first, where)
+        first += len(tf.nest.flatten(yb)[0])
+        yield batch
 
 
 def _examples(indices, first) -> str:

@@ -5,6 +5,7 @@ installed Keras version, when the assumption no longer holds; `tests/test_keras_
 each one. Nothing here falls back silently to a default.
 """
 
+import contextlib
 import importlib
 import inspect
 
@@ -48,6 +49,33 @@ def child_layers(layer):
     return list(layer._layers)
 
 
+def call_replaced(layer, call):
+    """Context manager: `layer(...)` runs `call(inputs, *args, **kwargs)` instead of the layer's
+    own `call` inside the block (Keras' `__call__` still does its casting, masking and name
+    scopes around it); the layer is as before afterwards.
+
+    Relies on `keras.layers.Layer.__call__` reaching `call` through the instance (`self.call`),
+    so an instance attribute set past Keras' attribute tracking (`object.__setattr__`) takes
+    precedence over the class's method.
+    """
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(f"call_replaced needs a keras Layer; got {type(layer).__name__}.")
+    return _call_replaced(layer, call)
+
+
+@contextlib.contextmanager
+def _call_replaced(layer, call):
+    previous = vars(layer).get("call")
+    object.__setattr__(layer, "call", call)
+    try:
+        yield
+    finally:
+        if previous is None:
+            object.__delattr__(layer, "call")
+        else:
+            object.__setattr__(layer, "call", previous)
+
+
 # ------------------------------------------------------------------------------ models
 def loss_tracker(model):
     """The `keras.metrics.Mean` behind the "loss" entry of `fit`'s logs.
@@ -60,6 +88,31 @@ def loss_tracker(model):
     if not isinstance(tracker, keras.metrics.Mean):
         _fail(f"Model._loss_tracker being a keras.metrics.Mean (got {type(tracker).__name__})")
     return tracker
+
+
+def compiled_loss_leaves(model, y=None, y_pred=None):
+    """[(path, keras.losses.Loss, loss weight or None)]: the leaves of the model's compiled loss
+    container, as Keras resolved them (loss names and functions wrapped, dict / list losses and
+    `loss_weights` matched to the outputs). Built on (y, y_pred) first if Keras has not yet.
+
+    Relies on `keras.Model._compile_loss` (a `CompileLoss`), its `build(y_true, y_pred)`, `built`,
+    and `_flat_losses`, a list of (path, loss, weight, name) tuples. No public accessor exists.
+    """
+    container = _private(model, "_compile_loss", "Model._compile_loss (the compiled loss container)")
+    if container is None:
+        raise ValueError("The model has no compiled loss; compile it with `loss=` or pass `loss=`.")
+    if not getattr(container, "built", False):
+        if y is None or y_pred is None:
+            raise ValueError("The compiled loss is not built yet; give a batch (y, y_pred) to build it.")
+        _private(container, "build", "CompileLoss.build(y_true, y_pred)")(y, y_pred)
+    flat = _private(container, "_flat_losses", "CompileLoss._flat_losses")
+    leaves = []
+    for entry in flat:
+        if len(entry) != 4 or not isinstance(entry[1], keras.losses.Loss):
+            _fail("CompileLoss._flat_losses holding (path, Loss, weight, name) tuples")
+        path, loss, weight, _ = entry
+        leaves.append((tuple(path), loss, weight))
+    return leaves
 
 
 # -------------------------------------------------------------------------- optimizers
@@ -190,15 +243,35 @@ def in_xla_compilation():
     Relies on `tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext` (what TF's own
     ops use to tell); no public equivalent exists.
     """
-    what = "tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext"
-    try:
-        module = importlib.import_module("tensorflow.python.ops.control_flow_util")
-    except ImportError:
-        _fail_tf(what)
-    fn = _private(module, "GraphOrParentsInXlaContext", what, _fail_tf)
-    if not callable(fn):
-        _fail_tf(what)
+    fn = _module_function("tensorflow.python.ops.control_flow_util",
+                          "GraphOrParentsInXlaContext", _fail_tf)
     return bool(fn(tf.compat.v1.get_default_graph()))
+
+
+def onednn_enabled():
+    """Whether TensorFlow's oneDNN (MKL) CPU kernels are on in this process (decided once per
+    process: `TF_ENABLE_ONEDNN_OPTS`, else on for Linux x86 CPUs with AVX512_VNNI, AVX512_BF16,
+    AVX_VNNI or AMX).
+
+    Relies on `tensorflow.python.util._pywrap_util_port.IsMklEnabled` (what TF's own tests use);
+    no public equivalent exists.
+    """
+    return bool(_module_function("tensorflow.python.util._pywrap_util_port", "IsMklEnabled",
+                                 _fail_tf)())
+
+
+def _module_function(module_path, name, fail):
+    """The function `name` of the private module `module_path`, or `fail(what)` (raising
+    KerasInternalsError) when the module, the name or its being callable is gone."""
+    what = f"{module_path}.{name}"
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError:
+        fail(what)
+    fn = _private(module, name, what, fail)
+    if not callable(fn):
+        fail(what)
+    return fn
 
 
 def _fail_tf(what):
@@ -225,3 +298,21 @@ def _functional_class():
 
 
 Functional = _functional_class()
+
+
+def _functional_init_arguments():
+    """Keras' own test of `Model(...)` arguments that make a functional model.
+
+    Relies on `keras.src.models.model.functional_init_arguments(args, kwargs)`, which
+    `keras.Model.__new__` uses to turn `Model(inputs, outputs)` into a Functional.
+    """
+    return _module_function("keras.src.models.model", "functional_init_arguments", _fail)
+
+
+_FUNCTIONAL_INIT_ARGUMENTS = _functional_init_arguments()
+
+
+def is_functional_call(args, kwargs):
+    """Whether `Model(*args, **kwargs)` is the functional form (inputs and outputs given, by
+    position or keyword), by Keras' own rule."""
+    return bool(_FUNCTIONAL_INIT_ARGUMENTS(args, kwargs))

@@ -34,10 +34,9 @@ from typing import Callable, List, NamedTuple
 import keras
 import tensorflow as tf
 
-from cgh_tf import exact_fallback, keras_internals, layer_rules
+from cgh_tf import exact_fallback, keras_internals, layer_rules, loss_decomposition
 from cgh_tf.layer_rules.base import by_examples, concat_positions, shared_input_grams, sum_sq
 
-_PER_EXAMPLE_MARK = "_cgh_per_example_loss"
 _DEFAULT_CHUNK_ELEMENTS = 2**25  # per-example gradient elements held at once (~128 MB float32)
 
 
@@ -62,66 +61,17 @@ class GradientSums(NamedTuple):
 # Per-example losses
 
 
-def per_example_loss_fn(model, loss=None) -> Callable:
-    """Returns `fn(y_true, y_pred) -> [m]` per-example losses.
+def per_example_loss_fn(model, loss=None) -> loss_decomposition.LossDecomposition:
+    """`fn(y_true, y_pred, sample_weight=None) -> [m]` per-example losses ℓ_i: the decomposition
+    of the loss Keras computes for the batch (`cgh_tf.loss_decomposition`; mean_i ℓ_i = Keras'
+    loss: masks on y_pred, sample weights, reductions, loss_weights, several outputs).
 
-    loss: a `keras.losses.Loss` (its reduction is ignored, its `.call` is used), a loss name
-      ("sparse_categorical_crossentropy"), a function `(y_true, y_pred) -> [m]` or `[m, ...]`, or
-      None for the model's compiled loss (`model.loss`). Losses with extra axes (e.g. per token,
-      [m, T]) are averaged over them, which matches Keras' "sum_over_batch_size" reduction.
-    Raises ValueError if there is no loss or it returns a scalar (not computable per example).
+    loss: a `keras.losses.Loss`, a loss name, a function `(y_true, y_pred) -> [m]` or `[m, ...]`
+      values (reduced as Keras reduces it: "sum_over_batch_size"), a dict / list of them (one per
+      output), or None for the model's compiled loss.
+    Raises ValueError if there is no loss or it cannot be decomposed per example.
     """
-    if getattr(loss, _PER_EXAMPLE_MARK, False):
-        return loss
-    if loss is None:
-        loss = getattr(model, "loss", None)
-        if loss is None:
-            raise ValueError(
-                "No loss: the model is not compiled with a loss. Pass `loss=` (a keras.losses.Loss, "
-                "a loss name or a function (y_true, y_pred) -> per-example losses) or compile the model."
-            )
-    if isinstance(loss, (list, tuple, dict)):
-        raise TypeError(
-            f"Only single-output models with a single loss are supported; got a {type(loss).__name__} "
-            "of losses."
-        )
-    if isinstance(loss, str):
-        loss = keras.losses.get(loss)
-    loss_dtype = None
-    if isinstance(loss, keras.losses.Loss):
-        loss_call, loss_dtype = loss.call, loss.dtype
-    elif callable(loss):
-        loss_call = loss
-    else:
-        raise TypeError(
-            f"`loss` must be a keras.losses.Loss, a loss name, a callable or None; got {loss!r}."
-        )
-
-    def per_example_losses(y_true, y_pred):
-        y_pred = tf.convert_to_tensor(y_pred)
-        if loss_dtype is not None and y_pred.dtype in (tf.float16, tf.bfloat16):
-            y_pred = tf.cast(y_pred, loss_dtype)  # as keras.losses.Loss.__call__ (mixed precision)
-        y_true = tf.convert_to_tensor(y_true)
-        if y_true.dtype.is_floating and y_pred.dtype.is_floating and y_true.dtype != y_pred.dtype:
-            y_true = tf.cast(y_true, y_pred.dtype)
-        values = tf.convert_to_tensor(loss_call(y_true, y_pred))
-        if values.shape.rank == 0:
-            raise ValueError(
-                f"The loss {loss!r} returned a scalar, so it cannot be computed per example; it must "
-                "return one value per example (shape [m] or [m, ...])."
-            )
-        m_pred, m_loss = y_pred.shape[0], values.shape[0]
-        if m_pred is not None and m_loss is not None and m_pred != m_loss:
-            raise ValueError(
-                f"The loss returned shape {values.shape} for {m_pred} examples; the first axis must "
-                "be the example axis."
-            )
-        if values.shape.rank > 1:
-            values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
-        return values
-
-    setattr(per_example_losses, _PER_EXAMPLE_MARK, True)
-    return per_example_losses
+    return loss_decomposition.for_model(model, loss)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,29 +80,42 @@ def per_example_loss_fn(model, loss=None) -> Callable:
 
 def _to_tensors(x, y):
     x = tf.nest.map_structure(tf.convert_to_tensor, x)
-    y = tf.convert_to_tensor(y)
+    y = tf.nest.map_structure(tf.convert_to_tensor, y)
     m_x = tf.nest.flatten(x)[0].shape[0]
-    if y.shape[0] != m_x:
-        raise ValueError(f"x has {m_x} examples but y has {y.shape[0]}; they must match.")
+    m_y = _num_examples(y)
+    if m_y != m_x:
+        raise ValueError(f"x has {m_x} examples but y has {m_y}; they must match.")
     if m_x == 0:
         raise ValueError("Empty sample: x and y have no examples.")
     return x, y
+
+
+def _num_examples(structure):
+    """Static size of the example axis of a nest of tensors (its first tensor's)."""
+    return tf.nest.flatten(structure)[0].shape[0]
+
+
+def _first(structure, count=1):
+    return tf.nest.map_structure(lambda t: t[:count], structure)
 
 
 def _check_loss_on_one_example(model, x, y, loss_fn):
     """Runs the loss on the first example, eagerly, so that a loss that is not per example fails
     with its one-line error before any tracing (an exception raised while TF vectorizes a traced
     function can leave TF's distribution state inconsistent for later calls in the process)."""
-    first = tf.nest.map_structure(lambda t: t[:1], x)
-    loss_fn(y[:1], model(first, training=False))  # inference mode: no BatchNorm update
+    loss_fn(_first(y), model(_first(x), training=False))  # inference mode: no BatchNorm update
 
 
-def per_example_gradients(model, x, y, loss=None, training=False, chunk_size=None):
-    """Per-example gradients g_i of the per-example loss w.r.t. `model.trainable_variables`.
+def per_example_gradients(model, x, y, loss=None, training=False, chunk_size=None,
+                          sample_weight=None):
+    """Per-example gradients g_i = ∇ℓ_i w.r.t. `model.trainable_variables`, ℓ_i the decomposition
+    of Keras' loss of the batch (`per_example_loss_fn`; mean_i g_i = Keras' gradient).
 
-    x: array / tensor [m, ...] (or a nest of them); y: [m, ...].
+    x: array / tensor [m, ...] (or a nest of them); y: [m, ...] (or a nest, one per output);
+    sample_weight: None, [m], [m, ...] or a nest per output, as in `keras.Model.fit`.
     chunk_size: examples per call of the exact fallback (`cgh_tf.exact_fallback`); the default
       keeps ≈ 2**25 gradient elements at once. Inside a `tf.function` the whole batch is one call.
+    The batch's targets (masks, weights, divisors) come from one inference-mode forward pass.
     Returns a list aligned with `model.trainable_variables`, each a [m, *var.shape] tensor.
     """
     x, y = _to_tensors(x, y)
@@ -160,12 +123,13 @@ def per_example_gradients(model, x, y, loss=None, training=False, chunk_size=Non
     ensure_built(model, x)
     if not tf.inside_function():
         _check_loss_on_one_example(model, x, y, loss_fn)
+    targets = loss_fn.prepare(y, model(x, training=False), sample_weight)
     variables = list(model.trainable_variables)
-    m = y.shape[0]
+    m = _num_examples(y)
     if m is None or tf.inside_function():
         # Inside a traced train step (batch size possibly unknown): one fallback call over the
         # batch; the caller's batch size bounds the memory.
-        return exact_fallback.per_example_gradients(model, x, y, loss_fn, variables, training)
+        return exact_fallback.per_example_gradients(model, x, targets, loss_fn, variables, training)
     if chunk_size is None:
         num_params = max(1, sum(v.shape.num_elements() for v in variables))
         chunk_size = max(1, _DEFAULT_CHUNK_ELEMENTS // num_params)
@@ -176,8 +140,8 @@ def per_example_gradients(model, x, y, loss=None, training=False, chunk_size=Non
     )
     chunks = []
     for start in range(0, m, chunk_size):
-        x_chunk = tf.nest.map_structure(lambda t: t[start:start + chunk_size], x)
-        chunks.append(compute(x_chunk, y[start:start + chunk_size]))
+        part = tf.nest.map_structure(lambda t: t[start:start + chunk_size], (x, targets))
+        chunks.append(compute(*part))
     return [tf.concat([c[j] for c in chunks], axis=0) for j in range(len(variables))]
 
 
@@ -275,7 +239,9 @@ def explain(model, x=None, y=None, loss=None, training=False) -> Explanation:
     elif not model.built:
         raise ValueError("explain(model) needs a built model, or a sample batch x, y to build it on.")
     paths = _layer_paths(model)
-    ruled = {id(layer): rule for layer, rule in _rule_layers(model)}
+    # A rule covers its layer's variables, also those its sublayers own (an RNN's cell).
+    covering = {id(v): (rule, paths.get(id(layer), layer.name))
+                for layer, rule in _rule_layers(model) for v in layer.trainable_weights}
     findings = _FINDINGS.get(model, {})
     plans = Explanation()
     for layer in keras_internals.flatten_layers(model, include_self=False):
@@ -283,8 +249,8 @@ def explain(model, x=None, y=None, loss=None, training=False) -> Explanation:
         if not own:
             continue
         path = paths.get(id(layer), layer.name)
-        rule = ruled.get(id(layer))
-        reason = findings.get(path, "" if rule is not None else _NO_RULE)
+        rule, ruling_path = covering.get(id(own[0]), (None, path))
+        reason = findings.get(path, findings.get(ruling_path, "" if rule is not None else _NO_RULE))
         name = rule.name if rule is not None and not reason else FALLBACK
         plans.append(LayerPlan(path, type(layer).__name__, name, len(own), reason))
     return plans
@@ -318,10 +284,8 @@ def instrumented(tape, layers_and_rules):
     Yields {id(layer): [LayerCall, ...]}, filled as the layers are called under `tape`.
     """
     records = {id(layer): [] for layer, _ in layers_and_rules}
-    previous = {}
-    try:
+    with contextlib.ExitStack() as stack:
         for layer, rule in layers_and_rules:
-            previous[id(layer)] = layer.__dict__.get("call")
 
             def recording_call(inputs, *args, _layer=layer, _rule=rule, **kwargs):
                 ctx = layer_rules.CallContext(tape, _layer)
@@ -329,15 +293,8 @@ def instrumented(tape, layers_and_rules):
                 records[id(_layer)].append(ctx.record)
                 return outputs
 
-            object.__setattr__(layer, "call", recording_call)
+            stack.enter_context(keras_internals.call_replaced(layer, recording_call))
         yield records
-    finally:
-        for layer, _ in layers_and_rules:
-            if id(layer) in previous:
-                if previous[id(layer)] is None:
-                    object.__delattr__(layer, "call")
-                else:
-                    object.__setattr__(layer, "call", previous[id(layer)])
 
 
 def _result_dtype(variables):
@@ -355,20 +312,20 @@ class _Pass(NamedTuple):
 
     losses: tf.Tensor
     predictions: object
+    targets: loss_decomposition.Targets  # the batch's labels and loss coefficients
     records: dict          # id(layer) -> [LayerCall]
     output_grads: list     # aligned with the flattened outputs of `records`
     weight_grads: dict     # id(weight value tensor) -> tape gradient
     variable_grads: dict   # id(variable) -> tape gradient (None: unused outside the rules)
 
 
-def _forward_backward(model, x, y, loss_fn, training, layers_and_rules, sample_weight):
+def _forward_backward(model, x, y, loss_fn, training, layers_and_rules, sample_weight, loss_scale):
     variables = list(model.trainable_variables)
     with tf.GradientTape() as tape:
         with instrumented(tape, layers_and_rules) as records:
             y_pred = model(x, training=training)
-        losses = loss_fn(y, y_pred)
-        if sample_weight is not None:
-            losses = losses * _example_weights(sample_weight, losses.dtype)
+        targets = loss_fn.prepare(y, y_pred, sample_weight, loss_scale)
+        losses = loss_fn(targets, y_pred)
         total = tf.reduce_sum(losses)
     calls = [c for layer, _ in layers_and_rules for c in records[id(layer)]]
     outputs = [z for c in calls for z in c.outputs]
@@ -376,7 +333,7 @@ def _forward_backward(model, x, y, loss_fn, training, layers_and_rules, sample_w
     grads = tape.gradient(total, outputs + watched + variables)
     n_out, n_w = len(outputs), len(watched)
     output_grads = [tf.zeros_like(z) if g is None else g for z, g in zip(outputs, grads[:n_out])]
-    return _Pass(losses, y_pred, records, output_grads,
+    return _Pass(losses, y_pred, targets, records, output_grads,
                  {id(w): g for w, g in zip(watched, grads[n_out:n_out + n_w])},
                  {id(v): g for v, g in zip(variables, grads[n_out + n_w:])})
 
@@ -392,25 +349,22 @@ def _fallback_reason(layer, calls, p, readers, m):
     return ""
 
 
-def _example_weights(sample_weight, dtype):
-    """Per-example weights [m] of a Keras `sample_weight` ([m] or [m, 1])."""
-    return tf.reshape(tf.cast(sample_weight, dtype), [-1])
-
-
 @tf.autograph.experimental.do_not_convert
 def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False,
-                           sample_weight=None) -> GradientSums:
+                           sample_weight=None, loss_scale=None) -> GradientSums:
     """Σ_i g_i and per-example squared norms ‖g_{i,v}‖² per variable, from one backward pass.
 
     Traceable (use inside `tf.function`, also with `jit_compile=True`). Layers with a rule in
     `cgh_tf.layer_rules` take it; every other variable, and the variables of a ruled layer that
     are also used outside it (found while tracing: see `layer_rules.base`), take the exact
     fallback for their variables only, with a warning once per layer (`explain` lists them).
-    x: model input for m examples; y: [m, ...] targets; loss_fn: as `per_example_loss_fn`'s `loss`.
-    sample_weight: optional [m] weights w_i: the per-example loss is then w_i ℓ_i and its gradient
-      w_i g_i (as in a Keras train step with sample weights).
-    Returns `GradientSums(losses [m] (weighted), grad_sum [per variable or None], sq_norms [m, V],
-    predictions)`.
+    x: model input for m examples; y: [m, ...] targets (a nest for several outputs); loss_fn: as
+    `per_example_loss_fn`'s `loss`. sample_weight: None, [m], [m, ...] (per token) or a nest per
+    output, as in a Keras train step: ℓ_i is the decomposition of Keras' weighted batch loss, so
+    with per-example weights w_i its gradient is w_i g_i. loss_scale: optional scalar multiplying
+    every ℓ_i (mixed precision's loss scale).
+    Returns `GradientSums(losses [m] (ℓ_i × loss_scale), grad_sum [per variable or None],
+    sq_norms [m, V], predictions)`.
     """
     loss_fn = per_example_loss_fn(model, loss_fn)
     ensure_built(model, x)
@@ -420,7 +374,8 @@ def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False,
             f"The model {model.name!r} has no trainable variables (is it built? call it on a batch "
             "or give it a keras.Input); per-example gradients need at least one.")
     layers_and_rules = _rule_layers(model)
-    p = _forward_backward(model, x, y, loss_fn, training, layers_and_rules, sample_weight)
+    p = _forward_backward(model, x, y, loss_fn, training, layers_and_rules, sample_weight,
+                          loss_scale)
     grad_sum_of = {id(v): p.variable_grads[id(v)] for v in variables}
     dtype = _result_dtype(variables)
     sq_norm_of = _rule_statistics(model, p, layers_and_rules, grad_sum_of, dtype)
@@ -432,12 +387,10 @@ def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False,
                 if paths.get(id(layer), layer.name) not in _FINDINGS.get(model, {}):
                     _note_fallback(model, paths, layer, _NO_RULE)
     fallback = [v for v in variables if id(v) in unruled]
-    fallback_grads = exact_fallback.per_example_gradients(model, x, y, loss_fn, fallback, training)
-    weight_sq = None if sample_weight is None else tf.square(_example_weights(sample_weight, dtype))
+    fallback_grads = exact_fallback.per_example_gradients(model, x, p.targets, loss_fn, fallback,
+                                                          training)
     for v, per_example in zip(fallback, fallback_grads):
         sq_norm_of[id(v)] = tf.cast(sum_sq(per_example), dtype)
-        if weight_sq is not None:
-            sq_norm_of[id(v)] *= weight_sq
 
     sq_norms = tf.stack([sq_norm_of[id(v)] for v in variables], axis=1)
     grad_sum = [_dense(grad_sum_of.get(id(v))) for v in variables]
@@ -496,7 +449,7 @@ REDUCE_BLOCK_ELEMENTS = 1 << 22
 @tf.autograph.experimental.do_not_convert
 def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=False,
                                   block_elements=REDUCE_BLOCK_ELEMENTS, reduce_outer=None,
-                                  with_sums=False):
+                                  with_sums=False, sample_weight=None, loss_scale=None):
     """A coordinate-wise reduction over the examples of the per-example gradients of every
     trainable variable, never materialising more than a block of them.
 
@@ -520,6 +473,7 @@ def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=Fa
         applied once per example (no sequence axis).
       with_sums: also return the `GradientSums` of the same pass (Σ_i g_i, per-example squared
         norms, per-example losses, predictions), so the coherence metrics need no pass of their own.
+      sample_weight, loss_scale: as in `gradients_and_sq_norms`.
     Returns:
       A list aligned with `model.trainable_variables` (None where the loss does not depend on it);
       with `with_sums`, the pair (that list, `GradientSums`).
@@ -530,7 +484,8 @@ def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=Fa
     with tf.GradientTape() as tape:
         with instrumented(tape, dense) as records:
             y_pred = model(x, training=training)
-        losses = loss_fn(y, y_pred)
+        targets = loss_fn.prepare(y, y_pred, sample_weight, loss_scale)
+        losses = loss_fn(targets, y_pred)
         total = tf.reduce_sum(losses)
     calls = [(layer, call) for layer, _ in dense for call in records[id(layer)]]
     grads = tape.gradient(total, [call.outputs[0] for _, call in calls] + variables)
@@ -543,7 +498,8 @@ def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=Fa
             reduced.update(_reduced_dense_gradients(layer, mine, reduce, block_elements,
                                                     reduce_outer, sums))
     rest = [v for v in variables if id(v) not in reduced]
-    for v, g in zip(rest, exact_fallback.per_example_gradients(model, x, y, loss_fn, rest, training)):
+    for v, g in zip(rest, exact_fallback.per_example_gradients(model, x, targets, loss_fn, rest,
+                                                               training)):
         reduced[id(v)] = reduce(g, 0)
         if with_sums:
             sums[id(v)] = (tf.reduce_sum(g, axis=0), sum_sq(g))

@@ -16,7 +16,8 @@ step does in `compile`:
 | `coherence_per_layer=True`              | also `m_coherence/<layer>` for every layer with weights | same pass               |
 | anything else                           | the plain Keras step (RM3 / RA3 / any optimizer)      | 1                         |
 
-One path (docs/design.md §5): batch → gradient source → aggregator → `optimizer.apply`.
+One path (docs/design.md §5): batch → gradient source (`cgh_tf.gradient_sources`) → aggregator →
+`optimizer.apply`. This class only wires the compile options, the step and the metrics.
 
 | aggregator needs        | source                                                   | with `coherence_every=1` (shared pass)      |
 |-------------------------|----------------------------------------------------------|---------------------------------------------|
@@ -28,8 +29,10 @@ One path (docs/design.md §5): batch → gradient source → aggregator → `opt
 
 The pass is shared unless the model computes differently in training and inference mode
 (Dropout, BatchNorm, noise: the update needs `training=True`, coherence is taken with
-`training=False`, so two passes are unavoidable), sample weights are given, or there are several
-replicas; then (and for N > 1) coherence is a separate pass on the measured steps.
+`training=False`, so two passes are unavoidable) or there are several replicas; then (and for
+N > 1) coherence is a separate pass on the measured steps. Every per-example gradient is that of
+ℓ_i, example i's share of Keras' own batch loss (`cgh_tf.loss_decomposition`: masks, sample and
+class weights, loss_weights, several outputs), so a mean aggregator's update is keras.Model's.
 
 Mixed precision goes through the public LossScaleOptimizer API only: every source differentiates
 `optimizer.scale_loss(loss)`, the aggregate (aggregators are positively homogeneous) goes to
@@ -57,12 +60,17 @@ import math
 import numbers
 import warnings
 import weakref
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from cgh_tf import aggregators, keras_internals, optimizers, per_example, replica_groups, robust
+from cgh_tf import (aggregators, gradient_sources, keras_internals, mode_dependence, optimizers,
+                    per_example, precision, robust)
+
+
+_STEPS_KEY = "cgh_steps_trained"  # the entry of `steps_trained` in Keras' variable store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,21 +81,24 @@ class TrainOptions:
     coherence_per_layer: bool = False
     coherence_training: bool = False
     aggregator: aggregators.Aggregator = dataclasses.field(default_factory=aggregators.Mean)
+    coherence_dtype: Optional[str] = None
 
     def __post_init__(self):
         every = self.coherence_every
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:
             raise ValueError(f"coherence_every must be an int >= 0 (0 = off), got {every!r}.")
         object.__setattr__(self, "coherence_every", int(every))
-        for name in ("coherence_per_layer", "coherence_training"):
+        precision.check_coherence_dtype(self.coherence_dtype)
+        for name in ("coherence_per_layer", "coherence_training", "coherence_dtype"):
             if getattr(self, name) and not self.coherence_every:
-                raise ValueError(f"{name}=True has no effect without coherence_every >= 1; set "
-                                 "coherence_every (e.g. 1) or remove it.")
+                raise ValueError(f"{name}={getattr(self, name)!r} has no effect without "
+                                 "coherence_every >= 1; set coherence_every (e.g. 1) or remove it.")
 
     def to_config(self):
         return {"coherence_every": self.coherence_every,
                 "coherence_per_layer": self.coherence_per_layer,
                 "coherence_training": self.coherence_training,
+                "coherence_dtype": self.coherence_dtype,
                 "aggregation": keras.saving.serialize_keras_object(self.aggregator)}
 
 
@@ -150,27 +161,6 @@ class _TrainState:
 
 
 # ------------------------------------------------------------------------------ batch checks
-def _group_sizes(n, groups):
-    """Sizes of the k groups of a batch of n: example i is in group ⌊i·k/n⌋ (n static int or
-    a scalar int tensor). Group j starts at ⌈j·n/k⌉."""
-    if isinstance(n, int):
-        starts = [(j * n + groups - 1) // groups for j in range(groups + 1)]
-        return [b - a for a, b in zip(starts, starts[1:])]
-    starts = (tf.range(groups + 1) * n + groups - 1) // groups
-    return starts[1:] - starts[:-1]
-
-
-def _split_into_groups(structure, groups):
-    """Splits every tensor of a nested structure into `groups` contiguous parts along axis 0."""
-    if structure is None:
-        return [None] * groups
-    first = tf.nest.flatten(structure)[0]
-    n = first.shape[0] if first.shape[0] is not None else tf.shape(first)[0]
-    sizes = _group_sizes(n, groups)
-    parts = [tf.split(t, sizes, axis=0, num=groups) for t in tf.nest.flatten(structure)]
-    return [tf.nest.pack_sequence_as(structure, [p[j] for p in parts]) for j in range(groups)]
-
-
 def _check_array_batches(num_examples, batch_size, groups, where=""):
     """Raises ValueError unless every batch of `num_examples` split by `batch_size` divides into
     `groups` equal groups (the last, partial batch included)."""
@@ -200,30 +190,6 @@ def _check_dataset_batches(dataset, groups):
 
 
 # ------------------------------------------------------------------------------ helpers
-def _depends_on_training(layer) -> bool:
-    """Whether `layer` itself may compute differently in training and inference mode.
-
-    True for every layer whose `call` takes `training` (Dropout, BatchNormalization, noise layers,
-    user layers), read from the public signature of `call` (as Keras does itself), except Keras'
-    own calls that only pass `training` on to sublayers, which are checked on their own: functional
-    and Sequential models, MultiHeadAttention and GroupQueryAttention (their only mode-dependent
-    part is a Dropout sublayer); Dense / EinsumDense (float8 quantization only); a Dropout with
-    rate 0, which is the identity in both modes; and a frozen BatchNormalization
-    (`trainable=False`), which Keras 3 runs in inference mode in both (documented in its
-    docstring, pinned in tests/test_training.py), as when fine-tuning a pretrained network.
-    """
-    if "training" not in inspect.signature(layer.call).parameters:
-        return False
-    for base in (keras.layers.Dense, keras.layers.EinsumDense):
-        if _keras_call(layer, base):
-            return getattr(layer, "quantization_mode", None) == "float8"
-    if _keras_call(layer, keras.layers.Dropout):
-        return layer.rate > 0
-    if _keras_call(layer, keras.layers.BatchNormalization):
-        return layer.trainable
-    return not any(_keras_call(layer, base) for base in _PASS_TRAINING_ON)
-
-
 _WARNED_SECOND_PASS = weakref.WeakSet()  # models told that their metric takes a second pass
 
 
@@ -239,18 +205,6 @@ def _warn_second_pass(model, layer_names):
         "second pass.", stacklevel=2)
 
 
-_PASS_TRAINING_ON = (keras_internals.Functional, keras.Sequential,
-                     keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
-
-
-def _keras_call(layer, base):
-    """`layer` is a `base` running Keras' own `base.call` (not overridden)."""
-    return isinstance(layer, base) and type(layer).call is base.call
-
-
-def _zeros_for_none(grads, variables):
-    """Replaces None gradients by zeros of the variable's shape (tf.cond needs tensors)."""
-    return [tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)]
 
 
 def _coherence_from_sums(sq_norm_of_sum, sum_of_sq_norms, m):
@@ -265,30 +219,6 @@ def _coherence_from_sums(sq_norm_of_sum, sum_of_sq_norms, m):
     return r, r / m
 
 
-def _regularization_loss(model):
-    """Sum of the model's added losses (weight regularizers, `add_loss`), a scalar (0 if none)."""
-    losses = model.losses
-    return tf.add_n([tf.cast(l, tf.float32) for l in losses]) if losses else tf.constant(0.0)
-
-
-def _add(grads, extra):
-    """g + e per variable, treating None as zero (None + None stays None)."""
-    return [g if e is None else (e if g is None else g + tf.cast(e, g.dtype))
-            for g, e in zip(grads, extra)]
-
-
-class _Source(NamedTuple):
-    """What a gradient source returns for one batch."""
-
-    rows: Optional[list]      # group sources: per variable [k, *shape] group means (or None)
-    reduced: Optional[list]   # per-example sources: the aggregate itself
-    loss: tf.Tensor           # the mean loss of the batch (regularisation included), unscaled
-    y_pred: object            # predictions for the metrics
-    sums: Optional[tuple]     # shared pass: (S per variable, sq_norms [m, V], m) else None
-    regularized: bool         # True if rows / reduced already include the regularisation
-    replica_reduced: bool = False  # rows already cover the global batch on every replica
-
-
 @keras.saving.register_keras_serializable(package="cgh_tf")
 class Model(keras.Model):
     """`keras.Model` with in-batch aggregators (M3, winsorized GD, ...) and per-step coherence.
@@ -300,13 +230,14 @@ class Model(keras.Model):
         # Keras makes `Model(inputs, outputs)` functional by rewriting the *class's* bases to
         # Functional, which would break every later `class Net(cgh_tf.Model)`. The functional
         # form gets its own class instead, and cgh_tf.Model's bases are never touched.
-        if cls is Model and _is_functional_call(args, kwargs):
+        if cls is Model and keras_internals.is_functional_call(args, kwargs):
             return super().__new__(FunctionalModel)
         return super().__new__(cls, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------- compile
     def compile(self, optimizer="rmsprop", *args, coherence_every=0, coherence_per_layer=False,
-                coherence_training=False, aggregation="mean", winsorize_pct=None, **kwargs):
+                coherence_training=False, aggregation="mean", winsorize_pct=None,
+                coherence_dtype=None, **kwargs):
         """`keras.Model.compile` plus the options of the module table.
 
         Args:
@@ -320,22 +251,46 @@ class Model(keras.Model):
             inference mode, as in docs/design.md (needs coherence_every).
           aggregation: "mean" (Keras), "winsorize" (with `winsorize_pct` in [0, 50), required:
             no default c), or an instance of `cgh_tf.aggregators.Aggregator`.
+          coherence_dtype: None (the layers' compute dtype) or "float32": under a 16-bit mixed
+            policy, compute the coherence metrics in float32 (a separate pass; `cgh_tf.precision`;
+            without it a one-time warning names the expected error). Needs coherence_every.
         """
         aggregator = aggregators.get(aggregation, winsorize_pct)
         optimizer, aggregator = _in_batch_m3(optimizer, aggregator)
         self._cgh_options = TrainOptions(
             coherence_every=coherence_every, coherence_per_layer=coherence_per_layer,
-            coherence_training=coherence_training, aggregator=aggregator)
+            coherence_training=coherence_training, aggregator=aggregator,
+            coherence_dtype=coherence_dtype)
         super().compile(optimizer, *args, **kwargs)
         self._cgh_state = _TrainState(self.distribute_strategy)
+        if getattr(self, "_cgh_restored_step", None) is not None:  # loaded before compile
+            self._cgh_state.step.assign(self._cgh_restored_step)
 
     @property
     def steps_trained(self):
         """The int64 `tf.Variable` counting train steps (it decides which steps measure
-        coherence with `coherence_every`); None before `compile`. Checkpoint it with the model
-        to resume a run on the same measurement steps (`trainers/run_state.py` does)."""
+        coherence with `coherence_every`); None before `compile`. Saved with the model (`.keras`,
+        `save_weights`) and in `trainers/run_state.py`'s checkpoints, so a reloaded run measures
+        on the same steps as an uninterrupted one."""
         state = getattr(self, "_cgh_state", None)
         return None if state is None else state.step
+
+    def save_own_variables(self, store):
+        """Keras' saving hook: the model's own variables, plus `steps_trained` once compiled."""
+        super().save_own_variables(store)
+        if getattr(self, "_cgh_state", None) is not None:
+            store[_STEPS_KEY] = np.asarray(self._cgh_state.step.numpy())
+
+    def load_own_variables(self, store):
+        """Keras' loading hook: restores `steps_trained` (applied by `compile` if the model is
+        compiled later) and hands the other entries to Keras."""
+        keys = list(store.keys())
+        if _STEPS_KEY in keys:
+            self._cgh_restored_step = int(np.asarray(store[_STEPS_KEY]))
+            if getattr(self, "_cgh_state", None) is not None:
+                self._cgh_state.step.assign(self._cgh_restored_step)
+            store = {key: store[key] for key in keys if key != _STEPS_KEY}
+        super().load_own_variables(store)
 
     def make_train_function(self, force=False):
         """Keras hook, called eagerly once the model is built, before tracing the train step.
@@ -350,6 +305,8 @@ class Model(keras.Model):
             # Keras' LossScaleOptimizer updates its inner optimizer inside a tf.cond; its step
             # counter must then not need a merge_call (strategies that run without one).
             keras_internals.make_step_counter_replica_local(self.optimizer.inner_optimizer)
+        if self.built:
+            precision.check_float32_possible(self, self._cgh_options.coherence_dtype)
         if self._cgh_options.coherence_per_layer:
             self._cgh_state.add_layer_keys(dict.fromkeys(per_example.variable_layer_names(self)))
         return super().make_train_function(force=force)
@@ -428,22 +385,20 @@ class Model(keras.Model):
         at the weights the gradient is taken at, from the same pass when it can be shared."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         aggregator = self._cgh_options.aggregator
-        shared = self._shares_pass(sample_weight)
+        shared = self._shares_pass()
         if self._cgh_options.coherence_every and not shared:
             done = self._maybe_measure_coherence(x, y, sample_weight)
             x = _after(done, x)  # one pass at a time: peak memory of the larger, not the sum
         variables = self.trainable_variables
-        if aggregator.per_example:
-            source = self._per_example_source(x, y, sample_weight, aggregator, shared)
-            grads = source.reduced
-        else:
-            source = self._group_source(x, y, sample_weight, aggregator.groups, shared)
-            grads = aggregator(source.rows)
-        scale = self.optimizer.scale_loss(tf.constant(1.0))
+        source = self._source(x, y, sample_weight, shared)
+        grads = source.reduced if aggregator.per_example else aggregator(source.rows)
+        scale = gradient_sources.loss_scale(self)
         if not source.regularized:
-            grads = _add(grads, self._regularization_gradients(scale))
+            grads = gradient_sources.add(
+                grads, gradient_sources.regularization_gradients(self, scale))
         if aggregator.l2:
-            grads = _add(grads, [tf.cast(aggregator.l2 * scale, v.dtype) * v for v in variables])
+            grads = gradient_sources.add(
+                grads, [tf.cast(aggregator.l2 * scale, v.dtype) * v for v in variables])
         if source.replica_reduced:  # every replica holds the update; Keras' optimizer sums them
             replicas = self.distribute_strategy.num_replicas_in_sync
             grads = [None if g is None else g / replicas for g in grads]
@@ -456,6 +411,18 @@ class Model(keras.Model):
         self._cgh_state.step.assign_add(1)
         return {**logs, **self._coherence_results()}
 
+    def _source(self, x, y, sample_weight, shared):
+        """The gradient source the aggregator needs (`cgh_tf.gradient_sources`)."""
+        aggregator = self._cgh_options.aggregator
+        if aggregator.per_example:
+            training = self._cgh_options.coherence_training if shared else True
+            return gradient_sources.per_example_source(self, x, y, sample_weight, aggregator,
+                                                       training, shared)
+        if shared:
+            return gradient_sources.engine_group_source(
+                self, x, y, sample_weight, aggregator.groups, self._cgh_options.coherence_training)
+        return gradient_sources.group_source(self, x, y, sample_weight, aggregator.groups)
+
     def _is_measurement(self, grad_sum, sq_norms):
         """Under loss scaling a step whose scaled gradients overflowed is skipped by the
         LossScaleOptimizer and is not a measurement either (its sums are not finite); without
@@ -464,145 +431,28 @@ class Model(keras.Model):
             return tf.constant(True)
         return robust.all_finite(list(grad_sum) + [sq_norms])
 
-    def _shares_pass(self, sample_weight):
+    def _shares_pass(self):
         """True when the update's pass also gives the coherence sums (see the module docstring);
-        says so once per model when only the model's mode-dependent layers prevent it."""
+        says so once per model when only the model's mode-dependent layers prevent it (and once
+        when the metric is computed in 16 bits). Metrics in float32 under a 16-bit policy
+        (coherence_dtype="float32") take their own pass."""
         opts = self._cgh_options
-        if not (opts.coherence_every == 1 and sample_weight is None
-                and self.distribute_strategy.num_replicas_in_sync == 1):
+        if opts.coherence_every:
+            precision.warn_if_16_bit(self, opts.coherence_dtype)
+            if opts.coherence_dtype == "float32" and precision.sixteen_bit_dtype(self):
+                return False
+        if not (opts.coherence_every == 1 and self.distribute_strategy.num_replicas_in_sync == 1):
             return False
         if opts.coherence_training:
             return True
-        dependent = [layer.name for layer in keras_internals.flatten_layers(self, include_self=False)
-                     if _depends_on_training(layer)]
+        dependent = mode_dependence.mode_dependent_layers(self)
         if dependent:
             _warn_second_pass(self, dependent)
         return not dependent
 
-    def _scaled_loss_fn(self, sample_weight=None):
-        """Per-example loss × the optimizer's loss scale (1 without loss scaling)."""
-        loss_fn = per_example.per_example_loss_fn(self)
-        optimizer = self.optimizer
-
-        def scaled(y, y_pred):
-            losses = loss_fn(y, y_pred)
-            return optimizer.scale_loss(tf.cast(losses, tf.float32))
-        return scaled
-
-    def _regularization_gradients(self, scale):
-        """Gradients of scale × (model.losses), None where they do not depend on a variable."""
-        variables = self.trainable_variables
-        if not self.losses:
-            return [None] * len(variables)
-        with tf.GradientTape() as tape:
-            regularization = _regularization_loss(self) * scale
-        return tape.gradient(regularization, variables)
-
     def _update_loss(self, loss, x):
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         keras_internals.loss_tracker(self).update_state(loss, sample_weight=batch)
-
-    # ---- sources
-    def _group_source(self, x, y, sample_weight, groups, shared):
-        """Rows: per variable [groups, *shape], row j = group j's mean gradient of the scaled loss."""
-        if shared:
-            return self._engine_group_source(x, y, groups)
-        if groups > 1 and self.distribute_strategy.num_replicas_in_sync > 1:
-            return self._replica_group_source(x, y, sample_weight, groups)
-        xs, ys = _split_into_groups(x, groups), _split_into_groups(y, groups)
-        sws = _split_into_groups(sample_weight, groups)
-        grads, preds, losses = [], [], []
-        for xj, yj, swj in zip(xs, ys, sws):
-            with tf.GradientTape() as tape:
-                y_pred = self(xj, training=True)
-                loss = self.compute_loss(x=xj, y=yj, y_pred=y_pred, sample_weight=swj,
-                                         training=True)
-                scaled_loss = self.optimizer.scale_loss(loss)
-            grads.append(tape.gradient(scaled_loss, self.trainable_variables))
-            preds.append(y_pred)
-            losses.append(loss)
-        if groups > 1:
-            y_pred = tf.nest.map_structure(lambda *p: tf.concat(p, axis=0), *preds)
-        loss = tf.add_n(losses) / groups
-        if self.distribute_strategy.num_replicas_in_sync > 1:  # Keras' per-replica scaling
-            loss = loss * self.distribute_strategy.num_replicas_in_sync
-        return _Source(_stack(grads), None, loss, y_pred, None, regularized=True)
-
-    def _engine_group_source(self, x, y, groups):
-        """The per-example engine on each group: one forward/backward pass per group gives the
-        group's Σ_i g_i (its row, × 1/size) and its examples' squared norms (for Q)."""
-        loss_fn = self._scaled_loss_fn()
-        training = self._cgh_options.coherence_training
-        variables = self.trainable_variables
-        scale = self.optimizer.scale_loss(tf.constant(1.0))
-        rows, sq_norms, preds, losses = [], [], [], []
-        grad_sum = [None] * len(variables)
-        for xj, yj in zip(_split_into_groups(x, groups), _split_into_groups(y, groups)):
-            sums = per_example.gradients_and_sq_norms(self, xj, yj, loss_fn, training=training)
-            size = tf.shape(sums.losses)[0]
-            rows.append([None if g is None else g / tf.cast(size, g.dtype) for g in sums.grad_sum])
-            grad_sum = _add(grad_sum, sums.grad_sum)
-            sq_norms.append(tf.cast(sums.sq_norms, tf.float32))
-            preds.append(sums.predictions)
-            losses.append(tf.cast(sums.losses, tf.float32))
-        losses = tf.concat(losses, axis=0) / scale
-        y_pred = preds[0] if groups == 1 else tf.nest.map_structure(
-            lambda *p: tf.concat(p, axis=0), *preds)
-        sq_norms = tf.concat(sq_norms, axis=0)
-        m = tf.cast(tf.shape(losses)[0], tf.float32)
-        loss = tf.reduce_mean(losses) + _regularization_loss(self)
-        sums = (_zeros_for_none(grad_sum, variables), sq_norms, m)
-        return _Source(_stack(rows), None, loss, y_pred, sums, regularized=False)
-
-    def _replica_group_source(self, x, y, sample_weight, groups):
-        """Under tf.distribute: the k group means of the *global* batch, on every replica.
-
-        One forward pass over this replica's shard and one backward pass per group the shard
-        meets (at most ⌈k/R⌉ + 1; one when R is a multiple of k), then one collective
-        (`cgh_tf.replica_groups`). The loss is this replica's mean, which Keras' loss tracker
-        averages over replicas by shard size.
-        """
-        replicas = self.distribute_strategy.num_replicas_in_sync
-        shard_size = tf.nest.flatten(x)[0].shape[0]
-        place = replica_groups.layout(
-            shard_size if shard_size is not None else tf.shape(tf.nest.flatten(x)[0])[0], replicas)
-        loss_fn = per_example.per_example_loss_fn(self)
-        with tf.GradientTape(persistent=True) as tape:
-            y_pred = self(x, training=True)
-            losses = loss_fn(y, y_pred)
-            if sample_weight is not None:
-                losses *= tf.cast(tf.reshape(sample_weight, [-1]), losses.dtype)
-            by_group, group_of = replica_groups.group_losses(
-                self.optimizer.scale_loss(losses), place, groups)
-        rows = replica_groups.rows(tape, by_group, group_of, self.trainable_variables, replicas,
-                                   shard_size)
-        del tape
-        mean = tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(place.size, losses.dtype))
-        loss = tf.cast(mean, tf.float32) + _regularization_loss(self)
-        return _Source(rows, None, loss, y_pred, None, regularized=False, replica_reduced=True)
-
-    def _per_example_source(self, x, y, sample_weight, aggregator, shared):
-        if sample_weight is not None:
-            raise ValueError(f"{aggregator!r} (a per-example aggregator) does not support sample "
-                             "weights.")
-        if self.distribute_strategy.num_replicas_in_sync > 1:
-            raise ValueError(
-                f"{aggregator!r} needs every per-example gradient of the batch on one device; it is "
-                "not supported under a tf.distribute strategy with several replicas.")
-        scale = self.optimizer.scale_loss(tf.constant(1.0))
-        training = self._cgh_options.coherence_training if shared else True
-        result = per_example.reduced_per_example_gradients(
-            self, x, y, aggregator.reduce, loss_fn=self._scaled_loss_fn(), training=training,
-            reduce_outer=aggregator.reduce_outer, with_sums=True)
-        reduced, sums = result
-        losses = tf.cast(sums.losses, tf.float32) / scale
-        loss = tf.reduce_mean(losses) + _regularization_loss(self)
-        coherence = None
-        if shared:
-            m = tf.cast(tf.shape(losses)[0], tf.float32)
-            coherence = (_zeros_for_none(sums.grad_sum, self.trainable_variables),
-                         sums.sq_norms, m)
-        return _Source(None, reduced, loss, sums.predictions, coherence, regularized=False)
 
     # ---- coherence of the training batch
     def _should_measure(self):
@@ -611,28 +461,12 @@ class Model(keras.Model):
     def _maybe_measure_coherence(self, x, y, sample_weight=None):
         """Separate fast-path pass on measured steps (used when the update cannot share it).
         Returns a tensor computed at the end of the pass (for ordering the update's pass after it).
-
-        With sample weights w_i the per-example gradients are those of w_i ℓ_i, i.e. w_i g_i."""
-        variables = self.trainable_variables
-        loss_fn = per_example.per_example_loss_fn(self)
-        training = self._cgh_options.coherence_training
-
-        def measured():
-            sums = per_example.gradients_and_sq_norms(self, x, y, loss_fn, training=training,
-                                                      sample_weight=sample_weight)
-            return _zeros_for_none(sums.grad_sum, variables), tf.cast(sums.sq_norms, tf.float32)
-
-        def unmeasured():
-            m = tf.shape(tf.nest.flatten(x)[0])[0]
-            return ([tf.zeros_like(v) for v in variables],
-                    tf.zeros([m, len(variables)], tf.float32))
-
-        if self._cgh_options.coherence_every == 1:  # every step: no conditional (under XLA on
-            measure = tf.constant(True)              # CPU a conditional pass costs ~4× more)
-            grad_sum, sq_norms = measured()
-        else:
-            measure = self._should_measure()
-            grad_sum, sq_norms = tf.cond(measure, measured, unmeasured)
+        At coherence_every=1 every step measures, with no conditional."""
+        every_step = self._cgh_options.coherence_every == 1
+        measure = tf.constant(True) if every_step else self._should_measure()
+        grad_sum, sq_norms = gradient_sources.coherence_sums(
+            self, x, y, sample_weight, self._cgh_options.coherence_training,
+            True if every_step else measure, self._cgh_options.coherence_dtype)
         m = tf.cast(tf.shape(sq_norms)[0], tf.float32)
         self._record_coherence(grad_sum, sq_norms, m, measure)
         return sq_norms
@@ -691,18 +525,6 @@ def _after(tensor, structure):
             lambda t: tf.identity(t) if isinstance(t, tf.Tensor) else t, structure)
 
 
-def _stack(group_grads):
-    """[groups][variables] gradients -> [variables] tensors [groups, *var.shape] (None if any is)."""
-    stacked = []
-    for per_variable in zip(*group_grads):
-        if any(g is None for g in per_variable):
-            stacked.append(None)
-        else:
-            stacked.append(tf.stack([tf.convert_to_tensor(per_example._dense(g))
-                                     for g in per_variable]))
-    return stacked
-
-
 def _in_batch_m3(optimizer, aggregator):
     """compile(optimizer=M3(opt, groups=k, l2)) on a cgh_tf.Model = (opt, MedianOfMeans(k, l2))."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and isinstance(
@@ -723,12 +545,6 @@ def _in_batch_m3(optimizer, aggregator):
     if inner.loss_scale_factor is None:
         inner.loss_scale_factor = optimizer.loss_scale_factor
     return inner, aggregator
-
-
-def _is_functional_call(args, kwargs):
-    """Keras' own test (`functional_init_arguments`): Model(inputs, outputs), keywords or not."""
-    return (len(args) == 2 or (len(args) == 1 and "outputs" in kwargs)
-            or ("inputs" in kwargs and "outputs" in kwargs))
 
 
 @keras.saving.register_keras_serializable(package="cgh_tf")

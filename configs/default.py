@@ -22,6 +22,9 @@ Fields (every one can be overridden by flag, e.g. `--config.optimizer.name=rm3`)
 | `distribution`               | "none" (one device, Keras `fit`), "mirrored" (all local devices),       |
 |                              | "multi_worker" (cluster from `TF_CONFIG`), "tpu" (TPUClusterResolver);   |
 |                              | global batch = `batch_size`, split over replicas (`trainers/distributed_loop.py`) |
+| `collective_timeout`         | multi_worker: seconds a worker waits in a collective for a hung peer    |
+|                              | before stopping with one line (a dead peer is seen sooner, by heartbeats); |
+|                              | must exceed the chief's epoch-end work (measurements, checkpoint)        |
 | `mode`, `coherence.*`,       | the measurement features, all off here (the defaults of every config):  |
 | `optimizer.aggregation`, ... | see the feature table below                                             |
 
@@ -89,6 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.keep_checkpoints = 1
     config.distribution = "none"
+    config.collective_timeout = 600.0
 
     config.mode = "train"
     config.coherence = ml_collections.ConfigDict()

@@ -1,7 +1,7 @@
 """Real vs random labels across architectures (`python -m trainers.reproduce --experiment=real_vs_random_arch`).
 
-Claim tested (arXiv 2008.01217, abstract): m-coherence "takes on very different values on real and
-random datasets for several common vision networks". Base config of one run of
+Claim tested (arXiv 2203.10036, abstract): coherence "takes on very different values on real and
+random datasets for several common vision networks" (measured as m-coherence, arXiv 2008.01217). Base config of one run of
 `trainers/real_vs_random_arch.py`: one architecture (`arch`: `mlp`, `cnn`, `resnet`) trained with
 SGD + momentum on real labels (`label_noise=0.0`) or 100 % random labels (`label_noise=1.0`,
 uniform over all classes, so ≈ 10 % stay correct). The arms are every architecture × {real,

@@ -33,6 +33,19 @@ under the dtype policy of the test (float64 Keras for the exact comparisons).
 | einsum_* | EinsumDense alone (four equations, bias_axes), MSE loss | subprocess |
 | conv2d_transpose | Conv2DTranspose-Flatten-Dense | |
 | unbuilt_sequential | `keras.Sequential` without `keras.Input` (built by its first call) | |
+| time_distributed_conv | TimeDistributed(Conv2D)-Flatten-Dense | trainer |
+| bidirectional_lstm_gru | Bidirectional(LSTM, sequences)-Bidirectional(GRU)-Dense | trainer |
+| convnext_layerscale | DepthwiseConv2D-LayerNorm-Dense(gelu)-Dense-LayerScale (custom weight) + skip | trainer |
+| grouped_query_attention | Embedding, causal GroupQueryAttention (4 query / 2 kv heads), LayerNorm | trainer, subprocess |
+| masked_lm_padding | Embedding(mask_zero)-Dense-Dense per token, padded sequences | trainer, update |
+| masked_lm_causal | the same with causal self-attention (padding and causal masks) | trainer, update, subprocess |
+| masked_lm_token_weights | the padded LM with per-token sample weights [m, T] | trainer, update |
+| two_outputs_dict | a trunk with a dict of two heads (SCCE, MSE) and loss_weights | trainer, update |
+| class_weights | MLP classifier with class_weight | trainer, update |
+
+The last five follow Keras' loss semantics: their reference is the decomposition ℓ_i of Keras' batch
+loss (`_decomposed_loss`: Keras' own loss with reduction "sum" on each example alone × M / D, D the
+hand-counted divisor), which for the others is the loss of a batch of one.
 """
 
 import contextlib
@@ -55,32 +68,58 @@ SEED = 7
 
 @dataclasses.dataclass
 class Case:
-    """A model, a sample of M examples and the loss (a keras.losses.Loss built in the test's dtype)."""
+    """A model, a sample of M examples and the loss (a keras.losses.Loss built in the test's dtype,
+    or a dict of them keyed by output name).
+
+    The Keras-semantics cases (masks, weights, several outputs) also give `sample_weight` (as
+    `fit` takes it), `class_weight`, `loss_weights` and `divisors`: {output name or None: D}, the
+    divisor of Keras' "sum_over_batch_size" reduction of that loss on the whole sample, derived by
+    hand (number of unmasked elements); with `divisors` the reference is the decomposition below.
+    """
 
     model: keras.Model
     x: np.ndarray
-    y: np.ndarray
-    loss: keras.losses.Loss
+    y: object
+    loss: object
+    sample_weight: object = None
+    class_weight: Optional[dict] = None
+    loss_weights: Optional[dict] = None
+    divisors: Optional[dict] = None
+
+    def weights_of_examples(self):
+        """The sample weights Keras trains with: `sample_weight`, or `class_weight` per label."""
+        if self.class_weight is None:
+            return self.sample_weight
+        return np.array([self.class_weight[int(label)] for label in self.y])
+
+    def compile_args(self):
+        """`compile` keywords for the loss (and `loss_weights` when given)."""
+        args = {"loss": self.loss}
+        if self.loss_weights is not None:
+            args["loss_weights"] = self.loss_weights
+        return args
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """A registered builder; `trainer`: also checked through `cgh_tf.Model.fit`; `isolated`: the
-    name of the subprocess group it runs in (attention / EinsumDense may crash the process)."""
+    name of the subprocess group it runs in (attention / EinsumDense may crash the process);
+    `update`: every mean aggregator's update of `cgh_tf.Model` is checked against keras.Model's."""
 
     build: Callable[..., Case]
     trainer: bool = False
     isolated: Optional[str] = None
+    update: bool = False
 
 
 ARCHITECTURES: Dict[str, Architecture] = {}
 
 
-def architecture(name, trainer=False, isolated=None):
+def architecture(name, trainer=False, isolated=None, update=False):
     """Registers `fn(model_cls) -> Case` under `name`."""
 
     def register(fn):
-        ARCHITECTURES[name] = Architecture(fn, trainer, isolated)
+        ARCHITECTURES[name] = Architecture(fn, trainer, isolated, update)
         return fn
 
     return register
@@ -133,12 +172,29 @@ class Reference:
         sq_norm_of_sum = sum(np.sum(self.grad_sum()[j] ** 2) for j in indices)
         return float(sq_norm_of_sum / np.sum(self.sq_norms()[:, list(indices)]))
 
-    def per_layer_m_coherence(self, names) -> Dict[str, float]:
-        """{layer name: m-coherence of its variables}; `names` aligned with the variables."""
+    def pairwise_coherence(self, indices=None) -> float:
+        """Σ_{i≠j} g_i·g_j / ((m − 1) Σ_i ‖g_i‖²) from the Gram matrix of the flattened gradients
+        of the variables `indices` (default: all): the off-diagonal mean, computed directly."""
+        indices = range(len(self.grads)) if indices is None else indices
+        flat = np.concatenate([self.grads[j].reshape(self.m, -1) for j in indices], axis=1)
+        gram = flat @ flat.T
+        return float((gram.sum() - np.trace(gram)) / ((self.m - 1) * np.trace(gram)))
+
+    def dots_with_sum(self) -> np.ndarray:
+        """[m]: g_i · S, S = Σ_j g_j, from the flattened gradients."""
+        flat = np.concatenate([g.reshape(self.m, -1) for g in self.grads], axis=1)
+        return flat @ flat.sum(axis=0)
+
+    def per_layer(self, statistic, names) -> Dict[str, float]:
+        """{layer name: `statistic(indices)` of its variables}; `names` aligned with the variables."""
         groups = {}
         for j, name in enumerate(names):
             groups.setdefault(name, []).append(j)
-        return {name: self.m_coherence(indices) for name, indices in groups.items()}
+        return {name: statistic(indices) for name, indices in groups.items()}
+
+    def per_layer_m_coherence(self, names) -> Dict[str, float]:
+        """{layer name: m-coherence of its variables}; `names` aligned with the variables."""
+        return self.per_layer(self.m_coherence, names)
 
     def weighted(self, weights) -> "Reference":
         """The per-example gradients of the weighted losses w_i·ℓ_i, i.e. w_i·g_i."""
@@ -155,12 +211,42 @@ def _float64(gradient, variable):
 def reference(case: Case) -> Reference:
     """Brute force: one tape per example (batch of 1, training=False), float64 NumPy."""
     per_example = []
-    for i in range(len(case.y)):
+    for i in range(M):
         with tf.GradientTape() as tape:
-            loss = case.loss(case.y[i:i + 1], case.model(case.x[i:i + 1], training=False))
+            if case.divisors is None:
+                loss = case.loss(case.y[i:i + 1], case.model(case.x[i:i + 1], training=False))
+            else:
+                loss = _decomposed_loss(case, i)
         variables = case.model.trainable_variables
         per_example.append([_float64(g, v) for g, v in zip(tape.gradient(loss, variables), variables)])
     return Reference([np.stack(g) for g in zip(*per_example)])
+
+
+def _example(structure, i):
+    """Example i (as a batch of one) of an array or a dict of arrays; None stays None."""
+    if structure is None:
+        return None
+    if isinstance(structure, dict):
+        return {key: value[i:i + 1] for key, value in structure.items()}
+    return structure[i:i + 1]
+
+
+def _decomposed_loss(case: Case, i):
+    """ℓ_i of Keras' batch loss, by hand: Σ over the losses of λ · (M / D) · Keras' own loss
+    with reduction "sum" on example i alone (its mask rides on the model's output; its weights
+    are example i's sample weights). Σ_i ℓ_i / M is Keras' "sum_over_batch_size" batch loss."""
+    prediction = case.model(case.x[i:i + 1], training=False)
+    losses = case.loss if isinstance(case.loss, dict) else {None: case.loss}
+    weights = _example(case.weights_of_examples(), i)
+    total = 0.0
+    for key, loss in losses.items():
+        summed = type(loss).from_config(dict(loss.get_config(), reduction="sum"))
+        part = (lambda s: s) if key is None else (lambda s: s[key] if isinstance(s, dict) else s)
+        value = summed(part(_example(case.y, i)), part(prediction),
+                       None if weights is None else part(weights))
+        factor = M / case.divisors[key] * (case.loss_weights or {}).get(key, 1.0)
+        total = total + factor * value
+    return total
 
 
 _MEMO: Dict[tuple, Reference] = {}
@@ -173,7 +259,8 @@ def memoised_reference(name, case: Case) -> Reference:
     if not case.model.weights:  # unbuilt: reference(case) builds it
         return reference(case)
     digest = hashlib.sha256()
-    for array in [*case.model.get_weights(), case.x, case.y]:
+    for array in [*case.model.get_weights(), case.x, *tf.nest.flatten(case.y),
+                  *tf.nest.flatten(case.weights_of_examples())]:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype}{array.shape}".encode())
         digest.update(array.tobytes())
@@ -558,3 +645,131 @@ def unbuilt_sequential(model_cls):
                               L.Dense(CLASSES)])
     x = _rng().normal(size=(M, 6))
     return Case(model, x, np.random.default_rng(SEED + 1).integers(0, CLASSES, M), _scce())
+
+
+# ----------------------------------------------------------------------------------------------
+# 21 (issue 21, part B): sequence wrappers, bidirectional RNNs, ConvNeXt with a custom weight
+# layer, grouped-query attention
+
+
+@architecture("time_distributed_conv", trainer=True)
+def time_distributed_conv(model_cls):
+    """TimeDistributed(Conv2D) over 3 frames of 5×5×2, Flatten, head (mode-independent: the
+    trainer's metric shares the update's pass)."""
+    inputs = keras.Input((3, 5, 5, 2))
+    h = L.TimeDistributed(L.Conv2D(2, 3, activation="tanh"))(inputs)
+    return _classifier(model_cls, inputs, L.Flatten()(h))
+
+
+@architecture("bidirectional_lstm_gru", trainer=True)
+def bidirectional_lstm_gru(model_cls):
+    """Bidirectional(LSTM, sequences) -> Bidirectional(GRU) on float sequences (Keras' loops)."""
+    inputs = keras.Input((SEQUENCE, 3))
+    h = L.Bidirectional(L.LSTM(3, return_sequences=True))(inputs)
+    return _classifier(model_cls, inputs, L.Bidirectional(L.GRU(2))(h))
+
+
+class LayerScale(L.Layer):
+    """ConvNeXt's per-channel scale γ ⊙ x, a custom layer owning its weight."""
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, inputs):
+        return inputs * self.gamma
+
+
+@architecture("convnext_layerscale", trainer=True)
+def convnext_layerscale(model_cls):
+    """A ConvNeXt block: depthwise 3×3, LayerNorm, Dense 4× (gelu), Dense, LayerScale, residual."""
+    inputs = keras.Input((5, 5, 4))
+    h = L.LayerNormalization(epsilon=1e-6)(L.DepthwiseConv2D(3, padding="same")(inputs))
+    h = L.Dense(4)(L.Dense(16, activation="gelu")(h))
+    h = L.Add()([inputs, LayerScale()(h)])
+    return _classifier(model_cls, inputs, L.GlobalAveragePooling2D()(h))
+
+
+@architecture("grouped_query_attention", trainer=True, isolated="attention")
+def grouped_query_attention(model_cls):
+    """Causal GroupQueryAttention (4 query / 2 key-value heads) over embeddings, pooled."""
+    inputs = keras.Input((SEQUENCE,), dtype="int32")
+    e = L.Embedding(VOCAB, 8)(inputs)
+    a = L.GroupQueryAttention(2, num_query_heads=4, num_key_value_heads=2)(
+        e, e, use_causal_mask=True)
+    h = L.LayerNormalization()(L.Add()([e, a]))
+    return _classifier(model_cls, inputs, L.GlobalAveragePooling1D()(h))
+
+
+# ----------------------------------------------------------------------------------------------
+# 22 (issue 21, part A): Keras' loss semantics — masks, per-token and class weights, several outputs
+
+
+def _padded_tokens():
+    """M sequences of ids in [1, VOCAB) padded with 0 to SEQUENCE (lengths 1..SEQUENCE), and
+    next-token-like targets [M, SEQUENCE]; returns (x, y, token mask)."""
+    rng = _rng()
+    x = rng.integers(1, VOCAB, (M, SEQUENCE)).astype(np.int32)
+    lengths = rng.integers(1, SEQUENCE + 1, M)
+    lengths[0] = SEQUENCE
+    x[np.arange(SEQUENCE)[None, :] >= lengths[:, None]] = 0
+    y = np.random.default_rng(SEED + 1).integers(0, VOCAB, (M, SEQUENCE)).astype(np.int32)
+    return x, y, x > 0
+
+
+def _masked_lm(model_cls, body, sample_weight=None) -> Case:
+    """Embedding(mask_zero=True) → body → Dense(VOCAB) logits per token; the padding mask rides on
+    the logits, so Keras' per-token SCCE divides by the number of real tokens."""
+    inputs = keras.Input((SEQUENCE,), dtype="int32")
+    logits = L.Dense(VOCAB)(body(L.Embedding(VOCAB, 6, mask_zero=True)(inputs)))
+    model = model_cls(inputs, logits)
+    _perturb(model)
+    x, y, mask = _padded_tokens()
+    divisor = float(mask.sum())
+    return Case(model, x, y, _scce(), sample_weight=sample_weight, divisors={None: divisor})
+
+
+@architecture("masked_lm_padding", trainer=True, update=True)
+def masked_lm_padding(model_cls):
+    return _masked_lm(model_cls, lambda h: L.Dense(6, activation="tanh")(h))
+
+
+@architecture("masked_lm_causal", trainer=True, isolated="attention", update=True)
+def masked_lm_causal(model_cls):
+    """Causal self-attention that also honours the padding mask (query and key masks). No
+    residual Add: Keras 3.15 drops the mask at an Add of the Embedding output, and the loss would
+    then be unmasked (which the decomposition follows, but this case is about the mask)."""
+    def body(h):
+        attended = L.MultiHeadAttention(num_heads=2, key_dim=3)(h, h, use_causal_mask=True)
+        return L.LayerNormalization()(attended)
+    return _masked_lm(model_cls, body)
+
+
+@architecture("masked_lm_token_weights", trainer=True, update=True)
+def masked_lm_token_weights(model_cls):
+    """Per-token sample weights [M, SEQUENCE] on the padded LM (weights on padding are ignored)."""
+    weights = np.random.default_rng(SEED + 2).uniform(0.25, 2.0, (M, SEQUENCE))
+    return _masked_lm(model_cls, lambda h: L.Dense(6, activation="tanh")(h), weights)
+
+
+@architecture("two_outputs_dict", trainer=True, update=True)
+def two_outputs_dict(model_cls):
+    """A trunk with a dict of two heads: classes (SCCE) and a 2-d regression (MSE), with
+    loss_weights."""
+    inputs = keras.Input((6,))
+    trunk = L.Dense(8, activation="tanh")(inputs)
+    outputs = {"cls": L.Dense(CLASSES, name="cls")(trunk), "reg": L.Dense(2, name="reg")(trunk)}
+    model = model_cls(inputs, outputs)
+    _perturb(model)
+    rng = np.random.default_rng(SEED + 1)
+    y = {"cls": rng.integers(0, CLASSES, M), "reg": rng.normal(size=(M, 2))}
+    return Case(model, _inputs_like(inputs), y,
+                {"cls": _scce(), "reg": keras.losses.MeanSquaredError()},
+                loss_weights={"cls": 0.7, "reg": 2.5}, divisors={"cls": M, "reg": M})
+
+
+@architecture("class_weights", trainer=True, update=True)
+def class_weights(model_cls):
+    """An MLP classifier trained with class_weight (Keras turns it into per-example weights)."""
+    inputs = keras.Input((6,))
+    case = _classifier(model_cls, inputs, L.Dense(8, activation="tanh")(inputs))
+    return dataclasses.replace(case, class_weight={0: 0.5, 1: 2.0, 2: 1.25}, divisors={None: M})

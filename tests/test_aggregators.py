@@ -138,9 +138,9 @@ def test_a_partial_last_batch_known_only_at_run_time_is_split_by_the_rule():
     model = _model()
     model.compile(optimizer=cgh_tf.M3(keras.optimizers.SGD(0.1), groups=3), loss=LOSS)
     model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(9), epochs=1, verbose=0)
-    from cgh_tf.training import _group_sizes
-    assert _group_sizes(10, 3) == [4, 3, 3] and _group_sizes(12, 3) == [4, 4, 4]
-    np.testing.assert_array_equal(_group_sizes(tf.constant(10), 3).numpy(), [4, 3, 3])
+    from cgh_tf.gradient_sources import group_sizes
+    assert group_sizes(10, 3) == [4, 3, 3] and group_sizes(12, 3) == [4, 4, 4]
+    np.testing.assert_array_equal(group_sizes(tf.constant(10), 3).numpy(), [4, 3, 3])
 
 
 def test_subclassing_works_before_and_after_the_functional_form():

@@ -132,6 +132,40 @@ def test_per_layer_values_match_reference_and_combine_to_whole():
     assert stats.alpha == pytest.approx(reference_stats([kernel_block, bias_block])[0], rel=1e-10)
 
 
+def brute_force_pairwise(blocks):
+    """Σ_{i≠j} g_i·g_j / ((m − 1) Σ_i ‖g_i‖²) from the Gram matrix of the gradients (float64)."""
+    g = np.concatenate(blocks, axis=1)
+    gram = g @ g.T
+    return (gram.sum() - np.trace(gram)) / ((len(g) - 1) * np.trace(gram))
+
+
+def test_pairwise_coherence_matches_brute_force_whole_and_per_layer():
+    model = softmax_regression()
+    x, y = data(m=13)
+    blocks = reference_gradients(x, y, *[v.numpy() for v in model.trainable_variables])
+    accumulator = coherence.StreamingCoherence(model.trainable_variables, ["kernel", "bias"])
+    sums = coherence.per_example.gradients_and_sq_norms(model, tf.constant(x), tf.constant(y))
+    accumulator.update(sums.grad_sum, sums.sq_norms)
+    stats = accumulator.result(per_layer=True)
+    assert stats.pairwise_coherence == pytest.approx(brute_force_pairwise(blocks), rel=1e-10)
+    for name, block in zip(("kernel", "bias"), blocks):
+        assert stats.per_layer[name].pairwise_coherence == pytest.approx(
+            brute_force_pairwise([block]), rel=1e-10)
+    assert coherence.measure(model, x, y).pairwise_coherence == pytest.approx(
+        brute_force_pairwise(blocks), rel=1e-10)
+
+
+def test_pairwise_coherence_does_not_grow_with_m_but_r_does():
+    """Identical gradients: r = m but (r − 1)/(m − 1) = 1 at every m; one example: undefined."""
+    model = softmax_regression()
+    x, y = data(m=1)
+    for m in (2, 5, 9):
+        stats = coherence.measure(model, np.repeat(x, m, 0), np.repeat(y, m, 0))
+        assert stats.m_coherence == pytest.approx(m, rel=1e-12)
+        assert stats.pairwise_coherence == pytest.approx(1.0, rel=1e-12)
+    assert math.isnan(coherence.measure(model, x, y).pairwise_coherence)
+
+
 def test_per_layer_names_from_model():
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="relu", name="hidden"),
@@ -174,8 +208,10 @@ def test_measure_compiles_once_per_model_and_batch_shape():
     first = coherence.measure(model, x, y, batch_size=6)
     for _ in range(3):
         again = coherence.measure(model, x, y, batch_size=5)  # batches of 5, 5 and 2
-    add_batch, _ = coherence._cached(model, "measure", None, False, None)
-    assert add_batch.experimental_get_tracing_count() <= 3
+    sums = coherence._cached(model, "measure", None, False, None, coherence_dtype=None)
+    # blocks of stacked full batches: [1, 6] then [2, 5]; single remainder batch: [2]
+    assert sums.stacked.experimental_get_tracing_count() <= 2
+    assert sums.single.experimental_get_tracing_count() == 1
     assert again.m_coherence == pytest.approx(first.m_coherence, rel=1e-12)
 
 

@@ -3,10 +3,16 @@ against a brute-force reference (tests/matrix_models.py: one tape per example, f
 
 | check | cgh_tf call | compared with the reference |
 |---|---|---|
-| measure | `coherence.measure(..., per_layer=True)` | m_coherence, alpha, per_layer[name].m_coherence |
+| measure | `coherence.measure(..., per_layer=True)` | m_coherence, alpha, pairwise_coherence, per_layer[name].m_coherence / .pairwise_coherence |
 | sums | `per_example.gradients_and_sq_norms` | sq_norms [m, V], grad_sum (None = zero) |
 | per_example | `coherence.per_example_gradients` | every [m, *var.shape] |
+| alignment | `coherence.alignment` | g_i·S, ‖g_i‖², a_i = (g_i·S − ‖g_i‖²)/‖g_i‖², m-coherence; the path taken (`EXACT_ALIGNMENT`) |
 | trainer | `cgh_tf.Model.fit`, SGD(0), coherence_every=1 | history "m_coherence", "alpha" |
+| update | `cgh_tf.Model.fit`, one SGD step, each mean aggregator (`UPDATE_OPTIONS`) | weights and loss of `keras.Model.fit` |
+
+The Keras-semantics cases (masks, per-token and class weights, a dict of outputs with loss_weights)
+pass their sample weights / class weights / loss_weights to every call, and their reference is the
+decomposition of Keras' batch loss (`matrix_models._decomposed_loss`).
 
 Tolerances (`Tolerance`): relative 1e-5 on float64 models; the absolute floor of 1e-9 × the largest
 reference magnitude (of sq_norms, or of the whole gradient for per-variable arrays) only forgives
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import warnings
 
 import keras
 import numpy as np
@@ -35,7 +42,8 @@ import pytest
 import tensorflow as tf
 
 import cgh_tf
-from cgh_tf import coherence, per_example
+from cgh_tf import aggregators, coherence, exact_fallback, per_example
+from cgh_tf import alignment as alignment_module
 from cgh_tf.layer_rules import conv
 
 import matrix_models
@@ -43,6 +51,7 @@ from matrix_models import ARCHITECTURES, Reference, build, dtype_policy, memoise
 
 ALL = list(ARCHITECTURES)
 TRAINER = [name for name, arch in ARCHITECTURES.items() if arch.trainer]
+UPDATE = [name for name, arch in ARCHITECTURES.items() if arch.update]
 RESULT_PREFIX = "CGH_MATRIX_RESULT "
 SUBPROCESS_TIMEOUT = 600  # seconds, for a whole group
 
@@ -118,9 +127,19 @@ def _largest(arrays):
 # The checks: cgh_tf first (an unbuilt model must be built by it), then the reference
 
 
+def loss_argument(case):
+    """The `loss=` of the calls: the case's loss, or None (the compiled loss) when it has
+    loss_weights, which only `compile` takes."""
+    if case.loss_weights is None:
+        return case.loss
+    case.model.compile(**case.compile_args())
+    return None
+
+
 def check_measure(case, reference_of, tolerance):
     """(a) measure(per_layer=True) against the reference m-coherence, alpha and per-layer values."""
-    stats = coherence.measure(case.model, case.x, case.y, loss=case.loss, per_layer=True)
+    stats = coherence.measure(case.model, case.x, case.y, loss=loss_argument(case), per_layer=True,
+                              sample_weight=case.weights_of_examples())
     ref = reference_of()
     cmp = Comparison(tolerance)
     cmp.close("m_coherence", stats.m_coherence, ref.m_coherence())
@@ -130,13 +149,21 @@ def check_measure(case, reference_of, tolerance):
         cmp.fail(f"per_layer names {sorted(stats.per_layer)}, expected {sorted(want)}")
     for name in set(stats.per_layer) & set(want):
         cmp.close(f"per_layer[{name}].m_coherence", stats.per_layer[name].m_coherence, want[name])
+    # scale 1: the statistic lies in [−1/(m−1), 1] and is exactly 0 for orthogonal gradients (e.g.
+    # an embedding's rows of different tokens), so its absolute floor is measured against 1
+    cmp.close("pairwise_coherence", stats.pairwise_coherence, ref.pairwise_coherence(), scale=1.0)
+    pairwise = ref.per_layer(ref.pairwise_coherence, per_example.variable_layer_names(case.model))
+    for name in set(stats.per_layer) & set(pairwise):
+        cmp.close(f"per_layer[{name}].pairwise_coherence", stats.per_layer[name].pairwise_coherence,
+                  pairwise[name], scale=1.0)
     cmp.check()
 
 
 def check_sums(case, reference_of, tolerance):
     """(b) gradients_and_sq_norms: sq_norms [m, V] and grad_sum per variable."""
     sums = per_example.gradients_and_sq_norms(
-        case.model, tf.constant(case.x), tf.constant(case.y), case.loss)
+        case.model, tf.constant(case.x), tf.nest.map_structure(tf.constant, case.y),
+        loss_argument(case), sample_weight=case.weights_of_examples())
     ref = reference_of()
     cmp = Comparison(tolerance)
     variables = case.model.trainable_variables
@@ -151,7 +178,8 @@ def check_sums(case, reference_of, tolerance):
 
 def check_per_example(case, reference_of, tolerance):
     """(c) per_example_gradients: every [m, *var.shape] tensor."""
-    grads = coherence.per_example_gradients(case.model, case.x, case.y, loss=case.loss)
+    grads = coherence.per_example_gradients(case.model, case.x, case.y, loss=loss_argument(case),
+                                            sample_weight=case.weights_of_examples())
     ref = reference_of()
     cmp = Comparison(tolerance)
     variables = case.model.trainable_variables
@@ -163,16 +191,74 @@ def check_per_example(case, reference_of, tolerance):
     cmp.check()
 
 
+# Architectures whose g_i·S must come from alignment's exact path (forward mode cannot be traced
+# through the GRU's symbolic loop; Keras' grouped Conv2D fails the Σ_i g_i·S = ‖S‖² check).
+EXACT_ALIGNMENT = {"gru_classifier", "grouped_conv2d"}
+
+
+def check_alignment(case, reference_of, tolerance, name=None):
+    """(d) coherence.alignment in batches of 5 (a stacked block and a remainder batch)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="cgh_tf.alignment")
+        got = coherence.alignment(case.model, case.x, case.y, loss=case.loss, batch_size=5)
+    ref = reference_of()
+    cmp = Comparison(tolerance)
+    dots, sq_norms = ref.dots_with_sum(), ref.sq_norms().sum(axis=1)
+    cmp.close("dot_with_sum", got.dot_with_sum, dots)
+    cmp.close("sq_norms", got.sq_norms, sq_norms)
+    cmp.close("alignment", got.alignment, (dots - sq_norms) / sq_norms)
+    cmp.close("stats.m_coherence", got.stats.m_coherence, ref.m_coherence())
+    if name is not None:
+        want = alignment_module.EXACT if name in EXACT_ALIGNMENT else alignment_module.FORWARD_MODE
+        if got.method != want:
+            cmp.fail(f"method {got.method!r}, expected {want!r}")
+    cmp.check()
+
+
 def fit_one_batch(name, sample_weight=None, jit_compile=False):
     """(reference at the initial weights, history) of one epoch of one batch with SGD(0) and
     coherence_every=1, on a `cgh_tf.Model` of architecture `name`."""
     case = build(name, cgh_tf.Model)
     ref = memoised_reference(name, case)  # before fit, which moves BatchNorm moving statistics
-    case.model.compile(optimizer=keras.optimizers.SGD(0.0), loss=case.loss, coherence_every=1,
-                       jit_compile=jit_compile)
-    history = case.model.fit(case.x, case.y, sample_weight=sample_weight, batch_size=len(case.y),
-                             epochs=1, shuffle=False, verbose=0)
+    case.model.compile(optimizer=keras.optimizers.SGD(0.0), **case.compile_args(),
+                       coherence_every=1, jit_compile=jit_compile)
+    history = fit_batch(case, sample_weight)
     return ref, history.history
+
+
+def fit_batch(case, sample_weight=None):
+    """One epoch of the case's M examples as one batch, with its (or the given) sample weights."""
+    weights = case.sample_weight if sample_weight is None else sample_weight
+    return case.model.fit(case.x, case.y, sample_weight=weights,
+                          class_weight=case.class_weight, batch_size=matrix_models.M, epochs=1,
+                          shuffle=False, verbose=0)
+
+
+# Mean aggregators through each gradient source of cgh_tf.Model: the per-example engine sharing
+# its pass with coherence, the per-example aggregator alone and sharing its pass.
+UPDATE_OPTIONS = [{"coherence_every": 1}, {"aggregation": aggregators.Winsorize(0.0)},
+                  {"aggregation": aggregators.Winsorize(0.0), "coherence_every": 1}]
+UPDATE_TOLERANCE = Tolerance(rtol=1e-9, floor=1e-12)
+
+
+def check_update(name):
+    """One SGD step of `cgh_tf.Model` with each of `UPDATE_OPTIONS` against `keras.Model`'s step
+    on the same batch, weights and logged loss (float64)."""
+    expected = build(name)
+    expected.model.compile(optimizer=keras.optimizers.SGD(0.1), **expected.compile_args())
+    want_loss = fit_batch(expected).history["loss"][0]
+    want = expected.model.get_weights()
+    cmp, logged = Comparison(UPDATE_TOLERANCE), Comparison(FLOAT32_METRIC)  # Keras logs float32
+    for options in UPDATE_OPTIONS:
+        case = build(name, cgh_tf.Model)
+        case.model.compile(optimizer=keras.optimizers.SGD(0.1), **case.compile_args(), **options)
+        got_loss = fit_batch(case).history["loss"][0]
+        logged.close(f"{options} loss", got_loss, want_loss)
+        scale = _largest(want)
+        for j, (got, weights) in enumerate(zip(case.model.get_weights(), want)):
+            cmp.close(f"{options} weights[{j}]", got, weights, scale)
+    cmp.failures += logged.failures
+    cmp.check()
 
 
 def compare_trainer_metrics(ref: Reference, history):
@@ -187,15 +273,19 @@ def check_trainer(name):
     compare_trainer_metrics(*fit_one_batch(name))
 
 
-CHECKS = {"measure": check_measure, "sums": check_sums, "per_example": check_per_example}
+CHECKS = {"measure": check_measure, "sums": check_sums, "per_example": check_per_example,
+          "alignment": check_alignment}
 
 
 def run_check(name, check):
     """Runs one check of architecture `name` in this process (float64 Keras must be set)."""
     if check == "trainer":
         return check_trainer(name)
+    if check == "update":
+        return check_update(name)
     case = build(name)
-    CHECKS[check](case, lambda: memoised_reference(name, case), EXACT)
+    extra = {"name": name} if check == "alignment" else {}
+    CHECKS[check](case, lambda: memoised_reference(name, case), EXACT, **extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,7 +295,8 @@ def run_check(name, check):
 def group_checks(group):
     """[(architecture, check)] run in subprocess `group`, in order."""
     return [(name, check) for name, arch in ARCHITECTURES.items() if arch.isolated == group
-            for check in [*CHECKS, *(["trainer"] if arch.trainer else [])]]
+            for check in [*CHECKS, *(["trainer"] if arch.trainer else []),
+                          *(["update"] if arch.update else [])]]
 
 
 def main(group):
@@ -313,9 +404,31 @@ def test_per_example_gradients(name, float64_keras, isolated):
     run(name, "per_example", isolated)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_alignment(name, float64_keras, isolated):
+    run(name, "alignment", isolated)
+
+
 @pytest.mark.parametrize("name", TRAINER)
 def test_trainer_metric(name, float64_keras, isolated):
     run(name, "trainer", isolated)
+
+
+# Known defect, not of the loss decomposition (main at 554cc0c has it too): with oneDNN on (the
+# default on AVX-512-VNNI CPUs) the exact fallback picks its "xla" formulation for attention, and
+# inside Keras' train function without jit_compile its per-example gradients are wrong (0.1-3 %
+# here), although the same call in a plain tf.function, with jit_compile=True, or with
+# method="vmap" / "loop" is exact. Winsorize on masked_lm_causal (MHA, LayerNorm, Embedding in the
+# fallback) shows it; strict, so the fix turns this into a failure to remove the mark.
+FALLBACK_XLA_DEFECT = {"masked_lm_causal"}
+
+
+@pytest.mark.parametrize("name", UPDATE)
+def test_update_equals_keras(name, float64_keras, isolated, request):
+    if name in FALLBACK_XLA_DEFECT and exact_fallback.onednn_enabled():
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="exact_fallback 'xla' inside Keras' non-XLA train function"))
+    run(name, "update", isolated)
 
 
 def test_batchnorm_case_tells_inference_from_training_mode(float64_keras):
@@ -365,6 +478,21 @@ def test_mixed_float16(name, check):
     with dtype_policy("mixed_float16", keras.config.floatx()):
         case = build(name)
         CHECKS[check](case, lambda: memoised_reference(name, float64_twin(name, case)), MIXED)
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 21, part B: the sequence / wrapper architectures need no second pass for the metric
+
+SHARED_PASS = ["time_distributed_conv", "bidirectional_lstm_gru", "convnext_layerscale",
+               "grouped_query_attention"]
+
+
+@pytest.mark.parametrize("name", SHARED_PASS)
+def test_wrapper_and_rnn_architectures_are_mode_independent(name, float64_keras):
+    """No layer of these computes differently in training mode, so `test_trainer_metric` above
+    checks the metric taken from the update's own pass (cgh_tf.mode_dependence)."""
+    from cgh_tf import mode_dependence
+    assert mode_dependence.mode_dependent_layers(build(name).model) == []
 
 
 if __name__ == "__main__":

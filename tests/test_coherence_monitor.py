@@ -105,6 +105,8 @@ def test_epoch_mode_matches_references_logs_csv_and_tensorboard(tmp_path):
             logged_r, logged_alpha = snapshot.logs[epoch][key], snapshot.logs[epoch][f"coherence/{name}/alpha"]
             assert logged_r == pytest.approx(r_ref, rel=1e-9)
             assert logged_alpha == pytest.approx(alpha_ref, rel=1e-9)
+            pairwise = snapshot.logs[epoch][f"coherence/{name}/pairwise_coherence"]
+            assert pairwise == pytest.approx((r_ref - 1) / (measured.m - 1), rel=1e-9)
             assert logged_r == pytest.approx(measured.m_coherence, rel=1e-12)
             assert history.history[key][epoch] == logged_r
             assert (epoch, pytest.approx(logged_r, rel=1e-6)) in scalars[key]  # TensorBoard: float32

@@ -45,7 +45,7 @@ def test_corrupt_labels_mask_is_changed_and_only_selected_change(kind, fraction,
     new, corrupted = data.corrupt_labels(labels, fraction, K, seed=3, kind=kind)
     assert new.dtype == np.int32 and corrupted.dtype == bool and new.shape == (n,)
     np.testing.assert_array_equal(corrupted, new != labels)
-    assert new.min() >= 0 and new.max() < K
+    assert new.min() >= 0 and new.max() < data.label_classes(K, fraction, n, kind)
     # Reconstruct the selection from the seed: same RNG sequence as the definition.
     selected = np.random.default_rng(3).choice(n, size=int(np.floor(fraction * n + 0.5)), replace=False)
     outside = np.setdiff1d(np.arange(n), selected)
@@ -85,6 +85,33 @@ def test_permute_preserves_label_multiset_of_selected_subset():
     np.testing.assert_array_equal(np.sort(new[selected]), np.sort(labels[selected]))
     np.testing.assert_array_equal(np.bincount(new, minlength=K), np.bincount(labels, minlength=K))
     assert 0 < corrupted.sum() <= 200
+
+
+def test_pair_flips_every_selected_label_to_the_next_class():
+    labels = _labels(600)
+    new, corrupted = data.corrupt_labels(labels, 0.4, K, seed=2, kind="pair")
+    selected = np.random.default_rng(2).choice(600, size=240, replace=False)
+    np.testing.assert_array_equal(new[selected], (labels[selected] + 1) % K)
+    assert corrupted.sum() == 240 and corrupted[selected].all()
+
+
+def test_isolated_gives_each_corrupted_example_its_own_dummy_class():
+    labels = _labels(500)
+    new, corrupted = data.corrupt_labels(labels, 0.4, K, seed=4, kind="isolated")
+    assert corrupted.sum() == 200
+    np.testing.assert_array_equal(np.sort(new[corrupted]), K + np.arange(200))  # one each
+    np.testing.assert_array_equal(new[~corrupted], labels[~corrupted])
+    assert data.label_classes(K, 0.4, 500, "isolated") == K + 200
+    assert data.label_classes(K, 0.4, 500, "pair") == K
+
+
+def test_isolated_noise_sets_the_dataset_classes_to_include_the_dummies():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 3)), rng.integers(0, 4, 50)
+    ds = data.from_arrays(x, y, x[:10], y[:10], num_classes=4, label_noise=0.2,
+                          noise_kind="isolated", seed=1)
+    assert ds.num_classes == 4 + 10 and ds.train.y.max() < ds.num_classes
+    assert ds.train.corrupted.sum() == 10 and ds.test.y.max() < 4
 
 
 @pytest.mark.parametrize("kind", data.LABEL_NOISE_KINDS)
@@ -462,7 +489,7 @@ def test_packaged_label_noise_masks(name, kind):
     expected, _ = data.corrupt_labels(clean.train.y, 0.3, 10, seed=5, kind=kind)
     np.testing.assert_array_equal(ds.train.y, expected)
     assert 0 < ds.train.corrupted.sum() <= int(np.floor(0.3 * n + 0.5))
-    if kind == "other":
+    if kind in ("other", "pair", "isolated"):
         assert ds.train.corrupted.sum() == int(np.floor(0.3 * n + 0.5))
     np.testing.assert_array_equal(ds.test.y, clean.test.y)
     assert not ds.test.corrupted.any()

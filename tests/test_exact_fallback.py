@@ -6,6 +6,7 @@ TensorFlow's oneDNN kernels forced on in subprocesses (`python tests/test_exact_
 so that a crash fails a test instead of killing pytest.
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -56,6 +57,10 @@ def make(kind, m=3, seed=0):
         # GRU: the symbolic loop (Keras default); LSTM unrolled (pfor of a second loop costs ~15 s)
         h = L.GRU(5)(inputs) if kind == "gru" else L.LSTM(5, unroll=True)(inputs)
         x = rng.standard_normal((m, 4, 3))
+    elif kind == "embedding_gru":  # TF's vectorizer fails on it (trace time): "loop"
+        inputs = keras.Input((4,), dtype="int32")
+        h = L.GRU(3)(L.Embedding(7, 2)(inputs))
+        x = rng.integers(0, 7, (m, 4))
     elif kind == "transformer":
         inputs = keras.Input((5,), dtype="int32")
         e = L.Embedding(11, 8)(inputs)
@@ -167,6 +172,33 @@ def test_rule(float64_keras):
     assert select("strings_einsum", onednn=True) == "loop"
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_auto_rules_out_vmap_without_error_logs(float64_keras):
+    """TF's vectorizer logs each op it cannot convert at ERROR (many lines) before raising; "auto"
+    expects that failure while it decides and drops those records, and only those."""
+    model, x, y = make("embedding_gru")
+    caught = _Records()
+    logger = tf.get_logger()
+    logger.addHandler(caught)
+    try:
+        method, _ = exact_fallback._select(model, x, y, SCCE.call, model.trainable_variables,
+                                           False, onednn=False)
+        assert method == "loop"
+        assert [r.getMessage()[:80] for r in caught.records] == []
+        logger.error("another error")  # the rest of TF's logger is untouched
+    finally:
+        logger.removeHandler(caught)
+    assert [r.getMessage() for r in caught.records] == ["another error"]
+
+
 def test_not_xla_lowerable_model_takes_the_loop_exactly(float64_keras):
     model, x, y = make("strings_einsum")
     variables = model.trainable_variables
@@ -186,9 +218,10 @@ def test_mixed_float16(kind, method):
     got = traced(model, x, y, variables, method)
     assert [g.dtype for g in got] == [tf.float32] * len(variables)
     want = brute_force(model, x, y, variables)
-    for g, w in zip(got, want):  # float16 compute: loose
-        assert np.all(np.isfinite(g.numpy()))
-        assert np.linalg.norm(g.numpy() - w) <= 1e-2 * max(np.linalg.norm(w), 1e-3)
+    largest = max(np.linalg.norm(w) for w in want)
+    for g, w in zip(got, want):  # float16 compute: loose; a gradient that is zero up to rounding
+        assert np.all(np.isfinite(g.numpy()))  # (attention's key bias) against the largest one
+        assert np.linalg.norm(g.numpy() - w) <= 1e-2 * max(np.linalg.norm(w), 1e-2 * largest)
 
 
 def test_bad_method():

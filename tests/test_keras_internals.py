@@ -4,30 +4,101 @@ instead of falling back to a default."""
 
 import inspect
 import io
+import os
+import pathlib
+import subprocess
+import sys
 import tokenize
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from cgh_tf import keras_internals as ki
 
 
-def test_no_other_module_touches_private_keras_names():
-    """Owned modules reach private Keras / TF names only through keras_internals."""
-    import cgh_tf.distribute, cgh_tf.optimizers, cgh_tf.training, cgh_tf.aggregators
-    for module in (cgh_tf.distribute, cgh_tf.optimizers, cgh_tf.training, cgh_tf.aggregators):
-        source = _code_only(inspect.getsource(module))
-        for name in ("keras.src", "tf.__internal__", "_loss_tracker", "_flatten_layers",
-                     "_call_has_training_arg", "_distribution_strategy", "._variables",
-                     "_check_variables_are_known", "_compute_loss"):
-            assert name not in source.replace("keras_internals .", ""), (module.__name__, name)
+PACKAGE_DIRS = ("cgh_tf", "trainers")
+PRIVATE_MODULES = ("keras.src", "tensorflow.python", "tf.__internal__", "_pywrap")
+# Dunders every Python object has (not a library's private state).
+PUBLIC_DUNDERS = {"__init__", "__new__", "__name__", "__qualname__", "__doc__", "__class__",
+                  "__module__", "__call__", "__cause__", "__context__"}
+PUBLIC_STDLIB = {"os._exit"}  # documented Python API whose name starts with "_"
+SELF_ONLY = {"__setattr__", "__delattr__", "__dict__"}  # allowed on the object's own instance
 
 
-def _code_only(source):
-    """The source without strings and comments (docstrings may name the internals)."""
-    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
-    return " ".join(t.string for t in tokens if t.type not in (tokenize.STRING, tokenize.COMMENT))
+def package_modules():
+    """Every .py file of the package and the trainers (all modules, found on disk)."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    return sorted(p for d in PACKAGE_DIRS for p in (root / d).rglob("*.py"))
+
+
+def private_uses(source):
+    """[(line, text)] of every private Keras / TF reach in `source` (docstrings and comments
+    excluded): a private module named in code or in an import string, an attribute read
+    `x._name` on anything but `self` / `cls`, a `getattr(x, "_name")` on anything but `self`,
+    and `__dict__` / `object.__setattr__` / `object.__delattr__` on anything but `self`."""
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+              if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
+                                tokenize.DEDENT)]
+    found = []
+    for i, tok in enumerate(tokens):
+        text = tok.string
+        if tok.type == tokenize.STRING:
+            body = text.lstrip("rbuRBUfF").strip("\"'")
+            if any(body.startswith(m) for m in PRIVATE_MODULES):
+                found.append((tok.start[0], text))
+            continue
+        before = tokens[i - 1].string if i else ""
+        after = [t.string for t in tokens[i + 1:i + 4]]
+        if tok.type == tokenize.NAME and before == "." and text.startswith("_"):
+            owner = tokens[i - 2].string
+            if text in SELF_ONLY:
+                if after[:2] != ["(", "self"] and owner != "self":
+                    found.append((tok.start[0], f"{owner}.{text}"))
+            elif (text not in PUBLIC_DUNDERS and owner not in ("self", "cls")
+                  and f"{owner}.{text}" not in PUBLIC_STDLIB):
+                found.append((tok.start[0], f"{owner}.{text}"))
+        if text in ("getattr", "hasattr", "setattr") and after[:1] == ["("]:
+            rest = [t.string for t in tokens[i + 2:i + 5]]
+            name = rest[2].strip("\"'")
+            literal = (rest[2][:1] in ("'", '"') and name.startswith("_")
+                       and name not in PUBLIC_DUNDERS)
+            if rest[0] != "self" and rest[1] == "," and literal:
+                found.append((tok.start[0], f"{text}({rest[0]}, {rest[2]})"))
+    code = "".join(t.string for t in tokens if t.type != tokenize.STRING)
+    found += [(0, m) for m in PRIVATE_MODULES if m in code]
+    return found
+
+
+def test_only_keras_internals_touches_private_names():
+    """Every module of the package and the trainers reaches private Keras / TF names only through
+    cgh_tf.keras_internals."""
+    modules = package_modules()
+    assert len(modules) > 40 and any(p.parent.name == "layer_rules" for p in modules)
+    offenders = {str(p): private_uses(p.read_text()) for p in modules
+                 if p.name != "keras_internals.py" or p.parent.name != "cgh_tf"}
+    assert {p: uses for p, uses in offenders.items() if uses} == {}
+
+
+@pytest.mark.parametrize("line,private", [
+    ("from tensorflow.python.util import _pywrap_util_port", True),
+    ("import keras.src.models", True),
+    ("m = importlib.import_module('keras.src.models.model')", True),
+    ("x = model._loss_tracker", True),
+    ("x = per_example._dense(g)", True),
+    ("x = layer.__dict__.get('call')", True),
+    ("object.__setattr__(layer, 'call', f)", True),
+    ("x = getattr(layer, '_layers')", True),
+    ("x = self._cgh_state", False),
+    ("object.__setattr__(self, 'a', 1)", False),
+    ("x = getattr(self, '_cgh_state', None)", False),
+    ("x = type(layer).__name__", False),
+    ('"""Relies on keras.src.models.model and tf.__internal__."""', False),  # a docstring
+])
+def test_the_private_name_scan(line, private):
+    """The scan of the guard test finds each kind of private reach (so it can fail)."""
+    assert bool(private_uses(line + "\n")) == private
 
 
 def _model():
@@ -125,7 +196,48 @@ def test_all_reduce_hook_check_fails_loudly_if_keras_stops_calling_it():
 
 
 def test_strategy_supports_no_merge_call():
-    assert ki.strategy_supports_no_merge_call() in (True, False)
+    """The default (no-op) strategy runs without merge_call; MirroredStrategy on CPU devices
+    needs it, in its scope and in replica context (only TPUStrategy and Mirrored under XLA on
+    GPUs run without)."""
+    assert ki.strategy_supports_no_merge_call() is True
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        assert ki.strategy_supports_no_merge_call() is False
+    in_replicas = strategy.run(lambda: tf.constant(ki.strategy_supports_no_merge_call()))
+    assert [bool(v) for v in strategy.experimental_local_results(in_replicas)] == [False, False]
+
+
+@pytest.mark.slow
+def test_onednn_enabled_follows_the_environment_variable():
+    """TF_ENABLE_ONEDNN_OPTS=0 / 1 forces oneDNN off / on; read in fresh processes."""
+    code = "from cgh_tf import keras_internals as ki; print(ki.onednn_enabled())"
+    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    for flag, expected in (("0", "False"), ("1", "True")):
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": flag, "TF_CPP_MIN_LOG_LEVEL": "3",
+               "PYTHONPATH": root}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.stdout.strip().splitlines()[-1:] == [expected], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args,kwargs,functional", [
+    ((1, 2), {}, True), ((1,), {"outputs": 2}, True), ((), {"inputs": 1, "outputs": 2}, True),
+    ((), {}, False), ((1,), {}, False), ((), {"name": "m"}, False), ((), {"inputs": 1}, False),
+])
+def test_is_functional_call_is_keras_rule(args, kwargs, functional):
+    assert ki.is_functional_call(args, kwargs) is functional
+
+
+def test_call_replaced_runs_the_replacement_inside_keras_call_and_restores():
+    layer = keras.layers.Dense(2, kernel_initializer="ones")
+    x = np.ones((1, 3), "float32")
+    before = layer(x).numpy()
+    with ki.call_replaced(layer, lambda inputs, **kwargs: inputs[:, :2] * 10.0):
+        np.testing.assert_array_equal(layer(x).numpy(), [[10.0, 10.0]])
+    np.testing.assert_array_equal(layer(x).numpy(), before)
+    assert "call" not in vars(layer)
+    with pytest.raises(TypeError, match="keras Layer"):
+        ki.call_replaced(object(), None)
 
 
 def test_functional_class():
@@ -157,3 +269,12 @@ def test_in_xla_compilation():
     compiled(tf.constant(1.0)), plain(tf.constant(1.0))
     assert seen == {"jit": True, "inner of jit": True, "plain": False}
     assert ki.in_xla_compilation() is False
+
+
+def test_a_missing_private_function_fails_loudly():
+    """onednn_enabled, in_xla_compilation and is_functional_call read module functions that
+    raise KerasInternalsError, naming what is missing, when a release removes them."""
+    with pytest.raises(ki.KerasInternalsError, match="tensorflow.python.no_such_module.f"):
+        ki._module_function("tensorflow.python.no_such_module", "f", ki._fail_tf)
+    with pytest.raises(ki.KerasInternalsError, match="keras.src.models.model.no_such_function"):
+        ki._module_function("keras.src.models.model", "no_such_function", ki._fail)

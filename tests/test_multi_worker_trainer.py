@@ -3,8 +3,10 @@
 Two workers on 127.0.0.1 (`multi_worker`, each its own process and `TF_CONFIG`) must give the
 `results.json` of one process (`none`) on the same config, for SGD and RM3 (M3 over consecutive
 batches shares RM3's buffers and replica-local counters, and is checked against one device in
-process by `tests/test_replica_groups.py`); the SGD pair is killed with SIGKILL after the chief's first checkpoint and restarted (the
-chief restores, the other worker gets the state by broadcast). `mirrored` runs in this process,
+process by `tests/test_replica_groups.py`); in the SGD pair worker 1 kills itself (SIGKILL, at
+training step 12 of 16: `cgh_tf.fault_injection`), the chief must then stop by itself with one
+line within `PEER_SECONDS`, and both are restarted (the chief restores, the other worker gets the
+state by broadcast), to the `results.json` bytes of a pair never interrupted. `mirrored` runs in this process,
 over the logical CPUs of `tests/conftest.py` (six). Every subprocess is waited for with a deadline
 and ended by its own handle in a `finally`; the one-process references run here meanwhile.
 """
@@ -30,6 +32,8 @@ from trainers import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIMIZERS = ("sgd", "rm3")  # M3 buffers and counts as RM3 does (cgh_tf.optimizers.RobustAverage)
 DEADLINE_SECONDS = 420
+PEER_SECONDS = 60  # a dead peer is seen by TF's heartbeats (~10-15 s), then one line and exit
+KILL_AT = "train-step-12"  # epoch 2 of 2 (8 steps per epoch), after the chief's first checkpoint
 # The default config shrunk: 500 examples (the last batch of 52 splits into 2 x 26), 2 epochs.
 SHRUNK = {"max_train": 500, "max_test": 230, "num_epochs": 2, "model.kwargs.width": 32,
           "eval_batch_size": 100}
@@ -56,8 +60,9 @@ def _free_ports(count):
             s.close()
 
 
-def _start_workers(workdir, optimizer):
-    """Two multi_worker processes (worker 0 = chief), same command line and `--workdir`.
+def _start_workers(workdir, optimizer, kill_worker1_at=None):
+    """Two multi_worker processes (worker 0 = chief), same command line and `--workdir`;
+    `kill_worker1_at`: a `cgh_tf.fault_injection` point where worker 1 kills itself.
 
     Output goes to files: a pipe could fill up and stall a worker while the test waits for its
     partner, which would then wait in a collective forever.
@@ -69,9 +74,10 @@ def _start_workers(workdir, optimizer):
     processes = []
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        fault = {"CGH_TF_KILL_AT": kill_worker1_at} if index == 1 and kill_worker1_at else {}
         with open(f"{workdir}.worker{index}.log", "a") as log:
             process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                       env=_env(TF_CONFIG=json.dumps(tf_config)))
+                                       env=_env(TF_CONFIG=json.dumps(tf_config), **fault))
         process.log_path = log.name
         processes.append(process)
     return processes
@@ -91,17 +97,17 @@ def _wait(processes, deadline):
     return finished
 
 
-def _kill_after_first_checkpoint(processes, workdir, deadline):
-    """SIGKILL both workers once the chief has written a checkpoint; returns its epoch (or None)."""
-    while (not run_state.list_checkpoints(workdir) and time.time() < deadline
-           and all(p.poll() is None for p in processes)):
-        time.sleep(0.005)
-    for process in processes:
-        process.send_signal(signal.SIGKILL)
-    for process in processes:
-        process.wait()
+def _peer_dies(processes, workdir, deadline):
+    """Wait for worker 1 to kill itself, then for the chief to stop by itself; returns
+    `{"after": epochs of the newest checkpoint, "chief": (returncode, output), "seconds": the
+    chief's stop after worker 1's death}` (a chief still running at the deadline is killed)."""
+    chief, worker = processes
+    worker.wait(timeout=max(1.0, deadline - time.time()))
+    died = time.time()
+    (code, output), = _wait([chief], min(deadline, died + PEER_SECONDS))
     checkpoints = run_state.list_checkpoints(workdir)
-    return checkpoints[-1][0] if checkpoints else None
+    return {"after": checkpoints[-1][0] if checkpoints else None, "worker": worker.returncode,
+            "chief": (code, output), "seconds": time.time() - died}
 
 
 def _in_process(workdir, overrides):
@@ -116,23 +122,27 @@ def _results(workdir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """`{name: (workdir, [(returncode, output) per worker])}`, `"killed_after"`: epochs, and
+    """`{name: (workdir, [(returncode, output) per worker])}`, `"killed"`: what `_peer_dies` saw, and
     `"none"` / `"mirrored"`: `{name: results}` of the runs in this process."""
     root = tmp_path_factory.mktemp("distributed")
     deadline = time.time() + DEADLINE_SECONDS
     started = {f"{optimizer}-multi_worker": (str(root / f"{optimizer}-multi_worker"), [])
                for optimizer in OPTIMIZERS}
+    started["sgd-multi_worker-whole"] = (str(root / "sgd-multi_worker-whole"), [])  # not killed
     killed = {}
 
     def kill_and_restart():  # runs while this process trains the references
         workdir, processes = started["sgd-multi_worker"]
-        killed["after"] = _kill_after_first_checkpoint(processes, workdir, deadline)
+        killed.update(_peer_dies(processes, workdir, deadline))
         started["sgd-multi_worker"] = (workdir, _start_workers(workdir, "sgd"))
 
     try:
         for optimizer in OPTIMIZERS:
             workdir, processes = started[f"{optimizer}-multi_worker"]
-            processes += _start_workers(workdir, optimizer)
+            processes += _start_workers(workdir, optimizer,
+                                        KILL_AT if optimizer == "sgd" else None)
+        started["sgd-multi_worker-whole"][1].extend(
+            _start_workers(started["sgd-multi_worker-whole"][0], "sgd"))
         killer = threading.Thread(target=kill_and_restart)
         killer.start()
         single = {optimizer: _in_process(str(root / f"{optimizer}-none"),
@@ -144,8 +154,8 @@ def runs(tmp_path_factory):
         killer.join(max(1.0, deadline - time.time()))
         finished = {name: (workdir, _wait(processes, deadline))
                     for name, (workdir, processes) in started.items()}
-        return {**finished, "killed_after": killed.get("after"), "none": single,
-                "mirrored": mirrored, "root": str(root)}
+        return {**finished, "killed": killed, "none": single, "mirrored": mirrored,
+                "root": str(root)}
     finally:
         for _, processes in started.values():
             for process in processes:
@@ -188,10 +198,22 @@ def test_two_workers_give_the_results_of_one_process(runs, optimizer):
     assert "worker done: the chief writes the results" in outputs[1]
 
 
-def test_two_workers_resume_after_sigkill(runs):
-    assert runs["killed_after"] == 1, "the chief had no checkpoint, or finished, before the kill"
-    _, outputs = _completed(runs, "sgd-multi_worker")
-    assert "after epoch 1" in outputs[0]  # the chief resumed (and the results equal one process')
+def test_when_a_worker_dies_the_chief_stops_in_one_line_and_all_resume(runs):
+    killed = runs["killed"]
+    assert killed["worker"] == -signal.SIGKILL
+    code, output = killed["chief"]
+    assert code == 1, output[-3000:]
+    assert killed["seconds"] < PEER_SECONDS
+    assert output.rstrip().splitlines()[-1].startswith(
+        "error: distribution='multi_worker': stopped because another worker died or hung (")
+    assert "Traceback" not in output
+    assert killed["after"] == 1, "the chief had no checkpoint, or finished, before the kill"
+    workdir, outputs = _completed(runs, "sgd-multi_worker")
+    assert "after epoch 1" in outputs[0]  # the chief resumed
+    whole, _ = _completed(runs, "sgd-multi_worker-whole")
+    with open(os.path.join(workdir, "results.json"), "rb") as resumed, \
+            open(os.path.join(whole, "results.json"), "rb") as uninterrupted:
+        assert resumed.read() == uninterrupted.read()
 
 
 def test_mirrored_over_the_logical_cpus_gives_the_results_of_one_process(runs):

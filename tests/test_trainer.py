@@ -73,8 +73,11 @@ def runs(tmp_path_factory):
     Returns `{name: (workdir, returncode, stderr)}`.
     """
     root = tmp_path_factory.mktemp("runs")
+    (root / "broken_config.py").write_text("def get_config(:\n")
     plans = {"reference": (), "repeat": (), "bad": ("--config.optimizer.momentum=1.5",),
-             "misspelled": ("--config.num_epoch=3",), "killed": ()}
+             "misspelled": ("--config.num_epoch=3",), "killed": (),
+             "config_path": ("--config=configs/defualt.py",),  # the last --config wins
+             "config_broken": (f"--config={root / 'broken_config.py'}",)}
     started = {name: _start(str(root / name), extra) for name, extra in plans.items()}
     _kill_after_first_checkpoint(started["killed"], str(root / "killed"))
     return {name: (str(root / name), *_finish(process)) for name, process in started.items()}
@@ -200,11 +203,15 @@ def test_resume_after_sigkill_gives_byte_identical_results(reference, runs):
     ("bad", "error: invalid config: optimizer.momentum=1.5 must be in [0, 1)"),
     ("misspelled", "error: --config.num_epoch: the config has no field 'num_epoch' Did you mean "
                    "\"num_epochs\" instead of \"num_epoch\"?"),
+    ("config_path", "error: --config=configs/defualt.py: no such file; give a config file such as "
+                    "configs/default.py"),
+    ("config_broken", "error: --config={root}/broken_config.py: the config file failed to load: "
+                      "SyntaxError: invalid syntax (broken_config.py, line 1)"),
 ])
 def test_bad_config_exits_with_one_line_and_writes_nothing(runs, run, message):
     workdir, returncode, stderr = runs[run]
     assert returncode == 1
-    assert stderr.rstrip().splitlines()[-1] == message
+    assert stderr.rstrip().splitlines()[-1] == message.format(root=os.path.dirname(workdir))
     assert "Traceback" not in stderr
     assert not os.path.exists(workdir)
 

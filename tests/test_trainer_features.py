@@ -200,6 +200,9 @@ def test_loss_reduction_fractions_equal_their_definition(runs):
     g = g_p + g_c
     assert 0 < sample.corrupted.sum() < M
     assert history["f_pristine"][-1] == pytest.approx(g @ g_p / (g @ g), rel=1e-4, abs=1e-5)
+    sq_norms = np.sum(grads ** 2, axis=1)  # f^p's null Q_p/Q (cgh_tf/nulls.py), brute force
+    assert history["f_pristine_null"][-1] == pytest.approx(
+        sq_norms[~sample.corrupted].sum() / sq_norms.sum(), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------ learning times

@@ -173,20 +173,66 @@ def test_coherence_every_step_shares_the_update_pass_unless_layers_depend_on_mod
     assert _CountingIdentity.calls == passes
 
 
+L = keras.layers
+
+
+@pytest.mark.parametrize("shape,middle,passes", [
+    ((3, 5, 5, 2), lambda: L.TimeDistributed(L.Conv2D(2, 3)), 1),
+    ((3, 5, 5, 2), lambda: L.TimeDistributed(L.Dropout(0.5)), 2),  # dropout inside a wrapper
+    ((4, 3), lambda: L.Bidirectional(L.LSTM(2, return_sequences=True)), 1),
+    ((4, 3), lambda: L.Bidirectional(L.LSTM(2, return_sequences=True, dropout=0.3)), 2),
+    ((4, 3), lambda: L.LSTM(2, return_sequences=True, dropout=0.0, recurrent_dropout=0.0), 1),
+    ((4, 3), lambda: L.GRU(2, return_sequences=True), 1),
+    ((4, 3), lambda: L.GRU(2, return_sequences=True, recurrent_dropout=0.2), 2),
+    ((4, 3), lambda: L.SimpleRNN(2, return_sequences=True), 1),
+])
+def test_wrappers_and_rnns_take_a_second_pass_only_for_what_is_inside(shape, middle, passes,
+                                                                     monkeypatch):
+    """Mode dependence by evidence: a wrapper or an RNN costs a second pass only when something
+    inside it (a Dropout, a cell with dropout) computes differently in training mode. (The exact
+    fallback, which runs the model once more per example for the RNN cells, is replaced by zeros:
+    only the batch passes are counted here; its values are tested in test_exact_fallback.py.)"""
+    monkeypatch.setattr(cgh_tf.exact_fallback, "per_example_gradients",
+                        lambda model, x, y, loss_fn, variables, training=False, **kw: [
+                            tf.zeros([tf.shape(tf.nest.flatten(x)[0])[0], *v.shape], v.dtype)
+                            for v in variables])
+    inputs = keras.Input(shape)
+    h = _CountingIdentity()(middle()(inputs))
+    model = cgh_tf.Model(inputs, L.Dense(3)(L.Flatten()(h)))
+    model.compile(optimizer="sgd", loss=loss(), coherence_every=1)
+    x, y = np.random.default_rng(0).normal(size=(8, *shape)), np.arange(8) % 3
+    _CountingIdentity.calls = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the RNN cells' exact-fallback notice
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert _CountingIdentity.calls == passes
+
+
 def test_mode_dependence_of_keras_layers():
-    from cgh_tf.training import _depends_on_training
-    L = keras.layers
-    assert not any(_depends_on_training(layer) for layer in (
-        L.Dense(2), L.EinsumDense("ab,bc->ac", 2), L.Conv2D(2, 3), L.LayerNormalization()))
-    assert all(_depends_on_training(layer) for layer in (
-        L.Dropout(0.1), L.BatchNormalization(), L.GaussianNoise(0.1)))
-    assert not _depends_on_training(L.BatchNormalization(trainable=False))
+    from cgh_tf.mode_dependence import depends_on_training, mode_dependent_layers
+    assert not any(depends_on_training(layer) for layer in (
+        L.Dense(2), L.EinsumDense("ab,bc->ac", 2), L.Conv2D(2, 3), L.LayerNormalization(),
+        L.Dropout(0.0), L.LSTMCell(2), L.GRUCell(2), L.SimpleRNNCell(2), L.LSTM(2),
+        L.Bidirectional(L.GRU(2)), L.TimeDistributed(L.Dense(2)), L.ConvLSTM1D(2, 3).cell))
+    assert all(depends_on_training(layer) for layer in (
+        L.Dropout(0.1), L.BatchNormalization(), L.GaussianNoise(0.1), L.LSTMCell(2, dropout=0.1),
+        L.GRUCell(2, recurrent_dropout=0.1), L.ConvLSTM1D(2, 3, dropout=0.5).cell))
+    assert not depends_on_training(L.BatchNormalization(trainable=False))
 
     class NoisyDense(L.Dense):  # a subclass that overrides call is not trusted
         def call(self, inputs, training=None):
             return super().call(inputs) + (1.0 if training else 0.0)
 
-    assert _depends_on_training(NoisyDense(2))
+    class MyLSTM(L.LSTM):  # nor an RNN whose loop is overridden
+        def inner_loop(self, sequences, initial_state, mask, training=False):
+            return super().inner_loop(sequences, initial_state, mask, training)
+
+    assert depends_on_training(NoisyDense(2))
+    assert depends_on_training(MyLSTM(2))
+    inputs = keras.Input((4, 3))
+    h = L.Bidirectional(L.LSTM(2, dropout=0.5, name="lstm"), name="bi")(inputs)
+    names = mode_dependent_layers(keras.Model(inputs, L.Dense(1)(h)))
+    assert names == ["lstm_cell", "lstm_cell"]  # the cells of both directions, nothing else
 
 
 @pytest.mark.parametrize("trainable,options,warned", [

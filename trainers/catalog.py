@@ -63,9 +63,6 @@ def execute(name, arms, handle, workdir, command, progress=False, echo=print):
     which = kind(name)
     if which == "declared":
         return runner.run(handle, arms, workdir, command, echo=echo, progress=progress)
-    from cgh_tf import workdir_lock
-
     from . import reproduce
 
-    with workdir_lock.hold(workdir, f"experiment {name}"):
-        return reproduce.run(handle, workdir, command, progress, echo=echo)
+    return reproduce.run(handle, workdir, command, progress, echo=echo)  # holds the lock

@@ -40,7 +40,8 @@ FEATURE_FIELDS = ("mode", "coherence.every", "coherence.per_layer", "coherence.t
                   "coherence.monitor_samples", "coherence.monitor_every_steps",
                   "optimizer.aggregation", "optimizer.winsorize_pct", "optimizer.m3_in_batch",
                   "learning_times.every_steps", "easy_hard.probe_epochs",
-                  "easy_hard.learning_times_csv", "easy_hard.test_fraction", "easy_hard.part")
+                  "easy_hard.learning_times_csv", "easy_hard.test_fraction", "easy_hard.part",
+                  "collective_timeout")
 
 
 def feature_defaults() -> dict:
@@ -88,6 +89,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("num_epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
         need(_is_int(config[field], minimum=1), f"{field}={config[field]!r} must be a positive int")
     need(_is_int(config.seed, minimum=0), f"seed={config.seed!r} must be a non-negative int")
+    timeout = setting(config, "collective_timeout")
+    need(_is_number(timeout) and timeout > 0,
+         f"collective_timeout={timeout!r} must be a positive number of seconds")
     need(config.get("distribution") in DISTRIBUTIONS,
          f"distribution={config.get('distribution')!r} is unknown; allowed: "
          f"{', '.join(DISTRIBUTIONS)}")

@@ -21,10 +21,13 @@ with the same logs, so every callback of the single-device trainer works unchang
 | validation       | `test_step` on shards of `eval_batch_size` batches; `val_` logs as `fit` gives them |
 | chief            | `is_chief`: writes everything; the other workers run the same steps and reads (collectives must match) and only the callbacks that change training |
 | resume           | the chief restores its checkpoint; `broadcast_from_chief` copies its variables and epoch to every worker (no shared filesystem needed) |
+| a worker fails   | a peer that dies stops sending heartbeats: TF aborts the others' collectives (~10-15 s here); one that hangs alive makes them wait at most `collective_timeout` (`CommunicationOptions`); either way `peers_fail_loudly` turns the abort into `PeerFailure`, one line, exit status 1 |
 """
 
+import contextlib
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -33,15 +36,24 @@ import tensorflow as tf
 from trainers.config_schema import DISTRIBUTIONS, ConfigError
 
 
-def build_strategy(name: str):
-    """The strategy of config field `distribution` (None for "none"); ConfigError in one line."""
+class PeerFailure(RuntimeError):
+    """A multi-worker run stopped because another worker died or hung (message: one line)."""
+
+
+def build_strategy(name: str, collective_timeout: float = None):
+    """The strategy of config field `distribution` (None for "none"); ConfigError in one line.
+
+    collective_timeout: multi_worker only: how long a collective (every training step's
+    all-reduce) waits for the other workers before failing (None: forever)."""
     if name == "none":
         return None
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         _check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=collective_timeout)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if name == "tpu":
         return _tpu_strategy()
     raise ConfigError(f"distribution={name!r} is unknown; allowed: "
@@ -77,6 +89,29 @@ def _tpu_strategy():
             f"distribution='tpu': no TPU found by TPUClusterResolver (set TPU_NAME or run on a "
             f"TPU VM): {first_line}") from error
     return tf.distribute.TPUStrategy(resolver)
+
+
+# What TF raises in a worker whose collective was aborted (a peer's heartbeats stopped: Unavailable)
+# or timed out (DeadlineExceeded), or that the coordination service cancelled.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError, tf.errors.CancelledError)
+
+
+@contextlib.contextmanager
+def peers_fail_loudly(strategy):
+    """With several workers, a collective aborted because a worker died or hung becomes
+    `PeerFailure` (one line saying what TF saw and what to do); other errors pass unchanged."""
+    try:
+        yield
+    except _PEER_ERRORS as error:
+        if num_workers(strategy) <= 1:
+            raise
+        seen = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        seen = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", seen)[:400]
+        raise PeerFailure(
+            f"distribution='multi_worker': stopped because another worker died or hung "
+            f"({type(error).__name__}: {seen}); restart all workers with the same commands: "
+            f"they resume from the chief's newest checkpoint") from None
 
 
 def replicas(strategy) -> int:

@@ -54,7 +54,8 @@ def monitor_samples(data, m: int, seed: int) -> dict:
 
 
 class LossReductionFractions(keras.callbacks.Callback):
-    """Logs `f_pristine`, `f_corrupt` (ICLR 2020) of a fixed training sample at every epoch end.
+    """Logs `f_pristine`, `f_corrupt` (ICLR 2020) of a fixed training sample at every epoch end,
+    and `f_pristine_null` = Q_p/Q, the value f^p takes for orthogonal (gradient-blind) gradients.
 
     f^p = ⟨g, g^p⟩ / ⟨g, g⟩ with g^p, g^c the summed gradients of the pristine / corrupt examples
     of the sample (training labels) and g = g^p + g^c; f^c = 1 − f^p
@@ -70,13 +71,17 @@ class LossReductionFractions(keras.callbacks.Callback):
             logs.update(self.measure())
 
     def measure(self) -> dict:
-        """`{"f_pristine": f^p, "f_corrupt": f^c}` (Python floats) at the current weights."""
-        from cgh_tf import coherence
+        """`{"f_pristine": f^p, "f_corrupt": f^c, "f_pristine_null": Q_p/Q}` (Python floats) at
+        the current weights; Q_p/Q is f^p's gradient-blind null (`cgh_tf.nulls`)."""
+        from cgh_tf import coherence, nulls
 
+        pristine = ~np.asarray(self.split.corrupted, bool)
         f_p, f_c = coherence.loss_reduction_fractions(
-            self.model, self.split.x, self.split.y, ~np.asarray(self.split.corrupted, bool),
+            self.model, self.split.x, self.split.y, pristine,
             batch_size=self.batch_size, training=self.training)
-        return {"f_pristine": float(f_p), "f_corrupt": float(f_c)}
+        null = nulls.fp_null_of_model(self.model, self.split.x, self.split.y, pristine,
+                                      batch_size=self.batch_size, training=self.training)
+        return {"f_pristine": float(f_p), "f_corrupt": float(f_c), "f_pristine_null": float(null)}
 
 
 STEP_ONLY_KEYS = ("step", "epoch", "loss", "accuracy")  # step rows' keys not put into epoch logs
@@ -91,7 +96,7 @@ class StepMeasurements(keras.callbacks.Callback):
 
     | goes to                          | content                                                        |
     |----------------------------------|----------------------------------------------------------------|
-    | `rows` (a list shared with the checkpoint state; `step_history` of results.json) | `{"step", "epoch" (0-based, in progress), "loss", "accuracy" (running means over the epoch's batches so far, training mode; None at step 0), "coherence/<sample>/...", "f_pristine", "f_corrupt"}` |
+    | `rows` (a list shared with the checkpoint state; `step_history` of results.json) | `{"step", "epoch" (0-based, in progress), "loss", "accuracy" (running means over the epoch's batches so far, training mode; None at step 0), "coherence/<sample>/...", "f_pristine", "f_corrupt", "f_pristine_null"}` |
     | `coherence.csv` (the monitor's)  | its rows, column `epoch` as above, so `truncate_csv_epochs` works |
     | TensorBoard `log_dir`            | every value of the row (except step / epoch; None and NaN: no scalar) at the global step |
     | epoch logs (epoch ends only)     | the same keys as the per-epoch monitor, so `history` is unchanged |

@@ -37,6 +37,8 @@ import time
 
 from absl import app, flags, logging
 
+from cgh_tf import workdir_lock
+
 from . import catalog
 from . import config_schema
 from . import outputs
@@ -108,6 +110,12 @@ def run(experiment, workdir: str, command: str, progress: bool = False, echo=pri
     per arm (None: silent).
     """
     os.makedirs(workdir, exist_ok=True)
+    with workdir_lock.hold(workdir, f"sweep {experiment.name}"):  # one sweep per workdir
+        return _run_arms(experiment, workdir, command, progress, echo)
+
+
+def _run_arms(experiment, workdir, command, progress, echo) -> dict:
+    """`run`'s loop over the arms and its report (under the workdir's lock)."""
     started = time.time()
     results, timings = {}, {}
     for index, arm in enumerate(experiment.arms, 1):

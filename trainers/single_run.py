@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from cgh_tf import callbacks as cgh_callbacks
+from cgh_tf import fault_injection
 from trainers import config_schema
 from trainers import distributed_loop
 from trainers import factories
@@ -34,7 +35,7 @@ from trainers.schedule import EpochStepDecay, build_schedule
 
 # Config fields that may change between an interrupted run and its resumption (a run may resume
 # on other hardware: its numbers then differ from an uninterrupted run's by float rounding only).
-RESUMABLE_FIELDS = ("num_epochs", "keep_checkpoints", "distribution")
+RESUMABLE_FIELDS = ("num_epochs", "keep_checkpoints", "distribution", "collective_timeout")
 
 
 @dataclasses.dataclass
@@ -189,6 +190,24 @@ class _EpochScalars(keras.callbacks.Callback):
         self._writers = {}
 
 
+class _FaultPoints(keras.callbacks.Callback):
+    """Passes the trainer's `cgh_tf.fault_injection` points `train-step-<S>` and `epoch-end-<E>`
+    (before the checkpoint: this callback precedes `_Checkpointer`)."""
+
+    def __init__(self, steps_per_epoch: int):
+        super().__init__()
+        self.steps_per_epoch, self.epoch = steps_per_epoch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        fault_injection.point(f"train-step-{self.epoch * self.steps_per_epoch + batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        fault_injection.point(f"epoch-end-{epoch + 1}")
+
+
 class _Checkpointer(keras.callbacks.Callback):
     """Appends the epoch's logs to the history and saves the run's state; logs one line with absl.
 
@@ -256,6 +275,7 @@ def run(config, workdir, progress, data=None, strategy=None):
 
     results = make_results(config, data, history, step_history)
     outputs.write_json(os.path.join(workdir, outputs.RESULTS_FILE), results)
+    fault_injection.point("results-written")
     outputs.plot_curves(os.path.join(workdir, outputs.PLOT_FILE), history,
                    title=f"{config.dataset}, {config.label_noise:.0%} label noise, "
                          f"{config.model.name}, {config.optimizer.name}")
@@ -275,10 +295,13 @@ def _callbacks(prepared, workdir, history, features, step_history):
     """The trainer's callbacks, in order (the chief's; other workers only `_EpochSchedule`)."""
     config, data = prepared.config, prepared.data
     schedule = _EpochSchedule(prepared.schedule)
+    faults = [_FaultPoints(input_pipeline.steps_per_epoch(
+        len(data.train), config.batch_size, config.drop_remainder))] if fault_injection.active() else []
     if not distributed_loop.is_chief(prepared.strategy):
-        return [schedule]  # the only callback that changes training; the chief writes the rest
+        return [schedule, *faults]  # the only callback that changes training; the chief writes the rest
     return [
         schedule,
+        *faults,
         cgh_callbacks.SubsetAccuracy(input_pipeline.memorisation_subsets(data.train),
                                      batch_size=config.eval_batch_size),
         *features,

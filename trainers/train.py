@@ -58,7 +58,8 @@ from trainers.config_schema import ConfigError, setting
 
 
 # Besides ConfigError, what a run reports as one line and exit status 1 (the binaries catch these).
-RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError)
+RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError,
+              distributed_loop.PeerFailure)
 
 
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
@@ -70,15 +71,18 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     config_schema.validate(config)
     check_workdir(workdir)
     easy = setting(config, "mode") == "easy_hard"
-    strategy = None if easy else distributed_loop.build_strategy(config.distribution)
+    strategy = None if easy else distributed_loop.build_strategy(
+        config.distribution, setting(config, "collective_timeout"))
     if not distributed_loop.is_chief(strategy):  # writes nothing: no lock
-        return single_run.run(config, workdir, progress, strategy=strategy)[0]
+        with distributed_loop.peers_fail_loudly(strategy):
+            return single_run.run(config, workdir, progress, strategy=strategy)[0]
     if not easy:  # a workdir of another run is refused untouched, before the lock file
         single_run.check_workdir_holds_config(workdir, config)
-    with workdir_lock.hold(workdir, f"trainer ({setting(config, 'mode') or 'train'})"):
+    with workdir_lock.hold(workdir, f"trainer ({setting(config, 'mode')})"):
         if easy:
             return easy_hard.train_easy_hard(config, workdir, progress)
-        return single_run.run(config, workdir, progress, strategy=strategy)[0]
+        with distributed_loop.peers_fail_loudly(strategy):
+            return single_run.run(config, workdir, progress, strategy=strategy)[0]
 
 
 def check_workdir(workdir: str) -> None:
@@ -94,10 +98,15 @@ def check_workdir(workdir: str) -> None:
 
 def run_or_exit(config, workdir, progress=True) -> dict:
     """`train_and_evaluate` with deterministic ops; a `ConfigError`, a busy workdir
-    (`cgh_tf.workdir_lock`) or a failed checkpoint save exits with status 1 and its one line."""
+    (`cgh_tf.workdir_lock`), a failed checkpoint save or a dead or hung peer worker
+    (`distributed_loop.PeerFailure`) exits with status 1 and its one line."""
     tf.config.experimental.enable_op_determinism()
     try:
         return train_and_evaluate(config, workdir, progress=progress)
+    except distributed_loop.PeerFailure as error:
+        logging.error("%s", error)
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        os._exit(1)  # after aborted collectives TF's runtime cannot shut down cleanly (errors at exit)
     except (ConfigError, *RUN_ERRORS) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
@@ -119,7 +128,8 @@ def main(argv):
 
 def parse_flags(argv):
     """absl's flag parsing, with a bad `--config.FIELD=VALUE` (unknown field, wrong type) as one
-    line naming the flag and what is allowed (ml_collections raises it as a Python error)."""
+    line naming the flag and what is allowed (ml_collections raises it as a Python error), and a
+    `--config` file that is missing or fails to load as one line naming it."""
     try:
         parsed = app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError, TypeError, ValueError) as error:
@@ -128,26 +138,28 @@ def parse_flags(argv):
         flag = next((a.split("=")[0] for a in argv[1:] if named and a.startswith("--config.")
                      and a.split("=")[0].split(".")[-1] == named.group(1)), "--config")
         sys.exit(f"error: {flag}: {text}")
-    except Exception as error:  # noqa: BLE001 -- the config file's own code failed (SyntaxError, ...)
-        sys.exit(f"error: --config: the config file failed to load: {type(error).__name__}: "
-                 f"{(str(error).splitlines() or [''])[0]}")
-    _check_config_loaded()
+    except Exception as error:  # noqa: BLE001 -- the config file did not load (missing, its code failed)
+        sys.exit(_config_file_error(argv, error))
+    try:
+        getattr(flags.FLAGS.config, "seed", None)  # ml_collections defers a load error to here
+    except OSError as error:
+        sys.exit(_config_file_error(argv, error))
     return parsed
 
 
-def _check_config_loaded():
-    """One line for a `--config` file that did not load (ml_collections defers that error to
-    the first use of the config, as a 60-line traceback)."""
-    try:
-        getattr(flags.FLAGS.config, "seed", None)
-    except OSError as error:
-        filename = config_flags.get_config_filename(flags.FLAGS["config"])
-        path = filename.split(":")[0]
-        cause = error.__cause__ or error
-        reason = ("no such file" if not os.path.isfile(path) else
-                  "it failed to load: " + [l.strip() for l in str(cause).splitlines() if l.strip()][-1])
-        sys.exit(f"error: --config={filename}: {reason}; give a config file such as "
-                 f"configs/default.py")
+def _config_file_error(argv, error) -> str:
+    """One line for a `--config` file that did not load (ml_collections raises it, or defers it
+    to the first use of the config, as a 60-line traceback)."""
+    given = [b if a == "--config" else a.split("=", 1)[1] for a, b in zip(argv, argv[1:] + [""])
+             if a == "--config" or a.startswith("--config=")]
+    path = given[-1] if given else ""
+    if not os.path.isfile(path.split(":")[0]):
+        return f"error: --config={path}: no such file; give a config file such as configs/default.py"
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (f"error: --config={path}: the config file failed to load: {type(error).__name__}: "
+            f"{lines[-1] if lines else ''}")
 
 
 def _one_line(error) -> str:

@@ -10,6 +10,7 @@ gradient norm, without materialising per-example gradients. Interface: `base.py`
 | einsum_dense | EinsumDense (any equation Keras accepts; so MultiHeadAttention, GroupedQueryAttention) | einsum_dense.py |
 | lora | Dense, EinsumDense with `enable_lora` (not quantized) | lora.py |
 | conv, depthwise_conv, separable_conv, conv_transpose | Conv1D/2D/3D (groups, causal), DepthwiseConv1D/2D, SeparableConv1D/2D, Conv1D/2D/3DTranspose | conv.py |
+| recurrent | SimpleRNN, LSTM, GRU (reset_after) with Keras' own cell, no dropout, not stateful (so Bidirectional of them) | recurrent.py |
 
 A layer without a rule, or whose variables are also used outside it (tied weights), goes to the
 exact fallback (`cgh_tf.exact_fallback`); `cgh_tf.per_example.explain(model)` lists the choice.
@@ -22,9 +23,10 @@ from cgh_tf.layer_rules.einsum_dense import EinsumDenseRule
 from cgh_tf.layer_rules.embedding import EmbeddingRule
 from cgh_tf.layer_rules.lora import LoraRule
 from cgh_tf.layer_rules.normalization import BatchNormRule, GroupNormRule, LayerNormRule, RMSNormRule
+from cgh_tf.layer_rules.recurrent import RecurrentRule
 
 RULES = (DenseRule, EmbeddingRule, LayerNormRule, EinsumDenseRule, GroupNormRule, BatchNormRule, RMSNormRule,
-         LoraRule, ConvRule, DepthwiseConvRule, SeparableConvRule, ConvTransposeRule)
+         LoraRule, ConvRule, DepthwiseConvRule, SeparableConvRule, ConvTransposeRule, RecurrentRule)
 
 
 def rule_for(layer):

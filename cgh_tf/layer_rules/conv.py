@@ -52,6 +52,7 @@ Geometry as TF: 'same' pads (L−1)·s + (k−1)·d + 1 − n in total, the smal
 channels_first tensors are transposed to channels_last for the statistics.
 """
 
+import copy
 import itertools
 import math
 
@@ -431,8 +432,7 @@ class _Part:
 
     def examples(self, start, stop):
         """This part restricted to examples start:stop."""
-        part = object.__new__(_Part)
-        part.__dict__.update(self.__dict__)
+        part = copy.copy(self)
         part.x, part.y = self.x[start:stop], self.y[start:stop]
         return part
 

@@ -63,10 +63,12 @@ class LayerNormRule(base.LayerRule):
             inputs, None, None, layer.axis, layer.epsilon, rms_scaling=layer.rms_scaling)
         z = normalised
         ndims = len(normalised.shape)
+        # γ, β in the dtype of x̂, as Keras' op (x̂ is float32 for a float32 input under a 16-bit
+        # policy: the layer does not autocast its input); the output is cast to compute_dtype.
         if layer.gamma is not None:
-            z = z * _broadcast(ctx.weight(layer.gamma), layer.axis, ndims, layer.compute_dtype)
+            z = z * _broadcast(ctx.weight(layer.gamma), layer.axis, ndims, normalised.dtype)
         if layer.beta is not None and not layer.rms_scaling:
-            z = z + _broadcast(ctx.weight(layer.beta), layer.axis, ndims, layer.compute_dtype)
+            z = z + _broadcast(ctx.weight(layer.beta), layer.axis, ndims, normalised.dtype)
         ctx.keep(normalised=normalised)
         return keras.ops.cast(ctx.output(z), layer.compute_dtype)
 

@@ -27,6 +27,8 @@ def loss_fractions(base, seeds, noise_levels=(0.25, 0.5), monitor_samples=256,
     ) + ((Metric("fp_early", f"f^p (after {every} steps)", ("step_at", "f_pristine", every)),)
          if every else ()) + (
         Metric("fp_min", "f^p (min over measurements)", (series, "f_pristine", "min")),
+        Metric("fp_null_first", "Q_p/Q, f^p's gradient-blind null (first measurement)",
+               (series, "f_pristine_null", "first")),
         Metric("fp_last", "f^p (last)", ("history", "f_pristine", "last")),
         Metric("corrupted", "corrupted train acc (vs noisy label)",
                ("final", "corrupted_train_accuracy")),
@@ -34,6 +36,7 @@ def loss_fractions(base, seeds, noise_levels=(0.25, 0.5), monitor_samples=256,
     )
     figures = (Figure("loss_fractions.png", "Loss-reduction fractions (2002.10657)",
                       (("f_pristine", "f^p (pristine share of the loss reduction)"),
+                       ("f_pristine_null", "Q_p/Q (f^p's null: orthogonal gradients)"),
                        ("coherence/pristine/m_coherence", "m-coherence, pristine sample"),
                        ("coherence/corrupted/m_coherence", "m-coherence, corrupted sample"),
                        ("corrupted_accuracy", "corrupted train accuracy (vs noisy label)"))),)
@@ -53,7 +56,9 @@ def loss_fractions(base, seeds, noise_levels=(0.25, 0.5), monitor_samples=256,
         + (f"before training, every {every} steps and after every epoch" if every
            else "after every epoch")
         + f"; plus the m-coherence of fixed pristine and corrupted "
-        f"samples (m = {monitor_samples} each). With noise p a gradient-blind split would give "
-        f"f^p ≈ 1 − p.")
+        f"samples (m = {monitor_samples} each). The gradient-blind null of f^p is Q_p/Q "
+        f"(`f_pristine_null`, the pristine share of Σ_i ‖g_i‖²; f^p = Q_p/Q exactly for orthogonal "
+        f"gradients), not 1 − p: uniform noise over C classes changes only (1 − 1/C)·p of the "
+        f"labels, and corrupted examples have larger gradients (cgh_tf/nulls.py).")
     return Sweep("loss_fractions", "Pristine vs corrupt loss-reduction fractions",
                       description, tuple(arms), metrics, figures)

@@ -1,0 +1,161 @@
+"""Issue 21's speed figures on sequence models, as ratios in one process (batch 64).
+
+Run: `python -m benchmarks.sequence_models [--rounds 10] [--parts steps,measure] [--jit off]`.
+
+* steps: `coherence_every=1` train step / plain Keras train step (both `model.train_step` of a
+  compiled model in one `tf.function`, SGD, interleaved rounds, median; benchmarks/coherence.py's
+  `time_interleaved`) on
+  - gqa_decoder: a grouped-query causal decoder block, sequence 64, width 128, 4 query / 2
+    key-value heads (Embedding(1000, 128) -> GroupQueryAttention(causal) -> LayerNorm -> FFN 256 ->
+    LayerNorm -> pool -> Dense 10), the issue's block;
+  - masked_lm: a masked Transformer LM, sequence 64, width 128, 4 heads: Embedding(1000,
+    mask_zero=True) -> MultiHeadAttention (causal, padding mask carried by Keras) -> LayerNorm ->
+    FFN 256 -> LayerNorm -> Dense(1000) logits per token; ids with zero padding at the end;
+  - mlp: MLP 784-512-512-10 (benchmarks/coherence.py), batch 128, the ≤ 1.1 reference.
+  Targets (issue 21): ≤ 1.25 on the first two, ≤ 1.1 kept on the MLP.
+* measure: `coherence.measure` (one batch, after a warm-up call) / one plain gradient of the
+  batch loss (a `tf.function` of a GradientTape) on a BiLSTM -> BiGRU classifier (sequence 20,
+  8 features, 16 units each way, Dense 5), batch 64. Target ≤ 10. The first call's seconds are
+  printed too (tracing and the exact fallback's choice).
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import cgh_tf  # noqa: E402
+from benchmarks import coherence as coherence_bench, keras_steps  # noqa: E402
+from cgh_tf import coherence  # noqa: E402
+
+L = keras.layers
+SEQ, WIDTH, VOCAB, BATCH = 64, 128, 1000, 64
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def gqa_decoder():
+    inputs = keras.Input((SEQ,), dtype="int32")
+    e = L.Embedding(VOCAB, WIDTH)(inputs)
+    a = L.GroupQueryAttention(WIDTH // 4, num_query_heads=4, num_key_value_heads=2)(
+        e, e, use_causal_mask=True)
+    h = L.LayerNormalization()(e + a)
+    h = L.LayerNormalization()(h + L.Dense(WIDTH)(L.Dense(2 * WIDTH, activation="relu")(h)))
+    return keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling1D()(h)))
+
+
+def masked_lm():
+    inputs = keras.Input((SEQ,), dtype="int32")
+    e = L.Embedding(VOCAB, WIDTH, mask_zero=True)(inputs)
+    a = L.MultiHeadAttention(4, WIDTH // 4)(e, e, use_causal_mask=True)
+    h = L.LayerNormalization()(e + a)
+    h = L.LayerNormalization()(h + L.Dense(WIDTH)(L.Dense(2 * WIDTH, activation="relu")(h)))
+    return keras.Model(inputs, L.Dense(VOCAB)(h))
+
+
+def bilstm_bigru():
+    inputs = keras.Input((20, 8))
+    h = L.Bidirectional(L.LSTM(16, return_sequences=True))(inputs)
+    h = L.Bidirectional(L.GRU(16))(h)
+    return keras.Model(inputs, L.Dense(5)(h))
+
+
+def batch_for(name, rng):
+    """(x, y): padded ids (a random length ≥ 16 each, zeros after) and next-token-like targets for
+    the LM; ids and 10 classes for the decoder; floats for the MLP."""
+    if name == "mlp":
+        return (tf.constant(rng.standard_normal((128, 784)).astype("float32")),
+                tf.constant(rng.integers(0, 10, 128).astype("int32")))
+    ids = rng.integers(1, VOCAB, (BATCH, SEQ))
+    if name == "masked_lm":
+        lengths = rng.integers(16, SEQ + 1, BATCH)
+        ids = np.where(np.arange(SEQ)[None] < lengths[:, None], ids, 0)
+        return tf.constant(ids.astype("int32")), tf.constant(np.roll(ids, -1, 1).astype("int32"))
+    return tf.constant(ids.astype("int32")), tf.constant(rng.integers(0, 10, BATCH).astype("int32"))
+
+
+BUILDERS = {"gqa_decoder": gqa_decoder, "masked_lm": masked_lm,
+            "mlp": lambda: coherence_bench.mlp()}
+
+
+def train_steps(name, jit):
+    steps = {}
+    for label, cls, options in (("plain", keras.Model, {}),
+                                ("coherence_every=1", cgh_tf.Model, {"coherence_every": 1})):
+        keras.utils.set_random_seed(0)
+        base = BUILDERS[name]()
+        model = cls(base.inputs, base.outputs)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=LOSS, **options)
+        steps[label] = keras_steps.compiled_train_step(model, jit)
+    return steps
+
+
+def measure_ratio(rounds):
+    """(measure / plain gradient, first measure call in s) on the BiLSTM -> BiGRU model."""
+    keras.utils.set_random_seed(0)
+    model = bilstm_bigru()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, 20, 8)).astype("float32")
+    y = rng.integers(0, 5, BATCH)
+
+    @tf.function
+    def plain(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(LOSS.call(y, model(x)))
+        return tape.gradient(loss, model.trainable_variables)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coherence.measure(model, x, y, loss=LOSS)
+    first = time.perf_counter() - start
+    plain(x, y)
+    times = {"measure": [], "plain": []}
+    for _ in range(rounds):
+        for name, run in (("measure", lambda: coherence.measure(model, x, y, loss=LOSS)),
+                          ("plain", lambda: [g.numpy() for g in plain(x, y)])):
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return medians["measure"] / medians["plain"], medians, first
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--parts", default="steps,measure")
+    parser.add_argument("--models", default="gqa_decoder,masked_lm,mlp")
+    parser.add_argument("--jit", default="off", help="comma-separated subset of off,on")
+    args = parser.parse_args(argv)
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, "
+          f"Keras {keras.__version__}, median of {args.rounds} interleaved rounds")
+    rng = np.random.default_rng(0)
+    if "steps" in args.parts:
+        print("| model | XLA | plain ms | coherence_every=1 / plain |\n|---|---|---|---|")
+        for name in args.models.split(","):
+            x, y = batch_for(name, rng)
+            for jit in args.jit.split(","):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    result = coherence_bench.time_interleaved(train_steps(name, jit == "on"), x, y,
+                                                              args.rounds)
+                plain = result["plain"][0]
+                print(f"| {name} | {jit} | {plain * 1e3:.1f} | "
+                      f"{result['coherence_every=1'][0] / plain:.2f} |", flush=True)
+    if "measure" in args.parts:
+        ratio, medians, first = measure_ratio(args.rounds)
+        print(f"BiLSTM -> BiGRU, batch {BATCH}: measure {medians['measure'] * 1e3:.1f} ms, plain "
+              f"gradient {medians['plain'] * 1e3:.1f} ms, ratio {ratio:.1f} (first measure call "
+              f"{first:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

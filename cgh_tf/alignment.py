@@ -1,0 +1,237 @@
+"""Per-example alignment: how much of the rest of a sample supports each example's gradient.
+
+For a sample of m examples with per-example gradients g_i, S = Σ_j g_j (docs/design.md §1):
+
+| quantity | definition | meaning |
+|---|---|---|
+| g_i · S (`dot_with_sum`) | ‖g_i‖² + Σ_{j≠i} g_i·g_j | first-order decrease of ℓ_i per unit step along S |
+| a_i (`alignment`) | g_i · (S − g_i) / ‖g_i‖² | how many other examples' worth of support g_i has (0 = orthogonal to the rest, < 0 = opposed); NaN where g_i = 0 |
+| Σ_i ‖g_i‖² a_i / Q | (‖S‖² − Q)/Q = r − 1 = (m − 1) × pairwise coherence | the sample's statistics (`stats`) are the ‖g_i‖²-weighted mean of a_i |
+
+Two streamed passes, memory O(parameters + m):
+
+1. the engine (`cgh_tf.per_example`, as `coherence.measure`): S and Q, and every ‖g_i‖² from the
+   fast rules;
+2. one **forward-mode** pass per batch (`tf.autodiff.ForwardAccumulator`, tangent S/‖S‖): the
+   directional derivative of every ℓ_i along S is g_i · S, all m at once.
+
+**Checks, then the exact path.** Forward mode through TF ops is not proven for every layer: a model
+whose forward-mode pass cannot be traced (e.g. Keras' GRU symbolic loop), or whose results fail
+the identity Σ_i g_i · S = ‖S‖² (Keras' grouped Conv2D on CPU runs an XLA-compiled function whose
+forward-mode derivative TF gets wrong), takes the **exact path** instead, with a warning: reverse
+over reverse, g_i · S = ∂/∂c_i ⟨∇_w Σ_j c_j ℓ_j, S⟩ at c = 1 (two backward passes per batch).
+`Alignment.method` says which path ran. Both passes must see the same examples in the same order
+with the same losses: a dataset that reshuffles, or randomness in the model (Dropout with
+training=True), fails with an error instead of a wrong result.
+"""
+
+import dataclasses
+import math
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from cgh_tf import coherence, streaming
+
+FORWARD_MODE = "forward mode"
+EXACT = "exact (reverse over reverse)"
+
+# Relative tolerances of the checks, by the model's least precise dtype: Σ_i g_i·S against ‖S‖² (relative
+# to Σ_i |g_i·S|) and each loss of the second pass against the first's (relative to the mean |ℓ|).
+_TOLERANCE = {tf.float64: 1e-9, tf.float32: 1e-3, tf.float16: 5e-2, tf.bfloat16: 5e-2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    """Per-example alignment of a sample of m examples (module table), arrays float64 [m] in
+    sample order.
+
+    alignment: a_i = g_i·(S − g_i)/‖g_i‖²; dot_with_sum: g_i·S; sq_norms: ‖g_i‖²; losses: ℓ_i;
+    stats: the sample's `CoherenceStats` (S, Q, m-coherence, pairwise coherence);
+    method: `FORWARD_MODE` or `EXACT` (how g_i·S was computed).
+    """
+
+    alignment: np.ndarray
+    dot_with_sum: np.ndarray
+    sq_norms: np.ndarray
+    losses: np.ndarray
+    stats: coherence.CoherenceStats
+    method: str
+
+
+class _Sample(NamedTuple):
+    """The arguments of `alignment` that both passes read the sample with."""
+
+    model: object
+    x: object
+    y: object
+    loss: object
+    batch_size: object
+    training: bool
+    sample_weight: object
+
+
+def alignment(model, x, y=None, loss=None, batch_size=None, training=False,
+              sample_weight=None) -> Alignment:
+    """a_i and g_i · S of every example of a sample, with the sample's coherence statistics.
+
+    x, y, loss, sample_weight: as `coherence.measure` (ℓ_i the decomposition of Keras' loss of
+      each batch); a `tf.data.Dataset` must yield the same batches each time it is iterated (it
+      is read twice).
+    training: the mode the model runs in (inference mode by default, as `measure`).
+    """
+    sample = _Sample(model, x, y, loss, batch_size, training, sample_weight)
+    first = coherence.streamed_sums(model, x, y, loss, batch_size, training, sample_weight)
+    stats = first.stats()
+    dots, method = _dots_with_sum(sample, first, stats.sq_norm_of_sum)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(first.sq_norms > 0, (dots - first.sq_norms) / first.sq_norms, np.nan)
+    return Alignment(a, dots, first.sq_norms, first.losses, stats, method)
+
+
+def _dots_with_sum(sample, first, sq_norm_of_sum):
+    """(g_i·S [m], method) after the first pass `first` (`coherence.SampleSums`): forward mode,
+    checked against the first pass's losses and Σ_i g_i·S = ‖S‖², else the exact path."""
+    if sq_norm_of_sum == 0:  # S = 0: every g_i · S is 0
+        return np.zeros_like(first.losses), FORWARD_MODE
+    norm = math.sqrt(sq_norm_of_sum)
+    tangent = _unit_tangent(sample.model, first.accumulator, norm)
+    dots, losses, method = _forward_or_exact(sample, tangent)
+    _check_same_examples(sample.model, first.losses, losses)
+    if method == FORWARD_MODE and not _sums_to_sq_norm(sample.model, dots * norm, sq_norm_of_sum):
+        warnings.warn(
+            f"cgh_tf.alignment: the forward-mode derivatives of model {sample.model.name!r} fail "
+            "the check Σ_i g_i·S = ‖S‖² (a layer whose forward-mode derivative TF computes "
+            "wrongly, e.g. Keras' grouped Conv2D on CPU); recomputing g_i·S on the exact path "
+            "(reverse over reverse, about twice the cost).", stacklevel=3)
+        (dots, _), method = _exact_dots(sample, tangent), EXACT
+    return dots * norm, method
+
+
+def _unit_tangent(model, accumulator, norm):
+    """S/‖S‖ per trainable variable, in the variable's dtype (a unit tangent keeps the forward-mode
+    values in range in float16 however large m, and so ‖S‖, is)."""
+    return [tf.cast(total / norm, v.dtype)
+            for total, v in zip(accumulator.grad_sums, model.trainable_variables)]
+
+
+def _tolerance(model):
+    """The loosest tolerance among the compute dtype and the trainable variables' dtypes (LoRA
+    keeps float32 factors in a float64 model)."""
+    dtypes = {model.dtype_policy.compute_dtype} | {v.dtype for v in model.trainable_variables}
+    return max(_TOLERANCE.get(tf.as_dtype(d), 5e-2) for d in dtypes)
+
+
+def _sums_to_sq_norm(model, dots, sq_norm_of_sum):
+    """Σ_i g_i·S = ‖S‖², to the dtype's tolerance relative to Σ_i |g_i·S|."""
+    return abs(np.sum(dots) - sq_norm_of_sum) <= _tolerance(model) * np.sum(np.abs(dots))
+
+
+def _check_same_examples(model, first_losses, second_losses):
+    scale = np.mean(np.abs(first_losses)) + 1e-30
+    worst = np.max(np.abs(first_losses - second_losses)) / scale
+    if not worst <= _tolerance(model):
+        raise ValueError(
+            "alignment reads the sample twice and the second pass saw different per-example losses "
+            f"(largest difference {worst:.3g} × the mean loss): the dataset must yield the same "
+            "batches in the same order each time it is iterated (no reshuffling), and the model "
+            "must be deterministic in the requested mode (no Dropout with training=True).")
+
+
+def _forward_or_exact(sample, tangent):
+    """(g_i·t [m], ℓ_i [m], method), t the unit tangent: forward mode, or the exact path if the
+    forward-mode pass cannot be traced."""
+    forward = coherence._cached(sample.model, "alignment_forward", sample.loss, sample.training,
+                                _build_forward)
+    try:
+        return (*_stream(forward, sample, tangent, trace_check=True), FORWARD_MODE)
+    except _ForwardModeUntraceable as error:
+        warnings.warn(
+            f"cgh_tf.alignment: model {sample.model.name!r} cannot be differentiated in forward "
+            f"mode ({error}); computing g_i·S on the exact path (reverse over reverse, about twice "
+            "the cost).", stacklevel=4)
+    return (*_exact_dots(sample, tangent), EXACT)
+
+
+def _exact_dots(sample, tangent):
+    exact = coherence._cached(sample.model, "alignment_exact", sample.loss, sample.training,
+                              _build_exact)
+    return _stream(exact, sample, tangent)
+
+
+class _ForwardModeUntraceable(Exception):
+    """Tracing the forward-mode pass raised (the message names the original error)."""
+
+
+def _stream(compiled, sample, tangent, trace_check=False):
+    """(g_i·t [m], ℓ_i [m]) float64 over the sample, t the unit tangent, by `compiled`."""
+    dots, losses = [], []
+    for block in streaming.blocks(sample.x, sample.y, sample.batch_size, sample.sample_weight):
+        function = compiled.stacked if block.stacked else compiled.single
+        if trace_check:
+            try:
+                function.get_concrete_function(block.x, block.y, block.w, tangent)
+            except Exception as error:  # noqa: BLE001 (any trace failure hands over to the exact path)
+                raise _ForwardModeUntraceable(_one_line(error)) from error
+        d, l = function(block.x, block.y, block.w, tangent)
+        dots.append(np.reshape(d.numpy(), [-1]))
+        losses.append(np.reshape(l.numpy(), [-1]))
+    return np.concatenate(dots), np.concatenate(losses)
+
+
+def _one_line(error):
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
+class _Compiled:
+    """A per-batch `fn(x, y, w, tangent) -> (g_i·t [b], ℓ_i [b])` (float64), compiled for one
+    batch and for a stacked block of batches (one graph loop)."""
+
+    def __init__(self, per_batch):
+        self.per_batch = per_batch
+        self.single = tf.function(per_batch, reduce_retracing=True, autograph=False)
+        self.stacked = tf.function(self._stacked, reduce_retracing=True, autograph=False)
+
+    def _stacked(self, xs, ys, ws, tangent):
+        return streaming.over_stacked_batches(
+            lambda xb, yb, wb, _: self.per_batch(xb, yb, wb, tangent), (xs, ys, ws), False,
+            (tf.float64,) * 2)
+
+
+def _build_forward(model, loss_fn, training):
+    """g_i·t for every example from one forward-mode pass: the JVP of the per-example losses."""
+    variables = [v.value for v in model.trainable_variables]  # the tf.Variables behind Keras'
+
+    def per_batch(xb, yb, wb, tangent):
+        if not all(isinstance(v, tf.Variable) for v in variables):
+            raise TypeError("a trainable variable's `.value` is not a tf.Variable")
+        with tf.autodiff.ForwardAccumulator(variables, tangent) as accumulator:
+            losses = loss_fn(yb, model(xb, training=training), wb)
+        dots = accumulator.jvp(losses, unconnected_gradients="zero")
+        return tf.cast(dots, tf.float64), tf.cast(losses, tf.float64)
+
+    return _Compiled(per_batch)
+
+
+def _build_exact(model, loss_fn, training):
+    """g_i·t = ∂/∂c_i ⟨∇_w Σ_j c_j ℓ_j, t⟩ at c = 1: reverse over reverse, exact for any model
+    whose gradient is twice differentiable by TF (also symbolic loops)."""
+    variables = list(model.trainable_variables)
+
+    def per_batch(xb, yb, wb, tangent):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                losses = loss_fn(yb, model(xb, training=training), wb)
+                weights = tf.ones_like(losses)
+                outer.watch(weights)
+                total = tf.reduce_sum(weights * losses)
+            grads = inner.gradient(total, variables, unconnected_gradients="zero")
+            along = tf.add_n([tf.reduce_sum(tf.cast(tf.cast(tf.convert_to_tensor(g), t.dtype) * t,
+                                                    tf.float64)) for g, t in zip(grads, tangent)])
+        dots = outer.gradient(along, weights, unconnected_gradients="zero")
+        return tf.cast(dots, tf.float64), tf.cast(losses, tf.float64)
+
+    return _Compiled(per_batch)

@@ -1,0 +1,208 @@
+"""cgh_tf.loss_decomposition against Keras' own batch loss and a float64 brute-force reference.
+
+For every case (masks on ŷ, per-example and per-token sample weights, every reduction, loss_weights,
+dict and list outputs): (1/m) Σ_i ℓ_i equals `model.compute_loss` (Keras' value); the mean of the
+per-example gradients, each taken on a batch of one example with its slice of the prepared targets,
+equals the tape gradient of Keras' batch loss; and ℓ_i equals the hand-derived decomposition:
+Keras' own loss with reduction "sum" on example i alone, × m / D, D the divisor of the reduction
+computed here in NumPy (docs/design.md §loss decomposition).
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cgh_tf import keras_internals, loss_decomposition
+
+M, T, VOCAB, CLASSES = 5, 4, 9, 3
+REDUCTIONS = ["sum_over_batch_size", "mean", "sum", "mean_with_sample_weight", None]
+
+
+def _masked_lm():
+    """Embedding(mask_zero=True) -> Dense logits per token; padded sequences (the mask rides on ŷ)."""
+    inputs = keras.Input((T,), dtype="int32")
+    hidden = keras.layers.Embedding(VOCAB, 4, mask_zero=True)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(keras.layers.Dense(5, "tanh")(hidden)))
+    rng = np.random.default_rng(1)
+    x = rng.integers(1, VOCAB, (M, T)).astype("int32")
+    x[0, 2:] = 0
+    x[3, 1:] = 0
+    y = rng.integers(0, CLASSES, (M, T))
+    return model, x, y, (x > 0).astype("float64")
+
+
+def _regression():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, "tanh")(inputs)))
+    rng = np.random.default_rng(2)
+    return model, rng.normal(size=(M, 3)), rng.normal(size=(M, 2)), None
+
+
+def _two_outputs(as_dict):
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, "tanh")(inputs)
+    a = keras.layers.Dense(CLASSES, name="a")(hidden)
+    b = keras.layers.Dense(2, name="b")(hidden)
+    model = keras.Model(inputs, {"a": a, "b": b} if as_dict else [a, b])
+    rng = np.random.default_rng(3)
+    y = {"a": rng.integers(0, CLASSES, M), "b": rng.normal(size=(M, 2))}
+    return model, rng.normal(size=(M, 3)), y if as_dict else [y["a"], y["b"]]
+
+
+def _scce(reduction="sum_over_batch_size"):
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+
+
+def _check(model, x, y, sample_weight=None):
+    """Σ_i ℓ_i / m = Keras' loss, and mean_i g_i (one example at a time) = Keras' gradient.
+    Returns the per-example losses ℓ_i (NumPy)."""
+    decomposition = loss_decomposition.for_model(model)
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        keras_loss = tf.reduce_sum(model.compute_loss(x=x, y=y, y_pred=model(x),
+                                                      sample_weight=sample_weight))
+    keras_grads = [tf.convert_to_tensor(g) for g in tape.gradient(keras_loss, variables)]
+    targets = decomposition.prepare(y, model(x), sample_weight)
+    losses = decomposition(targets, model(x)).numpy()
+    np.testing.assert_allclose(losses.mean(), keras_loss.numpy(), rtol=1e-12, atol=1e-14)
+    grad_sums = [np.zeros(v.shape) for v in variables]
+    for i in range(M):
+        one = tf.nest.map_structure(lambda t: t[i:i + 1], (x, targets))
+        with tf.GradientTape() as tape:
+            loss_i = tf.reduce_sum(decomposition(one[1], model(one[0])))
+        for total, g in zip(grad_sums, tape.gradient(loss_i, variables)):
+            total += 0 if g is None else tf.convert_to_tensor(g).numpy()
+    for mine, theirs in zip(grad_sums, keras_grads):
+        np.testing.assert_allclose(mine / M, theirs.numpy(), rtol=1e-10, atol=1e-13)
+    return losses
+
+
+def _summed_single_example_losses(loss, model, x, y, sample_weight):
+    """Keras' own loss with reduction "sum" on each example alone (the mask rides on ŷ)."""
+    config = dict(loss.get_config(), reduction="sum")
+    summed = type(loss).from_config(config)
+    out = []
+    for i in range(M):
+        weight = None if sample_weight is None else sample_weight[i:i + 1]
+        out.append(float(summed(y[i:i + 1], model(x[i:i + 1]), weight)))
+    return np.array(out)
+
+
+def _divisor(reduction, values_shape, mask, sample_weight):
+    """Keras' divisor, derived by hand (the table of cgh_tf.loss_decomposition)."""
+    if reduction in (None, "sum"):
+        return 1.0
+    merged = np.ones(values_shape) if mask is None else mask
+    if reduction == "mean_with_sample_weight" and sample_weight is not None:
+        return float(np.sum(np.broadcast_to(sample_weight, values_shape) * merged))
+    return float(np.sum(merged))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weights", [None, "per_token"])
+def test_masked_per_token_lm(float64_keras, reduction, weights):
+    model, x, y, mask = _masked_lm()
+    loss = _scce(reduction)
+    model.compile(loss=loss)
+    sample_weight = None if weights is None else np.random.default_rng(4).uniform(0.5, 2, (M, T))
+    losses = _check(model, x, y, sample_weight)
+    divisor = _divisor(reduction, (M, T), mask, sample_weight)
+    reference = _summed_single_example_losses(loss, model, x, y, sample_weight) * M / divisor
+    np.testing.assert_allclose(losses, reference, rtol=1e-12)
+    assert losses[3] != pytest.approx(losses[1])  # the padded example is weighted by its tokens
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weights", [None, "per_example"])
+def test_per_example_values_and_weights(float64_keras, reduction, weights):
+    model, x, y, _ = _regression()
+    loss = keras.losses.MeanSquaredError(reduction=reduction)
+    model.compile(loss=loss)
+    sample_weight = None if weights is None else np.random.default_rng(5).uniform(0.5, 2, M)
+    losses = _check(model, x, y, sample_weight)
+    divisor = _divisor(reduction, (M,), None, sample_weight)
+    reference = _summed_single_example_losses(loss, model, x, y, sample_weight) * M / divisor
+    np.testing.assert_allclose(losses, reference, rtol=1e-12)
+
+
+def test_class_weights_arrive_as_per_example_weights(float64_keras):
+    """Keras turns class_weight into per-example sample weights before the train step."""
+    model, x, _, _ = _regression()
+    model = keras.Model(model.inputs[0], keras.layers.Dense(CLASSES)(model.outputs[0]))
+    model.compile(loss=_scce())
+    y = np.array([0, 1, 2, 1, 0])
+    class_weight = {0: 1.0, 1: 3.0, 2: 0.5}
+    _check(model, x, y, np.array([class_weight[c] for c in y]))
+
+
+@pytest.mark.parametrize("as_dict", [True, False])
+def test_several_outputs_with_loss_weights(float64_keras, as_dict):
+    model, x, y = _two_outputs(as_dict)
+    losses = {"a": _scce(), "b": keras.losses.MeanSquaredError(reduction="sum")}
+    weights = {"a": 0.7, "b": 2.5}
+    if not as_dict:
+        losses, weights = [losses["a"], losses["b"]], [weights["a"], weights["b"]]
+    model.compile(loss=losses, loss_weights=weights)
+    _check(model, x, y)
+
+
+def test_several_outputs_with_per_output_sample_weights(float64_keras):
+    model, x, y = _two_outputs(as_dict=True)
+    model.compile(loss={"a": _scce(), "b": "mse"}, loss_weights={"a": 1.0, "b": 0.3})
+    rng = np.random.default_rng(6)
+    _check(model, x, y, {"a": rng.uniform(0.5, 2, M), "b": rng.uniform(0.5, 2, M)})
+
+
+def test_explicit_loss_function_and_name(float64_keras):
+    model, x, y, _ = _regression()
+    model.compile(loss="mse")
+    for loss in ("mse", lambda t, p: tf.reduce_mean(tf.abs(t - p), axis=-1)):
+        decomposition = loss_decomposition.for_model(model, loss)
+        values = decomposition(y, model(x)).numpy()
+        keras_value = keras.losses.get(loss)(y, model(x)) if isinstance(loss, str) else None
+        if keras_value is not None:
+            np.testing.assert_allclose(values, keras_value.numpy(), rtol=1e-12)
+        else:
+            np.testing.assert_allclose(values, np.mean(np.abs(y - model(x).numpy()), -1), rtol=1e-12)
+
+
+def _one_line_error(match, fn, *args):
+    with pytest.raises(ValueError, match=match) as info:
+        fn(*args)
+    assert "\n" not in str(info.value)
+
+
+def test_not_decomposable_cases_raise_one_line():
+    model, x, y, _ = _regression()
+
+    class OwnReduction(keras.losses.MeanSquaredError):
+        def __call__(self, y_true, y_pred, sample_weight=None):
+            return super().__call__(y_true, y_pred, sample_weight) * 2.0
+
+    _one_line_error("overrides Loss.__call__", loss_decomposition.for_model, model, OwnReduction())
+    scalar = loss_decomposition.for_model(model, lambda t, p: tf.reduce_mean(tf.square(t - p)))
+    _one_line_error("returned a scalar", scalar, tf.constant(y, tf.float32), model(x))
+
+    class OwnComputeLoss(keras.Model):
+        def compute_loss(self, *args, **kwargs):
+            return super().compute_loss(*args, **kwargs)
+
+    custom = OwnComputeLoss(model.inputs, model.outputs)
+    custom.compile(loss="mse")
+    _one_line_error("overrides compute_loss", loss_decomposition.for_model, custom)
+    _one_line_error("No loss", loss_decomposition.for_model, keras.Model(model.inputs, model.outputs))
+
+
+def test_compiled_loss_leaves_pins_keras_container():
+    """keras_internals.compiled_loss_leaves: Keras' resolved (path, Loss, weight) per output."""
+    model, x, y = _two_outputs(as_dict=True)
+    model.compile(loss={"a": "sparse_categorical_crossentropy", "b": "mse"},
+                  loss_weights={"a": 0.5, "b": 2.0})
+    leaves = keras_internals.compiled_loss_leaves(model, y, model(x))
+    assert [(path, weight) for path, _, weight in leaves] == [(("a",), 0.5), (("b",), 2.0)]
+    assert all(isinstance(loss, keras.losses.Loss) for _, loss, _ in leaves)
+    bare = keras.Model(model.inputs, model.outputs)
+    bare.compile(loss="mse")
+    with pytest.raises(ValueError, match="not built yet"):
+        keras_internals.compiled_loss_leaves(bare)
