@@ -421,7 +421,7 @@ def unwrap(optimizer: keras.optimizers.Optimizer) -> "RobustAverage | None":
 
 
 # --------------------------------------------------------------------------- factory
-_BASE_NAMES = ("sgd", "adam", "m3", "rm3", "ra3")
+_BASE_NAMES = ("sgd", "adam", "m3", "rm3", "ra3", "adamw")
 _SIZED_NAME = re.compile(r"^(m|rm|ra)(\d+)$")
 _WRAPPERS = {"m": M3, "rm": RM3, "ra": RA3}
 
@@ -431,11 +431,13 @@ def _inner(inner, learning_rate, momentum, **kw):
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, **kw)
     if inner == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate, **kw)
-    raise ValueError(f"Unknown inner optimizer {inner!r}; valid: 'sgd', 'adam'.")
+    if inner == "adamw":
+        return keras.optimizers.AdamW(learning_rate=learning_rate, **kw)
+    raise ValueError(f"Unknown inner optimizer {inner!r}; valid: 'sgd', 'adam', 'adamw'.")
 
 
 def parse_name(name: str, groups: int = 3, window: int = 3) -> tuple[str, int | None]:
-    """`(kind, k)` of an optimizer name of `build`: kind "sgd" / "adam" (k None), "m" (M3 with k
+    """`(kind, k)` of an optimizer name of `build`: kind "sgd" / "adam" / "adamw" (k None), "m" (M3 with k
     groups), "rm" / "ra" (RM3 / RA3 with window k); `m3` / `rm3` / `ra3` take k from `groups` /
     `window`. The one parser of the name grammar (the trainers count updates with it).
 
@@ -443,7 +445,7 @@ def parse_name(name: str, groups: int = 3, window: int = 3) -> tuple[str, int | 
         ValueError: unknown name (the message lists the valid ones).
     """
     key = str(name).lower()
-    if key in ("sgd", "adam"):
+    if key in ("sgd", "adam", "adamw"):
         return key, None
     match = _SIZED_NAME.match(key)
     if not match:
@@ -465,11 +467,12 @@ def build(name: str, learning_rate: float, momentum: float = 0.0, groups: int = 
     |-------------------|---------------------------------------------------------------------|
     | `sgd`             | `keras.optimizers.SGD(learning_rate, momentum, **kw)`               |
     | `adam`            | `keras.optimizers.Adam(learning_rate, **kw)`                        |
+    | `adamw`           | `keras.optimizers.AdamW(learning_rate, **kw)` (e.g. `weight_decay`, `beta_2`) |
     | `m3`              | `M3(inner, groups=groups, l2=l2)`                                   |
     | `rm3` / `ra3`     | `RM3` / `RA3(inner, window=window, l2=l2)`                          |
     | `m<k>`            | `M3` with `groups=k` (e.g. `m5`); `rm<k>`, `ra<k>`: `window=k`       |
 
-    `inner` ("sgd" or "adam") is the wrapped optimizer, built with `learning_rate`, `momentum`
+    `inner` ("sgd", "adam" or "adamw") is the wrapped optimizer, built with `learning_rate`, `momentum`
     (SGD only) and `**kw` (e.g. `weight_decay`, `nesterov`). For `sgd` / `adam` `l2` must be 0
     (use `weight_decay`, which is decoupled).
 
@@ -490,6 +493,6 @@ def _inner_only(key, learning_rate, momentum, l2, kw):
         raise ValueError(
             f"`l2` is only used by the robust optimizers; for {key!r} pass weight_decay=... instead."
         )
-    if key == "adam" and momentum:
+    if key in ("adam", "adamw") and momentum:
         raise ValueError("`momentum` applies to SGD only; Adam takes beta_1 / beta_2.")
     return _inner(key, learning_rate, momentum, **kw)

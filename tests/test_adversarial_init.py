@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from trainers import adversarial_init as ai
+from trainers import runner
 
 # 256 training / 128 test examples, a narrow MLP, a few epochs: real training, seconds per run.
 TINY = {"max_train": 256, "max_test": 128, "width": 32, "depth": 1, "epochs": 3,
@@ -63,35 +64,30 @@ def test_summary_numbers_and_paired_differences():
     assert s["coh_start"] is None and s["coh_max"] == 4.0
     assert ai.summarize({**curves, "train_accuracy": [0.1, 0.5, 0.9]})["epoch_train_acc_99"] is None
 
-    def result(value):
-        return {"summary": {"test_acc_final": value}}
-
-    runs = [("d/adversarial_m3", "", 0, result(0.50)), ("d/fresh_m3", "", 0, result(0.60)),
-            ("d/adversarial_m3", "", 1, result(0.40)), ("d/fresh_m3", "", 1, result(0.45)),
-            ("d/adversarial_sgd_batch3x", "", 0, result(0.7)),
-            ("d/fresh_sgd_batch3x", "", 0, result(None))]
-    diffs = ai.paired_differences(runs, "test_acc_final")
-    assert diffs[("d", "m3")] == pytest.approx([-0.10, -0.05])
-    assert diffs[("d", "sgd_batch3x")] == []  # no pair with both values
+    plan = ai.arms("small", 1, None, ("m3", "sgd_batch3x"))
+    assert ai.comparisons(plan) == [("mnist1d/adversarial_m3", "mnist1d/fresh_m3"),
+                                    ("mnist1d/adversarial_sgd_batch3x",
+                                     "mnist1d/fresh_sgd_batch3x")]
+    assert [(r.metric, r.prediction) for r in ai.rules(plan)] == [("test_acc_final", "lower")] * 2
 
 
 def test_arms_cover_starts_and_optimizers_with_matched_controls():
     plan = ai.arms("small", 2)
-    groups = list(dict.fromkeys(g for g, *_ in plan))
+    groups = list(dict.fromkeys(a.group for a in plan))
     assert len(plan) == 2 * 5 * 2 and groups[0] == "mnist1d/adversarial_sgd"
-    by = {(g, s): c for g, _, s, c in plan}
+    by = {(a.group, a.seed): a.config for a in plan}
     control, m3 = by[("mnist1d/fresh_sgd_batch3x", 1)], by[("mnist1d/fresh_m3", 1)]
     assert control.batch_size == 3 * m3.batch_size == 3 * 64
     assert by[("mnist1d/fresh_sgd_batch3x", 1)].optimizer == "sgd"
     assert by[("mnist1d/adversarial_ra3", 0)].optimizer == "ra3"
-    assert {c.seed for *_, c in plan} == {0, 1}
+    assert {a.config.seed for a in plan} == {0, 1}
     mnist5k = ai.arms("small", 1, {"dataset": "mnist5k", "epochs": 7})
-    assert {c.dataset for *_, c in mnist5k} == {"mnist5k"} and mnist5k[0][3].epochs == 7
-    assert {c.dataset for *_, c in ai.arms("full", 1)} == {"mnist1d", "mnist5k"}
+    assert {a.config.dataset for a in mnist5k} == {"mnist5k"} and mnist5k[0].config.epochs == 7
+    assert {a.config.dataset for a in ai.arms("full", 1)} == {"mnist1d", "mnist5k"}
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dataset": "nope"}, "dataset='nope' has no settings at scale 'small'"),
+    ({"dataset": "nope"}, "dataset='nope' is not available for adversarial_init at scale 'small'"),
     ({"start": "fresh"}, "start is set by the arms"),
     ({"optimizer": "adam"}, "optimizer is set by the arms"),
     ({"learning_rate": 0.0}, "learning_rate=0.0 must be a number > 0"),
@@ -125,7 +121,7 @@ def test_bad_configs_fail_in_one_line_before_any_data(overrides, message, monkey
 
 def test_reproduce_rejects_a_bad_config_before_creating_anything(tmp_path):
     with pytest.raises(ValueError, match="phase1_target=2.0 must be in"):
-        ai.reproduce(str(tmp_path / "w"), "small", 1, {"phase1_target": 2.0}, echo=None)
+        runner.plan(ai.EXPERIMENT, "small", 1, {"phase1_target": 2.0})
     assert not (tmp_path / "w").exists()
 
 
@@ -134,8 +130,8 @@ def test_bad_arm_names_and_bad_single_configs():
 
     with pytest.raises(ValueError, match="optimizer arm 'adam' is unknown"):
         ai.arms("small", 1, None, ("adam",))
-    with pytest.raises(ValueError, match="scale='huge' is unknown"):
-        ai.arms("huge", 1)
+    with pytest.raises(ValueError, match="--scale=huge is not available for adversarial_init"):
+        runner.plan(ai.EXPERIMENT, "huge", 1)
     config = ai_config.get_config()
     for field, value, message in (("dataset", "nope", "dataset='nope' is unknown"),
                                   ("start", "warm", "start='warm' is unknown"),
@@ -167,8 +163,9 @@ def tiny(tmp_path_factory):
     """One tiny reproduce run (SGD and M3, both starts, one seed), shared by the tests below."""
     workdir = tmp_path_factory.mktemp("tiny")
     lines = []
-    summary = ai.reproduce(str(workdir), "small", 1, TINY, command="test", echo=lines.append,
-                           optimizers=("sgd", "m3"))
+    arms = runner.plan(ai.EXPERIMENT, "small", 1, {**TINY, "optimizers": ("sgd", "m3")})
+    summary = runner.run(ai.EXPERIMENT, arms, str(workdir), "test", echo=lines.append,
+                         progress=True)
     return workdir, summary, lines
 
 
@@ -180,7 +177,7 @@ def test_tiny_end_to_end_shares_phase1_and_writes_the_report(tiny):
         assert (tmp_path / name).stat().st_size > 0
     assert summary["figures"] == ["adversarial_init_mnist1d_curves.png"]
     # phase 1 ran once for the seed, and stopped at its epoch budget (3 epochs are far from 0.99)
-    assert sum("phase 1 mnist1d/seed0" in line for line in lines) == 1
+    assert sum(line.startswith("  phase 1 epoch 3") for line in lines) == 1
     assert os.listdir(tmp_path / "mnist1d/phase1") == ["seed0"]
     p1 = json.loads((tmp_path / "mnist1d/phase1/seed0/results.json").read_text())
     assert p1["summary"]["phase1_epochs"] == 3
@@ -207,21 +204,24 @@ def test_tiny_end_to_end_shares_phase1_and_writes_the_report(tiny):
     # M3 makes one update per 3 batches: 256 // (16 * 3) = 5 updates per epoch, SGD 16
     assert runs["mnist1d/fresh_m3"]["summary"]["updates_per_epoch"] == 5
     assert runs["mnist1d/fresh_sgd"]["summary"]["updates_per_epoch"] == 16
-    diff = summary["differences"]["mnist1d/sgd"]["test_acc_final"]["values"]
-    assert diff == pytest.approx([runs["mnist1d/adversarial_sgd"]["summary"]["test_acc_final"]
-                                  - runs["mnist1d/fresh_sgd"]["summary"]["test_acc_final"]])
+    diff = next(d for d in summary["comparisons"] if d["arm"] == "mnist1d/adversarial_sgd"
+                and d["metric"] == "test_acc_final")
+    assert list(diff["differences"]) == pytest.approx(
+        [runs["mnist1d/adversarial_sgd"]["summary"]["test_acc_final"]
+         - runs["mnist1d/fresh_sgd"]["summary"]["test_acc_final"]])
+    assert summary["analyses"]["phase1"]["mnist1d"]["seed0"] == p1["summary"]
     text = (tmp_path / "results.md").read_text()
-    assert "mnist1d/fresh_m3" in text and "Adversarial − fresh" in text and "max_epochs" in text
-    # HParams: one session per run (phase 1 too), the column config at the root
+    assert "mnist1d/fresh_m3" in text and "Arm − control" in text and "max_epochs" in text
+    # HParams: one session per phase-2 run, the column config at the root
     start_info = "_hparams_/session_start_info"
     for group in runs:
-        assert start_info in _events_tags(tmp_path / group / "seed0/tensorboard"), group
-    assert start_info in _events_tags(tmp_path / "mnist1d/phase1/seed0/tensorboard")
+        assert start_info in _events_tags(tmp_path / group / "seed0/hparams"), group
     assert "_hparams_/experiment" in _events_tags(tmp_path)
     # a second invocation reuses every finished run (no training lines)
     again = []
-    ai.reproduce(str(tmp_path), "small", 1, TINY, command="test", echo=again.append,
-                 optimizers=("sgd", "m3"))
+    runner.run(ai.EXPERIMENT, runner.plan(ai.EXPERIMENT, "small", 1, {
+        **TINY, "optimizers": ("sgd", "m3")}), str(tmp_path), "test", echo=again.append,
+        progress=True)
     assert not any(line.startswith(("  adversarial/", "  fresh/", "  phase 1 epoch"))
                    for line in again)
     assert any(line.startswith("  fresh/") for line in lines)  # the check above can fail
@@ -229,8 +229,8 @@ def test_tiny_end_to_end_shares_phase1_and_writes_the_report(tiny):
 
 def test_interrupted_phase1_and_phase2_resume_to_the_same_numbers(tiny, tmp_path):
     """The uninterrupted reference is the tiny run's adversarial M3 arm (same config)."""
-    config = next(c for g, _, _, c in ai.arms("small", 1, TINY, ("m3",))
-                  if g.endswith("adversarial_m3"))
+    config = next(a.config for a in ai.arms("small", 1, TINY, ("m3",))
+                  if a.group.endswith("adversarial_m3"))
     reference = json.loads((tiny[0] / "mnist1d/adversarial_m3/seed0/results.json").read_text())
     assert reference["config"] == json.loads(json.dumps(config.to_dict()))
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from cgh_tf import modular
-from trainers import beyond, double_descent, grokking
+from trainers import catalog, double_descent, grokking, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +65,7 @@ TINY_GROK = {"p": 7, "steps": 6, "log_every": 2, "checkpoint_every": 2, "print_e
 
 def test_grokking_arms_cover_the_issue():
     plan = grokking.arms("small", seeds=2)
-    groups = {g: c for g, _, _, c in plan}
+    groups = {a.group: a.config for a in plan}
     assert {c.optimizer for c in groups.values()} == {"adamw", "m3", "rm3", "ra3"}
     assert {c.model for c in groups.values()} == {"mlp", "transformer"}
     assert groups["mlp_adamw_wd0"].weight_decay == 0.0 and groups["mlp_adamw"].weight_decay == 1.0
@@ -78,11 +78,14 @@ def test_grokking_arms_cover_the_issue():
         {k: v for k, v in control.items() if k not in ("aggregation", "winsorize_pct")}
     assert 0.3 <= groups["transformer_adamw"].train_fraction <= 0.5  # the issue's range
     assert len(plan) == 2 * len(groups)
-    full = {g: c for g, _, _, c in grokking.arms("full", seeds=1)}
+    full = {a.group: a.config for a in grokking.arms("full", seeds=1)}
     assert (full["mlp_adamw"].p, full["mlp_adamw"].train_fraction) == (113, 0.3)
     assert 0.3 <= full["transformer_adamw"].train_fraction <= 0.5
-    with pytest.raises(ValueError, match="scale"):
-        grokking.arms("cifar10")
+    with pytest.raises(ValueError, match="--scale=cifar10 is not available for grokking"):
+        runner.plan(grokking.EXPERIMENT, "cifar10")
+    assert grokking.comparisons(plan)[:3] == [("mlp_m3", "mlp_adamw_x3"), ("mlp_rm3", "mlp_ra3"),
+                                              ("mlp_winsorize", "mlp_adamw_b128")]
+    assert [r.metric for r in grokking.rules(plan)] == ["t_grok"] * 3
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -98,9 +101,10 @@ def test_grokking_rejects_bad_configs_before_any_run(overrides, message):
 
 
 def test_grokking_tiny_end_to_end_with_per_layer_coherence(tmp_path):
-    summary = grokking.reproduce(str(tmp_path), seeds=1, overrides=TINY_GROK, echo=None,
-                                 groups=("transformer_adamw",))
-    for name in ("results.md", "results.json", "grokking_curves.png", "grokking_per_layer.png"):
+    arms = runner.plan(grokking.EXPERIMENT, "small", 1,
+                       {**TINY_GROK, "groups": ("transformer_adamw",)})
+    summary = runner.run(grokking.EXPERIMENT, arms, str(tmp_path), "test", echo=None)
+    for name in ("results.md", "results.json", "grokking_curves.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert set(summary["groups"]) == {"transformer_adamw"}
     assert _hparams_of(tmp_path / "transformer_adamw/seed0") == {"group": "transformer_adamw"}
@@ -112,7 +116,7 @@ def test_grokking_tiny_end_to_end_with_per_layer_coherence(tmp_path):
                 "coherence/train/attn1/query/m_coherence", "coherence/train/embed/m_coherence"):
         assert len(curves[key]) == 4 and all(v is not None for v in curves[key]), key
     # finished runs are skipped: same results, no retraining
-    again = grokking.run(grokking.arms("small", 1, TINY_GROK, ("transformer_adamw",))[0][3],
+    again = grokking.run(grokking.arms("small", 1, TINY_GROK, ("transformer_adamw",))[0].config,
                          str(tmp_path / "transformer_adamw/seed0"), echo=None)
     assert again["curves"] == curves
 
@@ -121,16 +125,16 @@ def test_grokking_winsorized_arm_runs_and_is_the_mean_at_c0(tmp_path):
     """The winsorized-GD path (per-example gradients, cgh_tf.aggregators.Winsorize) at c = 0 is
     the plain mean: same curves as the AdamW arm; at c > 0 it clips and the curves differ."""
     tiny = {**TINY_GROK, "batch_size": 8}
-    plain = grokking.run(grokking.arms("small", 1, tiny, ("mlp_adamw",))[0][3],
+    plain = grokking.run(grokking.arms("small", 1, tiny, ("mlp_adamw",))[0].config,
                          str(tmp_path / "plain"), echo=None)
-    zero = grokking.arms("small", 1, {**tiny, "winsorize_pct": 0.0}, ("mlp_winsorize",))[0][3]
+    zero = grokking.arms("small", 1, {**tiny, "winsorize_pct": 0.0}, ("mlp_winsorize",))[0].config
     assert zero.aggregation == "winsorize" and zero.batch_size == 8
     at_zero = grokking.run(zero, str(tmp_path / "c0"), echo=None)
     for key in ("train_loss", "test_accuracy", "coherence/train/m_coherence", "weight_norm"):
         np.testing.assert_allclose(at_zero["curves"][key], plain["curves"][key], rtol=1e-4,
                                    err_msg=key)
     clipped = grokking.run(grokking.arms("small", 1, {**tiny, "winsorize_pct": 20.0},
-                                         ("mlp_winsorize",))[0][3], str(tmp_path / "c20"),
+                                         ("mlp_winsorize",))[0].config, str(tmp_path / "c20"),
                            echo=None)
     assert clipped["curves"]["weight_norm"][-1] != pytest.approx(plain["curves"]["weight_norm"][-1])
 
@@ -141,7 +145,7 @@ class _Interrupt(Exception):
 
 def test_grokking_m3_resumes_from_its_checkpoint_to_the_same_curves(tmp_path):
     """M3's buffers and AdamW's moments are in the checkpoint: a resumed run equals a whole one."""
-    config = grokking.arms("small", 1, {**TINY_GROK, "steps": 8}, ("mlp_m3",))[0][3]
+    config = grokking.arms("small", 1, {**TINY_GROK, "steps": 8}, ("mlp_m3",))[0].config
     reference = grokking.run(config, str(tmp_path / "reference"), echo=None)
     assert reference["batches_per_update"] == 3
     assert "coherence/test/hidden1/m_coherence" in reference["curves"]
@@ -170,13 +174,21 @@ def test_double_descent_tiny_end_to_end(tmp_path):
     overrides = {"epochs": 2, "log_epochs": (0, 1, 2), "coherence_samples": 16,
                  "fraction_samples": 32, "batch_size": 512}
     assert len(double_descent.arms("small", 2)) == 2 * 11  # the small width sweep
-    assert {c.dataset for *_, c in double_descent.arms("full", 1)} == {"mnist1d", "mnist5k"}
+    assert {a.config.dataset for a in double_descent.arms("full", 1)} == {"mnist1d", "mnist5k"}
     mnist5k = double_descent.arms("small", 2, {"dataset": "mnist5k"})
-    assert {c.dataset for *_, c in mnist5k} == {"mnist5k"} and len(mnist5k) == 2 * 11
-    assert double_descent.arms("small", 1, {"dataset": "mnist5k", "epochs": 7})[0][3].epochs == 7
-    summary = double_descent.reproduce(str(tmp_path), "small", 1, overrides, command="test",
-                                       echo=None, widths=(4, 32))
+    assert {a.config.dataset for a in mnist5k} == {"mnist5k"} and len(mnist5k) == 2 * 11
+    assert double_descent.arms("small", 1, {"dataset": "mnist5k", "epochs": 7})[0].config.epochs == 7
+    summary = _run(tmp_path, 2, {**overrides, "widths": (4, 32)})
     assert set(summary["groups"]) == {"mnist1d/width0004", "mnist1d/width0032"}
+    # the one results.json schema: per-seed values, their mean / sd, the paired contrast
+    cell = summary["groups"]["mnist1d/width0004"]["metrics"]["test_error"]
+    errors = [json.loads((tmp_path / f"mnist1d/width0004/seed{s}/results.json").read_text())
+              ["summary"]["test_error"] for s in (0, 1)]
+    assert list(cell["per_seed"].values()) == errors and cell["n"] == 2
+    assert cell["mean"] == pytest.approx(np.mean(errors), abs=1e-15)
+    assert cell["sd"] == pytest.approx(np.std(errors, ddof=1), abs=1e-15)
+    contrast = summary["contrasts"][0]
+    assert contrast["method"] == "Student t, paired by seed" and contrast["n"] == 2
     for name in ("results.md", "results.json", "double_descent_mnist1d_width.png",
                  "double_descent_mnist1d_epoch.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -193,7 +205,7 @@ def test_double_descent_tiny_end_to_end(tmp_path):
     assert "mnist1d/width0032" in text and "f^p" in text
     assert "training_seconds" in json.loads((tmp_path / "results.json").read_text())
     assert _hparams_of(tmp_path / "mnist1d/width0004/seed0") == {"group": "mnist1d/width0004",
-                                                                 "width": 4}
+                                                                 "width": 4, "seed": 0}
     assert glob.glob(str(tmp_path / "events.out.tfevents.*.hparams_config"))
 
 
@@ -208,15 +220,14 @@ def test_reproduce_cli_routes_to_the_experiment_and_checks_the_scale(tmp_path):
                          timeout=300)
     assert bad.returncode != 0
     assert "--scale=cifar10 is not available for double_descent; allowed: small, full" in bad.stderr
-    with pytest.raises(ValueError, match="scale"):
-        beyond.run("grokking", str(tmp_path), scale="imagenet")
+    with pytest.raises(ValueError, match="--scale=imagenet is not available for grokking"):
+        catalog.plan("grokking", scale="imagenet")
 
 
 def test_double_descent_mnist5k_tiny_end_to_end(tmp_path):
     overrides = {"dataset": "mnist5k", "epochs": 1, "coherence_samples": 16,
                  "fraction_samples": 32, "batch_size": 1000}
-    summary = double_descent.reproduce(str(tmp_path), "small", 1, overrides, command="test",
-                                       echo=None, widths=(4,))
+    summary = _run(tmp_path, 1, {**overrides, "widths": (4,)})
     assert set(summary["groups"]) == {"mnist5k/width0004"}
     assert (tmp_path / "double_descent_mnist5k_width.png").stat().st_size > 0
     result = json.loads((tmp_path / "mnist5k/width0004/seed0/results.json").read_text())
@@ -227,7 +238,7 @@ def test_double_descent_mnist5k_tiny_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dataset": "digits"}, "dataset='digits' has no width sweep at scale 'small'"),
+    ({"dataset": "digits"}, "dataset='digits' is not available for double_descent at scale 'small'"),
     ({"label_noise": 0.0}, "label_noise=0.0 must be in"),
     ({"log_epochs": (0, -1)}, "log_epochs=.* must be ints >= 0"),
     ({"checkpoint_every_logs": 0}, "checkpoint_every_logs=0 must be an int >= 1"),
@@ -235,6 +246,12 @@ def test_double_descent_mnist5k_tiny_end_to_end(tmp_path):
 def test_double_descent_rejects_bad_configs_before_any_run(overrides, message):
     with pytest.raises(ValueError, match=message):
         double_descent.arms("small", 1, overrides)
+
+
+def _run(workdir, seeds, overrides):
+    experiment = double_descent.EXPERIMENT
+    arms = runner.plan(experiment, "small", seeds, overrides)
+    return runner.run(experiment, arms, str(workdir), "test", echo=None)
 
 
 def _hparams_of(run_dir):

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from trainers import config_schema
+from cgh_tf import statistics
+from trainers import config_schema, runner
 from trainers import depth_width as dw
 
 TINY = {"dataset": "mnist1d", "max_train": 64, "coherence_samples": 8, "batch_size": 32,
@@ -19,28 +20,16 @@ TINY = {"dataset": "mnist1d", "max_train": 64, "coherence_samples": 8, "batch_si
 # statistics and summary numbers against hand-computed values
 # ----------------------------------------------------------------------------------------------
 
-def test_pearson_spearman_and_ranks_hand_computed():
-    # x = 1..4, y = (1, 3, 2, 4): deviations (-1.5, -.5, .5, 1.5) / (-1.5, .5, -.5, 1.5):
-    # Σ dx dy = 4, Σ dx² = Σ dy² = 5 -> r = 0.8; ranks equal the values -> ρ = 0.8.
-    assert dw.pearson([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
-    assert dw.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
-    # monotone but not linear: ρ = 1, r < 1
-    assert dw.spearman([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)
-    assert dw.pearson([1, 2, 3, 4], [1, 4, 9, 100]) < 0.9
-    # ties: ranks (1, 2.5, 2.5, 4); Σ dx dy = 2.25 + 2.25 = 4.5, Σ dx² = 4.5, Σ dy² = 5
+def test_ranks_and_the_declared_correlation_rules_hand_computed():
+    # ties: ranks (1, 2.5, 2.5, 4); Spearman = Pearson of the ranks = 4.5 / sqrt(22.5)
     np.testing.assert_allclose(dw._ranks([1, 2, 2, 3]), [1, 2.5, 2.5, 4])
     np.testing.assert_allclose(dw._ranks([3, 1, 2]), [3, 1, 2])
-    assert dw.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / np.sqrt(22.5))
-    assert dw.pearson([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
-    # missing values are dropped pairwise; < 3 pairs or a constant side: None, never 0
-    assert dw.pearson([1, None, 3, 4, 5], [2, 9, 6, 8, 10]) == pytest.approx(
-        np.corrcoef([1, 3, 4, 5], [2, 6, 8, 10])[0, 1])
-    assert dw.pearson([1, 2], [1, 2]) is None
-    assert dw.spearman([1, 1, 1], [1, 2, 3]) is None
-    assert dw.describe(-0.8, -1) == "strong, in the direction CGH predicts"
-    assert dw.describe(0.5, -1) == "moderate, OPPOSITE to CGH"
-    assert dw.describe(0.2, +1) == "weak, in the direction CGH predicts"
-    assert dw.describe(0.05, -1) == "negligible" and dw.describe(None, 1) == "not computable"
+    assert statistics.correlation(dw._ranks([1, 2, 2, 3]), dw._ranks([1, 2, 3, 4])).r == \
+        pytest.approx(4.5 / np.sqrt(22.5))
+    gap_rule, test_rule = dw.CORRELATION_RULES
+    assert (gap_rule.x, gap_rule.y, gap_rule.prediction) == ("m_coherence_epoch1", "gap",
+                                                             "negative")
+    assert test_rule.prediction == "positive"
 
 
 def test_summary_reads_epoch_0_and_1_and_leaves_unmeasured_as_none():
@@ -70,16 +59,19 @@ def test_cross_and_grid_sweeps_and_arms():
     assert len(grid) == 6 and (2, 32, ()) in grid and (2, 256, ("depth",)) in grid
     plan = dw.arms("small", 2)  # default cross: 7 widths at depth 1 + depths 2..6 at width 256
     assert len(plan) == (7 + 5) * 2 * 2
-    assert {c.dataset for *_, c in plan} == {"mnist1d"} and plan[0][3].epochs == 40
-    assert {c.labels for *_, c in plan} == {"real", "random"}
-    assert not any("widths" in c for *_, c in plan)  # sweep fields are not part of a run config
+    assert {a.config.dataset for a in plan} == {"mnist1d"} and plan[0].config.epochs == 40
+    assert {a.config.labels for a in plan} == {"real", "random"}
+    assert not any("widths" in a.config for a in plan)  # sweep fields are not in a run config
+    assert plan[0].tags == ("width",) and dw.comparisons(plan)[0] == (
+        "mnist1d/d1_w0032/real", "mnist1d/d1_w0032/random")
+    assert dw.rules(plan)[0].prediction == "higher"
     mnist5k = dw.arms("small", 1, {"dataset": "mnist5k"})
-    assert {c.dataset for *_, c in mnist5k} == {"mnist5k"} and mnist5k[0][3].epochs == 10
+    assert {a.config.dataset for a in mnist5k} == {"mnist5k"} and mnist5k[0].config.epochs == 10
     one = dw.arms("small", 1, {"dataset": "mnist1d"})
-    assert {c.dataset for *_, c in dw.arms("full", 1)} == {"mnist5k", "mnist1d"}
+    assert {a.config.dataset for a in dw.arms("full", 1)} == {"mnist5k", "mnist1d"}
     assert len(dw.arms("full", 1, {"dataset": "mnist1d"})) == 7 * 6 * 2
-    assert dw._log_epochs(one[0][3]) == [0, 1, 2, 5, 10, 20, 30, 40]
-    random = [c for *_, c in one if c.labels == "random"][0]
+    assert dw._log_epochs(one[0].config) == [0, 1, 2, 5, 10, 20, 30, 40]
+    random = [a.config for a in one if a.config.labels == "random"][0]
     assert dw._epochs(random) == 1 and dw._log_epochs(random) == [0, 1]
 
 
@@ -104,8 +96,8 @@ TINY_SWEEP = {**TINY, "widths": (4,), "depths": (1, 2), "fixed_depth": 1, "fixed
 def tiny_sweep(tmp_path_factory):
     """A whole tiny reproduce: models (depth 1, width 4) and (2, 4), real and random, one seed."""
     workdir = tmp_path_factory.mktemp("depth_width")
-    summary = dw.reproduce(str(workdir), "small", 1, TINY_SWEEP, command="test", echo=None)
-    return workdir, summary
+    arms = runner.plan(dw.EXPERIMENT, "small", 1, TINY_SWEEP)
+    return workdir, runner.run(dw.EXPERIMENT, arms, str(workdir), "test", echo=None)
 
 
 def test_tiny_end_to_end(tiny_sweep):
@@ -113,7 +105,7 @@ def test_tiny_end_to_end(tiny_sweep):
     assert set(summary["groups"]) == {f"mnist1d/{m}/{lab}" for m in ("d1_w0004", "d2_w0004")
                                       for lab in ("real", "random")}
     for name in ("results.md", "results.json", "depth_width_mnist1d_width.png",
-                 "depth_width_mnist1d_depth.png", "depth_width_mnist1d_scatter.png"):
+                 "depth_width_mnist1d_depth.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     real = json.loads((tmp_path / "mnist1d/d2_w0004/real/seed0/results.json").read_text())
     rnd = json.loads((tmp_path / "mnist1d/d2_w0004/random/seed0/results.json").read_text())
@@ -129,45 +121,44 @@ def test_tiny_end_to_end(tiny_sweep):
     assert s["m_coherence_epoch1"] == coh[1] and rnd["summary"]["epochs"] == 1
     # random labels: 100 % uniform (about 1/10 keep their label), the same for both models
     assert rnd["curves"]["train_true_accuracy"][0] is not None
-    # the table and the correlation, recomputed from the per-run numbers
+    # the table and the correlations, recomputed from the per-run numbers
     text = (tmp_path / "results.md").read_text()
-    assert "| 2 | 4 | 234 |" in text and "- Invocation 1 (" in text
-    assert "4 runs trained, 0 finished runs reused" in text
-    points = [json.loads((tmp_path / f"mnist1d/{m}/real/seed0/results.json").read_text())[
-        "summary"] for m in ("d1_w0004", "d2_w0004")]
-    corr = summary["correlations"]["mnist1d"]["runs"]["depth"]["gap"]
-    assert corr["n"] == 2 and corr["pearson"] is None  # two points: no correlation, not 0
-    assert summary["models"]["mnist1d"][1]["real/gap"] == pytest.approx(points[1]["gap"])
-    assert ("| generalisation gap (train − test acc.) | models | depth sweep | 2 | n/a | n/a |"
-            in text)
+    assert "| mnist1d/d2_w0004/real | 1 | 234 |" in text
+    corr = summary["analyses"]["correlations"]["mnist1d"]["depth/coherence predicts a smaller gap"]
+    assert corr["n"] == 2 and corr["r"] is None  # two points: no correlation, not 0
+    assert "| coherence predicts a smaller gap | depth | undetermined" in text
+    cell = summary["groups"]["mnist1d/d2_w0004/real"]["metrics"]["gap"]
+    assert cell["per_seed"]["0"] == s["gap"]
+    paired = [d for d in summary["comparisons"] if d["metric"] == "m_coherence_epoch1"]
+    assert [d["differences"][0] for d in paired][-1] == pytest.approx(
+        s["m_coherence_epoch1"] - rnd["summary"]["m_coherence_epoch1"])
     # HParams: one session per run, the column config at the root
     assert "_hparams_/session_start_info" in _hparams_tags(
-        tmp_path / "mnist1d/d1_w0004/random/seed0/tensorboard")
+        tmp_path / "mnist1d/d1_w0004/random/seed0/hparams")
     assert "_hparams_/experiment" in _hparams_tags(tmp_path)
 
 
 def test_finished_runs_are_skipped(tiny_sweep):
     tmp_path, summary = tiny_sweep
     lines = []
-    for group, _, seed, config in dw.arms("small", 1, TINY_SWEEP):
-        result = dw.run(config, str(tmp_path / group / f"seed{seed}"), echo=lines.append)
-        assert result["summary"]["gap"] == summary["groups"][group]["gap"]["values"][0]
+    for arm in dw.arms("small", 1, TINY_SWEEP):
+        result = dw.run(arm.config, str(tmp_path / arm.path), echo=lines.append)
+        assert result["summary"]["gap"] == summary["groups"][arm.group]["metrics"]["gap"][
+            "per_seed"]["0"]
     assert lines == []  # no run logged an epoch again
-    changed = dw.arms("small", 1, {**TINY_SWEEP, "epochs": 3})[0]  # another config: not skipped
-    assert dw.common.finished_result(str(tmp_path / changed[0] / "seed0"),
-                                     changed[3].to_dict()) is None
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(tiny_sweep, tmp_path):
     workdir, _ = tiny_sweep
-    config = [c for g, _, _, c in dw.arms("small", 1, TINY_SWEEP) if g.endswith("d2_w0004/real")][0]
+    config = [a.config for a in dw.arms("small", 1, TINY_SWEEP)
+              if a.group.endswith("d2_w0004/real")][0]
     full = json.loads((workdir / "mnist1d/d2_w0004/real/seed0/results.json").read_text())
 
     class Stop(Exception):
         pass
 
     def stop_after_epoch_1(line):
-        if "epoch 1:" in line:  # echoed after the checkpoint of epoch 1
+        if "epoch 2:" in line:  # echoed while logging epoch 2, after the checkpoint of epoch 1
             raise Stop
 
     with pytest.raises(Stop):
@@ -176,7 +167,8 @@ def test_interrupted_run_resumes_to_the_same_numbers(tiny_sweep, tmp_path):
     assert json.loads((tmp_path / "cut/curves.json").read_text())["step"] == 1
     lines = []
     resumed = dw.run(config, str(tmp_path / "cut"), echo=lines.append)
-    assert [line.split(": ")[0].split()[-1] for line in lines] == ["2"]  # only epoch 2 was run
+    assert "resumed" in lines[0] and "epoch 1" in lines[0]
+    assert [line.split(": ")[0].split()[-1] for line in lines[1:]] == ["2"]  # only epoch 2 ran
     assert resumed["curves"]["epoch"] == [0, 1, 2]
     for key, value in full["summary"].items():
         assert resumed["summary"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
@@ -184,7 +176,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(tiny_sweep, tmp_path):
 
 def _config(**changes):
 
-    return config_schema.apply_overrides(dw.arms("small", 1, TINY_SWEEP)[0][3], changes)
+    return config_schema.apply_overrides(dw.arms("small", 1, TINY_SWEEP)[0].config, changes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +184,7 @@ def _config(**changes):
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dataset": "digits"}, "dataset='digits' is not available at scale 'small'"),
+    ({"dataset": "digits"}, "dataset='digits' is not available for depth_width at scale 'small'"),
     ({"no_such_field": 1}, "the config has no field 'no_such_field'"),
     ({"width": 8}, "width is set by the sweep"),
     ({"labels": "real"}, "labels is set per arm"),
@@ -214,7 +206,7 @@ def _config(**changes):
 ])
 def test_bad_configs_fail_in_one_line_before_any_run(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message) as error:
-        dw.reproduce(str(tmp_path), "small", 1, overrides, echo=None)
+        runner.plan(dw.EXPERIMENT, "small", 1, overrides)
     assert "\n" not in str(error.value)
     assert not os.listdir(tmp_path)  # nothing run, nothing written
 
@@ -226,6 +218,6 @@ def test_check_config_rejects_bad_run_fields():
         dw.check_config(_config(dataset="cifar10"))
     with pytest.raises(ValueError, match="depth=0 must be an int >= 1"):
         dw.check_config(_config(depth=0))
-    with pytest.raises(ValueError, match="scale='huge' is unknown"):
-        dw.arms("huge", 1)
+    with pytest.raises(ValueError, match="--scale=huge is not available for depth_width"):
+        runner.plan(dw.EXPERIMENT, "huge", 1)
     dw.check_config(_config())  # the tiny config itself is fine

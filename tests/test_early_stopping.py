@@ -9,6 +9,7 @@ import pytest
 
 from trainers import early_stopping as es
 from trainers import outputs
+from trainers import runner
 
 TINY = {"max_train": 300, "max_test": 200, "epochs": 2, "early_epochs": 1,
         "early_logs_per_epoch": 2, "coherence_samples": 16, "batch_size": 64, "width": 16,
@@ -95,7 +96,7 @@ def test_verdict_needs_every_seed_to_fire_within_the_tolerance():
 
 
 def test_log_steps_are_dense_early_then_once_per_epoch():
-    config = es.arms("small", 1, {"epochs": 4, "early_epochs": 2, "early_logs_per_epoch": 4})[0][3]
+    config = es.arms("small", 1, {"epochs": 4, "early_epochs": 2, "early_logs_per_epoch": 4})[0].config
     # 25 steps per epoch: quarters 6.25, 12.5, 18.75, ... rounded (half to even)
     assert es.log_steps(config, 25) == [0, 6, 12, 19, 25, 31, 38, 44, 50, 75, 100]
     config.early_epochs = 0
@@ -111,16 +112,19 @@ def test_validation_split_is_fixed_and_disjoint():
 
 def test_arms_cover_both_noise_levels_seeds_and_datasets():
     plan = es.arms("small", 2)
-    assert [(g, s, c.label_noise) for g, _, s, c in plan] == [
+    assert [(a.group, a.seed, a.config.label_noise) for a in plan] == [
         ("mnist5k/noise25", 0, 0.25), ("mnist5k/noise25", 1, 0.25),
         ("mnist5k/noise50", 0, 0.5), ("mnist5k/noise50", 1, 0.5)]
-    assert {c.dataset for *_, c in es.arms("small", 1, {"dataset": "mnist1d"})} == {"mnist1d"}
-    assert {c.dataset for *_, c in es.arms("full", 1)} == {"mnist5k", "mnist1d"}
-    assert es.arms("small", 1, {"epochs": 7})[0][3].epochs == 7
+    assert {a.config.dataset for a in es.arms("small", 1, {"dataset": "mnist1d"})} == {"mnist1d"}
+    assert {a.config.dataset for a in es.arms("full", 1)} == {"mnist5k", "mnist1d"}
+    assert es.arms("small", 1, {"epochs": 7})[0].config.epochs == 7
+    assert [(r.metric, r.control_metric) for r in es.rules(plan)[:2]] == [
+        ("test_accuracy/validation", "test_accuracy/final"),
+        ("test_accuracy/coherence_drop", "test_accuracy/validation")]
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dataset": "cifar10"}, r"dataset='cifar10' is unknown for early_stopping; allowed"),
+    ({"dataset": "cifar10"}, r"dataset='cifar10' is not available for early_stopping at scale"),
     ({"noise_kind": "flip"}, r"noise_kind='flip' is unknown; allowed: uniform, other, permute"),
     ({"noise_levels": (0.25, 1.0)}, r"noise_levels=.* must be a non-empty tuple of numbers"),
     ({"noise_levels": ()}, r"noise_levels=.* must be a non-empty tuple"),
@@ -153,13 +157,13 @@ def test_bad_configs_fail_in_one_line_before_any_data(overrides, message, monkey
 
     monkeypatch.setattr(data, "load", no_load)
     with pytest.raises(ValueError, match=message) as error:
-        es.reproduce("/nonexistent/never/created", "small", 1, overrides, echo=None)
+        runner.plan(es.EXPERIMENT, "small", 1, overrides)
     assert "\n" not in str(error.value)
 
 
 def test_unknown_scale_is_rejected():
-    with pytest.raises(ValueError, match="scale='huge' is unknown for early_stopping"):
-        es.arms("huge", 1)
+    with pytest.raises(ValueError, match="--scale=huge is not available for early_stopping"):
+        runner.plan(es.EXPERIMENT, "huge", 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,8 +187,8 @@ TINY_RUN = {**TINY, "noise_levels": (0.5,), "epochs": 3}
 def tiny_workdir(tmp_path_factory):
     """The default dataset (mnist5k, first 300 training digits), 50 % noise, 2 seeds, 3 epochs."""
     path = tmp_path_factory.mktemp("early_stopping")
-    summary = es.reproduce(str(path), "small", 2, TINY_RUN, command="test", echo=None)
-    return path, summary
+    arms = runner.plan(es.EXPERIMENT, "small", 2, TINY_RUN)
+    return path, runner.run(es.EXPERIMENT, arms, str(path), "test", echo=None)
 
 
 def test_tiny_end_to_end_writes_results_figure_and_hparams(tiny_workdir):
@@ -211,15 +215,21 @@ def test_tiny_end_to_end_writes_results_figure_and_hparams(tiny_workdir):
     assert {k: v for k, v in s.items() if not k.startswith("last/")} == expected
     assert s["test_accuracy/oracle"] == max(curves["test_accuracy"])
     assert s["last/test_accuracy"] == curves["test_accuracy"][-1]
-    group = summary["groups"]["mnist5k/noise50"]["test_accuracy/final"]
-    assert group["n"] == 2 and group["mean"] == pytest.approx(np.mean(group["values"]))
+    group = summary["groups"]["mnist5k/noise50"]["metrics"]["test_accuracy/final"]
+    values = list(group["per_seed"].values())
+    assert group["n"] == 2 and group["mean"] == pytest.approx(np.mean(values))
+    assert values[1] == s["test_accuracy/final"]
+    within = {(d["metric"], d["control_metric"]): d for d in summary["contrasts"]}
+    d = within[("test_accuracy/validation", "test_accuracy/final")]
+    assert d["n"] == 2 and d["method"] == "Student t, paired by seed"
+    assert len(summary["verdicts"]) == 2
     text = (path / "results.md").read_text()
-    assert "## mnist5k/noise50 (2 seeds)" in text and "±" in text
-    assert "(b) best noisy-validation accuracy" in text and "the same noise" in text
+    assert "| mnist5k/noise50 | 2 |" in text and "±" in text
+    assert "(b) best noisy-validation accuracy" in text and "same noise" in text
     assert "Does the training-sample coherence tell when memorisation begins?" in text
     # HParams: one session per run, the column config at the root
     assert "_hparams_/session_start_info" in _events_tags(
-        str(path / "mnist5k/noise50/seed0/tensorboard"))
+        str(path / "mnist5k/noise50/seed0/hparams"))
     assert "_hparams_/experiment" in _events_tags(str(path))
 
 
@@ -230,7 +240,7 @@ class _Interrupt(Exception):
 def test_interrupted_run_resumes_to_the_same_summary(tiny_workdir, tmp_path):
     path, _ = tiny_workdir
     reference = json.loads((path / "mnist5k/noise50/seed0/results.json").read_text())
-    config = es.arms("small", 1, TINY_RUN)[0][3]
+    config = es.arms("small", 1, TINY_RUN)[0].config
     assert reference["config"] == outputs.json_roundtrip(config.to_dict())
     logged = []
 

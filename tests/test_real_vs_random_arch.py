@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from trainers import real_vs_random_arch as rr
+from trainers import runner
+from trainers.experiment import Arm
 
 TINY = {"dataset": "mnist1d", "max_train": 64, "max_test": 32, "coherence_samples": 16,
         "batch_size": 32, "epochs": 1, "log_epochs": (0, 0.5, 1), "width": 16, "depth": 1,
@@ -92,10 +94,10 @@ def test_run_summary_and_compare_hand_computed():
 
 
 def test_report_refuses_arms_measured_with_different_m(tmp_path):
-    runs = [("mnist1d/mlp/real", "", 0, _fake(0, [1, 2, 3], m=16)),
-            ("mnist1d/mlp/random", "", 0, _fake(0, [1, 2, 3], m=32))]
+    runs = [(Arm("mnist1d/mlp/real", "", "mnist1d/mlp", 0, None), _fake(0, [1, 2, 3], m=16)),
+            (Arm("mnist1d/mlp/random", "", "mnist1d/mlp", 0, None), _fake(0, [1, 2, 3], m=32))]
     with pytest.raises(ValueError, match="different m"):
-        rr.report(str(tmp_path), runs, "test", {})
+        rr.analyses(runs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,19 +107,21 @@ def test_report_refuses_arms_measured_with_different_m(tmp_path):
 def test_arms_cover_every_architecture_real_and_random_with_the_same_m():
     plan = rr.arms("small", 2)
     assert len(plan) == 3 * 2 * 2
-    assert {g for g, *_ in plan} == {f"mnist1d/{a}/{n}" for a in ("mlp", "cnn", "resnet")
-                                     for n in ("real", "random")}
-    assert {c.label_noise for *_, c in plan} == {0.0, 1.0}
-    assert {c.coherence_samples for *_, c in plan} == {256}
-    assert {c.dataset for *_, c in rr.arms("small", 1, {"dataset": "mnist5k"})} == {"mnist5k"}
-    assert {c.dataset for *_, c in rr.arms("full", 1)} == {"mnist1d", "mnist5k"}
+    assert {a.group for a in plan} == {f"mnist1d/{a}/{n}" for a in ("mlp", "cnn", "resnet")
+                                       for n in ("real", "random")}
+    assert {a.config.label_noise for a in plan} == {0.0, 1.0}
+    assert {a.config.coherence_samples for a in plan} == {256}
+    assert {a.config.dataset for a in rr.arms("small", 1, {"dataset": "mnist5k"})} == {"mnist5k"}
+    assert {a.config.dataset for a in rr.arms("full", 1)} == {"mnist1d", "mnist5k"}
     only = rr.arms("small", 1, {"arch": "cnn", "epochs": 3})
-    assert [(g, c.epochs) for g, _, _, c in only] == [("mnist1d/cnn/real", 3),
-                                                      ("mnist1d/cnn/random", 3)]
+    assert [(a.group, a.config.epochs) for a in only] == [("mnist1d/cnn/real", 3),
+                                                          ("mnist1d/cnn/random", 3)]
+    assert rr.comparisons(plan)[0] == ("mnist1d/mlp/real", "mnist1d/mlp/random")
+    assert [r.metric for r in rr.rules(plan)] == ["train_coh_early"] * 3
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dataset": "digits"}, "dataset='digits' is unknown for real_vs_random_arch; allowed"),
+    ({"dataset": "digits"}, "dataset='digits' is not available for real_vs_random_arch at scale 'small'; allowed"),
     ({"arch": "vgg"}, "arch='vgg' is unknown; allowed: mlp, cnn, resnet"),
     ({"label_noise": 1.0}, "label_noise is set by the arms"),
     ({"seed": 3}, "seed is set by the arms"),
@@ -167,8 +171,8 @@ def test_check_config_rejects_label_noise_outside_0_1_and_unknown_scale():
     config.label_noise = 1.5
     with pytest.raises(ValueError, match=r"label_noise=1.5 must be in \[0, 1\]"):
         rr.check_config(config)
-    with pytest.raises(ValueError, match="scale='cifar10' is unknown"):
-        rr.arms("cifar10")
+    with pytest.raises(ValueError, match="--scale=cifar10 is not available"):
+        runner.plan(rr.EXPERIMENT, "cifar10")
 
 
 def test_models_are_1d_on_mnist1d_and_2d_on_mnist5k_with_bn_in_the_resnet():
@@ -201,13 +205,12 @@ def test_models_are_1d_on_mnist1d_and_2d_on_mnist5k_with_bn_in_the_resnet():
 
 def test_tiny_end_to_end_writes_results_figures_and_hparams(tmp_path):
     lines = []
-    summary = rr.reproduce(str(tmp_path), "small", 1, TINY, command="test", echo=lines.append,
-                           archs=("resnet",))  # the BN ResNet; the MLP runs in the resume test
+    arms = runner.plan(rr.EXPERIMENT, "small", 1, {**TINY, "arch": "resnet"})  # the BN ResNet
+    summary = runner.run(rr.EXPERIMENT, arms, str(tmp_path), "test", echo=lines.append)
     assert set(summary["groups"]) == {"mnist1d/resnet/real", "mnist1d/resnet/random"}
-    for name in ("results.md", "results.json", "real_vs_random_arch_mnist1d.png",
-                 "real_vs_random_arch_mnist1d_per_layer.png"):
+    for name in ("results.md", "results.json", "real_vs_random_arch_mnist1d.png"):
         assert (tmp_path / name).stat().st_size > 0, name
-    assert summary["m"] == 16
+    assert summary["analyses"]["m"] == 16
     for arch in ("resnet",):
         results = [json.loads((tmp_path / f"mnist1d/{arch}/{arm}/seed0/results.json").read_text())
                    for arm in ("real", "random")]
@@ -222,14 +225,14 @@ def test_tiny_end_to_end_writes_results_figures_and_hparams(tmp_path):
             for layer in result["layers"]:
                 assert len(curves[f"coherence/train/{layer}/m_coherence"]) == 3
             assert "_hparams_/session_start_info" in _hparams_tags(
-                tmp_path / f"mnist1d/{arch}/{arm}/seed0/tensorboard")
+                tmp_path / f"mnist1d/{arch}/{arm}/seed0/hparams")
         real, random = results
         # same initial weights and same sample inputs: the test sample (real labels for both)
         # has the same m-coherence at epoch 0; the training sample differs by its labels
         assert real["curves"]["coherence/test/m_coherence"][0] == pytest.approx(
             random["curves"]["coherence/test/m_coherence"][0], rel=1e-5)
         assert real["num_corrupted"] == 0 and random["num_corrupted"] > 40
-        comp = summary["comparisons"][f"mnist1d/{arch}"]
+        comp = summary["analyses"]["comparisons"][f"mnist1d/{arch}"]
         assert comp["ratio_end"][0] == pytest.approx(
             real["summary"]["train_coh_end"] / random["summary"]["train_coh_end"])
     resnet_layers = json.loads((tmp_path / "mnist1d/resnet/real/seed0/results.json")
@@ -247,7 +250,7 @@ class _Interrupt(Exception):
 
 def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
     config = rr.arms("small", 1, {**TINY, "epochs": 2, "log_epochs": (0, 0.5, 1, 1.5, 2),
-                                  "batch_size": 16}, ("mlp",))[1][3]
+                                  "batch_size": 16}, ("mlp",))[1].config
     assert config.label_noise == 1.0
     reference = rr.run(config, str(tmp_path / "reference"), echo=None)
 
@@ -260,7 +263,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
     assert not (tmp_path / "resumed/results.json").exists()
     lines = []
     resumed = rr.run(config, str(tmp_path / "resumed"), echo=lines.append)
-    assert "resumed at update 4 (epoch 1)" in lines[0]
+    assert "resumed" in lines[0] and "at update 4" in lines[0]
     assert resumed["curves"]["epoch"] == reference["curves"]["epoch"] == [0, 0.5, 1, 1.5, 2]
     for key, value in reference["summary"].items():
         if value is None:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from cgh_tf import data
-from trainers import scale
+from trainers import runner, scale
 
 from trainers.config_schema import apply_overrides
 
@@ -34,18 +34,14 @@ def _config(**changes):
     return apply_overrides(scale_config.get_config(), {**TINY, **changes})
 
 
-def _result(corrupted, epochs=(0, 1, 2)):
-    return {"curves": {"epoch": list(epochs), "corrupted_accuracy": list(corrupted)}}
-
-
 # ------------------------------------------------------------------ arms and config checks
 
 def test_arms_cover_the_brief_without_loading_data(monkeypatch):
     monkeypatch.setattr(data, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     plan = scale.arms("small", seeds=2)
-    groups = sorted({g for g, *_ in plan})
+    groups = sorted({a.group for a in plan})
     assert len(plan) == 3 * 6 * 2 and len(groups) == 18
-    by = {(g, s): c for g, _, s, c in plan}
+    by = {(a.group, a.seed): a.config for a in plan}
     sgd = by[("mnist1d/n0001000/sgd", 0)]
     m3 = by[("mnist1d/n0001000/m3", 1)]
     x3 = by[("mnist1d/n0016000/sgd_x3", 0)]
@@ -54,17 +50,23 @@ def test_arms_cover_the_brief_without_loading_data(monkeypatch):
     assert (m3.optimizer, m3.batch_size, m3.seed) == ("m3", 64, 1)
     assert (x3.optimizer, x3.batch_size, x3.train_size) == ("sgd", 192, 16000)
     assert (wins.aggregation, wins.winsorize_pct, wins.batch_size) == ("winsorize", 2.0, 64)
-    assert {c.train_size for *_, c in plan} == {1000, 4000, 16000}
-    assert {c.epochs for *_, c in plan} == {20}
+    assert {a.config.train_size for a in plan} == {1000, 4000, 16000}
+    assert {a.config.epochs for a in plan} == {20}
     five = scale.arms("small", seeds=1, overrides={"dataset": "mnist5k", "batch_size": 32})
-    assert {c.train_size for *_, c in five} == {1000, 2000, 4000}
-    assert {c.batch_size for g, _, _, c in five if g.endswith("sgd_x3")} == {96}
-    assert {c.dataset for *_, c in five} == {"mnist5k"}
+    assert {a.config.train_size for a in five} == {1000, 2000, 4000}
+    assert {a.config.batch_size for a in five if a.group.endswith("sgd_x3")} == {96}
+    assert {a.config.dataset for a in five} == {"mnist5k"}
     full = scale.arms("full", seeds=1)
-    assert {c.train_size for *_, c in full} >= {64000}
+    assert {a.config.train_size for a in full} >= {64000}
     only = scale.arms("small", seeds=1, overrides={"train_size": 500}, arm_names=("sgd", "rm3"))
-    assert [(g, c.train_size) for g, _, _, c in only] == [("mnist1d/n0000500/sgd", 500),
-                                                         ("mnist1d/n0000500/rm3", 500)]
+    assert [(a.group, a.config.train_size) for a in only] == [("mnist1d/n0000500/sgd", 500),
+                                                             ("mnist1d/n0000500/rm3", 500)]
+    # declared comparisons and rules: per size, each robust arm against its matched control
+    assert ("mnist1d/n0000500/rm3", "mnist1d/n0000500/sgd") in scale.comparisons(only)
+    assert [(r.arm, r.control, r.prediction) for r in scale.rules(scale.arms("small", 1))][:3] \
+        == [("mnist1d/n0001000/m3", "mnist1d/n0001000/sgd_x3", "lower"),
+            ("mnist1d/n0001000/rm3", "mnist1d/n0001000/ra3", "lower"),
+            ("mnist1d/n0001000/winsorize", "mnist1d/n0001000/sgd", "lower")]
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -100,18 +102,24 @@ def test_check_config_rejects_in_one_line(changes, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"scale": "huge"}, "scale='huge' is unknown"),
+    ({"scale": "huge"}, "--scale=huge is not available for scale"),
     ({"overrides": {"optimizer": "m3"}}, "optimizer is set by each arm"),
     ({"overrides": {"arm": "m3"}}, "arm is set by each arm"),
-    ({"overrides": {"dataset": "digits"}}, "dataset='digits' has no size sweep"),
+    ({"overrides": {"dataset": "digits"}}, "dataset='digits' is not available for scale at scale 'small'"),
     ({"overrides": {"epochs": 0}}, "epochs=0 must be"),
     ({"overrides": {"train_size": 1005}}, "multiple of 10"),
-    ({"arm_names": ("sgd", "adam")}, "arm 'adam' is unknown"),
+    ({"overrides": {"arms": ("sgd", "adam")}}, "arm 'adam' is unknown"),
 ])
 def test_bad_runs_fail_before_any_data_is_loaded(kwargs, message, monkeypatch, tmp_path):
     monkeypatch.setattr(data, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     with pytest.raises(ValueError, match=message):
-        scale.reproduce(str(tmp_path / "w"), echo=None, **kwargs)
+        runner.plan(scale.EXPERIMENT, kwargs.get("scale", "small"), 1, kwargs.get("overrides"))
+    assert not (tmp_path / "w").exists()
+
+
+def _reproduce(workdir, overrides):
+    arms = runner.plan(scale.EXPERIMENT, "small", 1, overrides)
+    return runner.run(scale.EXPERIMENT, arms, str(workdir), "test", echo=None)
 
 
 # ------------------------------------------------------------------ summary numbers by hand
@@ -124,7 +132,7 @@ def test_trend_matches_a_hand_computed_fit():
     assert fit["slope_se"] == pytest.approx(math.sqrt(0.02))
     assert fit["predicted"] == pytest.approx(0.5)
     assert fit["predicted_se"] == pytest.approx(math.sqrt(0.02 * (0.25 + 2.25)))
-    assert fit["predicted_95"][1] == pytest.approx(0.5 + 4.303 * math.sqrt(0.05))
+    assert fit["predicted_95"][1] == pytest.approx(0.5 + 4.302652729749464 * math.sqrt(0.05))
     assert fit["r2"] == pytest.approx(0.5) and fit["dof"] == 2
     assert fit["decades_extrapolated"] == pytest.approx(1.0)
     assert "no clear trend" in scale.verdict(fit)
@@ -135,16 +143,6 @@ def test_trend_matches_a_hand_computed_fit():
     assert scale.trend([10, 10, 10], [0.1, 0.2, 0.3], at=1000) is None  # one size
     assert scale.trend([10, 100], [0.1, 0.2], at=1000) is None  # two points
     assert "not enough sizes" in scale.verdict(None)
-
-
-def test_suppression_pairs_seeds_and_reads_the_asked_epoch():
-    reference = {0: _result([0.1, 0.5, 0.9]), 1: _result([0.1, 0.4, 0.8]),
-                 2: _result([0.1, 0.3, 0.7])}
-    robust = {0: _result([0.1, 0.2, 0.3]), 1: _result([0.1, None, 0.5]),
-              3: _result([0.0, 0.0, 0.0])}
-    assert scale.suppression(reference, robust) == pytest.approx({0: 0.6, 1: 0.3})
-    assert scale.suppression(reference, robust, epoch=1) == pytest.approx({0: 0.3})  # None left out
-    assert scale.suppression(reference, robust, epoch=7) == {}  # never logged: no number
 
 
 def test_summarize_takes_the_last_values_and_the_best_test_epoch():
@@ -160,17 +158,17 @@ def test_summarize_takes_the_last_values_and_the_best_test_epoch():
 
 def test_tiny_end_to_end_writes_everything_and_counts_updates(cache, tmp_path):
     workdir = tmp_path / "w"
-    summary = scale.reproduce(str(workdir), seeds=1, overrides=TINY, echo=None,
-                              arm_names=("sgd", "m3"), sizes=(60, 120, 240))
+    summary = _reproduce(workdir, {**TINY, "arms": ("sgd", "m3"), "sizes": (60, 120, 240)})
     for name in ("results.md", "results.json", "scale_mnist1d_curves.png",
                  "scale_mnist1d_suppression.png"):
         assert (workdir / name).stat().st_size > 0
     text = (workdir / "results.md").read_text()
-    assert "**Answer (computed from the table above).**" in text and "1,281,167" in text
-    fit = summary["datasets"]["mnist1d"]["trend"]["SGD − M3"]
+    assert "suppression against log10(n)" in text and "1,281,167" in text
+    fit = summary["analyses"]["trend"]["mnist1d"]["sgd − m3"]
     assert fit["points"] == 3 and math.isfinite(fit["slope_per_decade"])
     on_disk = json.loads((workdir / "results.json").read_text())
-    assert on_disk["datasets"]["mnist1d"]["sizes"] == [60, 120, 240]
+    assert set(on_disk["groups"]) == {f"mnist1d/n{n:07d}/{a}" for n in (60, 120, 240)
+                                      for a in ("sgd", "m3")}
     for n in (60, 120, 240):
         runs = {arm: json.loads((workdir / f"mnist1d/n{n:07d}/{arm}/seed0/results.json")
                                 .read_text()) for arm in ("sgd", "m3")}
@@ -181,25 +179,26 @@ def test_tiny_end_to_end_writes_everything_and_counts_updates(cache, tmp_path):
         assert runs["m3"]["num_test"] == 1000 and runs["m3"]["num_train"] == n
         s = runs["m3"]["summary"]
         assert 0 <= s["corrupted_accuracy"] <= 1 and 0 <= s["test_accuracy"] <= 1
-    # suppression in the json is computed from the runs
-    by_size = summary["datasets"]["mnist1d"]["suppression"]["SGD − M3"]
+    # the paired differences in the json are computed from the runs (one seed: no interval)
+    by_pair = {(d["arm"], d["control"], d["metric"]): d for d in summary["comparisons"]}
     for n in (60, 120, 240):
         runs = [json.loads((workdir / f"mnist1d/n{n:07d}/{arm}/seed0/results.json").read_text())
                 for arm in ("sgd", "m3")]
-        assert by_size[str(n)] == pytest.approx([runs[0]["summary"]["corrupted_accuracy"]
-                                                 - runs[1]["summary"]["corrupted_accuracy"]])
+        d = by_pair[(f"mnist1d/n{n:07d}/m3", f"mnist1d/n{n:07d}/sgd", "corrupted_accuracy")]
+        assert list(d["differences"]) == [runs[1]["summary"]["corrupted_accuracy"]
+                                    - runs[0]["summary"]["corrupted_accuracy"]]
+        assert d["low"] is None and d["n"] == 1
     # HParams: a session per run and the experiment's column config at the root
     import tensorflow as tf
 
-    events = glob.glob(str(workdir / "mnist1d/n0000060/m3/seed0/tensorboard/events.*"))
+    events = glob.glob(str(workdir / "mnist1d/n0000060/m3/seed0/hparams/events.*"))
     tags = {v.tag for e in events for ev in tf.compat.v1.train.summary_iterator(e)
             for v in ev.summary.value}
     assert "_hparams_/session_start_info" in tags and "final/corrupted_accuracy" in tags
     assert glob.glob(str(workdir / "events.out.tfevents.*"))
     # a second reproduce skips every finished run and gives the same numbers
-    again = scale.reproduce(str(workdir), seeds=1, overrides=TINY, echo=None,
-                            arm_names=("sgd", "m3"), sizes=(60, 120, 240))
-    assert again["datasets"]["mnist1d"]["trend"] == summary["datasets"]["mnist1d"]["trend"]
+    again = _reproduce(workdir, {**TINY, "arms": ("sgd", "m3"), "sizes": (60, 120, 240)})
+    assert again["analyses"] == summary["analyses"]
 
 
 class _Interrupt(Exception):

@@ -1,5 +1,5 @@
 """`cgh_tf.workdir_lock`: one writer per workdir, refusals in one line naming the holder, no stale
-lock after `kill -9`; and the trainers that take it (`trainers/train.py`, `beyond_common.run_plan`).
+lock after `kill -9`; and the trainers that take it (`trainers/train.py`, `trainers.runner.run`).
 
 The holders in other processes load the module from its file (no TensorFlow import: fast), are
 waited for with a deadline and ended by their own pid.
@@ -158,13 +158,16 @@ def test_an_experiment_refuses_a_run_dir_of_another_config(tmp_path):
 
 
 def test_an_experiment_workdir_in_use_is_refused(tmp_path):
-    from trainers import beyond_common
+    from trainers import runner
+    from trainers.experiment import Arm, Experiment
 
-    def never(config, run_dir, echo):
+    def never(config, run_dir, echo=None):
         raise AssertionError("ran")
+    toy = Experiment(name="toy", title="toy", arms=None, run_arm=never, columns=())
     with workdir_lock.hold(tmp_path, "experiment"):
         with pytest.raises(workdir_lock.WorkdirBusy):
-            beyond_common.run_plan(str(tmp_path), [("g", "g", 0, None)], never, str, print)
+            runner.run(toy, [Arm("g", "g", "", 0, None)], str(tmp_path), echo=None)
+
 
 
 def test_a_sweep_workdir_in_use_is_refused_before_any_arm(tmp_path, no_data):

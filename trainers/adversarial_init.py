@@ -2,7 +2,8 @@ r"""Adversarial initialisation (Liu et al. 2019, arXiv 1906.02613): pretrain on 
 train on the real labels, against a fresh initialisation; SGD, M3, RM3 and their controls.
 
 **Phase 1** (`run_phase1(config, phase1_dir)`, one resumable run per seed, shared by every
-phase-2 arm of that seed): `build_model` (an MLP of `depth` × `width` ReLU units; mnist5k's
+phase-2 arm of that seed: the experiment's named hook, since it stops at a target accuracy):
+`common.mlp` (an MLP of `depth` × `width` ReLU units; mnist5k's
 images flattened), initialised by `keras.utils.set_random_seed(seed)`, trained with Adam on the
 training set with **100 % random labels** (`cgh_tf.data.load(label_noise=1.0,
 noise_kind="uniform", seed=data_seed + seed)`: every label redrawn uniformly over the classes, so
@@ -28,12 +29,16 @@ real labels (whole training set), test accuracy, the exact m-coherence and α (p
 fixed sample of m = `coherence_samples` training examples with their **real** labels
 (`cgh_tf.coherence.measure`, inference mode), and the global weight norm ‖w‖.
 
+Both phases train in the update-level graph loop (`graph_loop.update_trainer`); phase 2 is
+logged, checkpointed and resumed by `graph_loop.run_logged`. Declared: adversarial − fresh start
+per optimizer, paired by seed (rule: Liu et al.'s lower test accuracy); `analyses`: the phase-1
+table.
+
 | path (in WORKDIR)                  | content                                                |
 |------------------------------------|--------------------------------------------------------|
 | `<dataset>/phase1/seed<k>/`        | phase 1: `ckpt/`, `curves.json`, `results.json`,       |
-|                                    | `final.weights.h5`, `tensorboard/`                     |
+|                                    | `final.weights.h5`                                     |
 | `<dataset>/<start>_<opt>/seed<k>/` | one phase-2 arm: the same without the weights file     |
-| `results.md`, `results.json`, `*.png`, events file | the report, figures, HParams columns |
 """
 
 import os
@@ -41,10 +46,13 @@ import time
 
 import numpy as np
 
-from trainers import beyond_common as common
-from trainers import config_schema
+from cgh_tf import statistics, workdir_lock
 
-DEFAULT_SEEDS = 2
+from . import beyond_common as common
+from . import config_schema
+from . import graph_loop
+from .experiment import Arm, Column, Experiment
+
 STARTS = ("adversarial", "fresh")
 OPTIMIZERS = {"sgd": 1, "m3": 3, "rm3": 1, "ra3": 1}  # name -> batches per update
 PHASE1_FIELDS = ("dataset", "max_train", "max_test", "data_seed", "seed", "width", "depth",
@@ -126,29 +134,9 @@ def summarize(curves, fit=0.75):
     return out
 
 
-def paired_differences(runs, key):
-    """{(dataset, optimizer group): [adversarial − fresh per seed]} over the seeds that have
-    both starts and a value in both."""
-    values = {}
-    for group, _, seed, result in runs:
-        dataset, arm = group.split("/")
-        start, opt = arm.split("_", 1)
-        values.setdefault((dataset, opt), {}).setdefault(seed, {})[start] = \
-            result["summary"].get(key)
-    out = {}
-    for k, by_seed in values.items():
-        diffs = [s["adversarial"] - s["fresh"] for _, s in sorted(by_seed.items())
-                 if s.get("adversarial") is not None and s.get("fresh") is not None]
-        out[k] = diffs
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Model, data, loops
 # ----------------------------------------------------------------------------------------------
-
-build_model = common.mlp
-
 
 def _initial_model(config, ds):
     """The model with its initial weights: a pure function of `config.seed` (phase 1's start
@@ -156,7 +144,7 @@ def _initial_model(config, ds):
     import keras
 
     keras.utils.set_random_seed(int(config.seed))
-    return build_model(config, ds.input_shape, ds.num_classes)
+    return common.mlp(config, ds.input_shape, ds.num_classes)
 
 
 def _load(config):
@@ -165,21 +153,6 @@ def _load(config):
     return data.load(config.dataset, label_noise=1.0, noise_kind="uniform",
                      seed=int(config.data_seed) + int(config.seed),
                      max_train=config.max_train, max_test=config.max_test)
-
-
-def _train_function(model, optimizer, loss_fn, x, y, batch_size):
-    """tf.function idx int32 [batches, batch_size] -> one optimizer.apply per batch."""
-    import tensorflow as tf
-
-    variables = model.trainable_variables
-
-    @tf.function(input_signature=[tf.TensorSpec([None, batch_size], tf.int32)])
-    def train(idx):
-        for k in tf.range(tf.shape(idx)[0]):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(tf.gather(y, idx[k]), model(tf.gather(x, idx[k]), training=True))
-            optimizer.apply(tape.gradient(loss, variables), variables)
-    return train
 
 
 def _evaluator(model, loss_fn):
@@ -193,9 +166,11 @@ def _evaluator(model, loss_fn):
     return evaluate
 
 
-def _epoch_batches(n, batch_size, count, seed, phase, epoch):
+def _epoch_updates(n, batch_size, count, per_update, seed, phase, epoch):
+    """int32 [count / per_update, per_update, B]: the batches of `epoch` of `phase` (1 or 2),
+    from the permutation `default_rng([seed, phase, epoch])`."""
     perm = np.random.default_rng([int(seed), phase, int(epoch)]).permutation(n)
-    return perm[:count * batch_size].reshape(count, batch_size).astype(np.int32)
+    return graph_loop.epoch_updates(perm[:count * batch_size], batch_size, per_update)
 
 
 def phase1_config(config):
@@ -203,19 +178,32 @@ def phase1_config(config):
     return {k: config[k] for k in PHASE1_FIELDS}
 
 
+def shared_phase1_dir(run_dir):
+    """`<workdir>/<dataset>/phase1/seed<k>` of the phase-2 run `<workdir>/<dataset>/<arm>/seed<k>`:
+    one phase 1 per dataset and seed, shared by every adversarial arm."""
+    return os.path.join(os.path.dirname(os.path.dirname(run_dir)), "phase1",
+                        os.path.basename(run_dir))
+
+
 def run_phase1(config, phase1_dir, echo=print):
-    """Train (or resume, or reuse if finished) phase 1 of `config`'s seed; its results dict."""
+    """Train (or resume, or reuse if finished) phase 1 of `config`'s seed: the named hook for
+    what a declaration cannot say (it stops at a target accuracy and is shared by arms); its
+    results dict."""
     import ml_collections
 
-    echo = echo or (lambda line: None)
     p1 = ml_collections.ConfigDict(phase1_config(config))
     done = common.finished_or_checked(p1, phase1_dir, lambda _: check_config(config))
     if done is not None and os.path.exists(os.path.join(phase1_dir, "final.weights.h5")):
         return done
+    with workdir_lock.hold(phase1_dir, "adversarial_init phase 1"):
+        return _train_phase1(config, p1.to_dict(), phase1_dir, echo or (lambda line: None))
+
+
+def _train_phase1(config, p1_dict, phase1_dir, echo):
     import keras
     import tensorflow as tf
 
-    from trainers import hparams_board
+    from cgh_tf import optimizers
 
     started = time.time()
     ds = _load(config)
@@ -223,12 +211,12 @@ def run_phase1(config, phase1_dir, echo=print):
     y_real = ds.train.original_y.astype(np.int32)
     x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
     model = _initial_model(config, ds)
-    optimizer = keras.optimizers.Adam(float(config.phase1_learning_rate))
+    optimizer = optimizers.build("adam", float(config.phase1_learning_rate))
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     n, batch = len(x), int(config.phase1_batch_size)
     xt, yt = tf.constant(x), tf.constant(y_random)
-    train = _train_function(model, optimizer, loss_fn, xt, yt, batch)
+    train = graph_loop.update_trainer(model, optimizer, loss_fn, xt, yt, batch)
     evaluate = _evaluator(model, loss_fn)
     count = _checked_batches(n, batch, 1, "phase1_batch_size")
 
@@ -243,7 +231,6 @@ def run_phase1(config, phase1_dir, echo=print):
         return row
 
     ckpt = common.Checkpointer(phase1_dir, model, optimizer)
-    p1_dict = p1.to_dict()
     epoch, curves = ckpt.restore(p1_dict)
     if curves is None:
         epoch, curves = 0, {}
@@ -253,14 +240,13 @@ def run_phase1(config, phase1_dir, echo=print):
         echo(f"  phase 1 resumed {phase1_dir} at epoch {epoch}")
     stop = phase1_stop(row["random_label_accuracy"], epoch, float(config.phase1_target),
                        int(config.phase1_max_epochs))
-    every = int(config.phase1_checkpoint_every)
     while stop is None:
-        train(tf.constant(_epoch_batches(n, batch, count, config.seed, 1, epoch)))
+        train(_epoch_updates(n, batch, count, 1, config.seed, 1, epoch))
         epoch += 1
         row = log(epoch, curves)
         stop = phase1_stop(row["random_label_accuracy"], epoch, float(config.phase1_target),
                            int(config.phase1_max_epochs))
-        if epoch % every == 0 or stop is not None:
+        if epoch % int(config.phase1_checkpoint_every) == 0 or stop is not None:
             ckpt.save(epoch, curves, p1_dict)
             echo(f"  phase 1 epoch {epoch}: random-label train acc "
                  f"{row['random_label_accuracy']:.3f} |w| {row['weight_norm']:.1f}")
@@ -273,46 +259,41 @@ def run_phase1(config, phase1_dir, echo=print):
                "phase1_wnorm_init": curves["weight_norm"][0],
                "phase1_wnorm_final": row["weight_norm"],
                "labels_kept": float(np.mean(y_random == y_real))}
-    hparams_board.write_session(
-        os.path.join(phase1_dir, "tensorboard"),
-        hparams={"phase": "phase1", "dataset": config.dataset, "seed": int(config.seed),
-                 "width": int(config.width), "depth": int(config.depth)},
-        metrics={k: v for k, v in summary.items() if not isinstance(v, (str, bool))},
-        curves=curves)
     return common.finish(phase1_dir, p1_dict, curves, summary, started)
 
 
 def build_optimizer(config):
-    import keras
+    """(plain SGD or M3 / RM3 / RA3 over it, through `cgh_tf.optimizers.build`; batches per
+    update)."""
+    from cgh_tf import optimizers
 
-    import cgh_tf
-
-    inner = keras.optimizers.SGD(float(config.learning_rate))
-    wrap = {"sgd": lambda o: o, "m3": lambda o: cgh_tf.M3(o, groups=3),
-            "rm3": lambda o: cgh_tf.RM3(o, window=3), "ra3": lambda o: cgh_tf.RA3(o, window=3)}
-    return wrap[config.optimizer](inner), OPTIMIZERS[config.optimizer]
+    return (optimizers.build(config.optimizer, float(config.learning_rate), groups=3, window=3),
+            OPTIMIZERS[config.optimizer])
 
 
 def run(config, run_dir, echo=print, phase1_dir=None):
     """Train (or resume, or skip if finished) one phase-2 run; returns its results dict.
 
-    phase1_dir: where phase 1 of this seed lives (default `run_dir/phase1`); `reproduce` passes
-    one directory per dataset and seed, shared by every arm."""
+    phase1_dir: where phase 1 of this seed lives (default `run_dir/phase1`; the experiment
+    passes `shared_phase1_dir(run_dir)`, one per dataset and seed)."""
     echo = echo or (lambda line: None)
-    config_dict = config.to_dict()
     done = common.finished_or_checked(config, run_dir, check_config)
     if done is not None:
         return done
-    import keras
-    import tensorflow as tf
-
-    from cgh_tf import coherence
-    from trainers import hparams_board
-
     phase1 = None
     if config.start == "adversarial":
         phase1_dir = phase1_dir or os.path.join(run_dir, "phase1")
         phase1 = run_phase1(config, phase1_dir, echo)
+    with workdir_lock.hold(run_dir, "adversarial_init phase 2"):
+        return _train_phase2(config, run_dir, echo, phase1, phase1_dir)
+
+
+def _train_phase2(config, run_dir, echo, phase1, phase1_dir):
+    import keras
+    import tensorflow as tf
+
+    from cgh_tf import coherence
+
     started = time.time()
     ds = _load(config)
     x, y = ds.train.x.astype(np.float32), ds.train.original_y.astype(np.int32)  # real labels
@@ -328,11 +309,15 @@ def run(config, run_dir, echo=print, phase1_dir=None):
     xt, yt = tf.constant(x), tf.constant(y)
     xs, ys = tf.constant(x_test), tf.constant(y_test)
     sample = common.sample(n, int(config.coherence_samples), config.data_seed, 3)
-    train = _train_function(model, optimizer, loss_fn, xt, yt, batch)
+    train = graph_loop.update_trainer(model, optimizer, loss_fn, xt, yt, batch, per_update)
     evaluate = _evaluator(model, loss_fn)
     count = _checked_batches(n, batch, per_update, "batch_size")
 
-    def log(epoch, curves):
+    def advance(start, stop):
+        for epoch in range(start, stop):
+            train(_epoch_updates(n, batch, count, per_update, config.seed, 2, epoch))
+
+    def log(epoch):
         loss, acc = evaluate(xt, yt)
         test_loss, test = evaluate(xs, ys)
         row = {"epoch": epoch, "step": epoch, "train_loss": float(loss),
@@ -342,42 +327,23 @@ def run(config, run_dir, echo=print, phase1_dir=None):
                                   batch_size=len(sample))
         row.update(common.coherence_row("coherence/train", stats))
         row["weight_norm"] = common.weight_norm(model)
-        common.append(curves, row)
-        return row
-
-    ckpt = common.Checkpointer(run_dir, model, optimizer)
-    epoch, curves = ckpt.restore(config_dict)
-    logs = log_epochs(config)
-    if curves is None:
-        epoch, curves = 0, {}
-        log(0, curves)
-    else:
-        echo(f"  resumed {run_dir} at epoch {epoch}")
-    total = int(config.epochs)
-    while epoch < total:
-        train(tf.constant(_epoch_batches(n, batch, count, config.seed, 2, epoch)))
-        epoch += 1
-        if epoch in logs:
-            row = log(epoch, curves)
-            echo(f"  {config.start}/{config.optimizer} epoch {epoch}/{total}: train acc "
+        if epoch:
+            echo(f"  {config.start}/{config.optimizer} epoch {epoch}/{config.epochs}: train acc "
                  f"{row['train_accuracy']:.3f} test acc {row['test_accuracy']:.3f} m-coh. "
                  f"{row['coherence/train/m_coherence']:.2f} |w| {row['weight_norm']:.1f}")
-            if logs.index(epoch) % int(config.checkpoint_every_logs) == 0 or epoch == total:
-                ckpt.save(epoch, curves, config_dict)
+        return row
+
+    logs = log_epochs(config)
+    curves = graph_loop.run_logged(
+        run_dir, config.to_dict(), model, optimizer, advance, log, total=int(config.epochs),
+        log_points=logs, checkpoint_points=logs[::int(config.checkpoint_every_logs)], echo=echo)
     summary = summarize(curves, float(config.compare_train_acc))
     if phase1 is not None:
         summary.update({k: v for k, v in phase1["summary"].items()
                         if not isinstance(v, (str, bool))})
     summary["num_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
     summary["updates_per_epoch"] = count // per_update
-    hparams_board.write_session(
-        os.path.join(run_dir, "tensorboard"),
-        hparams={"start": config.start, "optimizer": config.optimizer,
-                 "batch_size": batch, "dataset": config.dataset, "width": int(config.width),
-                 "depth": int(config.depth), "learning_rate": float(config.learning_rate),
-                 "epochs": total, "seed": int(config.seed)},
-        metrics=summary, curves=curves)
-    return common.finish(run_dir, config_dict, curves, summary, started, num_train=n,
+    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=n,
                          num_test=len(x_test),
                          phase1=None if phase1 is None else phase1["summary"])
 
@@ -392,12 +358,9 @@ def check_config(config):
 
     need = common.require
 
-    need(config.dataset in data.DATASETS, f"dataset={config.dataset!r} is unknown; allowed: "
-         f"{', '.join(data.DATASETS)}")
-    need(config.start in STARTS, f"start={config.start!r} is unknown; allowed: "
-         f"{', '.join(STARTS)}")
-    need(config.optimizer in OPTIMIZERS, f"optimizer={config.optimizer!r} is unknown; allowed: "
-         f"{', '.join(OPTIMIZERS)}")
+    common.require_one_of(config, "dataset", data.DATASETS)
+    common.require_one_of(config, "start", STARTS)
+    common.require_one_of(config, "optimizer", OPTIMIZERS)
     need(isinstance(config.compare_train_acc, (int, float)) and 0 < config.compare_train_acc <= 1,
          f"compare_train_acc={config.compare_train_acc!r} must be in (0, 1]")
     for field in ("learning_rate", "phase1_learning_rate"):
@@ -409,8 +372,8 @@ def check_config(config):
     for field in ("width", "depth", "batch_size", "phase1_batch_size", "epochs",
                   "phase1_max_epochs", "phase1_checkpoint_every", "coherence_samples",
                   "checkpoint_every_logs"):
-        need(isinstance(config[field], int) and not isinstance(config[field], bool)
-             and config[field] >= 1, f"{field}={config[field]!r} must be an int >= 1")
+        need(config_schema.is_int(config[field], 1),
+             f"{field}={config[field]!r} must be an int >= 1")
     for field in ("max_train", "max_test"):
         need(config[field] is None or (isinstance(config[field], int) and config[field] >= 1),
              f"{field}={config[field]!r} must be None or an int >= 1")
@@ -421,26 +384,23 @@ def check_config(config):
          f"log_epochs={tuple(config.log_epochs)!r} must be ints >= 0")
 
 
-
 def log_epochs(config):
     """Sorted epochs to log at: `log_epochs` up to `epochs` plus 0 and `epochs` itself."""
     return sorted({int(e) for e in config.log_epochs if e <= int(config.epochs)}
                   | {0, int(config.epochs)})
 
 
-def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, optimizers=None):
-    """[(group, label, seed, config)]: group "<dataset>/<start>_<optimizer arm>"; every config
-    checked before any data is loaded.
+def arms(scale="small", seeds=3, overrides=None, optimizers=None):
+    """Arms "<dataset>/<start>_<optimizer arm>" (panel: the optimizer arm); every config checked
+    before any data is loaded; `optimizers` / `overrides["optimizers"]`: only these arms.
 
     Datasets: `DATASETS[scale]`, or only `overrides["dataset"]`; optimizer arms:
     `OPTIMIZER_ARMS` (or the names in `optimizers`); config = base ← `SCALES[scale]` ←
     `DATASET_CHANGES[scale][dataset]` ← `overrides` ← the arm's start / optimizer / batch."""
     from configs import adversarial_init as ai_config
 
-    if scale not in ai_config.SCALES:
-        raise ValueError(f"scale={scale!r} is unknown for adversarial_init; allowed: "
-                         f"{', '.join(ai_config.SCALES)}")
     overrides = dict(overrides or {})
+    optimizers = overrides.pop("optimizers", optimizers)
     for field in ("start", "optimizer"):
         if field in overrides:
             raise ValueError(f"{field} is set by the arms ({', '.join(STARTS)} x "
@@ -450,13 +410,8 @@ def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, optimizers=None):
         if name not in OPTIMIZER_ARMS:
             raise ValueError(f"optimizer arm {name!r} is unknown; allowed: "
                              f"{', '.join(OPTIMIZER_ARMS)}")
-    datasets = (overrides["dataset"],) if "dataset" in overrides else ai_config.DATASETS[scale]
     out = []
-    for dataset in datasets:
-        if dataset not in ai_config.DATASET_CHANGES[scale]:
-            raise ValueError(f"dataset={dataset!r} has no settings at scale {scale!r}; "
-                             f"allowed: {', '.join(ai_config.DATASET_CHANGES[scale])}")
-        base = common.scaled_config(ai_config, scale, dataset, overrides)
+    for dataset, base in common.dataset_bases(ai_config, scale, overrides, "adversarial_init"):
         for start in STARTS:
             for name in names:
                 optimizer, factor, label = OPTIMIZER_ARMS[name]
@@ -464,190 +419,85 @@ def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, optimizers=None):
                     "start": start, "optimizer": optimizer,
                     "batch_size": int(base.batch_size) * factor})
                 check_config(config)
-                for seed in range(seeds):
-                    out.append((f"{dataset}/{start}_{name}", f"{dataset}, {start}, {label}",
-                                seed, config_schema.apply_overrides(config, {"seed": seed})))
+                out += [Arm(f"{dataset}/{start}_{name}", f"{start} start", label, seed,
+                            config_schema.apply_overrides(config, {"seed": seed}))
+                        for seed in range(seeds)]
     return out
 
 
-TABLE = (  # (summary key, header, format)
-    ("test_acc_final", "test acc", ".3f"),
-    ("train_acc_final", "train acc", ".3f"),
-    ("gap_final", "gap (train − test)", ".3f"),
-    ("max_test_acc", "max test acc (logged)", ".3f"),
-    ("test_acc_at_fit", "test acc at train acc ≥ fit", ".3f"),
-    ("train_acc_at_fit", "train acc there", ".3f"),
-    ("epoch_at_fit", "epoch of that", ".0f"),
-    ("epoch_train_acc_99", "epoch train acc ≥ 0.99", ".0f"),
-    ("coh_start", "m-coh. start", ".2f"),
-    ("alpha_start", "α start", ".4f"),
-    ("coh_max", "m-coh. max", ".2f"),
-    ("coh_final", "m-coh. last", ".2f"),
-    ("wnorm_start", "‖w‖ start", ".1f"),
-    ("wnorm_final", "‖w‖ last", ".1f"),
+COLUMNS = (
+    Column("test_acc_final", "test acc"), Column("train_acc_final", "train acc"),
+    Column("gap_final", "gap (train − test)"), Column("max_test_acc", "max test acc (logged)"),
+    Column("test_acc_at_fit", "test acc at train acc ≥ fit"),
+    Column("epoch_at_fit", "epoch of that", ".0f"),
+    Column("epoch_train_acc_99", "epoch train acc ≥ 0.99", ".0f"),
+    Column("coh_start", "m-coh. start", ".2f"), Column("alpha_start", "α start", ".4f"),
+    Column("coh_final", "m-coh. last", ".2f"), Column("wnorm_start", "‖w‖ start", ".1f"),
+    Column("wnorm_final", "‖w‖ last", ".1f"),
 )
-DIFF_TABLE = (("test_acc_final", "Δ test acc", ".3f"), ("gap_final", "Δ gap", ".3f"),
-              ("test_acc_at_fit", "Δ test acc at equal fit", ".3f"),
-              ("train_acc_final", "Δ train acc", ".3f"), ("coh_start", "Δ m-coh. start", ".2f"),
-              ("wnorm_start", "Δ ‖w‖ start", ".1f"))
+COMPARED = ("test_acc_final", "gap_final", "test_acc_at_fit", "train_acc_final", "coh_start",
+            "wnorm_start")
 PHASE1_TABLE = (("phase1_epochs", "epochs", ".0f"),
                 ("phase1_random_label_accuracy", "train acc (random labels)", ".3f"),
                 ("phase1_real_label_accuracy", "train acc (real labels)", ".3f"),
                 ("phase1_test_accuracy", "test acc", ".3f"),
-                ("phase1_wnorm_init", "‖w‖ init", ".1f"),
                 ("phase1_wnorm_final", "‖w‖ final", ".1f"))
 
 
-def report(workdir, runs, command, seconds, phase1_runs=()):
-    """results.json, results.md, PNGs and the HParams columns; runs = [(group, label, seed,
-    result)], phase1_runs = [(dataset, seed, phase-1 result)]."""
-    from trainers import hparams_board
-
-    for *_, r in runs:  # summary numbers recomputed from the curves: no retraining
-        r["summary"] = {**r["summary"],
-                        **summarize(r["curves"], float(r["config"]["compare_train_acc"]))}
-    groups = common.by_group(runs)
-    labels = {g: l for g, l, *_ in runs}
-    summary = {"experiment": "adversarial_init", "command": command, "groups": {},
-               "differences": {}, "phase1": {}, "seconds": seconds}
-    for group, results in groups.items():
-        summary["groups"][group] = {"label": labels[group], "metrics": {
-            key: dict(zip(("mean", "sd", "n"), common.mean_sd([r["summary"][key]
-                                                              for r in results])),
-                      values=[r["summary"][key] for r in results]) for key, _, _ in TABLE}}
-    for key, _, _ in DIFF_TABLE:
-        for (dataset, opt), diffs in paired_differences(runs, key).items():
-            entry = summary["differences"].setdefault(f"{dataset}/{opt}", {})
-            entry[key] = dict(zip(("mean", "sd", "n"), common.mean_sd(diffs)), values=diffs)
-    for dataset, seed, result in phase1_runs:
-        summary["phase1"].setdefault(dataset, {})[f"seed{seed}"] = result["summary"]
-    figures = plot(workdir, runs)
-    summary["figures"] = figures
-    common.write_json(os.path.join(workdir, "results.json"), summary)
-    sessions = [(_hparams(r["config"]), r["summary"]) for *_, r in runs]
-    hparams_board.write_experiment(workdir, sessions)
-    lines = ["# Adversarial initialisation: random-label pretraining, then real labels", "",
-             f"Command: `{command}`", ""]
-    for dataset in dict.fromkeys(r["config"]["dataset"] for *_, r in runs):
-        c = next(r["config"] for *_, r in runs if r["config"]["dataset"] == dataset)
-        batch = min(r["config"]["batch_size"] for *_, r in runs
-                    if r["config"]["dataset"] == dataset)
-        lines += [f"**{dataset}**: MLP {c['depth']} × {c['width']} ReLU. Phase 1: Adam lr "
-                  f"{c['phase1_learning_rate']}, batch {c['phase1_batch_size']}, 100 % random "
-                  f"labels, until train acc ≥ {c['phase1_target']} or "
-                  f"{c['phase1_max_epochs']} epochs. Phase 2 (real labels, same for both "
-                  f"starts): plain SGD lr {c['learning_rate']}, batch {batch} (the 3x-batch "
-                  f"control: {3 * batch}), {c['epochs']} epochs, fresh optimizer state; "
-                  f"m-coherence of a fixed sample of m = {c['coherence_samples']} training "
-                  "examples with real labels; "
-                  f"'fit' = train acc ≥ {c['compare_train_acc']} (first logged epoch).",
-                  ""]
-        p1 = [r for d, _, r in phase1_runs if d == dataset]
-        if p1:
-            lines += ["Phase 1 (per seed, shared by every adversarial arm):", "",
-                      "| | " + " | ".join(h for _, h, _ in PHASE1_TABLE) + " | stopped by |",
-                      "|---" * (len(PHASE1_TABLE) + 2) + "|",
-                      f"| {dataset} | " + " | ".join(
-                          common.cell([r["summary"][k] for r in p1], fmt)
-                          for k, _, fmt in PHASE1_TABLE) + " | " + ", ".join(
-                          r["summary"]["phase1_stopped_by"] for r in p1) + " |", ""]
-    lines += ["Phase 2, mean ± sample sd over seeds, at the last epoch unless stated; 'start' = "
-              "epoch 0 of phase 2.", "",
-              "| arm | " + " | ".join(h for _, h, _ in TABLE) + " |",
-              "|---" * (len(TABLE) + 1) + "|"]
-    for group, results in groups.items():
-        lines.append(f"| {group} | " + " | ".join(
-            common.cell([r["summary"][k] for r in results], fmt, n_total=len(results))
-            for k, _, fmt in TABLE) + " |")
-    lines += ["", "Adversarial − fresh, paired by seed (mean ± sd of the per-seed differences):",
-              "", "| dataset / optimizer | " + " | ".join(h for _, h, _ in DIFF_TABLE) + " |",
-              "|---" * (len(DIFF_TABLE) + 1) + "|"]
-    for name, entry in summary["differences"].items():
-        lines.append(f"| {name} | " + " | ".join(
-            common.cell(entry[k]["values"], fmt) for k, _, fmt in DIFF_TABLE) + " |")
-    timed = runs + [(f"{d}/phase1", None, s, r) for d, s, r in phase1_runs]
-    common.write_results_md(workdir, lines, timed, figures, summary, per="arm (phase 1 apart)")
-    return summary
+def comparisons(arms_):
+    """Adversarial − fresh start per dataset and optimizer arm (same seed: same initial weights
+    before phase 1, same phase-2 batches)."""
+    groups = dict.fromkeys(a.group for a in arms_)
+    return [(g, g.replace("/adversarial_", "/fresh_")) for g in groups
+            if "/adversarial_" in g and g.replace("/adversarial_", "/fresh_") in groups]
 
 
-def _hparams(config):
-    return {"start": config["start"], "optimizer": config["optimizer"],
-            "batch_size": config["batch_size"], "dataset": config["dataset"],
-            "width": config["width"], "depth": config["depth"],
-            "learning_rate": float(config["learning_rate"]), "epochs": config["epochs"],
-            "seed": config["seed"]}
+def rules(arms_):
+    """Liu et al. 2019: the adversarial start generalises worse (lower final test accuracy)."""
+    return [statistics.PairedRule(f"{a.replace('/adversarial_', '/')}: adversarial start lowers "
+                                  "test accuracy", "test_acc_final", a, c, prediction="lower")
+            for a, c in comparisons(arms_)]
 
 
-def plot(workdir, runs):
-    plt = common.pyplot()
-
-    groups = common.by_group(runs)
-    datasets = list(dict.fromkeys(g.split("/")[0] for g in groups))
-    columns = (("test_accuracy", "test acc"), ("train_accuracy", "train acc (real labels)"),
-               ("coherence/train/m_coherence", "m-coh. real-label train sample"),
-               ("weight_norm", "‖w‖"))
-    colors = {"adversarial": "tab:red", "fresh": "tab:blue"}
-    figures = []
-    for dataset in datasets:
-        opts = list(dict.fromkeys(g.split("/")[1].split("_", 1)[1] for g in groups
-                                  if g.startswith(dataset + "/")))
-        fig, axes = plt.subplots(len(opts), len(columns),
-                                 figsize=(3.3 * len(columns), 2.3 * len(opts)), squeeze=False)
-        for row, opt in enumerate(opts):
-            for start in STARTS:
-                group = f"{dataset}/{start}_{opt}"
-                if group not in groups:
-                    continue
-                epochs = np.array(groups[group][0]["curves"]["epoch"], dtype=float)
-                for col, (key, title) in enumerate(columns):
-                    ax = axes[row][col]
-                    mean, lo, hi = common.series(groups[group], key)
-                    ax.plot(epochs, mean, "o-", ms=2, color=colors[start], label=start)
-                    ax.fill_between(epochs, lo, hi, color=colors[start], alpha=0.2)
-                    if row == 0:
-                        ax.set_title(title, fontsize=9)
-                    if col == 0:
-                        ax.set_ylabel(OPTIMIZER_ARMS[opt][2], fontsize=7)
-                    ax.tick_params(labelsize=7)
-            if row == len(opts) - 1:
-                for ax in axes[row]:
-                    ax.set_xlabel("phase-2 epoch", fontsize=8)
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"Phase 2 on real labels, {dataset}: adversarial (random-label pretrained) "
-                     "vs fresh start (mean over seeds, band min-max)", fontsize=10)
-        fig.tight_layout(rect=(0, 0, 1, 0.97))
-        name = f"adversarial_init_{dataset}_curves.png"
-        fig.savefig(os.path.join(workdir, name), dpi=90)
-        plt.close(fig)
-        figures.append(name)
-    return figures
+def analyses(runs):
+    """The phase-1 table (one phase 1 per dataset and seed, read from the adversarial arms)."""
+    phase1 = {}
+    for a, r in runs:
+        if r.get("phase1"):
+            phase1.setdefault(a.config.dataset, {})[a.seed] = r["phase1"]
+    lines = ["Phase 1 (per seed, shared by every adversarial arm):", "",
+             "| dataset | " + " | ".join(h for _, h, _ in PHASE1_TABLE) + " | stopped by |",
+             "|---" * (len(PHASE1_TABLE) + 2) + "|"]
+    for dataset, by_seed in phase1.items():
+        lines.append(f"| {dataset} | " + " | ".join(
+            statistics.summarize([s[k] for s in by_seed.values()]).text(fmt)
+            for k, _, fmt in PHASE1_TABLE) + " | " + ", ".join(
+            s["phase1_stopped_by"] for s in by_seed.values()) + " |")
+    return lines + [""], {"phase1": {d: {f"seed{k}": s for k, s in v.items()}
+                                     for d, v in phase1.items()}}
 
 
-def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
-              echo=print, optimizers=None):
-    """Every arm (phase 1 once per dataset and seed; finished runs skipped, interrupted ones
-    resumed), then the report."""
-    echo = echo or (lambda line: None)
-    plan = arms(scale, seeds, overrides, optimizers)  # every config checked: no data yet
-    os.makedirs(workdir, exist_ok=True)
-    runs, seconds, phase1_runs = [], {}, {}
-    for i, (group, label, seed, config) in enumerate(plan, 1):
-        started = time.time()
-        phase1_dir = os.path.join(workdir, config.dataset, "phase1", f"seed{seed}")
-        if config.start == "adversarial" and (config.dataset, seed) not in phase1_runs:
-            p1 = run_phase1(config, phase1_dir, echo)
-            phase1_runs[(config.dataset, seed)] = p1
-            s = p1["summary"]
-            echo(f"phase 1 {config.dataset}/seed{seed}: {s['phase1_epochs']} epochs "
-                 f"({s['phase1_stopped_by']}), random-label train acc "
-                 f"{s['phase1_random_label_accuracy']:.3f}, |w| {s['phase1_wnorm_final']:.1f}")
-        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo,
-                     phase1_dir=phase1_dir)
-        seconds[group] = round(seconds.get(group, 0.0) + time.time() - started, 1)
-        s = result["summary"]
-        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {time.time() - started:.0f} s; test acc "
-             f"{s['test_acc_final']:.3f} train acc {s['train_acc_final']:.3f} m-coh. start "
-             f"{s['coh_start']:.2f} |w| start {s['wnorm_start']:.1f}")
-        runs.append((group, label, seed, result))
-    p1_list = [(d, s, r) for (d, s), r in phase1_runs.items()]
-    return report(workdir, runs, command, seconds, p1_list)
+def figures(workdir, runs):
+    from . import figures as fig
+
+    keys = (("test_accuracy", "test acc. (fraction)"),
+            ("train_accuracy", "train acc., real labels (fraction)"),
+            ("coherence/train/m_coherence", "m-coherence, real-label sample"),
+            ("weight_norm", "‖w‖ (L2 norm of all weights)"))
+    return [fig.curves_per_group(
+        workdir, f"adversarial_init_{dataset}_curves.png",
+        [(a, r) for a, r in runs if a.config.dataset == dataset], keys, x="epoch",
+        x_label="phase-2 epoch", row_of=lambda a: a.panel,
+        title=f"Phase 2 on real labels, {dataset}: adversarial vs fresh start")
+        for dataset in dict.fromkeys(a.config.dataset for a, _ in runs)]
+
+
+PROGRESS = ("test_acc_final", "train_acc_final", "coh_start", "wnorm_start")
+
+EXPERIMENT = Experiment(
+    name="adversarial_init",
+    title="Adversarial initialisation: random-label pretraining, then real labels",
+    arms=arms, run_arm=lambda config, run_dir, echo=None: run(
+        config, run_dir, echo, phase1_dir=shared_phase1_dir(run_dir)),
+    columns=COLUMNS, loop="graph", comparisons=comparisons, compared=COMPARED, rules=rules,
+    analyses=analyses, figures=figures, progress=PROGRESS)

@@ -1,15 +1,15 @@
-"""Shared pieces of the experiments with their own loops (`trainers/beyond.py` lists them):
-resumable runs with cgh_tf.checkpoints.CheckpointStore, fixed samples, the plan loop, results files, stats.
+"""The pieces of one custom-loop run shared by the declared experiments (`trainers/experiment.py`):
+resumable runs, checkpoints, fixed samples, results, the experiments' MLP.
 
 | function                      | what                                                           |
 |-------------------------------|----------------------------------------------------------------|
+| `resumable(train, check)`     | an experiment's `run(config, run_dir, echo)`: skip finished, check, lock, train / resume |
 | `finished_or_checked`         | a finished run's results, or the config checked (before any data) |
-| `Checkpointer`                | model, optimizer, step and curves of a run, restored on restart |
+| `Checkpointer`                | model, optimizer, step and curves of a run, restored on restart (`cgh_tf.checkpoints`) |
 | `sample(pool, m, seed, salt)` | the sorted indices of a fixed sample                           |
-| `scaled_config`               | an experiment's config at a scale and dataset, with overrides  |
-| `run_plan`                    | every run of a plan, one progress line each                    |
+| `scaled_config`, `dataset_bases` | an experiment's config at a scale and dataset, with overrides  |
 | `finish`                      | the results.json of a finished run                             |
-| `append`, `mean_sd`, `cell`, `coherence_row`, `by_group`, `series`, `pyplot`, `write_results_md` | curves, statistics, the report |
+| `append`, `sample_coherence`, `coherence_row`, `weight_norm`, `mlp`, `require`, `require_one_of` | curves, measurements, the model, config checks |
 
 A run lives in its own directory:
 
@@ -20,9 +20,10 @@ A run lives in its own directory:
 | `results.json`   | written once at the end: config, curves, summary numbers, `finished: true`  |
 
 Started again, a run with a `results.json` of the same config is skipped; otherwise it restores
-the newest intact checkpoint and the curves logged up to it and continues from that step. A run
-directory holding another config's results or curves is refused in one line (ConfigError), and
-`run_plan` holds the experiment workdir's lock (`cgh_tf/workdir_lock.py`) for its whole life.
+the newest intact checkpoint and the curves logged up to it and continues from that step
+(`graph_loop.run_logged`). A run directory holding another config's results or curves is refused
+in one line (ConfigError); a run holds its directory's lock (`cgh_tf/workdir_lock.py`) while it
+trains, and `runner.run` the experiment workdir's.
 """
 
 import math
@@ -70,6 +71,12 @@ def require(ok, message):
     """ValueError(message) unless ok: the one-line config checks of the experiments' `check_config`."""
     if not ok:
         raise ValueError(message)
+
+
+def require_one_of(config, field, allowed):
+    """ValueError "field=value is unknown; allowed: a, b" unless `config[field]` is in `allowed`."""
+    require(config[field] in allowed, f"{field}={config[field]!r} is unknown; allowed: "
+            f"{', '.join(map(str, allowed))}")
 
 
 def resumable(train, check_config):
@@ -165,29 +172,16 @@ def scaled_config(module, scale, dataset, overrides):
     return config_schema.apply_overrides(config, {**(overrides or {}), "dataset": dataset})
 
 
-def run_plan(workdir, plan, run, describe, echo):
-    """Every `(group, label, seed, config)` of `plan` run by `run(config, run_dir, echo=echo)` in
-    `workdir/<group>/seed<seed>` (finished runs are skipped and interrupted ones resume: `run`'s
-    contract), with one progress line each (`describe(summary)`).
-
-    Returns `(runs, seconds)`: `[(group, label, seed, result)]` and the wall-clock seconds of this
-    invocation per group."""
-    os.makedirs(workdir, exist_ok=True)
-    with workdir_lock.hold(workdir, "experiment"):
-        return _run_each(workdir, plan, run, describe, echo)
-
-
-def _run_each(workdir, plan, run, describe, echo):
-    """`run_plan`'s loop (under the workdir's lock)."""
-    runs, seconds = [], {}
-    for i, (group, label, seed, config) in enumerate(plan, 1):
-        started = time.time()
-        result = run(config, os.path.join(workdir, group, f"seed{seed}"), echo=echo)
-        took = time.time() - started
-        seconds[group] = round(seconds.get(group, 0.0) + took, 1)
-        echo(f"[{i}/{len(plan)}] {group}/seed{seed}: {took:.0f} s; {describe(result['summary'])}")
-        runs.append((group, label, seed, result))
-    return runs, seconds
+def dataset_bases(module, scale, overrides, name):
+    """[(dataset, base config)] of an experiment at `scale`: its datasets `module.DATASETS[scale]`,
+    or only `overrides["dataset"]` (one of `module.DATASET_CHANGES[scale]`, else a one-line
+    ValueError), each with `scaled_config`."""
+    datasets = (overrides["dataset"],) if "dataset" in overrides else module.DATASETS[scale]
+    allowed = module.DATASET_CHANGES[scale]
+    for dataset in datasets:
+        require(dataset in allowed, f"dataset={dataset!r} is not available for {name} at scale "
+                f"{scale!r}; allowed: {', '.join(allowed)}")
+    return [(d, scaled_config(module, scale, d, overrides)) for d in datasets]
 
 
 def finish(run_dir, config_dict, curves, summary, started, **extra):
@@ -198,32 +192,6 @@ def finish(run_dir, config_dict, curves, summary, started, **extra):
               "seconds_last_invocation": round(time.time() - started, 1)}
     write_json(os.path.join(run_dir, "results.json"), result)
     return result
-
-
-def by_group(runs):
-    """`{group: [result, ...]}` of `[(group, label, seed, result)]`, groups in plan order."""
-    groups = {}
-    for group, _, _, result in runs:
-        groups.setdefault(group, []).append(result)
-    return groups
-
-
-def series(results, key):
-    """`(mean, min, max)` over runs, per logged point, of curve `key` (None = NaN, skipped)."""
-    arr = np.array([[np.nan if v is None else v for v in r["curves"][key]] for r in results],
-                   dtype=float)
-    with np.errstate(all="ignore"):
-        return np.nanmean(arr, 0), np.nanmin(arr, 0), np.nanmax(arr, 0)
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (files only, no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def append(curves, row):
@@ -237,30 +205,21 @@ def append(curves, row):
                            else float(value))
 
 
-def mean_sd(values):
-    """(mean, sample sd, n) of the non-None values; None for missing."""
-    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not values:
-        return None, None, 0
-    mean = math.fsum(values) / len(values)
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
-    return mean, sd, len(values)
-
-
-def cell(values, fmt=".3f", n_total=None):
-    """'mean ± sd' over seeds (with 'k/n' when some seeds have no value)."""
-    mean, sd, n = mean_sd(values)
-    if mean is None:
-        return "n/a"
-    text = format(mean, fmt) + (f" ± {format(sd, fmt)}" if sd is not None else "")
-    if n_total is not None and n < n_total:
-        text += f" ({n}/{n_total} seeds)"
-    return text
-
-
 def weight_norm(model):
     return float(math.sqrt(sum(float(np.sum(np.square(v.numpy().astype(np.float64))))
                                for v in model.trainable_variables)))
+
+
+def sample_coherence(model, samples, loss_fn):
+    """{coherence/<name>/m_coherence, .../alpha, per layer} of the exact per-example coherence
+    (`cgh_tf.coherence.measure`, inference mode) of each fixed sample `{name: (x, y)}`."""
+    from cgh_tf import coherence
+
+    row = {}
+    for name, (xs, ys) in samples.items():
+        stats = coherence.measure(model, xs, ys, loss=loss_fn, per_layer=True, batch_size=len(xs))
+        row.update(coherence_row(f"coherence/{name}", stats))
+    return row
 
 
 def coherence_row(prefix, stats):
@@ -270,20 +229,3 @@ def coherence_row(prefix, stats):
         row[f"{prefix}/{layer}/m_coherence"] = layer_stats.m_coherence
         row[f"{prefix}/{layer}/alpha"] = layer_stats.alpha
     return row
-
-
-def write_results_md(workdir, lines, runs, figures, summary, per):
-    """Ends a report: the training seconds per group (also into `summary["training_seconds"]`),
-    the figure links, and `results.md` in `workdir`.
-
-    runs: (group, seed, run_dir, result) tuples; per: what a group is, for the sentence."""
-    trained = {}
-    for group, _, _, result in runs:
-        trained[group] = trained.get(group, 0.0) + result.get("seconds_last_invocation", 0.0)
-    summary["training_seconds"] = trained
-    lines = lines + ["", f"Wall-clock seconds per {per} (sum over seeds, as recorded by each run "
-                     "when it finished): " + ", ".join(f"{g} {s:.0f}" for g, s in trained.items())
-                     + f"; total {sum(trained.values()):.0f} s.", ""]
-    lines += [f"![{f}]({f})" for f in figures]
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")

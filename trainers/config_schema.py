@@ -267,8 +267,12 @@ def _validate_easy_hard(config, need):
              f"written by a run with learning_times.every_steps > 0)")
 
 
-def _is_int(value, minimum):
+def is_int(value, minimum):
+    """True for an int (not a bool) >= minimum: the one integer check of configs and experiments."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+_is_int = is_int
 
 
 def _is_number(value):

@@ -34,9 +34,11 @@ point and `coherence_drop_fired` = 0), `coherence_plateau` (c2: first point wher
 (`memorisation_onset`): the first log point after the (first) minimum of the corrupted train
 accuracy at which it is ≥ that minimum + `onset_rise` (uses the corrupted mask: diagnostic only).
 
-Resumable from a checkpoint written every `checkpoint_every_logs` log points
-(`trainers/beyond_common.py`). Batch order: global step s trains on batch s mod S of the
-permutation `default_rng([seed, s // S])` of the training part (S = steps per epoch).
+Resumable from a checkpoint written every `checkpoint_every_logs` log points (`graph_loop.run_logged`
+in steps). Batch order: global step s trains on batch s mod S of the permutation
+`default_rng([seed, s // S])` of the training part (S = steps per epoch; `graph_loop.epoch_trainer`).
+Declared: within each noise level, each rule's test accuracy against the others', paired by seed
+(`CONTRASTS`), and two verdict rules (`rules`).
 
 Default dataset: mnist5k (real 28×28 digits): this MLP fits its pristine examples to ~0.9 test
 accuracy within a few epochs and memorises the corrupted ones over the following tens of epochs,
@@ -46,15 +48,17 @@ turn is smaller (6-9 points) and slower (`--set=dataset=mnist1d`, 100 epochs).
 """
 
 import math
-import os
 import time
 
 import numpy as np
 
-from trainers import beyond_common as common
-from trainers import config_schema
+from cgh_tf import statistics
 
-DEFAULT_SEEDS = 2
+from . import beyond_common as common
+from . import config_schema
+from . import graph_loop
+from .experiment import Arm, Column, Experiment
+
 DATASETS = ("mnist5k", "mnist1d", "digits")  # embedded datasets (no download)
 OPTIMIZERS = ("adam", "sgd")
 RULES = ("final", "validation", "coherence_drop", "coherence_plateau", "oracle")
@@ -174,13 +178,11 @@ def split_indices(n, validation_fraction, data_seed):
 
 
 def _train(config, run_dir, echo):
-    """The training of one run (`run` below: finished runs and bad configs are handled there)."""
-    config_dict = config.to_dict()
+    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
-    from cgh_tf import coherence, data
-    from trainers import hparams_board
+    from cgh_tf import coherence, data, optimizers
 
     started = time.time()
     keras.utils.set_random_seed(int(config.seed))
@@ -199,9 +201,8 @@ def _train(config, run_dir, echo):
     if corrupted.sum() == 0 or corrupted.all():
         raise ValueError(f"label_noise={config.label_noise!r} leaves no corrupted or no pristine "
                          "training example")
-    model = build_model(config, ds.input_shape, ds.num_classes)
-    optimizer = (keras.optimizers.Adam(float(config.learning_rate)) if config.optimizer == "adam"
-                 else keras.optimizers.SGD(float(config.learning_rate)))
+    model = common.mlp(config, ds.input_shape, ds.num_classes)
+    optimizer = optimizers.build(config.optimizer, float(config.learning_rate))
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     m = int(config.coherence_samples)
@@ -210,46 +211,19 @@ def _train(config, run_dir, echo):
                "pristine": common.sample(all_idx[~corrupted], m, config.data_seed, 2),
                "corrupted": common.sample(all_idx[corrupted], m, config.data_seed, 3)}
     mixed = samples["train"]
-    n, batch = len(x), int(config.batch_size)
-    steps_per_epoch = -(-n // batch)
-    total_steps = int(config.epochs) * steps_per_epoch
-    schedule = log_steps(config, steps_per_epoch)
+    n = len(x)
     xt, yt = tf.constant(x), tf.constant(y)
-
-    @tf.function(reduce_retracing=True)
-    def train_chunk(flat, starts, sizes):  # the batches between two log points, in one graph
-        for k in tf.range(tf.shape(starts)[0]):
-            idx = flat[starts[k]:starts[k] + sizes[k]]
-            with tf.GradientTape() as tape:
-                loss = loss_fn(tf.gather(yt, idx), model(tf.gather(xt, idx), training=True))
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
+    train = graph_loop.epoch_trainer(model, optimizer, loss_fn, xt, yt, int(config.batch_size))
+    steps_per_epoch = train.batches_per_epoch
+    schedule = log_steps(config, steps_per_epoch)
 
     @tf.function(reduce_retracing=True)
     def predict(xs):
         return tf.argmax(model(xs, training=False), -1, output_type=tf.int32)
 
-    permutations = {}
-
-    def batch_indices(step):
-        epoch, k = divmod(step, steps_per_epoch)
-        if epoch not in permutations:
-            permutations.clear()
-            permutations[epoch] = np.random.default_rng([int(config.seed), epoch]).permutation(n)
-        return permutations[epoch][k * batch:(k + 1) * batch]
-
-    def train(start, stop):
-        batches = [batch_indices(s) for s in range(start, stop)]
-        if not batches:
-            return
-        sizes = np.array([len(b) for b in batches], np.int32)
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
-        train_chunk(tf.constant(np.concatenate(batches).astype(np.int32)), tf.constant(starts),
-                    tf.constant(sizes))
-
     x_eval = tf.constant(np.concatenate([x, x_val, x_test]))  # one prediction call per log
 
-    def log(step, curves):
+    def log(step):
         pred, pred_val, pred_test = np.split(predict(x_eval).numpy(), [n, n + len(x_val)])
         row = {"step": step, "epoch": step / steps_per_epoch,
                "train_loss": float(loss_fn(yt, model(xt, training=False))),
@@ -259,60 +233,32 @@ def _train(config, run_dir, echo):
                "validation_clean_accuracy": float(np.mean(pred_val == y_val_clean)),
                "pristine_accuracy": float(np.mean(pred[~corrupted] == y[~corrupted])),
                "corrupted_accuracy": float(np.mean(pred[corrupted] == y[corrupted]))}
-        for name, idx in samples.items():
-            stats = coherence.measure(model, x[idx], y[idx], loss=loss_fn, per_layer=True,
-                                      batch_size=m)
-            row.update(common.coherence_row(f"coherence/{name}", stats))
-        f_p, _ = coherence.loss_reduction_fractions(model, x[mixed], y[mixed], ~corrupted[mixed],
-                                                    loss=loss_fn, batch_size=len(mixed))
-        row["f_pristine"] = f_p
-        common.append(curves, row)
-        echo(f"  noise {config.label_noise:.0%} seed {config.seed} epoch {row['epoch']:.2f}: "
-             f"test {row['test_accuracy']:.3f} val {row['validation_accuracy']:.3f} corrupted "
-             f"{row['corrupted_accuracy']:.3f} m-coh. train {row[TRAIN_SAMPLE_KEY]:.2f} "
-             f"α pristine {row['coherence/pristine/alpha']:.4f} corrupted "
-             f"{row['coherence/corrupted/alpha']:.4f} f^p {row['f_pristine']:.3f}")
+        row.update(common.sample_coherence(
+            model, {name: (x[idx], y[idx]) for name, idx in samples.items()}, loss_fn))
+        row["f_pristine"], _ = coherence.loss_reduction_fractions(
+            model, x[mixed], y[mixed], ~corrupted[mixed], loss=loss_fn, batch_size=len(mixed))
+        if echo:
+            echo(f"  {run_dir} epoch {row['epoch']:.2f}: test {row['test_accuracy']:.3f} val "
+                 f"{row['validation_accuracy']:.3f} corrupted {row['corrupted_accuracy']:.3f} "
+                 f"m-coh. train {row[TRAIN_SAMPLE_KEY]:.2f} f^p {row['f_pristine']:.3f}")
         return row
 
-    ckpt = common.Checkpointer(run_dir, model, optimizer)
-    step, curves = ckpt.restore(config_dict)
-    if curves is None:
-        step, curves = 0, {}
-        log(0, curves)
-    else:
-        echo(f"  resumed {run_dir} at step {step}")
-    for i, target in enumerate(schedule):
-        if target <= step:
-            continue
-        train(step, target)
-        step = target
-        log(step, curves)
-        if i % int(config.checkpoint_every_logs) == 0 or step == total_steps:
-            ckpt.save(step, curves, config_dict)
+    curves = graph_loop.run_logged(
+        run_dir, config.to_dict(), model, optimizer,
+        graph_loop.step_advancer(train, config.seed, n), log, total=schedule[-1],
+        log_points=schedule, checkpoint_points=schedule[::int(config.checkpoint_every_logs)],
+        echo=echo, unit="step")
     summary = stopping_summary(curves, float(config.coherence_drop),
                                float(config.plateau_fraction), float(config.onset_rise))
     for key in ("test_accuracy", "pristine_accuracy", "corrupted_accuracy", "train_loss",
                 TRAIN_SAMPLE_KEY, "coherence/pristine/alpha", "coherence/corrupted/alpha",
                 "f_pristine"):
         summary[f"last/{key}"] = curves[key][-1]
-    hparams_board.write_session(os.path.join(run_dir, "tensorboard"), hparams=_hparams(config),
-                                metrics=summary, curves=curves)
-    return common.finish(run_dir, config_dict, curves, summary, started, num_train=n,
+    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=n,
                          num_validation=int(len(val_idx)), num_corrupted=int(corrupted.sum()),
                          num_validation_corrupted=int(ds.train.corrupted[val_idx].sum()),
                          steps_per_epoch=steps_per_epoch)
 
-
-def _hparams(config):
-    c = config if isinstance(config, dict) else config.to_dict()
-    return {"dataset": c["dataset"], "label_noise": float(c["label_noise"]),
-            "optimizer": c["optimizer"], "width": int(c["width"]), "depth": int(c["depth"]),
-            "learning_rate": float(c["learning_rate"]), "seed": int(c["seed"])}
-
-
-# ----------------------------------------------------------------------------------------------
-# The experiment
-# ----------------------------------------------------------------------------------------------
 
 def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
@@ -323,26 +269,23 @@ def check_config(config):
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    need(config.dataset in DATASETS, f"dataset={config.dataset!r} is unknown; allowed: "
-         f"{', '.join(DATASETS)}")
-    need(config.noise_kind in data.LABEL_NOISE_KINDS, f"noise_kind={config.noise_kind!r} is "
-         f"unknown; allowed: {', '.join(data.LABEL_NOISE_KINDS)}")
+    common.require_one_of(config, "dataset", DATASETS)
+    common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     need(isinstance(config.noise_levels, (tuple, list)) and len(config.noise_levels) >= 1
          and all(number(p) and 0 < p < 1 for p in config.noise_levels),
          f"noise_levels={config.noise_levels!r} must be a non-empty tuple of numbers in (0, 1)")
     need(number(config.label_noise) and 0 < config.label_noise < 1,
          f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
          "pristine and corrupted examples")
-    need(config.optimizer in OPTIMIZERS, f"optimizer={config.optimizer!r} is unknown; allowed: "
-         f"{', '.join(OPTIMIZERS)}")
+    common.require_one_of(config, "optimizer", OPTIMIZERS)
     need(number(config.learning_rate) and config.learning_rate > 0,
          f"learning_rate={config.learning_rate!r} must be a number > 0")
     need(number(config.validation_fraction) and 0 < config.validation_fraction < 1,
          f"validation_fraction={config.validation_fraction!r} must be in (0, 1)")
     for field in ("width", "depth", "batch_size", "epochs", "early_logs_per_epoch",
                   "coherence_samples", "checkpoint_every_logs"):
-        need(isinstance(config[field], int) and not isinstance(config[field], bool)
-             and config[field] >= 1, f"{field}={config[field]!r} must be an int >= 1")
+        need(config_schema.is_int(config[field], 1),
+             f"{field}={config[field]!r} must be an int >= 1")
     need(isinstance(config.early_epochs, int) and config.early_epochs >= 0,
          f"early_epochs={config.early_epochs!r} must be an int >= 0")
     for field in ("max_train", "max_test"):
@@ -356,56 +299,28 @@ def check_config(config):
              f"{field}={config[field]!r} must be an int >= 0")
 
 
-def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None):
-    """[(group, label, seed, config)]: one group per dataset and noise level; every config checked.
+def arms(scale="small", seeds=3, overrides=None):
+    """One arm per dataset and noise level; every config checked.
 
     Datasets: `DATASETS[scale]` of the config module, or only `overrides["dataset"]`; noise levels:
     `noise_levels`; config = base ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]` ←
     `overrides`."""
     from configs import early_stopping as es_config
 
-    if scale not in es_config.SCALES:
-        raise ValueError(f"scale={scale!r} is unknown for early_stopping; allowed: "
-                         f"{', '.join(es_config.SCALES)}")
     overrides = dict(overrides or {})
     if "label_noise" in overrides:
         raise ValueError(f"label_noise={overrides['label_noise']!r} is set per run from "
                          "noise_levels; set noise_levels=(p,) instead")
-    datasets = (overrides["dataset"],) if "dataset" in overrides else es_config.DATASETS[scale]
     out = []
-    for dataset in datasets:
-        if dataset not in es_config.DATASET_CHANGES[scale]:
-            raise ValueError(f"dataset={dataset!r} is unknown for early_stopping; allowed: "
-                             f"{', '.join(es_config.DATASET_CHANGES[scale])}")
-        base = common.scaled_config(es_config, scale, dataset, overrides)
+    for dataset, base in common.dataset_bases(es_config, scale, overrides, "early_stopping"):
         check_config(base)
         for noise in base.noise_levels:
             config = config_schema.apply_overrides(base, {"label_noise": float(noise)})
             check_config(config)
-            for seed in range(seeds):
-                out.append((f"{dataset}/noise{round(noise * 100):02d}",
-                            f"{dataset}, {noise:.0%} noise", seed,
-                            config_schema.apply_overrides(config, {"seed": seed})))
+            out += [Arm(f"{dataset}/noise{round(noise * 100):02d}", f"{noise:.0%} noise",
+                        dataset, seed, config_schema.apply_overrides(config, {"seed": seed}))
+                    for seed in range(seeds)]
     return out
-
-
-TABLE = (  # (summary key suffix per rule, header, format)
-    ("test_accuracy", "test accuracy at pick", ".3f"),
-    ("epoch", "epoch picked", ".2f"),
-    ("corrupted_accuracy", "corrupted train acc at pick", ".3f"),
-    ("pristine_accuracy", "pristine train acc at pick", ".3f"),
-)
-ONSET_TABLE = (
-    ("epoch/memorisation_onset", "memorisation onset (epoch)", ".2f"),
-    ("epoch/max_m_coherence", "epoch of max train m-coh.", ".2f"),
-    ("max_m_coherence", "max train m-coh.", ".1f"),
-    ("epoch/coherence_drop", "c1 pick (epoch)", ".2f"),
-    ("gap/coherence_drop_minus_onset", "c1 − onset (epochs)", ".2f"),
-    ("epoch/coherence_plateau", "c2 pick (epoch)", ".2f"),
-    ("gap/coherence_plateau_minus_onset", "c2 − onset (epochs)", ".2f"),
-    ("gap/validation_minus_onset", "b − onset (epochs)", ".2f"),
-    ("coherence_drop_fired", "c1 fired (share of seeds)", ".2f"),
-)
 
 
 def _values(results, key):
@@ -413,7 +328,7 @@ def _values(results, key):
 
 
 def _mean(results, key):
-    return common.mean_sd(_values(results, key))[0]
+    return statistics.summarize(_values(results, key)).mean
 
 
 def _verdict(results):
@@ -450,154 +365,83 @@ def _verdict(results):
     return " ".join(parts)
 
 
-def report(workdir, runs, command, seconds):
-    from trainers import hparams_board
-
-    groups = common.by_group(runs)
-    summary = {"experiment": "early_stopping", "command": command, "groups": {},
-               "seconds": seconds}
-    keys = [f"{k}/{rule}" for k, _, _ in TABLE for rule in RULES] + [k for k, _, _ in ONSET_TABLE]
-    for group, results in groups.items():
-        summary["groups"][group] = {
-            key: dict(zip(("mean", "sd", "n"), common.mean_sd(_values(results, key))),
-                      values=_values(results, key)) for key in keys}
-        summary["groups"][group]["verdict"] = _verdict(results)
-    figures = plot(workdir, runs)
-    summary["figures"] = figures
-    hparams_board.write_experiment(workdir, [(_hparams(r["config"]), r["summary"])
-                                             for *_, r in runs])
-    lines = ["# Early stopping under label noise: test accuracy of stopping rules, and coherence",
-             "", f"Command: `{command}`", ""]
-    for dataset in dict.fromkeys(r["config"]["dataset"] for *_, r in runs):
-        r0 = next(r for *_, r in runs if r["config"]["dataset"] == dataset)
-        c = r0["config"]
-        lines += [f"{dataset}: MLP with {c['depth']} hidden layer(s) of {c['width']} ReLU units, "
-                  f"{c['optimizer']} lr {c['learning_rate']}, batch {c['batch_size']}, "
-                  f"{c['epochs']} epochs ({r0['steps_per_epoch']} steps each), label noise "
-                  f"{c['noise_kind']!r} at {', '.join(f'{p:.0%}' for p in c['noise_levels'])}; "
-                  f"{r0['num_train']} training / {r0['num_validation']} validation examples "
-                  f"(the validation split is held out of the noisy training set: its labels carry "
-                  f"the same noise, {r0['num_validation_corrupted']} of them corrupted at "
-                  f"{c['label_noise']:.0%}); log points: {c['early_logs_per_epoch']} per epoch for "
-                  f"{c['early_epochs']} epochs, then every epoch; m = {c['coherence_samples']} "
-                  f"for the fixed mixed training sample (training labels), the pristine and the "
-                  f"corrupted sample; f^p on the mixed sample.", ""]
-    c = runs[0][3]["config"]
-    lines += ["Rules (fixed before any test result was seen): " + "; ".join(
-        f"**{rule}** = {RULE_NAMES[rule]}" for rule in RULES)
-        + f". c1: drop = {c['coherence_drop']}; if it never fires it picks the last point. "
-        f"c2: plateau = min + {c['plateau_fraction']} × (max − min) of the whole run "
-        f"(retrospective). Rules a, c1, c2 use training data only; b uses the noisy validation "
-        f"labels; the oracle uses test labels. Memorisation onset: first log point after the "
-        f"minimum of the corrupted train accuracy (vs noisy labels) where it is ≥ that minimum + "
-        f"{c['onset_rise']} (uses the corrupted mask, which a practitioner does not have).", "",
-        "Mean ± sample sd over seeds.", ""]
-    for group, results in groups.items():
-        lines += [f"## {group} ({len(results)} seeds)", "",
-                  "| rule | " + " | ".join(h for _, h, _ in TABLE) + " |",
-                  "|---" * (len(TABLE) + 1) + "|"]
-        for rule in RULES:
-            lines.append(f"| {RULE_NAMES[rule]} | " + " | ".join(
-                common.cell(_values(results, f"{k}/{rule}"), fmt, len(results))
-                for k, _, fmt in TABLE) + " |")
-        lines += ["", "| " + " | ".join(h for _, h, _ in ONSET_TABLE) + " |",
-                  "|---" * len(ONSET_TABLE) + "|",
-                  "| " + " | ".join(common.cell(_values(results, k), fmt, len(results))
-                                    for k, _, fmt in ONSET_TABLE) + " |", "",
-                  "Does the training-sample coherence tell when memorisation begins? "
-                  + summary["groups"][group]["verdict"], ""]
-    common.write_results_md(workdir, lines, runs, figures, summary, per="noise level")
-    common.write_json(os.path.join(workdir, "results.json"), summary)  # with training_seconds
-    return summary
+COLUMNS = tuple(Column(f"test_accuracy/{rule}", f"test acc at pick: {rule}")
+                for rule in RULES) + (
+    Column("epoch/memorisation_onset", "memorisation onset (epoch)", ".2f"),
+    Column("epoch/coherence_drop", "c1 pick (epoch)", ".2f"),
+    Column("gap/coherence_drop_minus_onset", "c1 − onset (epochs)", ".2f"),
+    Column("epoch/validation", "b pick (epoch)", ".2f"),
+    Column("coherence_drop_fired", "c1 fired (share of seeds)", ".2f"),
+)
+# within each arm, paired by seed: each rule's test accuracy at its pick against the others'
+CONTRASTS = (("test_accuracy/validation", "test_accuracy/final"),
+             ("test_accuracy/coherence_drop", "test_accuracy/final"),
+             ("test_accuracy/coherence_drop", "test_accuracy/validation"),
+             ("test_accuracy/coherence_plateau", "test_accuracy/validation"))
 
 
-RULE_STYLE = {"final": ("black", "-"), "validation": ("tab:blue", "--"),
-              "coherence_drop": ("tab:red", "-."), "coherence_plateau": ("tab:purple", ":"),
-              "oracle": ("tab:green", (0, (1, 1)))}
+def rules(arms_):
+    """Per noise level: stopping early is worth something (b vs a, predicted higher); coherence
+    is a stopping signal at least as good as a noisy validation split (c1 vs b)."""
+    out = []
+    for group in dict.fromkeys(a.group for a in arms_):
+        out += [statistics.PairedRule(f"{group}: validation stopping beats training to the end",
+                                      "test_accuracy/validation", group, group, "higher",
+                                      control_metric="test_accuracy/final"),
+                statistics.PairedRule(f"{group}: coherence stopping (c1) vs validation stopping",
+                                      "test_accuracy/coherence_drop", group, group,
+                                      control_metric="test_accuracy/validation")]
+    return out
 
 
-def plot(workdir, runs):
-    plt = common.pyplot()
-
-    groups = common.by_group(runs)
-    datasets = list(dict.fromkeys(g.split("/")[0] for g in groups))
-    figures = []
-    for dataset in datasets:
-        names = [g for g in groups if g.startswith(dataset + "/")]
-        fig, axes = plt.subplots(len(names), 5, figsize=(17, 3.0 * len(names)), squeeze=False)
-        for row, g in zip(axes, names):
-            results = groups[g]
-            epochs = np.array(results[0]["curves"]["epoch"], dtype=float)
-            ax = row[0]
-            ax.plot(epochs, common.series(results, "test_accuracy")[0], label="test")
-            ax.plot(epochs, common.series(results, "validation_accuracy")[0],
-                    label="val (noisy labels)")
-            ax.set_title(f"{g}: accuracy", fontsize=9)
-            ax = row[1]
-            ax.plot(epochs, common.series(results, "corrupted_accuracy")[0], color="tab:red",
-                    label="corrupted (noisy label)")
-            ax.plot(epochs, common.series(results, "pristine_accuracy")[0], color="tab:green",
-                    label="pristine")
-            ax.set_title("train accuracy (memorisation)", fontsize=9)
-            ax = row[2]
-            for name, color in (("train", "black"), ("pristine", "tab:green"),
-                                ("corrupted", "tab:red")):
-                ax.plot(epochs, common.series(results, f"coherence/{name}/m_coherence")[0],
-                        color=color, label=f"{name} sample")
-            ax.set_yscale("log")
-            ax.set_title(f"m-coherence (m={results[0]['config']['coherence_samples']})",
-                         fontsize=9)
-            ax = row[3]
-            for name, color in (("pristine", "tab:green"), ("corrupted", "tab:red")):
-                ax.plot(epochs, common.series(results, f"coherence/{name}/alpha")[0], color=color,
-                        label=f"α {name}")
-            ax.set_yscale("log")
-            ax.set_title("α pristine vs corrupted", fontsize=9)
-            ax = row[4]
-            ax.plot(epochs, common.series(results, "f_pristine")[0], color="tab:brown")
-            ax.set_title("f^p (mixed sample)", fontsize=9)
-            for ax in row:
-                for seed_i, r in enumerate(results):
-                    for rule in RULES:
-                        e = r["summary"].get(f"epoch/{rule}")
-                        if e is not None:
-                            color, style = RULE_STYLE[rule]
-                            ax.axvline(e, color=color, linestyle=style, lw=1, alpha=0.7,
-                                       label=rule if seed_i == 0 and ax is row[4] else None)
-                ax.set_xlabel("epoch", fontsize=8)
-                ax.tick_params(labelsize=7)
-            for ax in row[:4]:
-                ax.legend(fontsize=6)
-            row[4].legend(fontsize=6, title="picks (per seed)", title_fontsize=6)
-        fig.suptitle(f"Early stopping, {dataset}: curves = mean over seeds; vertical lines = "
-                     "each seed's pick per rule", fontsize=10)
-        fig.tight_layout()
-        name = f"early_stopping_{dataset}.png"
-        fig.savefig(os.path.join(workdir, name), dpi=80)
-        plt.close(fig)
-        figures.append(name)
-    return figures
+def analyses(runs):
+    """Per noise level: does rule c1 find the memorisation onset (`_verdict`)."""
+    by_group = {}
+    for a, r in runs:
+        by_group.setdefault(a.group, []).append(r)
+    lines = ["Does the training-sample coherence tell when memorisation begins?", ""]
+    verdicts = {g: _verdict(results) for g, results in by_group.items()}
+    return lines + [f"- {g}: {v}" for g, v in verdicts.items()] + [""], {"onset": verdicts}
 
 
-def _describe(s):
-    """The progress line of a finished run (`common.run_plan`)."""
-    def fmt(v, f=".3f"):
-        return "n/a" if v is None else format(v, f)
+def setting(runs):
+    r0 = runs[0][1]
+    c = r0["config"]
+    return [f"{c['dataset']}: MLP {c['depth']} × {c['width']} ReLU, {c['optimizer']} lr "
+            f"{c['learning_rate']}, batch {c['batch_size']}, {c['epochs']} epochs "
+            f"({r0['steps_per_epoch']} steps each), label noise {c['noise_kind']!r} at "
+            f"{', '.join(f'{p:.0%}' for p in c['noise_levels'])}; {r0['num_train']} training / "
+            f"{r0['num_validation']} validation examples (held out of the noisy training set: "
+            f"same noise); m = {c['coherence_samples']}. Rules (fixed before any test result was "
+            "seen): " + "; ".join(f"**{rule}** = {RULE_NAMES[rule]}" for rule in RULES)
+            + f". c1: drop = {c['coherence_drop']}; c2: plateau = min + "
+            f"{c['plateau_fraction']} × (max − min); onset: rise {c['onset_rise']} above the "
+            "minimum of the corrupted train accuracy (uses the corrupted mask).", ""]
 
-    return (f"test acc final {fmt(s['test_accuracy/final'])} val-pick "
-            f"{fmt(s['test_accuracy/validation'])} c1 {fmt(s['test_accuracy/coherence_drop'])} "
-            f"c2 {fmt(s['test_accuracy/coherence_plateau'])} oracle "
-            f"{fmt(s['test_accuracy/oracle'])}; onset epoch "
-            f"{fmt(s['epoch/memorisation_onset'], '.2f')} c1 epoch "
-            f"{fmt(s['epoch/coherence_drop'], '.2f')}")
 
+def figures(workdir, runs):
+    from . import figures as fig
 
-def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
-              echo=print):
-    echo = echo or (lambda line: None)
-    plan = arms(scale, seeds, overrides)  # every config checked before the workdir exists
-    runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
-    return report(workdir, runs, command, seconds)
+    keys = (("test_accuracy", "test acc. (fraction)"),
+            ("validation_accuracy", "noisy-validation acc. (fraction)"),
+            ("corrupted_accuracy", "corrupted train acc. (noisy label)"),
+            ("pristine_accuracy", "pristine train acc. (fraction)"),
+            ("coherence/train/m_coherence", "m-coherence, mixed train sample"),
+            ("f_pristine", "f^p (fraction)"))
+    return [fig.curves_per_group(
+        workdir, f"early_stopping_{dataset}.png",
+        [(a, r) for a, r in runs if a.config.dataset == dataset], keys, x="epoch",
+        x_label="epoch", title=f"Early stopping, {dataset}", row_of=lambda a: a.group)
+        for dataset in dict.fromkeys(a.config.dataset for a, _ in runs)]
 
 
 run = common.resumable(_train, check_config)
+
+PROGRESS = ("test_accuracy/final", "test_accuracy/validation", "test_accuracy/coherence_drop",
+            "epoch/memorisation_onset")
+
+EXPERIMENT = Experiment(
+    name="early_stopping",
+    title="Early stopping under label noise: test accuracy of stopping rules, and coherence",
+    arms=arms, run_arm=run, columns=COLUMNS, loop="graph", contrasts=CONTRASTS, rules=rules,
+    analyses=analyses, setting=setting, figures=figures, progress=PROGRESS)

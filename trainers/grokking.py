@@ -1,13 +1,14 @@
 r"""Grokking on modular arithmetic, with exact per-example coherence logged along the way.
 
-One run (`run(config, run_dir)`) trains a model on `cgh_tf.modular.make(...)` with a custom loop
-(`optimizer.apply`, so plain AdamW, `cgh_tf.M3(AdamW)` and `cgh_tf.RM3(AdamW)` all work) and every
+One run (`run(config, run_dir)`) trains a model on `cgh_tf.modular.make(...)` in the update-level
+graph loop (`graph_loop.update_trainer`, `run_logged`; optimizers from `cgh_tf.optimizers.build`:
+AdamW, M3(AdamW), RM3(AdamW), RA3(AdamW)) and every
 `log_every` optimizer updates logs: train / test accuracy and loss (whole splits), the m-coherence
 and α of a fixed train sample and a fixed test sample (m = `coherence_samples` each, exact, per
 layer, `cgh_tf.coherence.measure`), and the global weight norm. It checkpoints (model, optimizer,
-step, curves) every `checkpoint_every` updates and resumes from there (`trainers/beyond_common.py`).
-The updates between two logs run inside one `tf.function` (a graph loop over a precomputed
-[updates, batches per update, batch] index tensor): ≈ 2× faster than one call per update here.
+step, curves) every `checkpoint_every` updates and resumes from there. The updates between two
+logs run inside one `tf.function` over a precomputed [updates, batches per update, batch] index
+tensor. Declared comparisons: every arm against its matched control, paired by seed.
 
 Models (`model`):
 * `"mlp"`: one-hot(a) ‖ one-hot(b) [2p] → `depth` × Dense(width, relu) → Dense(p) logits
@@ -37,14 +38,16 @@ resumed run sees the same batches.
 """
 
 import math
-import os
 import time
 
 import numpy as np
 
-from trainers import beyond_common as common
-from trainers import config_schema
-from trainers import hparams_board
+from cgh_tf import statistics
+
+from . import beyond_common as common
+from . import config_schema
+from . import graph_loop
+from .experiment import Arm, Column, Experiment
 
 
 def build_model(config, vocab_or_inputs, num_classes):
@@ -94,15 +97,12 @@ def check_config(config):
 
     from cgh_tf import modular
 
-    need(config.model in MODELS, f"model={config.model!r} is unknown; allowed: {', '.join(MODELS)}")
-    need(config.operation in modular.OPERATIONS, f"operation={config.operation!r} is unknown; "
-         f"allowed: {', '.join(modular.OPERATIONS)}")
+    common.require_one_of(config, "model", MODELS)
+    common.require_one_of(config, "operation", modular.OPERATIONS)
     need(isinstance(config.train_fraction, float) and 0 < config.train_fraction < 1,
          f"train_fraction={config.train_fraction!r} must be a float in (0, 1)")
-    need(config.optimizer in OPTIMIZERS, f"optimizer={config.optimizer!r} is unknown; allowed: "
-         f"{', '.join(OPTIMIZERS)}")
-    need(config.aggregation in AGGREGATIONS, f"aggregation={config.aggregation!r} is unknown; "
-         f"allowed: {', '.join(AGGREGATIONS)}")
+    common.require_one_of(config, "optimizer", OPTIMIZERS)
+    common.require_one_of(config, "aggregation", AGGREGATIONS)
     pct = config.winsorize_pct
     need(isinstance(pct, (int, float)) and 0 <= pct < 50,
          f"winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
@@ -111,28 +111,24 @@ def check_config(config):
          "aggregation='winsorize' or winsorize_pct=0")
     for field in ("p", "width", "depth", "heads", "batch_size", "steps", "log_every",
                   "checkpoint_every", "print_every_logs", "coherence_samples"):
-        need(isinstance(config[field], int) and config[field] >= 1,
+        need(config_schema.is_int(config[field], 1),
              f"{field}={config[field]!r} must be an int >= 1")
     need(config.model != "transformer" or config.width % config.heads == 0,
          f"width={config.width} must be a multiple of heads={config.heads}")
 
 
 def build_optimizer(config):
-    """(optimizer, batches per update, aggregator or None for the plain mean)."""
-    import keras
+    """(optimizer, batches per update, aggregator or None for the plain mean): AdamW (β1 0.9) or
+    M3 / RM3 / RA3 wrapping it, through `cgh_tf.optimizers.build`."""
+    from cgh_tf import aggregators, optimizers
 
-    import cgh_tf
-    from cgh_tf import aggregators
-
-    inner = keras.optimizers.AdamW(learning_rate=float(config.learning_rate),
-                                   weight_decay=float(config.weight_decay), beta_1=0.9,
-                                   beta_2=float(config.beta_2))
-    wrap = {"adamw": lambda o: o, "m3": lambda o: cgh_tf.M3(o, groups=3),
-            "rm3": lambda o: cgh_tf.RM3(o, window=3), "ra3": lambda o: cgh_tf.RA3(o, window=3)}
     check_config(config)
+    optimizer = optimizers.build(config.optimizer, float(config.learning_rate), inner="adamw",
+                                 groups=3, window=3, weight_decay=float(config.weight_decay),
+                                 beta_1=0.9, beta_2=float(config.beta_2))
     aggregator = (None if config.aggregation == "mean"
                   else aggregators.get("winsorize", float(config.winsorize_pct)))
-    return wrap[config.optimizer](inner), OPTIMIZERS[config.optimizer], aggregator
+    return optimizer, OPTIMIZERS[config.optimizer], aggregator
 
 
 def _data(config):
@@ -171,41 +167,11 @@ class Batches:
             last - first, b, self.size)
 
 
-def _train_function(model, optimizer, loss_fn, aggregator, x, y, batches):
-    """tf.function idx int32 [u, b, B] (`Batches.updates`) -> runs u updates; each of the b
-    batches is one optimizer.apply (the M3 wrapper updates on every b-th)."""
-    import tensorflow as tf
-
-    from cgh_tf import per_example
-
-    variables = model.trainable_variables
-
-    def gradients(xb, yb):
-        if aggregator is not None:
-            return per_example.reduced_per_example_gradients(
-                model, xb, yb, aggregator.reduce, loss_fn=loss_fn, training=True,
-                reduce_outer=aggregator.reduce_outer)
-        with tf.GradientTape() as tape:
-            loss = loss_fn(yb, model(xb, training=True))
-        return tape.gradient(loss, variables)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, batches.per_update, batches.size],
-                                                tf.int32)])
-    def train(idx):
-        for k in tf.range(tf.shape(idx)[0]):
-            for g in range(batches.per_update):
-                optimizer.apply(gradients(tf.gather(x, idx[k, g]), tf.gather(y, idx[k, g])),
-                                variables)
-    return train
-
-
 def _logger(model, loss_fn, splits, monitor):
-    """log(step, curves) -> row: whole-split accuracy / loss, coherence of the monitor samples
-    (per layer, exact), weight norm; appended to `curves`."""
+    """log(step) -> row: whole-split accuracy / loss, coherence of the monitor samples
+    (per layer, exact), weight norm."""
     import keras
     import tensorflow as tf
-
-    from cgh_tf import coherence
 
     @tf.function(reduce_retracing=True)
     def evaluate(xs, ys):
@@ -214,31 +180,19 @@ def _logger(model, loss_fn, splits, monitor):
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ys), tf.float32)
         return tf.reduce_mean(losses), tf.reduce_mean(correct)
 
-    def log(step, curves):
+    def log(step):
         row = {"step": step}
         for name, (xs, ys) in splits.items():
             loss, acc = evaluate(xs, ys)
             row[f"{name}_loss"], row[f"{name}_accuracy"] = float(loss), float(acc)
-        for name, (xs, ys) in monitor.items():
-            stats = coherence.measure(model, xs, ys, loss=loss_fn, per_layer=True,
-                                      batch_size=len(xs))
-            row.update(common.coherence_row(f"coherence/{name}", stats))
+        row.update(common.sample_coherence(model, monitor, loss_fn))
         row["weight_norm"] = common.weight_norm(model)
-        common.append(curves, row)
         return row
     return log
 
 
-def _progress_line(step, total, row):
-    return (f"  update {step}/{total}: train acc {row['train_accuracy']:.3f} "
-            f"test acc {row['test_accuracy']:.3f} m-coh train "
-            f"{row['coherence/train/m_coherence']:.2f} test "
-            f"{row['coherence/test/m_coherence']:.2f} |w| {row['weight_norm']:.1f}")
-
-
 def _train(config, run_dir, echo):
-    """The training of one run (`run` below: finished runs and bad configs are handled there)."""
-    config_dict = config.to_dict()
+    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
@@ -254,41 +208,33 @@ def _train(config, run_dir, echo):
     m, n = int(config.coherence_samples), len(x_train)
     train_idx = common.sample(n, m, config.seed, 7)
     test_idx = common.sample(len(x_test), m, int(config.seed) + 1000, 7)
-    log = _logger(model, loss_fn,
-                  {"train": (tf.constant(x_train), tf.constant(y_train)),
-                   "test": (tf.constant(x_test), tf.constant(y_test))},
-                  {"train": (x_train[train_idx], y_train[train_idx]),
-                   "test": (x_test[test_idx], y_test[test_idx])})
+    log_row = _logger(model, loss_fn,
+                      {"train": (tf.constant(x_train), tf.constant(y_train)),
+                       "test": (tf.constant(x_test), tf.constant(y_test))},
+                      {"train": (x_train[train_idx], y_train[train_idx]),
+                       "test": (x_test[test_idx], y_test[test_idx])})
     batches = Batches(n, int(config.batch_size), batches_per_update, config.seed)
-    train = _train_function(model, optimizer, loss_fn, aggregator, tf.constant(x_train),
-                            tf.constant(y_train), batches)
+    train = graph_loop.update_trainer(model, optimizer, loss_fn, tf.constant(x_train),
+                                      tf.constant(y_train), batches.size, batches_per_update,
+                                      aggregator)
+    total, every = int(config.steps), int(config.log_every)
 
-    ckpt = common.Checkpointer(run_dir, model, optimizer)
-    step, curves = ckpt.restore(config_dict)
-    if curves is None:
-        step, curves = 0, {}
-        log(0, curves)
-    else:
-        echo(f"  resumed {run_dir} at update {step}")
-    total = int(config.steps)
-    every, ckpt_every = int(config.log_every), int(config.checkpoint_every)
-    while step < total:
-        stop = min(total, (step // every + 1) * every, (step // ckpt_every + 1) * ckpt_every)
-        train(tf.constant(batches.updates(step, stop)))
-        step = stop
-        if step % every == 0 or step == total:
-            row = log(step, curves)
-            if step % (every * int(config.print_every_logs)) == 0 or step == total:
-                echo(_progress_line(step, total, row))
-        if step % ckpt_every == 0 or step == total:
-            ckpt.save(step, curves, config_dict)
-    return common.finish(run_dir, config_dict, curves, summarize(curves), started, num_train=n,
-                         num_test=len(x_test), batches_per_update=batches_per_update)
+    def log(step):
+        row = log_row(step)
+        if echo and step and (step % (every * int(config.print_every_logs)) == 0 or step == total):
+            echo(f"  update {step}/{total}: train acc {row['train_accuracy']:.3f} test acc "
+                 f"{row['test_accuracy']:.3f} m-coh train {row['coherence/train/m_coherence']:.2f}"
+                 f" test {row['coherence/test/m_coherence']:.2f} |w| {row['weight_norm']:.1f}")
+        return row
 
+    curves = graph_loop.run_logged(
+        run_dir, config.to_dict(), model, optimizer,
+        lambda start, stop: train(batches.updates(start, stop)), log, total=total,
+        log_points=list(range(0, total, every)) + [total],
+        checkpoint_points=range(0, total, int(config.checkpoint_every)), echo=echo, unit="update")
+    return common.finish(run_dir, config.to_dict(), curves, summarize(curves), started,
+                         num_train=n, num_test=len(x_test), batches_per_update=batches_per_update)
 
-# ----------------------------------------------------------------------------------------------
-# Summary numbers of one run
-# ----------------------------------------------------------------------------------------------
 
 def first_step(curves, key, threshold):
     for s, v in zip(curves["step"], curves[key]):
@@ -336,10 +282,6 @@ def summarize(curves, memorised=0.99, grokked=0.95, onset=0.1):
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# The experiment: arms, report, figures
-# ----------------------------------------------------------------------------------------------
-
 # group -> (label, changes of the base config; "transformer" = the scale's TRANSFORMER fields)
 ARMS = {
     "mlp_adamw": ("MLP, AdamW wd 1", {}),
@@ -355,16 +297,15 @@ ARMS = {
     "mlp_subtract": ("MLP, AdamW wd 1, a − b", {"operation": "subtract"}),
     "transformer_adamw": ("Transformer (1 layer), AdamW wd 1", "transformer"),
 }
-DEFAULT_SEEDS = 2
-
-
-def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, groups=None):
-    """[(group, label, seed, config)] of the experiment."""
+def arms(scale="small", seeds=3, overrides=None, groups=None):
+    """The arms of `ARMS` (or only `groups` / `overrides["groups"]`), every config checked."""
     from configs import grokking as grok_config
 
-    if scale not in grok_config.SCALES:
-        raise ValueError(f"scale={scale!r} is unknown for grokking; allowed: "
-                         f"{', '.join(grok_config.SCALES)}")
+    overrides = dict(overrides or {})
+    groups = overrides.pop("groups", groups)
+    for group in groups or ():
+        if group not in ARMS:
+            raise ValueError(f"arm {group!r} is unknown; allowed: {', '.join(ARMS)}")
     base = config_schema.apply_overrides(grok_config.get_config(), grok_config.SCALES[scale])
     out = []
     for group, (label, changes) in ARMS.items():
@@ -377,13 +318,12 @@ def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, groups=None):
             config.batch_size = 3 * base.batch_size
         config = config_schema.apply_overrides(config, overrides)
         check_config(config)  # every arm, before any training
-        for seed in range(seeds):
-            c = config_schema.apply_overrides(config, {"seed": seed})
-            out.append((group, label, seed, c))
+        out += [Arm(group, label, "", seed, config_schema.apply_overrides(config, {"seed": seed}))
+                for seed in range(seeds)]
     return out
 
 
-SUMMARY_ROWS = (  # (key of summarize(), header, format)
+COLUMNS = tuple(Column(key, header, fmt) for key, header, fmt in (  # keys of summarize()
     ("t_mem", "t_mem: updates to train acc ≥ 0.99", ".0f"),
     ("t_onset", "t_onset: updates to test acc ≥ 0.1", ".0f"),
     ("t_grok", "t_grok: updates to test acc ≥ 0.95", ".0f"),
@@ -403,119 +343,44 @@ SUMMARY_ROWS = (  # (key of summarize(), header, format)
     ("wnorm_at_mem", "‖w‖ at t_mem", ".1f"),
     ("wnorm_at_grok", "‖w‖ at t_grok", ".1f"),
     ("wnorm_final", "‖w‖ (last)", ".1f"),
-)
+))
 
 
-def report(workdir, runs, command, seconds):
-    """Write results.json, results.md and the PNGs; `runs` = [(group, label, seed, result)]."""
-    groups = list(dict.fromkeys(g for g, *_ in runs))
-    labels = {g: l for g, l, *_ in runs}
-    summary = {"experiment": "grokking", "command": command, "groups": {}}
-    for group in groups:
-        results = [r for g, _, _, r in runs if g == group]
-        entry = {"label": labels[group], "seeds": len(results), "metrics": {}}
-        for key, _, _ in SUMMARY_ROWS:
-            values = [summarize(r["curves"])[key] for r in results]  # recomputed: no retraining
-            mean, sd, n = common.mean_sd(values)
-            entry["metrics"][key] = {"values": values, "mean": mean, "sd": sd, "n": n}
-        summary["groups"][group] = entry
-    figures = plot(workdir, runs)
-    summary["figures"] = figures
-    summary["seconds_this_invocation"] = seconds
-    lines = ["# Grokking: coherence through the test-accuracy jump", "",
-             f"Command: `{command}`", "",
-             "Mean ± sample sd over seeds (a seed that never reaches a threshold is left out "
-             "of that cell, shown as k/n seeds). m-coherence of fixed samples of m = "
-             f"{runs[0][3]['config']['coherence_samples']} train / test examples.", ""]
-    header = "| | " + " | ".join(labels[g] for g in groups) + " |"
-    lines += [header, "|---" * (len(groups) + 1) + "|"]
-    for key, name, fmt in SUMMARY_ROWS:
-        cells = []
-        for group in groups:
-            values = summary["groups"][group]["metrics"][key]["values"]
-            cells.append(common.cell(values, fmt, n_total=len(values)))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    common.write_results_md(workdir, lines, runs, figures, summary, per="arm group")
-    common.write_json(os.path.join(workdir, "results.json"), summary)  # with the seconds
-    hparams_board.write_sweep(workdir, [
-        (os.path.join(workdir, group, f"seed{seed}"), r["config"], {"group": group}, r["summary"],
-         r["curves"]) for group, _, seed, r in runs])
-    return summary
+# (arm, matched control): the arm differs from its control in one respect only
+PAIRS = (("mlp_m3", "mlp_adamw_x3"), ("mlp_rm3", "mlp_ra3"), ("mlp_winsorize", "mlp_adamw_b128"),
+         ("mlp_adamw_wd0", "mlp_adamw"), ("mlp_m3", "mlp_adamw"))
 
 
-def plot(workdir, runs):
-    plt = common.pyplot()
-
-    groups = list(dict.fromkeys(g for g, *_ in runs))
-    columns = (("train_accuracy", "train acc"), ("test_accuracy", "test acc"),
-               ("coherence/train/m_coherence", "m-coh. train sample"),
-               ("coherence/test/m_coherence", "m-coh. test sample"),
-               ("weight_norm", "‖w‖"))
-    fig, axes = plt.subplots(len(groups), len(columns), figsize=(3.2 * len(columns),
-                                                                  2.4 * len(groups)),
-                             squeeze=False)
-    for row, group in enumerate(groups):
-        for col, (key, name) in enumerate(columns):
-            ax = axes[row][col]
-            for g, label, seed, r in runs:
-                if g != group:
-                    continue
-                c = r["curves"]
-                ax.plot(c["step"], [np.nan if v is None else v for v in c[key]],
-                        label=f"seed {seed}")
-                t_grok = summarize(c)["t_grok"]
-                if t_grok is not None:
-                    ax.axvline(t_grok, color="k", lw=0.5, ls=":")
-            if row == 0:
-                ax.set_title(name, fontsize=9)
-            if col == 0:
-                ax.set_ylabel(group, fontsize=8)
-            ax.tick_params(labelsize=7)
-            if row == len(groups) - 1:
-                ax.set_xlabel("optimizer updates", fontsize=8)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Grokking: accuracy, m-coherence and weight norm (dotted: t_grok)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
-    fig.savefig(os.path.join(workdir, "grokking_curves.png"), dpi=90)
-    plt.close(fig)
-    # per-layer coherence of the train sample, one panel per group (seed 0)
-    ncols = min(4, len(groups))
-    nrows = -(-len(groups) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
-    for ax in axes.flat[len(groups):]:
-        ax.axis("off")
-    for i, group in enumerate(groups):
-        ax = axes.flat[i]
-        r = next(r for g, _, s, r in runs if g == group)
-        c = r["curves"]
-        for key in sorted(k for k in c if k.startswith("coherence/train/")
-                          and k.endswith("/m_coherence") and k.count("/") >= 3):
-            ax.plot(c["step"], [np.nan if v is None else v for v in c[key]],
-                    label="/".join(key.split("/")[2:-1]))
-        if summarize(c)["t_grok"] is not None:
-            ax.axvline(summarize(c)["t_grok"], color="k", lw=0.5, ls=":")
-        ax.set_title(group, fontsize=8)
-        ax.legend(fontsize=6)
-        ax.tick_params(labelsize=7)
-    fig.suptitle("Per-layer m-coherence of the train sample (first seed)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "grokking_per_layer.png"), dpi=90)
-    plt.close(fig)
-    return ["grokking_curves.png", "grokking_per_layer.png"]
+def comparisons(arms_):
+    groups = {a.group for a in arms_}
+    return [(a, c) for a, c in PAIRS if a in groups and c in groups]
 
 
-def _describe(s):
-    """The progress line of a finished run (`common.run_plan`)."""
-    return f"t_mem {s['t_mem']} t_grok {s['t_grok']} test acc {s['test_acc_final']:.3f}"
+def rules(arms_):
+    """Matched pairs: does the arm change the update count to grok (t_grok)? No direction is
+    predicted (the papers make no claim about grokking)."""
+    return [statistics.PairedRule(f"{a} changes t_grok vs {c}", "t_grok", a, c)
+            for a, c in comparisons(arms_) if (a, c) in PAIRS[:3]]
 
 
-def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
-              echo=print, groups=None):
-    """Run every arm (skipping finished ones, resuming interrupted ones), then report."""
-    echo = echo or (lambda line: None)
-    plan = arms(scale, seeds, overrides, groups)  # every config checked before the workdir exists
-    runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
-    return report(workdir, runs, command, seconds)
+def figures(workdir, runs):
+    from . import figures as fig
+
+    keys = (("train_accuracy", "train acc. (fraction)"), ("test_accuracy", "test acc. (fraction)"),
+            ("coherence/train/m_coherence", "m-coherence, train sample"),
+            ("coherence/test/m_coherence", "m-coherence, test sample"),
+            ("weight_norm", "‖w‖ (L2 norm of all weights)"))
+    return [fig.curves_per_group(workdir, "grokking_curves.png", runs, keys, x="step",
+                                 x_label="optimizer updates",
+                                 title="Grokking: accuracy, m-coherence and weight norm")]
 
 
 run = common.resumable(_train, check_config)
+
+PROGRESS = ("t_mem", "t_grok", "test_acc_final")
+
+EXPERIMENT = Experiment(
+    name="grokking", title="Grokking: coherence through the test-accuracy jump", arms=arms,
+    run_arm=run, columns=COLUMNS, loop="graph", comparisons=comparisons,
+    compared=("t_mem", "t_grok", "test_acc_final", "coh_train_final"), rules=rules,
+    figures=figures, progress=PROGRESS)

@@ -16,35 +16,33 @@ so BatchNormalization uses its moving statistics) of
 
 with the same m (`coherence_samples`) for every arm. Resumable: a checkpoint (model incl. BN
 statistics, optimizer, update count, curves) every `checkpoint_every_logs` log points
-(`trainers/beyond_common.py`). Batch order: epoch e is the permutation `default_rng([seed, e])`,
-cut into `batch_size` chunks (the last one partial), so a run resumed mid-epoch sees the same
-batches.
+(`graph_loop.run_logged` in updates). Batch order: epoch e is the permutation
+`default_rng([seed, e])`, cut into `batch_size` chunks (the last one partial,
+`graph_loop.epoch_trainer`), so a run resumed mid-epoch sees the same batches.
 
-The experiment (`arms`, `report`): per dataset and architecture one real and one random arm per
-seed; seed s of both arms starts from the same initial weights. `report` gives the m-coherence of
-the training sample at init, at `early_epoch` and at the end, the ratio real / random (per seed,
-then mean ± sd), the largest ratio over the logged epochs > 0, and when the curves cross
-(`crossing`, on the mean curves and per seed).
+The experiment: per dataset and architecture one real and one random arm per seed; seed s of both
+arms starts from the same initial weights. Declared: real − random training-sample m-coherence
+at init / `early_epoch` / the end, paired by seed (rule: real higher early); `analyses` gives the
+ratio real / random (per seed), the largest ratio over the logged epochs > 0, and when the curves
+cross (`crossing`, on the mean curves and per seed).
 """
 
 import math
-import os
 import time
 
 import numpy as np
 
-from trainers import beyond_common as common
-from trainers import hparams_board
+from cgh_tf import statistics
 
-DEFAULT_SEEDS = 2
+from . import beyond_common as common
+from . import config_schema
+from . import graph_loop
+from .experiment import Arm, Column, Experiment
+
 ARCH_NAMES = ("mlp", "cnn", "resnet")
 DATASET_NAMES = ("mnist1d", "mnist5k")
 ARM_NAMES = {0.0: "real", 1.0: "random"}
 
-
-# ----------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------
 
 def build_model(config, input_shape, num_classes):
     """MLP / CNN / BN ResNet by `config.arch`; 1-D (Conv1D) for rank-1 inputs, else 2-D."""
@@ -97,10 +95,6 @@ def build_model(config, input_shape, num_classes):
     return keras.Model(inputs, layers.Dense(num_classes, name="out")(h), name="resnet")
 
 
-# ----------------------------------------------------------------------------------------------
-# One run
-# ----------------------------------------------------------------------------------------------
-
 def arm_name(label_noise):
     return ARM_NAMES.get(float(label_noise), f"noise{round(float(label_noise) * 100):03d}")
 
@@ -114,24 +108,14 @@ def log_steps(log_epochs, epochs, steps_per_epoch):
     return {s: s / steps_per_epoch for s in sorted(steps)}
 
 
-def _hparams(config):
-    return {"dataset": config.dataset, "arch": config.arch, "labels": arm_name(config.label_noise),
-            "label_noise": float(config.label_noise), "seed": int(config.seed),
-            "learning_rate": float(config.learning_rate), "momentum": float(config.momentum),
-            "batch_size": int(config.batch_size), "epochs": int(config.epochs),
-            "coherence_samples": int(config.coherence_samples)}
-
-
 def _train(config, run_dir, echo):
-    """The training of one run (`run` below: finished runs and bad configs are handled there)."""
-    config_dict = config.to_dict()
+    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
-    from cgh_tf import coherence, data
+    from cgh_tf import coherence, data, optimizers
 
     started = time.time()
-    name = f"{config.dataset}/{config.arch}/{arm_name(config.label_noise)}/seed{config.seed}"
     data_seed = int(config.seed) if int(config.data_seed) < 0 else int(config.data_seed)
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=data_seed,
@@ -147,28 +131,16 @@ def _train(config, run_dir, echo):
     samples = {"train": (x[train_idx], y[train_idx]), "test": (x_test[test_idx], y_test[test_idx])}
     keras.utils.set_random_seed(int(config.seed))
     model = build_model(config, ds.input_shape, ds.num_classes)
-    optimizer = keras.optimizers.SGD(float(config.learning_rate), momentum=float(config.momentum))
+    optimizer = optimizers.build("sgd", float(config.learning_rate),
+                                 momentum=float(config.momentum))
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    n = len(x)
+    train = graph_loop.epoch_trainer(model, optimizer, loss_fn, tf.constant(x), tf.constant(y),
+                                     int(config.batch_size))
+    steps_per_epoch = train.batches_per_epoch
     per_example_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True,
                                                                   reduction=None)
-    n, batch = len(x), int(config.batch_size)
-    steps_per_epoch = -(-n // batch)
-    xt, yt = tf.constant(x), tf.constant(y)
-
-    @tf.function(reduce_retracing=True)
-    def train_step(xb, yb):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(yb, model(xb, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        return loss
-
-    @tf.function
-    def train_range(perm, first, last):  # batches [first, last) of one epoch, in one graph
-        for k in tf.range(first, last):
-            idx = perm[k * batch:(k + 1) * batch]
-            train_step(tf.gather(xt, idx), tf.gather(yt, idx))
 
     @tf.function(reduce_retracing=True)
     def evaluate(xs, ys):  # (sum of losses, number correct) in inference mode
@@ -186,52 +158,34 @@ def _train(config, run_dir, echo):
             total_correct += float(correct)
         return total_loss / len(xs), total_correct / len(xs)
 
-    def log(step, epoch, curves):
-        train_loss, train_acc = loss_accuracy(x, y)
-        test_loss, test_acc = loss_accuracy(x_test, y_test)
-        row = {"step": step, "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-               "test_loss": test_loss, "test_accuracy": test_acc}
+    points = log_steps(config.log_epochs, int(config.epochs), steps_per_epoch)
+
+    def log(step):
+        row = {"step": step, "epoch": points[step]}
+        for split, (xs, ys) in (("train", (x, y)), ("test", (x_test, y_test))):
+            row[f"{split}_loss"], row[f"{split}_accuracy"] = loss_accuracy(xs, ys)
         for sample, (xs, ys) in samples.items():
             stats = coherence.measure(model, xs, ys, loss=loss_fn, per_layer=True, batch_size=m)
             if stats.m != m:
                 raise RuntimeError(f"measured m={stats.m}, expected {m}")
             row.update(common.coherence_row(f"coherence/{sample}", stats))
-        common.append(curves, row)
-        echo(f"  {name} epoch {epoch:g} (update {step}): train acc {train_acc:.3f} test acc "
-             f"{test_acc:.3f} m-coh. train {row['coherence/train/m_coherence']:.3f} test "
-             f"{row['coherence/test/m_coherence']:.3f}")
+        if echo:
+            echo(f"  {run_dir} epoch {points[step]:g} (update {step}): train acc "
+                 f"{row['train_accuracy']:.3f} test acc {row['test_accuracy']:.3f} m-coh. train "
+                 f"{row['coherence/train/m_coherence']:.3f}")
         return row
 
-    ckpt = common.Checkpointer(run_dir, model, optimizer)
-    step, curves = ckpt.restore(config_dict)
-    points = log_steps(config.log_epochs, int(config.epochs), steps_per_epoch)
-    last = int(config.epochs) * steps_per_epoch
-    if curves is None:
-        step, curves = 0, {}
-        if 0 in points:
-            log(0, points[0], curves)
-    else:
-        echo(f"  {name}: resumed at update {step} (epoch {step / steps_per_epoch:g})")
-    logged = 0
-    while step < last:
-        target = min(s for s in points if s > step)
-        while step < target:
-            epoch, first = divmod(step, steps_per_epoch)
-            stop = min(steps_per_epoch, first + target - step)
-            perm = np.random.default_rng([int(config.seed), epoch]).permutation(n)
-            train_range(tf.constant(perm, tf.int32), tf.constant(first, tf.int32),
-                        tf.constant(stop, tf.int32))
-            step += stop - first
-        log(step, points[step], curves)
-        logged += 1
-        if logged % int(config.checkpoint_every_logs) == 0 or step == last:
-            ckpt.save(step, curves, config_dict)
+    logged = [s for s in points if s > 0]
+    curves = graph_loop.run_logged(
+        run_dir, config.to_dict(), model, optimizer,
+        graph_loop.step_advancer(train, config.seed, n), log, total=max(points),
+        log_points=points, checkpoint_points=logged[int(config.checkpoint_every_logs) - 1::
+                                                    int(config.checkpoint_every_logs)],
+        echo=echo, unit="update")
     summary = run_summary(curves, float(config.early_epoch))
     summary["num_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
     summary["m"] = m
-    hparams_board.write_session(os.path.join(run_dir, "tensorboard"), _hparams(config),
-                                summary, curves)
-    return common.finish(run_dir, config_dict, curves, summary, started, num_train=n,
+    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=n,
                          num_test=len(x_test), num_corrupted=int(ds.train.corrupted.sum()),
                          steps_per_epoch=steps_per_epoch, layers=_layers(curves))
 
@@ -269,10 +223,6 @@ def run_summary(curves, early_epoch):
         summary[key] = curves[key][-1]
     return summary
 
-
-# ----------------------------------------------------------------------------------------------
-# Comparing real and random
-# ----------------------------------------------------------------------------------------------
 
 def crossings(epochs, real, random):
     """(sign, [epochs]) of the real and random curves, from the logged epochs > 0 where both
@@ -356,10 +306,6 @@ def compare(real_runs, random_runs):
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# The experiment
-# ----------------------------------------------------------------------------------------------
-
 def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
@@ -367,19 +313,17 @@ def check_config(config):
     need = common.require
 
     def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
+        return config_schema.is_int(v, -2**63)
 
     def is_num(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     need(config.dataset in DATASET_NAMES, f"dataset={config.dataset!r} is unknown for "
          f"real_vs_random_arch; allowed: {', '.join(DATASET_NAMES)}")
-    need(config.arch in ARCH_NAMES, f"arch={config.arch!r} is unknown; allowed: "
-         f"{', '.join(ARCH_NAMES)}")
+    common.require_one_of(config, "arch", ARCH_NAMES)
     need(is_num(config.label_noise) and 0 <= config.label_noise <= 1,
          f"label_noise={config.label_noise!r} must be in [0, 1] (0 real, 1 random labels)")
-    need(config.noise_kind in data.LABEL_NOISE_KINDS, f"noise_kind={config.noise_kind!r} is "
-         f"unknown; allowed: {', '.join(data.LABEL_NOISE_KINDS)}")
+    common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     for field in ("width", "depth", "dense_width", "resnet_blocks", "resnet_stem_stride",
                   "batch_size", "epochs",
                   "coherence_samples", "checkpoint_every_logs"):
@@ -413,50 +357,32 @@ def check_config(config):
              f"{config.coherence_samples}")
 
 
-def arms(scale="small", seeds=DEFAULT_SEEDS, overrides=None, archs=None):
-    """[(group, label, seed, config)], group = "dataset/arch/real|random"; every config checked.
+def arms(scale="small", seeds=3, overrides=None, archs=None):
+    """Arms "dataset/arch/real|random" (panel "dataset/arch"); every config checked.
 
     Datasets: `DATASETS[scale]`, or only `overrides["dataset"]`; architectures: `ARCHS`, or only
     `overrides["arch"]`, or `archs`; config = base ← `SCALES[scale]` ←
     `DATASET_CHANGES[scale][dataset]` ← `overrides` ← the arm's label_noise and seed."""
     from configs import real_vs_random_arch as rr_config
-    from trainers import config_schema
 
-    if scale not in rr_config.SCALES:
-        raise ValueError(f"scale={scale!r} is unknown for real_vs_random_arch; allowed: "
-                         f"{', '.join(rr_config.SCALES)}")
     overrides = dict(overrides or {})
     for field in ("label_noise", "seed"):
         if field in overrides:
             raise ValueError(f"{field} is set by the arms (label_noise 0 real / 1 random; seed "
                              f"0..seeds-1) and cannot be overridden")
-    datasets = (overrides["dataset"],) if "dataset" in overrides else rr_config.DATASETS[scale]
     archs = (overrides["arch"],) if "arch" in overrides else tuple(archs or rr_config.ARCHS)
     out = []
-    for dataset in datasets:
-        if dataset not in rr_config.DATASET_CHANGES[scale]:
-            raise ValueError(f"dataset={dataset!r} is unknown for real_vs_random_arch; allowed: "
-                             f"{', '.join(rr_config.DATASET_CHANGES[scale])}")
-        base = common.scaled_config(rr_config, scale, dataset, overrides)
+    for dataset, base in common.dataset_bases(rr_config, scale, overrides,
+                                              "real_vs_random_arch"):
         for arch in archs:
             for noise in (0.0, 1.0):
                 config = config_schema.apply_overrides(base, {"arch": arch, "label_noise": noise})
                 check_config(config)
-                for seed in range(seeds):
-                    out.append((f"{dataset}/{arch}/{arm_name(noise)}",
-                                f"{dataset}, {arch}, {arm_name(noise)} labels", seed,
-                                config_schema.apply_overrides(config, {"seed": seed})))
+                out += [Arm(f"{dataset}/{arch}/{arm_name(noise)}", f"{arm_name(noise)} labels",
+                            f"{dataset}/{arch}", seed,
+                            config_schema.apply_overrides(config, {"seed": seed}))
+                        for seed in range(seeds)]
     return out
-
-
-TABLE = (  # (summary key, header, format) per arm
-    ("train_coh_init", "m-coh. train, init", ".2f"),
-    ("train_coh_early", "m-coh. train, early", ".2f"),
-    ("train_coh_end", "m-coh. train, end", ".2f"),
-    ("test_coh_end", "m-coh. test, end", ".2f"),
-    ("train_accuracy", "train acc (vs training label)", ".3f"),
-    ("test_accuracy", "test acc", ".3f"),
-)
 
 
 def _fmt(value, fmt):
@@ -470,187 +396,97 @@ def _crossing_text(sign, epoch):
     return f"{above}, cross at {epoch:.3g}" if epoch is not None else f"{above}, never cross"
 
 
-def report(workdir, runs, command, seconds):
-    groups = common.by_group(runs)
-    ms = {r["summary"]["m"] for *_, r in runs}
+COLUMNS = (
+    Column("train_coh_init", "m-coh. train, init", ".2f"),
+    Column("train_coh_early", "m-coh. train, early", ".2f"),
+    Column("train_coh_end", "m-coh. train, end", ".2f"),
+    Column("test_coh_end", "m-coh. test, end", ".2f"),
+    Column("train_accuracy", "train acc (vs training label)"),
+    Column("test_accuracy", "test acc"),
+)
+
+
+def comparisons(arms_):
+    """Real vs random labels per dataset and architecture (same seed: same initial weights)."""
+    panels = dict.fromkeys(a.panel for a in arms_)
+    groups = {a.group for a in arms_}
+    return [(f"{p}/real", f"{p}/random") for p in panels
+            if f"{p}/real" in groups and f"{p}/random" in groups]
+
+
+def rules(arms_):
+    return [statistics.PairedRule(f"{a.rsplit('/', 1)[0]}: real labels more coherent early",
+                                  "train_coh_early", a, c, prediction="higher")
+            for a, c in comparisons(arms_)]
+
+
+def analyses(runs):
+    """Ratios real / random per seed, the largest ratio and the crossings (`compare`); refuses
+    arms measured at different m."""
+    ms = {r["summary"]["m"] for _, r in runs}
     if len(ms) != 1:
         raise ValueError(f"the arms measured coherence on samples of different m: {sorted(ms)}")
-    m = ms.pop()
-    summary = {"experiment": "real_vs_random_arch", "command": command, "m": m, "groups": {},
-               "comparisons": {}, "seconds": seconds}
-    for group, results in groups.items():
-        summary["groups"][group] = {
-            key: dict(zip(("mean", "sd", "n"), common.mean_sd([r["summary"][key] for r in results])),
-                      values=[r["summary"][key] for r in results])
-            for key in results[0]["summary"]}
-    pairs = {}
-    for group in groups:
-        dataset, arch, arm = group.split("/")
-        pairs.setdefault((dataset, arch), {})[arm] = groups[group]
-    for (dataset, arch), arm_runs in pairs.items():
-        if "real" in arm_runs and "random" in arm_runs:
-            summary["comparisons"][f"{dataset}/{arch}"] = compare(arm_runs["real"],
-                                                                 arm_runs["random"])
-    figures = plot(workdir, runs)
-    summary["figures"] = figures
-    hparams_board.write_experiment(workdir, [(_hparams(_config(r)), r["summary"])
-                                             for *_, r in runs])
-    common.write_json(os.path.join(workdir, "results.json"), summary)
-    lines = ["# Real vs random labels across architectures: m-coherence (arXiv 2008.01217)", "",
-             f"Command: `{command}`", ""]
-    for dataset in dict.fromkeys(r["config"]["dataset"] for *_, r in runs):
-        c = next(r["config"] for *_, r in runs if r["config"]["dataset"] == dataset)
-        lines += [f"{dataset}: SGD lr {c['learning_rate']}, momentum {c['momentum']}, batch "
-                  f"{c['batch_size']}, {c['epochs']} epochs; random labels: 100 % "
-                  f"({c['noise_kind']}); m = {m} fixed training examples (the arm's labels) and m "
-                  f"fixed test examples (real labels), the same for every arm; early = epoch "
-                  f"{c['early_epoch']:g}. MLP {c['depth']} × {c['width']}; CNN filters "
-                  f"{tuple(c['cnn_filters'])} + dense {c['dense_width']}; ResNet stages "
-                  f"{tuple(c['resnet_filters'])} × {c['resnet_blocks']} BN basic block(s).", ""]
-    lines += ["Mean ± sample sd over seeds. m-coherence of the fixed training sample with the "
-              "arm's labels unless stated; test sample: real test labels.", "",
-              "| run | " + " | ".join(h for _, h, _ in TABLE) + " |",
-              "|---" * (len(TABLE) + 1) + "|"]
-    for group, results in groups.items():
-        lines.append(f"| {group} | " + " | ".join(
-            common.cell([r["summary"][k] for r in results], fmt) for k, _, fmt in TABLE) + " |")
-    lines += ["", "Real / random ratio of the training-sample m-coherence (per seed, paired by "
-              "seed: same initial weights; then mean ± sd); largest ratio over logged epochs > 0 "
-              "and crossing of the curves (per seed, and of the mean curves).", "",
-              "| dataset/arch | ratio init | ratio early | ratio end | max ratio (epoch) | "
-              "crossing per seed | crossing of mean curves | all crossings of mean curves |",
-              "|---|---|---|---|---|---|---|---|"]
-    for key, comp in summary["comparisons"].items():
+    by_group = {}
+    for a, r in runs:
+        by_group.setdefault(a.group, []).append(r)
+    out, lines = {}, ["Real / random ratio of the training-sample m-coherence (per seed, paired by "
+                      "seed; mean ± sd); largest ratio over logged epochs > 0 and crossing of the "
+                      "curves (per seed, and of the mean curves).", "",
+                      "| dataset/arch | ratio init | ratio early | ratio end | max ratio (epoch) "
+                      "| crossing per seed | crossing of mean curves | all crossings |",
+                      "|---|---|---|---|---|---|---|---|"]
+    for real, _ in comparisons([a for a, _ in runs]):
+        key = real.rsplit("/", 1)[0]
+        comp = out[key] = compare(by_group[real], by_group[key + "/random"])
         per_seed = "; ".join(_crossing_text(s, e) for s, e in zip(comp["crossing_sign"],
                                                                    comp["crossing_epoch"]))
         max_cells = ", ".join(f"{_fmt(r, '.2f')} ({_fmt(e, '.3g')})"
                               for r, e in zip(comp["max_ratio"], comp["epoch_of_max_ratio"]))
-        lines.append(f"| {key} | {common.cell(comp['ratio_init'], '.2f')} | "
-                     f"{common.cell(comp['ratio_early'], '.2f')} | "
-                     f"{common.cell(comp['ratio_end'], '.2f')} | {max_cells} | {per_seed} | "
-                     f"{_crossing_text(comp['mean_curve_crossing_sign'], comp['mean_curve_crossing_epoch'])} | "
-                     + (", ".join(f"{e:.3g}" for e in comp["mean_curve_crossings"]) or "none")
-                     + " |")
-    common.write_results_md(workdir, lines, runs, figures, summary, per="arm")
-    return summary
+        mean_crossing = _crossing_text(comp["mean_curve_crossing_sign"],
+                                       comp["mean_curve_crossing_epoch"])
+        lines.append(f"| {key} | " + " | ".join(
+            statistics.summarize(comp[f"ratio_{w}"]).text(".2f") for w in ("init", "early", "end"))
+            + f" | {max_cells} | {per_seed} | {mean_crossing} | "
+            + (", ".join(f"{e:.3g}" for e in comp["mean_curve_crossings"]) or "none") + " |")
+    return lines + [""], {"m": ms.pop(), "comparisons": out}
 
 
-def _config(result):
-    import ml_collections
-
-    return ml_collections.ConfigDict(result["config"])
-
-
-def _x(results):
-    """Epochs for a log x axis: epoch 0 is drawn at half the first logged epoch > 0."""
-    epochs = np.array(results[0]["curves"]["epoch"], dtype=float)
-    positive = epochs[epochs > 0]
-    return np.where(epochs > 0, epochs, positive.min() / 2 if positive.size else 1.0)
-
-
-def plot(workdir, runs):
-    plt = common.pyplot()
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
-    def ticks(ax, y=True):
-        ax.xaxis.set_major_locator(LogLocator(base=2, numticks=12))
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        if y:
-            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
-            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
-
-    groups = common.by_group(runs)
-    figures = []
-    colors = {"real": "tab:blue", "random": "tab:red"}
-    for dataset in dict.fromkeys(g.split("/")[0] for g in groups):
-        archs = list(dict.fromkeys(g.split("/")[1] for g in groups if g.startswith(dataset + "/")))
-        fig, axes = plt.subplots(2, len(archs), figsize=(3.6 * len(archs), 5.6), squeeze=False)
-        for j, arch in enumerate(archs):
-            top, bottom = axes[0, j], axes[1, j]
-            for arm in ("real", "random"):
-                results = groups.get(f"{dataset}/{arch}/{arm}")
-                if not results:
-                    continue
-                x = _x(results)
-                mean, lo, hi = common.series(results, "coherence/train/m_coherence")
-                top.plot(x, mean, "o-", ms=3, color=colors[arm], label=f"{arm}: train sample")
-                top.fill_between(x, lo, hi, color=colors[arm], alpha=0.2)
-                mean, _, _ = common.series(results, "coherence/test/m_coherence")
-                top.plot(x, mean, "--", color=colors[arm], alpha=0.6,
-                         label=f"{arm}: test sample (real labels)")
-                mean, _, _ = common.series(results, "train_accuracy")
-                bottom.plot(x, mean, "-", color=colors[arm], label=f"{arm}: train acc")
-                mean, _, _ = common.series(results, "test_accuracy")
-                bottom.plot(x, mean, "--", color=colors[arm], alpha=0.6,
-                            label=f"{arm}: test acc")
-            top.set_yscale("log")
-            m = results[0]["summary"]["m"]
-            top.set_title(f"{arch}: m-coherence (m={m})", fontsize=9)
-            bottom.set_title(f"{arch}: accuracy", fontsize=9)
-            for ax in (top, bottom):
-                ax.set_xscale("log")
-                ticks(ax, y=ax is top)
-                ax.set_xlabel("epoch (0 drawn at the left end)", fontsize=8)
-                ax.tick_params(labelsize=7)
-            bottom.set_ylim(0, 1.02)
-        axes[0, 0].legend(fontsize=6)
-        axes[1, 0].legend(fontsize=6)
-        fig.suptitle(f"Real vs random labels, {dataset} (mean over seeds; band: min-max of the "
-                     f"train sample)", fontsize=10)
-        fig.tight_layout()
-        name = f"real_vs_random_arch_{dataset}.png"
-        fig.savefig(os.path.join(workdir, name), dpi=90)
-        plt.close(fig)
-        figures.append(name)
-        # per layer: one row per architecture, columns real / random
-        fig, axes = plt.subplots(len(archs), 2, figsize=(9, 3.0 * len(archs)), squeeze=False)
-        for i, arch in enumerate(archs):
-            for j, arm in enumerate(("real", "random")):
-                ax = axes[i, j]
-                results = groups.get(f"{dataset}/{arch}/{arm}")
-                if not results:
-                    ax.set_visible(False)
-                    continue
-                x = _x(results)
-                layers = results[0]["layers"]
-                cmap = plt.get_cmap("viridis")
-                for k, layer in enumerate(layers):
-                    mean, _, _ = common.series(results, f"coherence/train/{layer}/m_coherence")
-                    ax.plot(x, mean, color=cmap(k / max(1, len(layers) - 1)), lw=1, label=layer)
-                mean, _, _ = common.series(results, "coherence/train/m_coherence")
-                ax.plot(x, mean, "k--", lw=1.5, label="all layers")
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                ticks(ax)
-                ax.set_title(f"{arch}, {arm} labels: per-layer m-coherence, train sample",
-                             fontsize=8)
-                ax.tick_params(labelsize=7)
-                ax.legend(fontsize=5, ncol=2 if len(layers) > 8 else 1)
-        axes[-1, 0].set_xlabel("epoch (0 drawn at the left end)", fontsize=8)
-        axes[-1, 1].set_xlabel("epoch (0 drawn at the left end)", fontsize=8)
-        fig.tight_layout()
-        name = f"real_vs_random_arch_{dataset}_per_layer.png"
-        fig.savefig(os.path.join(workdir, name), dpi=80)
-        plt.close(fig)
-        figures.append(name)
-    return figures
+def setting(runs):
+    lines = []
+    for dataset in dict.fromkeys(a.config.dataset for a, _ in runs):
+        c = next(r["config"] for a, r in runs if a.config.dataset == dataset)
+        lines += [f"{dataset}: SGD lr {c['learning_rate']}, momentum {c['momentum']}, batch "
+                  f"{c['batch_size']}, {c['epochs']} epochs; random labels: 100 % "
+                  f"({c['noise_kind']}); m = {c['coherence_samples']} fixed training examples "
+                  f"(the arm's labels) and m fixed test examples (real labels), the same for "
+                  f"every arm; early = epoch {c['early_epoch']:g}. MLP {c['depth']} × "
+                  f"{c['width']}; CNN filters {tuple(c['cnn_filters'])} + dense "
+                  f"{c['dense_width']}; ResNet stages {tuple(c['resnet_filters'])} × "
+                  f"{c['resnet_blocks']} BN basic block(s).", ""]
+    return lines
 
 
-def _describe(s):
-    """The progress line of a finished run (`common.run_plan`)."""
-    return (f"m-coh. train init {_fmt(s['train_coh_init'], '.2f')} early "
-            f"{_fmt(s['train_coh_early'], '.2f')} end {_fmt(s['train_coh_end'], '.2f')}; train acc "
-            f"{s['train_accuracy']:.3f} test acc {s['test_accuracy']:.3f}")
+def figures(workdir, runs):
+    from . import figures as fig
 
-
-def reproduce(workdir, scale="small", seeds=DEFAULT_SEEDS, overrides=None, command="",
-              echo=print, archs=None):
-    echo = echo or (lambda line: None)
-    plan = arms(scale, seeds, overrides, archs)  # every config checked before anything is written
-    runs, seconds = common.run_plan(workdir, plan, run, _describe, echo)
-    return report(workdir, runs, command, seconds)
+    keys = (("coherence/train/m_coherence", "m-coherence, train sample"),
+            ("coherence/test/m_coherence", "m-coherence, test sample"),
+            ("train_accuracy", "train acc. (fraction)"), ("test_accuracy", "test acc. (fraction)"))
+    return [fig.curves_per_group(
+        workdir, f"real_vs_random_arch_{dataset}.png",
+        [(a, r) for a, r in runs if a.config.dataset == dataset], keys, x="epoch",
+        x_label="epoch (log; 0 at 0.5)", log_x=10, row_of=lambda a: a.panel,
+        title=f"{dataset}: real vs random labels per architecture")
+        for dataset in dict.fromkeys(a.config.dataset for a, _ in runs)]
 
 
 run = common.resumable(_train, check_config)
+
+PROGRESS = ("train_coh_init", "train_coh_early", "train_coh_end", "test_accuracy")
+
+EXPERIMENT = Experiment(
+    name="real_vs_random_arch",
+    title="Real vs random labels across architectures: m-coherence (arXiv 2008.01217)",
+    arms=arms, run_arm=run, columns=COLUMNS, loop="graph", comparisons=comparisons,
+    compared=("train_coh_init", "train_coh_early", "train_coh_end"), rules=rules,
+    analyses=analyses, setting=setting, figures=figures, progress=PROGRESS)

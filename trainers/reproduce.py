@@ -5,11 +5,12 @@ r"""Reproduce one experiment of the papers with one command: all arms, all seeds
     python -m trainers.reproduce --experiment=memorisation --workdir=DIR --scale=cifar10 --dry_run
     python -m trainers.reproduce --experiment=easy_hard --workdir=DIR --set=num_epochs=5
 
-Experiments and arms: the papers' sweeps in `trainers/sweeps/` (one module per experiment); the
-experiments with their own resumable loops (early_stopping, adversarial_init, depth_width,
-real_vs_random_arch, scale, grokking, double_descent) in `trainers/beyond.py`. Every arm is one
-`trainers.train` run in its own sub-workdir, so an interrupted reproduce run, started again, skips
-the finished arms and resumes the interrupted one from its last epoch checkpoint.
+Experiments by name: `trainers/catalog.py` (declared experiments run by `trainers/runner.py`;
+the papers' sweeps in `trainers/sweeps/`, each arm one `trainers.train` run; the experiments not
+yet ported to a declaration, with their own `reproduce`). Every arm runs in its own sub-workdir,
+so an interrupted reproduce run, started again, skips the finished arms and resumes the
+interrupted one from its last checkpoint. Every experiment is planned first: all its arms'
+configs are checked before anything is written, and `--dry_run` stops there for every experiment.
 
 | path (in WORKDIR)            | content                                                          |
 |------------------------------|------------------------------------------------------------------|
@@ -21,10 +22,11 @@ the finished arms and resumes the interrupted one from its last epoch checkpoint
 | `plan.json` (`--dry_run`)    | the config of every arm, nothing trained                         |
 
 `tensorboard --logdir=WORKDIR` shows every arm side by side, and each as one row of the HParams
-dashboard (`trainers/hparams_board.py`). Flags: `--seeds` (number of seeds,
-default per experiment), `--scale` (small / cifar10 / imagenet), `--set=FIELD=VALUE` (repeatable;
-sets a field of every arm's base config, e.g. `--set=num_epochs=5 --set=max_train=1000`),
-`--dry_run`, `--progress`.
+dashboard (`trainers/hparams_board.py`). Flags, the same for every experiment: `--seeds` (number
+of seeds, default 3 or the experiment's own if larger), `--scale` (small / cifar10 / imagenet /
+full; each experiment says which it has), `--set=FIELD=VALUE` (repeatable; sets a field of every
+arm's base config, e.g. `--set=num_epochs=5 --set=max_train=1000`), `--dry_run` (validate every
+arm, write plan.json, train nothing), `--progress` (the runs' own progress output).
 """
 
 import ast
@@ -36,16 +38,16 @@ import time
 from absl import app, flags, logging
 
 from cgh_tf import workdir_lock
-from trainers import config_schema
-from trainers import outputs
-from trainers import sweep
-from trainers import sweeps
-from trainers import train
-from trainers import report
-from trainers import beyond  # grokking, double_descent (issue 14): their own loops
+
+from . import catalog
+from . import config_schema
+from . import outputs
+from . import report
+from . import runner
+from . import train
 
 TIMINGS_FILE = "timings.json"
-PLAN_FILE = "plan.json"
+PLAN_FILE = runner.PLAN_FILE
 
 
 def _read_json(path: str):
@@ -133,16 +135,10 @@ def _run_arms(experiment, workdir, command, progress, echo) -> dict:
 
 
 def write_plan(experiment, workdir: str) -> str:
-    """Validate every arm's config (no data, no training) and write them to `WORKDIR/plan.json`."""
-    plan = {}
+    """Validate every arm's config of a sweep (no data, no training) and write `WORKDIR/plan.json`."""
     for arm in experiment.arms:
         config_schema.validate(arm.config)
-        plan[arm.path] = {"label": arm.label, "panel": arm.panel,
-                          "config": outputs.json_roundtrip(arm.config.to_dict())}
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, PLAN_FILE)
-    outputs.write_json(path, {"experiment": experiment.name, "arms": plan})
-    return path
+    return runner.write_plan(experiment.name, experiment.arms, workdir)
 
 
 def parse_overrides(items) -> dict:
@@ -172,51 +168,44 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    flags.DEFINE_enum("experiment", None, list(sweeps.EXPERIMENTS) + list(beyond.EXPERIMENTS),
-                      "Experiment to run.")
+    flags.DEFINE_enum("experiment", None, list(catalog.NAMES), "Experiment to run.")
     flags.DEFINE_string("workdir", None, "Directory of the experiment (arms in sub-directories).")
-    flags.DEFINE_integer("seeds", None, "Number of seeds (default: the experiment's own).",
-                         lower_bound=1)
-    flags.DEFINE_enum("scale", "small", list(dict.fromkeys(sweep.SCALES + beyond.SCALES)),
-                      "Dataset / model / hyperparameters (full: grokking / double_descent only).")
+    flags.DEFINE_integer("seeds", None, "Number of seeds (default: 3, or the experiment's own if "
+                         "larger).", lower_bound=1)
+    flags.DEFINE_enum("scale", "small", list(catalog.SCALES),
+                      "Dataset / model / hyperparameters (each experiment lists the ones it has).")
     flags.DEFINE_multi_string("set", [], "FIELD=VALUE for the base config of every arm.")
-    flags.DEFINE_boolean("dry_run", False, "Only validate the arms' configs and write plan.json.")
-    flags.DEFINE_boolean("progress", False, "Show the Keras progress bar of every arm.")
+    flags.DEFINE_boolean("dry_run", False, "Only validate every arm's config and write plan.json.")
+    flags.DEFINE_boolean("progress", False, "Show the progress output of every arm.")
     flags.mark_flags_as_required(["experiment", "workdir"])
+
+
+def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=False,
+              progress=False, command="", echo=print):
+    """Plan experiment `name` (every arm's config checked; ValueError before anything is
+    written); with `dry_run` write `WORKDIR/plan.json` and return None, else run it and return
+    its results.json dict. The one path of every experiment."""
+    overrides = parse_overrides(set_items)
+    arms, handle = catalog.plan(name, scale, seeds, overrides)
+    if dry_run:
+        echo(f"{len(arms)} arms validated; configs in {runner.write_plan(name, arms, workdir)}")
+        return None
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    return catalog.execute(name, arms, handle, workdir, command, progress, echo=echo)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.experiment in beyond.EXPERIMENTS:
-        if FLAGS.scale not in beyond.SCALES:
-            sys.exit(f"error: --scale={FLAGS.scale} is not available for {FLAGS.experiment}; "
-                     f"allowed: {', '.join(beyond.SCALES)}")
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-        try:
-            summary = beyond.run(FLAGS.experiment, FLAGS.workdir, FLAGS.scale, FLAGS.seeds,
-                                 parse_overrides(FLAGS.set), command_line(sys.argv))
-        except (ValueError, *train.RUN_ERRORS) as error:
-            sys.exit(f"error: {error}")
-        with open(os.path.join(FLAGS.workdir, report.RESULTS_MD)) as f:
-            print(f.read())
-        print("figures: " + ", ".join(os.path.join(FLAGS.workdir, n) for n in summary["figures"]))
-        return
     try:
-        experiment = sweeps.build(FLAGS.experiment, FLAGS.scale, FLAGS.seeds,
-                                   parse_overrides(FLAGS.set))
-        if FLAGS.dry_run:
-            print(f"{len(experiment.arms)} arms validated; configs in "
-                  f"{write_plan(experiment, FLAGS.workdir)}")
-            return
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-        summary = run(experiment, FLAGS.workdir, command_line(sys.argv), FLAGS.progress)
-    except (ValueError, *train.RUN_ERRORS) as error:  # incl. config_schema.ConfigError
+        summary = reproduce(FLAGS.experiment, FLAGS.workdir, FLAGS.scale, FLAGS.seeds, FLAGS.set,
+                            FLAGS.dry_run, FLAGS.progress, command_line(sys.argv))
+    except (ValueError, *train.RUN_ERRORS) as error:  # incl. ConfigError, a busy workdir
         sys.exit(f"error: {error}")
+    if summary is None:
+        return
     print()
     with open(os.path.join(FLAGS.workdir, report.RESULTS_MD)) as f:
         print(f.read())

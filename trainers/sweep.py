@@ -15,32 +15,11 @@ import dataclasses
 import ml_collections
 
 from trainers import config_schema
+from trainers.experiment import Arm  # noqa: F401  (the sweeps' arms are the runner's)
 
 SCALES = ("small", "cifar10", "imagenet")
 REDUCERS = ("first", "last", "max", "min", "mean")
 SERIES = ("history", "step_history")  # per-epoch logs / per-step measurements of results.json
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    """One trainer run: `config` trained into `WORKDIR/<group>/seed<seed>`.
-
-    group: arm name shared by all seeds (a relative path, e.g. "noise50/m3"); results are aggregated
-        over the seeds of a group. label: legend / table name ("M3"). panel: figure row / table
-        section the arm belongs to ("50% noise"). linestyle: matplotlib style of its curves.
-    """
-
-    group: str
-    label: str
-    panel: str
-    seed: int
-    config: ml_collections.ConfigDict
-    linestyle: str = "-"
-
-    @property
-    def path(self) -> str:
-        """Sub-directory of the experiment workdir, `<group>/seed<seed>`."""
-        return f"{self.group}/seed{self.seed}"
 
 
 @dataclasses.dataclass(frozen=True)

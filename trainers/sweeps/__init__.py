@@ -23,7 +23,8 @@ Default seeds: 2 (real_vs_random, loss_fractions; memorisation: 18 arms × 2), 3
 
 The experiments beyond these sweeps (grokking, double descent, early stopping, adversarial
 initialisation, depth and width, real vs random across architectures, scale) run their own
-resumable loops and are registered in `trainers/beyond.py` (same `trainers.reproduce` command).
+resumable loops and are declarations run by `trainers/runner.py` (`trainers/catalog.py`; same
+`trainers.reproduce` command).
 
 Step measurements (`coherence.monitor_every_steps`, `feature_callbacks.StepMeasurements`) go to the
 `step_history` of each arm's results.json; the table cells "step 0" / "after N steps" and the

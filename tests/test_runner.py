@@ -1,0 +1,121 @@
+"""The experiment runner (trainers/runner.py) on a declared toy experiment: real files, no training.
+
+The toy's runs are a pure function of (arm, seed), so every number of results.json / results.md is
+checked against float64 NumPy and hand computations."""
+
+import json
+import math
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from cgh_tf import optimizers, statistics
+from trainers import docs_page, graph_loop, runner
+from trainers.experiment import Arm, Column, Experiment
+
+VALUES = {"sgd": [0.50, 0.55, 0.52], "m3": [0.10, 0.20, 0.15]}   # corrupted acc per seed
+
+
+def _arms(scale, seeds, overrides):
+    if overrides.get("bad"):
+        raise ValueError("bad=True is not allowed")
+    return [Arm(name, name.upper(), "", seed, ml_collections.ConfigDict(
+        {"arm": name, "seed": seed})) for name in ("sgd", "m3") for seed in range(seeds)]
+
+
+def _run_arm(config, run_dir, echo=None):
+    value = VALUES[config.arm][config.seed]
+    os.makedirs(run_dir, exist_ok=True)
+    return {"config": config.to_dict(), "curves": {"step": [0, 1], "acc": [0.0, value]},
+            "summary": {"acc": value, "other": 2 * value if config.seed else None},
+            "seconds_last_invocation": 1.0}
+
+
+TOY = Experiment(
+    name="toy", title="Toy", arms=_arms, run_arm=_run_arm,
+    columns=(Column("acc", "corrupted acc"), Column("other", "other")),
+    comparisons=(("m3", "sgd"),), contrasts=(("other", "acc"),),
+    rules=(statistics.PairedRule("m3 lowers acc", "acc", "m3", "sgd", prediction="lower"),),
+    scales=("small",))
+
+
+def test_run_writes_one_schema_with_paired_intervals_and_the_declared_verdict(tmp_path):
+    arms = runner.plan(TOY, "small", 3, {})
+    lines = []
+    summary = runner.run(TOY, arms, str(tmp_path), "cmd", echo=lines.append)
+    assert len(lines) == 6 and lines[0].startswith("[1/6] sgd/seed0")
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    cell = on_disk["groups"]["m3"]["metrics"]["acc"]
+    assert cell["per_seed"] == {"0": 0.1, "1": 0.2, "2": 0.15}
+    assert cell["mean"] == pytest.approx(0.15, abs=1e-15)
+    assert cell["sd"] == pytest.approx(np.std(VALUES["m3"], ddof=1), rel=1e-14)
+    assert on_disk["groups"]["sgd"]["metrics"]["other"]["n"] == 2   # seed 0 has no value
+    d = next(c for c in on_disk["comparisons"] if c["metric"] == "acc")
+    diffs = np.subtract(VALUES["m3"], VALUES["sgd"])
+    half = statistics.t_quantile(0.975, 2) * np.std(diffs, ddof=1) / math.sqrt(3)
+    assert d["mean"] == pytest.approx(diffs.mean(), rel=1e-12)
+    assert (d["low"], d["high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    within = on_disk["contrasts"][0]
+    assert within["arm"] == "sgd" and within["n"] == 2   # other − acc = acc at seeds 1, 2
+    assert within["mean"] == pytest.approx(0.535, abs=1e-15)
+    verdict = on_disk["verdicts"][0]
+    assert verdict["decided"] and verdict["text"].startswith("effect (m3 lower)")
+    text = (tmp_path / "results.md").read_text()
+    assert "excludes 0" in text and "Student t, paired by seed" in text
+    assert "| sgd | 3 | 0.523 ± 0.025 | 1.070 ± 0.042 (2/3 seeds) |" in text
+    assert summary["verdicts"] == on_disk["verdicts"]
+    assert not (tmp_path / ".cgh_tf.lock").exists()           # the lock is released
+    assert json.loads((tmp_path / runner.TIMINGS_FILE).read_text())["arms"].keys() == {"sgd", "m3"}
+
+
+def test_plan_rejects_bad_input_in_one_line_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="--scale=full is not available for toy; allowed: small"):
+        runner.plan(TOY, "full", 3)
+    with pytest.raises(ValueError, match="seeds=0 must be a positive int"):
+        runner.plan(TOY, "small", 0)
+    with pytest.raises(ValueError, match="bad=True is not allowed"):
+        runner.plan(TOY, "small", 3, {"bad": True})
+    stray = Experiment(**{**TOY.__dict__, "rules": (
+        statistics.PairedRule("x", "acc", "adam", "sgd"),)})
+    with pytest.raises(ValueError, match="rule 'x' names group 'adam', which is not planned"):
+        runner.plan(stray, "small", 3)
+    with pytest.raises(ValueError, match="loop='keras'"):
+        Experiment(**{**TOY.__dict__, "loop": "keras"})
+
+
+def test_docs_page_is_the_intro_plus_the_results_with_figures_copied(tmp_path):
+    workdir, docs = tmp_path / "w", tmp_path / "docs"
+    workdir.mkdir()
+    (workdir / "results.md").write_text("# Toy\n\n| a |\n\n![fig](toy.png)\n")
+    (workdir / "toy.png").write_bytes(b"png")
+    with pytest.raises(ValueError, match="intro/toy.md does not exist"):
+        docs_page.write_page("toy", str(workdir), str(docs))
+    (docs / "experiments" / "intro").mkdir(parents=True)
+    (docs / "experiments" / "intro" / "toy.md").write_text("# Toy claim\n\nWhy.\n")
+    page = docs_page.write_page("toy", str(workdir), str(docs))
+    text = open(page).read()
+    assert "# Toy claim\n\nWhy." in text and "## Results: Toy" in text
+    assert "![fig](../results/toy.png)" in text and (docs / "results" / "toy.png").exists()
+
+
+def test_epoch_updates_cut_the_permutation_into_whole_updates():
+    perm = np.arange(23)[::-1]
+    idx = graph_loop.epoch_updates(perm, batch_size=3, per_update=2)   # U = 6: 3 updates
+    assert idx.shape == (3, 2, 3) and idx.dtype == np.int32
+    np.testing.assert_array_equal(idx.reshape(-1), perm[:18])
+    assert graph_loop.capped_log_epochs((0, 1, 5, 9), 6) == [0, 1, 5, 6]
+
+
+def test_optimizers_build_adamw_alone_and_as_the_inner_optimizer():
+    import keras
+
+    alone = optimizers.build("adamw", 1e-3, weight_decay=1.0, beta_2=0.98)
+    assert isinstance(alone, keras.optimizers.AdamW)
+    assert (alone.weight_decay, alone.beta_2) == (1.0, 0.98)
+    wrapped = optimizers.build("m3", 1e-3, inner="adamw", weight_decay=0.5)
+    inner = wrapped.inner_optimizer
+    assert isinstance(inner, keras.optimizers.AdamW) and inner.weight_decay == 0.5
+    with pytest.raises(ValueError, match="momentum"):
+        optimizers.build("adamw", 1e-3, momentum=0.9)

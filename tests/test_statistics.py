@@ -1,0 +1,127 @@
+"""cgh_tf.statistics against closed forms, hand computations and float64 NumPy (no SciPy)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from cgh_tf import statistics as st
+
+
+@pytest.mark.parametrize("t", [-7.0, -1.3, -0.2, 0.0, 0.4, 2.0, 12.706])
+def test_t_cdf_matches_the_closed_forms_for_1_2_and_3_degrees_of_freedom(t):
+    cauchy = 0.5 + math.atan(t) / math.pi
+    df2 = 0.5 + t / (2.0 * math.sqrt(2.0 + t * t))
+    df3 = 0.5 + (t / (math.sqrt(3.0) * (1.0 + t * t / 3.0)) + math.atan(t / math.sqrt(3.0))) / math.pi
+    assert st.t_cdf(t, 1) == pytest.approx(cauchy, abs=1e-13)
+    assert st.t_cdf(t, 2) == pytest.approx(df2, abs=1e-13)
+    assert st.t_cdf(t, 3) == pytest.approx(df3, abs=1e-13)
+
+
+@pytest.mark.parametrize("p", [0.6, 0.9, 0.975, 0.995, 0.025])
+def test_t_quantile_inverts_the_closed_forms(p):
+    assert st.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-10)
+    assert st.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)),
+                                                rel=1e-10)
+    # printed tables (two-sided 95 %): df 4 -> 2.776, df 30 -> 2.042; large df -> normal
+    assert st.t_quantile(0.975, 4) == pytest.approx(2.7764451, abs=1e-6)
+    assert st.t_quantile(0.975, 30) == pytest.approx(2.0422725, abs=1e-6)
+    assert st.t_quantile(0.975, 10**7) == pytest.approx(st.normal_quantile(0.975), abs=1e-5)
+
+
+def test_summarize_is_mean_and_sample_sd_of_the_present_values():
+    s = st.summarize([1.0, None, 2.0, float("nan"), 6.0])
+    assert (s.mean, s.n) == (3.0, 3)
+    assert s.sd == pytest.approx(np.std([1.0, 2.0, 6.0], ddof=1), rel=1e-15)
+    assert st.summarize([5.0]).sd is None and st.summarize([]).mean is None
+    assert st.summarize([1.0, 3.0]).text(".1f") == "2.0 ± 1.4"
+
+
+def test_paired_difference_by_hand_pairs_by_seed_and_drops_missing_seeds():
+    arm = {0: 1.0, 1: 2.0, 2: 4.0, 3: 9.0, 4: None}
+    control = {0: 0.5, 1: 1.0, 2: 2.5, 4: 1.0, 5: 3.0}   # seed 3, 4 and 5 unpaired
+    d = st.paired_difference(arm, control)
+    assert d.seeds == (0, 1, 2) and d.differences == (0.5, 1.0, 1.5)
+    half = 4.302652729749464 * 0.5 / math.sqrt(3)   # t_{.975, 2} sd / sqrt(n), sd = 0.5
+    assert (d.mean, d.sd, d.n) == (1.0, 0.5, 3)
+    assert d.low == pytest.approx(1.0 - half, rel=1e-10)
+    assert d.high == pytest.approx(1.0 + half, rel=1e-10)
+    assert d.t == pytest.approx(1.0 / (0.5 / math.sqrt(3)), rel=1e-12)
+    assert d.d_z == pytest.approx(2.0, rel=1e-12)
+    assert not d.excludes_zero()  # t = 3.46 < 4.30: three seeds do not decide this
+    assert d.method == "Student t, paired by seed"
+
+
+def test_paired_difference_with_one_seed_or_zero_spread_has_no_t():
+    one = st.paired_difference({0: 2.0}, {0: 1.0})
+    assert one.mean == 1.0 and one.low is None and not one.excludes_zero()
+    flat = st.paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})
+    assert (flat.low, flat.high, flat.t, flat.d_z) == (1.0, 1.0, None, None)
+
+
+def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    hits, trials = 0, 4000
+    for _ in range(trials):
+        control = rng.normal(size=3)
+        arm = control + 0.3 + rng.normal(scale=0.5, size=3)
+        d = st.paired_difference(dict(enumerate(arm)), dict(enumerate(control)))
+        hits += d.low <= 0.3 <= d.high
+    assert abs(hits / trials - 0.95) < 0.012   # binomial sd 0.0034
+
+
+def test_correlation_is_numpy_pearson_with_the_fisher_z_interval():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=20)
+    y = 0.5 * x + rng.normal(size=20)
+    c = st.correlation(list(x) + [None], list(y) + [1.0])
+    r = np.corrcoef(x, y)[0, 1]
+    assert c.n == 20 and c.r == pytest.approx(r, rel=1e-12)
+    half = 1.959963984540054 / math.sqrt(17)
+    assert c.low == pytest.approx(math.tanh(math.atanh(r) - half), rel=1e-9)
+    assert c.high == pytest.approx(math.tanh(math.atanh(r) + half), rel=1e-9)
+    assert st.correlation([1, 2], [3, 4]).r is None
+    assert st.correlation([1, 2, 3], [1, 1, 1]).r is None
+    assert st.correlation([1, 2, 3], [1, 3, 2]).low is None   # n < 4: no interval
+
+
+def test_paired_rule_produces_the_verdict_text_from_the_interval():
+    rule = st.PairedRule("m3 suppresses", "corrupted_acc", "m3", "sgd", prediction="lower")
+    effect = rule.evaluate({0: 0.1, 1: 0.2, 2: 0.15}, {0: 0.5, 1: 0.55, 2: 0.52})
+    assert effect.decided and effect.text.startswith("effect (m3 lower)")
+    assert effect.text.endswith("as predicted")
+    none = rule.evaluate({0: 0.1, 1: 0.6, 2: 0.3}, {0: 0.5, 1: 0.2, 2: 0.35})
+    assert not none.decided and none.text.startswith("no detectable effect")
+    opposite = rule.evaluate({0: 0.6, 1: 0.7, 2: 0.65}, {0: 0.5, 1: 0.55, 2: 0.52})
+    assert "OPPOSITE" in opposite.text
+    assert rule.evaluate({0: 0.1}, {0: 0.5}).text.startswith("undetermined")
+    assert "excludes 0" in rule.statement()
+    with pytest.raises(ValueError, match="prediction='up'"):
+        st.PairedRule("x", "m", "a", "b", prediction="up")
+
+
+def test_correlation_rule_verdicts():
+    rule = st.CorrelationRule("coh vs gap", "coherence", "gap", prediction="negative")
+    x = np.arange(10.0)
+    decided = rule.evaluate(x, -x + np.sin(x))
+    assert decided.decided and "as predicted" in decided.text
+    assert not rule.evaluate([1, 2, 3], [3, 1, 2]).decided
+
+
+def test_linear_fit_matches_numpy_polyfit_and_the_standard_errors_by_hand():
+    rng = np.random.default_rng(2)
+    x = np.repeat([1.0, 2.0, 3.0, 4.0], 3)
+    y = 0.3 - 0.2 * x + rng.normal(scale=0.1, size=len(x))
+    fit = st.linear_fit(x, y, x0=10.0)
+    slope, intercept = np.polyfit(x, y, 1)
+    assert fit["slope"] == pytest.approx(slope, rel=1e-12)
+    assert fit["intercept"] == pytest.approx(intercept, rel=1e-12)
+    resid = y - (intercept + slope * x)
+    s2 = resid @ resid / (len(x) - 2)
+    sxx = np.sum((x - x.mean()) ** 2)
+    assert fit["slope_se"] == pytest.approx(math.sqrt(s2 / sxx), rel=1e-12)
+    se = math.sqrt(s2 * (1 / len(x) + (10.0 - x.mean()) ** 2 / sxx))
+    assert fit["predicted_se"] == pytest.approx(se, rel=1e-12)
+    t = 2.2281388519649385   # t_{.975, 10}
+    assert fit["predicted_interval"][1] == pytest.approx(fit["predicted"] + t * se, rel=1e-9)
+    assert st.linear_fit([1, 1, 1], [1, 2, 3], 2) is None and st.linear_fit([1, 2], [1, 2], 3) is None

@@ -1,0 +1,110 @@
+"""Figures of declared experiments: mean over seeds with a 95 % CI band, labelled axes, legends.
+
+| function                          | one PNG                                                     |
+|-----------------------------------|-------------------------------------------------------------|
+| `summary_vs_axis(...)`            | per column, a run summary value against a config field (e.g. width) |
+| `curves_per_group(...)`           | per column, the logged curve of every arm against an x key   |
+
+`runs` = [(Arm, result dict)]. The band is mean ± t_{.975, n−1} · sd / √n over the seeds (Student
+t; none for one seed); missing values (None) are left out per point.
+"""
+
+import math
+import os
+
+import numpy as np
+
+from cgh_tf import statistics
+
+BAND = "band: 95 % CI over seeds (Student t)"
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mean_band(points):
+    """(mean, low, high) float64 [len(points)]: per point, over its values (one per seed)."""
+    mean, low, high = [], [], []
+    for values in points:
+        s = statistics.summarize(values)
+        half = (statistics.t_quantile(0.975, s.n - 1) * s.sd / math.sqrt(s.n)
+                if s.sd is not None else 0.0)
+        m = np.nan if s.mean is None else s.mean
+        mean.append(m)
+        low.append(m - half)
+        high.append(m + half)
+    return np.array(mean), np.array(low), np.array(high)
+
+
+def _groups(runs):
+    groups = {}
+    for arm, result in runs:
+        groups.setdefault(arm.group, (arm, []))[1].append(result)
+    return groups
+
+
+def _save(fig, workdir, name, title):
+    fig.suptitle(f"{title} (line: mean over seeds; {BAND})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, name), dpi=90)
+    pyplot().close(fig)
+    return name
+
+
+def _label(ax, x_label, y_label, log_x):
+    if log_x:
+        ax.set_xscale("log", base=log_x)
+    ax.set_xlabel(x_label, fontsize=8)
+    ax.set_ylabel(y_label, fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def summary_vs_axis(workdir, name, runs, keys, axis, x_label, title, log_x=None, series=None):
+    """One panel per (summary key, y label) of `keys`: the value against `config[axis]`, one line
+    per `series(arm)` (None: one line through every arm)."""
+    plt = pyplot()
+    lines = {}
+    for arm, results in _groups(runs).values():
+        lines.setdefault(series(arm) if series else "mean", []).append((arm, results))
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.0), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys):
+        for line, members in lines.items():
+            xs = [results[0]["config"][axis] for _, results in members]
+            mean, low, high = mean_band([[r["summary"].get(key) for r in results]
+                                         for _, results in members])
+            ax.plot(xs, mean, "o-", ms=3, label=line)
+            ax.fill_between(xs, low, high, alpha=0.2)
+        _label(ax, x_label, label, log_x)
+    axes[0][0].legend(fontsize=6)
+    return _save(fig, workdir, name, title)
+
+
+def curves_per_group(workdir, name, runs, keys, x, x_label, title, log_x=None, row_of=None):
+    """One panel per (curve key, y label) and row (`row_of(arm)`; None: one row): every arm's
+    logged curve against curve `x`, labelled by the arm's label."""
+    plt = pyplot()
+    rows = {}
+    for arm, results in _groups(runs).values():
+        rows.setdefault(row_of(arm) if row_of else "", []).append((arm, results))
+    fig, axes = plt.subplots(len(rows), len(keys), figsize=(3.3 * len(keys), 2.8 * len(rows)),
+                             squeeze=False)
+    for axes_row, (row, members) in zip(axes, rows.items()):
+        for i, (arm, results) in enumerate(members):
+            xs = np.array(results[0]["curves"][x], dtype=float)
+            xs = np.maximum(xs, 0.5) if log_x else xs
+            color = plt.get_cmap("viridis")(i / max(1, len(members) - 1))
+            for ax, (key, _) in zip(axes_row, keys):
+                mean, low, high = mean_band(zip(*[r["curves"][key] for r in results]))
+                ax.plot(xs, mean, color=color, ls=arm.linestyle, label=arm.label)
+                ax.fill_between(xs, low, high, color=color, alpha=0.15)
+        for ax, (_, label) in zip(axes_row, keys):
+            _label(ax, x_label, f"{row} {label}".strip(), log_x)
+        axes_row[0].legend(fontsize=6, ncol=2)
+    return _save(fig, workdir, name, title)

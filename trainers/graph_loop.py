@@ -1,0 +1,189 @@
+"""The one custom training loop: graph-mode epochs over index tensors, logged, checkpointed, resumable.
+
+For experiments that need update-level control (`optimizer.apply` on batches the experiment
+chooses) instead of Keras `fit`. Epoch e of a run with seed s visits the permutation
+`default_rng([s, e])` of the n training examples in `ceil(n / B)` batches (the last one partial),
+all inside one `tf.function` call, so a resumed run replays exactly the batches of an
+uninterrupted one.
+
+| function                              | what                                                    |
+|---------------------------------------|---------------------------------------------------------|
+| `epoch_permutation(seed, epoch, n)`   | int64 [n]: the order of epoch `epoch`                    |
+| `epoch_trainer(...)`                  | `train(perm, first, last)`: batches of an epoch (last partial) |
+| `step_advancer(train, seed, n)`       | `advance(step, stop)` over global steps of an epoch_trainer |
+| `update_trainer(...)`                 | `train(idx [u, b, B])`: u updates of b batches (M3, winsorize) |
+| `epoch_updates(perm, B, b)`           | the idx of one epoch of whole updates                    |
+| `run_logged(...)`                     | restore → log 0 → advance / log / checkpoint → curves   |
+| `run_logged_epochs(...)`              | the same in epochs of `epoch_trainer`                    |
+"""
+
+import numpy as np
+
+from . import beyond_common as common
+
+
+def epoch_permutation(seed, epoch, n):
+    """The example order of epoch `epoch` (int64 [n]), a pure function of (seed, epoch)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(int(n))
+
+
+def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size):
+    """`train(perm, first=0, last=None)`: batches first..last−1 (default: the whole epoch) of the
+    epoch in the order perm (int [n]) over the training tensors x [n, ...], y [n], as one
+    `tf.function` call. An epoch has ceil(n / B) batches, the last one partial; each batch is one
+    `optimizer.apply` of the mean-loss gradient."""
+    import tensorflow as tf
+
+    n, batch, variables = int(x.shape[0]), int(batch_size), model.trainable_variables
+    num_batches = -(-n // batch)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    @tf.function
+    def train_range(perm, first, last):  # the batch loop runs inside the graph
+        for k in tf.range(first, last):
+            idx = perm[k * batch:(k + 1) * batch]
+            train_step(tf.gather(x, idx), tf.gather(y, idx))
+
+    def train(perm, first=0, last=None):
+        train_range(tf.constant(perm), tf.constant(first, tf.int32),
+                    tf.constant(num_batches if last is None else last, tf.int32))
+
+    train.batches_per_epoch = num_batches
+    return train
+
+
+def step_advancer(train, seed, n):
+    """`advance(step, stop)` for `run_logged` in global steps of an `epoch_trainer` `train`: step
+    s is batch s mod S of epoch s // S (S = batches per epoch), epoch e in the order
+    `epoch_permutation(seed, e, n)`; the steps of each epoch run as one call."""
+    per_epoch = train.batches_per_epoch
+
+    def advance(step, stop):
+        while step < stop:
+            epoch, first = divmod(step, per_epoch)
+            last = min(per_epoch, first + stop - step)
+            train(epoch_permutation(seed, epoch, n).astype(np.int32), first, last)
+            step += last - first
+
+    return advance
+
+
+def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, aggregator=None):
+    """`train(idx)`: for idx int [u, per_update, B] (NumPy), u optimizer updates in one
+    `tf.function` call, each `per_update` `optimizer.apply` calls on the batches idx[k, g] of the
+    training tensors x [n, ...], y [n] (an M3 wrapper updates on every per_update-th call). The
+    batch gradient is the mean-loss gradient, or `aggregator` (e.g. `cgh_tf.aggregators.Winsorize`)
+    over the per-example gradients; batch shapes are static (the winsorizer's XLA network)."""
+    import tensorflow as tf
+
+    from cgh_tf import per_example
+
+    variables = model.trainable_variables
+
+    def gradients(xb, yb):
+        if aggregator is not None:
+            return per_example.reduced_per_example_gradients(
+                model, xb, yb, aggregator.reduce, loss_fn=loss_fn, training=True,
+                reduce_outer=aggregator.reduce_outer)
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        return tape.gradient(loss, variables)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, per_update, batch_size], tf.int32)])
+    def train(idx):
+        for k in tf.range(tf.shape(idx)[0]):
+            for g in range(per_update):
+                optimizer.apply(gradients(tf.gather(x, idx[k, g]), tf.gather(y, idx[k, g])),
+                                variables)
+
+    return lambda idx: train(tf.constant(np.asarray(idx, dtype=np.int32)))
+
+
+def epoch_updates(perm, batch_size, per_update):
+    """int32 [⌊n / U⌋, per_update, B]: the updates of one epoch in the order perm [n], update k
+    using examples [kU, (k+1)U) with U = B × per_update (the examples after the last whole update
+    are skipped that epoch)."""
+    per = int(batch_size) * int(per_update)
+    updates = len(perm) // per
+    return np.asarray(perm[:updates * per], dtype=np.int32).reshape(updates, per_update,
+                                                                     batch_size)
+
+
+def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, log_points,
+               checkpoint_points, echo=None, unit="epoch"):
+    """The resume skeleton of every custom-loop run, in units the experiment chooses (epochs,
+    updates): restore the newest checkpoint of this config (saying so on `echo`) or log at 0 →
+    `advance(start, stop)` between consecutive stops → `log(stop)` at the `log_points` and a
+    checkpoint (model, optimizer, position, curves) at the `checkpoint_points` and at `total`.
+
+    log(position) -> dict of scalars, appended to the curves. Returns the curves {key: [values]}.
+    A run interrupted anywhere and started again replays from the last checkpoint, so its curves
+    equal an uninterrupted run's when `advance` is a pure function of its positions.
+    """
+    log_points, checkpoint_points = set(log_points), set(checkpoint_points) | {int(total)}
+    ckpt = common.Checkpointer(run_dir, model, optimizer)
+    position, curves = ckpt.restore(config_dict)
+    if curves is None:
+        position, curves = 0, {}
+        if 0 in log_points:
+            common.append(curves, log(0))
+    elif echo:
+        echo(f"  resumed {run_dir} at {unit} {position}")
+    for stop in sorted(p for p in log_points | checkpoint_points if position < p <= int(total)):
+        advance(position, stop)
+        position = stop
+        if stop in log_points:
+            common.append(curves, log(stop))
+        if stop in checkpoint_points:
+            ckpt.save(stop, curves, config_dict)
+    return curves
+
+
+def run_logged_epochs(run_dir, config_dict, model, optimizer, train_epoch, log, *, epochs,
+                      log_epochs, checkpoint_every, seed, n, echo=None):
+    """`run_logged` in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))` (a function
+    of the permutation: `epoch_trainer`, or `update_trainer` composed with `epoch_updates`); logs after
+    the epochs of `log_epochs` (sorted; 0 = before training), checkpoints at every
+    `checkpoint_every`-th of them and at the last epoch."""
+
+    def advance(start, stop):
+        for epoch in range(start, stop):
+            train_epoch(epoch_permutation(seed, epoch, n))
+
+    log_epochs = [e for e in log_epochs if e <= int(epochs)]
+    return run_logged(run_dir, config_dict, model, optimizer, advance, log, total=int(epochs),
+                      log_points=log_epochs, checkpoint_points=log_epochs[::int(checkpoint_every)],
+                      echo=echo)
+
+
+def capped_log_epochs(log_epochs, epochs):
+    """Sorted epochs to log at: `log_epochs` up to `epochs` (later ones dropped, so that
+    `--set=epochs=N` needs no new list) plus `epochs` itself."""
+    return sorted({int(e) for e in log_epochs if e <= int(epochs)} | {int(epochs)})
+
+
+def predictor(model, chunk=16384):
+    """`predict(xs, ys)` -> (argmax int32 [n], per-example cross-entropy float32 [n]) of the
+    logits model in inference mode, over NumPy arrays in chunks of `chunk` examples."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def logits_stats(xs, ys):
+        logits = model(xs, training=False)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ys, logits=logits)
+        return tf.argmax(logits, -1, output_type=tf.int32), losses
+
+    def predict(xs, ys):
+        preds, losses = [], []
+        for i in range(0, len(xs), chunk):
+            p, l = logits_stats(tf.constant(xs[i:i + chunk]), tf.constant(ys[i:i + chunk]))
+            preds.append(p.numpy())
+            losses.append(l.numpy())
+        return np.concatenate(preds), np.concatenate(losses)
+    return predict

@@ -1,0 +1,226 @@
+r"""The one runner of declared experiments (`experiment.Experiment`): plan, dry run, run, report.
+
+| function                                  | what                                                  |
+|-------------------------------------------|-------------------------------------------------------|
+| `plan(experiment, scale, seeds, overrides)` | the arms, every config checked (one-line ValueError) before anything is written |
+| `write_plan(name, arms, workdir)`         | `WORKDIR/plan.json`: every arm's config; nothing trained |
+| `run(experiment, arms, workdir, command)` | every arm trained, resumed or (finished) read; then `tabulate` and the files |
+| `tabulate(experiment, runs)`              | the one results.json schema (below)                  |
+
+Files in WORKDIR: `<group>/seed<k>/` (one run each: `ckpt/`, `curves.json`, `results.json`),
+`results.json`, `results.md`, the figures, `timings.json`, HParams sessions; `plan.json` (dry run).
+`run` and `write_plan` hold the workdir's lock (`cgh_tf/workdir_lock.py`: one writer per workdir),
+each run its own run directory's; checkpoints go through `cgh_tf/checkpoints.py`
+(`beyond_common.Checkpointer`: atomic save, verified restore).
+
+`results.json` schema: `experiment`, `title`, `command`, `columns` [{key, header, fmt}],
+`groups` {group: {label, panel, seeds, arm_dirs, metrics: {key: {per_seed: {seed: value}, mean,
+sd, n}}}}, `comparisons` / `contrasts` [{arm, control, metric, control_metric, mean, sd, n, low,
+high, t, d_z, level, seeds, differences, method}], `verdicts` [{rule, statement, decided, text}],
+`analyses` (the experiment's hook), `figures`, `seconds` {group: wall-clock of this invocation}.
+sd is the sample sd (ddof 1); intervals are 95 % Student t over the seed-paired differences.
+"""
+
+import os
+import time
+
+from cgh_tf import statistics, workdir_lock
+from cgh_tf.atomic_files import atomic_open
+
+from . import hparams_board
+from . import outputs
+
+PLAN_FILE = "plan.json"
+TIMINGS_FILE = "timings.json"
+RESULTS_MD = "results.md"
+RESULTS_JSON = "results.json"
+
+
+def check_seeds(seeds):
+    """ValueError unless `seeds` is a positive int."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds={seeds!r} must be a positive int (the number of seeds)")
+
+
+def plan(experiment, scale="small", seeds=None, overrides=None):
+    """The `Arm`s of `experiment` at `scale` with seeds 0..seeds−1 (default: its own), every
+    config checked by the experiment; raises ValueError (one line) on a bad scale / seed count /
+    override, before any file is written."""
+    if scale not in experiment.scales:
+        raise ValueError(f"--scale={scale} is not available for {experiment.name}; allowed: "
+                         f"{', '.join(experiment.scales)}")
+    seeds = experiment.default_seeds if seeds is None else seeds
+    check_seeds(seeds)
+    arms = list(experiment.arms(scale, seeds, dict(overrides or {})))
+    groups = {arm.group for arm in arms}
+    for rule in experiment.declared("rules", arms):
+        for group in (rule.arm, rule.control):
+            if group not in groups:
+                raise ValueError(f"{experiment.name}: rule {rule.name!r} names group {group!r}, "
+                                 "which is not planned")
+    return arms
+
+
+def write_plan(name, arms, workdir):
+    """Write every arm's config to `WORKDIR/plan.json` (nothing trained); returns its path."""
+    entries = {arm.path: {"label": arm.label, "panel": arm.panel,
+                          "config": outputs.json_roundtrip(arm.config.to_dict())} for arm in arms}
+    path = os.path.join(workdir, PLAN_FILE)
+    with workdir_lock.hold(workdir, f"dry run of {name}"):
+        outputs.write_json(path, {"experiment": name, "arms": entries})
+    return path
+
+
+def run(experiment, arms, workdir, command="", echo=print, progress=False):
+    """Run every arm into `WORKDIR/<group>/seed<k>` (finished ones are read, interrupted ones
+    resume: `experiment.run_arm`'s contract), one line per arm on `echo`; with `progress` the
+    runs' own log lines too. Then write the report; returns the results.json dict."""
+    with workdir_lock.hold(workdir, f"experiment {experiment.name}"):
+        return _run_each(experiment, arms, workdir, command, echo or (lambda line: None),
+                         progress)
+
+
+def _run_each(experiment, arms, workdir, command, echo, progress):
+    """`run`'s loop and report (under the workdir's lock)."""
+    runs, seconds = [], {}
+    for index, arm in enumerate(arms, 1):
+        started = time.time()
+        result = experiment.run_arm(arm.config, os.path.join(workdir, arm.path),
+                                    echo=echo if progress else None)
+        took = time.time() - started
+        seconds[arm.group] = round(seconds.get(arm.group, 0.0) + took, 1)
+        echo(f"[{index}/{len(arms)}] {arm.path}: {took:.0f} s; "
+             + describe(experiment, result["summary"]))
+        runs.append((arm, result))
+    return write_report(experiment, runs, workdir, command, seconds)
+
+
+def describe(experiment, summary):
+    """The progress line of a finished run: "header value" of the `progress` columns."""
+    shown = [c for c in experiment.columns if c.key in experiment.progress]
+    return ", ".join(f"{c.header} " + ("n/a" if summary.get(c.key) is None
+                                       else format(summary[c.key], c.fmt)) for c in shown)
+
+
+# ---------------------------------------------------------------------------- the report
+
+def _per_seed(runs, group, key):
+    """{seed: summary[key]} of the runs of `group`."""
+    return {arm.seed: result["summary"].get(key) for arm, result in runs if arm.group == group}
+
+
+def _difference(kind, arm, control, metric, control_metric, diff):
+    return {"kind": kind, "arm": arm, "control": control, "metric": metric,
+            "control_metric": control_metric, **diff.as_dict()}
+
+
+def tabulate(experiment, runs):
+    """The results.json dict of `runs` = [(Arm, result)] (schema: module docstring), without the
+    files, figures and seconds."""
+    arms = [arm for arm, _ in runs]
+    groups = {}
+    for arm in arms:
+        entry = groups.setdefault(arm.group, {"label": arm.label, "panel": arm.panel, "seeds": [],
+                                              "arm_dirs": []})
+        entry["seeds"].append(arm.seed)
+        entry["arm_dirs"].append(arm.path)
+    for group, entry in groups.items():
+        entry["metrics"] = {}
+        for column in experiment.columns:
+            per_seed = _per_seed(runs, group, column.key)
+            s = statistics.summarize(list(per_seed.values()))
+            entry["metrics"][column.key] = {"per_seed": {str(k): v for k, v in per_seed.items()},
+                                            "mean": s.mean, "sd": s.sd, "n": s.n}
+    comparisons = [
+        _difference("between arms", a, c, col.key, None, statistics.paired_difference(
+            _per_seed(runs, a, col.key), _per_seed(runs, c, col.key)))
+        for a, c in experiment.declared("comparisons", arms) for col in experiment.columns
+        if experiment.compared is None or col.key in experiment.compared]
+    contrasts = [
+        _difference("within arm", group, group, metric, control_metric,
+                    statistics.paired_difference(_per_seed(runs, group, metric),
+                                                 _per_seed(runs, group, control_metric)))
+        for metric, control_metric in experiment.contrasts for group in groups]
+    verdicts = []
+    for rule in experiment.declared("rules", arms):
+        verdict = rule.evaluate(_per_seed(runs, rule.arm, rule.metric),
+                                _per_seed(runs, rule.control, rule.control_metric or rule.metric))
+        verdicts.append({"rule": rule.name, "statement": rule.statement(),
+                         "decided": verdict.decided, "text": verdict.text})
+    return {"experiment": experiment.name, "title": experiment.title,
+            "columns": [{"key": c.key, "header": c.header, "fmt": c.fmt}
+                        for c in experiment.columns],
+            "groups": groups, "comparisons": comparisons, "contrasts": contrasts,
+            "verdicts": verdicts}
+
+
+def _cell(stats, fmt, n_total):
+    """"mean ± sd", with "(k/n seeds)" when only k of the arm's n seeds have a value."""
+    text = statistics.Summary(stats["mean"], stats["sd"], stats["n"]).text(fmt)
+    return text + (f" ({stats['n']}/{n_total} seeds)" if 0 < stats["n"] < n_total else "")
+
+
+def _interval(d, fmt):
+    if d["mean"] is None:
+        return "n/a"
+    if d["low"] is None:
+        return f"{format(d['mean'], fmt)} (n = {d['n']}, no CI)"
+    return f"{format(d['mean'], fmt)} [{format(d['low'], fmt)}, {format(d['high'], fmt)}]"
+
+
+def markdown(experiment, summary, command, setting_lines, analysis_lines):
+    """The results.md text: title, command, setting, table, paired differences, verdicts."""
+    columns = experiment.columns
+    lines = [f"# {summary['title']}", "", f"Command: `{command}`", "", *setting_lines,
+             "Cells: mean ± sample sd (ddof 1) over seeds; differences: mean [95 % CI] of the "
+             f"per-seed differences ({statistics.T_METHOD}).", "",
+             "| arm | seeds | " + " | ".join(c.header for c in columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]
+    for group, entry in summary["groups"].items():
+        lines.append(f"| {group} | {len(entry['seeds'])} | " + " | ".join(
+            _cell(entry["metrics"][c.key], c.fmt, len(entry["seeds"])) for c in columns) + " |")
+    fmts = {c.key: c.fmt for c in columns}
+    for title, rows in (("Arm − control, paired by seed", summary["comparisons"]),
+                        ("Within each arm, paired by seed", summary["contrasts"])):
+        if rows:
+            lines += ["", f"{title}:", "", "| arm | control | quantity | difference [95 % CI] "
+                      "| d_z |", "|---|---|---|---|---|"]
+            for d in rows:
+                quantity = d["metric"] + (f" − {d['control_metric']}" if d["control_metric"]
+                                          else "")
+                d_z = "n/a" if d["d_z"] is None else f"{d['d_z']:.2f}"
+                lines.append(f"| {d['arm']} | {d['control']} | {quantity} | "
+                             f"{_interval(d, fmts.get(d['metric'], '.3f'))} | {d_z} |")
+    if summary["verdicts"]:
+        lines += ["", "Verdicts (rules declared before the runs):", ""]
+        lines += [f"- **{v['rule']}** ({v['statement']}): {v['text']}" for v in summary["verdicts"]]
+    return "\n".join(lines + [""] + list(analysis_lines)) + "\n"
+
+
+def write_report(experiment, runs, workdir, command, seconds):
+    """Write results.json, results.md, the figures, timings.json and the HParams sessions."""
+    summary = tabulate(experiment, runs)
+    summary["command"] = command
+    summary["seconds"] = seconds
+    analysis_lines, summary["analyses"] = (experiment.analyses(runs) if experiment.analyses
+                                           else ([], {}))
+    summary["figures"] = experiment.figures(workdir, runs) if experiment.figures else []
+    setting = list(experiment.setting(runs)) if experiment.setting else []
+    trained = {}
+    for arm, result in runs:
+        trained[arm.group] = trained.get(arm.group, 0.0) + result.get("seconds_last_invocation", 0)
+    summary["training_seconds"] = trained
+    tail = ["Wall-clock seconds per arm (sum over seeds, as recorded by each run when it "
+            "finished): " + ", ".join(f"{g} {s:.0f}" for g, s in trained.items())
+            + f"; total {sum(trained.values()):.0f} s.", ""]
+    tail += [f"![{f}]({f})" for f in summary["figures"]]
+    text = markdown(experiment, summary, command, setting, list(analysis_lines) + tail)
+    with atomic_open(os.path.join(workdir, RESULTS_MD), "w") as f:
+        f.write(text)
+    outputs.write_json(os.path.join(workdir, RESULTS_JSON), summary)
+    outputs.write_json(os.path.join(workdir, TIMINGS_FILE),
+                       {"arms": seconds, "total_seconds": round(sum(seconds.values()), 1)})
+    hparams_board.write_sweep(workdir, [
+        (os.path.join(workdir, arm.path), result["config"], {"group": arm.group},
+         result["summary"], result.get("curves")) for arm, result in runs])
+    return summary
