@@ -402,11 +402,13 @@ class Model(keras.Model):
         if source.replica_reduced:  # every replica holds the update; Keras' optimizer sums them
             replicas = self.distribute_strategy.num_replicas_in_sync
             grads = [None if g is None else g / replicas for g in grads]
-        self.optimizer.apply(grads, variables)
+        self.optimizer.apply(_after_all(grads), variables)
         if source.sums is not None:
             grad_sum, sq_norms, m = source.sums
             self._record_coherence(grad_sum, sq_norms, m, self._is_measurement(grad_sum, sq_norms))
         self._update_loss(source.loss, x)
+        if not source.regularized:  # the source did not call compute_loss
+            self._update_output_losses(y, source.y_pred, sample_weight)
         logs = self.compute_metrics(x, y, source.y_pred, sample_weight=sample_weight)
         self._cgh_state.step.assign_add(1)
         return {**logs, **self._coherence_results()}
@@ -449,6 +451,14 @@ class Model(keras.Model):
         if dependent:
             _warn_second_pass(self, dependent)
         return not dependent
+
+    def _update_output_losses(self, y, y_pred, sample_weight):
+        """With several outputs, Keras logs each output's loss (e.g. "cls_loss") from Means that
+        its loss container updates when it computes the loss; a per-example source does not call
+        it, so it is called here on the predictions for that side effect (the loss alone, no
+        model pass; its value is discarded, the decomposition's is logged)."""
+        if tf.nest.is_nested(y_pred):
+            self.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
 
     def _update_loss(self, loss, x):
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
@@ -523,6 +533,20 @@ def _after(tensor, structure):
     with tf.control_dependencies([tensor]):
         return tf.nest.map_structure(
             lambda t: tf.identity(t) if isinstance(t, tf.Tensor) else t, structure)
+
+
+def _after_all(grads):
+    """`grads` behind a control dependency on all of them: no variable is updated before every
+    gradient is computed. Data dependencies alone let the update of one variable (e.g. a Dense
+    kernel from the update's own tape) run while another gradient is still being computed, and
+    the exact fallback's XLA function, which reads that kernel again for its per-example
+    forward passes, was seen to read it updated (gradients off in proportion to the learning
+    rate, inside Keras' non-XLA train function)."""
+    tensors = [g for g in grads if isinstance(g, tf.Tensor)]
+    if not tensors:
+        return grads
+    with tf.control_dependencies(tensors):
+        return [tf.identity(g) if isinstance(g, tf.Tensor) else g for g in grads]
 
 
 def _in_batch_m3(optimizer, aggregator):

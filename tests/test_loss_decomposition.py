@@ -19,11 +19,11 @@ M, T, VOCAB, CLASSES = 5, 4, 9, 3
 REDUCTIONS = ["sum_over_batch_size", "mean", "sum", "mean_with_sample_weight", None]
 
 
-def _masked_lm():
+def _masked_lm(model_cls=keras.Model):
     """Embedding(mask_zero=True) -> Dense logits per token; padded sequences (the mask rides on ŷ)."""
     inputs = keras.Input((T,), dtype="int32")
     hidden = keras.layers.Embedding(VOCAB, 4, mask_zero=True)(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(keras.layers.Dense(5, "tanh")(hidden)))
+    model = model_cls(inputs, keras.layers.Dense(CLASSES)(keras.layers.Dense(5, "tanh")(hidden)))
     rng = np.random.default_rng(1)
     x = rng.integers(1, VOCAB, (M, T)).astype("int32")
     x[0, 2:] = 0
@@ -206,3 +206,62 @@ def test_compiled_loss_leaves_pins_keras_container():
     bare.compile(loss="mse")
     with pytest.raises(ValueError, match="not built yet"):
         keras_internals.compiled_loss_leaves(bare)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_engine_sum_and_per_example_update_equal_keras(float64_keras, reduction):
+    """Σ_i g_i of the fast engine (`gradients_and_sq_norms`, one example's norms checked against
+    the brute-force loop) is m × Keras' tape gradient, and a Winsorize(0) step of cgh_tf.Model is
+    keras.Model's step, for every reduction, on the masked LM with per-token weights."""
+    import cgh_tf
+    from cgh_tf import aggregators, per_example
+    model, x, y, _ = _masked_lm()
+    weights = np.random.default_rng(7).uniform(0.5, 2, (M, T))
+    model.compile(loss=_scce(reduction))
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        keras_loss = tf.reduce_sum(model.compute_loss(y=y, y_pred=model(x), sample_weight=weights))
+    keras_grads = tape.gradient(keras_loss, variables)
+    sums = per_example.gradients_and_sq_norms(model, x, y, sample_weight=weights)
+    for mine, theirs in zip(sums.grad_sum, keras_grads):
+        np.testing.assert_allclose(np.asarray(mine) / M, tf.convert_to_tensor(theirs).numpy(),
+                                   rtol=1e-10, atol=1e-13)
+    decomposition = loss_decomposition.for_model(model)
+    targets = decomposition.prepare(y, model(x), weights)
+    with tf.GradientTape() as tape:
+        loss_0 = tf.reduce_sum(decomposition(tf.nest.map_structure(lambda t: t[:1], targets),
+                                             model(x[:1])))
+    sq_norm_0 = [float(np.sum(np.square(tf.convert_to_tensor(g).numpy())))
+                 for g in tape.gradient(loss_0, variables)]
+    np.testing.assert_allclose(sums.sq_norms.numpy()[0], sq_norm_0, rtol=1e-10, atol=1e-16)
+
+    trained, start = [], model.get_weights()
+    for cls, options in ((keras.Model, {}), (cgh_tf.Model, {"aggregation": aggregators.Winsorize(0.0)})):
+        twin = _masked_lm(cls)[0]
+        twin.set_weights(start)
+        twin.compile(optimizer=keras.optimizers.SGD(0.1), loss=_scce(reduction), **options)
+        twin.fit(x, y, sample_weight=weights, batch_size=M, epochs=1, shuffle=False, verbose=0)
+        trained.append(twin.get_weights())
+    for got, want in zip(trained[1], trained[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_several_outputs_through_explain_measure_and_per_example_gradients(float64_keras):
+    """The calls that failed on a dict of outputs (issue 21): explain, measure with the compiled
+    loss or a dict of losses, per_example_gradients with per-output sample weights."""
+    from cgh_tf import coherence, per_example
+    model, x, y = _two_outputs(as_dict=True)
+    model.compile(loss={"a": _scce(), "b": "mse"}, loss_weights={"a": 0.7, "b": 2.5})
+    assert [plan.rule for plan in per_example.explain(model, x, y)] == ["dense"] * 3
+    weights = {"a": np.linspace(0.5, 2, M), "b": np.ones(M)}
+    grads = per_example.per_example_gradients(model, x, y, sample_weight=weights)
+    with tf.GradientTape() as tape:
+        keras_loss = model.compute_loss(y=y, y_pred=model(x), sample_weight=weights)
+    for mine, theirs in zip(grads, tape.gradient(keras_loss, model.trainable_variables)):
+        np.testing.assert_allclose(mine.numpy().mean(0), theirs.numpy(), rtol=1e-10, atol=1e-13)
+    flat = np.concatenate([g.numpy().reshape(M, -1) for g in grads], axis=1)
+    want = float(np.sum(flat.sum(0) ** 2) / np.sum(flat ** 2))
+    stats = coherence.measure(model, x, y, sample_weight=weights)
+    assert stats.m_coherence == pytest.approx(want, rel=1e-9)
+    unweighted = coherence.measure(model, x, y, loss={"a": _scce(), "b": "mse"})
+    assert np.isfinite(unweighted.m_coherence) and unweighted.m_coherence != pytest.approx(want)

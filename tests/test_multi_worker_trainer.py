@@ -3,10 +3,12 @@
 Two workers on 127.0.0.1 (`multi_worker`, each its own process and `TF_CONFIG`) must give the
 `results.json` of one process (`none`) on the same config, for SGD and RM3 (M3 over consecutive
 batches shares RM3's buffers and replica-local counters, and is checked against one device in
-process by `tests/test_replica_groups.py`); in the SGD pair worker 1 kills itself (SIGKILL, at
-training step 12 of 16: `cgh_tf.fault_injection`), the chief must then stop by itself with one
-line within `PEER_SECONDS`, and both are restarted (the chief restores, the other worker gets the
-state by broadcast), to the `results.json` bytes of a pair never interrupted. `mirrored` runs in this process,
+process by `tests/test_replica_groups.py`). Faults: in one SGD pair worker 1 kills itself
+(SIGKILL at training step 12 of 16: `cgh_tf.fault_injection`); the chief must then stop by itself
+with one line within `PEER_SECONDS`, and both are restarted (the chief restores, the other worker
+gets the state by broadcast) to the `results.json` bytes of a pair never interrupted. In another
+pair worker 1 hangs (alive) at that step: the chief stops with one line after
+`collective_timeout` seconds. `mirrored` runs in this process,
 over the logical CPUs of `tests/conftest.py` (six). Every subprocess is waited for with a deadline
 and ended by its own handle in a `finally`; the one-process references run here meanwhile.
 """
@@ -34,6 +36,7 @@ OPTIMIZERS = ("sgd", "rm3")  # M3 buffers and counts as RM3 does (cgh_tf.optimiz
 DEADLINE_SECONDS = 420
 PEER_SECONDS = 60  # a dead peer is seen by TF's heartbeats (~10-15 s), then one line and exit
 KILL_AT = "train-step-12"  # epoch 2 of 2 (8 steps per epoch), after the chief's first checkpoint
+HANG_TIMEOUT = 30  # collective_timeout of the pair whose worker 1 hangs (alive) at KILL_AT
 # The default config shrunk: 500 examples (the last batch of 52 splits into 2 x 26), 2 epochs.
 SHRUNK = {"max_train": 500, "max_test": 230, "num_epochs": 2, "model.kwargs.width": 32,
           "eval_batch_size": 100}
@@ -60,9 +63,9 @@ def _free_ports(count):
             s.close()
 
 
-def _start_workers(workdir, optimizer, kill_worker1_at=None):
-    """Two multi_worker processes (worker 0 = chief), same command line and `--workdir`;
-    `kill_worker1_at`: a `cgh_tf.fault_injection` point where worker 1 kills itself.
+def _start_workers(workdir, optimizer, worker1_env=None, extra=()):
+    """Two multi_worker processes (worker 0 = chief), same command line (plus `extra` flags) and
+    `--workdir`; `worker1_env`: worker 1's extra environment (`cgh_tf.fault_injection` points).
 
     Output goes to files: a pipe could fill up and stall a worker while the test waits for its
     partner, which would then wait in a collective forever.
@@ -70,11 +73,11 @@ def _start_workers(workdir, optimizer, kill_worker1_at=None):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     command = [sys.executable, "-m", "trainers.train", *FLAGS,
                f"--config.optimizer.name={optimizer}", "--config.distribution=multi_worker",
-               f"--workdir={workdir}"]
+               *extra, f"--workdir={workdir}"]
     processes = []
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        fault = {"CGH_TF_KILL_AT": kill_worker1_at} if index == 1 and kill_worker1_at else {}
+        fault = (worker1_env or {}) if index == 1 else {}
         with open(f"{workdir}.worker{index}.log", "a") as log:
             process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                        env=_env(TF_CONFIG=json.dumps(tf_config), **fault))
@@ -129,35 +132,47 @@ def runs(tmp_path_factory):
     started = {f"{optimizer}-multi_worker": (str(root / f"{optimizer}-multi_worker"), [])
                for optimizer in OPTIMIZERS}
     started["sgd-multi_worker-whole"] = (str(root / "sgd-multi_worker-whole"), [])  # not killed
-    killed = {}
+    killed, hung = {}, {}
 
     def kill_and_restart():  # runs while this process trains the references
         workdir, processes = started["sgd-multi_worker"]
         killed.update(_peer_dies(processes, workdir, deadline))
         started["sgd-multi_worker"] = (workdir, _start_workers(workdir, "sgd"))
 
+    def stop_the_hung_one(processes):  # the chief must stop by itself; worker 1 sleeps: ended here
+        hung["chief"], = _wait(processes[:1], deadline)
+        processes[1].kill()
+        processes[1].wait()
+
+    hung_pair = []
     try:
         for optimizer in OPTIMIZERS:
             workdir, processes = started[f"{optimizer}-multi_worker"]
             processes += _start_workers(workdir, optimizer,
-                                        KILL_AT if optimizer == "sgd" else None)
+                                        {"CGH_TF_KILL_AT": KILL_AT} if optimizer == "sgd" else None)
         started["sgd-multi_worker-whole"][1].extend(
             _start_workers(started["sgd-multi_worker-whole"][0], "sgd"))
-        killer = threading.Thread(target=kill_and_restart)
-        killer.start()
+        hung_pair += _start_workers(str(root / "sgd-multi_worker-hung"), "sgd",
+                                    {"CGH_TF_HANG_AT": KILL_AT},
+                                    [f"--config.collective_timeout={HANG_TIMEOUT}"])
+        watchers = [threading.Thread(target=kill_and_restart),
+                    threading.Thread(target=stop_the_hung_one, args=(hung_pair,))]
+        for watcher in watchers:
+            watcher.start()
         single = {optimizer: _in_process(str(root / f"{optimizer}-none"),
                                          {**SHRUNK, "optimizer.name": optimizer})
                   for optimizer in OPTIMIZERS}
         mirrored = {distribution: _in_process(str(root / f"mirrored-{distribution}"),
                                               {**MIRRORED, "distribution": distribution})
                     for distribution in ("none", "mirrored")}
-        killer.join(max(1.0, deadline - time.time()))
+        for watcher in watchers:
+            watcher.join(max(1.0, deadline - time.time()))
         finished = {name: (workdir, _wait(processes, deadline))
                     for name, (workdir, processes) in started.items()}
-        return {**finished, "killed": killed, "none": single, "mirrored": mirrored,
+        return {**finished, "killed": killed, "hung": hung, "none": single, "mirrored": mirrored,
                 "root": str(root)}
     finally:
-        for _, processes in started.values():
+        for processes in [hung_pair, *(processes for _, processes in started.values())]:
             for process in processes:
                 if process.poll() is None:
                     process.kill()
@@ -214,6 +229,25 @@ def test_when_a_worker_dies_the_chief_stops_in_one_line_and_all_resume(runs):
     with open(os.path.join(workdir, "results.json"), "rb") as resumed, \
             open(os.path.join(whole, "results.json"), "rb") as uninterrupted:
         assert resumed.read() == uninterrupted.read()
+
+
+def _log_time(line):
+    """Seconds of the day of an absl log line (`I1207 06:25:55.197110 ...`)."""
+    hours, minutes, seconds = line.split()[1].split(":")
+    return 3600 * int(hours) + 60 * int(minutes) + float(seconds)
+
+
+def test_when_a_worker_hangs_the_chief_stops_after_the_configured_timeout(runs):
+    code, output = runs["hung"]["chief"]
+    assert code == 1, output[-3000:]
+    last = output.rstrip().splitlines()[-1]
+    assert last.startswith("error: distribution='multi_worker': stopped because another worker "
+                           "died or hung (DeadlineExceededError: Collective has timed out")
+    assert "Traceback" not in output
+    absl = [line for line in output.splitlines() if line[:1] in "IE" and line[1:5].isdigit()]
+    epoch_1 = next(_log_time(line) for line in absl if "epoch 1/2:" in line)
+    stopped = next(_log_time(line) for line in absl if "stopped because" in line)
+    assert HANG_TIMEOUT <= stopped - epoch_1 < HANG_TIMEOUT + 30  # steps 9-12, then the wait
 
 
 def test_mirrored_over_the_logical_cpus_gives_the_results_of_one_process(runs):

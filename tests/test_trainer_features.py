@@ -538,11 +538,12 @@ def test_new_configs_validate(module):
 
 
 def test_sweeps_list_the_arms():
-    assert tuple(winsorize.get_config().sweep["values"]) == (0.0, 1.0, 2.0, 4.0, 8.0)
+    assert tuple(winsorize.get_config().sweep["values"]) == (0.0, 2.0, 4.0, 8.0)
     assert winsorize.get_config().sweep["field"] == "optimizer.winsorize_pct"
-    config = winsorize.get_config()
-    assert config.optimizer.winsorize_pct == 2.0 and config.batch_size == 100
-    assert config.model.kwargs.depth == 3 and config.model.kwargs.width == 256
+    config = winsorize.get_config()  # the README winsorization table's setup
+    assert config.optimizer.winsorize_pct == 2.0 and config.batch_size == 64
+    assert config.learning_rate == 0.2 and config.num_epochs == 30 and config.drop_remainder
+    assert config.model.kwargs.depth == 2 and config.model.kwargs.width == 256
     assert tuple(real_vs_random.get_config().sweep["values"]) == (0.0, 1.0)
 
 
