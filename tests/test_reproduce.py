@@ -118,6 +118,15 @@ def test_memorisation_tiny_files_numbers_and_skip_on_rerun(tmp_path):
     assert table[("50% noise, 200 examples", "SGD (c=0)")]["updates"] == "3"
     assert table[("50% noise, 200 examples", "winsorized SGD, c=2%")]["updates"] == "3"
 
+    # Each robust arm against its matched control, paired by seed (one seed: no interval).
+    pairs = {(d["arm"], d["control"], d["metric"]): d for d in summary["comparisons"]}
+    d = pairs[("noise50/m3", "noise50/sgd_x3", "test")]
+    m3, x3 = (_arm_results(tmp_path, g)[0]["final"]["test_accuracy"]
+              for g in ("noise50/m3", "noise50/sgd_x3"))
+    assert list(d["differences"]) == [m3 - x3] and d["low"] is None and d["n"] == 1
+    assert ("noise50_n200/winsor2", "noise50_n200/winsor0", "updates") in pairs
+    assert "Arm − control, paired by seed" in (tmp_path / "results.md").read_text()
+
     # Arm configs: what each arm claims to be.
     configs = {a.group: a.config for a in experiment.arms}
     assert configs["noise50/sgd_x3"].batch_size == 3 * configs["noise50/sgd"].batch_size

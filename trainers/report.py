@@ -115,7 +115,25 @@ def aggregate(experiment, results: dict) -> dict:
     return {"experiment": experiment.name, "title": experiment.title,
             "metrics": [{"name": m.name, "header": m.header, "fmt": m.fmt}
                         for m in experiment.metrics],
-            "groups": groups, "figures": [f.file for f in experiment.figures]}
+            "groups": groups, "comparisons": paired_comparisons(experiment, groups),
+            "figures": [f.file for f in experiment.figures]}
+
+
+def paired_comparisons(experiment, groups: dict) -> list:
+    """Every metric of every declared (arm, control) pair: arm − control paired by seed, with its
+    95 % Student-t interval (`cgh_tf.statistics.paired_difference`; rows as `runner.difference`)."""
+    from cgh_tf import statistics
+
+    from trainers import runner
+
+    def per_seed(group, name):
+        return {int(k): v for k, v in groups[group]["metrics"][name]["per_seed"].items()}
+
+    return [runner.difference("between arms", arm, control, m.name, None,
+                              statistics.paired_difference(per_seed(arm, m.name),
+                                                           per_seed(control, m.name)))
+            for arm, control in experiment.comparisons if arm in groups and control in groups
+            for m in experiment.metrics]
 
 
 def format_cell(stats: dict, fmt: str) -> str:
@@ -155,6 +173,11 @@ def markdown(experiment, summary: dict, command: str, results: dict) -> str:
         row = ([entry["panel"]] if has_panels else []) + [entry["label"], str(n_seeds)]
         row += [format_cell(entry["metrics"][m.name], m.fmt) for m in metrics]
         lines.append("| " + " | ".join(row) + " |")
+    from trainers import runner
+
+    lines += runner.difference_lines("Arm − control, paired by seed (mean [95 % CI], Student t)",
+                                     summary.get("comparisons", ()),
+                                     {m.name: m.fmt for m in metrics})
     lines.append("")
     for figure in experiment.figures:
         lines += [f"![{figure.title}]({figure.file})", ""]
@@ -163,7 +186,13 @@ def markdown(experiment, summary: dict, command: str, results: dict) -> str:
 
 def parse_markdown_table(text: str) -> list:
     """Rows of the first markdown table in `text` as lists of cell strings (header first)."""
-    rows = [line for line in text.splitlines() if line.startswith("|")]
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
     return [[c.strip() for c in row.strip("|").split("|")] for row in rows if "---|" not in row]
 
 

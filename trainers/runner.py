@@ -109,7 +109,8 @@ def _per_seed(runs, group, key):
     return {arm.seed: result["summary"].get(key) for arm, result in runs if arm.group == group}
 
 
-def _difference(kind, arm, control, metric, control_metric, diff):
+def difference(kind, arm, control, metric, control_metric, diff):
+    """One row of `comparisons` / `contrasts` in results.json (a `statistics.PairedDifference`)."""
     return {"kind": kind, "arm": arm, "control": control, "metric": metric,
             "control_metric": control_metric, **diff.as_dict()}
 
@@ -132,12 +133,12 @@ def tabulate(experiment, runs):
             entry["metrics"][column.key] = {"per_seed": {str(k): v for k, v in per_seed.items()},
                                             "mean": s.mean, "sd": s.sd, "n": s.n}
     comparisons = [
-        _difference("between arms", a, c, col.key, None, statistics.paired_difference(
+        difference("between arms", a, c, col.key, None, statistics.paired_difference(
             _per_seed(runs, a, col.key), _per_seed(runs, c, col.key)))
         for a, c in experiment.declared("comparisons", arms) for col in experiment.columns
         if experiment.compared is None or col.key in experiment.compared]
     contrasts = [
-        _difference("within arm", group, group, metric, control_metric,
+        difference("within arm", group, group, metric, control_metric,
                     statistics.paired_difference(_per_seed(runs, group, metric),
                                                  _per_seed(runs, group, control_metric)))
         for metric, control_metric in experiment.contrasts for group in groups]
@@ -168,6 +169,20 @@ def _interval(d, fmt):
     return f"{format(d['mean'], fmt)} [{format(d['low'], fmt)}, {format(d['high'], fmt)}]"
 
 
+def difference_lines(title, rows, fmts):
+    """The markdown table of paired-difference rows (`difference`); fmts: {metric: format}."""
+    if not rows:
+        return []
+    lines = ["", f"{title}:", "", "| arm | control | quantity | difference [95 % CI] | d_z |",
+             "|---|---|---|---|---|"]
+    for d in rows:
+        quantity = d["metric"] + (f" − {d['control_metric']}" if d["control_metric"] else "")
+        d_z = "n/a" if d["d_z"] is None else f"{d['d_z']:.2f}"
+        lines.append(f"| {d['arm']} | {d['control']} | {quantity} | "
+                     f"{_interval(d, fmts.get(d['metric'], '.3f'))} | {d_z} |")
+    return lines
+
+
 def markdown(experiment, summary, command, setting_lines, analysis_lines):
     """The results.md text: title, command, setting, table, paired differences, verdicts."""
     columns = experiment.columns
@@ -180,17 +195,8 @@ def markdown(experiment, summary, command, setting_lines, analysis_lines):
         lines.append(f"| {group} | {len(entry['seeds'])} | " + " | ".join(
             _cell(entry["metrics"][c.key], c.fmt, len(entry["seeds"])) for c in columns) + " |")
     fmts = {c.key: c.fmt for c in columns}
-    for title, rows in (("Arm − control, paired by seed", summary["comparisons"]),
-                        ("Within each arm, paired by seed", summary["contrasts"])):
-        if rows:
-            lines += ["", f"{title}:", "", "| arm | control | quantity | difference [95 % CI] "
-                      "| d_z |", "|---|---|---|---|---|"]
-            for d in rows:
-                quantity = d["metric"] + (f" − {d['control_metric']}" if d["control_metric"]
-                                          else "")
-                d_z = "n/a" if d["d_z"] is None else f"{d['d_z']:.2f}"
-                lines.append(f"| {d['arm']} | {d['control']} | {quantity} | "
-                             f"{_interval(d, fmts.get(d['metric'], '.3f'))} | {d_z} |")
+    lines += difference_lines("Arm − control, paired by seed", summary["comparisons"], fmts)
+    lines += difference_lines("Within each arm, paired by seed", summary["contrasts"], fmts)
     if summary["verdicts"]:
         lines += ["", "Verdicts (rules declared before the runs):", ""]
         lines += [f"- **{v['rule']}** ({v['statement']}): {v['text']}" for v in summary["verdicts"]]

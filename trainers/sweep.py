@@ -74,6 +74,7 @@ class Sweep:
     metrics: tuple
     figures: tuple
     sub_runs: tuple = ()   # sub-workdirs of an arm whose histories join its own as "<sub>/<key>"
+    comparisons: tuple = ()  # (arm group, control group): every metric differenced, paired by seed
 
     def groups(self) -> list:
         """Arm groups in definition order, each once."""

@@ -107,7 +107,23 @@ def memorisation(base, seeds, noise_levels=(0.0, 0.25, 0.5),
                         f"training examples (to save time), "
                         f"with their own c = 0 row on that subset.")
     return Sweep("memorisation", "Memorisation under label noise", description,
-                      tuple(arms), MEMORISATION_METRICS, tuple(figures))
+                 tuple(arms), MEMORISATION_METRICS, tuple(figures),
+                 comparisons=_comparisons(arms, shown if winsor_arms else ()))
+
+
+# (arm, matched control) per noise level: the median beyond update count / beyond staleness
+MATCHED = (("m3", "sgd_x3"), ("rm3", "ra3"), ("m3", "sgd"), ("rm3", "sgd"))
+
+
+def _comparisons(arms, winsor_groups):
+    """Each robust arm against its matched control at every noise level, and every winsorized
+    arm against the c = 0 arm it is shown with (the first of `winsor_groups`)."""
+    groups = list(dict.fromkeys(a.group for a in arms))
+    pairs = [(f"{n}/{a}", f"{n}/{c}") for n in dict.fromkeys(g.split("/")[0] for g in groups)
+             for a, c in MATCHED if f"{n}/{a}" in groups and f"{n}/{c}" in groups]
+    winsor_groups = list(dict.fromkeys(winsor_groups))
+    pairs += [(g, winsor_groups[0]) for g in winsor_groups[1:]]
+    return tuple(pairs)
 
 
 def _winsorization_arms(base, seeds, pcts, noise, max_train):

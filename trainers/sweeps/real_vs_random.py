@@ -77,5 +77,7 @@ def real_vs_random(base, seeds, noise_levels=None) -> Sweep:
            else "after every epoch")
         + ", for real labels and for 100 % random labels (uniform over all classes, so ~10 % "
         "stay correct). Same m for both arms.")
+    groups = list(dict.fromkeys(a.group for a in arms))
     return Sweep("real_vs_random", "Real vs random labels: m-coherence", description,
-                      tuple(arms), metrics, figures)
+                 tuple(arms), metrics, figures,
+                 comparisons=tuple(("real", g) for g in groups if g != "real" and "real" in groups))
