@@ -147,7 +147,11 @@ _REFERENCES = {}  # case id -> brute-force result (the same model and batch for 
 def test_rules_match_brute_force(case, form):
     name, layers, shape, twice = case
     keras.utils.set_random_seed(0)
-    model = build(layers(), shape, twice)
+    try:
+        built = layers()
+    except ValueError as error:  # a configuration this Keras refuses (strides with dilation < 3.13)
+        pytest.skip(f"this Keras does not build {name}: {error}")
+    model = build(built, shape, twice)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, *shape))
     y = rng.normal(size=(3, *model.output_shape[1:]))
@@ -258,6 +262,10 @@ def test_channels_first_depthwise_and_separable():
                    L.SeparableConv2D(3, 2, data_format="channels_first")], (2, 6, 7))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 2, 6, 7))
+    try:
+        model(x)
+    except tf.errors.UnimplementedError as error:  # the layer itself cannot run here (TF 2.18 CPU)
+        pytest.skip(f"this TensorFlow runs no channels_first depthwise conv on this device: {error}")
     y = rng.normal(size=(3, *model.output_shape[1:]))
     assert_matches(per_example.gradients_and_sq_norms(model, x, y, loss_fn), reference(model, x, y))
     assert_fast(model)
