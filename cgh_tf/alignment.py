@@ -143,7 +143,7 @@ def _check_same_examples(model, first_losses, second_losses):
 def _forward_or_exact(sample, tangent):
     """(g_i·t [m], ℓ_i [m], method), t the unit tangent: forward mode, or the exact path if the
     forward-mode pass cannot be traced."""
-    forward = coherence._cached(sample.model, "alignment_forward", sample.loss, sample.training,
+    forward = coherence.compiled_for(sample.model, "alignment_forward", sample.loss, sample.training,
                                 _build_forward)
     try:
         return (*_stream(forward, sample, tangent, trace_check=True), FORWARD_MODE)
@@ -156,7 +156,7 @@ def _forward_or_exact(sample, tangent):
 
 
 def _exact_dots(sample, tangent):
-    exact = coherence._cached(sample.model, "alignment_exact", sample.loss, sample.training,
+    exact = coherence.compiled_for(sample.model, "alignment_exact", sample.loss, sample.training,
                               _build_exact)
     return _stream(exact, sample, tangent)
 

@@ -265,7 +265,7 @@ def streamed_sums(model, x, y, loss, batch_size, training, sample_weight=None,
     first, blocks = checked_blocks(model, x, y, loss, batch_size, sample_weight)
     precision.check_float32_possible(model, coherence_dtype)
     precision.warn_if_16_bit(model, coherence_dtype)
-    sums = _cached(model, "measure", loss, training, _BatchSums, coherence_dtype=coherence_dtype)
+    sums = compiled_for(model, "measure", loss, training, _BatchSums, coherence_dtype=coherence_dtype)
     parts = [sums(block, i == 0) for i, block in enumerate(itertools.chain([first], blocks))]
     return SampleSums(sums.accumulator, parts[-1][0].numpy(),
                       *(np.concatenate([np.reshape(p[j], [-1]) for p in parts]) for j in (1, 2)))
@@ -312,7 +312,7 @@ def _flat_dot(a, b):
 _COMPILED = weakref.WeakKeyDictionary()  # model -> {(kind, id(loss), training): (loss, built)}
 
 
-def _cached(model, kind, loss, training, build, **options):
+def compiled_for(model, kind, loss, training, build, **options):
     """`build(model, per-example loss fn, training, **options)`, built once per model, loss, mode
     and options.
 
@@ -366,7 +366,7 @@ def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=N
     """
     mask = checked_pristine_mask(pristine_mask)
     variables = list(model.trainable_variables)
-    subset_gradients = _cached(model, "fractions", loss, training, _build_subset_gradients)
+    subset_gradients = compiled_for(model, "fractions", loss, training, _build_subset_gradients)
     sum_p = [np.zeros(v.shape) for v in variables]
     sum_c = [np.zeros(v.shape) for v in variables]
     for xb, yb, _, mb in streaming.batches(x, y, batch_size, extra=mask):

@@ -197,7 +197,7 @@ def test_loss_reduction_fractions_reuse_one_compiled_function():
     pristine = np.arange(12) % 3 != 0
     for _ in range(3):
         coherence.loss_reduction_fractions(model, x, y, pristine, batch_size=6)
-    compiled = coherence._cached(model, "fractions", None, False, None)
+    compiled = coherence.compiled_for(model, "fractions", None, False, None)
     assert compiled.experimental_get_tracing_count() == 1
 
 
@@ -208,7 +208,7 @@ def test_measure_compiles_once_per_model_and_batch_shape():
     first = coherence.measure(model, x, y, batch_size=6)
     for _ in range(3):
         again = coherence.measure(model, x, y, batch_size=5)  # batches of 5, 5 and 2
-    sums = coherence._cached(model, "measure", None, False, None, coherence_dtype=None)
+    sums = coherence.compiled_for(model, "measure", None, False, None, coherence_dtype=None)
     # blocks of stacked full batches: [1, 6] then [2, 5]; single remainder batch: [2]
     assert sums.stacked.experimental_get_tracing_count() <= 2
     assert sums.single.experimental_get_tracing_count() == 1
