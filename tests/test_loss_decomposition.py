@@ -109,7 +109,9 @@ def test_masked_per_token_lm(float64_keras, reduction, weights):
     losses = _check(model, x, y, sample_weight)
     divisor = _divisor(reduction, (M, T), mask, sample_weight)
     reference = _summed_single_example_losses(loss, model, x, y, sample_weight) * M / divisor
-    np.testing.assert_allclose(losses, reference, rtol=1e-12)
+    # Keras' own batch loss (matched to 1e-12 in _check) applies the mask in float32 on Keras 3.12
+    # (6.7e-9 from the float64 hand reference there; 0 from 3.13 on): the reference is held to that.
+    np.testing.assert_allclose(losses, reference, rtol=1e-7)
     assert losses[3] != pytest.approx(losses[1])  # the padded example is weighted by its tokens
 
 
