@@ -30,6 +30,7 @@ Any other layer whose `call` takes `training` (noise layers, user layers, a Kera
 overrides `call`) is counted, since nothing says it ignores the flag.
 """
 
+import functools
 import inspect
 
 import keras
@@ -46,6 +47,14 @@ _PASS_TRAINING_ON = (keras_internals.Functional, keras.Sequential, L.MultiHeadAt
 _RNN_LAYERS = (L.RNN, L.LSTM, L.GRU, L.SimpleRNN, L.ConvLSTM1D, L.ConvLSTM2D, L.ConvLSTM3D)
 
 
+@functools.cache
+def _dropout_cells():
+    """The RNN cell classes whose dropout attributes decide their mode dependence. Built on first
+    use, not at import: a Keras layer made at import would start TF's eager runtime before a
+    program can configure it (MultiWorkerMirroredStrategy must come first)."""
+    return (L.LSTMCell, L.GRUCell, L.SimpleRNNCell, _conv_lstm_cell_class())
+
+
 def _conv_lstm_cell_class():
     """The class of a ConvLSTM layer's cell (Keras exports no name for it), if it has the dropout
     attributes this table reads; else LSTMCell again (no exemption for it)."""
@@ -53,9 +62,6 @@ def _conv_lstm_cell_class():
     if not all(hasattr(cell, name) for name in ("dropout", "recurrent_dropout")):
         return L.LSTMCell
     return type(cell)
-
-
-_DROPOUT_CELLS = (L.LSTMCell, L.GRUCell, L.SimpleRNNCell, _conv_lstm_cell_class())
 
 
 def depends_on_training(layer) -> bool:
@@ -85,7 +91,7 @@ def mode_dependent_layers(model):
 
 def _is_dropout_cell(layer):
     """A Keras RNN cell (with dropout and recurrent_dropout) running its own `call`."""
-    return any(_keras_own(layer, base, "call") for base in _DROPOUT_CELLS)
+    return any(_keras_own(layer, base, "call") for base in _dropout_cells())
 
 
 def _keras_own(layer, base, *methods):

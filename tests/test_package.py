@@ -30,6 +30,18 @@ def test_import_is_light_and_registers_the_keras_serializables():
     assert ours == []
 
 
+def test_import_leaves_the_tf_runtime_unstarted():
+    """Importing the package and the trainer starts no TF eager runtime, so a program can still
+    configure it afterwards (MultiWorkerMirroredStrategy's collective ops, logical devices): a
+    Keras layer built at import time once broke every multi-worker run."""
+    out = run_python(
+        "import tensorflow as tf, cgh_tf, trainers.train\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "print(len(tf.config.list_logical_devices('CPU')))\n")
+    assert out.stdout.splitlines() == ["2"]
+
+
 def test_unknown_attribute_gives_a_clear_error():
     import cgh_tf
 
