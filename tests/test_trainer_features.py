@@ -473,7 +473,7 @@ def test_one_winsorized_step_equals_a_numpy_reference(tmp_path):
     ({"optimizer.name": "m3", "optimizer.winsorize_pct": 2.0},
      "optimizer.aggregation='winsorize' and M3 are two aggregators of the same batch"),
     ({"optimizer.name": "m3", "optimizer.aggregation": "mean", "optimizer.winsorize_pct": 0.0,
-      "optimizer.m3_in_batch": True}, "batch_size=100 divisible by the 3 M3 groups"),
+      "optimizer.m3_in_batch": True}, "batch_size=64 divisible by the 3 M3 groups"),
     ({"easy_hard.probe_epochs": 0}, "easy_hard.probe_epochs=0 must be a positive int"),
     ({"mode": "easy_hard", "easy_hard.learning_times_csv": "/nonexistent.csv"},
      "easy_hard.learning_times_csv='/nonexistent.csv' is not a file"),
