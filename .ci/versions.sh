@@ -20,9 +20,20 @@ tests/test_coherence.py tests/test_layer_rules.py tests/test_models.py tests/tes
 tests/test_robust.py tests/test_package.py"
 
 # name | interpreter | tests ("full" = the whole suite, as `make test`; "core" = CORE_TESTS)
+find_python() {  # find_python X.Y -> an interpreter of that version: on the PATH, else pyenv's
+  local version=$1 found
+  if "python$version" -c 'import sys' 2>/dev/null; then echo "python$version"; return; fi
+  local root=${PYENV_ROOT:-$HOME/.pyenv}
+  if command -v pyenv >/dev/null 2>&1; then root=$(pyenv root); fi
+  for found in "$root"/versions/"$version".*/bin/python"$version"; do
+    if [[ -x $found ]]; then echo "$found"; return; fi
+  done
+  echo "python$version"  # not found: setup_venv says so in one line
+}
+
 PAIRS=(
-  "floor  ${PYTHON310:-python3.10} full"
-  "middle ${PYTHON312:-python3.12} core"
+  "floor  ${PYTHON310:-$(find_python 3.10)} full"
+  "middle ${PYTHON312:-$(find_python 3.12)} core"
 )
 
 pair_field() {  # pair_field NAME FIELD_INDEX

@@ -30,6 +30,7 @@ def test_import_is_light_and_registers_the_keras_serializables():
     assert ours == []
 
 
+@pytest.mark.slow  # a subprocess
 def test_import_leaves_the_tf_runtime_unstarted():
     """Importing the package and the trainer starts no TF eager runtime, so a program can still
     configure it afterwards (MultiWorkerMirroredStrategy's collective ops, logical devices): a
