@@ -93,7 +93,7 @@ class _FunctionLoss(keras.losses.Loss):
     `compile(loss=function)` wraps it."""
 
     def __init__(self, fn):
-        super().__init__(name=getattr(fn, "__name__", "loss"))
+        super().__init__(name=fn.__name__ if hasattr(fn, "__name__") else "loss")
         self._fn = fn
 
     def call(self, y_true, y_pred):
