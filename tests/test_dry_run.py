@@ -43,8 +43,7 @@ def test_dry_run_plans_every_arm_and_trains_nothing(name, tmp_path, no_training)
 @pytest.mark.parametrize("name", ["double_descent", "grokking", "memorisation"])
 def test_dry_run_takes_seeds_and_set_like_a_run_and_rejects_bad_ones(name, tmp_path,
                                                                      no_training):
-    field = "num_epochs" if catalog.kind(name) == "sweep" else "epochs" if name != "grokking" \
-        else "steps"
+    field = {"memorisation": "num_epochs", "grokking": "steps"}.get(name, "epochs")
     reproduce.reproduce(name, str(tmp_path), seeds=1, set_items=[f"{field}=2"], dry_run=True,
                         echo=None or (lambda line: None))
     plan = json.loads((tmp_path / runner.PLAN_FILE).read_text())

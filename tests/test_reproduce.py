@@ -230,14 +230,14 @@ def test_demo_runs_the_50_percent_memorisation_arms_and_prints_table(tmp_path):
     assert list(summary["groups"]) == ["noise50/sgd", "noise50/sgd_x3"]
     text = demo.summary_text(str(tmp_path), summary)
     assert os.path.join(str(tmp_path), "memorisation.png") in text
-    assert "| 50% noise | SGD | 1 |" in text
+    assert "| noise50/sgd | 1 |" in text and "Arm − control" not in text  # the first table
     _assert_png(tmp_path / "memorisation.png")
     (result,) = _arm_results(tmp_path, "noise50/sgd")
     assert result["config"]["label_noise"] == 0.5 and result["epochs_completed"] == 1
     # --fresh retrains: the finished arm is deleted first.
     demo.run_demo(str(tmp_path), arms=("sgd",), epochs=1, fresh=True,
                   overrides={"max_train": 192, "max_test": 50}, echo=None)
-    assert not _json(tmp_path / reproduce.TIMINGS_FILE)["arms"]["noise50/sgd/seed0"]["skipped"]
+    assert _json(tmp_path / "noise50/sgd/seed0/timings.json")["epochs_this_invocation"] == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,10 +346,10 @@ def test_bad_names_and_overrides_raise_clear_errors():
 
 
 def test_demo_pairs_every_robust_arm_with_its_control():
-    experiment = demo.demo_experiment()
-    assert experiment.groups() == ["noise50/sgd", "noise50/m3", "noise50/sgd_x3", "noise50/rm3",
-                                   "noise50/ra3", "noise50/winsor2"]
-    configs = {arm.group: arm.config for arm in experiment.arms}
+    arms = demo.demo_arms()
+    assert [arm.group for arm in arms] == ["noise50/sgd", "noise50/m3", "noise50/sgd_x3",
+                                           "noise50/rm3", "noise50/ra3", "noise50/winsor2"]
+    configs = {arm.group: arm.config for arm in arms}
     winsorized, sgd = configs["noise50/winsor2"], configs["noise50/sgd"]
     assert (winsorized.optimizer.aggregation, winsorized.optimizer.winsorize_pct) == ("winsorize",
                                                                                       2.0)

@@ -20,8 +20,9 @@ from . import sweeps
 DEFAULT_SEEDS = 3
 DECLARED = {"double_descent": ".double_descent", "scale": ".scale", "grokking": ".grokking",
             "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch",
-            "early_stopping": ".early_stopping", "adversarial_init": ".adversarial_init"}
-NAMES = tuple(sweeps.EXPERIMENTS) + tuple(DECLARED)
+            "early_stopping": ".early_stopping", "adversarial_init": ".adversarial_init",
+            "memorisation": ".memorisation", "real_vs_random": ".real_vs_random"}
+NAMES = tuple(dict.fromkeys(tuple(sweeps.EXPERIMENTS) + tuple(DECLARED)))
 SCALES = tuple(dict.fromkeys(sweep.SCALES + ("small", "full")))
 
 

@@ -4,7 +4,7 @@ aggregation beside its matched control.
     python -m trainers.demo --workdir=workdirs/demo            # what `make demo` runs
     python -m trainers.demo --workdir=/tmp/demo --arms=sgd,m3 --epochs=10 --fresh
 
-The `memorisation` experiment of `trainers/sweeps/memorisation.py` (2003.07422, 2002.10657)
+The `memorisation` experiment of `trainers/memorisation.py` (2003.07422, 2002.10657)
 restricted to 50 % label noise on the embedded MNIST-1D: every arm trains the MLP of
 `configs/default.py` for 30 epochs into `WORKDIR/noise50/<arm>/seed0`, then the demo prints the
 table (accuracy on the pristine and on the corrupted training examples — the latter against their
@@ -34,8 +34,7 @@ import sys
 from absl import app, flags
 
 from cgh_tf import workdir_lock
-from trainers import hparams_board, outputs, report, reproduce, run_state, sweeps, train
-from trainers.sweeps import memorisation
+from trainers import hparams_board, memorisation, outputs, reproduce, run_state, runner, train
 
 WINSORIZED = "winsorized"  # winsorized SGD (c = WINSORIZE_PCT); its matched control is `sgd`
 WINSORIZE_PCT = 2.0  # at batch 64: one example clipped on each side, per coordinate
@@ -75,33 +74,36 @@ def clear_arm_dir(path: str) -> None:
         shutil.rmtree(path)
 
 
-def demo_experiment(arms=DEFAULT_ARMS, epochs=DEMO_EPOCHS, overrides=None):
-    """The demo's `trainers.sweep.Sweep`: memorisation at 50 % noise, one seed, the given arms."""
-    return sweeps.build("memorisation", seeds=1,
-                        overrides={"num_epochs": epochs, **(overrides or {})},
-                        noise_levels=(DEMO_NOISE,),
-                        methods=tuple(arm for arm in arms if arm != WINSORIZED),
-                        winsorize_pcts=(WINSORIZE_PCT,) if WINSORIZED in arms else ())
+def demo_arms(arms=DEFAULT_ARMS, epochs=DEMO_EPOCHS, overrides=None):
+    """The demo's `Arm`s of the declared `memorisation` experiment: 50 % noise, one seed, the
+    given arms (every config checked)."""
+    return memorisation.arms("small", 1, {"num_epochs": epochs, **(overrides or {})},
+                             noise_levels=(DEMO_NOISE,),
+                             methods=tuple(arm for arm in arms if arm != WINSORIZED),
+                             winsorize_pcts=(WINSORIZE_PCT,) if WINSORIZED in arms else ())
 
 
 def run_demo(workdir: str, arms=DEFAULT_ARMS, epochs=DEMO_EPOCHS, fresh=False, overrides=None,
              command="python -m trainers.demo", echo=print) -> dict:
     """Train the demo's arms into `workdir` (reusing finished ones unless `fresh`); return the summary."""
-    experiment = demo_experiment(arms, epochs, overrides)
+    planned = demo_arms(arms, epochs, overrides)
     if fresh:
-        for arm in experiment.arms:
+        for arm in planned:
             clear_arm_dir(os.path.join(workdir, arm.path))
-    return reproduce.run(experiment, workdir, command, echo=echo)
+    return runner.run(memorisation.EXPERIMENT, planned, workdir, command, echo=echo)
 
 
 def summary_text(workdir: str, summary: dict) -> str:
-    """What the demo prints: the table of results.md and where the figure and files are."""
-    with open(os.path.join(workdir, report.RESULTS_MD)) as f:
-        table = "\n".join(line for line in f.read().splitlines() if line.startswith("|"))
+    """What the demo prints: the first table of results.md and where the figure and files are."""
+    with open(os.path.join(workdir, runner.RESULTS_MD)) as f:
+        lines = f.read().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    table = "\n".join(lines[first:end])
     figure = os.path.join(workdir, summary["figures"][0])
     return (f"\nMNIST-1D, {DEMO_NOISE:.0%} label noise; accuracy of training examples measured "
             f"against their training labels (corrupted: memorisation).\n\n{table}\n\n"
-            f"figure:  {figure}\ntable:   {os.path.join(workdir, report.RESULTS_MD)}\n"
+            f"figure:  {figure}\ntable:   {os.path.join(workdir, runner.RESULTS_MD)}\n"
             f"TensorBoard: tensorboard --logdir={workdir}")
 
 

@@ -86,9 +86,11 @@ def summary_vs_axis(workdir, name, runs, keys, axis, x_label, title, log_x=None,
     return _save(fig, workdir, name, title)
 
 
-def curves_per_group(workdir, name, runs, keys, x, x_label, title, log_x=None, row_of=None):
+def curves_per_group(workdir, name, runs, keys, x, x_label, title, log_x=None, row_of=None,
+                     series="curves"):
     """One panel per (curve key, y label) and row (`row_of(arm)`; None: one row): every arm's
-    logged curve against curve `x`, labelled by the arm's label."""
+    logged curve (`result[series]`) against curve `x`, labelled by the arm's label; an arm without
+    a key (e.g. corrupted accuracy at 0 % noise) has no line in that panel."""
     plt = pyplot()
     rows = {}
     for arm, results in _groups(runs).values():
@@ -97,11 +99,13 @@ def curves_per_group(workdir, name, runs, keys, x, x_label, title, log_x=None, r
                              squeeze=False)
     for axes_row, (row, members) in zip(axes, rows.items()):
         for i, (arm, results) in enumerate(members):
-            xs = np.array(results[0]["curves"][x], dtype=float)
+            xs = np.array(results[0][series][x], dtype=float)
             xs = np.maximum(xs, 0.5) if log_x else xs
             color = plt.get_cmap("viridis")(i / max(1, len(members) - 1))
             for ax, (key, _) in zip(axes_row, keys):
-                mean, low, high = mean_band(zip(*[r["curves"][key] for r in results]))
+                if any(key not in r[series] for r in results):
+                    continue
+                mean, low, high = mean_band(zip(*[r[series][key] for r in results]))
                 ax.plot(xs, mean, color=color, ls=arm.linestyle, label=arm.label)
                 ax.fill_between(xs, low, high, color=color, alpha=0.15)
         for ax, (_, label) in zip(axes_row, keys):

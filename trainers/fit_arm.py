@@ -1,0 +1,196 @@
+r"""One arm of a declared experiment as a Keras `fit` run (`Experiment(loop="fit")`): the trainer
+(`trainers.train`, `single_run.py`) on the arm's config in the run directory, and the run's table
+numbers read from its `results.json`.
+
+| name                              | what                                                        |
+|-----------------------------------|-------------------------------------------------------------|
+| `Reading(key, header, source)`    | one table column and where its number comes from (below)    |
+| `run_arm(readings)`               | the experiment's `run_arm(config, run_dir, echo)`: train / resume / read one run |
+| `read(result, source)`            | one number of a trainer `results.json` dict                 |
+| `count_updates(result)`           | the optimizer updates a run made                            |
+| `base_config(small, scale)`       | the config every arm starts from at a scale                  |
+
+The run is the trainer's: resumable from its own per-epoch checkpoint (`run_state.py`), refused
+(one line) in a directory holding another config's run, skipped when `results.json` holds a
+finished run of exactly this config. The arm's result (what `runner.py` tabulates):
+`{config, summary: {reading key: number or None}, curves: {step = epoch, epoch, <history key>:
+[per epoch]}, step_curves: {<step_history key>: [...]}, finished, seconds_last_invocation}`.
+
+Sources of a `Reading` (None when the run has no such value, e.g. corrupted accuracy at 0 % noise):
+
+| source                         | the number                                                     |
+|--------------------------------|----------------------------------------------------------------|
+| `("final", key)`               | `results["final"][key]` (after the last epoch)                 |
+| `("history", key, reducer)`    | reducer (first / last / max / min / mean) over the per-epoch `history[key]`, None entries dropped |
+| `("step_history", key, reducer)` | the same over `step_history[key]` (the monitor's per-step measurements) |
+| `("step_at", key, "every")`    | `step_history[key]` at step `coherence.monitor_every_steps` of the run's config |
+| `("step_of_max", key)`         | the step at which `step_history[key]` is largest               |
+| `("updates",)`                 | `count_updates`                                                |
+
+Scales: `small` = the experiment's small config file (MNIST-1D, the MLP of `configs/default.py`);
+`cifar10` / `imagenet` = `configs/cifar10_resnet18.py` / `configs/imagenet_resnet50.py` (the
+authors' recipes, all their epochs; tfds data and accelerators) with the small config's feature
+fields (coherence monitor, ...).
+"""
+
+import copy
+import dataclasses
+import importlib
+import math
+import os
+
+import ml_collections
+
+from trainers import config_schema
+from trainers import outputs
+from trainers.experiment import Column
+
+SCALES = ("small", "cifar10", "imagenet")
+SCALE_CONFIGS = {"cifar10": "cifar10_resnet18", "imagenet": "imagenet_resnet50"}
+FEATURE_SUBTREES = ("mode", "coherence", "learning_times", "easy_hard")
+REDUCERS = {"first": lambda v: v[0], "last": lambda v: v[-1], "max": max, "min": min,
+            "mean": lambda v: math.fsum(v) / len(v)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """A table column (`summary[key]` of every run) read from the trainer's results.json."""
+
+    key: str
+    header: str
+    source: tuple
+    fmt: str = ".3f"
+
+    def column(self) -> Column:
+        return Column(self.key, self.header, self.fmt)
+
+
+def config_file(name) -> ml_collections.ConfigDict:
+    """`configs/<name>.py`'s `get_config()`."""
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+def base_config(small, scale="small") -> ml_collections.ConfigDict:
+    """The config every arm starts from at `scale`: `configs/<small>.py`, or at cifar10 / imagenet
+    the authors' recipe with the feature fields of `configs/<small>.py`; no `sweep`, no noise."""
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r} is unknown; allowed: {', '.join(SCALES)}")
+    config = config_schema.add_feature_fields(config_file(small))
+    if scale != "small":
+        features = config
+        config = config_schema.add_feature_fields(config_file(SCALE_CONFIGS[scale]))
+        for field in FEATURE_SUBTREES:
+            config[field] = copy.deepcopy(features[field])
+        if scale == "imagenet":  # the splits are in-memory arrays
+            config.max_train = config.max_train or 40_000
+            config.max_test = config.max_test or 5_000
+    if "sweep" in config:
+        del config["sweep"]
+    config.label_noise = 0.0
+    return config
+
+
+def sweep_values(config_name, field) -> tuple:
+    """The `sweep.values` of `configs/<config_name>.py` (checked to sweep `field`)."""
+    sweep = importlib.import_module(f"configs.{config_name}").sweep
+    if sweep.field != field:
+        raise ValueError(f"configs/{config_name}.py sweeps {sweep.field!r}, not {field!r}")
+    return tuple(sweep["values"])
+
+
+def with_fields(config, **fields):
+    """A checked copy of `config` with top-level / dotted (`a__b`) fields set (one-line
+    ValueError / `config_schema.ConfigError` for a field or value the trainer would refuse)."""
+    config = config_schema.apply_overrides(config, {k.replace("__", "."): v
+                                                    for k, v in fields.items()})
+    config_schema.validate(config)
+    return config
+
+
+def noise_group(noise) -> str:
+    """"noise50" for 0.5."""
+    return f"noise{round(noise * 100):02d}"
+
+
+def noise_panel(noise) -> str:
+    """"50% noise" for 0.5."""
+    return f"{noise:.0%} noise"
+
+
+# ---------------------------------------------------------------------------- reading a run
+
+def count_updates(result) -> int:
+    """Optimizer updates made by the run of `result` (a trainer results.json dict).
+
+    Batches b = epochs × ceil(n / B) (floor with drop_remainder). SGD / Adam and in-batch M3: b;
+    M3 with k groups over consecutive batches: floor(b / k); RM3 / RA3 with window k:
+    max(0, b − k + 1) (`config_schema.updates_per_batch`)."""
+    config, n = ml_collections.ConfigDict(result["config"]), result["dataset"]["num_train"]
+    per_epoch = n // config.batch_size if config.drop_remainder else -(-n // config.batch_size)
+    batches = per_epoch * result["epochs_completed"]
+    kind, k = config_schema.updates_per_batch(config)
+    return batches if kind == "every" else batches // k if kind == "every_kth" \
+        else max(0, batches - k + 1)
+
+
+def _step_pairs(result, key):
+    series = result.get("step_history", {})
+    return [(s, float(v)) for s, v in zip(series.get("step", []), series.get(key, []))
+            if v is not None]
+
+
+def read(result, source):
+    """The number `source` (module table) of a trainer results.json dict; None if absent."""
+    kind = source[0]
+    if kind == "final":
+        value = result["final"].get(source[1])
+        return None if value is None else float(value)
+    if kind == "updates":
+        return float(count_updates(result))
+    if kind in ("history", "step_history"):
+        values = [float(v) for v in result.get(kind, {}).get(source[1], []) if v is not None]
+        return REDUCERS[source[2]](values) if values else None
+    if kind == "step_at":
+        step = result["config"]["coherence"]["monitor_every_steps"]
+        return next((v for s, v in _step_pairs(result, source[1]) if step and s == step), None)
+    if kind == "step_of_max":
+        pairs = _step_pairs(result, source[1])
+        return float(max(pairs, key=lambda p: p[1])[0]) if pairs else None
+    raise ValueError(f"unknown source {source!r}; allowed kinds: final, history, step_history, "
+                     "step_at, step_of_max, updates")
+
+
+def _finished(result, config) -> bool:
+    """True if `result` is a finished trainer run of exactly `config`."""
+    return (isinstance(result, dict) and result.get("config") == outputs.json_roundtrip(
+        config.to_dict()) and result.get("epochs_completed") == config.num_epochs)
+
+
+def arm_result(result, readings, seconds=None) -> dict:
+    """The arm's result for `runner.py` (module docstring) of a trainer results.json dict."""
+    history = result.get("history", {})
+    epochs = list(range(1, result["epochs_completed"] + 1))
+    return {"config": result["config"], "finished": True,
+            "summary": {r.key: read(result, r.source) for r in readings},
+            "curves": {"step": epochs, "epoch": epochs, **history},
+            "step_curves": result.get("step_history", {}),
+            "seconds_last_invocation": seconds}
+
+
+def run_arm(readings):
+    """`run(config, run_dir, echo=None)` of a fit experiment: train (or resume) the trainer run of
+    `config` in `run_dir` unless it finished; its arm result (module docstring). `echo` not None:
+    the trainer's progress bars (else Keras' one line per epoch)."""
+
+    def run(config, run_dir, echo=None):
+        path = os.path.join(run_dir, outputs.RESULTS_FILE)
+        result = outputs.read_json(path) if os.path.exists(path) else None
+        if not _finished(result, config):
+            from trainers import train
+
+            train.train_and_evaluate(config, run_dir, progress=echo is not None)
+            result = outputs.read_json(path)  # the numbers as written, resumed or not
+        timings = outputs.read_json(os.path.join(run_dir, outputs.TIMINGS_FILE)) or {}
+        return arm_result(result, readings, timings.get("total_seconds"))
+
+    return run

@@ -1,0 +1,162 @@
+r"""Memorisation of noisy labels: SGD vs M3 / RM3 / RA3 / the update-count control, and winsorized
+SGD (2003.07422; 2002.10657). Each arm is one trainer run (Keras `fit`, `fit_arm.py`).
+
+Arms (per seed), at label noise 0 / 25 / 50 %: `sgd`, `m3`, `rm3`, `ra3` and `sgd_x3`; at 50 %
+also winsorized SGD with c = 2, 4, 8 % (`winsor<c>`; its c = 0 is the `sgd` arm). Conventions:
+* M3 / RM3 / RA3 and the SGD baselines use plain SGD (momentum 0), as the authors' code; the base
+  config's weight decay is coupled L2 (`optimizer.l2`, added before the median) for the robust
+  optimizers and Keras' decoupled `weight_decay` for SGD, the same update for momentum-free SGD.
+* `sgd_x3` keeps SGD's learning rate and triples the batch: one update per 3·B examples, as M3.
+* Winsorizing needs a static batch: its arms drop the last partial batch of every epoch (4,000
+  examples, batch 64: 32 examples an epoch). With batch 64 and the nearest-rank percentile, c = 1
+  and 2 % clip the same single value per side, hence c = 2, 4, 8 (1, 3, 5 values per side).
+* `seed` seeds weights, label noise and data order; arm X seed s lives in `WORKDIR/X/seed<s>`.
+
+Declared before any run: every robust arm against its matched control at every noise level (M3 −
+SGD×3: the median beyond the update count; RM3 − RA3: beyond staleness; M3 − SGD, RM3 − SGD) and
+every winsorized arm against SGD, each column paired by seed; the verdict rules compare the
+corrupted examples' training accuracy against their noisy labels (memorisation) at 50 % noise,
+predicted lower for the robust arm.
+"""
+
+import copy
+
+from cgh_tf.statistics import PairedRule
+
+from . import config_schema
+from . import fit_arm
+from .experiment import Arm, Experiment
+from .fit_arm import Reading, noise_group, noise_panel, with_fields
+
+METHODS = {  # name -> (label, optimizer.name, batch multiplier)
+    "sgd": ("SGD", "sgd", 1),
+    "m3": ("M3", "m3", 1),
+    "rm3": ("RM3", "rm3", 1),
+    "ra3": ("RA3", "ra3", 1),
+    "sgd_x3": ("SGD, batch x3 (M3's update count)", "sgd", 3),
+}
+SMALL = {"num_epochs": 30}   # the small scale's change to configs/default.py (< 10 min budget)
+SMALL_WINSORIZE_PCTS = (2.0, 4.0, 8.0)
+RULE_NOISE = 0.5
+MATCHED = (("m3", "sgd_x3"), ("rm3", "ra3"), ("m3", "sgd"), ("rm3", "sgd"))
+RULES = (("m3_vs_update_count_control", "m3", "sgd_x3"), ("rm3_vs_ra3", "rm3", "ra3"),
+         ("m3_vs_sgd", "m3", "sgd"))
+
+READINGS = (
+    Reading("pristine", "pristine train acc", ("final", "pristine_train_accuracy")),
+    Reading("corrupted", "corrupted train acc (vs noisy label)",
+            ("final", "corrupted_train_accuracy")),
+    Reading("test", "test acc", ("final", "test_accuracy")),
+    Reading("best_test", "best test acc (any epoch)", ("history", "val_accuracy", "max")),
+    Reading("updates", "updates", ("updates",), ".0f"),
+)
+
+
+def optimizer_arm_config(base, method):
+    """`base` trained with `method` (a key of METHODS): plain SGD inside, coupled L2 for robust ones."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; allowed: {', '.join(METHODS)}")
+    _, optimizer, multiplier = METHODS[method]
+    config = copy.deepcopy(base)
+    decay = float(config.optimizer.weight_decay) + float(config.optimizer.l2)
+    config.optimizer.name = optimizer
+    config.optimizer.momentum = 0.0
+    config.optimizer.weight_decay = 0.0 if optimizer != "sgd" else decay
+    config.optimizer.l2 = decay if optimizer != "sgd" else 0.0
+    config.batch_size = base.batch_size * multiplier
+    return config
+
+
+def winsorized_config(base, pct):
+    """`base` trained with winsorized SGD at `pct` percent per side, dropping the last partial batch."""
+    config = optimizer_arm_config(base, "sgd")
+    config.drop_remainder = True
+    config.optimizer.aggregation = "winsorize"
+    config.optimizer.winsorize_pct = float(pct)
+    return config
+
+
+def arms(scale="small", seeds=3, overrides=None, noise_levels=(0.0, 0.25, 0.5),
+         methods=tuple(METHODS), winsorize_pcts=None, winsorize_noise=0.5):
+    """The arms at `scale` with seeds 0..seeds−1, every config checked: base
+    (`fit_arm.base_config("default", scale)`, at small scale ← `SMALL`) ← `overrides`, then the
+    arm's changes. winsorize_pcts: the c of the winsorized arms at `winsorize_noise` (None: (2, 4,
+    8); () for none)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"method={unknown[0]!r} is unknown; allowed: {', '.join(METHODS)}")
+    base = fit_arm.base_config("default", scale)
+    if scale == "small":
+        base = config_schema.apply_overrides(base, SMALL)
+    base = config_schema.apply_overrides(base, overrides)
+    runs = [(noise, f"{noise_group(noise)}/{method}", METHODS[method][0],
+             optimizer_arm_config(base, method), "--" if method == "sgd_x3" else "-")
+            for noise in noise_levels for method in methods]
+    pcts = SMALL_WINSORIZE_PCTS if winsorize_pcts is None else winsorize_pcts
+    runs += [(winsorize_noise, f"{noise_group(winsorize_noise)}/winsor{pct:g}",
+              f"winsorized SGD, c={pct:g}%", winsorized_config(base, pct), ":") for pct in pcts]
+    return [Arm(group, label, noise_panel(noise), seed,
+                with_fields(config, label_noise=noise, seed=seed), style)
+            for noise, group, label, config, style in runs for seed in range(seeds)]
+
+
+def comparisons(planned):
+    """Every robust arm against its matched controls at every noise level; every winsorized arm
+    against the SGD arm of its noise level."""
+    groups = list(dict.fromkeys(a.group for a in planned))
+    pairs = [(f"{n}/{a}", f"{n}/{c}") for n in dict.fromkeys(g.split("/")[0] for g in groups)
+             for a, c in MATCHED if f"{n}/{a}" in groups and f"{n}/{c}" in groups]
+    return pairs + [(g, f"{g.split('/')[0]}/sgd") for g in groups
+                    if "/winsor" in g and f"{g.split('/')[0]}/sgd" in groups]
+
+
+def rules(planned):
+    """At 50 % noise: memorisation (corrupted train accuracy) of each robust arm below its control."""
+    groups = {a.group for a in planned}
+    n = noise_group(RULE_NOISE)
+    pairs = [(name, f"{n}/{a}", f"{n}/{c}") for name, a, c in RULES]
+    pairs += [(f"{g.split('/')[1]}_vs_sgd", g, f"{n}/sgd") for g in sorted(groups)
+              if g.startswith(f"{n}/winsor")]
+    return [PairedRule(name, "corrupted", arm, control, prediction="lower")
+            for name, arm, control in pairs if arm in groups and control in groups]
+
+
+def setting(runs):
+    config = runs[0][1]["config"]
+    return [f"Setting (first arm): dataset {config['dataset']}, model "
+            f"`{config['model']['name']}` {config['model'].get('kwargs') or ''}, "
+            f"{config['num_epochs']} epochs, batch {config['batch_size']} (SGD×3: 3×), learning "
+            f"rate {config['learning_rate']}, uniform label noise at the panel's rate. Accuracy "
+            "of the corrupted training examples is measured against their *noisy* training "
+            "labels (memorisation); winsorized SGD clips every coordinate of the per-example "
+            "gradients to its c-th and (100 − c)-th percentile over the batch before averaging.",
+            ""]
+
+
+def figures(workdir, runs):
+    """memorisation.png (a row per noise level) and winsorization.png (SGD and winsorized arms)."""
+    from . import figures as fig
+
+    keys = (("pristine_accuracy", "pristine train acc"),
+            ("corrupted_accuracy", "corrupted train acc (noisy label)"),
+            ("val_accuracy", "test acc"))
+    main = [(a, r) for a, r in runs if "/winsor" not in a.group]
+    files = [fig.curves_per_group(workdir, "memorisation.png", main, keys, x="epoch",
+                                  x_label="epoch", title="Memorisation of noisy labels "
+                                  "(2003.07422)", row_of=lambda arm: arm.panel)]
+    winsor = [(a, r) for a, r in runs if "/winsor" in a.group]
+    if winsor:
+        sgd = [(a, r) for a, r in runs if a.group == f"{winsor[0][0].group.split('/')[0]}/sgd"]
+        files.append(fig.curves_per_group(workdir, "winsorization.png", sgd + winsor, keys,
+                                          x="epoch", x_label="epoch", title="Winsorized SGD "
+                                          "(2002.10657)", row_of=lambda arm: arm.panel))
+    return files
+
+
+EXPERIMENT = Experiment(
+    name="memorisation",
+    title="Memorisation under label noise: robust aggregation vs matched controls",
+    arms=arms, run_arm=fit_arm.run_arm(READINGS),
+    columns=tuple(r.column() for r in READINGS), loop="fit", scales=fit_arm.SCALES,
+    comparisons=comparisons, rules=rules, figures=figures, setting=setting,
+    progress=("pristine", "corrupted", "test"))
