@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cgh_tf import optimizers, statistics
-from trainers import docs_page, graph_loop, runner
+from trainers import graph_loop, runner
 from trainers.experiment import Arm, Column, Experiment
 
 VALUES = {"sgd": [0.50, 0.55, 0.52], "m3": [0.10, 0.20, 0.15]}   # corrupted acc per seed
@@ -83,21 +83,6 @@ def test_plan_rejects_bad_input_in_one_line_before_writing(tmp_path):
         runner.plan(stray, "small", 3)
     with pytest.raises(ValueError, match="loop='keras'"):
         Experiment(**{**TOY.__dict__, "loop": "keras"})
-
-
-def test_docs_page_is_the_intro_plus_the_results_with_figures_copied(tmp_path):
-    workdir, docs = tmp_path / "w", tmp_path / "docs"
-    workdir.mkdir()
-    (workdir / "results.md").write_text("# Toy\n\n| a |\n\n![fig](toy.png)\n")
-    (workdir / "toy.png").write_bytes(b"png")
-    with pytest.raises(ValueError, match="intro/toy.md does not exist"):
-        docs_page.write_page("toy", str(workdir), str(docs))
-    (docs / "experiments" / "intro").mkdir(parents=True)
-    (docs / "experiments" / "intro" / "toy.md").write_text("# Toy claim\n\nWhy.\n")
-    page = docs_page.write_page("toy", str(workdir), str(docs))
-    text = open(page).read()
-    assert "# Toy claim\n\nWhy." in text and "## Results: Toy" in text
-    assert "![fig](../results/toy.png)" in text and (docs / "results" / "toy.png").exists()
 
 
 def test_epoch_updates_cut_the_permutation_into_whole_updates():

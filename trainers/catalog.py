@@ -18,11 +18,11 @@ from . import sweep
 from . import sweeps
 
 DEFAULT_SEEDS = 3
-DECLARED = {"double_descent": ".double_descent", "scale": ".scale", "grokking": ".grokking",
-            "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch",
+DECLARED = {"memorisation": ".memorisation", "real_vs_random": ".real_vs_random",
             "early_stopping": ".early_stopping", "adversarial_init": ".adversarial_init",
-            "memorisation": ".memorisation", "real_vs_random": ".real_vs_random"}
-NAMES = tuple(dict.fromkeys(tuple(sweeps.EXPERIMENTS) + tuple(DECLARED)))
+            "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch",
+            "scale": ".scale", "grokking": ".grokking", "double_descent": ".double_descent"}
+NAMES = tuple(dict.fromkeys(tuple(DECLARED) + tuple(sweeps.EXPERIMENTS)))
 SCALES = tuple(dict.fromkeys(sweep.SCALES + ("small", "full")))
 
 
