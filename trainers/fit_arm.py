@@ -8,7 +8,8 @@ numbers read from its `results.json`.
 | `run_arm(readings)`               | the experiment's `run_arm(config, run_dir, echo)`: train / resume / read one run |
 | `read(result, source)`            | one number of a trainer `results.json` dict                 |
 | `count_updates(result)`           | the optimizer updates a run made                            |
-| `base_config(small, scale)`       | the config every arm starts from at a scale                  |
+| `base_config(small, scale, ...)`  | the config every arm starts from at a scale                  |
+| `experiment(readings, **fields)`  | the `Experiment(loop="fit")` whose table is `readings`       |
 
 The run is the trainer's: resumable from its own per-epoch checkpoint (`run_state.py`), refused
 (one line) in a directory holding another config's run, skipped when `results.json` holds a
@@ -43,7 +44,7 @@ import ml_collections
 
 from trainers import config_schema
 from trainers import outputs
-from trainers.experiment import Column
+from trainers.experiment import Column, Experiment
 
 SCALES = ("small", "cifar10", "imagenet")
 SCALE_CONFIGS = {"cifar10": "cifar10_resnet18", "imagenet": "imagenet_resnet50"}
@@ -70,9 +71,10 @@ def config_file(name) -> ml_collections.ConfigDict:
     return importlib.import_module(f"configs.{name}").get_config()
 
 
-def base_config(small, scale="small") -> ml_collections.ConfigDict:
-    """The config every arm starts from at `scale`: `configs/<small>.py`, or at cifar10 / imagenet
-    the authors' recipe with the feature fields of `configs/<small>.py`; no `sweep`, no noise."""
+def base_config(small, scale="small", small_changes=None, overrides=None):
+    """The config every arm starts from at `scale`: `configs/<small>.py` ← `small_changes` (the
+    small scale's time budget), or at cifar10 / imagenet the authors' recipe with the feature
+    fields of `configs/<small>.py`; no `sweep`, no noise; then ← `overrides` (`--set`)."""
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r} is unknown; allowed: {', '.join(SCALES)}")
     config = config_schema.add_feature_fields(config_file(small))
@@ -87,15 +89,9 @@ def base_config(small, scale="small") -> ml_collections.ConfigDict:
     if "sweep" in config:
         del config["sweep"]
     config.label_noise = 0.0
-    return config
-
-
-def sweep_values(config_name, field) -> tuple:
-    """The `sweep.values` of `configs/<config_name>.py` (checked to sweep `field`)."""
-    sweep = importlib.import_module(f"configs.{config_name}").sweep
-    if sweep.field != field:
-        raise ValueError(f"configs/{config_name}.py sweeps {sweep.field!r}, not {field!r}")
-    return tuple(sweep["values"])
+    if scale == "small":
+        config = config_schema.apply_overrides(config, small_changes)
+    return config_schema.apply_overrides(config, overrides)
 
 
 def with_fields(config, **fields):
@@ -194,3 +190,16 @@ def run_arm(readings):
         return arm_result(result, readings, timings.get("total_seconds"))
 
     return run
+
+
+def describe(config) -> str:
+    """"dataset D, model `M` {kwargs}, E epochs, batch B, learning rate L" of a config dict."""
+    return (f"dataset {config['dataset']}, model `{config['model']['name']}` "
+            f"{config['model'].get('kwargs') or ''}, {config['num_epochs']} epochs, batch "
+            f"{config['batch_size']}, learning rate {config['learning_rate']}")
+
+
+def experiment(readings, **fields) -> Experiment:
+    """The declared fit experiment whose table columns are `readings` (each arm: `run_arm`)."""
+    return Experiment(run_arm=run_arm(readings), columns=tuple(r.column() for r in readings),
+                      loop="fit", scales=SCALES, **fields)

@@ -23,9 +23,8 @@ import copy
 
 from cgh_tf.statistics import PairedRule
 
-from . import config_schema
 from . import fit_arm
-from .experiment import Arm, Experiment
+from .experiment import Arm
 from .fit_arm import Reading, noise_group, noise_panel, with_fields
 
 METHODS = {  # name -> (label, optimizer.name, batch multiplier)
@@ -85,10 +84,7 @@ def arms(scale="small", seeds=3, overrides=None, noise_levels=(0.0, 0.25, 0.5),
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"method={unknown[0]!r} is unknown; allowed: {', '.join(METHODS)}")
-    base = fit_arm.base_config("default", scale)
-    if scale == "small":
-        base = config_schema.apply_overrides(base, SMALL)
-    base = config_schema.apply_overrides(base, overrides)
+    base = fit_arm.base_config("default", scale, SMALL, overrides)
     runs = [(noise, f"{noise_group(noise)}/{method}", METHODS[method][0],
              optimizer_arm_config(base, method), "--" if method == "sgd_x3" else "-")
             for noise in noise_levels for method in methods]
@@ -122,15 +118,11 @@ def rules(planned):
 
 
 def setting(runs):
-    config = runs[0][1]["config"]
-    return [f"Setting (first arm): dataset {config['dataset']}, model "
-            f"`{config['model']['name']}` {config['model'].get('kwargs') or ''}, "
-            f"{config['num_epochs']} epochs, batch {config['batch_size']} (SGD×3: 3×), learning "
-            f"rate {config['learning_rate']}, uniform label noise at the panel's rate. Accuracy "
-            "of the corrupted training examples is measured against their *noisy* training "
-            "labels (memorisation); winsorized SGD clips every coordinate of the per-example "
-            "gradients to its c-th and (100 − c)-th percentile over the batch before averaging.",
-            ""]
+    return [f"Setting (first arm): {fit_arm.describe(runs[0][1]['config'])} (SGD×3: 3× the "
+            "batch), uniform label noise at the arm's rate. Accuracy of the corrupted training "
+            "examples is measured against their *noisy* training labels (memorisation); "
+            "winsorized SGD clips every coordinate of the per-example gradients to its c-th and "
+            "(100 − c)-th percentile over the batch before averaging.", ""]
 
 
 def figures(workdir, runs):
@@ -153,10 +145,8 @@ def figures(workdir, runs):
     return files
 
 
-EXPERIMENT = Experiment(
-    name="memorisation",
-    title="Memorisation under label noise: robust aggregation vs matched controls",
-    arms=arms, run_arm=fit_arm.run_arm(READINGS),
-    columns=tuple(r.column() for r in READINGS), loop="fit", scales=fit_arm.SCALES,
+EXPERIMENT = fit_arm.experiment(
+    READINGS, name="memorisation",
+    title="Memorisation under label noise: robust aggregation vs matched controls", arms=arms,
     comparisons=comparisons, rules=rules, figures=figures, setting=setting,
     progress=("pristine", "corrupted", "test"))

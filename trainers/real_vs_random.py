@@ -17,9 +17,8 @@ the measured steps and after the last epoch is higher with real labels. Without 
 
 from cgh_tf.statistics import PairedRule
 
-from . import config_schema
 from . import fit_arm
-from .experiment import Arm, Experiment
+from .experiment import Arm
 from .fit_arm import Reading, with_fields
 
 SMALL = {"num_epochs": 20}   # the small scale's change to configs/real_vs_random.py
@@ -61,10 +60,7 @@ RULES = (PairedRule("real_more_coherent_early", "pw_train_early", "real", "rando
 def arms(scale="small", seeds=3, overrides=None):
     """`real` and `random` at `scale`, seeds 0..seeds−1, every config checked: base
     (`fit_arm.base_config("real_vs_random", scale)`, at small scale ← `SMALL`) ← `overrides`."""
-    base = fit_arm.base_config("real_vs_random", scale)
-    if scale == "small":
-        base = config_schema.apply_overrides(base, SMALL)
-    base = config_schema.apply_overrides(base, overrides)
+    base = fit_arm.base_config("real_vs_random", scale, SMALL, overrides)
     if not base.coherence.monitor_samples:
         raise ValueError("real_vs_random needs coherence.monitor_samples > 0 (the sample size m)")
     return [Arm(group, label, "", seed, with_fields(base, label_noise=noise, seed=seed))
@@ -73,9 +69,7 @@ def arms(scale="small", seeds=3, overrides=None):
 
 def setting(runs):
     c = runs[0][1]["config"]
-    return [f"Setting: dataset {c['dataset']}, model `{c['model']['name']}` "
-            f"{c['model'].get('kwargs') or ''}, SGD lr {c['learning_rate']}, batch "
-            f"{c['batch_size']}, {c['num_epochs']} epochs; monitor samples of m = "
+    return [f"Setting: {fit_arm.describe(c)}, plain SGD; monitor samples of m = "
             f"{c['coherence']['monitor_samples']} training / test examples, measured at step 0, "
             f"every {c['coherence']['monitor_every_steps']} batches and every epoch end.", ""]
 
@@ -107,10 +101,7 @@ def figures(workdir, runs):
     return files
 
 
-EXPERIMENT = Experiment(
-    name="real_vs_random",
-    title="Real vs random labels: coherence of fixed samples",
-    arms=arms, run_arm=fit_arm.run_arm(READINGS),
-    columns=tuple(r.column() for r in READINGS), loop="fit", scales=fit_arm.SCALES,
-    comparisons=(("real", "random"),), compared=COMPARED, rules=RULES, figures=figures,
-    setting=setting, progress=("pw_train_early", "pw_train_last", "test"))
+EXPERIMENT = fit_arm.experiment(
+    READINGS, name="real_vs_random", title="Real vs random labels: coherence of fixed samples",
+    arms=arms, comparisons=(("real", "random"),), compared=COMPARED, rules=RULES,
+    figures=figures, setting=setting, progress=("pw_train_early", "pw_train_last", "test"))
