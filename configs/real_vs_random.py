@@ -19,8 +19,8 @@ pristine sample; the corrupted sample and f^p / f^c are logged when p > 0.
     python -m trainers.train --config=configs/real_vs_random.py --workdir=/tmp/random \\
         --config.label_noise=1.0
 
-`sweep` = `{"field": dotted config field, "values": tuple}` lists the arms for a multi-arm runner
-(`trainers/reproduce.py`); the trainer itself ignores it.
+`sweep` = `{"field": dotted config field, "values": tuple}` lists the two arms of the
+`real_vs_random` experiment (`trainers/real_vs_random.py`); the trainer itself ignores it.
 """
 
 import ml_collections

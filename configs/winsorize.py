@@ -5,7 +5,7 @@ nearest-rank percentiles before averaging. c = 0 is plain SGD. The paper's claim
 suppresses the weak directions that memorise the noisy labels (lower accuracy on corrupted
 examples) far more than it slows learning of the pristine ones.
 
-This is the setup behind the README's "Winsorized GD" table (`trainers/sweeps/memorisation.py`
+This is the setup behind the README's "Winsorized GD" table (`trainers/memorisation.py`
 on `configs/default.py`: 50 % uniform noise, all 4,000 examples, 30 epochs, c ∈ {2, 4, 8} against
 c = 0), so a single run of this config reproduces one cell of that table:
 
@@ -27,7 +27,7 @@ The sweep: one workdir per value,
           --config.optimizer.winsorize_pct=$c
     done
 
-(`sweep` = `{"field", "values"}` is what the multi-arm runner `trainers/reproduce.py` reads; the
+(`sweep` = `{"field", "values"}` lists the values of the memorisation experiment's arms; the
 trainer ignores it). Cost per step, measured at batch 100 with a 3 × 256 MLP: ≈ 3–4× plain SGD for
 c ≤ 4 (fused XLA network; the first step compiles it), ≈ 50× for c = 8 (too large for the network:
 top_k on column blocks).

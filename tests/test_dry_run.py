@@ -20,7 +20,6 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a dry run trained something")
 
-    monkeypatch.setattr(catalog, "execute", refuse)
     monkeypatch.setattr(runner, "run", refuse)
     monkeypatch.setattr(train, "train_and_evaluate", refuse)
     monkeypatch.setattr(single_run, "run", refuse, raising=False)

@@ -3,7 +3,6 @@ real trainer runs at a tiny size, every table number recomputed here from the ar
 `results.json` with NumPy, the controls and rules as declared, finished arms read not retrained."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -201,29 +200,11 @@ def test_bad_arms_raise_one_line_before_anything():
         fit_arm.base_config("default", "tpu")
 
 
-def test_declared_arms_are_the_sweeps_arms():
-    """The port keeps every arm: the same configs (so the same trainer runs and numbers) for the
-    same seeds, at every scale, with the same groups and controls."""
-    from trainers import outputs, sweeps
+def test_the_config_files_list_the_arms_the_experiments_plan():
+    from configs import real_vs_random as rvr_config
+    from configs import winsorize
 
-    for name in ("memorisation", "real_vs_random"):
-        for scale in fit_arm.SCALES:
-            arms, experiment = catalog.plan(name, scale, 2)
-            old = sweeps.build(name, scale, 2)
-            assert ({a.path: outputs.json_roundtrip(a.config.to_dict()) for a in arms}
-                    == {a.path: outputs.json_roundtrip(a.config.to_dict()) for a in old.arms})
-            assert tuple(experiment.declared("comparisons", arms)) == tuple(old.comparisons)
-    assert os.path.basename(memorisation.__file__) == "memorisation.py"
-
-
-def test_readings_equal_the_sweeps_report(tiny_memorisation):
-    """The same numbers as the sweep version: its report's reading of every arm's results.json."""
-    from trainers import report
-    from trainers.sweeps.memorisation import MEMORISATION_METRICS
-
-    workdir, arms, summary = tiny_memorisation
-    for arm in arms:
-        result = _json(workdir / arm.path / "results.json")
-        for metric in MEMORISATION_METRICS:
-            assert (summary["groups"][arm.group]["metrics"][metric.name]["per_seed"][str(arm.seed)]
-                    == report.metric_value(result, metric)), (arm.path, metric.name)
+    assert tuple(c for c in winsorize.get_config().sweep["values"] if c) == \
+        memorisation.SMALL_WINSORIZE_PCTS
+    assert tuple(rvr_config.get_config().sweep["values"]) == tuple(
+        noise for noise, _ in real_vs_random.ARMS.values())

@@ -32,8 +32,8 @@ from configs import default
 from trainers import config_schema
 from trainers import outputs
 from trainers import run_state
-from trainers import report
-from trainers import sweep
+from trainers import figures
+from trainers import fit_arm
 from trainers import train
 
 BATCH, STEPS, EPOCHS, EVERY = 10, 4, 5, 10
@@ -197,17 +197,16 @@ def test_trainer_writes_no_tensorboard_scalar_for_unmeasured_epochs(trainer_runs
     assert sorted(scalars["epoch_loss"]) == list(range(EPOCHS))
 
 
-def test_report_helpers_read_the_nulls(trainer_runs):
+def test_readings_and_bands_read_the_nulls(trainer_runs):
     with open(os.path.join(trainer_runs["whole"], outputs.RESULTS_FILE)) as f:
         results = json.load(f)
     values = [v for v in results["history"]["m_coherence"] if v is not None]
-    mean, low, high = report.curves([results], "m_coherence")
+    mean, low, high = figures.mean_band(zip(results["history"]["m_coherence"]))
     assert list(np.isnan(mean)) == [not m for m in MEASURED]
     np.testing.assert_allclose(mean[np.isfinite(mean)], values)
-    metric = sweep.Metric("coh", "m-coh.", ("history", "m_coherence", "mean"), ".2f")
-    assert report.metric_value(results, metric) == pytest.approx(np.mean(values))
-    last = sweep.Metric("coh", "m-coh.", ("history", "m_coherence", "last"), ".2f")
-    assert report.metric_value(results, last) == values[-1]
+    read = fit_arm.read(results, ("history", "m_coherence", "mean"))
+    assert read == pytest.approx(np.mean(values))
+    assert fit_arm.read(results, ("history", "m_coherence", "last")) == values[-1]
 
 
 def test_curves_png_has_an_m_coherence_panel_with_measured_points_only(trainer_runs):

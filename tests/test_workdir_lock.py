@@ -167,14 +167,3 @@ def test_an_experiment_workdir_in_use_is_refused(tmp_path):
     with workdir_lock.hold(tmp_path, "experiment"):
         with pytest.raises(workdir_lock.WorkdirBusy):
             runner.run(toy, [Arm("g", "g", "", 0, None)], str(tmp_path), echo=None)
-
-
-
-def test_a_sweep_workdir_in_use_is_refused_before_any_arm(tmp_path, no_data):
-    from trainers import reproduce, sweeps
-
-    experiment = sweeps.build("memorisation", seeds=1)
-    with workdir_lock.hold(tmp_path, "sweep memorisation"):
-        with pytest.raises(workdir_lock.WorkdirBusy, match="in use by sweep memorisation pid"):
-            reproduce.run(experiment, str(tmp_path), "test", echo=None)
-    assert os.listdir(tmp_path) == []

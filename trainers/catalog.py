@@ -1,69 +1,30 @@
-"""Every experiment by name, each planned and run through one path (`trainers.reproduce`).
-
-| kind       | experiments                                   | planned by                  | run by      |
-|------------|-----------------------------------------------|-----------------------------|-------------|
-| declared   | `DECLARED`: modules with an `EXPERIMENT` (`experiment.Experiment`) | `runner.plan` | `runner.run` |
-| sweep      | the papers' sweeps (`trainers/sweeps/`, Keras `fit` per arm) | `sweeps.build`, configs validated | `reproduce.run` |
-
-`plan` validates every arm of any of them (one-line ValueError, nothing written, nothing trained),
-so `--dry_run` means the same for every experiment. Default seeds: `DEFAULT_SEEDS` (3) unless an
-experiment declares more.
+"""Every experiment by name: a module of `trainers/` that declares an `EXPERIMENT`
+(`experiment.Experiment`), planned by `runner.plan` and run by `runner.run` through one path
+(`trainers.reproduce`). `plan` validates every arm (one-line ValueError, nothing written, nothing
+trained), so `--dry_run` means the same for every experiment. Default seeds: the experiment's own
+(`Experiment.default_seeds`, 3 or more).
 """
 
 import importlib
 
-from . import config_schema
 from . import runner
-from . import sweep
-from . import sweeps
 
-DEFAULT_SEEDS = 3
 DECLARED = {"memorisation": ".memorisation", "real_vs_random": ".real_vs_random",
             "early_stopping": ".early_stopping", "adversarial_init": ".adversarial_init",
             "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch",
             "scale": ".scale", "grokking": ".grokking", "double_descent": ".double_descent"}
-NAMES = tuple(dict.fromkeys(tuple(DECLARED) + tuple(sweeps.EXPERIMENTS)))
-SCALES = tuple(dict.fromkeys(sweep.SCALES + ("small", "full")))
-
-
-def _module(table, name):
-    return importlib.import_module(table[name], __package__)
-
-
-def kind(name):
-    """"declared" or "sweep"; ValueError for an unknown name."""
-    for label, table in (("declared", DECLARED), ("sweep", sweeps.EXPERIMENTS)):
-        if name in table:
-            return label
-    raise ValueError(f"experiment={name!r} is unknown; allowed: {', '.join(NAMES)}")
+NAMES = tuple(DECLARED)
+SCALES = ("small", "full", "cifar10", "imagenet")   # every experiment's `scales` is a subset
 
 
 def declared(name):
-    """The `Experiment` of a declared experiment."""
-    return _module(DECLARED, name).EXPERIMENT
+    """The `Experiment` of experiment `name`; ValueError (one line) for an unknown name."""
+    if name not in DECLARED:
+        raise ValueError(f"experiment={name!r} is unknown; allowed: {', '.join(NAMES)}")
+    return importlib.import_module(DECLARED[name], __package__).EXPERIMENT
 
 
 def plan(name, scale="small", seeds=None, overrides=None):
-    """`(arms, handle)`: every arm of experiment `name` with its config checked; `handle` is what
-    `execute` runs (the Experiment or the Sweep)."""
-    which = kind(name)
-    if seeds is not None:
-        runner.check_seeds(seeds)
-    if which == "declared":
-        experiment = declared(name)
-        return runner.plan(experiment, scale, seeds, overrides), experiment
-    built = sweeps.build(name, scale, seeds or max(DEFAULT_SEEDS, sweeps.EXPERIMENTS[name][1]),
-                         overrides)
-    for arm in built.arms:
-        config_schema.validate(arm.config)
-    return list(built.arms), built
-
-
-def execute(name, arms, handle, workdir, command, progress=False, echo=print):
-    """Run what `plan` planned; returns the experiment's results.json dict."""
-    which = kind(name)
-    if which == "declared":
-        return runner.run(handle, arms, workdir, command, echo=echo, progress=progress)
-    from . import reproduce
-
-    return reproduce.run(handle, workdir, command, progress, echo=echo)  # holds the lock
+    """`(arms, experiment)`: every arm of experiment `name` with its config checked."""
+    experiment = declared(name)
+    return runner.plan(experiment, scale, seeds, overrides), experiment
