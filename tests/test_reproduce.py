@@ -207,23 +207,6 @@ def test_real_vs_random_coherence_curves_and_per_layer_figure(tmp_path):
                                            for layer in ("dense_0", "dense_1", "logits")]
 
 
-def test_easy_hard_tiny_reads_the_parts_of_each_arm(tmp_path):
-    experiment = sweeps.build("easy_hard", seeds=1,
-                                   overrides={**TINY, "easy_hard.probe_epochs": 1})
-    _run(experiment, tmp_path)
-    _assert_png(tmp_path / "easy_hard.png")
-    (result,) = _arm_results(tmp_path, "easy_hard")
-    _, table = _table(tmp_path)
-    row = table[("easy / hard",)]
-    assert row["easy: test acc (own held-out part)"] == _cell(
-        [result["final"]["easy_test_accuracy"]], ".3f")
-    assert row["hard: test acc (own held-out part)"] == _cell(
-        [result["final"]["hard_test_accuracy"]], ".3f")
-    easy = _json(tmp_path / "easy_hard" / "seed0" / "easy" / "results.json")
-    assert row["easy: train acc (last)"] == _cell([easy["history"]["accuracy"][-1]], ".3f")
-    assert int(row["easy examples"]) + int(row["hard examples"]) == 300
-
-
 def test_demo_runs_the_50_percent_memorisation_arms_and_prints_table(tmp_path):
     summary = demo.run_demo(str(tmp_path), arms=("sgd", "sgd_x3"), epochs=1,
                             overrides={"max_train": 192, "max_test": 50}, echo=None)
@@ -256,7 +239,7 @@ def test_scales_give_valid_configs_with_the_authors_hyperparameters(tmp_path, sc
         for arm in experiment.arms:
             config_schema.validate(arm.config)
             assert arm.config.dataset == dataset and arm.config.learning_rate == lr
-            assert arm.config.model.name == model or name == "easy_hard"
+            assert arm.config.model.name == model
     memorisation = {a.group: a.config for a in sweeps.build("memorisation", scale).arms}
     decay = 5e-4 if scale == "cifar10" else 1e-4
     m3 = memorisation["noise50/m3"]

@@ -3,7 +3,7 @@ r"""Reproduce one experiment of the papers with one command: all arms, all seeds
     python -m trainers.reproduce --experiment=memorisation --workdir=workdirs/memorisation
     python -m trainers.reproduce --experiment=real_vs_random --workdir=DIR --seeds=3
     python -m trainers.reproduce --experiment=memorisation --workdir=DIR --scale=cifar10 --dry_run
-    python -m trainers.reproduce --experiment=easy_hard --workdir=DIR --set=num_epochs=5
+    python -m trainers.reproduce --experiment=easy_hard --workdir=DIR --set=epochs=5
 
 Experiments by name: `trainers/catalog.py` (declared experiments run by `trainers/runner.py`;
 the papers' sweeps in `trainers/sweeps/`, each arm one `trainers.train` run; the experiments not

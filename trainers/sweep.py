@@ -5,7 +5,7 @@ tabulate and plot (docs/design.md, "Trainers"). The experiments are in `trainers
 Scales (`--scale`): `small` = the embedded MNIST-1D with the MLP of `configs/default.py`, epochs
 cut to fit < 10 minutes per experiment on 2 CPU cores (`trainers/sweeps/__init__.py`);
 `cifar10` / `imagenet` = `configs/cifar10_resnet18.py` / `configs/imagenet_resnet50.py`
-(`configs/imagenet_easy_hard.py` for easy_hard): the authors' hyperparameters, all their epochs,
+the authors' hyperparameters, all their epochs,
 every arm of the experiment (these need the tfds data and accelerators).
 """
 
@@ -86,7 +86,6 @@ class Sweep:
 SMALL_CONFIGS = {
     "real_vs_random": "real_vs_random",
     "memorisation": "default",
-    "easy_hard": "easy_hard",
     "loss_fractions": "default",
 }
 FEATURE_SUBTREES = ("mode", "coherence", "learning_times", "easy_hard")
@@ -94,7 +93,6 @@ FEATURE_SUBTREES = ("mode", "coherence", "learning_times", "easy_hard")
 SCALE_CONFIGS = {
     "cifar10": "cifar10_resnet18",
     "imagenet": "imagenet_resnet50",
-    ("imagenet", "easy_hard"): "imagenet_easy_hard",  # ResNet-18, 40k / 5k examples in memory
 }
 
 

@@ -13,13 +13,12 @@ sub-workdir — together with the `Metric`s of its `results.md` table and the `F
 |                  |                                   | batch x 3 = M3's number of updates) at 0 / 25 / 50 % label noise;  |
 |                  |                                   | winsorized SGD at 50 % noise (small scale: c = 2, 4, 8 %; the      |
 |                  |                                   | `sgd` arm is c = 0)                                              |
-| `easy_hard`      | 2003.07422                        | `configs/easy_hard.py`: probe run, easy / hard split, a run on each |
-|                  |                                   | part tested on its own held-out half                             |
 | `loss_fractions` | 2002.10657 (ICLR 2020)            | SGD at 25 % and 50 % noise; f^p / f^c of a fixed training sample |
 |                  |                                   | and m-coherence of pristine / corrupted samples, at step 0,      |
 |                  |                                   | every 21 steps (3 per epoch of 63 batches) and every epoch       |
 
-Default seeds: 2 (real_vs_random, loss_fractions; memorisation: 18 arms × 2), 3 (easy_hard).
+Default seeds: 2 (real_vs_random, loss_fractions; memorisation: 18 arms × 2). `easy_hard` is a
+declared experiment now (`trainers/easy_hard_controls.py`: random-split controls, cross-evaluation).
 
 The experiments beyond these sweeps (grokking, double descent, early stopping, adversarial
 initialisation, depth and width, real vs random across architectures, scale) run their own
@@ -33,7 +32,7 @@ Step measurements (`coherence.monitor_every_steps`, `feature_callbacks.StepMeasu
 Scales (`--scale`): `small` = the embedded MNIST-1D with the MLP of `configs/default.py`, epochs
 cut to fit < 10 minutes per experiment on 2 CPU cores (`SMALL_SCALE`, `SMALL_SCALE_ARGS`);
 `cifar10` / `imagenet` = `configs/cifar10_resnet18.py` / `configs/imagenet_resnet50.py`
-(`configs/imagenet_easy_hard.py` for easy_hard): the authors' hyperparameters, all their epochs,
+the authors' hyperparameters, all their epochs,
 every arm of the experiment (these need the tfds data and accelerators).
 
 With batch 64 and the nearest-rank percentile, winsorizing c = 1 % and c = 2 % clip the same single
@@ -53,13 +52,12 @@ Arm conventions (all scales):
 from trainers import config_schema
 from trainers import sweep
 from trainers.sweep import Sweep
-from trainers.sweeps import easy_hard, loss_fractions, memorisation, real_vs_random
+from trainers.sweeps import loss_fractions, memorisation, real_vs_random
 
 # name -> (builder, default number of seeds)
 EXPERIMENTS = {
     "real_vs_random": (real_vs_random.real_vs_random, 2),
     "memorisation": (memorisation.memorisation, 2),
-    "easy_hard": (easy_hard.easy_hard, 3),
     "loss_fractions": (loss_fractions.loss_fractions, 2),
 }
 # Default builder arguments at the small scale (time budget; see the module docstring).
@@ -67,7 +65,6 @@ SMALL_SCALE_ARGS = {"memorisation": {"winsorize_pcts": (2.0, 4.0, 8.0)}}
 SMALL_SCALE = {  # default overrides at the small scale (chosen for < 10 min on 2 busy cores)
     "real_vs_random": {"num_epochs": 20},
     "memorisation": {"num_epochs": 30},
-    "easy_hard": {"num_epochs": 30},
     "loss_fractions": {"num_epochs": 30},
 }
 
