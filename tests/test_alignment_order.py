@@ -92,3 +92,30 @@ def test_alignment_order_rejects_bad_configs_before_any_run(overrides, message, 
     with pytest.raises(ValueError, match=message):
         runner.plan(alignment_order.EXPERIMENT, "small", 1, overrides)
     assert not os.listdir(tmp_path)
+
+
+def test_alignment_order_resumed_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    """A run killed between two checkpoints (here: its epoch-3 log fails, after the epoch-2
+    checkpoint) resumes from the checkpoint, re-logs epoch 3 and ends with the per-example records
+    and summary of a run that was never interrupted."""
+    (arm,) = [a for a in runner.plan(alignment_order.EXPERIMENT, "small", 1, TINY)
+              if a.group == "mnist1d"]
+    clean = alignment_order.EXPERIMENT.run_arm(arm.config, str(tmp_path / "clean"), echo=None)
+    put = per_example_runs.EpochRecords.put
+
+    def crash_at_epoch_3(self, epoch, **arrays):
+        if epoch == 3:
+            raise KeyboardInterrupt("killed")
+        put(self, epoch, **arrays)
+
+    monkeypatch.setattr(per_example_runs.EpochRecords, "put", crash_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        alignment_order.EXPERIMENT.run_arm(arm.config, str(tmp_path / "resumed"), echo=None)
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    monkeypatch.setattr(per_example_runs.EpochRecords, "put", put)
+    lines = []
+    resumed = alignment_order.EXPERIMENT.run_arm(arm.config, str(tmp_path / "resumed"),
+                                                 echo=lines.append)
+    assert any("resumed" in line and "epoch 2" in line for line in lines)
+    assert resumed["summary"] == clean["summary"]
+    assert resumed["curves"] == clean["curves"]

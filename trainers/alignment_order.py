@@ -56,7 +56,7 @@ def _train(config, run_dir, echo):
     curves = graph_loop.run_logged_epochs(
         run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
         epochs=config.epochs, log_epochs=range(int(config.epochs) + 1),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x))
+        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x), echo=echo)
     epochs = curves["epoch"]
     times = per_example_runs.learning_epochs(records.stacked("correct", epochs), epochs)
     summary, profiles = order_statistics(records.get(0, "alignment"), times,

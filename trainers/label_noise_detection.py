@@ -69,7 +69,7 @@ def _train(config, run_dir, echo):
     curves = graph_loop.run_logged_epochs(
         run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
         epochs=config.epochs, log_epochs=range(int(config.epochs) + 1),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x))
+        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x), echo=echo)
     summary = {f"{key}/e{int(epoch)}": value for key in curves if "/" in key
                for epoch, value in zip(curves["epoch"], curves[key])
                if epoch in config.score_epochs and value is not None}
