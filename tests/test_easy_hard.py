@@ -34,6 +34,12 @@ def test_partition_gives_equal_size_random_controls_from_the_same_pools():
     assert all(np.array_equal(a, b) for p in parts for a, b in zip(parts[p], again[p]))
 
 
+def test_partition_refuses_a_probe_that_leaves_a_part_too_small():
+    with pytest.raises(ValueError, match="the probe left the hard part with 0 training and 0 "
+                       "test examples .100 of 100 examples easy.; .* change probe_epochs"):
+        easy_hard_controls.partition(np.ones(100, bool), seed=0, test_fraction=0.5)
+
+
 def _eager_probe(config, x, y):
     """The probe of a run, recomputed in eager mode with a plain GradientTape SGD loop."""
     import keras

@@ -40,7 +40,8 @@ def partition(easy, seed, test_fraction):
     """{part: (train indices, test indices)} (sorted int arrays) of the four `PARTS` from the
     [n] bool `easy` mask: easy / hard split by `default_rng([seed, 4099])` with round(test_fraction
     · size) test examples each; the random parts partition the union of the easy and hard
-    training (test) parts into sizes equal to easy's and hard's."""
+    training (test) parts into sizes equal to easy's and hard's. ValueError (one line) if a part
+    would have fewer than 2 training or 1 test example."""
     rng = np.random.default_rng([int(seed), 4099])
 
     def split(idx, first):   # (sorted first `first` of a permutation, sorted rest)
@@ -56,6 +57,11 @@ def partition(easy, seed, test_fraction):
     r1_train, r2_train = split(np.concatenate([e_train, h_train]), len(e_train))
     r1_test, r2_test = split(np.concatenate([e_test, h_test]), len(e_test))
     parts["random_easy_size"], parts["random_hard_size"] = (r1_train, r1_test), (r2_train, r2_test)
+    for name, (train, test) in parts.items():
+        common.require(len(train) >= 2 and len(test) >= 1, (
+            f"the probe left the {name} part with {len(train)} training and {len(test)} test "
+            f"examples ({int(easy.sum())} of {len(easy)} examples easy); a part needs at least 2 "
+            "and 1: change probe_epochs or test_fraction"))
     return parts
 
 
