@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from trainers import beyond_common, config_schema, easy_hard_controls, graph_loop, runner
+from trainers import beyond_common, config_schema, easy_hard, graph_loop, runner
 
 TINY = {"dataset": "mnist1d", "epochs": 2, "probe_epochs": 1, "width": 16, "depth": 1,
         "batch_size": 256, "coherence_samples": 24}
@@ -16,7 +16,7 @@ TINY = {"dataset": "mnist1d", "epochs": 2, "probe_epochs": 1, "width": 16, "dept
 
 def test_partition_gives_equal_size_random_controls_from_the_same_pools():
     easy = np.random.default_rng(0).random(101) < 0.3
-    parts = easy_hard_controls.partition(easy, seed=4, test_fraction=0.5)
+    parts = easy_hard.partition(easy, seed=4, test_fraction=0.5)
     (e_tr, e_te), (h_tr, h_te) = parts["easy"], parts["hard"]
     assert set(e_tr) | set(e_te) == set(np.flatnonzero(easy))
     assert set(h_tr) | set(h_te) == set(np.flatnonzero(~easy))
@@ -30,14 +30,14 @@ def test_partition_gives_equal_size_random_controls_from_the_same_pools():
     assert len(every) == len(set(every)) == 101
     assert not set(r1_tr) & set(r2_tr) and not set(r1_te) & set(r2_te)
     assert 0 < len(set(r1_tr) & set(e_tr)) < len(e_tr)       # random, not the easy part again
-    again = easy_hard_controls.partition(easy, seed=4, test_fraction=0.5)
+    again = easy_hard.partition(easy, seed=4, test_fraction=0.5)
     assert all(np.array_equal(a, b) for p in parts for a, b in zip(parts[p], again[p]))
 
 
 def test_partition_refuses_a_probe_that_leaves_a_part_too_small():
     with pytest.raises(ValueError, match="the probe left the hard part with 0 training and 0 "
                        "test examples .100 of 100 examples easy.; .* change probe_epochs"):
-        easy_hard_controls.partition(np.ones(100, bool), seed=0, test_fraction=0.5)
+        easy_hard.partition(np.ones(100, bool), seed=0, test_fraction=0.5)
 
 
 def _eager_probe(config, x, y):
@@ -83,17 +83,17 @@ def _pairwise_coherence_brute_force(model, x, y):
 def test_easy_hard_tiny_run_against_an_eager_probe_and_brute_force_coherence(tmp_path):
     from cgh_tf import data
 
-    experiment = easy_hard_controls.EXPERIMENT
+    experiment = easy_hard.EXPERIMENT
     arms = runner.plan(experiment, "small", 1, TINY)
-    assert [a.group for a in arms] == [f"mnist1d/{p}" for p in easy_hard_controls.PARTS]
+    assert [a.group for a in arms] == [f"mnist1d/{p}" for p in easy_hard.PARTS]
     summary = runner.run(experiment, arms, str(tmp_path), "test", echo=None)
     assert summary["analyses"] == {"probe_split_identical": True}
     ds = data.load("mnist1d")
     x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
     config = arms[0].config
     easy, model = _eager_probe(config, x, y)
-    parts = easy_hard_controls.partition(easy, 0, config.test_fraction)
-    for part in easy_hard_controls.PARTS:
+    parts = easy_hard.partition(easy, 0, config.test_fraction)
+    for part in easy_hard.PARTS:
         result = json.loads((tmp_path / "mnist1d" / part / "seed0" / "results.json").read_text())
         assert result["easy_mask_sha256"] == hashlib.sha256(np.packbits(easy).tobytes()).hexdigest()
         assert result["summary"]["n_train"] == len(parts[part][0])
@@ -104,7 +104,7 @@ def test_easy_hard_tiny_run_against_an_eager_probe_and_brute_force_coherence(tmp
     assert hard["summary"]["pairwise_coherence_init"] == pytest.approx(
         _pairwise_coherence_brute_force(model, x[sample], y[sample]), rel=1e-4, abs=1e-6)
     assert hard["summary"]["test_cross"] == hard["summary"]["test_on_easy"]
-    assert len(summary["verdicts"]) == len(easy_hard_controls.RULES)
+    assert len(summary["verdicts"]) == len(easy_hard.RULES)
     assert (tmp_path / "easy_hard_mnist1d.png").stat().st_size > 0
     assert "Probe split identical in the arms of every seed: yes" in (
         tmp_path / "results.md").read_text()
@@ -116,9 +116,9 @@ def test_easy_hard_tiny_run_against_an_eager_probe_and_brute_force_coherence(tmp
     ({"probe_epochs": 0}, "probe_epochs=0 must be an int >= 1"),
 ])
 def test_easy_hard_rejects_bad_configs_before_any_run(overrides, message, tmp_path):
-    config = config_schema.apply_overrides(easy_hard_controls.arms("small", 1)[0].config, overrides)
+    config = config_schema.apply_overrides(easy_hard.arms("small", 1)[0].config, overrides)
     with pytest.raises(ValueError, match=message):
-        easy_hard_controls.check_config(config)
+        easy_hard.check_config(config)
     with pytest.raises(ValueError, match="dataset='digits' is not available for easy_hard"):
-        runner.plan(easy_hard_controls.EXPERIMENT, "small", 1, {"dataset": "digits"})
+        runner.plan(easy_hard.EXPERIMENT, "small", 1, {"dataset": "digits"})
     assert not os.listdir(tmp_path)

@@ -22,7 +22,7 @@ DECLARED = {"double_descent": ".double_descent", "scale": ".scale", "grokking": 
             "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch",
             "early_stopping": ".early_stopping", "adversarial_init": ".adversarial_init",
             "alignment_order": ".alignment_order",
-            "label_noise_detection": ".label_noise_detection", "easy_hard": ".easy_hard_controls"}
+            "label_noise_detection": ".label_noise_detection", "easy_hard": ".easy_hard"}
 NAMES = tuple(sweeps.EXPERIMENTS) + tuple(DECLARED)
 SCALES = tuple(dict.fromkeys(sweep.SCALES + ("small", "full")))
 

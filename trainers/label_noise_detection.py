@@ -37,7 +37,7 @@ SCORES = ("alignment", "loss", "forgetting")
 
 def _train(config, run_dir, echo):
     """One run (finished runs and bad configs are handled by `common.resumable`)."""
-    from cgh_tf import data
+    from cgh_tf import data, noisy_labels
 
     started = time.time()
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
@@ -57,11 +57,13 @@ def _train(config, run_dir, echo):
         if epoch in config.score_epochs:
             history = np.concatenate([records.stacked("correct", range(1, epoch)),
                                       correct[None]]) if epoch >= 2 else None
-            scores, null = example_scores(run, x, y, corrupted, history, config)
+            scores = example_scores(run, x, y, history, config)
             row.update(score_row(scores, corrupted, config.label_noise),
                        examples_without_gradient=int(np.isinf(scores["alignment"]).sum()))
-            if epoch == 0:
-                row["auroc/alignment_permuted"] = null
+            if epoch == 0:   # the null: the mean AUROC of −a_i over permuted corrupted masks
+                row["auroc/alignment_permuted"] = per_example_runs.permutation_null(
+                    noisy_labels.auroc, _finite(scores["alignment"]), corrupted, config.seed,
+                    config.null_permutations)
             arrays = {f"score/{name}": score for name, score in scores.items()}
         records.put(epoch, correct=correct, **arrays)
         return row
@@ -82,11 +84,10 @@ def _train(config, run_dir, echo):
                          num_corrupted=int(corrupted.sum()), profiles=profiles)
 
 
-def example_scores(run, x, y, corrupted, history, config):
-    """({name: [n] score}, the null AUROC of −a_i) of every training example under the current
-    weights (module table); `history` [epochs so far from 1, n] bool: correctness after each
-    epoch (None before epoch 2: no forgetting score). The null is the mean AUROC of −a_i over
-    `null_permutations` permuted corrupted masks."""
+def example_scores(run, x, y, history, config):
+    """{name: [n] score} of every training example under the current weights (module table);
+    `history` [epochs so far from 1, n] bool: correctness after each epoch (None before epoch 2:
+    no forgetting score)."""
     from cgh_tf import coherence, noisy_labels
 
     found = coherence.alignment(run.model, x, y, loss=run.loss_fn,
@@ -96,9 +97,7 @@ def example_scores(run, x, y, corrupted, history, config):
               "loss": found.losses}
     if history is not None:
         scores["forgetting"] = noisy_labels.forgetting_counts(history)
-    null = per_example_runs.permutation_null(noisy_labels.auroc, _finite(scores["alignment"]),
-                                             corrupted, config.seed, config.null_permutations)
-    return scores, null
+    return scores
 
 
 def score_row(scores, corrupted, noise_rate):

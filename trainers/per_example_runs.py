@@ -15,6 +15,7 @@ A run's curves and checkpoints go through `graph_loop.run_logged_epochs`; the pe
 every epoch after its checkpoint, so the file always holds one row per logged epoch of the curves.
 """
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -61,8 +62,6 @@ class EpochRecords:
     """Per-example arrays by logged epoch in `RUN/per_example.npz` (keys `e<epoch>/<name>`)."""
 
     def __init__(self, run_dir):
-        import os
-
         self.path = os.path.join(run_dir, RECORDS_FILE)
         self.rows = {}
         if os.path.exists(self.path):

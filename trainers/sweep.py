@@ -88,7 +88,7 @@ SMALL_CONFIGS = {
     "memorisation": "default",
     "loss_fractions": "default",
 }
-FEATURE_SUBTREES = ("mode", "coherence", "learning_times", "easy_hard")
+FEATURE_SUBTREES = ("mode", "coherence", "learning_times")
 # The config file of the larger scales; (scale, experiment) entries override the scale's default.
 SCALE_CONFIGS = {
     "cifar10": "cifar10_resnet18",
@@ -122,7 +122,7 @@ def base_config(scale: str, experiment: str = "memorisation") -> ml_collections.
         config = config_schema.add_feature_fields(_config_module(name))
         for field in FEATURE_SUBTREES:
             config[field] = copy.deepcopy(small[field])
-        if scale == "imagenet":  # splits are in-memory arrays (see configs/imagenet_easy_hard.py)
+        if scale == "imagenet":  # splits are in-memory arrays
             config.max_train = config.max_train or 40_000
             config.max_test = config.max_test or 5_000
     if "sweep" in config:

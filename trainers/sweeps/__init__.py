@@ -18,7 +18,7 @@ sub-workdir — together with the `Metric`s of its `results.md` table and the `F
 |                  |                                   | every 21 steps (3 per epoch of 63 batches) and every epoch       |
 
 Default seeds: 2 (real_vs_random, loss_fractions; memorisation: 18 arms × 2). `easy_hard` is a
-declared experiment now (`trainers/easy_hard_controls.py`: random-split controls, cross-evaluation).
+declared experiment now (`trainers/easy_hard.py`: random-split controls, cross-evaluation).
 
 The experiments beyond these sweeps (grokking, double descent, early stopping, adversarial
 initialisation, depth and width, real vs random across architectures, scale) run their own
