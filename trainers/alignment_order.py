@@ -162,7 +162,7 @@ def figures(workdir, runs):
         ("alignment_decile", "learning_epoch_by_alignment", "a_i at init (decile mean)",
          "mean learning epoch"),
         ("loss_decile", "learning_epoch_by_loss", "ℓ_i at init (decile mean, nats)",
-         "mean learning epoch")), "Learning epoch per decile of a_i and of ℓ_i")]
+         "mean learning epoch")), "Learning epoch by decile")]
 
 
 EXPERIMENT = Experiment(

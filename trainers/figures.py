@@ -117,7 +117,8 @@ def profiles(workdir, name, runs, panels, title):
     `result["profiles"][y key]` against the mean over seeds of `result["profiles"][x key]`
     (lists of equal length, e.g. per decile of a per-example score)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.6 * len(panels), 9.0), 3.2),
+                             squeeze=False)
     for ax, (x_key, y_key, x_label, y_label) in zip(axes[0], panels):
         for arm, results in _groups(runs).values():
             xs, _, _ = mean_band(zip(*[r["profiles"][x_key] for r in results]))
