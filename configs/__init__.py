@@ -9,10 +9,11 @@
 | `imagenet_resnet50.py` | ImageNet 2012 (none)    | ResNet-50         | SGD 0.1, mom. 0.9, wd 1e-4, batch 256, ×0.1 @ 30, 60   | 90  |
 | `real_vs_random.py`    | MNIST-1D (0 % or 100 %) | as default        | SGD; coherence monitor on fixed samples | see file |
 | `winsorize.py`         | MNIST-1D (as default)   | MLP 3 x 256       | winsorized SGD, batch 100, c ∈ {0, 1, 2, 4, 8} | see file |
-| `easy_hard.py`         | MNIST-1D                | as default        | probe run, then easy / hard from scratch | see file |
-| `imagenet_easy_hard.py`| ImageNet 2012           | ResNet-18         | 2 probe epochs, then easy / hard (build-tested only) | see file |
 | `grokking.py`          | (a ∘ b) mod 97 / 113 (`cgh_tf/modular.py`) | MLP on one-hot / 1-layer transformer | AdamW wd 1, β2 0.98, batch 512; M3 / RM3 / RA3 arms (`trainers/grokking.py`) | updates |
 | `double_descent.py`    | MNIST-1D (15 %), mnist5k at `full` | MLP, widths 2..2048 | Adam 1e-3, batch 128, no wd (`trainers/double_descent.py`) | 150 |
+| `easy_hard.py`         | MNIST-1D, mnist5k (none) | MLP 2 x 256      | SGD 0.1, batch 64; probe 2 epochs, a run per part and random control (`trainers/easy_hard.py`) | 30 |
+| `alignment_order.py`   | MNIST-1D, mnist5k (none) | MLP 2 x 256      | SGD 0.05, batch 64; a_i at init vs learning epoch (`trainers/alignment_order.py`) | 30 |
+| `label_noise_detection.py` | MNIST-1D, mnist5k (20 / 40 % other) | MLP 2 x 256 | SGD 0.1, batch 64; AUROC of −a_i, loss, forgetting (`trainers/label_noise_detection.py`) | 5 |
 
 `default.py` takes about 40 s on 2 busy CPU cores (all training examples memorised by epoch 40).
 Every config is a function `get_config()`; run one with

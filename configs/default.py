@@ -33,7 +33,7 @@ value set in `get_config` below, so a config without them trains as the plain tr
 
 | field                          | meaning                                                          |
 |--------------------------------|------------------------------------------------------------------|
-| `mode`                         | "train", or "easy_hard" (probe, split, train on each; `trainers/train.py`) |
+| `mode`                         | "train" (the one mode of `trainers/train.py`)                    |
 | `coherence.every`              | m-coherence / alpha of the training batch every N steps (0 = off) |
 | `coherence.per_layer`          | also `m_coherence/<layer>` (batch) and per-layer monitor values  |
 | `coherence.training`           | per-example gradients in training mode (default inference mode)  |
@@ -43,10 +43,6 @@ value set in `get_config` below, so a config without them trains as the plain tr
 | `optimizer.winsorize_pct`      | c in [0, 50): percent clipped on each side of the batch          |
 | `optimizer.m3_in_batch`        | M3 groups: False = k consecutive batches (authors' code, plain `keras.Model`), True = k contiguous parts of one batch (`cgh_tf.Model`, batch % k == 0) |
 | `learning_times.every_steps`   | per-example learning times every N batches (0 = off)             |
-| `easy_hard.probe_epochs`       | epochs of the probe run that defines "easy"                      |
-| `easy_hard.learning_times_csv` | take the easy mask from this learning-times CSV instead of a probe |
-| `easy_hard.test_fraction`      | share of each part held out as its own test split                |
-| `easy_hard.part`               | set by the trainer in the sub-runs: "probe", "easy", "hard"      |
 """
 
 import ml_collections
@@ -106,9 +102,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.m3_in_batch = False
     config.learning_times = ml_collections.ConfigDict()
     config.learning_times.every_steps = 0
-    config.easy_hard = ml_collections.ConfigDict()
-    config.easy_hard.probe_epochs = 2
-    config.easy_hard.learning_times_csv = config_dict.placeholder(str)
-    config.easy_hard.test_fraction = 0.5
-    config.easy_hard.part = ""
     return config

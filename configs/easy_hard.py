@@ -1,33 +1,41 @@
-"""Easy vs hard examples (arXiv 2003.07422) on MNIST-1D: train briefly, split, train on each part.
+"""Easy vs hard examples with their controls (arXiv 2003.07422; issue 24;
+`python -m trainers.reproduce --experiment=easy_hard`; `trainers/easy_hard.py`).
 
-`mode = "easy_hard"` makes `trainers/train.py` run `train_easy_hard`:
+One run per part and seed. A probe (the seeded MLP trained `probe_epochs` epochs with plain SGD
+on the whole clean training set) calls an example easy if it then classifies it correctly. Easy
+and hard are each split `test_fraction` / rest into a test and a training part; the random
+control parts are a random partition of the same training pool (and of the same test pool) into
+parts of exactly the easy and the hard sizes. A fresh model with the probe's initial weights is
+trained on one part (`part`, set per arm) for `epochs` epochs and tested on every test part.
 
-| step | what                                                                       | workdir            |
-|------|----------------------------------------------------------------------------|--------------------|
-| 1    | probe: the config trained for `easy_hard.probe_epochs` = 2 epochs; a training example is "easy" if the probe classifies it correctly | `WORKDIR/probe` |
-| 2    | easy / hard datasets, each split 50 / 50 into its own train and test (seeded) | `WORKDIR/easy_hard_split.csv` |
-| 3    | a fresh MLP trained from scratch on each part for `num_epochs` = 60       | `WORKDIR/easy`, `WORKDIR/hard` |
-
-`results.json` reports each part's test accuracy on its own test split (`final.easy_test_accuracy`,
-`final.hard_test_accuracy`): easy examples generalise better among themselves. Labels are clean
-(`label_noise = 0`). To define "easy" from the learning times of an earlier run instead of a probe,
-pass `--config.easy_hard.learning_times_csv=RUN/learning_times.csv` (a run of the same data with
-`learning_times.every_steps > 0`; its last evaluation defines easy).
-
-    python -m trainers.train --config=configs/easy_hard.py --workdir=/tmp/easy_hard
+Scales (`SCALES`): `small` (default; MNIST-1D and mnist5k, 30 epochs) and `full` (the same,
+100 epochs); `--set=dataset=NAME` runs one dataset.
 """
 
 import ml_collections
 
-from configs import default
+PARTS = ("easy", "hard", "random_easy_size", "random_hard_size")
 
 
-def get_config() -> ml_collections.ConfigDict:
-    """Return the MNIST-1D easy / hard config."""
-    config = default.get_config()
-    config.mode = "easy_hard"
-    config.label_noise = 0.0
-    config.easy_hard.probe_epochs = 2
-    config.easy_hard.test_fraction = 0.5
-    config.num_epochs = 60
-    return config
+def get_config():
+    return ml_collections.ConfigDict(dict(
+        dataset="mnist1d",
+        part="easy",             # set per arm: one of PARTS
+        seed=0,                  # initial weights, probe, splits and batch order
+        width=256,
+        depth=2,                 # hidden layers
+        learning_rate=0.1,       # plain SGD, no momentum (probe and part runs)
+        batch_size=64,
+        probe_epochs=2,
+        test_fraction=0.5,       # share of each part held out as its test part
+        epochs=30,
+        log_epochs=(0, 1, 2, 5, 10, 20, 30, 50, 100),
+        coherence_samples=1024,  # at most this many training examples of the part, at init
+        checkpoint_every_logs=1,
+    ))
+
+
+DATASETS = {"small": ("mnist1d", "mnist5k"), "full": ("mnist1d", "mnist5k")}
+SCALES = {"small": {}, "full": {"epochs": 100}}
+DATASET_CHANGES = {"small": {"mnist1d": {}, "mnist5k": {}},
+                   "full": {"mnist1d": {}, "mnist5k": {}}}

@@ -1,9 +1,8 @@
 """Trainer features: batch coherence, coherence monitor, f^p / f^c, winsorized GD, learning times,
-easy / hard, and their config errors.
+and their config errors.
 
-Two subprocess runs of `python -m trainers.train` (module fixture, started together): a tiny
-`configs/real_vs_random.py` run with 50 % label noise and every measurement on, and a tiny
-`configs/easy_hard.py` run. Their outputs are checked against independent recomputations from the
+A subprocess run of `python -m trainers.train` (module fixture): a tiny
+`configs/real_vs_random.py` run with 50 % label noise and every measurement on. Its outputs are checked against independent recomputations from the
 final checkpoints (per-example gradients by one GradientTape per example, float64 NumPy sums).
 In-process runs check resume (no duplicated CSV rows, byte-identical outputs) and winsorized GD.
 """
@@ -22,9 +21,8 @@ import pytest
 import tensorflow as tf
 
 import cgh_tf
-from configs import default, imagenet_easy_hard, m3, real_vs_random, winsorize
-from configs import easy_hard as easy_hard_config
-from trainers import config_schema, easy_hard, factories, feature_callbacks, input_pipeline, schedule
+from configs import default, m3, real_vs_random, winsorize
+from trainers import config_schema, factories, feature_callbacks, input_pipeline, schedule
 from trainers import outputs
 from trainers import run_state
 from trainers import single_run
@@ -42,11 +40,6 @@ FEATURE_FLAGS = [
     f"--config.coherence.monitor_samples={M}", f"--config.learning_times.every_steps={LT_EVERY}",
     "--config.coherence.monitor_every_steps=0", "--noprogress",
 ]
-EASY_HARD_FLAGS = [
-    "--config=configs/easy_hard.py", "--config.max_train=300", "--config.max_test=100",
-    f"--config.num_epochs={EPOCHS}", "--config.easy_hard.probe_epochs=1",
-    "--config.model.kwargs.width=16", "--noprogress",
-]
 
 
 def _start(flags, workdir):
@@ -58,9 +51,9 @@ def _start(flags, workdir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """`{name: workdir}` of the two subprocess runs (asserting they succeeded)."""
+    """`{name: workdir}` of the subprocess run (asserting it succeeded)."""
     root = tmp_path_factory.mktemp("feature_runs")
-    plans = {"features": FEATURE_FLAGS, "easy_hard": EASY_HARD_FLAGS}
+    plans = {"features": FEATURE_FLAGS}
     started = {name: _start(flags, str(root / name)) for name, flags in plans.items()}
     workdirs = {}
     for name, process in started.items():
@@ -226,65 +219,6 @@ def test_learning_times_csv_is_consistent_with_the_final_model(runs):
     tags = _tags(os.path.join(runs["features"], "tensorboard", "learning_times"))
     assert {"learning_times/pristine/first_correct_step",
             "learning_times/corrupted/fraction_correct"} <= tags
-
-
-def test_easy_mask_from_a_learning_times_csv(runs, tmp_path):
-    config, data, _ = _final_model(runs["features"])
-    path = os.path.join(runs["features"], feature_callbacks.LEARNING_TIMES_CSV)
-    rows = _csv_rows(path)
-    expected = np.array([r["last_prediction"] == r["label"] for r in rows])
-    np.testing.assert_array_equal(easy_hard.easy_mask_from_csv(path, data.train), expected)
-    partial = tmp_path / "partial.csv"
-    with open(path) as f:
-        partial.write_text("".join(f.readlines()[:-5]))
-    with pytest.raises(config_schema.ConfigError, match="no rows for 5 training examples"):
-        easy_hard.easy_mask_from_csv(str(partial), data.train)
-
-
-# --------------------------------------------------------------------------------- easy / hard
-
-def test_easy_hard_run_trains_on_disjoint_parts(runs):
-    workdir = runs["easy_hard"]
-    results = _results(workdir)
-    split = _csv_rows(os.path.join(workdir, easy_hard.EASY_HARD_SPLIT_CSV))
-    ids = {(part, role): {int(r["example_id"]) for r in split
-                          if (r["part"], r["role"]) == (part, role)}
-           for part in ("easy", "hard") for role in ("train", "test")}
-    everything = [i for group in ids.values() for i in group]
-    assert sorted(everything) == list(range(300))  # disjoint and complete
-    for part in ("easy", "hard"):
-        sub = _results(os.path.join(workdir, part))
-        assert sub["dataset"]["num_train"] == len(ids[(part, "train")]) == \
-            results[part]["num_train"] > 0
-        assert sub["dataset"]["num_test"] == len(ids[(part, "test")]) == \
-            results[part]["num_test"] > 0
-        assert sub["dataset"]["name"] == f"mnist1d_{part}"
-        assert sub["epochs_completed"] == EPOCHS
-        assert results["final"][f"{part}_test_accuracy"] == sub["final"]["test_accuracy"]
-        assert abs(len(ids[(part, "train")]) - len(ids[(part, "test")])) <= 1  # test_fraction 0.5
-
-    # Easy = classified correctly by the probe's final checkpoint (clean labels).
-    _, data, probe = _final_model(os.path.join(workdir, "probe"))
-    correct = np.argmax(probe.predict(data.train.x, verbose=0), axis=1) == data.train.y
-    easy_ids = set(data.train.example_id[correct].tolist())
-    assert easy_ids == ids[("easy", "train")] | ids[("easy", "test")]
-    assert results["dataset"]["num_easy"] == len(easy_ids)
-    assert results["probe"]["pristine_train_accuracy"] == pytest.approx(len(easy_ids) / 300)
-
-
-def test_easy_hard_from_a_learning_times_csv_skips_the_probe(runs, tmp_path):
-    path = os.path.join(runs["features"], feature_callbacks.LEARNING_TIMES_CSV)  # same data, noise, seed
-    easy = [r["last_prediction"] == r["label"] for r in _csv_rows(path)]
-    config = _tiny(easy_hard_config, **{"num_epochs": 1, "label_noise": 0.5,
-                                 "easy_hard.learning_times_csv": path})
-    results = train.train_and_evaluate(config, str(tmp_path / "eh"), progress=False)
-    assert results["easy_defined_by"] == f"learning_times_csv:{path}"
-    assert results["probe"] is None and not (tmp_path / "eh" / "probe").exists()
-    assert results["dataset"]["num_easy"] == sum(easy)
-    assert results["easy"]["num_train"] + results["easy"]["num_test"] == sum(easy)
-    clean = _tiny(easy_hard_config, **{"easy_hard.learning_times_csv": path})  # other labels
-    with pytest.raises(config_schema.ConfigError, match="labels differ from the training labels"):
-        train.train_and_evaluate(clean, str(tmp_path / "clean"), progress=False)
 
 
 # -------------------------------------------------------------------------- in-process helpers
@@ -464,7 +398,7 @@ def test_one_winsorized_step_equals_a_numpy_reference(tmp_path):
     ({"optimizer.aggregation": "mean"}, "winsorize_pct=2.0 has no effect with "
                                         "optimizer.aggregation='mean'"),
     ({"coherence.every": -1}, "coherence.every=-1 must be an int >= 0"),
-    ({"mode": "sweep"}, "mode='sweep' is unknown; allowed: train, easy_hard"),
+    ({"mode": "sweep"}, "mode='sweep' is unknown; allowed: train"),
     ({"optimizer.name": "m3", "optimizer.aggregation": "mean", "optimizer.winsorize_pct": 0.0,
       "coherence.every": 1}, "coherence.every=1 with M3 over consecutive batches "
                              "(optimizer.m3_in_batch=False): the batch coherence needs "
@@ -474,9 +408,6 @@ def test_one_winsorized_step_equals_a_numpy_reference(tmp_path):
      "optimizer.aggregation='winsorize' and M3 are two aggregators of the same batch"),
     ({"optimizer.name": "m3", "optimizer.aggregation": "mean", "optimizer.winsorize_pct": 0.0,
       "optimizer.m3_in_batch": True}, "batch_size=64 divisible by the 3 M3 groups"),
-    ({"easy_hard.probe_epochs": 0}, "easy_hard.probe_epochs=0 must be a positive int"),
-    ({"mode": "easy_hard", "easy_hard.learning_times_csv": "/nonexistent.csv"},
-     "easy_hard.learning_times_csv='/nonexistent.csv' is not a file"),
     ({"coherence.monitor_samples": 500}, "coherence.monitor_samples=500 but the train examples "
                                          "number only 300"),
 ])
@@ -500,7 +431,7 @@ def _without_feature_fields(config):
         for part in parents:
             node = node[part]
         del node[leaf]
-    for subtree in ("coherence", "learning_times", "easy_hard"):
+    for subtree in ("coherence", "learning_times"):
         assert not plain[subtree], subtree  # nothing else lived there
         del plain[subtree]
     return ml_collections.ConfigDict(plain)
@@ -532,7 +463,7 @@ def test_feature_defaults_keep_the_plain_trainer():
     assert isinstance(factories.build_model(in_batch, (40,), 10), cgh_tf.Model)
 
 
-@pytest.mark.parametrize("module", [real_vs_random, winsorize, easy_hard_config, imagenet_easy_hard])
+@pytest.mark.parametrize("module", [real_vs_random, winsorize])
 def test_new_configs_validate(module):
     config_schema.validate(module.get_config())
 
@@ -545,20 +476,3 @@ def test_sweeps_list_the_arms():
     assert config.learning_rate == 0.2 and config.num_epochs == 30 and config.drop_remainder
     assert config.model.kwargs.depth == 2 and config.model.kwargs.width == 256
     assert tuple(real_vs_random.get_config().sweep["values"]) == (0.0, 1.0)
-
-
-def test_imagenet_easy_hard_builds_resnet18_and_its_optimizer():
-    config = imagenet_easy_hard.get_config()
-    assert config.mode == "easy_hard" and config.easy_hard.probe_epochs == 2
-    input_shape, num_classes = factories.dataset_spec(config.dataset)
-    model = factories.build_model(config, input_shape, num_classes)
-    optimizer = factories.build_optimizer(config, schedule.build_schedule(config))
-    factories.compile_model(model, optimizer, config)
-    assert isinstance(model, cgh_tf.Model)
-    assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 1000)
-    assert 11.0 < model.count_params() / 1e6 < 12.5
-    assert isinstance(optimizer, keras.optimizers.SGD)
-    assert float(optimizer.momentum) == pytest.approx(0.9)
-    probe = easy_hard.part_config(config, "probe", num_epochs=config.easy_hard.probe_epochs)
-    assert probe.mode == "train" and probe.num_epochs == 2 and probe.easy_hard.part == "probe"
-    config_schema.validate(probe)

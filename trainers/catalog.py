@@ -12,7 +12,9 @@ from . import runner
 DECLARED = {"memorisation": ".memorisation", "real_vs_random": ".real_vs_random",
             "early_stopping": ".early_stopping", "adversarial_init": ".adversarial_init",
             "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch",
-            "scale": ".scale", "grokking": ".grokking", "double_descent": ".double_descent"}
+            "scale": ".scale", "grokking": ".grokking", "double_descent": ".double_descent",
+            "easy_hard": ".easy_hard", "alignment_order": ".alignment_order",
+            "label_noise_detection": ".label_noise_detection"}
 NAMES = tuple(DECLARED)
 SCALES = ("small", "full", "cifar10", "imagenet")   # every experiment's `scales` is a subset
 

@@ -14,14 +14,13 @@ Every trainer config derives from `configs/default.py`, which holds every field 
 | `apply_overrides(config, dict)`  | a copy with `{"a.b": value}` fields set (unknown field: ValueError) |
 
 Feature fields (`FEATURE_FIELDS`): `mode`, `coherence.*`, `optimizer.aggregation`,
-`optimizer.winsorize_pct`, `optimizer.m3_in_batch`, `learning_times.every_steps`, `easy_hard.*`
+`optimizer.winsorize_pct`, `optimizer.m3_in_batch`, `learning_times.every_steps`
 (meanings in `configs/default.py`).
 """
 
 import copy
 import math
 import numbers
-import os
 
 import ml_collections
 
@@ -29,9 +28,8 @@ NOISE_KINDS = ("uniform", "other", "permute")
 INPUT_CORRUPTIONS = ("shuffled_pixels", "random_pixels", "gaussian")
 SCHEDULES = ("constant", "step")
 INNER_OPTIMIZERS = ("sgd", "adam")
-MODES = ("train", "easy_hard")
+MODES = ("train",)
 AGGREGATIONS = ("mean", "winsorize")
-EASY_HARD_PARTS = ("", "probe", "easy", "hard")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "tpu")  # trainers/distributed_loop.py
 
 # The feature fields: optional in a config (a config without them trains as the plain trainer);
@@ -39,9 +37,7 @@ DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "tpu")  # trainers/distribu
 FEATURE_FIELDS = ("mode", "coherence.every", "coherence.per_layer", "coherence.training",
                   "coherence.monitor_samples", "coherence.monitor_every_steps",
                   "optimizer.aggregation", "optimizer.winsorize_pct", "optimizer.m3_in_batch",
-                  "learning_times.every_steps", "easy_hard.probe_epochs",
-                  "easy_hard.learning_times_csv", "easy_hard.test_fraction", "easy_hard.part",
-                  "collective_timeout")
+                  "learning_times.every_steps", "collective_timeout")
 
 
 def feature_defaults() -> dict:
@@ -244,27 +240,6 @@ def _validate_features(config, need):
         need(not in_batch or not _is_int(config.batch_size, 1) or config.batch_size % groups == 0,
              f"optimizer.m3_in_batch=True needs batch_size={config.batch_size!r} divisible by the "
              f"{groups} M3 groups")
-    need(mode != "easy_hard" or config.get("distribution") == "none",
-         f"mode='easy_hard' runs on one device; set distribution='none' (got "
-         f"{config.get('distribution')!r})")
-    _validate_easy_hard(config, need)
-
-
-def _validate_easy_hard(config, need):
-    probe_epochs = setting(config, "easy_hard.probe_epochs")
-    need(_is_int(probe_epochs, minimum=1),
-         f"easy_hard.probe_epochs={probe_epochs!r} must be a positive int")
-    fraction = setting(config, "easy_hard.test_fraction")
-    need(_is_number(fraction) and 0.0 < fraction < 1.0,
-         f"easy_hard.test_fraction={fraction!r} must be in (0, 1)")
-    part = setting(config, "easy_hard.part")
-    need(part in EASY_HARD_PARTS, f"easy_hard.part={part!r} is set by the trainer; allowed: "
-         f"{', '.join(map(repr, EASY_HARD_PARTS))}")
-    path = setting(config, "easy_hard.learning_times_csv")
-    if setting(config, "mode") == "easy_hard" and path is not None:
-        need(isinstance(path, str) and os.path.isfile(path),
-             f"easy_hard.learning_times_csv={path!r} is not a file (a learning_times.csv "
-             f"written by a run with learning_times.every_steps > 0)")
 
 
 def is_int(value, minimum):

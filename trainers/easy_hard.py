@@ -1,151 +1,234 @@
-"""The easy / hard experiment of 2003.07422 as one trainer mode (`mode="easy_hard"`;
-docs/design.md, "Trainers"): a probe run defines "easy", each part is trained on separately.
+r"""Easy vs hard examples (arXiv 2003.07422) with the controls a reviewer asks for (issue 24).
+
+The claim: examples a network fits first ("easy") generalise to each other; the rest ("hard") do
+not. The alternative: easy examples are intrinsically easy (typical), so anything tested on them
+scores well, and the easy part is simply larger. Per seed (`configs/easy_hard.py`):
+
+1. probe: the seeded MLP trained `probe_epochs` epochs; easy = classified correctly after it;
+2. `partition`: easy and hard each split into a test and a training part; the controls
+   `random_easy_size` / `random_hard_size` partition the same training pool (and test pool) at
+   random into parts of exactly the easy and the hard sizes;
+3. one arm per part: a fresh model with the probe's initial weights trained on that part, tested
+   on its own test part, its partner's (cross-evaluation: easy ↔ hard, random ↔ random), and on
+   the easy and the hard test parts; plus its training part's unbiased pairwise coherence
+   (r − 1)/(m − 1) at initialisation (`CoherenceStats.pairwise_coherence`).
+
+Every part is compared with its equal-size random control, paired by seed (same initial
+weights, same probe, same pools); the rules (`rules`) are declared before the runs.
 """
 
-import csv
-import os
+import hashlib
 import time
 
-from absl import logging
-import ml_collections
 import numpy as np
 
-from cgh_tf import callbacks as cgh_callbacks
-from cgh_tf import data as cgh_data
-from cgh_tf.atomic_files import atomic_open
-from trainers import config_schema
-from trainers import factories
-from trainers import outputs
-from trainers import single_run
-from trainers.config_schema import ConfigError, setting
+from cgh_tf.statistics import PairedRule
+from configs import easy_hard as easy_hard_config
+
+from . import beyond_common as common
+from . import config_schema
+from . import graph_loop
+from . import per_example_runs
+from .experiment import Arm, Column, Experiment
+
+PARTS = easy_hard_config.PARTS
+PARTNER = {"easy": "hard", "hard": "easy", "random_easy_size": "random_hard_size",
+           "random_hard_size": "random_easy_size"}
 
 
-def predicted_correctly(model, split, batch_size: int = 1000) -> np.ndarray:
-    """`[n]` bool: argmax of `model(x, training=False)` equals the training label `split.y`."""
-    predictions = [np.argmax(model(split.x[i:i + batch_size], training=False), axis=-1)
-                   for i in range(0, len(split), batch_size)]
-    return np.concatenate(predictions).astype(np.int64) == np.asarray(split.y, np.int64)
+def partition(easy, seed, test_fraction):
+    """{part: (train indices, test indices)} (sorted int arrays) of the four `PARTS` from the
+    [n] bool `easy` mask: easy / hard split by `default_rng([seed, 4099])` with round(test_fraction
+    · size) test examples each; the random parts partition the union of the easy and hard
+    training (test) parts into sizes equal to easy's and hard's. ValueError (one line) if a part
+    would have fewer than 2 training or 1 test example."""
+    rng = np.random.default_rng([int(seed), 4099])
+
+    def split(idx, first):   # (sorted first `first` of a permutation, sorted rest)
+        order = rng.permutation(idx)
+        return np.sort(order[:first]), np.sort(order[first:])
+
+    parts = {}
+    for name, mask in (("easy", easy), ("hard", ~easy)):
+        idx = np.flatnonzero(mask)
+        test, train = split(idx, int(np.floor(test_fraction * len(idx) + 0.5)))
+        parts[name] = (train, test)
+    (e_train, e_test), (h_train, h_test) = parts["easy"], parts["hard"]
+    r1_train, r2_train = split(np.concatenate([e_train, h_train]), len(e_train))
+    r1_test, r2_test = split(np.concatenate([e_test, h_test]), len(e_test))
+    parts["random_easy_size"], parts["random_hard_size"] = (r1_train, r1_test), (r2_train, r2_test)
+    for name, (train, test) in parts.items():
+        common.require(len(train) >= 2 and len(test) >= 1, (
+            f"the probe left the {name} part with {len(train)} training and {len(test)} test "
+            f"examples ({int(easy.sum())} of {len(easy)} examples easy); a part needs at least 2 "
+            "and 1: change probe_epochs or test_fraction"))
+    return parts
 
 
-def easy_mask_from_csv(path: str, split) -> np.ndarray:
-    """`[n]` bool easy mask of `split` from a learning-times CSV (`last_prediction == label`).
+def _train(config, run_dir, echo):
+    """One run (finished runs and bad configs are handled by `common.resumable`)."""
+    import keras
 
-    Rows are matched by `example_id`; ConfigError if the CSV lacks examples of `split` or its labels
-    differ (it belongs to another dataset / noise setting).
-    """
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    try:
-        by_id = {int(r["example_id"]): (int(r["label"]), int(r["last_prediction"])) for r in rows}
-    except (KeyError, ValueError) as error:
-        raise ConfigError(f"easy_hard.learning_times_csv={path!r} is not a learning-times CSV "
-                          f"({error})") from error
-    ids = np.asarray(split.example_id)
-    missing = [int(i) for i in ids if int(i) not in by_id]
-    if missing:
-        raise ConfigError(f"easy_hard.learning_times_csv={path!r} has no rows for {len(missing)} "
-                          f"training examples (e.g. id {missing[0]}); it belongs to another run")
-    labels = np.array([by_id[int(i)][0] for i in ids], np.int64)
-    if not np.array_equal(labels, np.asarray(split.y, np.int64)):
-        raise ConfigError(f"easy_hard.learning_times_csv={path!r}: its labels differ from the "
-                          f"training labels of this config (other dataset, noise or seed)")
-    return cgh_callbacks.easy_mask({"label": labels,
-                                "last_prediction": np.array([by_id[int(i)][1] for i in ids])})
+    from cgh_tf import coherence, data
 
-
-def part_config(config, part: str, num_epochs=None) -> ml_collections.ConfigDict:
-    """A copy of an easy/hard config for one sub-run: `mode="train"`, `easy_hard.part=part`."""
-    sub = config_schema.add_feature_fields(ml_collections.ConfigDict(config.to_dict()))
-    sub.mode = "train"
-    sub.easy_hard.part = part
-    if num_epochs is not None:
-        sub.num_epochs = int(num_epochs)
-    return sub
-
-
-EASY_HARD_SPLIT_CSV = "easy_hard_split.csv"
-EASY_HARD_PARTS = ("easy", "hard")
-
-
-def train_easy_hard(config, workdir: str, progress: bool = True) -> dict:
-    """The easy / hard experiment of 2003.07422 in `workdir`; returns the dict of `results.json`.
-
-    1. Define "easy": train the config for `easy_hard.probe_epochs` epochs in `WORKDIR/probe` and
-       call a training example easy if the probe classifies it correctly (inference mode, against
-       its training label) — or read `last_prediction == label` from `easy_hard.learning_times_csv`.
-    2. `cgh_tf.data.easy_hard_datasets`: each part gets its own train / test split
-       (`easy_hard.test_fraction`, seed `config.seed`, classes of the original dataset);
-       `WORKDIR/easy_hard_split.csv` lists `example_id, part, role` of every training example.
-    3. Train a fresh model (same initial weights: same seed) on each part for `num_epochs` in
-       `WORKDIR/easy` and `WORKDIR/hard` (each a complete, resumable trainer workdir).
-
-    `results.json` holds per part the sizes, its final test accuracy on its own test split, its
-    pristine training accuracy, and the probe's figures. Everything is resumable: finished sub-runs
-    are only re-reported.
-    """
-    config_schema.validate(config)
     started = time.time()
-    data = factories.load_data(config)
-    csv_path = setting(config, "easy_hard.learning_times_csv")
-    probe = None
-    if csv_path is None:
-        probe_config = part_config(
-            config, "probe", num_epochs=setting(config, "easy_hard.probe_epochs"))
-        probe, probe_model = single_run.run(probe_config, os.path.join(workdir, "probe"), progress, data)
-        easy = predicted_correctly(probe_model, data.train, config.eval_batch_size)
-    else:
-        easy = easy_mask_from_csv(csv_path, data.train)
-    parts = dict(zip(EASY_HARD_PARTS, cgh_data.easy_hard_datasets(
-        data, easy, test_fraction=setting(config, "easy_hard.test_fraction"),
-        seed=config.seed)))
-    for name, part in parts.items():
-        if len(part.train) == 0 or len(part.test) == 0:
-            raise ConfigError(
-                f"the {name} part has {len(part.train)} training and {len(part.test)} test "
-                f"examples ({int(easy.sum())} of {len(easy)} examples are easy); change "
-                f"easy_hard.probe_epochs, max_train or easy_hard.test_fraction")
-    os.makedirs(workdir, exist_ok=True)
-    _write_split_csv(os.path.join(workdir, EASY_HARD_SPLIT_CSV), parts)
-    part_results = {name: single_run.run(part_config(config, name), os.path.join(workdir, name),
-                                 progress, part)[0]
-                    for name, part in parts.items()}
-    results = _easy_hard_results(config, data, easy, probe, part_results, csv_path)
-    outputs.write_json(os.path.join(workdir, outputs.RESULTS_FILE), results)
-    outputs.write_json(os.path.join(workdir, outputs.TIMINGS_FILE),
-                  {"total_seconds": round(time.time() - started, 3)})
-    logging.info("easy / hard results in %s", os.path.join(workdir, outputs.RESULTS_FILE))
-    return results
+    ds = data.load(config.dataset)
+    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    keras.utils.set_random_seed(int(config.seed))
+    model = common.mlp(config, ds.input_shape, ds.num_classes)
+    initial = model.get_weights()
+    probe = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes, model=model)
+    for epoch in range(int(config.probe_epochs)):
+        probe.train_epoch(graph_loop.epoch_permutation(config.seed, epoch, len(x)))
+    easy = probe.predict(x, y)[0] == y
+    model.set_weights(initial)
+    parts = partition(easy, config.seed, config.test_fraction)
+    train_idx, own_test = parts[config.part]
+    sample = common.sample(train_idx, config.coherence_samples, config.seed, 1)
+    at_init = coherence.measure(model, x[sample], y[sample], loss=probe.loss_fn,
+                                batch_size=len(sample))
+    run = per_example_runs.build(config, x[train_idx], y[train_idx], ds.input_shape,
+                                 ds.num_classes, model=model)
+    tests = {"test_own": own_test, "test_cross": parts[PARTNER[config.part]][1],
+             "test_on_easy": parts["easy"][1], "test_on_hard": parts["hard"][1],
+             "train_accuracy": train_idx}
+
+    def log(epoch):
+        correct = run.predict(x, y)[0] == y
+        return {"epoch": epoch, "step": epoch,
+                **{key: float(correct[idx].mean()) for key, idx in tests.items()}}
+
+    curves = graph_loop.run_logged_epochs(
+        run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
+        epochs=config.epochs, log_epochs=graph_loop.capped_log_epochs(config.log_epochs,
+                                                                      config.epochs),
+        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(train_idx), echo=echo)
+    summary = {key: curves[key][-1] for key in tests}
+    summary.update(n_train=len(train_idx), n_easy=int(easy.sum()),
+                   pairwise_coherence_init=at_init.pairwise_coherence,
+                   m_coherence_init=at_init.m_coherence)
+    return common.finish(run_dir, config.to_dict(), curves, summary, started,
+                         easy_mask_sha256=hashlib.sha256(np.packbits(easy).tobytes()).hexdigest())
 
 
-def _write_split_csv(path, parts):
-    """Rows `example_id, part, role, label, corrupted` (role: train / test), sorted by id."""
-    rows = []
-    for name, part in parts.items():
-        for role, split in (("train", part.train), ("test", part.test)):
-            rows += [(int(i), name, role, int(y), int(c))
-                     for i, y, c in zip(split.example_id, split.original_y, split.corrupted)]
-    with atomic_open(path, "w") as f:
-        f.write("example_id,part,role,original_label,corrupted\n")
-        f.writelines(",".join(map(str, row)) + "\n" for row in sorted(rows))
+def check_config(config):
+    """ValueError (one line) for a config a run would fail on or silently misread."""
+    from cgh_tf import data
+
+    need = common.require
+    common.require_one_of(config, "dataset", data.DATASETS)
+    common.require_one_of(config, "part", PARTS)
+    for field in ("width", "depth", "batch_size", "probe_epochs", "epochs", "coherence_samples",
+                  "checkpoint_every_logs"):
+        need(config_schema.is_int(config[field], 1), f"{field}={config[field]!r} must be an int >= 1")
+    need(isinstance(config.learning_rate, float) and config.learning_rate > 0,
+         f"learning_rate={config.learning_rate!r} must be a float > 0")
+    need(isinstance(config.test_fraction, float) and 0 < config.test_fraction < 1,
+         f"test_fraction={config.test_fraction!r} must be in (0, 1)")
+    need(all(config_schema.is_int(e, 0) for e in config.log_epochs),
+         f"log_epochs={tuple(config.log_epochs)!r} must be ints >= 0")
 
 
-def _easy_hard_results(config, data, easy, probe, part_results, csv_path):
-    def summary(results):
-        return {"num_train": results["dataset"]["num_train"],
-                "num_test": results["dataset"]["num_test"],
-                "num_train_corrupted": results["dataset"]["num_train_corrupted"],
-                "epochs_completed": results["epochs_completed"],
-                **results["final"]}
+def arms(scale="small", seeds=3, overrides=None):
+    """One arm per dataset and part (`PARTS`), seeds 0..seeds−1; every config checked."""
+    out = []
+    for dataset, base in common.dataset_bases(easy_hard_config, scale, dict(overrides or {}),
+                                              "easy_hard"):
+        for part in PARTS:
+            config = config_schema.apply_overrides(base, {"part": part})
+            check_config(config)
+            out += [Arm(f"{dataset}/{part}", f"{dataset}, {part.replace('_', ' ')}", dataset,
+                        seed, config_schema.apply_overrides(config, {"seed": seed}))
+                    for seed in range(seeds)]
+    return out
 
-    return {
-        "config": outputs.json_roundtrip(config.to_dict()),
-        "mode": "easy_hard",
-        "easy_defined_by": ("probe" if csv_path is None else f"learning_times_csv:{csv_path}"),
-        "dataset": {"name": data.name, "num_train": len(data.train),
-                    "num_train_corrupted": int(data.train.corrupted.sum()),
-                    "num_easy": int(easy.sum()), "num_hard": int((~easy).sum())},
-        "probe": None if probe is None else summary(probe),
-        **{name: summary(results) for name, results in part_results.items()},
-        "final": {f"{name}_test_accuracy": results["final"]["test_accuracy"]
-                  for name, results in part_results.items()},
-    }
+
+# (name, metric, part, control part, prediction): declared before the runs
+RULES = (
+    ("easy examples generalise to each other more than a random split of equal size",
+     "test_own", "easy", "random_easy_size", "higher"),
+    ("hard examples generalise to each other less than a random split of equal size",
+     "test_own", "hard", "random_hard_size", "lower"),
+    ("on the same easy test examples, training on easy beats random examples of equal number",
+     "test_on_easy", "easy", "random_easy_size", "higher"),
+    ("cross: training on easy transfers to hard test examples less than random of equal number",
+     "test_on_hard", "easy", "random_easy_size", "lower"),
+    ("cross: training on hard transfers to easy test examples less than random of equal number",
+     "test_on_easy", "hard", "random_hard_size", "lower"),
+    ("on the same hard test examples, training on hard vs random examples of equal number",
+     "test_on_hard", "hard", "random_hard_size", None),
+    ("the easy part is more coherent at initialisation than a random part of equal size",
+     "pairwise_coherence_init", "easy", "random_easy_size", "higher"),
+    ("the hard part is less coherent at initialisation than a random part of equal size",
+     "pairwise_coherence_init", "hard", "random_hard_size", "lower"),
+)
+
+
+def rules(arms_):
+    return [PairedRule(f"{dataset}: {name}", metric, f"{dataset}/{part}", f"{dataset}/{control}",
+                       prediction)
+            for dataset in dict.fromkeys(a.panel for a in arms_)
+            for name, metric, part, control, prediction in RULES]
+
+
+def comparisons(arms_):
+    return [(f"{d}/{a}", f"{d}/{c}") for d in dict.fromkeys(arm.panel for arm in arms_)
+            for a, c in (("easy", "random_easy_size"), ("hard", "random_hard_size"),
+                         ("easy", "hard"))]
+
+
+COLUMNS = (
+    Column("n_train", "training examples", ".0f"),
+    Column("pairwise_coherence_init", "pairwise coherence at init", ".4f"),
+    Column("test_own", "acc, own test part"),
+    Column("test_cross", "acc, partner's test part"),
+    Column("test_on_easy", "acc, easy test part"),
+    Column("test_on_hard", "acc, hard test part"),
+    Column("train_accuracy", "train acc (last)"),
+)
+
+
+def analyses(runs):
+    """Whether the probe gave the same easy set to the four arms of every (dataset, seed)."""
+    digests = {}
+    for arm, result in runs:
+        digests.setdefault((arm.panel, arm.seed), set()).add(result.get("easy_mask_sha256"))
+    same = all(len(d) == 1 for d in digests.values())
+    return ([f"Probe split identical in the arms of every seed: {'yes' if same else 'NO'}.", ""],
+            {"probe_split_identical": same})
+
+
+def setting(runs):
+    c = runs[0][1]["config"]
+    sizes = {arm.group: result["summary"]["n_train"] for arm, result in runs if arm.seed == 0}
+    return [f"MLP {c['depth']} × {c['width']} ReLU, plain SGD lr {c['learning_rate']}, batch "
+            f"{c['batch_size']}; probe {c['probe_epochs']} epochs on the whole clean training "
+            f"set; parts trained {c['epochs']} epochs from the probe's initial weights; "
+            f"{c['test_fraction']:.0%} of easy and of hard held out. Training sizes (seed 0): "
+            + ", ".join(f"{g} {n}" for g, n in sizes.items()) + ". Pairwise coherence: "
+            f"(r − 1)/(m − 1) of at most {c['coherence_samples']} training examples of the "
+            "part at initialisation. Accuracies at the last epoch.", ""]
+
+
+def figures(workdir, runs):
+    from . import figures as fig
+
+    files = []
+    for dataset in dict.fromkeys(arm.panel for arm, _ in runs):
+        chosen = [(arm, r) for arm, r in runs if arm.panel == dataset]
+        files.append(fig.bars(workdir, f"easy_hard_{dataset}.png", chosen, (
+            ("test_on_easy", "acc, easy test part"), ("test_on_hard", "acc, hard test part"),
+            ("test_own", "acc, own test part"),
+            ("pairwise_coherence_init", "pairwise coherence at init")),
+            f"Easy / hard and their random controls, {dataset}"))
+    return files
+
+
+EXPERIMENT = Experiment(
+    name="easy_hard",
+    title="Easy vs hard examples against random splits of equal size, with cross-evaluation",
+    arms=arms, run_arm=common.resumable(_train, check_config), columns=COLUMNS, loop="graph",
+    comparisons=comparisons,
+    compared=("test_own", "test_on_easy", "test_on_hard", "pairwise_coherence_init"),
+    rules=rules, figures=figures, analyses=analyses, setting=setting,
+    progress=("n_train", "test_own", "test_on_easy", "test_on_hard"))

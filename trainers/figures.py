@@ -4,6 +4,8 @@
 |-----------------------------------|-------------------------------------------------------------|
 | `summary_vs_axis(...)`            | per column, a run summary value against a config field (e.g. width) |
 | `curves_per_group(...)`           | per column, the logged curve of every arm against an x key   |
+| `profiles(...)`                   | per panel, a per-run profile (e.g. per decile of a score) of every group |
+| `bars(...)`                       | per column, one bar per group with its CI                    |
 
 `runs` = [(Arm, result dict)]. The band is mean ± t_{.975, n−1} · sd / √n over the seeds (Student
 t; none for one seed); missing values (None) are left out per point.
@@ -50,8 +52,8 @@ def _groups(runs):
     return groups
 
 
-def _save(fig, workdir, name, title):
-    fig.suptitle(f"{title} (line: mean over seeds; {BAND})", fontsize=10)
+def _save(fig, workdir, name, title, key=f"line: mean over seeds; {BAND}"):
+    fig.suptitle(f"{title} ({key})", fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, name), dpi=90)
     pyplot().close(fig)
@@ -112,3 +114,38 @@ def curves_per_group(workdir, name, runs, keys, x, x_label, title, log_x=None, r
             _label(ax, x_label, f"{row} {label}".strip(), log_x)
         axes_row[0].legend(fontsize=6, ncol=2)
     return _save(fig, workdir, name, title)
+
+
+def profiles(workdir, name, runs, panels, title):
+    """One panel per (x key, y key, x label, y label) of `panels`: per group, the run's
+    `result["profiles"][y key]` against the mean over seeds of `result["profiles"][x key]`
+    (lists of equal length, e.g. per decile of a per-example score)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.6 * len(panels), 9.0), 3.2),
+                             squeeze=False)
+    for ax, (x_key, y_key, x_label, y_label) in zip(axes[0], panels):
+        for arm, results in _groups(runs).values():
+            xs, _, _ = mean_band(zip(*[r["profiles"][x_key] for r in results]))
+            mean, low, high = mean_band(zip(*[r["profiles"][y_key] for r in results]))
+            ax.plot(xs, mean, "o-", ms=3, label=arm.label)
+            ax.fill_between(xs, low, high, alpha=0.2)
+        _label(ax, x_label, y_label, None)
+    axes[0][0].legend(fontsize=6)
+    return _save(fig, workdir, name, title)
+
+
+def bars(workdir, name, runs, keys, title):
+    """One panel per (summary key, y label) of `keys`: one bar per group, its mean over seeds
+    with the 95 % CI as error bar."""
+    plt = pyplot()
+    groups = _groups(runs)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys):
+        mean, low, high = mean_band([[r["summary"].get(key) for r in results]
+                                     for _, results in groups.values()])
+        ax.bar(range(len(groups)), mean, yerr=[mean - low, high - mean], capsize=3)
+        ax.set_xticks(range(len(groups)), [arm.label for arm, _ in groups.values()],
+                      rotation=30, ha="right", fontsize=7)
+        _label(ax, "", label, None)
+    return _save(fig, workdir, name, title,
+                 "bar: mean over seeds; error bar: 95 % CI over seeds (Student t)")

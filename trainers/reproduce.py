@@ -4,6 +4,7 @@ r"""Reproduce one experiment with one command: all arms, all seeds, figures, tab
     python -m trainers.reproduce --experiment=real_vs_random --workdir=DIR --seeds=5
     python -m trainers.reproduce --experiment=memorisation --workdir=DIR --scale=cifar10 --dry_run
     python -m trainers.reproduce --experiment=scale --workdir=DIR --set=dataset=mnist5k
+    python -m trainers.reproduce --experiment=easy_hard --workdir=DIR --set=epochs=5
 
 Every experiment is a declaration (`trainers/experiment.py`) named in `trainers/catalog.py` and
 run by `trainers/runner.py`: its arms are planned first, every config checked before anything is

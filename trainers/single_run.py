@@ -1,8 +1,7 @@
 """One trainer run of a config with Keras `fit` (or `trainers/distributed_loop.py` under a
 strategy): prepare, resume, train, write the results (docs/design.md, "Trainers").
 
-`run(config, workdir, progress)` is the whole run; `trainers/train.py` is its binary and
-`trainers/easy_hard.py` runs it on each part. The data flow: `config_schema.validate` → data
+`run(config, workdir, progress)` is the whole run; `trainers/train.py` is its binary. The data flow: `config_schema.validate` → data
 (`factories.load_data`) → model, schedule, optimizer (`factories`, `schedule`) → `RunState`
 (`run_state.py`: the one resume state) → callbacks (subset accuracies, `feature_callbacks`,
 TensorBoard, the checkpointer) → `results.json`, `curves.png`, `timings.json` (`outputs.py`).

@@ -28,8 +28,7 @@ epoch; a batch whose per-example gradients all vanish): it gets no TensorBoard s
 the checkpoint's history, `null` in `results.json`, and `curves.png` skips it (never 0).
 
 The fields and their defaults are in `configs/default.py` (the schema in
-`trainers/config_schema.py`); one run is `trainers/single_run.py`; `mode = "easy_hard"` runs
-`trainers/easy_hard.py` (probe, easy / hard split, one sub-workdir per part).
+`trainers/config_schema.py`); one run is `trainers/single_run.py`.
 
 `distribution` other than "none" trains under a tf.distribute strategy with
 `trainers/distributed_loop.py` instead of Keras `fit` (same callbacks, same `results.json`); in a
@@ -52,7 +51,6 @@ import tensorflow as tf
 from cgh_tf import checkpoints, workdir_lock
 from trainers import config_schema
 from trainers import distributed_loop
-from trainers import easy_hard
 from trainers import single_run
 from trainers.config_schema import ConfigError, setting
 
@@ -65,22 +63,18 @@ RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError,
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     """Run (or resume, or just re-report) the experiment of `config` in `workdir`; return the results.
 
-    Returns the dict written to `results.json`. With `config.mode == "easy_hard"` runs
-    `trainers.easy_hard.train_easy_hard` instead.
+    Returns the dict written to `results.json`.
     """
     config_schema.validate(config)
     check_workdir(workdir)
-    easy = setting(config, "mode") == "easy_hard"
-    strategy = None if easy else distributed_loop.build_strategy(
-        config.distribution, setting(config, "collective_timeout"))
+    strategy = distributed_loop.build_strategy(config.distribution,
+                                               setting(config, "collective_timeout"))
     if not distributed_loop.is_chief(strategy):  # writes nothing: no lock
         with distributed_loop.peers_fail_loudly(strategy):
             return single_run.run(config, workdir, progress, strategy=strategy)[0]
-    if not easy:  # a workdir of another run is refused untouched, before the lock file
-        single_run.check_workdir_holds_config(workdir, config)
+    # a workdir of another run is refused untouched, before the lock file
+    single_run.check_workdir_holds_config(workdir, config)
     with workdir_lock.hold(workdir, f"trainer ({setting(config, 'mode')})"):
-        if easy:
-            return easy_hard.train_easy_hard(config, workdir, progress)
         with distributed_loop.peers_fail_loudly(strategy):
             return single_run.run(config, workdir, progress, strategy=strategy)[0]
 

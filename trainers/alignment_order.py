@@ -1,0 +1,173 @@
+r"""Are the examples whose gradients the others support at initialisation the ones learnt first?
+
+The Coherent Gradients hypothesis says gradient descent fits first what many examples agree on.
+Per run (`configs/alignment_order.py`): at the seeded initialisation, every training example's
+alignment a_i = g_i·(S − g_i)/‖g_i‖² over the whole training set (m = n,
+`cgh_tf.coherence.alignment`) and its loss ℓ_i; then plain SGD for `epochs` epochs
+(`graph_loop`), each example's correctness recorded after every epoch; its learning epoch t_i is
+the first epoch from which it stays correct (`epochs + 1`: not learnt). The statistic is the
+partial Spearman ρ(a_i, t_i | ℓ_i) (`cgh_tf.rank_correlation`): the initial loss is partialled
+out because a low loss alone makes an example "learnt" early. Its null is the same statistic with
+the learning epochs permuted (the mean over `null_permutations` permutations), so the rule tests
+ρ − ρ_null, paired by seed, with a 95 % Student-t interval. CGH predicts ρ < 0.
+"""
+
+import time
+
+import numpy as np
+
+from cgh_tf.statistics import PairedRule
+
+from . import beyond_common as common
+from . import config_schema
+from . import graph_loop
+from . import per_example_runs
+from .experiment import Arm, Column, Experiment
+
+DECILES = 10
+
+
+def _train(config, run_dir, echo):
+    """One run (finished runs and bad configs are handled by `common.resumable`)."""
+    from cgh_tf import coherence, data
+
+    started = time.time()
+    ds = data.load(config.dataset)
+    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes)
+    records = per_example_runs.EpochRecords(run_dir)
+
+    def log(epoch):
+        predicted, losses = run.predict(x, y)
+        correct = predicted == y
+        row = {"epoch": epoch, "step": epoch, "train_accuracy": float(correct.mean()),
+               "train_loss": float(losses.mean()),
+               "test_accuracy": float(np.mean(run.predict(x_test, y_test)[0] == y_test))}
+        arrays = {"correct": correct}
+        if epoch == 0:
+            found = coherence.alignment(run.model, x, y, loss=run.loss_fn,
+                                        batch_size=int(config.alignment_batch))
+            arrays.update(alignment=found.alignment, loss=found.losses)
+            row["pairwise_coherence"] = found.stats.pairwise_coherence
+        records.put(epoch, **arrays)
+        return row
+
+    curves = graph_loop.run_logged_epochs(
+        run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
+        epochs=config.epochs, log_epochs=range(int(config.epochs) + 1),
+        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x), echo=echo)
+    epochs = curves["epoch"]
+    times = per_example_runs.learning_epochs(records.stacked("correct", epochs), epochs)
+    summary, profiles = order_statistics(records.get(0, "alignment"), times,
+                                         records.get(0, "loss"), config)
+    summary.update(pairwise_coherence=curves["pairwise_coherence"][0],
+                   train_accuracy=curves["train_accuracy"][-1],
+                   test_accuracy=curves["test_accuracy"][-1])
+    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=len(x),
+                         profiles=profiles)
+
+
+def order_statistics(alignment, times, losses, config):
+    """(summary, profiles) of one run: partial Spearman ρ(a_i, t_i | ℓ_i) with its interval and
+    permutation null, the plain Spearman ρs, and per decile of a_i (and of ℓ_i) the mean a_i
+    (ℓ_i) and the mean learning epoch. Examples with g_i = 0 (a_i NaN) are left out."""
+    from cgh_tf import rank_correlation as rc
+
+    kept = ~np.isnan(alignment)
+    a, t, loss = alignment[kept], times[kept], losses[kept]
+    found = rc.partial_spearman(a, t, loss)
+    null = per_example_runs.permutation_null(lambda u, v: rc.partial_spearman(u, v, loss).rho,
+                                             a, t, config.seed, config.null_permutations)
+    summary = {"partial_spearman": found.rho, "partial_spearman_low": found.low,
+               "partial_spearman_high": found.high, "partial_spearman_permuted": null,
+               "spearman_alignment": rc.spearman(a, t), "spearman_loss": rc.spearman(loss, t),
+               "mean_alignment": float(np.mean(a)), "mean_learning_epoch": float(np.mean(t)),
+               "not_learnt": float(np.mean(t > config.epochs)),
+               "examples_without_gradient": int((~kept).sum())}
+    profiles = {}
+    for name, score in (("alignment", a), ("loss", loss)):
+        bins = np.array_split(np.argsort(score, kind="mergesort"), DECILES)
+        profiles[f"{name}_decile"] = [float(score[b].mean()) for b in bins]
+        profiles[f"learning_epoch_by_{name}"] = [float(t[b].mean()) for b in bins]
+    return summary, profiles
+
+
+def check_config(config):
+    """ValueError (one line) for a config a run would fail on or silently misread."""
+    from cgh_tf import data
+
+    common.require_one_of(config, "dataset", data.DATASETS)
+    for field in ("width", "depth", "batch_size", "epochs", "alignment_batch",
+                  "null_permutations", "checkpoint_every_logs"):
+        common.require(config_schema.is_int(config[field], 1),
+                       f"{field}={config[field]!r} must be an int >= 1")
+    common.require(isinstance(config.learning_rate, float) and config.learning_rate > 0,
+                   f"learning_rate={config.learning_rate!r} must be a float > 0")
+
+
+def arms(scale="small", seeds=3, overrides=None):
+    """One arm per dataset (`DATASETS[scale]`, or only `overrides["dataset"]`), seeds 0..seeds−1."""
+    from configs import alignment_order as order_config
+
+    out = []
+    for dataset, base in common.dataset_bases(order_config, scale, dict(overrides or {}),
+                                              "alignment_order"):
+        check_config(base)
+        out += [Arm(dataset, dataset, dataset, seed,
+                    config_schema.apply_overrides(base, {"seed": seed}))
+                for seed in range(seeds)]
+    return out
+
+
+def rules(arms_):
+    """Per dataset, declared before the runs: ρ(a_i, t_i | ℓ_i) below its permutation null."""
+    return [PairedRule(f"{group}: examples supported at initialisation are learnt earlier",
+                       "partial_spearman", group, group, "lower",
+                       control_metric="partial_spearman_permuted")
+            for group in dict.fromkeys(a.group for a in arms_)]
+
+
+COLUMNS = (
+    Column("partial_spearman", "partial ρ(a_i, t_i ∣ ℓ_i)"),
+    Column("partial_spearman_low", "its 95 % CI low (per seed)"),
+    Column("partial_spearman_high", "its 95 % CI high (per seed)"),
+    Column("partial_spearman_permuted", "ρ, learning epochs permuted (null)"),
+    Column("spearman_alignment", "ρ(a_i, t_i)"),
+    Column("spearman_loss", "ρ(ℓ_i, t_i)"),
+    Column("mean_alignment", "mean a_i", ".2f"),
+    Column("pairwise_coherence", "pairwise coherence at init", ".4f"),
+    Column("mean_learning_epoch", "mean learning epoch", ".2f"),
+    Column("not_learnt", "share not learnt"),
+    Column("train_accuracy", "train acc (last)"),
+    Column("test_accuracy", "test acc (last)"),
+)
+
+
+def setting(runs):
+    c = runs[0][1]["config"]
+    return [f"MLP {c['depth']} × {c['width']} ReLU, plain SGD lr {c['learning_rate']}, batch "
+            f"{c['batch_size']}, {c['epochs']} epochs, clean labels. a_i and ℓ_i at the seeded "
+            "initialisation over the whole training set (m = n); t_i = first epoch from which "
+            f"the example stays correctly classified ({c['epochs']} + 1 = not learnt). ρ: "
+            "partial Spearman controlling for ℓ_i; per-seed intervals: Fisher z with σ = "
+            "√(1.06/(n − 4)); null: the mean of ρ over "
+            f"{c['null_permutations']} permutations of t_i.", ""]
+
+
+def figures(workdir, runs):
+    from . import figures as fig
+
+    return [fig.profiles(workdir, "alignment_order.png", runs, (
+        ("alignment_decile", "learning_epoch_by_alignment", "a_i at init (decile mean)",
+         "mean learning epoch"),
+        ("loss_decile", "learning_epoch_by_loss", "ℓ_i at init (decile mean, nats)",
+         "mean learning epoch")), "Learning epoch by decile")]
+
+
+EXPERIMENT = Experiment(
+    name="alignment_order",
+    title="Alignment at initialisation against learning order (partial Spearman, ℓ_i controlled)",
+    arms=arms, run_arm=common.resumable(_train, check_config), columns=COLUMNS, loop="graph",
+    rules=rules, figures=figures, setting=setting,
+    progress=("partial_spearman", "partial_spearman_permuted", "train_accuracy"))

@@ -1,0 +1,223 @@
+r"""Flagging mislabelled examples by their alignment, against the noisy-label literature's baselines.
+
+Beyond the papers: a corrupted label asks the network for a direction the rest of the training
+set does not support, so its alignment a_i = g_i·(S − g_i)/‖g_i‖² (S over the whole noisy training
+set, `cgh_tf.coherence.alignment`) should be low. Per run (`configs/label_noise_detection.py`),
+at each of `score_epochs` (0 = initialisation) every training example gets three scores (higher =
+more likely corrupted; `cgh_tf.noisy_labels`):
+
+| score | what | reference |
+|---|---|---|
+| −a_i | alignment at that epoch | this package |
+| ℓ_i | loss against its training label | the small-loss rule (Co-teaching, Han et al. 2018) |
+| forgetting count | correct → wrong transitions after epochs 1..e (never correct: +inf); from e = 2 | Toneva et al. 2019 |
+
+Reported per score: AUROC for the corrupted mask, and the precision of flagging the `label_noise`
+share with the highest scores (`noisy_labels.small_loss_flags`: the rule's own threshold, the
+noise rate assumed known). Rules, declared before the runs, per dataset and noise level: −a_i
+beats chance at initialisation (against its permutation null), −a_i beats the loss at every
+score epoch, and beats forgetting counts at the last one; paired by seed, 95 % Student t.
+"""
+
+import time
+
+import numpy as np
+
+from cgh_tf.statistics import PairedRule
+from configs import label_noise_detection as noise_config
+
+from . import beyond_common as common
+from . import config_schema
+from . import graph_loop
+from . import per_example_runs
+from .experiment import Arm, Column, Experiment
+
+SCORES = ("alignment", "loss", "forgetting")
+
+
+def _train(config, run_dir, echo):
+    """One run (finished runs and bad configs are handled by `common.resumable`)."""
+    from cgh_tf import data, noisy_labels
+
+    started = time.time()
+    ds = data.load(config.dataset, label_noise=float(config.label_noise),
+                   noise_kind=config.noise_kind, seed=int(config.data_seed))
+    x, y, corrupted = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32), ds.train.corrupted
+    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes)
+    records = per_example_runs.EpochRecords(run_dir)
+
+    def log(epoch):
+        correct = run.predict(x, y)[0] == y
+        row = {"epoch": epoch, "step": epoch,
+               "pristine_accuracy": float(correct[~corrupted].mean()),
+               "corrupted_accuracy": float(correct[corrupted].mean()),
+               "test_accuracy": float(np.mean(run.predict(x_test, y_test)[0] == y_test))}
+        arrays = {}
+        if epoch in config.score_epochs:
+            history = np.concatenate([records.stacked("correct", range(1, epoch)),
+                                      correct[None]]) if epoch >= 2 else None
+            scores = example_scores(run, x, y, history, config)
+            row.update(score_row(scores, corrupted, config.label_noise),
+                       examples_without_gradient=int(np.isinf(scores["alignment"]).sum()))
+            if epoch == 0:   # the null: the mean AUROC of −a_i over permuted corrupted masks
+                row["auroc/alignment_permuted"] = per_example_runs.permutation_null(
+                    noisy_labels.auroc, _finite(scores["alignment"]), corrupted, config.seed,
+                    config.null_permutations)
+            arrays = {f"score/{name}": score for name, score in scores.items()}
+        records.put(epoch, correct=correct, **arrays)
+        return row
+
+    curves = graph_loop.run_logged_epochs(
+        run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
+        epochs=config.epochs, log_epochs=range(int(config.epochs) + 1),
+        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x), echo=echo)
+    summary = {f"{key}/e{int(epoch)}": value for key in curves if "/" in key
+               for epoch, value in zip(curves["epoch"], curves[key])
+               if epoch in config.score_epochs and value is not None}
+    summary.update({key: curves[key][-1] for key in ("pristine_accuracy", "corrupted_accuracy",
+                                                     "test_accuracy")})
+    scored = [e for e in config.score_epochs if e <= config.epochs]
+    profiles = {"epoch": scored, **{f"auroc/{s}": [summary.get(f"auroc/{s}/e{e}") for e in scored]
+                                    for s in SCORES}}
+    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=len(x),
+                         num_corrupted=int(corrupted.sum()), profiles=profiles)
+
+
+def example_scores(run, x, y, history, config):
+    """{name: [n] score} of every training example under the current weights (module table);
+    `history` [epochs so far from 1, n] bool: correctness after each epoch (None before epoch 2:
+    no forgetting score)."""
+    from cgh_tf import coherence, noisy_labels
+
+    found = coherence.alignment(run.model, x, y, loss=run.loss_fn,
+                                batch_size=int(config.alignment_batch))
+    # g_i = 0 (fitted exactly; a_i undefined): least suspicious
+    scores = {"alignment": np.where(np.isnan(found.alignment), -np.inf, -found.alignment),
+              "loss": found.losses}
+    if history is not None:
+        scores["forgetting"] = noisy_labels.forgetting_counts(history)
+    return scores
+
+
+def score_row(scores, corrupted, noise_rate):
+    """{auroc/<score>, precision/<score>}: each score's AUROC for `corrupted`, and the share
+    corrupted among the round(noise_rate · n) examples with the highest score."""
+    from cgh_tf import noisy_labels
+
+    row = {}
+    for name, score in scores.items():
+        row[f"auroc/{name}"] = noisy_labels.auroc(_finite(score), corrupted)
+        row[f"precision/{name}"] = float(
+            corrupted[noisy_labels.small_loss_flags(_finite(score), noise_rate)].mean())
+    return row
+
+
+def _finite(score):
+    """±inf as the largest finite floats (ranks unchanged; `auroc` takes no inf)."""
+    big = np.finfo(np.float64).max
+    return np.nan_to_num(score, posinf=big, neginf=-big)
+
+
+def check_config(config):
+    """ValueError (one line) for a config a run would fail on or silently misread."""
+    from cgh_tf import data
+
+    need = common.require
+    common.require_one_of(config, "dataset", data.DATASETS)
+    common.require_one_of(config, "noise_kind", ("other", "uniform"))
+    need(isinstance(config.label_noise, float) and 0 < config.label_noise < 1,
+         f"label_noise={config.label_noise!r} must be in (0, 1): detection needs corrupted and "
+         "clean examples")
+    for field in ("width", "depth", "batch_size", "epochs", "alignment_batch",
+                  "null_permutations", "checkpoint_every_logs"):
+        need(config_schema.is_int(config[field], 1), f"{field}={config[field]!r} must be an int >= 1")
+    need(isinstance(config.learning_rate, float) and config.learning_rate > 0,
+         f"learning_rate={config.learning_rate!r} must be a float > 0")
+    epochs = tuple(config.score_epochs)
+    need(len(epochs) > 0 and epochs[0] == 0 and all(config_schema.is_int(e, 0) for e in epochs)
+         and list(epochs) == sorted(set(epochs)) and epochs[-1] <= config.epochs,
+         f"score_epochs={epochs!r} must be increasing ints from 0 (initialisation) to at most "
+         f"epochs={config.epochs}")
+
+
+def arms(scale="small", seeds=3, overrides=None):
+    """One arm per dataset and noise level (`NOISE_LEVELS`, or only `overrides["label_noise"]`);
+    seed k also corrupts with data_seed k, so the intervals cover which labels are corrupted."""
+    out = []
+    for dataset, base in common.dataset_bases(noise_config, scale, dict(overrides or {}),
+                                              "label_noise_detection"):
+        levels = (base.label_noise,) if "label_noise" in (overrides or {}) else noise_config.NOISE_LEVELS
+        for level in levels:
+            config = config_schema.apply_overrides(base, {"label_noise": level})
+            check_config(config)
+            out += [Arm(f"{dataset}/noise{round(level * 100):02d}", f"{dataset}, {level:.0%} noise",
+                        dataset, seed, config_schema.apply_overrides(config, {"seed": seed,
+                                                                              "data_seed": seed}))
+                    for seed in range(seeds)]
+    return out
+
+
+def rules(arms_):
+    """Per group, declared before the runs (module docstring)."""
+    out = []
+    for group, arm in {a.group: a for a in arms_}.items():
+        epochs = tuple(arm.config.score_epochs)
+        out.append(PairedRule(f"{group}: −a_i flags corrupted labels at initialisation",
+                              "auroc/alignment/e0", group, group, "higher",
+                              control_metric="auroc/alignment_permuted/e0"))
+        out += [PairedRule(f"{group}: −a_i beats the small-loss rule after {e} epochs",
+                           f"auroc/alignment/e{e}", group, group, "higher",
+                           control_metric=f"auroc/loss/e{e}") for e in epochs]
+        if epochs[-1] >= 2:
+            out.append(PairedRule(f"{group}: −a_i beats forgetting counts after {epochs[-1]} "
+                                  "epochs", f"auroc/alignment/e{epochs[-1]}", group, group,
+                                  "higher", control_metric=f"auroc/forgetting/e{epochs[-1]}"))
+    return out
+
+
+def columns(score_epochs, last):
+    """The table: per score epoch the AUROCs and precisions, then the accuracies."""
+    out = [Column("auroc/alignment_permuted/e0", "AUROC −a_i, permuted (null), epoch 0")]
+    for e in score_epochs:
+        out += [Column(f"auroc/alignment/e{e}", f"AUROC −a_i, epoch {e}"),
+                Column(f"auroc/loss/e{e}", f"AUROC loss, epoch {e}")]
+    out.append(Column(f"auroc/forgetting/e{last}", f"AUROC forgetting, epoch {last}"))
+    for e in score_epochs:
+        out += [Column(f"precision/alignment/e{e}", f"precision −a_i, epoch {e}"),
+                Column(f"precision/loss/e{e}", f"precision loss, epoch {e}")]
+    return tuple(out + [Column("pristine_accuracy", "pristine train acc (last)"),
+                        Column("corrupted_accuracy", "corrupted train acc, noisy label (last)"),
+                        Column("test_accuracy", "test acc (last)")])
+
+
+def setting(runs):
+    c = runs[0][1]["config"]
+    return [f"MLP {c['depth']} × {c['width']} ReLU, plain SGD lr {c['learning_rate']}, batch "
+            f"{c['batch_size']}, {c['epochs']} epochs; label noise '{c['noise_kind']}' (each "
+            "corrupted label is another class, uniformly; corrupted set drawn per seed). Scores "
+            "over the whole training set (m = n) at epochs "
+            f"{', '.join(map(str, c['score_epochs']))}; precision: share corrupted among the "
+            "noise-rate share of examples with the highest score. Forgetting counts from the "
+            "correctness after each epoch from 1 on (coarser than Toneva et al.'s per "
+            "presentation).", ""]
+
+
+def figures(workdir, runs):
+    from . import figures as fig
+
+    return [fig.profiles(workdir, "label_noise_detection.png", runs, tuple(
+        ("epoch", f"auroc/{s}", "epoch (0 = initialisation)", f"AUROC of {label}")
+        for s, label in (("alignment", "−a_i"), ("loss", "the loss"),
+                         ("forgetting", "forgetting counts"))),
+        "Detecting corrupted labels")]
+
+
+EXPERIMENT = Experiment(
+    name="label_noise_detection",
+    title="Flagging corrupted labels: AUROC of −a_i against the small-loss rule and forgetting",
+    arms=arms, run_arm=common.resumable(_train, check_config),
+    columns=columns(noise_config.get_config().score_epochs, noise_config.get_config().epochs),
+    loop="graph", scales=("small",), rules=rules,
+    figures=figures, setting=setting,
+    progress=("auroc/alignment/e0", "auroc/alignment/e1", "auroc/loss/e1"))

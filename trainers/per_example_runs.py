@@ -1,0 +1,112 @@
+"""What the per-example experiments share (`easy_hard`, `alignment_order`, `label_noise_detection`):
+the run's MLP with plain SGD in the graph loop, per-example arrays logged at epochs that survive a
+restart, learning times, and permutation nulls.
+
+| name                                   | what                                                     |
+|----------------------------------------|----------------------------------------------------------|
+| `build(config, x, y, shape, classes)`  | `Setup`: the seeded MLP (`beyond_common.mlp`), SGD, loss, epoch trainer, predictor |
+| `EpochRecords(run_dir)`                | {epoch: {name: [n] array}} in `per_example.npz`, written atomically at every log |
+| `learning_epochs(correct, epochs)`     | per example, the first logged epoch from which it stays correctly classified |
+| `permutation_null(statistic, a, b, seed, k)` | the mean of `statistic(a, permuted b)` over k permutations |
+
+A run's curves and checkpoints go through `graph_loop.run_logged_epochs`; the per-example arrays
+(correctness, a_i, ℓ_i) are too long for the curves, so each log writes them to
+`RUN/per_example.npz` before the checkpoint that follows it. A resumed run re-logs (and overwrites)
+every epoch after its checkpoint, so the file always holds one row per logged epoch of the curves.
+"""
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from cgh_tf.atomic_files import atomic_open
+
+from . import beyond_common as common
+from . import graph_loop
+
+RECORDS_FILE = "per_example.npz"
+
+
+class Setup(NamedTuple):
+    """model: the MLP; optimizer: `keras.optimizers.SGD`; loss_fn: mean sparse cross-entropy of
+    logits; train_epoch(perm): one epoch of `graph_loop.epoch_trainer` over (x, y);
+    predict(xs, ys) -> (argmax [n], ℓ_i [n]) (`graph_loop.predictor`)."""
+
+    model: object
+    optimizer: object
+    loss_fn: object
+    train_epoch: object
+    predict: object
+
+
+def build(config, x, y, input_shape, num_classes, model=None) -> Setup:
+    """The MLP of `config` (width, depth; built after `keras.utils.set_random_seed(config.seed)`,
+    or `model` if given) with a fresh plain SGD (`config.learning_rate`, no momentum) training on
+    x [n, ...] float32, y [n] int32 in batches of `config.batch_size`."""
+    import keras
+    import tensorflow as tf
+
+    if model is None:
+        keras.utils.set_random_seed(int(config.seed))
+        model = common.mlp(config, input_shape, num_classes)
+    optimizer = keras.optimizers.SGD(float(config.learning_rate))
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    train_epoch = graph_loop.epoch_trainer(model, optimizer, loss_fn, tf.constant(x),
+                                           tf.constant(y), int(config.batch_size))
+    return Setup(model, optimizer, loss_fn, train_epoch, graph_loop.predictor(model))
+
+
+class EpochRecords:
+    """Per-example arrays by logged epoch in `RUN/per_example.npz` (keys `e<epoch>/<name>`)."""
+
+    def __init__(self, run_dir):
+        self.path = os.path.join(run_dir, RECORDS_FILE)
+        self.rows = {}
+        if os.path.exists(self.path):
+            with np.load(self.path) as saved:
+                for key in saved.files:
+                    epoch, name = key.split("/", 1)
+                    self.rows.setdefault(int(epoch[1:]), {})[name] = saved[key]
+
+    def put(self, epoch, **arrays):
+        """Record `arrays` ({name: [n]}) for `epoch` (replacing an earlier record) and save."""
+        self.rows[int(epoch)] = {name: np.asarray(a) for name, a in arrays.items()}
+        flat = {f"e{e}/{name}": a for e, row in self.rows.items() for name, a in row.items()}
+        with atomic_open(self.path, "wb") as f:
+            np.savez(f, **flat)
+
+    def get(self, epoch, name):
+        """The array `name` of `epoch`; ValueError (one line) if it was never recorded."""
+        try:
+            return self.rows[int(epoch)][name]
+        except KeyError:
+            raise ValueError(f"{self.path} has no {name!r} for epoch {epoch} (the run's "
+                             "per-example records are missing or damaged); delete the run's "
+                             "directory and run it again") from None
+
+    def stacked(self, name, epochs):
+        """[len(epochs), n]: the arrays `name` of `epochs`, in that order."""
+        return np.stack([self.get(e, name) for e in epochs])
+
+
+def learning_epochs(correct, epochs):
+    """[n] float64: per example, the first of the logged `epochs` (sorted, one per row of
+    `correct` [T, n] bool) from which it is correct at every later logged epoch; `epochs[-1] + 1`
+    for an example wrong at the last one (not learnt)."""
+    correct = np.asarray(correct, bool)
+    epochs = np.asarray(epochs, np.float64)
+    if correct.ndim != 2 or correct.shape[0] != len(epochs):
+        raise ValueError(f"correct must be [len(epochs)={len(epochs)}, n]; got {correct.shape}")
+    stays = np.flip(np.logical_and.accumulate(np.flip(correct, 0), axis=0), 0)  # all correct from row k on
+    first = len(epochs) - stays.sum(axis=0)
+    return np.append(epochs, epochs[-1] + 1)[first]
+
+
+def permutation_null(statistic, a, b, seed, k):
+    """The mean of `statistic(a, b[permutation])` over `k` permutations drawn by
+    `default_rng([seed, 8191])`: the statistic's value when the pairing of a and b is broken."""
+    rng = np.random.default_rng([int(seed), 8191])
+    b = np.asarray(b)
+    return float(np.mean([statistic(a, b[rng.permutation(len(b))]) for _ in range(int(k))]))
