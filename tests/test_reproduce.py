@@ -146,37 +146,6 @@ def test_memorisation_tiny_files_numbers_and_skip_on_rerun(tmp_path):
     assert (tmp_path / "results.md").read_bytes() == before
 
 
-def test_loss_fractions_two_seeds_mean_and_sd_match_arm_results(tmp_path):
-    # 300 examples / batch 64 = 5 steps per epoch; measurements at steps 0, 2, 4 and 5 (epoch end).
-    experiment = sweeps.build("loss_fractions", seeds=2, overrides=TINY,
-                                   noise_levels=(0.5,), monitor_samples=16, monitor_every_steps=2)
-    _run(experiment, tmp_path)
-    for figure in ("loss_fractions.png", "loss_fractions_vs_step.png"):
-        _assert_png(tmp_path / figure)
-    _, table = _table(tmp_path)
-    row = table[("SGD, 50% noise",)]
-    results = _arm_results(tmp_path, "noise50/sgd")
-    assert len(results) == 2 and row["seeds"] == "2"
-    assert all(r["step_history"]["step"] == [0, 2, 4, 5] for r in results)
-    f_p = [r["history"]["f_pristine"] for r in results]
-    f_p_steps = [r["step_history"]["f_pristine"] for r in results]
-    assert row["f^p (first measurement, step 0)"] == _cell([f[0] for f in f_p_steps], ".3f")
-    assert row["f^p (after 2 steps)"] == _cell([f[1] for f in f_p_steps], ".3f")
-    assert row["f^p (min over measurements)"] == _cell([min(f) for f in f_p_steps], ".3f")
-    assert row["f^p (last)"] == _cell([f[-1] for f in f_p], ".3f")
-    assert " ± " in row["f^p (last)"]
-    for r in results:  # f^c = 1 - f^p as logged by the trainer; the epoch end is the last step
-        for series in ("history", "step_history"):
-            np.testing.assert_allclose(np.add(r[series]["f_pristine"], r[series]["f_corrupt"]),
-                                       1.0, atol=1e-9)
-        assert r["step_history"]["f_pristine"][-1] == r["history"]["f_pristine"][-1]
-    summary = _json(tmp_path / "results.json")
-    stats = summary["groups"]["noise50/sgd"]["metrics"]["fp_last"]
-    assert stats["n"] == 2
-    np.testing.assert_allclose(stats["mean"], np.mean([f[-1] for f in f_p]), rtol=1e-12)
-    np.testing.assert_allclose(stats["std"], np.std([f[-1] for f in f_p], ddof=1), rtol=1e-9)
-
-
 def test_real_vs_random_coherence_curves_and_per_layer_figure(tmp_path):
     experiment = sweeps.build("real_vs_random", seeds=1,
                                    overrides={**TINY, "coherence.monitor_samples": 8,

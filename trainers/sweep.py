@@ -87,7 +87,6 @@ SMALL_CONFIGS = {
     "real_vs_random": "real_vs_random",
     "memorisation": "default",
     "easy_hard": "easy_hard",
-    "loss_fractions": "default",
 }
 FEATURE_SUBTREES = ("mode", "coherence", "learning_times", "easy_hard")
 # The config file of the larger scales; (scale, experiment) entries override the scale's default.

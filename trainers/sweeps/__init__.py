@@ -15,13 +15,10 @@ sub-workdir — together with the `Metric`s of its `results.md` table and the `F
 |                  |                                   | `sgd` arm is c = 0)                                              |
 | `easy_hard`      | 2003.07422                        | `configs/easy_hard.py`: probe run, easy / hard split, a run on each |
 |                  |                                   | part tested on its own held-out half                             |
-| `loss_fractions` | 2002.10657 (ICLR 2020)            | SGD at 25 % and 50 % noise; f^p / f^c of a fixed training sample |
-|                  |                                   | and m-coherence of pristine / corrupted samples, at step 0,      |
-|                  |                                   | every 21 steps (3 per epoch of 63 batches) and every epoch       |
 
-Default seeds: 2 (real_vs_random, loss_fractions; memorisation: 18 arms × 2), 3 (easy_hard).
+Default seeds: 2 (real_vs_random; memorisation: 18 arms × 2), 3 (easy_hard).
 
-The experiments beyond these sweeps (grokking, double descent, early stopping, adversarial
+The experiments beyond these sweeps (loss_fractions, which replaced its sweep, grokking, double descent, early stopping, adversarial
 initialisation, depth and width, real vs random across architectures, scale) run their own
 resumable loops and are declarations run by `trainers/runner.py` (`trainers/catalog.py`; same
 `trainers.reproduce` command).
@@ -53,14 +50,13 @@ Arm conventions (all scales):
 from trainers import config_schema
 from trainers import sweep
 from trainers.sweep import Sweep
-from trainers.sweeps import easy_hard, loss_fractions, memorisation, real_vs_random
+from trainers.sweeps import easy_hard, memorisation, real_vs_random
 
 # name -> (builder, default number of seeds)
 EXPERIMENTS = {
     "real_vs_random": (real_vs_random.real_vs_random, 2),
     "memorisation": (memorisation.memorisation, 2),
     "easy_hard": (easy_hard.easy_hard, 3),
-    "loss_fractions": (loss_fractions.loss_fractions, 2),
 }
 # Default builder arguments at the small scale (time budget; see the module docstring).
 SMALL_SCALE_ARGS = {"memorisation": {"winsorize_pcts": (2.0, 4.0, 8.0)}}
@@ -68,7 +64,6 @@ SMALL_SCALE = {  # default overrides at the small scale (chosen for < 10 min on 
     "real_vs_random": {"num_epochs": 20},
     "memorisation": {"num_epochs": 30},
     "easy_hard": {"num_epochs": 30},
-    "loss_fractions": {"num_epochs": 30},
 }
 
 
