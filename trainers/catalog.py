@@ -21,7 +21,8 @@ DEFAULT_SEEDS = 3
 DECLARED = {"double_descent": ".double_descent", "scale": ".scale", "grokking": ".grokking",
             "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch",
             "early_stopping": ".early_stopping", "adversarial_init": ".adversarial_init",
-            "noise_structure": ".noise_structure", "loss_fractions": ".loss_fractions"}
+            "noise_structure": ".noise_structure", "loss_fractions": ".loss_fractions",
+            "winsorize_controls": ".winsorize_controls"}
 NAMES = tuple(sweeps.EXPERIMENTS) + tuple(DECLARED)
 SCALES = tuple(dict.fromkeys(sweep.SCALES + ("small", "full")))
 

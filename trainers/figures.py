@@ -4,6 +4,7 @@
 |-----------------------------------|-------------------------------------------------------------|
 | `summary_vs_axis(...)`            | per column, a run summary value against a config field (e.g. width) |
 | `curves_per_group(...)`           | per column, the logged curve of every arm against an x key   |
+| `frontier(...)`                   | one logged curve against another (e.g. corrupted vs pristine accuracy), one line per arm |
 
 `runs` = [(Arm, result dict)]. The band is mean ± t_{.975, n−1} · sd / √n over the seeds (Student
 t; none for one seed); missing values (None) are left out per point.
@@ -107,4 +108,21 @@ def curves_per_group(workdir, name, runs, keys, x, x_label, title, log_x=None, r
         for ax, (_, label) in zip(axes_row, keys):
             _label(ax, x_label, f"{row} {label}".strip(), log_x)
         axes_row[0].legend(fontsize=6, ncol=2)
+    return _save(fig, workdir, name, title)
+
+
+def frontier(workdir, name, runs, x_key, y_key, x_label, y_label, title):
+    """Per arm, curve `y_key` against curve `x_key` (both logged at the same points): the mean
+    over seeds of each at every logged point, with the 95 % CI band of y (a trade-off curve such
+    as the memorisation frontier)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for i, (arm, results) in enumerate(_groups(runs).values()):
+        xs, _, _ = mean_band(zip(*[r["curves"][x_key] for r in results]))
+        mean, low, high = mean_band(zip(*[r["curves"][y_key] for r in results]))
+        color = plt.get_cmap("tab10")(i % 10)
+        ax.plot(xs, mean, color=color, ls=arm.linestyle, marker=".", ms=3, label=arm.label)
+        ax.fill_between(xs, low, high, color=color, alpha=0.15)
+    _label(ax, x_label, y_label, None)
+    ax.legend(fontsize=6)
     return _save(fig, workdir, name, title)

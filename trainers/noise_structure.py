@@ -122,6 +122,7 @@ def _ordered(values, order, what):
 def analyses(runs):
     """The ordering rule per matched pair and the premise (module docstring)."""
     planned = {a.panel for a, _ in runs}
+    groups = {a.group for a, _ in runs}
     lines = ["## Does suppression order with the corrupted set's coherence?", "",
              "Declared rule: suppression s = control − arm corrupted train accuracy (noisy "
              "labels, last epoch), per seed; an order holds if every adjacent paired 95 % CI "
@@ -129,9 +130,10 @@ def analyses(runs):
              "", "| order tested | difference | mean [95 % CI] | verdict |", "|---|---|---|---|"]
     out = {}
     tests = [("corrupted pairwise coherence at init (SGD arm)", PREMISE,
-              lambda kind: _per_seed(runs, f"{kind}/sgd", "pairwise/corrupted_init"))]
+              lambda kind: _per_seed(runs, f"{kind}/sgd", "pairwise/corrupted_init"))
+             ] if all(f"{k}/sgd" in groups for k in PREMISE) else []
     for arm, control, matched in scale.PAIRS:
-        if matched:
+        if matched and all(f"{k}/{g}" in groups for k in ORDER for g in (arm, control)):
             tests.append((f"suppression {control} − {arm}", ORDER,
                           lambda kind, a=arm, c=control: _suppression(runs, kind, a, c)))
     for what, order, values_of in tests:

@@ -144,14 +144,16 @@ def _train(config, run_dir, echo):
     return train_memorisation(config, run_dir, echo)
 
 
-def train_memorisation(config, run_dir, echo, build=build_optimizer, measure=None):
+def train_memorisation(config, run_dir, echo, build=build_optimizer, measure=None,
+                       summarize_more=None):
     """One update-level memorisation run (the module docstring), shared by the experiments that
     differ only in their arms and extra measurements.
 
     build(config, model, ds) -> (optimizer, batches per update, aggregator or None, calibration
     dict: its numbers go to the run's summary), called on the freshly initialised model before
     any checkpoint is restored (so a resumed run calibrates as the first invocation did); measure(model, ds, epoch) -> dict of
-    extra scalars logged with every row (ds: the `cgh_tf.data.Dataset`)."""
+    extra scalars logged with every row (ds: the `cgh_tf.data.Dataset`); summarize_more(curves) ->
+    dict of extra summary numbers."""
     import keras
     import tensorflow as tf
 
@@ -194,8 +196,9 @@ def train_memorisation(config, run_dir, echo, build=build_optimizer, measure=Non
         epochs=config.epochs,
         log_epochs=graph_loop.capped_log_epochs(config.log_epochs, config.epochs),
         checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=n, echo=echo)
-    return common.finish(run_dir, config.to_dict(), curves, {**summarize(curves), **calibration},
-                         started,
+    more = summarize_more(curves) if summarize_more else {}
+    return common.finish(run_dir, config.to_dict(), curves,
+                         {**summarize(curves), **calibration, **more}, started,
                          num_train=n, num_test=len(x_test), num_corrupted=int(corrupted.sum()),
                          batches_per_update=per_update, updates_per_epoch=updates_per_epoch)
 
