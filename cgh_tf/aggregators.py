@@ -27,10 +27,11 @@ Contract every aggregator must meet (the step relies on it):
   non-finite (`GroupAggregator.__call__`), so that the LossScaleOptimizer skips the step and
   lowers the scale exactly as for a plain mean (a median would otherwise hide one bad group).
 
-Per-example norm clipping (`NormClip`, the control of winsorizing in the `winsorize_controls`
-experiment) scales whole per-example gradients, so it is not coordinate-wise: it is a gradient
-function for custom loops (`trainers/graph_loop.update_trainer`), not a `cgh_tf.Model`
-aggregation (`get` and `compile` refuse it). `Winsorize.changed_share` measures the share of
+Per-example norm clipping (`NormClip`) and the mean at the winsorized mean's norm
+(`NormMatchedMean`), the controls of winsorizing in the `winsorize_controls` experiment, act on
+whole gradients, not coordinate-wise: they are gradient functions for custom loops
+(`trainers/graph_loop.update_trainer`), not `cgh_tf.Model` aggregations (`get` and `compile`
+refuse them). `Winsorize.changed_share` measures the share of
 per-example gradient values winsorizing changes, the fraction a matched `NormClip` clips.
 
 Cross-step buffering (M3 over consecutive batches, RM3, RA3) is not an aggregator: it stays in the
@@ -246,6 +247,32 @@ class NormClip:
             total = tf.reduce_sum(tf.cast(weights, losses.dtype) * losses)
             total = total / tf.cast(tf.shape(losses)[0], losses.dtype)
         return tape.gradient(total, variables)
+
+
+class NormMatchedMean:
+    """The batch's mean gradient ḡ scaled to the norm of its winsorized mean at `pct`:
+    ḡ · ‖wmean‖ / ‖ḡ‖ (norms over all trainable variables), winsorizing's step length without its
+    direction. One per-example pass gives both (`per_example.reduced_per_example_gradients`
+    with `with_sums`)."""
+
+    def __init__(self, pct: float):
+        self.winsorize = Winsorize(pct)
+
+    def __repr__(self):
+        return f"NormMatchedMean(pct={self.winsorize.pct!r})"
+
+    def gradients(self, model, x, y, loss_fn=None, training=False) -> list:
+        """A list aligned with `model.trainable_variables` (None where the loss does not depend
+        on a variable)."""
+        from cgh_tf import per_example
+
+        reduced, sums = per_example.reduced_per_example_gradients(
+            model, x, y, self.winsorize.reduce, loss_fn=loss_fn, training=training,
+            reduce_outer=self.winsorize.reduce_outer, with_sums=True)
+        mean = [None if g is None else g / tf.cast(tf.shape(sums.losses)[0], g.dtype)
+                for g in sums.grad_sum]
+        scale = tf.linalg.global_norm(reduced) / tf.linalg.global_norm(mean)
+        return [None if g is None else g * tf.cast(scale, g.dtype) for g in mean]
 
 
 _SLOW_WINSORIZE = (

@@ -29,7 +29,7 @@ def get_config():
 
 
 NOISE_LEVELS = (0.25, 0.5)
-DATASETS = {"small": ("mnist1d",), "full": ("mnist1d", "mnist5k")}
+DATASETS = {"small": ("mnist1d", "mnist5k"), "full": ("mnist1d", "mnist5k")}
 SCALES = {"small": {}, "full": {}}
 DATASET_CHANGES = {"small": {"mnist1d": {}, "mnist5k": {}},
                    "full": {"mnist1d": {}, "mnist5k": {}}}

@@ -65,6 +65,20 @@ def test_norm_clip_works_in_a_compiled_function_and_refuses_bad_input():
                                                           aggregation=clip)
 
 
+def test_norm_matched_mean_is_the_mean_at_the_winsorized_norm(float64_keras):
+    x, y, w0, b0 = reference.problem(m=20, d=5, c=4, seed=4)
+    model = _float64_regression(w0, b0)
+    grads = aggregators.NormMatchedMean(10.0).gradients(model, tf.constant(x), tf.constant(y),
+                                                        LOSS)
+    gw, gb = reference.per_example_gradients(w0, b0, x, y)
+    flat = np.concatenate([gw.reshape(20, -1), gb], axis=1)
+    low, high = np.percentile(flat, [10, 90], axis=0, method="nearest")
+    mean = flat.mean(0)
+    want = mean * np.linalg.norm(np.clip(flat, low, high).mean(0)) / np.linalg.norm(mean)
+    np.testing.assert_allclose(np.concatenate([g.numpy().ravel() for g in grads]), want,
+                               rtol=1e-9, atol=1e-13)
+
+
 def test_winsorize_changed_share_counts_the_values_outside_the_percentiles():
     rng = np.random.default_rng(0)
     values = rng.normal(size=(64, 7, 5))
