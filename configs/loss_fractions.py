@@ -8,8 +8,8 @@ labels). On a fixed mixed training sample of `fraction_samples` examples it logs
 gradient-blind null Q_p/Q and the count share at every step 0..`every_step_until`, then at every
 epoch end. `early_window` = (first, last) step, inclusive: the declared window of the rule.
 
-Scales: `small` (default: MNIST-1D; `--set=dataset=mnist5k`: its 4,000 real training digits);
-`full`: both datasets.
+Scale `small` (the only one): MNIST-1D and mnist5k (its 4,000 real training digits); one of them
+with `--set=dataset=NAME`.
 """
 
 from configs import scale
@@ -29,7 +29,6 @@ def get_config():
 
 
 NOISE_LEVELS = (0.25, 0.5)
-DATASETS = {"small": ("mnist1d", "mnist5k"), "full": ("mnist1d", "mnist5k")}
-SCALES = {"small": {}, "full": {}}
-DATASET_CHANGES = {"small": {"mnist1d": {}, "mnist5k": {}},
-                   "full": {"mnist1d": {}, "mnist5k": {}}}
+DATASETS = {"small": ("mnist1d", "mnist5k")}
+SCALES = {"small": {}}
+DATASET_CHANGES = {"small": {"mnist1d": {}, "mnist5k": {}}}

@@ -183,7 +183,7 @@ run = common.resumable(_train, check_config)
 EXPERIMENT = Experiment(
     name="loss_fractions",
     title="Pristine share of the early loss reduction, f^p, against its null Q_p/Q",
-    arms=arms, run_arm=run, loop="graph", scales=("small", "full"),
+    arms=arms, run_arm=run, loop="graph", scales=("small",),
     columns=(Column("fp_early", "f^p (early window mean)"),
              Column("null_early", "Q_p/Q (early window mean)"),
              Column("fp_minus_null_early", "f^p − Q_p/Q (early window)"),
