@@ -116,7 +116,7 @@ def frontier(workdir, name, runs, x_key, y_key, x_label, y_label, title):
     over seeds of each at every logged point, with the 95 % CI band of y (a trade-off curve such
     as the memorisation frontier)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 5.0))
     for i, (arm, results) in enumerate(_groups(runs).values()):
         xs, _, _ = mean_band(zip(*[r["curves"][x_key] for r in results]))
         mean, low, high = mean_band(zip(*[r["curves"][y_key] for r in results]))

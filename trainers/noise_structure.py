@@ -144,7 +144,22 @@ def analyses(runs):
             {"larger": hi, "smaller": lo, **d.as_dict()} for hi, lo, d in rows]}
         lines += [f"| {what} | {hi} − {lo} | {d.text('+.3f')} | {verdict.split(': ')[-1]} |"
                   for hi, lo, d in rows]
-    return lines + [""], {"order": out}
+    return lines + [""] + _room(runs, groups), {"order": out}
+
+
+def _room(runs, groups):
+    """The controls' own corrupted accuracy per kind: the room a suppression has (a control at 0
+    leaves none, so that kind's suppression is 0 by construction: a floor)."""
+    controls = [c for _, c, matched in scale.PAIRS if matched]
+    lines = ["Room to suppress: each control's corrupted train accuracy (mean over seeds, last "
+             "epoch); near 0 the suppression of that kind is floored at 0.", "",
+             "| control | " + " | ".join(ORDER) + " |", "|---" * (len(ORDER) + 1) + "|"]
+    for control in controls:
+        cells = [statistics.summarize(list(_per_seed(runs, f"{k}/{control}",
+                                                     "corrupted_accuracy").values())).text(".3f")
+                 if f"{k}/{control}" in groups else "n/a" for k in ORDER]
+        lines.append(f"| {control} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _suppression(runs, kind, arm, control):
