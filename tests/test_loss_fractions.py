@@ -52,7 +52,7 @@ def test_bad_window_and_noise_override_fail_in_one_line():
 
 def test_tiny_real_run_reports_the_declared_rule_per_noise_level(tmp_path):
     tiny = {"epochs": 1, "train_size": 200, "fraction_samples": 32, "every_step_until": 3,
-            "early_window": (0, 2), "width": 16}
+            "early_window": (0, 2), "width": 16, "dataset": "mnist1d"}
     arms, experiment = catalog.plan("loss_fractions", seeds=2, overrides=tiny)
     summary = catalog.execute("loss_fractions", arms, experiment, str(tmp_path), "test",
                               echo=lambda line: None)
