@@ -27,6 +27,13 @@ Contract every aggregator must meet (the step relies on it):
   non-finite (`GroupAggregator.__call__`), so that the LossScaleOptimizer skips the step and
   lowers the scale exactly as for a plain mean (a median would otherwise hide one bad group).
 
+Per-example norm clipping (`NormClip`) and the mean at the winsorized mean's norm
+(`NormMatchedMean`), the controls of winsorizing in the `winsorize_controls` experiment, act on
+whole gradients, not coordinate-wise: they are gradient functions for custom loops
+(`trainers/graph_loop.update_trainer`), not `cgh_tf.Model` aggregations (`get` and `compile`
+refuse them). `Winsorize.changed_share` measures the share of
+per-example gradient values winsorizing changes, the fraction a matched `NormClip` clips.
+
 Cross-step buffering (M3 over consecutive batches, RM3, RA3) is not an aggregator: it stays in the
 optimizer wrappers of `cgh_tf.optimizers`, which can be combined with any aggregator here.
 """
@@ -165,12 +172,107 @@ class Winsorize(PerExampleAggregator):
     def reduce(self, values: tf.Tensor, axis: int) -> tf.Tensor:
         return robust.winsorized_mean(values, self.pct, axis)
 
+    def changed_share(self, values: tf.Tensor, axis: int = 0) -> tf.Tensor:
+        """The share (float scalar in [0, 1]) of the entries of `values` [..., m, ...] (m
+        examples on `axis`) that winsorizing changes: those strictly below the `pct`-th or
+        above the (100 − `pct`)-th nearest-rank percentile of their coordinate. At most
+        2·round((m − 1)·pct / 100) / m; less where values tie (e.g. the zeros of ReLU units)."""
+        values = tf.convert_to_tensor(values)
+        if not self.pct:
+            return tf.zeros([], values.dtype)
+        bounds = robust.percentile_nearest(values, [self.pct, 100.0 - self.pct], axis=axis)
+        low, high = tf.expand_dims(bounds[0], axis), tf.expand_dims(bounds[1], axis)
+        return tf.reduce_mean(tf.cast((values < low) | (values > high), values.dtype))
+
     def reduce_outer(self, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
         reduced = robust.winsorized_mean_of_outer_products(a, b, self.pct)
         if reduced is None and self.pct:
             warnings.warn(_SLOW_WINSORIZE.format(reason=_network_refusal(a.shape[0], self.pct)),
                           stacklevel=2)
         return reduced
+
+
+class NormClip:
+    """Per-example L2-norm clipping of a fixed share of every batch, then the mean.
+
+    In a batch of m examples the k = round(m · `clip_pct` / 100) examples with the largest
+    ‖g_i‖ (over all trainable variables) are scaled down to τ, the (k+1)-th largest norm; the
+    result is (1/m) Σ_i min(1, τ / ‖g_i‖) g_i. k = 0 is the plain mean. The threshold follows
+    the batch (a quantile, not a fixed C), so the clipped share stays `clip_pct` % all through
+    training, as winsorizing's does.
+
+    Two passes (TF Privacy's "fast clipping" idea): the norms from the engine's fast rules
+    (`per_example.gradients_and_sq_norms`), then one backward pass of Σ_i w_i ℓ_i / m with the
+    weights w_i held constant. Both passes must see the same function: a model with random layers
+    (Dropout, noise) in training mode is refused.
+    """
+
+    def __init__(self, clip_pct: float):
+        if (isinstance(clip_pct, bool) or not isinstance(clip_pct, numbers.Real)
+                or not 0.0 <= clip_pct < 100.0):
+            raise ValueError(f"clip_pct must be in [0, 100) (percent of each batch's examples "
+                             f"clipped); got {clip_pct!r}.")
+        self.clip_pct = float(clip_pct)
+
+    def __repr__(self):
+        return f"NormClip(clip_pct={self.clip_pct!r})"
+
+    def weights(self, sq_norms: tf.Tensor) -> tf.Tensor:
+        """[m] per-example squared norms ‖g_i‖² -> [m] weights min(1, τ / ‖g_i‖) (1 where
+        ‖g_i‖ = 0)."""
+        norms = tf.sqrt(tf.convert_to_tensor(sq_norms))
+        m = tf.shape(norms)[0]
+        k = tf.cast(tf.round(tf.cast(m, tf.float64) * (self.clip_pct / 100.0)), tf.int32)
+        k = tf.minimum(k, m - 1)
+        tau = tf.math.top_k(norms, k + 1, sorted=True).values[k]
+        return tf.where(norms > tau, tau / tf.where(norms > 0, norms, 1), tf.ones_like(norms))
+
+    def gradients(self, model, x, y, loss_fn=None, training=False) -> list:
+        """The clipped mean gradient, a list aligned with `model.trainable_variables` (None where
+        the loss does not depend on a variable); loss_fn as `per_example.per_example_loss_fn`."""
+        from cgh_tf import keras_internals, per_example
+
+        if training and any(hasattr(layer, "seed_generator")
+                            for layer in keras_internals.flatten_layers(model)):
+            raise ValueError(f"{self!r} runs the model twice per batch; a model with random layers "
+                             "(Dropout, noise) in training mode would see two different functions. "
+                             "Use training=False or a model without them.")
+        loss_fn = per_example.per_example_loss_fn(model, loss_fn)
+        sums = per_example.gradients_and_sq_norms(model, x, y, loss_fn, training=training)
+        weights = tf.stop_gradient(self.weights(tf.reduce_sum(sums.sq_norms, axis=1)))
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=training)
+            losses = loss_fn(loss_fn.prepare(y, y_pred, None, None), y_pred)
+            total = tf.reduce_sum(tf.cast(weights, losses.dtype) * losses)
+            total = total / tf.cast(tf.shape(losses)[0], losses.dtype)
+        return tape.gradient(total, variables)
+
+
+class NormMatchedMean:
+    """The batch's mean gradient ḡ scaled to the norm of its winsorized mean at `pct`:
+    ḡ · ‖wmean‖ / ‖ḡ‖ (norms over all trainable variables), winsorizing's step length without its
+    direction. One per-example pass gives both (`per_example.reduced_per_example_gradients`
+    with `with_sums`)."""
+
+    def __init__(self, pct: float):
+        self.winsorize = Winsorize(pct)
+
+    def __repr__(self):
+        return f"NormMatchedMean(pct={self.winsorize.pct!r})"
+
+    def gradients(self, model, x, y, loss_fn=None, training=False) -> list:
+        """A list aligned with `model.trainable_variables` (None where the loss does not depend
+        on a variable)."""
+        from cgh_tf import per_example
+
+        reduced, sums = per_example.reduced_per_example_gradients(
+            model, x, y, self.winsorize.reduce, loss_fn=loss_fn, training=training,
+            reduce_outer=self.winsorize.reduce_outer, with_sums=True)
+        mean = [None if g is None else g / tf.cast(tf.shape(sums.losses)[0], g.dtype)
+                for g in sums.grad_sum]
+        scale = tf.linalg.global_norm(reduced) / tf.linalg.global_norm(mean)
+        return [None if g is None else g * tf.cast(scale, g.dtype) for g in mean]
 
 
 _SLOW_WINSORIZE = (

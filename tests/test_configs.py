@@ -102,3 +102,25 @@ def test_flags_override_any_field_and_learning_rate_is_linked():
 def test_dataset_spec_rejects_unknown_names():
     with pytest.raises(config_schema.ConfigError, match="unknown; allowed: mnist1d"):
         factories.dataset_spec("svhn")
+
+
+def test_dataset_spec_counts_the_dummy_classes_of_isolated_noise():
+    from cgh_tf import data
+
+    loaded = data.load("mnist1d", label_noise=0.4, noise_kind="isolated", seed=0, train_size=500)
+    assert factories.dataset_spec("mnist1d", 0.4, "isolated", num_train=500) == (
+        tuple(loaded.input_shape), loaded.num_classes) == ((40,), 10 + 200)
+    assert factories.dataset_spec("mnist1d", 0.4, "pair", num_train=500) == ((40,), 10)
+    with pytest.raises(config_schema.ConfigError, match="give num_train"):
+        factories.dataset_spec("mnist1d", 0.4, "isolated")
+
+
+@pytest.mark.parametrize("kind", ["pair", "isolated"])
+def test_trainer_configs_accept_every_noise_kind_of_the_data_module(kind):
+    config = _config("default")
+    config.noise_kind = kind
+    config_schema.validate(config)
+    config.noise_kind = "sideways"
+    with pytest.raises(config_schema.ConfigError, match="allowed: uniform, other, permute, pair, "
+                                                         "isolated"):
+        config_schema.validate(config)

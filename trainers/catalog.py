@@ -14,7 +14,9 @@ DECLARED = {"memorisation": ".memorisation", "real_vs_random": ".real_vs_random"
             "depth_width": ".depth_width", "real_vs_random_arch": ".real_vs_random_arch",
             "scale": ".scale", "grokking": ".grokking", "double_descent": ".double_descent",
             "easy_hard": ".easy_hard", "alignment_order": ".alignment_order",
-            "label_noise_detection": ".label_noise_detection"}
+            "label_noise_detection": ".label_noise_detection",
+            "noise_structure": ".noise_structure", "loss_fractions": ".loss_fractions",
+            "winsorize_controls": ".winsorize_controls"}
 NAMES = tuple(DECLARED)
 SCALES = ("small", "full", "cifar10", "imagenet")   # every experiment's `scales` is a subset
 

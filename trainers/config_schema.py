@@ -24,7 +24,6 @@ import numbers
 
 import ml_collections
 
-NOISE_KINDS = ("uniform", "other", "permute")
 INPUT_CORRUPTIONS = ("shuffled_pixels", "random_pixels", "gaussian")
 SCHEDULES = ("constant", "step")
 INNER_OPTIMIZERS = ("sgd", "adam")
@@ -73,8 +72,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"dataset={config.dataset!r} is unknown; allowed: {', '.join(data.DATASETS)}")
     need(_is_number(config.label_noise) and 0.0 <= config.label_noise <= 1.0,
          f"label_noise={config.label_noise!r} must be a fraction in [0, 1]")
-    need(config.noise_kind in NOISE_KINDS,
-         f"noise_kind={config.noise_kind!r} is unknown; allowed: {', '.join(NOISE_KINDS)}")
+    need(config.noise_kind in data.LABEL_NOISE_KINDS,  # the one list of noise kinds
+         f"noise_kind={config.noise_kind!r} is unknown; allowed: "
+         f"{', '.join(data.LABEL_NOISE_KINDS)}")
     need(config.input_corruption is None or config.input_corruption in INPUT_CORRUPTIONS,
          f"input_corruption={config.input_corruption!r} is unknown; allowed: None, "
          f"{', '.join(INPUT_CORRUPTIONS)}")

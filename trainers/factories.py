@@ -3,7 +3,7 @@
 | function                        | returns                                                        |
 |---------------------------------|----------------------------------------------------------------|
 | `load_data(config)`             | `cgh_tf.data.Dataset`                                          |
-| `dataset_spec(name)`            | `(input_shape, num_classes)` of a known dataset, without loading it |
+| `dataset_spec(name, ...)`       | `(input_shape, num_classes)` of a known dataset, without loading it (with "isolated" label noise: K + its dummy classes) |
 | `build_model(config, shape, k)` | `keras.Model` (uncompiled, outputs logits)                     |
 | `build_optimizer(config, lr)`   | Keras optimizer from `cgh_tf.optimizers.build`                 |
 | `compile_model(model, opt)`     | compiles with sparse categorical cross-entropy on logits + accuracy |
@@ -39,11 +39,25 @@ def load_data(config):
         raise ConfigError(f"dataset {config.dataset!r}: {error}") from error
 
 
-def dataset_spec(name: str) -> tuple:
-    """`(input_shape, num_classes)` of a known dataset (no data is loaded)."""
+def dataset_spec(name: str, label_noise=0.0, noise_kind="uniform", num_train=None) -> tuple:
+    """`(input_shape, num_classes)` of a known dataset (no data is loaded).
+
+    num_classes is that of the labels after `label_noise` of `noise_kind`
+    (`cgh_tf.data.label_classes`): K, or K + round(label_noise · num_train) dummy classes for
+    "isolated" noise, which needs `num_train` (the training examples); ConfigError otherwise."""
+    from cgh_tf import data
+
     if name not in DATASET_SPECS:
         raise ConfigError(f"dataset={name!r} is unknown; allowed: {', '.join(DATASET_SPECS)}")
-    return DATASET_SPECS[name]
+    input_shape, num_classes = DATASET_SPECS[name]
+    if noise_kind == "isolated" and label_noise and num_train is None:
+        raise ConfigError(f"noise_kind='isolated' adds one class per corrupted example: give "
+                          f"num_train (the training examples of {name!r}) to dataset_spec")
+    try:
+        return input_shape, data.label_classes(num_classes, label_noise, num_train or 0,
+                                               noise_kind)
+    except ValueError as error:
+        raise ConfigError(f"dataset_spec({name!r}): {error}") from None
 
 
 def build_model(config, input_shape, num_classes) -> keras.Model:

@@ -6,6 +6,7 @@
 | `curves_per_group(...)`           | per column, the logged curve of every arm against an x key   |
 | `profiles(...)`                   | per panel, a per-run profile (e.g. per decile of a score) of every group |
 | `bars(...)`                       | per column, one bar per group with its CI                    |
+| `frontier(...)`                   | one logged curve against another (e.g. corrupted vs pristine accuracy), one line per arm |
 
 `runs` = [(Arm, result dict)]. The band is mean ± t_{.975, n−1} · sd / √n over the seeds (Student
 t; none for one seed); missing values (None) are left out per point.
@@ -149,3 +150,20 @@ def bars(workdir, name, runs, keys, title):
         _label(ax, "", label, None)
     return _save(fig, workdir, name, title,
                  "bar: mean over seeds; error bar: 95 % CI over seeds (Student t)")
+
+
+def frontier(workdir, name, runs, x_key, y_key, x_label, y_label, title):
+    """Per arm, curve `y_key` against curve `x_key` (both logged at the same points): the mean
+    over seeds of each at every logged point, with the 95 % CI band of y (a trade-off curve such
+    as the memorisation frontier)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 5.0))
+    for i, (arm, results) in enumerate(_groups(runs).values()):
+        xs, _, _ = mean_band(zip(*[r["curves"][x_key] for r in results]))
+        mean, low, high = mean_band(zip(*[r["curves"][y_key] for r in results]))
+        color = plt.get_cmap("tab10")(i % 10)
+        ax.plot(xs, mean, color=color, ls=arm.linestyle, marker=".", ms=3, label=arm.label)
+        ax.fill_between(xs, low, high, color=color, alpha=0.15)
+    _label(ax, x_label, y_label, None)
+    ax.legend(fontsize=6)
+    return _save(fig, workdir, name, title)

@@ -78,8 +78,10 @@ def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, ag
     """`train(idx)`: for idx int [u, per_update, B] (NumPy), u optimizer updates in one
     `tf.function` call, each `per_update` `optimizer.apply` calls on the batches idx[k, g] of the
     training tensors x [n, ...], y [n] (an M3 wrapper updates on every per_update-th call). The
-    batch gradient is the mean-loss gradient, or `aggregator` (e.g. `cgh_tf.aggregators.Winsorize`)
-    over the per-example gradients; batch shapes are static (the winsorizer's XLA network)."""
+    batch gradient is the mean-loss gradient, or `aggregator` over the per-example gradients: a
+    coordinate-wise one (`cgh_tf.aggregators.Winsorize`) or one with its own `gradients(model, x,
+    y, loss_fn, training)` (`cgh_tf.aggregators.NormClip`); batch shapes are static (the
+    winsorizer's XLA network)."""
     import tensorflow as tf
 
     from cgh_tf import per_example
@@ -87,6 +89,8 @@ def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, ag
     variables = model.trainable_variables
 
     def gradients(xb, yb):
+        if hasattr(aggregator, "gradients"):
+            return aggregator.gradients(model, xb, yb, loss_fn, training=True)
         if aggregator is not None:
             return per_example.reduced_per_example_gradients(
                 model, xb, yb, aggregator.reduce, loss_fn=loss_fn, training=True,

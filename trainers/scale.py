@@ -66,6 +66,13 @@ PAIRS = (("m3", "sgd_x3", True), ("m3", "sgd", False), ("rm3", "ra3", True),
 
 def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
+    check_setting(config)
+    check_arm(config)
+
+
+def check_setting(config):
+    """The checks of every field but the arm's (`check_arm`): shared with the experiments that
+    train through `train_memorisation` with arms of their own."""
     from cgh_tf import data
 
     need, is_int = common.require, config_schema.is_int
@@ -82,6 +89,15 @@ def check_config(config):
          f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
          "pristine and corrupted examples")
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
+    need(isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0,
+         f"learning_rate={config.learning_rate!r} must be a number > 0")
+    need(len(config.log_epochs) > 0 and all(is_int(e, 0) for e in config.log_epochs),
+         f"log_epochs={tuple(config.log_epochs)!r} must be a non-empty list of ints >= 0")
+
+
+def check_arm(config):
+    """The arm's fields: optimizer, aggregation and winsorize_pct as `ARM_SETTINGS` says."""
+    need = common.require
     common.require_one_of(config, "optimizer", OPTIMIZERS)
     common.require_one_of(config, "aggregation", AGGREGATIONS)
     common.require_one_of(config, "arm", ARM_SETTINGS)
@@ -94,23 +110,20 @@ def check_config(config):
          f"winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
     need(config.aggregation == "winsorize" or pct == 0,
          f"winsorize_pct={pct!r} has no effect with aggregation={config.aggregation!r}")
-    need(isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0,
-         f"learning_rate={config.learning_rate!r} must be a number > 0")
     need(config.batch_size * OPTIMIZERS[config.optimizer] <= config.train_size,
          f"batch_size={config.batch_size} × {OPTIMIZERS[config.optimizer]} batches per update "
          f"({config.optimizer}) exceeds train_size={config.train_size}: no update in an epoch")
-    need(len(config.log_epochs) > 0 and all(is_int(e, 0) for e in config.log_epochs),
-         f"log_epochs={tuple(config.log_epochs)!r} must be a non-empty list of ints >= 0")
 
 
-def build_optimizer(config):
-    """(optimizer, batches per update, aggregator or None for the plain mean)."""
+def build_optimizer(config, model=None, ds=None):
+    """(optimizer, batches per update, aggregator or None for the plain mean, calibration {}).
+    (`train_memorisation`'s `build`: the model and the Dataset are for arms that calibrate.)"""
     from cgh_tf import aggregators, optimizers
 
     aggregator = (None if config.aggregation == "mean"
                   else aggregators.get("winsorize", float(config.winsorize_pct)))
     optimizer = optimizers.build(config.optimizer, float(config.learning_rate), groups=3, window=3)
-    return optimizer, OPTIMIZERS[config.optimizer], aggregator
+    return optimizer, OPTIMIZERS[config.optimizer], aggregator, {}
 
 
 def load_data(config):
@@ -128,6 +141,19 @@ def _accuracy(pred, labels, mask):
 
 def _train(config, run_dir, echo):
     """One run (finished runs and bad configs are handled by `common.resumable`)."""
+    return train_memorisation(config, run_dir, echo)
+
+
+def train_memorisation(config, run_dir, echo, build=build_optimizer, measure=None,
+                       summarize_more=None):
+    """One update-level memorisation run (the module docstring), shared by the experiments that
+    differ only in their arms and extra measurements.
+
+    build(config, model, ds) -> (optimizer, batches per update, aggregator or None, calibration
+    dict: its numbers go to the run's summary), called on the freshly initialised model before
+    any checkpoint is restored (so a resumed run calibrates as the first invocation did); measure(model, ds, epoch) -> dict of
+    extra scalars logged with every row (ds: the `cgh_tf.data.Dataset`); summarize_more(curves) ->
+    dict of extra summary numbers."""
     import keras
     import tensorflow as tf
 
@@ -139,7 +165,7 @@ def _train(config, run_dir, echo):
     x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
     n, batch = len(x), int(config.batch_size)
     model = common.mlp(config, ds.input_shape, ds.num_classes)
-    optimizer, per_update, aggregator = build_optimizer(config)
+    optimizer, per_update, aggregator, calibration = build(config, model, ds)
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     train = graph_loop.update_trainer(model, optimizer, loss_fn, tf.constant(x), tf.constant(y),
@@ -157,6 +183,8 @@ def _train(config, run_dir, echo):
                "corrupted_accuracy": _accuracy(pred, y, corrupted),
                "corrupted_true_accuracy": _accuracy(pred, original_y, corrupted),
                "test_accuracy": float(np.mean(pred_test == y_test))}
+        if measure is not None:
+            row.update(measure(model, ds, epoch))
         if echo and epoch:
             echo(f"  {run_dir} epoch {epoch}/{config.epochs}: updates {row['updates']} "
                  f"corrupted acc {row['corrupted_accuracy']:.3f} test {row['test_accuracy']:.3f}")
@@ -168,7 +196,9 @@ def _train(config, run_dir, echo):
         epochs=config.epochs,
         log_epochs=graph_loop.capped_log_epochs(config.log_epochs, config.epochs),
         checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=n, echo=echo)
-    return common.finish(run_dir, config.to_dict(), curves, summarize(curves), started,
+    more = summarize_more(curves) if summarize_more else {}
+    return common.finish(run_dir, config.to_dict(), curves,
+                         {**summarize(curves), **calibration, **more}, started,
                          num_train=n, num_test=len(x_test), num_corrupted=int(corrupted.sum()),
                          batches_per_update=per_update, updates_per_epoch=updates_per_epoch)
 
@@ -230,19 +260,26 @@ def arms(scale="small", seeds=3, overrides=None, arm_names=None, sizes=None):
     for dataset, base in common.dataset_bases(scale_config, scale, overrides, "scale"):
         for size in (tuple(sizes) if sizes else (overrides["train_size"],)
                      if "train_size" in overrides else scale_config.SIZES[scale][dataset]):
-            for arm, (label, changes) in ARMS.items():
+            for arm, (label, _) in ARMS.items():
                 if arm_names is not None and arm not in arm_names:
                     continue
-                changes = {k: (3 * base.batch_size if v == "x3" else
-                               scale_config.WINSORIZE_PCT if v == "c" else v)
-                           for k, v in changes.items()}
-                config = config_schema.apply_overrides(base, {**changes, "train_size": size})
-                check_config(config)
+                config = arm_config(config_schema.apply_overrides(base, {"train_size": size}),
+                                    arm, scale_config.WINSORIZE_PCT)
                 panel = f"{dataset}/n{size:07d}"
                 out += [Arm(f"{panel}/{arm}", label, panel, seed,
                             config_schema.apply_overrides(config, {"seed": seed}))
                         for seed in range(seeds)]
     return out
+
+
+def arm_config(base, arm, winsorize_pct):
+    """`base` with the changes of `ARMS[arm]` ("x3": 3 × the base batch; "c": `winsorize_pct`),
+    checked (`check_config`)."""
+    changes = {k: (3 * base.batch_size if v == "x3" else winsorize_pct if v == "c" else v)
+               for k, v in ARMS[arm][1].items()}
+    config = config_schema.apply_overrides(base, changes)
+    check_config(config)
+    return config
 
 
 def _pairs(arms_):

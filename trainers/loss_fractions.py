@@ -1,0 +1,196 @@
+r"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null? (2002.10657)
+
+The corrected `loss_fractions` (issue 24; replaces the sweep). For g^p, g^c the summed gradients
+of the pristine / corrupted examples of a fixed mixed training sample (g = g^p + g^c), the
+pristine share of the first-order loss reduction is f^p = ⟨g, g^p⟩ / ⟨g, g⟩
+(`cgh_tf.coherence.loss_reduction_fractions`). Its gradient-blind null is **Q_p/Q**
+(`cgh_tf.nulls.fp_null_of_model`: Q_p = Σ_{i pristine} ‖g_i‖², Q = Σ_i ‖g_i‖²; f^p equals it
+exactly when the g_i are pairwise orthogonal), not the count share n_p/n (`nulls.count_share`,
+shown too; uniform noise at rate p changes only (1 − 1/C)·p labels: `nulls.changed_fraction`).
+f^p − Q_p/Q > 0 is the share of the loss reduction that pristine examples earn by pointing the
+same way, which is what CGH says.
+
+One run: `configs/loss_fractions.py` (MLP, plain SGD in `graph_loop.epoch_trainer`, epoch e in the
+order `default_rng([seed, e])`), logged at every step 0..`every_step_until` and at every epoch end.
+
+Declared rule, per arm (noise level): "pristine examples dominate early loss reduction beyond the
+null" if the paired 95 % CI over seeds of mean(f^p − Q_p/Q) over the steps of `early_window`
+excludes 0 above (`statistics.PairedRule` of `fp_early` against `null_early`, predicted higher).
+"""
+
+import time
+
+import numpy as np
+
+from cgh_tf import statistics
+
+from . import beyond_common as common
+from . import config_schema
+from . import graph_loop
+from . import scale
+from .experiment import Arm, Column, Experiment
+
+SAMPLE_SALT = 3  # `common.sample` salt of the fixed mixed sample
+
+
+def check_config(config):
+    """ValueError (one line) for a config a run would fail on or silently misread."""
+    from cgh_tf import data
+
+    need, is_int = common.require, config_schema.is_int
+    common.require_one_of(config, "dataset", ("mnist1d", "mnist5k"))
+    common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
+    for field in ("train_size", "width", "depth", "batch_size", "epochs", "fraction_samples",
+                  "checkpoint_every_logs"):
+        need(is_int(config[field], 1), f"{field}={config[field]!r} must be an int >= 1")
+    need(is_int(config.every_step_until, 0), f"every_step_until={config.every_step_until!r} "
+         "must be an int >= 0")
+    need(isinstance(config.label_noise, (int, float)) and 0 < config.label_noise < 1,
+         f"label_noise={config.label_noise!r} must be in (0, 1): f^p needs pristine and "
+         "corrupted examples")
+    need(isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0,
+         f"learning_rate={config.learning_rate!r} must be a number > 0")
+    first, last = tuple(config.early_window)
+    need(is_int(first, 0) and is_int(last, first) and last <= config.every_step_until,
+         f"early_window={tuple(config.early_window)!r} must be (first, last) steps with 0 <= "
+         f"first <= last <= every_step_until={config.every_step_until}")
+
+
+def fractions_row(model, x, y, pristine, loss):
+    """{f_pristine, fp_null, fp_minus_null, count_share} of one sample (x, y arrays; pristine
+    [m] bool): f^p, Q_p/Q, their difference and n_p/n, in inference mode."""
+    from cgh_tf import coherence, nulls
+
+    f_p, _ = coherence.loss_reduction_fractions(model, x, y, pristine, loss=loss,
+                                                batch_size=len(x))
+    null = nulls.fp_null_of_model(model, x, y, pristine, loss=loss, batch_size=len(x))
+    return {"f_pristine": f_p, "fp_null": null, "fp_minus_null": f_p - null,
+            "count_share": nulls.count_share(pristine)}
+
+
+def _train(config, run_dir, echo):
+    import keras
+    import tensorflow as tf
+
+    started = time.time()
+    keras.utils.set_random_seed(int(config.seed))
+    ds = scale.load_data(config)
+    x, y, corrupted = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32), ds.train.corrupted
+    model = common.mlp(config, ds.input_shape, ds.num_classes)
+    optimizer = keras.optimizers.SGD(float(config.learning_rate))
+    optimizer.build(model.trainable_variables)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    train = graph_loop.epoch_trainer(model, optimizer, loss, tf.constant(x), tf.constant(y),
+                                     int(config.batch_size))
+    per_epoch, n = train.batches_per_epoch, len(x)
+    idx = common.sample(n, config.fraction_samples, config.data_seed, SAMPLE_SALT)
+    predict = graph_loop.predictor(model)
+
+    def log(step):
+        pred, losses = predict(x, y)
+        return {"step": step, "epoch": step / per_epoch, "train_loss": float(np.mean(losses)),
+                "pristine_accuracy": float(np.mean(pred[~corrupted] == y[~corrupted])),
+                "corrupted_accuracy": float(np.mean(pred[corrupted] == y[corrupted])),
+                **fractions_row(model, x[idx], y[idx], ~corrupted[idx], loss)}
+
+    epoch_ends = [e * per_epoch for e in range(1, int(config.epochs) + 1)]
+    curves = graph_loop.run_logged(
+        run_dir, config.to_dict(), model, optimizer,
+        graph_loop.step_advancer(train, int(config.seed), n), log,
+        total=epoch_ends[-1], log_points=set(range(int(config.every_step_until) + 1)) | set(epoch_ends),
+        checkpoint_points=epoch_ends[::int(config.checkpoint_every_logs)], echo=echo, unit="step")
+    return common.finish(run_dir, config.to_dict(), curves, summarize(curves, config.early_window),
+                         started, num_train=n, num_corrupted=int(corrupted.sum()),
+                         sample_size=len(idx), steps_per_epoch=per_epoch)
+
+
+def summarize(curves, window):
+    """Means over the steps of `window` (inclusive) of f^p, Q_p/Q, f^p − Q_p/Q; count share; the
+    last logged values."""
+    first, last = window
+    steps = np.asarray(curves["step"])
+    chosen = (steps >= first) & (steps <= last)
+
+    def early(key):
+        values = [v for v, keep in zip(curves[key], chosen) if keep and v is not None]
+        return float(np.mean(values)) if values else None
+
+    summary = {key: curves[key][-1] for key in curves if key not in ("step", "epoch")}
+    return {**summary, "fp_early": early("f_pristine"), "null_early": early("fp_null"),
+            "fp_minus_null_early": early("fp_minus_null"), "fp_step0": curves["f_pristine"][0],
+            "null_step0": curves["fp_null"][0]}
+
+
+def arms(scale_name="small", seeds=3, overrides=None):
+    """Arms `<dataset>/noise<pp>` for every dataset and noise level of the config module, seeds
+    0..seeds−1, every config checked; `label_noise` is set per arm."""
+    from configs import loss_fractions as lf_config
+
+    overrides = dict(overrides or {})
+    common.require("label_noise" not in overrides, "label_noise is set by each arm "
+                   f"({', '.join(map(str, lf_config.NOISE_LEVELS))}); it cannot be overridden")
+    out = []
+    for dataset, base in common.dataset_bases(lf_config, scale_name, overrides, "loss_fractions"):
+        for noise in lf_config.NOISE_LEVELS:
+            config = config_schema.apply_overrides(base, {"label_noise": noise})
+            check_config(config)
+            out += [Arm(f"{dataset}/noise{round(noise * 100):02d}",
+                        f"{dataset}, {noise:.0%} {config.noise_kind} noise", dataset, seed,
+                        config_schema.apply_overrides(config, {"seed": seed}))
+                    for seed in range(seeds)]
+    return out
+
+
+def rules(arms_):
+    return [statistics.PairedRule(
+        f"{group}: pristine examples dominate early loss reduction beyond the null",
+        "fp_early", group, group, prediction="higher", control_metric="null_early")
+        for group in dict.fromkeys(a.group for a in arms_)]
+
+
+def setting(runs):
+    from cgh_tf import nulls
+
+    lines = []
+    for arm, r in {a.group: (a, r) for a, r in runs}.values():
+        c = r["config"]
+        lines.append(
+            f"{arm.label}: n = {r['num_train']:,}, {r['num_corrupted']:,} labels changed "
+            f"(expected share {nulls.changed_fraction(c['label_noise'], 10, c['noise_kind']):.3f}"
+            f"); MLP {c['depth']} × {c['width']}, SGD lr {c['learning_rate']}, batch "
+            f"{c['batch_size']} ({r['steps_per_epoch']} steps per epoch), {c['epochs']} epochs; "
+            f"fixed mixed sample of m = {r['sample_size']}; early window: steps "
+            f"{c['early_window'][0]}–{c['early_window'][1]} (every step logged to "
+            f"{c['every_step_until']}).")
+    return lines + [""]
+
+
+def figures(workdir, runs):
+    from . import figures as fig
+
+    keys = (("f_pristine", "f^p (pristine share of loss reduction)"),
+            ("fp_null", "Q_p/Q (f^p's gradient-blind null)"),
+            ("fp_minus_null", "f^p − Q_p/Q"), ("count_share", "count share n_p/n"),
+            ("corrupted_accuracy", "corrupted train acc. (noisy label)"))
+    return [fig.curves_per_group(workdir, "loss_fractions_vs_step.png", runs, keys, x="step",
+                                 x_label="step (0 plotted at 0.5; log)", log_x=10,
+                                 title="Pristine share of the loss reduction and its null",
+                                 row_of=lambda a: a.panel)]
+
+
+run = common.resumable(_train, check_config)
+
+EXPERIMENT = Experiment(
+    name="loss_fractions",
+    title="Pristine share of the early loss reduction, f^p, against its null Q_p/Q",
+    arms=arms, run_arm=run, loop="graph", scales=("small",),
+    columns=(Column("fp_early", "f^p (early window mean)"),
+             Column("null_early", "Q_p/Q (early window mean)"),
+             Column("fp_minus_null_early", "f^p − Q_p/Q (early window)"),
+             Column("count_share", "count share n_p/n"),
+             Column("fp_step0", "f^p (step 0)"), Column("null_step0", "Q_p/Q (step 0)"),
+             Column("f_pristine", "f^p (last)"), Column("fp_null", "Q_p/Q (last)"),
+             Column("corrupted_accuracy", "corrupted train acc (last)")),
+    contrasts=(("fp_early", "null_early"), ("fp_early", "count_share")),
+    rules=rules, setting=setting, figures=figures,
+    progress=("fp_early", "null_early", "fp_minus_null_early"))

@@ -1,0 +1,213 @@
+r"""Does memorisation suppression grow as the corrupted set gets less coherent? (issue 24)
+
+The test of "weak directions at scale" that replaces `scale`'s confounded growth of n: at one
+size (n = 4,000, 40 % noise) the *structure* of the noise sets how coherent the corrupted set is
+(`configs/noise_structure.py`): `pair` (y → y + 1, ≈ 160 corrupted examples per label pair),
+`uniform` (≈ 16 per pair), `isolated` (each corrupted example its own dummy class: 1 per label,
+the ImageNet regime). Every kind trains `scale`'s six arms (`trainers/scale.py`: SGD, M3 and its
+update-count control SGD ×3, RM3 and its control RA3, winsorized SGD) through the same
+update-level loop (`scale.train_memorisation`), and logs the exact pairwise coherence
+(r − 1)/(m − 1) of fixed samples of the corrupted and of the pristine examples.
+
+Declared before any run:
+
+* per kind, `scale`'s rules: a robust arm suppresses memorisation if the 95 % CI of its corrupted
+  train accuracy (vs the noisy labels, last epoch) minus its matched control's excludes 0 below;
+* **the ordering rule** (`ORDER`, evaluated in `analyses`): suppression s = control − arm
+  corrupted accuracy, per seed. For each matched pair, CGH predicts s(isolated) > s(uniform) >
+  s(pair): "supported" if the paired 95 % CIs of s(isolated) − s(uniform) and s(uniform) −
+  s(pair) both exclude 0 above; "contradicted" if either excludes 0 below; otherwise "not
+  decided". A loss-magnitude mechanism predicts no such order.
+* the premise (`PREMISE`): the corrupted set's pairwise coherence at initialisation (SGD arm)
+  orders pair > uniform > isolated, by the same paired-CI rule.
+"""
+
+import numpy as np
+
+from cgh_tf import statistics
+
+from . import beyond_common as common
+from . import config_schema
+from . import scale
+from .experiment import Arm, Column, Experiment
+
+SAMPLES = {"corrupted": 1, "pristine": 2}  # fixed sample -> its salt in `common.sample`
+ORDER = ("isolated", "uniform", "pair")    # CGH's predicted order of suppression, largest first
+PREMISE = ("pair", "uniform", "isolated")  # expected order of corrupted coherence, largest first
+
+
+def check_config(config):
+    """`scale.check_config` plus the coherence sample size."""
+    scale.check_config(config)
+    common.require(config_schema.is_int(config.coherence_samples, 2),
+                   f"coherence_samples={config.coherence_samples!r} must be an int >= 2")
+
+
+def _coherence(model, ds, m, data_seed):
+    """{pairwise/<sample>: (r − 1)/(m − 1)} of the fixed corrupted and pristine samples."""
+    import keras
+
+    from cgh_tf import coherence
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    x, y, corrupted = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32), ds.train.corrupted
+    row = {}
+    for name, salt in SAMPLES.items():
+        idx = common.sample(corrupted if name == "corrupted" else ~corrupted, m, data_seed, salt)
+        stats = coherence.measure(model, x[idx], y[idx], loss=loss, batch_size=len(idx))
+        row[f"pairwise/{name}"] = stats.pairwise_coherence
+    return row
+
+
+def _train(config, run_dir, echo):
+    m, data_seed = int(config.coherence_samples), int(config.data_seed)
+
+    def build(config, model, ds):
+        optimizer, per_update, aggregator, _ = scale.build_optimizer(config)
+        init = _coherence(model, ds, m, data_seed)
+        return optimizer, per_update, aggregator, {f"{k}_init": v for k, v in init.items()}
+
+    return scale.train_memorisation(config, run_dir, echo, build=build,
+                                    measure=lambda model, ds, epoch: _coherence(model, ds, m,
+                                                                                data_seed))
+
+
+def arms(scale_name="small", seeds=3, overrides=None):
+    """Arms `<kind>/<arm>` (panel: the kind) for every kind of `KINDS` and arm of `scale.ARMS`
+    (`overrides["kinds"]`, `overrides["arms"]`: subsets), seeds 0..seeds−1, every config checked."""
+    from configs import noise_structure as ns_config
+
+    overrides = dict(overrides or {})
+    kinds, arm_names = overrides.pop("kinds", ns_config.KINDS), overrides.pop("arms", scale.ARMS)
+    for field in scale.ARM_FIELDS + ("noise_kind",):
+        common.require(field not in overrides, f"{field} is set by each arm and panel; it cannot "
+                       "be overridden with --set")
+    for kind in kinds:
+        common.require(kind in ns_config.KINDS, f"kind {kind!r} is unknown; allowed: "
+                       f"{', '.join(ns_config.KINDS)}")
+    for name in arm_names:
+        common.require(name in scale.ARMS, f"arm {name!r} is unknown; allowed: "
+                       f"{', '.join(scale.ARMS)}")
+    ((_, base),) = common.dataset_bases(ns_config, scale_name, overrides, "noise_structure")
+    out = []
+    for kind in kinds:
+        for arm in arm_names:
+            config = scale.arm_config(config_schema.apply_overrides(base, {"noise_kind": kind}),
+                                      arm, ns_config.WINSORIZE_PCT)
+            check_config(config)
+            out += [Arm(f"{kind}/{arm}", scale.ARMS[arm][0], kind, seed,
+                        config_schema.apply_overrides(config, {"seed": seed}))
+                    for seed in range(seeds)]
+    return out
+
+
+def _per_seed(runs, group, key):
+    return {a.seed: r["summary"].get(key) for a, r in runs if a.group == group}
+
+
+def _ordered(values, order, what):
+    """The declared paired-CI order rule over {kind: {seed: value}} (kinds of `order`, largest
+    first): (rows [(larger, smaller, PairedDifference)], verdict text)."""
+    rows = [(hi, lo, statistics.paired_difference(values[hi], values[lo]))
+            for hi, lo in zip(order, order[1:])]
+    if any(d.high is not None and d.high < 0 for _, _, d in rows):
+        verdict = "contradicted (a CI excludes 0 below)"
+    elif all(d.low is not None and d.low > 0 for _, _, d in rows):
+        verdict = "supported (every CI excludes 0 above)"
+    else:
+        verdict = "not decided (a CI includes 0)"
+    return rows, f"{what} {' > '.join(order)}: {verdict}"
+
+
+def analyses(runs):
+    """The ordering rule per matched pair and the premise (module docstring)."""
+    planned = {a.panel for a, _ in runs}
+    groups = {a.group for a, _ in runs}
+    lines = ["## Does suppression order with the corrupted set's coherence?", "",
+             "Declared rule: suppression s = control − arm corrupted train accuracy (noisy "
+             "labels, last epoch), per seed; an order holds if every adjacent paired 95 % CI "
+             "(Student t over seeds) excludes 0 above, is contradicted if one excludes 0 below.",
+             "", "| order tested | difference | mean [95 % CI] | verdict |", "|---|---|---|---|"]
+    out = {}
+    tests = [("corrupted pairwise coherence at init (SGD arm)", PREMISE,
+              lambda kind: _per_seed(runs, f"{kind}/sgd", "pairwise/corrupted_init"))
+             ] if all(f"{k}/sgd" in groups for k in PREMISE) else []
+    for arm, control, matched in scale.PAIRS:
+        if matched and all(f"{k}/{g}" in groups for k in ORDER for g in (arm, control)):
+            tests.append((f"suppression {control} − {arm}", ORDER,
+                          lambda kind, a=arm, c=control: _suppression(runs, kind, a, c)))
+    for what, order, values_of in tests:
+        if not set(order) <= planned:
+            continue
+        rows, verdict = _ordered({k: values_of(k) for k in order}, order, what)
+        out[what] = {"verdict": verdict, "differences": [
+            {"larger": hi, "smaller": lo, **d.as_dict()} for hi, lo, d in rows]}
+        lines += [f"| {what} | {hi} − {lo} | {d.text('+.3f')} | {verdict.split(': ')[-1]} |"
+                  for hi, lo, d in rows]
+    return lines + [""] + _room(runs, groups), {"order": out}
+
+
+def _room(runs, groups):
+    """The controls' own corrupted accuracy per kind: the room a suppression has (a control at 0
+    leaves none, so that kind's suppression is 0 by construction: a floor)."""
+    controls = [c for _, c, matched in scale.PAIRS if matched]
+    lines = ["Room to suppress: each control's corrupted train accuracy (mean over seeds, last "
+             "epoch); near 0 the suppression of that kind is floored at 0.", "",
+             "| control | " + " | ".join(ORDER) + " |", "|---" * (len(ORDER) + 1) + "|"]
+    for control in controls:
+        cells = [statistics.summarize(list(_per_seed(runs, f"{k}/{control}",
+                                                     "corrupted_accuracy").values())).text(".3f")
+                 if f"{k}/{control}" in groups else "n/a" for k in ORDER]
+        lines.append(f"| {control} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _suppression(runs, kind, arm, control):
+    """{seed: control − arm corrupted accuracy} of one kind."""
+    a, c = (_per_seed(runs, f"{kind}/{g}", "corrupted_accuracy") for g in (arm, control))
+    return {s: c[s] - a[s] for s in a if s in c and None not in (a[s], c[s])}
+
+
+def setting(runs):
+    first = runs[0][1]
+    c = first["config"]
+    pct = next((r["config"]["winsorize_pct"] for a, r in runs if r["config"]["winsorize_pct"]), 0)
+    counts = {a.panel: r["num_corrupted"] for a, r in runs}
+    return [f"MNIST-1D, n = {first['num_train']:,}, {c['label_noise']:.0%} label noise selected "
+            f"(corrupted examples: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+            + f"); MLP {c['depth']} × {c['width']} ReLU, SGD lr {c['learning_rate']}, batch "
+            f"{c['batch_size']} (SGD ×3: 3×), {c['epochs']} epochs, winsorized c = "
+            f"{pct} %. Pairwise coherence (r − 1)/(m − 1) of fixed "
+            f"samples of m = {c['coherence_samples']} corrupted / pristine examples with their "
+            "training labels (inference mode).", ""]
+
+
+def figures(workdir, runs):
+    from . import figures as fig
+
+    keys = (("corrupted_accuracy", "corrupted train acc. (noisy label)"),
+            ("pristine_accuracy", "pristine train acc."),
+            ("pairwise/corrupted", "pairwise coherence, corrupted sample"),
+            ("pairwise/pristine", "pairwise coherence, pristine sample"))
+    return [fig.curves_per_group(workdir, "noise_structure_curves.png", runs, keys, x="epoch",
+                                 x_label="epoch", title="Memorisation and coherence per noise kind",
+                                 row_of=lambda a: a.panel)]
+
+
+run = common.resumable(_train, check_config)
+
+EXPERIMENT = Experiment(
+    name="noise_structure",
+    title="Memorisation suppression by noise structure (pair, uniform, isolated labels)",
+    arms=arms, run_arm=run, loop="graph",
+    columns=(Column("corrupted_accuracy", "corrupted train acc (noisy label)"),
+             Column("corrupted_true_accuracy", "corrupted train acc (true label)"),
+             Column("pristine_accuracy", "pristine train acc"),
+             Column("test_accuracy", "test acc (last)"),
+             Column("pairwise/corrupted_init", "pairwise coh. corrupted (init)", ".4f"),
+             Column("pairwise/corrupted", "pairwise coh. corrupted (last)", ".4f"),
+             Column("pairwise/pristine", "pairwise coh. pristine (last)", ".4f")),
+    comparisons=scale.comparisons, compared=("corrupted_accuracy", "pristine_accuracy",
+                                             "test_accuracy"),
+    rules=scale.rules, analyses=analyses, setting=setting, figures=figures,
+    progress=("corrupted_accuracy", "pristine_accuracy", "pairwise/corrupted"))

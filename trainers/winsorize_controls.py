@@ -1,0 +1,242 @@
+r"""Is winsorizing's suppression of memorisation due to coherence, or to two simpler things? (issue 24)
+
+Winsorized SGD (2002.10657) clips, per coordinate, the extreme per-example gradient values of a
+batch. Two alternative explanations of its suppression of memorisation have their own arm, each
+matched to winsorizing at c by a calibration at initialisation (the seed's initial weights, the
+first `calibration_batches` batches of epoch 0, weights held fixed):
+
+| arm           | update                                                             | what it controls for |
+|---------------|--------------------------------------------------------------------|----------------------|
+| `sgd`         | mean gradient, lr η                                                | —                    |
+| `winsorize`   | coordinate-wise winsorized mean, c % per side (`aggregators.Winsorize`) | —               |
+| `clip`        | per-example L2-norm clipping of the share s of each batch's examples with the largest ‖g_i‖ (`aggregators.NormClip(100 s)`), s = the measured share of per-example gradient values winsorizing at c changes (`Winsorize.changed_share`) | down-weighting high-loss (large-gradient) examples |
+| `matched_lr`  | mean gradient, lr η·ρ, ρ = mean ‖winsorized mean‖ / mean ‖mean‖ over the calibration batches | winsorizing's smaller steps |
+| `step_matched`| mean gradient rescaled at every batch to the norm of that batch's winsorized mean (`aggregators.NormMatchedMean`) | the same, without relying on the calibration staying valid as training goes on |
+
+Every arm trains through `scale.train_memorisation` (one update per batch of 64, the same batches
+per seed) and logs, at every epoch, the pristine and corrupted (vs the noisy labels) training
+accuracy: the memorisation frontier.
+
+Declared before any run. Frontier statistic: the corrupted training accuracy where the pristine
+training accuracy first reaches P = `frontier_pristine` (linear between logged epochs; none if
+never reached), so that an arm that only learns slower is not credited with suppression. Rules
+(`statistics.PairedRule`, paired 95 % CIs over seeds, predicted lower), per c: winsorize vs SGD,
+vs `clip`, vs `matched_lr` and vs `step_matched`. **Attribution** (`analyses`): winsorizing's
+suppression is attributed to coherence only if it beats every control (each rule decided, lower).
+"""
+
+import numpy as np
+
+from cgh_tf import statistics
+
+from . import beyond_common as common
+from . import config_schema
+from . import scale
+from .experiment import Arm, Column, Experiment
+
+ARMS = {"sgd": "SGD", "winsorize": "winsorized SGD", "clip": "norm clipping, matched share",
+        "matched_lr": "SGD, matched lr", "step_matched": "SGD, step norm matched per batch"}
+CONTROLS = ("clip", "matched_lr", "step_matched")
+CALIBRATED = ("clip", "matched_lr")  # the controls matched by the calibration at initialisation
+
+
+
+
+def check_config(config):
+    """`scale.check_setting` plus the arm, its c, the calibration and the frontier level."""
+    scale.check_setting(config)
+    need, is_int = common.require, config_schema.is_int
+    common.require_one_of(config, "arm", ARMS)
+    pct = config.winsorize_pct
+    need(isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 <= pct < 50,
+         f"winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
+    need((pct == 0) == (config.arm == "sgd"), f"arm={config.arm!r} with winsorize_pct={pct!r}: "
+         "the sgd arm has c = 0, every other arm the c > 0 it is matched to")
+    need(is_int(config.calibration_batches, 1)
+         and config.calibration_batches * config.batch_size <= config.train_size,
+         f"calibration_batches={config.calibration_batches!r} must be an int >= 1 with "
+         f"calibration_batches × batch_size <= train_size={config.train_size}")
+    level = config.frontier_pristine
+    need(isinstance(level, float) and 0 < level < 1,
+         f"frontier_pristine={level!r} must be a float in (0, 1)")
+
+
+def calibrate(model, ds, config):
+    """At the model's current weights, over the first `calibration_batches` batches of epoch 0
+    (`graph_loop.epoch_permutation(seed, 0, n)`): the mean share of per-example gradient values
+    that winsorizing at c changes, and ρ = mean ‖winsorized mean‖ / mean ‖mean gradient‖."""
+    import keras
+    import tensorflow as tf
+
+    from cgh_tf import aggregators, per_example
+
+    from . import graph_loop
+
+    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    winsorize, batch = aggregators.Winsorize(float(config.winsorize_pct)), int(config.batch_size)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    perm = graph_loop.epoch_permutation(config.seed, 0, len(x))
+    shares, wins_norms, mean_norms = [], [], []
+    for k in range(int(config.calibration_batches)):
+        idx = perm[k * batch:(k + 1) * batch]
+        grads = per_example.per_example_gradients(model, x[idx], y[idx], loss=loss)
+        sizes = [float(np.prod(g.shape[1:])) for g in grads]
+        shares.append(sum(float(winsorize.changed_share(g)) * s for g, s in zip(grads, sizes))
+                      / sum(sizes))
+        wins_norms.append(float(tf.linalg.global_norm([winsorize.reduce(g, 0) for g in grads])))
+        mean_norms.append(float(tf.linalg.global_norm([tf.reduce_mean(g, 0) for g in grads])))
+    per_side = int(np.round((batch - 1) * config.winsorize_pct / 100))
+    return {"changed_share": float(np.mean(shares)), "nominal_share": 2 * per_side / batch,
+            "norm_ratio": float(np.mean(wins_norms) / np.mean(mean_norms))}
+
+
+def build(config, model, ds):
+    """`scale.train_memorisation`'s build: the arm's SGD and aggregator, calibrated if a control."""
+    from cgh_tf import aggregators, optimizers
+
+    rate, aggregator = float(config.learning_rate), None
+    calibration = calibrate(model, ds, config) if config.arm in CALIBRATED else {}
+    if config.arm == "winsorize":
+        aggregator = aggregators.Winsorize(float(config.winsorize_pct))
+    elif config.arm == "clip":
+        aggregator = aggregators.NormClip(100.0 * calibration["changed_share"])
+    elif config.arm == "matched_lr":
+        rate *= calibration["norm_ratio"]
+    elif config.arm == "step_matched":
+        aggregator = aggregators.NormMatchedMean(float(config.winsorize_pct))
+    return optimizers.build("sgd", rate), 1, aggregator, {**calibration, "learning_rate_used": rate}
+
+
+def frontier_point(curves, level):
+    """{corrupted_at_pristine, epoch_at_pristine}: where the pristine accuracy curve first reaches
+    `level` (linear between logged points), the corrupted accuracy and the epoch; None if never."""
+    pristine, corrupted, epochs = (curves[k] for k in ("pristine_accuracy", "corrupted_accuracy",
+                                                       "epoch"))
+    for i, p in enumerate(pristine):
+        if p is not None and p >= level:
+            if i == 0:
+                return {"corrupted_at_pristine": corrupted[0], "epoch_at_pristine": epochs[0]}
+            t = (level - pristine[i - 1]) / (p - pristine[i - 1])
+            return {"corrupted_at_pristine": corrupted[i - 1] + t * (corrupted[i] - corrupted[i - 1]),
+                    "epoch_at_pristine": epochs[i - 1] + t * (epochs[i] - epochs[i - 1])}
+    return {"corrupted_at_pristine": None, "epoch_at_pristine": None}
+
+
+def _train(config, run_dir, echo):
+    return scale.train_memorisation(
+        config, run_dir, echo, build=build,
+        summarize_more=lambda curves: frontier_point(curves, float(config.frontier_pristine)))
+
+
+def _group(arm, pct):
+    return "sgd" if arm == "sgd" else f"{arm}_c{pct:g}"
+
+
+def arms(scale_name="small", seeds=3, overrides=None):
+    """SGD and, per c of `WINSORIZE_PCTS` (or `overrides["pcts"]`), winsorize / clip / matched_lr;
+    seeds 0..seeds−1, every config checked."""
+    from configs import winsorize_controls as wc_config
+
+    overrides = dict(overrides or {})
+    pcts = tuple(overrides.pop("pcts", wc_config.WINSORIZE_PCTS))
+    for field in ("arm", "winsorize_pct"):
+        common.require(field not in overrides, f"{field} is set by each arm; it cannot be "
+                       "overridden with --set (choose the c values with pcts=...)")
+    ((_, base),) = common.dataset_bases(wc_config, scale_name, overrides, "winsorize_controls")
+    plan = [("sgd", 0.0)] + [(arm, float(p)) for p in pcts for arm in ARMS if arm != "sgd"]
+    out = []
+    for arm, pct in plan:
+        config = config_schema.apply_overrides(base, {"arm": arm, "winsorize_pct": pct})
+        check_config(config)
+        label = ARMS[arm] + ("" if arm == "sgd" else f" (c = {pct:g} %)")
+        out += [Arm(_group(arm, pct), label, "SGD" if arm == "sgd" else f"c = {pct:g} %", seed,
+                    config_schema.apply_overrides(config, {"seed": seed}))
+                for seed in range(seeds)]
+    return out
+
+
+def _pcts(arms_):
+    return sorted({a.config.winsorize_pct for a in arms_ if a.config.arm == "winsorize"})
+
+
+def comparisons(arms_):
+    return [(_group("winsorize", p), control) for p in _pcts(arms_)
+            for control in ("sgd",) + tuple(_group(c, p) for c in CONTROLS)] + [
+        (_group(c, p), "sgd") for p in _pcts(arms_) for c in CONTROLS]
+
+
+def rules(arms_):
+    return [statistics.PairedRule(f"winsorize c = {p:g} % suppresses memorisation vs {control} "
+                                  "(frontier)", "corrupted_at_pristine", _group("winsorize", p),
+                                  control, prediction="lower")
+            for p in _pcts(arms_) for control in ("sgd",) + tuple(_group(c, p) for c in CONTROLS)]
+
+
+def analyses(runs):
+    """The attribution rule per c (module docstring) from the declared rules' verdicts."""
+    arms_ = [a for a, _ in runs]
+    lines, out = ["## Attribution (declared): coherence only if winsorizing beats every control",
+                  ""], {}
+    for p in _pcts(arms_):
+        beaten = []
+        for control in CONTROLS:
+            rule = next(r for r in rules(arms_) if r.control == _group(control, p))
+            values = [{a.seed: r["summary"].get(rule.metric) for a, r in runs if a.group == g}
+                      for g in (rule.arm, rule.control)]
+            verdict = rule.evaluate(*values)
+            beaten.append(verdict.decided and verdict.statistic["mean"] < 0)
+        text = ("attributed to coherence: winsorizing beats every control" if all(beaten) else
+                "NOT attributed to coherence: winsorizing does not beat "
+                + " and ".join(c for c, b in zip(CONTROLS, beaten) if not b))
+        out[f"c{p:g}"] = {"attributed": all(beaten), "beats": dict(zip(CONTROLS, beaten))}
+        lines.append(f"- c = {p:g} %: {text}.")
+    return lines + [""], {"attribution": out}
+
+
+def setting(runs):
+    c = runs[0][1]["config"]
+    calibrated = {a.group: r["summary"] for a, r in runs if a.config.arm in CALIBRATED}
+    lines = [f"MNIST-1D, n = {c['train_size']:,}, {c['label_noise']:.0%} {c['noise_kind']} label "
+             f"noise; MLP {c['depth']} × {c['width']} ReLU, SGD lr {c['learning_rate']}, batch "
+             f"{c['batch_size']}, {c['epochs']} epochs; calibration on the first "
+             f"{c['calibration_batches']} batches at initialisation; frontier statistic at "
+             f"pristine train accuracy {c['frontier_pristine']}.", ""]
+    for group in dict.fromkeys(calibrated):
+        values = [r["summary"] for a, r in runs if a.group == group]
+        lines.append(f"- {group}: winsorized share of changed values "
+                     f"{np.mean([v['changed_share'] for v in values]):.4f} (nominal "
+                     f"{values[0]['nominal_share']:.4f}), update-norm ratio ρ "
+                     f"{np.mean([v['norm_ratio'] for v in values]):.3f} (mean over seeds)")
+    return lines + [""]
+
+
+def figures(workdir, runs):
+    from . import figures as fig
+
+    return [fig.frontier(workdir, "winsorize_controls_frontier.png", runs, "pristine_accuracy",
+                         "corrupted_accuracy", "pristine train acc.",
+                         "corrupted train acc. (noisy label)",
+                         "Memorisation frontier per arm (one point per epoch)"),
+            fig.curves_per_group(workdir, "winsorize_controls_curves.png", runs,
+                                 (("corrupted_accuracy", "corrupted train acc."),
+                                  ("pristine_accuracy", "pristine train acc."),
+                                  ("test_accuracy", "test acc.")), x="epoch", x_label="epoch",
+                                 title="Accuracies per arm", row_of=lambda a: a.panel)]
+
+
+run = common.resumable(_train, check_config)
+
+EXPERIMENT = Experiment(
+    name="winsorize_controls",
+    title="Winsorized SGD against norm clipping and a matched learning rate",
+    arms=arms, run_arm=run, loop="graph", scales=("small",),
+    columns=(Column("corrupted_at_pristine", "corrupted acc at pristine = P (frontier)"),
+             Column("epoch_at_pristine", "epoch reaching P", ".1f"),
+             Column("corrupted_accuracy", "corrupted train acc (last)"),
+             Column("pristine_accuracy", "pristine train acc (last)"),
+             Column("test_accuracy", "test acc (last)"),
+             Column("best_test_accuracy", "best test acc")),
+    comparisons=comparisons, compared=("corrupted_at_pristine", "corrupted_accuracy",
+                                       "pristine_accuracy", "test_accuracy"),
+    rules=rules, analyses=analyses, setting=setting, figures=figures,
+    progress=("corrupted_at_pristine", "corrupted_accuracy", "pristine_accuracy"))
