@@ -265,6 +265,27 @@ class Verdict:
     statistic: dict
 
 
+AS_PREDICTED = "; as predicted"
+OPPOSITE = "; OPPOSITE to the prediction"
+OUTCOMES = ("as predicted", "opposite to the prediction", "effect, no prediction",
+            "no detectable effect", "undetermined")
+
+
+def _agreement(sign, prediction):
+    """The verdict text's ending: nothing without a prediction, else whether `sign` agrees."""
+    return "" if prediction is None else AS_PREDICTED if sign == prediction else OPPOSITE
+
+
+def outcome(verdict: dict) -> str:
+    """One of `OUTCOMES` for a verdict as stored in results.json ({"decided", "text"}): a decided
+    effect as predicted / opposite / without a prediction, or no detectable effect, or undetermined
+    (too few paired seeds)."""
+    if verdict["decided"]:
+        return (OUTCOMES[0] if verdict["text"].endswith(AS_PREDICTED) else
+                OUTCOMES[1] if verdict["text"].endswith(OPPOSITE) else OUTCOMES[2])
+    return OUTCOMES[4] if verdict["text"].startswith("undetermined") else OUTCOMES[3]
+
+
 @dataclasses.dataclass(frozen=True)
 class PairedRule:
     """"effect if the `level` CI of the paired difference arm − control of `metric` excludes 0"
@@ -297,7 +318,9 @@ class PairedRule:
     def evaluate(self, arm_values, control_values) -> Verdict:
         """arm_values / control_values: `{seed: value}` of `metric`."""
         diff = paired_difference(arm_values, control_values, self.level)
-        head = f"{self.arm} − {self.control} = {diff.text()}"
+        within = self.arm == self.control and self.control_metric is not None
+        head = (f"{self.arm}: {self.metric} − {self.control_metric} = {diff.text()}" if within
+                else f"{self.arm} − {self.control} = {diff.text()}")
         if diff.low is None:
             return Verdict(self.name, False, f"undetermined: {head}; needs ≥ 2 paired seeds",
                            diff.as_dict())
@@ -305,10 +328,8 @@ class PairedRule:
             return Verdict(self.name, False, f"no detectable effect: {head}; the {self.level:.0%} "
                            "CI contains 0", diff.as_dict())
         sign = "higher" if diff.mean > 0 else "lower"
-        agrees = ("" if self.prediction is None else
-                  "; as predicted" if sign == self.prediction else "; OPPOSITE to the prediction")
-        return Verdict(self.name, True, f"effect ({self.arm} {sign}): {head}{agrees}",
-                       diff.as_dict())
+        return Verdict(self.name, True, f"effect ({self.arm} {sign}): {head}"
+                       f"{_agreement(sign, self.prediction)}", diff.as_dict())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,6 +356,5 @@ class CorrelationRule:
         if not c.excludes_zero():
             return Verdict(self.name, False, f"no detectable correlation: {head}", stat)
         sign = "positive" if c.r > 0 else "negative"
-        agrees = ("" if self.prediction is None else
-                  "; as predicted" if sign == self.prediction else "; OPPOSITE to the prediction")
-        return Verdict(self.name, True, f"{sign} correlation: {head}{agrees}", stat)
+        return Verdict(self.name, True, f"{sign} correlation: {head}"
+                       f"{_agreement(sign, self.prediction)}", stat)

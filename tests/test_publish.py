@@ -45,7 +45,10 @@ def _toy_repo(root):
     text = "effect (m3 lower): m3 − sgd = -0.100 [-0.150, -0.050] (n = 3); as predicted"
     (results / "results.json").write_text(json.dumps({
         "groups": {"sgd": {"seeds": [0, 1, 2]}, "m3": {"seeds": [0, 1, 2]}},
-        "verdicts": [{"rule": "m3_lower", "statement": "s", "decided": True, "text": text}]}))
+        "verdicts": [{"rule": "m3_lower", "statement": "s", "decided": True, "text": text},
+                     {"rule": "rm3_lower", "statement": "s", "decided": False,
+                      "text": "no detectable effect: rm3 − ra3 = 0.01 [-0.02, 0.04] (n = 3)"}],
+        "analyses": {"order": {"a": {"verdict": "a > b > c: not decided"}, "x": [1, 2]}}}))
     (results / "results.md").write_text("# Toy\n\n| a |\n\n![fig](toy.png)\n")
     (results / "toy.png").write_bytes(b"png")
     (root / "README.md").write_text(f"# R\n\n{publish.README_BEGIN}\nold\n{publish.README_END}\n"
@@ -67,8 +70,9 @@ def test_publish_writes_pages_rows_nav_and_figures(tmp_path, monkeypatch):
     old = (tmp_path / "docs" / "experiments" / "old.md").read_text()
     assert "**Not yet rerun through the declared rules**" in old and old.endswith("Old table.\n")
     readme = (tmp_path / "README.md").read_text()
-    assert f"| `toy` | M3 lowers memorisation | 3 seeds; `m3_lower`: {verdict} | " \
-           "[page](docs/experiments/toy.md) |" in readme
+    assert (f"| `toy` | M3 lowers memorisation | 3 seeds; 2 declared rules: 1 as predicted, 1 no "
+            f"detectable effect. First: `m3_lower`: {verdict}. Analyses: a > b > c: not decided | "
+            "[page](docs/experiments/toy.md) |") in readme
     assert ("| `old` | old claim | **not yet rerun through the declared rules**; earlier run: it "
             "looked **yes** | [page](docs/experiments/old.md) |") in readme
     assert readme.endswith(f"{publish.README_END}\ntail\n") and "\nold\n" not in readme

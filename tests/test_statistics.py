@@ -100,6 +100,31 @@ def test_paired_rule_produces_the_verdict_text_from_the_interval():
         st.PairedRule("x", "m", "a", "b", prediction="up")
 
 
+def test_outcome_classifies_every_verdict_the_rules_produce():
+    paired = st.PairedRule("p", "m", "a", "b", prediction="lower")
+    unpredicted = st.PairedRule("u", "m", "a", "b")
+    low, high, mixed = {0: 0.1, 1: 0.2, 2: 0.15}, {0: 0.5, 1: 0.55, 2: 0.52}, {0: 0.6, 1: 0.1, 2: 0.3}
+    cases = [(paired.evaluate(low, high), "as predicted"),
+             (paired.evaluate(high, low), "opposite to the prediction"),
+             (unpredicted.evaluate(low, high), "effect, no prediction"),
+             (paired.evaluate(mixed, high), "no detectable effect"),
+             (paired.evaluate({0: 0.1}, {0: 0.5}), "undetermined"),
+             (st.CorrelationRule("c", "x", "y", "negative").evaluate(
+                 np.arange(10.0), -np.arange(10.0) + np.sin(np.arange(10.0))), "as predicted"),
+             (st.CorrelationRule("c", "x", "y", "positive").evaluate(
+                 np.arange(10.0), -np.arange(10.0) + np.sin(np.arange(10.0))),
+              "opposite to the prediction")]
+    for verdict, expected in cases:
+        assert st.outcome({"decided": verdict.decided, "text": verdict.text}) == expected, verdict
+
+
+def test_paired_rule_within_one_arm_names_the_two_metrics():
+    rule = st.PairedRule("f", "fp", "noise25", "noise25", prediction="higher",
+                         control_metric="null")
+    verdict = rule.evaluate({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.5, 1: 0.55, 2: 0.52})
+    assert "noise25: fp − null = " in verdict.text and "noise25 − noise25" not in verdict.text
+
+
 def test_correlation_rule_verdicts():
     rule = st.CorrelationRule("coh vs gap", "coherence", "gap", prediction="negative")
     x = np.arange(10.0)

@@ -109,10 +109,35 @@ def page(root, name):
 
 
 def verdict_cell(summary):
-    """The README's verdict cell of a results.json: seeds, then every declared rule's verdict."""
+    """The README's verdict cell of a results.json: seeds, the tally of its declared rules'
+    outcomes (`cgh_tf.statistics.outcome`) and the first declared rule's verdict in full (each
+    experiment declares its headline rule first); every verdict is on the experiment's page."""
+    from cgh_tf import statistics
+
     seeds = max(len(g["seeds"]) for g in summary["groups"].values())
-    verdicts = [f"`{v['rule']}`: {v['text']}" for v in summary["verdicts"]]
-    return f"{seeds} seeds; " + ("; ".join(verdicts) if verdicts else "no rule declared")
+    verdicts = summary["verdicts"]
+    if not verdicts:
+        return f"{seeds} seeds; no rule declared"
+    counts = [(sum(statistics.outcome(v) == kind for v in verdicts), kind)
+              for kind in statistics.OUTCOMES]
+    tally = ", ".join(f"{count} {kind}" for count, kind in counts if count)
+    first = verdicts[0]
+    cell = (f"{seeds} seeds; {len(verdicts)} declared rule{'s' * (len(verdicts) > 1)}: {tally}. First: "
+            f"`{first['rule']}`: {first['text']}")
+    found = analysis_verdicts(summary.get("analyses"))
+    return cell + (". Analyses: " + "; ".join(found) if found else "")
+
+
+def analysis_verdicts(analyses):
+    """Every string stored under a key "verdict" in an experiment's `analyses` (the rules its
+    analysis hook evaluates across groups, e.g. noise_structure's ordering), in order."""
+    if isinstance(analyses, dict):
+        return [found for key, value in analyses.items()
+                for found in ([value] if key == "verdict" and isinstance(value, str)
+                              else analysis_verdicts(value))]
+    if isinstance(analyses, list):
+        return [found for value in analyses for found in analysis_verdicts(value)]
+    return []
 
 
 def readme_block(root):
