@@ -5,6 +5,8 @@
 | `summary_vs_axis(...)`            | per column, a run summary value against a config field (e.g. width) |
 | `curves_per_group(...)`           | per column, the logged curve of every arm against an x key   |
 
+`per_dataset(runs)` splits the runs by `config.dataset` (one figure per dataset).
+
 `runs` = [(Arm, result dict)]. The band is mean ± t_{.975, n−1} · sd / √n over the seeds (Student
 t; none for one seed); missing values (None) are left out per point.
 """
@@ -41,6 +43,14 @@ def mean_band(points):
         low.append(m - half)
         high.append(m + half)
     return np.array(mean), np.array(low), np.array(high)
+
+
+def per_dataset(runs):
+    """[(dataset, [(Arm, result)] of that dataset)] by `arm.config.dataset`, in plan order."""
+    out = {}
+    for arm, result in runs:
+        out.setdefault(arm.config.dataset, []).append((arm, result))
+    return list(out.items())
 
 
 def _groups(runs):
