@@ -13,6 +13,7 @@ uninterrupted one.
 | `step_advancer(train, seed, n)`       | `advance(step, stop)` over global steps of an epoch_trainer |
 | `update_trainer(...)`                 | `train(idx [u, b, B])`: u updates of b batches (M3, winsorize) |
 | `epoch_updates(perm, B, b)`           | the idx of one epoch of whole updates                    |
+| `Batches(n, B, b, seed).updates(i, j)` | the idx of updates i..j−1 of a stream across epochs     |
 | `run_logged(...)`                     | restore → log 0 → advance / log / checkpoint → curves   |
 | `run_logged_epochs(...)`              | the same in epochs of `epoch_trainer`                    |
 """
@@ -103,6 +104,35 @@ def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, ag
                                 variables)
 
     return lambda idx: train(tf.constant(np.asarray(idx, dtype=np.int32)))
+
+
+class Batches:
+    """The batch stream of `update_trainer` in updates (grokking): batch j of a run is batch
+    j mod E of the permutation `default_rng([seed, j // E])` (E = ⌊n / B⌋ batches per epoch, the
+    rest of an epoch dropped; B >= n: every batch is the whole set), a pure function of
+    (seed, j), so updates may cross epochs and a resumed run sees the same batches."""
+
+    def __init__(self, n, batch_size, batches_per_update, seed):
+        self.n, self.seed, self.per_update = n, int(seed), batches_per_update
+        self.full = batch_size >= n
+        self.size = n if self.full else batch_size
+        self.per_epoch = 1 if self.full else n // batch_size
+        self._perm = {}
+
+    def batch(self, j):
+        """int32 [size]: the example indices of batch j."""
+        if self.full:
+            return np.arange(self.n, dtype=np.int32)
+        epoch, k = divmod(j, self.per_epoch)
+        if epoch not in self._perm:
+            self._perm = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return self._perm[epoch][k * self.size:(k + 1) * self.size].astype(np.int32)
+
+    def updates(self, first, last):
+        """int32 [last − first, batches per update, size]: the batches of updates first..last−1."""
+        b = self.per_update
+        return np.stack([self.batch(j) for j in range(first * b, last * b)]).reshape(
+            last - first, b, self.size)
 
 
 def epoch_updates(perm, batch_size, per_update):

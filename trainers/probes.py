@@ -7,6 +7,7 @@ An experiment declares its row as a few of these probes; each returns plain Pyth
 | `predictor(model)`                             | `predict(x)` -> int32 [n] argmax, inference mode      |
 | `loss_accuracy(model, loss_fn)`                | `evaluate(x, y)` -> (mean loss, accuracy), one call   |
 | `streamed_loss_accuracy(model, chunk)`         | `evaluate(x, y)` -> (mean cross-entropy, accuracy) over chunks |
+| `split_metrics(evaluate, splits)`              | <split>_loss, <split>_accuracy of each split          |
 | `accuracy(pred, labels, mask)`                 | fraction of `pred == labels` (None for an empty mask) |
 | `label_accuracies(pred, y, corrupted, orig)`   | pristine_accuracy, corrupted_accuracy (vs the noisy label), corrupted_true_accuracy |
 | `label_pair_density(orig, y, corrupted, K)`  | corrupted_per_label_pair (mean over the K(K−1) pairs), label_pair_min |
@@ -68,6 +69,16 @@ def streamed_loss_accuracy(model, chunk=1000):
             loss, correct = loss + float(chunk_loss), correct + float(chunk_correct)
         return loss / len(xs), correct / len(xs)
     return evaluate
+
+
+def split_metrics(evaluate, splits):
+    """{<name>_loss, <name>_accuracy} of `evaluate(x, y)` -> (loss, accuracy) on each split of
+    `splits` {name: (x, y)}, as Python floats."""
+    row = {}
+    for name, (xs, ys) in splits.items():
+        loss, acc = evaluate(xs, ys)
+        row[f"{name}_loss"], row[f"{name}_accuracy"] = float(loss), float(acc)
+    return row
 
 
 def accuracy(pred, labels, mask=None):
