@@ -106,12 +106,12 @@ def require_positive(config, fields):
                 f"{field}={config[field]!r} must be a number > 0")
 
 
-def refuse_overrides(overrides, fields, by, hint=""):
-    """ValueError "<field> is set by <by>; it cannot be overridden with --set<hint>" for the first
-    of `fields` in `overrides` (the fields an experiment's arms set)."""
+def refuse_overrides(overrides, fields, why, hint=""):
+    """ValueError "<field> is <why>; it cannot be overridden with --set<hint>" for the first of
+    `fields` in `overrides` (the fields an experiment's arms set; why e.g. "set by the sweep")."""
     for field in fields:
         require(field not in overrides,
-                f"{field} is set by {by}; it cannot be overridden with --set{hint}")
+                f"{field} is {why}; it cannot be overridden with --set{hint}")
 
 
 def chosen(overrides, key, given, allowed, what):

@@ -16,6 +16,8 @@ uninterrupted one.
 | `Batches(n, B, b, seed).updates(i, j)` | the idx of updates i..j−1 of a stream across epochs     |
 | `run_logged(...)`                     | restore → log 0 → advance / log / checkpoint → curves   |
 | `run_logged_epochs(...)`              | the same in epochs of `epoch_trainer`                    |
+| `reused(key, build)`, `restart(...)`  | traced functions built once per architecture, reset per run |
+| `reused_epoch_trainer(...)`           | the `reused` model, optimizer, data variables, trainer, evaluate |
 """
 
 import numpy as np
@@ -190,6 +192,59 @@ def run_logged_epochs(run_dir, config_dict, model, optimizer, train_epoch, log, 
     return run_logged(run_dir, config_dict, model, optimizer, advance, log, total=int(epochs),
                       log_points=log_epochs, checkpoint_points=log_epochs[::int(checkpoint_every)],
                       echo=echo)
+
+
+_REUSED = {}  # one key at a time: the built functions of the last architecture
+
+
+def reused(key, build):
+    """`build()` once per process for `key`, reused while runs ask for the same key (the cache
+    holds one key): the model, optimizer and traced functions of an architecture shared by its
+    seeds, since tracing is most of a small run's time. Each run starts with `restart`."""
+    if key not in _REUSED:
+        _REUSED.clear()
+        _REUSED[key] = build()
+    return _REUSED[key]
+
+
+def reused_epoch_trainer(key, build_model, build_optimizer, input_shape, n, batch_size):
+    """`reused` (model, optimizer, loss_fn, x, y, train_epoch, evaluate) for `key`: the model
+    `build_model()`, its built `build_optimizer()`, sparse cross-entropy on logits, training-data
+    variables x [n, *input_shape] float32 and y [n] int32 (assign each run's data: `restart`), the
+    `epoch_trainer` over them and `evaluate(xs, ys)` -> (mean loss, int32 argmax [len(xs)])."""
+    import keras
+    import tensorflow as tf
+
+    def build():
+        model, optimizer = build_model(), build_optimizer()
+        optimizer.build(model.trainable_variables)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        x = tf.Variable(np.zeros((n, *input_shape), np.float32), trainable=False)
+        y = tf.Variable(np.zeros((n,), np.int32), trainable=False)
+
+        @tf.function(reduce_retracing=True)
+        def evaluate(xs, ys):
+            logits = model(xs, training=False)
+            return loss_fn(ys, logits), tf.argmax(logits, -1, output_type=tf.int32)
+
+        return (model, optimizer, loss_fn, x, y,
+                epoch_trainer(model, optimizer, loss_fn, x, y, batch_size), evaluate)
+
+    return reused(key, build)
+
+
+def restart(model, optimizer, weights, assignments=()):
+    """Start a run on a `reused` model: its `weights` set, every optimizer variable but the
+    learning rate zeroed (a fresh Adam / SGD: step 0, zero moments), and each (variable, value)
+    of `assignments` assigned (e.g. this run's training data): bit-identical to fresh objects."""
+    import tensorflow as tf
+
+    model.set_weights(weights)
+    for variable, value in assignments:
+        variable.assign(value)
+    for variable in optimizer.variables:
+        if not variable.path.endswith("learning_rate"):
+            variable.assign(tf.zeros_like(variable))
 
 
 def capped_log_epochs(log_epochs, epochs):

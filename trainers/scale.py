@@ -164,7 +164,7 @@ def arms(scale="small", seeds=3, overrides=None, arm_names=None, sizes=None):
     overrides = dict(overrides or {})
     sizes = overrides.pop("sizes", sizes)
     arm_names = common.chosen(overrides, "arms", arm_names, ARMS, "arm")
-    common.refuse_overrides(overrides, ARM_FIELDS, f"each arm ({', '.join(ARMS)})")
+    common.refuse_overrides(overrides, ARM_FIELDS, f"set by each arm ({', '.join(ARMS)})")
     out = []
     for dataset, base in common.dataset_bases(scale_config, scale, overrides, "scale"):
         for size in (tuple(sizes) if sizes else (overrides["train_size"],)
