@@ -7,11 +7,12 @@ resumable runs, checkpoints, fixed samples, results, the experiments' MLP.
 | `finished_or_checked`         | a finished run's results, or the config checked (before any data) |
 | `Checkpointer`                | model, optimizer, step and curves of a run, restored on restart (`cgh_tf.checkpoints`) |
 | `sample(pool, m, seed, salt)` | the sorted indices of a fixed sample                           |
+| `split_indices(n, f, seed)`   | a fixed (train, held-out) split                                |
 | `scaled_config`, `dataset_bases` | an experiment's config at a scale and dataset, with overrides  |
 | `finish`                      | the results.json of a finished run                             |
 | `append`                      | one logged row appended to the curves                          |
-| `require`, `require_one_of`, `require_ints`, `require_int_list`, `require_positive`, `require_label_noise`, `is_number` | the one-line config checks |
-| `refuse_overrides`, `chosen`, `seeded_arms`, `planned_pairs` | the pieces of an experiment's `arms`                |
+| `require`, `require_one_of`, `require_ints`, `require_optional_ints`, `require_int_list`, `require_positive`, `require_fractions`, `require_label_noise`, `is_number` | the one-line config checks |
+| `refuse_overrides`, `chosen`, `seeded_arms`, `planned_pairs`, `by_group` | the pieces of an experiment's `arms`                |
 
 Measurements (`sample_coherence`, `coherence_row`, `weight_norm`) live in `trainers/probes.py`,
 the models (`mlp`) in `trainers/models.py`; the names here are aliases.
@@ -83,6 +84,20 @@ def require_ints(config, fields, minimum=1):
                 f"{field}={config[field]!r} must be an int >= {minimum}")
 
 
+def require_optional_ints(config, fields, minimum=1):
+    """ValueError "field=value must be None (all) or an int >= minimum" for the first that is not."""
+    for field in fields:
+        require(config[field] is None or config_schema.is_int(config[field], minimum),
+                f"{field}={config[field]!r} must be None (all) or an int >= {minimum}")
+
+
+def require_fractions(config, fields):
+    """ValueError "field=value must be a number in (0, 1)" for the first field that is not."""
+    for field in fields:
+        require(is_number(config[field]) and 0 < config[field] < 1,
+                f"{field}={config[field]!r} must be a number in (0, 1)")
+
+
 def require_int_list(config, field, minimum=0):
     """ValueError "field=(...) must be a non-empty list of ints >= minimum" unless it is one."""
     values = config[field]
@@ -141,6 +156,14 @@ def planned_pairs(arms_, pairs):
             arm, control = (f"{panel}/{g}" if panel else g for g in (arm, control))
             if arm in groups and control in groups:
                 out.append((arm, control, *rest))
+    return out
+
+
+def by_group(runs):
+    """{arm group: [result dict of each seed]} of the runs [(Arm, result)], in plan order."""
+    out = {}
+    for arm, result in runs:
+        out.setdefault(arm.group, []).append(result)
     return out
 
 
@@ -233,6 +256,14 @@ def sample(pool, m, seed, salt):
            else np.arange(int(pool)) if pool.ndim == 0 else pool)
     return np.sort(np.random.default_rng([int(seed), int(salt)]).choice(
         idx, size=min(int(m), len(idx)), replace=False))
+
+
+def split_indices(n, fraction, seed):
+    """(kept, held out) sorted index arrays of a fixed random split of n examples, round(n ·
+    fraction) held out, by the permutation `default_rng([seed, 4])`."""
+    perm = np.random.default_rng([int(seed), 4]).permutation(n)
+    held_out = int(round(n * float(fraction)))
+    return np.sort(perm[held_out:]), np.sort(perm[:held_out])
 
 
 def scaled_config(module, scale, dataset, overrides):
