@@ -16,6 +16,7 @@ uninterrupted one.
 | `Batches(n, B, b, seed).updates(i, j)` | the idx of updates i..j−1 of a stream across epochs     |
 | `run_logged(...)`                     | restore → log 0 → advance / log / checkpoint → curves   |
 | `run_logged_epochs(...)`              | the same in epochs of `epoch_trainer`                    |
+| `log_steps(log_epochs, epochs, S)`    | {update: epoch} of log points at fractional epochs       |
 | `reused(key, build)`, `restart(...)`  | traced functions built once per architecture, reset per run |
 | `reused_epoch_trainer(...)`           | the `reused` model, optimizer, data variables, trainer, evaluate |
 """
@@ -245,6 +246,15 @@ def restart(model, optimizer, weights, assignments=()):
     for variable in optimizer.variables:
         if not variable.path.endswith("learning_rate"):
             variable.assign(tf.zeros_like(variable))
+
+
+def log_steps(log_epochs, epochs, steps_per_epoch):
+    """{update count: epoch} of the log points of a run in updates (`run_logged`, `step_advancer`): each epoch of `log_epochs` up to `epochs`
+    (later ones dropped, so `--set=epochs=N` needs no new list) rounded to the nearest update,
+    plus the end of training; the epoch recorded is the true one, update / steps_per_epoch."""
+    steps = {int(round(float(e) * steps_per_epoch)) for e in log_epochs if e <= epochs}
+    steps.add(int(epochs) * steps_per_epoch)
+    return {s: s / steps_per_epoch for s in sorted(steps)}
 
 
 def capped_log_epochs(log_epochs, epochs):

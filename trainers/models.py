@@ -7,6 +7,7 @@ Layer names are part of the results: per-layer coherence keys are `coherence/<sa
 | `mlp(config, shape, K)`     | [Flatten →] `depth` × Dense(`width`, relu) → Dense(K)           |
 | `transformer(config, V, K)` | tokens → Embedding → `depth` attention + MLP blocks → Dense(K)   |
 | `conv_net(config, shape, K)`| `config.arch` "cnn" or "resnet" (BN basic blocks), 1-D or 2-D     |
+| `check_conv_net(config)`    | one-line ValueError for its bad fields                          |
 """
 
 import math
@@ -50,6 +51,18 @@ def transformer(config, vocabulary, num_classes, initializer):
     last = layers.Flatten(name="flatten")(layers.Cropping1D((2, 0), name="equals_position")(x))
     outputs = layers.Dense(num_classes, kernel_initializer=initializer, name="unembed")(last)
     return keras.Model(inputs, outputs, name="grok_transformer")
+
+
+def check_conv_net(config):
+    """ValueError (one line) for bad `conv_net` fields: ints >= 1 (`dense_width`,
+    `resnet_blocks`, `resnet_stem_stride`), non-empty filter lists, `bn_momentum` in [0, 1)."""
+    from . import beyond_common as common
+
+    common.require_ints(config, ("dense_width", "resnet_blocks", "resnet_stem_stride"))
+    common.require_int_list(config, "cnn_filters", 1)
+    common.require_int_list(config, "resnet_filters", 1)
+    common.require(common.is_number(config.bn_momentum) and 0 <= config.bn_momentum < 1,
+                   f"bn_momentum={config.bn_momentum!r} must be in [0, 1)")
 
 
 def conv_net(config, input_shape, num_classes):

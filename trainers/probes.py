@@ -14,6 +14,7 @@ An experiment declares its row as a few of these probes; each returns plain Pyth
 | `fraction_pristine(model, x, y, pristine, l)`  | f^p = ⟨g, g^p⟩ / ⟨g, g⟩ of a mixed sample             |
 | `sample_coherence(model, samples, loss_fn)`    | coherence/<name>/m_coherence, .../alpha, per layer    |
 | `coherence_row(prefix, stats)`                 | the same keys of one `CoherenceStats`                 |
+| `layer_names(curves, prefix)`                  | the layers of the per-layer coherence curves          |
 | `weight_norm(model)`                           | ‖w‖, the L2 norm of all trainable weights (float64)   |
 
 Accuracies are fractions in [0, 1]; losses are nats per example.
@@ -124,14 +125,14 @@ def fraction_pristine(model, x, y, pristine, loss_fn):
 def sample_coherence(model, samples, loss_fn, pairwise=False, batch_size=None):
     """{coherence/<name>/m_coherence, .../alpha, per layer} of the exact per-example coherence
     (`cgh_tf.coherence.measure`, inference mode) of each fixed sample `{name: (x, y)}`, streamed
-    in batches of `batch_size` (None: the whole sample as one batch); with `pairwise` also
-    (r − 1)/(m − 1) (`coherence_row`)."""
+    in batches of min(`batch_size`, m) examples (None: the whole sample as one batch); with
+    `pairwise` also (r − 1)/(m − 1) (`coherence_row`)."""
     from cgh_tf import coherence
 
     row = {}
     for name, (xs, ys) in samples.items():
         stats = coherence.measure(model, xs, ys, loss=loss_fn, per_layer=True,
-                                  batch_size=batch_size or len(xs))
+                                  batch_size=min(batch_size or len(xs), len(xs)))
         row.update(coherence_row(f"coherence/{name}", stats, pairwise))
     return row
 
@@ -148,6 +149,13 @@ def coherence_row(prefix, stats, pairwise=False):
         if pairwise:
             row[f"{key}/pairwise"] = layer_stats.pairwise_coherence
     return row
+
+
+def layer_names(curves, prefix):
+    """Layer names of the per-layer curves `<prefix>/<layer>/m_coherence`, in logging order."""
+    head, tail = prefix + "/", "/m_coherence"
+    return [k[len(head):-len(tail)] for k in curves
+            if k.startswith(head) and k.endswith(tail) and k != head + tail[1:]]
 
 
 def weight_norm(model):
