@@ -81,7 +81,6 @@ def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
 
-    need = common.require
     common.require_one_of(config, "dataset", data.DATASETS)
     common.require_label_noise(config)
     common.require_ints(config, ("width", "depth", "batch_size", "epochs", "coherence_samples",
