@@ -7,7 +7,6 @@ Everything is float64 NumPy / `math`, no SciPy. Intervals are two-sided at `leve
 | `summarize(values)`                     | `Summary`: mean, sample sd (ddof 1), n of the non-missing values |
 | `paired_difference(arm, control)`       | `PairedDifference`: arm − control paired by seed: mean, sd, Student-t CI, t, d_z |
 | `correlation(x, y)`                     | `Correlation`: Pearson r with its Fisher-z CI               |
-| `ranks(values)`, `spearman(x, y)`       | mean ranks of ties; Spearman's ρ (Pearson r of the ranks)   |
 | `linear_fit(x, y, x0)`                  | least squares y = a + b x: slope ± SE, fitted mean at x0 ± SE with its t interval |
 | `t_cdf(t, df)`, `t_quantile(p, df)`     | Student t distribution (regularized incomplete beta; bisection) |
 | `normal_quantile(p)`                    | standard normal quantile                                   |
@@ -224,28 +223,6 @@ def correlation(x, y, level=0.95) -> Correlation:
     half = normal_quantile(0.5 + level / 2.0) / math.sqrt(n - 3)
     z = math.atanh(r)
     return Correlation(r, n, math.tanh(z - half), math.tanh(z + half), level)
-
-
-def ranks(values):
-    """Ranks 1..n of `values` (float64 [n]); tied values get the mean of their ranks."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="mergesort")
-    out = np.empty(len(values))
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        out[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def spearman(x, y):
-    """Spearman's ρ of the pairs (x_i, y_i) where neither is None / NaN: Pearson r of their
-    ranks (ties: mean ranks); None with fewer than 3 pairs."""
-    pairs = [(a, b) for a, b in zip(x, y) if len(_clean([a, b])) == 2]
-    return correlation(*map(ranks, zip(*pairs))).r if len(pairs) >= 3 else None
 
 
 def linear_fit(x, y, x0, level=0.95):

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from cgh_tf import statistics
-from trainers import config_schema, curve_stats, model_sweep, runner
+from cgh_tf import rank_correlation, statistics
+from trainers import config_schema, correlations, curve_stats, model_sweep, runner
 from trainers import depth_width as dw
 
 TINY = {"dataset": "mnist1d", "max_train": 64, "coherence_samples": 8, "batch_size": 32,
@@ -22,10 +22,9 @@ TINY = {"dataset": "mnist1d", "max_train": 64, "coherence_samples": 8, "batch_si
 
 def test_ranks_and_the_declared_correlation_rules_hand_computed():
     # ties: ranks (1, 2.5, 2.5, 4); Spearman = Pearson of the ranks = 4.5 / sqrt(22.5)
-    np.testing.assert_allclose(statistics.ranks([1, 2, 2, 3]), [1, 2.5, 2.5, 4])
-    np.testing.assert_allclose(statistics.ranks([3, 1, 2]), [3, 1, 2])
-    assert statistics.correlation(statistics.ranks([1, 2, 2, 3]), statistics.ranks([1, 2, 3, 4])).r == \
-        pytest.approx(4.5 / np.sqrt(22.5))
+    np.testing.assert_allclose(rank_correlation.midranks([1, 2, 2, 3]), [1, 2.5, 2.5, 4])
+    np.testing.assert_allclose(rank_correlation.midranks([3, 1, 2]), [3, 1, 2])
+    assert correlations.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / np.sqrt(22.5))
     gap_rule, test_rule = dw.CORRELATION_RULES
     assert (gap_rule.x, gap_rule.y, gap_rule.prediction) == ("m_coherence_epoch1", "gap",
                                                              "negative")

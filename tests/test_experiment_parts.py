@@ -85,15 +85,14 @@ def test_coherence_row_pairwise_is_r_minus_one_over_m_minus_one():
     assert probes.layer_names(row, "coherence/train") == ["dense"]
 
 
-def test_spearman_ranks_hand_computed():
-    np.testing.assert_allclose(statistics.ranks([10, 30, 20, 20]), [1, 4, 2.5, 2.5])
-    assert statistics.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert statistics.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert statistics.spearman([1, 2, None, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
-    assert statistics.spearman([1, 2], [1, 2]) is None
+def test_spearman_of_group_points_skips_missing_and_says_none():
+    assert correlations.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert correlations.spearman([1, 2, None, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert correlations.spearman([1, 2, None], [1, 2, 3]) is None   # 2 pairs
+    assert correlations.spearman([1, 2, 3], [5, 5, 5]) is None       # a constant side
     # monotone but not linear: Pearson < 1, Spearman = 1
     assert statistics.correlation([1, 2, 3, 4], [1, 4, 9, 100]).r < 0.95
-    assert statistics.spearman([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)
+    assert correlations.spearman([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)
 
 
 def _config(**fields):

@@ -5,12 +5,14 @@ evaluated on those points (Pearson r with its Fisher-z 95 % CI) and Spearman's �
 | function                                  | what                                                 |
 |-------------------------------------------|------------------------------------------------------|
 | `group_means(runs, keys, keep)`           | {key: [mean over seeds per group]} of the kept arms  |
-| `evaluate(rules, means)`                  | [(rule, Verdict, Spearman ρ)] on those points        |
+| `evaluate(rules, means)`, `spearman(x, y)` | [(rule, Verdict, Spearman ρ)] on those points        |
 | `table_lines(rows, label)`                | the markdown rows "| rule | label | verdict | ρ |"   |
 | `per_panel(runs, rules, subsets, keep, title)` | the whole hook: per panel and subset, (lines, JSON) |
 """
 
-from cgh_tf import statistics
+import math
+
+from cgh_tf import rank_correlation, statistics
 
 HEADER = ["| rule | sweep | verdict | Spearman ρ |", "|---|---|---|---|"]
 
@@ -26,10 +28,18 @@ def group_means(runs, keys, keep):
             for k in keys}
 
 
+def spearman(x, y):
+    """Spearman's ρ (`cgh_tf.rank_correlation`) of the pairs where neither value is None; None
+    with fewer than 3 pairs or a constant side."""
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
+    rho = rank_correlation.spearman(*zip(*pairs)) if len(pairs) >= 3 else math.nan
+    return None if math.isnan(rho) else rho
+
+
 def evaluate(rules, means):
     """[(rule, its Verdict on (means[rule.x], means[rule.y]), Spearman ρ of the same points)]."""
     return [(rule, rule.evaluate(means[rule.x], means[rule.y]),
-             statistics.spearman(means[rule.x], means[rule.y])) for rule in rules]
+             spearman(means[rule.x], means[rule.y])) for rule in rules]
 
 
 def table_lines(rows, label):
