@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from cgh_tf import rank_correlation, statistics
+from cgh_tf import rank_correlation
 from trainers import config_schema, correlations, curve_stats, model_sweep, runner
 from trainers import depth_width as dw
 
