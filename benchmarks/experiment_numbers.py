@@ -8,8 +8,9 @@ and compare the two files:
     PYTHONPATH=.        python benchmarks/experiment_numbers.py --out=/tmp/new.json
     python benchmarks/experiment_numbers.py --compare /tmp/old.json /tmp/new.json
 
-The JSON holds, per experiment, per arm directory, the run's `summary` and `curves` (every float
-as its repr, so equal files mean bit-identical numbers). `--only=a,b` runs some experiments.
+The JSON holds, per experiment, per arm directory, the run's `summary` and `curves`; JSON writes a
+float as its shortest round-trip repr, so equal values read back mean bit-identical numbers
+(results hold no NaN: `outputs` writes None). `--only=a,b` runs some experiments.
 """
 
 import argparse
@@ -42,17 +43,6 @@ TINY = {
 }
 
 
-def _exact(value):
-    """Floats as repr strings (bit-exact comparison), containers recursively."""
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, dict):
-        return {k: _exact(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_exact(v) for v in value]
-    return value
-
-
 def numbers(name):
     """{arm path: {summary, curves}} of a tiny run of experiment `name` in a fresh workdir."""
     from trainers import runner
@@ -64,7 +54,7 @@ def numbers(name):
     with tempfile.TemporaryDirectory() as workdir:
         runs = [(arm, module.EXPERIMENT.run_arm(arm.config, f"{workdir}/{arm.path}", echo=None))
                 for arm in arms]
-    return {arm.path: _exact({"summary": r["summary"], "curves": r["curves"]}) for arm, r in runs}
+    return {arm.path: {"summary": r["summary"], "curves": r["curves"]} for arm, r in runs}
 
 
 def compare(old_path, new_path):
