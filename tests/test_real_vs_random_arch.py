@@ -288,7 +288,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
     assert rr.run(config, str(tmp_path / "resumed"), echo=None)["curves"] == resumed["curves"]
 
 
-def test_whole_training_set_is_measured_streamed_and_matches_one_batch(tmp_path):
+def test_tiny_run_measures_the_whole_training_set_streamed_as_one_batch_does(tmp_path):
     """coherence_samples=0: m = n (issue 24), streamed in batches of 16; its r at epoch 0 equals
     a direct one-batch measure of the same initial model on the whole training set, and the
     logged pairwise coherence is (r − 1)/(m − 1)."""
