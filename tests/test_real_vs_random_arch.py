@@ -98,6 +98,8 @@ def test_run_summary_and_compare_hand_computed():
     # a ratio to a non-positive random alignment is None, never a sign-flipped number
     assert crossings.compare([_fake(0, [0.1, 0.2, 0.3])], [_fake(0, [0.1, 0.0, -0.1])])[
         "ratio_end"] == [None]
+    assert crossings._ratio_cell([2.0, None, 4.0]) == "3.00 ± 1.41 (2/3 seeds)"
+    assert crossings._ratio_cell([2.0, 4.0]) == "3.00 ± 1.41"
 
 
 def test_report_refuses_arms_measured_with_different_m(tmp_path):

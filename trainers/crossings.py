@@ -116,6 +116,13 @@ def _crossing_text(sign, epoch):
     return f"{above}, cross at {epoch:.3g}" if epoch is not None else f"{above}, never cross"
 
 
+def _ratio_cell(ratios):
+    """"mean ± sd" of the per-seed ratios, with "(k/n seeds)" when only k of n have one."""
+    summary = statistics.summarize(ratios)
+    return summary.text(".2f") + (f" ({summary.n}/{len(ratios)} seeds)"
+                                  if summary.n < len(ratios) else "")
+
+
 def analyses(runs, pairs):
     """Per (real group, random group) of `pairs`: ratios real / random of the pairwise coherence
     per seed, the largest ratio and the crossings (`compare`); refuses a pair whose arms measured
@@ -146,7 +153,7 @@ def analyses(runs, pairs):
         mean_crossing = _crossing_text(comp["mean_curve_crossing_sign"],
                                        comp["mean_curve_crossing_epoch"])
         lines.append(f"| {key} | {ms[key]} | " + " | ".join(
-            statistics.summarize(comp[f"ratio_{w}"]).text(".2f") for w in ("init", "early", "end"))
+            _ratio_cell(comp[f"ratio_{w}"]) for w in ("init", "early", "end"))
             + f" | {max_cells} | {per_seed} | {mean_crossing} | "
             + (", ".join(f"{e:.3g}" for e in comp["mean_curve_crossings"]) or "none") + " |")
     return lines + [""], {"m": ms, "comparisons": out}
