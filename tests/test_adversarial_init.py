@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from trainers import adversarial_init as ai
+from trainers import adversarial_phase1 as ap
 from trainers import runner
 
 # 256 training / 128 test examples, a narrow MLP, a few epochs: real training, seconds per run.
@@ -26,18 +27,18 @@ class _Interrupt(Exception):
 # ----------------------------------------------------------------------------------------------
 
 def test_phase1_stop_rule():
-    assert ai.phase1_stop(0.5, 3, 0.99, 10) is None
-    assert ai.phase1_stop(0.99, 3, 0.99, 10) == "target"  # >= target
-    assert ai.phase1_stop(0.9899, 10, 0.99, 10) == "max_epochs"
-    assert ai.phase1_stop(1.0, 10, 0.99, 10) == "target"  # target wins at the last epoch
-    assert ai.phase1_stop(0.2, 11, 0.99, 10) == "max_epochs"
+    assert ap.phase1_stop(0.5, 3, 0.99, 10) is None
+    assert ap.phase1_stop(0.99, 3, 0.99, 10) == "target"  # >= target
+    assert ap.phase1_stop(0.9899, 10, 0.99, 10) == "max_epochs"
+    assert ap.phase1_stop(1.0, 10, 0.99, 10) == "target"  # target wins at the last epoch
+    assert ap.phase1_stop(0.2, 11, 0.99, 10) == "max_epochs"
 
 
 def test_batches_per_epoch_ends_on_an_update():
-    assert ai.batches_per_epoch(4000, 64, 1) == 62     # 62 full batches, 32 examples left out
-    assert ai.batches_per_epoch(4000, 64, 3) == 60     # M3: 20 updates of 3 batches
-    assert ai.batches_per_epoch(4000, 192, 1) == 20    # its control: 20 updates of 192
-    assert ai.batches_per_epoch(100, 64, 3) == 0
+    assert ap.batches_per_epoch(4000, 64, 1) == 62     # 62 full batches, 32 examples left out
+    assert ap.batches_per_epoch(4000, 64, 3) == 60     # M3: 20 updates of 3 batches
+    assert ap.batches_per_epoch(4000, 192, 1) == 20    # its control: 20 updates of 192
+    assert ap.batches_per_epoch(100, 64, 3) == 0
 
 
 def test_summary_numbers_and_paired_differences():
@@ -105,9 +106,9 @@ def test_arms_cover_starts_and_optimizers_with_matched_controls():
     ({"checkpoint_every_logs": 0}, "checkpoint_every_logs=0 must be an int >= 1"),
     ({"seed": -1}, "seed=-1 must be an int >= 0"),
     ({"data_seed": -1}, "data_seed=-1 must be an int >= 0"),
-    ({"log_epochs": (0, -1)}, r"log_epochs=\(0, -1\) must be ints >= 0"),
-    ({"max_train": 0}, "max_train=0 must be None or an int >= 1"),
-    ({"max_test": 0}, "max_test=0 must be None or an int >= 1"),
+    ({"log_epochs": (0, -1)}, r"log_epochs=\(0, -1\) must be a non-empty list of ints >= 0"),
+    ({"max_train": 0}, r"max_train=0 must be None \(all\) or an int >= 1"),
+    ({"max_test": 0}, r"max_test=0 must be None \(all\) or an int >= 1"),
     ({"no_such_field": 1}, "no field 'no_such_field'"),
 ])
 def test_bad_configs_fail_in_one_line_before_any_data(overrides, message, monkeypatch):

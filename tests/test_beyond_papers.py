@@ -240,7 +240,7 @@ def test_double_descent_mnist5k_tiny_end_to_end(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"dataset": "digits"}, "dataset='digits' is not available for double_descent at scale 'small'"),
     ({"label_noise": 0.0}, "label_noise=0.0 must be in"),
-    ({"log_epochs": (0, -1)}, "log_epochs=.* must be ints >= 0"),
+    ({"log_epochs": (0, -1)}, "log_epochs=.* must be a non-empty list of ints >= 0"),
     ({"checkpoint_every_logs": 0}, "checkpoint_every_logs=0 must be an int >= 1"),
 ])
 def test_double_descent_rejects_bad_configs_before_any_run(overrides, message):

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from cgh_tf import statistics
-from trainers import config_schema, runner
+from cgh_tf import rank_correlation
+from trainers import config_schema, correlations, curve_stats, model_sweep, runner
 from trainers import depth_width as dw
 
 TINY = {"dataset": "mnist1d", "max_train": 64, "coherence_samples": 8, "batch_size": 32,
@@ -22,10 +22,9 @@ TINY = {"dataset": "mnist1d", "max_train": 64, "coherence_samples": 8, "batch_si
 
 def test_ranks_and_the_declared_correlation_rules_hand_computed():
     # ties: ranks (1, 2.5, 2.5, 4); Spearman = Pearson of the ranks = 4.5 / sqrt(22.5)
-    np.testing.assert_allclose(dw._ranks([1, 2, 2, 3]), [1, 2.5, 2.5, 4])
-    np.testing.assert_allclose(dw._ranks([3, 1, 2]), [3, 1, 2])
-    assert statistics.correlation(dw._ranks([1, 2, 2, 3]), dw._ranks([1, 2, 3, 4])).r == \
-        pytest.approx(4.5 / np.sqrt(22.5))
+    np.testing.assert_allclose(rank_correlation.midranks([1, 2, 2, 3]), [1, 2.5, 2.5, 4])
+    np.testing.assert_allclose(rank_correlation.midranks([3, 1, 2]), [3, 1, 2])
+    assert correlations.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / np.sqrt(22.5))
     gap_rule, test_rule = dw.CORRELATION_RULES
     assert (gap_rule.x, gap_rule.y, gap_rule.prediction) == ("m_coherence_epoch1", "gap",
                                                              "negative")
@@ -44,7 +43,7 @@ def test_summary_reads_epoch_0_and_1_and_leaves_unmeasured_as_none():
     no_epoch1 = {k: [v[0], v[2]] for k, v in curves.items()}
     no_epoch1["epoch"] = [0, 5]
     assert dw.summarize(no_epoch1, 7)["m_coherence_epoch1"] is None
-    assert dw.value_at(curves, "nonexistent", 0) is None
+    assert curve_stats.value_at(curves, "nonexistent", 0, "epoch") is None
 
 
 def test_cross_and_grid_sweeps_and_arms():
@@ -52,10 +51,10 @@ def test_cross_and_grid_sweeps_and_arms():
 
     c = config_schema.apply_overrides(cfg.get_config(), {"widths": (32, 64, 256), "fixed_depth": 1,
                                                    "depths": (1, 2, 3), "fixed_width": 256})
-    assert dw.models(c) == [(1, 32, ("width",)), (1, 64, ("width",)),
+    assert model_sweep.models(c) == [(1, 32, ("width",)), (1, 64, ("width",)),
                             (1, 256, ("depth", "width")), (2, 256, ("depth",)),
                             (3, 256, ("depth",))]
-    grid = dw.models(config_schema.apply_overrides(c, {"grid": True, "depths": (1, 2)}))
+    grid = model_sweep.models(config_schema.apply_overrides(c, {"grid": True, "depths": (1, 2)}))
     assert len(grid) == 6 and (2, 32, ()) in grid and (2, 256, ("depth",)) in grid
     plan = dw.arms("small", 2)  # default cross: 7 widths at depth 1 + depths 2..6 at width 256
     assert len(plan) == (7 + 5) * 2 * 2
@@ -199,7 +198,7 @@ def _config(**changes):
     ({"coherence_samples": 1}, "coherence_samples=1 must be >= 2"),
     ({"checkpoint_every_logs": 0}, "checkpoint_every_logs=0 must be an int >= 1"),
     ({"learning_rate": 0}, r"learning_rate=0(\.0)? must be a number > 0"),
-    ({"log_epochs": (0, -1)}, "log_epochs=.* must be a tuple of ints >= 0"),
+    ({"log_epochs": (0, -1)}, "log_epochs=.* must be a non-empty list of ints >= 0"),
     ({"coherence_epochs": (0, 2)}, "coherence_epochs=.* must contain 0 and 1"),
     ({"max_train": 1}, "max_train=1 must be None or an int >= 2"),
     ({"max_train": 100, "coherence_samples": 200}, "coherence_samples=200 must be <= max_train"),

@@ -9,7 +9,8 @@ import pytest
 
 from trainers import early_stopping as es
 from trainers import outputs
-from trainers import runner
+from trainers import runner, stopping_rules
+from trainers import beyond_common as common
 
 TINY = {"max_train": 300, "max_test": 200, "epochs": 2, "early_epochs": 1,
         "early_logs_per_epoch": 2, "coherence_samples": 16, "batch_size": 64, "width": 16,
@@ -21,29 +22,29 @@ TINY = {"max_train": 300, "max_test": 200, "epochs": 2, "early_epochs": 1,
 # ----------------------------------------------------------------------------------------------
 
 def test_first_best_takes_the_first_maximum_and_skips_missing_values():
-    assert es.first_best([0.1, None, 0.5, 0.3, 0.5]) == 2
-    assert es.first_best([None, float("nan")]) is None
+    assert stopping_rules.first_best([0.1, None, 0.5, 0.3, 0.5]) == 2
+    assert stopping_rules.first_best([None, float("nan")]) is None
 
 
 def test_coherence_drop_uses_the_running_maximum():
     # running max: 2, 4, 4, 4, 4 -> thresholds 1, 2, 2, 2, 2: 3 > 2, 2.5 > 2, 2 <= 2 fires at 4
-    assert es.coherence_drop_index([2.0, 4.0, 3.0, 2.5, 2.0], 0.5) == 4
-    assert es.coherence_drop_index([2.0, 1.0, 4.0], 0.5) == 1  # 1 <= 0.5 * 2 (max so far)
-    assert es.coherence_drop_index([1.0, 2.0, 3.0], 0.5) is None
-    assert es.coherence_drop_index([4.0, None, 1.9], 0.5) == 2
+    assert stopping_rules.coherence_drop_index([2.0, 4.0, 3.0, 2.5, 2.0], 0.5) == 4
+    assert stopping_rules.coherence_drop_index([2.0, 1.0, 4.0], 0.5) == 1  # 1 <= 0.5 * 2 (max so far)
+    assert stopping_rules.coherence_drop_index([1.0, 2.0, 3.0], 0.5) is None
+    assert stopping_rules.coherence_drop_index([4.0, None, 1.9], 0.5) == 2
 
 
 def test_plateau_is_relative_to_the_range_of_the_whole_run():
     # min 1, max 11: threshold 1 + 0.1 * 10 = 2; first value <= 2 is 1.5 at index 3
-    assert es.plateau_index([5.0, 11.0, 3.0, 1.5, 1.0, 1.2], 0.1) == 3
-    assert es.plateau_index([None, None], 0.1) is None
+    assert stopping_rules.plateau_index([5.0, 11.0, 3.0, 1.5, 1.0, 1.2], 0.1) == 3
+    assert stopping_rules.plateau_index([None, None], 0.1) is None
 
 
 def test_onset_is_the_first_rise_after_the_minimum():
     # minimum 0.02 at index 2; first value >= 0.07 after it: 0.08 at index 4 (0.05 < 0.07)
-    assert es.onset_index([0.1, 0.03, 0.02, 0.05, 0.08, 0.5], 0.05) == 4
-    assert es.onset_index([0.1, 0.03, 0.02, 0.03], 0.05) is None
-    assert es.onset_index([0.1, 0.2, 0.3], 0.05) == 1  # minimum at the start
+    assert stopping_rules.onset_index([0.1, 0.03, 0.02, 0.05, 0.08, 0.5], 0.05) == 4
+    assert stopping_rules.onset_index([0.1, 0.03, 0.02, 0.03], 0.05) is None
+    assert stopping_rules.onset_index([0.1, 0.2, 0.3], 0.05) == 1  # minimum at the start
 
 
 def test_stopping_summary_on_hand_made_curves():
@@ -52,8 +53,8 @@ def test_stopping_summary_on_hand_made_curves():
               "validation_accuracy": [0.1, 0.6, 0.62, 0.64, 0.5],
               "corrupted_accuracy": [0.1, 0.02, 0.05, 0.2, 0.6],
               "pristine_accuracy": [0.1, 0.8, 0.9, 0.95, 0.99],
-              es.TRAIN_SAMPLE_KEY: [2.0, 6.0, 4.0, 2.9, 1.0]}
-    s = es.stopping_summary(curves, drop=0.5, plateau=0.1, rise=0.05)
+              stopping_rules.TRAIN_SAMPLE_KEY: [2.0, 6.0, 4.0, 2.9, 1.0]}
+    s = stopping_rules.stopping_summary(curves, drop=0.5, plateau=0.1, rise=0.05)
     assert s["epoch/final"] == 2.0 and s["test_accuracy/final"] == 0.7
     assert s["epoch/validation"] == 1.5 and s["test_accuracy/validation"] == 0.85
     assert s["epoch/coherence_drop"] == 1.5 and s["coherence_drop_fired"] == 1  # 2.9 <= 3
@@ -65,34 +66,34 @@ def test_stopping_summary_on_hand_made_curves():
     assert s["gap/oracle_minus_onset"] == -0.5
     assert s["max_m_coherence"] == 6.0 and s["epoch/max_m_coherence"] == 0.5
     # a drop that never fires picks the last point and says so
-    curves[es.TRAIN_SAMPLE_KEY] = [1.0, 2.0, 3.0, 4.0, 5.0]
-    s = es.stopping_summary(curves, drop=0.5, plateau=0.1, rise=0.05)
+    curves[stopping_rules.TRAIN_SAMPLE_KEY] = [1.0, 2.0, 3.0, 4.0, 5.0]
+    s = stopping_rules.stopping_summary(curves, drop=0.5, plateau=0.1, rise=0.05)
     assert s["coherence_drop_fired"] == 0 and s["epoch/coherence_drop"] == 2.0
     # without a memorisation onset the gaps are None, never 0
     curves["corrupted_accuracy"] = [0.5, 0.4, 0.3, 0.2, 0.1]
-    s = es.stopping_summary(curves, drop=0.5, plateau=0.1, rise=0.05)
+    s = stopping_rules.stopping_summary(curves, drop=0.5, plateau=0.1, rise=0.05)
     assert s["epoch/memorisation_onset"] is None and s["gap/coherence_drop_minus_onset"] is None
 
 
 def _result(fired, onset, gap, test=0.8):
     summary = {"coherence_drop_fired": fired, "epoch/memorisation_onset": onset,
                "gap/coherence_drop_minus_onset": gap}
-    summary.update({f"test_accuracy/{rule}": test for rule in es.RULES})
+    summary.update({f"test_accuracy/{rule}": test for rule in stopping_rules.RULES})
     return {"summary": summary}
 
 
 def test_verdict_needs_every_seed_to_fire_within_the_tolerance():
     # onset 8: tolerance max(1, 2) = 2 epochs; gaps -1.5 and 2.0 are inside
-    yes = es._verdict([_result(1, 8.0, -1.5), _result(1, 8.0, 2.0)])
+    yes = stopping_rules.verdict([_result(1, 8.0, -1.5), _result(1, 8.0, 2.0)])
     assert "fired in 2/2 seeds" in yes and "0.25 epochs after the onset" in yes
     assert "**yes**" in yes
-    assert "**no**" in es._verdict([_result(1, 8.0, -1.5), _result(1, 8.0, 2.5)])  # 2.5 > 2
+    assert "**no**" in stopping_rules.verdict([_result(1, 8.0, -1.5), _result(1, 8.0, 2.5)])  # 2.5 > 2
     # onset 2: tolerance 1 epoch (not 0.5)
-    assert "**yes**" in es._verdict([_result(1, 2.0, 0.9), _result(1, 2.0, -1.0)])
+    assert "**yes**" in stopping_rules.verdict([_result(1, 2.0, 0.9), _result(1, 2.0, -1.0)])
     # a seed where it never fired: no, and its gap is not averaged in
-    text = es._verdict([_result(1, 8.0, -1.0), _result(0, 8.0, 30.0)])
+    text = stopping_rules.verdict([_result(1, 8.0, -1.0), _result(0, 8.0, 30.0)])
     assert "fired in 1/2 seeds" in text and "1.00 epochs before" in text and "**no**" in text
-    assert "No c1 gap" in es._verdict([_result(0, 8.0, 30.0), _result(0, None, None)])
+    assert "No c1 gap" in stopping_rules.verdict([_result(0, 8.0, 30.0), _result(0, None, None)])
 
 
 def test_log_steps_are_dense_early_then_once_per_epoch():
@@ -104,10 +105,10 @@ def test_log_steps_are_dense_early_then_once_per_epoch():
 
 
 def test_validation_split_is_fixed_and_disjoint():
-    train, val = es.split_indices(100, 0.2, 0)
+    train, val = common.split_indices(100, 0.2, 0)
     assert len(val) == 20 and len(train) == 80 and not set(train) & set(val)
-    np.testing.assert_array_equal(val, es.split_indices(100, 0.2, 0)[1])
-    assert not np.array_equal(val, es.split_indices(100, 0.2, 1)[1])
+    np.testing.assert_array_equal(val, common.split_indices(100, 0.2, 0)[1])
+    assert not np.array_equal(val, common.split_indices(100, 0.2, 1)[1])
 
 
 def test_arms_cover_both_noise_levels_seeds_and_datasets():
@@ -131,7 +132,7 @@ def test_arms_cover_both_noise_levels_seeds_and_datasets():
     ({"label_noise": 0.3}, r"label_noise=0.3 is set per run from noise_levels"),
     ({"optimizer": "rmsprop"}, r"optimizer='rmsprop' is unknown; allowed: adam, sgd"),
     ({"learning_rate": 0.0}, r"learning_rate=0.0 must be a number > 0"),
-    ({"validation_fraction": 1.0}, r"validation_fraction=1.0 must be in \(0, 1\)"),
+    ({"validation_fraction": 1.0}, r"validation_fraction=1.0 must be a number in \(0, 1\)"),
     ({"width": 0}, r"width=0 must be an int >= 1"),
     ({"depth": 0}, r"depth=0 must be an int >= 1"),
     ({"batch_size": 0}, r"batch_size=0 must be an int >= 1"),
@@ -204,14 +205,14 @@ def test_tiny_end_to_end_writes_results_figure_and_hparams(tiny_workdir):
     assert curves["step"] == [0, 2, 4, 8, 12]  # half epochs for 1 epoch, then every epoch
     assert curves["epoch"] == [0.0, 0.5, 1.0, 2.0, 3.0]
     for key in ("test_accuracy", "validation_accuracy", "pristine_accuracy",
-                "corrupted_accuracy", "f_pristine", es.TRAIN_SAMPLE_KEY,
+                "corrupted_accuracy", "f_pristine", stopping_rules.TRAIN_SAMPLE_KEY,
                 "coherence/pristine/alpha", "coherence/corrupted/alpha",
                 "coherence/corrupted/hidden1/m_coherence"):
         assert len(curves[key]) == 5 and all(v is not None for v in curves[key]), key
-    assert 0 < curves[es.TRAIN_SAMPLE_KEY][0] <= 16
+    assert 0 < curves[stopping_rules.TRAIN_SAMPLE_KEY][0] <= 16
     # the summary is the rules applied to the stored curves
     s = result["summary"]
-    expected = es.stopping_summary(curves, 0.5, 0.1, 0.05)
+    expected = stopping_rules.stopping_summary(curves, 0.5, 0.1, 0.05)
     assert {k: v for k, v in s.items() if not k.startswith("last/")} == expected
     assert s["test_accuracy/oracle"] == max(curves["test_accuracy"])
     assert s["last/test_accuracy"] == curves["test_accuracy"][-1]
@@ -263,8 +264,8 @@ def test_interrupted_run_resumes_to_the_same_summary(tiny_workdir, tmp_path):
             assert resumed["summary"][key] is None, key
         else:
             assert resumed["summary"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-    np.testing.assert_allclose(resumed["curves"][es.TRAIN_SAMPLE_KEY],
-                               reference["curves"][es.TRAIN_SAMPLE_KEY], rtol=1e-4)
+    np.testing.assert_allclose(resumed["curves"][stopping_rules.TRAIN_SAMPLE_KEY],
+                               reference["curves"][stopping_rules.TRAIN_SAMPLE_KEY], rtol=1e-4)
     # finished: a rerun is skipped and returns the stored result
     again = es.run(config, str(tmp_path), echo=lambda line: pytest.fail(line))
     assert again["summary"] == resumed["summary"]

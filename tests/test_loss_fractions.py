@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from trainers import catalog, loss_fractions, runner
+from trainers import catalog
+from trainers import loss_fractions, runner
 
 from tests import reference
 
@@ -54,8 +55,7 @@ def test_tiny_real_run_reports_the_declared_rule_per_noise_level(tmp_path):
     tiny = {"epochs": 1, "train_size": 200, "fraction_samples": 32, "every_step_until": 3,
             "early_window": (0, 2), "width": 16, "dataset": "mnist1d"}
     arms, experiment = catalog.plan("loss_fractions", seeds=2, overrides=tiny)
-    summary = catalog.execute("loss_fractions", arms, experiment, str(tmp_path), "test",
-                              echo=lambda line: None)
+    summary = runner.run(experiment, arms, str(tmp_path), "test", echo=lambda line: None)
     result = json.loads((tmp_path / "mnist1d/noise50/seed1/results.json").read_text())
     assert result["curves"]["step"] == [0, 1, 2, 3, 4]  # every step to 3, then the epoch end (4)
     curves = result["curves"]

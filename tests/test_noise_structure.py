@@ -6,7 +6,8 @@ import json
 import pytest
 
 from cgh_tf import statistics
-from trainers import catalog, noise_structure
+from trainers import catalog
+from trainers import noise_structure, runner
 
 
 def test_ordering_rule_by_hand():
@@ -41,8 +42,7 @@ def test_tiny_real_run_of_every_kind(tmp_path):
     tiny = {"epochs": 1, "train_size": 200, "coherence_samples": 8, "width": 16,
             "arms": ("rm3", "ra3")}
     arms, experiment = catalog.plan("noise_structure", seeds=2, overrides=tiny)
-    summary = catalog.execute("noise_structure", arms, experiment, str(tmp_path), "test",
-                              echo=lambda line: None)
+    summary = runner.run(experiment, arms, str(tmp_path), "test", echo=lambda line: None)
     isolated = json.loads((tmp_path / "isolated/rm3/seed0/results.json").read_text())
     assert isolated["num_corrupted"] == 80 and isolated["finished"]
     assert isolated["summary"]["pairwise/corrupted_init"] == isolated["curves"]["pairwise/corrupted"][0]

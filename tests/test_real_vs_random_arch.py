@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trainers import real_vs_random_arch as rr
-from trainers import runner
+from trainers import crossings, graph_loop, runner
 from trainers.experiment import Arm
 
 TINY = {"dataset": "mnist1d", "max_train": 64, "max_test": 32, "coherence_samples": 16,
@@ -33,10 +33,10 @@ def _hparams_tags(directory):
 def test_log_steps_round_fractions_to_updates_and_add_the_end():
     # 10 updates per epoch; 0.125 -> 1.25 -> update 1; 0.25 -> 2.5 -> 2 (banker's rounding);
     # 7 > epochs is dropped; the end (3 epochs = 30 updates) is always logged
-    assert rr.log_steps((0, 0.125, 0.25, 1, 2, 7), 3, 10) == {
+    assert graph_loop.log_steps((0, 0.125, 0.25, 1, 2, 7), 3, 10) == {
         0: 0.0, 1: 0.1, 2: 0.2, 10: 1.0, 20: 2.0, 30: 3.0}
     # two epochs rounding to the same update are one log point, at the true epoch
-    assert rr.log_steps((0, 0.5, 0.6, 1), 1, 1) == {0: 0.0, 1: 1.0}
+    assert graph_loop.log_steps((0, 0.5, 0.6, 1), 1, 1) == {0: 0.0, 1: 1.0}
 
 
 def test_crossing_and_max_ratio_hand_computed():
@@ -44,25 +44,27 @@ def test_crossing_and_max_ratio_hand_computed():
     real = [3.0, 2.0, 4.0, 3.0, 1.0, 1.0]
     random = [3.0, 1.0, 1.0, 2.0, 2.0, 1.5]
     # epoch 0 is ignored (init); real > random from 0.5, first below at 4
-    assert rr.crossing(epochs, real, random) == (1, 4)
-    assert rr.max_ratio(epochs, real, random) == (4.0, 1)
+    assert crossings.crossing(epochs, real, random) == (1, 4)
+    assert crossings.max_ratio(epochs, real, random) == (4.0, 1)
     # below first, then above; a tie and a missing value are skipped
-    assert rr.crossing(epochs, [9, 1, 2, None, 3, 1], [1, 2, 2, 1, 1, 1]) == (-1, 4)
+    assert crossings.crossing(epochs, [9, 1, 2, None, 3, 1], [1, 2, 2, 1, 1, 1]) == (-1, 4)
     # every sign change, not only the first: above, below at 1, above at 2, below at 4, above at 8
-    assert rr.crossings(epochs, [0, 2, 0.5, 3, 0.5, 4], [9, 1, 1, 1, 1, 1]) == (1, [1, 2, 4, 8])
-    assert rr.crossings(epochs, [0, 2, 0.5, 3, 1, 4], [9, 1, 1, 1, 1, 1]) == (1, [1, 2])  # tie
-    assert rr.crossings(epochs, real, random) == (1, [4])
+    assert crossings.crossings(epochs, [0, 2, 0.5, 3, 0.5, 4], [9, 1, 1, 1, 1, 1]) == (1, [1, 2, 4, 8])
+    assert crossings.crossings(epochs, [0, 2, 0.5, 3, 1, 4], [9, 1, 1, 1, 1, 1]) == (1, [1, 2])  # tie
+    assert crossings.crossings(epochs, real, random) == (1, [4])
     # never cross
-    assert rr.crossing(epochs, [1, 2, 3, 4, 5, 6], [0, 1, 1, 1, 1, 1]) == (1, None)
+    assert crossings.crossing(epochs, [1, 2, 3, 4, 5, 6], [0, 1, 1, 1, 1, 1]) == (1, None)
     # never different
-    assert rr.crossing(epochs, [1.0] * 6, [1.0] * 6) == (0, None)
-    assert rr.ratio_curve([2.0, None, 1.0], [1.0, 1.0, 0.0]) == [2.0, None, None]
-    assert rr.max_ratio([0, 1], [5.0, None], [1.0, 2.0]) == (None, None)
+    assert crossings.crossing(epochs, [1.0] * 6, [1.0] * 6) == (0, None)
+    assert crossings.ratio_curve([2.0, None, 1.0], [1.0, 1.0, 0.0]) == [2.0, None, None]
+    assert crossings.max_ratio([0, 1], [5.0, None], [1.0, 2.0]) == (None, None)
 
 
 def _fake(seed, real, m=16, epochs=(0, 1, 2)):
+    """A run whose training sample's pairwise coherence (r − 1)/(m − 1) is `real`."""
     curves = {"epoch": list(epochs), "step": [0, 4, 8],
-              "coherence/train/m_coherence": list(real),
+              "coherence/train/pairwise": list(real),
+              "coherence/train/m_coherence": [1 + (m - 1) * p for p in real],
               "coherence/test/m_coherence": [1.0, 1.0, 1.0],
               "train_loss": [2.3, 2.0, 1.0], "train_accuracy": [0.1, 0.5, 0.9],
               "test_loss": [2.3, 2.1, 2.0], "test_accuracy": [0.1, 0.3, 0.4]}
@@ -73,14 +75,16 @@ def _fake(seed, real, m=16, epochs=(0, 1, 2)):
 
 def test_run_summary_and_compare_hand_computed():
     s = _fake(0, [2.0, 6.0, 1.0])["summary"]
-    assert (s["train_coh_init"], s["train_coh_early"], s["train_coh_end"]) == (2.0, 6.0, 1.0)
-    assert (s["train_coh_max"], s["train_coh_epoch_of_max"]) == (6.0, 1)
+    assert (s["train_pairwise_init"], s["train_pairwise_early"], s["train_pairwise_end"]) == (
+        2.0, 6.0, 1.0)
+    assert (s["train_coh_init"], s["train_coh_early"], s["train_coh_end"]) == (31.0, 91.0, 16.0)
+    assert (s["train_coh_max"], s["train_coh_epoch_of_max"]) == (91.0, 1)
     assert s["train_accuracy"] == 0.9 and s["test_accuracy"] == 0.4
     # an early epoch that was not logged gives None, never 0
-    assert rr.run_summary(_fake(0, [1, 2, 3])["curves"], 0.5)["train_coh_early"] is None
+    assert rr.run_summary(_fake(0, [1, 2, 3])["curves"], 0.5)["train_pairwise_early"] is None
     real = [_fake(0, [2.0, 6.0, 1.0]), _fake(1, [2.0, 4.0, 4.0])]
     random = [_fake(1, [2.0, 1.0, 2.0]), _fake(0, [1.0, 2.0, 2.0])]  # paired by seed, not order
-    comp = rr.compare(real, random)
+    comp = crossings.compare(real, random)
     assert comp["seeds"] == [0, 1]
     assert comp["ratio_init"] == [2.0, 1.0]
     assert comp["ratio_early"] == [3.0, 4.0]
@@ -91,12 +95,17 @@ def test_run_summary_and_compare_hand_computed():
     assert (comp["mean_curve_crossing_sign"], comp["mean_curve_crossing_epoch"]) == (1, None)
     assert comp["mean_curve_max_ratio"] == pytest.approx(5 / 1.5)
     assert comp["mean_curve_crossings"] == []
+    # a ratio to a non-positive random alignment is None, never a sign-flipped number
+    assert crossings.compare([_fake(0, [0.1, 0.2, 0.3])], [_fake(0, [0.1, 0.0, -0.1])])[
+        "ratio_end"] == [None]
+    assert crossings._ratio_cell([2.0, None, 4.0]) == "3.00 ± 1.41 (2/3 seeds)"
+    assert crossings._ratio_cell([2.0, 4.0]) == "3.00 ± 1.41"
 
 
 def test_report_refuses_arms_measured_with_different_m(tmp_path):
     runs = [(Arm("mnist1d/mlp/real", "", "mnist1d/mlp", 0, None), _fake(0, [1, 2, 3], m=16)),
             (Arm("mnist1d/mlp/random", "", "mnist1d/mlp", 0, None), _fake(0, [1, 2, 3], m=32))]
-    with pytest.raises(ValueError, match="different m"):
+    with pytest.raises(ValueError, match="mnist1d/mlp: the arms measured coherence on samples of different m"):
         rr.analyses(runs)
 
 
@@ -110,14 +119,14 @@ def test_arms_cover_every_architecture_real_and_random_with_the_same_m():
     assert {a.group for a in plan} == {f"mnist1d/{a}/{n}" for a in ("mlp", "cnn", "resnet")
                                        for n in ("real", "random")}
     assert {a.config.label_noise for a in plan} == {0.0, 1.0}
-    assert {a.config.coherence_samples for a in plan} == {256}
+    assert {a.config.coherence_samples for a in plan} == {0}  # m = n: the whole training set
     assert {a.config.dataset for a in rr.arms("small", 1, {"dataset": "mnist5k"})} == {"mnist5k"}
     assert {a.config.dataset for a in rr.arms("full", 1)} == {"mnist1d", "mnist5k"}
     only = rr.arms("small", 1, {"arch": "cnn", "epochs": 3})
     assert [(a.group, a.config.epochs) for a in only] == [("mnist1d/cnn/real", 3),
                                                           ("mnist1d/cnn/random", 3)]
     assert rr.comparisons(plan)[0] == ("mnist1d/mlp/real", "mnist1d/mlp/random")
-    assert [r.metric for r in rr.rules(plan)] == ["train_coh_early"] * 3
+    assert [r.metric for r in rr.rules(plan)] == ["train_pairwise_early"] * 3
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -134,21 +143,24 @@ def test_arms_cover_every_architecture_real_and_random_with_the_same_m():
     ({"resnet_stem_stride": 0}, "resnet_stem_stride=0 must be an int >= 1"),
     ({"batch_size": 0}, "batch_size=0 must be an int >= 1"),
     ({"epochs": 0}, "epochs=0 must be an int >= 1"),
-    ({"coherence_samples": 0}, "coherence_samples=0 must be an int >= 1"),
+    ({"coherence_samples": -1}, "coherence_samples=-1 must be an int >= 0"),
+    ({"coherence_samples": 1}, "coherence_samples=1 has no pair of examples"),
+    ({"coherence_batch_size": 0}, "coherence_batch_size=0 must be an int >= 1"),
     ({"checkpoint_every_logs": 0}, "checkpoint_every_logs=0 must be an int >= 1"),
     ({"max_train": -1}, "max_train=-1 must be an int >= 0"),
     ({"max_test": -1}, "max_test=-1 must be an int >= 0"),
     ({"sample_seed": -1}, "sample_seed=-1 must be an int >= 0"),
     ({"data_seed": -2}, "data_seed=-2 must be an int >= 0, or -1"),
-    ({"cnn_filters": ()}, "cnn_filters=.* must be a non-empty tuple"),
-    ({"resnet_filters": (8, 0)}, "resnet_filters=.* must be a non-empty tuple"),
+    ({"cnn_filters": ()}, "cnn_filters=.* must be a non-empty list of ints >= 1"),
+    ({"resnet_filters": (8, 0)}, "resnet_filters=.* must be a non-empty list of ints >= 1"),
     ({"learning_rate": 0.0}, "learning_rate=0.0 must be a number > 0"),
     ({"momentum": 1.0}, "momentum=1.0 must be in"),
     ({"bn_momentum": -0.1}, "bn_momentum=-0.1 must be in"),
     ({"log_epochs": (0, -1)}, "log_epochs=.* must be numbers >= 0"),
     ({"early_epoch": 5}, "early_epoch=5 must be one of log_epochs"),
     ({"epochs": 1, "early_epoch": 2}, "early_epoch=2 must be one of log_epochs and <= epochs"),
-    ({"max_train": 100}, "max_train=100 is smaller than coherence_samples=256"),
+    ({"max_train": 100, "coherence_samples": 256},
+     "max_train=100 is smaller than coherence_samples=256"),
     ({"max_test": 10, "coherence_samples": 11}, "max_test=10 is smaller than coherence_samples"),
 ])
 def test_bad_configs_fail_in_one_line_before_any_data_is_loaded(overrides, message,
@@ -210,7 +222,7 @@ def test_tiny_end_to_end_writes_results_figures_and_hparams(tmp_path):
     assert set(summary["groups"]) == {"mnist1d/resnet/real", "mnist1d/resnet/random"}
     for name in ("results.md", "results.json", "real_vs_random_arch_mnist1d.png"):
         assert (tmp_path / name).stat().st_size > 0, name
-    assert summary["analyses"]["m"] == 16
+    assert summary["analyses"]["m"] == {"mnist1d/resnet": 16}
     for arch in ("resnet",):
         results = [json.loads((tmp_path / f"mnist1d/{arch}/{arm}/seed0/results.json").read_text())
                    for arm in ("real", "random")]
@@ -233,8 +245,10 @@ def test_tiny_end_to_end_writes_results_figures_and_hparams(tmp_path):
             random["curves"]["coherence/test/m_coherence"][0], rel=1e-5)
         assert real["num_corrupted"] == 0 and random["num_corrupted"] > 40
         comp = summary["analyses"]["comparisons"][f"mnist1d/{arch}"]
-        assert comp["ratio_end"][0] == pytest.approx(
-            real["summary"]["train_coh_end"] / random["summary"]["train_coh_end"])
+        pairwise = [r["summary"]["train_pairwise_end"] for r in (real, random)]
+        assert pairwise == pytest.approx([(r["summary"]["train_coh_end"] - 1) / 15
+                                          for r in (real, random)])
+        assert comp["ratio_end"][0] == (pairwise[0] / pairwise[1] if pairwise[1] > 0 else None)
     resnet_layers = json.loads((tmp_path / "mnist1d/resnet/real/seed0/results.json")
                                .read_text())["layers"]
     assert {"stem_conv", "stem_bn", "s1b1_1_conv", "s1b1_2_bn", "out"} <= set(resnet_layers)
@@ -274,3 +288,30 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
                                reference["curves"]["coherence/train/m_coherence"], rtol=1e-5)
     # a finished run is skipped and returns the same results
     assert rr.run(config, str(tmp_path / "resumed"), echo=None)["curves"] == resumed["curves"]
+
+
+def test_tiny_run_measures_the_whole_training_set_streamed_as_one_batch_does(tmp_path):
+    """coherence_samples=0: m = n (issue 24), streamed in batches of 16; its r at epoch 0 equals
+    a direct one-batch measure of the same initial model on the whole training set, and the
+    logged pairwise coherence is (r − 1)/(m − 1)."""
+    import keras
+
+    from cgh_tf import coherence, data
+
+    config = rr.arms("small", 1, {**TINY, "coherence_samples": 0, "coherence_batch_size": 16},
+                     ("mlp",))[0].config
+    result = rr.run(config, str(tmp_path / "run"), echo=None)
+    assert result["summary"]["m"] == 64 and result["num_train"] == 64
+    ds = data.load("mnist1d", label_noise=0.0, seed=0, max_train=64, max_test=32)
+    keras.utils.set_random_seed(0)
+    model = rr.build_model(config, ds.input_shape, ds.num_classes)
+    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    reference = coherence.measure(model, x, y, loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), batch_size=64)
+    curves = result["curves"]
+    assert curves["coherence/train/m_coherence"][0] == pytest.approx(reference.m_coherence,
+                                                                      rel=1e-5)
+    np.testing.assert_allclose(curves["coherence/train/pairwise"],
+                               (np.array(curves["coherence/train/m_coherence"]) - 1) / 63,
+                               rtol=1e-12)
+    assert result["summary"]["train_pairwise_init"] == curves["coherence/train/pairwise"][0]

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from cgh_tf import data
-from trainers import runner, scale
+from trainers import runner, scale, scale_trend
 
 from trainers.config_schema import apply_overrides
 
@@ -126,7 +126,7 @@ def _reproduce(workdir, overrides):
 
 def test_trend_matches_a_hand_computed_fit():
     # x = log10 n = 1, 1, 2, 2; v = 0, .2, .2, .4: slope .2, intercept -.1, SSR .04, s² = .02
-    fit = scale.trend([10, 10, 100, 100], [0.0, 0.2, 0.2, 0.4], at=1000)
+    fit = scale_trend.trend([10, 10, 100, 100], [0.0, 0.2, 0.2, 0.4], at=1000)
     assert fit["slope_per_decade"] == pytest.approx(0.2)
     assert fit["intercept"] == pytest.approx(-0.1)
     assert fit["slope_se"] == pytest.approx(math.sqrt(0.02))
@@ -135,14 +135,14 @@ def test_trend_matches_a_hand_computed_fit():
     assert fit["predicted_95"][1] == pytest.approx(0.5 + 4.302652729749464 * math.sqrt(0.05))
     assert fit["r2"] == pytest.approx(0.5) and fit["dof"] == 2
     assert fit["decades_extrapolated"] == pytest.approx(1.0)
-    assert "no clear trend" in scale.verdict(fit)
-    steep = scale.trend([10, 10, 100, 100], [0.0, 0.02, 0.4, 0.42], at=1000)
-    assert scale.verdict(steep).startswith("grows with n")
-    assert scale.verdict(scale.trend([10, 10, 100, 100], [0.4, 0.42, 0.0, 0.02], at=1000)
+    assert "no clear trend" in scale_trend.verdict(fit)
+    steep = scale_trend.trend([10, 10, 100, 100], [0.0, 0.02, 0.4, 0.42], at=1000)
+    assert scale_trend.verdict(steep).startswith("grows with n")
+    assert scale_trend.verdict(scale_trend.trend([10, 10, 100, 100], [0.4, 0.42, 0.0, 0.02], at=1000)
                          ).startswith("shrinks with n")
-    assert scale.trend([10, 10, 10], [0.1, 0.2, 0.3], at=1000) is None  # one size
-    assert scale.trend([10, 100], [0.1, 0.2], at=1000) is None  # two points
-    assert "not enough sizes" in scale.verdict(None)
+    assert scale_trend.trend([10, 10, 10], [0.1, 0.2, 0.3], at=1000) is None  # one size
+    assert scale_trend.trend([10, 100], [0.1, 0.2], at=1000) is None  # two points
+    assert "not enough sizes" in scale_trend.verdict(None)
 
 
 def test_summarize_takes_the_last_values_and_the_best_test_epoch():

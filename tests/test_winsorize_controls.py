@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from cgh_tf import aggregators, data
-from trainers import beyond_common, catalog, winsorize_controls
+from trainers import beyond_common, catalog, runner, winsorize_controls
 
 
 def test_frontier_point_interpolates_the_first_crossing():
@@ -75,8 +75,7 @@ def test_tiny_real_run_of_every_arm(tmp_path):
     tiny = {"epochs": 2, "train_size": 260, "width": 16, "calibration_batches": 1,
             "frontier_pristine": 0.2, "pcts": (4.0,)}
     arms, experiment = catalog.plan("winsorize_controls", seeds=2, overrides=tiny)
-    summary = catalog.execute("winsorize_controls", arms, experiment, str(tmp_path), "test",
-                              echo=lambda line: None)
+    summary = runner.run(experiment, arms, str(tmp_path), "test", echo=lambda line: None)
     clip = json.loads((tmp_path / "clip_c4/seed1/results.json").read_text())["summary"]
     lr = json.loads((tmp_path / "matched_lr_c4/seed1/results.json").read_text())["summary"]
     assert 0 < clip["changed_share"] <= clip["nominal_share"] == 6 / 64

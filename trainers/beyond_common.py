@@ -7,9 +7,15 @@ resumable runs, checkpoints, fixed samples, results, the experiments' MLP.
 | `finished_or_checked`         | a finished run's results, or the config checked (before any data) |
 | `Checkpointer`                | model, optimizer, step and curves of a run, restored on restart (`cgh_tf.checkpoints`) |
 | `sample(pool, m, seed, salt)` | the sorted indices of a fixed sample                           |
+| `split_indices(n, f, seed)`   | a fixed (train, held-out) split                                |
 | `scaled_config`, `dataset_bases` | an experiment's config at a scale and dataset, with overrides  |
 | `finish`                      | the results.json of a finished run                             |
-| `append`, `sample_coherence`, `coherence_row`, `weight_norm`, `mlp`, `require`, `require_one_of` | curves, measurements, the model, config checks |
+| `append`                      | one logged row appended to the curves                          |
+| `require`, `require_one_of`, `require_ints`, `require_optional_ints`, `require_int_list`, `require_positive`, `require_fractions`, `require_label_noise`, `is_number` | the one-line config checks |
+| `refuse_overrides`, `chosen`, `seeded_arms`, `planned_pairs`, `by_group` | the pieces of an experiment's `arms`                |
+
+Measurements (`sample_coherence`, `coherence_row`, `weight_norm`) live in `trainers/probes.py`,
+the models (`mlp`) in `trainers/models.py`; the names here are aliases.
 
 A run lives in its own directory:
 
@@ -35,6 +41,9 @@ import numpy as np
 from cgh_tf import checkpoints, workdir_lock
 from trainers import config_schema
 from trainers import outputs
+from trainers.experiment import Arm
+from trainers.models import mlp  # noqa: F401  (alias: the experiments' MLP)
+from trainers.probes import coherence_row, sample_coherence, weight_norm  # noqa: F401  (aliases)
 
 
 def read_json(path):
@@ -55,22 +64,107 @@ def finished_result(run_dir, config_dict):
     return None
 
 
-def mlp(config, input_shape, num_classes):
-    """The experiments' ReLU MLP: [Flatten →] `config.depth` × Dense(`config.width`) → Dense logits,
-    layers named flatten, hidden1 .. hidden<depth>, out (the per-layer result keys)."""
-    import keras
-
-    inputs = keras.Input(input_shape)
-    h = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
-    for i in range(int(config.depth)):
-        h = keras.layers.Dense(int(config.width), activation="relu", name=f"hidden{i + 1}")(h)
-    return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(h))
-
 
 def require(ok, message):
     """ValueError(message) unless ok: the one-line config checks of the experiments' `check_config`."""
     if not ok:
         raise ValueError(message)
+
+
+def is_number(value):
+    """A finite int or float, not a bool."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def require_ints(config, fields, minimum=1):
+    """ValueError "field=value must be an int >= minimum" for the first field that is not."""
+    for field in fields:
+        require(config_schema.is_int(config[field], minimum),
+                f"{field}={config[field]!r} must be an int >= {minimum}")
+
+
+def require_optional_ints(config, fields, minimum=1):
+    """ValueError "field=value must be None (all) or an int >= minimum" for the first that is not."""
+    for field in fields:
+        require(config[field] is None or config_schema.is_int(config[field], minimum),
+                f"{field}={config[field]!r} must be None (all) or an int >= {minimum}")
+
+
+def require_fractions(config, fields):
+    """ValueError "field=value must be a number in (0, 1)" for the first field that is not."""
+    for field in fields:
+        require(is_number(config[field]) and 0 < config[field] < 1,
+                f"{field}={config[field]!r} must be a number in (0, 1)")
+
+
+def require_int_list(config, field, minimum=0):
+    """ValueError "field=(...) must be a non-empty list of ints >= minimum" unless it is one."""
+    values = config[field]
+    require(isinstance(values, (tuple, list)) and len(values) > 0 and all(
+        config_schema.is_int(v, minimum) for v in values),
+        f"{field}={tuple(values) if isinstance(values, (tuple, list)) else values!r} must be a "
+        f"non-empty list of ints >= {minimum}")
+
+
+def require_label_noise(config):
+    """ValueError unless 0 < label_noise < 1 (an experiment comparing pristine and corrupted)."""
+    require(is_number(config.label_noise) and 0 < config.label_noise < 1,
+            f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
+            "pristine and corrupted examples")
+
+
+def require_positive(config, fields):
+    """ValueError "field=value must be a number > 0" for the first field that is not."""
+    for field in fields:
+        require(is_number(config[field]) and config[field] > 0,
+                f"{field}={config[field]!r} must be a number > 0")
+
+
+def refuse_overrides(overrides, fields, why, hint=""):
+    """ValueError "<field> is <why>; it cannot be overridden with --set<hint>" for the first of
+    `fields` in `overrides` (the fields an experiment's arms set; why e.g. "set by the sweep")."""
+    for field in fields:
+        require(field not in overrides,
+                f"{field} is {why}; it cannot be overridden with --set{hint}")
+
+
+def chosen(overrides, key, given, allowed, what):
+    """The names an `arms` call is limited to: `overrides.pop(key)` or `given` (None: all of
+    `allowed`), each checked ("<what> 'x' is unknown; allowed: ...")."""
+    names = overrides.pop(key, given)
+    for name in names or ():
+        require(name in allowed, f"{what} {name!r} is unknown; allowed: {', '.join(allowed)}")
+    return tuple(allowed) if names is None else tuple(names)
+
+
+def seeded_arms(group, label, panel, config, seeds, check_config, tags=()):
+    """`check_config(config)` (one-line ValueError), then one `Arm` per seed 0..seeds−1 whose
+    config has that `seed`."""
+    check_config(config)
+    return [Arm(group, label, panel, seed, config_schema.apply_overrides(config, {"seed": seed}),
+                tags=tags) for seed in range(seeds)]
+
+
+def planned_pairs(arms_, pairs):
+    """[(panel/arm, panel/control, *rest)] for every panel of the planned `arms_` (in plan order)
+    and every (arm, control, *rest) of `pairs` whose two groups are planned; a panel "" names the
+    groups bare."""
+    groups, out = {a.group for a in arms_}, []
+    for panel in dict.fromkeys(a.panel for a in arms_):
+        for arm, control, *rest in pairs:
+            arm, control = (f"{panel}/{g}" if panel else g for g in (arm, control))
+            if arm in groups and control in groups:
+                out.append((arm, control, *rest))
+    return out
+
+
+def by_group(runs):
+    """{arm group: [result dict of each seed]} of the runs [(Arm, result)], in plan order."""
+    out = {}
+    for arm, result in runs:
+        out.setdefault(arm.group, []).append(result)
+    return out
 
 
 def require_one_of(config, field, allowed):
@@ -164,6 +258,14 @@ def sample(pool, m, seed, salt):
         idx, size=min(int(m), len(idx)), replace=False))
 
 
+def split_indices(n, fraction, seed):
+    """(kept, held out) sorted index arrays of a fixed random split of n examples, round(n ·
+    fraction) held out, by the permutation `default_rng([seed, 4])`."""
+    perm = np.random.default_rng([int(seed), 4]).permutation(n)
+    held_out = int(round(n * float(fraction)))
+    return np.sort(perm[held_out:]), np.sort(perm[:held_out])
+
+
 def scaled_config(module, scale, dataset, overrides):
     """`module.get_config()` ← `module.SCALES[scale]` ← `module.DATASET_CHANGES[scale][dataset]`
     ← `overrides` with `dataset` (each step `config_schema.apply_overrides`)."""
@@ -204,28 +306,3 @@ def append(curves, row):
         curves[key].append(None if value is None or (isinstance(value, float) and math.isnan(value))
                            else float(value))
 
-
-def weight_norm(model):
-    return float(math.sqrt(sum(float(np.sum(np.square(v.numpy().astype(np.float64))))
-                               for v in model.trainable_variables)))
-
-
-def sample_coherence(model, samples, loss_fn):
-    """{coherence/<name>/m_coherence, .../alpha, per layer} of the exact per-example coherence
-    (`cgh_tf.coherence.measure`, inference mode) of each fixed sample `{name: (x, y)}`."""
-    from cgh_tf import coherence
-
-    row = {}
-    for name, (xs, ys) in samples.items():
-        stats = coherence.measure(model, xs, ys, loss=loss_fn, per_layer=True, batch_size=len(xs))
-        row.update(coherence_row(f"coherence/{name}", stats))
-    return row
-
-
-def coherence_row(prefix, stats):
-    """{prefix/m_coherence, prefix/alpha, prefix/<layer>/m_coherence, ...} of a CoherenceStats."""
-    row = {f"{prefix}/m_coherence": stats.m_coherence, f"{prefix}/alpha": stats.alpha}
-    for layer, layer_stats in stats.per_layer.items():
-        row[f"{prefix}/{layer}/m_coherence"] = layer_stats.m_coherence
-        row[f"{prefix}/{layer}/alpha"] = layer_stats.alpha
-    return row

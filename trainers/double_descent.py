@@ -18,10 +18,13 @@ import numpy as np
 
 from . import beyond_common as common
 from . import config_schema
+from . import curve_stats
 from . import graph_loop
-from .experiment import Arm, Column, Experiment
+from . import models
+from . import probes
+from .experiment import Column, Experiment
 
-build_model = common.mlp
+build_model = models.mlp
 
 
 def _train(config, run_dir, echo):
@@ -29,7 +32,7 @@ def _train(config, run_dir, echo):
     import keras
     import tensorflow as tf
 
-    from cgh_tf import coherence, data
+    from cgh_tf import data
 
     started = time.time()
     keras.utils.set_random_seed(int(config.seed))
@@ -49,37 +52,27 @@ def _train(config, run_dir, echo):
     xt, yt = tf.constant(x), tf.constant(y)
     train_epoch = graph_loop.epoch_trainer(model, optimizer, loss_fn, xt, yt,
                                            int(config.batch_size))
-
-    @tf.function(reduce_retracing=True)
-    def predict(xs):
-        return tf.argmax(model(xs, training=False), -1, output_type=tf.int32)
+    predict = probes.predictor(model)
 
     def log(epoch):
         pred_train, pred_test = predict(xt).numpy(), predict(tf.constant(x_test)).numpy()
-        row = {"epoch": epoch, "step": epoch,
-               "train_loss": float(loss_fn(yt, model(xt, training=False))),
-               "test_error": float(np.mean(pred_test != y_test)),
-               "pristine_accuracy": float(np.mean(pred_train[~corrupted] == y[~corrupted])),
-               "corrupted_accuracy": float(np.mean(pred_train[corrupted] == y[corrupted])),
-               "corrupted_true_accuracy": float(np.mean(
-                   pred_train[corrupted] == ds.train.original_y[corrupted]))}
-        row.update(common.sample_coherence(
-            model, {name: (x[idx], y[idx]) for name, idx in samples.items()}, loss_fn))
-        row["f_pristine"], _ = coherence.loss_reduction_fractions(
-            model, x[mixed], y[mixed], ~corrupted[mixed], loss=loss_fn, batch_size=len(mixed))
-        row["weight_norm"] = common.weight_norm(model)
-        return row
+        return {"epoch": epoch, "step": epoch,
+                "train_loss": float(loss_fn(yt, model(xt, training=False))),
+                "test_error": float(np.mean(pred_test != y_test)),
+                **probes.label_accuracies(pred_train, y, corrupted, ds.train.original_y),
+                **probes.sample_coherence(
+                    model, {name: (x[idx], y[idx]) for name, idx in samples.items()}, loss_fn),
+                "f_pristine": probes.fraction_pristine(model, x[mixed], y[mixed],
+                                                       ~corrupted[mixed], loss_fn),
+                "weight_norm": probes.weight_norm(model)}
 
     curves = graph_loop.run_logged_epochs(
         run_dir, config.to_dict(), model, optimizer, train_epoch, log, epochs=config.epochs,
         log_epochs=graph_loop.capped_log_epochs(config.log_epochs, config.epochs),
         checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x))
-    summary = {key: curves[key][-1] for key in curves if key not in ("epoch", "step")}
-    errors = curves["test_error"]
-    best = int(np.nanargmin(np.array([np.nan if e is None else e for e in errors])))
-    summary["min_test_error"] = errors[best]
-    summary["epoch_of_min_test_error"] = curves["epoch"][best]
-    summary["num_params"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    best = curve_stats.best_at(curves, "test_error", highest=False)
+    summary = {**curve_stats.last_values(curves), "num_params": curve_stats.params(model),
+               **dict(zip(("min_test_error", "epoch_of_min_test_error"), best))}
     return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=len(x),
                          num_corrupted=int(corrupted.sum()))
 
@@ -88,17 +81,11 @@ def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
 
-    need = common.require
     common.require_one_of(config, "dataset", data.DATASETS)
-    need(isinstance(config.label_noise, (int, float)) and 0 < config.label_noise < 1,
-         f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
-         "pristine and corrupted examples")
-    for field in ("width", "depth", "batch_size", "epochs", "coherence_samples",
-                  "fraction_samples", "checkpoint_every_logs"):
-        need(config_schema.is_int(config[field], 1),
-             f"{field}={config[field]!r} must be an int >= 1")
-    need(all(config_schema.is_int(e, 0) for e in config.log_epochs),
-         f"log_epochs={tuple(config.log_epochs)!r} must be ints >= 0")
+    common.require_label_noise(config)
+    common.require_ints(config, ("width", "depth", "batch_size", "epochs", "coherence_samples",
+                                 "fraction_samples", "checkpoint_every_logs"))
+    common.require_int_list(config, "log_epochs")
 
 
 def arms(scale="small", seeds=3, overrides=None, widths=None):
@@ -114,11 +101,9 @@ def arms(scale="small", seeds=3, overrides=None, widths=None):
     out = []
     for dataset, base in common.dataset_bases(dd_config, scale, overrides, "double_descent"):
         for width in widths or dd_config.WIDTHS[scale][dataset]:
-            config = config_schema.apply_overrides(base, {"width": width})
-            check_config(config)
-            out += [Arm(f"{dataset}/width{width:04d}", f"{dataset}, width {width}", dataset, seed,
-                        config_schema.apply_overrides(config, {"seed": seed}))
-                    for seed in range(seeds)]
+            out += common.seeded_arms(f"{dataset}/width{width:04d}", f"{dataset}, width {width}",
+                                      dataset, config_schema.apply_overrides(
+                                          base, {"width": width}), seeds, check_config)
     return out
 
 

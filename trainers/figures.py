@@ -8,6 +8,8 @@
 | `bars(...)`                       | per column, one bar per group with its CI                    |
 | `frontier(...)`                   | one logged curve against another (e.g. corrupted vs pristine accuracy), one line per arm |
 
+`per_dataset(runs)` splits the runs by `config.dataset` (one figure per dataset).
+
 `runs` = [(Arm, result dict)]. The band is mean ± t_{.975, n−1} · sd / √n over the seeds (Student
 t; none for one seed); missing values (None) are left out per point.
 """
@@ -44,6 +46,14 @@ def mean_band(points):
         low.append(m - half)
         high.append(m + half)
     return np.array(mean), np.array(low), np.array(high)
+
+
+def per_dataset(runs):
+    """[(dataset, [(Arm, result)] of that dataset)] by `arm.config.dataset`, in plan order."""
+    out = {}
+    for arm, result in runs:
+        out.setdefault(arm.config.dataset, []).append((arm, result))
+    return list(out.items())
 
 
 def _groups(runs):

@@ -13,8 +13,12 @@ uninterrupted one.
 | `step_advancer(train, seed, n)`       | `advance(step, stop)` over global steps of an epoch_trainer |
 | `update_trainer(...)`                 | `train(idx [u, b, B])`: u updates of b batches (M3, winsorize) |
 | `epoch_updates(perm, B, b)`           | the idx of one epoch of whole updates                    |
+| `Batches(n, B, b, seed).updates(i, j)` | the idx of updates i..j−1 of a stream across epochs     |
 | `run_logged(...)`                     | restore → log 0 → advance / log / checkpoint → curves   |
 | `run_logged_epochs(...)`              | the same in epochs of `epoch_trainer`                    |
+| `log_steps(log_epochs, epochs, S)`    | {update: epoch} of log points at fractional epochs       |
+| `reused(key, build)`, `restart(...)`  | traced functions built once per architecture, reset per run |
+| `reused_epoch_trainer(...)`           | the `reused` model, optimizer, data variables, trainer, evaluate |
 """
 
 import numpy as np
@@ -109,6 +113,35 @@ def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, ag
     return lambda idx: train(tf.constant(np.asarray(idx, dtype=np.int32)))
 
 
+class Batches:
+    """The batch stream of `update_trainer` in updates (grokking): batch j of a run is batch
+    j mod E of the permutation `default_rng([seed, j // E])` (E = ⌊n / B⌋ batches per epoch, the
+    rest of an epoch dropped; B >= n: every batch is the whole set), a pure function of
+    (seed, j), so updates may cross epochs and a resumed run sees the same batches."""
+
+    def __init__(self, n, batch_size, batches_per_update, seed):
+        self.n, self.seed, self.per_update = n, int(seed), batches_per_update
+        self.full = batch_size >= n
+        self.size = n if self.full else batch_size
+        self.per_epoch = 1 if self.full else n // batch_size
+        self._perm = {}
+
+    def batch(self, j):
+        """int32 [size]: the example indices of batch j."""
+        if self.full:
+            return np.arange(self.n, dtype=np.int32)
+        epoch, k = divmod(j, self.per_epoch)
+        if epoch not in self._perm:
+            self._perm = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return self._perm[epoch][k * self.size:(k + 1) * self.size].astype(np.int32)
+
+    def updates(self, first, last):
+        """int32 [last − first, batches per update, size]: the batches of updates first..last−1."""
+        b = self.per_update
+        return np.stack([self.batch(j) for j in range(first * b, last * b)]).reshape(
+            last - first, b, self.size)
+
+
 def epoch_updates(perm, batch_size, per_update):
     """int32 [⌊n / U⌋, per_update, B]: the updates of one epoch in the order perm [n], update k
     using examples [kU, (k+1)U) with U = B × per_update (the examples after the last whole update
@@ -164,6 +197,68 @@ def run_logged_epochs(run_dir, config_dict, model, optimizer, train_epoch, log, 
     return run_logged(run_dir, config_dict, model, optimizer, advance, log, total=int(epochs),
                       log_points=log_epochs, checkpoint_points=log_epochs[::int(checkpoint_every)],
                       echo=echo)
+
+
+_REUSED = {}  # one key at a time: the built functions of the last architecture
+
+
+def reused(key, build):
+    """`build()` once per process for `key`, reused while runs ask for the same key (the cache
+    holds one key): the model, optimizer and traced functions of an architecture shared by its
+    seeds, since tracing is most of a small run's time. Each run starts with `restart`."""
+    if key not in _REUSED:
+        _REUSED.clear()
+        _REUSED[key] = build()
+    return _REUSED[key]
+
+
+def reused_epoch_trainer(key, build_model, build_optimizer, input_shape, n, batch_size):
+    """`reused` (model, optimizer, loss_fn, x, y, train_epoch, evaluate) for `key`: the model
+    `build_model()`, its built `build_optimizer()`, sparse cross-entropy on logits, training-data
+    variables x [n, *input_shape] float32 and y [n] int32 (assign each run's data: `restart`), the
+    `epoch_trainer` over them and `evaluate(xs, ys)` -> (mean loss, int32 argmax [len(xs)])."""
+    import keras
+    import tensorflow as tf
+
+    def build():
+        model, optimizer = build_model(), build_optimizer()
+        optimizer.build(model.trainable_variables)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        x = tf.Variable(np.zeros((n, *input_shape), np.float32), trainable=False)
+        y = tf.Variable(np.zeros((n,), np.int32), trainable=False)
+
+        @tf.function(reduce_retracing=True)
+        def evaluate(xs, ys):
+            logits = model(xs, training=False)
+            return loss_fn(ys, logits), tf.argmax(logits, -1, output_type=tf.int32)
+
+        return (model, optimizer, loss_fn, x, y,
+                epoch_trainer(model, optimizer, loss_fn, x, y, batch_size), evaluate)
+
+    return reused(key, build)
+
+
+def restart(model, optimizer, weights, assignments=()):
+    """Start a run on a `reused` model: its `weights` set, every optimizer variable but the
+    learning rate zeroed (a fresh Adam / SGD: step 0, zero moments), and each (variable, value)
+    of `assignments` assigned (e.g. this run's training data): bit-identical to fresh objects."""
+    import tensorflow as tf
+
+    model.set_weights(weights)
+    for variable, value in assignments:
+        variable.assign(value)
+    for variable in optimizer.variables:
+        if not variable.path.endswith("learning_rate"):
+            variable.assign(tf.zeros_like(variable))
+
+
+def log_steps(log_epochs, epochs, steps_per_epoch):
+    """{update count: epoch} of the log points of a run in updates (`run_logged`, `step_advancer`): each epoch of `log_epochs` up to `epochs`
+    (later ones dropped, so `--set=epochs=N` needs no new list) rounded to the nearest update,
+    plus the end of training; the epoch recorded is the true one, update / steps_per_epoch."""
+    steps = {int(round(float(e) * steps_per_epoch)) for e in log_epochs if e <= epochs}
+    steps.add(int(epochs) * steps_per_epoch)
+    return {s: s / steps_per_epoch for s in sorted(steps)}
 
 
 def capped_log_epochs(log_epochs, epochs):

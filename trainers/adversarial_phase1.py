@@ -1,0 +1,192 @@
+r"""Phase 1 of `adversarial_init` (`run_phase1(config, phase1_dir, check_config)`, one resumable run per seed, shared by every
+phase-2 arm of that seed: the experiment's named hook, since it stops at a target accuracy):
+`common.mlp` (an MLP of `depth` × `width` ReLU units; mnist5k's
+images flattened), initialised by `keras.utils.set_random_seed(seed)`, trained with Adam on the
+training set with **100 % random labels** (`cgh_tf.data.load(label_noise=1.0,
+noise_kind="uniform", seed=data_seed + seed)`: every label redrawn uniformly over the classes, so
+≈ 1/K keep their real value, Zhang et al. 2017) until the accuracy on those labels is ≥
+`phase1_target` (checked after every epoch, `phase1_stop`) or `phase1_max_epochs`. It records the
+epoch and accuracy reached and why it stopped, and writes the final weights
+(`final.weights.h5`).
+
+Also what both phases share: the data (`load`), the initial model (`initial_model`), the batches
+of an epoch (`epoch_updates`, `batches_per_epoch`), and the phase-1 table (`table`).
+"""
+
+import os
+import time
+
+import numpy as np
+
+from cgh_tf import statistics, workdir_lock
+
+from . import beyond_common as common
+from . import graph_loop
+from . import models
+from . import probes
+
+PHASE1_FIELDS = ("dataset", "max_train", "max_test", "data_seed", "seed", "width", "depth",
+                 "phase1_learning_rate",
+                 "phase1_batch_size", "phase1_target", "phase1_max_epochs",
+                 "phase1_checkpoint_every")
+def phase1_stop(accuracy, epoch, target, max_epochs):
+    """Why phase 1 stops after `epoch` epochs with train accuracy `accuracy` on the random
+    labels: "target" (accuracy ≥ target; checked first), "max_epochs" (epoch ≥ max_epochs), or
+    None (go on)."""
+    if accuracy is not None and accuracy >= target:
+        return "target"
+    if epoch >= max_epochs:
+        return "max_epochs"
+    return None
+
+
+def batches_per_epoch(n, batch_size, per_update):
+    """Batches of one epoch: the largest multiple of `per_update` full batches that fits in n."""
+    return (n // (batch_size * per_update)) * per_update
+
+
+def checked_batches(n, batch_size, per_update, field):
+    count = batches_per_epoch(n, batch_size, per_update)
+    if count == 0:
+        raise ValueError(f"{field}={batch_size} leaves no full batch"
+                         f"{'' if per_update == 1 else f' group of {per_update}'} in the "
+                         f"{n} training examples")
+    return count
+
+
+def initial_model(config, ds):
+    """The model with its initial weights: a pure function of `config.seed` (phase 1's start
+    and phase 2's fresh start are the same weights)."""
+    import keras
+
+    keras.utils.set_random_seed(int(config.seed))
+    return models.mlp(config, ds.input_shape, ds.num_classes)
+
+
+def load(config):
+    from cgh_tf import data
+
+    return data.load(config.dataset, label_noise=1.0, noise_kind="uniform",
+                     seed=int(config.data_seed) + int(config.seed),
+                     max_train=config.max_train, max_test=config.max_test)
+
+
+def epoch_updates(n, batch_size, count, per_update, seed, phase, epoch):
+    """int32 [count / per_update, per_update, B]: the batches of `epoch` of `phase` (1 or 2),
+    from the permutation `default_rng([seed, phase, epoch])`."""
+    perm = np.random.default_rng([int(seed), phase, int(epoch)]).permutation(n)
+    return graph_loop.epoch_updates(perm[:count * batch_size], batch_size, per_update)
+
+
+def phase1_config(config):
+    """The fields phase 1 depends on (its identity for resume / reuse)."""
+    return {k: config[k] for k in PHASE1_FIELDS}
+
+
+def shared_phase1_dir(run_dir):
+    """`<workdir>/<dataset>/phase1/seed<k>` of the phase-2 run `<workdir>/<dataset>/<arm>/seed<k>`:
+    one phase 1 per dataset and seed, shared by every adversarial arm."""
+    return os.path.join(os.path.dirname(os.path.dirname(run_dir)), "phase1",
+                        os.path.basename(run_dir))
+
+
+def run_phase1(config, phase1_dir, echo, check_config):
+    """Train (or resume, or reuse if finished) phase 1 of `config`'s seed: the named hook for
+    what a declaration cannot say (it stops at a target accuracy and is shared by arms); its
+    results dict. `check_config(config)`: the experiment's check (one line, before any work)."""
+    import ml_collections
+
+    p1 = ml_collections.ConfigDict(phase1_config(config))
+    done = common.finished_or_checked(p1, phase1_dir, lambda _: check_config(config))
+    if done is not None and os.path.exists(os.path.join(phase1_dir, "final.weights.h5")):
+        return done
+    with workdir_lock.hold(phase1_dir, "adversarial_init phase 1"):
+        return _train_phase1(config, p1.to_dict(), phase1_dir, echo or (lambda line: None))
+
+
+def _train_phase1(config, p1_dict, phase1_dir, echo):
+    import keras
+    import tensorflow as tf
+
+    from cgh_tf import optimizers
+
+    started = time.time()
+    ds = load(config)
+    x, y_random = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    y_real = ds.train.original_y.astype(np.int32)
+    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    model = initial_model(config, ds)
+    optimizer = optimizers.build("adam", float(config.phase1_learning_rate))
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    n, batch = len(x), int(config.phase1_batch_size)
+    xt, yt = tf.constant(x), tf.constant(y_random)
+    train = graph_loop.update_trainer(model, optimizer, loss_fn, xt, yt, batch)
+    evaluate = probes.loss_accuracy(model, loss_fn)
+    count = checked_batches(n, batch, 1, "phase1_batch_size")
+
+    def log(epoch, curves):
+        loss, acc = evaluate(xt, yt)
+        _, real = evaluate(xt, tf.constant(y_real))
+        _, test = evaluate(tf.constant(x_test), tf.constant(y_test))
+        row = {"epoch": epoch, "step": epoch, "random_label_loss": float(loss),
+               "random_label_accuracy": float(acc), "real_label_accuracy": float(real),
+               "test_accuracy": float(test), "weight_norm": probes.weight_norm(model)}
+        common.append(curves, row)
+        return row
+
+    ckpt = common.Checkpointer(phase1_dir, model, optimizer)
+    epoch, curves = ckpt.restore(p1_dict)
+    if curves is None:
+        epoch, curves = 0, {}
+        row = log(0, curves)
+    else:
+        row = {k: v[-1] for k, v in curves.items()}
+        echo(f"  phase 1 resumed {phase1_dir} at epoch {epoch}")
+    stop = phase1_stop(row["random_label_accuracy"], epoch, float(config.phase1_target),
+                       int(config.phase1_max_epochs))
+    while stop is None:
+        train(epoch_updates(n, batch, count, 1, config.seed, 1, epoch))
+        epoch += 1
+        row = log(epoch, curves)
+        stop = phase1_stop(row["random_label_accuracy"], epoch, float(config.phase1_target),
+                           int(config.phase1_max_epochs))
+        if epoch % int(config.phase1_checkpoint_every) == 0 or stop is not None:
+            ckpt.save(epoch, curves, p1_dict)
+            echo(f"  phase 1 epoch {epoch}: random-label train acc "
+                 f"{row['random_label_accuracy']:.3f} |w| {row['weight_norm']:.1f}")
+    model.save_weights(os.path.join(phase1_dir, "final.weights.h5"))
+    summary = {"phase1_epochs": epoch, "phase1_stopped_by": stop,
+               "phase1_reached_target": stop == "target",
+               "phase1_random_label_accuracy": row["random_label_accuracy"],
+               "phase1_real_label_accuracy": row["real_label_accuracy"],
+               "phase1_test_accuracy": row["test_accuracy"],
+               "phase1_wnorm_init": curves["weight_norm"][0],
+               "phase1_wnorm_final": row["weight_norm"],
+               "labels_kept": float(np.mean(y_random == y_real))}
+    return common.finish(phase1_dir, p1_dict, curves, summary, started)
+
+
+PHASE1_TABLE = (("phase1_epochs", "epochs", ".0f"),
+                ("phase1_random_label_accuracy", "train acc (random labels)", ".3f"),
+                ("phase1_real_label_accuracy", "train acc (real labels)", ".3f"),
+                ("phase1_test_accuracy", "test acc", ".3f"),
+                ("phase1_wnorm_final", "‖w‖ final", ".1f"))
+
+
+def table(runs):
+    """The phase-1 table (one phase 1 per dataset and seed, read from the adversarial arms)."""
+    phase1 = {}
+    for a, r in runs:
+        if r.get("phase1"):
+            phase1.setdefault(a.config.dataset, {})[a.seed] = r["phase1"]
+    lines = ["Phase 1 (per seed, shared by every adversarial arm):", "",
+             "| dataset | " + " | ".join(h for _, h, _ in PHASE1_TABLE) + " | stopped by |",
+             "|---" * (len(PHASE1_TABLE) + 2) + "|"]
+    for dataset, by_seed in phase1.items():
+        lines.append(f"| {dataset} | " + " | ".join(
+            statistics.summarize([s[k] for s in by_seed.values()]).text(fmt)
+            for k, _, fmt in PHASE1_TABLE) + " | " + ", ".join(
+            s["phase1_stopped_by"] for s in by_seed.values()) + " |")
+    return lines + [""], {"phase1": {d: {f"seed{k}": s for k, s in v.items()}
+                                     for d, v in phase1.items()}}

@@ -1,0 +1,69 @@
+"""The analysis hook of correlations across groups (e.g. across models of a sweep): one point per
+arm group (the mean of a summary key over its seeds), the declared `statistics.CorrelationRule`s
+evaluated on those points (Pearson r with its Fisher-z 95 % CI) and Spearman's ρ beside them.
+
+| function                                  | what                                                 |
+|-------------------------------------------|------------------------------------------------------|
+| `group_means(runs, keys, keep)`           | {key: [mean over seeds per group]} of the kept arms  |
+| `evaluate(rules, means)`, `spearman(x, y)` | [(rule, Verdict, Spearman ρ)] on those points        |
+| `table_lines(rows, label)`                | the markdown rows "| rule | label | verdict | ρ |"   |
+| `per_panel(runs, rules, subsets, keep, title)` | the whole hook: per panel and subset, (lines, JSON) |
+"""
+
+import math
+
+from cgh_tf import rank_correlation, statistics
+
+HEADER = ["| rule | sweep | verdict | Spearman ρ |", "|---|---|---|---|"]
+
+
+def group_means(runs, keys, keep):
+    """{key: [mean over the seeds of each group]} over the (Arm, result) `runs` whose arm
+    `keep(arm)` accepts, one point per arm group in plan order (None where no seed has a value)."""
+    by_group = {}
+    for arm, result in runs:
+        if keep(arm):
+            by_group.setdefault(arm.group, []).append(result["summary"])
+    return {k: [statistics.summarize([s[k] for s in ss]).mean for ss in by_group.values()]
+            for k in keys}
+
+
+def spearman(x, y):
+    """Spearman's ρ (`cgh_tf.rank_correlation`) of the pairs where neither value is None; None
+    with fewer than 3 pairs or a constant side."""
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
+    rho = rank_correlation.spearman(*zip(*pairs)) if len(pairs) >= 3 else math.nan
+    return None if math.isnan(rho) else rho
+
+
+def evaluate(rules, means):
+    """[(rule, its Verdict on (means[rule.x], means[rule.y]), Spearman ρ of the same points)]."""
+    return [(rule, rule.evaluate(means[rule.x], means[rule.y]),
+             spearman(means[rule.x], means[rule.y])) for rule in rules]
+
+
+def table_lines(rows, label):
+    """Markdown rows of `evaluate`'s result, the column "sweep" = `label`."""
+    return [f"| {rule.name} | {label} | {verdict.text} | "
+            f"{'n/a' if rho is None else f'{rho:+.2f}'} |" for rule, verdict, rho in rows]
+
+
+def per_panel(runs, rules, subsets, keep, title):
+    """Per panel of the runs and per named subset {name: arm -> bool} of its kept arms (`keep`),
+    the `rules` evaluated across groups: (markdown lines, {panel: {"<subset>/<rule>": statistic
+    with "spearman"}}); `title(panel)` heads each panel's table."""
+    lines, out = [], {}
+    keys = sorted({k for rule in rules for k in (rule.x, rule.y)})
+    for panel in dict.fromkeys(a.panel for a, _ in runs):
+        lines += [title(panel), "", "One point per arm group (mean over its seeds). Rules "
+                  "declared before the runs: an effect if the 95 % Fisher-z CI of Pearson r "
+                  "excludes 0.", "", *HEADER]
+        out[panel] = {}
+        for name, subset in subsets.items():
+            rows = evaluate(rules, group_means(
+                runs, keys, lambda a: a.panel == panel and keep(a) and subset(a)))
+            out[panel].update({f"{name}/{rule.name}": {**verdict.statistic, "spearman": rho}
+                               for rule, verdict, rho in rows})
+            lines += table_lines(rows, name)
+        lines.append("")
+    return lines, out
