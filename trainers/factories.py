@@ -100,10 +100,12 @@ def compile_model(model, optimizer, config=None) -> None:
 def cgh_compile_options(config) -> dict:
     """The `cgh_tf.Model.compile` options of the config (`coherence_every`, `aggregation`, ...)."""
     every = int(setting(config, "coherence.every"))
+    aggregation = setting(config, "optimizer.aggregation")
     return {  # (cgh_tf.Model rejects per_layer / training without coherence_every: ignored here)
         "coherence_every": every,
         "coherence_per_layer": bool(setting(config, "coherence.per_layer")) and every > 0,
         "coherence_training": bool(setting(config, "coherence.training")) and every > 0,
-        "aggregation": setting(config, "optimizer.aggregation"),
-        "winsorize_pct": float(setting(config, "optimizer.winsorize_pct")),
+        "aggregation": aggregation,
+        "winsorize_pct": (float(setting(config, "optimizer.winsorize_pct"))
+                          if aggregation == "winsorize" else None),
     }

@@ -61,7 +61,8 @@ def _read_json(path: str):
 
 def _is_finished(result: dict, config) -> bool:
     """True if `result` (a results.json dict) is a complete run of exactly `config`."""
-    if result.get("config") != outputs.json_roundtrip(config.to_dict()):
+    if (config_schema.comparable(result.get("config") or {})
+            != config_schema.comparable(outputs.json_roundtrip(config.to_dict()))):
         return False
     if result.get("mode") == "easy_hard":
         return all(result.get(part, {}).get("epochs_completed") == config.num_epochs
