@@ -26,7 +26,8 @@ dashboard (`trainers/hparams_board.py`). Flags, the same for every experiment: `
 of seeds, default 3 or the experiment's own if larger), `--scale` (small / cifar10 / imagenet /
 full; each experiment says which it has), `--set=FIELD=VALUE` (repeatable; sets a field of every
 arm's base config, e.g. `--set=num_epochs=5 --set=max_train=1000`), `--dry_run` (validate every
-arm, write plan.json, train nothing), `--progress` (the runs' own progress output).
+arm, write plan.json, print the arms' grid and an estimated time (`trainers/dry_run.py`), train
+nothing), `--progress` (the runs' own progress output).
 """
 
 import ast
@@ -42,6 +43,7 @@ from cgh_tf import workdir_lock
 from . import catalog
 from . import config_schema
 from . import outputs
+from .dry_run import lines as dry_run_lines
 from . import report
 from . import runner
 from . import train
@@ -176,7 +178,8 @@ def _define_flags():
     flags.DEFINE_enum("scale", "small", list(catalog.SCALES),
                       "Dataset / model / hyperparameters (each experiment lists the ones it has).")
     flags.DEFINE_multi_string("set", [], "FIELD=VALUE for the base config of every arm.")
-    flags.DEFINE_boolean("dry_run", False, "Only validate every arm's config and write plan.json.")
+    flags.DEFINE_boolean("dry_run", False, "Only validate every arm's config, write plan.json and "
+                         "print the arms and an estimated time.")
     flags.DEFINE_boolean("progress", False, "Show the progress output of every arm.")
     flags.mark_flags_as_required(["experiment", "workdir"])
 
@@ -190,6 +193,8 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
     arms, handle = catalog.plan(name, scale, seeds, overrides)
     if dry_run:
         echo(f"{len(arms)} arms validated; configs in {runner.write_plan(name, arms, workdir)}")
+        for line in dry_run_lines(arms, workdir):
+            echo(line)
         return None
     import tensorflow as tf
 
