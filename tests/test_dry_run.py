@@ -111,7 +111,7 @@ def test_estimate_is_the_timed_steps_times_the_run_s_batches(fake_timer):
     estimate = dry_run.estimate([_arm(config)], None)
     # 1000 / 64 -> 16 batches; evaluation: 1000 train + 1000 test examples -> 32 batches of 64
     assert estimate.seconds == pytest.approx(2.0 + 2 * (16 * 0.01 + 32 * 0.002))
-    assert estimate.source == ("estimated time: 2 s (1 arm from 3 training steps timed in memory "
+    assert estimate.source == ("estimated time: 2 s (1 arm from training steps timed in memory "
                                "for each of 1 model/optimizer shape; checkpoints, coherence "
                                "monitor and learning times not counted)")
     other_seed = _default(num_epochs=2, max_train=1000, batch_size=64, seed=5)
@@ -146,11 +146,14 @@ def test_real_timing_of_a_sweep_writes_only_the_plan(tmp_path, no_training):
                         dry_run=True, echo=lines.append)
     assert os.listdir(tmp_path) == [runner.PLAN_FILE]
     assert lines[-1].startswith("estimated time: ")
-    assert "2 arms from 3 training steps timed in memory for each of 1 model/optimizer shape" \
+    assert "2 arms from training steps timed in memory for each of 1 model/optimizer shape" \
         in lines[-1]
-    timing = dry_run.time_updates(default.get_config())
-    assert set(timing) == {"warmup", "step", "eval", "scale"} and timing["scale"] == 1.0
-    assert 0 < timing["step"] < 10 and 0 < timing["eval"] < 10
+    m3_consecutive = default.get_config()
+    m3_consecutive.optimizer.name = "m3"  # one update per 3 batches: timed over whole cycles
+    for config in (default.get_config(), m3_consecutive):
+        timing = dry_run.time_updates(config, steps=2)
+        assert set(timing) == {"warmup", "step", "eval", "scale"} and timing["scale"] == 1.0
+        assert 0 < timing["step"] < 10 and 0 < timing["eval"] < 10 and timing["warmup"] > 0
 
 
 def test_dataset_sizes_are_those_of_the_loaded_datasets():

@@ -15,8 +15,9 @@ Sources of the estimate, per arm, in this order:
    sweep; per group of a declared experiment, split evenly over its planned seeds).
 2. **Measured**: a trainer config (`trainers/config_schema.py`, the arms of the papers' sweeps and
    `trainers.train --dry_run`) is built in memory on random inputs of its dataset's shape, and
-   `TIMED_STEPS` training steps and one evaluation batch are timed after one warm-up step (which
-   compiles, and is counted once per run); × the run's batches (`factories.dataset_sizes`).
+   `TIMED_STEPS` update cycles of training steps (Keras `fit`) and one evaluation batch are timed
+   after a warm-up (which compiles, and is counted once per run); × the run's batches
+   (`factories.dataset_sizes`).
    Once per distinct model / optimizer / batch shape (`COST_FIELDS`). Not counted: checkpoints,
    the coherence monitor, learning times, a multi-device strategy (timed on one device).
 3. Otherwise none: a declared experiment's own loop is not timed without running it; the line
@@ -145,7 +146,14 @@ def _cost_key(config) -> str:
 def time_updates(config, steps: int = TIMED_STEPS) -> dict:
     """Seconds of one training step and of one evaluation batch of `config`'s model and optimizer,
     timed in memory on random inputs: `{"warmup": s, "step": s, "eval": s, "scale": f}` (`scale`:
-    the factor a batch too large to time whole was scaled by)."""
+    the factor a batch too large to time whole was scaled by).
+
+    Steps run through Keras `fit`, as the trainer's do: a first call compiles (and runs a whole
+    update cycle: k batches of M3 over consecutive batches), then `step` is the difference of a
+    call of `steps` more cycles and one of a single cycle, per batch (fit's per-call cost cancels).
+    """
+    import tensorflow as tf
+
     from trainers import factories, schedule
 
     input_shape, num_classes = factories.dataset_spec(config.dataset)
@@ -156,10 +164,20 @@ def time_updates(config, steps: int = TIMED_STEPS) -> dict:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *input_shape)).astype(np.float32)
     y = rng.integers(num_classes, size=batch)
+    batches = tf.data.Dataset.from_tensors((x, y)).repeat()
+    cycle = config_schema.updates_per_batch(config)[1]  # batches per update
+
+    def fit(count):
+        return _seconds(lambda: model.fit(batches, epochs=1, steps_per_epoch=count,
+                                                  verbose=0, shuffle=False))
+
     with _quiet_retracing():
-        warmup = _seconds(lambda: model.train_on_batch(x, y))
-        step = _seconds(lambda: [model.train_on_batch(x, y) for _ in range(steps)]) / steps
-        model.test_on_batch(x, y)  # traces the evaluation
+        warmup = fit(cycle)
+        long, short = fit(cycle * (1 + steps)), fit(cycle)
+        # (when noise makes the difference vanish: the long call's mean, fit's overhead included)
+        step = ((long - short) / (cycle * steps) if long > short
+                else long / (cycle * (1 + steps)))
+        warmup += _seconds(lambda: model.test_on_batch(x, y))  # traces the evaluation
         evaluate = _seconds(lambda: model.test_on_batch(x, y))
     return {"warmup": warmup, "step": step, "eval": evaluate, "scale": config.batch_size / batch}
 
@@ -241,8 +259,8 @@ def estimate(arms, workdir: str | None, timer=None) -> Estimate:
     if earlier:
         parts.append(f"{_count(len(earlier), 'arm')} from the timings.json of an earlier run")
     if measured:
-        parts.append(f"{_count(measured, 'arm')} from {TIMED_STEPS} training steps timed in "
-                     f"memory for each of {_count(len(timings), 'model/optimizer shape')}; "
+        parts.append(f"{_count(measured, 'arm')} from training steps timed in memory for each "
+                     f"of {_count(len(timings), 'model/optimizer shape')}; "
                      f"checkpoints, coherence monitor and learning times not counted")
     return Estimate(seconds, f"estimated time: {_duration(seconds)} ({'; '.join(parts)})")
 
