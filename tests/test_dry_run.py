@@ -136,7 +136,7 @@ def test_grid_names_the_fields_that_differ_in_numeric_order():
     configs = [_default(batch_size=b, seed=s) for b in (192, 64) for s in (0, 1)]
     configs[0].optimizer.winsorize_pct = 2.0
     assert dry_run.grid(configs) == {"batch_size": ["64", "192"],
-                                     "optimizer.winsorize_pct": ["null", "2.0"]}
+                                     "optimizer.winsorize_pct": ["None", "2.0"]}
 
 
 def test_real_timing_of_a_sweep_writes_only_the_plan(tmp_path, no_training):

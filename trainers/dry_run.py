@@ -3,7 +3,7 @@
 | function                          | returns                                                      |
 |-----------------------------------|--------------------------------------------------------------|
 | `grid(configs)`                   | `{field: distinct values}` of the config fields that differ across runs (seed apart) |
-| `describe(arms)`                  | lines: arms, groups × seeds, the grid (or the groups when no field differs) |
+| `describe(arms)`                  | lines: arms, groups × seeds, the grid, the groups            |
 | `estimate(arms, workdir)`         | `Estimate`: seconds (None: unknown) and the line saying where they come from |
 | `time_updates(config)`            | seconds of a warm-up, a training step and an evaluation batch, timed in memory |
 | `measured_seconds(config, ...)`   | seconds of one trainer run, from updates timed in memory     |
@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from trainers import config_schema
+from trainers import hparams_board
 from trainers import outputs
 
 TIMED_STEPS = 3
@@ -56,20 +57,12 @@ class Estimate:
     source: str
 
 
-def _flat(config_dict: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config_dict.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
-    return flat
-
-
 def grid(configs) -> dict:
-    """`{field: [values]}` (JSON text, sorted) of the dotted fields whose value differs across
+    """`{field: [values]}` (as text, sorted) of the dotted fields whose value differs across
     `configs` (ConfigDicts), `seed` left out (the seeds are reported as a count)."""
-    flats = [_flat(outputs.json_roundtrip(c.to_dict())) for c in configs]
+    flats = [{field: str(value) for field, value
+              in hparams_board.flatten(outputs.json_roundtrip(c.to_dict())).items()}
+             for c in configs]
     fields = sorted(set().union(*flats)) if flats else []
     varying = {}
     for field in fields:
@@ -80,10 +73,12 @@ def grid(configs) -> dict:
 
 
 def _value_order(text: str) -> tuple:
-    """Numbers in numeric order, then everything else as text (null first)."""
-    value = json.loads(text) if text != "(absent)" else None
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return (value is not None, not number, value if number else text)
+    """None first, then numbers in numeric order, then everything else as text."""
+    try:
+        number = float(text)
+    except ValueError:
+        return (text != "None", 1, 0.0, text)
+    return (True, 0, number, text)
 
 
 def describe(arms) -> list:
