@@ -92,6 +92,8 @@ def test_cli_dry_run_of_scale_trains_nothing(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "arms validated" in done.stdout
+    assert "  groups: " in done.stdout  # the grid, then the estimate's line with its source
+    assert done.stdout.strip().splitlines()[-1].startswith("estimated time: unknown (no earlier")
     assert os.listdir(tmp_path) == [runner.PLAN_FILE]
 
 
