@@ -9,7 +9,8 @@ import pytest
 
 from configs import default
 from trainers import beyond_common
-from trainers import catalog, dry_run, experiment, factories, reproduce, runner, single_run, train
+from trainers import catalog, config_schema, dry_run, experiment, factories, reproduce, runner
+from trainers import single_run, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,6 +180,15 @@ def test_trainer_dry_run_prints_the_run_and_its_estimate_and_writes_nothing(tmp_
     assert lines[0] == ("config valid; nothing written. mnist1d (2000 train / 1000 test "
                         "examples), mlp, optimizer sgd: 3 epochs × 32 batches of 64")
     assert lines[1].startswith("estimated time: ") and len(lines) == 2
+    assert not workdir.exists()
+    # max_train=6000 passes validation (6000 % 33 = 27 splits into 3 groups), but MNIST-1D has
+    # 4000 training examples: 4000 % 33 = 7 would not; a run finds it after loading, a dry run too
+    in_batch = _default(max_train=6000, batch_size=33)
+    in_batch.optimizer.name, in_batch.optimizer.m3_in_batch = "m3", True
+    config_schema.validate(in_batch)
+    with pytest.raises(config_schema.ConfigError, match="the last batch of an epoch holds 7 of "
+                                                        "the 4000 training examples"):
+        train.dry_run(in_batch, str(workdir), echo=lines.append)
     assert not workdir.exists()
 
 
