@@ -41,6 +41,7 @@ from trainers import hparams_board
 from trainers import outputs
 
 TIMED_STEPS = 3
+SLOW_WARMUP_SECONDS = 20.0  # a warm-up slower than this times 1 cycle instead of TIMED_STEPS
 MAX_TIMED_INPUT_VALUES = 1 << 22  # larger batches are timed at a fraction, scaled linearly
 # The fields that change the cost of a training step (the rest: seed, noise, lr, epochs, sizes).
 COST_FIELDS = ("dataset", "model", "optimizer.name", "optimizer.groups", "optimizer.window",
@@ -168,6 +169,7 @@ def time_updates(config, steps: int = TIMED_STEPS) -> dict:
 
     with _quiet_retracing():
         warmup = fit(cycle)
+        steps = 1 if warmup > SLOW_WARMUP_SECONDS else steps  # a large model: keep it short
         long, short = fit(cycle * (1 + steps)), fit(cycle)
         # (when noise makes the difference vanish: the long call's mean, fit's overhead included)
         step = ((long - short) / (cycle * steps) if long > short
