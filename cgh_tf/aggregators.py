@@ -45,6 +45,7 @@ import keras
 import tensorflow as tf
 
 from cgh_tf import robust
+from cgh_tf.api_types import LossSpec, Nest
 
 _PACKAGE = "cgh_tf"
 
@@ -227,7 +228,8 @@ class NormClip:
         tau = tf.math.top_k(norms, k + 1, sorted=True).values[k]
         return tf.where(norms > tau, tau / tf.where(norms > 0, norms, 1), tf.ones_like(norms))
 
-    def gradients(self, model, x, y, loss_fn=None, training=False) -> list:
+    def gradients(self, model: keras.Model, x: Nest, y: Nest, loss_fn: LossSpec = None,
+                  training: bool = False) -> list:
         """The clipped mean gradient, a list aligned with `model.trainable_variables` (None where
         the loss does not depend on a variable); loss_fn as `per_example.per_example_loss_fn`."""
         from cgh_tf import keras_internals, per_example
@@ -261,7 +263,8 @@ class NormMatchedMean:
     def __repr__(self):
         return f"NormMatchedMean(pct={self.winsorize.pct!r})"
 
-    def gradients(self, model, x, y, loss_fn=None, training=False) -> list:
+    def gradients(self, model: keras.Model, x: Nest, y: Nest, loss_fn: LossSpec = None,
+                  training: bool = False) -> list:
         """A list aligned with `model.trainable_variables` (None where the loss does not depend
         on a variable)."""
         from cgh_tf import per_example

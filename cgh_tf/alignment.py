@@ -25,15 +25,21 @@ with the same losses: a dataset that reshuffles, or randomness in the model (Dro
 training=True), fails with an error instead of a wrong result.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 import warnings
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from cgh_tf import coherence, streaming
+from cgh_tf.api_types import Array, Inputs, LossSpec, Nest
+
+if TYPE_CHECKING:  # annotations only
+    import keras
 
 FORWARD_MODE = "forward mode"
 EXACT = "exact (reverse over reverse)"
@@ -73,8 +79,9 @@ class _Sample(NamedTuple):
     sample_weight: object
 
 
-def alignment(model, x, y=None, loss=None, batch_size=None, training=False,
-              sample_weight=None) -> Alignment:
+def alignment(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSpec = None,
+              batch_size: int | None = None, training: bool = False,
+              sample_weight: Array | None = None) -> Alignment:
     """a_i and g_i · S of every example of a sample, with the sample's coherence statistics.
 
     x, y, loss, sample_weight: as `coherence.measure` (ℓ_i the decomposition of Keras' loss of

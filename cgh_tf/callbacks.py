@@ -22,6 +22,8 @@ which updates on every 3rd batch, still counts every batch). With `steps_per_exe
 calls `on_train_batch_end` once per k batches, so one step is then k batches.
 """
 
+from __future__ import annotations
+
 import csv
 import io
 import os
@@ -34,6 +36,7 @@ import tensorflow as tf
 from cgh_tf import atomic_files
 from cgh_tf import coherence
 from cgh_tf import data as cgh_data
+from cgh_tf.api_types import LossSpec, Logs
 
 
 class SubsetAccuracy(keras.callbacks.Callback):
@@ -70,7 +73,7 @@ class SubsetAccuracy(keras.callbacks.Callback):
         self.every = every
         self._count_fn = _PerModel(_count_correct_fn)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Logs = None) -> None:
         """Add `{name}_accuracy` for every non-empty subset to `logs` (every `every` epochs)."""
         if logs is None or (epoch + 1) % self.every:
             return
@@ -168,8 +171,10 @@ class CoherenceMonitor(keras.callbacks.Callback):
     every sample.
     """
 
-    def __init__(self, samples, every_epochs=1, every_steps=None, per_layer=False, batch_size=256,
-                 loss=None, log_dir=None, csv_path=None, training=False):
+    def __init__(self, samples: Mapping[str, tuple], every_epochs: int | None = 1,
+                 every_steps: int | None = None, per_layer: bool = False, batch_size: int = 256,
+                 loss: LossSpec = None, log_dir: str | None = None, csv_path: str | None = None,
+                 training: bool = False) -> None:
         super().__init__()
         self.samples = _check_samples(samples)
         if every_steps is not None:
@@ -199,27 +204,27 @@ class CoherenceMonitor(keras.callbacks.Callback):
 
     # -- Keras hooks ------------------------------------------------------------------------------
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Logs = None) -> None:
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: Logs = None) -> None:
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: Logs = None) -> None:
         self.steps_seen += 1
         if self.every_steps is not None and self.steps_seen % self.every_steps == 0:
             values = self.record(epoch=self._epoch, step=self.steps_seen, summary_step=self.steps_seen)
             if logs is not None:
                 logs.update(values)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Logs = None) -> None:
         if self.every_epochs is not None and (epoch + 1) % self.every_epochs == 0:
             values = self.record(epoch=epoch, step=self.steps_seen, summary_step=epoch)
             if logs is not None:
                 logs.update(values)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Logs = None) -> None:
         if self._writer is not None:
             self._writer.flush()
 
@@ -232,7 +237,7 @@ class CoherenceMonitor(keras.callbacks.Callback):
                                         per_layer=self.per_layer, training=self.training)
                 for name, (x, y) in self.samples.items()}
 
-    def record(self, epoch, step, summary_step) -> dict:
+    def record(self, epoch: int, step: int, summary_step: int) -> dict:
         """Measures every sample, writes TensorBoard scalars and CSV rows; returns the logs dict."""
         self.last_stats = self.measure_samples()
         values = _coherence_log_values(self.last_stats)
@@ -299,7 +304,8 @@ class LearningTimes(keras.callbacks.Callback):
     instance; use a new instance for a new run.
     """
 
-    def __init__(self, split, every_steps, batch_size=1024, csv_path=None, log_dir=None):
+    def __init__(self, split: cgh_data.Split, every_steps: int, batch_size: int = 1024,
+                 csv_path: str | None = None, log_dir: str | None = None) -> None:
         super().__init__()
         if not isinstance(split, cgh_data.Split):
             raise TypeError(f"split must be a cgh_tf.data.Split (e.g. dataset.train), "
@@ -323,18 +329,18 @@ class LearningTimes(keras.callbacks.Callback):
 
     # -- Keras hooks ------------------------------------------------------------------------------
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Logs = None) -> None:
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         if self.steps_seen == 0 and not self.evaluated_steps:
             self.evaluate()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: Logs = None) -> None:
         self.steps_seen += 1
         if self.steps_seen % self.every_steps == 0:
             self.evaluate()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Logs = None) -> None:
         if not self.evaluated_steps or self.evaluated_steps[-1] != self.steps_seen:
             self.evaluate()
         if self._writer is not None:
@@ -344,7 +350,7 @@ class LearningTimes(keras.callbacks.Callback):
 
     # -- evaluation -------------------------------------------------------------------------------
 
-    def evaluate(self):
+    def evaluate(self) -> None:
         """Classifies every example now and updates the learning times at step `steps_seen`."""
         step = self.steps_seen
         prediction = self._predict_all()
@@ -369,7 +375,7 @@ class LearningTimes(keras.callbacks.Callback):
             "last_prediction": self.last_prediction.copy(),
         }
 
-    def save_csv(self, path):
+    def save_csv(self, path: str) -> None:
         """Writes `results()` as CSV atomically (temp file in the same directory + os.replace)."""
         columns = self.results()
         rows = zip(*(columns[name] for name in LEARNING_TIMES_CSV_COLUMNS))
@@ -402,7 +408,7 @@ class LearningTimes(keras.callbacks.Callback):
         self._writer.flush()
 
 
-def easy_mask(results) -> np.ndarray:
+def easy_mask(results: Mapping[str, np.ndarray] | LearningTimes) -> np.ndarray:
     """The "easy" mask of 2003.07422: examples classified correctly at the last evaluation.
 
     results: `LearningTimes.results()` (or a `LearningTimes`). Returns `[n]` bool in split order,

@@ -21,17 +21,23 @@ mode (`training=False`) unless asked otherwise; the per-example squared norms co
 exact path of `cgh_tf.per_example` (one backward pass, never O(m · parameters) memory).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import itertools
 import math
 import weakref
-from typing import Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from cgh_tf import input_checks, per_example, precision, streaming
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
+from cgh_tf.api_types import Array, Inputs, LossSpec, Nest
+
+if TYPE_CHECKING:  # annotations only
+    import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +75,8 @@ class CoherenceStats:
         return 1.0 / self.m_coherence
 
 
-def stats_from_sums(sq_norm_of_sum, sum_of_sq_norms, m, per_layer=None) -> CoherenceStats:
+def stats_from_sums(sq_norm_of_sum: float | Array, sum_of_sq_norms: float | Array, m: int,
+                    per_layer: Dict[str, tuple] | None = None) -> CoherenceStats:
     """CoherenceStats from ‖S‖², Q and m (pure math; NaN when Q = 0)."""
     m = int(m)
     if m <= 0:
@@ -102,7 +109,8 @@ class StreamingCoherence:
         stats = acc.result(per_layer=True)
     """
 
-    def __init__(self, variable_shapes, layer_names: Optional[List[str]] = None):
+    def __init__(self, variable_shapes: Sequence[Sequence[int] | tf.Variable],
+                 layer_names: Optional[List[str]] = None) -> None:
         """variable_shapes: one shape per variable (or the variables themselves);
         layer_names: the layer (block) of each variable, for `result(per_layer=True)`."""
         shapes = [tuple(getattr(v, "shape", v)) for v in variable_shapes]
@@ -120,11 +128,11 @@ class StreamingCoherence:
         self._sq_norms_of_sums = tf.function(self.squared_norms_of_sums, autograph=False)
 
     @classmethod
-    def for_model(cls, model):
+    def for_model(cls, model: keras.Model) -> StreamingCoherence:
         """Accumulator over `model.trainable_variables`, grouped by owning layer."""
         return cls(model.trainable_variables, per_example.variable_layer_names(model))
 
-    def reset(self):
+    def reset(self) -> None:
         self._reset()
 
     def _assign_zeros(self):
@@ -133,11 +141,12 @@ class StreamingCoherence:
         self._sq_norm_sums.assign(tf.zeros_like(self._sq_norm_sums))
         self._count.assign(0)
 
-    def squared_norms_of_sums(self):
+    def squared_norms_of_sums(self) -> tf.Tensor:
         """[V] float64: ‖S_v‖² of every variable's running sum."""
         return tf.stack([tf.reduce_sum(tf.square(s)) for s in self._sums] or [tf.zeros([], tf.float64)])
 
-    def update(self, grad_sum, sq_norms, first=False):
+    def update(self, grad_sum: Sequence[tf.Tensor | None], sq_norms: Array,
+               first: bool | tf.Tensor = False) -> None:
         """Adds a batch: grad_sum = list of Σ_i g_i per variable (None = zero); sq_norms [m, V].
 
         first: bool (or bool scalar tensor); True replaces everything added before by this batch
@@ -171,7 +180,8 @@ class StreamingCoherence:
         return stats_from_sums(float(np.sum(sq_norms_of_sums[indices])),
                                float(np.sum(sum_of_sq_norms[indices])), m)
 
-    def result(self, per_layer=False, sq_norms_of_sums=None) -> CoherenceStats:
+    def result(self, per_layer: bool = False,
+               sq_norms_of_sums: Array | None = None) -> CoherenceStats:
         """CoherenceStats of everything added so far (per layer on request).
 
         sq_norms_of_sums: [V] ‖S_v‖² if the caller computed them already (as `measure`'s compiled
@@ -198,8 +208,10 @@ class StreamingCoherence:
 # Measurements on a model
 
 
-def measure(model, x, y=None, loss=None, batch_size=None, per_layer=False, training=False,
-            sample_weight=None, coherence_dtype=None) -> CoherenceStats:
+def measure(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSpec = None,
+            batch_size: int | None = None, per_layer: bool = False, training: bool = False,
+            sample_weight: Array | None = None,
+            coherence_dtype: str | tf.DType | None = None) -> CoherenceStats:
     """α, α⊥ and m-coherence of the per-example gradients of `model` on a sample.
 
     x, y: arrays with m examples (streamed in batches of `batch_size`, default 256; y a dict /
@@ -234,18 +246,20 @@ class SampleSums(NamedTuple):
     sq_norms: np.ndarray
     losses: np.ndarray
 
-    def stats(self, per_layer=False) -> CoherenceStats:
+    def stats(self, per_layer: bool = False) -> CoherenceStats:
         return self.accumulator.result(per_layer=per_layer, sq_norms_of_sums=self.sq_norms_of_sums)
 
 
-def first_batch(block):
+def first_batch(block: streaming.Block) -> Nest:
     """The model input of one batch of a `streaming.Block` (the first of a stacked block)."""
     if not block.stacked:
         return block.x
     return tf.nest.map_structure(lambda t: t[0], block.x)
 
 
-def checked_blocks(model, x, y, loss, batch_size, sample_weight=None, where="coherence.measure()"):
+def checked_blocks(model: keras.Model, x: Inputs, y: Nest | None, loss: LossSpec,
+                   batch_size: int | None, sample_weight: Array | None = None,
+                   where: str = "coherence.measure()") -> tuple:
     """(first `streaming.Block`, iterator of the others) of a sample, after its input checks
     (`cgh_tf.input_checks`; a missing or undecomposable loss fails first); the model built."""
     per_example.per_example_loss_fn(model, loss)
@@ -258,8 +272,9 @@ def checked_blocks(model, x, y, loss, batch_size, sample_weight=None, where="coh
     return first, blocks
 
 
-def streamed_sums(model, x, y, loss, batch_size, training, sample_weight=None,
-                  coherence_dtype=None) -> SampleSums:
+def streamed_sums(model: keras.Model, x: Inputs, y: Nest | None, loss: LossSpec,
+                  batch_size: int | None, training: bool, sample_weight: Array | None = None,
+                  coherence_dtype: str | tf.DType | None = None) -> SampleSums:
     """S, Q and every example's ‖g_i‖² and loss, streamed through the engine (`measure`)."""
     precision.check_coherence_dtype(coherence_dtype)
     first, blocks = checked_blocks(model, x, y, loss, batch_size, sample_weight)
@@ -312,7 +327,8 @@ def _flat_dot(a, b):
 _COMPILED = weakref.WeakKeyDictionary()  # model -> {(kind, id(loss), training): (loss, built)}
 
 
-def compiled_for(model, kind, loss, training, build, **options):
+def compiled_for(model: keras.Model, kind: str, loss: LossSpec, training: bool,
+                 build: Callable[..., Any], **options: Any) -> Any:
     """`build(model, per-example loss fn, training, **options)`, built once per model, loss, mode
     and options.
 
@@ -346,7 +362,8 @@ def _build_subset_gradients(model, loss_fn, training):
     return subset_gradients
 
 
-def checked_pristine_mask(pristine_mask, m=None) -> np.ndarray:
+def checked_pristine_mask(pristine_mask: Array | Sequence[bool],
+                          m: int | None = None) -> np.ndarray:
     """[m] bool from a 1-D array of booleans or 0/1 (True = pristine), else one ValueError."""
     mask = np.asarray(pristine_mask)
     if mask.ndim != 1 or not (mask.dtype == bool or np.isin(mask, (0, 1)).all()):
@@ -356,7 +373,10 @@ def checked_pristine_mask(pristine_mask, m=None) -> np.ndarray:
     return mask.astype(bool)
 
 
-def loss_reduction_fractions(model, x, y, pristine_mask, loss=None, batch_size=None, training=False):
+def loss_reduction_fractions(model: keras.Model, x: Inputs, y: Nest,
+                             pristine_mask: Array | Sequence[bool], loss: LossSpec = None,
+                             batch_size: int | None = None,
+                             training: bool = False) -> Tuple[float, float]:
     """(f^p, f^c): the shares of the first-order loss reduction due to pristine / corrupt examples.
 
     g^p, g^c = Σ of per-example gradients over pristine / corrupt examples, g = g^p + g^c;

@@ -101,11 +101,14 @@ import hashlib
 import importlib.util
 import os
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from cgh_tf import atomic_files
+
+if TYPE_CHECKING:  # annotations only
+    import tensorflow as tf
 
 DATASETS = ("mnist1d", "digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100",
             "imagenet2012")
@@ -172,7 +175,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
-    def subset(self, mask_or_indices) -> "Split":
+    def subset(self, mask_or_indices: np.ndarray | Sequence[int]) -> Split:
         """Examples selected by a boolean mask of length n or by integer indices (ids are kept)."""
         selector = np.asarray(mask_or_indices)
         if selector.dtype == bool:
@@ -247,7 +250,8 @@ def _check_limit(value, what):
 # Corruptions
 # --------------------------------------------------------------------------------------------
 
-def corrupt_labels(labels, fraction, num_classes, seed=0, kind="uniform"):
+def corrupt_labels(labels: np.ndarray, fraction: float, num_classes: int, seed: int = 0,
+                   kind: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
     """Gives exactly round(fraction · n) randomly selected examples a new label.
 
     Args:
@@ -286,7 +290,7 @@ def corrupt_labels(labels, fraction, num_classes, seed=0, kind="uniform"):
     return new_labels.astype(np.int32), new_labels != labels
 
 
-def label_classes(num_classes, fraction, n, kind="uniform") -> int:
+def label_classes(num_classes: int, fraction: float, n: int, kind: str = "uniform") -> int:
     """The number of label values after `corrupt_labels(labels [n], fraction, num_classes, kind=
     kind)`: K, or K + round(fraction · n) for "isolated" (one dummy class per corrupted example)."""
     _check_choice(kind, LABEL_NOISE_KINDS, "label noise kind")
@@ -300,7 +304,8 @@ def _position_shape(example_shape):
     return example_shape[:-1] if len(example_shape) == 3 else example_shape
 
 
-def corrupt_inputs(x, kind, seed=0, mean=None, std=None) -> np.ndarray:
+def corrupt_inputs(x: np.ndarray, kind: str, seed: int = 0, mean: np.ndarray | float | None = None,
+                   std: np.ndarray | float | None = None) -> np.ndarray:
     """Zhang et al. (2017) input corruptions of a batch of examples.
 
     Args:
@@ -367,8 +372,10 @@ def _assemble(name, x_train, y_train, x_test, y_test, num_classes, *, label_nois
                    corruption=corruption)
 
 
-def from_arrays(x_train, y_train, x_test, y_test, *, num_classes=None, name="arrays",
-                label_noise=0.0, noise_kind="uniform", input_corruption=None, seed=0) -> Dataset:
+def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                *, num_classes: int | None = None, name: str = "arrays", label_noise: float = 0.0,
+                noise_kind: str = "uniform", input_corruption: str | None = None,
+                seed: int = 0) -> Dataset:
     """A Dataset from user arrays (inputs are cast to float32, not rescaled).
 
     Args:
@@ -586,7 +593,7 @@ def _stratified_split(labels, test_per_class, num_classes, seed):
     return train_rows, test_rows
 
 
-def source_rows(name):
+def source_rows(name: str) -> tuple[np.ndarray, np.ndarray]:
     """`(train_rows, test_rows)`: the file row of every example of `digits` / `mnist5k`.
 
     `load(name).train.example_id[i] == i` is row `train_rows[i]` of the package's CSV (0-based, no
@@ -672,9 +679,10 @@ def _tfds_split_arrays(name, split, data_dir, limit, image_size):
 # Entry points
 # --------------------------------------------------------------------------------------------
 
-def load(name="mnist1d", *, data_dir=None, label_noise=0.0, noise_kind="uniform",
-         input_corruption=None, seed=0, max_train=None, max_test=None,
-         image_size=224, train_size=None) -> Dataset:
+def load(name: str = "mnist1d", *, data_dir: str | None = None, label_noise: float = 0.0,
+         noise_kind: str = "uniform", input_corruption: str | None = None, seed: int = 0,
+         max_train: int | None = None, max_test: int | None = None, image_size: int = 224,
+         train_size: int | None = None) -> Dataset:
     """Loads a dataset as NumPy arrays with optional label / input corruption.
 
     Args:
@@ -751,8 +759,9 @@ def _read_labels(name, split, data_dir, limit) -> np.ndarray:
     return np.concatenate(labels) if labels else np.zeros([0], np.int64)
 
 
-def stream(name, split="train", *, data_dir=None, image_size=224, label_noise=0.0,
-           noise_kind="uniform", seed=0, limit=None, as_supervised=True):
+def stream(name: str, split: str = "train", *, data_dir: str | None = None, image_size: int = 224,
+           label_noise: float = 0.0, noise_kind: str = "uniform", seed: int = 0,
+           limit: int | None = None, as_supervised: bool = True) -> tf.data.Dataset:
     """A tfds split as an unbatched `tf.data.Dataset`, for data that does not fit in memory.
 
     Examples come in file order; `example_id` is the position in that order (stable). The caller
@@ -794,7 +803,7 @@ def stream(name, split="train", *, data_dir=None, image_size=224, label_noise=0.
     return ds.map(lambda e: (e["x"], e["y"])) if as_supervised else ds
 
 
-def as_tf_dataset(split: Split, with_side_info=False):
+def as_tf_dataset(split: Split, with_side_info: bool = False) -> tf.data.Dataset:
     """An unbatched `tf.data.Dataset` of (x, y), or of dicts with all Split fields if with_side_info."""
     import tensorflow as tf
     if with_side_info:
@@ -807,7 +816,8 @@ def _uncorrupted(split: Split) -> Split:
     return dataclasses.replace(split, y=split.original_y.copy(), corrupted=np.zeros(len(split), bool))
 
 
-def easy_hard_datasets(dataset: Dataset, easy, *, test_fraction=0.5, seed=0):
+def easy_hard_datasets(dataset: Dataset, easy: np.ndarray, *, test_fraction: float = 0.5,
+                       seed: int = 0) -> tuple[Dataset, Dataset]:
     """Splits `dataset.train` into an "easy" and a "hard" Dataset, each with its own train / test.
 
     2003.07422: train briefly, call the examples classified correctly "easy" and the rest "hard",

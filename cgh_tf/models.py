@@ -20,6 +20,7 @@ name=...)`, so that `cgh_tf.Model` (a functional `keras.Model` subclass) can be 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import layers
@@ -155,7 +156,7 @@ MODELS = {
 }
 
 
-def build(name: str, input_shape: Shape, num_classes: int, **kwargs) -> keras.Model:
+def build(name: str, input_shape: Shape, num_classes: int, **kwargs: Any) -> keras.Model:
     """Builds model `name` (a key of MODELS); kwargs go to its builder (e.g. model_class, width)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(map(repr, MODELS))}")

@@ -48,7 +48,10 @@ Factory for trainers: `build(name, learning_rate, ...)` with names `sgd`, `adam`
 `ra3` and `m<k>` / `rm<k>` / `ra<k>` (e.g. `m5` = M3 with 5 groups).
 """
 
+from __future__ import annotations
+
 import re
+from typing import Any, Sequence
 
 import keras
 import tensorflow as tf
@@ -104,7 +107,7 @@ class RobustAverage(keras.optimizers.Optimizer):
     _median = True  # k = 2 warns: the median of two values is their mean
 
     def __init__(self, optimizer: keras.optimizers.Optimizer, size: int, l2: float = 0.0,
-                 name: str | None = None, **kwargs):
+                 name: str | None = None, **kwargs: Any) -> None:
         if kwargs:
             raise ValueError(
                 f"{type(self).__name__} does not take {sorted(kwargs)}; set such options on the "
@@ -124,7 +127,7 @@ class RobustAverage(keras.optimizers.Optimizer):
         optimizer.loss_scale_factor = None
 
     # ----------------------------------------------------------------- state
-    def build(self, var_list):
+    def build(self, var_list: Sequence[tf.Variable]) -> None:
         """Create the history buffers and counters, then build the inner optimizer."""
         var_list = list(var_list)
         # The wrapper all-reduces the gradients itself (cgh_tf.distribute); its inner optimizer
@@ -162,16 +165,16 @@ class RobustAverage(keras.optimizers.Optimizer):
             )
 
     @property
-    def variables(self):
+    def variables(self) -> list:
         return keras_internals.optimizer_own_variables(self) + self.inner_optimizer.variables
 
     @property
-    def iterations(self):
+    def iterations(self) -> tf.Variable:
         """The inner optimizer's step counter: number of *applied* updates (not batches)."""
         return self.inner_optimizer.iterations
 
     @property
-    def learning_rate(self):
+    def learning_rate(self) -> tf.Variable | Any:
         """The inner optimizer's learning rate (schedules see applied updates, not batches)."""
         return self.inner_optimizer.learning_rate
 
@@ -179,7 +182,7 @@ class RobustAverage(keras.optimizers.Optimizer):
     def learning_rate(self, learning_rate):
         self.inner_optimizer.learning_rate = learning_rate
 
-    def finalize_variable_values(self, var_list):
+    def finalize_variable_values(self, var_list: Sequence[tf.Variable]) -> None:
         self.inner_optimizer.finalize_variable_values(var_list)
 
     # ------------------------------------------------------------- subclass API
@@ -197,7 +200,8 @@ class RobustAverage(keras.optimizers.Optimizer):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ apply
-    def apply(self, grads, trainable_variables=None):
+    def apply(self, grads: Sequence[tf.Tensor | None],
+              trainable_variables: Sequence[tf.Variable] | None = None) -> None:
         """Receive one mini-batch gradient; update the weights when an update is due.
 
         Args:
@@ -298,7 +302,7 @@ class RobustAverage(keras.optimizers.Optimizer):
         }
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: dict, custom_objects: dict | None = None) -> RobustAverage:
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(
             config.pop("optimizer"), custom_objects=custom_objects
@@ -338,11 +342,11 @@ class M3(RobustAverage):
     _size_name = "groups"
 
     def __init__(self, optimizer: keras.optimizers.Optimizer, groups: int = 3, l2: float = 0.0,
-                 name: str | None = None, **kwargs):
+                 name: str | None = None, **kwargs: Any) -> None:
         super().__init__(optimizer, size=groups, l2=l2, name=name, **kwargs)
 
     @property
-    def groups(self):
+    def groups(self) -> int:
         return self.size
 
     def _slot(self, count):
@@ -460,7 +464,7 @@ def parse_name(name: str, groups: int = 3, window: int = 3) -> tuple[str, int | 
 
 
 def build(name: str, learning_rate: float, momentum: float = 0.0, groups: int = 3, window: int = 3,
-          l2: float = 0.0, inner: str = "sgd", **kw) -> keras.optimizers.Optimizer:
+          l2: float = 0.0, inner: str = "sgd", **kw: Any) -> keras.optimizers.Optimizer:
     """Build an optimizer by name (for trainers and configs).
 
     | name              | result                                                              |

@@ -25,16 +25,22 @@ gradients are those of ℓ_i *within the batch*. Regularisation losses (`model.l
 of ℓ_i and are not included.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import warnings
 import weakref
-from typing import List, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, NamedTuple, Sequence
 
 import tensorflow as tf
 
 from cgh_tf import exact_fallback, keras_internals, layer_rules, loss_decomposition
 from cgh_tf.layer_rules.base import by_examples, concat_positions, shared_input_grams, sum_sq
+from cgh_tf.api_types import Array, LossSpec, Nest
+
+if TYPE_CHECKING:  # annotations only
+    import keras
 
 _DEFAULT_CHUNK_ELEMENTS = 2**25  # per-example gradient elements held at once (~128 MB float32)
 
@@ -60,7 +66,8 @@ class GradientSums(NamedTuple):
 # Per-example losses
 
 
-def per_example_loss_fn(model, loss=None) -> loss_decomposition.LossDecomposition:
+def per_example_loss_fn(model: keras.Model,
+                        loss: LossSpec = None) -> loss_decomposition.LossDecomposition:
     """`fn(y_true, y_pred, sample_weight=None) -> [m]` per-example losses ℓ_i: the decomposition
     of the loss Keras computes for the batch (`cgh_tf.loss_decomposition`; mean_i ℓ_i = Keras'
     loss: masks on y_pred, sample weights, reductions, loss_weights, several outputs).
@@ -105,8 +112,9 @@ def _check_loss_on_one_example(model, x, y, loss_fn):
     loss_fn(_first(y), model(_first(x), training=False))  # inference mode: no BatchNorm update
 
 
-def per_example_gradients(model, x, y, loss=None, training=False, chunk_size=None,
-                          sample_weight=None):
+def per_example_gradients(model: keras.Model, x: Nest, y: Nest, loss: LossSpec = None,
+                          training: bool = False, chunk_size: int | None = None,
+                          sample_weight: Array | None = None) -> List[tf.Tensor]:
     """Per-example gradients g_i = ∇ℓ_i w.r.t. `model.trainable_variables`, ℓ_i the decomposition
     of Keras' loss of the batch (`per_example_loss_fn`; mean_i g_i = Keras' gradient).
 
@@ -221,7 +229,8 @@ def _rule_layers(model):
     return chosen
 
 
-def explain(model, x=None, y=None, loss=None, training=False) -> Explanation:
+def explain(model: keras.Model, x: Nest | None = None, y: Nest | None = None,
+            loss: LossSpec = None, training: bool = False) -> Explanation:
     """Which way each layer's per-example squared gradient norms are computed.
 
     One row per layer owning trainable variables: its fast rule (`cgh_tf.layer_rules`) or the exact
@@ -269,7 +278,7 @@ def _note_fallback(model, paths, layer, reason):
             "`cgh_tf.per_example.explain(model, x, y)` lists every layer's path.", stacklevel=3)
 
 
-def ensure_built(model, x):
+def ensure_built(model: keras.Model, x: Nest) -> None:
     """Builds an unbuilt model by calling it on `x`, as Keras' own first call does (inside a
     traced train step too, where Keras creates the variables on the first trace)."""
     if not model.built or not model.trainable_variables:
@@ -277,7 +286,8 @@ def ensure_built(model, x):
 
 
 @contextlib.contextmanager
-def instrumented(tape, layers_and_rules):
+def instrumented(tape: tf.GradientTape,
+                 layers_and_rules: Sequence[tuple]) -> Iterator[None]:
     """Temporarily replaces `call` of each layer by its rule's recording version.
 
     Yields {id(layer): [LayerCall, ...]}, filled as the layers are called under `tape`.
@@ -349,8 +359,10 @@ def _fallback_reason(layer, calls, p, readers, m):
 
 
 @tf.autograph.experimental.do_not_convert
-def gradients_and_sq_norms(model, x, y, loss_fn=None, training=False,
-                           sample_weight=None, loss_scale=None) -> GradientSums:
+def gradients_and_sq_norms(model: keras.Model, x: Nest, y: Nest,
+                           loss_fn: Callable[..., tf.Tensor] | None = None, training: bool = False,
+                           sample_weight: Array | None = None,
+                           loss_scale: float | tf.Tensor | None = None) -> GradientSums:
     """Σ_i g_i and per-example squared norms ‖g_{i,v}‖² per variable, from one backward pass.
 
     Traceable (use inside `tf.function`, also with `jit_compile=True`). Layers with a rule in
@@ -446,9 +458,14 @@ REDUCE_BLOCK_ELEMENTS = 1 << 22
 
 
 @tf.autograph.experimental.do_not_convert
-def reduced_per_example_gradients(model, x, y, reduce, loss_fn=None, training=False,
-                                  block_elements=REDUCE_BLOCK_ELEMENTS, reduce_outer=None,
-                                  with_sums=False, sample_weight=None, loss_scale=None):
+def reduced_per_example_gradients(model: keras.Model, x: Nest, y: Nest,
+                                  reduce: Callable[..., tf.Tensor],
+                                  loss_fn: Callable[..., tf.Tensor] | None = None,
+                                  training: bool = False,
+                                  block_elements: int = REDUCE_BLOCK_ELEMENTS,
+                                  reduce_outer: Callable[..., tf.Tensor | None] | None = None,
+                                  with_sums: bool = False, sample_weight: Array | None = None,
+                                  loss_scale: float | tf.Tensor | None = None) -> Any:
     """A coordinate-wise reduction over the examples of the per-example gradients of every
     trainable variable, never materialising more than a block of them.
 
@@ -568,7 +585,7 @@ def _dense(gradient):
 # Variables -> layer names
 
 
-def variable_layer_names(model) -> List[str]:
+def variable_layer_names(model: keras.Model) -> List[str]:
     """Name of the layer owning each trainable variable, aligned with `model.trainable_variables`.
 
     Nested models and layers give a path, e.g. "encoder/dense_1": the owner is the innermost layer

@@ -18,10 +18,14 @@ A block holds at most about `BLOCK_ELEMENTS` input values (memory: one extra cop
 x as a tensor), and at least one batch.
 """
 
-from typing import NamedTuple
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import tensorflow as tf
+
+from cgh_tf.api_types import Array, Inputs, Nest
 
 DEFAULT_BATCH_SIZE = 256
 BLOCK_ELEMENTS = 1 << 24  # input values per stacked block (64 MB of float32)
@@ -78,7 +82,8 @@ def _dataset_batches(dataset, y, batch_size, extra, sample_weight):
         yield batch[0], batch[1], batch[2] if len(batch) == 3 else None
 
 
-def batches(x, y, batch_size, extra=None, sample_weight=None):
+def batches(x: Inputs, y: Nest | None, batch_size: int | None, extra: Array | None = None,
+            sample_weight: Array | None = None) -> Iterator[tuple]:
     """Yields (x, y, sample weights or None[, extra]) batches from arrays (validated before the
     first batch; y, sample weights: arrays or nests, one per output) or from a `tf.data.Dataset`
     of (x, y[, sample weights]) batches (then y=None, batch_size=None, extra=None)."""
@@ -91,7 +96,8 @@ def batches(x, y, batch_size, extra=None, sample_weight=None):
         yield batch if extra is None else batch + (extra[start:start + batch_size],)
 
 
-def blocks(x, y, batch_size, sample_weight=None):
+def blocks(x: Inputs, y: Nest | None, batch_size: int | None,
+           sample_weight: Array | None = None) -> Iterator[Block]:
     """Yields `Block`s covering the sample in order: stacked full batches, then the remainder.
 
     Arrays are validated before anything is yielded; a Dataset yields its batches one by one."""
@@ -114,7 +120,8 @@ def blocks(x, y, batch_size, sample_weight=None):
         yield Block(*_slice((x, y, sample_weight), slice(full * batch_size, m)), stacked=False)
 
 
-def over_stacked_batches(fn, stacked, first, dtypes):
+def over_stacked_batches(fn: Callable[..., Any], stacked: tuple, first: bool | tf.Tensor,
+                         dtypes: Any) -> Any:
     """Runs `fn(*batch, first_i)` on every batch of a stacked block, in order, in one graph loop.
 
     Call inside a `tf.function`. stacked: a tuple of nests of [k, B, ...] tensors (None entries

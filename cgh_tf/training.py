@@ -54,13 +54,15 @@ and says so in one line otherwise; a batch size known only while running (e.g. t
 batch of a `tf.data` pipeline without `drop_remainder`) is split by the rule above.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import inspect
 import math
 import numbers
 import warnings
 import weakref
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import keras
 import numpy as np
@@ -94,7 +96,7 @@ class TrainOptions:
                 raise ValueError(f"{name}={getattr(self, name)!r} has no effect without "
                                  "coherence_every >= 1; set coherence_every (e.g. 1) or remove it.")
 
-    def to_config(self):
+    def to_config(self) -> dict:
         return {"coherence_every": self.coherence_every,
                 "coherence_per_layer": self.coherence_per_layer,
                 "coherence_training": self.coherence_training,
@@ -235,9 +237,12 @@ class Model(keras.Model):
         return super().__new__(cls, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------- compile
-    def compile(self, optimizer="rmsprop", *args, coherence_every=0, coherence_per_layer=False,
-                coherence_training=False, aggregation="mean", winsorize_pct=None,
-                coherence_dtype=None, **kwargs):
+    def compile(self, optimizer: str | keras.optimizers.Optimizer = "rmsprop", *args: Any,
+                coherence_every: int = 0, coherence_per_layer: bool = False,
+                coherence_training: bool = False,
+                aggregation: str | aggregators.Aggregator | dict = "mean",
+                winsorize_pct: float | None = None, coherence_dtype: str | tf.DType | None = None,
+                **kwargs: Any) -> None:
         """`keras.Model.compile` plus the options of the module table.
 
         Args:
@@ -267,7 +272,7 @@ class Model(keras.Model):
             self._cgh_state.step.assign(self._cgh_restored_step)
 
     @property
-    def steps_trained(self):
+    def steps_trained(self) -> tf.Variable | None:
         """The int64 `tf.Variable` counting train steps (it decides which steps measure
         coherence with `coherence_every`); None before `compile`. Saved with the model (`.keras`,
         `save_weights`) and in `trainers/run_state.py`'s checkpoints, so a reloaded run measures
@@ -275,13 +280,13 @@ class Model(keras.Model):
         state = getattr(self, "_cgh_state", None)
         return None if state is None else state.step
 
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: dict) -> None:
         """Keras' saving hook: the model's own variables, plus `steps_trained` once compiled."""
         super().save_own_variables(store)
         if getattr(self, "_cgh_state", None) is not None:
             store[_STEPS_KEY] = np.asarray(self._cgh_state.step.numpy())
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: dict) -> None:
         """Keras' loading hook: restores `steps_trained` (applied by `compile` if the model is
         compiled later) and hands the other entries to Keras."""
         keys = list(store.keys())
@@ -292,7 +297,7 @@ class Model(keras.Model):
             store = {key: store[key] for key in keys if key != _STEPS_KEY}
         super().load_own_variables(store)
 
-    def make_train_function(self, force=False):
+    def make_train_function(self, force: bool = False) -> Callable[..., Any]:
         """Keras hook, called eagerly once the model is built, before tracing the train step.
 
         Builds the optimizer (so that `scale_loss` reads the dynamic loss scale variable while
@@ -311,7 +316,7 @@ class Model(keras.Model):
             self._cgh_state.add_layer_keys(dict.fromkeys(per_example.variable_layer_names(self)))
         return super().make_train_function(force=force)
 
-    def fit(self, *args, **kwargs):
+    def fit(self, *args: Any, **kwargs: Any) -> keras.callbacks.History:
         """`keras.Model.fit`; with a group aggregator, checks the batch sizes before training.
 
         Every batch whose size is known beforehand must split into the aggregator's groups: arrays
@@ -360,13 +365,13 @@ class Model(keras.Model):
             return  # a generator or PyDataset: Keras builds it while tracing
         self(x, training=False)
 
-    def get_compile_config(self):
+    def get_compile_config(self) -> dict | None:
         config = super().get_compile_config()
         if config and hasattr(self, "_cgh_options"):
             config["cgh_options"] = self._cgh_options.to_config()
         return config
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config: dict) -> None:
         config = dict(config)
         options = dict(config.pop("cgh_options", {}))
         config = keras.saving.deserialize_keras_object(config)
@@ -374,13 +379,13 @@ class Model(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def reset_metrics(self):
+    def reset_metrics(self) -> None:
         super().reset_metrics()
         if getattr(self, "_cgh_state", None) is not None:
             self._cgh_state.reset()
 
     # -------------------------------------------------------------------------------- train step
-    def train_step(self, data):
+    def train_step(self, data: tuple) -> dict:
         """batch → gradient source → aggregator → optimizer.apply; coherence (if due) is measured
         at the weights the gradient is taken at, from the same pass when it can be shared."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -40,7 +40,7 @@ value set in `get_config` below, so a config without them trains as the plain tr
 | `coherence.monitor_samples`    | m of the fixed monitor samples train/test/pristine/corrupted (0 = off) |
 | `coherence.monitor_every_steps`| monitor and f^p / f^c also every N batches, at step 0 and every epoch end (`step_history` of results.json; 0 = epoch ends only) |
 | `optimizer.aggregation`        | "mean" or "winsorize" (coordinate-wise, `cgh_tf.Model`)          |
-| `optimizer.winsorize_pct`      | c in [0, 50): percent clipped on each side of the batch          |
+| `optimizer.winsorize_pct`      | c in [0, 50): percent clipped on each side of the batch; unset (None), and required with "winsorize" (0 = a plain mean computed per example, spelled out) |
 | `optimizer.m3_in_batch`        | M3 groups: False = k consecutive batches (authors' code, plain `keras.Model`), True = k contiguous parts of one batch (`cgh_tf.Model`, batch % k == 0) |
 | `learning_times.every_steps`   | per-example learning times every N batches (0 = off)             |
 """
@@ -98,7 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.coherence.monitor_samples = 0
     config.coherence.monitor_every_steps = 0
     config.optimizer.aggregation = "mean"
-    config.optimizer.winsorize_pct = 0.0
+    config.optimizer.winsorize_pct = config_dict.placeholder(float)  # required with "winsorize"
     config.optimizer.m3_in_batch = False
     config.learning_times = ml_collections.ConfigDict()
     config.learning_times.every_steps = 0

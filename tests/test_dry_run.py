@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from trainers import catalog, reproduce, runner, single_run, train
+from configs import default
 from trainers import beyond_common
+from trainers import catalog, config_schema, dry_run, experiment, factories, reproduce, runner
+from trainers import single_run, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,8 +28,25 @@ def no_training(monkeypatch):
     monkeypatch.setattr(beyond_common, "Checkpointer", refuse)
 
 
+FAKE_TIMING = {"warmup": 2.0, "step": 0.01, "eval": 0.002, "scale": 1.0}
+
+
+@pytest.fixture
+def fake_timer(monkeypatch):
+    """`dry_run.time_updates` returning `FAKE_TIMING` (the real one is tested once, below);
+    records the configs it was asked to time."""
+    timed = []
+
+    def fake(config):
+        timed.append(config)
+        return FAKE_TIMING
+
+    monkeypatch.setattr(dry_run, "time_updates", fake)
+    return timed
+
+
 @pytest.mark.parametrize("name", catalog.NAMES)
-def test_dry_run_plans_every_arm_and_trains_nothing(name, tmp_path, no_training):
+def test_dry_run_plans_every_arm_and_trains_nothing(name, tmp_path, no_training, fake_timer):
     lines = []
     assert reproduce.reproduce(name, str(tmp_path), dry_run=True, echo=lines.append) is None
     assert os.listdir(tmp_path) == [runner.PLAN_FILE]
@@ -35,13 +54,24 @@ def test_dry_run_plans_every_arm_and_trains_nothing(name, tmp_path, no_training)
     assert plan["experiment"] == name
     seeds = {int(path.rsplit("seed", 1)[1]) for path in plan["arms"]}
     assert seeds == set(range(max(3, len(seeds))))   # default: at least 3 seeds
-    assert lines == [f"{len(plan['arms'])} arms validated; configs in "
-                     f"{tmp_path / runner.PLAN_FILE}"]
+    groups = {path.rsplit("/", 1)[0] for path in plan["arms"]}
+    assert lines[0] == (f"{len(plan['arms'])} arms validated; configs in "
+                        f"{tmp_path / runner.PLAN_FILE}")
+    assert lines[1].startswith(f"{len(plan['arms'])} arms: {len(groups)} "
+                               f"group{'s' * (len(groups) > 1)} × {len(seeds)} seeds")
+    assert lines[-2].startswith("  groups: ")
+    assert set(lines[-2][len("  groups: "):].split(", ")) == groups
+    if catalog.declared(name).loop == "fit":  # trainer configs: timed (here: faked), per shape
+        assert lines[-1].startswith("estimated time: ") and "timed in memory" in lines[-1]
+        assert 0 < len(fake_timer) < len(plan["arms"])
+    else:
+        assert lines[-1].startswith("estimated time: unknown (no earlier timings.json")
+        assert fake_timer == []
 
 
 @pytest.mark.parametrize("name", ["double_descent", "grokking", "memorisation"])
 def test_dry_run_takes_seeds_and_set_like_a_run_and_rejects_bad_ones(name, tmp_path,
-                                                                     no_training):
+                                                                     no_training, fake_timer):
     field = {"memorisation": "num_epochs", "grokking": "steps"}.get(name, "epochs")
     reproduce.reproduce(name, str(tmp_path), seeds=1, set_items=[f"{field}=2"], dry_run=True,
                         echo=None or (lambda line: None))
@@ -61,4 +91,117 @@ def test_cli_dry_run_of_scale_trains_nothing(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "arms validated" in done.stdout
+    assert "  groups: " in done.stdout  # the grid, then the estimate's line with its source
+    assert done.stdout.strip().splitlines()[-1].startswith("estimated time: unknown (no earlier")
     assert os.listdir(tmp_path) == [runner.PLAN_FILE]
+
+
+def _arm(config, group="run", seed=0):
+    return experiment.Arm(group, group, "", seed, config)
+
+
+def _default(**fields):
+    config = default.get_config()
+    for field, value in fields.items():
+        config[field] = value
+    return config
+
+
+def test_estimate_is_the_timed_steps_times_the_run_s_batches(fake_timer):
+    config = _default(num_epochs=2, max_train=1000, batch_size=64)
+    estimate = dry_run.estimate([_arm(config)], None)
+    # 1000 / 64 -> 16 batches; evaluation: 1000 train + 1000 test examples -> 32 batches of 64
+    assert estimate.seconds == pytest.approx(2.0 + 2 * (16 * 0.01 + 32 * 0.002))
+    assert estimate.source == ("estimated time: 2 s (1 arm from training steps timed in memory "
+                               "for each of 1 model/optimizer shape; checkpoints, coherence "
+                               "monitor and learning times not counted)")
+    other_seed = _default(num_epochs=2, max_train=1000, batch_size=64, seed=5)
+    dry_run.estimate([_arm(config), _arm(other_seed, seed=5)], None)
+    assert len(fake_timer) == 2  # the seed changes no cost: timed once per call above
+
+
+def test_earlier_timings_are_used_before_measuring(tmp_path, fake_timer):
+    arms = [_arm(_default(), "a", 0), _arm(_default(), "a", 1), _arm(_default(), "b", 0)]
+    (tmp_path / "timings.json").write_text(json.dumps(
+        {"arms": {"a/seed0": {"seconds": 100.0, "skipped": False},
+                  "a/seed1": {"seconds": 5.0, "skipped": True}}}))  # skipped: not a cost
+    estimate = dry_run.estimate(arms, str(tmp_path))
+    assert "1 arm from the timings.json of an earlier run; 2 arms from" in estimate.source
+    assert len(fake_timer) == 1
+    (tmp_path / "timings.json").write_text(json.dumps({"arms": {"a": 60.0, "b": 40.0}}))
+    assert dry_run.estimate(arms, str(tmp_path)).seconds == pytest.approx(100.0)  # per group
+    assert "3 arms from the timings.json" in dry_run.estimate(arms, str(tmp_path)).source
+
+
+def test_grid_names_the_fields_that_differ_in_numeric_order():
+    configs = [_default(batch_size=b, seed=s) for b in (192, 64) for s in (0, 1)]
+    configs[0].optimizer.winsorize_pct = 2.0
+    assert dry_run.grid(configs) == {"batch_size": ["64", "192"],
+                                     "optimizer.winsorize_pct": ["None", "2.0"]}
+
+
+def test_real_timing_of_a_sweep_writes_only_the_plan(tmp_path, no_training):
+    """The real `time_updates` (one shape: real_vs_random's arms differ in their labels only)."""
+    lines = []
+    reproduce.reproduce("real_vs_random", str(tmp_path), seeds=1, set_items=["num_epochs=2"],
+                        dry_run=True, echo=lines.append)
+    assert os.listdir(tmp_path) == [runner.PLAN_FILE]
+    assert lines[-1].startswith("estimated time: ")
+    assert "2 arms from training steps timed in memory for each of 1 model/optimizer shape" \
+        in lines[-1]
+    m3_consecutive = default.get_config()
+    m3_consecutive.optimizer.name = "m3"  # one update per 3 batches: timed over whole cycles
+    for config in (default.get_config(), m3_consecutive):
+        timing = dry_run.time_updates(config, steps=2)
+        assert set(timing) == {"warmup", "step", "eval", "scale"} and timing["scale"] == 1.0
+        assert 0 < timing["step"] < 10 and 0 < timing["eval"] < 10 and timing["warmup"] > 0
+
+
+def test_dataset_sizes_are_those_of_the_loaded_datasets():
+    from cgh_tf import data
+
+    for name in ("mnist1d", "digits", "mnist5k"):
+        try:
+            loaded = data.load(name)
+        except data.MissingExtraError:
+            continue
+        assert factories.DATASET_SIZES[name] == (len(loaded.train), len(loaded.test)), name
+    config = _default(max_train=100, max_test=10_000)
+    assert factories.dataset_sizes(config) == (100, 1000)
+
+
+def test_trainer_dry_run_prints_the_run_and_its_estimate_and_writes_nothing(tmp_path, no_training,
+                                                                           fake_timer):
+    lines = []
+    workdir = tmp_path / "never"
+    train.dry_run(_default(num_epochs=3, max_train=2000), str(workdir), echo=lines.append)
+    assert lines[0] == ("config valid; nothing written. mnist1d (2000 train / 1000 test "
+                        "examples), mlp, optimizer sgd: 3 epochs × 32 batches of 64")
+    assert lines[1].startswith("estimated time: ") and len(lines) == 2
+    assert not workdir.exists()
+    # max_train=6000 passes validation (6000 % 33 = 27 splits into 3 groups), but MNIST-1D has
+    # 4000 training examples: 4000 % 33 = 7 would not; a run finds it after loading, a dry run too
+    in_batch = _default(max_train=6000, batch_size=33)
+    in_batch.optimizer.name, in_batch.optimizer.m3_in_batch = "m3", True
+    config_schema.validate(in_batch)
+    with pytest.raises(config_schema.ConfigError, match="the last batch of an epoch holds 7 of "
+                                                        "the 4000 training examples"):
+        train.dry_run(in_batch, str(workdir), echo=lines.append)
+    assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_cli_trainer_dry_run_writes_nothing_and_a_bad_config_is_one_line(tmp_path):
+    command = [sys.executable, "-m", "trainers.train", "--config=configs/default.py",
+               f"--workdir={tmp_path / 'run'}", "--dry_run", "--config.num_epochs=2"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.strip().splitlines()
+    assert printed[0].startswith("config valid; nothing written.") and len(printed) == 2
+    assert printed[1].startswith("estimated time: ")
+    bad = subprocess.run(command + ["--config.optimizer.aggregation=winsorize"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1].startswith(
+        "error: invalid config: optimizer.aggregation='winsorize' needs optimizer.winsorize_pct")
+    assert os.listdir(tmp_path) == []

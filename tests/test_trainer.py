@@ -77,7 +77,12 @@ def runs(tmp_path_factory):
     plans = {"reference": (), "repeat": (), "bad": ("--config.optimizer.momentum=1.5",),
              "misspelled": ("--config.num_epoch=3",), "killed": (),
              "config_path": ("--config=configs/defualt.py",),  # the last --config wins
-             "config_broken": (f"--config={root / 'broken_config.py'}",)}
+             "config_broken": (f"--config={root / 'broken_config.py'}",),
+             "winsorize_unset": ("--config.optimizer.name=sgd",
+                                 "--config.optimizer.aggregation=winsorize"),
+             "winsorize_pct_alone": ("--config.optimizer.name=sgd",
+                                     "--config.optimizer.winsorize_pct=2"),
+             "m3_coherence": ("--config.optimizer.name=m3", "--config.coherence.every=1")}
     started = {name: _start(str(root / name), extra) for name, extra in plans.items()}
     _kill_after_first_checkpoint(started["killed"], str(root / "killed"))
     return {name: (str(root / name), *_finish(process)) for name, process in started.items()}
@@ -207,6 +212,20 @@ def test_resume_after_sigkill_gives_byte_identical_results(reference, runs):
                     "configs/default.py"),
     ("config_broken", "error: --config={root}/broken_config.py: the config file failed to load: "
                       "SyntaxError: invalid syntax (broken_config.py, line 1)"),
+    ("winsorize_unset", "error: invalid config: optimizer.aggregation='winsorize' needs "
+                        "optimizer.winsorize_pct, the percent clipped on each side, in [0, 50) "
+                        "(e.g. --config.optimizer.winsorize_pct=2; 0 is a plain mean computed "
+                        "per example)"),
+    ("winsorize_pct_alone", "error: invalid config: optimizer.winsorize_pct=2.0 has no effect "
+                            "with optimizer.aggregation='mean'; set "
+                            "optimizer.aggregation='winsorize' or winsorize_pct=0"),
+    # everything M3 with coherence needs, in one line (max_train=500, batch 32: 500 % 33 = 5)
+    ("m3_coherence", "error: invalid config: in-batch M3 (cgh_tf.Model splits each batch into "
+                     "the groups; per-step coherence needs it) wants all of: "
+                     "--config.optimizer.m3_in_batch=True --config.batch_size=33 (a multiple of "
+                     "the 3 M3 groups; now 32) --config.drop_remainder=True (the last batch of "
+                     "an epoch must split into the groups too) (or coherence.every=0 and "
+                     "optimizer.m3_in_batch=False: M3 over consecutive batches)"),
 ])
 def test_bad_config_exits_with_one_line_and_writes_nothing(runs, run, message):
     workdir, returncode, stderr = runs[run]

@@ -400,14 +400,19 @@ def test_one_winsorized_step_equals_a_numpy_reference(tmp_path):
     ({"coherence.every": -1}, "coherence.every=-1 must be an int >= 0"),
     ({"mode": "sweep"}, "mode='sweep' is unknown; allowed: train"),
     ({"optimizer.name": "m3", "optimizer.aggregation": "mean", "optimizer.winsorize_pct": 0.0,
-      "coherence.every": 1}, "coherence.every=1 with M3 over consecutive batches "
-                             "(optimizer.m3_in_batch=False): the batch coherence needs "
-                             "cgh_tf.Model, where M3 splits one batch into its groups; set "
-                             "optimizer.m3_in_batch=True or coherence.every=0"),
+      "coherence.every": 1}, "in-batch M3 (cgh_tf.Model splits each batch into the groups; "
+                             "per-step coherence needs it) wants all of: "
+                             "--config.optimizer.m3_in_batch=True --config.batch_size=66 (a "
+                             "multiple of the 3 M3 groups; now 64) (or coherence.every=0 and "
+                             "optimizer.m3_in_batch=False: M3 over consecutive batches)"),
     ({"optimizer.name": "m3", "optimizer.winsorize_pct": 2.0},
      "optimizer.aggregation='winsorize' and M3 are two aggregators of the same batch"),
     ({"optimizer.name": "m3", "optimizer.aggregation": "mean", "optimizer.winsorize_pct": 0.0,
-      "optimizer.m3_in_batch": True}, "batch_size=64 divisible by the 3 M3 groups"),
+      "optimizer.m3_in_batch": True}, "wants all of: --config.batch_size=66 (a multiple of the "
+                                      "3 M3 groups; now 64) (or"),
+    ({"optimizer.winsorize_pct": None}, "optimizer.aggregation='winsorize' needs "
+                                        "optimizer.winsorize_pct, the percent clipped on each "
+                                        "side, in [0, 50)"),
     ({"coherence.monitor_samples": 500}, "coherence.monitor_samples=500 but the train examples "
                                          "number only 300"),
 ])
@@ -445,7 +450,7 @@ def test_feature_defaults_keep_the_plain_trainer():
     assert config_schema.setting(config, "optimizer.aggregation") == "mean"
     assert factories.cgh_compile_options(config) == {
         "coherence_every": 0, "coherence_per_layer": False, "coherence_training": False,
-        "aggregation": "mean", "winsorize_pct": 0.0}
+        "aggregation": "mean", "winsorize_pct": None}
     # The defaults are the values of configs/default.py, written there only.
     with_fields = config_schema.add_feature_fields(config)
     assert with_fields.to_dict() == default.get_config().to_dict()
@@ -458,7 +463,7 @@ def test_feature_defaults_keep_the_plain_trainer():
     m3_model = factories.build_model(m3.get_config(), (40,), 10)
     assert isinstance(m3_model, keras.Model) and not isinstance(m3_model, cgh_tf.Model)
     in_batch = config_schema.add_feature_fields(m3.get_config())
-    in_batch.optimizer.m3_in_batch, in_batch.batch_size = True, 66
+    in_batch.optimizer.m3_in_batch, in_batch.batch_size, in_batch.drop_remainder = True, 66, True
     config_schema.validate(in_batch)
     assert isinstance(factories.build_model(in_batch, (40,), 10), cgh_tf.Model)
 

@@ -10,8 +10,10 @@ Every trainer config derives from `configs/default.py`, which holds every field 
 | `add_feature_fields(config)`     | adds the missing feature fields with their defaults            |
 | `optimizer_kind(config)`         | `(kind, k)` of `optimizer.name` (`cgh_tf.optimizers.parse_name`) |
 | `is_m3` / `m3_groups` / `uses_cgh_model` / `updates_per_batch` | facts of the optimizer name |
-| `check_batches_split(config, n)` | the one check that every batch splits into the in-batch M3 groups |
+| `in_batch_m3_changes(config)`    | every `--config.FIELD=VALUE` in-batch M3 still needs (one list)  |
+| `check_batches_split(config, n)` | after loading: every batch splits into the in-batch M3 groups   |
 | `apply_overrides(config, dict)`  | a copy with `{"a.b": value}` fields set (unknown field: ValueError) |
+| `comparable(config_dict)`        | a saved config dict with equal spellings of one run made equal   |
 
 Feature fields (`FEATURE_FIELDS`): `mode`, `coherence.*`, `optimizer.aggregation`,
 `optimizer.winsorize_pct`, `optimizer.m3_in_batch`, `learning_times.every_steps`
@@ -162,8 +164,23 @@ def add_feature_fields(config: ml_collections.ConfigDict) -> ml_collections.Conf
                 node[parent] = ml_collections.ConfigDict()
             node = node[parent]
         if leaf not in node:
-            node[leaf] = config_dict.placeholder(str) if default is None else default
+            node[leaf] = (config_dict.placeholder(_FIELD_TYPES.get(dotted, str)) if default is None
+                          else default)
     return config
+
+
+_FIELD_TYPES = {"optimizer.winsorize_pct": float}  # of the feature fields unset by default
+
+
+def comparable(config_dict: dict) -> dict:
+    """A config dict (`config.to_dict()` after a JSON round trip) with the spellings of one run
+    made equal: `optimizer.winsorize_pct` 0 and unset (None) under `aggregation="mean"` (the
+    default was 0 before it became unset). For comparing a saved config with a new one."""
+    optimizer = config_dict.get("optimizer")
+    if (not isinstance(optimizer, dict) or optimizer.get("aggregation", "mean") != "mean"
+            or optimizer.get("winsorize_pct") != 0):
+        return config_dict
+    return {**config_dict, "optimizer": {**optimizer, "winsorize_pct": None}}
 
 
 def optimizer_kind(config) -> tuple:
@@ -221,25 +238,51 @@ def _validate_features(config, need):
     pct = setting(config, "optimizer.winsorize_pct")
     need(aggregation in AGGREGATIONS, f"optimizer.aggregation={aggregation!r} is unknown; "
          f"allowed: {', '.join(AGGREGATIONS)}")
-    need(_is_number(pct) and 0.0 <= pct < 50.0,
+    need(pct is None or (_is_number(pct) and 0.0 <= pct < 50.0),
          f"optimizer.winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
+    need(aggregation != "winsorize" or pct is not None,
+         "optimizer.aggregation='winsorize' needs optimizer.winsorize_pct, the percent clipped on "
+         "each side, in [0, 50) (e.g. --config.optimizer.winsorize_pct=2; 0 is a plain mean "
+         "computed per example)")
     need(aggregation == "winsorize" or not (_is_number(pct) and pct > 0),
          f"optimizer.winsorize_pct={pct!r} has no effect with optimizer.aggregation={aggregation!r}; "
          f"set optimizer.aggregation='winsorize' or winsorize_pct=0")
     if _known_optimizer_name(config.optimizer) and is_m3(config):
-        in_batch = setting(config, "optimizer.m3_in_batch")
-        every = setting(config, "coherence.every")
-        need(in_batch or every == 0,
-             f"coherence.every={every!r} with M3 over consecutive batches "
-             f"(optimizer.m3_in_batch=False): the batch coherence needs cgh_tf.Model, where M3 "
-             f"splits one batch into its groups; set optimizer.m3_in_batch=True or "
-             f"coherence.every=0")
         need(aggregation == "mean", f"optimizer.aggregation={aggregation!r} and M3 are two "
              f"aggregators of the same batch; use one of them")
-        groups = m3_groups(config) if _is_int(config.optimizer.groups, 1) else 1
-        need(not in_batch or not _is_int(config.batch_size, 1) or config.batch_size % groups == 0,
-             f"optimizer.m3_in_batch=True needs batch_size={config.batch_size!r} divisible by the "
-             f"{groups} M3 groups")
+        changes = in_batch_m3_changes(config)
+        need(not changes, "in-batch M3 (cgh_tf.Model splits each batch into the groups; per-step "
+             "coherence needs it) wants all of: " + " ".join(changes)
+             + " (or coherence.every=0 and optimizer.m3_in_batch=False: M3 over consecutive "
+             "batches)")
+
+
+def in_batch_m3_changes(config) -> list:
+    """Every flag that must change for M3 within the batch, as `--config.FIELD=VALUE` strings:
+    the groups of one batch are asked for (`optimizer.m3_in_batch`) or needed (per-step
+    coherence, `coherence.every > 0`, measures the batch `cgh_tf.Model` sees). Empty when nothing
+    must change, or when M3 runs over consecutive batches without coherence.
+
+    The batch size becomes the next multiple of the k groups; `drop_remainder=True` is asked for
+    unless `max_train` leaves a last batch that splits too (with `max_train` unset the size of
+    the training set is not known before loading, and `check_batches_split` checks it then)."""
+    in_batch = setting(config, "optimizer.m3_in_batch")
+    every = setting(config, "coherence.every")
+    if not (in_batch is True or _is_int(every, 1)) or not _is_int(config.optimizer.groups, 1):
+        return []
+    changes = [] if in_batch is True else ["--config.optimizer.m3_in_batch=True"]
+    groups, batch = m3_groups(config), config.batch_size
+    if not _is_int(batch, 1):
+        return changes
+    if batch % groups:
+        batch = -(-batch // groups) * groups
+        changes.append(f"--config.batch_size={batch} (a multiple of the {groups} M3 groups; "
+                       f"now {config.batch_size})")
+    last = config.max_train % batch if _is_int(config.max_train, 1) else None
+    if config.drop_remainder is not True and (last is None or last % groups):
+        changes.append("--config.drop_remainder=True (the last batch of an epoch must split "
+                       "into the groups too)")
+    return changes
 
 
 def is_int(value, minimum):

@@ -4,6 +4,7 @@
 |---------------------------------|----------------------------------------------------------------|
 | `load_data(config)`             | `cgh_tf.data.Dataset`                                          |
 | `dataset_spec(name, ...)`       | `(input_shape, num_classes)` of a known dataset, without loading it (with "isolated" label noise: K + its dummy classes) |
+| `dataset_sizes(config)`         | `(train, test)` examples of the config's run, without loading them |
 | `build_model(config, shape, k)` | `keras.Model` (uncompiled, outputs logits)                     |
 | `build_optimizer(config, lr)`   | Keras optimizer from `cgh_tf.optimizers.build`                 |
 | `compile_model(model, opt)`     | compiles with sparse categorical cross-entropy on logits + accuracy |
@@ -25,6 +26,27 @@ DATASET_SPECS = {
     "cifar100": ((32, 32, 3), 100),
     "imagenet2012": ((224, 224, 3), 1000),
 }
+
+# (train, test) examples of each dataset as `cgh_tf.data.load` gives them (before max_train /
+# max_test), for estimates without loading data (`trainers/dry_run.py`); tests/test_dry_run.py
+# checks them against the loaded datasets that are installed.
+DATASET_SIZES = {
+    "mnist1d": (4000, 1000),
+    "digits": (1437, 360),
+    "mnist5k": (4000, 1000),
+    "mnist": (60000, 10000),
+    "fashion_mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+    "imagenet2012": (1281167, 50000),
+}
+
+
+def dataset_sizes(config) -> tuple:
+    """`(train, test)` examples a run of `config` sees: `DATASET_SIZES` capped by
+    max_train / max_test (no data loaded)."""
+    train, test = DATASET_SIZES[config.dataset]
+    return (min(train, config.max_train or train), min(test, config.max_test or test))
 
 
 def load_data(config):
@@ -114,10 +136,12 @@ def compile_model(model, optimizer, config=None) -> None:
 def cgh_compile_options(config) -> dict:
     """The `cgh_tf.Model.compile` options of the config (`coherence_every`, `aggregation`, ...)."""
     every = int(setting(config, "coherence.every"))
+    aggregation = setting(config, "optimizer.aggregation")
     return {  # (cgh_tf.Model rejects per_layer / training without coherence_every: ignored here)
         "coherence_every": every,
         "coherence_per_layer": bool(setting(config, "coherence.per_layer")) and every > 0,
         "coherence_training": bool(setting(config, "coherence.training")) and every > 0,
-        "aggregation": setting(config, "optimizer.aggregation"),
-        "winsorize_pct": float(setting(config, "optimizer.winsorize_pct")),
+        "aggregation": aggregation,
+        "winsorize_pct": (float(setting(config, "optimizer.winsorize_pct"))
+                          if aggregation == "winsorize" else None),
     }

@@ -17,7 +17,8 @@ timings.json, the HParams sessions: `tensorboard --logdir=WORKDIR`) are describe
 
 Flags, the same for every experiment: `--seeds` (number of seeds; default: the experiment's, 3
 or more), `--scale` (each experiment says which it has), `--set=FIELD=VALUE` (repeatable; a field
-of every arm's base config, e.g. `--set=num_epochs=5`), `--dry_run`, `--progress` (the runs' own
+of every arm's base config, e.g. `--set=num_epochs=5`), `--dry_run` (write plan.json, print the arms' grid and an estimated
+time, `trainers/dry_run.py`; train nothing), `--progress` (the runs' own
 progress output).
 """
 
@@ -29,6 +30,7 @@ import sys
 from absl import app, flags
 
 from . import catalog
+from .dry_run import lines as dry_run_lines
 from . import runner
 from . import train
 
@@ -67,7 +69,8 @@ def _define_flags():
     flags.DEFINE_enum("scale", "small", list(catalog.SCALES),
                       "Dataset / model / hyperparameters (each experiment lists the ones it has).")
     flags.DEFINE_multi_string("set", [], "FIELD=VALUE for the base config of every arm.")
-    flags.DEFINE_boolean("dry_run", False, "Only validate every arm's config and write plan.json.")
+    flags.DEFINE_boolean("dry_run", False, "Only validate every arm's config, write plan.json and "
+                         "print the arms and an estimated time.")
     flags.DEFINE_boolean("progress", False, "Show the progress output of every arm.")
     flags.mark_flags_as_required(["experiment", "workdir"])
 
@@ -81,6 +84,8 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
     arms, experiment = catalog.plan(name, scale, seeds, overrides)
     if dry_run:
         echo(f"{len(arms)} arms validated; configs in {runner.write_plan(name, arms, workdir)}")
+        for line in dry_run_lines(arms, workdir):
+            echo(line)
         return None
     import tensorflow as tf
 

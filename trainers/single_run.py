@@ -123,7 +123,8 @@ def check_workdir_holds_config(workdir: str, config) -> None:
 def _check_saved(workdir, saved: dict, config, what: str, epoch, same_epochs=False) -> None:
     """ConfigError unless the `saved` config dict is `config` up to `RESUMABLE_FIELDS` (and
     `num_epochs` too with `same_epochs`) and `epoch` ≤ num_epochs."""
-    wanted = outputs.json_roundtrip(config.to_dict())
+    saved = config_schema.comparable(saved)
+    wanted = config_schema.comparable(outputs.json_roundtrip(config.to_dict()))
     keys = [k for k in set(saved) | set(wanted) if k not in RESUMABLE_FIELDS
             or (same_epochs and k == "num_epochs")]
     differing = sorted(k for k in keys if saved.get(k) != wanted.get(k))

@@ -37,7 +37,8 @@ multi-worker cluster only the chief writes the workdir (README "Running on sever
 The other files of the workdir are described in `trainers/outputs.py`, the checkpoints in
 `trainers/run_state.py`. A config error (unknown field or name, bad number, an unwritable workdir,
 a workdir holding a different run) exits with status 1 and one line naming the field or path,
-before any data is loaded and anything is written.
+before any data is loaded and anything is written. `--dry_run` stops after those checks and
+prints what the run would train and an estimated time (`trainers/dry_run.py`), writing nothing.
 """
 
 import os
@@ -90,6 +91,28 @@ def check_workdir(workdir: str) -> None:
         raise ConfigError(f"--workdir={workdir}: {existing} {what}; choose a writable directory")
 
 
+def dry_run(config, workdir: str, echo=print) -> None:
+    """Check `config` and `workdir` as a run would (reading only), then print what the run would
+    train and its estimated time (`trainers/dry_run.py`); writes nothing, trains nothing."""
+    from trainers import dry_run as planning
+    from trainers import experiment, factories, input_pipeline
+
+    config_schema.validate(config)
+    check_workdir(workdir)
+    if setting(config, "mode") != "easy_hard":
+        single_run.check_workdir_holds_config(workdir, config)
+    train, test = factories.dataset_sizes(config)
+    steps = input_pipeline.steps_per_epoch(train, config.batch_size, config.drop_remainder)
+    config_schema.check_batches_split(config, train)  # a run checks it once the data is loaded
+    echo(f"config valid; nothing written. {config.dataset} ({train} train / {test} test "
+         f"examples), {config.model.name}, optimizer {config.optimizer.name}: "
+         f"{config.num_epochs} epochs × {steps} batches of {config.batch_size}"
+         + (" (mode easy_hard: a probe, then the easy and the hard part)"
+            if setting(config, "mode") == "easy_hard" else ""))
+    arm = experiment.Arm("run", "", "", config.seed, config)
+    echo(planning.estimate([arm], None).source)
+
+
 def run_or_exit(config, workdir, progress=True) -> dict:
     """`train_and_evaluate` with deterministic ops; a `ConfigError`, a busy workdir
     (`cgh_tf.workdir_lock`), a failed checkpoint save or a dead or hung peer worker
@@ -109,12 +132,20 @@ def _define_flags():
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py.")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard, results.")
     flags.DEFINE_boolean("progress", True, "Show the Keras progress bar (else one line per epoch).")
+    flags.DEFINE_boolean("dry_run", False, "Only check the config and workdir and print what "
+                         "would run and an estimated time; write nothing, train nothing.")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if flags.FLAGS.dry_run:
+        try:
+            dry_run(flags.FLAGS.config, flags.FLAGS.workdir)
+        except ConfigError as error:
+            sys.exit(f"error: {error}")
+        return
     run_or_exit(flags.FLAGS.config, flags.FLAGS.workdir, progress=flags.FLAGS.progress)
 
 

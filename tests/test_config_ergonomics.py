@@ -1,0 +1,91 @@
+"""Config errors that say everything at once: winsorize without c, in-batch M3 with coherence.
+
+In process and cheap (no data, no training); the same messages through the real CLI are in
+tests/test_trainer.py (`test_bad_config_exits_with_one_line_and_writes_nothing`).
+"""
+
+import ast
+import json
+
+import pytest
+
+from configs import default, winsorize
+from trainers import config_schema, outputs, single_run
+
+
+def _config(**fields):
+    return config_schema.apply_overrides(default.get_config(), fields)
+
+
+def _apply_flags(config, changes):
+    """`config` with the `--config.FIELD=VALUE (why)` strings of `in_batch_m3_changes` set."""
+    fields = {}
+    for change in changes:
+        flag = change.split(" ", 1)[0]
+        field, value = flag[len("--config."):].split("=", 1)
+        fields[field] = ast.literal_eval(value)
+    return config_schema.apply_overrides(config, fields)
+
+
+def test_winsorize_needs_its_percentage_and_c0_stays_legal_when_spelled_out():
+    with pytest.raises(config_schema.ConfigError,
+                       match=r"optimizer.aggregation='winsorize' needs optimizer.winsorize_pct"):
+        config_schema.validate(_config(**{"optimizer.aggregation": "winsorize"}))
+    assert default.get_config().optimizer.winsorize_pct is None  # unset, not 0
+    config_schema.validate(_config(**{"optimizer.aggregation": "winsorize",
+                                      "optimizer.winsorize_pct": 0.0}))  # the sweep's control
+    config_schema.validate(winsorize.get_config())
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"coherence.every": 1, "batch_size": 32},
+     ["optimizer.m3_in_batch", "batch_size", "drop_remainder"]),
+    ({"coherence.every": 1, "batch_size": 33, "max_train": 660},  # 660 = 20 batches: splits
+     ["optimizer.m3_in_batch"]),
+    ({"optimizer.m3_in_batch": True, "batch_size": 64, "max_train": 500},
+     ["batch_size", "drop_remainder"]),
+    ({"optimizer.name": "m5", "coherence.every": 2, "drop_remainder": True},
+     ["optimizer.m3_in_batch", "batch_size"]),
+    ({"coherence.every": 0}, []),  # M3 over consecutive batches: nothing to change
+])
+def test_in_batch_m3_changes_list_everything_and_following_them_validates(fields, expected):
+    config = _config(**{"optimizer.name": "m3", **fields})
+    changes = config_schema.in_batch_m3_changes(config)
+    assert [c.split("=", 1)[0][len("--config."):] for c in changes] == expected
+    if changes:
+        with pytest.raises(config_schema.ConfigError) as error:
+            config_schema.validate(config)
+        assert "wants all of: " + " ".join(changes) in str(error.value)
+        assert "\n" not in str(error.value)
+    fixed = _apply_flags(config, changes)
+    assert config_schema.in_batch_m3_changes(fixed) == []
+    config_schema.validate(fixed)
+    config_schema.check_batches_split(fixed, fixed.max_train or 4000)  # mnist1d: 4000 examples
+
+
+def _write_finished(workdir, config_dict, epochs):
+    outputs.write_json(str(workdir / outputs.RESULTS_FILE),
+                       {"config": config_dict, "epochs_completed": epochs})
+
+
+def test_a_workdir_of_the_old_default_c0_is_the_same_run(tmp_path):
+    """Before `winsorize_pct` became unset its default was 0.0: such a finished run (or
+    checkpoint) is the same run as today's default, not "a different config"."""
+    config = default.get_config()
+    old = outputs.json_roundtrip(config.to_dict())
+    old["optimizer"]["winsorize_pct"] = 0.0
+    _write_finished(tmp_path, old, config.num_epochs)
+    single_run.check_workdir_holds_config(str(tmp_path), config)  # no error
+
+    old["optimizer"]["winsorize_pct"] = 2.0  # a winsorize c = 2 run is another run
+    old["optimizer"]["aggregation"] = "winsorize"
+    _write_finished(tmp_path, old, config.num_epochs)
+    with pytest.raises(config_schema.ConfigError, match=r"fields \['optimizer'\] differ"):
+        single_run.check_workdir_holds_config(str(tmp_path), config)
+
+
+def test_comparable_keeps_every_other_spelling():
+    winsorized = json.loads(json.dumps(winsorize.get_config().to_dict()))
+    winsorized["optimizer"]["winsorize_pct"] = 0.0  # winsorize at c = 0 is not the mean
+    assert config_schema.comparable(winsorized) == winsorized
+    assert config_schema.comparable({"dataset": "mnist1d"}) == {"dataset": "mnist1d"}
