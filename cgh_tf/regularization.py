@@ -1,0 +1,66 @@
+"""The regulariser-included variant of per-example gradients, asked for by name.
+
+By default g_i = ∇ℓ_i, ℓ_i the decomposition of Keras' batch loss without `model.losses`
+(docs/design.md §1.1). Keras minimises mean_i ℓ_i + R for a batch, R = Σ_v regularizer_v(v) over
+the trainable variables that carry a weight regulariser. With `include_regularization=True`
+(`coherence.measure`, `coherence.alignment`) each example's objective is ℓ_i + R, whose mean over
+the batch is Keras' loss, so g'_i = g_i + r with r = ∇_w R, the same for every example. Nothing
+per example has to be recomputed (per variable, hence per layer and in total):
+
+| quantity | with the regulariser |
+|---|---|
+| S' | S + m·r |
+| Q' | Q + 2⟨S, r⟩ + m‖r‖² |
+| ‖g'_i‖² | ‖g_i‖² + 2 g_i·r + ‖r‖² (g_i·r: a directional derivative, as alignment's g_i·S) |
+| g'_i·S' | g_i·S' + r·S' |
+
+Activity regularisers and `add_loss` penalties depend on each example's activations; they are
+not decomposed: with the option on they are refused in one line before any work.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from cgh_tf import keras_internals
+
+
+def regularized_variables(model):
+    """The trainable variables of `model` that carry a weight regulariser (`variable.regularizer`,
+    Keras' public attribute set by `add_weight(regularizer=...)`), in `trainable_variables` order."""
+    return [v for v in model.trainable_variables if getattr(v, "regularizer", None) is not None]
+
+
+def check_weight_regularizers_only(model, x_one):
+    """Raises one ValueError if `model.losses` holds anything but weight regularisers: an
+    activity regulariser (found by layer) or an `add_loss` penalty (found by calling the built
+    model on `x_one`, one example, in inference mode)."""
+    for layer in keras_internals.flatten_layers(model, include_self=False):
+        if getattr(layer, "activity_regularizer", None) is not None:
+            raise ValueError(
+                f"include_regularization=True: layer {layer.name!r} has an activity_regularizer, "
+                "whose penalty depends on each example's activations and is not decomposed per "
+                "example; only weight regularisers (kernel_regularizer, bias_regularizer, ...) "
+                "are supported (or pass include_regularization=False).")
+    model(x_one, training=False)
+    added = len(model.losses) - len(regularized_variables(model))
+    if added > 0:
+        raise ValueError(
+            f"include_regularization=True: model {model.name!r} adds {added} loss(es) with "
+            "add_loss in its call, which depend on the examples and are not decomposed per "
+            "example; only weight regularisers (kernel_regularizer, bias_regularizer, ...) are "
+            "supported (or pass include_regularization=False).")
+
+
+def gradient(model):
+    """r = ∇_w R, R = Σ_v regularizer_v(v): one float64 array per trainable variable (zeros where
+    no regulariser reads it), aligned with `model.trainable_variables`."""
+    variables = list(model.trainable_variables)
+    regularized = regularized_variables(model)
+    if not regularized:
+        return [np.zeros(v.shape, np.float64) for v in variables]
+    with tf.GradientTape() as tape:
+        penalty = tf.add_n([tf.cast(v.regularizer(v), tf.float64) for v in regularized])
+    grads = tape.gradient(penalty, variables)
+    return [np.zeros(v.shape, np.float64) if g is None
+            else np.asarray(tf.convert_to_tensor(g), np.float64) for g, v in zip(grads, variables)]
+

@@ -1,0 +1,183 @@
+"""include_regularization=True: g_i is the gradient of ℓ_i + R (cgh_tf/regularization.py).
+
+Reference: a float64 brute-force loop, one GradientTape per example of Keras' own objective on
+that example alone (`model.compute_loss`, which adds the weight regularisers' `model.losses`),
+and the regularisers' gradients derived by hand.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cgh_tf import coherence, regularization
+
+
+
+def scce():
+    """Built inside the float64 fixture: a Loss keeps the floatx of its construction as its dtype
+    (one made at import computes Keras' loss in float32)."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(autouse=True)
+def float64(float64_keras):
+    """Every test here runs in float64 Keras (see conftest)."""
+
+
+class Quartic(keras.regularizers.Regularizer):
+    """A custom weight regulariser: c Σ w⁴ (gradient 4c w³)."""
+
+    def __init__(self, c):
+        self.c = c
+
+    def __call__(self, w):
+        return self.c * tf.reduce_sum(tf.pow(w, 4))
+
+
+def regularized_model(seed=0):
+    """Dense(tanh) → Dense(tanh) → Dense logits, with L2 / L1 / L1L2 / a custom regulariser on
+    kernels and biases, and a middle layer without any."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(5, "tanh", name="first", kernel_regularizer=keras.regularizers.L2(0.03),
+                           bias_regularizer=keras.regularizers.L1(0.02)),
+        keras.layers.Dense(4, "tanh", name="plain"),
+        keras.layers.Dense(3, name="out", kernel_regularizer=keras.regularizers.L1L2(0.01, 0.02),
+                           bias_regularizer=Quartic(0.05)),
+    ])
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(scale=0.7, size=w.shape) for w in model.get_weights()])
+    model.compile(loss=scce())
+    return model
+
+
+def data(m=17, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(m, 4)), rng.integers(0, 3, m)
+
+
+def brute_force(model, x, y, sample_weight=None):
+    """[m, P] per-example gradients of Keras' objective on each single example (ℓ_i + R), flat,
+    with the [P] layer name of each coordinate."""
+    rows = []
+    for i in range(len(x)):
+        with tf.GradientTape() as tape:
+            y_pred = model(x[i:i + 1], training=False)
+            w = None if sample_weight is None else sample_weight[i:i + 1]
+            objective = model.compute_loss(x=x[i:i + 1], y=y[i:i + 1], y_pred=y_pred,
+                                           sample_weight=w, training=False)
+        grads = tape.gradient(objective, model.trainable_variables)
+        rows.append(np.concatenate([np.ravel(g) for g in grads]))
+    owners = np.concatenate([[layer.name] * int(np.prod(v.shape))
+                             for layer in model.layers for v in layer.trainable_weights])
+    return np.asarray(rows), owners
+
+
+def stats_of(g):
+    """(‖S‖², Q) of [m, P] per-example gradients."""
+    return float(np.sum(g.sum(0) ** 2)), float(np.sum(g ** 2))
+
+
+def test_regularizer_gradient_is_the_hand_derived_one():
+    model = regularized_model()
+    k1, b1, _, _, k3, b3 = [v.numpy() for v in model.trainable_variables]
+    f32 = lambda c: float(np.float32(c))  # Keras' built-in regularisers round their factors so
+    expected = [2 * f32(0.03) * k1, f32(0.02) * np.sign(b1), None, None,
+                f32(0.01) * np.sign(k3) + 2 * f32(0.02) * k3, 4 * 0.05 * b3 ** 3]
+    got = regularization.gradient(model)
+    for want, have, v in zip(expected, got, model.trainable_variables):
+        np.testing.assert_allclose(have, np.zeros(v.shape) if want is None else want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_measure_matches_brute_force_of_loss_plus_regularizers(weighted):
+    model = regularized_model()
+    x, y = data()
+    w = np.random.default_rng(2).uniform(0.3, 2.0, len(x)) if weighted else None
+    g, owners = brute_force(model, x, y, w)
+    got = coherence.measure(model, x, y, batch_size=7, per_layer=True, sample_weight=w,
+                            include_regularization=True)  # 2 stacked batches + a remainder
+    s2, q = stats_of(g)
+    assert got.sq_norm_of_sum == pytest.approx(s2, rel=1e-10)
+    assert got.sum_of_sq_norms == pytest.approx(q, rel=1e-10)
+    assert got.m == len(x)
+    for name in ("first", "plain", "out"):
+        layer_s2, layer_q = stats_of(g[:, owners == name])
+        assert got.per_layer[name].sq_norm_of_sum == pytest.approx(layer_s2, rel=1e-10)
+        assert got.per_layer[name].sum_of_sq_norms == pytest.approx(layer_q, rel=1e-10)
+    plain = coherence.measure(model, x, y, batch_size=7, sample_weight=w)
+    assert abs(plain.sum_of_sq_norms - q) > 1e-3 * q  # the regularisers matter on this model
+
+
+def test_model_without_regularizers_gives_the_same_as_off():
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, "tanh"), keras.layers.Dense(3)])
+    model.compile(loss=scce())
+    x, y = data(m=9)
+    off = coherence.measure(model, x, y, batch_size=4, per_layer=True)
+    on = coherence.measure(model, x, y, batch_size=4, per_layer=True, include_regularization=True)
+    assert on == off
+    aligned_off = coherence.alignment(model, x, y, batch_size=4)
+    aligned_on = coherence.alignment(model, x, y, batch_size=4, include_regularization=True)
+    np.testing.assert_array_equal(aligned_on.dot_with_sum, aligned_off.dot_with_sum)
+    np.testing.assert_array_equal(aligned_on.sq_norms, aligned_off.sq_norms)
+
+
+def test_alignment_matches_the_gram_matrix_of_loss_plus_regularizers():
+    model = regularized_model(seed=4)
+    x, y = data(m=11, seed=5)
+    g, _ = brute_force(model, x, y)
+    gram = g @ g.T
+    got = coherence.alignment(model, x, y, batch_size=4, include_regularization=True)
+    np.testing.assert_allclose(got.sq_norms, np.diag(gram), rtol=1e-9)
+    np.testing.assert_allclose(got.dot_with_sum, gram.sum(axis=1), rtol=1e-9)
+    s2, q = stats_of(g)
+    assert got.stats.m_coherence == pytest.approx(s2 / q, rel=1e-10)
+
+
+def test_translate_adds_one_vector_to_every_gradient():
+    rng = np.random.default_rng(6)
+    g = [rng.normal(size=(5, 2, 3)), rng.normal(size=(5, 3))]  # 5 examples, two variables
+    r = [rng.normal(size=(2, 3)), None]
+    acc = coherence.StreamingCoherence([(2, 3), (3,)])
+    acc.update([gv.sum(0) for gv in g], np.stack([np.sum(gv ** 2, axis=tuple(range(1, gv.ndim)))
+                                                  for gv in g], axis=1))
+    acc.translate(r)
+    shifted = np.concatenate([(g[0] + r[0]).reshape(5, -1), g[1]], axis=1)
+    s2, q = stats_of(shifted)
+    got = acc.result()
+    assert got.sq_norm_of_sum == pytest.approx(s2, rel=1e-12)
+    assert got.sum_of_sq_norms == pytest.approx(q, rel=1e-12)
+
+
+class AddsLoss(keras.layers.Layer):
+    """A layer adding a data-dependent penalty with add_loss."""
+
+    def call(self, inputs):
+        self.add_loss(0.1 * tf.reduce_mean(tf.square(inputs)))
+        return inputs
+
+
+@pytest.mark.parametrize("layer, words", [
+    (lambda: keras.layers.Dense(3, activity_regularizer="l2"), "activity_regularizer"),
+    (AddsLoss, "add_loss"),
+])
+def test_example_dependent_penalties_are_refused_before_any_pass(layer, words):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), layer()])
+    model.compile(loss=scce())
+    x, y = data(m=6)
+    for call in (coherence.measure, coherence.alignment):
+        with pytest.raises(ValueError, match=words) as error:
+            call(model, x, y, include_regularization=True)
+        assert "\n" not in str(error.value)
+    assert not coherence._COMPILED.get(model)  # pylint: disable=protected-access (no pass built)
+    assert np.isfinite(coherence.measure(model, x, y).m_coherence)  # off: the documented g_i
+
+
+def test_include_regularization_must_be_a_bool():
+    model = regularized_model()
+    x, y = data(m=4)
+    with pytest.raises(ValueError, match="include_regularization must be True or False"):
+        coherence.measure(model, x, y, include_regularization="yes")
