@@ -22,7 +22,8 @@ in inference mode, b_i is example i's output gradient and the rule's norms are e
 Valid in inference mode (`training=False`, the default), where examples do not interact; with
 `training=True` and layers that mix examples (BatchNormalization in training mode) the "per-example"
 gradients are those of ℓ_i *within the batch*. Regularisation losses (`model.losses`) are not part
-of ℓ_i and are not included.
+of ℓ_i and are not included (`coherence.measure(..., include_regularization=True)` offers ℓ_i + R:
+`cgh_tf.regularization`).
 """
 
 import contextlib
