@@ -35,6 +35,7 @@ from typing import List, NamedTuple
 import tensorflow as tf
 
 from cgh_tf import exact_fallback, keras_internals, layer_rules, loss_decomposition
+from cgh_tf.layer_rules import base
 from cgh_tf.layer_rules.base import by_examples, concat_positions, shared_input_grams, sum_sq
 
 _DEFAULT_CHUNK_ELEMENTS = 2**25  # per-example gradient elements held at once (~128 MB float32)
@@ -407,6 +408,7 @@ def _rule_statistics(model, p, layers_and_rules, grad_sum_of, dtype):
         for call in p.records[id(layer)]:
             for var_id in call.weights:
                 readers.setdefault(var_id, set()).add(id(layer))
+    base.note_input_readers([c for layer, _ in layers_and_rules for c in p.records[id(layer)]])
     m = p.losses.shape[0]
     sq_norm_of, paths = {}, None
     outputs = iter(p.output_grads)
