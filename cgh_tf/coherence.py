@@ -162,14 +162,12 @@ class StreamingCoherence:
         Q_v → Q_v + 2⟨S_v, r_v⟩ + m‖r_v‖². shift: one array per variable (None = zero)."""
         if len(shift) != len(self._sums):
             raise ValueError(f"shift has {len(shift)} entries for {len(self._sums)} variables.")
-        m = tf.cast(self._count, tf.float64)
-        added = []
-        for total, r in zip(self._sums, shift):
-            r = tf.zeros_like(total) if r is None else tf.cast(tf.convert_to_tensor(r), tf.float64)
-            added.append(2.0 * tf.reduce_sum(total * r) + m * tf.reduce_sum(tf.square(r)))
-            total.assign_add(m * r)
-        if added:
-            self._sq_norm_sums.assign_add(tf.stack(added))
+        sums, sum_of_sq_norms = regularization.translated(
+            [tf.convert_to_tensor(s) for s in self._sums], tf.convert_to_tensor(self._sq_norm_sums),
+            self._count, shift)
+        for total, value in zip(self._sums, sums):
+            total.assign(value)
+        self._sq_norm_sums.assign(sum_of_sq_norms)
 
     @property
     def grad_sums(self) -> list:

@@ -52,15 +52,32 @@ def check_weight_regularizers_only(model, x_one):
 
 
 def gradient(model):
-    """r = ∇_w R, R = Σ_v regularizer_v(v): one float64 array per trainable variable (zeros where
-    no regulariser reads it), aligned with `model.trainable_variables`."""
+    """r = ∇_w R, R = Σ_v regularizer_v(v): one float64 tensor per trainable variable (zeros where
+    no regulariser reads it), aligned with `model.trainable_variables`. Eager or traced."""
     variables = list(model.trainable_variables)
     regularized = regularized_variables(model)
     if not regularized:
-        return [np.zeros(v.shape, np.float64) for v in variables]
+        return [tf.zeros(v.shape, tf.float64) for v in variables]
     with tf.GradientTape() as tape:
         penalty = tf.add_n([tf.cast(v.regularizer(v), tf.float64) for v in regularized])
     grads = tape.gradient(penalty, variables)
-    return [np.zeros(v.shape, np.float64) if g is None
-            else np.asarray(tf.convert_to_tensor(g), np.float64) for g, v in zip(grads, variables)]
+    return [tf.zeros(v.shape, tf.float64) if g is None else tf.cast(tf.convert_to_tensor(g), tf.float64)
+            for g, v in zip(grads, variables)]
 
+
+def translated(grad_sum, sum_of_sq_norms, m, shift):
+    """The sums of m gradients after adding the same r to each, g_i → g_i + r, per variable:
+    (S_v + m·r_v, Q_v + 2⟨S_v, r_v⟩ + m‖r_v‖²).
+
+    grad_sum: [V] tensors S_v; sum_of_sq_norms: [V] Q_v; m: scalar; shift: [V] r_v (None = 0).
+    Computed in the dtype of each S_v (Q in its own)."""
+    new_sum, added = [], []
+    for total, r in zip(grad_sum, shift):
+        total = tf.convert_to_tensor(total)
+        r = tf.zeros_like(total) if r is None else tf.cast(r, total.dtype)
+        count = tf.cast(m, total.dtype)
+        new_sum.append(total + count * r)
+        added.append(2.0 * tf.reduce_sum(total * r) + count * tf.reduce_sum(tf.square(r)))
+    if not added:
+        return new_sum, sum_of_sq_norms
+    return new_sum, sum_of_sq_norms + tf.cast(tf.stack(added), sum_of_sq_norms.dtype)

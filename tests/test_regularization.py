@@ -181,3 +181,63 @@ def test_include_regularization_must_be_a_bool():
     x, y = data(m=4)
     with pytest.raises(ValueError, match="include_regularization must be True or False"):
         coherence.measure(model, x, y, include_regularization="yes")
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer's metric: cgh_tf.Model.compile(coherence_include_regularization=True)
+
+
+def regularized_trainer(middle, seed=7):
+    """cgh_tf.Model with the regularisers of `regularized_model`; `middle` = "dropout" puts a
+    Dropout between the layers, which makes the metric take its own (inference-mode) pass."""
+    from cgh_tf import Model  # pylint: disable=import-outside-toplevel
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(5, "tanh", name="first", kernel_regularizer=keras.regularizers.L2(0.03),
+                           bias_regularizer=keras.regularizers.L1(0.02))(inputs)
+    if middle == "dropout":
+        h = keras.layers.Dropout(0.5)(h)
+    outputs = keras.layers.Dense(3, name="out", bias_regularizer=Quartic(0.05),
+                                 kernel_regularizer=keras.regularizers.L1L2(0.01, 0.02))(h)
+    model = Model(inputs, outputs)
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(scale=0.7, size=w.shape) for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("middle", ["none", "dropout"])  # the update's pass shared, or its own
+def test_trainer_metric_includes_the_regularizers(middle):
+    model = regularized_trainer(middle)
+    x, y = data(m=12, seed=8)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=scce(), coherence_every=1,
+                  coherence_per_layer=True, coherence_include_regularization=True)
+    g, owners = brute_force(model, x, y)  # at the weights of the first (only) step
+    with pytest.warns(UserWarning) if middle == "dropout" else _no_warning():
+        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+    s2, q = stats_of(g)  # the metrics are float32 sums (cgh_tf.training)
+    assert history["m_coherence"][0] == pytest.approx(s2 / q, rel=1e-6)
+    assert history["alpha"][0] == pytest.approx(s2 / (q * len(x)), rel=1e-6)
+    for name in ("first", "out"):
+        layer_s2, layer_q = stats_of(g[:, owners == name])
+        assert history[f"m_coherence/{name}"][0] == pytest.approx(layer_s2 / layer_q, rel=1e-6)
+
+
+def _no_warning():
+    import contextlib  # pylint: disable=import-outside-toplevel
+    return contextlib.nullcontext()
+
+
+def test_trainer_option_is_checked():
+    model = regularized_trainer("none")
+    with pytest.raises(ValueError, match="has no effect without coherence_every"):
+        model.compile(loss=scce(), coherence_include_regularization=True)
+    with pytest.raises(ValueError, match="must be True or False"):
+        model.compile(loss=scce(), coherence_every=1, coherence_include_regularization=1)
+    from cgh_tf import Model  # pylint: disable=import-outside-toplevel
+    inputs = keras.Input((4,))
+    refused = Model(inputs, keras.layers.Dense(3, activity_regularizer="l2")(inputs))
+    refused.compile(loss=scce(), coherence_every=1, coherence_include_regularization=True)
+    x, y = data(m=6)
+    with pytest.raises(ValueError, match="activity_regularizer") as error:
+        refused.fit(x, y, verbose=0)
+    assert "\n" not in str(error.value)
