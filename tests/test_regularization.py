@@ -241,3 +241,19 @@ def test_trainer_option_is_checked():
     with pytest.raises(ValueError, match="activity_regularizer") as error:
         refused.fit(x, y, verbose=0)
     assert "\n" not in str(error.value)
+
+
+def test_trainer_metric_under_distribution_equals_the_brute_force_of_the_global_batch():
+    """Two replicas (the metric's own pass on each, sums all-reduced): the global batch's values."""
+    x, y = data(m=12, seed=9)
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+    with strategy.scope():
+        model = regularized_trainer("none")
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=scce(), coherence_every=1,
+                      coherence_include_regularization=True)
+    g, _ = brute_force(model, x, y)
+    history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(12), epochs=1,
+                        verbose=0).history
+    s2, q = stats_of(g)
+    assert history["m_coherence"][0] == pytest.approx(s2 / q, rel=1e-6)
