@@ -87,21 +87,32 @@ def alignment(model, x, y=None, loss=None, batch_size=None, training=False,
     sample = _Sample(model, x, y, loss, batch_size, training, sample_weight)
     first = coherence.streamed_sums(model, x, y, loss, batch_size, training, sample_weight,
                                     include_regularization=include_regularization)
-    grad_sum = [np.asarray(total.numpy()) for total in first.accumulator.grad_sums]
+    grad_sum = _grad_sums(first)
     sq_norms, shift = first.sq_norms, None
     if include_regularization and regularization.regularized_variables(model):
-        shift = regularization.gradient(model)  # r: g_i → g_i + r
-        r_dots, _ = _dots_with(sample, first, shift, coherence.flat_dot(grad_sum, shift))
-        sq_norms = sq_norms + 2.0 * r_dots + coherence.flat_dot(shift, shift)
-        first.accumulator.translate(shift)
+        sq_norms, shift = _add_regularizer(sample, first, grad_sum)
     stats = first.accumulator.result()
-    new_sum = [np.asarray(total.numpy()) for total in first.accumulator.grad_sums]  # S' = S + m·r
+    new_sum = _grad_sums(first)  # S' = S + m·r with the regulariser
     dots, method = _dots_with(sample, first, new_sum, coherence.flat_dot(grad_sum, new_sum))
     if shift is not None:
         dots = dots + coherence.flat_dot(shift, new_sum)  # g'_i·S' = g_i·S' + r·S'
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.where(sq_norms > 0, (dots - sq_norms) / sq_norms, np.nan)
     return Alignment(a, dots, sq_norms, first.losses, stats, method)
+
+
+def _grad_sums(first):
+    """The first pass's running S per variable, as float64 arrays."""
+    return [np.asarray(total.numpy()) for total in first.accumulator.grad_sums]
+
+
+def _add_regularizer(sample, first, grad_sum):
+    """g_i → g_i + r, r = ∇R (`cgh_tf.regularization`): translates the first pass's sums and
+    returns (‖g_i + r‖² = ‖g_i‖² + 2 g_i·r + ‖r‖² [m], r), g_i·r from one more pass."""
+    shift = regularization.gradient(sample.model)
+    r_dots, _ = _dots_with(sample, first, shift, coherence.flat_dot(grad_sum, shift))
+    first.accumulator.translate(shift)
+    return first.sq_norms + 2.0 * r_dots + coherence.flat_dot(shift, shift), shift
 
 
 def _dots_with(sample, first, direction, sum_of_dots):
