@@ -3,8 +3,8 @@
 Run: `python -m benchmarks.sequence_models [--rounds 10] [--parts steps,breakdown,measure] [--jit off]`.
 
 * steps: `coherence_every=1` train step / plain Keras train step (both `model.train_step` of a
-  compiled model in one `tf.function`, SGD, interleaved rounds, median; benchmarks/coherence.py's
-  `time_interleaved`) on
+  compiled model in one `tf.function`, SGD; per round the two back to back, order alternating;
+  the median and quartiles of the per-round ratios, and the ratio of the fastest of each) on
   - gqa_decoder: a grouped-query causal decoder block, sequence 64, width 128, 4 query / 2
     key-value heads (Embedding(1000, 128) -> GroupQueryAttention(causal) -> LayerNorm -> FFN 256 ->
     LayerNorm -> pool -> Dense 10), the issue's block;
@@ -160,6 +160,26 @@ def breakdown(name, rounds):
     return {label: (statistics.median(t) / median, min(t) / low) for label, t in times.items()}
 
 
+def paired_ratios(steps, x, y, rounds):
+    """Per-round ratios coherence step / plain step, the two timed back to back in each round
+    (their order alternating), so that load from other processes, which drifts over seconds,
+    hits both alike: (plain median s, median ratio, (25 %, 75 %) quantiles, ratio of min times)."""
+    plain, coherent = steps["plain"], steps["coherence_every=1"]
+    for step in (plain, coherent):
+        for _ in range(2):
+            float(step(x, y))
+    times = {"plain": [], "coherence": []}
+    for i in range(rounds):
+        order = (("plain", plain), ("coherence", coherent))
+        for label, step in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            float(step(x, y))
+            times[label].append(time.perf_counter() - start)
+    ratios = np.asarray(times["coherence"]) / np.asarray(times["plain"])
+    return (statistics.median(times["plain"]), float(np.median(ratios)),
+            tuple(np.quantile(ratios, [0.25, 0.75])), min(times["coherence"]) / min(times["plain"]))
+
+
 def measure_ratio(rounds):
     """(measure / plain gradient, first measure call in s) on the BiLSTM -> BiGRU model."""
     keras.utils.set_random_seed(0)
@@ -202,17 +222,17 @@ def main(argv=None):
           f"Keras {keras.__version__}, median of {args.rounds} interleaved rounds")
     rng = np.random.default_rng(0)
     if "steps" in args.parts:
-        print("| model | XLA | plain ms | coherence_every=1 / plain |\n|---|---|---|---|")
+        print("| model | XLA | plain ms | coherence_every=1 / plain: median of rounds [25-75 %] "
+              "| ratio of min times |\n|---|---|---|---|---|")
         for name in args.models.split(","):
             x, y = batch_for(name, rng)
             for jit in args.jit.split(","):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    result = coherence_bench.time_interleaved(train_steps(name, jit == "on"), x, y,
-                                                              args.rounds)
-                plain = result["plain"][0]
-                print(f"| {name} | {jit} | {plain * 1e3:.1f} | "
-                      f"{result['coherence_every=1'][0] / plain:.2f} |", flush=True)
+                    plain, ratio, (low, high), of_mins = paired_ratios(
+                        train_steps(name, jit == "on"), x, y, args.rounds)
+                print(f"| {name} | {jit} | {plain * 1e3:.1f} | {ratio:.2f} [{low:.2f}-{high:.2f}] | "
+                      f"{of_mins:.2f} |", flush=True)
     if "breakdown" in args.parts:
         print("| model | variant | / tape gradient (median) | (min) |\n|---|---|---|---|")
         for name in args.models.split(","):
