@@ -18,7 +18,6 @@ Activity regularisers and `add_loss` penalties depend on each example's activati
 not decomposed: with the option on they are refused in one line before any work.
 """
 
-import numpy as np
 import tensorflow as tf
 
 from cgh_tf import keras_internals
@@ -30,25 +29,25 @@ def regularized_variables(model):
     return [v for v in model.trainable_variables if getattr(v, "regularizer", None) is not None]
 
 
-def check_weight_regularizers_only(model, x_one):
+def check_weight_regularizers_only(model, x_one, option="include_regularization"):
     """Raises one ValueError if `model.losses` holds anything but weight regularisers: an
     activity regulariser (found by layer) or an `add_loss` penalty (found by calling the built
-    model on `x_one`, one example, in inference mode)."""
+    model on `x_one`, one example, in inference mode). `option`: the name the message gives."""
     for layer in keras_internals.flatten_layers(model, include_self=False):
         if getattr(layer, "activity_regularizer", None) is not None:
             raise ValueError(
-                f"include_regularization=True: layer {layer.name!r} has an activity_regularizer, "
+                f"{option}=True: layer {layer.name!r} has an activity_regularizer, "
                 "whose penalty depends on each example's activations and is not decomposed per "
                 "example; only weight regularisers (kernel_regularizer, bias_regularizer, ...) "
-                "are supported (or pass include_regularization=False).")
+                f"are supported (or pass {option}=False).")
     model(x_one, training=False)
     added = len(model.losses) - len(regularized_variables(model))
     if added > 0:
         raise ValueError(
-            f"include_regularization=True: model {model.name!r} adds {added} loss(es) with "
+            f"{option}=True: model {model.name!r} adds {added} loss(es) with "
             "add_loss in its call, which depend on the examples and are not decomposed per "
             "example; only weight regularisers (kernel_regularizer, bias_regularizer, ...) are "
-            "supported (or pass include_regularization=False).")
+            f"supported (or pass {option}=False).")
 
 
 def gradient(model):

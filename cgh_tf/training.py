@@ -341,7 +341,8 @@ class Model(keras.Model):
         if getattr(self, "compiled", False) and self._cgh_options.coherence_include_regularization:
             first = _first_input(x)
             if first is not None:
-                regularization.check_weight_regularizers_only(self, first)
+                regularization.check_weight_regularizers_only(
+                    self, first, option="coherence_include_regularization")
         return super().fit(*args, **kwargs)
 
     def _check_batches(self, x, batch_size, validation_split):
@@ -410,7 +411,7 @@ class Model(keras.Model):
         if aggregator.l2:
             grads = gradient_sources.add(
                 grads, [tf.cast(aggregator.l2 * scale, v.dtype) * v for v in variables])
-        shift = self._regularizer_shift(scale)  # read before the update changes the weights
+        shift = None if source.sums is None else self._regularizer_shift(scale)  # before the update
         if source.replica_reduced:  # every replica holds the update; Keras' optimizer sums them
             replicas = self.distribute_strategy.num_replicas_in_sync
             grads = [None if g is None else g / replicas for g in grads]
