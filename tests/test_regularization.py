@@ -259,3 +259,41 @@ def test_trainer_metric_under_distribution_equals_the_brute_force_of_the_global_
                         verbose=0).history
     s2, q = stats_of(g)
     assert history["m_coherence"][0] == pytest.approx(s2 / q, rel=1e-6)
+
+
+STRONG_L2 = keras.regularizers.L2(0.5)
+
+
+def test_trainer_metric_under_loss_scaling_translates_by_the_scaled_r():
+    """mixed_float16 (LossScaleOptimizer): the shared pass's g_i carry the loss scale, and so must
+    r. The metric is within float16's error of the float64 brute force of ℓ_i + R, which is far
+    from the brute force without R (where an unscaled r would leave it)."""
+    x, y = data(m=12, seed=10)
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("mixed_float16")
+    try:  # (the float64 fixture restores floatx and the policy afterwards)
+        model = regularized_trainer("none", seed=11)
+        model.get_layer("first").kernel.regularizer = STRONG_L2  # R's share large: a clear test
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=scce(), coherence_every=1,
+                      coherence_include_regularization=True)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        with pytest.warns(UserWarning, match="16"):  # the precision warning
+            history = model.fit(x, y, batch_size=len(x), epochs=6, shuffle=False, verbose=0).history
+    finally:
+        keras.config.set_dtype_policy("float32")
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    reference = regularized_trainer("none", seed=11)  # float64, the same initial weights
+    reference.get_layer("first").kernel.regularizer = STRONG_L2
+    reference.compile(loss=scce())
+    with_r, _ = brute_force(reference, x, y)
+    for layer in reference.layers:
+        for v in layer.trainable_weights:
+            v.regularizer = None
+    without_r, _ = brute_force(reference, x, y)
+    want, unregularized = (stats_of(g)[0] / stats_of(g)[1] for g in (with_r, without_r))
+    assert abs(want - unregularized) > 0.2 * want
+    # the first steps overflow at scale 2^15 and are skipped (no update, no measurement): the
+    # first measured step is at the initial weights
+    first = next(value for value in history["m_coherence"] if np.isfinite(value))
+    assert first == pytest.approx(want, rel=2e-2)
