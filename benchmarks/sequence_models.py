@@ -1,10 +1,10 @@
 """Issue 21's speed figures on sequence models, as ratios in one process (batch 64).
 
-Run: `python -m benchmarks.sequence_models [--rounds 10] [--parts steps,measure] [--jit off]`.
+Run: `python -m benchmarks.sequence_models [--rounds 10] [--parts steps,breakdown,measure] [--jit off]`.
 
 * steps: `coherence_every=1` train step / plain Keras train step (both `model.train_step` of a
-  compiled model in one `tf.function`, SGD, interleaved rounds, median; benchmarks/coherence.py's
-  `time_interleaved`) on
+  compiled model in one `tf.function`, SGD; per round the two back to back, order alternating;
+  the median and quartiles of the per-round ratios, and the ratio of the fastest of each) on
   - gqa_decoder: a grouped-query causal decoder block, sequence 64, width 128, 4 query / 2
     key-value heads (Embedding(1000, 128) -> GroupQueryAttention(causal) -> LayerNorm -> FFN 256 ->
     LayerNorm -> pool -> Dense 10), the issue's block;
@@ -13,6 +13,11 @@ Run: `python -m benchmarks.sequence_models [--rounds 10] [--parts steps,measure]
     FFN 256 -> LayerNorm -> Dense(1000) logits per token; ids with zero padding at the end;
   - mlp: MLP 784-512-512-10 (benchmarks/coherence.py), batch 128, the ≤ 1.1 reference.
   Targets (issue 21): ≤ 1.25 on the first two, ≤ 1.1 kept on the MLP.
+* breakdown: where the coherence step's extra time goes, on the same models: the engine
+  (`per_example.gradients_and_sq_norms` in a `tf.function`) / one tape gradient of Keras' batch
+  loss, and the engine again with one rule's statistics replaced by zeros (einsum_dense, dense,
+  layer_norm, embedding, then all): the drop is that rule's share (interleaved rounds, median and
+  min ratios).
 * measure: `coherence.measure` (one batch, after a warm-up call) / one plain gradient of the
   batch loss (a `tf.function` of a GradientTape) on a BiLSTM -> BiGRU classifier (sequence 20,
   8 features, 16 units each way, Dense 5), batch 64. Target ≤ 10. The first call's seconds are
@@ -34,7 +39,7 @@ import tensorflow as tf  # noqa: E402
 
 import cgh_tf  # noqa: E402
 from benchmarks import coherence as coherence_bench, keras_steps  # noqa: E402
-from cgh_tf import coherence  # noqa: E402
+from cgh_tf import coherence, layer_rules, per_example  # noqa: E402
 
 L = keras.layers
 SEQ, WIDTH, VOCAB, BATCH = 64, 128, 1000, 64
@@ -97,6 +102,84 @@ def train_steps(name, jit):
     return steps
 
 
+BREAKDOWN_RULES = (layer_rules.EinsumDenseRule, layer_rules.DenseRule, layer_rules.LayerNormRule,
+                   layer_rules.EmbeddingRule)
+
+
+def _zero_statistics(layer, calls):
+    """A rule's statistics replaced by zeros [m] (timing only: what the rule's own work costs)."""
+    m = tf.shape(calls[0].outputs[0])[0]
+    return {var_id: layer_rules.Statistic(tf.zeros([m])) for var_id in calls[0].weights}
+
+
+def breakdown(name, rounds):
+    """{variant: (median, min) time / the tape gradient's}: the engine, and the engine without
+    each rule's statistics (see the module docstring)."""
+    keras.utils.set_random_seed(0)
+    model = BUILDERS[name]()
+    model.compile(loss=LOSS)
+    x, y = batch_for(name, np.random.default_rng(0))
+    loss_fn = per_example.per_example_loss_fn(model)
+
+    @tf.function
+    def tape_gradient(x, y):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), training=False)
+        grads = tape.gradient(loss, model.trainable_variables)
+        return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
+
+    def engine():
+        def run(x, y):
+            sums = per_example.gradients_and_sq_norms(model, x, y, loss_fn)
+            return tf.reduce_sum(sums.sq_norms) + tf.add_n(
+                [tf.reduce_sum(g) for g in sums.grad_sum if g is not None])
+        function = tf.function(run)
+        function.get_concrete_function(x, y)  # traced now, with the statistics patched or not
+        return function
+
+    variants = {"tape gradient": tape_gradient, "engine": engine()}
+    for removed in BREAKDOWN_RULES + (None,):
+        patched = BREAKDOWN_RULES if removed is None else (removed,)
+        saved = {rule: rule.__dict__["statistics"] for rule in patched}
+        for rule in patched:
+            rule.statistics = staticmethod(_zero_statistics)
+        try:
+            variants[f"engine, no {removed.name if removed else 'rule'} statistics"] = engine()
+        finally:
+            for rule, statistics_fn in saved.items():
+                rule.statistics = statistics_fn
+    times = {label: [] for label in variants}
+    for function in variants.values():
+        float(function(x, y))
+    for _ in range(rounds):
+        for label, function in variants.items():
+            start = time.perf_counter()
+            float(function(x, y))
+            times[label].append(time.perf_counter() - start)
+    median, low = statistics.median(times["tape gradient"]), min(times["tape gradient"])
+    return {label: (statistics.median(t) / median, min(t) / low) for label, t in times.items()}
+
+
+def paired_ratios(steps, x, y, rounds):
+    """Per-round ratios coherence step / plain step, the two timed back to back in each round
+    (their order alternating), so that load from other processes, which drifts over seconds,
+    hits both alike: (plain median s, median ratio, (25 %, 75 %) quantiles, ratio of min times)."""
+    plain, coherent = steps["plain"], steps["coherence_every=1"]
+    for step in (plain, coherent):
+        for _ in range(2):
+            float(step(x, y))
+    times = {"plain": [], "coherence": []}
+    for i in range(rounds):
+        order = (("plain", plain), ("coherence", coherent))
+        for label, step in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            float(step(x, y))
+            times[label].append(time.perf_counter() - start)
+    ratios = np.asarray(times["coherence"]) / np.asarray(times["plain"])
+    return (statistics.median(times["plain"]), float(np.median(ratios)),
+            tuple(np.quantile(ratios, [0.25, 0.75])), min(times["coherence"]) / min(times["plain"]))
+
+
 def measure_ratio(rounds):
     """(measure / plain gradient, first measure call in s) on the BiLSTM -> BiGRU model."""
     keras.utils.set_random_seed(0)
@@ -139,17 +222,25 @@ def main(argv=None):
           f"Keras {keras.__version__}, median of {args.rounds} interleaved rounds")
     rng = np.random.default_rng(0)
     if "steps" in args.parts:
-        print("| model | XLA | plain ms | coherence_every=1 / plain |\n|---|---|---|---|")
+        print("| model | XLA | plain ms | coherence_every=1 / plain: median of rounds [25-75 %] "
+              "| ratio of min times |\n|---|---|---|---|---|")
         for name in args.models.split(","):
             x, y = batch_for(name, rng)
             for jit in args.jit.split(","):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    result = coherence_bench.time_interleaved(train_steps(name, jit == "on"), x, y,
-                                                              args.rounds)
-                plain = result["plain"][0]
-                print(f"| {name} | {jit} | {plain * 1e3:.1f} | "
-                      f"{result['coherence_every=1'][0] / plain:.2f} |", flush=True)
+                    plain, ratio, (low, high), of_mins = paired_ratios(
+                        train_steps(name, jit == "on"), x, y, args.rounds)
+                print(f"| {name} | {jit} | {plain * 1e3:.1f} | {ratio:.2f} [{low:.2f}-{high:.2f}] | "
+                      f"{of_mins:.2f} |", flush=True)
+    if "breakdown" in args.parts:
+        print("| model | variant | / tape gradient (median) | (min) |\n|---|---|---|---|")
+        for name in args.models.split(","):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ratios = breakdown(name, args.rounds)
+            for label, (median, low) in ratios.items():
+                print(f"| {name} | {label} | {median:.2f} | {low:.2f} |", flush=True)
     if "measure" in args.parts:
         ratio, medians, first = measure_ratio(args.rounds)
         print(f"BiLSTM -> BiGRU, batch {BATCH}: measure {medians['measure'] * 1e3:.1f} ms, plain "

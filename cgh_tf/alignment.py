@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import coherence, streaming
+from cgh_tf import coherence, regularization, streaming
 from cgh_tf.api_types import Array, Inputs, LossSpec, Nest
 
 if TYPE_CHECKING:  # annotations only
@@ -81,47 +81,73 @@ class _Sample(NamedTuple):
 
 def alignment(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSpec = None,
               batch_size: int | None = None, training: bool = False,
-              sample_weight: Array | None = None) -> Alignment:
+              sample_weight: Array | None = None,
+              include_regularization: bool = False) -> Alignment:
     """a_i and g_i · S of every example of a sample, with the sample's coherence statistics.
 
-    x, y, loss, sample_weight: as `coherence.measure` (ℓ_i the decomposition of Keras' loss of
-      each batch); a `tf.data.Dataset` must yield the same batches each time it is iterated (it
-      is read twice).
+    x, y, loss, sample_weight, include_regularization: as `coherence.measure` (ℓ_i the
+      decomposition of Keras' loss of each batch; with include_regularization=True, g_i is the
+      gradient of ℓ_i + R, `cgh_tf.regularization`, at the cost of one more forward-mode pass
+      for g_i·∇R when the model has weight regularisers); a `tf.data.Dataset` must yield the same
+      batches each time it is iterated (it is read two or three times).
     training: the mode the model runs in (inference mode by default, as `measure`).
     """
     sample = _Sample(model, x, y, loss, batch_size, training, sample_weight)
-    first = coherence.streamed_sums(model, x, y, loss, batch_size, training, sample_weight)
-    stats = first.stats()
-    dots, method = _dots_with_sum(sample, first, stats.sq_norm_of_sum)
+    first = coherence.streamed_sums(model, x, y, loss, batch_size, training, sample_weight,
+                                    include_regularization=include_regularization)
+    grad_sum = _grad_sums(first)
+    sq_norms, shift = first.sq_norms, None
+    if include_regularization and regularization.regularized_variables(model):
+        sq_norms, shift = _add_regularizer(sample, first, grad_sum)
+    stats = first.accumulator.result()
+    new_sum = _grad_sums(first)  # S' = S + m·r with the regulariser
+    dots, method = _dots_with(sample, first, new_sum, coherence.flat_dot(grad_sum, new_sum))
+    if shift is not None:
+        dots = dots + coherence.flat_dot(shift, new_sum)  # g'_i·S' = g_i·S' + r·S'
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(first.sq_norms > 0, (dots - first.sq_norms) / first.sq_norms, np.nan)
-    return Alignment(a, dots, first.sq_norms, first.losses, stats, method)
+        a = np.where(sq_norms > 0, (dots - sq_norms) / sq_norms, np.nan)
+    return Alignment(a, dots, sq_norms, first.losses, stats, method)
 
 
-def _dots_with_sum(sample, first, sq_norm_of_sum):
-    """(g_i·S [m], method) after the first pass `first` (`coherence.SampleSums`): forward mode,
-    checked against the first pass's losses and Σ_i g_i·S = ‖S‖², else the exact path."""
-    if sq_norm_of_sum == 0:  # S = 0: every g_i · S is 0
+def _grad_sums(first):
+    """The first pass's running S per variable, as float64 arrays."""
+    return [np.asarray(total.numpy()) for total in first.accumulator.grad_sums]
+
+
+def _add_regularizer(sample, first, grad_sum):
+    """g_i → g_i + r, r = ∇R (`cgh_tf.regularization`): translates the first pass's sums and
+    returns (‖g_i + r‖² = ‖g_i‖² + 2 g_i·r + ‖r‖² [m], r), g_i·r from one more pass."""
+    shift = regularization.gradient(sample.model)
+    r_dots, _ = _dots_with(sample, first, shift, coherence.flat_dot(grad_sum, shift))
+    first.accumulator.translate(shift)
+    return first.sq_norms + 2.0 * r_dots + coherence.flat_dot(shift, shift), shift
+
+
+def _dots_with(sample, first, direction, sum_of_dots):
+    """(g_i·d [m], method) for a direction d (one array per variable) after the first pass `first`
+    (`coherence.SampleSums`): forward mode, checked against the first pass's losses and against
+    Σ_i g_i·d = `sum_of_dots` (= ⟨S, d⟩), else the exact path."""
+    norm = math.sqrt(coherence.flat_dot(direction, direction))
+    if norm == 0:  # d = 0: every g_i · d is 0
         return np.zeros_like(first.losses), FORWARD_MODE
-    norm = math.sqrt(sq_norm_of_sum)
-    tangent = _unit_tangent(sample.model, first.accumulator, norm)
+    tangent = _unit_tangent(sample.model, direction, norm)
     dots, losses, method = _forward_or_exact(sample, tangent)
     _check_same_examples(sample.model, first.losses, losses)
-    if method == FORWARD_MODE and not _sums_to_sq_norm(sample.model, dots * norm, sq_norm_of_sum):
+    if method == FORWARD_MODE and not _sums_to(sample.model, dots * norm, sum_of_dots):
         warnings.warn(
             f"cgh_tf.alignment: the forward-mode derivatives of model {sample.model.name!r} fail "
-            "the check Σ_i g_i·S = ‖S‖² (a layer whose forward-mode derivative TF computes "
-            "wrongly, e.g. Keras' grouped Conv2D on CPU); recomputing g_i·S on the exact path "
+            "the check Σ_i g_i·d = ⟨S, d⟩ (d = S, or ∇R with include_regularization; a layer "
+            "whose forward-mode derivative TF computes wrongly, e.g. Keras' grouped Conv2D on "
+            "CPU); recomputing g_i·d on the exact path "
             "(reverse over reverse, about twice the cost).", stacklevel=3)
         (dots, _), method = _exact_dots(sample, tangent), EXACT
     return dots * norm, method
 
 
-def _unit_tangent(model, accumulator, norm):
-    """S/‖S‖ per trainable variable, in the variable's dtype (a unit tangent keeps the forward-mode
+def _unit_tangent(model, direction, norm):
+    """d/‖d‖ per trainable variable, in the variable's dtype (a unit tangent keeps the forward-mode
     values in range in float16 however large m, and so ‖S‖, is)."""
-    return [tf.cast(total / norm, v.dtype)
-            for total, v in zip(accumulator.grad_sums, model.trainable_variables)]
+    return [tf.cast(d / norm, v.dtype) for d, v in zip(direction, model.trainable_variables)]
 
 
 def _tolerance(model):
@@ -131,9 +157,9 @@ def _tolerance(model):
     return max(_TOLERANCE.get(tf.as_dtype(d), 5e-2) for d in dtypes)
 
 
-def _sums_to_sq_norm(model, dots, sq_norm_of_sum):
-    """Σ_i g_i·S = ‖S‖², to the dtype's tolerance relative to Σ_i |g_i·S|."""
-    return abs(np.sum(dots) - sq_norm_of_sum) <= _tolerance(model) * np.sum(np.abs(dots))
+def _sums_to(model, dots, sum_of_dots):
+    """Σ_i g_i·d = ⟨S, d⟩, to the dtype's tolerance relative to Σ_i |g_i·d|."""
+    return abs(np.sum(dots) - sum_of_dots) <= _tolerance(model) * np.sum(np.abs(dots))
 
 
 def _check_same_examples(model, first_losses, second_losses):

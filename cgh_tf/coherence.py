@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optiona
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import input_checks, per_example, precision, streaming
+from cgh_tf import input_checks, per_example, precision, regularization, streaming
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
 from cgh_tf.api_types import Array, Inputs, LossSpec, Nest
 
@@ -165,6 +165,19 @@ class StreamingCoherence:
         self._sq_norm_sums.assign(added(self._sq_norm_sums, tf.reduce_sum(sq_norms, axis=0)))
         self._count.assign(added(self._count, tf.cast(tf.shape(sq_norms)[0], tf.int64)))
 
+    def translate(self, shift: Sequence[Array | None]) -> None:
+        """Adds the same vector r to every gradient added so far, g_i → g_i + r (e.g. a weight
+        regulariser's gradient, `cgh_tf.regularization`): per variable S_v → S_v + m·r_v and
+        Q_v → Q_v + 2⟨S_v, r_v⟩ + m‖r_v‖². shift: one array per variable (None = zero)."""
+        if len(shift) != len(self._sums):
+            raise ValueError(f"shift has {len(shift)} entries for {len(self._sums)} variables.")
+        sums, sum_of_sq_norms = regularization.translated(
+            [tf.convert_to_tensor(s) for s in self._sums], tf.convert_to_tensor(self._sq_norm_sums),
+            self._count, shift)
+        for total, value in zip(self._sums, sums):
+            total.assign(value)
+        self._sq_norm_sums.assign(sum_of_sq_norms)
+
     @property
     def grad_sums(self) -> list:
         """The running S_v per variable (float64 `tf.Variable`s, read-only by convention)."""
@@ -211,7 +224,8 @@ class StreamingCoherence:
 def measure(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSpec = None,
             batch_size: int | None = None, per_layer: bool = False, training: bool = False,
             sample_weight: Array | None = None,
-            coherence_dtype: str | tf.DType | None = None) -> CoherenceStats:
+            coherence_dtype: str | tf.DType | None = None,
+            include_regularization: bool = False) -> CoherenceStats:
     """α, α⊥ and m-coherence of the per-example gradients of `model` on a sample.
 
     x, y: arrays with m examples (streamed in batches of `batch_size`, default 256; y a dict /
@@ -224,7 +238,10 @@ def measure(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSpec
     (`cgh_tf.loss_decomposition`: masks carried by the model's output, weights, reductions), so
     the batches' losses are those `model.evaluate(x, y, batch_size, sample_weight=...)` averages.
     With weights w_i, g_i = w_i ∇(unweighted loss of i) and m-coherence = ‖Σ w_i g_i‖² /
-    Σ w_i² ‖g_i‖² (unweighted g_i on the right). Regularisation losses are not part of ℓ_i.
+    Σ w_i² ‖g_i‖² (unweighted g_i on the right). Regularisation losses are not part of ℓ_i unless
+    include_regularization=True: then each example's objective is ℓ_i + R, R the weight
+    regularisers' penalty (mean_i of it is the loss Keras minimises), g_i → g_i + ∇R
+    (`cgh_tf.regularization`; no extra pass); activity regularisers and `add_loss` are refused.
     Memory is O(parameters + batch) whatever m is (plus one block of stacked input batches, see
     `cgh_tf.streaming`). The batch computation is compiled once per model, loss and mode and
     reused by later calls; array inputs run as blocks of full batches, each block one compiled
@@ -233,8 +250,12 @@ def measure(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSpec
       policy, compute the statistics in float32 (`cgh_tf.precision`; without it a one-time
       warning names the expected error).
     """
-    return streamed_sums(model, x, y, loss, batch_size, training, sample_weight,
-                         coherence_dtype).stats(per_layer)
+    sums = streamed_sums(model, x, y, loss, batch_size, training, sample_weight, coherence_dtype,
+                         include_regularization)
+    if not include_regularization:
+        return sums.stats(per_layer)
+    sums.accumulator.translate(regularization.gradient(model))
+    return sums.accumulator.result(per_layer=per_layer)
 
 
 class SampleSums(NamedTuple):
@@ -274,10 +295,20 @@ def checked_blocks(model: keras.Model, x: Inputs, y: Nest | None, loss: LossSpec
 
 def streamed_sums(model: keras.Model, x: Inputs, y: Nest | None, loss: LossSpec,
                   batch_size: int | None, training: bool, sample_weight: Array | None = None,
-                  coherence_dtype: str | tf.DType | None = None) -> SampleSums:
-    """S, Q and every example's ‖g_i‖² and loss, streamed through the engine (`measure`)."""
+                  coherence_dtype: str | tf.DType | None = None,
+                  include_regularization: bool = False) -> SampleSums:
+    """S, Q and every example's ‖g_i‖² and loss, streamed through the engine (`measure`).
+
+    The sums are always those of g_i = ∇ℓ_i; include_regularization=True only checks, before the
+    first pass, that the model's added losses are weight regularisers (the caller adds r = ∇R:
+    `cgh_tf.regularization`)."""
     precision.check_coherence_dtype(coherence_dtype)
+    if not isinstance(include_regularization, (bool, np.bool_)):
+        raise ValueError(f"include_regularization must be True or False; got {include_regularization!r}.")
     first, blocks = checked_blocks(model, x, y, loss, batch_size, sample_weight)
+    if include_regularization:
+        regularization.check_weight_regularizers_only(
+            model, tf.nest.map_structure(lambda t: t[:1], first_batch(first)))
     precision.check_float32_possible(model, coherence_dtype)
     precision.warn_if_16_bit(model, coherence_dtype)
     sums = compiled_for(model, "measure", loss, training, _BatchSums, coherence_dtype=coherence_dtype)
@@ -320,7 +351,8 @@ class _BatchSums:
         return add(block.x, block.y, block.w, tf.constant(first))
 
 
-def _flat_dot(a, b):
+def flat_dot(a: Sequence[Array | None], b: Sequence[Array | None]) -> float:
+    """Σ_v ⟨a_v, b_v⟩ of two lists of per-variable arrays or tensors, in float64."""
     return sum(float(tf.reduce_sum(tf.cast(u, tf.float64) * tf.cast(v, tf.float64))) for u, v in zip(a, b))
 
 
@@ -394,10 +426,10 @@ def loss_reduction_fractions(model: keras.Model, x: Inputs, y: Nest,
         sum_p = [s + g.numpy() for s, g in zip(sum_p, g_p)]
         sum_c = [s + g.numpy() for s, g in zip(sum_c, g_c)]
     g = [p + c for p, c in zip(sum_p, sum_c)]
-    g_sq = _flat_dot(g, g)
+    g_sq = flat_dot(g, g)
     if g_sq == 0:
         return math.nan, math.nan
-    f_p = _flat_dot(g, sum_p) / g_sq
+    f_p = flat_dot(g, sum_p) / g_sq
     return f_p, 1.0 - f_p
 
 

@@ -22,7 +22,8 @@ in inference mode, b_i is example i's output gradient and the rule's norms are e
 Valid in inference mode (`training=False`, the default), where examples do not interact; with
 `training=True` and layers that mix examples (BatchNormalization in training mode) the "per-example"
 gradients are those of ℓ_i *within the batch*. Regularisation losses (`model.losses`) are not part
-of ℓ_i and are not included.
+of ℓ_i and are not included (`coherence.measure(..., include_regularization=True)` offers ℓ_i + R:
+`cgh_tf.regularization`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, NamedTuple, Seq
 import tensorflow as tf
 
 from cgh_tf import exact_fallback, keras_internals, layer_rules, loss_decomposition
+from cgh_tf.layer_rules import base
 from cgh_tf.layer_rules.base import by_examples, concat_positions, shared_input_grams, sum_sq
 from cgh_tf.api_types import Array, LossSpec, Nest
 
@@ -418,6 +420,7 @@ def _rule_statistics(model, p, layers_and_rules, grad_sum_of, dtype):
         for call in p.records[id(layer)]:
             for var_id in call.weights:
                 readers.setdefault(var_id, set()).add(id(layer))
+    base.note_input_readers([c for layer, _ in layers_and_rules for c in p.records[id(layer)]])
     m = p.losses.shape[0]
     sq_norm_of, paths = {}, None
     outputs = iter(p.output_grads)

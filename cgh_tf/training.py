@@ -14,6 +14,7 @@ step does in `compile`:
 | `coherence_every=N`                     | every N steps: m-coherence and alpha of the training  | N = 1: the aggregator's   |
 |                                         | batch as metrics `m_coherence`, `alpha`               | own pass (shared)         |
 | `coherence_per_layer=True`              | also `m_coherence/<layer>` for every layer with weights | same pass               |
+| `coherence_include_regularization=True` | the metrics of g_i + ∇R (weight regularisers' R)      | no extra pass             |
 | anything else                           | the plain Keras step (RM3 / RA3 / any optimizer)      | 1                         |
 
 One path (docs/design.md §5): batch → gradient source (`cgh_tf.gradient_sources`) → aggregator →
@@ -69,7 +70,7 @@ import numpy as np
 import tensorflow as tf
 
 from cgh_tf import (aggregators, gradient_sources, keras_internals, mode_dependence, optimizers,
-                    per_example, precision, robust)
+                    per_example, precision, regularization, robust)
 
 
 _STEPS_KEY = "cgh_steps_trained"  # the entry of `steps_trained` in Keras' variable store
@@ -84,6 +85,7 @@ class TrainOptions:
     coherence_training: bool = False
     aggregator: aggregators.Aggregator = dataclasses.field(default_factory=aggregators.Mean)
     coherence_dtype: Optional[str] = None
+    coherence_include_regularization: bool = False
 
     def __post_init__(self):
         every = self.coherence_every
@@ -91,7 +93,11 @@ class TrainOptions:
             raise ValueError(f"coherence_every must be an int >= 0 (0 = off), got {every!r}.")
         object.__setattr__(self, "coherence_every", int(every))
         precision.check_coherence_dtype(self.coherence_dtype)
-        for name in ("coherence_per_layer", "coherence_training", "coherence_dtype"):
+        if not isinstance(self.coherence_include_regularization, bool):
+            raise ValueError("coherence_include_regularization must be True or False; got "
+                             f"{self.coherence_include_regularization!r}.")
+        for name in ("coherence_per_layer", "coherence_training", "coherence_dtype",
+                     "coherence_include_regularization"):
             if getattr(self, name) and not self.coherence_every:
                 raise ValueError(f"{name}={getattr(self, name)!r} has no effect without "
                                  "coherence_every >= 1; set coherence_every (e.g. 1) or remove it.")
@@ -101,6 +107,7 @@ class TrainOptions:
                 "coherence_per_layer": self.coherence_per_layer,
                 "coherence_training": self.coherence_training,
                 "coherence_dtype": self.coherence_dtype,
+                "coherence_include_regularization": self.coherence_include_regularization,
                 "aggregation": keras.saving.serialize_keras_object(self.aggregator)}
 
 
@@ -242,7 +249,7 @@ class Model(keras.Model):
                 coherence_training: bool = False,
                 aggregation: str | aggregators.Aggregator | dict = "mean",
                 winsorize_pct: float | None = None, coherence_dtype: str | tf.DType | None = None,
-                **kwargs: Any) -> None:
+                coherence_include_regularization: bool = False, **kwargs: Any) -> None:
         """`keras.Model.compile` plus the options of the module table.
 
         Args:
@@ -259,13 +266,18 @@ class Model(keras.Model):
           coherence_dtype: None (the layers' compute dtype) or "float32": under a 16-bit mixed
             policy, compute the coherence metrics in float32 (a separate pass; `cgh_tf.precision`;
             without it a one-time warning names the expected error). Needs coherence_every.
+          coherence_include_regularization: the metrics of g_i + ∇R, each example's objective
+            ℓ_i + R with R the weight regularisers' penalty (as `coherence.measure(...,
+            include_regularization=True)`; `cgh_tf.regularization`). Activity regularisers and
+            `add_loss` penalties are refused when `fit` starts. Needs coherence_every.
         """
         aggregator = aggregators.get(aggregation, winsorize_pct)
         optimizer, aggregator = _in_batch_m3(optimizer, aggregator)
         self._cgh_options = TrainOptions(
             coherence_every=coherence_every, coherence_per_layer=coherence_per_layer,
             coherence_training=coherence_training, aggregator=aggregator,
-            coherence_dtype=coherence_dtype)
+            coherence_dtype=coherence_dtype,
+            coherence_include_regularization=coherence_include_regularization)
         super().compile(optimizer, *args, **kwargs)
         self._cgh_state = _TrainState(self.distribute_strategy)
         if getattr(self, "_cgh_restored_step", None) is not None:  # loaded before compile
@@ -331,6 +343,11 @@ class Model(keras.Model):
                                 bound.arguments["validation_split"] or 0.0)
         if not self.built and x is not None:
             self._build_on_first_example(x)
+        if getattr(self, "compiled", False) and self._cgh_options.coherence_include_regularization:
+            first = _first_input(x)
+            if first is not None:
+                regularization.check_weight_regularizers_only(
+                    self, first, option="coherence_include_regularization")
         return super().fit(*args, **kwargs)
 
     def _check_batches(self, x, batch_size, validation_split):
@@ -356,14 +373,9 @@ class Model(keras.Model):
         The per-layer coherence metrics are created before the train step is traced, from the
         layers that own variables, so they need the built model.
         """
-        if isinstance(x, tf.data.Dataset):
-            first = next(iter(x))
-            x = first[0] if isinstance(first, (tuple, list)) else first
-        elif isinstance(x, (dict, list, tuple)) or hasattr(x, "shape"):
-            x = tf.nest.map_structure(lambda t: t[:1], x)
-        else:
-            return  # a generator or PyDataset: Keras builds it while tracing
-        self(x, training=False)
+        first = _first_input(x)
+        if first is not None:  # None: a generator or PyDataset, Keras builds it while tracing
+            self(first, training=False)
 
     def get_compile_config(self) -> dict | None:
         config = super().get_compile_config()
@@ -404,13 +416,15 @@ class Model(keras.Model):
         if aggregator.l2:
             grads = gradient_sources.add(
                 grads, [tf.cast(aggregator.l2 * scale, v.dtype) * v for v in variables])
+        shift = None if source.sums is None else self._regularizer_shift(scale)  # before the update
         if source.replica_reduced:  # every replica holds the update; Keras' optimizer sums them
             replicas = self.distribute_strategy.num_replicas_in_sync
             grads = [None if g is None else g / replicas for g in grads]
         self.optimizer.apply(_after_all(grads), variables)
         if source.sums is not None:
             grad_sum, sq_norms, m = source.sums
-            self._record_coherence(grad_sum, sq_norms, m, self._is_measurement(grad_sum, sq_norms))
+            self._record_coherence(grad_sum, sq_norms, m, self._is_measurement(grad_sum, sq_norms),
+                                   shift)
         self._update_loss(source.loss, x)
         if not source.regularized:  # the source did not call compute_loss
             self._update_output_losses(y, source.y_pred, sample_weight)
@@ -483,10 +497,17 @@ class Model(keras.Model):
             self, x, y, sample_weight, self._cgh_options.coherence_training,
             True if every_step else measure, self._cgh_options.coherence_dtype)
         m = tf.cast(tf.shape(sq_norms)[0], tf.float32)
-        self._record_coherence(grad_sum, sq_norms, m, measure)
+        self._record_coherence(grad_sum, sq_norms, m, measure, self._regularizer_shift(1.0))
         return sq_norms
 
-    def _record_coherence(self, grad_sum, sq_norms, m, measured):
+    def _regularizer_shift(self, scale):
+        """With coherence_include_regularization, r = scale · ∇R per variable (float64; the loss
+        scale the pass's g_i carry), at the current weights; else None."""
+        if not self._cgh_options.coherence_include_regularization:
+            return None
+        return [r * tf.cast(scale, tf.float64) for r in regularization.gradient(self)]
+
+    def _record_coherence(self, grad_sum, sq_norms, m, measured, shift=None):
         """Adds the batch's coherence to the running means, from S, per-example squared norms, m.
 
         Args:
@@ -494,9 +515,11 @@ class Model(keras.Model):
           sq_norms: [m, variables] float32, ‖g_i restricted to v‖².
           m: number of examples (float32 scalar).
           measured: bool scalar; the running means only count measured steps.
+          shift: None, or r per variable (`_regularizer_shift`, taken at the weights of the pass).
 
         Under tf.distribute S, Q and m are summed over replicas first, so the values equal the
-        one-device values on the same global batch.
+        one-device values on the same global batch; with a `shift` every g_i is then translated
+        by the same r (`regularization.translated`).
         """
         grad_sum = [tf.cast(g, tf.float32) for g in grad_sum]
         sum_of_sq_norms = tf.reduce_sum(tf.cast(sq_norms, tf.float32), axis=0)  # [variables]
@@ -504,6 +527,9 @@ class Model(keras.Model):
             context = tf.distribute.get_replica_context()
             grad_sum, sum_of_sq_norms, m = context.all_reduce(
                 tf.distribute.ReduceOp.SUM, [grad_sum, sum_of_sq_norms, m])
+        if shift is not None:
+            grad_sum, sum_of_sq_norms = regularization.translated(grad_sum, sum_of_sq_norms, m,
+                                                                  shift)
         sq_norm_of_sum = tf.stack([tf.reduce_sum(tf.square(g)) for g in grad_sum])
         r, alpha = _coherence_from_sums(tf.reduce_sum(sq_norm_of_sum),
                                         tf.reduce_sum(sum_of_sq_norms), m)
@@ -529,6 +555,17 @@ class Model(keras.Model):
         if not self._cgh_options.coherence_every:
             return {}
         return self._cgh_state.results()
+
+
+def _first_input(x):
+    """The model input of the first example of `x` (arrays or nests of them), or the first batch
+    of a tf.data.Dataset of (x, y) batches; None for a generator or PyDataset."""
+    if isinstance(x, tf.data.Dataset):
+        first = next(iter(x))
+        return first[0] if isinstance(first, (tuple, list)) else first
+    if isinstance(x, (dict, list, tuple)) or hasattr(x, "shape"):
+        return tf.nest.map_structure(lambda t: t[:1], x)
+    return None
 
 
 def _after(tensor, structure):

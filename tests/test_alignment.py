@@ -77,7 +77,7 @@ def test_exact_path_equals_forward_mode():
     model, g = softmax_regression(x, y, classes=3)
     first = coherence.streamed_sums(model, x, y, None, 4, False)
     norm = np.sqrt(first.stats().sq_norm_of_sum)
-    tangent = alignment_module._unit_tangent(model, first.accumulator, norm)
+    tangent = alignment_module._unit_tangent(model, first.accumulator.grad_sums, norm)
     dots, losses = alignment_module._exact_dots(alignment_module._Sample(model, x, y, None, 4, False, None), tangent)
     np.testing.assert_allclose(dots * norm, (g @ g.T).sum(axis=1), rtol=1e-10)
     np.testing.assert_allclose(losses, first.losses, rtol=1e-12)

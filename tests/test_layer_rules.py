@@ -179,7 +179,24 @@ def test_self_attention_projections_share_their_input_gram(monkeypatch):
     monkeypatch.setattr(base, "gram_sq_norm_given", lambda g, b: uses.append(b) or given(g, b))
     model = encoder(seq=3, width=16)  # T (i + o) = 3 · 32 ≤ i · o = 256: the Gram form
     check(model, rng.integers(1, 11, size=(5, 3)), rng.integers(0, 3, size=5), SCCE)
-    assert (len(grams), len(uses)) == (2, 4)
+    assert (len(grams), len(uses)) == (3, 4)  # and the Embedding's output gradients' Gram
+
+
+def test_grouped_query_projections_use_the_paid_input_gram(monkeypatch):
+    """Grouped-query attention, T = 6, width 16, 4 query / 2 key-value heads of 4: alone, the
+    narrower key and value projections would materialise (T(i + o) = 144 > i·o = 128); their
+    input's Gram shared by the three projections (T(i/3 + o) = 80 ≤ 128), they use it, in
+    whatever order the layers' statistics come (Keras lists the output projection first)."""
+    assert not base.prefer_gram(6, 16, 8) and base.prefer_gram(6, 16, 8, sharers=3)
+    grams, uses, materialised = [], [], []
+    gram, given, full = base.gram, base.gram_sq_norm_given, base._materialised_sq_norm
+    monkeypatch.setattr(base, "gram", lambda a: grams.append(a) or gram(a))
+    monkeypatch.setattr(base, "gram_sq_norm_given", lambda g, b: uses.append(b) or given(g, b))
+    monkeypatch.setattr(base, "_materialised_sq_norm", lambda a, b: materialised.append(b) or full(a, b))
+    model = encoder(seq=6, width=16, heads=4, gqa=True)
+    check(model, rng.integers(1, 11, size=(5, 6)), rng.integers(0, 3, size=5), SCCE)
+    assert (len(grams), len(uses), materialised) == (3, 4, [])  # + the Embedding's Gram
+    assert sorted(b.shape[-1] for b in uses) == [8, 8, 16, 16]
 
 
 def test_shared_input_grams_stay_in_their_graph():

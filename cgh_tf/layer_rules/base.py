@@ -24,6 +24,7 @@ Shapes: m examples; "positions" T are every axis between the example axis and th
 
 import contextlib
 import dataclasses
+import math
 import threading
 from typing import Dict, List, NamedTuple, Optional
 
@@ -151,12 +152,13 @@ def gram_sq_norm(a, b):
     return tf.reduce_sum(tf.matmul(a, a, transpose_b=True) * tf.matmul(b, b, transpose_b=True), [1, 2])
 
 
-def prefer_gram(positions, fan_in, fan_out):
-    """True if the Gram form, T²(i+o) multiply-adds, is cheaper than materialising Σ_t a_t ⊗ b_t,
-    T·i·o (unknown T: Gram, which needs no static shape)."""
+def prefer_gram(positions, fan_in, fan_out, sharers=1):
+    """True if the Gram form, T²(i/n + o) multiply-adds (a aᵀ shared by n problems of one input),
+    is cheaper than materialising Σ_t a_t ⊗ b_t, T·i·o (unknown T: Gram, which needs no static
+    shape; n = inf when a aᵀ is already computed)."""
     if positions is None:
         return True
-    return positions * (fan_in + fan_out) <= fan_in * fan_out
+    return positions * (fan_in / sharers + fan_out) <= fan_in * fan_out
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
@@ -171,7 +173,8 @@ def gram_sq_norm_given(a_gram, b):
     return tf.reduce_sum(a_gram * tf.matmul(b, b, transpose_b=True), [1, 2])
 
 
-_SHARED_GRAMS = threading.local()  # .cache: {key: (input, graph, Gram)} in `shared_input_grams`
+_SHARED_GRAMS = threading.local()  # in `shared_input_grams`: .cache {key: (input, graph, Gram)},
+#                                    .readers {id(input tensor): layer calls reading it}
 
 
 @contextlib.contextmanager
@@ -180,33 +183,62 @@ def shared_input_grams():
     key and reuses them: the query, key and value projections of self-attention read one input
     (the engine opens one block around its statistics). Per thread: strategies trace replicas in
     threads."""
-    previous = getattr(_SHARED_GRAMS, "cache", None)
-    _SHARED_GRAMS.cache = {}
+    previous = getattr(_SHARED_GRAMS, "cache", None), getattr(_SHARED_GRAMS, "readers", None)
+    _SHARED_GRAMS.cache, _SHARED_GRAMS.readers = {}, {}
     try:
         yield
     finally:
-        _SHARED_GRAMS.cache = previous
+        _SHARED_GRAMS.cache, _SHARED_GRAMS.readers = previous
+
+
+def note_input_readers(calls):
+    """Inside `shared_input_grams`: counts the layer calls reading each input tensor (the
+    `inputs` a call kept), so that the Gram form's cost is shared among them whatever order the
+    layers' statistics come in (`prefer_gram`'s n)."""
+    readers = getattr(_SHARED_GRAMS, "readers", None)
+    if readers is None:
+        return
+    for call in calls:
+        if "inputs" in call.kept:
+            readers[id(call.kept["inputs"])] = readers.get(id(call.kept["inputs"]), 0) + 1
 
 
 def outer_sum_sq_norm(a, b, key=None):
     """‖Σ_t a_t ⊗ b_t‖² per example, by the cheaper exact form: a [m,T,i], b [m,T,o] -> [m].
 
     key: (input tensor, hashable) naming how a was made from a layer input (equal keys, equal a),
-    so that inside `shared_input_grams` the Gram form computes a aᵀ once per key; None: unshared."""
+    so that inside `shared_input_grams` the Gram form computes a aᵀ once per key; None: unshared.
+    The Gram form's a aᵀ is costed as shared by every layer call reading the same input
+    (`note_input_readers`), and as free once computed: the narrower key / value projections of
+    grouped-query attention, which alone would materialise, use their query's."""
     fan_in, fan_out = a.shape[-1], b.shape[-1]
     positions = a.shape[1]
     if positions == 1:
         return sum_sq(a) * sum_sq(b)
-    if not prefer_gram(positions, fan_in, fan_out):
-        return sum_sq(tf.einsum("mti,mto->mio", a, b))
     cache = getattr(_SHARED_GRAMS, "cache", None)
     if key is None or cache is None:
+        if not prefer_gram(positions, fan_in, fan_out):
+            return _materialised_sq_norm(a, b)
         return gram_sq_norm(a, b)
-    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
-    name = (id(key[0]), key[1], id(graph))  # a tensor of one graph cannot be used in another
+    name, graph = _gram_name(key)
+    sharers = math.inf if name in cache else max(1, _SHARED_GRAMS.readers.get(id(key[0]), 1))
+    if not prefer_gram(positions, fan_in, fan_out, sharers):
+        return _materialised_sq_norm(a, b)
     if name not in cache:
         cache[name] = (key[0], graph, gram(a))  # both held: their ids are not reused in the block
     return gram_sq_norm_given(cache[name][2], b)
+
+
+def _gram_name(key):
+    """(cache name, graph) of a `key` in the current graph (a tensor of one graph cannot be used
+    in another): the name is (id of the input tensor, how a was made from it, id of the graph)."""
+    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+    return (id(key[0]), key[1], id(graph)), graph
+
+
+def _materialised_sq_norm(a, b):
+    """‖Σ_t a_t ⊗ b_t‖² per example by materialising the sums: a [m,T,i], b [m,T,o] -> [m]."""
+    return sum_sq(tf.einsum("mti,mto->mio", a, b))
 
 
 def activation(layer, z):

@@ -33,5 +33,5 @@ class EmbeddingRule(base.LayerRule):
         b = base.full_precision(base.concat_positions([base.by_examples(c.output_grads[0], dim)
                                                        for c in calls]))
         same_id = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), b.dtype)
-        gram = tf.matmul(b, b, transpose_b=True)
+        gram = base.gram(b)  # XLA (see `base.gram_sq_norm`)
         return {id(layer.embeddings): base.Statistic(tf.reduce_sum(same_id * gram, axis=[1, 2]))}
