@@ -64,9 +64,28 @@ def test_dry_run_plans_every_arm_and_trains_nothing(name, tmp_path, no_training,
     if catalog.declared(name).loop == "fit":  # trainer configs: timed (here: faked), per shape
         assert lines[-1].startswith("estimated time: ") and "timed in memory" in lines[-1]
         assert 0 < len(fake_timer) < len(plan["arms"])
+    elif os.path.exists(dry_run.published_path(name)):  # the published run's training seconds
+        assert lines[-1].startswith("estimated time: ") and "published run" in lines[-1]
+        assert fake_timer == []
     else:
         assert lines[-1].startswith("estimated time: unknown (no earlier timings.json")
         assert fake_timer == []
+
+
+def test_published_seconds_are_split_over_the_groups_seeds_and_used_only_unchanged(tmp_path):
+    arms, _ = catalog.plan("double_descent", seeds=2)
+    groups = list(dict.fromkeys(arm.group for arm in arms))
+    published = tmp_path / "results.json"
+    published.write_text(json.dumps({"training_seconds": {groups[0]: 90.0},
+                                     "groups": {groups[0]: {"seeds": [0, 1, 2]}}}))
+    first = [arm for arm in arms if arm.group == groups[0]]
+    found = dry_run.estimate(first, None, published=str(published))
+    assert found.seconds == 2 * 30.0 and "published run" in found.source
+    assert dry_run.estimate(arms, None, published=str(published)).seconds is None  # a group lacks it
+    lines = []
+    reproduce.reproduce("double_descent", str(tmp_path / "w"), seeds=1, set_items=["epochs=2"],
+                        dry_run=True, echo=lines.append)
+    assert "published run" not in lines[-1]   # --set: the published setting's cost does not apply
 
 
 @pytest.mark.parametrize("name", ["double_descent", "grokking", "memorisation"])

@@ -4,10 +4,10 @@
 |-----------------------------------|--------------------------------------------------------------|
 | `grid(configs)`                   | `{field: distinct values}` of the config fields that differ across runs (seed apart) |
 | `describe(arms)`                  | lines: arms, groups × seeds, the grid, the groups            |
-| `estimate(arms, workdir)`         | `Estimate`: seconds (None: unknown) and the line saying where they come from |
+| `estimate(arms, workdir, ...)`    | `Estimate`: seconds (None: unknown) and the line saying where they come from |
 | `time_updates(config)`            | seconds of a warm-up, a training step and an evaluation batch, timed in memory |
 | `measured_seconds(config, ...)`   | seconds of one trainer run, from updates timed in memory     |
-| `lines(arms, workdir)`            | `describe` + the estimate line: what both dry runs print     |
+| `lines(arms, workdir, published)` | `describe` + the estimate line: what both dry runs print     |
 
 Sources of the estimate, per arm, in this order:
 
@@ -20,7 +20,11 @@ Sources of the estimate, per arm, in this order:
    (`factories.dataset_sizes`).
    Once per distinct model / optimizer / batch shape (`COST_FIELDS`). Not counted: checkpoints,
    the coherence monitor, learning times, a multi-device strategy (timed on one device).
-3. Otherwise none: a declared experiment's own loop is not timed without running it; the line
+3. **Published** (a declared experiment's own loop): the `training_seconds` per group of the experiment's published run
+   (`results/<name>/results.json` of a clone, `published_path`), per seed; used only when the plan
+   is the published one's setting (default scale, no `--set`), since other settings cost
+   differently. The line says the published run's machine and load may differ from this one.
+4. Otherwise none: a declared experiment's own loop is not timed without running it; the line
    says so.
 
 Nothing is written and nothing is trained: the timed steps update a throw-away model in memory.
@@ -116,6 +120,29 @@ def _earlier_seconds(arms, workdir) -> dict:
             found[arm.path] = float(entry["seconds"])
         elif _is_seconds(recorded.get(arm.group)):
             found[arm.path] = float(recorded[arm.group]) / seeds_of[arm.group]
+    return found
+
+
+def published_path(name: str) -> str:
+    """`results/<name>/results.json` of this clone (absent from an installed wheel)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
+                        name, "results.json")
+
+
+def _published_seconds(arms, path) -> dict:
+    """`{arm path: seconds}` from a published results.json: its `training_seconds` of the arm's
+    group (summed over the group's seeds there) divided by the number of those seeds."""
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+        trained, groups = summary["training_seconds"], summary["groups"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    found = {}
+    for arm in arms:
+        seconds, seeds = trained.get(arm.group), groups.get(arm.group, {}).get("seeds")
+        if _is_seconds(seconds) and isinstance(seeds, list) and seeds:
+            found[arm.path] = float(seconds) / len(seeds)
     return found
 
 
@@ -232,13 +259,15 @@ def measured_seconds(config, timing: dict) -> float:
     return seconds
 
 
-def estimate(arms, workdir: str | None, timer=None) -> Estimate:
+def estimate(arms, workdir: str | None, timer=None, published: str | None = None) -> Estimate:
     """The estimated wall-clock seconds of running `arms` into `workdir` (None: no earlier
     timings are looked for), and its source. timer: `time_updates` (None: this module's, looked
-    up when called)."""
+    up when called). published: the results.json of a published run of the same setting (None:
+    not used)."""
     timer = timer or time_updates
     earlier = _earlier_seconds(arms, workdir)
-    timings, seconds, measured = {}, 0.0, 0
+    reference = _published_seconds(arms, published) if published else {}
+    timings, seconds, measured, from_reference = {}, 0.0, 0, 0
     for arm in arms:
         if arm.path in earlier:
             seconds += earlier[arm.path]
@@ -248,6 +277,9 @@ def estimate(arms, workdir: str | None, timer=None) -> Estimate:
                 timings[key] = timer(arm.config)
             seconds += measured_seconds(arm.config, timings[key])
             measured += 1
+        elif arm.path in reference:
+            seconds += reference[arm.path]
+            from_reference += 1
         else:
             return Estimate(None, "estimated time: unknown (no earlier timings.json in the "
                                   "workdir, and this experiment's own loop is not timed without "
@@ -255,6 +287,9 @@ def estimate(arms, workdir: str | None, timer=None) -> Estimate:
     parts = []
     if earlier:
         parts.append(f"{_count(len(earlier), 'arm')} from the timings.json of an earlier run")
+    if from_reference:
+        parts.append(f"{_count(from_reference, 'arm')} from the training seconds of the published "
+                     f"run {os.path.relpath(published)} (its machine and load, not this one's)")
     if measured:
         parts.append(f"{_count(measured, 'arm')} from training steps timed in memory for each "
                      f"of {_count(len(timings), 'model/optimizer shape')}; "
@@ -273,6 +308,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def lines(arms, workdir: str | None) -> list:
-    """Everything a dry run prints after its first line: `describe`, then the estimate."""
-    return describe(arms) + [estimate(arms, workdir).source]
+def lines(arms, workdir: str | None, published: str | None = None) -> list:
+    """Everything a dry run prints after its first line: `describe`, then the estimate
+    (`published`: as `estimate`)."""
+    return describe(arms) + [estimate(arms, workdir, published=published).source]

@@ -30,7 +30,7 @@ import sys
 from absl import app, flags
 
 from . import catalog
-from .dry_run import lines as dry_run_lines
+from .dry_run import lines as dry_run_lines, published_path
 from . import runner
 from . import train
 
@@ -84,7 +84,9 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
     arms, experiment = catalog.plan(name, scale, seeds, overrides)
     if dry_run:
         echo(f"{len(arms)} arms validated; configs in {runner.write_plan(name, arms, workdir)}")
-        for line in dry_run_lines(arms, workdir):
+        published = (published_path(name) if scale == "small" and not overrides
+                     else None)   # the published run's setting: default scale, no --set
+        for line in dry_run_lines(arms, workdir, published):
             echo(line)
         return None
     import tensorflow as tf
