@@ -48,7 +48,7 @@ from trainers.experiment import Column, Experiment
 
 SCALES = ("small", "cifar10", "imagenet")
 SCALE_CONFIGS = {"cifar10": "cifar10_resnet18", "imagenet": "imagenet_resnet50"}
-FEATURE_SUBTREES = ("mode", "coherence", "learning_times", "easy_hard")
+FEATURE_SUBTREES = ("mode", "coherence", "learning_times")
 REDUCERS = {"first": lambda v: v[0], "last": lambda v: v[-1], "max": max, "min": min,
             "mean": lambda v: math.fsum(v) / len(v)}
 
