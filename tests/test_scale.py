@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from cgh_tf import data
-from trainers import runner, scale, scale_trend
+from trainers import memorisation_run, runner, scale, scale_trend
 
 from trainers.config_schema import apply_overrides
 
@@ -148,7 +148,7 @@ def test_trend_matches_a_hand_computed_fit():
 def test_summarize_takes_the_last_values_and_the_best_test_epoch():
     curves = {"epoch": [0, 1, 2], "step": [0, 1, 2], "updates": [0, 5, 10],
               "test_accuracy": [0.1, 0.4, 0.3], "corrupted_accuracy": [0.1, None, 0.6]}
-    s = scale.summarize(curves)
+    s = memorisation_run.summarize(curves)
     assert s["updates"] == 10 and s["corrupted_accuracy"] == 0.6 and s["test_accuracy"] == 0.3
     assert s["best_test_accuracy"] == 0.4 and s["epoch_of_best_test"] == 1
     assert "epoch" not in s and "step" not in s

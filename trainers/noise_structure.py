@@ -6,7 +6,7 @@ size (n = 4,000, 40 % noise) the *structure* of the noise sets how coherent the 
 `uniform` (≈ 16 per pair), `isolated` (each corrupted example its own dummy class: 1 per label,
 the ImageNet regime). Every kind trains `scale`'s six arms (`trainers/scale.py`: SGD, M3 and its
 update-count control SGD ×3, RM3 and its control RA3, winsorized SGD) through the same
-update-level loop (`scale.train_memorisation`), and logs the exact pairwise coherence
+update-level loop (`memorisation_run.train_memorisation`), and logs the exact pairwise coherence
 (r − 1)/(m − 1) of fixed samples of the corrupted and of the pristine examples.
 
 Declared before any run:
@@ -28,6 +28,7 @@ from cgh_tf import statistics
 
 from . import beyond_common as common
 from . import config_schema
+from . import memorisation_run
 from . import scale
 from .experiment import Arm, Column, Experiment
 
@@ -63,11 +64,11 @@ def _train(config, run_dir, echo):
     m, data_seed = int(config.coherence_samples), int(config.data_seed)
 
     def build(config, model, ds):
-        optimizer, per_update, aggregator, _ = scale.build_optimizer(config)
+        optimizer, per_update, aggregator, _ = memorisation_run.build_optimizer(config)
         init = _coherence(model, ds, m, data_seed)
         return optimizer, per_update, aggregator, {f"{k}_init": v for k, v in init.items()}
 
-    return scale.train_memorisation(config, run_dir, echo, build=build,
+    return memorisation_run.train_memorisation(config, run_dir, echo, build=build,
                                     measure=lambda model, ds, epoch: _coherence(model, ds, m,
                                                                                 data_seed))
 

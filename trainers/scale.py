@@ -5,11 +5,8 @@ corrupted labels while M3 fits only the pristine ones; at 4,000 examples M3 most
 memorisation. This experiment grows the training set n at fixed label noise (50 %, uniform) and a
 fixed number of epochs, and measures per n how much of the corrupted labels each arm fits.
 
-One run: an MLP (`depth` × `width` ReLU) on `train_size` examples of `dataset` (MNIST-1D
-generated at that size; mnist5k: its first n ≤ 4,000 digits), SGD (no momentum) in the
-update-level graph loop (`graph_loop.epoch_updates`: M3's update k and SGD ×3's see the same 3B
-examples). Logged per epoch of `log_epochs` over the whole splits: `probes.label_accuracies`
-(memorisation: corrupted vs noisy labels), test accuracy, training loss, updates, examples.
+One run: `memorisation_run.train_memorisation` (an MLP trained by SGD in the update-level graph
+loop; corrupted-example accuracy vs the noisy labels is memorisation).
 Label-pair density (issue 24): the corrupted examples per (true, noisy) label pair at each n
 (`probes.label_pair_density`; uniform noise: ≈ n·p·0.9/90), a column of the table.
 
@@ -27,24 +24,17 @@ suppresses memorisation (corrupted accuracy lower than its matched control's, 95
 `analyses`: suppression against log10 n (`scale_trend`).
 """
 
-import time
-
-import numpy as np
-
 from cgh_tf import statistics
 
 from . import beyond_common as common
 from . import config_schema
-from . import curve_stats
-from . import graph_loop
-from . import models
-from . import probes
+from . import memorisation_run
 from . import scale_trend
 from . import update_rules
 from .experiment import Column, Experiment
 
 MNIST5K_TRAIN = 4000
-OPTIMIZERS = update_rules.batches_per_update("sgd")
+OPTIMIZERS = memorisation_run.OPTIMIZERS
 DATASETS = ("mnist1d", "mnist5k")
 # arm -> (label, changes of the base config; "x3" = 3 × the base batch, "c" = WINSORIZE_PCT)
 ARMS = {
@@ -106,91 +96,9 @@ def check_arm(config):
          f"({config.optimizer}) exceeds train_size={config.train_size}: no update in an epoch")
 
 
-def build_optimizer(config, model=None, ds=None):
-    """(optimizer, batches per update, aggregator or None for the plain mean, calibration {}).
-    (`train_memorisation`'s `build`: the model and the Dataset are for arms that calibrate.)"""
-    del model, ds
-    return (*update_rules.build(config, OPTIMIZERS), {})
-
-
-def load_data(config):
-    """`cgh_tf.data.load` of the config's dataset at `train_size` with its label noise."""
-    from cgh_tf import data
-
-    size = ({"train_size": int(config.train_size)} if config.dataset == "mnist1d"
-            else {"max_train": int(config.train_size)})
-    return data.load(config.dataset, label_noise=float(config.label_noise),
-                     noise_kind=config.noise_kind, seed=int(config.data_seed), **size)
-
-
 def _train(config, run_dir, echo):
     """One run (finished runs and bad configs are handled by `common.resumable`)."""
-    return train_memorisation(config, run_dir, echo)
-
-
-def train_memorisation(config, run_dir, echo, build=build_optimizer, measure=None,
-                       summarize_more=None):
-    """One update-level memorisation run (the module docstring), shared by the experiments that
-    differ only in their arms and extra measurements.
-
-    build(config, model, ds) -> (optimizer, batches per update, aggregator or None, calibration
-    dict: its numbers go to the run's summary), called on the freshly initialised model before
-    any checkpoint is restored (so a resumed run calibrates as the first invocation did);
-    measure(model, ds, epoch) -> dict of extra scalars logged with every row (ds: the
-    `cgh_tf.data.Dataset`); summarize_more(curves) -> dict of extra summary numbers."""
-    import keras
-    import tensorflow as tf
-
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
-    ds = load_data(config)
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
-    corrupted, original_y = ds.train.corrupted, ds.train.original_y.astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
-    n, batch = len(x), int(config.batch_size)
-    model = models.mlp(config, ds.input_shape, ds.num_classes)
-    optimizer, per_update, aggregator, calibration = build(config, model, ds)
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    train = graph_loop.update_trainer(model, optimizer, loss_fn, tf.constant(x), tf.constant(y),
-                                      batch, per_update, aggregator)
-    updates_per_epoch = n // (batch * per_update)
-    predict = graph_loop.predictor(model)
-
-    def log(epoch):
-        pred, losses = predict(x, y)
-        pred_test, _ = predict(x_test, y_test)
-        row = {"epoch": epoch, "step": epoch, "updates": int(optimizer.iterations.numpy()),
-               "examples": epoch * updates_per_epoch * batch * per_update,
-               "train_loss": float(np.mean(losses)),
-               **probes.label_accuracies(pred, y, corrupted, original_y),
-               "test_accuracy": probes.accuracy(pred_test, y_test)}
-        if measure is not None:
-            row.update(measure(model, ds, epoch))
-        if echo and epoch:
-            echo(f"  {run_dir} epoch {epoch}/{config.epochs}: updates {row['updates']} "
-                 f"corrupted acc {row['corrupted_accuracy']:.3f} test {row['test_accuracy']:.3f}")
-        return row
-
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), model, optimizer,
-        lambda perm: train(graph_loop.epoch_updates(perm, batch, per_update)), log,
-        epochs=config.epochs,
-        log_epochs=graph_loop.capped_log_epochs(config.log_epochs, config.epochs),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=n, echo=echo)
-    summary = {**summarize(curves), **probes.label_pair_density(
-        original_y, y, corrupted, ds.num_classes), **calibration,
-        **(summarize_more(curves) if summarize_more else {})}
-    return common.finish(run_dir, config.to_dict(), curves, summary, started,
-                         num_train=n, num_test=len(x_test), num_corrupted=int(corrupted.sum()),
-                         batches_per_update=per_update, updates_per_epoch=updates_per_epoch)
-
-
-def summarize(curves):
-    """Last logged values, plus the best test accuracy over the logged epochs and its epoch."""
-    best = curve_stats.best_at(curves, "test_accuracy")
-    return {**curve_stats.last_values(curves),
-            **dict(zip(("best_test_accuracy", "epoch_of_best_test"), best))}
+    return memorisation_run.train_memorisation(config, run_dir, echo)
 
 
 def arms(scale="small", seeds=3, overrides=None, arm_names=None, sizes=None):

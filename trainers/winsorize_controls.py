@@ -13,7 +13,7 @@ first `calibration_batches` batches of epoch 0, weights held fixed):
 | `matched_lr`  | mean gradient, lr η·ρ, ρ = mean ‖winsorized mean‖ / mean ‖mean‖ over the calibration batches | winsorizing's smaller steps |
 | `step_matched`| mean gradient rescaled at every batch to the norm of that batch's winsorized mean (`aggregators.NormMatchedMean`) | the same, without relying on the calibration staying valid as training goes on |
 
-Every arm trains through `scale.train_memorisation` (one update per batch of 64, the same batches
+Every arm trains through `memorisation_run.train_memorisation` (one update per batch of 64, the same batches
 per seed) and logs, at every epoch, the pristine and corrupted (vs the noisy labels) training
 accuracy: the memorisation frontier.
 
@@ -31,6 +31,7 @@ from cgh_tf import statistics
 
 from . import beyond_common as common
 from . import config_schema
+from . import memorisation_run
 from . import scale
 from .experiment import Arm, Column, Experiment
 
@@ -91,7 +92,7 @@ def calibrate(model, ds, config):
 
 
 def build(config, model, ds):
-    """`scale.train_memorisation`'s build: the arm's SGD and aggregator, calibrated if a control."""
+    """`memorisation_run.train_memorisation`'s build: the arm's SGD and aggregator, calibrated if a control."""
     from cgh_tf import aggregators, optimizers
 
     rate, aggregator = float(config.learning_rate), None
@@ -123,7 +124,7 @@ def frontier_point(curves, level):
 
 
 def _train(config, run_dir, echo):
-    return scale.train_memorisation(
+    return memorisation_run.train_memorisation(
         config, run_dir, echo, build=build,
         summarize_more=lambda curves: frontier_point(curves, float(config.frontier_pristine)))
 
