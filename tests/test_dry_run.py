@@ -111,7 +111,10 @@ def test_cli_dry_run_of_scale_trains_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "arms validated" in done.stdout
     assert "  groups: " in done.stdout  # the grid, then the estimate's line with its source
-    assert done.stdout.strip().splitlines()[-1].startswith("estimated time: unknown (no earlier")
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("estimated time: ")
+    assert ("published run" in last if os.path.exists(dry_run.published_path("scale"))
+            else last.startswith("estimated time: unknown (no earlier"))
     assert os.listdir(tmp_path) == [runner.PLAN_FILE]
 
 
