@@ -21,8 +21,10 @@ binary's line per arm) and the results:
 (2) absl or `tensorflow` logger records from TensorFlow's files, e.g. `Sharding callback
 duration` at every checkpoint.
 
-The trainers' own absl INFO lines (arm started, resumed, results written) always show; their
-per-epoch line is DEBUG (`-v 1`), since Keras prints its own. A `TF_CPP_MIN_LOG_LEVEL` already in
+The trainer's own absl INFO lines (resumed, results written) show for a `trainers.train` run;
+its per-epoch line is DEBUG (`-v 1`), since Keras prints its own. An experiment's arms print
+nothing of their own (`trainers/fit_arm.py`: Keras `verbose=0`, absl at WARNING) unless
+`--progress`: the runner prints one line per arm. A `TF_CPP_MIN_LOG_LEVEL` already in
 the environment is kept.
 """
 

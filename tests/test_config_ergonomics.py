@@ -84,6 +84,22 @@ def test_a_workdir_of_the_old_default_c0_is_the_same_run(tmp_path):
         single_run.check_workdir_holds_config(str(tmp_path), config)
 
 
+def test_a_train_run_saved_with_the_removed_easy_hard_fields_is_the_same_run(tmp_path):
+    """Runs saved before the easy_hard trainer mode was removed carry its `easy_hard` fields,
+    which configured only that mode: a finished `make demo` arm stays the same run."""
+    config = default.get_config()
+    old = outputs.json_roundtrip(config.to_dict())
+    old["easy_hard"] = {"probe_epochs": 2, "test_fraction": 0.5, "part": "none",
+                        "learning_times_csv": None}
+    _write_finished(tmp_path, old, config.num_epochs)
+    single_run.check_workdir_holds_config(str(tmp_path), config)  # no error
+
+    old["num_epochs"] = config.num_epochs + 1  # any other difference still refuses
+    _write_finished(tmp_path, old, config.num_epochs)
+    with pytest.raises(config_schema.ConfigError, match=r"fields \['num_epochs'\] differ"):
+        single_run.check_workdir_holds_config(str(tmp_path), config)
+
+
 def test_comparable_keeps_every_other_spelling():
     winsorized = json.loads(json.dumps(winsorize.get_config().to_dict()))
     winsorized["optimizer"]["winsorize_pct"] = 0.0  # winsorize at c = 0 is not the mean

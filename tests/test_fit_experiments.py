@@ -3,12 +3,17 @@ real trainer runs at a tiny size, every table number recomputed here from the ar
 `results.json` with NumPy, the controls and rules as declared, finished arms read not retrained."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from trainers import catalog, fit_arm, memorisation, real_vs_random, runner, train
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"num_epochs": 1, "max_train": 300, "max_test": 100}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -208,3 +213,19 @@ def test_the_config_files_list_the_arms_the_experiments_plan():
         memorisation.SMALL_WINSORIZE_PCTS
     assert tuple(rvr_config.get_config().sweep["values"]) == tuple(
         noise for noise, _ in real_vs_random.ARMS.values())
+
+
+def test_cli_reproduce_of_a_fit_experiment_prints_one_line_per_arm(tmp_path):
+    """Quiet by default (issue 25): the runner's line per arm, then the report; the trainer runs
+    of the arms print neither Keras' epoch lines nor their absl INFO lines."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "trainers.reproduce", "--experiment=real_vs_random",
+         f"--workdir={tmp_path}", "--seeds=1", "--set=num_epochs=2", "--set=max_train=200",
+         "--set=max_test=100", "--set=coherence.monitor_samples=8"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = (done.stdout + done.stderr).splitlines()
+    arm_lines = [line for line in lines if re.match(r"\[\d/2\] (real|random)/seed0: ", line)]
+    assert len(arm_lines) == 2, lines
+    assert not [line for line in lines if re.match(r"Epoch \d|I\d{4} |\d+/\d+ - ", line)], lines

@@ -175,7 +175,11 @@ _FIELD_TYPES = {"optimizer.winsorize_pct": float}  # of the feature fields unset
 def comparable(config_dict: dict) -> dict:
     """A config dict (`config.to_dict()` after a JSON round trip) with the spellings of one run
     made equal: `optimizer.winsorize_pct` 0 and unset (None) under `aggregation="mean"` (the
-    default was 0 before it became unset). For comparing a saved config with a new one."""
+    default was 0 before it became unset), and without the `easy_hard` fields of a `mode="train"`
+    run saved before the easy_hard trainer mode was removed (they configured only that mode). For
+    comparing a saved config with a new one."""
+    if config_dict.get("mode", "train") == "train" and "easy_hard" in config_dict:
+        config_dict = {key: value for key, value in config_dict.items() if key != "easy_hard"}
     optimizer = config_dict.get("optimizer")
     if (not isinstance(optimizer, dict) or optimizer.get("aggregation", "mean") != "mean"
             or optimizer.get("winsorize_pct") != 0):

@@ -158,8 +158,10 @@ def read(result, source):
 
 def _finished(result, config) -> bool:
     """True if `result` is a finished trainer run of exactly `config`."""
-    return (isinstance(result, dict) and result.get("config") == outputs.json_roundtrip(
-        config.to_dict()) and result.get("epochs_completed") == config.num_epochs)
+    return (isinstance(result, dict) and isinstance(result.get("config"), dict)
+            and config_schema.comparable(result["config"]) == config_schema.comparable(
+                outputs.json_roundtrip(config.to_dict()))
+            and result.get("epochs_completed") == config.num_epochs)
 
 
 def arm_result(result, readings, seconds=None) -> dict:
@@ -175,16 +177,25 @@ def arm_result(result, readings, seconds=None) -> dict:
 
 def run_arm(readings):
     """`run(config, run_dir, echo=None)` of a fit experiment: train (or resume) the trainer run of
-    `config` in `run_dir` unless it finished; its arm result (module docstring). `echo` not None:
-    the trainer's progress bars (else Keras' one line per epoch)."""
+    `config` in `run_dir` unless it finished; its arm result (module docstring). `echo` not None
+    (`--progress`): the trainer's progress bars and log lines; None: the run prints nothing (the
+    runner prints the arm's line), warnings and errors apart."""
 
     def run(config, run_dir, echo=None):
         path = os.path.join(run_dir, outputs.RESULTS_FILE)
         result = outputs.read_json(path) if os.path.exists(path) else None
         if not _finished(result, config):
+            from absl import logging
+
             from trainers import train
 
-            train.train_and_evaluate(config, run_dir, progress=echo is not None)
+            shown = logging.get_verbosity()
+            if echo is None:
+                logging.set_verbosity(min(shown, logging.WARNING))  # absl: WARNING < INFO
+            try:
+                train.train_and_evaluate(config, run_dir, progress=True if echo else None)
+            finally:
+                logging.set_verbosity(shown)
             result = outputs.read_json(path)  # the numbers as written, resumed or not
         timings = outputs.read_json(os.path.join(run_dir, outputs.TIMINGS_FILE)) or {}
         return arm_result(result, readings, timings.get("total_seconds"))

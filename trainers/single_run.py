@@ -326,7 +326,13 @@ def _fit(prepared, workdir, history, first_epoch, progress, features=(), step_hi
     model.fit(train, epochs=config.num_epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
               validation_data=(data.test.x, data.test.y),
               validation_batch_size=config.eval_batch_size, callbacks=callbacks,
-              shuffle=False, verbose=1 if progress else 2)
+              shuffle=False, verbose=keras_verbose(progress))
+
+
+def keras_verbose(progress) -> int:
+    """Keras' `verbose` of a run: progress bars (True), one line per epoch (False) or nothing
+    (None: an arm of an experiment, whose runner prints one line per arm)."""
+    return 0 if progress is None else 1 if progress else 2
 
 
 def _fit_distributed(prepared, first_epoch, progress, callbacks):
@@ -342,7 +348,7 @@ def _fit_distributed(prepared, first_epoch, progress, callbacks):
         data.test.x, data.test.y)
     logging.info("distribution=%s: %d replicas, %d workers", config.distribution,
                  distributed_loop.replicas(strategy), distributed_loop.num_workers(strategy))
-    verbose = (1 if progress else 2) if distributed_loop.is_chief(strategy) else 0
+    verbose = keras_verbose(progress) if distributed_loop.is_chief(strategy) else 0
     distributed_loop.fit(
         prepared.model, strategy, train, test, callbacks=callbacks, first_epoch=first_epoch,
         num_epochs=config.num_epochs,
