@@ -30,7 +30,7 @@ from . import beyond_common as common
 from . import config_schema
 from . import memorisation_run
 from . import scale
-from .experiment import Arm, Column, Experiment
+from .experiment import Column, Experiment
 
 SAMPLES = {"corrupted": 1, "pristine": 2}  # fixed sample -> its salt in `common.sample`
 ORDER = ("isolated", "uniform", "pair")    # CGH's predicted order of suppression, largest first
@@ -79,26 +79,18 @@ def arms(scale_name="small", seeds=3, overrides=None):
     from configs import noise_structure as ns_config
 
     overrides = dict(overrides or {})
-    kinds, arm_names = overrides.pop("kinds", ns_config.KINDS), overrides.pop("arms", scale.ARMS)
-    for field in scale.ARM_FIELDS + ("noise_kind",):
-        common.require(field not in overrides, f"{field} is set by each arm and panel; it cannot "
-                       "be overridden with --set")
-    for kind in kinds:
-        common.require(kind in ns_config.KINDS, f"kind {kind!r} is unknown; allowed: "
-                       f"{', '.join(ns_config.KINDS)}")
-    for name in arm_names:
-        common.require(name in scale.ARMS, f"arm {name!r} is unknown; allowed: "
-                       f"{', '.join(scale.ARMS)}")
+    kinds = common.chosen(overrides, "kinds", None, ns_config.KINDS, "kind")
+    arm_names = common.chosen(overrides, "arms", None, scale.ARMS, "arm")
+    common.refuse_overrides(overrides, scale.ARM_FIELDS + ("noise_kind",),
+                            "set by each arm and panel")
     ((_, base),) = common.dataset_bases(ns_config, scale_name, overrides, "noise_structure")
     out = []
     for kind in kinds:
         for arm in arm_names:
             config = scale.arm_config(config_schema.apply_overrides(base, {"noise_kind": kind}),
                                       arm, ns_config.WINSORIZE_PCT)
-            check_config(config)
-            out += [Arm(f"{kind}/{arm}", scale.ARMS[arm][0], kind, seed,
-                        config_schema.apply_overrides(config, {"seed": seed}))
-                    for seed in range(seeds)]
+            out += common.seeded_arms(f"{kind}/{arm}", scale.ARMS[arm][0], kind, config, seeds,
+                                      check_config)
     return out
 
 
