@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from cgh_tf import layer_rules, per_example
-from cgh_tf.layer_rules import base, einsum_dense
+from cgh_tf.layer_rules import base, einsum_dense, materialised
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -173,6 +173,7 @@ def test_transformer_encoder(variant):
 def test_self_attention_projections_share_their_input_gram(monkeypatch):
     """Query, key and value read one input: in the Gram form its Gram matrices are computed once
     (and once for the output projection's input), and the norms stay exact."""
+    monkeypatch.setattr(materialised, "ENABLED", False)  # the Gram form for every layer
     grams, uses = [], []
     gram, given = base.gram, base.gram_sq_norm_given
     monkeypatch.setattr(base, "gram", lambda a: grams.append(a) or gram(a))
@@ -188,14 +189,15 @@ def test_grouped_query_projections_use_the_paid_input_gram(monkeypatch):
     input's Gram shared by the three projections (T(i/3 + o) = 80 ≤ 128), they use it, in
     whatever order the layers' statistics come (Keras lists the output projection first)."""
     assert not base.prefer_gram(6, 16, 8) and base.prefer_gram(6, 16, 8, sharers=3)
-    grams, uses, materialised = [], [], []
+    monkeypatch.setattr(materialised, "ENABLED", False)  # the Gram form for every layer
+    grams, uses, sums = [], [], []
     gram, given, full = base.gram, base.gram_sq_norm_given, base._materialised_sq_norm
     monkeypatch.setattr(base, "gram", lambda a: grams.append(a) or gram(a))
     monkeypatch.setattr(base, "gram_sq_norm_given", lambda g, b: uses.append(b) or given(g, b))
-    monkeypatch.setattr(base, "_materialised_sq_norm", lambda a, b: materialised.append(b) or full(a, b))
+    monkeypatch.setattr(base, "_materialised_sq_norm", lambda a, b: sums.append(b) or full(a, b))
     model = encoder(seq=6, width=16, heads=4, gqa=True)
     check(model, rng.integers(1, 11, size=(5, 6)), rng.integers(0, 3, size=5), SCCE)
-    assert (len(grams), len(uses), materialised) == (3, 4, [])  # + the Embedding's Gram
+    assert (len(grams), len(uses), sums) == (3, 4, [])  # + the Embedding's Gram
     assert sorted(b.shape[-1] for b in uses) == [8, 8, 16, 16]
 
 
