@@ -27,6 +27,7 @@ import tensorflow as tf
 from cgh_tf.layer_rules import base
 
 ENABLED = True  # False: every call keeps the Gram / tape forms (benchmarks, tests of those forms)
+GRAM_SHARE = 0.5  # materialise when the Gram form's multiply-adds are ≥ this × the materialised ones
 ELEMENT_BUDGET = 1 << 25  # materialised per-example gradient elements (128 MB in float32)
 ASSUMED_EXAMPLES = 256
 
@@ -40,7 +41,7 @@ def chosen(positions, fan_in, fan_out, examples, dtype, blocks=1):
         return False
     if (examples or ASSUMED_EXAMPLES) * blocks * fan_in * fan_out > ELEMENT_BUDGET:
         return False
-    return 2 * positions * (fan_in + fan_out) >= fan_in * fan_out
+    return positions * (fan_in + fan_out) >= GRAM_SHARE * fan_in * fan_out
 
 
 def statistic(per_example, tape_skipped):
