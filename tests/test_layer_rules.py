@@ -294,6 +294,18 @@ def test_dense_called_on_one_and_on_several_positions(form, monkeypatch):
     assert taken == ([[False, True]] if form == "materialised" else [])
 
 
+def test_frozen_kernels_over_positions(form):
+    """A Dense and an EinsumDense over positions whose kernels alone are frozen: their biases'
+    norms stay exact and the frozen kernels are neither materialised nor summed."""
+    inputs = keras.Input((5, 4))
+    dense = keras.layers.Dense(6, activation="tanh")
+    einsum = keras.layers.EinsumDense("abc,cd->abd", (5, 3), bias_axes="d")
+    model = keras.Model(inputs, einsum(dense(inputs)))
+    dense.kernel.trainable = einsum.kernel.trainable = False
+    assert len(model.trainable_variables) == 2
+    check(model, rng.normal(size=(4, 5, 4)), rng.normal(size=(4, 5, 3)))
+
+
 def test_mixed_precision_transformer():
     """mixed_float16: the rules square in float32; compared with a float32 copy of the model."""
     keras.config.set_floatx("float32")

@@ -22,8 +22,8 @@ class DenseRule(base.LayerRule):
     @staticmethod
     def call(layer, inputs, ctx, training=None):
         fan_in, fan_out = layer.kernel.shape
-        materialise = materialised.chosen(inputs.shape[1:-1].num_elements(), fan_in, fan_out,
-                                          inputs.shape[0], inputs.dtype)
+        materialise = layer.trainable and layer.kernel.trainable and materialised.chosen(
+            inputs.shape[1:-1].num_elements(), fan_in, fan_out, inputs.shape[0], inputs.dtype)
         z = keras.ops.matmul(inputs, ctx.weight(layer.kernel, tape_sum=not materialise))
         if layer.bias is not None:
             z = keras.ops.add(z, ctx.weight(layer.bias))

@@ -205,8 +205,8 @@ class EinsumDenseRule(base.LayerRule):
     def call(layer, inputs, ctx, training=None):
         positions, fan_in, fan_out, blocks = static_dims(layer_specs(layer), layer.kernel.shape,
                                                          inputs.shape)
-        materialise = materialised.chosen(positions, fan_in, fan_out, inputs.shape[0],
-                                          inputs.dtype, blocks)
+        materialise = trainable(layer, layer.kernel) and materialised.chosen(
+            positions, fan_in, fan_out, inputs.shape[0], inputs.dtype, blocks)
         z = keras.ops.einsum(layer.equation, inputs,
                              ctx.weight(layer.kernel, tape_sum=not materialise))
         if layer.bias is not None:
