@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import cgh_tf  # noqa: E402
-from benchmarks import coherence as coherence_bench, keras_steps  # noqa: E402
+from benchmarks import coherence as coherence_bench, keras_steps, transformer_rules  # noqa: E402
 from cgh_tf import coherence, layer_rules, per_example  # noqa: E402
 from cgh_tf.layer_rules import materialised  # noqa: E402
 
@@ -123,12 +123,6 @@ BREAKDOWN_RULES = (layer_rules.EinsumDenseRule, layer_rules.DenseRule, layer_rul
                    layer_rules.EmbeddingRule)
 
 
-def _zero_statistics(layer, calls):
-    """A rule's statistics replaced by zeros [m] (timing only: what the rule's own work costs)."""
-    m = tf.shape(calls[0].outputs[0])[0]
-    return {var_id: layer_rules.Statistic(tf.zeros([m])) for var_id in calls[0].weights}
-
-
 def breakdown(name, rounds):
     """{variant: (median, min) time / the tape gradient's}: the engine, and the engine without
     each rule's statistics (see the module docstring)."""
@@ -159,7 +153,7 @@ def breakdown(name, rounds):
         patched = BREAKDOWN_RULES if removed is None else (removed,)
         saved = {rule: rule.__dict__["statistics"] for rule in patched}
         for rule in patched:
-            rule.statistics = staticmethod(_zero_statistics)
+            rule.statistics = staticmethod(transformer_rules.zero_statistics)
         try:
             variants[f"engine, no {removed.name if removed else 'rule'} statistics"] = engine()
         finally:
