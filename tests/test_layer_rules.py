@@ -306,6 +306,32 @@ def test_frozen_kernels_over_positions(form):
     check(model, rng.normal(size=(4, 5, 4)), rng.normal(size=(4, 5, 3)))
 
 
+class TiedTranspose(keras.layers.Layer):
+    """h @ dense.kernelᵀ: another layer reading a Dense layer's kernel (tied weights)."""
+
+    def __init__(self, dense, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense
+
+    def call(self, h):
+        return keras.ops.tanh(keras.ops.matmul(h, keras.ops.transpose(self.dense.kernel)))
+
+
+def test_materialised_kernel_also_read_elsewhere(form):
+    """A Dense over positions whose kernel another layer also reads: the layer takes the exact
+    fallback for its norms, and Σ_i g_i adds the rule's (materialised) or the tape's share of
+    the kernel's gradient to the other use's, exactly once."""
+    inputs = keras.Input((5, 4))
+    dense = keras.layers.Dense(6, activation="tanh")
+    model = keras.Model(inputs, TiedTranspose(dense)(dense(inputs)))
+    x, y = rng.normal(size=(4, 5, 4)), rng.normal(size=(4, 5, 4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = per_example.gradients_and_sq_norms(model, tf.constant(x), tf.constant(y), mse)
+    assert any("exact fallback" in str(w.message) for w in caught)
+    assert_matches(result, brute_force(model, x, y, mse))
+
+
 def test_mixed_precision_transformer():
     """mixed_float16: the rules square in float32; compared with a float32 copy of the model."""
     keras.config.set_floatx("float32")
