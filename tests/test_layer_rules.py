@@ -266,6 +266,22 @@ def spy_statistic(monkeypatch):
     return taken
 
 
+def test_no_materialised_kernels_inside_xla(monkeypatch):
+    """Inside a whole-step XLA compile the Gram form is taken (XLA's CPU batched dot makes the
+    materialised form slower), and the norms stay exact."""
+    taken = spy_statistic(monkeypatch)
+    inputs = keras.Input((5, 4))
+    model = keras.Model(inputs, keras.layers.Dense(6)(keras.layers.Dense(8, activation="tanh")(inputs)))
+    x, y = rng.normal(size=(4, 5, 4)), rng.normal(size=(4, 5, 6))
+    traced = tf.function(lambda xb, yb: per_example.gradients_and_sq_norms(model, xb, yb, mse),
+                         jit_compile=True)
+    assert_matches(fast(model, x, y, mse, lambda mod, xb, yb, loss: traced(xb, yb)),
+                   brute_force(model, x, y, mse))
+    assert taken == []
+    check(model, x, y)  # outside XLA: materialised
+    assert taken == [[True], [True]]
+
+
 @pytest.mark.parametrize("seq,width,units", [(1, 4, 6), (2, 5, 3), (7, 6, 4)])
 def test_dense_per_token_with_padding(seq, width, units, form, monkeypatch):
     """Embedding(mask_zero) → Dense(units) → Dense(vocab) logits per token (i ≠ o, T = 1, 2, 7),
