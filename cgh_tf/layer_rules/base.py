@@ -193,8 +193,9 @@ def shared_input_grams():
 
 def note_input_readers(calls):
     """Inside `shared_input_grams`: counts the layer calls reading each input tensor (the
-    `inputs` a call kept, unless it materialises its gradients: `materialised.py`), so that the Gram form's cost is shared among them whatever order the
-    layers' statistics come in (`prefer_gram`'s n)."""
+    `inputs` a call kept, unless it materialises its gradients: `materialised.py`), so that the
+    Gram form's cost is shared among them whatever order the layers' statistics come in
+    (`prefer_gram`'s n)."""
     readers = getattr(_SHARED_GRAMS, "readers", None)
     if readers is None:
         return

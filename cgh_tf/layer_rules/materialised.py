@@ -11,9 +11,11 @@ input, b [T, fan_out] the output gradient). Exact forms of ‖G_i‖²:
 
 So the materialised form costs only what its batched matmul loses against the tape's one large
 matmul, plus two passes over m·fan_in·fan_out values (squares, sum over examples). Measured on a
-2-core x86 CPU at m = T = 64 (benchmarks/RESULTS.md, 2026-12-07 "materialised kernel
-gradients"): 0.4-0.8 of the tape's weight-gradient time, against 0.9-1.6 for the Gram form, for
-fan_in, fan_out in 64-1000. The rule takes it (`chosen`) when the Gram form's multiply-adds are at
+2-core x86 CPU (benchmarks/RESULTS.md, 2026-12-07 "materialised kernel gradients"): per layer at
+m = T = 64 and widths 128-1000 the two forms are within the noise of each other, the materialised
+one ahead on 128 → 128 and 128 → 1000 (`benchmarks/dense_forms.py`); on whole train steps the
+coherence step / plain step drops from 1.30-1.32 to 1.09-1.19 on the grouped-query decoder block
+and the masked LM of `benchmarks/sequence_models.py` (the same rounds). The rule takes it (`chosen`) when the Gram form's multiply-adds are at
 least half the materialised ones, i.e. 2·T·(fan_in + fan_out) ≥ fan_in·fan_out, in float32 /
 float64 only (a 16-bit layer keeps Keras' own weight gradient: the tape's Σ is what Keras
 applies), with T static and > 1 (T = 1: ‖a‖²‖b‖², no matmul), and while m·kernel size stays
@@ -33,7 +35,7 @@ from cgh_tf.layer_rules import base
 ENABLED = True  # False: every call keeps the Gram / tape forms (benchmarks, tests of those forms)
 GRAM_SHARE = 0.5  # materialise when the Gram form's multiply-adds are ≥ this × the materialised ones
 ELEMENT_BUDGET = 1 << 25  # materialised per-example gradient elements (128 MB in float32)
-ASSUMED_EXAMPLES = 256
+ASSUMED_EXAMPLES = 256  # the budget's m when the batch size is unknown
 
 
 def chosen(positions, fan_in, fan_out, examples, dtype, blocks=1):
