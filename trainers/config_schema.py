@@ -292,8 +292,6 @@ def is_int(value, minimum):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
 
-
-
 def _is_number(value):
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value))
