@@ -108,3 +108,20 @@ def stderr_held_back():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def logs_at_least(level=logging.WARNING):
+    """For the block, the `absl` and `tensorflow` loggers pass only records at `level` (a
+    `logging` level) or above, unless they were quieter already; their own levels are restored
+    after (not their effective ones: a caller's later `setLevel` on the root still reaches them).
+    Used where a run must print nothing of its own (an experiment's arms, timed steps)."""
+    loggers = [logging.getLogger("absl"), logging.getLogger("tensorflow")]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), level))
+    try:
+        yield
+    finally:
+        for logger, own in zip(loggers, saved):
+            logger.setLevel(own)
