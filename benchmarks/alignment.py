@@ -73,8 +73,8 @@ def main(argv=None):
           f"Keras {keras.__version__}, mnist5k train[:{args.examples}], batch {args.batch}, "
           f"{args.rounds} paired rounds, load {os.getloadavg()[0]:.1f}")
     print("| model | gradient over the sample s | alignment s | alignment / gradient: median "
-          "[25-75 %] | ratio of min times | g_i·S by |")
-    print("|---|---|---|---|---|---|")
+          "[25-75 %] | ratio of min times | CPU time ratio | g_i·S by |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         r, method = ratio(name, args.examples, args.batch, args.rounds)
         print(f"| {name} | {r.baseline:.3f} | {r.candidate:.3f} | {r.cells()} | {method} |",

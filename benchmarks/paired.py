@@ -15,9 +15,10 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class PairedRatio:
-    """baseline / candidate: median seconds per call; ratio: median of the per-round ratios
-    candidate / baseline, with their 25 % and 75 % quantiles; of_mins: fastest candidate /
-    fastest baseline."""
+    """baseline / candidate: median wall seconds per call; ratio: median of the per-round wall
+    time ratios candidate / baseline, with their 25 % and 75 % quantiles; of_mins: fastest
+    candidate / fastest baseline; cpu_ratio: median of the per-round ratios of process CPU time
+    (all threads; it does not count waiting for a core, so it moves less with the load)."""
 
     baseline: float
     candidate: float
@@ -25,10 +26,12 @@ class PairedRatio:
     low: float
     high: float
     of_mins: float
+    cpu_ratio: float
 
     def cells(self) -> str:
-        """'median [25-75 %] | of mins' for a Markdown table."""
-        return f"{self.ratio:.2f} [{self.low:.2f}-{self.high:.2f}] | {self.of_mins:.2f}"
+        """'median [25-75 %] | of mins | CPU' for a Markdown table."""
+        return (f"{self.ratio:.2f} [{self.low:.2f}-{self.high:.2f}] | {self.of_mins:.2f} | "
+                f"{self.cpu_ratio:.2f}")
 
 
 def paired_ratio(baseline: Callable[[], object], candidate: Callable[[], object], rounds: int,
@@ -39,14 +42,17 @@ def paired_ratio(baseline: Callable[[], object], candidate: Callable[[], object]
         for _ in range(warmup):
             call()
     times = {"baseline": [], "candidate": []}
+    cpu = {"baseline": [], "candidate": []}
     order = (("baseline", baseline), ("candidate", candidate))
     for i in range(rounds):
         for label, call in order if i % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             call()
             times[label].append(time.perf_counter() - start)
+            cpu[label].append(time.process_time() - start_cpu)
     ratios = np.asarray(times["candidate"]) / np.asarray(times["baseline"])
     low, high = np.quantile(ratios, [0.25, 0.75])
+    cpu_ratios = np.asarray(cpu["candidate"]) / np.asarray(cpu["baseline"])
     return PairedRatio(statistics.median(times["baseline"]), statistics.median(times["candidate"]),
                        float(np.median(ratios)), float(low), float(high),
-                       min(times["candidate"]) / min(times["baseline"]))
+                       min(times["candidate"]) / min(times["baseline"]), float(np.median(cpu_ratios)))

@@ -56,8 +56,8 @@ def main(argv=None):
           f"Keras {keras.__version__}, mnist5k train (4,000), batch {args.batch}, "
           f"{args.rounds} paired rounds, load {os.getloadavg()[0]:.1f}")
     print("| model | epoch of fit s | measure over the set s | measure / epoch: median [25-75 %] "
-          "| ratio of min times |")
-    print("|---|---|---|---|---|")
+          "| ratio of min times | CPU time ratio |")
+    print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
         r = ratio(name, args.batch, args.rounds)
         print(f"| {name} | {r.baseline:.3f} | {r.candidate:.3f} | {r.cells()} |", flush=True)
