@@ -577,7 +577,7 @@ def _reduce(layouts, materialise, layout, tensors):
 # static spatial sizes, as one XLA cluster (TF's depthwise filter gradient and the patches stay
 # outside). It was the default until 2026-12-07, when TF 2.21's own kernels (oneDNN's BatchMatMul)
 # measured faster on this 2-core x86 CPU: the whole engine pass with TF's kernels / with the XLA
-# cluster, 20 paired rounds at batch 128 (/tmp A/B, recorded in benchmarks/RESULTS.md): the small
+# cluster, 20 paired rounds at batch 128 (benchmarks/RESULTS.md, 2026-12-07): the small
 # CNN of the whole-set benchmark 0.84 wall, 0.82 CPU; benchmarks/conv_rules.py's cnn 0.80 / 0.79,
 # mobile 0.84 / 0.91, text1d 0.94 / 0.95, conv1d, conv3d, transpose, grouped 0.94-1.02 wall,
 # 0.93-1.00 CPU; the Gram form alone 0.48-0.91. An unknown batch size is fine under XLA (it
