@@ -150,7 +150,8 @@ class StreamingCoherence:
         """Adds a batch: grad_sum = list of Σ_i g_i per variable (None = zero); sq_norms [m, V].
 
         first: bool (or bool scalar tensor); True replaces everything added before by this batch
-        (a reset and an update in one pass over the sums)."""
+        (a reset and an update in one pass over the sums); the Python constant False adds in place
+        (`assign_add`; after `reset_if` in a loop over batches)."""
         if len(grad_sum) != len(self._sums):
             raise ValueError(f"grad_sum has {len(grad_sum)} entries for {len(self._sums)} variables.")
         sq_norms = tf.cast(sq_norms, tf.float64)
