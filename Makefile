@@ -49,6 +49,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.transformer_rules
 	$(PY) -m benchmarks.dense_forms
 	$(PY) -m benchmarks.conv_rules
+	$(PY) -m benchmarks.whole_set_coherence
+	$(PY) -m benchmarks.alignment
 	$(PY) -m benchmarks.filter_grads
 	$(PY) -m benchmarks.exact_fallback
 	$(PY) -m benchmarks.distribute

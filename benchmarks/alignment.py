@@ -10,7 +10,8 @@ On the first `--examples` mnist5k training images, for the MLP (784-256-256-10) 
 - *alignment*: `cgh_tf.coherence.alignment(model, x, y, batch_size=B)`: the engine pass (S, Q,
   ‖g_i‖²) and the forward-mode pass (all g_i·S), with every host round trip it makes.
 
-Both warmed up, then interleaved rounds, medians. Target (docs/design.md §4): alignment / gradient ≤ 3.
+Both warmed up, then paired rounds (`benchmarks/paired.py`): median seconds, median and quartiles of
+the per-round ratios. Target (docs/design.md §4): alignment / gradient ≤ 3.
 """
 
 import argparse
@@ -22,7 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.whole_set_coherence import BUILDERS, LOSS, timed_rounds  # noqa: E402
+from benchmarks.paired import paired_ratio  # noqa: E402
+from benchmarks.whole_set_coherence import BUILDERS, LOSS  # noqa: E402
 from cgh_tf import coherence, data  # noqa: E402
 
 
@@ -46,18 +48,16 @@ def plain_gradient(model, x, y, batch_size):
 
 
 def ratio(model_name, examples, batch_size, rounds):
-    """(gradient seconds, alignment seconds, method) on the first `examples` mnist5k images."""
+    """(`PairedRatio` alignment / gradient, method) on the first `examples` mnist5k images."""
     train = data.load("mnist5k").train
     x, y = train.x[:examples], train.y[:examples]
     keras.utils.set_random_seed(0)
     model = BUILDERS[model_name](x.shape[1:], 10)
     model.compile(loss=LOSS)
     methods = []
-    calls = {"gradient": plain_gradient(model, x, y, batch_size),
-             "alignment": lambda: methods.append(
-                 coherence.alignment(model, x, y, batch_size=batch_size).method)}
-    times = timed_rounds(calls, rounds)
-    return times["gradient"], times["alignment"], methods[-1]
+    paired = paired_ratio(plain_gradient(model, x, y, batch_size), lambda: methods.append(
+        coherence.alignment(model, x, y, batch_size=batch_size).method), rounds)
+    return paired, methods[-1]
 
 
 def main(argv=None):
@@ -71,12 +71,13 @@ def main(argv=None):
         parser.error("--examples must be a multiple of --batch (the baseline has no remainder)")
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, "
           f"Keras {keras.__version__}, mnist5k train[:{args.examples}], batch {args.batch}, "
-          f"median of {args.rounds} interleaved rounds")
-    print("| model | gradient over the sample s | alignment s | alignment / gradient | g_i·S by |")
-    print("|---|---|---|---|---|")
+          f"{args.rounds} paired rounds, load {os.getloadavg()[0]:.1f}")
+    print("| model | gradient over the sample s | alignment s | alignment / gradient: median "
+          "[25-75 %] | ratio of min times | CPU time ratio | g_i·S by |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        gradient, aligned, method = ratio(name, args.examples, args.batch, args.rounds)
-        print(f"| {name} | {gradient:.3f} | {aligned:.3f} | {aligned / gradient:.2f} | {method} |",
+        r, method = ratio(name, args.examples, args.batch, args.rounds)
+        print(f"| {name} | {r.baseline:.3f} | {r.candidate:.3f} | {r.cells()} | {method} |",
               flush=True)
 
 

@@ -17,7 +17,7 @@ Gram, or materialised G_i by TF's depthwise filter gradient (native), channels-f
 or the transposed output gradient (bt); see `cgh_tf/layer_rules/conv.py`.
 `--apply` adds an SGD update to both (a train step); `--unknown-batch` traces both with a None
 batch size (the materialised form then runs in a while loop over chunks of examples);
-`--layout` / `--no-xla` set `conv.LAYOUT` / `conv.XLA`.
+`--layout` / `--xla` set `conv.LAYOUT` / `conv.XLA` (default off since 2026-12-07).
 
 | model | layers |
 |---|---|
@@ -198,10 +198,10 @@ def main(argv=None):
     parser.add_argument("--unknown-batch", action="store_true",
                         help="trace both steps with a None batch size (input_signature)")
     parser.add_argument("--layout", default=conv.LAYOUT, help="conv.LAYOUT for the materialised form")
-    parser.add_argument("--no-xla", action="store_true", help="conv.XLA = False")
+    parser.add_argument("--xla", action="store_true", help="conv.XLA = True")
     args = parser.parse_args(argv)
     conv.LAYOUT = args.layout
-    conv.XLA = not args.no_xla
+    conv.XLA = args.xla
     rng = np.random.default_rng(0)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras "
           f"{keras.__version__}, batch {args.batch}, median of {args.rounds} interleaved rounds"

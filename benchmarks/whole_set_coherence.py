@@ -10,22 +10,22 @@ and the small CNN (32-pool-64-pool-128-10) of `cgh_tf.models`, in one process:
 - *measure*: `cgh_tf.coherence.measure(model, x, y, batch_size=B)` over the same 4,000 examples
   (m = n, as the papers measured), at the same batch size B.
 
-Both are warmed up (their first call traces and compiles), then timed in interleaved rounds (one of
-each per round, so load from other processes hits both alike); the table gives the medians and the
-ratio. Target (docs/design.md §4): measure / epoch ≤ 1.3.
+Both are warmed up (their first call traces and compiles), then timed in paired rounds
+(`benchmarks/paired.py`: the two back to back, order alternating); the table gives the median
+seconds and the median and quartiles of the per-round ratios measure / epoch. Target
+(docs/design.md §4): measure / epoch ≤ 1.3.
 """
 
 import argparse
 import os
 import platform
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.paired import paired_ratio  # noqa: E402
 from cgh_tf import coherence, data, models  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -35,32 +35,15 @@ BUILDERS = {
 }
 
 
-def timed_rounds(calls, rounds):
-    """{name: median seconds} of the zero-argument `calls`, one warm-up call each, then
-    `rounds` interleaved rounds."""
-    for call in calls.values():
-        call()
-    times = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def ratio(model_name, batch_size, rounds):
-    """(epoch seconds, measure seconds) on mnist5k's training set."""
+    """`PairedRatio` measure / epoch on mnist5k's training set."""
     train = data.load("mnist5k").train
     keras.utils.set_random_seed(0)
     model = BUILDERS[model_name](train.x.shape[1:], 10)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss=LOSS)
-    calls = {
-        "epoch": lambda: model.fit(train.x, train.y, batch_size=batch_size, epochs=1, verbose=0),
-        "measure": lambda: coherence.measure(model, train.x, train.y, batch_size=batch_size),
-    }
-    times = timed_rounds(calls, rounds)
-    return times["epoch"], times["measure"]
+    return paired_ratio(
+        lambda: model.fit(train.x, train.y, batch_size=batch_size, epochs=1, verbose=0),
+        lambda: coherence.measure(model, train.x, train.y, batch_size=batch_size), rounds)
 
 
 def main(argv=None):
@@ -71,12 +54,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, "
           f"Keras {keras.__version__}, mnist5k train (4,000), batch {args.batch}, "
-          f"median of {args.rounds} interleaved rounds")
-    print("| model | epoch of fit s | measure over the set s | measure / epoch |")
-    print("|---|---|---|---|")
+          f"{args.rounds} paired rounds, load {os.getloadavg()[0]:.1f}")
+    print("| model | epoch of fit s | measure over the set s | measure / epoch: median [25-75 %] "
+          "| ratio of min times | CPU time ratio |")
+    print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        epoch, measured = ratio(name, args.batch, args.rounds)
-        print(f"| {name} | {epoch:.3f} | {measured:.3f} | {measured / epoch:.2f} |", flush=True)
+        r = ratio(name, args.batch, args.rounds)
+        print(f"| {name} | {r.baseline:.3f} | {r.candidate:.3f} | {r.cells()} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -248,3 +248,28 @@ def test_streaming_first_batch_replaces_earlier_sums_even_non_finite():
     assert acc.count == 4
     assert got.m_coherence == pytest.approx(expected.m_coherence, rel=1e-12)
     assert got.alpha == pytest.approx(expected.alpha, rel=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_streaming_reset_if_then_in_place_adds(compiled):
+    """`reset_if(first)` then `update(..., first=False)` (what `measure` does per block of
+    stacked batches): reset_if(False) keeps the sums, reset_if(True) drops them, NaN included;
+    the in-place adds then sum in float64, in a tf.function too."""
+    acc = coherence.StreamingCoherence([(2,), (1,)])
+    g = [tf.constant([1.0, 2.0]), tf.constant([3.0])]
+    sq_norms = tf.constant([[1.0, 4.0], [2.0, 5.0]])
+
+    def block(first):
+        acc.reset_if(first)
+        acc.update(g, sq_norms, first=False)
+        acc.update(g, sq_norms, first=False)
+
+    run = tf.function(block, autograph=False) if compiled else block
+    acc.update([tf.constant([np.nan, 1.0]), None], tf.constant([[np.inf, 1.0]]))
+    run(tf.constant(True))
+    run(tf.constant(False))
+    expected = coherence.stats_from_sums(16 * (1 + 4 + 9), 4 * (1 + 4 + 2 + 5), 8)
+    got = acc.result()
+    assert acc.count == 8
+    assert (got.sq_norm_of_sum, got.sum_of_sq_norms) == (expected.sq_norm_of_sum,
+                                                         expected.sum_of_sq_norms)

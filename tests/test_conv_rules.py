@@ -4,8 +4,8 @@ Reference: one GradientTape per example (the per-example gradients by definition
 through `per_example.gradients_and_sq_norms` and checks the per-example squared norms and Σ_i g_i of
 every variable (relative error ≤ 1e-6), once per way the rules can compute a kernel's norms: the
 Gram form, the materialised per-example gradients in both matmul layouts, and TF's depthwise filter
-gradient with the examples folded into the channels ("native"); plus the automatic choice; the
-matmuls and reductions with and without XLA.
+gradient with the examples folded into the channels ("native"); plus the automatic choice, its
+matmuls and reductions with TF's kernels (the default) and as one XLA cluster (`conv.XLA`).
 """
 
 import keras
@@ -73,7 +73,8 @@ def assert_fast(model):
 
 FORMS = {  # name -> (conv._kernel_choice override, LAYOUT, NATIVE_DEPTHWISE, XLA, PER_EXAMPLE_FILTER,
     #                 GROUPED_FILTER)
-    "auto": (None, "auto", True, True, True, "xla"),
+    "auto": (None, "auto", True, False, True, "xla"),
+    "auto_xla": (None, "auto", True, True, True, "xla"),
     "gram": (False, "auto", True, False, True, "xla"),
     "channels_first": (True, "channels_first", False, False, False, "xla"),
     "transpose_b": (True, "transpose_b", False, False, False, "xla"),
@@ -184,7 +185,7 @@ def test_shared_layer_on_inputs_of_different_sizes(monkeypatch):
     original = conv.kernel_statistic
     monkeypatch.setattr(conv, "kernel_statistic", lambda p, shape: parts.append(p) or original(p, shape))
     monkeypatch.setattr(conv, "_kernel_choice", lambda *args: True)
-    monkeypatch.setattr(conv, "XLA", False)  # (with XLA, static shapes always take transpose_b)
+    monkeypatch.setattr(conv, "GATHERED_PATCHES", False)  # (else static shapes take transpose_b)
     monkeypatch.setattr(conv, "PER_EXAMPLE_FILTER", False)  # (else TF's filter gradient for both)
     result = per_example.gradients_and_sq_norms(model, x, y, loss_fn)
 

@@ -16,6 +16,8 @@ import tensorflow as tf
 from cgh_tf import keras_internals, loss_decomposition
 
 M, T, VOCAB, CLASSES = 5, 4, 9, 3
+# Built at import time, before any test switches Keras to float64: its dtype stays float32.
+IMPORT_TIME_LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 REDUCTIONS = ["sum_over_batch_size", "mean", "sum", "mean_with_sample_weight", None]
 
 
@@ -267,3 +269,23 @@ def test_several_outputs_through_explain_measure_and_per_example_gradients(float
     assert stats.m_coherence == pytest.approx(want, rel=1e-9)
     unweighted = coherence.measure(model, x, y, loss={"a": _scce(), "b": "mse"})
     assert np.isfinite(unweighted.m_coherence) and unweighted.m_coherence != pytest.approx(want)
+
+
+def test_loss_built_before_float64_still_gives_float64_values(float64_keras):
+    """A Loss object built under float32 (e.g. a module-level constant) keeps dtype float32 after
+    `set_floatx("float64")`, and Keras' own `evaluate` then rounds the loss to float32 (about 1e-8
+    relative). cgh_tf's per-example values, the engine's, and alignment's are computed in float64
+    whenever ŷ is float64 (`loss_decomposition._compute_dtype`): equal to a NumPy float64 reference
+    and to a loss built under float64, to 1e-14."""
+    from cgh_tf import coherence, per_example  # pylint: disable=import-outside-toplevel
+    assert IMPORT_TIME_LOSS.dtype == "float32"
+    model, x, _, _ = _regression()
+    y = np.random.default_rng(4).integers(0, 2, M)
+    logits = model(x).numpy()
+    reference = np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(M), y]
+    for loss in (IMPORT_TIME_LOSS, _scce()):
+        sums = per_example.gradients_and_sq_norms(model, x, y, per_example.per_example_loss_fn(model, loss))
+        assert sums.losses.dtype == tf.float64
+        np.testing.assert_allclose(sums.losses.numpy(), reference, rtol=1e-14)
+        np.testing.assert_allclose(coherence.alignment(model, x, y, loss=loss).losses, reference,
+                                   rtol=1e-14)

@@ -28,9 +28,9 @@ materialised form. How G_i is materialised (all exact):
 
 Patches never use strided slices (slow in TF): each spatial axis is split into [n/s, s] (phase),
 so that every kernel offset is a unit-stride slice (or, with static spatial sizes, one gather).
-With static spatial sizes the batched matmuls and reductions run as one XLA cluster (`XLA`). Measured
-(benchmarks/conv_rules.py, 2-core x86 CPU): the gather + XLA transpose_b path is the fastest for
-every ungrouped conv tried. Memory is bounded: examples are processed in chunks of at most
+The batched matmuls and reductions are TF's own kernels (oneDNN on x86); `XLA = True` compiles
+them as one XLA cluster instead, slower on TF 2.21 (measured: see `XLA`). The gather + transpose_b
+path is the fastest for every ungrouped conv tried (benchmarks/conv_rules.py, 2-core x86 CPU). Memory is bounded: examples are processed in chunks of at most
 `CHUNK_ELEMENTS` materialised elements (Python loop for a static batch size, while loop
 otherwise).
 
@@ -296,7 +296,7 @@ def _gram(p, b):
 # How an ungrouped conv's G_i = P_iᵀ b_i is laid out for the batched matmul (all exact):
 #   "channels_first": P [m, K·C, L] (one transpose of the input) times b [m, L, O];
 #   "transpose_b":    bᵀ [m, O, L] times P [m, L, K·C] (channels last, no transpose of the input);
-#   "auto":           transpose_b with static spatial sizes (XLA), else channels_first unless the input
+#   "auto":           transpose_b with static spatial sizes (GATHERED_PATCHES), else channels_first unless the input
 #                     is clearly larger than the output gradient; channels_first inside a step that
 #                     XLA compiles as a whole (`jit_compile=True`), where XLA's CPU gather of the
 #                     patches is slow (benchmarks/coherence_models.py, XLA on: CNN with pooling 1.11
@@ -384,7 +384,7 @@ class _Part:
             return "channels_first" if self.groups > 1 else LAYOUT
         if keras_internals.in_xla_compilation():  # XLA's gather of the patches is slow on CPU
             return "channels_first"
-        if _use_xla([self.x, self.y]):  # gathered patches and XLA's dot: fastest measured
+        if GATHERED_PATCHES and _static_but_examples([self.x, self.y]):  # fastest measured
             return "transpose_b"
         x_size, y_size = self.x.shape[1:].num_elements(), self.y.shape[1:].num_elements()
         if x_size is None or y_size is None:
@@ -573,19 +573,32 @@ def _reduce(layouts, materialise, layout, tensors):
     return sq_norms, grad_sum
 
 
-# With static spatial sizes, the batched matmuls and reductions of the materialised and Gram forms run as
-# one XLA cluster (TF's depthwise filter gradient and the patches stay outside). Measured on a
-# 2-core x86 CPU (benchmarks/conv_rules.py): with the transpose_b layout, XLA's dot and fused
-# reductions cut the statistics' CPU time by a quarter to a half against TF's BatchMatMul for every
-# ungrouped conv tried. An unknown batch size is fine (XLA compiles once per batch size met, and
-# per chunk size); unknown spatial sizes are not (it would compile for every sequence length).
-XLA = True
+# XLA = True runs the batched matmuls and reductions of the materialised and Gram forms, with
+# static spatial sizes, as one XLA cluster (TF's depthwise filter gradient and the patches stay
+# outside). It was the default until 2026-12-07, when TF 2.21's own kernels (oneDNN's BatchMatMul)
+# measured faster on this 2-core x86 CPU: the whole engine pass with TF's kernels / with the XLA
+# cluster, 20 paired rounds at batch 128 (benchmarks/RESULTS.md, 2026-12-07): the small
+# CNN of the whole-set benchmark 0.84 wall, 0.82 CPU; benchmarks/conv_rules.py's cnn 0.80 / 0.79,
+# mobile 0.84 / 0.91, text1d 0.94 / 0.95, conv1d, conv3d, transpose, grouped 0.94-1.02 wall,
+# 0.93-1.00 CPU; the Gram form alone 0.48-0.91. An unknown batch size is fine under XLA (it
+# compiles once per batch size met, and per chunk size); unknown spatial sizes are not (it would
+# compile for every sequence length).
+XLA = False
+# Static spatial sizes take the transpose_b layout with its patches from one gather (with or
+# without XLA: the fastest measured for every ungrouped conv of benchmarks/conv_rules.py); False
+# leaves the choice to the sizes of x and b, as for unknown spatial sizes.
+GATHERED_PATCHES = True
 _reduce_xla = tf.function(_reduce, jit_compile=True, autograph=False)
 
 
+def _static_but_examples(tensors):
+    """Whether tensors [m, ...] have static shapes but for m."""
+    return all(t.shape[1:].is_fully_defined() for t in tensors)
+
+
 def _use_xla(tensors):
-    """XLA for tensors [m, ...] whose shape is static but for m (a few batch sizes in practice)."""
-    return XLA and all(t.shape[1:].is_fully_defined() for t in tensors)
+    """XLA (if on) for tensors whose shape is static but for m (a few batch sizes in practice)."""
+    return XLA and _static_but_examples(tensors)
 
 
 # Materialised per-example gradients (and patches) of at most about this many elements at once
