@@ -1,6 +1,6 @@
 r"""Phase 1 of `adversarial_init` (`run_phase1(config, phase1_dir, check_config)`, one resumable run per seed, shared by every
 phase-2 arm of that seed: the experiment's named hook, since it stops at a target accuracy):
-`common.mlp` (an MLP of `depth` × `width` ReLU units; mnist5k's
+`models.mlp` (an MLP of `depth` × `width` ReLU units; mnist5k's
 images flattened), initialised by `keras.utils.set_random_seed(seed)`, trained with Adam on the
 training set with **100 % random labels** (`cgh_tf.data.load(label_noise=1.0,
 noise_kind="uniform", seed=data_seed + seed)`: every label redrawn uniformly over the classes, so

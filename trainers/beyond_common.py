@@ -14,9 +14,6 @@ resumable runs, checkpoints, fixed samples, results, the experiments' MLP.
 | `require`, `require_one_of`, `require_ints`, `require_optional_ints`, `require_int_list`, `require_positive`, `require_fractions`, `require_label_noise`, `is_number` | the one-line config checks |
 | `refuse_overrides`, `chosen`, `seeded_arms`, `planned_pairs`, `by_group` | the pieces of an experiment's `arms`                |
 
-Measurements (`sample_coherence`, `coherence_row`, `weight_norm`) live in `trainers/probes.py`,
-the models (`mlp`) in `trainers/models.py`; the names here are aliases.
-
 A run lives in its own directory:
 
 | path             | content                                                                    |
@@ -42,8 +39,6 @@ from cgh_tf import checkpoints, workdir_lock
 from trainers import config_schema
 from trainers import outputs
 from trainers.experiment import Arm
-from trainers.models import mlp  # noqa: F401  (alias: the experiments' MLP)
-from trainers.probes import coherence_row, sample_coherence, weight_norm  # noqa: F401  (aliases)
 
 
 def read_json(path):
@@ -236,10 +231,19 @@ class Checkpointer:
                                       "step": step})
 
 
+def _comparable(config_dict):
+    """A run's config dict with a top-level `winsorize_pct` 0 under `aggregation="mean"` read as
+    unset (None): grokking's default before c = 0 had to be spelled out, the same run."""
+    if (isinstance(config_dict, dict) and config_dict.get("aggregation") == "mean"
+            and config_dict.get("winsorize_pct") == 0):
+        return {**config_dict, "winsorize_pct": None}
+    return config_dict
+
+
 def _require_same_config(run_dir, saved, config_dict, what):
-    """ConfigError (one line) unless the `saved` config dict is `config_dict`."""
+    """ConfigError (one line) unless the `saved` config dict is `config_dict` (`_comparable`)."""
     wanted = outputs.json_roundtrip(config_dict)
-    if saved != wanted:
+    if _comparable(saved) != _comparable(wanted):
         saved = saved if isinstance(saved, dict) else {}
         differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         raise config_schema.ConfigError(

@@ -28,6 +28,7 @@ from configs import easy_hard as easy_hard_config
 from . import beyond_common as common
 from . import config_schema
 from . import graph_loop
+from . import models
 from . import per_example_runs
 from .experiment import Arm, Column, Experiment
 
@@ -75,7 +76,7 @@ def _train(config, run_dir, echo):
     ds = data.load(config.dataset)
     x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
     keras.utils.set_random_seed(int(config.seed))
-    model = common.mlp(config, ds.input_shape, ds.num_classes)
+    model = models.mlp(config, ds.input_shape, ds.num_classes)
     initial = model.get_weights()
     probe = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes, model=model)
     for epoch in range(int(config.probe_epochs)):

@@ -27,6 +27,7 @@ from cgh_tf import statistics
 from . import beyond_common as common
 from . import config_schema
 from . import graph_loop
+from . import models
 from . import memorisation_run
 from .experiment import Arm, Column, Experiment
 
@@ -76,7 +77,7 @@ def _train(config, run_dir, echo):
     keras.utils.set_random_seed(int(config.seed))
     ds = memorisation_run.load_data(config)
     x, y, corrupted = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32), ds.train.corrupted
-    model = common.mlp(config, ds.input_shape, ds.num_classes)
+    model = models.mlp(config, ds.input_shape, ds.num_classes)
     optimizer = keras.optimizers.SGD(float(config.learning_rate))
     optimizer.build(model.trainable_variables)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

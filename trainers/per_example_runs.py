@@ -4,7 +4,7 @@ restart, learning times, and permutation nulls.
 
 | name                                   | what                                                     |
 |----------------------------------------|----------------------------------------------------------|
-| `build(config, x, y, shape, classes)`  | `Setup`: the seeded MLP (`beyond_common.mlp`), SGD, loss, epoch trainer, predictor |
+| `build(config, x, y, shape, classes)`  | `Setup`: the seeded MLP (`models.mlp`), SGD, loss, epoch trainer, predictor |
 | `EpochRecords(run_dir)`                | {epoch: {name: [n] array}} in `per_example.npz`, written atomically at every log |
 | `learning_epochs(correct, epochs)`     | per example, the first logged epoch from which it stays correctly classified |
 | `permutation_null(statistic, a, b, seed, k)` | the mean of `statistic(a, permuted b)` over k permutations |
@@ -22,8 +22,8 @@ import numpy as np
 
 from cgh_tf.atomic_files import atomic_open
 
-from . import beyond_common as common
 from . import graph_loop
+from . import models
 
 RECORDS_FILE = "per_example.npz"
 
@@ -49,7 +49,7 @@ def build(config, x, y, input_shape, num_classes, model=None) -> Setup:
 
     if model is None:
         keras.utils.set_random_seed(int(config.seed))
-        model = common.mlp(config, input_shape, num_classes)
+        model = models.mlp(config, input_shape, num_classes)
     optimizer = keras.optimizers.SGD(float(config.learning_rate))
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -23,9 +23,15 @@ def batches_per_update(plain):
 
 def check_aggregation(config):
     """ValueError (one line) unless `config.aggregation` is one of AGGREGATIONS and
-    `config.winsorize_pct` is a percentage in [0, 50) that is 0 unless winsorizing."""
+    `config.winsorize_pct` is a percentage in [0, 50) that is 0 or unset (None) unless
+    winsorizing; winsorizing needs it spelled out (c = 0 is never a default)."""
+    from cgh_tf import aggregators
+
     common.require_one_of(config, "aggregation", AGGREGATIONS)
     pct = config.winsorize_pct
+    if pct is None:
+        aggregators.get(config.aggregation)  # the library's one line for winsorize without c
+        return
     common.require(isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 <= pct < 50,
                    f"winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
     common.require(config.aggregation == "winsorize" or pct == 0,
