@@ -1,25 +1,11 @@
-r"""Adversarial initialisation (Liu et al. 2019, arXiv 1906.02613): pretrain on random labels, then
-train on the real labels, against a fresh initialisation; SGD, M3, RM3 and their controls.
+"""Adversarial initialisation (Liu et al. 2019, arXiv 1906.02613): random-label pretraining,
+then the real labels, against a fresh start; SGD, M3, RM3 and their controls.
 
-**Phase 1** (`adversarial_phase1`: the named hook, one resumable run per dataset and seed shared
-by every adversarial arm, since it stops at a target accuracy).
-
-**Phase 2** (`run(config, run_dir)`, one resumable run per start × optimizer × seed): the MLP
-from phase 1's final weights (`start="adversarial"`) or from the very weights phase 1 started
-from (`start="fresh"`), trained on the **real** labels for `epochs` epochs (same batch size,
-learning rate and batch order in both starts, a fresh optimizer state) with `"sgd"` (no momentum)
-or M3 / RM3 / RA3 over it (`update_rules`); M3's matched control is `"sgd"` with 3× the batch.
-Every arm sees ⌊n / (b · batch_size)⌋ · b batches per epoch (b batches per update), epoch e in the
-order `default_rng([seed, 2, e])`. Logged at the epochs of `log_epochs` (0 = the start of phase
-2; probes): train / test loss and accuracy (real labels), the exact m-coherence and α (per
-layer) of a fixed sample of m = `coherence_samples` training examples with their real labels,
-and ‖w‖. Declared: adversarial − fresh start per optimizer, paired by seed (rule: Liu et al.'s
-lower test accuracy); `analyses`: the phase-1 table.
-
-| path (in WORKDIR)                  | content                                                |
-|------------------------------------|--------------------------------------------------------|
-| `<dataset>/phase1/seed<k>/`        | phase 1: `ckpt/`, `curves.json`, `results.json`, `final.weights.h5` |
-| `<dataset>/<start>_<opt>/seed<k>/` | one phase-2 arm: the same without the weights file     |
+Phase 1 is the named hook `adversarial_phase1` (one run per dataset and seed, shared by every
+adversarial arm, in `<dataset>/phase1/seed<k>/`); phase 2 (`run`) starts from its final weights
+("adversarial") or from the weights it started from ("fresh") and trains on the real labels,
+arms `<dataset>/<start>_<optimizer arm>`. What runs and why: docs/experiments/intro/
+adversarial_init.md; semantics: docs/design.md §7.1.
 """
 
 import os

@@ -1,15 +1,10 @@
-r"""Are the examples whose gradients the others support at initialisation the ones learnt first?
+"""Are the examples whose gradients the others support at initialisation the ones learnt first?
 
-The Coherent Gradients hypothesis says gradient descent fits first what many examples agree on.
-Per run (`configs/alignment_order.py`): at the seeded initialisation, every training example's
-alignment a_i = g_i·(S − g_i)/‖g_i‖² over the whole training set (m = n,
-`cgh_tf.coherence.alignment`) and its loss ℓ_i; then plain SGD for `epochs` epochs
-(`graph_loop`), each example's correctness recorded after every epoch; its learning epoch t_i is
-the first epoch from which it stays correct (`epochs + 1`: not learnt). The statistic is the
-partial Spearman ρ(a_i, t_i | ℓ_i) (`cgh_tf.rank_correlation`): the initial loss is partialled
-out because a low loss alone makes an example "learnt" early. Its null is the same statistic with
-the learning epochs permuted (the mean over `null_permutations` permutations), so the rule tests
-ρ − ρ_null, paired by seed, with a 95 % Student-t interval. CGH predicts ρ < 0.
+Per run: every training example's alignment a_i (m = n, `cgh_tf.coherence.alignment`) and loss
+ℓ_i at the seeded initialisation, then plain SGD, recording when each example is learnt (t_i: the
+first epoch from which it stays correct). Statistic: the partial Spearman ρ(a_i, t_i | ℓ_i) against
+its permutation null, paired by seed; CGH predicts ρ < 0. docs/experiments/intro/
+alignment_order.md; docs/design.md §7.2.
 """
 
 import time

@@ -1,17 +1,6 @@
-r"""The crossing analysis of `real_vs_random_arch` (its `analyses` hook): real against random
-labels on the unbiased pairwise coherence (r − 1)/(m − 1) of the training sample, the mean
-alignment of two different examples' gradients (issue 24: r grows with m; ratios of r are not
-comparable across m, ratios of r − 1 are).
-
-| function                                   | what                                              |
-|--------------------------------------------|---------------------------------------------------|
-| `crossings(epochs, real, random)`          | (sign, every logged epoch at which the curves crossed) |
-| `crossing(...)`, `ratio_curve`, `max_ratio`| the first crossing; real / random pointwise; its largest value |
-| `compare(real_runs, random_runs)`          | per seed (paired by seed) and of the mean curves  |
-| `analyses(runs, pairs)`                    | (markdown lines, JSON) of every (real, random) group pair |
-
-Ratios are None where the random arm's value is missing or ≤ 0: a ratio to a non-positive
-alignment measures nothing (its sign and size are then read from the table's paired differences).
+"""The crossing analysis of `real_vs_random_arch` (its `analyses` hook): real against random labels
+on the pairwise coherence (r − 1)/(m − 1) of the training sample (ratios of r are not comparable
+across m). Ratios are None where the random arm's value is missing or ≤ 0.
 """
 
 import math

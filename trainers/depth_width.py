@@ -1,22 +1,12 @@
-r"""Depth and width of an MLP: m-coherence at initialisation / after one epoch vs generalisation.
+"""Depth and width of an MLP: m-coherence at initialisation / after one epoch vs generalisation.
 
-Claim tested: the Coherent Gradients hypothesis (CGH) accounts for how depth and width affect
-generalisation — models whose per-example gradients are more coherent on real data should
-generalise better (smaller train − test gap), and real labels should be more coherent than random
-ones at every depth and width.
-
-One run: an MLP (`depth` × `width` ReLU) trained with Adam on the real labels (`labels="real"`,
-`epochs` epochs: the fixed budget) or on 100 % uniformly random labels (`random_epochs`). At each
-epoch of `log_epochs` (0 = init; the last is always logged): training loss, train / test accuracy
-and the gap; at `coherence_epochs` also the exact m-coherence / α (per layer) of one fixed sample
-of m = `coherence_samples` training examples with their training labels (None elsewhere, never
-0). The model, its Adam and the traced functions are built once per architecture and restarted per
-run (`graph_loop.reused_epoch_trainer`, `restart`): bit-identical to fresh runs, less tracing.
-
-The experiment: the models of `model_sweep` (a width and a depth sweep), real and random labels. Declared: real − random m-coherence per model,
-paired by seed (rule: real higher after one epoch), and the correlations across models of the
-m-coherence after one epoch (real labels) with the gap (CGH: negative) and the test accuracy
-(CGH: positive), Pearson with a Fisher-z 95 % CI (`CORRELATION_RULES`).
+One run: an MLP (`depth` × `width`) trained with Adam on real or 100 % random labels, logging
+loss, accuracies, the gap and (at `coherence_epochs`) the exact m-coherence of a fixed training
+sample. Arms: the models of `model_sweep` × real / random labels; the model, its Adam and its
+traced functions are built once per architecture and restarted per run
+(`graph_loop.reused_epoch_trainer`: bit-identical to fresh runs). Declared: real − random per
+model (paired by seed) and correlations across models (`CORRELATION_RULES`).
+docs/experiments/intro/depth_width.md; docs/design.md §7.1.
 """
 
 import functools

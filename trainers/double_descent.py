@@ -1,15 +1,9 @@
-r"""Model-wise and epoch-wise double descent, with the coherence of pristine and corrupted examples.
+"""Model-wise and epoch-wise double descent, with the coherence of pristine and corrupted examples.
 
-One run: an MLP (`depth` hidden layers of `width` ReLU units; mnist5k's 28×28 images flattened
-to 784 inputs) trained with Adam on `cgh_tf.data.load(dataset, label_noise=...)` (MNIST-1D: 40
-inputs; mnist5k: 4,000 / 1,000 real digits), no weight decay, for `epochs` epochs in the custom
-graph loop (`graph_loop.py`: epoch e is the permutation `default_rng([seed, e])`). At each epoch
-of `log_epochs` (0 = before training) it logs: test error; train accuracy on the pristine and on
-the corrupted examples (vs their noisy labels: memorisation); training loss; the exact
-m-coherence / α (per layer) of a fixed sample of m pristine and of m corrupted training examples
-(with their training labels); and f^p = ⟨g, g^p⟩ / ⟨g, g⟩ on a fixed mixed training sample
-(`cgh_tf.coherence.loss_reduction_fractions`). One arm per dataset and width; the within-arm
-contrast is m-coherence of the pristine − the corrupted sample, paired by seed.
+One run: an MLP of `width` trained with Adam on noisy labels in the graph loop, logging test
+error, pristine / corrupted train accuracy, the exact m-coherence of fixed pristine and corrupted
+samples and f^p of a mixed one. One arm per dataset and width; contrast: pristine − corrupted
+m-coherence, paired by seed. docs/experiments/intro/double_descent.md; docs/design.md §7.1.
 """
 
 import time

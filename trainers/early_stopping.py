@@ -1,28 +1,11 @@
-r"""Early stopping with label noise: does the coherence of training gradients say when to stop?
+"""Early stopping with label noise: does the coherence of training gradients say when to stop?
 
-Claim (Coherent Gradients, arXiv 2002.10657 §6 and 2003.07422): pristine examples' gradients are
-coherent and are fitted first; corrupted examples are memorised later, so stopping before
-memorisation generalises better. This experiment tracks that turn and compares stopping rules.
-
-One run: an MLP (`depth` × `width` ReLU) trained with Adam (or SGD) on
-`cgh_tf.data.load(dataset, label_noise=...)`, `validation_fraction` of the *noisy* training set
-held out (same noise: what a practitioner has). At step 0, `early_logs_per_epoch` times per epoch
-for `early_epochs` epochs, then every epoch, it logs (probes): test accuracy (clean labels), the
-held-out split's accuracy against its noisy (rule b) and its original labels (diagnostic), train
-accuracy and loss, pristine / corrupted train accuracy (vs the noisy labels), the exact
-m-coherence and α (per layer) of fixed samples of m mixed (`coherence/train`, rule c), pristine
-and corrupted training examples with their training labels, and f^p on the mixed one. The
-stopping rules, their picks and the memorisation onset are `stopping_rules` (fixed before any test
-result was seen; each picks one log point, scored by the test accuracy there). Global step s
-trains on batch s mod S of `default_rng([seed, s // S])` (`graph_loop.step_advancer`); resumable
-every `checkpoint_every_logs` log points. Declared: within each noise level, each rule's test
-accuracy against the others' paired by seed (`CONTRASTS`), and two verdict rules (`rules`).
-
-Default dataset: mnist5k (real 28×28 digits): this MLP fits its pristine examples to ~0.9 test
-accuracy within a few epochs and memorises the corrupted ones over the following tens of epochs,
-so test accuracy rises and falls by 7-18 points (25 / 50 % noise). On MNIST-1D the same MLP
-reaches < 0.5 test accuracy and fits pristine and corrupted examples over overlapping periods: the
-turn is smaller (6-9 points) and slower (`--set=dataset=mnist1d`, 100 epochs).
+One run: an MLP trained with Adam on a noisy split (`validation_fraction` held out with the same
+noise), logged at quarter epochs then epochs (coherence of mixed / pristine / corrupted samples,
+f^p, accuracies); the stopping rules and the memorisation onset are `stopping_rules` (declared
+before the runs). Declared: each rule's test accuracy against the others', paired by seed
+(`CONTRASTS`), and `rules`. Default dataset mnist5k (the turn is larger than on MNIST-1D).
+docs/experiments/intro/early_stopping.md; docs/design.md §7.1.
 """
 
 import time

@@ -1,20 +1,10 @@
-r"""Easy vs hard examples (arXiv 2003.07422) with the controls a reviewer asks for (issue 24).
+"""Easy vs hard examples (arXiv 2003.07422) with equal-size random controls (issue 24).
 
-The claim: examples a network fits first ("easy") generalise to each other; the rest ("hard") do
-not. The alternative: easy examples are intrinsically easy (typical), so anything tested on them
-scores well, and the easy part is simply larger. Per seed (`configs/easy_hard.py`):
-
-1. probe: the seeded MLP trained `probe_epochs` epochs; easy = classified correctly after it;
-2. `partition`: easy and hard each split into a test and a training part; the controls
-   `random_easy_size` / `random_hard_size` partition the same training pool (and test pool) at
-   random into parts of exactly the easy and the hard sizes;
-3. one arm per part: a fresh model with the probe's initial weights trained on that part, tested
-   on its own test part, its partner's (cross-evaluation: easy ↔ hard, random ↔ random), and on
-   the easy and the hard test parts; plus its training part's unbiased pairwise coherence
-   (r − 1)/(m − 1) at initialisation (`CoherenceStats.pairwise_coherence`).
-
-Every part is compared with its equal-size random control, paired by seed (same initial
-weights, same probe, same pools); the rules (`rules`) are declared before the runs.
+Per seed: a probe MLP calls an example easy if it classifies it after `probe_epochs`; `partition`
+splits easy / hard into training and test parts and draws random parts of the same sizes from the
+same pools; one arm per part trains a fresh model (the probe's initial weights) on it and tests it
+on every test part. Every part is compared with its random control, paired by seed (`rules`).
+docs/experiments/intro/easy_hard.md; docs/design.md §7.2.
 """
 
 import hashlib

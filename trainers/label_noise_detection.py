@@ -1,22 +1,10 @@
-r"""Flagging mislabelled examples by their alignment, against the noisy-label literature's baselines.
+"""Flagging mislabelled examples by their alignment, against the noisy-label literature's baselines.
 
-Beyond the papers: a corrupted label asks the network for a direction the rest of the training
-set does not support, so its alignment a_i = g_i·(S − g_i)/‖g_i‖² (S over the whole noisy training
-set, `cgh_tf.coherence.alignment`) should be low. Per run (`configs/label_noise_detection.py`),
-at each of `score_epochs` (0 = initialisation) every training example gets three scores (higher =
-more likely corrupted; `cgh_tf.noisy_labels`):
-
-| score | what | reference |
-|---|---|---|
-| −a_i | alignment at that epoch | this package |
-| ℓ_i | loss against its training label | the small-loss rule (Co-teaching, Han et al. 2018) |
-| forgetting count | correct → wrong transitions after epochs 1..e (never correct: +inf); from e = 2 | Toneva et al. 2019 |
-
-Reported per score: AUROC for the corrupted mask, and the precision of flagging the `label_noise`
-share with the highest scores (`noisy_labels.small_loss_flags`: the rule's own threshold, the
-noise rate assumed known). Rules, declared before the runs, per dataset and noise level: −a_i
-beats chance at initialisation (against its permutation null), −a_i beats the loss at every
-score epoch, and beats forgetting counts at the last one; paired by seed, 95 % Student t.
+Per run, at each of `score_epochs`, every training example of a noisy training set is scored by
+−a_i (alignment), by its loss (small-loss rule) and by its forgetting count (`cgh_tf.noisy_labels`);
+each score's AUROC and flagging precision for the corrupted examples. Rules per dataset and noise
+level, paired by seed: −a_i beats chance at initialisation, the loss at every score epoch and
+forgetting at the last. docs/experiments/intro/label_noise_detection.md; docs/design.md §7.2.
 """
 
 import time

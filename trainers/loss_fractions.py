@@ -1,21 +1,10 @@
-r"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null? (2002.10657)
+"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null? (2002.10657)
 
-The corrected `loss_fractions` (issue 24; replaces the sweep). For g^p, g^c the summed gradients
-of the pristine / corrupted examples of a fixed mixed training sample (g = g^p + g^c), the
-pristine share of the first-order loss reduction is f^p = ⟨g, g^p⟩ / ⟨g, g⟩
-(`cgh_tf.coherence.loss_reduction_fractions`). Its gradient-blind null is **Q_p/Q**
-(`cgh_tf.nulls.fp_null_of_model`: Q_p = Σ_{i pristine} ‖g_i‖², Q = Σ_i ‖g_i‖²; f^p equals it
-exactly when the g_i are pairwise orthogonal), not the count share n_p/n (`nulls.count_share`,
-shown too; uniform noise at rate p changes only (1 − 1/C)·p labels: `nulls.changed_fraction`).
-f^p − Q_p/Q > 0 is the share of the loss reduction that pristine examples earn by pointing the
-same way, which is what CGH says.
-
-One run: `configs/loss_fractions.py` (MLP, plain SGD in `graph_loop.epoch_trainer`, epoch e in the
-order `default_rng([seed, e])`), logged at every step 0..`every_step_until` and at every epoch end.
-
-Declared rule, per arm (noise level): "pristine examples dominate early loss reduction beyond the
-null" if the paired 95 % CI over seeds of mean(f^p − Q_p/Q) over the steps of `early_window`
-excludes 0 above (`statistics.PairedRule` of `fp_early` against `null_early`, predicted higher).
+f^p = ⟨g, g^p⟩ / ⟨g, g⟩ of a fixed mixed training sample against its null Q_p/Q
+(`cgh_tf.nulls.fp_null_of_model`; the count share n_p/n shown too), logged at every step
+0..`every_step_until` and every epoch end of plain SGD. Rule per noise level: mean(f^p − Q_p/Q)
+over `early_window` above 0 (paired 95 % CI). docs/experiments/intro/loss_fractions.md;
+docs/design.md §7.1.
 """
 
 import time

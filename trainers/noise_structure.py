@@ -1,25 +1,10 @@
-r"""Does memorisation suppression grow as the corrupted set gets less coherent? (issue 24)
+"""Does memorisation suppression grow as the corrupted set gets less coherent? (issue 24)
 
-The test of "weak directions at scale" that replaces `scale`'s confounded growth of n: at one
-size (n = 4,000, 40 % noise) the *structure* of the noise sets how coherent the corrupted set is
-(`configs/noise_structure.py`): `pair` (y → y + 1, ≈ 160 corrupted examples per label pair),
-`uniform` (≈ 16 per pair), `isolated` (each corrupted example its own dummy class: 1 per label,
-the ImageNet regime). Every kind trains `scale`'s six arms (`trainers/scale.py`: SGD, M3 and its
-update-count control SGD ×3, RM3 and its control RA3, winsorized SGD) through the same
-update-level loop (`memorisation_run.train_memorisation`), and logs the exact pairwise coherence
-(r − 1)/(m − 1) of fixed samples of the corrupted and of the pristine examples.
-
-Declared before any run:
-
-* per kind, `scale`'s rules: a robust arm suppresses memorisation if the 95 % CI of its corrupted
-  train accuracy (vs the noisy labels, last epoch) minus its matched control's excludes 0 below;
-* **the ordering rule** (`ORDER`, evaluated in `analyses`): suppression s = control − arm
-  corrupted accuracy, per seed. For each matched pair, CGH predicts s(isolated) > s(uniform) >
-  s(pair): "supported" if the paired 95 % CIs of s(isolated) − s(uniform) and s(uniform) −
-  s(pair) both exclude 0 above; "contradicted" if either excludes 0 below; otherwise "not
-  decided". A loss-magnitude mechanism predicts no such order.
-* the premise (`PREMISE`): the corrupted set's pairwise coherence at initialisation (SGD arm)
-  orders pair > uniform > isolated, by the same paired-CI rule.
+At one size (n = 4,000, 40 % noise) the noise kind (`pair`, `uniform`, `isolated`) sets how
+coherent the corrupted set is; every kind trains `scale`'s arms (`memorisation_run`) and logs the
+pairwise coherence of fixed corrupted / pristine samples. Declared: `scale`'s rules per kind, the
+ordering rule (`ORDER`: suppression isolated > uniform > pair) and its premise (`PREMISE`),
+evaluated in `analyses`. docs/experiments/intro/noise_structure.md; docs/design.md §7.1.
 """
 
 import numpy as np

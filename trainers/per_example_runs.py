@@ -1,18 +1,7 @@
 """What the per-example experiments share (`easy_hard`, `alignment_order`, `label_noise_detection`):
-the run's MLP with plain SGD in the graph loop, per-example arrays logged at epochs that survive a
-restart, learning times, and permutation nulls.
-
-| name                                   | what                                                     |
-|----------------------------------------|----------------------------------------------------------|
-| `build(config, x, y, shape, classes)`  | `Setup`: the seeded MLP (`models.mlp`), SGD, loss, epoch trainer, predictor |
-| `EpochRecords(run_dir)`                | {epoch: {name: [n] array}} in `per_example.npz`, written atomically at every log |
-| `learning_epochs(correct, epochs)`     | per example, the first logged epoch from which it stays correctly classified |
-| `permutation_null(statistic, a, b, seed, k)` | the mean of `statistic(a, permuted b)` over k permutations |
-
-A run's curves and checkpoints go through `graph_loop.run_logged_epochs`; the per-example arrays
-(correctness, a_i, ℓ_i) are too long for the curves, so each log writes them to
-`RUN/per_example.npz` before the checkpoint that follows it. A resumed run re-logs (and overwrites)
-every epoch after its checkpoint, so the file always holds one row per logged epoch of the curves.
+the MLP with plain SGD, per-example arrays kept per logged epoch in `RUN/per_example.npz`
+(written before the checkpoint that follows each log, overwritten on resume), learning epochs and
+permutation nulls.
 """
 
 import os

@@ -1,15 +1,10 @@
-r"""Real vs random labels across architectures: coherence along training (arXiv 2008.01217).
+"""Real vs random labels across architectures: coherence along training (arXiv 2008.01217).
 
-One run: `config.arch` (`models.mlp` or `models.conv_net`) trained with SGD + momentum on real
-(`label_noise` 0.0) or 100 % uniformly random labels (1.0); at each epoch of `log_epochs`
-(`graph_loop.log_steps`): train / test loss and accuracy, and the exact coherence (per layer,
-streamed in batches of `coherence_batch_size`) of a fixed training sample (the arm's labels) and
-a fixed test sample (real labels) of m = `coherence_samples` examples, the same for every arm;
-m = 0: the whole splits (m = n, as the papers). Logged: r, α and the pairwise coherence
-(r − 1)/(m − 1) (`.../pairwise`), which unlike r does not grow with m (issue 24). Declared: real −
-random per dataset × architecture, paired by seed (same initial weights), on the pairwise
-coherence at init / `early_epoch` / the end (rule: real higher early); `analyses`: ratios and
-crossings of the pairwise curves (`crossings`).
+One run: `config.arch` (`models.mlp` or `models.conv_net`) trained with SGD + momentum on real or
+100 % random labels, logging losses, accuracies and the exact coherence (r, α, pairwise) of fixed
+train / test samples (m = 0: the whole splits). Declared: real − random per dataset ×
+architecture, paired by seed; `analyses`: ratios and crossings (`crossings`).
+docs/experiments/intro/real_vs_random_arch.md; docs/design.md §7.1.
 """
 
 import time

@@ -1,28 +1,12 @@
-r"""Is winsorizing's suppression of memorisation due to coherence, or to two simpler things? (issue 24)
+"""Is winsorizing's suppression of memorisation due to coherence, or to two simpler things? (issue 24)
 
-Winsorized SGD (2002.10657) clips, per coordinate, the extreme per-example gradient values of a
-batch. Two alternative explanations of its suppression of memorisation have their own arm, each
-matched to winsorizing at c by a calibration at initialisation (the seed's initial weights, the
-first `calibration_batches` batches of epoch 0, weights held fixed):
-
-| arm           | update                                                             | what it controls for |
-|---------------|--------------------------------------------------------------------|----------------------|
-| `sgd`         | mean gradient, lr η                                                | —                    |
-| `winsorize`   | coordinate-wise winsorized mean, c % per side (`aggregators.Winsorize`) | —               |
-| `clip`        | per-example L2-norm clipping of the share s of each batch's examples with the largest ‖g_i‖ (`aggregators.NormClip(100 s)`), s = the measured share of per-example gradient values winsorizing at c changes (`Winsorize.changed_share`) | down-weighting high-loss (large-gradient) examples |
-| `matched_lr`  | mean gradient, lr η·ρ, ρ = mean ‖winsorized mean‖ / mean ‖mean‖ over the calibration batches | winsorizing's smaller steps |
-| `step_matched`| mean gradient rescaled at every batch to the norm of that batch's winsorized mean (`aggregators.NormMatchedMean`) | the same, without relying on the calibration staying valid as training goes on |
-
-Every arm trains through `memorisation_run.train_memorisation` (one update per batch of 64, the same batches
-per seed) and logs, at every epoch, the pristine and corrupted (vs the noisy labels) training
-accuracy: the memorisation frontier.
-
-Declared before any run. Frontier statistic: the corrupted training accuracy where the pristine
-training accuracy first reaches P = `frontier_pristine` (linear between logged epochs; none if
-never reached), so that an arm that only learns slower is not credited with suppression. Rules
-(`statistics.PairedRule`, paired 95 % CIs over seeds, predicted lower), per c: winsorize vs SGD,
-vs `clip`, vs `matched_lr` and vs `step_matched`. **Attribution** (`analyses`): winsorizing's
-suppression is attributed to coherence only if it beats every control (each rule decided, lower).
+Arms (`ARMS`): SGD, winsorized SGD at c, and controls matched to it by a calibration at
+initialisation (`calibrate`): `clip` (per-example norm clipping of the share winsorizing
+changes), `matched_lr` (SGD at the norm-ratio learning rate) and `step_matched` (every mean
+rescaled to the winsorized mean's norm). Statistic: the corrupted train accuracy where the
+pristine one first reaches `frontier_pristine` (`frontier_point`); winsorizing is attributed to
+coherence only if it beats every control. docs/experiments/intro/winsorize_controls.md;
+docs/design.md §7.1.
 """
 
 import numpy as np
