@@ -14,10 +14,9 @@ import numpy as np
 from cgh_tf.statistics import PairedRule
 
 from . import beyond_common as common
-from . import config_schema
 from . import graph_loop
 from . import per_example_runs
-from .experiment import Arm, Column, Experiment
+from .experiment import Column, Experiment
 
 DECILES = 10
 
@@ -93,26 +92,18 @@ def check_config(config):
     from cgh_tf import data
 
     common.require_one_of(config, "dataset", data.DATASETS)
-    for field in ("width", "depth", "batch_size", "epochs", "alignment_batch",
-                  "null_permutations", "checkpoint_every_logs"):
-        common.require(config_schema.is_int(config[field], 1),
-                       f"{field}={config[field]!r} must be an int >= 1")
-    common.require(isinstance(config.learning_rate, float) and config.learning_rate > 0,
-                   f"learning_rate={config.learning_rate!r} must be a float > 0")
+    common.require_ints(config, ("width", "depth", "batch_size", "epochs", "alignment_batch",
+                                 "null_permutations", "checkpoint_every_logs"))
+    common.require_positive(config, ("learning_rate",))
 
 
 def arms(scale="small", seeds=3, overrides=None):
     """One arm per dataset (`DATASETS[scale]`, or only `overrides["dataset"]`), seeds 0..seeds−1."""
     from configs import alignment_order as order_config
 
-    out = []
-    for dataset, base in common.dataset_bases(order_config, scale, dict(overrides or {}),
-                                              "alignment_order"):
-        check_config(base)
-        out += [Arm(dataset, dataset, dataset, seed,
-                    config_schema.apply_overrides(base, {"seed": seed}))
-                for seed in range(seeds)]
-    return out
+    return [arm for dataset, base in common.dataset_bases(
+        order_config, scale, dict(overrides or {}), "alignment_order")
+        for arm in common.seeded_arms(dataset, dataset, dataset, base, seeds, check_config)]
 
 
 def rules(arms_):

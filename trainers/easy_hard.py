@@ -20,7 +20,7 @@ from . import config_schema
 from . import graph_loop
 from . import models
 from . import per_example_runs
-from .experiment import Arm, Column, Experiment
+from .experiment import Column, Experiment
 
 PARTS = easy_hard_config.PARTS
 PARTNER = {"easy": "hard", "hard": "easy", "random_easy_size": "random_hard_size",
@@ -109,11 +109,9 @@ def check_config(config):
     need = common.require
     common.require_one_of(config, "dataset", data.DATASETS)
     common.require_one_of(config, "part", PARTS)
-    for field in ("width", "depth", "batch_size", "probe_epochs", "epochs", "coherence_samples",
-                  "checkpoint_every_logs"):
-        need(config_schema.is_int(config[field], 1), f"{field}={config[field]!r} must be an int >= 1")
-    need(isinstance(config.learning_rate, float) and config.learning_rate > 0,
-         f"learning_rate={config.learning_rate!r} must be a float > 0")
+    common.require_ints(config, ("width", "depth", "batch_size", "probe_epochs", "epochs",
+                                 "coherence_samples", "checkpoint_every_logs"))
+    common.require_positive(config, ("learning_rate",))
     need(isinstance(config.test_fraction, float) and 0 < config.test_fraction < 1,
          f"test_fraction={config.test_fraction!r} must be in (0, 1)")
     need(all(config_schema.is_int(e, 0) for e in config.log_epochs),
@@ -122,16 +120,11 @@ def check_config(config):
 
 def arms(scale="small", seeds=3, overrides=None):
     """One arm per dataset and part (`PARTS`), seeds 0..seeds−1; every config checked."""
-    out = []
-    for dataset, base in common.dataset_bases(easy_hard_config, scale, dict(overrides or {}),
-                                              "easy_hard"):
-        for part in PARTS:
-            config = config_schema.apply_overrides(base, {"part": part})
-            check_config(config)
-            out += [Arm(f"{dataset}/{part}", f"{dataset}, {part.replace('_', ' ')}", dataset,
-                        seed, config_schema.apply_overrides(config, {"seed": seed}))
-                    for seed in range(seeds)]
-    return out
+    return [arm for dataset, base in common.dataset_bases(
+        easy_hard_config, scale, dict(overrides or {}), "easy_hard") for part in PARTS
+        for arm in common.seeded_arms(f"{dataset}/{part}", f"{dataset}, {part.replace('_', ' ')}",
+                                      dataset, config_schema.apply_overrides(base, {"part": part}),
+                                      seeds, check_config)]
 
 
 # (name, metric, part, control part, prediction): declared before the runs

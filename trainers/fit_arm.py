@@ -2,15 +2,6 @@ r"""One arm of a declared experiment as a Keras `fit` run (`Experiment(loop="fit
 (`trainers.train`, `single_run.py`) on the arm's config in the run directory, and the run's table
 numbers read from its `results.json`.
 
-| name                              | what                                                        |
-|-----------------------------------|-------------------------------------------------------------|
-| `Reading(key, header, source)`    | one table column and where its number comes from (below)    |
-| `run_arm(readings)`               | the experiment's `run_arm(config, run_dir, echo)`: train / resume / read one run |
-| `read(result, source)`            | one number of a trainer `results.json` dict                 |
-| `count_updates(result)`           | the optimizer updates a run made                            |
-| `base_config(small, scale, ...)`  | the config every arm starts from at a scale                  |
-| `experiment(readings, **fields)`  | the `Experiment(loop="fit")` whose table is `readings`       |
-
 The run is the trainer's: resumable from its own per-epoch checkpoint (`run_state.py`), refused
 (one line) in a directory holding another config's run, skipped when `results.json` holds a
 finished run of exactly this config. The arm's result (what `runner.py` tabulates):

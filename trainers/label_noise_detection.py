@@ -18,7 +18,7 @@ from . import beyond_common as common
 from . import config_schema
 from . import graph_loop
 from . import per_example_runs
-from .experiment import Arm, Column, Experiment
+from .experiment import Column, Experiment
 
 SCORES = ("alignment", "loss", "forgetting")
 
@@ -117,11 +117,9 @@ def check_config(config):
     need(isinstance(config.label_noise, float) and 0 < config.label_noise < 1,
          f"label_noise={config.label_noise!r} must be in (0, 1): detection needs corrupted and "
          "clean examples")
-    for field in ("width", "depth", "batch_size", "epochs", "alignment_batch",
-                  "null_permutations", "checkpoint_every_logs"):
-        need(config_schema.is_int(config[field], 1), f"{field}={config[field]!r} must be an int >= 1")
-    need(isinstance(config.learning_rate, float) and config.learning_rate > 0,
-         f"learning_rate={config.learning_rate!r} must be a float > 0")
+    common.require_ints(config, ("width", "depth", "batch_size", "epochs", "alignment_batch",
+                                 "null_permutations", "checkpoint_every_logs"))
+    common.require_positive(config, ("learning_rate",))
     epochs = tuple(config.score_epochs)
     need(len(epochs) > 0 and epochs[0] == 0 and all(config_schema.is_int(e, 0) for e in epochs)
          and list(epochs) == sorted(set(epochs)) and epochs[-1] <= config.epochs,
@@ -137,12 +135,10 @@ def arms(scale="small", seeds=3, overrides=None):
                                               "label_noise_detection"):
         levels = (base.label_noise,) if "label_noise" in (overrides or {}) else noise_config.NOISE_LEVELS
         for level in levels:
-            config = config_schema.apply_overrides(base, {"label_noise": level})
-            check_config(config)
-            out += [Arm(f"{dataset}/noise{round(level * 100):02d}", f"{dataset}, {level:.0%} noise",
-                        dataset, seed, config_schema.apply_overrides(config, {"seed": seed,
-                                                                              "data_seed": seed}))
-                    for seed in range(seeds)]
+            out += common.seeded_arms(
+                f"{dataset}/noise{round(level * 100):02d}", f"{dataset}, {level:.0%} noise",
+                dataset, config_schema.apply_overrides(base, {"label_noise": level}), seeds,
+                check_config, seed_fields=("seed", "data_seed"))
     return out
 
 

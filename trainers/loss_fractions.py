@@ -18,7 +18,7 @@ from . import config_schema
 from . import graph_loop
 from . import models
 from . import memorisation_run
-from .experiment import Arm, Column, Experiment
+from .experiment import Column, Experiment
 
 SAMPLE_SALT = 3  # `common.sample` salt of the fixed mixed sample
 
@@ -30,16 +30,13 @@ def check_config(config):
     need, is_int = common.require, config_schema.is_int
     common.require_one_of(config, "dataset", ("mnist1d", "mnist5k"))
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
-    for field in ("train_size", "width", "depth", "batch_size", "epochs", "fraction_samples",
-                  "checkpoint_every_logs"):
-        need(is_int(config[field], 1), f"{field}={config[field]!r} must be an int >= 1")
-    need(is_int(config.every_step_until, 0), f"every_step_until={config.every_step_until!r} "
-         "must be an int >= 0")
+    common.require_ints(config, ("train_size", "width", "depth", "batch_size", "epochs",
+                                 "fraction_samples", "checkpoint_every_logs"))
+    common.require_ints(config, ("every_step_until",), 0)
     need(isinstance(config.label_noise, (int, float)) and 0 < config.label_noise < 1,
          f"label_noise={config.label_noise!r} must be in (0, 1): f^p needs pristine and "
          "corrupted examples")
-    need(isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0,
-         f"learning_rate={config.learning_rate!r} must be a number > 0")
+    common.require_positive(config, ("learning_rate",))
     first, last = tuple(config.early_window)
     need(is_int(first, 0) and is_int(last, first) and last <= config.every_step_until,
          f"early_window={tuple(config.early_window)!r} must be (first, last) steps with 0 <= "
@@ -117,18 +114,15 @@ def arms(scale_name="small", seeds=3, overrides=None):
     from configs import loss_fractions as lf_config
 
     overrides = dict(overrides or {})
-    common.require("label_noise" not in overrides, "label_noise is set by each arm "
-                   f"({', '.join(map(str, lf_config.NOISE_LEVELS))}); it cannot be overridden")
-    out = []
-    for dataset, base in common.dataset_bases(lf_config, scale_name, overrides, "loss_fractions"):
-        for noise in lf_config.NOISE_LEVELS:
-            config = config_schema.apply_overrides(base, {"label_noise": noise})
-            check_config(config)
-            out += [Arm(f"{dataset}/noise{round(noise * 100):02d}",
-                        f"{dataset}, {noise:.0%} {config.noise_kind} noise", dataset, seed,
-                        config_schema.apply_overrides(config, {"seed": seed}))
-                    for seed in range(seeds)]
-    return out
+    common.refuse_overrides(overrides, ("label_noise",), "set by each arm "
+                            f"({', '.join(map(str, lf_config.NOISE_LEVELS))})")
+    return [arm for dataset, base in common.dataset_bases(lf_config, scale_name, overrides,
+                                                          "loss_fractions")
+            for noise in lf_config.NOISE_LEVELS
+            for arm in common.seeded_arms(
+                f"{dataset}/noise{round(noise * 100):02d}",
+                f"{dataset}, {noise:.0%} {base.noise_kind} noise", dataset,
+                config_schema.apply_overrides(base, {"label_noise": noise}), seeds, check_config)]
 
 
 def rules(arms_):

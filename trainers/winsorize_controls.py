@@ -17,7 +17,7 @@ from . import beyond_common as common
 from . import config_schema
 from . import memorisation_run
 from . import scale
-from .experiment import Arm, Column, Experiment
+from .experiment import Column, Experiment
 
 ARMS = {"sgd": "SGD", "winsorize": "winsorized SGD", "clip": "norm clipping, matched share",
         "matched_lr": "SGD, matched lr", "step_matched": "SGD, step norm matched per batch"}
@@ -124,20 +124,15 @@ def arms(scale_name="small", seeds=3, overrides=None):
 
     overrides = dict(overrides or {})
     pcts = tuple(overrides.pop("pcts", wc_config.WINSORIZE_PCTS))
-    for field in ("arm", "winsorize_pct"):
-        common.require(field not in overrides, f"{field} is set by each arm; it cannot be "
-                       "overridden with --set (choose the c values with pcts=...)")
+    common.refuse_overrides(overrides, ("arm", "winsorize_pct"), "set by each arm",
+                            " (choose the c values with pcts=...)")
     ((_, base),) = common.dataset_bases(wc_config, scale_name, overrides, "winsorize_controls")
     plan = [("sgd", 0.0)] + [(arm, float(p)) for p in pcts for arm in ARMS if arm != "sgd"]
-    out = []
-    for arm, pct in plan:
-        config = config_schema.apply_overrides(base, {"arm": arm, "winsorize_pct": pct})
-        check_config(config)
-        label = ARMS[arm] + ("" if arm == "sgd" else f" (c = {pct:g} %)")
-        out += [Arm(_group(arm, pct), label, "SGD" if arm == "sgd" else f"c = {pct:g} %", seed,
-                    config_schema.apply_overrides(config, {"seed": seed}))
-                for seed in range(seeds)]
-    return out
+    return [a for arm, pct in plan for a in common.seeded_arms(
+        _group(arm, pct), ARMS[arm] + ("" if arm == "sgd" else f" (c = {pct:g} %)"),
+        "SGD" if arm == "sgd" else f"c = {pct:g} %",
+        config_schema.apply_overrides(base, {"arm": arm, "winsorize_pct": pct}), seeds,
+        check_config)]
 
 
 def _pcts(arms_):
