@@ -65,10 +65,8 @@ def summarize(curves, fit=0.75):
 
 
 def run(config, run_dir, echo=print, phase1_dir=None):
-    """Train (or resume, or skip if finished) one phase-2 run; returns its results dict.
-
-    phase1_dir: where phase 1 of this seed lives (default `run_dir/phase1`; the experiment
-    passes `shared_phase1_dir(run_dir)`, one per dataset and seed)."""
+    """Train (or resume, or read if finished) one phase-2 run; its results dict. phase1_dir:
+    this seed's phase 1 (default `run_dir/phase1`; the experiment's: `shared_phase1_dir`)."""
     echo = echo or (lambda line: None)
     done = common.finished_or_checked(config, run_dir, check_config)
     if done is not None:
@@ -88,7 +86,7 @@ def _train_phase2(config, run_dir, echo, phase1, phase1_dir):
     started = time.time()
     ds = ap.load(config)
     x, y = ds.train.x.astype(np.float32), ds.train.original_y.astype(np.int32)  # real labels
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    x_test, y_test = common.arrays(ds.test)
     model = ap.initial_model(config, ds)
     if phase1 is not None:
         model.load_weights(os.path.join(phase1_dir, "final.weights.h5"))
@@ -161,12 +159,8 @@ def log_epochs(config):
 
 
 def arms(scale="small", seeds=3, overrides=None, optimizers=None):
-    """Arms "<dataset>/<start>_<optimizer arm>" (panel: the optimizer arm); every config checked
-    before any data is loaded; `optimizers` / `overrides["optimizers"]`: only these arms.
-
-    Datasets: `DATASETS[scale]`, or only `overrides["dataset"]`; optimizer arms:
-    `OPTIMIZER_ARMS` (or the names in `optimizers`); config = base ← `SCALES[scale]` ←
-    `DATASET_CHANGES[scale][dataset]` ← `overrides` ← the arm's start / optimizer / batch."""
+    """Arms "<dataset>/<start>_<optimizer arm>" (panel: the optimizer arm) per dataset
+    (`common.dataset_bases`); `optimizers` / `overrides["optimizers"]`: only these arms."""
     from configs import adversarial_init as ai_config
 
     overrides = dict(overrides or {})

@@ -104,9 +104,9 @@ def _train_phase1(config, p1_dict, phase1_dir, echo):
 
     started = time.time()
     ds = load(config)
-    x, y_random = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    x, y_random = common.arrays(ds.train)
     y_real = ds.train.original_y.astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    x_test, y_test = common.arrays(ds.test)
     model = initial_model(config, ds)
     optimizer = optimizers.build("adam", float(config.phase1_learning_rate))
     optimizer.build(model.trainable_variables)

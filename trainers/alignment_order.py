@@ -22,13 +22,11 @@ DECILES = 10
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     from cgh_tf import coherence, data
 
     started = time.time()
     ds = data.load(config.dataset)
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes)
     records = per_example_runs.EpochRecords(run_dir)
 

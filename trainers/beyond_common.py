@@ -235,6 +235,11 @@ def sample(pool, m, seed, salt):
         idx, size=min(int(m), len(idx)), replace=False))
 
 
+def arrays(split):
+    """(x float32 [n, ...], y int32 [n]: the training labels) of a `cgh_tf.data` split."""
+    return split.x.astype(np.float32), split.y.astype(np.int32)
+
+
 def split_indices(n, fraction, seed):
     """(kept, held out) sorted index arrays of a fixed random split of n examples, round(n ·
     fraction) held out, by the permutation `default_rng([seed, 4])`."""

@@ -12,8 +12,6 @@ docs/experiments/intro/depth_width.md; docs/design.md §7.1.
 import functools
 import time
 
-import numpy as np
-
 from cgh_tf import statistics
 
 from . import beyond_common as common
@@ -51,7 +49,6 @@ def summarize(curves, num_params):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
@@ -61,8 +58,7 @@ def _train(config, run_dir, echo):
     keras.utils.set_random_seed(int(config.seed))
     random = config.labels == "random"
     ds = _load(config.dataset, random, int(config.data_seed), config.max_train)
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     n = len(x)
     fresh = mlp(config, ds.input_shape, ds.num_classes)  # this seed's initial weights
     model, optimizer, loss_fn, xt, yt, train_epoch, evaluate = graph_loop.reused_epoch_trainer(

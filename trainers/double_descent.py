@@ -22,7 +22,6 @@ build_model = models.mlp
 
 
 def _train(config, run_dir, echo):
-    """The training of one run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
@@ -32,9 +31,8 @@ def _train(config, run_dir, echo):
     keras.utils.set_random_seed(int(config.seed))
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed))
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     corrupted = ds.train.corrupted
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
     model = build_model(config, ds.input_shape, ds.num_classes)
     optimizer = keras.optimizers.Adam(float(config.learning_rate))
     optimizer.build(model.trainable_variables)
@@ -83,11 +81,8 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None, widths=None):
-    """One arm per dataset and width, seeds 0..seeds−1; every config checked.
-
-    Datasets: `DATASETS[scale]`, or only `overrides["dataset"]`; widths: `WIDTHS[scale][dataset]`
-    unless `widths` is given (or `overrides["widths"]`); config = base ← `SCALES[scale]` ←
-    `DATASET_CHANGES[scale][dataset]` ← `overrides`."""
+    """One arm per dataset (`common.dataset_bases`) and width (`widths` / `overrides["widths"]`,
+    else `WIDTHS[scale][dataset]`)."""
     from configs import double_descent as dd_config
 
     overrides = dict(overrides or {})

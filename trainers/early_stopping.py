@@ -36,7 +36,6 @@ def log_steps(config, steps_per_epoch):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
@@ -47,7 +46,7 @@ def _train(config, run_dir, echo):
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed),
                    max_train=config.max_train, max_test=config.max_test)
-    x_all, y_all = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    x_all, y_all = common.arrays(ds.train)
     train_idx, val_idx = common.split_indices(len(x_all), config.validation_fraction,
                                               config.data_seed)
     if len(train_idx) < 2 or len(val_idx) < 1:
@@ -56,7 +55,7 @@ def _train(config, run_dir, echo):
     x, y, corrupted = x_all[train_idx], y_all[train_idx], ds.train.corrupted[train_idx]
     x_val, y_val = x_all[val_idx], y_all[val_idx]
     y_val_clean = ds.train.original_y[val_idx].astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    x_test, y_test = common.arrays(ds.test)
     if corrupted.sum() == 0 or corrupted.all():
         raise ValueError(f"label_noise={config.label_noise!r} leaves no corrupted or no pristine "
                          "training example")
@@ -137,11 +136,7 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None):
-    """One arm per dataset and noise level; every config checked.
-
-    Datasets: `DATASETS[scale]` of the config module, or only `overrides["dataset"]`; noise levels:
-    `noise_levels`; config = base ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]` ←
-    `overrides`."""
+    """One arm per dataset (`common.dataset_bases`) and level of `noise_levels`."""
     from configs import early_stopping as es_config
 
     overrides = dict(overrides or {})

@@ -57,14 +57,13 @@ def partition(easy, seed, test_fraction):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
 
     from cgh_tf import coherence, data
 
     started = time.time()
     ds = data.load(config.dataset)
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    x, y = common.arrays(ds.train)
     keras.utils.set_random_seed(int(config.seed))
     model = models.mlp(config, ds.input_shape, ds.num_classes)
     initial = model.get_weights()

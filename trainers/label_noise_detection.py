@@ -24,14 +24,13 @@ SCORES = ("alignment", "loss", "forgetting")
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     from cgh_tf import data, noisy_labels
 
     started = time.time()
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed))
-    x, y, corrupted = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32), ds.train.corrupted
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
+    x_test, y_test = common.arrays(ds.test)
     run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes)
     records = per_example_runs.EpochRecords(run_dir)
 

@@ -62,7 +62,7 @@ def _train(config, run_dir, echo):
     started = time.time()
     keras.utils.set_random_seed(int(config.seed))
     ds = memorisation_run.load_data(config)
-    x, y, corrupted = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32), ds.train.corrupted
+    x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
     model = models.mlp(config, ds.input_shape, ds.num_classes)
     optimizer = keras.optimizers.SGD(float(config.learning_rate))
     optimizer.build(model.trainable_variables)

@@ -7,8 +7,6 @@ ordering rule (`ORDER`: suppression isolated > uniform > pair) and its premise (
 evaluated in `analyses`. docs/experiments/intro/noise_structure.md; docs/design.md §7.1.
 """
 
-import numpy as np
-
 from cgh_tf import statistics
 
 from . import beyond_common as common
@@ -36,7 +34,7 @@ def _coherence(model, ds, m, data_seed):
     from cgh_tf import coherence
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    x, y, corrupted = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32), ds.train.corrupted
+    x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
     row = {}
     for name, salt in SAMPLES.items():
         idx = common.sample(corrupted if name == "corrupted" else ~corrupted, m, data_seed, salt)

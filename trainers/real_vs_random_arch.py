@@ -9,8 +9,6 @@ docs/experiments/intro/real_vs_random_arch.md; docs/design.md §7.1.
 
 import time
 
-import numpy as np
-
 from cgh_tf import statistics
 
 from . import beyond_common as common
@@ -47,7 +45,6 @@ def samples(config, splits):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
@@ -58,8 +55,7 @@ def _train(config, run_dir, echo):
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=data_seed,
                    max_train=int(config.max_train) or None, max_test=int(config.max_test) or None)
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     fixed = samples(config, {"train": (x, y), "test": (x_test, y_test)})
     m, batch = len(fixed["train"][0]), int(config.coherence_batch_size)
     keras.utils.set_random_seed(int(config.seed))
@@ -157,11 +153,8 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None, archs=None):
-    """Arms "dataset/arch/real|random" (panel "dataset/arch"); every config checked.
-
-    Datasets: `DATASETS[scale]`, or only `overrides["dataset"]`; architectures: `ARCHS`, or only
-    `overrides["arch"]`, or `archs`; config = base ← `SCALES[scale]` ←
-    `DATASET_CHANGES[scale][dataset]` ← `overrides` ← the arm's label_noise and seed."""
+    """Arms "dataset/arch/real|random" (panel "dataset/arch") per dataset
+    (`common.dataset_bases`) and architecture (`overrides["arch"]`, `archs` or `ARCHS`)."""
     from configs import real_vs_random_arch as rr_config
 
     overrides = dict(overrides or {})

@@ -80,16 +80,13 @@ def check_arm(config):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     return memorisation_run.train_memorisation(config, run_dir, echo)
 
 
 def arms(scale="small", seeds=3, overrides=None, arm_names=None, sizes=None):
-    """Arms `<dataset>/n<size>/<arm>` (panel `<dataset>/n<size>`), every config checked.
-
-    Datasets: `DATASETS[scale]` of the config module, or only `overrides["dataset"]`; sizes:
-    `sizes` / `overrides["sizes"]`, else only `overrides["train_size"]`, else `SIZES[scale][dataset]`;
-    arms: `arm_names` / `overrides["arms"]` (a subset of `ARMS`) or all."""
+    """Arms `<dataset>/n<size>/<arm>` (panel `<dataset>/n<size>`) per dataset
+    (`common.dataset_bases`), size (`sizes` / `overrides["sizes"]`, else `overrides["train_size"]`,
+    else `SIZES[scale][dataset]`) and arm (`arm_names` / `overrides["arms"]`, else `ARMS`)."""
     from configs import scale as scale_config
 
     overrides = dict(overrides or {})

@@ -57,7 +57,7 @@ def calibrate(model, ds, config):
 
     from . import graph_loop
 
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    x, y = common.arrays(ds.train)
     winsorize, batch = aggregators.Winsorize(float(config.winsorize_pct)), int(config.batch_size)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     perm = graph_loop.epoch_permutation(config.seed, 0, len(x))
