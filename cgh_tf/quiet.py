@@ -108,3 +108,19 @@ def stderr_held_back():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def logs_at_least(level=logging.WARNING):
+    """For the block, absl's verbosity and TensorFlow's Python logger (`tensorflow`) pass only
+    records at `level` (a `logging` level) or above, unless they were quieter already; restored
+    after. Used where a run must print nothing of its own (an experiment's arms, timed steps)."""
+    tf_logger = logging.getLogger("tensorflow")
+    shown, tf_level = absl_logging.get_verbosity(), tf_logger.level
+    absl_logging.set_verbosity(min(shown, absl_logging.converter.standard_to_absl(level)))
+    tf_logger.setLevel(max(tf_level, level))
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(shown)
+        tf_logger.setLevel(tf_level)

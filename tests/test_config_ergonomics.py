@@ -100,8 +100,52 @@ def test_a_train_run_saved_with_the_removed_easy_hard_fields_is_the_same_run(tmp
         single_run.check_workdir_holds_config(str(tmp_path), config)
 
 
-def test_comparable_keeps_every_other_spelling():
+def test_migrate_maps_version_1_forward_and_keeps_every_other_spelling():
     winsorized = json.loads(json.dumps(winsorize.get_config().to_dict()))
     winsorized["optimizer"]["winsorize_pct"] = 0.0  # winsorize at c = 0 is not the mean
-    assert config_schema.comparable(winsorized) == winsorized
-    assert config_schema.comparable({"dataset": "mnist1d"}) == {"dataset": "mnist1d"}
+    assert config_schema.migrate(winsorized, 1) == winsorized
+    assert config_schema.migrate({"dataset": "mnist1d"}, 1) == {"dataset": "mnist1d"}
+    old = outputs.json_roundtrip(default.get_config().to_dict())
+    old["optimizer"]["winsorize_pct"] = 0.0
+    old["easy_hard"] = {"probe_epochs": 2}
+    assert config_schema.migrate(old, 1) == outputs.json_roundtrip(default.get_config().to_dict())
+    assert config_schema.saved_config({"config": old}) == config_schema.migrate(old, 1)
+
+
+def test_a_run_saved_at_the_current_version_compares_by_plain_equality(tmp_path):
+    """A version-2 record is not migrated: its c = 0 under the mean is another spelling than
+    today's unset c, so such a workdir is refused (only version-1 records had c = 0 as default)."""
+    config = default.get_config()
+    saved = outputs.json_roundtrip(config.to_dict())
+    saved["optimizer"]["winsorize_pct"] = 0.0
+    outputs.write_json(str(tmp_path / outputs.RESULTS_FILE),
+                       {"config": saved, "config_version": config_schema.CONFIG_VERSION,
+                        "epochs_completed": config.num_epochs})
+    with pytest.raises(config_schema.ConfigError, match=r"fields \['optimizer'\] differ"):
+        single_run.check_workdir_holds_config(str(tmp_path), config)
+
+
+@pytest.mark.parametrize("version", [config_schema.CONFIG_VERSION + 1, 0, "2"])
+def test_a_config_of_an_unknown_version_is_refused_in_one_line(tmp_path, version):
+    config = default.get_config()
+    outputs.write_json(str(tmp_path / outputs.RESULTS_FILE),
+                       {"config": outputs.json_roundtrip(config.to_dict()),
+                        "config_version": version, "epochs_completed": config.num_epochs})
+    with pytest.raises(config_schema.ConfigError, match=r"^workdir .* holds the finished results of a run "
+                       r"with config_version=.*, which this cgh_tf does not read \(versions 1 to "
+                       r"\d+\); use a newer cgh_tf or another workdir$"):
+        single_run.check_workdir_holds_config(str(tmp_path), config)
+
+
+def test_results_carry_the_config_version():
+    """What a run writes (results.json, and the same record in every checkpoint) names its
+    version, so a later schema change can migrate it."""
+    import numpy as np
+
+    from cgh_tf import data
+
+    x, y = np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1])
+    dataset = data.from_arrays(x, y, x, y)
+    results = single_run.make_results(default.get_config(), dataset, [])
+    assert results["config_version"] == config_schema.CONFIG_VERSION
+    assert config_schema.saved_config(results) == results["config"]

@@ -113,3 +113,32 @@ def test_collect_copies_a_runs_results_and_figures(tmp_path, monkeypatch):
     publish.collect(str(tmp_path), "toy", str(workdir))
     assert sorted(os.listdir(tmp_path / "results" / "toy")) == ["a.png", "results.json",
                                                                  "results.md"]
+
+
+def test_a_run_at_another_setting_gets_its_own_section_and_survives_collect(tmp_path, monkeypatch):
+    """`results/<name>/<setting>/` (e.g. real_vs_random_arch/mnist5k) is rendered after the
+    default run, figures linked and copied; collecting the default run keeps it."""
+    monkeypatch.setattr(publish, "experiments", lambda: ["toy"])
+    verdict = _toy_repo(tmp_path)
+    setting = tmp_path / "results" / "toy" / "big"
+    setting.mkdir()
+    (setting / "results.json").write_text(json.dumps({"groups": {}, "verdicts": []}))
+    (setting / "results.md").write_text("# Toy, big\n\n![f](big.png)\n")
+    (setting / "big.png").write_bytes(b"big")
+    publish.publish(str(tmp_path))
+    toy = (tmp_path / "docs" / "experiments" / "toy.md").read_text()
+    assert toy.index("## Results: Toy") < toy.index("## Results (big): Toy, big")
+    assert toy.endswith("![f](../results/toy/big/big.png)\n")
+    assert (tmp_path / "docs" / "results" / "toy" / "big" / "big.png").read_bytes() == b"big"
+    assert verdict in (tmp_path / "README.md").read_text()  # the README row: the default run
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "results.json").write_text("{}")
+    (workdir / "results.md").write_text("# T\n")
+    publish.collect(str(tmp_path), "toy", str(workdir))
+    assert sorted(os.listdir(tmp_path / "results" / "toy")) == ["big", "results.json",
+                                                                 "results.md"]
+    assert (setting / "big.png").read_bytes() == b"big"
+    publish.collect(str(tmp_path), "toy/big", str(workdir))
+    assert sorted(os.listdir(setting)) == ["results.json", "results.md"]
+

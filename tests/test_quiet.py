@@ -52,6 +52,29 @@ def test_stderr_held_back_shows_the_output_of_a_block_that_fails(capfd):
     assert capfd.readouterr().err == "why the import failed\n"
 
 
+@pytest.mark.parametrize("level", [logging.WARNING, logging.ERROR])
+def test_logs_at_least_hides_lower_records_for_the_block_only(level, caplog):
+    import tensorflow as tf
+    from absl import logging as absl_logging
+
+    tf_logger = tf.get_logger()
+    before = absl_logging.get_verbosity(), tf_logger.level
+    absl_logging.set_verbosity(absl_logging.INFO)
+    try:
+        with quiet.logs_at_least(level):
+            assert absl_logging.get_verbosity() == absl_logging.converter.standard_to_absl(level)
+            assert tf_logger.level == level
+            assert not tf_logger.isEnabledFor(level - 10) and tf_logger.isEnabledFor(level)
+        assert absl_logging.get_verbosity() == absl_logging.INFO
+        absl_logging.set_verbosity(absl_logging.ERROR)  # already quieter: not made louder
+        with quiet.logs_at_least(logging.WARNING):
+            assert absl_logging.get_verbosity() == absl_logging.ERROR
+    finally:
+        absl_logging.set_verbosity(before[0])
+        tf_logger.setLevel(before[1])
+    assert (absl_logging.get_verbosity(), tf_logger.level) == before
+
+
 def test_warnings_only_from_a_directory():
     keep = quiet.WarningsOnlyFrom("/site/tensorflow")
 

@@ -1,26 +1,12 @@
-"""The trainer's config schema: allowed values, validation, the feature fields, the optimizer kind.
+"""The trainer's config schema: allowed values, validation (`ConfigError` listing every bad
+field), the feature fields, the optimizer kind, `--set` overrides and the saved configs' versions.
 
-Every trainer config derives from `configs/default.py`, which holds every field and its default
-(the one place defaults are written; the field table is there). Nothing here reads flags or data.
-
-| function                         | returns                                                        |
-|----------------------------------|----------------------------------------------------------------|
-| `validate(config)`               | None; raises `ConfigError` listing every bad field             |
-| `setting(config, "a.b")`         | a feature field's value, or its default when the config lacks it |
-| `add_feature_fields(config)`     | adds the missing feature fields with their defaults            |
-| `optimizer_kind(config)`         | `(kind, k)` of `optimizer.name` (`cgh_tf.optimizers.parse_name`) |
-| `is_m3` / `m3_groups` / `uses_cgh_model` / `updates_per_batch` | facts of the optimizer name |
-| `in_batch_m3_changes(config)`    | every `--config.FIELD=VALUE` in-batch M3 still needs (one list)  |
-| `check_batches_split(config, n)` | after loading: every batch splits into the in-batch M3 groups   |
-| `apply_overrides(config, dict)`  | a copy with `{"a.b": value}` fields set (unknown field: ValueError) |
-| `comparable(config_dict)`        | a saved config dict with equal spellings of one run made equal   |
-
-Feature fields (`FEATURE_FIELDS`): `mode`, `coherence.*`, `optimizer.aggregation`,
-`optimizer.winsorize_pct`, `optimizer.m3_in_batch`, `learning_times.every_steps`
-(meanings in `configs/default.py`).
+Every trainer config derives from `configs/default.py`, the one place fields and defaults are
+written. Nothing here reads flags or data.
 """
 
 import copy
+import functools
 import math
 import numbers
 
@@ -33,8 +19,7 @@ MODES = ("train",)
 AGGREGATIONS = ("mean", "winsorize")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "tpu")  # trainers/distributed_loop.py
 
-# The feature fields: optional in a config (a config without them trains as the plain trainer);
-# their defaults are the values in `configs/default.py`, the one place defaults are written.
+# Optional in a config (one without them trains as the plain trainer); defaults: configs/default.py.
 FEATURE_FIELDS = ("mode", "coherence.every", "coherence.per_layer", "coherence.training",
                   "coherence.monitor_samples", "coherence.monitor_every_steps",
                   "optimizer.aggregation", "optimizer.winsorize_pct", "optimizer.m3_in_batch",
@@ -46,14 +31,8 @@ def feature_defaults() -> dict:
     from configs import default
 
     config = default.get_config()
-    return {dotted: _get(config, dotted) for dotted in FEATURE_FIELDS}
-
-
-def _get(config, dotted):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+    return {dotted: functools.reduce(lambda node, part: node[part], dotted.split("."), config)
+            for dotted in FEATURE_FIELDS}
 
 
 class ConfigError(ValueError):
@@ -82,11 +61,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{', '.join(INPUT_CORRUPTIONS)}")
     for field in ("max_train", "max_test"):
         value = config[field]
-        need(value is None or _is_int(value, minimum=1),
+        need(value is None or is_int(value, minimum=1),
              f"{field}={value!r} must be None or a positive int")
     for field in ("num_epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
-        need(_is_int(config[field], minimum=1), f"{field}={config[field]!r} must be a positive int")
-    need(_is_int(config.seed, minimum=0), f"seed={config.seed!r} must be a non-negative int")
+        need(is_int(config[field], minimum=1), f"{field}={config[field]!r} must be a positive int")
+    need(is_int(config.seed, minimum=0), f"seed={config.seed!r} must be a non-negative int")
     timeout = setting(config, "collective_timeout")
     need(_is_number(timeout) and timeout > 0,
          f"collective_timeout={timeout!r} must be a positive number of seconds")
@@ -108,8 +87,8 @@ def _validate_optimizer(opt, need):
          f"learning_rate={opt.learning_rate!r} must be a positive number")
     need(_is_number(opt.momentum) and 0.0 <= opt.momentum < 1.0,
          f"optimizer.momentum={opt.momentum!r} must be in [0, 1)")
-    need(_is_int(opt.groups, minimum=1), f"optimizer.groups={opt.groups!r} must be a positive int")
-    need(_is_int(opt.window, minimum=1), f"optimizer.window={opt.window!r} must be a positive int")
+    need(is_int(opt.groups, minimum=1), f"optimizer.groups={opt.groups!r} must be a positive int")
+    need(is_int(opt.window, minimum=1), f"optimizer.window={opt.window!r} must be a positive int")
     need(_is_number(opt.l2) and opt.l2 >= 0, f"optimizer.l2={opt.l2!r} must be >= 0")
     need(_is_number(opt.weight_decay) and opt.weight_decay >= 0,
          f"optimizer.weight_decay={opt.weight_decay!r} must be >= 0")
@@ -123,10 +102,9 @@ def _known_optimizer_name(opt) -> bool:
     from cgh_tf import optimizers
 
     try:
-        optimizers.parse_name(opt.name)
+        return bool(optimizers.parse_name(opt.name))
     except ValueError:
         return False
-    return True
 
 
 def _validate_schedule(schedule, need):
@@ -134,7 +112,7 @@ def _validate_schedule(schedule, need):
          f"lr_schedule.name={schedule.name!r} is unknown; allowed: {', '.join(SCHEDULES)}")
     epochs = schedule.decay_epochs
     epochs = tuple(epochs) if isinstance(epochs, (tuple, list)) else None
-    need(epochs is not None and all(_is_int(e, minimum=1) for e in epochs)
+    need(epochs is not None and all(is_int(e, minimum=1) for e in epochs)
          and list(epochs) == sorted(set(epochs)),
          f"lr_schedule.decay_epochs={schedule.decay_epochs!r} must be strictly increasing "
          f"positive ints")
@@ -153,7 +131,7 @@ def setting(config, dotted: str):
 
 
 def add_feature_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Adds every missing feature field with its default (so flags can override it); returns config."""
+    """Adds every missing feature field with its default (so flags can override it)."""
     from ml_collections import config_dict
 
     for dotted, default in feature_defaults().items():
@@ -172,24 +150,49 @@ def add_feature_fields(config: ml_collections.ConfigDict) -> ml_collections.Conf
 _FIELD_TYPES = {"optimizer.winsorize_pct": float}  # of the feature fields unset by default
 
 
+CONFIG_VERSION = 2  # of the config a run saves (`config_version` beside it; absent: 1)
+
+
+def _from_version_1(saved: dict) -> dict:
+    """Version 1 → 2: `optimizer.winsorize_pct` 0 under `aggregation="mean"` became unset (None),
+    and the `easy_hard` fields of a `mode="train"` run went with the easy_hard trainer mode."""
+    if saved.get("mode", "train") == "train":
+        saved = {key: value for key, value in saved.items() if key != "easy_hard"}
+    optimizer = saved.get("optimizer")
+    if (isinstance(optimizer, dict) and optimizer.get("aggregation", "mean") == "mean"
+            and optimizer.get("winsorize_pct") == 0):
+        saved = {**saved, "optimizer": {**optimizer, "winsorize_pct": None}}
+    return saved
+
+
+_MIGRATIONS = {1: _from_version_1}  # version v -> the function mapping a v dict to v + 1
+
+
+def migrate(saved: dict, version: int = 1) -> dict:
+    """A config dict saved at `version` in today's spelling, so that a saved run and a new config
+    compare by plain equality (with `outputs.json_roundtrip(config.to_dict())`); ConfigError for a
+    version this code does not know (saved by a newer cgh_tf)."""
+    if not is_int(version, 1) or version > CONFIG_VERSION:
+        raise ConfigError(f"config_version={version!r}, which this cgh_tf does not read (versions "
+                          f"1 to {CONFIG_VERSION}); use a newer cgh_tf or another workdir")
+    for older in range(version, CONFIG_VERSION):
+        saved = _MIGRATIONS[older](saved)
+    return saved
+
+
+def saved_config(record: dict) -> dict:
+    """The config of a checkpoint record or results.json dict (`config`, `config_version`),
+    migrated to today's version."""
+    return migrate(record["config"], record.get("config_version", 1))
+
+
 def comparable(config_dict: dict) -> dict:
-    """A config dict (`config.to_dict()` after a JSON round trip) with the spellings of one run
-    made equal: `optimizer.winsorize_pct` 0 and unset (None) under `aggregation="mean"` (the
-    default was 0 before it became unset), and without the `easy_hard` fields of a `mode="train"`
-    run saved before the easy_hard trainer mode was removed (they configured only that mode). For
-    comparing a saved config with a new one."""
-    if config_dict.get("mode", "train") == "train" and "easy_hard" in config_dict:
-        config_dict = {key: value for key, value in config_dict.items() if key != "easy_hard"}
-    optimizer = config_dict.get("optimizer")
-    if (not isinstance(optimizer, dict) or optimizer.get("aggregation", "mean") != "mean"
-            or optimizer.get("winsorize_pct") != 0):
-        return config_dict
-    return {**config_dict, "optimizer": {**optimizer, "winsorize_pct": None}}
+    """`migrate` from version 1 (kept until trainers/fit_arm.py calls `saved_config`)."""
+    return migrate(config_dict, 1)
 
 
 def optimizer_kind(config) -> tuple:
-    """`(kind, k)` of `optimizer.name` (`cgh_tf.optimizers.parse_name`: "sgd" / "adam" / "m" /
-    "rm" / "ra", with the groups or window k); ConfigError for an unknown name."""
+    """`(kind, k)` of `optimizer.name` (`cgh_tf.optimizers.parse_name`); ConfigError if unknown."""
     from cgh_tf import optimizers
 
     opt = config.optimizer
@@ -205,14 +208,13 @@ def is_m3(config) -> bool:
 
 
 def m3_groups(config) -> int:
-    """The number of groups k of an M3 optimizer name (`m3` -> `optimizer.groups`, `m5` -> 5)."""
+    """The groups k of an M3 name (`m3` -> `optimizer.groups`, `m5` -> 5)."""
     return optimizer_kind(config)[1]
 
 
 def updates_per_batch(config) -> tuple:
-    """How the optimizer turns batches into updates: `(kind, k)` with kind "every" (one update
-    per batch: SGD / Adam, and in-batch M3), "every_kth" (M3 over k consecutive batches) or
-    "after_window" (RM3 / RA3: one per batch once k batches were seen)."""
+    """`(kind, k)`: "every" batch (SGD / Adam, in-batch M3), "every_kth" (M3 over k consecutive
+    batches) or "after_window" (RM3 / RA3: every batch once k were seen)."""
     kind, k = optimizer_kind(config)
     if kind in ("sgd", "adam") or (kind == "m" and setting(config, "optimizer.m3_in_batch")):
         return "every", 1
@@ -220,7 +222,7 @@ def updates_per_batch(config) -> tuple:
 
 
 def uses_cgh_model(config) -> bool:
-    """`cgh_tf.Model` unless M3 groups are consecutive batches (which needs a plain `keras.Model`)."""
+    """`cgh_tf.Model` unless M3 groups are consecutive batches (a plain `keras.Model`)."""
     return not is_m3(config) or bool(setting(config, "optimizer.m3_in_batch"))
 
 
@@ -230,9 +232,9 @@ def _validate_features(config, need):
     for field in ("coherence.every", "coherence.monitor_samples", "coherence.monitor_every_steps",
                   "learning_times.every_steps"):
         value = setting(config, field)
-        need(_is_int(value, minimum=0), f"{field}={value!r} must be an int >= 0 (0 = off)")
+        need(is_int(value, minimum=0), f"{field}={value!r} must be an int >= 0 (0 = off)")
     every_steps = setting(config, "coherence.monitor_every_steps")
-    need(not (_is_int(every_steps, 1) and setting(config, "coherence.monitor_samples") == 0),
+    need(not (is_int(every_steps, 1) and setting(config, "coherence.monitor_samples") == 0),
          f"coherence.monitor_every_steps={every_steps!r} has no effect without the monitor; set "
          f"coherence.monitor_samples > 0 or coherence.monitor_every_steps=0")
     for field in ("coherence.per_layer", "coherence.training", "optimizer.m3_in_batch"):
@@ -262,27 +264,23 @@ def _validate_features(config, need):
 
 
 def in_batch_m3_changes(config) -> list:
-    """Every flag that must change for M3 within the batch, as `--config.FIELD=VALUE` strings:
-    the groups of one batch are asked for (`optimizer.m3_in_batch`) or needed (per-step
-    coherence, `coherence.every > 0`, measures the batch `cgh_tf.Model` sees). Empty when nothing
-    must change, or when M3 runs over consecutive batches without coherence.
-
-    The batch size becomes the next multiple of the k groups; `drop_remainder=True` is asked for
-    unless `max_train` leaves a last batch that splits too (with `max_train` unset the size of
-    the training set is not known before loading, and `check_batches_split` checks it then)."""
+    """Every `--config.FIELD=VALUE` that in-batch M3 (asked for by `optimizer.m3_in_batch`, or
+    needed by per-step coherence) still needs: the batch size as a multiple of the groups, and
+    `drop_remainder=True` unless `max_train` is known to leave a last batch that splits too
+    (otherwise `check_batches_split` checks after loading). Empty when nothing must change."""
     in_batch = setting(config, "optimizer.m3_in_batch")
     every = setting(config, "coherence.every")
-    if not (in_batch is True or _is_int(every, 1)) or not _is_int(config.optimizer.groups, 1):
+    if not (in_batch is True or is_int(every, 1)) or not is_int(config.optimizer.groups, 1):
         return []
     changes = [] if in_batch is True else ["--config.optimizer.m3_in_batch=True"]
     groups, batch = m3_groups(config), config.batch_size
-    if not _is_int(batch, 1):
+    if not is_int(batch, 1):
         return changes
     if batch % groups:
         batch = -(-batch // groups) * groups
         changes.append(f"--config.batch_size={batch} (a multiple of the {groups} M3 groups; "
                        f"now {config.batch_size})")
-    last = config.max_train % batch if _is_int(config.max_train, 1) else None
+    last = config.max_train % batch if is_int(config.max_train, 1) else None
     if config.drop_remainder is not True and (last is None or last % groups):
         changes.append("--config.drop_remainder=True (the last batch of an epoch must split "
                        "into the groups too)")
@@ -294,7 +292,6 @@ def is_int(value, minimum):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
 
-_is_int = is_int
 
 
 def _is_number(value):
@@ -302,10 +299,8 @@ def _is_number(value):
             and math.isfinite(value))
 
 
-
 def check_batches_split(config, num_train: int) -> None:
-    """In-batch M3 needs every batch, the last one of an epoch too, divisible by the groups
-    (ConfigError naming the fields otherwise). No-op for other optimizers."""
+    """ConfigError unless every batch of in-batch M3, the last one too, splits into the groups."""
     if not (is_m3(config) and setting(config, "optimizer.m3_in_batch")):
         return
     last = num_train % config.batch_size
@@ -318,10 +313,8 @@ def check_batches_split(config, num_train: int) -> None:
 
 
 def apply_overrides(config, overrides: dict) -> ml_collections.ConfigDict:
-    """A copy of `config` with `{"a.b": value}` fields set; ValueError naming an unknown field.
-
-    The one way the runners set fields (`trainers.reproduce --set=a.b=VALUE` for every arm); a
-    single trainer run takes ml_collections' own `--config.a.b=VALUE` flags."""
+    """A copy of `config` with `{"a.b": value}` fields set (`--set`); ValueError (one line)
+    naming an unknown field or a wrong type."""
     config = copy.deepcopy(config)
     for path, value in (overrides or {}).items():
         *parents, leaf = path.split(".")

@@ -1,12 +1,5 @@
-"""The declaration of an experiment: what to run and what to report, not how (`runner.py` runs it).
-
-An experiment module declares one `Experiment`: its arms (a function of scale, seeds and `--set`
-overrides that returns `Arm`s with every config checked), the loop of one arm (`run_arm`, a
-resumable run: the custom graph loop of `graph_loop.py` or a Keras `fit` run), the table columns
-(keys of each run's `summary`), the comparisons and verdict rules declared before any run
-(`cgh_tf.statistics`), and hooks for what does not fit a table: figures and analyses.
-docs/design.md §7 shows a complete one.
-"""
+"""The declaration of an experiment: what to run and report, not how (`runner.py` runs it;
+docs/design.md §7.0 shows a complete one)."""
 
 import dataclasses
 from typing import Callable
@@ -18,11 +11,9 @@ import ml_collections
 class Arm:
     """One run: `config` trained into `WORKDIR/<group>/seed<seed>`.
 
-    group: arm name shared by all seeds (a relative path, e.g. "noise50/m3"); results are aggregated
-        over the seeds of a group. label: legend / table name ("M3"). panel: figure row / table
-        section the arm belongs to ("50% noise"). linestyle: matplotlib style of its curves.
-        tags: the axes the arm lies on (e.g. ("width", "depth") for a model in both sweeps), for
-        analyses and figures; not part of the config, so they never change a run.
+    group: arm name shared by its seeds (a relative path, e.g. "noise50/m3"), aggregated over
+    them; label: legend / table name; panel: figure row / table section; linestyle: matplotlib
+    style; tags: the axes the arm lies on, for analyses and figures (not in the config).
     """
 
     group: str
@@ -50,21 +41,16 @@ class Column:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """An experiment as a declaration.
+    """An experiment as a declaration (`runs` = [(Arm, result dict)] in plan order).
 
-    arms(scale, seeds, overrides) -> [Arm]: every config checked (one-line ValueError) before
-        anything is trained or written; seeds 0..seeds-1.
-    run_arm(config, run_dir, echo) -> dict: train, resume or (finished) just read one run; the
-        dict is the run's results.json and has a `summary` {key: number}.
-    loop: "graph" (`graph_loop.py`, update-level control) or "fit" (Keras `fit`, `single_run.py`).
-    columns: the results.md table. comparisons: (arm group, control group) pairs whose every column
-        is differenced paired by seed with a 95 % CI (only the `compared` column keys, if given); contrasts: (column, control column) pairs
-        differenced within every arm, paired by seed. rules: `cgh_tf.statistics.PairedRule`s whose
-        arm / control are groups. comparisons and rules may be functions of the planned arms.
-    figures(workdir, runs) -> [file names]; analyses(runs) -> (markdown lines, JSON dict);
-    setting(runs) -> markdown lines describing the setting; progress: the column keys shown on
-    each arm's progress line.
-    `runs` = [(Arm, result dict)] in plan order.
+    arms(scale, seeds, overrides) -> [Arm], every config checked (one-line ValueError);
+    run_arm(config, run_dir, echo) -> the run's results.json dict (with a `summary`): train,
+    resume or read one run; loop: "graph" (`graph_loop.py`) or "fit" (Keras `fit`);
+    columns: the table; comparisons: (arm group, control group) pairs differenced paired by seed
+    on every column (or on the `compared` keys); contrasts: (column, control column) pairs within
+    every arm; rules: `cgh_tf.statistics` rules on groups (comparisons and rules may be functions
+    of the planned arms); figures(workdir, runs) -> [file names]; analyses(runs) -> (markdown
+    lines, JSON dict); setting(runs) -> markdown lines; progress: column keys of the arm's line.
     """
 
     name: str

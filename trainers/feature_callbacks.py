@@ -1,15 +1,5 @@
-"""The trainer's feature callbacks: coherence monitor, loss-reduction fractions, learning times
-(docs/design.md, "Trainers"; the fields in `configs/default.py`).
-
-| file (in the workdir)            | written                          | content                     |
-|----------------------------------|----------------------------------|-----------------------------|
-| `coherence.csv`                  | every epoch / N steps (appended) | `CoherenceMonitor` rows     |
-| `learning_times.csv`             | at train end (atomic)            | `LearningTimes` rows        |
-| `tensorboard/learning_times`     | at every evaluation              | histograms / fractions      |
-| `tensorboard/steps`              | every N steps                    | `StepMeasurements` scalars  |
-
-The monitor's values go into the epoch logs (TensorBoard `train` run, History, results.json). The
-learning times' state is part of the run's checkpoint (`ResumableLearningTimes.state`).
+"""The trainer's feature callbacks: coherence monitor, loss-reduction fractions, per-step
+measurements, learning times (fields: `configs/default.py`; files: docs/guide/trainer.md).
 """
 
 import csv
@@ -20,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cgh_tf import callbacks
 from cgh_tf.atomic_files import atomic_open
 from trainers.config_schema import ConfigError, setting
 
@@ -30,12 +21,9 @@ _MONITOR_SEED_SALT = 20_081_217  # separates the monitor's sample choice from ot
 
 
 def monitor_samples(data, m: int, seed: int) -> dict:
-    """Fixed samples of `m` examples each for the coherence monitor, chosen with `seed`.
-
-    Returns `{"train", "test", "pristine"[, "corrupted"]: cgh_tf.data.Split}` (subsets of
-    `data.train` / `data.test`; training subsets carry their *training* labels, `"corrupted"` only
-    when the training split has corrupted examples). Raises ConfigError if a pool has fewer than m.
-    """
+    """`{"train", "test", "pristine"[, "corrupted"]: Split}`: the monitor's fixed samples of `m`
+    examples chosen with `seed` (training labels; "corrupted" only with corrupted examples);
+    ConfigError if a pool has fewer than m."""
     rng = np.random.default_rng([seed, _MONITOR_SEED_SALT])
     corrupted = np.asarray(data.train.corrupted, dtype=bool)
     pools = {"train": (data.train, np.ones(len(data.train), bool)),
@@ -54,13 +42,9 @@ def monitor_samples(data, m: int, seed: int) -> dict:
 
 
 class LossReductionFractions(keras.callbacks.Callback):
-    """Logs `f_pristine`, `f_corrupt` (ICLR 2020) of a fixed training sample at every epoch end,
-    and `f_pristine_null` = Q_p/Q, the value f^p takes for orthogonal (gradient-blind) gradients.
-
-    f^p = ⟨g, g^p⟩ / ⟨g, g⟩ with g^p, g^c the summed gradients of the pristine / corrupt examples
-    of the sample (training labels) and g = g^p + g^c; f^c = 1 − f^p
-    (`cgh_tf.coherence.loss_reduction_fractions`, inference mode unless `training`).
-    """
+    """Logs f^p = ⟨g, g^p⟩ / ⟨g, g⟩ (`f_pristine`), f^c = 1 − f^p (`f_corrupt`) of a fixed
+    training sample at every epoch end (`cgh_tf.coherence.loss_reduction_fractions`), and their
+    gradient-blind null Q_p/Q (`f_pristine_null`, `cgh_tf.nulls`)."""
 
     def __init__(self, split, batch_size: int, training: bool = False):
         super().__init__()
@@ -71,8 +55,7 @@ class LossReductionFractions(keras.callbacks.Callback):
             logs.update(self.measure())
 
     def measure(self) -> dict:
-        """`{"f_pristine": f^p, "f_corrupt": f^c, "f_pristine_null": Q_p/Q}` (Python floats) at
-        the current weights; Q_p/Q is f^p's gradient-blind null (`cgh_tf.nulls`)."""
+        """`{"f_pristine", "f_corrupt", "f_pristine_null"}` (floats) at the current weights."""
         from cgh_tf import coherence, nulls
 
         pristine = ~np.asarray(self.split.corrupted, bool)
@@ -88,21 +71,13 @@ STEP_ONLY_KEYS = ("step", "epoch", "loss", "accuracy")  # step rows' keys not pu
 
 
 class StepMeasurements(keras.callbacks.Callback):
-    """Drives a `CoherenceMonitor` (and `LossReductionFractions`) every N batches and at epoch ends.
-
-    Measures at step 0 (train begin of a fresh run), after every `every_steps`-th batch (steps =
-    batches seen, counted over the whole run) and at every epoch end (reusing the measurement of
-    the epoch's last batch when that step was just measured). Every measurement
-
-    | goes to                          | content                                                        |
-    |----------------------------------|----------------------------------------------------------------|
-    | `rows` (a list shared with the checkpoint state; `step_history` of results.json) | `{"step", "epoch" (0-based, in progress), "loss", "accuracy" (running means over the epoch's batches so far, training mode; None at step 0), "coherence/<sample>/...", "f_pristine", "f_corrupt", "f_pristine_null"}` |
-    | `coherence.csv` (the monitor's)  | its rows, column `epoch` as above, so `truncate_csv_epochs` works |
-    | TensorBoard `log_dir`            | every value of the row (except step / epoch; None and NaN: no scalar) at the global step |
-    | epoch logs (epoch ends only)     | the same keys as the per-epoch monitor, so `history` is unchanged |
-
-    Deterministic (no wall-clock); resume with `steps_seen = epochs done x steps per epoch` and the
-    rows of the checkpoint, which end with that epoch's end measurement.
+    """Drives a `CoherenceMonitor` (and `LossReductionFractions`) at step 0 of a fresh run, after
+    every `every_steps`-th batch of the run and at every epoch end (reusing a measurement of that
+    step). Each row {"step", "epoch" (0-based), "loss", "accuracy" (running, None at step 0),
+    monitor values, f^p} goes to `rows` (the checkpoint's and results.json's `step_history`), the
+    monitor's CSV, TensorBoard `log_dir` at the global step (no scalar for None / NaN) and, at
+    epoch ends, the epoch logs (as the per-epoch monitor). Deterministic; resume with
+    `steps_seen` = epochs done × steps per epoch and the checkpoint's rows.
     """
 
     def __init__(self, monitor, fractions, every_steps: int, log_dir=None, steps_seen: int = 0,
@@ -165,11 +140,8 @@ class StepMeasurements(keras.callbacks.Callback):
 
 
 def truncate_csv_epochs(path: str, first_epoch: int) -> None:
-    """Keep the header and the rows of epochs < `first_epoch` (column `epoch`) of a CSV, atomically.
-
-    Used on resume so that an append-only CSV never holds a row twice: rows written after the
-    checkpoint being resumed from (and a line cut by a kill) are dropped. No-op if `path` is absent.
-    """
+    """Keep the header and the rows of epochs < `first_epoch` of a CSV (atomically; no-op if
+    absent): on resume, rows after the checkpoint and a line cut by a kill are dropped."""
     if not os.path.exists(path):
         return
     with open(path, newline="") as f:
@@ -187,76 +159,43 @@ def truncate_csv_epochs(path: str, first_epoch: int) -> None:
             f.write(new_text)
 
 
-class ResumableLearningTimes(keras.callbacks.Callback):
-    """`cgh_tf.callbacks.LearningTimes` whose state is part of the run's checkpoint.
+_LEARNING_TIMES_ARRAYS = ("first_correct_step", "stable_since_step", "last_prediction")
 
-    `state()` is the JSON-able state (arrays, evaluated steps, steps seen) that the trainer saves
-    under `state_key` in every epoch's checkpoint record (`trainers/run_state.py`);
-    `load_state(state)` restores it on resume. Delegates everything else to the wrapped callback.
-    """
+
+class ResumableLearningTimes(callbacks.LearningTimes):
+    """`cgh_tf.callbacks.LearningTimes` whose `state()` is saved under `state_key` in every
+    checkpoint record and restored by `load_state` on resume."""
 
     state_key = "learning_times"  # a callback with a `state_key` has its `state()` checkpointed
 
     def __init__(self, workdir, split, every_steps, batch_size):
-        from cgh_tf import callbacks
-
-        super().__init__()
-        self.inner = callbacks.LearningTimes(
-            split, every_steps, batch_size=batch_size,
-            csv_path=os.path.join(workdir, LEARNING_TIMES_CSV),
-            log_dir=os.path.join(workdir, "tensorboard", "learning_times"))
-
-    def set_model(self, model):
-        super().set_model(model)
-        self.inner.set_model(model)
-
-    def on_train_begin(self, logs=None):
-        self.inner.on_train_begin(logs)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.inner.on_train_batch_end(batch, logs)
-
-    def on_train_end(self, logs=None):
-        self.inner.on_train_end(logs)
+        super().__init__(split, every_steps, batch_size=batch_size,
+                         csv_path=os.path.join(workdir, LEARNING_TIMES_CSV),
+                         log_dir=os.path.join(workdir, "tensorboard", "learning_times"))
 
     def state(self) -> dict:
-        """The learning times' state as JSON-able lists (for the checkpoint's record)."""
-        lt = self.inner
-        return {"first_correct_step": np.asarray(lt.first_correct_step).tolist(),
-                "stable_since_step": np.asarray(lt.stable_since_step).tolist(),
-                "last_prediction": np.asarray(lt.last_prediction).tolist(),
-                "evaluated_steps": [int(s) for s in lt.evaluated_steps],
-                "steps_seen": int(lt.steps_seen)}
+        """The learning times' state as JSON-able lists."""
+        return {**{k: np.asarray(getattr(self, k)).tolist() for k in _LEARNING_TIMES_ARRAYS},
+                "evaluated_steps": [int(s) for s in self.evaluated_steps],
+                "steps_seen": int(self.steps_seen)}
 
     def load_state(self, state: dict) -> None:
         """Restore `state()` of a checkpoint (ConfigError if it is missing)."""
         if not state:
             raise ConfigError("the checkpoint has no learning-times state: the workdir's learning "
                               "times cannot be resumed; use another workdir")
-        lt = self.inner
-        lt.first_correct_step = np.asarray(state["first_correct_step"],
-                                           np.asarray(lt.first_correct_step).dtype)
-        lt.stable_since_step = np.asarray(state["stable_since_step"],
-                                          np.asarray(lt.stable_since_step).dtype)
-        lt.last_prediction = np.asarray(state["last_prediction"],
-                                        np.asarray(lt.last_prediction).dtype)
-        lt.evaluated_steps = [int(s) for s in state["evaluated_steps"]]
-        lt.steps_seen = int(state["steps_seen"])
+        for key in _LEARNING_TIMES_ARRAYS:
+            setattr(self, key, np.asarray(state[key], np.asarray(getattr(self, key)).dtype))
+        self.evaluated_steps = [int(s) for s in state["evaluated_steps"]]
+        self.steps_seen = int(state["steps_seen"])
 
 
 def feature_callbacks(config, data, workdir: str, first_epoch: int, steps: int,
                       step_history: list = None, resumed: dict = None) -> list:
-    """Callbacks of the feature fields, in order; each adds its values to the epoch logs.
-
-    `first_epoch` > 0 means a resume: the monitor CSV is truncated to the epochs before it (the
-    CSV is an output, rewritten from the checkpoint's epoch on), the monitor's step count is
-    `first_epoch × steps`, and the learning times load their state from `resumed` (the record
-    of the checkpoint, `trainers/run_state.py`). `steps`: batches per epoch. `step_history`: the
-    list the per-step measurements (`coherence.monitor_every_steps > 0`,
-    `StepMeasurements.rows`) are appended to — the rows of the checkpoint resumed from.
-    """
-    from cgh_tf import callbacks
-
+    """Callbacks of the feature fields, in order, each adding its values to the epoch logs.
+    On resume (`first_epoch` > 0, `steps` batches per epoch) the monitor's CSV is truncated, its
+    step count set and the learning times load their state from `resumed` (the checkpoint's
+    record); `step_history`: the per-step rows, appended to (the checkpoint's)."""
     result = []
     m = setting(config, "coherence.monitor_samples")
     if m:

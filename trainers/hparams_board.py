@@ -1,15 +1,7 @@
-"""TensorBoard's HParams dashboard for every experiment's arms (docs/design.md, "Trainers").
-
-One *session* per run: `write_session(logdir, hparams, metrics, curves)` writes, into a fresh
-`logdir` (replaced whole, so rewriting a finished run is idempotent), the run's hyperparameters
-(`hp.hparams`), its final numbers as scalars at step 0 (`final/<name>`) and optionally its curves
-as scalars at their steps. `write_experiment(workdir, sessions)` writes the dashboard's column
-config (`hp.hparams_config`) at the sweep's root, so `tensorboard --logdir=WORKDIR` lists every
-run of the sweep as one row with its hyperparameters and final numbers.
-
-Values: hyperparameters must be bool / int / float / str (others are written with `str()`);
-metric values that are None or NaN are left out (a run without a measurement shows an empty
-cell, never 0).
+"""TensorBoard's HParams dashboard of an experiment: one session per run (its hyperparameters, its
+final numbers as `final/<name>` at step 0, its curves) and the column config at the root, so
+`tensorboard --logdir=WORKDIR` lists every run as one row. None / NaN metrics are left out (an
+empty cell, never 0); hyperparameters other than bool / int / float / str are written as `str`.
 """
 
 import glob
@@ -18,13 +10,12 @@ import os
 import shutil
 
 FINAL = "final"  # tag prefix of a session's final numbers
+SESSION_DIR = "hparams"  # a run's session directory (beside its other TensorBoard runs)
 _CONFIG_SUFFIX = ".hparams_config"  # events file of the column config at the sweep's root
 
 
 def _hparam_value(value):
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 
 def _is_number(value) -> bool:
@@ -32,39 +23,41 @@ def _is_number(value) -> bool:
             and math.isfinite(float(value)))
 
 
-def write_session(logdir: str, hparams: dict, metrics: dict, curves: dict = None,
-                  trial_id: str = None) -> None:
-    """Write one HParams session into `logdir` (removed first if it exists).
-
-    hparams: {name: value}; metrics: {name: number} (final numbers, tag `final/<name>`);
-    curves: optional {"step": [int], name: [number or None]} (tag `<name>`, at each step)."""
+def _write(logdir, summaries, filename_suffix=None):
+    """Run `summaries()` into a new events file of `logdir`."""
     import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hp
 
-    if os.path.isdir(logdir):
-        shutil.rmtree(logdir)
-    writer = tf.summary.create_file_writer(logdir)
+    writer = tf.summary.create_file_writer(logdir, filename_suffix=filename_suffix)
     with writer.as_default():
-        hp.hparams({k: _hparam_value(v) for k, v in hparams.items()}, trial_id=trial_id)
-        for name, value in metrics.items():
-            if _is_number(value):
-                tf.summary.scalar(f"{FINAL}/{name}", float(value), step=0)
-        for name, values in (curves or {}).items():
-            if name == "step":
-                continue
-            for step, value in zip(curves["step"], values):
-                if _is_number(value):
-                    tf.summary.scalar(name, float(value), step=int(step))
+        summaries()
     writer.flush()
     writer.close()
 
 
-def write_experiment(workdir: str, sessions: list) -> None:
-    """The dashboard's columns, in an events file at `workdir` (the previous one replaced):
-    every hparam of `sessions` and every final metric with a number in some session.
-
-    sessions: [(hparams dict, metrics dict)] as given to `write_session`."""
+def write_session(logdir: str, hparams: dict, metrics: dict, curves: dict = None) -> None:
+    """One session in a fresh `logdir` (replaced whole): hparams {name: value}, metrics {name:
+    number} and curves {"step": [int], name: [number or None]}."""
     import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    def summaries():
+        hp.hparams({k: _hparam_value(v) for k, v in hparams.items()})
+        for name, value in metrics.items():
+            if _is_number(value):
+                tf.summary.scalar(f"{FINAL}/{name}", float(value), step=0)
+        for name, values in (curves or {}).items():
+            for step, value in zip(curves["step"], values if name != "step" else ()):
+                if _is_number(value):
+                    tf.summary.scalar(name, float(value), step=int(step))
+
+    if os.path.isdir(logdir):
+        shutil.rmtree(logdir)
+    _write(logdir, summaries)
+
+
+def write_experiment(workdir: str, sessions: list) -> None:
+    """The dashboard's columns at `workdir` (the previous file replaced): every hparam of
+    `sessions` [(hparams, metrics)] and every final metric with a number in some session."""
     from tensorboard.plugins.hparams import api as hp
 
     names, metric_names = {}, {}
@@ -76,25 +69,17 @@ def write_experiment(workdir: str, sessions: list) -> None:
     os.makedirs(workdir, exist_ok=True)
     for old in glob.glob(os.path.join(workdir, "events.out.tfevents.*" + _CONFIG_SUFFIX)):
         os.remove(old)
-    writer = tf.summary.create_file_writer(workdir, filename_suffix=_CONFIG_SUFFIX)
-    with writer.as_default():
-        hp.hparams_config(hparams=columns,
-                          metrics=[hp.Metric(f"{FINAL}/{m}", display_name=m) for m in metric_names])
-    writer.flush()
-    writer.close()
+    _write(workdir, lambda: hp.hparams_config(
+        hparams=columns, metrics=[hp.Metric(f"{FINAL}/{m}", display_name=m) for m in metric_names]),
+        filename_suffix=_CONFIG_SUFFIX)
 
 
 def _domain(values: set):
+    """A discrete domain of values of one kind (bools, strings or numbers); None for a mix."""
     from tensorboard.plugins.hparams import api as hp
 
-    if all(isinstance(v, bool) for v in values) or all(isinstance(v, str) for v in values):
-        return hp.Discrete(sorted(values))
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return hp.Discrete(sorted(values))
-    return None
-
-
-SESSION_DIR = "hparams"  # a run's session directory (beside its other TensorBoard runs)
+    kinds = {bool if isinstance(v, bool) else str if isinstance(v, str) else float for v in values}
+    return hp.Discrete(sorted(values)) if len(kinds) == 1 else None
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -105,17 +90,14 @@ def flatten(config: dict, prefix: str = "") -> dict:
         if isinstance(value, dict):
             flat.update(flatten(value, name + "."))
         else:
-            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+            flat[name] = _hparam_value(value)
     return flat
 
 
 def write_sweep(workdir: str, runs: list) -> None:
-    """One session per run and the columns at `workdir`: the dashboard of a whole sweep.
-
-    runs: `[(run_dir, config dict, extra hparams dict, metrics dict, curves dict or None)]`. Each
-    session holds the config fields whose value differs between the runs (the sweep's axes,
-    seed included) plus the extra hparams (e.g. the arm's group), written to
-    `run_dir/hparams`."""
+    """One session per run in `run_dir/hparams` and the columns at `workdir`. runs: `[(run_dir,
+    config dict, extra hparams, metrics, curves or None)]`; a session holds the extra hparams and
+    the config fields whose value differs between the runs (seed included)."""
     flat = [flatten(config) for _, config, _, _, _ in runs]
     keys = sorted({k for f in flat for k in f})
     varying = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]

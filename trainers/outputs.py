@@ -1,13 +1,5 @@
-"""What the trainer writes into a workdir besides its checkpoints, each file atomically
-(`cgh_tf/atomic_files.py`); docs/design.md, "Trainers".
-
-| path (in the workdir)            | written                 | content                                        |
-|----------------------------------|-------------------------|------------------------------------------------|
-| `checkpoints/`                   | after every epoch       | the run's resume state (`trainers/run_state.py`) |
-| `tensorboard/{train,validation}` | by keras TensorBoard    | epoch scalars (see `trainers/train.py`)        |
-| `results.json`                   | at the end              | config, per-epoch history, final figures; no wall-clock values |
-| `timings.json`                   | at the end              | wall-clock seconds of this invocation          |
-| `curves.png`                     | at the end              | loss, accuracy and (if measured) batch m-coherence curves (matplotlib Agg) |
+"""What the trainer writes into a workdir besides its checkpoints, atomically: canonical JSON
+(results.json, timings.json) and curves.png (files: docs/guide/trainer.md).
 """
 
 import json
@@ -23,20 +15,15 @@ PLOT_FILE = "curves.png"
 
 
 def to_json(obj) -> str:
-    """Canonical JSON (sorted keys, 2-space indent, trailing newline): equal objects give equal bytes.
-
-    A float NaN ("no value", see `trainers/train.py`) is written as `null`, which every JSON reader
-    accepts and which reads back as None.
-    """
+    """Canonical JSON (sorted keys, 2-space indent, trailing newline; a NaN, "no value", as
+    null): equal objects give equal bytes."""
     return json.dumps(_nan_to_none(obj), sort_keys=True, indent=2, allow_nan=True) + "\n"
 
 
 def _nan_to_none(obj):
     """`obj` with every float NaN (nested in dicts, lists, tuples) replaced by None."""
-    if isinstance(obj, float):  # also np.float64
+    if isinstance(obj, (float, np.floating)):
         return None if math.isnan(obj) else obj
-    if isinstance(obj, np.floating):
-        return None if np.isnan(obj) else obj
     if isinstance(obj, dict):
         return {k: _nan_to_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -65,15 +52,17 @@ def write_json(path: str, obj) -> None:
 
 
 def history_columns(history: list) -> dict:
-    """Per-epoch list of log dicts -> `{key: [value per epoch]}` (None where an epoch lacks the key)."""
+    """Per-epoch log dicts -> `{key: [value per epoch]}` (None where an epoch lacks the key)."""
     keys = sorted({k for logs in history for k in logs})
     return {k: [logs.get(k) for logs in history] for k in keys}
 
 
 def plot_curves(path: str, history: list, title: str = "") -> None:
     """Write `curves_figure(history, title)` as a PNG to `path` (atomically)."""
-    fig = curves_figure(history, title)  # selects the Agg backend before pyplot is imported
-    from matplotlib import pyplot as plt
+    from trainers.figures import pyplot
+
+    fig = curves_figure(history, title)
+    plt = pyplot()
 
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
@@ -81,18 +70,12 @@ def plot_curves(path: str, history: list, title: str = "") -> None:
 
 
 def curves_figure(history: list, title: str = ""):
-    """Matplotlib figure (Agg) of the per-epoch `history` (list of log dicts, None / NaN = no value).
+    """Matplotlib figure (Agg; the caller closes it) of the per-epoch `history` (log dicts, None /
+    NaN = no value): loss; accuracy (train, test, pristine, corrupted); the training batches'
+    m-coherence (whole model, layers dashed) when measured, skipping epochs without a value."""
+    from trainers.figures import pyplot
 
-    Panels: loss (train / test); accuracy (train, test, pristine, corrupted); and, when `m_coherence`
-    has a value in some epoch (`coherence.every > 0`), the m-coherence of the training batches
-    (`m_coherence`, and `m_coherence/<layer>` dashed), one marker per epoch with a measurement
-    (epochs without one are skipped, not drawn as 0). The caller closes the figure.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     columns = history_columns(history)
     epochs = np.arange(1, len(history) + 1)
 

@@ -3,22 +3,15 @@ docs page, the docs navigation and the README's table of experiments and verdict
 
     python -m trainers.publish                                     # regenerate everything
     python -m trainers.publish --collect=memorisation=WORKDIR      # first copy a run's files in
+    python -m trainers.publish --collect=real_vs_random_arch/mnist5k=WORKDIR   # another setting
 
-| input (hand-written or copied)           | what                                                |
-|------------------------------------------|-----------------------------------------------------|
-| `results/<name>/results.json`, `results.md`, `*.png` | a run of `trainers/runner.py` at the default scale (`--collect` copies them from its WORKDIR) |
-| `docs/experiments/intro/<name>.md`       | the claim, the setup, how to read the result; its lines `<!-- claim: ... -->` and `<!-- earlier: ... -->` give the README row's claim and, until results exist, the earlier finding |
-| `docs/experiments/earlier/<name>.md`     | optional: the earlier, hand-written numbers, shown until the experiment has results |
-
-| output (generated: edit the inputs)      | what                                                |
-|------------------------------------------|-----------------------------------------------------|
-| `docs/experiments/<name>.md`             | intro + results.md (its heading as "## Results: ...", figure links to `../results/<name>/`), or intro + "not yet rerun" + earlier |
-| `docs/results/<name>/*.png`              | copies of the figures                               |
-| README.md between `README_BEGIN` / `README_END` | one row per declared experiment: claim, the verdict texts of its declared rules (effect and 95 % CI), link to its page |
-| mkdocs.yml between `NAV_BEGIN` / `NAV_END` | the Experiments section of the navigation          |
-
-So the numbers of the README and the docs are those of the results files; tests/test_publish.py
-regenerates everything and fails if a committed file differs.
+Inputs: `results/<name>/` (results.json, results.md, figures of a default-scale run; a
+sub-folder `results/<name>/<setting>/` holds a run at another setting, shown in its own section),
+`docs/experiments/intro/<name>.md` (hand-written; its `<!-- claim: -->` and `<!-- earlier: -->`
+lines) and optionally `docs/experiments/earlier/<name>.md`. Outputs (generated, never edited):
+`docs/experiments/<name>.md`, `docs/results/<name>/` (figures), the README's block between
+`README_BEGIN` / `README_END` and mkdocs.yml's between `NAV_BEGIN` / `NAV_END` (docs/design.md
+§7.0, "Publishing"). tests/test_publish.py fails if a committed file differs.
 """
 
 import os
@@ -60,7 +53,7 @@ def _meta(text, key):
 
 def intro(root, name):
     """(text, title, claim, earlier phrase or None) of `docs/experiments/intro/<name>.md`;
-    ValueError (one line) if it is missing or has no `# title` / `<!-- claim: ... -->` line."""
+    ValueError (one line) if it is missing or lacks its `# title` / `<!-- claim: -->` line."""
     path = os.path.join(root, "docs", "experiments", "intro", f"{name}.md")
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist: every declared experiment needs its "
@@ -74,7 +67,8 @@ def intro(root, name):
 
 
 def results(root, name):
-    """(results.json dict, results.md text, figure files) of `results/<name>/`, or None."""
+    """(results.json dict, results.md text, figure files) of `results/<name>/` (`name` may be
+    `<experiment>/<setting>`), or None."""
     import json
 
     folder = os.path.join(root, "results", name)
@@ -82,36 +76,56 @@ def results(root, name):
         return None
     summary = json.loads(_read(os.path.join(folder, "results.json")))
     text = _read(os.path.join(folder, "results.md"))
-    figures = re.findall(r"!\[[^\]]*\]\(([^)/]+\.png)\)", text)
-    return summary, text, figures
+    return summary, text, _figures(text)
+
+
+def _figures(results_md):
+    """The figure files a results.md links to."""
+    return re.findall(r"!\[[^\]]*\]\(([^)/]+\.png)\)", results_md)
+
+
+def settings(root, name):
+    """The sub-folders of `results/<name>/` holding a run at another setting, sorted."""
+    folder = os.path.join(root, "results", name)
+    return sorted(entry for entry in (os.listdir(folder) if os.path.isdir(folder) else ())
+                  if os.path.exists(os.path.join(folder, entry, "results.json")))
+
+
+def _results_section(root, name, heading):
+    """(markdown of the run in `results/<name>/` under `heading`, its figure copies)."""
+    _, body, figures = results(root, name)
+    copies = []
+    for figure in figures:
+        copies.append((os.path.join(root, "results", name, figure),
+                       os.path.join(root, "docs", "results", name, figure)))
+        body = body.replace(f"]({figure})", f"](../results/{name}/{figure})")
+    return re.sub(r"^# ", f"## {heading}: ", body, count=1, flags=re.M).rstrip(), copies
 
 
 def page(root, name):
     """The text of `docs/experiments/<name>.md` and its figures [(source, destination)]."""
     text, _, _, _ = intro(root, name)
-    found = results(root, name)
     parts = [GENERATED.format(name=name), text.rstrip()]
     copies = []
-    if found is None:
+    if results(root, name) is None:
         earlier = os.path.join(root, "docs", "experiments", "earlier", f"{name}.md")
         parts.append(f"## Results\n\n**{NOT_RERUN.capitalize()}** (3 seeds, seed-paired 95 % "
                      "intervals, verdicts of rules declared before the run).")
         if os.path.exists(earlier):
             parts.append(_read(earlier).rstrip())
     else:
-        _, body, figures = found
-        for figure in figures:
-            copies.append((os.path.join(root, "results", name, figure),
-                           os.path.join(root, "docs", "results", name, figure)))
-            body = body.replace(f"]({figure})", f"](../results/{name}/{figure})")
-        parts.append(re.sub(r"^# ", "## Results: ", body, count=1, flags=re.M).rstrip())
+        sections = [(name, "Results")] + [(f"{name}/{setting}", f"Results ({setting})")
+                                          for setting in settings(root, name)]
+        for folder, heading in sections:
+            section, figures = _results_section(root, folder, heading)
+            parts.append(section)
+            copies += figures
     return "\n\n".join(parts) + "\n", copies
 
 
 def verdict_cell(summary):
-    """The README's verdict cell of a results.json: seeds, the tally of its declared rules'
-    outcomes (`cgh_tf.statistics.outcome`) and the first declared rule's verdict in full (each
-    experiment declares its headline rule first); every verdict is on the experiment's page."""
+    """The README's verdict cell of a results.json: seeds, the tally of its rules' outcomes
+    (`cgh_tf.statistics.outcome`), the first (headline) rule's verdict and the analyses'."""
     from cgh_tf import statistics
 
     seeds = max(len(g["seeds"]) for g in summary["groups"].values())
@@ -129,8 +143,7 @@ def verdict_cell(summary):
 
 
 def analysis_verdicts(analyses):
-    """Every string stored under a key "verdict" in an experiment's `analyses` (the rules its
-    analysis hook evaluates across groups, e.g. noise_structure's ordering), in order."""
+    """Every string under a key "verdict" in an experiment's `analyses`, in order."""
     if isinstance(analyses, dict):
         return [found for key, value in analyses.items()
                 for found in ([value] if key == "verdict" and isinstance(value, str)
@@ -186,18 +199,18 @@ def render(root):
 
 
 def collect(root, name, workdir):
-    """Copy a run's results.json, results.md and figures from `workdir` into `results/<name>/`."""
+    """Copy a run's results.json, results.md and figures from `workdir` into `results/<name>/`
+    (`name` may be `<experiment>/<setting>`), replacing the files there (not its settings)."""
     missing = [f for f in RUN_FILES if not os.path.exists(os.path.join(workdir, f))]
     if missing:
         raise ValueError(f"{workdir} holds no {', '.join(missing)}: collect the WORKDIR of a "
                          "finished `trainers.reproduce` run")
     folder = os.path.join(root, "results", name)
-    if os.path.isdir(folder):
-        shutil.rmtree(folder)
-    os.makedirs(folder)
-    figures = re.findall(r"!\[[^\]]*\]\(([^)/]+\.png)\)", _read(os.path.join(workdir,
-                                                                            "results.md")))
-    for file in RUN_FILES + tuple(figures):
+    os.makedirs(folder, exist_ok=True)
+    for old in os.listdir(folder):
+        if os.path.isfile(os.path.join(folder, old)):
+            os.remove(os.path.join(folder, old))
+    for file in RUN_FILES + tuple(_figures(_read(os.path.join(workdir, "results.md")))):
         shutil.copyfile(os.path.join(workdir, file), os.path.join(folder, file))
 
 
@@ -221,9 +234,10 @@ def main(argv):
     try:
         for item in FLAGS.collect:
             name, sep, workdir = item.partition("=")
-            if not sep or name not in experiments():
-                raise ValueError(f"--collect={item!r} must be NAME=WORKDIR with NAME one of "
-                                 f"{', '.join(experiments())}")
+            experiment, _, setting = name.partition("/")
+            if not sep or experiment not in experiments() or "/" in setting:
+                raise ValueError(f"--collect={item!r} must be NAME[/SETTING]=WORKDIR with NAME "
+                                 f"one of {', '.join(experiments())}")
             collect(FLAGS.root, name, workdir)
         for path in publish(FLAGS.root):
             print(path)
@@ -232,7 +246,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_multi_string("collect", [], "NAME=WORKDIR: copy a run's results into "
-                              "results/NAME/ first.")
+    flags.DEFINE_multi_string("collect", [], "NAME[/SETTING]=WORKDIR: copy a run's results "
+                              "into results/NAME[/SETTING]/ first.")
     flags.DEFINE_string("root", ".", "The repository root.")
     app.run(main)

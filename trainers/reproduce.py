@@ -1,25 +1,13 @@
 r"""Reproduce one experiment with one command: all arms, all seeds, figures, tables and verdicts.
 
     python -m trainers.reproduce --experiment=memorisation --workdir=workdirs/memorisation
-    python -m trainers.reproduce --experiment=real_vs_random --workdir=DIR --seeds=5
-    python -m trainers.reproduce --experiment=memorisation --workdir=DIR --scale=cifar10 --dry_run
-    python -m trainers.reproduce --experiment=scale --workdir=DIR --set=dataset=mnist5k
-    python -m trainers.reproduce --experiment=easy_hard --workdir=DIR --set=epochs=5
+    python -m trainers.reproduce --experiment=scale --workdir=DIR --set=dataset=mnist5k --dry_run
 
-Every experiment is a declaration (`trainers/experiment.py`) named in `trainers/catalog.py` and
-run by `trainers/runner.py`: its arms are planned first, every config checked before anything is
-written (`--dry_run` stops there: `plan.json`, nothing trained); every arm runs in its own
-`<group>/seed<k>` directory, so an interrupted run, started again, reads the finished arms and
-resumes the interrupted one from its last checkpoint. The files of WORKDIR (results.json,
-results.md with the seed-paired 95 % intervals and the declared rules' verdicts, the figures,
-timings.json, the HParams sessions: `tensorboard --logdir=WORKDIR`) are described in
-`trainers/runner.py`.
-
-Flags, the same for every experiment: `--seeds` (number of seeds; default: the experiment's, 3
-or more), `--scale` (each experiment says which it has), `--set=FIELD=VALUE` (repeatable; a field
-of every arm's base config, e.g. `--set=num_epochs=5`), `--dry_run` (write plan.json, print the arms' grid and an estimated
-time, `trainers/dry_run.py`; train nothing), `--progress` (the runs' own
-progress output).
+The same flags for every experiment (`trainers/catalog.py`): `--seeds` (default: the
+experiment's, 3 or more), `--scale`, `--set=FIELD=VALUE` (repeatable; a field of every arm's
+config), `--dry_run` (write plan.json, print the arms' grid and an estimated time; train nothing),
+`--progress` (the runs' own output). A run started again reads finished arms and resumes the
+interrupted one; WORKDIR's files: docs/design.md §7.0.
 """
 
 import ast
@@ -36,10 +24,8 @@ from . import train
 
 
 def parse_overrides(items) -> dict:
-    """["num_epochs=5", "model.kwargs.width=64", "dataset=mnist"] -> {field: Python value}.
-
-    Values are Python literals where they parse as one (5, 0.1, None, (30, 60)), else strings.
-    """
+    """["num_epochs=5", "dataset=mnist"] -> {field: value}: a Python literal where one parses
+    (5, 0.1, None, (30, 60)), else the string."""
     overrides = {}
     for item in items or ():
         field, sep, text = item.partition("=")
@@ -77,9 +63,8 @@ def _define_flags():
 
 def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=False,
               progress=False, command="", echo=print):
-    """Plan experiment `name` (every arm's config checked; ValueError before anything is
-    written); with `dry_run` write `WORKDIR/plan.json` and return None, else run it and return
-    its results.json dict. The one path of every experiment."""
+    """Plan experiment `name` (ValueError before anything is written); with `dry_run` write
+    `WORKDIR/plan.json` and return None, else run it and return its results.json dict."""
     overrides = parse_overrides(set_items)
     arms, experiment = catalog.plan(name, scale, seeds, overrides)
     if dry_run:

@@ -1,20 +1,7 @@
-"""One resume state per trainer run, saved and restored whole (docs/design.md, "Trainers").
-
-After every epoch the chief writes one `tf.train.Checkpoint` through `cgh_tf.checkpoints.CheckpointStore`
-to `WORKDIR/checkpoints/epoch-<E>` (E = epochs completed; the newest `keep_checkpoints` kept):
-
-| object           | what                                                                      |
-|------------------|---------------------------------------------------------------------------|
-| `model`          | the model's variables                                                     |
-| `optimizer`      | its variables and those of the optimizers it wraps (M3 / RM3 buffers, step counters) |
-| `steps_trained`  | `cgh_tf.Model.steps_trained` (coherence every N steps), when the model has one |
-| `schedule_epoch` | the learning-rate schedule's epoch (`trainers/schedule.py`)               |
-| `record`         | JSON: `epoch`, `config`, `history` (per-epoch logs), and the `parts` (e.g. `step_history`, `learning_times`) |
-
-A save is staged and renamed into place (`cgh_tf/checkpoints.py`), so a run killed or out of disk
-while saving resumes from the checkpoint before; resuming verifies checkpoints newest first and
-sets a damaged one aside (`newest_intact`). Restoring checks that every saved object found its
-variable (`assert_existing_objects_matched`); a workdir of another model fails loudly.
+"""One resume state per trainer run: after every epoch one `tf.train.Checkpoint` (model,
+optimizer with the optimizers it wraps, `steps_trained`, the schedule's epoch, a JSON record) to
+`WORKDIR/checkpoints/epoch-<E>` through `cgh_tf.checkpoints.CheckpointStore` (staged saves,
+verified restores, damaged ones set aside; docs/design.md §7, "Reliability").
 """
 
 import json
@@ -43,11 +30,8 @@ class _Record(tf.train.experimental.PythonState):
 
 
 class RunState:
-    """The checkpoint of one run: `save(epoch, record)` after an epoch, `restore(path)` on resume.
-
-    model: built and compiled (its optimizer built); schedule: a `trainers.schedule.EpochStepDecay`
-    or None; keep: how many checkpoints to keep.
-    """
+    """The checkpoint of one run of a compiled `model` (optimizer built) and `schedule`
+    (`EpochStepDecay` or None), keeping the newest `keep`."""
 
     def __init__(self, workdir: str, model, schedule=None, keep: int = 1):
         self.record = _Record()
@@ -61,8 +45,8 @@ class RunState:
         self.store = _store(workdir, self.checkpoint, keep)
 
     def save(self, epoch: int, record: dict) -> str:
-        """Write the checkpoint of `epoch` completed epochs with the JSON `record`; its path.
-        `checkpoints.CheckpointSaveError` (one line) if it cannot be written."""
+        """Write the checkpoint of `epoch` completed epochs with the JSON `record`; its path
+        (`checkpoints.CheckpointSaveError`, one line, if it cannot be written)."""
         self.record.value = record
         return self.store.save(int(epoch))
 
@@ -78,14 +62,13 @@ def _store(workdir, checkpoint, keep=1):
 
 
 def list_checkpoints(workdir: str) -> list:
-    """`[(epochs completed, path prefix), ...]` of the complete checkpoints, oldest first (not
-    verified: `newest_intact` verifies)."""
+    """`[(epochs completed, path prefix)]` of the complete checkpoints, oldest first (unverified)."""
     return checkpoints.present(os.path.join(workdir, CHECKPOINT_DIR), _PREFIX)
 
 
 def newest_intact(workdir: str):
-    """`(epochs completed, path prefix)` of the newest checkpoint that reads completely, or None;
-    newer damaged ones are reported in one line each and moved to `checkpoints/damaged/`."""
+    """`(epochs completed, path prefix)` of the newest checkpoint that reads completely, or None
+    (newer damaged ones reported and moved to `checkpoints/damaged/`)."""
     return _store(workdir, None).newest_intact()
 
 
@@ -100,7 +83,6 @@ def read_record(path: str) -> dict:
 
 
 def restore_model(path: str, model, schedule=None) -> dict:
-    """Load the checkpoint at `path` into a compiled `model` (its optimizer built) and
-    `schedule`; its record. For reading a finished run's weights."""
+    """Load the checkpoint at `path` into a compiled `model` and `schedule`; its record."""
     workdir = os.path.dirname(os.path.dirname(path))
     return RunState(workdir, model, schedule).restore(path)

@@ -1,24 +1,6 @@
-r"""The one runner of declared experiments (`experiment.Experiment`): plan, dry run, run, report.
+"""The one runner of declared experiments (`experiment.Experiment`): plan, dry run, run, report.
 
-| function                                  | what                                                  |
-|-------------------------------------------|-------------------------------------------------------|
-| `plan(experiment, scale, seeds, overrides)` | the arms, every config checked (one-line ValueError) before anything is written |
-| `write_plan(name, arms, workdir)`         | `WORKDIR/plan.json`: every arm's config; nothing trained |
-| `run(experiment, arms, workdir, command)` | every arm trained, resumed or (finished) read; then `tabulate` and the files |
-| `tabulate(experiment, runs)`              | the one results.json schema (below)                  |
-
-Files in WORKDIR: `<group>/seed<k>/` (one run each: `ckpt/`, `curves.json`, `results.json`),
-`results.json`, `results.md`, the figures, `timings.json`, HParams sessions; `plan.json` (dry run).
-`run` and `write_plan` hold the workdir's lock (`cgh_tf/workdir_lock.py`: one writer per workdir),
-each run its own run directory's; checkpoints go through `cgh_tf/checkpoints.py`
-(`beyond_common.Checkpointer`: atomic save, verified restore).
-
-`results.json` schema: `experiment`, `title`, `command`, `columns` [{key, header, fmt}],
-`groups` {group: {label, panel, seeds, arm_dirs, metrics: {key: {per_seed: {seed: value}, mean,
-sd, n}}}}, `comparisons` / `contrasts` [{arm, control, metric, control_metric, mean, sd, n, low,
-high, t, d_z, level, seeds, differences, method}], `verdicts` [{rule, statement, decided, text}],
-`analyses` (the experiment's hook), `figures`, `seconds` {group: wall-clock of this invocation}.
-sd is the sample sd (ddof 1); intervals are 95 % Student t over the seed-paired differences.
+Files, the results.json schema and the locks: docs/design.md §7.0, "The runner's files".
 """
 
 import os
@@ -73,26 +55,21 @@ def write_plan(name, arms, workdir):
 
 def run(experiment, arms, workdir, command="", echo=print, progress=False):
     """Run every arm into `WORKDIR/<group>/seed<k>` (finished ones are read, interrupted ones
-    resume: `experiment.run_arm`'s contract), one line per arm on `echo`; with `progress` the
-    runs' own log lines too. Then write the report; returns the results.json dict."""
-    with workdir_lock.hold(workdir, f"experiment {experiment.name}"):
-        return _run_each(experiment, arms, workdir, command, echo or (lambda line: None),
-                         progress)
-
-
-def _run_each(experiment, arms, workdir, command, echo, progress):
-    """`run`'s loop and report (under the workdir's lock)."""
+    resume), one line per arm on `echo` (with `progress` the runs' own lines too), under the
+    workdir's lock; then write the report and return the results.json dict."""
+    echo = echo or (lambda line: None)
     runs, seconds = [], {}
-    for index, arm in enumerate(arms, 1):
-        started = time.time()
-        result = experiment.run_arm(arm.config, os.path.join(workdir, arm.path),
-                                    echo=echo if progress else None)
-        took = time.time() - started
-        seconds[arm.group] = round(seconds.get(arm.group, 0.0) + took, 1)
-        echo(f"[{index}/{len(arms)}] {arm.path}: {took:.0f} s; "
-             + describe(experiment, result["summary"]))
-        runs.append((arm, result))
-    return write_report(experiment, runs, workdir, command, seconds)
+    with workdir_lock.hold(workdir, f"experiment {experiment.name}"):
+        for index, arm in enumerate(arms, 1):
+            started = time.time()
+            result = experiment.run_arm(arm.config, os.path.join(workdir, arm.path),
+                                        echo=echo if progress else None)
+            took = time.time() - started
+            seconds[arm.group] = round(seconds.get(arm.group, 0.0) + took, 1)
+            echo(f"[{index}/{len(arms)}] {arm.path}: {took:.0f} s; "
+                 + describe(experiment, result["summary"]))
+            runs.append((arm, result))
+        return write_report(experiment, runs, workdir, command, seconds)
 
 
 def describe(experiment, summary):
@@ -116,8 +93,7 @@ def difference(kind, arm, control, metric, control_metric, diff):
 
 
 def tabulate(experiment, runs):
-    """The results.json dict of `runs` = [(Arm, result)] (schema: module docstring), without the
-    files, figures and seconds."""
+    """The results.json dict of `runs` = [(Arm, result)] without files, figures and seconds."""
     arms = [arm for arm, _ in runs]
     groups = {}
     for arm in arms:
@@ -162,6 +138,7 @@ def _cell(stats, fmt, n_total):
 
 
 def _interval(d, fmt):
+    """"mean [low, high]" of a paired-difference row."""
     if d["mean"] is None:
         return "n/a"
     if d["low"] is None:

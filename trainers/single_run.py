@@ -1,10 +1,5 @@
-"""One trainer run of a config with Keras `fit` (or `trainers/distributed_loop.py` under a
-strategy): prepare, resume, train, write the results (docs/design.md, "Trainers").
-
-`run(config, workdir, progress)` is the whole run; `trainers/train.py` is its binary. The data flow: `config_schema.validate` → data
-(`factories.load_data`) → model, schedule, optimizer (`factories`, `schedule`) → `RunState`
-(`run_state.py`: the one resume state) → callbacks (subset accuracies, `feature_callbacks`,
-TensorBoard, the checkpointer) → `results.json`, `curves.png`, `timings.json` (`outputs.py`).
+"""One trainer run of a config with Keras `fit` (or `distributed_loop.fit` under a strategy):
+prepare, resume, train, write the results (data flow: docs/design.md §7; binary: `train.py`).
 """
 
 import contextlib
@@ -32,8 +27,7 @@ from trainers.run_state import RunState
 from trainers.schedule import EpochStepDecay, build_schedule
 
 
-# Config fields that may change between an interrupted run and its resumption (a run may resume
-# on other hardware: its numbers then differ from an uninterrupted run's by float rounding only).
+# Fields that may change when a run resumes (other hardware: numbers differ by rounding only).
 RESUMABLE_FIELDS = ("num_epochs", "keep_checkpoints", "distribution", "collective_timeout")
 
 
@@ -48,22 +42,20 @@ class PreparedRun:
     state: RunState               # the run's checkpoint (saved by the chief after every epoch)
     checkpoint: str | None        # newest compatible checkpoint (chief only; None: none)
     strategy: object = None       # tf.distribute strategy (None: one device, Keras fit)
+    steps: int = 0                # batches per epoch
 
 
 def prepare(config, workdir: str, data=None, strategy=None) -> PreparedRun:
-    """Validate the config, load data (unless `data` is given), build and compile the model. Writes nothing.
-
-    With a tf.distribute `strategy` the model, optimizer, schedule and metrics are created in its
-    scope, and only the chief looks for a checkpoint in `workdir`.
-    Raises `ConfigError` on any bad field or if `workdir` holds a run of another config.
-    """
+    """Validate, load data (unless given), build and compile (in the `strategy`'s scope); writes
+    nothing. ConfigError on a bad field or a `workdir` holding a run of another config."""
     config_schema.validate(config)
     checkpoint = (_compatible_checkpoint(workdir, config) if distributed_loop.is_chief(strategy)
                   else None)  # before any data is loaded
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     data = factories.load_data(config) if data is None else data
-    input_pipeline.steps_per_epoch(len(data.train), config.batch_size, config.drop_remainder)
+    steps = input_pipeline.steps_per_epoch(len(data.train), config.batch_size,
+                                           config.drop_remainder)
     config_schema.check_batches_split(config, len(data.train))
     distributed_loop.check_even_shards(len(data.train), config.batch_size, config.drop_remainder,
                                        distributed_loop.replicas(strategy))
@@ -76,36 +68,31 @@ def prepare(config, workdir: str, data=None, strategy=None) -> PreparedRun:
         optimizer = factories.build_optimizer(config, schedule)
         factories.compile_model(model, optimizer, config)
     state = RunState(workdir, model, schedule, keep=config.keep_checkpoints)
-    return PreparedRun(config, data, model, schedule, state, checkpoint, strategy)
+    return PreparedRun(config, data, model, schedule, state, checkpoint, strategy, steps)
 
 
 def _compatible_checkpoint(workdir: str, config):
-    """Newest intact checkpoint in `workdir` (None if none; damaged newer ones are reported and
-    set aside, `run_state.newest_intact`); ConfigError if the workdir holds a run of another
-    config (`check_workdir_holds_config`)."""
+    """Newest intact checkpoint in `workdir` (None: none); ConfigError for another config's run."""
     check_workdir_holds_config(workdir, config)
     found = run_state.newest_intact(workdir)
     if found is None:
         return None
     epoch, path = found
-    _check_saved(workdir, run_state.read_record(path)["config"], config, "a run", epoch)
+    _check_saved(workdir, run_state.read_record(path), config, "a run", epoch)
     return path
 
 
 def check_workdir_holds_config(workdir: str, config) -> None:
     """ConfigError (one line) unless `workdir` is empty or holds a run of `config` (only
-    `RESUMABLE_FIELDS` may differ, and not to fewer epochs than it has); reads, never writes.
-
-    Looked at: the newest checkpoint whose record reads, else a finished `results.json` (which
-    must then be of the same `num_epochs` too: it would be overwritten), and checkpoints of the
-    format before `trainers/run_state.py` (`checkpoints/epoch-NNNN.npz`)."""
+    `RESUMABLE_FIELDS` may differ, not to fewer epochs); reads the newest readable checkpoint,
+    else a finished results.json (then `num_epochs` must be equal too); writes nothing."""
     if glob.glob(os.path.join(workdir, run_state.CHECKPOINT_DIR, "epoch-*.npz")):
         raise ConfigError(f"workdir {workdir} holds checkpoints of an older cgh_tf trainer "
                           f"(epoch-NNNN.npz), which this version cannot resume; use another "
                           f"workdir")
     for epoch, path in reversed(run_state.list_checkpoints(workdir)):
         try:
-            saved = run_state.read_record(path)["config"]
+            saved = run_state.read_record(path)
         except Exception:  # noqa: BLE001 -- a damaged checkpoint: the next older one says
             continue
         _check_saved(workdir, saved, config, "a run", epoch)
@@ -116,15 +103,18 @@ def check_workdir_holds_config(workdir: str, config) -> None:
         raise ConfigError(f"workdir {workdir} holds a {outputs.RESULTS_FILE} that is not JSON "
                           f"({error}); move it away or use another workdir") from None
     if isinstance(results, dict) and isinstance(results.get("config"), dict):
-        _check_saved(workdir, results["config"], config, "the finished results of a run",
+        _check_saved(workdir, results, config, "the finished results of a run",
                      results.get("epochs_completed"), same_epochs=True)
 
 
-def _check_saved(workdir, saved: dict, config, what: str, epoch, same_epochs=False) -> None:
-    """ConfigError unless the `saved` config dict is `config` up to `RESUMABLE_FIELDS` (and
-    `num_epochs` too with `same_epochs`) and `epoch` ≤ num_epochs."""
-    saved = config_schema.comparable(saved)
-    wanted = config_schema.comparable(outputs.json_roundtrip(config.to_dict()))
+def _check_saved(workdir, record: dict, config, what: str, epoch, same_epochs=False) -> None:
+    """ConfigError unless the config of `record` (a checkpoint record or results.json) is
+    `config` up to `RESUMABLE_FIELDS` (and `num_epochs` with `same_epochs`), epoch ≤ num_epochs."""
+    try:
+        saved = config_schema.saved_config(record)
+    except ConfigError as error:
+        raise ConfigError(f"workdir {workdir} holds {what} with {error}") from None
+    wanted = outputs.json_roundtrip(config.to_dict())
     keys = [k for k in set(saved) | set(wanted) if k not in RESUMABLE_FIELDS
             or (same_epochs and k == "num_epochs")]
     differing = sorted(k for k in keys if saved.get(k) != wanted.get(k))
@@ -152,23 +142,20 @@ class _EpochSchedule(keras.callbacks.Callback):
             logs["learning_rate"] = self.schedule.value_at(epoch)
 
 
-def _is_missing(value) -> bool:
-    """True for an epoch log value that means "no value" (NaN: nothing measured, or undefined)."""
-    try:
-        return math.isnan(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
 def _measured(logs) -> dict:
-    """The epoch logs without their missing (NaN) values."""
-    return {k: v for k, v in (logs or {}).items() if not _is_missing(v)}
+    """The epoch logs without their missing values (NaN: nothing measured, or undefined)."""
+    def missing(value):
+        try:
+            return math.isnan(float(value))
+        except (TypeError, ValueError):
+            return False
+    return {k: v for k, v in (logs or {}).items() if not missing(v)}
 
 
 class _EpochScalars(keras.callbacks.Callback):
-    """The epoch logs as TensorBoard scalars, named as Keras' TensorBoard callback names them
-    (`train/epoch_<key>`, and `validation/epoch_<key>` for `val_<key>`), at step = epoch; flushed
-    every epoch, so a killed run loses no logged epoch. No scalar for a missing (NaN) value."""
+    """The epoch logs as TensorBoard scalars named as Keras' TensorBoard names them
+    (`train/epoch_<key>`, `validation/epoch_<key>` for `val_<key>`), flushed every epoch; none
+    for a missing (NaN) value."""
 
     def __init__(self, log_dir: str):
         super().__init__()
@@ -191,8 +178,8 @@ class _EpochScalars(keras.callbacks.Callback):
 
 
 class _FaultPoints(keras.callbacks.Callback):
-    """Passes the trainer's `cgh_tf.fault_injection` points `train-step-<S>` and `epoch-end-<E>`
-    (before the checkpoint: this callback precedes `_Checkpointer`)."""
+    """The `cgh_tf.fault_injection` points `train-step-<S>` and `epoch-end-<E>` (before the
+    checkpoint is saved)."""
 
     def __init__(self, steps_per_epoch: int):
         super().__init__()
@@ -209,13 +196,9 @@ class _FaultPoints(keras.callbacks.Callback):
 
 
 class _Checkpointer(keras.callbacks.Callback):
-    """Appends the epoch's logs to the history and saves the run's state; logs one line with absl.
-
-    The record of the checkpoint (`trainers/run_state.py`): epochs completed, config, history,
-    the per-step rows, and `state()` of every callback with a `state_key`. Missing (NaN) values
-    are left out of the history row (`results.json` shows null there); the absl line shows them
-    as nan.
-    """
+    """Appends the epoch's measured logs to the history and saves the run's state (record:
+    epochs, config and its version, history, per-step rows, `state()` of every callback with a
+    `state_key`); one absl DEBUG line."""
 
     def __init__(self, state, config, history, step_history=None, stateful=()):
         super().__init__()
@@ -225,28 +208,24 @@ class _Checkpointer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.history.append({k: float(v) for k, v in _measured(logs).items()})
         record = {"epoch": epoch + 1, "history": self.history,
-                  "config": outputs.json_roundtrip(self.config.to_dict())}
+                  "config": outputs.json_roundtrip(self.config.to_dict()),
+                  "config_version": config_schema.CONFIG_VERSION}
         if self.step_history is not None:
             record["step_history"] = self.step_history
         for callback in self.stateful:
             record[callback.state_key] = callback.state()
         self.state.save(epoch + 1, outputs.json_roundtrip(record))
         shown = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted((logs or {}).items()))
-        logging.debug("epoch %d/%d: %s", epoch + 1, self.config.num_epochs, shown)  # Keras prints its own line
+        logging.debug("epoch %d/%d: %s", epoch + 1, self.config.num_epochs, shown)
 
 
 def run(config, workdir, progress, data=None, strategy=None):
-    """One run of `config` (mode "train") on `data` (None: the config's); returns (results, model).
-
-    Under a multi-worker `strategy` only the chief writes `workdir`; the other workers return
-    (None, model).
-    """
+    """One run of `config` on `data` (None: the config's); returns (results, model). Under a
+    multi-worker `strategy` only the chief writes `workdir`; the others return (None, model)."""
     started = time.time()
     prepared = prepare(config, workdir, data, strategy)
     model, data = prepared.model, prepared.data
     chief = distributed_loop.is_chief(strategy)
-    steps = input_pipeline.steps_per_epoch(len(data.train), config.batch_size,
-                                           config.drop_remainder)
     history, first_epoch, resumed = [], 0, {}
     step_history = [] if setting(config, "coherence.monitor_every_steps") else None
     if prepared.checkpoint:
@@ -260,25 +239,25 @@ def run(config, workdir, progress, data=None, strategy=None):
         distributed_loop.broadcast_from_chief(strategy, distributed_loop.run_variables(model))
     features = []
     if first_epoch < config.num_epochs and chief:
-        features = feature_callbacks.feature_callbacks(config, data, workdir, first_epoch, steps,
-                                                       step_history, resumed)
+        features = feature_callbacks.feature_callbacks(config, data, workdir, first_epoch,
+                                                       prepared.steps, step_history, resumed)
     if chief:
         os.makedirs(workdir, exist_ok=True)
     setup_seconds = time.time() - started
-
     if first_epoch < config.num_epochs:
-        _fit(prepared, workdir, history, first_epoch, progress, features, step_history)
+        callbacks = _callbacks(prepared, workdir, history, features, step_history)
+        (_fit_distributed if strategy is not None else _fit)(prepared, first_epoch, progress,
+                                                             callbacks)
     trained_seconds = time.time() - started - setup_seconds
     if not chief:
         logging.info("worker done: the chief writes the results")
         return None, model
-
     results = make_results(config, data, history, step_history)
     outputs.write_json(os.path.join(workdir, outputs.RESULTS_FILE), results)
     fault_injection.point("results-written")
     outputs.plot_curves(os.path.join(workdir, outputs.PLOT_FILE), history,
-                   title=f"{config.dataset}, {config.label_noise:.0%} label noise, "
-                         f"{config.model.name}, {config.optimizer.name}")
+                        title=f"{config.dataset}, {config.label_noise:.0%} label noise, "
+                              f"{config.model.name}, {config.optimizer.name}")
     epochs_run = config.num_epochs - first_epoch
     outputs.write_json(os.path.join(workdir, outputs.TIMINGS_FILE), {
         "setup_seconds": round(setup_seconds, 3),
@@ -295,10 +274,9 @@ def _callbacks(prepared, workdir, history, features, step_history):
     """The trainer's callbacks, in order (the chief's; other workers only `_EpochSchedule`)."""
     config, data = prepared.config, prepared.data
     schedule = _EpochSchedule(prepared.schedule)
-    faults = [_FaultPoints(input_pipeline.steps_per_epoch(
-        len(data.train), config.batch_size, config.drop_remainder))] if fault_injection.active() else []
+    faults = [_FaultPoints(prepared.steps)] if fault_injection.active() else []
     if not distributed_loop.is_chief(prepared.strategy):
-        return [schedule, *faults]  # the only callback that changes training; the chief writes the rest
+        return [schedule, *faults]  # the only callback that changes training
     return [
         schedule,
         *faults,
@@ -311,27 +289,22 @@ def _callbacks(prepared, workdir, history, features, step_history):
     ]
 
 
-def _fit(prepared, workdir, history, first_epoch, progress, features=(), step_history=None):
-    config, data, model = prepared.config, prepared.data, prepared.model
-    callbacks = _callbacks(prepared, workdir, history, features, step_history)
-    if prepared.strategy is not None:
-        _fit_distributed(prepared, first_epoch, progress, callbacks)
-        return
-    steps = input_pipeline.steps_per_epoch(len(data.train), config.batch_size,
-                                           config.drop_remainder)
+def _fit(prepared, first_epoch, progress, callbacks):
+    """Keras `fit` from `first_epoch` over the batches of `input_pipeline.train_dataset`."""
+    config, data = prepared.config, prepared.data
     train = input_pipeline.train_dataset(
         data.train.x, data.train.y, batch_size=config.batch_size, seed=config.seed,
         first_epoch=first_epoch, num_epochs=config.num_epochs,
         drop_remainder=config.drop_remainder)
-    model.fit(train, epochs=config.num_epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-              validation_data=(data.test.x, data.test.y),
-              validation_batch_size=config.eval_batch_size, callbacks=callbacks,
-              shuffle=False, verbose=keras_verbose(progress))
+    prepared.model.fit(train, epochs=config.num_epochs, initial_epoch=first_epoch,
+                       steps_per_epoch=prepared.steps, validation_data=(data.test.x, data.test.y),
+                       validation_batch_size=config.eval_batch_size, callbacks=callbacks,
+                       shuffle=False, verbose=keras_verbose(progress))
 
 
 def keras_verbose(progress) -> int:
-    """Keras' `verbose` of a run: progress bars (True), one line per epoch (False) or nothing
-    (None: an arm of an experiment, whose runner prints one line per arm)."""
+    """Keras' `verbose`: progress bars (True), one line per epoch (False) or nothing (None: an
+    arm of an experiment, whose runner prints one line per arm)."""
     return 0 if progress is None else 1 if progress else 2
 
 
@@ -349,22 +322,19 @@ def _fit_distributed(prepared, first_epoch, progress, callbacks):
     logging.info("distribution=%s: %d replicas, %d workers", config.distribution,
                  distributed_loop.replicas(strategy), distributed_loop.num_workers(strategy))
     verbose = keras_verbose(progress) if distributed_loop.is_chief(strategy) else 0
-    distributed_loop.fit(
-        prepared.model, strategy, train, test, callbacks=callbacks, first_epoch=first_epoch,
-        num_epochs=config.num_epochs,
-        steps=input_pipeline.steps_per_epoch(n_train, config.batch_size, config.drop_remainder),
-        test_steps=-(-n_test // config.eval_batch_size), verbose=verbose)
+    distributed_loop.fit(prepared.model, strategy, train, test, callbacks=callbacks,
+                         first_epoch=first_epoch, num_epochs=config.num_epochs,
+                         steps=prepared.steps, test_steps=-(-n_test // config.eval_batch_size),
+                         verbose=verbose)
 
 
 def make_results(config, data, history: list, step_history: list = None) -> dict:
-    """The content of `results.json`: config, dataset sizes, per-epoch history, final figures.
-
-    With `coherence.monitor_every_steps > 0` also `step_history`: `{key: [value per measurement]}`
-    of the per-step rows (`feature_callbacks.StepMeasurements`: step, epoch, loss, monitor values, f^p, f^c).
-    """
+    """The content of `results.json`: config and its version, dataset sizes, per-epoch history,
+    final figures, and (`coherence.monitor_every_steps > 0`) the per-step rows `step_history`."""
     last = history[-1] if history else {}
     results = {
         "config": outputs.json_roundtrip(config.to_dict()),
+        "config_version": config_schema.CONFIG_VERSION,
         "dataset": {
             "name": data.name,
             "num_classes": int(data.num_classes),
