@@ -25,6 +25,7 @@ authors' recipes, all their epochs; tfds data and accelerators) with the small c
 fields (coherence monitor, ...).
 """
 
+import contextlib
 import copy
 import dataclasses
 import importlib
@@ -150,8 +151,7 @@ def read(result, source):
 def _finished(result, config) -> bool:
     """True if `result` is a finished trainer run of exactly `config`."""
     return (isinstance(result, dict) and isinstance(result.get("config"), dict)
-            and config_schema.comparable(result["config"]) == config_schema.comparable(
-                outputs.json_roundtrip(config.to_dict()))
+            and config_schema.saved_config(result) == outputs.json_roundtrip(config.to_dict())
             and result.get("epochs_completed") == config.num_epochs)
 
 
@@ -176,17 +176,11 @@ def run_arm(readings):
         path = os.path.join(run_dir, outputs.RESULTS_FILE)
         result = outputs.read_json(path) if os.path.exists(path) else None
         if not _finished(result, config):
-            from absl import logging
-
+            from cgh_tf import quiet
             from trainers import train
 
-            shown = logging.get_verbosity()
-            if echo is None:
-                logging.set_verbosity(min(shown, logging.WARNING))  # absl: WARNING < INFO
-            try:
+            with quiet.logs_at_least() if echo is None else contextlib.nullcontext():
                 train.train_and_evaluate(config, run_dir, progress=True if echo else None)
-            finally:
-                logging.set_verbosity(shown)
             result = outputs.read_json(path)  # the numbers as written, resumed or not
         timings = outputs.read_json(os.path.join(run_dir, outputs.TIMINGS_FILE)) or {}
         return arm_result(result, readings, timings.get("total_seconds"))
