@@ -192,6 +192,8 @@ COLUMNS = (
 )
 COMPARED = ("test_acc_final", "gap_final", "test_acc_at_fit", "train_acc_final", "coh_start",
             "wnorm_start")
+
+
 def comparisons(arms_):
     """Adversarial − fresh start per dataset and optimizer arm (same seed: same initial weights
     before phase 1, same phase-2 batches)."""

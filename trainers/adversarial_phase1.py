@@ -21,6 +21,8 @@ PHASE1_FIELDS = ("dataset", "max_train", "max_test", "data_seed", "seed", "width
                  "phase1_learning_rate",
                  "phase1_batch_size", "phase1_target", "phase1_max_epochs",
                  "phase1_checkpoint_every")
+
+
 def phase1_stop(accuracy, epoch, target, max_epochs):
     """Why phase 1 stops after `epoch` epochs with train accuracy `accuracy` on the random
     labels: "target" (accuracy ≥ target; checked first), "max_epochs" (epoch ≥ max_epochs), or

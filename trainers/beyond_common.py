@@ -31,7 +31,6 @@ def finished_result(run_dir, config_dict):
     return None
 
 
-
 def require(ok, message):
     """ValueError(message) unless ok: the one-line config checks of the experiments' `check_config`."""
     if not ok:

@@ -9,6 +9,8 @@ import numpy as np
 
 from cgh_tf import statistics
 
+from . import beyond_common as common
+
 CURVE = "coherence/train/pairwise"   # (r − 1)/(m − 1) of the fixed training sample
 SUMMARY = "train_pairwise"           # its summary keys: train_pairwise_init / _early / _end
 
@@ -116,9 +118,7 @@ def analyses(runs, pairs):
     """Per (real group, random group) of `pairs`: ratios real / random of the pairwise coherence
     per seed, the largest ratio and the crossings (`compare`); refuses a pair whose arms measured
     different m (the sample sizes must match for the curves to be compared)."""
-    by_group = {}
-    for arm, result in runs:
-        by_group.setdefault(arm.group, []).append(result)
+    by_group = common.by_group(runs)
     out, ms = {}, {}
     lines = ["Real / random ratio of the training sample's pairwise coherence (r − 1)/(m − 1) "
              "(per seed, paired by seed; mean ± sd; n/a where the random arm's is ≤ 0); largest "

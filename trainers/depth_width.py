@@ -98,6 +98,8 @@ def _train(config, run_dir, echo):
 
 
 @functools.lru_cache(maxsize=4)
+
+
 def _load(dataset, random, data_seed, max_train):
     """The dataset with real (random=False) or 100 % uniformly random labels, loaded once."""
     from cgh_tf import data

@@ -18,8 +18,6 @@ from . import models
 from . import probes
 from .experiment import Column, Experiment
 
-build_model = models.mlp
-
 
 def _train(config, run_dir, echo):
     import keras
@@ -33,7 +31,7 @@ def _train(config, run_dir, echo):
                    noise_kind=config.noise_kind, seed=int(config.data_seed))
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     corrupted = ds.train.corrupted
-    model = build_model(config, ds.input_shape, ds.num_classes)
+    model = models.mlp(config, ds.input_shape, ds.num_classes)
     optimizer = keras.optimizers.Adam(float(config.learning_rate))
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -132,8 +130,7 @@ def figures(workdir, runs):
             ("coherence/corrupted/m_coherence", "m-coherence, corrupted sample"),
             ("f_pristine", "f^p (fraction)"))
     files = []
-    for dataset in dict.fromkeys(arm.panel for arm, _ in runs):
-        chosen = [(arm, r) for arm, r in runs if arm.panel == dataset]
+    for dataset, chosen in fig.per_dataset(runs):
         files.append(fig.summary_vs_axis(
             workdir, f"double_descent_{dataset}_width.png", chosen, keys, axis="width",
             x_label="hidden width (units, log2)", log_x=2,

@@ -25,6 +25,7 @@ from .experiment import Column, Experiment
 DATASETS = ("mnist5k", "mnist1d", "digits")  # embedded datasets (no download)
 OPTIMIZERS = ("adam", "sgd")
 
+
 def log_steps(config, steps_per_epoch):
     """Sorted global steps to log at: 0, `early_logs_per_epoch` per epoch (rounded to steps) for
     the first `early_epochs` epochs, then every epoch up to `epochs`."""

@@ -196,15 +196,12 @@ def setting(runs):
 def figures(workdir, runs):
     from . import figures as fig
 
-    files = []
-    for dataset in dict.fromkeys(arm.panel for arm, _ in runs):
-        chosen = [(arm, r) for arm, r in runs if arm.panel == dataset]
-        files.append(fig.bars(workdir, f"easy_hard_{dataset}.png", chosen, (
-            ("test_on_easy", "acc, easy test part"), ("test_on_hard", "acc, hard test part"),
-            ("test_own", "acc, own test part"),
-            ("pairwise_coherence_init", "pairwise coherence at init")),
-            f"Easy / hard and their random controls, {dataset}"))
-    return files
+    return [fig.bars(workdir, f"easy_hard_{dataset}.png", chosen, (
+        ("test_on_easy", "acc, easy test part"), ("test_on_hard", "acc, hard test part"),
+        ("test_own", "acc, own test part"),
+        ("pairwise_coherence_init", "pairwise coherence at init")),
+        f"Easy / hard and their random controls, {dataset}")
+        for dataset, chosen in fig.per_dataset(runs)]
 
 
 EXPERIMENT = Experiment(

@@ -46,6 +46,8 @@ REDUCERS = {"first": lambda v: v[0], "last": lambda v: v[-1], "max": max, "min":
 
 
 @dataclasses.dataclass(frozen=True)
+
+
 class Reading:
     """A table column (`summary[key]` of every run) read from the trainer's results.json."""
 
@@ -106,6 +108,7 @@ def noise_panel(noise) -> str:
 
 
 # ---------------------------------------------------------------------------- reading a run
+
 
 def count_updates(result) -> int:
     """Optimizer updates made by the run of `result` (a trainer results.json dict).

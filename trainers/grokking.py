@@ -156,6 +156,8 @@ ARMS = {
     "mlp_subtract": ("MLP, AdamW wd 1, a − b", {"operation": "subtract"}),
     "transformer_adamw": ("Transformer (1 layer), AdamW wd 1", "transformer"),
 }
+
+
 def arms(scale="small", seeds=3, overrides=None, groups=None):
     """The arms of `ARMS` (or only `groups` / `overrides["groups"]`), every config checked."""
     from configs import grokking as grok_config

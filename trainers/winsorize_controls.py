@@ -25,8 +25,6 @@ CONTROLS = ("clip", "matched_lr", "step_matched")
 CALIBRATED = ("clip", "matched_lr")  # the controls matched by the calibration at initialisation
 
 
-
-
 def check_config(config):
     """`scale.check_setting` plus the arm, its c, the calibration and the frontier level."""
     scale.check_setting(config)
