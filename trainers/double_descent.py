@@ -42,10 +42,10 @@ def _train(config, run_dir, echo):
     xt, yt = tf.constant(x), tf.constant(y)
     train_epoch = graph_loop.epoch_trainer(model, optimizer, loss_fn, xt, yt,
                                            int(config.batch_size))
-    predict = probes.predictor(model)
+    predict = graph_loop.predictor(model)
 
     def log(epoch):
-        pred_train, pred_test = predict(xt).numpy(), predict(tf.constant(x_test)).numpy()
+        (pred_train, _), (pred_test, _) = predict(x, y), predict(x_test, y_test)
         return {"epoch": epoch, "step": epoch,
                 "train_loss": float(loss_fn(yt, model(xt, training=False))),
                 "test_error": float(np.mean(pred_test != y_test)),

@@ -75,11 +75,11 @@ def _train(config, run_dir, echo):
     steps_per_epoch = train.batches_per_epoch
     schedule = log_steps(config, steps_per_epoch)
 
-    predict = probes.predictor(model)
-    x_eval = tf.constant(np.concatenate([x, x_val, x_test]))  # one prediction call per log
+    predict = graph_loop.predictor(model)
+    x_eval, y_eval = (np.concatenate(a) for a in ((x, x_val, x_test), (y, y_val, y_test)))
 
     def log(step):
-        pred, pred_val, pred_test = np.split(predict(x_eval).numpy(), [n, n + len(x_val)])
+        pred, pred_val, pred_test = np.split(predict(x_eval, y_eval)[0], [n, n + len(x_val)])
         row = {"step": step, "epoch": step / steps_per_epoch,
                "train_loss": float(loss_fn(yt, model(xt, training=False))),
                "train_accuracy": probes.accuracy(pred, y),

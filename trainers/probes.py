@@ -8,16 +8,6 @@ import math
 import numpy as np
 
 
-def predictor(model):
-    """`predict(xs)` -> int32 tensor [n]: argmax of the logits in inference mode (one call)."""
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def predict(xs):
-        return tf.argmax(model(xs, training=False), -1, output_type=tf.int32)
-    return predict
-
-
 def loss_accuracy(model, loss_fn):
     """`evaluate(xs, ys)` -> (loss_fn(ys, logits), float32 accuracy) tensors, inference mode."""
     import tensorflow as tf
