@@ -43,8 +43,6 @@ READINGS = (
 
 def optimizer_arm_config(base, method):
     """`base` trained with `method` (a key of METHODS): plain SGD inside, coupled L2 for robust ones."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; allowed: {', '.join(METHODS)}")
     _, optimizer, multiplier = METHODS[method]
     config = copy.deepcopy(base)
     decay = float(config.optimizer.weight_decay) + float(config.optimizer.l2)

@@ -23,8 +23,7 @@ PREMISE = ("pair", "uniform", "isolated")  # expected order of corrupted coheren
 def check_config(config):
     """`scale.check_config` plus the coherence sample size."""
     scale.check_config(config)
-    common.require(config_schema.is_int(config.coherence_samples, 2),
-                   f"coherence_samples={config.coherence_samples!r} must be an int >= 2")
+    common.require_ints(config, ("coherence_samples",), 2)
 
 
 def _coherence(model, ds, m, data_seed):

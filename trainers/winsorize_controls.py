@@ -17,6 +17,7 @@ from . import beyond_common as common
 from . import config_schema
 from . import memorisation_run
 from . import scale
+from . import update_rules
 from .experiment import Column, Experiment
 
 ARMS = {"sgd": "SGD", "winsorize": "winsorized SGD", "clip": "norm clipping, matched share",
@@ -31,8 +32,7 @@ def check_config(config):
     need, is_int = common.require, config_schema.is_int
     common.require_one_of(config, "arm", ARMS)
     pct = config.winsorize_pct
-    need(isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 <= pct < 50,
-         f"winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
+    update_rules.require_percentage(pct)
     need((pct == 0) == (config.arm == "sgd"), f"arm={config.arm!r} with winsorize_pct={pct!r}: "
          "the sgd arm has c = 0, every other arm the c > 0 it is matched to")
     need(is_int(config.calibration_batches, 1)
