@@ -18,6 +18,8 @@ from . import config_schema
 from . import graph_loop
 from . import models
 from . import memorisation_run
+from . import per_example_runs
+from . import probes
 from .experiment import Column, Experiment
 
 SAMPLE_SALT = 3  # `common.sample` salt of the fixed mixed sample
@@ -57,33 +59,26 @@ def fractions_row(model, x, y, pristine, loss):
 
 def _train(config, run_dir, echo):
     import keras
-    import tensorflow as tf
 
     started = time.time()
     keras.utils.set_random_seed(int(config.seed))
     ds = memorisation_run.load_data(config)
     x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
-    model = models.mlp(config, ds.input_shape, ds.num_classes)
-    optimizer = keras.optimizers.SGD(float(config.learning_rate))
-    optimizer.build(model.trainable_variables)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    train = graph_loop.epoch_trainer(model, optimizer, loss, tf.constant(x), tf.constant(y),
-                                     int(config.batch_size))
-    per_epoch, n = train.batches_per_epoch, len(x)
+    run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes,
+                                 model=models.mlp(config, ds.input_shape, ds.num_classes))
+    per_epoch, n = run.train_epoch.batches_per_epoch, len(x)
     idx = common.sample(n, config.fraction_samples, config.data_seed, SAMPLE_SALT)
-    predict = graph_loop.predictor(model)
 
     def log(step):
-        pred, losses = predict(x, y)
+        pred, losses = run.predict(x, y)
         return {"step": step, "epoch": step / per_epoch, "train_loss": float(np.mean(losses)),
-                "pristine_accuracy": float(np.mean(pred[~corrupted] == y[~corrupted])),
-                "corrupted_accuracy": float(np.mean(pred[corrupted] == y[corrupted])),
-                **fractions_row(model, x[idx], y[idx], ~corrupted[idx], loss)}
+                **probes.label_accuracies(pred, y, corrupted),
+                **fractions_row(run.model, x[idx], y[idx], ~corrupted[idx], run.loss_fn)}
 
     epoch_ends = [e * per_epoch for e in range(1, int(config.epochs) + 1)]
     curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer,
-        graph_loop.step_advancer(train, int(config.seed), n), log,
+        run_dir, config.to_dict(), run.model, run.optimizer,
+        graph_loop.step_advancer(run.train_epoch, int(config.seed), n), log,
         total=epoch_ends[-1], log_points=set(range(int(config.every_step_until) + 1)) | set(epoch_ends),
         checkpoint_points=epoch_ends[::int(config.checkpoint_every_logs)], echo=echo, unit="step")
     return common.finish(run_dir, config.to_dict(), curves, summarize(curves, config.early_window),
