@@ -18,6 +18,7 @@ from . import beyond_common as common
 from . import config_schema
 from . import graph_loop
 from . import per_example_runs
+from . import probes
 from .experiment import Column, Experiment
 
 SCORES = ("alignment", "loss", "forgetting")
@@ -35,11 +36,10 @@ def _train(config, run_dir, echo):
     records = per_example_runs.EpochRecords(run_dir)
 
     def log(epoch):
-        correct = run.predict(x, y)[0] == y
-        row = {"epoch": epoch, "step": epoch,
-               "pristine_accuracy": float(correct[~corrupted].mean()),
-               "corrupted_accuracy": float(correct[corrupted].mean()),
-               "test_accuracy": float(np.mean(run.predict(x_test, y_test)[0] == y_test))}
+        predicted = run.predict(x, y)[0]
+        correct = predicted == y
+        row = {"epoch": epoch, "step": epoch, **probes.label_accuracies(predicted, y, corrupted),
+               "test_accuracy": probes.accuracy(run.predict(x_test, y_test)[0], y_test)}
         arrays = {}
         if epoch in config.score_epochs:
             history = np.concatenate([records.stacked("correct", range(1, epoch)),
