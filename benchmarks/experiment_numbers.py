@@ -68,16 +68,22 @@ TINY = {
 NOT_NUMBERS = ("config", "finished", "seconds_last_invocation")
 
 
-def numbers(name):
-    """{arm path: {summary, curves}} of a tiny run of experiment `name` in a fresh workdir."""
+def tiny_plan(name):
+    """(experiment module, its arms at the tiny config `TINY[name]`), every config checked."""
     from trainers import runner
 
     module = importlib.import_module(f"trainers.{name}")
     overrides, seeds = TINY[name]
     arm_kwargs = overrides.get("_arms")
     overrides = {k: v for k, v in overrides.items() if not k.startswith("_")}
-    arms = (module.arms("small", seeds, overrides, **arm_kwargs) if arm_kwargs
-            else runner.plan(module.EXPERIMENT, "small", seeds, overrides))
+    return module, (module.arms("small", seeds, overrides, **arm_kwargs) if arm_kwargs
+                    else runner.plan(module.EXPERIMENT, "small", seeds, overrides))
+
+
+def numbers(name):
+    """{arm path: every part of its result but config and timing} of a tiny run of experiment
+    `name` in a fresh workdir."""
+    module, arms = tiny_plan(name)
     with tempfile.TemporaryDirectory() as workdir:
         runs = [(arm, module.EXPERIMENT.run_arm(arm.config, f"{workdir}/{arm.path}", echo=None))
                 for arm in arms]
