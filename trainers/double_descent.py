@@ -15,6 +15,7 @@ from . import config_schema
 from . import curve_stats
 from . import graph_loop
 from . import models
+from . import per_example_runs
 from . import probes
 from .experiment import Column, Experiment
 
@@ -31,21 +32,18 @@ def _train(config, run_dir, echo):
                    noise_kind=config.noise_kind, seed=int(config.data_seed))
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     corrupted = ds.train.corrupted
-    model = models.mlp(config, ds.input_shape, ds.num_classes)
-    optimizer = keras.optimizers.Adam(float(config.learning_rate))
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes,
+                                 model=models.mlp(config, ds.input_shape, ds.num_classes),
+                                 optimizer=keras.optimizers.Adam(float(config.learning_rate)))
+    model, loss_fn = run.model, run.loss_fn
     m = int(config.coherence_samples)
     samples = {"pristine": common.sample(~corrupted, m, config.data_seed, 1),
                "corrupted": common.sample(corrupted, m, config.data_seed, 2)}
     mixed = common.sample(len(x), int(config.fraction_samples), config.data_seed, 3)
     xt, yt = tf.constant(x), tf.constant(y)
-    train_epoch = graph_loop.epoch_trainer(model, optimizer, loss_fn, xt, yt,
-                                           int(config.batch_size))
-    predict = graph_loop.predictor(model)
 
     def log(epoch):
-        (pred_train, _), (pred_test, _) = predict(x, y), predict(x_test, y_test)
+        (pred_train, _), (pred_test, _) = run.predict(x, y), run.predict(x_test, y_test)
         return {"epoch": epoch, "step": epoch,
                 "train_loss": float(loss_fn(yt, model(xt, training=False))),
                 "test_error": float(np.mean(pred_test != y_test)),
@@ -57,7 +55,7 @@ def _train(config, run_dir, echo):
                 "weight_norm": probes.weight_norm(model)}
 
     curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), model, optimizer, train_epoch, log, epochs=config.epochs,
+        run_dir, config.to_dict(), model, run.optimizer, run.train_epoch, log, epochs=config.epochs,
         log_epochs=graph_loop.capped_log_epochs(config.log_epochs, config.epochs),
         checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x))
     best = curve_stats.best_at(curves, "test_error", highest=False)

@@ -18,6 +18,7 @@ from . import beyond_common as common
 from . import config_schema
 from . import graph_loop
 from . import models
+from . import per_example_runs
 from . import probes
 from . import stopping_rules
 from .experiment import Column, Experiment
@@ -60,10 +61,11 @@ def _train(config, run_dir, echo):
     if corrupted.sum() == 0 or corrupted.all():
         raise ValueError(f"label_noise={config.label_noise!r} leaves no corrupted or no pristine "
                          "training example")
-    model = models.mlp(config, ds.input_shape, ds.num_classes)
-    optimizer = optimizers.build(config.optimizer, float(config.learning_rate))
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    run = per_example_runs.build(
+        config, x, y, ds.input_shape, ds.num_classes,
+        model=models.mlp(config, ds.input_shape, ds.num_classes),
+        optimizer=optimizers.build(config.optimizer, float(config.learning_rate)))
+    model, optimizer, loss_fn, train = run.model, run.optimizer, run.loss_fn, run.train_epoch
     m = int(config.coherence_samples)
     samples = {"train": common.sample(len(x), m, config.data_seed, 1),
                "pristine": common.sample(~corrupted, m, config.data_seed, 2),
@@ -71,15 +73,12 @@ def _train(config, run_dir, echo):
     mixed = samples["train"]
     n = len(x)
     xt, yt = tf.constant(x), tf.constant(y)
-    train = graph_loop.epoch_trainer(model, optimizer, loss_fn, xt, yt, int(config.batch_size))
     steps_per_epoch = train.batches_per_epoch
     schedule = log_steps(config, steps_per_epoch)
-
-    predict = graph_loop.predictor(model)
     x_eval, y_eval = (np.concatenate(a) for a in ((x, x_val, x_test), (y, y_val, y_test)))
 
     def log(step):
-        pred, pred_val, pred_test = np.split(predict(x_eval, y_eval)[0], [n, n + len(x_val)])
+        pred, pred_val, pred_test = np.split(run.predict(x_eval, y_eval)[0], [n, n + len(x_val)])
         row = {"step": step, "epoch": step / steps_per_epoch,
                "train_loss": float(loss_fn(yt, model(xt, training=False))),
                "train_accuracy": probes.accuracy(pred, y),

@@ -1,7 +1,8 @@
-"""What the per-example experiments share (`easy_hard`, `alignment_order`, `label_noise_detection`):
-the MLP with plain SGD, per-example arrays kept per logged epoch in `RUN/per_example.npz`
-(written before the checkpoint that follows each log, overwritten on resume), learning epochs and
-permutation nulls.
+"""The MLP run of the custom-loop experiments (`build`: model, optimizer, loss, epoch trainer,
+predictor; also used by double_descent, early_stopping and loss_fractions), and what the
+per-example experiments (`easy_hard`, `alignment_order`, `label_noise_detection`) share:
+per-example arrays kept per logged epoch in `RUN/per_example.npz` (written before the checkpoint
+that follows each log, overwritten on resume), learning epochs and permutation nulls.
 """
 
 import os
@@ -29,17 +30,18 @@ class Setup(NamedTuple):
     predict: object
 
 
-def build(config, x, y, input_shape, num_classes, model=None) -> Setup:
+def build(config, x, y, input_shape, num_classes, model=None, optimizer=None) -> Setup:
     """The MLP of `config` (width, depth; built after `keras.utils.set_random_seed(config.seed)`,
-    or `model` if given) with a fresh plain SGD (`config.learning_rate`, no momentum) training on
-    x [n, ...] float32, y [n] int32 in batches of `config.batch_size`."""
+    or `model` if given) with `optimizer` (default: a fresh plain SGD at `config.learning_rate`)
+    training on x [n, ...] float32, y [n] int32 in batches of `config.batch_size`."""
     import keras
     import tensorflow as tf
 
     if model is None:
         keras.utils.set_random_seed(int(config.seed))
         model = models.mlp(config, input_shape, num_classes)
-    optimizer = keras.optimizers.SGD(float(config.learning_rate))
+    if optimizer is None:
+        optimizer = keras.optimizers.SGD(float(config.learning_rate))
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     train_epoch = graph_loop.epoch_trainer(model, optimizer, loss_fn, tf.constant(x),
