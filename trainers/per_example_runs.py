@@ -1,5 +1,5 @@
-"""The MLP run of the custom-loop experiments (`build`: model, optimizer, loss, epoch trainer,
-predictor; also used by double_descent, early_stopping and loss_fractions), and what the
+"""The run setup of the custom-loop experiments (`build`: model, optimizer, loss, epoch trainer,
+predictor; also double_descent, early_stopping, loss_fractions, real_vs_random_arch), and what the
 per-example experiments (`easy_hard`, `alignment_order`, `label_noise_detection`) share:
 per-example arrays kept per logged epoch in `RUN/per_example.npz` (written before the checkpoint
 that follows each log, overwritten on resume), learning epochs and permutation nulls.
@@ -31,9 +31,9 @@ class Setup(NamedTuple):
 
 
 def build(config, x, y, input_shape, num_classes, model=None, optimizer=None) -> Setup:
-    """The MLP of `config` (width, depth; built after `keras.utils.set_random_seed(config.seed)`,
-    or `model` if given) with `optimizer` (default: a fresh plain SGD at `config.learning_rate`)
-    training on x [n, ...] float32, y [n] int32 in batches of `config.batch_size`."""
+    """`model` (default: the MLP of `config`, built after `keras.utils.set_random_seed(seed)`)
+    with `optimizer` (default: a fresh plain SGD at `config.learning_rate`) training on
+    x [n, ...] float32, y [n] int32 in batches of `config.batch_size`."""
     import keras
     import tensorflow as tf
 

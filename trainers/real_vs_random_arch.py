@@ -18,6 +18,7 @@ from . import curve_stats
 from . import figures as plots
 from . import graph_loop
 from . import models
+from . import per_example_runs
 from . import probes
 from .experiment import Column, Experiment
 
@@ -46,7 +47,6 @@ def samples(config, splits):
 
 def _train(config, run_dir, echo):
     import keras
-    import tensorflow as tf
 
     from cgh_tf import data, optimizers
 
@@ -59,14 +59,13 @@ def _train(config, run_dir, echo):
     fixed = samples(config, {"train": (x, y), "test": (x_test, y_test)})
     m, batch = len(fixed["train"][0]), int(config.coherence_batch_size)
     keras.utils.set_random_seed(int(config.seed))
-    model = build_model(config, ds.input_shape, ds.num_classes)
-    optimizer = optimizers.build("sgd", float(config.learning_rate),
-                                 momentum=float(config.momentum))
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    run = per_example_runs.build(
+        config, x, y, ds.input_shape, ds.num_classes,
+        model=build_model(config, ds.input_shape, ds.num_classes),
+        optimizer=optimizers.build("sgd", float(config.learning_rate),
+                                   momentum=float(config.momentum)))
+    model, optimizer, loss_fn, train = run.model, run.optimizer, run.loss_fn, run.train_epoch
     n = len(x)
-    train = graph_loop.epoch_trainer(model, optimizer, loss_fn, tf.constant(x), tf.constant(y),
-                                     int(config.batch_size))
     steps_per_epoch = train.batches_per_epoch
     evaluate = probes.streamed_loss_accuracy(model)
     points = graph_loop.log_steps(config.log_epochs, int(config.epochs), steps_per_epoch)
