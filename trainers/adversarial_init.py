@@ -229,4 +229,5 @@ EXPERIMENT = Experiment(
     arms=arms, run_arm=lambda config, run_dir, echo=None: run(
         config, run_dir, echo, phase1_dir=ap.shared_phase1_dir(run_dir)),
     columns=COLUMNS, loop="graph", comparisons=comparisons, compared=COMPARED, rules=rules,
-    analyses=ap.table, figures=figures, progress=("test_acc_final", "train_acc_final", "coh_start", "wnorm_start"))
+    analyses=ap.table, figures=figures,
+    progress=("test_acc_final", "train_acc_final", "coh_start", "wnorm_start"))

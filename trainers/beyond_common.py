@@ -26,13 +26,14 @@ def finished_result(run_dir, config_dict):
     ConfigError (one line) if it holds the finished results of another config."""
     result = outputs.read_json(os.path.join(run_dir, "results.json"))
     if result and result.get("finished"):
-        _require_same_config(run_dir, result.get("config"), config_dict, "the finished results of a run")
+        _require_same_config(run_dir, result.get("config"), config_dict,
+                             "the finished results of a run")
         return result
     return None
 
 
 def require(ok, message):
-    """ValueError(message) unless ok: the one-line config checks of the experiments' `check_config`."""
+    """ValueError(message) unless ok: the one-line checks of the experiments' `check_config`."""
     if not ok:
         raise ValueError(message)
 
@@ -51,7 +52,7 @@ def require_ints(config, fields, minimum=1):
 
 
 def require_optional_ints(config, fields, minimum=1):
-    """ValueError "field=value must be None (all) or an int >= minimum" for the first that is not."""
+    """ValueError "field=value must be None (all) or an int >= minimum" for the first not."""
     for field in fields:
         require(config[field] is None or config_schema.is_int(config[field], minimum),
                 f"{field}={config[field]!r} must be None (all) or an int >= {minimum}")
@@ -153,7 +154,8 @@ def resumable(train, check_config):
         with workdir_lock.hold(run_dir, f"run of {train.__module__}"):
             return train(config, run_dir, echo or (lambda line: None))
 
-    run.__doc__ = f"Train (or resume, or skip if finished) one {train.__module__} run; returns its results dict."
+    run.__doc__ = (f"Train (or resume, or skip if finished) one {train.__module__} run; returns "
+                   "its results dict.")
     return run
 
 
@@ -199,7 +201,8 @@ class Checkpointer:
     def save(self, step, curves, config_dict):
         self.step.assign(step)
         self.store.save(step)
-        outputs.write_json(self.curves_path, {"config": outputs.json_roundtrip(config_dict), "curves": curves,
+        outputs.write_json(self.curves_path, {"config": outputs.json_roundtrip(config_dict),
+                                              "curves": curves,
                                       "step": step})
 
 

@@ -93,7 +93,8 @@ def _train(config, run_dir, echo):
         if echo:
             echo(f"  {run_dir} epoch {row['epoch']:.2f}: test {row['test_accuracy']:.3f} val "
                  f"{row['validation_accuracy']:.3f} corrupted {row['corrupted_accuracy']:.3f} "
-                 f"m-coh. train {row[stopping_rules.TRAIN_SAMPLE_KEY]:.2f} f^p {row['f_pristine']:.3f}")
+                 f"m-coh. train {row[stopping_rules.TRAIN_SAMPLE_KEY]:.2f} "
+                 f"f^p {row['f_pristine']:.3f}")
         return row
 
     curves = graph_loop.run_logged(

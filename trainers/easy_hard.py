@@ -92,7 +92,8 @@ def _train(config, run_dir, echo):
         run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
         epochs=config.epochs, log_epochs=graph_loop.capped_log_epochs(config.log_epochs,
                                                                       config.epochs),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(train_idx), echo=echo)
+        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(train_idx),
+        echo=echo)
     summary = {key: curves[key][-1] for key in tests}
     summary.update(n_train=len(train_idx), n_easy=int(easy.sum()),
                    pairwise_coherence_init=at_init.pairwise_coherence,

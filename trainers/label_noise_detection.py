@@ -132,7 +132,8 @@ def arms(scale="small", seeds=3, overrides=None):
     out = []
     for dataset, base in common.dataset_bases(noise_config, scale, dict(overrides or {}),
                                               "label_noise_detection"):
-        levels = (base.label_noise,) if "label_noise" in (overrides or {}) else noise_config.NOISE_LEVELS
+        levels = ((base.label_noise,) if "label_noise" in (overrides or {})
+                  else noise_config.NOISE_LEVELS)
         for level in levels:
             out += common.seeded_arms(
                 f"{dataset}/noise{round(level * 100):02d}", f"{dataset}, {level:.0%} noise",

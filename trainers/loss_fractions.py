@@ -1,4 +1,5 @@
-"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null? (2002.10657)
+"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null?
+(2002.10657)
 
 f^p = ⟨g, g^p⟩ / ⟨g, g⟩ of a fixed mixed training sample against its null Q_p/Q
 (`cgh_tf.nulls.fp_null_of_model`; the count share n_p/n shown too), logged at every step
@@ -79,7 +80,8 @@ def _train(config, run_dir, echo):
     curves = graph_loop.run_logged(
         run_dir, config.to_dict(), run.model, run.optimizer,
         graph_loop.step_advancer(run.train_epoch, int(config.seed), n), log,
-        total=epoch_ends[-1], log_points=set(range(int(config.every_step_until) + 1)) | set(epoch_ends),
+        total=epoch_ends[-1],
+        log_points=set(range(int(config.every_step_until) + 1)) | set(epoch_ends),
         checkpoint_points=epoch_ends[::int(config.checkpoint_every_logs)], echo=echo, unit="step")
     return common.finish(run_dir, config.to_dict(), curves, summarize(curves, config.early_window),
                          started, num_train=n, num_corrupted=int(corrupted.sum()),

@@ -42,7 +42,8 @@ READINGS = (
 
 
 def optimizer_arm_config(base, method):
-    """`base` trained with `method` (a key of METHODS): plain SGD inside, coupled L2 for robust ones."""
+    """`base` trained with `method` (a key of METHODS): plain SGD inside, coupled L2 for the
+    robust ones."""
     _, optimizer, multiplier = METHODS[method]
     config = copy.deepcopy(base)
     decay = float(config.optimizer.weight_decay) + float(config.optimizer.l2)
@@ -55,7 +56,8 @@ def optimizer_arm_config(base, method):
 
 
 def winsorized_config(base, pct):
-    """`base` trained with winsorized SGD at `pct` percent per side, dropping the last partial batch."""
+    """`base` trained with winsorized SGD at `pct` percent per side, dropping the last partial
+    batch."""
     config = optimizer_arm_config(base, "sgd")
     config.drop_remainder = True
     config.optimizer.aggregation = "winsorize"
@@ -95,7 +97,8 @@ def comparisons(planned):
 
 
 def rules(planned):
-    """At 50 % noise: memorisation (corrupted train accuracy) of each robust arm below its control."""
+    """At 50 % noise: memorisation (corrupted train accuracy) of each robust arm below its
+    control."""
     groups = {a.group for a in planned}
     n = noise_group(RULE_NOISE)
     pairs = [(name, f"{n}/{a}", f"{n}/{c}") for name, a, c in RULES]

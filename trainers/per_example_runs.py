@@ -90,7 +90,8 @@ def learning_epochs(correct, epochs):
     epochs = np.asarray(epochs, np.float64)
     if correct.ndim != 2 or correct.shape[0] != len(epochs):
         raise ValueError(f"correct must be [len(epochs)={len(epochs)}, n]; got {correct.shape}")
-    stays = np.flip(np.logical_and.accumulate(np.flip(correct, 0), axis=0), 0)  # all correct from row k on
+    # stays[k, i]: example i correct at every logged epoch from row k on
+    stays = np.flip(np.logical_and.accumulate(np.flip(correct, 0), axis=0), 0)
     first = len(epochs) - stays.sum(axis=0)
     return np.append(epochs, epochs[-1] + 1)[first]
 

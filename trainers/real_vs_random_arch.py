@@ -91,7 +91,8 @@ def _train(config, run_dir, echo):
                "num_params": curve_stats.params(model)}
     return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=n,
                          num_test=len(x_test), num_corrupted=int(ds.train.corrupted.sum()),
-                         steps_per_epoch=steps_per_epoch, layers=probes.layer_names(curves, "coherence/train"))
+                         steps_per_epoch=steps_per_epoch,
+                         layers=probes.layer_names(curves, "coherence/train"))
 
 
 def run_summary(curves, early_epoch):
@@ -207,7 +208,8 @@ def setting(runs):
                   f"{c['batch_size']}, {c['epochs']} epochs; random labels: 100 % "
                   f"({c['noise_kind']}); m = {m} training examples (the arm's labels; "
                   f"{'the whole set' if not c['coherence_samples'] else 'a fixed sample'}) and "
-                  f"test examples (real labels), the same for every arm; early = epoch {c['early_epoch']:g}. MLP {c['depth']} × {c['width']}; "
+                  "test examples (real labels), the same for every arm; early = epoch "
+                  f"{c['early_epoch']:g}. MLP {c['depth']} × {c['width']}; "
                   f"CNN filters {tuple(c['cnn_filters'])} + dense {c['dense_width']}; ResNet "
                   f"stages {tuple(c['resnet_filters'])} × {c['resnet_blocks']} BN basic "
                   "block(s). Compared: the pairwise coherence (r − 1)/(m − 1).", ""]

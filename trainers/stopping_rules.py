@@ -130,7 +130,8 @@ def verdict(results):
             g is not None and abs(g) <= max(1.0, 0.25 * o) for g, o in pairs)
         parts.append(f"Where it fired it picked on average {abs(gap):.2f} epochs "
                      f"{'after' if gap > 0 else 'before'} the onset. Within max(1 epoch, 25 % of "
-                     f"the onset epoch) of the onset in every seed: **{'yes' if close else 'no'}**.")
+                     "the onset epoch) of the onset in every seed: "
+                     f"**{'yes' if close else 'no'}**.")
     ranked = sorted((rule for rule in RULES if rule != "oracle" and acc[rule] is not None),
                     key=lambda r: -acc[r])
     if ranked:

@@ -1,4 +1,5 @@
-"""Is winsorizing's suppression of memorisation due to coherence, or to two simpler things? (issue 24)
+"""Is winsorizing's suppression of memorisation due to coherence, or to two simpler things?
+(issue 24)
 
 Arms (`ARMS`): SGD, winsorized SGD at c, and controls matched to it by a calibration at
 initialisation (`calibrate`): `clip` (per-example norm clipping of the share winsorizing
@@ -74,7 +75,8 @@ def calibrate(model, ds, config):
 
 
 def build(config, model, ds):
-    """`memorisation_run.train_memorisation`'s build: the arm's SGD and aggregator, calibrated if a control."""
+    """`memorisation_run.train_memorisation`'s build: the arm's SGD and aggregator, calibrated
+    if a control."""
     from cgh_tf import aggregators, optimizers
 
     rate, aggregator = float(config.learning_rate), None
@@ -100,7 +102,8 @@ def frontier_point(curves, level):
             if i == 0:
                 return {"corrupted_at_pristine": corrupted[0], "epoch_at_pristine": epochs[0]}
             t = (level - pristine[i - 1]) / (p - pristine[i - 1])
-            return {"corrupted_at_pristine": corrupted[i - 1] + t * (corrupted[i] - corrupted[i - 1]),
+            return {"corrupted_at_pristine":
+                    corrupted[i - 1] + t * (corrupted[i] - corrupted[i - 1]),
                     "epoch_at_pristine": epochs[i - 1] + t * (epochs[i] - epochs[i - 1])}
     return {"corrupted_at_pristine": None, "epoch_at_pristine": None}
 
