@@ -1,6 +1,6 @@
 """Issue 21's speed figures on sequence models, as ratios in one process (batch 64).
 
-Run: `python -m benchmarks.sequence_models [--rounds 10] [--parts steps,breakdown,measure] [--jit off]`.
+Run: `python -m benchmarks.sequence_models [--rounds 10] [--parts steps,forms,breakdown,measure] [--jit off]`.
 
 * steps: `coherence_every=1` train step / plain Keras train step (both `model.train_step` of a
   compiled model in one `tf.function`, SGD; per round the two back to back, order alternating;
@@ -13,6 +13,9 @@ Run: `python -m benchmarks.sequence_models [--rounds 10] [--parts steps,breakdow
     FFN 256 -> LayerNorm -> Dense(1000) logits per token; ids with zero padding at the end;
   - mlp: MLP 784-512-512-10 (benchmarks/coherence.py), batch 128, the ≤ 1.1 reference.
   Targets (issue 21): ≤ 1.25 on the first two, ≤ 1.1 kept on the MLP.
+* forms: the steps part with a third step in every round, `coherence_every=1` with Dense /
+  EinsumDense kept to the Gram / tape forms (`layer_rules.materialised.ENABLED` off while it is
+  traced): the materialised per-example kernel gradients against the Gram form in one process.
 * breakdown: where the coherence step's extra time goes, on the same models: the engine
   (`per_example.gradients_and_sq_norms` in a `tf.function`) / one tape gradient of Keras' batch
   loss, and the engine again with one rule's statistics replaced by zeros (einsum_dense, dense,
@@ -38,8 +41,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import cgh_tf  # noqa: E402
-from benchmarks import coherence as coherence_bench, keras_steps  # noqa: E402
+from benchmarks import coherence as coherence_bench, keras_steps, transformer_rules  # noqa: E402
 from cgh_tf import coherence, layer_rules, per_example  # noqa: E402
+from cgh_tf.layer_rules import materialised  # noqa: E402
 
 L = keras.layers
 SEQ, WIDTH, VOCAB, BATCH = 64, 128, 1000, 64
@@ -90,26 +94,33 @@ BUILDERS = {"gqa_decoder": gqa_decoder, "masked_lm": masked_lm,
             "mlp": lambda: coherence_bench.mlp()}
 
 
-def train_steps(name, jit):
+def train_steps(name, jit, forms=("materialised",)):
+    """{"plain": step, "coherence_every=1": step, ...}: compiled train steps of `name`, each traced
+    now; one coherence step per form in `forms`: "materialised" (the rules' choice) or "gram"
+    (Dense / EinsumDense kept to the Gram / tape forms: `materialised.ENABLED` off while tracing),
+    labelled "coherence_every=1" for the first form and "coherence_every=1, <form>" after it."""
+    x, y = batch_for(name, np.random.default_rng(0))
     steps = {}
-    for label, cls, options in (("plain", keras.Model, {}),
-                                ("coherence_every=1", cgh_tf.Model, {"coherence_every": 1})):
+    variants = [("plain", keras.Model, {}, None)] + [
+        ("coherence_every=1" + (f", {form}" if i else ""), cgh_tf.Model, {"coherence_every": 1}, form)
+        for i, form in enumerate(forms)]
+    for label, cls, options, form in variants:
         keras.utils.set_random_seed(0)
         base = BUILDERS[name]()
         model = cls(base.inputs, base.outputs)
         model.compile(optimizer=keras.optimizers.SGD(0.01), loss=LOSS, **options)
-        steps[label] = keras_steps.compiled_train_step(model, jit)
+        step = keras_steps.compiled_train_step(model, jit)
+        saved, materialised.ENABLED = materialised.ENABLED, form != "gram"
+        try:
+            step.get_concrete_function(x, y)  # the form is chosen while tracing
+        finally:
+            materialised.ENABLED = saved
+        steps[label] = step
     return steps
 
 
 BREAKDOWN_RULES = (layer_rules.EinsumDenseRule, layer_rules.DenseRule, layer_rules.LayerNormRule,
                    layer_rules.EmbeddingRule)
-
-
-def _zero_statistics(layer, calls):
-    """A rule's statistics replaced by zeros [m] (timing only: what the rule's own work costs)."""
-    m = tf.shape(calls[0].outputs[0])[0]
-    return {var_id: layer_rules.Statistic(tf.zeros([m])) for var_id in calls[0].weights}
 
 
 def breakdown(name, rounds):
@@ -142,7 +153,7 @@ def breakdown(name, rounds):
         patched = BREAKDOWN_RULES if removed is None else (removed,)
         saved = {rule: rule.__dict__["statistics"] for rule in patched}
         for rule in patched:
-            rule.statistics = staticmethod(_zero_statistics)
+            rule.statistics = staticmethod(transformer_rules.zero_statistics)
         try:
             variants[f"engine, no {removed.name if removed else 'rule'} statistics"] = engine()
         finally:
@@ -161,23 +172,28 @@ def breakdown(name, rounds):
 
 
 def paired_ratios(steps, x, y, rounds):
-    """Per-round ratios coherence step / plain step, the two timed back to back in each round
-    (their order alternating), so that load from other processes, which drifts over seconds,
-    hits both alike: (plain median s, median ratio, (25 %, 75 %) quantiles, ratio of min times)."""
-    plain, coherent = steps["plain"], steps["coherence_every=1"]
-    for step in (plain, coherent):
+    """Per-round ratios of each non-plain step / the plain step, all timed back to back in each
+    round (their order reversed every other round), so that load from other processes, which
+    drifts over seconds, hits them alike: {label: (median ratio, (25 %, 75 %) quantiles, ratio of
+    min times)} and the plain step's median seconds."""
+    for step in steps.values():
         for _ in range(2):
             float(step(x, y))
-    times = {"plain": [], "coherence": []}
+    times = {label: [] for label in steps}
+    order = list(steps.items())
     for i in range(rounds):
-        order = (("plain", plain), ("coherence", coherent))
         for label, step in order if i % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             float(step(x, y))
             times[label].append(time.perf_counter() - start)
-    ratios = np.asarray(times["coherence"]) / np.asarray(times["plain"])
-    return (statistics.median(times["plain"]), float(np.median(ratios)),
-            tuple(np.quantile(ratios, [0.25, 0.75])), min(times["coherence"]) / min(times["plain"]))
+    plain = np.asarray(times["plain"])
+    out = {}
+    for label, seconds in times.items():
+        if label != "plain":
+            ratios = np.asarray(seconds) / plain
+            out[label] = (float(np.median(ratios)), tuple(np.quantile(ratios, [0.25, 0.75])),
+                          min(seconds) / plain.min())
+    return out, statistics.median(times["plain"])
 
 
 def measure_ratio(rounds):
@@ -221,18 +237,20 @@ def main(argv=None):
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, "
           f"Keras {keras.__version__}, median of {args.rounds} interleaved rounds")
     rng = np.random.default_rng(0)
-    if "steps" in args.parts:
-        print("| model | XLA | plain ms | coherence_every=1 / plain: median of rounds [25-75 %] "
-              "| ratio of min times |\n|---|---|---|---|---|")
+    if "steps" in args.parts or "forms" in args.parts:
+        forms = ("materialised", "gram") if "forms" in args.parts else ("materialised",)
+        print("| model | XLA | variant | plain ms | / plain: median of rounds [25-75 %] "
+              "| ratio of min times |\n|---|---|---|---|---|---|")
         for name in args.models.split(","):
             x, y = batch_for(name, rng)
             for jit in args.jit.split(","):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    plain, ratio, (low, high), of_mins = paired_ratios(
-                        train_steps(name, jit == "on"), x, y, args.rounds)
-                print(f"| {name} | {jit} | {plain * 1e3:.1f} | {ratio:.2f} [{low:.2f}-{high:.2f}] | "
-                      f"{of_mins:.2f} |", flush=True)
+                    ratios, plain = paired_ratios(train_steps(name, jit == "on", forms), x, y,
+                                                  args.rounds)
+                for label, (ratio, (low, high), of_mins) in ratios.items():
+                    print(f"| {name} | {jit} | {label} | {plain * 1e3:.1f} | {ratio:.2f} "
+                          f"[{low:.2f}-{high:.2f}] | {of_mins:.2f} |", flush=True)
     if "breakdown" in args.parts:
         print("| model | variant | / tape gradient (median) | (min) |\n|---|---|---|---|")
         for name in args.models.split(","):

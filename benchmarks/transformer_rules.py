@@ -11,7 +11,7 @@ each variant per round, median over rounds) in one process:
 |---|---|
 | plain | forward, backward (tape on the mean loss), SGD update |
 | norms | `per_example.gradients_and_sq_norms` (one forward, one backward, the rules' statistics), SGD update with Σ_i g_i / m, m-coherence |
-| norms, Gram only / materialised only | the same, with the cost model forced one way (for every layer with T > 1) |
+| norms, Gram only / materialised only | the same, with the choice forced one way for every Dense / EinsumDense kernel with T > 1 (Gram with the tape's Σ_i g_i, or materialised with the rule's: `forced_form`) |
 | norms, XLA-compiled Gram | `base.gram_sq_norm` replaced by the same code under `tf.function(jit_compile=True)` (candidate) |
 | norms, XLA-compiled statistics | every rule's `statistics` run under `tf.function(jit_compile=True)`, one cluster per layer (candidate) |
 | norms without <rule> statistics | the rule's statistics replaced by zeros: the difference to "norms" is what that rule's statistics cost |
@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 import cgh_tf  # noqa: E402
 from cgh_tf import keras_internals, layer_rules, per_example  # noqa: E402
-from cgh_tf.layer_rules import base, einsum_dense  # noqa: E402
+from cgh_tf.layer_rules import base, einsum_dense, materialised  # noqa: E402
 from benchmarks import keras_steps  # noqa: E402
 
 SEQ, WIDTH, HEADS, VOCAB, BATCH, CLASSES = 64, 128, 4, 1000, 64, 10
@@ -100,13 +100,16 @@ def norms_step(model, optimizer):
 
 @contextlib.contextmanager
 def forced_form(gram):
-    """Every `base.outer_sum_sq_norm` with T > 1 takes the Gram (True) or materialised form."""
-    previous = base.prefer_gram
-    base.prefer_gram = lambda positions, fan_in, fan_out: gram
+    """Every Dense / EinsumDense kernel with T > 1 takes the Gram form with the tape's Σ_i g_i
+    (True) or the materialised form with the rule's Σ_i g_i (False: `materialised.GRAM_SHARE` 0;
+    `base.prefer_gram` False for a kernel over the memory budget)."""
+    previous = base.prefer_gram, materialised.ENABLED, materialised.GRAM_SHARE
+    base.prefer_gram = lambda *args, **kwargs: gram
+    materialised.ENABLED, materialised.GRAM_SHARE = not gram, 0.0
     try:
         yield
     finally:
-        base.prefer_gram = previous
+        base.prefer_gram, materialised.ENABLED, materialised.GRAM_SHARE = previous
 
 
 @tf.function(jit_compile=True)
@@ -142,16 +145,22 @@ def xla_statistics():
             rule.statistics = statistics_fn
 
 
+def zero_statistics(layer, calls):
+    """A rule's statistics replaced by zeros (timing only): squared norms [m] of zeros for every
+    weight the first call read, and a zero Σ_i g_i for a weight read with tape_sum=False (a
+    materialised kernel: its whole form, the matmul that replaced the tape's weight gradient
+    included, then drops out)."""
+    m = tf.shape(calls[0].output_grads[0])[0]
+    return {var_id: base.Statistic(tf.zeros([m], tf.float32),
+                                   None if tape_sum else tf.zeros_like(value))
+            for var_id, (_, value, tape_sum) in calls[0].weights.items()}
+
+
 @contextlib.contextmanager
 def without_statistics(rule):
-    """`rule.statistics` returns zeros for every weight the rule read, so its cost drops out."""
+    """`rule.statistics` returns zeros (`zero_statistics`), so its cost drops out."""
     previous = rule.__dict__["statistics"]
-
-    def zeros(layer, calls):
-        m = tf.shape(calls[0].output_grads[0])[0]
-        return {var_id: base.Statistic(tf.zeros([m], tf.float32)) for var_id in calls[0].weights}
-
-    rule.statistics = staticmethod(zeros)
+    rule.statistics = staticmethod(zero_statistics)
     try:
         yield
     finally:
@@ -184,7 +193,9 @@ def choices(model):
         elif t == 1:
             form = "‖a‖²‖b‖²"
         else:
-            form = "Gram" if base.prefer_gram(t, fan_in, fan_out) else "materialised"
+            form = ("materialised, the rule's Σ_i g_i"
+                    if materialised.chosen(t, fan_in, fan_out, BATCH, "float32", blocks)
+                    else "Gram" if base.prefer_gram(t, fan_in, fan_out) else "materialised")
         rows.append((paths.get(layer.name, layer.name), rule.name, t, fan_in, fan_out, blocks, form))
     return rows
 

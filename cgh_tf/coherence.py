@@ -303,8 +303,7 @@ def streamed_sums(model: keras.Model, x: Inputs, y: Nest | None, loss: LossSpec,
     first pass, that the model's added losses are weight regularisers (the caller adds r = ∇R:
     `cgh_tf.regularization`)."""
     precision.check_coherence_dtype(coherence_dtype)
-    if not isinstance(include_regularization, (bool, np.bool_)):
-        raise ValueError(f"include_regularization must be True or False; got {include_regularization!r}.")
+    regularization.check_flag(include_regularization)
     first, blocks = checked_blocks(model, x, y, loss, batch_size, sample_weight)
     if include_regularization:
         regularization.check_weight_regularizers_only(

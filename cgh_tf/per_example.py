@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, NamedTuple, Seq
 
 import tensorflow as tf
 
-from cgh_tf import exact_fallback, keras_internals, layer_rules, loss_decomposition
+from cgh_tf import exact_fallback, keras_internals, layer_rules, loss_decomposition, regularization
 from cgh_tf.layer_rules import base
 from cgh_tf.layer_rules.base import by_examples, concat_positions, shared_input_grams, sum_sq
 from cgh_tf.api_types import Array, LossSpec, Nest
@@ -116,9 +116,13 @@ def _check_loss_on_one_example(model, x, y, loss_fn):
 
 def per_example_gradients(model: keras.Model, x: Nest, y: Nest, loss: LossSpec = None,
                           training: bool = False, chunk_size: int | None = None,
-                          sample_weight: Array | None = None) -> List[tf.Tensor]:
+                          sample_weight: Array | None = None,
+                          include_regularization: bool = False) -> List[tf.Tensor]:
     """Per-example gradients g_i = ∇ℓ_i w.r.t. `model.trainable_variables`, ℓ_i the decomposition
     of Keras' loss of the batch (`per_example_loss_fn`; mean_i g_i = Keras' gradient).
+    include_regularization=True: g_i = ∇(ℓ_i + R), R the weight regularisers' penalty
+    (`cgh_tf.regularization`; mean_i g_i is then the gradient of Keras' whole objective);
+    activity regularisers and `add_loss` penalties are refused in one line before any pass.
 
     x: array / tensor [m, ...] (or a nest of them); y: [m, ...] (or a nest, one per output);
     sample_weight: None, [m], [m, ...] or a nest per output, as in `keras.Model.fit`.
@@ -127,11 +131,22 @@ def per_example_gradients(model: keras.Model, x: Nest, y: Nest, loss: LossSpec =
     The batch's targets (masks, weights, divisors) come from one inference-mode forward pass.
     Returns a list aligned with `model.trainable_variables`, each a [m, *var.shape] tensor.
     """
+    regularization.check_flag(include_regularization)
     x, y = _to_tensors(x, y)
     loss_fn = per_example_loss_fn(model, loss)
     ensure_built(model, x)
     if not tf.inside_function():
         _check_loss_on_one_example(model, x, y, loss_fn)
+    if include_regularization:
+        regularization.check_weight_regularizers_only(model, _first(x), "include_regularization")
+    grads = _loss_gradients(model, x, y, loss_fn, training, chunk_size, sample_weight)
+    if not include_regularization:
+        return grads
+    return [g + tf.cast(r, g.dtype)[tf.newaxis] for g, r in zip(grads, regularization.gradient(model))]
+
+
+def _loss_gradients(model, x, y, loss_fn, training, chunk_size, sample_weight):
+    """`per_example_gradients` of ℓ_i alone: a list of [m, *var.shape] tensors."""
     targets = loss_fn.prepare(y, model(x, training=False), sample_weight)
     variables = list(model.trainable_variables)
     m = _num_examples(y)

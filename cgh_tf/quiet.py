@@ -112,15 +112,16 @@ def stderr_held_back():
 
 @contextlib.contextmanager
 def logs_at_least(level=logging.WARNING):
-    """For the block, absl's verbosity and TensorFlow's Python logger (`tensorflow`) pass only
-    records at `level` (a `logging` level) or above, unless they were quieter already; restored
-    after. Used where a run must print nothing of its own (an experiment's arms, timed steps)."""
-    tf_logger = logging.getLogger("tensorflow")
-    shown, tf_level = absl_logging.get_verbosity(), tf_logger.level
-    absl_logging.set_verbosity(min(shown, absl_logging.converter.standard_to_absl(level)))
-    tf_logger.setLevel(max(tf_level, level))
+    """For the block, the `absl` and `tensorflow` loggers pass only records at `level` (a
+    `logging` level) or above, unless they were quieter already; their own levels are restored
+    after (not their effective ones: a caller's later `setLevel` on the root still reaches them).
+    Used where a run must print nothing of its own (an experiment's arms, timed steps)."""
+    loggers = [logging.getLogger("absl"), logging.getLogger("tensorflow")]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), level))
     try:
         yield
     finally:
-        absl_logging.set_verbosity(shown)
-        tf_logger.setLevel(tf_level)
+        for logger, own in zip(loggers, saved):
+            logger.setLevel(own)

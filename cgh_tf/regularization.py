@@ -18,6 +18,7 @@ Activity regularisers and `add_loss` penalties depend on each example's activati
 not decomposed: with the option on they are refused in one line before any work.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from cgh_tf import keras_internals
@@ -27,6 +28,13 @@ def regularized_variables(model):
     """The trainable variables of `model` that carry a weight regulariser (`variable.regularizer`,
     Keras' public attribute set by `add_weight(regularizer=...)`), in `trainable_variables` order."""
     return [v for v in model.trainable_variables if getattr(v, "regularizer", None) is not None]
+
+
+def check_flag(value, option="include_regularization"):
+    """Raises one ValueError unless the option `value` is a bool (a string such as "yes" is not);
+    `option`: the name the message gives."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{option} must be True or False; got {value!r}.")
 
 
 def check_weight_regularizers_only(model, x_one, option="include_regularization"):

@@ -93,9 +93,8 @@ class TrainOptions:
             raise ValueError(f"coherence_every must be an int >= 0 (0 = off), got {every!r}.")
         object.__setattr__(self, "coherence_every", int(every))
         precision.check_coherence_dtype(self.coherence_dtype)
-        if not isinstance(self.coherence_include_regularization, bool):
-            raise ValueError("coherence_include_regularization must be True or False; got "
-                             f"{self.coherence_include_regularization!r}.")
+        regularization.check_flag(self.coherence_include_regularization,
+                                  "coherence_include_regularization")
         for name in ("coherence_per_layer", "coherence_training", "coherence_dtype",
                      "coherence_include_regularization"):
             if getattr(self, name) and not self.coherence_every:

@@ -144,11 +144,9 @@ def test_estimate_is_the_timed_steps_times_the_run_s_batches(fake_timer):
 
 def test_earlier_timings_are_used_before_measuring(tmp_path, fake_timer):
     arms = [_arm(_default(), "a", 0), _arm(_default(), "a", 1), _arm(_default(), "b", 0)]
-    (tmp_path / "timings.json").write_text(json.dumps(
-        {"arms": {"a/seed0": {"seconds": 100.0, "skipped": False},
-                  "a/seed1": {"seconds": 5.0, "skipped": True}}}))  # skipped: not a cost
+    (tmp_path / "timings.json").write_text(json.dumps({"arms": {"a": 60.0}}))  # b: not run yet
     estimate = dry_run.estimate(arms, str(tmp_path))
-    assert "1 arm from the timings.json of an earlier run; 2 arms from" in estimate.source
+    assert "2 arms from the timings.json of an earlier run; 1 arm from" in estimate.source
     assert len(fake_timer) == 1
     (tmp_path / "timings.json").write_text(json.dumps({"arms": {"a": 60.0, "b": 40.0}}))
     assert dry_run.estimate(arms, str(tmp_path)).seconds == pytest.approx(100.0)  # per group
@@ -187,7 +185,7 @@ def test_dataset_sizes_are_those_of_the_loaded_datasets():
             loaded = data.load(name)
         except data.MissingExtraError:
             continue
-        assert factories.DATASET_SIZES[name] == (len(loaded.train), len(loaded.test)), name
+        assert factories.DATASETS[name][2:] == (len(loaded.train), len(loaded.test)), name
     config = _default(max_train=100, max_test=10_000)
     assert factories.dataset_sizes(config) == (100, 1000)
 

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from cgh_tf import layer_rules, per_example
-from cgh_tf.layer_rules import base, einsum_dense
+from cgh_tf.layer_rules import base, einsum_dense, materialised
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -23,6 +23,14 @@ SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 @pytest.fixture(autouse=True)
 def float64(float64_keras):
     """Every test here runs in float64 Keras (see conftest), except where a test sets its policy."""
+
+
+@pytest.fixture(params=["materialised", "gram"])
+def form(request, monkeypatch):
+    """Runs the test with per-example kernel gradients materialised where `materialised.chosen`
+    takes them, and again with the Gram / tape forms only."""
+    monkeypatch.setattr(materialised, "ENABLED", request.param == "materialised")
+    return request.param
 
 
 def mse(y_true, y_pred):
@@ -99,7 +107,7 @@ EQUATIONS = [  # equation, bias_axes, input shape (no example axis), output_shap
 
 
 @pytest.mark.parametrize("equation,bias_axes,input_shape,output_shape", EQUATIONS)
-def test_einsum_dense_equations(equation, bias_axes, input_shape, output_shape):
+def test_einsum_dense_equations(equation, bias_axes, input_shape, output_shape, form):
     inputs = keras.Input(input_shape)
     layer = keras.layers.EinsumDense(equation, output_shape, bias_axes=bias_axes, activation="tanh")
     model = keras.Model(inputs, layer(inputs))
@@ -120,7 +128,7 @@ def test_einsum_parse():
 
 
 @pytest.mark.parametrize("positions,width,units,gram", [(6, 3, 2, False), (2, 8, 8, True)])
-def test_einsum_dense_called_twice(positions, width, units, gram):
+def test_einsum_dense_called_twice(positions, width, units, gram, form):
     """A shared layer (its calls concatenated along positions: T = 2 × positions), in the
     materialised and in the Gram form."""
     assert base.prefer_gram(2 * positions, width, units) == gram
@@ -136,7 +144,8 @@ def test_einsum_dense_called_twice(positions, width, units, gram):
 # MultiHeadAttention: Transformer encoder blocks
 
 
-def encoder(seq=6, vocab=11, width=8, heads=2, use_bias=True, mask=False, kv=None, gqa=False):
+def encoder(seq=6, vocab=11, width=8, heads=2, use_bias=True, mask=False, kv=None, gqa=False,
+            causal=False):
     ids = keras.Input((seq,), dtype="int32")
     h = keras.layers.Embedding(vocab, width, mask_zero=mask)(ids)
     inputs = [ids]
@@ -149,7 +158,7 @@ def encoder(seq=6, vocab=11, width=8, heads=2, use_bias=True, mask=False, kv=Non
         inputs.append(memory)
         a = attention(h, memory)
     else:
-        a = attention(h, h)
+        a = attention(h, h, use_causal_mask=causal)
     h = keras.layers.LayerNormalization()(h + a)
     f = keras.layers.Dense(width, activation="relu")(keras.layers.Dense(2 * width, activation="relu")(h))
     h = keras.layers.LayerNormalization()(h + f)
@@ -157,9 +166,10 @@ def encoder(seq=6, vocab=11, width=8, heads=2, use_bias=True, mask=False, kv=Non
     return keras.Model(inputs if len(inputs) > 1 else ids, out)
 
 
-@pytest.mark.parametrize("variant", [{}, {"use_bias": False}, {"mask": True}, {"kv": (4, 5)}, {"gqa": True}],
-                         ids=["plain", "no_bias", "mask", "cross", "gqa"])
-def test_transformer_encoder(variant):
+@pytest.mark.parametrize("variant", [{}, {"use_bias": False}, {"mask": True}, {"kv": (4, 5)}, {"gqa": True},
+                                     {"gqa": True, "causal": True}, {"mask": True, "causal": True}],
+                         ids=["plain", "no_bias", "mask", "cross", "gqa", "gqa_causal", "causal_mask"])
+def test_transformer_encoder(variant, form):
     model = encoder(**variant)
     ids = rng.integers(1, 11, size=(5, 6))
     if variant.get("mask"):
@@ -173,6 +183,7 @@ def test_transformer_encoder(variant):
 def test_self_attention_projections_share_their_input_gram(monkeypatch):
     """Query, key and value read one input: in the Gram form its Gram matrices are computed once
     (and once for the output projection's input), and the norms stay exact."""
+    monkeypatch.setattr(materialised, "ENABLED", False)  # the Gram form for every layer
     grams, uses = [], []
     gram, given = base.gram, base.gram_sq_norm_given
     monkeypatch.setattr(base, "gram", lambda a: grams.append(a) or gram(a))
@@ -188,14 +199,15 @@ def test_grouped_query_projections_use_the_paid_input_gram(monkeypatch):
     input's Gram shared by the three projections (T(i/3 + o) = 80 ≤ 128), they use it, in
     whatever order the layers' statistics come (Keras lists the output projection first)."""
     assert not base.prefer_gram(6, 16, 8) and base.prefer_gram(6, 16, 8, sharers=3)
-    grams, uses, materialised = [], [], []
+    monkeypatch.setattr(materialised, "ENABLED", False)  # the Gram form for every layer
+    grams, uses, sums = [], [], []
     gram, given, full = base.gram, base.gram_sq_norm_given, base._materialised_sq_norm
     monkeypatch.setattr(base, "gram", lambda a: grams.append(a) or gram(a))
     monkeypatch.setattr(base, "gram_sq_norm_given", lambda g, b: uses.append(b) or given(g, b))
-    monkeypatch.setattr(base, "_materialised_sq_norm", lambda a, b: materialised.append(b) or full(a, b))
+    monkeypatch.setattr(base, "_materialised_sq_norm", lambda a, b: sums.append(b) or full(a, b))
     model = encoder(seq=6, width=16, heads=4, gqa=True)
     check(model, rng.integers(1, 11, size=(5, 6)), rng.integers(0, 3, size=5), SCCE)
-    assert (len(grams), len(uses), materialised) == (3, 4, [])  # + the Embedding's Gram
+    assert (len(grams), len(uses), sums) == (3, 4, [])  # + the Embedding's Gram
     assert sorted(b.shape[-1] for b in uses) == [8, 8, 16, 16]
 
 
@@ -225,6 +237,115 @@ def test_attention_called_twice_with_unknown_batch_and_length():
                          input_signature=[tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None], tf.int64)])
     result = fast(model, x, y, SCCE, lambda mod, xb, yb, loss: traced(xb, yb))
     assert_matches(result, brute_force(model, x, y, SCCE))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense / EinsumDense over positions: materialised per-example kernel gradients (materialised.py)
+
+
+def test_materialised_choice():
+    """Materialised where the Gram form costs at least half as much (2·T·(i + o) ≥ i·o), in
+    float32 / float64, with T static and > 1, within the memory budget."""
+    assert materialised.chosen(64, 128, 256, 64, "float32")       # 2·64·384 ≥ 128·256
+    assert materialised.chosen(64, 128, 128, 64, "float64")
+    assert not materialised.chosen(16, 512, 512, 64, "float32")   # 2·16·1024 < 512²: Gram
+    assert not materialised.chosen(1, 128, 128, 64, "float32")    # T = 1: ‖a‖²‖b‖²
+    assert not materialised.chosen(None, 8, 8, 64, "float32")     # unknown T: Gram
+    assert not materialised.chosen(64, 128, 128, 64, "float16")   # Keras' 16-bit weight gradient
+    per_example = 128 * 128
+    assert not materialised.chosen(64, 128, 128, materialised.ELEMENT_BUDGET // per_example + 1, "float32")
+    assert not materialised.chosen(
+        64, 128, 128, None, "float32",
+        blocks=materialised.ELEMENT_BUDGET // (per_example * materialised.ASSUMED_EXAMPLES) + 1)
+
+
+def spy_statistic(monkeypatch):
+    """The `tape_skipped` flags of every `materialised.statistic` call, as a list."""
+    taken, statistic = [], materialised.statistic
+    monkeypatch.setattr(materialised, "statistic", lambda g, flags: taken.append(flags) or statistic(g, flags))
+    return taken
+
+
+def test_no_materialised_kernels_inside_xla(monkeypatch):
+    """Inside a whole-step XLA compile the Gram form is taken (XLA's CPU batched dot makes the
+    materialised form slower), and the norms stay exact."""
+    taken = spy_statistic(monkeypatch)
+    inputs = keras.Input((5, 4))
+    model = keras.Model(inputs, keras.layers.Dense(6)(keras.layers.Dense(8, activation="tanh")(inputs)))
+    x, y = rng.normal(size=(4, 5, 4)), rng.normal(size=(4, 5, 6))
+    traced = tf.function(lambda xb, yb: per_example.gradients_and_sq_norms(model, xb, yb, mse),
+                         jit_compile=True)
+    assert_matches(fast(model, x, y, mse, lambda mod, xb, yb, loss: traced(xb, yb)),
+                   brute_force(model, x, y, mse))
+    assert taken == []
+    check(model, x, y)  # outside XLA: materialised
+    assert taken == [[True], [True]]
+
+
+@pytest.mark.parametrize("seq,width,units", [(1, 4, 6), (2, 5, 3), (7, 6, 4)])
+def test_dense_per_token_with_padding(seq, width, units, form, monkeypatch):
+    """Embedding(mask_zero) → Dense(units) → Dense(vocab) logits per token (i ≠ o, T = 1, 2, 7),
+    the last tokens padded and masked out of the loss (as many in every example: the float64
+    reference takes each example's loss alone, whose mean divides by its own token count): exact
+    in both forms, the materialised one taken by both Dense layers where T > 1."""
+    taken = spy_statistic(monkeypatch)
+    ids = keras.Input((seq,), dtype="int32")
+    h = keras.layers.Dense(units, activation="tanh")(keras.layers.Embedding(7, width, mask_zero=True)(ids))
+    model = keras.Model(ids, keras.layers.Dense(7)(h))
+    x = rng.integers(1, 7, size=(5, seq))
+    x[:, seq // 2 + 1:] = 0
+    check(model, x, rng.integers(0, 7, size=(5, seq)), SCCE)
+    assert taken == ([[True], [True]] if form == "materialised" and seq > 1 else [])
+
+
+def test_dense_called_on_one_and_on_several_positions(form, monkeypatch):
+    """One Dense layer called on [m, 1, i] (T = 1: Gram / tape) and on [m, 5, i] (materialised):
+    its per-example gradient sums both calls; Σ_i g_i of the first call comes from the tape, of
+    the second from the rule."""
+    taken = spy_statistic(monkeypatch)
+    x1, x5 = keras.Input((1, 4)), keras.Input((5, 4))
+    layer = keras.layers.Dense(3, activation="tanh")
+    model = keras.Model([x1, x5], keras.layers.Concatenate(axis=1)([layer(x1), layer(x5)]))
+    check(model, [rng.normal(size=(4, 1, 4)), rng.normal(size=(4, 5, 4))], rng.normal(size=(4, 6, 3)))
+    assert taken == ([[False, True]] if form == "materialised" else [])
+
+
+def test_frozen_kernels_over_positions(form):
+    """A Dense and an EinsumDense over positions whose kernels alone are frozen: their biases'
+    norms stay exact and the frozen kernels are neither materialised nor summed."""
+    inputs = keras.Input((5, 4))
+    dense = keras.layers.Dense(6, activation="tanh")
+    einsum = keras.layers.EinsumDense("abc,cd->abd", (5, 3), bias_axes="d")
+    model = keras.Model(inputs, einsum(dense(inputs)))
+    dense.kernel.trainable = einsum.kernel.trainable = False
+    assert len(model.trainable_variables) == 2
+    check(model, rng.normal(size=(4, 5, 4)), rng.normal(size=(4, 5, 3)))
+
+
+class TiedTranspose(keras.layers.Layer):
+    """h @ dense.kernelᵀ: another layer reading a Dense layer's kernel (tied weights)."""
+
+    def __init__(self, dense, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense
+
+    def call(self, h):
+        return keras.ops.tanh(keras.ops.matmul(h, keras.ops.transpose(self.dense.kernel)))
+
+
+def test_materialised_kernel_also_read_elsewhere(form):
+    """A Dense over positions whose kernel another layer also reads: the layer takes the exact
+    fallback for its norms, and Σ_i g_i adds the rule's (materialised) or the tape's share of
+    the kernel's gradient to the other use's, exactly once."""
+    inputs = keras.Input((5, 4))
+    dense = keras.layers.Dense(6, activation="tanh")
+    model = keras.Model(inputs, TiedTranspose(dense)(dense(inputs)))
+    x, y = rng.normal(size=(4, 5, 4)), rng.normal(size=(4, 5, 4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = per_example.gradients_and_sq_norms(model, tf.constant(x), tf.constant(y), mse)
+    assert any("exact fallback" in str(w.message) for w in caught)
+    assert_matches(result, brute_force(model, x, y, mse))
 
 
 def test_mixed_precision_transformer():

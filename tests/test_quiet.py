@@ -54,25 +54,26 @@ def test_stderr_held_back_shows_the_output_of_a_block_that_fails(capfd):
 
 @pytest.mark.parametrize("level", [logging.WARNING, logging.ERROR])
 def test_logs_at_least_hides_lower_records_for_the_block_only(level, caplog):
-    import tensorflow as tf
     from absl import logging as absl_logging
 
-    tf_logger = tf.get_logger()
-    before = absl_logging.get_verbosity(), tf_logger.level
-    absl_logging.set_verbosity(absl_logging.INFO)
+    loggers = [logging.getLogger("absl"), logging.getLogger("tensorflow")]
+    before = [logger.level for logger in loggers]
+    caplog.set_level(logging.INFO)
     try:
+        for logger in loggers:
+            logger.setLevel(logging.NOTSET)  # inherits the root's INFO
         with quiet.logs_at_least(level):
-            assert absl_logging.get_verbosity() == absl_logging.converter.standard_to_absl(level)
-            assert tf_logger.level == level
-            assert not tf_logger.isEnabledFor(level - 10) and tf_logger.isEnabledFor(level)
-        assert absl_logging.get_verbosity() == absl_logging.INFO
-        absl_logging.set_verbosity(absl_logging.ERROR)  # already quieter: not made louder
+            absl_logging.info("hidden")
+            assert all(not lg.isEnabledFor(level - 10) and lg.isEnabledFor(level) for lg in loggers)
+        assert [logger.level for logger in loggers] == [logging.NOTSET] * 2  # own levels back
+        absl_logging.info("shown")
+        loggers[0].setLevel(logging.ERROR)  # already quieter: not made louder
         with quiet.logs_at_least(logging.WARNING):
-            assert absl_logging.get_verbosity() == absl_logging.ERROR
+            assert loggers[0].getEffectiveLevel() == logging.ERROR
     finally:
-        absl_logging.set_verbosity(before[0])
-        tf_logger.setLevel(before[1])
-    assert (absl_logging.get_verbosity(), tf_logger.level) == before
+        for logger, own in zip(loggers, before):
+            logger.setLevel(own)
+    assert [r.getMessage() for r in caplog.records] == ["shown"]
 
 
 def test_warnings_only_from_a_directory():

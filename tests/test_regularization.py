@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cgh_tf import coherence, regularization
+from cgh_tf import coherence, per_example, regularization
 
 
 def scce():
@@ -193,8 +193,34 @@ def test_example_dependent_penalties_are_refused_before_any_pass(layer, words):
 def test_include_regularization_must_be_a_bool():
     model = regularized_model()
     x, y = data(m=4)
-    with pytest.raises(ValueError, match="include_regularization must be True or False"):
-        coherence.measure(model, x, y, include_regularization="yes")
+    for call in (coherence.measure, per_example.per_example_gradients):
+        with pytest.raises(ValueError, match="include_regularization must be True or False"):
+            call(model, x, y, include_regularization="yes")
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_per_example_gradients_are_those_of_loss_plus_regularizers(weighted):
+    model = regularized_model(seed=6)
+    x, y = data(m=9, seed=7)
+    w = np.random.default_rng(8).uniform(0.3, 2.0, len(x)) if weighted else None
+    g, _ = brute_force(model, x, y, w)
+    got = per_example.per_example_gradients(model, x, y, sample_weight=w, chunk_size=4,
+                                            include_regularization=True)
+    flat = np.concatenate([np.reshape(t, (len(x), -1)) for t in got], axis=1)
+    np.testing.assert_allclose(flat, g, rtol=1e-9, atol=1e-12)
+    off = per_example.per_example_gradients(model, x, y, sample_weight=w)
+    r = np.concatenate([np.ravel(t) for t in regularization.gradient(model)])
+    assert np.max(np.abs(r)) > 1e-3  # the regularisers matter on this model
+    np.testing.assert_allclose(flat - np.concatenate(
+        [np.reshape(t, (len(x), -1)) for t in off], axis=1), np.tile(r, (len(x), 1)), atol=1e-12)
+
+
+def test_per_example_gradients_refuse_example_dependent_penalties():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activity_regularizer="l2")])
+    model.compile(loss=scce())
+    x, y = data(m=5)
+    with pytest.raises(ValueError, match="activity_regularizer"):
+        per_example.per_example_gradients(model, x, y, include_regularization=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,6 +93,38 @@ def test_epoch_updates_cut_the_permutation_into_whole_updates():
     assert graph_loop.capped_log_epochs((0, 1, 5, 9), 6) == [0, 1, 5, 6]
 
 
+def test_predictor_traces_once_for_train_and_test_and_matches_numpy():
+    """One trace for splits of different sizes and a last partial chunk (it retraced per shape),
+    and the numbers of a float64 NumPy softmax cross-entropy."""
+    import keras
+
+    traces = []
+
+    class Linear(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x, training=False):
+            traces.append(x.shape)  # runs once per trace
+            return self.dense(x)
+
+    model = Linear()
+    rng = np.random.default_rng(0)
+    x_train, x_test = (rng.normal(size=(n, 4)).astype(np.float32) for n in (10, 7))
+    y_train, y_test = (rng.integers(3, size=n).astype(np.int32) for n in (10, 7))
+    model(x_train[:1])
+    traces.clear()
+    predict = graph_loop.predictor(model, chunk=4)
+    for x, y in ((x_train, y_train), (x_test, y_test), (x_train, y_train)):
+        preds, losses = predict(x, y)
+        logits = x.astype(np.float64) @ model.dense.kernel.numpy() + model.dense.bias.numpy()
+        log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        np.testing.assert_array_equal(preds, logits.argmax(-1))
+        np.testing.assert_allclose(losses, -log_softmax[np.arange(len(y)), y], rtol=1e-5)
+    assert len(traces) == 1
+
+
 def test_optimizers_build_adamw_alone_and_as_the_inner_optimizer():
     import keras
 

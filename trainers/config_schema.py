@@ -186,11 +186,6 @@ def saved_config(record: dict) -> dict:
     return migrate(record["config"], record.get("config_version", 1))
 
 
-def comparable(config_dict: dict) -> dict:
-    """`migrate` from version 1 (kept until trainers/fit_arm.py calls `saved_config`)."""
-    return migrate(config_dict, 1)
-
-
 def optimizer_kind(config) -> tuple:
     """`(kind, k)` of `optimizer.name` (`cgh_tf.optimizers.parse_name`); ConfigError if unknown."""
     from cgh_tf import optimizers
@@ -290,8 +285,6 @@ def in_batch_m3_changes(config) -> list:
 def is_int(value, minimum):
     """True for an int (not a bool) >= minimum: the one integer check of configs and experiments."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
-
-
 
 
 def _is_number(value):

@@ -1,16 +1,7 @@
-"""The console scripts of an installed cgh_tf: `cgh-train` and `cgh-reproduce`, from any directory.
-
-| script          | runs                  | example                                                   |
-|-----------------|-----------------------|-----------------------------------------------------------|
-| `cgh-train`     | `trainers/train.py`     | `cgh-train --config=default --workdir=/tmp/run --config.num_epochs=2` |
-| `cgh-reproduce` | `trainers/reproduce.py` | `cgh-reproduce --experiment=memorisation --workdir=/tmp/exp` |
-
-In the wheel, `trainers/` and `configs/` are installed as `cgh_tf.trainers` and `cgh_tf.configs`
-(nothing generic in site-packages). Their modules import each other as `trainers.X` and
-`configs.X`, the repository's layout, so a script first makes those two names refer to the
-installed packages inside its own process (`sys.modules`), then runs the module as `__main__`.
-`--config=NAME` (no path separator, no `.py`) names a shipped config: `--config=default` is
-`configs/default.py` wherever the package is installed; a path works as before.
+"""The console scripts `cgh-train` and `cgh-reproduce` of an installed cgh_tf (`trainers/` and
+`configs/` install as `cgh_tf.trainers` / `cgh_tf.configs`): a script makes the names `trainers` and
+`configs` refer to those packages in its process, then runs the module as `__main__`;
+`--config=NAME` (no path separator, no `.py`) names a shipped config, e.g. `--config=default`.
 """
 
 import importlib
@@ -24,16 +15,14 @@ CONFIGS = PACKAGE.rpartition(".")[0] + ".configs" if "." in PACKAGE else "config
 
 
 def alias_repository_names() -> None:
-    """`trainers` and `configs` refer to this installation's packages in this process (no-op in
-    the repository, where they are those packages)."""
+    """`trainers` and `configs` refer to this installation's packages (no-op in the repository)."""
     for name, package in (("trainers", PACKAGE), ("configs", CONFIGS)):
         if name != package:
             sys.modules[name] = importlib.import_module(package)
 
 
 def shipped_config_path(name: str) -> str | None:
-    """The path of shipped config `name` (e.g. "default" -> .../configs/default.py), or None if
-    `name` is a path or names no shipped config."""
+    """The path of shipped config `name` ("default" -> .../configs/default.py), or None."""
     if os.sep in name or "/" in name or name.endswith(".py"):
         return None
     directory = os.fspath(importlib.resources.files(CONFIGS))

@@ -1,30 +1,11 @@
-r"""Demo (the headline of the package): memorisation of 50 % noisy labels by every robust
-aggregation beside its matched control.
+r"""Demo (the headline of the package, `make demo`): memorisation of 50 % noisy labels by every
+robust aggregation beside its matched control, the `memorisation` experiment on MNIST-1D.
 
-    python -m trainers.demo --workdir=workdirs/demo            # what `make demo` runs
+    python -m trainers.demo --workdir=workdirs/demo
     python -m trainers.demo --workdir=/tmp/demo --arms=sgd,m3 --epochs=10 --fresh
 
-The `memorisation` experiment of `trainers/memorisation.py` (2003.07422, 2002.10657)
-restricted to 50 % label noise on the embedded MNIST-1D: every arm trains the MLP of
-`configs/default.py` for 30 epochs into `WORKDIR/noise50/<arm>/seed0`, then the demo prints the
-table (accuracy on the pristine and on the corrupted training examples — the latter against their
-noisy labels, i.e. memorisation — test accuracy, and the number of optimizer updates) and the path
-of the figure. A second run reuses finished arms (`--fresh` retrains them).
-
-| arm          | optimizer                                                   | its matched control |
-|--------------|-------------------------------------------------------------|---------------------|
-| `sgd`        | plain SGD, lr 0.2, batch 64                                 |                     |
-| `winsorized` | winsorized SGD: per coordinate, the 64 per-example gradients clipped to their 2nd and 98th percentile (one example per side), then averaged; drops the last partial batch | `sgd` (same batches and updates) |
-| `m3`         | M3: median of the 3 mean gradients of 3 consecutive batches (1 update per 3 batches) | `sgd_x3` |
-| `sgd_x3`     | plain SGD, batch 192: M3's examples per update and number of updates |           |
-| `rm3`        | RM3: running median of the last 3 batch gradients (1 update per batch) | `ra3`     |
-| `ra3`        | RA3: running mean of the last 3 (stale, but not robust)     |                     |
-
-Why these: the `scale` experiment found M3's suppression equal to that of its update-count control
-at every size, while winsorized SGD and RM3 differ from their controls (README, "The papers' other
-claims"); the demo shows all three pairs so that the difference a robust aggregation makes is read
-against its control, not against SGD. The full experiment (0 / 25 / 50 % noise, more c):
-`python -m trainers.reproduce --experiment=memorisation --workdir=DIR`.
+Every arm trains 30 epochs into `WORKDIR/noise50/<arm>/seed0`; a second run reuses finished arms
+(`--fresh` retrains them). The arms and why: docs/getting_started.md, "The demo".
 """
 
 import os
@@ -62,8 +43,8 @@ def parse_arms(text: str) -> list:
 
 
 def clear_arm_dir(path: str) -> None:
-    """Delete a previous trainer workdir at `path`; refuse (ValueError) if it holds foreign files,
-    (`workdir_lock.WorkdirBusy`) if a trainer is using it."""
+    """Delete a previous trainer workdir at `path`; refuse (ValueError) if it holds foreign files
+    or (`workdir_lock.WorkdirBusy`) if a trainer is using it."""
     if not os.path.exists(path):
         return
     foreign = [e for e in os.listdir(path) if e not in _WORKDIR_ENTRIES and ".tmp-" not in e]
@@ -75,8 +56,7 @@ def clear_arm_dir(path: str) -> None:
 
 
 def demo_arms(arms=DEFAULT_ARMS, epochs=DEMO_EPOCHS, overrides=None):
-    """The demo's `Arm`s of the declared `memorisation` experiment: 50 % noise, one seed, the
-    given arms (every config checked)."""
+    """The demo's `Arm`s of the `memorisation` experiment: 50 % noise, one seed, `arms`."""
     return memorisation.arms("small", 1, {"num_epochs": epochs, **(overrides or {})},
                              noise_levels=(DEMO_NOISE,),
                              methods=tuple(arm for arm in arms if arm != WINSORIZED),
@@ -85,7 +65,7 @@ def demo_arms(arms=DEFAULT_ARMS, epochs=DEMO_EPOCHS, overrides=None):
 
 def run_demo(workdir: str, arms=DEFAULT_ARMS, epochs=DEMO_EPOCHS, fresh=False, overrides=None,
              command="python -m trainers.demo", echo=print) -> dict:
-    """Train the demo's arms into `workdir` (reusing finished ones unless `fresh`); return the summary."""
+    """Train the demo's arms into `workdir` (reusing finished ones unless `fresh`); the summary."""
     planned = demo_arms(arms, epochs, overrides)
     if fresh:
         for arm in planned:

@@ -1,27 +1,8 @@
-"""Training under a tf.distribute strategy without Keras `fit` (config field `distribution`).
-
-Keras 3's `fit`, and calling its `train_function`, fail under `MultiWorkerMirroredStrategy`
-(keras-team/keras#20585, tensorflow/tensorflow#72388: "Attempt to convert a value (PerReplica...)
-with an unsupported type"). `fit` here runs `model.train_step` / `model.test_step` through
-`strategy.run` inside a `tf.function` and calls the callbacks exactly where Keras `fit` calls them,
-with the same logs, so every callback of the single-device trainer works unchanged.
-
-| `distribution` | strategy (`build_strategy`)                                    | replicas R        |
-|----------------|----------------------------------------------------------------|-------------------|
-| `none`         | None: `trainers/train.py` calls Keras `fit` (today's path)     | 1                 |
-| `mirrored`     | `tf.distribute.MirroredStrategy()`                             | local devices     |
-| `multi_worker` | `tf.distribute.MultiWorkerMirroredStrategy()`, cluster from `TF_CONFIG` | devices of all workers |
-| `tpu`          | `TPUStrategy(TPUClusterResolver())` (TPU from `TPU_NAME` / the local TPU) | TPU cores |
-
-| concern          | rule                                                                         |
-|------------------|------------------------------------------------------------------------------|
-| data             | global batch b is batch b of the single-device order (`input_pipeline.epoch_index_batches`); replica r gets its r-th contiguous shard (`shard_batches`); `check_even_shards` requires R equal shards, because Keras scales each replica's loss by 1/R |
-| step logs        | `train_step`'s logs, mean over replicas (as Keras' `reduce_per_replica("auto")`) |
-| epoch logs       | the last step's logs with every compiled metric replaced by its value summed over replicas (`model.get_metrics_result()` in cross-replica context: exact, = one device's) |
-| validation       | `test_step` on shards of `eval_batch_size` batches; `val_` logs as `fit` gives them |
-| chief            | `is_chief`: writes everything; the other workers run the same steps and reads (collectives must match) and only the callbacks that change training |
-| resume           | the chief restores its checkpoint; `broadcast_from_chief` copies its variables and epoch to every worker (no shared filesystem needed) |
-| a worker fails   | a peer that dies stops sending heartbeats: TF aborts the others' collectives (~10-15 s here); one that hangs alive makes them wait at most `collective_timeout` (`CommunicationOptions`); either way `peers_fail_loudly` turns the abort into `PeerFailure`, one line, exit status 1 |
+"""Training under a tf.distribute strategy without Keras `fit` (config field `distribution`): Keras
+3's `fit` fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585), so `fit` here runs
+`model.train_step` / `test_step` through `strategy.run` in a `tf.function` and calls the callbacks
+where Keras `fit` does, with the same logs. Strategies, sharding, logs, the chief, resume and a
+failing worker: docs/design.md §6.
 """
 
 import contextlib
@@ -42,9 +23,7 @@ class PeerFailure(RuntimeError):
 
 def build_strategy(name: str, collective_timeout: float = None):
     """The strategy of config field `distribution` (None for "none"); ConfigError in one line.
-
-    collective_timeout: multi_worker only: how long a collective (every training step's
-    all-reduce) waits for the other workers before failing (None: forever)."""
+    collective_timeout (multi_worker): seconds a collective waits for the others (None: forever)."""
     if name == "none":
         return None
     if name == "mirrored":
@@ -154,11 +133,8 @@ def check_even_shards(num_examples: int, batch_size: int, drop_remainder: bool, 
 
 
 def shard_batches(strategy, index_batches, x, y):
-    """Distributed dataset: replica r gets the r-th of R contiguous shards of every batch.
-
-    `index_batches()` returns a `tf.data.Dataset` of int index vectors (global batches) and is
-    called once per input pipeline; shards may differ in size by one (validation) or be empty.
-    """
+    """Distributed dataset: replica r gets the r-th of R contiguous shards (sizes may differ by
+    one, or be empty) of every global batch of `index_batches()` (int index vectors)."""
     x, y = tf.constant(x), tf.constant(y)
 
     def dataset_fn(context):
@@ -178,11 +154,8 @@ def shard_batches(strategy, index_batches, x, y):
 
 
 def optimizer_variables(optimizer) -> list:
-    """All state variables of `optimizer` and of any Keras optimizer it wraps (deduplicated, stable order).
-
-    Wrappers (M3, RM3, LossScaleOptimizer, ...) may keep the inner optimizer's variables out of their
-    own `.variables`; this walks attributes that are Keras optimizers, in attribute-definition order.
-    """
+    """Every state variable of `optimizer` and of the Keras optimizers it wraps (attributes, in
+    definition order; deduplicated): wrappers may keep the inner ones out of `.variables`."""
     found, seen = [], set()
 
     def visit(opt, depth=0):
@@ -202,8 +175,8 @@ def optimizer_variables(optimizer) -> list:
 
 
 def run_variables(model) -> list:
-    """Every variable a worker needs from the chief's checkpoint: the model's weights, the
-    optimizer's variables (wrapped optimizers' too) and `cgh_tf.Model.steps_trained` if present."""
+    """What a worker needs from the chief's checkpoint: weights, optimizer variables (wrapped
+    ones' too) and `cgh_tf.Model.steps_trained` if present."""
     steps_trained = getattr(model, "steps_trained", None)
     return (list(model.weights) + optimizer_variables(model.optimizer)
             + ([steps_trained] if steps_trained is not None else []))
@@ -255,8 +228,8 @@ def _python(logs) -> dict:
 
 def fit(model, strategy, train, test, *, callbacks, first_epoch, num_epochs, steps, test_steps,
         verbose):
-    """Keras `fit`'s loop and callback calls over distributed datasets `train` (all epochs from
-    `first_epoch`, `steps` batches each) and `test` (`test_steps` batches); returns the History."""
+    """Keras `fit`'s loop and callback calls over distributed datasets `train` (epochs from
+    `first_epoch`, `steps` batches each) and `test` (`test_steps` batches); the History."""
     callback_list = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose, epochs=num_epochs,
         steps=steps, model=model)

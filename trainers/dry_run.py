@@ -1,36 +1,12 @@
-"""What `--dry_run` prints: the arms (as their grid) and an estimated wall-clock time.
-
-| function                          | returns                                                      |
-|-----------------------------------|--------------------------------------------------------------|
-| `grid(configs)`                   | `{field: distinct values}` of the config fields that differ across runs (seed apart) |
-| `describe(arms)`                  | lines: arms, groups × seeds, the grid, the groups            |
-| `estimate(arms, workdir, ...)`    | `Estimate`: seconds (None: unknown) and the line saying where they come from |
-| `time_updates(config)`            | seconds of a warm-up, a training step and an evaluation batch, timed in memory |
-| `measured_seconds(config, ...)`   | seconds of one trainer run, from updates timed in memory     |
-| `lines(arms, workdir, published)` | `describe` + the estimate line: what both dry runs print     |
-
-Sources of the estimate, per arm, in this order:
-
-1. **Earlier timings**: `WORKDIR/timings.json` of an earlier run of the experiment (per arm of a
-   sweep; per group of a declared experiment, split evenly over its planned seeds).
-2. **Measured**: a trainer config (`trainers/config_schema.py`, the arms of the papers' sweeps and
-   `trainers.train --dry_run`) is built in memory on random inputs of its dataset's shape, and
-   `TIMED_STEPS` update cycles of training steps (Keras `fit`) and one evaluation batch are timed
-   after a warm-up (which compiles, and is counted once per run); × the run's batches
-   (`factories.dataset_sizes`).
-   Once per distinct model / optimizer / batch shape (`COST_FIELDS`). Not counted: checkpoints,
-   the coherence monitor, learning times, a multi-device strategy (timed on one device).
-3. **Published** (a declared experiment's own loop): the `training_seconds` per group of the experiment's published run
-   (`results/<name>/results.json` of a clone, `published_path`), per seed; used only when the plan
-   is the published one's setting (default scale, no `--set`), since other settings cost
-   differently. The line says the published run's machine and load may differ from this one.
-4. Otherwise none: a declared experiment's own loop is not timed without running it; the line
-   says so.
-
-Nothing is written and nothing is trained: the timed steps update a throw-away model in memory.
+"""What `--dry_run` prints: the arms (as their grid) and an estimated wall-clock time, per arm
+from the first source that has it: an earlier run's `WORKDIR/timings.json` (per group, shared by
+its seeds); for a trainer config, training steps timed in memory once per cost shape
+(`COST_FIELDS`) × the run's batches; the published run's training seconds per group
+(`results/<name>/results.json`, only at its setting: default scale, no `--set`); else unknown.
+Nothing is written, nothing is trained (the timed steps update a throw-away model).
 """
 
-import contextlib
+import collections
 import dataclasses
 import json
 import logging
@@ -40,6 +16,7 @@ import time
 
 import numpy as np
 
+from cgh_tf import quiet
 from trainers import config_schema
 from trainers import hparams_board
 from trainers import outputs
@@ -99,51 +76,28 @@ def describe(arms) -> list:
     return lines
 
 
-def _earlier_seconds(arms, workdir) -> dict:
-    """`{arm path: seconds}` from an earlier run's `WORKDIR/timings.json` (sweep: per arm path;
-    declared: per group, shared evenly by the group's planned seeds)."""
-    if workdir is None:
-        return {}
-    path = os.path.join(workdir, "timings.json")
-    try:
-        with open(path) as f:
-            recorded = json.load(f).get("arms", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    seeds_of = {}
-    for arm in arms:
-        seeds_of[arm.group] = seeds_of.get(arm.group, 0) + 1
-    found = {}
-    for arm in arms:
-        entry = recorded.get(arm.path)
-        if isinstance(entry, dict) and not entry.get("skipped") and _is_seconds(entry.get("seconds")):
-            found[arm.path] = float(entry["seconds"])
-        elif _is_seconds(recorded.get(arm.group)):
-            found[arm.path] = float(recorded[arm.group]) / seeds_of[arm.group]
-    return found
-
-
 def published_path(name: str) -> str:
     """`results/<name>/results.json` of this clone (absent from an installed wheel)."""
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
                         name, "results.json")
 
 
-def _published_seconds(arms, path) -> dict:
-    """`{arm path: seconds}` from a published results.json: its `training_seconds` of the arm's
-    group (summed over the group's seeds there) divided by the number of those seeds."""
+def _recorded_seconds(arms, path, published) -> dict:
+    """`{arm path: seconds}` from the JSON file `path`: an earlier run's timings.json (`arms`:
+    seconds per group, shared by the group's planned seeds) or, `published`, a results.json
+    (`training_seconds` per group, per seed of the group there); {} when absent or malformed."""
     try:
         with open(path) as f:
-            summary = json.load(f)
-        trained, groups = summary["training_seconds"], summary["groups"]
-    except (OSError, ValueError, KeyError, TypeError):
+            recorded = json.load(f)
+        if published:
+            seconds = recorded["training_seconds"]
+            seeds = {g: len(entry["seeds"]) for g, entry in recorded["groups"].items()}
+        else:
+            seconds, seeds = recorded["arms"], collections.Counter(arm.group for arm in arms)
+        return {arm.path: float(seconds[arm.group]) / seeds[arm.group] for arm in arms
+                if _is_seconds(seconds.get(arm.group)) and seeds.get(arm.group)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-    found = {}
-    for arm in arms:
-        seconds, seeds = trained.get(arm.group), groups.get(arm.group, {}).get("seeds")
-        if _is_seconds(seconds) and isinstance(seeds, list) and seeds:
-            found[arm.path] = float(seconds) / len(seeds)
-    return found
 
 
 def _is_seconds(value) -> bool:
@@ -167,14 +121,10 @@ def _cost_key(config) -> str:
 
 
 def time_updates(config, steps: int = TIMED_STEPS) -> dict:
-    """Seconds of one training step and of one evaluation batch of `config`'s model and optimizer,
-    timed in memory on random inputs: `{"warmup": s, "step": s, "eval": s, "scale": f}` (`scale`:
-    the factor a batch too large to time whole was scaled by).
-
-    Steps run through Keras `fit`, as the trainer's do: a first call compiles (and runs a whole
-    update cycle: k batches of M3 over consecutive batches), then `step` is the difference of a
-    call of `steps` more cycles and one of a single cycle, per batch (fit's per-call cost cancels).
-    """
+    """`{"warmup": s, "step": s, "eval": s, "scale": f}`: seconds of a training step (Keras
+    `fit`, as the trainer; the difference of `steps` + 1 update cycles and 1, per batch, so fit's
+    per-call cost cancels) and an evaluation batch of `config`'s model on random inputs, after a
+    compiling warm-up; `scale`: the factor a batch too large to time whole was scaled by."""
     import tensorflow as tf
 
     from trainers import factories, schedule
@@ -194,7 +144,7 @@ def time_updates(config, steps: int = TIMED_STEPS) -> dict:
         return _seconds(lambda: model.fit(batches, epochs=1, steps_per_epoch=count,
                                                   verbose=0, shuffle=False))
 
-    with _quiet_retracing():
+    with quiet.logs_at_least(logging.ERROR):  # each timed model traces its own step
         warmup = fit(cycle)
         steps = 1 if warmup > SLOW_WARMUP_SECONDS else steps  # a large model: keep it short
         long, short = fit(cycle * (1 + steps)), fit(cycle)
@@ -222,51 +172,27 @@ def _seconds(work) -> float:
     return time.perf_counter() - started
 
 
-@contextlib.contextmanager
-def _quiet_retracing():
-    """TensorFlow's Python logger at ERROR: every timed model traces its own train function,
-    which TensorFlow would report as "excessive retracing" (a warning per model)."""
-    import tensorflow as tf
-
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def measured_seconds(config, timing: dict) -> float:
-    """Seconds of one trainer run of `config` from `time_updates`' timing: one warm-up, the
-    training steps of every epoch (easy_hard: the probe's epochs on all examples, then the easy
-    and the hard part's, together the training share of the examples) and one evaluation pass
-    over the test split and the training examples per epoch."""
+    """Seconds of one trainer run of `config` from `time_updates`' timing: one warm-up, then per
+    epoch the training steps and an evaluation of the test split and the training examples."""
     from trainers import factories, input_pipeline
 
     train, test = factories.dataset_sizes(config)
-    epochs = [(config.num_epochs, train)]
-    if config_schema.setting(config, "mode") == "easy_hard":
-        kept = int(train * (1.0 - config_schema.setting(config, "easy_hard.test_fraction")))
-        epochs = [(config_schema.setting(config, "easy_hard.probe_epochs"), train),
-                  (config.num_epochs, kept)]
-    seconds = timing["warmup"]
-    for count, examples in epochs:
-        steps = input_pipeline.steps_per_epoch(max(examples, config.batch_size),
-                                               config.batch_size, config.drop_remainder)
-        evaluations = math.ceil((examples + test) / config.batch_size)
-        seconds += count * timing["scale"] * (steps * timing["step"] + evaluations * timing["eval"])
-    return seconds
+    steps = input_pipeline.steps_per_epoch(max(train, config.batch_size), config.batch_size,
+                                           config.drop_remainder)
+    evaluations = math.ceil((train + test) / config.batch_size)
+    return timing["warmup"] + config.num_epochs * timing["scale"] * (
+        steps * timing["step"] + evaluations * timing["eval"])
 
 
 def estimate(arms, workdir: str | None, timer=None, published: str | None = None) -> Estimate:
-    """The estimated wall-clock seconds of running `arms` into `workdir` (None: no earlier
-    timings are looked for), and its source. timer: `time_updates` (None: this module's, looked
-    up when called). published: the results.json of a published run of the same setting (None:
-    not used)."""
+    """The estimated seconds of running `arms` into `workdir` (None: no earlier timings) and
+    their source; timer: `time_updates` (None: this module's); published: the results.json of a
+    published run of the same setting (None: not used)."""
     timer = timer or time_updates
-    earlier = _earlier_seconds(arms, workdir)
-    reference = _published_seconds(arms, published) if published else {}
+    earlier = (_recorded_seconds(arms, os.path.join(workdir, "timings.json"), False)
+               if workdir else {})
+    reference = _recorded_seconds(arms, published, True) if published else {}
     timings, seconds, measured, from_reference = {}, 0.0, 0, 0
     for arm in arms:
         if arm.path in earlier:
@@ -309,6 +235,5 @@ def _duration(seconds: float) -> str:
 
 
 def lines(arms, workdir: str | None, published: str | None = None) -> list:
-    """Everything a dry run prints after its first line: `describe`, then the estimate
-    (`published`: as `estimate`)."""
+    """What a dry run prints after its first line: `describe`, then the estimate."""
     return describe(arms) + [estimate(arms, workdir, published=published).source]

@@ -1,51 +1,27 @@
-"""Config -> data, model, optimizer, compiled model (docs/design.md, "Trainers"). Reads no flags.
-
-| function                        | returns                                                        |
-|---------------------------------|----------------------------------------------------------------|
-| `load_data(config)`             | `cgh_tf.data.Dataset`                                          |
-| `dataset_spec(name, ...)`       | `(input_shape, num_classes)` of a known dataset, without loading it (with "isolated" label noise: K + its dummy classes) |
-| `dataset_sizes(config)`         | `(train, test)` examples of the config's run, without loading them |
-| `build_model(config, shape, k)` | `keras.Model` (uncompiled, outputs logits)                     |
-| `build_optimizer(config, lr)`   | Keras optimizer from `cgh_tf.optimizers.build`                 |
-| `compile_model(model, opt)`     | compiles with sparse categorical cross-entropy on logits + accuracy |
-| `cgh_compile_options(config)`   | the `cgh_tf.Model.compile` options of the config               |
-"""
+"""Config -> data, model, optimizer, compiled model (docs/design.md §7). Reads no flags."""
 
 import keras
 
 from trainers.config_schema import ConfigError, setting, uses_cgh_model
 
-# (input_shape, num_classes) of the datasets cgh_tf.data knows, for building without loading data.
-DATASET_SPECS = {
-    "mnist1d": ((40,), 10),
-    "digits": ((8, 8, 1), 10),
-    "mnist5k": ((28, 28, 1), 10),
-    "mnist": ((28, 28, 1), 10),
-    "fashion_mnist": ((28, 28, 1), 10),
-    "cifar10": ((32, 32, 3), 10),
-    "cifar100": ((32, 32, 3), 100),
-    "imagenet2012": ((224, 224, 3), 1000),
-}
-
-# (train, test) examples of each dataset as `cgh_tf.data.load` gives them (before max_train /
-# max_test), for estimates without loading data (`trainers/dry_run.py`); tests/test_dry_run.py
-# checks them against the loaded datasets that are installed.
-DATASET_SIZES = {
-    "mnist1d": (4000, 1000),
-    "digits": (1437, 360),
-    "mnist5k": (4000, 1000),
-    "mnist": (60000, 10000),
-    "fashion_mnist": (60000, 10000),
-    "cifar10": (50000, 10000),
-    "cifar100": (50000, 10000),
-    "imagenet2012": (1281167, 50000),
+# The datasets of cgh_tf.data: name -> (input_shape, num_classes, train, test examples as
+# `cgh_tf.data.load` gives them before max_train / max_test), for building and estimating without
+# loading data; tests/test_dry_run.py checks them against the installed datasets.
+DATASETS = {
+    "mnist1d": ((40,), 10, 4000, 1000),
+    "digits": ((8, 8, 1), 10, 1437, 360),
+    "mnist5k": ((28, 28, 1), 10, 4000, 1000),
+    "mnist": ((28, 28, 1), 10, 60000, 10000),
+    "fashion_mnist": ((28, 28, 1), 10, 60000, 10000),
+    "cifar10": ((32, 32, 3), 10, 50000, 10000),
+    "cifar100": ((32, 32, 3), 100, 50000, 10000),
+    "imagenet2012": ((224, 224, 3), 1000, 1281167, 50000),
 }
 
 
 def dataset_sizes(config) -> tuple:
-    """`(train, test)` examples a run of `config` sees: `DATASET_SIZES` capped by
-    max_train / max_test (no data loaded)."""
-    train, test = DATASET_SIZES[config.dataset]
+    """`(train, test)` examples a run of `config` sees, without loading them."""
+    train, test = DATASETS[config.dataset][2:]
     return (min(train, config.max_train or train), min(test, config.max_test or test))
 
 
@@ -62,16 +38,13 @@ def load_data(config):
 
 
 def dataset_spec(name: str, label_noise=0.0, noise_kind="uniform", num_train=None) -> tuple:
-    """`(input_shape, num_classes)` of a known dataset (no data is loaded).
-
-    num_classes is that of the labels after `label_noise` of `noise_kind`
-    (`cgh_tf.data.label_classes`): K, or K + round(label_noise · num_train) dummy classes for
-    "isolated" noise, which needs `num_train` (the training examples); ConfigError otherwise."""
+    """`(input_shape, num_classes)` of a known dataset without loading it; with "isolated" label
+    noise K + round(label_noise · num_train) classes (`cgh_tf.data.label_classes`)."""
     from cgh_tf import data
 
-    if name not in DATASET_SPECS:
-        raise ConfigError(f"dataset={name!r} is unknown; allowed: {', '.join(DATASET_SPECS)}")
-    input_shape, num_classes = DATASET_SPECS[name]
+    if name not in DATASETS:
+        raise ConfigError(f"dataset={name!r} is unknown; allowed: {', '.join(DATASETS)}")
+    input_shape, num_classes = DATASETS[name][:2]
     if noise_kind == "isolated" and label_noise and num_train is None:
         raise ConfigError(f"noise_kind='isolated' adds one class per corrupted example: give "
                           f"num_train (the training examples of {name!r}) to dataset_spec")
@@ -83,11 +56,8 @@ def dataset_spec(name: str, label_noise=0.0, noise_kind="uniform", num_train=Non
 
 
 def build_model(config, input_shape, num_classes) -> keras.Model:
-    """`cgh_tf.models.build(config.model.name, input_shape, num_classes, **config.model.kwargs)`.
-
-    The model is a `cgh_tf.Model` (a `keras.Model` subclass) unless `uses_cgh_model(config)` is
-    False (M3 over consecutive batches, which a plain `keras.Model` realises).
-    """
+    """`cgh_tf.models.build(...)` of `config.model`: a `cgh_tf.Model` unless
+    `uses_cgh_model(config)` is False (M3 over consecutive batches: a plain `keras.Model`)."""
     from cgh_tf import models
     from cgh_tf import training
 
@@ -101,9 +71,8 @@ def build_model(config, input_shape, num_classes) -> keras.Model:
         raise ConfigError(f"model {config.model.name!r} with kwargs {kwargs}: {error}") from error
 
 
-
 def build_optimizer(config, learning_rate):
-    """`cgh_tf.optimizers.build(...)` with the config's optimizer fields; `learning_rate` a float or schedule."""
+    """`cgh_tf.optimizers.build(...)` of `config.optimizer`; `learning_rate` a float or schedule."""
     from cgh_tf import optimizers
 
     opt = config.optimizer
@@ -116,11 +85,8 @@ def build_optimizer(config, learning_rate):
 
 
 def compile_model(model, optimizer, config=None) -> None:
-    """Compile for classification from logits: sparse cross-entropy loss, `accuracy` metric; builds the optimizer.
-
-    For a `cgh_tf.Model` the config's `coherence.*` and `optimizer.aggregation` /
-    `winsorize_pct` fields (module table) become its compile options (defaults when `config` is None).
-    """
+    """Compile for classification from logits (sparse cross-entropy, `accuracy`; a `cgh_tf.Model`
+    with `cgh_compile_options(config)`) and build the optimizer."""
     from cgh_tf import training
 
     options = {}

@@ -1,17 +1,6 @@
-"""Figures of declared experiments: mean over seeds with a 95 % CI band, labelled axes, legends.
-
-| function                          | one PNG                                                     |
-|-----------------------------------|-------------------------------------------------------------|
-| `summary_vs_axis(...)`            | per column, a run summary value against a config field (e.g. width) |
-| `curves_per_group(...)`           | per column, the logged curve of every arm against an x key   |
-| `profiles(...)`                   | per panel, a per-run profile (e.g. per decile of a score) of every group |
-| `bars(...)`                       | per column, one bar per group with its CI                    |
-| `frontier(...)`                   | one logged curve against another (e.g. corrupted vs pristine accuracy), one line per arm |
-
-`per_dataset(runs)` splits the runs by `config.dataset` (one figure per dataset).
-
-`runs` = [(Arm, result dict)]. The band is mean ± t_{.975, n−1} · sd / √n over the seeds (Student
-t; none for one seed); missing values (None) are left out per point.
+"""Figures of declared experiments from `runs` = [(Arm, result dict)]: per point, the mean over
+seeds with a 95 % CI band (mean ± t_{.975, n−1} · sd / √n, Student t; none for one seed; None
+values left out), labelled axes, legends.
 """
 
 import math
@@ -80,8 +69,8 @@ def _label(ax, x_label, y_label, log_x):
 
 
 def summary_vs_axis(workdir, name, runs, keys, axis, x_label, title, log_x=None, series=None):
-    """One panel per (summary key, y label) of `keys`: the value against `config[axis]`, one line
-    per `series(arm)` (None: one line through every arm)."""
+    """Per (summary key, y label) of `keys`, the value against `config[axis]`, a line per
+    `series(arm)` (None: one line)."""
     plt = pyplot()
     lines = {}
     for arm, results in _groups(runs).values():
@@ -101,9 +90,8 @@ def summary_vs_axis(workdir, name, runs, keys, axis, x_label, title, log_x=None,
 
 def curves_per_group(workdir, name, runs, keys, x, x_label, title, log_x=None, row_of=None,
                      series="curves"):
-    """One panel per (curve key, y label) and row (`row_of(arm)`; None: one row): every arm's
-    logged curve (`result[series]`) against curve `x`, labelled by the arm's label; an arm without
-    a key (e.g. corrupted accuracy at 0 % noise) has no line in that panel."""
+    """Per (curve key, y label) and row (`row_of(arm)`), every arm's curve (`result[series]`)
+    against curve `x`; an arm without the key has no line in that panel."""
     plt = pyplot()
     rows = {}
     for arm, results in _groups(runs).values():
@@ -128,9 +116,8 @@ def curves_per_group(workdir, name, runs, keys, x, x_label, title, log_x=None, r
 
 
 def profiles(workdir, name, runs, panels, title):
-    """One panel per (x key, y key, x label, y label) of `panels`: per group, the run's
-    `result["profiles"][y key]` against the mean over seeds of `result["profiles"][x key]`
-    (lists of equal length, e.g. per decile of a per-example score)."""
+    """Per (x key, y key, x label, y label) of `panels`, every group's `result["profiles"][y]`
+    against the mean over seeds of its `[x]` (lists of equal length, e.g. per decile)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(max(4.6 * len(panels), 9.0), 3.2),
                              squeeze=False)
@@ -146,8 +133,7 @@ def profiles(workdir, name, runs, panels, title):
 
 
 def bars(workdir, name, runs, keys, title):
-    """One panel per (summary key, y label) of `keys`: one bar per group, its mean over seeds
-    with the 95 % CI as error bar."""
+    """Per (summary key, y label) of `keys`, a bar per group with its CI as error bar."""
     plt = pyplot()
     groups = _groups(runs)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.2), squeeze=False)
@@ -163,9 +149,8 @@ def bars(workdir, name, runs, keys, title):
 
 
 def frontier(workdir, name, runs, x_key, y_key, x_label, y_label, title):
-    """Per arm, curve `y_key` against curve `x_key` (both logged at the same points): the mean
-    over seeds of each at every logged point, with the 95 % CI band of y (a trade-off curve such
-    as the memorisation frontier)."""
+    """Per arm, curve `y_key` against curve `x_key` (logged at the same points), both means over
+    seeds, with y's band (a trade-off curve such as the memorisation frontier)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 5.0))
     for i, (arm, results) in enumerate(_groups(runs).values()):

@@ -1,24 +1,8 @@
-"""The one custom training loop: graph-mode epochs over index tensors, logged, checkpointed, resumable.
-
-For experiments that need update-level control (`optimizer.apply` on batches the experiment
-chooses) instead of Keras `fit`. Epoch e of a run with seed s visits the permutation
-`default_rng([s, e])` of the n training examples in `ceil(n / B)` batches (the last one partial),
-all inside one `tf.function` call, so a resumed run replays exactly the batches of an
-uninterrupted one.
-
-| function                              | what                                                    |
-|---------------------------------------|---------------------------------------------------------|
-| `epoch_permutation(seed, epoch, n)`   | int64 [n]: the order of epoch `epoch`                    |
-| `epoch_trainer(...)`                  | `train(perm, first, last)`: batches of an epoch (last partial) |
-| `step_advancer(train, seed, n)`       | `advance(step, stop)` over global steps of an epoch_trainer |
-| `update_trainer(...)`                 | `train(idx [u, b, B])`: u updates of b batches (M3, winsorize) |
-| `epoch_updates(perm, B, b)`           | the idx of one epoch of whole updates                    |
-| `Batches(n, B, b, seed).updates(i, j)` | the idx of updates i..j−1 of a stream across epochs     |
-| `run_logged(...)`                     | restore → log 0 → advance / log / checkpoint → curves   |
-| `run_logged_epochs(...)`              | the same in epochs of `epoch_trainer`                    |
-| `log_steps(log_epochs, epochs, S)`    | {update: epoch} of log points at fractional epochs       |
-| `reused(key, build)`, `restart(...)`  | traced functions built once per architecture, reset per run |
-| `reused_epoch_trainer(...)`           | the `reused` model, optimizer, data variables, trainer, evaluate |
+"""The one custom training loop: graph-mode epochs over index tensors, logged, checkpointed,
+resumable, for experiments that need update-level control (`optimizer.apply` on batches they
+choose). Epoch e of seed s visits `default_rng([s, e]).permutation(n)` in ⌈n / B⌉ batches (the
+last partial) inside one `tf.function` call, so a resumed run replays an uninterrupted one's
+batches (docs/design.md §7.0).
 """
 
 import numpy as np
@@ -32,10 +16,9 @@ def epoch_permutation(seed, epoch, n):
 
 
 def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size):
-    """`train(perm, first=0, last=None)`: batches first..last−1 (default: the whole epoch) of the
-    epoch in the order perm (int [n]) over the training tensors x [n, ...], y [n], as one
-    `tf.function` call. An epoch has ceil(n / B) batches, the last one partial; each batch is one
-    `optimizer.apply` of the mean-loss gradient."""
+    """`train(perm, first=0, last=None)`: batches first..last−1 (default: all ⌈n / B⌉, the last
+    partial) of the epoch in the order perm (int [n]) over x [n, ...], y [n], one `tf.function`
+    call; each batch is one `optimizer.apply` of the mean-loss gradient."""
     import tensorflow as tf
 
     n, batch, variables = int(x.shape[0]), int(batch_size), model.trainable_variables
@@ -63,9 +46,8 @@ def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size):
 
 
 def step_advancer(train, seed, n):
-    """`advance(step, stop)` for `run_logged` in global steps of an `epoch_trainer` `train`: step
-    s is batch s mod S of epoch s // S (S = batches per epoch), epoch e in the order
-    `epoch_permutation(seed, e, n)`; the steps of each epoch run as one call."""
+    """`advance(step, stop)` for `run_logged` in global steps of an `epoch_trainer`: step s is
+    batch s mod S of epoch s // S (S batches per epoch), one call per epoch."""
     per_epoch = train.batches_per_epoch
 
     def advance(step, stop):
@@ -79,13 +61,11 @@ def step_advancer(train, seed, n):
 
 
 def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, aggregator=None):
-    """`train(idx)`: for idx int [u, per_update, B] (NumPy), u optimizer updates in one
-    `tf.function` call, each `per_update` `optimizer.apply` calls on the batches idx[k, g] of the
-    training tensors x [n, ...], y [n] (an M3 wrapper updates on every per_update-th call). The
-    batch gradient is the mean-loss gradient, or `aggregator` over the per-example gradients: a
-    coordinate-wise one (`cgh_tf.aggregators.Winsorize`) or one with its own `gradients(model, x,
-    y, loss_fn, training)` (`cgh_tf.aggregators.NormClip`); batch shapes are static (the
-    winsorizer's XLA network)."""
+    """`train(idx)`: for idx int [u, per_update, B], u updates in one `tf.function` call, each
+    `per_update` `optimizer.apply` calls on the batches idx[k, g] of x [n, ...], y [n] (an M3
+    wrapper updates on every per_update-th). The gradient: the mean loss's, or `aggregator` over
+    the per-example gradients (coordinate-wise, or its own `gradients(model, x, y, loss_fn,
+    training)`); batch shapes are static (the winsorizer's XLA network)."""
     import tensorflow as tf
 
     from cgh_tf import per_example
@@ -114,10 +94,9 @@ def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, ag
 
 
 class Batches:
-    """The batch stream of `update_trainer` in updates (grokking): batch j of a run is batch
-    j mod E of the permutation `default_rng([seed, j // E])` (E = ⌊n / B⌋ batches per epoch, the
-    rest of an epoch dropped; B >= n: every batch is the whole set), a pure function of
-    (seed, j), so updates may cross epochs and a resumed run sees the same batches."""
+    """The batch stream of `update_trainer` in updates: batch j is batch j mod E of the
+    permutation `default_rng([seed, j // E])` (E = ⌊n / B⌋, the rest of an epoch dropped; B >= n:
+    the whole set), a pure function of (seed, j), so updates may cross epochs."""
 
     def __init__(self, n, batch_size, batches_per_update, seed):
         self.n, self.seed, self.per_update = n, int(seed), batches_per_update
@@ -143,9 +122,8 @@ class Batches:
 
 
 def epoch_updates(perm, batch_size, per_update):
-    """int32 [⌊n / U⌋, per_update, B]: the updates of one epoch in the order perm [n], update k
-    using examples [kU, (k+1)U) with U = B × per_update (the examples after the last whole update
-    are skipped that epoch)."""
+    """int32 [⌊n / U⌋, per_update, B]: the whole updates of one epoch in the order perm [n]
+    (U = B × per_update examples each; the rest skipped that epoch)."""
     per = int(batch_size) * int(per_update)
     updates = len(perm) // per
     return np.asarray(perm[:updates * per], dtype=np.int32).reshape(updates, per_update,
@@ -154,15 +132,11 @@ def epoch_updates(perm, batch_size, per_update):
 
 def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, log_points,
                checkpoint_points, echo=None, unit="epoch"):
-    """The resume skeleton of every custom-loop run, in units the experiment chooses (epochs,
-    updates): restore the newest checkpoint of this config (saying so on `echo`) or log at 0 →
-    `advance(start, stop)` between consecutive stops → `log(stop)` at the `log_points` and a
-    checkpoint (model, optimizer, position, curves) at the `checkpoint_points` and at `total`.
-
-    log(position) -> dict of scalars, appended to the curves. Returns the curves {key: [values]}.
-    A run interrupted anywhere and started again replays from the last checkpoint, so its curves
-    equal an uninterrupted run's when `advance` is a pure function of its positions.
-    """
+    """The resume skeleton of every custom-loop run, in the experiment's units: restore this
+    config's newest checkpoint (saying so on `echo`) or log at 0 → `advance(start, stop)` between
+    stops → `log(stop)` (a dict of scalars appended to the curves) at the `log_points`, a
+    checkpoint at the `checkpoint_points` and at `total`. Returns the curves {key: [values]},
+    equal to an uninterrupted run's when `advance` is a pure function of its positions."""
     log_points, checkpoint_points = set(log_points), set(checkpoint_points) | {int(total)}
     ckpt = common.Checkpointer(run_dir, model, optimizer)
     position, curves = ckpt.restore(config_dict)
@@ -184,9 +158,8 @@ def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, l
 
 def run_logged_epochs(run_dir, config_dict, model, optimizer, train_epoch, log, *, epochs,
                       log_epochs, checkpoint_every, seed, n, echo=None):
-    """`run_logged` in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))` (a function
-    of the permutation: `epoch_trainer`, or `update_trainer` composed with `epoch_updates`); logs after
-    the epochs of `log_epochs` (sorted; 0 = before training), checkpoints at every
+    """`run_logged` in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`; logs
+    after the sorted `log_epochs` (0 = before training), checkpoints at every
     `checkpoint_every`-th of them and at the last epoch."""
 
     def advance(start, stop):
@@ -203,9 +176,9 @@ _REUSED = {}  # one key at a time: the built functions of the last architecture
 
 
 def reused(key, build):
-    """`build()` once per process for `key`, reused while runs ask for the same key (the cache
-    holds one key): the model, optimizer and traced functions of an architecture shared by its
-    seeds, since tracing is most of a small run's time. Each run starts with `restart`."""
+    """`build()` once for `key` while runs ask for the same key (one cached): an architecture's
+    model, optimizer and traced functions shared by its seeds (tracing is most of a small run's
+    time); each run starts with `restart`."""
     if key not in _REUSED:
         _REUSED.clear()
         _REUSED[key] = build()
@@ -213,10 +186,9 @@ def reused(key, build):
 
 
 def reused_epoch_trainer(key, build_model, build_optimizer, input_shape, n, batch_size):
-    """`reused` (model, optimizer, loss_fn, x, y, train_epoch, evaluate) for `key`: the model
-    `build_model()`, its built `build_optimizer()`, sparse cross-entropy on logits, training-data
-    variables x [n, *input_shape] float32 and y [n] int32 (assign each run's data: `restart`), the
-    `epoch_trainer` over them and `evaluate(xs, ys)` -> (mean loss, int32 argmax [len(xs)])."""
+    """`reused` (model, optimizer, loss_fn, x, y, train_epoch, evaluate) for `key`: sparse
+    cross-entropy on logits, data variables x [n, *input_shape] float32, y [n] int32 (assigned by
+    `restart`), their `epoch_trainer`, `evaluate(xs, ys)` -> (mean loss, int32 argmax)."""
     import keras
     import tensorflow as tf
 
@@ -239,9 +211,8 @@ def reused_epoch_trainer(key, build_model, build_optimizer, input_shape, n, batc
 
 
 def restart(model, optimizer, weights, assignments=()):
-    """Start a run on a `reused` model: its `weights` set, every optimizer variable but the
-    learning rate zeroed (a fresh Adam / SGD: step 0, zero moments), and each (variable, value)
-    of `assignments` assigned (e.g. this run's training data): bit-identical to fresh objects."""
+    """Start a run on a `reused` model, bit-identical to fresh objects: `weights` set, optimizer
+    variables but the learning rate zeroed, each (variable, value) of `assignments` assigned."""
     import tensorflow as tf
 
     model.set_weights(weights)
@@ -253,35 +224,41 @@ def restart(model, optimizer, weights, assignments=()):
 
 
 def log_steps(log_epochs, epochs, steps_per_epoch):
-    """{update count: epoch} of the log points of a run in updates (`run_logged`, `step_advancer`): each epoch of `log_epochs` up to `epochs`
-    (later ones dropped, so `--set=epochs=N` needs no new list) rounded to the nearest update,
-    plus the end of training; the epoch recorded is the true one, update / steps_per_epoch."""
+    """{update: epoch (= update / steps_per_epoch)} of a run in updates: each of `log_epochs` up to
+    `epochs` rounded to the nearest update, plus the end of training."""
     steps = {int(round(float(e) * steps_per_epoch)) for e in log_epochs if e <= epochs}
     steps.add(int(epochs) * steps_per_epoch)
     return {s: s / steps_per_epoch for s in sorted(steps)}
 
 
 def capped_log_epochs(log_epochs, epochs):
-    """Sorted epochs to log at: `log_epochs` up to `epochs` (later ones dropped, so that
-    `--set=epochs=N` needs no new list) plus `epochs` itself."""
+    """Sorted epochs to log at: `log_epochs` up to `epochs` (so `--set=epochs=N` needs no new
+    list) plus `epochs` itself."""
     return sorted({int(e) for e in log_epochs if e <= int(epochs)} | {int(epochs)})
 
 
 def predictor(model, chunk=16384):
     """`predict(xs, ys)` -> (argmax int32 [n], per-example cross-entropy float32 [n]) of the
-    logits model in inference mode, over NumPy arrays in chunks of `chunk` examples."""
+    logits model in inference mode, over NumPy arrays in chunks of `chunk` examples; traced once
+    per input dtypes (not per n: the batch dimension of its signature is unknown)."""
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
     def logits_stats(xs, ys):
         logits = model(xs, training=False)
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ys, logits=logits)
         return tf.argmax(logits, -1, output_type=tf.int32), losses
 
+    traced = {}  # one trace per input dtypes and example shape
+
     def predict(xs, ys):
+        key = (str(xs.dtype), str(ys.dtype), tuple(xs.shape[1:]))
+        if key not in traced:
+            traced[key] = tf.function(logits_stats, input_signature=[
+                tf.TensorSpec([None, *key[2]], tf.as_dtype(xs.dtype)),
+                tf.TensorSpec([None], tf.as_dtype(ys.dtype))])
         preds, losses = [], []
         for i in range(0, len(xs), chunk):
-            p, l = logits_stats(tf.constant(xs[i:i + chunk]), tf.constant(ys[i:i + chunk]))
+            p, l = traced[key](tf.constant(xs[i:i + chunk]), tf.constant(ys[i:i + chunk]))
             preds.append(p.numpy())
             losses.append(l.numpy())
         return np.concatenate(preds), np.concatenate(losses)

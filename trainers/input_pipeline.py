@@ -1,15 +1,5 @@
-"""The trainer's input pipeline: the order of every epoch and its batches (docs/design.md).
-
-The training order of an epoch is a pure function of (seed, epoch), so a run resumed from a
-checkpoint sees exactly the batches an uninterrupted run sees.
-
-| function                        | returns                                                        |
-|---------------------------------|----------------------------------------------------------------|
-| `steps_per_epoch(n, B, drop)`   | batches in one epoch                                           |
-| `epoch_order(n, seed, epoch)`   | `[n]` int64 permutation: the training order of one epoch      |
-| `train_dataset(...)`            | `tf.data.Dataset` of `(x, y)` batches for epochs [first, last) |
-| `epoch_index_batches(n, ...)`   | the same batches as int index vectors (sharded by `trainers/distributed_loop.py`) |
-| `memorisation_subsets(split)`   | `{"pristine": (x, y), "corrupted": (x, y)}` with training labels |
+"""The trainer's input pipeline: the order of every epoch, a pure function of (seed, epoch), so a
+resumed run sees exactly the batches of an uninterrupted one, and its batches.
 """
 
 import numpy as np
@@ -39,11 +29,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def train_dataset(x, y, *, batch_size, seed, first_epoch, num_epochs, drop_remainder=False):
-    """`(x, y)` batches of epochs `first_epoch .. num_epochs - 1`, each epoch in `epoch_order`.
-
-    One dataset for the whole run (use with `fit(steps_per_epoch=...)`); batches never straddle
-    epochs, so the last batch of an epoch may be smaller unless `drop_remainder`.
-    """
+    """`(x, y)` batches of epochs `first_epoch .. num_epochs - 1`, each in `epoch_order`, for
+    `fit(steps_per_epoch=...)`; an epoch's last batch may be smaller unless `drop_remainder`."""
     n = len(y)
     x, y = tf.constant(x), tf.constant(y)
     dataset = epoch_index_batches(n, batch_size=batch_size, seed=seed, first_epoch=first_epoch,
@@ -62,7 +49,7 @@ def epoch_index_batches(n, *, batch_size, seed, first_epoch, num_epochs, drop_re
 
 
 def memorisation_subsets(train_split) -> dict:
-    """`{"pristine": (x, y), "corrupted": (x, y)}` of a `cgh_tf.data.Split`, y = the *training* labels."""
+    """`{"pristine": (x, y), "corrupted": (x, y)}` of a Split, y = the *training* labels."""
     corrupted = np.asarray(train_split.corrupted, dtype=bool)
     return {"pristine": (train_split.x[~corrupted], train_split.y[~corrupted]),
             "corrupted": (train_split.x[corrupted], train_split.y[corrupted])}

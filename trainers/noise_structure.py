@@ -12,6 +12,7 @@ from cgh_tf import statistics
 from . import beyond_common as common
 from . import config_schema
 from . import memorisation_run
+from . import runner
 from . import scale
 from .experiment import Column, Experiment
 
@@ -76,10 +77,6 @@ def arms(scale_name="small", seeds=3, overrides=None):
     return out
 
 
-def _per_seed(runs, group, key):
-    return {a.seed: r["summary"].get(key) for a, r in runs if a.group == group}
-
-
 def _ordered(values, order, what):
     """The declared paired-CI order rule over {kind: {seed: value}} (kinds of `order`, largest
     first): (rows [(larger, smaller, PairedDifference)], verdict text)."""
@@ -105,7 +102,7 @@ def analyses(runs):
              "", "| order tested | difference | mean [95 % CI] | verdict |", "|---|---|---|---|"]
     out = {}
     tests = [("corrupted pairwise coherence at init (SGD arm)", PREMISE,
-              lambda kind: _per_seed(runs, f"{kind}/sgd", "pairwise/corrupted_init"))
+              lambda kind: runner.per_seed(runs, f"{kind}/sgd", "pairwise/corrupted_init"))
              ] if all(f"{k}/sgd" in groups for k in PREMISE) else []
     for arm, control, matched in scale.PAIRS:
         if matched and all(f"{k}/{g}" in groups for k in ORDER for g in (arm, control)):
@@ -130,7 +127,7 @@ def _room(runs, groups):
              "epoch); near 0 the suppression of that kind is floored at 0.", "",
              "| control | " + " | ".join(ORDER) + " |", "|---" * (len(ORDER) + 1) + "|"]
     for control in controls:
-        cells = [statistics.summarize(list(_per_seed(runs, f"{k}/{control}",
+        cells = [statistics.summarize(list(runner.per_seed(runs, f"{k}/{control}",
                                                      "corrupted_accuracy").values())).text(".3f")
                  if f"{k}/{control}" in groups else "n/a" for k in ORDER]
         lines.append(f"| {control} | " + " | ".join(cells) + " |")
@@ -139,7 +136,7 @@ def _room(runs, groups):
 
 def _suppression(runs, kind, arm, control):
     """{seed: control − arm corrupted accuracy} of one kind."""
-    a, c = (_per_seed(runs, f"{kind}/{g}", "corrupted_accuracy") for g in (arm, control))
+    a, c = (runner.per_seed(runs, f"{kind}/{g}", "corrupted_accuracy") for g in (arm, control))
     return {s: c[s] - a[s] for s in a if s in c and None not in (a[s], c[s])}
 
 

@@ -81,7 +81,7 @@ def describe(experiment, summary):
 
 # ---------------------------------------------------------------------------- the report
 
-def _per_seed(runs, group, key):
+def per_seed(runs, group, key):
     """{seed: summary[key]} of the runs of `group`."""
     return {arm.seed: result["summary"].get(key) for arm, result in runs if arm.group == group}
 
@@ -104,24 +104,24 @@ def tabulate(experiment, runs):
     for group, entry in groups.items():
         entry["metrics"] = {}
         for column in experiment.columns:
-            per_seed = _per_seed(runs, group, column.key)
-            s = statistics.summarize(list(per_seed.values()))
-            entry["metrics"][column.key] = {"per_seed": {str(k): v for k, v in per_seed.items()},
+            values = per_seed(runs, group, column.key)
+            s = statistics.summarize(list(values.values()))
+            entry["metrics"][column.key] = {"per_seed": {str(k): v for k, v in values.items()},
                                             "mean": s.mean, "sd": s.sd, "n": s.n}
     comparisons = [
         difference("between arms", a, c, col.key, None, statistics.paired_difference(
-            _per_seed(runs, a, col.key), _per_seed(runs, c, col.key)))
+            per_seed(runs, a, col.key), per_seed(runs, c, col.key)))
         for a, c in experiment.declared("comparisons", arms) for col in experiment.columns
         if experiment.compared is None or col.key in experiment.compared]
     contrasts = [
         difference("within arm", group, group, metric, control_metric,
-                    statistics.paired_difference(_per_seed(runs, group, metric),
-                                                 _per_seed(runs, group, control_metric)))
+                    statistics.paired_difference(per_seed(runs, group, metric),
+                                                 per_seed(runs, group, control_metric)))
         for metric, control_metric in experiment.contrasts for group in groups]
     verdicts = []
     for rule in experiment.declared("rules", arms):
-        verdict = rule.evaluate(_per_seed(runs, rule.arm, rule.metric),
-                                _per_seed(runs, rule.control, rule.control_metric or rule.metric))
+        verdict = rule.evaluate(per_seed(runs, rule.arm, rule.metric),
+                                per_seed(runs, rule.control, rule.control_metric or rule.metric))
         verdicts.append({"rule": rule.name, "statement": rule.statement(),
                          "decided": verdict.decided, "text": verdict.text})
     return {"experiment": experiment.name, "title": experiment.title,

@@ -1,4 +1,4 @@
-"""The trainer's learning-rate schedule: a step decay over epochs (docs/design.md, "Trainers")."""
+"""The trainer's learning-rate schedule: a step decay over epochs."""
 
 import keras
 import tensorflow as tf
@@ -6,12 +6,8 @@ import tensorflow as tf
 
 @keras.saving.register_keras_serializable(package="cgh_tf_trainers")
 class EpochStepDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Learning rate `initial × factor ** (number of decay_epochs <= epoch)`, epoch counted from 0.
-
-    The epoch is held in a variable that the trainer sets at every epoch start (`set_epoch`), so the
-    schedule is independent of how a wrapper optimizer counts its steps (M3 updates every 3rd batch).
-    `decay_epochs=()` gives a constant rate.
-    """
+    """`initial × factor ** (number of decay_epochs <= epoch)` (0-based; `()`: constant), the
+    epoch a variable set at every epoch start, whatever a wrapper optimizer counts as steps."""
 
     def __init__(self, initial_learning_rate, decay_epochs=(), decay_factor=0.1):
         self.initial_learning_rate = float(initial_learning_rate)

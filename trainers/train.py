@@ -3,44 +3,14 @@ r"""Train a classifier from a config with Keras `fit`; resumable, deterministic,
     python -m trainers.train --config=configs/default.py --workdir=/tmp/run \
         --config.num_epochs=2 --config.optimizer.name=rm3
 
-Every config field can be overridden by a `--config.FIELD=VALUE` flag (see `configs/default.py`).
-Starting the same command again after an interruption (even `kill -9`) resumes from the newest
-checkpoint and ends with a `results.json` byte-identical to that of an uninterrupted run.
-
-TensorBoard scalars (one point per epoch, `WORKDIR/tensorboard`):
-
-| run          | tag                        | what                                                   |
-|--------------|----------------------------|--------------------------------------------------------|
-| `train`      | `epoch_loss`, `epoch_accuracy` | running mean over the epoch's batches (training mode) |
-| `validation` | `epoch_loss`, `epoch_accuracy` | test split, inference mode                          |
-| `train`      | `epoch_pristine_accuracy`  | inference-mode accuracy on training examples whose label was kept |
-| `train`      | `epoch_corrupted_accuracy` | ... on corrupted examples, against their *noisy* training label (memorisation) |
-| `train`      | `epoch_learning_rate`      | learning rate of the epoch                             |
-| `train`      | `epoch_m_coherence`, `epoch_alpha`, `epoch_m_coherence/<layer>` | mean over the epoch's measured training batches (`coherence.every > 0`); none for an epoch without one |
-| `train`      | `epoch_coherence/<sample>/m_coherence`, `.../alpha`, `.../<layer>/m_coherence` | fixed monitor samples train / test / pristine / corrupted at epoch end (`coherence.monitor_samples > 0`; also `coherence.csv`) |
-| `train`      | `epoch_f_pristine`, `epoch_f_corrupt` | loss-reduction fractions of the monitor's training sample (label noise > 0) |
-| `learning_times` | `learning_times/<group>/first_correct_step` (histogram), `.../fraction_correct` | per-example learning times (`learning_times.every_steps > 0`; also `learning_times.csv`) |
-| `steps`      | `loss`, `coherence/<sample>/...`, `f_pristine`, `f_corrupt` | at step 0, every `coherence.monitor_every_steps` batches and every epoch end, x = global step (`step_history` of results.json) |
-
-Every value of the epoch logs is also in `results.json` (`history`). A NaN value means "no value"
-(`m_coherence` of an epoch without a measured step, when `coherence.every` exceeds the steps per
-epoch; a batch whose per-example gradients all vanish): it gets no TensorBoard scalar, no entry in
-the checkpoint's history, `null` in `results.json`, and `curves.png` skips it (never 0).
-
-The fields and their defaults are in `configs/default.py` (the schema in
-`trainers/config_schema.py`); one run is `trainers/single_run.py`.
-
-`distribution` other than "none" trains under a tf.distribute strategy with
-`trainers/distributed_loop.py` instead of Keras `fit` (same callbacks, same `results.json`); in a
-multi-worker cluster only the chief writes the workdir (README "Running on several machines").
-
-The other files of the workdir are described in `trainers/outputs.py`, the checkpoints in
-`trainers/run_state.py`. A config error (unknown field or name, bad number, an unwritable workdir,
-a workdir holding a different run) exits with status 1 and one line naming the field or path,
-before any data is loaded and anything is written. `--dry_run` stops after those checks and
-prints what the run would train and an estimated time (`trainers/dry_run.py`), writing nothing.
+Every field of `configs/default.py` can be set by `--config.FIELD=VALUE`. The same command started
+again after an interruption (even `kill -9`) resumes and ends with the same `results.json`. A bad
+flag, field or workdir exits with status 1 and one line, before any data is loaded; `--dry_run`
+stops after those checks and prints what would train and an estimated time. The workdir's files
+and TensorBoard scalars: docs/guide/trainer.md; one run: `single_run.py`.
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -62,28 +32,22 @@ RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError,
 
 
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
-    """Run (or resume, or just re-report) the experiment of `config` in `workdir`; return the results.
-
-    Returns the dict written to `results.json`.
-    """
+    """Run, resume or re-report the run of `config` in `workdir`; its results.json dict."""
     config_schema.validate(config)
     check_workdir(workdir)
     strategy = distributed_loop.build_strategy(config.distribution,
                                                setting(config, "collective_timeout"))
-    if not distributed_loop.is_chief(strategy):  # writes nothing: no lock
-        with distributed_loop.peers_fail_loudly(strategy):
-            return single_run.run(config, workdir, progress, strategy=strategy)[0]
-    # a workdir of another run is refused untouched, before the lock file
-    single_run.check_workdir_holds_config(workdir, config)
-    with workdir_lock.hold(workdir, f"trainer ({setting(config, 'mode')})"):
-        with distributed_loop.peers_fail_loudly(strategy):
-            return single_run.run(config, workdir, progress, strategy=strategy)[0]
+    lock = contextlib.nullcontext()  # another worker than the chief writes nothing
+    if distributed_loop.is_chief(strategy):  # another run's workdir: refused before the lock
+        single_run.check_workdir_holds_config(workdir, config)
+        lock = workdir_lock.hold(workdir, f"trainer ({setting(config, 'mode')})")
+    with lock, distributed_loop.peers_fail_loudly(strategy):
+        return single_run.run(config, workdir, progress, strategy=strategy)[0]
 
 
 def check_workdir(workdir: str) -> None:
     """ConfigError (one line) unless `workdir` is, or can be created as, a writable directory."""
-    path = os.path.abspath(workdir)
-    existing = path
+    existing = os.path.abspath(workdir)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
@@ -93,30 +57,26 @@ def check_workdir(workdir: str) -> None:
 
 def dry_run(config, workdir: str, echo=print) -> None:
     """Check `config` and `workdir` as a run would (reading only), then print what the run would
-    train and its estimated time (`trainers/dry_run.py`); writes nothing, trains nothing."""
+    train and its estimated time; writes nothing, trains nothing."""
     from trainers import dry_run as planning
     from trainers import experiment, factories, input_pipeline
 
     config_schema.validate(config)
     check_workdir(workdir)
-    if setting(config, "mode") != "easy_hard":
-        single_run.check_workdir_holds_config(workdir, config)
+    single_run.check_workdir_holds_config(workdir, config)
     train, test = factories.dataset_sizes(config)
     steps = input_pipeline.steps_per_epoch(train, config.batch_size, config.drop_remainder)
     config_schema.check_batches_split(config, train)  # a run checks it once the data is loaded
     echo(f"config valid; nothing written. {config.dataset} ({train} train / {test} test "
          f"examples), {config.model.name}, optimizer {config.optimizer.name}: "
-         f"{config.num_epochs} epochs × {steps} batches of {config.batch_size}"
-         + (" (mode easy_hard: a probe, then the easy and the hard part)"
-            if setting(config, "mode") == "easy_hard" else ""))
+         f"{config.num_epochs} epochs × {steps} batches of {config.batch_size}")
     arm = experiment.Arm("run", "", "", config.seed, config)
     echo(planning.estimate([arm], None).source)
 
 
 def run_or_exit(config, workdir, progress=True) -> dict:
-    """`train_and_evaluate` with deterministic ops; a `ConfigError`, a busy workdir
-    (`cgh_tf.workdir_lock`), a failed checkpoint save or a dead or hung peer worker
-    (`distributed_loop.PeerFailure`) exits with status 1 and its one line."""
+    """`train_and_evaluate` with deterministic ops; a `ConfigError` or one of `RUN_ERRORS` exits
+    with status 1 and its one line."""
     tf.config.experimental.enable_op_determinism()
     try:
         return train_and_evaluate(config, workdir, progress=progress)
@@ -128,7 +88,7 @@ def run_or_exit(config, workdir, progress=True) -> dict:
 
 
 def _define_flags():
-    """Flags of this binary (defined only when it runs, so other binaries can import this module)."""
+    """Flags of this binary (defined only when it runs: other binaries import this module)."""
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py.")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard, results.")
     flags.DEFINE_boolean("progress", True, "Show the Keras progress bar (else one line per epoch).")
@@ -150,9 +110,8 @@ def main(argv):
 
 
 def parse_flags(argv):
-    """absl's flag parsing, with a bad `--config.FIELD=VALUE` (unknown field, wrong type) as one
-    line naming the flag and what is allowed (ml_collections raises it as a Python error), and a
-    `--config` file that is missing or fails to load as one line naming it."""
+    """absl's flag parsing, with a bad `--config.FIELD=VALUE` or a `--config` file that is
+    missing or fails to load as one line naming it (ml_collections raises Python errors)."""
     try:
         parsed = app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError, TypeError, ValueError) as error:
@@ -171,8 +130,7 @@ def parse_flags(argv):
 
 
 def _config_file_error(argv, error) -> str:
-    """One line for a `--config` file that did not load (ml_collections raises it, or defers it
-    to the first use of the config, as a 60-line traceback)."""
+    """One line for a `--config` file that did not load (else a 60-line traceback)."""
     given = [b if a == "--config" else a.split("=", 1)[1] for a, b in zip(argv, argv[1:] + [""])
              if a == "--config" or a.startswith("--config=")]
     path = given[-1] if given else ""

@@ -1,12 +1,5 @@
-"""The update rule of a graph-loop arm: its optimizer (through `cgh_tf.optimizers.build`, the one
-parser), how many batches make one update, and how a batch's per-example gradients are aggregated.
-
-| name                                       | what                                                  |
-|--------------------------------------------|-------------------------------------------------------|
-| `batches_per_update(plain)`                | {optimizer name: batches per update}: M3 takes 3, the others 1 |
-| `AGGREGATIONS`                             | "mean" (plain batch gradient) or "winsorize" (arXiv 2002.10657) |
-| `check_aggregation(config)`                | one-line ValueError for a bad aggregation / winsorize_pct |
-| `build(config, per_update, **options)`     | (optimizer, batches per update, aggregator or None)  |
+"""The update rule of a graph-loop arm: its optimizer (`cgh_tf.optimizers.build`, the one
+parser), the batches per update, and the aggregation of a batch's per-example gradients.
 """
 
 from . import beyond_common as common
@@ -15,9 +8,8 @@ AGGREGATIONS = ("mean", "winsorize")
 
 
 def batches_per_update(plain):
-    """{name: batches per optimizer update} of `plain` (e.g. "sgd", "adamw") and M3 / RM3 / RA3
-    over it: M3 updates once per 3 consecutive batches (median of their means); RM3 (running
-    median of the last 3 batch gradients) and RA3 (their mean: RM3's control) update every batch."""
+    """{name: batches per update} of `plain` (e.g. "sgd") and M3 (3: the median of 3 consecutive
+    batches' means) / RM3 / RA3 (1: the running median / mean of the last 3) over it."""
     return {plain: 1, "m3": 3, "rm3": 1, "ra3": 1}
 
 
@@ -45,9 +37,8 @@ def require_percentage(pct):
 
 
 def build(config, per_update, **options):
-    """(optimizer `config.optimizer` at `config.learning_rate` with M3 groups / RM3 window 3 and
-    `options` (e.g. inner="adamw", weight_decay), batches per update from the table `per_update`,
-    aggregator: None for the mean or `cgh_tf.aggregators` winsorize at `config.winsorize_pct`)."""
+    """(optimizer `config.optimizer` at `config.learning_rate`, groups / window 3, `options`;
+    batches per update from `per_update`; None for the mean or the winsorize aggregator)."""
     from cgh_tf import aggregators, optimizers
 
     aggregation = config.get("aggregation", "mean")

@@ -17,6 +17,7 @@ from cgh_tf import statistics
 from . import beyond_common as common
 from . import config_schema
 from . import memorisation_run
+from . import runner
 from . import scale
 from . import update_rules
 from .experiment import Column, Experiment
@@ -162,8 +163,7 @@ def analyses(runs):
         beaten = []
         for control in CONTROLS:
             rule = next(r for r in rules(arms_) if r.control == _group(control, p))
-            values = [{a.seed: r["summary"].get(rule.metric) for a, r in runs if a.group == g}
-                      for g in (rule.arm, rule.control)]
+            values = [runner.per_seed(runs, g, rule.metric) for g in (rule.arm, rule.control)]
             verdict = rule.evaluate(*values)
             beaten.append(verdict.decided and verdict.statistic["mean"] < 0)
         text = ("attributed to coherence: winsorizing beats every control" if all(beaten) else

@@ -1,5 +1,6 @@
 """Fast exact per-layer rules: one forward and one backward pass give every example's squared
-gradient norm, without materialising per-example gradients. Interface: `base.py`.
+gradient norm, materialising a layer's per-example gradients only where that is the cheaper exact
+form (`materialised.py` for Dense / EinsumDense over positions, `conv.py`). Interface: `base.py`.
 
 | rule | layers (Keras' own `call`, not overridden) | module |
 |---|---|---|

@@ -193,13 +193,14 @@ def shared_input_grams():
 
 def note_input_readers(calls):
     """Inside `shared_input_grams`: counts the layer calls reading each input tensor (the
-    `inputs` a call kept), so that the Gram form's cost is shared among them whatever order the
-    layers' statistics come in (`prefer_gram`'s n)."""
+    `inputs` a call kept, unless it materialises its gradients: `materialised.py`), so that the
+    Gram form's cost is shared among them whatever order the layers' statistics come in
+    (`prefer_gram`'s n)."""
     readers = getattr(_SHARED_GRAMS, "readers", None)
     if readers is None:
         return
     for call in calls:
-        if "inputs" in call.kept:
+        if "inputs" in call.kept and not call.kept.get("materialise"):
             readers[id(call.kept["inputs"])] = readers.get(id(call.kept["inputs"]), 0) + 1
 
 

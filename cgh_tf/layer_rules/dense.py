@@ -1,13 +1,15 @@
 """Dense: z = a W + c, then the activation (inputs [m, ..., fan_in]).
 
 Per example, with T positions: ∇W ℓ_i = Σ_t a_t ⊗ b_t, ∇c ℓ_i = Σ_t b_t (b = ∂ℓ/∂z), so
-‖∇W ℓ_i‖² = ‖a‖²‖b‖² (T = 1), else Σ_{s,t}(a_s·a_t)(b_s·b_t) or ‖Σ_t a_t ⊗ b_t‖², whichever costs
-less (`base.outer_sum_sq_norm`). Σ_i g_i comes from the tape.
+‖∇W ℓ_i‖² = ‖a‖²‖b‖² (T = 1), else the per-example gradients materialised, their sum replacing the
+tape's weight gradient (`materialised.chosen`, decided per call in `call`), or the cheaper of
+Σ_{s,t}(a_s·a_t)(b_s·b_t) and ‖Σ_t a_t ⊗ b_t‖² (`base.outer_sum_sq_norm`), Σ_i g_i from the tape.
 """
 
 import keras
+import tensorflow as tf
 
-from cgh_tf.layer_rules import base
+from cgh_tf.layer_rules import base, materialised
 
 
 class DenseRule(base.LayerRule):
@@ -19,18 +21,28 @@ class DenseRule(base.LayerRule):
 
     @staticmethod
     def call(layer, inputs, ctx, training=None):
-        z = keras.ops.matmul(inputs, ctx.weight(layer.kernel))
+        fan_in, fan_out = layer.kernel.shape
+        materialise = layer.trainable and layer.kernel.trainable and materialised.chosen(
+            inputs.shape[1:-1].num_elements(), fan_in, fan_out, inputs.shape[0], inputs.dtype)
+        z = keras.ops.matmul(inputs, ctx.weight(layer.kernel, tape_sum=not materialise))
         if layer.bias is not None:
             z = keras.ops.add(z, ctx.weight(layer.bias))
-        ctx.keep(inputs=inputs)
+        ctx.keep(inputs=inputs, materialise=materialise)
         return base.activation(layer, ctx.output(z))
 
     @staticmethod
     def statistics(layer, calls):
         fan_in, fan_out = layer.kernel.shape
-        a = base.full_precision(base.concat_positions([base.by_examples(c["inputs"], fan_in) for c in calls]))
-        b = base.full_precision(base.concat_positions([base.by_examples(c.output_grads[0], fan_out) for c in calls]))
-        out = {id(layer.kernel): base.Statistic(base.outer_sum_sq_norm(a, b))}
+        a = [base.full_precision(base.by_examples(c["inputs"], fan_in)) for c in calls]
+        b = [base.full_precision(base.by_examples(c.output_grads[0], fan_out)) for c in calls]
+        if any(c["materialise"] for c in calls):
+            kernel = materialised.statistic(
+                [tf.einsum("mti,mto->mio", a_c, b_c) for a_c, b_c in zip(a, b)],
+                [c["materialise"] for c in calls])
+        else:
+            kernel = base.Statistic(base.outer_sum_sq_norm(base.concat_positions(a),
+                                                           base.concat_positions(b)))
+        out = {id(layer.kernel): kernel}
         if layer.bias is not None:
-            out[id(layer.bias)] = base.Statistic(base.sum_sq(keras.ops.sum(b, axis=1)))
+            out[id(layer.bias)] = base.Statistic(base.sum_sq(keras.ops.sum(base.concat_positions(b), axis=1)))
         return out

@@ -31,7 +31,7 @@ from typing import NamedTuple, Optional
 import keras
 import tensorflow as tf
 
-from cgh_tf.layer_rules import base
+from cgh_tf.layer_rules import base, materialised
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -126,14 +126,30 @@ class Problem(NamedTuple):
     key: Optional[tuple]
 
 
-def kernel_problem(x, b, specs, kernel_shape) -> Problem:
-    """The `Problem` of x, b: input and output gradient laid out as specs.inputs / outputs."""
+def _roles(specs):
+    """The kernel's letters by role (shared, contracted, free) and the position letters."""
     ins, ker, out, e = specs
-    sizes = dict(zip(ker, kernel_shape))
     shared = "".join(c for c in ker if c in ins and c in out)
     contracted = "".join(c for c in ker if c in ins and c not in out)
     free = "".join(c for c in ker if c in out and c not in ins)
     positions = "".join(c for c in ins if c in out and c not in ker and c != e)
+    return shared, contracted, free, positions
+
+
+def static_dims(specs, kernel_shape, input_shape):
+    """(T or None if unknown, fan_in, fan_out, blocks S) of one call, from static shapes."""
+    shared, contracted, free, positions = _roles(specs)
+    sizes = dict(zip(specs.kernel, kernel_shape))
+    lengths = [input_shape[specs.inputs.index(c)] for c in positions]
+    t = None if any(n is None for n in lengths) else math.prod(lengths)
+    return t, _size(contracted, sizes), _size(free, sizes), _size(shared, sizes)
+
+
+def kernel_problem(x, b, specs, kernel_shape) -> Problem:
+    """The `Problem` of x, b: input and output gradient laid out as specs.inputs / outputs."""
+    ins, ker, out, e = specs
+    sizes = dict(zip(ker, kernel_shape))
+    shared, contracted, free, positions = _roles(specs)
     a_spec, b_spec = e + shared + positions + contracted, e + shared + positions + free
     raw, (x, b) = x, (base.full_precision(x), base.full_precision(b))
     a = x if ins == a_spec else tf.einsum(f"{ins}->{a_spec}", x)
@@ -170,6 +186,13 @@ def bias_sq_norms(grads_and_specs, bias_axes):
     return base.sum_sq(total)
 
 
+def per_example_kernel_gradients(x, b, specs):
+    """∇W ℓ_i of every example, [m, *kernel shape]: x, b laid out as specs.inputs / outputs (the
+    positions and input-only letters summed by one einsum)."""
+    ins, ker, out, e = specs
+    return tf.einsum(f"{ins},{out}->{e}{ker}", base.full_precision(x), base.full_precision(b))
+
+
 class EinsumDenseRule(base.LayerRule):
     name = "einsum_dense"
 
@@ -180,17 +203,26 @@ class EinsumDenseRule(base.LayerRule):
 
     @staticmethod
     def call(layer, inputs, ctx, training=None):
-        z = keras.ops.einsum(layer.equation, inputs, ctx.weight(layer.kernel))
+        positions, fan_in, fan_out, blocks = static_dims(layer_specs(layer), layer.kernel.shape,
+                                                         inputs.shape)
+        materialise = trainable(layer, layer.kernel) and materialised.chosen(
+            positions, fan_in, fan_out, inputs.shape[0], inputs.dtype, blocks)
+        z = keras.ops.einsum(layer.equation, inputs,
+                             ctx.weight(layer.kernel, tape_sum=not materialise))
         if layer.bias is not None:
             z = keras.ops.add(z, ctx.weight(layer.bias))
-        ctx.keep(inputs=inputs)
+        ctx.keep(inputs=inputs, materialise=materialise)
         return base.activation(layer, ctx.output(z))
 
     @staticmethod
     def statistics(layer, calls):
         specs = layer_specs(layer)
         out = {}
-        if trainable(layer, layer.kernel):
+        if trainable(layer, layer.kernel) and any(c["materialise"] for c in calls):
+            out[id(layer.kernel)] = materialised.statistic(
+                [per_example_kernel_gradients(c["inputs"], c.output_grads[0], specs) for c in calls],
+                [c["materialise"] for c in calls])
+        elif trainable(layer, layer.kernel):
             problems = [kernel_problem(c["inputs"], c.output_grads[0], specs, layer.kernel.shape)
                         for c in calls]
             out[id(layer.kernel)] = base.Statistic(problems_sq_norms(problems))
