@@ -32,7 +32,7 @@ def get_config():
         init_scale=1.0,
         optimizer="adamw",       # adamw / m3 / rm3 / ra3 (the last three wrap AdamW)
         aggregation="mean",      # mean / winsorize (per-example gradients, winsorized GD)
-        winsorize_pct=0.0,       # c: percent clipped on each side (aggregation="winsorize" only)
+        winsorize_pct=None,      # c: percent clipped per side; aggregation="winsorize" needs it
         learning_rate=5e-3,
         weight_decay=1.0,        # decoupled (AdamW)
         beta_2=0.98,

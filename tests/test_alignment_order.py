@@ -85,7 +85,7 @@ def test_alignment_order_tiny_run_recomputes_from_its_records(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"dataset": "digits"}, "dataset='digits' is not available for alignment_order"),
-    ({"learning_rate": -0.1}, "learning_rate=-0.1 must be a float > 0"),
+    ({"learning_rate": -0.1}, "learning_rate=-0.1 must be a number > 0"),
     ({"null_permutations": 0}, "null_permutations=0 must be an int >= 1"),
 ])
 def test_alignment_order_rejects_bad_configs_before_any_run(overrides, message, tmp_path):

@@ -94,6 +94,7 @@ def test_grokking_arms_cover_the_issue():
     ({"aggregation": "winsorize", "winsorize_pct": 50.0}, "must be a percentage in"),
     ({"optimizer": "sgd"}, "optimizer='sgd' is unknown"),
     ({"steps": 0}, "steps=0 must be an int >= 1"),
+    ({"aggregation": "winsorize"}, "aggregation='winsorize' needs winsorize_pct"),  # no c = 0
 ])
 def test_grokking_rejects_bad_configs_before_any_run(overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -143,8 +144,16 @@ class _Interrupt(Exception):
     pass
 
 
+def _as_saved_before_c_was_unset(path):
+    """Rewrite a run file's config as the version whose default was winsorize_pct = 0."""
+    saved = json.loads(path.read_text())
+    assert saved["config"]["winsorize_pct"] is None
+    path.write_text(json.dumps({**saved, "config": {**saved["config"], "winsorize_pct": 0.0}}))
+
+
 def test_grokking_m3_resumes_from_its_checkpoint_to_the_same_curves(tmp_path):
-    """M3's buffers and AdamW's moments are in the checkpoint: a resumed run equals a whole one."""
+    """M3's buffers and AdamW's moments are in the checkpoint: a resumed run equals a whole one,
+    also in a workdir of the version whose default was c = 0 (`winsorize_pct: 0.0` saved)."""
     config = grokking.arms("small", 1, {**TINY_GROK, "steps": 8}, ("mlp_m3",))[0].config
     reference = grokking.run(config, str(tmp_path / "reference"), echo=None)
     assert reference["batches_per_update"] == 3
@@ -157,6 +166,7 @@ def test_grokking_m3_resumes_from_its_checkpoint_to_the_same_curves(tmp_path):
     with pytest.raises(_Interrupt):
         grokking.run(config, str(tmp_path / "resumed"), echo=interrupt)
     assert not (tmp_path / "resumed/results.json").exists()
+    _as_saved_before_c_was_unset(tmp_path / "resumed/curves.json")
     lines = []
     resumed = grokking.run(config, str(tmp_path / "resumed"), echo=lines.append)
     assert lines[0].strip().startswith("resumed") and "update 4" in lines[0]
@@ -164,6 +174,9 @@ def test_grokking_m3_resumes_from_its_checkpoint_to_the_same_curves(tmp_path):
                 "weight_norm"):
         np.testing.assert_allclose(resumed["curves"][key], reference["curves"][key], rtol=1e-5,
                                    err_msg=key)
+    _as_saved_before_c_was_unset(tmp_path / "reference/results.json")
+    assert grokking.run(config, str(tmp_path / "reference"), echo=None)["curves"] == \
+        reference["curves"]  # a finished run of the old default is read, not trained again
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from trainers import beyond_common, config_schema, easy_hard, graph_loop, runner
+from trainers import beyond_common, config_schema, easy_hard, graph_loop, models, runner
 
 TINY = {"dataset": "mnist1d", "epochs": 2, "probe_epochs": 1, "width": 16, "depth": 1,
         "batch_size": 256, "coherence_samples": 24}
@@ -46,7 +46,7 @@ def _eager_probe(config, x, y):
     import tensorflow as tf
 
     keras.utils.set_random_seed(int(config.seed))
-    model = beyond_common.mlp(config, x.shape[1:], 10)
+    model = models.mlp(config, x.shape[1:], 10)
     initial = model.get_weights()
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     for epoch in range(config.probe_epochs):

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from cgh_tf import aggregators, data
-from trainers import beyond_common, catalog, runner, winsorize_controls
+from trainers import catalog, models, runner, winsorize_controls
 
 
 def test_frontier_point_interpolates_the_first_crossing():
@@ -29,7 +29,7 @@ def test_calibration_matches_a_numpy_recomputation():
     config = next(a.config for a in arms if a.config.arm == "clip" and a.config.winsorize_pct == 4)
     ds = data.load("mnist1d", label_noise=0.4, seed=0, train_size=200)
     keras.utils.set_random_seed(0)
-    model = beyond_common.mlp(config, ds.input_shape, ds.num_classes)
+    model = models.mlp(config, ds.input_shape, ds.num_classes)
     got = winsorize_controls.calibrate(model, ds, config)
     perm = np.random.default_rng([0, 0]).permutation(200)
     shares, ratios_w, ratios_m = [], [], []

@@ -1,25 +1,11 @@
-r"""Adversarial initialisation (Liu et al. 2019, arXiv 1906.02613): pretrain on random labels, then
-train on the real labels, against a fresh initialisation; SGD, M3, RM3 and their controls.
+"""Adversarial initialisation (Liu et al. 2019, arXiv 1906.02613): random-label pretraining,
+then the real labels, against a fresh start; SGD, M3, RM3 and their controls.
 
-**Phase 1** (`adversarial_phase1`: the named hook, one resumable run per dataset and seed shared
-by every adversarial arm, since it stops at a target accuracy).
-
-**Phase 2** (`run(config, run_dir)`, one resumable run per start × optimizer × seed): the MLP
-from phase 1's final weights (`start="adversarial"`) or from the very weights phase 1 started
-from (`start="fresh"`), trained on the **real** labels for `epochs` epochs (same batch size,
-learning rate and batch order in both starts, a fresh optimizer state) with `"sgd"` (no momentum)
-or M3 / RM3 / RA3 over it (`update_rules`); M3's matched control is `"sgd"` with 3× the batch.
-Every arm sees ⌊n / (b · batch_size)⌋ · b batches per epoch (b batches per update), epoch e in the
-order `default_rng([seed, 2, e])`. Logged at the epochs of `log_epochs` (0 = the start of phase
-2; probes): train / test loss and accuracy (real labels), the exact m-coherence and α (per
-layer) of a fixed sample of m = `coherence_samples` training examples with their real labels,
-and ‖w‖. Declared: adversarial − fresh start per optimizer, paired by seed (rule: Liu et al.'s
-lower test accuracy); `analyses`: the phase-1 table.
-
-| path (in WORKDIR)                  | content                                                |
-|------------------------------------|--------------------------------------------------------|
-| `<dataset>/phase1/seed<k>/`        | phase 1: `ckpt/`, `curves.json`, `results.json`, `final.weights.h5` |
-| `<dataset>/<start>_<opt>/seed<k>/` | one phase-2 arm: the same without the weights file     |
+Phase 1 is the named hook `adversarial_phase1` (one run per dataset and seed, shared by every
+adversarial arm, in `<dataset>/phase1/seed<k>/`); phase 2 (`run`) starts from its final weights
+("adversarial") or from the weights it started from ("fresh") and trains on the real labels,
+arms `<dataset>/<start>_<optimizer arm>`. What runs and why: docs/experiments/intro/
+adversarial_init.md; semantics: docs/design.md §7.1.
 """
 
 import os
@@ -79,10 +65,8 @@ def summarize(curves, fit=0.75):
 
 
 def run(config, run_dir, echo=print, phase1_dir=None):
-    """Train (or resume, or skip if finished) one phase-2 run; returns its results dict.
-
-    phase1_dir: where phase 1 of this seed lives (default `run_dir/phase1`; the experiment
-    passes `shared_phase1_dir(run_dir)`, one per dataset and seed)."""
+    """Train (or resume, or read if finished) one phase-2 run; its results dict. phase1_dir:
+    this seed's phase 1 (default `run_dir/phase1`; the experiment's: `shared_phase1_dir`)."""
     echo = echo or (lambda line: None)
     done = common.finished_or_checked(config, run_dir, check_config)
     if done is not None:
@@ -102,7 +86,7 @@ def _train_phase2(config, run_dir, echo, phase1, phase1_dir):
     started = time.time()
     ds = ap.load(config)
     x, y = ds.train.x.astype(np.float32), ds.train.original_y.astype(np.int32)  # real labels
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    x_test, y_test = common.arrays(ds.test)
     model = ap.initial_model(config, ds)
     if phase1 is not None:
         model.load_weights(os.path.join(phase1_dir, "final.weights.h5"))
@@ -175,12 +159,8 @@ def log_epochs(config):
 
 
 def arms(scale="small", seeds=3, overrides=None, optimizers=None):
-    """Arms "<dataset>/<start>_<optimizer arm>" (panel: the optimizer arm); every config checked
-    before any data is loaded; `optimizers` / `overrides["optimizers"]`: only these arms.
-
-    Datasets: `DATASETS[scale]`, or only `overrides["dataset"]`; optimizer arms:
-    `OPTIMIZER_ARMS` (or the names in `optimizers`); config = base ← `SCALES[scale]` ←
-    `DATASET_CHANGES[scale][dataset]` ← `overrides` ← the arm's start / optimizer / batch."""
+    """Arms "<dataset>/<start>_<optimizer arm>" (panel: the optimizer arm) per dataset
+    (`common.dataset_bases`); `optimizers` / `overrides["optimizers"]`: only these arms."""
     from configs import adversarial_init as ai_config
 
     overrides = dict(overrides or {})
@@ -212,6 +192,8 @@ COLUMNS = (
 )
 COMPARED = ("test_acc_final", "gap_final", "test_acc_at_fit", "train_acc_final", "coh_start",
             "wnorm_start")
+
+
 def comparisons(arms_):
     """Adversarial − fresh start per dataset and optimizer arm (same seed: same initial weights
     before phase 1, same phase-2 batches)."""
@@ -247,4 +229,5 @@ EXPERIMENT = Experiment(
     arms=arms, run_arm=lambda config, run_dir, echo=None: run(
         config, run_dir, echo, phase1_dir=ap.shared_phase1_dir(run_dir)),
     columns=COLUMNS, loop="graph", comparisons=comparisons, compared=COMPARED, rules=rules,
-    analyses=ap.table, figures=figures, progress=("test_acc_final", "train_acc_final", "coh_start", "wnorm_start"))
+    analyses=ap.table, figures=figures,
+    progress=("test_acc_final", "train_acc_final", "coh_start", "wnorm_start"))

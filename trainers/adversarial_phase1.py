@@ -1,16 +1,8 @@
-r"""Phase 1 of `adversarial_init` (`run_phase1(config, phase1_dir, check_config)`, one resumable run per seed, shared by every
-phase-2 arm of that seed: the experiment's named hook, since it stops at a target accuracy):
-`common.mlp` (an MLP of `depth` × `width` ReLU units; mnist5k's
-images flattened), initialised by `keras.utils.set_random_seed(seed)`, trained with Adam on the
-training set with **100 % random labels** (`cgh_tf.data.load(label_noise=1.0,
-noise_kind="uniform", seed=data_seed + seed)`: every label redrawn uniformly over the classes, so
-≈ 1/K keep their real value, Zhang et al. 2017) until the accuracy on those labels is ≥
-`phase1_target` (checked after every epoch, `phase1_stop`) or `phase1_max_epochs`. It records the
-epoch and accuracy reached and why it stopped, and writes the final weights
-(`final.weights.h5`).
-
-Also what both phases share: the data (`load`), the initial model (`initial_model`), the batches
-of an epoch (`epoch_updates`, `batches_per_epoch`), and the phase-1 table (`table`).
+"""Phase 1 of `adversarial_init` (`run_phase1`), the experiment's named hook: one resumable run
+per dataset and seed, shared by its adversarial arms, that trains the seeded MLP with Adam on
+100 % random labels until their accuracy reaches `phase1_target` (or `phase1_max_epochs`) and
+writes `final.weights.h5`. Also what both phases share: data, initial model, epoch batches, and
+the phase-1 table.
 """
 
 import os
@@ -29,6 +21,8 @@ PHASE1_FIELDS = ("dataset", "max_train", "max_test", "data_seed", "seed", "width
                  "phase1_learning_rate",
                  "phase1_batch_size", "phase1_target", "phase1_max_epochs",
                  "phase1_checkpoint_every")
+
+
 def phase1_stop(accuracy, epoch, target, max_epochs):
     """Why phase 1 stops after `epoch` epochs with train accuracy `accuracy` on the random
     labels: "target" (accuracy ≥ target; checked first), "max_epochs" (epoch ≥ max_epochs), or
@@ -112,9 +106,9 @@ def _train_phase1(config, p1_dict, phase1_dir, echo):
 
     started = time.time()
     ds = load(config)
-    x, y_random = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    x, y_random = common.arrays(ds.train)
     y_real = ds.train.original_y.astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    x_test, y_test = common.arrays(ds.test)
     model = initial_model(config, ds)
     optimizer = optimizers.build("adam", float(config.phase1_learning_rate))
     optimizer.build(model.trainable_variables)

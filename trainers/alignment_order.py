@@ -1,15 +1,10 @@
-r"""Are the examples whose gradients the others support at initialisation the ones learnt first?
+"""Are the examples whose gradients the others support at initialisation the ones learnt first?
 
-The Coherent Gradients hypothesis says gradient descent fits first what many examples agree on.
-Per run (`configs/alignment_order.py`): at the seeded initialisation, every training example's
-alignment a_i = g_i·(S − g_i)/‖g_i‖² over the whole training set (m = n,
-`cgh_tf.coherence.alignment`) and its loss ℓ_i; then plain SGD for `epochs` epochs
-(`graph_loop`), each example's correctness recorded after every epoch; its learning epoch t_i is
-the first epoch from which it stays correct (`epochs + 1`: not learnt). The statistic is the
-partial Spearman ρ(a_i, t_i | ℓ_i) (`cgh_tf.rank_correlation`): the initial loss is partialled
-out because a low loss alone makes an example "learnt" early. Its null is the same statistic with
-the learning epochs permuted (the mean over `null_permutations` permutations), so the rule tests
-ρ − ρ_null, paired by seed, with a 95 % Student-t interval. CGH predicts ρ < 0.
+Per run: every training example's alignment a_i (m = n, `cgh_tf.coherence.alignment`) and loss
+ℓ_i at the seeded initialisation, then plain SGD, recording when each example is learnt (t_i: the
+first epoch from which it stays correct). Statistic: the partial Spearman ρ(a_i, t_i | ℓ_i) against
+its permutation null, paired by seed; CGH predicts ρ < 0. docs/experiments/intro/
+alignment_order.md; docs/design.md §7.2.
 """
 
 import time
@@ -19,22 +14,19 @@ import numpy as np
 from cgh_tf.statistics import PairedRule
 
 from . import beyond_common as common
-from . import config_schema
 from . import graph_loop
 from . import per_example_runs
-from .experiment import Arm, Column, Experiment
+from .experiment import Column, Experiment
 
 DECILES = 10
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     from cgh_tf import coherence, data
 
     started = time.time()
     ds = data.load(config.dataset)
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes)
     records = per_example_runs.EpochRecords(run_dir)
 
@@ -98,26 +90,18 @@ def check_config(config):
     from cgh_tf import data
 
     common.require_one_of(config, "dataset", data.DATASETS)
-    for field in ("width", "depth", "batch_size", "epochs", "alignment_batch",
-                  "null_permutations", "checkpoint_every_logs"):
-        common.require(config_schema.is_int(config[field], 1),
-                       f"{field}={config[field]!r} must be an int >= 1")
-    common.require(isinstance(config.learning_rate, float) and config.learning_rate > 0,
-                   f"learning_rate={config.learning_rate!r} must be a float > 0")
+    common.require_ints(config, ("width", "depth", "batch_size", "epochs", "alignment_batch",
+                                 "null_permutations", "checkpoint_every_logs"))
+    common.require_positive(config, ("learning_rate",))
 
 
 def arms(scale="small", seeds=3, overrides=None):
     """One arm per dataset (`DATASETS[scale]`, or only `overrides["dataset"]`), seeds 0..seeds−1."""
     from configs import alignment_order as order_config
 
-    out = []
-    for dataset, base in common.dataset_bases(order_config, scale, dict(overrides or {}),
-                                              "alignment_order"):
-        check_config(base)
-        out += [Arm(dataset, dataset, dataset, seed,
-                    config_schema.apply_overrides(base, {"seed": seed}))
-                for seed in range(seeds)]
-    return out
+    return [arm for dataset, base in common.dataset_bases(
+        order_config, scale, dict(overrides or {}), "alignment_order")
+        for arm in common.seeded_arms(dataset, dataset, dataset, base, seeds, check_config)]
 
 
 def rules(arms_):

@@ -1,35 +1,12 @@
 """The pieces of one custom-loop run shared by the declared experiments (`trainers/experiment.py`):
-resumable runs, checkpoints, fixed samples, results, the experiments' MLP.
+resumable runs (`resumable`), checkpoints (`Checkpointer`), fixed samples and splits, an
+experiment's configs at a scale (`dataset_bases`), results (`finish`), the one-line config checks
+(`require*`) and the pieces of an experiment's `arms`.
 
-| function                      | what                                                           |
-|-------------------------------|----------------------------------------------------------------|
-| `resumable(train, check)`     | an experiment's `run(config, run_dir, echo)`: skip finished, check, lock, train / resume |
-| `finished_or_checked`         | a finished run's results, or the config checked (before any data) |
-| `Checkpointer`                | model, optimizer, step and curves of a run, restored on restart (`cgh_tf.checkpoints`) |
-| `sample(pool, m, seed, salt)` | the sorted indices of a fixed sample                           |
-| `split_indices(n, f, seed)`   | a fixed (train, held-out) split                                |
-| `scaled_config`, `dataset_bases` | an experiment's config at a scale and dataset, with overrides  |
-| `finish`                      | the results.json of a finished run                             |
-| `append`                      | one logged row appended to the curves                          |
-| `require`, `require_one_of`, `require_ints`, `require_optional_ints`, `require_int_list`, `require_positive`, `require_fractions`, `require_label_noise`, `is_number` | the one-line config checks |
-| `refuse_overrides`, `chosen`, `seeded_arms`, `planned_pairs`, `by_group` | the pieces of an experiment's `arms`                |
-
-Measurements (`sample_coherence`, `coherence_row`, `weight_norm`) live in `trainers/probes.py`,
-the models (`mlp`) in `trainers/models.py`; the names here are aliases.
-
-A run lives in its own directory:
-
-| path             | content                                                                    |
-|------------------|----------------------------------------------------------------------------|
-| `ckpt/`          | `cgh_tf.checkpoints.CheckpointStore`: model, optimizer (incl. M3 / RM3 buffers), step |
-| `curves.json`    | the logged curves up to the last checkpoint (written with each checkpoint)  |
-| `results.json`   | written once at the end: config, curves, summary numbers, `finished: true`  |
-
-Started again, a run with a `results.json` of the same config is skipped; otherwise it restores
-the newest intact checkpoint and the curves logged up to it and continues from that step
-(`graph_loop.run_logged`). A run directory holding another config's results or curves is refused
-in one line (ConfigError); a run holds its directory's lock (`cgh_tf/workdir_lock.py`) while it
-trains, and `runner.run` the experiment workdir's.
+A run directory holds `ckpt/`, `curves.json` (curves up to the last checkpoint) and, once
+finished, `results.json`. Started again, a finished run of the same config is read; otherwise the
+newest intact checkpoint is restored and the run continues; a directory holding another config's
+run is refused in one line (ConfigError). A run holds its directory's lock while it trains.
 """
 
 import math
@@ -42,31 +19,21 @@ from cgh_tf import checkpoints, workdir_lock
 from trainers import config_schema
 from trainers import outputs
 from trainers.experiment import Arm
-from trainers.models import mlp  # noqa: F401  (alias: the experiments' MLP)
-from trainers.probes import coherence_row, sample_coherence, weight_norm  # noqa: F401  (aliases)
-
-
-def read_json(path):
-    return outputs.read_json(path)
-
-
-def write_json(path, obj):
-    outputs.write_json(path, obj)
 
 
 def finished_result(run_dir, config_dict):
     """The results.json dict of a finished run of exactly `config_dict`, else None;
     ConfigError (one line) if it holds the finished results of another config."""
-    result = read_json(os.path.join(run_dir, "results.json"))
+    result = outputs.read_json(os.path.join(run_dir, "results.json"))
     if result and result.get("finished"):
-        _require_same_config(run_dir, result.get("config"), config_dict, "the finished results of a run")
+        _require_same_config(run_dir, result.get("config"), config_dict,
+                             "the finished results of a run")
         return result
     return None
 
 
-
 def require(ok, message):
-    """ValueError(message) unless ok: the one-line config checks of the experiments' `check_config`."""
+    """ValueError(message) unless ok: the one-line checks of the experiments' `check_config`."""
     if not ok:
         raise ValueError(message)
 
@@ -85,7 +52,7 @@ def require_ints(config, fields, minimum=1):
 
 
 def require_optional_ints(config, fields, minimum=1):
-    """ValueError "field=value must be None (all) or an int >= minimum" for the first that is not."""
+    """ValueError "field=value must be None (all) or an int >= minimum" for the first not."""
     for field in fields:
         require(config[field] is None or config_schema.is_int(config[field], minimum),
                 f"{field}={config[field]!r} must be None (all) or an int >= {minimum}")
@@ -138,12 +105,13 @@ def chosen(overrides, key, given, allowed, what):
     return tuple(allowed) if names is None else tuple(names)
 
 
-def seeded_arms(group, label, panel, config, seeds, check_config, tags=()):
+def seeded_arms(group, label, panel, config, seeds, check_config, tags=(),
+                seed_fields=("seed",)):
     """`check_config(config)` (one-line ValueError), then one `Arm` per seed 0..seeds−1 whose
-    config has that `seed`."""
+    config has that seed in each of `seed_fields`."""
     check_config(config)
-    return [Arm(group, label, panel, seed, config_schema.apply_overrides(config, {"seed": seed}),
-                tags=tags) for seed in range(seeds)]
+    return [Arm(group, label, panel, seed, config_schema.apply_overrides(
+        config, dict.fromkeys(seed_fields, seed)), tags=tags) for seed in range(seeds)]
 
 
 def planned_pairs(arms_, pairs):
@@ -186,7 +154,8 @@ def resumable(train, check_config):
         with workdir_lock.hold(run_dir, f"run of {train.__module__}"):
             return train(config, run_dir, echo or (lambda line: None))
 
-    run.__doc__ = f"Train (or resume, or skip if finished) one {train.__module__} run; returns its results dict."
+    run.__doc__ = (f"Train (or resume, or skip if finished) one {train.__module__} run; returns "
+                   "its results dict.")
     return run
 
 
@@ -217,7 +186,7 @@ class Checkpointer:
     def restore(self, config_dict):
         """(step, curves) of the newest intact checkpoint of this config, or (0, None);
         ConfigError if the run directory holds a run of another config."""
-        saved = read_json(self.curves_path)
+        saved = outputs.read_json(self.curves_path)
         if saved is not None:
             _require_same_config(self.run_dir, saved.get("config"), config_dict, "a run")
         found = self.store.newest_intact()
@@ -232,14 +201,24 @@ class Checkpointer:
     def save(self, step, curves, config_dict):
         self.step.assign(step)
         self.store.save(step)
-        write_json(self.curves_path, {"config": outputs.json_roundtrip(config_dict), "curves": curves,
+        outputs.write_json(self.curves_path, {"config": outputs.json_roundtrip(config_dict),
+                                              "curves": curves,
                                       "step": step})
 
 
+def _comparable(config_dict):
+    """A run's config dict with a top-level `winsorize_pct` 0 under `aggregation="mean"` read as
+    unset (None): grokking's default before c = 0 had to be spelled out, the same run."""
+    if (isinstance(config_dict, dict) and config_dict.get("aggregation") == "mean"
+            and config_dict.get("winsorize_pct") == 0):
+        return {**config_dict, "winsorize_pct": None}
+    return config_dict
+
+
 def _require_same_config(run_dir, saved, config_dict, what):
-    """ConfigError (one line) unless the `saved` config dict is `config_dict`."""
+    """ConfigError (one line) unless the `saved` config dict is `config_dict` (`_comparable`)."""
     wanted = outputs.json_roundtrip(config_dict)
-    if saved != wanted:
+    if _comparable(saved) != _comparable(wanted):
         saved = saved if isinstance(saved, dict) else {}
         differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         raise config_schema.ConfigError(
@@ -256,6 +235,11 @@ def sample(pool, m, seed, salt):
            else np.arange(int(pool)) if pool.ndim == 0 else pool)
     return np.sort(np.random.default_rng([int(seed), int(salt)]).choice(
         idx, size=min(int(m), len(idx)), replace=False))
+
+
+def arrays(split):
+    """(x float32 [n, ...], y int32 [n]: the training labels) of a `cgh_tf.data` split."""
+    return split.x.astype(np.float32), split.y.astype(np.int32)
 
 
 def split_indices(n, fraction, seed):
@@ -292,7 +276,7 @@ def finish(run_dir, config_dict, curves, summary, started, **extra):
     result = {"config": outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
               "summary": summary, **extra,
               "seconds_last_invocation": round(time.time() - started, 1)}
-    write_json(os.path.join(run_dir, "results.json"), result)
+    outputs.write_json(os.path.join(run_dir, "results.json"), result)
     return result
 
 

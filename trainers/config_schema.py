@@ -186,11 +186,6 @@ def saved_config(record: dict) -> dict:
     return migrate(record["config"], record.get("config_version", 1))
 
 
-def comparable(config_dict: dict) -> dict:
-    """`migrate` from version 1 (kept until trainers/fit_arm.py calls `saved_config`)."""
-    return migrate(config_dict, 1)
-
-
 def optimizer_kind(config) -> tuple:
     """`(kind, k)` of `optimizer.name` (`cgh_tf.optimizers.parse_name`); ConfigError if unknown."""
     from cgh_tf import optimizers

@@ -1,13 +1,6 @@
 """The analysis hook of correlations across groups (e.g. across models of a sweep): one point per
 arm group (the mean of a summary key over its seeds), the declared `statistics.CorrelationRule`s
 evaluated on those points (Pearson r with its Fisher-z 95 % CI) and Spearman's ρ beside them.
-
-| function                                  | what                                                 |
-|-------------------------------------------|------------------------------------------------------|
-| `group_means(runs, keys, keep)`           | {key: [mean over seeds per group]} of the kept arms  |
-| `evaluate(rules, means)`, `spearman(x, y)` | [(rule, Verdict, Spearman ρ)] on those points        |
-| `table_lines(rows, label)`                | the markdown rows "| rule | label | verdict | ρ |"   |
-| `per_panel(runs, rules, subsets, keep, title)` | the whole hook: per panel and subset, (lines, JSON) |
 """
 
 import math

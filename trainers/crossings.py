@@ -1,17 +1,6 @@
-r"""The crossing analysis of `real_vs_random_arch` (its `analyses` hook): real against random
-labels on the unbiased pairwise coherence (r − 1)/(m − 1) of the training sample, the mean
-alignment of two different examples' gradients (issue 24: r grows with m; ratios of r are not
-comparable across m, ratios of r − 1 are).
-
-| function                                   | what                                              |
-|--------------------------------------------|---------------------------------------------------|
-| `crossings(epochs, real, random)`          | (sign, every logged epoch at which the curves crossed) |
-| `crossing(...)`, `ratio_curve`, `max_ratio`| the first crossing; real / random pointwise; its largest value |
-| `compare(real_runs, random_runs)`          | per seed (paired by seed) and of the mean curves  |
-| `analyses(runs, pairs)`                    | (markdown lines, JSON) of every (real, random) group pair |
-
-Ratios are None where the random arm's value is missing or ≤ 0: a ratio to a non-positive
-alignment measures nothing (its sign and size are then read from the table's paired differences).
+"""The crossing analysis of `real_vs_random_arch` (its `analyses` hook): real against random labels
+on the pairwise coherence (r − 1)/(m − 1) of the training sample (ratios of r are not comparable
+across m). Ratios are None where the random arm's value is missing or ≤ 0.
 """
 
 import math
@@ -19,6 +8,8 @@ import math
 import numpy as np
 
 from cgh_tf import statistics
+
+from . import beyond_common as common
 
 CURVE = "coherence/train/pairwise"   # (r − 1)/(m − 1) of the fixed training sample
 SUMMARY = "train_pairwise"           # its summary keys: train_pairwise_init / _early / _end
@@ -127,9 +118,7 @@ def analyses(runs, pairs):
     """Per (real group, random group) of `pairs`: ratios real / random of the pairwise coherence
     per seed, the largest ratio and the crossings (`compare`); refuses a pair whose arms measured
     different m (the sample sizes must match for the curves to be compared)."""
-    by_group = {}
-    for arm, result in runs:
-        by_group.setdefault(arm.group, []).append(result)
+    by_group = common.by_group(runs)
     out, ms = {}, {}
     lines = ["Real / random ratio of the training sample's pairwise coherence (r − 1)/(m − 1) "
              "(per seed, paired by seed; mean ± sd; n/a where the random arm's is ≤ 0); largest "

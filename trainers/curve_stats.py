@@ -1,15 +1,6 @@
 """Numbers read off logged curves ({key: [value per log point]}, None where not measured): the
 summaries of the custom-loop experiments are pure functions of their curves, so a results.json
 can be re-summarised without training.
-
-| function                                   | what                                              |
-|--------------------------------------------|---------------------------------------------------|
-| `last_values(curves)`                      | {key: last value} of every curve but epoch / step |
-| `best_index(values, highest=True)`         | index of the first max (min) value, None values skipped |
-| `best_at(curves, key, highest, x)`        | (best value, its x), (None, None) without a value |
-| `first_reaching(curves, key, threshold, x)`| x of the first point with value >= threshold      |
-| `value_at(curves, key, at, x)`             | the value logged at x == at                       |
-| `params(model)`                            | number of trainable parameters                    |
 """
 
 import math

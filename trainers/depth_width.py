@@ -1,28 +1,16 @@
-r"""Depth and width of an MLP: m-coherence at initialisation / after one epoch vs generalisation.
+"""Depth and width of an MLP: m-coherence at initialisation / after one epoch vs generalisation.
 
-Claim tested: the Coherent Gradients hypothesis (CGH) accounts for how depth and width affect
-generalisation — models whose per-example gradients are more coherent on real data should
-generalise better (smaller train − test gap), and real labels should be more coherent than random
-ones at every depth and width.
-
-One run: an MLP (`depth` × `width` ReLU) trained with Adam on the real labels (`labels="real"`,
-`epochs` epochs: the fixed budget) or on 100 % uniformly random labels (`random_epochs`). At each
-epoch of `log_epochs` (0 = init; the last is always logged): training loss, train / test accuracy
-and the gap; at `coherence_epochs` also the exact m-coherence / α (per layer) of one fixed sample
-of m = `coherence_samples` training examples with their training labels (None elsewhere, never
-0). The model, its Adam and the traced functions are built once per architecture and restarted per
-run (`graph_loop.reused_epoch_trainer`, `restart`): bit-identical to fresh runs, less tracing.
-
-The experiment: the models of `model_sweep` (a width and a depth sweep), real and random labels. Declared: real − random m-coherence per model,
-paired by seed (rule: real higher after one epoch), and the correlations across models of the
-m-coherence after one epoch (real labels) with the gap (CGH: negative) and the test accuracy
-(CGH: positive), Pearson with a Fisher-z 95 % CI (`CORRELATION_RULES`).
+One run: an MLP (`depth` × `width`) trained with Adam on real or 100 % random labels, logging
+loss, accuracies, the gap and (at `coherence_epochs`) the exact m-coherence of a fixed training
+sample. Arms: the models of `model_sweep` × real / random labels; the model, its Adam and its
+traced functions are built once per architecture and restarted per run
+(`graph_loop.reused_epoch_trainer`: bit-identical to fresh runs). Declared: real − random per
+model (paired by seed) and correlations across models (`CORRELATION_RULES`).
+docs/experiments/intro/depth_width.md; docs/design.md §7.1.
 """
 
 import functools
 import time
-
-import numpy as np
 
 from cgh_tf import statistics
 
@@ -61,7 +49,6 @@ def summarize(curves, num_params):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
@@ -71,8 +58,7 @@ def _train(config, run_dir, echo):
     keras.utils.set_random_seed(int(config.seed))
     random = config.labels == "random"
     ds = _load(config.dataset, random, int(config.data_seed), config.max_train)
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     n = len(x)
     fresh = mlp(config, ds.input_shape, ds.num_classes)  # this seed's initial weights
     model, optimizer, loss_fn, xt, yt, train_epoch, evaluate = graph_loop.reused_epoch_trainer(
@@ -112,6 +98,8 @@ def _train(config, run_dir, echo):
 
 
 @functools.lru_cache(maxsize=4)
+
+
 def _load(dataset, random, data_seed, max_train):
     """The dataset with real (random=False) or 100 % uniformly random labels, loaded once."""
     from cgh_tf import data

@@ -1,15 +1,9 @@
-r"""Model-wise and epoch-wise double descent, with the coherence of pristine and corrupted examples.
+"""Model-wise and epoch-wise double descent, with the coherence of pristine and corrupted examples.
 
-One run: an MLP (`depth` hidden layers of `width` ReLU units; mnist5k's 28×28 images flattened
-to 784 inputs) trained with Adam on `cgh_tf.data.load(dataset, label_noise=...)` (MNIST-1D: 40
-inputs; mnist5k: 4,000 / 1,000 real digits), no weight decay, for `epochs` epochs in the custom
-graph loop (`graph_loop.py`: epoch e is the permutation `default_rng([seed, e])`). At each epoch
-of `log_epochs` (0 = before training) it logs: test error; train accuracy on the pristine and on
-the corrupted examples (vs their noisy labels: memorisation); training loss; the exact
-m-coherence / α (per layer) of a fixed sample of m pristine and of m corrupted training examples
-(with their training labels); and f^p = ⟨g, g^p⟩ / ⟨g, g⟩ on a fixed mixed training sample
-(`cgh_tf.coherence.loss_reduction_fractions`). One arm per dataset and width; the within-arm
-contrast is m-coherence of the pristine − the corrupted sample, paired by seed.
+One run: an MLP of `width` trained with Adam on noisy labels in the graph loop, logging test
+error, pristine / corrupted train accuracy, the exact m-coherence of fixed pristine and corrupted
+samples and f^p of a mixed one. One arm per dataset and width; contrast: pristine − corrupted
+m-coherence, paired by seed. docs/experiments/intro/double_descent.md; docs/design.md §7.1.
 """
 
 import time
@@ -21,14 +15,12 @@ from . import config_schema
 from . import curve_stats
 from . import graph_loop
 from . import models
+from . import per_example_runs
 from . import probes
 from .experiment import Column, Experiment
 
-build_model = models.mlp
-
 
 def _train(config, run_dir, echo):
-    """The training of one run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
@@ -38,24 +30,20 @@ def _train(config, run_dir, echo):
     keras.utils.set_random_seed(int(config.seed))
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed))
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     corrupted = ds.train.corrupted
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
-    model = build_model(config, ds.input_shape, ds.num_classes)
-    optimizer = keras.optimizers.Adam(float(config.learning_rate))
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes,
+                                 model=models.mlp(config, ds.input_shape, ds.num_classes),
+                                 optimizer=keras.optimizers.Adam(float(config.learning_rate)))
+    model, loss_fn = run.model, run.loss_fn
     m = int(config.coherence_samples)
     samples = {"pristine": common.sample(~corrupted, m, config.data_seed, 1),
                "corrupted": common.sample(corrupted, m, config.data_seed, 2)}
     mixed = common.sample(len(x), int(config.fraction_samples), config.data_seed, 3)
     xt, yt = tf.constant(x), tf.constant(y)
-    train_epoch = graph_loop.epoch_trainer(model, optimizer, loss_fn, xt, yt,
-                                           int(config.batch_size))
-    predict = probes.predictor(model)
 
     def log(epoch):
-        pred_train, pred_test = predict(xt).numpy(), predict(tf.constant(x_test)).numpy()
+        (pred_train, _), (pred_test, _) = run.predict(x, y), run.predict(x_test, y_test)
         return {"epoch": epoch, "step": epoch,
                 "train_loss": float(loss_fn(yt, model(xt, training=False))),
                 "test_error": float(np.mean(pred_test != y_test)),
@@ -67,7 +55,7 @@ def _train(config, run_dir, echo):
                 "weight_norm": probes.weight_norm(model)}
 
     curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), model, optimizer, train_epoch, log, epochs=config.epochs,
+        run_dir, config.to_dict(), model, run.optimizer, run.train_epoch, log, epochs=config.epochs,
         log_epochs=graph_loop.capped_log_epochs(config.log_epochs, config.epochs),
         checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x))
     best = curve_stats.best_at(curves, "test_error", highest=False)
@@ -89,11 +77,8 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None, widths=None):
-    """One arm per dataset and width, seeds 0..seeds−1; every config checked.
-
-    Datasets: `DATASETS[scale]`, or only `overrides["dataset"]`; widths: `WIDTHS[scale][dataset]`
-    unless `widths` is given (or `overrides["widths"]`); config = base ← `SCALES[scale]` ←
-    `DATASET_CHANGES[scale][dataset]` ← `overrides`."""
+    """One arm per dataset (`common.dataset_bases`) and width (`widths` / `overrides["widths"]`,
+    else `WIDTHS[scale][dataset]`)."""
     from configs import double_descent as dd_config
 
     overrides = dict(overrides or {})
@@ -143,8 +128,7 @@ def figures(workdir, runs):
             ("coherence/corrupted/m_coherence", "m-coherence, corrupted sample"),
             ("f_pristine", "f^p (fraction)"))
     files = []
-    for dataset in dict.fromkeys(arm.panel for arm, _ in runs):
-        chosen = [(arm, r) for arm, r in runs if arm.panel == dataset]
+    for dataset, chosen in fig.per_dataset(runs):
         files.append(fig.summary_vs_axis(
             workdir, f"double_descent_{dataset}_width.png", chosen, keys, axis="width",
             x_label="hidden width (units, log2)", log_x=2,

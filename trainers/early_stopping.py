@@ -1,28 +1,11 @@
-r"""Early stopping with label noise: does the coherence of training gradients say when to stop?
+"""Early stopping with label noise: does the coherence of training gradients say when to stop?
 
-Claim (Coherent Gradients, arXiv 2002.10657 §6 and 2003.07422): pristine examples' gradients are
-coherent and are fitted first; corrupted examples are memorised later, so stopping before
-memorisation generalises better. This experiment tracks that turn and compares stopping rules.
-
-One run: an MLP (`depth` × `width` ReLU) trained with Adam (or SGD) on
-`cgh_tf.data.load(dataset, label_noise=...)`, `validation_fraction` of the *noisy* training set
-held out (same noise: what a practitioner has). At step 0, `early_logs_per_epoch` times per epoch
-for `early_epochs` epochs, then every epoch, it logs (probes): test accuracy (clean labels), the
-held-out split's accuracy against its noisy (rule b) and its original labels (diagnostic), train
-accuracy and loss, pristine / corrupted train accuracy (vs the noisy labels), the exact
-m-coherence and α (per layer) of fixed samples of m mixed (`coherence/train`, rule c), pristine
-and corrupted training examples with their training labels, and f^p on the mixed one. The
-stopping rules, their picks and the memorisation onset are `stopping_rules` (fixed before any test
-result was seen; each picks one log point, scored by the test accuracy there). Global step s
-trains on batch s mod S of `default_rng([seed, s // S])` (`graph_loop.step_advancer`); resumable
-every `checkpoint_every_logs` log points. Declared: within each noise level, each rule's test
-accuracy against the others' paired by seed (`CONTRASTS`), and two verdict rules (`rules`).
-
-Default dataset: mnist5k (real 28×28 digits): this MLP fits its pristine examples to ~0.9 test
-accuracy within a few epochs and memorises the corrupted ones over the following tens of epochs,
-so test accuracy rises and falls by 7-18 points (25 / 50 % noise). On MNIST-1D the same MLP
-reaches < 0.5 test accuracy and fits pristine and corrupted examples over overlapping periods: the
-turn is smaller (6-9 points) and slower (`--set=dataset=mnist1d`, 100 epochs).
+One run: an MLP trained with Adam on a noisy split (`validation_fraction` held out with the same
+noise), logged at quarter epochs then epochs (coherence of mixed / pristine / corrupted samples,
+f^p, accuracies); the stopping rules and the memorisation onset are `stopping_rules` (declared
+before the runs). Declared: each rule's test accuracy against the others', paired by seed
+(`CONTRASTS`), and `rules`. Default dataset mnist5k (the turn is larger than on MNIST-1D).
+docs/experiments/intro/early_stopping.md; docs/design.md §7.1.
 """
 
 import time
@@ -35,12 +18,14 @@ from . import beyond_common as common
 from . import config_schema
 from . import graph_loop
 from . import models
+from . import per_example_runs
 from . import probes
 from . import stopping_rules
 from .experiment import Column, Experiment
 
 DATASETS = ("mnist5k", "mnist1d", "digits")  # embedded datasets (no download)
 OPTIMIZERS = ("adam", "sgd")
+
 
 def log_steps(config, steps_per_epoch):
     """Sorted global steps to log at: 0, `early_logs_per_epoch` per epoch (rounded to steps) for
@@ -53,7 +38,6 @@ def log_steps(config, steps_per_epoch):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
@@ -64,7 +48,7 @@ def _train(config, run_dir, echo):
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed),
                    max_train=config.max_train, max_test=config.max_test)
-    x_all, y_all = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    x_all, y_all = common.arrays(ds.train)
     train_idx, val_idx = common.split_indices(len(x_all), config.validation_fraction,
                                               config.data_seed)
     if len(train_idx) < 2 or len(val_idx) < 1:
@@ -73,14 +57,15 @@ def _train(config, run_dir, echo):
     x, y, corrupted = x_all[train_idx], y_all[train_idx], ds.train.corrupted[train_idx]
     x_val, y_val = x_all[val_idx], y_all[val_idx]
     y_val_clean = ds.train.original_y[val_idx].astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    x_test, y_test = common.arrays(ds.test)
     if corrupted.sum() == 0 or corrupted.all():
         raise ValueError(f"label_noise={config.label_noise!r} leaves no corrupted or no pristine "
                          "training example")
-    model = models.mlp(config, ds.input_shape, ds.num_classes)
-    optimizer = optimizers.build(config.optimizer, float(config.learning_rate))
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    run = per_example_runs.build(
+        config, x, y, ds.input_shape, ds.num_classes,
+        model=models.mlp(config, ds.input_shape, ds.num_classes),
+        optimizer=optimizers.build(config.optimizer, float(config.learning_rate)))
+    model, optimizer, loss_fn, train = run.model, run.optimizer, run.loss_fn, run.train_epoch
     m = int(config.coherence_samples)
     samples = {"train": common.sample(len(x), m, config.data_seed, 1),
                "pristine": common.sample(~corrupted, m, config.data_seed, 2),
@@ -88,15 +73,12 @@ def _train(config, run_dir, echo):
     mixed = samples["train"]
     n = len(x)
     xt, yt = tf.constant(x), tf.constant(y)
-    train = graph_loop.epoch_trainer(model, optimizer, loss_fn, xt, yt, int(config.batch_size))
     steps_per_epoch = train.batches_per_epoch
     schedule = log_steps(config, steps_per_epoch)
-
-    predict = probes.predictor(model)
-    x_eval = tf.constant(np.concatenate([x, x_val, x_test]))  # one prediction call per log
+    x_eval, y_eval = (np.concatenate(a) for a in ((x, x_val, x_test), (y, y_val, y_test)))
 
     def log(step):
-        pred, pred_val, pred_test = np.split(predict(x_eval).numpy(), [n, n + len(x_val)])
+        pred, pred_val, pred_test = np.split(run.predict(x_eval, y_eval)[0], [n, n + len(x_val)])
         row = {"step": step, "epoch": step / steps_per_epoch,
                "train_loss": float(loss_fn(yt, model(xt, training=False))),
                "train_accuracy": probes.accuracy(pred, y),
@@ -111,7 +93,8 @@ def _train(config, run_dir, echo):
         if echo:
             echo(f"  {run_dir} epoch {row['epoch']:.2f}: test {row['test_accuracy']:.3f} val "
                  f"{row['validation_accuracy']:.3f} corrupted {row['corrupted_accuracy']:.3f} "
-                 f"m-coh. train {row[stopping_rules.TRAIN_SAMPLE_KEY]:.2f} f^p {row['f_pristine']:.3f}")
+                 f"m-coh. train {row[stopping_rules.TRAIN_SAMPLE_KEY]:.2f} "
+                 f"f^p {row['f_pristine']:.3f}")
         return row
 
     curves = graph_loop.run_logged(
@@ -154,11 +137,7 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None):
-    """One arm per dataset and noise level; every config checked.
-
-    Datasets: `DATASETS[scale]` of the config module, or only `overrides["dataset"]`; noise levels:
-    `noise_levels`; config = base ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]` ←
-    `overrides`."""
+    """One arm per dataset (`common.dataset_bases`) and level of `noise_levels`."""
     from configs import early_stopping as es_config
 
     overrides = dict(overrides or {})

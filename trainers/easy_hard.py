@@ -1,20 +1,10 @@
-r"""Easy vs hard examples (arXiv 2003.07422) with the controls a reviewer asks for (issue 24).
+"""Easy vs hard examples (arXiv 2003.07422) with equal-size random controls (issue 24).
 
-The claim: examples a network fits first ("easy") generalise to each other; the rest ("hard") do
-not. The alternative: easy examples are intrinsically easy (typical), so anything tested on them
-scores well, and the easy part is simply larger. Per seed (`configs/easy_hard.py`):
-
-1. probe: the seeded MLP trained `probe_epochs` epochs; easy = classified correctly after it;
-2. `partition`: easy and hard each split into a test and a training part; the controls
-   `random_easy_size` / `random_hard_size` partition the same training pool (and test pool) at
-   random into parts of exactly the easy and the hard sizes;
-3. one arm per part: a fresh model with the probe's initial weights trained on that part, tested
-   on its own test part, its partner's (cross-evaluation: easy ↔ hard, random ↔ random), and on
-   the easy and the hard test parts; plus its training part's unbiased pairwise coherence
-   (r − 1)/(m − 1) at initialisation (`CoherenceStats.pairwise_coherence`).
-
-Every part is compared with its equal-size random control, paired by seed (same initial
-weights, same probe, same pools); the rules (`rules`) are declared before the runs.
+Per seed: a probe MLP calls an example easy if it classifies it after `probe_epochs`; `partition`
+splits easy / hard into training and test parts and draws random parts of the same sizes from the
+same pools; one arm per part trains a fresh model (the probe's initial weights) on it and tests it
+on every test part. Every part is compared with its random control, paired by seed (`rules`).
+docs/experiments/intro/easy_hard.md; docs/design.md §7.2.
 """
 
 import hashlib
@@ -28,8 +18,9 @@ from configs import easy_hard as easy_hard_config
 from . import beyond_common as common
 from . import config_schema
 from . import graph_loop
+from . import models
 from . import per_example_runs
-from .experiment import Arm, Column, Experiment
+from .experiment import Column, Experiment
 
 PARTS = easy_hard_config.PARTS
 PARTNER = {"easy": "hard", "hard": "easy", "random_easy_size": "random_hard_size",
@@ -66,16 +57,15 @@ def partition(easy, seed, test_fraction):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
 
     from cgh_tf import coherence, data
 
     started = time.time()
     ds = data.load(config.dataset)
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    x, y = common.arrays(ds.train)
     keras.utils.set_random_seed(int(config.seed))
-    model = common.mlp(config, ds.input_shape, ds.num_classes)
+    model = models.mlp(config, ds.input_shape, ds.num_classes)
     initial = model.get_weights()
     probe = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes, model=model)
     for epoch in range(int(config.probe_epochs)):
@@ -102,7 +92,8 @@ def _train(config, run_dir, echo):
         run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
         epochs=config.epochs, log_epochs=graph_loop.capped_log_epochs(config.log_epochs,
                                                                       config.epochs),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(train_idx), echo=echo)
+        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(train_idx),
+        echo=echo)
     summary = {key: curves[key][-1] for key in tests}
     summary.update(n_train=len(train_idx), n_easy=int(easy.sum()),
                    pairwise_coherence_init=at_init.pairwise_coherence,
@@ -118,11 +109,9 @@ def check_config(config):
     need = common.require
     common.require_one_of(config, "dataset", data.DATASETS)
     common.require_one_of(config, "part", PARTS)
-    for field in ("width", "depth", "batch_size", "probe_epochs", "epochs", "coherence_samples",
-                  "checkpoint_every_logs"):
-        need(config_schema.is_int(config[field], 1), f"{field}={config[field]!r} must be an int >= 1")
-    need(isinstance(config.learning_rate, float) and config.learning_rate > 0,
-         f"learning_rate={config.learning_rate!r} must be a float > 0")
+    common.require_ints(config, ("width", "depth", "batch_size", "probe_epochs", "epochs",
+                                 "coherence_samples", "checkpoint_every_logs"))
+    common.require_positive(config, ("learning_rate",))
     need(isinstance(config.test_fraction, float) and 0 < config.test_fraction < 1,
          f"test_fraction={config.test_fraction!r} must be in (0, 1)")
     need(all(config_schema.is_int(e, 0) for e in config.log_epochs),
@@ -131,16 +120,11 @@ def check_config(config):
 
 def arms(scale="small", seeds=3, overrides=None):
     """One arm per dataset and part (`PARTS`), seeds 0..seeds−1; every config checked."""
-    out = []
-    for dataset, base in common.dataset_bases(easy_hard_config, scale, dict(overrides or {}),
-                                              "easy_hard"):
-        for part in PARTS:
-            config = config_schema.apply_overrides(base, {"part": part})
-            check_config(config)
-            out += [Arm(f"{dataset}/{part}", f"{dataset}, {part.replace('_', ' ')}", dataset,
-                        seed, config_schema.apply_overrides(config, {"seed": seed}))
-                    for seed in range(seeds)]
-    return out
+    return [arm for dataset, base in common.dataset_bases(
+        easy_hard_config, scale, dict(overrides or {}), "easy_hard") for part in PARTS
+        for arm in common.seeded_arms(f"{dataset}/{part}", f"{dataset}, {part.replace('_', ' ')}",
+                                      dataset, config_schema.apply_overrides(base, {"part": part}),
+                                      seeds, check_config)]
 
 
 # (name, metric, part, control part, prediction): declared before the runs
@@ -213,15 +197,12 @@ def setting(runs):
 def figures(workdir, runs):
     from . import figures as fig
 
-    files = []
-    for dataset in dict.fromkeys(arm.panel for arm, _ in runs):
-        chosen = [(arm, r) for arm, r in runs if arm.panel == dataset]
-        files.append(fig.bars(workdir, f"easy_hard_{dataset}.png", chosen, (
-            ("test_on_easy", "acc, easy test part"), ("test_on_hard", "acc, hard test part"),
-            ("test_own", "acc, own test part"),
-            ("pairwise_coherence_init", "pairwise coherence at init")),
-            f"Easy / hard and their random controls, {dataset}"))
-    return files
+    return [fig.bars(workdir, f"easy_hard_{dataset}.png", chosen, (
+        ("test_on_easy", "acc, easy test part"), ("test_on_hard", "acc, hard test part"),
+        ("test_own", "acc, own test part"),
+        ("pairwise_coherence_init", "pairwise coherence at init")),
+        f"Easy / hard and their random controls, {dataset}")
+        for dataset, chosen in fig.per_dataset(runs)]
 
 
 EXPERIMENT = Experiment(

@@ -2,15 +2,6 @@ r"""One arm of a declared experiment as a Keras `fit` run (`Experiment(loop="fit
 (`trainers.train`, `single_run.py`) on the arm's config in the run directory, and the run's table
 numbers read from its `results.json`.
 
-| name                              | what                                                        |
-|-----------------------------------|-------------------------------------------------------------|
-| `Reading(key, header, source)`    | one table column and where its number comes from (below)    |
-| `run_arm(readings)`               | the experiment's `run_arm(config, run_dir, echo)`: train / resume / read one run |
-| `read(result, source)`            | one number of a trainer `results.json` dict                 |
-| `count_updates(result)`           | the optimizer updates a run made                            |
-| `base_config(small, scale, ...)`  | the config every arm starts from at a scale                  |
-| `experiment(readings, **fields)`  | the `Experiment(loop="fit")` whose table is `readings`       |
-
 The run is the trainer's: resumable from its own per-epoch checkpoint (`run_state.py`), refused
 (one line) in a directory holding another config's run, skipped when `results.json` holds a
 finished run of exactly this config. The arm's result (what `runner.py` tabulates):
@@ -34,6 +25,7 @@ authors' recipes, all their epochs; tfds data and accelerators) with the small c
 fields (coherence monitor, ...).
 """
 
+import contextlib
 import copy
 import dataclasses
 import importlib
@@ -54,6 +46,8 @@ REDUCERS = {"first": lambda v: v[0], "last": lambda v: v[-1], "max": max, "min":
 
 
 @dataclasses.dataclass(frozen=True)
+
+
 class Reading:
     """A table column (`summary[key]` of every run) read from the trainer's results.json."""
 
@@ -115,6 +109,7 @@ def noise_panel(noise) -> str:
 
 # ---------------------------------------------------------------------------- reading a run
 
+
 def count_updates(result) -> int:
     """Optimizer updates made by the run of `result` (a trainer results.json dict).
 
@@ -159,8 +154,7 @@ def read(result, source):
 def _finished(result, config) -> bool:
     """True if `result` is a finished trainer run of exactly `config`."""
     return (isinstance(result, dict) and isinstance(result.get("config"), dict)
-            and config_schema.comparable(result["config"]) == config_schema.comparable(
-                outputs.json_roundtrip(config.to_dict()))
+            and config_schema.saved_config(result) == outputs.json_roundtrip(config.to_dict())
             and result.get("epochs_completed") == config.num_epochs)
 
 
@@ -185,17 +179,11 @@ def run_arm(readings):
         path = os.path.join(run_dir, outputs.RESULTS_FILE)
         result = outputs.read_json(path) if os.path.exists(path) else None
         if not _finished(result, config):
-            from absl import logging
-
+            from cgh_tf import quiet
             from trainers import train
 
-            shown = logging.get_verbosity()
-            if echo is None:
-                logging.set_verbosity(min(shown, logging.WARNING))  # absl: WARNING < INFO
-            try:
+            with quiet.logs_at_least() if echo is None else contextlib.nullcontext():
                 train.train_and_evaluate(config, run_dir, progress=True if echo else None)
-            finally:
-                logging.set_verbosity(shown)
             result = outputs.read_json(path)  # the numbers as written, resumed or not
         timings = outputs.read_json(os.path.join(run_dir, outputs.TIMINGS_FILE)) or {}
         return arm_result(result, readings, timings.get("total_seconds"))

@@ -1,22 +1,11 @@
-r"""Grokking on modular arithmetic, with exact per-example coherence logged along the way.
+"""Grokking on modular arithmetic, with exact per-example coherence logged along the way.
 
-One run trains a model on `cgh_tf.modular.make(...)` in the update-level graph loop and every
-`log_every` optimizer updates logs (probes): train / test accuracy and loss (whole splits), the
-exact m-coherence and α (per layer) of a fixed train and a fixed test sample of m =
-`coherence_samples`, and ‖w‖; a checkpoint every `checkpoint_every` updates. Declared: every arm
-against its matched control, paired by seed.
-
-Models (`model`): `"mlp"`, `models.mlp` on one-hot(a) ‖ one-hot(b) [2p] (Liu et al. 2022
-"Omnigrok", Gromov 2023), or `"transformer"`, `models.transformer` on the tokens (a, p+b, "=")
-(Nanda et al. 2023: 1 layer, no LayerNorm); logits over the p residues.
-
-Optimizers (`optimizer`, `update_rules`): `"adamw"` (lr, weight_decay, β1 0.9, β2 0.98: Power et
-al. 2022), `"m3"` / `"rm3"` / `"ra3"` over AdamW. `steps` counts optimizer *updates* for every
-arm, so an M3 arm sees 3× the batches; its matched control is AdamW with 3× the batch. Aggregation
-(`aggregation`): `"mean"` or `"winsorize"` (winsorized GD, arXiv 2002.10657: per coordinate the
-per-example gradients clipped at the `winsorize_pct`-th percentiles, then averaged), whose
-matched control is the same optimizer with `"mean"`. Batches: `graph_loop.Batches` (batch j of a
-run is a pure function of (seed, j), so a resumed run sees the same batches).
+One run: an MLP or a 1-layer transformer (`build_model`) on `cgh_tf.modular.make(...)` in the
+update-level graph loop (`steps` counts optimizer updates, so M3 sees 3× the batches), AdamW or
+M3 / RM3 / RA3 over it, mean or winsorized aggregation (`update_rules`); every `log_every`
+updates: accuracies, losses, the m-coherence of fixed train / test samples and ‖w‖. Declared:
+every arm against its matched control (`PAIRS`), paired by seed. docs/experiments/intro/
+grokking.md; docs/design.md §7.1.
 """
 
 import time
@@ -70,7 +59,6 @@ def check_config(config):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
     import tensorflow as tf
 
@@ -168,6 +156,8 @@ ARMS = {
     "mlp_subtract": ("MLP, AdamW wd 1, a − b", {"operation": "subtract"}),
     "transformer_adamw": ("Transformer (1 layer), AdamW wd 1", "transformer"),
 }
+
+
 def arms(scale="small", seeds=3, overrides=None, groups=None):
     """The arms of `ARMS` (or only `groups` / `overrides["groups"]`), every config checked."""
     from configs import grokking as grok_config

@@ -1,22 +1,10 @@
-r"""Flagging mislabelled examples by their alignment, against the noisy-label literature's baselines.
+"""Flagging mislabelled examples by their alignment, against the noisy-label literature's baselines.
 
-Beyond the papers: a corrupted label asks the network for a direction the rest of the training
-set does not support, so its alignment a_i = g_i·(S − g_i)/‖g_i‖² (S over the whole noisy training
-set, `cgh_tf.coherence.alignment`) should be low. Per run (`configs/label_noise_detection.py`),
-at each of `score_epochs` (0 = initialisation) every training example gets three scores (higher =
-more likely corrupted; `cgh_tf.noisy_labels`):
-
-| score | what | reference |
-|---|---|---|
-| −a_i | alignment at that epoch | this package |
-| ℓ_i | loss against its training label | the small-loss rule (Co-teaching, Han et al. 2018) |
-| forgetting count | correct → wrong transitions after epochs 1..e (never correct: +inf); from e = 2 | Toneva et al. 2019 |
-
-Reported per score: AUROC for the corrupted mask, and the precision of flagging the `label_noise`
-share with the highest scores (`noisy_labels.small_loss_flags`: the rule's own threshold, the
-noise rate assumed known). Rules, declared before the runs, per dataset and noise level: −a_i
-beats chance at initialisation (against its permutation null), −a_i beats the loss at every
-score epoch, and beats forgetting counts at the last one; paired by seed, 95 % Student t.
+Per run, at each of `score_epochs`, every training example of a noisy training set is scored by
+−a_i (alignment), by its loss (small-loss rule) and by its forgetting count (`cgh_tf.noisy_labels`);
+each score's AUROC and flagging precision for the corrupted examples. Rules per dataset and noise
+level, paired by seed: −a_i beats chance at initialisation, the loss at every score epoch and
+forgetting at the last. docs/experiments/intro/label_noise_detection.md; docs/design.md §7.2.
 """
 
 import time
@@ -30,29 +18,28 @@ from . import beyond_common as common
 from . import config_schema
 from . import graph_loop
 from . import per_example_runs
-from .experiment import Arm, Column, Experiment
+from . import probes
+from .experiment import Column, Experiment
 
 SCORES = ("alignment", "loss", "forgetting")
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     from cgh_tf import data, noisy_labels
 
     started = time.time()
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed))
-    x, y, corrupted = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32), ds.train.corrupted
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
+    x_test, y_test = common.arrays(ds.test)
     run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes)
     records = per_example_runs.EpochRecords(run_dir)
 
     def log(epoch):
-        correct = run.predict(x, y)[0] == y
-        row = {"epoch": epoch, "step": epoch,
-               "pristine_accuracy": float(correct[~corrupted].mean()),
-               "corrupted_accuracy": float(correct[corrupted].mean()),
-               "test_accuracy": float(np.mean(run.predict(x_test, y_test)[0] == y_test))}
+        predicted = run.predict(x, y)[0]
+        correct = predicted == y
+        row = {"epoch": epoch, "step": epoch, **probes.label_accuracies(predicted, y, corrupted),
+               "test_accuracy": probes.accuracy(run.predict(x_test, y_test)[0], y_test)}
         arrays = {}
         if epoch in config.score_epochs:
             history = np.concatenate([records.stacked("correct", range(1, epoch)),
@@ -129,11 +116,9 @@ def check_config(config):
     need(isinstance(config.label_noise, float) and 0 < config.label_noise < 1,
          f"label_noise={config.label_noise!r} must be in (0, 1): detection needs corrupted and "
          "clean examples")
-    for field in ("width", "depth", "batch_size", "epochs", "alignment_batch",
-                  "null_permutations", "checkpoint_every_logs"):
-        need(config_schema.is_int(config[field], 1), f"{field}={config[field]!r} must be an int >= 1")
-    need(isinstance(config.learning_rate, float) and config.learning_rate > 0,
-         f"learning_rate={config.learning_rate!r} must be a float > 0")
+    common.require_ints(config, ("width", "depth", "batch_size", "epochs", "alignment_batch",
+                                 "null_permutations", "checkpoint_every_logs"))
+    common.require_positive(config, ("learning_rate",))
     epochs = tuple(config.score_epochs)
     need(len(epochs) > 0 and epochs[0] == 0 and all(config_schema.is_int(e, 0) for e in epochs)
          and list(epochs) == sorted(set(epochs)) and epochs[-1] <= config.epochs,
@@ -147,14 +132,13 @@ def arms(scale="small", seeds=3, overrides=None):
     out = []
     for dataset, base in common.dataset_bases(noise_config, scale, dict(overrides or {}),
                                               "label_noise_detection"):
-        levels = (base.label_noise,) if "label_noise" in (overrides or {}) else noise_config.NOISE_LEVELS
+        levels = ((base.label_noise,) if "label_noise" in (overrides or {})
+                  else noise_config.NOISE_LEVELS)
         for level in levels:
-            config = config_schema.apply_overrides(base, {"label_noise": level})
-            check_config(config)
-            out += [Arm(f"{dataset}/noise{round(level * 100):02d}", f"{dataset}, {level:.0%} noise",
-                        dataset, seed, config_schema.apply_overrides(config, {"seed": seed,
-                                                                              "data_seed": seed}))
-                    for seed in range(seeds)]
+            out += common.seeded_arms(
+                f"{dataset}/noise{round(level * 100):02d}", f"{dataset}, {level:.0%} noise",
+                dataset, config_schema.apply_overrides(base, {"label_noise": level}), seeds,
+                check_config, seed_fields=("seed", "data_seed"))
     return out
 
 

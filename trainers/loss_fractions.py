@@ -1,21 +1,11 @@
-r"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null? (2002.10657)
+"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null?
+(2002.10657)
 
-The corrected `loss_fractions` (issue 24; replaces the sweep). For g^p, g^c the summed gradients
-of the pristine / corrupted examples of a fixed mixed training sample (g = g^p + g^c), the
-pristine share of the first-order loss reduction is f^p = ⟨g, g^p⟩ / ⟨g, g⟩
-(`cgh_tf.coherence.loss_reduction_fractions`). Its gradient-blind null is **Q_p/Q**
-(`cgh_tf.nulls.fp_null_of_model`: Q_p = Σ_{i pristine} ‖g_i‖², Q = Σ_i ‖g_i‖²; f^p equals it
-exactly when the g_i are pairwise orthogonal), not the count share n_p/n (`nulls.count_share`,
-shown too; uniform noise at rate p changes only (1 − 1/C)·p labels: `nulls.changed_fraction`).
-f^p − Q_p/Q > 0 is the share of the loss reduction that pristine examples earn by pointing the
-same way, which is what CGH says.
-
-One run: `configs/loss_fractions.py` (MLP, plain SGD in `graph_loop.epoch_trainer`, epoch e in the
-order `default_rng([seed, e])`), logged at every step 0..`every_step_until` and at every epoch end.
-
-Declared rule, per arm (noise level): "pristine examples dominate early loss reduction beyond the
-null" if the paired 95 % CI over seeds of mean(f^p − Q_p/Q) over the steps of `early_window`
-excludes 0 above (`statistics.PairedRule` of `fp_early` against `null_early`, predicted higher).
+f^p = ⟨g, g^p⟩ / ⟨g, g⟩ of a fixed mixed training sample against its null Q_p/Q
+(`cgh_tf.nulls.fp_null_of_model`; the count share n_p/n shown too), logged at every step
+0..`every_step_until` and every epoch end of plain SGD. Rule per noise level: mean(f^p − Q_p/Q)
+over `early_window` above 0 (paired 95 % CI). docs/experiments/intro/loss_fractions.md;
+docs/design.md §7.1.
 """
 
 import time
@@ -27,8 +17,11 @@ from cgh_tf import statistics
 from . import beyond_common as common
 from . import config_schema
 from . import graph_loop
+from . import models
 from . import memorisation_run
-from .experiment import Arm, Column, Experiment
+from . import per_example_runs
+from . import probes
+from .experiment import Column, Experiment
 
 SAMPLE_SALT = 3  # `common.sample` salt of the fixed mixed sample
 
@@ -40,16 +33,13 @@ def check_config(config):
     need, is_int = common.require, config_schema.is_int
     common.require_one_of(config, "dataset", ("mnist1d", "mnist5k"))
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
-    for field in ("train_size", "width", "depth", "batch_size", "epochs", "fraction_samples",
-                  "checkpoint_every_logs"):
-        need(is_int(config[field], 1), f"{field}={config[field]!r} must be an int >= 1")
-    need(is_int(config.every_step_until, 0), f"every_step_until={config.every_step_until!r} "
-         "must be an int >= 0")
+    common.require_ints(config, ("train_size", "width", "depth", "batch_size", "epochs",
+                                 "fraction_samples", "checkpoint_every_logs"))
+    common.require_ints(config, ("every_step_until",), 0)
     need(isinstance(config.label_noise, (int, float)) and 0 < config.label_noise < 1,
          f"label_noise={config.label_noise!r} must be in (0, 1): f^p needs pristine and "
          "corrupted examples")
-    need(isinstance(config.learning_rate, (int, float)) and config.learning_rate > 0,
-         f"learning_rate={config.learning_rate!r} must be a number > 0")
+    common.require_positive(config, ("learning_rate",))
     first, last = tuple(config.early_window)
     need(is_int(first, 0) and is_int(last, first) and last <= config.every_step_until,
          f"early_window={tuple(config.early_window)!r} must be (first, last) steps with 0 <= "
@@ -70,34 +60,28 @@ def fractions_row(model, x, y, pristine, loss):
 
 def _train(config, run_dir, echo):
     import keras
-    import tensorflow as tf
 
     started = time.time()
     keras.utils.set_random_seed(int(config.seed))
     ds = memorisation_run.load_data(config)
-    x, y, corrupted = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32), ds.train.corrupted
-    model = common.mlp(config, ds.input_shape, ds.num_classes)
-    optimizer = keras.optimizers.SGD(float(config.learning_rate))
-    optimizer.build(model.trainable_variables)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    train = graph_loop.epoch_trainer(model, optimizer, loss, tf.constant(x), tf.constant(y),
-                                     int(config.batch_size))
-    per_epoch, n = train.batches_per_epoch, len(x)
+    x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
+    run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes,
+                                 model=models.mlp(config, ds.input_shape, ds.num_classes))
+    per_epoch, n = run.train_epoch.batches_per_epoch, len(x)
     idx = common.sample(n, config.fraction_samples, config.data_seed, SAMPLE_SALT)
-    predict = graph_loop.predictor(model)
 
     def log(step):
-        pred, losses = predict(x, y)
+        pred, losses = run.predict(x, y)
         return {"step": step, "epoch": step / per_epoch, "train_loss": float(np.mean(losses)),
-                "pristine_accuracy": float(np.mean(pred[~corrupted] == y[~corrupted])),
-                "corrupted_accuracy": float(np.mean(pred[corrupted] == y[corrupted])),
-                **fractions_row(model, x[idx], y[idx], ~corrupted[idx], loss)}
+                **probes.label_accuracies(pred, y, corrupted),
+                **fractions_row(run.model, x[idx], y[idx], ~corrupted[idx], run.loss_fn)}
 
     epoch_ends = [e * per_epoch for e in range(1, int(config.epochs) + 1)]
     curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer,
-        graph_loop.step_advancer(train, int(config.seed), n), log,
-        total=epoch_ends[-1], log_points=set(range(int(config.every_step_until) + 1)) | set(epoch_ends),
+        run_dir, config.to_dict(), run.model, run.optimizer,
+        graph_loop.step_advancer(run.train_epoch, int(config.seed), n), log,
+        total=epoch_ends[-1],
+        log_points=set(range(int(config.every_step_until) + 1)) | set(epoch_ends),
         checkpoint_points=epoch_ends[::int(config.checkpoint_every_logs)], echo=echo, unit="step")
     return common.finish(run_dir, config.to_dict(), curves, summarize(curves, config.early_window),
                          started, num_train=n, num_corrupted=int(corrupted.sum()),
@@ -127,18 +111,15 @@ def arms(scale_name="small", seeds=3, overrides=None):
     from configs import loss_fractions as lf_config
 
     overrides = dict(overrides or {})
-    common.require("label_noise" not in overrides, "label_noise is set by each arm "
-                   f"({', '.join(map(str, lf_config.NOISE_LEVELS))}); it cannot be overridden")
-    out = []
-    for dataset, base in common.dataset_bases(lf_config, scale_name, overrides, "loss_fractions"):
-        for noise in lf_config.NOISE_LEVELS:
-            config = config_schema.apply_overrides(base, {"label_noise": noise})
-            check_config(config)
-            out += [Arm(f"{dataset}/noise{round(noise * 100):02d}",
-                        f"{dataset}, {noise:.0%} {config.noise_kind} noise", dataset, seed,
-                        config_schema.apply_overrides(config, {"seed": seed}))
-                    for seed in range(seeds)]
-    return out
+    common.refuse_overrides(overrides, ("label_noise",), "set by each arm "
+                            f"({', '.join(map(str, lf_config.NOISE_LEVELS))})")
+    return [arm for dataset, base in common.dataset_bases(lf_config, scale_name, overrides,
+                                                          "loss_fractions")
+            for noise in lf_config.NOISE_LEVELS
+            for arm in common.seeded_arms(
+                f"{dataset}/noise{round(noise * 100):02d}",
+                f"{dataset}, {noise:.0%} {base.noise_kind} noise", dataset,
+                config_schema.apply_overrides(base, {"label_noise": noise}), seeds, check_config)]
 
 
 def rules(arms_):

@@ -1,19 +1,7 @@
-"""The update-level memorisation run shared by `scale`, `noise_structure` and `winsorize_controls`.
-
-One run: an MLP (`depth` × `width` ReLU) on `train_size` examples of `dataset` (MNIST-1D
-generated at that size; mnist5k: its first n ≤ 4,000 digits), SGD (no momentum) or M3 / RM3 / RA3
-over it, in the update-level graph loop (`graph_loop.epoch_updates`: M3's update k and SGD ×3's
-see the same 3B examples). Logged per epoch of `log_epochs` over the whole splits:
-`probes.label_accuracies` (memorisation: corrupted vs noisy labels), test accuracy, training loss,
-optimizer updates (the inner optimizer's `iterations`), examples consumed; the summary adds the
-best test accuracy and the label-pair density (`probes.label_pair_density`).
-
-| function                                   | what                                                   |
-|--------------------------------------------|--------------------------------------------------------|
-| `train_memorisation(config, run_dir, echo, build, measure, summarize_more)` | one run, resumable; hooks for an experiment's own arms and measurements |
-| `build_optimizer(config, model, ds)`       | the default `build`: (optimizer, batches per update, aggregator, {}) |
-| `load_data(config)`                        | the `cgh_tf.data.Dataset` of the run                   |
-| `summarize(curves)`                        | last values, best test accuracy and its epoch          |
+"""The update-level memorisation run shared by `scale`, `noise_structure` and `winsorize_controls`:
+an MLP on `train_size` noisy examples, SGD or M3 / RM3 / RA3 over it in the graph loop, logging
+pristine / corrupted train accuracy (vs the noisy labels), test accuracy, loss, updates and
+examples per epoch of `log_epochs`; hooks for an experiment's own optimizer and measurements.
 """
 
 import time
@@ -63,9 +51,8 @@ def train_memorisation(config, run_dir, echo, build=build_optimizer, measure=Non
     started = time.time()
     keras.utils.set_random_seed(int(config.seed))
     ds = load_data(config)
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     corrupted, original_y = ds.train.corrupted, ds.train.original_y.astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
     n, batch = len(x), int(config.batch_size)
     model = models.mlp(config, ds.input_shape, ds.num_classes)
     optimizer, per_update, aggregator, calibration = build(config, model, ds)

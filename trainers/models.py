@@ -1,13 +1,5 @@
-"""The Keras models of the custom-loop experiments (functional models, logits out).
-
-Layer names are part of the results: per-layer coherence keys are `coherence/<sample>/<layer>/...`.
-
-| function                    | model                                                          |
-|-----------------------------|----------------------------------------------------------------|
-| `mlp(config, shape, K)`     | [Flatten →] `depth` × Dense(`width`, relu) → Dense(K)           |
-| `transformer(config, V, K)` | tokens → Embedding → `depth` attention + MLP blocks → Dense(K)   |
-| `conv_net(config, shape, K)`| `config.arch` "cnn" or "resnet" (BN basic blocks), 1-D or 2-D     |
-| `check_conv_net(config)`    | one-line ValueError for its bad fields                          |
+"""The Keras models of the custom-loop experiments (functional models, logits out). Layer names
+are part of the results: per-layer coherence keys are `coherence/<sample>/<layer>/...`.
 """
 
 import math

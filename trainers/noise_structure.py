@@ -1,34 +1,18 @@
-r"""Does memorisation suppression grow as the corrupted set gets less coherent? (issue 24)
+"""Does memorisation suppression grow as the corrupted set gets less coherent? (issue 24)
 
-The test of "weak directions at scale" that replaces `scale`'s confounded growth of n: at one
-size (n = 4,000, 40 % noise) the *structure* of the noise sets how coherent the corrupted set is
-(`configs/noise_structure.py`): `pair` (y → y + 1, ≈ 160 corrupted examples per label pair),
-`uniform` (≈ 16 per pair), `isolated` (each corrupted example its own dummy class: 1 per label,
-the ImageNet regime). Every kind trains `scale`'s six arms (`trainers/scale.py`: SGD, M3 and its
-update-count control SGD ×3, RM3 and its control RA3, winsorized SGD) through the same
-update-level loop (`memorisation_run.train_memorisation`), and logs the exact pairwise coherence
-(r − 1)/(m − 1) of fixed samples of the corrupted and of the pristine examples.
-
-Declared before any run:
-
-* per kind, `scale`'s rules: a robust arm suppresses memorisation if the 95 % CI of its corrupted
-  train accuracy (vs the noisy labels, last epoch) minus its matched control's excludes 0 below;
-* **the ordering rule** (`ORDER`, evaluated in `analyses`): suppression s = control − arm
-  corrupted accuracy, per seed. For each matched pair, CGH predicts s(isolated) > s(uniform) >
-  s(pair): "supported" if the paired 95 % CIs of s(isolated) − s(uniform) and s(uniform) −
-  s(pair) both exclude 0 above; "contradicted" if either excludes 0 below; otherwise "not
-  decided". A loss-magnitude mechanism predicts no such order.
-* the premise (`PREMISE`): the corrupted set's pairwise coherence at initialisation (SGD arm)
-  orders pair > uniform > isolated, by the same paired-CI rule.
+At one size (n = 4,000, 40 % noise) the noise kind (`pair`, `uniform`, `isolated`) sets how
+coherent the corrupted set is; every kind trains `scale`'s arms (`memorisation_run`) and logs the
+pairwise coherence of fixed corrupted / pristine samples. Declared: `scale`'s rules per kind, the
+ordering rule (`ORDER`: suppression isolated > uniform > pair) and its premise (`PREMISE`),
+evaluated in `analyses`. docs/experiments/intro/noise_structure.md; docs/design.md §7.1.
 """
-
-import numpy as np
 
 from cgh_tf import statistics
 
 from . import beyond_common as common
 from . import config_schema
 from . import memorisation_run
+from . import runner
 from . import scale
 from .experiment import Column, Experiment
 
@@ -40,8 +24,7 @@ PREMISE = ("pair", "uniform", "isolated")  # expected order of corrupted coheren
 def check_config(config):
     """`scale.check_config` plus the coherence sample size."""
     scale.check_config(config)
-    common.require(config_schema.is_int(config.coherence_samples, 2),
-                   f"coherence_samples={config.coherence_samples!r} must be an int >= 2")
+    common.require_ints(config, ("coherence_samples",), 2)
 
 
 def _coherence(model, ds, m, data_seed):
@@ -51,7 +34,7 @@ def _coherence(model, ds, m, data_seed):
     from cgh_tf import coherence
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    x, y, corrupted = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32), ds.train.corrupted
+    x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
     row = {}
     for name, salt in SAMPLES.items():
         idx = common.sample(corrupted if name == "corrupted" else ~corrupted, m, data_seed, salt)
@@ -94,10 +77,6 @@ def arms(scale_name="small", seeds=3, overrides=None):
     return out
 
 
-def _per_seed(runs, group, key):
-    return {a.seed: r["summary"].get(key) for a, r in runs if a.group == group}
-
-
 def _ordered(values, order, what):
     """The declared paired-CI order rule over {kind: {seed: value}} (kinds of `order`, largest
     first): (rows [(larger, smaller, PairedDifference)], verdict text)."""
@@ -123,7 +102,7 @@ def analyses(runs):
              "", "| order tested | difference | mean [95 % CI] | verdict |", "|---|---|---|---|"]
     out = {}
     tests = [("corrupted pairwise coherence at init (SGD arm)", PREMISE,
-              lambda kind: _per_seed(runs, f"{kind}/sgd", "pairwise/corrupted_init"))
+              lambda kind: runner.per_seed(runs, f"{kind}/sgd", "pairwise/corrupted_init"))
              ] if all(f"{k}/sgd" in groups for k in PREMISE) else []
     for arm, control, matched in scale.PAIRS:
         if matched and all(f"{k}/{g}" in groups for k in ORDER for g in (arm, control)):
@@ -148,7 +127,7 @@ def _room(runs, groups):
              "epoch); near 0 the suppression of that kind is floored at 0.", "",
              "| control | " + " | ".join(ORDER) + " |", "|---" * (len(ORDER) + 1) + "|"]
     for control in controls:
-        cells = [statistics.summarize(list(_per_seed(runs, f"{k}/{control}",
+        cells = [statistics.summarize(list(runner.per_seed(runs, f"{k}/{control}",
                                                      "corrupted_accuracy").values())).text(".3f")
                  if f"{k}/{control}" in groups else "n/a" for k in ORDER]
         lines.append(f"| {control} | " + " | ".join(cells) + " |")
@@ -157,7 +136,7 @@ def _room(runs, groups):
 
 def _suppression(runs, kind, arm, control):
     """{seed: control − arm corrupted accuracy} of one kind."""
-    a, c = (_per_seed(runs, f"{kind}/{g}", "corrupted_accuracy") for g in (arm, control))
+    a, c = (runner.per_seed(runs, f"{kind}/{g}", "corrupted_accuracy") for g in (arm, control))
     return {s: c[s] - a[s] for s in a if s in c and None not in (a[s], c[s])}
 
 

@@ -1,18 +1,8 @@
-"""What the per-example experiments share (`easy_hard`, `alignment_order`, `label_noise_detection`):
-the run's MLP with plain SGD in the graph loop, per-example arrays logged at epochs that survive a
-restart, learning times, and permutation nulls.
-
-| name                                   | what                                                     |
-|----------------------------------------|----------------------------------------------------------|
-| `build(config, x, y, shape, classes)`  | `Setup`: the seeded MLP (`beyond_common.mlp`), SGD, loss, epoch trainer, predictor |
-| `EpochRecords(run_dir)`                | {epoch: {name: [n] array}} in `per_example.npz`, written atomically at every log |
-| `learning_epochs(correct, epochs)`     | per example, the first logged epoch from which it stays correctly classified |
-| `permutation_null(statistic, a, b, seed, k)` | the mean of `statistic(a, permuted b)` over k permutations |
-
-A run's curves and checkpoints go through `graph_loop.run_logged_epochs`; the per-example arrays
-(correctness, a_i, ℓ_i) are too long for the curves, so each log writes them to
-`RUN/per_example.npz` before the checkpoint that follows it. A resumed run re-logs (and overwrites)
-every epoch after its checkpoint, so the file always holds one row per logged epoch of the curves.
+"""The run setup of the custom-loop experiments (`build`: model, optimizer, loss, epoch trainer,
+predictor; also double_descent, early_stopping, loss_fractions, real_vs_random_arch), and what the
+per-example experiments (`easy_hard`, `alignment_order`, `label_noise_detection`) share:
+per-example arrays kept per logged epoch in `RUN/per_example.npz` (written before the checkpoint
+that follows each log, overwritten on resume), learning epochs and permutation nulls.
 """
 
 import os
@@ -22,8 +12,8 @@ import numpy as np
 
 from cgh_tf.atomic_files import atomic_open
 
-from . import beyond_common as common
 from . import graph_loop
+from . import models
 
 RECORDS_FILE = "per_example.npz"
 
@@ -40,17 +30,18 @@ class Setup(NamedTuple):
     predict: object
 
 
-def build(config, x, y, input_shape, num_classes, model=None) -> Setup:
-    """The MLP of `config` (width, depth; built after `keras.utils.set_random_seed(config.seed)`,
-    or `model` if given) with a fresh plain SGD (`config.learning_rate`, no momentum) training on
+def build(config, x, y, input_shape, num_classes, model=None, optimizer=None) -> Setup:
+    """`model` (default: the MLP of `config`, built after `keras.utils.set_random_seed(seed)`)
+    with `optimizer` (default: a fresh plain SGD at `config.learning_rate`) training on
     x [n, ...] float32, y [n] int32 in batches of `config.batch_size`."""
     import keras
     import tensorflow as tf
 
     if model is None:
         keras.utils.set_random_seed(int(config.seed))
-        model = common.mlp(config, input_shape, num_classes)
-    optimizer = keras.optimizers.SGD(float(config.learning_rate))
+        model = models.mlp(config, input_shape, num_classes)
+    if optimizer is None:
+        optimizer = keras.optimizers.SGD(float(config.learning_rate))
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     train_epoch = graph_loop.epoch_trainer(model, optimizer, loss_fn, tf.constant(x),
@@ -99,7 +90,8 @@ def learning_epochs(correct, epochs):
     epochs = np.asarray(epochs, np.float64)
     if correct.ndim != 2 or correct.shape[0] != len(epochs):
         raise ValueError(f"correct must be [len(epochs)={len(epochs)}, n]; got {correct.shape}")
-    stays = np.flip(np.logical_and.accumulate(np.flip(correct, 0), axis=0), 0)  # all correct from row k on
+    # stays[k, i]: example i correct at every logged epoch from row k on
+    stays = np.flip(np.logical_and.accumulate(np.flip(correct, 0), axis=0), 0)
     first = len(epochs) - stays.sum(axis=0)
     return np.append(epochs, epochs[-1] + 1)[first]
 

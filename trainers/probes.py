@@ -1,38 +1,11 @@
-"""The measurements a custom-loop experiment logs (one `log(position)` row of its curves).
-
-An experiment declares its row as a few of these probes; each returns plain Python numbers.
-
-| probe                                          | row keys / returns                                   |
-|------------------------------------------------|------------------------------------------------------|
-| `predictor(model)`                             | `predict(x)` -> int32 [n] argmax, inference mode      |
-| `loss_accuracy(model, loss_fn)`                | `evaluate(x, y)` -> (mean loss, accuracy), one call   |
-| `streamed_loss_accuracy(model, chunk)`         | `evaluate(x, y)` -> (mean cross-entropy, accuracy) over chunks |
-| `split_metrics(evaluate, splits)`              | <split>_loss, <split>_accuracy of each split          |
-| `accuracy(pred, labels, mask)`                 | fraction of `pred == labels` (None for an empty mask) |
-| `label_accuracies(pred, y, corrupted, orig)`   | pristine_accuracy, corrupted_accuracy (vs the noisy label), corrupted_true_accuracy |
-| `label_pair_density(orig, y, corrupted, K)`  | corrupted_per_label_pair (mean over the K(K−1) pairs), label_pair_min |
-| `fraction_pristine(model, x, y, pristine, l)`  | f^p = ⟨g, g^p⟩ / ⟨g, g⟩ of a mixed sample             |
-| `sample_coherence(model, samples, loss_fn)`    | coherence/<name>/m_coherence, .../alpha, per layer    |
-| `coherence_row(prefix, stats)`                 | the same keys of one `CoherenceStats`                 |
-| `layer_names(curves, prefix)`                  | the layers of the per-layer coherence curves          |
-| `weight_norm(model)`                           | ‖w‖, the L2 norm of all trainable weights (float64)   |
-
-Accuracies are fractions in [0, 1]; losses are nats per example.
+"""The measurements a custom-loop experiment logs: each returns plain Python numbers for one
+`log(position)` row of its curves. Accuracies are fractions in [0, 1]; losses are nats per
+example.
 """
 
 import math
 
 import numpy as np
-
-
-def predictor(model):
-    """`predict(xs)` -> int32 tensor [n]: argmax of the logits in inference mode (one call)."""
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def predict(xs):
-        return tf.argmax(model(xs, training=False), -1, output_type=tf.int32)
-    return predict
 
 
 def loss_accuracy(model, loss_fn):

@@ -1,18 +1,8 @@
-r"""Real vs 100 % random labels: the coherence of fixed training / test samples while fitting each
-(2203.10036 Fig. 3; 2008.01217). Each arm is one trainer run (Keras `fit`, `fit_arm.py`) of
-`configs/real_vs_random.py` (small scale: 20 epochs).
-
-Arms (per seed): `real` (label noise 0) and `random` (uniform noise at rate 1: every label redrawn
-over all classes, ~10 % stay correct). The trainer's monitor measures the exact per-example
-coherence of a fixed training sample (with its training labels) and a fixed test sample of m
-examples each (m = `coherence.monitor_samples`, the same in both arms), in inference mode, at step
-0, every `coherence.monitor_every_steps` batches and after every epoch: m-coherence r = ‖Σ g_i‖² /
-Σ ‖g_i‖² and the pairwise coherence (r − 1)/(m − 1) (mean off-diagonal alignment, unbiased across m).
-
-Declared before any run: real − random of the pairwise coherence columns, paired by seed; the
-rules: the training sample's pairwise coherence after one monitor interval, at its maximum over
-the measured steps and after the last epoch is higher with real labels. Without step measurements
-(`monitor_every_steps` = 0) the step columns are n/a.
+"""Real vs 100 % random labels: the coherence of fixed training / test samples while fitting each
+(2203.10036 Fig. 3; 2008.01217); each arm one trainer run (Keras `fit`, `fit_arm.py`) of
+`configs/real_vs_random.py`, whose monitor measures the pairwise coherence of the samples at
+step 0, every `coherence.monitor_every_steps` batches and every epoch. Declared: real − random,
+paired by seed, and `RULES` (real higher). docs/experiments/intro/real_vs_random.md.
 """
 
 from cgh_tf.statistics import PairedRule

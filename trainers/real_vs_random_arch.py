@@ -1,20 +1,13 @@
-r"""Real vs random labels across architectures: coherence along training (arXiv 2008.01217).
+"""Real vs random labels across architectures: coherence along training (arXiv 2008.01217).
 
-One run: `config.arch` (`models.mlp` or `models.conv_net`) trained with SGD + momentum on real
-(`label_noise` 0.0) or 100 % uniformly random labels (1.0); at each epoch of `log_epochs`
-(`graph_loop.log_steps`): train / test loss and accuracy, and the exact coherence (per layer,
-streamed in batches of `coherence_batch_size`) of a fixed training sample (the arm's labels) and
-a fixed test sample (real labels) of m = `coherence_samples` examples, the same for every arm;
-m = 0: the whole splits (m = n, as the papers). Logged: r, α and the pairwise coherence
-(r − 1)/(m − 1) (`.../pairwise`), which unlike r does not grow with m (issue 24). Declared: real −
-random per dataset × architecture, paired by seed (same initial weights), on the pairwise
-coherence at init / `early_epoch` / the end (rule: real higher early); `analyses`: ratios and
-crossings of the pairwise curves (`crossings`).
+One run: `config.arch` (`models.mlp` or `models.conv_net`) trained with SGD + momentum on real or
+100 % random labels, logging losses, accuracies and the exact coherence (r, α, pairwise) of fixed
+train / test samples (m = 0: the whole splits). Declared: real − random per dataset ×
+architecture, paired by seed; `analyses`: ratios and crossings (`crossings`).
+docs/experiments/intro/real_vs_random_arch.md; docs/design.md §7.1.
 """
 
 import time
-
-import numpy as np
 
 from cgh_tf import statistics
 
@@ -25,6 +18,7 @@ from . import curve_stats
 from . import figures as plots
 from . import graph_loop
 from . import models
+from . import per_example_runs
 from . import probes
 from .experiment import Column, Experiment
 
@@ -52,9 +46,7 @@ def samples(config, splits):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     import keras
-    import tensorflow as tf
 
     from cgh_tf import data, optimizers
 
@@ -63,19 +55,17 @@ def _train(config, run_dir, echo):
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=data_seed,
                    max_train=int(config.max_train) or None, max_test=int(config.max_test) or None)
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
-    x_test, y_test = ds.test.x.astype(np.float32), ds.test.y.astype(np.int32)
+    (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     fixed = samples(config, {"train": (x, y), "test": (x_test, y_test)})
     m, batch = len(fixed["train"][0]), int(config.coherence_batch_size)
     keras.utils.set_random_seed(int(config.seed))
-    model = build_model(config, ds.input_shape, ds.num_classes)
-    optimizer = optimizers.build("sgd", float(config.learning_rate),
-                                 momentum=float(config.momentum))
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    run = per_example_runs.build(
+        config, x, y, ds.input_shape, ds.num_classes,
+        model=build_model(config, ds.input_shape, ds.num_classes),
+        optimizer=optimizers.build("sgd", float(config.learning_rate),
+                                   momentum=float(config.momentum)))
+    model, optimizer, loss_fn, train = run.model, run.optimizer, run.loss_fn, run.train_epoch
     n = len(x)
-    train = graph_loop.epoch_trainer(model, optimizer, loss_fn, tf.constant(x), tf.constant(y),
-                                     int(config.batch_size))
     steps_per_epoch = train.batches_per_epoch
     evaluate = probes.streamed_loss_accuracy(model)
     points = graph_loop.log_steps(config.log_epochs, int(config.epochs), steps_per_epoch)
@@ -101,7 +91,8 @@ def _train(config, run_dir, echo):
                "num_params": curve_stats.params(model)}
     return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=n,
                          num_test=len(x_test), num_corrupted=int(ds.train.corrupted.sum()),
-                         steps_per_epoch=steps_per_epoch, layers=probes.layer_names(curves, "coherence/train"))
+                         steps_per_epoch=steps_per_epoch,
+                         layers=probes.layer_names(curves, "coherence/train"))
 
 
 def run_summary(curves, early_epoch):
@@ -162,11 +153,8 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None, archs=None):
-    """Arms "dataset/arch/real|random" (panel "dataset/arch"); every config checked.
-
-    Datasets: `DATASETS[scale]`, or only `overrides["dataset"]`; architectures: `ARCHS`, or only
-    `overrides["arch"]`, or `archs`; config = base ← `SCALES[scale]` ←
-    `DATASET_CHANGES[scale][dataset]` ← `overrides` ← the arm's label_noise and seed."""
+    """Arms "dataset/arch/real|random" (panel "dataset/arch") per dataset
+    (`common.dataset_bases`) and architecture (`overrides["arch"]`, `archs` or `ARCHS`)."""
     from configs import real_vs_random_arch as rr_config
 
     overrides = dict(overrides or {})
@@ -220,7 +208,8 @@ def setting(runs):
                   f"{c['batch_size']}, {c['epochs']} epochs; random labels: 100 % "
                   f"({c['noise_kind']}); m = {m} training examples (the arm's labels; "
                   f"{'the whole set' if not c['coherence_samples'] else 'a fixed sample'}) and "
-                  f"test examples (real labels), the same for every arm; early = epoch {c['early_epoch']:g}. MLP {c['depth']} × {c['width']}; "
+                  "test examples (real labels), the same for every arm; early = epoch "
+                  f"{c['early_epoch']:g}. MLP {c['depth']} × {c['width']}; "
                   f"CNN filters {tuple(c['cnn_filters'])} + dense {c['dense_width']}; ResNet "
                   f"stages {tuple(c['resnet_filters'])} × {c['resnet_blocks']} BN basic "
                   "block(s). Compared: the pairwise coherence (r − 1)/(m − 1).", ""]

@@ -1,27 +1,10 @@
-r"""Does M3 / RM3 / winsorized GD suppress memorisation more as the training set grows?
+"""Does M3 / RM3 / winsorized GD suppress memorisation more as the training set grows?
 
-The papers (arXiv 2003.07422) report that on ImageNet with ResNet-50 SGD fits pristine *and*
-corrupted labels while M3 fits only the pristine ones; at 4,000 examples M3 mostly *delays*
-memorisation. This experiment grows the training set n at fixed label noise (50 %, uniform) and a
-fixed number of epochs, and measures per n how much of the corrupted labels each arm fits.
-
-One run: `memorisation_run.train_memorisation` (an MLP trained by SGD in the update-level graph
-loop; corrupted-example accuracy vs the noisy labels is memorisation).
-Label-pair density (issue 24): the corrupted examples per (true, noisy) label pair at each n
-(`probes.label_pair_density`; uniform noise: ≈ n·p·0.9/90), a column of the table.
-
-| arm         | optimizer / aggregation                                   | matched control |
-|-------------|-----------------------------------------------------------|-----------------|
-| `sgd`       | SGD, batch B                                              | —               |
-| `m3`        | M3(SGD): median of the means of 3 consecutive batches     | `sgd_x3`        |
-| `sgd_x3`    | SGD, batch 3B (M3's examples and number of updates)       | —               |
-| `rm3`       | RM3(SGD): median of the last 3 batch gradients            | `ra3`           |
-| `ra3`       | RA3(SGD): mean of the last 3 (staleness without a median) | —               |
-| `winsorize` | winsorized SGD (per coordinate, per-example gradients clipped at the c-th percentiles) | `sgd` |
-
-Declared: arm − control per n, paired by seed (same init and batch order); rule: a robust arm
-suppresses memorisation (corrupted accuracy lower than its matched control's, 95 % CI);
-`analyses`: suppression against log10 n (`scale_trend`).
+Per training-set size n (50 % uniform noise, fixed epochs) the `ARMS` train through
+`memorisation_run.train_memorisation`; memorisation = corrupted train accuracy vs the noisy
+labels. Declared: arm − matched control per n, paired by seed; rule: a robust arm suppresses
+memorisation; `analyses`: suppression against log10 n (`scale_trend`).
+docs/experiments/intro/scale.md; docs/design.md §7.1.
 """
 
 from cgh_tf import statistics
@@ -97,16 +80,13 @@ def check_arm(config):
 
 
 def _train(config, run_dir, echo):
-    """One run (finished runs and bad configs are handled by `common.resumable`)."""
     return memorisation_run.train_memorisation(config, run_dir, echo)
 
 
 def arms(scale="small", seeds=3, overrides=None, arm_names=None, sizes=None):
-    """Arms `<dataset>/n<size>/<arm>` (panel `<dataset>/n<size>`), every config checked.
-
-    Datasets: `DATASETS[scale]` of the config module, or only `overrides["dataset"]`; sizes:
-    `sizes` / `overrides["sizes"]`, else only `overrides["train_size"]`, else `SIZES[scale][dataset]`;
-    arms: `arm_names` / `overrides["arms"]` (a subset of `ARMS`) or all."""
+    """Arms `<dataset>/n<size>/<arm>` (panel `<dataset>/n<size>`) per dataset
+    (`common.dataset_bases`), size (`sizes` / `overrides["sizes"]`, else `overrides["train_size"]`,
+    else `SIZES[scale][dataset]`) and arm (`arm_names` / `overrides["arms"]`, else `ARMS`)."""
     from configs import scale as scale_config
 
     overrides = dict(overrides or {})

@@ -1,12 +1,6 @@
-r"""The trend analysis of `scale` (its `analyses` hook): memorisation suppression (control − arm
-corrupted train accuracy at the last epoch) against log10 n, a least-squares line over all
-(n, seed) points extrapolated to ImageNet's n, with a computed verdict.
-
-| function                                   | what                                            |
-|--------------------------------------------|-------------------------------------------------|
-| `trend(sizes, values, at)`                 | the fit (slope per decade ± SE, R², prediction at n = at) |
-| `verdict(fit)`                             | "grows / shrinks with n" when |slope| > 2 SE     |
-| `analyses(runs, pairs, target)`            | (markdown lines, JSON) per dataset               |
+"""The trend analysis of `scale` (its `analyses` hook): memorisation suppression (control − arm
+corrupted train accuracy, last epoch) against log10 n, a least-squares line over all (n, seed)
+points extrapolated to ImageNet's n, with a computed verdict.
 """
 
 import math

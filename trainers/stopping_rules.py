@@ -1,22 +1,6 @@
-r"""The stopping rules of `early_stopping` and their verdict: pure functions of a run's logged
-curves, so they are unit-tested on hand-made curves and re-scored from any results.json.
-
-Stopping rules (`RULES`; fixed before any test result was seen; each picks one log point, scored by
-the test accuracy there): `final` (a), `validation` (b: first best noisy-validation accuracy),
-`coherence_drop` (c1: first point where the training sample's m-coherence r_t ≤ `coherence_drop` ·
-max_{s≤t} r_s; uses training inputs and training labels only; if it never fires it picks the last
-point and `coherence_drop_fired` = 0), `coherence_plateau` (c2: first point where r_t ≤ min r +
-`plateau_fraction` · (max r − min r) over the whole run; retrospective, training data only), and
-`oracle` (best test accuracy: an upper bound no rule can beat). Memorisation onset
-(`memorisation_onset`): the first log point after the (first) minimum of the corrupted train
-accuracy at which it is ≥ that minimum + `onset_rise` (uses the corrupted mask: diagnostic only).
-
-| function                                   | what                                              |
-|--------------------------------------------|---------------------------------------------------|
-| `first_best`, `coherence_drop_index`, `plateau_index`, `onset_index` | the picks of the rules   |
-| `stopping_summary(curves, drop, plateau, rise)` | every rule's pick, the onset, the gaps       |
-| `describe(config)`                         | the rules and their parameters, one sentence      |
-| `verdict(results)`                         | computed sentences: does c1 find the onset        |
+"""The stopping rules of `early_stopping` (`RULES`, declared before any test result was seen; each
+picks one log point, scored by the test accuracy there) and their verdict: pure functions of a
+run's curves, re-scored from any results.json. The rules are defined in docs/design.md §7.1.
 """
 
 import math
@@ -146,7 +130,8 @@ def verdict(results):
             g is not None and abs(g) <= max(1.0, 0.25 * o) for g, o in pairs)
         parts.append(f"Where it fired it picked on average {abs(gap):.2f} epochs "
                      f"{'after' if gap > 0 else 'before'} the onset. Within max(1 epoch, 25 % of "
-                     f"the onset epoch) of the onset in every seed: **{'yes' if close else 'no'}**.")
+                     "the onset epoch) of the onset in every seed: "
+                     f"**{'yes' if close else 'no'}**.")
     ranked = sorted((rule for rule in RULES if rule != "oracle" and acc[rule] is not None),
                     key=lambda r: -acc[r])
     if ranked:

@@ -15,14 +15,25 @@ def batches_per_update(plain):
 
 def check_aggregation(config):
     """ValueError (one line) unless `config.aggregation` is one of AGGREGATIONS and
-    `config.winsorize_pct` is a percentage in [0, 50) that is 0 unless winsorizing."""
+    `config.winsorize_pct` is a percentage in [0, 50) that is 0 or unset (None) unless
+    winsorizing; winsorizing needs it spelled out (c = 0 is never a default)."""
+    from cgh_tf import aggregators
+
     common.require_one_of(config, "aggregation", AGGREGATIONS)
     pct = config.winsorize_pct
-    common.require(isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 <= pct < 50,
-                   f"winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
+    if pct is None:
+        aggregators.get(config.aggregation)  # the library's one line for winsorize without c
+        return
+    require_percentage(pct)
     common.require(config.aggregation == "winsorize" or pct == 0,
                    f"winsorize_pct={pct!r} has no effect with aggregation={config.aggregation!r}; "
                    "set aggregation='winsorize' or winsorize_pct=0")
+
+
+def require_percentage(pct):
+    """ValueError (one line) unless `pct` (winsorize_pct) is a number in [0, 50)."""
+    common.require(common.is_number(pct) and 0 <= pct < 50,
+                   f"winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
 
 
 def build(config, per_update, **options):

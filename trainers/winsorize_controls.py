@@ -1,28 +1,13 @@
-r"""Is winsorizing's suppression of memorisation due to coherence, or to two simpler things? (issue 24)
+"""Is winsorizing's suppression of memorisation due to coherence, or to two simpler things?
+(issue 24)
 
-Winsorized SGD (2002.10657) clips, per coordinate, the extreme per-example gradient values of a
-batch. Two alternative explanations of its suppression of memorisation have their own arm, each
-matched to winsorizing at c by a calibration at initialisation (the seed's initial weights, the
-first `calibration_batches` batches of epoch 0, weights held fixed):
-
-| arm           | update                                                             | what it controls for |
-|---------------|--------------------------------------------------------------------|----------------------|
-| `sgd`         | mean gradient, lr η                                                | —                    |
-| `winsorize`   | coordinate-wise winsorized mean, c % per side (`aggregators.Winsorize`) | —               |
-| `clip`        | per-example L2-norm clipping of the share s of each batch's examples with the largest ‖g_i‖ (`aggregators.NormClip(100 s)`), s = the measured share of per-example gradient values winsorizing at c changes (`Winsorize.changed_share`) | down-weighting high-loss (large-gradient) examples |
-| `matched_lr`  | mean gradient, lr η·ρ, ρ = mean ‖winsorized mean‖ / mean ‖mean‖ over the calibration batches | winsorizing's smaller steps |
-| `step_matched`| mean gradient rescaled at every batch to the norm of that batch's winsorized mean (`aggregators.NormMatchedMean`) | the same, without relying on the calibration staying valid as training goes on |
-
-Every arm trains through `memorisation_run.train_memorisation` (one update per batch of 64, the same batches
-per seed) and logs, at every epoch, the pristine and corrupted (vs the noisy labels) training
-accuracy: the memorisation frontier.
-
-Declared before any run. Frontier statistic: the corrupted training accuracy where the pristine
-training accuracy first reaches P = `frontier_pristine` (linear between logged epochs; none if
-never reached), so that an arm that only learns slower is not credited with suppression. Rules
-(`statistics.PairedRule`, paired 95 % CIs over seeds, predicted lower), per c: winsorize vs SGD,
-vs `clip`, vs `matched_lr` and vs `step_matched`. **Attribution** (`analyses`): winsorizing's
-suppression is attributed to coherence only if it beats every control (each rule decided, lower).
+Arms (`ARMS`): SGD, winsorized SGD at c, and controls matched to it by a calibration at
+initialisation (`calibrate`): `clip` (per-example norm clipping of the share winsorizing
+changes), `matched_lr` (SGD at the norm-ratio learning rate) and `step_matched` (every mean
+rescaled to the winsorized mean's norm). Statistic: the corrupted train accuracy where the
+pristine one first reaches `frontier_pristine` (`frontier_point`); winsorizing is attributed to
+coherence only if it beats every control. docs/experiments/intro/winsorize_controls.md;
+docs/design.md §7.1.
 """
 
 import numpy as np
@@ -32,15 +17,15 @@ from cgh_tf import statistics
 from . import beyond_common as common
 from . import config_schema
 from . import memorisation_run
+from . import runner
 from . import scale
-from .experiment import Arm, Column, Experiment
+from . import update_rules
+from .experiment import Column, Experiment
 
 ARMS = {"sgd": "SGD", "winsorize": "winsorized SGD", "clip": "norm clipping, matched share",
         "matched_lr": "SGD, matched lr", "step_matched": "SGD, step norm matched per batch"}
 CONTROLS = ("clip", "matched_lr", "step_matched")
 CALIBRATED = ("clip", "matched_lr")  # the controls matched by the calibration at initialisation
-
-
 
 
 def check_config(config):
@@ -49,8 +34,7 @@ def check_config(config):
     need, is_int = common.require, config_schema.is_int
     common.require_one_of(config, "arm", ARMS)
     pct = config.winsorize_pct
-    need(isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 <= pct < 50,
-         f"winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
+    update_rules.require_percentage(pct)
     need((pct == 0) == (config.arm == "sgd"), f"arm={config.arm!r} with winsorize_pct={pct!r}: "
          "the sgd arm has c = 0, every other arm the c > 0 it is matched to")
     need(is_int(config.calibration_batches, 1)
@@ -73,7 +57,7 @@ def calibrate(model, ds, config):
 
     from . import graph_loop
 
-    x, y = ds.train.x.astype(np.float32), ds.train.y.astype(np.int32)
+    x, y = common.arrays(ds.train)
     winsorize, batch = aggregators.Winsorize(float(config.winsorize_pct)), int(config.batch_size)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     perm = graph_loop.epoch_permutation(config.seed, 0, len(x))
@@ -92,7 +76,8 @@ def calibrate(model, ds, config):
 
 
 def build(config, model, ds):
-    """`memorisation_run.train_memorisation`'s build: the arm's SGD and aggregator, calibrated if a control."""
+    """`memorisation_run.train_memorisation`'s build: the arm's SGD and aggregator, calibrated
+    if a control."""
     from cgh_tf import aggregators, optimizers
 
     rate, aggregator = float(config.learning_rate), None
@@ -118,7 +103,8 @@ def frontier_point(curves, level):
             if i == 0:
                 return {"corrupted_at_pristine": corrupted[0], "epoch_at_pristine": epochs[0]}
             t = (level - pristine[i - 1]) / (p - pristine[i - 1])
-            return {"corrupted_at_pristine": corrupted[i - 1] + t * (corrupted[i] - corrupted[i - 1]),
+            return {"corrupted_at_pristine":
+                    corrupted[i - 1] + t * (corrupted[i] - corrupted[i - 1]),
                     "epoch_at_pristine": epochs[i - 1] + t * (epochs[i] - epochs[i - 1])}
     return {"corrupted_at_pristine": None, "epoch_at_pristine": None}
 
@@ -140,20 +126,15 @@ def arms(scale_name="small", seeds=3, overrides=None):
 
     overrides = dict(overrides or {})
     pcts = tuple(overrides.pop("pcts", wc_config.WINSORIZE_PCTS))
-    for field in ("arm", "winsorize_pct"):
-        common.require(field not in overrides, f"{field} is set by each arm; it cannot be "
-                       "overridden with --set (choose the c values with pcts=...)")
+    common.refuse_overrides(overrides, ("arm", "winsorize_pct"), "set by each arm",
+                            " (choose the c values with pcts=...)")
     ((_, base),) = common.dataset_bases(wc_config, scale_name, overrides, "winsorize_controls")
     plan = [("sgd", 0.0)] + [(arm, float(p)) for p in pcts for arm in ARMS if arm != "sgd"]
-    out = []
-    for arm, pct in plan:
-        config = config_schema.apply_overrides(base, {"arm": arm, "winsorize_pct": pct})
-        check_config(config)
-        label = ARMS[arm] + ("" if arm == "sgd" else f" (c = {pct:g} %)")
-        out += [Arm(_group(arm, pct), label, "SGD" if arm == "sgd" else f"c = {pct:g} %", seed,
-                    config_schema.apply_overrides(config, {"seed": seed}))
-                for seed in range(seeds)]
-    return out
+    return [a for arm, pct in plan for a in common.seeded_arms(
+        _group(arm, pct), ARMS[arm] + ("" if arm == "sgd" else f" (c = {pct:g} %)"),
+        "SGD" if arm == "sgd" else f"c = {pct:g} %",
+        config_schema.apply_overrides(base, {"arm": arm, "winsorize_pct": pct}), seeds,
+        check_config)]
 
 
 def _pcts(arms_):
@@ -182,8 +163,7 @@ def analyses(runs):
         beaten = []
         for control in CONTROLS:
             rule = next(r for r in rules(arms_) if r.control == _group(control, p))
-            values = [{a.seed: r["summary"].get(rule.metric) for a, r in runs if a.group == g}
-                      for g in (rule.arm, rule.control)]
+            values = [runner.per_seed(runs, g, rule.metric) for g in (rule.arm, rule.control)]
             verdict = rule.evaluate(*values)
             beaten.append(verdict.decided and verdict.statistic["mean"] < 0)
         text = ("attributed to coherence: winsorizing beats every control" if all(beaten) else
