@@ -246,8 +246,13 @@ def split_indices(n, fraction, seed):
     """(kept, held out) sorted index arrays of a fixed random split of n examples, round(n ·
     fraction) held out, by the permutation `default_rng([seed, 4])`."""
     perm = np.random.default_rng([int(seed), 4]).permutation(n)
-    held_out = int(round(n * float(fraction)))
+    held_out = held_out_count(n, fraction)
     return np.sort(perm[held_out:]), np.sort(perm[:held_out])
+
+
+def held_out_count(n, fraction):
+    """The number of examples `split_indices` holds out of n: round(n · fraction)."""
+    return int(round(n * float(fraction)))
 
 
 def scaled_config(module, scale, dataset, overrides):

@@ -16,6 +16,7 @@ from cgh_tf import statistics
 
 from . import beyond_common as common
 from . import config_schema
+from . import factories
 from . import graph_loop
 from . import models
 from . import per_example_runs
@@ -51,9 +52,6 @@ def _train(config, run_dir, echo):
     x_all, y_all = common.arrays(ds.train)
     train_idx, val_idx = common.split_indices(len(x_all), config.validation_fraction,
                                               config.data_seed)
-    if len(train_idx) < 2 or len(val_idx) < 1:
-        raise ValueError(f"validation_fraction={config.validation_fraction!r} leaves "
-                         f"{len(train_idx)} training / {len(val_idx)} validation examples")
     x, y, corrupted = x_all[train_idx], y_all[train_idx], ds.train.corrupted[train_idx]
     x_val, y_val = x_all[val_idx], y_all[val_idx]
     y_val_clean = ds.train.original_y[val_idx].astype(np.int32)
@@ -134,6 +132,11 @@ def check_config(config):
     common.require_optional_ints(config, ("max_train", "max_test"), 2)
     common.require_fractions(config, ("validation_fraction", "coherence_drop",
                                       "plateau_fraction", "onset_rise"))
+    n = factories.dataset_sizes(config)[0]
+    held_out = common.held_out_count(n, config.validation_fraction)
+    common.require(n - held_out >= 2 and held_out >= 1,
+                   f"validation_fraction={config.validation_fraction!r} leaves {n - held_out} "
+                   f"training / {held_out} validation examples of {n}; both need ≥ 2 / ≥ 1")
 
 
 def arms(scale="small", seeds=3, overrides=None):
