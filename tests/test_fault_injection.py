@@ -15,6 +15,7 @@ for with a deadline and ended by their own handle. Slow (`-m "not slow"` skips t
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -186,17 +187,43 @@ def test_a_damaged_checkpoint_resumes_to_the_same_results(finished, tmp_path, ca
         assert len(kept) == 2  # both files of the damaged checkpoint kept, never deleted
 
 
-@contextlib.contextmanager
-def _tmpfs(path, size):
-    os.makedirs(path)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"no small tmpfs for a full disk here (mount: {mounted.stderr.strip()})")
-    try:
-        yield str(path)
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], check=True)  # files TF left open
+class _FullDisk:
+    """Writes that fail as on a full disk, switched on by `fill()` and off by `free()`.
+
+    "tmpfs": a 2 MB tmpfs mounted at `path`, filled by a file (ENOSPC); where mounting is refused
+    (no CAP_SYS_ADMIN) the file-size kind stands in, and the test says which ran.
+    "file size": the process's file-size limit set to 0 (RLIMIT_FSIZE; SIGXFSZ ignored meanwhile),
+    so every write to a regular file fails (EFBIG) until `free()` restores the limit.
+    """
+
+    def __init__(self, kind, path):
+        os.makedirs(path)
+        self.path, self.kind, self.filler, self.saved = str(path), kind, None, None
+        if kind == "tmpfs" and subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", self.path],
+                capture_output=True).returncode:
+            self.kind = "file size"
+
+    def fill(self):
+        if self.kind == "tmpfs":
+            self.filler = _fill(self.path)
+        else:
+            self.saved = (signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
+                          resource.getrlimit(resource.RLIMIT_FSIZE))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (0, self.saved[1][1]))
+
+    def free(self):
+        if self.filler:
+            os.remove(self.filler)
+        elif self.saved:
+            resource.setrlimit(resource.RLIMIT_FSIZE, self.saved[1])
+            signal.signal(signal.SIGXFSZ, self.saved[0])
+        self.filler = self.saved = None
+
+    def unmount(self):
+        self.free()
+        if self.kind == "tmpfs":
+            subprocess.run(["umount", "--lazy", self.path], check=True)  # files TF left open
 
 
 def _fill(directory):
@@ -208,19 +235,25 @@ def _fill(directory):
     return path
 
 
+@pytest.mark.parametrize("kind", ["tmpfs", "file size"])
 def test_a_full_disk_during_a_save_is_one_line_and_loses_nothing(finished, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, kind):
     _, expected = finished
     real_save = run_state.RunState.save
-    filled = {}
+    disk = _FullDisk(kind, tmp_path / "disk")
 
     def save_on_a_full_disk(self, epoch, record):
-        if epoch == 2 and not filled:
-            filled["path"] = _fill(os.path.dirname(self.store.directory))
-        return real_save(self, epoch, record)
+        if epoch != 2:
+            return real_save(self, epoch, record)
+        disk.fill()
+        try:
+            return real_save(self, epoch, record)
+        finally:
+            if disk.kind == "file size":
+                disk.free()  # the limit would also stop the test's own files
 
-    with _tmpfs(tmp_path / "disk", "2m") as disk:
-        workdir = os.path.join(disk, "run")
+    try:
+        workdir = os.path.join(disk.path, "run")
         monkeypatch.setattr(run_state.RunState, "save", save_on_a_full_disk)
         with pytest.raises(checkpoints.CheckpointSaveError) as error:
             train.train_and_evaluate(_config(keep_checkpoints=2), workdir, progress=False)
@@ -233,9 +266,12 @@ def test_a_full_disk_during_a_save_is_one_line_and_loses_nothing(finished, tmp_p
         assert not [f for f in os.listdir(directory) if f.startswith(".staging")]
         assert checkpoints.verify(os.path.join(directory, "epoch-1")) is None
         assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))  # released
-        os.remove(filled["path"])  # space freed: the same command resumes
+        disk.free()  # space freed: the same command resumes
+        monkeypatch.setattr(run_state.RunState, "save", real_save)
         train.train_and_evaluate(_config(keep_checkpoints=2), workdir, progress=False)
         assert _bytes(os.path.join(workdir, outputs.RESULTS_FILE)) == expected
+    finally:
+        disk.unmount()
 
 
 # ------------------------------------------------------------- subprocesses: kills, two starts
