@@ -29,12 +29,27 @@ def _builtin_regularizers_take_float64():
     return True
 
 
-@pytest.fixture(autouse=True)
-def float64(float64_keras):
-    """Every test here runs in float64 Keras (see conftest), where the installed Keras can."""
+class InWeightDtype(keras.regularizers.Regularizer):
+    """l1 Σ|w| + l2 Σw² in the weight's dtype, the factors rounded to float32 as Keras' built-ins
+    round them: the built-ins' penalty on Keras versions whose own cannot take float64 weights."""
+
+    def __init__(self, l1=0.0, l2=0.0):
+        self.l1, self.l2 = float(np.float32(l1)), float(np.float32(l2))
+
+    def __call__(self, w):
+        return self.l1 * tf.reduce_sum(tf.abs(w)) + self.l2 * tf.reduce_sum(tf.square(w))
+
+
+def l1l2(l1=0.0, l2=0.0):
+    """Keras' L1 / L2 / L1L2 regulariser, or `InWeightDtype` where those cannot take float64."""
     if not _builtin_regularizers_take_float64():
-        pytest.skip(f"Keras {keras.__version__}'s built-in regularisers cannot take float64 "
-                    "weights (keras.Model.fit fails too); the float64 references need them")
+        return InWeightDtype(l1, l2)
+    if not l2:
+        return keras.regularizers.L1(l1)
+    return keras.regularizers.L2(l2) if not l1 else keras.regularizers.L1L2(l1, l2)
+
+
+pytestmark = pytest.mark.usefixtures("float64_keras")  # every test in float64 Keras (conftest)
 
 
 class Quartic(keras.regularizers.Regularizer):
@@ -53,10 +68,10 @@ def regularized_model(seed=0):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((4,)),
-        keras.layers.Dense(5, "tanh", name="first", kernel_regularizer=keras.regularizers.L2(0.03),
-                           bias_regularizer=keras.regularizers.L1(0.02)),
+        keras.layers.Dense(5, "tanh", name="first", kernel_regularizer=l1l2(l2=0.03),
+                           bias_regularizer=l1l2(l1=0.02)),
         keras.layers.Dense(4, "tanh", name="plain"),
-        keras.layers.Dense(3, name="out", kernel_regularizer=keras.regularizers.L1L2(0.01, 0.02),
+        keras.layers.Dense(3, name="out", kernel_regularizer=l1l2(0.01, 0.02),
                            bias_regularizer=Quartic(0.05)),
     ])
     rng = np.random.default_rng(seed)
@@ -233,12 +248,12 @@ def regularized_trainer(middle, seed=7):
     from cgh_tf import Model  # pylint: disable=import-outside-toplevel
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((4,))
-    h = keras.layers.Dense(5, "tanh", name="first", kernel_regularizer=keras.regularizers.L2(0.03),
-                           bias_regularizer=keras.regularizers.L1(0.02))(inputs)
+    h = keras.layers.Dense(5, "tanh", name="first", kernel_regularizer=l1l2(l2=0.03),
+                           bias_regularizer=l1l2(l1=0.02))(inputs)
     if middle == "dropout":
         h = keras.layers.Dropout(0.5)(h)
     outputs = keras.layers.Dense(3, name="out", bias_regularizer=Quartic(0.05),
-                                 kernel_regularizer=keras.regularizers.L1L2(0.01, 0.02))(h)
+                                 kernel_regularizer=l1l2(0.01, 0.02))(h)
     model = Model(inputs, outputs)
     rng = np.random.default_rng(seed)
     model.set_weights([rng.normal(scale=0.7, size=w.shape) for w in model.get_weights()])
@@ -299,9 +314,6 @@ def test_trainer_metric_under_distribution_equals_the_brute_force_of_the_global_
     assert history["m_coherence"][0] == pytest.approx(s2 / q, rel=1e-6)
 
 
-STRONG_L2 = keras.regularizers.L2(0.5)
-
-
 def test_trainer_metric_under_loss_scaling_translates_by_the_scaled_r():
     """mixed_float16 (LossScaleOptimizer): the shared pass's g_i carry the loss scale, and so must
     r. The metric is within float16's error of the float64 brute force of ℓ_i + R, which is far
@@ -311,7 +323,7 @@ def test_trainer_metric_under_loss_scaling_translates_by_the_scaled_r():
     keras.config.set_dtype_policy("mixed_float16")
     try:  # (the float64 fixture restores floatx and the policy afterwards)
         model = regularized_trainer("none", seed=11)
-        model.get_layer("first").kernel.regularizer = STRONG_L2  # R's share large: a clear test
+        model.get_layer("first").kernel.regularizer = l1l2(l2=0.5)  # R's share large: a clear test
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=scce(), coherence_every=1,
                       coherence_include_regularization=True)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -322,7 +334,7 @@ def test_trainer_metric_under_loss_scaling_translates_by_the_scaled_r():
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
     reference = regularized_trainer("none", seed=11)  # float64, the same initial weights
-    reference.get_layer("first").kernel.regularizer = STRONG_L2
+    reference.get_layer("first").kernel.regularizer = l1l2(l2=0.5)
     reference.compile(loss=scce())
     with_r, _ = brute_force(reference, x, y)
     for layer in reference.layers:
