@@ -247,6 +247,11 @@ def activation(layer, z):
     return layer.activation(z) if getattr(layer, "activation", None) is not None else z
 
 
+def trainable(layer, variable):
+    """True if `variable` exists and takes gradients (the layer and the variable trainable)."""
+    return variable is not None and layer.trainable and variable.trainable
+
+
 def full_precision(t):
     """float16 / bfloat16 tensors as float32 (squared norms of half-precision values overflow)."""
     return tf.cast(t, tf.float32) if t.dtype in (tf.float16, tf.bfloat16) else t

@@ -22,7 +22,7 @@ class DenseRule(base.LayerRule):
     @staticmethod
     def call(layer, inputs, ctx, training=None):
         fan_in, fan_out = layer.kernel.shape
-        materialise = layer.trainable and layer.kernel.trainable and materialised.chosen(
+        materialise = base.trainable(layer, layer.kernel) and materialised.chosen(
             inputs.shape[1:-1].num_elements(), fan_in, fan_out, inputs.shape[0], inputs.dtype)
         z = keras.ops.matmul(inputs, ctx.weight(layer.kernel, tape_sum=not materialise))
         if layer.bias is not None:

@@ -93,10 +93,6 @@ def layer_specs(layer) -> Optional[Specs]:
     return parse(layer.equation, rank)
 
 
-def trainable(layer, variable):
-    return variable is not None and layer.trainable and variable.trainable
-
-
 def _size(letters, sizes):
     return math.prod(sizes[c] for c in letters)
 
@@ -205,7 +201,7 @@ class EinsumDenseRule(base.LayerRule):
     def call(layer, inputs, ctx, training=None):
         positions, fan_in, fan_out, blocks = static_dims(layer_specs(layer), layer.kernel.shape,
                                                          inputs.shape)
-        materialise = trainable(layer, layer.kernel) and materialised.chosen(
+        materialise = base.trainable(layer, layer.kernel) and materialised.chosen(
             positions, fan_in, fan_out, inputs.shape[0], inputs.dtype, blocks)
         z = keras.ops.einsum(layer.equation, inputs,
                              ctx.weight(layer.kernel, tape_sum=not materialise))
@@ -218,15 +214,15 @@ class EinsumDenseRule(base.LayerRule):
     def statistics(layer, calls):
         specs = layer_specs(layer)
         out = {}
-        if trainable(layer, layer.kernel) and any(c["materialise"] for c in calls):
+        if base.trainable(layer, layer.kernel) and any(c["materialise"] for c in calls):
             out[id(layer.kernel)] = materialised.statistic(
                 [per_example_kernel_gradients(c["inputs"], c.output_grads[0], specs) for c in calls],
                 [c["materialise"] for c in calls])
-        elif trainable(layer, layer.kernel):
+        elif base.trainable(layer, layer.kernel):
             problems = [kernel_problem(c["inputs"], c.output_grads[0], specs, layer.kernel.shape)
                         for c in calls]
             out[id(layer.kernel)] = base.Statistic(problems_sq_norms(problems))
-        if trainable(layer, layer.bias):
+        if base.trainable(layer, layer.bias):
             out[id(layer.bias)] = base.Statistic(
                 bias_sq_norms([(c.output_grads[0], specs) for c in calls], layer.bias_axes))
         return out

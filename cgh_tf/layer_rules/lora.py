@@ -108,18 +108,18 @@ class LoraRule(base.LayerRule):
         lora_a, lora_b = (tf.cast(calls[0][name], dtype) for name in ("lora_a", "lora_b"))
         kernel = base_kernel(layer)
         out = {}
-        if ed.trainable(layer, kernel):
+        if base.trainable(layer, kernel):
             out[id(kernel)] = base.Statistic(ed.problems_sq_norms(
                 [ed.kernel_problem(x, b, s, kernel.shape) for x, b, s in zip(xs, bs, specs)]))
         for variable, fold, factor in ((layer.lora_kernel_a, _fold_b, lora_b),
                                        (layer.lora_kernel_b, _fold_a, lora_a)):
-            if ed.trainable(layer, variable):
+            if base.trainable(layer, variable):
                 problems = []
                 for x, b, s in zip(xs, bs, specs):
                     new_specs, transform = fold(s, factor, letter_r)
                     problems.append(ed.kernel_problem(*transform(x, b), new_specs, variable.shape))
                 out[id(variable)] = base.Statistic(scale2 * ed.problems_sq_norms(problems))
-        if ed.trainable(layer, layer.bias):
+        if base.trainable(layer, layer.bias):
             bias_axes = getattr(layer, "bias_axes", None) or specs[0].outputs[-1]
             out[id(layer.bias)] = base.Statistic(ed.bias_sq_norms(list(zip(bs, specs)), bias_axes))
         return out

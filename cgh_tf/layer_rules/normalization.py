@@ -87,7 +87,7 @@ def _compute_dtype(dtype):
 
 def _trainable(layer, variable):
     """`variable` if it exists and takes gradients, else None (no statistic is made for it)."""
-    return variable if variable is not None and layer.trainable and variable.trainable else None
+    return variable if base.trainable(layer, variable) else None
 
 
 class GroupNormRule(base.LayerRule):
