@@ -52,10 +52,14 @@ def _env(**extra):
     return {**kept, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **extra}
 
 
+_SPAWN = threading.Lock()  # held while this process's file-size limit is 0 (`_FullDisk`)
+
+
 def _start(workdir, **env):
-    return subprocess.Popen([sys.executable, "-m", "trainers.train", *FLAGS, f"--workdir={workdir}"],
-                            cwd=REPO, env=_env(**env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    with _SPAWN:  # a child would inherit the limit
+        return subprocess.Popen(
+            [sys.executable, "-m", "trainers.train", *FLAGS, f"--workdir={workdir}"], cwd=REPO,
+            env=_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(process, deadline):
@@ -193,7 +197,8 @@ class _FullDisk:
     "tmpfs": a 2 MB tmpfs mounted at `path`, filled by a file (ENOSPC); where mounting is refused
     (no CAP_SYS_ADMIN) the file-size kind stands in, and the test says which ran.
     "file size": the process's file-size limit set to 0 (RLIMIT_FSIZE; SIGXFSZ ignored meanwhile),
-    so every write to a regular file fails (EFBIG) until `free()` restores the limit.
+    so every write to a regular file fails (EFBIG) until `free()` restores the limit; no
+    subprocess of this module starts meanwhile (`_SPAWN`: it would inherit both).
     """
 
     def __init__(self, kind, path):
@@ -208,6 +213,7 @@ class _FullDisk:
         if self.kind == "tmpfs":
             self.filler = _fill(self.path)
         else:
+            _SPAWN.acquire()
             self.saved = (signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
                           resource.getrlimit(resource.RLIMIT_FSIZE))
             resource.setrlimit(resource.RLIMIT_FSIZE, (0, self.saved[1][1]))
@@ -218,6 +224,7 @@ class _FullDisk:
         elif self.saved:
             resource.setrlimit(resource.RLIMIT_FSIZE, self.saved[1])
             signal.signal(signal.SIGXFSZ, self.saved[0])
+            _SPAWN.release()
         self.filler = self.saved = None
 
     def unmount(self):
