@@ -1,11 +1,11 @@
-r"""Demo (the headline of the package, `make demo`): memorisation of 50 % noisy labels by every
-robust aggregation beside its matched control, the `memorisation` experiment on MNIST-1D.
+r"""Demo (`make demo`): the `memorisation` experiment on MNIST-1D at 50 % label noise, every robust
+aggregation beside its matched control (the arms and why: docs/getting_started.md, "The demo").
 
     python -m trainers.demo --workdir=workdirs/demo
     python -m trainers.demo --workdir=/tmp/demo --arms=sgd,m3 --epochs=10 --fresh
 
-Every arm trains 30 epochs into `WORKDIR/noise50/<arm>/seed0`; a second run reuses finished arms
-(`--fresh` retrains them). The arms and why: docs/getting_started.md, "The demo".
+Every arm trains into `WORKDIR/noise50/<arm>/seed0`; a second run reuses finished arms (`--fresh`
+retrains them).
 """
 
 import os
@@ -96,21 +96,20 @@ def main(argv):
     try:
         arms = parse_arms(FLAGS.arms)
     except ValueError as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from None
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
     try:
         summary = run_demo(FLAGS.workdir, arms, FLAGS.epochs, FLAGS.fresh,
-                           command=reproduce.command_line(sys.argv).replace(
-                               "trainers.reproduce", "trainers.demo"))
+                           command=reproduce.command_line(sys.argv, "trainers.demo"))
     except (ValueError, *train.RUN_ERRORS) as error:  # incl. config_schema.ConfigError
         sys.exit(f"error: {error}")
     print(summary_text(FLAGS.workdir, summary))
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "Directory; each arm trains into WORKDIR/noise50/<arm>/seed0.")
+    flags.DEFINE_string("workdir", None, "Directory; arm X trains into WORKDIR/noise50/X/seed0.")
     flags.DEFINE_string("arms", ",".join(DEFAULT_ARMS), f"Comma-separated arms of {list(ARMS)}.")
     flags.DEFINE_integer("epochs", DEMO_EPOCHS, "Epochs per arm.", lower_bound=1)
     flags.DEFINE_boolean("fresh", False, "Retrain arms that finished in an earlier run.")
