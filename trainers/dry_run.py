@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from cgh_tf import quiet
-from trainers import config_schema, hparams_board, outputs
+from trainers import config_schema, hparams_board, outputs, runner
 
 TIMED_STEPS = 3
 SLOW_WARMUP_SECONDS = 20.0  # a warm-up slower than this times 1 cycle instead of TIMED_STEPS
@@ -218,6 +218,11 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def lines(arms, workdir: str | None, published: str | None = None) -> list:
-    """What a dry run prints after its first line: `describe`, then the estimate."""
-    return describe(arms) + [estimate(arms, workdir, published=published).source]
+def report(name, arms, workdir: str, at_published_setting: bool, echo=print) -> None:
+    """The dry run of experiment `name`'s planned `arms`: write `WORKDIR/plan.json`, echo the
+    count, `describe` and the estimate (the published run's seconds only `at_published_setting`:
+    default scale, no `--set`)."""
+    echo(f"{len(arms)} arms validated; configs in {runner.write_plan(name, arms, workdir)}")
+    published = published_path(name) if at_published_setting else None
+    for line in describe(arms) + [estimate(arms, workdir, published).source]:
+        echo(line)

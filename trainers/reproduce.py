@@ -14,10 +14,7 @@ import sys
 
 from absl import app, flags
 
-from . import catalog
-from .dry_run import lines as dry_run_lines, published_path
-from . import runner
-from . import train
+from . import catalog, dry_run as planning, runner, train
 
 
 def parse_overrides(items) -> dict:
@@ -63,12 +60,7 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
     overrides = parse_overrides(set_items)
     arms, experiment = catalog.plan(name, scale, seeds, overrides)
     if dry_run:
-        echo(f"{len(arms)} arms validated; configs in {runner.write_plan(name, arms, workdir)}")
-        published = (published_path(name) if scale == "small" and not overrides
-                     else None)   # the published run's setting: default scale, no --set
-        for line in dry_run_lines(arms, workdir, published):
-            echo(line)
-        return None
+        return planning.report(name, arms, workdir, scale == "small" and not overrides, echo)
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()

@@ -9,8 +9,7 @@ import time
 from cgh_tf import statistics, workdir_lock
 from cgh_tf.atomic_files import atomic_open
 
-from . import hparams_board
-from . import outputs
+from . import hparams_board, outputs
 
 PLAN_FILE = "plan.json"
 TIMINGS_FILE = outputs.TIMINGS_FILE
