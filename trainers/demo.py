@@ -19,8 +19,7 @@ from trainers import hparams_board, memorisation, outputs, reproduce, run_state,
 
 WINSORIZED = "winsorized"  # winsorized SGD (c = WINSORIZE_PCT); its matched control is `sgd`
 WINSORIZE_PCT = 2.0  # at batch 64: one example clipped on each side, per coordinate
-ARMS = {**{name: label for name, (label, _, _) in memorisation.METHODS.items()},
-        WINSORIZED: f"winsorized SGD, c={WINSORIZE_PCT:g}%"}
+ARMS = (*memorisation.METHODS, WINSORIZED)
 # Every robust arm with its matched control: M3 / SGD batch x3 (same examples per update, same
 # updates), RM3 / RA3 (same staleness, mean instead of median), winsorized / SGD (same batches).
 DEFAULT_ARMS = ("sgd", WINSORIZED, "m3", "sgd_x3", "rm3", "ra3")

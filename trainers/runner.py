@@ -72,10 +72,8 @@ def describe(experiment, summary):
                                        else format(summary[c.key], c.fmt)) for c in shown)
 
 
-# ---------------------------------------------------------------------------- the report
-
 def per_seed(runs, group, key):
-    """{seed: summary[key]} of the runs of `group`."""
+    """{seed: summary[key]} of the runs of `group` (the report's input from here on)."""
     return {arm.seed: result["summary"].get(key) for arm, result in runs if arm.group == group}
 
 
@@ -175,9 +173,7 @@ def markdown(experiment, summary, command, setting_lines, analysis_lines):
 
 def write_report(experiment, runs, workdir, command, seconds):
     """Write results.json, results.md, the figures, timings.json and the HParams sessions."""
-    summary = tabulate(experiment, runs)
-    summary["command"] = command
-    summary["seconds"] = seconds
+    summary = {**tabulate(experiment, runs), "command": command, "seconds": seconds}
     analysis_lines, summary["analyses"] = (experiment.analyses(runs) if experiment.analyses
                                            else ([], {}))
     summary["figures"] = experiment.figures(workdir, runs) if experiment.figures else []
