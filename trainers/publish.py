@@ -124,9 +124,8 @@ def analysis_verdicts(analyses):
         return [found for key, value in analyses.items()
                 for found in ([value] if key == "verdict" and isinstance(value, str)
                               else analysis_verdicts(value))]
-    if isinstance(analyses, list):
-        return [found for value in analyses for found in analysis_verdicts(value)]
-    return []
+    values = analyses if isinstance(analyses, list) else []
+    return [found for value in values for found in analysis_verdicts(value)]
 
 
 def readme_block(root):
