@@ -31,11 +31,6 @@ NOT_RERUN = "not yet rerun through the declared rules"
 RUN_FILES = ("results.json", "results.md")
 
 
-def experiments():
-    """The experiments, in catalog order."""
-    return list(catalog.NAMES)
-
-
 def _read(*path):
     with open(os.path.join(*path), encoding="utf-8") as f:
         return f.read()
@@ -132,7 +127,7 @@ def readme_block(root):
     """The README's table between the markers (markers included)."""
     rows = [README_BEGIN, "", "| NAME | claim tested | verdict (rules declared before the run; "
             "difference [95 % CI]) | page |", "|---|---|---|---|"]
-    for name in experiments():
+    for name in catalog.NAMES:
         _, _, claim, earlier = intro(root, name)
         summary = published(root, name)
         cell = (verdict_cell(summary) if summary else
@@ -143,7 +138,7 @@ def readme_block(root):
 
 def nav_block(root):
     """The mkdocs.yml lines of the experiment pages between the markers (markers included)."""
-    titles = [(intro(root, name)[1].replace('"', "'"), name) for name in experiments()]
+    titles = [(intro(root, name)[1].replace('"', "'"), name) for name in catalog.NAMES]
     return "\n".join([NAV_BEGIN] + [f'      - "{title}": experiments/{name}.md'
                                     for title, name in titles] + [NAV_END])
 
@@ -162,7 +157,7 @@ def render(root):
     """{path relative to root: text} of every generated file, and the figure copies
     [(source, destination)]; reads only, writes nothing."""
     outputs, copies = {}, []
-    for name in experiments():
+    for name in catalog.NAMES:
         outputs[os.path.join("docs", "experiments", f"{name}.md")], figures = page(root, name)
         copies += figures
     outputs["README.md"] = replace_block(root, "README.md", README_BEGIN, README_END,
@@ -205,9 +200,9 @@ def main(argv):
         for item in flags.FLAGS.collect:
             name, sep, workdir = item.partition("=")
             experiment, _, setting = name.partition("/")
-            if not sep or experiment not in experiments() or "/" in setting:
+            if not sep or experiment not in catalog.NAMES or "/" in setting:
                 raise ValueError(f"--collect={item!r} must be NAME[/SETTING]=WORKDIR with NAME "
-                                 f"one of {', '.join(experiments())}")
+                                 f"one of {', '.join(catalog.NAMES)}")
             collect(flags.FLAGS.root, name, workdir)
         for path in publish(flags.FLAGS.root):
             print(path)
