@@ -12,9 +12,10 @@ import time
 
 import numpy as np
 
-from cgh_tf import quiet
-from trainers import config_schema, hparams_board, outputs, runner
+from cgh_tf import quiet, workdir_lock
+from trainers import config_schema, hparams_board, outputs
 
+PLAN_FILE = "plan.json"
 TIMED_STEPS = 3
 SLOW_WARMUP_SECONDS = 20.0  # a warm-up slower than this times 1 cycle instead of TIMED_STEPS
 MAX_TIMED_INPUT_VALUES = 1 << 22  # larger batches are timed at a fraction, scaled linearly
@@ -219,10 +220,15 @@ def _duration(seconds: float) -> str:
 
 
 def report(name, arms, workdir: str, at_published_setting: bool, echo=print) -> None:
-    """The dry run of experiment `name`'s planned `arms`: write `WORKDIR/plan.json`, echo the
-    count, `describe` and the estimate (the published run's seconds only `at_published_setting`:
-    default scale, no `--set`)."""
-    echo(f"{len(arms)} arms validated; configs in {runner.write_plan(name, arms, workdir)}")
+    """The dry run of experiment `name`'s planned `arms`: write every arm's config to
+    `WORKDIR/plan.json` (under the workdir's lock), echo the count, `describe` and the estimate
+    (the published run's seconds only `at_published_setting`: default scale, no `--set`)."""
+    path = os.path.join(workdir, PLAN_FILE)
+    with workdir_lock.hold(workdir, f"dry run of {name}"):
+        outputs.write_json(path, {"experiment": name, "arms": {arm.path: {
+            "label": arm.label, "panel": arm.panel,
+            "config": outputs.json_roundtrip(arm.config.to_dict())} for arm in arms}})
+    echo(f"{len(arms)} arms validated; configs in {path}")
     published = published_path(name) if at_published_setting else None
     for line in describe(arms) + [estimate(arms, workdir, published).source]:
         echo(line)

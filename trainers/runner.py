@@ -1,4 +1,4 @@
-"""The one runner of declared experiments (`experiment.Experiment`): plan, dry run, run, report.
+"""The one runner of declared experiments (`experiment.Experiment`): plan, run, report.
 
 Files, the results.json schema and the locks: docs/design.md §7.0, "The runner's files".
 """
@@ -11,7 +11,6 @@ from cgh_tf.atomic_files import atomic_open
 
 from . import hparams_board, outputs
 
-PLAN_FILE = "plan.json"
 TIMINGS_FILE = outputs.TIMINGS_FILE
 RESULTS_MD = "results.md"
 
@@ -34,16 +33,6 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
                 raise ValueError(f"{experiment.name}: rule {rule.name!r} names group {group!r}, "
                                  "which is not planned")
     return arms
-
-
-def write_plan(name, arms, workdir):
-    """Write every arm's config to `WORKDIR/plan.json` (nothing trained); returns its path."""
-    entries = {arm.path: {"label": arm.label, "panel": arm.panel,
-                          "config": outputs.json_roundtrip(arm.config.to_dict())} for arm in arms}
-    path = os.path.join(workdir, PLAN_FILE)
-    with workdir_lock.hold(workdir, f"dry run of {name}"):
-        outputs.write_json(path, {"experiment": name, "arms": entries})
-    return path
 
 
 def run(experiment, arms, workdir, command="", echo=print, progress=False):
