@@ -49,14 +49,14 @@ def fake_timer(monkeypatch):
 def test_dry_run_plans_every_arm_and_trains_nothing(name, tmp_path, no_training, fake_timer):
     lines = []
     assert reproduce.reproduce(name, str(tmp_path), dry_run=True, echo=lines.append) is None
-    assert os.listdir(tmp_path) == [runner.PLAN_FILE]
-    plan = json.loads((tmp_path / runner.PLAN_FILE).read_text())
+    assert os.listdir(tmp_path) == [dry_run.PLAN_FILE]
+    plan = json.loads((tmp_path / dry_run.PLAN_FILE).read_text())
     assert plan["experiment"] == name
     seeds = {int(path.rsplit("seed", 1)[1]) for path in plan["arms"]}
     assert seeds == set(range(max(3, len(seeds))))   # default: at least 3 seeds
     groups = {path.rsplit("/", 1)[0] for path in plan["arms"]}
     assert lines[0] == (f"{len(plan['arms'])} arms validated; configs in "
-                        f"{tmp_path / runner.PLAN_FILE}")
+                        f"{tmp_path / dry_run.PLAN_FILE}")
     assert lines[1].startswith(f"{len(plan['arms'])} arms: {len(groups)} "
                                f"group{'s' * (len(groups) > 1)} × {len(seeds)} seeds")
     assert lines[-2].startswith("  groups: ")
@@ -94,7 +94,7 @@ def test_dry_run_takes_seeds_and_set_like_a_run_and_rejects_bad_ones(name, tmp_p
     field = {"memorisation": "num_epochs", "grokking": "steps"}.get(name, "epochs")
     reproduce.reproduce(name, str(tmp_path), seeds=1, set_items=[f"{field}=2"], dry_run=True,
                         echo=None or (lambda line: None))
-    plan = json.loads((tmp_path / runner.PLAN_FILE).read_text())
+    plan = json.loads((tmp_path / dry_run.PLAN_FILE).read_text())
     assert all(path.endswith("seed0") for path in plan["arms"])
     assert all(arm["config"][field] == 2 for arm in plan["arms"].values())
     with pytest.raises(ValueError, match="seeds=0 must be a positive int"):
@@ -115,7 +115,7 @@ def test_cli_dry_run_of_scale_trains_nothing(tmp_path):
     assert last.startswith("estimated time: ")
     assert ("published run" in last if os.path.exists(dry_run.published_path("scale"))
             else last.startswith("estimated time: unknown (no earlier"))
-    assert os.listdir(tmp_path) == [runner.PLAN_FILE]
+    assert os.listdir(tmp_path) == [dry_run.PLAN_FILE]
 
 
 def _arm(config, group="run", seed=0):
@@ -165,7 +165,7 @@ def test_real_timing_of_a_sweep_writes_only_the_plan(tmp_path, no_training):
     lines = []
     reproduce.reproduce("real_vs_random", str(tmp_path), seeds=1, set_items=["num_epochs=2"],
                         dry_run=True, echo=lines.append)
-    assert os.listdir(tmp_path) == [runner.PLAN_FILE]
+    assert os.listdir(tmp_path) == [dry_run.PLAN_FILE]
     assert lines[-1].startswith("estimated time: ")
     assert "2 arms from training steps timed in memory for each of 1 model/optimizer shape" \
         in lines[-1]

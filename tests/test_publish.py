@@ -25,7 +25,7 @@ def test_committed_pages_readme_and_nav_are_what_the_results_give():
             if a.read() != b.read():
                 stale.append(os.path.relpath(destination, REPO))
     assert stale == [], "run `python -m trainers.publish` and commit the result"
-    for name in publish.experiments():  # every declared experiment has a row and a page
+    for name in publish.catalog.NAMES:  # every declared experiment has a row and a page
         assert f"| `{name}` |" in outputs["README.md"]
         assert f"experiments/{name}.md" in outputs["mkdocs.yml"]
 
@@ -59,7 +59,7 @@ def _toy_repo(root):
 
 
 def test_publish_writes_pages_rows_nav_and_figures(tmp_path, monkeypatch):
-    monkeypatch.setattr(publish, "experiments", lambda: ["toy", "old"])
+    monkeypatch.setattr(publish.catalog, "NAMES", ("toy", "old"))
     verdict = _toy_repo(tmp_path)
     publish.publish(str(tmp_path))
     toy = (tmp_path / "docs" / "experiments" / "toy.md").read_text()
@@ -84,7 +84,7 @@ def test_publish_writes_pages_rows_nav_and_figures(tmp_path, monkeypatch):
 
 
 def test_publish_refuses_missing_inputs_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(publish, "experiments", lambda: ["toy", "old"])
+    monkeypatch.setattr(publish.catalog, "NAMES", ("toy", "old"))
     _toy_repo(tmp_path)
     (tmp_path / "docs" / "experiments" / "intro" / "old.md").write_text("# Old\n\nno claim\n")
     with pytest.raises(ValueError, match=r"intro/old.md must start with '# <title>' and hold"):
@@ -92,7 +92,7 @@ def test_publish_refuses_missing_inputs_in_one_line(tmp_path, monkeypatch):
     (tmp_path / "docs" / "experiments" / "intro" / "old.md").unlink()
     with pytest.raises(ValueError, match=r"intro/old.md does not exist"):
         publish.render(str(tmp_path))
-    monkeypatch.setattr(publish, "experiments", lambda: ["toy"])
+    monkeypatch.setattr(publish.catalog, "NAMES", ("toy",))
     (tmp_path / "README.md").write_text("# R without markers\n")
     with pytest.raises(ValueError, match="README.md has no generated block"):
         publish.render(str(tmp_path))
@@ -100,7 +100,7 @@ def test_publish_refuses_missing_inputs_in_one_line(tmp_path, monkeypatch):
 
 
 def test_collect_copies_a_runs_results_and_figures(tmp_path, monkeypatch):
-    monkeypatch.setattr(publish, "experiments", lambda: ["toy"])
+    monkeypatch.setattr(publish.catalog, "NAMES", ("toy",))
     _toy_repo(tmp_path)
     workdir = tmp_path / "w"
     workdir.mkdir()
@@ -118,7 +118,7 @@ def test_collect_copies_a_runs_results_and_figures(tmp_path, monkeypatch):
 def test_a_run_at_another_setting_gets_its_own_section_and_survives_collect(tmp_path, monkeypatch):
     """`results/<name>/<setting>/` (e.g. real_vs_random_arch/mnist5k) is rendered after the
     default run, figures linked and copied; collecting the default run keeps it."""
-    monkeypatch.setattr(publish, "experiments", lambda: ["toy"])
+    monkeypatch.setattr(publish.catalog, "NAMES", ("toy",))
     verdict = _toy_repo(tmp_path)
     setting = tmp_path / "results" / "toy" / "big"
     setting.mkdir()

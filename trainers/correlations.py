@@ -7,8 +7,6 @@ import math
 
 from cgh_tf import rank_correlation, statistics
 
-HEADER = ["| rule | sweep | verdict | Spearman ρ |", "|---|---|---|---|"]
-
 
 def group_means(runs, keys, keep):
     """{key: [mean over the seeds of each group]} over the (Arm, result) `runs` whose arm
@@ -29,18 +27,6 @@ def spearman(x, y):
     return None if math.isnan(rho) else rho
 
 
-def evaluate(rules, means):
-    """[(rule, its Verdict on (means[rule.x], means[rule.y]), Spearman ρ of the same points)]."""
-    return [(rule, rule.evaluate(means[rule.x], means[rule.y]),
-             spearman(means[rule.x], means[rule.y])) for rule in rules]
-
-
-def table_lines(rows, label):
-    """Markdown rows of `evaluate`'s result, the column "sweep" = `label`."""
-    return [f"| {rule.name} | {label} | {verdict.text} | "
-            f"{'n/a' if rho is None else f'{rho:+.2f}'} |" for rule, verdict, rho in rows]
-
-
 def per_panel(runs, rules, subsets, keep, title):
     """Per panel of the runs and per named subset {name: arm -> bool} of its kept arms (`keep`),
     the `rules` evaluated across groups: (markdown lines, {panel: {"<subset>/<rule>": statistic
@@ -50,13 +36,16 @@ def per_panel(runs, rules, subsets, keep, title):
     for panel in dict.fromkeys(a.panel for a, _ in runs):
         lines += [title(panel), "", "One point per arm group (mean over its seeds). Rules "
                   "declared before the runs: an effect if the 95 % Fisher-z CI of Pearson r "
-                  "excludes 0.", "", *HEADER]
+                  "excludes 0.", "", "| rule | sweep | verdict | Spearman ρ |",
+                  "|---|---|---|---|"]
         out[panel] = {}
         for name, subset in subsets.items():
-            rows = evaluate(rules, group_means(
-                runs, keys, lambda a: a.panel == panel and keep(a) and subset(a)))
-            out[panel].update({f"{name}/{rule.name}": {**verdict.statistic, "spearman": rho}
-                               for rule, verdict, rho in rows})
-            lines += table_lines(rows, name)
+            means = group_means(runs, keys, lambda a: a.panel == panel and keep(a) and subset(a))
+            for rule in rules:
+                verdict = rule.evaluate(means[rule.x], means[rule.y])
+                rho = spearman(means[rule.x], means[rule.y])
+                out[panel][f"{name}/{rule.name}"] = {**verdict.statistic, "spearman": rho}
+                lines.append(f"| {rule.name} | {name} | {verdict.text} | "
+                             f"{'n/a' if rho is None else f'{rho:+.2f}'} |")
         lines.append("")
     return lines, out

@@ -18,13 +18,10 @@ def last_values(curves):
 def best_index(values, highest=True):
     """Index of the first largest (`highest`) or smallest value, None / NaN skipped; None if there
     is no value."""
-    best = None
-    for i, v in enumerate(values):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        if best is None or (v > values[best] if highest else v < values[best]):
-            best = i
-    return best
+    # the largest (±value, −index): the best value, at its first index
+    found = [(v if highest else -v, -i) for i, v in enumerate(values)
+             if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return -max(found)[1] if found else None
 
 
 def best_at(curves, key, highest=True, x="epoch"):

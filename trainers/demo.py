@@ -1,11 +1,11 @@
-r"""Demo (the headline of the package, `make demo`): memorisation of 50 % noisy labels by every
-robust aggregation beside its matched control, the `memorisation` experiment on MNIST-1D.
+r"""Demo (`make demo`): the `memorisation` experiment on MNIST-1D at 50 % label noise, every robust
+aggregation beside its matched control (the arms and why: docs/getting_started.md, "The demo").
 
     python -m trainers.demo --workdir=workdirs/demo
     python -m trainers.demo --workdir=/tmp/demo --arms=sgd,m3 --epochs=10 --fresh
 
-Every arm trains 30 epochs into `WORKDIR/noise50/<arm>/seed0`; a second run reuses finished arms
-(`--fresh` retrains them). The arms and why: docs/getting_started.md, "The demo".
+Every arm trains into `WORKDIR/noise50/<arm>/seed0`; a second run reuses finished arms (`--fresh`
+retrains them).
 """
 
 import os
@@ -19,8 +19,7 @@ from trainers import hparams_board, memorisation, outputs, reproduce, run_state,
 
 WINSORIZED = "winsorized"  # winsorized SGD (c = WINSORIZE_PCT); its matched control is `sgd`
 WINSORIZE_PCT = 2.0  # at batch 64: one example clipped on each side, per coordinate
-ARMS = {**{name: label for name, (label, _, _) in memorisation.METHODS.items()},
-        WINSORIZED: f"winsorized SGD, c={WINSORIZE_PCT:g}%"}
+ARMS = (*memorisation.METHODS, WINSORIZED)
 # Every robust arm with its matched control: M3 / SGD batch x3 (same examples per update, same
 # updates), RM3 / RA3 (same staleness, mean instead of median), winsorized / SGD (same batches).
 DEFAULT_ARMS = ("sgd", WINSORIZED, "m3", "sgd_x3", "rm3", "ra3")
@@ -96,21 +95,20 @@ def main(argv):
     try:
         arms = parse_arms(FLAGS.arms)
     except ValueError as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from None
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
     try:
         summary = run_demo(FLAGS.workdir, arms, FLAGS.epochs, FLAGS.fresh,
-                           command=reproduce.command_line(sys.argv).replace(
-                               "trainers.reproduce", "trainers.demo"))
+                           command=reproduce.command_line(sys.argv, "trainers.demo"))
     except (ValueError, *train.RUN_ERRORS) as error:  # incl. config_schema.ConfigError
         sys.exit(f"error: {error}")
     print(summary_text(FLAGS.workdir, summary))
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "Directory; each arm trains into WORKDIR/noise50/<arm>/seed0.")
+    flags.DEFINE_string("workdir", None, "Directory; arm X trains into WORKDIR/noise50/X/seed0.")
     flags.DEFINE_string("arms", ",".join(DEFAULT_ARMS), f"Comma-separated arms of {list(ARMS)}.")
     flags.DEFINE_integer("epochs", DEMO_EPOCHS, "Epochs per arm.", lower_bound=1)
     flags.DEFINE_boolean("fresh", False, "Retrain arms that finished in an earlier run.")

@@ -1,13 +1,9 @@
-"""What `--dry_run` prints: the arms (as their grid) and an estimated wall-clock time, per arm
-from the first source that has it: an earlier run's `WORKDIR/timings.json` (per group, shared by
-its seeds); for a trainer config, training steps timed in memory once per cost shape
-(`COST_FIELDS`) × the run's batches; the published run's training seconds per group
-(`results/<name>/results.json`, only at its setting: default scale, no `--set`); else unknown.
-Nothing is written, nothing is trained (the timed steps update a throw-away model).
+"""What `--dry_run` prints: the arms (as their grid) and an estimated wall-clock time, per arm from
+the first source that has it (docs/design.md §7.0, "the dry run"); nothing is written, nothing is
+trained (the timed steps update a throw-away model).
 """
 
 import collections
-import dataclasses
 import json
 import logging
 import math
@@ -16,11 +12,10 @@ import time
 
 import numpy as np
 
-from cgh_tf import quiet
-from trainers import config_schema
-from trainers import hparams_board
-from trainers import outputs
+from cgh_tf import quiet, workdir_lock
+from trainers import config_schema, hparams_board, outputs
 
+PLAN_FILE = "plan.json"
 TIMED_STEPS = 3
 SLOW_WARMUP_SECONDS = 20.0  # a warm-up slower than this times 1 cycle instead of TIMED_STEPS
 MAX_TIMED_INPUT_VALUES = 1 << 22  # larger batches are timed at a fraction, scaled linearly
@@ -31,12 +26,8 @@ COST_FIELDS = ("dataset", "model", "optimizer.name", "optimizer.groups", "optimi
                "coherence.per_layer", "coherence.training")
 
 
-@dataclasses.dataclass(frozen=True)
-class Estimate:
-    """seconds: total of the planned arms, None when some arm has no source. source: one line."""
-
-    seconds: float | None
-    source: str
+# seconds: total of the planned arms, None when some arm has no source; source: one line
+Estimate = collections.namedtuple("Estimate", "seconds source")
 
 
 def grid(configs) -> dict:
@@ -45,13 +36,10 @@ def grid(configs) -> dict:
     flats = [{field: str(value) for field, value
               in hparams_board.flatten(outputs.json_roundtrip(c.to_dict())).items()}
              for c in configs]
-    fields = sorted(set().union(*flats)) if flats else []
-    varying = {}
-    for field in fields:
-        values = {flat.get(field, "(absent)") for flat in flats}
-        if len(values) > 1 and field != "seed":
-            varying[field] = sorted(values, key=_value_order)
-    return varying
+    values = {field: {flat.get(field, "(absent)") for flat in flats}
+              for field in sorted(set().union(*flats)) if field != "seed"}
+    return {field: sorted(found, key=_value_order) for field, found in values.items()
+            if len(found) > 1}
 
 
 def _value_order(text: str) -> tuple:
@@ -69,11 +57,9 @@ def describe(arms) -> list:
     seeds = sorted({arm.seed for arm in arms})
     lines = [f"{_count(len(arms), 'arm')}: {_count(len(groups), 'group')} × "
              f"{_count(len(seeds), 'seed')} ({', '.join(map(str, seeds))})"]
-    varying = grid([arm.config for arm in arms])
-    if varying:
-        lines += [f"  {field}: {', '.join(values)}" for field, values in varying.items()]
-    lines.append("  groups: " + ", ".join(groups))
-    return lines
+    lines += [f"  {field}: {', '.join(values)}"
+              for field, values in grid([arm.config for arm in arms]).items()]
+    return lines + ["  groups: " + ", ".join(groups)]
 
 
 def published_path(name: str) -> str:
@@ -185,11 +171,10 @@ def measured_seconds(config, timing: dict) -> float:
         steps * timing["step"] + evaluations * timing["eval"])
 
 
-def estimate(arms, workdir: str | None, timer=None, published: str | None = None) -> Estimate:
+def estimate(arms, workdir: str | None, published: str | None = None) -> Estimate:
     """The estimated seconds of running `arms` into `workdir` (None: no earlier timings) and
-    their source; timer: `time_updates` (None: this module's); published: the results.json of a
-    published run of the same setting (None: not used)."""
-    timer = timer or time_updates
+    their source; published: the results.json of a published run of the same setting (None: not
+    used)."""
     earlier = (_recorded_seconds(arms, os.path.join(workdir, "timings.json"), False)
                if workdir else {})
     reference = _recorded_seconds(arms, published, True) if published else {}
@@ -200,7 +185,7 @@ def estimate(arms, workdir: str | None, timer=None, published: str | None = None
         elif _is_trainer_config(arm.config):
             key = _cost_key(arm.config)
             if key not in timings:
-                timings[key] = timer(arm.config)
+                timings[key] = time_updates(arm.config)
             seconds += measured_seconds(arm.config, timings[key])
             measured += 1
         elif arm.path in reference:
@@ -234,6 +219,16 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def lines(arms, workdir: str | None, published: str | None = None) -> list:
-    """What a dry run prints after its first line: `describe`, then the estimate."""
-    return describe(arms) + [estimate(arms, workdir, published=published).source]
+def report(name, arms, workdir: str, at_published_setting: bool, echo=print) -> None:
+    """The dry run of experiment `name`'s planned `arms`: write every arm's config to
+    `WORKDIR/plan.json` (under the workdir's lock), echo the count, `describe` and the estimate
+    (the published run's seconds only `at_published_setting`: default scale, no `--set`)."""
+    path = os.path.join(workdir, PLAN_FILE)
+    with workdir_lock.hold(workdir, f"dry run of {name}"):
+        outputs.write_json(path, {"experiment": name, "arms": {arm.path: {
+            "label": arm.label, "panel": arm.panel,
+            "config": outputs.json_roundtrip(arm.config.to_dict())} for arm in arms}})
+    echo(f"{len(arms)} arms validated; configs in {path}")
+    published = published_path(name) if at_published_setting else None
+    for line in describe(arms) + [estimate(arms, workdir, published).source]:
+        echo(line)

@@ -1,5 +1,5 @@
-"""The declaration of an experiment: what to run and report, not how (`runner.py` runs it;
-docs/design.md §7.0 shows a complete one)."""
+"""The declaration of an experiment: what to run and report, not how (`runner.py` runs it; the
+fields and a complete example: docs/design.md §7.0)."""
 
 import dataclasses
 from typing import Callable
@@ -9,12 +9,8 @@ import ml_collections
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """One run: `config` trained into `WORKDIR/<group>/seed<seed>`.
-
-    group: arm name shared by its seeds (a relative path, e.g. "noise50/m3"), aggregated over
-    them; label: legend / table name; panel: figure row / table section; linestyle: matplotlib
-    style; tags: the axes the arm lies on, for analyses and figures (not in the config).
-    """
+    """One run: `config` trained into `WORKDIR/<group>/seed<seed>`; the seeds of a group are
+    aggregated; `tags`: the axes the arm lies on (for analyses and figures, not in the config)."""
 
     group: str
     label: str
@@ -41,17 +37,7 @@ class Column:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """An experiment as a declaration (`runs` = [(Arm, result dict)] in plan order).
-
-    arms(scale, seeds, overrides) -> [Arm], every config checked (one-line ValueError);
-    run_arm(config, run_dir, echo) -> the run's results.json dict (with a `summary`): train,
-    resume or read one run; loop: "graph" (`graph_loop.py`) or "fit" (Keras `fit`);
-    columns: the table; comparisons: (arm group, control group) pairs differenced paired by seed
-    on every column (or on the `compared` keys); contrasts: (column, control column) pairs within
-    every arm; rules: `cgh_tf.statistics` rules on groups (comparisons and rules may be functions
-    of the planned arms); figures(workdir, runs) -> [file names]; analyses(runs) -> (markdown
-    lines, JSON dict); setting(runs) -> markdown lines; progress: column keys of the arm's line.
-    """
+    """An experiment as a declaration; what each field means: docs/design.md §7.0."""
 
     name: str
     title: str

@@ -37,6 +37,14 @@ def mean_band(points):
     return np.array(mean), np.array(low), np.array(high)
 
 
+def _band(ax, xs, points, alpha=0.2, color=None, **line):
+    """The mean over seeds of `points` (per x, its values) as a line, its CI as a band."""
+    colored = {} if color is None else {"color": color}
+    mean, low, high = mean_band(points)
+    ax.plot(xs, mean, **colored, **line)
+    ax.fill_between(xs, low, high, alpha=alpha, **colored)
+
+
 def per_dataset(runs):
     """[(dataset, [(Arm, result)] of that dataset)] by `arm.config.dataset`, in plan order."""
     out = {}
@@ -78,11 +86,9 @@ def summary_vs_axis(workdir, name, runs, keys, axis, x_label, title, log_x=None,
     fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.0), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys):
         for line, members in lines.items():
-            xs = [results[0]["config"][axis] for _, results in members]
-            mean, low, high = mean_band([[r["summary"].get(key) for r in results]
-                                         for _, results in members])
-            ax.plot(xs, mean, "o-", ms=3, label=line)
-            ax.fill_between(xs, low, high, alpha=0.2)
+            _band(ax, [results[0]["config"][axis] for _, results in members],
+                  [[r["summary"].get(key) for r in results] for _, results in members],
+                  marker="o", ms=3, label=line)
         _label(ax, x_label, label, log_x)
     axes[0][0].legend(fontsize=6)
     return _save(fig, workdir, name, title)
@@ -106,9 +112,8 @@ def curves_per_group(workdir, name, runs, keys, x, x_label, title, log_x=None, r
             for ax, (key, _) in zip(axes_row, keys):
                 if any(key not in r[series] for r in results):
                     continue
-                mean, low, high = mean_band(zip(*[r[series][key] for r in results]))
-                ax.plot(xs, mean, color=color, ls=arm.linestyle, label=arm.label)
-                ax.fill_between(xs, low, high, color=color, alpha=0.15)
+                _band(ax, xs, zip(*[r[series][key] for r in results]), 0.15, color,
+                      ls=arm.linestyle, label=arm.label)
         for ax, (_, label) in zip(axes_row, keys):
             _label(ax, x_label, f"{row} {label}".strip(), log_x)
         axes_row[0].legend(fontsize=6, ncol=2)
@@ -124,9 +129,8 @@ def profiles(workdir, name, runs, panels, title):
     for ax, (x_key, y_key, x_label, y_label) in zip(axes[0], panels):
         for arm, results in _groups(runs).values():
             xs, _, _ = mean_band(zip(*[r["profiles"][x_key] for r in results]))
-            mean, low, high = mean_band(zip(*[r["profiles"][y_key] for r in results]))
-            ax.plot(xs, mean, "o-", ms=3, label=arm.label)
-            ax.fill_between(xs, low, high, alpha=0.2)
+            _band(ax, xs, zip(*[r["profiles"][y_key] for r in results]), marker="o", ms=3,
+                  label=arm.label)
         _label(ax, x_label, y_label, None)
     axes[0][0].legend(fontsize=6)
     return _save(fig, workdir, name, title)
@@ -155,10 +159,9 @@ def frontier(workdir, name, runs, x_key, y_key, x_label, y_label, title):
     fig, ax = plt.subplots(figsize=(8.5, 5.0))
     for i, (arm, results) in enumerate(_groups(runs).values()):
         xs, _, _ = mean_band(zip(*[r["curves"][x_key] for r in results]))
-        mean, low, high = mean_band(zip(*[r["curves"][y_key] for r in results]))
-        color = plt.get_cmap("tab10")(i % 10)
-        ax.plot(xs, mean, color=color, ls=arm.linestyle, marker=".", ms=3, label=arm.label)
-        ax.fill_between(xs, low, high, color=color, alpha=0.15)
+        _band(ax, xs, zip(*[r["curves"][y_key] for r in results]), 0.15,
+              plt.get_cmap("tab10")(i % 10), ls=arm.linestyle, marker=".", ms=3,
+              label=arm.label)
     _label(ax, x_label, y_label, None)
     ax.legend(fontsize=6)
     return _save(fig, workdir, name, title)

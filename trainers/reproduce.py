@@ -3,11 +3,8 @@ r"""Reproduce one experiment with one command: all arms, all seeds, figures, tab
     python -m trainers.reproduce --experiment=memorisation --workdir=workdirs/memorisation
     python -m trainers.reproduce --experiment=scale --workdir=DIR --set=dataset=mnist5k --dry_run
 
-The same flags for every experiment (`trainers/catalog.py`): `--seeds` (default: the
-experiment's, 3 or more), `--scale`, `--set=FIELD=VALUE` (repeatable; a field of every arm's
-config), `--dry_run` (write plan.json, print the arms' grid and an estimated time; train nothing),
-`--progress` (the runs' own output). A run started again reads finished arms and resumes the
-interrupted one; WORKDIR's files: docs/design.md §7.0.
+The same flags for every experiment (`trainers/catalog.py`); a run started again reads finished
+arms and resumes the interrupted one; WORKDIR's files: docs/design.md §7.0.
 """
 
 import ast
@@ -17,10 +14,7 @@ import sys
 
 from absl import app, flags
 
-from . import catalog
-from .dry_run import lines as dry_run_lines, published_path
-from . import runner
-from . import train
+from . import catalog, dry_run as planning, runner, train
 
 
 def parse_overrides(items) -> dict:
@@ -39,12 +33,9 @@ def parse_overrides(items) -> dict:
     return overrides
 
 
-def command_line(argv) -> str:
+def command_line(argv, module="trainers.reproduce") -> str:
     """The command as typed, for results.md (module form)."""
-    return "python -m trainers.reproduce " + " ".join(shlex.quote(a) for a in argv[1:])
-
-
-FLAGS = flags.FLAGS
+    return f"python -m {module} " + " ".join(shlex.quote(a) for a in argv[1:])
 
 
 def _define_flags():
@@ -54,7 +45,8 @@ def _define_flags():
                          "more).", lower_bound=1)
     flags.DEFINE_enum("scale", "small", list(catalog.SCALES),
                       "Dataset / model / hyperparameters (each experiment lists the ones it has).")
-    flags.DEFINE_multi_string("set", [], "FIELD=VALUE for the base config of every arm.")
+    flags.DEFINE_multi_string("set", [], "FIELD=VALUE (repeatable) for the base config of every "
+                              "arm; VALUE a Python literal where one parses, else a string.")
     flags.DEFINE_boolean("dry_run", False, "Only validate every arm's config, write plan.json and "
                          "print the arms and an estimated time.")
     flags.DEFINE_boolean("progress", False, "Show the progress output of every arm.")
@@ -68,12 +60,7 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
     overrides = parse_overrides(set_items)
     arms, experiment = catalog.plan(name, scale, seeds, overrides)
     if dry_run:
-        echo(f"{len(arms)} arms validated; configs in {runner.write_plan(name, arms, workdir)}")
-        published = (published_path(name) if scale == "small" and not overrides
-                     else None)   # the published run's setting: default scale, no --set
-        for line in dry_run_lines(arms, workdir, published):
-            echo(line)
-        return None
+        return planning.report(name, arms, workdir, scale == "small" and not overrides, echo)
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -83,17 +70,18 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    options = flags.FLAGS
     try:
-        summary = reproduce(FLAGS.experiment, FLAGS.workdir, FLAGS.scale, FLAGS.seeds, FLAGS.set,
-                            FLAGS.dry_run, FLAGS.progress, command_line(sys.argv))
+        summary = reproduce(options.experiment, options.workdir, options.scale, options.seeds,
+                            options.set, options.dry_run, options.progress, command_line(sys.argv))
     except (ValueError, *train.RUN_ERRORS) as error:  # incl. ConfigError, a busy workdir
         sys.exit(f"error: {error}")
     if summary is None:
         return
     print()
-    with open(os.path.join(FLAGS.workdir, runner.RESULTS_MD)) as f:
+    with open(os.path.join(options.workdir, runner.RESULTS_MD)) as f:
         print(f.read())
-    print("figures: " + ", ".join(os.path.join(FLAGS.workdir, name)
+    print("figures: " + ", ".join(os.path.join(options.workdir, name)
                                   for name in summary["figures"]))
 
 

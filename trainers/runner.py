@@ -1,4 +1,4 @@
-"""The one runner of declared experiments (`experiment.Experiment`): plan, dry run, run, report.
+"""The one runner of declared experiments (`experiment.Experiment`): plan, run, report.
 
 Files, the results.json schema and the locks: docs/design.md §7.0, "The runner's files".
 """
@@ -9,19 +9,10 @@ import time
 from cgh_tf import statistics, workdir_lock
 from cgh_tf.atomic_files import atomic_open
 
-from . import hparams_board
-from . import outputs
+from . import hparams_board, outputs
 
-PLAN_FILE = "plan.json"
-TIMINGS_FILE = "timings.json"
+TIMINGS_FILE = outputs.TIMINGS_FILE
 RESULTS_MD = "results.md"
-RESULTS_JSON = "results.json"
-
-
-def check_seeds(seeds):
-    """ValueError unless `seeds` is a positive int."""
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds={seeds!r} must be a positive int (the number of seeds)")
 
 
 def plan(experiment, scale="small", seeds=None, overrides=None):
@@ -32,7 +23,8 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
         raise ValueError(f"--scale={scale} is not available for {experiment.name}; allowed: "
                          f"{', '.join(experiment.scales)}")
     seeds = experiment.default_seeds if seeds is None else seeds
-    check_seeds(seeds)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds={seeds!r} must be a positive int (the number of seeds)")
     arms = list(experiment.arms(scale, seeds, dict(overrides or {})))
     groups = {arm.group for arm in arms}
     for rule in experiment.declared("rules", arms):
@@ -41,16 +33,6 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
                 raise ValueError(f"{experiment.name}: rule {rule.name!r} names group {group!r}, "
                                  "which is not planned")
     return arms
-
-
-def write_plan(name, arms, workdir):
-    """Write every arm's config to `WORKDIR/plan.json` (nothing trained); returns its path."""
-    entries = {arm.path: {"label": arm.label, "panel": arm.panel,
-                          "config": outputs.json_roundtrip(arm.config.to_dict())} for arm in arms}
-    path = os.path.join(workdir, PLAN_FILE)
-    with workdir_lock.hold(workdir, f"dry run of {name}"):
-        outputs.write_json(path, {"experiment": name, "arms": entries})
-    return path
 
 
 def run(experiment, arms, workdir, command="", echo=print, progress=False):
@@ -79,15 +61,23 @@ def describe(experiment, summary):
                                        else format(summary[c.key], c.fmt)) for c in shown)
 
 
-# ---------------------------------------------------------------------------- the report
-
 def per_seed(runs, group, key):
-    """{seed: summary[key]} of the runs of `group`."""
+    """{seed: summary[key]} of the runs of `group` (the report's input from here on)."""
     return {arm.seed: result["summary"].get(key) for arm, result in runs if arm.group == group}
 
 
-def difference(kind, arm, control, metric, control_metric, diff):
-    """One row of `comparisons` / `contrasts` in results.json (a `statistics.PairedDifference`)."""
+def _metric(values):
+    """{per_seed, mean, sd, n} in results.json of {seed: value} (None: no value)."""
+    s = statistics.summarize(list(values.values()))
+    return {"per_seed": {str(seed): v for seed, v in values.items()},
+            "mean": s.mean, "sd": s.sd, "n": s.n}
+
+
+def difference(runs, kind, arm, control, metric, control_metric=None):
+    """One row of `comparisons` / `contrasts` in results.json: `arm`'s `metric` − `control`'s
+    `control_metric` (default: `metric`), paired by seed (`statistics.paired_difference`)."""
+    diff = statistics.paired_difference(per_seed(runs, arm, metric),
+                                        per_seed(runs, control, control_metric or metric))
     return {"kind": kind, "arm": arm, "control": control, "metric": metric,
             "control_metric": control_metric, **diff.as_dict()}
 
@@ -95,29 +85,19 @@ def difference(kind, arm, control, metric, control_metric, diff):
 def tabulate(experiment, runs):
     """The results.json dict of `runs` = [(Arm, result)] without files, figures and seconds."""
     arms = [arm for arm, _ in runs]
-    groups = {}
-    for arm in arms:
-        entry = groups.setdefault(arm.group, {"label": arm.label, "panel": arm.panel, "seeds": [],
-                                              "arm_dirs": []})
-        entry["seeds"].append(arm.seed)
-        entry["arm_dirs"].append(arm.path)
-    for group, entry in groups.items():
-        entry["metrics"] = {}
-        for column in experiment.columns:
-            values = per_seed(runs, group, column.key)
-            s = statistics.summarize(list(values.values()))
-            entry["metrics"][column.key] = {"per_seed": {str(k): v for k, v in values.items()},
-                                            "mean": s.mean, "sd": s.sd, "n": s.n}
-    comparisons = [
-        difference("between arms", a, c, col.key, None, statistics.paired_difference(
-            per_seed(runs, a, col.key), per_seed(runs, c, col.key)))
-        for a, c in experiment.declared("comparisons", arms) for col in experiment.columns
-        if experiment.compared is None or col.key in experiment.compared]
-    contrasts = [
-        difference("within arm", group, group, metric, control_metric,
-                    statistics.paired_difference(per_seed(runs, group, metric),
-                                                 per_seed(runs, group, control_metric)))
-        for metric, control_metric in experiment.contrasts for group in groups]
+    groups = {}   # group -> its entry, in plan order
+    for group in dict.fromkeys(arm.group for arm in arms):
+        members = [arm for arm in arms if arm.group == group]
+        groups[group] = {"label": members[0].label, "panel": members[0].panel,
+                         "seeds": [a.seed for a in members], "arm_dirs": [a.path for a in members],
+                         "metrics": {c.key: _metric(per_seed(runs, group, c.key))
+                                     for c in experiment.columns}}
+    compared = [c.key for c in experiment.columns
+                if experiment.compared is None or c.key in experiment.compared]
+    comparisons = [difference(runs, "between arms", arm, control, key)
+                   for arm, control in experiment.declared("comparisons", arms) for key in compared]
+    contrasts = [difference(runs, "within arm", group, group, metric, control_metric)
+                 for metric, control_metric in experiment.contrasts for group in groups]
     verdicts = []
     for rule in experiment.declared("rules", arms):
         verdict = rule.evaluate(per_seed(runs, rule.arm, rule.metric),
@@ -182,17 +162,14 @@ def markdown(experiment, summary, command, setting_lines, analysis_lines):
 
 def write_report(experiment, runs, workdir, command, seconds):
     """Write results.json, results.md, the figures, timings.json and the HParams sessions."""
-    summary = tabulate(experiment, runs)
-    summary["command"] = command
-    summary["seconds"] = seconds
+    summary = {**tabulate(experiment, runs), "command": command, "seconds": seconds}
     analysis_lines, summary["analyses"] = (experiment.analyses(runs) if experiment.analyses
                                            else ([], {}))
     summary["figures"] = experiment.figures(workdir, runs) if experiment.figures else []
     setting = list(experiment.setting(runs)) if experiment.setting else []
-    trained = {}
+    trained = summary["training_seconds"] = {}
     for arm, result in runs:
         trained[arm.group] = trained.get(arm.group, 0.0) + result.get("seconds_last_invocation", 0)
-    summary["training_seconds"] = trained
     tail = ["Wall-clock seconds per arm (sum over seeds, as recorded by each run when it "
             "finished): " + ", ".join(f"{g} {s:.0f}" for g, s in trained.items())
             + f"; total {sum(trained.values()):.0f} s.", ""]
@@ -200,7 +177,7 @@ def write_report(experiment, runs, workdir, command, seconds):
     text = markdown(experiment, summary, command, setting, list(analysis_lines) + tail)
     with atomic_open(os.path.join(workdir, RESULTS_MD), "w") as f:
         f.write(text)
-    outputs.write_json(os.path.join(workdir, RESULTS_JSON), summary)
+    outputs.write_json(os.path.join(workdir, outputs.RESULTS_FILE), summary)
     outputs.write_json(os.path.join(workdir, TIMINGS_FILE),
                        {"arms": seconds, "total_seconds": round(sum(seconds.values()), 1)})
     hparams_board.write_sweep(workdir, [
