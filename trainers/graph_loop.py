@@ -36,26 +36,32 @@ class Training:
 
 
 def declared_run(setup, check_config):
-    """An experiment's public `run(config, run_dir, echo=print)` (`common.resumable`): seed
-    `config.seed` (Keras, NumPy, Python), `setup(config, run_dir, echo)` -> `Training`, its
-    `run_logged` curves, `common.finish` with its summary and extra fields."""
+    """An experiment's public `run(config, run_dir, echo=print)`: `common.resumable` over
+    `train_declared(setup, ...)`."""
 
     def train(config, run_dir, echo):
-        import keras
-
-        started = time.time()
-        keras.utils.set_random_seed(int(config.seed))
-        run = setup(config, run_dir, echo)
-        total = max(run.log_points) if run.total is None else run.total
-        curves = run_logged(run_dir, config.to_dict(), run.model, run.optimizer, run.advance,
-                            run.log, total=total, log_points=run.log_points,
-                            checkpoint_points=run.checkpoint_points, echo=echo, unit=run.unit)
-        extra = run.extra(curves) if callable(run.extra) else run.extra
-        return common.finish(run_dir, config.to_dict(), curves, run.summarize(curves), started,
-                             **extra)
+        return train_declared(setup, config, run_dir, echo)
 
     train.__module__ = setup.__module__
     return common.resumable(train, check_config)
+
+
+def train_declared(setup, config, run_dir, echo):
+    """Seed `config.seed` (Keras, NumPy, Python), `setup(config, run_dir, echo)` -> `Training`,
+    its `run_logged` curves (resumed from the newest checkpoint), `common.finish` with its
+    summary and extra fields; the results dict."""
+    import keras
+
+    started = time.time()
+    keras.utils.set_random_seed(int(config.seed))
+    run = setup(config, run_dir, echo)
+    total = max(run.log_points) if run.total is None else run.total
+    curves = run_logged(run_dir, config.to_dict(), run.model, run.optimizer, run.advance, run.log,
+                        total=total, log_points=run.log_points,
+                        checkpoint_points=run.checkpoint_points, echo=echo, unit=run.unit)
+    extra = run.extra(curves) if callable(run.extra) else run.extra
+    return common.finish(run_dir, config.to_dict(), curves, run.summarize(curves), started,
+                         **extra)
 
 
 def epoch_schedule(train_epoch, config, n, log_epochs=None, epochs=None):

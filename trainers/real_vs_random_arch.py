@@ -7,8 +7,6 @@ architecture, paired by seed; `analyses`: ratios and crossings (`crossings`).
 docs/experiments/intro/real_vs_random_arch.md; docs/design.md §7.1.
 """
 
-import time
-
 from cgh_tf import statistics
 
 from . import beyond_common as common
@@ -45,12 +43,9 @@ def samples(config, splits):
             for idx in [common.sample(len(x), m or len(x), config.sample_seed, salt)]}
 
 
-def _train(config, run_dir, echo):
-    import keras
-
+def _setup(config, run_dir, echo):
     from cgh_tf import data, optimizers
 
-    started = time.time()
     data_seed = int(config.seed) if int(config.data_seed) < 0 else int(config.data_seed)
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=data_seed,
@@ -58,41 +53,37 @@ def _train(config, run_dir, echo):
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     fixed = samples(config, {"train": (x, y), "test": (x_test, y_test)})
     m, batch = len(fixed["train"][0]), int(config.coherence_batch_size)
-    keras.utils.set_random_seed(int(config.seed))
     run = per_example_runs.build(
         config, x, y, ds.input_shape, ds.num_classes,
         model=build_model(config, ds.input_shape, ds.num_classes),
         optimizer=optimizers.build("sgd", float(config.learning_rate),
                                    momentum=float(config.momentum)))
-    model, optimizer, loss_fn, train = run.model, run.optimizer, run.loss_fn, run.train_epoch
-    n = len(x)
-    steps_per_epoch = train.batches_per_epoch
-    evaluate = probes.streamed_loss_accuracy(model)
+    steps_per_epoch = run.train_epoch.batches_per_epoch
+    evaluate = probes.streamed_loss_accuracy(run.model)
     points = graph_loop.log_steps(config.log_epochs, int(config.epochs), steps_per_epoch)
 
     def log(step):
         row = {"step": step, "epoch": points[step],
-               **probes.split_metrics(evaluate, {"train": (x, y), "test": (x_test, y_test)})}
-        row.update(probes.sample_coherence(model, fixed, loss_fn, pairwise=True, batch_size=batch))
-        if echo:
-            echo(f"  {run_dir} epoch {points[step]:g} (update {step}): train acc "
-                 f"{row['train_accuracy']:.3f} test acc {row['test_accuracy']:.3f} pairwise "
-                 f"coh. train {row[crossings.CURVE]:.3g}")
+               **probes.split_metrics(evaluate, {"train": (x, y), "test": (x_test, y_test)}),
+               **probes.sample_coherence(run.model, fixed, run.loss_fn, pairwise=True,
+                                         batch_size=batch)}
+        echo(f"  {run_dir} epoch {points[step]:g} (update {step}): train acc "
+             f"{row['train_accuracy']:.3f} test acc {row['test_accuracy']:.3f} pairwise "
+             f"coh. train {row[crossings.CURVE]:.3g}")
         return row
 
-    logged = [s for s in points if s > 0]
-    curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer,
-        graph_loop.step_advancer(train, config.seed, n), log, total=max(points),
-        log_points=points, checkpoint_points=logged[int(config.checkpoint_every_logs) - 1::
-                                                    int(config.checkpoint_every_logs)],
-        echo=echo, unit="update")
-    summary = {**run_summary(curves, float(config.early_epoch)), "m": m,
-               "num_params": curve_stats.params(model)}
-    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=n,
-                         num_test=len(x_test), num_corrupted=int(ds.train.corrupted.sum()),
-                         steps_per_epoch=steps_per_epoch,
-                         layers=probes.layer_names(curves, "coherence/train"))
+    def summarize(curves):
+        return {**run_summary(curves, float(config.early_epoch)), "m": m,
+                "num_params": curve_stats.params(run.model)}
+
+    every = int(config.checkpoint_every_logs)
+    return graph_loop.Training(
+        run.model, run.optimizer, log=log, summarize=summarize,
+        extra=lambda curves: dict(
+            num_train=len(x), num_test=len(x_test), num_corrupted=int(ds.train.corrupted.sum()),
+            steps_per_epoch=steps_per_epoch, layers=probes.layer_names(curves, "coherence/train")),
+        **graph_loop.step_schedule(run.train_epoch, config, len(x), points,
+                                   [s for s in points if s > 0][every - 1::every], "update"))
 
 
 def run_summary(curves, early_epoch):
@@ -230,7 +221,7 @@ def figures(workdir, runs):
 EXPERIMENT = Experiment(
     name="real_vs_random_arch",
     title="Real vs random labels across architectures: pairwise coherence (arXiv 2008.01217)",
-    arms=arms, run_arm=common.resumable(_train, check_config), columns=COLUMNS, loop="graph",
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), columns=COLUMNS, loop="graph",
     comparisons=comparisons, compared=("train_pairwise_init", "train_pairwise_early",
                                        "train_pairwise_end", "train_coh_end"),
     rules=rules, analyses=analyses, setting=setting, figures=figures,
