@@ -1,11 +1,5 @@
-"""Real vs random labels across architectures: coherence along training (arXiv 2008.01217).
-
-One run: `config.arch` (`models.mlp` or `models.conv_net`) trained with SGD + momentum on real or
-100 % random labels, logging losses, accuracies and the exact coherence (r, α, pairwise) of fixed
-train / test samples (m = 0: the whole splits). Declared: real − random per dataset ×
-architecture, paired by seed; `analyses`: ratios and crossings (`crossings`).
-docs/experiments/intro/real_vs_random_arch.md; docs/design.md §7.1.
-"""
+"""Real vs random labels across architectures (MLP, CNN, ResNet): coherence along training
+(arXiv 2008.01217; docs/experiments/intro/real_vs_random_arch.md, design §7.1)."""
 
 from cgh_tf import statistics
 
@@ -33,8 +27,8 @@ def build_model(config, input_shape, num_classes):
 
 
 def samples(config, splits):
-    """{name: (x, y)} of the fixed coherence samples of `splits` {name: (x, y)} (salts 1, 2, ...):
-    m = `coherence_samples` examples of each (0: the whole split); ValueError if m exceeds one."""
+    """{name: (x, y)}: `coherence_samples` fixed examples of each split (0: all; salts 1, 2, ...);
+    ValueError if m exceeds one."""
     m = int(config.coherence_samples)
     common.require(all(m <= len(x) for x, _ in splits.values()), f"coherence_samples={m} exceeds "
                    f"the {' / '.join(str(len(x)) for x, _ in splits.values())} examples of "
@@ -87,18 +81,17 @@ def _setup(config, run_dir, echo):
 
 
 def run_summary(curves, early_epoch):
-    """r (`coh`) and, where logged, (r − 1)/(m − 1) (`pairwise`) of the train / test samples at
-    init, `early_epoch` and the end (None where not logged, never 0); r's max over the logged
-    epochs and its epoch; the last train / test loss and accuracy."""
+    """r (`coh`) and (r − 1)/(m − 1) (`pairwise`) of the train / test samples at init,
+    `early_epoch` and the end (None where not logged); r's max and its epoch; last loss / acc."""
     summary = {}
     for sample in ("train", "test"):
         for name, key in (("coh", f"coherence/{sample}/m_coherence"),
                           ("pairwise", f"coherence/{sample}/pairwise")):
             if key not in curves:
                 continue
-            summary[f"{sample}_{name}_init"] = curve_stats.value_at(curves, key, 0.0, "epoch")
-            summary[f"{sample}_{name}_early"] = curve_stats.value_at(curves, key, early_epoch,
-                                                                     "epoch")
+            for when, epoch in (("init", 0.0), ("early", early_epoch)):
+                summary[f"{sample}_{name}_{when}"] = curve_stats.value_at(curves, key, epoch,
+                                                                          "epoch")
             summary[f"{sample}_{name}_end"] = curves[key][-1]
         summary[f"{sample}_coh_max"], summary[f"{sample}_coh_epoch_of_max"] = curve_stats.best_at(
             curves, f"coherence/{sample}/m_coherence")
@@ -115,8 +108,8 @@ def check_config(config):
     need(config.dataset in DATASET_NAMES, f"dataset={config.dataset!r} is unknown for "
          f"real_vs_random_arch; allowed: {', '.join(DATASET_NAMES)}")
     common.require_one_of(config, "arch", ARCH_NAMES)
-    need(number(config.label_noise) and 0 <= config.label_noise <= 1,
-         f"label_noise={config.label_noise!r} must be in [0, 1] (0 real, 1 random labels)")
+    common.require_each(config, ("label_noise",), lambda v: number(v) and 0 <= v <= 1,
+                        "in [0, 1] (0 real, 1 random labels)")
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     common.require_ints(config, ("width", "depth", "batch_size", "epochs",
                                  "checkpoint_every_logs", "coherence_batch_size"))
@@ -128,8 +121,7 @@ def check_config(config):
     need(config.coherence_samples != 1, "coherence_samples=1 has no pair of examples; use m >= 2 "
          "or 0 (the whole training set)")
     common.require_positive(config, ("learning_rate",))
-    need(number(config.momentum) and 0 <= config.momentum < 1,
-         f"momentum={config.momentum!r} must be in [0, 1)")
+    common.require_each(config, ("momentum",), lambda v: number(v) and 0 <= v < 1, "in [0, 1)")
     need(isinstance(config.log_epochs, (tuple, list))
          and all(number(e) and e >= 0 for e in config.log_epochs),
          f"log_epochs={tuple(config.log_epochs)!r} must be numbers >= 0")
