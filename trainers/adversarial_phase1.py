@@ -1,8 +1,6 @@
-"""Phase 1 of `adversarial_init` (`run_phase1`), the experiment's named hook: one resumable run
-per dataset and seed, shared by its adversarial arms, that trains the seeded MLP with Adam on
-100 % random labels until their accuracy reaches `phase1_target` (or `phase1_max_epochs`) and
-writes `final.weights.h5`. Also what both phases share: data, initial model, epoch batches, and
-the phase-1 table.
+"""Phase 1 of `adversarial_init` (`run_phase1`): one resumable run per dataset and seed, shared by
+its adversarial arms, training the seeded MLP on 100 % random labels until `phase1_target` (or
+`phase1_max_epochs`); what both phases share (data, initial model, batches); the phase-1 table.
 """
 
 import os
@@ -18,15 +16,13 @@ from . import models
 from . import probes
 
 PHASE1_FIELDS = ("dataset", "max_train", "max_test", "data_seed", "seed", "width", "depth",
-                 "phase1_learning_rate",
-                 "phase1_batch_size", "phase1_target", "phase1_max_epochs",
-                 "phase1_checkpoint_every")
+                 "phase1_learning_rate", "phase1_batch_size", "phase1_target",
+                 "phase1_max_epochs", "phase1_checkpoint_every")  # phase 1's identity
 
 
 def phase1_stop(accuracy, epoch, target, max_epochs):
-    """Why phase 1 stops after `epoch` epochs with train accuracy `accuracy` on the random
-    labels: "target" (accuracy ≥ target; checked first), "max_epochs" (epoch ≥ max_epochs), or
-    None (go on)."""
+    """Why phase 1 stops after `epoch` epochs at random-label accuracy `accuracy`: "target"
+    (accuracy ≥ target; checked first), "max_epochs" (epoch ≥ max_epochs), or None (go on)."""
     if accuracy is not None and accuracy >= target:
         return "target"
     if epoch >= max_epochs:
@@ -49,8 +45,7 @@ def checked_batches(n, batch_size, per_update, field):
 
 
 def initial_model(config, ds):
-    """The model with its initial weights: a pure function of `config.seed` (phase 1's start
-    and phase 2's fresh start are the same weights)."""
+    """The MLP with its initial weights, a pure function of `config.seed` (both phases')."""
     import keras
 
     keras.utils.set_random_seed(int(config.seed))
@@ -66,31 +61,24 @@ def load(config):
 
 
 def epoch_updates(n, batch_size, count, per_update, seed, phase, epoch):
-    """int32 [count / per_update, per_update, B]: the batches of `epoch` of `phase` (1 or 2),
-    from the permutation `default_rng([seed, phase, epoch])`."""
+    """int32 [count / per_update, per_update, B]: `epoch` of `phase` (1 or 2) in the order
+    `default_rng([seed, phase, epoch])`."""
     perm = np.random.default_rng([int(seed), phase, int(epoch)]).permutation(n)
     return graph_loop.epoch_updates(perm[:count * batch_size], batch_size, per_update)
 
 
-def phase1_config(config):
-    """The fields phase 1 depends on (its identity for resume / reuse)."""
-    return {k: config[k] for k in PHASE1_FIELDS}
-
-
 def shared_phase1_dir(run_dir):
-    """`<workdir>/<dataset>/phase1/seed<k>` of the phase-2 run `<workdir>/<dataset>/<arm>/seed<k>`:
-    one phase 1 per dataset and seed, shared by every adversarial arm."""
+    """`<workdir>/<dataset>/phase1/seed<k>` of the phase-2 run `<workdir>/<dataset>/<arm>/seed<k>`."""
     return os.path.join(os.path.dirname(os.path.dirname(run_dir)), "phase1",
                         os.path.basename(run_dir))
 
 
 def run_phase1(config, phase1_dir, echo, check_config):
-    """Train (or resume, or reuse if finished) phase 1 of `config`'s seed: the named hook for
-    what a declaration cannot say (it stops at a target accuracy and is shared by arms); its
-    results dict. `check_config(config)`: the experiment's check (one line, before any work)."""
+    """Train (or resume, or reuse if finished) phase 1 of `config`'s seed; its results dict.
+    `check_config(config)`: the experiment's check (one line, before any work)."""
     import ml_collections
 
-    p1 = ml_collections.ConfigDict(phase1_config(config))
+    p1 = ml_collections.ConfigDict({k: config[k] for k in PHASE1_FIELDS})
     done = common.finished_or_checked(p1, phase1_dir, lambda _: check_config(config))
     if done is not None and os.path.exists(os.path.join(phase1_dir, "final.weights.h5")):
         return done

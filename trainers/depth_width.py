@@ -1,15 +1,9 @@
-"""Depth and width of an MLP: m-coherence at initialisation / after one epoch vs generalisation.
-
-One run: an MLP (`depth` × `width`) trained with Adam on real or 100 % random labels, logging
-loss, accuracies, the gap and (at `coherence_epochs`) the exact m-coherence of a fixed training
-sample. Arms: the models of `model_sweep` × real / random labels; the model, its Adam and its
-traced functions are built once per architecture and restarted per run
-(`graph_loop.reused_epoch_trainer`: bit-identical to fresh runs). Declared: real − random per
-model (paired by seed) and correlations across models (`CORRELATION_RULES`).
-docs/experiments/intro/depth_width.md; docs/design.md §7.1.
+"""Depth and width of an MLP: m-coherence at initialisation / after one epoch vs generalisation;
+the models of `model_sweep` × real / random labels (docs/experiments/intro/depth_width.md, §7.1).
 """
 
 import functools
+
 from cgh_tf import statistics
 
 from . import beyond_common as common
