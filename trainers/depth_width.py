@@ -114,14 +114,9 @@ def check_config(config):
           f"coherence_samples={config.coherence_samples} must be <= max_train={config.max_train}")
 
 
-def group_name(dataset, depth, width, labels):
-    return f"{dataset}/d{depth}_w{width:04d}/{labels}"
-
-
 def arms(scale="small", seeds=3, overrides=None):
-    """Per dataset, model of the sweep (tags: the sweeps it belongs to), label kind and seed;
-    every config checked before anything is loaded; the sweep fields are removed from the runs'
-    configs."""
+    """Per dataset, model of the sweep (tags: its sweeps) and label kind; the sweep fields are
+    not in the runs' configs."""
     import ml_collections
 
     from configs import depth_width as dw_config
@@ -139,7 +134,7 @@ def arms(scale="small", seeds=3, overrides=None):
             for labels in LABELS:
                 config = config_schema.apply_overrides(run_base, {"depth": depth, "width": width,
                                                                   "labels": labels})
-                out += common.seeded_arms(group_name(dataset, depth, width, labels),
+                out += common.seeded_arms(f"{dataset}/d{depth}_w{width:04d}/{labels}",
                                           f"{labels} labels", dataset, config, seeds,
                                           check_config, tags=sweeps)
     return out

@@ -10,7 +10,6 @@ from . import config_schema
 from . import factories
 from . import figures as plots
 from . import graph_loop
-from . import models
 from . import per_example_runs
 from . import probes
 from . import stopping_rules
@@ -50,7 +49,6 @@ def _setup(config, run_dir, echo):
                          "training example")
     run = per_example_runs.build(
         config, x, y, ds.input_shape, ds.num_classes,
-        model=models.mlp(config, ds.input_shape, ds.num_classes),
         optimizer=optimizers.build(config.optimizer, float(config.learning_rate)))
     model, loss_fn, n = run.model, run.loss_fn, len(x)
     m = int(config.coherence_samples)
