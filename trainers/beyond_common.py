@@ -73,9 +73,8 @@ def require_int_list(config, field, minimum=0):
 
 def require_label_noise(config):
     """ValueError unless 0 < label_noise < 1 (an experiment comparing pristine and corrupted)."""
-    require(is_number(config.label_noise) and 0 < config.label_noise < 1,
-            f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
-            "pristine and corrupted examples")
+    require_each(config, ("label_noise",), lambda v: is_number(v) and 0 < v < 1,
+                 "in (0, 1): the experiment compares pristine and corrupted examples")
 
 
 def refuse_overrides(overrides, fields, why, hint=""):
