@@ -57,19 +57,23 @@ def train_declared(setup, config, run_dir, echo):
 
 
 def epoch_schedule(train_epoch, config, n, log_epochs=None, epochs=None):
-    """`Training` fields in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`; logs
-    at `capped_log_epochs(log_epochs or config.log_epochs, epochs or config.epochs)`, a
-    checkpoint every `config.checkpoint_every_logs`-th log."""
+    """`Training` fields in epochs (`epoch_advancer`): logs at `capped_log_epochs(log_epochs or
+    config.log_epochs, epochs or config.epochs)`, a checkpoint every `checkpoint_every_logs`-th."""
     epochs = int(config.epochs if epochs is None else epochs)
     log_points = capped_log_epochs(config.log_epochs if log_epochs is None else log_epochs,
                                    epochs)
+    return dict(advance=epoch_advancer(train_epoch, config.seed, n), log_points=log_points,
+                checkpoint_points=log_points[::int(config.checkpoint_every_logs)], total=epochs)
+
+
+def epoch_advancer(train_epoch, seed, n):
+    """`advance(start, stop)` in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`."""
 
     def advance(start, stop):
         for epoch in range(start, stop):
-            train_epoch(epoch_permutation(config.seed, epoch, n))
+            train_epoch(epoch_permutation(seed, epoch, n))
 
-    return dict(advance=advance, log_points=log_points,
-                checkpoint_points=log_points[::int(config.checkpoint_every_logs)], total=epochs)
+    return advance
 
 
 def step_schedule(train, config, n, log_points, checkpoint_points, unit="step"):
@@ -223,13 +227,9 @@ def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, l
 def run_logged_epochs(run_dir, config_dict, model, optimizer, train_epoch, log, *, epochs,
                       log_epochs, checkpoint_every, seed, n, echo=None):
     """`run_logged` in epochs (the points of `epoch_schedule`)."""
-
-    def advance(start, stop):
-        for epoch in range(start, stop):
-            train_epoch(epoch_permutation(seed, epoch, n))
-
     log_epochs = [e for e in log_epochs if e <= int(epochs)]
-    return run_logged(run_dir, config_dict, model, optimizer, advance, log, total=int(epochs),
+    return run_logged(run_dir, config_dict, model, optimizer,
+                      epoch_advancer(train_epoch, seed, n), log, total=int(epochs),
                       log_points=log_epochs, checkpoint_points=log_epochs[::int(checkpoint_every)],
                       echo=echo)
 
