@@ -4,7 +4,6 @@ its adversarial arms, training the seeded MLP on 100 % random labels until `phas
 """
 
 import os
-import time
 
 import numpy as np
 
@@ -83,16 +82,15 @@ def run_phase1(config, phase1_dir, echo, check_config):
     if done is not None and os.path.exists(os.path.join(phase1_dir, "final.weights.h5")):
         return done
     with workdir_lock.hold(phase1_dir, "adversarial_init phase 1"):
-        return _train_phase1(config, p1.to_dict(), phase1_dir, echo or (lambda line: None))
+        return graph_loop.train_declared(_phase1, p1, phase1_dir, echo or (lambda line: None))
 
 
-def _train_phase1(config, p1_dict, phase1_dir, echo):
+def _phase1(config, run_dir, echo):
     import keras
     import tensorflow as tf
 
     from cgh_tf import optimizers
 
-    started = time.time()
     ds = load(config)
     x, y_random = common.arrays(ds.train)
     y_real = ds.train.original_y.astype(np.int32)
@@ -106,47 +104,44 @@ def _train_phase1(config, p1_dict, phase1_dir, echo):
     train = graph_loop.update_trainer(model, optimizer, loss_fn, xt, yt, batch)
     evaluate = probes.loss_accuracy(model, loss_fn)
     count = checked_batches(n, batch, 1, "phase1_batch_size")
+    target, max_epochs = float(config.phase1_target), int(config.phase1_max_epochs)
+    every = int(config.phase1_checkpoint_every)
 
-    def log(epoch, curves):
+    def advance(start, stop):
+        for epoch in range(start, stop):
+            train(epoch_updates(n, batch, count, 1, config.seed, 1, epoch))
+
+    def log(epoch):
         loss, acc = evaluate(xt, yt)
         _, real = evaluate(xt, tf.constant(y_real))
         _, test = evaluate(tf.constant(x_test), tf.constant(y_test))
         row = {"epoch": epoch, "step": epoch, "random_label_loss": float(loss),
                "random_label_accuracy": float(acc), "real_label_accuracy": float(real),
                "test_accuracy": float(test), "weight_norm": probes.weight_norm(model)}
-        common.append(curves, row)
-        return row
-
-    ckpt = common.Checkpointer(phase1_dir, model, optimizer)
-    epoch, curves = ckpt.restore(p1_dict)
-    if curves is None:
-        epoch, curves = 0, {}
-        row = log(0, curves)
-    else:
-        row = {k: v[-1] for k, v in curves.items()}
-        echo(f"  phase 1 resumed {phase1_dir} at epoch {epoch}")
-    stop = phase1_stop(row["random_label_accuracy"], epoch, float(config.phase1_target),
-                       int(config.phase1_max_epochs))
-    while stop is None:
-        train(epoch_updates(n, batch, count, 1, config.seed, 1, epoch))
-        epoch += 1
-        row = log(epoch, curves)
-        stop = phase1_stop(row["random_label_accuracy"], epoch, float(config.phase1_target),
-                           int(config.phase1_max_epochs))
-        if epoch % int(config.phase1_checkpoint_every) == 0 or stop is not None:
-            ckpt.save(epoch, curves, p1_dict)
+        if epoch and (epoch % every == 0 or phase1_stop(float(acc), epoch, target, max_epochs)):
             echo(f"  phase 1 epoch {epoch}: random-label train acc "
                  f"{row['random_label_accuracy']:.3f} |w| {row['weight_norm']:.1f}")
-    model.save_weights(os.path.join(phase1_dir, "final.weights.h5"))
-    summary = {"phase1_epochs": epoch, "phase1_stopped_by": stop,
-               "phase1_reached_target": stop == "target",
-               "phase1_random_label_accuracy": row["random_label_accuracy"],
-               "phase1_real_label_accuracy": row["real_label_accuracy"],
-               "phase1_test_accuracy": row["test_accuracy"],
-               "phase1_wnorm_init": curves["weight_norm"][0],
-               "phase1_wnorm_final": row["weight_norm"],
-               "labels_kept": float(np.mean(y_random == y_real))}
-    return common.finish(phase1_dir, p1_dict, curves, summary, started)
+        return row
+
+    def stopped_by(curves):
+        return phase1_stop(curves["random_label_accuracy"][-1], curves["epoch"][-1], target,
+                           max_epochs)
+
+    def summarize(curves):  # after the last epoch: the final weights, then the summary
+        model.save_weights(os.path.join(run_dir, "final.weights.h5"))
+        stop, last = stopped_by(curves), {k: v[-1] for k, v in curves.items()}
+        return {"phase1_epochs": int(last["epoch"]), "phase1_stopped_by": stop,
+                "phase1_reached_target": stop == "target",
+                "phase1_random_label_accuracy": last["random_label_accuracy"],
+                "phase1_real_label_accuracy": last["real_label_accuracy"],
+                "phase1_test_accuracy": last["test_accuracy"],
+                "phase1_wnorm_init": curves["weight_norm"][0],
+                "phase1_wnorm_final": last["weight_norm"],
+                "labels_kept": float(np.mean(y_random == y_real))}
+
+    return graph_loop.Training(model, optimizer, advance, log, range(max_epochs + 1),
+                               range(every, max_epochs + 1, every), summarize,
+                               until=lambda curves: stopped_by(curves) is not None)
 
 
 PHASE1_TABLE = (("phase1_epochs", "epochs", ".0f"),

@@ -15,7 +15,8 @@ class Training:
     """One graph-loop run as data, in positions of `unit`: `advance(start, stop)` trains,
     `log(position)` -> a row of scalars (with "step") at `log_points`, checkpoints at
     `checkpoint_points` and `total` (None: the last log point), `summarize(curves)` -> summary,
-    `extra`: more results.json fields (a dict or a function of the curves)."""
+    `extra`: more results.json fields (a dict or a function of the curves); `until(curves)`
+    true ends the run early (`run_logged`)."""
 
     model: object
     optimizer: object
@@ -27,6 +28,7 @@ class Training:
     extra: object = dataclasses.field(default_factory=dict)
     unit: str = "epoch"
     total: int = None
+    until: Callable = None
 
 
 def declared_run(setup, check_config):
@@ -50,7 +52,8 @@ def train_declared(setup, config, run_dir, echo):
     total = max(run.log_points) if run.total is None else run.total
     curves = run_logged(run_dir, config.to_dict(), run.model, run.optimizer, run.advance, run.log,
                         total=total, log_points=run.log_points,
-                        checkpoint_points=run.checkpoint_points, echo=echo, unit=run.unit)
+                        checkpoint_points=run.checkpoint_points, echo=echo, unit=run.unit,
+                        until=run.until)
     extra = run.extra(curves) if callable(run.extra) else run.extra
     return common.finish(run_dir, config.to_dict(), curves, run.summarize(curves), started,
                          **extra)
@@ -201,10 +204,11 @@ def epoch_updates(perm, batch_size, per_update):
 
 
 def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, log_points,
-               checkpoint_points, echo=None, unit="epoch"):
+               checkpoint_points, echo=None, unit="epoch", until=None):
     """Restore this config's newest checkpoint (said on `echo`) or log at 0, then `advance`
     between stops, `log(stop)` appended to the curves at `log_points`, checkpoints at
-    `checkpoint_points` and `total`; the curves {key: [values]} (an uninterrupted run's)."""
+    `checkpoint_points` and `total`, until `until(curves)` (checkpointed when it turns true);
+    the curves {key: [values]} (an uninterrupted run's)."""
     log_points, checkpoint_points = set(log_points), set(checkpoint_points) | {int(total)}
     ckpt = common.Checkpointer(run_dir, model, optimizer)
     position, curves = ckpt.restore(config_dict)
@@ -214,12 +218,15 @@ def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, l
             common.append(curves, log(0))
     elif echo:
         echo(f"  resumed {run_dir} at {unit} {position}")
+    stopped = until or (lambda _: False)
     for stop in sorted(p for p in log_points | checkpoint_points if position < p <= int(total)):
+        if stopped(curves):
+            break
         advance(position, stop)
         position = stop
         if stop in log_points:
             common.append(curves, log(stop))
-        if stop in checkpoint_points:
+        if stop in checkpoint_points or stopped(curves):
             ckpt.save(stop, curves, config_dict)
     return curves
 
