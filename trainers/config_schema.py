@@ -40,8 +40,8 @@ class ConfigError(ValueError):
 
 POSITIVE_INT = (lambda v: is_int(v, 1), "must be a positive int")
 OPTIONAL_POSITIVE_INT = (lambda v: v is None or is_int(v, 1), "must be None or a positive int")
-POSITIVE = (lambda v: _is_number(v) and v > 0, "must be a positive number")
-NON_NEGATIVE = (lambda v: _is_number(v) and v >= 0, "must be >= 0")
+POSITIVE = (lambda v: is_number(v) and v > 0, "must be a positive number")
+NON_NEGATIVE = (lambda v: is_number(v) and v >= 0, "must be >= 0")
 SWITCH = (lambda v: is_int(v, 0), "must be an int >= 0 (0 = off)")
 FLAG = (lambda v: isinstance(v, bool), "must be True or False")
 
@@ -53,7 +53,7 @@ def _field_rules() -> dict:
 
     return {
         "dataset": data.DATASETS,
-        "label_noise": (lambda v: _is_number(v) and 0 <= v <= 1, "must be a fraction in [0, 1]"),
+        "label_noise": (lambda v: is_number(v) and 0 <= v <= 1, "must be a fraction in [0, 1]"),
         "noise_kind": data.LABEL_NOISE_KINDS,  # the one list of noise kinds
         "input_corruption": (None, *INPUT_CORRUPTIONS),
         "max_train": OPTIONAL_POSITIVE_INT, "max_test": OPTIONAL_POSITIVE_INT,
@@ -64,7 +64,7 @@ def _field_rules() -> dict:
         "distribution": DISTRIBUTIONS,
         "model.name": tuple(models.MODELS),
         "optimizer.learning_rate": POSITIVE,
-        "optimizer.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)"),
+        "optimizer.momentum": (lambda v: is_number(v) and 0 <= v < 1, "must be in [0, 1)"),
         "optimizer.groups": POSITIVE_INT, "optimizer.window": POSITIVE_INT,
         "optimizer.l2": NON_NEGATIVE, "optimizer.weight_decay": NON_NEGATIVE,
         "optimizer.name": (_known_optimizer_name, "is unknown; allowed: sgd, adam, m3, rm3, ra3, "
@@ -80,7 +80,7 @@ def _field_rules() -> dict:
         "coherence.monitor_every_steps": SWITCH, "learning_times.every_steps": SWITCH,
         "coherence.per_layer": FLAG, "coherence.training": FLAG, "optimizer.m3_in_batch": FLAG,
         "optimizer.aggregation": AGGREGATIONS,
-        "optimizer.winsorize_pct": (lambda v: v is None or (_is_number(v) and 0 <= v < 50),
+        "optimizer.winsorize_pct": (lambda v: v is None or (is_number(v) and 0 <= v < 50),
                                     "must be a percentage in [0, 50) (clipped on each side)"),
     }
 
@@ -132,7 +132,7 @@ def _combination_problems(config) -> list:
          "optimizer.aggregation='winsorize' needs optimizer.winsorize_pct, the percent clipped on "
          "each side, in [0, 50) (e.g. --config.optimizer.winsorize_pct=2; 0 is a plain mean "
          "computed per example)"),
-        (aggregation != "winsorize" and _is_number(pct) and pct > 0,
+        (aggregation != "winsorize" and is_number(pct) and pct > 0,
          f"optimizer.winsorize_pct={pct!r} has no effect with optimizer.aggregation="
          f"{aggregation!r}; set optimizer.aggregation='winsorize' or winsorize_pct=0"),
     ) if bad]
@@ -279,7 +279,8 @@ def is_int(value, minimum):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
 
-def _is_number(value):
+def is_number(value) -> bool:
+    """True for a finite real number (not a bool)."""
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value))
 
