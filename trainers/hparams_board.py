@@ -26,8 +26,7 @@ def _write(logdir, summaries, filename_suffix=None):
     writer = tf.summary.create_file_writer(logdir, filename_suffix=filename_suffix)
     with writer.as_default():
         summaries()
-    writer.flush()
-    writer.close()
+    writer.close()  # flushes
 
 
 def write_session(logdir: str, hparams: dict, metrics: dict, curves: dict = None) -> None:
