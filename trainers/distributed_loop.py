@@ -147,32 +147,11 @@ def shard_batches(strategy, index_batches, x, y):
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def optimizer_variables(optimizer) -> list:
-    """Every state variable of `optimizer` and of the Keras optimizers it wraps (attributes, in
-    definition order; deduplicated): wrappers may keep the inner ones out of `.variables`."""
-    found, seen = [], set()
-
-    def visit(opt, depth=0):
-        if id(opt) in seen or depth > 4:
-            return
-        seen.add(id(opt))
-        for variable in opt.variables:
-            if id(variable) not in seen:
-                seen.add(id(variable))
-                found.append(variable)
-        for value in vars(opt).values():
-            if isinstance(value, keras.optimizers.Optimizer):
-                visit(value, depth + 1)
-
-    visit(optimizer)
-    return found
-
-
 def run_variables(model) -> list:
-    """What a worker needs from the chief's checkpoint: weights, optimizer variables (wrapped
-    ones' too) and `cgh_tf.Model.steps_trained` if present."""
+    """What a worker needs from the chief's checkpoint: weights, optimizer variables (those of the
+    optimizers it wraps are in a wrapper's `variables`) and `cgh_tf.Model.steps_trained`."""
     steps_trained = getattr(model, "steps_trained", None)
-    return (list(model.weights) + optimizer_variables(model.optimizer)
+    return (list(model.weights) + list(model.optimizer.variables)
             + ([steps_trained] if steps_trained is not None else []))
 
 
