@@ -1,8 +1,6 @@
-"""The update-level memorisation run shared by `scale`, `noise_structure` and `winsorize_controls`:
-an MLP on `train_size` noisy examples, SGD or M3 / RM3 / RA3 over it in the graph loop, logging
-pristine / corrupted train accuracy (vs the noisy labels), test accuracy, loss, updates and
-examples per epoch of `log_epochs`; hooks for an experiment's own optimizer and measurements.
-"""
+"""The update-level memorisation run of `scale`, `noise_structure` and `winsorize_controls`: an
+MLP on `train_size` noisy examples under SGD / M3 / RM3 / RA3, logging pristine and corrupted
+(noisy-label) train accuracy, test accuracy, loss, updates and examples at `log_epochs`."""
 
 import time
 
@@ -16,6 +14,28 @@ from . import probes
 from . import update_rules
 
 OPTIMIZERS = update_rules.batches_per_update("sgd")  # name -> batches per optimizer update
+DATASETS = ("mnist1d", "mnist5k")
+MNIST5K_TRAIN = 4000
+
+
+def check_config(config):
+    """ValueError (one line) for a field but the arm's that a run would fail on or misread."""
+    from cgh_tf import data
+
+    need = common.require
+    need(config.dataset in DATASETS, f"dataset={config.dataset!r} is not available for scale; "
+         f"allowed: {', '.join(DATASETS)}")
+    common.require_ints(config, ("train_size", "width", "depth", "batch_size", "epochs",
+                                 "checkpoint_every_logs"))
+    need(config.dataset != "mnist1d" or config.train_size % 10 == 0,
+         f"train_size={config.train_size!r} must be a multiple of 10 for mnist1d (generated "
+         "with train_size / 10 examples per class)")
+    need(config.dataset != "mnist5k" or config.train_size <= MNIST5K_TRAIN,
+         f"train_size={config.train_size!r} must be <= {MNIST5K_TRAIN} for mnist5k")
+    common.require_label_noise(config)
+    common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
+    common.require_positive(config, ("learning_rate",))
+    common.require_int_list(config, "log_epochs")
 
 
 def build_optimizer(config, model=None, ds=None):

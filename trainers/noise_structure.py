@@ -1,19 +1,15 @@
-"""Does memorisation suppression grow as the corrupted set gets less coherent? (issue 24)
-
-At one size (n = 4,000, 40 % noise) the noise kind (`pair`, `uniform`, `isolated`) sets how
-coherent the corrupted set is; every kind trains `scale`'s arms (`memorisation_run`) and logs the
-pairwise coherence of fixed corrupted / pristine samples. Declared: `scale`'s rules per kind, the
-ordering rule (`ORDER`: suppression isolated > uniform > pair) and its premise (`PREMISE`),
-evaluated in `analyses`. docs/experiments/intro/noise_structure.md; docs/design.md §7.1.
-"""
+"""Does memorisation suppression grow as the corrupted set gets less coherent? At one size, the
+noise kind sets the corrupted set's coherence; every kind trains `scale`'s arms. Rules: `scale`'s
+per kind, the ordering `ORDER` and its premise `PREMISE` (`analyses`).
+docs/experiments/intro/noise_structure.md; design §7.1."""
 
 from cgh_tf import statistics
 
 from . import beyond_common as common
-from . import config_schema
 from . import memorisation_run
 from . import runner
 from . import scale
+from . import scale_trend
 from .experiment import Column, Experiment
 
 SAMPLES = {"corrupted": 1, "pristine": 2}  # fixed sample -> its salt in `common.sample`
@@ -57,8 +53,8 @@ def _train(config, run_dir, echo):
 
 
 def arms(scale_name="small", seeds=3, overrides=None):
-    """Arms `<kind>/<arm>` (panel: the kind) for every kind of `KINDS` and arm of `scale.ARMS`
-    (`overrides["kinds"]`, `overrides["arms"]`: subsets), seeds 0..seeds−1, every config checked."""
+    """Arms `<kind>/<arm>` per noise kind of `KINDS` and arm of `scale.ARMS` (subsets:
+    `overrides["kinds"]`, `overrides["arms"]`)."""
     from configs import noise_structure as ns_config
 
     overrides = dict(overrides or {})
@@ -67,14 +63,8 @@ def arms(scale_name="small", seeds=3, overrides=None):
     common.refuse_overrides(overrides, scale.ARM_FIELDS + ("noise_kind",),
                             "set by each arm and panel")
     ((_, base),) = common.dataset_bases(ns_config, scale_name, overrides, "noise_structure")
-    out = []
-    for kind in kinds:
-        for arm in arm_names:
-            config = scale.arm_config(config_schema.apply_overrides(base, {"noise_kind": kind}),
-                                      arm, ns_config.WINSORIZE_PCT)
-            out += common.seeded_arms(f"{kind}/{arm}", scale.ARMS[arm][0], kind, config, seeds,
-                                      check_config)
-    return out
+    return scale.panel_arms(base, [(kind, {"noise_kind": kind}) for kind in kinds], arm_names,
+                            ns_config.WINSORIZE_PCT, seeds, check_config)
 
 
 def _ordered(values, order, what):
@@ -107,7 +97,7 @@ def analyses(runs):
     for arm, control, matched in scale.PAIRS:
         if matched and all(f"{k}/{g}" in groups for k in ORDER for g in (arm, control)):
             tests.append((f"suppression {control} − {arm}", ORDER,
-                          lambda kind, a=arm, c=control: _suppression(runs, kind, a, c)))
+                          lambda kind, a=arm, c=control: scale_trend.suppression(runs, kind, a, c)))
     for what, order, values_of in tests:
         if not set(order) <= planned:
             continue
@@ -132,12 +122,6 @@ def _room(runs, groups):
                  if f"{k}/{control}" in groups else "n/a" for k in ORDER]
         lines.append(f"| {control} | " + " | ".join(cells) + " |")
     return lines + [""]
-
-
-def _suppression(runs, kind, arm, control):
-    """{seed: control − arm corrupted accuracy} of one kind."""
-    a, c = (runner.per_seed(runs, f"{kind}/{g}", "corrupted_accuracy") for g in (arm, control))
-    return {s: c[s] - a[s] for s in a if s in c and None not in (a[s], c[s])}
 
 
 def setting(runs):

@@ -1,14 +1,6 @@
-"""Is winsorizing's suppression of memorisation due to coherence, or to two simpler things?
-(issue 24)
-
-Arms (`ARMS`): SGD, winsorized SGD at c, and controls matched to it by a calibration at
-initialisation (`calibrate`): `clip` (per-example norm clipping of the share winsorizing
-changes), `matched_lr` (SGD at the norm-ratio learning rate) and `step_matched` (every mean
-rescaled to the winsorized mean's norm). Statistic: the corrupted train accuracy where the
-pristine one first reaches `frontier_pristine` (`frontier_point`); winsorizing is attributed to
-coherence only if it beats every control. docs/experiments/intro/winsorize_controls.md;
-docs/design.md §7.1.
-"""
+"""Is winsorizing's suppression of memorisation due to coherence, or to clipping or a smaller
+step? Winsorized SGD at c against SGD and controls matched to it at initialisation (`calibrate`);
+statistic: `frontier_point`. docs/experiments/intro/winsorize_controls.md; design §7.1."""
 
 import numpy as np
 
@@ -18,7 +10,6 @@ from . import beyond_common as common
 from . import config_schema
 from . import memorisation_run
 from . import runner
-from . import scale
 from . import update_rules
 from .experiment import Column, Experiment
 
@@ -29,8 +20,8 @@ CALIBRATED = ("clip", "matched_lr")  # the controls matched by the calibration a
 
 
 def check_config(config):
-    """`scale.check_setting` plus the arm, its c, the calibration and the frontier level."""
-    scale.check_setting(config)
+    """`memorisation_run.check_config` plus the arm, its c, the calibration and the frontier."""
+    memorisation_run.check_config(config)
     need, is_int = common.require, config_schema.is_int
     common.require_one_of(config, "arm", ARMS)
     pct = config.winsorize_pct
@@ -141,21 +132,26 @@ def _pcts(arms_):
     return sorted({a.config.winsorize_pct for a in arms_ if a.config.arm == "winsorize"})
 
 
+def _against_controls(arms_):
+    """[(c, winsorize at c, control)] for SGD and every control at c."""
+    return [(p, _group("winsorize", p), control) for p in _pcts(arms_)
+            for control in ("sgd",) + tuple(_group(c, p) for c in CONTROLS)]
+
+
 def comparisons(arms_):
-    return [(_group("winsorize", p), control) for p in _pcts(arms_)
-            for control in ("sgd",) + tuple(_group(c, p) for c in CONTROLS)] + [
+    return [(arm, control) for _, arm, control in _against_controls(arms_)] + [
         (_group(c, p), "sgd") for p in _pcts(arms_) for c in CONTROLS]
 
 
 def rules(arms_):
     return [statistics.PairedRule(f"winsorize c = {p:g} % suppresses memorisation vs {control} "
-                                  "(frontier)", "corrupted_at_pristine", _group("winsorize", p),
-                                  control, prediction="lower")
-            for p in _pcts(arms_) for control in ("sgd",) + tuple(_group(c, p) for c in CONTROLS)]
+                                  "(frontier)", "corrupted_at_pristine", arm, control,
+                                  prediction="lower")
+            for p, arm, control in _against_controls(arms_)]
 
 
 def analyses(runs):
-    """The attribution rule per c (module docstring) from the declared rules' verdicts."""
+    """Per c: attributed to coherence only if winsorizing beats every control (declared rules)."""
     arms_ = [a for a, _ in runs]
     lines, out = ["## Attribution (declared): coherence only if winsorizing beats every control",
                   ""], {}
