@@ -6,8 +6,6 @@ samples and f^p of a mixed one. One arm per dataset and width; contrast: pristin
 m-coherence, paired by seed. docs/experiments/intro/double_descent.md; docs/design.md §7.1.
 """
 
-import time
-
 import numpy as np
 
 from . import beyond_common as common
@@ -20,14 +18,12 @@ from . import probes
 from .experiment import Column, Experiment
 
 
-def _train(config, run_dir, echo):
+def _setup(config, run_dir, echo):
     import keras
     import tensorflow as tf
 
     from cgh_tf import data
 
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed))
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
@@ -54,15 +50,15 @@ def _train(config, run_dir, echo):
                                                        ~corrupted[mixed], loss_fn),
                 "weight_norm": probes.weight_norm(model)}
 
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), model, run.optimizer, run.train_epoch, log, epochs=config.epochs,
-        log_epochs=graph_loop.capped_log_epochs(config.log_epochs, config.epochs),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x))
-    best = curve_stats.best_at(curves, "test_error", highest=False)
-    summary = {**curve_stats.last_values(curves), "num_params": curve_stats.params(model),
-               **dict(zip(("min_test_error", "epoch_of_min_test_error"), best))}
-    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=len(x),
-                         num_corrupted=int(corrupted.sum()))
+    def summarize(curves):
+        best = curve_stats.best_at(curves, "test_error", highest=False)
+        return {**curve_stats.last_values(curves), "num_params": curve_stats.params(model),
+                **dict(zip(("min_test_error", "epoch_of_min_test_error"), best))}
+
+    return graph_loop.Training(
+        model, run.optimizer, log=log, summarize=summarize,
+        extra={"num_train": len(x), "num_corrupted": int(corrupted.sum())},
+        **graph_loop.epoch_schedule(run.train_epoch, config, len(x)))
 
 
 def check_config(config):
@@ -140,7 +136,7 @@ def figures(workdir, runs):
     return files
 
 
-run = common.resumable(_train, check_config)
+run = graph_loop.declared_run(_setup, check_config)
 
 PROGRESS = ("test_error", "min_test_error", "corrupted_accuracy",
             "coherence/pristine/m_coherence", "coherence/corrupted/m_coherence", "f_pristine")

@@ -5,9 +5,81 @@ last partial) inside one `tf.function` call, so a resumed run replays an uninter
 batches (docs/design.md §7.0).
 """
 
+import dataclasses
+import time
+from typing import Callable, Sequence
+
 import numpy as np
 
 from . import beyond_common as common
+
+
+@dataclasses.dataclass
+class Training:
+    """One graph-loop run as data, in positions of `unit` (epochs, steps or updates):
+    `advance(start, stop)` trains from one position to another; `log(position)` -> a row of
+    scalars (with "step") at each of `log_points`; a checkpoint at `checkpoint_points` and at
+    `total` (None: the last log point); `summarize(curves)` -> the summary dict; `extra`: more
+    results.json fields (a dict, or a function of the curves). Built by an experiment's `setup`
+    for `declared_run` (`epoch_schedule` / `step_schedule` give advance and the points)."""
+
+    model: object
+    optimizer: object
+    advance: Callable
+    log: Callable
+    log_points: Sequence
+    checkpoint_points: Sequence
+    summarize: Callable
+    extra: object = dataclasses.field(default_factory=dict)
+    unit: str = "epoch"
+    total: int = None
+
+
+def declared_run(setup, check_config):
+    """An experiment's public `run(config, run_dir, echo=print)` (`common.resumable`): seed
+    `config.seed` (Keras, NumPy, Python), `setup(config, run_dir, echo)` -> `Training`, its
+    `run_logged` curves, `common.finish` with its summary and extra fields."""
+
+    def train(config, run_dir, echo):
+        import keras
+
+        started = time.time()
+        keras.utils.set_random_seed(int(config.seed))
+        run = setup(config, run_dir, echo)
+        total = max(run.log_points) if run.total is None else run.total
+        curves = run_logged(run_dir, config.to_dict(), run.model, run.optimizer, run.advance,
+                            run.log, total=total, log_points=run.log_points,
+                            checkpoint_points=run.checkpoint_points, echo=echo, unit=run.unit)
+        extra = run.extra(curves) if callable(run.extra) else run.extra
+        return common.finish(run_dir, config.to_dict(), curves, run.summarize(curves), started,
+                             **extra)
+
+    train.__module__ = setup.__module__
+    return common.resumable(train, check_config)
+
+
+def epoch_schedule(train_epoch, config, n, log_epochs=None, epochs=None):
+    """`Training` fields of a run in epochs over n examples: epoch e is
+    `train_epoch(epoch_permutation(config.seed, e, n))`; logs at `log_epochs` (default
+    `config.log_epochs`) up to `epochs` (default `config.epochs`) plus the last; a checkpoint at
+    every `config.checkpoint_every_logs`-th log."""
+    epochs = int(config.epochs if epochs is None else epochs)
+    log_points = capped_log_epochs(config.log_epochs if log_epochs is None else log_epochs,
+                                   epochs)
+
+    def advance(start, stop):
+        for epoch in range(start, stop):
+            train_epoch(epoch_permutation(config.seed, epoch, n))
+
+    return dict(advance=advance, log_points=log_points,
+                checkpoint_points=log_points[::int(config.checkpoint_every_logs)], total=epochs)
+
+
+def step_schedule(train, config, n, log_points, checkpoint_points, unit="step"):
+    """`Training` fields of a run in global steps of the `epoch_trainer` `train` over n examples
+    (`step_advancer`), logging at `log_points`, checkpointing at `checkpoint_points`."""
+    return dict(advance=step_advancer(train, config.seed, n), log_points=log_points,
+                checkpoint_points=checkpoint_points, unit=unit)
 
 
 def epoch_permutation(seed, epoch, n):
