@@ -1,15 +1,8 @@
-"""Easy vs hard examples (arXiv 2003.07422) with equal-size random controls (issue 24).
-
-Per seed: a probe MLP calls an example easy if it classifies it after `probe_epochs`; `partition`
-splits easy / hard into training and test parts and draws random parts of the same sizes from the
-same pools; one arm per part trains a fresh model (the probe's initial weights) on it and tests it
-on every test part. Every part is compared with its random control, paired by seed (`rules`).
-docs/experiments/intro/easy_hard.md; docs/design.md §7.2.
-"""
+"""Easy vs hard examples (2003.07422) against random parts of equal size: a probe splits the
+examples, one arm per part trains from the probe's initial weights and is tested on every test
+part. docs/experiments/intro/easy_hard.md; design §7.2."""
 
 import hashlib
-import time
-
 import numpy as np
 
 from cgh_tf.statistics import PairedRule
@@ -56,15 +49,11 @@ def partition(easy, seed, test_fraction):
     return parts
 
 
-def _train(config, run_dir, echo):
-    import keras
-
+def _setup(config, run_dir, echo):
     from cgh_tf import coherence, data
 
-    started = time.time()
     ds = data.load(config.dataset)
     x, y = common.arrays(ds.train)
-    keras.utils.set_random_seed(int(config.seed))
     model = models.mlp(config, ds.input_shape, ds.num_classes)
     initial = model.get_weights()
     probe = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes, model=model)
@@ -88,18 +77,15 @@ def _train(config, run_dir, echo):
         return {"epoch": epoch, "step": epoch,
                 **{key: float(correct[idx].mean()) for key, idx in tests.items()}}
 
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
-        epochs=config.epochs, log_epochs=graph_loop.capped_log_epochs(config.log_epochs,
-                                                                      config.epochs),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(train_idx),
-        echo=echo)
-    summary = {key: curves[key][-1] for key in tests}
-    summary.update(n_train=len(train_idx), n_easy=int(easy.sum()),
-                   pairwise_coherence_init=at_init.pairwise_coherence,
-                   m_coherence_init=at_init.m_coherence)
-    return common.finish(run_dir, config.to_dict(), curves, summary, started,
-                         easy_mask_sha256=hashlib.sha256(np.packbits(easy).tobytes()).hexdigest())
+    def summarize(curves):
+        return {**{key: curves[key][-1] for key in tests}, "n_train": len(train_idx),
+                "n_easy": int(easy.sum()), "pairwise_coherence_init": at_init.pairwise_coherence,
+                "m_coherence_init": at_init.m_coherence}
+
+    return graph_loop.Training(
+        run.model, run.optimizer, log=log, summarize=summarize,
+        extra={"easy_mask_sha256": hashlib.sha256(np.packbits(easy).tobytes()).hexdigest()},
+        **graph_loop.epoch_schedule(run.train_epoch, config, len(train_idx)))
 
 
 def check_config(config):
@@ -208,7 +194,7 @@ def figures(workdir, runs):
 EXPERIMENT = Experiment(
     name="easy_hard",
     title="Easy vs hard examples against random splits of equal size, with cross-evaluation",
-    arms=arms, run_arm=common.resumable(_train, check_config), columns=COLUMNS, loop="graph",
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), columns=COLUMNS, loop="graph",
     comparisons=comparisons,
     compared=("test_own", "test_on_easy", "test_on_hard", "pairwise_coherence_init"),
     rules=rules, figures=figures, analyses=analyses, setting=setting,

@@ -1,13 +1,6 @@
-"""Flagging mislabelled examples by their alignment, against the noisy-label literature's baselines.
-
-Per run, at each of `score_epochs`, every training example of a noisy training set is scored by
-−a_i (alignment), by its loss (small-loss rule) and by its forgetting count (`cgh_tf.noisy_labels`);
-each score's AUROC and flagging precision for the corrupted examples. Rules per dataset and noise
-level, paired by seed: −a_i beats chance at initialisation, the loss at every score epoch and
-forgetting at the last. docs/experiments/intro/label_noise_detection.md; docs/design.md §7.2.
-"""
-
-import time
+"""Flagging mislabelled examples by their alignment: the AUROC and precision of −a_i against the
+small-loss rule and forgetting counts at each of `score_epochs`.
+docs/experiments/intro/label_noise_detection.md; design §7.2."""
 
 import numpy as np
 
@@ -24,10 +17,9 @@ from .experiment import Column, Experiment
 SCORES = ("alignment", "loss", "forgetting")
 
 
-def _train(config, run_dir, echo):
+def _setup(config, run_dir, echo):
     from cgh_tf import data, noisy_labels
 
-    started = time.time()
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed))
     x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
@@ -55,20 +47,25 @@ def _train(config, run_dir, echo):
         records.put(epoch, correct=correct, **arrays)
         return row
 
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
-        epochs=config.epochs, log_epochs=range(int(config.epochs) + 1),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x), echo=echo)
-    summary = {f"{key}/e{int(epoch)}": value for key in curves if "/" in key
-               for epoch, value in zip(curves["epoch"], curves[key])
-               if epoch in config.score_epochs and value is not None}
-    summary.update({key: curves[key][-1] for key in ("pristine_accuracy", "corrupted_accuracy",
-                                                     "test_accuracy")})
-    scored = [e for e in config.score_epochs if e <= config.epochs]
-    profiles = {"epoch": scored, **{f"auroc/{s}": [summary.get(f"auroc/{s}/e{e}") for e in scored]
+    def summarize(curves):
+        summary = {f"{key}/e{int(epoch)}": value for key in curves if "/" in key
+                   for epoch, value in zip(curves["epoch"], curves[key])
+                   if epoch in config.score_epochs and value is not None}
+        return {**summary, **{key: curves[key][-1] for key in (
+            "pristine_accuracy", "corrupted_accuracy", "test_accuracy")}}
+
+    def profiles(curves):
+        """{epoch: the score epochs, auroc/<score>: its AUROC at each}."""
+        summary, scored = summarize(curves), [e for e in config.score_epochs if e <= config.epochs]
+        return {"epoch": scored, **{f"auroc/{s}": [summary.get(f"auroc/{s}/e{e}") for e in scored]
                                     for s in SCORES}}
-    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=len(x),
-                         num_corrupted=int(corrupted.sum()), profiles=profiles)
+
+    return graph_loop.Training(
+        run.model, run.optimizer, log=log, summarize=summarize,
+        extra=lambda curves: {"num_train": len(x), "num_corrupted": int(corrupted.sum()),
+                              "profiles": profiles(curves)},
+        **graph_loop.epoch_schedule(run.train_epoch, config, len(x),
+                                    log_epochs=range(int(config.epochs) + 1)))
 
 
 def example_scores(run, x, y, history, config):
@@ -200,7 +197,7 @@ def figures(workdir, runs):
 EXPERIMENT = Experiment(
     name="label_noise_detection",
     title="Flagging corrupted labels: AUROC of −a_i against the small-loss rule and forgetting",
-    arms=arms, run_arm=common.resumable(_train, check_config),
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config),
     columns=columns(noise_config.get_config().score_epochs, noise_config.get_config().epochs),
     loop="graph", scales=("small",), rules=rules,
     figures=figures, setting=setting,

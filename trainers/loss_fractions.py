@@ -1,14 +1,6 @@
-"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null?
-(2002.10657)
-
-f^p = ⟨g, g^p⟩ / ⟨g, g⟩ of a fixed mixed training sample against its null Q_p/Q
-(`cgh_tf.nulls.fp_null_of_model`; the count share n_p/n shown too), logged at every step
-0..`every_step_until` and every epoch end of plain SGD. Rule per noise level: mean(f^p − Q_p/Q)
-over `early_window` above 0 (paired 95 % CI). docs/experiments/intro/loss_fractions.md;
-docs/design.md §7.1.
-"""
-
-import time
+"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null? f^p of
+a fixed mixed sample against Q_p/Q at every early step and epoch end of plain SGD (2002.10657).
+docs/experiments/intro/loss_fractions.md; design §7.1."""
 
 import numpy as np
 
@@ -30,20 +22,18 @@ def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
 
-    need, is_int = common.require, config_schema.is_int
+    is_int = config_schema.is_int
     common.require_one_of(config, "dataset", ("mnist1d", "mnist5k"))
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     common.require_ints(config, ("train_size", "width", "depth", "batch_size", "epochs",
                                  "fraction_samples", "checkpoint_every_logs"))
     common.require_ints(config, ("every_step_until",), 0)
-    need(isinstance(config.label_noise, (int, float)) and 0 < config.label_noise < 1,
-         f"label_noise={config.label_noise!r} must be in (0, 1): f^p needs pristine and "
-         "corrupted examples")
+    common.require_label_noise(config)
     common.require_positive(config, ("learning_rate",))
     first, last = tuple(config.early_window)
-    need(is_int(first, 0) and is_int(last, first) and last <= config.every_step_until,
-         f"early_window={tuple(config.early_window)!r} must be (first, last) steps with 0 <= "
-         f"first <= last <= every_step_until={config.every_step_until}")
+    common.require(is_int(first, 0) and is_int(last, first) and last <= config.every_step_until,
+                   f"early_window={tuple(config.early_window)!r} must be (first, last) steps "
+                   f"with 0 <= first <= last <= every_step_until={config.every_step_until}")
 
 
 def fractions_row(model, x, y, pristine, loss):
@@ -58,11 +48,7 @@ def fractions_row(model, x, y, pristine, loss):
             "count_share": nulls.count_share(pristine)}
 
 
-def _train(config, run_dir, echo):
-    import keras
-
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
+def _setup(config, run_dir, echo):
     ds = memorisation_run.load_data(config)
     x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
     run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes,
@@ -77,15 +63,14 @@ def _train(config, run_dir, echo):
                 **fractions_row(run.model, x[idx], y[idx], ~corrupted[idx], run.loss_fn)}
 
     epoch_ends = [e * per_epoch for e in range(1, int(config.epochs) + 1)]
-    curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), run.model, run.optimizer,
-        graph_loop.step_advancer(run.train_epoch, int(config.seed), n), log,
-        total=epoch_ends[-1],
-        log_points=set(range(int(config.every_step_until) + 1)) | set(epoch_ends),
-        checkpoint_points=epoch_ends[::int(config.checkpoint_every_logs)], echo=echo, unit="step")
-    return common.finish(run_dir, config.to_dict(), curves, summarize(curves, config.early_window),
-                         started, num_train=n, num_corrupted=int(corrupted.sum()),
-                         sample_size=len(idx), steps_per_epoch=per_epoch)
+    return graph_loop.Training(
+        run.model, run.optimizer, log=log, total=epoch_ends[-1],
+        summarize=lambda curves: summarize(curves, config.early_window),
+        extra=dict(num_train=n, num_corrupted=int(corrupted.sum()), sample_size=len(idx),
+                   steps_per_epoch=per_epoch),
+        **graph_loop.step_schedule(
+            run.train_epoch, config, n, set(range(int(config.every_step_until) + 1))
+            | set(epoch_ends), epoch_ends[::int(config.checkpoint_every_logs)]))
 
 
 def summarize(curves, window):
@@ -159,12 +144,10 @@ def figures(workdir, runs):
                                  row_of=lambda a: a.panel)]
 
 
-run = common.resumable(_train, check_config)
-
 EXPERIMENT = Experiment(
     name="loss_fractions",
     title="Pristine share of the early loss reduction, f^p, against its null Q_p/Q",
-    arms=arms, run_arm=run, loop="graph", scales=("small",),
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), loop="graph", scales=("small",),
     columns=(Column("fp_early", "f^p (early window mean)"),
              Column("null_early", "Q_p/Q (early window mean)"),
              Column("fp_minus_null_early", "f^p − Q_p/Q (early window)"),

@@ -6,6 +6,7 @@ docs/experiments/intro/noise_structure.md; design §7.1."""
 from cgh_tf import statistics
 
 from . import beyond_common as common
+from . import graph_loop
 from . import memorisation_run
 from . import runner
 from . import scale
@@ -23,7 +24,7 @@ def check_config(config):
     common.require_ints(config, ("coherence_samples",), 2)
 
 
-def _coherence(model, ds, m, data_seed):
+def _coherence(model, ds, config):
     """{pairwise/<sample>: (r − 1)/(m − 1)} of the fixed corrupted and pristine samples."""
     import keras
 
@@ -33,23 +34,21 @@ def _coherence(model, ds, m, data_seed):
     x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
     row = {}
     for name, salt in SAMPLES.items():
-        idx = common.sample(corrupted if name == "corrupted" else ~corrupted, m, data_seed, salt)
+        idx = common.sample(corrupted if name == "corrupted" else ~corrupted,
+                            config.coherence_samples, config.data_seed, salt)
         stats = coherence.measure(model, x[idx], y[idx], loss=loss, batch_size=len(idx))
         row[f"pairwise/{name}"] = stats.pairwise_coherence
     return row
 
 
-def _train(config, run_dir, echo):
-    m, data_seed = int(config.coherence_samples), int(config.data_seed)
-
+def _setup(config, run_dir, echo):
     def build(config, model, ds):
         optimizer, per_update, aggregator, _ = memorisation_run.build_optimizer(config)
-        init = _coherence(model, ds, m, data_seed)
+        init = _coherence(model, ds, config)
         return optimizer, per_update, aggregator, {f"{k}_init": v for k, v in init.items()}
 
-    return memorisation_run.train_memorisation(config, run_dir, echo, build=build,
-                                    measure=lambda model, ds, epoch: _coherence(model, ds, m,
-                                                                                data_seed))
+    return memorisation_run.setup(config, run_dir, echo, build=build,
+                                  measure=lambda model, ds, epoch: _coherence(model, ds, config))
 
 
 def arms(scale_name="small", seeds=3, overrides=None):
@@ -150,7 +149,7 @@ def figures(workdir, runs):
                                  row_of=lambda a: a.panel)]
 
 
-run = common.resumable(_train, check_config)
+run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
     name="noise_structure",

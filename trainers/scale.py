@@ -6,6 +6,7 @@ from cgh_tf import statistics
 
 from . import beyond_common as common
 from . import config_schema
+from . import graph_loop
 from . import memorisation_run
 from . import scale_trend
 from . import update_rules
@@ -51,8 +52,8 @@ def check_arm(config):
          f"({config.optimizer}) exceeds train_size={config.train_size}: no update in an epoch")
 
 
-def _train(config, run_dir, echo):
-    return memorisation_run.train_memorisation(config, run_dir, echo)
+def _setup(config, run_dir, echo):
+    return memorisation_run.setup(config, run_dir, echo)
 
 
 def arms(scale="small", seeds=3, overrides=None, arm_names=None, sizes=None):
@@ -140,7 +141,7 @@ def figures(workdir, runs):
     return files
 
 
-run = common.resumable(_train, check_config)
+run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
     name="scale", title="Memorisation suppression vs training-set size (M3, RM3, winsorized GD)",

@@ -8,6 +8,7 @@ from cgh_tf import statistics
 
 from . import beyond_common as common
 from . import config_schema
+from . import graph_loop
 from . import memorisation_run
 from . import runner
 from . import update_rules
@@ -46,8 +47,6 @@ def calibrate(model, ds, config):
 
     from cgh_tf import aggregators, per_example
 
-    from . import graph_loop
-
     x, y = common.arrays(ds.train)
     winsorize, batch = aggregators.Winsorize(float(config.winsorize_pct)), int(config.batch_size)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -67,7 +66,7 @@ def calibrate(model, ds, config):
 
 
 def build(config, model, ds):
-    """`memorisation_run.train_memorisation`'s build: the arm's SGD and aggregator, calibrated
+    """`memorisation_run.setup`'s build: the arm's SGD and aggregator, calibrated
     if a control."""
     from cgh_tf import aggregators, optimizers
 
@@ -100,8 +99,8 @@ def frontier_point(curves, level):
     return {"corrupted_at_pristine": None, "epoch_at_pristine": None}
 
 
-def _train(config, run_dir, echo):
-    return memorisation_run.train_memorisation(
+def _setup(config, run_dir, echo):
+    return memorisation_run.setup(
         config, run_dir, echo, build=build,
         summarize_more=lambda curves: frontier_point(curves, float(config.frontier_pristine)))
 
@@ -201,7 +200,7 @@ def figures(workdir, runs):
                                  title="Accuracies per arm", row_of=lambda a: a.panel)]
 
 
-run = common.resumable(_train, check_config)
+run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
     name="winsorize_controls",
