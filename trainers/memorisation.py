@@ -1,13 +1,6 @@
 """Memorisation of noisy labels: SGD vs M3 / RM3 / RA3 / the update-count control, and winsorized
-SGD (2003.07422; 2002.10657); each arm one trainer run (Keras `fit`, `fit_arm.py`).
-
-Conventions: plain SGD (momentum 0) everywhere; the base weight decay is coupled L2
-(`optimizer.l2`) for the robust optimizers and Keras' `weight_decay` for SGD (the same update
-without momentum); `sgd_x3` triples the batch at SGD's learning rate; winsorized arms drop the
-last partial batch (static batch). Declared: every robust arm against its matched controls and
-every winsorized arm against SGD, paired by seed; rules on the corrupted examples' train accuracy
-at 50 % noise. docs/experiments/intro/memorisation.md.
-"""
+SGD (2003.07422; 2002.10657), each arm a Keras `fit` run (`fit_arm.py`); rules at 50 % noise.
+Conventions (momentum, weight decay, batches): docs/experiments/intro/memorisation.md."""
 
 import copy
 
@@ -42,8 +35,7 @@ READINGS = (
 
 
 def optimizer_arm_config(base, method):
-    """`base` trained with `method` (a key of METHODS): plain SGD inside, coupled L2 for the
-    robust ones."""
+    """`base` with `method` of METHODS: plain SGD inside, coupled L2 for the robust ones."""
     _, optimizer, multiplier = METHODS[method]
     config = copy.deepcopy(base)
     decay = float(config.optimizer.weight_decay) + float(config.optimizer.l2)
@@ -56,8 +48,7 @@ def optimizer_arm_config(base, method):
 
 
 def winsorized_config(base, pct):
-    """`base` trained with winsorized SGD at `pct` percent per side, dropping the last partial
-    batch."""
+    """`base` with winsorized SGD at `pct` % per side (the last partial batch dropped)."""
     config = optimizer_arm_config(base, "sgd")
     config.drop_remainder = True
     config.optimizer.aggregation = "winsorize"
@@ -67,10 +58,8 @@ def winsorized_config(base, pct):
 
 def arms(scale="small", seeds=3, overrides=None, noise_levels=(0.0, 0.25, 0.5),
          methods=tuple(METHODS), winsorize_pcts=None, winsorize_noise=0.5):
-    """The arms at `scale` with seeds 0..seeds−1, every config checked: base
-    (`fit_arm.base_config("default", scale)`, at small scale ← `SMALL`) ← `overrides`, then the
-    arm's changes. winsorize_pcts: the c of the winsorized arms at `winsorize_noise` (None: (2, 4,
-    8); () for none)."""
+    """The arms over `fit_arm.base_config("default", scale, SMALL, overrides)`; winsorize_pcts:
+    the c of the winsorized arms at `winsorize_noise` (None: `SMALL_WINSORIZE_PCTS`)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"method={unknown[0]!r} is unknown; allowed: {', '.join(METHODS)}")

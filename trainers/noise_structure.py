@@ -67,8 +67,8 @@ def arms(scale_name="small", seeds=3, overrides=None):
 
 
 def _ordered(values, order, what):
-    """The declared paired-CI order rule over {kind: {seed: value}} (kinds of `order`, largest
-    first): (rows [(larger, smaller, PairedDifference)], verdict text)."""
+    """(rows [(larger, smaller, PairedDifference)], verdict) of the declared order rule over
+    {kind: {seed: value}}, `order` largest first."""
     rows = [(hi, lo, statistics.paired_difference(values[hi], values[lo]))
             for hi, lo in zip(order, order[1:])]
     if any(d.high is not None and d.high < 0 for _, _, d in rows):
@@ -81,7 +81,7 @@ def _ordered(values, order, what):
 
 
 def analyses(runs):
-    """The ordering rule per matched pair and the premise (module docstring)."""
+    """The order rule (`_ordered`) of every matched pair's suppression and of the premise."""
     planned = {a.panel for a, _ in runs}
     groups = {a.group for a, _ in runs}
     lines = ["## Does suppression order with the corrupted set's coherence?", "",
@@ -109,8 +109,7 @@ def analyses(runs):
 
 
 def _room(runs, groups):
-    """The controls' own corrupted accuracy per kind: the room a suppression has (a control at 0
-    leaves none, so that kind's suppression is 0 by construction: a floor)."""
+    """The controls' own corrupted accuracy per kind: the room a suppression has (a floor)."""
     controls = [c for _, c, matched in scale.PAIRS if matched]
     lines = ["Room to suppress: each control's corrupted train accuracy (mean over seeds, last "
              "epoch); near 0 the suppression of that kind is floored at 0.", "",
@@ -149,20 +148,14 @@ def figures(workdir, runs):
                                  row_of=lambda a: a.panel)]
 
 
-run = graph_loop.declared_run(_setup, check_config)
-
 EXPERIMENT = Experiment(
     name="noise_structure",
     title="Memorisation suppression by noise structure (pair, uniform, isolated labels)",
-    arms=arms, run_arm=run, loop="graph",
-    columns=(Column("corrupted_accuracy", "corrupted train acc (noisy label)"),
-             Column("corrupted_true_accuracy", "corrupted train acc (true label)"),
-             Column("pristine_accuracy", "pristine train acc"),
-             Column("test_accuracy", "test acc (last)"),
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), loop="graph",
+    columns=(*scale.ACCURACY_COLUMNS,
              Column("pairwise/corrupted_init", "pairwise coh. corrupted (init)", ".4f"),
              Column("pairwise/corrupted", "pairwise coh. corrupted (last)", ".4f"),
              Column("pairwise/pristine", "pairwise coh. pristine (last)", ".4f")),
-    comparisons=scale.comparisons, compared=("corrupted_accuracy", "pristine_accuracy",
-                                             "test_accuracy"),
+    comparisons=scale.comparisons, compared=scale.COMPARED,
     rules=scale.rules, analyses=analyses, setting=setting, figures=figures,
     progress=("corrupted_accuracy", "pristine_accuracy", "pairwise/corrupted"))

@@ -29,6 +29,11 @@ ARM_SETTINGS = {arm: (changes.get("optimizer", "sgd"), changes.get("aggregation"
 # (arm, control, matched): compared per size; rules on the matched pairs
 PAIRS = (("m3", "sgd_x3", True), ("m3", "sgd", False), ("rm3", "ra3", True),
          ("rm3", "sgd", False), ("winsorize", "sgd", True))
+ACCURACY_COLUMNS = (Column("corrupted_accuracy", "corrupted train acc (noisy label)"),
+                    Column("corrupted_true_accuracy", "corrupted train acc (true label)"),
+                    Column("pristine_accuracy", "pristine train acc"),
+                    Column("test_accuracy", "test acc (last)"))
+COMPARED = ("corrupted_accuracy", "pristine_accuracy", "test_accuracy")
 
 
 def check_config(config):
@@ -148,11 +153,7 @@ EXPERIMENT = Experiment(
     arms=arms, run_arm=run, loop="graph",
     columns=(Column("updates", "updates", ".0f"),
              Column("corrupted_per_label_pair", "corrupted per (true, noisy) label pair", ".1f"),
-             Column("corrupted_accuracy", "corrupted train acc (noisy label)"),
-             Column("corrupted_true_accuracy", "corrupted train acc (true label)"),
-             Column("pristine_accuracy", "pristine train acc"),
-             Column("test_accuracy", "test acc (last)"),
-             Column("best_test_accuracy", "best test acc (logged epochs)")),
-    comparisons=comparisons, compared=("corrupted_accuracy", "pristine_accuracy", "test_accuracy"),
+             *ACCURACY_COLUMNS, Column("best_test_accuracy", "best test acc (logged epochs)")),
+    comparisons=comparisons, compared=COMPARED,
     rules=rules, analyses=analyses, setting=setting, figures=figures,
     progress=("updates", "corrupted_accuracy", "pristine_accuracy", "test_accuracy"))
