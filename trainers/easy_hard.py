@@ -3,6 +3,7 @@ examples, one arm per part trains from the probe's initial weights and is tested
 part. docs/experiments/intro/easy_hard.md; design §7.2."""
 
 import hashlib
+
 import numpy as np
 
 from cgh_tf.statistics import PairedRule
@@ -21,11 +22,10 @@ PARTNER = {"easy": "hard", "hard": "easy", "random_easy_size": "random_hard_size
 
 
 def partition(easy, seed, test_fraction):
-    """{part: (train indices, test indices)} (sorted int arrays) of the four `PARTS` from the
-    [n] bool `easy` mask: easy / hard split by `default_rng([seed, 4099])` with round(test_fraction
-    · size) test examples each; the random parts partition the union of the easy and hard
-    training (test) parts into sizes equal to easy's and hard's. ValueError (one line) if a part
-    would have fewer than 2 training or 1 test example."""
+    """{part of `PARTS`: (train, test) sorted index arrays} from the [n] bool `easy` mask: easy /
+    hard each split with round(test_fraction · size) test examples; the random parts split the
+    union of both training (test) parts into easy's and hard's sizes. ValueError (one line) if a
+    part has fewer than 2 training or 1 test example."""
     rng = np.random.default_rng([int(seed), 4099])
 
     def split(idx, first):   # (sorted first `first` of a permutation, sorted rest)
@@ -105,7 +105,7 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None):
-    """One arm per dataset and part (`PARTS`), seeds 0..seeds−1; every config checked."""
+    """One arm per dataset and part (`PARTS`)."""
     return [arm for dataset, base in common.dataset_bases(
         easy_hard_config, scale, dict(overrides or {}), "easy_hard") for part in PARTS
         for arm in common.seeded_arms(f"{dataset}/{part}", f"{dataset}, {part.replace('_', ' ')}",

@@ -69,9 +69,8 @@ def _setup(config, run_dir, echo):
 
 
 def example_scores(run, x, y, history, config):
-    """{name: [n] score} of every training example under the current weights (module table);
-    `history` [epochs so far from 1, n] bool: correctness after each epoch (None before epoch 2:
-    no forgetting score)."""
+    """{name: [n] score} of every training example at the current weights; `history` [epochs
+    from 1, n] bool: correctness after each (None before epoch 2: no forgetting score)."""
     from cgh_tf import coherence, noisy_labels
 
     found = coherence.alignment(run.model, x, y, loss=run.loss_fn,
@@ -85,8 +84,8 @@ def example_scores(run, x, y, history, config):
 
 
 def score_row(scores, corrupted, noise_rate):
-    """{auroc/<score>, precision/<score>}: each score's AUROC for `corrupted`, and the share
-    corrupted among the round(noise_rate · n) examples with the highest score."""
+    """{auroc/<score>, precision/<score>}: AUROC for `corrupted`; share corrupted among the
+    round(noise_rate · n) highest scores."""
     from cgh_tf import noisy_labels
 
     row = {}
@@ -124,8 +123,8 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None):
-    """One arm per dataset and noise level (`NOISE_LEVELS`, or only `overrides["label_noise"]`);
-    seed k also corrupts with data_seed k, so the intervals cover which labels are corrupted."""
+    """One arm per dataset and noise level (`NOISE_LEVELS`, or `overrides["label_noise"]`); seed
+    k corrupts with data_seed k, so the intervals cover which labels are corrupted."""
     out = []
     for dataset, base in common.dataset_bases(noise_config, scale, dict(overrides or {}),
                                               "label_noise_detection"):
@@ -140,7 +139,6 @@ def arms(scale="small", seeds=3, overrides=None):
 
 
 def rules(arms_):
-    """Per group, declared before the runs (module docstring)."""
     out = []
     for group, arm in {a.group: a for a in arms_}.items():
         epochs = tuple(arm.config.score_epochs)
@@ -159,17 +157,17 @@ def rules(arms_):
 
 def columns(score_epochs, last):
     """The table: per score epoch the AUROCs and precisions, then the accuracies."""
-    out = [Column("auroc/alignment_permuted/e0", "AUROC −a_i, permuted (null), epoch 0")]
-    for e in score_epochs:
-        out += [Column(f"auroc/alignment/e{e}", f"AUROC −a_i, epoch {e}"),
-                Column(f"auroc/loss/e{e}", f"AUROC loss, epoch {e}")]
-    out.append(Column(f"auroc/forgetting/e{last}", f"AUROC forgetting, epoch {last}"))
-    for e in score_epochs:
-        out += [Column(f"precision/alignment/e{e}", f"precision −a_i, epoch {e}"),
-                Column(f"precision/loss/e{e}", f"precision loss, epoch {e}")]
-    return tuple(out + [Column("pristine_accuracy", "pristine train acc (last)"),
-                        Column("corrupted_accuracy", "corrupted train acc, noisy label (last)"),
-                        Column("test_accuracy", "test acc (last)")])
+    def per_epoch(kind, name):  # kind: "auroc" or "precision"
+        return [Column(f"{kind}/{s}/e{e}", f"{name} {label}, epoch {e}") for e in score_epochs
+                for s, label in (("alignment", "−a_i"), ("loss", "loss"))]
+
+    return (Column("auroc/alignment_permuted/e0", "AUROC −a_i, permuted (null), epoch 0"),
+            *per_epoch("auroc", "AUROC"),
+            Column(f"auroc/forgetting/e{last}", f"AUROC forgetting, epoch {last}"),
+            *per_epoch("precision", "precision"),
+            Column("pristine_accuracy", "pristine train acc (last)"),
+            Column("corrupted_accuracy", "corrupted train acc, noisy label (last)"),
+            Column("test_accuracy", "test acc (last)"))
 
 
 def setting(runs):

@@ -39,9 +39,9 @@ def check_config(config):
 
 
 def calibrate(model, ds, config):
-    """At the model's current weights, over the first `calibration_batches` batches of epoch 0
-    (`graph_loop.epoch_permutation(seed, 0, n)`): the mean share of per-example gradient values
-    that winsorizing at c changes, and ρ = mean ‖winsorized mean‖ / mean ‖mean gradient‖."""
+    """Over the first `calibration_batches` batches of epoch 0 at the current weights: the mean
+    share of per-example gradient values winsorizing at c changes, and ρ = mean ‖winsorized
+    mean‖ / mean ‖mean gradient‖."""
     import keras
     import tensorflow as tf
 
@@ -66,8 +66,7 @@ def calibrate(model, ds, config):
 
 
 def build(config, model, ds):
-    """`memorisation_run.setup`'s build: the arm's SGD and aggregator, calibrated
-    if a control."""
+    """`memorisation_run.setup`'s build: the arm's SGD and aggregator, calibrated if a control."""
     from cgh_tf import aggregators, optimizers
 
     rate, aggregator = float(config.learning_rate), None
@@ -84,8 +83,8 @@ def build(config, model, ds):
 
 
 def frontier_point(curves, level):
-    """{corrupted_at_pristine, epoch_at_pristine}: where the pristine accuracy curve first reaches
-    `level` (linear between logged points), the corrupted accuracy and the epoch; None if never."""
+    """{corrupted_at_pristine, epoch_at_pristine}: the corrupted accuracy and epoch where the
+    pristine accuracy first reaches `level` (linear between logged points); None if never."""
     pristine, corrupted, epochs = (curves[k] for k in ("pristine_accuracy", "corrupted_accuracy",
                                                        "epoch"))
     for i, p in enumerate(pristine):
@@ -110,8 +109,7 @@ def _group(arm, pct):
 
 
 def arms(scale_name="small", seeds=3, overrides=None):
-    """SGD and, per c of `WINSORIZE_PCTS` (or `overrides["pcts"]`), winsorize / clip / matched_lr;
-    seeds 0..seeds−1, every config checked."""
+    """SGD and, per c of `WINSORIZE_PCTS` (or `overrides["pcts"]`), every other arm."""
     from configs import winsorize_controls as wc_config
 
     overrides = dict(overrides or {})
@@ -200,12 +198,11 @@ def figures(workdir, runs):
                                  title="Accuracies per arm", row_of=lambda a: a.panel)]
 
 
-run = graph_loop.declared_run(_setup, check_config)
-
 EXPERIMENT = Experiment(
     name="winsorize_controls",
     title="Winsorized SGD against norm clipping and a matched learning rate",
-    arms=arms, run_arm=run, loop="graph", scales=("small",),
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), loop="graph",
+    scales=("small",),
     columns=(Column("corrupted_at_pristine", "corrupted acc at pristine = P (frontier)"),
              Column("epoch_at_pristine", "epoch reaching P", ".1f"),
              Column("corrupted_accuracy", "corrupted train acc (last)"),
