@@ -95,7 +95,7 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None):
-    """One arm per dataset (`DATASETS[scale]`, or only `overrides["dataset"]`), seeds 0..seeds−1."""
+    """One arm per dataset (`DATASETS[scale]`, or only `overrides["dataset"]`)."""
     from configs import alignment_order as order_config
 
     return [arm for dataset, base in common.dataset_bases(
@@ -151,6 +151,6 @@ def figures(workdir, runs):
 EXPERIMENT = Experiment(
     name="alignment_order",
     title="Alignment at initialisation against learning order (partial Spearman, ℓ_i controlled)",
-    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), columns=COLUMNS, loop="graph",
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), columns=COLUMNS,
     rules=rules, figures=figures, setting=setting,
     progress=("partial_spearman", "partial_spearman_permuted", "train_accuracy"))

@@ -109,9 +109,7 @@ def check_config(config):
     need = common.require
     common.require_one_of(config, "dataset", data.DATASETS)
     common.require_one_of(config, "noise_kind", ("other", "uniform"))
-    need(isinstance(config.label_noise, float) and 0 < config.label_noise < 1,
-         f"label_noise={config.label_noise!r} must be in (0, 1): detection needs corrupted and "
-         "clean examples")
+    common.require_label_noise(config)
     common.require_ints(config, ("width", "depth", "batch_size", "epochs", "alignment_batch",
                                  "null_permutations", "checkpoint_every_logs"))
     common.require_positive(config, ("learning_rate",))

@@ -39,10 +39,9 @@ def check_config(config):
 def fractions_row(model, x, y, pristine, loss):
     """{f_pristine, fp_null, fp_minus_null, count_share} of one sample (x, y arrays; pristine
     [m] bool): f^p, Q_p/Q, their difference and n_p/n, in inference mode."""
-    from cgh_tf import coherence, nulls
+    from cgh_tf import nulls
 
-    f_p, _ = coherence.loss_reduction_fractions(model, x, y, pristine, loss=loss,
-                                                batch_size=len(x))
+    f_p = probes.fraction_pristine(model, x, y, pristine, loss)
     null = nulls.fp_null_of_model(model, x, y, pristine, loss=loss, batch_size=len(x))
     return {"f_pristine": f_p, "fp_null": null, "fp_minus_null": f_p - null,
             "count_share": nulls.count_share(pristine)}
@@ -91,8 +90,7 @@ def summarize(curves, window):
 
 
 def arms(scale_name="small", seeds=3, overrides=None):
-    """Arms `<dataset>/noise<pp>` for every dataset and noise level of the config module, seeds
-    0..seeds−1, every config checked; `label_noise` is set per arm."""
+    """Arms `<dataset>/noise<pp>` per dataset and noise level (`NOISE_LEVELS`)."""
     from configs import loss_fractions as lf_config
 
     overrides = dict(overrides or {})
@@ -147,7 +145,8 @@ def figures(workdir, runs):
 EXPERIMENT = Experiment(
     name="loss_fractions",
     title="Pristine share of the early loss reduction, f^p, against its null Q_p/Q",
-    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), loop="graph", scales=("small",),
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), loop="graph",
+    scales=("small",),
     columns=(Column("fp_early", "f^p (early window mean)"),
              Column("null_early", "Q_p/Q (early window mean)"),
              Column("fp_minus_null_early", "f^p − Q_p/Q (early window)"),

@@ -37,7 +37,8 @@ def verdict(fit):
         return f"slope {b:+.3f} per decade (no residual spread: SE 0, not a real uncertainty)"
     if abs(b) > 2 * se:
         direction = "grows" if b > 0 else "shrinks"
-        return f"{direction} with n (slope {b:+.3f} ± {se:.3f} per decade, |t| = {abs(b) / se:.1f})"
+        return (f"{direction} with n (slope {b:+.3f} ± {se:.3f} per decade, "
+                f"|t| = {abs(b) / se:.1f})")
     return (f"shows no clear trend with n (slope {b:+.3f} ± {se:.3f} per decade, "
             f"|t| = {abs(b) / se:.1f} < 2)")
 
