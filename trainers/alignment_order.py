@@ -5,8 +5,10 @@ permutation null. docs/experiments/intro/alignment_order.md; design §7.2."""
 import numpy as np
 
 from cgh_tf.statistics import PairedRule
+from configs import alignment_order as order_config
 
 from . import beyond_common as common
+from . import figures as fig
 from . import graph_loop
 from . import per_example_runs
 from .experiment import Column, Experiment
@@ -96,8 +98,6 @@ def check_config(config):
 
 def arms(scale="small", seeds=3, overrides=None):
     """One arm per dataset (`DATASETS[scale]`, or only `overrides["dataset"]`)."""
-    from configs import alignment_order as order_config
-
     return [arm for dataset, base in common.dataset_bases(
         order_config, scale, dict(overrides or {}), "alignment_order")
         for arm in common.seeded_arms(dataset, dataset, dataset, base, seeds, check_config)]
@@ -139,8 +139,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     return [fig.profiles(workdir, "alignment_order.png", runs, (
         ("alignment_decile", "learning_epoch_by_alignment", "a_i at init (decile mean)",
          "mean learning epoch"),

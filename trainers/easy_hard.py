@@ -11,6 +11,7 @@ from configs import easy_hard as easy_hard_config
 
 from . import beyond_common as common
 from . import config_schema
+from . import figures as fig
 from . import graph_loop
 from . import models
 from . import per_example_runs
@@ -181,8 +182,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     return [fig.bars(workdir, f"easy_hard_{dataset}.png", chosen, (
         ("test_on_easy", "acc, easy test part"), ("test_on_hard", "acc, hard test part"),
         ("test_own", "acc, own test part"),

@@ -9,6 +9,7 @@ from configs import label_noise_detection as noise_config
 
 from . import beyond_common as common
 from . import config_schema
+from . import figures as fig
 from . import graph_loop
 from . import per_example_runs
 from . import probes
@@ -181,8 +182,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     return [fig.profiles(workdir, "label_noise_detection.png", runs, tuple(
         ("epoch", f"auroc/{s}", "epoch (0 = initialisation)", f"AUROC of {label}")
         for s, label in (("alignment", "−a_i"), ("loss", "the loss"),

@@ -5,9 +5,11 @@ docs/experiments/intro/loss_fractions.md; design §7.1."""
 import numpy as np
 
 from cgh_tf import statistics
+from configs import loss_fractions as lf_config
 
 from . import beyond_common as common
 from . import config_schema
+from . import figures as fig
 from . import graph_loop
 from . import models
 from . import memorisation_run
@@ -91,8 +93,6 @@ def summarize(curves, window):
 
 def arms(scale_name="small", seeds=3, overrides=None):
     """Arms `<dataset>/noise<pp>` per dataset and noise level (`NOISE_LEVELS`)."""
-    from configs import loss_fractions as lf_config
-
     overrides = dict(overrides or {})
     common.refuse_overrides(overrides, ("label_noise",), "set by each arm "
                             f"({', '.join(map(str, lf_config.NOISE_LEVELS))})")
@@ -130,8 +130,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     keys = (("f_pristine", "f^p (pristine share of loss reduction)"),
             ("fp_null", "Q_p/Q (f^p's gradient-blind null)"),
             ("fp_minus_null", "f^p − Q_p/Q"), ("count_share", "count share n_p/n"),

@@ -6,6 +6,7 @@ import copy
 
 from cgh_tf.statistics import PairedRule
 
+from . import figures as fig
 from . import fit_arm
 from .experiment import Arm
 from .fit_arm import Reading, noise_group, noise_panel, with_fields
@@ -107,8 +108,6 @@ def setting(runs):
 
 def figures(workdir, runs):
     """memorisation.png (a row per noise level) and winsorization.png (SGD and winsorized arms)."""
-    from . import figures as fig
-
     keys = (("pristine_accuracy", "pristine train acc"),
             ("corrupted_accuracy", "corrupted train acc (noisy label)"),
             ("val_accuracy", "test acc"))

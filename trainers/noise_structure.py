@@ -4,8 +4,10 @@ per kind, the ordering `ORDER` and its premise `PREMISE` (`analyses`).
 docs/experiments/intro/noise_structure.md; design §7.1."""
 
 from cgh_tf import statistics
+from configs import noise_structure as ns_config
 
 from . import beyond_common as common
+from . import figures as fig
 from . import graph_loop
 from . import memorisation_run
 from . import runner
@@ -54,8 +56,6 @@ def _setup(config, run_dir, echo):
 def arms(scale_name="small", seeds=3, overrides=None):
     """Arms `<kind>/<arm>` per noise kind of `KINDS` and arm of `scale.ARMS` (subsets:
     `overrides["kinds"]`, `overrides["arms"]`)."""
-    from configs import noise_structure as ns_config
-
     overrides = dict(overrides or {})
     kinds = common.chosen(overrides, "kinds", None, ns_config.KINDS, "kind")
     arm_names = common.chosen(overrides, "arms", None, scale.ARMS, "arm")
@@ -137,8 +137,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     keys = (("corrupted_accuracy", "corrupted train acc. (noisy label)"),
             ("pristine_accuracy", "pristine train acc."),
             ("pairwise/corrupted", "pairwise coherence, corrupted sample"),

@@ -4,6 +4,7 @@ it at step 0, every `coherence.monitor_every_steps` batches and every epoch. Rul
 
 from cgh_tf.statistics import PairedRule
 
+from . import figures as fig
 from . import fit_arm
 from .experiment import Arm
 from .fit_arm import Reading, with_fields
@@ -62,8 +63,6 @@ def setting(runs):
 
 def figures(workdir, runs):
     """coherence_vs_step.png, coherence_vs_epoch.png and coherence_per_layer.png (train sample)."""
-    from . import figures as fig
-
     keys = ((TRAIN_PW, "pairwise coherence, train sample"),
             (TEST_PW, "pairwise coherence, test sample"),
             (TRAIN_R, "m-coherence r, train sample"),

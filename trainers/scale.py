@@ -3,9 +3,11 @@ the `ARMS` train through `memorisation_run`; rules on the matched pairs of `PAIR
 the trend against log10 n (`scale_trend`). docs/experiments/intro/scale.md; design §7.1."""
 
 from cgh_tf import statistics
+from configs import scale as scale_config
 
 from . import beyond_common as common
 from . import config_schema
+from . import figures as fig
 from . import graph_loop
 from . import memorisation_run
 from . import scale_trend
@@ -38,13 +40,8 @@ COMPARED = ("corrupted_accuracy", "pristine_accuracy", "test_accuracy")
 
 def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
-    memorisation_run.check_config(config)
-    check_arm(config)
-
-
-def check_arm(config):
-    """The arm's optimizer, aggregation and winsorize_pct as `ARM_SETTINGS` says."""
     need = common.require
+    memorisation_run.check_config(config)
     common.require_one_of(config, "optimizer", OPTIMIZERS)
     common.require_one_of(config, "arm", ARM_SETTINGS)
     update_rules.check_aggregation(config)
@@ -65,8 +62,6 @@ def arms(scale="small", seeds=3, overrides=None, arm_names=None, sizes=None):
     """Arms `<dataset>/n<size>/<arm>` per dataset, size (`sizes` / `overrides["sizes"]`, else
     `overrides["train_size"]`, else `SIZES[scale][dataset]`) and arm (`arm_names` /
     `overrides["arms"]`, else `ARMS`)."""
-    from configs import scale as scale_config
-
     overrides = dict(overrides or {})
     sizes = overrides.pop("sizes", sizes)
     arm_names = common.chosen(overrides, "arms", arm_names, ARMS, "arm")
@@ -109,8 +104,6 @@ def rules(arms_):
 
 
 def analyses(runs):
-    from configs import scale as scale_config
-
     return scale_trend.analyses(runs, PAIRS, scale_config.IMAGENET_TRAIN_SIZE)
 
 
@@ -129,8 +122,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     keys = (("corrupted_accuracy", "corrupted train acc. (noisy label, fraction)"),
             ("pristine_accuracy", "pristine train acc. (fraction)"),
             ("test_accuracy", "test acc. (fraction)"))

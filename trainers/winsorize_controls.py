@@ -5,9 +5,11 @@ statistic: `frontier_point`. docs/experiments/intro/winsorize_controls.md; desig
 import numpy as np
 
 from cgh_tf import statistics
+from configs import winsorize_controls as wc_config
 
 from . import beyond_common as common
 from . import config_schema
+from . import figures as fig
 from . import graph_loop
 from . import memorisation_run
 from . import runner
@@ -110,8 +112,6 @@ def _group(arm, pct):
 
 def arms(scale_name="small", seeds=3, overrides=None):
     """SGD and, per c of `WINSORIZE_PCTS` (or `overrides["pcts"]`), every other arm."""
-    from configs import winsorize_controls as wc_config
-
     overrides = dict(overrides or {})
     pcts = tuple(overrides.pop("pcts", wc_config.WINSORIZE_PCTS))
     common.refuse_overrides(overrides, ("arm", "winsorize_pct"), "set by each arm",
@@ -185,8 +185,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     return [fig.frontier(workdir, "winsorize_controls_frontier.png", runs, "pristine_accuracy",
                          "corrupted_accuracy", "pristine train acc.",
                          "corrupted train acc. (noisy label)",
