@@ -9,7 +9,6 @@ adversarial_init.md; semantics: docs/design.md §7.1.
 """
 
 import os
-import time
 
 import numpy as np
 
@@ -76,14 +75,14 @@ def run(config, run_dir, echo=print, phase1_dir=None):
         phase1_dir = phase1_dir or os.path.join(run_dir, "phase1")
         phase1 = ap.run_phase1(config, phase1_dir, echo, check_config)
     with workdir_lock.hold(run_dir, "adversarial_init phase 2"):
-        return _train_phase2(config, run_dir, echo, phase1, phase1_dir)
+        return graph_loop.train_declared(
+            lambda *args: _phase2(*args, phase1, phase1_dir), config, run_dir, echo)
 
 
-def _train_phase2(config, run_dir, echo, phase1, phase1_dir):
+def _phase2(config, run_dir, echo, phase1, phase1_dir):
     import keras
     import tensorflow as tf
 
-    started = time.time()
     ds = ap.load(config)
     x, y = ds.train.x.astype(np.float32), ds.train.original_y.astype(np.int32)  # real labels
     x_test, y_test = common.arrays(ds.test)
@@ -117,19 +116,20 @@ def _train_phase2(config, run_dir, echo, phase1, phase1_dir):
                  f"{row['coherence/train/m_coherence']:.2f} |w| {row['weight_norm']:.1f}")
         return row
 
-    logs = log_epochs(config)
-    curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer, advance, log, total=int(config.epochs),
-        log_points=logs, checkpoint_points=logs[::int(config.checkpoint_every_logs)], echo=echo)
-    summary = summarize(curves, float(config.compare_train_acc))
-    if phase1 is not None:
-        summary.update({k: v for k, v in phase1["summary"].items()
-                        if not isinstance(v, (str, bool))})
-    summary["num_params"] = curve_stats.params(model)
-    summary["updates_per_epoch"] = count // per_update
-    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=n,
-                         num_test=len(x_test),
-                         phase1=None if phase1 is None else phase1["summary"])
+    def summarize_phase2(curves):
+        summary = summarize(curves, float(config.compare_train_acc))
+        if phase1 is not None:
+            summary.update({k: v for k, v in phase1["summary"].items()
+                            if not isinstance(v, (str, bool))})
+        return {**summary, "num_params": curve_stats.params(model),
+                "updates_per_epoch": count // per_update}
+
+    logs = sorted(set(graph_loop.capped_log_epochs(config.log_epochs, config.epochs)) | {0})
+    return graph_loop.Training(
+        model, optimizer, advance, log, logs, logs[::int(config.checkpoint_every_logs)],
+        summarize_phase2, extra=dict(num_train=n, num_test=len(x_test),
+                                     phase1=None if phase1 is None else phase1["summary"]),
+        total=int(config.epochs))
 
 
 def check_config(config):
@@ -151,11 +151,6 @@ def check_config(config):
     common.require_optional_ints(config, ("max_train", "max_test"), 1)
     common.require_ints(config, ("seed", "data_seed"), 0)
     common.require_int_list(config, "log_epochs")
-
-
-def log_epochs(config):
-    """Sorted epochs to log at: `log_epochs` up to `epochs` plus 0 and `epochs` itself."""
-    return sorted(set(graph_loop.capped_log_epochs(config.log_epochs, config.epochs)) | {0})
 
 
 def arms(scale="small", seeds=3, overrides=None, optimizers=None):

@@ -10,8 +10,6 @@ docs/experiments/intro/depth_width.md; docs/design.md §7.1.
 """
 
 import functools
-import time
-
 from cgh_tf import statistics
 
 from . import beyond_common as common
@@ -27,18 +25,6 @@ from .models import mlp
 LABELS = ("real", "random")
 
 
-def _log_epochs(config):
-    """Sorted epochs to log at: `log_epochs` and `coherence_epochs` up to the run's last epoch
-    (later ones are dropped, so that `--set=epochs=N` needs no new list) plus the last epoch."""
-    last = _epochs(config)
-    return sorted({int(e) for e in tuple(config.log_epochs) + tuple(config.coherence_epochs)
-                   if e <= last} | {last})
-
-
-def _epochs(config):
-    return int(config.epochs if config.labels == "real" else config.random_epochs)
-
-
 def summarize(curves, num_params):
     """The run's summary numbers from its curves (None where nothing was measured)."""
     at = {f"{name}_{when}": curve_stats.value_at(curves, f"coherence/{name}", epoch, "epoch")
@@ -48,14 +34,12 @@ def summarize(curves, num_params):
             "epochs": curves["epoch"][-1], **at, "num_params": num_params}
 
 
-def _train(config, run_dir, echo):
+def _setup(config, run_dir, echo):
     import keras
     import tensorflow as tf
 
     from cgh_tf import coherence
 
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
     random = config.labels == "random"
     ds = _load(config.dataset, random, int(config.data_seed), config.max_train)
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
@@ -85,21 +69,24 @@ def _train(config, run_dir, echo):
             stats = coherence.measure(model, x[sample], y[sample], loss=loss_fn, per_layer=True,
                                       batch_size=len(sample))
             row.update(probes.coherence_row("coherence", stats))
-        if echo:
-            echo(f"  {run_dir} epoch {epoch}: train acc {train_acc:.3f} test acc {test_acc:.3f}")
+        echo(f"  {run_dir} epoch {epoch}: train acc {train_acc:.3f} test acc {test_acc:.3f}")
         return row
 
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), model, optimizer, train_epoch, log, epochs=_epochs(config),
-        log_epochs=_log_epochs(config), checkpoint_every=config.checkpoint_every_logs,
-        seed=config.seed, n=n, echo=echo)
-    return common.finish(run_dir, config.to_dict(), curves, summarize(curves, num_params), started,
-                         num_train=n, coherence_sample=sample.tolist())
+    return graph_loop.Training(
+        model, optimizer, log=log, summarize=lambda curves: summarize(curves, num_params),
+        extra={"num_train": n, "coherence_sample": sample.tolist()},
+        **schedule(config, train_epoch, n))
+
+
+def schedule(config, train_epoch=None, n=0):
+    """`graph_loop.epoch_schedule` of a run: logs at `log_epochs` and `coherence_epochs` up to its
+    last epoch (`epochs`; `random_epochs` with random labels)."""
+    return graph_loop.epoch_schedule(
+        train_epoch, config, n, tuple(config.log_epochs) + tuple(config.coherence_epochs),
+        epochs=config.epochs if config.labels == "real" else config.random_epochs)
 
 
 @functools.lru_cache(maxsize=4)
-
-
 def _load(dataset, random, data_seed, max_train):
     """The dataset with real (random=False) or 100 % uniformly random labels, loaded once."""
     from cgh_tf import data
@@ -222,7 +209,7 @@ def figures(workdir, runs):
     return files
 
 
-run = common.resumable(_train, check_config)
+run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
     name="depth_width", title="Depth and width: m-coherence vs generalisation", arms=arms,

@@ -8,8 +8,6 @@ every arm against its matched control (`PAIRS`), paired by seed. docs/experiment
 grokking.md; docs/design.md §7.1.
 """
 
-import time
-
 import numpy as np
 
 from cgh_tf import statistics
@@ -58,14 +56,12 @@ def check_config(config):
                    f"width={config.width} must be a multiple of heads={config.heads}")
 
 
-def _train(config, run_dir, echo):
+def _setup(config, run_dir, echo):
     import keras
     import tensorflow as tf
 
     from cgh_tf import modular
 
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
     onehot, p = config.model == "mlp", int(config.p)
     data = modular.make(p, config.operation, float(config.train_fraction),
                         seed=int(config.data_seed), encoding="onehot" if onehot else "tokens")
@@ -96,19 +92,18 @@ def _train(config, run_dir, echo):
         row = {"step": step, **probes.split_metrics(evaluate, splits),
                **probes.sample_coherence(model, monitor, loss_fn),
                "weight_norm": probes.weight_norm(model)}
-        if echo and step and (step % (every * int(config.print_every_logs)) == 0 or step == total):
+        if step and (step % (every * int(config.print_every_logs)) == 0 or step == total):
             echo(f"  update {step}/{total}: train acc {row['train_accuracy']:.3f} test acc "
                  f"{row['test_accuracy']:.3f} m-coh train {row['coherence/train/m_coherence']:.2f}"
                  f" test {row['coherence/test/m_coherence']:.2f} |w| {row['weight_norm']:.1f}")
         return row
 
-    curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer,
-        lambda start, stop: train(batches.updates(start, stop)), log, total=total,
+    return graph_loop.Training(
+        model, optimizer, lambda start, stop: train(batches.updates(start, stop)), log,
         log_points=list(range(0, total, every)) + [total],
-        checkpoint_points=range(0, total, int(config.checkpoint_every)), echo=echo, unit="update")
-    return common.finish(run_dir, config.to_dict(), curves, summarize(curves), started,
-                         num_train=n, num_test=len(x_test), batches_per_update=batches_per_update)
+        checkpoint_points=range(0, total, int(config.checkpoint_every)), summarize=summarize,
+        extra=dict(num_train=n, num_test=len(x_test), batches_per_update=batches_per_update),
+        unit="update")
 
 
 def summarize(curves, memorised=0.99, grokked=0.95, onset=0.1):
@@ -228,7 +223,7 @@ def figures(workdir, runs):
                                  title="Grokking: accuracy, m-coherence and weight norm")]
 
 
-run = common.resumable(_train, check_config)
+run = graph_loop.declared_run(_setup, check_config)
 
 PROGRESS = ("t_mem", "t_grok", "test_acc_final")
 
