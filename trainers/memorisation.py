@@ -35,8 +35,9 @@ READINGS = (
 )
 
 
-def optimizer_arm_config(base, method):
-    """`base` with `method` of METHODS: plain SGD inside, coupled L2 for the robust ones."""
+def arm_config(base, method, winsorize_pct=None):
+    """`base` with `method` of METHODS (plain SGD inside, coupled L2 for the robust ones); with
+    `winsorize_pct`, winsorized at that % per side (the last partial batch dropped)."""
     _, optimizer, multiplier = METHODS[method]
     config = copy.deepcopy(base)
     decay = float(config.optimizer.weight_decay) + float(config.optimizer.l2)
@@ -45,15 +46,10 @@ def optimizer_arm_config(base, method):
     config.optimizer.weight_decay = 0.0 if optimizer != "sgd" else decay
     config.optimizer.l2 = decay if optimizer != "sgd" else 0.0
     config.batch_size = base.batch_size * multiplier
-    return config
-
-
-def winsorized_config(base, pct):
-    """`base` with winsorized SGD at `pct` % per side (the last partial batch dropped)."""
-    config = optimizer_arm_config(base, "sgd")
-    config.drop_remainder = True
-    config.optimizer.aggregation = "winsorize"
-    config.optimizer.winsorize_pct = float(pct)
+    if winsorize_pct is not None:
+        config.drop_remainder = True
+        config.optimizer.aggregation = "winsorize"
+        config.optimizer.winsorize_pct = float(winsorize_pct)
     return config
 
 
@@ -66,19 +62,18 @@ def arms(scale="small", seeds=3, overrides=None, noise_levels=(0.0, 0.25, 0.5),
         raise ValueError(f"method={unknown[0]!r} is unknown; allowed: {', '.join(METHODS)}")
     base = fit_arm.base_config("default", scale, SMALL, overrides)
     runs = [(noise, f"{noise_group(noise)}/{method}", METHODS[method][0],
-             optimizer_arm_config(base, method), "--" if method == "sgd_x3" else "-")
+             arm_config(base, method), "--" if method == "sgd_x3" else "-")
             for noise in noise_levels for method in methods]
     pcts = SMALL_WINSORIZE_PCTS if winsorize_pcts is None else winsorize_pcts
     runs += [(winsorize_noise, f"{noise_group(winsorize_noise)}/winsor{pct:g}",
-              f"winsorized SGD, c={pct:g}%", winsorized_config(base, pct), ":") for pct in pcts]
+              f"winsorized SGD, c={pct:g}%", arm_config(base, "sgd", pct), ":") for pct in pcts]
     return [Arm(group, label, noise_panel(noise), seed,
                 with_fields(config, label_noise=noise, seed=seed), style)
             for noise, group, label, config, style in runs for seed in range(seeds)]
 
 
 def comparisons(planned):
-    """Every robust arm against its matched controls at every noise level; every winsorized arm
-    against the SGD arm of its noise level."""
+    """Per noise level: every robust arm against its matched controls, winsorized ones vs SGD."""
     groups = list(dict.fromkeys(a.group for a in planned))
     pairs = [(f"{n}/{a}", f"{n}/{c}") for n in dict.fromkeys(g.split("/")[0] for g in groups)
              for a, c in MATCHED if f"{n}/{a}" in groups and f"{n}/{c}" in groups]
@@ -87,8 +82,7 @@ def comparisons(planned):
 
 
 def rules(planned):
-    """At 50 % noise: memorisation (corrupted train accuracy) of each robust arm below its
-    control."""
+    """At 50 % noise: corrupted train accuracy of each robust arm below its control."""
     groups = {a.group for a in planned}
     n = noise_group(RULE_NOISE)
     pairs = [(name, f"{n}/{a}", f"{n}/{c}") for name, a, c in RULES]
