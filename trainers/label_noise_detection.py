@@ -138,19 +138,19 @@ def arms(scale="small", seeds=3, overrides=None):
 
 
 def rules(arms_):
+    """Per group: −a_i's AUROC above its null at init, the loss's at every score epoch and
+    forgetting's at the last (from epoch 2)."""
     out = []
     for group, arm in {a.group: a for a in arms_}.items():
         epochs = tuple(arm.config.score_epochs)
-        out.append(PairedRule(f"{group}: −a_i flags corrupted labels at initialisation",
-                              "auroc/alignment/e0", group, group, "higher",
-                              control_metric="auroc/alignment_permuted/e0"))
-        out += [PairedRule(f"{group}: −a_i beats the small-loss rule after {e} epochs",
-                           f"auroc/alignment/e{e}", group, group, "higher",
-                           control_metric=f"auroc/loss/e{e}") for e in epochs]
+        against = [("flags corrupted labels at initialisation", 0, "alignment_permuted")]
+        against += [(f"beats the small-loss rule after {e} epochs", e, "loss") for e in epochs]
         if epochs[-1] >= 2:
-            out.append(PairedRule(f"{group}: −a_i beats forgetting counts after {epochs[-1]} "
-                                  "epochs", f"auroc/alignment/e{epochs[-1]}", group, group,
-                                  "higher", control_metric=f"auroc/forgetting/e{epochs[-1]}"))
+            against.append((f"beats forgetting counts after {epochs[-1]} epochs", epochs[-1],
+                            "forgetting"))
+        out += [PairedRule(f"{group}: −a_i {what}", f"auroc/alignment/e{e}", group, group,
+                           "higher", control_metric=f"auroc/{control}/e{e}")
+                for what, e, control in against]
     return out
 
 

@@ -9,6 +9,7 @@ from configs import loss_fractions as lf_config
 
 from . import beyond_common as common
 from . import config_schema
+from . import curve_stats
 from . import figures as fig
 from . import graph_loop
 from . import models
@@ -25,7 +26,7 @@ def check_config(config):
     from cgh_tf import data
 
     is_int = config_schema.is_int
-    common.require_one_of(config, "dataset", ("mnist1d", "mnist5k"))
+    common.require_one_of(config, "dataset", memorisation_run.DATASETS)
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     common.require_ints(config, ("train_size", "width", "depth", "batch_size", "epochs",
                                  "fraction_samples", "checkpoint_every_logs"))
@@ -85,8 +86,7 @@ def summarize(curves, window):
         values = [v for v, keep in zip(curves[key], chosen) if keep and v is not None]
         return float(np.mean(values)) if values else None
 
-    summary = {key: curves[key][-1] for key in curves if key not in ("step", "epoch")}
-    return {**summary, "fp_early": early("f_pristine"), "null_early": early("fp_null"),
+    return {**curve_stats.last_values(curves), "fp_early": early("f_pristine"), "null_early": early("fp_null"),
             "fp_minus_null_early": early("fp_minus_null"), "fp_step0": curves["f_pristine"][0],
             "null_step0": curves["fp_null"][0]}
 
