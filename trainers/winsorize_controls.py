@@ -169,13 +169,12 @@ def analyses(runs):
 
 def setting(runs):
     c = runs[0][1]["config"]
-    calibrated = {a.group: r["summary"] for a, r in runs if a.config.arm in CALIBRATED}
     lines = [f"MNIST-1D, n = {c['train_size']:,}, {c['label_noise']:.0%} {c['noise_kind']} label "
              f"noise; MLP {c['depth']} × {c['width']} ReLU, SGD lr {c['learning_rate']}, batch "
              f"{c['batch_size']}, {c['epochs']} epochs; calibration on the first "
              f"{c['calibration_batches']} batches at initialisation; frontier statistic at "
              f"pristine train accuracy {c['frontier_pristine']}.", ""]
-    for group in dict.fromkeys(calibrated):
+    for group in dict.fromkeys(a.group for a, _ in runs if a.config.arm in CALIBRATED):
         values = [r["summary"] for a, r in runs if a.group == group]
         lines.append(f"- {group}: winsorized share of changed values "
                      f"{np.mean([v['changed_share'] for v in values]):.4f} (nominal "
