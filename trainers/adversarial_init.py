@@ -133,7 +133,7 @@ def check_config(config):
     common.require_one_of(config, "optimizer", OPTIMIZERS)
     for field, what in (("compare_train_acc", ""), ("phase1_target", " (train accuracy on the "
                                                     "random labels)")):
-        need(common.is_number(config[field]) and 0 < config[field] <= 1,
+        need(config_schema.is_number(config[field]) and 0 < config[field] <= 1,
              f"{field}={config[field]!r} must be in (0, 1]{what}")
     common.require_positive(config, ("learning_rate", "phase1_learning_rate"))
     common.require_ints(config, ("width", "depth", "batch_size", "phase1_batch_size", "epochs",

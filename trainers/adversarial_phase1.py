@@ -67,7 +67,8 @@ def epoch_updates(n, batch_size, count, per_update, seed, phase, epoch):
 
 
 def shared_phase1_dir(run_dir):
-    """`<workdir>/<dataset>/phase1/seed<k>` of the phase-2 run `<workdir>/<dataset>/<arm>/seed<k>`."""
+    """`<workdir>/<dataset>/phase1/seed<k>` of the phase-2 run `<workdir>/<dataset>/<arm>/seed<k>`
+    (one phase 1 per dataset and seed)."""
     return os.path.join(os.path.dirname(os.path.dirname(run_dir)), "phase1",
                         os.path.basename(run_dir))
 

@@ -107,7 +107,7 @@ def check_config(config):
     common.require_one_of(config, "dataset", DATASETS)
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     common.require_each(config, ("noise_levels",), lambda v: isinstance(v, (tuple, list)) and len(
-        v) >= 1 and all(common.is_number(p) and 0 < p < 1 for p in v),
+        v) >= 1 and all(config_schema.is_number(p) and 0 < p < 1 for p in v),
         "a non-empty tuple of numbers in (0, 1)")
     common.require_label_noise(config)
     common.require_one_of(config, "optimizer", OPTIMIZERS)

@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cgh_tf import workdir_lock
+
 from . import beyond_common as common
 
 
@@ -32,13 +34,20 @@ class Training:
 
 
 def declared_run(setup, check_config):
-    """An experiment's `run(config, run_dir, echo=print)`: `common.resumable` `train_declared`."""
+    """An experiment's `run(config, run_dir, echo=print)`: a finished run's results, else
+    `check_config` (before anything is written), then `train_declared` under the run directory's
+    lock (echo=None: silent)."""
 
-    def train(config, run_dir, echo):
-        return train_declared(setup, config, run_dir, echo)
+    def run(config, run_dir, echo=print):
+        done = common.finished_or_checked(config, run_dir, check_config)
+        if done is not None:
+            return done
+        with workdir_lock.hold(run_dir, f"run of {setup.__module__}"):
+            return train_declared(setup, config, run_dir, echo or (lambda line: None))
 
-    train.__module__ = setup.__module__
-    return common.resumable(train, check_config)
+    run.__doc__ = (f"Train (or resume, or skip if finished) one {setup.__module__} run; returns "
+                   "its results dict.")
+    return run
 
 
 def train_declared(setup, config, run_dir, echo):
@@ -229,16 +238,6 @@ def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, l
         if stop in checkpoint_points or stopped(curves):
             ckpt.save(stop, curves, config_dict)
     return curves
-
-
-def run_logged_epochs(run_dir, config_dict, model, optimizer, train_epoch, log, *, epochs,
-                      log_epochs, checkpoint_every, seed, n, echo=None):
-    """`run_logged` in epochs (the points of `epoch_schedule`)."""
-    log_epochs = [e for e in log_epochs if e <= int(epochs)]
-    return run_logged(run_dir, config_dict, model, optimizer,
-                      epoch_advancer(train_epoch, seed, n), log, total=int(epochs),
-                      log_points=log_epochs, checkpoint_points=log_epochs[::int(checkpoint_every)],
-                      echo=echo)
 
 
 _REUSED = {}  # one key at a time: the built functions of the last architecture

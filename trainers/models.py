@@ -46,12 +46,13 @@ def transformer(config, vocabulary, num_classes, initializer):
 def check_conv_net(config):
     """ValueError (one line) for bad `conv_net` fields."""
     from . import beyond_common as common
+    from . import config_schema
 
     common.require_ints(config, ("dense_width", "resnet_blocks", "resnet_stem_stride"))
     common.require_int_list(config, "cnn_filters", 1)
     common.require_int_list(config, "resnet_filters", 1)
-    common.require_each(config, ("bn_momentum",), lambda v: common.is_number(v) and 0 <= v < 1,
-                        "in [0, 1)")
+    common.require_each(config, ("bn_momentum",),
+                        lambda v: config_schema.is_number(v) and 0 <= v < 1, "in [0, 1)")
 
 
 def conv_net(config, input_shape, num_classes):
