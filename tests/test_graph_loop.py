@@ -26,7 +26,7 @@ def _model():
     return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="out")])
 
 
-def _setup(config, run_dir, echo, built=None):
+def _setup(config, run_dir, echo, built=None, until=None):
     import keras
 
     x, y = _data()
@@ -44,7 +44,7 @@ def _setup(config, run_dir, echo, built=None):
 
     return graph_loop.Training(
         model, optimizer, log=log, summarize=lambda curves: {"last": curves["w_sum"][-1]},
-        extra=lambda curves: {"logs": len(curves["step"])},
+        extra=lambda curves: {"logs": len(curves["step"])}, until=until,
         **graph_loop.epoch_schedule(train, config, N))
 
 
@@ -116,3 +116,16 @@ def test_declared_run_rejects_a_bad_config_before_writing(tmp_path):
     with pytest.raises(ValueError, match="epochs=0 must be an int >= 1"):
         RUN(_config(epochs=0), str(tmp_path / "bad"))
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_until_ends_the_run_early_checkpointed_and_a_rerun_does_not_go_on(tmp_path):
+    """`until` true after epoch 1 of 3, where no checkpoint is planned (every 2nd log: 0, 2)."""
+    config = _config(checkpoint_every_logs=2)
+    run = graph_loop.declared_run(
+        lambda *a: _setup(*a, until=lambda curves: curves["epoch"][-1] >= 1), _check)
+    result = run(config, str(tmp_path), echo=None)
+    assert result["curves"]["epoch"] == [0, 1]
+    os.remove(tmp_path / "results.json")   # killed before its results were written
+    lines = []
+    again = run(config, str(tmp_path), echo=lines.append)
+    assert lines == [f"  resumed {tmp_path} at epoch 1"] and again["curves"] == result["curves"]
