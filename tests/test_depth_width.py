@@ -69,9 +69,9 @@ def test_cross_and_grid_sweeps_and_arms():
     one = dw.arms("small", 1, {"dataset": "mnist1d"})
     assert {a.config.dataset for a in dw.arms("full", 1)} == {"mnist5k", "mnist1d"}
     assert len(dw.arms("full", 1, {"dataset": "mnist1d"})) == 7 * 6 * 2
-    assert dw._log_epochs(one[0].config) == [0, 1, 2, 5, 10, 20, 30, 40]
-    random = [a.config for a in one if a.config.labels == "random"][0]
-    assert dw._epochs(random) == 1 and dw._log_epochs(random) == [0, 1]
+    assert dw.schedule(one[0].config)["log_points"] == [0, 1, 2, 5, 10, 20, 30, 40]
+    random = dw.schedule([a.config for a in one if a.config.labels == "random"][0])
+    assert random["total"] == 1 and random["log_points"] == [0, 1]
 
 
 # ----------------------------------------------------------------------------------------------

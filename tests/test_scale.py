@@ -145,6 +145,18 @@ def test_trend_matches_a_hand_computed_fit():
     assert "not enough sizes" in scale_trend.verdict(None)
 
 
+def test_suppression_is_control_minus_arm_over_the_seeds_both_have():
+    from trainers.experiment import Arm
+
+    def run(group, seed, value):
+        return Arm(group, group, "p", seed, None), {"summary": {"corrupted_accuracy": value}}
+
+    runs = [run("p/m3", 0, 0.25), run("p/m3", 1, 0.5), run("p/m3", 2, None), run("p/sgd", 0, 0.75),
+            run("p/sgd", 1, 0.5), run("p/sgd", 2, 0.125), run("p/sgd", 3, 1.0), run("q/m3", 0, 0.0)]
+    assert scale_trend.suppression(runs, "p", "m3", "sgd") == {0: 0.5, 1: 0.0}
+    assert scale_trend.suppression(runs, "q", "m3", "sgd") == {}
+
+
 def test_summarize_takes_the_last_values_and_the_best_test_epoch():
     curves = {"epoch": [0, 1, 2], "step": [0, 1, 2], "updates": [0, 5, 10],
               "test_accuracy": [0.1, 0.4, 0.3], "corrupted_accuracy": [0.1, None, 0.6]}

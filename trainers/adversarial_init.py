@@ -1,15 +1,8 @@
-"""Adversarial initialisation (Liu et al. 2019, arXiv 1906.02613): random-label pretraining,
-then the real labels, against a fresh start; SGD, M3, RM3 and their controls.
-
-Phase 1 is the named hook `adversarial_phase1` (one run per dataset and seed, shared by every
-adversarial arm, in `<dataset>/phase1/seed<k>/`); phase 2 (`run`) starts from its final weights
-("adversarial") or from the weights it started from ("fresh") and trains on the real labels,
-arms `<dataset>/<start>_<optimizer arm>`. What runs and why: docs/experiments/intro/
-adversarial_init.md; semantics: docs/design.md §7.1.
-"""
+"""Adversarial initialisation (Liu et al. 2019, arXiv 1906.02613): random-label pretraining
+(`adversarial_phase1`), then the real labels (`run`), against a fresh start; SGD, M3, RM3 and
+their controls (docs/experiments/intro/adversarial_init.md, design §7.1)."""
 
 import os
-import time
 
 import numpy as np
 
@@ -37,11 +30,8 @@ OPTIMIZER_ARMS = {
 
 
 def summarize(curves, fit=0.75):
-    """Summary numbers of one phase-2 run from its curves (recomputable without training).
-
-    `test_acc_at_fit`: test accuracy at the first logged epoch whose train accuracy is ≥ `fit`
-    (`epoch_at_fit`), so starts that fit at different speeds are compared at equal fit; None if
-    never reached."""
+    """Summary numbers of one phase-2 run; `test_acc_at_fit`: test accuracy at the first logged
+    epoch whose train accuracy is ≥ `fit` (`epoch_at_fit`; None if never)."""
     coh, alpha = "coherence/train/m_coherence", "coherence/train/alpha"
     train, test = curves["train_accuracy"][-1], curves["test_accuracy"][-1]
     best_test, best_epoch = curve_stats.best_at(curves, "test_accuracy")
@@ -59,14 +49,14 @@ def summarize(curves, fit=0.75):
            "test_acc_start": curves["test_accuracy"][0],
            "train_acc_start": curves["train_accuracy"][0]}
     at_fit = None if out["epoch_at_fit"] is None else curves["epoch"].index(out["epoch_at_fit"])
-    out["test_acc_at_fit"] = None if at_fit is None else curves["test_accuracy"][at_fit]
-    out["train_acc_at_fit"] = None if at_fit is None else curves["train_accuracy"][at_fit]
+    for key in ("test", "train"):
+        out[f"{key}_acc_at_fit"] = None if at_fit is None else curves[f"{key}_accuracy"][at_fit]
     return out
 
 
 def run(config, run_dir, echo=print, phase1_dir=None):
-    """Train (or resume, or read if finished) one phase-2 run; its results dict. phase1_dir:
-    this seed's phase 1 (default `run_dir/phase1`; the experiment's: `shared_phase1_dir`)."""
+    """Train (or resume, or read if finished) one phase-2 run after its phase 1 in `phase1_dir`
+    (default `run_dir/phase1`; the experiment's: `shared_phase1_dir`); its results dict."""
     echo = echo or (lambda line: None)
     done = common.finished_or_checked(config, run_dir, check_config)
     if done is not None:
@@ -76,14 +66,14 @@ def run(config, run_dir, echo=print, phase1_dir=None):
         phase1_dir = phase1_dir or os.path.join(run_dir, "phase1")
         phase1 = ap.run_phase1(config, phase1_dir, echo, check_config)
     with workdir_lock.hold(run_dir, "adversarial_init phase 2"):
-        return _train_phase2(config, run_dir, echo, phase1, phase1_dir)
+        return graph_loop.train_declared(
+            lambda *args: _phase2(*args, phase1, phase1_dir), config, run_dir, echo)
 
 
-def _train_phase2(config, run_dir, echo, phase1, phase1_dir):
+def _phase2(config, run_dir, echo, phase1, phase1_dir):
     import keras
     import tensorflow as tf
 
-    started = time.time()
     ds = ap.load(config)
     x, y = ds.train.x.astype(np.float32), ds.train.original_y.astype(np.int32)  # real labels
     x_test, y_test = common.arrays(ds.test)
@@ -117,19 +107,20 @@ def _train_phase2(config, run_dir, echo, phase1, phase1_dir):
                  f"{row['coherence/train/m_coherence']:.2f} |w| {row['weight_norm']:.1f}")
         return row
 
-    logs = log_epochs(config)
-    curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer, advance, log, total=int(config.epochs),
-        log_points=logs, checkpoint_points=logs[::int(config.checkpoint_every_logs)], echo=echo)
-    summary = summarize(curves, float(config.compare_train_acc))
-    if phase1 is not None:
-        summary.update({k: v for k, v in phase1["summary"].items()
-                        if not isinstance(v, (str, bool))})
-    summary["num_params"] = curve_stats.params(model)
-    summary["updates_per_epoch"] = count // per_update
-    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=n,
-                         num_test=len(x_test),
-                         phase1=None if phase1 is None else phase1["summary"])
+    def summarize_phase2(curves):
+        summary = summarize(curves, float(config.compare_train_acc))
+        if phase1 is not None:
+            summary.update({k: v for k, v in phase1["summary"].items()
+                            if not isinstance(v, (str, bool))})
+        return {**summary, "num_params": curve_stats.params(model),
+                "updates_per_epoch": count // per_update}
+
+    logs = sorted(set(graph_loop.capped_log_epochs(config.log_epochs, config.epochs)) | {0})
+    return graph_loop.Training(
+        model, optimizer, advance, log, logs, logs[::int(config.checkpoint_every_logs)],
+        summarize_phase2, extra=dict(num_train=n, num_test=len(x_test),
+                                     phase1=None if phase1 is None else phase1["summary"]),
+        total=int(config.epochs))
 
 
 def check_config(config):
@@ -142,7 +133,7 @@ def check_config(config):
     common.require_one_of(config, "optimizer", OPTIMIZERS)
     for field, what in (("compare_train_acc", ""), ("phase1_target", " (train accuracy on the "
                                                     "random labels)")):
-        need(common.is_number(config[field]) and 0 < config[field] <= 1,
+        need(config_schema.is_number(config[field]) and 0 < config[field] <= 1,
              f"{field}={config[field]!r} must be in (0, 1]{what}")
     common.require_positive(config, ("learning_rate", "phase1_learning_rate"))
     common.require_ints(config, ("width", "depth", "batch_size", "phase1_batch_size", "epochs",
@@ -151,11 +142,6 @@ def check_config(config):
     common.require_optional_ints(config, ("max_train", "max_test"), 1)
     common.require_ints(config, ("seed", "data_seed"), 0)
     common.require_int_list(config, "log_epochs")
-
-
-def log_epochs(config):
-    """Sorted epochs to log at: `log_epochs` up to `epochs` plus 0 and `epochs` itself."""
-    return sorted(set(graph_loop.capped_log_epochs(config.log_epochs, config.epochs)) | {0})
 
 
 def arms(scale="small", seeds=3, overrides=None, optimizers=None):
@@ -210,17 +196,17 @@ def rules(arms_):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
+    from . import figures as plots
 
     keys = (("test_accuracy", "test acc. (fraction)"),
             ("train_accuracy", "train acc., real labels (fraction)"),
             ("coherence/train/m_coherence", "m-coherence, real-label sample"),
             ("weight_norm", "‖w‖ (L2 norm of all weights)"))
-    return [fig.curves_per_group(
+    return [plots.curves_per_group(
         workdir, f"adversarial_init_{dataset}_curves.png", chosen, keys, x="epoch",
         x_label="phase-2 epoch", row_of=lambda a: a.panel,
         title=f"Phase 2 on real labels, {dataset}: adversarial vs fresh start")
-        for dataset, chosen in fig.per_dataset(runs)]
+        for dataset, chosen in plots.per_dataset(runs)]
 
 
 EXPERIMENT = Experiment(

@@ -1,19 +1,14 @@
-"""Are the examples whose gradients the others support at initialisation the ones learnt first?
-
-Per run: every training example's alignment a_i (m = n, `cgh_tf.coherence.alignment`) and loss
-ℓ_i at the seeded initialisation, then plain SGD, recording when each example is learnt (t_i: the
-first epoch from which it stays correct). Statistic: the partial Spearman ρ(a_i, t_i | ℓ_i) against
-its permutation null, paired by seed; CGH predicts ρ < 0. docs/experiments/intro/
-alignment_order.md; docs/design.md §7.2.
-"""
-
-import time
+"""Are the examples whose gradients the others support at initialisation learnt first? The
+partial Spearman ρ(a_i, t_i | ℓ_i) of alignment at init and learning epoch, against its
+permutation null. docs/experiments/intro/alignment_order.md; design §7.2."""
 
 import numpy as np
 
 from cgh_tf.statistics import PairedRule
+from configs import alignment_order as order_config
 
 from . import beyond_common as common
+from . import figures as fig
 from . import graph_loop
 from . import per_example_runs
 from .experiment import Column, Experiment
@@ -21,10 +16,9 @@ from .experiment import Column, Experiment
 DECILES = 10
 
 
-def _train(config, run_dir, echo):
+def _setup(config, run_dir, echo):
     from cgh_tf import coherence, data
 
-    started = time.time()
     ds = data.load(config.dataset)
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes)
@@ -45,44 +39,51 @@ def _train(config, run_dir, echo):
         records.put(epoch, **arrays)
         return row
 
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
-        epochs=config.epochs, log_epochs=range(int(config.epochs) + 1),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x), echo=echo)
-    epochs = curves["epoch"]
-    times = per_example_runs.learning_epochs(records.stacked("correct", epochs), epochs)
-    summary, profiles = order_statistics(records.get(0, "alignment"), times,
-                                         records.get(0, "loss"), config)
-    summary.update(pairwise_coherence=curves["pairwise_coherence"][0],
-                   train_accuracy=curves["train_accuracy"][-1],
-                   test_accuracy=curves["test_accuracy"][-1])
-    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=len(x),
-                         profiles=profiles)
+    def scored(curves):
+        """(a_i, t_i, ℓ_i) [n'] of the n' examples with a gradient (a_i not NaN), n − n'."""
+        epochs = curves["epoch"]
+        times = per_example_runs.learning_epochs(records.stacked("correct", epochs), epochs)
+        alignment, losses = records.get(0, "alignment"), records.get(0, "loss")
+        kept = ~np.isnan(alignment)
+        return alignment[kept], times[kept], losses[kept], int((~kept).sum())
+
+    def summarize(curves):
+        return {**order_statistics(*scored(curves), config),
+                "pairwise_coherence": curves["pairwise_coherence"][0],
+                "train_accuracy": curves["train_accuracy"][-1],
+                "test_accuracy": curves["test_accuracy"][-1]}
+
+    return graph_loop.Training(
+        run.model, run.optimizer, log=log, summarize=summarize,
+        extra=lambda curves: {"num_train": len(x), "profiles": profiles(*scored(curves)[:3])},
+        **graph_loop.epoch_schedule(run.train_epoch, config, len(x),
+                                    log_epochs=range(int(config.epochs) + 1)))
 
 
-def order_statistics(alignment, times, losses, config):
-    """(summary, profiles) of one run: partial Spearman ρ(a_i, t_i | ℓ_i) with its interval and
-    permutation null, the plain Spearman ρs, and per decile of a_i (and of ℓ_i) the mean a_i
-    (ℓ_i) and the mean learning epoch. Examples with g_i = 0 (a_i NaN) are left out."""
+def order_statistics(a, t, loss, without_gradient, config):
+    """The summary: partial Spearman ρ(a_i, t_i | ℓ_i) with its interval and permutation null,
+    the plain Spearman ρs, means, the share not learnt."""
     from cgh_tf import rank_correlation as rc
 
-    kept = ~np.isnan(alignment)
-    a, t, loss = alignment[kept], times[kept], losses[kept]
     found = rc.partial_spearman(a, t, loss)
     null = per_example_runs.permutation_null(lambda u, v: rc.partial_spearman(u, v, loss).rho,
                                              a, t, config.seed, config.null_permutations)
-    summary = {"partial_spearman": found.rho, "partial_spearman_low": found.low,
-               "partial_spearman_high": found.high, "partial_spearman_permuted": null,
-               "spearman_alignment": rc.spearman(a, t), "spearman_loss": rc.spearman(loss, t),
-               "mean_alignment": float(np.mean(a)), "mean_learning_epoch": float(np.mean(t)),
-               "not_learnt": float(np.mean(t > config.epochs)),
-               "examples_without_gradient": int((~kept).sum())}
-    profiles = {}
+    return {"partial_spearman": found.rho, "partial_spearman_low": found.low,
+            "partial_spearman_high": found.high, "partial_spearman_permuted": null,
+            "spearman_alignment": rc.spearman(a, t), "spearman_loss": rc.spearman(loss, t),
+            "mean_alignment": float(np.mean(a)), "mean_learning_epoch": float(np.mean(t)),
+            "not_learnt": float(np.mean(t > config.epochs)),
+            "examples_without_gradient": without_gradient}
+
+
+def profiles(a, t, loss):
+    """Per decile of a_i (and of ℓ_i): the mean a_i (ℓ_i) and the mean learning epoch."""
+    out = {}
     for name, score in (("alignment", a), ("loss", loss)):
         bins = np.array_split(np.argsort(score, kind="mergesort"), DECILES)
-        profiles[f"{name}_decile"] = [float(score[b].mean()) for b in bins]
-        profiles[f"learning_epoch_by_{name}"] = [float(t[b].mean()) for b in bins]
-    return summary, profiles
+        out[f"{name}_decile"] = [float(score[b].mean()) for b in bins]
+        out[f"learning_epoch_by_{name}"] = [float(t[b].mean()) for b in bins]
+    return out
 
 
 def check_config(config):
@@ -96,9 +97,7 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None):
-    """One arm per dataset (`DATASETS[scale]`, or only `overrides["dataset"]`), seeds 0..seeds−1."""
-    from configs import alignment_order as order_config
-
+    """One arm per dataset (`DATASETS[scale]`, or only `overrides["dataset"]`)."""
     return [arm for dataset, base in common.dataset_bases(
         order_config, scale, dict(overrides or {}), "alignment_order")
         for arm in common.seeded_arms(dataset, dataset, dataset, base, seeds, check_config)]
@@ -140,8 +139,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     return [fig.profiles(workdir, "alignment_order.png", runs, (
         ("alignment_decile", "learning_epoch_by_alignment", "a_i at init (decile mean)",
          "mean learning epoch"),
@@ -152,6 +149,6 @@ def figures(workdir, runs):
 EXPERIMENT = Experiment(
     name="alignment_order",
     title="Alignment at initialisation against learning order (partial Spearman, ℓ_i controlled)",
-    arms=arms, run_arm=common.resumable(_train, check_config), columns=COLUMNS, loop="graph",
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), columns=COLUMNS,
     rules=rules, figures=figures, setting=setting,
     progress=("partial_spearman", "partial_spearman_permuted", "train_accuracy"))

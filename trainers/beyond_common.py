@@ -1,12 +1,6 @@
-"""The pieces of one custom-loop run shared by the declared experiments (`trainers/experiment.py`):
-resumable runs (`resumable`), checkpoints (`Checkpointer`), fixed samples and splits, an
-experiment's configs at a scale (`dataset_bases`), results (`finish`), the one-line config checks
-(`require*`) and the pieces of an experiment's `arms`.
-
-A run directory holds `ckpt/`, `curves.json` (curves up to the last checkpoint) and, once
-finished, `results.json`. Started again, a finished run of the same config is read; otherwise the
-newest intact checkpoint is restored and the run continues; a directory holding another config's
-run is refused in one line (ConfigError). A run holds its directory's lock while it trains.
+"""What the custom-loop experiments share: resumable runs (`finished_or_checked`, `Checkpointer`,
+`finish`; a run directory holds `ckpt/`, `curves.json`, `results.json`: docs/design.md §7.0),
+fixed samples and splits, configs at a scale, the one-line config checks and pieces of `arms`.
 """
 
 import math
@@ -15,15 +9,15 @@ import time
 
 import numpy as np
 
-from cgh_tf import checkpoints, workdir_lock
+from cgh_tf import checkpoints
 from trainers import config_schema
 from trainers import outputs
 from trainers.experiment import Arm
 
 
 def finished_result(run_dir, config_dict):
-    """The results.json dict of a finished run of exactly `config_dict`, else None;
-    ConfigError (one line) if it holds the finished results of another config."""
+    """The results.json dict of a finished run of `config_dict`, else None; ConfigError (one
+    line) if it holds another config's."""
     result = outputs.read_json(os.path.join(run_dir, "results.json"))
     if result and result.get("finished"):
         _require_same_config(run_dir, result.get("config"), config_dict,
@@ -38,31 +32,32 @@ def require(ok, message):
         raise ValueError(message)
 
 
-def is_number(value):
-    """A finite int or float, not a bool."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+is_number = config_schema.is_number  # until update_rules calls config_schema.is_number (i45)
+
+
+def require_each(config, fields, ok, must):
+    """ValueError "field=value must be <must>" for the first of `fields` whose value is not ok."""
+    for field in fields:
+        require(ok(config[field]), f"{field}={config[field]!r} must be {must}")
 
 
 def require_ints(config, fields, minimum=1):
-    """ValueError "field=value must be an int >= minimum" for the first field that is not."""
-    for field in fields:
-        require(config_schema.is_int(config[field], minimum),
-                f"{field}={config[field]!r} must be an int >= {minimum}")
+    require_each(config, fields, lambda v: config_schema.is_int(v, minimum),
+                 f"an int >= {minimum}")
 
 
 def require_optional_ints(config, fields, minimum=1):
-    """ValueError "field=value must be None (all) or an int >= minimum" for the first not."""
-    for field in fields:
-        require(config[field] is None or config_schema.is_int(config[field], minimum),
-                f"{field}={config[field]!r} must be None (all) or an int >= {minimum}")
+    require_each(config, fields, lambda v: v is None or config_schema.is_int(v, minimum),
+                 f"None (all) or an int >= {minimum}")
 
 
 def require_fractions(config, fields):
-    """ValueError "field=value must be a number in (0, 1)" for the first field that is not."""
-    for field in fields:
-        require(is_number(config[field]) and 0 < config[field] < 1,
-                f"{field}={config[field]!r} must be a number in (0, 1)")
+    require_each(config, fields, lambda v: config_schema.is_number(v) and 0 < v < 1,
+                 "a number in (0, 1)")
+
+
+def require_positive(config, fields):
+    require_each(config, fields, lambda v: config_schema.is_number(v) and v > 0, "a number > 0")
 
 
 def require_int_list(config, field, minimum=0):
@@ -76,16 +71,8 @@ def require_int_list(config, field, minimum=0):
 
 def require_label_noise(config):
     """ValueError unless 0 < label_noise < 1 (an experiment comparing pristine and corrupted)."""
-    require(is_number(config.label_noise) and 0 < config.label_noise < 1,
-            f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
-            "pristine and corrupted examples")
-
-
-def require_positive(config, fields):
-    """ValueError "field=value must be a number > 0" for the first field that is not."""
-    for field in fields:
-        require(is_number(config[field]) and config[field] > 0,
-                f"{field}={config[field]!r} must be a number > 0")
+    require_each(config, ("label_noise",), lambda v: config_schema.is_number(v) and 0 < v < 1,
+                 "in (0, 1): the experiment compares pristine and corrupted examples")
 
 
 def refuse_overrides(overrides, fields, why, hint=""):
@@ -107,17 +94,15 @@ def chosen(overrides, key, given, allowed, what):
 
 def seeded_arms(group, label, panel, config, seeds, check_config, tags=(),
                 seed_fields=("seed",)):
-    """`check_config(config)` (one-line ValueError), then one `Arm` per seed 0..seeds−1 whose
-    config has that seed in each of `seed_fields`."""
+    """`check_config(config)`, then one `Arm` per seed 0..seeds−1 (the seed in `seed_fields`)."""
     check_config(config)
     return [Arm(group, label, panel, seed, config_schema.apply_overrides(
         config, dict.fromkeys(seed_fields, seed)), tags=tags) for seed in range(seeds)]
 
 
 def planned_pairs(arms_, pairs):
-    """[(panel/arm, panel/control, *rest)] for every panel of the planned `arms_` (in plan order)
-    and every (arm, control, *rest) of `pairs` whose two groups are planned; a panel "" names the
-    groups bare."""
+    """[(panel/arm, panel/control, *rest)] per panel of `arms_` (plan order) and (arm, control,
+    *rest) of `pairs` whose two groups are planned (panel "": bare group names)."""
     groups, out = {a.group for a in arms_}, []
     for panel in dict.fromkeys(a.panel for a in arms_):
         for arm, control, *rest in pairs:
@@ -141,27 +126,9 @@ def require_one_of(config, field, allowed):
             f"{', '.join(map(str, allowed))}")
 
 
-def resumable(train, check_config):
-    """An experiment's public `run(config, run_dir, echo=print)` from its `train(config, run_dir,
-    echo)`: a finished run returns its results, a config that `check_config` rejects raises (one
-    line) before anything is written (`finished_or_checked`), echo=None is silent; otherwise
-    `train` trains the run or resumes it."""
-
-    def run(config, run_dir, echo=print):
-        done = finished_or_checked(config, run_dir, check_config)
-        if done is not None:
-            return done
-        with workdir_lock.hold(run_dir, f"run of {train.__module__}"):
-            return train(config, run_dir, echo or (lambda line: None))
-
-    run.__doc__ = (f"Train (or resume, or skip if finished) one {train.__module__} run; returns "
-                   "its results dict.")
-    return run
-
-
 def finished_or_checked(config, run_dir, check_config):
-    """The results of a finished run of exactly `config` in `run_dir`; else None, after
-    `check_config(config)` has accepted it (raises before any work)."""
+    """The results of a finished run of `config` in `run_dir`; else None once `check_config`
+    accepted it."""
     done = finished_result(run_dir, config.to_dict())
     if done is None:
         check_config(config)
@@ -169,8 +136,7 @@ def finished_or_checked(config, run_dir, check_config):
 
 
 class Checkpointer:
-    """(model, optimizer, step) in `cgh_tf.checkpoints.CheckpointStore` `ckpt/ckpt-<step>` plus
-    the curves as JSON; a damaged newest checkpoint is reported and the one before used."""
+    """(model, optimizer, step) in a `CheckpointStore` `ckpt/ckpt-<step>`, the curves as JSON."""
 
     def __init__(self, run_dir, model, optimizer, max_to_keep=2):
         import tensorflow as tf
@@ -184,8 +150,8 @@ class Checkpointer:
         self.curves_path = os.path.join(run_dir, "curves.json")
 
     def restore(self, config_dict):
-        """(step, curves) of the newest intact checkpoint of this config, or (0, None);
-        ConfigError if the run directory holds a run of another config."""
+        """(step, curves) of the newest intact checkpoint, or (0, None); ConfigError for another
+        config's run."""
         saved = outputs.read_json(self.curves_path)
         if saved is not None:
             _require_same_config(self.run_dir, saved.get("config"), config_dict, "a run")
@@ -202,13 +168,11 @@ class Checkpointer:
         self.step.assign(step)
         self.store.save(step)
         outputs.write_json(self.curves_path, {"config": outputs.json_roundtrip(config_dict),
-                                              "curves": curves,
-                                      "step": step})
+                                              "curves": curves, "step": step})
 
 
 def _comparable(config_dict):
-    """A run's config dict with a top-level `winsorize_pct` 0 under `aggregation="mean"` read as
-    unset (None): grokking's default before c = 0 had to be spelled out, the same run."""
+    """`winsorize_pct` 0 under `aggregation="mean"` read as None (grokking's old default)."""
     if (isinstance(config_dict, dict) and config_dict.get("aggregation") == "mean"
             and config_dict.get("winsorize_pct") == 0):
         return {**config_dict, "winsorize_pct": None}
@@ -227,9 +191,8 @@ def _require_same_config(run_dir, saved, config_dict, what):
 
 
 def sample(pool, m, seed, salt):
-    """Sorted indices of min(m, pool size) examples drawn without replacement from `pool` (an int
-    n: range(n); a bool mask; or an index array) by `default_rng([seed, salt])`: a fixed sample,
-    the same for every run with the same (seed, salt)."""
+    """Sorted indices of min(m, pool size) examples of `pool` (int n: range(n); bool mask; index
+    array) drawn without replacement by `default_rng([seed, salt])`."""
     pool = np.asarray(pool)
     idx = (np.flatnonzero(pool) if pool.dtype == bool
            else np.arange(int(pool)) if pool.ndim == 0 else pool)
@@ -243,8 +206,7 @@ def arrays(split):
 
 
 def split_indices(n, fraction, seed):
-    """(kept, held out) sorted index arrays of a fixed random split of n examples, round(n ·
-    fraction) held out, by the permutation `default_rng([seed, 4])`."""
+    """(kept, held out) sorted indices: round(n · fraction) held out by `default_rng([seed, 4])`."""
     perm = np.random.default_rng([int(seed), 4]).permutation(n)
     held_out = held_out_count(n, fraction)
     return np.sort(perm[held_out:]), np.sort(perm[:held_out])
@@ -256,17 +218,15 @@ def held_out_count(n, fraction):
 
 
 def scaled_config(module, scale, dataset, overrides):
-    """`module.get_config()` ← `module.SCALES[scale]` ← `module.DATASET_CHANGES[scale][dataset]`
-    ← `overrides` with `dataset` (each step `config_schema.apply_overrides`)."""
+    """`get_config()` ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]` ← `overrides`."""
     config = config_schema.apply_overrides(module.get_config(), module.SCALES[scale])
     config = config_schema.apply_overrides(config, module.DATASET_CHANGES[scale][dataset])
     return config_schema.apply_overrides(config, {**(overrides or {}), "dataset": dataset})
 
 
 def dataset_bases(module, scale, overrides, name):
-    """[(dataset, base config)] of an experiment at `scale`: its datasets `module.DATASETS[scale]`,
-    or only `overrides["dataset"]` (one of `module.DATASET_CHANGES[scale]`, else a one-line
-    ValueError), each with `scaled_config`."""
+    """[(dataset, `scaled_config`)] for `module.DATASETS[scale]`, or only `overrides["dataset"]`
+    (one of `DATASET_CHANGES[scale]`, else one-line ValueError)."""
     datasets = (overrides["dataset"],) if "dataset" in overrides else module.DATASETS[scale]
     allowed = module.DATASET_CHANGES[scale]
     for dataset in datasets:
@@ -276,8 +236,7 @@ def dataset_bases(module, scale, overrides, name):
 
 
 def finish(run_dir, config_dict, curves, summary, started, **extra):
-    """Write and return the results.json of a finished run: config, curves, summary,
-    `finished: true`, the `extra` fields and the seconds since `started`."""
+    """Write and return a finished run's results.json (config, curves, summary, extra fields)."""
     result = {"config": outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
               "summary": summary, **extra,
               "seconds_last_invocation": round(time.time() - started, 1)}

@@ -1,16 +1,8 @@
-"""Depth and width of an MLP: m-coherence at initialisation / after one epoch vs generalisation.
-
-One run: an MLP (`depth` × `width`) trained with Adam on real or 100 % random labels, logging
-loss, accuracies, the gap and (at `coherence_epochs`) the exact m-coherence of a fixed training
-sample. Arms: the models of `model_sweep` × real / random labels; the model, its Adam and its
-traced functions are built once per architecture and restarted per run
-(`graph_loop.reused_epoch_trainer`: bit-identical to fresh runs). Declared: real − random per
-model (paired by seed) and correlations across models (`CORRELATION_RULES`).
-docs/experiments/intro/depth_width.md; docs/design.md §7.1.
+"""Depth and width of an MLP: m-coherence at initialisation / after one epoch vs generalisation;
+the models of `model_sweep` × real / random labels (docs/experiments/intro/depth_width.md, §7.1).
 """
 
 import functools
-import time
 
 from cgh_tf import statistics
 
@@ -27,18 +19,6 @@ from .models import mlp
 LABELS = ("real", "random")
 
 
-def _log_epochs(config):
-    """Sorted epochs to log at: `log_epochs` and `coherence_epochs` up to the run's last epoch
-    (later ones are dropped, so that `--set=epochs=N` needs no new list) plus the last epoch."""
-    last = _epochs(config)
-    return sorted({int(e) for e in tuple(config.log_epochs) + tuple(config.coherence_epochs)
-                   if e <= last} | {last})
-
-
-def _epochs(config):
-    return int(config.epochs if config.labels == "real" else config.random_epochs)
-
-
 def summarize(curves, num_params):
     """The run's summary numbers from its curves (None where nothing was measured)."""
     at = {f"{name}_{when}": curve_stats.value_at(curves, f"coherence/{name}", epoch, "epoch")
@@ -48,14 +28,12 @@ def summarize(curves, num_params):
             "epochs": curves["epoch"][-1], **at, "num_params": num_params}
 
 
-def _train(config, run_dir, echo):
+def _setup(config, run_dir, echo):
     import keras
     import tensorflow as tf
 
     from cgh_tf import coherence
 
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
     random = config.labels == "random"
     ds = _load(config.dataset, random, int(config.data_seed), config.max_train)
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
@@ -85,21 +63,24 @@ def _train(config, run_dir, echo):
             stats = coherence.measure(model, x[sample], y[sample], loss=loss_fn, per_layer=True,
                                       batch_size=len(sample))
             row.update(probes.coherence_row("coherence", stats))
-        if echo:
-            echo(f"  {run_dir} epoch {epoch}: train acc {train_acc:.3f} test acc {test_acc:.3f}")
+        echo(f"  {run_dir} epoch {epoch}: train acc {train_acc:.3f} test acc {test_acc:.3f}")
         return row
 
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), model, optimizer, train_epoch, log, epochs=_epochs(config),
-        log_epochs=_log_epochs(config), checkpoint_every=config.checkpoint_every_logs,
-        seed=config.seed, n=n, echo=echo)
-    return common.finish(run_dir, config.to_dict(), curves, summarize(curves, num_params), started,
-                         num_train=n, coherence_sample=sample.tolist())
+    return graph_loop.Training(
+        model, optimizer, log=log, summarize=lambda curves: summarize(curves, num_params),
+        extra={"num_train": n, "coherence_sample": sample.tolist()},
+        **schedule(config, train_epoch, n))
+
+
+def schedule(config, train_epoch=None, n=0):
+    """`graph_loop.epoch_schedule` of a run: logs at `log_epochs` and `coherence_epochs` up to its
+    last epoch (`epochs`; `random_epochs` with random labels)."""
+    return graph_loop.epoch_schedule(
+        train_epoch, config, n, tuple(config.log_epochs) + tuple(config.coherence_epochs),
+        epochs=config.epochs if config.labels == "real" else config.random_epochs)
 
 
 @functools.lru_cache(maxsize=4)
-
-
 def _load(dataset, random, data_seed, max_train):
     """The dataset with real (random=False) or 100 % uniformly random labels, loaded once."""
     from cgh_tf import data
@@ -133,14 +114,9 @@ def check_config(config):
           f"coherence_samples={config.coherence_samples} must be <= max_train={config.max_train}")
 
 
-def group_name(dataset, depth, width, labels):
-    return f"{dataset}/d{depth}_w{width:04d}/{labels}"
-
-
 def arms(scale="small", seeds=3, overrides=None):
-    """Per dataset, model of the sweep (tags: the sweeps it belongs to), label kind and seed;
-    every config checked before anything is loaded; the sweep fields are removed from the runs'
-    configs."""
+    """Per dataset, model of the sweep (tags: its sweeps) and label kind; the sweep fields are
+    not in the runs' configs."""
     import ml_collections
 
     from configs import depth_width as dw_config
@@ -158,7 +134,7 @@ def arms(scale="small", seeds=3, overrides=None):
             for labels in LABELS:
                 config = config_schema.apply_overrides(run_base, {"depth": depth, "width": width,
                                                                   "labels": labels})
-                out += common.seeded_arms(group_name(dataset, depth, width, labels),
+                out += common.seeded_arms(f"{dataset}/d{depth}_w{width:04d}/{labels}",
                                           f"{labels} labels", dataset, config, seeds,
                                           check_config, tags=sweeps)
     return out
@@ -222,7 +198,7 @@ def figures(workdir, runs):
     return files
 
 
-run = common.resumable(_train, check_config)
+run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
     name="depth_width", title="Depth and width: m-coherence vs generalisation", arms=arms,

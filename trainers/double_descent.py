@@ -1,39 +1,29 @@
-"""Model-wise and epoch-wise double descent, with the coherence of pristine and corrupted examples.
-
-One run: an MLP of `width` trained with Adam on noisy labels in the graph loop, logging test
-error, pristine / corrupted train accuracy, the exact m-coherence of fixed pristine and corrupted
-samples and f^p of a mixed one. One arm per dataset and width; contrast: pristine − corrupted
-m-coherence, paired by seed. docs/experiments/intro/double_descent.md; docs/design.md §7.1.
-"""
-
-import time
+"""Model-wise and epoch-wise double descent, with the coherence of pristine and corrupted examples:
+one arm per dataset and MLP width (docs/experiments/intro/double_descent.md, design §7.1)."""
 
 import numpy as np
 
 from . import beyond_common as common
 from . import config_schema
 from . import curve_stats
+from . import figures as plots
 from . import graph_loop
-from . import models
 from . import per_example_runs
 from . import probes
 from .experiment import Column, Experiment
 
 
-def _train(config, run_dir, echo):
+def _setup(config, run_dir, echo):
     import keras
     import tensorflow as tf
 
     from cgh_tf import data
 
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed))
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     corrupted = ds.train.corrupted
     run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes,
-                                 model=models.mlp(config, ds.input_shape, ds.num_classes),
                                  optimizer=keras.optimizers.Adam(float(config.learning_rate)))
     model, loss_fn = run.model, run.loss_fn
     m = int(config.coherence_samples)
@@ -54,15 +44,15 @@ def _train(config, run_dir, echo):
                                                        ~corrupted[mixed], loss_fn),
                 "weight_norm": probes.weight_norm(model)}
 
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), model, run.optimizer, run.train_epoch, log, epochs=config.epochs,
-        log_epochs=graph_loop.capped_log_epochs(config.log_epochs, config.epochs),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x))
-    best = curve_stats.best_at(curves, "test_error", highest=False)
-    summary = {**curve_stats.last_values(curves), "num_params": curve_stats.params(model),
-               **dict(zip(("min_test_error", "epoch_of_min_test_error"), best))}
-    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=len(x),
-                         num_corrupted=int(corrupted.sum()))
+    def summarize(curves):
+        best = curve_stats.best_at(curves, "test_error", highest=False)
+        return {**curve_stats.last_values(curves), "num_params": curve_stats.params(model),
+                **dict(zip(("min_test_error", "epoch_of_min_test_error"), best))}
+
+    return graph_loop.Training(
+        model, run.optimizer, log=log, summarize=summarize,
+        extra={"num_train": len(x), "num_corrupted": int(corrupted.sum())},
+        **graph_loop.epoch_schedule(run.train_epoch, config, len(x)))
 
 
 def check_config(config):
@@ -107,8 +97,8 @@ COLUMNS = (
 
 def setting(runs):
     lines = []
-    for dataset in dict.fromkeys(arm.panel for arm, _ in runs):
-        c = next(r["config"] for arm, r in runs if arm.panel == dataset)
+    for dataset, chosen in plots.per_dataset(runs):
+        c = chosen[0][1]["config"]
         lines += [f"{dataset}: MLP with {c['depth']} hidden layer(s), Adam lr "
                   f"{c['learning_rate']}, batch {c['batch_size']}, {c['epochs']} epochs, "
                   f"{c['label_noise']:.0%} label noise ({c['noise_kind']}); m = "
@@ -120,35 +110,27 @@ def setting(runs):
 
 def figures(workdir, runs):
     """Per dataset: the model-wise figure (last epoch vs width) and the epoch-wise one."""
-    from . import figures as fig
-
     keys = (("test_error", "test error (fraction)"),
             ("corrupted_accuracy", "corrupted train acc. (noisy label)"),
             ("coherence/pristine/m_coherence", "m-coherence, pristine sample"),
             ("coherence/corrupted/m_coherence", "m-coherence, corrupted sample"),
             ("f_pristine", "f^p (fraction)"))
-    files = []
-    for dataset, chosen in fig.per_dataset(runs):
-        files.append(fig.summary_vs_axis(
-            workdir, f"double_descent_{dataset}_width.png", chosen, keys, axis="width",
-            x_label="hidden width (units, log2)", log_x=2,
-            title=f"Model-wise double descent, {dataset} (last epoch)"))
-        files.append(fig.curves_per_group(
-            workdir, f"double_descent_{dataset}_epoch.png", chosen, keys, x="epoch",
-            x_label="epoch (0 plotted at 0.5; log)", log_x=10,
-            title=f"Epoch-wise curves per width, {dataset}"))
-    return files
+    return [file for dataset, chosen in plots.per_dataset(runs) for file in (
+        plots.summary_vs_axis(workdir, f"double_descent_{dataset}_width.png", chosen, keys,
+                              axis="width", x_label="hidden width (units, log2)", log_x=2,
+                              title=f"Model-wise double descent, {dataset} (last epoch)"),
+        plots.curves_per_group(workdir, f"double_descent_{dataset}_epoch.png", chosen, keys,
+                               x="epoch", x_label="epoch (0 plotted at 0.5; log)", log_x=10,
+                               title=f"Epoch-wise curves per width, {dataset}"))]
 
 
-run = common.resumable(_train, check_config)
-
-PROGRESS = ("test_error", "min_test_error", "corrupted_accuracy",
-            "coherence/pristine/m_coherence", "coherence/corrupted/m_coherence", "f_pristine")
+run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
     name="double_descent",
     title="Double descent: test error and coherence of pristine / corrupted examples",
     arms=arms, run_arm=run, columns=COLUMNS, loop="graph",
-    default_seeds=3,
     contrasts=(("coherence/pristine/m_coherence", "coherence/corrupted/m_coherence"),),
-    figures=figures, setting=setting, progress=PROGRESS)
+    figures=figures, setting=setting,
+    progress=("test_error", "min_test_error", "corrupted_accuracy",
+              "coherence/pristine/m_coherence", "coherence/corrupted/m_coherence", "f_pristine"))

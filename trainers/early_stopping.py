@@ -1,14 +1,5 @@
 """Early stopping with label noise: does the coherence of training gradients say when to stop?
-
-One run: an MLP trained with Adam on a noisy split (`validation_fraction` held out with the same
-noise), logged at quarter epochs then epochs (coherence of mixed / pristine / corrupted samples,
-f^p, accuracies); the stopping rules and the memorisation onset are `stopping_rules` (declared
-before the runs). Declared: each rule's test accuracy against the others', paired by seed
-(`CONTRASTS`), and `rules`. Default dataset mnist5k (the turn is larger than on MNIST-1D).
-docs/experiments/intro/early_stopping.md; docs/design.md §7.1.
-"""
-
-import time
+The rules are `stopping_rules` (docs/experiments/intro/early_stopping.md, design §7.1)."""
 
 import numpy as np
 
@@ -17,8 +8,8 @@ from cgh_tf import statistics
 from . import beyond_common as common
 from . import config_schema
 from . import factories
+from . import figures as plots
 from . import graph_loop
-from . import models
 from . import per_example_runs
 from . import probes
 from . import stopping_rules
@@ -38,14 +29,11 @@ def log_steps(config, steps_per_epoch):
     return sorted(steps)
 
 
-def _train(config, run_dir, echo):
-    import keras
+def _setup(config, run_dir, echo):
     import tensorflow as tf
 
     from cgh_tf import data, optimizers
 
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed),
                    max_train=config.max_train, max_test=config.max_test)
@@ -61,17 +49,15 @@ def _train(config, run_dir, echo):
                          "training example")
     run = per_example_runs.build(
         config, x, y, ds.input_shape, ds.num_classes,
-        model=models.mlp(config, ds.input_shape, ds.num_classes),
         optimizer=optimizers.build(config.optimizer, float(config.learning_rate)))
-    model, optimizer, loss_fn, train = run.model, run.optimizer, run.loss_fn, run.train_epoch
+    model, loss_fn, n = run.model, run.loss_fn, len(x)
     m = int(config.coherence_samples)
-    samples = {"train": common.sample(len(x), m, config.data_seed, 1),
+    samples = {"train": common.sample(n, m, config.data_seed, 1),
                "pristine": common.sample(~corrupted, m, config.data_seed, 2),
                "corrupted": common.sample(corrupted, m, config.data_seed, 3)}
     mixed = samples["train"]
-    n = len(x)
     xt, yt = tf.constant(x), tf.constant(y)
-    steps_per_epoch = train.batches_per_epoch
+    steps_per_epoch = run.train_epoch.batches_per_epoch
     schedule = log_steps(config, steps_per_epoch)
     x_eval, y_eval = (np.concatenate(a) for a in ((x, x_val, x_test), (y, y_val, y_test)))
 
@@ -88,29 +74,30 @@ def _train(config, run_dir, echo):
                    model, {name: (x[idx], y[idx]) for name, idx in samples.items()}, loss_fn),
                "f_pristine": probes.fraction_pristine(model, x[mixed], y[mixed],
                                                       ~corrupted[mixed], loss_fn)}
-        if echo:
-            echo(f"  {run_dir} epoch {row['epoch']:.2f}: test {row['test_accuracy']:.3f} val "
-                 f"{row['validation_accuracy']:.3f} corrupted {row['corrupted_accuracy']:.3f} "
-                 f"m-coh. train {row[stopping_rules.TRAIN_SAMPLE_KEY]:.2f} "
-                 f"f^p {row['f_pristine']:.3f}")
+        echo(f"  {run_dir} epoch {row['epoch']:.2f}: test {row['test_accuracy']:.3f} val "
+             f"{row['validation_accuracy']:.3f} corrupted {row['corrupted_accuracy']:.3f} "
+             f"m-coh. train {row[stopping_rules.TRAIN_SAMPLE_KEY]:.2f} f^p {row['f_pristine']:.3f}")
         return row
 
-    curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer,
-        graph_loop.step_advancer(train, config.seed, n), log, total=schedule[-1],
-        log_points=schedule, checkpoint_points=schedule[::int(config.checkpoint_every_logs)],
-        echo=echo, unit="step")
-    summary = stopping_rules.stopping_summary(curves, float(config.coherence_drop),
-                                              float(config.plateau_fraction),
-                                              float(config.onset_rise))
-    summary.update({f"last/{key}": curves[key][-1] for key in (
-        "test_accuracy", "pristine_accuracy", "corrupted_accuracy", "train_loss",
+    def summarize(curves):
+        summary = stopping_rules.stopping_summary(curves, float(config.coherence_drop),
+                                                  float(config.plateau_fraction),
+                                                  float(config.onset_rise))
+        return {**summary, **{f"last/{key}": curves[key][-1] for key in LAST}}
+
+    return graph_loop.Training(
+        model, run.optimizer, log=log, summarize=summarize,
+        extra=dict(num_train=n, num_validation=int(len(val_idx)),
+                   num_corrupted=int(corrupted.sum()),
+                   num_validation_corrupted=int(ds.train.corrupted[val_idx].sum()),
+                   steps_per_epoch=steps_per_epoch),
+        **graph_loop.step_schedule(run.train_epoch, config, n, schedule,
+                                   schedule[::int(config.checkpoint_every_logs)]))
+
+
+LAST = ("test_accuracy", "pristine_accuracy", "corrupted_accuracy", "train_loss",
         stopping_rules.TRAIN_SAMPLE_KEY, "coherence/pristine/alpha", "coherence/corrupted/alpha",
-        "f_pristine")})
-    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=n,
-                         num_validation=int(len(val_idx)), num_corrupted=int(corrupted.sum()),
-                         num_validation_corrupted=int(ds.train.corrupted[val_idx].sum()),
-                         steps_per_epoch=steps_per_epoch)
+        "f_pristine")  # their last values are in the summary as last/<key>
 
 
 def check_config(config):
@@ -119,10 +106,9 @@ def check_config(config):
 
     common.require_one_of(config, "dataset", DATASETS)
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
-    levels = config.noise_levels
-    common.require(isinstance(levels, (tuple, list)) and len(levels) >= 1 and all(
-        common.is_number(p) and 0 < p < 1 for p in levels),
-        f"noise_levels={levels!r} must be a non-empty tuple of numbers in (0, 1)")
+    common.require_each(config, ("noise_levels",), lambda v: isinstance(v, (tuple, list)) and len(
+        v) >= 1 and all(config_schema.is_number(p) and 0 < p < 1 for p in v),
+        "a non-empty tuple of numbers in (0, 1)")
     common.require_label_noise(config)
     common.require_one_of(config, "optimizer", OPTIMIZERS)
     common.require_positive(config, ("learning_rate",))
@@ -195,8 +181,7 @@ def analyses(runs):
 
 
 def setting(runs):
-    r0 = runs[0][1]
-    c = r0["config"]
+    r0, c = runs[0][1], runs[0][1]["config"]
     return [f"{c['dataset']}: MLP {c['depth']} × {c['width']} ReLU, {c['optimizer']} lr "
             f"{c['learning_rate']}, batch {c['batch_size']}, {c['epochs']} epochs "
             f"({r0['steps_per_epoch']} steps each), label noise {c['noise_kind']!r} at "
@@ -206,21 +191,19 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     keys = (("test_accuracy", "test acc. (fraction)"),
             ("validation_accuracy", "noisy-validation acc. (fraction)"),
             ("corrupted_accuracy", "corrupted train acc. (noisy label)"),
             ("pristine_accuracy", "pristine train acc. (fraction)"),
             ("coherence/train/m_coherence", "m-coherence, mixed train sample"),
             ("f_pristine", "f^p (fraction)"))
-    return [fig.curves_per_group(workdir, f"early_stopping_{dataset}.png", chosen, keys, x="epoch",
-                                 x_label="epoch", title=f"Early stopping, {dataset}",
-                                 row_of=lambda a: a.group)
-            for dataset, chosen in fig.per_dataset(runs)]
+    return [plots.curves_per_group(workdir, f"early_stopping_{dataset}.png", chosen, keys,
+                                   x="epoch", x_label="epoch", title=f"Early stopping, {dataset}",
+                                   row_of=lambda a: a.group)
+            for dataset, chosen in plots.per_dataset(runs)]
 
 
-run = common.resumable(_train, check_config)
+run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
     name="early_stopping",

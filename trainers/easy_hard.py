@@ -1,14 +1,8 @@
-"""Easy vs hard examples (arXiv 2003.07422) with equal-size random controls (issue 24).
-
-Per seed: a probe MLP calls an example easy if it classifies it after `probe_epochs`; `partition`
-splits easy / hard into training and test parts and draws random parts of the same sizes from the
-same pools; one arm per part trains a fresh model (the probe's initial weights) on it and tests it
-on every test part. Every part is compared with its random control, paired by seed (`rules`).
-docs/experiments/intro/easy_hard.md; docs/design.md §7.2.
-"""
+"""Easy vs hard examples (2003.07422) against random parts of equal size: a probe splits the
+examples, one arm per part trains from the probe's initial weights and is tested on every test
+part. docs/experiments/intro/easy_hard.md; design §7.2."""
 
 import hashlib
-import time
 
 import numpy as np
 
@@ -17,6 +11,7 @@ from configs import easy_hard as easy_hard_config
 
 from . import beyond_common as common
 from . import config_schema
+from . import figures as fig
 from . import graph_loop
 from . import models
 from . import per_example_runs
@@ -28,11 +23,10 @@ PARTNER = {"easy": "hard", "hard": "easy", "random_easy_size": "random_hard_size
 
 
 def partition(easy, seed, test_fraction):
-    """{part: (train indices, test indices)} (sorted int arrays) of the four `PARTS` from the
-    [n] bool `easy` mask: easy / hard split by `default_rng([seed, 4099])` with round(test_fraction
-    · size) test examples each; the random parts partition the union of the easy and hard
-    training (test) parts into sizes equal to easy's and hard's. ValueError (one line) if a part
-    would have fewer than 2 training or 1 test example."""
+    """{part of `PARTS`: (train, test) sorted index arrays} from the [n] bool `easy` mask: easy /
+    hard each split with round(test_fraction · size) test examples; the random parts split the
+    union of both training (test) parts into easy's and hard's sizes. ValueError (one line) if a
+    part has fewer than 2 training or 1 test example."""
     rng = np.random.default_rng([int(seed), 4099])
 
     def split(idx, first):   # (sorted first `first` of a permutation, sorted rest)
@@ -56,15 +50,11 @@ def partition(easy, seed, test_fraction):
     return parts
 
 
-def _train(config, run_dir, echo):
-    import keras
-
+def _setup(config, run_dir, echo):
     from cgh_tf import coherence, data
 
-    started = time.time()
     ds = data.load(config.dataset)
     x, y = common.arrays(ds.train)
-    keras.utils.set_random_seed(int(config.seed))
     model = models.mlp(config, ds.input_shape, ds.num_classes)
     initial = model.get_weights()
     probe = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes, model=model)
@@ -88,18 +78,15 @@ def _train(config, run_dir, echo):
         return {"epoch": epoch, "step": epoch,
                 **{key: float(correct[idx].mean()) for key, idx in tests.items()}}
 
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
-        epochs=config.epochs, log_epochs=graph_loop.capped_log_epochs(config.log_epochs,
-                                                                      config.epochs),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(train_idx),
-        echo=echo)
-    summary = {key: curves[key][-1] for key in tests}
-    summary.update(n_train=len(train_idx), n_easy=int(easy.sum()),
-                   pairwise_coherence_init=at_init.pairwise_coherence,
-                   m_coherence_init=at_init.m_coherence)
-    return common.finish(run_dir, config.to_dict(), curves, summary, started,
-                         easy_mask_sha256=hashlib.sha256(np.packbits(easy).tobytes()).hexdigest())
+    def summarize(curves):
+        return {**{key: curves[key][-1] for key in tests}, "n_train": len(train_idx),
+                "n_easy": int(easy.sum()), "pairwise_coherence_init": at_init.pairwise_coherence,
+                "m_coherence_init": at_init.m_coherence}
+
+    return graph_loop.Training(
+        run.model, run.optimizer, log=log, summarize=summarize,
+        extra={"easy_mask_sha256": hashlib.sha256(np.packbits(easy).tobytes()).hexdigest()},
+        **graph_loop.epoch_schedule(run.train_epoch, config, len(train_idx)))
 
 
 def check_config(config):
@@ -119,7 +106,7 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None):
-    """One arm per dataset and part (`PARTS`), seeds 0..seeds−1; every config checked."""
+    """One arm per dataset and part (`PARTS`)."""
     return [arm for dataset, base in common.dataset_bases(
         easy_hard_config, scale, dict(overrides or {}), "easy_hard") for part in PARTS
         for arm in common.seeded_arms(f"{dataset}/{part}", f"{dataset}, {part.replace('_', ' ')}",
@@ -195,8 +182,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     return [fig.bars(workdir, f"easy_hard_{dataset}.png", chosen, (
         ("test_on_easy", "acc, easy test part"), ("test_on_hard", "acc, hard test part"),
         ("test_own", "acc, own test part"),
@@ -208,7 +193,7 @@ def figures(workdir, runs):
 EXPERIMENT = Experiment(
     name="easy_hard",
     title="Easy vs hard examples against random splits of equal size, with cross-evaluation",
-    arms=arms, run_arm=common.resumable(_train, check_config), columns=COLUMNS, loop="graph",
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), columns=COLUMNS, loop="graph",
     comparisons=comparisons,
     compared=("test_own", "test_on_easy", "test_on_hard", "pairwise_coherence_init"),
     rules=rules, figures=figures, analyses=analyses, setting=setting,

@@ -1,13 +1,97 @@
-"""The one custom training loop: graph-mode epochs over index tensors, logged, checkpointed,
-resumable, for experiments that need update-level control (`optimizer.apply` on batches they
-choose). Epoch e of seed s visits `default_rng([s, e]).permutation(n)` in ⌈n / B⌉ batches (the
-last partial) inside one `tf.function` call, so a resumed run replays an uninterrupted one's
-batches (docs/design.md §7.0).
-"""
+"""The one custom training loop and the declared run over it (`Training`, `declared_run`):
+graph-mode epochs over index tensors, logged, checkpointed, resumable (docs/design.md §7.0)."""
+
+import dataclasses
+import time
+from typing import Callable, Sequence
 
 import numpy as np
 
+from cgh_tf import workdir_lock
+
 from . import beyond_common as common
+
+
+@dataclasses.dataclass
+class Training:
+    """One graph-loop run as data, in positions of `unit`: `advance(start, stop)` trains,
+    `log(position)` -> a row of scalars (with "step") at `log_points`, checkpoints at
+    `checkpoint_points` and `total` (None: the last log point), `summarize(curves)` -> summary,
+    `extra`: more results.json fields (a dict or a function of the curves); `until(curves)`
+    true ends the run early (`run_logged`)."""
+
+    model: object
+    optimizer: object
+    advance: Callable
+    log: Callable
+    log_points: Sequence
+    checkpoint_points: Sequence
+    summarize: Callable
+    extra: object = dataclasses.field(default_factory=dict)
+    unit: str = "epoch"
+    total: int = None
+    until: Callable = None
+
+
+def declared_run(setup, check_config):
+    """An experiment's `run(config, run_dir, echo=print)`: a finished run's results, else
+    `check_config` (before anything is written), then `train_declared` under the run directory's
+    lock (echo=None: silent)."""
+
+    def run(config, run_dir, echo=print):
+        done = common.finished_or_checked(config, run_dir, check_config)
+        if done is not None:
+            return done
+        with workdir_lock.hold(run_dir, f"run of {setup.__module__}"):
+            return train_declared(setup, config, run_dir, echo or (lambda line: None))
+
+    run.__doc__ = (f"Train (or resume, or skip if finished) one {setup.__module__} run; returns "
+                   "its results dict.")
+    return run
+
+
+def train_declared(setup, config, run_dir, echo):
+    """Seed `config.seed`, `setup(config, run_dir, echo)` -> `Training`, its `run_logged` curves,
+    `common.finish` with its summary and extra fields; the results dict."""
+    import keras
+
+    started = time.time()
+    keras.utils.set_random_seed(int(config.seed))
+    run = setup(config, run_dir, echo)
+    total = max(run.log_points) if run.total is None else run.total
+    curves = run_logged(run_dir, config.to_dict(), run.model, run.optimizer, run.advance, run.log,
+                        total=total, log_points=run.log_points,
+                        checkpoint_points=run.checkpoint_points, echo=echo, unit=run.unit,
+                        until=run.until)
+    extra = run.extra(curves) if callable(run.extra) else run.extra
+    return common.finish(run_dir, config.to_dict(), curves, run.summarize(curves), started,
+                         **extra)
+
+
+def epoch_schedule(train_epoch, config, n, log_epochs=None, epochs=None):
+    """`Training` fields in epochs (`epoch_advancer`): logs at `capped_log_epochs(log_epochs or
+    config.log_epochs, epochs or config.epochs)`, a checkpoint every `checkpoint_every_logs`-th."""
+    epochs = int(config.epochs if epochs is None else epochs)
+    log_points = capped_log_epochs(config.log_epochs if log_epochs is None else log_epochs,
+                                   epochs)
+    return dict(advance=epoch_advancer(train_epoch, config.seed, n), log_points=log_points,
+                checkpoint_points=log_points[::int(config.checkpoint_every_logs)], total=epochs)
+
+
+def epoch_advancer(train_epoch, seed, n):
+    """`advance(start, stop)` in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`."""
+
+    def advance(start, stop):
+        for epoch in range(start, stop):
+            train_epoch(epoch_permutation(seed, epoch, n))
+
+    return advance
+
+
+def step_schedule(train, config, n, log_points, checkpoint_points, unit="step"):
+    """`Training` fields in global steps of the `epoch_trainer` `train` (`step_advancer`)."""
+    return dict(advance=step_advancer(train, config.seed, n), log_points=log_points,
+                checkpoint_points=checkpoint_points, unit=unit)
 
 
 def epoch_permutation(seed, epoch, n):
@@ -16,9 +100,9 @@ def epoch_permutation(seed, epoch, n):
 
 
 def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size):
-    """`train(perm, first=0, last=None)`: batches first..last−1 (default: all ⌈n / B⌉, the last
-    partial) of the epoch in the order perm (int [n]) over x [n, ...], y [n], one `tf.function`
-    call; each batch is one `optimizer.apply` of the mean-loss gradient."""
+    """`train(perm, first=0, last=None)`: batches first..last−1 (default all ⌈n / B⌉, the last
+    partial) in the order perm (int [n]) over x [n, ...], y [n] in one `tf.function` call, one
+    `optimizer.apply` of the mean-loss gradient each."""
     import tensorflow as tf
 
     n, batch, variables = int(x.shape[0]), int(batch_size), model.trainable_variables
@@ -46,8 +130,8 @@ def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size):
 
 
 def step_advancer(train, seed, n):
-    """`advance(step, stop)` for `run_logged` in global steps of an `epoch_trainer`: step s is
-    batch s mod S of epoch s // S (S batches per epoch), one call per epoch."""
+    """`advance(step, stop)` in global steps of an `epoch_trainer`: step s is batch s mod S of
+    epoch s // S (S batches per epoch)."""
     per_epoch = train.batches_per_epoch
 
     def advance(step, stop):
@@ -61,11 +145,10 @@ def step_advancer(train, seed, n):
 
 
 def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, aggregator=None):
-    """`train(idx)`: for idx int [u, per_update, B], u updates in one `tf.function` call, each
-    `per_update` `optimizer.apply` calls on the batches idx[k, g] of x [n, ...], y [n] (an M3
-    wrapper updates on every per_update-th). The gradient: the mean loss's, or `aggregator` over
-    the per-example gradients (coordinate-wise, or its own `gradients(model, x, y, loss_fn,
-    training)`); batch shapes are static (the winsorizer's XLA network)."""
+    """`train(idx)`: idx int [u, per_update, B] = u updates in one `tf.function` call, each
+    `per_update` `optimizer.apply` calls on the batches idx[k, g] of x [n, ...], y [n]; gradient
+    of the mean loss, or `aggregator` over per-example gradients (its `reduce`, or its own
+    `gradients(model, x, y, loss_fn, training)`); static batch shapes."""
     import tensorflow as tf
 
     from cgh_tf import per_example
@@ -94,9 +177,8 @@ def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, ag
 
 
 class Batches:
-    """The batch stream of `update_trainer` in updates: batch j is batch j mod E of the
-    permutation `default_rng([seed, j // E])` (E = ⌊n / B⌋, the rest of an epoch dropped; B >= n:
-    the whole set), a pure function of (seed, j), so updates may cross epochs."""
+    """`update_trainer`'s batches by index j: batch j mod E of `default_rng([seed, j // E])`'s
+    permutation (E = ⌊n / B⌋, the rest dropped; B >= n: the whole set); updates cross epochs."""
 
     def __init__(self, n, batch_size, batches_per_update, seed):
         self.n, self.seed, self.per_update = n, int(seed), batches_per_update
@@ -122,8 +204,8 @@ class Batches:
 
 
 def epoch_updates(perm, batch_size, per_update):
-    """int32 [⌊n / U⌋, per_update, B]: the whole updates of one epoch in the order perm [n]
-    (U = B × per_update examples each; the rest skipped that epoch)."""
+    """int32 [⌊n / U⌋, per_update, B]: the whole updates (U = B × per_update examples) of one
+    epoch in the order perm [n]."""
     per = int(batch_size) * int(per_update)
     updates = len(perm) // per
     return np.asarray(perm[:updates * per], dtype=np.int32).reshape(updates, per_update,
@@ -131,12 +213,11 @@ def epoch_updates(perm, batch_size, per_update):
 
 
 def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, log_points,
-               checkpoint_points, echo=None, unit="epoch"):
-    """The resume skeleton of every custom-loop run, in the experiment's units: restore this
-    config's newest checkpoint (saying so on `echo`) or log at 0 → `advance(start, stop)` between
-    stops → `log(stop)` (a dict of scalars appended to the curves) at the `log_points`, a
-    checkpoint at the `checkpoint_points` and at `total`. Returns the curves {key: [values]},
-    equal to an uninterrupted run's when `advance` is a pure function of its positions."""
+               checkpoint_points, echo=None, unit="epoch", until=None):
+    """Restore this config's newest checkpoint (said on `echo`) or log at 0, then `advance`
+    between stops, `log(stop)` appended to the curves at `log_points`, checkpoints at
+    `checkpoint_points` and `total`, until `until(curves)` (checkpointed when it turns true);
+    the curves {key: [values]} (an uninterrupted run's)."""
     log_points, checkpoint_points = set(log_points), set(checkpoint_points) | {int(total)}
     ckpt = common.Checkpointer(run_dir, model, optimizer)
     position, curves = ckpt.restore(config_dict)
@@ -146,53 +227,31 @@ def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, l
             common.append(curves, log(0))
     elif echo:
         echo(f"  resumed {run_dir} at {unit} {position}")
+    stopped = until or (lambda _: False)
     for stop in sorted(p for p in log_points | checkpoint_points if position < p <= int(total)):
+        if stopped(curves):
+            break
         advance(position, stop)
         position = stop
         if stop in log_points:
             common.append(curves, log(stop))
-        if stop in checkpoint_points:
+        if stop in checkpoint_points or stopped(curves):
             ckpt.save(stop, curves, config_dict)
     return curves
-
-
-def run_logged_epochs(run_dir, config_dict, model, optimizer, train_epoch, log, *, epochs,
-                      log_epochs, checkpoint_every, seed, n, echo=None):
-    """`run_logged` in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`; logs
-    after the sorted `log_epochs` (0 = before training), checkpoints at every
-    `checkpoint_every`-th of them and at the last epoch."""
-
-    def advance(start, stop):
-        for epoch in range(start, stop):
-            train_epoch(epoch_permutation(seed, epoch, n))
-
-    log_epochs = [e for e in log_epochs if e <= int(epochs)]
-    return run_logged(run_dir, config_dict, model, optimizer, advance, log, total=int(epochs),
-                      log_points=log_epochs, checkpoint_points=log_epochs[::int(checkpoint_every)],
-                      echo=echo)
 
 
 _REUSED = {}  # one key at a time: the built functions of the last architecture
 
 
-def reused(key, build):
-    """`build()` once for `key` while runs ask for the same key (one cached): an architecture's
-    model, optimizer and traced functions shared by its seeds (tracing is most of a small run's
-    time); each run starts with `restart`."""
-    if key not in _REUSED:
-        _REUSED.clear()
-        _REUSED[key] = build()
-    return _REUSED[key]
-
-
 def reused_epoch_trainer(key, build_model, build_optimizer, input_shape, n, batch_size):
-    """`reused` (model, optimizer, loss_fn, x, y, train_epoch, evaluate) for `key`: sparse
-    cross-entropy on logits, data variables x [n, *input_shape] float32, y [n] int32 (assigned by
-    `restart`), their `epoch_trainer`, `evaluate(xs, ys)` -> (mean loss, int32 argmax)."""
+    """(model, optimizer, loss_fn, x, y, train_epoch, evaluate), built once while runs ask for
+    the same `key` (its seeds share the traced functions; each run starts with `restart`):
+    x [n, *input_shape] float32, y [n] int32 variables, `evaluate(xs, ys)` -> (loss, argmax)."""
     import keras
     import tensorflow as tf
 
-    def build():
+    if key not in _REUSED:
+        _REUSED.clear()
         model, optimizer = build_model(), build_optimizer()
         optimizer.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -204,15 +263,14 @@ def reused_epoch_trainer(key, build_model, build_optimizer, input_shape, n, batc
             logits = model(xs, training=False)
             return loss_fn(ys, logits), tf.argmax(logits, -1, output_type=tf.int32)
 
-        return (model, optimizer, loss_fn, x, y,
-                epoch_trainer(model, optimizer, loss_fn, x, y, batch_size), evaluate)
-
-    return reused(key, build)
+        _REUSED[key] = (model, optimizer, loss_fn, x, y,
+                        epoch_trainer(model, optimizer, loss_fn, x, y, batch_size), evaluate)
+    return _REUSED[key]
 
 
 def restart(model, optimizer, weights, assignments=()):
-    """Start a run on a `reused` model, bit-identical to fresh objects: `weights` set, optimizer
-    variables but the learning rate zeroed, each (variable, value) of `assignments` assigned."""
+    """Start a run on a reused model as on fresh objects: `weights` set, optimizer variables but
+    the learning rate zeroed, each (variable, value) of `assignments` assigned."""
     import tensorflow as tf
 
     model.set_weights(weights)
@@ -224,23 +282,21 @@ def restart(model, optimizer, weights, assignments=()):
 
 
 def log_steps(log_epochs, epochs, steps_per_epoch):
-    """{update: epoch (= update / steps_per_epoch)} of a run in updates: each of `log_epochs` up to
-    `epochs` rounded to the nearest update, plus the end of training."""
+    """{update: epoch}: each of `log_epochs` up to `epochs` rounded to the nearest update, plus
+    the end of training."""
     steps = {int(round(float(e) * steps_per_epoch)) for e in log_epochs if e <= epochs}
     steps.add(int(epochs) * steps_per_epoch)
     return {s: s / steps_per_epoch for s in sorted(steps)}
 
 
 def capped_log_epochs(log_epochs, epochs):
-    """Sorted epochs to log at: `log_epochs` up to `epochs` (so `--set=epochs=N` needs no new
-    list) plus `epochs` itself."""
+    """Sorted `log_epochs` up to `epochs`, plus `epochs` (`--set=epochs=N` needs no new list)."""
     return sorted({int(e) for e in log_epochs if e <= int(epochs)} | {int(epochs)})
 
 
 def predictor(model, chunk=16384):
-    """`predict(xs, ys)` -> (argmax int32 [n], per-example cross-entropy float32 [n]) of the
-    logits model in inference mode, over NumPy arrays in chunks of `chunk` examples; traced once
-    per input dtypes (not per n: the batch dimension of its signature is unknown)."""
+    """`predict(xs, ys)` -> (argmax int32 [n], cross-entropy float32 [n]) in inference mode over
+    NumPy arrays, `chunk` examples per call, traced once per dtypes and example shape."""
     import tensorflow as tf
 
     def logits_stats(xs, ys):

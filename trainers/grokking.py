@@ -1,14 +1,5 @@
-"""Grokking on modular arithmetic, with exact per-example coherence logged along the way.
-
-One run: an MLP or a 1-layer transformer (`build_model`) on `cgh_tf.modular.make(...)` in the
-update-level graph loop (`steps` counts optimizer updates, so M3 sees 3× the batches), AdamW or
-M3 / RM3 / RA3 over it, mean or winsorized aggregation (`update_rules`); every `log_every`
-updates: accuracies, losses, the m-coherence of fixed train / test samples and ‖w‖. Declared:
-every arm against its matched control (`PAIRS`), paired by seed. docs/experiments/intro/
-grokking.md; docs/design.md §7.1.
-"""
-
-import time
+"""Grokking on modular arithmetic, with exact per-example coherence logged along the way; every
+arm against its matched control (`PAIRS`; docs/experiments/intro/grokking.md, design §7.1)."""
 
 import numpy as np
 
@@ -58,14 +49,12 @@ def check_config(config):
                    f"width={config.width} must be a multiple of heads={config.heads}")
 
 
-def _train(config, run_dir, echo):
+def _setup(config, run_dir, echo):
     import keras
     import tensorflow as tf
 
     from cgh_tf import modular
 
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
     onehot, p = config.model == "mlp", int(config.p)
     data = modular.make(p, config.operation, float(config.train_fraction),
                         seed=int(config.data_seed), encoding="onehot" if onehot else "tokens")
@@ -96,29 +85,24 @@ def _train(config, run_dir, echo):
         row = {"step": step, **probes.split_metrics(evaluate, splits),
                **probes.sample_coherence(model, monitor, loss_fn),
                "weight_norm": probes.weight_norm(model)}
-        if echo and step and (step % (every * int(config.print_every_logs)) == 0 or step == total):
+        if step and (step % (every * int(config.print_every_logs)) == 0 or step == total):
             echo(f"  update {step}/{total}: train acc {row['train_accuracy']:.3f} test acc "
                  f"{row['test_accuracy']:.3f} m-coh train {row['coherence/train/m_coherence']:.2f}"
                  f" test {row['coherence/test/m_coherence']:.2f} |w| {row['weight_norm']:.1f}")
         return row
 
-    curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer,
-        lambda start, stop: train(batches.updates(start, stop)), log, total=total,
+    return graph_loop.Training(
+        model, optimizer, lambda start, stop: train(batches.updates(start, stop)), log,
         log_points=list(range(0, total, every)) + [total],
-        checkpoint_points=range(0, total, int(config.checkpoint_every)), echo=echo, unit="update")
-    return common.finish(run_dir, config.to_dict(), curves, summarize(curves), started,
-                         num_train=n, num_test=len(x_test), batches_per_update=batches_per_update)
+        checkpoint_points=range(0, total, int(config.checkpoint_every)), summarize=summarize,
+        extra=dict(num_train=n, num_test=len(x_test), batches_per_update=batches_per_update),
+        unit="update")
 
 
 def summarize(curves, memorised=0.99, grokked=0.95, onset=0.1):
-    """Milestones of one run and the coherence / weight norm at each of them.
-
-    t_mem: first logged update with train acc ≥ `memorised`; t_onset: first with test acc ≥
-    `onset` (the start of the jump); t_grok: first with test acc ≥ `grokked`. `corr_*`: Pearson
-    correlation, over the logs from t_mem on, between the train (test) sample's m-coherence and
-    the test accuracy.
-    """
+    """Milestones t_mem (train acc ≥ `memorised`), t_onset / t_grok (test acc ≥ `onset` /
+    `grokked`), coherence and ‖w‖ there; `corr_*`: Pearson r of the train / test sample's
+    m-coherence and the test accuracy over the logs from t_mem on."""
     tr, te = "coherence/train/m_coherence", "coherence/test/m_coherence"
     t_mem = curve_stats.first_reaching(curves, "train_accuracy", memorised)
     t_onset = curve_stats.first_reaching(curves, "test_accuracy", onset)
@@ -217,23 +201,21 @@ def rules(arms_):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
+    from . import figures as plots
 
     keys = (("train_accuracy", "train acc. (fraction)"), ("test_accuracy", "test acc. (fraction)"),
             ("coherence/train/m_coherence", "m-coherence, train sample"),
             ("coherence/test/m_coherence", "m-coherence, test sample"),
             ("weight_norm", "‖w‖ (L2 norm of all weights)"))
-    return [fig.curves_per_group(workdir, "grokking_curves.png", runs, keys, x="step",
-                                 x_label="optimizer updates",
-                                 title="Grokking: accuracy, m-coherence and weight norm")]
+    return [plots.curves_per_group(workdir, "grokking_curves.png", runs, keys, x="step",
+                                   x_label="optimizer updates",
+                                   title="Grokking: accuracy, m-coherence and weight norm")]
 
 
-run = common.resumable(_train, check_config)
-
-PROGRESS = ("t_mem", "t_grok", "test_acc_final")
+run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
     name="grokking", title="Grokking: coherence through the test-accuracy jump", arms=arms,
     run_arm=run, columns=COLUMNS, loop="graph", comparisons=comparisons,
     compared=("t_mem", "t_grok", "test_acc_final", "coh_train_final"), rules=rules,
-    figures=figures, progress=PROGRESS)
+    figures=figures, progress=("t_mem", "t_grok", "test_acc_final"))

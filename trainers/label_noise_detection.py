@@ -1,13 +1,6 @@
-"""Flagging mislabelled examples by their alignment, against the noisy-label literature's baselines.
-
-Per run, at each of `score_epochs`, every training example of a noisy training set is scored by
-−a_i (alignment), by its loss (small-loss rule) and by its forgetting count (`cgh_tf.noisy_labels`);
-each score's AUROC and flagging precision for the corrupted examples. Rules per dataset and noise
-level, paired by seed: −a_i beats chance at initialisation, the loss at every score epoch and
-forgetting at the last. docs/experiments/intro/label_noise_detection.md; docs/design.md §7.2.
-"""
-
-import time
+"""Flagging mislabelled examples by their alignment: the AUROC and precision of −a_i against the
+small-loss rule and forgetting counts at each of `score_epochs`.
+docs/experiments/intro/label_noise_detection.md; design §7.2."""
 
 import numpy as np
 
@@ -16,6 +9,7 @@ from configs import label_noise_detection as noise_config
 
 from . import beyond_common as common
 from . import config_schema
+from . import figures as fig
 from . import graph_loop
 from . import per_example_runs
 from . import probes
@@ -24,10 +18,9 @@ from .experiment import Column, Experiment
 SCORES = ("alignment", "loss", "forgetting")
 
 
-def _train(config, run_dir, echo):
+def _setup(config, run_dir, echo):
     from cgh_tf import data, noisy_labels
 
-    started = time.time()
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=int(config.data_seed))
     x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
@@ -55,26 +48,30 @@ def _train(config, run_dir, echo):
         records.put(epoch, correct=correct, **arrays)
         return row
 
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), run.model, run.optimizer, run.train_epoch, log,
-        epochs=config.epochs, log_epochs=range(int(config.epochs) + 1),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=len(x), echo=echo)
-    summary = {f"{key}/e{int(epoch)}": value for key in curves if "/" in key
-               for epoch, value in zip(curves["epoch"], curves[key])
-               if epoch in config.score_epochs and value is not None}
-    summary.update({key: curves[key][-1] for key in ("pristine_accuracy", "corrupted_accuracy",
-                                                     "test_accuracy")})
-    scored = [e for e in config.score_epochs if e <= config.epochs]
-    profiles = {"epoch": scored, **{f"auroc/{s}": [summary.get(f"auroc/{s}/e{e}") for e in scored]
+    def summarize(curves):
+        summary = {f"{key}/e{int(epoch)}": value for key in curves if "/" in key
+                   for epoch, value in zip(curves["epoch"], curves[key])
+                   if epoch in config.score_epochs and value is not None}
+        return {**summary, **{key: curves[key][-1] for key in (
+            "pristine_accuracy", "corrupted_accuracy", "test_accuracy")}}
+
+    def profiles(curves):
+        """{epoch: the score epochs, auroc/<score>: its AUROC at each}."""
+        summary, scored = summarize(curves), [e for e in config.score_epochs if e <= config.epochs]
+        return {"epoch": scored, **{f"auroc/{s}": [summary.get(f"auroc/{s}/e{e}") for e in scored]
                                     for s in SCORES}}
-    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=len(x),
-                         num_corrupted=int(corrupted.sum()), profiles=profiles)
+
+    return graph_loop.Training(
+        run.model, run.optimizer, log=log, summarize=summarize,
+        extra=lambda curves: {"num_train": len(x), "num_corrupted": int(corrupted.sum()),
+                              "profiles": profiles(curves)},
+        **graph_loop.epoch_schedule(run.train_epoch, config, len(x),
+                                    log_epochs=range(int(config.epochs) + 1)))
 
 
 def example_scores(run, x, y, history, config):
-    """{name: [n] score} of every training example under the current weights (module table);
-    `history` [epochs so far from 1, n] bool: correctness after each epoch (None before epoch 2:
-    no forgetting score)."""
+    """{name: [n] score} of every training example at the current weights; `history` [epochs
+    from 1, n] bool: correctness after each (None before epoch 2: no forgetting score)."""
     from cgh_tf import coherence, noisy_labels
 
     found = coherence.alignment(run.model, x, y, loss=run.loss_fn,
@@ -88,8 +85,8 @@ def example_scores(run, x, y, history, config):
 
 
 def score_row(scores, corrupted, noise_rate):
-    """{auroc/<score>, precision/<score>}: each score's AUROC for `corrupted`, and the share
-    corrupted among the round(noise_rate · n) examples with the highest score."""
+    """{auroc/<score>, precision/<score>}: AUROC for `corrupted`; share corrupted among the
+    round(noise_rate · n) highest scores."""
     from cgh_tf import noisy_labels
 
     row = {}
@@ -113,9 +110,7 @@ def check_config(config):
     need = common.require
     common.require_one_of(config, "dataset", data.DATASETS)
     common.require_one_of(config, "noise_kind", ("other", "uniform"))
-    need(isinstance(config.label_noise, float) and 0 < config.label_noise < 1,
-         f"label_noise={config.label_noise!r} must be in (0, 1): detection needs corrupted and "
-         "clean examples")
+    common.require_label_noise(config)
     common.require_ints(config, ("width", "depth", "batch_size", "epochs", "alignment_batch",
                                  "null_permutations", "checkpoint_every_logs"))
     common.require_positive(config, ("learning_rate",))
@@ -127,8 +122,8 @@ def check_config(config):
 
 
 def arms(scale="small", seeds=3, overrides=None):
-    """One arm per dataset and noise level (`NOISE_LEVELS`, or only `overrides["label_noise"]`);
-    seed k also corrupts with data_seed k, so the intervals cover which labels are corrupted."""
+    """One arm per dataset and noise level (`NOISE_LEVELS`, or `overrides["label_noise"]`); seed
+    k corrupts with data_seed k, so the intervals cover which labels are corrupted."""
     out = []
     for dataset, base in common.dataset_bases(noise_config, scale, dict(overrides or {}),
                                               "label_noise_detection"):
@@ -143,36 +138,35 @@ def arms(scale="small", seeds=3, overrides=None):
 
 
 def rules(arms_):
-    """Per group, declared before the runs (module docstring)."""
+    """Per group: −a_i's AUROC above its null at init, the loss's at every score epoch and
+    forgetting's at the last (from epoch 2)."""
     out = []
     for group, arm in {a.group: a for a in arms_}.items():
         epochs = tuple(arm.config.score_epochs)
-        out.append(PairedRule(f"{group}: −a_i flags corrupted labels at initialisation",
-                              "auroc/alignment/e0", group, group, "higher",
-                              control_metric="auroc/alignment_permuted/e0"))
-        out += [PairedRule(f"{group}: −a_i beats the small-loss rule after {e} epochs",
-                           f"auroc/alignment/e{e}", group, group, "higher",
-                           control_metric=f"auroc/loss/e{e}") for e in epochs]
+        against = [("flags corrupted labels at initialisation", 0, "alignment_permuted")]
+        against += [(f"beats the small-loss rule after {e} epochs", e, "loss") for e in epochs]
         if epochs[-1] >= 2:
-            out.append(PairedRule(f"{group}: −a_i beats forgetting counts after {epochs[-1]} "
-                                  "epochs", f"auroc/alignment/e{epochs[-1]}", group, group,
-                                  "higher", control_metric=f"auroc/forgetting/e{epochs[-1]}"))
+            against.append((f"beats forgetting counts after {epochs[-1]} epochs", epochs[-1],
+                            "forgetting"))
+        out += [PairedRule(f"{group}: −a_i {what}", f"auroc/alignment/e{e}", group, group,
+                           "higher", control_metric=f"auroc/{control}/e{e}")
+                for what, e, control in against]
     return out
 
 
 def columns(score_epochs, last):
     """The table: per score epoch the AUROCs and precisions, then the accuracies."""
-    out = [Column("auroc/alignment_permuted/e0", "AUROC −a_i, permuted (null), epoch 0")]
-    for e in score_epochs:
-        out += [Column(f"auroc/alignment/e{e}", f"AUROC −a_i, epoch {e}"),
-                Column(f"auroc/loss/e{e}", f"AUROC loss, epoch {e}")]
-    out.append(Column(f"auroc/forgetting/e{last}", f"AUROC forgetting, epoch {last}"))
-    for e in score_epochs:
-        out += [Column(f"precision/alignment/e{e}", f"precision −a_i, epoch {e}"),
-                Column(f"precision/loss/e{e}", f"precision loss, epoch {e}")]
-    return tuple(out + [Column("pristine_accuracy", "pristine train acc (last)"),
-                        Column("corrupted_accuracy", "corrupted train acc, noisy label (last)"),
-                        Column("test_accuracy", "test acc (last)")])
+    def per_epoch(kind, name):  # kind: "auroc" or "precision"
+        return [Column(f"{kind}/{s}/e{e}", f"{name} {label}, epoch {e}") for e in score_epochs
+                for s, label in (("alignment", "−a_i"), ("loss", "loss"))]
+
+    return (Column("auroc/alignment_permuted/e0", "AUROC −a_i, permuted (null), epoch 0"),
+            *per_epoch("auroc", "AUROC"),
+            Column(f"auroc/forgetting/e{last}", f"AUROC forgetting, epoch {last}"),
+            *per_epoch("precision", "precision"),
+            Column("pristine_accuracy", "pristine train acc (last)"),
+            Column("corrupted_accuracy", "corrupted train acc, noisy label (last)"),
+            Column("test_accuracy", "test acc (last)"))
 
 
 def setting(runs):
@@ -188,8 +182,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     return [fig.profiles(workdir, "label_noise_detection.png", runs, tuple(
         ("epoch", f"auroc/{s}", "epoch (0 = initialisation)", f"AUROC of {label}")
         for s, label in (("alignment", "−a_i"), ("loss", "the loss"),
@@ -200,7 +192,7 @@ def figures(workdir, runs):
 EXPERIMENT = Experiment(
     name="label_noise_detection",
     title="Flagging corrupted labels: AUROC of −a_i against the small-loss rule and forgetting",
-    arms=arms, run_arm=common.resumable(_train, check_config),
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config),
     columns=columns(noise_config.get_config().score_epochs, noise_config.get_config().epochs),
     loop="graph", scales=("small",), rules=rules,
     figures=figures, setting=setting,

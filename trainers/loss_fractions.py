@@ -1,21 +1,16 @@
-"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null?
-(2002.10657)
-
-f^p = ⟨g, g^p⟩ / ⟨g, g⟩ of a fixed mixed training sample against its null Q_p/Q
-(`cgh_tf.nulls.fp_null_of_model`; the count share n_p/n shown too), logged at every step
-0..`every_step_until` and every epoch end of plain SGD. Rule per noise level: mean(f^p − Q_p/Q)
-over `early_window` above 0 (paired 95 % CI). docs/experiments/intro/loss_fractions.md;
-docs/design.md §7.1.
-"""
-
-import time
+"""Do pristine examples dominate the early loss reduction beyond the gradient-blind null? f^p of
+a fixed mixed sample against Q_p/Q at every early step and epoch end of plain SGD (2002.10657).
+docs/experiments/intro/loss_fractions.md; design §7.1."""
 
 import numpy as np
 
 from cgh_tf import statistics
+from configs import loss_fractions as lf_config
 
 from . import beyond_common as common
 from . import config_schema
+from . import curve_stats
+from . import figures as fig
 from . import graph_loop
 from . import models
 from . import memorisation_run
@@ -30,39 +25,32 @@ def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
 
-    need, is_int = common.require, config_schema.is_int
-    common.require_one_of(config, "dataset", ("mnist1d", "mnist5k"))
+    is_int = config_schema.is_int
+    common.require_one_of(config, "dataset", memorisation_run.DATASETS)
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     common.require_ints(config, ("train_size", "width", "depth", "batch_size", "epochs",
                                  "fraction_samples", "checkpoint_every_logs"))
     common.require_ints(config, ("every_step_until",), 0)
-    need(isinstance(config.label_noise, (int, float)) and 0 < config.label_noise < 1,
-         f"label_noise={config.label_noise!r} must be in (0, 1): f^p needs pristine and "
-         "corrupted examples")
+    common.require_label_noise(config)
     common.require_positive(config, ("learning_rate",))
     first, last = tuple(config.early_window)
-    need(is_int(first, 0) and is_int(last, first) and last <= config.every_step_until,
-         f"early_window={tuple(config.early_window)!r} must be (first, last) steps with 0 <= "
-         f"first <= last <= every_step_until={config.every_step_until}")
+    common.require(is_int(first, 0) and is_int(last, first) and last <= config.every_step_until,
+                   f"early_window={tuple(config.early_window)!r} must be (first, last) steps "
+                   f"with 0 <= first <= last <= every_step_until={config.every_step_until}")
 
 
 def fractions_row(model, x, y, pristine, loss):
     """{f_pristine, fp_null, fp_minus_null, count_share} of one sample (x, y arrays; pristine
     [m] bool): f^p, Q_p/Q, their difference and n_p/n, in inference mode."""
-    from cgh_tf import coherence, nulls
+    from cgh_tf import nulls
 
-    f_p, _ = coherence.loss_reduction_fractions(model, x, y, pristine, loss=loss,
-                                                batch_size=len(x))
+    f_p = probes.fraction_pristine(model, x, y, pristine, loss)
     null = nulls.fp_null_of_model(model, x, y, pristine, loss=loss, batch_size=len(x))
     return {"f_pristine": f_p, "fp_null": null, "fp_minus_null": f_p - null,
             "count_share": nulls.count_share(pristine)}
 
 
-def _train(config, run_dir, echo):
-    import keras
-
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
+def _setup(config, run_dir, echo):
     ds = memorisation_run.load_data(config)
     x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
     run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes,
@@ -77,15 +65,14 @@ def _train(config, run_dir, echo):
                 **fractions_row(run.model, x[idx], y[idx], ~corrupted[idx], run.loss_fn)}
 
     epoch_ends = [e * per_epoch for e in range(1, int(config.epochs) + 1)]
-    curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), run.model, run.optimizer,
-        graph_loop.step_advancer(run.train_epoch, int(config.seed), n), log,
-        total=epoch_ends[-1],
-        log_points=set(range(int(config.every_step_until) + 1)) | set(epoch_ends),
-        checkpoint_points=epoch_ends[::int(config.checkpoint_every_logs)], echo=echo, unit="step")
-    return common.finish(run_dir, config.to_dict(), curves, summarize(curves, config.early_window),
-                         started, num_train=n, num_corrupted=int(corrupted.sum()),
-                         sample_size=len(idx), steps_per_epoch=per_epoch)
+    return graph_loop.Training(
+        run.model, run.optimizer, log=log, total=epoch_ends[-1],
+        summarize=lambda curves: summarize(curves, config.early_window),
+        extra=dict(num_train=n, num_corrupted=int(corrupted.sum()), sample_size=len(idx),
+                   steps_per_epoch=per_epoch),
+        **graph_loop.step_schedule(
+            run.train_epoch, config, n, set(range(int(config.every_step_until) + 1))
+            | set(epoch_ends), epoch_ends[::int(config.checkpoint_every_logs)]))
 
 
 def summarize(curves, window):
@@ -99,17 +86,13 @@ def summarize(curves, window):
         values = [v for v, keep in zip(curves[key], chosen) if keep and v is not None]
         return float(np.mean(values)) if values else None
 
-    summary = {key: curves[key][-1] for key in curves if key not in ("step", "epoch")}
-    return {**summary, "fp_early": early("f_pristine"), "null_early": early("fp_null"),
+    return {**curve_stats.last_values(curves), "fp_early": early("f_pristine"), "null_early": early("fp_null"),
             "fp_minus_null_early": early("fp_minus_null"), "fp_step0": curves["f_pristine"][0],
             "null_step0": curves["fp_null"][0]}
 
 
 def arms(scale_name="small", seeds=3, overrides=None):
-    """Arms `<dataset>/noise<pp>` for every dataset and noise level of the config module, seeds
-    0..seeds−1, every config checked; `label_noise` is set per arm."""
-    from configs import loss_fractions as lf_config
-
+    """Arms `<dataset>/noise<pp>` per dataset and noise level (`NOISE_LEVELS`)."""
     overrides = dict(overrides or {})
     common.refuse_overrides(overrides, ("label_noise",), "set by each arm "
                             f"({', '.join(map(str, lf_config.NOISE_LEVELS))})")
@@ -147,8 +130,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     keys = (("f_pristine", "f^p (pristine share of loss reduction)"),
             ("fp_null", "Q_p/Q (f^p's gradient-blind null)"),
             ("fp_minus_null", "f^p − Q_p/Q"), ("count_share", "count share n_p/n"),
@@ -159,12 +140,11 @@ def figures(workdir, runs):
                                  row_of=lambda a: a.panel)]
 
 
-run = common.resumable(_train, check_config)
-
 EXPERIMENT = Experiment(
     name="loss_fractions",
     title="Pristine share of the early loss reduction, f^p, against its null Q_p/Q",
-    arms=arms, run_arm=run, loop="graph", scales=("small",),
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), loop="graph",
+    scales=("small",),
     columns=(Column("fp_early", "f^p (early window mean)"),
              Column("null_early", "Q_p/Q (early window mean)"),
              Column("fp_minus_null_early", "f^p − Q_p/Q (early window)"),

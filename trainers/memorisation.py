@@ -1,18 +1,12 @@
 """Memorisation of noisy labels: SGD vs M3 / RM3 / RA3 / the update-count control, and winsorized
-SGD (2003.07422; 2002.10657); each arm one trainer run (Keras `fit`, `fit_arm.py`).
-
-Conventions: plain SGD (momentum 0) everywhere; the base weight decay is coupled L2
-(`optimizer.l2`) for the robust optimizers and Keras' `weight_decay` for SGD (the same update
-without momentum); `sgd_x3` triples the batch at SGD's learning rate; winsorized arms drop the
-last partial batch (static batch). Declared: every robust arm against its matched controls and
-every winsorized arm against SGD, paired by seed; rules on the corrupted examples' train accuracy
-at 50 % noise. docs/experiments/intro/memorisation.md.
-"""
+SGD (2003.07422; 2002.10657), each arm a Keras `fit` run (`fit_arm.py`); rules at 50 % noise.
+Conventions (momentum, weight decay, batches): docs/experiments/intro/memorisation.md."""
 
 import copy
 
 from cgh_tf.statistics import PairedRule
 
+from . import figures as fig
 from . import fit_arm
 from .experiment import Arm
 from .fit_arm import Reading, noise_group, noise_panel, with_fields
@@ -41,9 +35,9 @@ READINGS = (
 )
 
 
-def optimizer_arm_config(base, method):
-    """`base` trained with `method` (a key of METHODS): plain SGD inside, coupled L2 for the
-    robust ones."""
+def arm_config(base, method, winsorize_pct=None):
+    """`base` with `method` of METHODS (plain SGD inside, coupled L2 for the robust ones); with
+    `winsorize_pct`, winsorized at that % per side (the last partial batch dropped)."""
     _, optimizer, multiplier = METHODS[method]
     config = copy.deepcopy(base)
     decay = float(config.optimizer.weight_decay) + float(config.optimizer.l2)
@@ -52,43 +46,34 @@ def optimizer_arm_config(base, method):
     config.optimizer.weight_decay = 0.0 if optimizer != "sgd" else decay
     config.optimizer.l2 = decay if optimizer != "sgd" else 0.0
     config.batch_size = base.batch_size * multiplier
-    return config
-
-
-def winsorized_config(base, pct):
-    """`base` trained with winsorized SGD at `pct` percent per side, dropping the last partial
-    batch."""
-    config = optimizer_arm_config(base, "sgd")
-    config.drop_remainder = True
-    config.optimizer.aggregation = "winsorize"
-    config.optimizer.winsorize_pct = float(pct)
+    if winsorize_pct is not None:
+        config.drop_remainder = True
+        config.optimizer.aggregation = "winsorize"
+        config.optimizer.winsorize_pct = float(winsorize_pct)
     return config
 
 
 def arms(scale="small", seeds=3, overrides=None, noise_levels=(0.0, 0.25, 0.5),
          methods=tuple(METHODS), winsorize_pcts=None, winsorize_noise=0.5):
-    """The arms at `scale` with seeds 0..seeds−1, every config checked: base
-    (`fit_arm.base_config("default", scale)`, at small scale ← `SMALL`) ← `overrides`, then the
-    arm's changes. winsorize_pcts: the c of the winsorized arms at `winsorize_noise` (None: (2, 4,
-    8); () for none)."""
+    """The arms over `fit_arm.base_config("default", scale, SMALL, overrides)`; winsorize_pcts:
+    the c of the winsorized arms at `winsorize_noise` (None: `SMALL_WINSORIZE_PCTS`)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"method={unknown[0]!r} is unknown; allowed: {', '.join(METHODS)}")
     base = fit_arm.base_config("default", scale, SMALL, overrides)
     runs = [(noise, f"{noise_group(noise)}/{method}", METHODS[method][0],
-             optimizer_arm_config(base, method), "--" if method == "sgd_x3" else "-")
+             arm_config(base, method), "--" if method == "sgd_x3" else "-")
             for noise in noise_levels for method in methods]
     pcts = SMALL_WINSORIZE_PCTS if winsorize_pcts is None else winsorize_pcts
     runs += [(winsorize_noise, f"{noise_group(winsorize_noise)}/winsor{pct:g}",
-              f"winsorized SGD, c={pct:g}%", winsorized_config(base, pct), ":") for pct in pcts]
+              f"winsorized SGD, c={pct:g}%", arm_config(base, "sgd", pct), ":") for pct in pcts]
     return [Arm(group, label, noise_panel(noise), seed,
                 with_fields(config, label_noise=noise, seed=seed), style)
             for noise, group, label, config, style in runs for seed in range(seeds)]
 
 
 def comparisons(planned):
-    """Every robust arm against its matched controls at every noise level; every winsorized arm
-    against the SGD arm of its noise level."""
+    """Per noise level: every robust arm against its matched controls, winsorized ones vs SGD."""
     groups = list(dict.fromkeys(a.group for a in planned))
     pairs = [(f"{n}/{a}", f"{n}/{c}") for n in dict.fromkeys(g.split("/")[0] for g in groups)
              for a, c in MATCHED if f"{n}/{a}" in groups and f"{n}/{c}" in groups]
@@ -97,8 +82,7 @@ def comparisons(planned):
 
 
 def rules(planned):
-    """At 50 % noise: memorisation (corrupted train accuracy) of each robust arm below its
-    control."""
+    """At 50 % noise: corrupted train accuracy of each robust arm below its control."""
     groups = {a.group for a in planned}
     n = noise_group(RULE_NOISE)
     pairs = [(name, f"{n}/{a}", f"{n}/{c}") for name, a, c in RULES]
@@ -118,8 +102,6 @@ def setting(runs):
 
 def figures(workdir, runs):
     """memorisation.png (a row per noise level) and winsorization.png (SGD and winsorized arms)."""
-    from . import figures as fig
-
     keys = (("pristine_accuracy", "pristine train acc"),
             ("corrupted_accuracy", "corrupted train acc (noisy label)"),
             ("val_accuracy", "test acc"))

@@ -1,10 +1,6 @@
-"""The update-level memorisation run shared by `scale`, `noise_structure` and `winsorize_controls`:
-an MLP on `train_size` noisy examples, SGD or M3 / RM3 / RA3 over it in the graph loop, logging
-pristine / corrupted train accuracy (vs the noisy labels), test accuracy, loss, updates and
-examples per epoch of `log_epochs`; hooks for an experiment's own optimizer and measurements.
-"""
-
-import time
+"""The update-level memorisation run of `scale`, `noise_structure` and `winsorize_controls`: an
+MLP on `train_size` noisy examples under SGD / M3 / RM3 / RA3, logging pristine and corrupted
+(noisy-label) train accuracy, test accuracy, loss, updates and examples at `log_epochs`."""
 
 import numpy as np
 
@@ -16,11 +12,33 @@ from . import probes
 from . import update_rules
 
 OPTIMIZERS = update_rules.batches_per_update("sgd")  # name -> batches per optimizer update
+DATASETS = ("mnist1d", "mnist5k")
+MNIST5K_TRAIN = 4000
+
+
+def check_config(config):
+    """ValueError (one line) for a field but the arm's that a run would fail on or misread."""
+    from cgh_tf import data
+
+    need = common.require
+    need(config.dataset in DATASETS, f"dataset={config.dataset!r} is not available for scale; "
+         f"allowed: {', '.join(DATASETS)}")
+    common.require_ints(config, ("train_size", "width", "depth", "batch_size", "epochs",
+                                 "checkpoint_every_logs"))
+    need(config.dataset != "mnist1d" or config.train_size % 10 == 0,
+         f"train_size={config.train_size!r} must be a multiple of 10 for mnist1d (generated "
+         "with train_size / 10 examples per class)")
+    need(config.dataset != "mnist5k" or config.train_size <= MNIST5K_TRAIN,
+         f"train_size={config.train_size!r} must be <= {MNIST5K_TRAIN} for mnist5k")
+    common.require_label_noise(config)
+    common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
+    common.require_positive(config, ("learning_rate",))
+    common.require_int_list(config, "log_epochs")
 
 
 def build_optimizer(config, model=None, ds=None):
-    """(optimizer, batches per update, aggregator or None for the plain mean, calibration {}).
-    (`train_memorisation`'s `build`: the model and the Dataset are for arms that calibrate.)"""
+    """`setup`'s default `build`: (optimizer, batches per update, aggregator or None for the mean,
+    calibration {})."""
     del model, ds
     return (*update_rules.build(config, OPTIMIZERS), {})
 
@@ -35,21 +53,14 @@ def load_data(config):
                      noise_kind=config.noise_kind, seed=int(config.data_seed), **size)
 
 
-def train_memorisation(config, run_dir, echo, build=build_optimizer, measure=None,
-                       summarize_more=None):
-    """One update-level memorisation run (the module docstring), shared by the experiments that
-    differ only in their arms and extra measurements.
-
-    build(config, model, ds) -> (optimizer, batches per update, aggregator or None, calibration
-    dict: its numbers go to the run's summary), called on the freshly initialised model before
-    any checkpoint is restored (so a resumed run calibrates as the first invocation did);
-    measure(model, ds, epoch) -> dict of extra scalars logged with every row (ds: the
-    `cgh_tf.data.Dataset`); summarize_more(curves) -> dict of extra summary numbers."""
+def setup(config, run_dir, echo, build=build_optimizer, measure=None, summarize_more=None):
+    """The `graph_loop.Training` of one memorisation run. build(config, model, ds) -> (optimizer,
+    batches per update, aggregator or None, calibration dict for the summary), on the fresh model
+    before any restore; measure(model, ds, epoch) -> extra scalars of every row;
+    summarize_more(curves) -> extra summary numbers."""
     import keras
     import tensorflow as tf
 
-    started = time.time()
-    keras.utils.set_random_seed(int(config.seed))
     ds = load_data(config)
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     corrupted, original_y = ds.train.corrupted, ds.train.original_y.astype(np.int32)
@@ -78,18 +89,17 @@ def train_memorisation(config, run_dir, echo, build=build_optimizer, measure=Non
                  f"corrupted acc {row['corrupted_accuracy']:.3f} test {row['test_accuracy']:.3f}")
         return row
 
-    curves = graph_loop.run_logged_epochs(
-        run_dir, config.to_dict(), model, optimizer,
-        lambda perm: train(graph_loop.epoch_updates(perm, batch, per_update)), log,
-        epochs=config.epochs,
-        log_epochs=graph_loop.capped_log_epochs(config.log_epochs, config.epochs),
-        checkpoint_every=config.checkpoint_every_logs, seed=config.seed, n=n, echo=echo)
-    summary = {**summarize(curves), **probes.label_pair_density(
-        original_y, y, corrupted, ds.num_classes), **calibration,
-        **(summarize_more(curves) if summarize_more else {})}
-    return common.finish(run_dir, config.to_dict(), curves, summary, started,
-                         num_train=n, num_test=len(x_test), num_corrupted=int(corrupted.sum()),
-                         batches_per_update=per_update, updates_per_epoch=updates_per_epoch)
+    def summary(curves):
+        return {**summarize(curves), **probes.label_pair_density(
+            original_y, y, corrupted, ds.num_classes), **calibration,
+            **(summarize_more(curves) if summarize_more else {})}
+
+    return graph_loop.Training(
+        model, optimizer, log=log, summarize=summary, extra=dict(
+            num_train=n, num_test=len(x_test), num_corrupted=int(corrupted.sum()),
+            batches_per_update=per_update, updates_per_epoch=updates_per_epoch),
+        **graph_loop.epoch_schedule(
+            lambda perm: train(graph_loop.epoch_updates(perm, batch, per_update)), config, n))
 
 
 def summarize(curves):

@@ -1,9 +1,5 @@
-"""A sweep of MLP shapes (depth_width): a cross of a width sweep at a fixed depth and a depth sweep
-at a fixed width, or the full grid, with the sweeps each model belongs to (its `Arm.tags`).
-
-Config fields (`configs/depth_width.py`, `SWEEP_FIELDS`): `widths`, `depths` (non-empty tuples of
-distinct ints >= 1), `fixed_depth`, `fixed_width` (ints >= 1), `grid` (bool).
-"""
+"""The MLP shapes of depth_width (`configs/depth_width.py` `SWEEP_FIELDS`): a width sweep at
+`fixed_depth` crossed with a depth sweep at `fixed_width`, or the full grid (`grid`)."""
 
 from . import beyond_common as common
 from . import config_schema
@@ -22,11 +18,8 @@ def check(config):
 
 
 def models(config):
-    """[(depth, width, sweeps)] of the sweep, sweeps ⊆ {"width", "depth"} (the sweeps the model
-    belongs to; in the grid, rows at `fixed_depth` / columns at `fixed_width` are the sweeps).
-
-    Cross: the width sweep at `fixed_depth` then the depth sweep at `fixed_width`, their common
-    model once; grid: every (depth, width) pair."""
+    """[(depth, width, sweeps)], sweeps ⊆ {"width", "depth"} the model belongs to (in the grid:
+    its row at `fixed_depth` / column at `fixed_width`); a model common to both sweeps once."""
     out = {}
     pairs = ([(d, w) for d in config.depths for w in config.widths] if config.grid else
              [(config.fixed_depth, w) for w in config.widths]

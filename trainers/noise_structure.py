@@ -1,19 +1,18 @@
-"""Does memorisation suppression grow as the corrupted set gets less coherent? (issue 24)
-
-At one size (n = 4,000, 40 % noise) the noise kind (`pair`, `uniform`, `isolated`) sets how
-coherent the corrupted set is; every kind trains `scale`'s arms (`memorisation_run`) and logs the
-pairwise coherence of fixed corrupted / pristine samples. Declared: `scale`'s rules per kind, the
-ordering rule (`ORDER`: suppression isolated > uniform > pair) and its premise (`PREMISE`),
-evaluated in `analyses`. docs/experiments/intro/noise_structure.md; docs/design.md §7.1.
-"""
+"""Does memorisation suppression grow as the corrupted set gets less coherent? At one size, the
+noise kind sets the corrupted set's coherence; every kind trains `scale`'s arms. Rules: `scale`'s
+per kind, the ordering `ORDER` and its premise `PREMISE` (`analyses`).
+docs/experiments/intro/noise_structure.md; design §7.1."""
 
 from cgh_tf import statistics
+from configs import noise_structure as ns_config
 
 from . import beyond_common as common
-from . import config_schema
+from . import figures as fig
+from . import graph_loop
 from . import memorisation_run
 from . import runner
 from . import scale
+from . import scale_trend
 from .experiment import Column, Experiment
 
 SAMPLES = {"corrupted": 1, "pristine": 2}  # fixed sample -> its salt in `common.sample`
@@ -27,7 +26,7 @@ def check_config(config):
     common.require_ints(config, ("coherence_samples",), 2)
 
 
-def _coherence(model, ds, m, data_seed):
+def _coherence(model, ds, config):
     """{pairwise/<sample>: (r − 1)/(m − 1)} of the fixed corrupted and pristine samples."""
     import keras
 
@@ -37,49 +36,39 @@ def _coherence(model, ds, m, data_seed):
     x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
     row = {}
     for name, salt in SAMPLES.items():
-        idx = common.sample(corrupted if name == "corrupted" else ~corrupted, m, data_seed, salt)
+        idx = common.sample(corrupted if name == "corrupted" else ~corrupted,
+                            config.coherence_samples, config.data_seed, salt)
         stats = coherence.measure(model, x[idx], y[idx], loss=loss, batch_size=len(idx))
         row[f"pairwise/{name}"] = stats.pairwise_coherence
     return row
 
 
-def _train(config, run_dir, echo):
-    m, data_seed = int(config.coherence_samples), int(config.data_seed)
-
+def _setup(config, run_dir, echo):
     def build(config, model, ds):
         optimizer, per_update, aggregator, _ = memorisation_run.build_optimizer(config)
-        init = _coherence(model, ds, m, data_seed)
+        init = _coherence(model, ds, config)
         return optimizer, per_update, aggregator, {f"{k}_init": v for k, v in init.items()}
 
-    return memorisation_run.train_memorisation(config, run_dir, echo, build=build,
-                                    measure=lambda model, ds, epoch: _coherence(model, ds, m,
-                                                                                data_seed))
+    return memorisation_run.setup(config, run_dir, echo, build=build,
+                                  measure=lambda model, ds, epoch: _coherence(model, ds, config))
 
 
 def arms(scale_name="small", seeds=3, overrides=None):
-    """Arms `<kind>/<arm>` (panel: the kind) for every kind of `KINDS` and arm of `scale.ARMS`
-    (`overrides["kinds"]`, `overrides["arms"]`: subsets), seeds 0..seeds−1, every config checked."""
-    from configs import noise_structure as ns_config
-
+    """Arms `<kind>/<arm>` per noise kind of `KINDS` and arm of `scale.ARMS` (subsets:
+    `overrides["kinds"]`, `overrides["arms"]`)."""
     overrides = dict(overrides or {})
     kinds = common.chosen(overrides, "kinds", None, ns_config.KINDS, "kind")
     arm_names = common.chosen(overrides, "arms", None, scale.ARMS, "arm")
     common.refuse_overrides(overrides, scale.ARM_FIELDS + ("noise_kind",),
                             "set by each arm and panel")
     ((_, base),) = common.dataset_bases(ns_config, scale_name, overrides, "noise_structure")
-    out = []
-    for kind in kinds:
-        for arm in arm_names:
-            config = scale.arm_config(config_schema.apply_overrides(base, {"noise_kind": kind}),
-                                      arm, ns_config.WINSORIZE_PCT)
-            out += common.seeded_arms(f"{kind}/{arm}", scale.ARMS[arm][0], kind, config, seeds,
-                                      check_config)
-    return out
+    return scale.panel_arms(base, [(kind, {"noise_kind": kind}) for kind in kinds], arm_names,
+                            ns_config.WINSORIZE_PCT, seeds, check_config)
 
 
 def _ordered(values, order, what):
-    """The declared paired-CI order rule over {kind: {seed: value}} (kinds of `order`, largest
-    first): (rows [(larger, smaller, PairedDifference)], verdict text)."""
+    """(rows [(larger, smaller, PairedDifference)], verdict) of the declared order rule over
+    {kind: {seed: value}}, `order` largest first."""
     rows = [(hi, lo, statistics.paired_difference(values[hi], values[lo]))
             for hi, lo in zip(order, order[1:])]
     if any(d.high is not None and d.high < 0 for _, _, d in rows):
@@ -92,8 +81,7 @@ def _ordered(values, order, what):
 
 
 def analyses(runs):
-    """The ordering rule per matched pair and the premise (module docstring)."""
-    planned = {a.panel for a, _ in runs}
+    """The order rule (`_ordered`) of every matched pair's suppression and of the premise."""
     groups = {a.group for a, _ in runs}
     lines = ["## Does suppression order with the corrupted set's coherence?", "",
              "Declared rule: suppression s = control − arm corrupted train accuracy (noisy "
@@ -107,10 +95,8 @@ def analyses(runs):
     for arm, control, matched in scale.PAIRS:
         if matched and all(f"{k}/{g}" in groups for k in ORDER for g in (arm, control)):
             tests.append((f"suppression {control} − {arm}", ORDER,
-                          lambda kind, a=arm, c=control: _suppression(runs, kind, a, c)))
-    for what, order, values_of in tests:
-        if not set(order) <= planned:
-            continue
+                          lambda kind, a=arm, c=control: scale_trend.suppression(runs, kind, a, c)))
+    for what, order, values_of in tests:  # every group of every kind planned
         rows, verdict = _ordered({k: values_of(k) for k in order}, order, what)
         out[what] = {"verdict": verdict, "differences": [
             {"larger": hi, "smaller": lo, **d.as_dict()} for hi, lo, d in rows]}
@@ -120,8 +106,7 @@ def analyses(runs):
 
 
 def _room(runs, groups):
-    """The controls' own corrupted accuracy per kind: the room a suppression has (a control at 0
-    leaves none, so that kind's suppression is 0 by construction: a floor)."""
+    """The controls' own corrupted accuracy per kind: the room a suppression has (a floor)."""
     controls = [c for _, c, matched in scale.PAIRS if matched]
     lines = ["Room to suppress: each control's corrupted train accuracy (mean over seeds, last "
              "epoch); near 0 the suppression of that kind is floored at 0.", "",
@@ -132,12 +117,6 @@ def _room(runs, groups):
                  if f"{k}/{control}" in groups else "n/a" for k in ORDER]
         lines.append(f"| {control} | " + " | ".join(cells) + " |")
     return lines + [""]
-
-
-def _suppression(runs, kind, arm, control):
-    """{seed: control − arm corrupted accuracy} of one kind."""
-    a, c = (runner.per_seed(runs, f"{kind}/{g}", "corrupted_accuracy") for g in (arm, control))
-    return {s: c[s] - a[s] for s in a if s in c and None not in (a[s], c[s])}
 
 
 def setting(runs):
@@ -155,8 +134,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     keys = (("corrupted_accuracy", "corrupted train acc. (noisy label)"),
             ("pristine_accuracy", "pristine train acc."),
             ("pairwise/corrupted", "pairwise coherence, corrupted sample"),
@@ -166,20 +143,14 @@ def figures(workdir, runs):
                                  row_of=lambda a: a.panel)]
 
 
-run = common.resumable(_train, check_config)
-
 EXPERIMENT = Experiment(
     name="noise_structure",
     title="Memorisation suppression by noise structure (pair, uniform, isolated labels)",
-    arms=arms, run_arm=run, loop="graph",
-    columns=(Column("corrupted_accuracy", "corrupted train acc (noisy label)"),
-             Column("corrupted_true_accuracy", "corrupted train acc (true label)"),
-             Column("pristine_accuracy", "pristine train acc"),
-             Column("test_accuracy", "test acc (last)"),
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), loop="graph",
+    columns=(*scale.ACCURACY_COLUMNS,
              Column("pairwise/corrupted_init", "pairwise coh. corrupted (init)", ".4f"),
              Column("pairwise/corrupted", "pairwise coh. corrupted (last)", ".4f"),
              Column("pairwise/pristine", "pairwise coh. pristine (last)", ".4f")),
-    comparisons=scale.comparisons, compared=("corrupted_accuracy", "pristine_accuracy",
-                                             "test_accuracy"),
+    comparisons=scale.comparisons, compared=scale.COMPARED,
     rules=scale.rules, analyses=analyses, setting=setting, figures=figures,
     progress=("corrupted_accuracy", "pristine_accuracy", "pairwise/corrupted"))

@@ -1,12 +1,10 @@
 """Real vs 100 % random labels: the coherence of fixed training / test samples while fitting each
-(2203.10036 Fig. 3; 2008.01217); each arm one trainer run (Keras `fit`, `fit_arm.py`) of
-`configs/real_vs_random.py`, whose monitor measures the pairwise coherence of the samples at
-step 0, every `coherence.monitor_every_steps` batches and every epoch. Declared: real − random,
-paired by seed, and `RULES` (real higher). docs/experiments/intro/real_vs_random.md.
-"""
+(2203.10036 Fig. 3; 2008.01217); each arm a Keras `fit` run (`fit_arm.py`) whose monitor measures
+it at step 0, every `coherence.monitor_every_steps` batches and every epoch. Rules: `RULES`."""
 
 from cgh_tf.statistics import PairedRule
 
+from . import figures as fig
 from . import fit_arm
 from .experiment import Arm
 from .fit_arm import Reading, with_fields
@@ -48,8 +46,7 @@ RULES = (PairedRule("real_more_coherent_early", "pw_train_early", "real", "rando
 
 
 def arms(scale="small", seeds=3, overrides=None):
-    """`real` and `random` at `scale`, seeds 0..seeds−1, every config checked: base
-    (`fit_arm.base_config("real_vs_random", scale)`, at small scale ← `SMALL`) ← `overrides`."""
+    """`real` and `random` over `fit_arm.base_config("real_vs_random", scale, SMALL, overrides)`."""
     base = fit_arm.base_config("real_vs_random", scale, SMALL, overrides)
     if not base.coherence.monitor_samples:
         raise ValueError("real_vs_random needs coherence.monitor_samples > 0 (the sample size m)")
@@ -66,8 +63,6 @@ def setting(runs):
 
 def figures(workdir, runs):
     """coherence_vs_step.png, coherence_vs_epoch.png and coherence_per_layer.png (train sample)."""
-    from . import figures as fig
-
     keys = ((TRAIN_PW, "pairwise coherence, train sample"),
             (TEST_PW, "pairwise coherence, test sample"),
             (TRAIN_R, "m-coherence r, train sample"),

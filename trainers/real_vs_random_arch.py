@@ -1,13 +1,5 @@
-"""Real vs random labels across architectures: coherence along training (arXiv 2008.01217).
-
-One run: `config.arch` (`models.mlp` or `models.conv_net`) trained with SGD + momentum on real or
-100 % random labels, logging losses, accuracies and the exact coherence (r, α, pairwise) of fixed
-train / test samples (m = 0: the whole splits). Declared: real − random per dataset ×
-architecture, paired by seed; `analyses`: ratios and crossings (`crossings`).
-docs/experiments/intro/real_vs_random_arch.md; docs/design.md §7.1.
-"""
-
-import time
+"""Real vs random labels across architectures (MLP, CNN, ResNet): coherence along training
+(arXiv 2008.01217; docs/experiments/intro/real_vs_random_arch.md, design §7.1)."""
 
 from cgh_tf import statistics
 
@@ -35,8 +27,8 @@ def build_model(config, input_shape, num_classes):
 
 
 def samples(config, splits):
-    """{name: (x, y)} of the fixed coherence samples of `splits` {name: (x, y)} (salts 1, 2, ...):
-    m = `coherence_samples` examples of each (0: the whole split); ValueError if m exceeds one."""
+    """{name: (x, y)}: `coherence_samples` fixed examples of each split (0: all; salts 1, 2, ...);
+    ValueError if m exceeds one."""
     m = int(config.coherence_samples)
     common.require(all(m <= len(x) for x, _ in splits.values()), f"coherence_samples={m} exceeds "
                    f"the {' / '.join(str(len(x)) for x, _ in splits.values())} examples of "
@@ -45,12 +37,9 @@ def samples(config, splits):
             for idx in [common.sample(len(x), m or len(x), config.sample_seed, salt)]}
 
 
-def _train(config, run_dir, echo):
-    import keras
-
+def _setup(config, run_dir, echo):
     from cgh_tf import data, optimizers
 
-    started = time.time()
     data_seed = int(config.seed) if int(config.data_seed) < 0 else int(config.data_seed)
     ds = data.load(config.dataset, label_noise=float(config.label_noise),
                    noise_kind=config.noise_kind, seed=data_seed,
@@ -58,56 +47,51 @@ def _train(config, run_dir, echo):
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     fixed = samples(config, {"train": (x, y), "test": (x_test, y_test)})
     m, batch = len(fixed["train"][0]), int(config.coherence_batch_size)
-    keras.utils.set_random_seed(int(config.seed))
     run = per_example_runs.build(
         config, x, y, ds.input_shape, ds.num_classes,
         model=build_model(config, ds.input_shape, ds.num_classes),
         optimizer=optimizers.build("sgd", float(config.learning_rate),
                                    momentum=float(config.momentum)))
-    model, optimizer, loss_fn, train = run.model, run.optimizer, run.loss_fn, run.train_epoch
-    n = len(x)
-    steps_per_epoch = train.batches_per_epoch
-    evaluate = probes.streamed_loss_accuracy(model)
+    steps_per_epoch = run.train_epoch.batches_per_epoch
+    evaluate = probes.streamed_loss_accuracy(run.model)
     points = graph_loop.log_steps(config.log_epochs, int(config.epochs), steps_per_epoch)
 
     def log(step):
         row = {"step": step, "epoch": points[step],
-               **probes.split_metrics(evaluate, {"train": (x, y), "test": (x_test, y_test)})}
-        row.update(probes.sample_coherence(model, fixed, loss_fn, pairwise=True, batch_size=batch))
-        if echo:
-            echo(f"  {run_dir} epoch {points[step]:g} (update {step}): train acc "
-                 f"{row['train_accuracy']:.3f} test acc {row['test_accuracy']:.3f} pairwise "
-                 f"coh. train {row[crossings.CURVE]:.3g}")
+               **probes.split_metrics(evaluate, {"train": (x, y), "test": (x_test, y_test)}),
+               **probes.sample_coherence(run.model, fixed, run.loss_fn, pairwise=True,
+                                         batch_size=batch)}
+        echo(f"  {run_dir} epoch {points[step]:g} (update {step}): train acc "
+             f"{row['train_accuracy']:.3f} test acc {row['test_accuracy']:.3f} pairwise "
+             f"coh. train {row[crossings.CURVE]:.3g}")
         return row
 
-    logged = [s for s in points if s > 0]
-    curves = graph_loop.run_logged(
-        run_dir, config.to_dict(), model, optimizer,
-        graph_loop.step_advancer(train, config.seed, n), log, total=max(points),
-        log_points=points, checkpoint_points=logged[int(config.checkpoint_every_logs) - 1::
-                                                    int(config.checkpoint_every_logs)],
-        echo=echo, unit="update")
-    summary = {**run_summary(curves, float(config.early_epoch)), "m": m,
-               "num_params": curve_stats.params(model)}
-    return common.finish(run_dir, config.to_dict(), curves, summary, started, num_train=n,
-                         num_test=len(x_test), num_corrupted=int(ds.train.corrupted.sum()),
-                         steps_per_epoch=steps_per_epoch,
-                         layers=probes.layer_names(curves, "coherence/train"))
+    def summarize(curves):
+        return {**run_summary(curves, float(config.early_epoch)), "m": m,
+                "num_params": curve_stats.params(run.model)}
+
+    every = int(config.checkpoint_every_logs)
+    return graph_loop.Training(
+        run.model, run.optimizer, log=log, summarize=summarize,
+        extra=lambda curves: dict(
+            num_train=len(x), num_test=len(x_test), num_corrupted=int(ds.train.corrupted.sum()),
+            steps_per_epoch=steps_per_epoch, layers=probes.layer_names(curves, "coherence/train")),
+        **graph_loop.step_schedule(run.train_epoch, config, len(x), points,
+                                   [s for s in points if s > 0][every - 1::every], "update"))
 
 
 def run_summary(curves, early_epoch):
-    """r (`coh`) and, where logged, (r − 1)/(m − 1) (`pairwise`) of the train / test samples at
-    init, `early_epoch` and the end (None where not logged, never 0); r's max over the logged
-    epochs and its epoch; the last train / test loss and accuracy."""
+    """r (`coh`) and (r − 1)/(m − 1) (`pairwise`) of the train / test samples at init,
+    `early_epoch` and the end (None where not logged); r's max and its epoch; last loss / acc."""
     summary = {}
     for sample in ("train", "test"):
         for name, key in (("coh", f"coherence/{sample}/m_coherence"),
                           ("pairwise", f"coherence/{sample}/pairwise")):
             if key not in curves:
                 continue
-            summary[f"{sample}_{name}_init"] = curve_stats.value_at(curves, key, 0.0, "epoch")
-            summary[f"{sample}_{name}_early"] = curve_stats.value_at(curves, key, early_epoch,
-                                                                     "epoch")
+            for when, epoch in (("init", 0.0), ("early", early_epoch)):
+                summary[f"{sample}_{name}_{when}"] = curve_stats.value_at(curves, key, epoch,
+                                                                          "epoch")
             summary[f"{sample}_{name}_end"] = curves[key][-1]
         summary[f"{sample}_coh_max"], summary[f"{sample}_coh_epoch_of_max"] = curve_stats.best_at(
             curves, f"coherence/{sample}/m_coherence")
@@ -120,12 +104,12 @@ def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
 
-    need, number = common.require, common.is_number
+    need, number = common.require, config_schema.is_number
     need(config.dataset in DATASET_NAMES, f"dataset={config.dataset!r} is unknown for "
          f"real_vs_random_arch; allowed: {', '.join(DATASET_NAMES)}")
     common.require_one_of(config, "arch", ARCH_NAMES)
-    need(number(config.label_noise) and 0 <= config.label_noise <= 1,
-         f"label_noise={config.label_noise!r} must be in [0, 1] (0 real, 1 random labels)")
+    common.require_each(config, ("label_noise",), lambda v: number(v) and 0 <= v <= 1,
+                        "in [0, 1] (0 real, 1 random labels)")
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     common.require_ints(config, ("width", "depth", "batch_size", "epochs",
                                  "checkpoint_every_logs", "coherence_batch_size"))
@@ -137,8 +121,7 @@ def check_config(config):
     need(config.coherence_samples != 1, "coherence_samples=1 has no pair of examples; use m >= 2 "
          "or 0 (the whole training set)")
     common.require_positive(config, ("learning_rate",))
-    need(number(config.momentum) and 0 <= config.momentum < 1,
-         f"momentum={config.momentum!r} must be in [0, 1)")
+    common.require_each(config, ("momentum",), lambda v: number(v) and 0 <= v < 1, "in [0, 1)")
     need(isinstance(config.log_epochs, (tuple, list))
          and all(number(e) and e >= 0 for e in config.log_epochs),
          f"log_epochs={tuple(config.log_epochs)!r} must be numbers >= 0")
@@ -230,7 +213,7 @@ def figures(workdir, runs):
 EXPERIMENT = Experiment(
     name="real_vs_random_arch",
     title="Real vs random labels across architectures: pairwise coherence (arXiv 2008.01217)",
-    arms=arms, run_arm=common.resumable(_train, check_config), columns=COLUMNS, loop="graph",
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), columns=COLUMNS, loop="graph",
     comparisons=comparisons, compared=("train_pairwise_init", "train_pairwise_early",
                                        "train_pairwise_end", "train_coh_end"),
     rules=rules, analyses=analyses, setting=setting, figures=figures,

@@ -1,6 +1,5 @@
-"""The update rule of a graph-loop arm: its optimizer (`cgh_tf.optimizers.build`, the one
-parser), the batches per update, and the aggregation of a batch's per-example gradients.
-"""
+"""The update rule of a graph-loop arm: optimizer (`cgh_tf.optimizers.build`), batches per
+update, aggregation of a batch's per-example gradients."""
 
 from . import beyond_common as common
 
@@ -8,15 +7,13 @@ AGGREGATIONS = ("mean", "winsorize")
 
 
 def batches_per_update(plain):
-    """{name: batches per update} of `plain` (e.g. "sgd") and M3 (3: the median of 3 consecutive
-    batches' means) / RM3 / RA3 (1: the running median / mean of the last 3) over it."""
+    """{name: batches per update} of `plain` (e.g. "sgd") and M3 (3) / RM3 / RA3 (1) over it."""
     return {plain: 1, "m3": 3, "rm3": 1, "ra3": 1}
 
 
 def check_aggregation(config):
-    """ValueError (one line) unless `config.aggregation` is one of AGGREGATIONS and
-    `config.winsorize_pct` is a percentage in [0, 50) that is 0 or unset (None) unless
-    winsorizing; winsorizing needs it spelled out (c = 0 is never a default)."""
+    """ValueError (one line) unless `aggregation` is one of AGGREGATIONS and `winsorize_pct` a
+    percentage, 0 or None unless winsorizing (where it must be spelled out)."""
     from cgh_tf import aggregators
 
     common.require_one_of(config, "aggregation", AGGREGATIONS)
@@ -37,8 +34,8 @@ def require_percentage(pct):
 
 
 def build(config, per_update, **options):
-    """(optimizer `config.optimizer` at `config.learning_rate`, groups / window 3, `options`;
-    batches per update from `per_update`; None for the mean or the winsorize aggregator)."""
+    """(optimizer at `learning_rate`, groups / window 3, `options`; `per_update[optimizer]`;
+    the winsorize aggregator or None for the mean)."""
     from cgh_tf import aggregators, optimizers
 
     aggregation = config.get("aggregation", "mean")

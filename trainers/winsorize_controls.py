@@ -1,24 +1,18 @@
-"""Is winsorizing's suppression of memorisation due to coherence, or to two simpler things?
-(issue 24)
-
-Arms (`ARMS`): SGD, winsorized SGD at c, and controls matched to it by a calibration at
-initialisation (`calibrate`): `clip` (per-example norm clipping of the share winsorizing
-changes), `matched_lr` (SGD at the norm-ratio learning rate) and `step_matched` (every mean
-rescaled to the winsorized mean's norm). Statistic: the corrupted train accuracy where the
-pristine one first reaches `frontier_pristine` (`frontier_point`); winsorizing is attributed to
-coherence only if it beats every control. docs/experiments/intro/winsorize_controls.md;
-docs/design.md §7.1.
-"""
+"""Is winsorizing's suppression of memorisation due to coherence, or to clipping or a smaller
+step? Winsorized SGD at c against SGD and controls matched to it at initialisation (`calibrate`);
+statistic: `frontier_point`. docs/experiments/intro/winsorize_controls.md; design §7.1."""
 
 import numpy as np
 
 from cgh_tf import statistics
+from configs import winsorize_controls as wc_config
 
 from . import beyond_common as common
 from . import config_schema
+from . import figures as fig
+from . import graph_loop
 from . import memorisation_run
 from . import runner
-from . import scale
 from . import update_rules
 from .experiment import Column, Experiment
 
@@ -29,8 +23,8 @@ CALIBRATED = ("clip", "matched_lr")  # the controls matched by the calibration a
 
 
 def check_config(config):
-    """`scale.check_setting` plus the arm, its c, the calibration and the frontier level."""
-    scale.check_setting(config)
+    """`memorisation_run.check_config` plus the arm, its c, the calibration and the frontier."""
+    memorisation_run.check_config(config)
     need, is_int = common.require, config_schema.is_int
     common.require_one_of(config, "arm", ARMS)
     pct = config.winsorize_pct
@@ -47,15 +41,13 @@ def check_config(config):
 
 
 def calibrate(model, ds, config):
-    """At the model's current weights, over the first `calibration_batches` batches of epoch 0
-    (`graph_loop.epoch_permutation(seed, 0, n)`): the mean share of per-example gradient values
-    that winsorizing at c changes, and ρ = mean ‖winsorized mean‖ / mean ‖mean gradient‖."""
+    """Over the first `calibration_batches` batches of epoch 0 at the current weights: the mean
+    share of per-example gradient values winsorizing at c changes, and ρ = mean ‖winsorized
+    mean‖ / mean ‖mean gradient‖."""
     import keras
     import tensorflow as tf
 
     from cgh_tf import aggregators, per_example
-
-    from . import graph_loop
 
     x, y = common.arrays(ds.train)
     winsorize, batch = aggregators.Winsorize(float(config.winsorize_pct)), int(config.batch_size)
@@ -76,8 +68,7 @@ def calibrate(model, ds, config):
 
 
 def build(config, model, ds):
-    """`memorisation_run.train_memorisation`'s build: the arm's SGD and aggregator, calibrated
-    if a control."""
+    """`memorisation_run.setup`'s build: the arm's SGD and aggregator, calibrated if a control."""
     from cgh_tf import aggregators, optimizers
 
     rate, aggregator = float(config.learning_rate), None
@@ -94,8 +85,8 @@ def build(config, model, ds):
 
 
 def frontier_point(curves, level):
-    """{corrupted_at_pristine, epoch_at_pristine}: where the pristine accuracy curve first reaches
-    `level` (linear between logged points), the corrupted accuracy and the epoch; None if never."""
+    """{corrupted_at_pristine, epoch_at_pristine}: the corrupted accuracy and epoch where the
+    pristine accuracy first reaches `level` (linear between logged points); None if never."""
     pristine, corrupted, epochs = (curves[k] for k in ("pristine_accuracy", "corrupted_accuracy",
                                                        "epoch"))
     for i, p in enumerate(pristine):
@@ -109,8 +100,8 @@ def frontier_point(curves, level):
     return {"corrupted_at_pristine": None, "epoch_at_pristine": None}
 
 
-def _train(config, run_dir, echo):
-    return memorisation_run.train_memorisation(
+def _setup(config, run_dir, echo):
+    return memorisation_run.setup(
         config, run_dir, echo, build=build,
         summarize_more=lambda curves: frontier_point(curves, float(config.frontier_pristine)))
 
@@ -120,10 +111,7 @@ def _group(arm, pct):
 
 
 def arms(scale_name="small", seeds=3, overrides=None):
-    """SGD and, per c of `WINSORIZE_PCTS` (or `overrides["pcts"]`), winsorize / clip / matched_lr;
-    seeds 0..seeds−1, every config checked."""
-    from configs import winsorize_controls as wc_config
-
+    """SGD and, per c of `WINSORIZE_PCTS` (or `overrides["pcts"]`), every other arm."""
     overrides = dict(overrides or {})
     pcts = tuple(overrides.pop("pcts", wc_config.WINSORIZE_PCTS))
     common.refuse_overrides(overrides, ("arm", "winsorize_pct"), "set by each arm",
@@ -141,21 +129,26 @@ def _pcts(arms_):
     return sorted({a.config.winsorize_pct for a in arms_ if a.config.arm == "winsorize"})
 
 
+def _against_controls(arms_):
+    """[(c, winsorize at c, control)] for SGD and every control at c."""
+    return [(p, _group("winsorize", p), control) for p in _pcts(arms_)
+            for control in ("sgd",) + tuple(_group(c, p) for c in CONTROLS)]
+
+
 def comparisons(arms_):
-    return [(_group("winsorize", p), control) for p in _pcts(arms_)
-            for control in ("sgd",) + tuple(_group(c, p) for c in CONTROLS)] + [
+    return [(arm, control) for _, arm, control in _against_controls(arms_)] + [
         (_group(c, p), "sgd") for p in _pcts(arms_) for c in CONTROLS]
 
 
 def rules(arms_):
     return [statistics.PairedRule(f"winsorize c = {p:g} % suppresses memorisation vs {control} "
-                                  "(frontier)", "corrupted_at_pristine", _group("winsorize", p),
-                                  control, prediction="lower")
-            for p in _pcts(arms_) for control in ("sgd",) + tuple(_group(c, p) for c in CONTROLS)]
+                                  "(frontier)", "corrupted_at_pristine", arm, control,
+                                  prediction="lower")
+            for p, arm, control in _against_controls(arms_)]
 
 
 def analyses(runs):
-    """The attribution rule per c (module docstring) from the declared rules' verdicts."""
+    """Per c: attributed to coherence only if winsorizing beats every control (declared rules)."""
     arms_ = [a for a, _ in runs]
     lines, out = ["## Attribution (declared): coherence only if winsorizing beats every control",
                   ""], {}
@@ -176,13 +169,12 @@ def analyses(runs):
 
 def setting(runs):
     c = runs[0][1]["config"]
-    calibrated = {a.group: r["summary"] for a, r in runs if a.config.arm in CALIBRATED}
     lines = [f"MNIST-1D, n = {c['train_size']:,}, {c['label_noise']:.0%} {c['noise_kind']} label "
              f"noise; MLP {c['depth']} × {c['width']} ReLU, SGD lr {c['learning_rate']}, batch "
              f"{c['batch_size']}, {c['epochs']} epochs; calibration on the first "
              f"{c['calibration_batches']} batches at initialisation; frontier statistic at "
              f"pristine train accuracy {c['frontier_pristine']}.", ""]
-    for group in dict.fromkeys(calibrated):
+    for group in dict.fromkeys(a.group for a, _ in runs if a.config.arm in CALIBRATED):
         values = [r["summary"] for a, r in runs if a.group == group]
         lines.append(f"- {group}: winsorized share of changed values "
                      f"{np.mean([v['changed_share'] for v in values]):.4f} (nominal "
@@ -192,8 +184,6 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     return [fig.frontier(workdir, "winsorize_controls_frontier.png", runs, "pristine_accuracy",
                          "corrupted_accuracy", "pristine train acc.",
                          "corrupted train acc. (noisy label)",
@@ -205,12 +195,11 @@ def figures(workdir, runs):
                                  title="Accuracies per arm", row_of=lambda a: a.panel)]
 
 
-run = common.resumable(_train, check_config)
-
 EXPERIMENT = Experiment(
     name="winsorize_controls",
     title="Winsorized SGD against norm clipping and a matched learning rate",
-    arms=arms, run_arm=run, loop="graph", scales=("small",),
+    arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), loop="graph",
+    scales=("small",),
     columns=(Column("corrupted_at_pristine", "corrupted acc at pristine = P (frontier)"),
              Column("epoch_at_pristine", "epoch reaching P", ".1f"),
              Column("corrupted_accuracy", "corrupted train acc (last)"),
