@@ -242,7 +242,7 @@ def test_interrupted_phase1_and_phase2_resume_to_the_same_numbers(tiny, tmp_path
         return echo
 
     run_dir = str(tmp_path / "resumed")
-    with pytest.raises(_Interrupt):  # phase 1 killed after its epoch-2 checkpoint
+    with pytest.raises(_Interrupt):  # phase 1 killed at its epoch-2 log (checkpoint of epoch 1)
         ai.run(config, run_dir, echo=interrupt_at("phase 1 epoch 2"))
     with pytest.raises(_Interrupt):  # phase 2 killed at its epoch-3 log (checkpoint of epoch 2)
         ai.run(config, run_dir, echo=interrupt_at("epoch 3/3"))

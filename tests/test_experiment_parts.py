@@ -9,7 +9,7 @@ import pytest
 
 from cgh_tf import statistics
 from trainers import beyond_common as common
-from trainers import correlations, curve_stats, probes, update_rules
+from trainers import config_schema, correlations, curve_stats, probes, update_rules
 from trainers.experiment import Arm
 
 
@@ -115,7 +115,7 @@ def test_config_check_helpers_say_one_line():
         common.require_int_list(_config(log_epochs=()), "log_epochs")
     with pytest.raises(ValueError, match=r"label_noise=0 must be in \(0, 1\)"):
         common.require_label_noise(_config(label_noise=0))
-    assert not common.is_number(float("inf")) and not common.is_number(True)
+    assert not config_schema.is_number(float("inf")) and not config_schema.is_number(True)
 
 
 def test_arm_helpers():

@@ -337,3 +337,24 @@ def test_every_batch_must_split_into_equal_shards():
         distributed_loop.check_even_shards(501, 64, False, 2)
     with pytest.raises(config_schema.ConfigError, match="batch_size=64 give a batch of 64"):
         distributed_loop.check_even_shards(640, 64, False, 3)
+
+
+@pytest.mark.parametrize("name, fields", [("sgd", {}), ("rm3", {}), ("m3", {}),
+                                          ("m3", {"m3_in_batch": True})])
+def test_workers_get_every_variable_the_chief_restores(tmp_path, name, fields):
+    """What the chief broadcasts after a restore (`run_variables`) is every variable of the run's
+    checkpoint (weights, optimizer and wrapped optimizer state, steps_trained) but the schedule's
+    epoch, which every worker sets at each epoch start."""
+    import keras
+    import tensorflow as tf
+    from trainers import distributed_loop, single_run
+
+    config = _tiny_config(batch_size=48, drop_remainder=True)  # in-batch M3: 3 groups of 16
+    config.optimizer.name = name
+    config.optimizer.update(fields)
+    prepared = single_run.prepare(config, str(tmp_path / "unused"))  # writes nothing
+    restored = [v for v in tf.train.TrackableView(prepared.state.checkpoint).descendants()
+                if isinstance(v, (tf.Variable, keras.Variable))]
+    broadcast = {id(v) for v in distributed_loop.run_variables(prepared.model)}
+    assert len(restored) > len(prepared.model.weights)
+    assert [v for v in restored if id(v) not in broadcast] == [prepared.schedule.epoch]

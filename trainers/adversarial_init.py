@@ -1,12 +1,6 @@
-"""Adversarial initialisation (Liu et al. 2019, arXiv 1906.02613): random-label pretraining,
-then the real labels, against a fresh start; SGD, M3, RM3 and their controls.
-
-Phase 1 is the named hook `adversarial_phase1` (one run per dataset and seed, shared by every
-adversarial arm, in `<dataset>/phase1/seed<k>/`); phase 2 (`run`) starts from its final weights
-("adversarial") or from the weights it started from ("fresh") and trains on the real labels,
-arms `<dataset>/<start>_<optimizer arm>`. What runs and why: docs/experiments/intro/
-adversarial_init.md; semantics: docs/design.md §7.1.
-"""
+"""Adversarial initialisation (Liu et al. 2019, arXiv 1906.02613): random-label pretraining
+(`adversarial_phase1`), then the real labels (`run`), against a fresh start; SGD, M3, RM3 and
+their controls (docs/experiments/intro/adversarial_init.md, design §7.1)."""
 
 import os
 
@@ -36,11 +30,8 @@ OPTIMIZER_ARMS = {
 
 
 def summarize(curves, fit=0.75):
-    """Summary numbers of one phase-2 run from its curves (recomputable without training).
-
-    `test_acc_at_fit`: test accuracy at the first logged epoch whose train accuracy is ≥ `fit`
-    (`epoch_at_fit`), so starts that fit at different speeds are compared at equal fit; None if
-    never reached."""
+    """Summary numbers of one phase-2 run; `test_acc_at_fit`: test accuracy at the first logged
+    epoch whose train accuracy is ≥ `fit` (`epoch_at_fit`; None if never)."""
     coh, alpha = "coherence/train/m_coherence", "coherence/train/alpha"
     train, test = curves["train_accuracy"][-1], curves["test_accuracy"][-1]
     best_test, best_epoch = curve_stats.best_at(curves, "test_accuracy")
@@ -58,14 +49,14 @@ def summarize(curves, fit=0.75):
            "test_acc_start": curves["test_accuracy"][0],
            "train_acc_start": curves["train_accuracy"][0]}
     at_fit = None if out["epoch_at_fit"] is None else curves["epoch"].index(out["epoch_at_fit"])
-    out["test_acc_at_fit"] = None if at_fit is None else curves["test_accuracy"][at_fit]
-    out["train_acc_at_fit"] = None if at_fit is None else curves["train_accuracy"][at_fit]
+    for key in ("test", "train"):
+        out[f"{key}_acc_at_fit"] = None if at_fit is None else curves[f"{key}_accuracy"][at_fit]
     return out
 
 
 def run(config, run_dir, echo=print, phase1_dir=None):
-    """Train (or resume, or read if finished) one phase-2 run; its results dict. phase1_dir:
-    this seed's phase 1 (default `run_dir/phase1`; the experiment's: `shared_phase1_dir`)."""
+    """Train (or resume, or read if finished) one phase-2 run after its phase 1 in `phase1_dir`
+    (default `run_dir/phase1`; the experiment's: `shared_phase1_dir`); its results dict."""
     echo = echo or (lambda line: None)
     done = common.finished_or_checked(config, run_dir, check_config)
     if done is not None:
@@ -142,7 +133,7 @@ def check_config(config):
     common.require_one_of(config, "optimizer", OPTIMIZERS)
     for field, what in (("compare_train_acc", ""), ("phase1_target", " (train accuracy on the "
                                                     "random labels)")):
-        need(common.is_number(config[field]) and 0 < config[field] <= 1,
+        need(config_schema.is_number(config[field]) and 0 < config[field] <= 1,
              f"{field}={config[field]!r} must be in (0, 1]{what}")
     common.require_positive(config, ("learning_rate", "phase1_learning_rate"))
     common.require_ints(config, ("width", "depth", "batch_size", "phase1_batch_size", "epochs",
@@ -205,17 +196,17 @@ def rules(arms_):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
+    from . import figures as plots
 
     keys = (("test_accuracy", "test acc. (fraction)"),
             ("train_accuracy", "train acc., real labels (fraction)"),
             ("coherence/train/m_coherence", "m-coherence, real-label sample"),
             ("weight_norm", "‖w‖ (L2 norm of all weights)"))
-    return [fig.curves_per_group(
+    return [plots.curves_per_group(
         workdir, f"adversarial_init_{dataset}_curves.png", chosen, keys, x="epoch",
         x_label="phase-2 epoch", row_of=lambda a: a.panel,
         title=f"Phase 2 on real labels, {dataset}: adversarial vs fresh start")
-        for dataset, chosen in fig.per_dataset(runs)]
+        for dataset, chosen in plots.per_dataset(runs)]
 
 
 EXPERIMENT = Experiment(

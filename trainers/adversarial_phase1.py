@@ -1,12 +1,9 @@
-"""Phase 1 of `adversarial_init` (`run_phase1`), the experiment's named hook: one resumable run
-per dataset and seed, shared by its adversarial arms, that trains the seeded MLP with Adam on
-100 % random labels until their accuracy reaches `phase1_target` (or `phase1_max_epochs`) and
-writes `final.weights.h5`. Also what both phases share: data, initial model, epoch batches, and
-the phase-1 table.
+"""Phase 1 of `adversarial_init` (`run_phase1`): one resumable run per dataset and seed, shared by
+its adversarial arms, training the seeded MLP on 100 % random labels until `phase1_target` (or
+`phase1_max_epochs`); what both phases share (data, initial model, batches); the phase-1 table.
 """
 
 import os
-import time
 
 import numpy as np
 
@@ -18,15 +15,13 @@ from . import models
 from . import probes
 
 PHASE1_FIELDS = ("dataset", "max_train", "max_test", "data_seed", "seed", "width", "depth",
-                 "phase1_learning_rate",
-                 "phase1_batch_size", "phase1_target", "phase1_max_epochs",
-                 "phase1_checkpoint_every")
+                 "phase1_learning_rate", "phase1_batch_size", "phase1_target",
+                 "phase1_max_epochs", "phase1_checkpoint_every")  # phase 1's identity
 
 
 def phase1_stop(accuracy, epoch, target, max_epochs):
-    """Why phase 1 stops after `epoch` epochs with train accuracy `accuracy` on the random
-    labels: "target" (accuracy ≥ target; checked first), "max_epochs" (epoch ≥ max_epochs), or
-    None (go on)."""
+    """Why phase 1 stops after `epoch` epochs at random-label accuracy `accuracy`: "target"
+    (accuracy ≥ target; checked first), "max_epochs" (epoch ≥ max_epochs), or None (go on)."""
     if accuracy is not None and accuracy >= target:
         return "target"
     if epoch >= max_epochs:
@@ -49,8 +44,7 @@ def checked_batches(n, batch_size, per_update, field):
 
 
 def initial_model(config, ds):
-    """The model with its initial weights: a pure function of `config.seed` (phase 1's start
-    and phase 2's fresh start are the same weights)."""
+    """The MLP with its initial weights, a pure function of `config.seed` (both phases')."""
     import keras
 
     keras.utils.set_random_seed(int(config.seed))
@@ -66,45 +60,38 @@ def load(config):
 
 
 def epoch_updates(n, batch_size, count, per_update, seed, phase, epoch):
-    """int32 [count / per_update, per_update, B]: the batches of `epoch` of `phase` (1 or 2),
-    from the permutation `default_rng([seed, phase, epoch])`."""
+    """int32 [count / per_update, per_update, B]: `epoch` of `phase` (1 or 2) in the order
+    `default_rng([seed, phase, epoch])`."""
     perm = np.random.default_rng([int(seed), phase, int(epoch)]).permutation(n)
     return graph_loop.epoch_updates(perm[:count * batch_size], batch_size, per_update)
 
 
-def phase1_config(config):
-    """The fields phase 1 depends on (its identity for resume / reuse)."""
-    return {k: config[k] for k in PHASE1_FIELDS}
-
-
 def shared_phase1_dir(run_dir):
-    """`<workdir>/<dataset>/phase1/seed<k>` of the phase-2 run `<workdir>/<dataset>/<arm>/seed<k>`:
-    one phase 1 per dataset and seed, shared by every adversarial arm."""
+    """`<workdir>/<dataset>/phase1/seed<k>` of the phase-2 run `<workdir>/<dataset>/<arm>/seed<k>`
+    (one phase 1 per dataset and seed)."""
     return os.path.join(os.path.dirname(os.path.dirname(run_dir)), "phase1",
                         os.path.basename(run_dir))
 
 
 def run_phase1(config, phase1_dir, echo, check_config):
-    """Train (or resume, or reuse if finished) phase 1 of `config`'s seed: the named hook for
-    what a declaration cannot say (it stops at a target accuracy and is shared by arms); its
-    results dict. `check_config(config)`: the experiment's check (one line, before any work)."""
+    """Train (or resume, or reuse if finished) phase 1 of `config`'s seed; its results dict.
+    `check_config(config)`: the experiment's check (one line, before any work)."""
     import ml_collections
 
-    p1 = ml_collections.ConfigDict(phase1_config(config))
+    p1 = ml_collections.ConfigDict({k: config[k] for k in PHASE1_FIELDS})
     done = common.finished_or_checked(p1, phase1_dir, lambda _: check_config(config))
     if done is not None and os.path.exists(os.path.join(phase1_dir, "final.weights.h5")):
         return done
     with workdir_lock.hold(phase1_dir, "adversarial_init phase 1"):
-        return _train_phase1(config, p1.to_dict(), phase1_dir, echo or (lambda line: None))
+        return graph_loop.train_declared(_phase1, p1, phase1_dir, echo or (lambda line: None))
 
 
-def _train_phase1(config, p1_dict, phase1_dir, echo):
+def _phase1(config, run_dir, echo):
     import keras
     import tensorflow as tf
 
     from cgh_tf import optimizers
 
-    started = time.time()
     ds = load(config)
     x, y_random = common.arrays(ds.train)
     y_real = ds.train.original_y.astype(np.int32)
@@ -118,47 +105,44 @@ def _train_phase1(config, p1_dict, phase1_dir, echo):
     train = graph_loop.update_trainer(model, optimizer, loss_fn, xt, yt, batch)
     evaluate = probes.loss_accuracy(model, loss_fn)
     count = checked_batches(n, batch, 1, "phase1_batch_size")
+    target, max_epochs = float(config.phase1_target), int(config.phase1_max_epochs)
+    every = int(config.phase1_checkpoint_every)
 
-    def log(epoch, curves):
+    def advance(start, stop):
+        for epoch in range(start, stop):
+            train(epoch_updates(n, batch, count, 1, config.seed, 1, epoch))
+
+    def log(epoch):
         loss, acc = evaluate(xt, yt)
         _, real = evaluate(xt, tf.constant(y_real))
         _, test = evaluate(tf.constant(x_test), tf.constant(y_test))
         row = {"epoch": epoch, "step": epoch, "random_label_loss": float(loss),
                "random_label_accuracy": float(acc), "real_label_accuracy": float(real),
                "test_accuracy": float(test), "weight_norm": probes.weight_norm(model)}
-        common.append(curves, row)
-        return row
-
-    ckpt = common.Checkpointer(phase1_dir, model, optimizer)
-    epoch, curves = ckpt.restore(p1_dict)
-    if curves is None:
-        epoch, curves = 0, {}
-        row = log(0, curves)
-    else:
-        row = {k: v[-1] for k, v in curves.items()}
-        echo(f"  phase 1 resumed {phase1_dir} at epoch {epoch}")
-    stop = phase1_stop(row["random_label_accuracy"], epoch, float(config.phase1_target),
-                       int(config.phase1_max_epochs))
-    while stop is None:
-        train(epoch_updates(n, batch, count, 1, config.seed, 1, epoch))
-        epoch += 1
-        row = log(epoch, curves)
-        stop = phase1_stop(row["random_label_accuracy"], epoch, float(config.phase1_target),
-                           int(config.phase1_max_epochs))
-        if epoch % int(config.phase1_checkpoint_every) == 0 or stop is not None:
-            ckpt.save(epoch, curves, p1_dict)
+        if epoch and (epoch % every == 0 or phase1_stop(float(acc), epoch, target, max_epochs)):
             echo(f"  phase 1 epoch {epoch}: random-label train acc "
                  f"{row['random_label_accuracy']:.3f} |w| {row['weight_norm']:.1f}")
-    model.save_weights(os.path.join(phase1_dir, "final.weights.h5"))
-    summary = {"phase1_epochs": epoch, "phase1_stopped_by": stop,
-               "phase1_reached_target": stop == "target",
-               "phase1_random_label_accuracy": row["random_label_accuracy"],
-               "phase1_real_label_accuracy": row["real_label_accuracy"],
-               "phase1_test_accuracy": row["test_accuracy"],
-               "phase1_wnorm_init": curves["weight_norm"][0],
-               "phase1_wnorm_final": row["weight_norm"],
-               "labels_kept": float(np.mean(y_random == y_real))}
-    return common.finish(phase1_dir, p1_dict, curves, summary, started)
+        return row
+
+    def stopped_by(curves):
+        return phase1_stop(curves["random_label_accuracy"][-1], curves["epoch"][-1], target,
+                           max_epochs)
+
+    def summarize(curves):  # after the last epoch: the final weights, then the summary
+        model.save_weights(os.path.join(run_dir, "final.weights.h5"))
+        stop, last = stopped_by(curves), {k: v[-1] for k, v in curves.items()}
+        return {"phase1_epochs": int(last["epoch"]), "phase1_stopped_by": stop,
+                "phase1_reached_target": stop == "target",
+                "phase1_random_label_accuracy": last["random_label_accuracy"],
+                "phase1_real_label_accuracy": last["real_label_accuracy"],
+                "phase1_test_accuracy": last["test_accuracy"],
+                "phase1_wnorm_init": curves["weight_norm"][0],
+                "phase1_wnorm_final": last["weight_norm"],
+                "labels_kept": float(np.mean(y_random == y_real))}
+
+    return graph_loop.Training(model, optimizer, advance, log, range(max_epochs + 1),
+                               range(every, max_epochs + 1, every), summarize,
+                               until=lambda curves: stopped_by(curves) is not None)
 
 
 PHASE1_TABLE = (("phase1_epochs", "epochs", ".0f"),

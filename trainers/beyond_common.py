@@ -1,6 +1,6 @@
-"""What the custom-loop experiments share: resumable runs (`resumable`, `Checkpointer`, `finish`;
-a run directory holds `ckpt/`, `curves.json`, `results.json`: docs/design.md §7.0), fixed samples
-and splits, configs at a scale, the one-line config checks (`require*`) and pieces of `arms`.
+"""What the custom-loop experiments share: resumable runs (`finished_or_checked`, `Checkpointer`,
+`finish`; a run directory holds `ckpt/`, `curves.json`, `results.json`: docs/design.md §7.0),
+fixed samples and splits, configs at a scale, the one-line config checks and pieces of `arms`.
 """
 
 import math
@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from cgh_tf import checkpoints, workdir_lock
+from cgh_tf import checkpoints
 from trainers import config_schema
 from trainers import outputs
 from trainers.experiment import Arm
@@ -32,10 +32,7 @@ def require(ok, message):
         raise ValueError(message)
 
 
-def is_number(value):
-    """A finite int or float, not a bool."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+is_number = config_schema.is_number  # until update_rules calls config_schema.is_number (i45)
 
 
 def require_each(config, fields, ok, must):
@@ -55,11 +52,12 @@ def require_optional_ints(config, fields, minimum=1):
 
 
 def require_fractions(config, fields):
-    require_each(config, fields, lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1)")
+    require_each(config, fields, lambda v: config_schema.is_number(v) and 0 < v < 1,
+                 "a number in (0, 1)")
 
 
 def require_positive(config, fields):
-    require_each(config, fields, lambda v: is_number(v) and v > 0, "a number > 0")
+    require_each(config, fields, lambda v: config_schema.is_number(v) and v > 0, "a number > 0")
 
 
 def require_int_list(config, field, minimum=0):
@@ -73,9 +71,8 @@ def require_int_list(config, field, minimum=0):
 
 def require_label_noise(config):
     """ValueError unless 0 < label_noise < 1 (an experiment comparing pristine and corrupted)."""
-    require(is_number(config.label_noise) and 0 < config.label_noise < 1,
-            f"label_noise={config.label_noise!r} must be in (0, 1): the experiment compares "
-            "pristine and corrupted examples")
+    require_each(config, ("label_noise",), lambda v: config_schema.is_number(v) and 0 < v < 1,
+                 "in (0, 1): the experiment compares pristine and corrupted examples")
 
 
 def refuse_overrides(overrides, fields, why, hint=""):
@@ -127,23 +124,6 @@ def require_one_of(config, field, allowed):
     """ValueError "field=value is unknown; allowed: a, b" unless `config[field]` is in `allowed`."""
     require(config[field] in allowed, f"{field}={config[field]!r} is unknown; allowed: "
             f"{', '.join(map(str, allowed))}")
-
-
-def resumable(train, check_config):
-    """`run(config, run_dir, echo=print)` from `train(config, run_dir, echo)`: a finished run's
-    results, else `check_config` (before anything is written), then `train` under the run
-    directory's lock (echo=None: silent)."""
-
-    def run(config, run_dir, echo=print):
-        done = finished_or_checked(config, run_dir, check_config)
-        if done is not None:
-            return done
-        with workdir_lock.hold(run_dir, f"run of {train.__module__}"):
-            return train(config, run_dir, echo or (lambda line: None))
-
-    run.__doc__ = (f"Train (or resume, or skip if finished) one {train.__module__} run; returns "
-                   "its results dict.")
-    return run
 
 
 def finished_or_checked(config, run_dir, check_config):
@@ -226,7 +206,7 @@ def arrays(split):
 
 
 def split_indices(n, fraction, seed):
-    """(kept, held out) sorted indices: `held_out_count` of n held out by `default_rng([seed, 4])`."""
+    """(kept, held out) sorted indices: round(n · fraction) held out by `default_rng([seed, 4])`."""
     perm = np.random.default_rng([int(seed), 4]).permutation(n)
     held_out = held_out_count(n, fraction)
     return np.sort(perm[held_out:]), np.sort(perm[:held_out])

@@ -1,6 +1,5 @@
 """The trainer's config schema: allowed values, validation (`ConfigError` listing every bad
 field), the feature fields, the optimizer kind, `--set` overrides and the saved configs' versions.
-
 Every trainer config derives from `configs/default.py`, the one place fields and defaults are
 written. Nothing here reads flags or data.
 """
@@ -39,85 +38,115 @@ class ConfigError(ValueError):
     """A config field has a bad value; raised before any training or writing happens."""
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Check names and numbers of a trainer config; raise `ConfigError` listing all problems."""
+POSITIVE_INT = (lambda v: is_int(v, 1), "must be a positive int")
+OPTIONAL_POSITIVE_INT = (lambda v: v is None or is_int(v, 1), "must be None or a positive int")
+POSITIVE = (lambda v: is_number(v) and v > 0, "must be a positive number")
+NON_NEGATIVE = (lambda v: is_number(v) and v >= 0, "must be >= 0")
+SWITCH = (lambda v: is_int(v, 0), "must be an int >= 0 (0 = off)")
+FLAG = (lambda v: isinstance(v, bool), "must be True or False")
+
+
+def _field_rules() -> dict:
+    """`{dotted field: allowed values, or (test, what is allowed)}` of every field checked alone,
+    in the order problems are listed."""
     from cgh_tf import data, models
 
+    return {
+        "dataset": data.DATASETS,
+        "label_noise": (lambda v: is_number(v) and 0 <= v <= 1, "must be a fraction in [0, 1]"),
+        "noise_kind": data.LABEL_NOISE_KINDS,  # the one list of noise kinds
+        "input_corruption": (None, *INPUT_CORRUPTIONS),
+        "max_train": OPTIONAL_POSITIVE_INT, "max_test": OPTIONAL_POSITIVE_INT,
+        "num_epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
+        "keep_checkpoints": POSITIVE_INT,
+        "seed": (lambda v: is_int(v, 0), "must be a non-negative int"),
+        "collective_timeout": (POSITIVE[0], "must be a positive number of seconds"),
+        "distribution": DISTRIBUTIONS,
+        "model.name": tuple(models.MODELS),
+        "optimizer.learning_rate": POSITIVE,
+        "optimizer.momentum": (lambda v: is_number(v) and 0 <= v < 1, "must be in [0, 1)"),
+        "optimizer.groups": POSITIVE_INT, "optimizer.window": POSITIVE_INT,
+        "optimizer.l2": NON_NEGATIVE, "optimizer.weight_decay": NON_NEGATIVE,
+        "optimizer.name": (_known_optimizer_name, "is unknown; allowed: sgd, adam, m3, rm3, ra3, "
+                           "or m<k> / rm<k> / ra<k> (e.g. m5)"),
+        "optimizer.inner": INNER_OPTIMIZERS,
+        "lr_schedule.name": SCHEDULES,
+        "lr_schedule.decay_epochs": (lambda v: isinstance(v, (tuple, list)) and all(
+            is_int(e, 1) for e in v) and list(v) == sorted(set(v)),
+            "must be strictly increasing positive ints"),
+        "lr_schedule.decay_factor": POSITIVE,
+        "mode": MODES,
+        "coherence.every": SWITCH, "coherence.monitor_samples": SWITCH,
+        "coherence.monitor_every_steps": SWITCH, "learning_times.every_steps": SWITCH,
+        "coherence.per_layer": FLAG, "coherence.training": FLAG, "optimizer.m3_in_batch": FLAG,
+        "optimizer.aggregation": AGGREGATIONS,
+        "optimizer.winsorize_pct": (lambda v: v is None or (is_number(v) and 0 <= v < 50),
+                                    "must be a percentage in [0, 50) (clipped on each side)"),
+    }
+
+
+_SHOWN_AS = {"optimizer.learning_rate": "learning_rate"}  # names in the messages, if not dotted
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Check names and numbers of a trainer config; raise `ConfigError` listing all problems."""
     problems = []
-
-    def need(ok, message):
-        if not ok:
-            problems.append(message)
-
-    need(config.dataset in data.DATASETS,
-         f"dataset={config.dataset!r} is unknown; allowed: {', '.join(data.DATASETS)}")
-    need(_is_number(config.label_noise) and 0.0 <= config.label_noise <= 1.0,
-         f"label_noise={config.label_noise!r} must be a fraction in [0, 1]")
-    need(config.noise_kind in data.LABEL_NOISE_KINDS,  # the one list of noise kinds
-         f"noise_kind={config.noise_kind!r} is unknown; allowed: "
-         f"{', '.join(data.LABEL_NOISE_KINDS)}")
-    need(config.input_corruption is None or config.input_corruption in INPUT_CORRUPTIONS,
-         f"input_corruption={config.input_corruption!r} is unknown; allowed: None, "
-         f"{', '.join(INPUT_CORRUPTIONS)}")
-    for field in ("max_train", "max_test"):
-        value = config[field]
-        need(value is None or is_int(value, minimum=1),
-             f"{field}={value!r} must be None or a positive int")
-    for field in ("num_epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
-        need(is_int(config[field], minimum=1), f"{field}={config[field]!r} must be a positive int")
-    need(is_int(config.seed, minimum=0), f"seed={config.seed!r} must be a non-negative int")
-    timeout = setting(config, "collective_timeout")
-    need(_is_number(timeout) and timeout > 0,
-         f"collective_timeout={timeout!r} must be a positive number of seconds")
-    need(config.get("distribution") in DISTRIBUTIONS,
-         f"distribution={config.get('distribution')!r} is unknown; allowed: "
-         f"{', '.join(DISTRIBUTIONS)}")
-    need(config.model.name in models.MODELS,
-         f"model.name={config.model.name!r} is unknown; allowed: {', '.join(models.MODELS)}")
-    _validate_optimizer(config.optimizer, need)
-    _validate_schedule(config.lr_schedule, need)
-    _validate_features(config, need)
+    for field, rule in _field_rules().items():
+        value = _value(config, field)
+        test, allowed = rule if callable(rule[0]) else (
+            rule.__contains__, "is unknown; allowed: " + ", ".join(map(str, rule)))
+        if not test(value):
+            problems.append(f"{_SHOWN_AS.get(field, field)}={value!r} {allowed}")
+    problems += _combination_problems(config)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
 
 
-def _validate_optimizer(opt, need):
-    need(isinstance(opt.name, str) and opt.name, f"optimizer.name={opt.name!r} must be a name")
-    need(_is_number(opt.learning_rate) and opt.learning_rate > 0,
-         f"learning_rate={opt.learning_rate!r} must be a positive number")
-    need(_is_number(opt.momentum) and 0.0 <= opt.momentum < 1.0,
-         f"optimizer.momentum={opt.momentum!r} must be in [0, 1)")
-    need(is_int(opt.groups, minimum=1), f"optimizer.groups={opt.groups!r} must be a positive int")
-    need(is_int(opt.window, minimum=1), f"optimizer.window={opt.window!r} must be a positive int")
-    need(_is_number(opt.l2) and opt.l2 >= 0, f"optimizer.l2={opt.l2!r} must be >= 0")
-    need(_is_number(opt.weight_decay) and opt.weight_decay >= 0,
-         f"optimizer.weight_decay={opt.weight_decay!r} must be >= 0")
-    need(_known_optimizer_name(opt), f"optimizer.name={opt.name!r} is unknown; allowed: sgd, adam, "
-         f"m3, rm3, ra3, or m<k> / rm<k> / ra<k> (e.g. m5)")
-    need(opt.inner in INNER_OPTIMIZERS,
-         f"optimizer.inner={opt.inner!r} is unknown; allowed: {', '.join(INNER_OPTIMIZERS)}")
+def _value(config, dotted: str):
+    """`setting` of a feature field; else the field's value, None when absent."""
+    if dotted in FEATURE_FIELDS:
+        return setting(config, dotted)
+    return functools.reduce(lambda node, part: node.get(part) if hasattr(node, "get") else None,
+                            dotted.split("."), config)
 
 
-def _known_optimizer_name(opt) -> bool:
+def _known_optimizer_name(name) -> bool:
     from cgh_tf import optimizers
 
     try:
-        return bool(optimizers.parse_name(opt.name))
-    except ValueError:
+        return isinstance(name, str) and bool(optimizers.parse_name(name))
+    except (TypeError, ValueError):
         return False
 
 
-def _validate_schedule(schedule, need):
-    need(schedule.name in SCHEDULES,
-         f"lr_schedule.name={schedule.name!r} is unknown; allowed: {', '.join(SCHEDULES)}")
-    epochs = schedule.decay_epochs
-    epochs = tuple(epochs) if isinstance(epochs, (tuple, list)) else None
-    need(epochs is not None and all(is_int(e, minimum=1) for e in epochs)
-         and list(epochs) == sorted(set(epochs)),
-         f"lr_schedule.decay_epochs={schedule.decay_epochs!r} must be strictly increasing "
-         f"positive ints")
-    need(_is_number(schedule.decay_factor) and schedule.decay_factor > 0,
-         f"lr_schedule.decay_factor={schedule.decay_factor!r} must be a positive number")
+def _combination_problems(config) -> list:
+    """The problems of fields that are valid alone but not together."""
+    every_steps = setting(config, "coherence.monitor_every_steps")
+    aggregation = setting(config, "optimizer.aggregation")
+    pct = setting(config, "optimizer.winsorize_pct")
+    problems = [message for bad, message in (
+        (is_int(every_steps, 1) and setting(config, "coherence.monitor_samples") == 0,
+         f"coherence.monitor_every_steps={every_steps!r} has no effect without the monitor; set "
+         f"coherence.monitor_samples > 0 or coherence.monitor_every_steps=0"),
+        (aggregation == "winsorize" and pct is None,
+         "optimizer.aggregation='winsorize' needs optimizer.winsorize_pct, the percent clipped on "
+         "each side, in [0, 50) (e.g. --config.optimizer.winsorize_pct=2; 0 is a plain mean "
+         "computed per example)"),
+        (aggregation != "winsorize" and is_number(pct) and pct > 0,
+         f"optimizer.winsorize_pct={pct!r} has no effect with optimizer.aggregation="
+         f"{aggregation!r}; set optimizer.aggregation='winsorize' or winsorize_pct=0"),
+    ) if bad]
+    if _known_optimizer_name(config.optimizer.name) and is_m3(config):
+        if aggregation != "mean":
+            problems.append(f"optimizer.aggregation={aggregation!r} and M3 are two aggregators of "
+                            f"the same batch; use one of them")
+        changes = in_batch_m3_changes(config)
+        if changes:
+            problems.append("in-batch M3 (cgh_tf.Model splits each batch into the groups; per-step "
+                            "coherence needs it) wants all of: " + " ".join(changes)
+                            + " (or coherence.every=0 and optimizer.m3_in_batch=False: M3 over "
+                            "consecutive batches)")
+    return problems
 
 
 def setting(config, dotted: str):
@@ -221,43 +250,6 @@ def uses_cgh_model(config) -> bool:
     return not is_m3(config) or bool(setting(config, "optimizer.m3_in_batch"))
 
 
-def _validate_features(config, need):
-    mode = setting(config, "mode")
-    need(mode in MODES, f"mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
-    for field in ("coherence.every", "coherence.monitor_samples", "coherence.monitor_every_steps",
-                  "learning_times.every_steps"):
-        value = setting(config, field)
-        need(is_int(value, minimum=0), f"{field}={value!r} must be an int >= 0 (0 = off)")
-    every_steps = setting(config, "coherence.monitor_every_steps")
-    need(not (is_int(every_steps, 1) and setting(config, "coherence.monitor_samples") == 0),
-         f"coherence.monitor_every_steps={every_steps!r} has no effect without the monitor; set "
-         f"coherence.monitor_samples > 0 or coherence.monitor_every_steps=0")
-    for field in ("coherence.per_layer", "coherence.training", "optimizer.m3_in_batch"):
-        value = setting(config, field)
-        need(isinstance(value, bool), f"{field}={value!r} must be True or False")
-    aggregation = setting(config, "optimizer.aggregation")
-    pct = setting(config, "optimizer.winsorize_pct")
-    need(aggregation in AGGREGATIONS, f"optimizer.aggregation={aggregation!r} is unknown; "
-         f"allowed: {', '.join(AGGREGATIONS)}")
-    need(pct is None or (_is_number(pct) and 0.0 <= pct < 50.0),
-         f"optimizer.winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
-    need(aggregation != "winsorize" or pct is not None,
-         "optimizer.aggregation='winsorize' needs optimizer.winsorize_pct, the percent clipped on "
-         "each side, in [0, 50) (e.g. --config.optimizer.winsorize_pct=2; 0 is a plain mean "
-         "computed per example)")
-    need(aggregation == "winsorize" or not (_is_number(pct) and pct > 0),
-         f"optimizer.winsorize_pct={pct!r} has no effect with optimizer.aggregation={aggregation!r}; "
-         f"set optimizer.aggregation='winsorize' or winsorize_pct=0")
-    if _known_optimizer_name(config.optimizer) and is_m3(config):
-        need(aggregation == "mean", f"optimizer.aggregation={aggregation!r} and M3 are two "
-             f"aggregators of the same batch; use one of them")
-        changes = in_batch_m3_changes(config)
-        need(not changes, "in-batch M3 (cgh_tf.Model splits each batch into the groups; per-step "
-             "coherence needs it) wants all of: " + " ".join(changes)
-             + " (or coherence.every=0 and optimizer.m3_in_batch=False: M3 over consecutive "
-             "batches)")
-
-
 def in_batch_m3_changes(config) -> list:
     """Every `--config.FIELD=VALUE` that in-batch M3 (asked for by `optimizer.m3_in_batch`, or
     needed by per-step coherence) still needs: the batch size as a multiple of the groups, and
@@ -287,7 +279,8 @@ def is_int(value, minimum):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
 
-def _is_number(value):
+def is_number(value) -> bool:
+    """True for a finite real number (not a bool)."""
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value))
 

@@ -36,13 +36,10 @@ def resolve_config_flags(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out):
         if arg.startswith("--config="):
-            path = shipped_config_path(arg[len("--config="):])
-            if path:
-                out[i] = f"--config={path}"
+            name = arg[len("--config="):]
+            out[i] = f"--config={shipped_config_path(name) or name}"
         elif arg == "--config" and i + 1 < len(out):
-            path = shipped_config_path(out[i + 1])
-            if path:
-                out[i + 1] = path
+            out[i + 1] = shipped_config_path(out[i + 1]) or out[i + 1]
     return out
 
 

@@ -1,6 +1,5 @@
-"""The crossing analysis of `real_vs_random_arch` (its `analyses` hook): real against random labels
-on the pairwise coherence (r − 1)/(m − 1) of the training sample (ratios of r are not comparable
-across m). Ratios are None where the random arm's value is missing or ≤ 0.
+"""The crossing analysis of `real_vs_random_arch`: real against random labels on the pairwise
+coherence (r − 1)/(m − 1) of the training sample (ratios None where random's is missing or ≤ 0).
 """
 
 import math
@@ -16,11 +15,9 @@ SUMMARY = "train_pairwise"           # its summary keys: train_pairwise_init / _
 
 
 def crossings(epochs, real, random):
-    """(sign, [epochs]) of the real and random curves, from the logged epochs > 0 where both
-    exist: sign = +1 if real > random at the first such epoch where they differ, -1 if below, 0 if
-    never different (or nothing logged); the list holds every logged epoch at which the
-    difference has the opposite sign of the previous nonzero one (the curves crossed between it
-    and the previous logged epoch)."""
+    """(sign, [epochs]) over the logged epochs > 0 where both curves exist: sign ±1 of real −
+    random where they first differ (0: never); every epoch whose difference has the opposite sign
+    of the previous nonzero one (the curves crossed since the previous log)."""
     sign, current, flips = 0, 0, []
     for e, a, b in zip(epochs, real, random):
         if e is None or e <= 0 or a is None or b is None or math.isnan(a) or math.isnan(b):
@@ -66,9 +63,8 @@ def _mean_curve(results, key):
 
 
 def compare(real_runs, random_runs):
-    """Group numbers of one dataset × architecture on the pairwise coherence: ratios real / random
-    per seed (paired by seed) at init / early / end, the largest ratio over the logged epochs, and
-    the crossings (per seed and of the mean curves)."""
+    """One dataset × architecture: ratios real / random per seed (paired) at init / early / end,
+    the largest ratio over the logged epochs, the crossings (per seed and of the mean curves)."""
     by_seed = {r["config"]["seed"]: r for r in random_runs}
     pairs = [(r, by_seed[r["config"]["seed"]]) for r in real_runs if r["config"]["seed"] in by_seed]
     out = {"seeds": [a["config"]["seed"] for a, _ in pairs]}
@@ -96,10 +92,6 @@ def compare(real_runs, random_runs):
     return out
 
 
-def _fmt(value, fmt):
-    return "n/a" if value is None else format(value, fmt)
-
-
 def _crossing_text(sign, epoch):
     if sign == 0:
         return "never differ"
@@ -115,9 +107,8 @@ def _ratio_cell(ratios):
 
 
 def analyses(runs, pairs):
-    """Per (real group, random group) of `pairs`: ratios real / random of the pairwise coherence
-    per seed, the largest ratio and the crossings (`compare`); refuses a pair whose arms measured
-    different m (the sample sizes must match for the curves to be compared)."""
+    """`compare` per (real group, random group) of `pairs` as a table; ValueError for a pair
+    whose arms measured different m."""
     by_group = common.by_group(runs)
     out, ms = {}, {}
     lines = ["Real / random ratio of the training sample's pairwise coherence (r − 1)/(m − 1) "
@@ -137,7 +128,7 @@ def analyses(runs, pairs):
         comp = out[key] = compare(by_group[real], by_group[random])
         per_seed = "; ".join(_crossing_text(s, e) for s, e in zip(comp["crossing_sign"],
                                                                    comp["crossing_epoch"]))
-        max_cells = ", ".join(f"{_fmt(r, '.2f')} ({_fmt(e, '.3g')})"
+        max_cells = ", ".join("n/a (n/a)" if r is None else f"{r:.2f} ({e:.3g})"
                               for r, e in zip(comp["max_ratio"], comp["epoch_of_max_ratio"]))
         mean_crossing = _crossing_text(comp["mean_curve_crossing_sign"],
                                        comp["mean_curve_crossing_epoch"])

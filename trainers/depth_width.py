@@ -1,15 +1,9 @@
-"""Depth and width of an MLP: m-coherence at initialisation / after one epoch vs generalisation.
-
-One run: an MLP (`depth` × `width`) trained with Adam on real or 100 % random labels, logging
-loss, accuracies, the gap and (at `coherence_epochs`) the exact m-coherence of a fixed training
-sample. Arms: the models of `model_sweep` × real / random labels; the model, its Adam and its
-traced functions are built once per architecture and restarted per run
-(`graph_loop.reused_epoch_trainer`: bit-identical to fresh runs). Declared: real − random per
-model (paired by seed) and correlations across models (`CORRELATION_RULES`).
-docs/experiments/intro/depth_width.md; docs/design.md §7.1.
+"""Depth and width of an MLP: m-coherence at initialisation / after one epoch vs generalisation;
+the models of `model_sweep` × real / random labels (docs/experiments/intro/depth_width.md, §7.1).
 """
 
 import functools
+
 from cgh_tf import statistics
 
 from . import beyond_common as common
@@ -120,14 +114,9 @@ def check_config(config):
           f"coherence_samples={config.coherence_samples} must be <= max_train={config.max_train}")
 
 
-def group_name(dataset, depth, width, labels):
-    return f"{dataset}/d{depth}_w{width:04d}/{labels}"
-
-
 def arms(scale="small", seeds=3, overrides=None):
-    """Per dataset, model of the sweep (tags: the sweeps it belongs to), label kind and seed;
-    every config checked before anything is loaded; the sweep fields are removed from the runs'
-    configs."""
+    """Per dataset, model of the sweep (tags: its sweeps) and label kind; the sweep fields are
+    not in the runs' configs."""
     import ml_collections
 
     from configs import depth_width as dw_config
@@ -145,7 +134,7 @@ def arms(scale="small", seeds=3, overrides=None):
             for labels in LABELS:
                 config = config_schema.apply_overrides(run_base, {"depth": depth, "width": width,
                                                                   "labels": labels})
-                out += common.seeded_arms(group_name(dataset, depth, width, labels),
+                out += common.seeded_arms(f"{dataset}/d{depth}_w{width:04d}/{labels}",
                                           f"{labels} labels", dataset, config, seeds,
                                           check_config, tags=sweeps)
     return out

@@ -1,8 +1,6 @@
-"""Training under a tf.distribute strategy without Keras `fit` (config field `distribution`): Keras
-3's `fit` fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585), so `fit` here runs
-`model.train_step` / `test_step` through `strategy.run` in a `tf.function` and calls the callbacks
-where Keras `fit` does, with the same logs. Strategies, sharding, logs, the chief, resume and a
-failing worker: docs/design.md §6.
+"""Training under a tf.distribute strategy (config field `distribution`) without Keras `fit`, which
+fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585): `fit` runs `train_step` /
+`test_step` through `strategy.run` and calls the callbacks as Keras `fit` does (docs/design.md §6).
 """
 
 import contextlib
@@ -24,19 +22,15 @@ class PeerFailure(RuntimeError):
 def build_strategy(name: str, collective_timeout: float = None):
     """The strategy of config field `distribution` (None for "none"); ConfigError in one line.
     collective_timeout (multi_worker): seconds a collective waits for the others (None: forever)."""
-    if name == "none":
-        return None
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+    if name not in DISTRIBUTIONS:
+        raise ConfigError(f"distribution={name!r} is unknown; allowed: {', '.join(DISTRIBUTIONS)}")
     if name == "multi_worker":
         _check_tf_config()
-        options = tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=collective_timeout)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    if name == "tpu":
-        return _tpu_strategy()
-    raise ConfigError(f"distribution={name!r} is unknown; allowed: "
-                      f"{', '.join(DISTRIBUTIONS)}")
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=collective_timeout))
+    return {"none": lambda: None, "mirrored": tf.distribute.MirroredStrategy,
+            "tpu": _tpu_strategy}[name]()
 
 
 def _check_tf_config():
@@ -153,32 +147,11 @@ def shard_batches(strategy, index_batches, x, y):
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def optimizer_variables(optimizer) -> list:
-    """Every state variable of `optimizer` and of the Keras optimizers it wraps (attributes, in
-    definition order; deduplicated): wrappers may keep the inner ones out of `.variables`."""
-    found, seen = [], set()
-
-    def visit(opt, depth=0):
-        if id(opt) in seen or depth > 4:
-            return
-        seen.add(id(opt))
-        for variable in opt.variables:
-            if id(variable) not in seen:
-                seen.add(id(variable))
-                found.append(variable)
-        for value in vars(opt).values():
-            if isinstance(value, keras.optimizers.Optimizer):
-                visit(value, depth + 1)
-
-    visit(optimizer)
-    return found
-
-
 def run_variables(model) -> list:
-    """What a worker needs from the chief's checkpoint: weights, optimizer variables (wrapped
-    ones' too) and `cgh_tf.Model.steps_trained` if present."""
+    """What a worker needs from the chief's checkpoint: weights, optimizer variables (those of the
+    optimizers it wraps are in a wrapper's `variables`) and `cgh_tf.Model.steps_trained`."""
     steps_trained = getattr(model, "steps_trained", None)
-    return (list(model.weights) + optimizer_variables(model.optimizer)
+    return (list(model.weights) + list(model.optimizer.variables)
             + ([steps_trained] if steps_trained is not None else []))
 
 
@@ -222,10 +195,6 @@ def _epoch_logs(model, logs) -> dict:
     return {**(logs or {}), **model.get_metrics_result()}
 
 
-def _python(logs) -> dict:
-    return {k: float(np.asarray(v)) if np.ndim(v) == 0 else v for k, v in logs.items()}
-
-
 def fit(model, strategy, train, test, *, callbacks, first_epoch, num_epochs, steps, test_steps,
         verbose):
     """Keras `fit`'s loop and callback calls over distributed datasets `train` (epochs from
@@ -264,6 +233,7 @@ def _evaluate(model, test_step, test, test_steps, callback_list) -> dict:
         callback_list.on_test_batch_begin(step)
         logs = test_step(next(iterator))
         callback_list.on_test_batch_end(step, logs)
-    logs = _python(_epoch_logs(model, logs))
+    logs = {k: float(np.asarray(v)) if np.ndim(v) == 0 else v
+            for k, v in _epoch_logs(model, logs).items()}
     callback_list.on_test_end(logs)
     return logs

@@ -8,7 +8,6 @@ from . import config_schema
 from . import curve_stats
 from . import figures as plots
 from . import graph_loop
-from . import models
 from . import per_example_runs
 from . import probes
 from .experiment import Column, Experiment
@@ -25,7 +24,6 @@ def _setup(config, run_dir, echo):
     (x, y), (x_test, y_test) = common.arrays(ds.train), common.arrays(ds.test)
     corrupted = ds.train.corrupted
     run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes,
-                                 model=models.mlp(config, ds.input_shape, ds.num_classes),
                                  optimizer=keras.optimizers.Adam(float(config.learning_rate)))
     model, loss_fn = run.model, run.loss_fn
     m = int(config.coherence_samples)

@@ -1,12 +1,5 @@
 """Early stopping with label noise: does the coherence of training gradients say when to stop?
-
-One run: an MLP trained with Adam on a noisy split (`validation_fraction` held out with the same
-noise), logged at quarter epochs then epochs (coherence of mixed / pristine / corrupted samples,
-f^p, accuracies); the stopping rules and the memorisation onset are `stopping_rules` (declared
-before the runs). Declared: each rule's test accuracy against the others', paired by seed
-(`CONTRASTS`), and `rules`. Default dataset mnist5k (the turn is larger than on MNIST-1D).
-docs/experiments/intro/early_stopping.md; docs/design.md §7.1.
-"""
+The rules are `stopping_rules` (docs/experiments/intro/early_stopping.md, design §7.1)."""
 
 import numpy as np
 
@@ -15,8 +8,8 @@ from cgh_tf import statistics
 from . import beyond_common as common
 from . import config_schema
 from . import factories
+from . import figures as plots
 from . import graph_loop
-from . import models
 from . import per_example_runs
 from . import probes
 from . import stopping_rules
@@ -56,7 +49,6 @@ def _setup(config, run_dir, echo):
                          "training example")
     run = per_example_runs.build(
         config, x, y, ds.input_shape, ds.num_classes,
-        model=models.mlp(config, ds.input_shape, ds.num_classes),
         optimizer=optimizers.build(config.optimizer, float(config.learning_rate)))
     model, loss_fn, n = run.model, run.loss_fn, len(x)
     m = int(config.coherence_samples)
@@ -114,10 +106,9 @@ def check_config(config):
 
     common.require_one_of(config, "dataset", DATASETS)
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
-    levels = config.noise_levels
-    common.require(isinstance(levels, (tuple, list)) and len(levels) >= 1 and all(
-        common.is_number(p) and 0 < p < 1 for p in levels),
-        f"noise_levels={levels!r} must be a non-empty tuple of numbers in (0, 1)")
+    common.require_each(config, ("noise_levels",), lambda v: isinstance(v, (tuple, list)) and len(
+        v) >= 1 and all(config_schema.is_number(p) and 0 < p < 1 for p in v),
+        "a non-empty tuple of numbers in (0, 1)")
     common.require_label_noise(config)
     common.require_one_of(config, "optimizer", OPTIMIZERS)
     common.require_positive(config, ("learning_rate",))
@@ -190,8 +181,7 @@ def analyses(runs):
 
 
 def setting(runs):
-    r0 = runs[0][1]
-    c = r0["config"]
+    r0, c = runs[0][1], runs[0][1]["config"]
     return [f"{c['dataset']}: MLP {c['depth']} × {c['width']} ReLU, {c['optimizer']} lr "
             f"{c['learning_rate']}, batch {c['batch_size']}, {c['epochs']} epochs "
             f"({r0['steps_per_epoch']} steps each), label noise {c['noise_kind']!r} at "
@@ -201,18 +191,16 @@ def setting(runs):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
-
     keys = (("test_accuracy", "test acc. (fraction)"),
             ("validation_accuracy", "noisy-validation acc. (fraction)"),
             ("corrupted_accuracy", "corrupted train acc. (noisy label)"),
             ("pristine_accuracy", "pristine train acc. (fraction)"),
             ("coherence/train/m_coherence", "m-coherence, mixed train sample"),
             ("f_pristine", "f^p (fraction)"))
-    return [fig.curves_per_group(workdir, f"early_stopping_{dataset}.png", chosen, keys, x="epoch",
-                                 x_label="epoch", title=f"Early stopping, {dataset}",
-                                 row_of=lambda a: a.group)
-            for dataset, chosen in fig.per_dataset(runs)]
+    return [plots.curves_per_group(workdir, f"early_stopping_{dataset}.png", chosen, keys,
+                                   x="epoch", x_label="epoch", title=f"Early stopping, {dataset}",
+                                   row_of=lambda a: a.group)
+            for dataset, chosen in plots.per_dataset(runs)]
 
 
 run = graph_loop.declared_run(_setup, check_config)

@@ -4,9 +4,8 @@ import keras
 
 from trainers.config_schema import ConfigError, setting, uses_cgh_model
 
-# The datasets of cgh_tf.data: name -> (input_shape, num_classes, train, test examples as
-# `cgh_tf.data.load` gives them before max_train / max_test), for building and estimating without
-# loading data; tests/test_dry_run.py checks them against the installed datasets.
+# name -> (input_shape, num_classes, train, test examples before max_train / max_test) of the
+# datasets of cgh_tf.data, known without loading (tests/test_dry_run.py checks them).
 DATASETS = {
     "mnist1d": ((40,), 10, 4000, 1000),
     "digits": ((8, 8, 1), 10, 1437, 360),
@@ -89,9 +88,8 @@ def compile_model(model, optimizer, config=None) -> None:
     with `cgh_compile_options(config)`) and build the optimizer."""
     from cgh_tf import training
 
-    options = {}
-    if isinstance(model, training.Model):
-        options = {} if config is None else cgh_compile_options(config)
+    options = (cgh_compile_options(config) if config is not None
+               and isinstance(model, training.Model) else {})
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], **options)

@@ -42,9 +42,8 @@ def monitor_samples(data, m: int, seed: int) -> dict:
 
 
 class LossReductionFractions(keras.callbacks.Callback):
-    """Logs f^p = ⟨g, g^p⟩ / ⟨g, g⟩ (`f_pristine`), f^c = 1 − f^p (`f_corrupt`) of a fixed
-    training sample at every epoch end (`cgh_tf.coherence.loss_reduction_fractions`), and their
-    gradient-blind null Q_p/Q (`f_pristine_null`, `cgh_tf.nulls`)."""
+    """Logs f^p (`f_pristine`), f^c = 1 − f^p (`f_corrupt`) of a fixed training sample at every
+    epoch end (`cgh_tf.coherence`) and their gradient-blind null (`f_pristine_null`, `cgh_tf.nulls`)."""
 
     def __init__(self, split, batch_size: int, training: bool = False):
         super().__init__()
@@ -71,20 +70,14 @@ STEP_ONLY_KEYS = ("step", "epoch", "loss", "accuracy")  # step rows' keys not pu
 
 
 class StepMeasurements(keras.callbacks.Callback):
-    """Drives a `CoherenceMonitor` (and `LossReductionFractions`) at step 0 of a fresh run, after
-    every `every_steps`-th batch of the run and at every epoch end (reusing a measurement of that
-    step). Each row {"step", "epoch" (0-based), "loss", "accuracy" (running, None at step 0),
-    monitor values, f^p} goes to `rows` (the checkpoint's and results.json's `step_history`), the
-    monitor's CSV, TensorBoard `log_dir` at the global step (no scalar for None / NaN) and, at
-    epoch ends, the epoch logs (as the per-epoch monitor). Deterministic; resume with
-    `steps_seen` = epochs done × steps per epoch and the checkpoint's rows.
-    """
+    """Drives a `CoherenceMonitor` (and `LossReductionFractions`) at step 0 of a fresh run, every
+    `every_steps` batches and at every epoch end; each row {"step", "epoch", "loss", "accuracy",
+    monitor values, f^p} goes to `rows` (`step_history`), the monitor's CSV, TensorBoard `log_dir`
+    at the global step and, at epoch ends, the epoch logs. Resume: `steps_seen` and the rows."""
 
     def __init__(self, monitor, fractions, every_steps: int, log_dir=None, steps_seen: int = 0,
                  rows=None):
         super().__init__()
-        if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
-            raise ValueError(f"every_steps must be a positive int, got {every_steps!r}")
         self.monitor, self.fractions, self.every_steps = monitor, fractions, every_steps
         self.log_dir, self.steps_seen = log_dir, int(steps_seen)
         self.rows = [] if rows is None else rows
@@ -100,7 +93,7 @@ class StepMeasurements(keras.callbacks.Callback):
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         if self.steps_seen == 0 and not self.rows:
-            self._measure(loss=None, accuracy=None)
+            self._measure({})
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -108,27 +101,26 @@ class StepMeasurements(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.steps_seen += 1
         if self.steps_seen % self.every_steps == 0:
-            self._measure(loss=(logs or {}).get("loss"), accuracy=(logs or {}).get("accuracy"))
+            self._measure(logs or {})
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.rows or self.rows[-1]["step"] != self.steps_seen:
-            self._measure(loss=(logs or {}).get("loss"), accuracy=(logs or {}).get("accuracy"))
+            self._measure(logs or {})
         if logs is not None:
-            logs.update({k: v for k, v in self.rows[-1].items()
-                         if k not in STEP_ONLY_KEYS})
+            logs.update({k: v for k, v in self.rows[-1].items() if k not in STEP_ONLY_KEYS})
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.flush()
 
-    def _measure(self, loss, accuracy=None):
+    def _measure(self, logs: dict):
         step = self.steps_seen
         values = self.monitor.record(epoch=self._epoch, step=step, summary_step=step)
         if self.fractions is not None:
             values.update(self.fractions.measure())
         row = {"step": step, "epoch": self._epoch, **values}
-        for key, value in (("loss", loss), ("accuracy", accuracy)):
-            row[key] = None if value is None else float(value)
+        row.update({key: None if logs.get(key) is None else float(logs[key])
+                    for key in ("loss", "accuracy")})
         self.rows.append(row)
         if self._writer is not None:
             with self._writer.as_default():
@@ -192,10 +184,9 @@ class ResumableLearningTimes(callbacks.LearningTimes):
 
 def feature_callbacks(config, data, workdir: str, first_epoch: int, steps: int,
                       step_history: list = None, resumed: dict = None) -> list:
-    """Callbacks of the feature fields, in order, each adding its values to the epoch logs.
-    On resume (`first_epoch` > 0, `steps` batches per epoch) the monitor's CSV is truncated, its
-    step count set and the learning times load their state from `resumed` (the checkpoint's
-    record); `step_history`: the per-step rows, appended to (the checkpoint's)."""
+    """Callbacks of the feature fields, in order, each adding its values to the epoch logs; on
+    resume from `first_epoch` (`steps` batches each) they continue from the checkpoint's record
+    `resumed` and its per-step rows `step_history` (appended to)."""
     result = []
     m = setting(config, "coherence.monitor_samples")
     if m:

@@ -1,28 +1,7 @@
 r"""One arm of a declared experiment as a Keras `fit` run (`Experiment(loop="fit")`): the trainer
-(`trainers.train`, `single_run.py`) on the arm's config in the run directory, and the run's table
-numbers read from its `results.json`.
-
-The run is the trainer's: resumable from its own per-epoch checkpoint (`run_state.py`), refused
-(one line) in a directory holding another config's run, skipped when `results.json` holds a
-finished run of exactly this config. The arm's result (what `runner.py` tabulates):
-`{config, summary: {reading key: number or None}, curves: {step = epoch, epoch, <history key>:
-[per epoch]}, step_curves: {<step_history key>: [...]}, finished, seconds_last_invocation}`.
-
-Sources of a `Reading` (None when the run has no such value, e.g. corrupted accuracy at 0 % noise):
-
-| source                         | the number                                                     |
-|--------------------------------|----------------------------------------------------------------|
-| `("final", key)`               | `results["final"][key]` (after the last epoch)                 |
-| `("history", key, reducer)`    | reducer (first / last / max / min / mean) over the per-epoch `history[key]`, None entries dropped |
-| `("step_history", key, reducer)` | the same over `step_history[key]` (the monitor's per-step measurements) |
-| `("step_at", key, "every")`    | `step_history[key]` at step `coherence.monitor_every_steps` of the run's config |
-| `("step_of_max", key)`         | the step at which `step_history[key]` is largest               |
-| `("updates",)`                 | `count_updates`                                                |
-
-Scales: `small` = the experiment's small config file (MNIST-1D, the MLP of `configs/default.py`);
-`cifar10` / `imagenet` = `configs/cifar10_resnet18.py` / `configs/imagenet_resnet50.py` (the
-authors' recipes, all their epochs; tfds data and accelerators) with the small config's feature
-fields (coherence monitor, ...).
+(`trainers.train`) on the arm's config in the run directory (resumable, refused in another config's
+directory, skipped when finished), its table numbers read from its `results.json` by `Reading`
+sources and its base config at a scale (arm result, sources and scales: docs/design.md §7.0).
 """
 
 import contextlib
@@ -35,6 +14,7 @@ import os
 import ml_collections
 
 from trainers import config_schema
+from trainers import input_pipeline
 from trainers import outputs
 from trainers.experiment import Column, Experiment
 
@@ -46,8 +26,6 @@ REDUCERS = {"first": lambda v: v[0], "last": lambda v: v[-1], "max": max, "min":
 
 
 @dataclasses.dataclass(frozen=True)
-
-
 class Reading:
     """A table column (`summary[key]` of every run) read from the trainer's results.json."""
 
@@ -107,18 +85,11 @@ def noise_panel(noise) -> str:
     return f"{noise:.0%} noise"
 
 
-# ---------------------------------------------------------------------------- reading a run
-
-
 def count_updates(result) -> int:
-    """Optimizer updates made by the run of `result` (a trainer results.json dict).
-
-    Batches b = epochs × ceil(n / B) (floor with drop_remainder). SGD / Adam and in-batch M3: b;
-    M3 with k groups over consecutive batches: floor(b / k); RM3 / RA3 with window k:
-    max(0, b − k + 1) (`config_schema.updates_per_batch`)."""
+    """Optimizer updates made by the run of a trainer results.json dict (`updates_per_batch`)."""
     config, n = ml_collections.ConfigDict(result["config"]), result["dataset"]["num_train"]
-    per_epoch = n // config.batch_size if config.drop_remainder else -(-n // config.batch_size)
-    batches = per_epoch * result["epochs_completed"]
+    batches = (input_pipeline.steps_per_epoch(n, config.batch_size, config.drop_remainder)
+               * result["epochs_completed"])
     kind, k = config_schema.updates_per_batch(config)
     return batches if kind == "every" else batches // k if kind == "every_kth" \
         else max(0, batches - k + 1)
@@ -131,7 +102,7 @@ def _step_pairs(result, key):
 
 
 def read(result, source):
-    """The number `source` (module table) of a trainer results.json dict; None if absent."""
+    """The number `source` (a `Reading` source) of a trainer results.json dict; None if absent."""
     kind = source[0]
     if kind == "final":
         value = result["final"].get(source[1])
@@ -159,7 +130,7 @@ def _finished(result, config) -> bool:
 
 
 def arm_result(result, readings, seconds=None) -> dict:
-    """The arm's result for `runner.py` (module docstring) of a trainer results.json dict."""
+    """The arm's result for `runner.py` of a trainer results.json dict."""
     history = result.get("history", {})
     epochs = list(range(1, result["epochs_completed"] + 1))
     return {"config": result["config"], "finished": True,
@@ -170,10 +141,8 @@ def arm_result(result, readings, seconds=None) -> dict:
 
 
 def run_arm(readings):
-    """`run(config, run_dir, echo=None)` of a fit experiment: train (or resume) the trainer run of
-    `config` in `run_dir` unless it finished; its arm result (module docstring). `echo` not None
-    (`--progress`): the trainer's progress bars and log lines; None: the run prints nothing (the
-    runner prints the arm's line), warnings and errors apart."""
+    """`run(config, run_dir, echo=None)`: train (or resume) the trainer run of `config` in
+    `run_dir` unless it finished; its arm result. `echo` None: only warnings and errors printed."""
 
     def run(config, run_dir, echo=None):
         path = os.path.join(run_dir, outputs.RESULTS_FILE)

@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cgh_tf import workdir_lock
+
 from . import beyond_common as common
 
 
@@ -15,7 +17,8 @@ class Training:
     """One graph-loop run as data, in positions of `unit`: `advance(start, stop)` trains,
     `log(position)` -> a row of scalars (with "step") at `log_points`, checkpoints at
     `checkpoint_points` and `total` (None: the last log point), `summarize(curves)` -> summary,
-    `extra`: more results.json fields (a dict or a function of the curves)."""
+    `extra`: more results.json fields (a dict or a function of the curves); `until(curves)`
+    true ends the run early (`run_logged`)."""
 
     model: object
     optimizer: object
@@ -27,16 +30,24 @@ class Training:
     extra: object = dataclasses.field(default_factory=dict)
     unit: str = "epoch"
     total: int = None
+    until: Callable = None
 
 
 def declared_run(setup, check_config):
-    """An experiment's `run(config, run_dir, echo=print)`: `common.resumable` `train_declared`."""
+    """An experiment's `run(config, run_dir, echo=print)`: a finished run's results, else
+    `check_config` (before anything is written), then `train_declared` under the run directory's
+    lock (echo=None: silent)."""
 
-    def train(config, run_dir, echo):
-        return train_declared(setup, config, run_dir, echo)
+    def run(config, run_dir, echo=print):
+        done = common.finished_or_checked(config, run_dir, check_config)
+        if done is not None:
+            return done
+        with workdir_lock.hold(run_dir, f"run of {setup.__module__}"):
+            return train_declared(setup, config, run_dir, echo or (lambda line: None))
 
-    train.__module__ = setup.__module__
-    return common.resumable(train, check_config)
+    run.__doc__ = (f"Train (or resume, or skip if finished) one {setup.__module__} run; returns "
+                   "its results dict.")
+    return run
 
 
 def train_declared(setup, config, run_dir, echo):
@@ -50,26 +61,31 @@ def train_declared(setup, config, run_dir, echo):
     total = max(run.log_points) if run.total is None else run.total
     curves = run_logged(run_dir, config.to_dict(), run.model, run.optimizer, run.advance, run.log,
                         total=total, log_points=run.log_points,
-                        checkpoint_points=run.checkpoint_points, echo=echo, unit=run.unit)
+                        checkpoint_points=run.checkpoint_points, echo=echo, unit=run.unit,
+                        until=run.until)
     extra = run.extra(curves) if callable(run.extra) else run.extra
     return common.finish(run_dir, config.to_dict(), curves, run.summarize(curves), started,
                          **extra)
 
 
 def epoch_schedule(train_epoch, config, n, log_epochs=None, epochs=None):
-    """`Training` fields in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`; logs
-    at `capped_log_epochs(log_epochs or config.log_epochs, epochs or config.epochs)`, a
-    checkpoint every `config.checkpoint_every_logs`-th log."""
+    """`Training` fields in epochs (`epoch_advancer`): logs at `capped_log_epochs(log_epochs or
+    config.log_epochs, epochs or config.epochs)`, a checkpoint every `checkpoint_every_logs`-th."""
     epochs = int(config.epochs if epochs is None else epochs)
     log_points = capped_log_epochs(config.log_epochs if log_epochs is None else log_epochs,
                                    epochs)
+    return dict(advance=epoch_advancer(train_epoch, config.seed, n), log_points=log_points,
+                checkpoint_points=log_points[::int(config.checkpoint_every_logs)], total=epochs)
+
+
+def epoch_advancer(train_epoch, seed, n):
+    """`advance(start, stop)` in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`."""
 
     def advance(start, stop):
         for epoch in range(start, stop):
-            train_epoch(epoch_permutation(config.seed, epoch, n))
+            train_epoch(epoch_permutation(seed, epoch, n))
 
-    return dict(advance=advance, log_points=log_points,
-                checkpoint_points=log_points[::int(config.checkpoint_every_logs)], total=epochs)
+    return advance
 
 
 def step_schedule(train, config, n, log_points, checkpoint_points, unit="step"):
@@ -197,10 +213,11 @@ def epoch_updates(perm, batch_size, per_update):
 
 
 def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, log_points,
-               checkpoint_points, echo=None, unit="epoch"):
+               checkpoint_points, echo=None, unit="epoch", until=None):
     """Restore this config's newest checkpoint (said on `echo`) or log at 0, then `advance`
     between stops, `log(stop)` appended to the curves at `log_points`, checkpoints at
-    `checkpoint_points` and `total`; the curves {key: [values]} (an uninterrupted run's)."""
+    `checkpoint_points` and `total`, until `until(curves)` (checkpointed when it turns true);
+    the curves {key: [values]} (an uninterrupted run's)."""
     log_points, checkpoint_points = set(log_points), set(checkpoint_points) | {int(total)}
     ckpt = common.Checkpointer(run_dir, model, optimizer)
     position, curves = ckpt.restore(config_dict)
@@ -210,28 +227,17 @@ def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, l
             common.append(curves, log(0))
     elif echo:
         echo(f"  resumed {run_dir} at {unit} {position}")
+    stopped = until or (lambda _: False)
     for stop in sorted(p for p in log_points | checkpoint_points if position < p <= int(total)):
+        if stopped(curves):
+            break
         advance(position, stop)
         position = stop
         if stop in log_points:
             common.append(curves, log(stop))
-        if stop in checkpoint_points:
+        if stop in checkpoint_points or stopped(curves):
             ckpt.save(stop, curves, config_dict)
     return curves
-
-
-def run_logged_epochs(run_dir, config_dict, model, optimizer, train_epoch, log, *, epochs,
-                      log_epochs, checkpoint_every, seed, n, echo=None):
-    """`run_logged` in epochs (the points of `epoch_schedule`)."""
-
-    def advance(start, stop):
-        for epoch in range(start, stop):
-            train_epoch(epoch_permutation(seed, epoch, n))
-
-    log_epochs = [e for e in log_epochs if e <= int(epochs)]
-    return run_logged(run_dir, config_dict, model, optimizer, advance, log, total=int(epochs),
-                      log_points=log_epochs, checkpoint_points=log_epochs[::int(checkpoint_every)],
-                      echo=echo)
 
 
 _REUSED = {}  # one key at a time: the built functions of the last architecture

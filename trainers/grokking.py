@@ -1,12 +1,5 @@
-"""Grokking on modular arithmetic, with exact per-example coherence logged along the way.
-
-One run: an MLP or a 1-layer transformer (`build_model`) on `cgh_tf.modular.make(...)` in the
-update-level graph loop (`steps` counts optimizer updates, so M3 sees 3× the batches), AdamW or
-M3 / RM3 / RA3 over it, mean or winsorized aggregation (`update_rules`); every `log_every`
-updates: accuracies, losses, the m-coherence of fixed train / test samples and ‖w‖. Declared:
-every arm against its matched control (`PAIRS`), paired by seed. docs/experiments/intro/
-grokking.md; docs/design.md §7.1.
-"""
+"""Grokking on modular arithmetic, with exact per-example coherence logged along the way; every
+arm against its matched control (`PAIRS`; docs/experiments/intro/grokking.md, design §7.1)."""
 
 import numpy as np
 
@@ -107,13 +100,9 @@ def _setup(config, run_dir, echo):
 
 
 def summarize(curves, memorised=0.99, grokked=0.95, onset=0.1):
-    """Milestones of one run and the coherence / weight norm at each of them.
-
-    t_mem: first logged update with train acc ≥ `memorised`; t_onset: first with test acc ≥
-    `onset` (the start of the jump); t_grok: first with test acc ≥ `grokked`. `corr_*`: Pearson
-    correlation, over the logs from t_mem on, between the train (test) sample's m-coherence and
-    the test accuracy.
-    """
+    """Milestones t_mem (train acc ≥ `memorised`), t_onset / t_grok (test acc ≥ `onset` /
+    `grokked`), coherence and ‖w‖ there; `corr_*`: Pearson r of the train / test sample's
+    m-coherence and the test accuracy over the logs from t_mem on."""
     tr, te = "coherence/train/m_coherence", "coherence/test/m_coherence"
     t_mem = curve_stats.first_reaching(curves, "train_accuracy", memorised)
     t_onset = curve_stats.first_reaching(curves, "test_accuracy", onset)
@@ -212,23 +201,21 @@ def rules(arms_):
 
 
 def figures(workdir, runs):
-    from . import figures as fig
+    from . import figures as plots
 
     keys = (("train_accuracy", "train acc. (fraction)"), ("test_accuracy", "test acc. (fraction)"),
             ("coherence/train/m_coherence", "m-coherence, train sample"),
             ("coherence/test/m_coherence", "m-coherence, test sample"),
             ("weight_norm", "‖w‖ (L2 norm of all weights)"))
-    return [fig.curves_per_group(workdir, "grokking_curves.png", runs, keys, x="step",
-                                 x_label="optimizer updates",
-                                 title="Grokking: accuracy, m-coherence and weight norm")]
+    return [plots.curves_per_group(workdir, "grokking_curves.png", runs, keys, x="step",
+                                   x_label="optimizer updates",
+                                   title="Grokking: accuracy, m-coherence and weight norm")]
 
 
 run = graph_loop.declared_run(_setup, check_config)
-
-PROGRESS = ("t_mem", "t_grok", "test_acc_final")
 
 EXPERIMENT = Experiment(
     name="grokking", title="Grokking: coherence through the test-accuracy jump", arms=arms,
     run_arm=run, columns=COLUMNS, loop="graph", comparisons=comparisons,
     compared=("t_mem", "t_grok", "test_acc_final", "coh_train_final"), rules=rules,
-    figures=figures, progress=PROGRESS)
+    figures=figures, progress=("t_mem", "t_grok", "test_acc_final"))

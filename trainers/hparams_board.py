@@ -5,9 +5,10 @@ empty cell, never 0); hyperparameters other than bool / int / float / str are wr
 """
 
 import glob
-import math
 import os
 import shutil
+
+from trainers.config_schema import is_number
 
 FINAL = "final"  # tag prefix of a session's final numbers
 SESSION_DIR = "hparams"  # a run's session directory (beside its other TensorBoard runs)
@@ -18,11 +19,6 @@ def _hparam_value(value):
     return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 
-def _is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(float(value)))
-
-
 def _write(logdir, summaries, filename_suffix=None):
     """Run `summaries()` into a new events file of `logdir`."""
     import tensorflow as tf
@@ -30,8 +26,7 @@ def _write(logdir, summaries, filename_suffix=None):
     writer = tf.summary.create_file_writer(logdir, filename_suffix=filename_suffix)
     with writer.as_default():
         summaries()
-    writer.flush()
-    writer.close()
+    writer.close()  # flushes
 
 
 def write_session(logdir: str, hparams: dict, metrics: dict, curves: dict = None) -> None:
@@ -43,11 +38,11 @@ def write_session(logdir: str, hparams: dict, metrics: dict, curves: dict = None
     def summaries():
         hp.hparams({k: _hparam_value(v) for k, v in hparams.items()})
         for name, value in metrics.items():
-            if _is_number(value):
+            if is_number(value):
                 tf.summary.scalar(f"{FINAL}/{name}", float(value), step=0)
         for name, values in (curves or {}).items():
             for step, value in zip(curves["step"], values if name != "step" else ()):
-                if _is_number(value):
+                if is_number(value):
                     tf.summary.scalar(name, float(value), step=int(step))
 
     if os.path.isdir(logdir):
@@ -64,7 +59,7 @@ def write_experiment(workdir: str, sessions: list) -> None:
     for hparams, metrics in sessions:
         for name, value in hparams.items():
             names.setdefault(name, set()).add(_hparam_value(value))
-        metric_names.update(dict.fromkeys(k for k, v in metrics.items() if _is_number(v)))
+        metric_names.update(dict.fromkeys(k for k, v in metrics.items() if is_number(v)))
     columns = [hp.HParam(name, _domain(values)) for name, values in names.items()]
     os.makedirs(workdir, exist_ok=True)
     for old in glob.glob(os.path.join(workdir, "events.out.tfevents.*" + _CONFIG_SUFFIX)):

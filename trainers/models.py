@@ -1,14 +1,12 @@
-"""The Keras models of the custom-loop experiments (functional models, logits out). Layer names
-are part of the results: per-layer coherence keys are `coherence/<sample>/<layer>/...`.
-"""
+"""The Keras models of the custom-loop experiments (functional, logits out); layer names are in
+the results (per-layer keys `coherence/<sample>/<layer>/...`)."""
 
 import math
 
 
 def mlp(config, input_shape, num_classes, prefix="hidden", initializer=None):
-    """ReLU MLP: [Flatten (inputs of rank > 1) →] `config.depth` × Dense(`config.width`) → Dense
-    logits [K]; layers flatten, <prefix>1 .. <prefix><depth>, out; `initializer` (None: Keras'
-    default) for every kernel."""
+    """[flatten →] <prefix>1 .. <prefix><depth> = `depth` × Dense(`width`, relu) → out [K];
+    `initializer` (None: Keras' default) for every kernel."""
     import keras
 
     kernel = {} if initializer is None else {"kernel_initializer": initializer}
@@ -46,15 +44,15 @@ def transformer(config, vocabulary, num_classes, initializer):
 
 
 def check_conv_net(config):
-    """ValueError (one line) for bad `conv_net` fields: ints >= 1 (`dense_width`,
-    `resnet_blocks`, `resnet_stem_stride`), non-empty filter lists, `bn_momentum` in [0, 1)."""
+    """ValueError (one line) for bad `conv_net` fields."""
     from . import beyond_common as common
+    from . import config_schema
 
     common.require_ints(config, ("dense_width", "resnet_blocks", "resnet_stem_stride"))
     common.require_int_list(config, "cnn_filters", 1)
     common.require_int_list(config, "resnet_filters", 1)
-    common.require(common.is_number(config.bn_momentum) and 0 <= config.bn_momentum < 1,
-                   f"bn_momentum={config.bn_momentum!r} must be in [0, 1)")
+    common.require_each(config, ("bn_momentum",),
+                        lambda v: config_schema.is_number(v) and 0 <= v < 1, "in [0, 1)")
 
 
 def conv_net(config, input_shape, num_classes):

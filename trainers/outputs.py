@@ -62,11 +62,9 @@ def plot_curves(path: str, history: list, title: str = "") -> None:
     from trainers.figures import pyplot
 
     fig = curves_figure(history, title)
-    plt = pyplot()
-
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def curves_figure(history: list, title: str = ""):

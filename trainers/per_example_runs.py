@@ -1,9 +1,6 @@
-"""The run setup of the custom-loop experiments (`build`: model, optimizer, loss, epoch trainer,
-predictor; also double_descent, early_stopping, loss_fractions, real_vs_random_arch), and what the
-per-example experiments (`easy_hard`, `alignment_order`, `label_noise_detection`) share:
-per-example arrays kept per logged epoch in `RUN/per_example.npz` (written before the checkpoint
-that follows each log, overwritten on resume), learning epochs and permutation nulls.
-"""
+"""The run setup of the custom-loop experiments (`build`), and what the per-example experiments
+share: per-example arrays per logged epoch in `RUN/per_example.npz` (written before the
+checkpoint that follows each log), learning epochs, permutation nulls."""
 
 import os
 from typing import NamedTuple
@@ -19,9 +16,8 @@ RECORDS_FILE = "per_example.npz"
 
 
 class Setup(NamedTuple):
-    """model: the MLP; optimizer: `keras.optimizers.SGD`; loss_fn: mean sparse cross-entropy of
-    logits; train_epoch(perm): one epoch of `graph_loop.epoch_trainer` over (x, y);
-    predict(xs, ys) -> (argmax [n], ℓ_i [n]) (`graph_loop.predictor`)."""
+    """The model, its optimizer, the mean cross-entropy of logits, `train_epoch(perm)`
+    (`graph_loop.epoch_trainer`) and `predict(xs, ys)` (`graph_loop.predictor`)."""
 
     model: object
     optimizer: object
@@ -31,9 +27,8 @@ class Setup(NamedTuple):
 
 
 def build(config, x, y, input_shape, num_classes, model=None, optimizer=None) -> Setup:
-    """`model` (default: the MLP of `config`, built after `keras.utils.set_random_seed(seed)`)
-    with `optimizer` (default: a fresh plain SGD at `config.learning_rate`) training on
-    x [n, ...] float32, y [n] int32 in batches of `config.batch_size`."""
+    """`model` (default: the seeded MLP of `config`) with `optimizer` (default: SGD at
+    `config.learning_rate`) on x [n, ...] float32, y [n] int32 in `config.batch_size` batches."""
     import keras
     import tensorflow as tf
 
@@ -83,9 +78,8 @@ class EpochRecords:
 
 
 def learning_epochs(correct, epochs):
-    """[n] float64: per example, the first of the logged `epochs` (sorted, one per row of
-    `correct` [T, n] bool) from which it is correct at every later logged epoch; `epochs[-1] + 1`
-    for an example wrong at the last one (not learnt)."""
+    """[n] float64: per example the first of the sorted `epochs` (rows of `correct` [T, n] bool)
+    from which it stays correct; `epochs[-1] + 1` if wrong at the last one."""
     correct = np.asarray(correct, bool)
     epochs = np.asarray(epochs, np.float64)
     if correct.ndim != 2 or correct.shape[0] != len(epochs):
@@ -97,8 +91,8 @@ def learning_epochs(correct, epochs):
 
 
 def permutation_null(statistic, a, b, seed, k):
-    """The mean of `statistic(a, b[permutation])` over `k` permutations drawn by
-    `default_rng([seed, 8191])`: the statistic's value when the pairing of a and b is broken."""
+    """The mean of `statistic(a, b[permutation])` over `k` permutations by
+    `default_rng([seed, 8191])` (the pairing of a and b broken)."""
     rng = np.random.default_rng([int(seed), 8191])
     b = np.asarray(b)
     return float(np.mean([statistic(a, b[rng.permutation(len(b))]) for _ in range(int(k))]))

@@ -1,7 +1,5 @@
-"""The measurements a custom-loop experiment logs: each returns plain Python numbers for one
-`log(position)` row of its curves. Accuracies are fractions in [0, 1]; losses are nats per
-example.
-"""
+"""The measurements of a custom-loop run's `log(position)` row, as Python numbers: accuracies
+are fractions in [0, 1], losses nats per example."""
 
 import math
 
@@ -21,9 +19,8 @@ def loss_accuracy(model, loss_fn):
 
 
 def streamed_loss_accuracy(model, chunk=1000):
-    """`evaluate(xs, ys)` -> (mean cross-entropy, accuracy) as Python floats over NumPy arrays,
-    `chunk` examples per compiled call (sums in float32 per chunk, accumulated in float64):
-    memory bounded by the chunk whatever n is."""
+    """`evaluate(xs, ys)` -> (mean cross-entropy, accuracy) floats over NumPy arrays, `chunk`
+    examples per call (float32 sums per chunk accumulated in float64)."""
     import keras
     import tensorflow as tf
 
@@ -46,8 +43,7 @@ def streamed_loss_accuracy(model, chunk=1000):
 
 
 def split_metrics(evaluate, splits):
-    """{<name>_loss, <name>_accuracy} of `evaluate(x, y)` -> (loss, accuracy) on each split of
-    `splits` {name: (x, y)}, as Python floats."""
+    """{<name>_loss, <name>_accuracy} of `evaluate(x, y)` on each split {name: (x, y)}."""
     row = {}
     for name, (xs, ys) in splits.items():
         loss, acc = evaluate(xs, ys)
@@ -63,9 +59,8 @@ def accuracy(pred, labels, mask=None):
 
 
 def label_accuracies(pred, y, corrupted, original_y=None):
-    """Train accuracy of `pred` on the pristine and on the corrupted examples (bool mask
-    `corrupted` [n]) against the training labels y (memorisation), and with `original_y` also the
-    corrupted ones against their true labels."""
+    """Accuracy of `pred` on the pristine and corrupted examples (`corrupted` bool [n]) against
+    the training labels y, and with `original_y` the corrupted ones against their true labels."""
     row = {"pristine_accuracy": accuracy(pred, y, ~corrupted),
            "corrupted_accuracy": accuracy(pred, y, corrupted)}
     if original_y is not None:
@@ -74,9 +69,8 @@ def label_accuracies(pred, y, corrupted, original_y=None):
 
 
 def label_pair_density(original_y, y, corrupted, num_classes):
-    """How coherent the corrupted set can be (issue 24): its examples per (true, noisy) label
-    pair, {corrupted_per_label_pair: mean over the K(K − 1) pairs, label_pair_min: the fewest in
-    any pair}; original_y, y int [n], corrupted bool [n]."""
+    """Corrupted examples per (true, noisy) label pair (issue 24): the mean over the K(K − 1)
+    pairs and the fewest; original_y, y int [n], corrupted bool [n]."""
     k = int(num_classes)
     counts = np.zeros((k, k), np.int64)
     np.add.at(counts, (original_y[corrupted], y[corrupted]), 1)
@@ -86,8 +80,7 @@ def label_pair_density(original_y, y, corrupted, num_classes):
 
 
 def fraction_pristine(model, x, y, pristine, loss_fn):
-    """f^p = ⟨g, g^p⟩ / ⟨g, g⟩ of the sample (x, y) whose pristine examples are the bool mask
-    `pristine` (`cgh_tf.coherence.loss_reduction_fractions`, one batch, inference mode)."""
+    """f^p = ⟨g, g^p⟩ / ⟨g, g⟩ of the sample (x, y) with pristine mask `pristine` (one batch)."""
     from cgh_tf import coherence
 
     f_pristine, _ = coherence.loss_reduction_fractions(model, x, y, pristine, loss=loss_fn,
@@ -96,10 +89,8 @@ def fraction_pristine(model, x, y, pristine, loss_fn):
 
 
 def sample_coherence(model, samples, loss_fn, pairwise=False, batch_size=None):
-    """{coherence/<name>/m_coherence, .../alpha, per layer} of the exact per-example coherence
-    (`cgh_tf.coherence.measure`, inference mode) of each fixed sample `{name: (x, y)}`, streamed
-    in batches of min(`batch_size`, m) examples (None: the whole sample as one batch); with
-    `pairwise` also (r − 1)/(m − 1) (`coherence_row`)."""
+    """`coherence_row`s of the exact coherence (`cgh_tf.coherence.measure`, inference mode) of
+    each sample {name: (x, y)}, in batches of min(`batch_size` or m, m) examples."""
     from cgh_tf import coherence
 
     row = {}
@@ -111,9 +102,8 @@ def sample_coherence(model, samples, loss_fn, pairwise=False, batch_size=None):
 
 
 def coherence_row(prefix, stats, pairwise=False):
-    """{prefix/m_coherence, prefix/alpha, prefix/<layer>/m_coherence, ...} of a CoherenceStats;
-    with `pairwise` also prefix/pairwise and prefix/<layer>/pairwise = (r − 1)/(m − 1), the mean
-    alignment of two different examples' gradients (comparable across m)."""
+    """{prefix[/<layer>]/m_coherence, .../alpha} of a CoherenceStats, with `pairwise` also
+    .../pairwise = (r − 1)/(m − 1) (comparable across m)."""
     row = {}
     for key, layer_stats in [(prefix, stats)] + [(f"{prefix}/{layer}", s)
                                                  for layer, s in stats.per_layer.items()]:

@@ -104,7 +104,7 @@ def check_config(config):
     """ValueError (one line) for a config a run would fail on or silently misread."""
     from cgh_tf import data
 
-    need, number = common.require, common.is_number
+    need, number = common.require, config_schema.is_number
     need(config.dataset in DATASET_NAMES, f"dataset={config.dataset!r} is unknown for "
          f"real_vs_random_arch; allowed: {', '.join(DATASET_NAMES)}")
     common.require_one_of(config, "arch", ARCH_NAMES)

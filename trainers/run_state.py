@@ -1,8 +1,6 @@
-"""One resume state per trainer run: after every epoch one `tf.train.Checkpoint` (model,
-optimizer with the optimizers it wraps, `steps_trained`, the schedule's epoch, a JSON record) to
-`WORKDIR/checkpoints/epoch-<E>` through `cgh_tf.checkpoints.CheckpointStore` (staged saves,
-verified restores, damaged ones set aside; docs/design.md §7, "Reliability").
-"""
+"""One resume state per trainer run: after every epoch one `tf.train.Checkpoint` (model, optimizer
+and the optimizers it wraps, `steps_trained`, the schedule's epoch, a JSON record) through
+`cgh_tf.checkpoints.CheckpointStore` (docs/design.md §7, "Reliability")."""
 
 import json
 import os

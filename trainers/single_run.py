@@ -75,11 +75,9 @@ def _compatible_checkpoint(workdir: str, config):
     """Newest intact checkpoint in `workdir` (None: none); ConfigError for another config's run."""
     check_workdir_holds_config(workdir, config)
     found = run_state.newest_intact(workdir)
-    if found is None:
-        return None
-    epoch, path = found
-    _check_saved(workdir, run_state.read_record(path), config, "a run", epoch)
-    return path
+    if found is not None:
+        _check_saved(workdir, run_state.read_record(found[1]), config, "a run", found[0])
+    return found and found[1]
 
 
 def check_workdir_holds_config(workdir: str, config) -> None:
@@ -127,19 +125,22 @@ def _check_saved(workdir, record: dict, config, what: str, epoch, same_epochs=Fa
                           f"num_epochs={config.num_epochs}")
 
 
-class _EpochSchedule(keras.callbacks.Callback):
+def _schedule_epochs(schedule) -> keras.callbacks.Callback:
     """Sets the schedule's epoch at every epoch start and logs `learning_rate`."""
+    return keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: schedule.set_epoch(epoch),
+        on_epoch_end=lambda epoch, logs: logs.update(learning_rate=schedule.value_at(epoch)))
 
-    def __init__(self, schedule):
-        super().__init__()
-        self.schedule = schedule
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.schedule.set_epoch(epoch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = self.schedule.value_at(epoch)
+def _fault_points(steps_per_epoch: int) -> keras.callbacks.Callback:
+    """The `cgh_tf.fault_injection` points `train-step-<S>` and `epoch-end-<E>` (before the
+    checkpoint is saved)."""
+    epoch = [0]  # the current epoch, for the global step S
+    return keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda begun, logs: epoch.__setitem__(0, begun),
+        on_train_batch_end=lambda batch, logs: fault_injection.point(
+            f"train-step-{epoch[0] * steps_per_epoch + batch + 1}"),
+        on_epoch_end=lambda ended, logs: fault_injection.point(f"epoch-end-{ended + 1}"))
 
 
 def _measured(logs) -> dict:
@@ -152,17 +153,20 @@ def _measured(logs) -> dict:
     return {k: v for k, v in (logs or {}).items() if not missing(v)}
 
 
-class _EpochScalars(keras.callbacks.Callback):
-    """The epoch logs as TensorBoard scalars named as Keras' TensorBoard names them
-    (`train/epoch_<key>`, `validation/epoch_<key>` for `val_<key>`), flushed every epoch; none
-    for a missing (NaN) value."""
+class _EpochRecord(keras.callbacks.Callback):
+    """At every epoch end: the measured logs appended to the history and written as TensorBoard
+    scalars named as Keras' TensorBoard names them (`train/epoch_<key>`, `validation/epoch_<key>`
+    for `val_<key>`), then the run's state saved (record: epochs, config and its version, history,
+    per-step rows, `state()` of every callback with a `state_key`); one absl DEBUG line."""
 
-    def __init__(self, log_dir: str):
+    def __init__(self, state, config, history, log_dir, step_history=None, stateful=()):
         super().__init__()
-        self.log_dir, self._writers = log_dir, {}
+        self.state, self.config, self.history, self.log_dir = state, config, history, log_dir
+        self.step_history, self.stateful, self._writers = step_history, tuple(stateful), {}
 
     def on_epoch_end(self, epoch, logs=None):
-        for key, value in _measured(logs).items():
+        measured = _measured(logs)
+        for key, value in measured.items():
             run, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
             if run not in self._writers:
                 self._writers[run] = tf.summary.create_file_writer(os.path.join(self.log_dir, run))
@@ -170,43 +174,7 @@ class _EpochScalars(keras.callbacks.Callback):
                 tf.summary.scalar(f"epoch_{name}", float(value), step=epoch)
         for writer in self._writers.values():
             writer.flush()
-
-    def on_train_end(self, logs=None):
-        for writer in self._writers.values():
-            writer.close()
-        self._writers = {}
-
-
-class _FaultPoints(keras.callbacks.Callback):
-    """The `cgh_tf.fault_injection` points `train-step-<S>` and `epoch-end-<E>` (before the
-    checkpoint is saved)."""
-
-    def __init__(self, steps_per_epoch: int):
-        super().__init__()
-        self.steps_per_epoch, self.epoch = steps_per_epoch, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        fault_injection.point(f"train-step-{self.epoch * self.steps_per_epoch + batch + 1}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        fault_injection.point(f"epoch-end-{epoch + 1}")
-
-
-class _Checkpointer(keras.callbacks.Callback):
-    """Appends the epoch's measured logs to the history and saves the run's state (record:
-    epochs, config and its version, history, per-step rows, `state()` of every callback with a
-    `state_key`); one absl DEBUG line."""
-
-    def __init__(self, state, config, history, step_history=None, stateful=()):
-        super().__init__()
-        self.state, self.config, self.history = state, config, history
-        self.step_history, self.stateful = step_history, tuple(stateful)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.history.append({k: float(v) for k, v in _measured(logs).items()})
+        self.history.append({k: float(v) for k, v in measured.items()})
         record = {"epoch": epoch + 1, "history": self.history,
                   "config": outputs.json_roundtrip(self.config.to_dict()),
                   "config_version": config_schema.CONFIG_VERSION}
@@ -218,6 +186,11 @@ class _Checkpointer(keras.callbacks.Callback):
         shown = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted((logs or {}).items()))
         logging.debug("epoch %d/%d: %s", epoch + 1, self.config.num_epochs, shown)
 
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
 
 def run(config, workdir, progress, data=None, strategy=None):
     """One run of `config` on `data` (None: the config's); returns (results, model). Under a
@@ -226,13 +199,11 @@ def run(config, workdir, progress, data=None, strategy=None):
     prepared = prepare(config, workdir, data, strategy)
     model, data = prepared.model, prepared.data
     chief = distributed_loop.is_chief(strategy)
-    history, first_epoch, resumed = [], 0, {}
-    step_history = [] if setting(config, "coherence.monitor_every_steps") else None
-    if prepared.checkpoint:
-        resumed = prepared.state.restore(prepared.checkpoint)
-        history, first_epoch = resumed["history"], resumed["epoch"]
-        if step_history is not None:
-            step_history = resumed.get("step_history", [])
+    resumed = prepared.state.restore(prepared.checkpoint) if prepared.checkpoint else {}
+    history, first_epoch = resumed.get("history", []), resumed.get("epoch", 0)
+    step_history = (resumed.get("step_history", [])
+                    if setting(config, "coherence.monitor_every_steps") else None)
+    if resumed:
         logging.info("resumed from %s after epoch %d", prepared.checkpoint, first_epoch)
     if distributed_loop.num_workers(strategy) > 1:  # the chief's checkpoint, on every worker
         first_epoch = distributed_loop.broadcast_int(strategy, first_epoch)
@@ -246,8 +217,7 @@ def run(config, workdir, progress, data=None, strategy=None):
     setup_seconds = time.time() - started
     if first_epoch < config.num_epochs:
         callbacks = _callbacks(prepared, workdir, history, features, step_history)
-        (_fit_distributed if strategy is not None else _fit)(prepared, first_epoch, progress,
-                                                             callbacks)
+        _fit(prepared, first_epoch, progress, callbacks)
     trained_seconds = time.time() - started - setup_seconds
     if not chief:
         logging.info("worker done: the chief writes the results")
@@ -271,10 +241,10 @@ def run(config, workdir, progress, data=None, strategy=None):
 
 
 def _callbacks(prepared, workdir, history, features, step_history):
-    """The trainer's callbacks, in order (the chief's; other workers only `_EpochSchedule`)."""
+    """The trainer's callbacks, in order (other workers than the chief: those changing training)."""
     config, data = prepared.config, prepared.data
-    schedule = _EpochSchedule(prepared.schedule)
-    faults = [_FaultPoints(prepared.steps)] if fault_injection.active() else []
+    schedule = _schedule_epochs(prepared.schedule)
+    faults = [_fault_points(prepared.steps)] if fault_injection.active() else []
     if not distributed_loop.is_chief(prepared.strategy):
         return [schedule, *faults]  # the only callback that changes training
     return [
@@ -283,45 +253,36 @@ def _callbacks(prepared, workdir, history, features, step_history):
         cgh_callbacks.SubsetAccuracy(input_pipeline.memorisation_subsets(data.train),
                                      batch_size=config.eval_batch_size),
         *features,
-        _EpochScalars(os.path.join(workdir, "tensorboard")),
-        _Checkpointer(prepared.state, config, history, step_history,
-                      stateful=[c for c in features if getattr(c, "state_key", None)]),
+        _EpochRecord(prepared.state, config, history, os.path.join(workdir, "tensorboard"),
+                     step_history, stateful=[c for c in features if getattr(c, "state_key", None)]),
     ]
 
 
 def _fit(prepared, first_epoch, progress, callbacks):
-    """Keras `fit` from `first_epoch` over the batches of `input_pipeline.train_dataset`."""
-    config, data = prepared.config, prepared.data
-    train = input_pipeline.train_dataset(
-        data.train.x, data.train.y, batch_size=config.batch_size, seed=config.seed,
-        first_epoch=first_epoch, num_epochs=config.num_epochs,
-        drop_remainder=config.drop_remainder)
-    prepared.model.fit(train, epochs=config.num_epochs, initial_epoch=first_epoch,
-                       steps_per_epoch=prepared.steps, validation_data=(data.test.x, data.test.y),
-                       validation_batch_size=config.eval_batch_size, callbacks=callbacks,
-                       shuffle=False, verbose=keras_verbose(progress))
-
-
-def keras_verbose(progress) -> int:
-    """Keras' `verbose`: progress bars (True), one line per epoch (False) or nothing (None: an
-    arm of an experiment, whose runner prints one line per arm)."""
-    return 0 if progress is None else 1 if progress else 2
-
-
-def _fit_distributed(prepared, first_epoch, progress, callbacks):
-    """`_fit` under a tf.distribute strategy: `distributed_loop.fit` over the same batches."""
+    """Keras `fit` from `first_epoch` over the batches of `input_pipeline`, or under a strategy
+    `distributed_loop.fit` over the same batches. `progress`: Keras' progress bars (True), one
+    line per epoch (False) or nothing (None: an experiment's arm; its runner prints one line)."""
     config, data, strategy = prepared.config, prepared.data, prepared.strategy
+    verbose = (0 if progress is None or not distributed_loop.is_chief(strategy)
+               else 1 if progress else 2)
+    order = dict(batch_size=config.batch_size, seed=config.seed, first_epoch=first_epoch,
+                 num_epochs=config.num_epochs, drop_remainder=config.drop_remainder)
+    if strategy is None:
+        prepared.model.fit(
+            input_pipeline.train_dataset(data.train.x, data.train.y, **order),
+            epochs=config.num_epochs, initial_epoch=first_epoch, steps_per_epoch=prepared.steps,
+            validation_data=(data.test.x, data.test.y), validation_batch_size=config.eval_batch_size,
+            callbacks=callbacks, shuffle=False, verbose=verbose)
+        return
     n_train, n_test = len(data.train), len(data.test)
-    train = distributed_loop.shard_batches(strategy, lambda: input_pipeline.epoch_index_batches(
-        n_train, batch_size=config.batch_size, seed=config.seed, first_epoch=first_epoch,
-        num_epochs=config.num_epochs, drop_remainder=config.drop_remainder),
+    train = distributed_loop.shard_batches(
+        strategy, lambda: input_pipeline.epoch_index_batches(n_train, **order),
         data.train.x, data.train.y)
     test = distributed_loop.shard_batches(
         strategy, lambda: tf.data.Dataset.range(n_test).batch(config.eval_batch_size),
         data.test.x, data.test.y)
     logging.info("distribution=%s: %d replicas, %d workers", config.distribution,
                  distributed_loop.replicas(strategy), distributed_loop.num_workers(strategy))
-    verbose = keras_verbose(progress) if distributed_loop.is_chief(strategy) else 0
     distributed_loop.fit(prepared.model, strategy, train, test, callbacks=callbacks,
                          first_epoch=first_epoch, num_epochs=config.num_epochs,
                          steps=prepared.steps, test_steps=-(-n_test // config.eval_batch_size),

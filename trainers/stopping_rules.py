@@ -1,7 +1,5 @@
-"""The stopping rules of `early_stopping` (`RULES`, declared before any test result was seen; each
-picks one log point, scored by the test accuracy there) and their verdict: pure functions of a
-run's curves, re-scored from any results.json. The rules are defined in docs/design.md §7.1.
-"""
+"""The stopping rules of `early_stopping` (declared before any test result was seen; each picks
+one log point, scored by the test accuracy there; docs/design.md §7.1) and their verdict."""
 
 import math
 
@@ -24,8 +22,7 @@ def _clean(values):
 
 
 def coherence_drop_index(values, drop):
-    """First index t with values[t] <= drop · max(values[:t+1]) (None values skipped; a running
-    maximum <= 0 never fires); None if it never happens."""
+    """First index t with values[t] <= drop · max(values[:t+1]) > 0 (None skipped), else None."""
     running = None
     for i, v in enumerate(_clean(values)):
         if v is None:
@@ -37,8 +34,7 @@ def coherence_drop_index(values, drop):
 
 
 def plateau_index(values, fraction):
-    """First index t with values[t] <= min + fraction · (max − min) over all values; None if no
-    value."""
+    """First index t with values[t] <= min + fraction · (max − min); None if no value."""
     vals = _clean(values)
     present = [v for v in vals if v is not None]
     if not present:
@@ -50,7 +46,7 @@ def plateau_index(values, fraction):
 
 def onset_index(values, rise):
     """Memorisation onset: first index after the first minimum of `values` (corrupted train
-    accuracy) at which the value is >= minimum + rise; None if it never rises that much."""
+    accuracy) with value >= minimum + rise; None if never."""
     vals = _clean(values)
     present = [(v, i) for i, v in enumerate(vals) if v is not None]
     if not present:
@@ -61,8 +57,8 @@ def onset_index(values, rise):
 
 
 def stopping_summary(curves, drop, plateau, rise):
-    """The summary numbers of the rules: for each rule its log index, epoch, step, test accuracy
-    and corrupted train accuracy at the pick; the memorisation onset; the gaps in epochs."""
+    """Per rule the epoch, test / corrupted / pristine accuracy at its pick; the memorisation
+    onset; the gaps to it in epochs; the coherence peak."""
     n = len(curves["step"])
     coh = curves[TRAIN_SAMPLE_KEY]
     drop_at = coherence_drop_index(coh, drop)
@@ -72,10 +68,8 @@ def stopping_summary(curves, drop, plateau, rise):
              "oracle": first_best(curves["test_accuracy"])}
     out = {"coherence_drop_fired": 0 if drop_at is None else 1}
     for rule, i in picks.items():
-        for key, name in (("test_accuracy", "test_accuracy"), ("epoch", "epoch"),
-                          ("corrupted_accuracy", "corrupted_accuracy"),
-                          ("pristine_accuracy", "pristine_accuracy")):
-            out[f"{name}/{rule}"] = None if i is None else curves[key][i]
+        for key in ("test_accuracy", "epoch", "corrupted_accuracy", "pristine_accuracy"):
+            out[f"{key}/{rule}"] = None if i is None else curves[key][i]
     onset = onset_index(curves["corrupted_accuracy"], rise)
     out["epoch/memorisation_onset"] = None if onset is None else curves["epoch"][onset]
     for rule in ("coherence_drop", "coherence_plateau", "validation", "oracle"):
@@ -89,8 +83,7 @@ def stopping_summary(curves, drop, plateau, rise):
 
 
 def describe(config):
-    """The rules with their parameters (`coherence_drop`, `plateau_fraction`, `onset_rise` of the
-    config dict), as markdown."""
+    """The rules with their parameters (of the config dict), as markdown."""
     return ("Rules (fixed before any test result was seen): "
             + "; ".join(f"**{rule}** = {name}" for rule, name in RULE_NAMES.items())
             + f". c1: drop = {config['coherence_drop']}; c2: plateau = min + "
@@ -107,11 +100,8 @@ def _mean(results, key):
 
 
 def verdict(results):
-    """Computed sentences: does rule c1 find the memorisation onset, and how do the rules score.
-
-    The gap of c1 is averaged over the seeds where it fired (a rule that never fired told
-    nothing); "yes" needs it to fire in every seed within max(1 epoch, 25 % of that seed's onset
-    epoch) of the onset."""
+    """Sentences: does c1 find the memorisation onset ("yes": it fired in every seed within
+    max(1 epoch, 25 % of the onset epoch); its gap averaged where it fired); the rules' scores."""
     n = len(results)
     fired = [r for r in results if r["summary"]["coherence_drop_fired"] == 1]
     onset = _mean(results, "epoch/memorisation_onset")

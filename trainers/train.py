@@ -33,8 +33,7 @@ RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError,
 
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     """Run, resume or re-report the run of `config` in `workdir`; its results.json dict."""
-    config_schema.validate(config)
-    check_workdir(workdir)
+    check_workdir(config, workdir, holds_config=False)
     strategy = distributed_loop.build_strategy(config.distribution,
                                                setting(config, "collective_timeout"))
     lock = contextlib.nullcontext()  # another worker than the chief writes nothing
@@ -45,14 +44,18 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
         return single_run.run(config, workdir, progress, strategy=strategy)[0]
 
 
-def check_workdir(workdir: str) -> None:
-    """ConfigError (one line) unless `workdir` is, or can be created as, a writable directory."""
+def check_workdir(config, workdir: str, holds_config: bool = True) -> None:
+    """ConfigError (one line) for a bad `config`, a `workdir` that is not (and cannot be created
+    as) a writable directory or (`holds_config`) holds a run of another config; reads only."""
+    config_schema.validate(config)
     existing = os.path.abspath(workdir)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         what = "is not a directory" if not os.path.isdir(existing) else "is not writable"
         raise ConfigError(f"--workdir={workdir}: {existing} {what}; choose a writable directory")
+    if holds_config:
+        single_run.check_workdir_holds_config(workdir, config)
 
 
 def dry_run(config, workdir: str, echo=print) -> None:
@@ -61,25 +64,21 @@ def dry_run(config, workdir: str, echo=print) -> None:
     from trainers import dry_run as planning
     from trainers import experiment, factories, input_pipeline
 
-    config_schema.validate(config)
-    check_workdir(workdir)
-    single_run.check_workdir_holds_config(workdir, config)
+    check_workdir(config, workdir)
     train, test = factories.dataset_sizes(config)
     steps = input_pipeline.steps_per_epoch(train, config.batch_size, config.drop_remainder)
     config_schema.check_batches_split(config, train)  # a run checks it once the data is loaded
     echo(f"config valid; nothing written. {config.dataset} ({train} train / {test} test "
          f"examples), {config.model.name}, optimizer {config.optimizer.name}: "
          f"{config.num_epochs} epochs × {steps} batches of {config.batch_size}")
-    arm = experiment.Arm("run", "", "", config.seed, config)
-    echo(planning.estimate([arm], None).source)
+    echo(planning.estimate([experiment.Arm("run", "", "", config.seed, config)], None).source)
 
 
-def run_or_exit(config, workdir, progress=True) -> dict:
-    """`train_and_evaluate` with deterministic ops; a `ConfigError` or one of `RUN_ERRORS` exits
-    with status 1 and its one line."""
-    tf.config.experimental.enable_op_determinism()
+def _run_or_exit(action, *args, **kwargs):
+    """`action(*args, **kwargs)`; a `ConfigError` or one of `RUN_ERRORS` exits with status 1 and
+    its one line."""
     try:
-        return train_and_evaluate(config, workdir, progress=progress)
+        return action(*args, **kwargs)
     except distributed_loop.PeerFailure as error:
         print(f"error: {error}", file=sys.stderr, flush=True)  # one line, as below
         os._exit(1)  # after aborted collectives TF's runtime cannot shut down cleanly (errors at exit)
@@ -101,12 +100,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if flags.FLAGS.dry_run:
-        try:
-            dry_run(flags.FLAGS.config, flags.FLAGS.workdir)
-        except ConfigError as error:
-            sys.exit(f"error: {error}")
+        _run_or_exit(dry_run, flags.FLAGS.config, flags.FLAGS.workdir)
         return
-    run_or_exit(flags.FLAGS.config, flags.FLAGS.workdir, progress=flags.FLAGS.progress)
+    tf.config.experimental.enable_op_determinism()
+    _run_or_exit(train_and_evaluate, flags.FLAGS.config, flags.FLAGS.workdir,
+                 progress=flags.FLAGS.progress)
 
 
 def parse_flags(argv):
