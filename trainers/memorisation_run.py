@@ -89,13 +89,13 @@ def setup(config, run_dir, echo, build=build_optimizer, measure=None, summarize_
                  f"corrupted acc {row['corrupted_accuracy']:.3f} test {row['test_accuracy']:.3f}")
         return row
 
-    def summary(curves):
+    def summarize_run(curves):
         return {**summarize(curves), **probes.label_pair_density(
             original_y, y, corrupted, ds.num_classes), **calibration,
             **(summarize_more(curves) if summarize_more else {})}
 
     return graph_loop.Training(
-        model, optimizer, log=log, summarize=summary, extra=dict(
+        model, optimizer, log=log, summarize=summarize_run, extra=dict(
             num_train=n, num_test=len(x_test), num_corrupted=int(corrupted.sum()),
             batches_per_update=per_update, updates_per_epoch=updates_per_epoch),
         **graph_loop.epoch_schedule(

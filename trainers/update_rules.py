@@ -2,6 +2,7 @@
 update, aggregation of a batch's per-example gradients."""
 
 from . import beyond_common as common
+from . import config_schema
 
 AGGREGATIONS = ("mean", "winsorize")
 
@@ -29,7 +30,7 @@ def check_aggregation(config):
 
 def require_percentage(pct):
     """ValueError (one line) unless `pct` (winsorize_pct) is a number in [0, 50)."""
-    common.require(common.is_number(pct) and 0 <= pct < 50,
+    common.require(config_schema.is_number(pct) and 0 <= pct < 50,
                    f"winsorize_pct={pct!r} must be a percentage in [0, 50) (clipped on each side)")
 
 
