@@ -32,9 +32,6 @@ def require(ok, message):
         raise ValueError(message)
 
 
-is_number = config_schema.is_number  # until update_rules calls config_schema.is_number (i45)
-
-
 def require_each(config, fields, ok, must):
     """ValueError "field=value must be <must>" for the first of `fields` whose value is not ok."""
     for field in fields:
