@@ -94,7 +94,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, rule in _field_rules().items():
         value = _value(config, field)
         test, allowed = rule if callable(rule[0]) else (
-            rule.__contains__, "is unknown; allowed: " + ", ".join(map(str, rule)))
+            lambda v: v in rule, "is unknown; allowed: " + ", ".join(map(str, rule)))
         if not test(value):
             problems.append(f"{_SHOWN_AS.get(field, field)}={value!r} {allowed}")
     problems += _combination_problems(config)

@@ -135,11 +135,11 @@ def _schedule_epochs(schedule) -> keras.callbacks.Callback:
 def _fault_points(steps_per_epoch: int) -> keras.callbacks.Callback:
     """The `cgh_tf.fault_injection` points `train-step-<S>` and `epoch-end-<E>` (before the
     checkpoint is saved)."""
-    epoch = [0]  # the current epoch, for the global step S
+    epoch = {"now": 0}  # the current epoch, for the global step S
     return keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda begun, logs: epoch.__setitem__(0, begun),
+        on_epoch_begin=lambda begun, logs: epoch.update(now=begun),
         on_train_batch_end=lambda batch, logs: fault_injection.point(
-            f"train-step-{epoch[0] * steps_per_epoch + batch + 1}"),
+            f"train-step-{epoch['now'] * steps_per_epoch + batch + 1}"),
         on_epoch_end=lambda ended, logs: fault_injection.point(f"epoch-end-{ended + 1}"))
 
 
