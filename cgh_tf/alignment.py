@@ -161,14 +161,19 @@ def _factored_dots(factors, direction):
     trainable variable has factors."""
     if factors is None or any(f is None for f in factors):
         return None
-    dots = 0.0
+    return _factored_dots_graph(list(factors), [tf.constant(d) for d in direction]).numpy()
+
+
+@tf.function(reduce_retracing=True, autograph=False)
+def _factored_dots_graph(factors, direction):
+    """`_factored_dots` compiled (TF's matmul: on the shared CPU a third of NumPy's CPU time)."""
+    dots = []
     for f, d in zip(factors, direction):
-        d = np.asarray(d, f.b.dtype)
-        if f.a is None:
-            dots = dots + (f.b @ d).astype(np.float64)
-        else:
-            dots = dots + np.sum((f.a @ d.reshape(f.a.shape[1], -1)) * f.b, axis=1, dtype=np.float64)
-    return dots
+        d = tf.cast(d, f.b.dtype)
+        along = tf.linalg.matvec(f.b, d) if f.a is None else tf.reduce_sum(
+            tf.matmul(f.a, d) * f.b, axis=1)  # d: the kernel's [i, o]
+        dots.append(tf.cast(along, tf.float64))
+    return tf.add_n(dots)
 
 
 def _dots_with(sample, first, direction, sum_of_dots):

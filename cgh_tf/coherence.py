@@ -275,7 +275,7 @@ class SampleSums(NamedTuple):
     ‖g_i‖² and ℓ_i, float64 [m] each.
 
     factors: None unless requested and within the bound (`streamed_sums`), else a list aligned
-    with `model.trainable_variables`: `layer_rules.Factors` of NumPy arrays (a [m, i] or None,
+    with `model.trainable_variables`: `layer_rules.Factors` of eager tensors (a [m, i] or None,
     b [m, o], in the variables' dtype, float32 or float64) where the engine proves g_i rank one,
     None where it does not."""
 
@@ -357,8 +357,8 @@ class _FactorCollector:
         b_from = np.reshape(outputs[0].numpy(), [-1, len(outputs[1:]) // 2])
         if self.b_from is None:
             self.b_from = b_from[0]
-        arrays = [np.reshape(t.numpy(), [math.prod(t.shape[:-1]), t.shape[-1]]) for t in outputs[1:]]
-        self.values += sum(a.size for a in arrays)
+        arrays = [tf.reshape(t, [math.prod(t.shape[:-1]), t.shape[-1]]) for t in outputs[1:]]
+        self.values += sum(a.shape.num_elements() for a in arrays)
         self.blocks.append(arrays)
         # over the bound, or (never seen) traces of one pass that factor differently: none kept
         if self.values > self.bound or not (b_from == self.b_from).all():
@@ -369,7 +369,7 @@ class _FactorCollector:
         if the bound was exceeded."""
         if not self.keeping:
             return None
-        columns = [np.concatenate(parts) for parts in zip(*self.blocks)]
+        columns = [parts[0] if len(parts) == 1 else tf.concat(parts, 0) for parts in zip(*self.blocks)]
         a, b = columns[0::2], columns[1::2]
         return [None if j < 0 else layer_rules.Factors(a[v] if a[v].shape[1] else None, b[j])
                 for v, j in enumerate(self.b_from)]
