@@ -322,6 +322,19 @@ def test_the_factor_bound_hands_over_to_forward_mode(monkeypatch):
     assert coherence.alignment(model, x, y, batch_size=3).method == alignment_module.FACTORED
 
 
+def test_failed_factored_check_hands_over_to_forward_mode(monkeypatch):
+    """Factored products that fail Σ_i g_i·S = ‖S‖² (here: doubled) warn and are recomputed in
+    forward mode."""
+    x, y, _, _ = reference.problem(m=9, d=4, c=3, seed=6)
+    model, g = softmax_regression(x, y, classes=3)
+    graph = alignment_module._factored_dots_graph
+    monkeypatch.setattr(alignment_module, "_factored_dots_graph", lambda f, d: 2 * graph(f, d))
+    with pytest.warns(UserWarning, match="factored g_i·d .* fail the check"):
+        got = coherence.alignment(model, x, y, batch_size=4)
+    assert got.method == alignment_module.FORWARD_MODE
+    np.testing.assert_allclose(got.dot_with_sum, (g @ g.T).sum(axis=1), rtol=1e-10)
+
+
 def test_16_bit_dtypes_keep_forward_mode():
     """Factors of a 16-bit compute or variable dtype are not proven exact: no factored path."""
     def model_with(dtype):
