@@ -57,7 +57,8 @@ EXACT = "exact (reverse over reverse)"
 FACTORED = "factored (first pass)"
 
 # Bound on the rank-one factors kept by the first pass, m·Σ(i + o) values over the Dense layers
-# (256 MB in float32): e.g. the benchmarks' 784-256-256-10 MLP up to m ≈ 29,000 examples.
+# (256 MB in float32): e.g. the benchmarks' 784-256-256-10 MLP (1,818 values per example) up to
+# m ≈ 36,900 examples (twice that memory for a moment while several blocks are joined).
 FACTOR_VALUES = 1 << 26
 
 # Relative tolerances of the checks, by the model's least precise dtype: Σ_i g_i·S against ‖S‖² (relative
