@@ -162,7 +162,7 @@ def _factored_dots(factors, direction):
     trainable variable has factors."""
     if factors is None or any(f is None for f in factors):
         return None
-    return _factored_dots_graph(list(factors), [tf.constant(d) for d in direction]).numpy()
+    return _factored_dots_graph(list(factors), [tf.convert_to_tensor(d) for d in direction]).numpy()
 
 
 @tf.function(reduce_retracing=True, autograph=False)
