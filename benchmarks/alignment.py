@@ -1,6 +1,7 @@
 """Per-example alignment over a sample / a compiled plain gradient over the same sample.
 
-Run: `python -m benchmarks.alignment [--rounds 5] [--batch 128] [--examples 2048] [--models mlp,cnn]`.
+Run: `python -m benchmarks.alignment [--rounds 5] [--batch 128] [--examples 2048] [--models mlp,cnn]
+[--forward-mode]`.
 
 On the first `--examples` mnist5k training images, for the MLP (784-256-256-10) and the small CNN
 (32-pool-64-pool-128-10) of `cgh_tf.models`, in one process:
@@ -8,7 +9,10 @@ On the first `--examples` mnist5k training images, for the MLP (784-256-256-10) 
 - *gradient*: the gradient of the summed loss over the sample, in batches of B, as one compiled
   `tf.function` looping over the stacked batches (the cheapest way to get S = Σ_i g_i);
 - *alignment*: `cgh_tf.coherence.alignment(model, x, y, batch_size=B)`: the engine pass (S, Q,
-  ‖g_i‖²) and the forward-mode pass (all g_i·S), with every host round trip it makes.
+  ‖g_i‖²) and either, on the MLP (every variable a Dense layer's), the products of the factors
+  that pass kept (`alignment.FACTORED`), or, on the CNN, the forward-mode pass (all g_i·S), with
+  every host round trip it makes. `--forward-mode` turns the factored path off
+  (`alignment.FACTOR_VALUES = 0`): the MLP as before it existed.
 
 Both warmed up, then paired rounds (`benchmarks/paired.py`): median seconds, median and quartiles of
 the per-round ratios. Target (docs/design.md §4): alignment / gradient ≤ 3.
@@ -25,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.paired import paired_ratio  # noqa: E402
 from benchmarks.whole_set_coherence import BUILDERS, LOSS  # noqa: E402
-from cgh_tf import coherence, data  # noqa: E402
+from cgh_tf import alignment, coherence, data  # noqa: E402
 
 
 def plain_gradient(model, x, y, batch_size):
@@ -66,7 +70,11 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--examples", type=int, default=2048)
     parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--forward-mode", action="store_true",
+                        help="no factored path: g_i·S from the forward-mode pass on every model")
     args = parser.parse_args(argv)
+    if args.forward_mode:
+        alignment.FACTOR_VALUES = 0
     if args.examples % args.batch:
         parser.error("--examples must be a multiple of --batch (the baseline has no remainder)")
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, "

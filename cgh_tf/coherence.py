@@ -24,6 +24,7 @@ exact path of `cgh_tf.per_example` (one backward pass, never O(m · parameters) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import weakref
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optiona
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import input_checks, per_example, precision, regularization, streaming
+from cgh_tf import input_checks, layer_rules, per_example, precision, regularization, streaming
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
 from cgh_tf.api_types import Array, Inputs, LossSpec, Nest
 
@@ -271,12 +272,18 @@ def measure(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSpec
 
 class SampleSums(NamedTuple):
     """The first pass over a sample: S and Q in `accumulator`, and per example (in sample order)
-    ‖g_i‖² and ℓ_i, float64 [m] each."""
+    ‖g_i‖² and ℓ_i, float64 [m] each.
+
+    factors: None unless requested and within the bound (`streamed_sums`), else a list aligned
+    with `model.trainable_variables`: `layer_rules.Factors` of eager tensors (a [m, i] or None,
+    b [m, o], in the variables' dtype, float32 or float64) where the engine proves g_i rank one,
+    None where it does not."""
 
     accumulator: "StreamingCoherence"
     sq_norms_of_sums: np.ndarray
     sq_norms: np.ndarray
     losses: np.ndarray
+    factors: list | None = None
 
     def stats(self, per_layer: bool = False) -> CoherenceStats:
         return self.accumulator.result(per_layer=per_layer, sq_norms_of_sums=self.sq_norms_of_sums)
@@ -307,12 +314,15 @@ def checked_blocks(model: keras.Model, x: Inputs, y: Nest | None, loss: LossSpec
 def streamed_sums(model: keras.Model, x: Inputs, y: Nest | None, loss: LossSpec,
                   batch_size: int | None, training: bool, sample_weight: Array | None = None,
                   coherence_dtype: str | tf.DType | None = None,
-                  include_regularization: bool = False) -> SampleSums:
+                  include_regularization: bool = False,
+                  factor_values: int | None = None) -> SampleSums:
     """S, Q and every example's ‖g_i‖² and loss, streamed through the engine (`measure`).
 
     The sums are always those of g_i = ∇ℓ_i; include_regularization=True only checks, before the
     first pass, that the model's added losses are weight regularisers (the caller adds r = ∇R:
-    `cgh_tf.regularization`)."""
+    `cgh_tf.regularization`). factor_values: None, or a bound on the number of values kept: the
+    pass also returns the rank-one factors of the per-example gradients (`SampleSums.factors`,
+    m·Σ(i + o) values) while they stay within it, else none (the rest of the pass without them)."""
     precision.check_coherence_dtype(coherence_dtype)
     regularization.check_flag(include_regularization)
     first, blocks = checked_blocks(model, x, y, loss, batch_size, sample_weight)
@@ -322,45 +332,108 @@ def streamed_sums(model: keras.Model, x: Inputs, y: Nest | None, loss: LossSpec,
     precision.check_float32_possible(model, coherence_dtype)
     precision.warn_if_16_bit(model, coherence_dtype)
     sums = compiled_for(model, "measure", loss, training, _BatchSums, coherence_dtype=coherence_dtype)
-    parts = [sums(block, i == 0) for i, block in enumerate(itertools.chain([first], blocks))]
+    factors = None if factor_values is None else _FactorCollector(factor_values)
+    parts = []
+    for i, block in enumerate(itertools.chain([first], blocks)):
+        part = sums(block, i == 0, factored=factors is not None and factors.keeping)
+        parts.append(part[:3])
+        if len(part) > 3:
+            factors.add(part[3:])
     return SampleSums(sums.accumulator, parts[-1][0].numpy(),
-                      *(np.concatenate([np.reshape(p[j], [-1]) for p in parts]) for j in (1, 2)))
+                      *(np.concatenate([np.reshape(p[j], [-1]) for p in parts]) for j in (1, 2)),
+                      factors=None if factors is None else factors.result())
+
+
+class _FactorCollector:
+    """The factor outputs of `_BatchSums` over a sample's blocks, kept while their values stay
+    within a bound (`streamed_sums`' factor_values)."""
+
+    def __init__(self, bound):
+        self.bound, self.values, self.keeping = bound, 0, True
+        self.b_from, self.blocks = None, []
+
+    def add(self, outputs):
+        """outputs: `_BatchSums._factor_outputs`, [b, ...] or stacked [k, B, ...]."""
+        b_from = np.reshape(outputs[0].numpy(), [-1, len(outputs[1:]) // 2])
+        if self.b_from is None:
+            self.b_from = b_from[0]
+        arrays = [tf.reshape(t, [math.prod(t.shape[:-1]), t.shape[-1]]) for t in outputs[1:]]
+        self.values += sum(a.shape.num_elements() for a in arrays)
+        self.blocks.append(arrays)
+        # over the bound, or (never seen) traces of one pass that factor differently: none kept
+        if self.values > self.bound or not (b_from == self.b_from).all():
+            self.keeping, self.blocks = False, []
+
+    def result(self):
+        """[per variable: `layer_rules.Factors` (a None where it has no columns) or None], or None
+        if the bound was exceeded."""
+        if not self.keeping:
+            return None
+        columns = [parts[0] if len(parts) == 1 else tf.concat(parts, 0) for parts in zip(*self.blocks)]
+        a, b = columns[0::2], columns[1::2]
+        return [None if j < 0 else layer_rules.Factors(a[v] if a[v].shape[1] else None, b[j])
+                for v, j in enumerate(self.b_from)]
 
 
 class _BatchSums:
     """`measure`'s compiled batch computations over one StreamingCoherence accumulator: a call on
     a `streaming.Block` adds it and returns (‖S_v‖² so far [V], ‖g_i‖² [b], ℓ_i [b]) (float64;
-    [k, B] for a stacked block); `first` replaces everything added before (no separate reset)."""
+    [k, B] for a stacked block); `first` replaces everything added before (no separate reset).
+    factored=True (`alignment`) also returns the rank-one factors of the per-example gradients
+    (`_factor_outputs`), in the variables' dtype (float64 if any variable is, else float32)."""
 
     def __init__(self, model, loss_fn, training, coherence_dtype=None):
         self.accumulator = StreamingCoherence.for_model(model)
         self.model, self.loss_fn, self.training = model, loss_fn, training
         self.coherence_dtype = coherence_dtype
-        self.single = tf.function(self._add_single, reduce_retracing=True, autograph=False)
-        self.stacked = tf.function(self._add_stacked, reduce_retracing=True, autograph=False)
+        variables = model.trainable_variables
+        self.factor_dtype = tf.float64 if any(v.dtype == tf.float64 for v in variables) else tf.float32
+        self._output_dtypes = (tf.float64,) * 2 + (tf.int32,) + (self.factor_dtype,) * 2 * len(variables)
+        functions = {(stacked, factored): tf.function(
+            functools.partial(self._add_stacked if stacked else self._add_single, factored=factored),
+            reduce_retracing=True, autograph=False)
+            for stacked in (False, True) for factored in (False, True)}
+        self.single, self.stacked = functions[False, False], functions[True, False]
+        self._functions = functions
 
-    def _add(self, xb, yb, wb, first):
-        """Adds one batch; (‖g_i‖² [b], ℓ_i [b]) float64."""
+    def _add(self, xb, yb, wb, first, factored=False):
+        """Adds one batch; (‖g_i‖² [b], ℓ_i [b]) float64 (then the factor outputs if factored)."""
         with precision.computed_in(self.model, self.coherence_dtype):
             sums = per_example.gradients_and_sq_norms(self.model, xb, yb, self.loss_fn,
-                                                      training=self.training, sample_weight=wb)
+                                                      training=self.training, sample_weight=wb,
+                                                      with_factors=factored)
         self.accumulator.update(sums.grad_sum, sums.sq_norms, first=first)
-        return (tf.reduce_sum(tf.cast(sums.sq_norms, tf.float64), axis=1),
-                tf.cast(sums.losses, tf.float64))
+        values = (tf.reduce_sum(tf.cast(sums.sq_norms, tf.float64), axis=1),
+                  tf.cast(sums.losses, tf.float64))
+        return values + (self._factor_outputs(sums) if factored else ())
 
-    def _add_single(self, xb, yb, wb, first):
-        per_example_values = self._add(xb, yb, wb, first)
+    def _factor_outputs(self, sums):
+        """(b_from [V] int32, then a_v [b, i], b_v [b, o] per variable): b_from[v] is the variable
+        whose b output holds b_v (a bias shares its kernel's: sent once), −1 where v has no
+        factors; an absent a_v or b_v is [b, 0]."""
+        m = tf.shape(sums.losses)[0]
+        empty = tf.zeros(tf.stack([m, 0]), self.factor_dtype)
+        b_from, seen, outputs = [], {}, []
+        for v, f in enumerate(sums.factors):
+            b_from.append(-1 if f is None else seen.setdefault(id(f.b), v))
+            a = None if f is None else f.a
+            b = None if f is None or b_from[-1] != v else f.b
+            outputs += [empty if t is None else tf.cast(t, self.factor_dtype) for t in (a, b)]
+        return (tf.constant(b_from, tf.int32),) + tuple(outputs)
+
+    def _add_single(self, xb, yb, wb, first, factored=False):
+        per_example_values = self._add(xb, yb, wb, first, factored)
         return (self.accumulator.squared_norms_of_sums(),) + per_example_values  # read after the update
 
-    def _add_stacked(self, xs, ys, ws, first):
+    def _add_stacked(self, xs, ys, ws, first, factored=False):
         self.accumulator.reset_if(first)  # once per block; the loop then adds in place
+        dtypes = self._output_dtypes if factored else self._output_dtypes[:2]
         per_batch = streaming.over_stacked_batches(
-            lambda xb, yb, wb, _: self._add(xb, yb, wb, False), (xs, ys, ws), False,
-            (tf.float64,) * 2)
+            lambda xb, yb, wb, _: self._add(xb, yb, wb, False, factored), (xs, ys, ws), False, dtypes)
         return (self.accumulator.squared_norms_of_sums(),) + per_batch  # read after the loop
 
-    def __call__(self, block, first):
-        add = self.stacked if block.stacked else self.single
+    def __call__(self, block, first, factored=False):
+        add = self._functions[block.stacked, factored]
         return add(block.x, block.y, block.w, tf.constant(first))
 
 

@@ -56,12 +56,16 @@ class GradientSums(NamedTuple):
     sq_norms: [m, num_trainable_variables] per-example squared gradient norms ‖g_{i,v}‖² per
               variable v (float32, float64 if the model computes in float64).
     predictions: the model output for the m examples (for metrics in a train step).
+    factors:  with `with_factors=True`, a list aligned with `model.trainable_variables`: the
+              `layer_rules.Factors` of the rank-one per-example gradients of a variable whose rule
+              gives them and holds (Dense applied once per example), else None; None otherwise.
     """
 
     losses: tf.Tensor
     grad_sum: list
     sq_norms: tf.Tensor
     predictions: object = None
+    factors: list | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,7 +383,8 @@ def _fallback_reason(layer, calls, p, readers, m):
 def gradients_and_sq_norms(model: keras.Model, x: Nest, y: Nest,
                            loss_fn: Callable[..., tf.Tensor] | None = None, training: bool = False,
                            sample_weight: Array | None = None,
-                           loss_scale: float | tf.Tensor | None = None) -> GradientSums:
+                           loss_scale: float | tf.Tensor | None = None,
+                           with_factors: bool = False) -> GradientSums:
     """Σ_i g_i and per-example squared norms ‖g_{i,v}‖² per variable, from one backward pass.
 
     Traceable (use inside `tf.function`, also with `jit_compile=True`). Layers with a rule in
@@ -390,9 +395,10 @@ def gradients_and_sq_norms(model: keras.Model, x: Nest, y: Nest,
     `per_example_loss_fn`'s `loss`. sample_weight: None, [m], [m, ...] (per token) or a nest per
     output, as in a Keras train step: ℓ_i is the decomposition of Keras' weighted batch loss, so
     with per-example weights w_i its gradient is w_i g_i. loss_scale: optional scalar multiplying
-    every ℓ_i (mixed precision's loss scale).
+    every ℓ_i (mixed precision's loss scale). with_factors: also return the rank-one factors of
+    the per-example gradients where a rule proves them (`GradientSums.factors`).
     Returns `GradientSums(losses [m] (ℓ_i × loss_scale), grad_sum [per variable or None],
-    sq_norms [m, V], predictions)`.
+    sq_norms [m, V], predictions, factors)`.
     """
     loss_fn = per_example_loss_fn(model, loss_fn)
     ensure_built(model, x)
@@ -406,7 +412,8 @@ def gradients_and_sq_norms(model: keras.Model, x: Nest, y: Nest,
                           loss_scale)
     grad_sum_of = {id(v): p.variable_grads[id(v)] for v in variables}
     dtype = _result_dtype(variables)
-    sq_norm_of = _rule_statistics(model, p, layers_and_rules, grad_sum_of, dtype)
+    factors_of = {}
+    sq_norm_of = _rule_statistics(model, p, layers_and_rules, grad_sum_of, dtype, factors_of)
     unruled = {id(v) for v in variables} - set(sq_norm_of)
     if unruled:
         paths = _layer_paths(model)
@@ -422,14 +429,17 @@ def gradients_and_sq_norms(model: keras.Model, x: Nest, y: Nest,
 
     sq_norms = tf.stack([sq_norm_of[id(v)] for v in variables], axis=1)
     grad_sum = [_dense(grad_sum_of.get(id(v))) for v in variables]
-    return GradientSums(p.losses, grad_sum, sq_norms, p.predictions)
+    factors = [factors_of.get(id(v)) for v in variables] if with_factors else None
+    return GradientSums(p.losses, grad_sum, sq_norms, p.predictions, factors)
 
 
 @shared_input_grams()  # Q, K and V of self-attention: one Gram of their input
-def _rule_statistics(model, p, layers_and_rules, grad_sum_of, dtype):
+def _rule_statistics(model, p, layers_and_rules, grad_sum_of, dtype, factors_of):
     """Every ruled layer's statistics from the pass `p`: adds the layer's contributions to Σ_i g_i
     into `grad_sum_of` ({id(variable): gradient}) and returns {id(variable): squared norms [m]}
-    for the variables whose rule holds; a layer whose rule does not is noted as a fallback."""
+    for the variables whose rule holds, whose factors (where the rule gives them) it puts in
+    `factors_of` ({id(variable): `layer_rules.Factors`}); a layer whose rule does not hold is
+    noted as a fallback."""
     readers = {}
     for layer, _ in layers_and_rules:
         for call in p.records[id(layer)]:
@@ -457,6 +467,8 @@ def _rule_statistics(model, p, layers_and_rules, grad_sum_of, dtype):
                 grad_sum_of[var_id] = _add(grad_sum_of[var_id], stat.grad_sum, var)
             if not reason:
                 sq_norm_of[var_id] = tf.cast(stat.sq_norms, dtype)
+                if stat.factors is not None:
+                    factors_of[var_id] = stat.factors
         if reason:
             paths = paths or _layer_paths(model)
             _note_fallback(model, paths, layer, reason)

@@ -6,7 +6,7 @@ against a brute-force reference (tests/matrix_models.py: one tape per example, f
 | measure | `coherence.measure(..., per_layer=True)` | m_coherence, alpha, pairwise_coherence, per_layer[name].m_coherence / .pairwise_coherence |
 | sums | `per_example.gradients_and_sq_norms` | sq_norms [m, V], grad_sum (None = zero) |
 | per_example | `coherence.per_example_gradients` | every [m, *var.shape] |
-| alignment | `coherence.alignment` | g_i·S, ‖g_i‖², a_i = (g_i·S − ‖g_i‖²)/‖g_i‖², m-coherence; the path taken (`EXACT_ALIGNMENT`) |
+| alignment | `coherence.alignment` | g_i·S, ‖g_i‖², a_i = (g_i·S − ‖g_i‖²)/‖g_i‖², m-coherence; the path taken (`EXACT_ALIGNMENT`, `FACTORED_ALIGNMENT`) |
 | trainer | `cgh_tf.Model.fit`, SGD(0), coherence_every=1 | history "m_coherence", "alpha" |
 | update | `cgh_tf.Model.fit`, one SGD step, each mean aggregator (`UPDATE_OPTIONS`) | weights and loss of `keras.Model.fit` |
 
@@ -195,6 +195,10 @@ def check_per_example(case, reference_of, tolerance):
 # through Keras' GRU symbolic loop, also inside Bidirectional; Keras' grouped Conv2D fails the
 # Σ_i g_i·S = ‖S‖² check).
 EXACT_ALIGNMENT = {"gru_classifier", "bidirectional_lstm_gru", "grouped_conv2d"}
+# Architectures whose every trainable variable is a Dense layer's applied once per example: g_i·S
+# from the first pass's rank-one factors, no second pass (`alignment.FACTORED`).
+FACTORED_ALIGNMENT = {"mlp", "nested_sequential", "unbuilt_sequential", "two_outputs_dict",
+                      "class_weights"}
 
 
 def check_alignment(case, reference_of, tolerance, name=None):
@@ -214,7 +218,8 @@ def check_alignment(case, reference_of, tolerance, name=None):
     cmp.close("alignment", got.alignment, (dots - sq_norms) / sq_norms)
     cmp.close("stats.m_coherence", got.stats.m_coherence, ref.m_coherence())
     if name is not None:
-        want = alignment_module.EXACT if name in EXACT_ALIGNMENT else alignment_module.FORWARD_MODE
+        want = (alignment_module.EXACT if name in EXACT_ALIGNMENT else alignment_module.FACTORED
+                if name in FACTORED_ALIGNMENT else alignment_module.FORWARD_MODE)
         if got.method != want:
             cmp.fail(f"method {got.method!r}, expected {want!r}")
     cmp.check()

@@ -379,3 +379,48 @@ def test_unbuilt_sequential_is_built_on_the_first_batch():
     assert model.built
     reference = per_example.per_example_gradients(model, x, y)
     np.testing.assert_allclose(sums.sq_norms.numpy(), sq_norms_of(reference), rtol=1e-10)
+
+
+def outer_products(factors):
+    """The per-example gradients [m, *var.shape] a `layer_rules.Factors` stands for."""
+    b = factors.b.numpy()
+    return b if factors.a is None else np.einsum("mi,mo->mio", factors.a.numpy(), b)
+
+
+def test_factors_are_the_rank_one_per_example_gradients():
+    """with_factors=True: a Dense layer applied once per example gives (a_i, b_i) with g_i = a_i ⊗
+    b_i (kernel) and b_i (bias), against the hand-written backprop, with sample weights; without
+    the option, no factors."""
+    rng = np.random.default_rng(2)
+    x, y, w = rng.normal(size=(7, 4)), rng.integers(0, 3, 7), rng.uniform(0.5, 2.0, 7)
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([
+        keras.Input((4,)), keras.layers.Dense(6, activation="relu", bias_initializer="random_normal"),
+        keras.layers.Dense(3)])
+    reference = mlp_reference(x, y, *[v.numpy() for v in model.trainable_variables])
+    sums = per_example.gradients_and_sq_norms(model, tf.constant(x), tf.constant(y), SCCE,
+                                              sample_weight=tf.constant(w), with_factors=True)
+    for factors, want in zip(sums.factors, reference):
+        np.testing.assert_allclose(outer_products(factors), want * w.reshape((-1,) + (1,) * (want.ndim - 1)),
+                                   rtol=1e-9, atol=1e-12)
+    assert fast(model, x, y, SCCE).factors is None
+
+
+def test_factors_only_where_the_rule_proves_rank_one():
+    """A Dense layer called twice (two terms per example) or read through a nested model: the
+    shared layer has no factors, the others do, equal to the materialised gradients."""
+    keras.utils.set_random_seed(7)
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="tanh", name="d")], name="inner")
+    shared = keras.layers.Dense(4, activation="tanh", name="shared")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(shared(shared(inner(inputs)))))
+    model.compile(loss=SCCE)
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(5, 4)), rng.integers(0, 3, 5)
+    reference = per_example.per_example_gradients(model, x, y)
+    sums = per_example.gradients_and_sq_norms(model, tf.constant(x), tf.constant(y), with_factors=True)
+    names = per_example.variable_layer_names(model)
+    assert [name for name, f in zip(names, sums.factors) if f is None] == ["shared", "shared"]
+    for factors, want in zip(sums.factors, reference):
+        if factors is not None:
+            np.testing.assert_allclose(outer_products(factors), want.numpy(), rtol=1e-10, atol=1e-13)

@@ -17,7 +17,7 @@ A layer without a rule, or whose variables are also used outside it (tied weight
 exact fallback (`cgh_tf.exact_fallback`); `cgh_tf.per_example.explain(model)` lists the choice.
 """
 
-from cgh_tf.layer_rules.base import CallContext, LayerCall, LayerRule, Statistic  # noqa: F401
+from cgh_tf.layer_rules.base import CallContext, Factors, LayerCall, LayerRule, Statistic  # noqa: F401
 from cgh_tf.layer_rules.conv import ConvRule, ConvTransposeRule, DepthwiseConvRule, SeparableConvRule
 from cgh_tf.layer_rules.dense import DenseRule
 from cgh_tf.layer_rules.einsum_dense import EinsumDenseRule

@@ -17,7 +17,9 @@ layer computes, but
 After the backward pass, `rule.statistics(layer, calls)` receives every recorded call of the layer
 (a layer called twice is one layer with two calls) with `call.output_grads` filled in, and returns
 `{id(variable): Statistic}`: the per-example squared norms [m] and, for variables read with
-`ctx.weight(v, tape_sum=False)`, Σ_i g_i computed by the rule itself.
+`ctx.weight(v, tape_sum=False)`, Σ_i g_i computed by the rule itself; a rule whose per-example
+gradients are rank one (Dense applied once per example) also gives their factors
+(`Statistic.factors`), from which `cgh_tf.alignment` takes every g_i · d without a second pass.
 
 Shapes: m examples; "positions" T are every axis between the example axis and the feature axis.
 """
@@ -32,10 +34,23 @@ import tensorflow as tf
 
 
 class Statistic(NamedTuple):
-    """Per-example squared norms [m] of one variable's gradient, and Σ_i g_i if the rule made it."""
+    """Per-example squared norms [m] of one variable's gradient, and Σ_i g_i if the rule made it.
+
+    factors: None, or (a [m, i] or None, b [m, o]) with g_i = a_i ⊗ b_i (a kernel [i, o]) or, a
+    None, g_i = b_i (a bias [o]): per-example gradients the rule proves rank one (`Factors`)."""
 
     sq_norms: tf.Tensor
     grad_sum: Optional[tf.Tensor] = None
+    factors: Optional["Factors"] = None
+
+
+class Factors(NamedTuple):
+    """Rank-one per-example gradients of one variable: g_i = a_i ⊗ b_i (a [m, i], b [m, o], the
+    variable [i, o]) or g_i = b_i (a None, the variable [o]). So g_i · d = a_iᵀ d b_i (or b_i · d)
+    for any direction d of the variable's shape."""
+
+    a: Optional[tf.Tensor]
+    b: tf.Tensor
 
 
 @dataclasses.dataclass

@@ -4,6 +4,8 @@ Per example, with T positions: ∇W ℓ_i = Σ_t a_t ⊗ b_t, ∇c ℓ_i = Σ_t 
 ‖∇W ℓ_i‖² = ‖a‖²‖b‖² (T = 1), else the per-example gradients materialised, their sum replacing the
 tape's weight gradient (`materialised.chosen`, decided per call in `call`), or the cheaper of
 Σ_{s,t}(a_s·a_t)(b_s·b_t) and ‖Σ_t a_t ⊗ b_t‖² (`base.outer_sum_sq_norm`), Σ_i g_i from the tape.
+Applied once per example (one call, T = 1), the rule also gives the factors a_i, b_i of the
+rank-one g_i (`base.Factors`, for `cgh_tf.alignment`).
 """
 
 import keras
@@ -40,9 +42,20 @@ class DenseRule(base.LayerRule):
                 [tf.einsum("mti,mto->mio", a_c, b_c) for a_c, b_c in zip(a, b)],
                 [c["materialise"] for c in calls])
         else:
-            kernel = base.Statistic(base.outer_sum_sq_norm(base.concat_positions(a),
-                                                           base.concat_positions(b)))
+            a_all, b_all = base.concat_positions(a), base.concat_positions(b)
+            kernel = base.Statistic(base.outer_sum_sq_norm(a_all, b_all),
+                                    factors=DenseRule._factors(a_all, b_all))
         out = {id(layer.kernel): kernel}
         if layer.bias is not None:
-            out[id(layer.bias)] = base.Statistic(base.sum_sq(keras.ops.sum(base.concat_positions(b), axis=1)))
+            b_sum = keras.ops.sum(base.concat_positions(b), axis=1)
+            factors = None if kernel.factors is None else base.Factors(None, kernel.factors.b)  # = b_sum
+            out[id(layer.bias)] = base.Statistic(base.sum_sq(b_sum), factors=factors)
         return out
+
+    @staticmethod
+    def _factors(a, b):
+        """`base.Factors` (a_i, b_i) [m, i], [m, o] of the kernel when the layer is applied once
+        per example (one call, T = 1 known while tracing: g_i = a_i ⊗ b_i), else None."""
+        if a.shape[1] != 1:
+            return None
+        return base.Factors(a[:, 0], b[:, 0])
