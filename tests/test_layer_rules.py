@@ -349,20 +349,30 @@ def test_materialised_kernel_also_read_elsewhere(form):
 
 
 def test_mixed_precision_transformer():
-    """mixed_float16: the rules square in float32; compared with a float32 copy of the model."""
+    """mixed_float16: the rules square in float32; compared with a float32 copy of the model.
+
+    Seeded here (weights and data), not by the tests that ran before it in the same worker: the
+    float16 forward pass itself moves an example's norm against float32 by 0.1-0.7 % over seeds
+    0-19, 8 % at seed 53 (an unseeded draw once 15 %), while the rule stays within 0.1 % of the
+    brute-force loop on the same float16 model (seeds 20-79): that is the rule's check."""
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
+    keras.utils.set_random_seed(0)
     reference = encoder()
     keras.config.set_dtype_policy("mixed_float16")
     try:
         model = encoder()
         model.set_weights(reference.get_weights())
-        x, y = rng.integers(1, 11, size=(5, 6)), rng.integers(0, 3, size=5)
+        draw = np.random.default_rng(0)
+        x, y = draw.integers(1, 11, size=(5, 6)), draw.integers(0, 3, size=5)
         result = fast(model, x, y, SCCE)
     finally:
         keras.config.set_dtype_policy("float32")
     want = fast(reference, x, y, SCCE)
     assert result.sq_norms.dtype == tf.float32
+    same_model, _ = brute_force(model, x, y, SCCE)
+    np.testing.assert_allclose(result.sq_norms.numpy(), same_model, rtol=1e-2,
+                               atol=1e-3 * same_model.max())
     np.testing.assert_allclose(result.sq_norms.numpy(), want.sq_norms.numpy(), rtol=0.05,
                                atol=1e-3 * want.sq_norms.numpy().max())
 

@@ -44,7 +44,7 @@ class DenseRule(base.LayerRule):
         else:
             a_all, b_all = base.concat_positions(a), base.concat_positions(b)
             kernel = base.Statistic(base.outer_sum_sq_norm(a_all, b_all),
-                                    factors=DenseRule._factors(a_all, b_all))
+                                    factors=_rank_one_factors(a_all, b_all))
         out = {id(layer.kernel): kernel}
         if layer.bias is not None:
             b_sum = keras.ops.sum(base.concat_positions(b), axis=1)
@@ -52,10 +52,10 @@ class DenseRule(base.LayerRule):
             out[id(layer.bias)] = base.Statistic(base.sum_sq(b_sum), factors=factors)
         return out
 
-    @staticmethod
-    def _factors(a, b):
-        """`base.Factors` (a_i, b_i) [m, i], [m, o] of the kernel when the layer is applied once
-        per example (one call, T = 1 known while tracing: g_i = a_i ⊗ b_i), else None."""
-        if a.shape[1] != 1:
-            return None
-        return base.Factors(a[:, 0], b[:, 0])
+
+def _rank_one_factors(a, b):
+    """`base.Factors` (a_i, b_i) [m, i], [m, o] of the kernel when the layer is applied once
+    per example (one call, T = 1 known while tracing: g_i = a_i ⊗ b_i), else None."""
+    if a.shape[1] != 1:
+        return None
+    return base.Factors(a[:, 0], b[:, 0])
