@@ -293,7 +293,7 @@ class _Compiled:
 
     def _stacked(self, xs, ys, ws, tangent):
         return streaming.over_stacked_batches(
-            lambda xb, yb, wb, _: self.per_batch(xb, yb, wb, tangent), (xs, ys, ws), False,
+            lambda xb, yb, wb: self.per_batch(xb, yb, wb, tangent), (xs, ys, ws),
             (tf.float64,) * 2)
 
 

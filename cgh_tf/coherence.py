@@ -429,7 +429,7 @@ class _BatchSums:
         self.accumulator.reset_if(first)  # once per block; the loop then adds in place
         dtypes = self._output_dtypes if factored else self._output_dtypes[:2]
         per_batch = streaming.over_stacked_batches(
-            lambda xb, yb, wb, _: self._add(xb, yb, wb, False, factored), (xs, ys, ws), False, dtypes)
+            lambda xb, yb, wb: self._add(xb, yb, wb, False, factored), (xs, ys, ws), dtypes)
         return (self.accumulator.squared_norms_of_sums(),) + per_batch  # read after the loop
 
     def __call__(self, block, first, factored=False):

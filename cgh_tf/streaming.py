@@ -12,7 +12,7 @@ come one by one.
 |---|---|
 | `batches(x, y, batch_size, extra, sample_weight)` | (x, y, w[, extra]) batches of arrays or of a Dataset of (x, y[, w]) batches, validated |
 | `blocks(x, y, batch_size, sample_weight)` | `Block`s: `stacked` [k, B, ...] of full batches, else one batch [b, ...] |
-| `over_stacked_batches(fn, (xs, ys, ws), first, dtypes)` | inside `tf.function`: `fn(x, y, w, first)` on each [B, ...] slice; outputs stacked [k, ...] |
+| `over_stacked_batches(fn, (xs, ys, ws), dtypes)` | inside `tf.function`: `fn(x, y, w)` on each [B, ...] slice; outputs stacked [k, ...] |
 
 A block holds at most about `BLOCK_ELEMENTS` input values (memory: one extra copy of that much of
 x as a tensor), and at least one batch.
@@ -120,22 +120,19 @@ def blocks(x: Inputs, y: Nest | None, batch_size: int | None,
         yield Block(*_slice((x, y, sample_weight), slice(full * batch_size, m)), stacked=False)
 
 
-def over_stacked_batches(fn: Callable[..., Any], stacked: tuple, first: bool | tf.Tensor,
-                         dtypes: Any) -> Any:
-    """Runs `fn(*batch, first_i)` on every batch of a stacked block, in order, in one graph loop.
+def over_stacked_batches(fn: Callable[..., Any], stacked: tuple, dtypes: Any) -> Any:
+    """Runs `fn(*batch)` on every batch of a stacked block, in order, in one graph loop.
 
     Call inside a `tf.function`. stacked: a tuple of nests of [k, B, ...] tensors (None entries
-    stay None), e.g. (x, y, w); `first` (bool tensor) is passed on to the first batch only (False
-    to the others). `fn` returns a tuple of tensors of the given `dtypes`; the result is the tuple
-    of their stacks over the k batches ([k, ...] each).
+    stay None), e.g. (x, y, w). `fn` returns a tuple of tensors of the given `dtypes`; the result
+    is the tuple of their stacks over the k batches ([k, ...] each).
     """
     k = tf.shape(tf.nest.flatten(stacked)[0])[0]
-    first = tf.convert_to_tensor(first, tf.bool)
     arrays = tuple(tf.TensorArray(dtype, size=k) for dtype in dtypes)
 
     def body(i, arrays):
         batch = tf.nest.map_structure(lambda t: None if t is None else t[i], stacked)
-        outputs = fn(*batch, tf.logical_and(first, tf.equal(i, 0)))
+        outputs = fn(*batch)
         return i + 1, tuple(a.write(i, o) for a, o in zip(arrays, outputs))
 
     _, arrays = tf.while_loop(lambda i, _: i < k, body, (tf.constant(0), arrays))

@@ -27,19 +27,17 @@ def test_blocks_of_a_nest_of_inputs_and_of_a_dataset():
     assert [b.stacked for b in streaming.blocks(dataset, None, None)] == [False] * 3
 
 
-def test_over_stacked_batches_runs_each_batch_in_order_and_flags_the_first_only():
+def test_over_stacked_batches_runs_each_batch_in_order():
     @tf.function
-    def run(xs, ys, first):
+    def run(xs, ys):
         return streaming.over_stacked_batches(
-            lambda xb, yb, wb, f: (tf.reduce_sum(xb) + yb[0], tf.cast(f, tf.int32)),
-            (xs, ys, None), first, (tf.float32, tf.int32))
+            lambda xb, yb, wb: (tf.reduce_sum(xb) + yb[0], tf.cast(wb is None, tf.int32)),
+            (xs, ys, None), (tf.float32, tf.int32))
 
-    sums, flags = run(tf.reshape(tf.range(12.0), [3, 2, 2]), tf.constant([[1.0, 0], [2, 0], [3, 0]]),
-                      tf.constant(True))
+    sums, no_weights = run(tf.reshape(tf.range(12.0), [3, 2, 2]),
+                           tf.constant([[1.0, 0], [2, 0], [3, 0]]))
     np.testing.assert_allclose(sums.numpy(), [0 + 1 + 2 + 3 + 1, 4 + 5 + 6 + 7 + 2, 8 + 9 + 10 + 11 + 3])
-    assert flags.numpy().tolist() == [1, 0, 0]
-    _, flags = run(tf.zeros([2, 2, 2]), tf.zeros([2, 2]), tf.constant(False))
-    assert flags.numpy().tolist() == [0, 0]
+    assert no_weights.numpy().tolist() == [1, 1, 1]  # a None entry stays None
 
 
 def test_measure_over_many_blocks_equals_one_batch(monkeypatch, float64_keras):
