@@ -113,7 +113,7 @@ def alignment(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSp
     sample = _Sample(model, x, y, loss, batch_size, training, sample_weight)
     first = coherence.streamed_sums(model, x, y, loss, batch_size, training, sample_weight,
                                     include_regularization=include_regularization,
-                                    factor_values=FACTOR_VALUES if _may_factor(model) else None)
+                                    factor_values=FACTOR_VALUES if _may_factor(model, x) else None)
     grad_sum = _grad_sums(first)
     sq_norms, shift = first.sq_norms, None
     if include_regularization and regularization.regularized_variables(model):
@@ -142,18 +142,40 @@ def _add_regularizer(sample, first, grad_sum):
     return first.sq_norms + 2.0 * r_dots + coherence.flat_dot(shift, shift), shift
 
 
-def _may_factor(model):
-    """True unless the model structurally cannot take the factored path: a trainable variable
-    outside a Dense layer with the Dense rule, or a 16-bit compute or variable dtype (an unbuilt
-    model: True, the first pass's factors decide)."""
+def _may_factor(model, x):
+    """True unless the factored path is ruled out before the first pass: a trainable variable
+    outside a Dense layer with the Dense rule, a 16-bit compute or variable dtype, or a sample of
+    known size whose factors would exceed `FACTOR_VALUES` (an unbuilt model, or a dataset of
+    unknown size: True, the first pass's factors decide)."""
     layers = keras_internals.flatten_layers(model, include_self=True)
     dtypes = {layer.dtype_policy.compute_dtype for layer in layers} | {
         v.dtype for v in model.trainable_variables}
     if not all(tf.as_dtype(d) in (tf.float32, tf.float64) for d in dtypes):
         return False
-    dense = {id(v) for layer in layers
-             if layer_rules.rule_for(layer) is layer_rules.DenseRule for v in layer.trainable_weights}
-    return all(id(v) in dense for v in model.trainable_variables)
+    dense = [layer for layer in layers if layer_rules.rule_for(layer) is layer_rules.DenseRule]
+    covered = {id(v) for layer in dense for v in layer.trainable_weights}
+    if not all(id(v) in covered for v in model.trainable_variables):
+        return False
+    m = _known_size(x)
+    return m is None or m * sum(_factor_values_per_example(layer) for layer in dense) <= FACTOR_VALUES
+
+
+def _known_size(x):
+    """The number of examples of an array sample (a nest of arrays), or None (a dataset)."""
+    if isinstance(x, tf.data.Dataset):
+        return None
+    shape = getattr(tf.nest.flatten(x)[0], "shape", None)
+    return None if shape is None or not len(shape) or shape[0] is None else int(shape[0])
+
+
+def _factor_values_per_example(layer):
+    """The values the first pass keeps per example for a Dense layer applied once: a_i [i] if its
+    kernel is trainable, b_i [o] if any of its variables is (the bias shares the kernel's b_i);
+    0 for an unbuilt layer."""
+    if not layer.built or not layer.trainable_weights:
+        return 0
+    fan_in, fan_out = layer.kernel.shape
+    return (int(fan_in) if layer.kernel.trainable else 0) + int(fan_out)
 
 
 def _factored_dots(factors, direction):

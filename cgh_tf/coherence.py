@@ -450,16 +450,19 @@ _COMPILED = weakref.WeakKeyDictionary()  # model -> {(kind, id(loss), training):
 
 def compiled_for(model: keras.Model, kind: str, loss: LossSpec, training: bool,
                  build: Callable[..., Any], **options: Any) -> Any:
-    """`build(model, per-example loss fn, training, **options)`, built once per model, loss, mode
-    and options.
+    """`build(model, per-example loss fn, training, **options)`, built once per model, loss, mode,
+    options and set of trainable variables.
 
     Measuring every few steps must not retrace (and rebuild) a tf.function on every call. The key
-    holds the resolved loss object itself, so re-compiling the model with another loss rebuilds.
+    holds the resolved loss object itself, so re-compiling the model with another loss rebuilds,
+    and the trainable variables' identities, so freezing or unfreezing a layer between calls
+    rebuilds (the built functions and accumulators hold the variables they were built with).
     """
     cache = _COMPILED.setdefault(model, {})
     resolved = loss if loss is not None else getattr(model, "loss", None)
     key = (kind, id(resolved), training,
-           tuple(sorted((k, v) for k, v in options.items() if v is not None)))  # None: default
+           tuple(sorted((k, v) for k, v in options.items() if v is not None)),  # None: default
+           tuple(id(v) for v in model.trainable_variables))
     if key not in cache or cache[key][0] is not resolved:
         cache[key] = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training,
                                       **options))

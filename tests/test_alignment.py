@@ -322,6 +322,27 @@ def test_the_factor_bound_hands_over_to_forward_mode(monkeypatch):
     assert coherence.alignment(model, x, y, batch_size=3).method == alignment_module.FACTORED
 
 
+def test_a_sample_of_known_size_over_the_factor_bound_keeps_no_factors(monkeypatch):
+    """Arrays whose factors would exceed `FACTOR_VALUES` (m · 19 values here) ask the first pass
+    for none: forward mode from the start, still exact; a frozen kernel keeps only b_i (o = 6, 3)."""
+    x, y, _, _ = reference.problem(m=10, d=4, c=3, seed=8)
+    model = mlp((4, 6, 3))  # per example a, b: (4 + 6) + (6 + 3) = 19 values
+    model.compile(loss=SCCE)
+    asked = []
+    streamed_sums = coherence.streamed_sums
+    monkeypatch.setattr(coherence, "streamed_sums",
+                        lambda *a, **k: asked.append(k["factor_values"]) or streamed_sums(*a, **k))
+    monkeypatch.setattr(alignment_module, "FACTOR_VALUES", 19 * 10 - 1)
+    got = coherence.alignment(model, x, y, batch_size=3)
+    assert asked == [None] and got.method == alignment_module.FORWARD_MODE
+    assert_matches(got, brute_force(model, x, y, scce, np.ones(10)))
+    model.layers[0].kernel.trainable = False  # now (6) + (6 + 3) = 15 values per example
+    monkeypatch.setattr(alignment_module, "FACTOR_VALUES", 15 * 10)
+    got = coherence.alignment(model, x, y, batch_size=3)
+    assert got.method == alignment_module.FACTORED and asked[-1] == 15 * 10
+    assert_matches(got, brute_force(model, x, y, scce, np.ones(10)))
+
+
 def test_failed_factored_check_hands_over_to_forward_mode(monkeypatch):
     """Factored products that fail Σ_i g_i·S = ‖S‖² (here: doubled) warn and are recomputed in
     forward mode."""
@@ -340,7 +361,7 @@ def test_16_bit_dtypes_keep_forward_mode():
     def model_with(dtype):
         return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, dtype=dtype)])
 
-    assert alignment_module._may_factor(model_with("float32"))
-    assert alignment_module._may_factor(model_with("float64"))
-    assert not alignment_module._may_factor(model_with("mixed_float16"))
-    assert not alignment_module._may_factor(model_with("bfloat16"))
+    assert alignment_module._may_factor(model_with("float32"), None)
+    assert alignment_module._may_factor(model_with("float64"), None)
+    assert not alignment_module._may_factor(model_with("mixed_float16"), None)
+    assert not alignment_module._may_factor(model_with("bfloat16"), None)

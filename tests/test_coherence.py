@@ -215,6 +215,45 @@ def test_measure_compiles_once_per_model_and_batch_shape():
     assert again.m_coherence == pytest.approx(first.m_coherence, rel=1e-12)
 
 
+
+def _two_layer_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, "tanh", name="first"),
+                              keras.layers.Dense(4, "tanh", name="second"),
+                              keras.layers.Dense(3, name="out")])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["measure", "alignment"])
+def test_freezing_layers_between_calls_measures_the_new_trainable_set(kind):
+    """The compiled functions are rebuilt when the trainable variables change: freezing a layer,
+    or swapping which of two same-shaped layers is frozen (the same number of variables, so a
+    stale build would silently differentiate the old ones), gives what a fresh model with that
+    trainable set gives."""
+    x, y = data(m=12, inputs=4, classes=3)
+    def call(model):
+        if kind == "measure":
+            return coherence.measure(model, x, y, batch_size=5, per_layer=True)
+        return coherence.alignment(model, x, y, batch_size=5)
+
+    model = _two_layer_model()
+    call(model)
+    for frozen in ([0], [1], [0, 1]):
+        for j, layer in enumerate(model.layers):
+            layer.trainable = j not in frozen
+        fresh = _two_layer_model()
+        for j, layer in enumerate(fresh.layers):
+            layer.trainable = j not in frozen
+        got, want = call(model), call(fresh)
+        if kind == "measure":
+            assert got.m_coherence == pytest.approx(want.m_coherence, rel=1e-12)
+            assert {name: stats.m_coherence for name, stats in got.per_layer.items()} == (
+                pytest.approx({name: stats.m_coherence for name, stats in want.per_layer.items()},
+                              rel=1e-12))
+        else:
+            np.testing.assert_allclose(got.alignment, want.alignment, rtol=1e-10)
+
 def test_errors():
     model = softmax_regression()
     x, y = data()
