@@ -65,7 +65,7 @@ TINY = {
                         "coherence.monitor_samples": 8, "coherence.monitor_every_steps": 2,
                         "learning_times.every_steps": 0}, 2),
 }
-NOT_NUMBERS = ("config", "finished", "seconds_last_invocation")
+NOT_NUMBERS = ("config", "config_version", "finished", "seconds_last_invocation")
 
 
 def tiny_plan(name):

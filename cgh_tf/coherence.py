@@ -445,7 +445,7 @@ def flat_dot(a: Sequence[Array | None], b: Sequence[Array | None]) -> float:
                for u, v in zip(a, b))
 
 
-_COMPILED = weakref.WeakKeyDictionary()  # model -> {(kind, id(loss), training): (loss, built)}
+_COMPILED = weakref.WeakKeyDictionary()  # model -> {key (`compiled_for`): (loss, built)}
 
 
 def compiled_for(model: keras.Model, kind: str, loss: LossSpec, training: bool,

@@ -145,9 +145,10 @@ class _Interrupt(Exception):
 
 
 def _as_saved_before_c_was_unset(path):
-    """Rewrite a run file's config as the version whose default was winsorize_pct = 0."""
+    """Rewrite a run file as the version whose default was winsorize_pct = 0 wrote it (its config
+    with 0.0, no `config_version`: version 1)."""
     saved = json.loads(path.read_text())
-    assert saved["config"]["winsorize_pct"] is None
+    assert saved["config"]["winsorize_pct"] is None and saved.pop("config_version") == 2
     path.write_text(json.dumps({**saved, "config": {**saved["config"], "winsorize_pct": 0.0}}))
 
 

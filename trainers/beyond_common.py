@@ -20,7 +20,7 @@ def finished_result(run_dir, config_dict):
     line) if it holds another config's."""
     result = outputs.read_json(os.path.join(run_dir, "results.json"))
     if result and result.get("finished"):
-        _require_same_config(run_dir, result.get("config"), config_dict,
+        _require_same_config(run_dir, result, config_dict,
                              "the finished results of a run")
         return result
     return None
@@ -151,7 +151,7 @@ class Checkpointer:
         config's run."""
         saved = outputs.read_json(self.curves_path)
         if saved is not None:
-            _require_same_config(self.run_dir, saved.get("config"), config_dict, "a run")
+            _require_same_config(self.run_dir, saved, config_dict, "a run")
         found = self.store.newest_intact()
         if found is None or saved is None:
             return 0, None
@@ -164,23 +164,25 @@ class Checkpointer:
     def save(self, step, curves, config_dict):
         self.step.assign(step)
         self.store.save(step)
-        outputs.write_json(self.curves_path, {"config": outputs.json_roundtrip(config_dict),
-                                              "curves": curves, "step": step})
+        outputs.write_json(self.curves_path, {**_config_record(config_dict), "curves": curves,
+                                              "step": step})
 
 
-def _comparable(config_dict):
-    """`winsorize_pct` 0 under `aggregation="mean"` read as None (grokking's old default)."""
-    if (isinstance(config_dict, dict) and config_dict.get("aggregation") == "mean"
-            and config_dict.get("winsorize_pct") == 0):
-        return {**config_dict, "winsorize_pct": None}
-    return config_dict
+def _config_record(config_dict):
+    """The config fields of a run's curves.json / results.json: the config and its version."""
+    return {"config": outputs.json_roundtrip(config_dict),
+            "config_version": config_schema.CONFIG_VERSION}
 
 
-def _require_same_config(run_dir, saved, config_dict, what):
-    """ConfigError (one line) unless the `saved` config dict is `config_dict` (`_comparable`)."""
+def _require_same_config(run_dir, record, config_dict, what):
+    """ConfigError (one line) unless the curves.json / results.json dict `record` holds a run of
+    `config_dict` (its config migrated from the version it was saved at:
+    `config_schema.migrate`)."""
     wanted = outputs.json_roundtrip(config_dict)
-    if _comparable(saved) != _comparable(wanted):
-        saved = saved if isinstance(saved, dict) else {}
+    saved = record.get("config")
+    saved = config_schema.migrate(saved, record.get("config_version", 1)) if isinstance(
+        saved, dict) else {}
+    if saved != wanted:
         differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         raise config_schema.ConfigError(
             f"{run_dir} holds {what} with a different config (fields {differing} differ); use "
@@ -234,7 +236,7 @@ def dataset_bases(module, scale, overrides, name):
 
 def finish(run_dir, config_dict, curves, summary, started, **extra):
     """Write and return a finished run's results.json (config, curves, summary, extra fields)."""
-    result = {"config": outputs.json_roundtrip(config_dict), "curves": curves, "finished": True,
+    result = {**_config_record(config_dict), "curves": curves, "finished": True,
               "summary": summary, **extra,
               "seconds_last_invocation": round(time.time() - started, 1)}
     outputs.write_json(os.path.join(run_dir, "results.json"), result)

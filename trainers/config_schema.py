@@ -183,8 +183,12 @@ CONFIG_VERSION = 2  # of the config a run saves (`config_version` beside it; abs
 
 
 def _from_version_1(saved: dict) -> dict:
-    """Version 1 → 2: `optimizer.winsorize_pct` 0 under `aggregation="mean"` became unset (None),
-    and the `easy_hard` fields of a `mode="train"` run went with the easy_hard trainer mode."""
+    """Version 1 → 2: `winsorize_pct` 0 under `aggregation="mean"` became unset (None), in a
+    trainer config (`optimizer.`) and in a graph-loop experiment's (top level: grokking's old
+    default), and the `easy_hard` fields of a `mode="train"` run went with the easy_hard trainer
+    mode."""
+    if saved.get("aggregation") == "mean" and saved.get("winsorize_pct") == 0:
+        saved = {**saved, "winsorize_pct": None}
     if saved.get("mode", "train") == "train":
         saved = {key: value for key, value in saved.items() if key != "easy_hard"}
     optimizer = saved.get("optimizer")
