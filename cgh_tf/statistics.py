@@ -11,6 +11,7 @@ Everything is float64 NumPy / `math`, no SciPy. Intervals are two-sided at `leve
 | `t_cdf(t, df)`, `t_quantile(p, df)`     | Student t distribution (regularized incomplete beta; bisection) |
 | `normal_quantile(p)`                    | standard normal quantile                                   |
 | `PairedRule`, `CorrelationRule`         | verdict rules declared before the runs; `.evaluate(...)` → `Verdict` |
+| `holm(p_values)`, `family_wise(verdicts)` | Holm's step-down adjustment of a family of p-values; a run's verdicts with it |
 
 Pairing: arm and control values are dicts `{seed: value}`; only seeds present (and not None /
 NaN) in both are paired, and the result says how many were. The paired CI is
@@ -19,6 +20,15 @@ the per-seed differences are independent draws of one distribution; with n = 2 t
 is 12.71, so two seeds almost never decide anything. d_z = mean(d) / sd(d) (Cohen's paired
 effect size). The correlation CI is tanh(atanh(r) ± z_{(1+level)/2} / √(n − 3)) (Fisher z,
 normal approximation; needs n ≥ 4).
+
+p-values are two-sided and the duals of the intervals: p = P(|T_{n−1}| ≥ |t|) for a paired
+difference (sd = 0: p = 0 when the mean is not 0, else 1), p = P(|Z| ≥ |atanh(r)|·√(n − 3)) for
+a correlation, so p < 1 − level exactly when the interval excludes 0 (up to the 1e-12 of
+`t_quantile`'s bisection); no interval, no p. A run's declared rules are one family: Holm's
+step-down (Holm 1979) adjusts their p-values, p_holm(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j))
+over the m sorted p's (rules without a p — undetermined — are not counted in m), and a decided
+effect survives when p_holm < 1 − level. It controls the family-wise error rate (the chance of any
+false decision among the m rules) at 1 − level under any dependence between the rules.
 """
 
 import dataclasses
@@ -122,6 +132,14 @@ def t_quantile(p, df):
     return 0.5 * (lo + hi)
 
 
+def t_two_sided_p(t, df):
+    """P(|T| >= |t|) for Student's t with `df` degrees of freedom: I_{df/(df+t²)}(df/2, 1/2),
+    without the cancellation of 1 − cdf."""
+    if df <= 0:
+        raise ValueError(f"df={df!r} must be > 0")
+    return _betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
 def normal_quantile(p):
     """The z with Φ(z) = p (standard normal)."""
     return NormalDist().inv_cdf(p)
@@ -132,8 +150,9 @@ def normal_quantile(p):
 @dataclasses.dataclass(frozen=True)
 class PairedDifference:
     """arm − control over the n seeds present in both: mean, sd of the differences, the `level`
-    interval (`T_METHOD`), t = mean / (sd / √n), d_z = mean / sd; interval / t / d_z None for
-    n < 2 (or sd = 0 for t and d_z). `seeds`: the paired seeds, `differences`: per seed."""
+    interval (`T_METHOD`), t = mean / (sd / √n), d_z = mean / sd, the two-sided p of t (n − 1
+    dof); interval / t / d_z / p None for n < 2 (t and d_z also for sd = 0, where p is 0 or 1).
+    `seeds`: the paired seeds, `differences`: per seed."""
 
     mean: float
     sd: float
@@ -145,6 +164,7 @@ class PairedDifference:
     level: float
     seeds: tuple
     differences: tuple
+    p: float = None
     method: str = T_METHOD
 
     def excludes_zero(self):
@@ -170,21 +190,24 @@ def paired_difference(arm, control, level=0.95) -> PairedDifference:
                          and len(_clean([arm[s], control[s]])) == 2))
     d = np.asarray([float(arm[s]) - float(control[s]) for s in seeds], dtype=np.float64)
     stats = summarize(d)
-    low = high = t = d_z = None
+    low = high = t = d_z = p = None
     if stats.n >= 2:
         half = t_quantile(0.5 + level / 2.0, stats.n - 1) * stats.sd / math.sqrt(stats.n)
         low, high = stats.mean - half, stats.mean + half
+        p = float(stats.mean == 0)
         if stats.sd > 0:
             t = stats.mean / (stats.sd / math.sqrt(stats.n))
             d_z = stats.mean / stats.sd
+            p = t_two_sided_p(t, stats.n - 1)
     return PairedDifference(stats.mean, stats.sd, stats.n, low, high, t, d_z, level, seeds,
-                            tuple(float(v) for v in d))
+                            tuple(float(v) for v in d), p)
 
 
 @dataclasses.dataclass(frozen=True)
 class Correlation:
-    """Pearson r of n pairs with its `level` interval (`FISHER_METHOD`; None for n < 4 or |r| = 1);
-    r None for n < 3 or a constant side."""
+    """Pearson r of n pairs with its `level` interval (`FISHER_METHOD`; None for n < 4 or |r| = 1)
+    and the two-sided p of z = atanh(r)·√(n − 3) (None when the interval is); r None for n < 3 or
+    a constant side."""
 
     r: float
     n: int
@@ -192,6 +215,7 @@ class Correlation:
     high: float
     level: float
     method: str = FISHER_METHOD
+    p: float = None
 
     def excludes_zero(self):
         return self.low is not None and (self.low > 0 or self.high < 0)
@@ -222,7 +246,8 @@ def correlation(x, y, level=0.95) -> Correlation:
         return Correlation(r, n, None, None, level)
     half = normal_quantile(0.5 + level / 2.0) / math.sqrt(n - 3)
     z = math.atanh(r)
-    return Correlation(r, n, math.tanh(z - half), math.tanh(z + half), level)
+    p = math.erfc(abs(z) * math.sqrt(n - 3) / math.sqrt(2.0))
+    return Correlation(r, n, math.tanh(z - half), math.tanh(z + half), level, p=p)
 
 
 def linear_fit(x, y, x0, level=0.95):
@@ -263,6 +288,12 @@ class Verdict:
     decided: bool
     text: str
     statistic: dict
+
+    def entry(self, statement):
+        """The verdict as results.json stores it, before the family-wise step (`family_wise`):
+        {rule, statement, decided, text, p, level}."""
+        return {"rule": self.rule, "statement": statement, "decided": self.decided,
+                "text": self.text, "p": self.statistic["p"], "level": self.statistic["level"]}
 
 
 AS_PREDICTED = "; as predicted"
@@ -347,6 +378,10 @@ class CorrelationRule:
             raise ValueError(f"prediction={self.prediction!r}; allowed: 'positive', 'negative', "
                              "None")
 
+    def statement(self):
+        return (f"{self.x} vs {self.y}, effect if the {self.level:.0%} CI ({FISHER_METHOD}) "
+                "excludes 0" + (f"; predicted {self.prediction}" if self.prediction else ""))
+
     def evaluate(self, x_values, y_values) -> Verdict:
         c = correlation(x_values, y_values, self.level)
         head = f"{self.x} vs {self.y}: {c.text()}"
@@ -358,3 +393,63 @@ class CorrelationRule:
         sign = "positive" if c.r > 0 else "negative"
         return Verdict(self.name, True, f"{sign} correlation: {head}"
                        f"{_agreement(sign, self.prediction)}", stat)
+
+
+# ---------------------------------------------------------------------------- multiplicity
+
+HOLM_METHOD = "Holm (1979) step-down"
+
+
+def holm(p_values):
+    """Holm-adjusted p-values of a family, in the input order: with the m non-None p's sorted,
+    p_holm(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j)); None (no p: an undetermined rule) stays
+    None and is not counted in m. ValueError for a p outside [0, 1]."""
+    for p in p_values:
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise ValueError(f"p={p!r} must be in [0, 1] (or None for a rule without a p)")
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted, running = [None] * len(p_values), 0.0
+    for rank, (p, i) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def family_wise(verdicts):
+    """The verdict entries (`Verdict.entry`) of one run's declared rules as one family: each
+    with `p_holm` (`holm`) and `survives_holm` (decided and p_holm < 1 − level)."""
+    adjusted = holm([v["p"] for v in verdicts])
+    return [{**v, "p_holm": a, "survives_holm": bool(v["decided"] and a is not None
+                                                     and a < 1.0 - v["level"])}
+            for v, a in zip(verdicts, adjusted)]
+
+
+def _p_text(p):
+    return format(p, ".3g")
+
+
+def holm_text(verdict, verdicts):
+    """The family-wise ending of a verdict's sentence within its family `verdicts` (entries of
+    `family_wise`), e.g. "p = 0.012, Holm over 20 rules: p = 0.24, not significant"."""
+    if verdict["p"] is None:
+        return "no p (not in the Holm family)"
+    m = sum(v["p"] is not None for v in verdicts)
+    significant = verdict["p_holm"] < 1.0 - verdict["level"]
+    return (f"p = {_p_text(verdict['p'])}, Holm over {m} rule{'s' * (m > 1)}: p = "
+            f"{_p_text(verdict['p_holm'])}, {'' if significant else 'not '}significant")
+
+
+def family_tally(verdicts):
+    """How many of a family's rules are decided at their level and how many of those survive
+    Holm, e.g. "14 decided at 95 %, 3 survive Holm over 16"."""
+    levels = {v["level"] for v in verdicts}
+    at = f"{levels.pop():.0%}".replace("%", " %") if len(levels) == 1 else "their levels"
+    m = sum(v["p"] is not None for v in verdicts)
+    return (f"{sum(v['decided'] for v in verdicts)} decided at {at}, "
+            f"{sum(v['survives_holm'] for v in verdicts)} survive Holm over {m}")
+
+
+FAMILY_NOTE = (f"Family-wise: the run's declared rules are one family; p is the two-sided p of "
+               f"each rule's statistic (the dual of its interval), adjusted by {HOLM_METHOD} over "
+               "the m rules with a p (undetermined ones have none); a decided effect is "
+               "significant family-wise when its Holm-adjusted p is below 1 − level.")

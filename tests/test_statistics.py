@@ -1,4 +1,4 @@
-"""cgh_tf.statistics against closed forms, hand computations and float64 NumPy (no SciPy)."""
+"""cgh_tf.statistics against closed forms, hand computations, float64 NumPy and scipy.stats."""
 
 import math
 
@@ -150,3 +150,99 @@ def test_linear_fit_matches_numpy_polyfit_and_the_standard_errors_by_hand():
     t = 2.2281388519649385   # t_{.975, 10}
     assert fit["predicted_interval"][1] == pytest.approx(fit["predicted"] + t * se, rel=1e-9)
     assert st.linear_fit([1, 1, 1], [1, 2, 3], 2) is None and st.linear_fit([1, 2], [1, 2], 3) is None
+
+
+# ---------------------------------------------------------------------------- p-values, Holm
+
+def _holm_by_definition(p):
+    """p_holm(i) = max_{j <= i} min(1, (m - j + 1) p_(j)) on the sorted p's, written out."""
+    order = np.argsort(p, kind="stable")
+    m, out = len(p), np.empty(len(p))
+    for i in range(m):
+        out[order[i]] = max(min(1.0, (m - j) * p[order[j]]) for j in range(i + 1))
+    return list(out)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 12])
+def test_paired_p_is_scipy_one_sample_t_test_of_the_differences(n):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(n)
+    for shift in (0.0, 0.3, 1.5):
+        arm, control = rng.normal(shift, 1.0, size=n), rng.normal(size=n)
+        d = st.paired_difference(dict(enumerate(arm)), dict(enumerate(control)))
+        reference = scipy_stats.ttest_1samp(arm - control, 0.0)
+        assert d.t == pytest.approx(reference.statistic, rel=1e-12)
+        assert d.p == pytest.approx(reference.pvalue, rel=1e-9, abs=1e-300)
+
+
+def test_correlation_p_is_the_normal_tail_of_fisher_z():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    for n, slope in ((4, 0.2), (7, 1.0), (30, 0.1), (30, 3.0)):
+        x = rng.normal(size=n)
+        y = slope * x + rng.normal(size=n)
+        c = st.correlation(x, y)
+        z = math.atanh(np.corrcoef(x, y)[0, 1]) * math.sqrt(n - 3)
+        assert c.p == pytest.approx(2 * scipy_stats.norm.sf(abs(z)), rel=1e-12)
+    assert st.correlation([1, 2, 3], [1, 3, 2]).p is None   # n < 4: no interval, no p
+
+
+def test_p_below_one_minus_level_exactly_when_the_interval_excludes_zero():
+    rng = np.random.default_rng(4)
+    for trial in range(1500):
+        n, level = int(rng.integers(2, 7)), (0.9, 0.95, 0.99)[trial % 3]
+        arm = rng.normal(rng.normal(0, 1.5), rng.uniform(0.1, 2), size=n)
+        d = st.paired_difference(dict(enumerate(arm)), dict(enumerate(np.zeros(n))), level)
+        assert (d.p < 1 - level) == d.excludes_zero(), (arm, level, d.p)
+        x = rng.normal(size=n + 3)
+        c = st.correlation(x, rng.normal(0, 1) * x + rng.normal(size=n + 3), level)
+        assert (c.p < 1 - level) == c.excludes_zero(), (x, level, c.p)
+
+
+def test_p_of_a_zero_spread_difference_is_0_or_1():
+    shifted = st.paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})
+    assert shifted.p == 0.0 and shifted.excludes_zero()
+    same = st.paired_difference({0: 2.0, 1: 3.0}, {0: 2.0, 1: 3.0})
+    assert same.p == 1.0 and not same.excludes_zero()
+    assert st.paired_difference({0: 2.0}, {0: 1.0}).p is None
+
+
+def test_holm_by_hand_ties_zero_single_and_missing():
+    assert st.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert st.holm([0.02, 0.02]) == [0.04, 0.04]                 # ties: the same adjusted p
+    assert st.holm([0.0, 0.5]) == [0.0, 0.5]
+    assert st.holm([0.037]) == [0.037]                           # m = 1: no change
+    assert st.holm([None, 0.01, 0.02]) == [None, 0.02, 0.02]     # None: not counted in m
+    assert st.holm([0.6, 0.7]) == [1.0, 1.0]                     # capped at 1
+    with pytest.raises(ValueError, match=r"p=1.5 must be in \[0, 1\]"):
+        st.holm([0.1, 1.5])
+
+
+def test_holm_matches_its_definition_on_random_families():
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 3, 8, 20):
+        p = rng.uniform(0, 0.2, size=m) ** 2
+        p[rng.integers(m)] = p[0]                                # a tie in most families
+        assert st.holm(list(p)) == pytest.approx(_holm_by_definition(p), rel=1e-15)
+
+
+def test_family_wise_verdicts_their_sentences_and_tally():
+    rule = st.PairedRule("r", "m", "a", "b", prediction="higher")
+    strong = rule.evaluate({0: 1.0, 1: 1.1, 2: 1.2, 3: 1.05}, {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0})
+    weak = rule.evaluate({0: 0.3, 1: 0.7, 2: 0.55}, {0: 0.0, 1: 0.1, 2: 0.1})  # p = 0.035
+    null = rule.evaluate({0: 0.3, 1: -0.6, 2: 0.5}, {0: 0.0, 1: 0.1, 2: 0.1})
+    lone = rule.evaluate({0: 1.0}, {0: 0.0})
+    family = st.family_wise([v.entry("s") for v in (strong, weak, null, lone)])
+    p = [v["p"] for v in family]
+    assert p[3] is None and [v["decided"] for v in family] == [True, True, False, False]
+    assert [v["p_holm"] for v in family[:3]] == pytest.approx(_holm_by_definition(p[:3]))
+    assert family[0]["p_holm"] == pytest.approx(3 * p[0])       # the smallest p, times m = 3
+    assert [v["survives_holm"] for v in family] == [True, False, False, False]
+    assert st.holm_text(family[1], family) == (
+        f"p = {p[1]:.3g}, Holm over 3 rules: p = {family[1]['p_holm']:.3g}, not significant")
+    assert st.holm_text(family[0], family).endswith(", significant")
+    assert st.holm_text(family[3], family) == "no p (not in the Holm family)"
+    assert st.family_tally(family) == "2 decided at 95 %, 1 survive Holm over 3"
+    c = st.CorrelationRule("c", "x", "y", prediction="negative")
+    assert c.evaluate(np.arange(10.0), -np.arange(10.0) + np.sin(np.arange(10.0))).entry("s")[
+        "p"] < 1e-6 and "excludes 0; predicted negative" in c.statement()
