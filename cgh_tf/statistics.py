@@ -444,9 +444,9 @@ def family_tally(verdicts):
     Holm, e.g. "14 decided at 95 %, 3 survive Holm over 16"."""
     levels = {v["level"] for v in verdicts}
     at = f"{levels.pop():.0%}".replace("%", " %") if len(levels) == 1 else "their levels"
-    m = sum(v["p"] is not None for v in verdicts)
-    return (f"{sum(v['decided'] for v in verdicts)} decided at {at}, "
-            f"{sum(v['survives_holm'] for v in verdicts)} survive Holm over {m}")
+    m, survive = sum(v["p"] is not None for v in verdicts), sum(v["survives_holm"] for v in verdicts)
+    return (f"{sum(v['decided'] for v in verdicts)} decided at {at}, {survive} "
+            f"survive{'s' * (survive == 1)} Holm over {m}")
 
 
 FAMILY_NOTE = (f"Family-wise: the run's declared rules are one family; p is the two-sided p of "

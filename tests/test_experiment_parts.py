@@ -170,7 +170,7 @@ def test_correlations_hook_across_groups():
                                                                                  "y": -9}}))
     means = correlations.group_means(runs, ("x", "y"), lambda a: a.config.kind == "real")
     assert means == {"x": [1, 2, 3, 4, 5], "y": [2, 4.5, 5.5, 8.5, 10]}
-    lines, out = correlations.per_panel(runs, (rule,), {"all": lambda a: True},
+    lines, out, verdicts = correlations.per_panel(runs, (rule,), {"all": lambda a: True},
                                         lambda a: a.config.kind == "real", lambda p: f"## {p}")
     stat = out["d"]["all/x predicts y"]
     assert stat["spearman"] == pytest.approx(1.0)

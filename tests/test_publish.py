@@ -45,9 +45,11 @@ def _toy_repo(root):
     text = "effect (m3 lower): m3 − sgd = -0.100 [-0.150, -0.050] (n = 3); as predicted"
     (results / "results.json").write_text(json.dumps({
         "groups": {"sgd": {"seeds": [0, 1, 2]}, "m3": {"seeds": [0, 1, 2]}},
-        "verdicts": [{"rule": "m3_lower", "statement": "s", "decided": True, "text": text},
+        "verdicts": [{"rule": "m3_lower", "statement": "s", "decided": True, "text": text,
+                      "p": 0.004, "level": 0.95, "p_holm": 0.008, "survives_holm": True},
                      {"rule": "rm3_lower", "statement": "s", "decided": False,
-                      "text": "no detectable effect: rm3 − ra3 = 0.01 [-0.02, 0.04] (n = 3)"}],
+                      "text": "no detectable effect: rm3 − ra3 = 0.01 [-0.02, 0.04] (n = 3)",
+                      "p": 0.6, "level": 0.95, "p_holm": 0.6, "survives_holm": False}],
         "analyses": {"order": {"a": {"verdict": "a > b > c: not decided"}, "x": [1, 2]}}}))
     (results / "results.md").write_text("# Toy\n\n| a |\n\n![fig](toy.png)\n")
     (results / "toy.png").write_bytes(b"png")
@@ -71,8 +73,9 @@ def test_publish_writes_pages_rows_nav_and_figures(tmp_path, monkeypatch):
     assert "**Not yet rerun through the declared rules**" in old and old.endswith("Old table.\n")
     readme = (tmp_path / "README.md").read_text()
     assert (f"| `toy` | M3 lowers memorisation | 3 seeds; 2 declared rules: 1 as predicted, 1 no "
-            f"detectable effect. First: `m3_lower`: {verdict}. Analyses: a > b > c: not decided | "
-            "[page](docs/experiments/toy.md) |") in readme
+            "detectable effect; 1 decided at 95 %, 1 survives Holm over 2. First: `m3_lower`: "
+            f"{verdict}; p = 0.004, Holm over 2 rules: p = 0.008, significant. Analyses: a > b > "
+            "c: not decided | [page](docs/experiments/toy.md) |") in readme
     assert ("| `old` | old claim | **not yet rerun through the declared rules**; earlier run: it "
             "looked **yes** | [page](docs/experiments/old.md) |") in readme
     assert readme.endswith(f"{publish.README_END}\ntail\n") and "\nold\n" not in readme
@@ -142,3 +145,10 @@ def test_a_run_at_another_setting_gets_its_own_section_and_survives_collect(tmp_
     publish.collect(str(tmp_path), "toy/big", str(workdir))
     assert sorted(os.listdir(setting)) == ["results.json", "results.md"]
 
+
+
+def test_a_results_json_without_family_wise_verdicts_is_refused_in_one_line():
+    old = {"experiment": "toy", "groups": {"a": {"seeds": [0]}},
+           "verdicts": [{"rule": "r", "statement": "s", "decided": False, "text": "t"}]}
+    with pytest.raises(ValueError, match="results.json of toy predates the family-wise verdicts"):
+        publish.verdict_cell(old)

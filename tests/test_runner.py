@@ -62,6 +62,9 @@ def test_run_writes_one_schema_with_paired_intervals_and_the_declared_verdict(tm
     assert within["mean"] == pytest.approx(0.535, abs=1e-15)
     verdict = on_disk["verdicts"][0]
     assert verdict["decided"] and verdict["text"].startswith("effect (m3 lower)")
+    t = diffs.mean() / (np.std(diffs, ddof=1) / math.sqrt(3))
+    assert verdict["p"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t), rel=1e-9)  # df 2
+    assert verdict["p_holm"] == verdict["p"] and verdict["survives_holm"]   # a family of one
     text = (tmp_path / "results.md").read_text()
     assert "excludes 0" in text and "Student t, paired by seed" in text
     assert "| sgd | 3 | 0.523 ± 0.025 | 1.070 ± 0.042 (2/3 seeds) |" in text
@@ -136,3 +139,20 @@ def test_optimizers_build_adamw_alone_and_as_the_inner_optimizer():
     assert isinstance(inner, keras.optimizers.AdamW) and inner.weight_decay == 0.5
     with pytest.raises(ValueError, match="momentum"):
         optimizers.build("adamw", 1e-3, momentum=0.9)
+
+
+def test_analysis_verdicts_join_the_family_and_results_md_reports_holm(tmp_path):
+    """A hook's declared-rule verdicts ("verdicts" in its dict) are one Holm family with the
+    experiment's rules: p_holm = min(1, 2 p) for the smaller p of two, results.md says it."""
+    extra = statistics.PairedRule("acc vs itself", "acc", "sgd", "sgd").evaluate(
+        {0: 1.0, 1: 2.0, 2: 3.5}, {0: 1.0, 1: 1.0, 2: 1.0}).entry("declared in the hook")
+    toy = Experiment(**{**TOY.__dict__, "analyses": lambda runs: (
+        ["hook line"], {"kept": 1, "verdicts": [extra]})})
+    summary = runner.run(toy, runner.plan(toy, "small", 3, {}), str(tmp_path), "cmd", echo=None)
+    first, second = summary["verdicts"]
+    assert second["rule"] == "acc vs itself" and summary["analyses"] == {"kept": 1}
+    assert first["p_holm"] == pytest.approx(min(1.0, 2 * min(first["p"], second["p"])))
+    assert second["p_holm"] == pytest.approx(max(first["p_holm"], second["p"]))
+    text = (tmp_path / "results.md").read_text()
+    assert "Here: 1 decided at 95 %, " in text and "Holm over 2 rules: p = " in text
+    assert text.index(runner.VERDICTS_HEADING) < text.index("hook line")

@@ -242,7 +242,7 @@ def test_family_wise_verdicts_their_sentences_and_tally():
         f"p = {p[1]:.3g}, Holm over 3 rules: p = {family[1]['p_holm']:.3g}, not significant")
     assert st.holm_text(family[0], family).endswith(", significant")
     assert st.holm_text(family[3], family) == "no p (not in the Holm family)"
-    assert st.family_tally(family) == "2 decided at 95 %, 1 survive Holm over 3"
+    assert st.family_tally(family) == "2 decided at 95 %, 1 survives Holm over 3"
     c = st.CorrelationRule("c", "x", "y", prediction="negative")
     assert c.evaluate(np.arange(10.0), -np.arange(10.0) + np.sin(np.arange(10.0))).entry("s")[
         "p"] < 1e-6 and "excludes 0; predicted negative" in c.statement()

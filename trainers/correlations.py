@@ -30,8 +30,9 @@ def spearman(x, y):
 def per_panel(runs, rules, subsets, keep, title):
     """Per panel of the runs and per named subset {name: arm -> bool} of its kept arms (`keep`),
     the `rules` evaluated across groups: (markdown lines, {panel: {"<subset>/<rule>": statistic
-    with "spearman"}}); `title(panel)` heads each panel's table."""
-    lines, out = [], {}
+    with "spearman"}}, the verdict entries for the run's family of rules, `Verdict.entry`);
+    `title(panel)` heads each panel's table."""
+    lines, out, verdicts = [], {}, []
     keys = sorted({k for rule in rules for k in (rule.x, rule.y)})
     for panel in dict.fromkeys(a.panel for a, _ in runs):
         lines += [title(panel), "", "One point per arm group (mean over its seeds). Rules "
@@ -45,7 +46,11 @@ def per_panel(runs, rules, subsets, keep, title):
                 verdict = rule.evaluate(means[rule.x], means[rule.y])
                 rho = spearman(means[rule.x], means[rule.y])
                 out[panel][f"{name}/{rule.name}"] = {**verdict.statistic, "spearman": rho}
+                verdicts.append({**verdict.entry(f"{rule.statement()}; across the {name} models "
+                                                 "of the panel, one point per arm group (mean "
+                                                 "over its seeds)"),
+                                 "rule": f"{panel}, {name} models: {rule.name}"})
                 lines.append(f"| {rule.name} | {name} | {verdict.text} | "
                              f"{'n/a' if rho is None else f'{rho:+.2f}'} |")
         lines.append("")
-    return lines, out
+    return lines, out, verdicts

@@ -167,7 +167,7 @@ def analyses(runs):
     correlations across models of the real-label runs (`correlations.per_panel`), and the gap
     against the train accuracy (does the gap measure how far a model got in the budget?)."""
     real = lambda a: a.config.labels == "real"  # noqa: E731
-    lines, out = correlations.per_panel(
+    lines, out, verdicts = correlations.per_panel(
         runs, CORRELATION_RULES, {"all": lambda a: True, "width": lambda a: "width" in a.tags,
                                   "depth": lambda a: "depth" in a.tags}, real,
         lambda d: f"## {d}: m-coherence after one epoch vs generalisation, across models")
@@ -176,7 +176,7 @@ def analyses(runs):
                                          lambda a: a.panel == dataset and real(a))
         lines += ["The gap against the train accuracy across models: " + statistics.correlation(
             means["train_accuracy"], means["gap"]).text(), ""]
-    return lines, {"correlations": out}
+    return lines, {"correlations": out, "verdicts": verdicts}
 
 
 def figures(workdir, runs):

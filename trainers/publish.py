@@ -99,16 +99,23 @@ def page(root, name):
 
 def verdict_cell(summary):
     """The README's verdict cell of a results.json: seeds, the tally of its rules' outcomes
-    (`cgh_tf.statistics.outcome`), the first (headline) rule's verdict and the analyses'."""
+    (`cgh_tf.statistics.outcome`) and how many decided ones survive Holm over the run's family
+    (`statistics.family_tally`), the first (headline) rule's verdict with its family-wise ending,
+    the analyses' verdicts. ValueError (one line) for a results.json without p_holm."""
     seeds = max(len(g["seeds"]) for g in summary["groups"].values())
     verdicts = summary["verdicts"]
     if not verdicts:
         return f"{seeds} seeds; no rule declared"
+    if "p_holm" not in verdicts[0]:
+        raise ValueError(f"the results.json of {summary['experiment']} predates the family-wise "
+                         "verdicts (no p_holm): rewrite it with `python "
+                         "benchmarks/rereport_verdicts.py --write`")
     counts = collections.Counter(statistics.outcome(v) for v in verdicts)
     tally = ", ".join(f"{counts[kind]} {kind}" for kind in statistics.OUTCOMES if counts[kind])
     first = verdicts[0]
-    cell = (f"{seeds} seeds; {len(verdicts)} declared rule{'s' * (len(verdicts) > 1)}: {tally}. "
-            f"First: `{first['rule']}`: {first['text']}")
+    cell = (f"{seeds} seeds; {len(verdicts)} declared rule{'s' * (len(verdicts) > 1)}: {tally}; "
+            f"{statistics.family_tally(verdicts)}. First: `{first['rule']}`: {first['text']}; "
+            f"{statistics.holm_text(first, verdicts)}")
     found = analysis_verdicts(summary.get("analyses"))
     return cell + (". Analyses: " + "; ".join(found) if found else "")
 

@@ -13,6 +13,7 @@ from . import hparams_board, outputs
 
 TIMINGS_FILE = outputs.TIMINGS_FILE
 RESULTS_MD = "results.md"
+VERDICTS_HEADING = "Verdicts (rules declared before the runs):"
 
 
 def plan(experiment, scale="small", seeds=None, overrides=None):
@@ -82,8 +83,10 @@ def difference(runs, kind, arm, control, metric, control_metric=None):
             "control_metric": control_metric, **diff.as_dict()}
 
 
-def tabulate(experiment, runs):
-    """The results.json dict of `runs` = [(Arm, result)] without files, figures and seconds."""
+def tabulate(experiment, runs, analysis_verdicts=()):
+    """The results.json dict of `runs` = [(Arm, result)] without files, figures and seconds; the
+    verdicts of the declared rules, then the `analysis_verdicts` entries (rules an analysis hook
+    evaluates), are one family (`statistics.family_wise`)."""
     arms = [arm for arm, _ in runs]
     groups = {}   # group -> its entry, in plan order
     for group in dict.fromkeys(arm.group for arm in arms):
@@ -98,17 +101,15 @@ def tabulate(experiment, runs):
                    for arm, control in experiment.declared("comparisons", arms) for key in compared]
     contrasts = [difference(runs, "within arm", group, group, metric, control_metric)
                  for metric, control_metric in experiment.contrasts for group in groups]
-    verdicts = []
-    for rule in experiment.declared("rules", arms):
-        verdict = rule.evaluate(per_seed(runs, rule.arm, rule.metric),
-                                per_seed(runs, rule.control, rule.control_metric or rule.metric))
-        verdicts.append({"rule": rule.name, "statement": rule.statement(),
-                         "decided": verdict.decided, "text": verdict.text})
+    verdicts = [rule.evaluate(per_seed(runs, rule.arm, rule.metric),
+                              per_seed(runs, rule.control, rule.control_metric or rule.metric)
+                              ).entry(rule.statement())
+                for rule in experiment.declared("rules", arms)]
     return {"experiment": experiment.name, "title": experiment.title,
             "columns": [{"key": c.key, "header": c.header, "fmt": c.fmt}
                         for c in experiment.columns],
             "groups": groups, "comparisons": comparisons, "contrasts": contrasts,
-            "verdicts": verdicts}
+            "verdicts": statistics.family_wise(verdicts + list(analysis_verdicts))}
 
 
 def _cell(stats, fmt, n_total):
@@ -154,17 +155,26 @@ def markdown(experiment, summary, command, setting_lines, analysis_lines):
     fmts = {c.key: c.fmt for c in columns}
     lines += difference_lines("Arm − control, paired by seed", summary["comparisons"], fmts)
     lines += difference_lines("Within each arm, paired by seed", summary["contrasts"], fmts)
-    if summary["verdicts"]:
-        lines += ["", "Verdicts (rules declared before the runs):", ""]
-        lines += [f"- **{v['rule']}** ({v['statement']}): {v['text']}" for v in summary["verdicts"]]
+    lines += verdict_lines(summary["verdicts"])
     return "\n".join(lines + [""] + list(analysis_lines)) + "\n"
+
+
+def verdict_lines(verdicts):
+    """The verdicts block of results.md: the family and its method once, then every rule with
+    its statement, its verdict (unadjusted CI) and its family-wise ending."""
+    if not verdicts:
+        return []
+    return ["", VERDICTS_HEADING, "", f"{statistics.FAMILY_NOTE} Here: "
+            f"{statistics.family_tally(verdicts)}.", ""] + [
+        f"- **{v['rule']}** ({v['statement']}): {v['text']}; {statistics.holm_text(v, verdicts)}"
+        for v in verdicts]
 
 
 def write_report(experiment, runs, workdir, command, seconds):
     """Write results.json, results.md, the figures, timings.json and the HParams sessions."""
-    summary = {**tabulate(experiment, runs), "command": command, "seconds": seconds}
-    analysis_lines, summary["analyses"] = (experiment.analyses(runs) if experiment.analyses
-                                           else ([], {}))
+    analysis_lines, analyses = experiment.analyses(runs) if experiment.analyses else ([], {})
+    summary = {**tabulate(experiment, runs, analyses.pop("verdicts", ())), "command": command,
+               "seconds": seconds, "analyses": analyses}
     summary["figures"] = experiment.figures(workdir, runs) if experiment.figures else []
     setting = list(experiment.setting(runs)) if experiment.setting else []
     trained = summary["training_seconds"] = {}
