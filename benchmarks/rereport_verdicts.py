@@ -31,6 +31,14 @@ class Mismatch(ValueError):
     """The re-derivation does not reproduce a stored value: it is wrong, stop."""
 
 
+def stored(folder):
+    """(results.json dict, results.md text) of a run's folder."""
+    with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    with open(os.path.join(folder, runner.RESULTS_MD), encoding="utf-8") as f:
+        return summary, f.read()
+
+
 def planned(command):
     """(arms, experiment) of a stored `python -m trainers.reproduce ...` command."""
     options = {"set": []}
@@ -99,8 +107,7 @@ def verdict_block(lines):
 def rereport(folder):
     """(new results.json dict, new results.md text, notes) of the run in `folder`; Mismatch if
     the stored numbers do not give the stored verdicts."""
-    summary = json.load(open(os.path.join(folder, "results.json"), encoding="utf-8"))
-    md = open(os.path.join(folder, runner.RESULTS_MD), encoding="utf-8").read()
+    summary, md = stored(folder)
     arms, experiment = planned(summary["command"])
     runs = stored_runs(arms, summary)
     columns = {c.key for c in experiment.columns}
@@ -150,8 +157,7 @@ def main():
     changed = []
     for folder in folders(args.root):
         summary, md, note = rereport(folder)
-        before = (json.load(open(os.path.join(folder, "results.json"), encoding="utf-8")),
-                  open(os.path.join(folder, runner.RESULTS_MD), encoding="utf-8").read())
+        before = stored(folder)
         decided = sum(v["decided"] for v in summary["verdicts"])
         survive = sum(v["survives_holm"] for v in summary["verdicts"])
         print(f"{folder}: {len(summary['verdicts'])} rules, {decided} decided at 95 %, "

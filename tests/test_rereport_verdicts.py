@@ -1,0 +1,51 @@
+"""benchmarks/rereport_verdicts.py: the committed verdicts follow from the committed per-seed
+numbers through the runner's own code, and a run written before the family-wise step is rewritten
+exactly as a fresh run writes it."""
+
+import os
+import shutil
+
+import pytest
+
+from benchmarks import rereport_verdicts as rereport
+from trainers import outputs, runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_committed_result_is_what_its_stored_numbers_give():
+    folders = rereport.folders(ROOT)
+    assert len(folders) >= 16
+    for folder in folders:
+        summary, md, _ = rereport.rereport(folder)
+        assert (summary, md) == rereport.stored(folder), folder
+
+
+def _as_before_holm(folder, tmp_path):
+    """A copy of a committed run as the runner wrote it before p-values and Holm."""
+    copy = tmp_path / "run"
+    shutil.copytree(folder, copy)
+    summary, md = rereport.stored(copy)
+    block = runner.verdict_lines(summary["verdicts"])
+    for part, keys in rereport.ADDED.items():
+        summary[part] = [{k: v for k, v in row.items() if k not in keys} for row in summary[part]]
+    old = ["", runner.VERDICTS_HEADING, ""] + [f"- **{v['rule']}** ({v['statement']}): "
+                                               f"{v['text']}" for v in summary["verdicts"]]
+    (copy / "results.md").write_text(md.replace("\n".join(block), "\n".join(old)))
+    outputs.write_json(str(copy / "results.json"), summary)
+    return copy, summary
+
+
+def test_a_run_before_holm_is_rewritten_as_a_fresh_run_writes_it(tmp_path):
+    folder = os.path.join(ROOT, "results", "alignment_order")
+    copy, _ = _as_before_holm(folder, tmp_path)
+    assert rereport.rereport(str(copy))[:2] == rereport.stored(folder)
+
+
+def test_a_stored_verdict_its_numbers_do_not_give_stops_it(tmp_path):
+    copy, summary = _as_before_holm(os.path.join(ROOT, "results", "alignment_order"), tmp_path)
+    rule = summary["verdicts"][0]
+    summary["verdicts"][0] = {**rule, "text": rule["text"].replace("-0.510", "-0.511")}
+    outputs.write_json(str(copy / "results.json"), summary)
+    with pytest.raises(rereport.Mismatch, match="re-derived verdicts differ from the stored"):
+        rereport.rereport(str(copy))
