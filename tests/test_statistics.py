@@ -246,3 +246,18 @@ def test_family_wise_verdicts_their_sentences_and_tally():
     c = st.CorrelationRule("c", "x", "y", prediction="negative")
     assert c.evaluate(np.arange(10.0), -np.arange(10.0) + np.sin(np.arange(10.0))).entry("s")[
         "p"] < 1e-6 and "excludes 0; predicted negative" in c.statement()
+
+
+def test_holm_holds_the_family_wise_error_rate_where_the_unadjusted_rules_do_not():
+    """2,000 families of m = 10 true-null paired rules with 3 seeds: any decided effect in about
+    40 % of the families unadjusted (1 − 0.95^10), in at most 5 % after Holm."""
+    rng = np.random.default_rng(6)
+    unadjusted = adjusted = 0
+    for _ in range(2000):
+        draws = rng.normal(size=(10, 3))
+        family = [st.paired_difference(dict(enumerate(d)), dict(enumerate(np.zeros(3))))
+                  for d in draws]
+        unadjusted += any(d.excludes_zero() for d in family)
+        adjusted += any(p < 0.05 for p in st.holm([d.p for d in family]))
+    assert abs(unadjusted / 2000 - (1 - 0.95 ** 10)) < 0.035   # binomial sd 0.011
+    assert adjusted / 2000 < 0.05 + 0.015                      # binomial sd 0.005
