@@ -37,7 +37,8 @@ def per_panel(runs, rules, subsets, keep, title):
     for panel in dict.fromkeys(a.panel for a, _ in runs):
         lines += [title(panel), "", "One point per arm group (mean over its seeds). Rules "
                   "declared before the runs: an effect if the 95 % Fisher-z CI of Pearson r "
-                  "excludes 0.", "", "| rule | sweep | verdict | Spearman ρ |",
+                  "excludes 0; they belong to the run's Holm family (their family-wise p: in "
+                  "the verdicts above).", "", "| rule | sweep | verdict | Spearman ρ |",
                   "|---|---|---|---|"]
         out[panel] = {}
         for name, subset in subsets.items():
