@@ -210,7 +210,7 @@ def figures(workdir, runs):
 
 
 EXPERIMENT = Experiment(
-    name="adversarial_init",
+    name="adversarial_init", default_seeds=5,
     title="Adversarial initialisation: random-label pretraining, then real labels",
     arms=arms, run_arm=lambda config, run_dir, echo=None: run(
         config, run_dir, echo, phase1_dir=ap.shared_phase1_dir(run_dir)),

@@ -147,7 +147,7 @@ def figures(workdir, runs):
 
 
 EXPERIMENT = Experiment(
-    name="alignment_order",
+    name="alignment_order", default_seeds=5,
     title="Alignment at initialisation against learning order (partial Spearman, ℓ_i controlled)",
     arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), columns=COLUMNS,
     rules=rules, figures=figures, setting=setting,

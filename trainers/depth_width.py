@@ -202,6 +202,7 @@ run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
     name="depth_width", title="Depth and width: m-coherence vs generalisation", arms=arms,
+    default_seeds=5,
     run_arm=run, loop="graph",
     columns=(Column("num_params", "params", ".0f"),
              Column("m_coherence_init", "m-coh. init", ".2f"),

@@ -127,7 +127,7 @@ def figures(workdir, runs):
 run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
-    name="double_descent",
+    name="double_descent", default_seeds=5,
     title="Double descent: test error and coherence of pristine / corrupted examples",
     arms=arms, run_arm=run, columns=COLUMNS, loop="graph",
     contrasts=(("coherence/pristine/m_coherence", "coherence/corrupted/m_coherence"),),

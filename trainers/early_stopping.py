@@ -206,7 +206,7 @@ def figures(workdir, runs):
 run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
-    name="early_stopping",
+    name="early_stopping", default_seeds=5,
     title="Early stopping under label noise: test accuracy of stopping rules, and coherence",
     arms=arms, run_arm=run, columns=COLUMNS, loop="graph", contrasts=CONTRASTS, rules=rules,
     analyses=analyses, setting=setting, figures=figures,

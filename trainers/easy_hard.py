@@ -191,7 +191,7 @@ def figures(workdir, runs):
 
 
 EXPERIMENT = Experiment(
-    name="easy_hard",
+    name="easy_hard", default_seeds=5,
     title="Easy vs hard examples against random splits of equal size, with cross-evaluation",
     arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), columns=COLUMNS, loop="graph",
     comparisons=comparisons,

@@ -190,7 +190,7 @@ def figures(workdir, runs):
 
 
 EXPERIMENT = Experiment(
-    name="label_noise_detection",
+    name="label_noise_detection", default_seeds=5,
     title="Flagging corrupted labels: AUROC of −a_i against the small-loss rule and forgetting",
     arms=arms, run_arm=graph_loop.declared_run(_setup, check_config),
     columns=columns(noise_config.get_config().score_epochs, noise_config.get_config().epochs),

@@ -141,7 +141,7 @@ def figures(workdir, runs):
 
 
 EXPERIMENT = Experiment(
-    name="loss_fractions",
+    name="loss_fractions", default_seeds=5,
     title="Pristine share of the early loss reduction, f^p, against its null Q_p/Q",
     arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), loop="graph",
     scales=("small",),

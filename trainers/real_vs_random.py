@@ -88,5 +88,6 @@ def figures(workdir, runs):
 
 EXPERIMENT = fit_arm.experiment(
     READINGS, name="real_vs_random", title="Real vs random labels: coherence of fixed samples",
+    default_seeds=5,
     arms=arms, comparisons=(("real", "random"),), compared=COMPARED, rules=RULES,
     figures=figures, setting=setting, progress=("pw_train_early", "pw_train_last", "test"))

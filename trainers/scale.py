@@ -141,6 +141,7 @@ run = graph_loop.declared_run(_setup, check_config)
 
 EXPERIMENT = Experiment(
     name="scale", title="Memorisation suppression vs training-set size (M3, RM3, winsorized GD)",
+    default_seeds=5,
     arms=arms, run_arm=run, loop="graph",
     columns=(Column("updates", "updates", ".0f"),
              Column("corrupted_per_label_pair", "corrupted per (true, noisy) label pair", ".1f"),

@@ -196,7 +196,7 @@ def figures(workdir, runs):
 
 
 EXPERIMENT = Experiment(
-    name="winsorize_controls",
+    name="winsorize_controls", default_seeds=5,
     title="Winsorized SGD against norm clipping and a matched learning rate",
     arms=arms, run_arm=graph_loop.declared_run(_setup, check_config), loop="graph",
     scales=("small",),
