@@ -12,6 +12,10 @@ what a fresh run writes (`runner.verdict_lines`).
 
     python benchmarks/rereport_verdicts.py            # check only: exit 1 if a file would change
     python benchmarks/rereport_verdicts.py --write    # rewrite the files, then run trainers.publish
+    python benchmarks/rereport_verdicts.py --write results/scale results/depth_width   # some runs
+
+A run written by the runner since the family-wise step is unchanged by it (check mode: 0 files);
+one written before is rewritten exactly as the runner writes it now.
 """
 
 import argparse
@@ -39,27 +43,32 @@ def stored(folder):
         return summary, f.read()
 
 
-def planned(command):
-    """(arms, experiment) of a stored `python -m trainers.reproduce ...` command."""
+def planned(summary):
+    """(arms, experiment) of a results.json's stored `python -m trainers.reproduce ...` command,
+    at its stored number of seeds (the experiment's default may have changed since)."""
     options = {"set": []}
-    for word in shlex.split(command)[3:]:
+    for word in shlex.split(summary["command"])[3:]:
         key, _, value = word.lstrip("-").partition("=")
         if key == "set":
             options["set"].append(value)
         else:
             options[key] = value
-    seeds = int(options["seeds"]) if "seeds" in options else None
-    return catalog.plan(options["experiment"], options.get("scale", "small"), seeds,
-                        reproduce.parse_overrides(options["set"]))
+    seeds = max(len(group["seeds"]) for group in summary["groups"].values())
+    return catalog.plan(options["experiment"], options.get("scale", "small"),
+                        int(options.get("seeds", seeds)), reproduce.parse_overrides(options["set"]))
 
 
 def stored_runs(arms, summary):
     """[(Arm, {"summary": {column key: its stored value for the arm's seed}})] in plan order."""
+    planned_dirs = {g: [a.path for a in arms if a.group == g] for g in dict.fromkeys(
+        a.group for a in arms)}
+    stored_dirs = {g: entry["arm_dirs"] for g, entry in summary["groups"].items()}
+    if planned_dirs != stored_dirs:
+        raise Mismatch("the re-planned arms are not the stored ones: "
+                       f"{sorted(set(planned_dirs) ^ set(stored_dirs)) or 'same groups'}")
     runs = []
     for arm in arms:
         group = summary["groups"][arm.group]
-        if arm.path not in group["arm_dirs"]:
-            raise Mismatch(f"planned arm {arm.path} is not in the stored group {arm.group}")
         runs.append((arm, {"summary": {key: metric["per_seed"][str(arm.seed)]
                                        for key, metric in group["metrics"].items()}}))
     return runs
@@ -108,7 +117,7 @@ def rereport(folder):
     """(new results.json dict, new results.md text, notes) of the run in `folder`; Mismatch if
     the stored numbers do not give the stored verdicts."""
     summary, md = stored(folder)
-    arms, experiment = planned(summary["command"])
+    arms, experiment = planned(summary)
     runs = stored_runs(arms, summary)
     columns = {c.key for c in experiment.columns}
     for rule in experiment.declared("rules", arms):
@@ -153,9 +162,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default=".")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("folders", nargs="*", help="results/<name>[/<setting>] (default: all)")
     args = parser.parse_args()
-    changed = []
-    for folder in folders(args.root):
+    chosen, changed = args.folders or folders(args.root), []
+    for folder in chosen:
         summary, md, note = rereport(folder)
         before = stored(folder)
         decided = sum(v["decided"] for v in summary["verdicts"])
@@ -168,7 +178,7 @@ def main():
                 outputs.write_json(os.path.join(folder, "results.json"), summary)
                 with open(os.path.join(folder, runner.RESULTS_MD), "w", encoding="utf-8") as f:
                     f.write(md)
-    print(f"{len(changed)} of {len(folders(args.root))} would change" if not args.write
+    print(f"{len(changed)} of {len(chosen)} would change" if not args.write
           else f"{len(changed)} rewritten")
     return 1 if changed and not args.write else 0
 

@@ -49,3 +49,25 @@ def test_a_stored_verdict_its_numbers_do_not_give_stops_it(tmp_path):
     outputs.write_json(str(copy / "results.json"), summary)
     with pytest.raises(rereport.Mismatch, match="re-derived verdicts differ from the stored"):
         rereport.rereport(str(copy))
+
+
+def test_the_command_rewrites_a_run_from_before_holm_and_then_leaves_it(tmp_path, monkeypatch):
+    folder = os.path.join(ROOT, "results", "alignment_order")
+    copy, _ = _as_before_holm(folder, tmp_path)
+    monkeypatch.setattr("sys.argv", ["rereport_verdicts.py", str(copy)])
+    assert rereport.main() == 1                                   # check only: it would change
+    monkeypatch.setattr("sys.argv", ["rereport_verdicts.py", "--write", str(copy)])
+    assert rereport.main() == 0 and rereport.stored(str(copy)) == rereport.stored(folder)
+    monkeypatch.setattr("sys.argv", ["rereport_verdicts.py", str(copy)])
+    assert rereport.main() == 0                                   # now what the runner writes
+
+
+def test_arms_are_replanned_at_the_stored_seed_count_and_must_match(tmp_path):
+    summary, _ = rereport.stored(os.path.join(ROOT, "results", "alignment_order"))
+    seeds = {len(g["seeds"]) for g in summary["groups"].values()}
+    arms, _ = rereport.planned(summary)
+    assert {sum(a.group == g for a in arms) for g in summary["groups"]} == seeds
+    group = next(iter(summary["groups"]))
+    summary["groups"][group]["arm_dirs"] = summary["groups"][group]["arm_dirs"][:-1]
+    with pytest.raises(rereport.Mismatch, match="the re-planned arms are not the stored ones"):
+        rereport.stored_runs(arms, summary)
