@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import coherence, keras_internals, layer_rules, regularization, streaming
+from cgh_tf import coherence, input_checks, keras_internals, layer_rules, regularization, streaming
 from cgh_tf.api_types import Array, Inputs, LossSpec, Nest
 
 if TYPE_CHECKING:  # annotations only
@@ -114,6 +114,7 @@ def alignment(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSp
     first = coherence.streamed_sums(model, x, y, loss, batch_size, training, sample_weight,
                                     include_regularization=include_regularization,
                                     factor_values=FACTOR_VALUES if _may_factor(model, x) else None)
+    input_checks.check_finite_results(first.losses, first.sq_norms)
     grad_sum = _grad_sums(first)
     sq_norms, shift = first.sq_norms, None
     if include_regularization and regularization.regularized_variables(model):
