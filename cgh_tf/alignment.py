@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import coherence, input_checks, keras_internals, layer_rules, regularization, streaming
+from cgh_tf import (coherence, input_checks, keras_internals, layer_rules, mode_dependence,
+                    regularization, streaming)
 from cgh_tf.api_types import Array, Inputs, LossSpec, Nest
 
 if TYPE_CHECKING:  # annotations only
@@ -110,6 +111,7 @@ def alignment(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSp
       three times, once on the factored path).
     training: the mode the model runs in (inference mode by default, as `measure`).
     """
+    mode_dependence.check_examples_independent(model, training, "coherence.alignment()")
     sample = _Sample(model, x, y, loss, batch_size, training, sample_weight)
     first = coherence.streamed_sums(model, x, y, loss, batch_size, training, sample_weight,
                                     include_regularization=include_regularization,

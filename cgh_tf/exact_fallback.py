@@ -118,7 +118,7 @@ from typing import Callable, List, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from cgh_tf import keras_internals
+from cgh_tf import keras_internals, mode_dependence
 
 METHODS = ("auto", "vmap", "xla", "loop")
 
@@ -348,6 +348,11 @@ def per_example_gradients(model, x, y, loss_fn: Callable, variables: Sequence, t
     variables = list(variables)
     if not variables:
         return []
+    if isinstance(model, keras.Model):
+        mode_dependence.check_examples_independent(
+            model, training, "Per-example gradients taken one example at a time (the exact "
+            "fallback: cgh_tf.per_example.explain lists its layers; winsorized aggregation of "
+            "every variable but Dense ones)")
     x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
     if tf.inside_function():
         return list(_build(model, x, y, loss_fn, variables, training, method)(x, y))

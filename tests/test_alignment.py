@@ -148,6 +148,19 @@ def test_a_non_finite_example_is_named_in_one_line(case):
         coherence.alignment(model, x, y, loss=SCCE, batch_size=4)
 
 
+def test_batch_statistics_in_training_mode_are_refused():
+    """alignment(training=True) with a trainable BatchNormalization mixed two readings of g_i: the
+    engine's ‖g_i‖² (example i's rows of the batch's backward pass) and forward mode's g_i·S (ℓ_i
+    differentiated through the batch statistics); both pass Σ_i g_i·S = ‖S‖², so a_i was silently
+    neither. One line instead, before any pass."""
+    x, y, _, _ = reference.problem(m=6, d=4, c=3, seed=3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5),
+                              keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match=r"alignment\(\) with training=True: layers \['bn'\]"):
+        coherence.alignment(model, x, y, loss=SCCE, training=True)
+    assert np.all(np.isfinite(coherence.alignment(model, x, y, loss=SCCE).alignment))
+
+
 def test_a_reshuffled_dataset_is_an_error_not_a_wrong_result(forward_mode):
     """(On the two-pass paths; the factored path reads the sample once.)"""
     x, y, _, _ = reference.problem(m=40, d=3, c=3, seed=7)
