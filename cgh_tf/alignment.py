@@ -313,8 +313,8 @@ class _Compiled:
 
     def __init__(self, per_batch):
         self.per_batch = per_batch
-        self.single = tf.function(per_batch, reduce_retracing=True, autograph=False)
-        self.stacked = tf.function(self._stacked, reduce_retracing=True, autograph=False)
+        self.single = streaming.PerRankFunction(per_batch)
+        self.stacked = streaming.PerRankFunction(self._stacked)
 
     def _stacked(self, xs, ys, ws, tangent):
         return streaming.over_stacked_batches(

@@ -389,9 +389,8 @@ class _BatchSums:
         variables = model.trainable_variables
         self.factor_dtype = tf.float64 if any(v.dtype == tf.float64 for v in variables) else tf.float32
         self._output_dtypes = (tf.float64,) * 2 + (tf.int32,) + (self.factor_dtype,) * 2 * len(variables)
-        functions = {(stacked, factored): tf.function(
-            functools.partial(self._add_stacked if stacked else self._add_single, factored=factored),
-            reduce_retracing=True, autograph=False)
+        functions = {(stacked, factored): streaming.PerRankFunction(
+            functools.partial(self._add_stacked if stacked else self._add_single, factored=factored))
             for stacked in (False, True) for factored in (False, True)}
         self.single, self.stacked = functions[False, False], functions[True, False]
         self._functions = functions
@@ -482,7 +481,6 @@ def _build_subset_gradients(model, loss_fn, training):
     """A compiled `(x, y, pristine mask) -> (g^p, g^c)` for `loss_reduction_fractions`."""
     variables = list(model.trainable_variables)
 
-    @tf.function(reduce_retracing=True)
     def subset_gradients(xb, yb, mb):
         with tf.GradientTape(persistent=True) as tape:
             losses = loss_fn(yb, model(xb, training=training))
@@ -492,7 +490,7 @@ def _build_subset_gradients(model, loss_fn, training):
         g_c = tape.gradient(corrupt, variables, unconnected_gradients="zero")
         return [tf.convert_to_tensor(g) for g in g_p], [tf.convert_to_tensor(g) for g in g_c]
 
-    return subset_gradients
+    return streaming.PerRankFunction(subset_gradients)
 
 
 def checked_pristine_mask(pristine_mask: Array | Sequence[bool],

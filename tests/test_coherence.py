@@ -240,6 +240,25 @@ def test_builds_per_model_are_bounded_when_every_call_brings_a_fresh_loss():
     assert coherence.compiled_for(model, "measure", None, False, None, coherence_dtype=None) is kept
 
 
+def test_labels_of_another_rank_on_the_same_model():
+    """Labels [m] in one call and [m, 1] in the next (Keras' sparse cross-entropy takes both):
+    the compiled functions relaxed the labels' spec to an unknown rank, and Keras' loss then
+    failed with "Cannot take the length of shape with unknown rank" (measure, alignment and
+    loss_reduction_fractions alike). One function per rank signature now: the same numbers."""
+    model = softmax_regression()
+    x, y = data(m=12)
+    pristine = np.arange(12) % 3 != 0
+    for labels in (y, y[:, None], y):
+        got = coherence.measure(model, x, labels, batch_size=5)
+        aligned = coherence.alignment(model, x, labels, batch_size=5)
+        f_p, _ = coherence.loss_reduction_fractions(model, x, labels, pristine, batch_size=5)
+        if labels is y:
+            want = (got.m_coherence, aligned.alignment, f_p)
+        assert got.m_coherence == pytest.approx(want[0], rel=1e-12)
+        np.testing.assert_allclose(aligned.alignment, want[1], rtol=1e-10)
+        assert f_p == pytest.approx(want[2], rel=1e-12)
+
+
 def _two_layer_model(seed=0):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, "tanh", name="first"),
