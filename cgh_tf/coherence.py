@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optiona
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import input_checks, layer_rules, per_example, precision, regularization, streaming
+from cgh_tf import (input_checks, layer_rules, per_example, precision, recent_builds, regularization,
+                    streaming)
 from cgh_tf.per_example import per_example_gradients  # noqa: F401  (public API, README "Using it from Keras")
 from cgh_tf.api_types import Array, Inputs, LossSpec, Nest
 
@@ -448,7 +449,7 @@ _COMPILED = weakref.WeakKeyDictionary()  # model -> {key (`compiled_for`): (loss
 # Builds kept per model (`compiled_for`): each holds parameter-sized float64 accumulators and traced
 # graphs, so a fresh loss object (or trainable set) per call must not keep one per call while the
 # model lives (a 545 K-parameter MLP grew 6.5 MB per `measure(..., loss=Loss())` call, unbounded).
-MAX_BUILDS_PER_MODEL = 8
+MAX_BUILDS_PER_MODEL = recent_builds.MAX_BUILDS_PER_MODEL
 
 
 def compiled_for(model: keras.Model, kind: str, loss: LossSpec, training: bool,
@@ -467,14 +468,11 @@ def compiled_for(model: keras.Model, kind: str, loss: LossSpec, training: bool,
     key = (kind, id(resolved), training,
            tuple(sorted((k, v) for k, v in options.items() if v is not None)),  # None: default
            tuple(id(v) for v in model.trainable_variables))
-    entry = cache.pop(key, None)
+    entry = cache.get(key)
     if entry is None or entry[0] is not resolved:
         entry = (resolved, build(model, per_example.per_example_loss_fn(model, loss), training,
                                  **options))
-    cache[key] = entry  # the most recently used last
-    while len(cache) > MAX_BUILDS_PER_MODEL:
-        del cache[next(iter(cache))]
-    return entry[1]
+    return recent_builds.put_recent(cache, key, entry)[1]
 
 
 def _build_subset_gradients(model, loss_fn, training):
