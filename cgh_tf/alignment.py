@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from cgh_tf import coherence, keras_internals, layer_rules, regularization, streaming
+from cgh_tf import (coherence, input_checks, keras_internals, layer_rules, mode_dependence,
+                    regularization, streaming)
 from cgh_tf.api_types import Array, Inputs, LossSpec, Nest
 
 if TYPE_CHECKING:  # annotations only
@@ -110,10 +111,12 @@ def alignment(model: keras.Model, x: Inputs, y: Nest | None = None, loss: LossSp
       three times, once on the factored path).
     training: the mode the model runs in (inference mode by default, as `measure`).
     """
+    mode_dependence.check_examples_independent(model, training, "coherence.alignment()")
     sample = _Sample(model, x, y, loss, batch_size, training, sample_weight)
     first = coherence.streamed_sums(model, x, y, loss, batch_size, training, sample_weight,
                                     include_regularization=include_regularization,
                                     factor_values=FACTOR_VALUES if _may_factor(model, x) else None)
+    input_checks.check_finite_results(first.losses, first.sq_norms)
     grad_sum = _grad_sums(first)
     sq_norms, shift = first.sq_norms, None
     if include_regularization and regularization.regularized_variables(model):
@@ -310,8 +313,8 @@ class _Compiled:
 
     def __init__(self, per_batch):
         self.per_batch = per_batch
-        self.single = tf.function(per_batch, reduce_retracing=True, autograph=False)
-        self.stacked = tf.function(self._stacked, reduce_retracing=True, autograph=False)
+        self.single = streaming.PerRankFunction(per_batch)
+        self.stacked = streaming.PerRankFunction(self._stacked)
 
     def _stacked(self, xs, ys, ws, tangent):
         return streaming.over_stacked_batches(

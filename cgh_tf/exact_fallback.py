@@ -118,7 +118,7 @@ from typing import Callable, List, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from cgh_tf import keras_internals
+from cgh_tf import keras_internals, mode_dependence, recent_builds
 
 METHODS = ("auto", "vmap", "xla", "loop")
 
@@ -325,7 +325,8 @@ def _build(model, x, y, loss_fn, variables, training, method):
 # ----------------------------------------------------------------------------------------------
 # Public entry point
 
-# model -> {key: (loss_fn, variables, tf.function)}; the functions hold the model weakly.
+# model -> {key: (loss_fn, variables, tf.function)}, the most recently used `recent_builds`
+# (the key holds the loss decomposition, new on each public call); the functions hold the model weakly.
 _EAGER_CACHE = weakref.WeakKeyDictionary()
 _EAGER_LOCK = threading.Lock()
 
@@ -348,6 +349,11 @@ def per_example_gradients(model, x, y, loss_fn: Callable, variables: Sequence, t
     variables = list(variables)
     if not variables:
         return []
+    if isinstance(model, keras.Model):
+        mode_dependence.check_examples_independent(
+            model, training, "Per-example gradients taken one example at a time (the exact "
+            "fallback: cgh_tf.per_example.explain lists its layers; winsorized aggregation of "
+            "every variable but Dense ones)")
     x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
     if tf.inside_function():
         return list(_build(model, x, y, loss_fn, variables, training, method)(x, y))
@@ -363,7 +369,7 @@ def _eager_function(model, loss_fn, variables, training, method):
             per_model = {}
         entry = per_model.get(key)
         if entry is not None and entry[0] is loss_fn:
-            return entry[2]
+            return recent_builds.put_recent(per_model, key, entry)[2]
 
         try:
             model_ref = weakref.ref(model)
@@ -374,5 +380,5 @@ def _eager_function(model, loss_fn, variables, training, method):
         def compute(x, y):
             return _build(model_ref(), x, y, loss_fn, variables, training, method)(x, y)
 
-        per_model[key] = (loss_fn, variables, compute)
+        recent_builds.put_recent(per_model, key, (loss_fn, variables, compute))
         return compute

@@ -3,6 +3,7 @@
 | check                | when                                                     | message names                      |
 |----------------------|----------------------------------------------------------|------------------------------------|
 | NaN / Inf in x or y  | any floating input or target                              | the examples (first 5) and how many |
+| NaN / Inf in ℓ_i, ‖g_i‖² | after the first pass of `alignment` (x, y finite: the model made them) | the examples |
 | label out of range   | integer labels with a sparse categorical cross-entropy (the given or compiled loss) | the examples, their labels, the range [0, K) of the model's K outputs (K = 1: {0, 1}) |
 
 Arrays are checked whole before any gradient is computed; a `tf.data.Dataset` is checked batch by
@@ -62,6 +63,18 @@ def check_examples(x, y, classes=None, first=0, where="coherence.measure()") -> 
         more = f" and {outside.size - _SHOWN} more" if outside.size > _SHOWN else ""
         raise ValueError(f"{where}: labels outside [0, {high}) (the model has {classes} "
                          f"output{'s' if classes != 1 else ''}): {shown}{more}")
+
+
+def check_finite_results(losses, sq_norms, where="coherence.alignment()") -> None:
+    """ValueError (one line) naming the examples whose loss ℓ_i or squared gradient norm ‖g_i‖²
+    ([m] each, in sample order) is NaN or Inf although x and y are finite: the model made them
+    (e.g. Keras' masked average over an all-padded sequence is 0/0, its batch loss too)."""
+    bad = ~(np.isfinite(losses) & np.isfinite(sq_norms))
+    if bad.any():
+        raise ValueError(f"{where}: the loss or gradient of {_examples(np.flatnonzero(bad), 0)} "
+                         f"({bad.sum()} of {len(bad)}) is not finite, so S = Σ g_i and every "
+                         "example's alignment are undefined (Keras' loss of the batch is not "
+                         "finite either; e.g. a masked average over an all-padded sequence)")
 
 
 def _checked_stream(batches, classes, where):

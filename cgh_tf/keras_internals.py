@@ -281,6 +281,36 @@ def _fail_tf(what):
 
 
 # ------------------------------------------------------------------------------ Functional
+def _global_state():
+    """Keras' global-state module (`keras.src.backend.common.global_state`), checked to have
+    `get_global_attribute(name, default)` and `set_global_attribute(name, value)`."""
+    for name in ("get_global_attribute", "set_global_attribute"):
+        _module_function("keras.src.backend.common.global_state", name, _fail)
+    return importlib.import_module("keras.src.backend.common.global_state")
+
+
+@contextlib.contextmanager
+def keeping_global_dtype_policy():
+    """Context manager: Keras' global dtype policy after the block is what it was before it,
+    including *not set yet*.
+
+    Keras fixes its global policy at the first layer it creates (`keras.config.dtype_policy()`
+    stores `DTypePolicy(floatx())` when none is set), so a layer made while cgh_tf is imported
+    would silently pin every later layer to float32: `import cgh_tf` then
+    `keras.config.set_floatx("float64")` built float32 models. Relies on the global attribute
+    "dtype_policy" of `keras.src.backend.common.global_state` (None until set); checked after the
+    block.
+    """
+    state = _global_state()
+    before = state.get_global_attribute("dtype_policy", None)
+    try:
+        yield
+    finally:
+        state.set_global_attribute("dtype_policy", before)
+        if state.get_global_attribute("dtype_policy", None) is not before:
+            _fail('global_state.get_global_attribute("dtype_policy") returning what was set')
+
+
 def _functional_class():
     """`keras.src.models.functional.Functional`, the class of `keras.Model(inputs, outputs)`.
 
@@ -291,8 +321,11 @@ def _functional_class():
     `KerasInternalsError`.
     """
     try:
-        inputs = keras.Input((1,))
-        cls = type(keras.Model(inputs, keras.layers.Identity()(inputs)))
+        with keeping_global_dtype_policy():
+            inputs = keras.Input((1,))
+            cls = type(keras.Model(inputs, keras.layers.Identity()(inputs)))
+    except KerasInternalsError:
+        raise
     except Exception as error:  # noqa: BLE001 - whatever Keras raises, the probe failed
         _fail(f"keras.Model(inputs, outputs) building a functional model ({error!r})")
     if cls is keras.Model or not issubclass(cls, keras.Model) or cls.__name__ != "Functional":

@@ -2,6 +2,8 @@
 
     mode_dependent_layers(model) -> [layer name]   (empty: one pass serves update and metric)
     depends_on_training(layer) -> bool             (the layer itself, not its sublayers)
+    example_mixing_layers(model) -> [layer name]   (layers whose training mode couples the examples)
+    check_examples_independent(model, training, what)  (one-line ValueError where they are not)
 
 `cgh_tf.Model` with `coherence_every=1` measures coherence in inference mode; when the model
 computes the same in both modes the update's own pass gives the metric, otherwise a second pass is
@@ -98,3 +100,25 @@ def _keras_own(layer, base, *methods):
     """`layer` is a `base` running Keras' own `base.<method>` for every method (not overridden)."""
     return isinstance(layer, base) and all(
         getattr(type(layer), name) is getattr(base, name) for name in methods)
+
+
+def example_mixing_layers(model):
+    """Names of the layers below `model` whose training-mode output for one example depends on the
+    other examples of the batch: a trainable BatchNormalization (batch statistics; frozen, Keras 3
+    uses the moving ones). A user layer that mixes examples cannot be detected."""
+    return [layer.name for layer in keras_internals.flatten_layers(model, include_self=False)
+            if isinstance(layer, L.BatchNormalization) and layer.trainable]
+
+
+def check_examples_independent(model, training, what):
+    """ValueError (one line) when `what` needs each example's gradient on its own (one example at
+    a time, or a second pass that differentiates each ℓ_i through the batch) but `training` makes
+    `model`'s examples interact (`example_mixing_layers`): a batch of one normalises by its own
+    statistics, a different gradient from the batch's, silently."""
+    mixing = example_mixing_layers(model) if training else []
+    if mixing:
+        raise ValueError(
+            f"{what} with training=True: layers {mixing} (BatchNormalization) normalise with the "
+            "batch's statistics in training mode, so the examples interact and each example's "
+            "gradient taken on its own is not its share of the batch's; use training=False "
+            "(inference mode), or freeze them (layer.trainable = False: moving statistics).")

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, NamedTuple, Seq
 
 import tensorflow as tf
 
-from cgh_tf import exact_fallback, keras_internals, layer_rules, loss_decomposition, regularization
+from cgh_tf import (exact_fallback, keras_internals, layer_rules, loss_decomposition,
+                    mode_dependence, regularization)
 from cgh_tf.layer_rules import base
 from cgh_tf.layer_rules.base import by_examples, concat_positions, shared_input_grams, sum_sq
 from cgh_tf.api_types import Array, LossSpec, Nest
@@ -136,6 +137,7 @@ def per_example_gradients(model: keras.Model, x: Nest, y: Nest, loss: LossSpec =
     Returns a list aligned with `model.trainable_variables`, each a [m, *var.shape] tensor.
     """
     regularization.check_flag(include_regularization)
+    mode_dependence.check_examples_independent(model, training, "per_example_gradients()")
     x, y = _to_tensors(x, y)
     loss_fn = per_example_loss_fn(model, loss)
     ensure_built(model, x)

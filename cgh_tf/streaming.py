@@ -13,6 +13,7 @@ come one by one.
 | `batches(x, y, batch_size, extra, sample_weight)` | (x, y, w[, extra]) batches of arrays or of a Dataset of (x, y[, w]) batches, validated |
 | `blocks(x, y, batch_size, sample_weight)` | `Block`s: `stacked` [k, B, ...] of full batches, else one batch [b, ...] |
 | `over_stacked_batches(fn, (xs, ys, ws), dtypes)` | inside `tf.function`: `fn(x, y, w)` on each [B, ...] slice; outputs stacked [k, ...] |
+| `PerRankFunction(fn)` | the compiled per-batch function: one `tf.function` per argument structure, dtypes and ranks |
 
 A block holds at most about `BLOCK_ELEMENTS` input values (memory: one extra copy of that much of
 x as a tensor), and at least one batch.
@@ -137,3 +138,41 @@ def over_stacked_batches(fn: Callable[..., Any], stacked: tuple, dtypes: Any) ->
 
     _, arrays = tf.while_loop(lambda i, _: i < k, body, (tf.constant(0), arrays))
     return tuple(a.stack() for a in arrays)
+
+
+class PerRankFunction:
+    """`tf.function(fn, reduce_retracing=True, autograph=False)`, one per signature of the
+    arguments: their nest structure and each leaf's dtype and rank.
+
+    reduce_retracing relaxes a dimension that changes between calls (the remainder batch) to
+    None, which is what the batch functions want; but an argument whose *rank* changes (labels
+    [m] in one call and [m, 1] in the next, on the same model) it relaxes to an unknown rank,
+    which Keras' losses cannot take (`len(shape)`: "Cannot take the length of shape with unknown
+    rank"). A function per rank signature keeps every trace's ranks known.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+        self._functions: dict = {}
+
+    @staticmethod
+    def _signature(args):
+        leaves = tuple((tf.as_dtype(t.dtype).name, len(t.shape)) if hasattr(t, "dtype") else repr(t)
+                       for t in tf.nest.flatten(args))
+        return repr(tf.nest.map_structure(lambda _: 0, args)), leaves
+
+    def _function(self, args):
+        key = self._signature(args)
+        if key not in self._functions:
+            self._functions[key] = tf.function(self._fn, reduce_retracing=True, autograph=False)
+        return self._functions[key]
+
+    def __call__(self, *args):
+        return self._function(args)(*args)
+
+    def get_concrete_function(self, *args):
+        return self._function(args).get_concrete_function(*args)
+
+    def experimental_get_tracing_count(self) -> int:
+        """Traces over all the signatures' functions."""
+        return sum(f.experimental_get_tracing_count() for f in self._functions.values())

@@ -323,6 +323,9 @@ class Model(keras.Model):
             keras_internals.make_step_counter_replica_local(self.optimizer.inner_optimizer)
         if self.built:
             precision.check_float32_possible(self, self._cgh_options.coherence_dtype)
+            if self._cgh_options.aggregator.per_example:  # non-Dense variables: the exact fallback
+                mode_dependence.check_examples_independent(
+                    self, True, f"cgh_tf.Model with aggregation={self._cgh_options.aggregator!r}")
         if self._cgh_options.coherence_per_layer:
             self._cgh_state.add_layer_keys(dict.fromkeys(per_example.variable_layer_names(self)))
         return super().make_train_function(force=force)

@@ -129,6 +129,38 @@ def test_zero_gradient_example_has_undefined_alignment():
     np.testing.assert_allclose(got.dot_with_sum, g @ g.sum(axis=0), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["all_padded_row", "overflow"])
+def test_a_non_finite_example_is_named_in_one_line(case):
+    """An example whose ℓ_i or g_i is not finite leaves S, and so every a_i, undefined: one line
+    naming it (was: on the two-pass paths the reshuffled-dataset error, blaming the data's order,
+    'largest difference nan × the mean loss'; on the factored path NaN everywhere, no word)."""
+    x, y, _, _ = reference.problem(m=6, d=4, c=3, seed=3)
+    if case == "all_padded_row":  # Keras' masked average over no token is 0/0 (its loss too)
+        tokens = keras.Input((4,), dtype="int32")
+        hidden = keras.layers.Embedding(7, 3, mask_zero=True)(tokens)
+        model = keras.Model(tokens, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(hidden)))
+        x = np.array([[1, 2, 0, 0], [3, 1, 4, 0], [0, 0, 0, 0], [5, 6, 1, 2], [2, 0, 0, 0], [4, 4, 0, 0]])
+    else:  # a pure-Dense model (the factored path) whose exp overflows on example 2 alone
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+            5, activation="exponential", kernel_initializer="ones"), keras.layers.Dense(3)])
+        x[2] = 800.0
+    with pytest.raises(ValueError, match=r"gradient of example 2 \(1 of 6\) is not finite"):
+        coherence.alignment(model, x, y, loss=SCCE, batch_size=4)
+
+
+def test_batch_statistics_in_training_mode_are_refused():
+    """alignment(training=True) with a trainable BatchNormalization mixed two readings of g_i: the
+    engine's ‖g_i‖² (example i's rows of the batch's backward pass) and forward mode's g_i·S (ℓ_i
+    differentiated through the batch statistics); both pass Σ_i g_i·S = ‖S‖², so a_i was silently
+    neither. One line instead, before any pass."""
+    x, y, _, _ = reference.problem(m=6, d=4, c=3, seed=3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5),
+                              keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match=r"alignment\(\) with training=True: layers \['bn'\]"):
+        coherence.alignment(model, x, y, loss=SCCE, training=True)
+    assert np.all(np.isfinite(coherence.alignment(model, x, y, loss=SCCE).alignment))
+
+
 def test_a_reshuffled_dataset_is_an_error_not_a_wrong_result(forward_mode):
     """(On the two-pass paths; the factored path reads the sample once.)"""
     x, y, _, _ = reference.problem(m=40, d=3, c=3, seed=7)

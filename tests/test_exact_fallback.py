@@ -304,3 +304,25 @@ def test_attention_reproducer_does_not_crash_in_subprocesses(crash_subprocesses)
 
 if __name__ == "__main__" and sys.argv[1:2] == ["crash"]:
     crash_case(use_bias=sys.argv[2] == "bias")
+
+
+def test_eager_functions_per_model_are_bounded():
+    """Each eager `gradients_and_sq_norms` call brings a new loss decomposition, the key of the
+    fallback's eager function: the cache kept one traced function per call while the model lived
+    (4 calls: 4 entries, growing); now the most recent `recent_builds.MAX_BUILDS_PER_MODEL`."""
+    from cgh_tf import per_example, recent_builds  # pylint: disable=import-outside-toplevel
+
+    class Scale(keras.layers.Layer):  # no fast rule: the exact fallback
+        def build(self, shape):
+            self.w = self.add_weight(shape=shape[-1:], initializer="ones")
+
+        def call(self, t):
+            return t * self.w
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(Scale()(inputs)))
+    x, y = np.ones((4, 3), np.float32), np.array([0, 1, 0, 1])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for _ in range(recent_builds.MAX_BUILDS_PER_MODEL + 2):
+        per_example.gradients_and_sq_norms(model, x, y, loss)
+    assert len(exact_fallback._EAGER_CACHE[model]) == recent_builds.MAX_BUILDS_PER_MODEL

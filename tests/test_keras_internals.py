@@ -255,6 +255,40 @@ def test_functional_probe_fails_as_keras_internals_error(monkeypatch):
         ki._functional_class()
 
 
+def test_keeping_global_dtype_policy_restores_even_unset():
+    """The probe's guard: Keras' global dtype policy after the block is the one before it, also
+    when none was set yet (Keras would otherwise pin DTypePolicy(floatx()) at the first layer)."""
+    state = ki._global_state()
+    saved = state.get_global_attribute("dtype_policy", None)
+    try:
+        state.set_global_attribute("dtype_policy", None)
+        with ki.keeping_global_dtype_policy():
+            keras.layers.Dense(1)
+            assert state.get_global_attribute("dtype_policy", None) is not None  # Keras pinned it
+        assert state.get_global_attribute("dtype_policy", None) is None
+        ki._functional_class()
+        assert state.get_global_attribute("dtype_policy", None) is None
+    finally:
+        state.set_global_attribute("dtype_policy", saved)
+
+
+@pytest.mark.slow
+def test_importing_cgh_tf_leaves_floatx_in_charge():
+    """`import cgh_tf` (and its modules) then `keras.config.set_floatx("float64")` builds float64
+    layers, as in plain Keras (before: the import's functional probe pinned Keras' global policy
+    to float32, so a float64 model silently computed in float32: m-coherence off by 1e-7
+    relative against the float64 reference instead of 1e-16)."""
+    code = ("import cgh_tf, keras\n"
+            "from cgh_tf import alignment, callbacks, coherence, models, per_example, training\n"
+            "keras.config.set_floatx('float64')\n"
+            "print(keras.layers.Dense(2).dtype_policy.name, keras.Input((1,)).dtype)\n")
+    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": root}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.stdout.strip().splitlines()[-1:] == ["float64 float64"], out.stderr[-2000:]
+
+
 def test_keras_round_trip_does_not_depend_on_functional_init_arguments(monkeypatch, tmp_path):
     """A `.keras` file of a functional cgh_tf.Model reloads even if Functional.__init__ takes
     other arguments than Keras 3.15's (inputs, outputs, name)."""

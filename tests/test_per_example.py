@@ -424,3 +424,34 @@ def test_factors_only_where_the_rule_proves_rank_one():
     for factors, want in zip(sums.factors, reference):
         if factors is not None:
             np.testing.assert_allclose(outer_products(factors), want.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_training_mode_batch_statistics_are_refused_one_example_at_a_time():
+    """With training=True a trainable BatchNormalization couples the examples; the exact fallback
+    (and `per_example_gradients`) ran each example as a batch of one, normalised by its own
+    statistics: gradients off by 1.85 (max abs) against each ℓ_i's gradient within the batch,
+    silently. Now one line before any work; a frozen BatchNormalization (moving statistics) and
+    training=False stay exact."""
+    keras.utils.set_random_seed(4)
+    class Scale(keras.layers.Layer):  # no fast rule: the exact fallback
+        def build(self, shape):
+            self.w = self.add_weight(shape=shape[-1:], initializer="ones")
+
+        def call(self, t):
+            return t * self.w
+
+    inputs = keras.Input((4,))
+    norm = keras.layers.BatchNormalization(name="bn")
+    hidden = norm(Scale()(keras.layers.Dense(5)(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    x, y = np.random.default_rng(0).normal(size=(6, 4)), np.arange(6) % 3
+    with pytest.raises(ValueError, match=r"per_example_gradients\(\) with training=True: layers \['bn'\]"):
+        per_example.per_example_gradients(model, x, y, SCCE, training=True)
+    with pytest.raises(ValueError, match=r"exact fallback.*training=True: layers \['bn'\]"):
+        tf.function(lambda a, b: per_example.gradients_and_sq_norms(model, a, b, SCCE, training=True)
+                    .sq_norms)(x, y)
+    norm.trainable = False
+    frozen = per_example.per_example_gradients(model, x, y, SCCE, training=True)
+    inference = per_example.per_example_gradients(model, x, y, SCCE)
+    for a, b in zip(frozen, inference):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-15)

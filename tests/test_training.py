@@ -314,6 +314,37 @@ def test_winsorized_gradient_descent_matches_numpy(pct, kernel_path, monkeypatch
     np.testing.assert_allclose(model.get_layer("dense").get_weights()[1], b, rtol=1e-10, atol=1e-12)
 
 
+def _dense_bn_model(model_cls, bn_trainable):
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((4,))
+    norm = keras.layers.BatchNormalization(name="bn")
+    norm.trainable = bn_trainable
+    hidden = keras.layers.Activation("tanh")(norm(keras.layers.Dense(5, name="hidden")(inputs)))
+    return model_cls(inputs, keras.layers.Dense(3, name="out")(hidden))
+
+
+def test_winsorize_refuses_batch_statistics_and_follows_keras_with_frozen_ones():
+    """Winsorized GD takes every non-Dense variable's per-example gradients one example at a time,
+    in training mode: a trainable BatchNormalization then normalised each example by its own
+    statistics, so with nothing clipped (pct 1e-9) γ and β moved differently from keras.Model's
+    update (β by 0.092, the Dense kernels exactly), silently. Now one line before training; with
+    the BatchNormalization frozen (moving statistics, examples independent) the update is Keras'."""
+    x, y, _, _ = reference.problem(m=8, d=4, c=3, seed=5)
+    model = _dense_bn_model(cgh_tf.Model, bn_trainable=True)
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=loss(), aggregation="winsorize",
+                  winsorize_pct=1e-9)
+    with pytest.raises(ValueError, match=r"training=True: layers \['bn'\] .*examples interact"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    models = [_dense_bn_model(cls, bn_trainable=False) for cls in (cgh_tf.Model, keras.Model)]
+    models[0].compile(optimizer=keras.optimizers.SGD(LR), loss=loss(), aggregation="winsorize",
+                      winsorize_pct=1e-9)
+    models[1].compile(optimizer=keras.optimizers.SGD(LR), loss=loss())
+    for m in models:
+        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for got, want in zip(*(m.trainable_variables for m in models)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-14)
+
+
 def winsorized_mean(values, pct):
     low, high = np.percentile(values, [pct, 100 - pct], axis=0, method="nearest")
     return np.clip(values, low, high).mean(axis=0)
