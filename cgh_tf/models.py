@@ -156,6 +156,12 @@ MODELS = {
 }
 
 
+# The models whose training mode normalises by the batch's statistics (BatchNormalization), so that
+# the examples of a batch interact: per-example aggregators (winsorize) refuse them
+# (`mode_dependence.check_examples_independent`); tests/test_models.py pins the list.
+BATCH_STATISTICS = ("resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet")
+
+
 def build(name: str, input_shape: Shape, num_classes: int, **kwargs: Any) -> keras.Model:
     """Builds model `name` (a key of MODELS); kwargs go to its builder (e.g. model_class, width)."""
     if name not in MODELS:

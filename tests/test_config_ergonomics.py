@@ -37,6 +37,16 @@ def test_winsorize_needs_its_percentage_and_c0_stays_legal_when_spelled_out():
     config_schema.validate(winsorize.get_config())
 
 
+def test_winsorize_refuses_a_model_that_normalises_by_batch_statistics():
+    with pytest.raises(config_schema.ConfigError, match=r"model.name='resnet18_cifar' normalises "
+                       r"by the batch's statistics in training \(BatchNormalization\)"):
+        config_schema.validate(_config(**{"optimizer.aggregation": "winsorize",
+                                          "optimizer.winsorize_pct": 2.0,
+                                          "model.name": "resnet18_cifar"}))
+    config_schema.validate(_config(**{"optimizer.aggregation": "winsorize",
+                                      "optimizer.winsorize_pct": 2.0, "model.name": "small_cnn"}))
+
+
 @pytest.mark.parametrize("fields, expected", [
     ({"coherence.every": 1, "batch_size": 32},
      ["optimizer.m3_in_batch", "batch_size", "drop_remainder"]),

@@ -189,6 +189,9 @@ def test_larger_scales_use_the_authors_recipes(scale, dataset, lr, batch, decay)
     assert (m3.optimizer.momentum, m3.optimizer.l2, m3.optimizer.weight_decay) == (0.0, decay, 0.0)
     assert (sgd.optimizer.weight_decay, sgd.batch_size) == (decay, batch)
     assert configs["noise50/sgd_x3"].batch_size == 3 * batch
+    assert not [g for g in configs if "winsor" in g]  # the ResNets normalise by batch statistics
+    with pytest.raises(ValueError, match="normalises by the batch's statistics"):
+        memorisation.arms(scale, 1, winsorize_pcts=(2.0,))
     real, random = (a.config for a in catalog.plan("real_vs_random", scale, 1)[0])
     assert (real.label_noise, random.label_noise) == (0.0, 1.0)
     assert real.coherence.monitor_samples > 0 and real.dataset == dataset

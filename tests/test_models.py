@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from cgh_tf import models
+from cgh_tf import mode_dependence, models
 
 
 class TaggedModel(keras.Model):
@@ -102,3 +102,13 @@ def test_bad_input():
         models.build("mlp", (40,), 0)
     with pytest.raises(ValueError, match="rank 1, 2 or 3"):
         models.small_cnn((2, 3, 4, 5), 3)
+
+
+@pytest.mark.parametrize("name,input_shape", [
+    ("mlp", (40,)), ("small_cnn", (12, 12, 3)), ("resnet18_cifar", (16, 16, 3)),
+    ("resnet18_imagenet", (32, 32, 3)), ("resnet50_imagenet", (32, 32, 3))])
+def test_batch_statistics_lists_exactly_the_models_whose_examples_interact(name, input_shape):
+    model = models.build(name, input_shape, 3)
+    assert bool(mode_dependence.example_mixing_layers(model)) == (
+        name in models.BATCH_STATISTICS)
+    assert set(models.BATCH_STATISTICS) <= set(models.MODELS)

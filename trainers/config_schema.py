@@ -132,6 +132,11 @@ def _combination_problems(config) -> list:
          "optimizer.aggregation='winsorize' needs optimizer.winsorize_pct, the percent clipped on "
          "each side, in [0, 50) (e.g. --config.optimizer.winsorize_pct=2; 0 is a plain mean "
          "computed per example)"),
+        (aggregation == "winsorize" and config.model.name in _batch_statistics_models(),
+         f"optimizer.aggregation='winsorize' takes each example's gradient on its own, but "
+         f"model.name={config.model.name!r} normalises by the batch's statistics in training "
+         f"(BatchNormalization), where the examples interact; use a model without it (mlp, "
+         f"small_cnn) or optimizer.aggregation='mean'"),
         (aggregation != "winsorize" and is_number(pct) and pct > 0,
          f"optimizer.winsorize_pct={pct!r} has no effect with optimizer.aggregation="
          f"{aggregation!r}; set optimizer.aggregation='winsorize' or winsorize_pct=0"),
@@ -147,6 +152,12 @@ def _combination_problems(config) -> list:
                             + " (or coherence.every=0 and optimizer.m3_in_batch=False: M3 over "
                             "consecutive batches)")
     return problems
+
+
+def _batch_statistics_models() -> tuple:
+    from cgh_tf import models
+
+    return models.BATCH_STATISTICS
 
 
 def setting(config, dotted: str):

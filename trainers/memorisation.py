@@ -4,6 +4,7 @@ Conventions (momentum, weight decay, batches): docs/experiments/intro/memorisati
 
 import copy
 
+from cgh_tf import models
 from cgh_tf.statistics import PairedRule
 
 from . import figures as fig
@@ -56,7 +57,8 @@ def arm_config(base, method, winsorize_pct=None):
 def arms(scale="small", seeds=3, overrides=None, noise_levels=(0.0, 0.25, 0.5),
          methods=tuple(METHODS), winsorize_pcts=None, winsorize_noise=0.5):
     """The arms over `fit_arm.base_config("default", scale, SMALL, overrides)`; winsorize_pcts:
-    the c of the winsorized arms at `winsorize_noise` (None: `SMALL_WINSORIZE_PCTS`)."""
+    the c of the winsorized arms at `winsorize_noise` (None: `SMALL_WINSORIZE_PCTS`, none for a
+    model in `cgh_tf.models.BATCH_STATISTICS`)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"method={unknown[0]!r} is unknown; allowed: {', '.join(METHODS)}")
@@ -64,7 +66,9 @@ def arms(scale="small", seeds=3, overrides=None, noise_levels=(0.0, 0.25, 0.5),
     runs = [(noise, f"{noise_group(noise)}/{method}", METHODS[method][0],
              arm_config(base, method), "--" if method == "sgd_x3" else "-")
             for noise in noise_levels for method in methods]
-    pcts = SMALL_WINSORIZE_PCTS if winsorize_pcts is None else winsorize_pcts
+    pcts = winsorize_pcts
+    if pcts is None:  # none on a BatchNormalization net (its examples interact in training)
+        pcts = () if base.model.name in models.BATCH_STATISTICS else SMALL_WINSORIZE_PCTS
     runs += [(winsorize_noise, f"{noise_group(winsorize_noise)}/winsor{pct:g}",
               f"winsorized SGD, c={pct:g}%", arm_config(base, "sgd", pct), ":") for pct in pcts]
     return [Arm(group, label, noise_panel(noise), seed,
