@@ -167,10 +167,10 @@ class PerRankFunction:
             self._functions[key] = tf.function(self._fn, reduce_retracing=True, autograph=False)
         return self._functions[key]
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Any:
         return self._function(args)(*args)
 
-    def get_concrete_function(self, *args):
+    def get_concrete_function(self, *args: Any) -> Any:
         return self._function(args).get_concrete_function(*args)
 
     def experimental_get_tracing_count(self) -> int:
