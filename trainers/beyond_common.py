@@ -147,13 +147,15 @@ class Checkpointer:
         self.curves_path = os.path.join(run_dir, "curves.json")
 
     def restore(self, config_dict):
-        """(step, curves) of the newest intact checkpoint, or (0, None); ConfigError for another
-        config's run."""
+        """(step, curves) of the newest intact checkpoint the saved curves reach, or (0, None);
+        ConfigError for another config's run."""
         saved = outputs.read_json(self.curves_path)
         if saved is not None:
             _require_same_config(self.run_dir, saved, config_dict, "a run")
-        found = self.store.newest_intact()
-        if found is None or saved is None:
+        if saved is None:
+            return 0, None
+        found = self.store.newest_intact(at_most=saved.get("step"))  # none the curves do not reach
+        if found is None:
             return 0, None
         self.store.restore(found[1])
         step = int(self.step.numpy())
@@ -162,10 +164,12 @@ class Checkpointer:
         return step, curves
 
     def save(self, step, curves, config_dict):
-        self.step.assign(step)
-        self.store.save(step)
+        """The curves up to `step`, then the checkpoint of `step`: a kill between the two leaves
+        curves ahead of the newest checkpoint, which `restore` cuts back to it."""
         outputs.write_json(self.curves_path, {**_config_record(config_dict), "curves": curves,
                                               "step": step})
+        self.step.assign(step)
+        self.store.save(step)
 
 
 def _config_record(config_dict):
