@@ -168,3 +168,24 @@ def test_a_checkpoint_ahead_of_the_curves_is_not_resumed_from(tmp_path):
     resumed = RUN(_config(), str(killed), echo=lines.append)
     assert lines[0] == f"  resumed {killed} at epoch 1"
     assert resumed["curves"] == reference["curves"]
+
+
+@pytest.mark.parametrize("file, text", [("results.json", ""), ("results.json", "[1]"),
+                                        ("results.json", '{"finished": true}'),
+                                        ("curves.json", "{"), ("curves.json", "3")])
+def test_a_damaged_record_is_refused_in_one_line_naming_it_then_rebuilt(tmp_path, file, text):
+    """A run's results.json / curves.json that is not the record it should be: one line naming
+    the file (no traceback, nothing written); moved away, the run is rebuilt with the same numbers."""
+    from trainers import config_schema
+
+    reference = RUN(_config(), str(tmp_path), echo=None)
+    if file == "curves.json":
+        os.remove(tmp_path / "results.json")   # else the finished results are read first
+    (tmp_path / file).write_text(text)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(config_schema.ConfigError) as error:
+        RUN(_config(), str(tmp_path), echo=None)
+    assert str(tmp_path / file) in str(error.value) and "\n" not in str(error.value)
+    assert "move it away" in str(error.value) and sorted(os.listdir(tmp_path)) == before
+    os.rename(tmp_path / file, tmp_path / "moved")
+    assert RUN(_config(), str(tmp_path), echo=None)["curves"] == reference["curves"]

@@ -18,7 +18,8 @@ from trainers.experiment import Arm
 def finished_result(run_dir, config_dict):
     """The results.json dict of a finished run of `config_dict`, else None; ConfigError (one
     line) if it holds another config's."""
-    result = outputs.read_json(os.path.join(run_dir, "results.json"))
+    result = outputs.read_json(os.path.join(run_dir, "results.json"),
+                               keys=("config", "curves", "finished", "summary"))
     if result and result.get("finished"):
         _require_same_config(run_dir, result, config_dict,
                              "the finished results of a run")
@@ -149,7 +150,7 @@ class Checkpointer:
     def restore(self, config_dict):
         """(step, curves) of the newest intact checkpoint the saved curves reach, or (0, None);
         ConfigError for another config's run."""
-        saved = outputs.read_json(self.curves_path)
+        saved = outputs.read_json(self.curves_path, keys=("config", "curves", "step"))
         if saved is not None:
             _require_same_config(self.run_dir, saved, config_dict, "a run")
         if saved is None:

@@ -95,12 +95,8 @@ def check_workdir_holds_config(workdir: str, config) -> None:
             continue
         _check_saved(workdir, saved, config, "a run", epoch)
         return
-    try:
-        results = outputs.read_json(os.path.join(workdir, outputs.RESULTS_FILE))
-    except ValueError as error:
-        raise ConfigError(f"workdir {workdir} holds a {outputs.RESULTS_FILE} that is not JSON "
-                          f"({error}); move it away or use another workdir") from None
-    if isinstance(results, dict) and isinstance(results.get("config"), dict):
+    results = outputs.read_json(os.path.join(workdir, outputs.RESULTS_FILE))
+    if results is not None and isinstance(results.get("config"), dict):
         _check_saved(workdir, results, config, "the finished results of a run",
                      results.get("epochs_completed"), same_epochs=True)
 

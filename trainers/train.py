@@ -26,9 +26,10 @@ from trainers import single_run
 from trainers.config_schema import ConfigError, setting
 
 
-# Besides ConfigError, what a run reports as one line and exit status 1 (the binaries catch these).
+# Besides ConfigError, what a run reports as one line and exit status 1 (the binaries catch these;
+# OSError: a path that cannot be read or written, its message names it).
 RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError,
-              distributed_loop.PeerFailure)
+              distributed_loop.PeerFailure, OSError)
 
 
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
