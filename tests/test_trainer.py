@@ -253,6 +253,7 @@ def _tiny_config(**overrides):
     ({"lr_schedule.decay_epochs": (5, 3)}, "decay_epochs=(5, 3) must be strictly increasing"),
     ({"lr_schedule.name": "cosine"}, "lr_schedule.name='cosine' is unknown"),
     ({"noise_kind": "flip"}, "noise_kind='flip' is unknown"),
+    ({"seed": 2**32}, "seed=4294967296 must be an int in [0, 2**32)"),  # NumPy's seed range
 ])
 def test_config_errors_name_the_field_and_write_nothing(tmp_path, monkeypatch, overrides, message):
     def load_data(config):

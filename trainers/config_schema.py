@@ -59,7 +59,7 @@ def _field_rules() -> dict:
         "max_train": OPTIONAL_POSITIVE_INT, "max_test": OPTIONAL_POSITIVE_INT,
         "num_epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
         "keep_checkpoints": POSITIVE_INT,
-        "seed": (lambda v: is_int(v, 0), "must be a non-negative int"),
+        "seed": (lambda v: is_int(v, 0) and v < 2**32, "must be an int in [0, 2**32)"),
         "collective_timeout": (POSITIVE[0], "must be a positive number of seconds"),
         "distribution": DISTRIBUTIONS,
         "model.name": tuple(models.MODELS),
