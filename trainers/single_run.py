@@ -56,7 +56,7 @@ def prepare(config, workdir: str, data=None, strategy=None) -> PreparedRun:
     data = factories.load_data(config) if data is None else data
     steps = input_pipeline.steps_per_epoch(len(data.train), config.batch_size,
                                            config.drop_remainder)
-    config_schema.check_batches_split(config, len(data.train))
+    config_schema.check_data_fits(config, len(data.train))
     distributed_loop.check_even_shards(len(data.train), config.batch_size, config.drop_remainder,
                                        distributed_loop.replicas(strategy))
     if setting(config, "coherence.monitor_samples"):

@@ -68,7 +68,7 @@ def dry_run(config, workdir: str, echo=print) -> None:
     check_workdir(config, workdir)
     train, test = factories.dataset_sizes(config)
     steps = input_pipeline.steps_per_epoch(train, config.batch_size, config.drop_remainder)
-    config_schema.check_batches_split(config, train)  # a run checks it once the data is loaded
+    config_schema.check_data_fits(config, train)  # a run checks it once the data is loaded
     echo(f"config valid; nothing written. {config.dataset} ({train} train / {test} test "
          f"examples), {config.model.name}, optimizer {config.optimizer.name}: "
          f"{config.num_epochs} epochs × {steps} batches of {config.batch_size}")
