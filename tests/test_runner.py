@@ -136,3 +136,24 @@ def test_optimizers_build_adamw_alone_and_as_the_inner_optimizer():
     assert isinstance(inner, keras.optimizers.AdamW) and inner.weight_decay == 0.5
     with pytest.raises(ValueError, match="momentum"):
         optimizers.build("adamw", 1e-3, momentum=0.9)
+
+
+def test_an_override_every_arm_replaces_is_refused_as_ignored():
+    """`--set` of a field every planned arm sets itself (the seed, memorisation's noise level)
+    would change nothing: one line naming it (was: planned and run as if it applied)."""
+    from trainers import catalog
+
+    with pytest.raises(ValueError, match=r"--set=seed=7 would be ignored: every arm of toy sets "
+                                         r"seed itself \(0, 1, 2\)"):
+        runner.plan(TOY, "small", 3, {"seed": 7})
+    assert len(runner.plan(TOY, "small", 3, {"arm": "sgd", "other": 1})) == 6  # kept / not a field
+    with pytest.raises(ValueError, match=r"--set=seed=5 would be ignored: every arm of "
+                                         r"double_descent sets seed itself \(0, 1\)"):
+        catalog.plan("double_descent", "small", 2, {"seed": 5})
+    with pytest.raises(ValueError, match=r"--set=label_noise=0.3 would be ignored: every arm "
+                                         r"of memorisation sets label_noise itself \(0.0, 0.25, "
+                                         r"0.5\)"):
+        catalog.plan("memorisation", "small", 1, {"label_noise": 0.3})
+    arms, _ = catalog.plan("memorisation", "small", 1, {"batch_size": 32,
+                                                        "lr_schedule.decay_epochs": (3, 6)})
+    assert {arm.config.batch_size for arm in arms} == {32, 96}   # sgd_x3: 3 × the batch

@@ -3,6 +3,7 @@
 Files, the results.json schema and the locks: docs/design.md §7.0, "The runner's files".
 """
 
+import json
 import os
 import time
 
@@ -26,6 +27,11 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds={seeds!r} must be a positive int (the number of seeds)")
     arms = list(experiment.arms(scale, seeds, dict(overrides or {})))
+    for field, value in (overrides or {}).items():
+        kept = {_text(_field(arm.config, field)) for arm in arms} - {_text(_ABSENT)}
+        if kept and _text(value) not in kept:
+            raise ValueError(f"--set={field}={value!r} would be ignored: every arm of "
+                             f"{experiment.name} sets {field} itself ({', '.join(sorted(kept))})")
     groups = {arm.group for arm in arms}
     for rule in experiment.declared("rules", arms):
         for group in (rule.arm, rule.control):
@@ -33,6 +39,24 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
                 raise ValueError(f"{experiment.name}: rule {rule.name!r} names group {group!r}, "
                                  "which is not planned")
     return arms
+
+
+_ABSENT = "(absent)"
+
+
+def _field(config, dotted):
+    """The value of the dotted field of a ConfigDict, or `_ABSENT`."""
+    for part in dotted.split("."):
+        if not hasattr(config, "keys") or part not in config:
+            return _ABSENT
+        config = config[part]
+    return config
+
+
+def _text(value) -> str:
+    """`value` as its JSON text (a tuple as its list, a ConfigDict as its dict)."""
+    return json.dumps(value.to_dict() if hasattr(value, "to_dict") else value, sort_keys=True,
+                      default=str)
 
 
 def run(experiment, arms, workdir, command="", echo=print, progress=False):
