@@ -157,3 +157,23 @@ def test_an_override_every_arm_replaces_is_refused_as_ignored():
     arms, _ = catalog.plan("memorisation", "small", 1, {"batch_size": 32,
                                                         "lr_schedule.decay_epochs": (3, 6)})
     assert {arm.config.batch_size for arm in arms} == {32, 96}   # sgd_x3: 3 × the batch
+
+
+@pytest.mark.parametrize("loop", ["graph", "fit"])
+def test_a_run_dir_of_another_config_is_refused_before_any_arm_runs(tmp_path, loop):
+    """The last arm's directory holds another config's finished run: one line naming it, before
+    the first arm trains (was: the arms before it trained, then the run stopped there)."""
+    from trainers import config_schema, outputs
+
+    ran = []
+    experiment = Experiment(**{**TOY.__dict__, "loop": loop, "run_arm": lambda c, d, echo=None: (
+        ran.append(d), _run_arm(c, d))[1]})
+    arms = [Arm(a.group, a.label, a.panel, a.seed, ml_collections.ConfigDict(
+        {**a.config.to_dict(), "num_epochs": 1})) for a in runner.plan(experiment, "small", 3)]
+    outputs.write_json(tmp_path / "m3" / "seed2" / "results.json", {
+        "config": {"arm": "m3", "seed": 7, "num_epochs": 1}, "curves": {}, "finished": True,
+        "summary": {}, "epochs_completed": 1})
+    with pytest.raises(config_schema.ConfigError, match=r"m3/seed2 holds the finished results "
+                                                        r"of a run with a different config"):
+        runner.run(experiment, arms, str(tmp_path), echo=None)
+    assert ran == [] and sorted(os.listdir(tmp_path)) == ["m3"]

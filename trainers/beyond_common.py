@@ -27,6 +27,12 @@ def finished_result(run_dir, config_dict):
     return None
 
 
+def check_run_dir(run_dir, config_dict):
+    """ConfigError (one line) if `run_dir`'s finished results or curves are of another config."""
+    if finished_result(run_dir, config_dict) is None:
+        Checkpointer.saved_curves(os.path.join(run_dir, "curves.json"), run_dir, config_dict)
+
+
 def require(ok, message):
     """ValueError(message) unless ok: the one-line checks of the experiments' `check_config`."""
     if not ok:
@@ -150,9 +156,7 @@ class Checkpointer:
     def restore(self, config_dict):
         """(step, curves) of the newest intact checkpoint the saved curves reach, or (0, None);
         ConfigError for another config's run."""
-        saved = outputs.read_json(self.curves_path, keys=("config", "curves", "step"))
-        if saved is not None:
-            _require_same_config(self.run_dir, saved, config_dict, "a run")
+        saved = self.saved_curves(self.curves_path, self.run_dir, config_dict)
         if saved is None:
             return 0, None
         found = self.store.newest_intact(at_most=saved.get("step"))  # none the curves do not reach
@@ -163,6 +167,14 @@ class Checkpointer:
         curves = {k: [v for s, v in zip(saved["curves"]["step"], vals) if s <= step]
                   for k, vals in saved["curves"].items()}
         return step, curves
+
+    @staticmethod
+    def saved_curves(path, run_dir, config_dict):
+        """The curves.json dict at `path` (None: none); ConfigError if of another config."""
+        saved = outputs.read_json(path, keys=("config", "curves", "step"))
+        if saved is not None:
+            _require_same_config(run_dir, saved, config_dict, "a run")
+        return saved
 
     def save(self, step, curves, config_dict):
         """The curves up to `step`, then the checkpoint of `step`: a kill between the two leaves

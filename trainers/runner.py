@@ -62,10 +62,12 @@ def _text(value) -> str:
 def run(experiment, arms, workdir, command="", echo=print, progress=False):
     """Run every arm into `WORKDIR/<group>/seed<k>` (finished ones are read, interrupted ones
     resume), one line per arm on `echo` (with `progress` the runs' own lines too), under the
-    workdir's lock; then write the report and return the results.json dict."""
+    workdir's lock, every arm's directory checked first; then write the report and return the
+    results.json dict."""
     echo = echo or (lambda line: None)
     runs, seconds = [], {}
     with workdir_lock.hold(workdir, f"experiment {experiment.name}"):
+        check_run_dirs(experiment, arms, workdir)
         for index, arm in enumerate(arms, 1):
             started = time.time()
             result = experiment.run_arm(arm.config, os.path.join(workdir, arm.path),
@@ -76,6 +78,19 @@ def run(experiment, arms, workdir, command="", echo=print, progress=False):
                  + describe(experiment, result["summary"]))
             runs.append((arm, result))
         return write_report(experiment, runs, workdir, command, seconds)
+
+
+def check_run_dirs(experiment, arms, workdir):
+    """ConfigError (one line) if an arm's directory holds a run of another config, before any arm
+    runs: each loop's own check (a fit arm's trainer run may resume to more epochs); reads only."""
+    from . import beyond_common, single_run
+
+    for arm in arms:
+        run_dir = os.path.join(workdir, arm.path)
+        if experiment.loop == "fit":
+            single_run.check_workdir_holds_config(run_dir, arm.config)
+        else:
+            beyond_common.check_run_dir(run_dir, arm.config.to_dict())
 
 
 def describe(experiment, summary):
