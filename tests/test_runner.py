@@ -177,3 +177,17 @@ def test_a_run_dir_of_another_config_is_refused_before_any_arm_runs(tmp_path, lo
                                                         r"of a run with a different config"):
         runner.run(experiment, arms, str(tmp_path), echo=None)
     assert ran == [] and sorted(os.listdir(tmp_path)) == ["m3"]
+
+
+@pytest.mark.parametrize("report, message", [
+    ({"experiment": "scale", "groups": {}}, "holds the results of experiment 'scale'"),
+    ({"config": {"seed": 0}, "epochs_completed": 1}, r"is not a run's record \(no experiment\)")])
+def test_a_workdir_of_another_experiment_or_a_trainer_run_is_refused(tmp_path, report, message):
+    """Its results.json would be overwritten by this experiment's report (was: silently)."""
+    from trainers import config_schema, outputs
+
+    outputs.write_json(tmp_path / "results.json", report)
+    with pytest.raises(config_schema.ConfigError, match=message):
+        runner.run(TOY, runner.plan(TOY, "small", 3), str(tmp_path), echo=None)
+    assert os.listdir(tmp_path) == ["results.json"]
+    assert json.loads((tmp_path / "results.json").read_text()) == report

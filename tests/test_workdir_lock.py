@@ -148,10 +148,11 @@ def test_the_finished_results_of_another_config_are_refused_untouched(tmp_path, 
     assert (tmp_path / "results.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("text", ["[1, 2]", "7", "{"])
+@pytest.mark.parametrize("text", ["[1, 2]", "7", "{", '{"experiment": "scale", "groups": {}}'])
 def test_a_results_json_that_is_no_run_record_is_refused_untouched(tmp_path, no_data, text):
-    """No checkpoint, a results.json that is not a JSON object: one line naming it (was: a list
-    or number was overwritten by the run, not-JSON refused without the file's path)."""
+    """No checkpoint, a results.json that is not a trainer run's (not a JSON object, an
+    experiment's report): one line naming it (was: a list, a number or an experiment's report
+    was overwritten by the run, not-JSON refused without the file's path)."""
     from trainers import config_schema, train
 
     (tmp_path / "results.json").write_text(text)

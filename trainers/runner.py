@@ -11,6 +11,7 @@ from cgh_tf import statistics, workdir_lock
 from cgh_tf.atomic_files import atomic_open
 
 from . import hparams_board, outputs
+from .config_schema import ConfigError
 
 TIMINGS_FILE = outputs.TIMINGS_FILE
 RESULTS_MD = "results.md"
@@ -81,9 +82,15 @@ def run(experiment, arms, workdir, command="", echo=print, progress=False):
 
 
 def check_run_dirs(experiment, arms, workdir):
-    """ConfigError (one line) if an arm's directory holds a run of another config, before any arm
-    runs: each loop's own check (a fit arm's trainer run may resume to more epochs); reads only."""
+    """ConfigError (one line) if `workdir` holds another experiment's report or a trainer run's
+    results, or an arm's directory a run of another config, before any arm runs: each loop's own
+    check (a fit arm's trainer run may resume to more epochs); reads only."""
     from . import beyond_common, single_run
+
+    report = outputs.read_json(os.path.join(workdir, outputs.RESULTS_FILE), keys=("experiment",))
+    if report is not None and report["experiment"] != experiment.name:
+        raise ConfigError(f"workdir {workdir} holds the results of experiment "
+                          f"{report['experiment']!r}; use another workdir for {experiment.name}")
 
     for arm in arms:
         run_dir = os.path.join(workdir, arm.path)

@@ -95,8 +95,8 @@ def check_workdir_holds_config(workdir: str, config) -> None:
             continue
         _check_saved(workdir, saved, config, "a run", epoch)
         return
-    results = outputs.read_json(os.path.join(workdir, outputs.RESULTS_FILE))
-    if results is not None and isinstance(results.get("config"), dict):
+    results = outputs.read_json(os.path.join(workdir, outputs.RESULTS_FILE), keys=("config",))
+    if results is not None:  # (not an experiment's report: it has no config)
         _check_saved(workdir, results, config, "the finished results of a run",
                      results.get("epochs_completed"), same_epochs=True)
 
