@@ -183,3 +183,15 @@ def test_an_experiment_workdir_in_use_is_refused(tmp_path):
     with workdir_lock.hold(tmp_path, "experiment"):
         with pytest.raises(workdir_lock.WorkdirBusy):
             runner.run(toy, [Arm("g", "g", "", 0, None)], str(tmp_path), echo=None)
+
+
+def test_an_empty_workdir_is_refused_not_taken_as_the_current_directory(tmp_path, monkeypatch):
+    """`--workdir=` (empty): one line; was the current directory (reproduce --dry_run wrote
+    plan.json there, a run would have trained into it)."""
+    from trainers import train
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(workdir_lock.BadWorkdir, match="the workdir is empty"):
+        with workdir_lock.hold(""):
+            pass
+    assert os.listdir(tmp_path) == [] and workdir_lock.BadWorkdir in train.RUN_ERRORS

@@ -28,7 +28,7 @@ from trainers.config_schema import ConfigError, setting
 
 # Besides ConfigError, what a run reports as one line and exit status 1 (the binaries catch these;
 # OSError: a path that cannot be read or written, its message names it).
-RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError,
+RUN_ERRORS = (workdir_lock.WorkdirBusy, workdir_lock.BadWorkdir, checkpoints.CheckpointSaveError,
               distributed_loop.PeerFailure, OSError)
 
 
