@@ -147,7 +147,7 @@ def _raised_in_config_file(error, argv) -> bool:
     """True if `error` was raised inside the `--config` file's code, or the file has no
     `get_config` (not by an override)."""
     path = os.path.abspath(_config_path(argv).split(":")[0])
-    frames = traceback.extract_tb(error.__traceback__)
+    frames = traceback.TracebackException.from_exception(error).stack
     return "get_config" in str(error) or any(os.path.abspath(frame.filename) == path
                                              for frame in frames)
 
