@@ -89,14 +89,17 @@ class CheckpointStore:
         """`[(number, prefix)]` of the checkpoints present, oldest first (not verified)."""
         return present(self.directory, self.name)
 
-    def newest_intact(self):
-        """`(number, prefix)` of the newest checkpoint that `verify` accepts, or None.
+    def newest_intact(self, at_most=None):
+        """`(number, prefix)` of the newest checkpoint numbered ≤ `at_most` (None: any) that
+        `verify` accepts, or None.
 
         Each newer damaged one is reported in one line and moved to `directory/damaged/`; a
         `checkpoint` file that does not list what is present is rebuilt."""
         self._remove_dead_staging()
         found = None
         for number, prefix in reversed(self.present()):
+            if at_most is not None and number > at_most:
+                continue
             reason = verify(prefix)
             if reason is None:
                 found = (number, prefix)

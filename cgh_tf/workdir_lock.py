@@ -29,10 +29,17 @@ class WorkdirBusy(RuntimeError):
     """Another live process holds the workdir's lock (message: one line naming it)."""
 
 
+class BadWorkdir(ValueError):
+    """The workdir given is empty (it would silently be the current directory)."""
+
+
 @contextlib.contextmanager
 def hold(workdir: str, what: str = "run"):
     """Hold the lock of `workdir` (created if missing) for the `with` block; `what` names this
-    process in the lock file (e.g. "trainer", "experiment depth_width"). Raises `WorkdirBusy`."""
+    process in the lock file (e.g. "trainer", "experiment depth_width"). Raises `WorkdirBusy`,
+    or `BadWorkdir` for an empty path."""
+    if not os.fspath(workdir):
+        raise BadWorkdir("the workdir is empty (''); give a directory, e.g. --workdir=/tmp/run")
     workdir = os.path.abspath(os.fspath(workdir))
     created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)

@@ -258,3 +258,21 @@ def test_interrupted_phase1_and_phase2_resume_to_the_same_numbers(tiny, tmp_path
             assert resumed["summary"][key] == pytest.approx(value, rel=1e-5), key
     for key in ("test_accuracy", "coherence/train/m_coherence", "weight_norm"):
         np.testing.assert_allclose(resumed["curves"][key], reference["curves"][key], rtol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied"])
+def test_a_damaged_phase1_weights_file_is_rebuilt_from_its_checkpoint(tiny, tmp_path, damage):
+    """Phase 1 finished, its final.weights.h5 damaged afterwards: rebuilt from phase 1's last
+    checkpoint, the phase-2 numbers equal the tiny run's (was: an h5py error without the path)."""
+    import shutil
+
+    config = next(a.config for a in ai.arms("small", 1, TINY, ("sgd",))
+                  if a.group.endswith("adversarial_sgd"))
+    reference = json.loads((tiny[0] / "mnist1d/adversarial_sgd/seed0/results.json").read_text())
+    phase1 = tmp_path / "phase1"
+    shutil.copytree(tiny[0] / "mnist1d/phase1/seed0", phase1)
+    with open(phase1 / "final.weights.h5", "r+b") as f:
+        f.truncate(100 if damage == "truncated" else 0)
+    resumed = ai.run(config, str(tmp_path / "arm"), echo=None, phase1_dir=str(phase1))
+    assert resumed["summary"] == reference["summary"]
+    assert resumed["curves"] == reference["curves"]

@@ -36,6 +36,20 @@ def test_epoch_records_survive_a_restart_and_name_what_is_missing(tmp_path):
         again.get(1, "loss")
 
 
+@pytest.mark.parametrize("size", [0, 40])
+def test_damaged_epoch_records_are_one_line_naming_the_file(tmp_path, size):
+    """per_example.npz emptied or cut (was: EOFError / BadZipFile traceback)."""
+    records = per_example_runs.EpochRecords(str(tmp_path))
+    records.put(0, correct=np.array([True, False]))
+    with open(records.path, "r+b") as f:
+        f.truncate(size)
+    with pytest.raises(ValueError) as error:
+        per_example_runs.EpochRecords(str(tmp_path))
+    assert str(error.value).startswith(f"{records.path} is damaged (")
+    assert "delete the run's directory and run it again" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
 def test_permutation_null_breaks_the_pairing():
     a = np.arange(200.0)
     same = per_example_runs.permutation_null(lambda u, v: np.corrcoef(u, v)[0, 1], a, a, 0, 20)

@@ -70,7 +70,7 @@ def test_in_batch_m3_changes_list_everything_and_following_them_validates(fields
     fixed = _apply_flags(config, changes)
     assert config_schema.in_batch_m3_changes(fixed) == []
     config_schema.validate(fixed)
-    config_schema.check_batches_split(fixed, fixed.max_train or 4000)  # mnist1d: 4000 examples
+    config_schema.check_data_fits(fixed, fixed.max_train or 4000)  # mnist1d: 4000 examples
 
 
 def _write_finished(workdir, config_dict, epochs):
@@ -159,3 +159,30 @@ def test_results_carry_the_config_version():
     results = single_run.make_results(default.get_config(), dataset, [])
     assert results["config_version"] == config_schema.CONFIG_VERSION
     assert config_schema.saved_config(results) == results["config"]
+
+
+@pytest.mark.parametrize("name, epochs", [("rm5", 1), ("ra9", 2), ("m5", 1),
+                                          ("m3", 1)])  # m3 with groups=7 below
+def test_a_run_that_would_make_no_update_is_refused_before_training(tmp_path, name, epochs):
+    """200 examples in batches of 64: 4 batches an epoch. RM / RA over a window of k batches
+    update first after k batches, M3 over k consecutive batches after k: with fewer batches in
+    the whole run it would train nothing and report it as trained (was: accepted; rm200 ran
+    158 s for no update)."""
+    from trainers import train
+
+    config = _config(optimizer={**_config().optimizer.to_dict(), "name": name, "groups": 7},
+                     max_train=200, max_test=50, num_epochs=epochs)
+    with pytest.raises(config_schema.ConfigError) as error:
+        train.dry_run(config, str(tmp_path / "run"), echo=lambda line: None)
+    assert f"optimizer.name={name!r} makes no update in this run" in str(error.value)
+    assert f"{epochs} epochs × 4 batches" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, epochs, updates", [("rm5", 2, 4), ("m5", 2, 1), ("m4", 1, 1),
+                                                   ("sgd", 1, 4), ("ra3", 1, 2)])
+def test_a_run_with_an_update_passes_and_counts_them(name, epochs, updates):
+    config = _config(optimizer={**_config().optimizer.to_dict(), "name": name},
+                     max_train=200, num_epochs=epochs)
+    config_schema.check_data_fits(config, 200)
+    assert config_schema.updates(config, 200, epochs) == updates

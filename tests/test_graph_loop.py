@@ -129,3 +129,63 @@ def test_until_ends_the_run_early_checkpointed_and_a_rerun_does_not_go_on(tmp_pa
     lines = []
     again = run(config, str(tmp_path), echo=lines.append)
     assert lines == [f"  resumed {tmp_path} at epoch 1"] and again["curves"] == result["curves"]
+
+
+@pytest.mark.parametrize("point", ["save-2-staged", "save-2-data-installed",
+                                   "save-2-index-installed", "save-2-listed"])
+def test_a_kill_inside_a_checkpoint_save_resumes_with_every_log_row(tmp_path, monkeypatch, point):
+    """Killed at each stage of epoch 2's save (the checkpoint and curves.json are two files):
+    the resumed run logs every epoch once and ends with the uninterrupted run's numbers."""
+    from cgh_tf import fault_injection
+
+    reference = RUN(_config(), str(tmp_path / "whole"), echo=None)
+
+    def kill(name):
+        if name == point:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fault_injection, "point", kill)
+    with pytest.raises(KeyboardInterrupt):
+        RUN(_config(), str(tmp_path / "killed"), echo=None)
+    monkeypatch.undo()
+    resumed = RUN(_config(), str(tmp_path / "killed"), echo=None)
+    assert resumed["curves"] == reference["curves"]
+    assert resumed["summary"] == reference["summary"]
+
+
+def test_a_checkpoint_ahead_of_the_curves_is_not_resumed_from(tmp_path):
+    """curves.json of epoch 1 beside checkpoints 1 and 2 (a run of an older version killed
+    between the two writes): the run resumes at epoch 1, not at 2 with epoch 2's row missing."""
+    reference = RUN(_config(), str(tmp_path / "whole"), echo=None)
+    killed = tmp_path / "killed"
+    RUN(_config(epochs=2), str(killed), echo=None)   # checkpoints 1, 2 and curves of epoch 2
+    saved = json.loads((killed / "curves.json").read_text())
+    saved["curves"] = {k: v[:2] for k, v in saved["curves"].items()}
+    saved["step"], saved["config"]["epochs"] = 1, EPOCHS
+    (killed / "curves.json").write_text(json.dumps(saved))
+    os.remove(killed / "results.json")
+    lines = []
+    resumed = RUN(_config(), str(killed), echo=lines.append)
+    assert lines[0] == f"  resumed {killed} at epoch 1"
+    assert resumed["curves"] == reference["curves"]
+
+
+@pytest.mark.parametrize("file, text", [("results.json", ""), ("results.json", "[1]"),
+                                        ("results.json", '{"finished": true}'),
+                                        ("curves.json", "{"), ("curves.json", "3")])
+def test_a_damaged_record_is_refused_in_one_line_naming_it_then_rebuilt(tmp_path, file, text):
+    """A run's results.json / curves.json that is not the record it should be: one line naming
+    the file (no traceback, nothing written); moved away, the run is rebuilt with the same numbers."""
+    from trainers import config_schema
+
+    reference = RUN(_config(), str(tmp_path), echo=None)
+    if file == "curves.json":
+        os.remove(tmp_path / "results.json")   # else the finished results are read first
+    (tmp_path / file).write_text(text)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(config_schema.ConfigError) as error:
+        RUN(_config(), str(tmp_path), echo=None)
+    assert str(tmp_path / file) in str(error.value) and "\n" not in str(error.value)
+    assert "move it away" in str(error.value) and sorted(os.listdir(tmp_path)) == before
+    os.rename(tmp_path / file, tmp_path / "moved")
+    assert RUN(_config(), str(tmp_path), echo=None)["curves"] == reference["curves"]

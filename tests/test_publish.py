@@ -107,7 +107,7 @@ def test_collect_copies_a_runs_results_and_figures(tmp_path, monkeypatch):
     _toy_repo(tmp_path)
     workdir = tmp_path / "w"
     workdir.mkdir()
-    (workdir / "results.json").write_text("{}")
+    (workdir / "results.json").write_text('{"experiment": "toy"}')
     with pytest.raises(ValueError, match="holds no results.md"):
         publish.collect(str(tmp_path), "toy", str(workdir))
     (workdir / "results.md").write_text("# T\n\n![a](a.png)\n")
@@ -136,7 +136,7 @@ def test_a_run_at_another_setting_gets_its_own_section_and_survives_collect(tmp_
     assert verdict in (tmp_path / "README.md").read_text()  # the README row: the default run
     workdir = tmp_path / "w"
     workdir.mkdir()
-    (workdir / "results.json").write_text("{}")
+    (workdir / "results.json").write_text('{"experiment": "toy"}')
     (workdir / "results.md").write_text("# T\n")
     publish.collect(str(tmp_path), "toy", str(workdir))
     assert sorted(os.listdir(tmp_path / "results" / "toy")) == ["big", "results.json",
@@ -152,3 +152,36 @@ def test_a_results_json_without_family_wise_verdicts_is_refused_in_one_line():
            "verdicts": [{"rule": "r", "statement": "s", "decided": False, "text": "t"}]}
     with pytest.raises(ValueError, match="results.json of toy predates the family-wise verdicts"):
         publish.verdict_cell(old)
+
+
+def test_collect_refuses_a_run_it_cannot_copy_whole_and_keeps_the_published_files(tmp_path,
+                                                                                  monkeypatch):
+    """A figure results.md links to is missing, the run is another experiment's, its results.json
+    is not JSON, or a run is writing the workdir: one line, results/<name>/ untouched (was: the
+    published files deleted, then a FileNotFoundError halfway, or another experiment's results
+    published under this name)."""
+    from cgh_tf import workdir_lock
+
+    monkeypatch.setattr(publish.catalog, "NAMES", ("toy",))
+    _toy_repo(tmp_path)
+    published = tmp_path / "results" / "toy"
+    before = {p.name: p.read_bytes() for p in published.iterdir()}
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "results.md").write_text("# T\n\n![a](a.png)\n")
+    for text, message in [('{"experiment": "toy"}', r"holds no a.png"),
+                          ('{"experiment": "scale"}', r"holds a run of experiment 'scale', not toy"),
+                          ("{", r"results.json is not a run's record")]:
+        (workdir / "results.json").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            publish.collect(str(tmp_path), "toy", str(workdir))
+        assert {p.name: p.read_bytes() for p in published.iterdir()} == before
+        (workdir / "a.png").write_bytes(b"a")
+    (workdir / "results.json").write_text('{"experiment": "toy"}')
+    with workdir_lock.hold(workdir, "experiment toy"):
+        with pytest.raises(workdir_lock.WorkdirBusy, match="in use by experiment toy"):
+            publish.collect(str(tmp_path), "toy", str(workdir))
+    assert {p.name: p.read_bytes() for p in published.iterdir()} == before
+    publish.collect(str(tmp_path), "toy", str(workdir))
+    assert sorted(p.name for p in published.iterdir()) == ["a.png", "results.json", "results.md"]
+    assert sorted(os.listdir(workdir)) == ["a.png", "results.json", "results.md"]

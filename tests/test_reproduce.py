@@ -79,3 +79,25 @@ def test_demo_pairs_every_robust_arm_with_its_control():
     assert configs["noise50/sgd_x3"].batch_size == 3 * sgd.batch_size
     assert {c.num_epochs for c in configs.values()} == {demo.DEMO_EPOCHS}
     assert demo.parse_arms("winsorized, sgd") == ["winsorized", "sgd"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("program, flags", [
+    ("trainers.train", ["--config=configs/default.py", "--config.max_train=64"]),
+    ("trainers.reproduce", ["--experiment=double_descent", "--seeds=1"])])
+def test_a_file_system_error_is_one_line_naming_the_path(tmp_path, program, flags):
+    """A path the program must write that cannot be written (here the workdir's lock file is a
+    directory): exit status 1 and one line naming it, not a traceback (trainers.demo catches the
+    same `train.RUN_ERRORS` as trainers.reproduce)."""
+    import subprocess
+    import sys
+
+    lock = tmp_path / ".cgh_tf.lock"
+    lock.mkdir()
+    done = subprocess.run([sys.executable, "-m", program, *flags, f"--workdir={tmp_path}"],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == [f"error: [Errno 21] Is a directory: '{lock}'"], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and sorted(os.listdir(tmp_path)) == [lock.name]

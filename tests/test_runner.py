@@ -156,3 +156,58 @@ def test_analysis_verdicts_join_the_family_and_results_md_reports_holm(tmp_path)
     text = (tmp_path / "results.md").read_text()
     assert "Here: 1 decided at 95 %, " in text and "Holm over 2 rules: p = " in text
     assert text.index(runner.VERDICTS_HEADING) < text.index("hook line")
+
+
+def test_an_override_every_arm_replaces_is_refused_as_ignored():
+    """`--set` of a field every planned arm sets itself (the seed, memorisation's noise level)
+    would change nothing: one line naming it (was: planned and run as if it applied)."""
+    from trainers import catalog
+
+    with pytest.raises(ValueError, match=r"--set=seed=7 would be ignored: every arm of toy sets "
+                                         r"seed itself \(0, 1, 2\)"):
+        runner.plan(TOY, "small", 3, {"seed": 7})
+    assert len(runner.plan(TOY, "small", 3, {"arm": "sgd", "other": 1})) == 6  # kept / not a field
+    with pytest.raises(ValueError, match=r"--set=seed=5 would be ignored: every arm of "
+                                         r"double_descent sets seed itself \(0, 1\)"):
+        catalog.plan("double_descent", "small", 2, {"seed": 5})
+    with pytest.raises(ValueError, match=r"--set=label_noise=0.3 would be ignored: every arm "
+                                         r"of memorisation sets label_noise itself \(0.0, 0.25, "
+                                         r"0.5\)"):
+        catalog.plan("memorisation", "small", 1, {"label_noise": 0.3})
+    arms, _ = catalog.plan("memorisation", "small", 1, {"batch_size": 32,
+                                                        "lr_schedule.decay_epochs": (3, 6)})
+    assert {arm.config.batch_size for arm in arms} == {32, 96}   # sgd_x3: 3 × the batch
+
+
+@pytest.mark.parametrize("loop", ["graph", "fit"])
+def test_a_run_dir_of_another_config_is_refused_before_any_arm_runs(tmp_path, loop):
+    """The last arm's directory holds another config's finished run: one line naming it, before
+    the first arm trains (was: the arms before it trained, then the run stopped there)."""
+    from trainers import config_schema, outputs
+
+    ran = []
+    experiment = Experiment(**{**TOY.__dict__, "loop": loop, "run_arm": lambda c, d, echo=None: (
+        ran.append(d), _run_arm(c, d))[1]})
+    arms = [Arm(a.group, a.label, a.panel, a.seed, ml_collections.ConfigDict(
+        {**a.config.to_dict(), "num_epochs": 1})) for a in runner.plan(experiment, "small", 3)]
+    outputs.write_json(tmp_path / "m3" / "seed2" / "results.json", {
+        "config": {"arm": "m3", "seed": 7, "num_epochs": 1}, "curves": {}, "finished": True,
+        "summary": {}, "epochs_completed": 1})
+    with pytest.raises(config_schema.ConfigError, match=r"m3/seed2 holds the finished results "
+                                                        r"of a run with a different config"):
+        runner.run(experiment, arms, str(tmp_path), echo=None)
+    assert ran == [] and sorted(os.listdir(tmp_path)) == ["m3"]
+
+
+@pytest.mark.parametrize("report, message", [
+    ({"experiment": "scale", "groups": {}}, "holds the results of experiment 'scale'"),
+    ({"config": {"seed": 0}, "epochs_completed": 1}, r"is not a run's record \(no experiment\)")])
+def test_a_workdir_of_another_experiment_or_a_trainer_run_is_refused(tmp_path, report, message):
+    """Its results.json would be overwritten by this experiment's report (was: silently)."""
+    from trainers import config_schema, outputs
+
+    outputs.write_json(tmp_path / "results.json", report)
+    with pytest.raises(config_schema.ConfigError, match=message):
+        runner.run(TOY, runner.plan(TOY, "small", 3), str(tmp_path), echo=None)
+    assert os.listdir(tmp_path) == ["results.json"]
+    assert json.loads((tmp_path / "results.json").read_text()) == report

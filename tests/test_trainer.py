@@ -253,6 +253,7 @@ def _tiny_config(**overrides):
     ({"lr_schedule.decay_epochs": (5, 3)}, "decay_epochs=(5, 3) must be strictly increasing"),
     ({"lr_schedule.name": "cosine"}, "lr_schedule.name='cosine' is unknown"),
     ({"noise_kind": "flip"}, "noise_kind='flip' is unknown"),
+    ({"seed": 2**32}, "seed=4294967296 must be an int in [0, 2**32)"),  # NumPy's seed range
 ])
 def test_config_errors_name_the_field_and_write_nothing(tmp_path, monkeypatch, overrides, message):
     def load_data(config):
@@ -372,3 +373,37 @@ def test_distribution_defaults_to_one_device_and_is_resumable():
     config = default.get_config()
     assert config.distribution == "none"
     assert "distribution" in single_run.RESUMABLE_FIELDS
+
+
+@pytest.mark.slow
+def test_a_config_file_that_raises_or_a_bad_flag_is_one_line(tmp_path):
+    """get_config raising ValueError / KeyError, a `file.py:argument` the config does not take, a
+    value of the wrong type, an unknown flag: one line each (was: absl's 'FATAL Flags parsing
+    error' with the config's traceback indented in it, or 'the config has no field x')."""
+    (tmp_path / "value.py").write_text("def get_config():\n    raise ValueError('lr must be set')\n")
+    (tmp_path / "key.py").write_text("def get_config():\n    return {}['learning_rate']\n")
+    (tmp_path / "none.py").write_text("CONFIG = 1\n")
+    cases = {
+        f"--config={tmp_path / 'value.py'}": f"error: --config={tmp_path / 'value.py'}: the config "
+                                             "file failed to load: ValueError: lr must be set",
+        f"--config={tmp_path / 'key.py'}": f"error: --config={tmp_path / 'key.py'}: the config "
+                                           "file failed to load: KeyError: 'learning_rate'",
+        f"--config={tmp_path / 'none.py'}": f"error: --config={tmp_path / 'none.py'}: the config "
+                                            "file failed to load: AttributeError: module "
+                                            "'config_config' has no attribute 'get_config'",
+        "--config=configs/default.py:big": "error: --config=configs/default.py:big: the config "
+                                           "file failed to load: TypeError: get_config() takes 0 "
+                                           "positional arguments but 1 was given",
+        "--config=configs/default.py --config.num_epochs=1.5": "error: flag --config.num_epochs="
+                                                              "1.5: invalid literal for int() "
+                                                              "with base 10: '1.5'",
+        "--config=configs/default.py --nonsense=1": "error: Unknown command line flag 'nonsense'"}
+    started = {flag: subprocess.Popen(
+        [sys.executable, "-m", "trainers.train", *flag.split(" "), f"--workdir={tmp_path / 'run'}"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for flag in cases}
+    for flag, message in cases.items():
+        returncode, stderr = _finish(started[flag])
+        lines = [line for line in stderr.splitlines() if not line.startswith(("E0000", "W0000"))]
+        assert (returncode, lines[-1:]) == (1, [message]), stderr[-2000:]
+        assert "Traceback" not in stderr and "FATAL" not in stderr
+    assert not (tmp_path / "run").exists()

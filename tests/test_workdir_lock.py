@@ -148,10 +148,26 @@ def test_the_finished_results_of_another_config_are_refused_untouched(tmp_path, 
     assert (tmp_path / "results.json").read_bytes() == before
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", "7", "{", '{"experiment": "scale", "groups": {}}'])
+def test_a_results_json_that_is_no_run_record_is_refused_untouched(tmp_path, no_data, text):
+    """No checkpoint, a results.json that is not a trainer run's (not a JSON object, an
+    experiment's report): one line naming it (was: a list, a number or an experiment's report
+    was overwritten by the run, not-JSON refused without the file's path)."""
+    from trainers import config_schema, train
+
+    (tmp_path / "results.json").write_text(text)
+    with pytest.raises(config_schema.ConfigError) as error:
+        train.train_and_evaluate(_tiny_config(), str(tmp_path), progress=False)
+    assert str(error.value).startswith(f"{tmp_path / 'results.json'} is not a run's record (")
+    assert os.listdir(tmp_path) == ["results.json"]
+    assert (tmp_path / "results.json").read_text() == text
+
+
 def test_an_experiment_refuses_a_run_dir_of_another_config(tmp_path):
     from trainers import beyond_common, config_schema, outputs
 
-    outputs.write_json(tmp_path / "results.json", {"config": {"seed": 1}, "finished": True})
+    outputs.write_json(tmp_path / "results.json", {"config": {"seed": 1}, "finished": True,
+                                                   "summary": {}, "curves": {}})
     with pytest.raises(config_schema.ConfigError, match=r"fields \['seed'\] differ"):
         beyond_common.finished_result(str(tmp_path), {"seed": 0})
     assert beyond_common.finished_result(str(tmp_path), {"seed": 1})["finished"]
@@ -167,3 +183,15 @@ def test_an_experiment_workdir_in_use_is_refused(tmp_path):
     with workdir_lock.hold(tmp_path, "experiment"):
         with pytest.raises(workdir_lock.WorkdirBusy):
             runner.run(toy, [Arm("g", "g", "", 0, None)], str(tmp_path), echo=None)
+
+
+def test_an_empty_workdir_is_refused_not_taken_as_the_current_directory(tmp_path, monkeypatch):
+    """`--workdir=` (empty): one line; was the current directory (reproduce --dry_run wrote
+    plan.json there, a run would have trained into it)."""
+    from trainers import train
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(workdir_lock.BadWorkdir, match="the workdir is empty"):
+        with workdir_lock.hold(""):
+            pass
+    assert os.listdir(tmp_path) == [] and workdir_lock.BadWorkdir in train.RUN_ERRORS

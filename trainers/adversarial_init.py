@@ -79,7 +79,7 @@ def _phase2(config, run_dir, echo, phase1, phase1_dir):
     x_test, y_test = common.arrays(ds.test)
     model = ap.initial_model(config, ds)
     if phase1 is not None:
-        model.load_weights(os.path.join(phase1_dir, "final.weights.h5"))
+        model.load_weights(os.path.join(phase1_dir, ap.WEIGHTS_FILE))
     keras.utils.set_random_seed(int(config.seed))
     optimizer, per_update, _ = update_rules.build(config, OPTIMIZERS)
     optimizer.build(model.trainable_variables)

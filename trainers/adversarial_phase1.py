@@ -14,6 +14,7 @@ from . import graph_loop
 from . import models
 from . import probes
 
+WEIGHTS_FILE = "final.weights.h5"  # phase 1's final weights, which phase 2 starts from
 PHASE1_FIELDS = ("dataset", "max_train", "max_test", "data_seed", "seed", "width", "depth",
                  "phase1_learning_rate", "phase1_batch_size", "phase1_target",
                  "phase1_max_epochs", "phase1_checkpoint_every")  # phase 1's identity
@@ -80,10 +81,21 @@ def run_phase1(config, phase1_dir, echo, check_config):
 
     p1 = ml_collections.ConfigDict({k: config[k] for k in PHASE1_FIELDS})
     done = common.finished_or_checked(p1, phase1_dir, lambda _: check_config(config))
-    if done is not None and os.path.exists(os.path.join(phase1_dir, "final.weights.h5")):
-        return done
+    if done is not None and _readable(os.path.join(phase1_dir, WEIGHTS_FILE)):
+        return done  # else (missing, damaged) rebuilt from phase 1's last checkpoint
     with workdir_lock.hold(phase1_dir, "adversarial_init phase 1"):
         return graph_loop.train_declared(_phase1, p1, phase1_dir, echo or (lambda line: None))
+
+
+def _readable(path) -> bool:
+    """True if `path` opens as an HDF5 file (a weights file cut or emptied does not)."""
+    import h5py
+
+    try:
+        h5py.File(path, "r").close()
+    except OSError:  # incl. FileNotFoundError
+        return False
+    return True
 
 
 def _phase1(config, run_dir, echo):
@@ -129,7 +141,9 @@ def _phase1(config, run_dir, echo):
                            max_epochs)
 
     def summarize(curves):  # after the last epoch: the final weights, then the summary
-        model.save_weights(os.path.join(run_dir, "final.weights.h5"))
+        staged = os.path.join(run_dir, f".staged-{os.getpid()}.{WEIGHTS_FILE}")
+        model.save_weights(staged)  # then renamed: a kill never leaves a part under the name
+        os.replace(staged, os.path.join(run_dir, WEIGHTS_FILE))
         stop, last = stopped_by(curves), {k: v[-1] for k, v in curves.items()}
         return {"phase1_epochs": int(last["epoch"]), "phase1_stopped_by": stop,
                 "phase1_reached_target": stop == "target",

@@ -18,12 +18,19 @@ from trainers.experiment import Arm
 def finished_result(run_dir, config_dict):
     """The results.json dict of a finished run of `config_dict`, else None; ConfigError (one
     line) if it holds another config's."""
-    result = outputs.read_json(os.path.join(run_dir, "results.json"))
+    result = outputs.read_json(os.path.join(run_dir, "results.json"),
+                               keys=("config", "curves", "finished", "summary"))
     if result and result.get("finished"):
         _require_same_config(run_dir, result, config_dict,
                              "the finished results of a run")
         return result
     return None
+
+
+def check_run_dir(run_dir, config_dict):
+    """ConfigError (one line) if `run_dir`'s finished results or curves are of another config."""
+    if finished_result(run_dir, config_dict) is None:
+        Checkpointer.saved_curves(os.path.join(run_dir, "curves.json"), run_dir, config_dict)
 
 
 def require(ok, message):
@@ -147,13 +154,13 @@ class Checkpointer:
         self.curves_path = os.path.join(run_dir, "curves.json")
 
     def restore(self, config_dict):
-        """(step, curves) of the newest intact checkpoint, or (0, None); ConfigError for another
-        config's run."""
-        saved = outputs.read_json(self.curves_path)
-        if saved is not None:
-            _require_same_config(self.run_dir, saved, config_dict, "a run")
-        found = self.store.newest_intact()
-        if found is None or saved is None:
+        """(step, curves) of the newest intact checkpoint the saved curves reach, or (0, None);
+        ConfigError for another config's run."""
+        saved = self.saved_curves(self.curves_path, self.run_dir, config_dict)
+        if saved is None:
+            return 0, None
+        found = self.store.newest_intact(at_most=saved.get("step"))  # none the curves do not reach
+        if found is None:
             return 0, None
         self.store.restore(found[1])
         step = int(self.step.numpy())
@@ -161,11 +168,21 @@ class Checkpointer:
                   for k, vals in saved["curves"].items()}
         return step, curves
 
+    @staticmethod
+    def saved_curves(path, run_dir, config_dict):
+        """The curves.json dict at `path` (None: none); ConfigError if of another config."""
+        saved = outputs.read_json(path, keys=("config", "curves", "step"))
+        if saved is not None:
+            _require_same_config(run_dir, saved, config_dict, "a run")
+        return saved
+
     def save(self, step, curves, config_dict):
-        self.step.assign(step)
-        self.store.save(step)
+        """The curves up to `step`, then the checkpoint of `step`: a kill between the two leaves
+        curves ahead of the newest checkpoint, which `restore` cuts back to it."""
         outputs.write_json(self.curves_path, {**_config_record(config_dict), "curves": curves,
                                               "step": step})
+        self.step.assign(step)
+        self.store.save(step)
 
 
 def _config_record(config_dict):

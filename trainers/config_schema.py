@@ -59,7 +59,7 @@ def _field_rules() -> dict:
         "max_train": OPTIONAL_POSITIVE_INT, "max_test": OPTIONAL_POSITIVE_INT,
         "num_epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
         "keep_checkpoints": POSITIVE_INT,
-        "seed": (lambda v: is_int(v, 0), "must be a non-negative int"),
+        "seed": (lambda v: is_int(v, 0) and v < 2**32, "must be an int in [0, 2**32)"),
         "collective_timeout": (POSITIVE[0], "must be a positive number of seconds"),
         "distribution": DISTRIBUTIONS,
         "model.name": tuple(models.MODELS),
@@ -269,7 +269,7 @@ def in_batch_m3_changes(config) -> list:
     """Every `--config.FIELD=VALUE` that in-batch M3 (asked for by `optimizer.m3_in_batch`, or
     needed by per-step coherence) still needs: the batch size as a multiple of the groups, and
     `drop_remainder=True` unless `max_train` is known to leave a last batch that splits too
-    (otherwise `check_batches_split` checks after loading). Empty when nothing must change."""
+    (otherwise `check_data_fits` checks after loading). Empty when nothing must change."""
     in_batch = setting(config, "optimizer.m3_in_batch")
     every = setting(config, "coherence.every")
     if not (in_batch is True or is_int(every, 1)) or not is_int(config.optimizer.groups, 1):
@@ -300,8 +300,31 @@ def is_number(value) -> bool:
             and math.isfinite(value))
 
 
-def check_batches_split(config, num_train: int) -> None:
-    """ConfigError unless every batch of in-batch M3, the last one too, splits into the groups."""
+def updates(config, num_train: int, epochs: int) -> int:
+    """Optimizer updates of `epochs` epochs over `num_train` examples (`updates_per_batch`): b
+    batches; M3 over k consecutive batches ⌊b / k⌋; RM3 / RA3 with window k max(0, b − k + 1)."""
+    batches = _steps_per_epoch(config, num_train) * epochs
+    kind, k = updates_per_batch(config)
+    return batches if kind == "every" else batches // k if kind == "every_kth" \
+        else max(0, batches - k + 1)
+
+
+def _steps_per_epoch(config, num_train: int) -> int:
+    from trainers import input_pipeline
+
+    return input_pipeline.steps_per_epoch(num_train, config.batch_size, config.drop_remainder)
+
+
+def check_data_fits(config, num_train: int) -> None:
+    """ConfigError unless the run makes at least one update and every batch of in-batch M3, the
+    last one too, splits into the groups."""
+    if not updates(config, num_train, config.num_epochs):
+        raise ConfigError(
+            f"optimizer.name={config.optimizer.name!r} makes no update in this run: its first "
+            f"update comes after {updates_per_batch(config)[1]} batches, the run has "
+            f"{config.num_epochs} epochs × {_steps_per_epoch(config, num_train)} batches of "
+            f"{config.batch_size}; set more epochs or fewer batches per update "
+            f"(optimizer.window / optimizer.groups)")
     if not (is_m3(config) and setting(config, "optimizer.m3_in_batch")):
         return
     last = num_train % config.batch_size

@@ -14,7 +14,6 @@ import os
 import ml_collections
 
 from trainers import config_schema
-from trainers import input_pipeline
 from trainers import outputs
 from trainers.experiment import Column, Experiment
 
@@ -87,12 +86,8 @@ def noise_panel(noise) -> str:
 
 def count_updates(result) -> int:
     """Optimizer updates made by the run of a trainer results.json dict (`updates_per_batch`)."""
-    config, n = ml_collections.ConfigDict(result["config"]), result["dataset"]["num_train"]
-    batches = (input_pipeline.steps_per_epoch(n, config.batch_size, config.drop_remainder)
-               * result["epochs_completed"])
-    kind, k = config_schema.updates_per_batch(config)
-    return batches if kind == "every" else batches // k if kind == "every_kth" \
-        else max(0, batches - k + 1)
+    return config_schema.updates(ml_collections.ConfigDict(result["config"]),
+                                 result["dataset"]["num_train"], result["epochs_completed"])
 
 
 def _step_pairs(result, key):

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from cgh_tf.atomic_files import atomic_open
+from trainers.config_schema import ConfigError
 
 RESULTS_FILE = "results.json"
 TIMINGS_FILE = "timings.json"
@@ -36,13 +37,23 @@ def json_roundtrip(obj):
     return json.loads(to_json(obj))
 
 
-def read_json(path: str):
-    """The JSON content of `path`, or None if there is no such file; ValueError if it is not JSON."""
+def read_json(path: str, keys=()) -> dict | None:
+    """The JSON object in `path`, or None if there is no such file; `ConfigError` (one line
+    naming the file) unless it is a JSON object holding every key of `keys`."""
     try:
         with open(path) as f:
-            return json.load(f)
+            content = json.load(f)
     except FileNotFoundError:
         return None
+    except ValueError as error:  # not JSON, not UTF-8
+        content = error
+    missing = [key for key in keys if isinstance(content, dict) and key not in content]
+    if isinstance(content, dict) and not missing:
+        return content
+    what = (f"no {', '.join(missing)}" if missing else content
+            if isinstance(content, ValueError) else f"a JSON {type(content).__name__}")
+    raise ConfigError(f"{path} is not a run's record ({what}); move it away or use another "
+                      f"workdir")
 
 
 def write_json(path: str, obj) -> None:

@@ -3,6 +3,7 @@ share: per-example arrays per logged epoch in `RUN/per_example.npz` (written bef
 checkpoint that follows each log), learning epochs, permutation nulls."""
 
 import os
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
@@ -13,6 +14,7 @@ from . import graph_loop
 from . import models
 
 RECORDS_FILE = "per_example.npz"
+RERUN_HINT = "delete the run's directory and run it again"  # lost records: no resume
 
 
 class Setup(NamedTuple):
@@ -51,10 +53,14 @@ class EpochRecords:
         self.path = os.path.join(run_dir, RECORDS_FILE)
         self.rows = {}
         if os.path.exists(self.path):
-            with np.load(self.path) as saved:
-                for key in saved.files:
-                    epoch, name = key.split("/", 1)
-                    self.rows.setdefault(int(epoch[1:]), {})[name] = saved[key]
+            try:
+                with np.load(self.path) as saved:
+                    for key in saved.files:
+                        epoch, name = key.split("/", 1)
+                        self.rows.setdefault(int(epoch[1:]), {})[name] = saved[key]
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+                raise ValueError(f"{self.path} is damaged ({type(error).__name__}: {error}); "
+                                 f"{RERUN_HINT}") from None
 
     def put(self, epoch, **arrays):
         """Record `arrays` ({name: [n]}) for `epoch` (replacing an earlier record) and save."""
@@ -69,8 +75,7 @@ class EpochRecords:
             return self.rows[int(epoch)][name]
         except KeyError:
             raise ValueError(f"{self.path} has no {name!r} for epoch {epoch} (the run's "
-                             "per-example records are missing or damaged); delete the run's "
-                             "directory and run it again") from None
+                             f"per-example records are missing or damaged); {RERUN_HINT}") from None
 
     def stacked(self, name, epochs):
         """[len(epochs), n]: the arrays `name` of `epochs`, in that order."""

@@ -3,6 +3,7 @@
 Files, the results.json schema and the locks: docs/design.md §7.0, "The runner's files".
 """
 
+import json
 import os
 import time
 
@@ -10,6 +11,7 @@ from cgh_tf import statistics, workdir_lock
 from cgh_tf.atomic_files import atomic_open
 
 from . import hparams_board, outputs
+from .config_schema import ConfigError
 
 TIMINGS_FILE = outputs.TIMINGS_FILE
 RESULTS_MD = "results.md"
@@ -27,6 +29,11 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds={seeds!r} must be a positive int (the number of seeds)")
     arms = list(experiment.arms(scale, seeds, dict(overrides or {})))
+    for field, value in (overrides or {}).items():
+        kept = {_text(_field(arm.config, field)) for arm in arms} - {_text(_ABSENT)}
+        if kept and _text(value) not in kept:
+            raise ValueError(f"--set={field}={value!r} would be ignored: every arm of "
+                             f"{experiment.name} sets {field} itself ({', '.join(sorted(kept))})")
     groups = {arm.group for arm in arms}
     for rule in experiment.declared("rules", arms):
         for group in (rule.arm, rule.control):
@@ -36,13 +43,33 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
     return arms
 
 
+_ABSENT = "(absent)"
+
+
+def _field(config, dotted):
+    """The value of the dotted field of a ConfigDict, or `_ABSENT`."""
+    for part in dotted.split("."):
+        if not hasattr(config, "keys") or part not in config:
+            return _ABSENT
+        config = config[part]
+    return config
+
+
+def _text(value) -> str:
+    """`value` as its JSON text (a tuple as its list, a ConfigDict as its dict)."""
+    return json.dumps(value.to_dict() if hasattr(value, "to_dict") else value, sort_keys=True,
+                      default=str)
+
+
 def run(experiment, arms, workdir, command="", echo=print, progress=False):
     """Run every arm into `WORKDIR/<group>/seed<k>` (finished ones are read, interrupted ones
     resume), one line per arm on `echo` (with `progress` the runs' own lines too), under the
-    workdir's lock; then write the report and return the results.json dict."""
+    workdir's lock, every arm's directory checked first; then write the report and return the
+    results.json dict."""
     echo = echo or (lambda line: None)
     runs, seconds = [], {}
     with workdir_lock.hold(workdir, f"experiment {experiment.name}"):
+        check_run_dirs(experiment, arms, workdir)
         for index, arm in enumerate(arms, 1):
             started = time.time()
             result = experiment.run_arm(arm.config, os.path.join(workdir, arm.path),
@@ -53,6 +80,25 @@ def run(experiment, arms, workdir, command="", echo=print, progress=False):
                  + describe(experiment, result["summary"]))
             runs.append((arm, result))
         return write_report(experiment, runs, workdir, command, seconds)
+
+
+def check_run_dirs(experiment, arms, workdir):
+    """ConfigError (one line) if `workdir` holds another experiment's report or a trainer run's
+    results, or an arm's directory a run of another config, before any arm runs: each loop's own
+    check (a fit arm's trainer run may resume to more epochs); reads only."""
+    from . import beyond_common, single_run
+
+    report = outputs.read_json(os.path.join(workdir, outputs.RESULTS_FILE), keys=("experiment",))
+    if report is not None and report["experiment"] != experiment.name:
+        raise ConfigError(f"workdir {workdir} holds the results of experiment "
+                          f"{report['experiment']!r}; use another workdir for {experiment.name}")
+
+    for arm in arms:
+        run_dir = os.path.join(workdir, arm.path)
+        if experiment.loop == "fit":
+            single_run.check_workdir_holds_config(run_dir, arm.config)
+        else:
+            beyond_common.check_run_dir(run_dir, arm.config.to_dict())
 
 
 def describe(experiment, summary):

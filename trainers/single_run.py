@@ -56,7 +56,7 @@ def prepare(config, workdir: str, data=None, strategy=None) -> PreparedRun:
     data = factories.load_data(config) if data is None else data
     steps = input_pipeline.steps_per_epoch(len(data.train), config.batch_size,
                                            config.drop_remainder)
-    config_schema.check_batches_split(config, len(data.train))
+    config_schema.check_data_fits(config, len(data.train))
     distributed_loop.check_even_shards(len(data.train), config.batch_size, config.drop_remainder,
                                        distributed_loop.replicas(strategy))
     if setting(config, "coherence.monitor_samples"):
@@ -95,12 +95,8 @@ def check_workdir_holds_config(workdir: str, config) -> None:
             continue
         _check_saved(workdir, saved, config, "a run", epoch)
         return
-    try:
-        results = outputs.read_json(os.path.join(workdir, outputs.RESULTS_FILE))
-    except ValueError as error:
-        raise ConfigError(f"workdir {workdir} holds a {outputs.RESULTS_FILE} that is not JSON "
-                          f"({error}); move it away or use another workdir") from None
-    if isinstance(results, dict) and isinstance(results.get("config"), dict):
+    results = outputs.read_json(os.path.join(workdir, outputs.RESULTS_FILE), keys=("config",))
+    if results is not None:  # (not an experiment's report: it has no config)
         _check_saved(workdir, results, config, "the finished results of a run",
                      results.get("epochs_completed"), same_epochs=True)
 

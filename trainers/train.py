@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -26,9 +27,10 @@ from trainers import single_run
 from trainers.config_schema import ConfigError, setting
 
 
-# Besides ConfigError, what a run reports as one line and exit status 1 (the binaries catch these).
-RUN_ERRORS = (workdir_lock.WorkdirBusy, checkpoints.CheckpointSaveError,
-              distributed_loop.PeerFailure)
+# Besides ConfigError, what a run reports as one line and exit status 1 (the binaries catch these;
+# OSError: a path that cannot be read or written, its message names it).
+RUN_ERRORS = (workdir_lock.WorkdirBusy, workdir_lock.BadWorkdir, checkpoints.CheckpointSaveError,
+              distributed_loop.PeerFailure, OSError)
 
 
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
@@ -67,7 +69,7 @@ def dry_run(config, workdir: str, echo=print) -> None:
     check_workdir(config, workdir)
     train, test = factories.dataset_sizes(config)
     steps = input_pipeline.steps_per_epoch(train, config.batch_size, config.drop_remainder)
-    config_schema.check_batches_split(config, train)  # a run checks it once the data is loaded
+    config_schema.check_data_fits(config, train)  # a run checks it once the data is loaded
     echo(f"config valid; nothing written. {config.dataset} ({train} train / {test} test "
          f"examples), {config.model.name}, optimizer {config.optimizer.name}: "
          f"{config.num_epochs} epochs × {steps} batches of {config.batch_size}")
@@ -108,11 +110,18 @@ def main(argv):
 
 
 def parse_flags(argv):
-    """absl's flag parsing, with a bad `--config.FIELD=VALUE` or a `--config` file that is
-    missing or fails to load as one line naming it (ml_collections raises Python errors)."""
+    """absl's flag parsing, with a bad flag, a bad `--config.FIELD=VALUE` or a `--config` file
+    that is missing or fails to load as one line naming it (ml_collections raises Python errors,
+    and absl's usage errors carry the config's traceback)."""
     try:
-        parsed = app.parse_flags_with_usage(argv)
+        parsed = flags.FLAGS(argv)
+    except flags.Error as error:  # absl's usage errors, incl. get_config's ValueError / TypeError
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        sys.exit(_config_file_error(argv, lines[-1]) if "Error whilst parsing config file"
+                 in lines[0] else f"error: {lines[0]}")
     except (AttributeError, KeyError, TypeError, ValueError) as error:
+        if _raised_in_config_file(error, argv):
+            sys.exit(_config_file_error(argv, error))
         text = _one_line(error)
         named = re.match(r"the config has no field '?(\w+)", text)
         flag = next((a.split("=")[0] for a in argv[1:] if named and a.startswith("--config.")
@@ -127,18 +136,34 @@ def parse_flags(argv):
     return parsed
 
 
-def _config_file_error(argv, error) -> str:
-    """One line for a `--config` file that did not load (else a 60-line traceback)."""
+def _config_path(argv) -> str:
+    """The last `--config` value of `argv` (the one absl uses), "" if none."""
     given = [b if a == "--config" else a.split("=", 1)[1] for a, b in zip(argv, argv[1:] + [""])
              if a == "--config" or a.startswith("--config=")]
-    path = given[-1] if given else ""
+    return given[-1] if given else ""
+
+
+def _raised_in_config_file(error, argv) -> bool:
+    """True if `error` was raised inside the `--config` file's code, or the file has no
+    `get_config` (not by an override)."""
+    path = os.path.abspath(_config_path(argv).split(":")[0])
+    frames = traceback.TracebackException.from_exception(error).stack
+    return "get_config" in str(error) or any(os.path.abspath(frame.filename) == path
+                                             for frame in frames)
+
+
+def _config_file_error(argv, error) -> str:
+    """One line for a `--config` file that did not load (else a 60-line traceback); `error`: the
+    exception, or its "Type: message" line."""
+    path = _config_path(argv)
     if not os.path.isfile(path.split(":")[0]):
         return f"error: --config={path}: no such file; give a config file such as configs/default.py"
-    while error.__cause__ is not None:
-        error = error.__cause__
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return (f"error: --config={path}: the config file failed to load: {type(error).__name__}: "
-            f"{lines[-1] if lines else ''}")
+    if isinstance(error, BaseException):
+        while error.__cause__ is not None:
+            error = error.__cause__
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        error = f"{type(error).__name__}: {lines[-1] if lines else ''}"
+    return f"error: --config={path}: the config file failed to load: {error}"
 
 
 def _one_line(error) -> str:
