@@ -311,16 +311,10 @@ def test_eager_functions_per_model_are_bounded():
     fallback's eager function: the cache kept one traced function per call while the model lived
     (4 calls: 4 entries, growing); now the most recent `recent_builds.MAX_BUILDS_PER_MODEL`."""
     from cgh_tf import per_example, recent_builds  # pylint: disable=import-outside-toplevel
-
-    class Scale(keras.layers.Layer):  # no fast rule: the exact fallback
-        def build(self, shape):
-            self.w = self.add_weight(shape=shape[-1:], initializer="ones")
-
-        def call(self, t):
-            return t * self.w
+    from matrix_models import LayerScale  # a custom layer: no fast rule, the exact fallback
 
     inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(2)(Scale()(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(2)(LayerScale()(inputs)))
     x, y = np.ones((4, 3), np.float32), np.array([0, 1, 0, 1])
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     for _ in range(recent_builds.MAX_BUILDS_PER_MODEL + 2):

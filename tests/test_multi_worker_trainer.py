@@ -349,7 +349,8 @@ def test_workers_get_every_variable_the_chief_restores(tmp_path, name, fields):
     import tensorflow as tf
     from trainers import distributed_loop, single_run
 
-    config = _tiny_config(batch_size=48, drop_remainder=True)  # in-batch M3: 3 groups of 16
+    config = _tiny_config(batch_size=48, drop_remainder=True,  # in-batch M3: 3 groups of 16
+                          num_epochs=2)  # 4 batches: RM3's / M3's first update after 3
     config.optimizer.name = name
     config.optimizer.update(fields)
     prepared = single_run.prepare(config, str(tmp_path / "unused"))  # writes nothing

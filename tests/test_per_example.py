@@ -433,13 +433,6 @@ def test_training_mode_batch_statistics_are_refused_one_example_at_a_time():
     silently. Now one line before any work; a frozen BatchNormalization (moving statistics) and
     training=False stay exact."""
     keras.utils.set_random_seed(4)
-    class Scale(keras.layers.Layer):  # no fast rule: the exact fallback
-        def build(self, shape):
-            self.w = self.add_weight(shape=shape[-1:], initializer="ones")
-
-        def call(self, t):
-            return t * self.w
-
     inputs = keras.Input((4,))
     norm = keras.layers.BatchNormalization(name="bn")
     hidden = norm(Scale()(keras.layers.Dense(5)(inputs)))
