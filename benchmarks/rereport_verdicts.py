@@ -25,6 +25,7 @@ import os
 import shlex
 import sys
 
+from cgh_tf import statistics
 from trainers import catalog, outputs, reproduce, runner
 
 ADDED = {"verdicts": ("p", "level", "p_holm", "survives_holm"), "comparisons": ("p",),
@@ -168,10 +169,8 @@ def main():
     for folder in chosen:
         summary, md, note = rereport(folder)
         before = stored(folder)
-        decided = sum(v["decided"] for v in summary["verdicts"])
-        survive = sum(v["survives_holm"] for v in summary["verdicts"])
-        print(f"{folder}: {len(summary['verdicts'])} rules, {decided} decided at 95 %, "
-              f"{survive} survive Holm; {note}")
+        tally = statistics.family_tally(summary["verdicts"]) if summary["verdicts"] else "no rule"
+        print(f"{folder}: {tally}; {note}")
         if (summary, md) != before:
             changed.append(folder)
             if args.write:

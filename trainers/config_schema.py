@@ -5,7 +5,6 @@ written. Nothing here reads flags or data.
 """
 
 import copy
-import functools
 import math
 import numbers
 
@@ -30,8 +29,18 @@ def feature_defaults() -> dict:
     from configs import default
 
     config = default.get_config()
-    return {dotted: functools.reduce(lambda node, part: node[part], dotted.split("."), config)
-            for dotted in FEATURE_FIELDS}
+    return {dotted: field_value(config, dotted) for dotted in FEATURE_FIELDS}
+
+
+def field_value(config, dotted: str, absent=None):
+    """The value of the dotted field (e.g. "optimizer.name") of a config (dict or ConfigDict),
+    `absent` when the config has no such field: the one dotted lookup of configs."""
+    node = config
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return absent
+        node = node[part]
+    return node
 
 
 class ConfigError(ValueError):
@@ -104,10 +113,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _value(config, dotted: str):
     """`setting` of a feature field; else the field's value, None when absent."""
-    if dotted in FEATURE_FIELDS:
-        return setting(config, dotted)
-    return functools.reduce(lambda node, part: node.get(part) if hasattr(node, "get") else None,
-                            dotted.split("."), config)
+    return setting(config, dotted) if dotted in FEATURE_FIELDS else field_value(config, dotted)
 
 
 def _known_optimizer_name(name) -> bool:
@@ -121,6 +127,8 @@ def _known_optimizer_name(name) -> bool:
 
 def _combination_problems(config) -> list:
     """The problems of fields that are valid alone but not together."""
+    from cgh_tf import models
+
     every_steps = setting(config, "coherence.monitor_every_steps")
     aggregation = setting(config, "optimizer.aggregation")
     pct = setting(config, "optimizer.winsorize_pct")
@@ -132,7 +140,7 @@ def _combination_problems(config) -> list:
          "optimizer.aggregation='winsorize' needs optimizer.winsorize_pct, the percent clipped on "
          "each side, in [0, 50) (e.g. --config.optimizer.winsorize_pct=2; 0 is a plain mean "
          "computed per example)"),
-        (aggregation == "winsorize" and config.model.name in _batch_statistics_models(),
+        (aggregation == "winsorize" and config.model.name in models.BATCH_STATISTICS,
          f"optimizer.aggregation='winsorize' takes each example's gradient on its own, but "
          f"model.name={config.model.name!r} normalises by the batch's statistics in training "
          f"(BatchNormalization), where the examples interact; use a model without it (mlp, "
@@ -154,20 +162,13 @@ def _combination_problems(config) -> list:
     return problems
 
 
-def _batch_statistics_models() -> tuple:
-    from cgh_tf import models
-
-    return models.BATCH_STATISTICS
-
-
 def setting(config, dotted: str):
     """The value of feature field `dotted` (e.g. "coherence.every"), or its default when absent."""
-    node = config
-    for part in dotted.split("."):
-        if part not in node:
-            return feature_defaults()[dotted]
-        node = node[part]
-    return node
+    value = field_value(config, dotted, _ABSENT)
+    return feature_defaults()[dotted] if value is _ABSENT else value
+
+
+_ABSENT = object()  # `field_value`'s answer for a field the config lacks (None is a value)
 
 
 def add_feature_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -10,8 +10,7 @@ import time
 from cgh_tf import statistics, workdir_lock
 from cgh_tf.atomic_files import atomic_open
 
-from . import hparams_board, outputs
-from .config_schema import ConfigError
+from . import config_schema, hparams_board, outputs
 
 TIMINGS_FILE = outputs.TIMINGS_FILE
 RESULTS_MD = "results.md"
@@ -30,7 +29,8 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
         raise ValueError(f"seeds={seeds!r} must be a positive int (the number of seeds)")
     arms = list(experiment.arms(scale, seeds, dict(overrides or {})))
     for field, value in (overrides or {}).items():
-        kept = {_text(_field(arm.config, field)) for arm in arms} - {_text(_ABSENT)}
+        kept = {_text(config_schema.field_value(arm.config, field, _ABSENT))
+                for arm in arms} - {_text(_ABSENT)}
         if kept and _text(value) not in kept:
             raise ValueError(f"--set={field}={value!r} would be ignored: every arm of "
                              f"{experiment.name} sets {field} itself ({', '.join(sorted(kept))})")
@@ -44,15 +44,6 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
 
 
 _ABSENT = "(absent)"
-
-
-def _field(config, dotted):
-    """The value of the dotted field of a ConfigDict, or `_ABSENT`."""
-    for part in dotted.split("."):
-        if not hasattr(config, "keys") or part not in config:
-            return _ABSENT
-        config = config[part]
-    return config
 
 
 def _text(value) -> str:
@@ -90,8 +81,9 @@ def check_run_dirs(experiment, arms, workdir):
 
     report = outputs.read_json(os.path.join(workdir, outputs.RESULTS_FILE), keys=("experiment",))
     if report is not None and report["experiment"] != experiment.name:
-        raise ConfigError(f"workdir {workdir} holds the results of experiment "
-                          f"{report['experiment']!r}; use another workdir for {experiment.name}")
+        raise config_schema.ConfigError(
+            f"workdir {workdir} holds the results of experiment {report['experiment']!r}; use "
+            f"another workdir for {experiment.name}")
 
     for arm in arms:
         run_dir = os.path.join(workdir, arm.path)
