@@ -101,7 +101,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Check names and numbers of a trainer config; raise `ConfigError` listing all problems."""
     problems = []
     for field, rule in _field_rules().items():
-        value = _value(config, field)
+        value = setting(config, field) if field in FEATURE_FIELDS else field_value(config, field)
         test, allowed = rule if callable(rule[0]) else (
             lambda v: v in rule, "is unknown; allowed: " + ", ".join(map(str, rule)))
         if not test(value):
@@ -109,11 +109,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problems += _combination_problems(config)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
-
-
-def _value(config, dotted: str):
-    """`setting` of a feature field; else the field's value, None when absent."""
-    return setting(config, dotted) if dotted in FEATURE_FIELDS else field_value(config, dotted)
 
 
 def _known_optimizer_name(name) -> bool:
@@ -149,7 +144,7 @@ def _combination_problems(config) -> list:
          f"optimizer.winsorize_pct={pct!r} has no effect with optimizer.aggregation="
          f"{aggregation!r}; set optimizer.aggregation='winsorize' or winsorize_pct=0"),
     ) if bad]
-    if _known_optimizer_name(config.optimizer.name) and is_m3(config):
+    if _known_optimizer_name(config.optimizer.name) and optimizer_kind(config)[0] == "m":  # M3
         if aggregation != "mean":
             problems.append(f"optimizer.aggregation={aggregation!r} and M3 are two aggregators of "
                             f"the same batch; use one of them")
@@ -172,23 +167,23 @@ _ABSENT = object()  # `field_value`'s answer for a field the config lacks (None 
 
 
 def add_feature_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Adds every missing feature field with its default (so flags can override it)."""
+    """Adds every missing feature field with its default and type (so flags can override it)."""
     from ml_collections import config_dict
 
-    for dotted, default in feature_defaults().items():
-        node = config
+    from configs import default
+
+    defaults = default.get_config()
+    for dotted in FEATURE_FIELDS:
+        node, source = config, defaults
         *parents, leaf = dotted.split(".")
         for parent in parents:
             if parent not in node:
                 node[parent] = ml_collections.ConfigDict()
-            node = node[parent]
+            node, source = node[parent], source[parent]
         if leaf not in node:
-            node[leaf] = (config_dict.placeholder(_FIELD_TYPES.get(dotted, str)) if default is None
-                          else default)
+            node[leaf] = (config_dict.placeholder(source.get_type(leaf)) if source[leaf] is None
+                          else source[leaf])
     return config
-
-
-_FIELD_TYPES = {"optimizer.winsorize_pct": float}  # of the feature fields unset by default
 
 
 CONFIG_VERSION = 2  # of the config a run saves (`config_version` beside it; absent: 1)
@@ -242,28 +237,13 @@ def optimizer_kind(config) -> tuple:
         raise ConfigError(f"optimizer.name={opt.name!r}: {error}") from error
 
 
-def is_m3(config) -> bool:
-    """True if `optimizer.name` is M3 (`m3`, `m5`, ...)."""
-    return optimizer_kind(config)[0] == "m"
-
-
-def m3_groups(config) -> int:
-    """The groups k of an M3 name (`m3` -> `optimizer.groups`, `m5` -> 5)."""
-    return optimizer_kind(config)[1]
-
-
 def updates_per_batch(config) -> tuple:
-    """`(kind, k)`: "every" batch (SGD / Adam, in-batch M3), "every_kth" (M3 over k consecutive
-    batches) or "after_window" (RM3 / RA3: every batch once k were seen)."""
+    """`(kind, k)`: "every" batch (SGD / Adam / AdamW, in-batch M3), "every_kth" (M3 over k
+    consecutive batches) or "after_window" (RM3 / RA3: every batch once k were seen)."""
     kind, k = optimizer_kind(config)
-    if kind in ("sgd", "adam") or (kind == "m" and setting(config, "optimizer.m3_in_batch")):
+    if k is None or (kind == "m" and setting(config, "optimizer.m3_in_batch")):
         return "every", 1
     return ("every_kth", k) if kind == "m" else ("after_window", k)
-
-
-def uses_cgh_model(config) -> bool:
-    """`cgh_tf.Model` unless M3 groups are consecutive batches (a plain `keras.Model`)."""
-    return not is_m3(config) or bool(setting(config, "optimizer.m3_in_batch"))
 
 
 def in_batch_m3_changes(config) -> list:
@@ -276,7 +256,7 @@ def in_batch_m3_changes(config) -> list:
     if not (in_batch is True or is_int(every, 1)) or not is_int(config.optimizer.groups, 1):
         return []
     changes = [] if in_batch is True else ["--config.optimizer.m3_in_batch=True"]
-    groups, batch = m3_groups(config), config.batch_size
+    groups, batch = optimizer_kind(config)[1], config.batch_size
     if not is_int(batch, 1):
         return changes
     if batch % groups:
@@ -326,11 +306,10 @@ def check_data_fits(config, num_train: int) -> None:
             f"{config.num_epochs} epochs × {_steps_per_epoch(config, num_train)} batches of "
             f"{config.batch_size}; set more epochs or fewer batches per update "
             f"(optimizer.window / optimizer.groups)")
-    if not (is_m3(config) and setting(config, "optimizer.m3_in_batch")):
-        return
+    kind, groups = optimizer_kind(config)
     last = num_train % config.batch_size
-    groups = m3_groups(config)
-    if not config.drop_remainder and last % groups:
+    in_batch = kind == "m" and setting(config, "optimizer.m3_in_batch")
+    if in_batch and not config.drop_remainder and last % groups:
         raise ConfigError(
             f"optimizer.m3_in_batch=True: the last batch of an epoch holds {last} of the "
             f"{num_train} training examples, not divisible by the {groups} M3 groups; set "

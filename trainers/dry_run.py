@@ -146,7 +146,8 @@ def _timed_batch(config, values_per_example: int) -> int:
     """The config's batch size, or a multiple of its M3 groups holding about
     `MAX_TIMED_INPUT_VALUES` input values when the batch is larger."""
     batch = config.batch_size
-    groups = config_schema.m3_groups(config) if config_schema.is_m3(config) else 1
+    kind, k = config_schema.optimizer_kind(config)
+    groups = k if kind == "m" else 1  # M3's groups
     if batch * values_per_example <= MAX_TIMED_INPUT_VALUES:
         return batch
     return max(groups, MAX_TIMED_INPUT_VALUES // values_per_example // groups * groups)

@@ -2,7 +2,7 @@
 
 import keras
 
-from trainers.config_schema import ConfigError, setting, uses_cgh_model
+from trainers.config_schema import ConfigError, setting, updates_per_batch
 
 # name -> (input_shape, num_classes, train, test examples before max_train / max_test) of the
 # datasets of cgh_tf.data, known without loading (tests/test_dry_run.py checks them).
@@ -55,13 +55,13 @@ def dataset_spec(name: str, label_noise=0.0, noise_kind="uniform", num_train=Non
 
 
 def build_model(config, input_shape, num_classes) -> keras.Model:
-    """`cgh_tf.models.build(...)` of `config.model`: a `cgh_tf.Model` unless
-    `uses_cgh_model(config)` is False (M3 over consecutive batches: a plain `keras.Model`)."""
+    """`cgh_tf.models.build(...)` of `config.model`: a `cgh_tf.Model`, but a plain `keras.Model`
+    for M3 over k consecutive batches."""
     from cgh_tf import models
     from cgh_tf import training
 
     kwargs = config.model.kwargs.to_dict() if config.model.get("kwargs") else {}
-    if uses_cgh_model(config):
+    if updates_per_batch(config)[0] != "every_kth":
         kwargs["model_class"] = training.Model
     try:
         return models.build(config.model.name, tuple(input_shape), num_classes, **kwargs)
