@@ -45,15 +45,15 @@ class PreparedRun:
     steps: int = 0                # batches per epoch
 
 
-def prepare(config, workdir: str, data=None, strategy=None) -> PreparedRun:
-    """Validate, load data (unless given), build and compile (in the `strategy`'s scope); writes
-    nothing. ConfigError on a bad field or a `workdir` holding a run of another config."""
+def prepare(config, workdir: str, strategy=None) -> PreparedRun:
+    """Validate, load data, build and compile (in the `strategy`'s scope); writes nothing.
+    ConfigError on a bad field or a `workdir` holding a run of another config."""
     config_schema.validate(config)
     checkpoint = (_compatible_checkpoint(workdir, config) if distributed_loop.is_chief(strategy)
                   else None)  # before any data is loaded
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
-    data = factories.load_data(config) if data is None else data
+    data = factories.load_data(config)
     steps = input_pipeline.steps_per_epoch(len(data.train), config.batch_size,
                                            config.drop_remainder)
     config_schema.check_data_fits(config, len(data.train))
@@ -121,13 +121,6 @@ def _check_saved(workdir, record: dict, config, what: str, epoch, same_epochs=Fa
                           f"num_epochs={config.num_epochs}")
 
 
-def _schedule_epochs(schedule) -> keras.callbacks.Callback:
-    """Sets the schedule's epoch at every epoch start and logs `learning_rate`."""
-    return keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: schedule.set_epoch(epoch),
-        on_epoch_end=lambda epoch, logs: logs.update(learning_rate=schedule.value_at(epoch)))
-
-
 def _fault_points(steps_per_epoch: int) -> keras.callbacks.Callback:
     """The `cgh_tf.fault_injection` points `train-step-<S>` and `epoch-end-<E>` (before the
     checkpoint is saved)."""
@@ -137,16 +130,6 @@ def _fault_points(steps_per_epoch: int) -> keras.callbacks.Callback:
         on_train_batch_end=lambda batch, logs: fault_injection.point(
             f"train-step-{epoch['now'] * steps_per_epoch + batch + 1}"),
         on_epoch_end=lambda ended, logs: fault_injection.point(f"epoch-end-{ended + 1}"))
-
-
-def _measured(logs) -> dict:
-    """The epoch logs without their missing values (NaN: nothing measured, or undefined)."""
-    def missing(value):
-        try:
-            return math.isnan(float(value))
-        except (TypeError, ValueError):
-            return False
-    return {k: v for k, v in (logs or {}).items() if not missing(v)}
 
 
 class _EpochRecord(keras.callbacks.Callback):
@@ -161,16 +144,17 @@ class _EpochRecord(keras.callbacks.Callback):
         self.step_history, self.stateful, self._writers = step_history, tuple(stateful), {}
 
     def on_epoch_end(self, epoch, logs=None):
-        measured = _measured(logs)
+        measured = {k: float(v) for k, v in (logs or {}).items()
+                    if not math.isnan(float(v))}  # NaN: nothing measured, or undefined
         for key, value in measured.items():
             run, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
             if run not in self._writers:
                 self._writers[run] = tf.summary.create_file_writer(os.path.join(self.log_dir, run))
             with self._writers[run].as_default():
-                tf.summary.scalar(f"epoch_{name}", float(value), step=epoch)
+                tf.summary.scalar(f"epoch_{name}", value, step=epoch)
         for writer in self._writers.values():
             writer.flush()
-        self.history.append({k: float(v) for k, v in measured.items()})
+        self.history.append(measured)
         record = {"epoch": epoch + 1, "history": self.history,
                   "config": outputs.json_roundtrip(self.config.to_dict()),
                   "config_version": config_schema.CONFIG_VERSION}
@@ -188,12 +172,11 @@ class _EpochRecord(keras.callbacks.Callback):
         self._writers = {}
 
 
-def run(config, workdir, progress, data=None, strategy=None):
-    """One run of `config` on `data` (None: the config's); returns (results, model). Under a
-    multi-worker `strategy` only the chief writes `workdir`; the others return (None, model)."""
+def run(config, workdir, progress, strategy=None):
+    """One run of `config`; returns its results. Under a multi-worker `strategy` only the chief
+    writes `workdir`; the others return None."""
     started = time.time()
-    prepared = prepare(config, workdir, data, strategy)
-    model, data = prepared.model, prepared.data
+    prepared = prepare(config, workdir, strategy)
     chief = distributed_loop.is_chief(strategy)
     resumed = prepared.state.restore(prepared.checkpoint) if prepared.checkpoint else {}
     history, first_epoch = resumed.get("history", []), resumed.get("epoch", 0)
@@ -203,22 +186,19 @@ def run(config, workdir, progress, data=None, strategy=None):
         logging.info("resumed from %s after epoch %d", prepared.checkpoint, first_epoch)
     if distributed_loop.num_workers(strategy) > 1:  # the chief's checkpoint, on every worker
         first_epoch = distributed_loop.broadcast_int(strategy, first_epoch)
-        distributed_loop.broadcast_from_chief(strategy, distributed_loop.run_variables(model))
-    features = []
-    if first_epoch < config.num_epochs and chief:
-        features = feature_callbacks.feature_callbacks(config, data, workdir, first_epoch,
-                                                       prepared.steps, step_history, resumed)
+        distributed_loop.broadcast_from_chief(strategy,
+                                              distributed_loop.run_variables(prepared.model))
     if chief:
         os.makedirs(workdir, exist_ok=True)
     setup_seconds = time.time() - started
     if first_epoch < config.num_epochs:
-        callbacks = _callbacks(prepared, workdir, history, features, step_history)
+        callbacks = _callbacks(prepared, workdir, history, first_epoch, step_history, resumed)
         _fit(prepared, first_epoch, progress, callbacks)
     trained_seconds = time.time() - started - setup_seconds
     if not chief:
         logging.info("worker done: the chief writes the results")
-        return None, model
-    results = make_results(config, data, history, step_history)
+        return None
+    results = make_results(config, prepared.data, history, step_history)
     outputs.write_json(os.path.join(workdir, outputs.RESULTS_FILE), results)
     fault_injection.point("results-written")
     outputs.plot_curves(os.path.join(workdir, outputs.PLOT_FILE), history,
@@ -233,16 +213,21 @@ def run(config, workdir, progress, data=None, strategy=None):
         "total_seconds": round(time.time() - started, 3),
     })
     logging.info("results in %s", os.path.join(workdir, outputs.RESULTS_FILE))
-    return results, model
+    return results
 
 
-def _callbacks(prepared, workdir, history, features, step_history):
-    """The trainer's callbacks, in order (other workers than the chief: those changing training)."""
-    config, data = prepared.config, prepared.data
-    schedule = _schedule_epochs(prepared.schedule)
+def _callbacks(prepared, workdir, history, first_epoch, step_history, resumed):
+    """The trainer's callbacks, in order (other workers than the chief: those changing training);
+    the feature callbacks continue from the checkpoint's record `resumed`."""
+    config, data, rate = prepared.config, prepared.data, prepared.schedule
+    schedule = keras.callbacks.LambdaCallback(  # the schedule's epoch; logs `learning_rate`
+        on_epoch_begin=lambda epoch, logs: rate.set_epoch(epoch),
+        on_epoch_end=lambda epoch, logs: logs.update(learning_rate=rate.value_at(epoch)))
     faults = [_fault_points(prepared.steps)] if fault_injection.active() else []
     if not distributed_loop.is_chief(prepared.strategy):
         return [schedule, *faults]  # the only callback that changes training
+    features = feature_callbacks.feature_callbacks(config, data, workdir, first_epoch,
+                                                   prepared.steps, step_history, resumed)
     return [
         schedule,
         *faults,

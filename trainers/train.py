@@ -35,7 +35,7 @@ RUN_ERRORS = (workdir_lock.WorkdirBusy, workdir_lock.BadWorkdir, checkpoints.Che
 
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     """Run, resume or re-report the run of `config` in `workdir`; its results.json dict."""
-    check_workdir(config, workdir, holds_config=False)
+    check_workdir(config, workdir)
     strategy = distributed_loop.build_strategy(config.distribution,
                                                setting(config, "collective_timeout"))
     lock = contextlib.nullcontext()  # another worker than the chief writes nothing
@@ -43,12 +43,12 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
         single_run.check_workdir_holds_config(workdir, config)
         lock = workdir_lock.hold(workdir, f"trainer ({setting(config, 'mode')})")
     with lock, distributed_loop.peers_fail_loudly(strategy):
-        return single_run.run(config, workdir, progress, strategy=strategy)[0]
+        return single_run.run(config, workdir, progress, strategy=strategy)
 
 
-def check_workdir(config, workdir: str, holds_config: bool = True) -> None:
-    """ConfigError (one line) for a bad `config`, a `workdir` that is not (and cannot be created
-    as) a writable directory or (`holds_config`) holds a run of another config; reads only."""
+def check_workdir(config, workdir: str) -> None:
+    """ConfigError (one line) for a bad `config` or a `workdir` that is not (and cannot be created
+    as) a writable directory; reads only."""
     config_schema.validate(config)
     existing = os.path.abspath(workdir)
     while not os.path.exists(existing):
@@ -56,8 +56,6 @@ def check_workdir(config, workdir: str, holds_config: bool = True) -> None:
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         what = "is not a directory" if not os.path.isdir(existing) else "is not writable"
         raise ConfigError(f"--workdir={workdir}: {existing} {what}; choose a writable directory")
-    if holds_config:
-        single_run.check_workdir_holds_config(workdir, config)
 
 
 def dry_run(config, workdir: str, echo=print) -> None:
@@ -67,6 +65,7 @@ def dry_run(config, workdir: str, echo=print) -> None:
     from trainers import experiment, factories, input_pipeline
 
     check_workdir(config, workdir)
+    single_run.check_workdir_holds_config(workdir, config)
     train, test = factories.dataset_sizes(config)
     steps = input_pipeline.steps_per_epoch(train, config.batch_size, config.drop_remainder)
     config_schema.check_data_fits(config, train)  # a run checks it once the data is loaded
