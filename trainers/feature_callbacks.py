@@ -75,13 +75,12 @@ class StepMeasurements(keras.callbacks.Callback):
     monitor values, f^p} goes to `rows` (`step_history`), the monitor's CSV, TensorBoard `log_dir`
     at the global step and, at epoch ends, the epoch logs. Resume: `steps_seen` and the rows."""
 
-    def __init__(self, monitor, fractions, every_steps: int, log_dir=None, steps_seen: int = 0,
-                 rows=None):
+    def __init__(self, monitor, fractions, every_steps: int, log_dir: str, steps_seen: int,
+                 rows: list):
         super().__init__()
         self.monitor, self.fractions, self.every_steps = monitor, fractions, every_steps
-        self.log_dir, self.steps_seen = log_dir, int(steps_seen)
-        self.rows = [] if rows is None else rows
-        self._epoch, self._writer = 0, None
+        self.steps_seen, self.rows, self._epoch = steps_seen, rows, 0
+        self._writer = tf.summary.create_file_writer(log_dir)
 
     def set_model(self, model):
         super().set_model(model)
@@ -90,8 +89,6 @@ class StepMeasurements(keras.callbacks.Callback):
                 callback.set_model(model)
 
     def on_train_begin(self, logs=None):
-        if self.log_dir is not None and self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
         if self.steps_seen == 0 and not self.rows:
             self._measure({})
 
@@ -109,10 +106,6 @@ class StepMeasurements(keras.callbacks.Callback):
         if logs is not None:
             logs.update({k: v for k, v in self.rows[-1].items() if k not in STEP_ONLY_KEYS})
 
-    def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.flush()
-
     def _measure(self, logs: dict):
         step = self.steps_seen
         values = self.monitor.record(epoch=self._epoch, step=step, summary_step=step)
@@ -122,13 +115,12 @@ class StepMeasurements(keras.callbacks.Callback):
         row.update({key: None if logs.get(key) is None else float(logs[key])
                     for key in ("loss", "accuracy")})
         self.rows.append(row)
-        if self._writer is not None:
-            with self._writer.as_default():
-                for tag, value in row.items():
-                    if tag not in ("step", "epoch") and value is not None \
-                            and not math.isnan(value):  # NaN: no value (null in step_history)
-                        tf.summary.scalar(tag, value, step=step)
-            self._writer.flush()
+        with self._writer.as_default():
+            for tag, value in row.items():
+                if tag not in ("step", "epoch") and value is not None \
+                        and not math.isnan(value):  # NaN: no value (null in step_history)
+                    tf.summary.scalar(tag, value, step=step)
+        self._writer.flush()
 
 
 def truncate_csv_epochs(path: str, first_epoch: int) -> None:
@@ -183,7 +175,7 @@ class ResumableLearningTimes(callbacks.LearningTimes):
 
 
 def feature_callbacks(config, data, workdir: str, first_epoch: int, steps: int,
-                      step_history: list = None, resumed: dict = None) -> list:
+                      step_history: list, resumed: dict) -> list:
     """Callbacks of the feature fields, in order, each adding its values to the epoch logs; on
     resume from `first_epoch` (`steps` batches each) they continue from the checkpoint's record
     `resumed` and its per-step rows `step_history` (appended to)."""
@@ -214,6 +206,6 @@ def feature_callbacks(config, data, workdir: str, first_epoch: int, steps: int,
     if every_steps:
         times = ResumableLearningTimes(workdir, data.train, every_steps, config.eval_batch_size)
         if first_epoch:
-            times.load_state((resumed or {}).get(times.state_key))
+            times.load_state(resumed.get(times.state_key))
         result.append(times)
     return result
