@@ -95,9 +95,7 @@ def replicas(strategy) -> int:
 def is_chief(strategy) -> bool:
     """True for the process that writes the workdir (the only process without a cluster)."""
     resolver = None if strategy is None else strategy.cluster_resolver
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    if resolver.task_type == "chief":
+    if resolver is None or not resolver.cluster_spec().as_dict() or resolver.task_type == "chief":
         return True
     return (resolver.task_type == "worker" and resolver.task_id == 0
             and "chief" not in resolver.cluster_spec().jobs)
@@ -190,15 +188,10 @@ def _step_function(strategy, step):
     return run
 
 
-def _epoch_logs(model, logs) -> dict:
-    """The last step's logs, each compiled metric replaced by its value over all replicas."""
-    return {**(logs or {}), **model.get_metrics_result()}
-
-
 def fit(model, strategy, train, test, *, callbacks, first_epoch, num_epochs, steps, test_steps,
         verbose):
     """Keras `fit`'s loop and callback calls over distributed datasets `train` (epochs from
-    `first_epoch`, `steps` batches each) and `test` (`test_steps` batches); the History."""
+    `first_epoch`, `steps` batches each) and `test` (`test_steps` batches)."""
     callback_list = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose, epochs=num_epochs,
         steps=steps, model=model)
@@ -214,13 +207,12 @@ def fit(model, strategy, train, test, *, callbacks, first_epoch, num_epochs, ste
             callback_list.on_train_batch_begin(step)
             logs = train_step(next(iterator))
             callback_list.on_train_batch_end(step, logs)
-        epoch_logs = _epoch_logs(model, logs)
+        epoch_logs = {**logs, **model.get_metrics_result()}  # the metrics over all replicas
         val_logs = _evaluate(model, test_step, test, test_steps, callback_list)
         epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
         callback_list.on_epoch_end(epoch, epoch_logs)
     model.optimizer.finalize_variable_values(model.trainable_weights)
     callback_list.on_train_end(logs=epoch_logs)
-    return model.history
 
 
 def _evaluate(model, test_step, test, test_steps, callback_list) -> dict:
@@ -234,6 +226,6 @@ def _evaluate(model, test_step, test, test_steps, callback_list) -> dict:
         logs = test_step(next(iterator))
         callback_list.on_test_batch_end(step, logs)
     logs = {k: float(np.asarray(v)) if np.ndim(v) == 0 else v
-            for k, v in _epoch_logs(model, logs).items()}
+            for k, v in {**logs, **model.get_metrics_result()}.items()}
     callback_list.on_test_end(logs)
     return logs

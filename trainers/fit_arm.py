@@ -33,9 +33,6 @@ class Reading:
     source: tuple
     fmt: str = ".3f"
 
-    def column(self) -> Column:
-        return Column(self.key, self.header, self.fmt)
-
 
 def config_file(name) -> ml_collections.ConfigDict:
     """`configs/<name>.py`'s `get_config()`."""
@@ -124,20 +121,10 @@ def _finished(result, config) -> bool:
             and result.get("epochs_completed") == config.num_epochs)
 
 
-def arm_result(result, readings, seconds=None) -> dict:
-    """The arm's result for `runner.py` of a trainer results.json dict."""
-    history = result.get("history", {})
-    epochs = list(range(1, result["epochs_completed"] + 1))
-    return {"config": result["config"], "finished": True,
-            "summary": {r.key: read(result, r.source) for r in readings},
-            "curves": {"step": epochs, "epoch": epochs, **history},
-            "step_curves": result.get("step_history", {}),
-            "seconds_last_invocation": seconds}
-
-
 def run_arm(readings):
     """`run(config, run_dir, echo=None)`: train (or resume) the trainer run of `config` in
-    `run_dir` unless it finished; its arm result. `echo` None: only warnings and errors printed."""
+    `run_dir` unless it finished; its arm result for `runner.py`. `echo` None: only warnings and
+    errors printed."""
 
     def run(config, run_dir, echo=None):
         path = os.path.join(run_dir, outputs.RESULTS_FILE)
@@ -150,7 +137,12 @@ def run_arm(readings):
                 train.train_and_evaluate(config, run_dir, progress=True if echo else None)
             result = outputs.read_json(path)  # the numbers as written, resumed or not
         timings = outputs.read_json(os.path.join(run_dir, outputs.TIMINGS_FILE)) or {}
-        return arm_result(result, readings, timings.get("total_seconds"))
+        epochs = list(range(1, result["epochs_completed"] + 1))
+        return {"config": result["config"], "finished": True,
+                "summary": {r.key: read(result, r.source) for r in readings},
+                "curves": {"step": epochs, "epoch": epochs, **result.get("history", {})},
+                "step_curves": result.get("step_history", {}),
+                "seconds_last_invocation": timings.get("total_seconds")}
 
     return run
 
@@ -164,5 +156,6 @@ def describe(config) -> str:
 
 def experiment(readings, **fields) -> Experiment:
     """The declared fit experiment whose table columns are `readings` (each arm: `run_arm`)."""
-    return Experiment(run_arm=run_arm(readings), columns=tuple(r.column() for r in readings),
+    columns = tuple(Column(r.key, r.header, r.fmt) for r in readings)
+    return Experiment(run_arm=run_arm(readings), columns=columns,
                       loop="fit", scales=SCALES, **fields)

@@ -50,25 +50,6 @@ def write_session(logdir: str, hparams: dict, metrics: dict, curves: dict = None
     _write(logdir, summaries)
 
 
-def write_experiment(workdir: str, sessions: list) -> None:
-    """The dashboard's columns at `workdir` (the previous file replaced): every hparam of
-    `sessions` [(hparams, metrics)] and every final metric with a number in some session."""
-    from tensorboard.plugins.hparams import api as hp
-
-    names, metric_names = {}, {}
-    for hparams, metrics in sessions:
-        for name, value in hparams.items():
-            names.setdefault(name, set()).add(_hparam_value(value))
-        metric_names.update(dict.fromkeys(k for k, v in metrics.items() if is_number(v)))
-    columns = [hp.HParam(name, _domain(values)) for name, values in names.items()]
-    os.makedirs(workdir, exist_ok=True)
-    for old in glob.glob(os.path.join(workdir, "events.out.tfevents.*" + _CONFIG_SUFFIX)):
-        os.remove(old)
-    _write(workdir, lambda: hp.hparams_config(
-        hparams=columns, metrics=[hp.Metric(f"{FINAL}/{m}", display_name=m) for m in metric_names]),
-        filename_suffix=_CONFIG_SUFFIX)
-
-
 def _domain(values: set):
     """A discrete domain of values of one kind (bools, strings or numbers); None for a mix."""
     from tensorboard.plugins.hparams import api as hp
@@ -90,15 +71,26 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 
 def write_sweep(workdir: str, runs: list) -> None:
-    """One session per run in `run_dir/hparams` and the columns at `workdir`. runs: `[(run_dir,
-    config dict, extra hparams, metrics, curves or None)]`; a session holds the extra hparams and
-    the config fields whose value differs between the runs (seed included)."""
+    """One session per run in `run_dir/hparams` and the dashboard's columns at `workdir` (the
+    previous file replaced). runs: `[(run_dir, config dict, extra hparams, metrics, curves or
+    None)]`; a session holds the extra hparams and the config fields whose value differs between
+    the runs (seed included); the columns: every hparam, every final metric with a number."""
+    from tensorboard.plugins.hparams import api as hp
+
     flat = [flatten(config) for _, config, _, _, _ in runs]
     keys = sorted({k for f in flat for k in f})
     varying = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
-    sessions = []
+    names, metric_names = {}, {}
     for (run_dir, _, extra, metrics, curves), fields in zip(runs, flat):
         hparams = {**extra, **{k: fields.get(k, "") for k in varying}}
         write_session(os.path.join(run_dir, SESSION_DIR), hparams, metrics, curves)
-        sessions.append((hparams, metrics))
-    write_experiment(workdir, sessions)
+        for name, value in hparams.items():
+            names.setdefault(name, set()).add(_hparam_value(value))
+        metric_names.update(dict.fromkeys(k for k, v in metrics.items() if is_number(v)))
+    columns = [hp.HParam(name, _domain(values)) for name, values in names.items()]
+    os.makedirs(workdir, exist_ok=True)
+    for old in glob.glob(os.path.join(workdir, "events.out.tfevents.*" + _CONFIG_SUFFIX)):
+        os.remove(old)
+    _write(workdir, lambda: hp.hparams_config(
+        hparams=columns, metrics=[hp.Metric(f"{FINAL}/{m}", display_name=m) for m in metric_names]),
+        filename_suffix=_CONFIG_SUFFIX)

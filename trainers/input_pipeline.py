@@ -31,12 +31,10 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 def train_dataset(x, y, *, batch_size, seed, first_epoch, num_epochs, drop_remainder=False):
     """`(x, y)` batches of epochs `first_epoch .. num_epochs - 1`, each in `epoch_order`, for
     `fit(steps_per_epoch=...)`; an epoch's last batch may be smaller unless `drop_remainder`."""
-    n = len(y)
-    x, y = tf.constant(x), tf.constant(y)
-    dataset = epoch_index_batches(n, batch_size=batch_size, seed=seed, first_epoch=first_epoch,
+    batches = epoch_index_batches(len(y), batch_size=batch_size, seed=seed, first_epoch=first_epoch,
                                   num_epochs=num_epochs, drop_remainder=drop_remainder)
-    dataset = dataset.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
-    return dataset.prefetch(2)
+    x, y = tf.constant(x), tf.constant(y)
+    return batches.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx))).prefetch(2)
 
 
 def epoch_index_batches(n, *, batch_size, seed, first_epoch, num_epochs, drop_remainder=False):

@@ -34,8 +34,7 @@ class RunState:
     def __init__(self, workdir: str, model, schedule=None, keep: int = 1):
         self.record = _Record()
         objects = {"model": model, "optimizer": model.optimizer, "record": self.record}
-        steps_trained = getattr(type(model), "steps_trained", None)
-        if steps_trained is not None and model.steps_trained is not None:
+        if getattr(model, "steps_trained", None) is not None:
             objects["steps_trained"] = model.steps_trained
         if schedule is not None:
             objects["schedule_epoch"] = schedule.epoch

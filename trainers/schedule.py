@@ -26,8 +26,6 @@ class EpochStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         del step  # the rate depends on the epoch only
-        if not self.decay_epochs:
-            return tf.constant(self.initial_learning_rate, tf.float32)
         boundaries = tf.constant(self.decay_epochs, dtype=tf.int64)
         passed = tf.reduce_sum(tf.cast(boundaries <= self.epoch, tf.float32))
         return self.initial_learning_rate * tf.pow(self.decay_factor, passed)
