@@ -24,14 +24,6 @@ FEATURE_FIELDS = ("mode", "coherence.every", "coherence.per_layer", "coherence.t
                   "learning_times.every_steps", "collective_timeout")
 
 
-def feature_defaults() -> dict:
-    """`{dotted field: default}` of the feature fields, read from `configs/default.py`."""
-    from configs import default
-
-    config = default.get_config()
-    return {dotted: field_value(config, dotted) for dotted in FEATURE_FIELDS}
-
-
 def field_value(config, dotted: str, absent=None):
     """The value of the dotted field (e.g. "optimizer.name") of a config (dict or ConfigDict),
     `absent` when the config has no such field: the one dotted lookup of configs."""
@@ -159,8 +151,10 @@ def _combination_problems(config) -> list:
 
 def setting(config, dotted: str):
     """The value of feature field `dotted` (e.g. "coherence.every"), or its default when absent."""
+    from configs import default
+
     value = field_value(config, dotted, _ABSENT)
-    return feature_defaults()[dotted] if value is _ABSENT else value
+    return field_value(default.get_config(), dotted) if value is _ABSENT else value
 
 
 _ABSENT = object()  # `field_value`'s answer for a field the config lacks (None is a value)

@@ -112,8 +112,6 @@ def num_workers(strategy) -> int:
 
 def check_even_shards(num_examples: int, batch_size: int, drop_remainder: bool, count: int):
     """ConfigError unless each training batch (also the last) splits into `count` equal shards."""
-    if count == 1:
-        return
     last = 0 if drop_remainder else num_examples % batch_size
     for size in (batch_size, last):
         if size % count:

@@ -49,8 +49,13 @@ def prepare(config, workdir: str, strategy=None) -> PreparedRun:
     """Validate, load data, build and compile (in the `strategy`'s scope); writes nothing.
     ConfigError on a bad field or a `workdir` holding a run of another config."""
     config_schema.validate(config)
-    checkpoint = (_compatible_checkpoint(workdir, config) if distributed_loop.is_chief(strategy)
-                  else None)  # before any data is loaded
+    checkpoint = None  # the newest intact one of this config's run (read by the chief)
+    if distributed_loop.is_chief(strategy):  # before any data is loaded
+        check_workdir_holds_config(workdir, config)
+        found = run_state.newest_intact(workdir)
+        if found is not None:
+            _check_saved(workdir, run_state.read_record(found[1]), config, "a run", found[0])
+            checkpoint = found[1]
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     data = factories.load_data(config)
@@ -69,15 +74,6 @@ def prepare(config, workdir: str, strategy=None) -> PreparedRun:
         factories.compile_model(model, optimizer, config)
     state = RunState(workdir, model, schedule, keep=config.keep_checkpoints)
     return PreparedRun(config, data, model, schedule, state, checkpoint, strategy, steps)
-
-
-def _compatible_checkpoint(workdir: str, config):
-    """Newest intact checkpoint in `workdir` (None: none); ConfigError for another config's run."""
-    check_workdir_holds_config(workdir, config)
-    found = run_state.newest_intact(workdir)
-    if found is not None:
-        _check_saved(workdir, run_state.read_record(found[1]), config, "a run", found[0])
-    return found and found[1]
 
 
 def check_workdir_holds_config(workdir: str, config) -> None:
