@@ -233,22 +233,18 @@ def held_out_count(n, fraction):
     return int(round(n * float(fraction)))
 
 
-def scaled_config(module, scale, dataset, overrides):
-    """`get_config()` ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]` ← `overrides`."""
-    config = config_schema.apply_overrides(module.get_config(), module.SCALES[scale])
-    config = config_schema.apply_overrides(config, module.DATASET_CHANGES[scale][dataset])
-    return config_schema.apply_overrides(config, {**(overrides or {}), "dataset": dataset})
-
-
 def dataset_bases(module, scale, overrides, name):
-    """[(dataset, `scaled_config`)] for `module.DATASETS[scale]`, or only `overrides["dataset"]`
-    (one of `DATASET_CHANGES[scale]`, else one-line ValueError)."""
+    """[(dataset, `get_config()` ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]` ←
+    `overrides`)] for `module.DATASETS[scale]`, or only `overrides["dataset"]` (one of
+    `DATASET_CHANGES[scale]`, else one-line ValueError)."""
     datasets = (overrides["dataset"],) if "dataset" in overrides else module.DATASETS[scale]
     allowed = module.DATASET_CHANGES[scale]
     for dataset in datasets:
         require(dataset in allowed, f"dataset={dataset!r} is not available for {name} at scale "
                 f"{scale!r}; allowed: {', '.join(allowed)}")
-    return [(d, scaled_config(module, scale, d, overrides)) for d in datasets]
+    base = config_schema.apply_overrides(module.get_config(), module.SCALES[scale])
+    return [(d, config_schema.apply_overrides(config_schema.apply_overrides(base, allowed[d]),
+                                              {**overrides, "dataset": d})) for d in datasets]
 
 
 def finish(run_dir, config_dict, curves, summary, started, **extra):
