@@ -142,7 +142,7 @@ def finished_or_checked(config, run_dir, check_config):
 class Checkpointer:
     """(model, optimizer, step) in a `CheckpointStore` `ckpt/ckpt-<step>`, the curves as JSON."""
 
-    def __init__(self, run_dir, model, optimizer, max_to_keep=2):
+    def __init__(self, run_dir, model, optimizer):
         import tensorflow as tf
 
         self.run_dir = run_dir
@@ -150,7 +150,7 @@ class Checkpointer:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="run_step")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
         self.store = checkpoints.CheckpointStore(os.path.join(run_dir, "ckpt"), self.checkpoint,
-                                                 "ckpt", keep=max_to_keep)
+                                                 "ckpt", keep=2)
         self.curves_path = os.path.join(run_dir, "curves.json")
 
     def restore(self, config_dict):
