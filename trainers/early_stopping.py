@@ -130,8 +130,9 @@ def arms(scale="small", seeds=3, overrides=None):
     from configs import early_stopping as es_config
 
     overrides = dict(overrides or {})
-    common.refuse_overrides(overrides, ("label_noise",), "set per run from noise_levels",
-                            "; set noise_levels=(p,) instead")
+    if "label_noise" in overrides:
+        raise ValueError(f"label_noise={overrides['label_noise']!r} is set per run from "
+                         "noise_levels; set noise_levels=(p,) instead")
     out = []
     for dataset, base in common.dataset_bases(es_config, scale, overrides, "early_stopping"):
         check_config(base)
