@@ -21,8 +21,7 @@ def finished_result(run_dir, config_dict):
     result = outputs.read_json(os.path.join(run_dir, "results.json"),
                                keys=("config", "curves", "finished", "summary"))
     if result and result.get("finished"):
-        _require_same_config(run_dir, result, config_dict,
-                             "the finished results of a run")
+        _require_same_config(run_dir, result, config_dict, "the finished results of a run")
         return result
     return None
 

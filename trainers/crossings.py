@@ -46,11 +46,9 @@ def ratio_curve(real, random):
 
 def max_ratio(epochs, real, random):
     """(largest real / random over logged epochs > 0, its epoch); (None, None) if none."""
-    best = (None, None)
-    for e, r in zip(epochs, ratio_curve(real, random)):
-        if e is not None and e > 0 and r is not None and (best[0] is None or r > best[0]):
-            best = (r, e)
-    return best
+    found = [(r, e) for e, r in zip(epochs, ratio_curve(real, random))
+             if e is not None and e > 0 and r is not None]
+    return max(found, key=lambda pair: pair[0]) if found else (None, None)
 
 
 def _mean_curve(results, key):
