@@ -1,6 +1,5 @@
-"""What the custom-loop experiments share: resumable runs (`finished_or_checked`, `Checkpointer`,
-`finish`; a run directory holds `ckpt/`, `curves.json`, `results.json`: docs/design.md §7.0),
-fixed samples and splits, configs at a scale, the one-line config checks and pieces of `arms`.
+"""What the custom-loop experiments share (docs/design.md §7.0): resumable runs (`Checkpointer`,
+`finish`), fixed samples and splits, configs at a scale, one-line config checks, parts of `arms`.
 """
 
 import math

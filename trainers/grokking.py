@@ -49,8 +49,10 @@ def _setup(config, run_dir, echo):
     init = keras.initializers.VarianceScaling(  # every kernel, seeded by the run's seed
         scale=float(config.init_scale) ** 2, mode="fan_in", distribution="truncated_normal",
         seed=int(config.seed))
-    model = (models.mlp(config, (2 * p,), data["num_classes"], initializer=init) if onehot
-             else models.transformer(config, modular.vocabulary_size(p), data["num_classes"], init))
+    if onehot:
+        model = models.mlp(config, (2 * p,), data["num_classes"], initializer=init)
+    else:
+        model = models.transformer(config, modular.vocabulary_size(p), data["num_classes"], init)
     optimizer, batches_per_update, aggregator = update_rules.build(
         config, OPTIMIZERS, inner="adamw", weight_decay=float(config.weight_decay), beta_1=0.9,
         beta_2=float(config.beta_2))
