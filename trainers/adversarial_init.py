@@ -48,9 +48,9 @@ def summarize(curves, fit=0.75):
            "wnorm_start": curves["weight_norm"][0], "wnorm_final": curves["weight_norm"][-1],
            "test_acc_start": curves["test_accuracy"][0],
            "train_acc_start": curves["train_accuracy"][0]}
-    at_fit = None if out["epoch_at_fit"] is None else curves["epoch"].index(out["epoch_at_fit"])
     for key in ("test", "train"):
-        out[f"{key}_acc_at_fit"] = None if at_fit is None else curves[f"{key}_accuracy"][at_fit]
+        out[f"{key}_acc_at_fit"] = curve_stats.value_at(curves, f"{key}_accuracy",
+                                                        out["epoch_at_fit"], "epoch")
     return out
 
 
@@ -92,10 +92,6 @@ def _phase2(config, run_dir, echo, phase1, phase1_dir):
     evaluate = probes.loss_accuracy(model, loss_fn)
     count = ap.checked_batches(n, batch, per_update, "batch_size")
 
-    def advance(start, stop):
-        for epoch in range(start, stop):
-            train(ap.epoch_updates(n, batch, count, per_update, config.seed, 2, epoch))
-
     def log(epoch):
         row = {"epoch": epoch, "step": epoch,
                **probes.split_metrics(evaluate, {"train": (xt, yt), "test": (xs, ys)}),
@@ -117,10 +113,10 @@ def _phase2(config, run_dir, echo, phase1, phase1_dir):
 
     logs = sorted(set(graph_loop.capped_log_epochs(config.log_epochs, config.epochs)) | {0})
     return graph_loop.Training(
-        model, optimizer, advance, log, logs, logs[::int(config.checkpoint_every_logs)],
-        summarize_phase2, extra=dict(num_train=n, num_test=len(x_test),
-                                     phase1=None if phase1 is None else phase1["summary"]),
-        total=int(config.epochs))
+        model, optimizer, ap.advancer(train, n, batch, count, per_update, config.seed, 2), log,
+        logs, logs[::int(config.checkpoint_every_logs)], summarize_phase2,
+        extra=dict(num_train=n, num_test=len(x_test),
+                   phase1=None if phase1 is None else phase1["summary"]), total=int(config.epochs))
 
 
 def check_config(config):

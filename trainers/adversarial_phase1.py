@@ -60,11 +60,17 @@ def load(config):
                      max_train=config.max_train, max_test=config.max_test)
 
 
-def epoch_updates(n, batch_size, count, per_update, seed, phase, epoch):
-    """int32 [count / per_update, per_update, B]: `epoch` of `phase` (1 or 2) in the order
-    `default_rng([seed, phase, epoch])`."""
-    perm = np.random.default_rng([int(seed), phase, int(epoch)]).permutation(n)
-    return graph_loop.epoch_updates(perm[:count * batch_size], batch_size, per_update)
+def advancer(train, n, batch_size, count, per_update, seed, phase):
+    """`advance(start, stop)` in epochs of `phase` (1 or 2) of the `graph_loop.update_trainer`
+    `train`: an epoch is `count` batches (`per_update` an update) of `default_rng([seed, phase,
+    epoch])`'s order."""
+
+    def advance(start, stop):
+        for epoch in range(start, stop):
+            perm = np.random.default_rng([int(seed), phase, int(epoch)]).permutation(n)
+            train(graph_loop.epoch_updates(perm[:count * batch_size], batch_size, per_update))
+
+    return advance
 
 
 def shared_phase1_dir(run_dir):
@@ -120,10 +126,6 @@ def _phase1(config, run_dir, echo):
     target, max_epochs = float(config.phase1_target), int(config.phase1_max_epochs)
     every = int(config.phase1_checkpoint_every)
 
-    def advance(start, stop):
-        for epoch in range(start, stop):
-            train(epoch_updates(n, batch, count, 1, config.seed, 1, epoch))
-
     def log(epoch):
         loss, acc = evaluate(xt, yt)
         _, real = evaluate(xt, tf.constant(y_real))
@@ -154,9 +156,10 @@ def _phase1(config, run_dir, echo):
                 "phase1_wnorm_final": last["weight_norm"],
                 "labels_kept": float(np.mean(y_random == y_real))}
 
-    return graph_loop.Training(model, optimizer, advance, log, range(max_epochs + 1),
-                               range(every, max_epochs + 1, every), summarize,
-                               until=lambda curves: stopped_by(curves) is not None)
+    return graph_loop.Training(
+        model, optimizer, advancer(train, n, batch, count, 1, config.seed, 1), log,
+        range(max_epochs + 1), range(every, max_epochs + 1, every), summarize,
+        until=lambda curves: stopped_by(curves) is not None)
 
 
 PHASE1_TABLE = (("phase1_epochs", "epochs", ".0f"),

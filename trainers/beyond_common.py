@@ -1,6 +1,5 @@
-"""What the custom-loop experiments share: resumable runs (`finished_or_checked`, `Checkpointer`,
-`finish`; a run directory holds `ckpt/`, `curves.json`, `results.json`: docs/design.md §7.0),
-fixed samples and splits, configs at a scale, the one-line config checks and pieces of `arms`.
+"""What the custom-loop experiments share (docs/design.md §7.0): resumable runs (`Checkpointer`,
+`finish`), fixed samples and splits, configs at a scale, one-line config checks, parts of `arms`.
 """
 
 import math
@@ -21,8 +20,7 @@ def finished_result(run_dir, config_dict):
     result = outputs.read_json(os.path.join(run_dir, "results.json"),
                                keys=("config", "curves", "finished", "summary"))
     if result and result.get("finished"):
-        _require_same_config(run_dir, result, config_dict,
-                             "the finished results of a run")
+        _require_same_config(run_dir, result, config_dict, "the finished results of a run")
         return result
     return None
 
@@ -142,7 +140,7 @@ def finished_or_checked(config, run_dir, check_config):
 class Checkpointer:
     """(model, optimizer, step) in a `CheckpointStore` `ckpt/ckpt-<step>`, the curves as JSON."""
 
-    def __init__(self, run_dir, model, optimizer, max_to_keep=2):
+    def __init__(self, run_dir, model, optimizer):
         import tensorflow as tf
 
         self.run_dir = run_dir
@@ -150,7 +148,7 @@ class Checkpointer:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="run_step")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
         self.store = checkpoints.CheckpointStore(os.path.join(run_dir, "ckpt"), self.checkpoint,
-                                                 "ckpt", keep=max_to_keep)
+                                                 "ckpt", keep=2)
         self.curves_path = os.path.join(run_dir, "curves.json")
 
     def restore(self, config_dict):
@@ -233,22 +231,18 @@ def held_out_count(n, fraction):
     return int(round(n * float(fraction)))
 
 
-def scaled_config(module, scale, dataset, overrides):
-    """`get_config()` ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]` ← `overrides`."""
-    config = config_schema.apply_overrides(module.get_config(), module.SCALES[scale])
-    config = config_schema.apply_overrides(config, module.DATASET_CHANGES[scale][dataset])
-    return config_schema.apply_overrides(config, {**(overrides or {}), "dataset": dataset})
-
-
 def dataset_bases(module, scale, overrides, name):
-    """[(dataset, `scaled_config`)] for `module.DATASETS[scale]`, or only `overrides["dataset"]`
-    (one of `DATASET_CHANGES[scale]`, else one-line ValueError)."""
+    """[(dataset, `get_config()` ← `SCALES[scale]` ← `DATASET_CHANGES[scale][dataset]` ←
+    `overrides`)] for `module.DATASETS[scale]`, or only `overrides["dataset"]` (one of
+    `DATASET_CHANGES[scale]`, else one-line ValueError)."""
     datasets = (overrides["dataset"],) if "dataset" in overrides else module.DATASETS[scale]
     allowed = module.DATASET_CHANGES[scale]
     for dataset in datasets:
         require(dataset in allowed, f"dataset={dataset!r} is not available for {name} at scale "
                 f"{scale!r}; allowed: {', '.join(allowed)}")
-    return [(d, scaled_config(module, scale, d, overrides)) for d in datasets]
+    base = config_schema.apply_overrides(module.get_config(), module.SCALES[scale])
+    return [(d, config_schema.apply_overrides(config_schema.apply_overrides(base, allowed[d]),
+                                              {**overrides, "dataset": d})) for d in datasets]
 
 
 def finish(run_dir, config_dict, curves, summary, started, **extra):

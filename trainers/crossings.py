@@ -46,11 +46,9 @@ def ratio_curve(real, random):
 
 def max_ratio(epochs, real, random):
     """(largest real / random over logged epochs > 0, its epoch); (None, None) if none."""
-    best = (None, None)
-    for e, r in zip(epochs, ratio_curve(real, random)):
-        if e is not None and e > 0 and r is not None and (best[0] is None or r > best[0]):
-            best = (r, e)
-    return best
+    found = [(r, e) for e, r in zip(epochs, ratio_curve(real, random))
+             if e is not None and e > 0 and r is not None]
+    return max(found, key=lambda pair: pair[0]) if found else (None, None)
 
 
 def _mean_curve(results, key):
@@ -69,26 +67,22 @@ def compare(real_runs, random_runs):
     pairs = [(r, by_seed[r["config"]["seed"]]) for r in real_runs if r["config"]["seed"] in by_seed]
     out = {"seeds": [a["config"]["seed"] for a, _ in pairs]}
     for when in ("init", "early", "end"):
-        out[f"ratio_{when}"] = [ratio_curve([a["summary"][f"{SUMMARY}_{when}"]],
-                                            [b["summary"][f"{SUMMARY}_{when}"]])[0]
-                                for a, b in pairs]
-    for name in ("max_ratio", "epoch_of_max_ratio", "crossing_sign", "crossing_epoch"):
-        out[name] = []
+        key = f"{SUMMARY}_{when}"
+        out[f"ratio_{when}"] = ratio_curve([a["summary"][key] for a, _ in pairs],
+                                           [b["summary"][key] for _, b in pairs])
+    names = ("max_ratio", "epoch_of_max_ratio", "crossing_sign", "crossing_epoch")
+    out.update({name: [] for name in names})
     for a, b in pairs:
         if a["curves"]["epoch"] != b["curves"]["epoch"]:
             raise ValueError("real and random runs logged at different epochs")
-        epochs, real, random = a["curves"]["epoch"], a["curves"][CURVE], b["curves"][CURVE]
-        for name, value in zip(("max_ratio", "epoch_of_max_ratio", "crossing_sign",
-                                "crossing_epoch"), max_ratio(epochs, real, random)
-                               + crossing(epochs, real, random)):
+        curves = a["curves"]["epoch"], a["curves"][CURVE], b["curves"][CURVE]
+        for name, value in zip(names, max_ratio(*curves) + crossing(*curves)):
             out[name].append(value)
-    epochs = real_runs[0]["curves"]["epoch"]
-    real_mean, random_mean = _mean_curve(real_runs, CURVE), _mean_curve(random_runs, CURVE)
-    out["mean_curve_crossing_sign"], out["mean_curve_crossing_epoch"] = crossing(
-        epochs, real_mean, random_mean)
-    out["mean_curve_crossings"] = crossings(epochs, real_mean, random_mean)[1]
-    out["mean_curve_max_ratio"], out["mean_curve_epoch_of_max_ratio"] = max_ratio(
-        epochs, real_mean, random_mean)
+    mean = (real_runs[0]["curves"]["epoch"], _mean_curve(real_runs, CURVE),
+            _mean_curve(random_runs, CURVE))
+    out["mean_curve_crossing_sign"], out["mean_curve_crossing_epoch"] = crossing(*mean)
+    out["mean_curve_crossings"] = crossings(*mean)[1]
+    out["mean_curve_max_ratio"], out["mean_curve_epoch_of_max_ratio"] = max_ratio(*mean)
     return out
 
 

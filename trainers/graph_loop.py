@@ -18,7 +18,7 @@ class Training:
     `log(position)` -> a row of scalars (with "step") at `log_points`, checkpoints at
     `checkpoint_points` and `total` (None: the last log point), `summarize(curves)` -> summary,
     `extra`: more results.json fields (a dict or a function of the curves); `until(curves)`
-    true ends the run early (`run_logged`)."""
+    true ends the run early (`train_declared`)."""
 
     model: object
     optimizer: object
@@ -51,47 +51,70 @@ def declared_run(setup, check_config):
 
 
 def train_declared(setup, config, run_dir, echo):
-    """Seed `config.seed`, `setup(config, run_dir, echo)` -> `Training`, its `run_logged` curves,
-    `common.finish` with its summary and extra fields; the results dict."""
+    """Seed `config.seed`, `setup(config, run_dir, echo)` -> `Training`; restore this config's
+    newest checkpoint (said on `echo`) or log at 0, then `advance` between stops, `log(stop)`
+    appended to the curves at `log_points`, checkpoints at `checkpoint_points` and `total`, until
+    `until(curves)` (checkpointed when it turns true); `common.finish` with the summary and extra
+    fields of the curves (an uninterrupted run's); the results dict."""
     import keras
 
     started = time.time()
     keras.utils.set_random_seed(int(config.seed))
-    run = setup(config, run_dir, echo)
-    total = max(run.log_points) if run.total is None else run.total
-    curves = run_logged(run_dir, config.to_dict(), run.model, run.optimizer, run.advance, run.log,
-                        total=total, log_points=run.log_points,
-                        checkpoint_points=run.checkpoint_points, echo=echo, unit=run.unit,
-                        until=run.until)
+    run, config_dict = setup(config, run_dir, echo), config.to_dict()
+    total = int(max(run.log_points) if run.total is None else run.total)
+    log_points, checkpoint_points = set(run.log_points), set(run.checkpoint_points) | {total}
+    ckpt = common.Checkpointer(run_dir, run.model, run.optimizer)
+    position, curves = ckpt.restore(config_dict)
+    if curves is None:
+        position, curves = 0, {}
+        if 0 in log_points:
+            common.append(curves, run.log(0))
+    else:
+        echo(f"  resumed {run_dir} at {run.unit} {position}")
+    stopped = run.until or (lambda _: False)
+    for stop in sorted(p for p in log_points | checkpoint_points if position < p <= total):
+        if stopped(curves):
+            break
+        run.advance(position, stop)
+        position = stop
+        if stop in log_points:
+            common.append(curves, run.log(stop))
+        if stop in checkpoint_points or stopped(curves):
+            ckpt.save(stop, curves, config_dict)
     extra = run.extra(curves) if callable(run.extra) else run.extra
-    return common.finish(run_dir, config.to_dict(), curves, run.summarize(curves), started,
-                         **extra)
+    return common.finish(run_dir, config_dict, curves, run.summarize(curves), started, **extra)
 
 
 def epoch_schedule(train_epoch, config, n, log_epochs=None, epochs=None):
-    """`Training` fields in epochs (`epoch_advancer`): logs at `capped_log_epochs(log_epochs or
-    config.log_epochs, epochs or config.epochs)`, a checkpoint every `checkpoint_every_logs`-th."""
+    """`Training` fields in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`; logs
+    at `capped_log_epochs(log_epochs or config.log_epochs, epochs or config.epochs)`, a checkpoint
+    every `checkpoint_every_logs`-th."""
     epochs = int(config.epochs if epochs is None else epochs)
     log_points = capped_log_epochs(config.log_epochs if log_epochs is None else log_epochs,
                                    epochs)
-    return dict(advance=epoch_advancer(train_epoch, config.seed, n), log_points=log_points,
-                checkpoint_points=log_points[::int(config.checkpoint_every_logs)], total=epochs)
-
-
-def epoch_advancer(train_epoch, seed, n):
-    """`advance(start, stop)` in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`."""
 
     def advance(start, stop):
         for epoch in range(start, stop):
-            train_epoch(epoch_permutation(seed, epoch, n))
+            train_epoch(epoch_permutation(config.seed, epoch, n))
 
-    return advance
+    return dict(advance=advance, log_points=log_points,
+                checkpoint_points=log_points[::int(config.checkpoint_every_logs)], total=epochs)
 
 
 def step_schedule(train, config, n, log_points, checkpoint_points, unit="step"):
-    """`Training` fields in global steps of the `epoch_trainer` `train` (`step_advancer`)."""
-    return dict(advance=step_advancer(train, config.seed, n), log_points=log_points,
-                checkpoint_points=checkpoint_points, unit=unit)
+    """`Training` fields in global steps of the `epoch_trainer` `train`: step s is batch s mod S
+    of epoch s // S (S batches per epoch)."""
+    per_epoch = train.batches_per_epoch
+
+    def advance(step, stop):
+        while step < stop:
+            epoch, first = divmod(step, per_epoch)
+            last = min(per_epoch, first + stop - step)
+            train(epoch_permutation(config.seed, epoch, n).astype(np.int32), first, last)
+            step += last - first
+
+    return dict(advance=advance, log_points=log_points, checkpoint_points=checkpoint_points,
+                unit=unit)
 
 
 def epoch_permutation(seed, epoch, n):
@@ -127,21 +150,6 @@ def epoch_trainer(model, optimizer, loss_fn, x, y, batch_size):
 
     train.batches_per_epoch = num_batches
     return train
-
-
-def step_advancer(train, seed, n):
-    """`advance(step, stop)` in global steps of an `epoch_trainer`: step s is batch s mod S of
-    epoch s // S (S batches per epoch)."""
-    per_epoch = train.batches_per_epoch
-
-    def advance(step, stop):
-        while step < stop:
-            epoch, first = divmod(step, per_epoch)
-            last = min(per_epoch, first + stop - step)
-            train(epoch_permutation(seed, epoch, n).astype(np.int32), first, last)
-            step += last - first
-
-    return advance
 
 
 def update_trainer(model, optimizer, loss_fn, x, y, batch_size, per_update=1, aggregator=None):
@@ -210,34 +218,6 @@ def epoch_updates(perm, batch_size, per_update):
     updates = len(perm) // per
     return np.asarray(perm[:updates * per], dtype=np.int32).reshape(updates, per_update,
                                                                      batch_size)
-
-
-def run_logged(run_dir, config_dict, model, optimizer, advance, log, *, total, log_points,
-               checkpoint_points, echo=None, unit="epoch", until=None):
-    """Restore this config's newest checkpoint (said on `echo`) or log at 0, then `advance`
-    between stops, `log(stop)` appended to the curves at `log_points`, checkpoints at
-    `checkpoint_points` and `total`, until `until(curves)` (checkpointed when it turns true);
-    the curves {key: [values]} (an uninterrupted run's)."""
-    log_points, checkpoint_points = set(log_points), set(checkpoint_points) | {int(total)}
-    ckpt = common.Checkpointer(run_dir, model, optimizer)
-    position, curves = ckpt.restore(config_dict)
-    if curves is None:
-        position, curves = 0, {}
-        if 0 in log_points:
-            common.append(curves, log(0))
-    elif echo:
-        echo(f"  resumed {run_dir} at {unit} {position}")
-    stopped = until or (lambda _: False)
-    for stop in sorted(p for p in log_points | checkpoint_points if position < p <= int(total)):
-        if stopped(curves):
-            break
-        advance(position, stop)
-        position = stop
-        if stop in log_points:
-            common.append(curves, log(stop))
-        if stop in checkpoint_points or stopped(curves):
-            ckpt.save(stop, curves, config_dict)
-    return curves
 
 
 _REUSED = {}  # one key at a time: the built functions of the last architecture

@@ -14,20 +14,6 @@ from . import probes
 from . import update_rules
 from .experiment import Column, Experiment
 
-
-def build_model(config, vocab_or_inputs, num_classes):
-    """`models.mlp` on one-hot operands [2p] or `models.transformer` on tokens, every kernel
-    VarianceScaling(init_scale², fan_in, truncated normal) seeded by `config.seed`."""
-    import keras
-
-    init = keras.initializers.VarianceScaling(scale=float(config.init_scale) ** 2,
-                                              mode="fan_in", distribution="truncated_normal",
-                                              seed=int(config.seed))
-    if config.model == "mlp":
-        return models.mlp(config, (vocab_or_inputs,), num_classes, initializer=init)
-    return models.transformer(config, vocab_or_inputs, num_classes, init)
-
-
 MODELS = ("mlp", "transformer")
 OPTIMIZERS = update_rules.batches_per_update("adamw")
 
@@ -58,10 +44,15 @@ def _setup(config, run_dir, echo):
     onehot, p = config.model == "mlp", int(config.p)
     data = modular.make(p, config.operation, float(config.train_fraction),
                         seed=int(config.data_seed), encoding="onehot" if onehot else "tokens")
-    input_width = 2 * p if onehot else modular.vocabulary_size(p)
     x_train, y_train = data["x_train"], data["y_train"].astype(np.int32)
     x_test, y_test = data["x_test"], data["y_test"].astype(np.int32)
-    model = build_model(config, input_width, data["num_classes"])
+    init = keras.initializers.VarianceScaling(  # every kernel, seeded by the run's seed
+        scale=float(config.init_scale) ** 2, mode="fan_in", distribution="truncated_normal",
+        seed=int(config.seed))
+    if onehot:
+        model = models.mlp(config, (2 * p,), data["num_classes"], initializer=init)
+    else:
+        model = models.transformer(config, modular.vocabulary_size(p), data["num_classes"], init)
     optimizer, batches_per_update, aggregator = update_rules.build(
         config, OPTIMIZERS, inner="adamw", weight_decay=float(config.weight_decay), beta_1=0.9,
         beta_2=float(config.beta_2))
@@ -154,8 +145,6 @@ def arms(scale="small", seeds=3, overrides=None, groups=None):
         label, changes = ARMS[group]
         config = config_schema.apply_overrides(
             base, grok_config.TRANSFORMER[scale] if changes == "transformer" else changes)
-        if scale == "full" and group == "mlp_adamw_x3":
-            config.batch_size = 3 * base.batch_size
         out += common.seeded_arms(group, label, "", config_schema.apply_overrides(
             config, overrides), seeds, check_config)
     return out
