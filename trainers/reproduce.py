@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from . import catalog, dry_run as planning, runner, train
+from . import catalog, console, dry_run as planning, runner, train
 
 
 def parse_overrides(items) -> dict:
@@ -60,7 +60,7 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
     overrides = parse_overrides(set_items)
     arms, experiment = catalog.plan(name, scale, seeds, overrides)
     if dry_run:
-        return planning.report(name, arms, workdir, scale == "small" and not overrides, echo)
+        return planning.report(experiment, arms, workdir, scale == "small" and not overrides, echo)
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -68,8 +68,7 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # console.parse_flags refused arguments that are not flags
     options = flags.FLAGS
     try:
         summary = reproduce(options.experiment, options.workdir, options.scale, options.seeds,
@@ -87,4 +86,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=console.parse_flags)
