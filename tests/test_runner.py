@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cgh_tf import optimizers, statistics
-from trainers import graph_loop, runner
+from trainers import graph_loop, outputs, runner
 from trainers.experiment import Arm, Column, Experiment
 
 VALUES = {"sgd": [0.50, 0.55, 0.52], "m3": [0.10, 0.20, 0.15]}   # corrupted acc per seed
@@ -70,7 +70,7 @@ def test_run_writes_one_schema_with_paired_intervals_and_the_declared_verdict(tm
     assert "| sgd | 3 | 0.523 ± 0.025 | 1.070 ± 0.042 (2/3 seeds) |" in text
     assert summary["verdicts"] == on_disk["verdicts"]
     assert not (tmp_path / ".cgh_tf.lock").exists()           # the lock is released
-    assert json.loads((tmp_path / runner.TIMINGS_FILE).read_text())["arms"].keys() == {"sgd", "m3"}
+    assert json.loads((tmp_path / outputs.TIMINGS_FILE).read_text())["arms"].keys() == {"sgd", "m3"}
 
 
 def test_plan_rejects_bad_input_in_one_line_before_writing(tmp_path):

@@ -28,10 +28,9 @@ def shipped_config_path(name: str) -> str | None:
     """The path of shipped config `name` ("default" -> .../configs/default.py), or None."""
     if os.sep in name or "/" in name or name.endswith(".py"):
         return None
-    directory = os.fspath(importlib.resources.files(CONFIGS))
-    path = os.path.join(directory, f"{name.split(':')[0]}.py")
-    suffix = name[len(name.split(":")[0]):]  # ml_collections' "file.py:argument"
-    return path + suffix if os.path.isfile(path) else None
+    stem, colon, argument = name.partition(":")  # ml_collections' "file.py:argument"
+    path = os.path.join(os.fspath(importlib.resources.files(CONFIGS)), f"{stem}.py")
+    return path + colon + argument if os.path.isfile(path) else None
 
 
 def resolve_config_flags(argv: list[str]) -> list[str]:

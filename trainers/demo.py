@@ -87,20 +87,18 @@ def summary_text(workdir: str, summary: dict) -> str:
             f"TensorBoard: tensorboard --logdir={workdir}")
 
 
-FLAGS = flags.FLAGS
-
-
 def main(argv):
     del argv  # console.parse_flags refused arguments that are not flags
+    options = flags.FLAGS
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
     try:
-        summary = run_demo(FLAGS.workdir, parse_arms(FLAGS.arms), FLAGS.epochs, FLAGS.fresh,
+        summary = run_demo(options.workdir, parse_arms(options.arms), options.epochs, options.fresh,
                            command=reproduce.command_line(sys.argv, "trainers.demo"))
     except (ValueError, *train.RUN_ERRORS) as error:  # incl. config_schema.ConfigError
         sys.exit(f"error: {error}")
-    print(summary_text(FLAGS.workdir, summary))
+    print(summary_text(options.workdir, summary))
 
 
 if __name__ == "__main__":

@@ -96,14 +96,9 @@ def _is_trainer_config(config) -> bool:
 
 
 def _cost_key(config) -> str:
-    values = {}
-    for field in COST_FIELDS:
-        try:
-            value = config_schema.setting(config, field)
-        except (KeyError, AttributeError):
-            value = None
-        values[field] = value.to_dict() if hasattr(value, "to_dict") else value
-    return json.dumps(values, sort_keys=True, default=str)
+    values = [config_schema.field_value(config, field) for field in COST_FIELDS]
+    return json.dumps([value.to_dict() if hasattr(value, "to_dict") else value
+                       for value in values], sort_keys=True, default=str)
 
 
 def time_updates(config, steps: int = TIMED_STEPS) -> dict:

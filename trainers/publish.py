@@ -122,12 +122,10 @@ def verdict_cell(summary):
 
 def analysis_verdicts(analyses):
     """Every string under a key "verdict" in an experiment's `analyses`, in order."""
-    if isinstance(analyses, dict):
-        return [found for key, value in analyses.items()
-                for found in ([value] if key == "verdict" and isinstance(value, str)
-                              else analysis_verdicts(value))]
-    values = analyses if isinstance(analyses, list) else []
-    return [found for value in values for found in analysis_verdicts(value)]
+    items = (analyses.items() if isinstance(analyses, dict)
+             else enumerate(analyses if isinstance(analyses, list) else []))
+    return [found for key, value in items for found in (
+        [value] if key == "verdict" and isinstance(value, str) else analysis_verdicts(value))]
 
 
 def readme_block(root):

@@ -12,7 +12,6 @@ from cgh_tf.atomic_files import atomic_open
 
 from . import config_schema, hparams_board, outputs
 
-TIMINGS_FILE = outputs.TIMINGS_FILE
 RESULTS_MD = "results.md"
 VERDICTS_HEADING = "Verdicts (rules declared before the runs):"
 
@@ -245,7 +244,7 @@ def write_report(experiment, runs, workdir, command, seconds):
     with atomic_open(os.path.join(workdir, RESULTS_MD), "w") as f:
         f.write(text)
     outputs.write_json(os.path.join(workdir, outputs.RESULTS_FILE), summary)
-    outputs.write_json(os.path.join(workdir, TIMINGS_FILE),
+    outputs.write_json(os.path.join(workdir, outputs.TIMINGS_FILE),
                        {"arms": seconds, "total_seconds": round(sum(seconds.values()), 1)})
     hparams_board.write_sweep(workdir, [
         (os.path.join(workdir, arm.path), result["config"], {"group": arm.group},
