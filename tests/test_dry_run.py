@@ -25,7 +25,7 @@ def no_training(monkeypatch):
     monkeypatch.setattr(runner, "run", refuse)
     monkeypatch.setattr(train, "train_and_evaluate", refuse)
     monkeypatch.setattr(single_run, "run", refuse, raising=False)
-    monkeypatch.setattr(beyond_common, "Checkpointer", refuse)
+    monkeypatch.setattr(beyond_common.Checkpointer, "__init__", refuse)  # its checks still read
 
 
 FAKE_TIMING = {"warmup": 2.0, "step": 0.01, "eval": 0.002, "scale": 1.0}
@@ -100,6 +100,27 @@ def test_dry_run_takes_seeds_and_set_like_a_run_and_rejects_bad_ones(name, tmp_p
     with pytest.raises(ValueError, match="seeds=0 must be a positive int"):
         reproduce.reproduce(name, str(tmp_path / "bad"), seeds=0, dry_run=True)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("arm_dir", [False, True])
+def test_a_dry_run_into_another_run_s_workdir_is_refused_and_writes_nothing(tmp_path, arm_dir,
+                                                                           no_training):
+    """The check `runner.run` makes first (was: plan.json written beside another experiment's
+    report, or over an arm directory of another config, and a run then refused)."""
+    from trainers import outputs
+
+    if arm_dir:
+        outputs.write_json(tmp_path / "mnist1d" / "width0004" / "seed0" / "results.json", {
+            "config": {"epochs": 7}, "curves": {}, "finished": True, "summary": {}})
+    else:
+        outputs.write_json(tmp_path / "results.json", {"experiment": "scale", "groups": {}})
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(config_schema.ConfigError, match=r"holds the finished results of a run "
+                       r"with a different config" if arm_dir else r"holds the results of "
+                       r"experiment 'scale'; use another workdir for double_descent"):
+        reproduce.reproduce("double_descent", str(tmp_path), seeds=1, dry_run=True,
+                            set_items=["widths=(4,)", "dataset=mnist1d"], echo=None)
+    assert sorted(os.listdir(tmp_path)) == before
 
 
 @pytest.mark.slow

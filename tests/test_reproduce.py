@@ -82,6 +82,44 @@ def test_demo_pairs_every_robust_arm_with_its_control():
 
 
 @pytest.mark.slow
+def test_every_binary_s_flag_errors_are_one_line(tmp_path):
+    """An unknown value, a value of the wrong type, an unknown flag, a missing required flag, an
+    argument that is not a flag: exit status 1 and one line `error: ...`, nothing written (was:
+    absl's "FATAL Flags parsing error" and a second line; the demo's --arms its usage text)."""
+    import subprocess
+    import sys
+
+    workdir = f"--workdir={tmp_path / 'w'}"
+    cases = {
+        ("trainers.reproduce", "--experiment=nope", workdir): "error: flag --experiment=nope: "
+        "value should be one of <memorisation|",
+        ("trainers.reproduce", "--experiment=scale", "--seeds=x", workdir): "error: flag "
+        "--seeds=x: invalid literal for int() with base 10: 'x'",
+        ("trainers.reproduce", "--experiment=scale"): "error: flag --workdir=None: Flag "
+        "--workdir must have a value other than None.",
+        ("trainers.reproduce", "--experiment=scale", workdir, "--dry_run", "extra"):
+            "error: unexpected arguments ['extra']; every option is a --flag",
+        ("trainers.demo", workdir, "--bogus=1"): "error: Unknown command line flag 'bogus'",
+        ("trainers.demo", workdir, "--arms=sgd,zz"): "error: unknown arms ['zz']; allowed: sgd, "
+        "m3, rm3, ra3, sgd_x3, winsorized",
+        ("trainers.publish", "--collect=nope=DIR", "--root=/nonexistent"): "error: --collect="
+        "'nope=DIR' must be NAME[/SETTING]=WORKDIR with NAME one of memorisation, ",
+        ("trainers.publish", "--root"): "error: Missing value for flag --root",
+        ("trainers.publish", "extra"): "error: unexpected arguments ['extra']; every option is a "
+        "--flag"}
+    started = {case: subprocess.Popen([sys.executable, "-m", *case], cwd=os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__))), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for case in cases}
+    for case, message in cases.items():
+        stdout, stderr = started[case].communicate(timeout=300)
+        lines = [line for line in stderr.splitlines() if not line.startswith(("E0000", "W0000",
+                                                                               "WARNING: All"))]
+        assert started[case].returncode == 1 and len(lines) == 1, (case, stderr[-2000:])
+        assert lines[0].startswith(message) and stdout == "", (case, lines)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("program, flags", [
     ("trainers.train", ["--config=configs/default.py", "--config.max_train=64"]),
     ("trainers.reproduce", ["--experiment=double_descent", "--seeds=1"])])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cgh_tf import optimizers, statistics
-from trainers import graph_loop, runner
+from trainers import graph_loop, outputs, runner
 from trainers.experiment import Arm, Column, Experiment
 
 VALUES = {"sgd": [0.50, 0.55, 0.52], "m3": [0.10, 0.20, 0.15]}   # corrupted acc per seed
@@ -70,7 +70,7 @@ def test_run_writes_one_schema_with_paired_intervals_and_the_declared_verdict(tm
     assert "| sgd | 3 | 0.523 ± 0.025 | 1.070 ± 0.042 (2/3 seeds) |" in text
     assert summary["verdicts"] == on_disk["verdicts"]
     assert not (tmp_path / ".cgh_tf.lock").exists()           # the lock is released
-    assert json.loads((tmp_path / runner.TIMINGS_FILE).read_text())["arms"].keys() == {"sgd", "m3"}
+    assert json.loads((tmp_path / outputs.TIMINGS_FILE).read_text())["arms"].keys() == {"sgd", "m3"}
 
 
 def test_plan_rejects_bad_input_in_one_line_before_writing(tmp_path):
@@ -166,7 +166,7 @@ def test_an_override_every_arm_replaces_is_refused_as_ignored():
     with pytest.raises(ValueError, match=r"--set=seed=7 would be ignored: every arm of toy sets "
                                          r"seed itself \(0, 1, 2\)"):
         runner.plan(TOY, "small", 3, {"seed": 7})
-    assert len(runner.plan(TOY, "small", 3, {"arm": "sgd", "other": 1})) == 6  # kept / not a field
+    assert len(runner.plan(TOY, "small", 3, {"other": 1})) == 6  # not a field of the arms' configs
     with pytest.raises(ValueError, match=r"--set=seed=5 would be ignored: every arm of "
                                          r"double_descent sets seed itself \(0, 1\)"):
         catalog.plan("double_descent", "small", 2, {"seed": 5})
@@ -177,6 +177,50 @@ def test_an_override_every_arm_replaces_is_refused_as_ignored():
     arms, _ = catalog.plan("memorisation", "small", 1, {"batch_size": 32,
                                                         "lr_schedule.decay_epochs": (3, 6)})
     assert {arm.config.batch_size for arm in arms} == {32, 96}   # sgd_x3: 3 × the batch
+
+
+def test_an_override_some_arms_ignore_is_refused_naming_them():
+    """An arm whose config is the same with and without the `--set`, though it holds the field
+    with another value, would run without the user's value (was: accepted when another arm kept
+    it); an arm deriving its value from it (sgd_x3's batch) or a field of the plan is used."""
+    from trainers import catalog
+
+    with pytest.raises(ValueError, match=r"^--set=arm='sgd' would be ignored: 3 of the 6 arms of "
+                                         r"toy \(m3\) set arm themselves \(\"m3\"\)$"):
+        runner.plan(TOY, "small", 3, {"arm": "sgd"})
+    with pytest.raises(ValueError, match=r"--set=label_noise=0.5 would be ignored: 10 of the 18 "
+                                         r"arms of memorisation \(noise00/sgd, .*, noise25/sgd_x3\) "
+                                         r"set label_noise themselves \(0.0, 0.25\)$"):
+        catalog.plan("memorisation", "small", 1, {"label_noise": 0.5})
+    with pytest.raises(ValueError, match=r"--set=optimizer.name='m3' would be ignored: 15 of the "
+                                         r"18 arms of memorisation"):
+        catalog.plan("memorisation", "small", 1, {"optimizer.name": "m3"})
+    arms, _ = catalog.plan("real_vs_random_arch", "small", 1, {"arch": "cnn"})  # picks the arms
+    assert {arm.group.split("/")[1] for arm in arms} == {"cnn"}
+
+
+def test_a_rereport_keeps_each_arm_s_seconds_of_the_invocation_that_ran_it(tmp_path):
+    """A second run that only reads the finished arms reports per group the seconds the arms
+    recorded when they finished (was: 0, the reading's wall-clock, in results.json and
+    timings.json, which the dry run's estimate reads)."""
+
+    def run_arm(config, run_dir, echo=None):
+        path = os.path.join(run_dir, "results.json")
+        if not os.path.exists(path):
+            os.makedirs(run_dir)
+            with open(path, "w") as f:
+                json.dump({**_run_arm(config, run_dir), "finished": True,
+                           "seconds_last_invocation": 2.5}, f)
+        with open(path) as f:
+            return json.load(f)
+
+    experiment = Experiment(**{**TOY.__dict__, "run_arm": run_arm})
+    arms = runner.plan(experiment, "small", 3)
+    runner.run(experiment, arms, str(tmp_path), echo=None)
+    summary = runner.run(experiment, arms, str(tmp_path), echo=None)
+    assert summary["seconds"] == {"sgd": 7.5, "m3": 7.5}
+    assert json.loads((tmp_path / "timings.json").read_text()) == {
+        "arms": {"sgd": 7.5, "m3": 7.5}, "total_seconds": 15.0}
 
 
 @pytest.mark.parametrize("loop", ["graph", "fit"])

@@ -2,6 +2,7 @@
 `configs/` install as `cgh_tf.trainers` / `cgh_tf.configs`): a script makes the names `trainers` and
 `configs` refer to those packages in its process, then runs the module as `__main__`;
 `--config=NAME` (no path separator, no `.py`) names a shipped config, e.g. `--config=default`.
+Every binary parses its flags with `parse_flags`.
 """
 
 import importlib
@@ -9,6 +10,8 @@ import importlib.resources
 import os
 import runpy
 import sys
+
+from absl import flags
 
 PACKAGE = __name__.rpartition(".")[0]  # "trainers" in the repository, "cgh_tf.trainers" installed
 CONFIGS = PACKAGE.rpartition(".")[0] + ".configs" if "." in PACKAGE else "configs"
@@ -25,10 +28,9 @@ def shipped_config_path(name: str) -> str | None:
     """The path of shipped config `name` ("default" -> .../configs/default.py), or None."""
     if os.sep in name or "/" in name or name.endswith(".py"):
         return None
-    directory = os.fspath(importlib.resources.files(CONFIGS))
-    path = os.path.join(directory, f"{name.split(':')[0]}.py")
-    suffix = name[len(name.split(":")[0]):]  # ml_collections' "file.py:argument"
-    return path + suffix if os.path.isfile(path) else None
+    stem, colon, argument = name.partition(":")  # ml_collections' "file.py:argument"
+    path = os.path.join(os.fspath(importlib.resources.files(CONFIGS)), f"{stem}.py")
+    return path + colon + argument if os.path.isfile(path) else None
 
 
 def resolve_config_flags(argv: list[str]) -> list[str]:
@@ -41,6 +43,19 @@ def resolve_config_flags(argv: list[str]) -> list[str]:
         elif arg == "--config" and i + 1 < len(out):
             out[i + 1] = shipped_config_path(out[i + 1]) or out[i + 1]
     return out
+
+
+def parse_flags(argv, parse=None):
+    """`app.run`'s flags_parser of every binary: absl's parsing (or `parse(argv)`, a binary's own
+    wrapper of it); a usage error (unknown flag, bad value, missing required flag, an argument
+    that is not a flag) exits with status 1 and one line `error: ...` (absl prints two)."""
+    try:
+        parsed = (parse or flags.FLAGS)(argv)
+    except flags.Error as error:
+        sys.exit(f"error: {str(error).strip().splitlines()[0].strip()}")
+    if len(parsed) > 1:
+        sys.exit(f"error: unexpected arguments {parsed[1:]}; every option is a --flag")
+    return parsed
 
 
 def _run(module: str) -> None:

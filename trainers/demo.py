@@ -15,7 +15,8 @@ import sys
 from absl import app, flags
 
 from cgh_tf import workdir_lock
-from trainers import hparams_board, memorisation, outputs, reproduce, run_state, runner, train
+from trainers import (console, hparams_board, memorisation, outputs, reproduce, run_state, runner,
+                      train)
 
 WINSORIZED = "winsorized"  # winsorized SGD (c = WINSORIZE_PCT); its matched control is `sgd`
 WINSORIZE_PCT = 2.0  # at batch 64: one example clipped on each side, per coordinate
@@ -86,25 +87,18 @@ def summary_text(workdir: str, summary: dict) -> str:
             f"TensorBoard: tensorboard --logdir={workdir}")
 
 
-FLAGS = flags.FLAGS
-
-
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        arms = parse_arms(FLAGS.arms)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    del argv  # console.parse_flags refused arguments that are not flags
+    options = flags.FLAGS
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
     try:
-        summary = run_demo(FLAGS.workdir, arms, FLAGS.epochs, FLAGS.fresh,
+        summary = run_demo(options.workdir, parse_arms(options.arms), options.epochs, options.fresh,
                            command=reproduce.command_line(sys.argv, "trainers.demo"))
     except (ValueError, *train.RUN_ERRORS) as error:  # incl. config_schema.ConfigError
         sys.exit(f"error: {error}")
-    print(summary_text(FLAGS.workdir, summary))
+    print(summary_text(options.workdir, summary))
 
 
 if __name__ == "__main__":
@@ -113,4 +107,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("epochs", DEMO_EPOCHS, "Epochs per arm.", lower_bound=1)
     flags.DEFINE_boolean("fresh", False, "Retrain arms that finished in an earlier run.")
     flags.mark_flag_as_required("workdir")
-    app.run(main)
+    app.run(main, flags_parser=console.parse_flags)

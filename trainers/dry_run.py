@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from cgh_tf import quiet, workdir_lock
-from trainers import config_schema, hparams_board, outputs
+from trainers import config_schema, hparams_board, outputs, runner
 
 PLAN_FILE = "plan.json"
 TIMED_STEPS = 3
@@ -96,14 +96,9 @@ def _is_trainer_config(config) -> bool:
 
 
 def _cost_key(config) -> str:
-    values = {}
-    for field in COST_FIELDS:
-        try:
-            value = config_schema.setting(config, field)
-        except (KeyError, AttributeError):
-            value = None
-        values[field] = value.to_dict() if hasattr(value, "to_dict") else value
-    return json.dumps(values, sort_keys=True, default=str)
+    values = [config_schema.field_value(config, field) for field in COST_FIELDS]
+    return json.dumps([value.to_dict() if hasattr(value, "to_dict") else value
+                       for value in values], sort_keys=True, default=str)
 
 
 def time_updates(config, steps: int = TIMED_STEPS) -> dict:
@@ -220,12 +215,14 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def report(name, arms, workdir: str, at_published_setting: bool, echo=print) -> None:
-    """The dry run of experiment `name`'s planned `arms`: write every arm's config to
-    `WORKDIR/plan.json` (under the workdir's lock), echo the count, `describe` and the estimate
-    (the published run's seconds only `at_published_setting`: default scale, no `--set`)."""
-    path = os.path.join(workdir, PLAN_FILE)
+def report(experiment, arms, workdir: str, at_published_setting: bool, echo=print) -> None:
+    """The dry run of `experiment`'s planned `arms`: under the workdir's lock and after the
+    check a run makes first (`runner.check_run_dirs`), write every arm's config to
+    `WORKDIR/plan.json`; echo the count, `describe` and the estimate (the published run's seconds
+    only `at_published_setting`: default scale, no `--set`)."""
+    name, path = experiment.name, os.path.join(workdir, PLAN_FILE)
     with workdir_lock.hold(workdir, f"dry run of {name}"):
+        runner.check_run_dirs(experiment, arms, workdir)
         outputs.write_json(path, {"experiment": name, "arms": {arm.path: {
             "label": arm.label, "panel": arm.panel,
             "config": outputs.json_roundtrip(arm.config.to_dict())} for arm in arms}})

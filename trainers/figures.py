@@ -25,16 +25,11 @@ def pyplot():
 
 def mean_band(points):
     """(mean, low, high) float64 [len(points)]: per point, over its values (one per seed)."""
-    mean, low, high = [], [], []
-    for values in points:
-        s = statistics.summarize(values)
-        half = (statistics.t_quantile(0.975, s.n - 1) * s.sd / math.sqrt(s.n)
-                if s.sd is not None else 0.0)
-        m = np.nan if s.mean is None else s.mean
-        mean.append(m)
-        low.append(m - half)
-        high.append(m + half)
-    return np.array(mean), np.array(low), np.array(high)
+    stats = [statistics.summarize(values) for values in points]
+    mean = np.array([np.nan if s.mean is None else s.mean for s in stats], dtype=float)
+    half = np.array([0.0 if s.sd is None else statistics.t_quantile(0.975, s.n - 1) * s.sd
+                     / math.sqrt(s.n) for s in stats], dtype=float)
+    return mean, mean - half, mean + half
 
 
 def _band(ax, xs, points, alpha=0.2, color=None, **line):

@@ -55,9 +55,9 @@ def arm_config(base, method, winsorize_pct=None):
 
 
 def arms(scale="small", seeds=3, overrides=None, noise_levels=(0.0, 0.25, 0.5),
-         methods=tuple(METHODS), winsorize_pcts=None, winsorize_noise=0.5):
+         methods=tuple(METHODS), winsorize_pcts=None):
     """The arms over `fit_arm.base_config("default", scale, SMALL, overrides)`; winsorize_pcts:
-    the c of the winsorized arms at `winsorize_noise` (None: `SMALL_WINSORIZE_PCTS`, none for a
+    the c of the winsorized arms at `RULE_NOISE` (None: `SMALL_WINSORIZE_PCTS`, none for a
     model in `cgh_tf.models.BATCH_STATISTICS`)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -66,11 +66,11 @@ def arms(scale="small", seeds=3, overrides=None, noise_levels=(0.0, 0.25, 0.5),
     runs = [(noise, f"{noise_group(noise)}/{method}", METHODS[method][0],
              arm_config(base, method), "--" if method == "sgd_x3" else "-")
             for noise in noise_levels for method in methods]
-    pcts = winsorize_pcts
-    if pcts is None:  # none on a BatchNormalization net (its examples interact in training)
-        pcts = () if base.model.name in models.BATCH_STATISTICS else SMALL_WINSORIZE_PCTS
-    runs += [(winsorize_noise, f"{noise_group(winsorize_noise)}/winsor{pct:g}",
-              f"winsorized SGD, c={pct:g}%", arm_config(base, "sgd", pct), ":") for pct in pcts]
+    if winsorize_pcts is None:  # none on a BatchNormalization net (its examples interact)
+        winsorize_pcts = () if base.model.name in models.BATCH_STATISTICS else SMALL_WINSORIZE_PCTS
+    runs += [(RULE_NOISE, f"{noise_group(RULE_NOISE)}/winsor{pct:g}",
+              f"winsorized SGD, c={pct:g}%", arm_config(base, "sgd", pct), ":")
+             for pct in winsorize_pcts]
     return [Arm(group, label, noise_panel(noise), seed,
                 with_fields(config, label_noise=noise, seed=seed), style)
             for noise, group, label, config, style in runs for seed in range(seeds)]

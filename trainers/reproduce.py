@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from . import catalog, dry_run as planning, runner, train
+from . import catalog, console, dry_run as planning, runner, train
 
 
 def parse_overrides(items) -> dict:
@@ -38,21 +38,6 @@ def command_line(argv, module="trainers.reproduce") -> str:
     return f"python -m {module} " + " ".join(shlex.quote(a) for a in argv[1:])
 
 
-def _define_flags():
-    flags.DEFINE_enum("experiment", None, list(catalog.NAMES), "Experiment to run.")
-    flags.DEFINE_string("workdir", None, "Directory of the experiment (arms in sub-directories).")
-    flags.DEFINE_integer("seeds", None, "Number of seeds (default: the experiment's own, 3 or "
-                         "more).", lower_bound=1)
-    flags.DEFINE_enum("scale", "small", list(catalog.SCALES),
-                      "Dataset / model / hyperparameters (each experiment lists the ones it has).")
-    flags.DEFINE_multi_string("set", [], "FIELD=VALUE (repeatable) for the base config of every "
-                              "arm; VALUE a Python literal where one parses, else a string.")
-    flags.DEFINE_boolean("dry_run", False, "Only validate every arm's config, write plan.json and "
-                         "print the arms and an estimated time.")
-    flags.DEFINE_boolean("progress", False, "Show the progress output of every arm.")
-    flags.mark_flags_as_required(["experiment", "workdir"])
-
-
 def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=False,
               progress=False, command="", echo=print):
     """Plan experiment `name` (ValueError before anything is written); with `dry_run` write
@@ -60,7 +45,7 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
     overrides = parse_overrides(set_items)
     arms, experiment = catalog.plan(name, scale, seeds, overrides)
     if dry_run:
-        return planning.report(name, arms, workdir, scale == "small" and not overrides, echo)
+        return planning.report(experiment, arms, workdir, scale == "small" and not overrides, echo)
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -68,8 +53,7 @@ def reproduce(name, workdir, scale="small", seeds=None, set_items=(), dry_run=Fa
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # console.parse_flags refused arguments that are not flags
     options = flags.FLAGS
     try:
         summary = reproduce(options.experiment, options.workdir, options.scale, options.seeds,
@@ -86,5 +70,16 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    flags.DEFINE_enum("experiment", None, list(catalog.NAMES), "Experiment to run.")
+    flags.DEFINE_string("workdir", None, "Directory of the experiment (arms in sub-directories).")
+    flags.DEFINE_integer("seeds", None, "Number of seeds (default: the experiment's own, 3 or "
+                         "more).", lower_bound=1)
+    flags.DEFINE_enum("scale", "small", list(catalog.SCALES),
+                      "Dataset / model / hyperparameters (each experiment lists the ones it has).")
+    flags.DEFINE_multi_string("set", [], "FIELD=VALUE (repeatable) for the base config of every "
+                              "arm; VALUE a Python literal where one parses, else a string.")
+    flags.DEFINE_boolean("dry_run", False, "Only validate every arm's config, write plan.json and "
+                         "print the arms and an estimated time.")
+    flags.DEFINE_boolean("progress", False, "Show the progress output of every arm.")
+    flags.mark_flags_as_required(["experiment", "workdir"])
+    app.run(main, flags_parser=console.parse_flags)

@@ -12,7 +12,6 @@ from cgh_tf.atomic_files import atomic_open
 
 from . import config_schema, hparams_board, outputs
 
-TIMINGS_FILE = outputs.TIMINGS_FILE
 RESULTS_MD = "results.md"
 VERDICTS_HEADING = "Verdicts (rules declared before the runs):"
 
@@ -27,13 +26,18 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
     seeds = experiment.default_seeds if seeds is None else seeds
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds={seeds!r} must be a positive int (the number of seeds)")
-    arms = list(experiment.arms(scale, seeds, dict(overrides or {})))
-    for field, value in (overrides or {}).items():
-        kept = {_text(config_schema.field_value(arm.config, field, _ABSENT))
-                for arm in arms} - {_text(_ABSENT)}
-        if kept and _text(value) not in kept:
-            raise ValueError(f"--set={field}={value!r} would be ignored: every arm of "
-                             f"{experiment.name} sets {field} itself ({', '.join(sorted(kept))})")
+    overrides = dict(overrides or {})
+    arms = list(experiment.arms(scale, seeds, overrides))
+    for field, value in overrides.items():
+        ignoring = _ignoring(experiment, arms, scale, seeds, overrides, field)
+        if ignoring:
+            kept = ", ".join(sorted({_text(config_schema.field_value(arm.config, field))
+                                     for arm in ignoring}))
+            who = (f"every arm of {experiment.name} sets {field} itself"
+                   if len(ignoring) == len(arms) else f"{len(ignoring)} of the {len(arms)} arms "
+                   f"of {experiment.name} ({', '.join(dict.fromkeys(a.group for a in ignoring))}) "
+                   f"set {field} themselves")
+            raise ValueError(f"--set={field}={value!r} would be ignored: {who} ({kept})")
     groups = {arm.group for arm in arms}
     for rule in experiment.declared("rules", arms):
         for group in (rule.arm, rule.control):
@@ -43,7 +47,18 @@ def plan(experiment, scale="small", seeds=None, overrides=None):
     return arms
 
 
-_ABSENT = "(absent)"
+def _ignoring(experiment, arms, scale, seeds, overrides, field):
+    """The planned `arms` that ignore `overrides[field]`: planned without it, the arm's config is
+    the same, although it holds `field` with another value (an arm that derives its value from
+    the override changes; a config without the field: a field of the plan, e.g. which arms)."""
+    try:
+        without = {arm.path: _text(arm.config) for arm in experiment.arms(
+            scale, seeds, {k: v for k, v in overrides.items() if k != field})}
+    except ValueError:  # the other overrides need this one: it is not ignored
+        return []
+    value = overrides[field]
+    return [arm for arm in arms if without.get(arm.path) == _text(arm.config) and json.loads(
+        _text(value)) != json.loads(_text(config_schema.field_value(arm.config, field, value)))]
 
 
 def _text(value) -> str:
@@ -56,17 +71,20 @@ def run(experiment, arms, workdir, command="", echo=print, progress=False):
     """Run every arm into `WORKDIR/<group>/seed<k>` (finished ones are read, interrupted ones
     resume), one line per arm on `echo` (with `progress` the runs' own lines too), under the
     workdir's lock, every arm's directory checked first; then write the report and return the
-    results.json dict."""
+    results.json dict. An arm's seconds: this invocation's wall-clock if it ran the arm, else
+    those the arm recorded when it finished (`seconds_last_invocation`)."""
     echo = echo or (lambda line: None)
     runs, seconds = [], {}
     with workdir_lock.hold(workdir, f"experiment {experiment.name}"):
         check_run_dirs(experiment, arms, workdir)
         for index, arm in enumerate(arms, 1):
+            run_dir = os.path.join(workdir, arm.path)
+            finished = os.path.exists(os.path.join(run_dir, outputs.RESULTS_FILE))
             started = time.time()
-            result = experiment.run_arm(arm.config, os.path.join(workdir, arm.path),
-                                        echo=echo if progress else None)
+            result = experiment.run_arm(arm.config, run_dir, echo=echo if progress else None)
             took = time.time() - started
-            seconds[arm.group] = round(seconds.get(arm.group, 0.0) + took, 1)
+            ran = (result.get("seconds_last_invocation") or 0.0) if finished else took
+            seconds[arm.group] = round(seconds.get(arm.group, 0.0) + ran, 1)
             echo(f"[{index}/{len(arms)}] {arm.path}: {took:.0f} s; "
                  + describe(experiment, result["summary"]))
             runs.append((arm, result))
@@ -226,7 +244,7 @@ def write_report(experiment, runs, workdir, command, seconds):
     with atomic_open(os.path.join(workdir, RESULTS_MD), "w") as f:
         f.write(text)
     outputs.write_json(os.path.join(workdir, outputs.RESULTS_FILE), summary)
-    outputs.write_json(os.path.join(workdir, TIMINGS_FILE),
+    outputs.write_json(os.path.join(workdir, outputs.TIMINGS_FILE),
                        {"arms": seconds, "total_seconds": round(sum(seconds.values()), 1)})
     hparams_board.write_sweep(workdir, [
         (os.path.join(workdir, arm.path), result["config"], {"group": arm.group},

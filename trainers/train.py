@@ -21,7 +21,7 @@ from ml_collections import config_flags
 import tensorflow as tf
 
 from cgh_tf import checkpoints, workdir_lock
-from trainers import config_schema
+from trainers import config_schema, console
 from trainers import distributed_loop
 from trainers import single_run
 from trainers.config_schema import ConfigError, setting
@@ -98,8 +98,7 @@ def _define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # console.parse_flags refused arguments that are not flags
     if flags.FLAGS.dry_run:
         _run_or_exit(dry_run, flags.FLAGS.config, flags.FLAGS.workdir)
         return
@@ -109,15 +108,19 @@ def main(argv):
 
 
 def parse_flags(argv):
-    """absl's flag parsing, with a bad flag, a bad `--config.FIELD=VALUE` or a `--config` file
-    that is missing or fails to load as one line naming it (ml_collections raises Python errors,
-    and absl's usage errors carry the config's traceback)."""
+    """`console.parse_flags` with a bad `--config.FIELD=VALUE` or a `--config` file that is
+    missing or fails to load as one line naming it (ml_collections raises Python errors, and
+    absl's usage errors carry the config's traceback)."""
+    return console.parse_flags(argv, _parse_config_flags)
+
+
+def _parse_config_flags(argv):
     try:
         parsed = flags.FLAGS(argv)
     except flags.Error as error:  # absl's usage errors, incl. get_config's ValueError / TypeError
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        sys.exit(_config_file_error(argv, lines[-1]) if "Error whilst parsing config file"
-                 in lines[0] else f"error: {lines[0]}")
+        if "Error whilst parsing config file" not in str(error):
+            raise
+        sys.exit(_config_file_error(argv, str(error).strip().splitlines()[-1].strip()))
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         if _raised_in_config_file(error, argv):
             sys.exit(_config_file_error(argv, error))
