@@ -36,10 +36,9 @@ def check_config(config):
     common.require_int_list(config, "log_epochs")
 
 
-def build_optimizer(config, model=None, ds=None):
+def build_optimizer(config, model, ds):
     """`setup`'s default `build`: (optimizer, batches per update, aggregator or None for the mean,
     calibration {})."""
-    del model, ds
     return (*update_rules.build(config, OPTIMIZERS), {})
 
 

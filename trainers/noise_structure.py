@@ -13,6 +13,7 @@ from . import memorisation_run
 from . import runner
 from . import scale
 from . import scale_trend
+from . import update_rules
 from .experiment import Column, Experiment
 
 SAMPLES = {"corrupted": 1, "pristine": 2}  # fixed sample -> its salt in `common.sample`
@@ -45,9 +46,8 @@ def _coherence(model, ds, config):
 
 def _setup(config, run_dir, echo):
     def build(config, model, ds):
-        optimizer, per_update, aggregator, _ = memorisation_run.build_optimizer(config)
-        init = _coherence(model, ds, config)
-        return optimizer, per_update, aggregator, {f"{k}_init": v for k, v in init.items()}
+        built = update_rules.build(config, memorisation_run.OPTIMIZERS)
+        return (*built, {f"{k}_init": v for k, v in _coherence(model, ds, config).items()})
 
     return memorisation_run.setup(config, run_dir, echo, build=build,
                                   measure=lambda model, ds, epoch: _coherence(model, ds, config))
