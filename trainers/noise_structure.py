@@ -16,7 +16,6 @@ from . import scale_trend
 from . import update_rules
 from .experiment import Column, Experiment
 
-SAMPLES = {"corrupted": 1, "pristine": 2}  # fixed sample -> its salt in `common.sample`
 ORDER = ("isolated", "uniform", "pair")    # CGH's predicted order of suppression, largest first
 PREMISE = ("pair", "uniform", "isolated")  # expected order of corrupted coherence, largest first
 
@@ -36,9 +35,8 @@ def _coherence(model, ds, config):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
     row = {}
-    for name, salt in SAMPLES.items():
-        idx = common.sample(corrupted if name == "corrupted" else ~corrupted,
-                            config.coherence_samples, config.data_seed, salt)
+    for name, pool, salt in (("corrupted", corrupted, 1), ("pristine", ~corrupted, 2)):
+        idx = common.sample(pool, config.coherence_samples, config.data_seed, salt)
         stats = coherence.measure(model, x[idx], y[idx], loss=loss, batch_size=len(idx))
         row[f"pairwise/{name}"] = stats.pairwise_coherence
     return row
