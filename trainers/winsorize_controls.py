@@ -153,7 +153,7 @@ def analyses(runs):
                   ""], {}
     verdicts = {rule.control: rule.evaluate(*(runner.per_seed(runs, g, rule.metric)
                                               for g in (rule.arm, rule.control)))
-                for rule in rules(arms_)}
+                for rule in rules(arms_) if rule.control != "sgd"}  # keyed by the control at c
     for p in _pcts(arms_):
         beaten = [verdicts[_group(c, p)].decided and verdicts[_group(c, p)].statistic["mean"] < 0
                   for c in CONTROLS]
