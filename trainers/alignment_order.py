@@ -87,13 +87,7 @@ def profiles(a, t, loss):
 
 
 def check_config(config):
-    """ValueError (one line) for a config a run would fail on or silently misread."""
-    from cgh_tf import data
-
-    common.require_one_of(config, "dataset", data.DATASETS)
-    common.require_ints(config, ("width", "depth", "batch_size", "epochs", "alignment_batch",
-                                 "null_permutations", "checkpoint_every_logs"))
-    common.require_positive(config, ("learning_rate",))
+    per_example_runs.check_config(config, ("alignment_batch", "null_permutations"))
 
 
 def arms(scale="small", seeds=3, overrides=None):

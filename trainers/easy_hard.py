@@ -38,10 +38,9 @@ def partition(easy, seed, test_fraction):
         idx = np.flatnonzero(mask)
         test, train = split(idx, int(np.floor(test_fraction * len(idx) + 0.5)))
         parts[name] = (train, test)
-    (e_train, e_test), (h_train, h_test) = parts["easy"], parts["hard"]
-    r1_train, r2_train = split(np.concatenate([e_train, h_train]), len(e_train))
-    r1_test, r2_test = split(np.concatenate([e_test, h_test]), len(e_test))
-    parts["random_easy_size"], parts["random_hard_size"] = (r1_train, r1_test), (r2_train, r2_test)
+    halves = [split(np.concatenate([parts["easy"][k], parts["hard"][k]]), len(parts["easy"][k]))
+              for k in (0, 1)]  # k = 0: the training pool, 1: the test pool
+    parts["random_easy_size"], parts["random_hard_size"] = zip(*halves)
     for name, (train, test) in parts.items():
         common.require(len(train) >= 2 and len(test) >= 1, (
             f"the probe left the {name} part with {len(train)} training and {len(test)} test "
@@ -58,8 +57,7 @@ def _setup(config, run_dir, echo):
     model = models.mlp(config, ds.input_shape, ds.num_classes)
     initial = model.get_weights()
     probe = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes, model=model)
-    for epoch in range(int(config.probe_epochs)):
-        probe.train_epoch(graph_loop.epoch_permutation(config.seed, epoch, len(x)))
+    graph_loop.epoch_advancer(probe.train_epoch, config.seed, len(x))(0, int(config.probe_epochs))
     easy = probe.predict(x, y)[0] == y
     model.set_weights(initial)
     parts = partition(easy, config.seed, config.test_fraction)
@@ -90,15 +88,10 @@ def _setup(config, run_dir, echo):
 
 
 def check_config(config):
-    """ValueError (one line) for a config a run would fail on or silently misread."""
-    from cgh_tf import data
-
+    """`per_example_runs.check_config` plus the part, the probe and the split."""
     need = common.require
-    common.require_one_of(config, "dataset", data.DATASETS)
+    per_example_runs.check_config(config, ("probe_epochs", "coherence_samples"))
     common.require_one_of(config, "part", PARTS)
-    common.require_ints(config, ("width", "depth", "batch_size", "probe_epochs", "epochs",
-                                 "coherence_samples", "checkpoint_every_logs"))
-    common.require_positive(config, ("learning_rate",))
     need(isinstance(config.test_fraction, float) and 0 < config.test_fraction < 1,
          f"test_fraction={config.test_fraction!r} must be in (0, 1)")
     need(all(config_schema.is_int(e, 0) for e in config.log_epochs),
@@ -143,9 +136,8 @@ def rules(arms_):
 
 
 def comparisons(arms_):
-    return [(f"{d}/{a}", f"{d}/{c}") for d in dict.fromkeys(arm.panel for arm in arms_)
-            for a, c in (("easy", "random_easy_size"), ("hard", "random_hard_size"),
-                         ("easy", "hard"))]
+    return [pair[:2] for pair in common.planned_pairs(arms_, (
+        ("easy", "random_easy_size"), ("hard", "random_hard_size"), ("easy", "hard")))]
 
 
 COLUMNS = (

@@ -57,7 +57,7 @@ def _setup(config, run_dir, echo):
 
     def profiles(curves):
         """{epoch: the score epochs, auroc/<score>: its AUROC at each}."""
-        summary, scored = summarize(curves), [e for e in config.score_epochs if e <= config.epochs]
+        summary, scored = summarize(curves), list(config.score_epochs)
         return {"epoch": scored, **{f"auroc/{s}": [summary.get(f"auroc/{s}/e{e}") for e in scored]
                                     for s in SCORES}}
 
@@ -104,37 +104,30 @@ def _finite(score):
 
 
 def check_config(config):
-    """ValueError (one line) for a config a run would fail on or silently misread."""
-    from cgh_tf import data
-
-    need = common.require
-    common.require_one_of(config, "dataset", data.DATASETS)
+    """`per_example_runs.check_config` plus the label noise and the score epochs."""
+    per_example_runs.check_config(config, ("alignment_batch", "null_permutations"))
     common.require_one_of(config, "noise_kind", ("other", "uniform"))
     common.require_label_noise(config)
-    common.require_ints(config, ("width", "depth", "batch_size", "epochs", "alignment_batch",
-                                 "null_permutations", "checkpoint_every_logs"))
-    common.require_positive(config, ("learning_rate",))
     epochs = tuple(config.score_epochs)
-    need(len(epochs) > 0 and epochs[0] == 0 and all(config_schema.is_int(e, 0) for e in epochs)
-         and list(epochs) == sorted(set(epochs)) and epochs[-1] <= config.epochs,
-         f"score_epochs={epochs!r} must be increasing ints from 0 (initialisation) to at most "
-         f"epochs={config.epochs}")
+    common.require(
+        len(epochs) > 0 and epochs[0] == 0 and all(config_schema.is_int(e, 0) for e in epochs)
+        and list(epochs) == sorted(set(epochs)) and epochs[-1] <= config.epochs,
+        f"score_epochs={epochs!r} must be increasing ints from 0 (initialisation) to at most "
+        f"epochs={config.epochs}")
 
 
 def arms(scale="small", seeds=3, overrides=None):
     """One arm per dataset and noise level (`NOISE_LEVELS`, or `overrides["label_noise"]`); seed
     k corrupts with data_seed k, so the intervals cover which labels are corrupted."""
-    out = []
-    for dataset, base in common.dataset_bases(noise_config, scale, dict(overrides or {}),
-                                              "label_noise_detection"):
-        levels = ((base.label_noise,) if "label_noise" in (overrides or {})
-                  else noise_config.NOISE_LEVELS)
-        for level in levels:
-            out += common.seeded_arms(
+    overrides = dict(overrides or {})
+    return [arm for dataset, base in common.dataset_bases(noise_config, scale, overrides,
+                                                          "label_noise_detection")
+            for level in ((base.label_noise,) if "label_noise" in overrides
+                          else noise_config.NOISE_LEVELS)
+            for arm in common.seeded_arms(
                 f"{dataset}/noise{round(level * 100):02d}", f"{dataset}, {level:.0%} noise",
                 dataset, config_schema.apply_overrides(base, {"label_noise": level}), seeds,
-                check_config, seed_fields=("seed", "data_seed"))
-    return out
+                check_config, seed_fields=("seed", "data_seed"))]
 
 
 def rules(arms_):

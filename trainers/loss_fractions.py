@@ -12,7 +12,6 @@ from . import config_schema
 from . import curve_stats
 from . import figures as fig
 from . import graph_loop
-from . import models
 from . import memorisation_run
 from . import per_example_runs
 from . import probes
@@ -53,8 +52,7 @@ def fractions_row(model, x, y, pristine, loss):
 def _setup(config, run_dir, echo):
     ds = memorisation_run.load_data(config)
     x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
-    run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes,
-                                 model=models.mlp(config, ds.input_shape, ds.num_classes))
+    run = per_example_runs.build(config, x, y, ds.input_shape, ds.num_classes)
     per_epoch, n = run.train_epoch.batches_per_epoch, len(x)
     idx = common.sample(n, config.fraction_samples, config.data_seed, SAMPLE_SALT)
 
@@ -86,9 +84,9 @@ def summarize(curves, window):
         values = [v for v, keep in zip(curves[key], chosen) if keep and v is not None]
         return float(np.mean(values)) if values else None
 
-    return {**curve_stats.last_values(curves), "fp_early": early("f_pristine"), "null_early": early("fp_null"),
-            "fp_minus_null_early": early("fp_minus_null"), "fp_step0": curves["f_pristine"][0],
-            "null_step0": curves["fp_null"][0]}
+    return {**curve_stats.last_values(curves), "fp_early": early("f_pristine"),
+            "null_early": early("fp_null"), "fp_minus_null_early": early("fp_minus_null"),
+            "fp_step0": curves["f_pristine"][0], "null_step0": curves["fp_null"][0]}
 
 
 def arms(scale_name="small", seeds=3, overrides=None):

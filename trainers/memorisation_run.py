@@ -36,13 +36,6 @@ def check_config(config):
     common.require_int_list(config, "log_epochs")
 
 
-def build_optimizer(config, model=None, ds=None):
-    """`setup`'s default `build`: (optimizer, batches per update, aggregator or None for the mean,
-    calibration {})."""
-    del model, ds
-    return (*update_rules.build(config, OPTIMIZERS), {})
-
-
 def load_data(config):
     """`cgh_tf.data.load` of the config's dataset at `train_size` with its label noise."""
     from cgh_tf import data
@@ -53,11 +46,12 @@ def load_data(config):
                      noise_kind=config.noise_kind, seed=int(config.data_seed), **size)
 
 
-def setup(config, run_dir, echo, build=build_optimizer, measure=None, summarize_more=None):
+def setup(config, run_dir, echo, build=None, measure=None, summarize_more=None):
     """The `graph_loop.Training` of one memorisation run. build(config, model, ds) -> (optimizer,
     batches per update, aggregator or None, calibration dict for the summary), on the fresh model
-    before any restore; measure(model, ds, epoch) -> extra scalars of every row;
-    summarize_more(curves) -> extra summary numbers."""
+    before any restore (None: `update_rules.build` of `config.optimizer`, no calibration);
+    measure(model, ds, epoch) -> extra scalars of every row; summarize_more(curves) -> extra
+    summary numbers."""
     import keras
     import tensorflow as tf
 
@@ -66,7 +60,8 @@ def setup(config, run_dir, echo, build=build_optimizer, measure=None, summarize_
     corrupted, original_y = ds.train.corrupted, ds.train.original_y.astype(np.int32)
     n, batch = len(x), int(config.batch_size)
     model = models.mlp(config, ds.input_shape, ds.num_classes)
-    optimizer, per_update, aggregator, calibration = build(config, model, ds)
+    optimizer, per_update, aggregator, calibration = (
+        build(config, model, ds) if build else (*update_rules.build(config, OPTIMIZERS), {}))
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     train = graph_loop.update_trainer(model, optimizer, loss_fn, tf.constant(x), tf.constant(y),

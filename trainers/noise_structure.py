@@ -13,9 +13,9 @@ from . import memorisation_run
 from . import runner
 from . import scale
 from . import scale_trend
+from . import update_rules
 from .experiment import Column, Experiment
 
-SAMPLES = {"corrupted": 1, "pristine": 2}  # fixed sample -> its salt in `common.sample`
 ORDER = ("isolated", "uniform", "pair")    # CGH's predicted order of suppression, largest first
 PREMISE = ("pair", "uniform", "isolated")  # expected order of corrupted coherence, largest first
 
@@ -35,9 +35,8 @@ def _coherence(model, ds, config):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     x, y, corrupted = *common.arrays(ds.train), ds.train.corrupted
     row = {}
-    for name, salt in SAMPLES.items():
-        idx = common.sample(corrupted if name == "corrupted" else ~corrupted,
-                            config.coherence_samples, config.data_seed, salt)
+    for name, pool, salt in (("corrupted", corrupted, 1), ("pristine", ~corrupted, 2)):
+        idx = common.sample(pool, config.coherence_samples, config.data_seed, salt)
         stats = coherence.measure(model, x[idx], y[idx], loss=loss, batch_size=len(idx))
         row[f"pairwise/{name}"] = stats.pairwise_coherence
     return row
@@ -45,9 +44,8 @@ def _coherence(model, ds, config):
 
 def _setup(config, run_dir, echo):
     def build(config, model, ds):
-        optimizer, per_update, aggregator, _ = memorisation_run.build_optimizer(config)
-        init = _coherence(model, ds, config)
-        return optimizer, per_update, aggregator, {f"{k}_init": v for k, v in init.items()}
+        built = update_rules.build(config, memorisation_run.OPTIMIZERS)
+        return (*built, {f"{k}_init": v for k, v in _coherence(model, ds, config).items()})
 
     return memorisation_run.setup(config, run_dir, echo, build=build,
                                   measure=lambda model, ds, epoch: _coherence(model, ds, config))

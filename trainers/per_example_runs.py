@@ -1,6 +1,6 @@
-"""The run setup of the custom-loop experiments (`build`), and what the per-example experiments
-share: per-example arrays per logged epoch in `RUN/per_example.npz` (written before the
-checkpoint that follows each log), learning epochs, permutation nulls."""
+"""The run setup of the custom-loop experiments (`build`, `check_config`), and what the
+per-example experiments share: per-example arrays per logged epoch in `RUN/per_example.npz`
+(written before the checkpoint that follows each log), learning epochs, permutation nulls."""
 
 import os
 import zipfile
@@ -10,6 +10,7 @@ import numpy as np
 
 from cgh_tf.atomic_files import atomic_open
 
+from . import beyond_common as common
 from . import graph_loop
 from . import models
 
@@ -44,6 +45,16 @@ def build(config, x, y, input_shape, num_classes, model=None, optimizer=None) ->
     train_epoch = graph_loop.epoch_trainer(model, optimizer, loss_fn, tf.constant(x),
                                            tf.constant(y), int(config.batch_size))
     return Setup(model, optimizer, loss_fn, train_epoch, graph_loop.predictor(model))
+
+
+def check_config(config, ints=()):
+    """ValueError (one line) for the dataset and the fields of `build`'s run, and `ints`."""
+    from cgh_tf import data
+
+    common.require_one_of(config, "dataset", data.DATASETS)
+    common.require_ints(config, ("width", "depth", "batch_size", "epochs", *ints,
+                                 "checkpoint_every_logs"))
+    common.require_positive(config, ("learning_rate",))
 
 
 class EpochRecords:

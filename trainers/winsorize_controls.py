@@ -87,17 +87,16 @@ def build(config, model, ds):
 def frontier_point(curves, level):
     """{corrupted_at_pristine, epoch_at_pristine}: the corrupted accuracy and epoch where the
     pristine accuracy first reaches `level` (linear between logged points); None if never."""
-    pristine, corrupted, epochs = (curves[k] for k in ("pristine_accuracy", "corrupted_accuracy",
-                                                       "epoch"))
-    for i, p in enumerate(pristine):
-        if p is not None and p >= level:
-            if i == 0:
-                return {"corrupted_at_pristine": corrupted[0], "epoch_at_pristine": epochs[0]}
-            t = (level - pristine[i - 1]) / (p - pristine[i - 1])
-            return {"corrupted_at_pristine":
-                    corrupted[i - 1] + t * (corrupted[i] - corrupted[i - 1]),
-                    "epoch_at_pristine": epochs[i - 1] + t * (epochs[i] - epochs[i - 1])}
-    return {"corrupted_at_pristine": None, "epoch_at_pristine": None}
+    pristine, keys = curves["pristine_accuracy"], ("corrupted_accuracy", "epoch")
+    i = next((i for i, p in enumerate(pristine) if p is not None and p >= level), None)
+    if i is None:
+        values = (None, None)
+    elif i == 0:
+        values = (curves[k][0] for k in keys)
+    else:
+        t = (level - pristine[i - 1]) / (pristine[i] - pristine[i - 1])
+        values = (curves[k][i - 1] + t * (curves[k][i] - curves[k][i - 1]) for k in keys)
+    return dict(zip(("corrupted_at_pristine", "epoch_at_pristine"), values))
 
 
 def _setup(config, run_dir, echo):
@@ -152,13 +151,12 @@ def analyses(runs):
     arms_ = [a for a, _ in runs]
     lines, out = ["## Attribution (declared): coherence only if winsorizing beats every control",
                   ""], {}
+    verdicts = {rule.control: rule.evaluate(*(runner.per_seed(runs, g, rule.metric)
+                                              for g in (rule.arm, rule.control)))
+                for rule in rules(arms_) if rule.control != "sgd"}  # keyed by the control at c
     for p in _pcts(arms_):
-        beaten = []
-        for control in CONTROLS:
-            rule = next(r for r in rules(arms_) if r.control == _group(control, p))
-            values = [runner.per_seed(runs, g, rule.metric) for g in (rule.arm, rule.control)]
-            verdict = rule.evaluate(*values)
-            beaten.append(verdict.decided and verdict.statistic["mean"] < 0)
+        beaten = [verdicts[_group(c, p)].decided and verdicts[_group(c, p)].statistic["mean"] < 0
+                  for c in CONTROLS]
         text = ("attributed to coherence: winsorizing beats every control" if all(beaten) else
                 "NOT attributed to coherence: winsorizing does not beat "
                 + " and ".join(c for c, b in zip(CONTROLS, beaten) if not b))
