@@ -21,6 +21,7 @@ one written before is rewritten exactly as the runner writes it now.
 import argparse
 import glob
 import json
+import math
 import os
 import shlex
 import sys
@@ -86,6 +87,19 @@ def _without_p(tree):
     return [_without_p(v) for v in tree] if isinstance(tree, list) else tree
 
 
+def _same(new, old, rel=1e-12):
+    """`new` == `old`, floats within `rel` relative: an analysis stored before
+    `cgh_tf.statistics` summed exactly rounded (`math.fsum`) holds the last bits of NumPy's
+    summation order of the time; the re-derived values are then the ones written."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return new.keys() == old.keys() and all(_same(new[k], old[k], rel) for k in new)
+    if isinstance(new, list) and isinstance(old, list):
+        return len(new) == len(old) and all(_same(a, b, rel) for a, b in zip(new, old))
+    if isinstance(new, float) and isinstance(old, float):
+        return math.isclose(new, old, rel_tol=rel, abs_tol=1e-300)
+    return new == old
+
+
 def analysis_verdicts(experiment, runs, stored):
     """The declared-rule verdicts an analysis hook adds to the family, when the hook runs on the
     stored columns alone and reproduces the stored analyses; else ([], reason)."""
@@ -97,7 +111,7 @@ def analysis_verdicts(experiment, runs, stored):
         return [], None, f"analysis hook needs more than the columns ({type(error).__name__})"
     verdicts = analyses.pop("verdicts", [])
     analyses = json.loads(outputs.to_json(analyses))   # as stored
-    if _without_p(analyses) != _without_p(stored):
+    if not _same(_without_p(analyses), _without_p(stored)):
         if verdicts:
             raise Mismatch(f"{experiment.name}: the re-derived analyses differ from the stored")
         return [], None, "analysis hook differs on the columns alone (declares no rule)"

@@ -228,6 +228,13 @@ class Correlation:
         return f"r = {format(self.r, fmt)} {interval} (n = {self.n})"
 
 
+def _centred(values):
+    """float64 `values` minus their mean; sums here are `math.fsum` (exactly rounded, so a
+    statistic is the same to the bit whatever NumPy's / BLAS' summation order)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values - math.fsum(values) / len(values)
+
+
 def correlation(x, y, level=0.95) -> Correlation:
     """Pearson `Correlation` of the pairs (x_i, y_i) where neither is None / NaN."""
     if len(x) != len(y):
@@ -236,12 +243,11 @@ def correlation(x, y, level=0.95) -> Correlation:
     n = len(pairs)
     if n < 3:
         return Correlation(None, n, None, None, level)
-    a, b = (np.asarray(v, dtype=np.float64) for v in zip(*pairs))
-    a, b = a - a.mean(), b - b.mean()
-    denominator = math.sqrt(float(a @ a) * float(b @ b))
+    a, b = (_centred(v) for v in zip(*pairs))
+    denominator = math.sqrt(math.fsum(a * a) * math.fsum(b * b))
     if denominator == 0:
         return Correlation(None, n, None, None, level)
-    r = max(-1.0, min(1.0, float(a @ b) / denominator))
+    r = max(-1.0, min(1.0, math.fsum(a * b) / denominator))
     if n < 4 or abs(r) == 1.0:
         return Correlation(r, n, None, None, level)
     half = normal_quantile(0.5 + level / 2.0) / math.sqrt(n - 3)
@@ -260,21 +266,21 @@ def linear_fit(x, y, x0, level=0.95):
     x, v = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 3 or len(np.unique(x)) < 2:
         return None
-    xm = x.mean()
-    sxx = float(np.sum((x - xm) ** 2))
-    slope = float(np.sum((x - xm) * (v - v.mean())) / sxx)
-    intercept = float(v.mean() - slope * xm)
+    xm, vm = math.fsum(x) / len(x), math.fsum(v) / len(v)
+    sxx = math.fsum((x - xm) ** 2)
+    slope = math.fsum((x - xm) * (v - vm)) / sxx
+    intercept = vm - slope * xm
     resid = v - (intercept + slope * x)
     dof = len(x) - 2
-    s2 = float(np.sum(resid ** 2) / dof)
+    s2 = math.fsum(resid ** 2) / dof
     pred = intercept + slope * x0
     se_pred = math.sqrt(s2 * (1.0 / len(x) + (x0 - xm) ** 2 / sxx))
-    sst = float(np.sum((v - v.mean()) ** 2))
+    sst = math.fsum((v - vm) ** 2)
     t = t_quantile(0.5 + level / 2.0, dof)
     return {"slope": slope, "slope_se": math.sqrt(s2 / sxx), "intercept": intercept,
             "predicted": pred, "predicted_se": se_pred,
             "predicted_interval": (pred - t * se_pred, pred + t * se_pred), "dof": dof,
-            "r2": (1.0 - float(np.sum(resid ** 2)) / sst) if sst > 0 else None,
+            "r2": (1.0 - math.fsum(resid ** 2) / sst) if sst > 0 else None,
             "points": len(x)}
 
 

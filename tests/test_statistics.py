@@ -152,6 +152,18 @@ def test_linear_fit_matches_numpy_polyfit_and_the_standard_errors_by_hand():
     assert st.linear_fit([1, 1, 1], [1, 2, 3], 2) is None and st.linear_fit([1, 2], [1, 2], 3) is None
 
 
+def test_correlation_and_linear_fit_are_the_same_to_the_bit_in_any_order():
+    """Exactly rounded sums: a committed result re-derived under another NumPy / BLAS (whose dot
+    products sum in another order) gives the same bits; a permutation of the points stands in."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=200) * 1e3 + 1e6          # large offset: order matters for plain sums
+    y = 0.5 * x + rng.normal(size=200) * 1e2
+    order = rng.permutation(200)
+    assert st.correlation(x, y) == st.correlation(x[order], y[order])
+    assert st.linear_fit(x, y, 1e6) == st.linear_fit(x[order], y[order], 1e6)
+    assert st.correlation(x, y).r == pytest.approx(np.corrcoef(x, y)[0, 1], rel=1e-13)
+
+
 # ---------------------------------------------------------------------------- p-values, Holm
 
 def _holm_by_definition(p):

@@ -246,7 +246,9 @@ def _tiny_config(**overrides):
 @pytest.mark.parametrize("overrides, message", [
     ({"dataset": "nope"}, "dataset='nope' is unknown"),
     ({"model.name": "nope"}, "model.name='nope' is unknown; allowed: mlp"),
-    ({"optimizer.name": "nope"}, "optimizer.name='nope' is unknown; allowed: sgd, adam"),
+    ({"optimizer.name": "nope"}, "optimizer.name='nope' is unknown; allowed: sgd, adam, adamw"),
+    ({"optimizer.name": "m3", "optimizer.groups": None},  # was a TypeError from parse_name
+     "optimizer.groups=None must be a positive int"),
     ({"num_epochs": 0}, "num_epochs=0 must be a positive int"),
     ({"label_noise": 1.5}, "label_noise=1.5 must be a fraction in [0, 1]"),
     ({"learning_rate": -0.1}, "learning_rate=-0.1 must be a positive number"),

@@ -68,8 +68,8 @@ def _field_rules() -> dict:
         "optimizer.momentum": (lambda v: is_number(v) and 0 <= v < 1, "must be in [0, 1)"),
         "optimizer.groups": POSITIVE_INT, "optimizer.window": POSITIVE_INT,
         "optimizer.l2": NON_NEGATIVE, "optimizer.weight_decay": NON_NEGATIVE,
-        "optimizer.name": (_known_optimizer_name, "is unknown; allowed: sgd, adam, m3, rm3, ra3, "
-                           "or m<k> / rm<k> / ra<k> (e.g. m5)"),
+        "optimizer.name": (_known_optimizer_name, "is unknown; allowed: sgd, adam, adamw, m3, rm3, "
+                           "ra3, or m<k> / rm<k> / ra<k> (e.g. m5)"),
         "optimizer.inner": INNER_OPTIMIZERS,
         "lr_schedule.name": SCHEDULES,
         "lr_schedule.decay_epochs": (lambda v: isinstance(v, (tuple, list)) and all(
@@ -136,7 +136,8 @@ def _combination_problems(config) -> list:
          f"optimizer.winsorize_pct={pct!r} has no effect with optimizer.aggregation="
          f"{aggregation!r}; set optimizer.aggregation='winsorize' or winsorize_pct=0"),
     ) if bad]
-    if _known_optimizer_name(config.optimizer.name) and optimizer_kind(config)[0] == "m":  # M3
+    sized = all(is_int(config.optimizer[field], 1) for field in ("groups", "window"))
+    if sized and _known_optimizer_name(config.optimizer.name) and optimizer_kind(config)[0] == "m":
         if aggregation != "mean":
             problems.append(f"optimizer.aggregation={aggregation!r} and M3 are two aggregators of "
                             f"the same batch; use one of them")

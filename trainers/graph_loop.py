@@ -85,6 +85,16 @@ def train_declared(setup, config, run_dir, echo):
     return common.finish(run_dir, config_dict, curves, run.summarize(curves), started, **extra)
 
 
+def epoch_advancer(train_epoch, seed, n):
+    """`advance(start, stop)` in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`."""
+
+    def advance(start, stop):
+        for epoch in range(start, stop):
+            train_epoch(epoch_permutation(seed, epoch, n))
+
+    return advance
+
+
 def epoch_schedule(train_epoch, config, n, log_epochs=None, epochs=None):
     """`Training` fields in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`; logs
     at `capped_log_epochs(log_epochs or config.log_epochs, epochs or config.epochs)`, a checkpoint
@@ -92,12 +102,7 @@ def epoch_schedule(train_epoch, config, n, log_epochs=None, epochs=None):
     epochs = int(config.epochs if epochs is None else epochs)
     log_points = capped_log_epochs(config.log_epochs if log_epochs is None else log_epochs,
                                    epochs)
-
-    def advance(start, stop):
-        for epoch in range(start, stop):
-            train_epoch(epoch_permutation(config.seed, epoch, n))
-
-    return dict(advance=advance, log_points=log_points,
+    return dict(advance=epoch_advancer(train_epoch, config.seed, n), log_points=log_points,
                 checkpoint_points=log_points[::int(config.checkpoint_every_logs)], total=epochs)
 
 
