@@ -49,6 +49,10 @@ def test_bad_window_and_noise_override_fail_in_one_line():
         catalog.plan("loss_fractions", overrides={"early_window": (5, 80)})
     with pytest.raises(ValueError, match="label_noise is set by each arm"):
         catalog.plan("loss_fractions", overrides={"label_noise": 0.1})
+    with pytest.raises(ValueError, match="train_size=205 must be a multiple of 10 for mnist1d"):
+        catalog.plan("loss_fractions", overrides={"train_size": 205})   # was: at data loading
+    with pytest.raises(ValueError, match="train_size=5000 must be <= 4000 for mnist5k"):
+        catalog.plan("loss_fractions", overrides={"train_size": 5000})
 
 
 def test_tiny_real_run_reports_the_declared_rule_per_noise_level(tmp_path):

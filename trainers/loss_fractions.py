@@ -25,9 +25,9 @@ def check_config(config):
     from cgh_tf import data
 
     is_int = config_schema.is_int
-    common.require_one_of(config, "dataset", memorisation_run.DATASETS)
+    memorisation_run.check_data(config)
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
-    common.require_ints(config, ("train_size", "width", "depth", "batch_size", "epochs",
+    common.require_ints(config, ("width", "depth", "batch_size", "epochs",
                                  "fraction_samples", "checkpoint_every_logs"))
     common.require_ints(config, ("every_step_until",), 0)
     common.require_label_noise(config)

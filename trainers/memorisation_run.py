@@ -16,20 +16,24 @@ DATASETS = ("mnist1d", "mnist5k")
 MNIST5K_TRAIN = 4000
 
 
+def check_data(config):
+    """ValueError (one line) for a dataset or train_size that `load_data` cannot give."""
+    common.require_one_of(config, "dataset", DATASETS)
+    common.require_ints(config, ("train_size",))
+    common.require(config.dataset != "mnist1d" or config.train_size % 10 == 0,
+                   f"train_size={config.train_size!r} must be a multiple of 10 for mnist1d "
+                   "(generated with train_size / 10 examples per class)")
+    common.require(config.dataset != "mnist5k" or config.train_size <= MNIST5K_TRAIN,
+                   f"train_size={config.train_size!r} must be <= {MNIST5K_TRAIN} for mnist5k")
+
+
 def check_config(config):
     """ValueError (one line) for a field but the arm's that a run would fail on or misread."""
     from cgh_tf import data
 
-    need = common.require
-    need(config.dataset in DATASETS, f"dataset={config.dataset!r} is not available for scale; "
-         f"allowed: {', '.join(DATASETS)}")
-    common.require_ints(config, ("train_size", "width", "depth", "batch_size", "epochs",
+    check_data(config)
+    common.require_ints(config, ("width", "depth", "batch_size", "epochs",
                                  "checkpoint_every_logs"))
-    need(config.dataset != "mnist1d" or config.train_size % 10 == 0,
-         f"train_size={config.train_size!r} must be a multiple of 10 for mnist1d (generated "
-         "with train_size / 10 examples per class)")
-    need(config.dataset != "mnist5k" or config.train_size <= MNIST5K_TRAIN,
-         f"train_size={config.train_size!r} must be <= {MNIST5K_TRAIN} for mnist5k")
     common.require_label_noise(config)
     common.require_one_of(config, "noise_kind", data.LABEL_NOISE_KINDS)
     common.require_positive(config, ("learning_rate",))

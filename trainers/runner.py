@@ -235,7 +235,8 @@ def write_report(experiment, runs, workdir, command, seconds):
     setting = list(experiment.setting(runs)) if experiment.setting else []
     trained = summary["training_seconds"] = {}
     for arm, result in runs:
-        trained[arm.group] = trained.get(arm.group, 0.0) + result.get("seconds_last_invocation", 0)
+        trained[arm.group] = round(trained.get(arm.group, 0.0)
+                                   + result.get("seconds_last_invocation", 0), 1)
     tail = ["Wall-clock seconds per arm (sum over seeds, as recorded by each run when it "
             "finished): " + ", ".join(f"{g} {s:.0f}" for g, s in trained.items())
             + f"; total {sum(trained.values()):.0f} s.", ""]
