@@ -70,7 +70,7 @@ def test_arms_cover_the_brief_without_loading_data(monkeypatch):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"dataset": "cifar10"}, "dataset='cifar10' is not available"),
+    ({"dataset": "cifar10"}, "dataset='cifar10' is unknown; allowed: mnist1d, mnist5k"),
     ({"train_size": 0}, "train_size=0 must be an int >= 1"),
     ({"width": 0}, "width=0 must be"),
     ({"depth": 0}, "depth=0 must be"),
