@@ -71,8 +71,8 @@ run_pair() {  # run_pair NAME [pytest args]
   shift
   py=$(setup_venv "$name")
   if [[ $# -gt 0 ]]; then tests=("$@")
-  elif [[ $(pair_field "$name" 2) == full ]]; then tests=(-n 2 tests)
-  else read -r -a tests <<<"-n 2 $CORE_TESTS"
+  elif [[ $(pair_field "$name" 2) == full ]]; then tests=(-n 2 --dist loadfile tests)
+  else read -r -a tests <<<"-n 2 --dist loadfile $CORE_TESTS"
   fi
   echo "[$name] $("$py" -c 'import sys, tensorflow as tf, keras; print(f"Python {sys.version.split()[0]}, TF {tf.__version__}, Keras {keras.__version__}")' 2>/dev/null)" >&2
   start=$SECONDS

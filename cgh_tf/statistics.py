@@ -48,6 +48,12 @@ def _clean(values):
     return np.asarray(kept, dtype=np.float64)
 
 
+def _mean(values) -> float:
+    """The mean of `values` from their exactly rounded sum (`math.fsum`): every sum here is, so
+    a statistic is the same to the bit whatever NumPy's / BLAS' summation order."""
+    return math.fsum(values) / len(values)
+
+
 @dataclasses.dataclass(frozen=True)
 class Summary:
     """mean and sample sd (ddof = 1) over the n non-missing values; sd None for n < 2, mean None
@@ -68,7 +74,7 @@ def summarize(values) -> Summary:
     x = _clean(values)
     if len(x) == 0:
         return Summary(None, None, 0)
-    mean = math.fsum(x) / len(x)
+    mean = _mean(x)
     sd = math.sqrt(math.fsum((x - mean) ** 2) / (len(x) - 1)) if len(x) > 1 else None
     return Summary(mean, sd, len(x))
 
@@ -229,10 +235,9 @@ class Correlation:
 
 
 def _centred(values):
-    """float64 `values` minus their mean; sums here are `math.fsum` (exactly rounded, so a
-    statistic is the same to the bit whatever NumPy's / BLAS' summation order)."""
+    """float64 `values` minus their `_mean`."""
     values = np.asarray(values, dtype=np.float64)
-    return values - math.fsum(values) / len(values)
+    return values - _mean(values)
 
 
 def correlation(x, y, level=0.95) -> Correlation:
@@ -266,16 +271,17 @@ def linear_fit(x, y, x0, level=0.95):
     x, v = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 3 or len(np.unique(x)) < 2:
         return None
-    xm, vm = math.fsum(x) / len(x), math.fsum(v) / len(v)
-    sxx = math.fsum((x - xm) ** 2)
-    slope = math.fsum((x - xm) * (v - vm)) / sxx
+    xm, vm = _mean(x), _mean(v)
+    dx, dv = x - xm, v - vm
+    sxx = math.fsum(dx ** 2)
+    slope = math.fsum(dx * dv) / sxx
     intercept = vm - slope * xm
     resid = v - (intercept + slope * x)
     dof = len(x) - 2
     s2 = math.fsum(resid ** 2) / dof
     pred = intercept + slope * x0
     se_pred = math.sqrt(s2 * (1.0 / len(x) + (x0 - xm) ** 2 / sxx))
-    sst = math.fsum((v - vm) ** 2)
+    sst = math.fsum(dv ** 2)
     t = t_quantile(0.5 + level / 2.0, dof)
     return {"slope": slope, "slope_se": math.sqrt(s2 / sxx), "intercept": intercept,
             "predicted": pred, "predicted_se": se_pred,

@@ -96,7 +96,7 @@ def epoch_advancer(train_epoch, seed, n):
 
 
 def epoch_schedule(train_epoch, config, n, log_epochs=None, epochs=None):
-    """`Training` fields in epochs: epoch e is `train_epoch(epoch_permutation(seed, e, n))`; logs
+    """`Training` fields in epochs (`epoch_advancer` with the config's seed); logs
     at `capped_log_epochs(log_epochs or config.log_epochs, epochs or config.epochs)`, a checkpoint
     every `checkpoint_every_logs`-th."""
     epochs = int(config.epochs if epochs is None else epochs)

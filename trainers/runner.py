@@ -71,24 +71,20 @@ def run(experiment, arms, workdir, command="", echo=print, progress=False):
     """Run every arm into `WORKDIR/<group>/seed<k>` (finished ones are read, interrupted ones
     resume), one line per arm on `echo` (with `progress` the runs' own lines too), under the
     workdir's lock, every arm's directory checked first; then write the report and return the
-    results.json dict. An arm's seconds: this invocation's wall-clock if it ran the arm, else
-    those the arm recorded when it finished (`seconds_last_invocation`)."""
+    results.json dict."""
     echo = echo or (lambda line: None)
-    runs, seconds = [], {}
+    runs = []
     with workdir_lock.hold(workdir, f"experiment {experiment.name}"):
         check_run_dirs(experiment, arms, workdir)
         for index, arm in enumerate(arms, 1):
             run_dir = os.path.join(workdir, arm.path)
-            finished = os.path.exists(os.path.join(run_dir, outputs.RESULTS_FILE))
             started = time.time()
             result = experiment.run_arm(arm.config, run_dir, echo=echo if progress else None)
             took = time.time() - started
-            ran = (result.get("seconds_last_invocation") or 0.0) if finished else took
-            seconds[arm.group] = round(seconds.get(arm.group, 0.0) + ran, 1)
             echo(f"[{index}/{len(arms)}] {arm.path}: {took:.0f} s; "
                  + describe(experiment, result["summary"]))
             runs.append((arm, result))
-        return write_report(experiment, runs, workdir, command, seconds)
+        return write_report(experiment, runs, workdir, command)
 
 
 def check_run_dirs(experiment, arms, workdir):
@@ -226,17 +222,19 @@ def verdict_lines(verdicts):
         for v in verdicts]
 
 
-def write_report(experiment, runs, workdir, command, seconds):
-    """Write results.json, results.md, the figures, timings.json and the HParams sessions."""
+def write_report(experiment, runs, workdir, command):
+    """Write results.json, results.md, the figures, timings.json and the HParams sessions. An
+    arm's seconds are those it recorded when it finished (`seconds_last_invocation`: the
+    wall-clock of the invocation that finished it), summed per group over its seeds."""
     analysis_lines, analyses = experiment.analyses(runs) if experiment.analyses else ([], {})
     summary = {**tabulate(experiment, runs, analyses.pop("verdicts", ())), "command": command,
-               "seconds": seconds, "analyses": analyses}
+               "analyses": analyses}
     summary["figures"] = experiment.figures(workdir, runs) if experiment.figures else []
     setting = list(experiment.setting(runs)) if experiment.setting else []
     trained = summary["training_seconds"] = {}
     for arm, result in runs:
         trained[arm.group] = round(trained.get(arm.group, 0.0)
-                                   + result.get("seconds_last_invocation", 0), 1)
+                                   + (result.get("seconds_last_invocation") or 0.0), 1)
     tail = ["Wall-clock seconds per arm (sum over seeds, as recorded by each run when it "
             "finished): " + ", ".join(f"{g} {s:.0f}" for g, s in trained.items())
             + f"; total {sum(trained.values()):.0f} s.", ""]
@@ -246,7 +244,7 @@ def write_report(experiment, runs, workdir, command, seconds):
         f.write(text)
     outputs.write_json(os.path.join(workdir, outputs.RESULTS_FILE), summary)
     outputs.write_json(os.path.join(workdir, outputs.TIMINGS_FILE),
-                       {"arms": seconds, "total_seconds": round(sum(seconds.values()), 1)})
+                       {"arms": trained, "total_seconds": round(sum(trained.values()), 1)})
     hparams_board.write_sweep(workdir, [
         (os.path.join(workdir, arm.path), result["config"], {"group": arm.group},
          result["summary"], result.get("curves")) for arm, result in runs])
