@@ -163,6 +163,17 @@ def test_estimate_is_the_timed_steps_times_the_run_s_batches(fake_timer):
     assert len(fake_timer) == 2  # the seed changes no cost: timed once per call above
 
 
+def test_a_feature_field_left_at_its_default_shares_the_timing_of_one_spelled_out(fake_timer):
+    """A config without `coherence.training` costs what one with its default costs: one timing
+    (was: two, the absent field keyed as None)."""
+    spelled_out = _default()
+    lacking = _default()
+    del lacking.coherence["training"]
+    assert "training" not in lacking.coherence and "training" in spelled_out.coherence
+    dry_run.estimate([_arm(spelled_out, "a", 0), _arm(lacking, "b", 0)], None)
+    assert len(fake_timer) == 1
+
+
 def test_earlier_timings_are_used_before_measuring(tmp_path, fake_timer):
     arms = [_arm(_default(), "a", 0), _arm(_default(), "a", 1), _arm(_default(), "b", 0)]
     (tmp_path / "timings.json").write_text(json.dumps({"arms": {"a": 60.0}}))  # b: not run yet

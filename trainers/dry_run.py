@@ -96,7 +96,9 @@ def _is_trainer_config(config) -> bool:
 
 
 def _cost_key(config) -> str:
-    values = [config_schema.field_value(config, field) for field in COST_FIELDS]
+    """What decides a trainer config's step cost, as JSON (a feature field it lacks as its default,
+    so it shares the timing of a config that spells the default out)."""
+    values = [config_schema.setting(config, field) for field in COST_FIELDS]
     return json.dumps([value.to_dict() if hasattr(value, "to_dict") else value
                        for value in values], sort_keys=True, default=str)
 
