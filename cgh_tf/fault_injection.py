@@ -2,6 +2,7 @@
 
     CGH_TF_KILL_AT=save-1-staged python -m trainers.train ...   # dies there, as `kill -9` would
     CGH_TF_HANG_AT=train-step-6 ...                              # sleeps there (a hung peer)
+    CGH_TF_HANG_AT=train-step-1 CGH_TF_HANG_UNTIL=/tmp/go ...    # sleeps there until /tmp/go exists
 
 Both variables take a comma-separated list of point names; unset (the normal case), `point` only
 reads the environment. Points passed by the trainer (`trainers/single_run.py`) and the checkpoint
@@ -24,16 +25,26 @@ import time
 
 KILL_VARIABLE = "CGH_TF_KILL_AT"
 HANG_VARIABLE = "CGH_TF_HANG_AT"
+RELEASE_VARIABLE = "CGH_TF_HANG_UNTIL"
 HANG_SECONDS = 3600.0
+POLL_SECONDS = 0.05
 
 
 def point(name: str) -> None:
-    """SIGKILL this process if `name` is in $CGH_TF_KILL_AT; sleep `HANG_SECONDS` if it is in
-    $CGH_TF_HANG_AT; else nothing."""
+    """SIGKILL this process if `name` is in $CGH_TF_KILL_AT; if it is in $CGH_TF_HANG_AT, sleep
+    `HANG_SECONDS`, or until the file $CGH_TF_HANG_UNTIL exists when that is set (so a test can
+    hold a process at a point, e.g. while it holds its workdir, however loaded the machine);
+    else nothing."""
     if name in _names(KILL_VARIABLE):
         os.kill(os.getpid(), signal.SIGKILL)
     if name in _names(HANG_VARIABLE):
-        time.sleep(HANG_SECONDS)
+        _hang(os.environ.get(RELEASE_VARIABLE))
+
+
+def _hang(release) -> None:
+    deadline = time.monotonic() + HANG_SECONDS
+    while time.monotonic() < deadline and not (release and os.path.exists(release)):
+        time.sleep(POLL_SECONDS if release else HANG_SECONDS)
 
 
 def active() -> bool:

@@ -5,7 +5,7 @@ A tiny config (200 examples, batches of 64: 4 steps per epoch, 2 epochs, MLP wid
 | case                                   | how                                                          | must end in |
 |----------------------------------------|--------------------------------------------------------------|-------------|
 | SIGKILL at 10 points over both epochs and both checkpoint writes | `CGH_TF_KILL_AT` (`cgh_tf.fault_injection`): the trainer kills itself there; two chains of restarts, each restart killed at the next point | `results.json` byte-identical to an uninterrupted run |
-| two concurrent starts on one workdir   | two processes at once                                        | one refused in one line naming the other; the other's results byte-identical |
+| two concurrent starts on one workdir   | a second start while the first is held at its first step (`CGH_TF_HANG_UNTIL`) | one refused in one line naming the other; the other's results byte-identical |
 | newest checkpoint damaged (3 ways) or `checkpoint` file garbage | data truncated, a data byte flipped, index truncated, then resumed (in process) | one line naming the damage; results byte-identical |
 | disk full during a save                | a 2 MiB tmpfs filled just before epoch 2's save (in process) | one-line `CheckpointSaveError`, no staging left, epoch 1 intact; after freeing space results byte-identical |
 
@@ -85,9 +85,19 @@ def _chain(workdir, points, deadline):
 
 
 def _concurrent(workdir, deadline):
-    """Two starts at once on `workdir`: `[(pid, returncode, stderr)] * 2`."""
-    processes = [_start(workdir), _start(workdir)]
-    return [(p.pid, *_finish(p, deadline)) for p in processes]
+    """A second start on `workdir` while the first holds it: the first is held after its first
+    step until the second has ended (`CGH_TF_HANG_UNTIL`), so the two overlap however loaded the
+    machine (two starts at once were not enough: the first could finish before the second's
+    imports did, and both ended 0). `[(pid, returncode, stderr)] * 2`."""
+    release = f"{workdir}.release"
+    first = _start(workdir, CGH_TF_HANG_AT="train-step-1", CGH_TF_HANG_UNTIL=release)
+    while (first.poll() is None and time.time() < deadline
+           and f"pid {first.pid} " not in workdir_lock.holder(str(workdir))):
+        time.sleep(0.1)
+    second = _start(workdir)
+    ended = _finish(second, deadline)
+    open(release, "w").close()
+    return [(first.pid, *_finish(first, deadline)), (second.pid, *ended)]
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +130,26 @@ def _start_subprocesses_first(subprocess_runs):
 
 
 # ----------------------------------------------------------- in process: damage and a full disk
+
+
+def test_a_hang_ends_when_its_release_file_appears(tmp_path, monkeypatch):
+    from cgh_tf import fault_injection
+
+    release = tmp_path / "go"
+    monkeypatch.setenv(fault_injection.HANG_VARIABLE, "here")
+    monkeypatch.setenv(fault_injection.RELEASE_VARIABLE, str(release))
+    monkeypatch.setattr(fault_injection, "HANG_SECONDS", 30.0)
+    timer = threading.Timer(0.3, release.touch)
+    started = time.monotonic()
+    timer.start()
+    fault_injection.point("here")
+    assert 0.3 <= time.monotonic() - started < 10.0
+    fault_injection.point("elsewhere")   # not a hang point: returns at once
+    monkeypatch.setattr(fault_injection, "HANG_SECONDS", 0.2)
+    release.unlink()
+    started = time.monotonic()
+    fault_injection.point("here")        # no release file: ends after HANG_SECONDS
+    assert 0.2 <= time.monotonic() - started < 10.0
 
 
 def _config(**fields):
