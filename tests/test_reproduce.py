@@ -5,11 +5,12 @@ experiment's dry run: tests/test_dry_run.py."""
 
 import json
 import os
-import re
 
 import pytest
 
 from trainers import catalog, demo, reproduce
+
+from native_log import program_lines
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -82,11 +83,6 @@ def test_demo_pairs_every_robust_arm_with_its_control():
     assert demo.parse_arms("winsorized, sgd") == ["winsorized", "sgd"]
 
 
-# TensorFlow's own C++ log lines at import: "E0000 00:00:…" (TF >= 2.19), "2026-12-07
-# 23:23:05.833422: E external/…" (TF 2.18), absl's "WARNING: All log messages before …"
-NATIVE_LOG = re.compile(r"[IWEF]\d{4} |\d{4}-\d\d-\d\d [\d:.]+: [IWEF] |WARNING: All log messages")
-
-
 @pytest.mark.slow
 def test_every_binary_s_flag_errors_are_one_line(tmp_path):
     """An unknown value, a value of the wrong type, an unknown flag, a missing required flag, an
@@ -118,7 +114,7 @@ def test_every_binary_s_flag_errors_are_one_line(tmp_path):
         stderr=subprocess.PIPE, text=True) for case in cases}
     for case, message in cases.items():
         stdout, stderr = started[case].communicate(timeout=300)
-        lines = [line for line in stderr.splitlines() if not NATIVE_LOG.match(line)]
+        lines = program_lines(stderr)
         assert started[case].returncode == 1 and len(lines) == 1, (case, stderr[-2000:])
         assert lines[0].startswith(message) and stdout == "", (case, lines)
     assert not (tmp_path / "w").exists()

@@ -27,6 +27,8 @@ from trainers import run_state
 from trainers import single_run
 from trainers import train
 
+from native_log import program_lines
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_EPOCHS = 10
 TINY_FLAGS = [
@@ -405,7 +407,7 @@ def test_a_config_file_that_raises_or_a_bad_flag_is_one_line(tmp_path):
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for flag in cases}
     for flag, message in cases.items():
         returncode, stderr = _finish(started[flag])
-        lines = [line for line in stderr.splitlines() if not line.startswith(("E0000", "W0000"))]
+        lines = program_lines(stderr)
         assert (returncode, lines[-1:]) == (1, [message]), stderr[-2000:]
         assert "Traceback" not in stderr and "FATAL" not in stderr
     assert not (tmp_path / "run").exists()
